@@ -1,0 +1,225 @@
+"""The library's front door: build or load the backbone, turn images into ``{"p2": ..., ...}``.
+
+>>> import fpncli
+>>> model = fpncli.load_backbone("random")            # or a registry name, or a file path
+>>> features = fpncli.extract_features("samples/chelsea.png", model)
+>>> features["p2"].shape
+torch.Size([1, 256, 200, 304])
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_state_dict_strict, random_state_dict, read_checkpoint
+from .fpn import FPN, build_resnet_fpn_backbone
+from .hub import resolve_weights, sha256_file
+from .layers import fold_frozen_batchnorm
+from .preprocess import LoadedImage, Prepared, load_image, prepare
+from .weights import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
+
+__all__ = [
+    "WeightsInfo",
+    "Extraction",
+    "load_backbone",
+    "resolve_device",
+    "check_precision",
+    "autocast_context",
+    "run_backbone",
+    "extract",
+    "extract_features",
+]
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "fp16", "bf16")
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What the loaded weights are, for manifests and titles."""
+
+    name: str  # registry name, file path, or "random"
+    path: str | None
+    sha256: str | None
+    format: str  # "detectron2", "torchvision", "fpncli" or "random"
+    input: InputFormat
+    arch: dict
+    random: bool
+    seed: int | None = None
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def _cpu_has_fast_bf16() -> bool:
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX512", "AVX512_BF16", "AMX"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse precisions that would be wrong or very slow on ``device``, saying why."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if device.type == "cpu" and precision == "fp16":
+        raise ValueError("fp16 on the CPU is slower than fp32; use --precision fp32 (or bf16)")
+    if device.type == "cpu" and precision == "bf16" and not _cpu_has_fast_bf16():
+        raise ValueError(
+            "this CPU has no fast bf16 (no AVX512-BF16/AMX); bf16 would run several times "
+            "slower than fp32: use --precision fp32"
+        )
+
+
+def autocast_context(device: torch.device, precision: str):
+    """Autocast for fp16/bf16; for fp32 on CUDA, TF32 is switched off so fp32 is true fp32."""
+    if precision == "fp32":
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+def load_backbone(
+    weights: str = DEFAULT_WEIGHTS,
+    *,
+    device: str | torch.device = "cpu",
+    fold_bn: bool = True,
+    channels_last: bool = True,
+    seed: int = 0,
+    download: bool = True,
+) -> FPN:
+    """Build the backbone and load weights into it, strictly, ready for inference.
+
+    Args:
+        weights: a registry name (downloaded once if missing), a checkpoint path, or "random"
+            for a seeded untrained network.
+        device: where to put it ("cpu", "cuda", "cuda:N", "auto").
+        fold_bn: fold FrozenBN into the convolutions (same outputs within float rounding, faster).
+        channels_last: use the channels-last memory format (faster convolutions).
+        seed: the seed for ``weights="random"``.
+        download: allow downloading a missing registry checkpoint.
+
+    Returns:
+        An ``FPN`` in eval mode with ``weights_info`` (a ``WeightsInfo``) set.
+    """
+    if weights == "random":
+        arch, input_format = {"depth": 50, "stride_in_1x1": True}, DETECTRON2_INPUT
+        model = build_resnet_fpn_backbone(**arch)
+        load_state_dict_strict(model, random_state_dict(model, seed))
+        info = WeightsInfo("random", None, None, "random", input_format, arch, True, seed)
+    else:
+
+        def check(path: Path) -> None:  # a downloaded file must load strictly
+            ckpt = read_checkpoint(path)
+            load_state_dict_strict(build_resnet_fpn_backbone(**ckpt.arch), ckpt.state_dict)
+
+        path, spec = resolve_weights(weights, download_missing=download, check=check)
+        ckpt = read_checkpoint(path)
+        arch = dict(spec.arch) if spec is not None else ckpt.arch
+        input_format = spec.input if spec is not None else ckpt.input
+        model = build_resnet_fpn_backbone(**arch)
+        load_state_dict_strict(model, ckpt.state_dict)
+        log.info("loaded %s (%s, %d non-backbone keys skipped)", path, ckpt.format, ckpt.skipped)
+        info = WeightsInfo(
+            spec.name if spec else str(path), str(path), sha256_file(path), ckpt.format,
+            input_format, arch, False,
+        )  # fmt: skip
+    if fold_bn:
+        fold_frozen_batchnorm(model)
+    model = model.eval().requires_grad_(False).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.weights_info = info
+    return model
+
+
+def run_backbone(
+    model: FPN, batch: torch.Tensor, *, precision: str = "fp32"
+) -> dict[str, torch.Tensor]:
+    """Run ``model`` on a ``(B, 3, H, W)`` float32 batch (already normalized and padded).
+
+    Returns the levels on the model's device, in float32 for fp32 and in the autocast dtype
+    otherwise.
+    """
+    device = next(model.parameters()).device
+    channels_last = next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    batch = batch.to(device, non_blocking=True)
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast_context(device, precision):
+        return model(batch)
+
+
+@dataclass
+class Extraction:
+    """One image through the backbone: the features and how the input was prepared."""
+
+    features: dict[str, torch.Tensor]  # "p2".. -> (1, 256, Hp/S, Wp/S) float32, CPU
+    image: LoadedImage
+    prepared: Prepared
+
+
+def extract(
+    image: str | Path | np.ndarray | LoadedImage,
+    model: FPN,
+    *,
+    min_size: int = 800,
+    max_size: int = 1333,
+    resize: bool = True,
+    precision: str = "fp32",
+) -> Extraction:
+    """Read (if a path), prepare and run one image; features come back as CPU float32.
+
+    An ``np.ndarray`` must be ``(H, W, 3)`` uint8 **RGB** (as from Pillow; flip OpenCV's BGR).
+    """
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    elif isinstance(image, np.ndarray):
+        image = LoadedImage(np.ascontiguousarray(image))
+    input_format = model.weights_info.input if hasattr(model, "weights_info") else DETECTRON2_INPUT
+    prepared = prepare(
+        image.rgb, input_format, min_size=min_size, max_size=max_size, resize=resize
+    )
+    batch = torch.from_numpy(prepared.tensor)[None]
+    features = run_backbone(model, batch, precision=precision)
+    features = {k: v.float().cpu().contiguous() for k, v in features.items()}
+    return Extraction(features, image, prepared)
+
+
+def extract_features(
+    image: str | Path | np.ndarray, model: FPN, **kwargs
+) -> dict[str, torch.Tensor]:
+    """``{"p2": (1, 256, H/4, W/4), ..., "p6": ...}`` float32 CPU tensors for one image.
+
+    Keyword arguments are those of ``extract`` (``min_size``, ``max_size``, ``resize``,
+    ``precision``).
+    """
+    return extract(image, model, **kwargs).features

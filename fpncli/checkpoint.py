@@ -1,0 +1,339 @@
+"""Reading checkpoint files safely and loading them strictly into the backbone.
+
+Weights files are data, never code: Detectron2 ``.pkl`` files go through an unpickler that can
+rebuild numpy arrays and plain containers and nothing else, and ``.pth`` files through
+``torch.load(..., weights_only=True)``. Either way a file that asks for anything else (say
+``os.system`` through ``__reduce__``) is refused before any of it runs.
+
+Supported layouts, all mapped onto Detectron2's own names (``bottom_up.res2.0.conv1.weight``,
+``fpn_lateral2.bias``, ...):
+
+- Detectron2 model zoo ``.pkl``: ``{"model": {"backbone.bottom_up.*": ndarray, ...}, ...}``
+- Detectron2 ``.pth`` (DetectionCheckpointer): ``{"model": state_dict, ...}``
+- torchvision Faster R-CNN state dicts: ``backbone.body.*``, ``backbone.fpn.inner_blocks.*``,
+  ``backbone.fpn.layer_blocks.*``
+- fpncli's own ``.pth``: ``{"fpncli_format": 1, "arch": {...}, "input": {...}, "model": ...}``
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import re
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .resnet import BLOCKS_PER_STAGE
+from .weights import DETECTRON2_INPUT, DETECTRON2_X101_INPUT, TORCHVISION_INPUT, InputFormat
+
+__all__ = [
+    "UnsafeCheckpointError",
+    "Checkpoint",
+    "read_checkpoint",
+    "infer_arch",
+    "load_state_dict_strict",
+    "random_state_dict",
+    "save_fpncli_checkpoint",
+    "safe_unpickle",
+]
+
+FPNCLI_FORMAT_VERSION = 1
+
+
+class UnsafeCheckpointError(ValueError):
+    """A weights file asked to run code or build objects other than arrays and containers."""
+
+
+# (module, name) pairs a numpy-array pickle legitimately needs; everything else is refused.
+_SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _SAFE_GLOBALS:
+            raise UnsafeCheckpointError(
+                f"refusing to load {module}.{name}: a weights file may only contain numpy arrays "
+                "and plain containers"
+            )
+        if module.startswith("numpy.core") and hasattr(np, "_core"):
+            module = "numpy._core" + module[len("numpy.core") :]  # numpy 2 moved numpy.core
+        return getattr(importlib.import_module(module), name)
+
+    def persistent_load(self, pid):
+        raise UnsafeCheckpointError("refusing a pickle with persistent ids: not a .pkl of arrays")
+
+
+def safe_unpickle(path: Path) -> object:
+    """Unpickle ``path`` allowing only numpy arrays, scalars and plain containers."""
+    with open(path, "rb") as f:
+        try:
+            return _SafeUnpickler(f, encoding="latin1").load()
+        except UnsafeCheckpointError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}: not a readable .pkl checkpoint ({e})") from None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read from disk, keyed with fpncli's (= Detectron2's backbone) names.
+
+    Attributes:
+        state_dict: ``bottom_up.*`` / ``fpn_*`` names to float32 CPU tensors.
+        format: "detectron2", "torchvision" or "fpncli".
+        arch: keyword arguments of ``build_resnet_fpn_backbone`` for these weights.
+        input: the channel order and pixel mean/std the weights expect.
+        skipped: how many non-backbone keys (detection heads, optimizer) were ignored.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    format: str
+    arch: dict
+    input: InputFormat
+    skipped: int
+
+
+def _is_zip(path: Path) -> bool:
+    return zipfile.is_zipfile(path)
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        raise UnsafeCheckpointError(
+            f"{path}: refused: the file asks for more than tensors and plain containers "
+            f"(torch.load weights_only=True said: {first[:200]})"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .pth checkpoint ({str(e)[:200]})") from None
+
+
+def _to_tensor(name: str, value: object) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float32)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
+        return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+    raise ValueError(f"checkpoint entry {name!r} is not a numeric array ({type(value).__name__})")
+
+
+def _rename_torchvision(key: str) -> str | None:
+    """Map a torchvision backbone key (without ``backbone.``) to Detectron2's name."""
+    if m := re.match(r"^body\.conv1\.(.*)$", key):
+        return f"bottom_up.stem.conv1.{m[1]}"
+    if m := re.match(r"^body\.bn1\.(.*)$", key):
+        return f"bottom_up.stem.conv1.norm.{m[1]}"
+    if m := re.match(r"^body\.layer(\d)\.(\d+)\.(conv|bn)(\d)\.(.*)$", key):
+        stage, block, kind, index, rest = m.groups()
+        norm = ".norm" if kind == "bn" else ""
+        return f"bottom_up.res{int(stage) + 1}.{block}.conv{index}{norm}.{rest}"
+    if m := re.match(r"^body\.layer(\d)\.(\d+)\.downsample\.([01])\.(.*)$", key):
+        stage, block, index, rest = m.groups()
+        norm = ".norm" if index == "1" else ""
+        return f"bottom_up.res{int(stage) + 1}.{block}.shortcut{norm}.{rest}"
+    if m := re.match(r"^fpn\.(inner|layer)_blocks\.(\d)\.(?:0\.)?(weight|bias)$", key):
+        kind, index, rest = m.groups()
+        prefix = "fpn_lateral" if kind == "inner" else "fpn_output"
+        return f"{prefix}{int(index) + 2}.{rest}"
+    return None
+
+
+def _backbone_entries(model: dict, fmt: str) -> tuple[dict[str, object], int]:
+    """Select the backbone entries of a full-detector state dict and rename them."""
+    out: dict[str, object] = {}
+    skipped = 0
+    unknown = []
+    for key, value in model.items():
+        if fmt == "torchvision":
+            if not key.startswith("backbone."):
+                skipped += 1
+                continue
+            new = _rename_torchvision(key[len("backbone.") :])
+            if new is None:
+                if key.endswith("num_batches_tracked"):
+                    continue
+                unknown.append(key)
+                continue
+        else:
+            new = key[len("backbone.") :] if key.startswith("backbone.") else key
+            if not (new.startswith("bottom_up.") or new.startswith("fpn_")):
+                skipped += 1
+                continue
+            if new.endswith("num_batches_tracked"):
+                continue
+        out[new] = value
+    if unknown:
+        raise ValueError(f"unexpected backbone keys in {fmt} checkpoint: {_listing(unknown)}")
+    return out, skipped
+
+
+def _listing(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _detect_format(model: dict) -> str:
+    keys = list(model)
+    if any(k.startswith("backbone.body.") for k in keys):
+        return "torchvision"
+    if any(k.startswith(("backbone.bottom_up.", "bottom_up.")) for k in keys):
+        return "detectron2"
+    if any(re.match(r"^res\d_\d+_branch", k) or k.startswith("conv1_w") for k in keys):
+        raise ValueError(
+            "this looks like a Caffe2-style ImageNet backbone (res2_0_branch2a_w, ...): fpncli "
+            "loads detection checkpoints with an FPN (Detectron2 model zoo or torchvision)"
+        )
+    raise ValueError(
+        "no ResNet-FPN backbone found: expected keys like 'backbone.bottom_up.stem.conv1.weight' "
+        "(Detectron2) or 'backbone.body.conv1.weight' (torchvision)"
+    )
+
+
+def infer_arch(state_dict: dict[str, torch.Tensor]) -> dict:
+    """Depth and ResNeXt groups from the shapes of a backbone state dict (stride placement can't
+    be seen in the shapes, so it is not returned)."""
+    blocks = tuple(
+        len({k.split(".")[2] for k in state_dict if k.startswith(f"bottom_up.res{s}.")})
+        for s in (2, 3, 4, 5)
+    )
+    depths = [d for d, b in BLOCKS_PER_STAGE.items() if b == blocks]
+    if not depths:
+        raise ValueError(f"unsupported ResNet layout: {blocks} blocks in res2..res5")
+    conv2 = state_dict.get("bottom_up.res2.0.conv2.weight")
+    if conv2 is None:
+        raise ValueError("missing bottom_up.res2.0.conv2.weight: not a ResNet-FPN backbone")
+    channels, per_group = conv2.shape[0], conv2.shape[1]
+    num_groups = channels // per_group
+    return {"depth": depths[0], "num_groups": num_groups, "width_per_group": channels // num_groups}
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a weights file (any supported layout) safely, keeping only the backbone.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the file asks to run code or build non-array objects.
+        ValueError: not a supported checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    obj = _torch_load(path) if _is_zip(path) else safe_unpickle(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict, found {type(obj).__name__}")
+    if obj.get("fpncli_format") is not None:
+        if obj["fpncli_format"] != FPNCLI_FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported fpncli_format {obj['fpncli_format']!r}")
+        state = {k: _to_tensor(k, v) for k, v in obj["model"].items()}
+        inp = obj["input"]
+        return Checkpoint(
+            state,
+            "fpncli",
+            dict(obj["arch"]),
+            InputFormat(inp["color_order"], tuple(inp["pixel_mean"]), tuple(inp["pixel_std"])),
+            0,
+        )
+    model = obj.get("model", obj.get("state_dict", obj))
+    if not isinstance(model, dict):
+        raise ValueError(f"{path}: its 'model' entry is not a dict")
+    fmt = _detect_format(model)
+    entries, skipped = _backbone_entries(model, fmt)
+    state = {k: _to_tensor(k, v) for k, v in entries.items()}
+    arch = infer_arch(state)
+    if fmt == "torchvision":
+        arch["stride_in_1x1"] = False
+        inp = TORCHVISION_INPUT
+    else:
+        # Detectron2's MSRA R-50/101 put the stride in the 1x1 conv; its ResNeXt configs
+        # (X-101-32x8d, from torch-style weights) set STRIDE_IN_1X1 False and a real pixel std.
+        arch["stride_in_1x1"] = arch["num_groups"] == 1
+        inp = DETECTRON2_INPUT if arch["num_groups"] == 1 else DETECTRON2_X101_INPUT
+    return Checkpoint(state, fmt, arch, inp, skipped)
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load strictly; missing, unexpected and mis-shaped keys raise one ValueError listing them."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped keys: {_listing(misshaped)}")
+    if problems:
+        raise ValueError("checkpoint does not match the backbone: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def random_state_dict(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded, untrained weights for ``model``, from numpy's frozen legacy RandomState stream.
+
+    Convolutions get He-uniform weights, FrozenBN statistics sit near identity, and the last BN of
+    each bottleneck is damped so activations stay in a readable range through 50+ layers. The
+    same seed and architecture give bit-identical weights on every machine and numpy version.
+    """
+    rng = np.random.RandomState(seed)
+    out = {}
+    for name, tensor in model.state_dict().items():
+        shape = tuple(tensor.shape)
+
+        def uniform(low: float, high: float) -> np.ndarray:
+            return rng.uniform(low, high, size=shape).astype(np.float32)
+
+        if name.endswith(".weight") and len(shape) == 4:
+            fan_in = shape[1] * shape[2] * shape[3]
+            gain = 1.0 if name.startswith("fpn_") else 2.0
+            bound = float(np.sqrt(3.0 * gain / fan_in))
+            value = uniform(-bound, bound)
+        elif name.endswith("norm.weight"):
+            value = uniform(0.1, 0.3) if ".conv3." in name else uniform(0.7, 1.2)
+        elif name.endswith("norm.bias") or name.endswith("running_mean"):
+            value = uniform(-0.1, 0.1)
+        elif name.endswith("running_var"):
+            value = uniform(0.5, 1.5)
+        elif name.endswith(".bias"):
+            value = uniform(-0.05, 0.05)
+        else:
+            raise AssertionError(f"no random init rule for {name}")
+        out[name] = torch.from_numpy(value)
+    return out
+
+
+def save_fpncli_checkpoint(
+    path: str | Path, model: nn.Module, arch: dict, input_format: InputFormat
+) -> None:
+    """Write fpncli's own ``.pth``: the backbone state dict plus the arch and input it needs."""
+    torch.save(
+        {
+            "fpncli_format": FPNCLI_FORMAT_VERSION,
+            "arch": dict(arch),
+            "input": asdict(input_format),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        },
+        path,
+    )

@@ -1,0 +1,125 @@
+"""Feature Pyramid Network on a ResNet, as in ``detectron2/modeling/backbone/fpn.py``.
+
+``build_resnet_fpn_backbone()`` with no arguments is Base-RCNN-FPN's ResNet-50 backbone: outputs
+``p2``..``p6``, 256 channels each, strides 4, 8, 16, 32, 64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .layers import Conv2d
+from .resnet import ResNet
+
+__all__ = ["FPN", "LastLevelMaxPool", "build_resnet_fpn_backbone", "LEVELS", "LEVEL_STRIDES"]
+
+LEVELS: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6")
+LEVEL_STRIDES: dict[str, int] = {name: 2 ** int(name[1:]) for name in LEVELS}
+
+
+class LastLevelMaxPool(nn.Module):
+    """P6 from P5: ``max_pool2d(kernel_size=1, stride=2)``, i.e. a stride-2 subsample of P5."""
+
+    in_feature = "p5"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, kernel_size=1, stride=2, padding=0)
+
+
+class FPN(nn.Module):
+    """ResNet ``bottom_up`` plus lateral/output convs, nearest 2x top-down, sum fusion.
+
+    Parameter names follow Detectron2: ``bottom_up.*``, ``fpn_lateral{2..5}``,
+    ``fpn_output{2..5}``, so a Detectron2 checkpoint loads after stripping ``backbone.``.
+    """
+
+    #: Inputs must have height and width divisible by this (the coarsest bottom-up stride).
+    size_divisibility = 32
+
+    def __init__(self, bottom_up: ResNet, out_channels: int = 256) -> None:
+        super().__init__()
+        self.bottom_up = bottom_up
+        self.in_features = bottom_up.stage_names
+        self._levels = []
+        for name, (channels, stride) in bottom_up.output_shape().items():
+            level = int(math.log2(stride))
+            self.add_module(f"fpn_lateral{level}", Conv2d(channels, out_channels, 1))
+            self.add_module(
+                f"fpn_output{level}", Conv2d(out_channels, out_channels, 3, padding=1)
+            )
+            self._levels.append(level)
+        self.top_block = LastLevelMaxPool()
+        self.out_channels = out_channels
+        self.strides = {f"p{level}": 2**level for level in self._levels}
+        self.strides[f"p{self._levels[-1] + 1}"] = 2 ** (self._levels[-1] + 1)
+
+    @property
+    def out_features(self) -> list[str]:
+        """Output names, finest first: ``["p2", "p3", "p4", "p5", "p6"]``."""
+        return list(self.strides)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Compute the pyramid.
+
+        Args:
+            x: ``(B, 3, H, W)`` float tensor, already normalized with the weights' pixel mean/std
+                and channel order; H and W divisible by 32.
+
+        Returns:
+            ``{"p2": (B, 256, H/4, W/4), ..., "p6": (B, 256, ceil(H/64), ceil(W/64))}``.
+        """
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+        if x.shape[-2] % self.size_divisibility or x.shape[-1] % self.size_divisibility:
+            raise ValueError(
+                f"height and width must be multiples of {self.size_divisibility}, got "
+                f"{tuple(x.shape[-2:])}; pad the input (fpncli.preprocess does)"
+            )
+        bottom_up = self.bottom_up(x)
+        results = []
+        prev = None
+        for name, level in zip(reversed(self.in_features), reversed(self._levels)):
+            lateral = getattr(self, f"fpn_lateral{level}")(bottom_up[name])
+            if prev is None:
+                prev = lateral
+            else:
+                prev = lateral + F.interpolate(prev, scale_factor=2.0, mode="nearest")
+            results.insert(0, getattr(self, f"fpn_output{level}")(prev))
+        results.append(self.top_block(results[-1]))
+        return dict(zip(self.out_features, results))
+
+
+def build_resnet_fpn_backbone(
+    *,
+    depth: int = 50,
+    num_groups: int = 1,
+    width_per_group: int = 64,
+    stride_in_1x1: bool = True,
+    res5_dilation: int = 1,
+    out_channels: int = 256,
+) -> FPN:
+    """Build the ResNet-FPN backbone; the defaults are Detectron2's Base-RCNN-FPN R-50.
+
+    Args:
+        depth: 50, 101 or 152.
+        num_groups: ResNeXt cardinality (32 for X-101-32x8d).
+        width_per_group: bottleneck width per group (8 for X-101-32x8d).
+        stride_in_1x1: True for Detectron2/MSRA weights, False for torchvision and ResNeXt weights.
+        res5_dilation: 1, or 2 for a dilated res5.
+        out_channels: FPN channels.
+
+    Returns:
+        An ``FPN`` module in eval mode, with untrained (default-initialized) weights.
+    """
+    bottom_up = ResNet(
+        depth,
+        num_groups=num_groups,
+        width_per_group=width_per_group,
+        stride_in_1x1=stride_in_1x1,
+        res5_dilation=res5_dilation,
+    )
+    return FPN(bottom_up, out_channels=out_channels).eval()

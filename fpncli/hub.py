@@ -1,0 +1,253 @@
+"""The weights cache: where named checkpoints live, downloading them once, checking them.
+
+The cache folder is ``$FPNCLI_HOME``, else ``weights/`` of a source checkout, else the user's
+cache directory (``$XDG_CACHE_HOME/fpncli`` or ``~/.cache/fpncli``). A download goes to a
+temporary name in that folder, is checked (size, digest, strict load), and only then renamed, so a
+half-downloaded file never looks like a checkpoint. Its sha256 is kept next to it
+(``NAME.sha256``) and re-checked by ``verify_cached``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .weights import REGISTRY, WeightsSpec
+
+__all__ = [
+    "WeightsDownloadError",
+    "cache_dir",
+    "cached_path",
+    "download",
+    "resolve_weights",
+    "sha256_file",
+    "verify_cached",
+]
+
+log = logging.getLogger(__name__)
+_CHUNK = 1 << 20
+
+
+class WeightsDownloadError(RuntimeError):
+    """A named checkpoint could not be downloaded or failed its checks."""
+
+
+def cache_dir() -> Path:
+    """The folder named checkpoints are cached in (not created here)."""
+    if env := os.environ.get("FPNCLI_HOME"):
+        return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "setup.py").is_file() and (checkout / "weights").is_dir():
+        return checkout / "weights"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fpncli"
+
+
+def cached_path(spec: WeightsSpec) -> Path:
+    """Where ``spec``'s file is (or would be) in the cache."""
+    return cache_dir() / spec.file_name
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The digest recorded when ``path`` was downloaded or first used, if any."""
+    side = _sidecar(path)
+    return side.read_text().split()[0] if side.is_file() else None
+
+
+def record_sha256(path: Path, digest: str) -> None:
+    side = _sidecar(path)
+    tmp = side.with_name(side.name + f".tmp{os.getpid()}")
+    tmp.write_text(f"{digest}  {path.name}\n")
+    os.replace(tmp, side)
+
+
+def _check_digest(spec: WeightsSpec, digest: str) -> None:
+    if spec.sha256 and digest != spec.sha256:
+        raise WeightsDownloadError(
+            f"{spec.name}: sha256 {digest} does not match the published {spec.sha256}"
+        )
+    if spec.sha256_prefix and not digest.startswith(spec.sha256_prefix):
+        raise WeightsDownloadError(
+            f"{spec.name}: sha256 {digest} does not start with {spec.sha256_prefix}"
+        )
+
+
+class _StderrProgress:
+    """A one-line download progress bar on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label, self.total, self.start = label, total, time.monotonic()
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int) -> None:
+        if not self.enabled:
+            return
+        rate = done / max(time.monotonic() - self.start, 1e-6) / 1e6
+        if self.total:
+            width = 30
+            filled = int(width * done / self.total)
+            bar = "#" * filled + "-" * (width - filled)
+            text = f"\r{self.label} [{bar}] {done / 1e6:.1f}/{self.total / 1e6:.1f} MB {rate:.1f} MB/s"
+        else:
+            text = f"\r{self.label} {done / 1e6:.1f} MB {rate:.1f} MB/s"
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def download(
+    spec: WeightsSpec,
+    *,
+    progress: bool = True,
+    check: Callable[[Path], None] | None = None,
+    timeout_s: float = 30.0,
+) -> Path:
+    """Download ``spec`` into the cache, check it, then rename it into place.
+
+    Args:
+        spec: the registry entry.
+        progress: show a progress bar on stderr when it is a terminal.
+        check: called on the temporary file before the rename (fpncli passes a strict load).
+        timeout_s: socket timeout.
+
+    Returns:
+        The final path in the cache.
+
+    Raises:
+        WeightsDownloadError: the address failed (the message names it and where to put the
+            file by hand), or the file failed a check (it is deleted).
+    """
+    final = cached_path(spec)
+    hint = f"put the file there by hand as {final}, or use --weights random"
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WeightsDownloadError(f"cannot create the weights cache {final.parent}: {e}") from None
+    tmp = final.with_name(f".{final.name}.part{os.getpid()}")
+    log.info("downloading %s from %s", spec.name, spec.url)
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(spec.url, timeout=timeout_s) as response, open(tmp, "wb") as f:
+            total = int(response.headers.get("Content-Length") or 0) or spec.size_bytes
+            bar = _StderrProgress(f"downloading {spec.name}", total)
+            done = 0
+            while chunk := response.read(_CHUNK):
+                f.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                bar(done)
+            bar.close()
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "reason", e)
+        raise WeightsDownloadError(
+            f"could not download {spec.name} from {spec.url} ({reason}); {hint}"
+        ) from None
+    try:
+        if spec.size_bytes is not None and done != spec.size_bytes:
+            raise WeightsDownloadError(
+                f"{spec.name}: got {done} bytes from {spec.url}, expected {spec.size_bytes}"
+            )
+        _check_digest(spec, digest.hexdigest())
+        if check is not None:
+            check(tmp)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
+    record_sha256(final, digest.hexdigest())
+    log.info("saved %s (%d bytes, sha256 %s)", final, done, digest.hexdigest())
+    return final
+
+
+def resolve_weights(
+    weights: str, *, download_missing: bool = True, check: Callable[[Path], None] | None = None
+) -> tuple[Path, WeightsSpec | None]:
+    """Turn a ``--weights`` value (a registry name or a file path) into a local file.
+
+    A registry name that is not cached is downloaded (unless ``download_missing`` is False).
+
+    Raises:
+        FileNotFoundError: a path that does not exist, or a name not cached with downloads off.
+        ValueError: neither a file nor a registry name.
+        WeightsDownloadError: the download failed.
+    """
+    spec = REGISTRY.get(weights)
+    if spec is None:
+        path = Path(weights).expanduser()
+        if path.is_file():
+            return path, None
+        if path.suffix in (".pkl", ".pth", ".pt") or os.sep in weights:
+            raise FileNotFoundError(f"weights file not found: {weights}")
+        known = ", ".join(REGISTRY)
+        raise ValueError(f"unknown weights {weights!r}: not a file, nor one of {known}, random")
+    path = cached_path(spec)
+    if path.is_file():
+        return path, spec
+    if not download_missing:
+        raise FileNotFoundError(
+            f"{spec.name} is not cached at {path}; run 'fpncli weights download {spec.name}'"
+        )
+    return download(spec, check=check), spec
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """The state of one registry entry in the cache, as ``verify_cached`` found it."""
+
+    name: str
+    path: Path
+    status: str  # "ok", "missing", "mismatch", "unrecorded"
+    detail: str = ""
+
+
+def verify_cached(names: list[str] | None = None) -> list[CacheEntry]:
+    """Re-hash cached checkpoints and compare with the recorded and published digests."""
+    entries = []
+    for name in names or list(REGISTRY):
+        spec = REGISTRY[name]
+        path = cached_path(spec)
+        if not path.is_file():
+            entries.append(CacheEntry(name, path, "missing"))
+            continue
+        digest = sha256_file(path)
+        recorded = recorded_sha256(path)
+        problems = []
+        if recorded and recorded != digest:
+            problems.append(f"sha256 {digest} != recorded {recorded}")
+        try:
+            _check_digest(spec, digest)
+        except WeightsDownloadError as e:
+            problems.append(str(e))
+        if problems:
+            entries.append(CacheEntry(name, path, "mismatch", "; ".join(problems)))
+        elif recorded is None:
+            record_sha256(path, digest)
+            entries.append(CacheEntry(name, path, "unrecorded", f"sha256 {digest} now recorded"))
+        else:
+            entries.append(CacheEntry(name, path, "ok", f"sha256 {digest}"))
+    return entries

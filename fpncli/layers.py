@@ -1,0 +1,90 @@
+"""Building blocks: a convolution that owns its norm, and FrozenBatchNorm2d.
+
+Mirrors ``detectron2/layers/wrappers.py`` (``Conv2d`` with a ``norm`` child) and
+``detectron2/layers/batch_norm.py`` (``FrozenBatchNorm2d``), so parameter names match
+Detectron2 checkpoints (``conv1.weight``, ``conv1.norm.running_mean``, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["Conv2d", "FrozenBatchNorm2d", "fold_frozen_batchnorm"]
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d whose statistics and affine parameters are fixed buffers.
+
+    ``y = x * w / sqrt(var + eps) + (b - mean * w / sqrt(var + eps))``, eps 1e-5, as in
+    Detectron2. All four tensors are buffers, as in Detectron2, so they load from checkpoints but
+    never train.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features) - eps)
+
+    def scale_and_shift(
+        self, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel ``(scale, shift)`` this layer applies, in ``dtype``, shape ``(C,)``."""
+        weight, bias, mean, var = (
+            t.to(dtype) for t in (self.weight, self.bias, self.running_mean, self.running_var)
+        )
+        scale = weight * (var + self.eps).rsqrt()
+        return scale, bias - mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Detectron2 takes this path at inference too (no grad): one fused kernel.
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` with an optional ``norm`` module applied after the convolution.
+
+    The activation is applied by the caller (as Detectron2's blocks do with ``F.relu_``).
+    """
+
+    def __init__(self, *args, norm: nn.Module | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x
+
+
+@torch.no_grad()
+def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every ``Conv2d.norm`` that is a FrozenBatchNorm2d into its convolution, in place.
+
+    The convolution's weight becomes ``w * scale`` and its bias ``b * scale + shift`` (computed in
+    float64, then rounded once), and ``norm`` becomes ``None``. For inference only: the result
+    no longer has Detectron2's parameter names, so load checkpoints before folding.
+
+    Returns:
+        The same module, for chaining.
+    """
+    for conv in module.modules():
+        if isinstance(conv, Conv2d) and isinstance(conv.norm, FrozenBatchNorm2d):
+            scale, shift = conv.norm.scale_and_shift(torch.float64)
+            weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+            bias = shift if conv.bias is None else conv.bias.double() * scale + shift
+            conv.weight.copy_(weight.to(conv.weight.dtype))
+            conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+            conv.norm = None
+    return module

@@ -1,0 +1,269 @@
+"""Reading an image and preparing it exactly as Detectron2's DefaultPredictor does.
+
+1. Read with Pillow, apply the EXIF orientation, make it 8-bit RGB (``load_image``).
+2. Put the channels in the order the weights expect: an explicit RGB -> BGR step for Detectron2
+   weights, none for torchvision's (``to_color_order``).
+3. Resize the shortest edge to 800 with the longest capped at 1333, with Pillow bilinear on uint8
+   (``detectron2/data/transforms/transform.py: ResizeShortestEdge`` and ``ResizeTransform``).
+4. ``(x - pixel_mean) / pixel_std`` in float32, then zero padding right/bottom to a multiple of 32
+   (``detectron2/structures/image_list.py: ImageList.from_tensors``).
+
+Numpy and Pillow only, so it runs in worker processes without torch.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .weights import InputFormat
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "LoadedImage",
+    "Prepared",
+    "load_image",
+    "rgb_to_bgr",
+    "to_color_order",
+    "resized_shape",
+    "resize_shortest_edge",
+    "normalize_and_pad",
+    "prepare",
+]
+
+#: Images with more pixels than this are refused before decoding (Pillow's own default limit).
+DEFAULT_MAX_PIXELS = 89_478_485
+EXIF_ORIENTATION = 0x0112
+
+
+@dataclass
+class LoadedImage:
+    """An image as read from disk.
+
+    Attributes:
+        rgb: ``(H, W, 3)`` uint8, RGB, 0-255, EXIF orientation applied.
+        path: where it came from ("" for an in-memory array).
+        exif_transposed: whether an EXIF orientation other than 1 was applied.
+        exif_orientation: the EXIF orientation tag (1 when absent).
+        notes: what was done to make it 8-bit RGB (alpha dropped, 16-bit scaled, ...).
+    """
+
+    rgb: np.ndarray
+    path: str = ""
+    exif_transposed: bool = False
+    exif_orientation: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+
+def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray:
+    """Any Pillow mode -> ``(H, W, 3)`` uint8 RGB."""
+    mode = im.mode
+    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        if values.size and values.max() > 255:
+            values = values / 257.0  # 0..65535 -> 0..255
+            notes.append(f"{mode} image scaled from 16 bits to 8 bits")
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # As Detectron2's read_image (PIL convert("RGB")): the alpha channel is dropped and the
+        # colour stored under it is kept, not composited on a background.
+        notes.append("alpha channel discarded (colour under it kept, as Detectron2 does)")
+    elif mode not in ("RGB", "L", "1", "P"):
+        notes.append(f"{mode} converted to RGB")
+    try:
+        return np.asarray(im.convert("RGB"))
+    except (ValueError, OSError) as e:
+        raise ValueError(f"cannot convert a {mode} image to RGB ({e})") from None
+
+
+def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Read an image file as 8-bit RGB with its EXIF orientation applied.
+
+    Grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16-bit images all become RGB; of a
+    multi-frame file the first frame is used. The size is checked from the header before any
+    pixel is decoded, so decompression bombs are refused without allocating them.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an image, truncated, unsupported, or over ``max_pixels``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such image file: {path}")
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise ValueError(
+                        f"{path}: {width}x{height} is {width * height / 1e6:.0f} MP, over the "
+                        f"{max_pixels / 1e6:.0f} MP limit (a decompression bomb?); raise "
+                        "--max-pixels if you trust this file"
+                    )
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    notes.append(f"first of {frames} frames used")
+                orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+                im.load()
+                transposed = ImageOps.exif_transpose(im) if orientation != 1 else im
+                rgb = _to_rgb8(transposed, notes)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: refused as a decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, EOFError) as e:
+        raise ValueError(f"{path}: unreadable image ({e})") from None
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"{path}: decoded to an unusable array of shape {rgb.shape}")
+    return LoadedImage(
+        np.ascontiguousarray(rgb),
+        str(path),
+        exif_transposed=orientation not in (0, 1),
+        exif_orientation=orientation,
+        notes=notes,
+    )
+
+
+def rgb_to_bgr(image: np.ndarray) -> np.ndarray:
+    """Reverse the channel axis of an ``(H, W, 3)`` RGB array, giving BGR (a view)."""
+    return image[:, :, ::-1]
+
+
+def to_color_order(rgb: np.ndarray, color_order: str) -> np.ndarray:
+    """Put an RGB ``(H, W, 3)`` array into the weights' channel order ("BGR" or "RGB")."""
+    if color_order == "BGR":
+        return rgb_to_bgr(rgb)
+    if color_order == "RGB":
+        return rgb
+    raise ValueError(f"unknown color order {color_order!r}")
+
+
+def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """``ResizeShortestEdge.get_output_shape``: ``(new_height, new_width)``."""
+    size = float(min_size)
+    scale = size / min(height, width)
+    if height < width:
+        new_h, new_w = size, scale * width
+    else:
+        new_h, new_w = scale * height, size
+    if max(new_h, new_w) > max_size:
+        scale = max_size * 1.0 / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def resize_shortest_edge(image: np.ndarray, min_size: int = 800, max_size: int = 1333) -> np.ndarray:
+    """Resize a uint8 ``(H, W, 3)`` image as Detectron2 does (Pillow bilinear)."""
+    height, width = image.shape[:2]
+    new_h, new_w = resized_shape(height, width, min_size, max_size)
+    if (new_h, new_w) == (height, width):
+        return image
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    return np.asarray(pil.resize((new_w, new_h), Image.BILINEAR))
+
+
+def normalize_and_pad(
+    image: np.ndarray, input_format: InputFormat, size_divisibility: int = 32,
+    pad_to: tuple[int, int] | None = None,
+) -> np.ndarray:  # fmt: skip
+    """``(H, W, 3)`` uint8 in model order -> ``(3, Hp, Wp)`` float32, normalized, zero-padded.
+
+    ``Hp, Wp`` are H, W rounded up to ``size_divisibility``, or ``pad_to`` when given.
+    """
+    height, width = image.shape[:2]
+    if pad_to is None:
+        pad_to = (
+            math.ceil(height / size_divisibility) * size_divisibility,
+            math.ceil(width / size_divisibility) * size_divisibility,
+        )
+    mean = np.asarray(input_format.pixel_mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(input_format.pixel_std, dtype=np.float32).reshape(3, 1, 1)
+    out = np.zeros((3, *pad_to), dtype=np.float32)
+    chw = image.transpose(2, 0, 1).astype(np.float32)
+    out[:, :height, :width] = (chw - mean) / std
+    return out
+
+
+@dataclass
+class Prepared:
+    """An image ready for the backbone, and how it got there.
+
+    Attributes:
+        tensor: ``(3, Hp, Wp)`` float32 in the weights' channel order, normalized, zero-padded.
+        resized_height, resized_width: size after the resize (the valid region of ``tensor``).
+        scale: the resize factor Detectron2 computed (resized / original, before rounding).
+        scale_y, scale_x: the exact per-axis factors after rounding to whole pixels.
+    """
+
+    tensor: np.ndarray
+    color_order: str
+    resized_height: int
+    resized_width: int
+    scale: float
+    scale_y: float
+    scale_x: float
+    pixel_mean: tuple[float, float, float]
+    pixel_std: tuple[float, float, float]
+
+    @property
+    def padded_height(self) -> int:
+        return int(self.tensor.shape[1])
+
+    @property
+    def padded_width(self) -> int:
+        return int(self.tensor.shape[2])
+
+
+def prepare(
+    rgb: np.ndarray,
+    input_format: InputFormat,
+    *,
+    min_size: int = 800,
+    max_size: int = 1333,
+    resize: bool = True,
+) -> Prepared:
+    """Run steps 2-4 on an RGB uint8 ``(H, W, 3)`` image (see the module docstring)."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.dtype} {rgb.shape}")
+    if resize and (min_size <= 0 or max_size < min_size):
+        raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
+    height, width = rgb.shape[:2]
+    image = to_color_order(rgb, input_format.color_order)
+    if resize:
+        image = resize_shortest_edge(image, min_size, max_size)
+        scale = min_size / min(height, width)
+        if max(height, width) * scale > max_size:
+            scale = max_size / max(height, width)
+    else:
+        scale = 1.0
+    new_h, new_w = image.shape[:2]
+    return Prepared(
+        tensor=normalize_and_pad(image, input_format),
+        color_order=input_format.color_order,
+        resized_height=new_h,
+        resized_width=new_w,
+        scale=scale,
+        scale_y=new_h / height,
+        scale_x=new_w / width,
+        pixel_mean=tuple(input_format.pixel_mean),
+        pixel_std=tuple(input_format.pixel_std),
+    )

@@ -1,0 +1,29 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+for line in Path("fpncli/__init__.py").read_text().splitlines():
+    if line.startswith("__version__"):
+        exec(line, version)
+
+setup(
+    name="fpncli",
+    version=version["__version__"],
+    description="Feature-map extractor and visualizer for Detectron2's ResNet-FPN backbone (P2-P6)",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["fpncli", "fpncli.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.23",
+        "opencv-python>=4.6",
+        "matplotlib>=3.6",
+        "click>=8.1",
+        "pillow>=9.5",
+    ],
+    extras_require={"test": ["pytest>=7"], "dev": ["pytest>=7", "ruff>=0.4"]},
+    entry_points={"console_scripts": ["fpncli = fpncli.cli:main"]},
+)
