@@ -205,9 +205,7 @@ def extract(
     elif isinstance(image, np.ndarray):
         image = LoadedImage(np.ascontiguousarray(image))
     input_format = model.weights_info.input if hasattr(model, "weights_info") else DETECTRON2_INPUT
-    prepared = prepare(
-        image.rgb, input_format, min_size=min_size, max_size=max_size, resize=resize
-    )
+    prepared = prepare(image.rgb, input_format, min_size=min_size, max_size=max_size, resize=resize)
     batch = torch.from_numpy(prepared.tensor)[None]
     features = run_backbone(model, batch, precision=precision)
     features = {k: v.float().cpu().contiguous() for k, v in features.items()}

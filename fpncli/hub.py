@@ -108,7 +108,9 @@ class _StderrProgress:
             width = 30
             filled = int(width * done / self.total)
             bar = "#" * filled + "-" * (width - filled)
-            text = f"\r{self.label} [{bar}] {done / 1e6:.1f}/{self.total / 1e6:.1f} MB {rate:.1f} MB/s"
+            text = (
+                f"\r{self.label} [{bar}] {done / 1e6:.1f}/{self.total / 1e6:.1f} MB {rate:.1f} MB/s"
+            )
         else:
             text = f"\r{self.label} {done / 1e6:.1f} MB {rate:.1f} MB/s"
         sys.stderr.write(text)

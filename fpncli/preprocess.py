@@ -171,7 +171,9 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tupl
     return int(new_h + 0.5), int(new_w + 0.5)
 
 
-def resize_shortest_edge(image: np.ndarray, min_size: int = 800, max_size: int = 1333) -> np.ndarray:
+def resize_shortest_edge(
+    image: np.ndarray, min_size: int = 800, max_size: int = 1333
+) -> np.ndarray:
     """Resize a uint8 ``(H, W, 3)`` image as Detectron2 does (Pillow bilinear)."""
     height, width = image.shape[:2]
     new_h, new_w = resized_shape(height, width, min_size, max_size)
@@ -223,14 +225,12 @@ class Prepared:
     scale_x: float
     pixel_mean: tuple[float, float, float]
     pixel_std: tuple[float, float, float]
+    padded_height: int = 0  # taken from ``tensor`` (kept when the tensor is released)
+    padded_width: int = 0
 
-    @property
-    def padded_height(self) -> int:
-        return int(self.tensor.shape[1])
-
-    @property
-    def padded_width(self) -> int:
-        return int(self.tensor.shape[2])
+    def __post_init__(self) -> None:
+        if self.tensor is not None:
+            self.padded_height, self.padded_width = (int(n) for n in self.tensor.shape[1:])
 
 
 def prepare(

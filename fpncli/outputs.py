@@ -1,0 +1,337 @@
+"""Writing one image's outputs: ``p*.npy``, ``p*.png``, ``overview.png``, ``manifest.json``.
+
+Every file is written atomically: to a hidden temporary name in the same folder, then renamed.
+The manifest is written last and its presence (with ``"complete": true``) is what marks a folder
+complete. Re-extracting first removes the old manifest, so a run killed half-way through a
+re-extraction never leaves a folder that looks complete with a mix of old and new files.
+(Atomic against killed processes and full disks; files are not fsync'ed, so a power cut can
+still lose what the OS had not flushed.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .fpn import LEVEL_STRIDES, LEVELS
+from .preprocess import LoadedImage, Prepared
+
+__all__ = [
+    "OutputOptions",
+    "MANIFEST",
+    "atomic_write_bytes",
+    "is_complete",
+    "run_key",
+    "read_manifest",
+    "valid_size",
+    "write_image_outputs",
+    "record_latest",
+    "latest_extraction",
+    "estimate_bytes_per_image",
+]
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+_TMP_MARK = ".fpncli-tmp"
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What to write for each image (the ``extract`` options that shape the outputs)."""
+
+    levels: tuple[str, ...] = LEVELS
+    dtype: str = "float32"  # of the .npy files: "float32" or "float16"
+    save_npy: bool = True
+    save_heatmaps: bool = True
+    save_overview: bool = True
+    overlay: bool = False
+    channel: int = 0
+    reduce: str = "channel"
+    cmap: str = "viridis"
+    min_size: int = 800
+    max_size: int = 1333
+    resize: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [lv for lv in self.levels if lv not in LEVELS]
+        if unknown or not self.levels:
+            raise ValueError(f"unknown level(s) {', '.join(unknown) or '(none)'}: use p2..p6")
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> int:
+    """Write ``data`` to ``path`` through a temporary file in the same folder; returns size."""
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return len(data)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The folder's manifest if it is a complete one, else None."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("complete") else None
+
+
+def is_complete(folder: Path, run_key: str | None = None) -> bool:
+    """True when ``folder`` holds a complete extraction (and, given ``run_key``, the same one)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return False
+    return run_key is None or manifest.get("run_key") == run_key
+
+
+def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: str) -> str:
+    """A digest of everything that determines an image's outputs: the input file (size and
+    modification time), the weights, the precision and the output options. A complete folder
+    with the same key is skipped on resume; a different key means re-extract."""
+    stat = Path(image_path).stat()
+    material = {
+        "input": [str(Path(image_path).absolute()), stat.st_size, stat.st_mtime_ns],
+        "weights": [weights.get("name"), weights.get("sha256"), weights.get("seed")],
+        "precision": precision,
+        "options": asdict(options),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def valid_size(resized_height: int, resized_width: int, stride: int) -> tuple[int, int]:
+    """Cells of a level with ``stride`` that cover image pixels rather than padding."""
+    return math.ceil(resized_height / stride), math.ceil(resized_width / stride)
+
+
+def _begin(folder: Path) -> None:
+    """Make the folder, drop an old manifest and stale temporaries from a killed run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    for stale in folder.glob(f".*{_TMP_MARK}*"):
+        stale.unlink(missing_ok=True)
+
+
+def _level_maps(features: dict[str, np.ndarray], prepared: Prepared, options: OutputOptions):
+    from .visualize import reduce_channels, valid_region
+
+    maps = {}
+    for name in options.levels:
+        valid_h, valid_w = valid_size(
+            prepared.resized_height, prepared.resized_width, LEVEL_STRIDES[name]
+        )
+        reduced = reduce_channels(features[name], options.reduce, options.channel)
+        maps[name] = valid_region(reduced, valid_h, valid_w)
+    return maps
+
+
+def write_image_outputs(
+    folder: Path,
+    *,
+    features: dict[str, np.ndarray],
+    image: LoadedImage,
+    prepared: Prepared,
+    options: OutputOptions,
+    weights: dict,
+    device: str,
+    precision: str,
+    run_key: str | None = None,
+) -> int:
+    """Write everything for one image into ``folder``; the manifest last. Returns bytes written.
+
+    Args:
+        features: level name -> ``(1, 256, Hp/S, Wp/S)`` array (float32 or float16), covering the
+            padded input, for at least ``options.levels``.
+        image: the image as read (its ``rgb`` is used for the overview and overlays).
+        prepared: how it was prepared (its ``tensor`` is not used and may be None).
+        weights: ``{"name", "sha256", "format", "random", "seed"}`` for the manifest.
+    """
+    folder = Path(folder)
+    _begin(folder)
+    written = 0
+    levels_meta = {}
+    maps = _level_maps(features, prepared, options) if _needs_maps(options) else {}
+    for name in options.levels:
+        stride = LEVEL_STRIDES[name]
+        array = features[name]
+        if options.dtype == "float16" and array.dtype != np.float16:
+            array = array.astype(np.float16)
+        elif options.dtype == "float32" and array.dtype != np.float32:
+            array = array.astype(np.float32)
+        valid_h, valid_w = valid_size(prepared.resized_height, prepared.resized_width, stride)
+        valid = array[..., :valid_h, :valid_w].astype(np.float32, copy=False)
+        meta = {
+            "file": None,
+            "heatmap": None,
+            "shape": list(array.shape),
+            "stride": stride,
+            "dtype": options.dtype,
+            "valid_height": valid_h,
+            "valid_width": valid_w,
+            "min": float(valid.min()),
+            "max": float(valid.max()),
+            "mean": float(valid.mean(dtype=np.float64)),
+        }
+        if options.save_npy:
+            written += atomic_write_bytes(folder / f"{name}.npy", _npy_bytes(array))
+            meta["file"] = f"{name}.npy"
+        label = f"{name}  stride {stride}  {tuple(array.shape)}  {_reduce_label(options)}"
+        if options.save_heatmaps:
+            from .visualize import encode_png, heatmap_image
+
+            png = encode_png(heatmap_image(maps[name], cmap=options.cmap, label=label))
+            written += atomic_write_bytes(folder / f"{name}.png", png)
+            meta["heatmap"] = f"{name}.png"
+        if options.overlay:
+            from .visualize import encode_png, overlay_image
+
+            over = overlay_image(
+                image.rgb, maps[name], stride=stride,
+                scale_y=prepared.scale_y, scale_x=prepared.scale_x,
+            )  # fmt: skip
+            written += atomic_write_bytes(folder / f"{name}_overlay.png", encode_png(over))
+            meta["overlay"] = f"{name}_overlay.png"
+        levels_meta[name] = meta
+
+    overview = None
+    if options.save_overview:
+        from .visualize import overview_png
+
+        panels = [
+            {
+                "name": n,
+                "map": maps[n],
+                "stride": LEVEL_STRIDES[n],
+                "shape": tuple(levels_meta[n]["shape"]),
+            }
+            for n in options.levels
+        ]
+        note = "RANDOM, UNTRAINED WEIGHTS - not a trained network" if weights.get("random") else ""
+        title = (
+            f"{Path(image.path).name or 'image'}  ({weights.get('name')}, {_reduce_label(options)})"
+        )
+        written += atomic_write_bytes(
+            folder / "overview.png", overview_png(image.rgb, panels, title=title, note=note)
+        )
+        overview = "overview.png"
+
+    import torch  # only for its version; already loaded by the caller
+
+    manifest = {
+        "fpncli_version": __version__,
+        "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "input": {
+            "path": str(Path(image.path).resolve()) if image.path else "",
+            "width": image.width,
+            "height": image.height,
+            "exif_transposed": image.exif_transposed,
+            "exif_orientation": image.exif_orientation,
+            "notes": list(image.notes),
+        },
+        "preprocess": {
+            "color_order": prepared.color_order,
+            "resized_width": prepared.resized_width,
+            "resized_height": prepared.resized_height,
+            "scale": prepared.scale,
+            "scale_x": prepared.scale_x,
+            "scale_y": prepared.scale_y,
+            "padded_width": prepared.padded_width,
+            "padded_height": prepared.padded_height,
+            "pixel_mean": list(prepared.pixel_mean),
+            "pixel_std": list(prepared.pixel_std),
+            "min_size": options.min_size,
+            "max_size": options.max_size,
+            "resize": options.resize,
+        },
+        "weights": dict(weights),
+        "device": device,
+        "precision": precision,
+        "levels": levels_meta,
+        "heatmap": {"reduce": options.reduce, "channel": options.channel, "cmap": options.cmap},
+        "overview": overview,
+        "run_key": run_key,
+        "complete": True,
+    }
+    data = json.dumps(manifest, indent=2).encode()
+    written += atomic_write_bytes(folder / MANIFEST, data)
+    return written
+
+
+def _needs_maps(options: OutputOptions) -> bool:
+    return options.save_heatmaps or options.save_overview or options.overlay
+
+
+def _reduce_label(options: OutputOptions) -> str:
+    return f"channel {options.channel}" if options.reduce == "channel" else options.reduce
+
+
+def estimate_bytes_per_image(padded_height: int, padded_width: int, options: OutputOptions) -> int:
+    """Upper estimate of the bytes ``write_image_outputs`` writes for one image of this size."""
+    itemsize = 2 if options.dtype == "float16" else 4
+    total = 0
+    for name in options.levels:
+        stride = LEVEL_STRIDES[name]
+        cells = math.ceil(padded_height / stride) * math.ceil(padded_width / stride)
+        if options.save_npy:
+            total += 256 * cells * itemsize + 128
+        if options.save_heatmaps:
+            total += 200_000
+        if options.overlay:
+            total += 3 * padded_height * padded_width // 2
+    if options.save_overview:
+        total += 600_000
+    return total + 8_000
+
+
+def _state_file() -> Path:
+    base = os.environ.get("FPNCLI_HOME") or os.environ.get("XDG_STATE_HOME")
+    root = Path(base) if base else Path.home() / ".cache" / "fpncli"
+    return root / "latest.json"
+
+
+def record_latest(folder: Path) -> None:
+    """Remember ``folder`` as the most recent extraction (for ``fpncli show`` with no target)."""
+    state = _state_file()
+    try:
+        state.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(state, json.dumps({"folder": str(Path(folder).resolve())}).encode())
+    except OSError as e:  # a read-only home must not fail an extraction
+        log.warning("could not record the latest extraction in %s: %s", state, e)
+
+
+def latest_extraction() -> Path:
+    """The most recently completed output folder; FileNotFoundError when there is none."""
+    try:
+        folder = Path(json.loads(_state_file().read_text())["folder"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FileNotFoundError(
+            "no previous extraction recorded: run 'fpncli extract IMAGE' first, or name a TARGET"
+        ) from None
+    if not is_complete(folder):
+        raise FileNotFoundError(
+            f"the latest extraction {folder} is gone or incomplete: name a TARGET"
+        )
+    return folder
