@@ -5,24 +5,33 @@ The library works without the CLI::
     import fpncli
     model = fpncli.load_backbone("faster_rcnn_R_50_FPN_3x")   # or a path, or "random"
     features = fpncli.extract_features("street.jpg", model)   # {"p2": tensor, ..., "p6": tensor}
+
+Names are imported lazily so that ``fpncli --help`` does not import torch.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .api import WeightsInfo, extract, extract_features, load_backbone  # noqa: E402
-from .fpn import FPN, LEVEL_STRIDES, LEVELS, build_resnet_fpn_backbone  # noqa: E402
-from .weights import DEFAULT_WEIGHTS, REGISTRY  # noqa: E402
+_LAZY = {
+    "WeightsInfo": "api",
+    "extract": "api",
+    "extract_features": "api",
+    "load_backbone": "api",
+    "FPN": "fpn",
+    "LEVELS": "fpn",
+    "LEVEL_STRIDES": "fpn",
+    "build_resnet_fpn_backbone": "fpn",
+    "DEFAULT_WEIGHTS": "weights",
+    "REGISTRY": "weights",
+}
 
-__all__ = [
-    "__version__",
-    "FPN",
-    "LEVELS",
-    "LEVEL_STRIDES",
-    "DEFAULT_WEIGHTS",
-    "REGISTRY",
-    "WeightsInfo",
-    "build_resnet_fpn_backbone",
-    "extract",
-    "extract_features",
-    "load_backbone",
-]
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fpncli' has no attribute {name!r}")

@@ -224,6 +224,13 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         raise click.BadParameter(
             f"channel must be in 0..255, got {channel}", param_hint="--channel"
         )
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(f"cannot create output folder {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise click.ClickException(f"output folder {out} is not writable")
     pairs = discover_inputs(inputs, from_list)
     if not pairs:
         raise click.ClickException("no images found in the given inputs")
@@ -256,6 +263,9 @@ def _report(summary, out_dir: Path, total: int) -> None:
         click.echo(f"stopped early: {summary.aborted}", err=True)
     if total == 1 and summary.done == 1:
         click.echo(f"wrote {summary.last_folder}")
+        return
+    if total == 1 and summary.skipped == 1:
+        click.echo("already complete with these settings (use --overwrite to redo)")
         return
     gb = summary.bytes_written / 1e9
     click.echo(

@@ -48,9 +48,7 @@ class FPN(nn.Module):
         for name, (channels, stride) in bottom_up.output_shape().items():
             level = int(math.log2(stride))
             self.add_module(f"fpn_lateral{level}", Conv2d(channels, out_channels, 1))
-            self.add_module(
-                f"fpn_output{level}", Conv2d(out_channels, out_channels, 3, padding=1)
-            )
+            self.add_module(f"fpn_output{level}", Conv2d(out_channels, out_channels, 3, padding=1))
             self._levels.append(level)
         self.top_block = LastLevelMaxPool()
         self.out_channels = out_channels

@@ -62,7 +62,9 @@ class Conv2d(nn.Conv2d):
         self.norm = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        x = F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
         if self.norm is not None:
             x = self.norm(x)
         return x

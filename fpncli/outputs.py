@@ -170,6 +170,26 @@ def write_image_outputs(
     """
     folder = Path(folder)
     _begin(folder)
+    created: list[Path] = []
+
+    def write(path: Path, data: bytes) -> int:
+        size = atomic_write_bytes(path, data)
+        created.append(path)
+        return size
+
+    try:
+        return _write_all(
+            folder, write, features, image, prepared, options, weights, device, precision, run_key
+        )
+    except BaseException:
+        # Leave no orphan files from this attempt: the folder is incomplete (no manifest).
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _write_all(folder, write, features, image, prepared, options, weights, device, precision,
+               run_key) -> int:  # fmt: skip
     written = 0
     levels_meta = {}
     maps = _level_maps(features, prepared, options) if _needs_maps(options) else {}
@@ -195,14 +215,14 @@ def write_image_outputs(
             "mean": float(valid.mean(dtype=np.float64)),
         }
         if options.save_npy:
-            written += atomic_write_bytes(folder / f"{name}.npy", _npy_bytes(array))
+            written += write(folder / f"{name}.npy", _npy_bytes(array))
             meta["file"] = f"{name}.npy"
         label = f"{name}  stride {stride}  {tuple(array.shape)}  {_reduce_label(options)}"
         if options.save_heatmaps:
             from .visualize import encode_png, heatmap_image
 
             png = encode_png(heatmap_image(maps[name], cmap=options.cmap, label=label))
-            written += atomic_write_bytes(folder / f"{name}.png", png)
+            written += write(folder / f"{name}.png", png)
             meta["heatmap"] = f"{name}.png"
         if options.overlay:
             from .visualize import encode_png, overlay_image
@@ -211,7 +231,7 @@ def write_image_outputs(
                 image.rgb, maps[name], stride=stride,
                 scale_y=prepared.scale_y, scale_x=prepared.scale_x,
             )  # fmt: skip
-            written += atomic_write_bytes(folder / f"{name}_overlay.png", encode_png(over))
+            written += write(folder / f"{name}_overlay.png", encode_png(over))
             meta["overlay"] = f"{name}_overlay.png"
         levels_meta[name] = meta
 
@@ -232,7 +252,7 @@ def write_image_outputs(
         title = (
             f"{Path(image.path).name or 'image'}  ({weights.get('name')}, {_reduce_label(options)})"
         )
-        written += atomic_write_bytes(
+        written += write(
             folder / "overview.png", overview_png(image.rgb, panels, title=title, note=note)
         )
         overview = "overview.png"
@@ -276,7 +296,7 @@ def write_image_outputs(
         "complete": True,
     }
     data = json.dumps(manifest, indent=2).encode()
-    written += atomic_write_bytes(folder / MANIFEST, data)
+    written += write(folder / MANIFEST, data)
     return written
 
 
