@@ -1,0 +1,171 @@
+"""The command line through click's CliRunner: happy paths, option effects and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fpncli.cli import cli
+
+SMALL = ["--weights", "random", "--min-size", "64", "--max-size", "96"]
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    return CliRunner()
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "street.jpg"
+    rng = np.random.RandomState(0)
+    Image.fromarray(rng.randint(0, 255, (60, 90, 3), dtype=np.uint8)).save(path, quality=95)
+    return path
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, fpncli.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_extract_one_image_writes_the_documented_outputs(runner, photo, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(
+        cli, ["extract", str(photo), "-o", str(out), *SMALL, "--no-overview", "--no-heatmaps"],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    folder = out / "street"
+    assert f"wrote {folder}" in result.output
+    assert "random" in result.stderr
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["input"]["width"] == 90 and manifest["input"]["height"] == 60
+    assert manifest["input"]["exif_transposed"] is False
+    pre = manifest["preprocess"]
+    assert pre["color_order"] == "BGR"
+    assert (pre["resized_height"], pre["resized_width"]) == (64, 96)
+    assert (pre["padded_height"], pre["padded_width"]) == (64, 96)
+    assert pre["pixel_mean"] == [103.53, 116.28, 123.675] and pre["pixel_std"] == [1.0, 1.0, 1.0]
+    assert manifest["weights"]["name"] == "random" and manifest["weights"]["random"] is True
+    assert manifest["device"] == "cpu" and manifest["precision"] == "fp32"
+    assert manifest["fpncli_version"] and manifest["torch_version"]
+    strides = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+    for level, stride in strides.items():
+        meta = manifest["levels"][level]
+        array = np.load(folder / meta["file"])
+        assert array.dtype == np.float32
+        assert array.shape == (1, 256, -(-64 // stride), -(-96 // stride)) == tuple(meta["shape"])
+        assert meta["stride"] == stride
+        assert meta["min"] <= meta["mean"] <= meta["max"]
+        assert meta["max"] == pytest.approx(float(array.max()), rel=1e-6)
+
+
+def test_levels_dtype_and_no_npy(runner, photo, tmp_path):
+    out = tmp_path / "out"
+    args = ["extract", str(photo), "-o", str(out), *SMALL, "--levels", "p5,p3", "--dtype",
+            "float16", "--no-overview", "--no-heatmaps"]  # fmt: skip
+    assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
+    names = sorted(p.name for p in (out / "street").iterdir())
+    assert names == ["manifest.json", "p3.npy", "p5.npy"]
+    assert np.load(out / "street" / "p3.npy").dtype == np.float16
+    args = ["extract", str(photo), "-o", str(tmp_path / "o2"), *SMALL, "--no-npy", "--no-overview",
+            "--no-heatmaps"]  # fmt: skip
+    assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
+    manifest = json.loads((tmp_path / "o2" / "street" / "manifest.json").read_text())
+    assert manifest["levels"]["p2"]["file"] is None
+    assert not list((tmp_path / "o2" / "street").glob("*.npy"))
+
+
+def test_rerun_skips_then_overwrite_redoes(runner, photo, tmp_path):
+    args = ["extract", str(photo), "-o", str(tmp_path / "out"), *SMALL, "--no-overview",
+            "--no-heatmaps"]  # fmt: skip
+    runner.invoke(cli, args, catch_exceptions=False)
+    assert "already complete" in runner.invoke(cli, args, catch_exceptions=False).output
+    result = runner.invoke(cli, [*args, "--overwrite"], catch_exceptions=False)
+    assert "wrote" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["extract", "missing.jpg", "--weights", "random"], "no such file or folder: missing.jpg"),
+        (["extract", "{photo}", "--weights", "nope"], "unknown weights 'nope'"),
+        (["extract", "{photo}", "--weights", "random", "--levels", "p7"], "unknown level"),
+        (["extract", "{photo}", "--weights", "/no/such/w.pkl"], "weights file not found"),
+        (["extract", "{photo}", "--weights", "random", "--device", "tpu"], "unknown device"),
+        (["extract", "{photo}", "--weights", "random", "--precision", "fp16", "--device", "cpu"],
+         "fp16 on the CPU"),
+        (["show", "--level", "p9", "{photo}"], "level"),
+    ],
+)  # fmt: skip
+def test_errors_are_one_line_without_traceback(runner, photo, args, message):
+    args = [a.replace("{photo}", str(photo)) for a in args]
+    result = runner.invoke(cli, args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_unwritable_output_folder(runner, photo, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = runner.invoke(cli, ["extract", str(photo), "-o", str(blocker / "out"), *SMALL])
+    assert result.exit_code == 1
+    assert "cannot create output folder" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_image_fails_cleanly_and_leaves_nothing(runner, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("this is text")
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["extract", str(bad), "-o", str(out), *SMALL])
+    assert result.exit_code == 1
+    assert "failed:" in result.output and "bad.jpg" in result.output
+    assert not (out / "bad").exists()
+
+
+def test_default_weights_offline_names_address_path_and_random(runner, photo, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    result = runner.invoke(cli, ["extract", str(photo)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    line = lines[0]
+    assert (
+        "https://dl.fbaipublicfiles.com/detectron2/COCO-Detection/faster_rcnn_R_50_FPN_3x/" in line
+    )
+    assert "model_final_280758.pkl" in line
+    assert "--weights random" in line
+    assert "by hand" in line
+
+
+def test_weights_list_and_verify(runner):
+    result = runner.invoke(cli, ["weights", "list"], catch_exceptions=False)
+    assert "faster_rcnn_R_50_FPN_3x (default)" in result.output
+    assert "https://dl.fbaipublicfiles.com/detectron2/" in result.output
+    assert "torchvision_fasterrcnn_resnet50_fpn" in result.output
+    result = runner.invoke(cli, ["weights", "verify", "faster_rcnn_R_50_FPN_1x"])
+    assert result.exit_code == 0 and "missing" in result.output
+    result = runner.invoke(cli, ["weights", "verify", "nope"])
+    assert result.exit_code == 1 and "unknown weights name" in result.output
+
+
+def test_python_dash_m_works(photo, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fpncli", "--version"], capture_output=True, text=True, check=True
+    )
+    assert "fpncli" in result.stdout
