@@ -1,0 +1,208 @@
+"""Numerical parity of fpncli against the real Detectron2 and torchvision (not run by CI).
+
+Needs an environment where ``detectron2`` (its Python source is enough for the backbone) and
+``torchvision`` import, next to fpncli. It writes seeded random weights in each real format:
+
+- a Detectron2 model-zoo ``.pkl`` (``{"model": {"backbone.bottom_up.*": ndarray, ...},
+  "__author__": ...}``), loaded by Detectron2's own ``DetectionCheckpointer`` into
+  ``build_resnet_fpn_backbone``, and by ``fpncli.load_backbone``;
+- a torchvision Faster R-CNN state dict (``backbone.body.*``, ``backbone.fpn.*``), loaded by
+  torchvision's ``fasterrcnn_resnet50_fpn`` and by fpncli,
+
+runs both on real photos (Detectron2: ``read_image`` + ``ResizeShortestEdge`` + normalization +
+``ImageList`` padding, i.e. DefaultPredictor's preprocessing; torchvision: the same normalized,
+padded tensor fpncli prepares for RGB weights), and prints ``max|ours - theirs| / max|theirs|`` per
+level. With ``--golden DIR`` it also writes the reference answers for a small input as JSON
+(slices and statistics per level), which ``tests/test_parity_golden.py`` checks in CI without
+Detectron2 or torchvision.
+
+    PYTHONPATH=/path/to/detectron2 python scripts/parity.py samples/*.png samples/*.jpg
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fpncli
+from fpncli.checkpoint import random_state_dict
+from fpncli.fpn import build_resnet_fpn_backbone
+from fpncli.preprocess import load_image, prepare
+from fpncli.weights import TORCHVISION_INPUT
+
+LEVELS = ("p2", "p3", "p4", "p5", "p6")
+
+
+def detectron2_pkl(path: Path, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded weights as a Detectron2 model-zoo .pkl, with detection-head keys beside them."""
+    state = random_state_dict(build_resnet_fpn_backbone(), seed)
+    model = {f"backbone.{k}": v.numpy() for k, v in state.items()}
+    rng = np.random.RandomState(seed + 1)
+    model["proposal_generator.rpn_head.conv.weight"] = rng.randn(256, 256, 3, 3).astype("f4")
+    model["roi_heads.box_predictor.cls_score.weight"] = rng.randn(81, 1024).astype("f4")
+    with open(path, "wb") as f:
+        pickle.dump({"model": model, "__author__": "fpncli parity script"}, f, protocol=2)
+    return state
+
+
+def torchvision_name(name: str) -> str | None:
+    """fpncli/Detectron2 name -> torchvision fasterrcnn_resnet50_fpn name (written here
+    independently of fpncli's own converter, so the two check each other)."""
+    parts = name.split(".")
+    if name.startswith("bottom_up.stem.conv1.norm."):
+        return f"backbone.body.bn1.{parts[-1]}"
+    if name == "bottom_up.stem.conv1.weight":
+        return "backbone.body.conv1.weight"
+    if name.startswith("bottom_up.res"):
+        stage, block, conv = int(parts[1][3:]) - 1, parts[2], parts[3]
+        is_norm = parts[4] == "norm"
+        if conv == "shortcut":
+            return f"backbone.body.layer{stage}.{block}.downsample.{1 if is_norm else 0}.{parts[-1]}"
+        index = conv[-1]
+        return f"backbone.body.layer{stage}.{block}.{'bn' if is_norm else 'conv'}{index}.{parts[-1]}"
+    if name.startswith("fpn_lateral") or name.startswith("fpn_output"):
+        kind = "inner_blocks" if name.startswith("fpn_lateral") else "layer_blocks"
+        index = int(parts[0][-1]) - 2
+        return f"backbone.fpn.{kind}.{index}.0.{parts[1]}"
+    return None
+
+
+def run_detectron2(pkl: Path, image_path: Path, min_size: int, max_size: int):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.data import transforms as T
+    from detectron2.data.detection_utils import read_image
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone import build_resnet_fpn_backbone as d2_build
+    from detectron2.structures import ImageList
+
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.RESNETS.DEPTH = 50
+
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = d2_build(cfg, ShapeSpec(channels=3))
+
+    detector = Detector().eval()
+    DetectionCheckpointer(detector).load(str(pkl))
+    original = read_image(str(image_path), format="BGR")  # DefaultPredictor's input
+    resize = T.ResizeShortestEdge([min_size, min_size], max_size)
+    image = resize.get_transform(original).apply_image(original)
+    x = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
+    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
+    images = ImageList.from_tensors([(x - mean) / std], detector.backbone.size_divisibility)
+    with torch.no_grad():
+        return detector.backbone(images.tensor)
+
+
+def run_torchvision(pth: Path, batch: torch.Tensor):
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
+    model.load_state_dict(torch.load(pth, weights_only=True), strict=False)
+    with torch.no_grad():
+        out = model.backbone(batch)
+    return dict(zip(LEVELS, (out["0"], out["1"], out["2"], out["3"], out["pool"])))
+
+
+def relative_errors(ours: dict, theirs: dict) -> dict[str, float]:
+    return {
+        k: float((ours[k] - theirs[k]).abs().max() / theirs[k].abs().max()) for k in LEVELS
+    }
+
+
+def golden(features: dict[str, torch.Tensor]) -> dict:
+    """A small, stable summary of each level: a corner slice, a centre slice and statistics."""
+    out = {}
+    for k in LEVELS:
+        t = features[k][0].double()
+        h, w = t.shape[-2:]
+        out[k] = {
+            "shape": list(features[k].shape),
+            "corner": t[:4, :3, :3].tolist(),
+            "centre": t[100:104, h // 2, w // 2 - 1 : w // 2 + 2].tolist(),
+            "mean": float(t.mean()),
+            "std": float(t.std()),
+            "abs_max": float(t.abs().max()),
+            "channel_means": t.mean(dim=(1, 2))[:16].tolist(),
+        }
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sizes", default="800:1333,480:800", help="min:max resize pairs")
+    parser.add_argument("--golden", type=Path, default=None, help="write golden JSON here")
+    parser.add_argument("--golden-image", type=Path, default=Path("samples/coffee.png"))
+    parser.add_argument("--golden-size", default="160:267")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    tmp = Path(tempfile.mkdtemp(prefix="fpncli-parity-"))
+    pkl = tmp / "seeded.pkl"
+    state = detectron2_pkl(pkl, args.seed)
+    tv_state = {torchvision_name(k): v for k, v in state.items()}
+    tv_state["rpn.head.conv.0.0.weight"] = torch.zeros(256, 256, 3, 3)
+    pth = tmp / "seeded_torchvision.pth"
+    torch.save(tv_state, pth)
+    ours_d2 = fpncli.load_backbone(str(pkl), fold_bn=True)
+    ours_tv = fpncli.load_backbone(str(pth), fold_bn=True)
+    assert ours_tv.weights_info.input == TORCHVISION_INPUT
+
+    worst = {"detectron2": 0.0, "torchvision": 0.0}
+    sizes = [tuple(int(n) for n in s.split(":")) for s in args.sizes.split(",")]
+    for image_path in args.images:
+        for min_size, max_size in sizes:
+            theirs = run_detectron2(pkl, image_path, min_size, max_size)
+            ours = fpncli.extract_features(image_path, ours_d2, min_size=min_size, max_size=max_size)
+            err = relative_errors(ours, theirs)
+            worst["detectron2"] = max(worst["detectron2"], *err.values())
+            shape = tuple(theirs["p2"].shape)
+            print(f"detectron2  {image_path.name:<12} {min_size}:{max_size} p2{shape} "
+                  + " ".join(f"{k}={v:.2e}" for k, v in err.items()))  # fmt: skip
+
+            prepared = prepare(load_image(image_path).rgb, TORCHVISION_INPUT,
+                               min_size=min_size, max_size=max_size)  # fmt: skip
+            batch = torch.from_numpy(prepared.tensor)[None]
+            theirs = run_torchvision(pth, batch)
+            ours = fpncli.extract_features(image_path, ours_tv, min_size=min_size, max_size=max_size)
+            err = relative_errors(ours, theirs)
+            worst["torchvision"] = max(worst["torchvision"], *err.values())
+            print(f"torchvision {image_path.name:<12} {min_size}:{max_size} p2{shape} "
+                  + " ".join(f"{k}={v:.2e}" for k, v in err.items()))  # fmt: skip
+    print("worst max|ours - theirs| / max|theirs|:", {k: f"{v:.2e}" for k, v in worst.items()})
+
+    if args.golden is not None:
+        args.golden.mkdir(parents=True, exist_ok=True)
+        min_size, max_size = (int(n) for n in args.golden_size.split(":"))
+        record = {"seed": args.seed, "image": args.golden_image.name,
+                  "min_size": min_size, "max_size": max_size}  # fmt: skip
+        d2 = run_detectron2(pkl, args.golden_image, min_size, max_size)
+        (args.golden / "detectron2_seed0.json").write_text(
+            json.dumps({**record, "levels": golden(d2)}, indent=1)
+        )
+        prepared = prepare(load_image(args.golden_image).rgb, TORCHVISION_INPUT,
+                           min_size=min_size, max_size=max_size)  # fmt: skip
+        tv = run_torchvision(pth, torch.from_numpy(prepared.tensor)[None])
+        (args.golden / "torchvision_seed0.json").write_text(
+            json.dumps({**record, "levels": golden(tv)}, indent=1)
+        )
+        print(f"golden values written to {args.golden}")
+    return 0 if max(worst.values()) <= 1e-4 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
