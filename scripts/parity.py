@@ -64,9 +64,13 @@ def torchvision_name(name: str) -> str | None:
         stage, block, conv = int(parts[1][3:]) - 1, parts[2], parts[3]
         is_norm = parts[4] == "norm"
         if conv == "shortcut":
-            return f"backbone.body.layer{stage}.{block}.downsample.{1 if is_norm else 0}.{parts[-1]}"
+            return (
+                f"backbone.body.layer{stage}.{block}.downsample.{1 if is_norm else 0}.{parts[-1]}"
+            )
         index = conv[-1]
-        return f"backbone.body.layer{stage}.{block}.{'bn' if is_norm else 'conv'}{index}.{parts[-1]}"
+        return (
+            f"backbone.body.layer{stage}.{block}.{'bn' if is_norm else 'conv'}{index}.{parts[-1]}"
+        )
     if name.startswith("fpn_lateral") or name.startswith("fpn_output"):
         kind = "inner_blocks" if name.startswith("fpn_lateral") else "layer_blocks"
         index = int(parts[0][-1]) - 2
@@ -118,9 +122,7 @@ def run_torchvision(pth: Path, batch: torch.Tensor):
 
 
 def relative_errors(ours: dict, theirs: dict) -> dict[str, float]:
-    return {
-        k: float((ours[k] - theirs[k]).abs().max() / theirs[k].abs().max()) for k in LEVELS
-    }
+    return {k: float((ours[k] - theirs[k]).abs().max() / theirs[k].abs().max()) for k in LEVELS}
 
 
 def golden(features: dict[str, torch.Tensor]) -> dict:
@@ -167,7 +169,9 @@ def main() -> int:
     for image_path in args.images:
         for min_size, max_size in sizes:
             theirs = run_detectron2(pkl, image_path, min_size, max_size)
-            ours = fpncli.extract_features(image_path, ours_d2, min_size=min_size, max_size=max_size)
+            ours = fpncli.extract_features(
+                image_path, ours_d2, min_size=min_size, max_size=max_size
+            )
             err = relative_errors(ours, theirs)
             worst["detectron2"] = max(worst["detectron2"], *err.values())
             shape = tuple(theirs["p2"].shape)
@@ -178,7 +182,9 @@ def main() -> int:
                                min_size=min_size, max_size=max_size)  # fmt: skip
             batch = torch.from_numpy(prepared.tensor)[None]
             theirs = run_torchvision(pth, batch)
-            ours = fpncli.extract_features(image_path, ours_tv, min_size=min_size, max_size=max_size)
+            ours = fpncli.extract_features(
+                image_path, ours_tv, min_size=min_size, max_size=max_size
+            )
             err = relative_errors(ours, theirs)
             worst["torchvision"] = max(worst["torchvision"], *err.values())
             print(f"torchvision {image_path.name:<12} {min_size}:{max_size} p2{shape} "

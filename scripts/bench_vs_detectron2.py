@@ -1,0 +1,155 @@
+"""fpncli against Detectron2 on this machine, same weights and inputs, alternated runs (not CI).
+
+Needs an environment where ``detectron2`` (its Python source) imports next to fpncli. Two
+figures, each the ratio of medians measured in one run, Detectron2 and fpncli alternating:
+
+1. Backbone forward, float32, one ``(1, 3, H, W)`` input: Detectron2 time / fpncli time
+   (target >= 1.2).
+2. A folder job, ``.npy`` only: Detectron2's DefaultPredictor preprocessing (``read_image``,
+   ``ResizeShortestEdge``, normalization, ``ImageList`` padding), its backbone, and ``np.save``
+   of P2-P6, versus ``fpncli`` extracting the same folder with ``--no-heatmaps --no-overview``:
+   fpncli time / Detectron2 time (target <= 0.85). Model loading is outside both timings.
+
+    PYTHONPATH=/path/to/detectron2 python scripts/bench_vs_detectron2.py --images 8 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fpncli
+from fpncli.checkpoint import random_state_dict
+from fpncli.fpn import build_resnet_fpn_backbone
+from fpncli.outputs import OutputOptions
+from fpncli.pipeline import Job, RunOptions, run_jobs
+
+LEVELS = ("p2", "p3", "p4", "p5", "p6")
+
+
+def write_pkl(path: Path, seed: int = 0) -> None:
+    state = random_state_dict(build_resnet_fpn_backbone(), seed)
+    model = {f"backbone.{k}": v.numpy() for k, v in state.items()}
+    with open(path, "wb") as f:
+        pickle.dump({"model": model, "__author__": "fpncli bench"}, f, protocol=2)
+
+
+def detectron2_backbone(pkl: Path):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone import build_resnet_fpn_backbone as d2_build
+
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = d2_build(cfg, ShapeSpec(channels=3))
+
+    detector = Detector().eval()
+    DetectionCheckpointer(detector).load(str(pkl))
+    return detector.backbone, cfg
+
+
+def detectron2_job(backbone, cfg, images: list[Path], out: Path) -> None:
+    """What a Detectron2 user writes: DefaultPredictor's preprocessing, backbone, np.save."""
+    from detectron2.data import transforms as T
+    from detectron2.data.detection_utils import read_image
+    from detectron2.structures import ImageList
+
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
+    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
+    for path in images:
+        original = read_image(str(path), format="BGR")
+        image = resize.get_transform(original).apply_image(original)
+        x = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+        batch = ImageList.from_tensors([(x - mean) / std], backbone.size_divisibility).tensor
+        with torch.no_grad():
+            features = backbone(batch)
+        folder = out / path.stem
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in LEVELS:
+            np.save(folder / f"{name}.npy", features[name].numpy())
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1216)
+    parser.add_argument("--repeats", type=int, default=5, help="alternated forward pairs")
+    parser.add_argument("--images", type=int, default=8, help="images in the folder job")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated folder-job pairs")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="fpncli-vs-d2-"))
+    try:
+        pkl = tmp / "seeded.pkl"
+        write_pkl(pkl)
+        theirs, cfg = detectron2_backbone(pkl)
+        ours = fpncli.load_backbone(str(pkl))
+
+        x = torch.randn(1, 3, args.height, args.width, generator=torch.Generator().manual_seed(0))
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            theirs(x), ours(x_cl)  # warm-up
+            d2_times, our_times = [], []
+            for _ in range(args.repeats):
+                d2_times.append(timed(lambda: theirs(x)))
+                our_times.append(timed(lambda: ours(x_cl)))
+        d2_med, our_med = statistics.median(d2_times), statistics.median(our_times)
+        print(f"backbone forward {args.height}x{args.width} fp32, {args.threads} threads: "
+              f"Detectron2 {d2_med:.3f} s, fpncli {our_med:.3f} s (medians of {args.repeats}), "
+              f"speed-up {d2_med / our_med:.2f}x")  # fmt: skip
+
+        from PIL import Image
+
+        sources = sorted(Path("samples").glob("*.[pj][np]g"))
+        folder = tmp / "in"
+        folder.mkdir()
+        images = []
+        for i in range(args.images):
+            src = Image.open(sources[i % len(sources)]).convert("RGB")
+            if i % 2:
+                src = src.transpose(Image.FLIP_LEFT_RIGHT)
+            path = folder / f"img{i:03d}.jpg"
+            src.save(path, quality=92)
+            images.append(path)
+        output = OutputOptions(save_heatmaps=False, save_overview=False)
+        options = RunOptions(output=output, workers=2, overwrite=True, force=True)
+        d2_jobs, our_jobs = [], []
+        for r in range(args.rounds):
+            out_d2, out_ours = tmp / f"d2_{r}", tmp / f"ours_{r}"
+            d2_jobs.append(timed(lambda: detectron2_job(theirs, cfg, images, out_d2)))
+            jobs = [Job(p, out_ours / p.stem) for p in images]
+            our_jobs.append(timed(lambda: run_jobs(jobs, ours, options)))
+            shutil.rmtree(out_d2), shutil.rmtree(out_ours)
+        d2_med, our_med = statistics.median(d2_jobs), statistics.median(our_jobs)
+        print(f"folder job, {args.images} photos, .npy only: Detectron2 {d2_med:.2f} s, fpncli "
+              f"{our_med:.2f} s (medians of {args.rounds}), ratio {our_med / d2_med:.2f}")  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
