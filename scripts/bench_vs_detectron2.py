@@ -139,13 +139,15 @@ def main() -> int:
         d2_jobs, our_jobs = [], []
         for r in range(args.rounds):
             out_d2, out_ours = tmp / f"d2_{r}", tmp / f"ours_{r}"
-            d2_jobs.append(timed(lambda: detectron2_job(theirs, cfg, images, out_d2)))
+            d2_jobs.append(timed(lambda o=out_d2: detectron2_job(theirs, cfg, images, o)))
             jobs = [Job(p, out_ours / p.stem) for p in images]
-            our_jobs.append(timed(lambda: run_jobs(jobs, ours, options)))
+            our_jobs.append(timed(lambda j=jobs: run_jobs(j, ours, options)))
             shutil.rmtree(out_d2), shutil.rmtree(out_ours)
         d2_med, our_med = statistics.median(d2_jobs), statistics.median(our_jobs)
-        print(f"folder job, {args.images} photos, .npy only: Detectron2 {d2_med:.2f} s, fpncli "
-              f"{our_med:.2f} s (medians of {args.rounds}), ratio {our_med / d2_med:.2f}")  # fmt: skip
+        print(
+            f"folder job, {args.images} photos, .npy only: Detectron2 {d2_med:.2f} s, fpncli "
+            f"{our_med:.2f} s (medians of {args.rounds}), ratio {our_med / d2_med:.2f}"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -54,9 +54,10 @@ def main() -> int:
         results = {}
         for count in (args.small, args.large):
             make_images(tmp / f"in{count}", count)
+            max_size = str(args.min_size * 5 // 3)
             cmd = [sys.executable, "-m", "fpncli", "extract", str(tmp / f"in{count}"), "-o",
                    str(tmp / f"out{count}"), "--weights", "random", "--min-size",
-                   str(args.min_size), "--max-size", str(args.min_size * 5 // 3), "--force"]  # fmt: skip
+                   str(args.min_size), "--max-size", max_size, "--force"]  # fmt: skip
             results[count] = peak_rss_mb(cmd, env)
             print(f"{count:>6} images: peak RSS {results[count][0]:.0f} MB, "
                   f"{results[count][1]:.0f} s", flush=True)  # fmt: skip
