@@ -11,7 +11,6 @@ still lose what the OS had not flushed.)
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -71,23 +70,22 @@ class OutputOptions:
             raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> int:
-    """Write ``data`` to ``path`` through a temporary file in the same folder; returns size."""
+def atomic_write_bytes(path: Path, data: bytes | np.ndarray) -> int:
+    """Write ``data`` (bytes, or an array saved as ``.npy``) to ``path`` through a temporary file
+    in the same folder, then rename; returns the size written."""
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            if isinstance(data, np.ndarray):
+                np.save(f, np.ascontiguousarray(data), allow_pickle=False)
+            else:
+                f.write(data)
+            size = f.tell()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return len(data)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+    return size
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -215,7 +213,7 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
             "mean": float(valid.mean(dtype=np.float64)),
         }
         if options.save_npy:
-            written += write(folder / f"{name}.npy", _npy_bytes(array))
+            written += write(folder / f"{name}.npy", array)
             meta["file"] = f"{name}.npy"
         label = f"{name}  stride {stride}  {tuple(array.shape)}  {_reduce_label(options)}"
         if options.save_heatmaps:
