@@ -277,7 +277,7 @@ def _report(summary, out_dir: Path, total: int) -> None:
 
 @cli.command()
 @click.argument("target", required=False)
-@click.option("--level", default="p2", show_default=True, help="p2..p6 or all.")
+@click.option("--level", default=None, help="p2..p6 or all (default p2, or a .npy TARGET's level).")
 @click.option("--channel", type=int, default=0, show_default=True)
 @click.option(
     "--reduce",
@@ -301,7 +301,7 @@ def show(target, level, channel, reduce, cmap, overlay, save, weights, device) -
     from .show import show as show_target
 
     result = show_target(
-        target, level=level.lower(), channel=channel, reduce=reduce, cmap=cmap,
+        target, level=level.lower() if level else None, channel=channel, reduce=reduce, cmap=cmap,
         overlay=overlay, save=save, weights=weights, device=device,
     )  # fmt: skip
     for message in result.messages:
@@ -389,8 +389,12 @@ def _sizes(value: str) -> list[tuple[int, int]]:
 
 
 @cli.command()
-@click.option("--weights", default="random", show_default=True,
-              help="Weights to time (speed does not depend on them).")
+@click.option(
+    "--weights",
+    default="random",
+    show_default=True,
+    help="Weights to time (speed does not depend on them).",
+)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--sizes", default="800x1216", show_default=True, help="HxW list, padded sizes.")
 @click.option("--batch-sizes", default="1", show_default=True)
@@ -399,13 +403,23 @@ def _sizes(value: str) -> list[tuple[int, int]]:
 @click.option("--warmup", type=int, default=2, show_default=True)
 @click.option("--model-only", is_flag=True, help="Skip the end-to-end rows.")
 @click.option("--images", type=int, default=16, show_default=True, help="End-to-end images.")
-@click.option("--outputs", default="npy", show_default=True,
-              help="End-to-end output presets: npy, npy16, heatmaps, all (comma list).")
+@click.option(
+    "--outputs",
+    default="npy",
+    show_default=True,
+    help="End-to-end output presets: npy, npy16, heatmaps, all (comma list).",
+)
 @click.option("--workers", type=int, default=2, show_default=True)
-@click.option("--unfused", is_flag=True,
-              help="Also time the model without BN folding and channels-last.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the rows as JSON here ('-' for stdout).")
+@click.option(
+    "--unfused", is_flag=True, help="Also time the model without BN folding and channels-last."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the rows as JSON here ('-' for stdout).",
+)
 @_friendly
 def bench(weights, device, sizes, batch_sizes, precisions, iters, warmup, model_only, images,
           outputs, workers, unfused, json_path) -> None:  # fmt: skip

@@ -1,0 +1,248 @@
+"""The library side of ``fpncli show``: find what to show, draw it, open a window or save a PNG.
+
+TARGET is an output folder (with ``manifest.json``), one ``p*.npy`` file (its folder's manifest
+is used when there is one), an image (extracted on the fly, nothing written but the picture), or
+None for the most recent extraction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .outputs import MANIFEST, atomic_write_bytes, read_manifest, valid_size
+from .visualize import encode_png, heatmap_image, overlay_image, overview_png, reduce_channels
+
+__all__ = ["ShowResult", "show", "P6_NOTE"]
+
+log = logging.getLogger(__name__)
+LEVELS = ("p2", "p3", "p4", "p5", "p6")
+STRIDES = {name: 2 ** int(name[1:]) for name in LEVELS}
+P6_NOTE = (
+    "note: P6 is not a separately learned map: it is a stride-2 subsample of P5 "
+    "(LastLevelMaxPool: max_pool2d with kernel 1, stride 2)"
+)
+
+
+@dataclass
+class ShowResult:
+    """What ``show`` did: where it saved a picture, whether it opened a window, what to say."""
+
+    saved: Path | None = None
+    displayed: bool = False
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Source:
+    """Everything needed to draw: per-level arrays plus the geometry from the manifest."""
+
+    features: dict[str, np.ndarray]
+    image_rgb: np.ndarray | None
+    resized: tuple[int, int] | None  # (height, width) after the resize: the valid region
+    scale: tuple[float, float] | None  # (scale_y, scale_x)
+    random: bool
+    name: str
+    default_prefix: Path  # the default PNG is f"{default_prefix}_{level}[_overlay].png"
+
+
+def _latest() -> Path:
+    from .outputs import latest_extraction
+
+    return latest_extraction()
+
+
+def _load_input(manifest: dict) -> np.ndarray | None:
+    from .preprocess import load_image
+
+    path = manifest.get("input", {}).get("path")
+    if not path or not Path(path).is_file():
+        return None
+    return load_image(path).rgb
+
+
+def _from_folder(folder: Path, levels: list[str]) -> _Source:
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise FileNotFoundError(
+            f"{folder} holds no complete extraction ({MANIFEST} missing): run fpncli extract again"
+        )
+    features = {}
+    for name in levels:
+        meta = manifest["levels"].get(name)
+        if meta is None:
+            saved = ", ".join(manifest["levels"])
+            raise ValueError(f"{folder} has no {name} (it has {saved}); extract it with --levels")
+        if not meta.get("file"):
+            raise ValueError(
+                f"{folder} was extracted with --no-npy: its {name} tensor was not saved, only "
+                f"{meta.get('heatmap') or 'no heatmap'}; re-extract without --no-npy to show it"
+            )
+        features[name] = np.load(folder / meta["file"])
+    pre = manifest["preprocess"]
+    return _Source(
+        features,
+        _load_input(manifest),
+        (pre["resized_height"], pre["resized_width"]),
+        (pre["scale_y"], pre["scale_x"]),
+        bool(manifest.get("weights", {}).get("random")),
+        folder.name,
+        folder / "show",
+    )
+
+
+def _from_image(path: Path, weights: str, device: str) -> _Source:
+    from .api import extract, load_backbone, resolve_device
+
+    model = load_backbone(weights, device=resolve_device(device))
+    result = extract(path, model)
+    prepared = result.prepared
+    return _Source(
+        {k: v.numpy() for k, v in result.features.items()},
+        result.image.rgb,
+        (prepared.resized_height, prepared.resized_width),
+        (prepared.scale_y, prepared.scale_x),
+        model.weights_info.random,
+        path.stem,
+        Path(f"fpn_show_{path.stem}"),
+    )
+
+
+def _resolve(target: str | None, levels: list[str], weights: str, device: str) -> _Source:
+    if target is None:
+        return _from_folder(_latest(), levels)
+    path = Path(target).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no such folder, .npy or image: {target}")
+    if path.is_dir():
+        return _from_folder(path, levels)
+    if path.suffix == ".npy":
+        level = path.stem if path.stem in LEVELS else levels[0]
+        if (path.parent / MANIFEST).is_file() and path.stem in LEVELS:
+            source = _from_folder(path.parent, levels if len(levels) > 1 else [level])
+            source.features[level] = np.load(path)
+            return source
+        array = np.load(path, allow_pickle=False)
+        return _Source({level: array}, None, None, None, False, path.stem, path.parent / "show")
+    return _from_image(path, weights, device)
+
+
+def _level_map(source: _Source, name: str, reduce: str, channel: int) -> np.ndarray:
+    reduced = reduce_channels(source.features[name], reduce, channel)
+    if source.resized is None:
+        return reduced
+    valid_h, valid_w = valid_size(*source.resized, STRIDES[name])
+    return reduced[:valid_h, :valid_w]
+
+
+def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str,
+            overlay: bool) -> np.ndarray:  # fmt: skip
+    import cv2
+
+    names = LEVELS if level == "all" else (level,)
+    maps = {name: _level_map(source, name, reduce, channel) for name in names}
+    how = f"channel {channel}" if reduce == "channel" else reduce
+    if overlay:
+        if source.image_rgb is None or source.scale is None:
+            raise ValueError("--overlay needs the original image: its path in the manifest is gone")
+        pictures = [
+            overlay_image(source.image_rgb, maps[name], stride=STRIDES[name],
+                          scale_y=source.scale[0], scale_x=source.scale[1], cmap=cmap)
+            for name in names
+        ]  # fmt: skip
+        return np.concatenate(pictures, axis=1)
+    if level == "all":
+        panels = [
+            {"name": n, "map": maps[n], "stride": STRIDES[n], "shape": source.features[n].shape}
+            for n in names
+        ]
+        note = "RANDOM, UNTRAINED WEIGHTS - not a trained network" if source.random else ""
+        image = source.image_rgb
+        if image is None:
+            image = np.full((64, 96, 3), 255, np.uint8)
+        png = overview_png(image, panels, title=f"{source.name} ({how})", note=note)
+        return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    shape = tuple(source.features[level].shape)
+    label = f"{level}  stride {STRIDES[level]}  {shape}  {how}"
+    return heatmap_image(maps[level], cmap=cmap, label=label)
+
+
+def _display_available() -> bool:
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _open_window(picture: np.ndarray, title: str) -> bool:
+    """Show ``picture`` in a matplotlib window; False when only a non-interactive backend works."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    if matplotlib.get_backend().lower() in ("agg", "pdf", "svg", "ps", "cairo", "template"):
+        return False
+    height, width = picture.shape[:2]
+    fig = plt.figure(title, figsize=(min(16, width / 100), min(10, height / 100)))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(picture)
+    ax.set_axis_off()
+    plt.show()
+    return True
+
+
+def show(
+    target: str | None,
+    *,
+    level: str | None = None,
+    channel: int = 0,
+    reduce: str = "channel",
+    cmap: str = "viridis",
+    overlay: bool = False,
+    save: str | None = None,
+    display: bool | None = None,
+    weights: str = "faster_rcnn_R_50_FPN_3x",
+    device: str = "auto",
+) -> ShowResult:
+    """Draw one level (or ``all``) of an extraction; open a window or write a PNG.
+
+    ``level`` None means p2, or the level of a ``.npy`` target. With no display (or with
+    ``save``) the picture is written atomically as a PNG and ``ShowResult.saved`` says where.
+
+    Raises:
+        ValueError: an unknown level, a level that was not saved, a bad option.
+        FileNotFoundError: no such target, or no complete extraction to show.
+    """
+    if level is None:  # p2, or the level of a .npy target
+        stem = Path(target).stem if target else ""
+        level = stem if target and target.endswith(".npy") and stem in LEVELS else "p2"
+    if level != "all" and level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}: use one of {', '.join(LEVELS)} or all")
+    levels = list(LEVELS) if level == "all" else [level]
+    source = _resolve(target, levels, weights, device)
+    if level != "all" and level not in source.features:
+        raise ValueError(f"this target holds {', '.join(source.features)}, not {level}")
+    picture = _render(source, level, reduce=reduce, channel=channel, cmap=cmap, overlay=overlay)
+    result = ShowResult()
+    if level in ("p6", "all"):
+        result.messages.append(P6_NOTE)
+    if source.random:
+        result.messages.append("note: these maps come from random, untrained weights")
+    wants_window = _display_available() if display is None else display
+    if save is None and wants_window:
+        result.displayed = _open_window(picture, f"fpncli {source.name} {level}")
+        if result.displayed:
+            return result
+        result.messages.append("no interactive matplotlib backend: writing a PNG instead")
+    suffix = "_overlay" if overlay else ""
+    out = Path(save) if save is not None else Path(f"{source.default_prefix}_{level}{suffix}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, encode_png(picture))
+    result.saved = out
+    result.messages.append(f"saved {out}")
+    log.info("show: %s", json.dumps({"target": target, "level": level, "saved": str(out)}))
+    return result
