@@ -1,0 +1,130 @@
+"""``show``: folder, .npy, image and latest targets; levels; overlays; messages; errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fpncli import show as show_module
+from fpncli.cli import cli
+from fpncli.show import P6_NOTE, show
+
+SHAPES = {"p2": (16, 24), "p3": (8, 12), "p4": (4, 6), "p5": (2, 3), "p6": (1, 2)}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A fake extraction: a 50x80 photo resized by 1.2 to 60x96, padded to 64x96."""
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (50, 80, 3), np.uint8)).save(photo)
+    out = tmp_path / "out" / "photo"
+    out.mkdir(parents=True)
+    levels = {}
+    for name, (h, w) in SHAPES.items():
+        stride = 2 ** int(name[1:])
+        array = np.random.RandomState(h).randn(1, 4, h, w).astype(np.float32)
+        np.save(out / f"{name}.npy", array)
+        levels[name] = {"file": f"{name}.npy", "shape": [1, 4, h, w], "stride": stride,
+                        "valid_height": -(-60 // stride), "valid_width": -(-96 // stride)}  # fmt: skip
+    manifest = {
+        "input": {"path": str(photo), "width": 80, "height": 50},
+        "preprocess": {"resized_height": 60, "resized_width": 96, "scale_y": 1.2, "scale_x": 1.2},
+        "weights": {"name": "random", "random": True},
+        "levels": levels,
+        "complete": True,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_folder_target_saves_png_without_display(folder):
+    result = show(str(folder), level="p3", display=False)
+    assert result.saved == folder / "show_p3.png" and not result.displayed
+    picture = Image.open(result.saved)
+    assert picture.size[0] >= 256
+    assert any("random" in m for m in result.messages)
+    assert not list(folder.glob(".*fpncli-tmp*"))
+
+
+def test_valid_region_only(folder, monkeypatch):
+    seen = {}
+    real = show_module.heatmap_image
+
+    def spy(map2d, **kwargs):
+        seen["shape"] = map2d.shape
+        return real(map2d, **kwargs)
+
+    monkeypatch.setattr(show_module, "heatmap_image", spy)
+    show(str(folder), level="p2", display=False)
+    assert seen["shape"] == (15, 24)  # ceil(60 / 4) rows of image, not the 16 padded ones
+
+
+def test_p6_says_it_is_a_subsample_of_p5(folder):
+    result = show(str(folder), level="p6", display=False)
+    assert P6_NOTE in result.messages
+    assert "stride-2 subsample of P5" in P6_NOTE
+
+
+def test_npy_target_takes_its_level(folder):
+    result = show(str(folder / "p4.npy"), display=False)
+    assert result.saved == folder / "show_p4.png"
+    with pytest.raises(ValueError, match="holds p4, not p2"):
+        show(str(folder / "p4.npy"), level="p2", display=False)
+
+
+def test_bare_npy_without_manifest(tmp_path):
+    np.save(tmp_path / "p5.npy", np.ones((1, 3, 4, 5), np.float32))
+    result = show(str(tmp_path / "p5.npy"), display=False, save=str(tmp_path / "x.png"))
+    assert result.saved == tmp_path / "x.png" and result.saved.is_file()
+
+
+def test_all_and_overlay(folder, tmp_path):
+    overview = show(str(folder), level="all", display=False, save=str(tmp_path / "all.png"))
+    assert Image.open(overview.saved).size[0] >= 1500
+    overlay = show(str(folder), level="p3", overlay=True, display=False)
+    assert overlay.saved == folder / "show_p3_overlay.png"
+    assert Image.open(overlay.saved).size == (80, 50)  # drawn on the original photo
+    both = show(str(folder), level="all", overlay=True, display=False)
+    assert Image.open(both.saved).size == (5 * 80, 50)
+
+
+def test_latest_when_no_target(folder, monkeypatch):
+    monkeypatch.setattr(show_module, "_latest", lambda: folder)
+    assert show(None, level="p5", display=False).saved == folder / "show_p5.png"
+
+
+def test_errors(folder, tmp_path):
+    with pytest.raises(ValueError, match="unknown level 'p7'"):
+        show(str(folder), level="p7", display=False)
+    with pytest.raises(FileNotFoundError, match="no such folder, .npy or image"):
+        show(str(tmp_path / "nope"), display=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no complete extraction"):
+        show(str(empty), display=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["levels"]["p2"]["file"] = None
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="--no-npy"):
+        show(str(folder), level="p2", display=False)
+
+
+def test_image_target_extracts_on_the_fly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "cat.png")
+    result = show("cat.png", level="p4", weights="random", device="cpu", display=False)
+    assert result.saved.name == "fpn_show_cat_p4.png" and result.saved.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.png", "fpn_show_cat_p4.png"]
+
+
+def test_cli_show_prints_where(folder, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    result = CliRunner().invoke(cli, ["show", str(folder), "--level", "p6"], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert f"saved {folder / 'show_p6.png'}" in result.output
+    assert "stride-2 subsample of P5" in result.output

@@ -1,0 +1,138 @@
+"""Heatmaps, colours, reductions, the overview and overlay alignment, on tiny arrays."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+
+from fpncli.visualize import (
+    cell_index,
+    colorize,
+    encode_png,
+    heatmap_image,
+    overlay_image,
+    overview_png,
+    reduce_channels,
+    valid_region,
+)
+
+FEATURE = np.array(
+    [
+        [[1.0, 2.0], [3.0, 4.0]],
+        [[-1.0, 0.0], [5.0, 2.0]],
+        [[0.0, 0.0], [0.0, 8.0]],
+    ],
+    dtype=np.float32,
+)
+
+
+def test_reductions_exact():
+    np.testing.assert_array_equal(reduce_channels(FEATURE, "channel", 1), FEATURE[1])
+    np.testing.assert_array_equal(reduce_channels(FEATURE[None], "channel", 0), FEATURE[0])
+    np.testing.assert_allclose(reduce_channels(FEATURE, "mean"), [[0, 2 / 3], [8 / 3, 14 / 3]])
+    np.testing.assert_array_equal(reduce_channels(FEATURE, "max"), [[1, 2], [5, 8]])
+    np.testing.assert_allclose(
+        reduce_channels(FEATURE, "l2"), np.sqrt([[2, 4], [34, 84]]), rtol=1e-6
+    )
+
+
+def test_pca_is_the_first_component_with_a_fixed_sign():
+    rng = np.random.RandomState(0)
+    direction = np.array([3.0, -1.0, 0.5])
+    strength = rng.randn(4, 5)
+    feature = direction[:, None, None] * strength[None] + 0.01 * rng.randn(3, 4, 5)
+    projected = reduce_channels(feature, "pca")
+    unit = direction / np.linalg.norm(direction)
+    expected = np.tensordot(unit, feature - feature.mean(axis=(1, 2), keepdims=True), axes=1)
+    np.testing.assert_allclose(projected, expected, atol=0.05)
+    np.testing.assert_allclose(reduce_channels(-feature, "pca"), -projected, atol=1e-5)
+
+
+def test_reduction_errors():
+    with pytest.raises(ValueError, match="channel 3 out of range: this map has 3"):
+        reduce_channels(FEATURE, "channel", 3)
+    with pytest.raises(ValueError, match="unknown reduction 'median'"):
+        reduce_channels(FEATURE, "median")
+
+
+def test_valid_region_drops_padded_cells():
+    assert valid_region(np.zeros((1, 256, 13, 20)), 12, 19).shape == (1, 256, 12, 19)
+
+
+def test_colorize_matches_matplotlib_exactly():
+    values = np.array([[0.0, 1.0], [2.0, 4.0]])
+    colours = colorize(values, "viridis", vmin=0.0, vmax=4.0)
+    expected = matplotlib.colormaps["viridis"](values / 4.0, bytes=True)[..., :3]
+    np.testing.assert_array_equal(colours, expected)
+    assert colours.dtype == np.uint8 and colours.shape == (2, 2, 3)
+    flat = colorize(np.full((2, 2), 7.0))
+    assert (flat == flat[0, 0]).all()  # a constant map: one colour, no division by zero
+    with pytest.raises(ValueError, match="unknown colormap"):
+        colorize(values, "no-such-map")
+
+
+def test_heatmap_cells_are_exact_and_crisp():
+    values = np.array([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
+    picture = heatmap_image(values, cmap="magma", label="p6", min_side=20)
+    colours = colorize(values, "magma")
+    factor = 10  # ceil(20 / 2)
+    top = 24  # title row
+    for i in range(2):
+        for j in range(3):
+            block = picture[
+                top + i * factor : top + (i + 1) * factor, j * factor : (j + 1) * factor
+            ]
+            assert (block == colours[i, j]).all()
+    assert picture.shape[1] >= 420
+    assert picture.shape[0] == 24 + 20 + 6 + 12 + 20
+    bar = picture[24 + 20 + 6 + 6, : 3 * factor]
+    np.testing.assert_array_equal(bar[0], colorize(np.array([[0.0]]), "magma", 0.0, 1.0)[0, 0])
+
+
+def test_encode_png_round_trip_keeps_rgb():
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    decoded = np.asarray(Image.open(io.BytesIO(encode_png(rgb))))
+    np.testing.assert_array_equal(decoded, rgb)
+
+
+def test_overview_is_a_png_with_all_panels():
+    image = np.zeros((60, 90, 3), np.uint8)
+    levels = [
+        {"name": f"p{k}", "map": np.random.RandomState(k).rand(8, 12), "stride": 2**k,
+         "shape": (1, 256, 8, 12)}
+        for k in range(2, 7)
+    ]  # fmt: skip
+    plain = Image.open(io.BytesIO(overview_png(image, levels, title="t")))
+    noted = Image.open(io.BytesIO(overview_png(image, levels, title="t", note="RANDOM WEIGHTS")))
+    assert plain.format == "PNG" and plain.size[0] >= 1500
+    red = np.asarray(noted.convert("RGB")).astype(int)
+    is_red = (red[..., 0] > 150) & (red[..., 1] < 60) & (red[..., 2] < 60)
+    assert is_red.sum() > 50  # the note is drawn in red
+
+
+def test_cell_index_follows_scale_and_stride():
+    np.testing.assert_array_equal(cell_index(8, 2.0, 4, 10), [0, 0, 1, 1, 2, 2, 3, 3])
+    np.testing.assert_array_equal(cell_index(5, 1.5, 4, 2), [0, 0, 0, 1, 1])  # clipped
+
+
+@pytest.mark.parametrize("scale_y, scale_x", [(2.0, 2.0), (1.6, 2.5)])
+def test_overlay_lights_exactly_the_cells_pixels(scale_y, scale_x):
+    photo = np.zeros((30, 40, 3), np.uint8)
+    stride = 4
+    cells = (int(np.ceil(30 * scale_y / stride)), int(np.ceil(40 * scale_x / stride)))
+    heat = np.zeros(cells)
+    heat[3, 5] = 1.0
+    out = overlay_image(photo, heat, stride=stride, scale_y=scale_y, scale_x=scale_x,
+                        cmap="gray", alpha=1.0)  # fmt: skip
+    lit = out[..., 0] == 255
+    rows = np.where(lit.any(axis=1))[0]
+    cols = np.where(lit.any(axis=0))[0]
+    # Cell (3, 5) covers resized rows [12, 16), cols [20, 24): original r with 12 <= r*sy < 16.
+    assert list(rows) == [r for r in range(30) if 3 * stride <= r * scale_y < 4 * stride]
+    assert list(cols) == [c for c in range(40) if 5 * stride <= c * scale_x < 6 * stride]
+    assert lit.sum() == len(rows) * len(cols)
