@@ -16,7 +16,6 @@ figures, each the ratio of medians measured in one run, Detectron2 and fpncli al
 from __future__ import annotations
 
 import argparse
-import pickle
 import shutil
 import statistics
 import sys
@@ -28,26 +27,18 @@ import numpy as np
 import torch
 
 import fpncli
-from fpncli.checkpoint import random_state_dict
-from fpncli.fpn import build_resnet_fpn_backbone
 from fpncli.outputs import OutputOptions
 from fpncli.pipeline import Job, RunOptions, run_jobs
+from fpncli.synthetic import seeded_state_dict, write_detectron2_pkl
 
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
-
-
-def write_pkl(path: Path, seed: int = 0) -> None:
-    state = random_state_dict(build_resnet_fpn_backbone(), seed)
-    model = {f"backbone.{k}": v.numpy() for k, v in state.items()}
-    with open(path, "wb") as f:
-        pickle.dump({"model": model, "__author__": "fpncli bench"}, f, protocol=2)
 
 
 def detectron2_backbone(pkl: Path):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
     from detectron2.layers import ShapeSpec
-    from detectron2.modeling.backbone import build_resnet_fpn_backbone as d2_build
+    from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone as d2_build
 
     cfg = get_cfg()
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
@@ -104,7 +95,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fpncli-vs-d2-"))
     try:
         pkl = tmp / "seeded.pkl"
-        write_pkl(pkl)
+        write_detectron2_pkl(pkl, seeded_state_dict(0))
         theirs, cfg = detectron2_backbone(pkl)
         ours = fpncli.load_backbone(str(pkl))
 

@@ -23,59 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import fpncli
-from fpncli.checkpoint import random_state_dict
-from fpncli.fpn import build_resnet_fpn_backbone
 from fpncli.preprocess import load_image, prepare
+from fpncli.synthetic import seeded_state_dict, write_detectron2_pkl, write_torchvision_pth
 from fpncli.weights import TORCHVISION_INPUT
 
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
-
-
-def detectron2_pkl(path: Path, seed: int) -> dict[str, torch.Tensor]:
-    """Seeded weights as a Detectron2 model-zoo .pkl, with detection-head keys beside them."""
-    state = random_state_dict(build_resnet_fpn_backbone(), seed)
-    model = {f"backbone.{k}": v.numpy() for k, v in state.items()}
-    rng = np.random.RandomState(seed + 1)
-    model["proposal_generator.rpn_head.conv.weight"] = rng.randn(256, 256, 3, 3).astype("f4")
-    model["roi_heads.box_predictor.cls_score.weight"] = rng.randn(81, 1024).astype("f4")
-    with open(path, "wb") as f:
-        pickle.dump({"model": model, "__author__": "fpncli parity script"}, f, protocol=2)
-    return state
-
-
-def torchvision_name(name: str) -> str | None:
-    """fpncli/Detectron2 name -> torchvision fasterrcnn_resnet50_fpn name (written here
-    independently of fpncli's own converter, so the two check each other)."""
-    parts = name.split(".")
-    if name.startswith("bottom_up.stem.conv1.norm."):
-        return f"backbone.body.bn1.{parts[-1]}"
-    if name == "bottom_up.stem.conv1.weight":
-        return "backbone.body.conv1.weight"
-    if name.startswith("bottom_up.res"):
-        stage, block, conv = int(parts[1][3:]) - 1, parts[2], parts[3]
-        is_norm = parts[4] == "norm"
-        if conv == "shortcut":
-            return (
-                f"backbone.body.layer{stage}.{block}.downsample.{1 if is_norm else 0}.{parts[-1]}"
-            )
-        index = conv[-1]
-        return (
-            f"backbone.body.layer{stage}.{block}.{'bn' if is_norm else 'conv'}{index}.{parts[-1]}"
-        )
-    if name.startswith("fpn_lateral") or name.startswith("fpn_output"):
-        kind = "inner_blocks" if name.startswith("fpn_lateral") else "layer_blocks"
-        index = int(parts[0][-1]) - 2
-        return f"backbone.fpn.{kind}.{index}.0.{parts[1]}"
-    return None
 
 
 def run_detectron2(pkl: Path, image_path: Path, min_size: int, max_size: int):
@@ -84,7 +43,7 @@ def run_detectron2(pkl: Path, image_path: Path, min_size: int, max_size: int):
     from detectron2.data import transforms as T
     from detectron2.data.detection_utils import read_image
     from detectron2.layers import ShapeSpec
-    from detectron2.modeling.backbone import build_resnet_fpn_backbone as d2_build
+    from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone as d2_build
     from detectron2.structures import ImageList
 
     cfg = get_cfg()
@@ -115,7 +74,13 @@ def run_torchvision(pth: Path, batch: torch.Tensor):
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
     model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
-    model.load_state_dict(torch.load(pth, weights_only=True), strict=False)
+    saved = torch.load(pth, weights_only=True)
+    backbone = {k: v for k, v in saved.items() if k.startswith("backbone.")}  # heads are short
+    result = model.load_state_dict(backbone, strict=False)
+    # Only the BatchNorm counters (and the heads, not loaded) may be missing.
+    missing = [k for k in result.missing_keys if k.startswith("backbone.")]
+    assert all(k.endswith("num_batches_tracked") for k in missing), missing[:5]
+    assert not result.unexpected_keys, result.unexpected_keys[:5]
     with torch.no_grad():
         out = model.backbone(batch)
     return dict(zip(LEVELS, (out["0"], out["1"], out["2"], out["3"], out["pool"])))
@@ -154,12 +119,10 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp(prefix="fpncli-parity-"))
-    pkl = tmp / "seeded.pkl"
-    state = detectron2_pkl(pkl, args.seed)
-    tv_state = {torchvision_name(k): v for k, v in state.items()}
-    tv_state["rpn.head.conv.0.0.weight"] = torch.zeros(256, 256, 3, 3)
-    pth = tmp / "seeded_torchvision.pth"
-    torch.save(tv_state, pth)
+    pkl, pth = tmp / "seeded.pkl", tmp / "seeded_torchvision.pth"
+    state = seeded_state_dict(args.seed)
+    write_detectron2_pkl(pkl, state)
+    write_torchvision_pth(pth, state)
     ours_d2 = fpncli.load_backbone(str(pkl), fold_bn=True)
     ours_tv = fpncli.load_backbone(str(pth), fold_bn=True)
     assert ours_tv.weights_info.input == TORCHVISION_INPUT

@@ -1,0 +1,192 @@
+"""Reading checkpoints in every real format, strictly, and refusing anything that is code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fpncli.checkpoint import (
+    UnsafeCheckpointError,
+    infer_arch,
+    load_state_dict_strict,
+    read_checkpoint,
+    save_fpncli_checkpoint,
+)
+from fpncli.fpn import build_resnet_fpn_backbone
+from fpncli.synthetic import (
+    seeded_state_dict,
+    write_detectron2_pkl,
+    write_detectron2_pth,
+    write_torchvision_pth,
+)
+from fpncli.weights import DETECTRON2_INPUT, TORCHVISION_INPUT
+
+
+@pytest.fixture(scope="module")
+def state():
+    return seeded_state_dict(3)
+
+
+def _same(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_detectron2_pkl(tmp_path, state, protocol):
+    path = tmp_path / "model_final.pkl"
+    write_detectron2_pkl(path, state, protocol=protocol)
+    ckpt = read_checkpoint(path)
+    assert ckpt.format == "detectron2" and ckpt.skipped == 5
+    assert ckpt.arch == {"depth": 50, "num_groups": 1, "width_per_group": 64, "stride_in_1x1": True}
+    assert ckpt.input == DETECTRON2_INPUT
+    _same(ckpt.state_dict, state)
+    load_state_dict_strict(build_resnet_fpn_backbone(), ckpt.state_dict)
+
+
+def test_detectron2_pth(tmp_path, state):
+    path = tmp_path / "model_0089999.pth"
+    write_detectron2_pth(path, state)
+    ckpt = read_checkpoint(path)
+    assert ckpt.format == "detectron2" and ckpt.skipped == 5
+    _same(ckpt.state_dict, state)
+
+
+@pytest.mark.parametrize("legacy_fpn", [False, True])
+def test_torchvision_state_dict(tmp_path, state, legacy_fpn):
+    path = tmp_path / "fasterrcnn_resnet50_fpn_coco.pth"
+    saved = write_torchvision_pth(path, state, legacy_fpn=legacy_fpn)
+    assert "backbone.body.layer1.0.downsample.1.running_var" in saved
+    assert "backbone.body.layer4.2.bn3.weight" in saved
+    fpn_key = (
+        "backbone.fpn.inner_blocks.0.weight"
+        if legacy_fpn
+        else "backbone.fpn.inner_blocks.0.0.weight"
+    )
+    assert fpn_key in saved
+    ckpt = read_checkpoint(path)
+    assert ckpt.format == "torchvision" and ckpt.skipped == 4
+    assert ckpt.arch["stride_in_1x1"] is False and ckpt.input == TORCHVISION_INPUT
+    _same(ckpt.state_dict, state)
+
+
+def test_fpncli_format_round_trip(tmp_path, state):
+    model = build_resnet_fpn_backbone(stride_in_1x1=False)
+    model.load_state_dict(state)
+    path = tmp_path / "mine.pth"
+    save_fpncli_checkpoint(path, model, {"depth": 50, "stride_in_1x1": False}, TORCHVISION_INPUT)
+    ckpt = read_checkpoint(path)
+    assert ckpt.format == "fpncli" and ckpt.arch == {"depth": 50, "stride_in_1x1": False}
+    assert ckpt.input == TORCHVISION_INPUT
+    _same(ckpt.state_dict, state)
+
+
+def test_strict_errors_list_the_keys(state):
+    model = build_resnet_fpn_backbone()
+    broken = dict(state)
+    del broken["bottom_up.res3.1.conv2.weight"]
+    broken["bottom_up.res2.0.conv4.weight"] = torch.zeros(1)
+    broken["fpn_lateral3.weight"] = torch.zeros(256, 511, 1, 1)
+    with pytest.raises(ValueError) as info:
+        load_state_dict_strict(model, broken)
+    message = str(info.value)
+    assert "missing keys: bottom_up.res3.1.conv2.weight" in message
+    assert "unexpected keys: bottom_up.res2.0.conv4.weight" in message
+    assert "mis-shaped keys: fpn_lateral3.weight (256, 511, 1, 1) != (256, 512, 1, 1)" in message
+
+
+def test_unexpected_key_inside_the_backbone_of_a_file(tmp_path, state):
+    path = tmp_path / "extra.pkl"
+    model = {f"backbone.{k}": v.numpy() for k, v in state.items()}
+    model["backbone.bottom_up.res2.0.conv4.weight"] = np.zeros((1,), np.float32)
+    with open(path, "wb") as f:
+        pickle.dump({"model": model}, f)
+    ckpt = read_checkpoint(path)
+    with pytest.raises(ValueError, match="unexpected keys: bottom_up.res2.0.conv4.weight"):
+        load_state_dict_strict(build_resnet_fpn_backbone(), ckpt.state_dict)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _EvalExploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (eval, (f"open({str(self.marker)!r}, 'w')",))
+
+
+@pytest.mark.parametrize("exploit", [_Exploit, _EvalExploit])
+def test_malicious_pkl_is_refused_and_nothing_runs(tmp_path, state, exploit):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"backbone.x": exploit(marker)}}, f, protocol=2)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_malicious_object_array_is_refused(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil_array.pkl"
+    array = np.empty(1, dtype=object)
+    array[0] = _Exploit(marker)
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"backbone.bottom_up.stem.conv1.weight": array}}, f)
+    with pytest.raises(UnsafeCheckpointError):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_malicious_pth_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"backbone.x": _Exploit(marker)}}, path)
+    with pytest.raises(UnsafeCheckpointError, match="refused"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage not a pickle", b"PK\x03\x04broken zip"])
+def test_garbage_files_give_a_clean_error(tmp_path, content):
+    path = tmp_path / "weights.pkl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not a readable"):
+        read_checkpoint(path)
+
+
+def test_not_a_backbone(tmp_path):
+    path = tmp_path / "other.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"head.weight": np.zeros(3, np.float32)}}, f)
+    with pytest.raises(ValueError, match="no ResNet-FPN backbone found"):
+        read_checkpoint(path)
+    with pytest.raises(FileNotFoundError):
+        read_checkpoint(tmp_path / "missing.pkl")
+
+
+@pytest.mark.parametrize(
+    "arch, expected",
+    [
+        ({"depth": 50}, (50, 1, 64)),
+        ({"depth": 101}, (101, 1, 64)),
+        ({"depth": 101, "num_groups": 32, "width_per_group": 8}, (101, 32, 8)),
+    ],
+)
+def test_infer_arch(arch, expected):
+    with torch.device("meta"):
+        model = build_resnet_fpn_backbone(**arch)
+    found = infer_arch(model.state_dict())
+    assert (found["depth"], found["num_groups"], found["width_per_group"]) == expected

@@ -1,0 +1,132 @@
+"""Reading images (EXIF, modes, bombs, bad files) and Detectron2's DefaultPredictor preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fpncli.preprocess import load_image, prepare, resized_shape, rgb_to_bgr, to_color_order
+from fpncli.weights import DETECTRON2_INPUT, TORCHVISION_INPUT
+
+
+@pytest.mark.parametrize(
+    "size, expected",
+    [((480, 640), (800, 1067)), ((427, 640), (800, 1199)), ((300, 451), (800, 1203)),
+     ((640, 480), (1067, 800)), ((500, 1500), (444, 1333)), ((800, 1280), (800, 1280))],
+)  # fmt: skip
+def test_resized_shape_is_detectron2s(size, expected):
+    assert resized_shape(*size, 800, 1333) == expected
+
+
+def test_resize_is_pillow_bilinear_on_uint8():
+    rgb = np.random.RandomState(0).randint(0, 255, (30, 45, 3), np.uint8)
+    prepared = prepare(rgb, TORCHVISION_INPUT, min_size=40, max_size=100)
+    expected = np.asarray(Image.fromarray(rgb).resize((60, 40), Image.BILINEAR)).astype(np.float32)
+    mean = np.asarray(TORCHVISION_INPUT.pixel_mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(TORCHVISION_INPUT.pixel_std, np.float32).reshape(3, 1, 1)
+    np.testing.assert_array_equal(
+        prepared.tensor[:, :40, :60], (expected.transpose(2, 0, 1) - mean) / std
+    )
+    assert (prepared.resized_height, prepared.resized_width) == (40, 60)
+    assert (prepared.padded_height, prepared.padded_width) == (64, 64)
+    assert prepared.scale == pytest.approx(40 / 30)
+
+
+def test_bgr_swap_happens_exactly_once():
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 10  # R, G, B all different
+    t = prepare(rgb, DETECTRON2_INPUT, resize=False).tensor
+    mean_b, mean_g, mean_r = DETECTRON2_INPUT.pixel_mean
+    assert t[0, 0, 0] == pytest.approx(10 - mean_b)  # channel 0 is blue for Detectron2
+    assert t[1, 0, 0] == pytest.approx(100 - mean_g)
+    assert t[2, 0, 0] == pytest.approx(200 - mean_r)
+    t = prepare(rgb, TORCHVISION_INPUT, resize=False).tensor
+    assert t[0, 0, 0] == pytest.approx((200 - 0.485 * 255) / (0.229 * 255))  # red first for RGB
+    np.testing.assert_array_equal(rgb_to_bgr(rgb)[0, 0], [10, 100, 200])
+    assert to_color_order(rgb, "RGB") is rgb
+
+
+def test_zero_padding_to_32_after_normalization():
+    rgb = np.full((33, 70, 3), 255, np.uint8)
+    prepared = prepare(rgb, DETECTRON2_INPUT, resize=False)
+    assert prepared.tensor.shape == (3, 64, 96)
+    assert (prepared.tensor[:, 33:, :] == 0).all() and (prepared.tensor[:, :, 70:] == 0).all()
+    assert prepared.tensor[0, 32, 69] == pytest.approx(255 - 103.53)
+    assert prepared.scale == 1.0
+
+
+def _save(path, image, **kwargs):
+    image.save(path, **kwargs)
+    return path
+
+
+def test_modes_become_rgb(tmp_path):
+    gray = load_image(_save(tmp_path / "g.png", Image.fromarray(np.full((4, 5), 77, np.uint8))))
+    assert gray.rgb.shape == (4, 5, 3) and (gray.rgb == 77).all()
+
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 0  # fully transparent red
+    loaded = load_image(_save(tmp_path / "a.png", Image.fromarray(rgba, "RGBA")))
+    assert (loaded.rgb[..., 0] == 200).all() and "alpha" in loaded.notes[0]
+
+    palette = Image.fromarray(np.zeros((4, 5), np.uint8), "P")
+    palette.putpalette([10, 20, 30] + [0] * 765)
+    palette.info["transparency"] = 0
+    loaded = load_image(_save(tmp_path / "p.png", palette, transparency=0))
+    assert (loaded.rgb == [10, 20, 30]).all()
+
+    cmyk = Image.new("CMYK", (5, 4), (0, 255, 255, 0))  # red in CMYK
+    loaded = load_image(_save(tmp_path / "c.jpg", cmyk, quality=100))
+    assert loaded.rgb[0, 0, 0] > 200 and loaded.rgb[0, 0, 1] < 60
+
+    sixteen = Image.fromarray(np.full((4, 5), 65535, np.uint16))
+    loaded = load_image(_save(tmp_path / "s.png", sixteen))
+    assert (loaded.rgb == 255).all() and "16 bits" in loaded.notes[0]
+
+
+def test_multiframe_uses_the_first_frame(tmp_path):
+    frames = [Image.fromarray(np.full((4, 5, 3), v, np.uint8)) for v in (10, 200)]
+    path = tmp_path / "m.tif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    loaded = load_image(path)
+    assert (loaded.rgb == 10).all() and "first of 2 frames used" in loaded.notes
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_exif_orientation_is_applied(tmp_path, orientation):
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[:5, :5] = 255  # a white top-left corner marks the orientation
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = _save(tmp_path / "r.jpg", Image.fromarray(pixels), exif=exif, quality=100)
+    loaded = load_image(path)
+    assert loaded.exif_transposed and loaded.exif_orientation == orientation
+    transpose = {6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90,
+                 3: Image.Transpose.ROTATE_180}[orientation]  # fmt: skip
+    expected = np.asarray(Image.open(path).convert("RGB").transpose(transpose))
+    np.testing.assert_array_equal(loaded.rgb, expected)
+    assert loaded.rgb.shape[:2] == ((30, 20) if orientation in (6, 8) else (20, 30))
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hello")
+    good = _save(tmp_path / "good.jpg", Image.fromarray(np.zeros((64, 64, 3), np.uint8)))
+    (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[:200])
+    for name in ("empty.jpg", "text.jpg"):
+        with pytest.raises(ValueError, match="not an image"):
+            load_image(tmp_path / name)
+    with pytest.raises(ValueError, match="unreadable image"):
+        load_image(tmp_path / "cut.jpg")
+    with pytest.raises(FileNotFoundError, match="no such image file"):
+        load_image(tmp_path / "missing.jpg")
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    bomb = _save(tmp_path / "bomb.png", Image.new("1", (20000, 20000)))
+    assert bomb.stat().st_size < 200_000  # tiny on disk, 400 MP when decoded
+    with pytest.raises(ValueError, match="decompression bomb"):
+        load_image(bomb)
+    with pytest.raises(ValueError, match="over the 0 MP limit"):
+        load_image(_save(tmp_path / "s.png", Image.new("RGB", (10, 10))), max_pixels=50)
