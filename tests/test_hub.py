@@ -1,0 +1,126 @@
+"""The weights cache: where it is, downloads (offline and online), digests, verification."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import urllib.error
+import urllib.request
+from dataclasses import replace
+
+import pytest
+
+import fpncli
+from fpncli import hub
+from fpncli.hub import WeightsDownloadError, cache_dir, download, resolve_weights, verify_cached
+from fpncli.synthetic import seeded_state_dict, write_detectron2_pkl
+from fpncli.weights import REGISTRY
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "seeded.pkl"
+    write_detectron2_pkl(path, seeded_state_dict(0))
+    return path.read_bytes()
+
+
+class _Response(io.BytesIO):
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.headers = {"Content-Length": str(len(data))}
+
+
+def _serve(monkeypatch, data: bytes) -> list[str]:
+    asked = []
+
+    def urlopen(url, timeout=None):
+        asked.append(url)
+        return _Response(data)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return asked
+
+
+def test_cache_dir_honours_fpncli_home(home):
+    assert cache_dir() == home
+
+
+def test_resolve_errors(home, tmp_path):
+    with pytest.raises(ValueError, match="unknown weights 'nope'.*faster_rcnn_R_50_FPN_3x"):
+        resolve_weights("nope")
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        resolve_weights(str(tmp_path / "missing.pkl"))
+    with pytest.raises(FileNotFoundError, match="fpncli weights download"):
+        resolve_weights("faster_rcnn_R_50_FPN_1x", download_missing=False)
+
+
+def test_offline_download_says_where_and_what_to_do(home, monkeypatch):
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    spec = REGISTRY["faster_rcnn_R_50_FPN_3x"]
+    with pytest.raises(WeightsDownloadError) as info:
+        download(spec)
+    message = str(info.value)
+    assert spec.url in message and str(home / spec.file_name) in message
+    assert "--weights random" in message and "\n" not in message
+    assert not list(home.iterdir())  # no temporary file left
+
+
+def test_download_checks_then_renames_and_records(home, monkeypatch, checkpoint_bytes):
+    spec = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
+    asked = _serve(monkeypatch, checkpoint_bytes)
+    checked = []
+    path = download(spec, check=lambda p: checked.append(p.name))
+    assert asked == [spec.url]
+    assert checked and checked[0].startswith(".") and ".part" in checked[0]
+    assert path == home / spec.file_name and path.read_bytes() == checkpoint_bytes
+    digest = hashlib.sha256(checkpoint_bytes).hexdigest()
+    assert hub.recorded_sha256(path) == digest
+    assert [e.status for e in verify_cached([spec.name])] == ["ok"]
+    path.write_bytes(checkpoint_bytes[:-1] + b"\x00")
+    entry = verify_cached([spec.name])[0]
+    assert entry.status == "mismatch" and "recorded" in entry.detail
+
+
+def test_download_failing_its_check_leaves_nothing(home, monkeypatch):
+    _serve(monkeypatch, b"not a checkpoint")
+    spec = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
+
+    def check(path):
+        raise ValueError("does not load")
+
+    with pytest.raises(ValueError, match="does not load"):
+        download(spec, check=check)
+    assert not list(home.iterdir())
+
+
+def test_published_digest_mismatch_is_refused(home, monkeypatch, checkpoint_bytes):
+    _serve(monkeypatch, checkpoint_bytes)
+    spec = REGISTRY["faster_rcnn_R_50_FPN_3x"]  # has a published sha256 the bytes do not match
+    with pytest.raises(WeightsDownloadError, match="does not match the published"):
+        download(spec)
+    assert not list(home.iterdir())
+    with pytest.raises(WeightsDownloadError, match="does not start with 258fb6c6"):
+        download(REGISTRY["torchvision_fasterrcnn_resnet50_fpn"])
+
+
+def test_load_backbone_downloads_a_missing_name_once(home, monkeypatch, checkpoint_bytes):
+    digest = hashlib.sha256(checkpoint_bytes).hexdigest()
+    monkeypatch.setitem(
+        REGISTRY, "faster_rcnn_R_50_FPN_3x",
+        replace(REGISTRY["faster_rcnn_R_50_FPN_3x"], sha256=digest),
+    )  # fmt: skip
+    asked = _serve(monkeypatch, checkpoint_bytes)
+    model = fpncli.load_backbone("faster_rcnn_R_50_FPN_3x")
+    assert model.weights_info.name == "faster_rcnn_R_50_FPN_3x"
+    assert model.weights_info.sha256 == digest and not model.weights_info.random
+    fpncli.load_backbone("faster_rcnn_R_50_FPN_3x")
+    assert len(asked) == 1  # cached the second time
