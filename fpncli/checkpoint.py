@@ -302,7 +302,7 @@ def random_state_dict(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor
     for name, tensor in model.state_dict().items():
         shape = tuple(tensor.shape)
 
-        def uniform(low: float, high: float) -> np.ndarray:
+        def uniform(low: float, high: float, shape=shape) -> np.ndarray:
             return rng.uniform(low, high, size=shape).astype(np.float32)
 
         if name.endswith(".weight") and len(shape) == 4:

@@ -193,12 +193,13 @@ def _load_model(weights: str, device: str, seed: int):
     default=None,
     help="Process only shard I of N (I/N); default from RANK/WORLD_SIZE when set.",
 )
+@click.option("--gpus", default=None, help="all or N: one worker process per GPU (with CUDA).")
 @click.option("--max-pixels", type=int, default=None, help="Refuse images larger than this.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
 @_friendly
 def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, no_heatmaps,
             no_overview, overlay, channel, reduce, cmap, min_size, max_size, no_resize,
-            batch_size, workers, from_list, overwrite, resume, force, shard, max_pixels,
+            batch_size, workers, from_list, overwrite, resume, force, shard, gpus, max_pixels,
             seed) -> None:  # fmt: skip
     """Extract P2-P6 for images, folders (recursive) and globs into OUT/<image>/."""
     if not inputs and from_list is None:
@@ -238,7 +239,10 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     shard_spec = _parse_shard(shard) or shard_from_env()
     if shard_spec is not None:
         jobs = select_shard(jobs, *shard_spec)
-    model, dev = _load_model(weights, device, seed)
+    devices = _gpu_devices(gpus, device)
+    model, dev = _load_model(weights, "cpu" if len(devices) > 1 else device, seed)
+    if devices:
+        dev = _torch_device(devices[0])
     options = RunOptions(
         output=output,
         precision=precision,
@@ -249,11 +253,45 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
     )
     bar = _ProgressLine(enabled=sys.stderr.isatty() and len(jobs) > 1)
-    summary = run_jobs(jobs, model, options, progress=bar)
+    if len(devices) > 1:
+        from .multi import run_on_devices
+
+        summary = run_on_devices(
+            jobs, model, options, devices, weights=weights, seed=seed, progress=bar
+        )
+    else:
+        summary = run_jobs(jobs, model, options, progress=bar)
     bar.close()
     _report(summary, Path(out_dir), len(jobs))
     if summary.failed or summary.aborted:
         sys.exit(1)
+
+
+def _torch_device(name: str):
+    import torch
+
+    return torch.device(name)
+
+
+def _gpu_devices(gpus: str | None, device: str) -> list[str]:
+    """``--gpus all|N`` -> ``["cuda:0", ...]``; empty without ``--gpus``."""
+    if gpus is None:
+        return []
+    import torch
+
+    if device not in ("auto", "cuda") or not torch.cuda.is_available():
+        raise click.UsageError("--gpus needs CUDA (and --device auto or cuda)")
+    available = torch.cuda.device_count()
+    if gpus == "all":
+        count = available
+    else:
+        try:
+            count = int(gpus)
+        except ValueError:
+            raise click.BadParameter(f"expected all or a number, got {gpus!r}") from None
+        if not 1 <= count <= available:
+            raise click.BadParameter(f"{count} GPUs asked for, {available} available")
+    return [f"cuda:{i}" for i in range(count)]
 
 
 def _report(summary, out_dir: Path, total: int) -> None:

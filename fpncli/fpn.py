@@ -45,7 +45,7 @@ class FPN(nn.Module):
         self.bottom_up = bottom_up
         self.in_features = bottom_up.stage_names
         self._levels = []
-        for name, (channels, stride) in bottom_up.output_shape().items():
+        for channels, stride in bottom_up.output_shape().values():
             level = int(math.log2(stride))
             self.add_module(f"fpn_lateral{level}", Conv2d(channels, out_channels, 1))
             self.add_module(f"fpn_output{level}", Conv2d(out_channels, out_channels, 3, padding=1))

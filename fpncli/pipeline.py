@@ -9,15 +9,14 @@ computes for it alone (a bigger canvas would change the cells near the bottom/ri
 from __future__ import annotations
 
 import errno
-import glob
 import logging
 import math
 import os
 import shutil
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 from .api import check_precision, run_backbone
 from .fpn import FPN
+from .inputs import IMAGE_EXTENSIONS, Job, discover_inputs, plan_jobs, select_shard, shard_from_env
 from .outputs import (
     OutputOptions,
     estimate_bytes_per_image,
@@ -51,6 +51,9 @@ __all__ = [
     "RunSummary",
     "Progress",
     "InsufficientDiskError",
+    "check_disk_space",
+    "pending_jobs",
+    "weights_meta",
     "discover_inputs",
     "plan_jobs",
     "select_shard",
@@ -61,136 +64,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-     ".ppm", ".pgm", ".pbm", ".pnm"}
-)  # fmt: skip
-
 
 class InsufficientDiskError(RuntimeError):
     """The output disk has less free space than the run is estimated to write."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """One image to extract: where it is read from and the folder its outputs go to."""
-
-    path: Path
-    folder: Path
-
-
-def _walk_images(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
-                found.append(Path(dirpath) / name)
-    return found
-
-
-def _glob_base(pattern: str) -> Path:
-    parts = []
-    for part in Path(pattern).parts:
-        if glob.has_magic(part):
-            break
-        parts.append(part)
-    return Path(*parts) if parts else Path(".")
-
-
-def discover_inputs(
-    inputs: Iterable[str], from_list: Iterable[str] | None = None
-) -> list[tuple[Path, Path]]:
-    """Expand files, folders (recursively), globs and list entries into ``(image, root)`` pairs.
-
-    The order is deterministic: arguments in the order given, each folder walked in sorted order;
-    an image met twice is kept once. ``root`` is what the output tree mirrors: the folder for a
-    folder input, the glob's fixed prefix for a glob, the parent for a file, and the common
-    folder of all entries for a list.
-
-    Raises:
-        FileNotFoundError: an argument that is neither a file, a folder nor a matching glob.
-    """
-    pairs: list[tuple[Path, Path]] = []
-    for raw in inputs:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            pairs += [(p, path) for p in _walk_images(path)]
-        elif path.is_file():
-            pairs.append((path, path.parent))
-        elif glob.has_magic(raw):
-            base = _glob_base(raw)
-            matches = sorted(glob.glob(raw, recursive=True))
-            if not matches:
-                raise FileNotFoundError(f"no file matches {raw}")
-            for match in map(Path, matches):
-                if match.is_dir():
-                    pairs += [(p, base) for p in _walk_images(match)]
-                elif match.suffix.lower() in IMAGE_EXTENSIONS:
-                    pairs.append((match, base))
-        else:
-            raise FileNotFoundError(f"no such file or folder: {raw}")
-    if from_list is not None:
-        entries = [Path(line.strip()) for line in from_list if line.strip()]
-        entries = [e for e in entries if not str(e).startswith("#")]
-        if entries:
-            root = Path(os.path.commonpath([str(e.absolute().parent) for e in entries]))
-            pairs += [(e, root) for e in entries]
-    seen = set()
-    unique = []
-    for image, root in pairs:
-        key = os.path.abspath(image)
-        if key not in seen:
-            seen.add(key)
-            unique.append((image, root))
-    return unique
-
-
-def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
-    """Give every image its own output folder, mirroring its path below its root.
-
-    ``root/sub/a.jpg`` goes to ``out_dir/sub/a``. Where two images would share a folder, those
-    in the same source folder with the same stem (``a.jpg`` and ``a.png``) use ``a_jpg`` and
-    ``a_png``; any remaining clash (the same relative path under two roots) gets ``_2``, ``_3``
-    in input order.
-    """
-    rels = []
-    for image, root in pairs:
-        try:
-            rel = image.absolute().relative_to(root.absolute())
-        except ValueError:
-            rel = Path(image.name)
-        rels.append(rel)
-    stems = Counter(
-        (os.path.abspath(img.parent), rel.parent / rel.stem) for (img, _), rel in zip(pairs, rels)
-    )
-    jobs, used = [], set()
-    for (image, _), rel in zip(pairs, rels):
-        key = rel.parent / rel.stem
-        if stems[(os.path.abspath(image.parent), key)] > 1:
-            key = rel.parent / f"{rel.stem}_{rel.suffix.lstrip('.').lower()}"
-        candidate, n = key, 1
-        while candidate in used:
-            n += 1
-            candidate = key.parent / f"{key.name}_{n}"
-        used.add(candidate)
-        jobs.append(Job(image, out_dir / candidate))
-    return jobs
-
-
-def select_shard(jobs: list, index: int, count: int) -> list:
-    """Every ``count``-th job starting at ``index``: a deterministic split of the input list."""
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
-    return jobs[index::count]
-
-
-def shard_from_env() -> tuple[int, int] | None:
-    """``(RANK, WORLD_SIZE)`` when torchrun (or the user) set them, else None."""
-    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if rank is None or world is None:
-        return None
-    return int(rank), int(world)
 
 
 def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32) -> int:
@@ -270,7 +146,7 @@ class Progress:
     elapsed_s: float
 
 
-def _weights_meta(model: FPN) -> dict:
+def weights_meta(model: FPN) -> dict:
     info = model.weights_info
     return {
         "name": info.name, "sha256": info.sha256, "format": info.format,
@@ -324,7 +200,7 @@ class _Runner:
         self.write_slots = threading.BoundedSemaphore(max(2, 2 * options.writers))
         self.writer = ThreadPoolExecutor(options.writers, thread_name_prefix="fpncli-write")
         self.start = time.monotonic()
-        self.weights_meta = _weights_meta(model)
+        self.weights_meta = weights_meta(model)
 
     def report(self) -> None:
         if self.progress is not None:
@@ -417,6 +293,25 @@ class _Runner:
         self.writer.shutdown(wait=True)
 
 
+def pending_jobs(jobs: list[Job], options: RunOptions, weights: dict) -> list[Job]:
+    """The jobs whose folder is not complete with the same input, weights and settings."""
+    return [j for j in jobs if options.overwrite or not _complete(j, options, weights)]
+
+
+def check_disk_space(todo: list[Job], output: OutputOptions) -> None:
+    """Raise InsufficientDiskError when the estimated output exceeds the free space."""
+    if not todo:
+        return
+    common = Path(os.path.commonpath([str(j.folder.absolute()) for j in todo[:1000]]))
+    need, free = estimate_run_bytes(todo, output), _free_bytes(common)
+    if need > free:
+        raise InsufficientDiskError(
+            f"this run would write about {need / 1e9:.2f} GB ({len(todo)} images) but only "
+            f"{free / 1e9:.2f} GB are free under {common}; free space, write fewer levels "
+            "(--levels, --dtype float16, --no-npy), or pass --force"
+        )
+
+
 def run_jobs(
     jobs: list[Job],
     model: FPN,
@@ -432,18 +327,10 @@ def run_jobs(
     """
     check_precision(options.precision, next(model.parameters()).device)
     summary = RunSummary(total=len(jobs))
-    weights = _weights_meta(model)
-    todo = [j for j in jobs if options.overwrite or not _complete(j, options, weights)]
+    todo = pending_jobs(jobs, options, weights_meta(model))
     summary.skipped = len(jobs) - len(todo)
-    if todo and not options.force:
-        common = Path(os.path.commonpath([str(j.folder.absolute()) for j in todo[:1000]]))
-        need, free = estimate_run_bytes(todo, options.output), _free_bytes(common)
-        if need > free:
-            raise InsufficientDiskError(
-                f"this run would write about {need / 1e9:.2f} GB ({len(todo)} images) but only "
-                f"{free / 1e9:.2f} GB are free under {common}; free space, write fewer levels "
-                "(--levels, --dtype float16, --no-npy), or pass --force"
-            )
+    if not options.force:
+        check_disk_space(todo, options.output)
     start = time.monotonic()
     runner = _Runner(model, options, summary, len(todo), progress)
     input_format = model.weights_info.input

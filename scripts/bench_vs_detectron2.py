@@ -112,6 +112,8 @@ def main() -> int:
               f"Detectron2 {d2_med:.3f} s, fpncli {our_med:.3f} s (medians of {args.repeats}), "
               f"speed-up {d2_med / our_med:.2f}x")  # fmt: skip
 
+        if args.images == 0:
+            return 0
         from PIL import Image
 
         sources = sorted(Path("samples").glob("*.[pj][np]g"))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import fpncli
@@ -203,3 +204,38 @@ def test_killed_run_resumes_without_redoing(tmp_path):
         assert (out / name / "manifest.json").stat().st_mtime_ns == mtime  # not redone
     assert all(is_complete(out / str(i)) for i in range(6))
     assert not list(out.rglob(".*fpncli-tmp*"))
+
+
+def test_cuda_out_of_memory_splits_the_batch(tmp_path, model, monkeypatch):
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    real = pipeline.run_backbone
+    sizes = []
+
+    def small_gpu(model, batch, precision):
+        sizes.append(batch.shape[0])
+        if batch.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, batch, precision=precision)
+
+    monkeypatch.setattr(pipeline, "run_backbone", small_gpu)
+    summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=4))
+    assert summary.done == 4 and not summary.failed
+    assert sizes == [4, 2, 1, 1, 2, 1, 1]
+
+
+def test_two_device_workers_share_the_list(tmp_path, model):
+    from fpncli.multi import run_on_devices
+
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    events = []
+    summary = run_on_devices(
+        jobs, model, RunOptions(output=SMALL, workers=1), ["cpu", "cpu"], weights="random",
+        progress=events.append,
+    )  # fmt: skip
+    assert (summary.total, summary.done, summary.failed) == (4, 4, [])
+    assert all(is_complete(j.folder) for j in jobs)
+    assert events and events[-1].done == 4
+    again = run_on_devices(jobs, model, RunOptions(output=SMALL), ["cpu", "cpu"], weights="random")
+    assert (again.done, again.skipped) == (0, 4)

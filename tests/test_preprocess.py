@@ -1,4 +1,4 @@
-"""Reading images (EXIF, modes, bombs, bad files) and Detectron2's DefaultPredictor preprocessing."""
+"""Reading images (EXIF, modes, bombs, bad files) and DefaultPredictor preprocessing."""
 
 from __future__ import annotations
 

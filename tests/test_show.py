@@ -28,8 +28,8 @@ def folder(tmp_path):
         stride = 2 ** int(name[1:])
         array = np.random.RandomState(h).randn(1, 4, h, w).astype(np.float32)
         np.save(out / f"{name}.npy", array)
-        levels[name] = {"file": f"{name}.npy", "shape": [1, 4, h, w], "stride": stride,
-                        "valid_height": -(-60 // stride), "valid_width": -(-96 // stride)}  # fmt: skip
+        valid = {"valid_height": -(-60 // stride), "valid_width": -(-96 // stride)}
+        levels[name] = {"file": f"{name}.npy", "shape": [1, 4, h, w], "stride": stride, **valid}
     manifest = {
         "input": {"path": str(photo), "width": 80, "height": 50},
         "preprocess": {"resized_height": 60, "resized_width": 96, "scale_y": 1.2, "scale_x": 1.2},

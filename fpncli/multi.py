@@ -1,0 +1,123 @@
+"""One extraction process per device (``--gpus all|N``): shards of one job list, one summary.
+
+Each worker is a spawned process that loads the weights onto its own device and runs
+``pipeline.run_jobs`` on every N-th job (``select_shard(jobs, i, N)``); progress and the final
+summaries come back through a queue and are merged. The free-space check is done once, here, for
+the whole run.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue as queue_module
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from .inputs import Job, select_shard
+from .pipeline import (
+    Progress,
+    RunOptions,
+    RunSummary,
+    check_disk_space,
+    pending_jobs,
+    run_jobs,
+    weights_meta,
+)
+
+__all__ = ["run_on_devices"]
+
+log = logging.getLogger(__name__)
+
+
+def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
+            options: RunOptions, events) -> None:  # fmt: skip
+    try:
+        from .api import load_backbone
+
+        model = load_backbone(weights, device=device, seed=seed, download=False)
+        summary = run_jobs(
+            jobs, model, options, progress=lambda p: events.put(("progress", index, p))
+        )
+        events.put(("done", index, summary))
+    except Exception as e:  # reported to the parent, which fails the run with it
+        events.put(("error", index, f"{device}: {type(e).__name__}: {e}"))
+
+
+def _merge(parts: list[RunSummary]) -> RunSummary:
+    merged = RunSummary()
+    for part in parts:
+        merged.total += part.total
+        merged.done += part.done
+        merged.skipped += part.skipped
+        merged.failed += part.failed
+        merged.bytes_written += part.bytes_written
+        merged.aborted = merged.aborted or part.aborted
+        merged.last_folder = part.last_folder or merged.last_folder
+    return merged
+
+
+def run_on_devices(
+    jobs: list[Job],
+    model,
+    options: RunOptions,
+    devices: list[str],
+    *,
+    weights: str,
+    seed: int = 0,
+    progress: Callable[[Progress], None] | None = None,
+) -> RunSummary:
+    """Run ``jobs`` split over ``devices`` (e.g. ``["cuda:0", "cuda:1"]``), one process each.
+
+    ``model`` is a loaded backbone (on any device) used here only for its weights' identity, to
+    find the pending jobs and check the disk once for the whole run.
+    """
+    if not options.force:
+        check_disk_space(pending_jobs(jobs, options, weights_meta(model)), options.output)
+    options = replace(options, force=True)
+    context = mp.get_context("spawn")
+    events = context.Queue()
+    count = len(devices)
+    workers = [
+        context.Process(
+            target=_worker,
+            args=(i, select_shard(jobs, i, count), weights, seed, device, options, events),
+            daemon=True,
+        )
+        for i, device in enumerate(devices)
+    ]
+    start = time.monotonic()
+    for worker in workers:
+        worker.start()
+    latest: dict[int, Progress] = {}
+    summaries: dict[int, RunSummary] = {}
+    errors: dict[int, str] = {}
+    while len(summaries) + len(errors) < count:
+        try:
+            kind, index, payload = events.get(timeout=1.0)
+        except queue_module.Empty:
+            for i, worker in enumerate(workers):
+                if not worker.is_alive() and i not in summaries and i not in errors:
+                    errors[i] = f"the worker on {devices[i]} died (exit code {worker.exitcode})"
+            continue
+        if kind == "progress":
+            latest[index] = payload
+            if progress is not None:
+                values = latest.values()
+                progress(Progress(
+                    sum(p.done for p in values), sum(p.failed for p in values),
+                    sum(p.skipped for p in values), sum(p.todo for p in values),
+                    time.monotonic() - start,
+                ))  # fmt: skip
+        elif kind == "done":
+            summaries[index] = payload
+        else:
+            errors[index] = payload
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise RuntimeError("; ".join(errors[i] for i in sorted(errors)))
+    merged = _merge([summaries[i] for i in sorted(summaries)])
+    merged.seconds = time.monotonic() - start
+    return merged
