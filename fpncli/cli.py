@@ -338,12 +338,10 @@ def show(target, level, channel, reduce, cmap, overlay, save, weights, device) -
     """Show a level of an extraction (TARGET: folder, .npy or image; default: the latest)."""
     from .show import show as show_target
 
-    result = show_target(
-        target, level=level.lower() if level else None, channel=channel, reduce=reduce, cmap=cmap,
-        overlay=overlay, save=save, weights=weights, device=device,
+    show_target(
+        target, level=level.lower() if level else None, channel=channel, reduce=reduce,
+        cmap=cmap, overlay=overlay, save=save, weights=weights, device=device, notify=click.echo,
     )  # fmt: skip
-    for message in result.messages:
-        click.echo(message)
 
 
 @cli.group()

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,11 +208,14 @@ def show(
     display: bool | None = None,
     weights: str = "faster_rcnn_R_50_FPN_3x",
     device: str = "auto",
+    notify: Callable[[str], None] | None = None,
 ) -> ShowResult:
     """Draw one level (or ``all``) of an extraction; open a window or write a PNG.
 
     ``level`` None means p2, or the level of a ``.npy`` target. With no display (or with
     ``save``) the picture is written atomically as a PNG and ``ShowResult.saved`` says where.
+    Messages are collected in ``ShowResult.messages`` and also passed to ``notify`` as soon as
+    they are known (before a window blocks).
 
     Raises:
         ValueError: an unknown level, a level that was not saved, a bad option.
@@ -228,21 +232,27 @@ def show(
         raise ValueError(f"this target holds {', '.join(source.features)}, not {level}")
     picture = _render(source, level, reduce=reduce, channel=channel, cmap=cmap, overlay=overlay)
     result = ShowResult()
+
+    def say(message: str) -> None:
+        result.messages.append(message)
+        if notify is not None:
+            notify(message)
+
     if level in ("p6", "all"):
-        result.messages.append(P6_NOTE)
+        say(P6_NOTE)
     if source.random:
-        result.messages.append("note: these maps come from random, untrained weights")
+        say("note: these maps come from random, untrained weights")
     wants_window = _display_available() if display is None else display
     if save is None and wants_window:
         result.displayed = _open_window(picture, f"fpncli {source.name} {level}")
         if result.displayed:
             return result
-        result.messages.append("no interactive matplotlib backend: writing a PNG instead")
+        say("no interactive matplotlib backend: writing a PNG instead")
     suffix = "_overlay" if overlay else ""
     out = Path(save) if save is not None else Path(f"{source.default_prefix}_{level}{suffix}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, encode_png(picture))
     result.saved = out
-    result.messages.append(f"saved {out}")
+    say(f"saved {out}")
     log.info("show: %s", json.dumps({"target": target, "level": level, "saved": str(out)}))
     return result

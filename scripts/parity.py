@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import fpncli
@@ -86,6 +88,16 @@ def run_torchvision(pth: Path, batch: torch.Tensor):
     return dict(zip(LEVELS, (out["0"], out["1"], out["2"], out["3"], out["pool"])))
 
 
+def extract_with_cli(image: Path, weights: Path, min_size: int, max_size: int, out: Path):
+    """Run the real ``fpncli extract`` command and read back the .npy files it saved."""
+    cmd = [sys.executable, "-m", "fpncli", "extract", str(image), "-o", str(out), "--weights",
+           str(weights), "--min-size", str(min_size), "--max-size", str(max_size), "--device",
+           "cpu", "--no-heatmaps", "--no-overview", "--overwrite"]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    folder = out / image.stem
+    return {k: torch.from_numpy(np.load(folder / f"{k}.npy")) for k in LEVELS}
+
+
 def relative_errors(ours: dict, theirs: dict) -> dict[str, float]:
     return {k: float((ours[k] - theirs[k]).abs().max() / theirs[k].abs().max()) for k in LEVELS}
 
@@ -127,7 +139,7 @@ def main() -> int:
     ours_tv = fpncli.load_backbone(str(pth), fold_bn=True)
     assert ours_tv.weights_info.input == TORCHVISION_INPUT
 
-    worst = {"detectron2": 0.0, "torchvision": 0.0}
+    worst = {"detectron2": 0.0, "fpncli extract": 0.0, "torchvision": 0.0}
     sizes = [tuple(int(n) for n in s.split(":")) for s in args.sizes.split(",")]
     for image_path in args.images:
         for min_size, max_size in sizes:
@@ -139,6 +151,11 @@ def main() -> int:
             worst["detectron2"] = max(worst["detectron2"], *err.values())
             shape = tuple(theirs["p2"].shape)
             print(f"detectron2  {image_path.name:<12} {min_size}:{max_size} p2{shape} "
+                  + " ".join(f"{k}={v:.2e}" for k, v in err.items()))  # fmt: skip
+            saved = extract_with_cli(image_path, pkl, min_size, max_size, tmp / "cli")
+            err = relative_errors(saved, theirs)
+            worst["fpncli extract"] = max(worst["fpncli extract"], *err.values())
+            print(f"extract CLI {image_path.name:<12} {min_size}:{max_size} p2{shape} "
                   + " ".join(f"{k}={v:.2e}" for k, v in err.items()))  # fmt: skip
 
             prepared = prepare(load_image(image_path).rgb, TORCHVISION_INPUT,

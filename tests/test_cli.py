@@ -169,3 +169,26 @@ def test_python_dash_m_works(photo, tmp_path):
         [sys.executable, "-m", "fpncli", "--version"], capture_output=True, text=True, check=True
     )
     assert "fpncli" in result.stdout
+
+
+def test_overlay_of_an_exif_rotated_photo_is_drawn_upright(runner, tmp_path):
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:10, :10] = 255  # white top-left corner as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=100)
+    out = tmp_path / "out"
+    args = ["extract", str(path), "-o", str(out), *SMALL, "--overlay", "--no-overview"]
+    assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
+    manifest = json.loads((out / "phone" / "manifest.json").read_text())
+    assert manifest["input"]["exif_transposed"] is True
+    assert (manifest["input"]["width"], manifest["input"]["height"]) == (40, 60)
+    assert (manifest["preprocess"]["resized_width"], manifest["preprocess"]["resized_height"]) == (
+        64, 96,
+    )  # fmt: skip
+    for level in ("p2", "p4", "p6"):
+        assert Image.open(out / "phone" / f"{level}_overlay.png").size == (40, 60)
+        assert manifest["levels"][level]["overlay"] == f"{level}_overlay.png"
+    heat = Image.open(out / "phone" / "p2.png")
+    assert heat.size[0] >= 256
