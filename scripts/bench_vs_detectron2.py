@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import detectron2_oracle
 import numpy as np
 import torch
 
@@ -34,40 +35,12 @@ from fpncli.synthetic import seeded_state_dict, write_detectron2_pkl
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
 
 
-def detectron2_backbone(pkl: Path):
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
-    from detectron2.layers import ShapeSpec
-    from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone as d2_build
-
-    cfg = get_cfg()
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-
-    class Detector(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = d2_build(cfg, ShapeSpec(channels=3))
-
-    detector = Detector().eval()
-    DetectionCheckpointer(detector).load(str(pkl))
-    return detector.backbone, cfg
-
-
 def detectron2_job(backbone, cfg, images: list[Path], out: Path) -> None:
     """What a Detectron2 user writes: DefaultPredictor's preprocessing, backbone, np.save."""
-    from detectron2.data import transforms as T
-    from detectron2.data.detection_utils import read_image
-    from detectron2.structures import ImageList
-
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
-    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
     for path in images:
-        original = read_image(str(path), format="BGR")
-        image = resize.get_transform(original).apply_image(original)
-        x = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
-        batch = ImageList.from_tensors([(x - mean) / std], backbone.size_divisibility).tensor
+        batch = detectron2_oracle.preprocess(
+            path, cfg, backbone, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
+        )
         with torch.no_grad():
             features = backbone(batch)
         folder = out / path.stem
@@ -96,7 +69,7 @@ def main() -> int:
     try:
         pkl = tmp / "seeded.pkl"
         write_detectron2_pkl(pkl, seeded_state_dict(0))
-        theirs, cfg = detectron2_backbone(pkl)
+        theirs, cfg = detectron2_oracle.load_backbone(pkl)
         ours = fpncli.load_backbone(str(pkl))
 
         x = torch.randn(1, 3, args.height, args.width, generator=torch.Generator().manual_seed(0))

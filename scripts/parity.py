@@ -28,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import detectron2_oracle
 import numpy as np
 import torch
 
@@ -40,36 +41,10 @@ LEVELS = ("p2", "p3", "p4", "p5", "p6")
 
 
 def run_detectron2(pkl: Path, image_path: Path, min_size: int, max_size: int):
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
-    from detectron2.data import transforms as T
-    from detectron2.data.detection_utils import read_image
-    from detectron2.layers import ShapeSpec
-    from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone as d2_build
-    from detectron2.structures import ImageList
-
-    cfg = get_cfg()
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.RESNETS.DEPTH = 50
-
-    class Detector(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = d2_build(cfg, ShapeSpec(channels=3))
-
-    detector = Detector().eval()
-    DetectionCheckpointer(detector).load(str(pkl))
-    original = read_image(str(image_path), format="BGR")  # DefaultPredictor's input
-    resize = T.ResizeShortestEdge([min_size, min_size], max_size)
-    image = resize.get_transform(original).apply_image(original)
-    x = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
-    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
-    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
-    images = ImageList.from_tensors([(x - mean) / std], detector.backbone.size_divisibility)
+    backbone, cfg = detectron2_oracle.load_backbone(pkl)
+    batch = detectron2_oracle.preprocess(image_path, cfg, backbone, min_size, max_size)
     with torch.no_grad():
-        return detector.backbone(images.tensor)
+        return backbone(batch)
 
 
 def run_torchvision(pth: Path, batch: torch.Tensor):

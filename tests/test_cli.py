@@ -192,3 +192,27 @@ def test_overlay_of_an_exif_rotated_photo_is_drawn_upright(runner, tmp_path):
         assert manifest["levels"][level]["overlay"] == f"{level}_overlay.png"
     heat = Image.open(out / "phone" / "p2.png")
     assert heat.size[0] >= 256
+
+
+def test_folder_run_summary_and_from_list_on_stdin(runner, tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for i, rel in enumerate(["a.png", "sub/b.png", "sub/b.jpg"]):
+        Image.fromarray(np.full((30, 40, 3), 40 * i, np.uint8)).save(src / rel)
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "out"
+    args = ["extract", str(src), "-o", str(out), *SMALL, "--no-overview", "--no-heatmaps"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1
+    assert "done 3, skipped 0 (already complete), failed 1 of 4" in result.output
+    assert "images/s" in result.output and "GB written" in result.output
+    assert "failed: " in result.output and "broken.png" in result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("manifest.json")) == [
+        "a/manifest.json", "sub/b_jpg/manifest.json", "sub/b_png/manifest.json",
+    ]  # fmt: skip
+    listed = f"{src / 'a.png'}\n{src / 'sub' / 'b.png'}\n"
+    result = runner.invoke(cli, ["extract", "--from-list", "-", "-o", str(tmp_path / "o2"), *SMALL,
+                                 "--no-overview", "--no-heatmaps"], input=listed)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o2" / "a" / "manifest.json").is_file()
+    assert (tmp_path / "o2" / "sub" / "b" / "manifest.json").is_file()

@@ -1,0 +1,50 @@
+"""The real Detectron2 as an oracle: its backbone and DefaultPredictor preprocessing.
+
+Shared by ``parity.py`` and ``bench_vs_detectron2.py``; needs Detectron2's source importable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def load_backbone(pkl: Path):
+    """Detectron2's ``build_resnet_fpn_backbone`` (Base-RCNN-FPN R-50), loaded from ``pkl`` by its
+    own ``DetectionCheckpointer``. Returns ``(backbone, cfg)``."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.DEPTH = 50
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))
+
+    detector = Detector().eval()
+    DetectionCheckpointer(detector).load(str(pkl))
+    return detector.backbone, cfg
+
+
+def preprocess(path: Path, cfg, backbone, min_size: int, max_size: int) -> torch.Tensor:
+    """DefaultPredictor's preprocessing: ``read_image`` (BGR), ``ResizeShortestEdge``,
+    ``(x - mean) / std``, ``ImageList`` padding. Returns ``(1, 3, Hp, Wp)``."""
+    from detectron2.data import transforms as T
+    from detectron2.data.detection_utils import read_image
+    from detectron2.structures import ImageList
+
+    original = read_image(str(path), format="BGR")
+    resize = T.ResizeShortestEdge([min_size, min_size], max_size)
+    image = resize.get_transform(original).apply_image(original)
+    x = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
+    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
+    return ImageList.from_tensors([(x - mean) / std], backbone.size_divisibility).tensor
