@@ -19,7 +19,7 @@ import torch
 
 from .checkpoint import load_state_dict_strict, random_state_dict, read_checkpoint
 from .fpn import FPN, build_resnet_fpn_backbone
-from .hub import resolve_weights, sha256_file
+from .hub import recorded_sha256, resolve_weights, sha256_file
 from .layers import fold_frozen_batchnorm
 from .preprocess import LoadedImage, Prepared, load_image, prepare
 from .weights import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
@@ -148,9 +148,16 @@ def load_backbone(
         model = build_resnet_fpn_backbone(**arch)
         load_state_dict_strict(model, ckpt.state_dict)
         log.info("loaded %s (%s, %d non-backbone keys skipped)", path, ckpt.format, ckpt.skipped)
+        digest = sha256_file(path)
+        recorded = recorded_sha256(path)
+        if spec is not None and recorded is not None and recorded != digest:
+            raise ValueError(
+                f"{path} changed since it was downloaded (sha256 {digest}, recorded {recorded}); "
+                f"delete it and run 'fpncli weights download {spec.name}'"
+            )
         info = WeightsInfo(
-            spec.name if spec else str(path), str(path), sha256_file(path), ckpt.format,
-            input_format, arch, False,
+            spec.name if spec else str(path), str(path), digest, ckpt.format, input_format, arch,
+            False,
         )  # fmt: skip
     if fold_bn:
         fold_frozen_batchnorm(model)

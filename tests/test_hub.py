@@ -124,3 +124,13 @@ def test_load_backbone_downloads_a_missing_name_once(home, monkeypatch, checkpoi
     assert model.weights_info.sha256 == digest and not model.weights_info.random
     fpncli.load_backbone("faster_rcnn_R_50_FPN_3x")
     assert len(asked) == 1  # cached the second time
+
+
+def test_a_cached_file_that_changed_is_refused(home, monkeypatch, checkpoint_bytes):
+    spec = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    _serve(monkeypatch, checkpoint_bytes)
+    path = download(spec)
+    hub.record_sha256(path, "0" * 64)  # as if the file had been replaced after download
+    with pytest.raises(ValueError, match="changed since it was downloaded"):
+        fpncli.load_backbone(spec.name)
