@@ -216,3 +216,14 @@ def test_folder_run_summary_and_from_list_on_stdin(runner, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o2" / "a" / "manifest.json").is_file()
     assert (tmp_path / "o2" / "sub" / "b" / "manifest.json").is_file()
+
+
+def test_progress_line_shows_rate_and_eta(capsys):
+    from fpncli.cli import _ProgressLine
+    from fpncli.pipeline import Progress
+
+    bar = _ProgressLine(enabled=True)
+    bar(Progress(done=10, failed=1, skipped=0, todo=40, elapsed_s=5.0))
+    bar.close()
+    err = capsys.readouterr().err
+    assert "11/40" in err and "2.00 img/s" in err and "ETA 0m14s" in err and "1 failed" in err
