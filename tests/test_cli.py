@@ -227,3 +227,27 @@ def test_progress_line_shows_rate_and_eta(capsys):
     bar.close()
     err = capsys.readouterr().err
     assert "11/40" in err and "2.00 img/s" in err and "ETA 0m14s" in err and "1 failed" in err
+
+
+def test_weights_download_then_verify(runner, tmp_path, monkeypatch):
+    import io
+
+    from fpncli.synthetic import seeded_state_dict, write_detectron2_pkl
+
+    path = tmp_path / "served.pkl"
+    write_detectron2_pkl(path, seeded_state_dict(0))
+    data = path.read_bytes()
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(data))}
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: Response(data))
+    result = runner.invoke(cli, ["weights", "download", "faster_rcnn_R_50_FPN_1x"],
+                           catch_exceptions=False)  # fmt: skip
+    assert result.exit_code == 0 and "saved" in result.output
+    again = runner.invoke(cli, ["weights", "download", "faster_rcnn_R_50_FPN_1x"])
+    assert "already cached" in again.output
+    verify = runner.invoke(cli, ["weights", "verify", "faster_rcnn_R_50_FPN_1x"])
+    assert verify.exit_code == 0 and "faster_rcnn_R_50_FPN_1x: ok sha256" in verify.output
+    bad = runner.invoke(cli, ["weights", "download", "faster_rcnn_R_50_FPN_3x"])
+    assert bad.exit_code == 1 and "does not match the published" in bad.output
