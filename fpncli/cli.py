@@ -232,7 +232,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         raise click.ClickException(f"cannot create output folder {out}: {e.strerror}") from None
     if not os.access(out, os.W_OK):
         raise click.ClickException(f"output folder {out} is not writable")
-    pairs = discover_inputs(inputs, from_list)
+    pairs = discover_inputs(inputs, from_list, exclude=out)
     if not pairs:
         raise click.ClickException("no images found in the given inputs")
     jobs = plan_jobs(pairs, Path(out_dir))

@@ -37,9 +37,11 @@ class Job:
     folder: Path
 
 
-def _walk_images(folder: Path) -> list[Path]:
+def _walk_images(folder: Path, exclude: Path | None) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
+        if exclude is not None:  # never read our own outputs back as inputs
+            dirnames[:] = [d for d in dirnames if Path(dirpath, d).resolve() != exclude]
         dirnames.sort()
         for name in sorted(filenames):
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
@@ -57,23 +59,28 @@ def _glob_base(pattern: str) -> Path:
 
 
 def discover_inputs(
-    inputs: Iterable[str], from_list: Iterable[str] | None = None
+    inputs: Iterable[str],
+    from_list: Iterable[str] | None = None,
+    *,
+    exclude: Path | None = None,
 ) -> list[tuple[Path, Path]]:
     """Expand files, folders (recursively), globs and list entries into ``(image, root)`` pairs.
 
     The order is deterministic: arguments in the order given, each folder walked in sorted order;
-    an image met twice is kept once. ``root`` is what the output tree mirrors: the folder for a
-    folder input, the glob's fixed prefix for a glob, the parent for a file, and the common
-    folder of all entries for a list.
+    an image met twice is kept once; folders are walked without entering ``exclude`` (the
+    output folder, when it lies inside an input folder). ``root`` is what the output tree
+    mirrors: the folder for a folder input, the glob's fixed prefix for a glob, the parent for
+    a file, and the common folder of all entries for a list.
 
     Raises:
         FileNotFoundError: an argument that is neither a file, a folder nor a matching glob.
     """
+    exclude = exclude.resolve() if exclude is not None else None
     pairs: list[tuple[Path, Path]] = []
     for raw in inputs:
         path = Path(raw).expanduser()
         if path.is_dir():
-            pairs += [(p, path) for p in _walk_images(path)]
+            pairs += [(p, path) for p in _walk_images(path, exclude)]
         elif path.is_file():
             pairs.append((path, path.parent))
         elif glob.has_magic(raw):
@@ -83,7 +90,7 @@ def discover_inputs(
                 raise FileNotFoundError(f"no file matches {raw}")
             for match in map(Path, matches):
                 if match.is_dir():
-                    pairs += [(p, base) for p in _walk_images(match)]
+                    pairs += [(p, base) for p in _walk_images(match, exclude)]
                 elif match.suffix.lower() in IMAGE_EXTENSIONS:
                     pairs.append((match, base))
         else:

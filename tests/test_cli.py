@@ -251,3 +251,14 @@ def test_weights_download_then_verify(runner, tmp_path, monkeypatch):
     assert verify.exit_code == 0 and "faster_rcnn_R_50_FPN_1x: ok sha256" in verify.output
     bad = runner.invoke(cli, ["weights", "download", "faster_rcnn_R_50_FPN_3x"])
     assert bad.exit_code == 1 and "does not match the published" in bad.output
+
+
+def test_output_folder_inside_the_input_folder_is_not_read_back(runner, tmp_path):
+    src = tmp_path / "photos"
+    src.mkdir()
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(src / "a.png")
+    args = ["extract", str(src), "-o", str(src / "feats"), *SMALL]
+    assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
+    second = runner.invoke(cli, args, catch_exceptions=False)
+    assert "done 0, skipped 1" in second.output or "already complete" in second.output
+    assert sorted(p.parent.name for p in (src / "feats").rglob("manifest.json")) == ["a"]
