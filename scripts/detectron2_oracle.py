@@ -9,10 +9,17 @@ from pathlib import Path
 
 import torch
 
+# Detectron2 config overrides per architecture (configs/COCO-Detection/*_FPN_3x.yaml).
+ARCHS = {
+    "r50": {"DEPTH": 50},
+    "r101": {"DEPTH": 101},
+    "x101": {"DEPTH": 101, "NUM_GROUPS": 32, "WIDTH_PER_GROUP": 8, "STRIDE_IN_1X1": False},
+}
 
-def load_backbone(pkl: Path):
-    """Detectron2's ``build_resnet_fpn_backbone`` (Base-RCNN-FPN R-50), loaded from ``pkl`` by its
-    own ``DetectionCheckpointer``. Returns ``(backbone, cfg)``."""
+
+def load_backbone(pkl: Path, arch: str = "r50"):
+    """Detectron2's ``build_resnet_fpn_backbone`` (Base-RCNN-FPN with ``arch``), loaded from
+    ``pkl`` by its own ``DetectionCheckpointer``. Returns ``(backbone, cfg)``."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
     from detectron2.layers import ShapeSpec
@@ -20,7 +27,10 @@ def load_backbone(pkl: Path):
 
     cfg = get_cfg()
     cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    cfg.MODEL.RESNETS.DEPTH = 50
+    for key, value in ARCHS[arch].items():
+        setattr(cfg.MODEL.RESNETS, key, value)
+    if arch == "x101":
+        cfg.MODEL.PIXEL_STD = [57.375, 57.120, 58.395]
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
 

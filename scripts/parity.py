@@ -38,10 +38,15 @@ from fpncli.synthetic import seeded_state_dict, write_detectron2_pkl, write_torc
 from fpncli.weights import TORCHVISION_INPUT
 
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
+ARCH_KWARGS = {
+    "r50": {},
+    "r101": {"depth": 101},
+    "x101": {"depth": 101, "num_groups": 32, "width_per_group": 8, "stride_in_1x1": False},
+}
 
 
-def run_detectron2(pkl: Path, image_path: Path, min_size: int, max_size: int):
-    backbone, cfg = detectron2_oracle.load_backbone(pkl)
+def run_detectron2(pkl: Path, image_path: Path, min_size: int, max_size: int, arch: str = "r50"):
+    backbone, cfg = detectron2_oracle.load_backbone(pkl, arch)
     batch = detectron2_oracle.preprocess(image_path, cfg, backbone, min_size, max_size)
     with torch.no_grad():
         return backbone(batch)
@@ -99,26 +104,34 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arch", choices=sorted(ARCH_KWARGS), default="r50",
+                        help="r101 and x101 are compared with Detectron2 only")  # fmt: skip
     parser.add_argument("--sizes", default="800:1333,480:800", help="min:max resize pairs")
     parser.add_argument("--golden", type=Path, default=None, help="write golden JSON here")
     parser.add_argument("--golden-image", type=Path, default=Path("samples/coffee.png"))
     parser.add_argument("--golden-size", default="160:267")
     args = parser.parse_args()
+    if args.golden is not None and args.arch != "r50":
+        parser.error("--golden records the R-50 answers: use it with --arch r50")
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp(prefix="fpncli-parity-"))
     pkl, pth = tmp / "seeded.pkl", tmp / "seeded_torchvision.pth"
-    state = seeded_state_dict(args.seed)
+    state = seeded_state_dict(args.seed, **ARCH_KWARGS[args.arch])
     write_detectron2_pkl(pkl, state)
-    write_torchvision_pth(pth, state)
+    if args.arch == "r50":
+        write_torchvision_pth(pth, state)
     ours_d2 = fpncli.load_backbone(str(pkl), fold_bn=True)
-    ours_tv = fpncli.load_backbone(str(pth), fold_bn=True)
-    assert ours_tv.weights_info.input == TORCHVISION_INPUT
+    if args.arch == "r50":
+        ours_tv = fpncli.load_backbone(str(pth), fold_bn=True)
+        assert ours_tv.weights_info.input == TORCHVISION_INPUT
 
-    worst = {"detectron2": 0.0, "fpncli extract": 0.0, "torchvision": 0.0}
+    worst = {"detectron2": 0.0, "fpncli extract": 0.0}
+    if args.arch == "r50":
+        worst["torchvision"] = 0.0
     sizes = [tuple(int(n) for n in s.split(":")) for s in args.sizes.split(",")]
     for image_path in args.images:
         for min_size, max_size in sizes:
-            theirs = run_detectron2(pkl, image_path, min_size, max_size)
+            theirs = run_detectron2(pkl, image_path, min_size, max_size, args.arch)
             ours = fpncli.extract_features(
                 image_path, ours_d2, min_size=min_size, max_size=max_size
             )
@@ -133,6 +146,8 @@ def main() -> int:
             print(f"extract CLI {image_path.name:<12} {min_size}:{max_size} p2{shape} "
                   + " ".join(f"{k}={v:.2e}" for k, v in err.items()))  # fmt: skip
 
+            if args.arch != "r50":
+                continue
             prepared = prepare(load_image(image_path).rgb, TORCHVISION_INPUT,
                                min_size=min_size, max_size=max_size)  # fmt: skip
             batch = torch.from_numpy(prepared.tensor)[None]
