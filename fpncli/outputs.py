@@ -251,7 +251,8 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
             f"{Path(image.path).name or 'image'}  ({weights.get('name')}, {_reduce_label(options)})"
         )
         written += write(
-            folder / "overview.png", overview_png(image.rgb, panels, title=title, note=note)
+            folder / "overview.png",
+            overview_png(image.rgb, panels, title=title, note=note, cmap=options.cmap),
         )
         overview = "overview.png"
 

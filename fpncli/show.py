@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .outputs import MANIFEST, atomic_write_bytes, read_manifest, valid_size
-from .visualize import encode_png, heatmap_image, overlay_image, overview_png, reduce_channels
+from .visualize import encode_png, heatmap_image, overlay_image, overview_image, reduce_channels
 
 __all__ = ["ShowResult", "show", "P6_NOTE"]
 
@@ -144,7 +144,6 @@ def _level_map(source: _Source, name: str, reduce: str, channel: int) -> np.ndar
 
 def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str,
             overlay: bool) -> np.ndarray:  # fmt: skip
-    import cv2
 
     names = LEVELS if level == "all" else (level,)
     maps = {name: _level_map(source, name, reduce, channel) for name in names}
@@ -167,8 +166,7 @@ def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str
         image = source.image_rgb
         if image is None:
             image = np.full((64, 96, 3), 255, np.uint8)
-        png = overview_png(image, panels, title=f"{source.name} ({how})", note=note)
-        return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+        return overview_image(image, panels, title=f"{source.name} ({how})", note=note, cmap=cmap)
     shape = tuple(source.features[level].shape)
     label = f"{level}  stride {STRIDES[level]}  {shape}  {how}"
     return heatmap_image(maps[level], cmap=cmap, label=label)

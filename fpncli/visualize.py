@@ -1,20 +1,16 @@
 """Pictures of feature maps: heatmaps, the Figure-3 overview, overlays on the photo.
 
-numpy, matplotlib (Agg, no pyplot state), OpenCV and Pillow only: no torch here. Per-level
-heatmaps are drawn with numpy and OpenCV (a few milliseconds each) because the batch pipeline
-writes five per image; only the overview uses a matplotlib figure.
+numpy, OpenCV and matplotlib's colormaps only: no torch, no pyplot. Everything is drawn with
+numpy and OpenCV (milliseconds per picture), because the batch pipeline writes six per image.
 """
 
 from __future__ import annotations
 
-import io
 import math
 
 import cv2
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 __all__ = [
     "REDUCTIONS",
@@ -23,6 +19,7 @@ __all__ = [
     "colorize",
     "heatmap_image",
     "encode_png",
+    "overview_image",
     "overview_png",
     "overlay_image",
     "cell_index",
@@ -145,44 +142,73 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def overview_png(
-    image_rgb: np.ndarray, levels: list[dict], *, title: str = "", note: str = ""
-) -> bytes:
-    """The Figure-3 overview: the input, then each level, side by side, as PNG bytes.
+def _centered(canvas: np.ndarray, text: str, centre_x: int, baseline: int, scale: float,
+              colour=(20, 20, 20), thickness: int = 1) -> None:  # fmt: skip
+    (width, _), _ = cv2.getTextSize(text, _FONT, scale, thickness)
+    origin = (max(0, centre_x - width // 2), baseline)
+    cv2.putText(canvas, text, origin, _FONT, scale, colour, thickness, cv2.LINE_AA)
+
+
+def overview_image(
+    image_rgb: np.ndarray,
+    levels: list[dict],
+    *,
+    title: str = "",
+    note: str = "",
+    cmap: str = "viridis",
+    panel_height: int = 256,
+) -> np.ndarray:
+    """The Figure-3 overview: the input, then each level, side by side, one row.
+
+    Drawn with numpy and OpenCV (tens of milliseconds, the batch pipeline writes one per image);
+    level cells stay crisp (nearest-neighbour), each level coloured on its own range.
 
     Args:
         image_rgb: ``(H, W, 3)`` uint8, the input photo.
         levels: ``{"name", "map" (valid-region (h, w) array), "stride", "shape"}`` per panel.
         title: a line at the top.
         note: shown in red under the title (fpncli says here when the weights are random).
+        cmap: the colormap of the levels.
+
+    Returns:
+        ``(H', W', 3)`` uint8 RGB.
     """
-    panels = 1 + len(levels)
-    aspect = image_rgb.shape[1] / max(1, image_rgb.shape[0])
-    panel_w = 3.2
-    fig = Figure(figsize=(panel_w * panels, panel_w / aspect + 1.3), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, panels, squeeze=False)[0]
-    axes[0].imshow(image_rgb)
-    axes[0].set_title(f"input {image_rgb.shape[1]}×{image_rgb.shape[0]}", fontsize=10)
-    for ax, level in zip(axes[1:], levels):
-        ax.imshow(
-            np.asarray(level["map"], dtype=np.float32), cmap="viridis", interpolation="nearest"
-        )
-        shape = tuple(level["shape"])
-        ax.set_title(f"{level['name']} · stride {level['stride']}\n{shape}", fontsize=9)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    height, width = image_rgb.shape[:2]
+    panel_w = max(1, round(panel_height * width / max(1, height)))
+    panels = [cv2.resize(image_rgb, (panel_w, panel_height), interpolation=cv2.INTER_AREA)]
+    captions = [(f"input {width}x{height}", "")]
+    for level in levels:
+        colours = colorize(level["map"], cmap)
+        level_w = max(1, round(panel_height * colours.shape[1] / max(1, colours.shape[0])))
+        panels.append(cv2.resize(colours, (level_w, panel_height), interpolation=cv2.INTER_NEAREST))
+        captions.append((f"{level['name']}  stride {level['stride']}", str(tuple(level["shape"]))))
+    margin, gap, caption_h = 14, 12, 44
+    header = (30 if title else 0) + (28 if note else 0) + 6
+    total_w = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1) + 2 * margin
+    canvas = np.full((header + caption_h + panel_height + margin, total_w, 3), 255, np.uint8)
+    baseline = 0
     if title:
-        fig.suptitle(title, fontsize=11, y=0.98)
+        baseline += 24
+        _centered(canvas, title, total_w // 2, baseline, 0.6)
     if note:
-        fig.text(
-            0.5, 0.90, note, ha="center", va="top", color="#c00000", fontsize=11, weight="bold"
-        )
-    fig.tight_layout(rect=(0, 0, 1, 0.86 if note else 0.92))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+        baseline += 28
+        _centered(canvas, note, total_w // 2, baseline, 0.65, colour=(192, 0, 0), thickness=2)
+    x = margin
+    top = header + caption_h
+    for panel, (line1, line2) in zip(panels, captions):
+        centre = x + panel.shape[1] // 2
+        _centered(canvas, line1, centre, header + 18, 0.5)
+        _centered(canvas, line2, centre, header + 38, 0.45)
+        canvas[top : top + panel_height, x : x + panel.shape[1]] = panel
+        cv2.rectangle(canvas, (x - 1, top - 1), (x + panel.shape[1], top + panel_height),
+                      (90, 90, 90), 1)  # fmt: skip
+        x += panel.shape[1] + gap
+    return canvas
+
+
+def overview_png(image_rgb: np.ndarray, levels: list[dict], **kwargs) -> bytes:
+    """``overview_image`` encoded as PNG bytes (same arguments)."""
+    return encode_png(overview_image(image_rgb, levels, **kwargs))
 
 
 def cell_index(size: int, scale: float, stride: int, cells: int) -> np.ndarray:
