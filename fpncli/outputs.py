@@ -227,7 +227,7 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
 
             over = overlay_image(
                 image.rgb, maps[name], stride=stride,
-                scale_y=prepared.scale_y, scale_x=prepared.scale_x,
+                scale_y=prepared.scale_y, scale_x=prepared.scale_x, cmap=options.cmap,
             )  # fmt: skip
             written += write(folder / f"{name}_overlay.png", encode_png(over))
             meta["overlay"] = f"{name}_overlay.png"
