@@ -170,9 +170,11 @@ def download(
             f"could not download {spec.name} from {spec.url} ({reason}); {hint}"
         ) from None
     try:
-        if spec.size_bytes is not None and done != spec.size_bytes:
+        expected = spec.size_bytes or total
+        if expected and done != expected:
             raise WeightsDownloadError(
-                f"{spec.name}: got {done} bytes from {spec.url}, expected {spec.size_bytes}"
+                f"{spec.name}: got {done} bytes from {spec.url}, expected {expected} "
+                "(an interrupted download?); run the command again"
             )
         _check_digest(spec, digest.hexdigest())
         if check is not None:

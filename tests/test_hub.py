@@ -134,3 +134,18 @@ def test_a_cached_file_that_changed_is_refused(home, monkeypatch, checkpoint_byt
     hub.record_sha256(path, "0" * 64)  # as if the file had been replaced after download
     with pytest.raises(ValueError, match="changed since it was downloaded"):
         fpncli.load_backbone(spec.name)
+
+
+def test_a_short_download_is_refused(home, monkeypatch, checkpoint_bytes):
+    class Short(_Response):
+        def __init__(self, data):
+            super().__init__(data[: len(data) // 2])
+            self.headers = {"Content-Length": str(len(data))}
+
+    monkeypatch.setattr(
+        urllib.request, "urlopen", lambda url, timeout=None: Short(checkpoint_bytes)
+    )
+    spec = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
+    with pytest.raises(WeightsDownloadError, match="interrupted download"):
+        download(spec)
+    assert not list(home.iterdir())
