@@ -18,12 +18,12 @@ _LAZY = {
     "extract": "api",
     "extract_features": "api",
     "load_backbone": "api",
-    "FPN": "fpn",
-    "LEVELS": "fpn",
-    "LEVEL_STRIDES": "fpn",
-    "build_resnet_fpn_backbone": "fpn",
-    "DEFAULT_WEIGHTS": "weights",
-    "REGISTRY": "weights",
+    "FPN": "model.fpn",
+    "LEVELS": "model.fpn",
+    "LEVEL_STRIDES": "model.fpn",
+    "build_resnet_fpn_backbone": "model.fpn",
+    "DEFAULT_WEIGHTS": "weights.registry",
+    "REGISTRY": "weights.registry",
 }
 
 __all__ = ["__version__", *_LAZY]

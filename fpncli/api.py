@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_state_dict_strict, random_state_dict, read_checkpoint
-from .fpn import FPN, build_resnet_fpn_backbone
-from .hub import recorded_sha256, resolve_weights, sha256_file
-from .layers import fold_frozen_batchnorm
-from .preprocess import LoadedImage, Prepared, load_image, prepare
-from .weights import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
+from .io.preprocess import LoadedImage, Prepared, load_image, prepare
+from .model.fpn import FPN, build_resnet_fpn_backbone
+from .model.layers import fold_frozen_batchnorm
+from .weights.checkpoint import load_state_dict_strict, random_state_dict, read_checkpoint
+from .weights.hub import recorded_sha256, resolve_weights, sha256_file
+from .weights.registry import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
 
 __all__ = [
     "WeightsInfo",

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 import fpncli
-from fpncli.outputs import OutputOptions
-from fpncli.pipeline import Job, RunOptions, run_jobs
-from fpncli.synthetic import seeded_state_dict, write_detectron2_pkl
+from fpncli.io.outputs import OutputOptions
+from fpncli.run.pipeline import Job, RunOptions, run_jobs
+from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl
 
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
 

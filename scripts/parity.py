@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 import fpncli
-from fpncli.preprocess import load_image, prepare
-from fpncli.synthetic import seeded_state_dict, write_detectron2_pkl, write_torchvision_pth
-from fpncli.weights import TORCHVISION_INPUT
+from fpncli.io.preprocess import load_image, prepare
+from fpncli.weights.registry import TORCHVISION_INPUT
+from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl, write_torchvision_pth
 
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
 ARCH_KWARGS = {

@@ -9,21 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from fpncli.checkpoint import (
+from fpncli.model.fpn import build_resnet_fpn_backbone
+from fpncli.weights.checkpoint import (
     UnsafeCheckpointError,
     infer_arch,
     load_state_dict_strict,
     read_checkpoint,
     save_fpncli_checkpoint,
 )
-from fpncli.fpn import build_resnet_fpn_backbone
-from fpncli.synthetic import (
+from fpncli.weights.registry import DETECTRON2_INPUT, TORCHVISION_INPUT
+from fpncli.weights.synthetic import (
     seeded_state_dict,
     write_detectron2_pkl,
     write_detectron2_pth,
     write_torchvision_pth,
 )
-from fpncli.weights import DETECTRON2_INPUT, TORCHVISION_INPUT
 
 
 @pytest.fixture(scope="module")

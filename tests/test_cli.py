@@ -219,8 +219,8 @@ def test_folder_run_summary_and_from_list_on_stdin(runner, tmp_path):
 
 
 def test_progress_line_shows_rate_and_eta(capsys):
-    from fpncli.cli import _ProgressLine
-    from fpncli.pipeline import Progress
+    from fpncli.cli.common import _ProgressLine
+    from fpncli.run.pipeline import Progress
 
     bar = _ProgressLine(enabled=True)
     bar(Progress(done=10, failed=1, skipped=0, todo=40, elapsed_s=5.0))
@@ -232,7 +232,7 @@ def test_progress_line_shows_rate_and_eta(capsys):
 def test_weights_download_then_verify(runner, tmp_path, monkeypatch):
     import io
 
-    from fpncli.synthetic import seeded_state_dict, write_detectron2_pkl
+    from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl
 
     path = tmp_path / "served.pkl"
     write_detectron2_pkl(path, seeded_state_dict(0))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import fpncli
-from fpncli.outputs import OutputOptions
-from fpncli.pipeline import Job, RunOptions, run_jobs
+from fpncli.io.outputs import OutputOptions
+from fpncli.run.pipeline import Job, RunOptions, run_jobs
 
 pytestmark = [
     pytest.mark.gpu,

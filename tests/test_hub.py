@@ -11,10 +11,16 @@ from dataclasses import replace
 import pytest
 
 import fpncli
-from fpncli import hub
-from fpncli.hub import WeightsDownloadError, cache_dir, download, resolve_weights, verify_cached
-from fpncli.synthetic import seeded_state_dict, write_detectron2_pkl
-from fpncli.weights import REGISTRY
+from fpncli.weights import hub
+from fpncli.weights.hub import (
+    WeightsDownloadError,
+    cache_dir,
+    download,
+    resolve_weights,
+    verify_cached,
+)
+from fpncli.weights.registry import REGISTRY
+from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fpncli.checkpoint import load_state_dict_strict, random_state_dict
-from fpncli.fpn import LEVEL_STRIDES, build_resnet_fpn_backbone
-from fpncli.layers import Conv2d, FrozenBatchNorm2d, fold_frozen_batchnorm
-from fpncli.resnet import ResNet
+from fpncli.model.fpn import LEVEL_STRIDES, build_resnet_fpn_backbone
+from fpncli.model.layers import Conv2d, FrozenBatchNorm2d, fold_frozen_batchnorm
+from fpncli.model.resnet import ResNet
+from fpncli.weights.checkpoint import load_state_dict_strict, random_state_dict
 
 
 @pytest.fixture(scope="module")

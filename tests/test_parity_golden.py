@@ -1,6 +1,6 @@
 """Parity with the real Detectron2 and torchvision, kept in CI through recorded answers.
 
-``scripts/parity.py`` loaded seeded weights (seed 0, ``fpncli.synthetic``) into Detectron2's
+``scripts/parity.py`` loaded seeded weights (seed 0, ``fpncli.weights.synthetic``) into Detectron2's
 ``build_resnet_fpn_backbone`` (through its own ``DetectionCheckpointer`` and DefaultPredictor
 preprocessing) and into torchvision's ``fasterrcnn_resnet50_fpn``, ran them on
 ``samples/coffee.png`` resized to 160:267, and recorded slices and statistics per level in
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import fpncli
-from fpncli.synthetic import seeded_state_dict, write_detectron2_pkl, write_torchvision_pth
+from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl, write_torchvision_pth
 
 GOLDEN = Path(__file__).parent / "golden"
 SAMPLES = Path(__file__).parent.parent / "samples"

@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 
 import fpncli
-from fpncli import outputs, pipeline
-from fpncli.outputs import OutputOptions, is_complete
-from fpncli.pipeline import (
+from fpncli.io import outputs
+from fpncli.io.outputs import OutputOptions, is_complete
+from fpncli.run import pipeline
+from fpncli.run.pipeline import (
     InsufficientDiskError,
     Job,
     RunOptions,
@@ -225,7 +226,7 @@ def test_cuda_out_of_memory_splits_the_batch(tmp_path, model, monkeypatch):
 
 
 def test_two_device_workers_share_the_list(tmp_path, model):
-    from fpncli.multi import run_on_devices
+    from fpncli.run.multi import run_on_devices
 
     paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fpncli.preprocess import load_image, prepare, resized_shape, rgb_to_bgr, to_color_order
-from fpncli.weights import DETECTRON2_INPUT, TORCHVISION_INPUT
+from fpncli.io.preprocess import load_image, prepare, resized_shape, rgb_to_bgr, to_color_order
+from fpncli.weights.registry import DETECTRON2_INPUT, TORCHVISION_INPUT
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from fpncli import show as show_module
 from fpncli.cli import cli
-from fpncli.show import P6_NOTE, show
+from fpncli.viz import show as show_module
+from fpncli.viz.show import P6_NOTE, show
 
 SHAPES = {"p2": (16, 24), "p3": (8, 12), "p4": (4, 6), "p5": (2, 3), "p6": (1, 2)}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fpncli.visualize import (
+from fpncli.viz.visualize import (
     cell_index,
     colorize,
     encode_png,

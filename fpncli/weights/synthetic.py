@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..model.fpn import build_resnet_fpn_backbone
 from .checkpoint import random_state_dict
-from .fpn import build_resnet_fpn_backbone
 
 __all__ = [
     "seeded_state_dict",

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .weights import REGISTRY, WeightsSpec
+from .registry import REGISTRY, WeightsSpec
 
 __all__ = [
     "WeightsDownloadError",

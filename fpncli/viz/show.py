@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .outputs import MANIFEST, atomic_write_bytes, read_manifest, valid_size
+from ..io.outputs import MANIFEST, atomic_write_bytes, read_manifest, valid_size
 from .visualize import encode_png, heatmap_image, overlay_image, overview_image, reduce_channels
 
 __all__ = ["ShowResult", "show", "P6_NOTE"]
@@ -54,13 +54,13 @@ class _Source:
 
 
 def _latest() -> Path:
-    from .outputs import latest_extraction
+    from ..io.outputs import latest_extraction
 
     return latest_extraction()
 
 
 def _load_input(manifest: dict) -> np.ndarray | None:
-    from .preprocess import load_image
+    from ..io.preprocess import load_image
 
     path = manifest.get("input", {}).get("path")
     if not path or not Path(path).is_file():
@@ -99,7 +99,7 @@ def _from_folder(folder: Path, levels: list[str]) -> _Source:
 
 
 def _from_image(path: Path, weights: str, device: str) -> _Source:
-    from .api import extract, load_backbone, resolve_device
+    from ..api import extract, load_backbone, resolve_device
 
     model = load_backbone(weights, device=resolve_device(device))
     result = extract(path, model)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .fpn import LEVEL_STRIDES, LEVELS
+from .. import __version__
+from ..model.fpn import LEVEL_STRIDES, LEVELS
 from .preprocess import LoadedImage, Prepared
 
 __all__ = [
@@ -133,7 +133,7 @@ def _begin(folder: Path) -> None:
 
 
 def _level_maps(features: dict[str, np.ndarray], prepared: Prepared, options: OutputOptions):
-    from .visualize import reduce_channels, valid_region
+    from ..viz.visualize import reduce_channels, valid_region
 
     maps = {}
     for name in options.levels:
@@ -217,13 +217,13 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
             meta["file"] = f"{name}.npy"
         label = f"{name}  stride {stride}  {tuple(array.shape)}  {_reduce_label(options)}"
         if options.save_heatmaps:
-            from .visualize import encode_png, heatmap_image
+            from ..viz.visualize import encode_png, heatmap_image
 
             png = encode_png(heatmap_image(maps[name], cmap=options.cmap, label=label))
             written += write(folder / f"{name}.png", png)
             meta["heatmap"] = f"{name}.png"
         if options.overlay:
-            from .visualize import encode_png, overlay_image
+            from ..viz.visualize import encode_png, overlay_image
 
             over = overlay_image(
                 image.rgb, maps[name], stride=stride,
@@ -235,7 +235,7 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
 
     overview = None
     if options.save_overview:
-        from .visualize import overview_png
+        from ..viz.visualize import overview_png
 
         panels = [
             {

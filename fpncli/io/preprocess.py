@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .weights import InputFormat
+from ..weights.registry import InputFormat
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

@@ -24,10 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import check_precision, run_backbone
-from .fpn import FPN
-from .inputs import IMAGE_EXTENSIONS, Job, discover_inputs, plan_jobs, select_shard, shard_from_env
-from .outputs import (
+from ..api import check_precision, run_backbone
+from ..io.inputs import (
+    IMAGE_EXTENSIONS,
+    Job,
+    discover_inputs,
+    plan_jobs,
+    select_shard,
+    shard_from_env,
+)
+from ..io.outputs import (
     OutputOptions,
     estimate_bytes_per_image,
     is_complete,
@@ -35,7 +41,7 @@ from .outputs import (
     run_key,
     write_image_outputs,
 )
-from .preprocess import (
+from ..io.preprocess import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
     Prepared,
@@ -43,6 +49,7 @@ from .preprocess import (
     prepare,
     resized_shape,
 )
+from ..model.fpn import FPN
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import autocast_context, check_precision
-from .fpn import FPN
-from .outputs import OutputOptions
+from ..api import autocast_context, check_precision
+from ..io.outputs import OutputOptions
+from ..model.fpn import FPN
 from .pipeline import Job, RunOptions, run_jobs
 
 __all__ = ["BenchRow", "bench_model", "bench_end_to_end", "disk_write_speed", "GMAC_800x1280"]

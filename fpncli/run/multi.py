@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from .inputs import Job, select_shard
+from ..io.inputs import Job, select_shard
 from .pipeline import (
     Progress,
     RunOptions,
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
             options: RunOptions, events) -> None:  # fmt: skip
     try:
-        from .api import load_backbone
+        from ..api import load_backbone
 
         model = load_backbone(weights, device=device, seed=seed, download=False)
         summary = run_jobs(

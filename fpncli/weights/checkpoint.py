@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .resnet import BLOCKS_PER_STAGE
-from .weights import DETECTRON2_INPUT, DETECTRON2_X101_INPUT, TORCHVISION_INPUT, InputFormat
+from ..model.resnet import BLOCKS_PER_STAGE
+from .registry import DETECTRON2_INPUT, DETECTRON2_X101_INPUT, TORCHVISION_INPUT, InputFormat
 
 __all__ = [
     "UnsafeCheckpointError",

@@ -1,0 +1,37 @@
+"""The ``fpncli`` command line: thin click wrappers around the library, one module per command.
+
+Heavy imports (torch, the model) happen inside the commands so ``fpncli --help`` is instant.
+Library errors become one line on stderr and a non-zero exit; ``-v`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from .. import __version__
+from .bench import bench
+from .extract import extract
+from .show import show
+from .weights import weights
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
+@click.version_option(__version__, prog_name="fpncli")
+def cli(verbose: int) -> None:
+    """Extract and visualize Detectron2's ResNet-FPN feature maps (P2-P6)."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(extract)
+cli.add_command(show)
+cli.add_command(weights)
+cli.add_command(bench)
+
+
+def main() -> None:
+    """Console entry point (``fpncli`` and ``python -m fpncli``)."""
+    cli(prog_name="fpncli")

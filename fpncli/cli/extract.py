@@ -1,0 +1,211 @@
+"""``fpncli extract``: images, folders and globs -> per-image folders of P2-P6."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .common import (
+    DEFAULT_WEIGHTS,
+    _friendly,
+    _load_model,
+    _parse_levels,
+    _parse_shard,
+    _ProgressLine,
+)
+
+
+@click.command()
+@click.argument("inputs", nargs=-1)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    default="fpn_out",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Output folder.",
+)
+@click.option(
+    "--weights",
+    default=DEFAULT_WEIGHTS,
+    show_default=True,
+    help="Registry name, checkpoint path, or 'random'.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="fp16/bf16 use autocast on CUDA.",
+)
+@click.option("--levels", default="p2,p3,p4,p5,p6", show_default=True, help="Levels to save.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="dtype of the .npy files.",
+)
+@click.option("--no-npy", is_flag=True, help="Do not save the .npy tensors.")
+@click.option("--no-heatmaps", is_flag=True, help="Do not save per-level heatmap PNGs.")
+@click.option("--no-overview", is_flag=True, help="Do not save overview.png.")
+@click.option("--overlay", is_flag=True, help="Also save each heatmap laid over the photo.")
+@click.option("--channel", type=int, default=0, show_default=True, help="Channel to draw.")
+@click.option(
+    "--reduce",
+    type=click.Choice(["channel", "mean", "max", "l2", "pca"]),
+    default="channel",
+    show_default=True,
+    help="How to turn 256 channels into a map.",
+)
+@click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colormap.")
+@click.option("--min-size", type=int, default=800, show_default=True, help="Shortest edge.")
+@click.option("--max-size", type=int, default=1333, show_default=True, help="Longest edge cap.")
+@click.option("--no-resize", is_flag=True, help="Keep the image size (still padded to 32).")
+@click.option("--batch-size", type=int, default=None, help="Default: 1 on CPU, 8 on CUDA.")
+@click.option(
+    "--workers", type=int, default=None, help="Decoding threads (default: CPU count, max 8)."
+)
+@click.option(
+    "--from-list",
+    "from_list",
+    type=click.File("r"),
+    default=None,
+    help="Read more input paths from FILE, one per line ('-' for stdin).",
+)
+@click.option("--overwrite", is_flag=True, help="Redo images whose outputs are complete.")
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Skip images whose folder is complete (same input and settings).",
+)
+@click.option("--force", is_flag=True, help="Run even if the disk estimate exceeds free space.")
+@click.option(
+    "--shard",
+    default=None,
+    help="Process only shard I of N (I/N); default from RANK/WORLD_SIZE when set.",
+)
+@click.option("--gpus", default=None, help="all or N: one worker process per GPU (with CUDA).")
+@click.option("--max-pixels", type=int, default=None, help="Refuse images larger than this.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
+@_friendly
+def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, no_heatmaps,
+            no_overview, overlay, channel, reduce, cmap, min_size, max_size, no_resize,
+            batch_size, workers, from_list, overwrite, resume, force, shard, gpus, max_pixels,
+            seed) -> None:  # fmt: skip
+    """Extract P2-P6 for images, folders (recursive) and globs into OUT/<image>/."""
+    if not inputs and from_list is None:
+        raise click.UsageError("give at least one image, folder or glob (or --from-list)")
+    from ..io.outputs import OutputOptions
+    from ..io.preprocess import DEFAULT_MAX_PIXELS
+    from ..run.pipeline import (
+        RunOptions,
+        discover_inputs,
+        plan_jobs,
+        run_jobs,
+        select_shard,
+        shard_from_env,
+    )
+
+    output = OutputOptions(
+        levels=_parse_levels(levels), dtype=dtype, save_npy=not no_npy,
+        save_heatmaps=not no_heatmaps, save_overview=not no_overview, overlay=overlay,
+        channel=channel, reduce=reduce, cmap=cmap, min_size=min_size, max_size=max_size,
+        resize=not no_resize,
+    )  # fmt: skip
+    if not 0 <= channel < 256:
+        raise click.BadParameter(
+            f"channel must be in 0..255, got {channel}", param_hint="--channel"
+        )
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(f"cannot create output folder {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise click.ClickException(f"output folder {out} is not writable")
+    pairs = discover_inputs(inputs, from_list, exclude=out)
+    if not pairs:
+        raise click.ClickException("no images found in the given inputs")
+    jobs = plan_jobs(pairs, Path(out_dir))
+    shard_spec = _parse_shard(shard) or shard_from_env()
+    if shard_spec is not None:
+        jobs = select_shard(jobs, *shard_spec)
+    devices = _gpu_devices(gpus, device)
+    model, dev = _load_model(weights, "cpu" if len(devices) > 1 else device, seed)
+    if devices:
+        dev = _torch_device(devices[0])
+    options = RunOptions(
+        output=output,
+        precision=precision,
+        batch_size=batch_size or (8 if dev.type == "cuda" else 1),
+        workers=workers or min(8, os.cpu_count() or 1),
+        overwrite=overwrite or not resume,
+        force=force,
+        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+    )
+    bar = _ProgressLine(enabled=sys.stderr.isatty() and len(jobs) > 1)
+    if len(devices) > 1:
+        from ..run.multi import run_on_devices
+
+        summary = run_on_devices(
+            jobs, model, options, devices, weights=weights, seed=seed, progress=bar
+        )
+    else:
+        summary = run_jobs(jobs, model, options, progress=bar)
+    bar.close()
+    _report(summary, Path(out_dir), len(jobs))
+    if summary.failed or summary.aborted:
+        sys.exit(1)
+
+
+def _torch_device(name: str):
+    import torch
+
+    return torch.device(name)
+
+
+def _gpu_devices(gpus: str | None, device: str) -> list[str]:
+    """``--gpus all|N`` -> ``["cuda:0", ...]``; empty without ``--gpus``."""
+    if gpus is None:
+        return []
+    import torch
+
+    if device not in ("auto", "cuda") or not torch.cuda.is_available():
+        raise click.UsageError("--gpus needs CUDA (and --device auto or cuda)")
+    available = torch.cuda.device_count()
+    if gpus == "all":
+        count = available
+    else:
+        try:
+            count = int(gpus)
+        except ValueError:
+            raise click.BadParameter(f"expected all or a number, got {gpus!r}") from None
+        if not 1 <= count <= available:
+            raise click.BadParameter(f"{count} GPUs asked for, {available} available")
+    return [f"cuda:{i}" for i in range(count)]
+
+
+def _report(summary, out_dir: Path, total: int) -> None:
+    for path, reason in summary.failed:
+        click.echo(f"failed: {path}: {reason}", err=True)
+    if summary.aborted:
+        click.echo(f"stopped early: {summary.aborted}", err=True)
+    if total == 1 and summary.done == 1:
+        click.echo(f"wrote {summary.last_folder}")
+        return
+    if total == 1 and summary.skipped == 1:
+        click.echo("already complete with these settings (use --overwrite to redo)")
+        return
+    gb = summary.bytes_written / 1e9
+    click.echo(
+        f"done {summary.done}, skipped {summary.skipped} (already complete), failed "
+        f"{len(summary.failed)} of {summary.total} in {summary.seconds:.1f} s "
+        f"({summary.images_per_s:.2f} images/s), {gb:.3f} GB written to {out_dir}"
+    )

@@ -1,0 +1,75 @@
+"""``fpncli weights``: list, download and verify the registry's checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import _friendly
+
+
+@click.group()
+def weights() -> None:
+    """The registry of named checkpoints and the local cache."""
+
+
+@weights.command("list")
+def weights_list() -> None:
+    """List named checkpoints, their addresses and cache state."""
+    from ..weights.hub import cached_path
+    from ..weights.registry import DEFAULT_WEIGHTS as default
+    from ..weights.registry import REGISTRY
+
+    for spec in REGISTRY.values():
+        path = cached_path(spec)
+        state = "cached" if path.is_file() else "not cached"
+        mark = " (default)" if spec.name == default else ""
+        click.echo(f"{spec.name}{mark}: {spec.description}")
+        click.echo(f"    {spec.url}")
+        click.echo(
+            f"    {spec.input.color_order}, stride_in_1x1={spec.arch.get('stride_in_1x1')}, "
+            f"{state}: {path}"
+        )
+    click.echo("random: a seeded, untrained network (offline; for trying the tool)")
+
+
+@weights.command("download")
+@click.argument("names", nargs=-1, required=True)
+@_friendly
+def weights_download(names) -> None:
+    """Download named checkpoints into the cache (checked, then renamed into place)."""
+    from ..model.fpn import build_resnet_fpn_backbone
+    from ..weights.checkpoint import load_state_dict_strict, read_checkpoint
+    from ..weights.hub import cached_path, download
+    from ..weights.registry import get_spec
+
+    def check(path: Path) -> None:
+        ckpt = read_checkpoint(path)
+        load_state_dict_strict(build_resnet_fpn_backbone(**ckpt.arch), ckpt.state_dict)
+
+    for name in names:
+        spec = get_spec(name)
+        if cached_path(spec).is_file():
+            click.echo(f"{name}: already cached at {cached_path(spec)}")
+            continue
+        path = download(spec, check=check)
+        click.echo(f"{name}: saved {path}")
+
+
+@weights.command("verify")
+@click.argument("names", nargs=-1)
+@_friendly
+def weights_verify(names) -> None:
+    """Re-hash cached checkpoints against the recorded and published sha256."""
+    from ..weights.hub import verify_cached
+    from ..weights.registry import get_spec
+
+    for name in names:
+        get_spec(name)
+    bad = 0
+    for entry in verify_cached(list(names) or None):
+        click.echo(f"{entry.name}: {entry.status} {entry.detail}".rstrip())
+        bad += entry.status == "mismatch"
+    if bad:
+        raise click.ClickException(f"{bad} cached checkpoint(s) do not match their digest")

@@ -1,0 +1,1 @@
+"""Files in and out: input discovery, preprocessing, per-image output folders and manifests."""

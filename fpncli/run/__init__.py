@@ -1,0 +1,1 @@
+"""How work is scheduled: the batch pipeline, one process per GPU, benchmarks."""

@@ -1,0 +1,1 @@
+"""Pictures: heatmaps, overlays, the overview and the show command (numpy, OpenCV, matplotlib)."""
