@@ -1,1 +1,1 @@
-"""The model: Detectron2's ResNet + FPN backbone with Detectron2's module names (layers, resnet, fpn)."""
+"""Detectron2's ResNet + FPN backbone, with Detectron2's module names."""

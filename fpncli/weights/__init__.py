@@ -1,1 +1,1 @@
-"""Weights: the registry (pure data), safe checkpoint reading, the download cache, synthetic checkpoints."""
+"""The weights registry (pure data), safe checkpoint reading, the cache, synthetic files."""
