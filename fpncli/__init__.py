@@ -5,6 +5,7 @@ The library works without the CLI::
     import fpncli
     model = fpncli.load_backbone("faster_rcnn_R_50_FPN_3x")   # or a path, or "random"
     features = fpncli.extract_features("street.jpg", model)   # {"p2": tensor, ..., "p6": tensor}
+    saved = fpncli.load_extraction("fpn_out/street")          # what the CLI wrote, memory-mapped
 
 Names are imported lazily so that ``fpncli --help`` does not import torch.
 """
@@ -18,6 +19,8 @@ _LAZY = {
     "extract": "api",
     "extract_features": "api",
     "load_backbone": "api",
+    "LoadedExtraction": "io.extraction",
+    "load_extraction": "io.extraction",
     "FPN": "model.fpn",
     "LEVELS": "model.fpn",
     "LEVEL_STRIDES": "model.fpn",

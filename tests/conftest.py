@@ -8,3 +8,24 @@ import pytest
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FPNCLI_HOME", str(tmp_path_factory.mktemp("fpncli-home")))
+
+
+@pytest.fixture(scope="session")
+def sample_extraction(tmp_path_factory):
+    """``fpncli extract samples/ --weights random`` at a small size (three images), made once:
+    the folder of image folders, with ``run.json``. Tests must not modify it."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    out = tmp_path_factory.mktemp("sample-extraction") / "out"
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    args = ["extract", str(samples), "-o", str(out), "--weights", "random", "--min-size", "64"]
+    args += ["--max-size", "128", "--workers", "1"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FPNCLI_HOME", str(tmp_path_factory.mktemp("fpncli-home-session")))
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out

@@ -160,6 +160,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     else:
         summary = run_jobs(jobs, model, options, progress=bar)
     bar.close()
+    _write_run_log(summary, out, weights, precision)
     _report(summary, Path(out_dir), len(jobs))
     if summary.failed or summary.aborted:
         sys.exit(1)
@@ -190,6 +191,21 @@ def _gpu_devices(gpus: str | None, device: str) -> list[str]:
         if not 1 <= count <= available:
             raise click.BadParameter(f"{count} GPUs asked for, {available} available")
     return [f"cuda:{i}" for i in range(count)]
+
+
+def _write_run_log(summary, out: Path, weights: str, precision: str) -> None:
+    """``OUT/run.json``: what this run did, failures with reasons (read by ``fpncli report``)."""
+    import time
+
+    from ..io.extraction import write_run_log
+
+    write_run_log(out, {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights": weights,
+        "precision": precision, "total": summary.total, "done": summary.done,
+        "skipped": summary.skipped, "seconds": round(summary.seconds, 3),
+        "bytes_written": summary.bytes_written, "aborted": summary.aborted,
+        "failed": [{"path": str(path), "reason": reason} for path, reason in summary.failed],
+    })  # fmt: skip
 
 
 def _report(summary, out_dir: Path, total: int) -> None:

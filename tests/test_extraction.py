@@ -1,0 +1,59 @@
+"""``fpncli.load_extraction``: what the CLI wrote, read back without re-implementing paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import fpncli
+from fpncli.io.extraction import find_extractions, read_run_log
+
+
+def test_load_extraction_levels_manifest_image(sample_extraction):
+    ex = fpncli.load_extraction(sample_extraction / "chelsea")
+    assert ex.manifest["input"]["width"] == 451 and ex.random_weights
+    assert sorted(ex.levels) == ["p2", "p3", "p4", "p5", "p6"]
+    for name, array in ex.levels.items():
+        assert isinstance(array, np.memmap) and not array.flags.writeable
+        meta = ex.manifest["levels"][name]
+        assert list(array.shape) == meta["shape"]
+        valid = ex.valid(name)
+        assert valid.shape[-2:] == (meta["valid_height"], meta["valid_width"])
+        assert float(valid.min()) == pytest.approx(meta["min"])
+        assert float(valid.max()) == pytest.approx(meta["max"])
+    assert ex.image.shape == (300, 451, 3) and ex.image.dtype == np.uint8
+    # a file inside the folder works too
+    assert fpncli.load_extraction(sample_extraction / "chelsea" / "p3.npy").folder == ex.folder
+
+
+def test_find_extractions_and_run_log(sample_extraction):
+    names = [p.name for p in find_extractions(sample_extraction)]
+    assert names == ["chelsea", "coffee", "rocket"]
+    log = read_run_log(sample_extraction)
+    assert log["done"] == 3 and log["failed"] == [] and log["weights"] == "random"
+
+
+def test_load_extraction_errors(sample_extraction, tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds image folders"):
+        fpncli.load_extraction(sample_extraction)
+    with pytest.raises(FileNotFoundError, match="no such"):
+        fpncli.load_extraction(tmp_path / "nope")
+    bad = tmp_path / "bad"
+    shutil.copytree(sample_extraction / "coffee", bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["levels"]["p2"]["file"] = "../../secret.npy"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="outside the folder"):
+        fpncli.load_extraction(bad)
+
+
+def test_image_gone_is_none(sample_extraction, tmp_path):
+    copy = tmp_path / "c"
+    shutil.copytree(sample_extraction / "coffee", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["input"]["path"] = str(tmp_path / "gone.jpg")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert fpncli.load_extraction(copy).image is None
