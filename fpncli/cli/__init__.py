@@ -12,6 +12,7 @@ import click
 
 from .. import __version__
 from .bench import bench
+from .diff import diff
 from .extract import extract
 from .show import show
 from .weights import weights
@@ -30,6 +31,7 @@ cli.add_command(extract)
 cli.add_command(show)
 cli.add_command(weights)
 cli.add_command(bench)
+cli.add_command(diff)
 
 
 def main() -> None:

@@ -1,0 +1,58 @@
+"""``fpncli diff A B``: two extractions of the same images compared per image and level."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import _friendly, _parse_levels
+
+
+@click.command()
+@click.argument("a", type=click.Path(file_okay=False))
+@click.argument("b", type=click.Path(file_okay=False))
+@click.option("--tol", type=float, default=1e-4, show_default=True,
+              help="Largest max|A-B|/max|A| that counts as agreement.")  # fmt: skip
+@click.option("--levels", default=None, help="Compare only these levels (default: all in both).")
+@click.option("-o", "--out", "out_dir", default="fpn_diff", show_default=True,
+              type=click.Path(file_okay=False),
+              help="Where diff.json, diff.csv and KEY/diff.png go.")  # fmt: skip
+@click.option("--no-pictures", is_flag=True, help="Only the tables, no |A-B| pictures.")
+@_friendly
+def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
+    """Compare extraction B against A (the reference); exit 0 only when all agree within --tol.
+
+    Per image and level: max and mean relative difference (|A-B| over |A|) and the cosine
+    similarity, on the valid region. Images whose geometry differs, or found on one side only,
+    are reported, not compared (and make the exit code 1).
+    """
+    from ..viz.diff import diff_extractions
+
+    if tol < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--tol")
+    result = diff_extractions(
+        a, b, tol=tol, levels=list(_parse_levels(levels)) if levels else None,
+        out=None if no_pictures else out_dir,
+    )  # fmt: skip
+    if no_pictures:  # the tables still go to OUT
+        from ..viz.diff import write_tables
+
+        write_tables(result, out_dir)
+    click.echo(f"{'level':<6} {'images':>6} {'max_rel':>10} {'mean_rel':>10} {'min_cos':>10}")
+    for row in result.level_table():
+        click.echo(f"{row['level']:<6} {row['images']:>6} {row['max_rel']:>10.3g} "
+                   f"{row['mean_rel']:>10.3g} {row['min_cosine']:>10.6f}")  # fmt: skip
+    for image in result.images:
+        if image.skipped:
+            click.echo(f"not compared: {image.key}: {image.skipped}", err=True)
+        elif not image.agrees(tol):
+            worst = max(image.levels, key=lambda d: d.max_rel)
+            click.echo(f"differs: {image.key}: {worst.level} max_rel {worst.max_rel:.3g} > {tol:g}",
+                       err=True)  # fmt: skip
+    compared = len(result.compared)
+    verdict = "agree" if result.agree else "DO NOT agree"
+    click.echo(f"{compared} of {len(result.images)} images compared; they {verdict} within "
+               f"tol {tol:g}; tables in {out_dir}/diff.csv")  # fmt: skip
+    if not result.agree:
+        sys.exit(1)

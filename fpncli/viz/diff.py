@@ -1,0 +1,256 @@
+"""Two extractions of the same images compared per image and level (``fpncli diff A B``).
+
+For every image present in both and every level saved in both, on the valid region only (padded
+cells are not image):
+
+- ``max_rel``  = max|A - B| / max|A|      (the project's parity measure, as ``scripts/parity.py``)
+- ``mean_rel`` = mean|A - B| / mean|A|
+- ``cosine``   = <A, B> / (|A| |B|) over the whole (C, h, w) tensor flattened
+- ``max_abs``  = max|A - B|
+
+A is the reference. Images whose geometry differs (input size, resize, level shapes) are reported,
+not compared; images found on one side only are listed. Numpy and OpenCV only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io.extraction import LoadedExtraction, find_extractions, load_extraction
+from ..io.outputs import atomic_write_bytes
+from .visualize import overview_png
+
+__all__ = [
+    "LevelDiff", "ImageDiff", "DiffResult", "compare_arrays", "diff_extractions", "write_tables",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LevelDiff:
+    """One level of one image: A (reference) against B."""
+
+    level: str
+    max_rel: float
+    mean_rel: float
+    cosine: float
+    max_abs: float
+
+
+@dataclass
+class ImageDiff:
+    """One image: its levels compared, or why it was not."""
+
+    key: str  # the image folder relative to the roots
+    levels: list[LevelDiff] = field(default_factory=list)
+    skipped: str | None = None  # why not compared (geometry differs, missing on one side)
+    picture: str | None = None  # the |A - B| picture, relative to the diff output folder
+
+    def agrees(self, tol: float) -> bool:
+        return self.skipped is None and all(d.max_rel <= tol for d in self.levels)
+
+
+@dataclass
+class DiffResult:
+    """Every image of the two roots; ``agree`` says whether all compared within ``tol``."""
+
+    a: str
+    b: str
+    tol: float
+    images: list[ImageDiff]
+
+    @property
+    def compared(self) -> list[ImageDiff]:
+        return [i for i in self.images if i.skipped is None]
+
+    @property
+    def agree(self) -> bool:
+        return bool(self.images) and all(i.agrees(self.tol) for i in self.images)
+
+    def level_table(self) -> list[dict]:
+        """Per level across the folder: worst max_rel, mean of mean_rel, lowest cosine."""
+        rows = []
+        names = sorted({d.level for i in self.compared for d in i.levels}, key=_level_order)
+        for name in names:
+            diffs = [d for i in self.compared for d in i.levels if d.level == name]
+            rows.append({
+                "level": name, "images": len(diffs),
+                "max_rel": max(d.max_rel for d in diffs),
+                "mean_rel": float(np.mean([d.mean_rel for d in diffs])),
+                "min_cosine": min(d.cosine for d in diffs),
+                "max_abs": max(d.max_abs for d in diffs),
+                "within_tol": sum(d.max_rel <= self.tol for d in diffs),
+            })  # fmt: skip
+        return rows
+
+    def to_json(self) -> dict:
+        return {
+            "a": self.a, "b": self.b, "tol": self.tol, "agree": self.agree,
+            "levels": self.level_table(), "images": [asdict(i) for i in self.images],
+        }  # fmt: skip
+
+
+def _level_order(name: str) -> tuple[int, str]:
+    order = ("stem", "res2", "res3", "res4", "res5", "p2", "p3", "p4", "p5", "p6")
+    return (order.index(name) if name in order else len(order), name)
+
+
+def _ratio(num: float, den: float) -> float:
+    if den > 0:
+        return num / den
+    return 0.0 if num == 0 else math.inf
+
+
+def compare_arrays(a: np.ndarray, b: np.ndarray, level: str = "") -> LevelDiff:
+    """Compare two equally shaped arrays (any float dtype; computed in float64)."""
+    if a.shape != b.shape:
+        raise ValueError(f"{level or 'arrays'}: shapes differ, {a.shape} against {b.shape}")
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.size == 0:
+        return LevelDiff(level, 0.0, 0.0, 1.0, 0.0)
+    abs_diff = np.abs(x - y)
+    abs_x = np.abs(x)
+    norms = float(np.linalg.norm(x) * np.linalg.norm(y))
+    if norms > 0:
+        cosine = float(np.dot(x, y) / norms)
+    else:  # both zero: identical; one zero: undefined, call it 0
+        cosine = 1.0 if not abs_diff.any() else 0.0
+    max_abs = float(abs_diff.max())
+    max_rel = _ratio(max_abs, float(abs_x.max()))
+    mean_rel = _ratio(float(abs_diff.mean()), float(abs_x.mean()))
+    return LevelDiff(level, max_rel, mean_rel, cosine, max_abs)
+
+
+def _geometry(ex: LoadedExtraction) -> dict:
+    pre = ex.manifest.get("preprocess", {})
+    inp = ex.manifest.get("input", {})
+    return {
+        "input": (inp.get("width"), inp.get("height")),
+        "resized": (pre.get("resized_width"), pre.get("resized_height")),
+        "padded": (pre.get("padded_width"), pre.get("padded_height")),
+    }
+
+
+def _geometry_mismatch(a: LoadedExtraction, b: LoadedExtraction, levels: list[str]) -> str | None:
+    ga, gb = _geometry(a), _geometry(b)
+    for what in ga:
+        if ga[what] != gb[what]:
+            return f"geometry differs: {what} size {ga[what]} in A, {gb[what]} in B"
+    for name in levels:
+        sa, sb = a.levels[name].shape, b.levels[name].shape
+        if sa != sb:
+            return f"geometry differs: {name} shape {sa} in A, {sb} in B"
+    return None
+
+
+def _pair(root_a: Path, root_b: Path) -> list[tuple[str, Path | None, Path | None]]:
+    """(key, folder in A, folder in B) for every image of either root."""
+    if (root_a / "manifest.json").is_file() or (root_b / "manifest.json").is_file():
+        return [(root_a.name, root_a, root_b)]
+    in_a = {p.relative_to(root_a).as_posix(): p for p in find_extractions(root_a)}
+    in_b = {p.relative_to(root_b).as_posix(): p for p in find_extractions(root_b)}
+    return [(k, in_a.get(k), in_b.get(k)) for k in sorted(set(in_a) | set(in_b))]
+
+
+def _compare_one(key, folder_a, folder_b, levels, out, cmap) -> ImageDiff:
+    result = ImageDiff(key)
+    if folder_a is None or folder_b is None:
+        result.skipped = f"only in {'B' if folder_a is None else 'A'}"
+        return result
+    a, b = load_extraction(folder_a), load_extraction(folder_b)
+    common = [n for n in a.levels if n in b.levels and (levels is None or n in levels)]
+    if not common:
+        result.skipped = "no level saved (as .npy) in both"
+        return result
+    mismatch = _geometry_mismatch(a, b, common)
+    if mismatch:
+        result.skipped = mismatch
+        return result
+    panels = []
+    for name in sorted(common, key=_level_order):
+        va, vb = a.valid(name), b.valid(name)
+        result.levels.append(compare_arrays(va, vb, name))
+        if out is not None:
+            absdiff = np.abs(va[0].astype(np.float32) - vb[0].astype(np.float32)).max(axis=0)
+            panels.append({"name": f"|A-B| {name}", "map": absdiff, "stride": a.stride(name),
+                           "shape": tuple(a.levels[name].shape)})  # fmt: skip
+    if out is not None:
+        image = a.image if a.image is not None else np.full((64, 96, 3), 255, np.uint8)
+        worst = max(d.max_rel for d in result.levels)
+        title = f"{key}: max over channels of |A - B|, worst max_rel {worst:.3g}"
+        png = overview_png(image, panels, cmap=cmap, title=title)
+        target = out / key / "diff.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, png)
+        result.picture = f"{key}/diff.png"
+    return result
+
+
+def diff_extractions(
+    a: str | Path,
+    b: str | Path,
+    *,
+    tol: float = 1e-4,
+    levels: list[str] | None = None,
+    out: str | Path | None = None,
+    cmap: str = "magma",
+) -> DiffResult:
+    """Compare two extractions (two image folders, or two output roots of the same inputs).
+
+    Args:
+        a: the reference extraction.
+        b: the one compared with it.
+        tol: the largest ``max_rel`` that counts as agreement.
+        levels: restrict to these levels (default: every level saved in both).
+        out: where to write ``diff.json``, ``diff.csv`` and one ``KEY/diff.png`` per image (the
+            per-level max over channels of |A - B|); None writes nothing.
+
+    Raises:
+        FileNotFoundError: a root that does not exist or holds no extraction.
+    """
+    root_a, root_b = Path(a), Path(b)
+    for root in (root_a, root_b):
+        if not root.is_dir():
+            raise FileNotFoundError(f"no such extraction folder: {root}")
+    pairs = _pair(root_a, root_b)
+    if not pairs:
+        raise FileNotFoundError(f"no complete extraction (manifest.json) under {a} or {b}")
+    out_dir = Path(out) if out is not None else None
+    images = [_compare_one(k, fa, fb, levels, out_dir, cmap) for k, fa, fb in pairs]
+    result = DiffResult(str(root_a), str(root_b), tol, images)
+    if out_dir is not None:
+        write_tables(result, out_dir)
+    log.info("diff %s %s: %d images, %d compared", a, b, len(images), len(result.compared))
+    return result
+
+
+def write_tables(result: DiffResult, out: str | Path) -> None:
+    """``OUT/diff.json`` (everything) and ``OUT/diff.csv`` (one row per image and level)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "diff.json", json.dumps(result.to_json(), indent=2).encode())
+    atomic_write_bytes(out / "diff.csv", _csv(result).encode())
+
+
+def _csv(result: DiffResult) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "level", "max_rel", "mean_rel", "cosine", "max_abs", "note"])
+    for image in result.images:
+        if image.skipped:
+            writer.writerow([image.key, "", "", "", "", "", image.skipped])
+        for d in image.levels:
+            note = "" if d.max_rel <= result.tol else f"above tol {result.tol:g}"
+            writer.writerow([image.key, d.level, f"{d.max_rel:.6g}", f"{d.mean_rel:.6g}",
+                             f"{d.cosine:.8f}", f"{d.max_abs:.6g}", note])  # fmt: skip
+    return buffer.getvalue()

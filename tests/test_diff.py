@@ -1,0 +1,100 @@
+"""``fpncli diff``: the measures on tensors with known answers, then two extractions compared."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fpncli.cli import cli
+from fpncli.viz.diff import compare_arrays, diff_extractions
+
+
+def test_compare_known_answers():
+    a = np.random.RandomState(0).randn(4, 5, 6).astype(np.float32)
+    same = compare_arrays(a, a.copy())
+    assert (same.max_rel, same.mean_rel, same.max_abs) == (0.0, 0.0, 0.0)
+    assert same.cosine == pytest.approx(1.0)
+    scaled = compare_arrays(a, a * 1.25)  # |A - B| = 0.25 |A| everywhere
+    assert scaled.max_rel == pytest.approx(0.25) and scaled.mean_rel == pytest.approx(0.25)
+    assert scaled.cosine == pytest.approx(1.0)
+    assert scaled.max_abs == pytest.approx(0.25 * np.abs(a).max(), rel=1e-6)
+    flipped = compare_arrays(a, -a)
+    assert flipped.cosine == pytest.approx(-1.0) and flipped.max_rel == pytest.approx(2.0)
+    x = np.array([1.0, 0.0, 0.0, 0.0])
+    y = np.array([0.0, 2.0, 0.0, 0.0])
+    orth = compare_arrays(x, y)
+    assert orth.cosine == 0.0 and orth.max_rel == 2.0 and orth.mean_rel == pytest.approx(3.0)
+    one_cell = np.zeros((2, 3, 3))
+    other = one_cell.copy()
+    other[1, 2, 2] = 0.5
+    one_cell[0, 0, 0] = 4.0
+    d = compare_arrays(one_cell, other)
+    assert d.max_abs == 4.0 and d.max_rel == 1.0 and d.mean_rel == pytest.approx(4.5 / 4.0)
+    assert compare_arrays(np.zeros(3), np.zeros(3)).cosine == 1.0
+    assert compare_arrays(np.zeros(3), np.ones(3)).max_rel == float("inf")
+    with pytest.raises(ValueError, match="shapes differ"):
+        compare_arrays(np.zeros(3), np.zeros(4))
+
+
+def _perturbed_copy(src, dst, level="p3", factor=1.01):
+    shutil.copytree(src, dst)
+    for folder in sorted(p.parent for p in dst.rglob("manifest.json")):
+        array = np.load(folder / f"{level}.npy")
+        np.save(folder / f"{level}.npy", array * np.float32(factor))
+    return dst
+
+
+def test_diff_scaled_level_known_answer(sample_extraction, tmp_path):
+    b = _perturbed_copy(sample_extraction, tmp_path / "b", "p3", 1.01)
+    result = diff_extractions(sample_extraction, b, tol=1e-3, out=tmp_path / "d")
+    assert len(result.compared) == 3 and not result.agree
+    for image in result.images:
+        by_level = {d.level: d for d in image.levels}
+        assert by_level["p3"].max_rel == pytest.approx(0.01, rel=1e-4)
+        assert by_level["p3"].cosine == pytest.approx(1.0)
+        assert all(by_level[n].max_rel == 0.0 for n in ("p2", "p4", "p5", "p6"))
+        picture = Image.open(tmp_path / "d" / image.picture)
+        assert picture.size[0] > 300
+    table = {row["level"]: row for row in result.level_table()}
+    assert table["p3"]["within_tol"] == 0 and table["p2"]["within_tol"] == 3
+    rows = (tmp_path / "d" / "diff.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 5 and sum("above tol" in r for r in rows) == 3
+    assert json.loads((tmp_path / "d" / "diff.json").read_text())["agree"] is False
+    assert diff_extractions(sample_extraction, b, tol=0.02).agree
+
+
+def test_diff_cli_exit_codes_geometry_and_missing(sample_extraction, tmp_path):
+    runner = CliRunner()
+    same = runner.invoke(cli, ["diff", str(sample_extraction), str(sample_extraction),
+                               "-o", str(tmp_path / "same")], catch_exceptions=False)  # fmt: skip
+    assert same.exit_code == 0, same.output
+    assert "3 of 3 images compared; they agree" in same.output
+    b = _perturbed_copy(sample_extraction, tmp_path / "b", "p5", 1.5)
+    manifest = json.loads((b / "coffee" / "manifest.json").read_text())
+    manifest["preprocess"]["resized_width"] += 32
+    (b / "coffee" / "manifest.json").write_text(json.dumps(manifest))
+    (b / "rocket" / "manifest.json").unlink()
+    args = ["diff", str(sample_extraction), str(b), "-o", str(tmp_path / "d"), "--tol", "0.1"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1
+    assert "not compared: coffee: geometry differs: resized size" in result.output
+    assert "not compared: rocket: only in A" in result.output
+    assert "differs: chelsea: p5 max_rel 0.5 > 0.1" in result.output
+    # only p2 compared: chelsea agrees, the others are still not comparable
+    only_p2 = runner.invoke(cli, [*args, "--levels", "p2", "--no-pictures"])
+    assert "1 of 3 images compared" in only_p2.output and only_p2.exit_code == 1
+    missing = runner.invoke(cli, ["diff", str(sample_extraction), str(tmp_path / "nope")])
+    assert missing.exit_code != 0 and "no such extraction folder" in missing.output
+    assert "Traceback" not in missing.output
+
+
+def test_diff_single_folders(sample_extraction, tmp_path):
+    b = _perturbed_copy(sample_extraction / "chelsea", tmp_path / "chelsea", "p2", 2.0)
+    result = diff_extractions(sample_extraction / "chelsea", b)
+    assert [i.key for i in result.images] == ["chelsea"]
+    assert {d.level: d.max_rel for d in result.images[0].levels}["p2"] == pytest.approx(1.0)
