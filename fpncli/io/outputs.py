@@ -1,20 +1,26 @@
 """Writing one image's outputs: ``p*.npy``, ``p*.png``, ``overview.png``, ``manifest.json``.
 
 Every file is written atomically: to a hidden temporary name in the same folder, then renamed.
-The manifest is written last and its presence (with ``"complete": true``) is what marks a folder
-complete. Re-extracting first removes the old manifest, so a run killed half-way through a
-re-extraction never leaves a folder that looks complete with a mix of old and new files.
-(Atomic against killed processes and full disks; files are not fsync'ed, so a power cut can
-still lose what the OS had not flushed.)
+The manifest is written last, lists every file with its size, and its presence (with
+``"complete": true`` and every listed file present at its size) is what marks a folder complete.
+Re-extracting first removes the old manifest and the old outputs the new one will not list, so a
+run killed half-way through never leaves a folder that looks complete with a mix of old and new
+files. A folder is written under an advisory lock (``guard.folder_lock``), so two runs into the
+same ``-o`` take turns; temporary names carry the writer's pid and run token, and only this
+run's or dead runs' leftovers are removed. (Atomic against killed processes and full disks;
+files are not fsync'ed, so a power cut can still lose what the OS had not flushed.)
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import re
+import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +29,7 @@ import numpy as np
 
 from .. import __version__
 from ..model.fpn import LEVEL_STRIDES, LEVELS
+from .guard import folder_lock, is_disk_full, pid_alive
 from .preprocess import LoadedImage, Prepared
 
 __all__ = [
@@ -30,6 +37,8 @@ __all__ = [
     "MANIFEST",
     "atomic_write_bytes",
     "is_complete",
+    "expected_files",
+    "manifest_files",
     "run_key",
     "read_manifest",
     "valid_size",
@@ -42,6 +51,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 _TMP_MARK = ".fpncli-tmp"
+_RUN_TOKEN = secrets.token_hex(4)  # tells this run's temporaries from an earlier one's (pid reuse)
+_TMP_PID = re.compile(re.escape(_TMP_MARK) + r"\.?(\d+)")
+_OUTPUT_NAME = re.compile(r"^(p[2-6]\.npy|p[2-6]\.png|p[2-6]_overlay\.png|overview\.png)$")
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,7 @@ class OutputOptions:
 def atomic_write_bytes(path: Path, data: bytes | np.ndarray) -> int:
     """Write ``data`` (bytes, or an array saved as ``.npy``) to ``path`` through a temporary file
     in the same folder, then rename; returns the size written."""
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}.{os.getpid()}.{_RUN_TOKEN}")
     try:
         with open(tmp, "wb") as f:
             if isinstance(data, np.ndarray):
@@ -82,6 +94,11 @@ def atomic_write_bytes(path: Path, data: bytes | np.ndarray) -> int:
                 f.write(data)
             size = f.tell()
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(e) and e.errno is None:  # numpy's short write: say what it is
+            raise OSError(errno.ENOSPC, f"No space left on device ({e})", str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -97,12 +114,41 @@ def read_manifest(folder: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("complete") else None
 
 
+def manifest_files(manifest: dict) -> dict[str, int | None]:
+    """The files a manifest lists: name -> size in bytes (None where an older manifest did not
+    record it). Names are plain file names inside the extraction folder."""
+    files = manifest.get("files")
+    if isinstance(files, dict):
+        return {str(k): v if isinstance(v, int) else None for k, v in files.items()}
+    listed: dict[str, int | None] = {}
+    levels = manifest.get("levels")
+    for meta in levels.values() if isinstance(levels, dict) else ():
+        if isinstance(meta, dict):
+            for key in ("file", "heatmap", "overlay"):
+                if isinstance(meta.get(key), str):
+                    listed[meta[key]] = None
+    if isinstance(manifest.get("overview"), str):
+        listed[manifest["overview"]] = None
+    return listed
+
+
 def is_complete(folder: Path, run_key: str | None = None) -> bool:
-    """True when ``folder`` holds a complete extraction (and, given ``run_key``, the same one)."""
+    """True when ``folder`` holds a complete extraction (and, given ``run_key``, the same one):
+    a complete manifest whose every listed file is present with the recorded size."""
+    folder = Path(folder)
     manifest = read_manifest(folder)
-    if manifest is None:
+    if manifest is None or (run_key is not None and manifest.get("run_key") != run_key):
         return False
-    return run_key is None or manifest.get("run_key") == run_key
+    for name, size in manifest_files(manifest).items():
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            return False
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            return False
+        if size is not None and st.st_size != size:
+            return False
+    return True
 
 
 def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: str) -> str:
@@ -111,7 +157,7 @@ def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: 
     with the same key is skipped on resume; a different key means re-extract."""
     stat = Path(image_path).stat()
     material = {
-        "input": [str(Path(image_path).absolute()), stat.st_size, stat.st_mtime_ns],
+        "input": [os.path.realpath(image_path), stat.st_size, stat.st_mtime_ns],
         "weights": [weights.get("name"), weights.get("sha256"), weights.get("seed")],
         "precision": precision,
         "options": asdict(options),
@@ -124,12 +170,40 @@ def valid_size(resized_height: int, resized_width: int, stride: int) -> tuple[in
     return math.ceil(resized_height / stride), math.ceil(resized_width / stride)
 
 
-def _begin(folder: Path) -> None:
-    """Make the folder, drop an old manifest and stale temporaries from a killed run."""
-    folder.mkdir(parents=True, exist_ok=True)
+def expected_files(options: OutputOptions) -> set[str]:
+    """The names of the files ``write_image_outputs`` writes with these options."""
+    names = set()
+    for name in options.levels:
+        if options.save_npy:
+            names.add(f"{name}.npy")
+        if options.save_heatmaps:
+            names.add(f"{name}.png")
+        if options.overlay:
+            names.add(f"{name}_overlay.png")
+    if options.save_overview:
+        names.add("overview.png")
+    return names
+
+
+def _stale_temporary(name: str) -> bool:
+    """Whether a temporary file was left by this process or by one that is no longer alive."""
+    match = _TMP_PID.search(name)
+    if match is None:
+        return True
+    pid = int(match[1])
+    return pid == os.getpid() or not pid_alive(pid)
+
+
+def _begin(folder: Path, keep: set[str]) -> None:
+    """Drop the old manifest, old outputs the new manifest will not list, and temporaries of this
+    or dead runs. Called with the folder's lock held, so no live fpncli run is writing here."""
     (folder / MANIFEST).unlink(missing_ok=True)
-    for stale in folder.glob(f".*{_TMP_MARK}*"):
-        stale.unlink(missing_ok=True)
+    for entry in os.scandir(folder):
+        if _TMP_MARK in entry.name and entry.name.startswith("."):
+            if _stale_temporary(entry.name):
+                Path(entry.path).unlink(missing_ok=True)
+        elif _OUTPUT_NAME.match(entry.name) and entry.name not in keep and entry.is_file():
+            Path(entry.path).unlink(missing_ok=True)
 
 
 def _level_maps(features: dict[str, np.ndarray], prepared: Prepared, options: OutputOptions):
@@ -156,8 +230,13 @@ def write_image_outputs(
     device: str,
     precision: str,
     run_key: str | None = None,
-) -> int:
+    skip_if_complete: bool = False,
+) -> int | None:
     """Write everything for one image into ``folder``; the manifest last. Returns bytes written.
+
+    The folder is locked while it is written (another run writing it is waited for). With
+    ``skip_if_complete`` the folder is checked again once locked, and None is returned when it
+    is already complete with ``run_key`` (another run finished it meanwhile).
 
     Args:
         features: level name -> ``(1, 256, Hp/S, Wp/S)`` array (float32 or float16), covering the
@@ -167,27 +246,32 @@ def write_image_outputs(
         weights: ``{"name", "sha256", "format", "random", "seed"}`` for the manifest.
     """
     folder = Path(folder)
-    _begin(folder)
-    created: list[Path] = []
+    with folder_lock(folder):
+        if skip_if_complete and run_key is not None and is_complete(folder, run_key):
+            return None
+        _begin(folder, expected_files(options))
+        created: dict[str, int] = {}
 
-    def write(path: Path, data: bytes) -> int:
-        size = atomic_write_bytes(path, data)
-        created.append(path)
-        return size
+        def write(path: Path, data: bytes) -> int:
+            size = atomic_write_bytes(path, data)
+            created[path.name] = size
+            return size
 
-    try:
-        return _write_all(
-            folder, write, features, image, prepared, options, weights, device, precision, run_key
-        )
-    except BaseException:
-        # Leave no orphan files from this attempt: the folder is incomplete (no manifest).
-        for path in created:
-            path.unlink(missing_ok=True)
-        raise
+        try:
+            return _write_all(
+                folder, write, features, image, prepared, options, weights, device, precision,
+                run_key, created,
+            )  # fmt: skip
+        except BaseException:
+            # Leave no orphan files from this attempt: the folder is incomplete (no manifest).
+            # The lock is held, so these names are this attempt's, not another run's.
+            for name in created:
+                (folder / name).unlink(missing_ok=True)
+            raise
 
 
 def _write_all(folder, write, features, image, prepared, options, weights, device, precision,
-               run_key) -> int:  # fmt: skip
+               run_key, created) -> int:  # fmt: skip
     written = 0
     levels_meta = {}
     maps = _level_maps(features, prepared, options) if _needs_maps(options) else {}
@@ -200,6 +284,10 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
             array = array.astype(np.float32)
         valid_h, valid_w = valid_size(prepared.resized_height, prepared.resized_width, stride)
         valid = array[..., :valid_h, :valid_w].astype(np.float32, copy=False)
+        finite = np.isfinite(valid)
+        nonfinite = int(valid.size - np.count_nonzero(finite))
+        if nonfinite:
+            valid = valid[finite]
         meta = {
             "file": None,
             "heatmap": None,
@@ -208,9 +296,11 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
             "dtype": options.dtype,
             "valid_height": valid_h,
             "valid_width": valid_w,
-            "min": float(valid.min()),
-            "max": float(valid.max()),
-            "mean": float(valid.mean(dtype=np.float64)),
+            # statistics of the finite values; JSON has no NaN, so none is null
+            "min": float(valid.min()) if valid.size else None,
+            "max": float(valid.max()) if valid.size else None,
+            "mean": float(valid.mean(dtype=np.float64)) if valid.size else None,
+            "nonfinite": nonfinite,
         }
         if options.save_npy:
             written += write(folder / f"{name}.npy", array)
@@ -263,7 +353,9 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "input": {
-            "path": str(Path(image.path).resolve()) if image.path else "",
+            # as the user named it (made absolute); the resume key uses the resolved path
+            "path": os.path.abspath(image.path) if image.path else "",
+            "real_path": os.path.realpath(image.path) if image.path else "",
             "width": image.width,
             "height": image.height,
             "exif_transposed": image.exif_transposed,
@@ -292,9 +384,10 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
         "heatmap": {"reduce": options.reduce, "channel": options.channel, "cmap": options.cmap},
         "overview": overview,
         "run_key": run_key,
+        "files": dict(created),
         "complete": True,
     }
-    data = json.dumps(manifest, indent=2).encode()
+    data = json.dumps(manifest, indent=2, allow_nan=False).encode()
     written += write(folder / MANIFEST, data)
     return written
 

@@ -8,7 +8,6 @@ computes for it alone (a bigger canvas would change the cells near the bottom/ri
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from ..api import check_precision, run_backbone
+from ..io.guard import is_disk_full
 from ..io.inputs import (
     IMAGE_EXTENSIONS,
     Job,
@@ -190,8 +190,12 @@ def _decode(job: Job, options: RunOptions, input_format) -> _Item:
 
 
 def _reason(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
+    text = str(error).strip()
+    if isinstance(error, MemoryError):
+        text = f"out of memory ({text})" if text else "out of memory"
+    elif not isinstance(error, (OSError, ValueError)):
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return (text or type(error).__name__).splitlines()[0]
 
 
 class _Runner:
@@ -204,6 +208,7 @@ class _Runner:
         self.device = next(model.parameters()).device
         self.lock = threading.Lock()
         self.abort = threading.Event()
+        self.disk_was_full = False
         self.write_slots = threading.BoundedSemaphore(max(2, 2 * options.writers))
         self.writer = ThreadPoolExecutor(options.writers, thread_name_prefix="fpncli-write")
         self.start = time.monotonic()
@@ -278,12 +283,12 @@ class _Runner:
                 device=str(self.device),
                 precision=self.options.precision,
                 run_key=_key(item.job, self.options, self.weights_meta),
+                skip_if_complete=not self.options.overwrite,
             )
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                self.abort.set()
-                with self.lock:
-                    self.summary.aborted = f"disk full while writing {item.job.folder}"
+            if is_disk_full(e):
+                self.disk_full()
+                return
             self.fail(item.job.path, f"could not write {item.job.folder}: {_reason(e)}")
             return
         except Exception as e:  # a bug must not pass silently, nor stop the other images
@@ -291,10 +296,20 @@ class _Runner:
             self.fail(item.job.path, f"internal error while writing: {type(e).__name__}: {e}")
             return
         with self.lock:
-            self.summary.done += 1
-            self.summary.bytes_written += written
-            self.summary.last_folder = item.job.folder
+            if written is None:  # another run completed it meanwhile
+                self.summary.skipped += 1
+            else:
+                self.summary.done += 1
+                self.summary.bytes_written += written
+                self.summary.last_folder = item.job.folder
         self.report()
+
+    def disk_full(self) -> None:
+        """Stop at the first full-disk write: one message, the image is not counted as failed."""
+        if not self.abort.is_set():
+            log.warning("disk full: stopping")
+        self.disk_was_full = True
+        self.abort.set()
 
     def close(self) -> None:
         self.writer.shutdown(wait=True)
@@ -356,7 +371,7 @@ def run_jobs(
                 job, future = pending.popleft()
                 try:
                     item = future.result()
-                except (OSError, ValueError) as e:
+                except Exception as e:  # any error reading one file fails that file only
                     runner.fail(job.path, _reason(e))
                     continue
                 shape = item.prepared.tensor.shape[1:]
@@ -379,6 +394,11 @@ def run_jobs(
     finally:
         runner.close()
     summary.seconds = time.monotonic() - start
+    if runner.disk_was_full:
+        summary.aborted = (
+            f"disk full: {summary.done + summary.skipped} of {summary.total} done, rerun the same "
+            "command after freeing space"
+        )
     if summary.last_folder is not None:
         record_latest(summary.last_folder)
     return summary

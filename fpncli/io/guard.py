@@ -1,0 +1,209 @@
+"""Defences every engine shares: open only regular files, one writer per output folder, know a
+full disk when one is met, and never read outputs back as inputs.
+
+- ``open_regular`` opens without blocking and checks the opened file is a regular one, so a FIFO,
+  a device or a socket named like an image is refused instead of hanging the run.
+- ``folder_lock`` is an advisory ``fcntl.flock`` on the output folder itself, held while one
+  image's files are written: two runs into the same ``-o`` take turns per image.
+- ``is_disk_full`` also recognises numpy's short write (``ndarray.tofile`` raises an ``OSError``
+  without an errno: "N requested and M written").
+- ``OUTPUT_MARKER`` marks every output root; discovery never enters a marked folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import stat
+import time
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = [
+    "OUTPUT_MARKER",
+    "FolderBusyError",
+    "check_regular_file",
+    "open_regular",
+    "is_disk_full",
+    "folder_lock",
+    "pid_alive",
+    "mark_output_root",
+    "marked_root",
+    "quote_name",
+]
+
+log = logging.getLogger(__name__)
+OUTPUT_MARKER = ".fpncli-output"
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+class FolderBusyError(OSError):
+    """Another live run held an output folder's lock for longer than we waited."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+    ):  # fmt: skip
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def check_regular_file(path: str | Path, what: str = "file") -> os.stat_result:
+    """``os.stat`` of ``path`` (symlinks followed) when it is a regular file.
+
+    Raises:
+        FileNotFoundError: no such file (or a dangling symlink).
+        ValueError: a symlink loop, or not a regular file (a folder, FIFO, device or socket).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such {what}: {path}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError(f"{path}: a symlink loop, not a {what}") from None
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path}: not a regular file ({_kind(st.st_mode)})")
+    return st
+
+
+def open_regular(path: str | Path, what: str = "file"):
+    """Open ``path`` for binary reading only if it is a regular file (never blocks on a FIFO).
+
+    The file is opened with ``O_NONBLOCK`` and checked with ``fstat`` on the opened descriptor,
+    so there is no window between the check and the open. Raises as ``check_regular_file``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such {what}: {path}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError(f"{path}: a symlink loop, not a {what}") from None
+        if e.errno in (errno.ENXIO, errno.EISDIR):  # a socket, or a folder
+            check_regular_file(path, what)
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{path}: not a regular file ({_kind(mode)})")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for "no space left" / "quota exceeded", and for numpy's errno-less short write."""
+    if not isinstance(error, OSError):
+        return False
+    if error.errno in _DISK_FULL_ERRNOS:
+        return True
+    return error.errno is None and bool(_SHORT_WRITE.search(str(error)))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, timeout_s: float = 300.0, poll_s: float = 0.05) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``folder`` (created if needed) for the ``with`` body.
+
+    Another run holding it is waited for (it holds it only while one image is written); a lock
+    held past ``timeout_s`` raises FolderBusyError. The lock goes with the process: a killed
+    run never leaves a folder locked. On a filesystem without ``flock`` it proceeds unlocked.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise FolderBusyError(
+                        errno.EBUSY,
+                        f"another fpncli run has been writing {folder} for over "
+                        f"{timeout_s:.0f} s; rerun when it is done",
+                    ) from None
+                time.sleep(poll_s)
+            except OSError as e:  # e.g. ENOLCK on some network filesystems
+                log.warning("cannot lock %s (%s): writing it unlocked", folder, e)
+                break
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def mark_output_root(folder: Path) -> None:
+    """Create ``folder`` and its marker file, so later discovery never takes files from it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / OUTPUT_MARKER
+    if not marker.exists():
+        marker.write_text("fpncli output folder: its files are never read back as inputs\n")
+
+
+def marked_root(path: Path, stop: Path | None = None, cache: dict | None = None) -> Path | None:
+    """The nearest folder at or above ``path`` (resolved) holding an output marker, or None.
+
+    ``cache`` (folder -> answer) avoids re-checking the same folders for many files.
+    """
+    cache = {} if cache is None else cache
+    folder = Path(os.path.realpath(path))
+    if not folder.is_dir():
+        folder = folder.parent
+    seen = []
+    answer = None
+    while True:
+        if folder in cache:
+            answer = cache[folder]
+            break
+        seen.append(folder)
+        if (folder / OUTPUT_MARKER).is_file():
+            answer = folder
+            break
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for f in seen:
+        cache[f] = answer
+    return answer
+
+
+def quote_name(text: str) -> str:
+    """``text`` as is, or quoted with escapes when it holds control characters (a newline in a
+    file name must not forge a second report line)."""
+    if not any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text):
+        return text
+    escaped = "".join(
+        c if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp") else c.encode(
+            "unicode_escape").decode("ascii")
+        for c in text.replace("\\", "\\\\")
+    )  # fmt: skip
+    return f'"{escaped}"'
