@@ -188,7 +188,8 @@ def test_overlay_of_an_exif_rotated_photo_is_drawn_upright(runner, tmp_path):
         64, 96,
     )  # fmt: skip
     for level in ("p2", "p4", "p6"):
-        assert Image.open(out / "phone" / f"{level}_overlay.png").size == (40, 60)
+        drawn = np.asarray(Image.open(out / "phone" / f"{level}_overlay.png").convert("RGB"))
+        assert drawn.shape[0] > 60 and (drawn[-60:, 40:] == 255).all()  # upright 40x60 photo
         assert manifest["levels"][level]["overlay"] == f"{level}_overlay.png"
     heat = Image.open(out / "phone" / "p2.png")
     assert heat.size[0] >= 256
@@ -262,3 +263,28 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(runner, tmp_path
     second = runner.invoke(cli, args, catch_exceptions=False)
     assert "done 0, skipped 1" in second.output or "already complete" in second.output
     assert sorted(p.parent.name for p in (src / "feats").rglob("manifest.json")) == ["a"]
+
+
+def _red_pixels(path) -> int:
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int(((rgb[..., 0] > 150) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum())
+
+
+def test_clip_range_in_manifest_and_random_mark_on_every_picture(runner, photo, tmp_path):
+    from fpncli.viz.visualize import value_range
+
+    out = tmp_path / "out"
+    args = ["extract", str(photo), "-o", str(out), *SMALL, "--overlay", "--clip", "2,98"]
+    assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
+    folder = out / "street"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["heatmap"]["clip_percentiles"] == [2.0, 98.0]
+    for level, meta in manifest["levels"].items():
+        valid = np.load(folder / meta["file"])[0, 0, : meta["valid_height"], : meta["valid_width"]]
+        assert meta["range"] == pytest.approx(value_range(valid, (2, 98)))
+        assert meta["range"][1] < meta["max"]  # clipped, and the manifest says to what
+        for picture in (f"{level}.png", f"{level}_overlay.png"):
+            assert _red_pixels(folder / picture) > 30, picture  # "RANDOM, UNTRAINED WEIGHTS"
+    assert _red_pixels(folder / "overview.png") > 30
+    bad = runner.invoke(cli, ["extract", str(photo), "-o", str(out), *SMALL, "--clip", "99,1"])
+    assert bad.exit_code == 2 and "--clip" in bad.output and "percentiles" in bad.output

@@ -87,9 +87,11 @@ def test_all_and_overlay(folder, tmp_path):
     assert Image.open(overview.saved).size[0] >= 1500
     overlay = show(str(folder), level="p3", overlay=True, display=False)
     assert overlay.saved == folder / "show_p3_overlay.png"
-    assert Image.open(overlay.saved).size == (80, 50)  # drawn on the original photo
+    drawn = np.asarray(Image.open(overlay.saved).convert("RGB"))
+    assert drawn.shape[0] > 50 and drawn.shape[1] >= 80  # the 80x50 photo under a caption
+    assert (drawn[-50:, 80:] == 255).all()  # drawn on the original photo, at its size
     both = show(str(folder), level="all", overlay=True, display=False)
-    assert Image.open(both.saved).size == (5 * 80, 50)
+    assert Image.open(both.saved).size == (5 * 420, 126)  # five captioned overlays
 
 
 def test_latest_when_no_target(folder, monkeypatch):

@@ -15,9 +15,12 @@ from fpncli.viz.visualize import (
     encode_png,
     heatmap_image,
     overlay_image,
+    overview_image,
     overview_png,
+    parse_clip,
     reduce_channels,
     valid_region,
+    value_range,
 )
 
 FEATURE = np.array(
@@ -77,7 +80,7 @@ def test_colorize_matches_matplotlib_exactly():
 
 def test_heatmap_cells_are_exact_and_crisp():
     values = np.array([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
-    picture = heatmap_image(values, cmap="magma", label="p6", min_side=20)
+    picture = heatmap_image(values, cmap="magma", label="p6", min_side=20, clip=None)
     colours = colorize(values, "magma")
     factor = 10  # ceil(20 / 2)
     top = 24  # title row
@@ -88,7 +91,7 @@ def test_heatmap_cells_are_exact_and_crisp():
             ]
             assert (block == colours[i, j]).all()
     assert picture.shape[1] >= 420
-    assert picture.shape[0] == 24 + 20 + 6 + 12 + 20
+    assert picture.shape[0] == 24 + 20 + 6 + 12 + 38
     bar = picture[24 + 20 + 6 + 6, : 3 * factor]
     np.testing.assert_array_equal(bar[0], colorize(np.array([[0.0]]), "magma", 0.0, 1.0)[0, 0])
 
@@ -136,3 +139,42 @@ def test_overlay_lights_exactly_the_cells_pixels(scale_y, scale_x):
     assert list(rows) == [r for r in range(30) if 3 * stride <= r * scale_y < 4 * stride]
     assert list(cols) == [c for c in range(40) if 5 * stride <= c * scale_x < 6 * stride]
     assert lit.sum() == len(rows) * len(cols)
+
+
+def test_value_range_is_the_clip_percentiles_of_the_finite_values():
+    values = np.arange(101, dtype=np.float64).reshape(1, 101)
+    assert value_range(values, (1, 99)) == (1.0, 99.0)
+    assert value_range(values, None) == value_range(values, (0, 100)) == (0.0, 100.0)
+    hot = np.zeros((10, 100))
+    hot[0, :3] = 1e4  # three hot cells out of a thousand
+    hot[1:, :] = np.linspace(-1, 1, 900).reshape(9, 100)
+    hot[5, 5] = np.nan
+    lo, hi = value_range(hot)  # the default clip ignores the hot cells and the NaN
+    assert hi < 1.0 and lo == pytest.approx(np.percentile(hot[np.isfinite(hot)], 1))
+    assert value_range(np.full((2, 2), np.nan)) == (0.0, 0.0)
+    assert value_range(np.full((2, 2), 3.0)) == (3.0, 3.0)
+    sparse = np.zeros((40, 40))
+    sparse[2, 3] = 5.0  # percentiles collapse to 0: min-max keeps the one cell visible
+    assert value_range(sparse) == (0.0, 5.0)
+
+
+def test_parse_clip():
+    assert parse_clip("1,99") == (1.0, 99.0)
+    assert parse_clip("minmax") == (0.0, 100.0) and parse_clip(None) == (1.0, 99.0)
+    for bad in ("99,1", "a,b", "1", "-1,50", "0,101"):
+        with pytest.raises(ValueError, match="percentiles"):
+            parse_clip(bad)
+
+
+def test_clip_saturates_hot_cells_the_same_in_heatmap_and_overlay():
+    values = np.tile(np.linspace(0.0, 1.0, 50), (50, 1))
+    values[0, 0] = 1000.0  # one hot cell
+    lo, hi = value_range(values)
+    heat = heatmap_image(values, cmap="gray", min_side=50)
+    # the gradient spans (almost) black to white instead of being squashed into the bottom
+    row = heat[24 + 25, :50, 0].astype(int)
+    assert row[1] < 10 and row[-1] > 245
+    over = overlay_image(np.zeros((50, 50, 3), np.uint8), values, stride=1, scale_y=1,
+                         scale_x=1, cmap="gray", alpha=1.0)  # fmt: skip
+    np.testing.assert_array_equal(over[25, :, 0], colorize(values, "gray", lo, hi)[25, :, 0])
+    assert heat[24:74, :50, 0][25].tolist() == over[25, :, 0].tolist()

@@ -59,6 +59,22 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
     return index, count
 
 
+CLIP_HELP = (
+    "Colour range as LO,HI percentiles of each map's values (minmax: the full range); values "
+    "beyond it take the end colours. Default 1,99: min-max lets a few extreme cells flatten "
+    "the rest."
+)
+
+
+def _clip_callback(ctx, param, value: str | None):
+    from ..viz.visualize import parse_clip
+
+    try:
+        return parse_clip(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 class _ProgressLine:
     """``[####----] 120/1000 12.3 img/s ETA 1m11s`` on stderr, redrawn in place (terminals only)."""
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 
 from .common import (
+    CLIP_HELP,
     DEFAULT_WEIGHTS,
+    _clip_callback,
     _friendly,
     _load_model,
     _parse_levels,
@@ -64,6 +66,7 @@ from .common import (
     help="How to turn 256 channels into a map.",
 )
 @click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colormap.")
+@click.option("--clip", default="1,99", show_default=True, callback=_clip_callback, help=CLIP_HELP)
 @click.option("--min-size", type=int, default=800, show_default=True, help="Shortest edge.")
 @click.option("--max-size", type=int, default=1333, show_default=True, help="Longest edge cap.")
 @click.option("--no-resize", is_flag=True, help="Keep the image size (still padded to 32).")
@@ -96,7 +99,7 @@ from .common import (
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
 @_friendly
 def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, no_heatmaps,
-            no_overview, overlay, channel, reduce, cmap, min_size, max_size, no_resize,
+            no_overview, overlay, channel, reduce, cmap, clip, min_size, max_size, no_resize,
             batch_size, workers, from_list, overwrite, resume, force, shard, gpus, max_pixels,
             seed) -> None:  # fmt: skip
     """Extract P2-P6 for images, folders (recursive) and globs into OUT/<image>/."""
@@ -116,7 +119,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     output = OutputOptions(
         levels=_parse_levels(levels), dtype=dtype, save_npy=not no_npy,
         save_heatmaps=not no_heatmaps, save_overview=not no_overview, overlay=overlay,
-        channel=channel, reduce=reduce, cmap=cmap, min_size=min_size, max_size=max_size,
+        channel=channel, reduce=reduce, cmap=cmap, clip=clip, min_size=min_size, max_size=max_size,
         resize=not no_resize,
     )  # fmt: skip
     if not 0 <= channel < 256:

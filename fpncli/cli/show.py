@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import DEFAULT_WEIGHTS, _friendly
+from .common import CLIP_HELP, DEFAULT_WEIGHTS, _clip_callback, _friendly
 
 
 @click.command()
@@ -18,6 +18,7 @@ from .common import DEFAULT_WEIGHTS, _friendly
     show_default=True,
 )
 @click.option("--cmap", default="viridis", show_default=True)
+@click.option("--clip", default="1,99", show_default=True, callback=_clip_callback, help=CLIP_HELP)
 @click.option("--overlay", is_flag=True, help="Lay the heatmap over the original photo.")
 @click.option("--save", type=click.Path(dir_okay=False), default=None, help="Write a PNG here.")
 @click.option(
@@ -28,11 +29,12 @@ from .common import DEFAULT_WEIGHTS, _friendly
 )
 @click.option("--device", default="auto", show_default=True)
 @_friendly
-def show(target, level, channel, reduce, cmap, overlay, save, weights, device) -> None:
+def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, device) -> None:
     """Show a level of an extraction (TARGET: folder, .npy or image; default: the latest)."""
     from ..viz.show import show as show_target
 
     show_target(
         target, level=level.lower() if level else None, channel=channel, reduce=reduce,
-        cmap=cmap, overlay=overlay, save=save, weights=weights, device=device, notify=click.echo,
+        cmap=cmap, clip=clip, overlay=overlay, save=save, weights=weights, device=device,
+        notify=click.echo,
     )  # fmt: skip

@@ -69,6 +69,7 @@ class OutputOptions:
     channel: int = 0
     reduce: str = "channel"
     cmap: str = "viridis"
+    clip: tuple[float, float] = (1.0, 99.0)  # colour range percentiles (viz DEFAULT_CLIP)
     min_size: int = 800
     max_size: int = 1333
     resize: bool = True
@@ -80,6 +81,9 @@ class OutputOptions:
             raise ValueError(f"unknown level(s) {', '.join(unknown) or '(none)'}: use p2..p6")
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
+        lo, hi = self.clip
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"clip must be percentiles 0 <= LO < HI <= 100, got {self.clip}")
 
 
 def atomic_write_bytes(path: Path, data: bytes | np.ndarray) -> int:
@@ -305,19 +309,23 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
         if options.save_npy:
             written += write(folder / f"{name}.npy", array)
             meta["file"] = f"{name}.npy"
+        if name in maps:
+            from ..viz.visualize import encode_png, heatmap_image, overlay_image, value_range
+
+            vrange = value_range(maps[name], options.clip)
+            meta["range"] = list(vrange)
         label = f"{name}  stride {stride}  {tuple(array.shape)}  {_reduce_label(options)}"
         if options.save_heatmaps:
-            from ..viz.visualize import encode_png, heatmap_image
-
-            png = encode_png(heatmap_image(maps[name], cmap=options.cmap, label=label))
-            written += write(folder / f"{name}.png", png)
+            png = heatmap_image(
+                maps[name], cmap=options.cmap, label=label, vrange=vrange, note=_note(weights)
+            )
+            written += write(folder / f"{name}.png", encode_png(png))
             meta["heatmap"] = f"{name}.png"
         if options.overlay:
-            from ..viz.visualize import encode_png, overlay_image
-
             over = overlay_image(
-                image.rgb, maps[name], stride=stride,
-                scale_y=prepared.scale_y, scale_x=prepared.scale_x, cmap=options.cmap,
+                image.rgb, maps[name], stride=stride, scale_y=prepared.scale_y,
+                scale_x=prepared.scale_x, cmap=options.cmap, vrange=vrange,
+                label=f"{label}  {options.cmap}", note=_note(weights),
             )  # fmt: skip
             written += write(folder / f"{name}_overlay.png", encode_png(over))
             meta["overlay"] = f"{name}_overlay.png"
@@ -333,10 +341,11 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
                 "map": maps[n],
                 "stride": LEVEL_STRIDES[n],
                 "shape": tuple(levels_meta[n]["shape"]),
+                "range": tuple(levels_meta[n]["range"]),
             }
             for n in options.levels
         ]
-        note = "RANDOM, UNTRAINED WEIGHTS - not a trained network" if weights.get("random") else ""
+        note = _note(weights)
         title = (
             f"{Path(image.path).name or 'image'}  ({weights.get('name')}, {_reduce_label(options)})"
         )
@@ -381,7 +390,12 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
         "device": device,
         "precision": precision,
         "levels": levels_meta,
-        "heatmap": {"reduce": options.reduce, "channel": options.channel, "cmap": options.cmap},
+        "heatmap": {
+            "reduce": options.reduce,
+            "channel": options.channel,
+            "cmap": options.cmap,
+            "clip_percentiles": list(options.clip),  # each level's "range" is what they gave
+        },
         "overview": overview,
         "run_key": run_key,
         "files": dict(created),
@@ -390,6 +404,14 @@ def _write_all(folder, write, features, image, prepared, options, weights, devic
     data = json.dumps(manifest, indent=2, allow_nan=False).encode()
     written += write(folder / MANIFEST, data)
     return written
+
+
+RANDOM_NOTE = "RANDOM, UNTRAINED WEIGHTS - not a trained network"
+
+
+def _note(weights: dict) -> str:
+    """The red line every picture made with random weights carries."""
+    return RANDOM_NOTE if weights.get("random") else ""
 
 
 def _needs_maps(options: OutputOptions) -> bool:

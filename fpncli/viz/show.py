@@ -18,7 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from ..io.outputs import MANIFEST, atomic_write_bytes, read_manifest, valid_size
-from .visualize import encode_png, heatmap_image, overlay_image, overview_image, reduce_channels
+from .visualize import (
+    DEFAULT_CLIP,
+    encode_png,
+    heatmap_image,
+    overlay_image,
+    overview_image,
+    parse_clip,
+    reduce_channels,
+    value_range,
+)
 
 __all__ = ["ShowResult", "show", "P6_NOTE"]
 
@@ -142,34 +151,40 @@ def _level_map(source: _Source, name: str, reduce: str, channel: int) -> np.ndar
     return reduced[:valid_h, :valid_w]
 
 
-def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str,
-            overlay: bool) -> np.ndarray:  # fmt: skip
+RANDOM_NOTE = "RANDOM, UNTRAINED WEIGHTS - not a trained network"
 
-    names = LEVELS if level == "all" else (level,)
+
+def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str,
+            overlay: bool, clip: tuple[float, float]) -> np.ndarray:  # fmt: skip
+    names = [n for n in LEVELS if n in source.features] if level == "all" else [level]
     maps = {name: _level_map(source, name, reduce, channel) for name in names}
+    ranges = {name: value_range(maps[name], clip) for name in names}
     how = f"channel {channel}" if reduce == "channel" else reduce
+    note = RANDOM_NOTE if source.random else ""
     if overlay:
         if source.image_rgb is None or source.scale is None:
             raise ValueError("--overlay needs the original image: its path in the manifest is gone")
         pictures = [
             overlay_image(source.image_rgb, maps[name], stride=STRIDES[name],
-                          scale_y=source.scale[0], scale_x=source.scale[1], cmap=cmap)
+                          scale_y=source.scale[0], scale_x=source.scale[1], cmap=cmap,
+                          vrange=ranges[name], note=note,
+                          label=f"{name}  stride {STRIDES[name]}  {how}  {cmap}")
             for name in names
         ]  # fmt: skip
         return np.concatenate(pictures, axis=1)
     if level == "all":
         panels = [
-            {"name": n, "map": maps[n], "stride": STRIDES[n], "shape": source.features[n].shape}
+            {"name": n, "map": maps[n], "stride": STRIDES[n], "shape": source.features[n].shape,
+             "range": ranges[n]}
             for n in names
-        ]
-        note = "RANDOM, UNTRAINED WEIGHTS - not a trained network" if source.random else ""
+        ]  # fmt: skip
         image = source.image_rgb
         if image is None:
             image = np.full((64, 96, 3), 255, np.uint8)
         return overview_image(image, panels, title=f"{source.name} ({how})", note=note, cmap=cmap)
     shape = tuple(source.features[level].shape)
     label = f"{level}  stride {STRIDES[level]}  {shape}  {how}"
-    return heatmap_image(maps[level], cmap=cmap, label=label)
+    return heatmap_image(maps[level], cmap=cmap, label=label, vrange=ranges[level], note=note)
 
 
 def _display_available() -> bool:
@@ -202,6 +217,7 @@ def show(
     reduce: str = "channel",
     cmap: str = "viridis",
     overlay: bool = False,
+    clip: str | tuple[float, float] | None = DEFAULT_CLIP,
     save: str | None = None,
     display: bool | None = None,
     weights: str = "faster_rcnn_R_50_FPN_3x",
@@ -228,7 +244,8 @@ def show(
     source = _resolve(target, levels, weights, device)
     if level != "all" and level not in source.features:
         raise ValueError(f"this target holds {', '.join(source.features)}, not {level}")
-    picture = _render(source, level, reduce=reduce, channel=channel, cmap=cmap, overlay=overlay)
+    picture = _render(source, level, reduce=reduce, channel=channel, cmap=cmap, overlay=overlay,
+                      clip=parse_clip(clip))  # fmt: skip
     result = ShowResult()
 
     def say(message: str) -> None:

@@ -14,6 +14,9 @@ import numpy as np
 
 __all__ = [
     "REDUCTIONS",
+    "DEFAULT_CLIP",
+    "parse_clip",
+    "value_range",
     "reduce_channels",
     "valid_region",
     "colorize",
@@ -72,6 +75,63 @@ def valid_region(map2d: np.ndarray, valid_height: int, valid_width: int) -> np.n
     return map2d[..., :valid_height, :valid_width]
 
 
+#: Percentiles of a map's finite values that span the colour scale unless ``--clip`` says
+#: otherwise. Min-max scaling lets a handful of extreme cells set the scale (trained P2 maps
+#: then look flat with a few hot pixels); 1-99 saturates at most 1% of the cells at each end
+#: and keeps the rest of the colour range for the other 98%.
+DEFAULT_CLIP = (1.0, 99.0)
+
+
+def parse_clip(text: str | tuple[float, float] | None) -> tuple[float, float]:
+    """``"LO,HI"`` percentiles (``0 <= LO < HI <= 100``) -> ``(LO, HI)``; ``"minmax"`` or
+    ``"none"`` -> ``(0.0, 100.0)``; None -> ``DEFAULT_CLIP``.
+
+    Raises:
+        ValueError: anything else, saying what is expected.
+    """
+    if text is None:
+        return DEFAULT_CLIP
+    if isinstance(text, str):
+        if text.strip().lower() in ("minmax", "none", "off"):
+            return (0.0, 100.0)
+        parts = text.split(",")
+        try:
+            lo, hi = (float(v) for v in parts)
+        except ValueError:
+            raise ValueError(
+                f"expected LO,HI percentiles such as 1,99 (or minmax), got {text!r}"
+            ) from None
+    else:
+        lo, hi = (float(v) for v in text)
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ValueError(f"need percentiles 0 <= LO < HI <= 100, got {lo:g},{hi:g}")
+    return (lo, hi)
+
+
+def value_range(
+    values: np.ndarray, clip: tuple[float, float] | None = DEFAULT_CLIP
+) -> tuple[float, float]:
+    """The ``(vmin, vmax)`` a map is coloured with: the ``clip`` percentiles of its finite values.
+
+    ``clip`` ``(0, 100)`` or None is the plain min-max. A map with no finite value gives
+    ``(0.0, 0.0)``; a constant one ``(v, v)`` (``colorize`` then uses the middle colour); one
+    whose percentiles coincide (a few non-zero cells) falls back to min-max. Every
+    picture (heatmap, overlay, overview, ``show``) takes its range from here, and the manifest
+    records it, so one range means the same everywhere.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    finite = array[np.isfinite(array)]
+    if finite.size == 0:
+        return (0.0, 0.0)
+    lo, hi = (0.0, 100.0) if clip is None else parse_clip(clip)
+    if lo <= 0.0 and hi >= 100.0:
+        return (float(finite.min()), float(finite.max()))
+    vmin, vmax = np.percentile(finite, [lo, hi])
+    if vmax <= vmin:  # mostly one value (a sparse map): the percentiles would hide the rest
+        return (float(finite.min()), float(finite.max()))
+    return (float(vmin), float(vmax))
+
+
 def _colormap(cmap: str):
     try:
         return matplotlib.colormaps[cmap]
@@ -107,30 +167,60 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _range_labels(values: np.ndarray, vrange: tuple[float, float]) -> tuple[str, str, str]:
+    """Texts for the two ends of a colour bar and a line on the data's own min and max.
+
+    An end reads ``<= v`` / ``>= v`` when values beyond it exist (they are saturated)."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    lo, hi = vrange
+    data_lo, data_hi = (float(finite.min()), float(finite.max())) if finite.size else (lo, hi)
+    left = f"<= {_fmt(lo)}" if data_lo < lo else f"min {_fmt(lo)}"
+    right = f">= {_fmt(hi)}" if data_hi > hi else f"max {_fmt(hi)}"
+    clipped = data_lo < lo or data_hi > hi
+    data = f"data {_fmt(data_lo)} .. {_fmt(data_hi)}" + (" (clipped)" if clipped else "")
+    return left, right, data
+
+
 def heatmap_image(
-    map2d: np.ndarray, *, cmap: str = "viridis", label: str = "", min_side: int = 256
+    map2d: np.ndarray,
+    *,
+    cmap: str = "viridis",
+    label: str = "",
+    min_side: int = 256,
+    vrange: tuple[float, float] | None = None,
+    clip: tuple[float, float] | None = DEFAULT_CLIP,
+    note: str = "",
 ) -> np.ndarray:
-    """One level as a picture: the map (cells upscaled by a whole factor, crisp), a title line,
-    and a colour bar with the minimum and maximum values. Returns ``(H', W', 3)`` uint8 RGB."""
+    """One level as a picture: a title line (and ``note`` in red, e.g. random weights), the map
+    (cells upscaled by a whole factor, crisp), and a colour bar labelled with its range.
+
+    The colours span ``vrange``, by default ``value_range(map2d, clip)``; a bar end marked
+    ``<=``/``>=`` means values beyond it exist and share its colour. Returns ``(H', W', 3)``
+    uint8 RGB.
+    """
     values = np.asarray(map2d, dtype=np.float32)
     h, w = values.shape
+    lo, hi = vrange if vrange is not None else value_range(values, clip)
     factor = max(1, math.ceil(min_side / max(1, min(h, w))))
-    picture = np.repeat(np.repeat(colorize(values, cmap), factor, axis=0), factor, axis=1)
-    finite = values[np.isfinite(values)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    picture = np.repeat(np.repeat(colorize(values, cmap, lo, hi), factor, axis=0), factor, axis=1)
     width = max(picture.shape[1], 420)
-    title_h, gap, bar_h, values_h = 24, 6, 12, 20
-    canvas = np.full((title_h + picture.shape[0] + gap + bar_h + values_h, width, 3), 255, np.uint8)
+    title_h, note_h, gap, bar_h, values_h = 24, (22 if note else 0), 6, 12, 38
+    top = title_h + note_h
+    canvas = np.full((top + picture.shape[0] + gap + bar_h + values_h, width, 3), 255, np.uint8)
     _text(canvas, label, (4, 17))
-    top = title_h
+    if note:
+        cv2.putText(canvas, note, (4, title_h + 15), _FONT, 0.5, (192, 0, 0), 1, cv2.LINE_AA)
     canvas[top : top + picture.shape[0], : picture.shape[1]] = picture
     bar_top = top + picture.shape[0] + gap
-    ramp = colorize(np.linspace(0.0, 1.0, picture.shape[1])[None, :], cmap, 0.0, 1.0)
-    canvas[bar_top : bar_top + bar_h, : picture.shape[1]] = ramp
-    _text(canvas, f"min {_fmt(lo)}", (2, bar_top + bar_h + 15), 0.4)
-    right = f"max {_fmt(hi)}"
+    bar_w = max(picture.shape[1], min(width, 420))
+    ramp = colorize(np.linspace(0.0, 1.0, bar_w)[None, :], cmap, 0.0, 1.0)
+    canvas[bar_top : bar_top + bar_h, :bar_w] = ramp
+    left, right, data = _range_labels(values, (lo, hi))
+    _text(canvas, left, (2, bar_top + bar_h + 15), 0.4)
     (text_w, _), _ = cv2.getTextSize(right, _FONT, 0.4, 1)
-    _text(canvas, right, (max(0, picture.shape[1] - text_w - 2), bar_top + bar_h + 15), 0.4)
+    _text(canvas, right, (max(0, bar_w - text_w - 2), bar_top + bar_h + 15), 0.4)
+    _text(canvas, data, (2, bar_top + bar_h + 33), 0.4)
     return canvas
 
 
@@ -149,6 +239,11 @@ def _centered(canvas: np.ndarray, text: str, centre_x: int, baseline: int, scale
     cv2.putText(canvas, text, origin, _FONT, scale, colour, thickness, cv2.LINE_AA)
 
 
+#: The overview's widest canvas, in pixels: wider pictures are scaled down to it (a panorama
+#: made a 25,000-pixel-wide overview), so its fixed-size text stays legible when viewed whole.
+OVERVIEW_MAX_WIDTH = 2400
+
+
 def overview_image(
     image_rgb: np.ndarray,
     levels: list[dict],
@@ -157,15 +252,20 @@ def overview_image(
     note: str = "",
     cmap: str = "viridis",
     panel_height: int = 256,
+    clip: tuple[float, float] | None = DEFAULT_CLIP,
+    max_width: int = OVERVIEW_MAX_WIDTH,
 ) -> np.ndarray:
-    """The Figure-3 overview: the input, then each level, side by side, one row.
+    """The Figure-3 overview: the input, then each level, side by side (one panel per row for
+    pictures more than 2.5 times wider than high), at most ``max_width`` pixels wide.
 
     Drawn with numpy and OpenCV (tens of milliseconds, the batch pipeline writes one per image);
-    level cells stay crisp (nearest-neighbour), each level coloured on its own range.
+    level cells stay crisp (nearest-neighbour), each level coloured on its own range, which a
+    colour bar under the panel states (``<=``/``>=``: values beyond the end exist).
 
     Args:
         image_rgb: ``(H, W, 3)`` uint8, the input photo.
-        levels: ``{"name", "map" (valid-region (h, w) array), "stride", "shape"}`` per panel.
+        levels: ``{"name", "map" (valid-region (h, w) array), "stride", "shape"}`` per panel,
+            optionally ``"range": (vmin, vmax)`` (default ``value_range(map, clip)``).
         title: a line at the top.
         note: shown in red under the title (fpncli says here when the weights are random).
         cmap: the colormap of the levels.
@@ -174,18 +274,46 @@ def overview_image(
         ``(H', W', 3)`` uint8 RGB.
     """
     height, width = image_rgb.shape[:2]
-    panel_w = max(1, round(panel_height * width / max(1, height)))
-    panels = [cv2.resize(image_rgb, (panel_w, panel_height), interpolation=cv2.INTER_AREA)]
-    captions = [(f"input {width}x{height}", "")]
-    for level in levels:
-        colours = colorize(level["map"], cmap)
-        level_w = max(1, round(panel_height * colours.shape[1] / max(1, colours.shape[0])))
-        panels.append(cv2.resize(colours, (level_w, panel_height), interpolation=cv2.INTER_NEAREST))
-        captions.append((f"{level['name']}  stride {level['stride']}", str(tuple(level["shape"]))))
-    margin, gap, caption_h = 14, 12, 44
+    stacked = width > 2.5 * height
+    margin, gap, caption_h, bar_h, range_h = 14, 12, 44, 8, 20
+    aspect = [width / max(1, height)]
+    aspect += [lv["map"].shape[1] / max(1, lv["map"].shape[0]) for lv in levels]
+    caption_w = 150  # room for "p2  stride 4" and "(1, 256, 200, 304)" at the fixed font size
+    if stacked:
+        panel_height = min(panel_height, round((max_width - 2 * margin) / max(aspect)))
+    else:
+        room = max_width - 2 * margin - gap * len(levels)
+        while (
+            panel_height > 48
+            and sum(max(caption_w, round(panel_height * a)) for a in aspect) > room
+        ):
+            panel_height = int(panel_height * 0.9)
+    panel_height = max(16, panel_height)
+    panels = [
+        cv2.resize(image_rgb, (max(1, round(panel_height * aspect[0])), panel_height),
+                   interpolation=cv2.INTER_AREA)
+    ]  # fmt: skip
+    captions = [(f"input {width}x{height}", "", None)]
+    for level, a in zip(levels, aspect[1:]):
+        lo, hi = level.get("range") or value_range(level["map"], clip)
+        colours = colorize(level["map"], cmap, lo, hi)
+        size = (max(1, round(panel_height * a)), panel_height)
+        panels.append(cv2.resize(colours, size, interpolation=cv2.INTER_NEAREST))
+        labels = _range_labels(level["map"], (lo, hi))
+        captions.append(
+            (f"{level['name']}  stride {level['stride']}", str(tuple(level["shape"])), labels)
+        )
+    cell_w = [max(caption_w, p.shape[1]) for p in panels]
+    cell_h = caption_h + panel_height + bar_h + range_h + 4
     header = (30 if title else 0) + (28 if note else 0) + 6
-    total_w = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1) + 2 * margin
-    canvas = np.full((header + caption_h + panel_height + margin, total_w, 3), 255, np.uint8)
+    if stacked:
+        total_w = max(cell_w) + 2 * margin
+        total_h = header + len(panels) * (cell_h + gap) + margin
+    else:
+        total_w = sum(cell_w) + gap * (len(panels) - 1) + 2 * margin
+        total_h = header + cell_h + margin
+    total_w = max(total_w, 420)
+    canvas = np.full((total_h, total_w, 3), 255, np.uint8)
     baseline = 0
     if title:
         baseline += 24
@@ -193,16 +321,27 @@ def overview_image(
     if note:
         baseline += 28
         _centered(canvas, note, total_w // 2, baseline, 0.65, colour=(192, 0, 0), thickness=2)
-    x = margin
-    top = header + caption_h
-    for panel, (line1, line2) in zip(panels, captions):
-        centre = x + panel.shape[1] // 2
-        _centered(canvas, line1, centre, header + 18, 0.5)
-        _centered(canvas, line2, centre, header + 38, 0.45)
-        canvas[top : top + panel_height, x : x + panel.shape[1]] = panel
-        cv2.rectangle(canvas, (x - 1, top - 1), (x + panel.shape[1], top + panel_height),
+    x, y = margin, header
+    for panel, cw, (line1, line2, labels) in zip(panels, cell_w, captions):
+        centre = x + cw // 2
+        _centered(canvas, line1, centre, y + 18, 0.5)
+        _centered(canvas, line2, centre, y + 38, 0.45)
+        top, left = y + caption_h, x + (cw - panel.shape[1]) // 2
+        canvas[top : top + panel_height, left : left + panel.shape[1]] = panel
+        cv2.rectangle(canvas, (left - 1, top - 1), (left + panel.shape[1], top + panel_height),
                       (90, 90, 90), 1)  # fmt: skip
-        x += panel.shape[1] + gap
+        if labels is not None:
+            bar_top = top + panel_height + 4
+            ramp = colorize(np.linspace(0.0, 1.0, cw)[None, :], cmap, 0.0, 1.0)
+            canvas[bar_top : bar_top + bar_h, x : x + cw] = ramp
+            base = bar_top + bar_h + 14
+            _text(canvas, labels[0], (x, base), 0.4)
+            (text_w, _), _ = cv2.getTextSize(labels[1], _FONT, 0.4, 1)
+            _text(canvas, labels[1], (max(x, x + cw - text_w), base), 0.4)
+        if stacked:
+            y += cell_h + gap
+        else:
+            x += cw + gap
     return canvas
 
 
@@ -230,15 +369,55 @@ def overlay_image(
     scale_x: float,
     cmap: str = "jet",
     alpha: float = 0.5,
+    vrange: tuple[float, float] | None = None,
+    clip: tuple[float, float] | None = DEFAULT_CLIP,
+    label: str = "",
+    note: str = "",
 ) -> np.ndarray:
     """A level's valid-region map laid over the original (EXIF-applied) photo, cell-exact.
 
-    Returns ``(H, W, 3)`` uint8 RGB: ``(1 - alpha) * photo + alpha * heat``.
+    Colours span ``vrange`` (default ``value_range(map2d, clip)``). Returns ``(H, W, 3)`` uint8
+    RGB, ``(1 - alpha) * photo + alpha * heat``; with a ``label`` (and ``note``, in red) a white
+    strip above it says what is drawn, with a colour bar of the range.
     """
     h, w = image_rgb.shape[:2]
-    colours = colorize(map2d, cmap)
+    lo, hi = vrange if vrange is not None else value_range(map2d, clip)
+    colours = colorize(map2d, cmap, lo, hi)
     rows = cell_index(h, scale_y, stride, map2d.shape[0])
     cols = cell_index(w, scale_x, stride, map2d.shape[1])
     heat = colours[rows[:, None], cols[None, :]]
     blended = (1.0 - alpha) * image_rgb.astype(np.float32) + alpha * heat.astype(np.float32)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    picture = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if not label and not note:
+        return picture
+    return _with_header(picture, label, note, cmap, map2d, (lo, hi))
+
+
+def _with_header(picture: np.ndarray, label: str, note: str, cmap: str, values: np.ndarray,
+                 vrange: tuple[float, float]) -> np.ndarray:  # fmt: skip
+    """``picture`` under a white strip: ``label``, ``note`` in red, a colour bar with its range.
+    The text grows with the picture so it stays legible when the picture is viewed whole."""
+    h, w = picture.shape[:2]
+    scale = max(0.45, w / 1400)
+    line = int(round(26 * scale / 0.45 * 0.75))
+    thickness = max(1, int(round(scale)))
+    left, right, _ = _range_labels(values, vrange)
+    rows = [(label, (20, 20, 20))] + ([(note, (192, 0, 0))] if note else [])
+    bar_h = max(8, line // 2)
+    header = line * len(rows) + bar_h + line + 6
+    canvas = np.full((header + h, max(w, 420), 3), 255, np.uint8)
+    y = 0
+    for text, colour in rows:
+        y += line
+        cv2.putText(canvas, text, (4, y - line // 4), _FONT, scale, colour, thickness, cv2.LINE_AA)
+    bar_w = max(200, min(w - 8, int(w * 0.6)))
+    canvas[y + 4 : y + 4 + bar_h, 4 : 4 + bar_w] = colorize(
+        np.linspace(0.0, 1.0, bar_w)[None, :], cmap, 0.0, 1.0
+    )
+    base = y + 4 + bar_h + line - line // 4
+    cv2.putText(canvas, left, (4, base), _FONT, scale * 0.9, (20, 20, 20), thickness, cv2.LINE_AA)
+    (text_w, _), _ = cv2.getTextSize(right, _FONT, scale * 0.9, thickness)
+    cv2.putText(canvas, right, (max(4, 4 + bar_w - text_w), base), _FONT, scale * 0.9,
+                (20, 20, 20), thickness, cv2.LINE_AA)  # fmt: skip
+    canvas[header:, :w] = picture
+    return canvas
