@@ -178,3 +178,42 @@ def test_clip_saturates_hot_cells_the_same_in_heatmap_and_overlay():
                          scale_x=1, cmap="gray", alpha=1.0)  # fmt: skip
     np.testing.assert_array_equal(over[25, :, 0], colorize(values, "gray", lo, hi)[25, :, 0])
     assert heat[24:74, :50, 0][25].tolist() == over[25, :, 0].tolist()
+
+
+def _levels_for(height, width):
+    return [
+        {"name": f"p{k}", "map": np.random.RandomState(k).rand(-(-height // 2**k),
+                                                                -(-width // 2**k)),
+         "stride": 2**k, "shape": (1, 256, -(-height // 2**k), -(-width // 2**k))}
+        for k in range(2, 7)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("height, width", [(300, 7500), (7500, 300), (600, 900)])
+def test_overview_width_is_capped_and_text_keeps_its_size(height, width):
+    image = np.zeros((height, width, 3), np.uint8)
+    picture = overview_image(image, _levels_for(height, width), title="t", note="n")
+    assert 420 <= picture.shape[1] <= 2400
+    assert picture.shape[0] <= 6 * 600  # a panorama is stacked, not one 25,000-pixel row
+
+
+def _ramps(row: np.ndarray) -> int:
+    """How many black-to-white runs (a gray colour bar) a row of pixels holds."""
+    count, start = 0, 0
+    for i in range(1, len(row) + 1):
+        if i == len(row) or row[i] < row[i - 1]:
+            if i - start >= 100 and row[i - 1] - row[start] >= 250:
+                count += 1
+            start = i
+    return count
+
+
+def test_overview_states_each_level_range_under_its_panel():
+    image = np.zeros((64, 96, 3), np.uint8)
+    levels = _levels_for(64, 96)
+    base = overview_image(image, levels, cmap="gray", clip=None)
+    # a colour bar (black to white) runs under every level panel
+    assert max(_ramps(base[r, :, 0].astype(int)) for r in range(base.shape[0])) == 5
+    levels[0]["range"] = (0.0, 0.5)  # a given range wins: half the p2 panel saturates
+    clipped = overview_image(image, levels, cmap="gray")
+    assert (clipped == 255).sum() > (base == 255).sum()

@@ -280,7 +280,7 @@ def overview_image(
     aspect += [lv["map"].shape[1] / max(1, lv["map"].shape[0]) for lv in levels]
     caption_w = 150  # room for "p2  stride 4" and "(1, 256, 200, 304)" at the fixed font size
     if stacked:
-        panel_height = min(panel_height, round((max_width - 2 * margin) / max(aspect)))
+        panel_height = min(panel_height, math.floor((max_width - 2 * margin) / max(aspect)))
     else:
         room = max_width - 2 * margin - gap * len(levels)
         while (
