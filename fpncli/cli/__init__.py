@@ -14,6 +14,7 @@ from .. import __version__
 from .bench import bench
 from .diff import diff
 from .extract import extract
+from .report import report
 from .show import show
 from .weights import weights
 
@@ -32,6 +33,7 @@ cli.add_command(show)
 cli.add_command(weights)
 cli.add_command(bench)
 cli.add_command(diff)
+cli.add_command(report)
 
 
 def main() -> None:

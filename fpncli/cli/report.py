@@ -1,0 +1,26 @@
+"""``fpncli report OUT``: a static HTML page for a whole extraction."""
+
+from __future__ import annotations
+
+import click
+
+from .common import _friendly
+
+
+@click.command()
+@click.argument("out", type=click.Path(file_okay=False), default="fpn_out", required=False)
+@click.option("--page-size", type=int, default=100, show_default=True, help="Images per page.")
+@click.option("--thumb-height", type=int, default=64, show_default=True, help="In pixels.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the report in a browser.")
+@_friendly
+def report(out, page_size, thumb_height, open_browser) -> None:
+    """Write OUT/report.html: summary, per-level statistics and histograms, a paged image grid."""
+    from ..viz.report import write_report
+
+    path = write_report(out, page_size=page_size, thumb_height=thumb_height)
+    click.echo(f"wrote {path}")
+    if open_browser:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            click.echo("no browser found: open the file above by hand", err=True)

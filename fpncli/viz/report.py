@@ -1,0 +1,377 @@
+"""``fpncli report OUT``: one static HTML page for a whole extraction.
+
+``OUT/report.html`` holds the summary (images done and failed, weights, precision, device, bytes,
+versions; a red banner for random weights), per-level statistics and histograms across the
+folder, and the first page of the grid (one row per image: the input, then each level).
+Further pages are ``OUT/report/page_NNNN.html``; thumbnails and the histogram figure lie in
+``OUT/report/``. No server, no network, no JavaScript; every link is relative, so the folder can
+be copied or zipped as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from .. import __version__
+from ..io.extraction import LoadedExtraction, find_extractions, load_extraction, read_run_log
+from ..io.outputs import atomic_write_bytes
+from .stats import LevelStats, accumulate, sample_level
+from .visualize import colorize, reduce_channels
+
+__all__ = ["write_report", "REPORT"]
+
+log = logging.getLogger(__name__)
+REPORT = "report.html"
+_ASSETS = "report"
+_LEVEL_ORDER = ("stem", "res2", "res3", "res4", "res5", "p2", "p3", "p4", "p5", "p6")
+
+
+@dataclass
+class _Row:
+    key: str  # the image folder relative to OUT
+    levels: dict[str, str | None]  # level -> thumbnail path relative to OUT (None: not saved)
+    links: dict[str, str]  # level -> full-size picture relative to OUT
+    input_thumb: str | None
+    overview: str | None
+    size: str
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    """Fast PNG (low compression: thumbnails are small, the report is written often)."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]),
+                            [cv2.IMWRITE_PNG_COMPRESSION, 1])  # fmt: skip
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return data.tobytes()
+
+
+def _order(names) -> list[str]:
+    return sorted(names, key=lambda n: (_LEVEL_ORDER.index(n) if n in _LEVEL_ORDER else 99, n))
+
+
+def _input_thumbnail(path: Path | None, height: int) -> np.ndarray | None:
+    """The photo at ``height`` pixels, decoded at reduced size where the format allows (JPEG)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (height * 4, height))  # JPEG: decode at 1/2..1/8 scale, fast
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            im.thumbnail((height * 8, height))
+            return np.asarray(im)
+    except (OSError, ValueError) as e:
+        log.warning("report: cannot read %s for a thumbnail: %s", path, e)
+        return None
+
+
+@functools.lru_cache(maxsize=16)
+def _lut(cmap: str) -> np.ndarray:
+    """The colormap as a (256, 3) uint8 table (a lookup is 10x faster than calling it)."""
+    return colorize(np.linspace(0.0, 1.0, 256)[None, :], cmap, 0.0, 1.0)[0]
+
+
+def _level_thumbnail(map2d: np.ndarray, height: int, cmap: str, rng) -> np.ndarray:
+    """The map coloured on ``rng`` (default: its own finite min..max), cells kept crisp."""
+    values = np.asarray(map2d, dtype=np.float32)
+    if rng is None:
+        finite = values[np.isfinite(values)]
+        rng = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    lo, hi = rng
+    if hi > lo:
+        index = np.nan_to_num((values - lo) * (255.0 / (hi - lo)), nan=0.0, posinf=255, neginf=0)
+        index = np.clip(index + 0.5, 0, 255).astype(np.uint8)
+    else:
+        index = np.full(values.shape, 128, np.uint8)
+    colours = _lut(cmap)[index]
+    h, w = colours.shape[:2]
+    width = max(1, round(height * w / max(1, h)))
+    return cv2.resize(colours, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def _process(index: int, ex: LoadedExtraction, root: Path, thumbs: Path, height: int,
+             ranges: dict | None) -> tuple[_Row, dict]:  # fmt: skip
+    """Thumbnails of one image; returns its grid row and per level (sample, valid shape)."""
+    rel = ex.folder.relative_to(root).as_posix()
+    key, here = (ex.folder.name, "") if rel == "." else (rel, f"{rel}/")
+    heat = ex.manifest.get("heatmap", {})
+    reduce, channel = heat.get("reduce", "channel"), int(heat.get("channel", 0))
+    cmap = heat.get("cmap", "viridis")
+    stem = f"{index:06d}"
+    row = _Row(key, {}, {}, None, None, "")
+    picture = _input_thumbnail(ex.input_path, height)
+    if picture is not None:
+        atomic_write_bytes(thumbs / f"{stem}_input.png", _png(picture))
+        row.input_thumb = f"{_ASSETS}/thumbs/{stem}_input.png"
+    inp = ex.manifest.get("input", {})
+    row.size = f"{inp.get('width')}x{inp.get('height')}"
+    if ex.manifest.get("overview") and (ex.folder / ex.manifest["overview"]).is_file():
+        row.overview = f"{here}{ex.manifest['overview']}"
+    samples = {}
+    for name, meta in ex.manifest.get("levels", {}).items():
+        for kind in ("heatmap", "overlay", "file"):
+            if meta.get(kind) and (ex.folder / meta[kind]).is_file():
+                row.links[name] = f"{here}{meta[kind]}"
+                break
+        if name not in ex.levels:
+            row.levels[name] = None
+            continue
+        valid = ex.valid(name)
+        samples[name] = (sample_level(valid), valid.shape)
+        map2d = reduce_channels(valid, reduce, channel)
+        rng = ranges.get(name) if ranges else None
+        thumb = _level_thumbnail(map2d, height, cmap, rng)
+        atomic_write_bytes(thumbs / f"{stem}_{name}.png", _png(thumb))
+        row.levels[name] = f"{_ASSETS}/thumbs/{stem}_{name}.png"
+    return row, samples
+
+
+def _histogram_png(stats: dict[str, LevelStats], path: Path) -> None:
+    """One panel per level: counts of the sampled values (log scale) over the level's range."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
+
+    names = _order(stats)
+    fig = Figure(figsize=(2.3 * max(1, len(names)), 2.3), dpi=100)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.2, top=0.88, wspace=0.3)
+    axes = fig.subplots(1, max(1, len(names)), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        counts, edges = stats[name].histogram()
+        ax.stairs(counts, edges, fill=True, color="#3b6ea5")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(numticks=4))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.set_title(f"{name} ({stats[name].images} images)", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("activation", fontsize=8)
+    fig.savefig(path, format="png")
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+_CSS = """
+body{font-family:sans-serif;margin:1.2em;color:#222}
+table{border-collapse:collapse;margin:.6em 0}
+td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:middle}
+th{background:#f0f0f0}
+.grid td{text-align:center}
+.grid img{display:block;margin:auto}
+.banner{background:#c00;color:#fff;font-weight:bold;padding:.7em 1em;margin:.5em 0}
+.nav a,.nav b{margin-right:.5em}
+.muted{color:#777}
+"""
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n"
+        f"<body>\n{body}\n</body></html>\n"
+    )
+
+
+def _nav(page: int, pages: int, prefix: str) -> str:
+    """Links to every page; ``prefix`` leads from the page's folder to OUT."""
+    if pages <= 1:
+        return ""
+    links = []
+    for p in range(1, pages + 1):
+        href = f"{prefix}{REPORT}" if p == 1 else f"{prefix}{_ASSETS}/page_{p:04d}.html"
+        links.append(f"<b>{p}</b>" if p == page else f'<a href="{href}">{p}</a>')
+    return f'<p class="nav">Pages: {" ".join(links)}</p>'
+
+
+def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int) -> str:
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in levels)
+    out = [f'<table class="grid"><tr><th>#</th><th>image</th><th>input</th>{head}</tr>']
+    for i, row in enumerate(rows, start=first):
+        name = html.escape(row.key)
+        if row.overview:
+            name = f'<a href="{prefix}{html.escape(row.overview)}">{name}</a>'
+        cells = [f"<td>{i}</td><td>{name}<br><span class=muted>{row.size}</span></td>"]
+        if row.input_thumb:
+            cells.append(f'<td><img src="{prefix}{row.input_thumb}" alt="input"></td>')
+        else:
+            cells.append('<td class="muted">photo gone</td>')
+        for name in levels:
+            thumb = row.levels.get(name)
+            if thumb is None:
+                cells.append('<td class="muted">not saved</td>')
+                continue
+            img = f'<img src="{prefix}{thumb}" alt="{name}">'
+            link = row.links.get(name)
+            cells.append(f'<td><a href="{prefix}{html.escape(link)}">{img}</a></td>' if link
+                         else f"<td>{img}</td>")  # fmt: skip
+        out.append(f"<tr>{''.join(cells)}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                total += entry.stat().st_size
+    return total
+
+
+def _count(values) -> str:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    if len(counts) == 1:
+        return html.escape(next(iter(counts)))
+    return ", ".join(f"{html.escape(k)} ({n} images)" for k, n in sorted(counts.items()))
+
+
+def _summary(root: Path, manifests: list[dict], byte_count: int, run: dict | None) -> str:
+    weights = [
+        f"{m.get('weights', {}).get('name')} (sha256 {m.get('weights', {}).get('sha256') or '-'})"
+        for m in manifests
+    ]
+    random = sum(bool(m.get("weights", {}).get("random")) for m in manifests)
+    parts = []
+    if random:
+        parts.append(
+            f'<div class="banner">RANDOM, UNTRAINED WEIGHTS: {random} of {len(manifests)} images '
+            "were extracted with --weights random; these maps show the architecture, not what a "
+            "trained detector sees.</div>"
+        )
+    failed = (run or {}).get("failed") or []
+    rows = [
+        ("folder", html.escape(str(root.resolve()))),
+        ("images done", str(len(manifests))),
+        ("images failed (last run)", str(len(failed)) if run else "unknown (no run.json)"),
+        ("weights", _count(weights) if manifests else "-"),
+        ("precision", _count(str(m.get("precision")) for m in manifests) if manifests else "-"),
+        ("device", _count(str(m.get("device")) for m in manifests) if manifests else "-"),
+        ("bytes", f"{byte_count:,} ({byte_count / 1e6:.1f} MB)"),
+        ("fpncli version", _count(str(m.get("fpncli_version")) for m in manifests) or "-"),
+        ("report by", f"fpncli {__version__}"),
+    ]
+    if run and run.get("aborted"):
+        rows.append(("stopped early", html.escape(str(run["aborted"]))))
+    table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    parts.append(f"<h2>Summary</h2><table>{table}</table>")
+    if failed:
+        items = "".join(
+            f"<tr><td>{html.escape(str(f.get('path')))}</td><td>{html.escape(str(f.get('reason')))}"
+            "</td></tr>"
+            for f in failed
+        )
+        parts.append(f"<h3>Failed</h3><table><tr><th>input</th><th>reason</th></tr>{items}</table>")
+    return "\n".join(parts)
+
+
+def _stats_table(stats: dict[str, LevelStats]) -> str:
+    head = "<tr><th>level</th><th>images</th><th>min</th><th>max</th><th>mean</th>"
+    head += "<th>std</th><th>zeros</th></tr>"
+    rows = []
+    for name in _order(stats):
+        s = stats[name]
+        rows.append(
+            f"<tr><td>{name}</td><td>{s.images}</td><td>{_fmt(s.min)}</td><td>{_fmt(s.max)}</td>"
+            f"<td>{_fmt(s.mean)}</td><td>{_fmt(s.std)}</td>"
+            f"<td>{100 * s.zero_fraction:.3g}%</td></tr>"
+        )
+    exact = all(s.exact for s in stats.values())
+    note = (
+        "All values of the valid regions (padding excluded)."
+        if exact
+        else "min, max and mean over every value of the valid regions (padding excluded); std and "
+        "the fraction of zeros from an evenly spaced sample of each image (up to 8 channels)."
+    )
+    return f"<table>{head}{''.join(rows)}</table><p class=muted>{note}</p>"
+
+
+def write_report(
+    root: str | Path,
+    *,
+    page_size: int = 100,
+    thumb_height: int = 64,
+    workers: int | None = None,
+    ranges: dict[str, tuple[float, float]] | None = None,
+) -> Path:
+    """Write ``ROOT/report.html`` (and ``ROOT/report/``) for the extraction under ``root``.
+
+    Args:
+        root: an output folder of ``fpncli extract`` (or one image's folder).
+        page_size: images per page of the grid.
+        thumb_height: thumbnail height in pixels.
+        workers: threads making thumbnails (default: CPU count, at most 8).
+        ranges: level -> (vmin, vmax) to colour thumbnails with; None colours each map on its
+            own range.
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist or holds no complete extraction.
+        ValueError: a bad ``page_size`` or ``thumb_height``.
+    """
+    if page_size < 1 or thumb_height < 8:
+        raise ValueError("page_size must be >= 1 and thumb_height >= 8")
+    root = Path(root)
+    folders = find_extractions(root)
+    run = read_run_log(root)
+    if not folders and not run:
+        raise FileNotFoundError(f"{root} holds no complete extraction (no manifest.json under it)")
+    assets = root / _ASSETS
+    if assets.is_dir():  # thumbnails and pages of an earlier report
+        shutil.rmtree(assets)
+    (assets / "thumbs").mkdir(parents=True)
+    extractions = [load_extraction(f) for f in folders]
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(
+            lambda item: _process(item[0], item[1], root, assets / "thumbs", thumb_height, ranges),
+            enumerate(extractions),
+        ))  # fmt: skip
+    stats: dict[str, LevelStats] = {}
+    for ex, (_, samples) in zip(extractions, results):
+        for name, (sample, shape) in samples.items():
+            meta = ex.manifest["levels"][name]
+            accumulate(stats.setdefault(name, LevelStats(name)), None, meta, sample, shape)
+    rows = [row for row, _ in results]
+    levels = _order({n for ex in extractions for n in ex.manifest.get("levels", {})})
+    byte_count = sum(_folder_bytes(ex.folder) for ex in extractions)
+    if stats:
+        _histogram_png(stats, assets / "histograms.png")
+    pages = max(1, -(-len(rows) // page_size))
+    for page in range(1, pages + 1):
+        chunk = rows[(page - 1) * page_size : page * page_size]
+        prefix = "" if page == 1 else "../"
+        nav = _nav(page, pages, prefix)
+        title = f"fpncli report: {root.resolve().name}"
+        grid = f"<h2>Images {(page - 1) * page_size + 1}-{(page - 1) * page_size + len(chunk)}"
+        grid += (
+            f" of {len(rows)}</h2>{nav}{_grid(chunk, levels, prefix, (page - 1) * page_size + 1)}"
+        )
+        if page == 1:
+            summary = _summary(root, [ex.manifest for ex in extractions], byte_count, run)
+            body = [f"<h1>{html.escape(title)}</h1>", summary]
+            if stats:
+                body += ["<h2>Levels across the folder</h2>", _stats_table(stats),
+                         f'<img src="{_ASSETS}/histograms.png" alt="histograms">']  # fmt: skip
+            body += [grid, nav]
+            atomic_write_bytes(root / REPORT, _page(title, "\n".join(body)).encode())
+        else:
+            body = f'<h1>{html.escape(title)}</h1><p><a href="../{REPORT}">summary</a></p>'
+            body += grid + nav
+            path = assets / f"page_{page:04d}.html"
+            atomic_write_bytes(path, _page(f"{title} page {page}", body).encode())
+    log.info("report: %d images, %d pages -> %s", len(rows), pages, root / REPORT)
+    return root / REPORT

@@ -1,0 +1,157 @@
+"""``fpncli report``: statistics with known answers, the page's links, and a real browser."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fpncli.cli import cli
+from fpncli.viz.report import write_report
+from fpncli.viz.stats import LevelStats, accumulate, sample_level
+
+
+def test_level_stats_exact_on_small_maps():
+    a = np.array([[[[0.0, 1.0], [2.0, 3.0]]]], np.float32)  # (1, 1, 2, 2)
+    b = np.array([[[[0.0, 0.0], [-4.0, 10.0]]]], np.float32)
+    stats = LevelStats("p2")
+    accumulate(stats, a)
+    accumulate(stats, b, {"min": -4.0, "max": 10.0, "mean": 1.5})
+    values = np.concatenate([a.ravel(), b.ravel()])
+    assert (stats.images, stats.values, stats.min, stats.max) == (2, 8, -4.0, 10.0)
+    assert stats.mean == pytest.approx(values.mean())
+    assert stats.std == pytest.approx(values.std())
+    assert stats.zero_fraction == pytest.approx(3 / 8) and stats.exact
+    counts, edges = stats.histogram(bins=14)
+    assert counts.sum() == 8 and edges[0] == -4.0 and edges[-1] == 10.0
+
+
+def test_sample_level_is_bounded_and_spread():
+    big = np.arange(256 * 64 * 96, dtype=np.float32).reshape(1, 256, 64, 96)
+    sample = sample_level(big, max_values=4096)
+    assert 2048 <= sample.size <= 4096
+    channels = np.unique(sample // (64 * 96)).astype(int)
+    assert channels[0] == 0 and channels[-1] == 255 and len(channels) == 8
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs: list[str] = []
+        self.imgs = 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.imgs += 1
+        for name in ("href", "src"):
+            if attrs.get(name):
+                self.refs.append(attrs[name])
+
+
+def _links(page: Path) -> _Links:
+    parser = _Links()
+    parser.feed(page.read_text())
+    return parser
+
+
+@pytest.fixture
+def report_dir(sample_extraction, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(sample_extraction, out)
+    run = json.loads((out / "run.json").read_text())
+    run["failed"] = [{"path": "/photos/broken.jpg", "reason": "not an image Pillow can read"}]
+    (out / "run.json").write_text(json.dumps(run))
+    return out
+
+
+def test_report_every_link_resolves_and_pages(report_dir):
+    stale = report_dir / "report" / "thumbs" / "999999_p2.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    path = write_report(report_dir, page_size=2)
+    assert path == report_dir / "report.html" and not stale.exists()
+    pages = [path, report_dir / "report" / "page_0002.html"]
+    assert not (report_dir / "report" / "page_0003.html").exists()
+    for page in pages:
+        parser = _links(page)
+        assert parser.imgs >= 6 and parser.refs
+        for ref in parser.refs:
+            assert not re.match(r"^[a-z]+:", ref), f"{page.name}: non-relative link {ref}"
+            target = (page.parent / ref).resolve()
+            assert target.is_file(), f"{page.name}: {ref} does not resolve"
+            if ref.endswith(".png"):
+                assert Image.open(target).size[0] > 0
+    text = path.read_text()
+    assert "RANDOM, UNTRAINED WEIGHTS" in text and 'class="banner"' in text
+    assert "/photos/broken.jpg" in text and "not an image Pillow can read" in text
+    assert "Images 1-2 of 3" in text and "Images 3-3 of 3" in pages[1].read_text()
+    assert text.count("<tr><td>p") == 5  # one stats row per level
+    assert 'href="chelsea/overview.png"' in text and 'href="coffee/p2.png"' in text
+    assert 'href="../rocket/overview.png"' in pages[1].read_text()
+    # thumbnails: input + 5 levels per image, each the right height
+    thumbs = sorted((report_dir / "report" / "thumbs").iterdir())
+    assert len(thumbs) == 3 * 6 and all(Image.open(t).size[1] == 64 for t in thumbs)
+
+
+def test_report_cli_and_errors(report_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["report", str(report_dir)], catch_exceptions=False)
+    assert result.exit_code == 0 and "report.html" in result.output
+    missing = runner.invoke(cli, ["report", str(tmp_path / "nope")])
+    assert missing.exit_code == 1 and "no such folder" in missing.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = runner.invoke(cli, ["report", str(empty)])
+    assert nothing.exit_code == 1 and "holds no complete extraction" in nothing.output
+    bad = runner.invoke(cli, ["report", str(report_dir), "--page-size", "0"])
+    assert bad.exit_code == 1 and "page_size" in bad.output
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+_CHECK = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const bad = imgs.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src);
+  document.body.setAttribute('data-images', imgs.length);
+  document.body.setAttribute('data-broken', bad.length);
+});
+</script></body>"""
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install "
+                    "chromium): the report is not checked in a real browser")  # fmt: skip
+def test_report_in_headless_chromium(report_dir, tmp_path):
+    write_report(report_dir, page_size=2)
+    page = report_dir / "report.html"
+    # A copy of the page beside it, with a script that records which images loaded.
+    check = report_dir / "report_check.html"
+    check.write_text(page.read_text().replace("</body>", _CHECK))
+    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--allow-file-access-from-files", "--virtual-time-budget=5000"]  # fmt: skip
+    dom = subprocess.run([*flags, "--dump-dom", check.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout  # fmt: skip
+    images = re.search(r'data-images="(\d+)"', dom)
+    broken = re.search(r'data-broken="(\d+)"', dom)
+    assert images and broken, dom[-500:]
+    assert int(images.group(1)) == _links(page).imgs >= 1 + 2 * 6
+    assert broken.group(1) == "0"
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, "--window-size=1000,1400", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape[:2] == (1400, 1000)
+    assert (pixels < 250).any(axis=2).mean() > 0.05  # not a blank page
+    red = (pixels[..., 0] > 180) & (pixels[..., 1] < 40) & (pixels[..., 2] < 40)
+    assert red.sum() > 1000  # the random-weights banner is drawn
