@@ -186,3 +186,294 @@ def test_a_short_npy_write_is_a_full_disk_and_stops_the_run(tmp_path, model, mon
     monkeypatch.setattr(outputs.np, "save", real_save)
     again = run_jobs(jobs, model, RunOptions(output=SMALL))
     assert (again.done, again.skipped, again.failed) == (7, 1, [])
+
+
+# 4, 5. A bomb among the inputs; special files ----------------------------------------------
+
+
+def _png_bomb(path: Path, width=60_000, height=60_000) -> Path:
+    """A valid PNG header declaring ``width`` x ``height`` (a few hundred bytes on disk)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    row = b"\0" + b"\0" * 3 * width
+    idat = zlib.compress(row * 4, 9)  # a few rows: the decoder never gets that far
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))  # fmt: skip
+    return path
+
+
+def test_a_decompression_bomb_and_a_fifo_fail_alone(tmp_path, model):
+    src = tmp_path / "in"
+    good = [_image(src / f"g{i}.png", value=i) for i in range(2)]
+    _png_bomb(src / "bomb.png")
+    os.mkfifo(src / "pipe.jpg")
+    (src / "loop.jpg").symlink_to(src / "loop.jpg")
+    jobs = pipeline.plan_jobs(pipeline.discover_inputs([str(src)]), tmp_path / "out")
+    summary = run_jobs(jobs, model, RunOptions(output=SMALL))  # sizing must not die on the bomb
+    failed = {Path(p).name: reason for p, reason in summary.failed}
+    assert set(failed) == {"bomb.png", "pipe.jpg", "loop.jpg"}
+    assert "decompression bomb" in failed["bomb.png"]
+    assert "not a regular file (a FIFO)" in failed["pipe.jpg"]
+    assert "symlink loop" in failed["loop.jpg"]
+    assert summary.done == 2 and all(is_complete(tmp_path / "out" / p.stem) for p in good)
+
+
+def test_estimate_survives_any_error_while_sizing(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    job = Job(_image(tmp_path / "a.png"), tmp_path / "out" / "a")
+
+    def exploding(*args, **kwargs):
+        raise PILImage.DecompressionBombError("too big")
+
+    monkeypatch.setattr(pipeline.Image, "open", exploding)
+    assert pipeline.estimate_run_bytes([job], SMALL) > 0
+
+
+def test_a_fifo_named_explicitly_or_listed_is_reported_not_waited_for(tmp_path, model):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    good = _image(tmp_path / "a.png")
+    pairs = pipeline.discover_inputs([str(fifo)], [str(good)])
+    jobs = pipeline.plan_jobs(pairs, tmp_path / "out")
+    summary = run_jobs(jobs, model, RunOptions(output=SMALL))
+    assert [(Path(p).name, "not a regular file (a FIFO)" in r) for p, r in summary.failed] == [
+        ("pipe.png", True)
+    ]
+    assert summary.done == 1
+
+
+# 7. Sizes refused before they are allocated ----------------------------------------------
+
+
+def test_a_resized_size_over_max_pixels_is_refused_before_resizing(tmp_path, model):
+    job = Job(_image(tmp_path / "a.png"), tmp_path / "out" / "a")
+    options = RunOptions(output=replace(SMALL, min_size=20_000, max_size=100_000), force=True)
+    summary = run_jobs([job], model, options)
+    assert summary.done == 0
+    [(path, reason)] = summary.failed
+    assert "over the 89 MP limit" in reason and "--max-pixels" in reason
+
+
+def test_a_pkl_declaring_a_huge_array_is_refused_by_its_shape(tmp_path):
+    import pickle
+
+    from fpncli.weights.checkpoint import read_checkpoint
+
+    class Huge:
+        def __reduce__(self):
+            from numpy._core.multiarray import _reconstruct
+
+            return (_reconstruct, (np.ndarray, (10**7, 10**7), b"b"))
+
+    path = tmp_path / "huge.pkl"
+    path.write_bytes(pickle.dumps({"model": {"backbone.bottom_up.x": Huge()}}, protocol=2))
+    with pytest.raises(ValueError, match=r"shape \(10000000, 10000000\) is larger than the file"):
+        read_checkpoint(path)
+
+
+def test_show_refuses_an_npy_whose_header_claims_more_than_it_holds(tmp_path):
+    from fpncli.io.extraction import read_npy
+
+    path = tmp_path / "p2.npy"
+    with open(path, "wb") as f:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (1, 256, 10**6, 10**6)}
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(bytes(64))
+    with pytest.raises(ValueError, match="truncated or forged"):
+        read_npy(path)
+    result = subprocess.run(
+        [sys.executable, "-m", "fpncli", "show", str(path), "--save", str(tmp_path / "x.png")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "truncated or forged" in result.stderr
+
+
+# 8. Zip bombs and old-format .pth --------------------------------------------------------
+
+
+def test_a_pth_zip_bomb_is_refused_from_its_declared_sizes(tmp_path, monkeypatch):
+    import zipfile
+
+    from fpncli.weights import checkpoint
+
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        with archive.open("archive/data/0", "w", force_zip64=True) as member:
+            chunk = bytes(16 << 20)
+            for _ in range(8):  # 128 MiB of zeros, about 130 kB on disk
+                member.write(chunk)
+    assert path.stat().st_size < 1 << 20
+
+    def never(*args, **kwargs):
+        raise AssertionError("torch.load must not be reached")
+
+    monkeypatch.setattr(checkpoint.torch, "load", never)
+    with pytest.raises(ValueError, match="zip bomb"):
+        checkpoint.read_checkpoint(path)
+
+
+def test_an_old_format_pth_is_unsupported_not_an_int(tmp_path):
+    import torch
+
+    from fpncli.weights.checkpoint import read_checkpoint
+
+    path = tmp_path / "old.pth"
+    torch.save({"model": {}}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="unsupported format: a legacy"):
+        read_checkpoint(path)
+
+
+# 9. Outputs are never read back as inputs ------------------------------------------------
+
+
+def _run_cli(*args, cwd=None, home=None):
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli as main
+
+    runner = CliRunner()
+    argv = ["extract", *args, "--weights", "random", "--min-size", "64", "--max-size", "96",
+            "--no-heatmaps", "--workers", "1"]  # fmt: skip
+    old = os.getcwd()
+    os.chdir(cwd or old)
+    try:
+        return runner.invoke(main, argv)
+    finally:
+        os.chdir(old)
+
+
+def test_outputs_are_not_read_back_as_inputs_however_named(tmp_path):
+    photos = tmp_path / "imgs"
+    for i in range(3):
+        _image(photos / f"{i}.png", value=i)
+    first = _run_cli(str(photos), "-o", str(photos / "out"))
+    assert first.exit_code == 0, first.output
+    assert (photos / "out" / ".fpncli-output").is_file()
+    again = _run_cli(str(photos / "**" / "*.png"), "-o", str(photos / "out"))  # a glob over -o
+    assert again.exit_code == 0 and "skipped 3 (already complete)" in again.output, again.output
+    assert "done 0" in again.output
+    # the earlier output folder under another name, and ".": still 3 images
+    other = _run_cli(".", "-o", "second", cwd=photos)
+    assert other.exit_code == 0 and "done 3" in other.output and "of 3" in other.output
+    assert "not reading outputs back as inputs: skipped out" in other.output
+    same = _run_cli(str(photos), "-o", str(photos))  # -o equal to the input folder
+    assert same.exit_code == 1 and "no images found" in same.output
+    assert not (photos / ".fpncli-output").exists()
+    # an output folder of an older version (no marker) is recognised by its manifests
+    (photos / "out" / ".fpncli-output").unlink()
+    legacy = _run_cli(str(photos), "-o", str(tmp_path / "third"))
+    assert legacy.exit_code == 0 and "of 3" in legacy.output, legacy.output
+
+
+# 10. show stays inside the extraction folder ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def extraction(tmp_path_factory, model):
+    root = tmp_path_factory.mktemp("show")
+    jobs = [Job(_image(root / f"{n}.png", value=i), root / "out" / n) for i, n in enumerate("ab")]
+    assert run_jobs(jobs, model, RunOptions(output=SMALL)).done == 2
+    return root / "out"
+
+
+def _forge(folder: Path, edit) -> Path:
+    import shutil
+
+    copy = folder.parent / f"forged_{len(list(folder.parent.iterdir()))}"
+    shutil.copytree(folder, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["levels"]["p2"].update(file="../../../../etc/passwd"), "outside the folder"),
+        (lambda m: m["levels"]["p2"].update(file="/etc/passwd"), "outside the folder"),
+        (lambda m: m.update(levels=["p2"]), "'levels' is a list"),
+        (lambda m: m.pop("levels"), "'levels' is missing"),
+        (lambda m: m.pop("preprocess"), "is malformed"),
+    ],
+)
+def test_show_refuses_forged_or_malformed_manifests(extraction, tmp_path, edit, message):
+    from fpncli.viz.show import show
+
+    forged = _forge(extraction / "a", edit)
+    with pytest.raises(ValueError, match=message):
+        show(str(forged), save=str(tmp_path / "x.png"))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_show_refuses_another_images_tensor_and_a_fifo(extraction, tmp_path):
+    from fpncli.viz.show import show
+
+    other = str((extraction / "b" / "p2.npy").resolve())
+    forged = _forge(extraction / "a", lambda m: m["levels"]["p2"].update(file=other))
+    with pytest.raises(ValueError, match="outside the folder"):
+        show(str(forged), save=str(tmp_path / "x.png"))
+    piped = _forge(extraction / "a", lambda m: None)
+    (piped / "p2.npy").unlink()
+    os.mkfifo(piped / "p2.npy")
+    with pytest.raises(ValueError, match="not a regular file"):
+        show(str(piped), save=str(tmp_path / "x.png"))
+
+
+# 11. NaN in the manifest; names that would forge report lines -----------------------------
+
+
+def test_nan_features_give_valid_json_with_null_and_a_count(tmp_path, model, monkeypatch):
+    real = pipeline.run_backbone
+
+    def poisoned(model, batch, precision):
+        features = {k: v.clone() for k, v in real(model, batch, precision=precision).items()}
+        features["p3"][0, 0, 0, 0] = float("nan")
+        features["p3"][0, 1, 0, 0] = float("inf")
+        features["p4"][:] = float("nan")
+        return features
+
+    monkeypatch.setattr(pipeline, "run_backbone", poisoned)
+    job = Job(_image(tmp_path / "a.png"), tmp_path / "out" / "a")
+    assert run_jobs([job], model, RunOptions(output=SMALL)).done == 1
+    text = (job.folder / "manifest.json").read_text()
+    manifest = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    p3, p4 = manifest["levels"]["p3"], manifest["levels"]["p4"]
+    assert p3["nonfinite"] == 2 and np.isfinite([p3["min"], p3["max"], p3["mean"]]).all()
+    assert p4["nonfinite"] == p4["valid_height"] * p4["valid_width"] * 256
+    assert (p4["min"], p4["max"], p4["mean"]) == (None, None, None)
+    assert manifest["levels"]["p2"]["nonfinite"] == 0
+
+
+def test_a_newline_in_a_name_does_not_forge_a_report_line(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "x.jpg\nfailed: forged.jpg: evil.jpg").write_bytes(b"not an image")
+    result = _run_cli(str(src), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("failed:")]
+    assert len(lines) == 1 and "\\nfailed: forged.jpg" in lines[0], result.output
+
+
+# 12. show --save creates only the file ----------------------------------------------------
+
+
+def test_show_save_into_a_missing_folder_creates_nothing(extraction, tmp_path):
+    from fpncli.viz.show import show
+
+    target = tmp_path / "nonexistent" / "x.png"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        show(str(extraction / "a"), save=str(target))
+    assert not target.parent.exists()
+    saved = show(str(extraction / "a"), save=str(tmp_path / "x.png")).saved
+    assert saved == tmp_path / "x.png" and saved.stat().st_size > 0

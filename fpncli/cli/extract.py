@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..io.guard import quote_name
 from .common import (
     CLIP_HELP,
     DEFAULT_WEIGHTS,
@@ -105,6 +106,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     """Extract P2-P6 for images, folders (recursive) and globs into OUT/<image>/."""
     if not inputs and from_list is None:
         raise click.UsageError("give at least one image, folder or glob (or --from-list)")
+    from ..io.guard import mark_output_root
     from ..io.outputs import OutputOptions
     from ..io.preprocess import DEFAULT_MAX_PIXELS
     from ..run.pipeline import (
@@ -133,9 +135,13 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         raise click.ClickException(f"cannot create output folder {out}: {e.strerror}") from None
     if not os.access(out, os.W_OK):
         raise click.ClickException(f"output folder {out} is not writable")
-    pairs = discover_inputs(inputs, from_list, exclude=out)
+    passed_over: set[Path] = set()
+    pairs = discover_inputs(inputs, from_list, exclude=out, skipped=passed_over)
+    if passed_over:
+        click.echo(_skipped_note(passed_over), err=True)
     if not pairs:
         raise click.ClickException("no images found in the given inputs")
+    mark_output_root(out)
     jobs = plan_jobs(pairs, Path(out_dir))
     shard_spec = _parse_shard(shard) or shard_from_env()
     if shard_spec is not None:
@@ -211,9 +217,15 @@ def _write_run_log(summary, out: Path, weights: str, precision: str) -> None:
     })  # fmt: skip
 
 
+def _skipped_note(roots: set[Path]) -> str:
+    shown = sorted(quote_name(os.path.relpath(r)) for r in roots)
+    more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+    return f"note: not reading outputs back as inputs: skipped {', '.join(shown[:5])}{more}"
+
+
 def _report(summary, out_dir: Path, total: int) -> None:
-    for path, reason in summary.failed:
-        click.echo(f"failed: {path}: {reason}", err=True)
+    for path, reason in summary.failed:  # quoted: a newline in a name must not forge a line
+        click.echo(f"failed: {quote_name(str(path))}: {quote_name(reason)}", err=True)
     if summary.aborted:
         click.echo(f"stopped early: {summary.aborted}", err=True)
     if total == 1 and summary.done == 1:

@@ -13,14 +13,24 @@ Numpy and Pillow only (no torch), so it is cheap to call from a notebook, a repo
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .guard import open_regular
 from .outputs import MANIFEST, read_manifest
 
-__all__ = ["LoadedExtraction", "load_extraction", "find_extractions"]
+__all__ = [
+    "LoadedExtraction",
+    "load_extraction",
+    "find_extractions",
+    "read_npy",
+    "level_file",
+    "manifest_levels",
+]
 
 
 @dataclass
@@ -77,15 +87,66 @@ class LoadedExtraction:
         return self._image
 
 
+def manifest_levels(folder: Path, manifest: dict) -> dict:
+    """The manifest's ``levels`` mapping; ValueError (one line) when it is missing or malformed."""
+    levels = manifest.get("levels")
+    if not isinstance(levels, dict):
+        found = "missing" if levels is None else f"a {type(levels).__name__}, not a mapping"
+        raise ValueError(f"{folder}/{MANIFEST} is malformed: 'levels' is {found}; re-extract")
+    return levels
+
+
+def level_file(folder: Path, name: str, meta: dict) -> Path | None:
+    """The file a manifest level names, resolved, which must lie inside ``folder``."""
+    return _level_file(folder, name, meta)
+
+
 def _level_file(folder: Path, name: str, meta: dict) -> Path | None:
+    if not isinstance(meta, dict):
+        raise ValueError(f"{folder}/{MANIFEST} is malformed: level {name!r} is not a mapping")
     file = meta.get("file")
     if not file:
         return None
+    if not isinstance(file, str):
+        raise ValueError(f"{folder}/{MANIFEST} is malformed: {name} file is not a name")
     path = (folder / file).resolve()
     root = folder.resolve()
     if root != path and root not in path.parents:
         raise ValueError(f"{folder}/{MANIFEST}: {name} file {file!r} lies outside the folder")
     return path
+
+
+def read_npy(path: str | Path, *, mmap: bool = False) -> np.ndarray:
+    """Read a ``.npy`` file safely: a regular file only (never blocks on a FIFO), no pickled
+    objects, and a header whose declared size the file really holds (a forged header claiming
+    ``(1, 256, 10**6, 10**6)`` is refused before anything is allocated).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file, not a ``.npy``, or a header the file does not back.
+    """
+    with open_regular(path, ".npy file") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except (ValueError, OSError, SyntaxError, TypeError) as e:
+            raise ValueError(f"{path}: not a readable .npy file ({e})") from None
+        if dtype.hasobject:
+            raise ValueError(f"{path}: holds Python objects, not numbers: refused")
+        declared = math.prod(shape) * dtype.itemsize
+        held = os.fstat(f.fileno()).st_size - f.tell()
+        if declared > held:
+            raise ValueError(
+                f"{path}: its header declares a {shape} {dtype} array ({declared / 1e9:.3g} GB) "
+                f"but the file holds {held} bytes of data: truncated or forged"
+            )
+        if not mmap:
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def load_extraction(path: str | Path, *, mmap: bool = True) -> LoadedExtraction:
@@ -111,10 +172,10 @@ def load_extraction(path: str | Path, *, mmap: bool = True) -> LoadedExtraction:
             f"{folder} holds no complete extraction ({MANIFEST} missing or incomplete){hint}"
         )
     levels = {}
-    for name, meta in manifest.get("levels", {}).items():
+    for name, meta in manifest_levels(folder, manifest).items():
         file = _level_file(folder, name, meta)
         if file is not None and file.is_file():
-            levels[name] = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+            levels[name] = read_npy(file, mmap=mmap)
     return LoadedExtraction(folder, manifest, levels)
 
 

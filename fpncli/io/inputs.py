@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .guard import OUTPUT_MARKER, marked_root, open_regular
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Job",
@@ -37,16 +39,68 @@ class Job:
     folder: Path
 
 
-def _walk_images(folder: Path, exclude: Path | None) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        if exclude is not None:  # never read our own outputs back as inputs
-            dirnames[:] = [d for d in dirnames if Path(dirpath, d).resolve() != exclude]
-        dirnames.sort()
-        for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
-                found.append(Path(dirpath) / name)
-    return found
+def _is_image_folder(folder: Path, filenames: list[str]) -> bool:
+    """Whether ``folder`` is one image's output folder (an fpncli manifest.json), marker or not."""
+    if "manifest.json" not in filenames:
+        return False
+    try:
+        with open_regular(folder / "manifest.json") as f:
+            return b'"fpncli_version"' in f.read(4096)
+    except (OSError, ValueError):
+        return False
+
+
+class _OutputFilter:
+    """Tells files under an output root (marked, an old image folder, or the current ``-o``)."""
+
+    def __init__(self, exclude: Path | None, skipped: set[Path] | None) -> None:
+        self.exclude = Path(os.path.realpath(exclude)) if exclude is not None else None
+        self.skipped = skipped if skipped is not None else set()
+        self.cache: dict[Path, Path | None] = {}
+        self.folders: dict[Path, bool] = {}
+
+    def root_of(self, path: Path) -> Path | None:
+        """The output root ``path`` lies in (recorded as skipped), or None."""
+        real = Path(os.path.realpath(path))
+        root = None
+        if self.exclude is not None and (real == self.exclude or self.exclude in real.parents):
+            root = self.exclude
+        else:
+            root = marked_root(real, cache=self.cache)
+        if root is None and self._image_folder(real.parent):
+            root = real.parent
+        if root is not None:
+            self.skipped.add(root)
+        return root
+
+    def _image_folder(self, folder: Path) -> bool:
+        if folder not in self.folders:
+            self.folders[folder] = (folder / "manifest.json").is_file() and _is_image_folder(
+                folder, ["manifest.json"]
+            )
+        return self.folders[folder]
+
+    def walk(self, folder: Path) -> list[Path]:
+        if self.root_of(folder) is not None:
+            return []
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder):
+            kept = []
+            for d in sorted(dirnames):  # never read outputs back as inputs
+                sub = Path(dirpath, d)
+                real = Path(os.path.realpath(sub))
+                if real == self.exclude or (sub / OUTPUT_MARKER).is_file():
+                    self.skipped.add(real)
+                else:
+                    kept.append(d)
+            dirnames[:] = kept
+            if _is_image_folder(Path(dirpath), filenames):
+                self.skipped.add(Path(os.path.realpath(dirpath)))
+                continue
+            for name in sorted(filenames):
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+                    found.append(Path(dirpath) / name)
+        return found
 
 
 def _glob_base(pattern: str) -> Path:
@@ -63,26 +117,32 @@ def discover_inputs(
     from_list: Iterable[str] | None = None,
     *,
     exclude: Path | None = None,
+    skipped: set[Path] | None = None,
 ) -> list[tuple[Path, Path]]:
     """Expand files, folders (recursively), globs and list entries into ``(image, root)`` pairs.
 
     The order is deterministic: arguments in the order given, each folder walked in sorted order;
-    an image met twice is kept once; folders are walked without entering ``exclude`` (the
-    output folder, when it lies inside an input folder). ``root`` is what the output tree
+    an image met twice is kept once. Outputs are never taken as inputs, however they are named:
+    nothing under ``exclude`` (this run's output folder), under a folder holding the output
+    marker (``guard.OUTPUT_MARKER``), or in a folder holding an fpncli ``manifest.json``; the
+    output roots so passed over are added to ``skipped``. Special files (FIFOs, devices,
+    symlink loops) named explicitly are kept, to be reported when loaded. ``root`` is what the
+    output tree
     mirrors: the folder for a folder input, the glob's fixed prefix for a glob, the parent for
     a file, and the common folder of all entries for a list.
 
     Raises:
         FileNotFoundError: an argument that is neither a file, a folder nor a matching glob.
     """
-    exclude = exclude.resolve() if exclude is not None else None
+    outputs = _OutputFilter(exclude, skipped)
     pairs: list[tuple[Path, Path]] = []
     for raw in inputs:
         path = Path(raw).expanduser()
         if path.is_dir():
-            pairs += [(p, path) for p in _walk_images(path, exclude)]
-        elif path.is_file():
-            pairs.append((path, path.parent))
+            pairs += [(p, path) for p in outputs.walk(path)]
+        elif path.exists() or path.is_symlink():  # a file, a special file or a symlink loop
+            if outputs.root_of(path) is None:
+                pairs.append((path, path.parent))
         elif glob.has_magic(raw):
             base = _glob_base(raw)
             matches = sorted(glob.glob(raw, recursive=True))
@@ -90,21 +150,22 @@ def discover_inputs(
                 raise FileNotFoundError(f"no file matches {raw}")
             for match in map(Path, matches):
                 if match.is_dir():
-                    pairs += [(p, base) for p in _walk_images(match, exclude)]
-                elif match.suffix.lower() in IMAGE_EXTENSIONS:
+                    pairs += [(p, base) for p in outputs.walk(match)]
+                elif match.suffix.lower() in IMAGE_EXTENSIONS and outputs.root_of(match) is None:
                     pairs.append((match, base))
         else:
             raise FileNotFoundError(f"no such file or folder: {raw}")
     if from_list is not None:
         entries = [Path(line.strip()) for line in from_list if line.strip()]
         entries = [e for e in entries if not str(e).startswith("#")]
+        entries = [e for e in entries if outputs.root_of(e) is None]
         if entries:
             root = Path(os.path.commonpath([str(e.absolute().parent) for e in entries]))
             pairs += [(e, root) for e in entries]
     seen = set()
     unique = []
     for image, root in pairs:
-        key = os.path.abspath(image)
+        key = os.path.realpath(image)
         if key not in seen:
             seen.add(key)
             unique.append((image, root))

@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import __version__
 from ..model.fpn import LEVEL_STRIDES, LEVELS
-from .guard import folder_lock, is_disk_full, pid_alive
+from .guard import folder_lock, is_disk_full, open_regular, pid_alive
 from .preprocess import LoadedImage, Prepared
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 _TMP_MARK = ".fpncli-tmp"
+_MAX_MANIFEST_BYTES = 16 << 20
 _RUN_TOKEN = secrets.token_hex(4)  # tells this run's temporaries from an earlier one's (pid reuse)
 _TMP_PID = re.compile(re.escape(_TMP_MARK) + r"\.?(\d+)")
 _OUTPUT_NAME = re.compile(r"^(p[2-6]\.npy|p[2-6]\.png|p[2-6]_overlay\.png|overview\.png)$")
@@ -112,7 +113,8 @@ def atomic_write_bytes(path: Path, data: bytes | np.ndarray) -> int:
 def read_manifest(folder: Path) -> dict | None:
     """The folder's manifest if it is a complete one, else None."""
     try:
-        manifest = json.loads((Path(folder) / MANIFEST).read_text())
+        with open_regular(Path(folder) / MANIFEST) as f:  # never blocks on a FIFO
+            manifest = json.loads(f.read(_MAX_MANIFEST_BYTES + 1)[:_MAX_MANIFEST_BYTES])
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) and manifest.get("complete") else None

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..weights.registry import InputFormat
+from .guard import open_regular
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -31,6 +32,7 @@ __all__ = [
     "rgb_to_bgr",
     "to_color_order",
     "resized_shape",
+    "check_resized_size",
     "resize_shortest_edge",
     "normalize_and_pad",
     "prepare",
@@ -100,18 +102,19 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     multi-frame file the first frame is used. The size is checked from the header before any
     pixel is decoded, so decompression bombs are refused without allocating them.
 
+    Only a regular file is opened: a FIFO, device, socket or symlink loop is refused.
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not an image, truncated, unsupported, or over ``max_pixels``.
+        ValueError: not an image, truncated, unsupported, over ``max_pixels``, or not a regular
+            file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {path}")
     notes: list[str] = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with open_regular(path, "image file") as f, Image.open(f) as im:
                 width, height = im.size
                 if width * height > max_pixels:
                     raise ValueError(
@@ -130,8 +133,14 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         raise ValueError(f"{path}: refused as a decompression bomb ({e})") from None
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not an image Pillow can read") from None
+    except (FileNotFoundError, ValueError):
+        raise
+    except MemoryError:
+        raise ValueError(f"{path}: out of memory while decoding it") from None
     except (OSError, SyntaxError, EOFError) as e:
         raise ValueError(f"{path}: unreadable image ({e})") from None
+    except Exception as e:  # a malformed file can make a decoder raise anything
+        raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ValueError(f"{path}: decoded to an unusable array of shape {rgb.shape}")
     return LoadedImage(
@@ -169,6 +178,20 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tupl
         scale = max_size * 1.0 / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
     return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def check_resized_size(height: int, width: int, min_size: int, max_size: int, resize: bool,
+                       max_pixels: int | None) -> None:  # fmt: skip
+    """Refuse (ValueError) an image whose resized, padded size would exceed ``max_pixels``."""
+    if max_pixels is None:
+        return
+    new_h, new_w = resized_shape(height, width, min_size, max_size) if resize else (height, width)
+    padded = math.ceil(new_h / 32) * 32 * math.ceil(new_w / 32) * 32
+    if padded > max_pixels:
+        raise ValueError(
+            f"resized to {new_w}x{new_h} it would be {padded / 1e6:.0f} MP, over the "
+            f"{max_pixels / 1e6:.0f} MP limit: lower --min-size/--max-size or raise --max-pixels"
+        )
 
 
 def resize_shortest_edge(
@@ -240,13 +263,18 @@ def prepare(
     min_size: int = 800,
     max_size: int = 1333,
     resize: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Prepared:
-    """Run steps 2-4 on an RGB uint8 ``(H, W, 3)`` image (see the module docstring)."""
+    """Run steps 2-4 on an RGB uint8 ``(H, W, 3)`` image (see the module docstring).
+
+    A resized size over ``max_pixels`` is refused (ValueError) before anything is allocated.
+    """
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.dtype} {rgb.shape}")
     if resize and (min_size <= 0 or max_size < min_size):
         raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
     height, width = rgb.shape[:2]
+    check_resized_size(height, width, min_size, max_size, resize, max_pixels)
     image = to_color_order(rgb, input_format.color_order)
     if resize:
         image = resize_shortest_edge(image, min_size, max_size)

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..api import check_precision, run_backbone
-from ..io.guard import is_disk_full
+from ..io.guard import is_disk_full, open_regular
 from ..io.inputs import (
     IMAGE_EXTENSIONS,
     Job,
@@ -83,12 +84,10 @@ def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32
     step = max(1, len(jobs) // sample)
     sizes = []
     for job in jobs[::step][:sample]:
-        try:
-            from PIL import Image
-
-            with Image.open(job.path) as im:
+        try:  # a header read; whatever goes wrong here is reported when the image is loaded
+            with open_regular(job.path) as f, Image.open(f) as im:
                 width, height = im.size
-        except (OSError, ValueError):
+        except Exception:
             continue
         if options.resize:
             height, width = resized_shape(height, width, options.min_size, options.max_size)
@@ -184,8 +183,9 @@ def _decode(job: Job, options: RunOptions, input_format) -> _Item:
     image = load_image(job.path, max_pixels=options.max_pixels)
     out = options.output
     prepared = prepare(
-        image.rgb, input_format, min_size=out.min_size, max_size=out.max_size, resize=out.resize
-    )
+        image.rgb, input_format, min_size=out.min_size, max_size=out.max_size, resize=out.resize,
+        max_pixels=options.max_pixels,
+    )  # fmt: skip
     return _Item(job, image, prepared)
 
 

@@ -71,8 +71,9 @@ def _latest() -> Path:
 def _load_input(manifest: dict) -> np.ndarray | None:
     from ..io.preprocess import load_image
 
-    path = manifest.get("input", {}).get("path")
-    if not path or not Path(path).is_file():
+    info = manifest.get("input")
+    path = info.get("path") if isinstance(info, dict) else None
+    if not isinstance(path, str) or not path or not Path(path).is_file():
         return None
     return load_image(path).rgb
 
@@ -83,27 +84,33 @@ def _from_folder(folder: Path, levels: list[str]) -> _Source:
         raise FileNotFoundError(
             f"{folder} holds no complete extraction ({MANIFEST} missing): run fpncli extract again"
         )
+    from ..io.extraction import level_file, manifest_levels, read_npy
+
     features = {}
+    saved_levels = manifest_levels(folder, manifest)
     for name in levels:
-        meta = manifest["levels"].get(name)
+        meta = saved_levels.get(name)
         if meta is None:
-            saved = ", ".join(manifest["levels"])
+            saved = ", ".join(map(str, saved_levels))
             raise ValueError(f"{folder} has no {name} (it has {saved}); extract it with --levels")
-        if not meta.get("file"):
+        file = level_file(folder, name, meta)  # must lie inside the folder
+        if file is None:
             raise ValueError(
                 f"{folder} was extracted with --no-npy: its {name} tensor was not saved, only "
                 f"{meta.get('heatmap') or 'no heatmap'}; re-extract without --no-npy to show it"
             )
-        features[name] = np.load(folder / meta["file"])
-    pre = manifest["preprocess"]
+        features[name] = read_npy(file)
+    try:
+        pre = manifest["preprocess"]
+        resized = (int(pre["resized_height"]), int(pre["resized_width"]))
+        scale = (float(pre["scale_y"]), float(pre["scale_x"]))
+        random = bool(manifest.get("weights", {}).get("random"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(
+            f"{folder}/{MANIFEST} is malformed ({type(e).__name__}: {e}); re-extract"
+        ) from None
     return _Source(
-        features,
-        _load_input(manifest),
-        (pre["resized_height"], pre["resized_width"]),
-        (pre["scale_y"], pre["scale_x"]),
-        bool(manifest.get("weights", {}).get("random")),
-        folder.name,
-        folder / "show",
+        features, _load_input(manifest), resized, scale, random, folder.name, folder / "show"
     )
 
 
@@ -134,11 +141,13 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str) -
         return _from_folder(path, levels)
     if path.suffix == ".npy":
         level = path.stem if path.stem in LEVELS else levels[0]
+        from ..io.extraction import read_npy
+
         if (path.parent / MANIFEST).is_file() and path.stem in LEVELS:
             source = _from_folder(path.parent, levels if len(levels) > 1 else [level])
-            source.features[level] = np.load(path)
+            source.features[level] = read_npy(path)
             return source
-        array = np.load(path, allow_pickle=False)
+        array = read_npy(path)
         return _Source({level: array}, None, None, None, False, path.stem, path.parent / "show")
     return _from_image(path, weights, device)
 
@@ -265,7 +274,10 @@ def show(
         say("no interactive matplotlib backend: writing a PNG instead")
     suffix = "_overlay" if overlay else ""
     out = Path(save) if save is not None else Path(f"{source.default_prefix}_{level}{suffix}.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.parent.is_dir():  # create the file only, never folders the user did not ask for
+        raise FileNotFoundError(
+            f"cannot save {out}: the folder {out.parent} does not exist (create it first)"
+        )
     atomic_write_bytes(out, encode_png(picture))
     result.saved = out
     say(f"saved {out}")

@@ -17,7 +17,10 @@ Supported layouts, all mapped onto Detectron2's own names (``bottom_up.res2.0.co
 
 from __future__ import annotations
 
+import functools
 import importlib
+import math
+import os
 import pickle
 import re
 import zipfile
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io.guard import check_regular_file, open_regular
 from ..model.resnet import BLOCKS_PER_STAGE
 from .registry import DETECTRON2_INPUT, DETECTRON2_X101_INPUT, TORCHVISION_INPUT, InputFormat
 
@@ -43,6 +47,10 @@ __all__ = [
 ]
 
 FPNCLI_FORMAT_VERSION = 1
+#: No Detectron2 or torchvision detector checkpoint (heads and optimizer state included) is
+#: anywhere near this; a larger declared size is refused before anything is read.
+MAX_CHECKPOINT_BYTES = 4 << 30
+_LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a pre-zip torch.save file
 
 
 class UnsafeCheckpointError(ValueError):
@@ -65,6 +73,10 @@ _SAFE_GLOBALS = {
 
 
 class _SafeUnpickler(pickle.Unpickler):
+    def __init__(self, file, *, max_bytes: int, **kwargs) -> None:
+        super().__init__(file, **kwargs)
+        self.max_bytes = max_bytes  # no array may hold more than the file itself
+
     def find_class(self, module: str, name: str):
         if (module, name) not in _SAFE_GLOBALS:
             raise UnsafeCheckpointError(
@@ -73,7 +85,19 @@ class _SafeUnpickler(pickle.Unpickler):
             )
         if module.startswith("numpy.core") and hasattr(np, "_core"):
             module = "numpy._core" + module[len("numpy.core") :]  # numpy 2 moved numpy.core
-        return getattr(importlib.import_module(module), name)
+        found = getattr(importlib.import_module(module), name)
+        if name == "_reconstruct":
+            return functools.partial(_reconstruct_checked, found, self.max_bytes)
+        return found
+
+
+def _reconstruct_checked(reconstruct, max_bytes: int, subtype, shape, dtype):
+    """``numpy.core.multiarray._reconstruct`` refusing a shape the file cannot hold: a pickled
+    array's data comes from the file, so it allocates ``shape`` before reading any of it."""
+    dims = shape if isinstance(shape, tuple) else (shape,)
+    if not all(isinstance(d, int) and d >= 0 for d in dims) or math.prod(dims) > max_bytes:
+        raise ValueError(f"an array declared with shape {shape} is larger than the file")
+    return reconstruct(subtype, shape, dtype)
 
     def persistent_load(self, pid):
         raise UnsafeCheckpointError("refusing a pickle with persistent ids: not a .pkl of arrays")
@@ -81,13 +105,23 @@ class _SafeUnpickler(pickle.Unpickler):
 
 def safe_unpickle(path: Path) -> object:
     """Unpickle ``path`` allowing only numpy arrays, scalars and plain containers."""
-    with open(path, "rb") as f:
+    with open_regular(path, "weights file") as f:
+        size = os.fstat(f.fileno()).st_size
         try:
-            return _SafeUnpickler(f, encoding="latin1").load()
+            obj = _SafeUnpickler(f, max_bytes=size, encoding="latin1").load()
         except UnsafeCheckpointError:
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        except MemoryError:
+            raise ValueError(f"{path}: declares more data than fits in memory: refused") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+                IndexError, KeyError, OverflowError) as e:  # fmt: skip
             raise ValueError(f"{path}: not a readable .pkl checkpoint ({e})") from None
+    if type(obj) is int and obj == _LEGACY_TORCH_MAGIC:
+        raise ValueError(
+            f"{path}: unsupported format: a legacy (non-zip, before torch 1.6) torch.save file; "
+            "re-save it with a current torch (torch.save(torch.load(f, weights_only=True), f))"
+        )
+    return obj
 
 
 @dataclass(frozen=True)
@@ -111,6 +145,24 @@ class Checkpoint:
 
 def _is_zip(path: Path) -> bool:
     return zipfile.is_zipfile(path)
+
+
+def check_zip_sizes(path: Path) -> None:
+    """Refuse a zip ``.pth`` whose members declare more than a backbone checkpoint can hold, or
+    far more than the file's own size (``torch.save`` stores tensors uncompressed, so a zip bomb
+    of deflated zeros shows up in its declared sizes before ``torch.load`` inflates it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .pth checkpoint ({e})") from None
+    size = path.stat().st_size
+    if declared > MAX_CHECKPOINT_BYTES or declared > 4 * size + (1 << 20):
+        raise ValueError(
+            f"{path}: refused: its zip members declare {declared / 1e9:.2f} GB uncompressed in a "
+            f"{size / 1e6:.1f} MB file (a zip bomb?); a backbone checkpoint stores its tensors "
+            "uncompressed"
+        )
 
 
 def _torch_load(path: Path) -> object:
@@ -233,9 +285,14 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         ValueError: not a supported checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
-    obj = _torch_load(path) if _is_zip(path) else safe_unpickle(path)
+    check_regular_file(path, "weights file")
+    if _is_zip(path):
+        check_zip_sizes(path)
+        obj = _torch_load(path)
+    else:
+        obj = safe_unpickle(path)
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict, found {type(obj).__name__}")
     if obj.get("fpncli_format") is not None:
