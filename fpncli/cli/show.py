@@ -28,13 +28,17 @@ from .common import CLIP_HELP, DEFAULT_WEIGHTS, _clip_callback, _friendly
     help="For an image TARGET, extracted on the fly.",
 )
 @click.option("--device", default="auto", show_default=True)
+@click.option("--top", type=int, default=None,
+              help="A grid of the K channels with the largest mean activation.")  # fmt: skip
+@click.option("--channels", default=None, help="A grid of these channels, e.g. 0,5,17.")
 @_friendly
-def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, device) -> None:
+def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, device, top,
+         channels) -> None:  # fmt: skip
     """Show a level of an extraction (TARGET: folder, .npy or image; default: the latest)."""
     from ..viz.show import show as show_target
 
     show_target(
         target, level=level.lower() if level else None, channel=channel, reduce=reduce,
         cmap=cmap, clip=clip, overlay=overlay, save=save, weights=weights, device=device,
-        notify=click.echo,
+        notify=click.echo, top=top, channels=channels,
     )  # fmt: skip

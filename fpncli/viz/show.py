@@ -196,6 +196,31 @@ def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str
     return heatmap_image(maps[level], cmap=cmap, label=label, vrange=ranges[level], note=note)
 
 
+def _channels_picture(source: _Source, level: str, top: int | None,
+                      channels: str | list[int] | None, cmap: str,
+                      clip: tuple[float, float]) -> np.ndarray:  # fmt: skip
+    """A grid of the level's top-``top`` channels by mean (or the listed ones), valid region,
+    one colour range (the ``clip`` percentiles of the shown channels) for all tiles."""
+    from .channels import channel_grid, parse_channels, top_channels
+
+    feature = source.features[level]
+    feature = feature[0] if feature.ndim == 4 else feature
+    if source.resized is not None:
+        valid_h, valid_w = valid_size(*source.resized, STRIDES[level])
+        feature = feature[:, :valid_h, :valid_w]
+    if top is not None:
+        picked = top_channels(feature, top)
+        how = f"top {len(picked)} channels by mean activation"
+    else:
+        text = channels if isinstance(channels, str) else ",".join(str(c) for c in channels)
+        picked = parse_channels(text, feature.shape[0])
+        how = f"channels {','.join(str(c) for c in picked)}"
+    vrange = value_range(np.stack([feature[c] for c in picked]), clip)
+    title = f"{source.name}  {level}  stride {STRIDES[level]}  {how}"
+    note = RANDOM_NOTE if source.random else ""
+    return channel_grid(feature, picked, title=title, note=note, cmap=cmap, vrange=vrange)
+
+
 def _display_available() -> bool:
     if sys.platform in ("darwin", "win32"):
         return True
@@ -232,13 +257,16 @@ def show(
     weights: str = "faster_rcnn_R_50_FPN_3x",
     device: str = "auto",
     notify: Callable[[str], None] | None = None,
+    top: int | None = None,
+    channels: str | list[int] | None = None,
 ) -> ShowResult:
     """Draw one level (or ``all``) of an extraction; open a window or write a PNG.
 
     ``level`` None means p2, or the level of a ``.npy`` target. With no display (or with
     ``save``) the picture is written atomically as a PNG and ``ShowResult.saved`` says where.
     Messages are collected in ``ShowResult.messages`` and also passed to ``notify`` as soon as
-    they are known (before a window blocks).
+    they are known (before a window blocks). ``top`` K (or ``channels``, a list or "0,5,17")
+    draws a grid of that level's K channels with the largest mean (or the listed ones) instead.
 
     Raises:
         ValueError: an unknown level, a level that was not saved, a bad option.
@@ -249,12 +277,22 @@ def show(
         level = stem if target and target.endswith(".npy") and stem in LEVELS else "p2"
     if level != "all" and level not in LEVELS:
         raise ValueError(f"unknown level {level!r}: use one of {', '.join(LEVELS)} or all")
+    if top is not None or channels is not None:
+        if top is not None and channels is not None:
+            raise ValueError("--top and --channels both given: choose one")
+        if level == "all" or overlay:
+            raise ValueError("--top/--channels draw one level, without --overlay: pick --level")
     levels = list(LEVELS) if level == "all" else [level]
     source = _resolve(target, levels, weights, device)
     if level != "all" and level not in source.features:
         raise ValueError(f"this target holds {', '.join(source.features)}, not {level}")
-    picture = _render(source, level, reduce=reduce, channel=channel, cmap=cmap, overlay=overlay,
-                      clip=parse_clip(clip))  # fmt: skip
+    suffix = "_overlay" if overlay else ""
+    if top is not None or channels is not None:
+        picture = _channels_picture(source, level, top, channels, cmap, parse_clip(clip))
+        suffix = f"_top{top}" if top is not None else "_channels"
+    else:
+        picture = _render(source, level, reduce=reduce, channel=channel, cmap=cmap,
+                          overlay=overlay, clip=parse_clip(clip))  # fmt: skip
     result = ShowResult()
 
     def say(message: str) -> None:
@@ -272,7 +310,6 @@ def show(
         if result.displayed:
             return result
         say("no interactive matplotlib backend: writing a PNG instead")
-    suffix = "_overlay" if overlay else ""
     out = Path(save) if save is not None else Path(f"{source.default_prefix}_{level}{suffix}.png")
     if not out.parent.is_dir():  # create the file only, never folders the user did not ask for
         raise FileNotFoundError(

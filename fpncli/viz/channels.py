@@ -1,0 +1,104 @@
+"""Many channels of one level at once: ``fpncli show TARGET --top K`` or ``--channels 0,5,17``.
+
+numpy and OpenCV only. All tiles share one colour range (the minimum and maximum over the shown
+channels), so two tiles with the same colour have the same value; the range is on the colour bar.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from .visualize import colorize
+
+__all__ = ["top_channels", "parse_channels", "channel_grid"]
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def top_channels(feature: np.ndarray, k: int) -> list[int]:
+    """The ``k`` channels of a ``(C, h, w)`` / ``(1, C, h, w)`` map with the largest mean, largest
+    first (ties: the lower channel first)."""
+    array = feature[0] if feature.ndim == 4 else feature
+    if k < 1:
+        raise ValueError(f"--top needs K >= 1, got {k}")
+    means = np.asarray(array, dtype=np.float32).mean(axis=(1, 2), dtype=np.float64)
+    order = np.lexsort((np.arange(means.size), -means))
+    return [int(c) for c in order[: min(k, means.size)]]
+
+
+def parse_channels(text: str, channels: int) -> list[int]:
+    """``"0,5,17"`` -> ``[0, 5, 17]``, each checked against the map's channel count."""
+    try:
+        picked = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--channels takes numbers separated by commas, got {text!r}") from None
+    if not picked:
+        raise ValueError("--channels: give at least one channel number")
+    bad = [c for c in picked if not 0 <= c < channels]
+    if bad:
+        raise ValueError(
+            f"channel(s) {bad} out of range: this map has {channels} (0..{channels - 1})"
+        )
+    return picked
+
+
+def _text(canvas, text, origin, scale=0.4, colour=(20, 20, 20), thickness=1) -> None:
+    cv2.putText(canvas, text, origin, _FONT, scale, colour, thickness, cv2.LINE_AA)
+
+
+def channel_grid(
+    feature: np.ndarray,
+    channels: list[int],
+    *,
+    title: str = "",
+    note: str = "",
+    cmap: str = "viridis",
+    tile_side: int = 128,
+    vrange: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """A grid of the listed channels of a ``(C, h, w)`` / ``(1, C, h, w)`` map (valid region),
+    each tile labelled with its channel number and mean, one colour range for all.
+
+    Returns ``(H, W, 3)`` uint8 RGB.
+    """
+    array = feature[0] if feature.ndim == 4 else feature
+    maps = np.stack([np.asarray(array[c], dtype=np.float32) for c in channels])
+    finite = maps[np.isfinite(maps)]
+    if vrange is None:
+        vrange = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    h, w = maps.shape[1:]
+    factor = max(1, math.ceil(tile_side / max(1, max(h, w))))
+    tile_h, tile_w = h * factor, w * factor
+    cols = max(1, math.ceil(math.sqrt(len(channels))))
+    rows = math.ceil(len(channels) / cols)
+    label_h, gap, margin = 18, 8, 10
+    header = (26 if title else 0) + (24 if note else 0) + 4
+    width = max(margin * 2 + cols * tile_w + (cols - 1) * gap, 360)
+    bar_top = header + rows * (label_h + tile_h + gap) + 4
+    canvas = np.full((bar_top + 12 + 26, width, 3), 255, np.uint8)
+    y = 0
+    if title:
+        y += 20
+        _text(canvas, title, (margin, y), 0.55)
+    if note:
+        y += 24
+        _text(canvas, note, (margin, y), 0.55, (192, 0, 0), 2)
+    for i, (channel, values) in enumerate(zip(channels, maps)):
+        r, c = divmod(i, cols)
+        x0 = margin + c * (tile_w + gap)
+        y0 = header + r * (label_h + tile_h + gap)
+        _text(canvas, f"ch {channel}  mean {values.mean():.3g}", (x0, y0 + 13), 0.38)
+        tile = colorize(values, cmap, *vrange)
+        tile = np.repeat(np.repeat(tile, factor, axis=0), factor, axis=1)
+        canvas[y0 + label_h : y0 + label_h + tile_h, x0 : x0 + tile_w] = tile
+    bar_w = width - 2 * margin
+    ramp = colorize(np.linspace(0.0, 1.0, bar_w)[None, :], cmap, 0.0, 1.0)
+    canvas[bar_top : bar_top + 12, margin : margin + bar_w] = ramp
+    _text(canvas, f"{vrange[0]:.4g}", (margin, bar_top + 28))
+    right = f"{vrange[1]:.4g}"
+    (text_w, _), _ = cv2.getTextSize(right, _FONT, 0.4, 1)
+    _text(canvas, right, (margin + bar_w - text_w, bar_top + 28))
+    return canvas
