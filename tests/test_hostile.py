@@ -453,6 +453,9 @@ def test_nan_features_give_valid_json_with_null_and_a_count(tmp_path, model, mon
     assert p4["nonfinite"] == p4["valid_height"] * p4["valid_width"] * 256
     assert (p4["min"], p4["max"], p4["mean"]) == (None, None, None)
     assert manifest["levels"]["p2"]["nonfinite"] == 0
+    from fpncli.viz.report import write_report
+
+    assert write_report(tmp_path / "out", workers=1).is_file()  # null statistics are read back
 
 
 def test_a_newline_in_a_name_does_not_forge_a_report_line(tmp_path):

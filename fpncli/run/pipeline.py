@@ -307,7 +307,7 @@ class _Runner:
     def disk_full(self) -> None:
         """Stop at the first full-disk write: one message, the image is not counted as failed."""
         if not self.abort.is_set():
-            log.warning("disk full: stopping")
+            log.info("disk full: stopping")
         self.disk_was_full = True
         self.abort.set()
 

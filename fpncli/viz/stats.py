@@ -98,11 +98,22 @@ def accumulate(
     (with the valid region's ``shape``) may be given instead of ``valid``.
     """
     count = int(np.prod(valid.shape if valid is not None else shape))
-    if meta is not None and all(k in meta for k in ("min", "max", "mean")):
+    numbers = (int, float)
+    if meta is not None and all(isinstance(meta.get(k), numbers) for k in ("min", "max", "mean")):
+        # the manifest's statistics are over the finite values only
         lo, hi, mean = float(meta["min"]), float(meta["max"]), float(meta["mean"])
-    else:
+        count -= int(meta.get("nonfinite") or 0)
+    elif valid is not None:
         data = np.asarray(valid, dtype=np.float32)
-        lo, hi, mean = float(data.min()), float(data.max()), float(data.mean(dtype=np.float64))
+        data = data[np.isfinite(data)]
+        count = int(data.size)
+        lo, hi, mean = (
+            (float(data.min()), float(data.max()), float(data.mean(dtype=np.float64)))
+            if count
+            else (math.inf, -math.inf, 0.0)
+        )
+    else:  # no finite value recorded and no data given
+        count, lo, hi, mean = 0, math.inf, -math.inf, 0.0
     stats.images += 1
     stats.values += count
     stats.min = min(stats.min, lo)
