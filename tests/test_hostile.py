@@ -480,3 +480,15 @@ def test_show_save_into_a_missing_folder_creates_nothing(extraction, tmp_path):
     assert not target.parent.exists()
     saved = show(str(extraction / "a"), save=str(tmp_path / "x.png")).saved
     assert saved == tmp_path / "x.png" and saved.stat().st_size > 0
+
+
+def test_device_workers_disk_full_line_counts_every_worker():
+    from fpncli.run.multi import _merge
+    from fpncli.run.pipeline import RunSummary, disk_full_message
+
+    a = RunSummary(total=10, done=4, skipped=1)
+    a.aborted = disk_full_message(a)
+    b = RunSummary(total=10, done=3)
+    assert _merge([a, b]).aborted == (
+        "disk full: 8 of 20 done, rerun the same command after freeing space"
+    )

@@ -21,6 +21,7 @@ from .pipeline import (
     RunOptions,
     RunSummary,
     check_disk_space,
+    disk_full_message,
     pending_jobs,
     run_jobs,
     weights_meta,
@@ -55,6 +56,8 @@ def _merge(parts: list[RunSummary]) -> RunSummary:
         merged.bytes_written += part.bytes_written
         merged.aborted = merged.aborted or part.aborted
         merged.last_folder = part.last_folder or merged.last_folder
+    if merged.aborted and merged.aborted.startswith("disk full"):
+        merged.aborted = disk_full_message(merged)  # counted over every worker
     return merged
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "Progress",
     "InsufficientDiskError",
     "check_disk_space",
+    "disk_full_message",
     "pending_jobs",
     "weights_meta",
     "discover_inputs",
@@ -315,6 +316,14 @@ class _Runner:
         self.writer.shutdown(wait=True)
 
 
+def disk_full_message(summary: RunSummary) -> str:
+    """The one line a run stopped by a full disk ends with."""
+    return (
+        f"disk full: {summary.done + summary.skipped} of {summary.total} done, rerun the same "
+        "command after freeing space"
+    )
+
+
 def pending_jobs(jobs: list[Job], options: RunOptions, weights: dict) -> list[Job]:
     """The jobs whose folder is not complete with the same input, weights and settings."""
     return [j for j in jobs if options.overwrite or not _complete(j, options, weights)]
@@ -395,10 +404,7 @@ def run_jobs(
         runner.close()
     summary.seconds = time.monotonic() - start
     if runner.disk_was_full:
-        summary.aborted = (
-            f"disk full: {summary.done + summary.skipped} of {summary.total} done, rerun the same "
-            "command after freeing space"
-        )
+        summary.aborted = disk_full_message(summary)
     if summary.last_folder is not None:
         record_latest(summary.last_folder)
     return summary
