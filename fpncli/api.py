@@ -10,16 +10,17 @@ torch.Size([1, 256, 200, 304])
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .io.preprocess import LoadedImage, Prepared, load_image, prepare
+from .io.preprocess import LoadedImage, Prepared, load_image, resize_for_model
 from .model.fpn import FPN, build_resnet_fpn_backbone
 from .model.layers import fold_frozen_batchnorm
+from .model.normalize import normalize_batch
 from .weights.checkpoint import load_state_dict_strict, random_state_dict, read_checkpoint
 from .weights.hub import recorded_sha256, resolve_weights, sha256_file
 from .weights.registry import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
@@ -30,7 +31,9 @@ __all__ = [
     "load_backbone",
     "resolve_device",
     "check_precision",
+    "fp32_strict",
     "autocast_context",
+    "model_input",
     "run_backbone",
     "extract",
     "extract_features",
@@ -97,13 +100,30 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
 
 
+@contextmanager
+def fp32_strict():
+    """True fp32 on CUDA for the duration: TF32 off for cuDNN convolutions and matmuls, and the
+    user's settings restored afterwards (the library never changes global torch state for
+    good)."""
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
+
+
 def autocast_context(device: torch.device, precision: str):
-    """Autocast for fp16/bf16; for fp32 on CUDA, TF32 is switched off so fp32 is true fp32."""
+    """Autocast for fp16/bf16; for fp32 on CUDA, TF32 is off (inside the context only), so fp32
+    is true fp32 as Detectron2's parity needs."""
     if precision == "fp32":
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-        return nullcontext()
+        return fp32_strict() if device.type == "cuda" else nullcontext()
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 
 
@@ -173,16 +193,38 @@ def run_backbone(
 ) -> dict[str, torch.Tensor]:
     """Run ``model`` on a ``(B, 3, H, W)`` float32 batch (already normalized and padded).
 
-    Returns the levels on the model's device, in float32 for fp32 and in the autocast dtype
-    otherwise.
+    Returns the levels on the model's device, in float32 for fp32 and in the autocast dtype (or
+    the model's own dtype, for a model converted to fp16/bf16) otherwise.
     """
-    device = next(model.parameters()).device
-    channels_last = next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    param = next(model.parameters())
+    device = param.device
+    channels_last = param.is_contiguous(memory_format=torch.channels_last)
     batch = batch.to(device, non_blocking=True)
+    if param.dtype != torch.float32:  # converted once to the run's precision: no autocast
+        batch = batch.to(param.dtype)
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast_context(device, precision):
+    context = nullcontext() if param.dtype != torch.float32 else autocast_context(device, precision)
+    with torch.inference_mode(), context:
         return model(batch)
+
+
+def model_input(
+    pixels: np.ndarray | list[np.ndarray], input_format: InputFormat, device: torch.device,
+    *, pad_to: tuple[int, int] | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Resized uint8 RGB ``(H, W, 3)`` image(s) -> the normalized, padded float32 batch on
+    ``device`` (colour order, normalization and padding run in torch, on the device)."""
+    images = [pixels] if isinstance(pixels, np.ndarray) else list(pixels)
+    sizes = [(int(p.shape[0]), int(p.shape[1])) for p in images]
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+    staged = np.zeros((len(images), height, width, 3), dtype=np.uint8)
+    for i, p in enumerate(images):
+        staged[i, : p.shape[0], : p.shape[1]] = p
+    return normalize_batch(
+        torch.from_numpy(staged).to(device), sizes, color_order=input_format.color_order,
+        pixel_mean=input_format.pixel_mean, pixel_std=input_format.pixel_std, pad_to=pad_to,
+    )  # fmt: skip
 
 
 @dataclass
@@ -212,8 +254,10 @@ def extract(
     elif isinstance(image, np.ndarray):
         image = LoadedImage(np.ascontiguousarray(image))
     input_format = model.weights_info.input if hasattr(model, "weights_info") else DETECTRON2_INPUT
-    prepared = prepare(image.rgb, input_format, min_size=min_size, max_size=max_size, resize=resize)
-    batch = torch.from_numpy(prepared.tensor)[None]
+    pixels, prepared = resize_for_model(
+        image.rgb, input_format, min_size=min_size, max_size=max_size, resize=resize
+    )
+    batch = model_input(pixels, input_format, next(model.parameters()).device)
     features = run_backbone(model, batch, precision=precision)
     features = {k: v.float().cpu().contiguous() for k, v in features.items()}
     return Extraction(features, image, prepared)

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from PIL import Image
 import fpncli
 from fpncli.io import outputs
 from fpncli.io.outputs import OutputOptions, is_complete
-from fpncli.run import pipeline
+from fpncli.run import pipeline, steps
 from fpncli.run.pipeline import (
     InsufficientDiskError,
     Job,
@@ -207,22 +208,112 @@ def test_killed_run_resumes_without_redoing(tmp_path):
     assert not list(out.rglob(".*fpncli-tmp*"))
 
 
-def test_cuda_out_of_memory_splits_the_batch(tmp_path, model, monkeypatch):
-    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
+def test_out_of_memory_retries_smaller_outside_except_and_remembers(tmp_path, model, monkeypatch):
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(6)]
+    paths.append(_image(tmp_path / "in" / "huge.png", size=(40, 48), value=9))  # portrait
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
-    real = pipeline.run_backbone
-    sizes = []
+    real = steps.run_backbone
+    calls = []
 
     def small_gpu(model, batch, precision):
-        sizes.append(batch.shape[0])
-        if batch.shape[0] > 1:
+        calls.append((batch.shape[0], sys.exc_info()[0]))
+        if batch.shape[0] > 1 or batch.shape[-2] > 64:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(model, batch, precision=precision)
 
-    monkeypatch.setattr(pipeline, "run_backbone", small_gpu)
-    summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=4))
-    assert summary.done == 4 and not summary.failed
-    assert sizes == [4, 2, 1, 1, 2, 1, 1]
+    monkeypatch.setattr(steps, "run_backbone", small_gpu)
+    summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=4, workers=1))
+    assert summary.done == 6 and summary.batch_size == 1
+    assert summary.failed == [(str(paths[-1]), ANY)]
+    assert "out of memory even for a batch of one" in summary.failed[0][1]
+    # 4 fails -> 2 fails -> 1, 1, then the batch size stays 1: no more tries at 2 or 4
+    assert [n for n, _ in calls] == [4, 2, 1, 1, 1, 1, 1, 1, 1]
+    assert all(exc is None for _, exc in calls)  # never retried inside an except block
+    assert not (tmp_path / "out" / "huge" / "manifest.json").exists()
+
+
+def test_a_model_error_fails_its_batch_and_the_run_goes_on(tmp_path, model, monkeypatch):
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    real = steps.run_backbone
+    count = []
+
+    def flaky(model, batch, precision):
+        count.append(1)
+        if len(count) == 1:
+            raise RuntimeError("cudaErrorIllegalAddress (simulated)")
+        return real(model, batch, precision=precision)
+
+    monkeypatch.setattr(steps, "run_backbone", flaky)
+    summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=2, workers=1))
+    assert summary.done == 2 and len(summary.failed) == 2
+    assert all("the model failed: RuntimeError" in reason for _, reason in summary.failed)
+
+
+def test_a_copy_back_error_fails_that_image_only(tmp_path, model, monkeypatch):
+    from fpncli.run.device import BatchResult
+
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(5)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    real = BatchResult.image
+
+    def broken(self, index):
+        if index == 1:
+            raise RuntimeError("CUDA error: an illegal memory access (simulated)")
+        return real(self, index)
+
+    monkeypatch.setattr(BatchResult, "image", broken)
+    summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=2, workers=1))
+    assert summary.done + len(summary.failed) == 5  # every image ends done or failed
+    assert sorted(Path(p).name for p, _ in summary.failed) == ["1.png", "3.png"]
+    assert all("copying back or writing" in reason for _, reason in summary.failed)
+    for name in ("1", "3"):
+        assert not (tmp_path / "out" / name / "manifest.json").exists()
+
+
+def test_padded_partial_batches_give_the_same_outputs(tmp_path, model):
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(3)]
+    out = {}
+    for pad in (False, True):
+        jobs = [Job(p, tmp_path / f"out{pad}" / p.stem) for p in paths]
+        options = RunOptions(output=SMALL, batch_size=4, pad_batches=pad)
+        assert run_jobs(jobs, model, options).done == 3
+        out[pad] = [np.load(tmp_path / f"out{pad}" / p.stem / "p3.npy") for p in paths]
+    for a, b in zip(out[False], out[True]):
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+
+
+def test_a_run_changes_no_global_torch_setting(tmp_path, model):
+    before = (
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision(),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    jobs = [Job(_image(tmp_path / "in" / "a.png"), tmp_path / "out" / "a")]
+    assert run_jobs(jobs, model, RunOptions(output=SMALL, threads=1)).done == 1
+    after = (
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision(),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    assert after == before
+
+
+def test_heatmaps_computed_on_the_device_match_numpy(tmp_path, model):
+    from fpncli.io.outputs import read_manifest
+    from fpncli.viz.visualize import reduce_channels
+
+    path = _image(tmp_path / "in" / "a.png", size=(50, 37))
+    options = replace(SMALL, save_heatmaps=True, reduce="pca", levels=("p3", "p5"))
+    assert run_jobs([Job(path, tmp_path / "out")], model, RunOptions(output=options)).done == 1
+    manifest = read_manifest(tmp_path / "out")
+    p3 = np.load(tmp_path / "out" / "p3.npy")
+    meta = manifest["levels"]["p3"]
+    valid = p3[..., : meta["valid_height"], : meta["valid_width"]]
+    assert (meta["min"], meta["max"]) == (float(valid.min()), float(valid.max()))
+    assert meta["mean"] == pytest.approx(float(valid.mean(dtype=np.float64)), rel=1e-9)
+    assert reduce_channels(p3, "pca").shape == p3.shape[2:]
+    assert (tmp_path / "out" / "p5.png").exists() and not (tmp_path / "out" / "p2.npy").exists()
 
 
 def test_two_device_workers_share_the_list(tmp_path, model):
@@ -240,3 +331,19 @@ def test_two_device_workers_share_the_list(tmp_path, model):
     assert events and events[-1].done == 4
     again = run_on_devices(jobs, model, RunOptions(output=SMALL), ["cpu", "cpu"], weights="random")
     assert (again.done, again.skipped) == (0, 4)
+
+
+def test_a_failed_worker_ends_the_run_with_a_merged_summary(tmp_path, model):
+    from fpncli.run.multi import run_on_devices, worker_options
+
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    summary = run_on_devices(
+        jobs, model, RunOptions(output=SMALL, workers=1), ["cpu", "cuda:7"], weights="random"
+    )
+    assert summary.total == 4 and summary.done == 2
+    assert sorted(Path(p).name for p, _ in summary.failed) == ["1.png", "3.png"]
+    assert summary.aborted and "cuda:7" in summary.aborted
+    assert is_complete(tmp_path / "out" / "0") and is_complete(tmp_path / "out" / "2")
+    shared = worker_options(RunOptions(workers=8, writers=8), 4, cpu_count=16)
+    assert (shared.threads, shared.workers, shared.writers) == (4, 4, 4)

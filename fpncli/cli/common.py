@@ -107,9 +107,10 @@ class _ProgressLine:
 
 
 def _load_model(weights: str, device: str, seed: int):
-    from ..api import load_backbone, resolve_device
+    from ..api import load_backbone
+    from ..run.device import select_device
 
-    dev = resolve_device(device)
+    dev = select_device(device)  # cuda/auto: the GPU of LOCAL_RANK or SLURM_LOCALID
     model = load_backbone(weights, device=dev, seed=seed)
     if model.weights_info.random:
         click.echo(

@@ -76,6 +76,15 @@ from .common import (
     "--workers", type=int, default=None, help="Decoding threads (default: CPU count, max 8)."
 )
 @click.option(
+    "--writers", type=int, default=None, help="Writing threads (default: CPU count, max 8)."
+)
+@click.option(
+    "--compile",
+    "compile_model",
+    is_flag=True,
+    help="torch.compile the backbone (slow start, faster steady state; batches padded).",
+)
+@click.option(
     "--from-list",
     "from_list",
     type=click.File("r"),
@@ -101,8 +110,8 @@ from .common import (
 @_friendly
 def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, no_heatmaps,
             no_overview, overlay, channel, reduce, cmap, clip, min_size, max_size, no_resize,
-            batch_size, workers, from_list, overwrite, resume, force, shard, gpus, max_pixels,
-            seed) -> None:  # fmt: skip
+            batch_size, workers, writers, compile_model, from_list, overwrite, resume, force,
+            shard, gpus, max_pixels, seed) -> None:  # fmt: skip
     """Extract P2-P6 for images, folders (recursive) and globs into OUT/<image>/."""
     if not inputs and from_list is None:
         raise click.UsageError("give at least one image, folder or glob (or --from-list)")
@@ -124,6 +133,10 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         channel=channel, reduce=reduce, cmap=cmap, clip=clip, min_size=min_size, max_size=max_size,
         resize=not no_resize,
     )  # fmt: skip
+    counts = (("--workers", workers), ("--writers", writers), ("--batch-size", batch_size))
+    for name, value in counts:
+        if value is not None and value < 1:
+            raise click.BadParameter(f"must be at least 1, got {value}", param_hint=name)
     if not 0 <= channel < 256:
         raise click.BadParameter(
             f"channel must be in 0..255, got {channel}", param_hint="--channel"
@@ -155,6 +168,8 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         precision=precision,
         batch_size=batch_size or (8 if dev.type == "cuda" else 1),
         workers=workers or min(8, os.cpu_count() or 1),
+        writers=writers or min(8, os.cpu_count() or 1),
+        compile=compile_model,
         overwrite=overwrite or not resume,
         force=force,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS,

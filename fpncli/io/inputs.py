@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ __all__ = [
     "plan_jobs",
     "select_shard",
     "shard_from_env",
+    "env_int",
 ]
 
 IMAGE_EXTENSIONS = frozenset(
@@ -211,9 +212,31 @@ def select_shard(jobs: list, index: int, count: int) -> list:
     return jobs[index::count]
 
 
-def shard_from_env() -> tuple[int, int] | None:
-    """``(RANK, WORLD_SIZE)`` when torchrun (or the user) set them, else None."""
-    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if rank is None or world is None:
+def env_int(name: str, env: Mapping[str, str] | None = None) -> int | None:
+    """A non-negative integer environment variable, None when unset or empty; anything else is
+    a ValueError with a one-line message."""
+    raw = (os.environ if env is None else env).get(name)
+    if raw is None or raw.strip() == "":
         return None
-    return int(rank), int(world)
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number: fix or unset it") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r} is negative: fix or unset it")
+    return value
+
+
+def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """``(RANK, WORLD_SIZE)`` when torchrun (or the user) set them, else SLURM's
+    ``(SLURM_PROCID, SLURM_NTASKS)``, else None. Garbage is a one-line ValueError."""
+    rank, world = env_int("RANK", env), env_int("WORLD_SIZE", env)
+    if rank is None and world is None:
+        rank, world = env_int("SLURM_PROCID", env), env_int("SLURM_NTASKS", env)
+    if rank is None and world is None:
+        return None
+    if rank is None or world is None:
+        raise ValueError("RANK and WORLD_SIZE must be set together (or neither)")
+    if world < 1 or rank >= world:
+        raise ValueError(f"need 0 <= RANK < WORLD_SIZE, got RANK={rank} WORLD_SIZE={world}")
+    return rank, world

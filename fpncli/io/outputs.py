@@ -34,6 +34,8 @@ from .preprocess import LoadedImage, Prepared
 
 __all__ = [
     "OutputOptions",
+    "LevelResult",
+    "level_results",
     "MANIFEST",
     "atomic_write_bytes",
     "is_complete",
@@ -212,23 +214,69 @@ def _begin(folder: Path, keep: set[str]) -> None:
             Path(entry.path).unlink(missing_ok=True)
 
 
-def _level_maps(features: dict[str, np.ndarray], prepared: Prepared, options: OutputOptions):
+@dataclass
+class LevelResult:
+    """One level of one image, ready to be written (computed on the device by the pipeline, or
+    from numpy arrays by ``level_results``).
+
+    Attributes:
+        shape: ``(1, 256, Hp/S, Wp/S)``, the whole padded level.
+        array: that level in the output dtype, or None when no ``.npy`` is written.
+        map2d: the heatmap's ``(valid_h, valid_w)`` float32 map, or None when none is drawn.
+        min, max, mean: of the finite values of the valid region (float32 values, the mean
+            accumulated in float64); None when no value is finite.
+        nonfinite: how many values of the valid region are NaN or infinite.
+    """
+
+    shape: tuple[int, ...]
+    array: np.ndarray | None
+    map2d: np.ndarray | None
+    min: float | None
+    max: float | None
+    mean: float | None
+    nonfinite: int = 0
+
+
+def level_results(
+    features: dict[str, np.ndarray], prepared: Prepared, options: OutputOptions
+) -> dict[str, LevelResult]:
+    """``LevelResult`` for each of ``options.levels`` from numpy features ``(1, 256, h, w)``."""
     from ..viz.visualize import reduce_channels, valid_region
 
-    maps = {}
+    out = {}
     for name in options.levels:
+        array = features[name]
+        if options.dtype == "float16" and array.dtype != np.float16:
+            array = array.astype(np.float16)
+        elif options.dtype == "float32" and array.dtype != np.float32:
+            array = array.astype(np.float32)
         valid_h, valid_w = valid_size(
             prepared.resized_height, prepared.resized_width, LEVEL_STRIDES[name]
         )
-        reduced = reduce_channels(features[name], options.reduce, options.channel)
-        maps[name] = valid_region(reduced, valid_h, valid_w)
-    return maps
+        valid = array[..., :valid_h, :valid_w].astype(np.float32, copy=False)
+        finite = np.isfinite(valid)
+        nonfinite = int(valid.size - np.count_nonzero(finite))
+        if nonfinite:
+            valid = valid[finite]
+        map2d = None
+        if _needs_maps(options):
+            reduced = reduce_channels(array, options.reduce, options.channel)
+            map2d = valid_region(reduced, valid_h, valid_w)
+        out[name] = LevelResult(
+            tuple(array.shape), array if options.save_npy else None, map2d,
+            float(valid.min()) if valid.size else None,
+            float(valid.max()) if valid.size else None,
+            float(valid.mean(dtype=np.float64)) if valid.size else None,
+            nonfinite,
+        )  # fmt: skip
+    return out
 
 
 def write_image_outputs(
     folder: Path,
     *,
-    features: dict[str, np.ndarray],
+    features: dict[str, np.ndarray] | None = None,
+    levels: dict[str, LevelResult] | None = None,
     image: LoadedImage,
     prepared: Prepared,
     options: OutputOptions,
@@ -246,11 +294,17 @@ def write_image_outputs(
 
     Args:
         features: level name -> ``(1, 256, Hp/S, Wp/S)`` array (float32 or float16), covering the
-            padded input, for at least ``options.levels``.
+            padded input, for at least ``options.levels``; or instead
+        levels: the ready ``LevelResult`` of each of ``options.levels`` (what the pipeline
+            computes on the device).
         image: the image as read (its ``rgb`` is used for the overview and overlays).
         prepared: how it was prepared (its ``tensor`` is not used and may be None).
         weights: ``{"name", "sha256", "format", "random", "seed"}`` for the manifest.
     """
+    if levels is None:
+        if features is None:
+            raise ValueError("write_image_outputs needs features or levels")
+        levels = level_results(features, prepared, options)
     folder = Path(folder)
     with folder_lock(folder):
         if skip_if_complete and run_key is not None and is_complete(folder, run_key):
@@ -265,7 +319,7 @@ def write_image_outputs(
 
         try:
             return _write_all(
-                folder, write, features, image, prepared, options, weights, device, precision,
+                folder, write, levels, image, prepared, options, weights, device, precision,
                 run_key, created,
             )  # fmt: skip
         except BaseException:
@@ -276,47 +330,38 @@ def write_image_outputs(
             raise
 
 
-def _write_all(folder, write, features, image, prepared, options, weights, device, precision,
+def _write_all(folder, write, levels, image, prepared, options, weights, device, precision,
                run_key, created) -> int:  # fmt: skip
     written = 0
     levels_meta = {}
-    maps = _level_maps(features, prepared, options) if _needs_maps(options) else {}
+    maps = {n: levels[n].map2d for n in options.levels if levels[n].map2d is not None}
     for name in options.levels:
         stride = LEVEL_STRIDES[name]
-        array = features[name]
-        if options.dtype == "float16" and array.dtype != np.float16:
-            array = array.astype(np.float16)
-        elif options.dtype == "float32" and array.dtype != np.float32:
-            array = array.astype(np.float32)
+        result = levels[name]
         valid_h, valid_w = valid_size(prepared.resized_height, prepared.resized_width, stride)
-        valid = array[..., :valid_h, :valid_w].astype(np.float32, copy=False)
-        finite = np.isfinite(valid)
-        nonfinite = int(valid.size - np.count_nonzero(finite))
-        if nonfinite:
-            valid = valid[finite]
         meta = {
             "file": None,
             "heatmap": None,
-            "shape": list(array.shape),
+            "shape": list(result.shape),
             "stride": stride,
             "dtype": options.dtype,
             "valid_height": valid_h,
             "valid_width": valid_w,
             # statistics of the finite values; JSON has no NaN, so none is null
-            "min": float(valid.min()) if valid.size else None,
-            "max": float(valid.max()) if valid.size else None,
-            "mean": float(valid.mean(dtype=np.float64)) if valid.size else None,
-            "nonfinite": nonfinite,
+            "min": result.min,
+            "max": result.max,
+            "mean": result.mean,
+            "nonfinite": result.nonfinite,
         }
         if options.save_npy:
-            written += write(folder / f"{name}.npy", array)
+            written += write(folder / f"{name}.npy", result.array)
             meta["file"] = f"{name}.npy"
         if name in maps:
             from ..viz.visualize import encode_png, heatmap_image, overlay_image, value_range
 
             vrange = value_range(maps[name], options.clip)
             meta["range"] = list(vrange)
-        label = f"{name}  stride {stride}  {tuple(array.shape)}  {_reduce_label(options)}"
+        label = f"{name}  stride {stride}  {tuple(result.shape)}  {_reduce_label(options)}"
         if options.save_heatmaps:
             png = heatmap_image(
                 maps[name], cmap=options.cmap, label=label, vrange=vrange, note=_note(weights)

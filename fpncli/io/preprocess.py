@@ -8,7 +8,8 @@
 4. ``(x - pixel_mean) / pixel_std`` in float32, then zero padding right/bottom to a multiple of 32
    (``detectron2/structures/image_list.py: ImageList.from_tensors``).
 
-Numpy and Pillow only, so it runs in worker processes without torch.
+Numpy and Pillow only, so it runs in worker processes without torch. The pipeline stops after
+step 3 (``resize_for_model``) and does 2 and 4 in torch on the model's device.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "check_resized_size",
     "resize_shortest_edge",
     "normalize_and_pad",
+    "resize_for_model",
     "prepare",
 ]
 
@@ -239,7 +241,7 @@ class Prepared:
         scale_y, scale_x: the exact per-axis factors after rounding to whole pixels.
     """
 
-    tensor: np.ndarray
+    tensor: np.ndarray | None
     color_order: str
     resized_height: int
     resized_width: int
@@ -256,7 +258,7 @@ class Prepared:
             self.padded_height, self.padded_width = (int(n) for n in self.tensor.shape[1:])
 
 
-def prepare(
+def resize_for_model(
     rgb: np.ndarray,
     input_format: InputFormat,
     *,
@@ -264,8 +266,11 @@ def prepare(
     max_size: int = 1333,
     resize: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-) -> Prepared:
-    """Run steps 2-4 on an RGB uint8 ``(H, W, 3)`` image (see the module docstring).
+    size_divisibility: int = 32,
+) -> tuple[np.ndarray, Prepared]:
+    """Step 3 on an RGB uint8 ``(H, W, 3)`` image: the resized pixels, still uint8 **RGB**, and
+    the ``Prepared`` record of how the model input will be made from them (``tensor`` is None:
+    steps 2 and 4 run in torch on the model's device, ``fpncli.model.normalize``).
 
     A resized size over ``max_pixels`` is refused (ValueError) before anything is allocated.
     """
@@ -275,17 +280,17 @@ def prepare(
         raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
     height, width = rgb.shape[:2]
     check_resized_size(height, width, min_size, max_size, resize, max_pixels)
-    image = to_color_order(rgb, input_format.color_order)
     if resize:
-        image = resize_shortest_edge(image, min_size, max_size)
+        image = resize_shortest_edge(rgb, min_size, max_size)
         scale = min_size / min(height, width)
         if max(height, width) * scale > max_size:
             scale = max_size / max(height, width)
     else:
-        scale = 1.0
+        image, scale = rgb, 1.0
     new_h, new_w = image.shape[:2]
-    return Prepared(
-        tensor=normalize_and_pad(image, input_format),
+    d = size_divisibility
+    prepared = Prepared(
+        tensor=None,
         color_order=input_format.color_order,
         resized_height=new_h,
         resized_width=new_w,
@@ -294,4 +299,31 @@ def prepare(
         scale_x=new_w / width,
         pixel_mean=tuple(input_format.pixel_mean),
         pixel_std=tuple(input_format.pixel_std),
+        padded_height=math.ceil(new_h / d) * d,
+        padded_width=math.ceil(new_w / d) * d,
     )
+    return np.ascontiguousarray(image), prepared
+
+
+def prepare(
+    rgb: np.ndarray,
+    input_format: InputFormat,
+    *,
+    min_size: int = 800,
+    max_size: int = 1333,
+    resize: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Prepared:
+    """Run steps 2-4 on an RGB uint8 ``(H, W, 3)`` image in numpy (see the module docstring).
+
+    The pipeline and ``fpncli.extract`` do steps 2 and 4 in torch instead (same values); this
+    numpy version is the reference the tests and ``scripts/parity.py`` compare with. A resized
+    size over ``max_pixels`` is refused (ValueError) before anything is allocated.
+    """
+    pixels, prepared = resize_for_model(
+        rgb, input_format, min_size=min_size, max_size=max_size, resize=resize,
+        max_pixels=max_pixels,
+    )  # fmt: skip
+    ordered = to_color_order(pixels, input_format.color_order)
+    prepared.tensor = normalize_and_pad(ordered, input_format)
+    return prepared

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import queue as queue_module
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
 from ..io.inputs import Job, select_shard
+from .device import worker_threads
 from .pipeline import (
     Progress,
     RunOptions,
     RunSummary,
+    _complete,
     check_disk_space,
     disk_full_message,
     pending_jobs,
@@ -35,15 +38,37 @@ log = logging.getLogger(__name__)
 def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
             options: RunOptions, events) -> None:  # fmt: skip
     try:
-        from ..api import load_backbone
+        import torch
 
-        model = load_backbone(weights, device=device, seed=seed, download=False)
+        from ..api import load_backbone, resolve_device
+
+        dev = resolve_device(device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)  # anything that says "the current device" means ours
+        torch.set_num_threads(options.threads or 1)
+        model = load_backbone(weights, device=dev, seed=seed, download=False)
         summary = run_jobs(
             jobs, model, options, progress=lambda p: events.put(("progress", index, p))
         )
         events.put(("done", index, summary))
-    except Exception as e:  # reported to the parent, which fails the run with it
-        events.put(("error", index, f"{device}: {type(e).__name__}: {e}"))
+    except Exception as e:  # reported to the parent, which ends the run with it
+        events.put(("error", index, f"{device}: {type(e).__name__}: {_first_line(e)}"))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def worker_options(options: RunOptions, processes: int, cpu_count: int | None = None) -> RunOptions:
+    """Each of ``processes`` workers gets its share of the cores for torch, decoding and
+    writing, so N workers do not oversubscribe the machine."""
+    cores = cpu_count or os.cpu_count() or 1
+    share = worker_threads(cores, processes)
+    return replace(
+        options, force=True, threads=share, workers=max(1, min(options.workers, share)),
+        writers=max(1, min(options.writers, share)),
+    )  # fmt: skip
 
 
 def _merge(parts: list[RunSummary]) -> RunSummary:
@@ -56,6 +81,8 @@ def _merge(parts: list[RunSummary]) -> RunSummary:
         merged.bytes_written += part.bytes_written
         merged.aborted = merged.aborted or part.aborted
         merged.last_folder = part.last_folder or merged.last_folder
+        for stage, seconds in part.stage_seconds.items():
+            merged.stage_seconds[stage] = merged.stage_seconds.get(stage, 0.0) + seconds
     if merged.aborted and merged.aborted.startswith("disk full"):
         merged.aborted = disk_full_message(merged)  # counted over every worker
     return merged
@@ -78,7 +105,7 @@ def run_on_devices(
     """
     if not options.force:
         check_disk_space(pending_jobs(jobs, options, weights_meta(model)), options.output)
-    options = replace(options, force=True)
+    options = worker_options(options, len(devices))
     context = mp.get_context("spawn")
     events = context.Queue()
     count = len(devices)
@@ -96,31 +123,52 @@ def run_on_devices(
     latest: dict[int, Progress] = {}
     summaries: dict[int, RunSummary] = {}
     errors: dict[int, str] = {}
-    while len(summaries) + len(errors) < count:
-        try:
-            kind, index, payload = events.get(timeout=1.0)
-        except queue_module.Empty:
-            for i, worker in enumerate(workers):
-                if not worker.is_alive() and i not in summaries and i not in errors:
-                    errors[i] = f"the worker on {devices[i]} died (exit code {worker.exitcode})"
-            continue
-        if kind == "progress":
-            latest[index] = payload
-            if progress is not None:
-                values = latest.values()
-                progress(Progress(
-                    sum(p.done for p in values), sum(p.failed for p in values),
-                    sum(p.skipped for p in values), sum(p.todo for p in values),
-                    time.monotonic() - start,
-                ))  # fmt: skip
-        elif kind == "done":
-            summaries[index] = payload
-        else:
-            errors[index] = payload
+    try:
+        while len(summaries) + len(errors) < count:
+            try:
+                kind, index, payload = events.get(timeout=1.0)
+            except queue_module.Empty:
+                for i, worker in enumerate(workers):
+                    if not worker.is_alive() and i not in summaries and i not in errors:
+                        errors[i] = f"the worker on {devices[i]} died (exit code {worker.exitcode})"
+                continue
+            if kind == "progress":
+                latest[index] = payload
+                if progress is not None:
+                    values = latest.values()
+                    progress(Progress(
+                        sum(p.done for p in values), sum(p.failed for p in values),
+                        sum(p.skipped for p in values), sum(p.todo for p in values),
+                        time.monotonic() - start,
+                    ))  # fmt: skip
+            elif kind == "done":
+                summaries[index] = payload
+            else:
+                errors[index] = payload
+    except BaseException:  # Ctrl-C or a bug here: take the workers down with us
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+        raise
     for worker in workers:
-        worker.join()
+        worker.join(timeout=30)
+        if worker.is_alive():
+            worker.terminate()
+            worker.join()
+    parts = [summaries[i] for i in sorted(summaries)]
+    meta = weights_meta(model)
+    for i in sorted(errors):  # a failed worker's images that are not complete are failed
+        shard = select_shard(jobs, i, count)
+        seen = latest.get(i)
+        lost = RunSummary(
+            total=len(shard), skipped=seen.skipped if seen else 0, done=seen.done if seen else 0
+        )
+        unfinished = [j for j in shard if not _complete(j, options, meta)]
+        lost.failed = [(str(j.path), f"not extracted: {errors[i]}") for j in unfinished]
+        parts.append(lost)
+    merged = _merge(parts)
     if errors:
-        raise RuntimeError("; ".join(errors[i] for i in sorted(errors)))
-    merged = _merge([summaries[i] for i in sorted(summaries)])
+        reasons = [errors[i] for i in sorted(errors)] + ([merged.aborted] if merged.aborted else [])
+        merged.aborted = "; ".join(reasons)
     merged.seconds = time.monotonic() - start
     return merged

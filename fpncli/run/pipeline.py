@@ -1,4 +1,8 @@
-"""Batch extraction: inputs -> decode workers -> batches -> backbone -> background writers.
+"""Batch extraction: inputs -> decode workers -> batches -> device -> background writers.
+
+The steps themselves (decode one image, run one batch, write one image) are in ``steps``; the
+device machinery (streams, pinned buffers, on-device reductions) in ``device``. This module only
+schedules them.
 
 Every stage is joined to the next by a bounded window, so memory depends on the batch size and
 the number of workers, never on the number of images. Images are batched only with images of the
@@ -20,11 +24,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from ..api import check_precision, run_backbone
+from ..api import check_precision
 from ..io.guard import is_disk_full, open_regular
 from ..io.inputs import (
     IMAGE_EXTENSIONS,
@@ -39,18 +42,26 @@ from ..io.outputs import (
     estimate_bytes_per_image,
     is_complete,
     record_latest,
-    run_key,
-    write_image_outputs,
 )
-from ..io.preprocess import (
-    DEFAULT_MAX_PIXELS,
-    LoadedImage,
-    Prepared,
-    load_image,
-    prepare,
-    resized_shape,
-)
+from ..io.preprocess import resized_shape
 from ..model.fpn import FPN
+from .device import (
+    BatchResult,
+    ByteBudget,
+    is_out_of_memory,
+    model_for_run,
+    run_settings,
+)
+from .steps import (
+    Decoded,
+    DeviceState,
+    RunOptions,
+    decode,
+    infer_batch,
+    job_run_key,
+    weights_meta,
+    write_result,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -69,6 +80,11 @@ __all__ = [
     "shard_from_env",
     "estimate_run_bytes",
     "run_jobs",
+    "Decoded",
+    "decode",
+    "DeviceState",
+    "infer_batch",
+    "write_result",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,28 +121,11 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run a batch (the output options are in ``output``)."""
-
-    output: OutputOptions = field(default_factory=OutputOptions)
-    precision: str = "fp32"
-    batch_size: int = 1
-    workers: int = 2
-    writers: int = 2
-    overwrite: bool = False
-    force: bool = False  # go on even when the disk estimate exceeds the free space
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "workers", "writers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-
 @dataclass
 class RunSummary:
-    """What a run did."""
+    """What a run did. ``stage_seconds`` sums each stage's time: decode and write in
+    thread-seconds over their pools, the device stages (h2d, preprocess, model, reductions, d2h)
+    as the device spent them."""
 
     total: int = 0
     done: int = 0
@@ -136,6 +135,8 @@ class RunSummary:
     bytes_written: int = 0
     aborted: str | None = None  # why the run stopped early (disk full), if it did
     last_folder: Path | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 0  # the batch size in use at the end (smaller after CUDA out of memory)
 
     @property
     def images_per_s(self) -> float:
@@ -153,41 +154,9 @@ class Progress:
     elapsed_s: float
 
 
-def weights_meta(model: FPN) -> dict:
-    info = model.weights_info
-    return {
-        "name": info.name, "sha256": info.sha256, "format": info.format,
-        "random": info.random, "seed": info.seed,
-    }  # fmt: skip
-
-
-def _key(job: Job, options: RunOptions, weights: dict) -> str | None:
-    try:
-        return run_key(job.path, options.output, weights, options.precision)
-    except OSError:
-        return None
-
-
 def _complete(job: Job, options: RunOptions, weights: dict) -> bool:
-    key = _key(job, options, weights)
+    key = job_run_key(job, options, weights)
     return key is not None and is_complete(job.folder, key)
-
-
-@dataclass
-class _Item:
-    job: Job
-    image: LoadedImage
-    prepared: Prepared
-
-
-def _decode(job: Job, options: RunOptions, input_format) -> _Item:
-    image = load_image(job.path, max_pixels=options.max_pixels)
-    out = options.output
-    prepared = prepare(
-        image.rgb, input_format, min_size=out.min_size, max_size=out.max_size, resize=out.resize,
-        max_pixels=options.max_pixels,
-    )  # fmt: skip
-    return _Item(job, image, prepared)
 
 
 def _reason(error: BaseException) -> str:
@@ -207,10 +176,11 @@ class _Runner:
         self.todo = todo
         self.progress = progress
         self.device = next(model.parameters()).device
+        self.state = DeviceState.create(self.device, options)
         self.lock = threading.Lock()
         self.abort = threading.Event()
         self.disk_was_full = False
-        self.write_slots = threading.BoundedSemaphore(max(2, 2 * options.writers))
+        self.budget = ByteBudget(options.queue_mb << 20)
         self.writer = ThreadPoolExecutor(options.writers, thread_name_prefix="fpncli-write")
         self.start = time.monotonic()
         self.weights_meta = weights_meta(model)
@@ -222,80 +192,97 @@ class _Runner:
                 Progress(s.done, len(s.failed), s.skipped, self.todo, time.monotonic() - self.start)
             )
 
+    def add_seconds(self, stages: dict[str, float]) -> None:
+        with self.lock:
+            totals = self.summary.stage_seconds
+            for name, seconds in stages.items():
+                totals[name] = totals.get(name, 0.0) + seconds
+
     def fail(self, path: Path, reason: str) -> None:
         with self.lock:
             self.summary.failed.append((str(path), reason))
         log.info("failed: %s: %s", path, reason)
         self.report()
 
-    def run_batch(self, items: list[_Item], batch: torch.Tensor | None = None) -> None:
-        if batch is None:
-            batch = torch.from_numpy(np.stack([it.prepared.tensor for it in items]))
-            for it in items:
-                it.prepared.tensor = None  # the batch holds the pixels now
+    def run_batch(self, items: list[Decoded]) -> None:
+        """Run ``items`` in chunks of the current batch size; on CUDA out of memory, halve the
+        batch size for the rest of the run and retry, outside the ``except`` block so that the
+        failed attempt's memory is freed first. One image that does not fit fails alone."""
+        self.add_seconds({"decode": sum(it.decode_s for it in items)})
+        chunks = [items]
+        while chunks:
+            chunk = chunks.pop(0)
+            size = self.state.batch_size
+            if len(chunk) > size:
+                chunks[:0] = [chunk[i : i + size] for i in range(0, len(chunk), size)]
+                continue
+            result, error = None, None
+            try:
+                result = infer_batch(self.model, chunk, self.options, self.state)
+            except Exception as e:  # noqa: BLE001 - every image must end done or failed
+                error = (is_out_of_memory(e), _reason(e))
+                log.debug("batch of %d failed", len(chunk), exc_info=True)
+            if result is not None:
+                self.submit(chunk, result)
+                continue
+            out_of_memory, reason = error
             if self.device.type == "cuda":
-                batch = batch.pin_memory()
-        try:
-            features = run_backbone(self.model, batch, precision=self.options.precision)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            if len(items) == 1:
-                self.fail(items[0].job.path, "CUDA out of memory even for a batch of one")
-                return
-            half = len(items) // 2
-            log.warning("CUDA out of memory on a batch of %d: splitting it", len(items))
-            self.run_batch(items[:half], batch[:half])
-            self.run_batch(items[half:], batch[half:])
-            return
-        out = self.options.output
-        dtype = torch.float16 if out.dtype == "float16" else torch.float32
-        host = {}
-        for name in out.levels:
-            level = features[name].to(dtype)
-            if self.device.type == "cuda":
-                buffer = torch.empty(level.shape, dtype=dtype, pin_memory=True)
-                buffer.copy_(level, non_blocking=True)
-                host[name] = buffer
+                torch.cuda.empty_cache()
+            if out_of_memory and len(chunk) > 1:
+                self.state.batch_size = max(1, len(chunk) // 2)
+                log.warning("out of memory on a batch of %d: batch size %d from now on",
+                            len(chunk), self.state.batch_size)  # fmt: skip
+                chunks.insert(0, chunk)
+                continue
+            if out_of_memory:
+                reason = f"out of memory even for a batch of one ({reason})"
             else:
-                host[name] = level
-        ready = None
-        if self.device.type == "cuda":
-            ready = torch.cuda.Event()
-            ready.record()
-        for i, it in enumerate(items):
-            self.write_slots.acquire()
-            future = self.writer.submit(self.write, it, host, i, ready)
-            future.add_done_callback(lambda _f: self.write_slots.release())
+                reason = f"the model failed: {reason}"
+            for it in chunk:
+                self.fail(it.job.path, reason)
 
-    def write(self, item: _Item, host: dict, index: int, ready) -> None:
-        if self.abort.is_set():
-            return
-        if ready is not None:
-            ready.synchronize()
-        features = {name: t[index : index + 1].numpy() for name, t in host.items()}
+    def submit(self, items: list[Decoded], result: BatchResult) -> None:
+        keep = sum(it.image.rgb.nbytes for it in items if _needs_image(self.options.output))
+        nbytes = result.nbytes + keep
+        self.budget.acquire(nbytes, self.abort)
+        for it in items:
+            it.pixels = None  # uploaded; the writer needs only the image and the results
+        state = {"remaining": len(items)}
+        for i, it in enumerate(items):
+            self.writer.submit(self.write, it, result, i, nbytes, state)
+
+    def write(self, item: Decoded, result: BatchResult, index: int, nbytes: int, state) -> None:
         try:
-            written = write_image_outputs(
-                item.job.folder,
-                features=features,
-                image=item.image,
-                prepared=item.prepared,
-                options=self.options.output,
-                weights=self.weights_meta,
-                device=str(self.device),
-                precision=self.options.precision,
-                run_key=_key(item.job, self.options, self.weights_meta),
-                skip_if_complete=not self.options.overwrite,
-            )
+            self._write(item, result, index)
+        finally:
+            if result.done_with_one():
+                self.budget.release(nbytes)
+                if result.clock is not None:
+                    try:
+                        self.add_seconds(result.clock.seconds())
+                    except RuntimeError:  # events of a failed batch never completed
+                        pass
+
+    def _write(self, item: Decoded, result: BatchResult, index: int) -> None:
+        path = item.job.path
+        if self.abort.is_set():  # the disk is full: the run stops, the summary says so
+            return
+        start = time.perf_counter()
+        try:
+            result.wait()  # blocks until the copies have landed
+            levels = result.image(index)
+            written = write_result(item, levels, self.options, self.weights_meta, str(self.device))
         except OSError as e:
             if is_disk_full(e):
                 self.disk_full()
                 return
-            self.fail(item.job.path, f"could not write {item.job.folder}: {_reason(e)}")
+            self.fail(path, f"could not write {item.job.folder}: {_reason(e)}")
             return
-        except Exception as e:  # a bug must not pass silently, nor stop the other images
+        except Exception as e:  # noqa: BLE001 - a bug must not pass silently nor stop the run
             log.debug("writing %s failed", item.job.folder, exc_info=True)
-            self.fail(item.job.path, f"internal error while writing: {type(e).__name__}: {e}")
+            self.fail(path, f"error while copying back or writing: {_reason(e)}")
             return
+        self.add_seconds({"write": time.perf_counter() - start})
         with self.lock:
             if written is None:  # another run completed it meanwhile
                 self.summary.skipped += 1
@@ -314,6 +301,11 @@ class _Runner:
 
     def close(self) -> None:
         self.writer.shutdown(wait=True)
+        self.summary.batch_size = self.state.batch_size
+
+
+def _needs_image(output: OutputOptions) -> bool:
+    return output.save_overview or output.overlay
 
 
 def disk_full_message(summary: RunSummary) -> str:
@@ -356,55 +348,64 @@ def run_jobs(
     (``summary.aborted``). Raises InsufficientDiskError before starting when the estimated output
     does not fit on the disk (unless ``options.force``).
     """
-    check_precision(options.precision, next(model.parameters()).device)
+    device = next(model.parameters()).device
+    check_precision(options.precision, device)
     summary = RunSummary(total=len(jobs))
     todo = pending_jobs(jobs, options, weights_meta(model))
     summary.skipped = len(jobs) - len(todo)
     if not options.force:
         check_disk_space(todo, options.output)
     start = time.monotonic()
-    runner = _Runner(model, options, summary, len(todo), progress)
-    input_format = model.weights_info.input
-    window = options.workers * 2 + options.batch_size * 2
-    buckets: dict[tuple[int, int], list[_Item]] = {}
-    buffered = 0
-    pending: deque[tuple[Job, Future]] = deque()
-    jobs_iter = iter(todo)
-    try:
-        with ThreadPoolExecutor(options.workers, thread_name_prefix="fpncli-decode") as decoder:
-            while not runner.abort.is_set():
-                while len(pending) < window and (job := next(jobs_iter, None)) is not None:
-                    pending.append((job, decoder.submit(_decode, job, options, input_format)))
-                if not pending:
-                    break
-                job, future = pending.popleft()
-                try:
-                    item = future.result()
-                except Exception as e:  # any error reading one file fails that file only
-                    runner.fail(job.path, _reason(e))
-                    continue
-                shape = item.prepared.tensor.shape[1:]
-                bucket = buckets.setdefault(shape, [])
-                bucket.append(item)
-                buffered += 1
-                if len(bucket) >= options.batch_size:
-                    buffered -= len(bucket)
-                    runner.run_batch(buckets.pop(shape))
-                elif buffered >= 4 * options.batch_size:  # many shapes: flush the fullest
-                    fullest = max(buckets, key=lambda s: len(buckets[s]))
-                    buffered -= len(buckets[fullest])
-                    runner.run_batch(buckets.pop(fullest))
-            for shape in list(buckets):
-                if runner.abort.is_set():
-                    break
-                runner.run_batch(buckets.pop(shape))
-            for _, future in pending:
-                future.cancel()
-    finally:
-        runner.close()
+    benchmark = device.type == "cuda" and (options.compile or bool(options.pad_batches))
+    with run_settings(device, benchmark=benchmark, threads=options.threads):
+        run_model = model_for_run(model, options.precision, compile=options.compile)
+        runner = _Runner(run_model, options, summary, len(todo), progress)
+        runner.weights_meta = weights_meta(model)
+        try:
+            _feed(runner, todo, options, model.weights_info.input)
+        finally:
+            runner.close()
     summary.seconds = time.monotonic() - start
     if runner.disk_was_full:
         summary.aborted = disk_full_message(summary)
     if summary.last_folder is not None:
         record_latest(summary.last_folder)
     return summary
+
+
+def _feed(runner: _Runner, todo: list[Job], options: RunOptions, input_format) -> None:
+    """Decode ahead in a thread pool, group same-shape images into batches, run them."""
+    window = options.workers * 2 + options.batch_size * 2
+    buckets: dict[tuple[int, int], list[Decoded]] = {}
+    buffered = 0
+    pending: deque[tuple[Job, Future]] = deque()
+    jobs_iter = iter(todo)
+    with ThreadPoolExecutor(options.workers, thread_name_prefix="fpncli-decode") as decoder:
+        while not runner.abort.is_set():
+            while len(pending) < window and (job := next(jobs_iter, None)) is not None:
+                pending.append((job, decoder.submit(decode, job, options, input_format)))
+            if not pending:
+                break
+            job, future = pending.popleft()
+            try:
+                item = future.result()
+            except Exception as e:  # noqa: BLE001 - any error reading one file fails that file only
+                runner.fail(job.path, _reason(e))
+                continue
+            shape = (item.prepared.padded_height, item.prepared.padded_width)
+            bucket = buckets.setdefault(shape, [])
+            bucket.append(item)
+            buffered += 1
+            if len(bucket) >= runner.state.batch_size:
+                buffered -= len(bucket)
+                runner.run_batch(buckets.pop(shape))
+            elif buffered >= 4 * options.batch_size:  # many shapes: flush the fullest
+                fullest = max(buckets, key=lambda s: len(buckets[s]))
+                buffered -= len(buckets[fullest])
+                runner.run_batch(buckets.pop(fullest))
+        for shape in list(buckets):
+            if runner.abort.is_set():
+                break
+            runner.run_batch(buckets.pop(shape))
+        for _, future in pending:
+            future.cancel()

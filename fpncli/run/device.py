@@ -1,0 +1,433 @@
+"""Everything device-specific in a run: which device, streams and events, pinned host buffers,
+the byte budget of results waiting for the writers, and the reductions done where the features
+are.
+
+On the CPU the same functions run with plain tensors (no copies, no events), so every CPU test
+exercises the code a GPU run uses; only the stream, event and pinned-memory branches are
+CUDA-only. Every CUDA object is made for the model's device (never "the current device").
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..io.inputs import env_int, shard_from_env
+from ..io.outputs import LevelResult, OutputOptions, valid_size
+from ..model.fpn import LEVEL_STRIDES
+
+__all__ = [
+    "local_rank_from_env",
+    "select_device",
+    "device_context",
+    "run_settings",
+    "worker_threads",
+    "ByteBudget",
+    "PinnedPool",
+    "model_for_run",
+    "InputStager",
+    "StageClock",
+    "reduce_map",
+    "BatchResult",
+    "results_to_host",
+    "is_out_of_memory",
+]
+
+
+def local_rank_from_env(env: Mapping[str, str] | None = None) -> int | None:
+    """The process's GPU index on its node: torchrun's ``LOCAL_RANK``, else SLURM's
+    ``SLURM_LOCALID``, else None. ``RANK``/``WORLD_SIZE`` are checked too, so garbage in any of
+    them is a one-line ValueError before a run starts."""
+    shard_from_env(env)
+    local = env_int("LOCAL_RANK", env)
+    return local if local is not None else env_int("SLURM_LOCALID", env)
+
+
+def select_device(
+    requested: str = "auto",
+    *,
+    env: Mapping[str, str] | None = None,
+    cuda_count: int | None = None,
+) -> torch.device:
+    """The device a run uses: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    ``auto`` and ``cuda`` pick GPU ``LOCAL_RANK`` (torchrun) or ``SLURM_LOCALID`` when set, so
+    every process on a node gets its own GPU; an explicit ``cuda:N`` wins.
+    """
+    count = torch.cuda.device_count() if cuda_count is None else cuda_count
+    local = local_rank_from_env(env)
+    if requested == "auto":
+        requested = "cuda" if count > 0 else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"unknown device {requested!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise ValueError(f"unsupported device {requested!r}: use auto, cpu, cuda or cuda:N")
+    if count == 0:
+        raise ValueError(f"device {requested!r} asked for, but CUDA is not available here")
+    index = device.index if device.index is not None else (local or 0)
+    if index >= count:
+        where = f"cuda:{index}" if device.index is not None else f"LOCAL_RANK {index}"
+        raise ValueError(f"{where}: only {count} CUDA device(s) here")
+    return torch.device("cuda", index)
+
+
+def device_context(device: torch.device):
+    """Make ``device`` the current CUDA device for the duration (nothing on the CPU)."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
+@contextmanager
+def run_settings(device: torch.device, *, benchmark: bool = False, threads: int | None = None):
+    """Settings for one run, restored afterwards: the current CUDA device, ``cudnn.benchmark``
+    (fixed shapes make cuDNN's search pay off) and the CPU thread count."""
+    saved_benchmark, saved_threads = torch.backends.cudnn.benchmark, torch.get_num_threads()
+    try:
+        with device_context(device):
+            if device.type == "cuda":
+                torch.backends.cudnn.benchmark = benchmark
+            if threads is not None:
+                torch.set_num_threads(threads)
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = saved_benchmark
+        torch.set_num_threads(saved_threads)
+
+
+def worker_threads(cpu_count: int, processes: int) -> int:
+    """CPU threads for each of ``processes`` workers sharing ``cpu_count`` cores (at least 1)."""
+    return max(1, cpu_count // max(1, processes))
+
+
+_RUN_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def model_for_run(model: torch.nn.Module, precision: str, *, compile: bool = False):
+    """The model as a run uses it, made once per model, precision and ``compile`` and cached on
+    the model: on CUDA, fp16/bf16 runs use a copy converted to that dtype (no autocast re-cast
+    of the weights on every forward); ``compile`` wraps it in ``torch.compile`` (static shapes:
+    batches are padded to a fixed size). The model passed in is never changed."""
+    device = next(model.parameters()).device
+    convert = device.type == "cuda" and precision in _RUN_DTYPES
+    if not convert and not compile:
+        return model
+    cache = model.__dict__.setdefault("_fpncli_run_variants", {})
+    key = (precision if convert else "fp32", compile)
+    if key not in cache:
+        variant = model
+        if convert:
+            variant = copy.deepcopy(model).to(_RUN_DTYPES[precision])
+            variant.__dict__.pop("_fpncli_run_variants", None)
+        if compile:
+            variant = torch.compile(variant, dynamic=False)
+        cache[key] = variant
+    return cache[key]
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA out of memory, or a cuDNN failure that a smaller batch may avoid."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "CUDNN_STATUS" in text or "cuDNN error" in text or "CUDA out of memory" in text
+    )
+
+
+class ByteBudget:
+    """Bytes of results waiting for the writers: ``acquire`` blocks (no spinning) while adding
+    ``n`` would pass the limit, except when nothing is held (one item always fits)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int, abort: threading.Event | None = None) -> None:
+        with self._cond:
+            while self.used and self.used + n > self.limit:
+                if abort is not None and abort.is_set():
+                    break
+                self._cond.wait(timeout=0.5)
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+class PinnedPool:
+    """Reusable page-locked host buffers (allocating pinned memory is slow; reuse it)."""
+
+    def __init__(self, keep_bytes: int) -> None:
+        self.keep_bytes = keep_bytes
+        self.free: list[torch.Tensor] = []
+        self.lock = threading.Lock()
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        with self.lock:
+            fits = [b for b in self.free if nbytes <= b.numel() <= 2 * nbytes + (1 << 20)]
+            if fits:
+                buffer = min(fits, key=lambda b: b.numel())
+                self.free.remove(buffer)
+                return buffer
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+    def give(self, buffer: torch.Tensor) -> None:
+        with self.lock:
+            self.free.append(buffer)
+            while sum(b.numel() for b in self.free) > self.keep_bytes:
+                self.free.pop(0)
+
+
+class InputStager:
+    """Uploads a batch of uint8 HWC images: through a small ring of pinned buffers on CUDA
+    (allocated once, reused; a slot is refilled only after its copy has landed), straight from
+    numpy on the CPU. Returns ``(B, H, W, 3)`` uint8 on the device."""
+
+    def __init__(self, device: torch.device, slots: int = 3) -> None:
+        self.device = device
+        self.slots: list[torch.Tensor | None] = [None] * slots
+        self.events = [None] * slots
+        self.next = 0
+
+    def stage(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        height = max(int(im.shape[0]) for im in images)
+        width = max(int(im.shape[1]) for im in images)
+        shape = (len(images), height, width, 3)
+        if self.device.type != "cuda":
+            if all(im.shape[:2] == (height, width) for im in images):
+                return torch.from_numpy(np.stack(images))
+            host = np.zeros(shape, np.uint8)
+            for i, im in enumerate(images):
+                host[i, : im.shape[0], : im.shape[1]] = im
+            return torch.from_numpy(host)
+        k, self.next = self.next, (self.next + 1) % len(self.slots)
+        if self.events[k] is not None:
+            self.events[k].synchronize()  # the previous upload from this slot has landed
+        need = int(np.prod(shape))
+        if self.slots[k] is None or self.slots[k].numel() < need:
+            self.slots[k] = torch.empty(need, dtype=torch.uint8, pin_memory=True)
+        host = self.slots[k][:need].view(shape)
+        view = host.numpy()
+        for i, im in enumerate(images):
+            view[i, : im.shape[0], : im.shape[1]] = im
+        pixels = host.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self.events[k] = event
+        return pixels
+
+
+class StageClock:
+    """Times the device stages of a batch: CUDA events on the device (read once the batch's
+    copies have landed), wall time on the CPU (where every stage is synchronous)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.marks: list[tuple[str, object]] = []
+
+    def mark(self, name: str, stream=None) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(stream or torch.cuda.current_stream(self.device))
+            self.marks.append((name, event))
+        else:
+            self.marks.append((name, time.perf_counter()))
+
+    def seconds(self) -> dict[str, float]:
+        """``{stage: seconds}`` between consecutive marks (the first mark is the start)."""
+        out: dict[str, float] = {}
+        for (_, a), (name, b) in zip(self.marks, self.marks[1:]):
+            out[name] = out.get(name, 0.0) + (a.elapsed_time(b) / 1e3 if self.cuda else b - a)
+        return out
+
+
+def reduce_map(level: torch.Tensor, reduce: str, channel: int = 0) -> torch.Tensor:
+    """``(C, H, W)`` -> ``(H, W)`` float32, as ``fpncli.viz.visualize.reduce_channels`` (numpy)
+    computes it, but in torch where the tensor is."""
+    if reduce == "channel":
+        if not 0 <= channel < level.shape[0]:
+            raise ValueError(f"channel {channel} out of range: this map has {level.shape[0]}")
+        return level[channel].float()
+    if reduce == "mean":
+        return level.float().mean(dim=0)
+    if reduce == "max":
+        return level.float().amax(dim=0)
+    if reduce == "l2":
+        return level.double().square().sum(dim=0).sqrt().float()
+    if reduce == "pca":
+        c, h, w = level.shape
+        samples = level.reshape(c, h * w).double()
+        samples = samples - samples.mean(dim=1, keepdim=True)
+        covariance = samples @ samples.T / max(h * w - 1, 1)
+        _, vectors = torch.linalg.eigh(covariance)
+        component = vectors[:, -1]
+        if component[component.abs().argmax()] < 0:
+            component = -component
+        return (component @ samples).reshape(h, w).float()
+    raise ValueError(f"unknown reduction {reduce!r}")
+
+
+def _number(value) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+@dataclass
+class BatchResult:
+    """What comes back to the host for a batch: the requested levels in the output dtype, the
+    heatmap maps of the valid regions and per-level statistics. On CUDA it lands in one pinned
+    buffer through a copy stream; ``wait`` blocks (without spinning) until it has."""
+
+    count: int
+    shapes: dict[str, tuple[int, ...]]
+    arrays: dict[str, torch.Tensor]  # level -> (B, 256, h, w), output dtype, host
+    maps: dict[tuple[int, str], torch.Tensor]  # (image, level) -> (valid_h, valid_w) float32
+    stats: torch.Tensor  # (B, levels, 4) float64: min, max, mean, nonfinite of the valid region
+    levels: tuple[str, ...]
+    nbytes: int
+    ready: object = None  # a CUDA event, or None on the CPU
+    clock: StageClock | None = None
+    _buffer: torch.Tensor | None = None
+    _pool: PinnedPool | None = None
+    _remaining: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wait(self) -> None:
+        if self.ready is not None:
+            self.ready.synchronize()
+
+    def image(self, index: int) -> dict[str, LevelResult]:
+        """One image's results as numpy (call ``wait`` first)."""
+        out = {}
+        stats = self.stats[index].numpy()
+        for j, name in enumerate(self.levels):
+            array = self.arrays.get(name)
+            map2d = self.maps.get((index, name))
+            out[name] = LevelResult(
+                shape=(1, *self.shapes[name][1:]),
+                array=array[index : index + 1].numpy() if array is not None else None,
+                map2d=map2d.numpy() if map2d is not None else None,
+                min=_number(stats[j, 0]), max=_number(stats[j, 1]), mean=_number(stats[j, 2]),
+                nonfinite=int(stats[j, 3]),
+            )  # fmt: skip
+        return out
+
+    def done_with_one(self) -> bool:
+        """Called once per image when it is written or failed; True for the last one, when the
+        pinned buffer goes back to the pool."""
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last and self._buffer is not None and self._pool is not None:
+            self._pool.give(self._buffer)
+            self._buffer = None
+        return last
+
+
+def _finite_stats(valid: torch.Tensor) -> torch.Tensor:
+    """``[min, max, mean, nonfinite]`` (float64) of the finite values, without a host sync;
+    NaN for min/max/mean when no value is finite."""
+    finite = torch.isfinite(valid)
+    count = finite.sum()
+    inf = torch.tensor(float("inf"), dtype=valid.dtype, device=valid.device)
+    low = torch.where(finite, valid, inf).amin().double()
+    high = torch.where(finite, valid, -inf).amax().double()
+    total = torch.where(finite, valid.double(), 0.0).sum()
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=valid.device)
+    none = count == 0
+    return torch.stack([
+        torch.where(none, nan, low), torch.where(none, nan, high),
+        torch.where(none, nan, total / count.clamp(min=1)), (valid.numel() - count).double(),
+    ])  # fmt: skip
+
+
+def _aligned(nbytes: int) -> int:
+    return (nbytes + 63) // 64 * 64
+
+
+def _level_dtype(options: OutputOptions) -> torch.dtype:
+    return torch.float16 if options.dtype == "float16" else torch.float32
+
+
+def results_to_host(
+    features: dict[str, torch.Tensor],
+    resized: Sequence[tuple[int, int]],
+    options: OutputOptions,
+    *,
+    pool: PinnedPool | None = None,
+    copy_stream=None,
+    clock: StageClock | None = None,
+) -> BatchResult:
+    """Cast, reduce and measure on the device; copy back only what will be written.
+
+    Args:
+        features: level -> ``(B', 256, h, w)`` on the device (``B' >= len(resized)``: a padded
+            batch's extra rows are ignored).
+        resized: each image's resized ``(height, width)`` (its valid region).
+        options: which levels, the ``.npy`` dtype, whether maps are needed and how to reduce.
+    """
+    count = len(resized)
+    dtype = _level_dtype(options)
+    needs_maps = options.save_heatmaps or options.save_overview or options.overlay
+    arrays, maps, stats = {}, {}, []
+    for name in options.levels:
+        level = features[name][:count].to(dtype)
+        stride = LEVEL_STRIDES[name]
+        for i, (h, w) in enumerate(resized):
+            vh, vw = valid_size(h, w, stride)
+            valid = level[i, :, :vh, :vw]
+            if needs_maps:
+                maps[(i, name)] = reduce_map(level[i], options.reduce, options.channel)[:vh, :vw]
+            stats.append(_finite_stats(valid))
+        if options.save_npy:
+            arrays[name] = level.contiguous()
+    stats_t = torch.stack(stats).view(len(options.levels), count, 4).transpose(0, 1).contiguous()
+    shapes = {name: tuple(features[name][:count].shape) for name in options.levels}
+    if clock is not None:
+        clock.mark("reductions")
+    sources = {**{("a", k): v for k, v in arrays.items()}, **{("m", *k): v.contiguous()
+               for k, v in maps.items()}, ("s",): stats_t}  # fmt: skip
+    nbytes = sum(_aligned(t.numel() * t.element_size()) for t in sources.values())
+    result = BatchResult(count, shapes, arrays, maps, stats_t, tuple(options.levels), nbytes,
+                         clock=clock, _remaining=count)  # fmt: skip
+    device = stats_t.device
+    if device.type != "cuda":
+        result.maps = {k: v.contiguous() for k, v in maps.items()}
+        if clock is not None:
+            clock.mark("d2h")
+        return result
+    compute = torch.cuda.current_stream(device)
+    stream = copy_stream or compute
+    stream.wait_stream(compute)
+    buffer = pool.take(nbytes) if pool is not None else torch.empty(nbytes, dtype=torch.uint8)
+    host, offset = {}, 0
+    with torch.cuda.stream(stream):
+        for key, src in sources.items():
+            size = src.numel() * src.element_size()
+            dst = buffer[offset : offset + size].view(src.dtype).view(src.shape)
+            offset += _aligned(size)
+            src.record_stream(stream)  # the allocator must not reuse it before the copy ran
+            dst.copy_(src, non_blocking=True)
+            host[key] = dst
+    event = torch.cuda.Event(blocking=True)
+    event.record(stream)
+    if clock is not None:
+        clock.mark("d2h", stream)
+    result.arrays = {k[1]: v for k, v in host.items() if k[0] == "a"}
+    result.maps = {(k[1], k[2]): v for k, v in host.items() if k[0] == "m"}
+    result.stats = host[("s",)]
+    result.ready, result._buffer, result._pool = event, buffer, pool
+    return result

@@ -1,0 +1,172 @@
+"""The steps of a run that any engine reuses unchanged: decode one image, run one batch on the
+device (results come back to the host asynchronously), write one image's results.
+
+``pipeline.run_jobs`` schedules them with threads on one device; another engine (Ray, a
+notebook loop) can call the same functions:
+
+>>> state = DeviceState.create(device, options)
+>>> items = [decode(job, options, model.weights_info.input) for job in jobs]
+>>> result = infer_batch(model, items, options, state)
+>>> result.wait()
+>>> for i, item in enumerate(items):
+...     write_result(item, result.image(i), options, weights_meta(model), str(device))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..api import run_backbone
+from ..io.inputs import Job
+from ..io.outputs import LevelResult, OutputOptions, run_key, write_image_outputs
+from ..io.preprocess import DEFAULT_MAX_PIXELS, LoadedImage, Prepared, load_image, resize_for_model
+from ..model.fpn import FPN
+from ..model.normalize import normalize_batch
+from ..weights.registry import InputFormat
+from .device import BatchResult, InputStager, PinnedPool, StageClock, results_to_host
+
+__all__ = [
+    "RunOptions",
+    "weights_meta",
+    "job_run_key",
+    "Decoded",
+    "decode",
+    "DeviceState",
+    "infer_batch",
+    "write_result",
+]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a batch (the output options are in ``output``)."""
+
+    output: OutputOptions = field(default_factory=OutputOptions)
+    precision: str = "fp32"
+    batch_size: int = 1
+    workers: int = 2  # decoding threads
+    writers: int = 2  # writing threads
+    overwrite: bool = False
+    force: bool = False  # go on even when the disk estimate exceeds the free space
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    queue_mb: int = 1024  # results waiting for the writers, at most (one batch always fits)
+    compile: bool = False  # torch.compile the model (once per model and precision)
+    pad_batches: bool | None = None  # pad partial batches to batch_size; None: on CUDA only
+    threads: int | None = None  # torch's CPU threads during the run (None: leave as is)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "workers", "writers", "queue_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+
+
+def weights_meta(model: FPN) -> dict:
+    info = model.weights_info
+    return {
+        "name": info.name, "sha256": info.sha256, "format": info.format,
+        "random": info.random, "seed": info.seed,
+    }  # fmt: skip
+
+
+def job_run_key(job: Job, options: RunOptions, weights: dict) -> str | None:
+    try:
+        return run_key(job.path, options.output, weights, options.precision)
+    except OSError:
+        return None
+
+
+@dataclass
+class Decoded:
+    """An image decoded and resized by a worker: what the device needs and what the writer
+    needs. ``pixels`` is ``(h, w, 3)`` uint8 **RGB** (colour order and normalization happen on
+    the device)."""
+
+    job: Job
+    image: LoadedImage
+    prepared: Prepared
+    pixels: np.ndarray | None
+    decode_s: float = 0.0
+
+
+def decode(job: Job, options: RunOptions, input_format: InputFormat) -> Decoded:
+    """Read and resize one image (thread-safe; raises OSError/ValueError for bad files)."""
+    start = time.perf_counter()
+    image = load_image(job.path, max_pixels=options.max_pixels)
+    out = options.output
+    pixels, prepared = resize_for_model(
+        image.rgb, input_format, min_size=out.min_size, max_size=out.max_size, resize=out.resize,
+        max_pixels=options.max_pixels,
+    )  # fmt: skip
+    return Decoded(job, image, prepared, pixels, time.perf_counter() - start)
+
+
+@dataclass
+class DeviceState:
+    """The reusable device machinery of one run: the upload ring, the pinned pool for results,
+    the copy stream, and the current (possibly reduced) batch size."""
+
+    device: torch.device
+    stager: InputStager
+    pool: object | None
+    copy_stream: object | None
+    batch_size: int
+    pad_batches: bool
+
+    @classmethod
+    def create(cls, device: torch.device, options: RunOptions) -> DeviceState:
+        cuda = device.type == "cuda"
+        pad = options.pad_batches if options.pad_batches is not None else cuda
+        return cls(
+            device, InputStager(device), PinnedPool(options.queue_mb << 20) if cuda else None,
+            torch.cuda.Stream(device=device) if cuda else None, options.batch_size, pad,
+        )  # fmt: skip
+
+
+def infer_batch(
+    model: FPN, items: list[Decoded], options: RunOptions, state: DeviceState
+) -> BatchResult:
+    """Upload, normalize, run and reduce one batch on the model's device; the results land on
+    the host asynchronously (``BatchResult.wait``). Raises what the model raises (e.g. CUDA out
+    of memory)."""
+    clock = StageClock(state.device)
+    clock.mark("start")
+    pixels = state.stager.stage([it.pixels for it in items])
+    clock.mark("h2d")
+    fmt = items[0].prepared
+    pad_to = (max(it.prepared.padded_height for it in items),
+              max(it.prepared.padded_width for it in items))  # fmt: skip
+    batch = normalize_batch(
+        pixels, [(it.prepared.resized_height, it.prepared.resized_width) for it in items],
+        color_order=fmt.color_order, pixel_mean=fmt.pixel_mean, pixel_std=fmt.pixel_std,
+        pad_to=pad_to,
+    )  # fmt: skip
+    if state.pad_batches and len(items) < state.batch_size:  # keep shapes fixed
+        extra = batch.new_zeros((state.batch_size - len(items), *batch.shape[1:]))
+        batch = torch.cat([batch, extra])
+    clock.mark("preprocess")
+    features = run_backbone(model, batch, precision=options.precision)
+    clock.mark("model")
+    resized = [(it.prepared.resized_height, it.prepared.resized_width) for it in items]
+    return results_to_host(
+        features, resized, options.output, pool=state.pool, copy_stream=state.copy_stream,
+        clock=clock,
+    )  # fmt: skip
+
+
+def write_result(
+    item: Decoded, levels: dict[str, LevelResult], options: RunOptions, weights: dict, device: str
+) -> int | None:
+    """Write one image's outputs into its folder (manifest last, folder locked); returns the
+    bytes written, or None when another run completed the folder meanwhile (unless
+    ``options.overwrite``)."""
+    return write_image_outputs(
+        item.job.folder, levels=levels, image=item.image, prepared=item.prepared,
+        options=options.output, weights=weights, device=device, precision=options.precision,
+        run_key=job_run_key(item.job, options, weights), skip_if_complete=not options.overwrite,
+    )  # fmt: skip

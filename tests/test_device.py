@@ -1,0 +1,198 @@
+"""The device layer on the CPU: device selection from torchrun/SLURM variables, torch-side
+preprocessing and reductions against the numpy references, the TF32 context, the byte budget,
+and what comes back to the host."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import fpncli
+from fpncli.api import autocast_context
+from fpncli.io.outputs import OutputOptions, level_results
+from fpncli.io.preprocess import normalize_and_pad, prepare, resize_for_model, to_color_order
+from fpncli.model.normalize import normalize_batch
+from fpncli.run.device import (
+    ByteBudget,
+    local_rank_from_env,
+    model_for_run,
+    reduce_map,
+    results_to_host,
+    select_device,
+    worker_threads,
+)
+from fpncli.viz.visualize import REDUCTIONS, reduce_channels
+from fpncli.weights.registry import DETECTRON2_INPUT, TORCHVISION_INPUT
+
+
+def test_local_rank_picks_the_gpu_and_explicit_index_wins():
+    assert select_device("auto", env={}, cuda_count=0) == torch.device("cpu")
+    assert select_device("auto", env={}, cuda_count=2) == torch.device("cuda", 0)
+    torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}
+    assert select_device("auto", env=torchrun, cuda_count=2) == torch.device("cuda", 1)
+    assert select_device("cuda", env=torchrun, cuda_count=2) == torch.device("cuda", 1)
+    assert select_device("cuda:0", env=torchrun, cuda_count=2) == torch.device("cuda", 0)
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"}
+    assert select_device("auto", env=slurm, cuda_count=2) == torch.device("cuda", 1)
+    assert select_device("cpu", env=torchrun, cuda_count=2) == torch.device("cpu")
+    with pytest.raises(ValueError, match="LOCAL_RANK 2: only 2 CUDA"):
+        select_device("auto", env={"LOCAL_RANK": "2"}, cuda_count=2)
+    with pytest.raises(ValueError, match="cuda:3: only 2 CUDA"):
+        select_device("cuda:3", env={}, cuda_count=2)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        select_device("cuda", env={}, cuda_count=0)
+    with pytest.raises(ValueError, match="unknown device"):
+        select_device("gpu0", env={}, cuda_count=0)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"LOCAL_RANK": "one"}, r"LOCAL_RANK='one' is not a whole number"),
+        ({"SLURM_LOCALID": "-1"}, r"SLURM_LOCALID='-1' is negative"),
+        ({"RANK": "x", "WORLD_SIZE": "2"}, r"RANK='x' is not a whole number"),
+        ({"RANK": "2", "WORLD_SIZE": "2"}, r"need 0 <= RANK < WORLD_SIZE"),
+        ({"RANK": "0"}, r"RANK and WORLD_SIZE must be set together"),
+    ],
+)
+def test_garbage_in_the_environment_is_a_one_line_error(env, message):
+    with pytest.raises(ValueError, match=message) as info:
+        local_rank_from_env(env)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_refuses_garbage_local_rank(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from fpncli.cli import cli
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setenv("LOCAL_RANK", "abc")
+    result = CliRunner().invoke(cli, ["extract", str(tmp_path), "--weights", "random"])
+    assert result.exit_code != 0
+    assert "LOCAL_RANK='abc' is not a whole number" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_worker_threads_share_the_cores():
+    assert [worker_threads(16, n) for n in (1, 2, 3, 8, 32)] == [16, 8, 5, 2, 1]
+
+
+@pytest.mark.parametrize("fmt", [DETECTRON2_INPUT, TORCHVISION_INPUT], ids=["bgr", "rgb"])
+def test_torch_normalize_is_bit_identical_to_numpy(fmt):
+    rng = np.random.RandomState(0)
+    images = [rng.randint(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(37, 50), (64, 30)]]
+    pixels = np.zeros((2, 64, 50, 3), np.uint8)
+    for i, im in enumerate(images):
+        pixels[i, : im.shape[0], : im.shape[1]] = im
+    pixels[0, 40:, :] = 255  # garbage outside an image must not leak into its padding
+    batch = normalize_batch(
+        torch.from_numpy(pixels), [im.shape[:2] for im in images], color_order=fmt.color_order,
+        pixel_mean=fmt.pixel_mean, pixel_std=fmt.pixel_std,
+    )  # fmt: skip
+    assert batch.shape == (2, 3, 64, 64) and batch.is_contiguous(memory_format=torch.channels_last)
+    for i, im in enumerate(images):
+        ref = normalize_and_pad(to_color_order(im, fmt.color_order), fmt, pad_to=(64, 64))
+        assert np.array_equal(batch[i].numpy(), ref)
+
+
+def test_resize_for_model_matches_prepare():
+    rgb = np.random.RandomState(1).randint(0, 256, (30, 47, 3), dtype=np.uint8)
+    pixels, prepared = resize_for_model(rgb, DETECTRON2_INPUT, min_size=64, max_size=96)
+    assert pixels.dtype == np.uint8 and pixels.shape == (61, 96, 3)
+    assert (prepared.padded_height, prepared.padded_width) == (64, 96)
+    reference = prepare(rgb, DETECTRON2_INPUT, min_size=64, max_size=96).tensor
+    ours = fpncli.api.model_input(pixels, DETECTRON2_INPUT, torch.device("cpu"))[0]
+    assert np.array_equal(ours.numpy(), reference)
+
+
+@pytest.mark.parametrize("reduce", REDUCTIONS)
+def test_torch_reductions_match_numpy(reduce):
+    level = torch.randn(16, 7, 9, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    ours = reduce_map(level, reduce, channel=5).numpy()
+    ref = reduce_channels(level.numpy(), reduce, channel=5)
+    assert ours.dtype == np.float32 and ours.shape == (7, 9)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("save_npy, heatmaps", [(True, False), (False, True)])
+def test_results_to_host_brings_back_only_what_is_written(save_npy, heatmaps):
+    gen = torch.Generator().manual_seed(0)
+    features = {f"p{k}": torch.randn(3, 8, 32 >> k, 48 >> k, generator=gen) for k in range(2, 7)}
+    options = OutputOptions(
+        levels=("p2", "p4"), dtype="float16", save_npy=save_npy, save_heatmaps=heatmaps,
+        save_overview=False, reduce="l2",
+    )  # fmt: skip
+    resized = [(30, 45), (17, 48)]  # the third row is batch padding
+    result = results_to_host(features, resized, options)
+    result.wait()
+    assert set(result.arrays) == ({"p2", "p4"} if save_npy else set())
+    maps = {(i, n) for i in range(2) for n in ("p2", "p4")}
+    assert set(result.maps) == (maps if heatmaps else set())
+    for i, (h, w) in enumerate(resized):
+        ours = result.image(i)
+        blank = np.zeros((h, w, 3), np.uint8)
+        prepared = resize_for_model(blank, DETECTRON2_INPUT, resize=False)[1]
+        one = {k: v[i : i + 1].numpy() for k, v in features.items()}
+        ref = level_results(one, prepared, options)
+        for name in ("p2", "p4"):
+            assert ours[name].shape == ref[name].shape
+            assert ours[name].min == ref[name].min and ours[name].max == ref[name].max
+            assert ours[name].mean == pytest.approx(ref[name].mean, rel=1e-9)
+            if save_npy:
+                assert ours[name].array.dtype == np.float16
+                assert np.array_equal(ours[name].array, ref[name].array)
+            else:
+                assert ours[name].array is None
+            if heatmaps:
+                np.testing.assert_allclose(ours[name].map2d, ref[name].map2d, rtol=1e-5)
+
+
+def test_fp32_context_restores_tf32_flags_even_on_error():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
+        with autocast_context(torch.device("cuda"), "fp32"):
+            assert not torch.backends.cuda.matmul.allow_tf32
+            assert not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        with pytest.raises(KeyError), autocast_context(torch.device("cuda"), "fp32"):
+            raise KeyError("boom")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        torch.set_float32_matmul_precision("highest" if not saved[0] else "high")
+
+
+def test_byte_budget_blocks_until_writers_release():
+    budget = ByteBudget(100)
+    budget.acquire(80)
+    got = threading.Event()
+
+    def second():
+        budget.acquire(50)
+        got.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.2)
+    assert not got.is_set()  # 80 + 50 > 100: waits
+    budget.release(80)
+    thread.join(timeout=5)
+    assert got.is_set() and budget.used == 50
+    budget.release(50)
+    budget.acquire(1000)  # over the limit, but nothing else is held: one item always fits
+    assert budget.used == 1000
+
+
+def test_model_for_run_leaves_the_model_alone_on_the_cpu():
+    model = fpncli.load_backbone("random")
+    assert model_for_run(model, "fp32") is model
+    compiled = model_for_run(model, "fp32", compile=True)
+    assert compiled is not model and model_for_run(model, "fp32", compile=True) is compiled
+    assert next(model.parameters()).dtype == torch.float32
