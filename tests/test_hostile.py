@@ -19,7 +19,7 @@ from PIL import Image
 import fpncli
 from fpncli.io import outputs
 from fpncli.io.outputs import OutputOptions, is_complete
-from fpncli.run import pipeline
+from fpncli.run import pipeline, steps
 from fpncli.run.pipeline import Job, RunOptions, run_jobs
 
 SMALL = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
@@ -163,7 +163,7 @@ def test_a_short_npy_write_is_a_full_disk_and_stops_the_run(tmp_path, model, mon
         Job(_image(tmp_path / f"{i}.png", value=i), tmp_path / "out" / str(i)) for i in range(8)
     ]
     real_save, computed = np.save, []
-    real_backbone = pipeline.run_backbone
+    real_backbone = steps.run_backbone
     full = threading.Event()
 
     def short_save(f, array, allow_pickle=False):
@@ -177,7 +177,7 @@ def test_a_short_npy_write_is_a_full_disk_and_stops_the_run(tmp_path, model, mon
         return real_backbone(model, batch, precision=precision)
 
     monkeypatch.setattr(outputs.np, "save", short_save)
-    monkeypatch.setattr(pipeline, "run_backbone", counting)
+    monkeypatch.setattr(steps, "run_backbone", counting)
     summary = run_jobs(jobs, model, RunOptions(output=SMALL, writers=1, workers=1))
     assert summary.aborted == "disk full: 1 of 8 done, rerun the same command after freeing space"
     assert summary.failed == [] and summary.done == 1
