@@ -434,7 +434,7 @@ def test_show_refuses_another_images_tensor_and_a_fifo(extraction, tmp_path):
 
 
 def test_nan_features_give_valid_json_with_null_and_a_count(tmp_path, model, monkeypatch):
-    real = pipeline.run_backbone
+    real = steps.run_backbone
 
     def poisoned(model, batch, precision):
         features = {k: v.clone() for k, v in real(model, batch, precision=precision).items()}
@@ -443,7 +443,7 @@ def test_nan_features_give_valid_json_with_null_and_a_count(tmp_path, model, mon
         features["p4"][:] = float("nan")
         return features
 
-    monkeypatch.setattr(pipeline, "run_backbone", poisoned)
+    monkeypatch.setattr(steps, "run_backbone", poisoned)
     job = Job(_image(tmp_path / "a.png"), tmp_path / "out" / "a")
     assert run_jobs([job], model, RunOptions(output=SMALL)).done == 1
     text = (job.folder / "manifest.json").read_text()
