@@ -9,6 +9,7 @@ torch.Size([1, 256, 200, 304])
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_has_fast_bf16() -> bool:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in ("AVX512", "AVX512_BF16", "AMX"):
@@ -248,11 +250,18 @@ def extract(
     """Read (if a path), prepare and run one image; features come back as CPU float32.
 
     An ``np.ndarray`` must be ``(H, W, 3)`` uint8 **RGB** (as from Pillow; flip OpenCV's BGR).
+
+    Raises:
+        ValueError: ``precision`` fp16 on a CPU, or bf16 on a CPU without AVX512-BF16/AMX (the
+            same check, and message, as ``fpncli extract --precision``).
     """
     if isinstance(image, (str, Path)):
         image = load_image(image)
     elif isinstance(image, np.ndarray):
         image = LoadedImage(np.ascontiguousarray(image))
+    # The same refusal as the CLI's: fp16/bf16 on a CPU without fast support would be several
+    # times slower than fp32, silently.
+    check_precision(precision, next(model.parameters()).device)
     input_format = model.weights_info.input if hasattr(model, "weights_info") else DETECTRON2_INPUT
     pixels, prepared = resize_for_model(
         image.rgb, input_format, min_size=min_size, max_size=max_size, resize=resize

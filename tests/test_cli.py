@@ -219,15 +219,32 @@ def test_folder_run_summary_and_from_list_on_stdin(runner, tmp_path):
     assert (tmp_path / "o2" / "sub" / "b" / "manifest.json").is_file()
 
 
-def test_progress_line_shows_rate_and_eta(capsys):
-    from fpncli.cli.common import _ProgressLine
+def test_progress_is_a_click_bar_on_a_terminal_and_ten_plain_lines_elsewhere():
+    import io
+
+    from fpncli.cli.common import RunProgress
     from fpncli.run.pipeline import Progress
 
-    bar = _ProgressLine(enabled=True)
-    bar(Progress(done=10, failed=1, skipped=0, todo=40, elapsed_s=5.0))
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Terminal()
+    bar = RunProgress(stream=tty)
+    for i in range(1, 41):
+        bar(Progress(done=i - i // 10, failed=i // 10, skipped=0, todo=40, elapsed_s=i / 2))
     bar.close()
-    err = capsys.readouterr().err
-    assert "11/40" in err and "2.00 img/s" in err and "ETA 0m14s" in err and "1 failed" in err
+    text = tty.getvalue()
+    assert "\r" in text and "40/40" in text and "extracting" in text and "img/s" in text
+    assert "4 failed" in text
+    log = io.StringIO()
+    plain = RunProgress(stream=log)
+    for i in range(1, 1001):
+        plain(Progress(done=i, failed=0, skipped=0, todo=1000, elapsed_s=i / 10))
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 11 and "\r" not in log.getvalue()  # the first, then one per tenth
+    assert lines[1] == "100/1000 images, 10.00 img/s, ETA 1m30s"
+    assert lines[-1].startswith("1000/1000 images")
 
 
 def test_weights_download_then_verify(runner, tmp_path, monkeypatch):

@@ -6,12 +6,11 @@ Library errors become one line on stderr and a non-zero exit; ``-v`` adds the tr
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from .. import __version__
 from .bench import bench
+from .common import verbose_option
 from .diff import diff
 from .extract import extract
 from .report import report
@@ -20,12 +19,10 @@ from .weights import weights
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
+@verbose_option
 @click.version_option(__version__, prog_name="fpncli")
-def cli(verbose: int) -> None:
+def cli() -> None:
     """Extract and visualize Detectron2's ResNet-FPN feature maps (P2-P6)."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 cli.add_command(extract)

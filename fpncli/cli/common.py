@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
-import time
+import threading
 import traceback
 
 import click
@@ -13,6 +14,32 @@ LEVEL_NAMES = ("p2", "p3", "p4", "p5", "p6")
 DEFAULT_WEIGHTS = (
     "faster_rcnn_R_50_FPN_3x"  # = fpncli.weights.registry.DEFAULT_WEIGHTS (no torch import)
 )
+
+
+def _set_verbosity(ctx, param, value: int) -> None:
+    """``-v`` counts wherever it is given (``fpncli -v extract`` or ``fpncli extract -v``)."""
+    verbose = ctx.meta.get("fpncli.verbose", 0) + (value or 0)
+    ctx.meta["fpncli.verbose"] = verbose
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+
+
+def verbose_option(command):
+    """The ``-v/--verbose`` option, for the group and every command."""
+    return click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_set_verbosity,
+        help="More logging (-vv: debug); tracebacks on errors.",
+    )(command)
+
+
+def _verbose() -> int:
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("fpncli.verbose", 0) if ctx is not None else 0
 
 
 def _friendly(command):
@@ -30,8 +57,7 @@ def _friendly(command):
             click.echo("interrupted", err=True)
             sys.exit(130)
         except (ValueError, OSError, RuntimeError, LookupError) as e:
-            ctx = click.get_current_context(silent=True)
-            if ctx is not None and ctx.find_root().params.get("verbose"):
+            if _verbose():
                 traceback.print_exc()
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise click.ClickException(message) from None
@@ -40,10 +66,14 @@ def _friendly(command):
 
 
 def _parse_levels(value: str) -> tuple[str, ...]:
+    if value.strip().lower() == "all":
+        return LEVEL_NAMES
     levels = tuple(v.strip().lower() for v in value.split(",") if v.strip())
     unknown = [lv for lv in levels if lv not in LEVEL_NAMES]
     if unknown or not levels:
-        raise click.BadParameter(f"unknown level(s) {', '.join(unknown) or '(none)'}; use p2..p6")
+        raise click.BadParameter(
+            f"unknown level(s) {', '.join(unknown) or '(none)'}; use p2..p6 (comma list) or all"
+        )
     return tuple(lv for lv in LEVEL_NAMES if lv in levels)
 
 
@@ -75,35 +105,134 @@ def _clip_callback(ctx, param, value: str | None):
         raise click.BadParameter(str(e)) from None
 
 
-class _ProgressLine:
-    """``[####----] 120/1000 12.3 img/s ETA 1m11s`` on stderr, redrawn in place (terminals only)."""
+def _levels_callback(ctx, param, value: str) -> tuple[str, ...]:
+    return _parse_levels(value)
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.last = 0.0
+
+def _shard_callback(ctx, param, value: str | None) -> tuple[int, int] | None:
+    return _parse_shard(value)
+
+
+def _cmap_callback(ctx, param, value: str) -> str:
+    import matplotlib  # no torch; checked here so a typo fails before any work
+
+    if value not in matplotlib.colormaps:
+        raise click.BadParameter(
+            f"unknown colormap {value!r}; try viridis, magma, inferno, plasma, gray or jet"
+        )
+    return value
+
+
+def _env_shard() -> tuple[int, int] | None:
+    """torchrun's ``RANK``/``WORLD_SIZE`` as a shard, checked: the error names the variable."""
+    import os
+
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is None and world is None:
+        return None
+    if rank is None or world is None:
+        missing = "RANK" if rank is None else "WORLD_SIZE"
+        raise click.UsageError(
+            f"{missing} is not set but {'WORLD_SIZE' if rank is None else 'RANK'} is: set both "
+            "(as torchrun does) or neither, or pass --shard I/N"
+        )
+    values = {}
+    for name, text in (("RANK", rank), ("WORLD_SIZE", world)):
+        try:
+            values[name] = int(text.strip())
+        except ValueError:
+            raise click.UsageError(
+                f"environment variable {name}={text!r} is not a whole number: fix or unset it, "
+                "or pass --shard I/N"
+            ) from None
+    if values["WORLD_SIZE"] < 1 or not 0 <= values["RANK"] < values["WORLD_SIZE"]:
+        raise click.UsageError(
+            f"environment variables RANK={values['RANK']} and WORLD_SIZE="
+            f"{values['WORLD_SIZE']}: need 0 <= RANK < WORLD_SIZE"
+        )
+    return values["RANK"], values["WORLD_SIZE"]
+
+
+def _check_weights(weights: str) -> None:
+    """Refuse a ``--weights`` value that is neither random, a registry name nor a file (no
+    torch import, no download)."""
+    from pathlib import Path
+
+    from ..weights.registry import REGISTRY
+
+    if weights == "random" or weights in REGISTRY or Path(weights).expanduser().is_file():
+        return
+    if Path(weights).suffix in (".pkl", ".pth", ".pt") or "/" in weights:
+        raise click.BadParameter(f"weights file not found: {weights}", param_hint="--weights")
+    raise click.BadParameter(
+        f"unknown weights {weights!r}: not a file, nor one of {', '.join(REGISTRY)}, random "
+        "(see 'fpncli weights list')",
+        param_hint="--weights",
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class RunProgress:
+    """A run's progress on stderr: click's progress bar on a terminal; elsewhere (a log file, a
+    pipe, a batch job) one plain line per tenth of the run, so logs stay short and readable.
+
+    Called with ``fpncli.run.pipeline.Progress`` reports, from any thread; keeps the last one
+    (``last``) so an interrupted run can say what was done.
+    """
+
+    def __init__(self, *, stream=None, terminal: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.terminal = self.stream.isatty() if terminal is None else terminal
+        self.last = None
+        self._bar = None
+        self._shown = 0
+        self._next_line = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _rate(p) -> str:
+        if p is None:
+            return ""
+        rate = p.done / p.elapsed_s if p.elapsed_s > 0 else 0.0
+        return f"{rate:.2f} img/s" + (f", {p.failed} failed" if p.failed else "")
 
     def __call__(self, p) -> None:
-        now = time.monotonic()
-        finished = p.done + p.failed
-        if not self.enabled or (now - self.last < 0.2 and finished < p.todo):
-            return
-        self.last = now
-        rate = p.done / p.elapsed_s if p.elapsed_s > 0 else 0.0
-        remaining = (p.todo - finished) / rate if rate > 0 else float("nan")
-        eta = (
-            "?" if remaining != remaining else f"{int(remaining // 60)}m{int(remaining % 60):02d}s"
-        )
-        width = 28
-        filled = int(width * finished / max(p.todo, 1))
-        bar = "#" * filled + "-" * (width - filled)
-        text = f"\r[{bar}] {finished}/{p.todo} {rate:.2f} img/s ETA {eta}"
-        if p.failed:
-            text += f" ({p.failed} failed)"
-        click.echo(text, err=True, nl=False)
+        with self._lock:
+            self.last = p
+            finished = p.done + p.failed
+            if p.todo <= 1:
+                return
+            if self.terminal:
+                if self._bar is None:
+                    self._bar = click.progressbar(
+                        length=p.todo, label="extracting", file=self.stream, show_pos=True,
+                        show_eta=True, item_show_func=self._rate, width=28,
+                    )  # fmt: skip
+                    self._bar.is_hidden = False  # the stream is a terminal (checked above)
+                self._bar.update(finished - self._shown, p)
+                self._shown = finished
+                return
+            if finished >= self._next_line or finished == p.todo:
+                step = max(1, p.todo // 10)
+                self._next_line = (finished // step + 1) * step
+                rate = p.done / p.elapsed_s if p.elapsed_s > 0 else 0.0
+                eta = (p.todo - finished) / rate if rate > 0 else float("nan")
+                line = f"{finished}/{p.todo} images, {self._rate(p)}, ETA {_duration(eta)}"
+                click.echo(line, file=self.stream)
 
     def close(self) -> None:
-        if self.enabled:
-            click.echo("", err=True)
+        with self._lock:
+            if self._bar is not None:
+                self._bar.render_finish()
+                self._bar = None
 
 
 def _load_model(weights: str, device: str, seed: int):

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .common import _friendly, _parse_levels
+from .common import _friendly, _parse_levels, verbose_option
 
 
 @click.command()
@@ -19,6 +19,7 @@ from .common import _friendly, _parse_levels
               type=click.Path(file_okay=False),
               help="Where diff.json, diff.csv and KEY/diff.png go.")  # fmt: skip
 @click.option("--no-pictures", is_flag=True, help="Only the tables, no |A-B| pictures.")
+@verbose_option
 @_friendly
 def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
     """Compare extraction B against A (the reference); exit 0 only when all agree within --tol.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -12,16 +13,28 @@ from ..io.guard import quote_name
 from .common import (
     CLIP_HELP,
     DEFAULT_WEIGHTS,
+    RunProgress,
+    _check_weights,
     _clip_callback,
+    _cmap_callback,
+    _env_shard,
     _friendly,
+    _levels_callback,
     _load_model,
-    _parse_levels,
-    _parse_shard,
-    _ProgressLine,
+    _shard_callback,
+    verbose_option,
 )
 
 
-@click.command()
+class _ExtractCommand(click.Command):
+    """Keeps the command line as given, so an interrupted run can print how to resume it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["fpncli.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=_ExtractCommand)
 @click.argument("inputs", nargs=-1)
 @click.option(
     "-o",
@@ -46,7 +59,13 @@ from .common import (
     show_default=True,
     help="fp16/bf16 use autocast on CUDA.",
 )
-@click.option("--levels", default="p2,p3,p4,p5,p6", show_default=True, help="Levels to save.")
+@click.option(
+    "--levels",
+    default="p2,p3,p4,p5,p6",
+    show_default=True,
+    callback=_levels_callback,
+    help="Levels to save: a comma list of p2..p6, or all.",
+)
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "float16"]),
@@ -58,7 +77,9 @@ from .common import (
 @click.option("--no-heatmaps", is_flag=True, help="Do not save per-level heatmap PNGs.")
 @click.option("--no-overview", is_flag=True, help="Do not save overview.png.")
 @click.option("--overlay", is_flag=True, help="Also save each heatmap laid over the photo.")
-@click.option("--channel", type=int, default=0, show_default=True, help="Channel to draw.")
+@click.option(
+    "--channel", type=click.IntRange(0, 255), default=0, show_default=True, help="Channel to draw."
+)
 @click.option(
     "--reduce",
     type=click.Choice(["channel", "mean", "max", "l2", "pca"]),
@@ -66,17 +87,39 @@ from .common import (
     show_default=True,
     help="How to turn 256 channels into a map.",
 )
-@click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colormap.")
-@click.option("--clip", default="1,99", show_default=True, callback=_clip_callback, help=CLIP_HELP)
-@click.option("--min-size", type=int, default=800, show_default=True, help="Shortest edge.")
-@click.option("--max-size", type=int, default=1333, show_default=True, help="Longest edge cap.")
-@click.option("--no-resize", is_flag=True, help="Keep the image size (still padded to 32).")
-@click.option("--batch-size", type=int, default=None, help="Default: 1 on CPU, 8 on CUDA.")
 @click.option(
-    "--workers", type=int, default=None, help="Decoding threads (default: CPU count, max 8)."
+    "--cmap",
+    default="viridis",
+    show_default=True,
+    callback=_cmap_callback,
+    help="Matplotlib colormap.",
+)
+@click.option("--clip", default="1,99", show_default=True, callback=_clip_callback, help=CLIP_HELP)
+@click.option(
+    "--min-size", type=click.IntRange(min=1), default=800, show_default=True, help="Shortest edge."
 )
 @click.option(
-    "--writers", type=int, default=None, help="Writing threads (default: CPU count, max 8)."
+    "--max-size",
+    type=click.IntRange(min=1),
+    default=1333,
+    show_default=True,
+    help="Longest edge cap.",
+)
+@click.option("--no-resize", is_flag=True, help="Keep the image size (still padded to 32).")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None, help="Default: 1 on CPU, 8 on CUDA."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Decoding threads (default: CPU count, max 8).",
+)
+@click.option(
+    "--writers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Writing threads (default: CPU count, max 8).",
 )
 @click.option(
     "--compile",
@@ -102,11 +145,18 @@ from .common import (
 @click.option(
     "--shard",
     default=None,
+    callback=_shard_callback,
     help="Process only shard I of N (I/N); default from RANK/WORLD_SIZE when set.",
 )
 @click.option("--gpus", default=None, help="all or N: one worker process per GPU (with CUDA).")
-@click.option("--max-pixels", type=int, default=None, help="Refuse images larger than this.")
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse images with more pixels than this (default 178 million).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
+@verbose_option
 @_friendly
 def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, no_heatmaps,
             no_overview, overlay, channel, reduce, cmap, clip, min_size, max_size, no_resize,
@@ -124,42 +174,40 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         plan_jobs,
         run_jobs,
         select_shard,
-        shard_from_env,
     )
 
-    output = OutputOptions(
-        levels=_parse_levels(levels), dtype=dtype, save_npy=not no_npy,
-        save_heatmaps=not no_heatmaps, save_overview=not no_overview, overlay=overlay,
-        channel=channel, reduce=reduce, cmap=cmap, clip=clip, min_size=min_size, max_size=max_size,
-        resize=not no_resize,
-    )  # fmt: skip
-    counts = (("--workers", workers), ("--writers", writers), ("--batch-size", batch_size))
-    for name, value in counts:
-        if value is not None and value < 1:
-            raise click.BadParameter(f"must be at least 1, got {value}", param_hint=name)
-    if not 0 <= channel < 256:
+    # Every option is checked before any folder is made, weights loaded or downloaded.
+    if min_size > max_size:
         raise click.BadParameter(
-            f"channel must be in 0..255, got {channel}", param_hint="--channel"
+            f"--min-size {min_size} is larger than --max-size {max_size}", param_hint="--min-size"
         )
+    _check_weights(weights)
+    shard_spec = shard or _env_shard()
+    dev = _checked_device(device, precision)
+    devices = _gpu_devices(gpus, device)
+    output = OutputOptions(
+        levels=levels, dtype=dtype, save_npy=not no_npy,
+        save_heatmaps=not no_heatmaps, save_overview=not no_overview, overlay=overlay,
+        channel=channel, reduce=reduce, cmap=cmap, clip=clip, min_size=min_size,
+        max_size=max_size, resize=not no_resize,
+    )  # fmt: skip
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise click.ClickException(f"cannot create output folder {out}: {e.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise click.ClickException(f"output folder {out} is not writable")
     passed_over: set[Path] = set()
     pairs = discover_inputs(inputs, from_list, exclude=out, skipped=passed_over)
     if passed_over:
         click.echo(_skipped_note(passed_over), err=True)
     if not pairs:
         raise click.ClickException("no images found in the given inputs")
+    jobs = plan_jobs(pairs, out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(f"cannot create output folder {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise click.ClickException(f"output folder {out} is not writable")
     mark_output_root(out)
-    jobs = plan_jobs(pairs, Path(out_dir))
-    shard_spec = _parse_shard(shard) or shard_from_env()
     if shard_spec is not None:
         jobs = select_shard(jobs, *shard_spec)
-    devices = _gpu_devices(gpus, device)
     model, dev = _load_model(weights, "cpu" if len(devices) > 1 else device, seed)
     if devices:
         dev = _torch_device(devices[0])
@@ -174,20 +222,63 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         force=force,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
     )
-    bar = _ProgressLine(enabled=sys.stderr.isatty() and len(jobs) > 1)
-    if len(devices) > 1:
-        from ..run.multi import run_on_devices
+    bar = RunProgress()
+    try:
+        if len(devices) > 1:
+            from ..run.multi import run_on_devices
 
-        summary = run_on_devices(
-            jobs, model, options, devices, weights=weights, seed=seed, progress=bar
-        )
-    else:
-        summary = run_jobs(jobs, model, options, progress=bar)
+            summary = run_on_devices(
+                jobs, model, options, devices, weights=weights, seed=seed, progress=bar
+            )
+        else:
+            summary = run_jobs(jobs, model, options, progress=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        _report_interrupt(bar.last, len(jobs))
+        sys.exit(130)
     bar.close()
     _write_run_log(summary, out, weights, precision)
     _report(summary, Path(out_dir), len(jobs))
     if summary.failed or summary.aborted:
         sys.exit(1)
+
+
+def _resume_command() -> str:
+    """The command that finishes an interrupted run: the same one, without what redoes work."""
+    ctx = click.get_current_context()
+    args = [a for a in ctx.meta.get("fpncli.argv", []) if a not in ("--overwrite", "--no-resume")]
+    return shlex.join(["fpncli", "extract", *args])
+
+
+def _report_interrupt(last, total: int) -> None:
+    """Ctrl-C: what was done, what is left, and the command that resumes."""
+    if last is None:
+        done = failed = 0
+        left, skipped = total, 0
+    else:
+        done, failed, skipped = last.done, last.failed, last.skipped
+        left = last.todo - done - failed
+    click.echo(
+        f"interrupted: {done} image(s) written by this run, {failed} failed, {skipped} were "
+        f"already complete; {left} of {total} left (the images in progress were not saved).",
+        err=True,
+    )
+    click.echo(f"resume with: {_resume_command()}", err=True)
+
+
+def _checked_device(device: str, precision: str):
+    """The torch device, with the precision checked for it (fp16/bf16 on a CPU)."""
+    from ..api import check_precision, resolve_device
+
+    try:
+        dev = resolve_device(device)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--device") from None
+    try:
+        check_precision(precision, dev)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--precision") from None
+    return dev
 
 
 def _torch_device(name: str):

@@ -6,15 +6,17 @@ from pathlib import Path
 
 import click
 
-from .common import _friendly
+from .common import _friendly, verbose_option
 
 
 @click.group()
+@verbose_option
 def weights() -> None:
     """The registry of named checkpoints and the local cache."""
 
 
 @weights.command("list")
+@verbose_option
 def weights_list() -> None:
     """List named checkpoints, their addresses and cache state."""
     from ..weights.hub import cached_path
@@ -36,6 +38,7 @@ def weights_list() -> None:
 
 @weights.command("download")
 @click.argument("names", nargs=-1, required=True)
+@verbose_option
 @_friendly
 def weights_download(names) -> None:
     """Download named checkpoints into the cache (checked, then renamed into place)."""
@@ -59,6 +62,7 @@ def weights_download(names) -> None:
 
 @weights.command("verify")
 @click.argument("names", nargs=-1)
+@verbose_option
 @_friendly
 def weights_verify(names) -> None:
     """Re-hash cached checkpoints against the recorded and published sha256."""

@@ -183,7 +183,7 @@ def bench_end_to_end(
         output = replace(OutputOptions(), **sizes, **OUTPUT_PRESETS[outputs])
         options = RunOptions(
             output=output, precision=precision, batch_size=batch_size, workers=workers,
-            overwrite=True, force=True,
+            overwrite=True, force=True, record_latest=False,  # scratch: not for `fpncli show`
         )  # fmt: skip
         jobs = [Job(p, root / "out" / p.stem) for p in paths]
         # Warm-up on two images so start-up costs are not timed.

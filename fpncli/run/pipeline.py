@@ -368,7 +368,7 @@ def run_jobs(
     summary.seconds = time.monotonic() - start
     if runner.disk_was_full:
         summary.aborted = disk_full_message(summary)
-    if summary.last_folder is not None:
+    if summary.last_folder is not None and options.record_latest:
         record_latest(summary.last_folder)
     return summary
 

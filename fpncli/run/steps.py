@@ -57,6 +57,7 @@ class RunOptions:
     compile: bool = False  # torch.compile the model (once per model and precision)
     pad_batches: bool | None = None  # pad partial batches to batch_size; None: on CUDA only
     threads: int | None = None  # torch's CPU threads during the run (None: leave as is)
+    record_latest: bool = True  # remember the last folder for ``fpncli show`` (not for bench)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "workers", "writers", "queue_mb"):

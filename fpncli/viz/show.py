@@ -149,7 +149,26 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str) -
             return source
         array = read_npy(path)
         return _Source({level: array}, None, None, None, False, path.stem, path.parent / "show")
+    _check_image(path)  # before any weights are loaded or downloaded
     return _from_image(path, weights, device)
+
+
+def _check_image(path: Path) -> None:
+    """Refuse a TARGET that is not an image Pillow can open (a list, a text file...)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..io.inputs import IMAGE_EXTENSIONS
+
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise ValueError(
+            f"{path} is not an image, an output folder or a p*.npy file; "
+            "to extract a list of files, use fpncli extract --from-list"
+        )
+    try:
+        with Image.open(path):
+            pass
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path} is not an image Pillow can read ({e})") from None
 
 
 def _level_map(source: _Source, name: str, reduce: str, channel: int) -> np.ndarray:

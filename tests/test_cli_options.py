@@ -1,0 +1,227 @@
+"""Every option is checked before any work: no folder made, no weights loaded or downloaded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import fpncli.api
+from fpncli.cli import cli
+
+SMALL = ["--weights", "random", "--min-size", "64", "--max-size", "96"]
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    return CliRunner()
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a command gets as far as loading (or downloading) weights."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(fpncli.api, "load_backbone", refuse)
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "street.jpg"
+    Image.fromarray(np.zeros((60, 90, 3), np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, env, names",
+    [
+        (["--cmap", "bogus"], {}, "--cmap"),
+        (["--levels", "p9"], {}, "--levels"),
+        (["--channel", "300"], {}, "--channel"),
+        (["--reduce", "x"], {}, "--reduce"),
+        (["--shard", "4/4"], {}, "--shard"),
+        (["--shard", "x"], {}, "--shard"),
+        ([], {"RANK": "", "WORLD_SIZE": "4"}, "RANK"),
+        ([], {"RANK": "0", "WORLD_SIZE": "four"}, "WORLD_SIZE"),
+        ([], {"RANK": "4", "WORLD_SIZE": "4"}, "RANK"),
+        ([], {"WORLD_SIZE": "4"}, "RANK"),
+        (["--batch-size", "0"], {}, "--batch-size"),
+        (["--workers", "0"], {}, "--workers"),
+        (["--min-size", "0"], {}, "--min-size"),
+        (["--min-size", "900", "--max-size", "800"], {}, "--min-size"),
+        (["--max-pixels", "-1"], {}, "--max-pixels"),
+        (["--clip", "5"], {}, "--clip"),
+        (["--device", "tpu"], {}, "--device"),
+        (["--precision", "fp16", "--device", "cpu"], {}, "--precision"),
+        (["--weights", "no-such-weights"], {}, "--weights"),
+    ],
+)
+def test_extract_checks_every_option_first(runner, no_model, photo, tmp_path, monkeypatch, args,
+                                           env, names):  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "out"
+    base = ["extract", str(photo), "-o", str(out), "--weights", "random"]
+    result = runner.invoke(cli, [*base, *args])
+    assert result.exit_code != 0
+    assert names in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 4
+    assert not out.exists()  # no folder made
+
+
+def test_levels_all_is_accepted(runner, photo, tmp_path):
+    out = tmp_path / "out"
+    args = ["extract", str(photo), "-o", str(out), *SMALL, "--levels", "all", "--no-heatmaps",
+            "--no-overview"]  # fmt: skip
+    assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
+    assert sorted(p.name for p in (out / "street").glob("p*.npy")) == [
+        f"p{k}.npy" for k in range(2, 7)
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["--iters", "0"], "--iters"),
+        (["--outputs", "bogus"], "--outputs"),
+        (["--batch-sizes", "0"], "--batch-sizes"),
+        (["--batch-sizes", "1,x"], "--batch-sizes"),
+        (["--sizes", "800"], "--sizes"),
+        (["--precisions", "fp8"], "--precisions"),
+        (["--json", "no/such/folder/b.json"], "--json"),
+        (["--weights", "nope"], "--weights"),
+    ],
+)
+def test_bench_checks_every_option_first(runner, no_model, args, names):
+    result = runner.invoke(cli, ["bench", *args])
+    assert result.exit_code != 0
+    assert names in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_show_checks_options_before_any_weights_download(runner, no_model, photo, tmp_path):
+    cases = [(["--cmap", "bogus"], "--cmap"), (["--level", "p9"], "--level"),
+             (["--channel", "-1"], "--channel"), (["--clip", "a,b"], "--clip")]  # fmt: skip
+    for args, names in cases:
+        result = runner.invoke(cli, ["show", str(photo), *args])
+        assert result.exit_code == 2 and names in result.output, result.output
+    listing = tmp_path / "files.txt"
+    listing.write_text("a.jpg\n")
+    result = runner.invoke(cli, ["show", str(listing)])
+    assert result.exit_code == 1 and "not an image" in result.output, result.output
+    fake = tmp_path / "fake.png"
+    fake.write_text("not a picture")
+    result = runner.invoke(cli, ["show", str(fake)])
+    assert result.exit_code == 1 and "not an image" in result.output, result.output
+
+
+def test_bench_rows_stand_alone(runner, monkeypatch, tmp_path):
+    """bf16 where it cannot run well is reported and skipped; the fp32 rows still print."""
+    monkeypatch.setattr(fpncli.api, "_cpu_has_fast_bf16", lambda: False)
+    report = tmp_path / "b.json"
+    args = ["bench", "--device", "cpu", "--sizes", "64x96", "--precisions", "fp32,bf16",
+            "--model-only", "--iters", "1", "--warmup", "0", "--json", str(report)]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1
+    assert "skipped bf16: this CPU has no fast bf16" in result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("model")]
+    assert len(lines) == 1 and "fp32" in lines[0] and "64x96" in lines[0]
+    data = json.loads(report.read_text())
+    assert [r["precision"] for r in data["rows"]] == ["fp32"]
+    assert data["skipped"][0]["precision"] == "bf16"
+
+
+def test_a_row_that_fails_mid_run_does_not_discard_the_others(runner, monkeypatch):
+    import fpncli.run.bench as bench_module
+
+    real = bench_module.bench_model
+
+    def flaky(model, **kwargs):
+        if kwargs["batch_size"] == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return real(model, **kwargs)
+
+    monkeypatch.setattr(bench_module, "bench_model", flaky)
+    args = ["bench", "--device", "cpu", "--sizes", "64x96", "--batch-sizes", "1,2,3",
+            "--model-only", "--iters", "1", "--warmup", "0"]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1
+    assert "skipped model fpncli 64x96 batch 2 fp32: out of memory (simulated)" in result.stderr
+    batches = [line.split()[3] for line in result.stdout.splitlines() if line.startswith("model")]
+    assert batches == ["1", "3"]
+
+
+def test_api_refuses_slow_cpu_precisions_like_the_cli(monkeypatch):
+    monkeypatch.setattr(fpncli.api, "_cpu_has_fast_bf16", lambda: False)
+    model = fpncli.api.load_backbone("random")
+    image = np.zeros((40, 60, 3), np.uint8)
+    for precision in ("fp16", "bf16"):
+        with pytest.raises(ValueError, match="fp32"):
+            fpncli.api.extract(image, model, min_size=32, max_size=64, precision=precision)
+
+
+def test_verbose_is_accepted_after_the_subcommand(runner, tmp_path):
+    missing = str(tmp_path / "missing.jpg")
+    quiet = runner.invoke(cli, ["extract", missing, "--weights", "random"])
+    assert quiet.exit_code == 1 and "Traceback" not in quiet.output
+    for args in (
+        ["-v", "extract", missing],
+        ["extract", missing, "-v"],
+        ["extract", "-v", missing],
+    ):
+        loud = runner.invoke(cli, [*args, "--weights", "random"])
+        assert loud.exit_code == 1 and "Traceback" in loud.output, args
+    assert runner.invoke(cli, ["weights", "list", "-v"]).exit_code == 0
+
+
+def test_every_option_of_every_command_has_help():
+    import click
+
+    commands = [cli] + list(cli.commands.values())
+    commands += list(cli.commands["weights"].commands.values())
+    for command in commands:
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{command.name} {param.opts} has no help text"
+
+
+def test_ctrl_c_says_what_was_done_what_is_left_and_how_to_resume(runner, tmp_path, monkeypatch):
+    import shlex
+
+    import fpncli.run.pipeline as pipeline
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((40, 60, 3), i * 40, np.uint8)).save(folder / f"im{i}.png")
+    real, calls = pipeline.load_image, []
+
+    def interrupt_on_the_fourth(path, **kwargs):
+        calls.append(path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_image", interrupt_on_the_fourth)
+    out = tmp_path / "out"
+    args = ["extract", str(folder), "-o", str(out), *SMALL, "--workers", "1", "--no-heatmaps",
+            "--no-overview", "--overwrite"]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 130
+    assert "interrupted: 3 image(s) written by this run, 0 failed" in result.stderr
+    assert "2 of 5 left" in result.stderr
+    resume = result.stderr.split("resume with: ")[1].strip()
+    assert "--overwrite" not in resume  # resuming must not redo the finished images
+    words = shlex.split(resume)
+    assert words[:2] == ["fpncli", "extract"]
+    monkeypatch.setattr(pipeline, "load_image", real)
+    again = runner.invoke(cli, words[1:], catch_exceptions=False)
+    assert again.exit_code == 0 and "done 2, skipped 3" in again.output
