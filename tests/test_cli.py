@@ -159,7 +159,7 @@ def test_weights_list_and_verify(runner):
     assert "https://dl.fbaipublicfiles.com/detectron2/" in result.output
     assert "torchvision_fasterrcnn_resnet50_fpn" in result.output
     result = runner.invoke(cli, ["weights", "verify", "faster_rcnn_R_50_FPN_1x"])
-    assert result.exit_code == 0 and "missing" in result.output
+    assert result.exit_code == 1 and "not cached" in result.output  # named, so it must be there
     result = runner.invoke(cli, ["weights", "verify", "nope"])
     assert result.exit_code == 1 and "unknown weights name" in result.output
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import _friendly
+from .common import _friendly, verbose_option
 
 
 @click.command()
@@ -12,6 +12,7 @@ from .common import _friendly
 @click.option("--page-size", type=int, default=100, show_default=True, help="Images per page.")
 @click.option("--thumb-height", type=int, default=64, show_default=True, help="In pixels.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a browser.")
+@verbose_option
 @_friendly
 def report(out, page_size, thumb_height, open_browser) -> None:
     """Write OUT/report.html: summary, per-level statistics and histograms, a paged image grid."""

@@ -19,13 +19,14 @@ def weights() -> None:
 @verbose_option
 def weights_list() -> None:
     """List named checkpoints, their addresses and cache state."""
-    from ..weights.hub import cached_path
+    from ..weights.hub import cache_state
     from ..weights.registry import DEFAULT_WEIGHTS as default
     from ..weights.registry import REGISTRY
 
     for spec in REGISTRY.values():
-        path = cached_path(spec)
-        state = "cached" if path.is_file() else "not cached"
+        entry = cache_state(spec)  # size and, where known, sha256: a damaged file is not cached
+        path = entry.path
+        state = entry.status + (f" ({entry.detail})" if entry.detail else "")
         mark = " (default)" if spec.name == default else ""
         click.echo(f"{spec.name}{mark}: {spec.description}")
         click.echo(f"    {spec.url}")
@@ -52,6 +53,12 @@ def weights_download(names) -> None:
         load_state_dict_strict(build_resnet_fpn_backbone(**ckpt.arch), ckpt.state_dict)
 
     for name in names:
+        if name == "random":
+            click.echo(
+                "random: nothing to download: --weights random builds a seeded, untrained "
+                "network on the fly"
+            )
+            continue
         spec = get_spec(name)
         if cached_path(spec).is_file():
             click.echo(f"{name}: already cached at {cached_path(spec)}")
@@ -65,7 +72,11 @@ def weights_download(names) -> None:
 @verbose_option
 @_friendly
 def weights_verify(names) -> None:
-    """Re-hash cached checkpoints against the recorded and published sha256."""
+    """Re-hash cached checkpoints against the recorded and published sha256.
+
+    With NAMES, each must be cached and match (exit 1 otherwise); without, every cached one is
+    checked and the others are listed as not cached.
+    """
     from ..weights.hub import verify_cached
     from ..weights.registry import get_spec
 
@@ -73,7 +84,11 @@ def weights_verify(names) -> None:
         get_spec(name)
     bad = 0
     for entry in verify_cached(list(names) or None):
-        click.echo(f"{entry.name}: {entry.status} {entry.detail}".rstrip())
-        bad += entry.status == "mismatch"
+        status = "not cached" if entry.status == "missing" else entry.status
+        click.echo(f"{entry.name}: {status} {entry.detail}".rstrip())
+        bad += entry.status == "mismatch" or (entry.status == "missing" and bool(names))
     if bad:
-        raise click.ClickException(f"{bad} cached checkpoint(s) do not match their digest")
+        raise click.ClickException(
+            f"{bad} checkpoint(s) missing or not matching their digest: "
+            "run 'fpncli weights download NAME' for each"
+        )

@@ -115,7 +115,12 @@ def safe_unpickle(path: Path) -> object:
             raise ValueError(f"{path}: declares more data than fits in memory: refused") from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
                 IndexError, KeyError, OverflowError) as e:  # fmt: skip
-            raise ValueError(f"{path}: not a readable .pkl checkpoint ({e})") from None
+            kind = ".pkl" if Path(path).suffix == ".pkl" else Path(path).suffix or "weights"
+            what = "a zip archive (torch.save) nor a pickle of arrays"
+            raise ValueError(
+                f"{path}: not a readable {kind} checkpoint: neither {what} ({e}); a truncated "
+                "or damaged file?"
+            ) from None
     if type(obj) is int and obj == _LEGACY_TORCH_MAGIC:
         raise ValueError(
             f"{path}: unsupported format: a legacy (non-zip, before torch 1.6) torch.save file; "

@@ -26,6 +26,7 @@ __all__ = [
     "WeightsDownloadError",
     "cache_dir",
     "cached_path",
+    "cache_state",
     "download",
     "resolve_weights",
     "sha256_file",
@@ -227,6 +228,35 @@ class CacheEntry:
     path: Path
     status: str  # "ok", "missing", "mismatch", "unrecorded"
     detail: str = ""
+
+
+def cache_state(spec: WeightsSpec) -> CacheEntry:
+    """Whether ``spec``'s cached file is usable: present, of the published size and, where a
+    digest is known (published or recorded at download), with that sha256.
+
+    Status ``"cached"``, ``"not cached"`` or ``"damaged"`` (``detail`` says why and what to do).
+    """
+    path = cached_path(spec)
+    if not path.is_file():
+        return CacheEntry(spec.name, path, "not cached")
+    fix = f"delete it and run 'fpncli weights download {spec.name}'"
+    size = path.stat().st_size
+    if size == 0 or (spec.size_bytes and size != spec.size_bytes):
+        expected = f"expected {spec.size_bytes}" if spec.size_bytes else "an empty file"
+        detail = f"{size} bytes, {expected} (a partial copy?); {fix}"
+        return CacheEntry(spec.name, path, "damaged", detail)
+    if spec.sha256 or spec.sha256_prefix or recorded_sha256(path):
+        digest = sha256_file(path)
+        recorded = recorded_sha256(path)
+        wrong = (
+            (spec.sha256 and digest != spec.sha256)
+            or (spec.sha256_prefix and not digest.startswith(spec.sha256_prefix))
+            or (recorded and digest != recorded)
+        )
+        if wrong:
+            detail = f"sha256 {digest[:16]}... is not the expected one; {fix}"
+            return CacheEntry(spec.name, path, "damaged", detail)
+    return CacheEntry(spec.name, path, "cached")
 
 
 def verify_cached(names: list[str] | None = None) -> list[CacheEntry]:
