@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from fpncli.cli import cli
 
@@ -59,3 +61,41 @@ def test_a_damaged_pth_is_not_called_a_pkl(tmp_path):
     with pytest.raises(ValueError, match=r"\.pth") as error:
         read_checkpoint(path)
     assert ".pkl checkpoint" not in str(error.value)
+
+
+def test_a_failed_file_is_named_once_with_its_reason(runner, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(folder / "good.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    result = runner.invoke(cli, ["extract", str(folder), "-o", str(tmp_path / "out"), *SMALL,
+                                 "--no-heatmaps", "--no-overview"])  # fmt: skip
+    assert result.exit_code == 1
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("failed:"))
+    assert line.count("broken.jpg") == 1, line
+    assert "not an image" in line or "unreadable" in line
+
+
+def test_names_that_differ_only_in_case_never_share_a_folder(tmp_path):
+    from fpncli.io.inputs import plan_jobs
+
+    root = tmp_path / "in"
+    pairs = [(root / "A.PNG", root), (root / "a.jpg", root), (root / "Sub" / "x.png", root),
+             (root / "sub" / "x.png", root)]  # fmt: skip
+    folders = [
+        str(job.folder.relative_to(tmp_path / "out")) for job in plan_jobs(pairs, tmp_path / "out")
+    ]
+    assert len({f.casefold() for f in folders}) == 4, folders
+    assert folders[:2] == ["A_png", "a_jpg"]
+
+
+def test_the_run_states_its_output_volume_before_it_starts(runner, tmp_path):
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.zeros((300, 451, 3), np.uint8)).save(photo)
+    args = ["extract", str(photo), "-o", str(tmp_path / "out"), *SMALL, "--no-heatmaps",
+            "--no-overview"]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("output: about"))
+    assert "MB per image" in line and "--dtype float16" in line and "--levels p3,p4,p5,p6" in line
+    assert result.stderr.index("output: about") < result.stderr.index("note: --weights random")

@@ -95,7 +95,7 @@ def test_all_and_overlay(folder, tmp_path):
 
 
 def test_latest_when_no_target(folder, monkeypatch):
-    monkeypatch.setattr(show_module, "_latest", lambda: folder)
+    monkeypatch.setattr(show_module, "_latest", lambda: (folder, []))
     assert show(None, level="p5", display=False).saved == folder / "show_p5.png"
 
 
@@ -129,4 +129,114 @@ def test_cli_show_prints_where(folder, monkeypatch):
     result = CliRunner().invoke(cli, ["show", str(folder), "--level", "p6"], catch_exceptions=False)
     assert result.exit_code == 0
     assert f"saved {folder / 'show_p6.png'}" in result.output
+    assert "no display" in result.output  # headless: says why a PNG, and where it went
     assert "stride-2 subsample of P5" in result.output
+
+
+def _copy_extraction(folder, name):
+    import shutil
+
+    copy = folder.parent / name
+    shutil.copytree(folder, copy)
+    return copy
+
+
+def test_latest_gone_falls_back_to_the_newest_that_still_exists(folder, tmp_path, monkeypatch):
+    import shutil
+
+    from fpncli.io.outputs import latest_extraction, record_latest
+
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    newer = _copy_extraction(folder, "newer")
+    record_latest(folder)
+    record_latest(newer)
+    assert latest_extraction() == newer.resolve()
+    shutil.rmtree(newer)
+    assert latest_extraction() == folder.resolve()
+    result = show(None, level="p4", display=False)
+    assert result.saved == folder.resolve() / "show_p4.png"
+    assert any(f"{newer.resolve()} is gone" in m for m in result.messages)
+
+
+def test_bench_scratch_runs_do_not_become_the_latest(folder, tmp_path, monkeypatch):
+    from fpncli.api import load_backbone
+    from fpncli.io.outputs import latest_extraction, record_latest
+    from fpncli.run.bench import bench_end_to_end
+
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    record_latest(folder)
+    model = load_backbone("random")
+    bench_end_to_end(model, height=64, width=96, images=2, batch_size=1, precision="fp32",
+                     measure_disk=False, work_dir=tmp_path)  # fmt: skip
+    assert latest_extraction() == folder.resolve()
+
+
+def test_a_batch_output_root_lists_its_images_and_how_to_pick_one(folder):
+    _copy_extraction(folder, "second")
+    with pytest.raises(ValueError, match="batch output folder with 2 extraction") as error:
+        show(str(folder.parent), display=False)
+    assert f"fpncli show {folder}" in str(error.value)
+    assert "photo, second" in str(error.value)
+
+
+def test_level_all_shows_the_levels_an_extraction_has(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name in ("p2", "p6"):
+        del manifest["levels"][name]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = show(str(folder), level="all", display=False)
+    assert result.saved.is_file()
+
+
+def test_the_window_draws_the_values_in_image_pixels(folder):
+    """What the show window holds (checked with the Agg backend, no display needed)."""
+    from fpncli.viz.show import level_figure_for
+    from fpncli.viz.visualize import value_range
+
+    fig = level_figure_for(str(folder), level="p3")
+    image_axes = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert len(image_axes) == 1 and len(fig.axes) == 2  # the level and its colour bar
+    ax = image_axes[0]
+    shown = ax.images[-1]
+    values = np.load(folder / "p3.npy")[0, 0, :8, :12]  # valid region: ceil(60/8) x ceil(96/8)
+    np.testing.assert_array_equal(shown.get_array(), values)
+    assert shown.get_extent() == pytest.approx([0, 12 * 8 / 1.2, 8 * 8 / 1.2, 0])
+    assert ax.get_xlim() == (0, 80) and ax.get_ylim() == (50, 0)  # the 80x50 photo's pixels
+    assert shown.get_clim() == pytest.approx(value_range(values))
+    # hovering at photo pixel (20, 10): resized (24, 12) -> cell (1, 3)
+    text = ax.format_coord(20.0, 10.0)
+    assert "x=20 y=10 px" in text and "cell (1, 3)" in text and f"{values[1, 3]:.5g}" in text
+    assert "RANDOM" in fig._suptitle.get_text() and fig._suptitle.get_color() == "#c00000"
+
+
+def test_the_window_has_one_subplot_per_level_and_a_p6_as_large_as_p2(folder):
+    from fpncli.viz.show import level_figure_for
+
+    fig = level_figure_for(str(folder), level="all")
+    image_axes = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert [ax.get_title().split()[0] for ax in image_axes] == ["p2", "p3", "p4", "p5", "p6"]
+    assert len(fig.axes) == 10  # and a colour bar each
+    assert {ax.get_xlim() for ax in image_axes} == {(0, 80)}  # all cover the whole photo
+    width, height = fig.get_size_inches()
+    assert 8 <= width <= 16 and 3 <= height <= 10
+    overlay = level_figure_for(str(folder), level="p4", overlay=True)
+    ax = next(ax for ax in overlay.axes if len(ax.images) == 2)  # photo, then the map
+    assert ax.images[0].get_array().shape == (50, 80, 3) and ax.images[1].get_alpha() == 0.5
+
+
+def test_show_opens_the_data_window_when_there_is_a_display(folder, monkeypatch):
+    import fpncli.viz.window as window
+
+    opened = {}
+
+    def fake_open(window_title, panels, **options):
+        opened.update(title=window_title, panels=panels, options=options)
+        return True
+
+    monkeypatch.setattr(show_module, "open_window", fake_open)
+    result = show(str(folder), level="all", display=True)
+    assert result.displayed and result.saved is None
+    assert [p["name"] for p in opened["panels"]] == ["p2", "p3", "p4", "p5", "p6"]
+    assert opened["options"]["scale"] == (1.2, 1.2) and "RANDOM" in opened["options"]["note"]
+    fig = window.level_figure(opened["panels"], **opened["options"])  # what the window draws
+    assert len(fig.axes) == 10

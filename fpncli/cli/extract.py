@@ -208,6 +208,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     mark_output_root(out)
     if shard_spec is not None:
         jobs = select_shard(jobs, *shard_spec)
+    click.echo(_volume_note(jobs, output), err=True)
     model, dev = _load_model(weights, "cpu" if len(devices) > 1 else device, seed)
     if devices:
         dev = _torch_device(devices[0])
@@ -329,8 +330,45 @@ def _skipped_note(roots: set[Path]) -> str:
     return f"note: not reading outputs back as inputs: skipped {', '.join(shown[:5])}{more}"
 
 
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
+
+
+def _volume_note(jobs, output) -> str:
+    """How much the run will write, said before it starts, with the options that cut it."""
+    from dataclasses import replace
+
+    from ..run.pipeline import estimate_run_bytes
+
+    def per_image(options) -> float:
+        return estimate_run_bytes(jobs, options) / max(1, len(jobs))
+
+    text = f"output: about {_size(per_image(output))} per image"
+    if len(jobs) > 1:
+        text += f", {_size(per_image(output) * len(jobs))} for {len(jobs)} images"
+    tips = []
+    if output.save_npy and output.dtype == "float32":
+        tips.append(f"--dtype float16: {_size(per_image(replace(output, dtype='float16')))}")
+    if output.save_npy and "p2" in output.levels and len(output.levels) > 1:
+        rest = tuple(name for name in output.levels if name != "p2")
+        tips.append(f"--levels {','.join(rest)}: {_size(per_image(replace(output, levels=rest)))}")
+    return text + (f" (per image with {'; with '.join(tips)})" if tips else "")
+
+
+def _without_path(reason: str, path: str) -> str:
+    """The reason, without the path the library put in it: the line names the path once."""
+    for prefix in (f"{path}: ", f"{path} "):
+        if reason.startswith(prefix):
+            return reason[len(prefix) :]
+    for suffix in (f": {path}", f" {path}"):
+        if reason.endswith(suffix):
+            return reason[: -len(suffix)]
+    return reason.replace(path, "the file")
+
+
 def _report(summary, out_dir: Path, total: int) -> None:
     for path, reason in summary.failed:  # quoted: a newline in a name must not forge a line
+        reason = _without_path(reason, str(path))
         click.echo(f"failed: {quote_name(str(path))}: {quote_name(reason)}", err=True)
     if summary.aborted:
         click.echo(f"stopped early: {summary.aborted}", err=True)

@@ -179,7 +179,8 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     ``root/sub/a.jpg`` goes to ``out_dir/sub/a``. Where two images would share a folder, those
     in the same source folder with the same stem (``a.jpg`` and ``a.png``) use ``a_jpg`` and
     ``a_png``; any remaining clash (the same relative path under two roots) gets ``_2``, ``_3``
-    in input order.
+    in input order. Names that differ only in case count as the same (``A.PNG`` and ``a.jpg``
+    become ``A_png`` and ``a_jpg``), as they are on case-insensitive file systems.
     """
     rels = []
     for image, root in pairs:
@@ -188,19 +189,26 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
         except ValueError:
             rel = Path(image.name)
         rels.append(rel)
+
+    # Folder names are compared case-folded: on a case-insensitive file system (macOS, Windows)
+    # A.PNG and a.jpg would otherwise share one folder.
+    def fold(path: Path) -> str:
+        return str(path).casefold()
+
     stems = Counter(
-        (os.path.abspath(img.parent), rel.parent / rel.stem) for (img, _), rel in zip(pairs, rels)
+        (os.path.abspath(img.parent), fold(rel.parent / rel.stem))
+        for (img, _), rel in zip(pairs, rels)
     )
     jobs, used = [], set()
     for (image, _), rel in zip(pairs, rels):
         key = rel.parent / rel.stem
-        if stems[(os.path.abspath(image.parent), key)] > 1:
+        if stems[(os.path.abspath(image.parent), fold(key))] > 1:
             key = rel.parent / f"{rel.stem}_{rel.suffix.lstrip('.').lower()}"
         candidate, n = key, 1
-        while candidate in used:
+        while fold(candidate) in used:
             n += 1
             candidate = key.parent / f"{key.name}_{n}"
-        used.add(candidate)
+        used.add(fold(candidate))
         jobs.append(Job(image, out_dir / candidate))
     return jobs
 

@@ -28,8 +28,9 @@ from .visualize import (
     reduce_channels,
     value_range,
 )
+from .window import open_window
 
-__all__ = ["ShowResult", "show", "P6_NOTE"]
+__all__ = ["ShowResult", "show", "level_figure_for", "P6_NOTE"]
 
 log = logging.getLogger(__name__)
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
@@ -60,12 +61,49 @@ class _Source:
     random: bool
     name: str
     default_prefix: Path  # the default PNG is f"{default_prefix}_{level}[_overlay].png"
+    notes: list[str] = field(default_factory=list)  # said before the picture
 
 
-def _latest() -> Path:
-    from ..io.outputs import latest_extraction
+def _latest() -> tuple[Path, list[str]]:
+    from ..io.outputs import latest_extraction, recent_extractions
 
-    return latest_extraction()
+    folder = latest_extraction()
+    recorded = recent_extractions()
+    notes = []
+    if recorded and folder != recorded[0]:
+        notes.append(
+            f"note: the latest extraction {recorded[0]} is gone; showing {folder}, the newest "
+            "one that still exists"
+        )
+    return folder, notes
+
+
+def _extractions_below(folder: Path, limit: int = 2000) -> list[Path]:
+    """Complete extraction folders under ``folder`` (a batch output root), sorted."""
+    found = []
+    for count, (dirpath, dirnames, filenames) in enumerate(os.walk(folder)):
+        dirnames.sort()
+        if MANIFEST in filenames and read_manifest(Path(dirpath)) is not None:
+            found.append(Path(dirpath))
+            dirnames[:] = []
+        if count >= limit:
+            break
+    return found
+
+
+def _not_an_extraction(folder: Path) -> Exception:
+    below = _extractions_below(folder)
+    if not below:
+        return FileNotFoundError(
+            f"{folder} holds no complete extraction ({MANIFEST} missing): run fpncli extract "
+            "on an image first, or name an output folder"
+        )
+    names = ", ".join(str(p.relative_to(folder)) for p in below[:5])
+    more = f" and {len(below) - 5} more" if len(below) > 5 else ""
+    return ValueError(
+        f"{folder} is a batch output folder with {len(below)} extraction(s) ({names}{more}): "
+        f"name one, e.g. fpncli show {below[0]}"
+    )
 
 
 def _load_input(manifest: dict) -> np.ndarray | None:
@@ -81,13 +119,13 @@ def _load_input(manifest: dict) -> np.ndarray | None:
 def _from_folder(folder: Path, levels: list[str]) -> _Source:
     manifest = read_manifest(folder)
     if manifest is None:
-        raise FileNotFoundError(
-            f"{folder} holds no complete extraction ({MANIFEST} missing): run fpncli extract again"
-        )
+        raise _not_an_extraction(folder)
     from ..io.extraction import level_file, manifest_levels, read_npy
 
     features = {}
     saved_levels = manifest_levels(folder, manifest)
+    if len(levels) > 1:  # --level all: the levels this extraction has
+        levels = [name for name in levels if name in saved_levels] or levels
     for name in levels:
         meta = saved_levels.get(name)
         if meta is None:
@@ -133,7 +171,10 @@ def _from_image(path: Path, weights: str, device: str) -> _Source:
 
 def _resolve(target: str | None, levels: list[str], weights: str, device: str) -> _Source:
     if target is None:
-        return _from_folder(_latest(), levels)
+        folder, notes = _latest()
+        source = _from_folder(folder, levels)
+        source.notes += notes
+        return source
     path = Path(target).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no such folder, .npy or image: {target}")
@@ -182,16 +223,32 @@ def _level_map(source: _Source, name: str, reduce: str, channel: int) -> np.ndar
 RANDOM_NOTE = "RANDOM, UNTRAINED WEIGHTS - not a trained network"
 
 
+def _panels(source: _Source, level: str, *, reduce: str, channel: int,
+            clip: tuple[float, float]) -> list[dict]:  # fmt: skip
+    """What to draw: per level its valid-region map, stride, colour range and label."""
+    names = [n for n in LEVELS if n in source.features] if level == "all" else [level]
+    how = f"channel {channel}" if reduce == "channel" else reduce
+    panels = []
+    for name in names:
+        values = _level_map(source, name, reduce, channel)
+        shape = tuple(source.features[name].shape)
+        panels.append({
+            "name": name, "map": values, "stride": STRIDES[name], "shape": shape,
+            "range": value_range(values, clip), "label": f"{name}  stride {STRIDES[name]}  {how}",
+        })  # fmt: skip
+    return panels
+
+
 def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str,
             overlay: bool, clip: tuple[float, float]) -> np.ndarray:  # fmt: skip
-    names = [n for n in LEVELS if n in source.features] if level == "all" else [level]
-    maps = {name: _level_map(source, name, reduce, channel) for name in names}
-    ranges = {name: value_range(maps[name], clip) for name in names}
+    panels = _panels(source, level, reduce=reduce, channel=channel, clip=clip)
+    names = [p["name"] for p in panels]
+    maps = {p["name"]: p["map"] for p in panels}
+    ranges = {p["name"]: p["range"] for p in panels}
     how = f"channel {channel}" if reduce == "channel" else reduce
     note = RANDOM_NOTE if source.random else ""
     if overlay:
-        if source.image_rgb is None or source.scale is None:
-            raise ValueError("--overlay needs the original image: its path in the manifest is gone")
+        _check_overlay(source)
         pictures = [
             overlay_image(source.image_rgb, maps[name], stride=STRIDES[name],
                           scale_y=source.scale[0], scale_x=source.scale[1], cmap=cmap,
@@ -213,6 +270,11 @@ def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str
     shape = tuple(source.features[level].shape)
     label = f"{level}  stride {STRIDES[level]}  {shape}  {how}"
     return heatmap_image(maps[level], cmap=cmap, label=label, vrange=ranges[level], note=note)
+
+
+def _check_overlay(source: _Source) -> None:
+    if source.image_rgb is None or source.scale is None:
+        raise ValueError("--overlay needs the original image: its path in the manifest is gone")
 
 
 def _channels_picture(source: _Source, level: str, top: int | None,
@@ -244,6 +306,37 @@ def _display_available() -> bool:
     if sys.platform in ("darwin", "win32"):
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _window_options(source: _Source, *, cmap: str, overlay: bool, reduce: str,
+                    channel: int) -> dict:  # fmt: skip
+    """``level_figure`` arguments for a source: its photo, its scale, the title line."""
+    how = f"channel {channel}" if reduce == "channel" else reduce
+    return {
+        "image_rgb": source.image_rgb,
+        "scale": source.scale if source.resized is not None else None,
+        "cmap": cmap,
+        "title": f"{source.name}  ({how}, {cmap})",
+        "note": RANDOM_NOTE if source.random else "",
+        "overlay": overlay,
+    }
+
+
+def level_figure_for(target: str | None, *, level: str = "p2", channel: int = 0,
+                     reduce: str = "channel", cmap: str = "viridis", overlay: bool = False,
+                     clip=DEFAULT_CLIP, weights: str = "faster_rcnn_R_50_FPN_3x",
+                     device: str = "auto", figure=None):  # fmt: skip
+    """The figure ``show`` opens in a window, drawn into ``figure`` (or a new one): for
+    notebooks, and to check the window's contents without a display."""
+    from .window import level_figure
+
+    levels = list(LEVELS) if level == "all" else [level]
+    source = _resolve(target, levels, weights, device)
+    if overlay:
+        _check_overlay(source)
+    panels = _panels(source, level, reduce=reduce, channel=channel, clip=parse_clip(clip))
+    options = _window_options(source, cmap=cmap, overlay=overlay, reduce=reduce, channel=channel)
+    return level_figure(panels, figure=figure, **options)
 
 
 def _open_window(picture: np.ndarray, title: str) -> bool:
@@ -319,13 +412,24 @@ def show(
         if notify is not None:
             notify(message)
 
+    for note in source.notes:
+        say(note)
     if level in ("p6", "all"):
         say(P6_NOTE)
     if source.random:
         say("note: these maps come from random, untrained weights")
     wants_window = _display_available() if display is None else display
+    if save is None and not wants_window:
+        say("no display (no DISPLAY or WAYLAND_DISPLAY): writing a PNG instead")
     if save is None and wants_window:
-        result.displayed = _open_window(picture, f"fpncli {source.name} {level}")
+        title = f"fpncli {source.name} {level}"
+        if top is None and channels is None:  # the values themselves, not a picture of them
+            panels = _panels(source, level, reduce=reduce, channel=channel, clip=parse_clip(clip))
+            options = _window_options(source, cmap=cmap, overlay=overlay, reduce=reduce,
+                                      channel=channel)  # fmt: skip
+            result.displayed = open_window(title, panels, **options)
+        else:
+            result.displayed = _open_window(picture, title)
         if result.displayed:
             return result
         say("no interactive matplotlib backend: writing a PNG instead")
