@@ -214,8 +214,9 @@ def test_the_window_has_one_subplot_per_level_and_a_p6_as_large_as_p2(folder):
 
     fig = level_figure_for(str(folder), level="all")
     image_axes = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
-    assert [ax.get_title().split()[0] for ax in image_axes] == ["p2", "p3", "p4", "p5", "p6"]
-    assert len(fig.axes) == 10  # and a colour bar each
+    titles = [ax.get_title().split()[0] for ax in image_axes]
+    assert titles == ["p2", "p3", "p4", "p5", "p6", "input"]  # the photo in the sixth slot
+    assert len(fig.axes) == 11  # and a colour bar per level
     assert {ax.get_xlim() for ax in image_axes} == {(0, 80)}  # all cover the whole photo
     width, height = fig.get_size_inches()
     assert 8 <= width <= 16 and 3 <= height <= 10
@@ -239,4 +240,4 @@ def test_show_opens_the_data_window_when_there_is_a_display(folder, monkeypatch)
     assert [p["name"] for p in opened["panels"]] == ["p2", "p3", "p4", "p5", "p6"]
     assert opened["options"]["scale"] == (1.2, 1.2) and "RANDOM" in opened["options"]["note"]
     fig = window.level_figure(opened["panels"], **opened["options"])  # what the window draws
-    assert len(fig.axes) == 10
+    assert len(fig.axes) == 11

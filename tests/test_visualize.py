@@ -217,3 +217,18 @@ def test_overview_states_each_level_range_under_its_panel():
     levels[0]["range"] = (0.0, 0.5)  # a given range wins: half the p2 panel saturates
     clipped = overview_image(image, levels, cmap="gray")
     assert (clipped == 255).sum() > (base == 255).sum()
+
+
+def test_an_overlay_is_labelled_above_the_photo():
+    photo = np.full((60, 500, 3), 128, np.uint8)
+    heat = np.random.RandomState(0).rand(15, 125)
+    plain = overlay_image(photo, heat, stride=4, scale_y=1, scale_x=1, cmap="gray")
+    labelled = overlay_image(photo, heat, stride=4, scale_y=1, scale_x=1, cmap="gray",
+                             label="p2  stride 4  channel 0  gray", note="RANDOM")  # fmt: skip
+    header = labelled.shape[0] - 60
+    assert header > 40 and labelled.shape[1] == 500
+    np.testing.assert_array_equal(labelled[header:], plain)  # the photo itself is unchanged
+    strip = labelled[:header].astype(int)
+    assert (strip.sum(axis=2) < 150).sum() > 100  # dark text: the label and the range
+    assert ((strip[..., 0] > 150) & (strip[..., 1] < 60)).sum() > 20  # the red note
+    assert max(_ramps(labelled[r, :, 0].astype(int)) for r in range(header)) == 1  # colour bar

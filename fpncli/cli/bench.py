@@ -83,7 +83,7 @@ def _json_path(ctx, param, value: str | None) -> str | None:
     callback=_choices(PRECISIONS),
     help="Comma list of fp32, fp16, bf16. A precision this device cannot run well is reported "
     "and skipped; the other rows still run. On CPUs with AMX (recent Xeons) bf16 is about 3x "
-    "faster than fp32, at a relative error of about 1e-2 (see README).",
+    "faster than fp32, at about 1% relative error (see README).",
 )
 @click.option(
     "--iters", type=click.IntRange(min=1), default=5, show_default=True, help="Timed iterations."

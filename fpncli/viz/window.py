@@ -93,6 +93,12 @@ def level_figure(
         ax.set_title(panel.get("label") or panel["name"], fontsize=10)
         ax.format_coord = _coord_formatter(values, panel["stride"], scale)
         ax.set_xlabel("image x (px)" if scale is not None else "cell")
+    if count == 5 and image_rgb is not None and scale is not None:  # the free sixth slot
+        ax = fig.add_subplot(rows, cols, 6)
+        height, width = image_rgb.shape[:2]
+        ax.imshow(image_rgb, extent=(0, width, height, 0))
+        ax.set_title(f"input {width}x{height}", fontsize=10)
+        ax.set_xlabel("image x (px)")
     heading = title + (f"\n{note}" if note else "")
     if heading:
         text = fig.suptitle(heading, fontsize=11)
