@@ -98,4 +98,4 @@ def test_the_run_states_its_output_volume_before_it_starts(runner, tmp_path):
     assert result.exit_code == 0, result.output
     line = next(ln for ln in result.stderr.splitlines() if ln.startswith("output: about"))
     assert "MB per image" in line and "--dtype float16" in line and "--levels p3,p4,p5,p6" in line
-    assert result.stderr.index("output: about") < result.stderr.index("note: --weights random")
+    assert result.output.index("output: about") < result.output.index("wrote ")

@@ -208,8 +208,8 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     mark_output_root(out)
     if shard_spec is not None:
         jobs = select_shard(jobs, *shard_spec)
-    click.echo(_volume_note(jobs, output), err=True)
     model, dev = _load_model(weights, "cpu" if len(devices) > 1 else device, seed)
+    click.echo(_volume_note(jobs, output), err=True)  # once the weights are there, before the run
     if devices:
         dev = _torch_device(devices[0])
     options = RunOptions(
