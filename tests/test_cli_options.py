@@ -196,7 +196,7 @@ def test_every_option_of_every_command_has_help():
 def test_ctrl_c_says_what_was_done_what_is_left_and_how_to_resume(runner, tmp_path, monkeypatch):
     import shlex
 
-    import fpncli.run.pipeline as pipeline
+    import fpncli.run.steps as pipeline  # where decoding reads the image
 
     folder = tmp_path / "photos"
     folder.mkdir()
