@@ -225,3 +225,13 @@ def test_ctrl_c_says_what_was_done_what_is_left_and_how_to_resume(runner, tmp_pa
     monkeypatch.setattr(pipeline, "load_image", real)
     again = runner.invoke(cli, words[1:], catch_exceptions=False)
     assert again.exit_code == 0 and "done 2, skipped 3" in again.output
+
+
+def test_help_states_the_real_defaults_and_the_cpu_precision_rules(runner):
+    from fpncli.io.preprocess import DEFAULT_MAX_PIXELS
+
+    text = " ".join(runner.invoke(cli, ["extract", "--help"]).output.split())
+    assert f"{DEFAULT_MAX_PIXELS:,}" in text
+    assert "AMX" in text and "1% relative error" in text
+    bench_help = " ".join(runner.invoke(cli, ["bench", "--help"]).output.split())
+    assert "AMX" in bench_help and "skipped" in bench_help

@@ -57,7 +57,8 @@ class _ExtractCommand(click.Command):
     type=click.Choice(["fp32", "fp16", "bf16"]),
     default="fp32",
     show_default=True,
-    help="fp16/bf16 use autocast on CUDA.",
+    help="fp16/bf16 use autocast. On a CPU, fp16 is refused and bf16 needs AVX512-BF16 or "
+    "AMX (recent Xeons: about 3x faster than fp32, about 1% relative error).",
 )
 @click.option(
     "--levels",
@@ -153,7 +154,7 @@ class _ExtractCommand(click.Command):
     "--max-pixels",
     type=click.IntRange(min=1),
     default=None,
-    help="Refuse images with more pixels than this (default 178 million).",
+    help="Refuse images with more pixels than this (default 89,478,485, as Pillow).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
 @verbose_option

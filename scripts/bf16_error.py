@@ -1,0 +1,42 @@
+"""How far bf16 autocast moves P2-P6 from fp32 on the CPU (the figure quoted in the README).
+
+    python scripts/bf16_error.py [--weights NAME|PATH|random] [IMAGE ...]
+
+Runs on any CPU (slowly without AVX512-BF16/AMX: this measures the error, not the speed).
+Prints, per image and level, max|bf16 - fp32| / max|fp32| and mean|bf16 - fp32| / mean|fp32|.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from fpncli.api import load_backbone, run_backbone
+from fpncli.io.preprocess import load_image, prepare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="*", default=["samples/chelsea.png", "samples/coffee.png"])
+    parser.add_argument("--weights", default="random")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    model = load_backbone(args.weights)
+    for name in args.images:
+        prepared = prepare(load_image(name).rgb, model.weights_info.input)
+        batch = torch.from_numpy(prepared.tensor)[None]
+        reference = run_backbone(model, batch, precision="fp32")
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            approx = model(batch.contiguous(memory_format=torch.channels_last))
+        for level, ref in reference.items():
+            ref, low = ref.float(), approx[level].float()
+            diff = (ref - low).abs()
+            print(
+                f"{name} {level}: max rel {(diff.max() / ref.abs().max()).item():.2e}, "
+                f"mean rel {(diff.mean() / ref.abs().mean()).item():.2e}"
+            )
+
+
+if __name__ == "__main__":
+    main()
