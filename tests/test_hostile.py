@@ -492,3 +492,19 @@ def test_device_workers_disk_full_line_counts_every_worker():
     assert _merge([a, b]).aborted == (
         "disk full: 8 of 20 done, rerun the same command after freeing space"
     )
+
+
+def test_report_survives_a_bomb_or_fifo_as_the_recorded_input(extraction, tmp_path):
+    import shutil
+
+    from fpncli.viz.report import write_report
+
+    for name, make in (("bomb", lambda p: _png_bomb(p)), ("fifo", os.mkfifo)):
+        root = tmp_path / name
+        shutil.copytree(extraction / "a", root / "a")
+        source = tmp_path / f"{name}.png"
+        make(source)
+        manifest = json.loads((root / "a" / "manifest.json").read_text())
+        manifest["input"]["path"] = str(source)
+        (root / "a" / "manifest.json").write_text(json.dumps(manifest))
+        assert write_report(root, workers=1).is_file()

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 
 from .. import __version__
 from ..io.extraction import LoadedExtraction, find_extractions, load_extraction, read_run_log
+from ..io.guard import open_regular
 from ..io.outputs import atomic_write_bytes
 from .stats import LevelStats, accumulate, sample_level
 from .visualize import colorize, reduce_channels
@@ -64,13 +65,13 @@ def _input_thumbnail(path: Path | None, height: int) -> np.ndarray | None:
     """The photo at ``height`` pixels, decoded at reduced size where the format allows (JPEG)."""
     if path is None or not path.is_file():
         return None
-    try:
-        with Image.open(path) as im:
+    try:  # a regular file only; a bomb or a malformed file costs the thumbnail, not the report
+        with open_regular(path, "image file") as f, Image.open(f) as im:
             im.draft("RGB", (height * 4, height))  # JPEG: decode at 1/2..1/8 scale, fast
             im = ImageOps.exif_transpose(im).convert("RGB")
             im.thumbnail((height * 8, height))
             return np.asarray(im)
-    except (OSError, ValueError) as e:
+    except Exception as e:
         log.warning("report: cannot read %s for a thumbnail: %s", path, e)
         return None
 
