@@ -508,3 +508,12 @@ def test_report_survives_a_bomb_or_fifo_as_the_recorded_input(extraction, tmp_pa
         manifest["input"]["path"] = str(source)
         (root / "a" / "manifest.json").write_text(json.dumps(manifest))
         assert write_report(root, workers=1).is_file()
+
+
+def test_a_pkl_with_persistent_ids_is_refused_as_unsafe(tmp_path):
+    from fpncli.weights.checkpoint import UnsafeCheckpointError, read_checkpoint
+
+    path = tmp_path / "pid.pkl"
+    path.write_bytes(b"\x80\x02X\x03\x00\x00\x00abcQ.")  # BINPERSID of a string
+    with pytest.raises(UnsafeCheckpointError, match="persistent ids"):
+        read_checkpoint(path)

@@ -2,8 +2,8 @@
 
 Weights files are data, never code: Detectron2 ``.pkl`` files go through an unpickler that can
 rebuild numpy arrays and plain containers and nothing else, and ``.pth`` files through
-``torch.load(..., weights_only=True)``. Either way a file that asks for anything else (say
-``os.system`` through ``__reduce__``) is refused before any of it runs.
+``torch.load(..., weights_only=True)`` (both in ``safeload``). Either way a file that asks for
+anything else (say ``os.system`` through ``__reduce__``) is refused before any of it runs.
 
 Supported layouts, all mapped onto Detectron2's own names (``bottom_up.res2.0.conv1.weight``,
 ``fpn_lateral2.bias``, ...):
@@ -17,13 +17,7 @@ Supported layouts, all mapped onto Detectron2's own names (``bottom_up.res2.0.co
 
 from __future__ import annotations
 
-import functools
-import importlib
-import math
-import os
-import pickle
 import re
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,9 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io.guard import check_regular_file, open_regular
+from ..io.guard import check_regular_file
 from ..model.resnet import BLOCKS_PER_STAGE
 from .registry import DETECTRON2_INPUT, DETECTRON2_X101_INPUT, TORCHVISION_INPUT, InputFormat
+from .safeload import (
+    UnsafeCheckpointError,
+    check_zip_sizes,
+    is_zip,
+    safe_unpickle,
+    torch_load_safe,
+)
 
 __all__ = [
     "UnsafeCheckpointError",
@@ -47,86 +48,6 @@ __all__ = [
 ]
 
 FPNCLI_FORMAT_VERSION = 1
-#: No Detectron2 or torchvision detector checkpoint (heads and optimizer state included) is
-#: anywhere near this; a larger declared size is refused before anything is read.
-MAX_CHECKPOINT_BYTES = 4 << 30
-_LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a pre-zip torch.save file
-
-
-class UnsafeCheckpointError(ValueError):
-    """A weights file asked to run code or build objects other than arrays and containers."""
-
-
-# (module, name) pairs a numpy-array pickle legitimately needs; everything else is refused.
-_SAFE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
-}
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    def __init__(self, file, *, max_bytes: int, **kwargs) -> None:
-        super().__init__(file, **kwargs)
-        self.max_bytes = max_bytes  # no array may hold more than the file itself
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _SAFE_GLOBALS:
-            raise UnsafeCheckpointError(
-                f"refusing to load {module}.{name}: a weights file may only contain numpy arrays "
-                "and plain containers"
-            )
-        if module.startswith("numpy.core") and hasattr(np, "_core"):
-            module = "numpy._core" + module[len("numpy.core") :]  # numpy 2 moved numpy.core
-        found = getattr(importlib.import_module(module), name)
-        if name == "_reconstruct":
-            return functools.partial(_reconstruct_checked, found, self.max_bytes)
-        return found
-
-
-def _reconstruct_checked(reconstruct, max_bytes: int, subtype, shape, dtype):
-    """``numpy.core.multiarray._reconstruct`` refusing a shape the file cannot hold: a pickled
-    array's data comes from the file, so it allocates ``shape`` before reading any of it."""
-    dims = shape if isinstance(shape, tuple) else (shape,)
-    if not all(isinstance(d, int) and d >= 0 for d in dims) or math.prod(dims) > max_bytes:
-        raise ValueError(f"an array declared with shape {shape} is larger than the file")
-    return reconstruct(subtype, shape, dtype)
-
-    def persistent_load(self, pid):
-        raise UnsafeCheckpointError("refusing a pickle with persistent ids: not a .pkl of arrays")
-
-
-def safe_unpickle(path: Path) -> object:
-    """Unpickle ``path`` allowing only numpy arrays, scalars and plain containers."""
-    with open_regular(path, "weights file") as f:
-        size = os.fstat(f.fileno()).st_size
-        try:
-            obj = _SafeUnpickler(f, max_bytes=size, encoding="latin1").load()
-        except UnsafeCheckpointError:
-            raise
-        except MemoryError:
-            raise ValueError(f"{path}: declares more data than fits in memory: refused") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-                IndexError, KeyError, OverflowError) as e:  # fmt: skip
-            kind = ".pkl" if Path(path).suffix == ".pkl" else Path(path).suffix or "weights"
-            what = "a zip archive (torch.save) nor a pickle of arrays"
-            raise ValueError(
-                f"{path}: not a readable {kind} checkpoint: neither {what} ({e}); a truncated "
-                "or damaged file?"
-            ) from None
-    if type(obj) is int and obj == _LEGACY_TORCH_MAGIC:
-        raise ValueError(
-            f"{path}: unsupported format: a legacy (non-zip, before torch 1.6) torch.save file; "
-            "re-save it with a current torch (torch.save(torch.load(f, weights_only=True), f))"
-        )
-    return obj
 
 
 @dataclass(frozen=True)
@@ -146,41 +67,6 @@ class Checkpoint:
     arch: dict
     input: InputFormat
     skipped: int
-
-
-def _is_zip(path: Path) -> bool:
-    return zipfile.is_zipfile(path)
-
-
-def check_zip_sizes(path: Path) -> None:
-    """Refuse a zip ``.pth`` whose members declare more than a backbone checkpoint can hold, or
-    far more than the file's own size (``torch.save`` stores tensors uncompressed, so a zip bomb
-    of deflated zeros shows up in its declared sizes before ``torch.load`` inflates it)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            declared = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable .pth checkpoint ({e})") from None
-    size = path.stat().st_size
-    if declared > MAX_CHECKPOINT_BYTES or declared > 4 * size + (1 << 20):
-        raise ValueError(
-            f"{path}: refused: its zip members declare {declared / 1e9:.2f} GB uncompressed in a "
-            f"{size / 1e6:.1f} MB file (a zip bomb?); a backbone checkpoint stores its tensors "
-            "uncompressed"
-        )
-
-
-def _torch_load(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-        raise UnsafeCheckpointError(
-            f"{path}: refused: the file asks for more than tensors and plain containers "
-            f"(torch.load weights_only=True said: {first[:200]})"
-        ) from None
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable .pth checkpoint ({str(e)[:200]})") from None
 
 
 def _to_tensor(name: str, value: object) -> torch.Tensor:
@@ -293,9 +179,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
     check_regular_file(path, "weights file")
-    if _is_zip(path):
+    if is_zip(path):
         check_zip_sizes(path)
-        obj = _torch_load(path)
+        obj = torch_load_safe(path)
     else:
         obj = safe_unpickle(path)
     if not isinstance(obj, dict):

@@ -1,0 +1,148 @@
+"""Opening weights files without trusting them: data in, never code, never unbounded memory.
+
+- ``.pkl`` (Detectron2): an unpickler that rebuilds numpy arrays and plain containers and nothing
+  else, and refuses an array shape larger than the file itself before allocating it.
+- ``.pth`` (zip): the zip's declared sizes are checked first (a zip bomb is refused before it is
+  inflated), then ``torch.load(..., weights_only=True)``.
+- A legacy (non-zip) ``torch.save`` file is "unsupported format", not a confusing type error.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io.guard import open_regular
+
+__all__ = [
+    "UnsafeCheckpointError",
+    "MAX_CHECKPOINT_BYTES",
+    "safe_unpickle",
+    "is_zip",
+    "check_zip_sizes",
+    "torch_load_safe",
+]
+
+#: No Detectron2 or torchvision detector checkpoint (heads and optimizer state included) is
+#: anywhere near this; a larger declared size is refused before anything is read.
+MAX_CHECKPOINT_BYTES = 4 << 30
+_LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a pre-zip torch.save file
+
+
+class UnsafeCheckpointError(ValueError):
+    """A weights file asked to run code or build objects other than arrays and containers."""
+
+
+# (module, name) pairs a numpy-array pickle legitimately needs; everything else is refused.
+_SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def __init__(self, file, *, max_bytes: int, **kwargs) -> None:
+        super().__init__(file, **kwargs)
+        self.max_bytes = max_bytes  # no array may hold more than the file itself
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _SAFE_GLOBALS:
+            raise UnsafeCheckpointError(
+                f"refusing to load {module}.{name}: a weights file may only contain numpy arrays "
+                "and plain containers"
+            )
+        if module.startswith("numpy.core") and hasattr(np, "_core"):
+            module = "numpy._core" + module[len("numpy.core") :]  # numpy 2 moved numpy.core
+        found = getattr(importlib.import_module(module), name)
+        if name == "_reconstruct":
+            return functools.partial(_reconstruct_checked, found, self.max_bytes)
+        return found
+
+    def persistent_load(self, pid):
+        raise UnsafeCheckpointError("refusing a pickle with persistent ids: not a .pkl of arrays")
+
+
+def _reconstruct_checked(reconstruct, max_bytes: int, subtype, shape, dtype):
+    """``numpy.core.multiarray._reconstruct`` refusing a shape the file cannot hold: a pickled
+    array's data comes from the file, so it allocates ``shape`` before reading any of it."""
+    dims = shape if isinstance(shape, tuple) else (shape,)
+    if not all(isinstance(d, int) and d >= 0 for d in dims) or math.prod(dims) > max_bytes:
+        raise ValueError(f"an array declared with shape {shape} is larger than the file")
+    return reconstruct(subtype, shape, dtype)
+
+
+def safe_unpickle(path: Path) -> object:
+    """Unpickle ``path`` allowing only numpy arrays, scalars and plain containers."""
+    with open_regular(path, "weights file") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            obj = _SafeUnpickler(f, max_bytes=size, encoding="latin1").load()
+        except UnsafeCheckpointError:
+            raise
+        except MemoryError:
+            raise ValueError(f"{path}: declares more data than fits in memory: refused") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+                IndexError, KeyError, OverflowError) as e:  # fmt: skip
+            kind = ".pkl" if Path(path).suffix == ".pkl" else Path(path).suffix or "weights"
+            what = "a zip archive (torch.save) nor a pickle of arrays"
+            raise ValueError(
+                f"{path}: not a readable {kind} checkpoint: neither {what} ({e}); a truncated "
+                "or damaged file?"
+            ) from None
+    if type(obj) is int and obj == _LEGACY_TORCH_MAGIC:
+        raise ValueError(
+            f"{path}: unsupported format: a legacy (non-zip, before torch 1.6) torch.save file; "
+            "re-save it with a current torch (torch.save(torch.load(f, weights_only=True), f))"
+        )
+    return obj
+
+
+def is_zip(path: Path) -> bool:
+    return zipfile.is_zipfile(path)
+
+
+def check_zip_sizes(path: Path) -> None:
+    """Refuse a zip ``.pth`` whose members declare more than a backbone checkpoint can hold, or
+    far more than the file's own size (``torch.save`` stores tensors uncompressed, so a zip bomb
+    of deflated zeros shows up in its declared sizes before ``torch.load`` inflates it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .pth checkpoint ({e})") from None
+    size = path.stat().st_size
+    if declared > MAX_CHECKPOINT_BYTES or declared > 4 * size + (1 << 20):
+        raise ValueError(
+            f"{path}: refused: its zip members declare {declared / 1e9:.2f} GB uncompressed in a "
+            f"{size / 1e6:.1f} MB file (a zip bomb?); a backbone checkpoint stores its tensors "
+            "uncompressed"
+        )
+
+
+def torch_load_safe(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        raise UnsafeCheckpointError(
+            f"{path}: refused: the file asks for more than tensors and plain containers "
+            f"(torch.load weights_only=True said: {first[:200]})"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .pth checkpoint ({str(e)[:200]})") from None
