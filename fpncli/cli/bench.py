@@ -1,4 +1,4 @@
-"""``fpncli bench``: model-only and end-to-end throughput on this machine."""
+"""``fpncli bench``: model-only and end-to-end throughput on this machine, and where time goes."""
 
 from __future__ import annotations
 
@@ -86,12 +86,27 @@ def _json_path(ctx, param, value: str | None) -> str | None:
     "faster than fp32, at about 1% relative error (see README).",
 )
 @click.option(
-    "--iters", type=click.IntRange(min=1), default=5, show_default=True, help="Timed iterations."
+    "--iters",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Timed iterations per model row, at least (see --seconds).",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0),
+    default=3.0,
+    show_default=True,
+    help="Time each model row for this long (steady state), after the warm-up.",
+)
+@click.option(
+    "--compile", "compile_rows", is_flag=True, help="Also time torch.compile'd model rows."
 )
 @click.option(
     "--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed runs."
 )
 @click.option("--model-only", is_flag=True, help="Skip the end-to-end rows.")
+@click.option("--e2e-only", is_flag=True, help="Skip the model-only rows.")
 @click.option(
     "--images", type=click.IntRange(min=2), default=16, show_default=True, help="End-to-end images."
 )
@@ -103,7 +118,16 @@ def _json_path(ctx, param, value: str | None) -> str | None:
     help="End-to-end output presets: npy, npy16, heatmaps, all (comma list).",
 )
 @click.option(
+    "--source-size",
+    default=None,
+    callback=lambda ctx, param, value: _sizes(ctx, param, value)[0] if value else None,
+    help="HxW of the end-to-end JPEGs (e.g. 1080x1920), resized to fit; default: the size.",
+)
+@click.option(
     "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Decoding threads."
+)
+@click.option(
+    "--writers", type=click.IntRange(min=1), default=2, show_default=True, help="Writing threads."
 )
 @click.option(
     "--unfused", is_flag=True, help="Also time the model without BN folding and channels-last."
@@ -118,23 +142,35 @@ def _json_path(ctx, param, value: str | None) -> str | None:
 )
 @verbose_option
 @_friendly
-def bench(weights, device, sizes, batch_sizes, precisions, iters, warmup, model_only, images,
-          outputs, workers, unfused, json_path) -> None:  # fmt: skip
-    """Throughput and latency: model-only and end-to-end, as a table and JSON.
+def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compile_rows, warmup,
+          model_only, e2e_only, images, source_size, outputs, workers, writers, unfused,
+          json_path) -> None:  # fmt: skip
+    """Throughput and where the time goes: model-only and end-to-end rows, a table and JSON.
 
-    Each row stands alone: it is printed as soon as it is measured, and a row that cannot run
-    prints why while the others go on (the exit code is then 1).
+    End-to-end rows split each image's time into decode, h2d, preprocess, model, reductions,
+    d2h and write, name the bound, and compare with the model-only row of the same size, batch
+    and precision, the decode rate with all cores and the disk's write rate. Each row stands
+    alone: it is printed as soon as it is measured, and a row that cannot run prints why while
+    the others go on (the exit code is then 1).
     """
     import json
 
     import torch
 
-    from ..api import check_precision, load_backbone, resolve_device
-    from ..run.bench import bench_end_to_end, bench_model, format_table, rows_as_dicts
+    from ..api import check_precision, load_backbone
+    from ..run.bench import (
+        add_ratios,
+        bench_end_to_end,
+        bench_model,
+        format_table,
+        fp32_reference,
+        rows_as_dicts,
+    )
+    from ..run.device import select_device
 
     _check_weights(weights)
     try:
-        dev = resolve_device(device)
+        dev = select_device(device)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--device") from None
     skipped: list[dict] = []
@@ -158,25 +194,37 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, warmup, model_
     def measure(what: str, run, label: str | None = None, **kwargs) -> None:
         try:
             row = run(**kwargs)
-            if label is not None:
-                row.outputs = label
+            if row.error:
+                raise RuntimeError(row.error)
         except (ValueError, RuntimeError, OSError) as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             click.echo(f"skipped {what}: {reason}", err=True)
             skipped.append({"row": what, "reason": reason})
             return
         rows.append(row)
+        add_ratios(rows)
         click.echo(format_table([row]).splitlines()[-1])
 
     for height, width in sizes:
         for batch in batch_sizes:
             shape = {"height": height, "width": width, "batch_size": batch}
             where = f"{height}x{width} batch {batch}"
+            reference = None
+            if not e2e_only and (compile_rows or any(p != "fp32" for p in runnable)):
+                reference = fp32_reference(variants[0][1], height, width, batch)
             for precision in runnable:
-                for label, model in variants:
+                timing = {"precision": precision, "iters": iters, "seconds": seconds,
+                          "warmup": warmup, **shape}  # fmt: skip
+                for label, model in variants if not e2e_only else []:
                     measure(
-                        f"model {label} {where} {precision}", bench_model, label, model=model,
-                        precision=precision, iters=iters, warmup=warmup, **shape,
+                        f"model {label} {where} {precision}", bench_model, model=model,
+                        variant="unfused" if label == "unfused" else None,
+                        reference=reference if label != "unfused" else None, **timing,
+                    )  # fmt: skip
+                if compile_rows and not e2e_only:
+                    measure(
+                        f"model compile {where} {precision}", bench_model,
+                        model=variants[0][1], compile=True, reference=reference, **timing,
                     )  # fmt: skip
                 if model_only:
                     continue
@@ -184,13 +232,17 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, warmup, model_
                     measure(
                         f"end-to-end {preset} {where} {precision}", bench_end_to_end,
                         model=variants[0][1], images=images, precision=precision,
-                        outputs=preset, workers=workers, **shape,
+                        outputs=preset, workers=workers, writers=writers,
+                        source_size=source_size, **shape,
                     )  # fmt: skip
-    if dev.type == "cuda" and any(r.outputs in ("npy", "all") for r in rows):
+    if dev.type == "cuda" and any(r.variant in ("npy", "all") for r in rows):
         click.echo("note: with every level saved as .npy, the disk and the device-to-host copy, "
                    "not the GPU, bound end-to-end throughput")  # fmt: skip
     if json_path:
-        data = {"device": str(dev), "rows": rows_as_dicts(rows), "skipped": skipped}
+        data = {"device": str(dev), "torch": torch.__version__}
+        if dev.type == "cuda":
+            data["gpu"] = torch.cuda.get_device_name(dev)
+        data.update(rows=rows_as_dicts(rows), skipped=skipped)
         text = json.dumps(data, indent=2)
         if json_path == "-":
             click.echo(text)

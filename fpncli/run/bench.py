@@ -1,9 +1,11 @@
-"""``fpncli bench``: model-only and end-to-end throughput and latency on this machine.
+"""``fpncli bench``: model-only and end-to-end throughput on this machine, and where time goes.
 
-Model-only times the backbone on a ready batch (median of timed iterations after warm-up).
-End-to-end runs the real pipeline (decode, preprocess, backbone, write) over a temporary folder
-of JPEGs and reports images/s, the bytes written and, for comparison, the disk's sequential write
-speed measured in the same run. Peak host RSS and GPU memory are reported with every row.
+Model-only rows time the backbone on a ready batch already on the device, for a fixed time after
+warm-up (steady state, not a fixed count), and report the max relative error against fp32 on the
+same batch. End-to-end rows run the real pipeline over a temporary folder of JPEGs and split the
+time per image into stages (decode, h2d, preprocess, model, reductions, d2h, write) and name the
+bound. GPU rows give the fraction of the card's dense bf16 peak (by card name) and the peak GPU
+memory, reset per row. A row that fails says why; the others still run.
 """
 
 from __future__ import annotations
@@ -14,28 +16,45 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..api import autocast_context, check_precision
+from ..api import check_precision, run_backbone
 from ..io.outputs import OutputOptions
 from ..model.fpn import FPN
+from .device import model_for_run, run_settings
 from .pipeline import Job, RunOptions, run_jobs
+from .steps import decode
 
-__all__ = ["BenchRow", "bench_model", "bench_end_to_end", "disk_write_speed", "GMAC_800x1280"]
+__all__ = [
+    "BenchRow",
+    "bench_model",
+    "bench_end_to_end",
+    "decode_rate",
+    "disk_write_speed",
+    "bf16_peak_tflops",
+    "format_table",
+    "GMAC_800x1280",
+]
 
 #: Multiply-accumulates of the R-50-FPN backbone for one 800x1280 image (DESIGN.md).
 GMAC_800x1280 = 137.0
-#: Dense bf16 peak, TFLOP/s, by GPU name fragment (vendor datasheets, SXM parts).
-BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}
+#: Dense bf16 tensor peak, TFLOP/s, by card name fragment, most specific first (datasheets).
+BF16_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4),
+    ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.1), ("L40", 181.0),
+    ("A10G", 70.0), ("A10", 125.0), ("L4", 121.0), ("RTX 4090", 165.2),
+)  # fmt: skip
+STAGES = ("decode", "h2d", "preprocess", "model", "reductions", "d2h", "write")
 
 
 @dataclass
 class BenchRow:
-    """One measured configuration."""
+    """One measured configuration (``error`` set when it could not run)."""
 
     kind: str  # "model" or "end-to-end"
     device: str
@@ -43,19 +62,40 @@ class BenchRow:
     width: int
     batch_size: int
     precision: str
-    outputs: str
-    images: int
-    median_batch_s: float | None
-    images_per_s: float
-    peak_rss_mb: float
-    peak_gpu_mb: float | None
-    bytes_written: int | None = None
-    disk_mb_per_s: float | None = None
+    variant: str  # model rows: "eager" / "compile" / "unfused"; end-to-end: the output preset
+    images: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    median_batch_s: float | None = None
+    peak_rss_mb: float = 0.0
+    peak_gpu_mb: float | None = None
     fraction_of_bf16_peak: float | None = None
+    max_rel_error_vs_fp32: float | None = None
+    stage_ms_per_image: dict[str, float] = field(default_factory=dict)
+    bound: str | None = None
+    bytes_per_image: float | None = None
+    disk_mb_per_s: float | None = None
+    ratios: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _peak_gpu_mb(device: torch.device) -> float | None:
@@ -64,16 +104,27 @@ def _peak_gpu_mb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def bf16_peak_tflops(name: str) -> float | None:
+    """The dense bf16 peak of a card from its name (``torch.cuda.get_device_name``)."""
+    return next((v for k, v in BF16_PEAK_TFLOPS if k in name), None)
 
 
-def _peak_tflops(device: torch.device) -> float | None:
+def _fraction_of_peak(device: torch.device, height: int, width: int, ips: float) -> float | None:
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    peak = bf16_peak_tflops(torch.cuda.get_device_name(device))
+    if peak is None:
+        return None
+    flops = 2 * GMAC_800x1280 * 1e9 * (height * width) / (800 * 1280)
+    return flops * ips / (peak * 1e12)
+
+
+def _max_rel_error(ref: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> float:
+    worst = 0.0
+    for name, a in ref.items():
+        b = out[name].float()
+        worst = max(worst, ((b - a).abs().max() / a.abs().max().clamp(min=1e-30)).item())
+    return worst
 
 
 def bench_model(
@@ -83,37 +134,61 @@ def bench_model(
     width: int,
     batch_size: int,
     precision: str,
-    iters: int = 5,
+    compile: bool = False,
+    seconds: float = 3.0,
+    iters: int = 3,
     warmup: int = 2,
+    reference: dict[str, torch.Tensor] | None = None,
+    variant: str | None = None,
 ) -> BenchRow:
-    """Median latency of the backbone on a random ``(B, 3, H, W)`` batch already on the device."""
+    """Time the backbone on a random ``(B, 3, H, W)`` batch already on the device: ``warmup``
+    untimed calls, then calls until ``seconds`` have passed (at least ``iters``). The run
+    precision is applied as ``run_jobs`` applies it (converted model on CUDA, autocast else).
+
+    ``reference``: fp32 outputs of the same batch; the row then carries the max relative error.
+    """
     device = next(model.parameters()).device
-    check_precision(precision, device)
-    channels_last = next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
-    generator = torch.Generator().manual_seed(0)
-    batch = torch.randn(batch_size, 3, height, width, generator=generator).to(device)
-    if channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    times = []
-    with torch.inference_mode(), autocast_context(device, precision):
-        for i in range(warmup + iters):
+    row = BenchRow("model", str(device), height, width, batch_size, precision,
+                   variant or ("compile" if compile else "eager"))  # fmt: skip
+    try:
+        check_precision(precision, device)
+        generator = torch.Generator().manual_seed(0)
+        batch = torch.randn(batch_size, 3, height, width, generator=generator).to(device)
+        times = []
+        with run_settings(device, benchmark=device.type == "cuda"):
+            run_model = model_for_run(model, precision, compile=compile)
+            _reset_peak(device)
+            for _ in range(warmup):
+                out = run_backbone(run_model, batch, precision=precision)
             _sync(device)
             start = time.perf_counter()
-            model(batch)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    ips = batch_size / median
-    peak = _peak_tflops(device)
-    fraction = None
-    if peak is not None:
-        flops = 2 * GMAC_800x1280 * 1e9 * (height * width) / (800 * 1280)
-        fraction = flops * ips / (peak * 1e12)
-    return BenchRow(
-        "model", str(device), height, width, batch_size, precision, "-", batch_size * iters,
-        median, ips, _peak_rss_mb(), _peak_gpu_mb(device), fraction_of_bf16_peak=fraction,
-    )  # fmt: skip
+            while len(times) < iters or time.perf_counter() - start < seconds:
+                t0 = time.perf_counter()
+                out = run_backbone(run_model, batch, precision=precision)
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+        row.images, row.seconds = batch_size * len(times), sum(times)
+        row.median_batch_s = statistics.median(times)
+        row.images_per_s = batch_size / row.median_batch_s
+        row.peak_gpu_mb = _peak_gpu_mb(device)
+        row.fraction_of_bf16_peak = _fraction_of_peak(device, height, width, row.images_per_s)
+        if reference is not None:
+            row.max_rel_error_vs_fp32 = _max_rel_error(reference, out)
+    except Exception as e:  # noqa: BLE001 - a failing row reports why; the others still run
+        row.error = (
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        )
+    row.peak_rss_mb = _peak_rss_mb()
+    return row
+
+
+def fp32_reference(model: FPN, height: int, width: int, batch_size: int) -> dict:
+    """fp32 outputs of the batch ``bench_model`` uses (for its error column)."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randn(batch_size, 3, height, width, generator=generator).to(device)
+    with run_settings(device):
+        return {k: v.float() for k, v in run_backbone(model, batch, precision="fp32").items()}
 
 
 def disk_write_speed(folder: Path, size_mb: int = 512) -> float:
@@ -133,11 +208,12 @@ def disk_write_speed(folder: Path, size_mb: int = 512) -> float:
     return max(1, size_mb // 8) * 8 * (1 << 20) / 1e6 / seconds
 
 
-def _make_images(folder: Path, count: int, height: int, width: int) -> list[Path]:
+def make_images(folder: Path, count: int, height: int, width: int) -> list[Path]:
+    """``count`` JPEGs of ``height x width`` (a sample photo, or noise), quality 90."""
     from PIL import Image
 
     rng = np.random.RandomState(0)
-    sample = Path(__file__).resolve().parent.parent / "samples" / "coffee.png"
+    sample = Path(__file__).resolve().parent.parent.parent / "samples" / "coffee.png"
     if sample.is_file():
         base = Image.open(sample).convert("RGB").resize((width, height), Image.BILINEAR)
     else:
@@ -150,12 +226,31 @@ def _make_images(folder: Path, count: int, height: int, width: int) -> list[Path
     return paths
 
 
+def decode_rate(paths: list[Path], options: RunOptions, input_format, workers: int) -> float:
+    """Images per second that ``workers`` threads decode and resize (the pipeline's decoder)."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda p: decode(Job(p, p.parent), options, input_format), paths))
+    return len(paths) / (time.perf_counter() - start)
+
+
 OUTPUT_PRESETS = {
     "npy": {"save_heatmaps": False, "save_overview": False},
     "npy16": {"save_heatmaps": False, "save_overview": False, "dtype": "float16"},
     "heatmaps": {"save_npy": False, "save_overview": False},
     "all": {},
 }
+
+
+def _bound(stages: dict[str, float], workers: int, writers: int) -> str:
+    """The stage that limits throughput: decode and write run in pools, the rest in series."""
+    device = sum(stages.get(s, 0.0) for s in ("h2d", "preprocess", "model", "reductions", "d2h"))
+    costs = {
+        "decode": stages.get("decode", 0.0) / workers,
+        "device": device,
+        "write": stages.get("write", 0.0) / writers,
+    }
+    return max(costs, key=costs.get)
 
 
 def bench_end_to_end(
@@ -168,63 +263,112 @@ def bench_end_to_end(
     precision: str,
     outputs: str = "npy",
     workers: int = 2,
+    writers: int = 2,
+    compile: bool = False,
+    source_size: tuple[int, int] | None = None,
     work_dir: Path | None = None,
     measure_disk: bool = True,
+    threads: int | None = None,
 ) -> BenchRow:
-    """Run the real pipeline over ``images`` JPEGs of ``height x width`` (the resize keeps that
-    size) and time it, wall clock."""
+    """Run the real pipeline over ``images`` JPEGs and time it (wall clock), with the per-stage
+    split. The JPEGs are ``source_size`` (e.g. 1080x1920) resized by Detectron2's rule to fit
+    ``height x width``, or exactly ``height x width`` (then the resize keeps that size)."""
     device = next(model.parameters()).device
+    row = BenchRow("end-to-end", str(device), height, width, batch_size, precision, outputs)
     root = Path(tempfile.mkdtemp(prefix="fpncli-bench-", dir=work_dir))
     try:
         (root / "in").mkdir()
-        paths = _make_images(root / "in", images, height, width)
-        # min/max size equal to the image's own edges: the Detectron2 resize keeps the size.
+        src_h, src_w = source_size or (height, width)
+        paths = make_images(root / "in", images + 2, src_h, src_w)
         sizes = {"min_size": min(height, width), "max_size": max(height, width)}
         output = replace(OutputOptions(), **sizes, **OUTPUT_PRESETS[outputs])
         options = RunOptions(
             output=output, precision=precision, batch_size=batch_size, workers=workers,
-            overwrite=True, force=True, record_latest=False,  # scratch: not for `fpncli show`
+            writers=writers, overwrite=True, force=True, compile=compile, threads=threads,
+            record_latest=False,  # scratch: not for `fpncli show`
         )  # fmt: skip
         jobs = [Job(p, root / "out" / p.stem) for p in paths]
-        # Warm-up on two images so start-up costs are not timed.
-        run_jobs(jobs[:2], model, replace(options, overwrite=True))
-        _sync(device)
-        start = time.perf_counter()
-        summary = run_jobs(jobs, model, options)
-        _sync(device)
-        seconds = time.perf_counter() - start
+        run_jobs(jobs[:2], model, options)  # warm-up: start-up costs are not timed
+        _reset_peak(device)
+        summary = run_jobs(jobs[2:], model, options)
         if summary.failed:
-            raise RuntimeError(f"bench images failed: {summary.failed[:3]}")
-        disk = disk_write_speed(root) if measure_disk and output.save_npy else None
+            raise RuntimeError(f"{len(summary.failed)} images failed: {summary.failed[0][1]}")
+        row.images, row.seconds = summary.done, summary.seconds
+        row.images_per_s = summary.images_per_s
+        row.stage_ms_per_image = {
+            s: 1e3 * summary.stage_seconds.get(s, 0.0) / max(1, summary.done) for s in STAGES
+        }
+        row.bound = _bound(summary.stage_seconds, workers, writers)
+        row.bytes_per_image = summary.bytes_written / max(1, summary.done)
+        row.peak_gpu_mb = _peak_gpu_mb(device)
+        decoded = decode_rate(paths[2:], options, model.weights_info.input, os.cpu_count() or 1)
+        row.ratios["decode_img_s"] = decoded
+        if measure_disk and output.save_npy:
+            row.disk_mb_per_s = disk_write_speed(root)
+            disk_rate = row.disk_mb_per_s * 1e6 / row.bytes_per_image
+            row.ratios["of_disk_rate"] = row.images_per_s / disk_rate
+    except Exception as e:  # noqa: BLE001 - a failing row reports why; the others still run
+        row.error = (
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return BenchRow(
-        "end-to-end", str(device), height, width, batch_size, precision, outputs, images,
-        None, images / seconds, _peak_rss_mb(), _peak_gpu_mb(device),
-        bytes_written=summary.bytes_written, disk_mb_per_s=disk,
-    )  # fmt: skip
+    row.peak_rss_mb = _peak_rss_mb()
+    return row
+
+
+def add_ratios(rows: list[BenchRow]) -> None:
+    """End-to-end rows get ``of_model`` (their rate / the model-only eager rate of the same size,
+    batch and precision) and ``of_min_model_decode`` (/ min(model-only, decode with all cores))."""
+    model_rates = {
+        (r.height, r.width, r.batch_size, r.precision, r.variant): r.images_per_s
+        for r in rows
+        if r.kind == "model" and r.error is None
+    }
+    for r in rows:
+        if r.kind != "end-to-end" or r.error is not None:
+            continue
+        variant = "eager"
+        rate = model_rates.get((r.height, r.width, r.batch_size, r.precision, variant))
+        if rate:
+            r.ratios["of_model"] = r.images_per_s / rate
+            decoded = r.ratios.get("decode_img_s")
+            if decoded:
+                r.ratios["of_min_model_decode"] = r.images_per_s / min(rate, decoded)
+
+
+def _fmt(value, spec: str, none: str = "-") -> str:
+    return none if value is None else format(value, spec)
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    """A plain-text table of the rows."""
+    """A plain-text table of the rows; a failed row shows its reason."""
+    stage_head = "".join(f"{s[:6]:>7}" for s in STAGES)
     header = (
-        f"{'kind':<11}{'device':<8}{'size':>10}{'batch':>6}{'prec':>6}{'outputs':>9}"
-        f"{'img/s':>9}{'ms/batch':>10}{'MB/s out':>10}{'disk MB/s':>10}{'RSS MB':>8}{'GPU MB':>8}"
-        f"{'%peak':>7}"
+        f"{'kind':<6}{'device':<8}{'size':>10}{'bs':>4}{'prec':>6}{'variant':>9}{'img/s':>9}"
+        f"{'ms/bat':>8}{'%bf16':>7}{'GPU MB':>8}{'relerr':>9}  | ms/img:{stage_head}  "
+        f"{'bound':<7}{'ratios'}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
-        ms = f"{r.median_batch_s * 1e3:.1f}" if r.median_batch_s else "-"
-        out_rate = "-"
-        if r.bytes_written is not None and r.images_per_s:
-            out_rate = f"{r.bytes_written / r.images * r.images_per_s / 1e6:.0f}"
-        disk = f"{r.disk_mb_per_s:.0f}" if r.disk_mb_per_s else "-"
-        gpu = f"{r.peak_gpu_mb:.0f}" if r.peak_gpu_mb is not None else "-"
-        peak = f"{100 * r.fraction_of_bf16_peak:.1f}" if r.fraction_of_bf16_peak else "-"
+        head = (
+            f"{('e2e' if r.kind == 'end-to-end' else r.kind):<6}{r.device:<8}"
+            f"{f'{r.height}x{r.width}':>10}{r.batch_size:>4}{r.precision:>6}{r.variant:>9}"
+        )
+        if r.error:
+            lines.append(f"{head}  FAILED: {r.error}")
+            continue
+        stages = "".join(
+            f"{_fmt(r.stage_ms_per_image.get(s), '.1f'):>7}" if r.stage_ms_per_image else f"{'':>7}"
+            for s in STAGES
+        )
+        ratios = " ".join(f"{k}={v:.2f}" for k, v in r.ratios.items())
         lines.append(
-            f"{r.kind:<11}{r.device:<8}{f'{r.height}x{r.width}':>10}{r.batch_size:>6}"
-            f"{r.precision:>6}{r.outputs:>9}{r.images_per_s:>9.2f}{ms:>10}{out_rate:>10}"
-            f"{disk:>10}{r.peak_rss_mb:>8.0f}{gpu:>8}{peak:>7}"
+            f"{head}{r.images_per_s:>9.2f}"
+            f"{_fmt(r.median_batch_s and r.median_batch_s * 1e3, '.1f'):>8}"
+            f"{_fmt(r.fraction_of_bf16_peak and 100 * r.fraction_of_bf16_peak, '.1f'):>7}"
+            f"{_fmt(r.peak_gpu_mb, '.0f'):>8}{_fmt(r.max_rel_error_vs_fp32, '.1e'):>9}"
+            f"  |        {stages}  {r.bound or '-':<7}{ratios}"
         )
     return "\n".join(lines)
 
