@@ -6,6 +6,8 @@ Library errors become one line on stderr and a non-zero exit; ``-v`` adds the tr
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from .. import __version__
@@ -35,4 +37,7 @@ cli.add_command(report)
 
 def main() -> None:
     """Console entry point (``fpncli`` and ``python -m fpncli``)."""
+    # OpenMP threads that sleep when idle instead of spinning: the decode and writer threads then
+    # get the cores while the model waits (must be set before torch loads its OpenMP runtime).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cli(prog_name="fpncli")

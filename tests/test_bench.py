@@ -1,0 +1,38 @@
+"""``fpncli bench`` on the CPU: rows, the stage split, a failing row that still lets the others
+print, and the card-name peak table."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from fpncli.cli import cli
+from fpncli.run.bench import STAGES, bf16_peak_tflops
+
+
+def test_bench_rows_stages_ratios_and_a_failing_row(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--sizes", "64x64", "--precisions", "fp16,fp32", "--seconds", "0.05",
+            "--warmup", "1", "--images", "3", "--outputs", "heatmaps",
+            "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 1, result.output  # a row could not run: said, others still run
+    assert "skipped fp16: fp16 on the CPU is slower than fp32" in result.output
+    rows = json.loads(out.read_text())["rows"]
+    model = next(r for r in rows if r["kind"] == "model" and r["precision"] == "fp32")
+    assert model["error"] is None and model["images_per_s"] > 0 and model["images"] >= 3
+    e2e = next(r for r in rows if r["kind"] == "end-to-end" and r["precision"] == "fp32")
+    assert e2e["error"] is None and e2e["images"] == 3
+    assert set(e2e["stage_ms_per_image"]) == set(STAGES)
+    assert e2e["stage_ms_per_image"]["model"] > 0 and e2e["stage_ms_per_image"]["decode"] > 0
+    assert e2e["bound"] in ("decode", "device", "write")
+    assert e2e["ratios"]["of_model"] > 0 and e2e["ratios"]["decode_img_s"] > 0
+
+
+def test_bf16_peak_by_card_name():
+    assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert bf16_peak_tflops("NVIDIA A10") == 125.0
+    assert bf16_peak_tflops("Some Future GPU") is None
