@@ -312,7 +312,7 @@ def test_heatmaps_computed_on_the_device_match_numpy(tmp_path, model):
     valid = p3[..., : meta["valid_height"], : meta["valid_width"]]
     assert (meta["min"], meta["max"]) == (float(valid.min()), float(valid.max()))
     mean = float(valid.mean(dtype=np.float64))
-    assert meta["mean"] == pytest.approx(mean, rel=1e-6, abs=1e-7 * np.abs(valid).max())
+    assert meta["mean"] == pytest.approx(mean, rel=1e-6, abs=1e-7 * float(np.abs(valid).max()))
     assert reduce_channels(p3, "pca").shape == p3.shape[2:]
     assert (tmp_path / "out" / "p5.png").exists() and not (tmp_path / "out" / "p2.npy").exists()
 
