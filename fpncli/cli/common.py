@@ -11,6 +11,8 @@ import traceback
 import click
 
 LEVEL_NAMES = ("p2", "p3", "p4", "p5", "p6")
+#: = fpncli.model.fpn.OUTPUTS (no torch import): the bottom-up stages, then the pyramid.
+OUTPUT_NAMES = ("stem", "res2", "res3", "res4", "res5", *LEVEL_NAMES)
 DEFAULT_WEIGHTS = (
     "faster_rcnn_R_50_FPN_3x"  # = fpncli.weights.registry.DEFAULT_WEIGHTS (no torch import)
 )
@@ -66,15 +68,17 @@ def _friendly(command):
 
 
 def _parse_levels(value: str) -> tuple[str, ...]:
-    if value.strip().lower() == "all":
+    """``"p3,res4,stem"`` -> ``("stem", "res4", "p3")``: bottom-up first, then the pyramid."""
+    if value.strip().lower() == "all":  # the pyramid; stages are named one by one
         return LEVEL_NAMES
     levels = tuple(v.strip().lower() for v in value.split(",") if v.strip())
-    unknown = [lv for lv in levels if lv not in LEVEL_NAMES]
+    unknown = [lv for lv in levels if lv not in OUTPUT_NAMES]
     if unknown or not levels:
         raise click.BadParameter(
-            f"unknown level(s) {', '.join(unknown) or '(none)'}; use p2..p6 (comma list) or all"
+            f"unknown level(s) {', '.join(unknown) or '(none)'}; use p2..p6 (or all) or "
+            "stem, res2..res5 (the bottom-up ResNet stages)"
         )
-    return tuple(lv for lv in LEVEL_NAMES if lv in levels)
+    return tuple(lv for lv in OUTPUT_NAMES if lv in levels)
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:

@@ -65,7 +65,7 @@ class _ExtractCommand(click.Command):
     default="p2,p3,p4,p5,p6",
     show_default=True,
     callback=_levels_callback,
-    help="Levels to save: a comma list of p2..p6, or all.",
+    help="Levels to save: a comma list of p2..p6 (or all) and the bottom-up stem, res2..res5.",
 )
 @click.option(
     "--dtype",

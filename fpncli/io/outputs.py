@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..model.fpn import LEVEL_STRIDES, LEVELS
+from ..model.fpn import LEVELS, OUTPUT_CHANNELS, OUTPUT_STRIDES, OUTPUTS
 from .guard import folder_lock, is_disk_full, open_regular, pid_alive
 from .preprocess import LoadedImage, Prepared
 
@@ -57,7 +57,8 @@ _TMP_MARK = ".fpncli-tmp"
 _MAX_MANIFEST_BYTES = 16 << 20
 _RUN_TOKEN = secrets.token_hex(4)  # tells this run's temporaries from an earlier one's (pid reuse)
 _TMP_PID = re.compile(re.escape(_TMP_MARK) + r"\.?(\d+)")
-_OUTPUT_NAME = re.compile(r"^(p[2-6]\.npy|p[2-6]\.png|p[2-6]_overlay\.png|overview\.png)$")
+_NAMES = r"(p[2-6]|stem|res[2-5])"
+_OUTPUT_NAME = re.compile(rf"^({_NAMES}\.npy|{_NAMES}\.png|{_NAMES}_overlay\.png|overview\.png)$")
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,11 @@ class OutputOptions:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [lv for lv in self.levels if lv not in LEVELS]
+        unknown = [lv for lv in self.levels if lv not in OUTPUTS]
         if unknown or not self.levels:
-            raise ValueError(f"unknown level(s) {', '.join(unknown) or '(none)'}: use p2..p6")
+            raise ValueError(
+                f"unknown level(s) {', '.join(unknown) or '(none)'}: use p2..p6 or stem, res2..res5"
+            )
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
         lo, hi = self.clip
@@ -252,7 +255,7 @@ def level_results(
         elif options.dtype == "float32" and array.dtype != np.float32:
             array = array.astype(np.float32)
         valid_h, valid_w = valid_size(
-            prepared.resized_height, prepared.resized_width, LEVEL_STRIDES[name]
+            prepared.resized_height, prepared.resized_width, OUTPUT_STRIDES[name]
         )
         valid = array[..., :valid_h, :valid_w].astype(np.float32, copy=False)
         finite = np.isfinite(valid)
@@ -337,7 +340,7 @@ def _write_all(folder, write, levels, image, prepared, options, weights, device,
     levels_meta = {}
     maps = {n: levels[n].map2d for n in options.levels if levels[n].map2d is not None}
     for name in options.levels:
-        stride = LEVEL_STRIDES[name]
+        stride = OUTPUT_STRIDES[name]
         result = levels[name]
         valid_h, valid_w = valid_size(prepared.resized_height, prepared.resized_width, stride)
         meta = {
@@ -387,7 +390,7 @@ def _write_all(folder, write, levels, image, prepared, options, weights, device,
             {
                 "name": n,
                 "map": maps[n],
-                "stride": LEVEL_STRIDES[n],
+                "stride": OUTPUT_STRIDES[n],
                 "shape": tuple(levels_meta[n]["shape"]),
                 "range": tuple(levels_meta[n]["range"]),
             }
@@ -475,10 +478,10 @@ def estimate_bytes_per_image(padded_height: int, padded_width: int, options: Out
     itemsize = 2 if options.dtype == "float16" else 4
     total = 0
     for name in options.levels:
-        stride = LEVEL_STRIDES[name]
+        stride = OUTPUT_STRIDES[name]
         cells = math.ceil(padded_height / stride) * math.ceil(padded_width / stride)
         if options.save_npy:
-            total += 256 * cells * itemsize + 128
+            total += OUTPUT_CHANNELS[name] * cells * itemsize + 128
         if options.save_heatmaps:
             total += 200_000
         if options.overlay:

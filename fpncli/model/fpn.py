@@ -15,10 +15,25 @@ from torch.nn import functional as F
 from .layers import Conv2d
 from .resnet import ResNet
 
-__all__ = ["FPN", "LastLevelMaxPool", "build_resnet_fpn_backbone", "LEVELS", "LEVEL_STRIDES"]
+__all__ = [
+    "FPN", "LastLevelMaxPool", "build_resnet_fpn_backbone", "LEVELS", "LEVEL_STRIDES", "STAGES",
+    "STAGE_STRIDES", "OUTPUTS", "OUTPUT_STRIDES", "OUTPUT_CHANNELS",
+]  # fmt: skip
 
 LEVELS: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6")
 LEVEL_STRIDES: dict[str, int] = {name: 2 ** int(name[1:]) for name in LEVELS}
+#: The bottom-up (ResNet) outputs, named, strided and (for R-50/101/152 and X-101) shaped as
+#: Detectron2's ``ResNet.output_shape()`` reports them: stem 64 channels at stride 4 (after the
+#: max-pool), res2 256/4, res3 512/8, res4 1024/16, res5 2048/32.
+STAGES: tuple[str, ...] = ("stem", "res2", "res3", "res4", "res5")
+STAGE_STRIDES: dict[str, int] = {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
+#: Everything ``--levels`` can name, bottom-up first, then the pyramid.
+OUTPUTS: tuple[str, ...] = STAGES + LEVELS
+OUTPUT_STRIDES: dict[str, int] = {**STAGE_STRIDES, **LEVEL_STRIDES}
+OUTPUT_CHANNELS: dict[str, int] = {
+    "stem": 64, "res2": 256, "res3": 512, "res4": 1024, "res5": 2048,
+    **dict.fromkeys(LEVELS, 256),
+}  # fmt: skip
 
 
 class LastLevelMaxPool(nn.Module):
@@ -39,6 +54,9 @@ class FPN(nn.Module):
 
     #: Inputs must have height and width divisible by this (the coarsest bottom-up stride).
     size_divisibility = 32
+    #: Bottom-up outputs (names from ``STAGES``) that ``forward`` returns beside P2-P6; set it to
+    #: see what the FPN adds (``fpncli extract --levels stem,res2,...``).
+    keep_bottom_up: tuple[str, ...] = ()
 
     def __init__(self, bottom_up: ResNet, out_channels: int = 256) -> None:
         super().__init__()
@@ -68,7 +86,8 @@ class FPN(nn.Module):
                 and channel order; H and W divisible by 32.
 
         Returns:
-            ``{"p2": (B, 256, H/4, W/4), ..., "p6": (B, 256, ceil(H/64), ceil(W/64))}``.
+            ``{"p2": (B, 256, H/4, W/4), ..., "p6": (B, 256, ceil(H/64), ceil(W/64))}``, after
+            the bottom-up outputs named in ``keep_bottom_up`` (``"res4": (B, 1024, H/16, W/16)``).
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
@@ -77,7 +96,7 @@ class FPN(nn.Module):
                 f"height and width must be multiples of {self.size_divisibility}, got "
                 f"{tuple(x.shape[-2:])}; pad the input (fpncli.preprocess does)"
             )
-        bottom_up = self.bottom_up(x)
+        bottom_up = self.bottom_up(x, with_stem="stem" in self.keep_bottom_up)
         results = []
         prev = None
         for name, level in zip(reversed(self.in_features), reversed(self._levels)):
@@ -88,7 +107,9 @@ class FPN(nn.Module):
                 prev = lateral + F.interpolate(prev, scale_factor=2.0, mode="nearest")
             results.insert(0, getattr(self, f"fpn_output{level}")(prev))
         results.append(self.top_block(results[-1]))
-        return dict(zip(self.out_features, results))
+        outputs = {name: bottom_up[name] for name in STAGES if name in self.keep_bottom_up}
+        outputs.update(zip(self.out_features, results))
+        return outputs
 
 
 def build_resnet_fpn_backbone(

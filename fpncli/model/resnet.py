@@ -156,10 +156,11 @@ class ResNet(nn.Module):
             for name in self.stage_names
         }
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Args: x: ``(B, 3, H, W)`` float, normalized. Returns ``{"res2": ..., "res5": ...}``."""
-        outputs = {}
+    def forward(self, x: torch.Tensor, *, with_stem: bool = False) -> dict[str, torch.Tensor]:
+        """Args: x: ``(B, 3, H, W)`` float, normalized. Returns ``{"res2": ..., "res5": ...}``,
+        with ``"stem"`` (``(B, 64, H/4, W/4)``, after the max-pool) first when ``with_stem``."""
         x = self.stem(x)
+        outputs = {"stem": x} if with_stem else {}
         for name in self.stage_names:
             x = getattr(self, name)(x)
             outputs[name] = x

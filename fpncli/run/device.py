@@ -21,7 +21,7 @@ import torch
 
 from ..io.inputs import env_int, shard_from_env
 from ..io.outputs import LevelResult, OutputOptions, valid_size
-from ..model.fpn import LEVEL_STRIDES
+from ..model.fpn import OUTPUT_STRIDES
 
 __all__ = [
     "local_rank_from_env",
@@ -394,7 +394,7 @@ def results_to_host(
     arrays, maps, stats = {}, {}, []
     for name in options.levels:
         level = features[name][:count].to(dtype)
-        stride = LEVEL_STRIDES[name]
+        stride = OUTPUT_STRIDES[name]
         for i, (h, w) in enumerate(resized):
             vh, vw = valid_size(h, w, stride)
             valid = level[i, :, :vh, :vw]

@@ -44,7 +44,7 @@ from ..io.outputs import (
     record_latest,
 )
 from ..io.preprocess import resized_shape
-from ..model.fpn import FPN
+from ..model.fpn import FPN, STAGES
 from .device import (
     BatchResult,
     ByteBudget,
@@ -350,6 +350,7 @@ def run_jobs(
     """
     device = next(model.parameters()).device
     check_precision(options.precision, device)
+    model.keep_bottom_up = tuple(n for n in options.output.levels if n in STAGES)
     summary = RunSummary(total=len(jobs))
     todo = pending_jobs(jobs, options, weights_meta(model))
     summary.skipped = len(jobs) - len(todo)
@@ -359,6 +360,8 @@ def run_jobs(
     benchmark = device.type == "cuda" and (options.compile or bool(options.pad_batches))
     with run_settings(device, benchmark=benchmark, threads=options.threads):
         run_model = model_for_run(model, options.precision, compile=options.compile)
+        # the bottom-up stages asked for (--levels stem,res2..): on the variant a run uses too
+        getattr(run_model, "_orig_mod", run_model).keep_bottom_up = model.keep_bottom_up
         runner = _Runner(run_model, options, summary, len(todo), progress)
         runner.weights_meta = weights_meta(model)
         try:

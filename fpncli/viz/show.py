@@ -34,7 +34,9 @@ __all__ = ["ShowResult", "show", "level_figure_for", "P6_NOTE"]
 
 log = logging.getLogger(__name__)
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
-STRIDES = {name: 2 ** int(name[1:]) for name in LEVELS}
+#: The bottom-up stages an extraction may also hold (``extract --levels stem,res2,...``).
+STAGE_STRIDES = {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
+STRIDES = {**STAGE_STRIDES, **{name: 2 ** int(name[1:]) for name in LEVELS}}
 P6_NOTE = (
     "note: P6 is not a separately learned map: it is a stride-2 subsample of P5 "
     "(LastLevelMaxPool: max_pool2d with kernel 1, stride 2)"
@@ -181,10 +183,10 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str) -
     if path.is_dir():
         return _from_folder(path, levels)
     if path.suffix == ".npy":
-        level = path.stem if path.stem in LEVELS else levels[0]
+        level = path.stem if path.stem in STRIDES else levels[0]
         from ..io.extraction import read_npy
 
-        if (path.parent / MANIFEST).is_file() and path.stem in LEVELS:
+        if (path.parent / MANIFEST).is_file() and path.stem in STRIDES:
             source = _from_folder(path.parent, levels if len(levels) > 1 else [level])
             source.features[level] = read_npy(path)
             return source
@@ -386,9 +388,12 @@ def show(
     """
     if level is None:  # p2, or the level of a .npy target
         stem = Path(target).stem if target else ""
-        level = stem if target and target.endswith(".npy") and stem in LEVELS else "p2"
-    if level != "all" and level not in LEVELS:
-        raise ValueError(f"unknown level {level!r}: use one of {', '.join(LEVELS)} or all")
+        level = stem if target and target.endswith(".npy") and stem in STRIDES else "p2"
+    if level != "all" and level not in STRIDES:
+        raise ValueError(
+            f"unknown level {level!r}: use one of {', '.join(LEVELS)}, all, or a bottom-up stage "
+            f"({', '.join(STAGE_STRIDES)})"
+        )
     if top is not None or channels is not None:
         if top is not None and channels is not None:
             raise ValueError("--top and --channels both given: choose one")
