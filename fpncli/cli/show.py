@@ -7,7 +7,7 @@ import click
 from .common import (
     CLIP_HELP,
     DEFAULT_WEIGHTS,
-    LEVEL_NAMES,
+    OUTPUT_NAMES,
     _check_weights,
     _clip_callback,
     _cmap_callback,
@@ -20,8 +20,11 @@ def _level_callback(ctx, param, value: str | None) -> str | None:
     if value is None:
         return None
     level = value.strip().lower()
-    if level != "all" and level not in LEVEL_NAMES:
-        raise click.BadParameter(f"unknown level {value!r}: use p2..p6 or all")
+    names = [v.strip() for v in level.split(",")]  # a list: --receptive-field only
+    if level != "all" and any(n not in OUTPUT_NAMES for n in names):
+        raise click.BadParameter(
+            f"unknown level {value!r}: use p2..p6, all, or a bottom-up stage (stem, res2..res5)"
+        )
     return level
 
 
@@ -31,7 +34,7 @@ def _level_callback(ctx, param, value: str | None) -> str | None:
     "--level",
     default=None,
     callback=_level_callback,
-    help="p2..p6 or all (default p2, or a .npy TARGET's level).",
+    help="p2..p6, stem, res2..res5 or all (default p2, or a .npy TARGET's level).",
 )
 @click.option(
     "--channel",
@@ -77,15 +80,38 @@ def _level_callback(ctx, param, value: str | None) -> str | None:
     help="A grid of the K channels with the largest mean activation.",
 )
 @click.option("--channels", default=None, help="A grid of these channels, e.g. 0,5,17.")
+@click.option(
+    "--receptive-field",
+    is_flag=True,
+    help="Draw each level's theoretical and effective receptive field of the cell --at.",
+)
+@click.option("--at", default=None, help="X,Y in the original image's pixels (--receptive-field).")
 @verbose_option
 @_friendly
 def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, device, top,
-         channels) -> None:  # fmt: skip
+         channels, receptive_field, at) -> None:  # fmt: skip
     """Show a level of an extraction (TARGET: folder, .npy or image; default: the latest).
 
     With a display, a window draws the values themselves (hover for value and position);
     without one, or with --save, a PNG is written and its path printed.
     """
+    if receptive_field or at is not None:
+        if not (receptive_field and at):
+            raise click.UsageError("--receptive-field and --at X,Y go together")
+        from ..run.receptive import draw_receptive_fields
+
+        levels = None if level in (None, "all") else [v.strip() for v in level.lower().split(",")]
+        out, fields = draw_receptive_fields(
+            target, at, levels=levels, weights=weights, device=device, reduce=reduce,
+            channel=channel, save=save,
+        )  # fmt: skip
+        for f in fields:
+            height, width = f.trf_size
+            erf = f.erf_extent(0.9)
+            click.echo(f"{f.level}: cell (row {f.cell[0]}, col {f.cell[1]}), theoretical RF "
+                       f"{width}x{height} px, effective RF 90% within {erf} px")  # fmt: skip
+        click.echo(f"saved {out}")
+        return
     from ..viz.show import show as show_target
 
     _check_weights(weights)

@@ -1,0 +1,89 @@
+"""Receptive fields: interval arithmetic and the gradient on small known networks, then the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import fpncli
+from fpncli.cli import cli
+from fpncli.run.receptive import (
+    ReceptiveField,
+    conv,
+    effective_rf,
+    identity,
+    trf_functions,
+    union,
+    upsample2,
+)
+
+
+def test_interval_arithmetic_known_answers():
+    two_3x3 = conv(conv(identity(), 3, 1, 1), 3, 1, 1)
+    assert two_3x3(10) == (8, 12)  # 5 pixels
+    two_strided = conv(conv(identity(), 3, 2, 1), 3, 2, 1)
+    assert two_strided(0) == (-3, 3) and two_strided(5) == (17, 23)  # 7 pixels, jump 4
+    dilated = conv(identity(), 3, 1, 2, dilation=2)
+    assert dilated(4) == (2, 6)
+    up = upsample2(conv(identity(), 3, 2, 1))  # cells 4 and 5 both come from cell 2
+    assert up(4) == up(5) == (3, 5)
+    assert union(two_3x3, identity())(10) == (8, 12)
+
+
+def test_trf_of_the_real_stem_and_pyramid():
+    model = fpncli.load_backbone("random")
+    f = trf_functions(model)
+    # 7x7 stride-2 conv (padding 3), then 3x3 stride-2 max-pool (padding 1): 11 pixels, jump 4
+    assert f["stem"](0) == (-5, 5) and f["stem"](3) == (7, 17)
+    sizes = {n: f[n](8)[1] - f[n](8)[0] + 1 for n in ("stem", "res2", "res3", "res4", "res5")}
+    assert sizes["stem"] < sizes["res2"] < sizes["res3"] < sizes["res4"] < sizes["res5"]
+    # through the top-down path every pyramid level sees at least what res5 sees
+    for name in ("p2", "p3", "p4", "p5"):
+        lo, hi = f[name](3)
+        assert hi - lo + 1 >= sizes["res5"]
+    assert f["p6"](2) == f["p5"](4)  # P6 is P5 subsampled by 2
+
+
+def test_erf_of_two_uniform_convolutions():
+    first = nn.Conv2d(3, 1, 3, padding=1, bias=False)
+    second = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    for layer in (first, second):
+        nn.init.ones_(layer.weight)
+    net = nn.Sequential(first, second)
+    maps = effective_rf(lambda x: {"a": net(x)}, torch.rand(1, 3, 9, 9), {"a": (4, 5)})
+    expected = np.zeros((9, 9), np.float32)
+    tri = np.array([1, 2, 3, 2, 1], np.float32)
+    expected[2:7, 3:8] = np.outer(tri, tri) / 9.0
+    np.testing.assert_allclose(maps["a"], expected, atol=1e-6)
+    field = ReceptiveField("a", 1, (4, 5), (2, 6, 3, 7), maps["a"])
+    assert field.trf_size == (5, 5) and field.erf_extent(1.0) == 5
+
+
+def test_erf_lies_inside_the_trf_on_the_real_model():
+    model = fpncli.load_backbone("random", fold_bn=False, channels_last=False)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    cells = {"p3": (5, 6), "res3": (3, 2)}
+    model.keep_bottom_up = ("res3",)
+    maps = effective_rf(model, x, cells, reduce="mean")
+    functions = trf_functions(model)
+    for name, (row, col) in cells.items():
+        top, bottom, left, right = functions[name](row) + functions[name](col)
+        ys, xs = np.nonzero(maps[name])
+        assert ys.size > 0 and maps[name].max() == 1.0
+        assert ys.min() >= top and ys.max() <= bottom and xs.min() >= left and xs.max() <= right
+
+
+def test_show_receptive_field_cli(sample_extraction, tmp_path):
+    runner = CliRunner()
+    save = tmp_path / "rf.png"
+    args = ["show", str(sample_extraction / "coffee"), "--receptive-field", "--at", "100,60",
+            "--level", "p3,p6", "--save", str(save)]  # fmt: skip
+    result = runner.invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "p3: cell (row" in result.output and "p6: cell" in result.output and save.is_file()
+    outside = runner.invoke(cli, [*args[:4], "9999,1"])
+    assert outside.exit_code == 1 and "outside the image" in outside.output
+    alone = runner.invoke(cli, ["show", str(sample_extraction / "coffee"), "--at", "1,1"])
+    assert alone.exit_code == 2 and "go together" in alone.output
