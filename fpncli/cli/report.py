@@ -11,14 +11,21 @@ from .common import _friendly, verbose_option
 @click.argument("out", type=click.Path(file_okay=False), default="fpn_out", required=False)
 @click.option("--page-size", type=int, default=100, show_default=True, help="Images per page.")
 @click.option("--thumb-height", type=int, default=64, show_default=True, help="In pixels.")
+@click.option(
+    "--scale",
+    type=click.Choice(["image", "level", "shared"]),
+    default="image",
+    show_default=True,
+    help="Thumbnail colours: each map's own range, one per level, or one for all levels.",
+)
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a browser.")
 @verbose_option
 @_friendly
-def report(out, page_size, thumb_height, open_browser) -> None:
+def report(out, page_size, thumb_height, scale, open_browser) -> None:
     """Write OUT/report.html: summary, per-level statistics and histograms, a paged image grid."""
     from ..viz.report import write_report
 
-    path = write_report(out, page_size=page_size, thumb_height=thumb_height)
+    path = write_report(out, page_size=page_size, thumb_height=thumb_height, scale=scale)
     click.echo(f"wrote {path}")
     if open_browser:
         import webbrowser

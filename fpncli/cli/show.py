@@ -86,10 +86,17 @@ def _level_callback(ctx, param, value: str | None) -> str | None:
     help="Draw each level's theoretical and effective receptive field of the cell --at.",
 )
 @click.option("--at", default=None, help="X,Y in the original image's pixels (--receptive-field).")
+@click.option(
+    "--scale",
+    type=click.Choice(["image", "level", "shared"]),
+    default="image",
+    show_default=True,
+    help="Colour range: each map's own, one per level for the run, or one for all.",
+)
 @verbose_option
 @_friendly
 def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, device, top,
-         channels, receptive_field, at) -> None:  # fmt: skip
+         channels, receptive_field, at, scale) -> None:  # fmt: skip
     """Show a level of an extraction (TARGET: folder, .npy or image; default: the latest).
 
     With a display, a window draws the values themselves (hover for value and position);
@@ -118,5 +125,5 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
     show_target(
         target, level=level, channel=channel, reduce=reduce, cmap=cmap, clip=clip,
         overlay=overlay, save=save, weights=weights, device=device, notify=click.echo, top=top,
-        channels=channels,
+        channels=channels, scale=scale,
     )  # fmt: skip

@@ -27,6 +27,7 @@ from .. import __version__
 from ..io.extraction import LoadedExtraction, find_extractions, load_extraction, read_run_log
 from ..io.guard import open_regular
 from ..io.outputs import atomic_write_bytes
+from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
 from .visualize import colorize, reduce_channels
 
@@ -299,13 +300,21 @@ def _stats_table(stats: dict[str, LevelStats]) -> str:
     return f"<table>{head}{''.join(rows)}</table><p class=muted>{note}</p>"
 
 
+def _scale_note(scale: str, ranges: dict | None) -> str:
+    if ranges is None:
+        return "<p>Colour scale: <b>image</b> (each thumbnail on its own min..max).</p>"
+    items = ", ".join(f"{html.escape(n)} {_fmt(lo)}..{_fmt(hi)}" for n, (lo, hi) in
+                      ((n, ranges[n]) for n in _order(ranges)))  # fmt: skip
+    return f"<p>Colour scale: <b>{html.escape(scale)}</b> (from the manifests): {items}.</p>"
+
+
 def write_report(
     root: str | Path,
     *,
     page_size: int = 100,
     thumb_height: int = 64,
     workers: int | None = None,
-    ranges: dict[str, tuple[float, float]] | None = None,
+    scale: str = "image",
 ) -> Path:
     """Write ``ROOT/report.html`` (and ``ROOT/report/``) for the extraction under ``root``.
 
@@ -314,8 +323,9 @@ def write_report(
         page_size: images per page of the grid.
         thumb_height: thumbnail height in pixels.
         workers: threads making thumbnails (default: CPU count, at most 8).
-        ranges: level -> (vmin, vmax) to colour thumbnails with; None colours each map on its
-            own range.
+        scale: ``image`` colours each thumbnail on its own range (its min..max); ``level`` and
+            ``shared`` on the run's ranges from the manifests (``viz.scale.run_ranges``), so
+            colours compare across images (and, with ``shared``, across levels).
 
     Returns:
         The path of ``report.html``.
@@ -336,6 +346,10 @@ def write_report(
         shutil.rmtree(assets)
     (assets / "thumbs").mkdir(parents=True)
     extractions = [load_extraction(f) for f in folders]
+    manifests = [ex.manifest for ex in extractions]
+    heat = (manifests[0].get("heatmap") or {}) if manifests else {}
+    ranges = run_ranges(manifests, scale, reduce=heat.get("reduce", "channel"),
+                        channel=int(heat.get("channel", 0))) if manifests else None  # fmt: skip
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(
             lambda item: _process(item[0], item[1], root, assets / "thumbs", thumb_height, ranges),
@@ -362,8 +376,8 @@ def write_report(
             f" of {len(rows)}</h2>{nav}{_grid(chunk, levels, prefix, (page - 1) * page_size + 1)}"
         )
         if page == 1:
-            summary = _summary(root, [ex.manifest for ex in extractions], byte_count, run)
-            body = [f"<h1>{html.escape(title)}</h1>", summary]
+            summary = _summary(root, manifests, byte_count, run)
+            body = [f"<h1>{html.escape(title)}</h1>", summary, _scale_note(scale, ranges)]
             if stats:
                 body += ["<h2>Levels across the folder</h2>", _stats_table(stats),
                          f'<img src="{_ASSETS}/histograms.png" alt="histograms">']  # fmt: skip

@@ -226,8 +226,10 @@ RANDOM_NOTE = "RANDOM, UNTRAINED WEIGHTS - not a trained network"
 
 
 def _panels(source: _Source, level: str, *, reduce: str, channel: int,
-            clip: tuple[float, float]) -> list[dict]:  # fmt: skip
-    """What to draw: per level its valid-region map, stride, colour range and label."""
+            clip: tuple[float, float], fixed: dict | None = None) -> list[dict]:  # fmt: skip
+    """What to draw: per level its valid-region map, stride, colour range and label; ``fixed``
+    (level -> range, from ``--scale level|shared``) replaces the map's own range."""
+    fixed = fixed or {}
     names = [n for n in LEVELS if n in source.features] if level == "all" else [level]
     how = f"channel {channel}" if reduce == "channel" else reduce
     panels = []
@@ -236,14 +238,16 @@ def _panels(source: _Source, level: str, *, reduce: str, channel: int,
         shape = tuple(source.features[name].shape)
         panels.append({
             "name": name, "map": values, "stride": STRIDES[name], "shape": shape,
-            "range": value_range(values, clip), "label": f"{name}  stride {STRIDES[name]}  {how}",
+            "range": fixed.get(name) or value_range(values, clip),
+            "label": f"{name}  stride {STRIDES[name]}  {how}",
         })  # fmt: skip
     return panels
 
 
 def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str,
-            overlay: bool, clip: tuple[float, float]) -> np.ndarray:  # fmt: skip
-    panels = _panels(source, level, reduce=reduce, channel=channel, clip=clip)
+            overlay: bool, clip: tuple[float, float],
+            fixed: dict | None = None) -> np.ndarray:  # fmt: skip
+    panels = _panels(source, level, reduce=reduce, channel=channel, clip=clip, fixed=fixed)
     names = [p["name"] for p in panels]
     maps = {p["name"]: p["map"] for p in panels}
     ranges = {p["name"]: p["range"] for p in panels}
@@ -302,6 +306,29 @@ def _channels_picture(source: _Source, level: str, top: int | None,
     title = f"{source.name}  {level}  stride {STRIDES[level]}  {how}"
     note = RANDOM_NOTE if source.random else ""
     return channel_grid(feature, picked, title=title, note=note, cmap=cmap, vrange=vrange)
+
+
+def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say):
+    """The run's colour ranges for ``--scale level|shared`` (None for ``image``)."""
+    from ..io.extraction import find_extractions
+    from .scale import SCALES, extraction_root, run_ranges
+
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
+    if scale == "image":
+        return None
+    path = _latest() if target is None else Path(target).expanduser()
+    folder = path if path.is_dir() else path.parent
+    if read_manifest(folder) is None:
+        raise ValueError(
+            f"--scale {scale} takes its range from the run's manifests: TARGET must be an "
+            "extraction folder (or a .npy in one), not an image extracted on the fly"
+        )
+    root = extraction_root(folder)
+    manifests = [m for f in find_extractions(root) if (m := read_manifest(f)) is not None]
+    ranges = run_ranges(manifests, scale, reduce=reduce, channel=channel)
+    say(f"colour scale {scale}: ranges from the {len(manifests)} image(s) under {root}")
+    return ranges
 
 
 def _display_available() -> bool:
@@ -373,6 +400,7 @@ def show(
     notify: Callable[[str], None] | None = None,
     top: int | None = None,
     channels: str | list[int] | None = None,
+    scale: str = "image",
 ) -> ShowResult:
     """Draw one level (or ``all``) of an extraction; open a window or write a PNG.
 
@@ -381,6 +409,7 @@ def show(
     Messages are collected in ``ShowResult.messages`` and also passed to ``notify`` as soon as
     they are known (before a window blocks). ``top`` K (or ``channels``, a list or "0,5,17")
     draws a grid of that level's K channels with the largest mean (or the listed ones) instead.
+    ``scale`` ``level`` or ``shared`` colours with the run's ranges (``viz.scale``), not the map's.
 
     Raises:
         ValueError: an unknown level, a level that was not saved, a bad option.
@@ -399,6 +428,8 @@ def show(
             raise ValueError("--top and --channels both given: choose one")
         if level == "all" or overlay:
             raise ValueError("--top/--channels draw one level, without --overlay: pick --level")
+    pending: list[str] = []  # checked before an image TARGET would be extracted
+    fixed = _run_ranges(target, scale, reduce, channel, pending.append)
     levels = list(LEVELS) if level == "all" else [level]
     source = _resolve(target, levels, weights, device)
     if level != "all" and level not in source.features:
@@ -409,7 +440,7 @@ def show(
         suffix = f"_top{top}" if top is not None else "_channels"
     else:
         picture = _render(source, level, reduce=reduce, channel=channel, cmap=cmap,
-                          overlay=overlay, clip=parse_clip(clip))  # fmt: skip
+                          overlay=overlay, clip=parse_clip(clip), fixed=fixed)  # fmt: skip
     result = ShowResult()
 
     def say(message: str) -> None:
@@ -417,6 +448,8 @@ def show(
         if notify is not None:
             notify(message)
 
+    for message in pending:
+        say(message)
     for note in source.notes:
         say(note)
     if level in ("p6", "all"):
@@ -429,7 +462,8 @@ def show(
     if save is None and wants_window:
         title = f"fpncli {source.name} {level}"
         if top is None and channels is None:  # the values themselves, not a picture of them
-            panels = _panels(source, level, reduce=reduce, channel=channel, clip=parse_clip(clip))
+            panels = _panels(source, level, reduce=reduce, channel=channel,
+                             clip=parse_clip(clip), fixed=fixed)  # fmt: skip
             options = _window_options(source, cmap=cmap, overlay=overlay, reduce=reduce,
                                       channel=channel)  # fmt: skip
             result.displayed = open_window(title, panels, **options)

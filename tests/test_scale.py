@@ -1,0 +1,85 @@
+"""``--scale image|level|shared``: the run's ranges from manifests, in show and in the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from fpncli.cli import cli
+from fpncli.viz import show as show_module
+from fpncli.viz.scale import extraction_root, run_ranges
+
+
+def _manifest(levels: dict, reduce="channel", channel=0) -> dict:
+    return {"heatmap": {"reduce": reduce, "channel": channel}, "levels": levels}
+
+
+A = _manifest({"p2": {"range": [-1.0, 2.0], "min": -9.0, "max": 9.0},
+               "p3": {"range": [0.0, 5.0], "min": -1.0, "max": 6.0}})  # fmt: skip
+B = _manifest({"p2": {"range": [-3.0, 1.0], "min": -4.0, "max": 4.0},
+               "p3": {"min": -2.0, "max": 3.0, "range": None}})  # fmt: skip
+
+
+def test_run_ranges_known_answers():
+    assert run_ranges([A, B], "image") is None
+    assert run_ranges([A, B], "level") == {"p2": (-3.0, 2.0), "p3": (-2.0, 5.0)}
+    assert run_ranges([A, B], "shared") == {"p2": (-3.0, 5.0), "p3": (-3.0, 5.0)}
+    # another map than the one drawn at extraction: the recorded min/max over all channels
+    assert run_ranges([A, B], "level", channel=7) == {"p2": (-9.0, 9.0), "p3": (-2.0, 6.0)}
+    nan = _manifest({"p2": {"range": [float("nan"), 1.0], "min": 0.0, "max": 1.0}})
+    assert run_ranges([nan], "level") == {"p2": (0.0, 1.0)}
+    with pytest.raises(ValueError, match="unknown scale"):
+        run_ranges([A], "global")
+    with pytest.raises(ValueError, match="use --scale image"):
+        run_ranges([_manifest({})], "level")
+
+
+def _recorded(root, level):
+    ranges = [json.loads(p.read_text())["levels"][level]["range"] for p in
+              sorted(root.glob("*/manifest.json"))]  # fmt: skip
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+
+def test_show_scale_level_and_shared(sample_extraction, tmp_path, monkeypatch):
+    assert extraction_root(sample_extraction / "chelsea") == sample_extraction.resolve()
+    seen = []
+    real = show_module.heatmap_image
+
+    def spy(map2d, **kwargs):
+        seen.append(kwargs["vrange"])
+        return real(map2d, **kwargs)
+
+    monkeypatch.setattr(show_module, "heatmap_image", spy)
+    runner = CliRunner()
+    for name in ("chelsea", "coffee"):
+        args = ["show", str(sample_extraction / name), "--level", "p3", "--scale", "level",
+                "--save", str(tmp_path / f"{name}.png")]  # fmt: skip
+        result = runner.invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0 and "colour scale level: ranges from the 3 image(s)" in (
+            result.output
+        )
+    assert seen[0] == seen[1] == pytest.approx(_recorded(sample_extraction, "p3"))
+    args = ["show", str(sample_extraction / "rocket"), "--level", "p5", "--scale", "shared",
+            "--save", str(tmp_path / "r.png")]  # fmt: skip
+    assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
+    every = [_recorded(sample_extraction, n) for n in ("p2", "p3", "p4", "p5", "p6")]
+    assert seen[2] == pytest.approx((min(r[0] for r in every), max(r[1] for r in every)))
+    image = runner.invoke(cli, ["show", str(tmp_path / "chelsea.png"), "--scale", "level"])
+    assert image.exit_code == 1 and "must be an extraction folder" in image.output
+
+
+def test_report_scale(sample_extraction, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(sample_extraction, out)
+    result = CliRunner().invoke(cli, ["report", str(out), "--scale", "shared"],
+                                catch_exceptions=False)  # fmt: skip
+    assert result.exit_code == 0
+    text = (out / "report.html").read_text()
+    assert "Colour scale: <b>shared</b>" in text
+    every = [_recorded(out, n) for n in ("p2", "p3", "p4", "p5", "p6")]
+    shared = f"{min(r[0] for r in every):.4g}..{max(r[1] for r in every):.4g}"
+    assert text.count(shared) == 5  # every level on the one range
