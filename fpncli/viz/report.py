@@ -174,6 +174,7 @@ th{background:#f0f0f0}
 .banner{background:#c00;color:#fff;font-weight:bold;padding:.7em 1em;margin:.5em 0}
 .nav a,.nav b{margin-right:.5em}
 .muted{color:#777}
+.hist{max-width:100%;height:auto}
 """
 
 
@@ -379,8 +380,8 @@ def write_report(
             summary = _summary(root, manifests, byte_count, run)
             body = [f"<h1>{html.escape(title)}</h1>", summary, _scale_note(scale, ranges)]
             if stats:
-                body += ["<h2>Levels across the folder</h2>", _stats_table(stats),
-                         f'<img src="{_ASSETS}/histograms.png" alt="histograms">']  # fmt: skip
+                hist = f'<img class="hist" src="{_ASSETS}/histograms.png" alt="histograms">'
+                body += ["<h2>Levels across the folder</h2>", _stats_table(stats), hist]
             body += [grid, nav]
             atomic_write_bytes(root / REPORT, _page(title, "\n".join(body)).encode())
         else:
