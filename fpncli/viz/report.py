@@ -150,9 +150,10 @@ def _histogram_png(stats: dict[str, LevelStats], path: Path) -> None:
     for ax, name in zip(axes, names):
         counts, edges = stats[name].histogram()
         ax.stairs(counts, edges, fill=True, color="#3b6ea5")
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(numticks=4))
-        ax.yaxis.set_minor_locator(NullLocator())
+        if counts.any():  # a level with no finite value has nothing to put on a log scale
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(numticks=4))
+            ax.yaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.set_title(f"{name} ({stats[name].images} images)", fontsize=9)
         ax.tick_params(labelsize=7)
