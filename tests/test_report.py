@@ -155,3 +155,27 @@ def test_report_in_headless_chromium(report_dir, tmp_path):
     assert (pixels < 250).any(axis=2).mean() > 0.05  # not a blank page
     red = (pixels[..., 0] > 180) & (pixels[..., 1] < 40) & (pixels[..., 2] < 40)
     assert red.sum() > 1000  # the random-weights banner is drawn
+
+
+def test_readme_folder_commands_parse():
+    """The README's "Seeing a whole folder" block: every line parses with every option checked."""
+    import shlex
+    import warnings
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"## Seeing a whole folder\s+```bash\n(.*?)```", text, re.S)
+    assert block
+    lines = [line.split("  #")[0].split(" # ")[0].strip() for line in block[1].splitlines()]
+    commands = {}
+    for line in filter(None, lines):
+        words = shlex.split(line)
+        assert words[0] == "fpncli", line
+        ctx = cli.make_context("fpncli", words[1:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            name, *rest = [*ctx.protected_args, *ctx.args]
+        command = cli.get_command(ctx, name)
+        sub = command.make_context(name, rest, parent=ctx)
+        commands.setdefault(name, []).append(sub.params)
+    assert set(commands) == {"extract", "report", "diff", "show"}
+    assert commands["extract"][0]["levels"][:5] == ("stem", "res2", "res3", "res4", "res5")

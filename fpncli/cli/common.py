@@ -68,10 +68,11 @@ def _friendly(command):
 
 
 def _parse_levels(value: str) -> tuple[str, ...]:
-    """``"p3,res4,stem"`` -> ``("stem", "res4", "p3")``: bottom-up first, then the pyramid."""
-    if value.strip().lower() == "all":  # the pyramid; stages are named one by one
-        return LEVEL_NAMES
+    """``"p3,res4,stem"`` -> ``("stem", "res4", "p3")``: bottom-up first, then the pyramid;
+    ``all`` is p2..p6."""
     levels = tuple(v.strip().lower() for v in value.split(",") if v.strip())
+    if "all" in levels:  # all = the pyramid; the bottom-up stages are named one by one
+        levels = tuple(lv for lv in levels if lv != "all") + LEVEL_NAMES
     unknown = [lv for lv in levels if lv not in OUTPUT_NAMES]
     if unknown or not levels:
         raise click.BadParameter(
