@@ -19,7 +19,8 @@ SMALL = ["--weights", "random", "--min-size", "64", "--max-size", "96"]
 def runner(tmp_path, monkeypatch):
     monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for name in ("WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "LOCAL_RANK", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
     return CliRunner()
 
 
@@ -53,6 +54,7 @@ def photo(tmp_path):
         ([], {"RANK": "0", "WORLD_SIZE": "four"}, "WORLD_SIZE"),
         ([], {"RANK": "4", "WORLD_SIZE": "4"}, "RANK"),
         ([], {"WORLD_SIZE": "4"}, "RANK"),
+        ([], {"SLURM_PROCID": "x", "SLURM_NTASKS": "2"}, "SLURM_PROCID"),
         (["--batch-size", "0"], {}, "--batch-size"),
         (["--workers", "0"], {}, "--workers"),
         (["--min-size", "0"], {}, "--min-size"),

@@ -68,3 +68,15 @@ def test_readme_commands_parse_and_name_files_that_exist(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["list", "download", "verify"])
 def test_readme_shows_each_weights_command_on_its_own_line(name):
     assert any(line.startswith(f"fpncli weights {name}") for line in _commands_block())
+
+
+def test_readme_has_the_default_and_the_cpu_only_install_lines():
+    text = (ROOT / "README.md").read_text()
+    setup = re.findall(r"^python3 -m venv .venv && .*$", text, re.M)
+    assert len(setup) == 2, setup  # the default (CUDA wheels) and the CPU-only one
+    default, cpu = setup
+    assert 'pip install -e ".[test]"' in default and "index-url" not in default
+    # PyTorch's CPU build first, from PyTorch's CPU index, then the package (torch is then met)
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu && " in cpu
+    assert cpu.index("whl/cpu") < cpu.index('pip install -e ".[test]"')
+    assert cpu.endswith("fpncli extract samples/chelsea.png")

@@ -129,33 +129,14 @@ def _cmap_callback(ctx, param, value: str) -> str:
 
 
 def _env_shard() -> tuple[int, int] | None:
-    """torchrun's ``RANK``/``WORLD_SIZE`` as a shard, checked: the error names the variable."""
-    import os
+    """torchrun's ``RANK``/``WORLD_SIZE`` (or SLURM's) as a shard, checked before any work: the
+    error names the variable."""
+    from ..io.inputs import shard_from_env
 
-    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if rank is None and world is None:
-        return None
-    if rank is None or world is None:
-        missing = "RANK" if rank is None else "WORLD_SIZE"
-        raise click.UsageError(
-            f"{missing} is not set but {'WORLD_SIZE' if rank is None else 'RANK'} is: set both "
-            "(as torchrun does) or neither, or pass --shard I/N"
-        )
-    values = {}
-    for name, text in (("RANK", rank), ("WORLD_SIZE", world)):
-        try:
-            values[name] = int(text.strip())
-        except ValueError:
-            raise click.UsageError(
-                f"environment variable {name}={text!r} is not a whole number: fix or unset it, "
-                "or pass --shard I/N"
-            ) from None
-    if values["WORLD_SIZE"] < 1 or not 0 <= values["RANK"] < values["WORLD_SIZE"]:
-        raise click.UsageError(
-            f"environment variables RANK={values['RANK']} and WORLD_SIZE="
-            f"{values['WORLD_SIZE']}: need 0 <= RANK < WORLD_SIZE"
-        )
-    return values["RANK"], values["WORLD_SIZE"]
+    try:
+        return shard_from_env()
+    except ValueError as e:
+        raise click.UsageError(f"environment: {e} (or pass --shard I/N)") from None
 
 
 def _check_weights(weights: str) -> None:
