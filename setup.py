@@ -24,6 +24,13 @@ setup(
         "click>=8.1",
         "pillow>=9.5",
     ],
-    extras_require={"test": ["pytest>=7"], "dev": ["pytest>=7", "ruff>=0.4"]},
+    extras_require={
+        "test": ["pytest>=7"],
+        "dev": ["pytest>=7", "ruff>=0.4"],
+        # --format wds: the Parquet index and object-store outputs
+        "wds": ["pyarrow>=14", "fsspec>=2023.1"],
+        # --engine ray (2.51: ActorPoolStrategy via compute= is the supported API again)
+        "ray": ["ray[data]>=2.51", "pyarrow>=14", "fsspec>=2023.1"],
+    },
     entry_points={"console_scripts": ["fpncli = fpncli.cli:main"]},
 )

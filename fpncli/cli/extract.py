@@ -157,15 +157,45 @@ class _ExtractCommand(click.Command):
     help="Refuse images with more pixels than this (default 89,478,485, as Pillow).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["files", "wds"]),
+    default="files",
+    show_default=True,
+    help="files: a folder per image; wds: WebDataset tar shards plus OUT/index.parquet.",
+)
+@click.option(
+    "--shard-size",
+    default="1GB",
+    show_default=True,
+    help="Target size of a --format wds shard (e.g. 1GB, 256MB).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: Ray Data (CPU decode tasks, a GPU actor pool); needs fpncli[ray].",
+)
+@click.option(
+    "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else local)."
+)
+@click.option("--gpu-workers", default=None, help="Ray GPU actors: N or auto (default auto).")
+@click.option("--gpus-per-worker", type=float, default=None, help="GPUs per Ray actor (default 1).")
 @verbose_option
 @_friendly
 def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, no_heatmaps,
             no_overview, overlay, channel, reduce, cmap, clip, min_size, max_size, no_resize,
             batch_size, workers, writers, compile_model, from_list, overwrite, resume, force,
-            shard, gpus, max_pixels, seed) -> None:  # fmt: skip
+            shard, gpus, max_pixels, seed, out_format, shard_size, engine, ray_address,
+            gpu_workers, gpus_per_worker) -> None:  # fmt: skip
     """Extract P2-P6 for images, folders (recursive) and globs into OUT/<image>/."""
     if not inputs and from_list is None:
         raise click.UsageError("give at least one image, folder or glob (or --from-list)")
+    engine_options = _check_engine_options(
+        out_dir, out_format, shard_size, engine, ray_address, gpu_workers, gpus_per_worker, gpus
+    )
     from ..io.guard import mark_output_root
     from ..io.outputs import OutputOptions
     from ..io.preprocess import DEFAULT_MAX_PIXELS
@@ -184,7 +214,11 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         )
     _check_weights(weights)
     shard_spec = shard or _env_shard()
-    dev = _checked_device(device, precision)
+    # With Ray the driver only reads the weights' identity (on its CPU); the actors pick devices.
+    actor_device = device
+    if engine == "ray":
+        device = "cpu"
+    dev = _checked_device(device, precision if engine == "local" else "fp32")
     devices = _gpu_devices(gpus, device)
     output = OutputOptions(
         levels=levels, dtype=dtype, save_npy=not no_npy,
@@ -192,24 +226,29 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         channel=channel, reduce=reduce, cmap=cmap, clip=clip, min_size=min_size,
         max_size=max_size, resize=not no_resize,
     )  # fmt: skip
+    url = "://" in out_dir  # an object store (or file://): --format wds, written through fsspec
     out = Path(out_dir)
     passed_over: set[Path] = set()
-    pairs = discover_inputs(inputs, from_list, exclude=out, skipped=passed_over)
+    pairs = discover_inputs(inputs, from_list, exclude=None if url else out, skipped=passed_over)
     if passed_over:
         click.echo(_skipped_note(passed_over), err=True)
     if not pairs:
         raise click.ClickException("no images found in the given inputs")
-    jobs = plan_jobs(pairs, out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise click.ClickException(f"cannot create output folder {out}: {e.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise click.ClickException(f"output folder {out} is not writable")
-    mark_output_root(out)
+    # wds: job folders are relative to OUT (they become the sample keys)
+    jobs = plan_jobs(pairs, Path("") if out_format == "wds" else out)
+    if not url:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise click.ClickException(f"cannot create output folder {out}: {e.strerror}") from None
+        if not os.access(out, os.W_OK):
+            raise click.ClickException(f"output folder {out} is not writable")
+        mark_output_root(out)
     if shard_spec is not None:
         jobs = select_shard(jobs, *shard_spec)
     model, dev = _load_model(weights, "cpu" if len(devices) > 1 else device, seed)
+    if engine == "ray" and actor_device != "cpu":
+        dev = _torch_device("cuda")  # for the default batch size of GPU actors
     click.echo(_volume_note(jobs, output), err=True)  # once the weights are there, before the run
     if devices:
         dev = _torch_device(devices[0])
@@ -226,7 +265,24 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     )
     bar = RunProgress()
     try:
-        if len(devices) > 1:
+        if engine == "ray":
+            from ..run.ray_engine import RayOptions, run_ray
+
+            ray_options = RayOptions(
+                weights=weights, seed=seed, device=actor_device,
+                out_format=out_format, shard_bytes=engine_options["shard_bytes"],
+                address=engine_options["address"], gpu_workers=engine_options["gpu_workers"],
+                gpus_per_worker=engine_options["gpus_per_worker"], crash_after=_crash_after(),
+            )  # fmt: skip
+            summary = run_ray(jobs, out_dir, model, options, ray_options, progress=bar)
+        elif out_format == "wds":
+            from ..run.wds import run_sharded
+
+            summary = run_sharded(
+                jobs, out_dir, model, options, shard_bytes=engine_options["shard_bytes"],
+                progress=bar, crash_after=_crash_after(),
+            )  # fmt: skip
+        elif len(devices) > 1:
             from ..run.multi import run_on_devices
 
             summary = run_on_devices(
@@ -239,7 +295,8 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         _report_interrupt(bar.last, len(jobs))
         sys.exit(130)
     bar.close()
-    _write_run_log(summary, out, weights, precision)
+    if not url:
+        _write_run_log(summary, out, weights, precision)
     _report(summary, Path(out_dir), len(jobs))
     if summary.failed or summary.aborted:
         sys.exit(1)
@@ -281,6 +338,62 @@ def _checked_device(device: str, precision: str):
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--precision") from None
     return dev
+
+
+def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, gpu_workers,
+                          gpus_per_worker, gpus) -> dict:  # fmt: skip
+    """Validate --format/--engine and the Ray options before anything is loaded."""
+    from ..io.shards import parse_size, require_wds
+
+    try:
+        shard_bytes = parse_size(shard_size)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--shard-size") from None
+    if "://" in out_dir and out_format != "wds":
+        raise click.UsageError(f"{out_dir} is an object-store URL: it needs --format wds")
+    if out_format == "wds":
+        require_wds()
+    if engine == "local":
+        for name, value in (("--ray-address", ray_address), ("--gpu-workers", gpu_workers),
+                            ("--gpus-per-worker", gpus_per_worker)):  # fmt: skip
+            if value is not None:
+                raise click.UsageError(f"{name} is an option of --engine ray")
+        if gpus is not None and out_format == "wds":
+            raise click.UsageError("--gpus writes folders: with --format wds use --engine ray")
+        return {"shard_bytes": shard_bytes}
+    if gpus is not None:
+        raise click.UsageError("--gpus is for --engine local; Ray uses --gpu-workers")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise click.ClickException("--engine ray needs Ray: pip install 'fpncli[ray]'") from None
+    require_wds()  # the Ray engine reads and writes through fsspec and pyarrow
+    workers = None
+    if gpu_workers not in (None, "auto"):
+        try:
+            workers = int(gpu_workers)
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise click.BadParameter(
+                f"expected auto or a number >= 1, got {gpu_workers!r}", param_hint="--gpu-workers"
+            )
+    fraction = 1.0 if gpus_per_worker is None else gpus_per_worker
+    if not (0 < fraction <= 1 or float(fraction).is_integer()):
+        raise click.BadParameter(
+            f"expected a fraction in (0, 1] or a whole number, got {fraction}",
+            param_hint="--gpus-per-worker",
+        )
+    return {
+        "shard_bytes": shard_bytes, "address": ray_address or os.environ.get("RAY_ADDRESS"),
+        "gpu_workers": workers, "gpus_per_worker": fraction,
+    }  # fmt: skip
+
+
+def _crash_after() -> int | None:
+    """Crash tests only: ``FPNCLI_TEST_CRASH_AFTER=K`` stops a sharded run hard after K images."""
+    value = os.environ.get("FPNCLI_TEST_CRASH_AFTER")
+    return int(value) if value else None
 
 
 def _torch_device(name: str):
@@ -373,7 +486,7 @@ def _report(summary, out_dir: Path, total: int) -> None:
         click.echo(f"failed: {quote_name(str(path))}: {quote_name(reason)}", err=True)
     if summary.aborted:
         click.echo(f"stopped early: {summary.aborted}", err=True)
-    if total == 1 and summary.done == 1:
+    if total == 1 and summary.done == 1 and summary.last_folder is not None:
         click.echo(f"wrote {summary.last_folder}")
         return
     if total == 1 and summary.skipped == 1:

@@ -93,10 +93,11 @@ def _level_callback(ctx, param, value: str | None) -> str | None:
     show_default=True,
     help="Colour range: each map's own, one per level for the run, or one for all.",
 )
+@click.option("--key", default=None, help="An image of a --format wds output (TARGET), by key.")
 @verbose_option
 @_friendly
 def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, device, top,
-         channels, receptive_field, at, scale) -> None:  # fmt: skip
+         channels, receptive_field, at, scale, key) -> None:  # fmt: skip
     """Show a level of an extraction (TARGET: folder, .npy or image; default: the latest).
 
     With a display, a window draws the values themselves (hover for value and position);
@@ -125,5 +126,5 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
     show_target(
         target, level=level, channel=channel, reduce=reduce, cmap=cmap, clip=clip,
         overlay=overlay, save=save, weights=weights, device=device, notify=click.echo, top=top,
-        channels=channels, scale=scale,
+        channels=channels, scale=scale, key=key,
     )  # fmt: skip

@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ __all__ = [
     "read_manifest",
     "valid_size",
     "write_image_outputs",
+    "write_image_members",
     "record_latest",
     "latest_extraction",
     "recent_extractions",
@@ -463,6 +465,39 @@ RANDOM_NOTE = "RANDOM, UNTRAINED WEIGHTS - not a trained network"
 def _note(weights: dict) -> str:
     """The red line every picture made with random weights carries."""
     return RANDOM_NOTE if weights.get("random") else ""
+
+
+def write_image_members(
+    write: Callable[[str, bytes | np.ndarray], int],
+    *,
+    features: dict[str, np.ndarray] | None = None,
+    levels: dict[str, LevelResult] | None = None,
+    image: LoadedImage,
+    prepared: Prepared,
+    options: OutputOptions,
+    weights: dict,
+    device: str,
+    precision: str,
+    run_key: str | None = None,
+) -> int:
+    """Render exactly what ``write_image_outputs`` writes, but hand each file to
+    ``write(name, data)`` (``name`` is ``p2.npy``, ``p2.png``, ..., ``manifest.json`` last; ``data``
+    is bytes, or an array to save as ``.npy``) instead of a folder: the sharded (WebDataset)
+    writer packs them into a tar. Returns the bytes ``write`` reported."""
+    if levels is None:
+        if features is None:
+            raise ValueError("write_image_members needs features or levels")
+        levels = level_results(features, prepared, options)
+    created: dict[str, int] = {}
+
+    def member(path: Path, data) -> int:
+        created[path.name] = size = write(path.name, data)
+        return size
+
+    return _write_all(
+        Path(), member, levels, image, prepared, options, weights, device, precision, run_key,
+        created,
+    )  # fmt: skip
 
 
 def _needs_maps(options: OutputOptions) -> bool:

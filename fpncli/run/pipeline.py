@@ -85,6 +85,8 @@ __all__ = [
     "DeviceState",
     "infer_batch",
     "write_result",
+    "run_decoded",
+    "FolderSink",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,8 +170,22 @@ def _reason(error: BaseException) -> str:
     return (text or type(error).__name__).splitlines()[0]
 
 
+class FolderSink:
+    """Where the runner puts each image: its own folder (``--format files``). The sharded writer
+    (``run.wds.ShardSink``) is the other sink: the same calls, a tar shard instead."""
+
+    def write(self, item: Decoded, levels: dict, options: RunOptions, weights: dict,
+              device: str) -> int | None:  # fmt: skip
+        return write_result(item, levels, options, weights, device)
+
+    def fail(self, path: Path, reason: str) -> None:
+        """Nothing to record: a failed image simply has no complete folder."""
+
+
 class _Runner:
-    def __init__(self, model: FPN, options: RunOptions, summary: RunSummary, todo: int, progress):
+    def __init__(self, model: FPN, options: RunOptions, summary: RunSummary, todo: int, progress,
+                 sink=None):  # fmt: skip
+        self.sink = sink or FolderSink()
         self.model = model
         self.options = options
         self.summary = summary
@@ -201,6 +217,7 @@ class _Runner:
     def fail(self, path: Path, reason: str) -> None:
         with self.lock:
             self.summary.failed.append((str(path), reason))
+        self.sink.fail(path, reason)
         log.info("failed: %s: %s", path, reason)
         self.report()
 
@@ -271,7 +288,9 @@ class _Runner:
         try:
             result.wait()  # blocks until the copies have landed
             levels = result.image(index)
-            written = write_result(item, levels, self.options, self.weights_meta, str(self.device))
+            written = self.sink.write(
+                item, levels, self.options, self.weights_meta, str(self.device)
+            )
         except OSError as e:
             if is_disk_full(e):
                 self.disk_full()
@@ -341,8 +360,12 @@ def run_jobs(
     options: RunOptions,
     *,
     progress: Callable[[Progress], None] | None = None,
+    sink=None,
 ) -> RunSummary:
     """Extract every job's image into its folder; complete folders are skipped unless overwrite.
+
+    With a ``sink`` (``run.wds``), every job is run and its outputs go to ``sink.write`` (the
+    caller resumed and checked the disk), and no folder is recorded as the latest extraction.
 
     Bad images are reported in ``summary.failed`` and skipped; a full disk stops the run cleanly
     (``summary.aborted``). Raises InsufficientDiskError before starting when the estimated output
@@ -352,9 +375,9 @@ def run_jobs(
     check_precision(options.precision, device)
     model.keep_bottom_up = tuple(n for n in options.output.levels if n in STAGES)
     summary = RunSummary(total=len(jobs))
-    todo = pending_jobs(jobs, options, weights_meta(model))
+    todo = pending_jobs(jobs, options, weights_meta(model)) if sink is None else list(jobs)
     summary.skipped = len(jobs) - len(todo)
-    if not options.force:
+    if not options.force and sink is None:
         check_disk_space(todo, options.output)
     start = time.monotonic()
     benchmark = device.type == "cuda" and (options.compile or bool(options.pad_batches))
@@ -362,7 +385,7 @@ def run_jobs(
         run_model = model_for_run(model, options.precision, compile=options.compile)
         # the bottom-up stages asked for (--levels stem,res2..): on the variant a run uses too
         getattr(run_model, "_orig_mod", run_model).keep_bottom_up = model.keep_bottom_up
-        runner = _Runner(run_model, options, summary, len(todo), progress)
+        runner = _Runner(run_model, options, summary, len(todo), progress, sink)
         runner.weights_meta = weights_meta(model)
         try:
             _feed(runner, todo, options, model.weights_info.input)
@@ -371,8 +394,36 @@ def run_jobs(
     summary.seconds = time.monotonic() - start
     if runner.disk_was_full:
         summary.aborted = disk_full_message(summary)
-    if summary.last_folder is not None and options.record_latest:
+    if summary.last_folder is not None and options.record_latest and sink is None:
         record_latest(summary.last_folder)
+    return summary
+
+
+def run_decoded(items: list[Decoded], model: FPN, options: RunOptions, *, sink=None) -> RunSummary:
+    """Run images decoded elsewhere (``steps.decode``; the Ray engine's actors) through the same
+    batching by padded shape, device steps and writers as ``run_jobs``; waits for the writes."""
+    device = next(model.parameters()).device
+    check_precision(options.precision, device)
+    summary = RunSummary(total=len(items))
+    start = time.monotonic()
+    buckets: dict[tuple[int, int], list[Decoded]] = {}
+    for item in items:
+        shape = (item.prepared.padded_height, item.prepared.padded_width)
+        buckets.setdefault(shape, []).append(item)
+    benchmark = device.type == "cuda" and (options.compile or bool(options.pad_batches))
+    with run_settings(device, benchmark=benchmark, threads=options.threads):
+        run_model = model_for_run(model, options.precision, compile=options.compile)
+        runner = _Runner(run_model, options, summary, len(items), None, sink)
+        runner.weights_meta = weights_meta(model)
+        try:
+            for same in buckets.values():
+                if not runner.abort.is_set():
+                    runner.run_batch(same)
+        finally:
+            runner.close()
+    summary.seconds = time.monotonic() - start
+    if runner.disk_was_full:
+        summary.aborted = disk_full_message(summary)
     return summary
 
 

@@ -171,7 +171,40 @@ def _from_image(path: Path, weights: str, device: str) -> _Source:
     )
 
 
-def _resolve(target: str | None, levels: list[str], weights: str, device: str) -> _Source:
+def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
+    """One image of a ``--format wds`` extraction, found through its index."""
+    import io
+
+    from ..io.shards import find_member, open_root
+
+    fs, path = open_root(root)
+    shard, members = find_member(fs, path, key)
+    manifest = json.loads(members["json"])
+    features = {}
+    for name in levels:
+        meta = manifest["levels"].get(name)
+        if meta is None or not meta.get("file"):
+            saved = ", ".join(n for n, m in manifest["levels"].items() if m.get("file"))
+            raise ValueError(f"{key} in {shard} has no {name} tensor (it has {saved or 'none'})")
+        features[name] = np.load(io.BytesIO(members[meta["file"]]), allow_pickle=False)
+    pre = manifest["preprocess"]
+    return _Source(
+        features,
+        _load_input(manifest),
+        (pre["resized_height"], pre["resized_width"]),
+        (pre["scale_y"], pre["scale_x"]),
+        bool(manifest.get("weights", {}).get("random")),
+        key,
+        Path(f"fpn_show_{key.replace('/', '_')}"),
+    )
+
+
+def _resolve(target: str | None, levels: list[str], weights: str, device: str,
+             key: str | None = None) -> _Source:  # fmt: skip
+    if key is not None:
+        if target is None:
+            raise ValueError("--key needs TARGET: the output folder (or URL) of a --format wds run")
+        return _from_shard(target, key, levels)
     if target is None:
         folder, notes = _latest()
         source = _from_folder(folder, levels)
@@ -401,6 +434,7 @@ def show(
     top: int | None = None,
     channels: str | list[int] | None = None,
     scale: str = "image",
+    key: str | None = None,
 ) -> ShowResult:
     """Draw one level (or ``all``) of an extraction; open a window or write a PNG.
 
@@ -410,6 +444,8 @@ def show(
     they are known (before a window blocks). ``top`` K (or ``channels``, a list or "0,5,17")
     draws a grid of that level's K channels with the largest mean (or the listed ones) instead.
     ``scale`` ``level`` or ``shared`` colours with the run's ranges (``viz.scale``), not the map's.
+    With ``key``, ``target`` is the output of a ``--format wds`` run and the image with that
+    sample key is shown.
 
     Raises:
         ValueError: an unknown level, a level that was not saved, a bad option.
@@ -431,7 +467,7 @@ def show(
     pending: list[str] = []  # checked before an image TARGET would be extracted
     fixed = _run_ranges(target, scale, reduce, channel, pending.append)
     levels = list(LEVELS) if level == "all" else [level]
-    source = _resolve(target, levels, weights, device)
+    source = _resolve(target, levels, weights, device, key)
     if level != "all" and level not in source.features:
         raise ValueError(f"this target holds {', '.join(source.features)}, not {level}")
     suffix = "_overlay" if overlay else ""

@@ -1,0 +1,395 @@
+"""WebDataset tar shards plus a Parquet index (``--format wds``), on any fsspec filesystem.
+
+Layout of an output root ``OUT`` (a folder, or an object-store URL such as ``s3://b/out``)::
+
+    OUT/shard-<hash>.tar          plain members per image: KEY.p2.npy ... KEY.p2.png ... KEY.json
+    OUT/_index/part-<hash>.parquet  the rows of that shard (and of the images that failed with it)
+    OUT/index.parquet             one row per input (rewritten at the end of every run)
+
+A shard is written under a temporary name and renamed when complete; its index part is written
+after the rename, so the index never names a partial shard. A shard whose index part is missing
+(a run killed between the two) is deleted before the next run, so a key is never in two shards.
+``<hash>`` is a digest of the shard's keys and settings: a retried shard overwrites itself. The
+``_index`` parts are the resume ledger: a key with an ``ok`` row is skipped by the next run.
+
+Each member is a plain file (``.npy`` from ``np.save``, PNG, JSON), so ``tarfile`` and
+``np.load`` read a shard with neither fpncli nor Ray installed; ``KEY.json`` is the manifest
+folder mode writes, and its ``levels[*].file`` names the member suffix (``KEY.`` + ``p2.npy``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import PurePosixPath
+
+import numpy as np
+
+from ..model.fpn import LEVELS
+from .outputs import MANIFEST, OutputOptions, write_image_members
+
+__all__ = [
+    "INDEX",
+    "INDEX_DIR",
+    "ShardWriter",
+    "consolidate_index",
+    "failed_row",
+    "find_member",
+    "open_root",
+    "parse_size",
+    "prepare_root",
+    "read_index",
+    "require_wds",
+    "settings_key",
+    "wds_key",
+]
+
+log = logging.getLogger(__name__)
+INDEX = "index.parquet"
+INDEX_DIR = "_index"
+_PARTIAL = ".partial"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def require_wds() -> None:
+    """Raise a one-line ``ValueError`` saying how to install what ``--format wds`` needs."""
+    try:
+        import fsspec  # noqa: F401
+        import pyarrow  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as e:
+        raise ValueError(
+            f"--format wds needs pyarrow and fsspec ({e.name} is missing): "
+            "pip install 'fpncli[wds]'"
+        ) from None
+
+
+def parse_size(text: str | int) -> int:
+    """``"1GB"``, ``"500MB"``, ``"64MiB"``, ``"1e9"``-free plain byte counts -> bytes."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ValueError(f"cannot read the size {text!r}: use e.g. 1GB, 500MB or 64MiB")
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    binary = "i" in unit
+    factor = _UNITS[unit[:1] if unit[:1] in "kmgt" else ""]
+    if binary:
+        factor = 1024 ** {"k": 1, "m": 2, "g": 3, "t": 4}[unit[0]]
+    size = int(number * factor)
+    if size < 1:
+        raise ValueError(f"the size must be at least one byte, got {text!r}")
+    return size
+
+
+def open_root(out: str):
+    """``(fsspec filesystem, root path)`` for a folder or an object-store URL."""
+    require_wds()
+    import fsspec
+
+    if "://" not in str(out):
+        from pathlib import Path
+
+        return fsspec.filesystem("file"), Path(out).absolute().as_posix()
+    fs, root = fsspec.core.url_to_fs(str(out))
+    return fs, root.rstrip("/")
+
+
+def wds_key(relative: str | PurePosixPath, used: set[str]) -> str:
+    """A WebDataset sample key from an image's output path relative to OUT (``sub/a``).
+
+    WebDataset readers split a member name at the first dot of its base name, so dots in the
+    key become ``_``; a key that then collides with one in ``used`` gets ``_2``, ``_3``."""
+    parts = [p.replace(".", "_") for p in PurePosixPath(relative).parts if p not in ("", ".")]
+    base = "/".join(parts) or "image"
+    key, n = base, 1
+    while key in used:
+        n += 1
+        key = f"{base}_{n}"
+    used.add(key)
+    return key
+
+
+def settings_key(options: OutputOptions, weights: dict, precision: str) -> str:
+    """A digest of what shapes every image's outputs (weights, precision, output options)."""
+    material = {
+        "weights": [weights.get("name"), weights.get("sha256"), weights.get("seed")],
+        "precision": precision,
+        "options": asdict(options),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _schema():
+    import pyarrow as pa
+
+    fields = [
+        ("key", pa.string()), ("source", pa.string()), ("status", pa.string()),
+        ("error", pa.string()), ("shard", pa.string()), ("members", pa.list_(pa.string())),
+        ("dtype", pa.string()), ("settings", pa.string()), ("bytes", pa.int64()),
+        ("written_at", pa.float64()),
+    ]  # fmt: skip
+    for level in LEVELS:
+        fields += [
+            (f"{level}_shape", pa.list_(pa.int64())),
+            (f"{level}_min", pa.float64()),
+            (f"{level}_max", pa.float64()),
+            (f"{level}_mean", pa.float64()),
+        ]
+    return pa.schema(fields)
+
+
+def failed_row(key: str, source: str, reason: str, settings: str) -> dict:
+    """The index row of an input that could not be extracted."""
+    return {"key": key, "source": source, "status": "failed", "error": reason,
+            "settings": settings, "written_at": time.time()}  # fmt: skip
+
+
+def _ok_row(key: str, source: str, manifest: dict, members: list[str], size: int,
+            settings: str) -> dict:  # fmt: skip
+    row = {"key": key, "source": source, "status": "ok", "members": members, "bytes": size,
+           "settings": settings, "written_at": time.time()}  # fmt: skip
+    for level, meta in manifest["levels"].items():
+        row["dtype"] = meta["dtype"]
+        row[f"{level}_shape"] = list(meta["shape"])
+        for stat in ("min", "max", "mean"):
+            row[f"{level}_{stat}"] = meta[stat]
+    return row
+
+
+def _table(rows: list[dict]):
+    import pyarrow as pa
+
+    schema = _schema()
+    return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema)
+
+
+def _write_parquet(fs, path: str, rows: list[dict]) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = f"{path}{_PARTIAL}{uuid.uuid4().hex[:8]}"
+    with fs.open(tmp, "wb") as f:
+        pq.write_table(_table(rows), f)
+    fs.mv(tmp, path)
+
+
+def _digest(keys: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
+
+
+def _to_bytes(data: bytes | np.ndarray) -> bytes:
+    if isinstance(data, np.ndarray):
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(data), allow_pickle=False)
+        return buffer.getvalue()
+    return bytes(data)
+
+
+class ShardWriter:
+    """Pack images into tar shards of about ``target_bytes`` under ``root``; thread-safe.
+
+    ``write_image`` renders one image (the same files as folder mode) and appends its members to
+    the open shard, which is committed (renamed, then its index part written) once it reaches
+    ``target_bytes``, at ``close``, or at every ``commit``. ``fail`` records a failed input; its
+    row goes into the next index part. ``abort`` drops the open shard (never renamed).
+    """
+
+    def __init__(self, fs, root: str, *, target_bytes: int, settings: str,
+                 crash_after: int | None = None) -> None:  # fmt: skip
+        self.fs, self.root = fs, root
+        self.target_bytes = target_bytes
+        self.settings = settings
+        self.crash_after = crash_after  # crash tests: os._exit after this many images
+        self.added = 0
+        self.lock = threading.Lock()
+        self.rows: list[dict] = []  # rows of the open shard, and failures since the last commit
+        self.keys: list[str] = []
+        self.tar: tarfile.TarFile | None = None
+        self.file = None
+        self.tmp: str | None = None
+        self.shards: list[str] = []  # committed shard names, in order
+        fs.makedirs(f"{root}/{INDEX_DIR}", exist_ok=True)
+
+    def write_image(self, key: str, source: str, **render) -> int:
+        """Render one image (``render``: the keyword arguments of ``write_image_members``) and
+        add it to the open shard; returns the bytes added."""
+        members: list[tuple[str, bytes]] = []
+
+        def collect(name: str, data) -> int:
+            blob = _to_bytes(data)
+            members.append((f"{key}.{'json' if name == MANIFEST else name}", blob))
+            return len(blob)
+
+        size = write_image_members(collect, **render)
+        manifest = json.loads(members[-1][1])
+        with self.lock:
+            if self.crash_after is not None and self.added >= self.crash_after:
+                log.warning("crash test: exiting hard after %d images", self.added)
+                os._exit(75)  # as SIGKILL would: no cleanup, a partial shard left behind
+            if self.tar is None:
+                self._open()
+            now = int(time.time())
+            try:
+                for name, blob in members:
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime, info.mode = len(blob), now, 0o644
+                    self.tar.addfile(info, io.BytesIO(blob))
+            except BaseException:  # the tar may hold half a member: drop the whole shard
+                self._abort()
+                raise
+            self.keys.append(key)
+            self.rows.append(
+                _ok_row(key, source, manifest, [n for n, _ in members], size, self.settings)
+            )
+            self.added += 1
+            if self.file.tell() >= self.target_bytes:
+                self._commit()
+        return size
+
+    def fail(self, key: str, source: str, reason: str) -> None:
+        with self.lock:
+            self.rows.append(failed_row(key, source, reason, self.settings))
+
+    def commit(self) -> None:
+        """Commit the open shard (if any) and the failures recorded so far."""
+        with self.lock:
+            self._commit()
+
+    close = commit
+
+    def abort(self) -> None:
+        """Drop the open shard (its images will be redone by the next run)."""
+        with self.lock:
+            self._abort()
+
+    def _abort(self) -> None:
+        if self.tar is not None:
+            log.warning("dropping the unfinished shard %s (%d images)", self.tmp, len(self.keys))
+            for closing in (self.tar.close, self.file.close, lambda: self.fs.rm(self.tmp)):
+                try:
+                    closing()
+                except OSError as e:
+                    log.debug("cleaning up %s: %s", self.tmp, e)
+        self.tar = self.file = self.tmp = None
+        self.rows = [r for r in self.rows if r["status"] != "ok"]
+        self.keys = []
+
+    def _open(self) -> None:
+        self.tmp = f"{self.root}/shard-{uuid.uuid4().hex[:16]}.tar{_PARTIAL}"
+        self.file = self.fs.open(self.tmp, "wb")
+        self.tar = tarfile.open(fileobj=self.file, mode="w|", format=tarfile.PAX_FORMAT)
+
+    def _commit(self) -> None:
+        shard = None
+        if self.tar is not None:
+            self.tar.close()
+            self.file.close()
+            shard = f"shard-{_digest([self.settings, *self.keys])}.tar"
+            self.fs.mv(self.tmp, f"{self.root}/{shard}")
+            self.shards.append(shard)
+            for row in self.rows:
+                if row["status"] == "ok":
+                    row["shard"] = shard
+        if self.rows:
+            part = shard[:-4] if shard else f"failed-{_digest(r['key'] for r in self.rows)}"
+            _write_parquet(self.fs, f"{self.root}/{INDEX_DIR}/part-{part}.parquet", self.rows)
+        self.tar = self.file = self.tmp = None
+        self.rows, self.keys = [], []
+
+
+def read_index(fs, root: str, *, ledger: bool = True):
+    """The index rows as a pyarrow Table: every part of the ledger (``ledger``), or the
+    consolidated ``index.parquet``. Empty when there is none."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = (
+        sorted(fs.glob(f"{root}/{INDEX_DIR}/part-*.parquet"))
+        if ledger
+        else [p for p in [f"{root}/{INDEX}"] if fs.exists(p)]
+    )
+    tables = []
+    for path in paths:
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f).cast(_schema()))
+    return pa.concat_tables(tables) if tables else _schema().empty_table()
+
+
+def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bool) -> set[str]:
+    """Make ``root`` ready for a run over ``keys``; return the keys already done (to skip).
+
+    Removes partial shards and shards whose index part is missing (a killed run's), so they
+    are redone into one shard each. ``overwrite`` removes every shard and the index first.
+
+    Raises:
+        ValueError: ``root`` holds images made with other weights or options (that would mix
+            two extractions in one index); use another output or ``--overwrite``.
+    """
+    fs.makedirs(root, exist_ok=True)
+    if overwrite:
+        for path in fs.glob(f"{root}/shard-*.tar*") + fs.glob(f"{root}/{INDEX_DIR}/*"):
+            fs.rm(path)
+        if fs.exists(f"{root}/{INDEX}"):
+            fs.rm(f"{root}/{INDEX}")
+        return set()
+    parts = {PurePosixPath(p).name[5:-8] for p in fs.glob(f"{root}/{INDEX_DIR}/part-*.parquet")}
+    for path in fs.glob(f"{root}/shard-*.tar*") + fs.glob(f"{root}/{INDEX_DIR}/*{_PARTIAL}*"):
+        name = PurePosixPath(path).name
+        if _PARTIAL in name or name[:-4] not in parts:
+            log.info("removing %s (left by an interrupted run)", path)
+            fs.rm(path)
+    table = read_index(fs, root).select(["key", "status", "settings"]).to_pylist()
+    done = {r["key"] for r in table if r["status"] == "ok"}
+    other = {r["key"] for r in table if r["status"] == "ok" and r["settings"] != settings}
+    if other & set(keys):
+        raise ValueError(
+            f"{len(other & set(keys))} of these images are already in {root} with other weights "
+            "or options: write to another output, or pass --overwrite to replace its shards"
+        )
+    return done & set(keys)
+
+
+def consolidate_index(fs, root: str) -> int:
+    """Write ``index.parquet``: one row per key (its ``ok`` row, else its latest failure).
+    Returns the number of rows."""
+    rows = read_index(fs, root).to_pylist()
+    best: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: r["written_at"] or 0.0):
+        if best.get(row["key"], {}).get("status") != "ok":
+            best[row["key"]] = row
+    _write_parquet(fs, f"{root}/{INDEX}", sorted(best.values(), key=lambda r: r["key"]))
+    return len(best)
+
+
+def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
+    """``(shard, {suffix: bytes})`` of ``key``'s members (``p2.npy``, ``json``, ...).
+
+    Raises:
+        FileNotFoundError: no such key, or the key failed (the message says why).
+    """
+    table = read_index(fs, root, ledger=not fs.exists(f"{root}/{INDEX}")).to_pylist()
+    rows = [r for r in table if r["key"] == key]
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        why = f" (it failed: {rows[-1]['error']})" if rows else ""
+        raise FileNotFoundError(f"no image with key {key!r} in {root}{why}")
+    shard, prefix = ok[0]["shard"], f"{key}."
+    found = {}
+    with fs.open(f"{root}/{shard}", "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for info in tar:
+            if info.name.startswith(prefix) and "/" not in info.name[len(prefix) :]:
+                found[info.name[len(prefix) :]] = tar.extractfile(info).read()
+    if not found:
+        raise FileNotFoundError(f"{shard} in {root} does not hold {key!r}: the index is stale")
+    return shard, found

@@ -1,0 +1,331 @@
+"""``--engine ray``: the same decoding, model and writers, scheduled by Ray Data.
+
+The only module that imports Ray (lazily, inside functions). The dataset is the list of images
+still to do; CPU tasks decode them with fpncli's own decoder (a bad file becomes a failed row,
+never an exception), and a pool of actors (``ActorPoolStrategy``, ``num_gpus`` each) loads the
+weights once, runs fpncli's pipeline on each call's images and writes the outputs itself: a
+folder per image (``files``) or exactly one tar shard per call (``wds``). Only a small row per
+image (path, status, error, shard, bytes) travels back; feature maps never enter the object
+store. Resume is fpncli's own: the driver drops what the index (or the folders) mark done.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import pickle
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..io.inputs import Job
+from ..io.shards import ShardWriter, consolidate_index
+from ..model.fpn import FPN
+from .pipeline import (
+    FolderSink,
+    Progress,
+    RunOptions,
+    RunSummary,
+    _reason,
+    estimate_run_bytes,
+    pending_jobs,
+    run_decoded,
+    weights_meta,
+)
+from .steps import decode
+from .wds import ShardSink, plan_sharded
+
+__all__ = ["RayOptions", "run_ray"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How to run on Ray (the per-image options are the ``RunOptions``)."""
+
+    weights: str = "random"
+    seed: int = 0
+    device: str = "auto"  # of the actors: auto (CUDA when the actor has one), cpu, cuda
+    out_format: str = "files"  # or "wds"
+    shard_bytes: int = 1_000_000_000
+    address: str | None = None  # None: a local Ray started for the run (or the running one)
+    gpu_workers: int | None = None  # None: every GPU of the cluster (or 1 CPU actor)
+    gpus_per_worker: float = 1.0
+    decode_batch: int = 4  # images per decode task
+    crash_after: int | None = None  # crash tests: an actor fails after this many images
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RuntimeError("--engine ray needs Ray: pip install 'fpncli[ray]'") from None
+    return ray
+
+
+def _connect(ray, address: str | None) -> bool:
+    """Join the cluster at ``address`` (or the running one); else start a local Ray.
+    Returns True when this call started Ray (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    start = time.monotonic()
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = address or "local"
+        raise RuntimeError(f"cannot start or reach Ray ({where}): {_reason(e)}") from None
+    log.info("Ray started in %.1f s", time.monotonic() - start)
+    return True
+
+
+def _pool(ray, options: RayOptions) -> tuple[int, float]:
+    """``(actors, GPUs per actor)``; a clear error instead of Ray's endless wait for GPUs."""
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    wants_gpu = options.device.startswith("cuda") or (options.device == "auto" and gpus > 0)
+    if not wants_gpu:
+        return options.gpu_workers or 1, 0.0
+    per = options.gpus_per_worker
+    if gpus < per:
+        raise ValueError(
+            f"--device {options.device} asks for {per:g} GPU per worker but the Ray cluster has "
+            f"{gpus:g} GPUs: add GPU nodes, or run with --device cpu"
+        )
+    most = int(gpus // per)
+    size = options.gpu_workers or most
+    if size > most:
+        raise ValueError(
+            f"--gpu-workers {size} x --gpus-per-worker {per:g} needs {size * per:g} GPUs; the "
+            f"Ray cluster has {gpus:g}: ask for at most {most} workers"
+        )
+    return size, per
+
+
+def _check_nodes(ray, out: str) -> None:
+    """A local output folder on a multi-node cluster would scatter the outputs over the nodes."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and "://" not in out:
+        raise ValueError(
+            f"the Ray cluster has {len(nodes)} nodes: a local -o {out} would scatter the outputs "
+            "over them; write to object storage (s3://..., gs://...) or to a filesystem every "
+            "node mounts, given as file:///shared/path"
+        )
+    if out.startswith("memory://"):
+        raise ValueError("memory:// lives in one process: use it with --engine local only")
+
+
+def _decode_rows(batch: dict, options: RunOptions, input_format) -> dict:
+    """CPU task: fpncli's decoder on each row; a file that fails becomes an error string."""
+    items, errors = [], []
+    for path, folder in zip(batch["path"], batch["folder"]):
+        try:
+            item = decode(Job(Path(path), Path(folder)), options, input_format)
+            items.append(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+            errors.append("")
+        except Exception as e:  # noqa: BLE001 - as the local engine: one bad file fails alone
+            items.append(b"")
+            errors.append(_reason(e))
+    return {**batch, "item": np.array(items, dtype=object), "error": np.array(errors, dtype=object)}
+
+
+class _Bytes:
+    """A sink wrapper that remembers the bytes written per image (for the returned rows)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.sizes = inner, {}
+
+    def write(self, item, *args) -> int | None:
+        size = self.inner.write(item, *args)
+        self.sizes[str(item.job.path)] = size or 0
+        return size
+
+    def fail(self, path, reason: str) -> None:
+        self.inner.fail(path, reason)
+
+
+class _Extractor:
+    """The actor: weights loaded once; each call runs its images and writes them itself."""
+
+    def __init__(self, config: dict) -> None:
+        import os
+
+        from ..api import load_backbone, resolve_device
+
+        self.config = config
+        device = resolve_device(config["device"])
+        self.model = load_backbone(config["weights"], device=device, seed=config["seed"])
+        self.options: RunOptions = config["options"]
+        if device.type == "cpu":  # Ray gives a worker one OpenMP thread: use the node's cores
+            threads = max(1, (os.cpu_count() or 1) // config["actors"])
+            self.options = replace(self.options, threads=threads)
+        self.done = 0
+        self.folder_sink = FolderSink()
+
+    def __call__(self, batch: dict) -> dict:
+        config = self.config
+        writer = None
+        if config["format"] == "wds":
+            writer = ShardWriter(config["fs"], config["root"], target_bytes=2**62,
+                                 settings=config["settings"])  # fmt: skip
+            sink = _Bytes(ShardSink(writer, config["keys"]))
+        else:
+            sink = _Bytes(self.folder_sink)
+        paths = [str(p) for p in batch["path"]]
+        failed = {}
+        items = []
+        for path, blob, error in zip(paths, batch["item"], batch["error"]):
+            if error:
+                failed[path] = error
+                sink.fail(Path(path), error)
+            else:
+                items.append(pickle.loads(blob))
+        summary = run_decoded(items, self.model, self.options, sink=sink)
+        if summary.aborted:  # a full disk: nothing of this call is committed; stop the job
+            if writer is not None:
+                writer.abort()
+            raise OSError(summary.aborted)
+        failed.update(dict(summary.failed))
+        self.done += summary.done
+        crash = config["crash_after"]
+        if crash is not None and self.done >= crash:  # crash tests: die before the commit
+            raise RuntimeError(f"injected failure after {self.done} images (crash test)")
+        shard = None
+        if writer is not None:
+            writer.commit()
+            shard = writer.shards[-1] if writer.shards else None
+        return {
+            "path": np.array(paths, dtype=object),
+            "status": np.array(["failed" if p in failed else "ok" for p in paths], dtype=object),
+            "error": np.array([failed.get(p, "") for p in paths], dtype=object),
+            "shard": np.array([shard if p not in failed else "" for p in paths], dtype=object),
+            "bytes": np.array([sink.sizes.get(p, 0) for p in paths], dtype=np.int64),
+        }
+
+
+def run_ray(
+    jobs: list[Job],
+    out: str,
+    model: FPN,
+    options: RunOptions,
+    ray_options: RayOptions,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+) -> RunSummary:
+    """Extract ``jobs`` on Ray Data into ``out`` (a folder, or an fsspec URL for ``wds``).
+
+    ``model`` (on the driver, usually the CPU) only gives the weights' identity for resume; the
+    actors load their own copy. Raises ValueError for a cluster that cannot run the request
+    (missing GPUs, several nodes with a local ``out``) and RuntimeError when the Ray job fails.
+    """
+    ray = _import_ray()
+    started = _connect(ray, ray_options.address)
+    try:
+        return _run(ray, jobs, out, model, options, ray_options, progress)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(ray, jobs, out, model, options, ray_options, progress) -> RunSummary:
+    from ray.data import ActorPoolStrategy, DataContext
+
+    size, gpus = _pool(ray, ray_options)
+    _check_nodes(ray, out)
+    weights = weights_meta(model)
+    summary = RunSummary(total=len(jobs))
+    config = {
+        "weights": ray_options.weights, "seed": ray_options.seed, "device": ray_options.device,
+        "options": replace(options, workers=1), "format": ray_options.out_format,
+        "crash_after": ray_options.crash_after, "actors": size,
+    }  # fmt: skip
+    if ray_options.out_format == "wds":
+        plan = plan_sharded(jobs, out, options, weights)
+        todo, summary.skipped = plan.todo, plan.skipped
+        config.update(fs=plan.fs, root=plan.root, settings=plan.settings,
+                      keys={str(Path(k).absolute()): v for k, v in plan.keys.items()})  # fmt: skip
+        per_image = max(1, estimate_run_bytes(todo, options.output) // max(1, len(todo)))
+        rows_per_call = max(1, min(ray_options.shard_bytes // per_image, 10_000))
+    else:
+        todo = pending_jobs(jobs, options, weights)
+        summary.skipped = len(jobs) - len(todo)
+        rows_per_call = options.batch_size * 4
+    if not todo:
+        return summary
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.wait_for_min_actors_s = 600  # after the GPU check above, only slow starts wait
+    context.raise_original_map_exception = True  # the actor's own error, not "UDF failed"
+    rows = [{"path": str(j.path.absolute()), "folder": str(j.folder.absolute())} for j in todo]
+    dataset = ray.data.from_items(rows).map_batches(
+        _decode_rows,
+        batch_size=ray_options.decode_batch,
+        fn_kwargs={"options": options, "input_format": model.weights_info.input},
+        num_cpus=1,
+        batch_format="numpy",
+    )
+    dataset = dataset.map_batches(
+        _Extractor,
+        fn_constructor_kwargs={"config": config},
+        compute=ActorPoolStrategy(size=size),
+        num_gpus=gpus,
+        num_cpus=0 if gpus else 1,
+        batch_size=rows_per_call,
+        batch_format="numpy",
+    )
+    start = time.monotonic()
+    ray_log = logging.getLogger("ray.data")
+    level = ray_log.level
+    if not log.isEnabledFor(logging.INFO):  # Ray Data logs every plan, and errors with tracebacks
+        ray_log.setLevel(logging.CRITICAL)
+    failure = None
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            _count(batch, summary)
+            if progress is not None:
+                elapsed = time.monotonic() - start
+                progress(Progress(summary.done, len(summary.failed), summary.skipped, len(todo),
+                                  elapsed))  # fmt: skip
+    except Exception as e:  # an actor's error (a bug, a crash test) or Ray's own
+        log.debug("the Ray job failed", exc_info=True)
+        failure = _ray_reason(e)
+    finally:
+        ray_log.setLevel(level)
+        summary.seconds = time.monotonic() - start
+        if ray_options.out_format == "wds":
+            consolidate_index(config["fs"], config["root"])
+    if failure is not None:
+        # Raised out here, with no traceback holding the executor, so that its actors (and the
+        # GPUs they hold) are released now rather than whenever the error is collected.
+        del dataset
+        gc.collect()
+        raise RuntimeError(f"the Ray job failed: {failure}; rerun to resume")
+    log.info("Ray: %d images in %.1f s on %d actors", summary.done, summary.seconds, size)
+    return summary
+
+
+def _count(batch: dict, summary: RunSummary) -> None:
+    """Add an actor's returned rows to the summary."""
+    for path, status, error, size in zip(
+        batch["path"], batch["status"], batch["error"], batch["bytes"]
+    ):
+        if status == "ok":
+            summary.done += 1
+            summary.bytes_written += int(size)
+        else:
+            summary.failed.append((str(path), str(error)))
+
+
+def _ray_reason(error: BaseException) -> str:
+    """One line for a Ray error: the innermost ``SomeError: message`` line of the remote
+    traceback Ray puts in its message, else the first line."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    raised = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b[^ ]*: ", ln)]
+    return (raised[-1] if raised else lines[0] if lines else type(error).__name__)[:300]

@@ -1,0 +1,115 @@
+"""``--format wds`` on the local engine: the usual pipeline, with a shard writer as its sink.
+
+Planning (keys, resume against the index, the settings check) is shared with the Ray engine,
+which calls ``plan_sharded`` on its driver and gives each GPU actor a ``ShardWriter``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..io.inputs import Job
+from ..io.shards import ShardWriter, consolidate_index, open_root, prepare_root, settings_key
+from ..io.shards import wds_key as _wds_key
+from ..model.fpn import FPN
+from .pipeline import Progress, RunOptions, RunSummary, check_disk_space, run_jobs, weights_meta
+from .steps import Decoded
+
+__all__ = ["ShardPlan", "ShardSink", "plan_sharded", "run_sharded"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardPlan:
+    """What a sharded run has to do."""
+
+    fs: object  # an fsspec filesystem
+    root: str
+    settings: str
+    keys: dict[str, str]  # str(job.path) -> sample key
+    todo: list[Job]
+    skipped: int
+
+
+def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) -> ShardPlan:
+    """Give every job a sample key (its output path relative to OUT, see ``wds_key``), clean up
+    after an interrupted run, and drop the jobs whose key is already ``ok`` in the index.
+
+    ``jobs`` must come from ``plan_jobs(pairs, Path(""))`` (folders relative to OUT)."""
+    fs, root = open_root(out)
+    used: set[str] = set()
+    keys = {str(j.path): _wds_key(PurePosixPath(j.folder.as_posix()), used) for j in jobs}
+    settings = settings_key(options.output, weights, options.precision)
+    done = prepare_root(fs, root, list(keys.values()), settings, overwrite=options.overwrite)
+    todo = [j for j in jobs if keys[str(j.path)] not in done]
+    return ShardPlan(fs, root, settings, keys, todo, len(jobs) - len(todo))
+
+
+class ShardSink:
+    """The pipeline sink that sends each image to a ``ShardWriter`` under its sample key."""
+
+    def __init__(self, writer: ShardWriter, keys: dict[str, str]) -> None:
+        self.writer, self.keys = writer, keys
+
+    def write(self, item: Decoded, levels: dict, options: RunOptions, weights: dict,
+              device: str) -> int:  # fmt: skip
+        """``steps.write_result``'s arguments; the image goes into the open shard."""
+        return self.writer.write_image(
+            self.keys[str(item.job.path)], _source(item.job.path), levels=levels,
+            image=item.image, prepared=item.prepared, options=options.output, weights=weights,
+            device=device, precision=options.precision,
+        )  # fmt: skip
+
+    def fail(self, path: Path, reason: str) -> None:
+        self.writer.fail(self.keys[str(path)], _source(path), reason)
+
+
+def _source(path: Path) -> str:
+    return str(Path(path).absolute())
+
+
+def _check_disk(plan: ShardPlan, options: RunOptions) -> None:
+    """The local engine's free-space check, on the shard folder (object stores: none)."""
+    if options.force or plan.fs.protocol not in ("file", ("file", "local")):
+        return
+    check_disk_space([Job(j.path, Path(plan.root) / j.folder) for j in plan.todo], options.output)
+
+
+def run_sharded(
+    jobs: list[Job],
+    out: str,
+    model: FPN,
+    options: RunOptions,
+    *,
+    shard_bytes: int,
+    progress: Callable[[Progress], None] | None = None,
+    crash_after: int | None = None,
+) -> RunSummary:
+    """Extract ``jobs`` into WebDataset shards of about ``shard_bytes`` under ``out`` (a folder
+    or an fsspec URL), resuming from its index; ``index.parquet`` is rewritten at the end."""
+    plan = plan_sharded(jobs, out, options, weights_meta(model))
+    _check_disk(plan, options)
+    writer = ShardWriter(
+        plan.fs, plan.root, target_bytes=shard_bytes, settings=plan.settings,
+        crash_after=crash_after,
+    )  # fmt: skip
+    try:
+        sink = ShardSink(writer, plan.keys)
+        summary = run_jobs(plan.todo, model, options, progress=progress, sink=sink)
+    except BaseException:
+        writer.abort()
+        raise
+    if summary.aborted:
+        writer.abort()
+    else:
+        writer.close()
+    summary.total = len(jobs)
+    summary.skipped = plan.skipped
+    summary.last_folder = None
+    rows = consolidate_index(plan.fs, plan.root)
+    log.info("%d shards written; index.parquet has %d rows", len(writer.shards), rows)
+    return summary

@@ -1,0 +1,140 @@
+"""``--engine ray`` on a local Ray with a fake GPU (``num_gpus=1``: the actor pool schedules as
+on a GPU node while torch runs on the CPU). One Ray for the whole session; tiny images."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fpncli.cli import cli
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs fpncli[ray]")
+pq = pytest.importorskip("pyarrow.parquet", reason="the Ray engine needs fpncli[ray]")
+
+pytestmark = pytest.mark.ray
+SMALL = ["--weights", "random", "--min-size", "64", "--max-size", "96", "--no-overview"]
+LEVELS = ("p2", "p3", "p4", "p5", "p6")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    ray.init(num_cpus=4, num_gpus=1, object_store_memory=128 * 2**20, include_dashboard=False,
+             logging_level="WARNING")  # fmt: skip
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ray-in")
+    rng = np.random.RandomState(1)
+    for i, size in enumerate([(48, 40), (40, 56), (48, 40)]):
+        pixels = rng.randint(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"im{i}.png")
+    (folder / "empty.png").write_bytes(b"")
+    return folder
+
+
+def _extract(*args):
+    return CliRunner().invoke(cli, ["extract", *map(str, args), *SMALL])
+
+
+def _shards(out: Path) -> dict[str, dict[str, bytes]]:
+    found = {}
+    for path in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(path) as tar:
+            found[path.name] = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    return found
+
+
+def test_ray_engine_equals_local_in_both_formats(ray_cluster, inputs, tmp_path):
+    """Tensors and manifests of the Ray path equal the local engine's (files and wds, the
+    latter through a file:// URL); the empty file is a failed row; every shard matches its
+    index rows. Equal to float32 rounding, not bit for bit: Ray gives an actor one OpenMP
+    thread, and oneDNN sums a convolution in another order with another thread count."""
+    local = tmp_path / "local"
+    assert _extract(inputs, "-o", local).exit_code == 1  # empty.png fails
+    # batch size 1 everywhere: a batched convolution may round differently from a single one
+    files = _extract(inputs, "-o", tmp_path / "rf", "--engine", "ray", "--batch-size", "1")
+    assert files.exit_code == 1, files.output
+    assert "empty.png" in files.output and "done 3" in files.output
+    url = f"file://{tmp_path}/rw"
+    wds = _extract(inputs, "-o", url, "--engine", "ray", "--format", "wds", "--batch-size", "1")
+    assert wds.exit_code == 1 and "done 3" in wds.output, wds.output
+
+    index = pq.read_table(tmp_path / "rw" / "index.parquet").to_pylist()
+    assert {r["key"]: r["status"] for r in index} == {
+        "empty": "failed", "im0": "ok", "im1": "ok", "im2": "ok"
+    }  # fmt: skip
+    shards = _shards(tmp_path / "rw")
+    in_shards = sorted(n[:-5] for members in shards.values() for n in members if n.endswith("json"))
+    assert in_shards == ["im0", "im1", "im2"]  # each key in exactly one shard
+    for row in (r for r in index if r["status"] == "ok"):
+        members = shards[row["shard"]]
+        assert sorted(row["members"]) == sorted(n for n in members if n.startswith(row["key"]))
+        want = json.loads((local / row["key"] / "manifest.json").read_text())
+        folder = tmp_path / "rf" / row["key"]
+        for manifest in (json.loads(members[f"{row['key']}.json"]),
+                         json.loads((folder / "manifest.json").read_text())):  # fmt: skip
+            assert manifest["preprocess"] == want["preprocess"]
+            for level, meta in json.loads(json.dumps(want["levels"])).items():
+                got = manifest["levels"][level]
+                for stat in ("min", "max", "mean", "range"):  # float sums: approximately
+                    if stat in meta:
+                        assert got.pop(stat) == pytest.approx(meta.pop(stat), rel=1e-5, abs=1e-4)
+                assert got == meta
+        for level in LEVELS:
+            expected = np.load(local / row["key"] / f"{level}.npy")
+            tolerance = {"rtol": 1e-5, "atol": 1e-5 * float(np.abs(expected).max())}
+            np.testing.assert_allclose(np.load(folder / f"{level}.npy"), expected, **tolerance)
+            array = np.load(io.BytesIO(members[f"{row['key']}.{level}.npy"]))
+            np.testing.assert_allclose(array, expected, **tolerance)
+            assert row[f"{level}_shape"] == list(expected.shape)
+
+
+def test_ray_failed_run_reruns_to_completion(ray_cluster, inputs, tmp_path, monkeypatch):
+    """An actor fails after k images (before committing its shard); the same command then
+    completes, keeps the shards already committed, and puts no key in two shards."""
+    out = tmp_path / "out"
+    args = [inputs, "-o", out, "--engine", "ray", "--format", "wds", "--shard-size", "1B"]
+    args += ["--batch-size", "2"]
+    monkeypatch.setenv("FPNCLI_TEST_CRASH_AFTER", "2")
+    first = _extract(*args)
+    assert first.exit_code == 1 and "the Ray job failed" in first.output, first.output
+    assert "injected failure" in first.output and "Traceback" not in first.output
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
+    assert 1 <= len(kept) <= 2
+    monkeypatch.delenv("FPNCLI_TEST_CRASH_AFTER")
+    second = _extract(*args)
+    assert second.exit_code == 1 and "empty.png" in second.output, second.output
+    assert f"skipped {len(kept)}" in second.output
+    names = [n for members in _shards(out).values() for n in members if n.endswith(".json")]
+    assert sorted(names) == ["im0.json", "im1.json", "im2.json"]
+    for name, mtime in kept.items():
+        assert (out / name).stat().st_mtime_ns == mtime
+    assert not list(out.glob("*.partial*"))
+
+
+def test_ray_missing_gpus_fail_fast(ray_cluster, inputs, tmp_path):
+    start = time.monotonic()
+    result = _extract(inputs, "-o", tmp_path / "o", "--engine", "ray", "--gpu-workers", "2")
+    assert result.exit_code == 1
+    assert "needs 2 GPUs; the Ray cluster has 1" in result.output
+    result = _extract(inputs, "-o", tmp_path / "o", "--engine", "ray", "--gpus-per-worker", "2")
+    assert result.exit_code == 1 and "the Ray cluster has 1 GPUs" in result.output
+    assert time.monotonic() - start < 60  # not Ray's endless wait for resources
+
+
+def test_ray_multi_node_refuses_a_local_output(ray_cluster, inputs, tmp_path, monkeypatch):
+    nodes = [{"Alive": True, "NodeID": "a"}, {"Alive": True, "NodeID": "b"}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    result = _extract(inputs, "-o", tmp_path / "o", "--engine", "ray")
+    assert result.exit_code == 1 and "would scatter the outputs" in result.output

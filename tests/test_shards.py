@@ -1,0 +1,172 @@
+"""``--format wds`` on the local engine: tar shards, the Parquet index, resume, a hard kill,
+``memory://`` output, ``show --key``; and that a shard reads with tarfile + np.load alone."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fpncli.cli import cli
+
+pq = pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
+pytest.importorskip("fsspec", reason="--format wds needs fsspec (fpncli[wds])")
+
+SMALL = ["--weights", "random", "--min-size", "64", "--max-size", "96", "--workers", "1"]
+
+
+def _images(folder: Path, count: int, bad: bool = False) -> Path:
+    rng = np.random.RandomState(0)
+    (folder / "sub").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        size = (48, 40) if i % 2 else (40, 56)
+        name = folder / ("sub" if i == 0 else "") / f"img.{i}.png"  # a dot in the stem, a subfolder
+        Image.fromarray(rng.randint(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(name)
+    if bad:
+        (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return folder
+
+
+def _run(args, **kwargs):
+    return CliRunner().invoke(cli, ["extract", *args, *SMALL], **kwargs)
+
+
+def _tar_members(out: Path) -> dict[str, dict[str, bytes]]:
+    """shard name -> {member name: bytes}, read with tarfile alone."""
+    shards = {}
+    for tar_path in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(tar_path) as tar:
+            shards[tar_path.name] = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    return shards
+
+
+def test_wds_shards_and_index_match_folder_mode(tmp_path):
+    inputs = _images(tmp_path / "in", 4, bad=True)
+    files, wds = tmp_path / "files", tmp_path / "wds"
+    assert _run([str(inputs), "-o", str(files)]).exit_code == 1  # the broken file
+    result = _run([str(inputs), "-o", str(wds), "--format", "wds", "--shard-size", "700KB"])
+    assert result.exit_code == 1
+    assert "broken.jpg" in result.output and "done 4" in result.output
+
+    index = pq.read_table(wds / "index.parquet").to_pylist()
+    assert sorted(r["key"] for r in index) == ["broken", "img_1", "img_2", "img_3", "sub/img_0"]
+    failed = [r for r in index if r["status"] == "failed"]
+    assert [r["key"] for r in failed] == ["broken"] and "unreadable image" in failed[0]["error"]
+    shards = _tar_members(wds)
+    assert len(shards) >= 2  # the size target split them
+    seen = []
+    for row in (r for r in index if r["status"] == "ok"):
+        members = shards[row["shard"]]
+        own = sorted(n for n in members if n.startswith(row["key"] + "."))
+        assert sorted(row["members"]) == own
+        manifest = json.loads(members[f"{row['key']}.json"])
+        folder = files / row["key"].replace("img_", "img.")
+        assert manifest["levels"] == json.loads((folder / "manifest.json").read_text())["levels"]
+        for level in ("p2", "p3", "p4", "p5", "p6"):
+            array = np.load(io.BytesIO(members[f"{row['key']}.{level}.npy"]))
+            np.testing.assert_array_equal(array, np.load(folder / f"{level}.npy"))
+            assert row[f"{level}_shape"] == list(array.shape)
+            assert row[f"{level}_max"] == pytest.approx(manifest["levels"][level]["max"])
+        assert row["dtype"] == "float32" and row["source"].endswith(".png")
+        seen.append(row["key"])
+    assert len(seen) == len(set(seen)) == 4
+    assert not list(wds.glob("*.partial*"))
+    # readable with tarfile and numpy alone: neither fpncli nor ray importable
+    code = (
+        "import sys, tarfile, io, json; sys.modules['fpncli'] = sys.modules['ray'] = None\n"
+        "import numpy as np\n"
+        f"tar = tarfile.open({str(wds / index[1]['shard'])!r})\n"
+        f"key = {index[1]['key']!r}\n"
+        "a = np.load(io.BytesIO(tar.extractfile(key + '.p3.npy').read()))\n"
+        "m = json.loads(tar.extractfile(key + '.json').read())\n"
+        "assert list(a.shape) == m['levels']['p3']['shape'], (a.shape, m)\n"
+        "print(a.dtype, a.shape)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env={"PATH": os.environ["PATH"]})  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("float32 (1, 256"), done.stderr
+
+
+def test_wds_resume_skips_ok_keys_and_retries_failures(tmp_path):
+    inputs = _images(tmp_path / "in", 3, bad=True)
+    out = tmp_path / "out"
+    _run([str(inputs), "-o", str(out), "--format", "wds"])
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
+    result = _run([str(inputs), "-o", str(out), "--format", "wds"])
+    assert "done 0, skipped 3" in result.output and result.exit_code == 1  # broken retried
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")} == before
+    assert len(pq.read_table(out / "index.parquet")) == 4  # one row per input
+    other = _run([str(inputs), "-o", str(out), "--format", "wds", "--dtype", "float16"])
+    assert other.exit_code == 1 and "other weights or options" in other.output
+    redo = _run([str(inputs), "-o", str(out), "--format", "wds", "--dtype", "float16",
+                 "--overwrite"])  # fmt: skip
+    assert "done 3" in redo.output and not set(p.name for p in out.glob("shard-*")) & set(before)
+
+
+def test_wds_killed_run_resumes_with_each_key_in_one_shard(tmp_path):
+    """A hard kill (os._exit, as SIGKILL) mid-shard, then the same command: complete, no key
+    in two shards, the shards committed before the kill untouched."""
+    inputs = _images(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    args = ["extract", str(inputs), "-o", str(out), "--format", "wds", "--shard-size", "1B"]
+    env = {**os.environ, "FPNCLI_TEST_CRASH_AFTER": "3", "PYTHONPATH": os.getcwd()}
+    killed = subprocess.run([sys.executable, "-m", "fpncli", *args, *SMALL, "--batch-size", "2"],
+                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert killed.returncode == 75, killed.stderr
+    committed = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
+    assert 1 <= len(committed) <= 3 and not (out / "index.parquet").exists()
+    # a shard renamed but not yet indexed when the kill came: it must not survive as a duplicate
+    orphan = sorted(committed)[0]
+    (out / "_index" / f"part-{orphan[:-4]}.parquet").unlink()
+    result = CliRunner().invoke(cli, args[:-2] + SMALL, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    keys = [n.split(".")[0] for m in _tar_members(out).values() for n in m if n.endswith(".json")]
+    assert sorted(keys) == ["img_1", "img_2", "img_3", "img_4", "sub/img_0"]
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    assert sorted(r["key"] for r in index if r["status"] == "ok") == sorted(keys)
+    for name, mtime in committed.items():
+        if name != orphan:
+            assert (out / name).stat().st_mtime_ns == mtime  # not rewritten
+
+
+def test_wds_to_memory_url_and_show_key(tmp_path, monkeypatch):
+    import fsspec
+
+    inputs = _images(tmp_path / "in", 2)
+    url = "memory://fpncli-test/out"
+    result = _run([str(inputs), "-o", url, "--format", "wds", "--no-heatmaps", "--no-overview"])
+    assert result.exit_code == 0, result.output
+    fs = fsspec.filesystem("memory")
+    assert len(fs.glob("/fpncli-test/out/shard-*.tar")) == 1
+    with fs.open("/fpncli-test/out/index.parquet", "rb") as f:
+        assert pq.read_table(f).column("status").to_pylist() == ["ok", "ok"]
+    monkeypatch.chdir(tmp_path)
+    shown = CliRunner().invoke(cli, ["show", url, "--key", "img_1", "--level", "p3"])
+    assert shown.exit_code == 0, shown.output
+    assert Image.open(tmp_path / "fpn_show_img_1_p3.png").size[0] > 0
+    missing = CliRunner().invoke(cli, ["show", url, "--key", "nope"])
+    assert missing.exit_code == 1 and "no image with key 'nope'" in missing.output
+
+
+def test_files_format_refuses_a_url_and_bad_shard_size(tmp_path):
+    result = _run([str(tmp_path), "-o", "s3://bucket/out"])
+    assert result.exit_code == 2 and "needs --format wds" in result.output
+    result = _run([str(tmp_path), "--format", "wds", "--shard-size", "lots"])
+    assert result.exit_code == 2 and "1GB" in result.output
+
+
+def test_wds_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
+    inputs = _images(tmp_path / "in", 1)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow -> ImportError
+    result = _run([str(inputs), "-o", str(tmp_path / "o"), "--format", "wds"])
+    assert result.exit_code == 1
+    assert "pip install 'fpncli[wds]'" in result.output and "Traceback" not in result.output
