@@ -379,21 +379,9 @@ def run_jobs(
     summary.skipped = len(jobs) - len(todo)
     if not options.force and sink is None:
         check_disk_space(todo, options.output)
-    start = time.monotonic()
-    benchmark = device.type == "cuda" and (options.compile or bool(options.pad_batches))
-    with run_settings(device, benchmark=benchmark, threads=options.threads):
-        run_model = model_for_run(model, options.precision, compile=options.compile)
-        # the bottom-up stages asked for (--levels stem,res2..): on the variant a run uses too
-        getattr(run_model, "_orig_mod", run_model).keep_bottom_up = model.keep_bottom_up
-        runner = _Runner(run_model, options, summary, len(todo), progress, sink)
-        runner.weights_meta = weights_meta(model)
-        try:
-            _feed(runner, todo, options, model.weights_info.input)
-        finally:
-            runner.close()
-    summary.seconds = time.monotonic() - start
-    if runner.disk_was_full:
-        summary.aborted = disk_full_message(summary)
+    input_format = model.weights_info.input
+    _run(model, options, summary, len(todo), progress, sink,
+         lambda runner: _feed(runner, todo, options, input_format))  # fmt: skip
     if summary.last_folder is not None and options.record_latest and sink is None:
         record_latest(summary.last_folder)
     return summary
@@ -402,29 +390,41 @@ def run_jobs(
 def run_decoded(items: list[Decoded], model: FPN, options: RunOptions, *, sink=None) -> RunSummary:
     """Run images decoded elsewhere (``steps.decode``; the Ray engine's actors) through the same
     batching by padded shape, device steps and writers as ``run_jobs``; waits for the writes."""
-    device = next(model.parameters()).device
-    check_precision(options.precision, device)
+    check_precision(options.precision, next(model.parameters()).device)
     summary = RunSummary(total=len(items))
-    start = time.monotonic()
     buckets: dict[tuple[int, int], list[Decoded]] = {}
     for item in items:
         shape = (item.prepared.padded_height, item.prepared.padded_width)
         buckets.setdefault(shape, []).append(item)
+
+    def feed(runner: _Runner) -> None:
+        for same in buckets.values():
+            if not runner.abort.is_set():
+                runner.run_batch(same)
+
+    _run(model, options, summary, len(items), None, sink, feed)
+    return summary
+
+
+def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progress, sink,
+         feed: Callable[[_Runner], None]) -> None:  # fmt: skip
+    """Run ``feed(runner)`` with the run's settings and model; then wait for the writers."""
+    device = next(model.parameters()).device
+    start = time.monotonic()
     benchmark = device.type == "cuda" and (options.compile or bool(options.pad_batches))
     with run_settings(device, benchmark=benchmark, threads=options.threads):
         run_model = model_for_run(model, options.precision, compile=options.compile)
-        runner = _Runner(run_model, options, summary, len(items), None, sink)
+        # the bottom-up stages asked for (--levels stem,res2..): on the variant a run uses too
+        getattr(run_model, "_orig_mod", run_model).keep_bottom_up = model.keep_bottom_up
+        runner = _Runner(run_model, options, summary, todo, progress, sink)
         runner.weights_meta = weights_meta(model)
         try:
-            for same in buckets.values():
-                if not runner.abort.is_set():
-                    runner.run_batch(same)
+            feed(runner)
         finally:
             runner.close()
     summary.seconds = time.monotonic() - start
     if runner.disk_was_full:
         summary.aborted = disk_full_message(summary)
-    return summary
 
 
 def _feed(runner: _Runner, todo: list[Job], options: RunOptions, input_format) -> None:
