@@ -196,3 +196,16 @@ def test_model_for_run_leaves_the_model_alone_on_the_cpu():
     compiled = model_for_run(model, "fp32", compile=True)
     assert compiled is not model and model_for_run(model, "fp32", compile=True) is compiled
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_batched_statistics_equal_per_image_ones():
+    from fpncli.run.device import _finite_stats, _finite_stats_batch
+
+    valid = torch.randn(3, 8, 5, 7, generator=torch.Generator().manual_seed(0))
+    valid[1, 2, 3, 4] = float("nan")
+    valid[2] = float("inf")
+    batched = _finite_stats_batch(valid)
+    for i in range(3):
+        single = _finite_stats(valid[i])
+        torch.testing.assert_close(batched[i], single, equal_nan=True)
+    assert batched[1, 3] == 1 and batched[2, 3] == 8 * 5 * 7 and batched[2, :3].isnan().all()

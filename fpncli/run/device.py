@@ -363,6 +363,23 @@ def _finite_stats(valid: torch.Tensor) -> torch.Tensor:
     ])  # fmt: skip
 
 
+def _finite_stats_batch(valid: torch.Tensor) -> torch.Tensor:
+    """``_finite_stats`` of each image of a ``(B, C, h, w)`` batch at once: ``(B, 4)``."""
+    flat = valid.reshape(valid.shape[0], -1)
+    finite = torch.isfinite(flat)
+    count = finite.sum(dim=1)
+    inf = torch.tensor(float("inf"), dtype=flat.dtype, device=flat.device)
+    low = torch.where(finite, flat, inf).amin(dim=1).double()
+    high = torch.where(finite, flat, -inf).amax(dim=1).double()
+    total = torch.where(finite, flat, 0.0).sum(dim=1, dtype=torch.float64)
+    none = count == 0
+    nan = torch.full_like(total, float("nan"))
+    return torch.stack([
+        torch.where(none, nan, low), torch.where(none, nan, high),
+        torch.where(none, nan, total / count.clamp(min=1)), (flat.shape[1] - count).double(),
+    ], dim=1)  # fmt: skip
+
+
 def _aligned(nbytes: int) -> int:
     return (nbytes + 63) // 64 * 64
 
@@ -395,12 +412,16 @@ def results_to_host(
     for name in options.levels:
         level = features[name][:count].to(dtype)
         stride = OUTPUT_STRIDES[name]
+        same = level.is_cuda and all(size == resized[0] for size in resized)
+        if same:  # one set of kernels for the whole batch: launches cost on a fast GPU
+            vh, vw = valid_size(*resized[0], stride)
+            stats.extend(_finite_stats_batch(level[:, :, :vh, :vw]).unbind(0))
         for i, (h, w) in enumerate(resized):
             vh, vw = valid_size(h, w, stride)
-            valid = level[i, :, :vh, :vw]
             if needs_maps:
                 maps[(i, name)] = reduce_map(level[i], options.reduce, options.channel)[:vh, :vw]
-            stats.append(_finite_stats(valid))
+            if not same:
+                stats.append(_finite_stats(level[i, :, :vh, :vw]))
         if options.save_npy:  # the CPU writer makes it C-contiguous itself, off this thread
             arrays[name] = level.contiguous() if level.is_cuda else level
     stats_t = torch.stack(stats).view(len(options.levels), count, 4).transpose(0, 1).contiguous()
@@ -431,10 +452,10 @@ def results_to_host(
             src.record_stream(stream)  # the allocator must not reuse it before the copy ran
             dst.copy_(src, non_blocking=True)
             host[key] = dst
+    if clock is not None:
+        clock.mark("d2h", stream)  # before the ready event: complete once ``wait`` returns
     event = torch.cuda.Event(blocking=True)
     event.record(stream)
-    if clock is not None:
-        clock.mark("d2h", stream)
     result.arrays = {k[1]: v for k, v in host.items() if k[0] == "a"}
     result.maps = {(k[1], k[2]): v for k, v in host.items() if k[0] == "m"}
     result.stats = host[("s",)]

@@ -411,7 +411,8 @@ def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progre
     """Run ``feed(runner)`` with the run's settings and model; then wait for the writers."""
     device = next(model.parameters()).device
     start = time.monotonic()
-    benchmark = device.type == "cuda" and (options.compile or bool(options.pad_batches))
+    fixed_shapes = options.pad_batches if options.pad_batches is not None else True
+    benchmark = device.type == "cuda" and (options.compile or fixed_shapes)
     with run_settings(device, benchmark=benchmark, threads=options.threads):
         run_model = model_for_run(model, options.precision, compile=options.compile)
         # the bottom-up stages asked for (--levels stem,res2..): on the variant a run uses too

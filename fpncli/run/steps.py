@@ -53,7 +53,7 @@ class RunOptions:
     overwrite: bool = False
     force: bool = False  # go on even when the disk estimate exceeds the free space
     max_pixels: int = DEFAULT_MAX_PIXELS
-    queue_mb: int = 1024  # results waiting for the writers, at most (one batch always fits)
+    queue_mb: int = 2048  # results waiting for the writers, at most (one batch always fits)
     compile: bool = False  # torch.compile the model (once per model and precision)
     pad_batches: bool | None = None  # pad partial batches to batch_size; None: on CUDA only
     threads: int | None = None  # torch's CPU threads during the run (None: leave as is)
