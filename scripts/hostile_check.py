@@ -193,7 +193,11 @@ def check_full_disk(work: Path) -> dict:
                 "213", "--workers", "1"]  # fmt: skip
         proc = _extract(args, work / "home")
         stdout, stderr = proc.communicate(timeout=600)
-        lines = [line for line in stderr.splitlines() if not line.startswith("note:")]
+        # the lines that report trouble (the estimate, notes and progress lines are not counted)
+        lines = [
+            line for line in stderr.splitlines()
+            if "disk full" in line or line.startswith(("failed:", "Error")) or "Traceback" in line
+        ]  # fmt: skip
         complete_before = {
             p.parent.name: p.stat().st_mtime_ns for p in (mnt / "out").rglob("manifest.json")
         }
