@@ -83,3 +83,67 @@ def test_report_scale(sample_extraction, tmp_path):
     every = [_recorded(out, n) for n in ("p2", "p3", "p4", "p5", "p6")]
     shared = f"{min(r[0] for r in every):.4g}..{max(r[1] for r in every):.4g}"
     assert text.count(shared) == 5  # every level on the one range
+
+
+def _two_images(folder):
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.RandomState(3)
+    for i, name in enumerate(("a.png", "b.png")):
+        pixels = rng.randint(0, 255, (48, 64, 3)).astype(np.uint8) // (1 + 3 * i)
+        Image.fromarray(pixels).save(folder / name)
+    return folder
+
+
+def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, monkeypatch):
+    from fpncli.io.outputs import is_complete
+    from fpncli.viz import visualize
+
+    seen = []
+    real = visualize.heatmap_image
+
+    def spy(map2d, **kwargs):
+        if kwargs["label"].startswith("p3 "):
+            seen.append(tuple(kwargs["vrange"]))
+        return real(map2d, **kwargs)
+
+    monkeypatch.setattr(visualize, "heatmap_image", spy)
+    out = tmp_path / "out"
+    args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random",
+            "--min-size", "64", "--max-size", "96", "--workers", "1", "--overlay",
+            "--scale", "shared"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "--scale shared: redrew 2 image(s)" in result.output
+    manifests = [json.loads((out / n / "manifest.json").read_text()) for n in ("a", "b")]
+    own = [m["levels"]["p3"]["range"] for m in manifests]  # each image's own range, kept
+    assert own[0] != own[1]
+    every = [r for m in manifests for meta in m["levels"].values() for r in meta["range"]]
+    shared = [min(every), max(every)]
+    for name, manifest in zip(("a", "b"), manifests):
+        assert manifest["scale"]["mode"] == "shared"
+        assert set(manifest["scale"]["levels"]) == {"p2", "p3", "p4", "p5", "p6"}
+        assert all(r == shared for r in manifest["scale"]["levels"].values())
+        assert is_complete(out / name, manifest["run_key"])  # redrawn sizes recorded
+    # first pass: each image on its own range; second pass: both on the shared one
+    assert sorted(seen[:2]) == sorted(tuple(r) for r in own) and seen[2:] == [tuple(shared)] * 2
+    # resume: nothing re-extracted, the pictures redrawn again on the same range
+    seen.clear()
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0 and "skipped 2" in result.output
+    assert seen == [tuple(shared)] * 2 and all(is_complete(out / n) for n in ("a", "b"))
+
+
+@pytest.mark.parametrize("extra", [["--scale", "bogus"], ["--scale", "level", "--no-npy"]])
+def test_extract_bad_scale_fails_before_any_work(tmp_path, monkeypatch, extra):
+    import importlib
+
+    extract = importlib.import_module("fpncli.cli.extract")
+    monkeypatch.setattr(extract, "_load_model", lambda *a, **k: pytest.fail("model loaded"))
+    out = tmp_path / "out"
+    args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random"]
+    result = CliRunner().invoke(cli, args + extra)
+    assert result.exit_code == 2 and "--scale" in result.output
+    assert "Traceback" not in result.output and not out.exists()

@@ -183,13 +183,21 @@ class _ExtractCommand(click.Command):
 )
 @click.option("--gpu-workers", default=None, help="Ray GPU actors: N or auto (default auto).")
 @click.option("--gpus-per-worker", type=float, default=None, help="GPUs per Ray actor (default 1).")
+@click.option(
+    "--scale",
+    type=click.Choice(["image", "level", "shared"]),
+    default="image",
+    show_default=True,
+    help="Colour range of the pictures: each map's own; or, redrawn once the run is done, one "
+    "per level for the run's images, or one for all.",
+)
 @verbose_option
 @_friendly
 def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, no_heatmaps,
             no_overview, overlay, channel, reduce, cmap, clip, min_size, max_size, no_resize,
             batch_size, workers, writers, compile_model, from_list, overwrite, resume, force,
             shard, gpus, max_pixels, seed, out_format, shard_size, engine, ray_address,
-            gpu_workers, gpus_per_worker) -> None:  # fmt: skip
+            gpu_workers, gpus_per_worker, scale) -> None:  # fmt: skip
     """Extract P2-P6 for images, folders (recursive) and globs into OUT/<image>/."""
     if not inputs and from_list is None:
         raise click.UsageError("give at least one image, folder or glob (or --from-list)")
@@ -226,6 +234,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         channel=channel, reduce=reduce, cmap=cmap, clip=clip, min_size=min_size,
         max_size=max_size, resize=not no_resize,
     )  # fmt: skip
+    _check_scale(scale, output, out_format)
     url = "://" in out_dir  # an object store (or file://): --format wds, written through fsspec
     out = Path(out_dir)
     passed_over: set[Path] = set()
@@ -296,10 +305,52 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         sys.exit(130)
     bar.close()
     if not url:
+        _rescale(scale, jobs, summary, output)
         _write_run_log(summary, out, weights, precision)
     _report(summary, Path(out_dir), len(jobs))
     if summary.failed or summary.aborted:
         sys.exit(1)
+
+
+def _check_scale(scale: str, output, out_format: str) -> None:
+    from ..run.rescale import check_scale
+
+    if scale != "image" and out_format == "wds":
+        raise click.BadParameter(
+            f"--scale {scale} redraws picture files: not with --format wds (use --scale image)",
+            param_hint="--scale",
+        )
+    try:
+        check_scale(scale, output)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--scale") from None
+
+
+def _rescale(scale: str, jobs, summary, output) -> None:
+    """``--scale level|shared``: redraw the pictures of this run's complete folders on the run's
+    ranges (not after a run stopped early: the rerun that finishes it redraws them)."""
+    if scale == "image":
+        return
+    if summary.aborted:
+        click.echo(f"--scale {scale}: pictures left on per-image ranges (the run stopped early)",
+                   err=True)  # fmt: skip
+        return
+    from ..io.outputs import is_complete
+    from ..run.rescale import redraw_run
+
+    failed = {path for path, _ in summary.failed}
+    folders = [j.folder for j in jobs if str(j.path) not in failed and is_complete(j.folder)]
+    if not folders:
+        return
+    try:
+        result = redraw_run(folders, scale, output)
+    except ValueError as e:
+        click.echo(f"--scale {scale}: pictures left on per-image ranges: {e}", err=True)
+        return
+    for folder, reason in result.failed:
+        click.echo(f"--scale {scale}: not redrawn: {quote_name(folder)}: {quote_name(reason)}",
+                   err=True)  # fmt: skip
+    click.echo(f"--scale {scale}: redrew {result.redrawn} image(s) on the run's ranges", err=True)
 
 
 def _resume_command() -> str:

@@ -1,0 +1,147 @@
+"""``extract --scale level|shared``: redraw a finished run's pictures on the run's colour ranges.
+
+During the run each image's heatmaps, overlays and overview are drawn on the image's own ranges
+(what ``--scale image`` keeps). Once the run's images are done, ``redraw_run`` computes the run's
+ranges from their manifests (``viz.scale.run_ranges``, as ``show`` and ``report`` do), redraws
+every picture of those folders from the saved ``.npy`` files and the input photo, and rewrites
+each manifest last, with the new picture sizes and ``"scale": {"mode", "levels"}``. Every file
+is replaced atomically under the folder's lock. A pass killed between a picture and its manifest
+leaves a folder whose listed sizes no longer match: not complete, so resume re-extracts it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io.extraction import load_extraction
+from ..io.guard import folder_lock
+from ..io.outputs import (
+    MANIFEST,
+    OutputOptions,
+    _note,
+    _reduce_label,
+    atomic_write_bytes,
+    read_manifest,
+)
+from ..viz.scale import SCALES, run_ranges
+
+__all__ = ["RedrawSummary", "check_scale", "redraw_run"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RedrawSummary:
+    """What the second pass did: the ranges used, folders redrawn, folders it could not."""
+
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    redrawn: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_scale(scale: str, options: OutputOptions) -> None:
+    """ValueError unless ``scale`` can be applied to a run with ``options`` (checked up front)."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
+    if scale != "image" and not options.save_npy and _draws(options):
+        raise ValueError(
+            f"--scale {scale} redraws the pictures from the saved .npy files: drop --no-npy "
+            "or use --scale image"
+        )
+
+
+def _draws(options: OutputOptions) -> bool:
+    return options.save_heatmaps or options.save_overview or options.overlay
+
+
+def redraw_run(folders: list[Path], scale: str, options: OutputOptions) -> RedrawSummary:
+    """Redraw the pictures of ``folders`` (complete extractions of one run, written with
+    ``options``) on the run's ``scale`` ranges and record them in each manifest.
+
+    Raises:
+        ValueError: an unknown scale, or no recorded statistics in the folders' manifests.
+    """
+    summary = RedrawSummary()
+    if scale == "image" or not folders:
+        return summary
+    manifests = [m for m in (read_manifest(f) for f in folders) if m is not None]
+    ranges = run_ranges(manifests, scale, reduce=options.reduce, channel=options.channel)
+    summary.ranges = ranges
+    for folder in folders:
+        try:
+            with folder_lock(folder):
+                _redraw(Path(folder), scale, ranges, options)
+            summary.redrawn += 1
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("could not redraw %s on the run's scale: %s", folder, e)
+            summary.failed.append((str(folder), str(e)))
+    return summary
+
+
+def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> None:
+    from ..viz.visualize import (
+        encode_png,
+        heatmap_image,
+        overlay_image,
+        overview_png,
+        reduce_channels,
+        valid_region,
+    )
+
+    extraction = load_extraction(folder)
+    manifest = extraction.manifest
+    files = dict(manifest.get("files") or {})
+    weights = manifest.get("weights") or {}
+    note = _note(weights)
+    levels_meta = manifest["levels"]
+    names = [n for n in options.levels if n in levels_meta]
+    missing = [n for n in names if n not in extraction.levels]
+    if missing:
+        raise ValueError(f"no .npy for {', '.join(missing)} to redraw from")
+    rgb = None
+    if options.overlay or options.save_overview:
+        rgb = extraction.image
+        if rgb is None:
+            raise ValueError(f"the input image {extraction.input_path} is gone")
+    pre = manifest["preprocess"]
+    maps, pictures = {}, {}
+    for name in names:
+        meta = levels_meta[name]
+        reduced = reduce_channels(extraction.levels[name], options.reduce, options.channel)
+        maps[name] = valid_region(reduced, meta["valid_height"], meta["valid_width"])
+        stride = int(meta["stride"])
+        label = f"{name}  stride {stride}  {tuple(meta['shape'])}  {_reduce_label(options)}"
+        vrange = ranges.get(name, tuple(meta.get("range") or (0.0, 0.0)))
+        if meta.get("heatmap"):
+            png = heatmap_image(maps[name], cmap=options.cmap, label=label, vrange=vrange,
+                                note=note)  # fmt: skip
+            pictures[meta["heatmap"]] = encode_png(png)
+        if meta.get("overlay"):
+            over = overlay_image(
+                rgb, maps[name], stride=stride, scale_y=pre["scale_y"], scale_x=pre["scale_x"],
+                cmap=options.cmap, vrange=vrange, label=f"{label}  {options.cmap}", note=note,
+            )  # fmt: skip
+            pictures[meta["overlay"]] = encode_png(over)
+    if manifest.get("overview"):
+        panels = [
+            {"name": n, "map": maps[n], "stride": int(levels_meta[n]["stride"]),
+             "shape": tuple(levels_meta[n]["shape"]),
+             "range": ranges.get(n, tuple(levels_meta[n].get("range") or (0.0, 0.0)))}
+            for n in names
+        ]  # fmt: skip
+        name = Path(manifest.get("input", {}).get("path") or "").name or "image"
+        title = f"{name}  ({weights.get('name')}, {_reduce_label(options)})"
+        pictures[manifest["overview"]] = overview_png(rgb, panels, title=title, note=note,
+                                                      cmap=options.cmap)  # fmt: skip
+    for file, data in pictures.items():
+        files[file] = atomic_write_bytes(folder / file, data)
+    manifest["files"] = files
+    manifest["scale"] = {
+        "mode": scale,
+        "levels": {n: list(ranges[n]) for n in names if n in ranges},
+    }
+    data = json.dumps(manifest, indent=2, allow_nan=False).encode()
+    atomic_write_bytes(folder / MANIFEST, data)  # last: it lists the new sizes
