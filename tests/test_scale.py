@@ -136,7 +136,14 @@ def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, monkeypatch):
     assert seen == [tuple(shared)] * 2 and all(is_complete(out / n) for n in ("a", "b"))
 
 
-@pytest.mark.parametrize("extra", [["--scale", "bogus"], ["--scale", "level", "--no-npy"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--scale", "bogus"],
+        ["--scale", "level", "--no-npy"],
+        ["--scale", "shared", "--format", "wds"],
+    ],
+)
 def test_extract_bad_scale_fails_before_any_work(tmp_path, monkeypatch, extra):
     import importlib
 
