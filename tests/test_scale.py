@@ -154,3 +154,32 @@ def test_extract_bad_scale_fails_before_any_work(tmp_path, monkeypatch, extra):
     result = CliRunner().invoke(cli, args + extra)
     assert result.exit_code == 2 and "--scale" in result.output
     assert "Traceback" not in result.output and not out.exists()
+
+
+def test_extract_resume_with_scale_image_puts_back_own_ranges(tmp_path, monkeypatch):
+    from fpncli.io.outputs import is_complete
+    from fpncli.viz import visualize
+
+    seen = []
+    real = visualize.heatmap_image
+
+    def spy(map2d, **kwargs):
+        if kwargs["label"].startswith("p3 "):
+            seen.append(tuple(kwargs["vrange"]))
+        return real(map2d, **kwargs)
+
+    monkeypatch.setattr(visualize, "heatmap_image", spy)
+    out = tmp_path / "out"
+    args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random",
+            "--min-size", "64", "--max-size", "96", "--workers", "1",
+            "--levels", "p3,p4"]  # fmt: skip
+    runner = CliRunner()
+    assert runner.invoke(cli, [*args, "--scale", "level"], catch_exceptions=False).exit_code == 0
+    assert all("scale" in json.loads((out / n / "manifest.json").read_text()) for n in "ab")
+    seen.clear()
+    result = runner.invoke(cli, args, catch_exceptions=False)  # default --scale image, resumed
+    assert result.exit_code == 0 and "skipped 2" in result.output
+    manifests = [json.loads((out / n / "manifest.json").read_text()) for n in "ab"]
+    assert all("scale" not in m for m in manifests)
+    assert sorted(seen) == sorted(tuple(m["levels"]["p3"]["range"]) for m in manifests)
+    assert all(is_complete(out / n, m["run_key"]) for n, m in zip("ab", manifests))

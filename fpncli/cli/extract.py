@@ -305,7 +305,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         sys.exit(130)
     bar.close()
     if not url:
-        _rescale(scale, jobs, summary, output)
+        _rescale(scale, jobs, summary, output, out_format)
         _write_run_log(summary, out, weights, precision)
     _report(summary, Path(out_dir), len(jobs))
     if summary.failed or summary.aborted:
@@ -326,12 +326,13 @@ def _check_scale(scale: str, output, out_format: str) -> None:
         raise click.BadParameter(str(e), param_hint="--scale") from None
 
 
-def _rescale(scale: str, jobs, summary, output) -> None:
+def _rescale(scale: str, jobs, summary, output, out_format: str) -> None:
     """``--scale level|shared``: redraw the pictures of this run's complete folders on the run's
-    ranges (not after a run stopped early: the rerun that finishes it redraws them)."""
-    if scale == "image":
-        return
-    if summary.aborted:
+    ranges (not after a run stopped early: the rerun that finishes it redraws them). With
+    ``image``, folders an earlier level/shared run redrew go back to their own ranges."""
+    if out_format == "wds" or (scale == "image" and not summary.skipped):
+        return  # no folders; or none this run did not write itself
+    if summary.aborted and scale != "image":
         click.echo(f"--scale {scale}: pictures left on per-image ranges (the run stopped early)",
                    err=True)  # fmt: skip
         return
@@ -340,7 +341,7 @@ def _rescale(scale: str, jobs, summary, output) -> None:
 
     failed = {path for path, _ in summary.failed}
     folders = [j.folder for j in jobs if str(j.path) not in failed and is_complete(j.folder)]
-    if not folders:
+    if not folders or summary.aborted:
         return
     try:
         result = redraw_run(folders, scale, output)
@@ -350,7 +351,9 @@ def _rescale(scale: str, jobs, summary, output) -> None:
     for folder, reason in result.failed:
         click.echo(f"--scale {scale}: not redrawn: {quote_name(folder)}: {quote_name(reason)}",
                    err=True)  # fmt: skip
-    click.echo(f"--scale {scale}: redrew {result.redrawn} image(s) on the run's ranges", err=True)
+    if result.redrawn:
+        where = "their own ranges" if scale == "image" else "the run's ranges"
+        click.echo(f"--scale {scale}: redrew {result.redrawn} image(s) on {where}", err=True)
 
 
 def _resume_command() -> str:

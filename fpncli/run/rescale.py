@@ -1,12 +1,14 @@
 """``extract --scale level|shared``: redraw a finished run's pictures on the run's colour ranges.
 
 During the run each image's heatmaps, overlays and overview are drawn on the image's own ranges
-(what ``--scale image`` keeps). Once the run's images are done, ``redraw_run`` computes the run's
-ranges from their manifests (``viz.scale.run_ranges``, as ``show`` and ``report`` do), redraws
-every picture of those folders from the saved ``.npy`` files and the input photo, and rewrites
-each manifest last, with the new picture sizes and ``"scale": {"mode", "levels"}``. Every file
-is replaced atomically under the folder's lock. A pass killed between a picture and its manifest
-leaves a folder whose listed sizes no longer match: not complete, so resume re-extracts it.
+(what ``--scale image`` keeps; a resumed ``image`` run puts back the own ranges of folders an
+earlier ``level|shared`` run redrew). Once the run's images are done, ``redraw_run`` computes the
+run's ranges from their manifests (``viz.scale.run_ranges``, as ``show`` and ``report`` do),
+redraws every picture of those folders from the saved ``.npy`` files and the input photo, and
+rewrites each manifest last, with the new picture sizes and ``"scale": {"mode", "levels"}``.
+Every file is replaced atomically under the folder's lock. A pass killed between a picture and
+its manifest leaves a folder whose listed sizes no longer match: not complete, so resume
+re-extracts it.
 """
 
 from __future__ import annotations
@@ -59,17 +61,21 @@ def _draws(options: OutputOptions) -> bool:
 
 def redraw_run(folders: list[Path], scale: str, options: OutputOptions) -> RedrawSummary:
     """Redraw the pictures of ``folders`` (complete extractions of one run, written with
-    ``options``) on the run's ``scale`` ranges and record them in each manifest.
+    ``options``) on the run's ``scale`` ranges and record them in each manifest. With ``image``,
+    only the folders whose manifest records another scale (a resumed run that an earlier
+    ``--scale level|shared`` redrew) are redrawn, on their own ranges, and the record dropped.
 
     Raises:
         ValueError: an unknown scale, or no recorded statistics in the folders' manifests.
     """
     summary = RedrawSummary()
-    if scale == "image" or not folders:
-        return summary
-    manifests = [m for m in (read_manifest(f) for f in folders) if m is not None]
-    ranges = run_ranges(manifests, scale, reduce=options.reduce, channel=options.channel)
-    summary.ranges = ranges
+    if scale == "image":  # only folders an earlier run redrew on its range: back to their own
+        folders = [f for f in folders if "scale" in (read_manifest(f) or {})]
+        ranges: dict[str, tuple[float, float]] = {}
+    elif folders:
+        manifests = [m for m in (read_manifest(f) for f in folders) if m is not None]
+        ranges = run_ranges(manifests, scale, reduce=options.reduce, channel=options.channel)
+        summary.ranges = ranges
     for folder in folders:
         try:
             with folder_lock(folder):
@@ -139,9 +145,12 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
     for file, data in pictures.items():
         files[file] = atomic_write_bytes(folder / file, data)
     manifest["files"] = files
-    manifest["scale"] = {
-        "mode": scale,
-        "levels": {n: list(ranges[n]) for n in names if n in ranges},
-    }
+    if scale == "image":
+        manifest.pop("scale", None)
+    else:
+        manifest["scale"] = {
+            "mode": scale,
+            "levels": {n: list(ranges[n]) for n in names if n in ranges},
+        }
     data = json.dumps(manifest, indent=2, allow_nan=False).encode()
     atomic_write_bytes(folder / MANIFEST, data)  # last: it lists the new sizes
