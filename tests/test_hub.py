@@ -7,6 +7,7 @@ import io
 import urllib.error
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +56,14 @@ def _serve(monkeypatch, data: bytes) -> list[str]:
 
 def test_cache_dir_honours_fpncli_home(home):
     assert cache_dir() == home
+
+
+def test_cache_dir_of_a_source_checkout_is_its_weights_folder(monkeypatch):
+    """Without FPNCLI_HOME, a source checkout (setup.py beside weights/) caches in weights/."""
+    monkeypatch.delenv("FPNCLI_HOME")
+    checkout = Path(hub.__file__).resolve().parents[2]
+    assert (checkout / "setup.py").is_file() and (checkout / "weights").is_dir()
+    assert cache_dir() == checkout / "weights"
 
 
 def test_resolve_errors(home, tmp_path):
