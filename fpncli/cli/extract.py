@@ -417,11 +417,6 @@ def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, 
         return {"shard_bytes": shard_bytes}
     if gpus is not None:
         raise click.UsageError("--gpus is for --engine local; Ray uses --gpu-workers")
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise click.ClickException("--engine ray needs Ray: pip install 'fpncli[ray]'") from None
-    require_wds()  # the Ray engine reads and writes through fsspec and pyarrow
     workers = None
     if gpu_workers not in (None, "auto"):
         try:
@@ -438,6 +433,11 @@ def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, 
             f"expected a fraction in (0, 1] or a whole number, got {fraction}",
             param_hint="--gpus-per-worker",
         )
+    try:  # the options first, then what they need installed
+        import ray  # noqa: F401
+    except ImportError:
+        raise click.ClickException("--engine ray needs Ray: pip install 'fpncli[ray]'") from None
+    require_wds()  # the Ray engine reads and writes through fsspec and pyarrow
     return {
         "shard_bytes": shard_bytes, "address": ray_address or os.environ.get("RAY_ADDRESS"),
         "gpu_workers": workers, "gpus_per_worker": fraction,
