@@ -235,6 +235,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         max_size=max_size, resize=not no_resize,
     )  # fmt: skip
     _check_scale(scale, output, out_format)
+    _check_installed(engine, out_format)
     url = "://" in out_dir  # an object store (or file://): --format wds, written through fsspec
     out = Path(out_dir)
     passed_over: set[Path] = set()
@@ -310,6 +311,21 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     _report(summary, Path(out_dir), len(jobs))
     if summary.failed or summary.aborted:
         sys.exit(1)
+
+
+def _check_installed(engine: str, out_format: str) -> None:
+    """What the options need installed, checked once every option is known to be valid."""
+    from ..io.shards import require_wds
+
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise click.ClickException(
+                "--engine ray needs Ray: pip install 'fpncli[ray]'"
+            ) from None
+    if engine == "ray" or out_format == "wds":
+        require_wds()  # shards and the Ray engine go through fsspec and pyarrow
 
 
 def _check_scale(scale: str, output, out_format: str) -> None:
@@ -397,7 +413,7 @@ def _checked_device(device: str, precision: str):
 def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, gpu_workers,
                           gpus_per_worker, gpus) -> dict:  # fmt: skip
     """Validate --format/--engine and the Ray options before anything is loaded."""
-    from ..io.shards import parse_size, require_wds
+    from ..io.shards import parse_size
 
     try:
         shard_bytes = parse_size(shard_size)
@@ -405,8 +421,6 @@ def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, 
         raise click.BadParameter(str(e), param_hint="--shard-size") from None
     if "://" in out_dir and out_format != "wds":
         raise click.UsageError(f"{out_dir} is an object-store URL: it needs --format wds")
-    if out_format == "wds":
-        require_wds()
     if engine == "local":
         for name, value in (("--ray-address", ray_address), ("--gpu-workers", gpu_workers),
                             ("--gpus-per-worker", gpus_per_worker)):  # fmt: skip
@@ -433,11 +447,6 @@ def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, 
             f"expected a fraction in (0, 1] or a whole number, got {fraction}",
             param_hint="--gpus-per-worker",
         )
-    try:  # the options first, then what they need installed
-        import ray  # noqa: F401
-    except ImportError:
-        raise click.ClickException("--engine ray needs Ray: pip install 'fpncli[ray]'") from None
-    require_wds()  # the Ray engine reads and writes through fsspec and pyarrow
     return {
         "shard_bytes": shard_bytes, "address": ray_address or os.environ.get("RAY_ADDRESS"),
         "gpu_workers": workers, "gpus_per_worker": fraction,
