@@ -363,25 +363,19 @@ def _write_all(folder, write, levels, image, prepared, options, weights, device,
             written += write(folder / f"{name}.npy", result.array)
             meta["file"] = f"{name}.npy"
         if name in maps:
-            from ..viz.visualize import encode_png, heatmap_image, overlay_image, value_range
+            from ..viz.visualize import value_range
 
             vrange = value_range(maps[name], options.clip)
             meta["range"] = list(vrange)
-        label = f"{name}  stride {stride}  {tuple(result.shape)}  {_reduce_label(options)}"
-        if options.save_heatmaps:
-            png = heatmap_image(
-                maps[name], cmap=options.cmap, label=label, vrange=vrange, note=_note(weights)
-            )
-            written += write(folder / f"{name}.png", encode_png(png))
-            meta["heatmap"] = f"{name}.png"
-        if options.overlay:
-            over = overlay_image(
-                image.rgb, maps[name], stride=stride, scale_y=prepared.scale_y,
-                scale_x=prepared.scale_x, cmap=options.cmap, vrange=vrange,
-                label=f"{label}  {options.cmap}", note=_note(weights),
+            pictures = render_level_pictures(
+                maps[name], name=name, stride=stride, shape=result.shape, rgb=image.rgb,
+                scale_y=prepared.scale_y, scale_x=prepared.scale_x, vrange=vrange,
+                options=options, note=_note(weights),
             )  # fmt: skip
-            written += write(folder / f"{name}_overlay.png", encode_png(over))
-            meta["overlay"] = f"{name}_overlay.png"
+            for kind, file in (("heatmap", f"{name}.png"), ("overlay", f"{name}_overlay.png")):
+                if kind in pictures:
+                    written += write(folder / file, pictures[kind])
+                    meta[kind] = file
         levels_meta[name] = meta
 
     overview = None
@@ -398,13 +392,10 @@ def _write_all(folder, write, levels, image, prepared, options, weights, device,
             }
             for n in options.levels
         ]
-        note = _note(weights)
-        title = (
-            f"{Path(image.path).name or 'image'}  ({weights.get('name')}, {_reduce_label(options)})"
-        )
+        title = overview_title(image.path, weights, options)
         written += write(
             folder / "overview.png",
-            overview_png(image.rgb, panels, title=title, note=note, cmap=options.cmap),
+            overview_png(image.rgb, panels, title=title, note=_note(weights), cmap=options.cmap),
         )
         overview = "overview.png"
 
@@ -498,6 +489,44 @@ def write_image_members(
         Path(), member, levels, image, prepared, options, weights, device, precision, run_key,
         created,
     )  # fmt: skip
+
+
+def render_level_pictures(
+    map2d: np.ndarray,
+    *,
+    name: str,
+    stride: int,
+    shape: tuple[int, ...],
+    rgb: np.ndarray | None,
+    scale_y: float,
+    scale_x: float,
+    vrange: tuple[float, float],
+    options: OutputOptions,
+    note: str,
+) -> dict[str, bytes]:
+    """The PNGs of one level that ``options`` asks for: ``{"heatmap": ..., "overlay": ...}``,
+    drawn on ``vrange`` and labelled with level, stride, shape and reduction. Used by the run
+    and by ``extract --scale``'s redraw, so both draw the same pictures."""
+    from ..viz.visualize import encode_png, heatmap_image, overlay_image
+
+    label = f"{name}  stride {stride}  {tuple(shape)}  {_reduce_label(options)}"
+    pictures = {}
+    if options.save_heatmaps:
+        png = heatmap_image(map2d, cmap=options.cmap, label=label, vrange=vrange, note=note)
+        pictures["heatmap"] = encode_png(png)
+    if options.overlay:
+        over = overlay_image(
+            rgb, map2d, stride=stride, scale_y=scale_y, scale_x=scale_x, cmap=options.cmap,
+            vrange=vrange, label=f"{label}  {options.cmap}", note=note,
+        )  # fmt: skip
+        pictures["overlay"] = encode_png(over)
+    return pictures
+
+
+def overview_title(image_path: str | None, weights: dict, options: OutputOptions) -> str:
+    """The overview's title line: the photo's name, the weights and the drawn reduction."""
+    photo = Path(image_path or "").name or "image"
+    return f"{photo}  ({weights.get('name')}, {_reduce_label(options)})"
 
 
 def _needs_maps(options: OutputOptions) -> bool:

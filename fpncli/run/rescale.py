@@ -23,10 +23,12 @@ from ..io.guard import folder_lock
 from ..io.outputs import (
     MANIFEST,
     OutputOptions,
+    _needs_maps,
     _note,
-    _reduce_label,
     atomic_write_bytes,
+    overview_title,
     read_manifest,
+    render_level_pictures,
 )
 from ..viz.scale import SCALES, run_ranges
 
@@ -48,15 +50,11 @@ def check_scale(scale: str, options: OutputOptions) -> None:
     """ValueError unless ``scale`` can be applied to a run with ``options`` (checked up front)."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
-    if scale != "image" and not options.save_npy and _draws(options):
+    if scale != "image" and not options.save_npy and _needs_maps(options):
         raise ValueError(
             f"--scale {scale} redraws the pictures from the saved .npy files: drop --no-npy "
             "or use --scale image"
         )
-
-
-def _draws(options: OutputOptions) -> bool:
-    return options.save_heatmaps or options.save_overview or options.overlay
 
 
 def redraw_run(folders: list[Path], scale: str, options: OutputOptions) -> RedrawSummary:
@@ -88,14 +86,7 @@ def redraw_run(folders: list[Path], scale: str, options: OutputOptions) -> Redra
 
 
 def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> None:
-    from ..viz.visualize import (
-        encode_png,
-        heatmap_image,
-        overlay_image,
-        overview_png,
-        reduce_channels,
-        valid_region,
-    )
+    from ..viz.visualize import overview_png, reduce_channels, valid_region
 
     extraction = load_extraction(folder)
     manifest = extraction.manifest
@@ -118,19 +109,14 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
         meta = levels_meta[name]
         reduced = reduce_channels(extraction.levels[name], options.reduce, options.channel)
         maps[name] = valid_region(reduced, meta["valid_height"], meta["valid_width"])
-        stride = int(meta["stride"])
-        label = f"{name}  stride {stride}  {tuple(meta['shape'])}  {_reduce_label(options)}"
-        vrange = ranges.get(name, tuple(meta.get("range") or (0.0, 0.0)))
-        if meta.get("heatmap"):
-            png = heatmap_image(maps[name], cmap=options.cmap, label=label, vrange=vrange,
-                                note=note)  # fmt: skip
-            pictures[meta["heatmap"]] = encode_png(png)
-        if meta.get("overlay"):
-            over = overlay_image(
-                rgb, maps[name], stride=stride, scale_y=pre["scale_y"], scale_x=pre["scale_x"],
-                cmap=options.cmap, vrange=vrange, label=f"{label}  {options.cmap}", note=note,
-            )  # fmt: skip
-            pictures[meta["overlay"]] = encode_png(over)
+        drawn = render_level_pictures(
+            maps[name], name=name, stride=int(meta["stride"]), shape=meta["shape"], rgb=rgb,
+            scale_y=pre["scale_y"], scale_x=pre["scale_x"], options=options, note=note,
+            vrange=ranges.get(name, tuple(meta.get("range") or (0.0, 0.0))),
+        )  # fmt: skip
+        for kind, png in drawn.items():
+            if meta.get(kind):
+                pictures[meta[kind]] = png
     if manifest.get("overview"):
         panels = [
             {"name": n, "map": maps[n], "stride": int(levels_meta[n]["stride"]),
@@ -138,8 +124,7 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
              "range": ranges.get(n, tuple(levels_meta[n].get("range") or (0.0, 0.0)))}
             for n in names
         ]  # fmt: skip
-        name = Path(manifest.get("input", {}).get("path") or "").name or "image"
-        title = f"{name}  ({weights.get('name')}, {_reduce_label(options)})"
+        title = overview_title(manifest.get("input", {}).get("path"), weights, options)
         pictures[manifest["overview"]] = overview_png(rgb, panels, title=title, note=note,
                                                       cmap=options.cmap)  # fmt: skip
     for file, data in pictures.items():
