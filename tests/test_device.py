@@ -4,6 +4,8 @@ and what comes back to the host."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -209,3 +211,24 @@ def test_batched_statistics_equal_per_image_ones():
         single = _finite_stats(valid[i])
         torch.testing.assert_close(batched[i], single, equal_nan=True)
     assert batched[1, 3] == 1 and batched[2, 3] == 8 * 5 * 7 and batched[2, :3].isnan().all()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are set on Linux only")
+def test_decode_and_write_threads_yield_to_the_model_on_the_cpu():
+    from fpncli.run.device import yield_to_model
+    from fpncli.run.pipeline import _background
+
+    assert _background(torch.device("cpu")) is yield_to_model
+    assert _background(torch.device("cuda", 0)) is None  # on a GPU the CPU threads feed it
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = {}
+
+    def thread():
+        yield_to_model()
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    worker = threading.Thread(target=thread)
+    worker.start()
+    worker.join()
+    assert seen["nice"] == min(19, main + 10)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # only that thread

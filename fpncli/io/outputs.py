@@ -31,6 +31,7 @@ import numpy as np
 from .. import __version__
 from ..model.fpn import LEVELS, OUTPUT_CHANNELS, OUTPUT_STRIDES, OUTPUTS
 from .guard import folder_lock, is_disk_full, open_regular, pid_alive
+from .npy import write_npy
 from .preprocess import LoadedImage, Prepared
 
 __all__ = [
@@ -102,7 +103,7 @@ def atomic_write_bytes(path: Path, data: bytes | np.ndarray) -> int:
     try:
         with open(tmp, "wb") as f:
             if isinstance(data, np.ndarray):
-                np.save(f, np.ascontiguousarray(data), allow_pickle=False)
+                write_npy(f, data)
             else:
                 f.write(data)
             size = f.tell()

@@ -36,6 +36,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from ..model.fpn import LEVELS
+from .npy import npy_bytes
 from .outputs import MANIFEST, OutputOptions, write_image_members
 
 __all__ = [
@@ -190,9 +191,7 @@ def _digest(keys: Iterable[str]) -> str:
 
 def _to_bytes(data: bytes | np.ndarray) -> bytes:
     if isinstance(data, np.ndarray):
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(data), allow_pickle=False)
-        return buffer.getvalue()
+        return npy_bytes(data)
     return bytes(data)
 
 

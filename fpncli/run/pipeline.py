@@ -51,6 +51,7 @@ from .device import (
     is_out_of_memory,
     model_for_run,
     run_settings,
+    yield_to_model,
 )
 from .steps import (
     Decoded,
@@ -197,7 +198,8 @@ class _Runner:
         self.abort = threading.Event()
         self.disk_was_full = False
         self.budget = ByteBudget(options.queue_mb << 20)
-        self.writer = ThreadPoolExecutor(options.writers, thread_name_prefix="fpncli-write")
+        self.writer = ThreadPoolExecutor(options.writers, thread_name_prefix="fpncli-write",
+                                         initializer=_background(self.device))  # fmt: skip
         self.start = time.monotonic()
         self.weights_meta = weights_meta(model)
 
@@ -323,6 +325,11 @@ class _Runner:
         self.summary.batch_size = self.state.batch_size
 
 
+def _background(device: torch.device):
+    """Decode and write threads yield to the model's threads when both run on the CPU."""
+    return yield_to_model if device.type == "cpu" else None
+
+
 def _needs_image(output: OutputOptions) -> bool:
     return output.save_overview or output.overlay
 
@@ -435,7 +442,8 @@ def _feed(runner: _Runner, todo: list[Job], options: RunOptions, input_format) -
     buffered = 0
     pending: deque[tuple[Job, Future]] = deque()
     jobs_iter = iter(todo)
-    with ThreadPoolExecutor(options.workers, thread_name_prefix="fpncli-decode") as decoder:
+    with ThreadPoolExecutor(options.workers, thread_name_prefix="fpncli-decode",
+                            initializer=_background(runner.device)) as decoder:  # fmt: skip
         while not runner.abort.is_set():
             while len(pending) < window and (job := next(jobs_iter, None)) is not None:
                 pending.append((job, decoder.submit(decode, job, options, input_format)))
