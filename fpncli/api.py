@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .io.canvas import check_canvas, parse_canvas
 from .io.preprocess import LoadedImage, Prepared, load_image, resize_for_model
 from .model.fpn import FPN, build_resnet_fpn_backbone
 from .model.layers import fold_frozen_batchnorm
@@ -246,10 +247,13 @@ def extract(
     max_size: int = 1333,
     resize: bool = True,
     precision: str = "fp32",
+    canvas: str | None = None,
 ) -> Extraction:
     """Read (if a path), prepare and run one image; features come back as CPU float32.
 
     An ``np.ndarray`` must be ``(H, W, 3)`` uint8 **RGB** (as from Pillow; flip OpenCV's BGR).
+    ``canvas`` (``"auto"`` or ``"WxH"``, see ``fpncli.io.canvas``) pads the image to that canvas
+    instead of its own size rounded up to 32, as Detectron2's batched inference pads it.
 
     Raises:
         ValueError: ``precision`` fp16 on a CPU, or bf16 on a CPU without AVX512-BF16/AMX (the
@@ -263,10 +267,14 @@ def extract(
     # times slower than fp32, silently.
     check_precision(precision, next(model.parameters()).device)
     input_format = model.weights_info.input if hasattr(model, "weights_info") else DETECTRON2_INPUT
+    canvas = parse_canvas(canvas)
+    check_canvas(canvas, min_size=min_size, max_size=max_size, resize=resize)
     pixels, prepared = resize_for_model(
-        image.rgb, input_format, min_size=min_size, max_size=max_size, resize=resize
-    )
-    batch = model_input(pixels, input_format, next(model.parameters()).device)
+        image.rgb, input_format, min_size=min_size, max_size=max_size, resize=resize,
+        canvas=canvas,
+    )  # fmt: skip
+    pad_to = (prepared.padded_height, prepared.padded_width)
+    batch = model_input(pixels, input_format, next(model.parameters()).device, pad_to=pad_to)
     features = run_backbone(model, batch, precision=precision)
     features = {k: v.float().cpu().contiguous() for k, v in features.items()}
     return Extraction(features, image, prepared)
@@ -278,6 +286,6 @@ def extract_features(
     """``{"p2": (1, 256, H/4, W/4), ..., "p6": ...}`` float32 CPU tensors for one image.
 
     Keyword arguments are those of ``extract`` (``min_size``, ``max_size``, ``resize``,
-    ``precision``).
+    ``precision``, ``canvas``).
     """
     return extract(image, model, **kwargs).features

@@ -108,6 +108,14 @@ class _ExtractCommand(click.Command):
 )
 @click.option("--no-resize", is_flag=True, help="Keep the image size (still padded to 32).")
 @click.option(
+    "--canvas",
+    default=None,
+    help="Pad every resized image to a fixed canvas, as Detectron2 pads a batch: WxH "
+    "(multiples of 32), or auto (1344x800 for landscape, 800x1344 for portrait with the default "
+    "sizes). Fixed shapes, mixed sizes per batch; features near the right/bottom edge then match "
+    "Detectron2's batched inference, not its single-image inference. Default: none.",
+)
+@click.option(
     "--batch-size", type=click.IntRange(min=1), default=None, help="Default: 1 on CPU, 8 on CUDA."
 )
 @click.option(
@@ -195,8 +203,8 @@ class _ExtractCommand(click.Command):
 @_friendly
 def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, no_heatmaps,
             no_overview, overlay, channel, reduce, cmap, clip, min_size, max_size, no_resize,
-            batch_size, workers, writers, compile_model, from_list, overwrite, resume, force,
-            shard, gpus, max_pixels, seed, out_format, shard_size, engine, ray_address,
+            canvas, batch_size, workers, writers, compile_model, from_list, overwrite, resume,
+            force, shard, gpus, max_pixels, seed, out_format, shard_size, engine, ray_address,
             gpu_workers, gpus_per_worker, scale) -> None:  # fmt: skip
     """Extract P2-P6 for images, folders (recursive) and globs into OUT/<image>/."""
     if not inputs and from_list is None:
@@ -232,7 +240,8 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         levels=levels, dtype=dtype, save_npy=not no_npy,
         save_heatmaps=not no_heatmaps, save_overview=not no_overview, overlay=overlay,
         channel=channel, reduce=reduce, cmap=cmap, clip=clip, min_size=min_size,
-        max_size=max_size, resize=not no_resize,
+        max_size=max_size, resize=not no_resize, canvas=_checked_canvas(
+            canvas, min_size, max_size, not no_resize, max_pixels or DEFAULT_MAX_PIXELS),
     )  # fmt: skip
     _check_scale(scale, output, out_format)
     _check_installed(engine, out_format)
@@ -326,6 +335,20 @@ def _check_installed(engine: str, out_format: str) -> None:
             ) from None
     if engine == "ray" or out_format == "wds":
         require_wds()  # shards and the Ray engine go through fsspec and pyarrow
+
+
+def _checked_canvas(canvas: str | None, min_size: int, max_size: int, resize: bool,
+                    max_pixels: int) -> str | None:  # fmt: skip
+    """``--canvas`` in its canonical form, checked against the other options."""
+    from ..io.canvas import check_canvas, parse_canvas
+
+    try:
+        canvas = parse_canvas(canvas)
+        check_canvas(canvas, min_size=min_size, max_size=max_size, resize=resize,
+                     max_pixels=max_pixels)  # fmt: skip
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--canvas") from None
+    return canvas
 
 
 def _check_scale(scale: str, output, out_format: str) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import __version__
 from ..model.fpn import LEVELS, OUTPUT_CHANNELS, OUTPUT_STRIDES, OUTPUTS
+from .canvas import check_canvas, parse_canvas
 from .guard import folder_lock, is_disk_full, open_regular, pid_alive
 from .npy import write_npy
 from .preprocess import LoadedImage, Prepared
@@ -81,6 +82,7 @@ class OutputOptions:
     min_size: int = 800
     max_size: int = 1333
     resize: bool = True
+    canvas: str | None = None  # None: each image padded to a multiple of 32; "auto" or "WxH"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +96,9 @@ class OutputOptions:
         lo, hi = self.clip
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError(f"clip must be percentiles 0 <= LO < HI <= 100, got {self.clip}")
+        object.__setattr__(self, "canvas", parse_canvas(self.canvas))  # canonical: auto or WxH
+        check_canvas(self.canvas, min_size=self.min_size, max_size=self.max_size,
+                     resize=self.resize)  # fmt: skip
 
 
 def atomic_write_bytes(path: Path, data: bytes | np.ndarray) -> int:
@@ -171,11 +176,14 @@ def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: 
     modification time), the weights, the precision and the output options. A complete folder
     with the same key is skipped on resume; a different key means re-extract."""
     stat = Path(image_path).stat()
+    chosen = asdict(options)
+    if chosen["canvas"] is None:  # as before canvases existed: earlier runs still resume
+        del chosen["canvas"]
     material = {
         "input": [os.path.realpath(image_path), stat.st_size, stat.st_mtime_ns],
         "weights": [weights.get("name"), weights.get("sha256"), weights.get("seed")],
         "precision": precision,
-        "options": asdict(options),
+        "options": chosen,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -425,6 +433,9 @@ def _write_all(folder, write, levels, image, prepared, options, weights, device,
             "scale_y": prepared.scale_y,
             "padded_width": prepared.padded_width,
             "padded_height": prepared.padded_height,
+            # "auto" or "WxH": padded to that canvas (Detectron2's batched padding), not to
+            # the image's own size rounded up to 32; null: single-image padding
+            "canvas": options.canvas,
             "pixel_mean": list(prepared.pixel_mean),
             "pixel_std": list(prepared.pixel_std),
             "min_size": options.min_size,

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..weights.registry import InputFormat
+from .canvas import canvas_for
 from .guard import open_regular
 
 __all__ = [
@@ -267,12 +268,16 @@ def resize_for_model(
     resize: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     size_divisibility: int = 32,
+    canvas: str | None = None,
 ) -> tuple[np.ndarray, Prepared]:
     """Step 3 on an RGB uint8 ``(H, W, 3)`` image: the resized pixels, still uint8 **RGB**, and
     the ``Prepared`` record of how the model input will be made from them (``tensor`` is None:
     steps 2 and 4 run in torch on the model's device, ``fpncli.model.normalize``).
 
-    A resized size over ``max_pixels`` is refused (ValueError) before anything is allocated.
+    The padded size is the resized size rounded up to ``size_divisibility``, or with ``canvas``
+    (``"auto"`` or ``"WxH"``, see ``fpncli.io.canvas``) the canvas the image goes on; an image
+    larger than a fixed canvas is refused (ValueError). A resized size over ``max_pixels`` is
+    refused (ValueError) before anything is allocated.
     """
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.dtype} {rgb.shape}")
@@ -280,6 +285,11 @@ def resize_for_model(
         raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
     height, width = rgb.shape[:2]
     check_resized_size(height, width, min_size, max_size, resize, max_pixels)
+    new_h, new_w = resized_shape(height, width, min_size, max_size) if resize else (height, width)
+    d = size_divisibility
+    padded = (math.ceil(new_h / d) * d, math.ceil(new_w / d) * d)
+    if canvas is not None:  # refused before the resize when it does not fit
+        padded = canvas_for(new_h, new_w, canvas, min_size=min_size, max_size=max_size)
     if resize:
         image = resize_shortest_edge(rgb, min_size, max_size)
         scale = min_size / min(height, width)
@@ -287,8 +297,7 @@ def resize_for_model(
             scale = max_size / max(height, width)
     else:
         image, scale = rgb, 1.0
-    new_h, new_w = image.shape[:2]
-    d = size_divisibility
+    assert image.shape[:2] == (new_h, new_w), "resized_shape and the resize disagree"
     prepared = Prepared(
         tensor=None,
         color_order=input_format.color_order,
@@ -299,8 +308,8 @@ def resize_for_model(
         scale_x=new_w / width,
         pixel_mean=tuple(input_format.pixel_mean),
         pixel_std=tuple(input_format.pixel_std),
-        padded_height=math.ceil(new_h / d) * d,
-        padded_width=math.ceil(new_w / d) * d,
+        padded_height=padded[0],
+        padded_width=padded[1],
     )
     return np.ascontiguousarray(image), prepared
 

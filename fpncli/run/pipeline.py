@@ -7,7 +7,9 @@ schedules them.
 Every stage is joined to the next by a bounded window, so memory depends on the batch size and
 the number of workers, never on the number of images. Images are batched only with images of the
 same padded shape, so each image's features are exactly those Detectron2's DefaultPredictor
-computes for it alone (a bigger canvas would change the cells near the bottom/right border).
+computes for it alone (a bigger canvas would change the cells near the bottom/right border). With
+``OutputOptions.canvas`` the padded shape is the canvas (``io.canvas``): images of different sizes
+share batches, and their features are those of Detectron2's batched inference.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from PIL import Image
 
 from ..api import check_precision
+from ..io.canvas import canvas_for
 from ..io.guard import is_disk_full, open_regular
 from ..io.inputs import (
     IMAGE_EXTENSIONS,
@@ -112,6 +115,12 @@ def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32
         if options.resize:
             height, width = resized_shape(height, width, options.min_size, options.max_size)
         padded = (math.ceil(height / 32) * 32, math.ceil(width / 32) * 32)
+        if options.canvas is not None:
+            try:
+                padded = canvas_for(height, width, options.canvas, min_size=options.min_size,
+                                    max_size=options.max_size)  # fmt: skip
+            except ValueError:  # reported when the image is decoded
+                continue
         sizes.append(estimate_bytes_per_image(*padded, options))
     per_image = max(sizes) if sizes else estimate_bytes_per_image(800, 1344, options)
     return per_image * len(jobs)

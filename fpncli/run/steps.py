@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..api import run_backbone
+from ..io.canvas import check_canvas
 from ..io.inputs import Job
 from ..io.outputs import LevelResult, OutputOptions, run_key, write_image_outputs
 from ..io.preprocess import DEFAULT_MAX_PIXELS, LoadedImage, Prepared, load_image, resize_for_model
@@ -65,6 +66,9 @@ class RunOptions:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+        out = self.output
+        check_canvas(out.canvas, min_size=out.min_size, max_size=out.max_size,
+                     resize=out.resize, max_pixels=self.max_pixels)  # fmt: skip
 
 
 def weights_meta(model: FPN) -> dict:
@@ -102,7 +106,7 @@ def decode(job: Job, options: RunOptions, input_format: InputFormat) -> Decoded:
     out = options.output
     pixels, prepared = resize_for_model(
         image.rgb, input_format, min_size=out.min_size, max_size=out.max_size, resize=out.resize,
-        max_pixels=options.max_pixels,
+        max_pixels=options.max_pixels, canvas=out.canvas,
     )  # fmt: skip
     return Decoded(job, image, prepared, pixels, time.perf_counter() - start)
 
