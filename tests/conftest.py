@@ -29,3 +29,30 @@ def sample_extraction(tmp_path_factory):
         result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def sample_shards(tmp_path_factory):
+    """The same extraction as ``sample_extraction`` written with ``--format wds`` (one image per
+    shard: three shards), plus a broken input that fails (its row in the index says why).
+    Skipped without pyarrow and fsspec. Tests must not modify it."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
+    pytest.importorskip("fsspec", reason="--format wds needs fsspec (fpncli[wds])")
+    base = tmp_path_factory.mktemp("sample-shards")
+    broken = base / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    args = ["extract", str(samples), str(broken), "-o", str(base / "out"), "--format", "wds"]
+    args += ["--shard-size", "500KB", "--weights", "random", "--min-size", "64"]
+    args += ["--max-size", "128", "--workers", "1"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FPNCLI_HOME", str(tmp_path_factory.mktemp("fpncli-home-session")))
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 1 and "broken.jpg" in result.output, result.output
+    return base / "out"

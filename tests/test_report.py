@@ -132,7 +132,13 @@ window.addEventListener('load', () => {
 
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install "
                     "chromium): the report is not checked in a real browser")  # fmt: skip
-def test_report_in_headless_chromium(report_dir, tmp_path):
+@pytest.mark.parametrize("layout", ["files", "wds"])
+def test_report_in_headless_chromium(layout, request, tmp_path):
+    if layout == "files":
+        report_dir = request.getfixturevalue("report_dir")
+    else:  # a --format wds output: thumbnails made from the tar shards
+        report_dir = tmp_path / "wds"
+        shutil.copytree(request.getfixturevalue("sample_shards"), report_dir)
     write_report(report_dir, page_size=2)
     page = report_dir / "report.html"
     # A copy of the page beside it, with a script that records which images loaded.

@@ -28,6 +28,7 @@ __all__ = [
     "load_extraction",
     "find_extractions",
     "read_npy",
+    "npy_from_bytes",
     "level_file",
     "manifest_levels",
 ]
@@ -42,12 +43,18 @@ class LoadedExtraction:
         manifest: the parsed ``manifest.json``.
         levels: level name -> ``(1, C, H/S, W/S)`` array, memory-mapped read-only (float32 or
             float16 as saved), covering the padded input; only the levels whose ``.npy`` exists.
+            From a tar shard: read-only arrays over the member's bytes.
+        key: the image's path relative to its output root (``sub/a``), when read through
+            ``io.catalog``.
+        shard: the tar shard holding it (``--format wds`` outputs), else None.
     """
 
     folder: Path
     manifest: dict = field(repr=False)
     levels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _image: np.ndarray | None = field(default=None, repr=False)
+    key: str | None = None
+    shard: str | None = None
 
     @property
     def name(self) -> str:
@@ -147,6 +154,36 @@ def read_npy(path: str | Path, *, mmap: bool = False) -> np.ndarray:
             f.seek(0)
             return np.lib.format.read_array(f, allow_pickle=False)
     return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def npy_from_bytes(data: bytes, name: str = ".npy member") -> np.ndarray:
+    """A ``.npy`` held in memory (a tar member) as a read-only array over ``data``, with the
+    checks ``read_npy`` makes: no pickled objects, and a header the bytes really back.
+
+    Raises:
+        ValueError: not a ``.npy``, or a header declaring more than the bytes hold.
+    """
+    import io
+
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, SyntaxError, TypeError) as e:
+        raise ValueError(f"{name}: not a readable .npy file ({e})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{name}: holds Python objects, not numbers: refused")
+    count = math.prod(shape)
+    if count * dtype.itemsize > len(data) - f.tell():
+        raise ValueError(
+            f"{name}: its header declares a {shape} {dtype} array but the member holds "
+            f"{len(data) - f.tell()} bytes of data: truncated or forged"
+        )
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=f.tell())
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def load_extraction(path: str | Path, *, mmap: bool = True) -> LoadedExtraction:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.extraction import LoadedExtraction, find_extractions, load_extraction
+from ..io.catalog import Extractions, open_extractions
+from ..io.extraction import LoadedExtraction
 from ..io.outputs import atomic_write_bytes
 from .visualize import overview_png
 
@@ -153,21 +154,34 @@ def _geometry_mismatch(a: LoadedExtraction, b: LoadedExtraction, levels: list[st
     return None
 
 
-def _pair(root_a: Path, root_b: Path) -> list[tuple[str, Path | None, Path | None]]:
-    """(key, folder in A, folder in B) for every image of either root."""
-    if (root_a / "manifest.json").is_file() or (root_b / "manifest.json").is_file():
-        return [(root_a.name, root_a, root_b)]
-    in_a = {p.relative_to(root_a).as_posix(): p for p in find_extractions(root_a)}
-    in_b = {p.relative_to(root_b).as_posix(): p for p in find_extractions(root_b)}
-    return [(k, in_a.get(k), in_b.get(k)) for k in sorted(set(in_a) | set(in_b))]
+def _pair(found_a: Extractions, found_b: Extractions) -> list[tuple[str, str | None, str | None]]:
+    """(key, key in A, key in B) for every image of either root, in an order that reads each
+    side's shards one after the other (A's storage order, then B's): a shard's member table is
+    built once, not once per image."""
+    keys_a, keys_b = found_a.keys(), found_b.keys()
+    if found_a.single or found_b.single:  # an image folder against one image of the other side
+        single = keys_a[0] if found_a.single else keys_b[0]
+        other = keys_b if found_a.single else keys_a
+        match = other[0] if len(other) == 1 else (single if single in other else None)
+        return [(single, single, match) if found_a.single else (single, match, single)]
+    rank_b = {k: i for i, k in enumerate(keys_b)}
+    in_a = set(keys_a)
+    pairs = [(k, k, k if k in rank_b else None) for k in keys_a]
+    if found_a.format == "wds":  # A shard by shard, and within one B's shards one by one
+        shard_a = {k: found_a.shard(k) for k in keys_a}
+        pairs.sort(key=lambda p: (shard_a[p[0]], rank_b.get(p[0], -1)))
+    elif found_b.format == "wds":
+        pairs.sort(key=lambda p: rank_b.get(p[0], -1))
+    pairs += [(k, None, k) for k in keys_b if k not in in_a]
+    return pairs
 
 
-def _compare_one(key, folder_a, folder_b, levels, out, cmap) -> ImageDiff:
+def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap) -> ImageDiff:
     result = ImageDiff(key)
-    if folder_a is None or folder_b is None:
-        result.skipped = f"only in {'B' if folder_a is None else 'A'}"
+    if key_a is None or key_b is None:
+        result.skipped = f"only in {'B' if key_a is None else 'A'}"
         return result
-    a, b = load_extraction(folder_a), load_extraction(folder_b)
+    a, b = found_a.load(key_a), found_b.load(key_b)
     common = [n for n in a.levels if n in b.levels and (levels is None or n in levels)]
     if not common:
         result.skipped = "no level saved (as .npy) in both"
@@ -205,7 +219,10 @@ def diff_extractions(
     out: str | Path | None = None,
     cmap: str = "magma",
 ) -> DiffResult:
-    """Compare two extractions (two image folders, or two output roots of the same inputs).
+    """Compare two extractions (two image folders, or two output roots of the same inputs),
+    image by image (by key: the image's path below its root). Either root may be a folder of
+    image folders or the output of a ``--format wds`` run (tar shards; a folder or a URL); one
+    image at a time is read.
 
     Args:
         a: the reference extraction.
@@ -218,16 +235,20 @@ def diff_extractions(
     Raises:
         FileNotFoundError: a root that does not exist or holds no extraction.
     """
-    root_a, root_b = Path(a), Path(b)
-    for root in (root_a, root_b):
-        if not root.is_dir():
+    for root in (a, b):
+        if "://" not in str(root) and not Path(root).is_dir():
             raise FileNotFoundError(f"no such extraction folder: {root}")
-    pairs = _pair(root_a, root_b)
+    found_a, found_b = open_extractions(a), open_extractions(b)
+    pairs = _pair(found_a, found_b)
     if not pairs:
-        raise FileNotFoundError(f"no complete extraction (manifest.json) under {a} or {b}")
+        raise FileNotFoundError(
+            f"no complete extraction (manifest.json, or index.parquet) under {a} or {b}"
+        )
     out_dir = Path(out) if out is not None else None
-    images = [_compare_one(k, fa, fb, levels, out_dir, cmap) for k, fa, fb in pairs]
-    result = DiffResult(str(root_a), str(root_b), tol, images)
+    images = [_compare_one(k, found_a, ka, found_b, kb, levels, out_dir, cmap)
+              for k, ka, kb in pairs]  # fmt: skip
+    images.sort(key=lambda i: i.key)
+    result = DiffResult(str(a), str(b), tol, images)
     if out_dir is not None:
         write_tables(result, out_dir)
     log.info("diff %s %s: %d images, %d compared", a, b, len(images), len(result.compared))

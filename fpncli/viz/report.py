@@ -10,13 +10,15 @@ be copied or zipped as it is.
 
 from __future__ import annotations
 
+import collections
 import functools
 import html
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -24,7 +26,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .. import __version__
-from ..io.extraction import LoadedExtraction, find_extractions, load_extraction, read_run_log
+from ..io.catalog import Extractions, open_extractions
+from ..io.extraction import read_run_log
 from ..io.guard import open_regular
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
@@ -101,11 +104,11 @@ def _level_thumbnail(map2d: np.ndarray, height: int, cmap: str, rng) -> np.ndarr
     return cv2.resize(colours, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
-def _process(index: int, ex: LoadedExtraction, root: Path, thumbs: Path, height: int,
-             ranges: dict | None) -> tuple[_Row, dict]:  # fmt: skip
-    """Thumbnails of one image; returns its grid row and per level (sample, valid shape)."""
-    rel = ex.folder.relative_to(root).as_posix()
-    key, here = (ex.folder.name, "") if rel == "." else (rel, f"{rel}/")
+def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int,
+             ranges: dict | None) -> tuple[_Row, dict, dict, int]:  # fmt: skip
+    """Thumbnails of one image; returns its grid row, per level (sample, valid shape), its
+    manifest and its bytes. Only this image's arrays are in memory (or mapped) meanwhile."""
+    ex = found.load(key)
     heat = ex.manifest.get("heatmap", {})
     reduce, channel = heat.get("reduce", "channel"), int(heat.get("channel", 0))
     cmap = heat.get("cmap", "viridis")
@@ -117,13 +120,13 @@ def _process(index: int, ex: LoadedExtraction, root: Path, thumbs: Path, height:
         row.input_thumb = f"{_ASSETS}/thumbs/{stem}_input.png"
     inp = ex.manifest.get("input", {})
     row.size = f"{inp.get('width')}x{inp.get('height')}"
-    if ex.manifest.get("overview") and (ex.folder / ex.manifest["overview"]).is_file():
-        row.overview = f"{here}{ex.manifest['overview']}"
+    row.overview = found.link(key, ex.manifest.get("overview"))
     samples = {}
     for name, meta in ex.manifest.get("levels", {}).items():
         for kind in ("heatmap", "overlay", "file"):
-            if meta.get(kind) and (ex.folder / meta[kind]).is_file():
-                row.links[name] = f"{here}{meta[kind]}"
+            link = found.link(key, meta.get(kind))
+            if link:
+                row.links[name] = link
                 break
         if name not in ex.levels:
             row.levels[name] = None
@@ -135,7 +138,24 @@ def _process(index: int, ex: LoadedExtraction, root: Path, thumbs: Path, height:
         thumb = _level_thumbnail(map2d, height, cmap, rng)
         atomic_write_bytes(thumbs / f"{stem}_{name}.png", _png(thumb))
         row.levels[name] = f"{_ASSETS}/thumbs/{stem}_{name}.png"
-    return row, samples
+    return row, samples, ex.manifest, found.size(key)
+
+
+def _process_item(item: tuple[int, str], **kwargs) -> tuple[_Row, dict, dict, int]:
+    return _process(item[0], item[1], kwargs["found"], kwargs["thumbs"], kwargs["height"],
+                    kwargs["ranges"])  # fmt: skip
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
+    """``pool.map`` with at most ``window`` items in flight, in order: a folder of any size
+    holds only that many images' arrays at once."""
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _histogram_png(stats: dict[str, LevelStats], path: Path) -> None:
@@ -224,47 +244,63 @@ def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int) -> str:
     return "\n".join(out)
 
 
-def _folder_bytes(folder: Path) -> int:
-    total = 0
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_file(follow_symlinks=False):
-                total += entry.stat().st_size
-    return total
-
-
-def _count(values) -> str:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
+def _count(counts: collections.Counter) -> str:
+    if not counts:
+        return "-"
     if len(counts) == 1:
         return html.escape(next(iter(counts)))
     return ", ".join(f"{html.escape(k)} ({n} images)" for k, n in sorted(counts.items()))
 
 
-def _summary(root: Path, manifests: list[dict], byte_count: int, run: dict | None) -> str:
-    weights = [
-        f"{m.get('weights', {}).get('name')} (sha256 {m.get('weights', {}).get('sha256') or '-'})"
-        for m in manifests
-    ]
-    random = sum(bool(m.get("weights", {}).get("random")) for m in manifests)
+@dataclass
+class _Tally:
+    """The summary's counts, one manifest at a time (no manifest is kept)."""
+
+    images: int = 0
+    random: int = 0
+    bytes: int = 0
+    counts: dict[str, collections.Counter] = field(
+        default_factory=lambda: collections.defaultdict(collections.Counter)
+    )
+
+    def add(self, manifest: dict, size: int) -> None:
+        weights = manifest.get("weights") or {}
+        self.images += 1
+        self.random += bool(weights.get("random"))
+        self.bytes += size
+        sha = weights.get("sha256") or "-"
+        self.counts["weights"][f"{weights.get('name')} (sha256 {sha})"] += 1
+        for what in ("precision", "device", "fpncli_version"):
+            self.counts[what][str(manifest.get(what))] += 1
+
+
+def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None) -> str:
     parts = []
-    if random:
+    if tally.random:
         parts.append(
-            f'<div class="banner">RANDOM, UNTRAINED WEIGHTS: {random} of {len(manifests)} images '
-            "were extracted with --weights random; these maps show the architecture, not what a "
-            "trained detector sees.</div>"
+            f'<div class="banner">RANDOM, UNTRAINED WEIGHTS: {tally.random} of {tally.images} '
+            "images were extracted with --weights random; these maps show the architecture, not "
+            "what a trained detector sees.</div>"
         )
-    failed = (run or {}).get("failed") or []
+    failed = found.failures()
+    if found.format == "wds":
+        n = len(found.shards())
+        layout = f"{n} WebDataset tar shard{'s' * (n != 1)} and index.parquet (--format wds)"
+        failed_row = ("images failed (index)", str(len(failed)))
+    else:
+        layout = "one folder per image" if not found.single else "one image folder"
+        count = str(len(failed)) if run else "unknown (no run.json)"
+        failed_row = ("images failed (last run)", count)
     rows = [
-        ("folder", html.escape(str(root.resolve()))),
-        ("images done", str(len(manifests))),
-        ("images failed (last run)", str(len(failed)) if run else "unknown (no run.json)"),
-        ("weights", _count(weights) if manifests else "-"),
-        ("precision", _count(str(m.get("precision")) for m in manifests) if manifests else "-"),
-        ("device", _count(str(m.get("device")) for m in manifests) if manifests else "-"),
-        ("bytes", f"{byte_count:,} ({byte_count / 1e6:.1f} MB)"),
-        ("fpncli version", _count(str(m.get("fpncli_version")) for m in manifests) or "-"),
+        ("folder", html.escape(str(root))),
+        ("layout", html.escape(layout)),
+        ("images done", str(tally.images)),
+        failed_row,
+        ("weights", _count(tally.counts["weights"])),
+        ("precision", _count(tally.counts["precision"])),
+        ("device", _count(tally.counts["device"])),
+        ("bytes", f"{tally.bytes:,} ({tally.bytes / 1e6:.1f} MB)"),
+        ("fpncli version", _count(tally.counts["fpncli_version"])),
         ("report by", f"fpncli {__version__}"),
     ]
     if run and run.get("aborted"):
@@ -273,8 +309,7 @@ def _summary(root: Path, manifests: list[dict], byte_count: int, run: dict | Non
     parts.append(f"<h2>Summary</h2><table>{table}</table>")
     if failed:
         items = "".join(
-            f"<tr><td>{html.escape(str(f.get('path')))}</td><td>{html.escape(str(f.get('reason')))}"
-            "</td></tr>"
+            f"<tr><td>{html.escape(f.path)}</td><td>{html.escape(f.reason)}</td></tr>"
             for f in failed
         )
         parts.append(f"<h3>Failed</h3><table><tr><th>input</th><th>reason</th></tr>{items}</table>")
@@ -338,47 +373,66 @@ def write_report(
     """
     if page_size < 1 or thumb_height < 8:
         raise ValueError("page_size must be >= 1 and thumb_height >= 8")
+    if "://" in str(root):
+        raise ValueError(
+            f"fpncli report writes report.html beside the extraction: give a local folder, not "
+            f"{root} (copy its index and shards, or mount it)"
+        )
     root = Path(root)
-    folders = find_extractions(root)
+    found = open_extractions(root)
+    keys = found.keys()
     run = read_run_log(root)
-    if not folders and not run:
-        raise FileNotFoundError(f"{root} holds no complete extraction (no manifest.json under it)")
+    if not keys and not run and not found.failures():
+        raise FileNotFoundError(
+            f"{root} holds no complete extraction (no manifest.json under it, no index.parquet)"
+        )
     assets = root / _ASSETS
     if assets.is_dir():  # thumbnails and pages of an earlier report
         shutil.rmtree(assets)
     (assets / "thumbs").mkdir(parents=True)
-    extractions = [load_extraction(f) for f in folders]
-    manifests = [ex.manifest for ex in extractions]
-    heat = (manifests[0].get("heatmap") or {}) if manifests else {}
-    ranges = run_ranges(manifests, scale, reduce=heat.get("reduce", "channel"),
-                        channel=int(heat.get("channel", 0))) if manifests else None  # fmt: skip
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(
-            lambda item: _process(item[0], item[1], root, assets / "thumbs", thumb_height, ranges),
-            enumerate(extractions),
-        ))  # fmt: skip
+    ranges = None
+    if keys:  # level|shared: a first pass over the manifests only (no tensor is read)
+        heat = found.manifest(keys[0]).get("heatmap") or {}
+        ranges = run_ranges((m for _, m in found.manifests()), scale,
+                            reduce=heat.get("reduce", "channel"),
+                            channel=int(heat.get("channel", 0)))  # fmt: skip
     stats: dict[str, LevelStats] = {}
-    for ex, (_, samples) in zip(extractions, results):
-        for name, (sample, shape) in samples.items():
-            meta = ex.manifest["levels"][name]
-            accumulate(stats.setdefault(name, LevelStats(name)), None, meta, sample, shape)
-    rows = [row for row, _ in results]
-    levels = _order({n for ex in extractions for n in ex.manifest.get("levels", {})})
-    byte_count = sum(_folder_bytes(ex.folder) for ex in extractions)
+    tally = _Tally()
+    rows: list[_Row] = []
+    levels: set[str] = set()
+    threads = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        work = functools.partial(_process_item, found=found, thumbs=assets / "thumbs",
+                                 height=thumb_height, ranges=ranges)  # fmt: skip
+        for row, samples, manifest, size in _bounded_map(pool, work, enumerate(keys), threads + 1):
+            tally.add(manifest, size)
+            levels.update(manifest.get("levels", {}))
+            for name, (sample, shape) in samples.items():
+                meta = manifest["levels"][name]
+                accumulate(stats.setdefault(name, LevelStats(name)), None, meta, sample, shape)
+            rows.append(row)
+    rows.sort(key=lambda r: r.key)  # shards are read in storage order; the grid is by key
+    levels = _order(levels)
     if stats:
         _histogram_png(stats, assets / "histograms.png")
     pages = max(1, -(-len(rows) // page_size))
+    shard_note = (
+        "<p class=muted>The images lie in tar shards (--format wds), so the thumbnails link to "
+        f"nothing larger: <code>fpncli show {html.escape(str(root))} --key KEY --level all</code> "
+        "draws one.</p>"
+        if found.format == "wds"
+        else ""
+    )
     for page in range(1, pages + 1):
         chunk = rows[(page - 1) * page_size : page * page_size]
         prefix = "" if page == 1 else "../"
         nav = _nav(page, pages, prefix)
         title = f"fpncli report: {root.resolve().name}"
         grid = f"<h2>Images {(page - 1) * page_size + 1}-{(page - 1) * page_size + len(chunk)}"
-        grid += (
-            f" of {len(rows)}</h2>{nav}{_grid(chunk, levels, prefix, (page - 1) * page_size + 1)}"
-        )
+        grid += f" of {len(rows)}</h2>{shard_note}{nav}"
+        grid += _grid(chunk, levels, prefix, (page - 1) * page_size + 1)
         if page == 1:
-            summary = _summary(root, manifests, byte_count, run)
+            summary = _summary(root, found, tally, run)
             body = [f"<h1>{html.escape(title)}</h1>", summary, _scale_note(scale, ranges)]
             if stats:
                 hist = f'<img class="hist" src="{_ASSETS}/histograms.png" alt="histograms">'

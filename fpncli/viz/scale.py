@@ -15,6 +15,7 @@ over all channels. A level's run range spans its images' ranges.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["SCALES", "run_ranges", "extraction_root"]
@@ -31,7 +32,7 @@ def _finite_pair(value) -> tuple[float, float] | None:
 
 
 def run_ranges(
-    manifests: list[dict], scale: str, *, reduce: str = "channel", channel: int = 0
+    manifests: Iterable[dict], scale: str, *, reduce: str = "channel", channel: int = 0
 ) -> dict[str, tuple[float, float]] | None:
     """level -> (vmin, vmax) for ``scale`` over the manifests of a run; None for ``image``.
 

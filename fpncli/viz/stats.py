@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["sample_level", "LevelStats", "accumulate"]
+__all__ = ["sample_level", "LevelStats", "accumulate", "KEEP_VALUES"]
 
 #: About this many values are sampled per image and level.
 SAMPLE_VALUES = 32_768
@@ -39,10 +39,17 @@ def sample_level(valid: np.ndarray, max_values: int = SAMPLE_VALUES) -> np.ndarr
     return np.concatenate(parts)
 
 
+#: At most this many sampled values per level are kept for the histogram (8 MB): past it the
+#: kept samples are thinned, so a folder of any size draws its histogram in bounded memory.
+KEEP_VALUES = 1 << 21
+
+
 @dataclass
 class LevelStats:
     """One level across a folder. ``min``/``max``/``mean`` are exact (over every value of every
-    image, from the manifests); ``std`` and ``zero_fraction`` come from the samples."""
+    image, from the manifests); ``std`` and ``zero_fraction`` come from the samples (running sums
+    over every sampled value); the histogram from at most ``KEEP_VALUES`` of them, evenly
+    thinned. Memory does not grow with the number of images."""
 
     level: str
     images: int = 0
@@ -50,7 +57,13 @@ class LevelStats:
     min: float = math.inf
     max: float = -math.inf
     sum: float = 0.0
-    samples: list[np.ndarray] = field(default_factory=list, repr=False)
+    sampled_values: int = 0  # finite sampled values behind std and zero_fraction
+    sampled_mean: float = 0.0
+    sampled_m2: float = 0.0  # sum of squared deviations from sampled_mean (Chan et al.)
+    sampled_zeros: int = 0
+    samples: list[np.ndarray] = field(default_factory=list, repr=False)  # kept for the histogram
+    keep_every: int = 1  # the kept samples hold every keep_every-th sampled value
+    keep_values: int = KEEP_VALUES
 
     @property
     def mean(self) -> float:
@@ -58,25 +71,45 @@ class LevelStats:
 
     @property
     def sampled(self) -> np.ndarray:
+        """The kept sample (every ``keep_every``-th sampled finite value)."""
         return np.concatenate(self.samples) if self.samples else np.zeros(0, np.float32)
 
     @property
     def std(self) -> float:
-        sampled = self.sampled
-        return float(sampled.astype(np.float64).std()) if sampled.size else math.nan
+        if not self.sampled_values:
+            return math.nan
+        return math.sqrt(max(0.0, self.sampled_m2 / self.sampled_values))
 
     @property
     def zero_fraction(self) -> float:
-        sampled = self.sampled
-        return float(np.count_nonzero(sampled == 0) / sampled.size) if sampled.size else math.nan
+        return self.sampled_zeros / self.sampled_values if self.sampled_values else math.nan
 
     @property
     def exact(self) -> bool:
         """Whether the samples were every value (then std and zeros are exact too)."""
-        return sum(s.size for s in self.samples) == self.values
+        return self.sampled_values == self.values
+
+    def add_sample(self, sample: np.ndarray) -> None:
+        """Fold one image's sampled values (flat) into the running statistics."""
+        data = np.asarray(sample, dtype=np.float32).ravel()
+        data = data[np.isfinite(data)]
+        n = int(data.size)
+        if n:
+            mean = float(data.mean(dtype=np.float64))
+            m2 = float(np.square(data.astype(np.float64) - mean).sum())
+            total = self.sampled_values + n
+            delta = mean - self.sampled_mean
+            self.sampled_m2 += m2 + delta * delta * self.sampled_values * n / total
+            self.sampled_mean += delta * n / total
+            self.sampled_values = total
+            self.sampled_zeros += int(np.count_nonzero(data == 0))
+        self.samples.append(data[:: self.keep_every].copy())
+        while sum(s.size for s in self.samples) > self.keep_values:
+            self.keep_every *= 2
+            self.samples = [s[::2].copy() for s in self.samples]
 
     def histogram(self, bins: int = 60) -> tuple[np.ndarray, np.ndarray]:
-        """Counts and edges of the sampled values on ``[min, max]``."""
+        """Counts and edges of the kept sampled values on ``[min, max]``."""
         sampled = self.sampled
         lo, hi = (self.min, self.max) if self.values else (0.0, 1.0)
         if not hi > lo:
@@ -119,4 +152,4 @@ def accumulate(
     stats.min = min(stats.min, lo)
     stats.max = max(stats.max, hi)
     stats.sum += mean * count
-    stats.samples.append(sample if sample is not None else sample_level(valid))
+    stats.add_sample(sample if sample is not None else sample_level(valid))
