@@ -141,6 +141,10 @@ def test_report_of_shards(sample_extraction, sample_shards, tmp_path):
     shutil.copytree(sample_extraction, folders)
     write_report(folders, scale="level")
     assert _stats_table(text) == _stats_table((folders / "report.html").read_text())
+    next(out.glob("shard-*.tar")).unlink()  # an index naming a shard that is gone
+    gone = CliRunner().invoke(cli, ["report", str(out)])
+    assert gone.exit_code == 1 and "Traceback" not in gone.output
+    assert re.search(r"shard-\w+\.tar, which the index of .* names for '\w+', is gone", gone.output)
 
 
 def test_diff_between_formats(sample_extraction, sample_shards, tmp_path):
@@ -163,5 +167,10 @@ def test_diff_between_formats(sample_extraction, sample_shards, tmp_path):
     args = ["diff", str(sample_shards), str(sample_shards), "-o", str(tmp_path / "d3")]
     both = runner.invoke(cli, [*args, "--no-pictures"], catch_exceptions=False)
     assert both.exit_code == 0 and "3 of 3 images compared; they agree" in both.output
+    import fsspec  # the shards on an object store (fsspec's memory filesystem)
+
+    fsspec.filesystem("memory").put(str(sample_shards), "/fpncli-diff/out", recursive=True)
+    remote = diff_extractions("memory://fpncli-diff/out", sample_extraction, tol=0.0)
+    assert len(remote.compared) == 3 and remote.agree
     one = diff_extractions(sample_shards, sample_extraction / "coffee")
     assert [(i.key, len(i.levels)) for i in one.images] == [("coffee", 5)]

@@ -244,7 +244,14 @@ class _Shards(Extractions):
         """The members ``KEY.<suffix>`` asked for that the shard holds: {suffix: bytes}."""
         shard = self.shard(key)
         found = {}
-        with self.fs.open(f"{self.path}/{shard}", "rb") as f:
+        try:
+            f = self.fs.open(f"{self.path}/{shard}", "rb")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{shard}, which the index of {self.root} names for {key!r}, is gone: restore "
+                "it, or rerun the extract command with --overwrite"
+            ) from None
+        with f:
             table = self._table(shard, f)
             for suffix in suffixes:
                 place = table.get(f"{key}.{suffix}")

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Remake docs/report_samples_random.png, the README's report screenshot: the sample photos
+# extracted with --weights random into fpn_out/ (a relative path, so the summary shows no
+# machine's folder), `fpncli report --scale level`, a headless Chromium screenshot at 1000 px,
+# cropped to the page and scaled to 800 px. Needs Debian's chromium; PYTHON defaults to python.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+out=fpn_out
+"$PYTHON" -m fpncli extract samples/ -o "$out" --weights random
+"$PYTHON" -m fpncli report "$out" --scale level
+shot=$(mktemp --suffix=.png)
+trap 'rm -f "$shot"' EXIT
+chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1000,1600 \
+    --screenshot="$shot" "file://$PWD/$out/report.html" 2>/dev/null
+"$PYTHON" - "$shot" docs/report_samples_random.png <<'EOF'
+import sys
+
+import numpy as np
+from PIL import Image
+
+image = Image.open(sys.argv[1]).convert("RGB")
+ink = np.where((np.asarray(image) < 250).any(axis=2).any(axis=1))[0]
+bottom = min(image.height, int(ink[-1]) + 20)
+image = image.crop((0, 0, image.width, bottom))
+image = image.resize((800, round(bottom * 800 / image.width)), Image.LANCZOS)
+image.quantize(256).save(sys.argv[2], optimize=True)
+print(f"wrote {sys.argv[2]} ({image.width}x{image.height})")
+EOF
