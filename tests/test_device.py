@@ -20,6 +20,7 @@ from fpncli.io.preprocess import normalize_and_pad, prepare, resize_for_model, t
 from fpncli.model.normalize import normalize_batch
 from fpncli.run.device import (
     ByteBudget,
+    is_out_of_memory,
     local_rank_from_env,
     model_for_run,
     reduce_map,
@@ -49,6 +50,21 @@ def test_local_rank_picks_the_gpu_and_explicit_index_wins():
         select_device("cuda", env={}, cuda_count=0)
     with pytest.raises(ValueError, match="unknown device"):
         select_device("gpu0", env={}, cuda_count=0)
+
+
+def test_a_process_bound_to_one_gpu_uses_it_whatever_its_local_rank():
+    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "3"}
+    # srun --gpus-per-task=1: each task sees only its own GPU, as cuda:0
+    bound = {**slurm, "CUDA_VISIBLE_DEVICES": "3"}
+    assert select_device("auto", env=bound, cuda_count=1) == torch.device("cuda", 0)
+    assert select_device("cuda", env=bound, cuda_count=1) == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="cuda:1: only 1 CUDA"):
+        select_device("cuda:1", env=bound, cuda_count=1)
+    # not bound: the local rank must name a GPU, and the message names the variable it came from
+    with pytest.raises(ValueError, match="SLURM_LOCALID 3: only 2 CUDA"):
+        select_device("auto", env={**slurm, "CUDA_VISIBLE_DEVICES": "0,1"}, cuda_count=2)
+    with pytest.raises(ValueError, match="SLURM_LOCALID 3: only 1 CUDA"):
+        select_device("auto", env=slurm, cuda_count=1)
 
 
 @pytest.mark.parametrize(
@@ -198,6 +214,61 @@ def test_model_for_run_leaves_the_model_alone_on_the_cpu():
     compiled = model_for_run(model, "fp32", compile=True)
     assert compiled is not model and model_for_run(model, "fp32", compile=True) is compiled
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_a_converted_variant_after_a_compiled_one():
+    """A compiled variant in the model's cache must not be deep-copied (it cannot be) when a
+    converted copy is made next, e.g. `bench --compile --precisions fp32,bf16` on CUDA."""
+    model = fpncli.load_backbone("random")
+    compiled = model_for_run(model, "fp32", compile=True)
+    bf16 = model_for_run(model, "bf16", convert=True)
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32
+    assert "_fpncli_run_variants" not in bf16.__dict__  # no copies of the other variants
+    assert model_for_run(model, "bf16", convert=True) is bf16
+    assert model_for_run(model, "fp32", compile=True) is compiled
+    # the compiled bf16 variant runs the converted copy's weights: no second copy
+    assert model_for_run(model, "bf16", compile=True, convert=True)._orig_mod is bf16
+    assert model_for_run(model, "bf16") is model  # on the CPU, bf16 is autocast by default
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be..."), True),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"), True),
+        (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate`"), True),
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), False),
+        (ValueError("out of memory"), False),
+        (MemoryError(), False),
+    ],
+)
+def test_what_counts_as_out_of_memory(error, expected):
+    assert is_out_of_memory(error) is expected
+
+
+def test_packed_views_hold_each_source_apart():
+    """The layout of the one pinned buffer a CUDA batch comes back in (run here on the CPU)."""
+    from fpncli.run.device import _pack, _packed_bytes
+
+    gen = torch.Generator().manual_seed(0)
+    sources = {
+        ("a", "p2"): torch.randn(3, 5, 7, 9, generator=gen).half(),  # odd byte count
+        ("m", 0, "p2"): torch.randn(7, 9, generator=gen),
+        ("m", 1, "p2"): torch.randn(1, 1, generator=gen),
+        ("s",): torch.randn(3, 2, 4, generator=gen).double(),
+    }
+    nbytes = _packed_bytes(sources)
+    buffer = torch.full((nbytes,), 255, dtype=torch.uint8)
+    views = _pack(sources, buffer)
+    for key, src in sources.items():
+        assert views[key].dtype == src.dtype and views[key].shape == src.shape
+        assert views[key].data_ptr() % 64 == buffer.data_ptr() % 64
+        views[key].copy_(src)
+    for key, src in sources.items():  # no view overlaps another
+        assert torch.equal(views[key], src)
+    assert nbytes < sum(t.numel() * t.element_size() for t in sources.values()) + 64 * 4
 
 
 def test_batched_statistics_equal_per_image_ones():

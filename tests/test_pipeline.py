@@ -317,6 +317,24 @@ def test_heatmaps_computed_on_the_device_match_numpy(tmp_path, model):
     assert (tmp_path / "out" / "p5.png").exists() and not (tmp_path / "out" / "p2.npy").exists()
 
 
+def test_writer_threads_take_the_model_device(tmp_path, model, monkeypatch):
+    """CUDA's current device is per thread: each writer sets the model's device, or waiting on a
+    cuda:1 event would make a context on GPU 0 (tests/test_gpu.py checks that on two GPUs)."""
+    import threading
+
+    calls = []
+    monkeypatch.setattr(
+        pipeline, "bind_thread", lambda d: calls.append((threading.current_thread().name, d))
+    )
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(3)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    assert run_jobs(jobs, model, RunOptions(output=SMALL, writers=2)).done == 3
+    names = [name for name, _ in calls]
+    assert any(n.startswith("fpncli-write") for n in names)
+    assert all(n.startswith(("fpncli-write", "fpncli-decode")) for n in names)
+    assert {d for _, d in calls} == {torch.device("cpu")}
+
+
 def test_two_device_workers_share_the_list(tmp_path, model):
     from fpncli.run.multi import run_on_devices
 

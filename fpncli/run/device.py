@@ -29,6 +29,7 @@ __all__ = [
     "local_rank_from_env",
     "select_device",
     "device_context",
+    "bind_thread",
     "run_settings",
     "worker_threads",
     "yield_to_model",
@@ -44,13 +45,19 @@ __all__ = [
 ]
 
 
+def _local_rank(env: Mapping[str, str] | None) -> tuple[int | None, str]:
+    shard_from_env(env)
+    local = env_int("LOCAL_RANK", env)
+    if local is not None:
+        return local, "LOCAL_RANK"
+    return env_int("SLURM_LOCALID", env), "SLURM_LOCALID"
+
+
 def local_rank_from_env(env: Mapping[str, str] | None = None) -> int | None:
     """The process's GPU index on its node: torchrun's ``LOCAL_RANK``, else SLURM's
     ``SLURM_LOCALID``, else None. ``RANK``/``WORLD_SIZE`` are checked too, so garbage in any of
     them is a one-line ValueError before a run starts."""
-    shard_from_env(env)
-    local = env_int("LOCAL_RANK", env)
-    return local if local is not None else env_int("SLURM_LOCALID", env)
+    return _local_rank(env)[0]
 
 
 def select_device(
@@ -62,10 +69,12 @@ def select_device(
     """The device a run uses: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
 
     ``auto`` and ``cuda`` pick GPU ``LOCAL_RANK`` (torchrun) or ``SLURM_LOCALID`` when set, so
-    every process on a node gets its own GPU; an explicit ``cuda:N`` wins.
+    every process on a node gets its own GPU; an explicit ``cuda:N`` wins. A process that the
+    launcher bound to one GPU (``CUDA_VISIBLE_DEVICES`` leaves it one, as SLURM's
+    ``--gpus-per-task=1`` does) uses that GPU whatever its local rank.
     """
     count = torch.cuda.device_count() if cuda_count is None else cuda_count
-    local = local_rank_from_env(env)
+    local, source = _local_rank(env)
     if requested == "auto":
         requested = "cuda" if count > 0 else "cpu"
     try:
@@ -78,9 +87,12 @@ def select_device(
         raise ValueError(f"unsupported device {requested!r}: use auto, cpu, cuda or cuda:N")
     if count == 0:
         raise ValueError(f"device {requested!r} asked for, but CUDA is not available here")
+    bound = count == 1 and (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if device.index is None and bound:
+        return torch.device("cuda", 0)
     index = device.index if device.index is not None else (local or 0)
     if index >= count:
-        where = f"cuda:{index}" if device.index is not None else f"LOCAL_RANK {index}"
+        where = f"cuda:{index}" if device.index is not None else f"{source} {index}"
         raise ValueError(f"{where}: only {count} CUDA device(s) here")
     return torch.device("cuda", index)
 
@@ -88,6 +100,15 @@ def select_device(
 def device_context(device: torch.device):
     """Make ``device`` the current CUDA device for the duration (nothing on the CPU)."""
     return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
+def bind_thread(device: torch.device) -> None:
+    """Make ``device`` the calling thread's current CUDA device (a thread pool's initializer;
+    nothing on the CPU). CUDA's current device is per thread: a thread that never set it makes
+    a context on GPU 0 the first time it calls CUDA (a writer waiting on an event), which costs
+    every process of a ``--gpus`` or ``cuda:N`` run hundreds of MB there."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 @contextmanager
@@ -132,36 +153,51 @@ def yield_to_model() -> None:
 _RUN_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def model_for_run(model: torch.nn.Module, precision: str, *, compile: bool = False):
+def model_for_run(
+    model: torch.nn.Module, precision: str, *, compile: bool = False, convert: bool | None = None
+):
     """The model as a run uses it, made once per model, precision and ``compile`` and cached on
-    the model: on CUDA, fp16/bf16 runs use a copy converted to that dtype (no autocast re-cast
-    of the weights on every forward); ``compile`` wraps it in ``torch.compile`` (static shapes:
-    batches are padded to a fixed size). The model passed in is never changed."""
+    the model: fp16/bf16 runs use a copy converted to that dtype (no autocast re-cast of the
+    weights on every forward; ``convert`` None: on CUDA only, where autocast would re-cast);
+    ``compile`` wraps it in ``torch.compile`` (static shapes: batches are padded to a fixed
+    size), the compiled variant sharing the converted copy's weights. The model passed in is never
+    changed."""
     device = next(model.parameters()).device
-    convert = device.type == "cuda" and precision in _RUN_DTYPES
+    if convert is None:
+        convert = device.type == "cuda"
+    convert = convert and precision in _RUN_DTYPES
     if not convert and not compile:
         return model
     cache = model.__dict__.setdefault("_fpncli_run_variants", {})
     key = (precision if convert else "fp32", compile)
     if key not in cache:
-        variant = model
-        if convert:
-            variant = copy.deepcopy(model).to(_RUN_DTYPES[precision])
-            variant.__dict__.pop("_fpncli_run_variants", None)
         if compile:
-            variant = torch.compile(variant, dynamic=False)
-        cache[key] = variant
+            eager = model_for_run(model, precision, convert=convert)
+            cache[key] = torch.compile(eager, dynamic=False)
+        else:
+            # the cache (other variants, compiled ones included) is not copied: a compiled
+            # module cannot be deep-copied, and the copies would only hold memory
+            variant = copy.deepcopy(model, memo={id(cache): {}})
+            variant.__dict__.pop("_fpncli_run_variants", None)
+            cache[key] = variant.to(_RUN_DTYPES[precision])
     return cache[key]
 
 
+_OOM_TEXT = (
+    "CUDA out of memory",  # the caching allocator (torch.OutOfMemoryError)
+    "CUDA error: out of memory",  # a cudaMalloc outside it (cuDNN/cuBLAS workspaces, Triton)
+    "CUDNN_STATUS",  # cuDNN engine failures that a smaller batch may avoid
+    "cuDNN error",
+    "CUBLAS_STATUS_ALLOC_FAILED",  # a cuBLAS handle or workspace that did not fit
+)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA out of memory, or a cuDNN failure that a smaller batch may avoid."""
+    """CUDA out of memory, or a cuDNN/cuBLAS failure that a smaller batch may avoid."""
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return True
     text = str(error)
-    return isinstance(error, RuntimeError) and (
-        "CUDNN_STATUS" in text or "cuDNN error" in text or "CUDA out of memory" in text
-    )
+    return isinstance(error, RuntimeError) and any(t in text for t in _OOM_TEXT)
 
 
 class ByteBudget:
@@ -244,7 +280,7 @@ class InputStager:
         for i, im in enumerate(images):
             view[i, : im.shape[0], : im.shape[1]] = im
         pixels = host.to(self.device, non_blocking=True)
-        event = torch.cuda.Event()
+        event = torch.cuda.Event(blocking=True)  # waited on by sleeping, not spinning
         event.record(torch.cuda.current_stream(self.device))
         self.events[k] = event
         return pixels
@@ -295,8 +331,8 @@ def reduce_map(level: torch.Tensor, reduce: str, channel: int = 0) -> torch.Tens
         covariance = samples @ samples.T / max(h * w - 1, 1)
         _, vectors = torch.linalg.eigh(covariance)
         component = vectors[:, -1]
-        if component[component.abs().argmax()] < 0:
-            component = -component
+        # the sign that makes the largest loading positive, without a host sync on CUDA
+        component = component * torch.where(component[component.abs().argmax()] < 0, -1.0, 1.0)
         return (component @ samples).reshape(h, w).float()
     raise ValueError(f"unknown reduction {reduce!r}")
 
@@ -404,6 +440,21 @@ def _aligned(nbytes: int) -> int:
     return (nbytes + 63) // 64 * 64
 
 
+def _pack(sources: Mapping, buffer: torch.Tensor) -> dict:
+    """Views of the 1-D uint8 ``buffer``, one per source in order, each with the source's dtype
+    and shape and starting on a 64-byte boundary (``_packed_bytes(sources)`` bytes in all)."""
+    views, offset = {}, 0
+    for key, src in sources.items():
+        size = src.numel() * src.element_size()
+        views[key] = buffer[offset : offset + size].view(src.dtype).view(src.shape)
+        offset += _aligned(size)
+    return views
+
+
+def _packed_bytes(sources: Mapping) -> int:
+    return sum(_aligned(t.numel() * t.element_size()) for t in sources.values())
+
+
 def _level_dtype(options: OutputOptions) -> torch.dtype:
     return torch.float16 if options.dtype == "float16" else torch.float32
 
@@ -450,7 +501,7 @@ def results_to_host(
         clock.mark("reductions")
     sources = {**{("a", k): v for k, v in arrays.items()}, **{("m", *k): v.contiguous()
                for k, v in maps.items()}, ("s",): stats_t}  # fmt: skip
-    nbytes = sum(_aligned(t.numel() * t.element_size()) for t in sources.values())
+    nbytes = _packed_bytes(sources)
     result = BatchResult(count, shapes, arrays, maps, stats_t, tuple(options.levels), nbytes,
                          clock=clock, _remaining=count)  # fmt: skip
     device = stats_t.device
@@ -463,15 +514,11 @@ def results_to_host(
     stream = copy_stream or compute
     stream.wait_stream(compute)
     buffer = pool.take(nbytes) if pool is not None else torch.empty(nbytes, dtype=torch.uint8)
-    host, offset = {}, 0
+    host = _pack(sources, buffer)
     with torch.cuda.stream(stream):
         for key, src in sources.items():
-            size = src.numel() * src.element_size()
-            dst = buffer[offset : offset + size].view(src.dtype).view(src.shape)
-            offset += _aligned(size)
             src.record_stream(stream)  # the allocator must not reuse it before the copy ran
-            dst.copy_(src, non_blocking=True)
-            host[key] = dst
+            host[key].copy_(src, non_blocking=True)
     if clock is not None:
         clock.mark("d2h", stream)  # before the ready event: complete once ``wait`` returns
     event = torch.cuda.Event(blocking=True)

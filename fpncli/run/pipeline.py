@@ -51,6 +51,7 @@ from ..model.fpn import FPN, STAGES
 from .device import (
     BatchResult,
     ByteBudget,
+    bind_thread,
     is_out_of_memory,
     model_for_run,
     run_settings,
@@ -335,8 +336,16 @@ class _Runner:
 
 
 def _background(device: torch.device):
-    """Decode and write threads yield to the model's threads when both run on the CPU."""
-    return yield_to_model if device.type == "cpu" else None
+    """The decode and write threads' initializer: on the CPU they yield to the model's threads;
+    on CUDA they take the model's device as their current one (writers wait on its events: a
+    thread without it would make a context on GPU 0, hundreds of MB per process)."""
+
+    def init() -> None:
+        bind_thread(device)
+        if device.type == "cpu":
+            yield_to_model()
+
+    return init
 
 
 def _needs_image(output: OutputOptions) -> bool:
