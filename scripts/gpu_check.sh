@@ -2,100 +2,201 @@
 # GPU check for fpncli: the GPU tests, model-only rows and end-to-end rows, as one table + JSON.
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]          (default OUT_DIR: ${OUT:-gpu_check_out})
+#   DRY_RUN=1 bash scripts/gpu_check.sh OUT_DIR  (the same steps on the CPU, tiny sizes: checks
+#                                                 the script itself, its time limits and table)
 #
-# Runs in at most ~8 minutes on one H100 (each step has its own time limit; a step that runs out
-# of time is reported and the rest still run), needs no network, writes OUT_DIR/gpu_check.json
-# (every row) and OUT_DIR/gpu_check.txt (the table), and prints the table.
+# Ends within about 7.5 minutes on one H100 (BUDGET_S=450 seconds of steps, each with its own
+# time limit cut to what is left; a step that fails or runs out of time is reported, and the
+# others and the final table still run). Needs no network. Everything is written under OUT_DIR:
+# the scratch (temporary JPEGs and outputs, compile caches) in OUT_DIR/scratch, removed at the
+# end, and then OUT_DIR holds three files: gpu_check.txt (the table, the phase timings and the
+# failures), gpu_check.json (every row, the machine, the phases) and steps.tar.gz (each step's
+# log and JSON). The table is printed too.
 #
-#   1. pytest tests/test_gpu.py tests/test_device.py    (pipeline on cuda:0/cuda:1 == CPU, bf16/fp16
-#      bounds, --gpus with two workers, OOM split under a memory cap)
-#   2. model-only rows, 800x1344: fp32/bf16/fp16 eager at batch 1, 8, 16 (+ max rel. error vs fp32,
-#      % of the card's bf16 peak, peak GPU memory)
-#   3. end-to-end rows on a generated folder of 1080p JPEGs (1080x1920 -> 756x1344, padded
-#      768x1344): heatmaps only and all levels as fp16 .npy (bf16, batch 16), each with the
-#      matching model-only row, the decode rate with all cores and the disk's write speed, so the
-#      ratios the issue asks for are printed (of_min_model_decode, of_disk_rate)
-#   4. the defaults end to end (fp32, batch 8, every output)
-#   5. --compile rows (torch.compile, fixed shapes): bf16 at batch 1, 8, 16; fp16 and fp32 at 16
+# Phases, in this order (the later --compile rows get the time that is left):
+#   tests         pytest tests/test_gpu.py tests/test_device.py: the pipeline on cuda:0 (cuda:1)
+#                 == the CPU, bf16/fp16 bounds, --gpus workers, OOM splitting under a memory cap
+#   model         model-only, 800x1344: fp32/bf16/fp16 eager at batch 1, 8, 16 (max rel. error
+#                 vs fp32, % of the card's bf16 peak, peak GPU memory)
+#   e2e           a generated folder of 1080p JPEGs (1080x1920 -> 756x1344, padded 768x1344),
+#                 bf16 batch 16: heatmaps only and all levels as fp16 .npy, with the decode rate
+#                 of all cores and the disk's write speed (of_min_model_decode, of_disk_rate)
+#   defaults      the defaults end to end (fp32, batch 8, every output)
+#   compile_b16   --compile (torch.compile, fixed shapes), bf16 batch 16: the >= 1,000 img/s row
+#   compile_bf16  --compile bf16 at batch 8 and 1
+#   compile_other --compile fp16 and fp32 at batch 16
 #
-# Wheels to carry to a machine that has only torch (no network there). On a machine with
-# network and the same Python version, run
-#     pip download -d wheels numpy opencv-python-headless matplotlib click pillow pytest
-# and on the GPU machine
-#     pip install --no-index --find-links wheels numpy opencv-python-headless matplotlib click \
-#         pillow pytest
-# (opencv-python-headless provides the same cv2 module as opencv-python, without GUI libraries).
-# fpncli itself runs from this checkout (PYTHONPATH), nothing to install.
+# Python: $PYTHON, else python3, else python. What it must import: torch (with CUDA), numpy,
+# opencv-python(-headless), matplotlib, click, pillow, pytest; fpncli runs from this checkout
+# (PYTHONPATH), nothing to install. A preflight step says what is missing.
+#  - The lent H100/H200 image (python3 3.12, torch 2.11+cu130) has all of them: carry nothing.
+#  - A machine with only torch: carry these wheels, made where there is network with the same
+#    Python version and platform:
+#        pip download -d wheels numpy opencv-python-headless matplotlib contourpy cycler \
+#            fonttools kiwisolver packaging pyparsing python-dateutil six tzdata click pillow \
+#            pytest iniconfig pluggy pygments exceptiongroup tomli
+#    (exceptiongroup and tomli: Python 3.10 only; six: python-dateutil 2.x, tzdata: 4.x), then
+#        pip install --no-index --find-links wheels numpy opencv-python-headless matplotlib \
+#            click pillow pytest
+#    (opencv-python-headless provides the same cv2 module as opencv-python, without GUI libs).
+#  - A machine without torch: add torch's CUDA wheel and its dependencies to the same folder
+#    (`pip download torch --index-url https://download.pytorch.org/whl/cu128 -d wheels` brings
+#    the nvidia-* wheels, triton, filelock, fsspec, jinja2, markupsafe, mpmath, networkx,
+#    setuptools, sympy and typing-extensions; about 3 GB) and install torch the same way.
 set -uo pipefail
 
-cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-gpu_check_out}}"
-mkdir -p "$OUT_DIR"
-PY="${PYTHON:-python}"
+mkdir -p "$OUT_DIR" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+cd "$(dirname "$0")/.."
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
+elif command -v python3 >/dev/null; then PY=python3
+else PY=python; fi
+DRY_RUN="${DRY_RUN:-0}"
+STEPS="$OUT_DIR/steps"
+SCRATCH="$OUT_DIR/scratch"
+rm -rf "$STEPS" "$SCRATCH" "$OUT_DIR/steps.tar.gz" "$OUT_DIR"/gpu_check.{txt,json}
+mkdir -p "$STEPS" "$SCRATCH/tmp" "$SCRATCH/home" "$SCRATCH/mpl"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export OMP_WAIT_POLICY=PASSIVE
-export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$OUT_DIR/inductor-cache}"
-START=$(date +%s)
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 OMP_WAIT_POLICY=PASSIVE
+export TMPDIR="$SCRATCH/tmp" FPNCLI_HOME="$SCRATCH/home" MPLCONFIGDIR="$SCRATCH/mpl"
+export TORCHINDUCTOR_CACHE_DIR="$SCRATCH/inductor" TRITON_CACHE_DIR="$SCRATCH/triton"
 CORES=$(nproc)
 WORKERS=$(( CORES > 4 ? CORES - 2 : 2 ))
 WRITERS=$(( CORES > 8 ? 8 : 2 ))
 
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, never stop the script
+if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
+    DEV=cpu SIZE=64x96 E2E=64x96 SRC=96x128 BATCHES=1,2 BIG=2 MID=1 SMALL=1 PRECS=fp32
+    IMAGES=4 DEFAULT_IMAGES=3 SECONDS=0.05 TESTS="tests/test_gpu.py" COMPILE_PRECS=fp32
+    T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_COMPILE=20 T_REST=20 LOW=fp32
+    BUDGET_S="${BUDGET_S:-300}" DEFAULT_SIZE=64x96
+else
+    DEV=auto SIZE=800x1344 E2E=768x1344 SRC=1080x1920 BATCHES=1,8,16 BIG=16 MID=8 SMALL=1
+    PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 SECONDS=2 COMPILE_PRECS=fp16,fp32
+    TESTS="tests/test_gpu.py tests/test_device.py"
+    T_TESTS=100 T_MODEL=90 T_E2E=90 T_DEFAULTS=50 T_COMPILE=150 T_REST=600 LOW=bf16
+    DEFAULT_SIZE=800x1333
+fi
+START=$(date +%s)
+DEADLINE=$(( START + ${BUDGET_S:-450} ))
+
+step() {  # step NAME LIMIT COMMAND...: run with a time limit cut to what is left; never stops
+    local name=$1 limit=$2 now left t0 rc
+    shift 2
+    now=$(date +%s)
+    left=$(( DEADLINE - now - 10 ))  # 10 s: the kill-after grace of a step that overruns
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 15 ]; then
+        echo "!! $name skipped: no time left" | tee -a "$STEPS/failures.txt"
+        printf '%s\t%s\t%s\n' "$name" 0 skipped >> "$STEPS/phases.tsv"
+        return
+    fi
+    echo "== $name (limit ${limit}s, $(( now - START ))s elapsed)"
+    t0=$(date +%s)
+    timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee "$STEPS/$name.log"
+    rc=${PIPESTATUS[0]}
+    printf '%s\t%s\t%s\n' "$name" $(( $(date +%s) - t0 )) "$rc" >> "$STEPS/phases.tsv"
+    [ "$rc" -eq 0 ] || echo "!! $name exited with $rc (124: out of time)" \
+        | tee -a "$STEPS/failures.txt"
+}
+bench() {  # bench NAME LIMIT ARGS...: fpncli bench writing STEPS/NAME.json after every row
     local name=$1 limit=$2
     shift 2
-    echo "== $name (limit ${limit}s, $(( $(date +%s) - START ))s elapsed)"
-    timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee "$OUT_DIR/$name.log"
-    local rc=${PIPESTATUS[0]}
-    [ "$rc" -eq 0 ] || echo "!! $name exited with $rc (124: out of time)" | tee -a "$OUT_DIR/failures.txt"
+    step "$name" "$limit" "$PY" -m fpncli bench --device "$DEV" --json "$STEPS/$name.json" "$@"
 }
 
-nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv \
-    > "$OUT_DIR/nvidia-smi.csv" 2>&1 || echo "no nvidia-smi" > "$OUT_DIR/nvidia-smi.csv"
-cat "$OUT_DIR/nvidia-smi.csv"
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', \
-torch.backends.cudnn.version(), 'gpus', torch.cuda.device_count())" | tee "$OUT_DIR/torch.txt"
-rm -f "$OUT_DIR/failures.txt"
-
-step tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_device.py -rs
-step model 100 "$PY" -m fpncli bench --model-only --sizes 800x1344 --batch-sizes 1,8,16 \
-    --precisions fp32,bf16,fp16 --seconds 2 --json "$OUT_DIR/model.json"
-step e2e 110 "$PY" -m fpncli bench --sizes 768x1344 --batch-sizes 16 --precisions bf16 \
-    --outputs heatmaps,npy16 --source-size 1080x1920 --images 320 --seconds 2 \
-    --workers "$WORKERS" --writers "$WRITERS" --json "$OUT_DIR/e2e.json"
-step defaults 60 "$PY" -m fpncli bench --e2e-only --sizes 800x1333 --batch-sizes 8 \
-    --precisions fp32 --outputs all --source-size 1080x1920 --images 64 \
-    --workers "$WORKERS" --writers "$WRITERS" --json "$OUT_DIR/defaults.json"
-LEFT=$(( 470 - ($(date +%s) - START) ))
-if [ "$LEFT" -gt 60 ]; then
-    step compile_bf16 $(( LEFT * 3 / 5 )) "$PY" -m fpncli bench --model-only --compile \
-        --sizes 800x1344 --batch-sizes 16,8,1 --precisions bf16 --seconds 2 \
-        --json "$OUT_DIR/compile_bf16.json"
-    LEFT=$(( 470 - ($(date +%s) - START) ))
-    [ "$LEFT" -gt 40 ] && step compile_16 "$LEFT" "$PY" -m fpncli bench --model-only --compile \
-        --sizes 800x1344 --batch-sizes 16 --precisions fp16,fp32 --seconds 2 \
-        --json "$OUT_DIR/compile_16.json"
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv \
+        > "$STEPS/nvidia-smi.csv" 2>&1
 else
-    echo "!! no time left for the --compile rows" | tee -a "$OUT_DIR/failures.txt"
+    echo "no nvidia-smi" > "$STEPS/nvidia-smi.csv"
 fi
+cat "$STEPS/nvidia-smi.csv"
+step preflight 60 "$PY" -c "
+import importlib, sys
+missing = [m for m in ('torch', 'numpy', 'cv2', 'matplotlib', 'click', 'PIL', 'pytest')
+           if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit('missing Python packages: ' + ', '.join(missing) + ' (see the wheels listed in '
+             'scripts/gpu_check.sh)')
+import torch
+print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda,
+      'cudnn', torch.backends.cudnn.version(), 'gpus', torch.cuda.device_count())
+if not torch.cuda.is_available() and '$DRY_RUN' != '1':
+    sys.exit('CUDA is not available to torch here')
+"
 
-"$PY" - "$OUT_DIR" <<'EOF'
-import json, sys
+step tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider --basetemp "$SCRATCH/pytest" -rs \
+    $TESTS
+bench model "$T_MODEL" --model-only --sizes "$SIZE" --batch-sizes "$BATCHES" \
+    --precisions "$PRECS" --seconds "$SECONDS"
+# (with its model-only row at the same size, batch and precision: the of_model ratios)
+bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
+    --outputs heatmaps,npy16 --source-size "$SRC" --images "$IMAGES" --seconds "$SECONDS" \
+    --workers "$WORKERS" --writers "$WRITERS"
+bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
+    --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
+    --workers "$WORKERS" --writers "$WRITERS"
+bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
+    --precisions "$LOW" --seconds "$SECONDS"
+bench compile_bf16 "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$MID,$SMALL" \
+    --precisions "$LOW" --seconds "$SECONDS"
+bench compile_other "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
+    --precisions "$COMPILE_PRECS" --seconds "$SECONDS"
+
+# The table and the JSON: whatever steps wrote, even when some failed (stdlib only here, so a
+# broken install still gets its phases and failures reported).
+"$PY" - "$OUT_DIR" "$DRY_RUN" "$(( $(date +%s) - START ))" <<'EOF'
+import json
+import sys
 from pathlib import Path
-from fpncli.run.bench import BenchRow, add_ratios, format_table
 
-out = Path(sys.argv[1])
-rows, info = [], {}
-for name in ("model", "e2e", "defaults", "compile_bf16", "compile_16"):
-    path = out / f"{name}.json"
+out, dry_run, elapsed = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
+steps = out / "steps"
+names = ("model", "e2e", "defaults", "compile_b16", "compile_bf16", "compile_other")
+rows, skipped, info = [], [], {}
+for name in names:
+    path = steps / f"{name}.json"
     if path.is_file():
-        data = json.loads(path.read_text())
-        info = {k: v for k, v in data.items() if k != "rows"}
-        rows += [BenchRow(**r) for r in data["rows"]]
-add_ratios(rows)
-table = format_table(rows)
-failures = (out / "failures.txt").read_text() if (out / "failures.txt").exists() else ""
-(out / "gpu_check.txt").write_text(table + "\n" + failures)
-(out / "gpu_check.json").write_text(json.dumps({**info, "rows": [r.__dict__ for r in rows]}, indent=2))
-print(f"\n{info}\n{table}\n{failures}")
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            skipped.append({"row": name, "reason": f"unreadable JSON: {e}"})
+            continue
+        info.update({k: v for k, v in data.items() if k not in ("rows", "skipped", "complete")})
+        rows += data["rows"]
+        skipped += [{**s, "step": name} for s in data["skipped"]]
+        if not data.get("complete", True):
+            skipped.append({"row": name, "reason": "interrupted: the rows before are kept"})
+phases = []
+if (steps / "phases.tsv").is_file():
+    for line in (steps / "phases.tsv").read_text().splitlines():
+        name, seconds, status = line.split("\t")
+        phases.append({"phase": name, "seconds": int(seconds), "exit": status})
+failures = (steps / "failures.txt").read_text() if (steps / "failures.txt").is_file() else ""
+try:
+    from fpncli.run.bench import BenchRow, add_ratios, format_table
+
+    bench_rows = [BenchRow(**r) for r in rows]
+    add_ratios(bench_rows)
+    rows = [r.__dict__ for r in bench_rows]
+    table = format_table(bench_rows)
+except Exception as e:  # noqa: BLE001 - the phases and failures are still worth reporting
+    table = f"(no table: {type(e).__name__}: {e})"
+machine = (steps / "nvidia-smi.csv").read_text().strip()
+phase_lines = [f"{p['phase']:<14}{p['seconds']:>5} s  exit {p['exit']}" for p in phases]
+text = "\n".join([
+    f"gpu_check {'(DRY RUN on the CPU) ' if dry_run else ''}{elapsed} s", machine,
+    json.dumps(info), "", table, "", "phases:", *phase_lines, "",
+    *(f"skipped {s.get('step', '')} {s.get('row', s.get('precision', ''))}: {s['reason']}"
+      for s in skipped),
+    failures.strip(),
+])  # fmt: skip
+(out / "gpu_check.txt").write_text(text + "\n")
+(out / "gpu_check.json").write_text(json.dumps(
+    {**info, "machine": machine, "dry_run": dry_run, "seconds": elapsed, "phases": phases,
+     "rows": rows, "skipped": skipped, "failures": failures.splitlines()}, indent=2))
+print("\n" + text)
 EOF
-echo "total $(( $(date +%s) - START ))s; table and JSON in $OUT_DIR"
+tar -czf "$OUT_DIR/steps.tar.gz" -C "$OUT_DIR" steps && rm -rf "$STEPS"
+[ "${KEEP_SCRATCH:-0}" = 1 ] || rm -rf "$SCRATCH"
+echo "total $(( $(date +%s) - START ))s; $OUT_DIR: gpu_check.txt, gpu_check.json, steps.tar.gz"

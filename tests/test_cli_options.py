@@ -161,6 +161,61 @@ def test_a_row_that_fails_mid_run_does_not_discard_the_others(runner, monkeypatc
     assert batches == ["1", "3"]
 
 
+def _fake_rows(monkeypatch, calls, stop_at=None):
+    """bench_model replaced by a recorder; ``stop_at``: the call that is interrupted (as the
+    SIGINT of gpu_check.sh's time limit interrupts a row)."""
+    import fpncli.run.bench as bench_module
+
+    def fake(model, **kwargs):
+        calls.append(kwargs)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        row = bench_module.BenchRow("model", "cpu", kwargs["height"], kwargs["width"],
+                                    kwargs["batch_size"], kwargs["precision"],
+                                    "compile" if kwargs.get("compile") else "eager")  # fmt: skip
+        row.images_per_s = 10.0
+        return row
+
+    monkeypatch.setattr(bench_module, "bench_model", fake)
+
+
+def test_bench_json_keeps_the_rows_measured_before_an_interruption(runner, monkeypatch, tmp_path):
+    calls = []
+    _fake_rows(monkeypatch, calls, stop_at=3)
+    report = tmp_path / "b.json"
+    args = ["bench", "--device", "cpu", "--sizes", "64x96", "--batch-sizes", "1,2,3",
+            "--model-only", "--json", str(report)]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code != 0 and len(calls) == 3
+    data = json.loads(report.read_text())
+    assert [r["batch_size"] for r in data["rows"]] == [1, 2] and data["complete"] is False
+    assert not (tmp_path / "b.json.partial").exists()
+
+
+def test_bench_rows_run_without_their_fp32_reference(runner, monkeypatch, tmp_path):
+    import fpncli.run.bench as bench_module
+
+    calls = []
+    _fake_rows(monkeypatch, calls)
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 9 GiB")
+
+    monkeypatch.setattr(bench_module, "fp32_reference", no_memory)
+    report = tmp_path / "b.json"
+    args = ["bench", "--device", "cpu", "--sizes", "64x96", "--batch-sizes", "1,2",
+            "--compile-only", "--json", str(report)]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1
+    assert "skipped fp32 reference 64x96 batch 1 (no error column): CUDA out of memory" in (
+        result.stderr
+    )
+    assert [(c["batch_size"], c.get("compile")) for c in calls] == [(1, True), (2, True)]
+    assert all(c["reference"] is None for c in calls)
+    data = json.loads(report.read_text())
+    assert [r["variant"] for r in data["rows"]] == ["compile", "compile"] and data["complete"]
+
+
 def test_api_refuses_slow_cpu_precisions_like_the_cli(monkeypatch):
     monkeypatch.setattr(fpncli.api, "_cpu_has_fast_bf16", lambda: False)
     model = fpncli.api.load_backbone("random")

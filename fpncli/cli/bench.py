@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -106,6 +107,11 @@ def _json_path(ctx, param, value: str | None) -> str | None:
     "--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed runs."
 )
 @click.option("--model-only", is_flag=True, help="Skip the end-to-end rows.")
+@click.option(
+    "--compile-only",
+    is_flag=True,
+    help="Only the torch.compile'd model rows (no eager or end-to-end rows).",
+)
 @click.option("--e2e-only", is_flag=True, help="Skip the model-only rows.")
 @click.option(
     "--images", type=click.IntRange(min=2), default=16, show_default=True, help="End-to-end images."
@@ -138,13 +144,14 @@ def _json_path(ctx, param, value: str | None) -> str | None:
     type=click.Path(dir_okay=False),
     default=None,
     callback=_json_path,
-    help="Also write the rows as JSON here ('-' for stdout).",
+    help="Also write the rows as JSON here ('-' for stdout); a file is rewritten after every "
+    "row, so an interrupted run keeps the rows it measured.",
 )
 @verbose_option
 @_friendly
 def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compile_rows, warmup,
-          model_only, e2e_only, images, source_size, outputs, workers, writers, unfused,
-          json_path) -> None:  # fmt: skip
+          model_only, compile_only, e2e_only, images, source_size, outputs, workers, writers,
+          unfused, json_path) -> None:  # fmt: skip
     """Throughput and where the time goes: model-only and end-to-end rows, a table and JSON.
 
     End-to-end rows split each image's time into decode, h2d, preprocess, model, reductions,
@@ -169,6 +176,10 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     from ..run.device import select_device
 
     _check_weights(weights)
+    if compile_only and e2e_only:
+        raise click.UsageError("--compile-only and --e2e-only leave no rows to run")
+    if compile_only:
+        compile_rows, model_only = True, True
     try:
         dev = select_device(device)
     except ValueError as e:
@@ -190,6 +201,28 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     header = format_table([])
     click.echo(header)
     rows = []
+    info = {"device": str(dev), "torch": torch.__version__}
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+
+    def save(complete: bool) -> None:
+        """The JSON file, rewritten whole (write, then rename) after every row."""
+        if not json_path or (json_path == "-" and not complete):
+            return
+        data = {**info, "rows": rows_as_dicts(rows), "skipped": skipped, "complete": complete}
+        text = json.dumps(data, indent=2)
+        if json_path == "-":
+            click.echo(text)
+            return
+        partial = Path(f"{json_path}.partial")
+        partial.write_text(text)
+        os.replace(partial, json_path)
+
+    def skip(what: str, error: BaseException) -> None:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        click.echo(f"skipped {what}: {reason}", err=True)
+        skipped.append({"row": what, "reason": reason})
+        save(False)
 
     def measure(what: str, run, label: str | None = None, **kwargs) -> None:
         try:
@@ -197,56 +230,55 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
             if row.error:
                 raise RuntimeError(row.error)
         except (ValueError, RuntimeError, OSError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            click.echo(f"skipped {what}: {reason}", err=True)
-            skipped.append({"row": what, "reason": reason})
+            skip(what, e)
             return
         rows.append(row)
         add_ratios(rows)
         click.echo(format_table([row]).splitlines()[-1])
+        save(False)
 
-    for height, width in sizes:
-        for batch in batch_sizes:
-            shape = {"height": height, "width": width, "batch_size": batch}
-            where = f"{height}x{width} batch {batch}"
-            reference = None
-            if not e2e_only and (compile_rows or any(p != "fp32" for p in runnable)):
-                reference = fp32_reference(variants[0][1], height, width, batch)
-            for precision in runnable:
-                timing = {"precision": precision, "iters": iters, "seconds": seconds,
-                          "warmup": warmup, **shape}  # fmt: skip
-                for label, model in variants if not e2e_only else []:
-                    measure(
-                        f"model {label} {where} {precision}", bench_model, model=model,
-                        variant="unfused" if label == "unfused" else None,
-                        reference=reference if label != "unfused" else None, **timing,
-                    )  # fmt: skip
-                if compile_rows and not e2e_only:
-                    measure(
-                        f"model compile {where} {precision}", bench_model,
-                        model=variants[0][1], compile=True, reference=reference, **timing,
-                    )  # fmt: skip
-                if model_only:
-                    continue
-                for preset in outputs:
-                    measure(
-                        f"end-to-end {preset} {where} {precision}", bench_end_to_end,
-                        model=variants[0][1], images=images, precision=precision,
-                        outputs=preset, workers=workers, writers=writers,
-                        source_size=source_size, **shape,
-                    )  # fmt: skip
+    def run_rows() -> None:
+        for height, width in sizes:
+            for batch in batch_sizes:
+                shape = {"height": height, "width": width, "batch_size": batch}
+                where = f"{height}x{width} batch {batch}"
+                reference = None
+                if not e2e_only and (compile_rows or any(p != "fp32" for p in runnable)):
+                    try:  # the error column only: without it, the rows still run
+                        reference = fp32_reference(variants[0][1], height, width, batch)
+                    except Exception as e:  # noqa: BLE001 - e.g. fp32 out of GPU memory
+                        skip(f"fp32 reference {where} (no error column)", e)
+                for precision in runnable:
+                    timing = {"precision": precision, "iters": iters, "seconds": seconds,
+                              "warmup": warmup, **shape}  # fmt: skip
+                    for label, model in variants if not (e2e_only or compile_only) else []:
+                        measure(
+                            f"model {label} {where} {precision}", bench_model, model=model,
+                            variant="unfused" if label == "unfused" else None,
+                            reference=reference if label != "unfused" else None, **timing,
+                        )  # fmt: skip
+                    if compile_rows and not e2e_only:
+                        measure(
+                            f"model compile {where} {precision}", bench_model,
+                            model=variants[0][1], compile=True, reference=reference, **timing,
+                        )  # fmt: skip
+                    if model_only:
+                        continue
+                    for preset in outputs:
+                        measure(
+                            f"end-to-end {preset} {where} {precision}", bench_end_to_end,
+                            model=variants[0][1], images=images, precision=precision,
+                            outputs=preset, workers=workers, writers=writers,
+                            source_size=source_size, **shape,
+                        )  # fmt: skip
+
+    try:
+        run_rows()
+    finally:  # Ctrl-C or a time limit (SIGINT): the rows measured so far are kept
+        save(complete=False)
     if dev.type == "cuda" and any(r.variant in ("npy", "all") for r in rows):
         click.echo("note: with every level saved as .npy, the disk and the device-to-host copy, "
                    "not the GPU, bound end-to-end throughput")  # fmt: skip
-    if json_path:
-        data = {"device": str(dev), "torch": torch.__version__}
-        if dev.type == "cuda":
-            data["gpu"] = torch.cuda.get_device_name(dev)
-        data.update(rows=rows_as_dicts(rows), skipped=skipped)
-        text = json.dumps(data, indent=2)
-        if json_path == "-":
-            click.echo(text)
-        else:
-            Path(json_path).write_text(text)
+    save(complete=True)
     if skipped:
         raise click.ClickException(f"{len(skipped)} configuration(s) could not run (see above)")
