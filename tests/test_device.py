@@ -285,12 +285,18 @@ def test_batched_statistics_equal_per_image_ones():
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are set on Linux only")
-def test_decode_and_write_threads_yield_to_the_model_on_the_cpu():
+def test_decode_and_write_threads_yield_to_the_model_on_the_cpu(monkeypatch):
+    from fpncli.run import pipeline
     from fpncli.run.device import yield_to_model
-    from fpncli.run.pipeline import _background
 
-    assert _background(torch.device("cpu")) is yield_to_model
-    assert _background(torch.device("cuda", 0)) is None  # on a GPU the CPU threads feed it
+    calls = []
+    monkeypatch.setattr(pipeline, "yield_to_model", lambda: calls.append("nice"))
+    monkeypatch.setattr(pipeline, "bind_thread", lambda d: calls.append(str(d)))
+    pipeline._background(torch.device("cpu"))()
+    assert calls == ["cpu", "nice"]
+    calls.clear()  # on a GPU the CPU threads feed it (no nice), with its device current
+    pipeline._background(torch.device("cuda", 1))()
+    assert calls == ["cuda:1"]
     main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     seen = {}
 
