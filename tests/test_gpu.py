@@ -237,3 +237,24 @@ def test_out_of_memory_splits_under_a_memory_cap(tmp_path):
         torch.cuda.empty_cache()
     assert summary.done == 8 and not summary.failed
     assert 1 <= summary.batch_size < 8
+
+
+def test_canvas_on_cuda_equals_cpu(folder, cpu_model, tmp_path):
+    """--canvas auto on the GPU (padded partial batches, cudnn.benchmark): the CPU's outputs."""
+    _canvas_outputs_equal(folder, cpu_model, fpncli.load_backbone("random", device="cuda:0"),
+                          tmp_path)  # fmt: skip
+
+
+def _canvas_outputs_equal(folder, cpu_model, model, tmp_path):
+    from dataclasses import replace
+
+    output = replace(OUTPUT, canvas="auto")
+    for name, net in (("cpu", cpu_model), ("dev", model)):
+        summary = run_jobs(_jobs(folder, tmp_path / name), net,
+                           RunOptions(output=output, batch_size=4))  # fmt: skip
+        assert summary.done == 6 and not summary.failed, summary.failed
+    _compare(tmp_path / "cpu", tmp_path / "dev", 1e-4)
+    for folder_out in (tmp_path / "dev").iterdir():
+        pre = read_manifest(folder_out)["preprocess"]
+        assert pre["canvas"] == "auto"
+        assert (pre["padded_height"], pre["padded_width"]) in ((160, 256), (256, 160))
