@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -86,6 +87,69 @@ def test_a_second_run_waits_for_the_lock_and_skips_what_the_first_finished(
     assert results[1].done == 1 and results[1].failed == []
     assert second.failed == [] and (second.done, second.skipped) == (0, 1)
     assert is_complete(job.folder)
+
+
+def _race(tmp_path, model, monkeypatch):
+    """Two images to run, a complete extraction of the first made elsewhere (``finish()`` copies
+    it into the run's folder, as if another run finished it), and the jobs the model sees."""
+    a, b = _image(tmp_path / "a.png", value=1), _image(tmp_path / "b.png", value=2)
+    options = RunOptions(output=SMALL, workers=1, writers=1)
+    assert run_jobs([Job(a, tmp_path / "ref" / "a")], model, options).done == 1
+    jobs = [Job(a, tmp_path / "out" / "a"), Job(b, tmp_path / "out" / "b")]
+    seen, real_infer = [], pipeline.infer_batch
+
+    def infer(model, items, *args, **kwargs):
+        seen.extend(it.job.path.name for it in items)
+        return real_infer(model, items, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "infer_batch", infer)
+
+    def finish():
+        shutil.copytree(tmp_path / "ref" / "a", jobs[0].folder)
+
+    return jobs, options, seen, finish
+
+
+def test_an_image_another_run_completes_before_decoding_is_skipped_not_computed(
+    tmp_path, model, monkeypatch
+):
+    jobs, options, seen, finish = _race(tmp_path, model, monkeypatch)
+    real_pending, real_decode, decoded = pipeline.pending_jobs, steps.decode, []
+
+    def pending(*args):  # listed as to do, then the other run completes it
+        todo = real_pending(*args)
+        finish()
+        return todo
+
+    def decode(job, *args):
+        decoded.append(job.path.name)
+        return real_decode(job, *args)
+
+    monkeypatch.setattr(pipeline, "pending_jobs", pending)
+    monkeypatch.setattr(pipeline, "decode", decode)
+    summary = run_jobs(jobs, model, options)
+    assert (summary.done, summary.skipped, summary.failed) == (1, 1, [])
+    assert decoded == ["b.png"] and seen == ["b.png"]
+    assert all(is_complete(j.folder) for j in jobs)
+
+
+def test_an_image_another_run_completes_while_decoded_never_reaches_the_model(
+    tmp_path, model, monkeypatch
+):
+    jobs, options, seen, finish = _race(tmp_path, model, monkeypatch)
+    real_decode = steps.decode
+
+    def decode(job, *args):  # the other run completes it while this one decodes it
+        item = real_decode(job, *args)
+        if job.path.name == "a.png":
+            finish()
+        return item
+
+    monkeypatch.setattr(pipeline, "decode", decode)
+    summary = run_jobs(jobs, model, options)
+    assert (summary.done, summary.skipped, summary.failed) == (1, 1, [])
+    assert seen == ["b.png"]
+    assert all(is_complete(j.folder) for j in jobs)
 
 
 def test_resume_redoes_a_folder_whose_listed_file_is_missing_or_resized(tmp_path, model):

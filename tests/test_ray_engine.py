@@ -138,3 +138,38 @@ def test_ray_multi_node_refuses_a_local_output(ray_cluster, inputs, tmp_path, mo
     monkeypatch.setattr(ray, "nodes", lambda: nodes)
     result = _extract(inputs, "-o", tmp_path / "o", "--engine", "ray")
     assert result.exit_code == 1 and "would scatter the outputs" in result.output
+
+
+def test_ray_actor_skips_a_folder_another_run_completed_before_the_model(
+    inputs, tmp_path, monkeypatch
+):
+    """The actor's call, without Ray: an image whose folder another run completed after it was
+    decoded is returned as skipped (counted so), and never goes through the model."""
+    import pickle
+    import shutil
+
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run import pipeline
+    from fpncli.run.pipeline import Job, RunOptions, RunSummary, decode, run_jobs
+    from fpncli.run.ray_engine import _count, _Extractor
+
+    output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
+    options = RunOptions(output=output, workers=1, writers=1)
+    actor = _Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
+                        "format": "files", "crash_after": None, "actors": 1})  # fmt: skip
+    a, b = inputs / "im0.png", inputs / "im1.png"
+    jobs = [Job(a, tmp_path / "out" / "a"), Job(b, tmp_path / "out" / "b")]
+    fmt = actor.model.weights_info.input
+    items = [pickle.dumps(decode(j, options, fmt)) for j in jobs]
+    assert run_jobs([Job(a, tmp_path / "ref")], actor.model, options).done == 1
+    shutil.copytree(tmp_path / "ref", jobs[0].folder)  # another run finished it meanwhile
+    seen, real = [], pipeline.infer_batch
+    monkeypatch.setattr(
+        pipeline, "infer_batch", lambda m, its, *rest: seen.extend(its) or real(m, its, *rest)
+    )
+    rows = actor({"path": [str(a), str(b)], "item": items, "error": ["", ""]})
+    assert list(rows["status"]) == ["skipped", "ok"]
+    assert [it.job.path for it in seen] == [b]
+    summary = RunSummary(total=2)
+    _count(rows, summary)
+    assert (summary.done, summary.skipped, summary.failed) == (1, 1, [])

@@ -192,6 +192,12 @@ class FolderSink:
     def fail(self, path: Path, reason: str) -> None:
         """Nothing to record: a failed image simply has no complete folder."""
 
+    def complete(self, job: Job, options: RunOptions, weights: dict) -> bool:
+        """Whether another run completed ``job``'s folder since the run was planned: asked just
+        before the image is decoded and again before its batch goes to the model (a manifest
+        read and a stat per listed file), so a concurrent run's work is not computed twice."""
+        return not options.overwrite and _complete(job, options, weights)
+
 
 class _Runner:
     def __init__(self, model: FPN, options: RunOptions, summary: RunSummary, todo: int, progress,
@@ -212,6 +218,7 @@ class _Runner:
                                          initializer=_background(self.device))  # fmt: skip
         self.start = time.monotonic()
         self.weights_meta = weights_meta(model)
+        self.recheck = getattr(self.sink, "complete", None)
 
     def report(self) -> None:
         if self.progress is not None:
@@ -233,6 +240,33 @@ class _Runner:
         log.info("failed: %s: %s", path, reason)
         self.report()
 
+    def skip(self, job: Job) -> None:
+        """Count an image another run completed meanwhile as skipped (neither done nor failed)."""
+        log.info("skipped: %s (completed by another run meanwhile)", job.path)
+        with self.lock:
+            self.summary.skipped += 1
+        self.report()
+
+    def decode(self, job: Job, input_format) -> Decoded | None:
+        """``steps.decode``, or None (and the job counted as skipped) when the sink says that
+        another run has completed the job since it was listed."""
+        if self.recheck is not None and self.recheck(job, self.options, self.weights_meta):
+            self.skip(job)
+            return None
+        return decode(job, self.options, input_format)
+
+    def drop_complete(self, items: list[Decoded]) -> list[Decoded]:
+        """``items`` less those another run has completed since they were decoded (skipped)."""
+        if self.recheck is None:
+            return items
+        keep = []
+        for it in items:
+            if self.recheck(it.job, self.options, self.weights_meta):
+                self.skip(it.job)
+            else:
+                keep.append(it)
+        return keep
+
     def run_batch(self, items: list[Decoded]) -> None:
         """Run ``items`` in chunks of the current batch size; on CUDA out of memory, halve the
         batch size for the rest of the run and retry, outside the ``except`` block so that the
@@ -244,6 +278,9 @@ class _Runner:
             size = self.state.batch_size
             if len(chunk) > size:
                 chunks[:0] = [chunk[i : i + size] for i in range(0, len(chunk), size)]
+                continue
+            chunk = self.drop_complete(chunk)  # the last cheap moment before the model runs
+            if not chunk:
                 continue
             result, error = None, None
             try:
@@ -464,7 +501,7 @@ def _feed(runner: _Runner, todo: list[Job], options: RunOptions, input_format) -
                             initializer=_background(runner.device)) as decoder:  # fmt: skip
         while not runner.abort.is_set():
             while len(pending) < window and (job := next(jobs_iter, None)) is not None:
-                pending.append((job, decoder.submit(decode, job, options, input_format)))
+                pending.append((job, decoder.submit(runner.decode, job, input_format)))
             if not pending:
                 break
             job, future = pending.popleft()
@@ -472,6 +509,8 @@ def _feed(runner: _Runner, todo: list[Job], options: RunOptions, input_format) -
                 item = future.result()
             except Exception as e:  # noqa: BLE001 - any error reading one file fails that file only
                 runner.fail(job.path, _reason(e))
+                continue
+            if item is None:  # another run completed it meanwhile: counted as skipped
                 continue
             shape = (item.prepared.padded_height, item.prepared.padded_width)
             bucket = buckets.setdefault(shape, [])

@@ -140,12 +140,22 @@ class _Bytes:
     """A sink wrapper that remembers the bytes written per image (for the returned rows)."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.sizes = inner, {}
+        self.inner, self.sizes, self.skipped = inner, {}, set()
+        if hasattr(inner, "complete"):  # folders: re-checked before decoding and the model
+            self.complete = self._complete
 
     def write(self, item, *args) -> int | None:
         size = self.inner.write(item, *args)
         self.sizes[str(item.job.path)] = size or 0
+        if size is None:  # another run completed it meanwhile
+            self.skipped.add(str(item.job.path))
         return size
+
+    def _complete(self, job, *args) -> bool:
+        done = self.inner.complete(job, *args)
+        if done:
+            self.skipped.add(str(job.path))
+        return done
 
     def fail(self, path, reason: str) -> None:
         self.inner.fail(path, reason)
@@ -203,11 +213,15 @@ class _Extractor:
             shard = writer.shards[-1] if writer.shards else None
         return {
             "path": np.array(paths, dtype=object),
-            "status": np.array(["failed" if p in failed else "ok" for p in paths], dtype=object),
+            "status": np.array([_status(p, failed, sink.skipped) for p in paths], dtype=object),
             "error": np.array([failed.get(p, "") for p in paths], dtype=object),
             "shard": np.array([shard if p not in failed else "" for p in paths], dtype=object),
             "bytes": np.array([sink.sizes.get(p, 0) for p in paths], dtype=np.int64),
         }
+
+
+def _status(path: str, failed: dict, skipped: set) -> str:
+    return "failed" if path in failed else "skipped" if path in skipped else "ok"
 
 
 def run_ray(
@@ -319,6 +333,8 @@ def _count(batch: dict, summary: RunSummary) -> None:
         if status == "ok":
             summary.done += 1
             summary.bytes_written += int(size)
+        elif status == "skipped":  # another run completed it meanwhile
+            summary.skipped += 1
         else:
             summary.failed.append((str(path), str(error)))
 
