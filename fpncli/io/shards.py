@@ -5,10 +5,13 @@ Layout of an output root ``OUT`` (a folder, or an object-store URL such as ``s3:
     OUT/shard-<hash>.tar          plain members per image: KEY.p2.npy ... KEY.p2.png ... KEY.json
     OUT/_index/part-<hash>.parquet  the rows of that shard (and of the images that failed with it)
     OUT/index.parquet             one row per input (rewritten at the end of every run)
+    OUT/_claims/<token>.json      the keys a live run is extracting (``shardlock``; local OUT)
 
 A shard is written under a temporary name and renamed when complete; its index part is written
 after the rename, so the index never names a partial shard. A shard whose index part is missing
 (a run killed between the two) is deleted before the next run, so a key is never in two shards.
+Several runs may write into one local OUT at once (``shardlock``: every commit holds OUT's lock,
+every run claims its keys for its lifetime, and only dead runs' leftovers are cleaned up).
 ``<hash>`` is a digest of the shard's keys and settings: a retried shard overwrites itself. The
 ``_index`` parts are the resume ledger: a key with an ``ok`` row is skipped by the next run.
 
@@ -38,6 +41,7 @@ import numpy as np
 from ..model.fpn import LEVELS
 from .npy import npy_bytes
 from .outputs import MANIFEST, OutputOptions, write_image_members
+from .shardlock import partial_token, wds_lock
 
 __all__ = [
     "INDEX",
@@ -205,8 +209,9 @@ class ShardWriter:
     """
 
     def __init__(self, fs, root: str, *, target_bytes: int, settings: str,
-                 crash_after: int | None = None) -> None:  # fmt: skip
+                 crash_after: int | None = None, token: str | None = None) -> None:  # fmt: skip
         self.fs, self.root = fs, root
+        self.token = token or uuid.uuid4().hex[:12]  # the run's: names its partial shards
         self.target_bytes = target_bytes
         self.settings = settings
         self.crash_after = crash_after  # crash tests: os._exit after this many images
@@ -285,7 +290,7 @@ class ShardWriter:
         self.keys = []
 
     def _open(self) -> None:
-        self.tmp = f"{self.root}/shard-{uuid.uuid4().hex[:16]}.tar{_PARTIAL}"
+        self.tmp = f"{self.root}/shard-{self.token}-{uuid.uuid4().hex[:16]}.tar{_PARTIAL}"
         self.file = self.fs.open(self.tmp, "wb")
         self.tar = tarfile.open(fileobj=self.file, mode="w|", format=tarfile.PAX_FORMAT)
 
@@ -295,14 +300,19 @@ class ShardWriter:
             self.tar.close()
             self.file.close()
             shard = f"shard-{_digest([self.settings, *self.keys])}.tar"
-            self.fs.mv(self.tmp, f"{self.root}/{shard}")
-            self.shards.append(shard)
             for row in self.rows:
                 if row["status"] == "ok":
                     row["shard"] = shard
-        if self.rows:
-            part = shard[:-4] if shard else f"failed-{_digest(r['key'] for r in self.rows)}"
-            _write_parquet(self.fs, f"{self.root}/{INDEX_DIR}/part-{part}.parquet", self.rows)
+        if self.tar is not None or self.rows:
+            # OUT's lock: no other run plans (and cleans up) between the rename and the part
+            with wds_lock(self.fs, self.root):
+                if shard is not None:
+                    self.fs.mv(self.tmp, f"{self.root}/{shard}")
+                    self.shards.append(shard)
+                if self.rows:
+                    part = shard[:-4] if shard else f"failed-{_digest(r['key'] for r in self.rows)}"
+                    path = f"{self.root}/{INDEX_DIR}/part-{part}.parquet"
+                    _write_parquet(self.fs, path, self.rows)
         self.tar = self.file = self.tmp = None
         self.rows, self.keys = [], []
 
@@ -325,11 +335,13 @@ def read_index(fs, root: str, *, ledger: bool = True):
     return pa.concat_tables(tables) if tables else _schema().empty_table()
 
 
-def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bool) -> set[str]:
+def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bool,
+                 live_tokens: frozenset[str] = frozenset()) -> set[str]:  # fmt: skip
     """Make ``root`` ready for a run over ``keys``; return the keys already done (to skip).
 
     Removes partial shards and shards whose index part is missing (a killed run's), so they
-    are redone into one shard each. ``overwrite`` removes every shard and the index first.
+    are redone into one shard each; the partial shards of the live runs ``live_tokens`` are
+    kept. ``overwrite`` removes every shard and the index first. Call it holding ``wds_lock``.
 
     Raises:
         ValueError: ``root`` holds images made with other weights or options (that would mix
@@ -345,6 +357,8 @@ def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bo
     parts = {PurePosixPath(p).name[5:-8] for p in fs.glob(f"{root}/{INDEX_DIR}/part-*.parquet")}
     for path in fs.glob(f"{root}/shard-*.tar*") + fs.glob(f"{root}/{INDEX_DIR}/*{_PARTIAL}*"):
         name = PurePosixPath(path).name
+        if partial_token(name) in live_tokens:
+            continue  # another live run's open shard
         if _PARTIAL in name or name[:-4] not in parts:
             log.info("removing %s (left by an interrupted run)", path)
             fs.rm(path)
@@ -362,12 +376,13 @@ def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bo
 def consolidate_index(fs, root: str) -> int:
     """Write ``index.parquet``: one row per key (its ``ok`` row, else its latest failure).
     Returns the number of rows."""
-    rows = read_index(fs, root).to_pylist()
-    best: dict[str, dict] = {}
-    for row in sorted(rows, key=lambda r: r["written_at"] or 0.0):
-        if best.get(row["key"], {}).get("status") != "ok":
-            best[row["key"]] = row
-    _write_parquet(fs, f"{root}/{INDEX}", sorted(best.values(), key=lambda r: r["key"]))
+    with wds_lock(fs, root):  # the ledger as of now, and one writer of index.parquet at a time
+        rows = read_index(fs, root).to_pylist()
+        best: dict[str, dict] = {}
+        for row in sorted(rows, key=lambda r: r["written_at"] or 0.0):
+            if best.get(row["key"], {}).get("status") != "ok":
+                best[row["key"]] = row
+        _write_parquet(fs, f"{root}/{INDEX}", sorted(best.values(), key=lambda r: r["key"]))
     return len(best)
 
 

@@ -11,6 +11,7 @@ store. Resume is fpncli's own: the driver drops what the index (or the folders) 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import pickle
@@ -184,7 +185,7 @@ class _Extractor:
         writer = None
         if config["format"] == "wds":
             writer = ShardWriter(config["fs"], config["root"], target_bytes=2**62,
-                                 settings=config["settings"])  # fmt: skip
+                                 settings=config["settings"], token=config["token"])  # fmt: skip
             sink = _Bytes(ShardSink(writer, config["keys"]))
         else:
             sink = _Bytes(self.folder_sink)
@@ -242,13 +243,14 @@ def run_ray(
     ray = _import_ray()
     started = _connect(ray, ray_options.address)
     try:
-        return _run(ray, jobs, out, model, options, ray_options, progress)
+        with contextlib.ExitStack() as stack:  # the wds claim, held until the end
+            return _run(ray, jobs, out, model, options, ray_options, progress, stack)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(ray, jobs, out, model, options, ray_options, progress) -> RunSummary:
+def _run(ray, jobs, out, model, options, ray_options, progress, stack) -> RunSummary:
     from ray.data import ActorPoolStrategy, DataContext
 
     size, gpus = _pool(ray, ray_options)
@@ -262,8 +264,9 @@ def _run(ray, jobs, out, model, options, ray_options, progress) -> RunSummary:
     }  # fmt: skip
     if ray_options.out_format == "wds":
         plan = plan_sharded(jobs, out, options, weights)
+        stack.callback(plan.release)
         todo, summary.skipped = plan.todo, plan.skipped
-        config.update(fs=plan.fs, root=plan.root, settings=plan.settings,
+        config.update(fs=plan.fs, root=plan.root, settings=plan.settings, token=plan.claim.token,
                       keys={str(Path(k).absolute()): v for k, v in plan.keys.items()})  # fmt: skip
         per_image = max(1, estimate_run_bytes(todo, options.output) // max(1, len(todo)))
         rows_per_call = max(1, min(ray_options.shard_bytes // per_image, 10_000))

@@ -1,7 +1,9 @@
 """``--format wds`` on the local engine: the usual pipeline, with a shard writer as its sink.
 
-Planning (keys, resume against the index, the settings check) is shared with the Ray engine,
-which calls ``plan_sharded`` on its driver and gives each GPU actor a ``ShardWriter``.
+Planning (keys, resume against the index, the settings check, the claim on the keys) is shared
+with the Ray engine, which calls ``plan_sharded`` on its driver and gives each GPU actor a
+``ShardWriter``. A run into a local OUT claims the keys it extracts for its lifetime, so a second
+run at the same time leaves those to it and does the others (``io.shardlock``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..io.inputs import Job
+from ..io.shardlock import LiveRun, RunClaim, wds_lock
 from ..io.shards import ShardWriter, consolidate_index, open_root, prepare_root, settings_key
 from ..io.shards import wds_key as _wds_key
 from ..model.fpn import FPN
@@ -33,20 +36,68 @@ class ShardPlan:
     keys: dict[str, str]  # str(job.path) -> sample key
     todo: list[Job]
     skipped: int
+    claim: RunClaim  # held until ``release``: the keys of ``todo`` are this run's
+
+    def release(self) -> None:
+        """End the claim on ``todo`` (once its shards are committed or dropped)."""
+        self.claim.release()
 
 
 def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) -> ShardPlan:
     """Give every job a sample key (its output path relative to OUT, see ``wds_key``), clean up
-    after an interrupted run, and drop the jobs whose key is already ``ok`` in the index.
+    after an interrupted run, drop the jobs whose key is already ``ok`` in the index or claimed
+    by another live run (a warning names it), and claim the rest. Call ``release`` at the end.
 
-    ``jobs`` must come from ``plan_jobs(pairs, Path(""))`` (folders relative to OUT)."""
+    ``jobs`` must come from ``plan_jobs(pairs, Path(""))`` (folders relative to OUT).
+
+    Raises:
+        ValueError: OUT holds (or a live run is writing) these images with other weights or
+            options, or ``overwrite`` while another run is writing OUT.
+    """
     fs, root = open_root(out)
     used: set[str] = set()
     keys = {str(j.path): _wds_key(PurePosixPath(j.folder.as_posix()), used) for j in jobs}
     settings = settings_key(options.output, weights, options.precision)
-    done = prepare_root(fs, root, list(keys.values()), settings, overwrite=options.overwrite)
-    todo = [j for j in jobs if keys[str(j.path)] not in done]
-    return ShardPlan(fs, root, settings, keys, todo, len(jobs) - len(todo))
+    claim = RunClaim(fs, root)
+    with wds_lock(fs, root):  # no other run commits, cleans up or claims meanwhile
+        live = claim.live_runs()
+        if options.overwrite and live:
+            raise ValueError(
+                f"another fpncli run ({_pids(live)}) is writing {root}: --overwrite would delete "
+                "its shards; rerun when it has ended"
+            )
+        done = prepare_root(fs, root, list(keys.values()), settings, overwrite=options.overwrite,
+                            live_tokens=frozenset(r.token for r in live))  # fmt: skip
+        taken = _taken(live, set(keys.values()) - done, settings, root)
+        skip = done | taken.keys()
+        todo = [j for j in jobs if keys[str(j.path)] not in skip]
+        claim.claim([keys[str(j.path)] for j in todo], settings)
+    if taken:
+        log.warning(
+            "%d of these images are being extracted by another fpncli run (%s) into %s: left to "
+            "it (rerun afterwards to retry any that it fails)",
+            len(taken), _pids([r for r in live if r.pid in set(taken.values())]), root,
+        )  # fmt: skip
+    return ShardPlan(fs, root, settings, keys, todo, len(jobs) - len(todo), claim)
+
+
+def _taken(live: list[LiveRun], wanted: set[str], settings: str, root: str) -> dict[str, int]:
+    """The keys of ``wanted`` that a live run has claimed -> its pid."""
+    taken: dict[str, int] = {}
+    for run in live:
+        mine = run.keys & wanted
+        if mine and run.settings != settings:
+            raise ValueError(
+                f"another fpncli run ({_pids([run])}) is writing {len(mine)} of these images "
+                f"into {root} with other weights or options: write to another output"
+            )
+        taken.update(dict.fromkeys(mine - taken.keys(), run.pid))
+    return taken
+
+
+def _pids(runs: list[LiveRun]) -> str:
+    pids = sorted({r.pid for r in runs})
+    return ("pid " if len(pids) == 1 else "pids ") + ", ".join(map(str, pids))
 
 
 class ShardSink:
@@ -92,24 +143,27 @@ def run_sharded(
     """Extract ``jobs`` into WebDataset shards of about ``shard_bytes`` under ``out`` (a folder
     or an fsspec URL), resuming from its index; ``index.parquet`` is rewritten at the end."""
     plan = plan_sharded(jobs, out, options, weights_meta(model))
-    _check_disk(plan, options)
-    writer = ShardWriter(
-        plan.fs, plan.root, target_bytes=shard_bytes, settings=plan.settings,
-        crash_after=crash_after,
-    )  # fmt: skip
     try:
-        sink = ShardSink(writer, plan.keys)
-        summary = run_jobs(plan.todo, model, options, progress=progress, sink=sink)
-    except BaseException:
-        writer.abort()
-        raise
-    if summary.aborted:
-        writer.abort()
-    else:
-        writer.close()
+        _check_disk(plan, options)
+        writer = ShardWriter(
+            plan.fs, plan.root, target_bytes=shard_bytes, settings=plan.settings,
+            crash_after=crash_after, token=plan.claim.token,
+        )  # fmt: skip
+        try:
+            sink = ShardSink(writer, plan.keys)
+            summary = run_jobs(plan.todo, model, options, progress=progress, sink=sink)
+        except BaseException:
+            writer.abort()
+            raise
+        if summary.aborted:
+            writer.abort()
+        else:
+            writer.close()
+        rows = consolidate_index(plan.fs, plan.root)
+    finally:
+        plan.release()
     summary.total = len(jobs)
     summary.skipped = plan.skipped
     summary.last_folder = None
-    rows = consolidate_index(plan.fs, plan.root)
     log.info("%d shards written; index.parquet has %d rows", len(writer.shards), rows)
     return summary

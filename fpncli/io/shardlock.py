@@ -1,0 +1,177 @@
+"""Several ``--format wds`` runs into one local OUT at once: each key extracted once, no shard or
+index part lost, and every run makes progress on the keys nobody else has.
+
+- ``OUT/.fpncli-wds.lock`` is an ``fcntl.flock`` taken only for short critical sections, never
+  across compute: planning (the cleanup of dead runs' leftovers, reading the ledger, claiming
+  keys), every commit (a shard's rename and its index part) and writing ``index.parquet``. So a
+  run never sees another's shard between its rename and its index part.
+- ``OUT/_claims/<token>.json`` is one file per live run, holding its pid, its settings and the
+  keys it will extract, and ``flock``-ed by that run for its whole life (the lock goes with the
+  process, so a killed run leaves no lock). A planning run skips the keys a live run claims;
+  a claims file whose lock can be taken is a dead run's: it is removed and its keys are free.
+- A run's partial shards are named ``shard-<token>-<random>.tar.partial``: the cleanup removes
+  only those whose run has no live claims file.
+
+An object store (``s3://``, ``memory://``...) has no locks: runs into it are not coordinated
+(a warning says so); run one at a time there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "CLAIMS_DIR",
+    "LOCK_FILE",
+    "LiveRun",
+    "RunClaim",
+    "is_local",
+    "partial_token",
+    "wds_lock",
+]
+
+log = logging.getLogger(__name__)
+LOCK_FILE = ".fpncli-wds.lock"
+CLAIMS_DIR = "_claims"
+_PARTIAL_NAME = re.compile(r"^shard-([0-9a-f]{12})-[0-9a-f]+\.tar\.partial$")
+
+
+def is_local(fs) -> bool:
+    """Whether an fsspec filesystem is this machine's (where ``flock`` works)."""
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def partial_token(name: str) -> str | None:
+    """The run token in a partial shard's name, or None (an older or foreign name)."""
+    match = _PARTIAL_NAME.match(name)
+    return match[1] if match else None
+
+
+@contextlib.contextmanager
+def wds_lock(fs, root: str) -> Iterator[None]:
+    """Hold ``root``'s wds lock for the ``with`` body (blocking: every holder is brief).
+    Without locks (an object store, or a filesystem refusing ``flock``) the body runs unlocked."""
+    if not is_local(fs):
+        yield
+        return
+    Path(root).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(root) / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:  # e.g. ENOLCK on some network filesystems
+            log.warning("cannot lock %s (%s): writing it unlocked", root, e)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@dataclass
+class LiveRun:
+    """Another run working on the same OUT now."""
+
+    token: str
+    pid: int
+    settings: str
+    keys: set[str] = field(default_factory=set)
+
+
+class RunClaim:
+    """This run's claims file. Call ``live_runs`` and ``claim`` inside ``wds_lock``; ``release``
+    once the run's shards are committed (or dropped)."""
+
+    def __init__(self, fs, root: str) -> None:
+        self.fs, self.root = fs, root
+        self.local = is_local(fs)
+        self.token = uuid.uuid4().hex[:12]
+        self.fd: int | None = None
+        self.path: Path | None = None
+        if not self.local:
+            log.warning(
+                "%s is not a local folder: it cannot be locked, so another fpncli run writing "
+                "into it at the same time would not be noticed; run one at a time there",
+                root,
+            )
+
+    def live_runs(self) -> list[LiveRun]:
+        """The other runs holding their claims files; dead runs' files are removed."""
+        if not self.local:
+            return []
+        folder = Path(self.root) / CLAIMS_DIR
+        runs = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            if path == self.path:
+                continue
+            run = _read_live(path)
+            if run is not None:
+                runs.append(run)
+        return runs
+
+    def claim(self, keys: list[str], settings: str) -> None:
+        """Write and lock this run's claims file (the lock is held until ``release``)."""
+        if not self.local:
+            return
+        folder = Path(self.root) / CLAIMS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{self.token}.tmp"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # before it has its name: never seen unlocked
+            body = {"pid": os.getpid(), "settings": settings, "keys": keys}
+            os.write(fd, json.dumps(body).encode())
+            self.path = folder / f"{self.token}.json"
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        self.fd = fd
+
+    def release(self) -> None:
+        """Remove the claims file and drop its lock (idempotent)."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _read_live(path: Path) -> LiveRun | None:
+    """The run owning the claims file ``path`` if it is alive; else remove the file, None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # its run holds it: alive
+            with os.fdopen(os.dup(fd), "rb") as f:
+                body = json.loads(f.read() or b"{}")
+            return LiveRun(path.stem, int(body.get("pid", 0)), str(body.get("settings")),
+                           set(body.get("keys", [])))  # fmt: skip
+        except OSError as e:
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP):  # no locks here: cannot tell
+                log.warning("cannot lock %s (%s): taking it for a dead run's", path, e)
+            else:
+                raise
+        log.info("removing %s (left by a run that is no longer alive)", path)
+        path.unlink(missing_ok=True)
+        return None
+    except ValueError:  # a torn or foreign file that nobody holds... or one being read wrongly
+        log.warning("ignoring the unreadable claims file %s", path)
+        return None
+    finally:
+        os.close(fd)

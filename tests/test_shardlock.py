@@ -1,0 +1,161 @@
+"""Several ``--format wds`` runs into one OUT (``io.shardlock``): keys claimed per run, only
+dead runs' leftovers cleaned up, commits under OUT's lock. Tiny images, a seeded random R-50."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fpncli
+from fpncli.io.inputs import discover_inputs, plan_jobs
+from fpncli.io.outputs import OutputOptions
+from fpncli.run.pipeline import RunOptions, weights_meta
+
+pq = pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
+pytest.importorskip("fsspec", reason="--format wds needs fsspec (fpncli[wds])")
+
+from fpncli.io import shards  # noqa: E402 - needs pyarrow
+from fpncli.io.shardlock import CLAIMS_DIR, LOCK_FILE, RunClaim, wds_lock  # noqa: E402
+from fpncli.run.wds import plan_sharded, run_sharded  # noqa: E402
+
+OPTIONS = RunOptions(
+    output=OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False),
+    workers=1, writers=1,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fpncli.load_backbone("random")
+
+
+def _jobs(folder: Path, count: int):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(0)
+    for i in range(count):
+        pixels = rng.randint(0, 255, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"im{i}.png")
+    return plan_jobs(discover_inputs([str(folder)]), Path(""))
+
+
+def _keys_per_shard(out: Path) -> list[str]:
+    keys = []
+    for path in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(path) as tar:
+            keys += [m.name[:-5] for m in tar.getmembers() if m.name.endswith(".json")]
+    return keys
+
+
+def test_two_wds_runs_at_once_share_the_keys_and_keep_each_others_shards(
+    tmp_path, model, monkeypatch, caplog
+):
+    """The first run is held with one image in its open (partial) shard while a second run over
+    more images plans, runs and ends: the second leaves the first's keys and partial shard alone
+    and does only the rest; then the first ends. Each key is in exactly one shard."""
+    jobs, out = _jobs(tmp_path / "in", 4), tmp_path / "out"
+    held, go = threading.Event(), threading.Event()
+    real = shards.ShardWriter.write_image
+
+    def write_image(self, *args, **kwargs):  # the first call is the first run's (on its writer)
+        size = real(self, *args, **kwargs)
+        if not held.is_set():
+            held.set()
+            assert go.wait(120)
+        return size
+
+    monkeypatch.setattr(shards.ShardWriter, "write_image", write_image)
+    results = {}
+
+    def first():
+        results[1] = run_sharded(jobs[:3], str(out), model, OPTIONS, shard_bytes=10**9)
+
+    first_thread = threading.Thread(target=first)
+    first_thread.start()
+    assert held.wait(120)
+    partial = list(out.glob("shard-*.tar.partial"))
+    assert len(partial) == 1
+    with caplog.at_level(logging.WARNING):
+        second = run_sharded(jobs, str(out), model, OPTIONS, shard_bytes=10**9)
+    assert (second.done, second.skipped, second.failed) == (1, 3, [])
+    assert f"3 of these images are being extracted by another fpncli run (pid {os.getpid()})" in (
+        caplog.text
+    )
+    assert partial[0].exists()  # the live run's open shard was not taken for a dead one's
+    go.set()
+    first_thread.join(120)
+    assert (results[1].done, results[1].failed) == (3, [])
+    keys = _keys_per_shard(out)
+    assert sorted(keys) == ["im0", "im1", "im2", "im3"]  # each key once
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    assert sorted(r["key"] for r in index if r["status"] == "ok") == sorted(keys)
+    assert not list(out.glob("*.partial")) and not list((out / CLAIMS_DIR).iterdir())
+
+
+def test_a_dead_runs_claim_lock_file_and_partial_shard_do_not_block(tmp_path, model):
+    """A run that died holding its claim (a process that exits without releasing it) leaves
+    its claims file, the lock file and a partial shard: the next run takes every key."""
+    jobs, out = _jobs(tmp_path / "in", 2), tmp_path / "out"
+    plan = plan_sharded(jobs, str(out), OPTIONS, weights_meta(model))
+    keys, token = sorted(plan.keys.values()), plan.claim.token
+    plan.release()
+    code = (
+        "import fsspec, sys\nfrom fpncli.io.shardlock import RunClaim\n"
+        f"claim = RunClaim(fsspec.filesystem('file'), {str(out)!r}); claim.token = {token!r}\n"
+        f"claim.claim({keys!r}, {plan.settings!r})\nprint(claim.path, flush=True)\n"
+    )  # exits holding the claim: the lock goes with the process
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    dead = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert dead.returncode == 0, dead.stderr
+    claims = Path(dead.stdout.strip())
+    assert claims.exists() and json.loads(claims.read_text())["keys"] == keys
+    (out / f"shard-{token}-0123abcd.tar.partial").write_bytes(b"half a shard")
+    assert (out / LOCK_FILE).exists()
+    summary = run_sharded(jobs, str(out), model, OPTIONS, shard_bytes=10**9)
+    assert (summary.done, summary.skipped, summary.failed) == (2, 0, [])
+    assert not claims.exists() and not list(out.glob("*.partial"))
+    assert sorted(_keys_per_shard(out)) == keys
+
+
+def test_a_live_run_refuses_overwrite_and_other_settings(tmp_path, model, caplog):
+    jobs, out = _jobs(tmp_path / "in", 2), tmp_path / "out"
+    weights = weights_meta(model)
+    plan = plan_sharded(jobs, str(out), OPTIONS, weights)  # a live run holding both keys
+    try:
+        with pytest.raises(ValueError, match=rf"pid {os.getpid()}\).*--overwrite would delete"):
+            plan_sharded(jobs, str(out), RunOptions(output=OPTIONS.output, overwrite=True), weights)
+        with pytest.raises(ValueError, match="with other weights or options"):
+            plan_sharded(jobs, str(out), RunOptions(output=OPTIONS.output, precision="bf16"),
+                         weights)  # fmt: skip
+        with caplog.at_level(logging.WARNING):
+            again = plan_sharded(jobs, str(out), OPTIONS, weights)
+        assert (again.todo, again.skipped) == ([], 2) and "left to it" in caplog.text
+        again.release()
+    finally:
+        plan.release()
+    after = plan_sharded(jobs, str(out), OPTIONS, weights)  # released: the keys are free
+    assert len(after.todo) == 2
+    after.release()
+
+
+def test_an_object_store_output_warns_that_runs_are_not_coordinated(tmp_path, caplog):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    with caplog.at_level(logging.WARNING):
+        claim = RunClaim(fs, "/fpncli-lock-test/out")
+    assert "cannot be locked" in caplog.text
+    with wds_lock(fs, "/fpncli-lock-test/out"):  # no lock file on an object store
+        claim.claim(["a"], "s")
+        assert claim.live_runs() == [] and not fs.exists("/fpncli-lock-test/out/" + LOCK_FILE)
+    claim.release()
