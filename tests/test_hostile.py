@@ -226,28 +226,28 @@ def test_a_short_npy_write_is_a_full_disk_and_stops_the_run(tmp_path, model, mon
     jobs = [
         Job(_image(tmp_path / f"{i}.png", value=i), tmp_path / "out" / str(i)) for i in range(8)
     ]
-    real_save, computed = np.save, []
+    real_save, computed = outputs.write_npy, []
     real_backbone = steps.run_backbone
     full = threading.Event()
 
-    def short_save(f, array, allow_pickle=False):
+    def short_save(f, array):
         if Path(f.name).parent.name == "1" or full.is_set():
             full.set()  # what ndarray.tofile raises on a full disk: an OSError with no errno
             raise OSError(f"{array.size} requested and {array.size // 3} written")
-        return real_save(f, array, allow_pickle=allow_pickle)
+        return real_save(f, array)
 
     def counting(model, batch, precision):
         computed.append(batch.shape[0])
         return real_backbone(model, batch, precision=precision)
 
-    monkeypatch.setattr(outputs.np, "save", short_save)
+    monkeypatch.setattr(outputs, "write_npy", short_save)
     monkeypatch.setattr(steps, "run_backbone", counting)
     summary = run_jobs(jobs, model, RunOptions(output=SMALL, writers=1, workers=1))
     assert summary.aborted == "disk full: 1 of 8 done, rerun the same command after freeing space"
     assert summary.failed == [] and summary.done == 1
     assert len(computed) < 8  # it stopped at once instead of computing every remaining image
     assert not list((tmp_path / "out").rglob(".*fpncli-tmp*"))
-    monkeypatch.setattr(outputs.np, "save", real_save)
+    monkeypatch.setattr(outputs, "write_npy", real_save)
     again = run_jobs(jobs, model, RunOptions(output=SMALL))
     assert (again.done, again.skipped, again.failed) == (7, 1, [])
 
