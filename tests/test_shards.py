@@ -138,6 +138,41 @@ def test_wds_killed_run_resumes_with_each_key_in_one_shard(tmp_path):
             assert (out / name).stat().st_mtime_ns == mtime  # not rewritten
 
 
+def test_wds_index_says_which_levels_each_record_holds(tmp_path):
+    """``--levels stem,res3,p4``: the index has a ``levels`` column and shape/stat columns for the
+    bottom-up stages too (null where absent); ``show --key --level all`` draws what is there; an
+    index part written before these columns existed still reads."""
+    import fsspec
+
+    from fpncli.io.shards import read_index
+
+    inputs, out = _images(tmp_path / "in", 2), tmp_path / "out"
+    args = [str(inputs), "-o", str(out), "--format", "wds", "--levels", "stem,res3,p4"]
+    result = _run([*args, "--no-heatmaps", "--no-overview"])
+    assert result.exit_code == 0, result.output
+    members = {n: b for m in _tar_members(out).values() for n, b in m.items()}
+    for row in pq.read_table(out / "index.parquet").to_pylist():
+        assert row["levels"] == ["stem", "res3", "p4"]
+        manifest = json.loads(members[f"{row['key']}.json"])
+        for level in row["levels"]:
+            array = np.load(io.BytesIO(members[f"{row['key']}.{level}.npy"]))
+            assert row[f"{level}_shape"] == list(array.shape)
+            assert row[f"{level}_max"] == pytest.approx(manifest["levels"][level]["max"])
+        assert row["stem_shape"][1] == 64 and row["res3_shape"][1] == 512
+        assert row["p2_shape"] is None and row["res5_min"] is None
+    saved = tmp_path / "all.png"
+    shown = CliRunner().invoke(cli, ["show", str(out), "--key", "img_1", "--level", "all",
+                                     "--save", str(saved)])  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    assert Image.open(saved).size[0] > 0
+    part = next((out / "_index").glob("part-*.parquet"))
+    old = pq.read_table(part)
+    old = old.drop_columns(["levels"] + [c for c in old.column_names if c.startswith("stem_")])
+    pq.write_table(old, part)  # as an earlier fpncli wrote it
+    rows = read_index(fsspec.filesystem("file"), str(out)).to_pylist()
+    assert len(rows) == 2 and [r["levels"] is None for r in rows].count(True) == old.num_rows
+
+
 def test_wds_to_memory_url_and_show_key(tmp_path, monkeypatch):
     import fsspec
 

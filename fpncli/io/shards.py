@@ -38,7 +38,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from ..model.fpn import LEVELS
+from ..model.fpn import OUTPUTS
 from .npy import npy_bytes
 from .outputs import MANIFEST, OutputOptions, write_image_members
 from .shardlock import partial_token, wds_lock
@@ -142,10 +142,10 @@ def _schema():
     fields = [
         ("key", pa.string()), ("source", pa.string()), ("status", pa.string()),
         ("error", pa.string()), ("shard", pa.string()), ("members", pa.list_(pa.string())),
-        ("dtype", pa.string()), ("settings", pa.string()), ("bytes", pa.int64()),
-        ("written_at", pa.float64()),
+        ("levels", pa.list_(pa.string())), ("dtype", pa.string()), ("settings", pa.string()),
+        ("bytes", pa.int64()), ("written_at", pa.float64()),
     ]  # fmt: skip
-    for level in LEVELS:
+    for level in OUTPUTS:  # stem, res2..res5 (with --levels), p2..p6; null where not written
         fields += [
             (f"{level}_shape", pa.list_(pa.int64())),
             (f"{level}_min", pa.float64()),
@@ -164,7 +164,8 @@ def failed_row(key: str, source: str, reason: str, settings: str) -> dict:
 def _ok_row(key: str, source: str, manifest: dict, members: list[str], size: int,
             settings: str) -> dict:  # fmt: skip
     row = {"key": key, "source": source, "status": "ok", "members": members, "bytes": size,
-           "settings": settings, "written_at": time.time()}  # fmt: skip
+           "levels": list(manifest["levels"]), "settings": settings,
+           "written_at": time.time()}  # fmt: skip
     for level, meta in manifest["levels"].items():
         row["dtype"] = meta["dtype"]
         row[f"{level}_shape"] = list(meta["shape"])
@@ -328,11 +329,16 @@ def read_index(fs, root: str, *, ledger: bool = True):
         if ledger
         else [p for p in [f"{root}/{INDEX}"] if fs.exists(p)]
     )
+    schema = _schema()
     tables = []
     for path in paths:
         with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f).cast(_schema()))
-    return pa.concat_tables(tables) if tables else _schema().empty_table()
+            table = pq.read_table(f)
+        for column in schema:  # a part written before a column existed: null there
+            if column.name not in table.column_names:
+                table = table.append_column(column, pa.nulls(len(table), column.type))
+        tables.append(table.select(schema.names).cast(schema))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bool,

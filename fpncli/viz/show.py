@@ -181,6 +181,8 @@ def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
     shard, members = find_member(fs, path, key)
     manifest = json.loads(members["json"])
     features = {}
+    if len(levels) > 1:  # --level all: the levels this record has (as for a folder)
+        levels = [n for n in levels if (manifest["levels"].get(n) or {}).get("file")] or levels
     for name in levels:
         meta = manifest["levels"].get(name)
         if meta is None or not meta.get("file"):
