@@ -173,6 +173,54 @@ def test_the_upload_ring_refills_a_slot_only_after_its_copy(device):
         assert np.array_equal(pixels.cpu().numpy(), np.stack(batch))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_batch_is_queued_without_waiting_for_the_device(precision, folder, tmp_path):
+    """From the upload to the copy back, nothing makes the host wait for the GPU (a sync would
+    hold the feeding thread until the forward pass ends, so the next batch could not be
+    prepared meanwhile): CUDA's sync debug mode turns any such call into an error."""
+    from fpncli.run.device import model_for_run
+    from fpncli.run.steps import DeviceState, decode, infer_batch
+
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    model = model_for_run(fpncli.load_backbone("random", device=device), precision)
+    options = RunOptions(output=OutputOptions(min_size=160, max_size=256, reduce="l2"),
+                         batch_size=3, precision=precision)  # fmt: skip
+    state = DeviceState.create(device, options)
+    items = [decode(job, options, model.weights_info.input) for job in _jobs(folder, tmp_path)]
+    batches = [[items[1], items[2], items[4]], [items[0], items[1]]]  # one size; two sizes
+    with torch.cuda.device(device):
+        first = [infer_batch(model, b, options, state) for b in batches]  # warm-up: cuDNN init
+        for r in first:
+            r.wait()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            again = [infer_batch(model, b, options, state) for b in batches]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for a, b, batch in zip(first, again, batches):
+        b.wait()
+        for i in range(len(batch)):
+            for name, level in b.image(i).items():
+                assert np.array_equal(level.array, a.image(i)[name].array), (i, name)
+                assert np.array_equal(level.map2d, a.image(i)[name].map2d), (i, name)
+
+
+def test_a_bench_rows_peak_memory_is_its_own():
+    """Reset per row: what other rows left allocated (model copies, references) is not in it."""
+    from fpncli.run.bench import _nbytes, bench_model
+
+    model = fpncli.load_backbone("random", device="cuda:0")
+    kwargs = {"height": 128, "width": 192, "batch_size": 1, "precision": "fp32", "seconds": 0,
+              "iters": 1, "warmup": 1}  # fmt: skip
+    alone = bench_model(model, **kwargs)
+    ballast = torch.empty(1 << 30, dtype=torch.uint8, device="cuda:0")  # 1 GiB of another row
+    crowded = bench_model(model, **kwargs)
+    del ballast
+    assert alone.error is None and crowded.error is None
+    assert abs(crowded.peak_gpu_mb - alone.peak_gpu_mb) < 64
+    assert alone.peak_gpu_mb > _nbytes(model) / 2**20
+
+
 def test_two_workers_on_one_gpu(folder, cpu_model, tmp_path):
     """The --gpus machinery (spawned workers, each setting its device) on a one-GPU machine."""
     from fpncli.run.multi import run_on_devices

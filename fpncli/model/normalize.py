@@ -10,6 +10,7 @@ bit-identical to the numpy version (``fpncli.io.preprocess.normalize_and_pad``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -22,6 +23,13 @@ def padded_size(height: int, width: int, size_divisibility: int = 32) -> tuple[i
     """``(height, width)`` rounded up to a multiple of ``size_divisibility``."""
     d = size_divisibility
     return math.ceil(height / d) * d, math.ceil(width / d) * d
+
+
+@functools.lru_cache(maxsize=32)
+def _constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """``(1, 3, 1, 1)`` float32 on ``device``, made once: ``torch.tensor(..., device=cuda)`` is a
+    synchronous copy that would make the caller wait for all the work queued on the GPU."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
 
 def normalize_batch(
@@ -60,8 +68,8 @@ def normalize_batch(
     if pad_to is None:
         pad_to = padded_size(max(h for h, _ in sizes), max(w for _, w in sizes), size_divisibility)
     device = pixels.device
-    mean = torch.tensor(pixel_mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(pixel_std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    mean = _constant(tuple(map(float, pixel_mean)), device)
+    std = _constant(tuple(map(float, pixel_std)), device)
     chw = pixels.permute(0, 3, 1, 2)
     if color_order == "BGR":
         chw = chw.flip(1)

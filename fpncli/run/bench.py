@@ -94,15 +94,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def _reset_peak(device: torch.device) -> int:
+    """Reset the allocator's peak; returns the bytes allocated now (the baseline)."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
 
 
-def _peak_gpu_mb(device: torch.device) -> float | None:
+def _nbytes(*items) -> int:
+    """Bytes of tensors and of modules' parameters and buffers."""
+    total = 0
+    for item in items:
+        if isinstance(item, torch.nn.Module):
+            tensors = [*item.parameters(), *item.buffers()]
+        else:
+            tensors = [item]
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+def _peak_gpu_mb(device: torch.device, baseline: int = 0, own: int = 0) -> float | None:
+    """A row's peak GPU memory: the allocator's peak since the reset less what was allocated
+    then (other rows' model copies, the fp32 reference), plus ``own``, the bytes allocated
+    before the reset that the row uses (its weights, its input)."""
     if device.type != "cuda":
         return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
+    return (torch.cuda.max_memory_allocated(device) - baseline + own) / 2**20
 
 
 def bf16_peak_tflops(name: str) -> float | None:
@@ -160,7 +178,7 @@ def bench_model(
             torch._dynamo.reset()  # recompile limit never turns a later row silently eager
         with run_settings(device, benchmark=device.type == "cuda"):
             run_model = model_for_run(model, precision, compile=compile)
-            _reset_peak(device)
+            baseline = _reset_peak(device)
             start = time.perf_counter()
             for _ in range(warmup):
                 out = run_backbone(run_model, batch, precision=precision)
@@ -175,7 +193,7 @@ def bench_model(
         row.images, row.seconds = batch_size * len(times), sum(times)
         row.median_batch_s = statistics.median(times)
         row.images_per_s = batch_size / row.median_batch_s
-        row.peak_gpu_mb = _peak_gpu_mb(device)
+        row.peak_gpu_mb = _peak_gpu_mb(device, baseline, _nbytes(run_model, batch))
         row.fraction_of_bf16_peak = _fraction_of_peak(device, height, width, row.images_per_s)
         if reference is not None:
             row.max_rel_error_vs_fp32 = _max_rel_error(reference, out)
@@ -297,7 +315,7 @@ def bench_end_to_end(
         )  # fmt: skip
         jobs = [Job(p, root / "out" / p.stem) for p in paths]
         run_jobs(jobs[:2], model, options)  # warm-up: start-up costs are not timed
-        _reset_peak(device)
+        baseline = _reset_peak(device)
         summary = run_jobs(jobs[2:], model, options)
         if summary.failed:
             raise RuntimeError(f"{len(summary.failed)} images failed: {summary.failed[0][1]}")
@@ -308,7 +326,8 @@ def bench_end_to_end(
         }
         row.bound = _bound(summary.stage_seconds, workers, writers)
         row.bytes_per_image = summary.bytes_written / max(1, summary.done)
-        row.peak_gpu_mb = _peak_gpu_mb(device)
+        weights = _nbytes(model_for_run(model, precision, compile=compile))
+        row.peak_gpu_mb = _peak_gpu_mb(device, baseline, weights)
         decoded = decode_rate(paths[2:], options, model.weights_info.input, os.cpu_count() or 1)
         row.ratios["decode_img_s"] = decoded
         if measure_disk and output.save_npy:

@@ -393,6 +393,9 @@ class BatchResult:
         return last
 
 
+_INF, _NAN = float("inf"), float("nan")
+
+
 def _finite_stats(valid: torch.Tensor) -> torch.Tensor:
     """``[min, max, mean, nonfinite]`` (float64) of the finite values; NaN for min/max/mean when
     no value is finite. On CUDA without a host sync (masked passes: cheap at HBM bandwidth); on
@@ -405,17 +408,17 @@ def _finite_stats(valid: torch.Tensor) -> torch.Tensor:
         if torch.isfinite(total):
             mean = total / max(1, valid.numel())
             return torch.stack([low.double(), high.double(), mean, total.new_zeros(())])
+    # Python scalars, not torch.tensor(..., device=cuda): that is a synchronous copy, which
+    # would make the GPU-feeding thread wait for the whole batch's forward pass
     finite = torch.isfinite(valid)
     count = finite.sum()
-    inf = torch.tensor(float("inf"), dtype=valid.dtype, device=valid.device)
-    low = torch.where(finite, valid, inf).amin().double()
-    high = torch.where(finite, valid, -inf).amax().double()
+    low = torch.where(finite, valid, _INF).amin().double()
+    high = torch.where(finite, valid, -_INF).amax().double()
     total = torch.where(finite, valid, 0.0).sum(dtype=torch.float64)
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=valid.device)
     none = count == 0
     return torch.stack([
-        torch.where(none, nan, low), torch.where(none, nan, high),
-        torch.where(none, nan, total / count.clamp(min=1)), (valid.numel() - count).double(),
+        torch.where(none, _NAN, low), torch.where(none, _NAN, high),
+        torch.where(none, _NAN, total / count.clamp(min=1)), (valid.numel() - count).double(),
     ])  # fmt: skip
 
 
@@ -424,15 +427,13 @@ def _finite_stats_batch(valid: torch.Tensor) -> torch.Tensor:
     flat = valid.reshape(valid.shape[0], -1)
     finite = torch.isfinite(flat)
     count = finite.sum(dim=1)
-    inf = torch.tensor(float("inf"), dtype=flat.dtype, device=flat.device)
-    low = torch.where(finite, flat, inf).amin(dim=1).double()
-    high = torch.where(finite, flat, -inf).amax(dim=1).double()
+    low = torch.where(finite, flat, _INF).amin(dim=1).double()
+    high = torch.where(finite, flat, -_INF).amax(dim=1).double()
     total = torch.where(finite, flat, 0.0).sum(dim=1, dtype=torch.float64)
     none = count == 0
-    nan = torch.full_like(total, float("nan"))
     return torch.stack([
-        torch.where(none, nan, low), torch.where(none, nan, high),
-        torch.where(none, nan, total / count.clamp(min=1)), (flat.shape[1] - count).double(),
+        torch.where(none, _NAN, low), torch.where(none, _NAN, high),
+        torch.where(none, _NAN, total / count.clamp(min=1)), (flat.shape[1] - count).double(),
     ], dim=1)  # fmt: skip
 
 
