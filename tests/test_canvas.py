@@ -224,3 +224,20 @@ def test_wds_shards_carry_the_canvas(tmp_path):
         assert manifest["preprocess"]["canvas"] == "auto"
         assert np.load(io.BytesIO(members[f"{key}.p3.npy"])).shape == (1, 256, height // 8,
                                                                         width // 8)  # fmt: skip
+
+
+def test_diff_compares_a_canvas_run_with_a_single_image_run(tmp_path, model):
+    """Only valid regions are compared, so the padded size may differ: the diff shows what the
+    canvas changes (the cells near the right and bottom edge)."""
+    from fpncli.viz.diff import diff_extractions
+
+    path = _images(tmp_path / "in", "a")[0]
+    for name, canvas in (("single", None), ("canvas", "160x96")):
+        output = replace(SMALL, canvas=canvas, levels=("p3",))
+        assert run_jobs([Job(path, tmp_path / name / "a")], model, RunOptions(output=output)).done
+    same = diff_extractions(tmp_path / "single", tmp_path / "single")
+    result = diff_extractions(tmp_path / "single", tmp_path / "canvas")
+    assert same.agree and [i.skipped for i in result.images] == [None]
+    (p3,) = result.images[0].levels
+    assert p3.level == "p3" and 1e-4 < p3.max_rel and p3.cosine > 0.5
+    assert not result.agree

@@ -8,8 +8,9 @@ cells are not image):
 - ``cosine``   = <A, B> / (|A| |B|) over the whole (C, h, w) tensor flattened
 - ``max_abs``  = max|A - B|
 
-A is the reference. Images whose geometry differs (input size, resize, level shapes) are reported,
-not compared; images found on one side only are listed. Numpy and OpenCV only.
+A is the reference. Images whose geometry differs (input size, resize, valid level shapes) are
+reported, not compared; images found on one side only are listed. The padded size may differ (an
+``extract --canvas`` output against a single-image one). Numpy and OpenCV only.
 """
 
 from __future__ import annotations
@@ -133,12 +134,14 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, level: str = "") -> LevelDiff:
 
 
 def _geometry(ex: LoadedExtraction) -> dict:
+    """The sizes that must agree. Not the padded size: only valid regions are compared, so an
+    ``extract --canvas`` output compares with a single-image one (the difference near the right
+    and bottom edge is what the canvas changes)."""
     pre = ex.manifest.get("preprocess", {})
     inp = ex.manifest.get("input", {})
     return {
         "input": (inp.get("width"), inp.get("height")),
         "resized": (pre.get("resized_width"), pre.get("resized_height")),
-        "padded": (pre.get("padded_width"), pre.get("padded_height")),
     }
 
 
@@ -148,9 +151,9 @@ def _geometry_mismatch(a: LoadedExtraction, b: LoadedExtraction, levels: list[st
         if ga[what] != gb[what]:
             return f"geometry differs: {what} size {ga[what]} in A, {gb[what]} in B"
     for name in levels:
-        sa, sb = a.levels[name].shape, b.levels[name].shape
+        sa, sb = a.valid(name).shape, b.valid(name).shape
         if sa != sb:
-            return f"geometry differs: {name} shape {sa} in A, {sb} in B"
+            return f"geometry differs: {name} valid shape {sa} in A, {sb} in B"
     return None
 
 
