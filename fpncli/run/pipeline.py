@@ -41,6 +41,7 @@ from ..io.inputs import (
     shard_from_env,
 )
 from ..io.outputs import (
+    MANIFEST,
     OutputOptions,
     estimate_bytes_per_image,
     is_complete,
@@ -189,14 +190,46 @@ class FolderSink:
               device: str) -> int | None:  # fmt: skip
         return write_result(item, levels, options, weights, device)
 
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[str | None, tuple | None]] = {}
+
     def fail(self, path: Path, reason: str) -> None:
         """Nothing to record: a failed image simply has no complete folder."""
 
     def complete(self, job: Job, options: RunOptions, weights: dict) -> bool:
-        """Whether another run completed ``job``'s folder since the run was planned: asked just
-        before the image is decoded and again before its batch goes to the model (a manifest
-        read and a stat per listed file), so a concurrent run's work is not computed twice."""
-        return not options.overwrite and _complete(job, options, weights)
+        """Whether another run has completed ``job``'s folder since the run was planned; asked
+        just before the image is decoded (its run key, a manifest read and a stat per listed
+        file), so that a concurrent run's work is not computed twice."""
+        if options.overwrite:
+            return False
+        key = job_run_key(job, options, weights)
+        if key is not None and is_complete(job.folder, key):
+            return True
+        self._seen[(str(job.path), str(job.folder))] = (key, _manifest_stamp(job.folder))
+        return False
+
+    def completed_since(self, job: Job, options: RunOptions, weights: dict) -> bool:
+        """``complete`` again, just before the image's batch goes to the model: one ``stat`` of
+        the manifest, read only when it changed since ``complete`` saw it (the full check when
+        ``complete`` was not asked, as for images decoded elsewhere)."""
+        if options.overwrite:
+            return False
+        seen = self._seen.pop((str(job.path), str(job.folder)), None)
+        if seen is None:
+            return _complete(job, options, weights)
+        key, stamp = seen
+        if _manifest_stamp(job.folder) == stamp:
+            return False
+        return key is not None and is_complete(job.folder, key)
+
+
+def _manifest_stamp(folder: Path) -> tuple | None:
+    """What changes when a manifest is (re)written (it is replaced, never edited in place)."""
+    try:
+        st = os.stat(Path(folder) / MANIFEST)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 class _Runner:
@@ -219,6 +252,7 @@ class _Runner:
         self.start = time.monotonic()
         self.weights_meta = weights_meta(model)
         self.recheck = getattr(self.sink, "complete", None)
+        self.recheck_batch = getattr(self.sink, "completed_since", None)
 
     def report(self) -> None:
         if self.progress is not None:
@@ -257,11 +291,11 @@ class _Runner:
 
     def drop_complete(self, items: list[Decoded]) -> list[Decoded]:
         """``items`` less those another run has completed since they were decoded (skipped)."""
-        if self.recheck is None:
+        if self.recheck_batch is None:
             return items
         keep = []
         for it in items:
-            if self.recheck(it.job, self.options, self.weights_meta):
+            if self.recheck_batch(it.job, self.options, self.weights_meta):
                 self.skip(it.job)
             else:
                 keep.append(it)

@@ -142,8 +142,8 @@ class _Bytes:
 
     def __init__(self, inner) -> None:
         self.inner, self.sizes, self.skipped = inner, {}, set()
-        if hasattr(inner, "complete"):  # folders: re-checked before decoding and the model
-            self.complete = self._complete
+        if hasattr(inner, "completed_since"):  # folders: re-checked before the model
+            self.completed_since = self._completed_since
 
     def write(self, item, *args) -> int | None:
         size = self.inner.write(item, *args)
@@ -152,8 +152,8 @@ class _Bytes:
             self.skipped.add(str(item.job.path))
         return size
 
-    def _complete(self, job, *args) -> bool:
-        done = self.inner.complete(job, *args)
+    def _completed_since(self, job, *args) -> bool:
+        done = self.inner.completed_since(job, *args)
         if done:
             self.skipped.add(str(job.path))
         return done
