@@ -101,6 +101,13 @@ def check_precision(precision: str, device: torch.device) -> None:
             "this CPU has no fast bf16 (no AVX512-BF16/AMX); bf16 would run several times "
             "slower than fp32: use --precision fp32"
         )
+    if device.type == "cuda" and precision == "bf16":
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:  # cuDNN has no bf16 convolutions there: every batch would fail
+            raise ValueError(
+                f"this GPU (compute capability {major}.{minor}) has no bf16 (it needs 8.0, Ampere "
+                "or newer): use --precision fp16 or fp32"
+            )
 
 
 @contextmanager

@@ -216,6 +216,18 @@ def test_model_for_run_leaves_the_model_alone_on_the_cpu():
     assert next(model.parameters()).dtype == torch.float32
 
 
+def test_bf16_is_refused_on_gpus_without_it(monkeypatch):
+    from fpncli.api import check_precision
+
+    capability = {"cap": (7, 5)}  # a T4: cuDNN would fail every bf16 batch
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["cap"])
+    with pytest.raises(ValueError, match=r"compute capability 7\.5\) has no bf16"):
+        check_precision("bf16", torch.device("cuda", 0))
+    check_precision("fp16", torch.device("cuda", 0))
+    capability["cap"] = (9, 0)
+    check_precision("bf16", torch.device("cuda", 0))
+
+
 def test_a_converted_variant_after_a_compiled_one():
     """A compiled variant in the model's cache must not be deep-copied (it cannot be) when a
     converted copy is made next, e.g. `bench --compile --precisions fp32,bf16` on CUDA."""
