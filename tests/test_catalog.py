@@ -61,7 +61,7 @@ def test_level_stats_memory_is_bounded_and_std_exact():
     assert 900 <= counts.sum() <= 1000 and edges[0] == values.min()
 
 
-def test_folder_roots_and_single_folders(sample_extraction):
+def test_folder_roots_and_single_folders(sample_extraction, tmp_path):
     found = open_extractions(sample_extraction)
     assert found.format == "files" and found.keys() == ["chelsea", "coffee", "rocket"]
     assert found.link("coffee", "overview.png") == "coffee/overview.png"
@@ -70,6 +70,9 @@ def test_folder_roots_and_single_folders(sample_extraction):
     assert one.single and one.keys() == ["rocket"] and one.link("rocket", "p2.png") == "p2.png"
     with pytest.raises(FileNotFoundError, match="no such folder"):
         open_extractions(sample_extraction / "nope")
+    out = tmp_path / "out"  # an image called _index, in folder mode, is not a shard index
+    shutil.copytree(sample_extraction / "chelsea", out / "_index")
+    assert open_extractions(out).format == "files" and open_extractions(out).keys() == ["_index"]
 
 
 def test_shard_root_reads_like_the_folder_root(sample_extraction, sample_shards, monkeypatch):

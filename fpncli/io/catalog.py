@@ -46,7 +46,8 @@ def is_sharded(root: str | Path) -> bool:
     if "://" in str(root):
         return True
     root = Path(root)
-    return (root / "index.parquet").is_file() or (root / "_index").is_dir()
+    # an image folder may be called _index in folder mode: it holds a manifest, not parts
+    return (root / "index.parquet").is_file() or any((root / "_index").glob("part-*.parquet"))
 
 
 def open_extractions(root: str | Path) -> Extractions:
