@@ -114,18 +114,26 @@ def check_precision(precision: str, device: torch.device) -> None:
 def fp32_strict():
     """True fp32 on CUDA for the duration: TF32 off for cuDNN convolutions and matmuls, and the
     user's settings restored afterwards (the library never changes global torch state for
-    good)."""
-    saved = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.get_float32_matmul_precision(),
-    )
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    good). Through the API the user set TF32 with: once torch >= 2.9's ``fp32_precision``
+    settings were used, reading the legacy ``allow_tf32`` flags raises, and setting either API
+    over the other leaves a mixed state that makes cuBLAS calls raise."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:
+        saved = (matmul.allow_tf32, cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    except RuntimeError:  # the user set TF32 with the fp32_precision settings
+        saved_precision = (matmul.fp32_precision, cudnn.conv.fp32_precision)
+        matmul.fp32_precision = cudnn.conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, cudnn.conv.fp32_precision = saved_precision
+        return
+    matmul.allow_tf32 = False
+    cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        matmul.allow_tf32, cudnn.allow_tf32 = saved[:2]
         torch.set_float32_matmul_precision(saved[2])
 
 

@@ -4,10 +4,13 @@ and what comes back to the host."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,6 +188,47 @@ def test_fp32_context_restores_tf32_flags_even_on_error():
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
         torch.set_float32_matmul_precision("highest" if not saved[0] else "high")
+
+
+_TF32_CHECK = """
+import json, sys, torch
+from fpncli.api import autocast_context
+b = torch.backends
+def effective(*levels):  # a setting left "none" inherits from the level above; "none" on top: ieee
+    value = next((v.fp32_precision for v in levels if v.fp32_precision != "none"), "none")
+    return "ieee" if value == "none" else value
+def state():
+    return effective(b.cuda.matmul, b), effective(b.cudnn.conv, b.cudnn, b)
+exec(sys.argv[1])  # how the user set TF32
+before = state()
+with autocast_context(torch.device("cuda"), "fp32"):
+    inside = state()
+print(json.dumps({"inside": inside, "restored": state() == before}))
+"""
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        "",
+        "b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = True",
+        "b.fp32_precision = 'tf32'",
+        "b.cuda.matmul.fp32_precision = 'tf32'",
+    ],
+    ids=["default", "legacy", "new-api", "new-api-matmul"],
+)
+def test_fp32_context_with_either_tf32_api(user):
+    """torch >= 2.9 raises when the legacy allow_tf32 flags are read after a user set TF32 with
+    the fp32_precision settings: the context must work, turn TF32 off and restore, whichever
+    API the user used (each case in a fresh process: these settings are global)."""
+    if not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
+        pytest.skip("torch < 2.9: no fp32_precision settings")
+    root = str(Path(fpncli.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _TF32_CHECK, user], capture_output=True,
+                          text=True, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {"inside": ["ieee", "ieee"], "restored": True}
 
 
 def test_byte_budget_blocks_until_writers_release():
