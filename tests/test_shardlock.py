@@ -86,7 +86,7 @@ def test_two_wds_runs_at_once_share_the_keys_and_keep_each_others_shards(
     assert len(partial) == 1
     with caplog.at_level(logging.WARNING):
         second = run_sharded(jobs, str(out), model, OPTIONS, shard_bytes=10**9)
-    assert (second.done, second.skipped, second.failed) == (1, 3, [])
+    assert (second.done, second.skipped, second.failed, second.left_to_others) == (1, 3, [], 3)
     assert f"3 of these images are being extracted by another fpncli run (pid {os.getpid()})" in (
         caplog.text
     )
@@ -99,6 +99,16 @@ def test_two_wds_runs_at_once_share_the_keys_and_keep_each_others_shards(
     index = pq.read_table(out / "index.parquet").to_pylist()
     assert sorted(r["key"] for r in index if r["status"] == "ok") == sorted(keys)
     assert not list(out.glob("*.partial")) and not list((out / CLAIMS_DIR).iterdir())
+
+
+def test_the_summary_line_says_which_skipped_images_were_left_to_another_run(capsys):
+    from fpncli.cli.extract import _report
+    from fpncli.run.pipeline import RunSummary
+
+    _report(RunSummary(total=5, done=1, skipped=4, left_to_others=3), Path("out"), 5)
+    assert "skipped 4 (1 already complete, 3 left to another live run)" in capsys.readouterr().out
+    _report(RunSummary(total=1, skipped=1, left_to_others=1), Path("out"), 1)
+    assert "1 left to another live run" in capsys.readouterr().out
 
 
 def test_a_dead_runs_claim_lock_file_and_partial_shard_do_not_block(tmp_path, model):

@@ -575,12 +575,16 @@ def _report(summary, out_dir: Path, total: int) -> None:
     if total == 1 and summary.done == 1 and summary.last_folder is not None:
         click.echo(f"wrote {summary.last_folder}")
         return
-    if total == 1 and summary.skipped == 1:
+    others = summary.left_to_others
+    if total == 1 and summary.skipped == 1 and not others:
         click.echo("already complete with these settings (use --overwrite to redo)")
         return
+    why = "already complete"
+    if others:
+        why = f"{summary.skipped - others} already complete, {others} left to another live run"
     gb = summary.bytes_written / 1e9
     click.echo(
-        f"done {summary.done}, skipped {summary.skipped} (already complete), failed "
+        f"done {summary.done}, skipped {summary.skipped} ({why}), failed "
         f"{len(summary.failed)} of {summary.total} in {summary.seconds:.1f} s "
         f"({summary.images_per_s:.2f} images/s), {gb:.3f} GB written to {out_dir}"
     )

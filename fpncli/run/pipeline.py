@@ -151,6 +151,7 @@ class RunSummary:
     last_folder: Path | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0  # the batch size in use at the end (smaller after CUDA out of memory)
+    left_to_others: int = 0  # of ``skipped``: claimed by another live run (``--format wds``)
 
     @property
     def images_per_s(self) -> float:

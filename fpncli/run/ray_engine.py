@@ -266,6 +266,7 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack) -> RunSum
         plan = plan_sharded(jobs, out, options, weights)
         stack.callback(plan.release)
         todo, summary.skipped = plan.todo, plan.skipped
+        summary.left_to_others = plan.left_to_others
         config.update(fs=plan.fs, root=plan.root, settings=plan.settings, token=plan.claim.token,
                       keys={str(Path(k).absolute()): v for k, v in plan.keys.items()})  # fmt: skip
         per_image = max(1, estimate_run_bytes(todo, options.output) // max(1, len(todo)))

@@ -37,6 +37,7 @@ class ShardPlan:
     todo: list[Job]
     skipped: int
     claim: RunClaim  # held until ``release``: the keys of ``todo`` are this run's
+    left_to_others: int = 0  # of ``skipped``: keys another live run has claimed
 
     def release(self) -> None:
         """End the claim on ``todo`` (once its shards are committed or dropped)."""
@@ -78,7 +79,7 @@ def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) 
             "it (rerun afterwards to retry any that it fails)",
             len(taken), _pids([r for r in live if r.pid in set(taken.values())]), root,
         )  # fmt: skip
-    return ShardPlan(fs, root, settings, keys, todo, len(jobs) - len(todo), claim)
+    return ShardPlan(fs, root, settings, keys, todo, len(jobs) - len(todo), claim, len(taken))
 
 
 def _taken(live: list[LiveRun], wanted: set[str], settings: str, root: str) -> dict[str, int]:
@@ -163,7 +164,7 @@ def run_sharded(
     finally:
         plan.release()
     summary.total = len(jobs)
-    summary.skipped = plan.skipped
+    summary.skipped, summary.left_to_others = plan.skipped, plan.left_to_others
     summary.last_folder = None
     log.info("%d shards written; index.parquet has %d rows", len(writer.shards), rows)
     return summary
