@@ -340,28 +340,24 @@ def test_batched_statistics_equal_per_image_ones():
     assert batched[1, 3] == 1 and batched[2, 3] == 8 * 5 * 7 and batched[2, :3].isnan().all()
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are set on Linux only")
-def test_decode_and_write_threads_yield_to_the_model_on_the_cpu(monkeypatch):
+def test_decode_and_write_threads_take_the_model_device(monkeypatch):
     from fpncli.run import pipeline
-    from fpncli.run.device import yield_to_model
 
     calls = []
-    monkeypatch.setattr(pipeline, "yield_to_model", lambda: calls.append("nice"))
     monkeypatch.setattr(pipeline, "bind_thread", lambda d: calls.append(str(d)))
     pipeline._background(torch.device("cpu"))()
-    assert calls == ["cpu", "nice"]
-    calls.clear()  # on a GPU the CPU threads feed it (no nice), with its device current
     pipeline._background(torch.device("cuda", 1))()
-    assert calls == ["cuda:1"]
-    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    seen = {}
+    assert calls == ["cpu", "cuda:1"]
 
-    def thread():
-        yield_to_model()
-        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-    worker = threading.Thread(target=thread)
-    worker.start()
-    worker.join()
-    assert seen["nice"] == min(19, main + 10)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # only that thread
+def test_a_compiled_cpu_run_freezes_the_weights_only_during_the_run():
+    from torch._inductor import config
+
+    from fpncli.run.device import run_settings
+
+    before = config.freezing
+    with run_settings(torch.device("cpu"), compile=True):
+        assert config.freezing is True  # oneDNN prepacks the weights once: the CPU speed-up
+    assert config.freezing == before
+    with run_settings(torch.device("cpu")):
+        assert config.freezing == before  # an eager run changes nothing

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -366,3 +367,17 @@ def test_a_failed_worker_ends_the_run_with_a_merged_summary(tmp_path, model):
     assert is_complete(tmp_path / "out" / "0") and is_complete(tmp_path / "out" / "2")
     shared = worker_options(RunOptions(workers=8, writers=8), 4, cpu_count=16)
     assert (shared.threads, shared.workers, shared.writers) == (4, 4, 4)
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler")
+def test_a_compiled_cpu_run_writes_what_the_eager_run_writes(tmp_path):
+    """--compile on the CPU (inductor with frozen weights) gives the eager model's levels."""
+    model = fpncli.load_backbone("random")  # its own: the compiled variant is cached on it
+    path = _image(tmp_path / "in" / "a.png", size=(64, 48))
+    for name, compile in (("eager", False), ("compiled", True)):
+        options = RunOptions(output=SMALL, compile=compile, record_latest=False)
+        assert run_jobs([Job(path, tmp_path / name / "a")], model, options).done == 1
+    for level in ("p2", "p3", "p4", "p5", "p6"):
+        eager = np.load(tmp_path / "eager" / "a" / f"{level}.npy")
+        compiled = np.load(tmp_path / "compiled" / "a" / f"{level}.npy")
+        np.testing.assert_allclose(compiled, eager, rtol=1e-5, atol=1e-5 * np.abs(eager).max())

@@ -176,7 +176,7 @@ def bench_model(
         times = []
         if compile:  # compiled from scratch: no row depends on an earlier one, and dynamo's
             torch._dynamo.reset()  # recompile limit never turns a later row silently eager
-        with run_settings(device, benchmark=device.type == "cuda"):
+        with run_settings(device, benchmark=device.type == "cuda", compile=compile):
             run_model = model_for_run(model, precision, compile=compile)
             baseline = _reset_peak(device)
             start = time.perf_counter()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,6 @@ __all__ = [
     "bind_thread",
     "run_settings",
     "worker_threads",
-    "yield_to_model",
     "ByteBudget",
     "PinnedPool",
     "model_for_run",
@@ -112,12 +110,23 @@ def bind_thread(device: torch.device) -> None:
 
 
 @contextmanager
-def run_settings(device: torch.device, *, benchmark: bool = False, threads: int | None = None):
+def run_settings(
+    device: torch.device, *, benchmark: bool = False, threads: int | None = None,
+    compile: bool = False,
+):  # fmt: skip
     """Settings for one run, restored afterwards: the current CUDA device, ``cudnn.benchmark``
-    (fixed shapes make cuDNN's search pay off) and the CPU thread count."""
+    (fixed shapes make cuDNN's search pay off), the CPU thread count, and for a compiled model
+    on the CPU inductor's ``freezing``.
+
+    Freezing makes the weights constants, so oneDNN prepacks them once and the ReLUs and
+    residual sums fuse into the convolutions: the R50-FPN forward at 800x1216 went from 1.75 s
+    eager to 1.53 s compiled with it and 1.65 s without (identical outputs; AMD EPYC, 2 cores).
+    It is set around the run, not passed to ``torch.compile(options=...)``, where it has no
+    effect: the compilation happens at the first forward of each shape, inside the run.
+    """
     saved_benchmark, saved_threads = torch.backends.cudnn.benchmark, torch.get_num_threads()
     try:
-        with device_context(device):
+        with device_context(device), _freezing(compile and device.type == "cpu"):
             if device.type == "cuda":
                 torch.backends.cudnn.benchmark = benchmark
             if threads is not None:
@@ -128,26 +137,17 @@ def run_settings(device: torch.device, *, benchmark: bool = False, threads: int 
         torch.set_num_threads(saved_threads)
 
 
+def _freezing(on: bool):
+    if not on:
+        return nullcontext()
+    from torch._inductor import config  # imported only when compiling
+
+    return config.patch(freezing=True)
+
+
 def worker_threads(cpu_count: int, processes: int) -> int:
     """CPU threads for each of ``processes`` workers sharing ``cpu_count`` cores (at least 1)."""
     return max(1, cpu_count // max(1, processes))
-
-
-def yield_to_model() -> None:
-    """Lower the calling thread's priority by 10 (Linux; a thread pool's initializer).
-
-    On a CPU run the decode and write threads share the cores with the model's OpenMP threads,
-    and one preempted OpenMP thread holds up a whole parallel region while the others wait:
-    at nice +10 those threads take the cores mostly when the model's threads are idle (between
-    regions, between batches), and still all of them when the model waits for them.
-    """
-    if sys.platform != "linux":  # elsewhere a thread id is not a pid for setpriority
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
-    except OSError:
-        pass
 
 
 _RUN_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
