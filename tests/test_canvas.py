@@ -241,3 +241,39 @@ def test_diff_compares_a_canvas_run_with_a_single_image_run(tmp_path, model):
     (p3,) = result.images[0].levels
     assert p3.level == "p3" and 1e-4 < p3.max_rel and p3.cosine > 0.5
     assert not result.agree
+
+
+@pytest.mark.parametrize(
+    ("changes", "precision", "weights"),
+    [
+        ({"canvas": "auto"}, "fp32", {"name": "random", "sha256": None, "seed": 0}),
+        ({"levels": ("p3", "p6"), "dtype": "float16"}, "bf16",
+         {"name": "x", "sha256": "ab" * 32, "seed": None}),
+        ({"extra": {"note": "é", "n": [1, 2]}, "clip": (2.0, 98.0)}, "fp16",
+         {"name": "ü", "sha256": None, "seed": 3}),
+    ],
+)  # fmt: skip
+def test_run_key_is_the_digest_of_the_sorted_json_of_its_material(
+    tmp_path, changes, precision, weights
+):
+    """run_key builds its JSON in parts (the options' part once per options object): it must
+    equal the digest of json.dumps(material, sort_keys=True), which earlier versions wrote."""
+    import hashlib
+    import os
+
+    path = _images(tmp_path / "é", "a")[0]
+    options = replace(SMALL, **changes)
+    chosen = asdict(options)
+    if chosen["canvas"] is None:
+        del chosen["canvas"]
+    stat = path.stat()
+    material = {
+        "input": [os.path.realpath(path), stat.st_size, stat.st_mtime_ns],
+        "weights": [weights["name"], weights["sha256"], weights["seed"]],
+        "precision": precision, "options": chosen,
+    }  # fmt: skip
+    expected = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+    assert run_key(path, options, weights, precision) == expected
+    assert run_key(path, options, weights, precision) == expected  # from the cached part
+    other = replace(options, min_size=options.min_size + 32)  # a new object: its own part
+    assert run_key(path, other, weights, precision) != expected

@@ -176,16 +176,28 @@ def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: 
     modification time), the weights, the precision and the output options. A complete folder
     with the same key is skipped on resume; a different key means re-extract."""
     stat = Path(image_path).stat()
-    chosen = asdict(options)
-    if chosen["canvas"] is None:  # as before canvases existed: earlier runs still resume
-        del chosen["canvas"]
-    material = {
-        "input": [os.path.realpath(image_path), stat.st_size, stat.st_mtime_ns],
-        "weights": [weights.get("name"), weights.get("sha256"), weights.get("seed")],
-        "precision": precision,
-        "options": chosen,
-    }
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+    # the JSON of {"input", "options", "precision", "weights"} with sorted keys, as earlier
+    # versions wrote it (their folders still resume), with the options' part made once per
+    # options object: asdict was 60% of the time of listing a million pending images
+    parts = [
+        ("input", json.dumps([os.path.realpath(image_path), stat.st_size, stat.st_mtime_ns])),
+        ("options", _options_json(options)),
+        ("precision", json.dumps(precision)),
+        ("weights", json.dumps([weights.get("name"), weights.get("sha256"), weights.get("seed")])),
+    ]
+    material = "{" + ", ".join(f'"{name}": {value}' for name, value in parts) + "}"
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def _options_json(options: OutputOptions) -> str:
+    cached = options.__dict__.get("_run_key_json")
+    if cached is None:
+        chosen = asdict(options)
+        if chosen["canvas"] is None:  # as before canvases existed: earlier runs still resume
+            del chosen["canvas"]
+        cached = json.dumps(chosen, sort_keys=True)
+        object.__setattr__(options, "_run_key_json", cached)  # frozen: fields never change
+    return cached
 
 
 def valid_size(resized_height: int, resized_width: int, stride: int) -> tuple[int, int]:
