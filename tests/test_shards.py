@@ -205,3 +205,31 @@ def test_wds_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
     result = _run([str(inputs), "-o", str(tmp_path / "o"), "--format", "wds"])
     assert result.exit_code == 1
     assert "pip install 'fpncli[wds]'" in result.output and "Traceback" not in result.output
+
+
+def test_show_key_refuses_a_forged_npy_member_before_allocating(tmp_path, monkeypatch):
+    """A shard member whose header declares far more than it holds is one error line, not a
+    huge allocation or a traceback."""
+    inputs = _images(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    result = _run([str(inputs), "-o", str(out), "--format", "wds", "--no-heatmaps",
+                   "--no-overview"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ((shard_name, members),) = _tar_members(out).items()
+    forged = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        forged, {"descr": "<f4", "fortran_order": False, "shape": (1, 256, 100000, 100000)}
+    )
+    forged.write(b"\0" * 64)
+    with tarfile.open(out / shard_name, "w") as tar:  # same members, p3 forged
+        for name, data in members.items():
+            data = forged.getvalue() if name.endswith("p3.npy") else data
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    key = next(n for n in members if n.endswith("p3.npy"))[: -len(".p3.npy")]
+    monkeypatch.chdir(tmp_path)
+    shown = CliRunner().invoke(cli, ["show", str(out), "--key", key, "--level", "p3"])
+    assert shown.exit_code == 1, shown.output
+    assert "truncated or forged" in shown.output and "Traceback" not in shown.output
+    assert len(shown.output.strip().splitlines()) == 1

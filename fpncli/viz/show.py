@@ -173,8 +173,7 @@ def _from_image(path: Path, weights: str, device: str) -> _Source:
 
 def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
     """One image of a ``--format wds`` extraction, found through its index."""
-    import io
-
+    from ..io.extraction import npy_from_bytes
     from ..io.shards import find_member, open_root
 
     fs, path = open_root(root)
@@ -188,7 +187,8 @@ def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
         if meta is None or not meta.get("file"):
             saved = ", ".join(n for n, m in manifest["levels"].items() if m.get("file"))
             raise ValueError(f"{key} in {shard} has no {name} tensor (it has {saved or 'none'})")
-        features[name] = np.load(io.BytesIO(members[meta["file"]]), allow_pickle=False)
+        # the header is checked against the bytes before anything is allocated
+        features[name] = npy_from_bytes(members[meta["file"]], f"{shard}: {key}.{meta['file']}")
     pre = manifest["preprocess"]
     return _Source(
         features,
