@@ -133,23 +133,7 @@ def read_npy(path: str | Path, *, mmap: bool = False) -> np.ndarray:
         ValueError: not a regular file, not a ``.npy``, or a header the file does not back.
     """
     with open_regular(path, ".npy file") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        except (ValueError, OSError, SyntaxError, TypeError) as e:
-            raise ValueError(f"{path}: not a readable .npy file ({e})") from None
-        if dtype.hasobject:
-            raise ValueError(f"{path}: holds Python objects, not numbers: refused")
-        declared = math.prod(shape) * dtype.itemsize
-        held = os.fstat(f.fileno()).st_size - f.tell()
-        if declared > held:
-            raise ValueError(
-                f"{path}: its header declares a {shape} {dtype} array ({declared / 1e9:.3g} GB) "
-                f"but the file holds {held} bytes of data: truncated or forged"
-            )
+        _checked_header(f, os.fstat(f.fileno()).st_size, str(path), "file")
         if not mmap:
             f.seek(0)
             return np.lib.format.read_array(f, allow_pickle=False)
@@ -166,6 +150,15 @@ def npy_from_bytes(data: bytes, name: str = ".npy member") -> np.ndarray:
     import io
 
     f = io.BytesIO(data)
+    shape, fortran, dtype = _checked_header(f, len(data), name, "member")
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=f.tell())
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def _checked_header(f, size: int, name: str, holder: str) -> tuple[tuple, bool, np.dtype]:
+    """Read the ``.npy`` header of ``f`` (``size`` bytes in all), leaving ``f`` at the data;
+    refuse pickled objects and a header declaring more data than ``size`` holds, before
+    anything is allocated."""
     try:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -176,14 +169,13 @@ def npy_from_bytes(data: bytes, name: str = ".npy member") -> np.ndarray:
         raise ValueError(f"{name}: not a readable .npy file ({e})") from None
     if dtype.hasobject:
         raise ValueError(f"{name}: holds Python objects, not numbers: refused")
-    count = math.prod(shape)
-    if count * dtype.itemsize > len(data) - f.tell():
+    declared, held = math.prod(shape) * dtype.itemsize, size - f.tell()
+    if declared > held:
         raise ValueError(
-            f"{name}: its header declares a {shape} {dtype} array but the member holds "
-            f"{len(data) - f.tell()} bytes of data: truncated or forged"
+            f"{name}: its header declares a {shape} {dtype} array ({declared / 1e9:.3g} GB) "
+            f"but the {holder} holds {held} bytes of data: truncated or forged"
         )
-    array = np.frombuffer(data, dtype=dtype, count=count, offset=f.tell())
-    return array.reshape(shape, order="F" if fortran else "C")
+    return shape, fortran, dtype
 
 
 def load_extraction(path: str | Path, *, mmap: bool = True) -> LoadedExtraction:
