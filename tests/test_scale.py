@@ -97,8 +97,8 @@ def _two_images(folder):
     return folder
 
 
-def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, monkeypatch):
-    from fpncli.io.outputs import is_complete
+def _p3_ranges(monkeypatch) -> list[tuple]:
+    """The colour range of every P3 heatmap drawn from now on, in order."""
     from fpncli.viz import visualize
 
     seen = []
@@ -110,6 +110,13 @@ def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, monkeypatch):
         return real(map2d, **kwargs)
 
     monkeypatch.setattr(visualize, "heatmap_image", spy)
+    return seen
+
+
+def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, monkeypatch):
+    from fpncli.io.outputs import is_complete
+
+    seen = _p3_ranges(monkeypatch)
     out = tmp_path / "out"
     args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random",
             "--min-size", "64", "--max-size", "96", "--workers", "1", "--overlay",
@@ -158,17 +165,8 @@ def test_extract_bad_scale_fails_before_any_work(tmp_path, monkeypatch, extra):
 
 def test_extract_resume_with_scale_image_puts_back_own_ranges(tmp_path, monkeypatch):
     from fpncli.io.outputs import is_complete
-    from fpncli.viz import visualize
 
-    seen = []
-    real = visualize.heatmap_image
-
-    def spy(map2d, **kwargs):
-        if kwargs["label"].startswith("p3 "):
-            seen.append(tuple(kwargs["vrange"]))
-        return real(map2d, **kwargs)
-
-    monkeypatch.setattr(visualize, "heatmap_image", spy)
+    seen = _p3_ranges(monkeypatch)
     out = tmp_path / "out"
     args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random",
             "--min-size", "64", "--max-size", "96", "--workers", "1",
