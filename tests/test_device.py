@@ -275,7 +275,7 @@ def test_bf16_is_refused_on_gpus_without_it(monkeypatch):
 def test_a_converted_variant_after_a_compiled_one():
     """A compiled variant in the model's cache must not be deep-copied (it cannot be) when a
     converted copy is made next, e.g. `bench --compile --precisions fp32,bf16` on CUDA."""
-    model = fpncli.load_backbone("random")
+    model = fpncli.load_backbone("random", cpu_kernels=False)
     compiled = model_for_run(model, "fp32", compile=True)
     bf16 = model_for_run(model, "bf16", convert=True)
     assert next(bf16.parameters()).dtype == torch.bfloat16

@@ -136,7 +136,10 @@ def _json_path(ctx, param, value: str | None) -> str | None:
     "--writers", type=click.IntRange(min=1), default=2, show_default=True, help="Writing threads."
 )
 @click.option(
-    "--unfused", is_flag=True, help="Also time the model without BN folding and channels-last."
+    "--unfused",
+    is_flag=True,
+    help="Also time the model without BN folding and channels-last, and on the CPU without the "
+    "NNPACK/GEMM kernels (oneDNN channels-last, row 'onednn').",
 )
 @click.option(
     "--json",
@@ -165,6 +168,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     import torch
 
     from ..api import check_precision, load_backbone
+    from ..model.cpu_kernels import uses_cpu_kernels
     from ..run.bench import (
         add_ratios,
         bench_end_to_end,
@@ -193,9 +197,10 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
         except ValueError as e:  # known before any timing: say so now, run the rest
             click.echo(f"skipped {precision}: {e}", err=True)
             skipped.append({"precision": precision, "reason": str(e)})
-    torch.set_grad_enabled(False)
     variants = [("fpncli", load_backbone(weights, device=dev))]
     if unfused:
+        if uses_cpu_kernels(variants[0][1]):
+            variants.append(("onednn", load_backbone(weights, device=dev, cpu_kernels=False)))
         plain = load_backbone(weights, device=dev, fold_bn=False, channels_last=False)
         variants.append(("unfused", plain))
     header = format_table([])
@@ -254,7 +259,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
                     for label, model in variants if not (e2e_only or compile_only) else []:
                         measure(
                             f"model {label} {where} {precision}", bench_model, model=model,
-                            variant="unfused" if label == "unfused" else None,
+                            variant=None if label == "fpncli" else label,
                             reference=reference if label != "unfused" else None, **timing,
                         )  # fmt: skip
                     if compile_rows and not e2e_only:
@@ -273,7 +278,8 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
                         )  # fmt: skip
 
     try:
-        run_rows()
+        with torch.no_grad():
+            run_rows()
     finally:  # Ctrl-C or a time limit (SIGINT): the rows measured so far are kept
         save(complete=False)
     if dev.type == "cuda" and any(r.variant in ("npy", "all") for r in rows):

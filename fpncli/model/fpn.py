@@ -45,6 +45,16 @@ class LastLevelMaxPool(nn.Module):
         return F.max_pool2d(x, kernel_size=1, stride=2, padding=0)
 
 
+def _add_upsampled(lateral: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """``lateral + F.interpolate(coarse, scale_factor=2, mode="nearest")``, added in place into
+    ``lateral`` through a broadcast view (the same floats, without the upsampled copy)."""
+    b, c, h, w = lateral.shape
+    if (h, w) != (2 * coarse.shape[-2], 2 * coarse.shape[-1]) or lateral.requires_grad:
+        return lateral + F.interpolate(coarse, scale_factor=2.0, mode="nearest")
+    lateral.view(b, c, h // 2, 2, w // 2, 2).add_(coarse[:, :, :, None, :, None])
+    return lateral
+
+
 class FPN(nn.Module):
     """ResNet ``bottom_up`` plus lateral/output convs, nearest 2x top-down, sum fusion.
 
@@ -104,7 +114,7 @@ class FPN(nn.Module):
             if prev is None:
                 prev = lateral
             else:
-                prev = lateral + F.interpolate(prev, scale_factor=2.0, mode="nearest")
+                prev = _add_upsampled(lateral, prev)
             results.insert(0, getattr(self, f"fpn_output{level}")(prev))
         results.append(self.top_block(results[-1]))
         outputs = {name: bottom_up[name] for name in STAGES if name in self.keep_bottom_up}

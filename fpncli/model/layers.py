@@ -11,7 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["Conv2d", "FrozenBatchNorm2d", "fold_frozen_batchnorm"]
+from .cpu_kernels import conv_forward
+
+__all__ = ["Conv2d", "FrozenBatchNorm2d", "add_relu_", "fold_frozen_batchnorm"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -55,19 +57,37 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with an optional ``norm`` module applied after the convolution.
 
     The activation is applied by the caller (as Detectron2's blocks do with ``F.relu_``).
+    ``kernel`` names a fast CPU kernel (``cpu_kernels.use_cpu_kernels`` sets it); it is used
+    where it applies and ``F.conv2d`` elsewhere.
     """
+
+    kernel: str | None = None
 
     def __init__(self, *args, norm: nn.Module | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.norm = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(
+        fast = conv_forward(self, x) if self.kernel is not None else None
+        x = fast if fast is not None else F.conv2d(
             x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
-        )
+        )  # fmt: skip
         if self.norm is not None:
             x = self.norm(x)
         return x
+
+
+def add_relu_(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``relu(out + other)`` into ``out``: one pass on the CPU (PyTorch's fused ``_add_relu_``,
+    the same floats as the two steps), the two in-place steps elsewhere and when compiling."""
+    if (
+        out.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not (torch.is_grad_enabled() and (out.requires_grad or other.requires_grad))
+    ):
+        return torch.ops.aten._add_relu_(out, other)
+    out += other
+    return F.relu_(out)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import Conv2d, FrozenBatchNorm2d
+from .layers import Conv2d, FrozenBatchNorm2d, add_relu_
 
 __all__ = ["BasicStem", "BottleneckBlock", "ResNet", "BLOCKS_PER_STAGE"]
 
@@ -35,9 +35,16 @@ class BasicStem(nn.Module):
             norm=FrozenBatchNorm2d(out_channels),
         )  # fmt: skip
 
+    #: Run the conv and max-pool channels-last and return NCHW (``use_cpu_kernels`` sets it for
+    #: an NCHW model: PyTorch's NCHW max-pool on the CPU takes 33 ms here, channels-last 2 ms).
+    pool_channels_last: bool = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = F.relu_(self.conv1(x))
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        return x.contiguous() if self.pool_channels_last else x
 
 
 class BottleneckBlock(nn.Module):
@@ -89,8 +96,7 @@ class BottleneckBlock(nn.Module):
         out = F.relu_(self.conv2(out))
         out = self.conv3(out)
         shortcut = x if self.shortcut is None else self.shortcut(x)
-        out += shortcut
-        return F.relu_(out)
+        return add_relu_(out, shortcut)
 
 
 class ResNet(nn.Module):

@@ -62,7 +62,7 @@ class BenchRow:
     width: int
     batch_size: int
     precision: str
-    variant: str  # model rows: "eager" / "compile" / "unfused"; end-to-end: the output preset
+    variant: str  # model rows: "eager" / "compile" / "onednn" / "unfused"; end-to-end: the preset
     images: int = 0
     seconds: float = 0.0
     images_per_s: float = 0.0

@@ -22,7 +22,9 @@ import torch
 
 from ..io.inputs import env_int, shard_from_env
 from ..io.outputs import LevelResult, OutputOptions, valid_size
+from ..model.cpu_kernels import uses_cpu_kernels, without_cpu_kernels
 from ..model.fpn import OUTPUT_STRIDES
+from .hostmem import keep_large_blocks
 
 __all__ = [
     "local_rank_from_env",
@@ -116,7 +118,8 @@ def run_settings(
 ):  # fmt: skip
     """Settings for one run, restored afterwards: the current CUDA device, ``cudnn.benchmark``
     (fixed shapes make cuDNN's search pay off), the CPU thread count, and for a compiled model
-    on the CPU inductor's ``freezing``.
+    on the CPU inductor's ``freezing``; and, for every run, freed large blocks kept in the heap
+    (``hostmem.keep_large_blocks``: no page faults on every new activation).
 
     Freezing makes the weights constants, so oneDNN prepacks them once and the ReLUs and
     residual sums fuse into the convolutions: the R50-FPN forward at 800x1216 went from 1.75 s
@@ -126,7 +129,8 @@ def run_settings(
     """
     saved_benchmark, saved_threads = torch.backends.cudnn.benchmark, torch.get_num_threads()
     try:
-        with device_context(device), _freezing(compile and device.type == "cpu"):
+        with device_context(device), _freezing(compile and device.type == "cpu"), \
+                keep_large_blocks():  # fmt: skip
             if device.type == "cuda":
                 torch.backends.cudnn.benchmark = benchmark
             if threads is not None:
@@ -160,12 +164,20 @@ def model_for_run(
     the model: fp16/bf16 runs use a copy converted to that dtype (no autocast re-cast of the
     weights on every forward; ``convert`` None: on CUDA only, where autocast would re-cast);
     ``compile`` wraps it in ``torch.compile`` (static shapes: batches are padded to a fixed
-    size), the compiled variant sharing the converted copy's weights. The model passed in is never
-    changed."""
+    size), the compiled variant sharing the converted copy's weights. A model with the CPU
+    kernels (``model/cpu_kernels.py``, fp32 eager only) runs compiled or fp16/bf16 from one
+    channels-last copy without them. The model passed in is never changed."""
     device = next(model.parameters()).device
     if convert is None:
         convert = device.type == "cuda"
     convert = convert and precision in _RUN_DTYPES
+    if uses_cpu_kernels(model) and (compile or precision != "fp32"):
+        # the CPU kernels are for fp32 eager runs; the others start from one channels-last copy
+        # without them (what oneDNN runs fastest), made once
+        cache = model.__dict__.setdefault("_fpncli_run_variants", {})
+        if "plain" not in cache:
+            cache["plain"] = without_cpu_kernels(model)
+        return model_for_run(cache["plain"], precision, compile=compile, convert=convert)
     if not convert and not compile:
         return model
     cache = model.__dict__.setdefault("_fpncli_run_variants", {})
