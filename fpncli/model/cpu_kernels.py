@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 
 import torch
 from torch import nn
@@ -35,6 +36,10 @@ WINOGRAD, GEMM = "winograd", "gemm"
 
 @functools.cache
 def _nnpack_ready() -> bool:
+    if platform.machine().lower() in ("x86_64", "amd64") and not str(
+        torch.backends.cpu.get_cpu_capability()
+    ).startswith("AVX"):  # NNPACK's x86 kernels need AVX2 (else it logs a warning and fails)
+        return False
     try:
         return bool(torch._nnpack_available())  # initializes NNPACK (needed before the first call)
     except (AttributeError, RuntimeError):

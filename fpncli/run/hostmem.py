@@ -5,13 +5,16 @@ with a fresh ``mmap`` and unmaps it on free, so each of the backbone's 62 MB act
 800x1216 is new memory, and the first write to every 4 KiB page of it faults into the kernel.
 That was 130-170 ms of a 1.3-1.7 s CPU forward (AMD EPYC, 2 cores). Raising the mmap and trim
 thresholds for the run lets freed activations be reused by the next layer and image; the heap
-then stays at the run's peak, which a folder run reaches with its first image anyway. In a
+then stays at the run's peak, fragmentation included, and does not grow with the folder: over
+photos of varied sizes (400-1600 px) the peak RSS was 1,559 MB after 48 and 1,569 MB after 144,
+against 1,260 MB after 48 with ``FPNCLI_MALLOC=0``, for an 8% faster folder run. In a
 thread other than the main one, glibc's arena heaps are at most 64 MiB, so blocks above that are
 still mapped and unmapped (the model runs on the main thread; decoded images and the writers'
 buffers are smaller).
 
-On exit the thresholds go back to glibc's initial values (128 KiB, fixed: mallopt offers no way
-back to its adaptive threshold) and ``malloc_trim`` hands the free heap back to the system.
+On exit the thresholds go to where glibc's adaptive ones settle once large blocks have been
+freed (mmap 32 MiB, trim 64 MiB; mallopt offers no way back to adapting) and ``malloc_trim``
+hands the free heap back to the system.
 Elsewhere (macOS, musl) nothing happens. ``FPNCLI_MALLOC=0`` turns it off.
 """
 
@@ -27,7 +30,7 @@ from contextlib import contextmanager
 __all__ = ["keep_large_blocks"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_GLIBC_DEFAULT = 128 * 1024
+_SETTLED_MMAP, _SETTLED_TRIM = 32 << 20, 64 << 20  # DEFAULT_MMAP_THRESHOLD_MAX and twice it
 _KEEP_BELOW = 1 << 30  # allocations under 1 GiB come from the heap
 _TRIM_ABOVE = (1 << 31) - 1
 
@@ -74,5 +77,5 @@ def keep_large_blocks():
         with _lock:
             _active -= 1
             if _active == 0:
-                _set(libc, _GLIBC_DEFAULT, _GLIBC_DEFAULT)
+                _set(libc, _SETTLED_MMAP, _SETTLED_TRIM)
                 libc.malloc_trim(0)
