@@ -68,12 +68,12 @@ WRITERS=$(( CORES > 8 ? 8 : 2 ))
 
 if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
     DEV=cpu SIZE=64x96 E2E=64x96 SRC=96x128 BATCHES=1,2 BIG=2 MID=1 SMALL=1 PRECS=fp32
-    IMAGES=4 DEFAULT_IMAGES=3 SECONDS=0.05 TESTS="tests/test_gpu.py" COMPILE_PRECS=fp32
-    T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_COMPILE=20 T_REST=20 LOW=fp32
+    IMAGES=4 DEFAULT_IMAGES=3 ROW_SECONDS=0.05 TESTS="tests/test_gpu.py" COMPILE_PRECS=fp32
+    T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_COMPILE=45 T_REST=45 LOW=fp32
     BUDGET_S="${BUDGET_S:-300}" DEFAULT_SIZE=64x96
 else
     DEV=auto SIZE=800x1344 E2E=768x1344 SRC=1080x1920 BATCHES=1,8,16 BIG=16 MID=8 SMALL=1
-    PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 SECONDS=2 COMPILE_PRECS=fp16,fp32
+    PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 ROW_SECONDS=2 COMPILE_PRECS=fp16,fp32
     TESTS="tests/test_gpu.py"
     T_TESTS=120 T_MODEL=90 T_E2E=90 T_DEFAULTS=50 T_COMPILE=150 T_REST=600 LOW=bf16
     DEFAULT_SIZE=800x1333
@@ -130,20 +130,20 @@ if not torch.cuda.is_available() and '$DRY_RUN' != '1':
 step tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider --basetemp "$SCRATCH/pytest" -rs \
     $TESTS
 bench model "$T_MODEL" --model-only --sizes "$SIZE" --batch-sizes "$BATCHES" \
-    --precisions "$PRECS" --seconds "$SECONDS"
+    --precisions "$PRECS" --seconds "$ROW_SECONDS"
 # (with its model-only row at the same size, batch and precision: the of_model ratios)
 bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
-    --outputs heatmaps,npy16 --source-size "$SRC" --images "$IMAGES" --seconds "$SECONDS" \
+    --outputs heatmaps,npy16 --source-size "$SRC" --images "$IMAGES" --seconds "$ROW_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS"
 bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
     --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
     --workers "$WORKERS" --writers "$WRITERS"
 bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
-    --precisions "$LOW" --seconds "$SECONDS"
+    --precisions "$LOW" --seconds "$ROW_SECONDS"
 bench compile_bf16 "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$MID,$SMALL" \
-    --precisions "$LOW" --seconds "$SECONDS"
+    --precisions "$LOW" --seconds "$ROW_SECONDS"
 bench compile_other "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
-    --precisions "$COMPILE_PRECS" --seconds "$SECONDS"
+    --precisions "$COMPILE_PRECS" --seconds "$ROW_SECONDS"
 
 # The table and the JSON: whatever steps wrote, even when some failed (stdlib only here, so a
 # broken install still gets its phases and failures reported).

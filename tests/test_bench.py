@@ -36,3 +36,24 @@ def test_bf16_peak_by_card_name():
     assert bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert bf16_peak_tflops("NVIDIA A10") == 125.0
     assert bf16_peak_tflops("Some Future GPU") is None
+
+
+def test_gpu_check_script_parses_and_sets_no_bash_special_variable():
+    """bash gives some names a meaning of its own: ``SECONDS=2`` only resets the shell's clock,
+    and ``$SECONDS`` then reads the seconds elapsed, so every row of the GPU check would have run
+    for as long as the check had been running (it did, in a dry run)."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.sh"
+    text = script.read_text()
+    special = {"SECONDS", "RANDOM", "SRANDOM", "LINENO", "BASHPID", "EPOCHSECONDS",
+               "EPOCHREALTIME", "PPID", "UID", "EUID", "GROUPS", "HOSTNAME", "OLDPWD",
+               "PIPESTATUS", "BASH_REMATCH", "FUNCNAME", "IFS"}  # fmt: skip
+    assigned = set(re.findall(r"(?:^|\s)([A-Z_][A-Z0-9_]*)=", text, re.M))
+    assert assigned and not assigned & special, assigned & special
+    if shutil.which("bash"):
+        check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
