@@ -77,13 +77,18 @@ def normalize_batch(
     if pad_to[0] < height or pad_to[1] < width:
         raise ValueError(f"pad_to {pad_to} is smaller than the largest image {(height, width)}")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    out = torch.zeros((pixels.shape[0], 3, *pad_to), dtype=torch.float32, device=device).contiguous(
-        memory_format=memory_format
-    )
-    normalized = (chw[:, :, :height, :width].float() - mean) / std
+    out = torch.empty(
+        (pixels.shape[0], 3, *pad_to), dtype=torch.float32, device=device,
+        memory_format=memory_format,
+    ).zero_()  # fmt: skip
+    # in place, image by image region: the uint8 -> float32 copy, then subtract, then divide
+    # (the same float32 operations as (x.float() - mean) / std, without the temporaries)
     if all(size == (height, width) for size in sizes):
-        out[:, :, :height, :width] = normalized
+        regions = [(slice(None), height, width)]
     else:
-        for i, (h, w) in enumerate(sizes):
-            out[i, :, :h, :w] = normalized[i, :, :h, :w]
+        regions = [(slice(i, i + 1), h, w) for i, (h, w) in enumerate(sizes)]
+    for index, h, w in regions:
+        region = out[index, :, :h, :w]
+        region.copy_(chw[index, :, :h, :w])
+        region.sub_(mean).div_(std)
     return out
