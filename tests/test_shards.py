@@ -233,3 +233,46 @@ def test_show_key_refuses_a_forged_npy_member_before_allocating(tmp_path, monkey
     assert shown.exit_code == 1, shown.output
     assert "truncated or forged" in shown.output and "Traceback" not in shown.output
     assert len(shown.output.strip().splitlines()) == 1
+
+
+def test_find_member_reads_one_key_without_reading_the_shard(tmp_path, monkeypatch):
+    """``show --key`` on a big shard: the other images' bytes are seeked over, and the scan
+    stops after the key's members, instead of reading the whole tar."""
+    import fsspec
+
+    from fpncli.io.shards import find_member
+
+    inputs = _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    result = _run([str(inputs), "-o", str(out), "--format", "wds", "--no-heatmaps",
+                   "--no-overview"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    fs = fsspec.filesystem("file")
+    (shard_path,) = out.glob("shard-*.tar")
+    members = _tar_members(out)[shard_path.name]
+    keys = pq.read_table(out / "index.parquet").column("key").to_pylist()
+    assert len(keys) == 3
+    read = []
+    real_open = fs.open
+
+    def counting_open(path, mode="rb", **kwargs):
+        f = real_open(path, mode, **kwargs)
+        real_read = f.read
+
+        def read_counted(*args):
+            data = real_read(*args)
+            read.append(len(data))
+            return data
+
+        f.read = read_counted
+        return f
+
+    monkeypatch.setattr(fs, "open", counting_open)
+    for key in keys:
+        expected = {n[len(key) + 1 :]: b for n, b in members.items() if n.startswith(f"{key}.")}
+        read.clear()
+        shard, found = find_member(fs, str(out), key)
+        assert shard == shard_path.name and found == expected and "p2.npy" in found
+        others = sum(len(b) for b in members.values()) - sum(len(b) for b in expected.values())
+        # its own members and the headers on the way: not the other images' data
+        assert sum(read) < sum(len(b) for b in expected.values()) + others / 2, (key, sum(read))

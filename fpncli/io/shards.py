@@ -406,10 +406,16 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
         raise FileNotFoundError(f"no image with key {key!r} in {root}{why}")
     shard, prefix = ok[0]["shard"], f"{key}."
     found = {}
-    with fs.open(f"{root}/{shard}", "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for info in tar:
-            if info.name.startswith(prefix) and "/" not in info.name[len(prefix) :]:
-                found[info.name[len(prefix) :]] = tar.extractfile(info).read()
+    with fs.open(f"{root}/{shard}", "rb") as f:
+        # seekable (local files, fsspec's buffered files): tarfile skips other members' data by
+        # seeking, reading only their 512-byte headers; a key's members are written together,
+        # so the scan stops at the first member after them
+        with tarfile.open(fileobj=f, mode="r:" if f.seekable() else "r|") as tar:
+            for info in tar:
+                if info.name.startswith(prefix) and "/" not in info.name[len(prefix) :]:
+                    found[info.name[len(prefix) :]] = tar.extractfile(info).read()
+                elif found:
+                    break
     if not found:
         raise FileNotFoundError(f"{shard} in {root} does not hold {key!r}: the index is stale")
     return shard, found
