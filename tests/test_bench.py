@@ -57,3 +57,20 @@ def test_gpu_check_script_parses_and_sets_no_bash_special_variable():
     if shutil.which("bash"):
         check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
+
+
+def test_bench_unfused_adds_the_onednn_and_unfused_rows(tmp_path):
+    """``--unfused``: beside fpncli's row, the same weights without the CPU kernels (oneDNN
+    channels-last, where the kernels are in use) and without BN folding, each its own row."""
+    from fpncli.model import cpu_kernels
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "--sizes", "64x64", "--precisions", "fp32", "--seconds", "0.05",
+            "--warmup", "1", "--model-only", "--unfused", "--weights", "random",
+            "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    expected = ["eager", "onednn", "unfused"] if cpu_kernels.available() else ["eager", "unfused"]
+    assert [r["variant"] for r in rows] == expected
+    assert all(r["error"] is None and r["images_per_s"] > 0 for r in rows)
