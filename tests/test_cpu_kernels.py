@@ -84,6 +84,26 @@ def test_kernels_step_aside_where_they_would_not_compute_what_conv2d_computes(mo
         assert use_cpu_kernels(odd).kernel is None
 
 
+@needs_nnpack
+def test_a_shape_nnpack_refuses_falls_back_to_conv2d(monkeypatch, caplog):
+    conv = _conv(16, 16, 3)
+    x = torch.randn(1, 16, 30, 31)
+    calls = []
+
+    def refuse(*args):
+        calls.append(1)
+        raise RuntimeError("NNPACK SpatialConvolution_updateOutput failed")
+
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", refuse)
+    monkeypatch.setattr(cpu_kernels, "_FAILED", set())
+    with torch.inference_mode():
+        expected = F.conv2d(x, conv.weight, conv.bias, padding=1)
+        assert torch.equal(conv(x), expected)
+        assert torch.equal(conv(x), expected)
+    assert len(calls) == 1  # remembered: not retried for that shape
+    assert "NNPACK failed" in caplog.text
+
+
 def test_the_fused_steps_give_the_same_floats():
     torch.manual_seed(0)
     out, other = torch.randn(2, 8, 6, 10), torch.randn(2, 8, 6, 10)

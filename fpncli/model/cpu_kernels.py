@@ -21,6 +21,7 @@ NNPACK's thread pool is sized by ``torch.get_num_threads()`` at its first use in
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import platform
 
@@ -32,6 +33,7 @@ __all__ = [
 ]  # fmt: skip
 
 WINOGRAD, GEMM = "winograd", "gemm"
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -156,6 +158,15 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
         return None
     if conv.kernel == GEMM:
         return _gemm(conv, x)
-    if x.shape[-2] * x.shape[-1] < MIN_PIXELS_PER_CHANNEL * x.shape[1]:
+    shape = tuple(x.shape[1:])
+    if shape[1] * shape[2] < MIN_PIXELS_PER_CHANNEL * shape[0] or shape in _FAILED:
         return None
-    return _winograd(conv, x)
+    try:
+        return _winograd(conv, x)
+    except RuntimeError as e:  # NNPACK refused (e.g. its workspace): oneDNN computes the same
+        _FAILED.add(shape)
+        log.warning("NNPACK failed on a %s input (%s); using oneDNN for that shape", shape, e)
+        return None
+
+
+_FAILED: set[tuple[int, ...]] = set()
