@@ -28,9 +28,7 @@ import platform
 import torch
 from torch import nn
 
-__all__ = [
-    "available", "use_cpu_kernels", "uses_cpu_kernels", "without_cpu_kernels", "conv_forward",
-]  # fmt: skip
+__all__ = ["available", "use_cpu_kernels", "uses_cpu_kernels", "conv_forward"]
 
 WINOGRAD, GEMM = "winograd", "gemm"
 log = logging.getLogger(__name__)
@@ -84,17 +82,6 @@ def use_cpu_kernels(model: nn.Module, on: bool = True) -> nn.Module:
         elif isinstance(module, BasicStem):
             module.pool_channels_last = on
     return model
-
-
-def without_cpu_kernels(model: nn.Module) -> nn.Module:
-    """A channels-last copy of ``model`` without the kernels (sharing nothing with it): what
-    oneDNN runs fastest, for a compiled or a bf16/fp16 run on the CPU."""
-    import copy
-
-    cache = model.__dict__.get("_fpncli_run_variants")  # may hold compiled modules: not copied
-    variant = copy.deepcopy(model, memo={} if cache is None else {id(cache): {}})
-    variant.__dict__.pop("_fpncli_run_variants", None)
-    return use_cpu_kernels(variant, on=False).to(memory_format=torch.channels_last)
 
 
 def uses_cpu_kernels(model: nn.Module) -> bool:

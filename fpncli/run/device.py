@@ -22,7 +22,7 @@ import torch
 
 from ..io.inputs import env_int, shard_from_env
 from ..io.outputs import LevelResult, OutputOptions, valid_size
-from ..model.cpu_kernels import uses_cpu_kernels, without_cpu_kernels
+from ..model.cpu_kernels import use_cpu_kernels, uses_cpu_kernels
 from ..model.fpn import OUTPUT_STRIDES
 from .hostmem import keep_large_blocks
 
@@ -174,25 +174,35 @@ def model_for_run(
     if uses_cpu_kernels(model) and (compile or precision != "fp32"):
         # the CPU kernels are for fp32 eager runs; the others start from one channels-last copy
         # without them (what oneDNN runs fastest), made once
-        cache = model.__dict__.setdefault("_fpncli_run_variants", {})
+        cache = _variants(model)
         if "plain" not in cache:
-            cache["plain"] = without_cpu_kernels(model)
+            plain = use_cpu_kernels(_bare_copy(model), on=False)
+            cache["plain"] = plain.to(memory_format=torch.channels_last)
         return model_for_run(cache["plain"], precision, compile=compile, convert=convert)
     if not convert and not compile:
         return model
-    cache = model.__dict__.setdefault("_fpncli_run_variants", {})
+    cache = _variants(model)
     key = (precision if convert else "fp32", compile)
     if key not in cache:
         if compile:
             eager = model_for_run(model, precision, convert=convert)
             cache[key] = torch.compile(eager, dynamic=False)
         else:
-            # the cache (other variants, compiled ones included) is not copied: a compiled
-            # module cannot be deep-copied, and the copies would only hold memory
-            variant = copy.deepcopy(model, memo={id(cache): {}})
-            variant.__dict__.pop("_fpncli_run_variants", None)
-            cache[key] = variant.to(_RUN_DTYPES[precision])
+            cache[key] = _bare_copy(model).to(_RUN_DTYPES[precision])
     return cache[key]
+
+
+def _variants(model: torch.nn.Module) -> dict:
+    return model.__dict__.setdefault("_fpncli_run_variants", {})
+
+
+def _bare_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` without its cache of run variants: a compiled module in it
+    cannot be deep-copied, and copies of the others would only hold memory."""
+    cache = _variants(model)
+    variant = copy.deepcopy(model, memo={id(cache): {}})
+    del variant.__dict__["_fpncli_run_variants"]
+    return variant
 
 
 _OOM_TEXT = (
