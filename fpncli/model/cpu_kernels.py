@@ -137,6 +137,8 @@ def _gemm(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 #: Winograd saving below about 1.5 pixels per input channel; measured crossovers (EPYC, 2 cores):
 #: 64 channels at 8x8, 256 at 25x25, 512 at 25x25 (and a 25x38 res5 at 800x1216 gains 20%).
 MIN_PIXELS_PER_CHANNEL = 1.5
+#: Input shapes ``(C, H, W)`` NNPACK refused once: oneDNN runs them from then on.
+_FAILED: set[tuple[int, ...]] = set()
 
 
 def conv_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
@@ -154,6 +156,3 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
         _FAILED.add(shape)
         log.warning("NNPACK failed on a %s input (%s); using oneDNN for that shape", shape, e)
         return None
-
-
-_FAILED: set[tuple[int, ...]] = set()

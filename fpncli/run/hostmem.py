@@ -52,10 +52,9 @@ def _glibc():
     return libc
 
 
-def _set(libc, mmap_threshold: int, trim_threshold: int) -> bool:
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
-    )
+def _set(libc, mmap_threshold: int, trim_threshold: int) -> None:
+    libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+    libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
 
 
 @contextmanager
