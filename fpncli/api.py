@@ -130,6 +130,10 @@ def fp32_strict():
         finally:
             matmul.fp32_precision, cudnn.conv.fp32_precision = saved_precision
         return
+    # setting the legacy flags also writes the fp32_precision settings underneath ("none", which
+    # inherits, becomes "ieee"): those are put back too, or a later torch.backends.fp32_precision
+    # = "tf32" would no longer reach the matmuls
+    underneath = [(s, s.fp32_precision) for s in _precision_settings()]
     matmul.allow_tf32 = False
     cudnn.allow_tf32 = False
     try:
@@ -137,6 +141,17 @@ def fp32_strict():
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = saved[:2]
         torch.set_float32_matmul_precision(saved[2])
+        for setting, value in underneath:
+            if setting.fp32_precision != value:
+                setting.fp32_precision = value
+
+
+def _precision_settings() -> list:
+    """torch >= 2.9's ``fp32_precision`` settings that the legacy TF32 flags write."""
+    b = torch.backends
+    found = [b.cuda.matmul, getattr(b.cudnn, "conv", None), getattr(b.mkldnn, "matmul", None),
+             getattr(b.mkldnn, "conv", None)]  # fmt: skip
+    return [s for s in found if s is not None and hasattr(s, "fp32_precision")]
 
 
 def autocast_context(device: torch.device, precision: str):

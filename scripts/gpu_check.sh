@@ -20,17 +20,20 @@
 #                 device tests, tests/test_device.py, run in CI)
 #   model         model-only, 800x1344: fp32/bf16/fp16 eager at batch 1, 8, 16 (max rel. error
 #                 vs fp32, % of the card's bf16 peak, peak GPU memory)
+#   compile_b16   --compile (torch.compile, fixed shapes), bf16 batch 16: the >= 1,000 img/s row
+#                 (early: a cold compile needs its full time limit)
 #   e2e           a generated folder of 1080p JPEGs (1080x1920 -> 756x1344, padded 768x1344),
 #                 bf16 batch 16: heatmaps only and all levels as fp16 .npy, with the decode rate
 #                 of all cores and the disk's write speed (of_min_model_decode, of_disk_rate)
 #   defaults      the defaults end to end (fp32, batch 8, every output)
-#   compile_b16   --compile (torch.compile, fixed shapes), bf16 batch 16: the >= 1,000 img/s row
 #   compile_bf16  --compile bf16 at batch 8 and 1
 #   compile_other --compile fp16 and fp32 at batch 16
 #
 # Python: $PYTHON, else python3, else python. What it must import: torch (with CUDA), numpy,
 # opencv-python(-headless), matplotlib, click, pillow, pytest; fpncli runs from this checkout
-# (PYTHONPATH), nothing to install. A preflight step says what is missing.
+# (PYTHONPATH), nothing to install. A preflight step says what is missing. The --compile rows
+# also need a C compiler and Python's headers (Triton builds its launcher with them: gcc and
+# python3-dev on Debian/Ubuntu); without them those rows fail with the reason and the others run.
 #  - The lent H100/H200 image (python3 3.12, torch 2.11+cu130) has all of them: carry nothing.
 #  - A machine with only torch: carry these wheels, made where there is network with the same
 #    Python version and platform:
@@ -125,12 +128,20 @@ print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torc
       'cudnn', torch.backends.cudnn.version(), 'gpus', torch.cuda.device_count())
 if not torch.cuda.is_available() and '$DRY_RUN' != '1':
     sys.exit('CUDA is not available to torch here')
+import shutil, sysconfig, os
+compiler = next((c for c in ('cc', 'gcc', 'clang') if shutil.which(c)), None)
+header = os.path.join(sysconfig.get_paths()['include'], 'Python.h')
+if compiler is None or not os.path.isfile(header):
+    print('warning: --compile rows will fail:', 'no C compiler' if compiler is None else
+          'no Python.h (python3-dev)', '(Triton builds its launcher with them)')
 "
 
 step tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider --basetemp "$SCRATCH/pytest" -rs \
     $TESTS
 bench model "$T_MODEL" --model-only --sizes "$SIZE" --batch-sizes "$BATCHES" \
     --precisions "$PRECS" --seconds "$ROW_SECONDS"
+bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
+    --precisions "$LOW" --seconds "$ROW_SECONDS"
 # (with its model-only row at the same size, batch and precision: the of_model ratios)
 bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps,npy16 --source-size "$SRC" --images "$IMAGES" --seconds "$ROW_SECONDS" \
@@ -138,8 +149,6 @@ bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
 bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
     --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
     --workers "$WORKERS" --writers "$WRITERS"
-bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
-    --precisions "$LOW" --seconds "$ROW_SECONDS"
 bench compile_bf16 "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$MID,$SMALL" \
     --precisions "$LOW" --seconds "$ROW_SECONDS"
 bench compile_other "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
@@ -154,7 +163,7 @@ from pathlib import Path
 
 out, dry_run, elapsed = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 steps = out / "steps"
-names = ("model", "e2e", "defaults", "compile_b16", "compile_bf16", "compile_other")
+names = ("model", "compile_b16", "e2e", "defaults", "compile_bf16", "compile_other")
 rows, skipped, info = [], [], {}
 for name in names:
     path = steps / f"{name}.json"

@@ -74,3 +74,29 @@ def test_bench_unfused_adds_the_onednn_and_unfused_rows(tmp_path):
     expected = ["eager", "onednn", "unfused"] if cpu_kernels.available() else ["eager", "unfused"]
     assert [r["variant"] for r in rows] == expected
     assert all(r["error"] is None and r["images_per_s"] > 0 for r in rows)
+
+
+def test_an_end_to_end_row_lasts_its_seconds_with_more_images(tmp_path):
+    """Time-based rows: 2 images take a fraction of a second here, so the row is run again with
+    as many images as its rate says fill the time (the inputs repeat)."""
+    import fpncli
+    from fpncli.run.bench import bench_end_to_end
+
+    model = fpncli.load_backbone("random")
+    row = bench_end_to_end(model, height=64, width=64, images=2, batch_size=1, precision="fp32",
+                           outputs="heatmaps", seconds=1.5, work_dir=tmp_path,
+                           measure_disk=False)  # fmt: skip
+    assert row.error is None, row.error
+    assert row.images > 2 and row.seconds > 0.75, (row.images, row.seconds)
+    assert list(tmp_path.iterdir()) == []  # the scratch folder is gone
+
+
+def test_images_for_fills_the_time_within_half_the_free_disk():
+    from fpncli.run.bench import _images_for
+    from fpncli.run.pipeline import RunSummary
+
+    ran = RunSummary(total=10, done=10, seconds=0.5, bytes_written=10 * 2**20)
+    assert _images_for(ran, 2.0, free_bytes=2**40) == 48  # 20 img/s x 2 s x 1.2
+    assert _images_for(ran, 2.0, free_bytes=40 * 2**20) == 20  # half the disk: 20 MiB
+    assert _images_for(ran, 0.5, free_bytes=2**40) == 0  # it lasted long enough
+    assert _images_for(RunSummary(total=1), 2.0, free_bytes=2**40) == 0

@@ -27,6 +27,7 @@ from fpncli.run.device import (
     local_rank_from_env,
     model_for_run,
     reduce_map,
+    reduce_maps,
     results_to_host,
     select_device,
     worker_threads,
@@ -141,6 +142,21 @@ def test_torch_reductions_match_numpy(reduce):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("reduce", REDUCTIONS)
+def test_batched_reductions_match_numpy_per_image_and_read_nothing_on_the_host(reduce):
+    levels = torch.randn(3, 16, 7, 9, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    levels[1] = -levels[1]  # pca: the other sign of the same component
+    levels[2, :, :3] = 0
+    batched = reduce_maps(levels, reduce, channel=5)
+    assert batched.dtype == torch.float32 and batched.shape == (3, 7, 9)
+    for one, level in zip(batched, levels):
+        ref = reduce_channels(level.numpy(), reduce, channel=5)
+        np.testing.assert_allclose(one.numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    # meta tensors hold no values: a step that reads one on the host (.item(), indexing with a
+    # tensor: a host sync per image on CUDA) raises here
+    assert reduce_maps(levels.to("meta"), reduce, channel=5).shape == (3, 7, 9)
+
+
 @pytest.mark.parametrize("save_npy, heatmaps", [(True, False), (False, True)])
 def test_results_to_host_brings_back_only_what_is_written(save_npy, heatmaps):
     gen = torch.Generator().manual_seed(0)
@@ -199,11 +215,15 @@ def effective(*levels):  # a setting left "none" inherits from the level above; 
     return "ieee" if value == "none" else value
 def state():
     return effective(b.cuda.matmul, b), effective(b.cudnn.conv, b.cudnn, b)
+def raw():  # every setting as stored ("none" inherits: a later global change must still reach it)
+    levels = (b, b.cuda.matmul, b.cudnn, b.cudnn.conv, b.cudnn.rnn, b.mkldnn, b.mkldnn.matmul,
+              b.mkldnn.conv, b.mkldnn.rnn)
+    return [level.fp32_precision for level in levels]
 exec(sys.argv[1])  # how the user set TF32
-before = state()
+before, before_raw = state(), raw()
 with autocast_context(torch.device("cuda"), "fp32"):
     inside = state()
-print(json.dumps({"inside": inside, "restored": state() == before}))
+print(json.dumps({"inside": inside, "restored": state() == before, "raw": raw() == before_raw}))
 """
 
 
@@ -228,7 +248,7 @@ def test_fp32_context_with_either_tf32_api(user):
     done = subprocess.run([sys.executable, "-c", _TF32_CHECK, user], capture_output=True,
                           text=True, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout) == {"inside": ["ieee", "ieee"], "restored": True}
+    assert json.loads(done.stdout) == {"inside": ["ieee", "ieee"], "restored": True, "raw": True}
 
 
 def test_byte_budget_blocks_until_writers_release():
@@ -295,6 +315,9 @@ def test_a_converted_variant_after_a_compiled_one():
         (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be..."), True),
         (RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"), True),
         (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate`"), True),
+        (RuntimeError("FIND was unable to find an engine to execute this computation"), True),
+        (RuntimeError("GET was unable to find an engine to execute this computation"), True),
+        (RuntimeError("cuDNN Frontend error: [cudnn_frontend] Error: No execution plans"), True),
         (RuntimeError("CUDA error: an illegal memory access was encountered"), False),
         (ValueError("out of memory"), False),
         (MemoryError(), False),

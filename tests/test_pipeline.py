@@ -251,6 +251,40 @@ def test_a_model_error_fails_its_batch_and_the_run_goes_on(tmp_path, model, monk
     assert all("the model failed: RuntimeError" in reason for _, reason in summary.failed)
 
 
+def test_an_unusable_device_stops_the_run_with_one_message(tmp_path, model, monkeypatch):
+    """After a sticky CUDA error every later call fails: the run stops (not 100k failures), the
+    batch that hit it is failed, the summary says how far it got, and a rerun resumes."""
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(6)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    real = steps.run_backbone
+    calls, broken = [], []
+
+    def dying(model, batch, precision):
+        calls.append(batch.shape[0])
+        if len(calls) == 2:
+            broken.append(True)
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(model, batch, precision=precision)
+
+    monkeypatch.setattr(steps, "run_backbone", dying)
+    monkeypatch.setattr(pipeline, "device_broken", lambda device: bool(broken))
+    emptied = []
+    monkeypatch.setattr(pipeline, "free_cached_memory", emptied.append)
+    summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=2, workers=1))
+    assert calls == [2, 2]  # nothing more ran after the failure
+    assert summary.done == 2 and len(summary.failed) == 2
+    assert all("illegal memory access" in reason for _, reason in summary.failed)
+    assert summary.aborted == (
+        "cpu failed (RuntimeError: CUDA error: an illegal memory access was encountered): "
+        "2 of 6 done, rerun the same command to resume"
+    )
+    assert emptied == []  # no empty_cache on a dead context (it raises there)
+    monkeypatch.setattr(steps, "run_backbone", real)
+    monkeypatch.setattr(pipeline, "device_broken", lambda device: False)
+    again = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=2, workers=1))
+    assert (again.done, again.skipped, again.failed, again.aborted) == (4, 2, [], None)
+
+
 def test_a_copy_back_error_fails_that_image_only(tmp_path, model, monkeypatch):
     from fpncli.run.device import BatchResult
 
@@ -367,6 +401,36 @@ def test_a_failed_worker_ends_the_run_with_a_merged_summary(tmp_path, model):
     assert is_complete(tmp_path / "out" / "0") and is_complete(tmp_path / "out" / "2")
     shared = worker_options(RunOptions(workers=8, writers=8), 4, cpu_count=16)
     assert (shared.threads, shared.workers, shared.writers) == (4, 4, 4)
+
+
+def test_workers_killed_mid_run_end_it_with_every_image_accounted_for(tmp_path, model):
+    """SIGKILL (the OOM killer) to the workers while they report: the run ends, no hang, and
+    each image is complete or failed with the reason."""
+    import multiprocessing
+    import signal
+
+    from fpncli.run.multi import run_on_devices
+
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(16)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    killed = []
+
+    def kill_all(progress):
+        if not killed:
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)
+                killed.append(child.pid)
+
+    summary = run_on_devices(
+        jobs, model, RunOptions(output=SMALL, workers=1), ["cpu", "cpu"], weights="random",
+        progress=kill_all,
+    )  # fmt: skip
+    assert len(killed) == 2
+    assert summary.aborted.count("died (exit code -9)") == 2, summary.aborted
+    failed = {Path(p).stem for p, _ in summary.failed}
+    complete = {j.path.stem for j in jobs if is_complete(j.folder)}
+    assert failed | complete == {p.stem for p in paths} and not failed & complete
+    assert summary.total == 16 and len(failed) >= 1
 
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler")

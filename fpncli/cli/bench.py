@@ -98,7 +98,8 @@ def _json_path(ctx, param, value: str | None) -> str | None:
     type=click.FloatRange(min=0),
     default=3.0,
     show_default=True,
-    help="Time each model row for this long (steady state), after the warm-up.",
+    help="Time each row for this long (steady state), after the warm-up: an end-to-end row whose "
+    "--images take less is run again with as many images as fill it.",
 )
 @click.option(
     "--compile", "compile_rows", is_flag=True, help="Also time torch.compile'd model rows."
@@ -274,7 +275,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
                             f"end-to-end {preset} {where} {precision}", bench_end_to_end,
                             model=variants[0][1], images=images, precision=precision,
                             outputs=preset, workers=workers, writers=writers,
-                            source_size=source_size, **shape,
+                            source_size=source_size, seconds=seconds, **shape,
                         )  # fmt: skip
 
     try:

@@ -10,6 +10,7 @@ memory, reset per row. A row that fails says why; the others still run.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import shutil
@@ -173,23 +174,21 @@ def bench_model(
         check_precision(precision, device)
         generator = torch.Generator().manual_seed(0)
         batch = torch.randn(batch_size, 3, height, width, generator=generator).to(device)
-        times = []
         if compile:  # compiled from scratch: no row depends on an earlier one, and dynamo's
             torch._dynamo.reset()  # recompile limit never turns a later row silently eager
         with run_settings(device, benchmark=device.type == "cuda", compile=compile):
             run_model = model_for_run(model, precision, compile=compile)
-            baseline = _reset_peak(device)
             start = time.perf_counter()
             for _ in range(warmup):
                 out = run_backbone(run_model, batch, precision=precision)
             _sync(device)
             row.warmup_s = time.perf_counter() - start
-            start = time.perf_counter()
-            while len(times) < iters or time.perf_counter() - start < seconds:
-                t0 = time.perf_counter()
-                out = run_backbone(run_model, batch, precision=precision)
-                _sync(device)
-                times.append(time.perf_counter() - t0)
+            # the peak from here on: the steady state, not cuDNN's search for this shape (its
+            # workspace can take most of the free memory once) nor the compile
+            out = None
+            baseline = _reset_peak(device)
+            times, out = _timed_calls(lambda: run_backbone(run_model, batch, precision=precision),
+                                      device, iters, seconds)  # fmt: skip
         row.images, row.seconds = batch_size * len(times), sum(times)
         row.median_batch_s = statistics.median(times)
         row.images_per_s = batch_size / row.median_batch_s
@@ -203,6 +202,35 @@ def bench_model(
         )
     row.peak_rss_mb = _peak_rss_mb()
     return row
+
+
+def _timed_calls(call, device: torch.device, iters: int, seconds: float) -> tuple[list, object]:
+    """Seconds per ``call()`` and the last call's result: at least ``iters`` calls and
+    ``seconds`` in all. On CUDA each call
+    is timed by events on the device's stream, with no host sync in between (a sync per call
+    would leave the GPU idle while the next call's kernels are launched: batch-1 rows would read
+    low); on the CPU, by the wall clock."""
+    times: list[float] = []
+    result = None
+    start = time.perf_counter()
+    if device.type != "cuda":
+        while len(times) < iters or time.perf_counter() - start < seconds:
+            t0 = time.perf_counter()
+            result = call()
+            times.append(time.perf_counter() - t0)
+        return times, result
+    stream = torch.cuda.current_stream(device)
+    events = []
+    while len(events) < iters or time.perf_counter() - start < seconds:
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record(stream)
+        result = call()
+        end.record(stream)
+        events.append((begin, end))
+        if len(events) % 8 == 0:  # the host may run ahead of the GPU by a few calls, not all
+            events[-8][1].synchronize()
+    torch.cuda.synchronize(device)
+    return [begin.elapsed_time(end) / 1e3 for begin, end in events], result
 
 
 def fp32_reference(model: FPN, height: int, width: int, batch_size: int) -> dict:
@@ -295,17 +323,24 @@ def bench_end_to_end(
     work_dir: Path | None = None,
     measure_disk: bool = True,
     threads: int | None = None,
+    seconds: float = 0.0,
 ) -> BenchRow:
     """Run the real pipeline over ``images`` JPEGs and time it (wall clock), with the per-stage
     split. The JPEGs are ``source_size`` (e.g. 1080x1920) resized by Detectron2's rule to fit
-    ``height x width``, or exactly ``height x width`` (then the resize keeps that size)."""
+    ``height x width``, or exactly ``height x width`` (then the resize keeps that size).
+
+    Time-based: when ``images`` took less than ``seconds``, the row is run again with as many
+    images as its rate says fill ``seconds`` (the inputs repeat; the outputs of the first run
+    are removed first, and the count is capped at half the free disk), and that run is the
+    row's. At most 64 distinct JPEGs are made (encoding 1080p JPEGs is slow)."""
     device = next(model.parameters()).device
     row = BenchRow("end-to-end", str(device), height, width, batch_size, precision, outputs)
     root = Path(tempfile.mkdtemp(prefix="fpncli-bench-", dir=work_dir))
     try:
         (root / "in").mkdir()
         src_h, src_w = source_size or (height, width)
-        paths = make_images(root / "in", images + 2, src_h, src_w)
+        distinct = min(images, 64)
+        paths = make_images(root / "in", distinct + 2, src_h, src_w)
         sizes = {"min_size": min(height, width), "max_size": max(height, width)}
         output = replace(OutputOptions(), **sizes, **OUTPUT_PRESETS[outputs])
         options = RunOptions(
@@ -313,12 +348,23 @@ def bench_end_to_end(
             writers=writers, overwrite=True, force=True, compile=compile, threads=threads,
             record_latest=False,  # scratch: not for `fpncli show`
         )  # fmt: skip
-        jobs = [Job(p, root / "out" / p.stem) for p in paths]
-        run_jobs(jobs[:2], model, options)  # warm-up: start-up costs are not timed
+
+        def jobs(count: int) -> list[Job]:
+            return [Job(paths[2 + i % distinct], root / "out" / f"{i:06d}") for i in range(count)]
+
+        warm = [Job(p, root / "warm" / p.stem) for p in paths[:2]]
+        run_jobs(warm, model, options)  # warm-up: start-up costs are not timed
         baseline = _reset_peak(device)
-        summary = run_jobs(jobs[2:], model, options)
+        summary = run_jobs(jobs(images), model, options)
         if summary.failed:
             raise RuntimeError(f"{len(summary.failed)} images failed: {summary.failed[0][1]}")
+        more = _images_for(summary, seconds, shutil.disk_usage(root).free)
+        if more > images:
+            shutil.rmtree(root / "out")
+            baseline = _reset_peak(device)
+            summary = run_jobs(jobs(more), model, options)
+            if summary.failed:
+                raise RuntimeError(f"{len(summary.failed)} images failed: {summary.failed[0][1]}")
         row.images, row.seconds = summary.done, summary.seconds
         row.images_per_s = summary.images_per_s
         row.stage_ms_per_image = {
@@ -342,6 +388,18 @@ def bench_end_to_end(
         shutil.rmtree(root, ignore_errors=True)
     row.peak_rss_mb = _peak_rss_mb()
     return row
+
+
+def _images_for(summary, seconds: float, free_bytes: int) -> int:
+    """How many images fill ``seconds`` at the rate of ``summary``'s run (20% over), capped so
+    that their outputs take at most half of ``free_bytes``; 0 when the run already lasted."""
+    if summary.done == 0 or summary.seconds >= seconds:
+        return 0
+    count = math.ceil(summary.images_per_s * seconds * 1.2)
+    per_image = summary.bytes_written / summary.done
+    if per_image > 0:
+        count = min(count, int(free_bytes / 2 / per_image))
+    return count
 
 
 def add_ratios(rows: list[BenchRow]) -> None:

@@ -10,6 +10,7 @@ CUDA-only. Every CUDA object is made for the model's device (never "the current 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,8 @@ from ..model.cpu_kernels import use_cpu_kernels, uses_cpu_kernels
 from ..model.fpn import OUTPUT_STRIDES
 from .hostmem import keep_large_blocks
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "local_rank_from_env",
     "select_device",
@@ -39,9 +42,12 @@ __all__ = [
     "InputStager",
     "StageClock",
     "reduce_map",
+    "reduce_maps",
     "BatchResult",
     "results_to_host",
     "is_out_of_memory",
+    "device_broken",
+    "free_cached_memory",
 ]
 
 
@@ -210,6 +216,8 @@ _OOM_TEXT = (
     "CUDA error: out of memory",  # a cudaMalloc outside it (cuDNN/cuBLAS workspaces, Triton)
     "CUDNN_STATUS",  # cuDNN engine failures that a smaller batch may avoid
     "cuDNN error",
+    "unable to find an engine",  # cuDNN v8/v9: no plan ran (often its workspace did not fit)
+    "cuDNN Frontend error",
     "CUBLAS_STATUS_ALLOC_FAILED",  # a cuBLAS handle or workspace that did not fit
 )
 
@@ -220,6 +228,28 @@ def is_out_of_memory(error: BaseException) -> bool:
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and any(t in text for t in _OOM_TEXT)
+
+
+def device_broken(device: torch.device) -> bool:
+    """Whether ``device`` can run nothing more: after a sticky CUDA error (an illegal address, a
+    device-side assert) every later CUDA call fails, so a run stops instead of failing the rest
+    of the folder image by image. Never for the CPU."""
+    if device.type != "cuda":
+        return False
+    try:
+        torch.cuda.synchronize(device)
+    except RuntimeError:
+        return True
+    return False
+
+
+def free_cached_memory(device: torch.device) -> None:
+    """Give the caching allocator's free blocks back before a smaller retry (CUDA only)."""
+    if device.type == "cuda":
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError as e:  # the context is gone: the retry will say so
+            log.debug("empty_cache failed: %s", e)
 
 
 class ByteBudget:
@@ -336,27 +366,51 @@ class StageClock:
 def reduce_map(level: torch.Tensor, reduce: str, channel: int = 0) -> torch.Tensor:
     """``(C, H, W)`` -> ``(H, W)`` float32, as ``fpncli.viz.visualize.reduce_channels`` (numpy)
     computes it, but in torch where the tensor is."""
+    return reduce_maps(level[None], reduce, channel)[0]
+
+
+def reduce_maps(levels: torch.Tensor, reduce: str, channel: int = 0) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, H, W)`` float32: ``reduce_map`` of each image, with one set of
+    kernels for the batch (and, for ``pca``, one eigendecomposition call)."""
     if reduce == "channel":
-        if not 0 <= channel < level.shape[0]:
-            raise ValueError(f"channel {channel} out of range: this map has {level.shape[0]}")
-        return level[channel].float()
+        if not 0 <= channel < levels.shape[1]:
+            raise ValueError(f"channel {channel} out of range: this map has {levels.shape[1]}")
+        return levels[:, channel].float()
     if reduce == "mean":
-        return level.float().mean(dim=0)
+        return levels.float().mean(dim=1)
     if reduce == "max":
-        return level.float().amax(dim=0)
+        return levels.float().amax(dim=1)
     if reduce == "l2":
-        return level.double().square().sum(dim=0).sqrt().float()
+        return levels.double().square().sum(dim=1).sqrt().float()
     if reduce == "pca":
-        c, h, w = level.shape
-        samples = level.reshape(c, h * w).double()
-        samples = samples - samples.mean(dim=1, keepdim=True)
-        covariance = samples @ samples.T / max(h * w - 1, 1)
-        _, vectors = torch.linalg.eigh(covariance)
-        component = vectors[:, -1]
-        # the sign that makes the largest loading positive, without a host sync on CUDA
-        component = component * torch.where(component[component.abs().argmax()] < 0, -1.0, 1.0)
-        return (component @ samples).reshape(h, w).float()
+        return _pca_maps(levels)
     raise ValueError(f"unknown reduction {reduce!r}")
+
+
+def _pca_maps(levels: torch.Tensor) -> torch.Tensor:
+    """Each image's projection on the first principal component of its channels (centred, in
+    float64), the sign making the largest loading positive. The covariances are made one image
+    at a time (a batch of P2s in float64 would take GBs) and decomposed in one ``eigh`` call:
+    on CUDA that is the one host sync (eigh checks its result), where a call per image and an
+    indexed sign took two per image."""
+    b, c, h, w = levels.shape
+    n = max(h * w - 1, 1)
+    means, covariances = [], []
+    for level in levels:
+        samples = level.reshape(c, h * w).double()
+        mean = samples.mean(dim=1, keepdim=True)
+        samples = samples - mean
+        means.append(mean)
+        covariances.append(samples @ samples.T / n)
+    _, vectors = torch.linalg.eigh(torch.stack(covariances))
+    components = vectors[..., -1]  # (B, C): the largest eigenvalue's vectors
+    largest = components.gather(1, components.abs().argmax(dim=1, keepdim=True))
+    components = components * torch.where(largest < 0, -1.0, 1.0)
+    maps = [
+        (component @ (level.reshape(c, h * w).double() - mean)).reshape(h, w).float()
+        for level, mean, component in zip(levels, means, components)
+    ]
+    return torch.stack(maps)
 
 
 def _number(value) -> float | None:
@@ -510,10 +564,11 @@ def results_to_host(
         if same:  # one set of kernels for the whole batch: launches cost on a fast GPU
             vh, vw = valid_size(*resized[0], stride)
             stats.extend(_finite_stats_batch(level[:, :, :vh, :vw]).unbind(0))
+        reduced = reduce_maps(level, options.reduce, options.channel) if needs_maps else None
         for i, (h, w) in enumerate(resized):
             vh, vw = valid_size(h, w, stride)
-            if needs_maps:
-                maps[(i, name)] = reduce_map(level[i], options.reduce, options.channel)[:vh, :vw]
+            if reduced is not None:
+                maps[(i, name)] = reduced[i, :vh, :vw]
             if not same:
                 stats.append(_finite_stats(level[i, :, :vh, :vw]))
         if options.save_npy:  # the CPU writer makes it C-contiguous itself, off this thread

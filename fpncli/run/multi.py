@@ -2,16 +2,21 @@
 
 Each worker is a spawned process that loads the weights onto its own device and runs
 ``pipeline.run_jobs`` on every N-th job (``select_shard(jobs, i, N)``); progress and the final
-summaries come back through a queue and are merged. The free-space check is done once, here, for
-the whole run.
+summaries come back through one pipe per worker and are merged. (Not one shared queue: a worker
+killed while writing to it, by the OOM killer say, could leave the queue's lock held or half a
+message in it, and the others would hang at exit or the parent would read garbage. A pipe of its
+own only ever breaks its own worker's report.) The free-space check is done once, here, for the
+whole run.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
-import queue as queue_module
+import pickle
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -36,7 +41,13 @@ log = logging.getLogger(__name__)
 
 
 def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
-            options: RunOptions, events) -> None:  # fmt: skip
+            options: RunOptions, connection) -> None:  # fmt: skip
+    lock = threading.Lock()  # progress comes from the writer threads: one message at a time
+
+    def send(message: tuple) -> None:
+        with lock:
+            connection.send(message)
+
     try:
         import torch
 
@@ -47,12 +58,12 @@ def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
             torch.cuda.set_device(dev)  # anything that says "the current device" means ours
         torch.set_num_threads(options.threads or 1)
         model = load_backbone(weights, device=dev, seed=seed, download=False)
-        summary = run_jobs(
-            jobs, model, options, progress=lambda p: events.put(("progress", index, p))
-        )
-        events.put(("done", index, summary))
+        summary = run_jobs(jobs, model, options, progress=lambda p: send(("progress", index, p)))
+        send(("done", index, summary))
     except Exception as e:  # reported to the parent, which ends the run with it
-        events.put(("error", index, f"{device}: {type(e).__name__}: {_first_line(e)}"))
+        send(("error", index, f"{device}: {type(e).__name__}: {_first_line(e)}"))
+    finally:
+        connection.close()
 
 
 def _first_line(error: BaseException) -> str:
@@ -107,12 +118,12 @@ def run_on_devices(
         check_disk_space(pending_jobs(jobs, options, weights_meta(model)), options.output)
     options = worker_options(options, len(devices))
     context = mp.get_context("spawn")
-    events = context.Queue()
     count = len(devices)
+    pipes = [context.Pipe(duplex=False) for _ in devices]  # (receive end, send end) each
     workers = [
         context.Process(
             target=_worker,
-            args=(i, select_shard(jobs, i, count), weights, seed, device, options, events),
+            args=(i, select_shard(jobs, i, count), weights, seed, device, options, pipes[i][1]),
             daemon=True,
         )
         for i, device in enumerate(devices)
@@ -120,31 +131,47 @@ def run_on_devices(
     start = time.monotonic()
     for worker in workers:
         worker.start()
+    for _, sender in pipes:
+        sender.close()  # the worker's copy is the only one left: its death is an EOF here
+    receivers = {pipes[i][0]: i for i in range(count)}
     latest: dict[int, Progress] = {}
     summaries: dict[int, RunSummary] = {}
     errors: dict[int, str] = {}
+
+    def died(i: int) -> None:
+        if i not in summaries and i not in errors:
+            workers[i].join(timeout=5)
+            errors[i] = f"the worker on {devices[i]} died (exit code {workers[i].exitcode})"
+
     try:
         while len(summaries) + len(errors) < count:
-            try:
-                kind, index, payload = events.get(timeout=1.0)
-            except queue_module.Empty:
-                for i, worker in enumerate(workers):
-                    if not worker.is_alive() and i not in summaries and i not in errors:
-                        errors[i] = f"the worker on {devices[i]} died (exit code {worker.exitcode})"
-                continue
-            if kind == "progress":
-                latest[index] = payload
-                if progress is not None:
-                    values = latest.values()
-                    progress(Progress(
-                        sum(p.done for p in values), sum(p.failed for p in values),
-                        sum(p.skipped for p in values), sum(p.todo for p in values),
-                        time.monotonic() - start,
-                    ))  # fmt: skip
-            elif kind == "done":
-                summaries[index] = payload
-            else:
-                errors[index] = payload
+            for ready in mp_connection.wait(list(receivers), timeout=1.0):
+                i = receivers[ready]
+                try:
+                    kind, index, payload = ready.recv()
+                except (EOFError, OSError, pickle.UnpicklingError, ValueError, TypeError):
+                    del receivers[ready]  # closed, or cut off mid-message by a kill
+                    ready.close()
+                    died(i)
+                    continue
+                if kind == "progress":
+                    latest[index] = payload
+                    if progress is not None:
+                        values = latest.values()
+                        progress(Progress(
+                            sum(p.done for p in values), sum(p.failed for p in values),
+                            sum(p.skipped for p in values), sum(p.todo for p in values),
+                            time.monotonic() - start,
+                        ))  # fmt: skip
+                elif kind == "done":
+                    summaries[index] = payload
+                else:
+                    errors[index] = payload
+            for ready, i in list(receivers.items()):  # exited without a word (never sent EOF?)
+                if not workers[i].is_alive() and not ready.poll():
+                    del receivers[ready]
+                    ready.close()
+                    died(i)
     except BaseException:  # Ctrl-C or a bug here: take the workers down with us
         for worker in workers:
             if worker.is_alive():

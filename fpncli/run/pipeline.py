@@ -53,6 +53,8 @@ from .device import (
     BatchResult,
     ByteBudget,
     bind_thread,
+    device_broken,
+    free_cached_memory,
     is_out_of_memory,
     model_for_run,
     run_settings,
@@ -146,7 +148,7 @@ class RunSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     bytes_written: int = 0
-    aborted: str | None = None  # why the run stopped early (disk full), if it did
+    aborted: str | None = None  # why the run stopped early (disk full, a failed GPU), if it did
     last_folder: Path | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0  # the batch size in use at the end (smaller after CUDA out of memory)
@@ -246,6 +248,7 @@ class _Runner:
         self.lock = threading.Lock()
         self.abort = threading.Event()
         self.disk_was_full = False
+        self.broken: str | None = None  # why the device became unusable
         self.budget = ByteBudget(options.queue_mb << 20)
         self.writer = ThreadPoolExecutor(options.writers, thread_name_prefix="fpncli-write",
                                          initializer=_background(self.device))  # fmt: skip
@@ -326,8 +329,13 @@ class _Runner:
                 self.submit(chunk, result)
                 continue
             out_of_memory, reason = error
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            if device_broken(self.device):  # e.g. an illegal address: nothing more can run
+                for it in chunk:
+                    self.fail(it.job.path, f"{self.device} failed: {reason}")
+                self.device_failed(reason)
+                return
+            if out_of_memory:
+                free_cached_memory(self.device)
             if out_of_memory and len(chunk) > 1:
                 self.state.batch_size = max(1, len(chunk) // 2)
                 log.warning("out of memory on a batch of %d: batch size %d from now on",
@@ -365,7 +373,7 @@ class _Runner:
 
     def _write(self, item: Decoded, result: BatchResult, index: int) -> None:
         path = item.job.path
-        if self.abort.is_set():  # the disk is full: the run stops, the summary says so
+        if self.abort.is_set():  # the disk is full or the device failed: the summary says so
             return
         start = time.perf_counter()
         try:
@@ -399,6 +407,12 @@ class _Runner:
         if not self.abort.is_set():
             log.info("disk full: stopping")
         self.disk_was_full = True
+        self.abort.set()
+
+    def device_failed(self, reason: str) -> None:
+        """Stop the run: the device is unusable (``summary.aborted`` says so)."""
+        log.info("%s failed: stopping", self.device)
+        self.broken = reason
         self.abort.set()
 
     def close(self) -> None:
@@ -522,6 +536,11 @@ def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progre
     summary.seconds = time.monotonic() - start
     if runner.disk_was_full:
         summary.aborted = disk_full_message(summary)
+    elif runner.broken is not None:
+        summary.aborted = (
+            f"{device} failed ({runner.broken}): {summary.done + summary.skipped} of "
+            f"{summary.total} done, rerun the same command to resume"
+        )
 
 
 def _feed(runner: _Runner, todo: list[Job], options: RunOptions, input_format) -> None:

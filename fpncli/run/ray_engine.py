@@ -199,7 +199,7 @@ class _Extractor:
             else:
                 items.append(pickle.loads(blob))
         summary = run_decoded(items, self.model, self.options, sink=sink)
-        if summary.aborted:  # a full disk: nothing of this call is committed; stop the job
+        if summary.aborted:  # a full disk, a failed GPU: nothing of this call is committed
             if writer is not None:
                 writer.abort()
             raise OSError(summary.aborted)
