@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.outputs import MANIFEST, atomic_write_bytes, read_manifest, valid_size
+from ..io.outputs import MANIFEST, RANDOM_NOTE, atomic_write_bytes, read_manifest, valid_size
 from .visualize import (
     DEFAULT_CLIP,
     encode_png,
@@ -255,9 +255,6 @@ def _level_map(source: _Source, name: str, reduce: str, channel: int) -> np.ndar
         return reduced
     valid_h, valid_w = valid_size(*source.resized, STRIDES[name])
     return reduced[:valid_h, :valid_w]
-
-
-RANDOM_NOTE = "RANDOM, UNTRAINED WEIGHTS - not a trained network"
 
 
 def _panels(source: _Source, level: str, *, reduce: str, channel: int,
