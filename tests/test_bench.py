@@ -100,3 +100,18 @@ def test_images_for_fills_the_time_within_half_the_free_disk():
     assert _images_for(ran, 2.0, free_bytes=40 * 2**20) == 20  # half the disk: 20 MiB
     assert _images_for(ran, 0.5, free_bytes=2**40) == 0  # it lasted long enough
     assert _images_for(RunSummary(total=1), 2.0, free_bytes=2**40) == 0
+
+
+def test_a_hint_names_the_setting_where_onednn_beats_the_cpu_kernels():
+    from fpncli.run.bench import BenchRow, kernel_hints
+
+    def row(variant, seconds, height=800):
+        return BenchRow("model", "cpu", height, 1216, 1, "fp32", variant, median_batch_s=seconds)
+
+    assert kernel_hints([row("eager", 1.18), row("onednn", 1.53), row("unfused", 1.74)]) == []
+    hints = kernel_hints([row("eager", 1.18), row("onednn", 0.95), row("eager", 1.0, 640),
+                          row("onednn", 0.98, 640)])  # fmt: skip
+    assert hints == [
+        "note: at 800x1216 batch 1 oneDNN took 950 ms against 1180 ms with fpncli's CPU "
+        "kernels: on this CPU, FPNCLI_CPU_KERNELS=0 is faster"
+    ]  # 640: within 5%, no hint

@@ -176,6 +176,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
         bench_model,
         format_table,
         fp32_reference,
+        kernel_hints,
         rows_as_dicts,
     )
     from ..run.device import select_device
@@ -283,6 +284,8 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
             run_rows()
     finally:  # Ctrl-C or a time limit (SIGINT): the rows measured so far are kept
         save(complete=False)
+    for hint in kernel_hints(rows):
+        click.echo(hint)
     if dev.type == "cuda" and any(r.variant in ("npy", "all") for r in rows):
         click.echo("note: with every level saved as .npy, the disk and the device-to-host copy, "
                    "not the GPU, bound end-to-end throughput")  # fmt: skip

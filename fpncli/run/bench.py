@@ -39,6 +39,7 @@ __all__ = [
     "disk_write_speed",
     "bf16_peak_tflops",
     "format_table",
+    "kernel_hints",
     "GMAC_800x1280",
 ]
 
@@ -420,6 +421,27 @@ def add_ratios(rows: list[BenchRow]) -> None:
             decoded = r.ratios.get("decode_img_s")
             if decoded:
                 r.ratios["of_min_model_decode"] = r.images_per_s / min(rate, decoded)
+
+
+def kernel_hints(rows: list[BenchRow]) -> list[str]:
+    """A line for each CPU shape where oneDNN (row ``onednn``, ``--unfused``) beat the default
+    NNPACK/GEMM kernels (the ``eager`` row) by more than 5%: on such a CPU (an AVX-512 Xeon,
+    say) ``FPNCLI_CPU_KERNELS=0`` is the faster setting."""
+    hints = []
+    for row in rows:
+        if row.kind != "model" or row.variant != "onednn" or not row.median_batch_s:
+            continue
+        same = (row.device, row.height, row.width, row.batch_size, row.precision)
+        ours = next((r for r in rows if r.kind == "model" and r.variant == "eager"
+                     and (r.device, r.height, r.width, r.batch_size, r.precision) == same
+                     and r.median_batch_s), None)  # fmt: skip
+        if ours is not None and row.median_batch_s < 0.95 * ours.median_batch_s:
+            hints.append(
+                f"note: at {row.height}x{row.width} batch {row.batch_size} oneDNN took "
+                f"{row.median_batch_s * 1e3:.0f} ms against {ours.median_batch_s * 1e3:.0f} ms "
+                "with fpncli's CPU kernels: on this CPU, FPNCLI_CPU_KERNELS=0 is faster"
+            )
+    return hints
 
 
 def _fmt(value, spec: str, none: str = "-") -> str:
