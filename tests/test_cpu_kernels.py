@@ -150,6 +150,27 @@ def test_the_backbone_with_the_kernels_equals_the_plain_one(batch):
         assert _relative(got_plain[name], value) < 2e-5, name
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_the_fused_residual_step_takes_every_dtype(dtype):
+    """``_add_relu_`` has no bf16 kernel: CPU autocast (bf16) reaches the residual add with it."""
+    out, other = torch.randn(2, 8, 6, 10).to(dtype), torch.randn(2, 8, 6, 10).to(dtype)
+    assert torch.equal(add_relu_(out.clone(), other), F.relu(out + other))
+
+
+def test_the_backbone_runs_bf16_on_the_cpu():
+    """Where check_precision allows bf16 on the CPU (AVX512-BF16/AMX), every batch must run:
+    autocast and the converted copy, with and without the CPU kernels (bypassing the check, so
+    this holds on any CPU)."""
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    for kernels in (None, False):
+        model = fpncli.load_backbone("random", cpu_kernels=kernels)
+        reference = run_backbone(model, x)
+        for run_model in (model_for_run(model, "bf16"), model_for_run(model, "bf16", convert=True)):
+            out = run_backbone(run_model, x, precision="bf16")
+            for name, value in reference.items():
+                assert _relative(out[name].float(), value) < 5e-2, (kernels, name)
+
+
 @needs_nnpack
 def test_compiled_and_low_precision_runs_use_one_plain_copy():
     model = fpncli.load_backbone("random")

@@ -79,9 +79,11 @@ class Conv2d(nn.Conv2d):
 
 def add_relu_(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``relu(out + other)`` into ``out``: one pass on the CPU (PyTorch's fused ``_add_relu_``,
-    the same floats as the two steps), the two in-place steps elsewhere and when compiling."""
+    the same floats as the two steps), the two in-place steps elsewhere, when compiling, and for
+    any dtype but float32 (the fused op has no bf16 kernel: CPU autocast runs bf16)."""
     if (
         out.device.type == "cpu"
+        and out.dtype == other.dtype == torch.float32
         and not torch.compiler.is_compiling()
         and not (torch.is_grad_enabled() and (out.requires_grad or other.requires_grad))
     ):
