@@ -76,7 +76,24 @@ def _compare(ref_dir, out_dir, tol):
             for stat in ("min", "max", "mean"):
                 got, want = manifest["levels"][level][stat], ref_manifest["levels"][level][stat]
                 assert abs(got - want) <= tol * scale, (folder, level, stat)
-            assert (folder / f"{level}.png").stat().st_size > 0
+            _compare_heatmaps(ref_folder, folder, ref_manifest, manifest, level, tol)
+
+
+def _compare_heatmaps(ref_folder, folder, ref_manifest, manifest, level, tol):
+    """The heatmap (reduced on the device) is the CPU's: its colour range within ``tol`` of the
+    range's scale and, in fp32, the same pixels but for the few that a rounding moves across a
+    colour step."""
+    from PIL import Image
+
+    want, got = ref_manifest["levels"][level]["range"], manifest["levels"][level]["range"]
+    span = max(abs(v) for v in want) or 1.0
+    assert all(abs(g - w) <= tol * span for g, w in zip(got, want)), (folder, level, got, want)
+    a = np.asarray(Image.open(ref_folder / f"{level}.png").convert("RGB"), dtype=np.int16)
+    b = np.asarray(Image.open(folder / f"{level}.png").convert("RGB"), dtype=np.int16)
+    assert a.shape == b.shape, (folder, level)
+    if tol <= 1e-4:
+        same = np.all(a == b, axis=-1).mean()
+        assert same >= 0.999, (folder, level, same)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -218,7 +235,8 @@ def test_a_bench_rows_peak_memory_is_its_own():
     del ballast
     assert alone.error is None and crowded.error is None
     assert abs(crowded.peak_gpu_mb - alone.peak_gpu_mb) < 64
-    assert alone.peak_gpu_mb > _nbytes(model) / 2**20
+    own = (_nbytes(model) + 4 * 3 * 128 * 192) / 2**20  # weights and input, added by the row
+    assert alone.peak_gpu_mb - own > 0.5  # and the activations: the peak was measured
 
 
 def test_two_workers_on_one_gpu(folder, cpu_model, tmp_path):
@@ -277,7 +295,9 @@ def test_out_of_memory_splits_under_a_memory_cap(tmp_path):
     one = torch.cuda.max_memory_allocated(0) - base
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction((base + 3 * one) / total, 0)
+    # room for a batch of one twice (the cap counts reserved memory, a little above allocated):
+    # batch 8 needs about eight
+    torch.cuda.set_per_process_memory_fraction((base + 2 * one) / total, 0)
     try:
         summary = run_jobs(jobs, model, RunOptions(batch_size=8, **fixed))
     finally:
