@@ -370,6 +370,27 @@ def test_writer_threads_take_the_model_device(tmp_path, model, monkeypatch):
     assert {d for _, d in calls} == {torch.device("cpu")}
 
 
+def test_a_bf16_folder_run_on_a_cpu_that_allows_it(tmp_path, model, monkeypatch):
+    """The whole CPU pipeline in bf16, as on an AVX512-BF16/AMX CPU (where check_precision lets
+    it through; this machine's answer is replaced): every image done, near the fp32 levels."""
+    import fpncli.api
+
+    monkeypatch.setattr(fpncli.api, "_cpu_has_fast_bf16", lambda: True)
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(3)]
+    for precision in ("fp32", "bf16"):
+        jobs = [Job(p, tmp_path / precision / p.stem) for p in paths]
+        options = RunOptions(output=replace(SMALL, save_heatmaps=True), precision=precision,
+                             batch_size=2, record_latest=False)  # fmt: skip
+        summary = run_jobs(jobs, model, options)
+        assert (summary.done, summary.failed) == (3, []), summary.failed
+    for p in paths:
+        for level in ("p2", "p4", "p6"):
+            ref = np.load(tmp_path / "fp32" / p.stem / f"{level}.npy")
+            got = np.load(tmp_path / "bf16" / p.stem / f"{level}.npy")
+            assert got.dtype == np.float32
+            assert np.abs(got - ref).max() <= 5e-2 * np.abs(ref).max(), (p.stem, level)
+
+
 def test_two_device_workers_share_the_list(tmp_path, model):
     from fpncli.run.multi import run_on_devices
 
