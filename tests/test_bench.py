@@ -115,3 +115,13 @@ def test_a_hint_names_the_setting_where_onednn_beats_the_cpu_kernels():
         "note: at 800x1216 batch 1 oneDNN took 950 ms against 1180 ms with fpncli's CPU "
         "kernels: on this CPU, FPNCLI_CPU_KERNELS=0 is faster"
     ]  # 640: within 5%, no hint
+
+
+def test_the_bound_is_the_host_when_the_feeding_thread_outlasts_the_device():
+    from fpncli.run.bench import _bound
+
+    device = {"h2d": 1.0, "preprocess": 1.0, "model": 6.0, "reductions": 1.0, "d2h": 1.0}
+    assert _bound({**device, "decode": 20.0, "write": 4.0, "host": 10.5}, 4, 2) == "device"
+    assert _bound({**device, "decode": 20.0, "write": 4.0, "host": 12.5}, 4, 2) == "host"
+    assert _bound({**device, "decode": 60.0, "host": 30.0}, 4, 2) == "decode"
+    assert _bound({**device, "write": 30.0, "host": 11.0}, 4, 2) == "write"

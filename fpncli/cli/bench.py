@@ -159,8 +159,10 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     """Throughput and where the time goes: model-only and end-to-end rows, a table and JSON.
 
     End-to-end rows split each image's time into decode, h2d, preprocess, model, reductions,
-    d2h and write, name the bound, and compare with the model-only row of the same size, batch
-    and precision, the decode rate with all cores and the disk's write rate. Each row stands
+    d2h and write, plus host (the feeding thread's time to stage and launch a batch), name the
+    bound (host: a GPU waiting for that thread), and compare with the model-only row of the same
+    size, batch and precision, the decode rate with all cores and the disk's write rate. Each
+    row stands
     alone: it is printed as soon as it is measured, and a row that cannot run prints why while
     the others go on (the exit code is then 1).
     """

@@ -140,7 +140,8 @@ def _free_bytes(folder: Path) -> int:
 class RunSummary:
     """What a run did. ``stage_seconds`` sums each stage's time: decode and write in
     thread-seconds over their pools, the device stages (h2d, preprocess, model, reductions, d2h)
-    as the device spent them."""
+    as the device spent them, and ``host``, the feeding thread's time to stage and launch the
+    batches (on a GPU, more host than device time means the GPU waits for this thread)."""
 
     total: int = 0
     done: int = 0
@@ -320,11 +321,14 @@ class _Runner:
             if not chunk:
                 continue
             result, error = None, None
+            start = time.perf_counter()
             try:
                 result = infer_batch(self.model, chunk, self.options, self.state)
             except Exception as e:  # noqa: BLE001 - every image must end done or failed
                 error = (is_out_of_memory(e), _reason(e))
                 log.debug("batch of %d failed", len(chunk), exc_info=True)
+            # this thread's time to stage and launch the batch (on the CPU: to compute it)
+            self.add_seconds({"host": time.perf_counter() - start})
             if result is not None:
                 self.submit(chunk, result)
                 continue
