@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pagecache import fs_type, resident_pages
 from PIL import Image
 
 import fpncli
@@ -254,58 +255,24 @@ def test_a_short_npy_write_is_a_full_disk_and_stops_the_run(tmp_path, model, mon
     assert (again.done, again.skipped, again.failed) == (7, 1, [])
 
 
-def _resident_pages(path: Path) -> tuple[int, int]:
-    """(pages of ``path`` in the page cache, pages in all), by mincore(2) on a fresh mapping."""
-    import ctypes
-    import mmap
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long)  # fmt: skip
-    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
-    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-    size = path.stat().st_size
-    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-    vec = (ctypes.c_ubyte * pages)()
-    with open(path, "rb") as f:
-        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
-        assert address not in (None, ctypes.c_void_p(-1).value)
-        try:
-            assert libc.mincore(address, size, vec) == 0, ctypes.get_errno()
-        finally:
-            libc.munmap(address, size)
-    return sum(v & 1 for v in vec), pages
-
-
-def _fs_type(path: Path) -> str:
-    """The file system type of the mount that holds ``path`` (Linux's /proc/self/mounts)."""
-    best, kind = "", ""
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        _, mount, fs = line.split()[:3]
-        if str(path).startswith(mount.rstrip("/") + "/") and len(mount) > len(best):
-            best, kind = mount, fs
-    return kind
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and /proc are Linux's")
 def test_a_large_output_is_flushed_and_leaves_the_page_cache(tmp_path, monkeypatch):
-    if _fs_type(tmp_path) in ("tmpfs", "ramfs", ""):
+    if fs_type(tmp_path) in ("tmpfs", "ramfs", ""):
         pytest.skip("the page cache is this file system's storage")
     array = np.random.RandomState(0).rand(3, 1024, 1024).astype(np.float32)  # 12 MiB
     monkeypatch.setenv("FPNCLI_DROP_CACHE", "0")
     kept = tmp_path / "kept.npy"
     outputs.atomic_write_bytes(kept, array)
-    resident, pages = _resident_pages(kept)
+    resident, pages = resident_pages(kept)
     assert resident > pages // 2  # written pages stay cached: the measurement sees them
     monkeypatch.delenv("FPNCLI_DROP_CACHE")
     dropped = tmp_path / "dropped.npy"
     assert outputs.atomic_write_bytes(dropped, array) == kept.stat().st_size
-    assert _resident_pages(dropped)[0] < pages // 10
+    assert resident_pages(dropped)[0] < pages // 10
     np.testing.assert_array_equal(np.load(dropped), array)
     small = tmp_path / "small.npy"  # below DROP_BYTES: left to the OS, no flush per heatmap
     outputs.atomic_write_bytes(small, array[0, :256])
-    assert _resident_pages(small)[0] == _resident_pages(small)[1]
+    assert resident_pages(small)[0] == resident_pages(small)[1]
 
 
 def _raises(code: int):

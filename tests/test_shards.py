@@ -276,3 +276,28 @@ def test_find_member_reads_one_key_without_reading_the_shard(tmp_path, monkeypat
         others = sum(len(b) for b in members.values()) - sum(len(b) for b in expected.values())
         # its own members and the headers on the way: not the other images' data
         assert sum(read) < sum(len(b) for b in expected.values()) + others / 2, (key, sum(read))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and /proc are Linux's")
+def test_a_local_shard_leaves_the_page_cache_as_it_is_written(tmp_path, monkeypatch):
+    """As folder mode's large files: each image's members (31 MB here) are flushed and dropped
+    from the page cache, so a run of big shards does not fill it."""
+    from pagecache import fs_type, resident_pages
+
+    if fs_type(tmp_path) in ("tmpfs", "ramfs", ""):
+        pytest.skip("the page cache is this file system's storage")
+    inputs = _images(tmp_path / "in", 2)
+    for drop, out in (("0", tmp_path / "kept"), ("1", tmp_path / "dropped")):
+        monkeypatch.setenv("FPNCLI_DROP_CACHE", drop)
+        args = [str(inputs), "-o", str(out), "--format", "wds", "--no-heatmaps", "--no-overview",
+                *SMALL, "--min-size", "640", "--max-size", "800"]  # fmt: skip
+        result = CliRunner().invoke(cli, ["extract", *args])
+        assert result.exit_code == 0, result.output
+    (kept,) = (tmp_path / "kept").glob("shard-*.tar")
+    (dropped,) = (tmp_path / "dropped").glob("shard-*.tar")
+    resident, pages = resident_pages(kept)
+    assert pages > 2 * (8 << 20) // 4096 and resident > pages // 2  # the measurement sees them
+    assert resident_pages(dropped)[0] < pages // 10
+    assert _tar_members(tmp_path / "dropped")[dropped.name].keys() == (
+        _tar_members(tmp_path / "kept")[kept.name].keys()
+    )

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..model.fpn import OUTPUTS
 from .npy import npy_bytes
-from .outputs import MANIFEST, OutputOptions, write_image_members
+from .outputs import DROP_BYTES, MANIFEST, OutputOptions, drop_from_cache, write_image_members
 from .shardlock import partial_token, wds_lock
 
 __all__ = [
@@ -250,6 +250,8 @@ class ShardWriter:
                     info = tarfile.TarInfo(name)
                     info.size, info.mtime, info.mode = len(blob), now, 0o644
                     self.tar.addfile(info, io.BytesIO(blob))
+                if size >= DROP_BYTES:  # a local shard: out of the page cache, as folder files
+                    drop_from_cache(self.file)
             except BaseException:  # the tar may hold half a member: drop the whole shard
                 self._abort()
                 raise
