@@ -20,7 +20,7 @@ from pagecache import fs_type, resident_pages
 from PIL import Image
 
 import fpncli
-from fpncli.io import outputs
+from fpncli.io import atomic, outputs
 from fpncli.io.guard import is_disk_full
 from fpncli.io.outputs import OutputOptions, is_complete
 from fpncli.run import pipeline, steps
@@ -229,7 +229,7 @@ def test_a_short_npy_write_is_a_full_disk_and_stops_the_run(tmp_path, model, mon
     jobs = [
         Job(_image(tmp_path / f"{i}.png", value=i), tmp_path / "out" / str(i)) for i in range(8)
     ]
-    real_save, computed = outputs.write_npy, []
+    real_save, computed = atomic.write_npy, []
     real_backbone = steps.run_backbone
     full = threading.Event()
 
@@ -243,14 +243,14 @@ def test_a_short_npy_write_is_a_full_disk_and_stops_the_run(tmp_path, model, mon
         computed.append(batch.shape[0])
         return real_backbone(model, batch, precision=precision)
 
-    monkeypatch.setattr(outputs, "write_npy", short_save)
+    monkeypatch.setattr(atomic, "write_npy", short_save)
     monkeypatch.setattr(steps, "run_backbone", counting)
     summary = run_jobs(jobs, model, RunOptions(output=SMALL, writers=1, workers=1))
     assert summary.aborted == "disk full: 1 of 8 done, rerun the same command after freeing space"
     assert summary.failed == [] and summary.done == 1
     assert len(computed) < 8  # it stopped at once instead of computing every remaining image
     assert not list((tmp_path / "out").rglob(".*fpncli-tmp*"))
-    monkeypatch.setattr(outputs, "write_npy", real_save)
+    monkeypatch.setattr(atomic, "write_npy", real_save)
     again = run_jobs(jobs, model, RunOptions(output=SMALL))
     assert (again.done, again.skipped, again.failed) == (7, 1, [])
 

@@ -8,32 +8,33 @@ run killed half-way through never leaves a folder that looks complete with a mix
 files. A folder is written under an advisory lock (``guard.folder_lock``), so two runs into the
 same ``-o`` take turns; temporary names carry the writer's pid and run token, and only this
 run's or dead runs' leftovers are removed. (Atomic against killed processes and full disks;
-only large files are flushed before their rename, see ``drop_from_cache``, so a power cut can
-still lose what the OS had not flushed.)
+only large files are flushed before their rename, see ``atomic.drop_from_cache``, so a power cut can
+still lose what the OS had not flushed.) The manifest's reading and the run key live in
+``io.manifest``, the atomic writes in ``io.atomic``, the latest extractions in ``io.latest``;
+their names are importable from here too.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import logging
 import math
 import os
 import re
-import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from ..model.fpn import LEVELS, OUTPUT_CHANNELS, OUTPUT_STRIDES, OUTPUTS
+from .atomic import TMP_MARK, atomic_write_bytes, stale_temporary
 from .canvas import check_canvas, parse_canvas
-from .guard import folder_lock, is_disk_full, open_regular, pid_alive
-from .npy import write_npy
+from .guard import folder_lock
+from .latest import latest_extraction, recent_extractions, record_latest
+from .manifest import MANIFEST, is_complete, manifest_files, read_manifest, run_key
 from .preprocess import LoadedImage, Prepared
 
 __all__ = [
@@ -57,11 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
-_TMP_MARK = ".fpncli-tmp"
-_MAX_MANIFEST_BYTES = 16 << 20
-_RUN_TOKEN = secrets.token_hex(4)  # tells this run's temporaries from an earlier one's (pid reuse)
-_TMP_PID = re.compile(re.escape(_TMP_MARK) + r"\.?(\d+)")
 _NAMES = r"(p[2-6]|stem|res[2-5])"
 _OUTPUT_NAME = re.compile(rf"^({_NAMES}\.npy|{_NAMES}\.png|{_NAMES}_overlay\.png|overview\.png)$")
 
@@ -102,144 +98,6 @@ class OutputOptions:
                      resize=self.resize)  # fmt: skip
 
 
-#: Files at least this large (a P2 ``.npy`` from 1 MB upwards) leave the page cache once written.
-DROP_BYTES = 8 << 20
-
-
-def drop_from_cache(f) -> None:
-    """Flush the open file ``f`` to disk and drop its pages from the page cache (used for large
-    output files, and for a shard after each image's members).
-
-    Left alone, each image's ``.npy`` (83 MB at 800x1216) stays in the page cache as dirty pages:
-    every image takes fresh pages from the kernel and a long run fills the cache with outputs
-    nobody is reading, evicting everything else (the input images included). Taking fresh pages
-    is also the costly part of a buffered write: on a 2-core AMD EPYC VM the writer spent 150-180
-    ms of kernel time per image (the model's threads paid for it), 38 ms with this; the
-    folder/model-only ratio went from 0.89-0.91 to 0.94-0.96. The run is bound by the disk's rate
-    once the cache is full anyway, and a disk-full error from delayed allocation surfaces here,
-    before the rename. Where ``posix_fadvise`` is missing (macOS, Windows), or with
-    ``FPNCLI_DROP_CACHE=0``, nothing is done.
-    """
-    if not hasattr(os, "posix_fadvise") or os.environ.get("FPNCLI_DROP_CACHE", "1") == "0":
-        return
-    try:
-        fd = f.fileno()
-    except (AttributeError, OSError, ValueError):  # not a local file (an object store, memory)
-        return
-    f.flush()
-    try:
-        os.fdatasync(fd)
-    except OSError as e:  # a file system without fdatasync: leave the file to the OS
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise  # ENOSPC, EDQUOT, EIO: this write failed
-        return
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    except OSError:  # only advice
-        pass
-
-
-def atomic_write_bytes(path: Path, data: bytes | np.ndarray) -> int:
-    """Write ``data`` (bytes, or an array saved as ``.npy``) to ``path`` through a temporary file
-    in the same folder, then rename; returns the size written."""
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}.{os.getpid()}.{_RUN_TOKEN}")
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(data, np.ndarray):
-                write_npy(f, data)
-            else:
-                f.write(data)
-            size = f.tell()
-            if size >= DROP_BYTES:
-                drop_from_cache(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if is_disk_full(e) and e.errno is None:  # numpy's short write: say what it is
-            raise OSError(errno.ENOSPC, f"No space left on device ({e})", str(path)) from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return size
-
-
-def read_manifest(folder: Path) -> dict | None:
-    """The folder's manifest if it is a complete one, else None."""
-    try:
-        with open_regular(Path(folder) / MANIFEST) as f:  # never blocks on a FIFO
-            manifest = json.loads(f.read(_MAX_MANIFEST_BYTES + 1)[:_MAX_MANIFEST_BYTES])
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and manifest.get("complete") else None
-
-
-def manifest_files(manifest: dict) -> dict[str, int | None]:
-    """The files a manifest lists: name -> size in bytes (None where an older manifest did not
-    record it). Names are plain file names inside the extraction folder."""
-    files = manifest.get("files")
-    if isinstance(files, dict):
-        return {str(k): v if isinstance(v, int) else None for k, v in files.items()}
-    listed: dict[str, int | None] = {}
-    levels = manifest.get("levels")
-    for meta in levels.values() if isinstance(levels, dict) else ():
-        if isinstance(meta, dict):
-            for key in ("file", "heatmap", "overlay"):
-                if isinstance(meta.get(key), str):
-                    listed[meta[key]] = None
-    if isinstance(manifest.get("overview"), str):
-        listed[manifest["overview"]] = None
-    return listed
-
-
-def is_complete(folder: Path, run_key: str | None = None) -> bool:
-    """True when ``folder`` holds a complete extraction (and, given ``run_key``, the same one):
-    a complete manifest whose every listed file is present with the recorded size."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    if manifest is None or (run_key is not None and manifest.get("run_key") != run_key):
-        return False
-    for name, size in manifest_files(manifest).items():
-        if "/" in name or "\\" in name or name in ("", ".", ".."):
-            return False
-        try:
-            st = (folder / name).stat()
-        except OSError:
-            return False
-        if size is not None and st.st_size != size:
-            return False
-    return True
-
-
-def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: str) -> str:
-    """A digest of everything that determines an image's outputs: the input file (size and
-    modification time), the weights, the precision and the output options. A complete folder
-    with the same key is skipped on resume; a different key means re-extract."""
-    stat = Path(image_path).stat()
-    # the JSON of {"input", "options", "precision", "weights"} with sorted keys, as earlier
-    # versions wrote it (their folders still resume), with the options' part made once per
-    # options object: asdict was 60% of the time of listing a million pending images
-    parts = [
-        ("input", json.dumps([os.path.realpath(image_path), stat.st_size, stat.st_mtime_ns])),
-        ("options", _options_json(options)),
-        ("precision", json.dumps(precision)),
-        ("weights", json.dumps([weights.get("name"), weights.get("sha256"), weights.get("seed")])),
-    ]
-    material = "{" + ", ".join(f'"{name}": {value}' for name, value in parts) + "}"
-    return hashlib.sha256(material.encode()).hexdigest()[:16]
-
-
-def _options_json(options: OutputOptions) -> str:
-    cached = options.__dict__.get("_run_key_json")
-    if cached is None:
-        chosen = asdict(options)
-        if chosen["canvas"] is None:  # as before canvases existed: earlier runs still resume
-            del chosen["canvas"]
-        cached = json.dumps(chosen, sort_keys=True)
-        object.__setattr__(options, "_run_key_json", cached)  # frozen: fields never change
-    return cached
-
-
 def valid_size(resized_height: int, resized_width: int, stride: int) -> tuple[int, int]:
     """Cells of a level with ``stride`` that cover image pixels rather than padding."""
     return math.ceil(resized_height / stride), math.ceil(resized_width / stride)
@@ -260,22 +118,13 @@ def expected_files(options: OutputOptions) -> set[str]:
     return names
 
 
-def _stale_temporary(name: str) -> bool:
-    """Whether a temporary file was left by this process or by one that is no longer alive."""
-    match = _TMP_PID.search(name)
-    if match is None:
-        return True
-    pid = int(match[1])
-    return pid == os.getpid() or not pid_alive(pid)
-
-
 def _begin(folder: Path, keep: set[str]) -> None:
     """Drop the old manifest, old outputs the new manifest will not list, and temporaries of this
     or dead runs. Called with the folder's lock held, so no live fpncli run is writing here."""
     (folder / MANIFEST).unlink(missing_ok=True)
     for entry in os.scandir(folder):
-        if _TMP_MARK in entry.name and entry.name.startswith("."):
-            if _stale_temporary(entry.name):
+        if TMP_MARK in entry.name and entry.name.startswith("."):
+            if stale_temporary(entry.name):
                 Path(entry.path).unlink(missing_ok=True)
         elif _OUTPUT_NAME.match(entry.name) and entry.name not in keep and entry.is_file():
             Path(entry.path).unlink(missing_ok=True)
@@ -617,63 +466,3 @@ def estimate_bytes_per_image(padded_height: int, padded_width: int, options: Out
     if options.save_overview:
         total += 600_000
     return total + 8_000
-
-
-def _state_file() -> Path:
-    base = os.environ.get("FPNCLI_HOME") or os.environ.get("XDG_STATE_HOME")
-    root = Path(base) if base else Path.home() / ".cache" / "fpncli"
-    return root / "latest.json"
-
-
-_HISTORY = 20  # recent extractions remembered, so a deleted latest falls back to an older one
-
-
-def recent_extractions() -> list[Path]:
-    """The folders recorded by ``record_latest``, newest first (they may since have gone)."""
-    try:
-        state = json.loads(_state_file().read_text())
-    except (OSError, ValueError):
-        return []
-    if not isinstance(state, dict):
-        return []
-    folders = [state.get("folder")] + list(state.get("history") or [])
-    seen, recent = set(), []
-    for folder in folders:
-        if isinstance(folder, str) and folder and folder not in seen:
-            seen.add(folder)
-            recent.append(Path(folder))
-    return recent
-
-
-def record_latest(folder: Path) -> None:
-    """Remember ``folder`` as the most recent extraction (for ``fpncli show`` with no target),
-    keeping the previous ones so a latest that was deleted falls back to the newest left."""
-    state = _state_file()
-    newest = str(Path(folder).resolve())
-    history = [str(p) for p in recent_extractions() if str(p) != newest][: _HISTORY - 1]
-    try:
-        state.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"folder": newest, "history": history}).encode()
-        atomic_write_bytes(state, data)
-    except OSError as e:  # a read-only home must not fail an extraction
-        log.warning("could not record the latest extraction in %s: %s", state, e)
-
-
-def latest_extraction() -> Path:
-    """The most recently completed output folder that still exists (complete); the recorded
-    latest may have been deleted, then the newest one left is returned.
-    FileNotFoundError when there is none."""
-    recent = recent_extractions()
-    if not recent:
-        raise FileNotFoundError(
-            "no previous extraction recorded: run 'fpncli extract IMAGE' first, or name a TARGET"
-        )
-    for folder in recent:
-        if is_complete(folder):
-            if folder != recent[0]:
-                log.warning("the latest extraction %s is gone; showing %s", recent[0], folder)
-            return folder
-    raise FileNotFoundError(
-        f"the latest extraction {recent[0]} is gone or incomplete, and so are the "
-        f"{len(recent) - 1} before it: name a TARGET"
-    )

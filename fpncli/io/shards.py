@@ -39,8 +39,9 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from ..model.fpn import OUTPUTS
+from .atomic import DROP_BYTES, drop_from_cache
 from .npy import npy_bytes
-from .outputs import DROP_BYTES, MANIFEST, OutputOptions, drop_from_cache, write_image_members
+from .outputs import MANIFEST, OutputOptions, write_image_members
 from .shardlock import partial_token, wds_lock
 
 __all__ = [

@@ -1,0 +1,76 @@
+"""The latest extractions, remembered for ``fpncli show`` with no target (in
+``$FPNCLI_HOME``, else ``$XDG_STATE_HOME``, else ``~/.cache/fpncli``: ``latest.json``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from .atomic import atomic_write_bytes
+from .manifest import is_complete
+
+__all__ = ["recent_extractions", "record_latest", "latest_extraction"]
+
+log = logging.getLogger(__name__)
+
+
+def _state_file() -> Path:
+    base = os.environ.get("FPNCLI_HOME") or os.environ.get("XDG_STATE_HOME")
+    root = Path(base) if base else Path.home() / ".cache" / "fpncli"
+    return root / "latest.json"
+
+
+_HISTORY = 20  # recent extractions remembered, so a deleted latest falls back to an older one
+
+
+def recent_extractions() -> list[Path]:
+    """The folders recorded by ``record_latest``, newest first (they may since have gone)."""
+    try:
+        state = json.loads(_state_file().read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(state, dict):
+        return []
+    folders = [state.get("folder")] + list(state.get("history") or [])
+    seen, recent = set(), []
+    for folder in folders:
+        if isinstance(folder, str) and folder and folder not in seen:
+            seen.add(folder)
+            recent.append(Path(folder))
+    return recent
+
+
+def record_latest(folder: Path) -> None:
+    """Remember ``folder`` as the most recent extraction (for ``fpncli show`` with no target),
+    keeping the previous ones so a latest that was deleted falls back to the newest left."""
+    state = _state_file()
+    newest = str(Path(folder).resolve())
+    history = [str(p) for p in recent_extractions() if str(p) != newest][: _HISTORY - 1]
+    try:
+        state.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({"folder": newest, "history": history}).encode()
+        atomic_write_bytes(state, data)
+    except OSError as e:  # a read-only home must not fail an extraction
+        log.warning("could not record the latest extraction in %s: %s", state, e)
+
+
+def latest_extraction() -> Path:
+    """The most recently completed output folder that still exists (complete); the recorded
+    latest may have been deleted, then the newest one left is returned.
+    FileNotFoundError when there is none."""
+    recent = recent_extractions()
+    if not recent:
+        raise FileNotFoundError(
+            "no previous extraction recorded: run 'fpncli extract IMAGE' first, or name a TARGET"
+        )
+    for folder in recent:
+        if is_complete(folder):
+            if folder != recent[0]:
+                log.warning("the latest extraction %s is gone; showing %s", recent[0], folder)
+            return folder
+    raise FileNotFoundError(
+        f"the latest extraction {recent[0]} is gone or incomplete, and so are the "
+        f"{len(recent) - 1} before it: name a TARGET"
+    )

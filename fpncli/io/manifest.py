@@ -1,0 +1,97 @@
+"""An extraction folder's manifest: reading it, the files it lists, whether the folder is
+complete, and the run key that says whether it holds the same extraction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .guard import open_regular
+
+if TYPE_CHECKING:
+    from .outputs import OutputOptions
+
+__all__ = ["MANIFEST", "read_manifest", "manifest_files", "is_complete", "run_key"]
+
+MANIFEST = "manifest.json"
+_MAX_MANIFEST_BYTES = 16 << 20
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The folder's manifest if it is a complete one, else None."""
+    try:
+        with open_regular(Path(folder) / MANIFEST) as f:  # never blocks on a FIFO
+            manifest = json.loads(f.read(_MAX_MANIFEST_BYTES + 1)[:_MAX_MANIFEST_BYTES])
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("complete") else None
+
+
+def manifest_files(manifest: dict) -> dict[str, int | None]:
+    """The files a manifest lists: name -> size in bytes (None where an older manifest did not
+    record it). Names are plain file names inside the extraction folder."""
+    files = manifest.get("files")
+    if isinstance(files, dict):
+        return {str(k): v if isinstance(v, int) else None for k, v in files.items()}
+    listed: dict[str, int | None] = {}
+    levels = manifest.get("levels")
+    for meta in levels.values() if isinstance(levels, dict) else ():
+        if isinstance(meta, dict):
+            for key in ("file", "heatmap", "overlay"):
+                if isinstance(meta.get(key), str):
+                    listed[meta[key]] = None
+    if isinstance(manifest.get("overview"), str):
+        listed[manifest["overview"]] = None
+    return listed
+
+
+def is_complete(folder: Path, run_key: str | None = None) -> bool:
+    """True when ``folder`` holds a complete extraction (and, given ``run_key``, the same one):
+    a complete manifest whose every listed file is present with the recorded size."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None or (run_key is not None and manifest.get("run_key") != run_key):
+        return False
+    for name, size in manifest_files(manifest).items():
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            return False
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            return False
+        if size is not None and st.st_size != size:
+            return False
+    return True
+
+
+def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: str) -> str:
+    """A digest of everything that determines an image's outputs: the input file (size and
+    modification time), the weights, the precision and the output options. A complete folder
+    with the same key is skipped on resume; a different key means re-extract."""
+    stat = Path(image_path).stat()
+    # the JSON of {"input", "options", "precision", "weights"} with sorted keys, as earlier
+    # versions wrote it (their folders still resume), with the options' part made once per
+    # options object: asdict was 60% of the time of listing a million pending images
+    parts = [
+        ("input", json.dumps([os.path.realpath(image_path), stat.st_size, stat.st_mtime_ns])),
+        ("options", _options_json(options)),
+        ("precision", json.dumps(precision)),
+        ("weights", json.dumps([weights.get("name"), weights.get("sha256"), weights.get("seed")])),
+    ]
+    material = "{" + ", ".join(f'"{name}": {value}' for name, value in parts) + "}"
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def _options_json(options: OutputOptions) -> str:
+    cached = options.__dict__.get("_run_key_json")
+    if cached is None:
+        chosen = asdict(options)
+        if chosen["canvas"] is None:  # as before canvases existed: earlier runs still resume
+            del chosen["canvas"]
+        cached = json.dumps(chosen, sort_keys=True)
+        object.__setattr__(options, "_run_key_json", cached)  # frozen: fields never change
+    return cached
