@@ -241,3 +241,33 @@ def test_show_opens_the_data_window_when_there_is_a_display(folder, monkeypatch)
     assert opened["options"]["scale"] == (1.2, 1.2) and "RANDOM" in opened["options"]["note"]
     fig = window.level_figure(opened["panels"], **opened["options"])  # what the window draws
     assert len(fig.axes) == 11
+
+
+def test_show_diff_and_report_of_saved_outputs_do_not_load_torch(folder, tmp_path):
+    """Reading extractions back needs numpy and matplotlib, not torch (1.3 s of the 2.2 s that
+    ``show`` took): checked in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fpncli
+
+    root = str(Path(fpncli.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+           "FPNCLI_HOME": str(tmp_path / "home")}  # fmt: skip
+    commands = [
+        ["show", str(folder), "--level", "all", "--save", str(tmp_path / "all.png")],
+        ["diff", str(folder), str(folder)],
+        ["report", str(folder.parent)],
+    ]
+    code = (
+        "import sys\nfrom fpncli.cli import cli\n"
+        "try:\n    cli.main(sys.argv[1:], standalone_mode=False)\nexcept SystemExit as e:\n"
+        "    assert not e.code, e.code\nprint('torch' in sys.modules)\n"
+    )
+    for args in commands:
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                              env=env)  # fmt: skip
+        assert done.returncode == 0, (args, done.stderr[-2000:])
+        assert done.stdout.strip().splitlines()[-1] == "False", (args[0], done.stdout)

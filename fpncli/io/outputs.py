@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..model.fpn import LEVELS, OUTPUT_CHANNELS, OUTPUT_STRIDES, OUTPUTS
+from ..model.names import LEVELS, OUTPUT_CHANNELS, OUTPUT_STRIDES, OUTPUTS
 from .atomic import TMP_MARK, atomic_write_bytes, stale_temporary
 from .canvas import check_canvas, parse_canvas
 from .guard import folder_lock

@@ -38,7 +38,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from ..model.fpn import OUTPUTS
+from ..model.names import OUTPUTS
 from .atomic import DROP_BYTES, drop_from_cache
 from .npy import npy_bytes
 from .outputs import MANIFEST, OutputOptions, write_image_members

@@ -200,7 +200,7 @@ def receptive_fields(
 
     Returns ``(LoadedImage, Prepared, [ReceptiveField, ...])``."""
     from ..io.preprocess import load_image, prepare
-    from ..model.fpn import OUTPUT_STRIDES, STAGES
+    from ..model.names import OUTPUT_STRIDES, STAGES
 
     image = load_image(image_path) if isinstance(image_path, (str, Path)) else image_path
     x, y = at
