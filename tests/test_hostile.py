@@ -282,6 +282,7 @@ def _raises(code: int):
     return fdatasync
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no page-cache drop here (macOS)")
 def test_a_full_disk_found_when_flushing_removes_the_temporary(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fdatasync", _raises(errno.ENOSPC))
     target = tmp_path / "p2.npy"
@@ -597,6 +598,23 @@ def test_device_workers_disk_full_line_counts_every_worker():
     b = RunSummary(total=10, done=3)
     assert _merge([a, b]).aborted == (
         "disk full: 8 of 20 done, rerun the same command after freeing space"
+    )
+
+
+def test_device_workers_failure_line_names_every_failed_device_and_counts_every_worker():
+    from fpncli.run.multi import _merge
+    from fpncli.run.pipeline import RunSummary, device_failed_message
+
+    parts = []
+    for device, done in (("cuda:0", 4), ("cuda:1", 2), ("cuda:2", 5)):
+        part = RunSummary(total=10, done=done)
+        if device != "cuda:2":
+            part.device_failure = f"{device} failed (RuntimeError: CUDA error: boom)"
+            part.aborted = device_failed_message(part)
+        parts.append(part)
+    assert _merge(parts).aborted == (
+        "cuda:0 failed (RuntimeError: CUDA error: boom); cuda:1 failed (RuntimeError: CUDA error: "
+        "boom): 11 of 30 done, rerun the same command to resume"
     )
 
 

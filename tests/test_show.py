@@ -258,7 +258,7 @@ def test_show_diff_and_report_of_saved_outputs_do_not_load_torch(folder, tmp_pat
            "FPNCLI_HOME": str(tmp_path / "home")}  # fmt: skip
     commands = [
         ["show", str(folder), "--level", "all", "--save", str(tmp_path / "all.png")],
-        ["diff", str(folder), str(folder)],
+        ["diff", str(folder), str(folder), "-o", str(tmp_path / "diff")],
         ["report", str(folder.parent)],
     ]
     code = (
@@ -268,6 +268,6 @@ def test_show_diff_and_report_of_saved_outputs_do_not_load_torch(folder, tmp_pat
     )
     for args in commands:
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                              env=env)  # fmt: skip
+                              env=env, cwd=tmp_path)  # fmt: skip
         assert done.returncode == 0, (args, done.stderr[-2000:])
         assert done.stdout.strip().splitlines()[-1] == "False", (args[0], done.stdout)

@@ -376,12 +376,13 @@ def reduce_maps(levels: torch.Tensor, reduce: str, channel: int = 0) -> torch.Te
         if not 0 <= channel < levels.shape[1]:
             raise ValueError(f"channel {channel} out of range: this map has {levels.shape[1]}")
         return levels[:, channel].float()
+    # without a float64 (or float32) copy of the whole batch: a batch of P2s is GBs
     if reduce == "mean":
-        return levels.float().mean(dim=1)
+        return levels.mean(dim=1, dtype=torch.float32)
     if reduce == "max":
-        return levels.float().amax(dim=1)
+        return levels.amax(dim=1).float()
     if reduce == "l2":
-        return levels.double().square().sum(dim=1).sqrt().float()
+        return torch.stack([level.double().square().sum(dim=0).sqrt().float() for level in levels])
     if reduce == "pca":
         return _pca_maps(levels)
     raise ValueError(f"unknown reduction {reduce!r}")

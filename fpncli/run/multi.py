@@ -29,6 +29,7 @@ from .pipeline import (
     RunSummary,
     _complete,
     check_disk_space,
+    device_failed_message,
     disk_full_message,
     pending_jobs,
     run_jobs,
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
             options: RunOptions, connection) -> None:  # fmt: skip
     lock = threading.Lock()  # progress comes from the writer threads: one message at a time
+    # not inherited by anything this worker starts: the parent's EOF must mean this one is gone
+    os.set_inheritable(connection.fileno(), False)
 
     def send(message: tuple) -> None:
         with lock:
@@ -94,8 +97,12 @@ def _merge(parts: list[RunSummary]) -> RunSummary:
         merged.last_folder = part.last_folder or merged.last_folder
         for stage, seconds in part.stage_seconds.items():
             merged.stage_seconds[stage] = merged.stage_seconds.get(stage, 0.0) + seconds
+    failures = [p.device_failure for p in parts if p.device_failure]
     if merged.aborted and merged.aborted.startswith("disk full"):
         merged.aborted = disk_full_message(merged)  # counted over every worker
+    elif failures:  # every failed device, counted over every worker
+        merged.device_failure = "; ".join(failures)
+        merged.aborted = device_failed_message(merged)
     return merged
 
 

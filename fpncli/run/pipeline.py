@@ -150,6 +150,7 @@ class RunSummary:
     seconds: float = 0.0
     bytes_written: int = 0
     aborted: str | None = None  # why the run stopped early (disk full, a failed GPU), if it did
+    device_failure: str | None = None  # "cuda:1 failed (reason)" when that stopped it
     last_folder: Path | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0  # the batch size in use at the end (smaller after CUDA out of memory)
@@ -448,6 +449,14 @@ def disk_full_message(summary: RunSummary) -> str:
     )
 
 
+def device_failed_message(summary: RunSummary) -> str:
+    """The one line a run stopped by an unusable device ends with."""
+    return (
+        f"{summary.device_failure}: {summary.done + summary.skipped} of {summary.total} done, "
+        "rerun the same command to resume"
+    )
+
+
 def pending_jobs(jobs: list[Job], options: RunOptions, weights: dict) -> list[Job]:
     """The jobs whose folder is not complete with the same input, weights and settings."""
     return [j for j in jobs if options.overwrite or not _complete(j, options, weights)]
@@ -541,10 +550,8 @@ def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progre
     if runner.disk_was_full:
         summary.aborted = disk_full_message(summary)
     elif runner.broken is not None:
-        summary.aborted = (
-            f"{device} failed ({runner.broken}): {summary.done + summary.skipped} of "
-            f"{summary.total} done, rerun the same command to resume"
-        )
+        summary.device_failure = f"{device} failed ({runner.broken})"
+        summary.aborted = device_failed_message(summary)
 
 
 def _feed(runner: _Runner, todo: list[Job], options: RunOptions, input_format) -> None:
