@@ -169,3 +169,25 @@ def test_an_object_store_output_warns_that_runs_are_not_coordinated(tmp_path, ca
         claim.claim(["a"], "s")
         assert claim.live_runs() == [] and not fs.exists("/fpncli-lock-test/out/" + LOCK_FILE)
     claim.release()
+
+
+def test_a_full_disk_in_a_wds_run_counts_only_committed_images(tmp_path, model, monkeypatch):
+    """The open shard is dropped when the run stops: its images are not counted as done, and the
+    line counts over the whole job list (a resume redoes them)."""
+    jobs, out = _jobs(tmp_path / "in", 5), tmp_path / "out"
+    real, calls = shards.ShardWriter.write_image, []
+
+    def write_image(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(shards.ShardWriter, "write_image", write_image)
+    summary = run_sharded(jobs, str(out), model, OPTIONS, shard_bytes=10**9)
+    # three images were in the open shard when the disk filled: dropped, none done
+    assert summary.done == 0 and not list(out.glob("shard-*.tar"))
+    assert summary.aborted == "disk full: 0 of 5 done, rerun the same command after freeing space"
+    monkeypatch.setattr(shards.ShardWriter, "write_image", real)
+    again = run_sharded(jobs, str(out), model, OPTIONS, shard_bytes=10**9)
+    assert (again.done, again.aborted) == (5, None)

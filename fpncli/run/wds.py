@@ -18,7 +18,16 @@ from ..io.shardlock import LiveRun, RunClaim, wds_lock
 from ..io.shards import ShardWriter, consolidate_index, open_root, prepare_root, settings_key
 from ..io.shards import wds_key as _wds_key
 from ..model.fpn import FPN
-from .pipeline import Progress, RunOptions, RunSummary, check_disk_space, run_jobs, weights_meta
+from .pipeline import (
+    Progress,
+    RunOptions,
+    RunSummary,
+    check_disk_space,
+    device_failed_message,
+    disk_full_message,
+    run_jobs,
+    weights_meta,
+)
 from .steps import Decoded
 
 __all__ = ["ShardPlan", "ShardSink", "plan_sharded", "run_sharded"]
@@ -157,6 +166,7 @@ def run_sharded(
             writer.abort()
             raise
         if summary.aborted:
+            summary.done -= len(writer.keys)  # in the open shard, which is dropped: not done
             writer.abort()
         else:
             writer.close()
@@ -166,5 +176,8 @@ def run_sharded(
     summary.total = len(jobs)
     summary.skipped, summary.left_to_others = plan.skipped, plan.left_to_others
     summary.last_folder = None
+    if summary.aborted:  # counted over the whole job list, without the dropped shard's images
+        failed_device = summary.device_failure is not None
+        summary.aborted = (device_failed_message if failed_device else disk_full_message)(summary)
     log.info("%d shards written; index.parquet has %d rows", len(writer.shards), rows)
     return summary
