@@ -32,7 +32,7 @@ from ..io.guard import open_regular
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
-from .visualize import colorize, reduce_channels
+from .visualize import colorize, encode_png, reduce_channels
 
 __all__ = ["write_report", "REPORT"]
 
@@ -50,15 +50,6 @@ class _Row:
     input_thumb: str | None
     overview: str | None
     size: str
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    """Fast PNG (low compression: thumbnails are small, the report is written often)."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]),
-                            [cv2.IMWRITE_PNG_COMPRESSION, 1])  # fmt: skip
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return data.tobytes()
 
 
 def _order(names) -> list[str]:
@@ -116,7 +107,7 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
     row = _Row(key, {}, {}, None, None, "")
     picture = _input_thumbnail(ex.input_path, height)
     if picture is not None:
-        atomic_write_bytes(thumbs / f"{stem}_input.png", _png(picture))
+        atomic_write_bytes(thumbs / f"{stem}_input.png", encode_png(picture))
         row.input_thumb = f"{_ASSETS}/thumbs/{stem}_input.png"
     inp = ex.manifest.get("input", {})
     row.size = f"{inp.get('width')}x{inp.get('height')}"
@@ -136,7 +127,7 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
         map2d = reduce_channels(valid, reduce, channel)
         rng = ranges.get(name) if ranges else None
         thumb = _level_thumbnail(map2d, height, cmap, rng)
-        atomic_write_bytes(thumbs / f"{stem}_{name}.png", _png(thumb))
+        atomic_write_bytes(thumbs / f"{stem}_{name}.png", encode_png(thumb))
         row.levels[name] = f"{_ASSETS}/thumbs/{stem}_{name}.png"
     return row, samples, ex.manifest, found.size(key)
 

@@ -6,6 +6,7 @@ numpy and OpenCV (milliseconds per picture), because the batch pipeline writes s
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -147,16 +148,45 @@ def colorize(
     The range defaults to the map's finite min and max; a constant map gets the middle colour;
     NaN and infinities are clipped into the range.
     """
-    colormap = _colormap(cmap)
+    lut = _lut(cmap)
     values = np.asarray(map2d, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    lo = vmin if vmin is not None else (float(finite.min()) if finite.size else 0.0)
-    hi = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
-    if hi > lo:
-        normed = (np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo) - lo) / (hi - lo)
+    if vmin is None or vmax is None:
+        finite = values[np.isfinite(values)]
+        lo = vmin if vmin is not None else (float(finite.min()) if finite.size else 0.0)
+        hi = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+    else:
+        lo, hi = vmin, vmax
+    if hi > lo:  # (x - lo) / (hi - lo), clipped to [0, 1], in one float64 buffer
+        normed = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
+        np.subtract(normed, lo, out=normed)
+        np.divide(normed, hi - lo, out=normed)
+        np.clip(normed, 0.0, 1.0, out=normed)
     else:
         normed = np.full(values.shape, 0.5)
-    return colormap(np.clip(normed, 0.0, 1.0), bytes=True)[..., :3]
+    # matplotlib's float -> colour index (Colormap.__call__), without its masked-array overhead
+    normed *= len(lut)
+    normed[normed == len(lut)] = len(lut) - 1
+    return np.take(lut, normed.astype(np.intp), axis=0)
+
+
+def _upscale(picture: np.ndarray, factor: int) -> np.ndarray:
+    """Each pixel as a ``factor`` x ``factor`` block: ``np.repeat`` on both axes, done by
+    OpenCV's bit-exact nearest neighbour (the same pixels for whole factors, 5x faster)."""
+    if factor == 1:
+        return picture
+    h, w = picture.shape[:2]
+    if hasattr(cv2, "INTER_NEAREST_EXACT"):
+        return cv2.resize(picture, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST_EXACT)
+    return np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
+
+
+@functools.lru_cache(maxsize=32)
+def _lut(cmap: str) -> np.ndarray:
+    """The colormap's ``(N, 3)`` uint8 table, as matplotlib's ``bytes=True`` gives it."""
+    colormap = _colormap(cmap)
+    lut = colormap(np.arange(colormap.N), bytes=True)[:, :3]
+    lut.flags.writeable = False
+    return lut
 
 
 def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.45) -> None:
@@ -203,17 +233,17 @@ def heatmap_image(
     h, w = values.shape
     lo, hi = vrange if vrange is not None else value_range(values, clip)
     factor = max(1, math.ceil(min_side / max(1, min(h, w))))
-    picture = np.repeat(np.repeat(colorize(values, cmap, lo, hi), factor, axis=0), factor, axis=1)
-    width = max(picture.shape[1], 420)
+    pic_h, pic_w = h * factor, w * factor
+    width = max(pic_w, 420)
     title_h, note_h, gap, bar_h, values_h = 24, (22 if note else 0), 6, 12, 38
     top = title_h + note_h
-    canvas = np.full((top + picture.shape[0] + gap + bar_h + values_h, width, 3), 255, np.uint8)
+    canvas = np.full((top + pic_h + gap + bar_h + values_h, width, 3), 255, np.uint8)
     _text(canvas, label, (4, 17))
     if note:
         cv2.putText(canvas, note, (4, title_h + 15), _FONT, 0.5, (192, 0, 0), 1, cv2.LINE_AA)
-    canvas[top : top + picture.shape[0], : picture.shape[1]] = picture
-    bar_top = top + picture.shape[0] + gap
-    bar_w = max(picture.shape[1], min(width, 420))
+    canvas[top : top + pic_h, :pic_w] = _upscale(colorize(values, cmap, lo, hi), factor)
+    bar_top = top + pic_h + gap
+    bar_w = max(pic_w, min(width, 420))
     ramp = colorize(np.linspace(0.0, 1.0, bar_w)[None, :], cmap, 0.0, 1.0)
     canvas[bar_top : bar_top + bar_h, :bar_w] = ramp
     left, right, data = _range_labels(values, (lo, hi))
@@ -224,9 +254,20 @@ def heatmap_image(
     return canvas
 
 
+#: zlib level 1 without PNG's row filters: our pictures are flat colours and cells repeated
+#: whole-factor, which deflate matches as they are. A P2 heatmap at 800x1344: 4.0 ms and 130 KB,
+#: against 10.5 ms and 474 KB with OpenCV's defaults (the filters only scramble the repeats).
+#: OpenCV < 4.11 has no filter setting: level 1 alone there.
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1] + (
+    [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE] if hasattr(cv2, "IMWRITE_PNG_FILTER")
+    else []
+)  # fmt: skip
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
-    """``(H, W, 3)`` uint8 RGB -> PNG bytes."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    """``(H, W, 3)`` uint8 RGB -> PNG bytes (lossless)."""
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)  # not rgb[..., ::-1]: 20x
+    ok, data = cv2.imencode(".png", bgr, _PNG_PARAMS)
     if not ok:
         raise ValueError("PNG encoding failed")
     return data.tobytes()
