@@ -93,7 +93,7 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray:
     elif mode not in ("RGB", "L", "1", "P"):
         notes.append(f"{mode} converted to RGB")
     try:
-        return np.asarray(im.convert("RGB"))
+        return np.asarray(im if mode == "RGB" else im.convert("RGB"))  # RGB: no copy to convert
     except (ValueError, OSError) as e:
         raise ValueError(f"cannot convert a {mode} image to RGB ({e})") from None
 
