@@ -11,7 +11,7 @@ import math
 import cv2
 import numpy as np
 
-from .visualize import colorize
+from .visualize import colorize, upscale_cells
 
 __all__ = ["top_channels", "parse_channels", "channel_grid"]
 
@@ -91,8 +91,7 @@ def channel_grid(
         x0 = margin + c * (tile_w + gap)
         y0 = header + r * (label_h + tile_h + gap)
         _text(canvas, f"ch {channel}  mean {values.mean():.3g}", (x0, y0 + 13), 0.38)
-        tile = colorize(values, cmap, *vrange)
-        tile = np.repeat(np.repeat(tile, factor, axis=0), factor, axis=1)
+        tile = upscale_cells(colorize(values, cmap, *vrange), factor)
         canvas[y0 + label_h : y0 + label_h + tile_h, x0 : x0 + tile_w] = tile
     bar_w = width - 2 * margin
     ramp = colorize(np.linspace(0.0, 1.0, bar_w)[None, :], cmap, 0.0, 1.0)

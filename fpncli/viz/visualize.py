@@ -21,6 +21,7 @@ __all__ = [
     "reduce_channels",
     "valid_region",
     "colorize",
+    "upscale_cells",
     "heatmap_image",
     "encode_png",
     "overview_image",
@@ -169,7 +170,7 @@ def colorize(
     return np.take(lut, normed.astype(np.intp), axis=0)
 
 
-def _upscale(picture: np.ndarray, factor: int) -> np.ndarray:
+def upscale_cells(picture: np.ndarray, factor: int) -> np.ndarray:
     """Each pixel as a ``factor`` x ``factor`` block: ``np.repeat`` on both axes, done by
     OpenCV's bit-exact nearest neighbour (the same pixels for whole factors, 5x faster)."""
     if factor == 1:
@@ -241,7 +242,7 @@ def heatmap_image(
     _text(canvas, label, (4, 17))
     if note:
         cv2.putText(canvas, note, (4, title_h + 15), _FONT, 0.5, (192, 0, 0), 1, cv2.LINE_AA)
-    canvas[top : top + pic_h, :pic_w] = _upscale(colorize(values, cmap, lo, hi), factor)
+    canvas[top : top + pic_h, :pic_w] = upscale_cells(colorize(values, cmap, lo, hi), factor)
     bar_top = top + pic_h + gap
     bar_w = max(pic_w, min(width, 420))
     ramp = colorize(np.linspace(0.0, 1.0, bar_w)[None, :], cmap, 0.0, 1.0)
