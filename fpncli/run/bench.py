@@ -355,22 +355,23 @@ def bench_end_to_end(
             record_latest=False,  # scratch: not for `fpncli show`
         )  # fmt: skip
 
-        def jobs(count: int) -> list[Job]:
-            return [Job(paths[2 + i % distinct], root / "out" / f"{i:06d}") for i in range(count)]
+        def timed(count: int):
+            """``count`` images (the inputs in turn) into a fresh output folder."""
+            shutil.rmtree(root / "out", ignore_errors=True)
+            jobs = [Job(paths[2 + i % distinct], root / "out" / f"{i:06d}") for i in range(count)]
+            summary = run_jobs(jobs, model, options)
+            if summary.failed:
+                raise RuntimeError(f"{len(summary.failed)} images failed: {summary.failed[0][1]}")
+            return summary
 
         warm = [Job(p, root / "warm" / p.stem) for p in paths[:2]]
         run_jobs(warm, model, options)  # warm-up: start-up costs are not timed
         baseline = _reset_peak(device)
-        summary = run_jobs(jobs(images), model, options)
-        if summary.failed:
-            raise RuntimeError(f"{len(summary.failed)} images failed: {summary.failed[0][1]}")
+        summary = timed(images)
         more = _images_for(summary, seconds, shutil.disk_usage(root).free)
         if more > images:
-            shutil.rmtree(root / "out")
             baseline = _reset_peak(device)
-            summary = run_jobs(jobs(more), model, options)
-            if summary.failed:
-                raise RuntimeError(f"{len(summary.failed)} images failed: {summary.failed[0][1]}")
+            summary = timed(more)
         row.images, row.seconds = summary.done, summary.seconds
         row.images_per_s = summary.images_per_s
         row.stage_ms_per_image = {
