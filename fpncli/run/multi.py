@@ -145,7 +145,10 @@ def run_on_devices(
     summaries: dict[int, RunSummary] = {}
     errors: dict[int, str] = {}
 
-    def died(i: int) -> None:
+    def closed(receiver) -> None:
+        """The worker's pipe is done with: its death, unless it had reported its end."""
+        i = receivers.pop(receiver)
+        receiver.close()
         if i not in summaries and i not in errors:
             workers[i].join(timeout=5)
             errors[i] = f"the worker on {devices[i]} died (exit code {workers[i].exitcode})"
@@ -153,13 +156,10 @@ def run_on_devices(
     try:
         while len(summaries) + len(errors) < count:
             for ready in mp_connection.wait(list(receivers), timeout=1.0):
-                i = receivers[ready]
                 try:
                     kind, index, payload = ready.recv()
                 except (EOFError, OSError, pickle.UnpicklingError, ValueError, TypeError):
-                    del receivers[ready]  # closed, or cut off mid-message by a kill
-                    ready.close()
-                    died(i)
+                    closed(ready)  # closed, or cut off mid-message by a kill
                     continue
                 if kind == "progress":
                     latest[index] = payload
@@ -176,9 +176,7 @@ def run_on_devices(
                     errors[index] = payload
             for ready, i in list(receivers.items()):  # exited without a word (never sent EOF?)
                 if not workers[i].is_alive() and not ready.poll():
-                    del receivers[ready]
-                    ready.close()
-                    died(i)
+                    closed(ready)
     except BaseException:  # Ctrl-C or a bug here: take the workers down with us
         for worker in workers:
             if worker.is_alive():
