@@ -162,9 +162,8 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     d2h and write, plus host (the feeding thread's time to stage and launch a batch), name the
     bound (host: a GPU waiting for that thread), and compare with the model-only row of the same
     size, batch and precision, the decode rate with all cores and the disk's write rate. Each
-    row stands
-    alone: it is printed as soon as it is measured, and a row that cannot run prints why while
-    the others go on (the exit code is then 1).
+    row stands alone: it is printed as soon as it is measured, and a row that cannot run prints
+    why while the others go on (the exit code is then 1).
     """
     import json
 
