@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -266,8 +267,20 @@ def test_an_unusable_device_stops_the_run_with_one_message(tmp_path, model, monk
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real(model, batch, precision=precision)
 
+    real_write = pipeline._Runner._write
+    failed = threading.Event()
+
+    def late_write(self, *args):  # the first batch's writes start only after the second failed
+        failed.wait(30)
+        return real_write(self, *args)
+
+    def broken_device(device):
+        failed.set()
+        return bool(broken)
+
     monkeypatch.setattr(steps, "run_backbone", dying)
-    monkeypatch.setattr(pipeline, "device_broken", lambda device: bool(broken))
+    monkeypatch.setattr(pipeline._Runner, "_write", late_write)
+    monkeypatch.setattr(pipeline, "device_broken", broken_device)
     emptied = []
     monkeypatch.setattr(pipeline, "free_cached_memory", emptied.append)
     summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=2, workers=1))
@@ -279,6 +292,7 @@ def test_an_unusable_device_stops_the_run_with_one_message(tmp_path, model, monk
         "2 of 6 done, rerun the same command to resume"
     )
     assert emptied == []  # no empty_cache on a dead context (it raises there)
+    monkeypatch.setattr(pipeline._Runner, "_write", real_write)
     monkeypatch.setattr(steps, "run_backbone", real)
     monkeypatch.setattr(pipeline, "device_broken", lambda device: False)
     again = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=2, workers=1))

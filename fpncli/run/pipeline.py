@@ -378,7 +378,10 @@ class _Runner:
 
     def _write(self, item: Decoded, result: BatchResult, index: int) -> None:
         path = item.job.path
-        if self.abort.is_set():  # the disk is full or the device failed: the summary says so
+        # a full disk drops the writes not yet begun (the summary says so; a rerun does them);
+        # after a failed device the batches already computed are still written: their copies
+        # back either landed, or ``wait`` raises and the image is failed
+        if self.disk_was_full:
             return
         start = time.perf_counter()
         try:
