@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..io.outputs import MANIFEST, RANDOM_NOTE, atomic_write_bytes, read_manifest, valid_size
+from ..model.names import LEVELS, STAGE_STRIDES
+from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
 from .visualize import (
     DEFAULT_CLIP,
     encode_png,
@@ -33,10 +35,6 @@ from .window import open_window
 __all__ = ["ShowResult", "show", "level_figure_for", "P6_NOTE"]
 
 log = logging.getLogger(__name__)
-LEVELS = ("p2", "p3", "p4", "p5", "p6")
-#: The bottom-up stages an extraction may also hold (``extract --levels stem,res2,...``).
-STAGE_STRIDES = {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
-STRIDES = {**STAGE_STRIDES, **{name: 2 ** int(name[1:]) for name in LEVELS}}
 P6_NOTE = (
     "note: P6 is not a separately learned map: it is a stride-2 subsample of P5 "
     "(LastLevelMaxPool: max_pool2d with kernel 1, stride 2)"
