@@ -248,6 +248,7 @@ class _Runner:
         self.device = next(model.parameters()).device
         self.state = DeviceState.create(self.device, options)
         self.lock = threading.Lock()
+        self.report_lock = threading.Lock()
         self.abort = threading.Event()
         self.disk_was_full = False
         self.broken: str | None = None  # why the device became unusable
@@ -260,7 +261,11 @@ class _Runner:
         self.recheck_batch = getattr(self.sink, "completed_since", None)
 
     def report(self) -> None:
-        if self.progress is not None:
+        if self.progress is None:
+            return
+        # the counts read and delivered in one step: a writer that read them before another
+        # writer counted its image cannot deliver the older count after the newer one
+        with self.report_lock:
             s = self.summary
             self.progress(
                 Progress(s.done, len(s.failed), s.skipped, self.todo, time.monotonic() - self.start)
