@@ -241,6 +241,8 @@ def test_a_short_npy_write_is_a_full_disk_and_stops_the_run(tmp_path, model, mon
 
     def counting(model, batch, precision):
         computed.append(batch.shape[0])
+        if len(computed) >= 3:  # a starved writer thread still fails image 1 before batch 4
+            full.wait(30)
         return real_backbone(model, batch, precision=precision)
 
     monkeypatch.setattr(atomic, "write_npy", short_save)
@@ -264,7 +266,8 @@ def test_a_large_output_is_flushed_and_leaves_the_page_cache(tmp_path, monkeypat
     kept = tmp_path / "kept.npy"
     outputs.atomic_write_bytes(kept, array)
     resident, pages = resident_pages(kept)
-    assert resident > pages // 2  # written pages stay cached: the measurement sees them
+    if resident <= pages // 2:  # written pages stay cached, unless memory pressure took them
+        pytest.skip("the page cache dropped the reference file itself: nothing to compare")
     monkeypatch.delenv("FPNCLI_DROP_CACHE")
     dropped = tmp_path / "dropped.npy"
     assert outputs.atomic_write_bytes(dropped, array) == kept.stat().st_size

@@ -181,8 +181,10 @@ def test_disk_full_mid_run_stops_cleanly(tmp_path, model, monkeypatch):
 
 
 def test_killed_run_resumes_without_redoing(tmp_path):
+    """SIGKILL after the first complete folder; 30 images (~60 ms each here) so that a test
+    process starved for a while still kills the run before it ends."""
     src = tmp_path / "in"
-    for i in range(6):
+    for i in range(30):
         _image(src / f"{i}.png", value=i)
     out = tmp_path / "out"
     env = dict(os.environ, FPNCLI_HOME=str(tmp_path / "home"))
@@ -196,7 +198,7 @@ def test_killed_run_resumes_without_redoing(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/manifest.json")}
-    assert 1 <= len(finished) < 6
+    assert 1 <= len(finished) < 30
     for folder in out.iterdir():
         if (folder / "manifest.json").exists():
             for level in ("p2", "p3", "p4", "p5", "p6"):
@@ -206,7 +208,7 @@ def test_killed_run_resumes_without_redoing(tmp_path):
     assert f"skipped {len(finished)}" in result.stdout
     for name, mtime in finished.items():
         assert (out / name / "manifest.json").stat().st_mtime_ns == mtime  # not redone
-    assert all(is_complete(out / str(i)) for i in range(6))
+    assert all(is_complete(out / str(i)) for i in range(30))
     assert not list(out.rglob(".*fpncli-tmp*"))
 
 
@@ -297,6 +299,26 @@ def test_an_unusable_device_stops_the_run_with_one_message(tmp_path, model, monk
     monkeypatch.setattr(pipeline, "device_broken", lambda device: False)
     again = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=2, workers=1))
     assert (again.done, again.skipped, again.failed, again.aborted) == (4, 2, [], None)
+
+
+def test_progress_reports_arrive_in_order(tmp_path, model):
+    """Two writers: one that read the counts must not deliver them after a newer report (the
+    Ctrl-C message is made from the last report). The first report is slow to deliver: the
+    other writer's reports wait for it."""
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    delivered = []
+
+    def slow_first(progress):
+        if not delivered:
+            delivered.append(None)
+            time.sleep(0.5)
+        delivered.append(progress.done + progress.failed + progress.skipped)
+
+    summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=4, writers=2),
+                       progress=slow_first)  # fmt: skip
+    counts = delivered[1:]
+    assert summary.done == 4 and counts == sorted(counts) and counts[-1] == 4
 
 
 def test_a_copy_back_error_fails_that_image_only(tmp_path, model, monkeypatch):

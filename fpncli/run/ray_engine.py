@@ -207,6 +207,8 @@ class _Extractor:
         self.done += summary.done
         crash = config["crash_after"]
         if crash is not None and self.done >= crash:  # crash tests: die before the commit
+            if writer is not None:  # its shard is dropped now, not by a later run's clean-up
+                writer.abort()
             raise RuntimeError(f"injected failure after {self.done} images (crash test)")
         shard = None
         if writer is not None:
