@@ -502,3 +502,23 @@ def test_a_compiled_cpu_run_writes_what_the_eager_run_writes(tmp_path):
         eager = np.load(tmp_path / "eager" / "a" / f"{level}.npy")
         compiled = np.load(tmp_path / "compiled" / "a" / f"{level}.npy")
         np.testing.assert_allclose(compiled, eager, rtol=1e-5, atol=1e-5 * np.abs(eager).max())
+
+
+def test_decoding_keeps_the_full_size_pixels_only_for_outputs_that_draw_them(tmp_path, model):
+    """Heatmaps and ``.npy`` need only the resized pixels: the decoded image's own are dropped
+    at once (a folder of big photos holds a window of them); the overview keeps them."""
+    from fpncli.run.steps import decode
+
+    job = Job(_image(tmp_path / "in" / "a.png", size=(120, 90)), tmp_path / "out" / "a")
+    fmt = model.weights_info.input
+    plain = decode(job, RunOptions(output=replace(SMALL, save_heatmaps=True)), fmt)
+    assert plain.pixels.shape == (64, 85, 3) and (plain.image.width, plain.image.height) == (
+        120,
+        90,
+    )
+    with pytest.raises(ValueError, match="not kept"):
+        _ = plain.image.rgb
+    drawn = decode(job, RunOptions(output=replace(SMALL, save_overview=True)), fmt)
+    np.testing.assert_array_equal(drawn.image.rgb, np.asarray(Image.open(job.path)))
+    summary = run_jobs([job], model, RunOptions(output=replace(SMALL, save_heatmaps=True)))
+    assert summary.done == 1 and summary.failed == []

@@ -130,3 +130,39 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
         load_image(bomb)
     with pytest.raises(ValueError, match="over the 0 MP limit"):
         load_image(_save(tmp_path / "s.png", Image.new("RGB", (10, 10))), max_pixels=50)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "CMYK", "I;16"])
+def test_resizing_from_the_decoded_image_equals_resizing_its_array(tmp_path, mode):
+    """The pipeline resizes straight from Pillow (``LoadedImage.pixels``): the same pixels as
+    Detectron2's ``Image.fromarray(array).resize``; the array itself is made only when read."""
+    import pickle
+
+    from fpncli.io.preprocess import resize_for_model
+
+    rgb = np.random.RandomState(1).randint(0, 255, (61, 83, 3), np.uint8)
+    image = Image.fromarray(rgb)
+    if mode == "I;16":
+        image = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)
+    elif mode != "RGB":
+        image = image.convert(mode)
+    path = tmp_path / ("x.tiff" if mode in ("CMYK", "I;16") else "x.png")
+    image.save(path)
+    loaded = load_image(path)
+    assert (loaded.height, loaded.width, loaded.nbytes) == (61, 83, 61 * 83 * 3)
+    copy = pickle.loads(pickle.dumps(loaded))  # what the Ray engine sends between processes
+    held = loaded.pixels
+    assert isinstance(held, Image.Image) == (mode != "I;16")  # 16-bit: scaled in numpy
+    array = np.asarray(Image.open(path).convert("RGB")) if mode != "I;16" else loaded.rgb
+    for source in (held, array):
+        pixels, prepared = resize_for_model(source, DETECTRON2_INPUT, min_size=50, max_size=90)
+        expected = np.asarray(Image.fromarray(array).resize((68, 50), Image.BILINEAR))
+        np.testing.assert_array_equal(pixels, expected)
+        assert (prepared.resized_height, prepared.resized_width) == (50, 68)
+    np.testing.assert_array_equal(loaded.rgb, array)
+    np.testing.assert_array_equal(copy.rgb, array)
+    assert loaded.pixels is loaded.rgb  # made once, then held as the array
+    loaded.drop_pixels()
+    assert (loaded.height, loaded.width) == (61, 83)
+    with pytest.raises(ValueError, match="pixels were not kept"):
+        _ = loaded.rgb

@@ -278,9 +278,9 @@ def _write_all(folder, write, levels, image, prepared, options, weights, device,
             vrange = value_range(maps[name], options.clip)
             meta["range"] = list(vrange)
             pictures = render_level_pictures(
-                maps[name], name=name, stride=stride, shape=result.shape, rgb=image.rgb,
-                scale_y=prepared.scale_y, scale_x=prepared.scale_x, vrange=vrange,
-                options=options, note=_note(weights),
+                maps[name], name=name, stride=stride, shape=result.shape,
+                rgb=image.rgb if options.overlay else None, scale_y=prepared.scale_y,
+                scale_x=prepared.scale_x, vrange=vrange, options=options, note=_note(weights),
             )  # fmt: skip
             for kind, file in (("heatmap", f"{name}.png"), ("overlay", f"{name}_overlay.png")):
                 if kind in pictures:

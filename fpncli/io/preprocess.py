@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,6 @@ DEFAULT_MAX_PIXELS = 89_478_485
 EXIF_ORIENTATION = 0x0112
 
 
-@dataclass
 class LoadedImage:
     """An image as read from disk.
 
@@ -56,25 +55,67 @@ class LoadedImage:
         exif_transposed: whether an EXIF orientation other than 1 was applied.
         exif_orientation: the EXIF orientation tag (1 when absent).
         notes: what was done to make it 8-bit RGB (alpha dropped, 16-bit scaled, ...).
+
+    ``load_image`` keeps the decoded Pillow image and makes ``rgb`` from it when first read:
+    the pipeline resizes straight from Pillow (``pixels``), and an extraction that does not
+    draw the input never makes the full-size array (a copy made holding Python's lock, ~1 ms
+    per 2 MP, which one process's decoding threads would otherwise take turns at).
     """
 
-    rgb: np.ndarray
-    path: str = ""
-    exif_transposed: bool = False
-    exif_orientation: int = 1
-    notes: list[str] = field(default_factory=list)
+    def __init__(self, rgb: np.ndarray | None = None, path: str = "", exif_transposed: bool = False,
+                 exif_orientation: int = 1, notes: list[str] | None = None, *,
+                 pil: Image.Image | None = None) -> None:  # fmt: skip
+        if (rgb is None) == (pil is None):
+            raise TypeError("LoadedImage needs rgb or pil, not both")
+        self._rgb, self._pil = rgb, pil
+        self._size = (int(rgb.shape[0]), int(rgb.shape[1])) if rgb is not None else pil.size[::-1]
+        self.path = path
+        self.exif_transposed = exif_transposed
+        self.exif_orientation = exif_orientation
+        self.notes = list(notes or [])
+
+    @property
+    def rgb(self) -> np.ndarray:
+        rgb = self._rgb
+        if rgb is None:
+            pil = self._pil
+            if pil is None:  # another thread converted it meanwhile, or the pixels were dropped
+                if self._rgb is None:
+                    raise ValueError(f"{self.path or 'image'}: its pixels were not kept")
+                return self._rgb
+            rgb = self._rgb = np.asarray(pil)
+            self._pil = None
+        return rgb
+
+    @property
+    def pixels(self) -> np.ndarray | Image.Image:
+        """The pixels as held: the Pillow RGB image until ``rgb`` is first read, then the array
+        (``resize_for_model`` takes either)."""
+        pil = self._pil
+        return pil if pil is not None else self.rgb
+
+    def drop_pixels(self) -> None:
+        """Forget the pixels (the size, path and notes stay): for an image whose outputs do not
+        draw it, once it has been resized."""
+        self._rgb = self._pil = None
 
     @property
     def height(self) -> int:
-        return int(self.rgb.shape[0])
+        return self._size[0]
 
     @property
     def width(self) -> int:
-        return int(self.rgb.shape[1])
+        return self._size[1]
+
+    @property
+    def nbytes(self) -> int:
+        """The size of ``rgb`` (whether or not it was made yet)."""
+        return self._size[0] * self._size[1] * 3
 
 
-def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray:
-    """Any Pillow mode -> ``(H, W, 3)`` uint8 RGB."""
+def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray | Image.Image:
+    """Any Pillow mode -> ``(H, W, 3)`` uint8 RGB: an array for 16-bit and float modes, else a
+    Pillow RGB image."""
     mode = im.mode
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         values = np.asarray(im, dtype=np.float64)
@@ -93,7 +134,7 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray:
     elif mode not in ("RGB", "L", "1", "P"):
         notes.append(f"{mode} converted to RGB")
     try:
-        return np.asarray(im if mode == "RGB" else im.convert("RGB"))  # RGB: no copy to convert
+        return im if mode == "RGB" else im.convert("RGB")
     except (ValueError, OSError) as e:
         raise ValueError(f"cannot convert a {mode} image to RGB ({e})") from None
 
@@ -144,14 +185,20 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         raise ValueError(f"{path}: unreadable image ({e})") from None
     except Exception as e:  # a malformed file can make a decoder raise anything
         raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+    if isinstance(rgb, Image.Image):
+        if 0 in rgb.size:
+            raise ValueError(f"{path}: decoded to an empty {rgb.size[0]}x{rgb.size[1]} image")
+        pixels = {"pil": rgb}
+    elif rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ValueError(f"{path}: decoded to an unusable array of shape {rgb.shape}")
+    else:
+        pixels = {"rgb": np.ascontiguousarray(rgb)}
     return LoadedImage(
-        np.ascontiguousarray(rgb),
-        str(path),
+        path=str(path),
         exif_transposed=orientation not in (0, 1),
         exif_orientation=orientation,
         notes=notes,
+        **pixels,
     )
 
 
@@ -198,15 +245,22 @@ def check_resized_size(height: int, width: int, min_size: int, max_size: int, re
 
 
 def resize_shortest_edge(
-    image: np.ndarray, min_size: int = 800, max_size: int = 1333
+    image: np.ndarray | Image.Image, min_size: int = 800, max_size: int = 1333
 ) -> np.ndarray:
-    """Resize a uint8 ``(H, W, 3)`` image as Detectron2 does (Pillow bilinear)."""
-    height, width = image.shape[:2]
+    """Resize a uint8 ``(H, W, 3)`` image (or a Pillow RGB image, the same pixels) as Detectron2
+    does (Pillow bilinear)."""
+    height, width = _height_width(image)
     new_h, new_w = resized_shape(height, width, min_size, max_size)
     if (new_h, new_w) == (height, width):
-        return image
-    pil = Image.fromarray(np.ascontiguousarray(image))
+        return np.asarray(image)
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
     return np.asarray(pil.resize((new_w, new_h), Image.BILINEAR))
+
+
+def _height_width(image: np.ndarray | Image.Image) -> tuple[int, int]:
+    if isinstance(image, Image.Image):
+        return image.size[1], image.size[0]
+    return int(image.shape[0]), int(image.shape[1])
 
 
 def normalize_and_pad(
@@ -260,7 +314,7 @@ class Prepared:
 
 
 def resize_for_model(
-    rgb: np.ndarray,
+    rgb: np.ndarray | Image.Image,
     input_format: InputFormat,
     *,
     min_size: int = 800,
@@ -270,7 +324,8 @@ def resize_for_model(
     size_divisibility: int = 32,
     canvas: str | None = None,
 ) -> tuple[np.ndarray, Prepared]:
-    """Step 3 on an RGB uint8 ``(H, W, 3)`` image: the resized pixels, still uint8 **RGB**, and
+    """Step 3 on an RGB uint8 ``(H, W, 3)`` image (or a Pillow RGB image, as
+    ``LoadedImage.pixels`` holds it): the resized pixels, still uint8 **RGB**, and
     the ``Prepared`` record of how the model input will be made from them (``tensor`` is None:
     steps 2 and 4 run in torch on the model's device, ``fpncli.model.normalize``).
 
@@ -279,11 +334,14 @@ def resize_for_model(
     larger than a fixed canvas is refused (ValueError). A resized size over ``max_pixels`` is
     refused (ValueError) before anything is allocated.
     """
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+    if isinstance(rgb, Image.Image):
+        if rgb.mode != "RGB":
+            raise ValueError(f"expected a Pillow RGB image, got mode {rgb.mode}")
+    elif rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.dtype} {rgb.shape}")
     if resize and (min_size <= 0 or max_size < min_size):
         raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
-    height, width = rgb.shape[:2]
+    height, width = _height_width(rgb)
     check_resized_size(height, width, min_size, max_size, resize, max_pixels)
     new_h, new_w = resized_shape(height, width, min_size, max_size) if resize else (height, width)
     d = size_divisibility
@@ -296,7 +354,7 @@ def resize_for_model(
         if max(height, width) * scale > max_size:
             scale = max_size / max(height, width)
     else:
-        image, scale = rgb, 1.0
+        image, scale = np.asarray(rgb), 1.0
     assert image.shape[:2] == (new_h, new_w), "resized_shape and the resize disagree"
     prepared = Prepared(
         tensor=None,

@@ -66,6 +66,7 @@ from .steps import (
     decode,
     infer_batch,
     job_run_key,
+    needs_image,
     weights_meta,
     write_result,
 )
@@ -360,7 +361,7 @@ class _Runner:
                 self.fail(it.job.path, reason)
 
     def submit(self, items: list[Decoded], result: BatchResult) -> None:
-        keep = sum(it.image.rgb.nbytes for it in items if _needs_image(self.options.output))
+        keep = sum(it.image.nbytes for it in items if needs_image(self.options.output))
         nbytes = result.nbytes + keep
         self.budget.acquire(nbytes, self.abort)
         for it in items:
@@ -443,10 +444,6 @@ def _background(device: torch.device):
         bind_thread(device)
 
     return init
-
-
-def _needs_image(output: OutputOptions) -> bool:
-    return output.save_overview or output.overlay
 
 
 def disk_full_message(summary: RunSummary) -> str:

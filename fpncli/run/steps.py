@@ -36,6 +36,7 @@ __all__ = [
     "job_run_key",
     "Decoded",
     "decode",
+    "needs_image",
     "DeviceState",
     "infer_batch",
     "write_result",
@@ -105,10 +106,17 @@ def decode(job: Job, options: RunOptions, input_format: InputFormat) -> Decoded:
     image = load_image(job.path, max_pixels=options.max_pixels)
     out = options.output
     pixels, prepared = resize_for_model(
-        image.rgb, input_format, min_size=out.min_size, max_size=out.max_size, resize=out.resize,
-        max_pixels=options.max_pixels, canvas=out.canvas,
+        image.pixels, input_format, min_size=out.min_size, max_size=out.max_size,
+        resize=out.resize, max_pixels=options.max_pixels, canvas=out.canvas,
     )  # fmt: skip
+    if not needs_image(out):  # the writer draws no input: the full-size pixels can go now
+        image.drop_pixels()
     return Decoded(job, image, prepared, pixels, time.perf_counter() - start)
+
+
+def needs_image(output: OutputOptions) -> bool:
+    """Whether the writer draws the input image (the overview, overlays)."""
+    return output.save_overview or output.overlay
 
 
 @dataclass
