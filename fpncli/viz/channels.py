@@ -11,7 +11,7 @@ import math
 import cv2
 import numpy as np
 
-from .visualize import colorize, upscale_cells
+from .visualize import colorize, colour_bar, upscale_cells
 
 __all__ = ["top_channels", "parse_channels", "channel_grid"]
 
@@ -94,8 +94,7 @@ def channel_grid(
         tile = upscale_cells(colorize(values, cmap, *vrange), factor)
         canvas[y0 + label_h : y0 + label_h + tile_h, x0 : x0 + tile_w] = tile
     bar_w = width - 2 * margin
-    ramp = colorize(np.linspace(0.0, 1.0, bar_w)[None, :], cmap, 0.0, 1.0)
-    canvas[bar_top : bar_top + 12, margin : margin + bar_w] = ramp
+    canvas[bar_top : bar_top + 12, margin : margin + bar_w] = colour_bar(cmap, bar_w)
     _text(canvas, f"{vrange[0]:.4g}", (margin, bar_top + 28))
     right = f"{vrange[1]:.4g}"
     (text_w, _), _ = cv2.getTextSize(right, _FONT, 0.4, 1)

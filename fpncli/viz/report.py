@@ -32,7 +32,7 @@ from ..io.guard import open_regular
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
-from .visualize import colorize, encode_png, reduce_channels
+from .visualize import colour_bar, encode_png, reduce_channels
 
 __all__ = ["write_report", "REPORT"]
 
@@ -74,7 +74,7 @@ def _input_thumbnail(path: Path | None, height: int) -> np.ndarray | None:
 @functools.lru_cache(maxsize=16)
 def _lut(cmap: str) -> np.ndarray:
     """The colormap as a (256, 3) uint8 table (a lookup is 10x faster than calling it)."""
-    return colorize(np.linspace(0.0, 1.0, 256)[None, :], cmap, 0.0, 1.0)[0]
+    return colour_bar(cmap, 256)[0]
 
 
 def _level_thumbnail(map2d: np.ndarray, height: int, cmap: str, rng) -> np.ndarray:

@@ -22,6 +22,7 @@ __all__ = [
     "valid_region",
     "colorize",
     "upscale_cells",
+    "colour_bar",
     "heatmap_image",
     "encode_png",
     "overview_image",
@@ -158,16 +159,26 @@ def colorize(
     else:
         lo, hi = vmin, vmax
     if hi > lo:  # (x - lo) / (hi - lo), clipped to [0, 1], in one float64 buffer
-        normed = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
-        np.subtract(normed, lo, out=normed)
+        normed = np.subtract(values, lo)
         np.divide(normed, hi - lo, out=normed)
-        np.clip(normed, 0.0, 1.0, out=normed)
+        np.fmax(normed, 0.0, out=normed)  # NaN and -inf -> 0 (fmax ignores NaN)
+        np.fmin(normed, 1.0, out=normed)  # +inf -> 1
     else:
         normed = np.full(values.shape, 0.5)
-    # matplotlib's float -> colour index (Colormap.__call__), without its masked-array overhead
+    # matplotlib's float -> colour index (Colormap.__call__), without its masked-array overhead:
+    # floor(x * N), and x == 1 takes the last colour
     normed *= len(lut)
-    normed[normed == len(lut)] = len(lut) - 1
+    np.fmin(normed, len(lut) - 1, out=normed)
     return np.take(lut, normed.astype(np.intp), axis=0)
+
+
+@functools.lru_cache(maxsize=64)
+def colour_bar(cmap: str, width: int) -> np.ndarray:
+    """The ``(1, width, 3)`` colour ramp under a heatmap (drawn for every level of every
+    image: made once per colormap and width)."""
+    ramp = colorize(np.linspace(0.0, 1.0, width)[None, :], cmap, 0.0, 1.0)
+    ramp.flags.writeable = False
+    return ramp
 
 
 def upscale_cells(picture: np.ndarray, factor: int) -> np.ndarray:
@@ -245,8 +256,7 @@ def heatmap_image(
     canvas[top : top + pic_h, :pic_w] = upscale_cells(colorize(values, cmap, lo, hi), factor)
     bar_top = top + pic_h + gap
     bar_w = max(pic_w, min(width, 420))
-    ramp = colorize(np.linspace(0.0, 1.0, bar_w)[None, :], cmap, 0.0, 1.0)
-    canvas[bar_top : bar_top + bar_h, :bar_w] = ramp
+    canvas[bar_top : bar_top + bar_h, :bar_w] = colour_bar(cmap, bar_w)
     left, right, data = _range_labels(values, (lo, hi))
     _text(canvas, left, (2, bar_top + bar_h + 15), 0.4)
     (text_w, _), _ = cv2.getTextSize(right, _FONT, 0.4, 1)
@@ -374,8 +384,7 @@ def overview_image(
                       (90, 90, 90), 1)  # fmt: skip
         if labels is not None:
             bar_top = top + panel_height + 4
-            ramp = colorize(np.linspace(0.0, 1.0, cw)[None, :], cmap, 0.0, 1.0)
-            canvas[bar_top : bar_top + bar_h, x : x + cw] = ramp
+            canvas[bar_top : bar_top + bar_h, x : x + cw] = colour_bar(cmap, cw)
             base = bar_top + bar_h + 14
             _text(canvas, labels[0], (x, base), 0.4)
             (text_w, _), _ = cv2.getTextSize(labels[1], _FONT, 0.4, 1)
@@ -453,9 +462,7 @@ def _with_header(picture: np.ndarray, label: str, note: str, cmap: str, values: 
         y += line
         cv2.putText(canvas, text, (4, y - line // 4), _FONT, scale, colour, thickness, cv2.LINE_AA)
     bar_w = max(200, min(w - 8, int(w * 0.6)))
-    canvas[y + 4 : y + 4 + bar_h, 4 : 4 + bar_w] = colorize(
-        np.linspace(0.0, 1.0, bar_w)[None, :], cmap, 0.0, 1.0
-    )
+    canvas[y + 4 : y + 4 + bar_h, 4 : 4 + bar_w] = colour_bar(cmap, bar_w)
     base = y + 4 + bar_h + line - line // 4
     cv2.putText(canvas, left, (4, base), _FONT, scale * 0.9, (20, 20, 20), thickness, cv2.LINE_AA)
     (text_w, _), _ = cv2.getTextSize(right, _FONT, scale * 0.9, thickness)
