@@ -292,3 +292,25 @@ def test_help_states_the_real_defaults_and_the_cpu_precision_rules(runner):
     assert "AMX" in text and "1% relative error" in text
     bench_help = " ".join(runner.invoke(cli, ["bench", "--help"]).output.split())
     assert "AMX" in bench_help and "skipped" in bench_help
+
+
+def test_gpus_takes_a_count_or_a_list_with_repeats():
+    """``--gpus``: all, N (the first N GPUs) or a list (one worker process per entry: 0,0 is two
+    processes sharing GPU 0); anything else is a usage error naming what is there."""
+    import click
+
+    from fpncli.cli.extract import _gpu_devices
+
+    assert _gpu_devices(None, "auto", count=2) == []
+    assert _gpu_devices("all", "auto", count=2) == ["cuda:0", "cuda:1"]
+    assert _gpu_devices("2", "cuda", count=2) == ["cuda:0", "cuda:1"]
+    assert _gpu_devices("1,1,0", "auto", count=2) == ["cuda:1", "cuda:1", "cuda:0"]
+    assert _gpu_devices("0,0", "auto", count=1) == ["cuda:0", "cuda:0"]
+    with pytest.raises(click.BadParameter, match="3 GPUs asked for, 2 available"):
+        _gpu_devices("3", "auto", count=2)
+    with pytest.raises(click.BadParameter, match=r"no GPU 2, 5 here: 2 available \(0..1\)"):
+        _gpu_devices("0,2,5", "auto", count=2)
+    with pytest.raises(click.BadParameter, match="list of GPU indices"):
+        _gpu_devices("0,", "auto", count=2)
+    with pytest.raises(click.UsageError, match="--gpus needs CUDA"):
+        _gpu_devices("0,0", "cpu", count=2)

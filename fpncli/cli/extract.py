@@ -157,7 +157,9 @@ class _ExtractCommand(click.Command):
     callback=_shard_callback,
     help="Process only shard I of N (I/N); default from RANK/WORLD_SIZE when set.",
 )
-@click.option("--gpus", default=None, help="all or N: one worker process per GPU (with CUDA).")
+@click.option("--gpus", default=None,
+              help="all, N, or a list such as 0,0,1: one worker process per GPU, or per entry "
+              "(0,0: two processes on GPU 0).")  # fmt: skip
 @click.option(
     "--max-pixels",
     type=click.IntRange(min=1),
@@ -488,25 +490,35 @@ def _torch_device(name: str):
     return torch.device(name)
 
 
-def _gpu_devices(gpus: str | None, device: str) -> list[str]:
-    """``--gpus all|N`` -> ``["cuda:0", ...]``; empty without ``--gpus``."""
+def _gpu_devices(gpus: str | None, device: str, count: int | None = None) -> list[str]:
+    """``--gpus all|N|I,J,...`` -> ``["cuda:0", ...]``; empty without ``--gpus``. A list names
+    the GPUs, one worker process per entry: ``0,0`` runs two on GPU 0 (for when one process's
+    Python threads cannot keep a GPU busy: ``fpncli bench`` then reads ``bound host``)."""
     if gpus is None:
         return []
     import torch
 
-    if device not in ("auto", "cuda") or not torch.cuda.is_available():
+    if device not in ("auto", "cuda") or (count is None and not torch.cuda.is_available()):
         raise click.UsageError("--gpus needs CUDA (and --device auto or cuda)")
-    available = torch.cuda.device_count()
+    available = torch.cuda.device_count() if count is None else count
     if gpus == "all":
-        count = available
-    else:
-        try:
-            count = int(gpus)
-        except ValueError:
-            raise click.BadParameter(f"expected all or a number, got {gpus!r}") from None
-        if not 1 <= count <= available:
-            raise click.BadParameter(f"{count} GPUs asked for, {available} available")
-    return [f"cuda:{i}" for i in range(count)]
+        return [f"cuda:{i}" for i in range(available)]
+    try:
+        numbers = [int(part) for part in gpus.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected all, a number or a list of GPU indices such as 0,0,1, got {gpus!r}"
+        ) from None
+    if "," not in gpus:
+        if not 1 <= numbers[0] <= available:
+            raise click.BadParameter(f"{numbers[0]} GPUs asked for, {available} available")
+        return [f"cuda:{i}" for i in range(numbers[0])]
+    wrong = sorted({i for i in numbers if not 0 <= i < available})
+    if wrong:
+        raise click.BadParameter(
+            f"no GPU {', '.join(map(str, wrong))} here: {available} available (0..{available - 1})"
+        )
+    return [f"cuda:{i}" for i in numbers]
 
 
 def _write_run_log(summary, out: Path, weights: str, precision: str) -> None:
