@@ -26,6 +26,9 @@
 #                 bf16 batch 16: heatmaps only and all levels as fp16 .npy, with the decode rate
 #                 of all cores and the disk's write speed (of_min_model_decode, of_disk_rate)
 #   defaults      the defaults end to end (fp32, batch 8, every output)
+#   procs         the heatmaps row again in 1 and then 2 worker processes sharing the GPU
+#                 (extract --gpus 0,0): whether one process's Python threads (decoding, writing,
+#                 feeding take turns at Python's lock, a few ms per image) hold the GPU back
 #   compile_bf16  --compile bf16 at batch 8 and 1
 #   compile_other --compile fp16 and fp32 at batch 16
 #
@@ -72,13 +75,15 @@ WRITERS=$(( CORES > 8 ? 8 : 2 ))
 if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
     DEV=cpu SIZE=64x96 E2E=64x96 SRC=96x128 BATCHES=1,2 BIG=2 MID=1 SMALL=1 PRECS=fp32
     IMAGES=4 DEFAULT_IMAGES=3 ROW_SECONDS=0.05 TESTS="tests/test_gpu.py" COMPILE_PRECS=fp32
-    T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_COMPILE=45 T_REST=45 LOW=fp32
+    T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_PROCS=60 T_COMPILE=45 T_REST=45 LOW=fp32
+    PROC_SECONDS=0.05
     BUDGET_S="${BUDGET_S:-300}" DEFAULT_SIZE=64x96
 else
     DEV=auto SIZE=800x1344 E2E=768x1344 SRC=1080x1920 BATCHES=1,8,16 BIG=16 MID=8 SMALL=1
     PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 ROW_SECONDS=2 COMPILE_PRECS=fp16,fp32
     TESTS="tests/test_gpu.py"
-    T_TESTS=180 T_MODEL=90 T_E2E=90 T_DEFAULTS=50 T_COMPILE=150 T_REST=600 LOW=bf16
+    T_TESTS=180 T_MODEL=90 T_E2E=90 T_DEFAULTS=50 T_PROCS=80 T_COMPILE=150 T_REST=600 LOW=bf16
+    PROC_SECONDS=5
     DEFAULT_SIZE=800x1333
 fi
 START=$(date +%s)
@@ -149,6 +154,9 @@ bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
 bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
     --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
     --workers "$WORKERS" --writers "$WRITERS"
+bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
+    --outputs heatmaps --source-size "$SRC" --images "$IMAGES" --seconds "$PROC_SECONDS" \
+    --workers "$WORKERS" --writers "$WRITERS" --processes 1,2
 bench compile_bf16 "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$MID,$SMALL" \
     --precisions "$LOW" --seconds "$ROW_SECONDS"
 bench compile_other "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
@@ -163,7 +171,7 @@ from pathlib import Path
 
 out, dry_run, elapsed = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 steps = out / "steps"
-names = ("model", "compile_b16", "e2e", "defaults", "compile_bf16", "compile_other")
+names = ("model", "compile_b16", "e2e", "defaults", "procs", "compile_bf16", "compile_other")
 rows, skipped, info = [], [], {}
 for name in names:
     path = steps / f"{name}.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from fpncli.cli import cli
@@ -134,3 +135,19 @@ def test_the_bound_is_the_host_when_the_feeding_thread_outlasts_the_device():
     assert _bound({**device, "decode": 20.0, "write": 4.0, "host": 12.5}, 4, 2) == "host"
     assert _bound({**device, "decode": 60.0, "host": 30.0}, 4, 2) == "decode"
     assert _bound({**device, "write": 30.0, "host": 11.0}, 4, 2) == "write"
+
+
+def test_an_end_to_end_row_in_worker_processes(tmp_path):
+    """``--processes 2``: the row runs in two worker processes sharing the device (extract's
+    ``--gpus 0,0``); its rate is over the workers' own run time, its variant says x2."""
+    out = tmp_path / "bench.json"
+    args = ["bench", "--sizes", "64x64", "--precisions", "fp32", "--seconds", "0", "--images",
+            "4", "--outputs", "heatmaps", "--e2e-only", "--processes", "2", "--weights", "random",
+            "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["variant"] == "heatmapsx2" and row["error"] is None and row["images"] == 4
+    assert 0 < row["seconds"] and row["images_per_s"] == pytest.approx(4 / row["seconds"])
+    assert row["peak_gpu_mb"] is None and row["bound"] in ("decode", "device", "write", "host")
+    assert "heatmapsx2" in result.output

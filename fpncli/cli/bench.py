@@ -137,6 +137,14 @@ def _json_path(ctx, param, value: str | None) -> str | None:
     "--writers", type=click.IntRange(min=1), default=2, show_default=True, help="Writing threads."
 )
 @click.option(
+    "--processes",
+    default=None,
+    callback=lambda ctx, param, value: None if value is None else _positive_ints(ctx, param, value),
+    help="Comma list, e.g. 1,2: run each end-to-end row in that many worker processes sharing "
+    "the device (as extract --gpus 0,0), to see whether one process's Python threads limit it. "
+    "Default: in this process.",
+)
+@click.option(
     "--unfused",
     is_flag=True,
     help="Also time the model without BN folding and channels-last, and on the CPU without the "
@@ -155,7 +163,7 @@ def _json_path(ctx, param, value: str | None) -> str | None:
 @_friendly
 def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compile_rows, warmup,
           model_only, compile_only, e2e_only, images, source_size, outputs, workers, writers,
-          unfused, json_path) -> None:  # fmt: skip
+          processes, unfused, json_path) -> None:  # fmt: skip
     """Throughput and where the time goes: model-only and end-to-end rows, a table and JSON.
 
     End-to-end rows split each image's time into decode, h2d, preprocess, model, reductions,
@@ -273,12 +281,15 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
                     if model_only:
                         continue
                     for preset in outputs:
-                        measure(
-                            f"end-to-end {preset} {where} {precision}", bench_end_to_end,
-                            model=variants[0][1], images=images, precision=precision,
-                            outputs=preset, workers=workers, writers=writers,
-                            source_size=source_size, seconds=seconds, **shape,
-                        )  # fmt: skip
+                        for count in processes or [None]:
+                            label = preset if count is None else f"{preset} x{count} processes"
+                            measure(
+                                f"end-to-end {label} {where} {precision}", bench_end_to_end,
+                                model=variants[0][1], images=images, precision=precision,
+                                outputs=preset, workers=workers, writers=writers,
+                                source_size=source_size, seconds=seconds, processes=count,
+                                weights=weights, **shape,
+                            )  # fmt: skip
 
     try:
         with torch.no_grad():

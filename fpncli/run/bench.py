@@ -28,6 +28,7 @@ from ..api import check_precision, run_backbone
 from ..io.outputs import OutputOptions
 from ..model.fpn import FPN
 from .device import model_for_run, run_settings
+from .multi import run_on_devices, worker_options
 from .pipeline import Job, RunOptions, run_jobs
 from .steps import decode
 
@@ -297,10 +298,11 @@ OUTPUT_PRESETS = {
 }
 
 
-def _bound(stages: dict[str, float], workers: int, writers: int) -> str:
+def _bound(stages: dict[str, float], workers: int, writers: int, processes: int = 1) -> str:
     """The stage that limits throughput: decode and write run in pools, the rest in series;
     ``host`` when the thread that stages and launches the batches took 20% longer than the
-    device stages (on a GPU: the GPU waited for it; on the CPU the two are the same work)."""
+    device stages (on a GPU: the GPU waited for it; on the CPU the two are the same work).
+    With several processes sharing the device, their feeding threads run side by side."""
     device = sum(stages.get(s, 0.0) for s in ("h2d", "preprocess", "model", "reductions", "d2h"))
     costs = {
         "decode": stages.get("decode", 0.0) / workers,
@@ -308,7 +310,7 @@ def _bound(stages: dict[str, float], workers: int, writers: int) -> str:
         "write": stages.get("write", 0.0) / writers,
     }
     bound = max(costs, key=costs.get)
-    if bound == "device" and stages.get("host", 0.0) > 1.2 * device:
+    if bound == "device" and stages.get("host", 0.0) / processes > 1.2 * device:
         return "host"
     return bound
 
@@ -330,6 +332,8 @@ def bench_end_to_end(
     measure_disk: bool = True,
     threads: int | None = None,
     seconds: float = 0.0,
+    processes: int | None = None,
+    weights: str = "random",
 ) -> BenchRow:
     """Run the real pipeline over ``images`` JPEGs and time it (wall clock), with the per-stage
     split. The JPEGs are ``source_size`` (e.g. 1080x1920) resized by Detectron2's rule to fit
@@ -338,9 +342,16 @@ def bench_end_to_end(
     Time-based: when ``images`` took less than ``seconds``, the row is run again with as many
     images as its rate says fill ``seconds`` (the inputs repeat; the outputs of the first run
     are removed first, and the count is capped at half the free disk), and that run is the
-    row's. At most 64 distinct JPEGs are made (encoding 1080p JPEGs is slow)."""
+    row's. At most 64 distinct JPEGs are made (encoding 1080p JPEGs is slow).
+
+    ``processes``: the run goes to that many worker processes sharing the device (as
+    ``extract --gpus 0,0``), each loading ``weights``; the rate is over the slowest worker's own
+    run (without starting the process and loading the model, with its first, cold batch), and
+    the variant reads e.g. ``heatmapsx2``. The GPU memory column is left empty (the workers'
+    memory is not this process's)."""
     device = next(model.parameters()).device
-    row = BenchRow("end-to-end", str(device), height, width, batch_size, precision, outputs)
+    variant = outputs if processes is None else f"{outputs}x{processes}"
+    row = BenchRow("end-to-end", str(device), height, width, batch_size, precision, variant)
     root = Path(tempfile.mkdtemp(prefix="fpncli-bench-", dir=work_dir))
     try:
         (root / "in").mkdir()
@@ -359,13 +370,21 @@ def bench_end_to_end(
             """``count`` images (the inputs in turn) into a fresh output folder."""
             shutil.rmtree(root / "out", ignore_errors=True)
             jobs = [Job(paths[2 + i % distinct], root / "out" / f"{i:06d}") for i in range(count)]
-            summary = run_jobs(jobs, model, options)
-            if summary.failed:
-                raise RuntimeError(f"{len(summary.failed)} images failed: {summary.failed[0][1]}")
+            if processes is None:
+                summary = run_jobs(jobs, model, options)
+            else:
+                summary = run_on_devices(
+                    jobs, model, options, [str(device)] * processes, weights=weights
+                )  # fmt: skip
+                summary.seconds = summary.worker_seconds or summary.seconds
+            if summary.failed or summary.aborted:
+                reason = summary.failed[0][1] if summary.failed else summary.aborted
+                raise RuntimeError(f"{len(summary.failed)} images failed: {reason}")
             return summary
 
-        warm = [Job(p, root / "warm" / p.stem) for p in paths[:2]]
-        run_jobs(warm, model, options)  # warm-up: start-up costs are not timed
+        if processes is None:
+            warm = [Job(p, root / "warm" / p.stem) for p in paths[:2]]
+            run_jobs(warm, model, options)  # warm-up: start-up costs are not timed
         baseline = _reset_peak(device)
         summary = timed(images)
         more = _images_for(summary, seconds, shutil.disk_usage(root).free)
@@ -377,10 +396,15 @@ def bench_end_to_end(
         row.stage_ms_per_image = {
             s: 1e3 * summary.stage_seconds.get(s, 0.0) / max(1, summary.done) for s in STAGES
         }
-        row.bound = _bound(summary.stage_seconds, workers, writers)
+        if processes is None:
+            row.bound = _bound(summary.stage_seconds, workers, writers)
+            added = _nbytes(model_for_run(model, precision, compile=compile))
+            row.peak_gpu_mb = _peak_gpu_mb(device, baseline, added)
+        else:  # each worker's share of the threads (worker_options), side by side
+            share = worker_options(options, processes)
+            row.bound = _bound(summary.stage_seconds, share.workers * processes,
+                               share.writers * processes, processes=processes)  # fmt: skip
         row.bytes_per_image = summary.bytes_written / max(1, summary.done)
-        weights = _nbytes(model_for_run(model, precision, compile=compile))
-        row.peak_gpu_mb = _peak_gpu_mb(device, baseline, weights)
         decoded = decode_rate(paths[2:], options, model.weights_info.input, os.cpu_count() or 1)
         row.ratios["decode_img_s"] = decoded
         if measure_disk and output.save_npy:
@@ -458,7 +482,7 @@ def format_table(rows: list[BenchRow]) -> str:
     """A plain-text table of the rows; a failed row shows its reason."""
     stage_head = "".join(f"{s[:6]:>7}" for s in STAGES)
     header = (
-        f"{'kind':<6}{'device':<8}{'size':>10}{'bs':>4}{'prec':>6}{'variant':>9}{'img/s':>9}"
+        f"{'kind':<6}{'device':<8}{'size':>10}{'bs':>4}{'prec':>6}{'variant':>11}{'img/s':>9}"
         f"{'ms/bat':>8}{'%bf16':>7}{'GPU MB':>8}{'relerr':>9}  | ms/img:{stage_head}  "
         f"{'bound':<7}{'ratios'}"
     )
@@ -466,7 +490,7 @@ def format_table(rows: list[BenchRow]) -> str:
     for r in rows:
         head = (
             f"{('e2e' if r.kind == 'end-to-end' else r.kind):<6}{r.device:<8}"
-            f"{f'{r.height}x{r.width}':>10}{r.batch_size:>4}{r.precision:>6}{r.variant:>9}"
+            f"{f'{r.height}x{r.width}':>10}{r.batch_size:>4}{r.precision:>6}{r.variant:>11}"
         )
         if r.error:
             lines.append(f"{head}  FAILED: {r.error}")

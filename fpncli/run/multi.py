@@ -203,4 +203,5 @@ def run_on_devices(
         reasons = [errors[i] for i in sorted(errors)] + ([merged.aborted] if merged.aborted else [])
         merged.aborted = "; ".join(reasons)
     merged.seconds = time.monotonic() - start
+    merged.worker_seconds = max((part.seconds for part in parts), default=None)
     return merged

@@ -156,6 +156,8 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0  # the batch size in use at the end (smaller after CUDA out of memory)
     left_to_others: int = 0  # of ``skipped``: claimed by another live run (``--format wds``)
+    #: ``--gpus``: the slowest worker's own run, without its process start and model load
+    worker_seconds: float | None = None
 
     @property
     def images_per_s(self) -> float:
