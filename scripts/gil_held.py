@@ -1,0 +1,126 @@
+"""How long each image's host work holds Python's lock (the GIL), in one thread.
+
+    python scripts/gil_held.py               # needs py-spy on PATH (pip install py-spy)
+    python scripts/gil_held.py --loop decode # the loop alone (what py-spy samples)
+
+One process's decoding, writing and feeding threads take turns at the lock, so the milliseconds
+it is held per image cap that process's images per second whatever its cores (``extract --gpus
+0,0`` runs two processes on one GPU). For ``decode`` (a generated 1080x1920 JPEG to 756x1344,
+``steps.decode``) and ``write`` (that image's five heatmaps from random levels at 768x1344,
+``write_image_outputs``, heatmaps only), the loop runs ``--seconds`` in one thread, twice under
+``py-spy record -f raw``: with ``--gil`` (only samples where the thread holds the lock) and
+without; the ratio of the two sample counts is the share of its time the loop holds the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RATE = 200  # py-spy samples per second
+
+
+def loop(what: str, seconds: float, work: Path) -> None:
+    import cv2
+    import torch
+
+    from fpncli.io.inputs import Job
+    from fpncli.io.outputs import OutputOptions, write_image_outputs
+    from fpncli.run.bench import OUTPUT_PRESETS
+    from fpncli.run.device import results_to_host
+    from fpncli.run.steps import RunOptions, decode
+    from fpncli.weights.registry import DETECTRON2_INPUT
+
+    torch.set_num_threads(1)
+    path = work / "photo.jpg"
+    photo = cv2.resize(cv2.imread(str(ROOT / "samples" / "chelsea.png")), (1920, 1080))
+    cv2.imwrite(str(path), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    output = replace(OutputOptions(), **OUTPUT_PRESETS["heatmaps"])
+    job = Job(path, work / "out")
+    decoded = decode(job, RunOptions(output=output), DETECTRON2_INPUT)
+    generator = torch.Generator().manual_seed(0)
+    levels = {
+        f"p{n}": torch.randn(1, 256, -(-768 // 2**n), -(-1344 // 2**n), generator=generator)
+        for n in range(2, 7)
+    }
+    size = [(decoded.prepared.resized_height, decoded.prepared.resized_width)]
+    result = results_to_host(levels, size, output)
+    result.wait()
+    maps = result.image(0)
+
+    def write(i: int) -> None:
+        write_image_outputs(
+            work / "out" / str(i), levels=maps, image=decoded.image, prepared=decoded.prepared,
+            options=output, weights={"name": "random", "sha256": None}, device="cpu",
+            precision="fp32",
+        )  # fmt: skip
+
+    step = {"decode": lambda i: decode(job, RunOptions(output=output), DETECTRON2_INPUT),
+            "write": write}[what]  # fmt: skip
+    step(0)  # imports and caches: not in the loop
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        calls += 1
+        step_in_loop(step, calls)
+    print(f"calls {calls} seconds {time.perf_counter() - start:.3f}")
+
+
+def step_in_loop(step, i: int) -> None:
+    """The loop's one frame that py-spy's samples are counted under."""
+    step(i)
+
+
+def samples(raw: Path) -> int:
+    count = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if "step_in_loop" in stack:
+            count += int(n)
+    return count
+
+
+def measure(what: str, seconds: float, work: Path) -> None:
+    counts, runs = {}, []
+    for mode in ("--gil", "all"):
+        raw = work / f"{what}-{mode.strip('-')}.txt"
+        cmd = ["py-spy", "record", "-r", str(RATE), "-f", "raw", "-o", str(raw)]
+        cmd += ([mode] if mode == "--gil" else []) + ["--", sys.executable, __file__]
+        cmd += ["--loop", what, "--seconds", str(seconds), "--work", str(work)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        line = next(ln for ln in out.splitlines() if ln.startswith("calls "))
+        calls, elapsed = (float(v) for v in line.split()[1::2])
+        counts[mode], runs = samples(raw), runs + [1e3 * elapsed / calls]
+    share = counts["--gil"] / max(1, counts["all"])
+    ms = sum(runs) / len(runs)
+    print(f"{what:<7} {ms:6.1f} ms per image, lock held {share * ms:5.2f} ms ({share:.0%})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loop", choices=("decode", "write"))
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--work", type=Path)
+    args = parser.parse_args()
+    if args.loop:
+        loop(args.loop, args.seconds, args.work)
+        return
+    if shutil.which("py-spy") is None:
+        sys.exit("needs py-spy on PATH (pip install py-spy)")
+    work = Path(tempfile.mkdtemp(prefix="fpncli-gil-"))
+    try:
+        for what in ("decode", "write"):
+            measure(what, args.seconds, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
