@@ -6,7 +6,8 @@
 One process's decoding, writing and feeding threads take turns at the lock, so the milliseconds
 it is held per image cap that process's images per second whatever its cores (``extract --gpus
 0,0`` runs two processes on one GPU). For ``decode`` (a generated 1080x1920 JPEG to 756x1344,
-``steps.decode``) and ``write`` (that image's five heatmaps from random levels at 768x1344,
+``steps.decode``), ``decode-defer`` (the same, the resize left to the device as on CUDA) and
+``write`` (that image's five heatmaps from random levels at 768x1344,
 ``write_image_outputs``, heatmaps only), the loop runs ``--seconds`` in one thread, twice under
 ``py-spy record -f raw``: with ``--gil`` (only samples where the thread holds the lock) and
 without; the ratio of the two sample counts is the share of its time the loop holds the lock.
@@ -26,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RATE = 200  # py-spy samples per second
+WHAT = ("decode", "decode-defer", "write")
 
 
 def loop(what: str, seconds: float, work: Path) -> None:
@@ -63,8 +65,12 @@ def loop(what: str, seconds: float, work: Path) -> None:
             precision="fp32",
         )  # fmt: skip
 
-    step = {"decode": lambda i: decode(job, RunOptions(output=output), DETECTRON2_INPUT),
-            "write": write}[what]  # fmt: skip
+    options = RunOptions(output=output)
+    step = {
+        "decode": lambda i: decode(job, options, DETECTRON2_INPUT),
+        "decode-defer": lambda i: decode(job, options, DETECTRON2_INPUT, resize_on_device=True),
+        "write": write,
+    }[what]
     step(0)  # imports and caches: not in the loop
     calls, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -100,12 +106,12 @@ def measure(what: str, seconds: float, work: Path) -> None:
         counts[mode], runs = samples(raw), runs + [1e3 * elapsed / calls]
     share = counts["--gil"] / max(1, counts["all"])
     ms = sum(runs) / len(runs)
-    print(f"{what:<7} {ms:6.1f} ms per image, lock held {share * ms:5.2f} ms ({share:.0%})")
+    print(f"{what:<13} {ms:6.1f} ms per image, lock held {share * ms:5.2f} ms ({share:.0%})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--loop", choices=("decode", "write"))
+    parser.add_argument("--loop", choices=WHAT)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
@@ -116,7 +122,7 @@ def main() -> None:
         sys.exit("needs py-spy on PATH (pip install py-spy)")
     work = Path(tempfile.mkdtemp(prefix="fpncli-gil-"))
     try:
-        for what in ("decode", "write"):
+        for what in WHAT:
             measure(what, args.seconds, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)

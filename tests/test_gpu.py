@@ -326,3 +326,21 @@ def _canvas_outputs_equal(folder, cpu_model, model, tmp_path):
         pre = read_manifest(folder_out)["preprocess"]
         assert pre["canvas"] == "auto"
         assert (pre["padded_height"], pre["padded_width"]) in ((160, 256), (256, 160))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pillow_bilinear_on_the_gpu_equals_pillow(device):
+    """The pipeline resizes on the device by default on CUDA: every pixel as Pillow's, for the
+    1080p frame, COCO-like upscales and a height shrunk first (Pillow 13's order)."""
+    from PIL import Image
+
+    from fpncli.model.resize import pillow_bilinear
+
+    rng = np.random.default_rng(0)
+    for (h, w), (oh, ow) in [((1080, 1920), (756, 1344)), ((480, 640), (800, 1067)),
+                             ((900, 120), (300, 110)), ((37, 53), (80, 101))]:  # fmt: skip
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        expected = np.asarray(Image.fromarray(pixels).resize((ow, oh), Image.BILINEAR))
+        got = pillow_bilinear(torch.from_numpy(pixels).to(device), oh, ow)
+        assert got.device == torch.device(device)
+        np.testing.assert_array_equal(got.cpu().numpy(), expected)

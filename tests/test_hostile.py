@@ -124,9 +124,9 @@ def test_an_image_another_run_completes_before_decoding_is_skipped_not_computed(
         finish()
         return todo
 
-    def decode(job, *args):
+    def decode(job, *args, **kwargs):
         decoded.append(job.path.name)
-        return real_decode(job, *args)
+        return real_decode(job, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "pending_jobs", pending)
     monkeypatch.setattr(pipeline, "decode", decode)
@@ -142,8 +142,8 @@ def test_an_image_another_run_completes_while_decoded_never_reaches_the_model(
     jobs, options, seen, finish = _race(tmp_path, model, monkeypatch)
     real_decode = steps.decode
 
-    def decode(job, *args):  # the other run completes it while this one decodes it
-        item = real_decode(job, *args)
+    def decode(job, *args, **kwargs):  # the other run completes it while this one decodes it
+        item = real_decode(job, *args, **kwargs)
         if job.path.name == "a.png":
             finish()
         return item

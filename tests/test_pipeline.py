@@ -522,3 +522,38 @@ def test_decoding_keeps_the_full_size_pixels_only_for_outputs_that_draw_them(tmp
     np.testing.assert_array_equal(drawn.image.rgb, np.asarray(Image.open(job.path)))
     summary = run_jobs([job], model, RunOptions(output=replace(SMALL, save_heatmaps=True)))
     assert summary.done == 1 and summary.failed == []
+
+
+def test_resizing_on_the_device_gives_the_same_outputs(tmp_path, model):
+    """``resize_on_device`` (the default on CUDA): decoding threads hand over the images at their
+    own size and the batch is resized on the model's device, as Pillow does; the outputs equal
+    those of the threads' Pillow resize bit for bit. A much larger image (over
+    DEVICE_RESIZE_MAX_RATIO times its resized pixels) is still resized by its thread."""
+    from fpncli.run.steps import DEVICE_RESIZE_MAX_RATIO, decode
+
+    sizes = [(120, 90), (121, 91), (119, 90), (400, 300), (60, 40)]  # (width, height)
+    paths = [_image(tmp_path / "in" / f"{i}.png", size=s, value=i) for i, s in enumerate(sizes)]
+    output = replace(SMALL, save_heatmaps=True)
+    fmt = model.weights_info.input
+    deferred = [decode(Job(p, tmp_path), RunOptions(output=output), fmt, resize_on_device=True)
+                for p in paths]  # fmt: skip
+    kept = [d.pixels.shape[:2] == (d.image.height, d.image.width) for d in deferred]
+    resized = [d.prepared.resized_height * d.prepared.resized_width for d in deferred]
+    big = [d.image.height * d.image.width > DEVICE_RESIZE_MAX_RATIO * n
+           for d, n in zip(deferred, resized)]  # fmt: skip
+    assert big == [False, False, False, True, False] and kept == [not b for b in big]
+    outs = {}
+    for on_device in (False, True):
+        out = tmp_path / f"out{on_device}"
+        jobs = [Job(p, out / p.stem) for p in paths]
+        options = RunOptions(output=output, batch_size=4, resize_on_device=on_device)
+        summary = run_jobs(jobs, model, options)
+        assert (summary.done, summary.failed) == (5, [])
+        outs[on_device] = out
+    for p in paths:
+        for name in ("p2.npy", "p6.npy", "p3.png"):
+            a, b = outs[False] / p.stem / name, outs[True] / p.stem / name
+            if name.endswith(".npy"):
+                np.testing.assert_array_equal(np.load(a), np.load(b))
+            else:
+                assert a.read_bytes() == b.read_bytes()

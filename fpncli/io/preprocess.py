@@ -323,6 +323,7 @@ def resize_for_model(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     size_divisibility: int = 32,
     canvas: str | None = None,
+    defer_resize: bool = False,
 ) -> tuple[np.ndarray, Prepared]:
     """Step 3 on an RGB uint8 ``(H, W, 3)`` image (or a Pillow RGB image, as
     ``LoadedImage.pixels`` holds it): the resized pixels, still uint8 **RGB**, and
@@ -333,6 +334,10 @@ def resize_for_model(
     (``"auto"`` or ``"WxH"``, see ``fpncli.io.canvas``) the canvas the image goes on; an image
     larger than a fixed canvas is refused (ValueError). A resized size over ``max_pixels`` is
     refused (ValueError) before anything is allocated.
+
+    ``defer_resize``: the pixels come back at their own size, the ``Prepared`` record as if
+    resized (the pipeline then resizes on the model's device, ``fpncli.model.resize``, which
+    equals Pillow's bilinear exactly).
     """
     if isinstance(rgb, Image.Image):
         if rgb.mode != "RGB":
@@ -349,13 +354,14 @@ def resize_for_model(
     if canvas is not None:  # refused before the resize when it does not fit
         padded = canvas_for(new_h, new_w, canvas, min_size=min_size, max_size=max_size)
     if resize:
-        image = resize_shortest_edge(rgb, min_size, max_size)
+        image = np.asarray(rgb) if defer_resize else resize_shortest_edge(rgb, min_size, max_size)
         scale = min_size / min(height, width)
         if max(height, width) * scale > max_size:
             scale = max_size / max(height, width)
     else:
         image, scale = np.asarray(rgb), 1.0
-    assert image.shape[:2] == (new_h, new_w), "resized_shape and the resize disagree"
+    expected = (height, width) if defer_resize else (new_h, new_w)
+    assert image.shape[:2] == expected, "resized_shape and the resize disagree"
     prepared = Prepared(
         tensor=None,
         color_order=input_format.color_order,

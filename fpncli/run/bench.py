@@ -282,11 +282,20 @@ def make_images(folder: Path, count: int, height: int, width: int) -> list[Path]
     return paths
 
 
-def decode_rate(paths: list[Path], options: RunOptions, input_format, workers: int) -> float:
-    """Images per second that ``workers`` threads decode and resize (the pipeline's decoder)."""
+def decode_rate(paths: list[Path], options: RunOptions, input_format, workers: int,
+                device: torch.device | None = None) -> float:  # fmt: skip
+    """Images per second that ``workers`` threads decode and resize (the pipeline's decoder;
+    for a CUDA ``device`` they leave the resize to it, as the pipeline does)."""
+    on_device = options.resize_on_device
+    if on_device is None:
+        on_device = device is not None and device.type == "cuda"
+
+    def one(path: Path) -> None:
+        decode(Job(path, path.parent), options, input_format, resize_on_device=on_device)
+
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda p: decode(Job(p, p.parent), options, input_format), paths))
+        list(pool.map(one, paths))
     return len(paths) / (time.perf_counter() - start)
 
 
@@ -405,7 +414,8 @@ def bench_end_to_end(
             row.bound = _bound(summary.stage_seconds, share.workers * processes,
                                share.writers * processes, processes=processes)  # fmt: skip
         row.bytes_per_image = summary.bytes_written / max(1, summary.done)
-        decoded = decode_rate(paths[2:], options, model.weights_info.input, os.cpu_count() or 1)
+        decoded = decode_rate(paths[2:], options, model.weights_info.input, os.cpu_count() or 1,
+                              device)  # fmt: skip
         row.ratios["decode_img_s"] = decoded
         if measure_disk and output.save_npy:
             row.disk_mb_per_s = disk_write_speed(root)

@@ -250,6 +250,8 @@ class _Runner:
         self.progress = progress
         self.device = next(model.parameters()).device
         self.state = DeviceState.create(self.device, options)
+        on_device = options.resize_on_device
+        self.resize_on_device = self.device.type == "cuda" if on_device is None else on_device
         self.lock = threading.Lock()
         self.report_lock = threading.Lock()
         self.abort = threading.Event()
@@ -300,7 +302,7 @@ class _Runner:
         if self.recheck is not None and self.recheck(job, self.options, self.weights_meta):
             self.skip(job)
             return None
-        return decode(job, self.options, input_format)
+        return decode(job, self.options, input_format, resize_on_device=self.resize_on_device)
 
     def drop_complete(self, items: list[Decoded]) -> list[Decoded]:
         """``items`` less those another run has completed since they were decoded (skipped)."""

@@ -24,9 +24,17 @@ from ..api import run_backbone
 from ..io.canvas import check_canvas
 from ..io.inputs import Job
 from ..io.outputs import LevelResult, OutputOptions, run_key, write_image_outputs
-from ..io.preprocess import DEFAULT_MAX_PIXELS, LoadedImage, Prepared, load_image, resize_for_model
+from ..io.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    LoadedImage,
+    Prepared,
+    load_image,
+    resize_for_model,
+    resized_shape,
+)
 from ..model.fpn import FPN
 from ..model.normalize import normalize_batch
+from ..model.resize import pillow_bilinear
 from ..weights.registry import InputFormat
 from .device import BatchResult, InputStager, PinnedPool, StageClock, results_to_host
 
@@ -60,6 +68,9 @@ class RunOptions:
     pad_batches: bool | None = None  # pad partial batches to batch_size; None: on CUDA only
     threads: int | None = None  # torch's CPU threads during the run (None: leave as is)
     record_latest: bool = True  # remember the last folder for ``fpncli show`` (not for bench)
+    #: resize on the model's device (Pillow's bilinear, exactly) instead of in the decoding
+    #: threads; None: on CUDA (the CPU's threads are better spent decoding there)
+    resize_on_device: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "workers", "writers", "queue_mb"):
@@ -100,14 +111,31 @@ class Decoded:
     decode_s: float = 0.0
 
 
-def decode(job: Job, options: RunOptions, input_format: InputFormat) -> Decoded:
-    """Read and resize one image (thread-safe; raises OSError/ValueError for bad files)."""
+#: An image is resized on the device (``decode(..., resize_on_device=True)``) when it has at most
+#: this many times the pixels of its resized self (a 1080p frame: 2x; a 12 MP photo, 12x, is
+#: resized by the decoding thread): its upload and its place in the decode window cost at most
+#: this factor more than the resized pixels' would.
+DEVICE_RESIZE_MAX_RATIO = 4
+
+
+def decode(job: Job, options: RunOptions, input_format: InputFormat, *,
+           resize_on_device: bool = False) -> Decoded:  # fmt: skip
+    """Read and resize one image (thread-safe; raises OSError/ValueError for bad files).
+
+    ``resize_on_device``: leave the resize to ``infer_batch`` (on the model's device, equal to
+    Pillow's) for an image of at most ``DEVICE_RESIZE_MAX_RATIO`` times the resized pixels; its
+    ``pixels`` are then at the image's own size."""
     start = time.perf_counter()
     image = load_image(job.path, max_pixels=options.max_pixels)
     out = options.output
+    defer = False
+    if resize_on_device and out.resize:
+        new_h, new_w = resized_shape(image.height, image.width, out.min_size, out.max_size)
+        defer = image.height * image.width <= DEVICE_RESIZE_MAX_RATIO * new_h * new_w
     pixels, prepared = resize_for_model(
-        image.pixels, input_format, min_size=out.min_size, max_size=out.max_size,
-        resize=out.resize, max_pixels=options.max_pixels, canvas=out.canvas,
+        image.rgb if defer else image.pixels, input_format, min_size=out.min_size,
+        max_size=out.max_size, resize=out.resize, max_pixels=options.max_pixels,
+        canvas=out.canvas, defer_resize=defer,
     )  # fmt: skip
     if not needs_image(out):  # the writer draws no input: the full-size pixels can go now
         image.drop_pixels()
@@ -154,8 +182,11 @@ def infer_batch(
     fmt = items[0].prepared
     pad_to = (max(it.prepared.padded_height for it in items),
               max(it.prepared.padded_width for it in items))  # fmt: skip
+    sizes = [(it.prepared.resized_height, it.prepared.resized_width) for it in items]
+    if any(it.pixels.shape[:2] != size for it, size in zip(items, sizes)):
+        pixels = _resized(pixels, [it.pixels.shape[:2] for it in items], sizes)
     batch = normalize_batch(
-        pixels, [(it.prepared.resized_height, it.prepared.resized_width) for it in items],
+        pixels, sizes,
         color_order=fmt.color_order, pixel_mean=fmt.pixel_mean, pixel_std=fmt.pixel_std,
         pad_to=pad_to,
     )  # fmt: skip
@@ -170,6 +201,24 @@ def infer_batch(
         features, resized, options.output, pool=state.pool, copy_stream=state.copy_stream,
         clock=clock,
     )  # fmt: skip
+
+
+def _resized(pixels: torch.Tensor, sources: list[tuple[int, int]],
+             sizes: list[tuple[int, int]]) -> torch.Tensor:  # fmt: skip
+    """The staged ``(B, H, W, 3)`` uint8 batch with each image (its own ``sources`` size in the
+    top-left corner) resized to its ``sizes`` entry as Pillow does, on the batch's device; the
+    images of one source and target size together (a folder of video frames: the whole batch)."""
+    if len(set(zip(sources, sizes))) == 1 and tuple(pixels.shape[1:3]) == tuple(sources[0]):
+        return pillow_bilinear(pixels, *sizes[0])
+    out = pixels.new_zeros((len(sizes), max(h for h, _ in sizes), max(w for _, w in sizes), 3))
+    groups: dict[tuple, list[int]] = {}
+    for i, pair in enumerate(zip(sources, sizes)):
+        groups.setdefault(pair, []).append(i)
+    for ((h, w), (height, width)), members in groups.items():  # no index tensor: no upload
+        resized = pillow_bilinear(torch.stack([pixels[i, :h, :w] for i in members]), height, width)
+        for j, i in enumerate(members):
+            out[i, :height, :width] = resized[j]
+    return out
 
 
 def write_result(
