@@ -12,7 +12,8 @@ Needs an environment where ``detectron2`` (its Python source is enough for the b
 runs both on real photos (Detectron2: ``read_image`` + ``ResizeShortestEdge`` + normalization +
 ``ImageList`` padding, i.e. DefaultPredictor's preprocessing; torchvision: the same normalized,
 padded tensor fpncli prepares for RGB weights), and prints ``max|ours - theirs| / max|theirs|`` per
-level. With ``--golden DIR`` it also writes the reference answers for a small input as JSON
+level, for ``fpncli.extract_features``, the ``fpncli extract`` command and the pipeline resizing on
+the device as on CUDA (``device rsz``, run here on the CPU). With ``--golden DIR`` it also writes the reference answers for a small input as JSON
 (slices and statistics per level), which ``tests/test_parity_golden.py`` checks in CI without
 Detectron2 or torchvision.
 
@@ -78,6 +79,20 @@ def extract_with_cli(image: Path, weights: Path, min_size: int, max_size: int, o
     return {k: torch.from_numpy(np.load(folder / f"{k}.npy")) for k in LEVELS}
 
 
+def extract_resized_on_device(image: Path, model, min_size: int, max_size: int, out: Path):
+    """The pipeline as it runs on CUDA, here on the CPU: the decoding thread hands over the image
+    at its own size and ``fpncli.model.resize`` resizes it after the upload."""
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run.pipeline import Job, RunOptions, run_jobs
+
+    output = OutputOptions(min_size=min_size, max_size=max_size, save_heatmaps=False,
+                           save_overview=False)  # fmt: skip
+    options = RunOptions(output=output, resize_on_device=True, overwrite=True, record_latest=False)
+    summary = run_jobs([Job(image, out / image.stem)], model, options)
+    assert summary.done == 1, summary.failed
+    return {k: torch.from_numpy(np.load(out / image.stem / f"{k}.npy")) for k in LEVELS}
+
+
 def relative_errors(ours: dict, theirs: dict) -> dict[str, float]:
     return {k: float((ours[k] - theirs[k]).abs().max() / theirs[k].abs().max()) for k in LEVELS}
 
@@ -125,7 +140,7 @@ def main() -> int:
         ours_tv = fpncli.load_backbone(str(pth), fold_bn=True)
         assert ours_tv.weights_info.input == TORCHVISION_INPUT
 
-    worst = {"detectron2": 0.0, "fpncli extract": 0.0}
+    worst = {"detectron2": 0.0, "fpncli extract": 0.0, "resize on device": 0.0}
     if args.arch == "r50":
         worst["torchvision"] = 0.0
     sizes = [tuple(int(n) for n in s.split(":")) for s in args.sizes.split(",")]
@@ -144,6 +159,12 @@ def main() -> int:
             err = relative_errors(saved, theirs)
             worst["fpncli extract"] = max(worst["fpncli extract"], *err.values())
             print(f"extract CLI {image_path.name:<12} {min_size}:{max_size} p2{shape} "
+                  + " ".join(f"{k}={v:.2e}" for k, v in err.items()))  # fmt: skip
+            on_device = extract_resized_on_device(image_path, ours_d2, min_size, max_size,
+                                                  tmp / "device")  # fmt: skip
+            err = relative_errors(on_device, theirs)
+            worst["resize on device"] = max(worst["resize on device"], *err.values())
+            print(f"device rsz  {image_path.name:<12} {min_size}:{max_size} p2{shape} "
                   + " ".join(f"{k}={v:.2e}" for k, v in err.items()))  # fmt: skip
 
             if args.arch != "r50":
