@@ -13,9 +13,9 @@ runs both on real photos (Detectron2: ``read_image`` + ``ResizeShortestEdge`` + 
 ``ImageList`` padding, i.e. DefaultPredictor's preprocessing; torchvision: the same normalized,
 padded tensor fpncli prepares for RGB weights), and prints ``max|ours - theirs| / max|theirs|`` per
 level, for ``fpncli.extract_features``, the ``fpncli extract`` command and the pipeline resizing on
-the device as on CUDA (``device rsz``, run here on the CPU). With ``--golden DIR`` it also writes the reference answers for a small input as JSON
-(slices and statistics per level), which ``tests/test_parity_golden.py`` checks in CI without
-Detectron2 or torchvision.
+the device as on CUDA (``device rsz``, run here on the CPU). With ``--golden DIR`` it also writes
+the reference answers for a small input as JSON (slices and statistics per level), which
+``tests/test_parity_golden.py`` checks in CI without Detectron2 or torchvision.
 
     PYTHONPATH=/path/to/detectron2 python scripts/parity.py samples/*.png samples/*.jpg
 """

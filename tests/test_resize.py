@@ -85,3 +85,18 @@ def test_a_staged_batch_is_resized_image_by_image_or_whole():
     for i, ((h, w), (oh, ow)) in enumerate(zip(sources, sizes)):
         np.testing.assert_array_equal(got[i, :oh, :ow], _pillow(staged[i, :h, :w].copy(), oh, ow))
         assert not got[i, oh:].any() and not got[i, :, ow:].any()
+
+
+def test_the_cuda_arithmetic_gathering_uint8_equals_pillow_too():
+    """On CUDA the gathered pixels stay uint8 and the multiply-add casts them; the same
+    arithmetic, run here on the CPU, gives Pillow's pixels."""
+    from fpncli.model.resize import _pass
+
+    rng = np.random.default_rng(5)
+    for h, w, oh, ow in [(1080, 1920, 756, 1344), (45, 200, 90, 33), (150, 40, 20, 41)]:
+        pixels = torch.from_numpy(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        first, second = (
+            ((-3, oh), (-2, ow)) if vertical_first(h, w, oh, ow) else ((-2, ow), (-3, oh))
+        )
+        got = _pass(_pass(pixels, *first, widen_first=False), *second, widen_first=False)
+        np.testing.assert_array_equal(got.numpy(), _pillow(pixels.numpy(), oh, ow))
