@@ -10,10 +10,11 @@ unchanged since Pillow 4 and without ``reducing_gap``, which Detectron2 does not
 - the weights normalized to sum to 1, then to fixed point with 22 fractional bits, rounded half
   away from zero: ``normalize_coeffs_8bpc``;
 - two passes, each sum rounded (``+ 2**21``), shifted and clipped to 0..255 (a uint8 image in
-  between); a pass whose size does not change is skipped. The horizontal pass comes first, except
-  from Pillow 13 on when the height shrinks by more than twice as many pixels as the width
-  (``ImagingResampleInner``, python-pillow/Pillow#9549): the order changes some pixels by one, so
-  it follows the Pillow installed, as Detectron2's own resize does.
+  between); a pass whose size does not change is skipped. The horizontal pass comes first,
+  except: Pillow 12.2 and 12.3 shrink an image over 100 times taller than wide vertically first
+  (``Image.resize``, python-pillow/Pillow#9524); from Pillow 13 on, an image whose height shrinks
+  by more than twice as many pixels as its width (``ImagingResampleInner``, #9549). The order
+  changes some pixels by one, so it follows the Pillow installed, as Detectron2's own resize does.
 
 The integer sums are exact in int32 on any device, so the result equals Pillow's exactly (the
 tests compare every pixel over many sizes). The weights are computed once per size pair, in
@@ -33,26 +34,39 @@ __all__ = ["pillow_bilinear", "bilinear_weights", "vertical_first"]
 _BITS = 22  # PRECISION_BITS = 32 - 8 - 2
 
 
-def _pillow_major() -> int:
+def _pillow_version() -> tuple[int, int]:
     import PIL
 
-    return int(PIL.__version__.split(".")[0])
+    major, minor = (int("".join(c for c in part if c.isdigit()) or 0)
+                    for part in PIL.__version__.split(".")[:2])  # fmt: skip
+    return major, minor
 
 
-#: Pillow 13 runs the vertical pass first when the height shrinks much more than the width.
-VERTICAL_FIRST_RULE = _pillow_major() >= 13
+#: Which of Pillow's rules for the vertical pass first applies: "13" (the height shrinks by
+#: more than twice the width's pixels), "12.2" (over 100 times taller than wide, shrunk), or
+#: None (always horizontal first: Pillow up to 12.1).
+VERTICAL_FIRST_RULE = (
+    "13" if _pillow_version() >= (13, 0) else "12.2" if _pillow_version() >= (12, 2) else None
+)
 
 
-def vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
-    """Whether the installed Pillow resizes ``in_h x in_w`` to ``out_h x out_w`` vertically
-    first (its ``horizontal_first`` test, negated)."""
-    return VERTICAL_FIRST_RULE and 0 < in_h - out_h and in_h - out_h > (in_w - out_w) * 2
+def vertical_first(in_h: int, in_w: int, out_h: int, out_w: int,
+                   rule: str | None = VERTICAL_FIRST_RULE) -> bool:  # fmt: skip
+    """Whether Pillow (the installed one, or ``rule``) resizes ``in_h x in_w`` to
+    ``out_h x out_w`` vertically first."""
+    if rule == "13":  # ImagingResampleInner's horizontal_first, negated
+        return 0 < in_h - out_h and in_h - out_h > (in_w - out_w) * 2
+    if rule == "12.2":  # Image.resize: two single-axis calls, the height's first
+        return in_h > in_w * 100 and out_h < in_h
+    return False
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=1024)
 def bilinear_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pillow's window starts ``(out_size,)`` and fixed-point weights ``(out_size, ksize)``
-    (zero past each window's end) for resizing ``in_size`` pixels to ``out_size``."""
+    (zero past each window's end) for resizing ``in_size`` pixels to ``out_size``: the same
+    double-precision operations as ``precompute_coeffs``, in the same order, for all windows at
+    once (tests compare with a plain transcription)."""
     if in_size < 1 or out_size < 1:
         raise ValueError(f"cannot resize {in_size} pixels to {out_size}")
     scale = float(np.float32(in_size)) / out_size  # (double)(in1 - in0) / outSize, floats
@@ -60,21 +74,19 @@ def bilinear_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarra
     support = 1.0 * filterscale  # the bilinear filter's support is 1
     ksize = int(math.ceil(support)) * 2 + 1
     inverse = 1.0 / filterscale
-    starts = np.zeros(out_size, np.int64)
-    weights = np.zeros((out_size, ksize), np.int64)
-    for xx in range(out_size):
-        center = 0.0 + (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        count = min(int(center + support + 0.5), in_size) - xmin
-        window = [max(0.0, 1.0 - abs((x + xmin - center + 0.5) * inverse)) for x in range(count)]
-        total = 0.0
-        for w in window:
-            total += w
-        for x, w in enumerate(window):
-            w = w / total if total != 0.0 else w
-            weights[xx, x] = int(-0.5 + w * (1 << _BITS)) if w < 0 else int(0.5 + w * (1 << _BITS))
-        starts[xx] = xmin
-    return starts, weights
+    center = (np.arange(out_size) + 0.5) * scale  # in0 + (xx + 0.5) * scale, in0 = 0
+    starts = np.maximum((center - support + 0.5).astype(np.int64), 0)  # (int): truncation
+    counts = np.minimum((center + support + 0.5).astype(np.int64), in_size) - starts
+    x = np.arange(ksize)[None, :]
+    weights = np.maximum(0.0, 1.0 - np.abs((x + starts[:, None] - center[:, None] + 0.5) * inverse))
+    weights[x >= counts[:, None]] = 0.0
+    total = np.zeros(out_size)
+    for k in range(ksize):  # summed in C's order (the zeros past a window add nothing)
+        total += weights[:, k]
+    nonzero = total != 0.0
+    weights[nonzero] /= total[nonzero, None]
+    # (int)(0.5 + w * (1 << PRECISION_BITS)): the weights are >= 0, truncation is floor
+    return starts, (0.5 + weights * (1 << _BITS)).astype(np.int64)
 
 
 @functools.lru_cache(maxsize=256)
@@ -82,8 +94,10 @@ def _device_weights(in_size: int, out_size: int, device: torch.device):
     """``bilinear_weights`` as int64 window starts and int32 weights on ``device`` (copied there
     once: a copy from pageable memory per call would wait for the device)."""
     starts, weights = bilinear_weights(in_size, out_size)
-    return (torch.from_numpy(starts).to(device),
-            torch.from_numpy(weights.astype(np.int32)).to(device))  # fmt: skip
+    tables = (torch.from_numpy(starts), torch.from_numpy(weights.astype(np.int32)))
+    if device.type == "cuda":  # from pinned memory: no wait for the batches queued before
+        return tuple(t.pin_memory().to(device, non_blocking=True) for t in tables)
+    return tables
 
 
 def _pass(pixels: torch.Tensor, dim: int, out_size: int, widen_first: bool | None = None
@@ -100,14 +114,18 @@ def _pass(pixels: torch.Tensor, dim: int, out_size: int, widen_first: bool | Non
     out_shape[dim] = out_size
     # the rounding term first, then each tap: pixels gathered times int32 weights, added into one
     # int32 sum. On CUDA the gathered pixels stay uint8 (a quarter of the memory traffic; the
-    # kernel casts as it reads); the CPU's kernels are vectorized only for one dtype.
+    # kernel casts as it reads); the CPU's kernels are vectorized only for one dtype, so there
+    # each tap's pixels are widened first (a tap at a time: no int32 copy of the whole batch).
     if widen_first is None:
         widen_first = pixels.device.type != "cuda"
-    source = pixels.to(torch.int32) if widen_first else pixels
     total = torch.full(out_shape, 1 << (_BITS - 1), dtype=torch.int32, device=pixels.device)
     for t in range(taps.shape[1]):
         at = (index + t).clamp_(max=in_size - 1)  # past a window's end the weight is 0
-        total.addcmul_(source.index_select(dim, at), taps[:, t].view(shape))
+        gathered = pixels.index_select(dim, at)
+        if widen_first:
+            total.add_(gathered.to(torch.int32).mul_(taps[:, t].view(shape)))
+        else:
+            total.addcmul_(gathered, taps[:, t].view(shape))
     return (total >> _BITS).clamp_(0, 255).to(torch.uint8)
 
 
