@@ -310,7 +310,8 @@ def test_gpus_takes_a_count_or_a_list_with_repeats():
         _gpu_devices("3", "auto", count=2)
     with pytest.raises(click.BadParameter, match=r"no GPU 2, 5 here: 2 available \(0..1\)"):
         _gpu_devices("0,2,5", "auto", count=2)
+    assert _gpu_devices("1,", "auto", count=2) == ["cuda:1"]  # GPU 1 alone
     with pytest.raises(click.BadParameter, match="list of GPU indices"):
-        _gpu_devices("0,", "auto", count=2)
+        _gpu_devices("0,,1", "auto", count=2)
     with pytest.raises(click.UsageError, match="--gpus needs CUDA"):
         _gpu_devices("0,0", "cpu", count=2)

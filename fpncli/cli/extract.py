@@ -159,7 +159,7 @@ class _ExtractCommand(click.Command):
 )
 @click.option("--gpus", default=None,
               help="all, N, or a list such as 0,0,1: one worker process per GPU, or per entry "
-              "(0,0: two processes on GPU 0).")  # fmt: skip
+              "(0,0: two processes on GPU 0; 1, : GPU 1 alone).")  # fmt: skip
 @click.option(
     "--max-pixels",
     type=click.IntRange(min=1),
@@ -503,8 +503,8 @@ def _gpu_devices(gpus: str | None, device: str, count: int | None = None) -> lis
     available = torch.cuda.device_count() if count is None else count
     if gpus == "all":
         return [f"cuda:{i}" for i in range(available)]
-    try:
-        numbers = [int(part) for part in gpus.split(",")]
+    try:  # "1," is the list of GPU 1 alone ("1" is one GPU: GPU 0)
+        numbers = [int(part) for part in gpus.removesuffix(",").split(",")]
     except ValueError:
         raise click.BadParameter(
             f"expected all, a number or a list of GPU indices such as 0,0,1, got {gpus!r}"

@@ -354,8 +354,9 @@ def bench_end_to_end(
     row's. At most 64 distinct JPEGs are made (encoding 1080p JPEGs is slow).
 
     ``processes``: the run goes to that many worker processes sharing the device (as
-    ``extract --gpus 0,0``), each loading ``weights``; the rate is over the slowest worker's own
-    run (without starting the process and loading the model, with its first, cold batch), and
+    ``extract --gpus 0,0``), each loading ``weights``; the rate is over the time from the first
+    worker's start of its run to the last one's end (process starts and model loads left out,
+    each worker's first, cold batch in: no warm-up run), and
     the variant reads e.g. ``heatmapsx2``. The GPU memory column is left empty (the workers'
     memory is not this process's)."""
     device = next(model.parameters()).device
@@ -386,9 +387,10 @@ def bench_end_to_end(
                     jobs, model, options, [str(device)] * processes, weights=weights
                 )  # fmt: skip
                 summary.seconds = summary.worker_seconds or summary.seconds
-            if summary.failed or summary.aborted:
-                reason = summary.failed[0][1] if summary.failed else summary.aborted
-                raise RuntimeError(f"{len(summary.failed)} images failed: {reason}")
+            if summary.aborted:
+                raise RuntimeError(summary.aborted)
+            if summary.failed:
+                raise RuntimeError(f"{len(summary.failed)} images failed: {summary.failed[0][1]}")
             return summary
 
         if processes is None:

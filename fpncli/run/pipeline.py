@@ -156,8 +156,10 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0  # the batch size in use at the end (smaller after CUDA out of memory)
     left_to_others: int = 0  # of ``skipped``: claimed by another live run (``--format wds``)
-    #: ``--gpus``: the slowest worker's own run, without its process start and model load
+    #: ``--gpus``: from the first worker's start of its run to the last one's end (process
+    #: starts and model loads left out); ``span``: a worker's own (start, end), monotonic clock
     worker_seconds: float | None = None
+    span: tuple[float, float] | None = None
 
     @property
     def images_per_s(self) -> float:
