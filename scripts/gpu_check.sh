@@ -25,10 +25,10 @@
 #   e2e           a generated folder of 1080p JPEGs (1080x1920 -> 756x1344, padded 768x1344),
 #                 bf16 batch 16: heatmaps only and all levels as fp16 .npy, with the decode rate
 #                 of all cores and the disk's write speed (of_min_model_decode, of_disk_rate)
-#   defaults      the defaults end to end (fp32, batch 8, every output)
 #   procs         the heatmaps row again in 1 and then 2 worker processes sharing the GPU
 #                 (extract --gpus 0,0): whether one process's Python threads (decoding, writing,
 #                 feeding take turns at Python's lock, a few ms per image) hold the GPU back
+#   defaults      the defaults end to end (fp32, batch 8, every output)
 #   compile_bf16  --compile bf16 at batch 8 and 1
 #   compile_other --compile fp16 and fp32 at batch 16
 #
@@ -151,12 +151,12 @@ bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BI
 bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps,npy16 --source-size "$SRC" --images "$IMAGES" --seconds "$ROW_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS"
-bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
-    --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
-    --workers "$WORKERS" --writers "$WRITERS"
 bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps --source-size "$SRC" --images "$IMAGES" --seconds "$PROC_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS" --processes 1,2
+bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
+    --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
+    --workers "$WORKERS" --writers "$WRITERS"
 bench compile_bf16 "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$MID,$SMALL" \
     --precisions "$LOW" --seconds "$ROW_SECONDS"
 bench compile_other "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
@@ -171,7 +171,7 @@ from pathlib import Path
 
 out, dry_run, elapsed = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 steps = out / "steps"
-names = ("model", "compile_b16", "e2e", "defaults", "procs", "compile_bf16", "compile_other")
+names = ("model", "compile_b16", "e2e", "procs", "defaults", "compile_bf16", "compile_other")
 rows, skipped, info = [], [], {}
 for name in names:
     path = steps / f"{name}.json"
