@@ -440,6 +440,9 @@ def test_two_device_workers_share_the_list(tmp_path, model):
     assert (summary.total, summary.done, summary.failed) == (4, 4, [])
     assert all(is_complete(j.folder) for j in jobs)
     assert events and events[-1].done == 4
+    # from the first worker's start of its run to the last one's end: within the whole run's
+    # time, which also counts starting the processes and loading the model twice
+    assert 0 < summary.worker_seconds < summary.seconds
     again = run_on_devices(jobs, model, RunOptions(output=SMALL), ["cpu", "cpu"], weights="random")
     assert (again.done, again.skipped) == (0, 4)
 
