@@ -71,12 +71,6 @@ def _input_thumbnail(path: Path | None, height: int) -> np.ndarray | None:
         return None
 
 
-@functools.lru_cache(maxsize=16)
-def _lut(cmap: str) -> np.ndarray:
-    """The colormap as a (256, 3) uint8 table (a lookup is 10x faster than calling it)."""
-    return colour_bar(cmap, 256)[0]
-
-
 def _level_thumbnail(map2d: np.ndarray, height: int, cmap: str, rng) -> np.ndarray:
     """The map coloured on ``rng`` (default: its own finite min..max), cells kept crisp."""
     values = np.asarray(map2d, dtype=np.float32)
@@ -89,7 +83,7 @@ def _level_thumbnail(map2d: np.ndarray, height: int, cmap: str, rng) -> np.ndarr
         index = np.clip(index + 0.5, 0, 255).astype(np.uint8)
     else:
         index = np.full(values.shape, 128, np.uint8)
-    colours = _lut(cmap)[index]
+    colours = colour_bar(cmap, 256)[0][index]
     h, w = colours.shape[:2]
     width = max(1, round(height * w / max(1, h)))
     return cv2.resize(colours, (width, height), interpolation=cv2.INTER_NEAREST)
