@@ -30,7 +30,7 @@ from ..model.fpn import FPN
 from .device import model_for_run, run_settings
 from .multi import run_on_devices, worker_options
 from .pipeline import Job, RunOptions, run_jobs
-from .steps import decode
+from .steps import decode, resizes_on_device
 
 __all__ = [
     "BenchRow",
@@ -286,9 +286,7 @@ def decode_rate(paths: list[Path], options: RunOptions, input_format, workers: i
                 device: torch.device | None = None) -> float:  # fmt: skip
     """Images per second that ``workers`` threads decode and resize (the pipeline's decoder;
     for a CUDA ``device`` they leave the resize to it, as the pipeline does)."""
-    on_device = options.resize_on_device
-    if on_device is None:
-        on_device = device is not None and device.type == "cuda"
+    on_device = resizes_on_device(options, device or torch.device("cpu"))
 
     def one(path: Path) -> None:
         decode(Job(path, path.parent), options, input_format, resize_on_device=on_device)
@@ -386,7 +384,8 @@ def bench_end_to_end(
                 summary = run_on_devices(
                     jobs, model, options, [str(device)] * processes, weights=weights
                 )  # fmt: skip
-                summary.seconds = summary.worker_seconds or summary.seconds
+                if summary.span is not None:  # the workers' runs, not their start-up
+                    summary.seconds = summary.span[1] - summary.span[0]
             if summary.aborted:
                 raise RuntimeError(summary.aborted)
             if summary.failed:

@@ -61,9 +61,7 @@ def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
             torch.cuda.set_device(dev)  # anything that says "the current device" means ours
         torch.set_num_threads(options.threads or 1)
         model = load_backbone(weights, device=dev, seed=seed, download=False)
-        start = time.monotonic()  # system-wide on Linux: comparable across the workers
         summary = run_jobs(jobs, model, options, progress=lambda p: send(("progress", index, p)))
-        summary.span = (start, time.monotonic())
         send(("done", index, summary))
     except Exception as e:  # reported to the parent, which ends the run with it
         send(("error", index, f"{device}: {type(e).__name__}: {_first_line(e)}"))
@@ -207,5 +205,5 @@ def run_on_devices(
     merged.seconds = time.monotonic() - start
     spans = [part.span for part in parts if part.span is not None]
     if spans:  # from the first worker's start to the last one's end (not their sum)
-        merged.worker_seconds = max(end for _, end in spans) - min(start for start, _ in spans)
+        merged.span = (min(start for start, _ in spans), max(end for _, end in spans))
     return merged

@@ -67,6 +67,7 @@ from .steps import (
     infer_batch,
     job_run_key,
     needs_image,
+    resizes_on_device,
     weights_meta,
     write_result,
 )
@@ -156,9 +157,9 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0  # the batch size in use at the end (smaller after CUDA out of memory)
     left_to_others: int = 0  # of ``skipped``: claimed by another live run (``--format wds``)
-    #: ``--gpus``: from the first worker's start of its run to the last one's end (process
-    #: starts and model loads left out); ``span``: a worker's own (start, end), monotonic clock
-    worker_seconds: float | None = None
+    #: (start, end) of the run on the monotonic clock (system-wide on Linux); for ``--gpus``,
+    #: from the first worker's start of its run to the last one's end (process starts and
+    #: model loads left out)
     span: tuple[float, float] | None = None
 
     @property
@@ -252,8 +253,7 @@ class _Runner:
         self.progress = progress
         self.device = next(model.parameters()).device
         self.state = DeviceState.create(self.device, options)
-        on_device = options.resize_on_device
-        self.resize_on_device = self.device.type == "cuda" if on_device is None else on_device
+        self.resize_on_device = resizes_on_device(options, self.device)
         self.lock = threading.Lock()
         self.report_lock = threading.Lock()
         self.abort = threading.Event()
@@ -557,7 +557,8 @@ def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progre
             feed(runner)
         finally:
             runner.close()
-    summary.seconds = time.monotonic() - start
+    summary.span = (start, time.monotonic())
+    summary.seconds = summary.span[1] - start
     if runner.disk_was_full:
         summary.aborted = disk_full_message(summary)
     elif runner.broken is not None:

@@ -45,6 +45,7 @@ __all__ = [
     "Decoded",
     "decode",
     "needs_image",
+    "resizes_on_device",
     "DeviceState",
     "infer_batch",
     "write_result",
@@ -140,6 +141,12 @@ def decode(job: Job, options: RunOptions, input_format: InputFormat, *,
     if not needs_image(out):  # the writer draws no input: the full-size pixels can go now
         image.drop_pixels()
     return Decoded(job, image, prepared, pixels, time.perf_counter() - start)
+
+
+def resizes_on_device(options: RunOptions, device: torch.device) -> bool:
+    """Whether a run on ``device`` resizes there (``options.resize_on_device``; None: on CUDA)."""
+    chosen = options.resize_on_device
+    return device.type == "cuda" if chosen is None else chosen
 
 
 def needs_image(output: OutputOptions) -> bool:
