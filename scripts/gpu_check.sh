@@ -26,8 +26,9 @@
 #                 bf16 batch 16: heatmaps only and all levels as fp16 .npy, with the decode rate
 #                 of all cores and the disk's write speed (of_min_model_decode, of_disk_rate)
 #   procs         the heatmaps row again in 1 and then 2 worker processes sharing the GPU
-#                 (extract --gpus 0,0): whether one process's Python threads (decoding, writing,
-#                 feeding take turns at Python's lock, a few ms per image) hold the GPU back
+#                 (extract --gpus 0,0; each warmed up, then started together): whether one
+#                 process's Python threads (decoding, writing, feeding take turns at Python's
+#                 lock, a few ms per image) hold the GPU back
 #   defaults      the defaults end to end (fp32, batch 8, every output)
 #   compile_bf16  --compile bf16 at batch 8 and 1
 #   compile_other --compile fp16 and fp32 at batch 16

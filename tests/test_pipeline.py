@@ -447,6 +447,40 @@ def test_two_device_workers_share_the_list(tmp_path, model):
     assert (again.done, again.skipped) == (0, 4)
 
 
+def test_warm_workers_start_their_shards_together(tmp_path, model):
+    """A benchmark's warm-up (``warmup=``): each worker runs it into folders of its own, untimed
+    and uncounted, and no worker starts its shard before every worker is warm."""
+    from fpncli.run.multi import run_on_devices
+
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(5)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths[1:]]
+    warm = [Job(paths[0], tmp_path / "warm" / "w")]
+    summary = run_on_devices(
+        jobs, model, RunOptions(output=SMALL, workers=1), ["cpu", "cpu"], weights="random",
+        warmup=warm,
+    )  # fmt: skip
+    assert (summary.total, summary.done, summary.failed) == (4, 4, [])
+    assert all(is_complete(j.folder) for j in jobs)
+    assert is_complete(tmp_path / "warm" / "w-0") and is_complete(tmp_path / "warm" / "w-1")
+    assert not (tmp_path / "warm" / "w").exists()
+    # the earliest start of a shard comes after the last warm-up ended
+    assert summary.released is not None and summary.span[0] >= summary.released
+
+
+def test_a_worker_that_fails_before_warming_up_does_not_hold_the_others(tmp_path, model):
+    from fpncli.run.multi import run_on_devices
+
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(3)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths[1:]]
+    summary = run_on_devices(
+        jobs, model, RunOptions(output=SMALL, workers=1), ["cpu", "cuda:7"], weights="random",
+        warmup=[Job(paths[0], tmp_path / "warm" / "w")],
+    )  # fmt: skip
+    assert summary.done == 1 and is_complete(tmp_path / "out" / "1")
+    assert summary.aborted and "cuda:7" in summary.aborted
+    assert summary.released is not None
+
+
 def test_a_failed_worker_ends_the_run_with_a_merged_summary(tmp_path, model):
     from fpncli.run.multi import run_on_devices, worker_options
 

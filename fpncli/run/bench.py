@@ -353,9 +353,9 @@ def bench_end_to_end(
 
     ``processes``: the run goes to that many worker processes sharing the device (as
     ``extract --gpus 0,0``), each loading ``weights``; the rate is over the time from the first
-    worker's start of its run to the last one's end (process starts and model loads left out,
-    each worker's first, cold batch in: no warm-up run), and
-    the variant reads e.g. ``heatmapsx2``. The GPU memory column is left empty (the workers'
+    worker's start of its run to the last one's end (process starts, model loads and each
+    worker's warm-up left out: the workers start together once all are warm), and the variant
+    reads e.g. ``heatmapsx2``. The GPU memory column is left empty (the workers'
     memory is not this process's)."""
     device = next(model.parameters()).device
     variant = outputs if processes is None else f"{outputs}x{processes}"
@@ -374,6 +374,8 @@ def bench_end_to_end(
             record_latest=False,  # scratch: not for `fpncli show`
         )  # fmt: skip
 
+        warm = [Job(p, root / "warm" / p.stem) for p in paths[:2]]
+
         def timed(count: int):
             """``count`` images (the inputs in turn) into a fresh output folder."""
             shutil.rmtree(root / "out", ignore_errors=True)
@@ -382,7 +384,7 @@ def bench_end_to_end(
                 summary = run_jobs(jobs, model, options)
             else:
                 summary = run_on_devices(
-                    jobs, model, options, [str(device)] * processes, weights=weights
+                    jobs, model, options, [str(device)] * processes, weights=weights, warmup=warm
                 )  # fmt: skip
                 if summary.span is not None:  # the workers' runs, not their start-up
                     summary.seconds = summary.span[1] - summary.span[0]
@@ -393,7 +395,6 @@ def bench_end_to_end(
             return summary
 
         if processes is None:
-            warm = [Job(p, root / "warm" / p.stem) for p in paths[:2]]
             run_jobs(warm, model, options)  # warm-up: start-up costs are not timed
         baseline = _reset_peak(device)
         summary = timed(images)

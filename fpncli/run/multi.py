@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 
 def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
-            options: RunOptions, connection) -> None:  # fmt: skip
+            options: RunOptions, connection, warmup: list[Job] | None = None,
+            go=None) -> None:  # fmt: skip
     lock = threading.Lock()  # progress comes from the writer threads: one message at a time
     # not inherited by anything this worker starts: the parent's EOF must mean this one is gone
     os.set_inheritable(connection.fileno(), False)
@@ -61,12 +62,26 @@ def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
             torch.cuda.set_device(dev)  # anything that says "the current device" means ours
         torch.set_num_threads(options.threads or 1)
         model = load_backbone(weights, device=dev, seed=seed, download=False)
+        if warmup is not None:  # untimed, into folders of this worker's own
+            own = [Job(j.path, j.folder.with_name(f"{j.folder.name}-{index}")) for j in warmup]
+            run_jobs(own, model, replace(options, record_latest=False))
+            send(("ready", index, None))
+            _wait_for(go)
         summary = run_jobs(jobs, model, options, progress=lambda p: send(("progress", index, p)))
         send(("done", index, summary))
     except Exception as e:  # reported to the parent, which ends the run with it
         send(("error", index, f"{device}: {type(e).__name__}: {_first_line(e)}"))
     finally:
         connection.close()
+
+
+def _wait_for(go) -> None:
+    """Wait until the parent lets the workers go (every one warmed up, or ended); give up if
+    the parent is gone (a worker of a killed run must not wait for ever)."""
+    parent = os.getppid()
+    while not go.wait(timeout=1.0):
+        if os.getppid() != parent:
+            raise RuntimeError("the parent process is gone")
 
 
 def _first_line(error: BaseException) -> str:
@@ -115,11 +130,18 @@ def run_on_devices(
     weights: str,
     seed: int = 0,
     progress: Callable[[Progress], None] | None = None,
+    warmup: list[Job] | None = None,
 ) -> RunSummary:
     """Run ``jobs`` split over ``devices`` (e.g. ``["cuda:0", "cuda:1"]``), one process each.
 
     ``model`` is a loaded backbone (on any device) used here only for its weights' identity, to
     find the pending jobs and check the disk once for the whole run.
+
+    ``warmup`` (for benchmarks): every worker first runs these, untimed and unreported, into
+    folders of its own (``<folder>-<worker>``), and the workers then start their shards
+    together, once all are warm or ended (``RunSummary.released``): a timed span then holds
+    neither a cold first batch (cuDNN's search, lazy kernel loading) nor one worker running
+    alone while another still warms up.
     """
     if not options.force:
         check_disk_space(pending_jobs(jobs, options, weights_meta(model)), options.output)
@@ -127,10 +149,21 @@ def run_on_devices(
     context = mp.get_context("spawn")
     count = len(devices)
     pipes = [context.Pipe(duplex=False) for _ in devices]  # (receive end, send end) each
+    go = context.Event() if warmup is not None else None
     workers = [
         context.Process(
             target=_worker,
-            args=(i, select_shard(jobs, i, count), weights, seed, device, options, pipes[i][1]),
+            args=(
+                i,
+                select_shard(jobs, i, count),
+                weights,
+                seed,
+                device,
+                options,
+                pipes[i][1],
+                warmup,
+                go,
+            ),
             daemon=True,
         )
         for i, device in enumerate(devices)
@@ -144,6 +177,8 @@ def run_on_devices(
     latest: dict[int, Progress] = {}
     summaries: dict[int, RunSummary] = {}
     errors: dict[int, str] = {}
+    warm: set[int] = set()  # workers through their warm-up
+    released = None
 
     def closed(receiver) -> None:
         """The worker's pipe is done with: its death, unless it had reported its end."""
@@ -170,6 +205,8 @@ def run_on_devices(
                             sum(p.skipped for p in values), sum(p.todo for p in values),
                             time.monotonic() - start,
                         ))  # fmt: skip
+                elif kind == "ready":
+                    warm.add(index)
                 elif kind == "done":
                     summaries[index] = payload
                 else:
@@ -177,6 +214,13 @@ def run_on_devices(
             for ready, i in list(receivers.items()):  # exited without a word (never sent EOF?)
                 if not workers[i].is_alive() and not ready.poll():
                     closed(ready)
+            if (
+                go is not None
+                and released is None
+                and len(warm | set(summaries) | set(errors)) == count
+            ):
+                released = time.monotonic()  # all warm (or ended): go together
+                go.set()
     except BaseException:  # Ctrl-C or a bug here: take the workers down with us
         for worker in workers:
             if worker.is_alive():
@@ -203,6 +247,7 @@ def run_on_devices(
         reasons = [errors[i] for i in sorted(errors)] + ([merged.aborted] if merged.aborted else [])
         merged.aborted = "; ".join(reasons)
     merged.seconds = time.monotonic() - start
+    merged.released = released
     spans = [part.span for part in parts if part.span is not None]
     if spans:  # from the first worker's start to the last one's end (not their sum)
         merged.span = (min(start for start, _ in spans), max(end for _, end in spans))

@@ -161,6 +161,8 @@ class RunSummary:
     #: from the first worker's start of its run to the last one's end (process starts and
     #: model loads left out)
     span: tuple[float, float] | None = None
+    #: ``run_on_devices`` with a warm-up: when the warm workers were let go together (monotonic)
+    released: float | None = None
 
     @property
     def images_per_s(self) -> float:
