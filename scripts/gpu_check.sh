@@ -23,8 +23,10 @@
 #   compile_b16   --compile (torch.compile, fixed shapes), bf16 batch 16: the >= 1,000 img/s row
 #                 (early: a cold compile needs its full time limit)
 #   e2e           a generated folder of 1080p JPEGs (1080x1920 -> 756x1344, padded 768x1344),
-#                 bf16 batch 16: heatmaps only and all levels as fp16 .npy, with the decode rate
-#                 of all cores and the disk's write speed (of_min_model_decode, of_disk_rate)
+#                 bf16 batch 16, heatmaps only, with the decode rate of all cores
+#                 (of_min_model_decode)
+#   e2e_npy       the same with all levels as fp16 .npy (44 MB an image: fewer images) and the
+#                 disk's write speed (of_disk_rate)
 #   procs         the heatmaps row again in 1 and then 2 worker processes sharing the GPU
 #                 (extract --gpus 0,0; each warmed up, then started together): whether one
 #                 process's Python threads (decoding, writing, feeding take turns at Python's
@@ -77,14 +79,14 @@ if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
     DEV=cpu SIZE=64x96 E2E=64x96 SRC=96x128 BATCHES=1,2 BIG=2 MID=1 SMALL=1 PRECS=fp32
     IMAGES=4 DEFAULT_IMAGES=3 ROW_SECONDS=0.05 TESTS="tests/test_gpu.py" COMPILE_PRECS=fp32
     T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_PROCS=60 T_COMPILE=45 T_REST=45 LOW=fp32
-    PROC_SECONDS=0.05
+    PROC_SECONDS=0.05 NPY_IMAGES=3 PROC_IMAGES=4 T_NPY=60
     BUDGET_S="${BUDGET_S:-300}" DEFAULT_SIZE=64x96
 else
     DEV=auto SIZE=800x1344 E2E=768x1344 SRC=1080x1920 BATCHES=1,8,16 BIG=16 MID=8 SMALL=1
     PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 ROW_SECONDS=2 COMPILE_PRECS=fp16,fp32
     TESTS="tests/test_gpu.py"
-    T_TESTS=180 T_MODEL=90 T_E2E=90 T_DEFAULTS=50 T_PROCS=100 T_COMPILE=150 T_REST=600 LOW=bf16
-    PROC_SECONDS=5
+    T_TESTS=180 T_MODEL=90 T_E2E=60 T_DEFAULTS=50 T_PROCS=100 T_COMPILE=150 T_REST=600 LOW=bf16
+    PROC_SECONDS=3 NPY_IMAGES=96 PROC_IMAGES=1200 T_NPY=60
     DEFAULT_SIZE=800x1333
 fi
 START=$(date +%s)
@@ -150,10 +152,14 @@ bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BI
     --precisions "$LOW" --seconds "$ROW_SECONDS"
 # (with its model-only row at the same size, batch and precision: the of_model ratios)
 bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
-    --outputs heatmaps,npy16 --source-size "$SRC" --images "$IMAGES" --seconds "$ROW_SECONDS" \
+    --outputs heatmaps --source-size "$SRC" --images "$IMAGES" --seconds "$ROW_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS"
+bench e2e_npy "$T_NPY" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
+    --outputs npy16 --source-size "$SRC" --images "$NPY_IMAGES" --seconds "$ROW_SECONDS" \
+    --workers "$WORKERS" --writers "$WRITERS"
+# (enough images that one run fills the seconds: each rerun starts and warms the workers again)
 bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
-    --outputs heatmaps --source-size "$SRC" --images "$IMAGES" --seconds "$PROC_SECONDS" \
+    --outputs heatmaps --source-size "$SRC" --images "$PROC_IMAGES" --seconds "$PROC_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS" --processes 1,2
 bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
     --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
@@ -172,7 +178,8 @@ from pathlib import Path
 
 out, dry_run, elapsed = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 steps = out / "steps"
-names = ("model", "compile_b16", "e2e", "procs", "defaults", "compile_bf16", "compile_other")
+names = ("model", "compile_b16", "e2e", "e2e_npy", "procs", "defaults", "compile_bf16",
+         "compile_other")
 rows, skipped, info = [], [], {}
 for name in names:
     path = steps / f"{name}.json"

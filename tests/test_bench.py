@@ -36,6 +36,8 @@ def test_bf16_peak_by_card_name():
     assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
     assert bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert bf16_peak_tflops("NVIDIA A10") == 125.0
+    assert bf16_peak_tflops("NVIDIA H200") == 989.4
+    assert bf16_peak_tflops("NVIDIA H200 NVL") == 835.0
     assert bf16_peak_tflops("Some Future GPU") is None
 
 

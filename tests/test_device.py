@@ -384,3 +384,25 @@ def test_a_compiled_cpu_run_freezes_the_weights_only_during_the_run():
     assert config.freezing == before
     with run_settings(torch.device("cpu")):
         assert config.freezing == before  # an eager run changes nothing
+
+
+def test_the_device_stages_start_once_the_batch_is_staged(monkeypatch):
+    """The clock's ``start`` is marked after the host has filled the batch, right before the
+    upload: the host's staging time is the feeding thread's (``host``), not ``h2d``, so a GPU
+    waiting for that thread reads as host-bound."""
+    from fpncli.run.device import InputStager, StageClock
+
+    slow_stack = np.stack
+
+    def stack(arrays):
+        time.sleep(0.3)  # a slow fill
+        return slow_stack(arrays)
+
+    monkeypatch.setattr(np, "stack", stack)
+    clock = StageClock(torch.device("cpu"))
+    images = [np.full((8, 12, 3), i, np.uint8) for i in range(2)]
+    pixels = InputStager(torch.device("cpu")).stage(images, clock)
+    clock.mark("h2d")
+    assert [name for name, _ in clock.marks] == ["start", "h2d"]
+    assert clock.seconds()["h2d"] < 0.3
+    assert torch.equal(pixels, torch.from_numpy(slow_stack(images)))

@@ -190,8 +190,10 @@ def test_the_upload_ring_refills_a_slot_only_after_its_copy(device):
         assert np.array_equal(pixels.cpu().numpy(), np.stack(batch))
 
 
+@pytest.mark.parametrize("resize_on_device", [False, True])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_batch_is_queued_without_waiting_for_the_device(precision, folder, tmp_path):
+def test_a_batch_is_queued_without_waiting_for_the_device(precision, resize_on_device, folder,
+                                                          tmp_path):  # fmt: skip
     """From the upload to the copy back, nothing makes the host wait for the GPU (a sync would
     hold the feeding thread until the forward pass ends, so the next batch could not be
     prepared meanwhile): CUDA's sync debug mode turns any such call into an error."""
@@ -203,7 +205,8 @@ def test_a_batch_is_queued_without_waiting_for_the_device(precision, folder, tmp
     options = RunOptions(output=OutputOptions(min_size=160, max_size=256, reduce="l2"),
                          batch_size=3, precision=precision)  # fmt: skip
     state = DeviceState.create(device, options)
-    items = [decode(job, options, model.weights_info.input) for job in _jobs(folder, tmp_path)]
+    items = [decode(job, options, model.weights_info.input, resize_on_device=resize_on_device)
+             for job in _jobs(folder, tmp_path)]  # fmt: skip
     batches = [[items[1], items[2], items[4]], [items[0], items[1]]]  # one size; two sizes
     with torch.cuda.device(device):
         first = [infer_batch(model, b, options, state) for b in batches]  # warm-up: cuDNN init

@@ -302,7 +302,11 @@ class PinnedPool:
 class InputStager:
     """Uploads a batch of uint8 HWC images: through a small ring of pinned buffers on CUDA
     (allocated once, reused; a slot is refilled only after its copy has landed), straight from
-    numpy on the CPU. Returns ``(B, H, W, 3)`` uint8 on the device."""
+    numpy on the CPU. Returns ``(B, H, W, 3)`` uint8 on the device.
+
+    ``clock`` gets its ``start`` mark once the host side is done (the slot free and filled),
+    right before the upload: the device stages then time the device, and an idle GPU's wait
+    for this thread shows as ``host`` time, not as ``h2d``."""
 
     def __init__(self, device: torch.device, slots: int = 3) -> None:
         self.device = device
@@ -310,17 +314,20 @@ class InputStager:
         self.events = [None] * slots
         self.next = 0
 
-    def stage(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    def stage(self, images: Sequence[np.ndarray], clock: StageClock | None = None) -> torch.Tensor:
         height = max(int(im.shape[0]) for im in images)
         width = max(int(im.shape[1]) for im in images)
         shape = (len(images), height, width, 3)
         if self.device.type != "cuda":
             if all(im.shape[:2] == (height, width) for im in images):
-                return torch.from_numpy(np.stack(images))
-            host = np.zeros(shape, np.uint8)
-            for i, im in enumerate(images):
-                host[i, : im.shape[0], : im.shape[1]] = im
-            return torch.from_numpy(host)
+                staged = np.stack(images)
+            else:
+                staged = np.zeros(shape, np.uint8)
+                for i, im in enumerate(images):
+                    staged[i, : im.shape[0], : im.shape[1]] = im
+            if clock is not None:
+                clock.mark("start")
+            return torch.from_numpy(staged)
         k, self.next = self.next, (self.next + 1) % len(self.slots)
         if self.events[k] is not None:
             self.events[k].synchronize()  # the previous upload from this slot has landed
@@ -331,6 +338,8 @@ class InputStager:
         view = host.numpy()
         for i, im in enumerate(images):
             view[i, : im.shape[0], : im.shape[1]] = im
+        if clock is not None:
+            clock.mark("start")
         pixels = host.to(self.device, non_blocking=True)
         event = torch.cuda.Event(blocking=True)  # waited on by sleeping, not spinning
         event.record(torch.cuda.current_stream(self.device))

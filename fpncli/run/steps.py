@@ -183,8 +183,7 @@ def infer_batch(
     the host asynchronously (``BatchResult.wait``). Raises what the model raises (e.g. CUDA out
     of memory)."""
     clock = StageClock(state.device)
-    clock.mark("start")
-    pixels = state.stager.stage([it.pixels for it in items])
+    pixels = state.stager.stage([it.pixels for it in items], clock)  # marks the start
     clock.mark("h2d")
     fmt = items[0].prepared
     pad_to = (max(it.prepared.padded_height for it in items),
