@@ -150,20 +150,11 @@ def run_on_devices(
     count = len(devices)
     pipes = [context.Pipe(duplex=False) for _ in devices]  # (receive end, send end) each
     go = context.Event() if warmup is not None else None
+    shards = [select_shard(jobs, i, count) for i in range(count)]
     workers = [
         context.Process(
             target=_worker,
-            args=(
-                i,
-                select_shard(jobs, i, count),
-                weights,
-                seed,
-                device,
-                options,
-                pipes[i][1],
-                warmup,
-                go,
-            ),
+            args=(i, shards[i], weights, seed, device, options, pipes[i][1], warmup, go),
             daemon=True,
         )
         for i, device in enumerate(devices)
@@ -214,11 +205,8 @@ def run_on_devices(
             for ready, i in list(receivers.items()):  # exited without a word (never sent EOF?)
                 if not workers[i].is_alive() and not ready.poll():
                     closed(ready)
-            if (
-                go is not None
-                and released is None
-                and len(warm | set(summaries) | set(errors)) == count
-            ):
+            ended = set(summaries) | set(errors)
+            if go is not None and released is None and len(warm | ended) == count:
                 released = time.monotonic()  # all warm (or ended): go together
                 go.set()
     except BaseException:  # Ctrl-C or a bug here: take the workers down with us
@@ -234,7 +222,7 @@ def run_on_devices(
     parts = [summaries[i] for i in sorted(summaries)]
     meta = weights_meta(model)
     for i in sorted(errors):  # a failed worker's images that are not complete are failed
-        shard = select_shard(jobs, i, count)
+        shard = shards[i]
         seen = latest.get(i)
         lost = RunSummary(
             total=len(shard), skipped=seen.skipped if seen else 0, done=seen.done if seen else 0
