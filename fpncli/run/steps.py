@@ -189,8 +189,9 @@ def infer_batch(
     pad_to = (max(it.prepared.padded_height for it in items),
               max(it.prepared.padded_width for it in items))  # fmt: skip
     sizes = [(it.prepared.resized_height, it.prepared.resized_width) for it in items]
-    if any(it.pixels.shape[:2] != size for it, size in zip(items, sizes)):
-        pixels = _resized(pixels, [it.pixels.shape[:2] for it in items], sizes)
+    sources = [tuple(it.pixels.shape[:2]) for it in items]
+    if sources != sizes:  # some left at their own size for the device (``decode``)
+        pixels = _resized(pixels, sources, sizes)
     batch = normalize_batch(
         pixels, sizes,
         color_order=fmt.color_order, pixel_mean=fmt.pixel_mean, pixel_std=fmt.pixel_std,
@@ -202,9 +203,8 @@ def infer_batch(
     clock.mark("preprocess")
     features = run_backbone(model, batch, precision=options.precision)
     clock.mark("model")
-    resized = [(it.prepared.resized_height, it.prepared.resized_width) for it in items]
     return results_to_host(
-        features, resized, options.output, pool=state.pool, copy_stream=state.copy_stream,
+        features, sizes, options.output, pool=state.pool, copy_stream=state.copy_stream,
         clock=clock,
     )  # fmt: skip
 
