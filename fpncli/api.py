@@ -97,11 +97,12 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if device.type == "cpu" and precision == "fp16":
-        raise ValueError("fp16 on the CPU is slower than fp32; use --precision fp32 (or bf16)")
+        other = "fp32 (or bf16, fast on this CPU)" if _cpu_has_fast_bf16() else "fp32"
+        raise ValueError(f"fp16 on the CPU is slower than fp32: use {other}")
     if device.type == "cpu" and precision == "bf16" and not _cpu_has_fast_bf16():
         raise ValueError(
             "this CPU has no fast bf16 (no AVX512-BF16/AMX); bf16 would run several times "
-            "slower than fp32: use --precision fp32"
+            "slower than fp32: use fp32"
         )
     if device.type == "cuda" and precision == "bf16":
         major, minor = torch.cuda.get_device_capability(device)

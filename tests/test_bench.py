@@ -12,14 +12,16 @@ from fpncli.cli import cli
 from fpncli.run.bench import STAGES, bf16_peak_tflops
 
 
-def test_bench_rows_stages_ratios_and_a_failing_row(tmp_path):
+def test_bench_rows_stages_ratios_and_a_skipped_precision(tmp_path):
     out = tmp_path / "bench.json"
     args = ["bench", "--sizes", "64x64", "--precisions", "fp16,fp32", "--seconds", "0",
             "--warmup", "1", "--images", "3", "--outputs", "heatmaps",
             "--json", str(out)]  # fmt: skip
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert result.exit_code == 1, result.output  # a row could not run: said, others still run
-    assert "skipped fp16: fp16 on the CPU is slower than fp32" in result.output
+    assert result.exit_code == 0, result.output  # a precision unsuited to the CPU: said, skipped
+    assert "skipped fp16: fp16 on the CPU is slower than fp32: use fp32" in result.output
+    skipped = json.loads(out.read_text())["skipped"]
+    assert [s.get("precision") for s in skipped] == ["fp16"]
     rows = json.loads(out.read_text())["rows"]
     model = next(r for r in rows if r["kind"] == "model" and r["precision"] == "fp32")
     assert model["error"] is None and model["images_per_s"] > 0 and model["images"] >= 3

@@ -74,6 +74,14 @@ def test_parse_and_pick_canvases():
         canvas_for(64, 107, "96x64", min_size=64, max_size=128)
     with pytest.raises(ValueError, match="holds no image"):
         check_canvas("32x32", min_size=64, max_size=128, resize=True)
+    # a side of min_size is not enough: the other must be too (or one side max_size)
+    with pytest.raises(ValueError, match="both sides at least 800 .e.g. 800x800., or one side"):
+        check_canvas("800x640", min_size=800, max_size=1333, resize=True)
+    with pytest.raises(ValueError, match="holds no image"):
+        check_canvas("64x32", min_size=64, max_size=96, resize=True)
+    check_canvas("1344x32", min_size=800, max_size=1333, resize=True)  # a wide panorama fits
+    check_canvas("32x1344", min_size=800, max_size=1333, resize=True)  # a tall one
+    check_canvas("800x800", min_size=800, max_size=1333, resize=True)  # a square photo
     with pytest.raises(ValueError, match="without the resize"):
         check_canvas("auto", min_size=64, max_size=128, resize=False)
     check_canvas("32x32", min_size=64, max_size=128, resize=False)  # no resize: image by image
@@ -266,6 +274,9 @@ def test_run_key_is_the_digest_of_the_sorted_json_of_its_material(
     chosen = asdict(options)
     if chosen["canvas"] is None:
         del chosen["canvas"]
+    if not (options.save_heatmaps or options.save_overview or options.overlay):
+        # nothing drawn (SMALL): how maps would be drawn does not count, as if the defaults
+        chosen.update(channel=0, reduce="channel", cmap="viridis", clip=[1.0, 99.0])
     stat = path.stat()
     material = {
         "input": [os.path.realpath(path), stat.st_size, stat.st_mtime_ns],

@@ -90,6 +90,12 @@ def test_rerun_skips_then_overwrite_redoes(runner, photo, tmp_path):
             "--no-heatmaps"]  # fmt: skip
     runner.invoke(cli, args, catch_exceptions=False)
     assert "already complete" in runner.invoke(cli, args, catch_exceptions=False).output
+    # nothing is drawn, so the drawing options cannot change the outputs: still complete
+    drawing = ["--cmap", "magma", "--channel", "7", "--clip", "2,98"]
+    again = runner.invoke(cli, [*args, *drawing], catch_exceptions=False).output
+    assert "already complete" in again
+    redone = runner.invoke(cli, [*args, *drawing, "--dtype", "float16"], catch_exceptions=False)
+    assert "wrote" in redone.output  # an option that does change them
     result = runner.invoke(cli, [*args, "--overwrite"], catch_exceptions=False)
     assert "wrote" in result.output
 
@@ -105,6 +111,10 @@ def test_rerun_skips_then_overwrite_redoes(runner, photo, tmp_path):
         (["extract", "{photo}", "--weights", "random", "--precision", "fp16", "--device", "cpu"],
          "fp16 on the CPU"),
         (["show", "--level", "p9", "{photo}"], "level"),
+        (["extract", "{photo}", "--weights", "random", "--levels", "stem", "--channel", "64"],
+         "channel 64 is out of range: stem has 64 channels (0..63) (see 'cli extract --help')"),
+        (["extract", "{photo}", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+        (["extrct", "{photo}"], "No such command 'extrct'. Did you mean 'extract'?"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line_without_traceback(runner, photo, args, message):
@@ -112,6 +122,7 @@ def test_errors_are_one_line_without_traceback(runner, photo, args, message):
     result = runner.invoke(cli, args)
     assert result.exit_code != 0
     assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output  # no click usage block
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
@@ -135,13 +146,17 @@ def test_bad_image_fails_cleanly_and_leaves_nothing(runner, tmp_path):
     assert not (out / "bad").exists()
 
 
-def test_default_weights_offline_names_address_path_and_random(runner, photo, monkeypatch):
+def test_default_weights_offline_names_address_path_and_random(
+    runner, photo, monkeypatch, tmp_path
+):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.chdir(tmp_path)
     result = runner.invoke(cli, ["extract", str(photo)])
     assert result.exit_code == 1
+    assert not (tmp_path / "fpn_out").exists()  # no empty output folder left behind
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     line = lines[0]
@@ -162,6 +177,8 @@ def test_weights_list_and_verify(runner):
     assert result.exit_code == 1 and "not cached" in result.output  # named, so it must be there
     result = runner.invoke(cli, ["weights", "verify", "nope"])
     assert result.exit_code == 1 and "unknown weights name" in result.output
+    result = runner.invoke(cli, ["weights", "verify", "random"])
+    assert result.exit_code == 0 and "random: nothing to verify" in result.output
 
 
 def test_python_dash_m_works(photo, tmp_path):

@@ -64,6 +64,8 @@ def photo(tmp_path):
         (["--device", "tpu"], {}, "--device"),
         (["--precision", "fp16", "--device", "cpu"], {}, "--precision"),
         (["--weights", "no-such-weights"], {}, "--weights"),
+        (["--overwrite", "--resume"], {}, "--overwrite redoes complete images and --resume"),
+        (["--levels", "stem", "--channel", "64"], {}, "stem has 64 channels"),
     ],
 )
 def test_extract_checks_every_option_first(runner, no_model, photo, tmp_path, monkeypatch, args,
@@ -75,7 +77,7 @@ def test_extract_checks_every_option_first(runner, no_model, photo, tmp_path, mo
     result = runner.invoke(cli, [*base, *args])
     assert result.exit_code != 0
     assert names in result.output, result.output
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 4
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     assert not out.exists()  # no folder made
 
 
@@ -132,7 +134,7 @@ def test_bench_rows_stand_alone(runner, monkeypatch, tmp_path):
     args = ["bench", "--device", "cpu", "--sizes", "64x96", "--precisions", "fp32,bf16",
             "--model-only", "--iters", "1", "--warmup", "0", "--json", str(report)]  # fmt: skip
     result = runner.invoke(cli, args)
-    assert result.exit_code == 1
+    assert result.exit_code == 0, result.output  # a precision the CPU cannot run well: not an error
     assert "skipped bf16: this CPU has no fast bf16" in result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("model")]
     assert len(lines) == 1 and "fp32" in lines[0] and "64x96" in lines[0]

@@ -79,8 +79,11 @@ def test_a_process_bound_to_one_gpu_uses_it_whatever_its_local_rank():
         ({"RANK": "x", "WORLD_SIZE": "2"}, r"RANK='x' is not a whole number"),
         ({"RANK": "2", "WORLD_SIZE": "2"}, r"need 0 <= RANK < WORLD_SIZE"),
         ({"RANK": "0"}, r"RANK and WORLD_SIZE must be set together"),
+        ({"SLURM_PROCID": "3", "SLURM_NTASKS": "2"},
+         r"need 0 <= SLURM_PROCID < SLURM_NTASKS, got SLURM_PROCID=3 SLURM_NTASKS=2"),
+        ({"SLURM_NTASKS": "2"}, r"SLURM_PROCID and SLURM_NTASKS must be set together"),
     ],
-)
+)  # fmt: skip
 def test_garbage_in_the_environment_is_a_one_line_error(env, message):
     with pytest.raises(ValueError, match=message) as info:
         local_rank_from_env(env)
@@ -406,3 +409,24 @@ def test_the_device_stages_start_once_the_batch_is_staged(monkeypatch):
     assert [name for name, _ in clock.marks] == ["start", "h2d"]
     assert clock.seconds()["h2d"] < 0.3
     assert torch.equal(pixels, torch.from_numpy(slow_stack(images)))
+
+
+def test_cli_says_when_the_environment_shards_the_inputs(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from fpncli.cli import cli
+
+    for name in "abc":
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{name}.png")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "3")
+    out = tmp_path / "out"
+    args = ["extract", str(tmp_path), "-o", str(out), "--weights", "random", "--min-size", "32",
+            "--max-size", "64"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "shard 1/3 from SLURM_PROCID/SLURM_NTASKS: this process takes 1 of the 3" in (
+        result.output
+    )
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["b"]

@@ -73,7 +73,7 @@ def test_diff_cli_exit_codes_geometry_and_missing(sample_extraction, tmp_path):
     same = runner.invoke(cli, ["diff", str(sample_extraction), str(sample_extraction),
                                "-o", str(tmp_path / "same")], catch_exceptions=False)  # fmt: skip
     assert same.exit_code == 0, same.output
-    assert "3 of 3 images compared; they agree" in same.output
+    assert "3 of 3 images compared: all 3 compared agree" in same.output
     b = _perturbed_copy(sample_extraction, tmp_path / "b", "p5", 1.5)
     manifest = json.loads((b / "coffee" / "manifest.json").read_text())
     manifest["preprocess"]["resized_width"] += 32
@@ -87,7 +87,15 @@ def test_diff_cli_exit_codes_geometry_and_missing(sample_extraction, tmp_path):
     assert "differs: chelsea: p5 max_rel 0.5 > 0.1" in result.output
     # only p2 compared: chelsea agrees, the others are still not comparable
     only_p2 = runner.invoke(cli, [*args, "--levels", "p2", "--no-pictures"])
-    assert "1 of 3 images compared" in only_p2.output and only_p2.exit_code == 1
+    assert "1 of 3 images compared: all 1 compared agree within tol 0.1; 2 not compared" in (
+        only_p2.output
+    )
+    assert only_p2.exit_code == 1
+    photos = tmp_path / "photos"  # not an extraction: said, not "only in B" for every image
+    photos.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photos / "chelsea.png")
+    wrong = runner.invoke(cli, ["diff", str(photos), str(sample_extraction)])
+    assert wrong.exit_code == 1 and "photos holds no complete extraction" in wrong.output
     missing = runner.invoke(cli, ["diff", str(sample_extraction), str(tmp_path / "nope")])
     assert missing.exit_code != 0 and "no such extraction folder" in missing.output
     assert "Traceback" not in missing.output

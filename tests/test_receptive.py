@@ -59,6 +59,14 @@ def test_erf_of_two_uniform_convolutions():
     np.testing.assert_allclose(maps["a"], expected, atol=1e-6)
     field = ReceptiveField("a", 1, (4, 5), (2, 6, 3, 7), maps["a"])
     assert field.trf_size == (5, 5) and field.erf_extent(1.0) == 5
+    from fpncli.viz.receptive import field_captions
+
+    # the network saw the photo enlarged 2.5x: the captions give the photo's pixels
+    wide = ReceptiveField("a", 1, (4, 5), (2, 6, 3, 12), maps["a"])  # 5 high, 10 wide
+    assert field_captions(wide, 2.5, 2.5)[1:] == [
+        "theoretical RF 4x2 photo px (yellow)",
+        "effective RF: 90% within 2 photo px",
+    ]
 
 
 def test_erf_lies_inside_the_trf_on_the_real_model():

@@ -185,3 +185,57 @@ def test_readme_folder_commands_parse():
         commands.setdefault(name, []).append(sub.params)
     assert set(commands) == {"extract", "report", "diff", "show"}
     assert commands["extract"][0]["levels"][:5] == ("stem", "res2", "res3", "res4", "res5")
+
+
+def test_shards_into_one_folder_keep_their_run_logs_and_report_merges_them(tmp_path):
+    """Two shards of one job (a SLURM array, say) into one OUT: each writes run-I-of-N.json,
+    and the report counts both shards' failures, not only the last one's."""
+    from fpncli.io.extraction import read_run_log
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(8):  # a0 a1 good, a2 a3 bad, ...: each shard (k % 2) gets two of each
+        if k % 4 < 2:
+            Image.fromarray(np.full((40, 56, 3), 30 * k, np.uint8)).save(src / f"a{k}.png")
+        else:
+            (src / f"a{k}.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    small = ["--weights", "random", "--min-size", "32", "--max-size", "64", "--workers", "1",
+             "--no-overview"]  # fmt: skip
+    for shard in ("0/2", "1/2"):
+        result = CliRunner().invoke(cli, ["extract", str(src), "-o", str(out), "--shard", shard,
+                                          *small])  # fmt: skip
+        assert result.exit_code == 1, result.output  # each shard has two bad files
+    assert sorted(p.name for p in out.glob("run*.json")) == ["run-0-of-2.json", "run-1-of-2.json"]
+    run = read_run_log(out)
+    assert run["shards"] == "2 of 2" and run["total"] == 8 and run["done"] == 4
+    assert sorted(Path(f["path"]).name for f in run["failed"]) == [
+        "a2.png",
+        "a3.png",
+        "a6.png",
+        "a7.png",
+    ]
+    result = CliRunner().invoke(cli, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    page = (out / "report.html").read_text()
+    assert "images failed (last run, shards: 2 of 2 logged)</th><td>4<" in page
+    # a later unsharded run is the last run again
+    result = CliRunner().invoke(cli, ["extract", str(src / "a0.png"), "-o", str(out), *small])
+    assert result.exit_code == 0, result.output
+    assert read_run_log(out)["failed"] == [] and "shards" not in read_run_log(out)
+
+
+def test_thumbnails_use_the_recorded_colour_range_like_the_heatmaps(sample_extraction, tmp_path):
+    """--scale image: a level's thumbnail is coloured on the manifest's ``range`` (the heatmap's
+    --clip percentiles), not on the map's own min..max."""
+    root = tmp_path / "out"
+    shutil.copytree(sample_extraction / "chelsea", root / "chelsea")
+    write_report(root)
+    own = np.asarray(Image.open(root / "report" / "thumbs" / "000000_p3.png"))
+    assert len(np.unique(own.reshape(-1, 3), axis=0)) > 8
+    manifest = json.loads((root / "chelsea" / "manifest.json").read_text())
+    manifest["levels"]["p3"]["range"] = [1e9, 2e9]  # above every value: all the lowest colour
+    (root / "chelsea" / "manifest.json").write_text(json.dumps(manifest))
+    write_report(root)
+    above = np.asarray(Image.open(root / "report" / "thumbs" / "000000_p3.png"))
+    assert len(np.unique(above.reshape(-1, 3), axis=0)) == 1

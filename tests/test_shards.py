@@ -303,3 +303,29 @@ def test_a_local_shard_leaves_the_page_cache_as_it_is_written(tmp_path, monkeypa
     assert _tar_members(tmp_path / "dropped")[dropped.name].keys() == (
         _tar_members(tmp_path / "kept")[kept.name].keys()
     )
+
+
+def test_show_on_a_wds_folder_without_key_says_to_pass_one(tmp_path):
+    out = tmp_path / "out"
+    result = _run([str(_images(tmp_path / "in", 1)), "-o", str(out), "--format", "wds",
+                   "--no-heatmaps", "--no-overview"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    shown = CliRunner().invoke(cli, ["show", str(out), "--level", "p3"])
+    assert shown.exit_code == 1 and "is a --format wds output: name an image in it with --key" in (
+        shown.output
+    )
+
+
+def test_diff_matches_dotted_names_between_folder_and_wds_outputs(tmp_path):
+    """``b.v1.png`` is the folder ``b.v1`` but the wds key ``b_v1``: diff pairs them."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "b.v1.png"):
+        Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(src / name)
+    files, wds = tmp_path / "files", tmp_path / "wds"
+    assert _run([str(src), "-o", str(files), "--no-overview"]).exit_code == 0
+    assert _run([str(src), "-o", str(wds), "--format", "wds", "--no-overview"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["diff", str(wds), str(files), "-o", str(tmp_path / "d"),
+                                      "--no-pictures"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 images compared: all 2 compared agree" in result.output

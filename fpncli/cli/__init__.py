@@ -20,7 +20,41 @@ from .show import show
 from .weights import weights
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _UsageLine(click.ClickException):
+    """A usage error as one line: ``Error: <what> (see 'fpncli extract --help')``, exit 2."""
+
+    exit_code = 2
+
+
+def _one_line(error: click.UsageError) -> click.ClickException:
+    message = " ".join(error.format_message().split())
+    if error.ctx is not None:
+        message += f" (see '{error.ctx.command_path} --help')"
+    return _UsageLine(message)
+
+
+class _Group(click.Group):
+    """The command group, with usage errors (a bad option or value, an unknown command) as one
+    line instead of click's usage block; ``fpncli`` alone still prints the help."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @verbose_option
 @click.version_option(__version__, prog_name="fpncli")
 def cli() -> None:

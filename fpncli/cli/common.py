@@ -128,13 +128,13 @@ def _cmap_callback(ctx, param, value: str) -> str:
     return value
 
 
-def _env_shard() -> tuple[int, int] | None:
-    """torchrun's ``RANK``/``WORLD_SIZE`` (or SLURM's) as a shard, checked before any work: the
-    error names the variable."""
-    from ..io.inputs import shard_from_env
+def _env_shard() -> tuple[int, int, str] | None:
+    """torchrun's ``RANK``/``WORLD_SIZE`` (or SLURM's) as ``(rank, world, names)``, checked
+    before any work: the error names the variables."""
+    from ..io.inputs import shard_env
 
     try:
-        return shard_from_env()
+        return shard_env()
     except ValueError as e:
         raise click.UsageError(f"environment: {e} (or pass --shard I/N)") from None
 

@@ -52,8 +52,16 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
             click.echo(f"differs: {image.key}: {worst.level} max_rel {worst.max_rel:.3g} > {tol:g}",
                        err=True)  # fmt: skip
     compared = len(result.compared)
-    verdict = "agree" if result.agree else "DO NOT agree"
-    click.echo(f"{compared} of {len(result.images)} images compared; they {verdict} within "
-               f"tol {tol:g}; tables in {out_dir}/diff.csv")  # fmt: skip
+    differ = sum(not image.agrees(tol) for image in result.compared)
+    if not compared:
+        verdict = "none compared"
+    elif differ:
+        verdict = f"{differ} of the {compared} compared DO NOT agree within tol {tol:g}"
+    else:
+        verdict = f"all {compared} compared agree within tol {tol:g}"
+    not_compared = len(result.images) - compared
+    missing = f"; {not_compared} not compared (see above)" if not_compared else ""
+    click.echo(f"{compared} of {len(result.images)} images compared: {verdict}{missing}; tables "
+               f"in {out_dir}/diff.csv")  # fmt: skip
     if not result.agree:
         sys.exit(1)

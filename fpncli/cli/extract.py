@@ -79,7 +79,11 @@ class _ExtractCommand(click.Command):
 @click.option("--no-overview", is_flag=True, help="Do not save overview.png.")
 @click.option("--overlay", is_flag=True, help="Also save each heatmap laid over the photo.")
 @click.option(
-    "--channel", type=click.IntRange(0, 255), default=0, show_default=True, help="Channel to draw."
+    "--channel",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Channel to draw (with --reduce channel); P2-P6 have 256 (0..255).",
 )
 @click.option(
     "--reduce",
@@ -110,10 +114,11 @@ class _ExtractCommand(click.Command):
 @click.option(
     "--canvas",
     default=None,
-    help="Pad every resized image to a fixed canvas, as Detectron2 pads a batch: WxH "
-    "(multiples of 32), or auto (1344x800 for landscape, 800x1344 for portrait with the default "
-    "sizes). Fixed shapes, mixed sizes per batch; features near the right/bottom edge then match "
-    "Detectron2's batched inference, not its single-image inference. Default: none.",
+    help="Pad every resized image to a fixed canvas, as Detectron2 pads a batch: WxH, width "
+    "first as image sizes are given (multiples of 32), or auto (1344x800 for landscape, "
+    "800x1344 for portrait with the default sizes). Fixed shapes, mixed sizes per batch; "
+    "features near the right/bottom edge then match Detectron2's batched inference, not its "
+    "single-image inference. Default: none.",
 )
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=None, help="Default: 1 on CPU, 8 on CUDA."
@@ -143,7 +148,11 @@ class _ExtractCommand(click.Command):
     default=None,
     help="Read more input paths from FILE, one per line ('-' for stdin).",
 )
-@click.option("--overwrite", is_flag=True, help="Redo images whose outputs are complete.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Redo images whose outputs are complete (the same as --no-resume).",
+)
 @click.option(
     "--resume/--no-resume",
     default=True,
@@ -155,11 +164,13 @@ class _ExtractCommand(click.Command):
     "--shard",
     default=None,
     callback=_shard_callback,
-    help="Process only shard I of N (I/N); default from RANK/WORLD_SIZE when set.",
+    help="Process only shard I of N (I/N, I from 0); default from RANK/WORLD_SIZE (torchrun) "
+    "or SLURM_PROCID/SLURM_NTASKS when set.",
 )
 @click.option("--gpus", default=None,
-              help="all, N, or a list such as 0,0,1: one worker process per GPU, or per entry "
-              "(0,0: two processes on GPU 0; 1, : GPU 1 alone).")  # fmt: skip
+              help="One worker process per GPU: all; N (the first N GPUs: 2 is GPUs 0 and 1); "
+              "or a list of GPU indices, one process per entry (0,1; 0,0 is two processes on "
+              "GPU 0; a trailing comma makes one index a list: 1, is GPU 1 alone).")  # fmt: skip
 @click.option(
     "--max-pixels",
     type=click.IntRange(min=1),
@@ -215,7 +226,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         out_dir, out_format, shard_size, engine, ray_address, gpu_workers, gpus_per_worker, gpus
     )
     from ..io.guard import mark_output_root
-    from ..io.outputs import OutputOptions
+    from ..io.outputs import OutputOptions, check_channel
     from ..io.preprocess import DEFAULT_MAX_PIXELS
     from ..run.pipeline import (
         RunOptions,
@@ -226,25 +237,41 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     )
 
     # Every option is checked before any folder is made, weights loaded or downloaded.
+    source = click.get_current_context().get_parameter_source("resume")
+    if overwrite and resume and source == click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError(
+            "--overwrite redoes complete images and --resume skips them: give one"
+        )
     if min_size > max_size:
         raise click.BadParameter(
             f"--min-size {min_size} is larger than --max-size {max_size}", param_hint="--min-size"
         )
     _check_weights(weights)
-    shard_spec = shard or _env_shard()
+    from_env = None if shard else _env_shard()
+    shard_spec = shard or (from_env and from_env[:2])
     # With Ray the driver only reads the weights' identity (on its CPU); the actors pick devices.
     actor_device = device
     if engine == "ray":
         device = "cpu"
     dev = _checked_device(device, precision if engine == "local" else "fp32")
     devices = _gpu_devices(gpus, device)
-    output = OutputOptions(
-        levels=levels, dtype=dtype, save_npy=not no_npy,
-        save_heatmaps=not no_heatmaps, save_overview=not no_overview, overlay=overlay,
-        channel=channel, reduce=reduce, cmap=cmap, clip=clip, min_size=min_size,
-        max_size=max_size, resize=not no_resize, canvas=_checked_canvas(
-            canvas, min_size, max_size, not no_resize, max_pixels or DEFAULT_MAX_PIXELS),
-    )  # fmt: skip
+    if not (no_heatmaps and no_overview and not overlay):
+        try:
+            check_channel(channel, reduce, levels)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--channel") from None
+    checked_canvas = _checked_canvas(
+        canvas, min_size, max_size, not no_resize, max_pixels or DEFAULT_MAX_PIXELS
+    )
+    try:
+        output = OutputOptions(
+            levels=levels, dtype=dtype, save_npy=not no_npy,
+            save_heatmaps=not no_heatmaps, save_overview=not no_overview, overlay=overlay,
+            channel=channel, reduce=reduce, cmap=cmap, clip=clip, min_size=min_size,
+            max_size=max_size, resize=not no_resize, canvas=checked_canvas,
+        )  # fmt: skip
+    except ValueError as e:  # e.g. --channel beyond a drawn level's channels
+        raise click.UsageError(str(e)) from None
     _check_scale(scale, output, out_format)
     _check_installed(engine, out_format)
     url = "://" in out_dir  # an object store (or file://): --format wds, written through fsspec
@@ -257,6 +284,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         raise click.ClickException("no images found in the given inputs")
     # wds: job folders are relative to OUT (they become the sample keys)
     jobs = plan_jobs(pairs, Path("") if out_format == "wds" else out)
+    made = not url and not out.exists()
     if not url:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -266,8 +294,20 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             raise click.ClickException(f"output folder {out} is not writable")
         mark_output_root(out)
     if shard_spec is not None:
+        every = len(jobs)
         jobs = select_shard(jobs, *shard_spec)
-    model, dev = _load_model(weights, "cpu" if len(devices) > 1 else device, seed)
+        if from_env:
+            click.echo(
+                f"note: shard {shard_spec[0]}/{shard_spec[1]} from {from_env[2]}: this process "
+                f"takes {len(jobs)} of the {every} images (--shard 0/1 takes all)",
+                err=True,
+            )
+    try:
+        model, dev = _load_model(weights, "cpu" if len(devices) > 1 else device, seed)
+    except BaseException:  # e.g. offline: leave no empty output folder behind
+        if made:
+            _remove_if_unused(out)
+        raise
     if engine == "ray" and actor_device != "cpu":
         dev = _torch_device("cuda")  # for the default batch size of GPU actors
     click.echo(_volume_note(jobs, output), err=True)  # once the weights are there, before the run
@@ -318,10 +358,21 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     bar.close()
     if not url:
         _rescale(scale, jobs, summary, output, out_format)
-        _write_run_log(summary, out, weights, precision)
+        _write_run_log(summary, out, weights, precision, shard_spec)
     _report(summary, Path(out_dir), len(jobs))
     if summary.failed or summary.aborted:
         sys.exit(1)
+
+
+def _remove_if_unused(out: Path) -> None:
+    """Remove the output folder this run made, if it holds nothing but its marker."""
+    from ..io.guard import OUTPUT_MARKER
+
+    try:
+        (out / OUTPUT_MARKER).unlink(missing_ok=True)
+        out.rmdir()  # only when empty
+    except OSError:
+        pass
 
 
 def _check_installed(engine: str, out_format: str) -> None:
@@ -521,8 +572,9 @@ def _gpu_devices(gpus: str | None, device: str, count: int | None = None) -> lis
     return [f"cuda:{i}" for i in numbers]
 
 
-def _write_run_log(summary, out: Path, weights: str, precision: str) -> None:
-    """``OUT/run.json``: what this run did, failures with reasons (read by ``fpncli report``)."""
+def _write_run_log(summary, out: Path, weights: str, precision: str, shard) -> None:
+    """``OUT/run.json`` (``run-I-of-N.json`` for a shard): what this run did, failures with
+    reasons (read by ``fpncli report``)."""
     import time
 
     from ..io.extraction import write_run_log
@@ -533,7 +585,8 @@ def _write_run_log(summary, out: Path, weights: str, precision: str) -> None:
         "skipped": summary.skipped, "seconds": round(summary.seconds, 3),
         "bytes_written": summary.bytes_written, "aborted": summary.aborted,
         "failed": [{"path": str(path), "reason": reason} for path, reason in summary.failed],
-    })  # fmt: skip
+        "shard": list(shard) if shard else None,
+    }, shard)  # fmt: skip
 
 
 def _skipped_note(roots: set[Path]) -> str:

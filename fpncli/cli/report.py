@@ -22,7 +22,8 @@ from .common import _friendly, verbose_option
 @verbose_option
 @_friendly
 def report(out, page_size, thumb_height, scale, open_browser) -> None:
-    """Write OUT/report.html: summary, per-level statistics and histograms, a paged image grid."""
+    """Write OUT/report.html (OUT: default fpn_out): summary, per-level statistics and
+    histograms, a paged image grid."""
     from ..viz.report import write_report
 
     path = write_report(out, page_size=page_size, thumb_height=thumb_height, scale=scale)

@@ -80,6 +80,11 @@ def weights_verify(names) -> None:
     from ..weights.hub import verify_cached
     from ..weights.registry import get_spec
 
+    if "random" in names:
+        click.echo("random: nothing to verify: --weights random is built on the fly, not a file")
+        names = tuple(name for name in names if name != "random")
+        if not names:
+            return
     for name in names:
         get_spec(name)
     bad = 0

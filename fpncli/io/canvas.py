@@ -100,10 +100,13 @@ def check_canvas(
     max_pixels: int | None = None,
 ) -> None:  # fmt: skip
     """The checks that need no image: ``auto`` needs the resize (its canvases come from
-    ``min_size``/``max_size``); a fixed canvas must be able to hold at least one resized image
-    (a side of at least ``min_size``: a resized image's short side is ``min_size``, or its long
-    side ``max_size``); no canvas may have more than ``max_pixels`` pixels. Raises ValueError
-    saying what to do."""
+    ``min_size``/``max_size``); a fixed canvas must be able to hold at least one resized image;
+    no canvas may have more than ``max_pixels`` pixels. Raises ValueError saying what to do.
+
+    Resized as Detectron2 does, an image's short side is ``min_size`` (its long side then at
+    most ``max_size``), or its long side is ``max_size`` (its short side then smaller than
+    ``min_size``). So a canvas holds some resized image exactly when both its sides are at least
+    ``min_size``, or one side is at least ``max_size``."""
     if canvas is None:
         return
     if canvas == "auto" and not resize:
@@ -111,12 +114,16 @@ def check_canvas(
             "canvas auto picks a canvas from the resize's --min-size/--max-size: without the "
             "resize give a fixed canvas WxH"
         )
-    if canvas != "auto" and resize and max(_fixed(canvas)) < min_size:
-        raise ValueError(
-            f"canvas {canvas} holds no image resized to a shortest edge of {min_size} (or a "
-            f"longest edge of {max_size}): make a side at least {_round_up(min_size)}, or use "
-            "auto"
-        )
+    if canvas != "auto" and resize:
+        sides = _fixed(canvas)
+        if min(sides) < min_size and max(sides) < max_size:
+            short, long = _round_up(min_size), _round_up(max_size)
+            raise ValueError(
+                f"canvas {canvas} holds no image resized to a shortest edge of {min_size} and a "
+                f"longest edge of at most {max_size}: make both sides at least {short} (e.g. "
+                f"{max(short, sides[1])}x{max(short, sides[0])}), or one side at least {long}, "
+                "or use auto"
+            )
     for height, width in canvas_sizes(canvas, min_size=min_size, max_size=max_size):
         if max_pixels is not None and height * width > max_pixels:
             raise ValueError(

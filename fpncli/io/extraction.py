@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,23 +223,73 @@ def find_extractions(root: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def read_run_log(root: str | Path) -> dict | None:
-    """The ``run.json`` that ``fpncli extract`` leaves in its output folder, if any."""
+RUN_LOG = "run.json"
+_SHARD_LOG = re.compile(r"^run-(\d+)-of-(\d+)\.json$")
+
+
+def run_log_name(shard: tuple[int, int] | None = None) -> str:
+    """``run.json``; a run of shard I of N (N > 1) writes ``run-I-of-N.json`` instead, so that
+    the shards of one job (a SLURM array, torchrun ranks) writing into one folder keep theirs."""
+    return RUN_LOG if shard is None or shard[1] <= 1 else f"run-{shard[0]}-of-{shard[1]}.json"
+
+
+def _read_json(path: Path) -> dict | None:
     try:
-        data = json.loads((Path(root) / "run.json").read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def write_run_log(root: str | Path, summary: dict) -> None:
-    """Record what the last ``extract`` run into ``root`` did (counts, failures with reasons),
-    atomically, for ``fpncli report``. A read-only folder only logs a warning."""
+def read_run_log(root: str | Path) -> dict | None:
+    """What the last ``fpncli extract`` into ``root`` did (its ``run.json``), if any.
+
+    When the last run was sharded (``run-I-of-N.json``), the logs of its shards are merged:
+    counts summed, failures joined, ``shards`` saying how many of the N logged. "Last" is by
+    the files' times: the newer of ``run.json`` and the newest shard log's set of N."""
+    root = Path(root)
+    logs: dict[int | None, list[tuple[float, Path]]] = {}
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return None
+    for entry in entries:
+        match = _SHARD_LOG.match(entry.name)
+        if entry.name != RUN_LOG and match is None:
+            continue
+        try:
+            mtime = entry.stat().st_mtime
+        except OSError:
+            continue
+        logs.setdefault(None if match is None else int(match[2]), []).append((mtime, Path(entry)))
+    if not logs:
+        return None
+    newest = max(logs, key=lambda n: max(t for t, _ in logs[n]))
+    if newest is None:
+        return _read_json(root / RUN_LOG)
+    parts = [d for _, path in sorted(logs[newest]) if (d := _read_json(path)) is not None]
+    if not parts:
+        return None
+    merged = dict(parts[-1])
+    for key in ("total", "done", "skipped", "bytes_written"):
+        merged[key] = sum(int(d.get(key) or 0) for d in parts)
+    merged["seconds"] = max(float(d.get("seconds") or 0) for d in parts)
+    merged["failed"] = [f for d in parts for f in d.get("failed") or []]
+    merged["aborted"] = next((d["aborted"] for d in parts if d.get("aborted")), None)
+    merged["shards"] = f"{len(parts)} of {newest}"
+    return merged
+
+
+def write_run_log(root: str | Path, summary: dict, shard: tuple[int, int] | None = None) -> None:
+    """Record what this ``extract`` run into ``root`` did (counts, failures with reasons),
+    atomically, for ``fpncli report``: ``run.json``, or ``run-I-of-N.json`` for shard I of N. A
+    read-only folder only logs a warning."""
     from .outputs import atomic_write_bytes
 
+    name = run_log_name(shard)
     try:
-        atomic_write_bytes(Path(root) / "run.json", json.dumps(summary, indent=2).encode())
+        atomic_write_bytes(Path(root) / name, json.dumps(summary, indent=2).encode())
     except OSError as e:
         import logging
 
-        logging.getLogger(__name__).warning("could not write %s/run.json: %s", root, e)
+        logging.getLogger(__name__).warning("could not write %s/%s: %s", root, name, e)

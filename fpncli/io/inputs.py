@@ -238,13 +238,24 @@ def env_int(name: str, env: Mapping[str, str] | None = None) -> int | None:
 def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
     """``(RANK, WORLD_SIZE)`` when torchrun (or the user) set them, else SLURM's
     ``(SLURM_PROCID, SLURM_NTASKS)``, else None. Garbage is a one-line ValueError."""
-    rank, world = env_int("RANK", env), env_int("WORLD_SIZE", env)
+    found = shard_env(env)
+    return None if found is None else found[:2]
+
+
+def shard_env(env: Mapping[str, str] | None = None) -> tuple[int, int, str] | None:
+    """``shard_from_env``'s ``(rank, world, names)``, ``names`` saying where they came from
+    (``"RANK/WORLD_SIZE"`` or ``"SLURM_PROCID/SLURM_NTASKS"``)."""
+    names = ("RANK", "WORLD_SIZE")
+    rank, world = env_int(names[0], env), env_int(names[1], env)
     if rank is None and world is None:
-        rank, world = env_int("SLURM_PROCID", env), env_int("SLURM_NTASKS", env)
+        names = ("SLURM_PROCID", "SLURM_NTASKS")
+        rank, world = env_int(names[0], env), env_int(names[1], env)
     if rank is None and world is None:
         return None
     if rank is None or world is None:
-        raise ValueError("RANK and WORLD_SIZE must be set together (or neither)")
+        raise ValueError(f"{names[0]} and {names[1]} must be set together (or neither)")
     if world < 1 or rank >= world:
-        raise ValueError(f"need 0 <= RANK < WORLD_SIZE, got RANK={rank} WORLD_SIZE={world}")
-    return rank, world
+        raise ValueError(
+            f"need 0 <= {names[0]} < {names[1]}, got {names[0]}={rank} {names[1]}={world}"
+        )
+    return rank, world, "/".join(names)

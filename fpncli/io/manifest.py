@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,10 +86,26 @@ def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: 
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
+#: How maps are drawn: what the outputs do not depend on when nothing is drawn.
+_DRAWING = ("channel", "reduce", "cmap", "clip")
+
+
+def options_for_key(options: OutputOptions) -> dict:
+    """The output options as the run keys see them: when nothing is drawn (no heatmaps, no
+    overview, no overlay), the drawing options at their defaults, so that changing ``--cmap``
+    or ``--channel`` on a ``.npy``-only folder does not redo it (and earlier folders, written
+    with the defaults, still resume)."""
+    chosen = asdict(options)
+    if not (options.save_heatmaps or options.save_overview or options.overlay):
+        defaults = {f.name: f.default for f in fields(options) if f.name in _DRAWING}
+        chosen.update({k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()})
+    return chosen
+
+
 def _options_json(options: OutputOptions) -> str:
     cached = options.__dict__.get("_run_key_json")
     if cached is None:
-        chosen = asdict(options)
+        chosen = options_for_key(options)
         if chosen["canvas"] is None:  # as before canvases existed: earlier runs still resume
             del chosen["canvas"]
         cached = json.dumps(chosen, sort_keys=True)

@@ -93,9 +93,24 @@ class OutputOptions:
         lo, hi = self.clip
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError(f"clip must be percentiles 0 <= LO < HI <= 100, got {self.clip}")
+        if _needs_maps(self):
+            check_channel(self.channel, self.reduce, self.levels)
         object.__setattr__(self, "canvas", parse_canvas(self.canvas))  # canonical: auto or WxH
         check_canvas(self.canvas, min_size=self.min_size, max_size=self.max_size,
                      resize=self.resize)  # fmt: skip
+
+
+def check_channel(channel: int, reduce: str, levels: tuple[str, ...]) -> None:
+    """With ``reduce="channel"``, ``channel`` must exist in every level drawn: ValueError if
+    not, naming the level with the fewest channels."""
+    if reduce != "channel":
+        return
+    fewest = min(levels, key=OUTPUT_CHANNELS.__getitem__)
+    if not 0 <= channel < OUTPUT_CHANNELS[fewest]:
+        raise ValueError(
+            f"channel {channel} is out of range: {fewest} has {OUTPUT_CHANNELS[fewest]} "
+            f"channels (0..{OUTPUT_CHANNELS[fewest] - 1})"
+        )
 
 
 def valid_size(resized_height: int, resized_width: int, stride: int) -> tuple[int, int]:

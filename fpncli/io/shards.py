@@ -33,13 +33,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict
 from pathlib import PurePosixPath
 
 import numpy as np
 
 from ..model.names import OUTPUTS
 from .atomic import DROP_BYTES, drop_from_cache
+from .manifest import options_for_key
 from .npy import npy_bytes
 from .outputs import MANIFEST, OutputOptions, write_image_members
 from .shardlock import partial_token, wds_lock
@@ -132,7 +132,7 @@ def settings_key(options: OutputOptions, weights: dict, precision: str) -> str:
     material = {
         "weights": [weights.get("name"), weights.get("sha256"), weights.get("seed")],
         "precision": precision,
-        "options": asdict(options),
+        "options": options_for_key(options),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -304,7 +304,8 @@ def draw_receptive_fields(
         image.rgb, fields, resized=(prepared.resized_height, prepared.resized_width),
         scale=(prepared.scale_y, prepared.scale_x), at=point,
         title=f"{Path(image_path).name}: receptive fields of the cell at x={point[0]:g}, "
-              f"y={point[1]:g} ({how}; ERF = |d cell / d input|, normalized)",
+              f"y={point[1]:g} ({how}; ERF = |d cell / d input|, normalized; sizes in the "
+              f"photo's pixels, the network sees it x{prepared.scale_x:.2f})",
         note="RANDOM, UNTRAINED WEIGHTS - not a trained network" if model.weights_info.random
         else "",
     )  # fmt: skip

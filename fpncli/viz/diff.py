@@ -157,6 +157,19 @@ def _geometry_mismatch(a: LoadedExtraction, b: LoadedExtraction, levels: list[st
     return None
 
 
+def _canonical(found: Extractions, other: Extractions) -> dict[str, str]:
+    """Each image key of ``found`` -> the key it is matched by. A folder output against a
+    ``--format wds`` one: the folder's keys as wds names them (dots become ``_``, as
+    ``shards.wds_key`` does: ``b.v1`` is ``b_v1`` in the shards)."""
+    keys = found.keys()
+    if found.format == other.format or found.format == "wds":
+        return {k: k for k in keys}
+    from ..io.shards import wds_key
+
+    used: set[str] = set()
+    return {k: wds_key(k, used) for k in sorted(keys)}
+
+
 def _pair(found_a: Extractions, found_b: Extractions) -> list[tuple[str, str | None, str | None]]:
     """(key, key in A, key in B) for every image of either root, in an order that reads each
     side's shards one after the other (A's storage order, then B's): a shard's member table is
@@ -167,15 +180,21 @@ def _pair(found_a: Extractions, found_b: Extractions) -> list[tuple[str, str | N
         other = keys_b if found_a.single else keys_a
         match = other[0] if len(other) == 1 else (single if single in other else None)
         return [(single, single, match) if found_a.single else (single, match, single)]
+    canon_a, canon_b = _canonical(found_a, found_b), _canonical(found_b, found_a)
+    b_of = {canon_b[k]: k for k in keys_b}
     rank_b = {k: i for i, k in enumerate(keys_b)}
-    in_a = set(keys_a)
-    pairs = [(k, k, k if k in rank_b else None) for k in keys_a]
+    matched_b = set()
+    pairs = []
+    for k in keys_a:
+        kb = b_of.get(canon_a[k])
+        matched_b.add(kb)
+        pairs.append((k, k, kb))
     if found_a.format == "wds":  # A shard by shard, and within one B's shards one by one
         shard_a = {k: found_a.shard(k) for k in keys_a}
-        pairs.sort(key=lambda p: (shard_a[p[0]], rank_b.get(p[0], -1)))
+        pairs.sort(key=lambda p: (shard_a[p[0]], rank_b.get(p[2], -1)))
     elif found_b.format == "wds":
-        pairs.sort(key=lambda p: rank_b.get(p[0], -1))
-    pairs += [(k, None, k) for k in keys_b if k not in in_a]
+        pairs.sort(key=lambda p: rank_b.get(p[2], -1))
+    pairs += [(k, None, k) for k in keys_b if k not in matched_b]
     return pairs
 
 
@@ -242,11 +261,12 @@ def diff_extractions(
         if "://" not in str(root) and not Path(root).is_dir():
             raise FileNotFoundError(f"no such extraction folder: {root}")
     found_a, found_b = open_extractions(a), open_extractions(b)
+    for root, found in ((a, found_a), (b, found_b)):
+        if not found.keys():  # e.g. a folder of photos given instead of their extraction
+            raise FileNotFoundError(
+                f"{root} holds no complete extraction (manifest.json, or index.parquet)"
+            )
     pairs = _pair(found_a, found_b)
-    if not pairs:
-        raise FileNotFoundError(
-            f"no complete extraction (manifest.json, or index.parquet) under {a} or {b}"
-        )
     out_dir = Path(out) if out is not None else None
     images = [_compare_one(k, found_a, ka, found_b, kb, levels, out_dir, cmap)
               for k, ka, kb in pairs]  # fmt: skip

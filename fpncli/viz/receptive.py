@@ -12,7 +12,7 @@ import numpy as np
 
 from .visualize import colorize
 
-__all__ = ["receptive_field_image"]
+__all__ = ["field_captions", "receptive_field_image"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -25,6 +25,20 @@ def _to_original(box, scale_y: float, scale_x: float, height: int, width: int):
     lft = int(np.clip(np.floor(left / scale_x), 0, width - 1))
     r = int(np.clip(np.ceil((right + 1) / scale_x) - 1, 0, width - 1))
     return t, b, lft, r
+
+
+def field_captions(field, scale_y: float, scale_x: float) -> list[str]:
+    """A panel's captions. The fields are measured in the network input's pixels; the picture
+    is the photo, so their sizes are given in the photo's pixels."""
+    row, col = field.cell
+    trf_h, trf_w = field.trf_size
+    trf_w, trf_h = round(trf_w / scale_x), round(trf_h / scale_y)
+    erf_side = round(field.erf_extent(0.9) / ((scale_x + scale_y) / 2))
+    return [
+        f"{field.level}  stride {field.stride}  cell (row {row}, col {col})",
+        f"theoretical RF {trf_w}x{trf_h} photo px (yellow)",
+        f"effective RF: 90% within {erf_side} photo px",
+    ]
 
 
 def receptive_field_image(
@@ -70,12 +84,7 @@ def receptive_field_image(
         cv2.drawMarker(picture, (cx, cy), (0, 255, 255), cv2.MARKER_CROSS, 6 * line, line)
         panel_w = max(1, round(panel_height * width / height))
         panel = cv2.resize(picture, (panel_w, panel_height), interpolation=cv2.INTER_AREA)
-        trf_h, trf_w = field.trf_size
-        captions = [
-            f"{field.level}  stride {field.stride}  cell (row {row}, col {col})",
-            f"theoretical RF {trf_w}x{trf_h} px (yellow)",
-            f"effective RF: 90% within {field.erf_extent(0.9)} px",
-        ]
+        captions = field_captions(field, scale_y, scale_x)
         caption_h = 20 * len(captions) + 6
         block = np.full((caption_h + panel_height, max(panel_w, 300), 3), 255, np.uint8)
         for k, text in enumerate(captions):

@@ -14,6 +14,7 @@ import collections
 import functools
 import html
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -89,6 +90,18 @@ def _level_thumbnail(map2d: np.ndarray, height: int, cmap: str, rng) -> np.ndarr
     return cv2.resize(colours, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
+def _recorded_range(meta: dict) -> tuple[float, float] | None:
+    pair = meta.get("range")
+    if isinstance(pair, (list, tuple)) and len(pair) == 2:
+        try:
+            lo, hi = float(pair[0]), float(pair[1])
+        except (TypeError, ValueError):
+            return None
+        if math.isfinite(lo) and math.isfinite(hi):
+            return lo, hi
+    return None
+
+
 def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int,
              ranges: dict | None) -> tuple[_Row, dict, dict, int]:  # fmt: skip
     """Thumbnails of one image; returns its grid row, per level (sample, valid shape), its
@@ -119,7 +132,9 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
         valid = ex.valid(name)
         samples[name] = (sample_level(valid), valid.shape)
         map2d = reduce_channels(valid, reduce, channel)
-        rng = ranges.get(name) if ranges else None
+        # --scale image: the level's recorded colour range (its heatmap's --clip percentiles,
+        # so thumbnail and heatmap look alike), else the map's own min..max
+        rng = ranges.get(name) if ranges else _recorded_range(meta)
         thumb = _level_thumbnail(map2d, height, cmap, rng)
         atomic_write_bytes(thumbs / f"{stem}_{name}.png", encode_png(thumb))
         row.levels[name] = f"{_ASSETS}/thumbs/{stem}_{name}.png"
@@ -275,7 +290,8 @@ def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None) ->
     else:
         layout = "one folder per image" if not found.single else "one image folder"
         count = str(len(failed)) if run else "unknown (no run.json)"
-        failed_row = ("images failed (last run)", count)
+        shards = f", shards: {run['shards']} logged" if run and run.get("shards") else ""
+        failed_row = (f"images failed (last run{shards})", count)
     rows = [
         ("folder", html.escape(str(root))),
         ("layout", html.escape(layout)),

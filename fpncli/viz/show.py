@@ -92,6 +92,13 @@ def _extractions_below(folder: Path, limit: int = 2000) -> list[Path]:
 
 
 def _not_an_extraction(folder: Path) -> Exception:
+    from ..io.shards import INDEX, INDEX_DIR
+
+    if (folder / INDEX).is_file() or (folder / INDEX_DIR).is_dir():
+        return ValueError(
+            f"{folder} is a --format wds output: name an image in it with --key KEY "
+            f"(its keys are in {folder / INDEX}, and fpncli report {folder} lists them)"
+        )
     below = _extractions_below(folder)
     if not below:
         return FileNotFoundError(

@@ -145,7 +145,9 @@ def download(
             file by hand), or the file failed a check (it is deleted).
     """
     final = cached_path(spec)
-    hint = f"download it by hand and put it at {final}, or use --weights random"
+    hint = (
+        f"download it by hand and put it at {final}, or use --weights random ('random' in Python)"
+    )
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
