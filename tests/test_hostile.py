@@ -644,3 +644,39 @@ def test_a_pkl_with_persistent_ids_is_refused_as_unsafe(tmp_path):
     path.write_bytes(b"\x80\x02X\x03\x00\x00\x00abcQ.")  # BINPERSID of a string
     with pytest.raises(UnsafeCheckpointError, match="persistent ids"):
         read_checkpoint(path)
+
+
+def test_an_unreadable_subfolder_is_reported_and_the_rest_extracted(tmp_path):
+    """A folder the user may not read (chmod 000: tests may run as root, who reads it anyway,
+    so the permission error is run with those capabilities dropped when setpriv can) costs its
+    own images, reported as failed, not the run; an empty input path is an error, not '.'."""
+    import shutil as sh
+
+    src = tmp_path / "in"
+    (src / "locked").mkdir(parents=True)
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(src / "a.png")
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(src / "locked" / "b.png")
+    os.chmod(src / "locked", 0)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fpncli", "extract", str(src), "-o", str(out), "--weights",
+           "random", "--min-size", "32", "--max-size", "64", "--workers", "1"]  # fmt: skip
+    if os.geteuid() == 0:
+        if sh.which("setpriv") is None:
+            pytest.skip("root without setpriv: permissions do not apply")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all",
+               *cmd]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(fpncli.__file__).parent.parent)}
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        os.chmod(src / "locked", 0o755)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"failed: {src / 'locked'}: cannot read this folder: Permission denied" in result.stderr
+    assert is_complete(out / "a")
+    run = json.loads((out / "run.json").read_text())
+    assert [f["path"] for f in run["failed"]] == [str(src / "locked")]
+    empty = subprocess.run([sys.executable, "-m", "fpncli", "extract", "", "--weights", "random"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    assert empty.returncode != 0 and "an empty input path" in empty.stderr
+    assert not (tmp_path / "fpn_out").exists()

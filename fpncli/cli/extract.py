@@ -277,11 +277,22 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     url = "://" in out_dir  # an object store (or file://): --format wds, written through fsspec
     out = Path(out_dir)
     passed_over: set[Path] = set()
-    pairs = discover_inputs(inputs, from_list, exclude=None if url else out, skipped=passed_over)
+    unreadable: list = []
+    pairs = discover_inputs(inputs, from_list, exclude=None if url else out, skipped=passed_over,
+                            unreadable=unreadable)  # fmt: skip
     if passed_over:
         click.echo(_skipped_note(passed_over), err=True)
+    for folder, reason in unreadable:
+        click.echo(f"note: cannot read the folder {quote_name(str(folder))} ({reason}): its "
+                   "images are left out (reported as failed)", err=True)  # fmt: skip
     if not pairs:
-        raise click.ClickException("no images found in the given inputs")
+        inside = not url and any(Path(os.path.realpath(r)) == Path(os.path.realpath(out))
+                                 for r in passed_over)  # fmt: skip
+        raise click.ClickException(
+            f"no images found in the given inputs{' outside the output folder ' if inside else ''}"
+            f"{quote_name(str(out)) if inside else ''}"
+            + (" (outputs are never read back as inputs: give another -o)" if inside else "")
+        )
     # wds: job folders are relative to OUT (they become the sample keys)
     jobs = plan_jobs(pairs, Path("") if out_format == "wds" else out)
     made = not url and not out.exists()
@@ -356,6 +367,9 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         _report_interrupt(bar.last, len(jobs))
         sys.exit(130)
     bar.close()
+    summary.failed += [
+        (str(folder), f"cannot read this folder: {why}") for folder, why in unreadable
+    ]
     if not url:
         _rescale(scale, jobs, summary, output, out_format)
         _write_run_log(summary, out, weights, precision, shard_spec)

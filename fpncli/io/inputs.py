@@ -54,9 +54,15 @@ def _is_image_folder(folder: Path, filenames: list[str]) -> bool:
 class _OutputFilter:
     """Tells files under an output root (marked, an old image folder, or the current ``-o``)."""
 
-    def __init__(self, exclude: Path | None, skipped: set[Path] | None) -> None:
+    def __init__(
+        self,
+        exclude: Path | None,
+        skipped: set[Path] | None,
+        unreadable: list[tuple[Path, str]] | None = None,
+    ) -> None:
         self.exclude = Path(os.path.realpath(exclude)) if exclude is not None else None
         self.skipped = skipped if skipped is not None else set()
+        self.unreadable = unreadable if unreadable is not None else []
         self.cache: dict[Path, Path | None] = {}
         self.folders: dict[Path, bool] = {}
 
@@ -85,12 +91,21 @@ class _OutputFilter:
         if self.root_of(folder) is not None:
             return []
         found = []
-        for dirpath, dirnames, filenames in os.walk(folder):
+
+        def cannot_read(error: OSError) -> None:  # a folder os.walk cannot list
+            self.unreadable.append((Path(error.filename or folder), error.strerror or str(error)))
+
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=cannot_read):
             kept = []
             for d in sorted(dirnames):  # never read outputs back as inputs
                 sub = Path(dirpath, d)
                 real = Path(os.path.realpath(sub))
-                if real == self.exclude or (sub / OUTPUT_MARKER).is_file():
+                try:
+                    marked = real == self.exclude or (sub / OUTPUT_MARKER).is_file()
+                except OSError as e:  # e.g. a folder without permission to look inside
+                    self.unreadable.append((sub, e.strerror or str(e)))
+                    continue
+                if marked:
                     self.skipped.add(real)
                 else:
                     kept.append(d)
@@ -119,6 +134,7 @@ def discover_inputs(
     *,
     exclude: Path | None = None,
     skipped: set[Path] | None = None,
+    unreadable: list[tuple[Path, str]] | None = None,
 ) -> list[tuple[Path, Path]]:
     """Expand files, folders (recursively), globs and list entries into ``(image, root)`` pairs.
 
@@ -130,14 +146,21 @@ def discover_inputs(
     symlink loops) named explicitly are kept, to be reported when loaded. ``root`` is what the
     output tree
     mirrors: the folder for a folder input, the glob's fixed prefix for a glob, the parent for
-    a file, and the common folder of all entries for a list.
+    a file, and the common folder of all entries for a list. Folders below an input that cannot
+    be read (no permission) are passed over and added to ``unreadable`` with the reason.
 
     Raises:
-        FileNotFoundError: an argument that is neither a file, a folder nor a matching glob.
+        FileNotFoundError: an argument that is neither a file, a folder nor a matching glob,
+            or an empty one (an unset shell variable must not mean the current folder).
     """
-    outputs = _OutputFilter(exclude, skipped)
+    outputs = _OutputFilter(exclude, skipped, unreadable)
     pairs: list[tuple[Path, Path]] = []
     for raw in inputs:
+        if not str(raw).strip():
+            raise FileNotFoundError(
+                "an empty input path (an unset shell variable?): name a file or folder, or . "
+                "for the current folder"
+            )
         path = Path(raw).expanduser()
         if path.is_dir():
             pairs += [(p, path) for p in outputs.walk(path)]
