@@ -329,3 +329,13 @@ def test_diff_matches_dotted_names_between_folder_and_wds_outputs(tmp_path):
                                       "--no-pictures"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "2 of 2 images compared: all 2 compared agree" in result.output
+
+
+def test_an_object_store_without_its_backend_is_one_line_before_loading(tmp_path):
+    url = "nosuchstore://bucket/out"  # fsspec knows no such protocol (as s3:// without s3fs)
+    result = _run([str(_images(tmp_path / "in", 1)), "-o", url, "--format", "wds"])
+    assert result.exit_code == 1 and "cannot open nosuchstore://bucket/out" in result.output
+    assert "Traceback" not in result.output and "--weights random" not in result.output
+    for args in (["diff", url, str(tmp_path)], ["show", url, "--key", "k"]):
+        other = CliRunner().invoke(cli, args)
+        assert other.exit_code == 1 and "cannot open nosuchstore://bucket/out" in other.output

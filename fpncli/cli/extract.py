@@ -273,7 +273,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     except ValueError as e:  # e.g. --channel beyond a drawn level's channels
         raise click.UsageError(str(e)) from None
     _check_scale(scale, output, out_format)
-    _check_installed(engine, out_format)
+    _check_installed(engine, out_format, out_dir)
     url = "://" in out_dir  # an object store (or file://): --format wds, written through fsspec
     out = Path(out_dir)
     passed_over: set[Path] = set()
@@ -389,7 +389,7 @@ def _remove_if_unused(out: Path) -> None:
         pass
 
 
-def _check_installed(engine: str, out_format: str) -> None:
+def _check_installed(engine: str, out_format: str, out_dir: str) -> None:
     """What the options need installed, checked once every option is known to be valid."""
     from ..io.shards import require_wds
 
@@ -401,7 +401,10 @@ def _check_installed(engine: str, out_format: str) -> None:
                 "--engine ray needs Ray: pip install 'fpncli[ray]'"
             ) from None
     if engine == "ray" or out_format == "wds":
-        require_wds()  # shards and the Ray engine go through fsspec and pyarrow
+        try:  # shards and the Ray engine go through fsspec and pyarrow; s3:// needs s3fs
+            require_wds(out_dir if "://" in out_dir else None)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
 
 
 def _checked_canvas(canvas: str | None, min_size: int, max_size: int, resize: bool,

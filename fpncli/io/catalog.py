@@ -186,7 +186,9 @@ class _Shards(Extractions):
 
         try:
             self.fs, self.path = open_root(root)
-        except ValueError:
+        except ValueError as e:
+            if str(e).startswith("cannot open"):  # an object store without its fsspec backend
+                raise
             raise ValueError(
                 f"{root} is the output of --format wds: reading it needs pyarrow and fsspec "
                 "(pip install 'fpncli[wds]')"

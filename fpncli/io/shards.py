@@ -68,10 +68,11 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
 
-def require_wds() -> None:
-    """Raise a one-line ``ValueError`` saying how to install what ``--format wds`` needs."""
+def require_wds(url: str | None = None) -> None:
+    """Raise a one-line ``ValueError`` saying how to install what ``--format wds`` needs, and
+    what the object store of ``url`` (``s3://``, ``gs://``) needs (fsspec's backend for it)."""
     try:
-        import fsspec  # noqa: F401
+        import fsspec
         import pyarrow  # noqa: F401
         import pyarrow.parquet  # noqa: F401
     except ImportError as e:
@@ -79,6 +80,13 @@ def require_wds() -> None:
             f"--format wds needs pyarrow and fsspec ({e.name} is missing): "
             "pip install 'fpncli[wds]'"
         ) from None
+    if url is not None and "://" in str(url):
+        protocol = str(url).split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise ValueError(f"cannot open {url}: {reason}") from None
 
 
 def parse_size(text: str | int) -> int:
@@ -101,7 +109,7 @@ def parse_size(text: str | int) -> int:
 
 def open_root(out: str):
     """``(fsspec filesystem, root path)`` for a folder or an object-store URL."""
-    require_wds()
+    require_wds(out)
     import fsspec
 
     if "://" not in str(out):
