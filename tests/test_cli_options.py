@@ -102,6 +102,10 @@ def test_levels_all_is_accepted(runner, photo, tmp_path):
         (["--precisions", "fp8"], "--precisions"),
         (["--json", "no/such/folder/b.json"], "--json"),
         (["--weights", "nope"], "--weights"),
+        (["--sizes", "100x100"], "--sizes: 100x100: the model-only rows' sizes are padded"),
+        (["--seconds", "inf"], "--seconds"),
+        (["--seconds", "nan"], "--seconds"),
+        (["--model-only", "--e2e-only"], "--model-only and --e2e-only leave no rows"),
     ],
 )
 def test_bench_checks_every_option_first(runner, no_model, args, names):

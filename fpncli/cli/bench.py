@@ -37,6 +37,12 @@ def _sizes(ctx, param, value: str) -> list[tuple[int, int]]:
     return sizes
 
 
+def _seconds(ctx, param, value: float) -> float:
+    if not 0 <= value <= 3600:  # also refuses nan and inf, which would never end a row
+        raise click.BadParameter(f"{value} is not a number of seconds from 0 to 3600")
+    return value
+
+
 def _choices(allowed: tuple[str, ...]):
     def callback(ctx, param, value: str) -> list[str]:
         chosen = _items(value)
@@ -96,7 +102,8 @@ def _json_path(ctx, param, value: str | None) -> str | None:
 )
 @click.option(
     "--seconds",
-    type=click.FloatRange(min=0),
+    type=float,
+    callback=_seconds,
     default=3.0,
     show_default=True,
     help="Time each row for this long (steady state), after the warm-up: an end-to-end row whose "
@@ -193,8 +200,16 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     from ..run.device import select_device
 
     _check_weights(weights)
-    if compile_only and e2e_only:
-        raise click.UsageError("--compile-only and --e2e-only leave no rows to run")
+    odd = [f"{h}x{w}" for h, w in sizes if h % 32 or w % 32]
+    if odd and not e2e_only:  # end-to-end rows resize to fit a size; model rows take it as is
+        raise click.BadParameter(
+            f"{', '.join(odd)}: the model-only rows' sizes are padded sizes, multiples of 32 "
+            "(the backbone's largest stride); use --e2e-only for a resize target",
+            param_hint="--sizes",
+        )
+    if e2e_only and (compile_only or model_only):
+        other = "--compile-only" if compile_only else "--model-only"
+        raise click.UsageError(f"{other} and --e2e-only leave no rows to run")
     if compile_only:
         compile_rows, model_only = True, True
     try:
