@@ -65,6 +65,7 @@ def photo(tmp_path):
         (["--precision", "fp16", "--device", "cpu"], {}, "--precision"),
         (["--weights", "no-such-weights"], {}, "--weights"),
         (["--overwrite", "--resume"], {}, "--overwrite redoes complete images and --resume"),
+        (["--seed", "-1"], {}, "--seed"),
         (["--levels", "stem", "--channel", "64"], {}, "stem has 64 channels"),
     ],
 )

@@ -680,3 +680,22 @@ def test_an_unreadable_subfolder_is_reported_and_the_rest_extracted(tmp_path):
                            capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
     assert empty.returncode != 0 and "an empty input path" in empty.stderr
     assert not (tmp_path / "fpn_out").exists()
+
+
+def test_a_from_list_file_may_name_files_whose_names_are_not_utf8(tmp_path):
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    name = os.fsdecode(b"n\xffx.png")  # a byte no UTF-8 decoder accepts
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(tmp_path / name)
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(os.fsencode(str(tmp_path / name)) + b"\n")
+    out = tmp_path / "out"
+    args = ["extract", "--from-list", str(listing), "-o", str(out), "--weights", "random",
+            "--min-size", "32", "--max-size", "64", "--no-heatmaps", "--no-overview"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert is_complete(out / os.fsdecode(b"n\xffx"))
+    nan = CliRunner().invoke(cli, ["diff", str(out), str(out), "--tol", "nan"])
+    assert nan.exit_code == 2 and "--tol" in nan.output

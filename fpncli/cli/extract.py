@@ -144,7 +144,8 @@ class _ExtractCommand(click.Command):
 @click.option(
     "--from-list",
     "from_list",
-    type=click.File("r"),
+    # any bytes a file name may hold: what is not UTF-8 is kept as os.fsdecode would
+    type=click.File("r", encoding="utf-8", errors="surrogateescape"),
     default=None,
     help="Read more input paths from FILE, one per line ('-' for stdin).",
 )
@@ -177,7 +178,8 @@ class _ExtractCommand(click.Command):
     default=None,
     help="Refuse images with more pixels than this (default 89,478,485, as Pillow).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed for --weights random.")  # fmt: skip
 @click.option(
     "--format",
     "out_format",
@@ -655,7 +657,7 @@ def _report(summary, out_dir: Path, total: int) -> None:
     if summary.aborted:
         click.echo(f"stopped early: {summary.aborted}", err=True)
     if total == 1 and summary.done == 1 and summary.last_folder is not None:
-        click.echo(f"wrote {summary.last_folder}")
+        click.echo(f"wrote {quote_name(str(summary.last_folder))}")
         return
     others = summary.left_to_others
     if total == 1 and summary.skipped == 1 and not others:

@@ -198,11 +198,13 @@ def marked_root(path: Path, stop: Path | None = None, cache: dict | None = None)
 
 def quote_name(text: str) -> str:
     """``text`` as is, or quoted with escapes when it holds control characters (a newline in a
-    file name must not forge a second report line)."""
-    if not any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text):
+    file name must not forge a second report line) or bytes that are not UTF-8 (which no
+    UTF-8 terminal or log could take: ``os.fsdecode`` keeps them as lone surrogates)."""
+    odd = ("Cc", "Cf", "Zl", "Zp", "Cs")
+    if not any(unicodedata.category(c) in odd for c in text):
         return text
     escaped = "".join(
-        c if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp") else c.encode(
+        c if unicodedata.category(c) not in odd else c.encode(
             "unicode_escape").decode("ascii")
         for c in text.replace("\\", "\\\\")
     )  # fmt: skip
