@@ -339,3 +339,23 @@ def test_an_object_store_without_its_backend_is_one_line_before_loading(tmp_path
     for args in (["diff", url, str(tmp_path)], ["show", url, "--key", "k"]):
         other = CliRunner().invoke(cli, args)
         assert other.exit_code == 1 and "cannot open nosuchstore://bucket/out" in other.output
+
+
+def test_wds_resume_redoes_the_images_of_a_deleted_or_truncated_shard(tmp_path):
+    inputs = _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    args = [str(inputs), "-o", str(out), "--format", "wds", "--shard-size", "1B"]  # one each
+    assert _run(args).exit_code == 0
+    shards = sorted(out.glob("shard-*.tar"))
+    assert len(shards) == 3
+    shards[0].unlink()
+    with open(shards[1], "r+b") as f:
+        f.truncate(shards[1].stat().st_size // 3)
+    result = _run(args)
+    assert result.exit_code == 0, result.output
+    assert "done 2, skipped 1" in result.output
+    table = pq.read_table(out / "index.parquet").to_pylist()
+    assert sorted(r["status"] for r in table) == ["ok"] * 3
+    assert all((out / r["shard"]).is_file() for r in table)
+    report = CliRunner().invoke(cli, ["report", str(out)])
+    assert report.exit_code == 0, report.output

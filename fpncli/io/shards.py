@@ -379,6 +379,7 @@ def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bo
         if _PARTIAL in name or name[:-4] not in parts:
             log.info("removing %s (left by an interrupted run)", path)
             fs.rm(path)
+    _drop_lost_shards(fs, root)
     table = read_index(fs, root).select(["key", "status", "settings"]).to_pylist()
     done = {r["key"] for r in table if r["status"] == "ok"}
     other = {r["key"] for r in table if r["status"] == "ok" and r["settings"] != settings}
@@ -388,6 +389,29 @@ def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bo
             "or options: write to another output, or pass --overwrite to replace its shards"
         )
     return done & set(keys)
+
+
+def _drop_lost_shards(fs, root: str) -> None:
+    """A shard that is gone, or shorter than the members its index part lists (deleted or
+    truncated after its run), loses its index part (and what is left of it), so that the next
+    run redoes its images instead of skipping them."""
+    rows = read_index(fs, root).select(["status", "shard", "bytes"]).to_pylist()
+    listed: dict[str, int] = {}
+    for row in rows:
+        if row["status"] == "ok" and row["shard"]:
+            listed[row["shard"]] = listed.get(row["shard"], 0) + (row["bytes"] or 0)
+    for shard, members in sorted(listed.items()):
+        path = f"{root}/{shard}"
+        size = fs.size(path) if fs.exists(path) else None
+        if size is not None and size >= members:
+            continue
+        what = "is gone" if size is None else f"holds {size} bytes, less than its {members}"
+        log.warning("%s %s: its images will be redone", path, what)
+        if size is not None:
+            fs.rm(path)
+        part = f"{root}/{INDEX_DIR}/part-{shard[:-4]}.parquet"
+        if fs.exists(part):
+            fs.rm(part)
 
 
 def consolidate_index(fs, root: str) -> int:
