@@ -359,3 +359,19 @@ def test_wds_resume_redoes_the_images_of_a_deleted_or_truncated_shard(tmp_path):
     assert all((out / r["shard"]).is_file() for r in table)
     report = CliRunner().invoke(cli, ["report", str(out)])
     assert report.exit_code == 0, report.output
+
+
+def test_a_garbage_index_part_is_named_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    assert (
+        _run([str(_images(tmp_path / "in", 1)), "-o", str(out), "--format", "wds"]).exit_code == 0
+    )
+    (part,) = out.glob("_index/part-*.parquet")
+    part.write_bytes(b"not parquet at all")
+    for args in (["extract", str(tmp_path / "in"), "-o", str(out), "--format", "wds", *SMALL],
+                 ["report", str(out)]):  # fmt: skip
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1 and f"{part.name} is not a readable Parquet index part" in (
+            result.output
+        ), result.output
+        assert "Traceback" not in result.output

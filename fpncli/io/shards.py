@@ -343,8 +343,14 @@ def read_index(fs, root: str, *, ledger: bool = True):
     schema = _schema()
     tables = []
     for path in paths:
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+        try:
+            with fs.open(path, "rb") as f:
+                table = pq.read_table(f)
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(
+                f"{path} is not a readable Parquet index part ({' '.join(str(e).split())}): "
+                "delete it and rerun the extraction (the images of its shard are then redone)"
+            ) from None
         for column in schema:  # a part written before a column existed: null there
             if column.name not in table.column_names:
                 table = table.append_column(column, pa.nulls(len(table), column.type))
