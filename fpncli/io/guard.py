@@ -35,6 +35,7 @@ __all__ = [
     "mark_output_root",
     "marked_root",
     "quote_name",
+    "utf8_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -207,3 +208,15 @@ def quote_name(text: str) -> str:
         for c in text.replace("\\", "\\\\")
     )  # fmt: skip
     return f'"{escaped}"'
+
+
+def utf8_text(text: str) -> str:
+    """``text`` as valid UTF-8 text, for what must be UTF-8 (HTML, Parquet strings, tar member
+    names): a file name's bytes that are not UTF-8, which Python holds as lone surrogates
+    (``surrogateescape``), are written ``\\xNN``, the name's own bytes. Any other lone
+    surrogate (from a forged manifest) makes every surrogate ``\\udNNN``."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")

@@ -29,6 +29,9 @@ __all__ = [
     "overview_png",
     "overlay_image",
     "cell_index",
+    "safe_text",
+    "put_text",
+    "text_size",
 ]
 
 REDUCTIONS = ("channel", "mean", "max", "l2", "pca")
@@ -201,8 +204,27 @@ def _lut(cmap: str) -> np.ndarray:
     return lut
 
 
+def safe_text(text: str) -> str:
+    """``text`` as OpenCV can draw it: its Hershey fonts have ASCII only, and a lone surrogate
+    (a non-UTF-8 byte of a file name, kept by Python's ``surrogateescape``) crashes
+    ``cv2.putText``/``getTextSize`` (a segfault), so every other character becomes ``?``."""
+    return "".join(c if " " <= c <= "~" else "?" for c in str(text))
+
+
+def put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float,
+             colour=(20, 20, 20), thickness: int = 1) -> None:  # fmt: skip
+    """``cv2.putText`` of ``safe_text(text)``: every picture's text goes through here."""
+    cv2.putText(canvas, safe_text(text), origin, _FONT, scale, colour, thickness, cv2.LINE_AA)
+
+
+def text_size(text: str, scale: float, thickness: int = 1) -> int:
+    """The width in pixels ``put_text`` draws ``text`` at."""
+    (width, _), _ = cv2.getTextSize(safe_text(text), _FONT, scale, thickness)
+    return width
+
+
 def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.45) -> None:
-    cv2.putText(canvas, text, origin, _FONT, scale, (20, 20, 20), 1, cv2.LINE_AA)
+    put_text(canvas, text, origin, scale)
 
 
 def _fmt(value: float) -> str:
@@ -252,14 +274,14 @@ def heatmap_image(
     canvas = np.full((top + pic_h + gap + bar_h + values_h, width, 3), 255, np.uint8)
     _text(canvas, label, (4, 17))
     if note:
-        cv2.putText(canvas, note, (4, title_h + 15), _FONT, 0.5, (192, 0, 0), 1, cv2.LINE_AA)
+        put_text(canvas, note, (4, title_h + 15), 0.5, (192, 0, 0))
     canvas[top : top + pic_h, :pic_w] = upscale_cells(colorize(values, cmap, lo, hi), factor)
     bar_top = top + pic_h + gap
     bar_w = max(pic_w, min(width, 420))
     canvas[bar_top : bar_top + bar_h, :bar_w] = colour_bar(cmap, bar_w)
     left, right, data = _range_labels(values, (lo, hi))
     _text(canvas, left, (2, bar_top + bar_h + 15), 0.4)
-    (text_w, _), _ = cv2.getTextSize(right, _FONT, 0.4, 1)
+    text_w = text_size(right, 0.4)
     _text(canvas, right, (max(0, bar_w - text_w - 2), bar_top + bar_h + 15), 0.4)
     _text(canvas, data, (2, bar_top + bar_h + 33), 0.4)
     return canvas
@@ -286,9 +308,8 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 def _centered(canvas: np.ndarray, text: str, centre_x: int, baseline: int, scale: float,
               colour=(20, 20, 20), thickness: int = 1) -> None:  # fmt: skip
-    (width, _), _ = cv2.getTextSize(text, _FONT, scale, thickness)
-    origin = (max(0, centre_x - width // 2), baseline)
-    cv2.putText(canvas, text, origin, _FONT, scale, colour, thickness, cv2.LINE_AA)
+    width = text_size(text, scale, thickness)
+    put_text(canvas, text, (max(0, centre_x - width // 2), baseline), scale, colour, thickness)
 
 
 #: The overview's widest canvas, in pixels: wider pictures are scaled down to it (a panorama
@@ -387,7 +408,7 @@ def overview_image(
             canvas[bar_top : bar_top + bar_h, x : x + cw] = colour_bar(cmap, cw)
             base = bar_top + bar_h + 14
             _text(canvas, labels[0], (x, base), 0.4)
-            (text_w, _), _ = cv2.getTextSize(labels[1], _FONT, 0.4, 1)
+            text_w = text_size(labels[1], 0.4)
             _text(canvas, labels[1], (max(x, x + cw - text_w), base), 0.4)
         if stacked:
             y += cell_h + gap
@@ -460,13 +481,12 @@ def _with_header(picture: np.ndarray, label: str, note: str, cmap: str, values: 
     y = 0
     for text, colour in rows:
         y += line
-        cv2.putText(canvas, text, (4, y - line // 4), _FONT, scale, colour, thickness, cv2.LINE_AA)
+        put_text(canvas, text, (4, y - line // 4), scale, colour, thickness)
     bar_w = max(200, min(w - 8, int(w * 0.6)))
     canvas[y + 4 : y + 4 + bar_h, 4 : 4 + bar_w] = colour_bar(cmap, bar_w)
     base = y + 4 + bar_h + line - line // 4
-    cv2.putText(canvas, left, (4, base), _FONT, scale * 0.9, (20, 20, 20), thickness, cv2.LINE_AA)
-    (text_w, _), _ = cv2.getTextSize(right, _FONT, scale * 0.9, thickness)
-    cv2.putText(canvas, right, (max(4, 4 + bar_w - text_w), base), _FONT, scale * 0.9,
-                (20, 20, 20), thickness, cv2.LINE_AA)  # fmt: skip
+    put_text(canvas, left, (4, base), scale * 0.9, thickness=thickness)
+    text_w = text_size(right, scale * 0.9, thickness)
+    put_text(canvas, right, (max(4, 4 + bar_w - text_w), base), scale * 0.9, thickness=thickness)
     canvas[header:, :w] = picture
     return canvas

@@ -1,0 +1,119 @@
+"""Hostile names and sizes: file names that are not UTF-8 (drawn, reported, sharded), pictures of
+extreme shapes, --max-pixels against Pillow's own limit, hostile images given to show."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = os.fsdecode(b"bad\xff\xfe")  # "bad\udcff\udcfe": bytes that are not UTF-8
+
+
+def _fpncli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The CLI in a process of its own: a segfault is a failed test, not a dead test run."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "fpncli", *args], capture_output=True,
+                          text=True, errors="replace", env=env, cwd=cwd, timeout=300)  # fmt: skip
+
+
+def _small(*args: str) -> list[str]:
+    return [*args, "--weights", "random", "--min-size", "64", "--max-size", "96", "--workers", "1"]
+
+
+def _image(path: Path, size=(48, 40)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(0)
+    Image.fromarray(rng.randint(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+# 1. Names that are not UTF-8 ----------------------------------------------------------------
+
+
+def test_safe_text_keeps_ascii_and_replaces_the_rest():
+    from fpncli.viz.visualize import safe_text
+
+    assert safe_text("p2  stride 4 (1, 256)") == "p2  stride 4 (1, 256)"
+    assert safe_text(f"{BAD}.png é\n") == "bad??.png ??"
+
+
+def test_every_picture_draws_a_surrogate_or_non_ascii_text():
+    """OpenCV segfaults on a lone surrogate: run the drawing in a process of its own."""
+    code = f"""
+import numpy as np
+from fpncli.viz.channels import channel_grid
+from fpncli.viz.visualize import heatmap_image, overlay_image, overview_image
+text = {BAD!r} + " é"
+rgb = np.zeros((40, 48, 3), np.uint8)
+level = {{"name": text, "map": np.ones((10, 12), np.float32), "stride": 4, "shape": (1, 2)}}
+heatmap_image(level["map"], label=text, note=text)
+overview_image(rgb, [level], title=text, note=text)
+overlay_image(rgb, level["map"], stride=4, scale_y=1, scale_x=1, label=text, note=text)
+channel_grid(np.ones((2, 10, 12), np.float32), [0, 1], title=text, note=text)
+print("drawn")
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "drawn" in done.stdout, (done.returncode, done.stderr)
+
+
+def test_a_name_that_is_not_utf8_extracts_shows_and_reports(tmp_path):
+    src = tmp_path / "in"
+    _image(src / f"{BAD}.png")
+    _image(src / "ok.png")
+    out = tmp_path / "out"
+    done = _fpncli(*_small("extract", str(src), "-o", str(out), "--no-heatmaps"))
+    assert done.returncode == 0, done.stderr
+    folder = out / BAD
+    assert (folder / "overview.png").is_file() and (out / "ok" / "manifest.json").is_file()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["input"]["path"] == str(src / f"{BAD}.png")  # JSON escapes it: read back
+
+    save = tmp_path / "all.png"
+    shown = _fpncli("show", str(folder), "--level", "all", "--save", str(save))
+    assert shown.returncode == 0 and save.is_file(), shown.stderr
+
+    report = _fpncli("report", str(out))
+    assert report.returncode == 0, report.stderr
+    page = (out / "report.html").read_text(encoding="utf-8")  # valid UTF-8
+    assert "bad\\xff\\xfe" in page
+    href = "bad%FF%FE/overview.png"
+    assert f'href="{href}"' in page
+    assert (out / os.fsdecode(urllib.parse.unquote_to_bytes(href))).is_file()
+
+
+def test_a_name_that_is_not_utf8_goes_into_shards(tmp_path):
+    pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
+    pytest.importorskip("fsspec", reason="--format wds needs fsspec (fpncli[wds])")
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "in"
+    _image(src / f"{BAD}.png")
+    (src / f"{BAD}x.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    args = _small("extract", str(src), "-o", str(out), "--format", "wds", "--no-overview")
+    done = _fpncli(*args)
+    assert done.returncode == 1 and "not an image" in done.stderr + done.stdout, done.stderr
+    assert not list(out.glob("*.partial*"))
+    rows = {r["key"]: r for r in pq.read_table(out / "index.parquet").to_pylist()}
+    assert rows["bad\\xff\\xfe"]["status"] == "ok"
+    assert rows["bad\\xff\\xfex"]["status"] == "failed"
+    assert rows["bad\\xff\\xfe"]["source"] == f"{src}/bad\\xff\\xfe.png"
+    (shard,) = out.glob("shard-*.tar")
+    with tarfile.open(shard) as tar:
+        assert "bad\\xff\\xfe.json" in tar.getnames()
+    again = _fpncli(*args)  # resumes: the done image is skipped, the broken one fails again
+    assert again.returncode == 1 and "skipped 1" in again.stdout + again.stderr, again.stderr
+    save = tmp_path / "key.png"
+    shown = _fpncli("show", str(out), "--key", "bad\\xff\\xfe", "--save", str(save))
+    assert shown.returncode == 0 and save.is_file(), shown.stderr
