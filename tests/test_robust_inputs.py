@@ -117,3 +117,33 @@ def test_a_name_that_is_not_utf8_goes_into_shards(tmp_path):
     save = tmp_path / "key.png"
     shown = _fpncli("show", str(out), "--key", "bad\\xff\\xfe", "--save", str(save))
     assert shown.returncode == 0 and save.is_file(), shown.stderr
+
+
+# 2. Pictures of extreme shapes ----------------------------------------------------------------
+
+
+def test_a_one_row_map_is_upscaled_only_within_the_largest_side():
+    from fpncli.viz.visualize import MAX_UPSCALED_SIDE, heatmap_image
+
+    picture = heatmap_image(np.zeros((2, 1000), np.float32))  # was 128x: 256 x 128,000 pixels
+    assert picture.shape[1] <= MAX_UPSCALED_SIDE and picture.shape[0] < 120
+    assert heatmap_image(np.zeros((10, 12), np.float32)).shape[:2] == (340, 420)  # as before
+
+
+ROW = np.zeros((1, 3000, 3), np.uint8)
+ROW_LEVEL = {"name": "p2", "map": np.zeros((1, 750), np.float32), "stride": 4, "shape": (1, 2)}
+
+
+def test_the_overview_of_a_one_row_photo_stays_within_its_width():
+    from fpncli.viz.visualize import OVERVIEW_MAX_WIDTH, overview_image
+
+    overview = overview_image(ROW, [ROW_LEVEL], title="t")  # was 48,000 pixels wide
+    assert overview.shape[1] <= OVERVIEW_MAX_WIDTH
+
+
+def test_the_overlay_header_of_a_one_row_photo_stays_small():
+    from fpncli.viz.visualize import overlay_image
+
+    photo, level = ROW, ROW_LEVEL
+    overlay = overlay_image(photo, level["map"], stride=4, scale_y=1, scale_x=1, label="p2")
+    assert overlay.shape[0] < 100  # the header was 600 rows over a 1-row picture

@@ -246,6 +246,18 @@ def _range_labels(values: np.ndarray, vrange: tuple[float, float]) -> tuple[str,
     return left, right, data
 
 
+#: The longest side, in pixels, cells are upscaled to: a 1x15000 map (a 60000x1 image with
+#: --no-resize) is upscaled no more, where ``min_side`` alone would make it 256x3,840,000.
+MAX_UPSCALED_SIDE = 4096
+
+
+def _upscale_factor(h: int, w: int, min_side: int) -> int:
+    """The whole factor that brings the short side to ``min_side``, as long as the long side
+    stays within ``MAX_UPSCALED_SIDE`` (1: never scaled down)."""
+    wanted = math.ceil(min_side / max(1, min(h, w)))
+    return max(1, min(wanted, MAX_UPSCALED_SIDE // max(1, h, w)))
+
+
 def heatmap_image(
     map2d: np.ndarray,
     *,
@@ -266,7 +278,7 @@ def heatmap_image(
     values = np.asarray(map2d, dtype=np.float32)
     h, w = values.shape
     lo, hi = vrange if vrange is not None else value_range(values, clip)
-    factor = max(1, math.ceil(min_side / max(1, min(h, w))))
+    factor = _upscale_factor(h, w, min_side)
     pic_h, pic_w = h * factor, w * factor
     width = max(pic_w, 420)
     title_h, note_h, gap, bar_h, values_h = 24, (22 if note else 0), 6, 12, 38
@@ -362,16 +374,17 @@ def overview_image(
         ):
             panel_height = int(panel_height * 0.9)
     panel_height = max(16, panel_height)
-    panels = [
-        cv2.resize(image_rgb, (max(1, round(panel_height * aspect[0])), panel_height),
-                   interpolation=cv2.INTER_AREA)
-    ]  # fmt: skip
+    widest = max_width - 2 * margin  # a 60000x1 photo: its panels squeezed to this width
+
+    def panel_size(a: float) -> tuple[int, int]:
+        return (min(widest, max(1, round(panel_height * a))), panel_height)
+
+    panels = [cv2.resize(image_rgb, panel_size(aspect[0]), interpolation=cv2.INTER_AREA)]
     captions = [(f"input {width}x{height}", "", None)]
     for level, a in zip(levels, aspect[1:]):
         lo, hi = level.get("range") or value_range(level["map"], clip)
         colours = colorize(level["map"], cmap, lo, hi)
-        size = (max(1, round(panel_height * a)), panel_height)
-        panels.append(cv2.resize(colours, size, interpolation=cv2.INTER_NEAREST))
+        panels.append(cv2.resize(colours, panel_size(a), interpolation=cv2.INTER_NEAREST))
         labels = _range_labels(level["map"], (lo, hi))
         captions.append(
             (f"{level['name']}  stride {level['stride']}", str(tuple(level["shape"])), labels)
@@ -468,9 +481,10 @@ def overlay_image(
 def _with_header(picture: np.ndarray, label: str, note: str, cmap: str, values: np.ndarray,
                  vrange: tuple[float, float]) -> np.ndarray:  # fmt: skip
     """``picture`` under a white strip: ``label``, ``note`` in red, a colour bar with its range.
-    The text grows with the picture so it stays legible when the picture is viewed whole."""
+    The text grows with the picture so it stays legible when the picture is viewed whole, and
+    with its height too (a 60000x1 picture gets no 6000-pixel header)."""
     h, w = picture.shape[:2]
-    scale = max(0.45, w / 1400)
+    scale = max(0.45, min(w / 1400, h / 200))
     line = int(round(26 * scale / 0.45 * 0.75))
     thickness = max(1, int(round(scale)))
     left, right, _ = _range_labels(values, vrange)
