@@ -147,3 +147,72 @@ def test_the_overlay_header_of_a_one_row_photo_stays_small():
     photo, level = ROW, ROW_LEVEL
     overlay = overlay_image(photo, level["map"], stride=4, scale_y=1, scale_x=1, label="p2")
     assert overlay.shape[0] < 100  # the header was 600 rows over a 1-row picture
+
+
+# 3. --max-pixels past Pillow's own limit; 5. messages ----------------------------------------
+
+
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares ``width`` x ``height`` (a few hundred bytes on disk)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (1 + 3 * width), 9)  # one row: decoding stops at the end
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))  # fmt: skip
+    return path
+
+
+def test_max_pixels_raised_past_pillows_limit_is_pillows_limit_for_the_load(tmp_path, monkeypatch):
+    from fpncli.io import preprocess
+
+    seen = []
+    real = preprocess.Image.open
+
+    def spy(*args, **kwargs):  # no 196 MP allocation: the limit Pillow checks with is enough
+        seen.append(Image.MAX_IMAGE_PIXELS)
+        raise ValueError("stop here")
+
+    before = Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(preprocess.Image, "open", spy)
+    with pytest.raises(ValueError, match="stop here"):
+        preprocess.load_image(_image(tmp_path / "a.png"), max_pixels=300_000_000)
+    monkeypatch.setattr(preprocess.Image, "open", real)
+    assert seen == [300_000_000] and Image.MAX_IMAGE_PIXELS == before  # restored afterwards
+    big = _png_header(tmp_path / "big.png", 14000, 14000)
+    with pytest.raises(ValueError, match="decompression bomb") as refused:
+        preprocess.load_image(big)  # the default limit: refused, and says what to raise
+    assert "--max-pixels" in str(refused.value) and "178956970" not in str(refused.value)
+
+
+def test_a_small_limit_is_said_in_pixels(tmp_path):
+    from fpncli.io.preprocess import load_image
+
+    with pytest.raises(ValueError, match=r"300x200 is 60,000 pixels, over the 10 pixels limit"):
+        load_image(_image(tmp_path / "a.png", size=(300, 200)), max_pixels=10)
+
+
+# 4. show with hostile images --------------------------------------------------------------------
+
+
+def test_show_refuses_a_bomb_and_a_fifo_in_one_line(tmp_path):
+    _png_header(tmp_path / "bomb.png", 100_000, 100_000)
+    os.mkfifo(tmp_path / "f.jpg")
+    for name, message in (("bomb.png", "decompression bomb"), ("f.jpg", "a FIFO")):
+        done = _fpncli("show", str(tmp_path / name), "--weights", "random", "--save",
+                       str(tmp_path / "x.png"))  # fmt: skip
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_symlink_loop_is_not_an_image_file(tmp_path):
+    from fpncli.io.preprocess import load_image
+
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    with pytest.raises(ValueError, match="a symlink loop, not an image file"):
+        load_image(tmp_path / "loop.jpg")
