@@ -58,6 +58,10 @@ def _kind(mode: int) -> str:
     return "a special file"
 
 
+def _a(what: str) -> str:
+    return f"an {what}" if what[:1] in "aeiou" else f"a {what}"
+
+
 def check_regular_file(path: str | Path, what: str = "file") -> os.stat_result:
     """``os.stat`` of ``path`` (symlinks followed) when it is a regular file.
 
@@ -71,7 +75,7 @@ def check_regular_file(path: str | Path, what: str = "file") -> os.stat_result:
         raise FileNotFoundError(f"no such {what}: {path}") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise ValueError(f"{path}: a symlink loop, not a {what}") from None
+            raise ValueError(f"{path}: a symlink loop, not {_a(what)}") from None
         raise
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{path}: not a regular file ({_kind(st.st_mode)})")
@@ -91,7 +95,7 @@ def open_regular(path: str | Path, what: str = "file"):
         raise FileNotFoundError(f"no such {what}: {path}") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise ValueError(f"{path}: a symlink loop, not a {what}") from None
+            raise ValueError(f"{path}: a symlink loop, not {_a(what)}") from None
         if e.errno in (errno.ENXIO, errno.EISDIR):  # a socket, or a folder
             check_regular_file(path, what)
         raise
