@@ -35,6 +35,7 @@ __all__ = [
     "mark_output_root",
     "marked_root",
     "quote_name",
+    "utf8_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ def _kind(mode: int) -> str:
     return "a special file"
 
 
+def _a(what: str) -> str:
+    return f"an {what}" if what[:1] in "aeiou" else f"a {what}"
+
+
 def check_regular_file(path: str | Path, what: str = "file") -> os.stat_result:
     """``os.stat`` of ``path`` (symlinks followed) when it is a regular file.
 
@@ -70,7 +75,7 @@ def check_regular_file(path: str | Path, what: str = "file") -> os.stat_result:
         raise FileNotFoundError(f"no such {what}: {path}") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise ValueError(f"{path}: a symlink loop, not a {what}") from None
+            raise ValueError(f"{path}: a symlink loop, not {_a(what)}") from None
         raise
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{path}: not a regular file ({_kind(st.st_mode)})")
@@ -90,7 +95,7 @@ def open_regular(path: str | Path, what: str = "file"):
         raise FileNotFoundError(f"no such {what}: {path}") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise ValueError(f"{path}: a symlink loop, not a {what}") from None
+            raise ValueError(f"{path}: a symlink loop, not {_a(what)}") from None
         if e.errno in (errno.ENXIO, errno.EISDIR):  # a socket, or a folder
             check_regular_file(path, what)
         raise
@@ -209,3 +214,15 @@ def quote_name(text: str) -> str:
         for c in text.replace("\\", "\\\\")
     )  # fmt: skip
     return f'"{escaped}"'
+
+
+def utf8_text(text: str) -> str:
+    """``text`` as valid UTF-8 text, for what must be UTF-8 (HTML, Parquet strings, tar member
+    names): a file name's bytes that are not UTF-8, which Python holds as lone surrogates
+    (``surrogateescape``), are written ``\\xNN``, the name's own bytes. Any other lone
+    surrogate (from a forged manifest) makes every surrogate ``\\udNNN``."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")

@@ -14,8 +14,11 @@ step 3 (``resize_for_model``) and does 2 and 4 in torch on the model's device.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,8 @@ from .guard import open_regular
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "LoadedImage",
+    "open_image",
+    "pixel_count",
     "Prepared",
     "load_image",
     "rgb_to_bgr",
@@ -113,6 +118,64 @@ class LoadedImage:
         return self._size[0] * self._size[1] * 3
 
 
+def pixel_count(pixels: float) -> str:
+    """A number of pixels for a message: ``89 MP``, ``1.5 MP``, ``60,000 pixels`` (not 0 MP)."""
+    if pixels >= 10e6:
+        return f"{pixels / 1e6:.0f} MP"
+    if pixels >= 1e6:
+        return f"{pixels / 1e6:.1f} MP"
+    return f"{pixels:,.0f} pixels"
+
+
+_limit_lock = threading.Lock()
+_limits: list[int] = []  # max_pixels of the loads in progress (threads)
+_pillow_limit: list[int | None] = []  # Pillow's own limit, as it was before them
+
+
+@contextlib.contextmanager
+def _pillow_follows(max_pixels: int) -> Iterator[None]:
+    """Pillow's bomb limit (``Image.MAX_IMAGE_PIXELS``, which it warns above and refuses at
+    twice) raised to ``max_pixels`` while fpncli loads an image, so ``--max-pixels`` can be
+    raised past it (fpncli refuses more than ``max_pixels`` itself). Restored when the last
+    load in progress ends: Pillow's setting is not changed for anyone else for good."""
+    with _limit_lock:
+        if not _limits:
+            _pillow_limit[:] = [Image.MAX_IMAGE_PIXELS]
+        _limits.append(max_pixels)
+        _set_pillow_limit()
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _limits.remove(max_pixels)
+            _set_pillow_limit()
+
+
+def _set_pillow_limit() -> None:
+    before = _pillow_limit[0]  # None: Pillow's check is off, fpncli's is enough
+    Image.MAX_IMAGE_PIXELS = None if before is None else max([before, *_limits])
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """``Image.open`` of a regular file only (a FIFO is refused, not waited for), with Pillow's
+    limit following ``max_pixels`` and its warnings (bomb, EXIF) kept off stderr; more than
+    ``max_pixels`` pixels is refused from the header. Raises as ``load_image``, and
+    ``Image.DecompressionBombError`` / ``UnidentifiedImageError`` / ``OSError`` as Pillow does."""
+    with warnings.catch_warnings(), _pillow_follows(max_pixels):
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data", no file named
+        with open_regular(path, "image file") as f, Image.open(f) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ValueError(
+                    f"{path}: {width}x{height} is {pixel_count(width * height)}, over the "
+                    f"{pixel_count(max_pixels)} limit (a decompression bomb?); raise "
+                    "--max-pixels if you trust this file"
+                )
+            yield im
+
+
 def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray | Image.Image:
     """Any Pillow mode -> ``(H, W, 3)`` uint8 RGB: an array for 16-bit and float modes, else a
     Pillow RGB image."""
@@ -156,25 +219,19 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     path = Path(path)
     notes: list[str] = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with open_regular(path, "image file") as f, Image.open(f) as im:
-                width, height = im.size
-                if width * height > max_pixels:
-                    raise ValueError(
-                        f"{path}: {width}x{height} is {width * height / 1e6:.0f} MP, over the "
-                        f"{max_pixels / 1e6:.0f} MP limit (a decompression bomb?); raise "
-                        "--max-pixels if you trust this file"
-                    )
-                frames = getattr(im, "n_frames", 1)
-                if frames > 1:
-                    notes.append(f"first of {frames} frames used")
-                orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
-                im.load()
-                transposed = ImageOps.exif_transpose(im) if orientation != 1 else im
-                rgb = _to_rgb8(transposed, notes)
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{path}: refused as a decompression bomb ({e})") from None
+        with open_image(path, max_pixels) as im:
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                notes.append(f"first of {frames} frames used")
+            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+            im.load()
+            transposed = ImageOps.exif_transpose(im) if orientation != 1 else im
+            rgb = _to_rgb8(transposed, notes)
+    except Image.DecompressionBombError:
+        raise ValueError(
+            f"{path}: refused as a decompression bomb (over twice the {pixel_count(max_pixels)} "
+            "limit); raise --max-pixels if you trust this file"
+        ) from None
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not an image Pillow can read") from None
     except (FileNotFoundError, ValueError):
@@ -239,8 +296,8 @@ def check_resized_size(height: int, width: int, min_size: int, max_size: int, re
     padded = math.ceil(new_h / 32) * 32 * math.ceil(new_w / 32) * 32
     if padded > max_pixels:
         raise ValueError(
-            f"resized to {new_w}x{new_h} it would be {padded / 1e6:.0f} MP, over the "
-            f"{max_pixels / 1e6:.0f} MP limit: lower --min-size/--max-size or raise --max-pixels"
+            f"resized to {new_w}x{new_h} it would be {pixel_count(padded)}, over the "
+            f"{pixel_count(max_pixels)} limit: lower --min-size/--max-size or raise --max-pixels"
         )
 
 

@@ -18,6 +18,8 @@ every run claims its keys for its lifetime, and only dead runs' leftovers are cl
 Each member is a plain file (``.npy`` from ``np.save``, PNG, JSON), so ``tarfile`` and
 ``np.load`` read a shard with neither fpncli nor Ray installed; ``KEY.json`` is the manifest
 folder mode writes, and its ``levels[*].file`` names the member suffix (``KEY.`` + ``p2.npy``).
+Member names and the index's strings are UTF-8: a file name's bytes that are not UTF-8 are
+written there as ``\\xNN`` (``bad\\xff.png``); ``KEY.json`` has the exact path (JSON ``\\udcff``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import numpy as np
 
 from ..model.names import OUTPUTS
 from .atomic import DROP_BYTES, drop_from_cache
+from .guard import utf8_text
 from .manifest import options_for_key
 from .npy import npy_bytes
 from .outputs import MANIFEST, OutputOptions, write_image_members
@@ -124,8 +127,12 @@ def wds_key(relative: str | PurePosixPath, used: set[str]) -> str:
     """A WebDataset sample key from an image's output path relative to OUT (``sub/a``).
 
     WebDataset readers split a member name at the first dot of its base name, so dots in the
-    key become ``_``; a key that then collides with one in ``used`` gets ``_2``, ``_3``."""
-    parts = [p.replace(".", "_") for p in PurePosixPath(relative).parts if p not in ("", ".")]
+    key become ``_``; a name's bytes that are not UTF-8 become ``\\xNN`` (``guard.utf8_text``:
+    tar member names and the index hold UTF-8); a key that then collides with one in ``used``
+    gets ``_2``, ``_3``."""
+    parts = [
+        utf8_text(p).replace(".", "_") for p in PurePosixPath(relative).parts if p not in ("", ".")
+    ]
     base = "/".join(parts) or "image"
     key, n = base, 1
     while key in used:
@@ -166,14 +173,15 @@ def _schema():
 
 def failed_row(key: str, source: str, reason: str, settings: str) -> dict:
     """The index row of an input that could not be extracted."""
-    return {"key": key, "source": source, "status": "failed", "error": reason,
-            "settings": settings, "written_at": time.time()}  # fmt: skip
+    return {"key": key, "source": utf8_text(source), "status": "failed",
+            "error": utf8_text(reason), "settings": settings,
+            "written_at": time.time()}  # fmt: skip
 
 
 def _ok_row(key: str, source: str, manifest: dict, members: list[str], size: int,
             settings: str) -> dict:  # fmt: skip
-    row = {"key": key, "source": source, "status": "ok", "members": members, "bytes": size,
-           "levels": list(manifest["levels"]), "settings": settings,
+    row = {"key": key, "source": utf8_text(source), "status": "ok", "members": members,
+           "bytes": size, "levels": list(manifest["levels"]), "settings": settings,
            "written_at": time.time()}  # fmt: skip
     for level, meta in manifest["levels"].items():
         row["dtype"] = meta["dtype"]
@@ -200,7 +208,8 @@ def _write_parquet(fs, path: str, rows: list[dict]) -> None:
 
 
 def _digest(keys: Iterable[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
+    text = "\n".join(sorted(keys))  # surrogatepass: any str hashes, whatever it holds
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _to_bytes(data: bytes | np.ndarray) -> bytes:

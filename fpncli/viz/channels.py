@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
-from .visualize import colorize, colour_bar, upscale_cells
+from .visualize import colorize, colour_bar, put_text, text_size, upscale_cells
 
 __all__ = ["top_channels", "parse_channels", "channel_grid"]
-
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def top_channels(feature: np.ndarray, k: int) -> list[int]:
@@ -46,7 +43,7 @@ def parse_channels(text: str, channels: int) -> list[int]:
 
 
 def _text(canvas, text, origin, scale=0.4, colour=(20, 20, 20), thickness=1) -> None:
-    cv2.putText(canvas, text, origin, _FONT, scale, colour, thickness, cv2.LINE_AA)
+    put_text(canvas, text, origin, scale, colour, thickness)
 
 
 def channel_grid(
@@ -97,6 +94,6 @@ def channel_grid(
     canvas[bar_top : bar_top + 12, margin : margin + bar_w] = colour_bar(cmap, bar_w)
     _text(canvas, f"{vrange[0]:.4g}", (margin, bar_top + 28))
     right = f"{vrange[1]:.4g}"
-    (text_w, _), _ = cv2.getTextSize(right, _FONT, 0.4, 1)
+    text_w = text_size(right, 0.4)
     _text(canvas, right, (margin + bar_w - text_w, bar_top + 28))
     return canvas

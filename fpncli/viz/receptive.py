@@ -10,11 +10,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .visualize import colorize
+from .visualize import colorize, put_text
 
 __all__ = ["field_captions", "receptive_field_image"]
-
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def _to_original(box, scale_y: float, scale_x: float, height: int, width: int):
@@ -88,7 +86,7 @@ def receptive_field_image(
         caption_h = 20 * len(captions) + 6
         block = np.full((caption_h + panel_height, max(panel_w, 300), 3), 255, np.uint8)
         for k, text in enumerate(captions):
-            cv2.putText(block, text, (4, 16 + 20 * k), _FONT, 0.45, (20, 20, 20), 1, cv2.LINE_AA)
+            put_text(block, text, (4, 16 + 20 * k), 0.45)
         block[caption_h:, :panel_w] = panel
         panels.append(block)
     gap, margin = 10, 10
@@ -99,10 +97,10 @@ def receptive_field_image(
     y = 0
     if title:
         y += 22
-        cv2.putText(canvas, title, (margin, y), _FONT, 0.6, (20, 20, 20), 1, cv2.LINE_AA)
+        put_text(canvas, title, (margin, y), 0.6)
     if note:
         y += 26
-        cv2.putText(canvas, note, (margin, y), _FONT, 0.6, (192, 0, 0), 2, cv2.LINE_AA)
+        put_text(canvas, note, (margin, y), 0.6, (192, 0, 0), 2)
     x = margin
     for panel in panels:
         canvas[header : header + panel.shape[0], x : x + panel.shape[1]] = panel

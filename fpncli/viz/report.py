@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shutil
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from PIL import Image, ImageOps
 from .. import __version__
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import read_run_log
-from ..io.guard import open_regular
+from ..io.guard import open_regular, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
@@ -207,6 +208,12 @@ def _page(title: str, body: str) -> str:
     )
 
 
+def _href(path: str) -> str:
+    """A path relative to OUT as a link: its bytes on disk percent-encoded, so a name with
+    spaces, ``#`` or bytes that are not UTF-8 still leads to the real file."""
+    return html.escape(urllib.parse.quote(os.fsencode(path)))
+
+
 def _nav(page: int, pages: int, prefix: str) -> str:
     """Links to every page; ``prefix`` leads from the page's folder to OUT."""
     if pages <= 1:
@@ -224,7 +231,7 @@ def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int) -> str:
     for i, row in enumerate(rows, start=first):
         name = html.escape(row.key)
         if row.overview:
-            name = f'<a href="{prefix}{html.escape(row.overview)}">{name}</a>'
+            name = f'<a href="{prefix}{_href(row.overview)}">{name}</a>'
         cells = [f"<td>{i}</td><td>{name}<br><span class=muted>{row.size}</span></td>"]
         if row.input_thumb:
             cells.append(f'<td><img src="{prefix}{row.input_thumb}" alt="input"></td>')
@@ -237,7 +244,7 @@ def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int) -> str:
                 continue
             img = f'<img src="{prefix}{thumb}" alt="{name}">'
             link = row.links.get(name)
-            cells.append(f'<td><a href="{prefix}{html.escape(link)}">{img}</a></td>' if link
+            cells.append(f'<td><a href="{prefix}{_href(link)}">{img}</a></td>' if link
                          else f"<td>{img}</td>")  # fmt: skip
         out.append(f"<tr>{''.join(cells)}</tr>")
     out.append("</table>")
@@ -439,11 +446,11 @@ def write_report(
                 hist = f'<img class="hist" src="{_ASSETS}/histograms.png" alt="histograms">'
                 body += ["<h2>Levels across the folder</h2>", _stats_table(stats), hist]
             body += [grid, nav]
-            atomic_write_bytes(root / REPORT, _page(title, "\n".join(body)).encode())
+            atomic_write_bytes(root / REPORT, utf8_text(_page(title, "\n".join(body))).encode())
         else:
             body = f'<h1>{html.escape(title)}</h1><p><a href="../{REPORT}">summary</a></p>'
             body += grid + nav
             path = assets / f"page_{page:04d}.html"
-            atomic_write_bytes(path, _page(f"{title} page {page}", body).encode())
+            atomic_write_bytes(path, utf8_text(_page(f"{title} page {page}", body)).encode())
     log.info("report: %d images, %d pages -> %s", len(rows), pages, root / REPORT)
     return root / REPORT

@@ -237,10 +237,12 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str,
 
 
 def _check_image(path: Path) -> None:
-    """Refuse a TARGET that is not an image Pillow can open (a list, a text file...)."""
+    """Refuse a TARGET that is not an image Pillow can open (a list, a text file...), a FIFO
+    (never waited for) and a decompression bomb, as ``extract`` does (``preprocess.open_image``)."""
     from PIL import Image, UnidentifiedImageError
 
     from ..io.inputs import IMAGE_EXTENSIONS
+    from ..io.preprocess import open_image
 
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise ValueError(
@@ -248,8 +250,10 @@ def _check_image(path: Path) -> None:
             "to extract a list of files, use fpncli extract --from-list"
         )
     try:
-        with Image.open(path):
+        with open_image(path):
             pass
+    except Image.DecompressionBombError:
+        raise ValueError(f"{path}: refused as a decompression bomb") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path} is not an image Pillow can read ({e})") from None
 

@@ -29,6 +29,9 @@ __all__ = [
     "overview_png",
     "overlay_image",
     "cell_index",
+    "safe_text",
+    "put_text",
+    "text_size",
 ]
 
 REDUCTIONS = ("channel", "mean", "max", "l2", "pca")
@@ -201,8 +204,27 @@ def _lut(cmap: str) -> np.ndarray:
     return lut
 
 
+def safe_text(text: str) -> str:
+    """``text`` as OpenCV can draw it: its Hershey fonts have ASCII only, and a lone surrogate
+    (a non-UTF-8 byte of a file name, kept by Python's ``surrogateescape``) crashes
+    ``cv2.putText``/``getTextSize`` (a segfault), so every other character becomes ``?``."""
+    return "".join(c if " " <= c <= "~" else "?" for c in str(text))
+
+
+def put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float,
+             colour=(20, 20, 20), thickness: int = 1) -> None:  # fmt: skip
+    """``cv2.putText`` of ``safe_text(text)``: every picture's text goes through here."""
+    cv2.putText(canvas, safe_text(text), origin, _FONT, scale, colour, thickness, cv2.LINE_AA)
+
+
+def text_size(text: str, scale: float, thickness: int = 1) -> int:
+    """The width in pixels ``put_text`` draws ``text`` at."""
+    (width, _), _ = cv2.getTextSize(safe_text(text), _FONT, scale, thickness)
+    return width
+
+
 def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.45) -> None:
-    cv2.putText(canvas, text, origin, _FONT, scale, (20, 20, 20), 1, cv2.LINE_AA)
+    put_text(canvas, text, origin, scale)
 
 
 def _fmt(value: float) -> str:
@@ -222,6 +244,18 @@ def _range_labels(values: np.ndarray, vrange: tuple[float, float]) -> tuple[str,
     clipped = data_lo < lo or data_hi > hi
     data = f"data {_fmt(data_lo)} .. {_fmt(data_hi)}" + (" (clipped)" if clipped else "")
     return left, right, data
+
+
+#: The longest side, in pixels, cells are upscaled to: a 1x15000 map (a 60000x1 image with
+#: --no-resize) is upscaled no more, where ``min_side`` alone would make it 256x3,840,000.
+MAX_UPSCALED_SIDE = 4096
+
+
+def _upscale_factor(h: int, w: int, min_side: int) -> int:
+    """The whole factor that brings the short side to ``min_side``, as long as the long side
+    stays within ``MAX_UPSCALED_SIDE`` (1: never scaled down)."""
+    wanted = math.ceil(min_side / max(1, min(h, w)))
+    return max(1, min(wanted, MAX_UPSCALED_SIDE // max(1, h, w)))
 
 
 def heatmap_image(
@@ -244,7 +278,7 @@ def heatmap_image(
     values = np.asarray(map2d, dtype=np.float32)
     h, w = values.shape
     lo, hi = vrange if vrange is not None else value_range(values, clip)
-    factor = max(1, math.ceil(min_side / max(1, min(h, w))))
+    factor = _upscale_factor(h, w, min_side)
     pic_h, pic_w = h * factor, w * factor
     width = max(pic_w, 420)
     title_h, note_h, gap, bar_h, values_h = 24, (22 if note else 0), 6, 12, 38
@@ -252,14 +286,14 @@ def heatmap_image(
     canvas = np.full((top + pic_h + gap + bar_h + values_h, width, 3), 255, np.uint8)
     _text(canvas, label, (4, 17))
     if note:
-        cv2.putText(canvas, note, (4, title_h + 15), _FONT, 0.5, (192, 0, 0), 1, cv2.LINE_AA)
+        put_text(canvas, note, (4, title_h + 15), 0.5, (192, 0, 0))
     canvas[top : top + pic_h, :pic_w] = upscale_cells(colorize(values, cmap, lo, hi), factor)
     bar_top = top + pic_h + gap
     bar_w = max(pic_w, min(width, 420))
     canvas[bar_top : bar_top + bar_h, :bar_w] = colour_bar(cmap, bar_w)
     left, right, data = _range_labels(values, (lo, hi))
     _text(canvas, left, (2, bar_top + bar_h + 15), 0.4)
-    (text_w, _), _ = cv2.getTextSize(right, _FONT, 0.4, 1)
+    text_w = text_size(right, 0.4)
     _text(canvas, right, (max(0, bar_w - text_w - 2), bar_top + bar_h + 15), 0.4)
     _text(canvas, data, (2, bar_top + bar_h + 33), 0.4)
     return canvas
@@ -286,9 +320,8 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 def _centered(canvas: np.ndarray, text: str, centre_x: int, baseline: int, scale: float,
               colour=(20, 20, 20), thickness: int = 1) -> None:  # fmt: skip
-    (width, _), _ = cv2.getTextSize(text, _FONT, scale, thickness)
-    origin = (max(0, centre_x - width // 2), baseline)
-    cv2.putText(canvas, text, origin, _FONT, scale, colour, thickness, cv2.LINE_AA)
+    width = text_size(text, scale, thickness)
+    put_text(canvas, text, (max(0, centre_x - width // 2), baseline), scale, colour, thickness)
 
 
 #: The overview's widest canvas, in pixels: wider pictures are scaled down to it (a panorama
@@ -341,16 +374,17 @@ def overview_image(
         ):
             panel_height = int(panel_height * 0.9)
     panel_height = max(16, panel_height)
-    panels = [
-        cv2.resize(image_rgb, (max(1, round(panel_height * aspect[0])), panel_height),
-                   interpolation=cv2.INTER_AREA)
-    ]  # fmt: skip
+    widest = max_width - 2 * margin  # a 60000x1 photo: its panels squeezed to this width
+
+    def panel_size(a: float) -> tuple[int, int]:
+        return (min(widest, max(1, round(panel_height * a))), panel_height)
+
+    panels = [cv2.resize(image_rgb, panel_size(aspect[0]), interpolation=cv2.INTER_AREA)]
     captions = [(f"input {width}x{height}", "", None)]
     for level, a in zip(levels, aspect[1:]):
         lo, hi = level.get("range") or value_range(level["map"], clip)
         colours = colorize(level["map"], cmap, lo, hi)
-        size = (max(1, round(panel_height * a)), panel_height)
-        panels.append(cv2.resize(colours, size, interpolation=cv2.INTER_NEAREST))
+        panels.append(cv2.resize(colours, panel_size(a), interpolation=cv2.INTER_NEAREST))
         labels = _range_labels(level["map"], (lo, hi))
         captions.append(
             (f"{level['name']}  stride {level['stride']}", str(tuple(level["shape"])), labels)
@@ -387,7 +421,7 @@ def overview_image(
             canvas[bar_top : bar_top + bar_h, x : x + cw] = colour_bar(cmap, cw)
             base = bar_top + bar_h + 14
             _text(canvas, labels[0], (x, base), 0.4)
-            (text_w, _), _ = cv2.getTextSize(labels[1], _FONT, 0.4, 1)
+            text_w = text_size(labels[1], 0.4)
             _text(canvas, labels[1], (max(x, x + cw - text_w), base), 0.4)
         if stacked:
             y += cell_h + gap
@@ -447,9 +481,10 @@ def overlay_image(
 def _with_header(picture: np.ndarray, label: str, note: str, cmap: str, values: np.ndarray,
                  vrange: tuple[float, float]) -> np.ndarray:  # fmt: skip
     """``picture`` under a white strip: ``label``, ``note`` in red, a colour bar with its range.
-    The text grows with the picture so it stays legible when the picture is viewed whole."""
+    The text grows with the picture so it stays legible when the picture is viewed whole, and
+    with its height too (a 60000x1 picture gets no 6000-pixel header)."""
     h, w = picture.shape[:2]
-    scale = max(0.45, w / 1400)
+    scale = max(0.45, min(w / 1400, h / 200))
     line = int(round(26 * scale / 0.45 * 0.75))
     thickness = max(1, int(round(scale)))
     left, right, _ = _range_labels(values, vrange)
@@ -460,13 +495,12 @@ def _with_header(picture: np.ndarray, label: str, note: str, cmap: str, values: 
     y = 0
     for text, colour in rows:
         y += line
-        cv2.putText(canvas, text, (4, y - line // 4), _FONT, scale, colour, thickness, cv2.LINE_AA)
+        put_text(canvas, text, (4, y - line // 4), scale, colour, thickness)
     bar_w = max(200, min(w - 8, int(w * 0.6)))
     canvas[y + 4 : y + 4 + bar_h, 4 : 4 + bar_w] = colour_bar(cmap, bar_w)
     base = y + 4 + bar_h + line - line // 4
-    cv2.putText(canvas, left, (4, base), _FONT, scale * 0.9, (20, 20, 20), thickness, cv2.LINE_AA)
-    (text_w, _), _ = cv2.getTextSize(right, _FONT, scale * 0.9, thickness)
-    cv2.putText(canvas, right, (max(4, 4 + bar_w - text_w), base), _FONT, scale * 0.9,
-                (20, 20, 20), thickness, cv2.LINE_AA)  # fmt: skip
+    put_text(canvas, left, (4, base), scale * 0.9, thickness=thickness)
+    text_w = text_size(right, scale * 0.9, thickness)
+    put_text(canvas, right, (max(4, 4 + bar_w - text_w), base), scale * 0.9, thickness=thickness)
     canvas[header:, :w] = picture
     return canvas

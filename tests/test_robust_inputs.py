@@ -1,0 +1,218 @@
+"""Hostile names and sizes: file names that are not UTF-8 (drawn, reported, sharded), pictures of
+extreme shapes, --max-pixels against Pillow's own limit, hostile images given to show."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = os.fsdecode(b"bad\xff\xfe")  # "bad\udcff\udcfe": bytes that are not UTF-8
+
+
+def _fpncli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The CLI in a process of its own: a segfault is a failed test, not a dead test run."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "fpncli", *args], capture_output=True,
+                          text=True, errors="replace", env=env, cwd=cwd, timeout=300)  # fmt: skip
+
+
+def _small(*args: str) -> list[str]:
+    return [*args, "--weights", "random", "--min-size", "64", "--max-size", "96", "--workers", "1"]
+
+
+def _image(path: Path, size=(48, 40)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(0)
+    Image.fromarray(rng.randint(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+# 1. Names that are not UTF-8 ----------------------------------------------------------------
+
+
+def test_safe_text_keeps_ascii_and_replaces_the_rest():
+    from fpncli.viz.visualize import safe_text
+
+    assert safe_text("p2  stride 4 (1, 256)") == "p2  stride 4 (1, 256)"
+    assert safe_text(f"{BAD}.png é\n") == "bad??.png ??"
+
+
+def test_every_picture_draws_a_surrogate_or_non_ascii_text():
+    """OpenCV segfaults on a lone surrogate: run the drawing in a process of its own."""
+    code = f"""
+import numpy as np
+from fpncli.viz.channels import channel_grid
+from fpncli.viz.visualize import heatmap_image, overlay_image, overview_image
+text = {BAD!r} + " é"
+rgb = np.zeros((40, 48, 3), np.uint8)
+level = {{"name": text, "map": np.ones((10, 12), np.float32), "stride": 4, "shape": (1, 2)}}
+heatmap_image(level["map"], label=text, note=text)
+overview_image(rgb, [level], title=text, note=text)
+overlay_image(rgb, level["map"], stride=4, scale_y=1, scale_x=1, label=text, note=text)
+channel_grid(np.ones((2, 10, 12), np.float32), [0, 1], title=text, note=text)
+print("drawn")
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "drawn" in done.stdout, (done.returncode, done.stderr)
+
+
+def test_a_name_that_is_not_utf8_extracts_shows_and_reports(tmp_path):
+    src = tmp_path / "in"
+    _image(src / f"{BAD}.png")
+    _image(src / "ok.png")
+    out = tmp_path / "out"
+    done = _fpncli(*_small("extract", str(src), "-o", str(out), "--no-heatmaps"))
+    assert done.returncode == 0, done.stderr
+    folder = out / BAD
+    assert (folder / "overview.png").is_file() and (out / "ok" / "manifest.json").is_file()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["input"]["path"] == str(src / f"{BAD}.png")  # JSON escapes it: read back
+
+    save = tmp_path / "all.png"
+    shown = _fpncli("show", str(folder), "--level", "all", "--save", str(save))
+    assert shown.returncode == 0 and save.is_file(), shown.stderr
+
+    report = _fpncli("report", str(out))
+    assert report.returncode == 0, report.stderr
+    page = (out / "report.html").read_text(encoding="utf-8")  # valid UTF-8
+    assert "bad\\xff\\xfe" in page
+    href = "bad%FF%FE/overview.png"
+    assert f'href="{href}"' in page
+    assert (out / os.fsdecode(urllib.parse.unquote_to_bytes(href))).is_file()
+
+
+def test_a_name_that_is_not_utf8_goes_into_shards(tmp_path):
+    pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
+    pytest.importorskip("fsspec", reason="--format wds needs fsspec (fpncli[wds])")
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "in"
+    _image(src / f"{BAD}.png")
+    (src / f"{BAD}x.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    args = _small("extract", str(src), "-o", str(out), "--format", "wds", "--no-overview")
+    done = _fpncli(*args)
+    assert done.returncode == 1 and "not an image" in done.stderr + done.stdout, done.stderr
+    assert not list(out.glob("*.partial*"))
+    rows = {r["key"]: r for r in pq.read_table(out / "index.parquet").to_pylist()}
+    assert rows["bad\\xff\\xfe"]["status"] == "ok"
+    assert rows["bad\\xff\\xfex"]["status"] == "failed"
+    assert rows["bad\\xff\\xfe"]["source"] == f"{src}/bad\\xff\\xfe.png"
+    (shard,) = out.glob("shard-*.tar")
+    with tarfile.open(shard) as tar:
+        assert "bad\\xff\\xfe.json" in tar.getnames()
+    again = _fpncli(*args)  # resumes: the done image is skipped, the broken one fails again
+    assert again.returncode == 1 and "skipped 1" in again.stdout + again.stderr, again.stderr
+    save = tmp_path / "key.png"
+    shown = _fpncli("show", str(out), "--key", "bad\\xff\\xfe", "--save", str(save))
+    assert shown.returncode == 0 and save.is_file(), shown.stderr
+
+
+# 2. Pictures of extreme shapes ----------------------------------------------------------------
+
+
+def test_a_one_row_map_is_upscaled_only_within_the_largest_side():
+    from fpncli.viz.visualize import MAX_UPSCALED_SIDE, heatmap_image
+
+    picture = heatmap_image(np.zeros((2, 1000), np.float32))  # was 128x: 256 x 128,000 pixels
+    assert picture.shape[1] <= MAX_UPSCALED_SIDE and picture.shape[0] < 120
+    assert heatmap_image(np.zeros((10, 12), np.float32)).shape[:2] == (340, 420)  # as before
+
+
+ROW = np.zeros((1, 3000, 3), np.uint8)
+ROW_LEVEL = {"name": "p2", "map": np.zeros((1, 750), np.float32), "stride": 4, "shape": (1, 2)}
+
+
+def test_the_overview_of_a_one_row_photo_stays_within_its_width():
+    from fpncli.viz.visualize import OVERVIEW_MAX_WIDTH, overview_image
+
+    overview = overview_image(ROW, [ROW_LEVEL], title="t")  # was 48,000 pixels wide
+    assert overview.shape[1] <= OVERVIEW_MAX_WIDTH
+
+
+def test_the_overlay_header_of_a_one_row_photo_stays_small():
+    from fpncli.viz.visualize import overlay_image
+
+    photo, level = ROW, ROW_LEVEL
+    overlay = overlay_image(photo, level["map"], stride=4, scale_y=1, scale_x=1, label="p2")
+    assert overlay.shape[0] < 100  # the header was 600 rows over a 1-row picture
+
+
+# 3. --max-pixels past Pillow's own limit; 5. messages ----------------------------------------
+
+
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares ``width`` x ``height`` (a few hundred bytes on disk)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (1 + 3 * width), 9)  # one row: decoding stops at the end
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))  # fmt: skip
+    return path
+
+
+def test_max_pixels_raised_past_pillows_limit_is_pillows_limit_for_the_load(tmp_path, monkeypatch):
+    from fpncli.io import preprocess
+
+    seen = []
+    real = preprocess.Image.open
+
+    def spy(*args, **kwargs):  # no 196 MP allocation: the limit Pillow checks with is enough
+        seen.append(Image.MAX_IMAGE_PIXELS)
+        raise ValueError("stop here")
+
+    before = Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(preprocess.Image, "open", spy)
+    with pytest.raises(ValueError, match="stop here"):
+        preprocess.load_image(_image(tmp_path / "a.png"), max_pixels=300_000_000)
+    monkeypatch.setattr(preprocess.Image, "open", real)
+    assert seen == [300_000_000] and Image.MAX_IMAGE_PIXELS == before  # restored afterwards
+    big = _png_header(tmp_path / "big.png", 14000, 14000)
+    with pytest.raises(ValueError, match="decompression bomb") as refused:
+        preprocess.load_image(big)  # the default limit: refused, and says what to raise
+    assert "--max-pixels" in str(refused.value) and "178956970" not in str(refused.value)
+
+
+def test_a_small_limit_is_said_in_pixels(tmp_path):
+    from fpncli.io.preprocess import load_image
+
+    with pytest.raises(ValueError, match=r"300x200 is 60,000 pixels, over the 10 pixels limit"):
+        load_image(_image(tmp_path / "a.png", size=(300, 200)), max_pixels=10)
+
+
+# 4. show with hostile images --------------------------------------------------------------------
+
+
+def test_show_refuses_a_bomb_and_a_fifo_in_one_line(tmp_path):
+    _png_header(tmp_path / "bomb.png", 100_000, 100_000)
+    os.mkfifo(tmp_path / "f.jpg")
+    for name, message in (("bomb.png", "decompression bomb"), ("f.jpg", "a FIFO")):
+        done = _fpncli("show", str(tmp_path / name), "--weights", "random", "--save",
+                       str(tmp_path / "x.png"))  # fmt: skip
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_symlink_loop_is_not_an_image_file(tmp_path):
+    from fpncli.io.preprocess import load_image
+
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    with pytest.raises(ValueError, match="a symlink loop, not an image file"):
+        load_image(tmp_path / "loop.jpg")
