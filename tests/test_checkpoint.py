@@ -318,3 +318,37 @@ def test_a_state_dict_with_non_string_keys_is_refused(tmp_path):
         pickle.dump({"model": {1: 2}}, f)
     with pytest.raises(ValueError, match=r"ints\.pkl: its 'model' entry has non-string keys"):
         read_checkpoint(path)
+
+
+# Values that are not real, finite weights ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.bool])
+def test_a_non_real_tensor_is_refused(tmp_path, state, dtype):
+    model = {f"backbone.{k}": v.clone() for k, v in state.items()}
+    model["backbone.bottom_up.stem.conv1.weight"] = torch.zeros(64, 3, 7, 7, dtype=dtype)
+    path = tmp_path / "odd.pth"
+    torch.save({"model": model}, path)
+    with pytest.raises(ValueError, match=r"stem.conv1.weight' is not a real-valued array"):
+        read_checkpoint(path)
+
+
+def test_a_complex_array_in_a_pkl_is_refused(tmp_path, state):
+    model = {f"backbone.{k}": v.numpy() for k, v in state.items()}
+    model["backbone.fpn_lateral2.bias"] = np.zeros(256, np.complex64)
+    path = tmp_path / "complex.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": model}, f)
+    with pytest.raises(ValueError, match=r"fpn_lateral2.bias' is not a real-valued .*complex64"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_naming_the_first_key(tmp_path, state, value):
+    broken = {k: v.clone() for k, v in state.items()}
+    broken["bottom_up.res3.0.conv1.weight"][0, 0, 0, 0] = value
+    broken["fpn_output2.weight"].fill_(value)
+    path = tmp_path / "nan.pkl"
+    write_detectron2_pkl(path, broken)
+    with pytest.raises(ValueError, match=r"nan\.pkl: bottom_up.res3.0.conv1.weight holds NaN"):
+        read_checkpoint(path)

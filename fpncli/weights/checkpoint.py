@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io.guard import check_regular_file
+from ..io.guard import check_regular_file, quote_name
 from ..model.fpn import FPN, build_resnet_fpn_backbone
 from ..model.resnet import BLOCKS_PER_STAGE
 from .registry import DETECTRON2_INPUT, DETECTRON2_X101_INPUT, TORCHVISION_INPUT, InputFormat
@@ -76,9 +76,15 @@ class Checkpoint:
 
 def _to_tensor(name: str, value: object) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.dtype == torch.bool:  # .to(float32) would drop or invent
+            raise ValueError(
+                f"checkpoint entry {name!r} is not a real-valued array ({value.dtype})"
+            )
         return value.detach().to("cpu", torch.float32)
-    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
-        return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "fiu":
+            return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        raise ValueError(f"checkpoint entry {name!r} is not a real-valued array ({value.dtype})")
     raise ValueError(f"checkpoint entry {name!r} is not a numeric array ({type(value).__name__})")
 
 
@@ -93,6 +99,15 @@ def _check_model_entry(path: Path, model: object) -> dict:
             "not a state dict"
         )
     return model
+
+
+def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+    for name, tensor in state.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"{path}: {quote_name(name)} holds NaN or infinite values (a diverged or damaged "
+                "checkpoint?): refused"
+            )
 
 
 def _fpncli_input(path: Path, inp: object) -> InputFormat:
@@ -322,6 +337,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         arch = dict(check_arch(arch))
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+    _check_finite(path, state)
     return Checkpoint(state, fmt, arch, inp, skipped)
 
 
