@@ -164,3 +164,30 @@ def test_a_short_download_is_refused(home, monkeypatch, checkpoint_bytes):
     with pytest.raises(WeightsDownloadError, match="interrupted download"):
         download(spec)
     assert not list(home.iterdir())
+
+
+def test_a_hand_placed_file_is_checked_against_the_published_digest(home, checkpoint_bytes):
+    spec = REGISTRY["faster_rcnn_R_50_FPN_3x"]  # published sha256; the seeded bytes differ
+    path = hub.cached_path(spec)
+    home.mkdir()
+    path.write_bytes(checkpoint_bytes)  # as the offline error says: put it there by hand
+    with pytest.raises(ValueError, match="does not match the published") as info:
+        fpncli.load_backbone(spec.name)
+    message = str(info.value)
+    assert str(path) in message and "delete it" in message and "\n" not in message
+    assert hub.recorded_sha256(path) is None  # nothing recorded for a refused file
+
+
+def test_a_hand_placed_file_that_matches_is_recorded_on_first_use(
+    home, monkeypatch, checkpoint_bytes
+):
+    digest = hashlib.sha256(checkpoint_bytes).hexdigest()
+    published = replace(REGISTRY["faster_rcnn_R_50_FPN_3x"], sha256=digest)
+    unpublished = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
+    home.mkdir()
+    for spec in (published, unpublished):
+        monkeypatch.setitem(REGISTRY, spec.name, spec)
+        hub.cached_path(spec).write_bytes(checkpoint_bytes)
+        model = fpncli.load_backbone(spec.name)
+        assert model.weights_info.name == spec.name and model.weights_info.sha256 == digest
+        assert hub.recorded_sha256(hub.cached_path(spec)) == digest
