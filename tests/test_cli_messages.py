@@ -108,6 +108,20 @@ def _one_line_error(result) -> str:
     return lines[0]
 
 
+def test_weights_that_are_a_folder_fifo_or_device_are_named_as_such(runner, tmp_path):
+    import os
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(image)
+    fifo = tmp_path / "fifo.pkl"
+    os.mkfifo(fifo)
+    for weights, kind in ((tmp_path, "a folder"), (fifo, "a FIFO"), ("/dev/zero", "a character")):
+        result = runner.invoke(cli, ["extract", str(image), "-o", str(tmp_path / "out"),
+                                     "--weights", str(weights)])  # fmt: skip
+        line = _one_line_error(result)
+        assert f"not a regular file ({kind}" in line and "not found" not in line, line
+
+
 def test_a_malformed_weights_file_is_one_line_not_a_traceback(runner, tmp_path):
     import pickle
 

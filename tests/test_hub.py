@@ -191,3 +191,16 @@ def test_a_hand_placed_file_that_matches_is_recorded_on_first_use(
         model = fpncli.load_backbone(spec.name)
         assert model.weights_info.name == spec.name and model.weights_info.sha256 == digest
         assert hub.recorded_sha256(hub.cached_path(spec)) == digest
+
+
+def test_a_folder_or_fifo_is_named_as_such_not_missing(tmp_path):
+    import os
+
+    fifo = tmp_path / "weights.pkl"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"weights\.pkl: not a regular file \(a FIFO\)"):
+        resolve_weights(str(fifo))  # never opened: no hang
+    with pytest.raises(ValueError, match=r"not a regular file \(a folder\)"):
+        resolve_weights(str(tmp_path))
+    with pytest.raises(ValueError, match=r"/dev/zero: not a regular file \(a character device\)"):
+        resolve_weights("/dev/zero")

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io.guard import check_regular_file
 from .registry import REGISTRY, WeightsSpec
 
 __all__ = [
@@ -226,7 +227,7 @@ def resolve_weights(
 
     Raises:
         FileNotFoundError: a path that does not exist, or a name not cached with downloads off.
-        ValueError: neither a file nor a registry name.
+        ValueError: neither a file nor a registry name, or a folder, FIFO or device.
         WeightsDownloadError: the download failed.
     """
     spec = REGISTRY.get(weights)
@@ -234,6 +235,8 @@ def resolve_weights(
         path = Path(weights).expanduser()
         if path.is_file():
             return path, None
+        if os.path.lexists(path):  # a folder, FIFO, device or dangling symlink: say which
+            check_regular_file(path, "weights file")
         if path.suffix in (".pkl", ".pth", ".pt") or os.sep in weights:
             raise FileNotFoundError(f"weights file not found: {weights}")
         known = ", ".join(REGISTRY)
