@@ -25,8 +25,13 @@ from .model.cpu_kernels import use_cpu_kernels
 from .model.fpn import FPN, build_resnet_fpn_backbone
 from .model.layers import fold_frozen_batchnorm
 from .model.normalize import normalize_batch
-from .weights.checkpoint import load_state_dict_strict, random_state_dict, read_checkpoint
-from .weights.hub import recorded_sha256, resolve_weights, sha256_file
+from .weights.checkpoint import (
+    build_backbone,
+    load_state_dict_strict,
+    random_state_dict,
+    read_checkpoint,
+)
+from .weights.hub import check_cached, record_sha256, recorded_sha256, resolve_weights, sha256_file
 from .weights.registry import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
 
 __all__ = [
@@ -201,22 +206,23 @@ def load_backbone(
 
         def check(path: Path) -> None:  # a downloaded file must load strictly
             ckpt = read_checkpoint(path)
-            load_state_dict_strict(build_resnet_fpn_backbone(**ckpt.arch), ckpt.state_dict)
+            build_backbone(ckpt.arch, ckpt.state_dict)
 
         path, spec = resolve_weights(weights, download_missing=download, check=check)
+        digest = sha256_file(path)
+        recorded = recorded_sha256(path) if spec is not None else None
+        if spec is not None:  # the registry's file: as downloaded, or the published one
+            check_cached(spec, path, digest)
         ckpt = read_checkpoint(path)
         arch = dict(spec.arch) if spec is not None else ckpt.arch
         input_format = spec.input if spec is not None else ckpt.input
-        model = build_resnet_fpn_backbone(**arch)
-        load_state_dict_strict(model, ckpt.state_dict)
+        model = build_backbone(arch, ckpt.state_dict)
         log.info("loaded %s (%s, %d non-backbone keys skipped)", path, ckpt.format, ckpt.skipped)
-        digest = sha256_file(path)
-        recorded = recorded_sha256(path)
-        if spec is not None and recorded is not None and recorded != digest:
-            raise ValueError(
-                f"{path} changed since it was downloaded (sha256 {digest}, recorded {recorded}); "
-                f"delete it and run 'fpncli weights download {spec.name}'"
-            )
+        if spec is not None and recorded is None:  # placed by hand: recorded on first use
+            try:
+                record_sha256(path, digest)
+            except OSError as e:  # a read-only cache: checked again next time
+                log.debug("cannot record the sha256 of %s: %s", path, e)
         info = WeightsInfo(
             spec.name if spec else str(path), str(path), digest, ckpt.format, input_format, arch,
             False,

@@ -12,6 +12,8 @@ import torch
 from fpncli.model.fpn import build_resnet_fpn_backbone
 from fpncli.weights.checkpoint import (
     UnsafeCheckpointError,
+    build_backbone,
+    check_arch,
     infer_arch,
     load_state_dict_strict,
     read_checkpoint,
@@ -190,3 +192,163 @@ def test_infer_arch(arch, expected):
         model = build_resnet_fpn_backbone(**arch)
     found = infer_arch(model.state_dict())
     assert (found["depth"], found["num_groups"], found["width_per_group"]) == expected
+
+
+# The architecture and the tensors are checked before any model is allocated -------------------
+
+
+def _fpncli_file(path, **entries):
+    obj = {
+        "fpncli_format": 1,
+        "model": {},
+        "input": {"color_order": "BGR", "pixel_mean": [1, 2, 3], "pixel_std": [1, 1, 1]},
+        "arch": {"depth": 50},
+    }
+    obj.update(entries)
+    with open(path, "wb") as f:
+        pickle.dump({k: v for k, v in obj.items() if v is not None}, f)
+    return path
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {"depth": 50, "num_groups": 1, "width_per_group": 64},
+        {"depth": 101, "num_groups": 32, "width_per_group": 8},
+        {"depth": 152, "num_groups": 32, "width_per_group": 8, "stride_in_1x1": False},
+        {"depth": 101, "num_groups": 64, "width_per_group": 4},
+        {"depth": 50, "width_per_group": 128, "res5_dilation": 2, "out_channels": 256},
+    ],
+)
+def test_check_arch_accepts_the_model_zoo(arch):
+    assert check_arch(arch) == arch
+
+
+@pytest.mark.parametrize(
+    "arch, message",
+    [
+        ({"depth": 50, "bogus": 1}, "unknown architecture key 'bogus'"),
+        ({"depth": 34}, "depth must be one of"),
+        ({"depth": True}, "depth must be an integer"),
+        ({"depth": 50, "num_groups": 1, "width_per_group": 512}, "1x512"),
+        ({"depth": 50, "num_groups": 16384, "width_per_group": 1}, "16384x1"),
+        ({"depth": 50, "num_groups": 64, "width_per_group": 8}, "64x8"),
+        ({"depth": 50, "num_groups": 0}, "0x64"),
+        ({"depth": 50, "stride_in_1x1": "yes"}, "stride_in_1x1 must be true or false"),
+        ({"depth": 50, "out_channels": 4096}, "out_channels must be 256"),
+        ({"depth": 50, "res5_dilation": 3}, "res5_dilation must be 1 or 2"),
+        ([50], "must be a dict"),
+    ],
+)
+def test_check_arch_refuses(arch, message):
+    with pytest.raises(ValueError, match=message):
+        check_arch(arch)
+
+
+def test_a_tiny_file_asking_for_a_huge_arch_is_refused_when_read(tmp_path):
+    arch = {"depth": 50, "num_groups": 1, "width_per_group": 512}
+    path = _fpncli_file(tmp_path / "w.pkl", arch=arch)
+    with pytest.raises(ValueError, match=r"w\.pkl: architecture 1x512 .* not supported"):
+        read_checkpoint(path)
+
+
+def test_a_zero_element_array_cannot_declare_the_groups(tmp_path, state):
+    model = {f"backbone.{k}": v.numpy() for k, v in state.items()}
+    model["backbone.bottom_up.res2.0.conv2.weight"] = np.zeros((16384, 1, 0, 0), np.float32)
+    path = tmp_path / "zero.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": model}, f)
+    with pytest.raises(ValueError, match=r"shape \(16384, 1, 0, 0\): not a grouped 3x3"):
+        read_checkpoint(path)
+
+
+def test_build_backbone_compares_shapes_before_allocating(monkeypatch, state):
+    from fpncli.weights import checkpoint
+
+    devices = []
+
+    def build(**arch):
+        devices.append(torch.empty(0).device.type)
+        return build_resnet_fpn_backbone(**arch)
+
+    monkeypatch.setattr(checkpoint, "build_resnet_fpn_backbone", build)
+    broken = dict(state)
+    broken["fpn_output4.weight"] = torch.zeros(256, 0, 3, 3)  # zero elements, wrong shape
+    with pytest.raises(ValueError, match=r"missing keys: bottom_up.stem.conv1.weight.*791 in all"):
+        build_backbone({"depth": 152, "width_per_group": 128}, {})  # a 1 GB model, never built
+    with pytest.raises(ValueError, match=r"mis-shaped keys: fpn_output4.weight \(256, 0, 3, 3\)"):
+        build_backbone({"depth": 50}, broken)
+    assert devices == ["meta", "meta"]  # refused before the real model was built
+    model = build_backbone({"depth": 50}, state)
+    assert devices[-2:] == ["meta", "cpu"]
+    _same(model.state_dict(), state)
+
+
+# Malformed files: one clear line saying what is wrong ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ({"arch": {"depth": 50, "bogus": 1}}, "unknown architecture key 'bogus'"),
+        ({"arch": [50]}, "architecture must be a dict"),
+        ({"model": [1]}, "its 'model' entry is a list, not a dict"),
+        ({"model": {1: 2}}, "non-string keys"),
+        ({"model": None, "arch": None, "input": None}, "needs 'model', 'arch' and 'input'"),
+        ({"input": None}, "'input' missing"),
+        ({"input": {"color_order": "BGR"}}, "'input' entry must be a dict with"),
+        ({"input": {"color_order": "XYZ", "pixel_mean": [1, 2, 3], "pixel_std": [1, 1, 1]}},
+         "color_order must be 'BGR' or 'RGB'"),
+        ({"input": {"color_order": "BGR", "pixel_mean": [1, 2], "pixel_std": [1, 1, 1]}},
+         "pixel_mean must be 3 finite numbers"),
+        ({"input": {"color_order": "BGR", "pixel_mean": [1, 2, 3], "pixel_std": [1, 0, 1]}},
+         "pixel_std must be positive"),
+    ],
+)  # fmt: skip
+def test_a_malformed_fpncli_file_says_what_is_wrong(tmp_path, entries, message):
+    path = _fpncli_file(tmp_path / "bad.pkl", **entries)
+    with pytest.raises(ValueError, match=message) as info:
+        read_checkpoint(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_a_state_dict_with_non_string_keys_is_refused(tmp_path):
+    path = tmp_path / "ints.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {1: 2}}, f)
+    with pytest.raises(ValueError, match=r"ints\.pkl: its 'model' entry has non-string keys"):
+        read_checkpoint(path)
+
+
+# Values that are not real, finite weights ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.bool])
+def test_a_non_real_tensor_is_refused(tmp_path, state, dtype):
+    model = {f"backbone.{k}": v.clone() for k, v in state.items()}
+    model["backbone.bottom_up.stem.conv1.weight"] = torch.zeros(64, 3, 7, 7, dtype=dtype)
+    path = tmp_path / "odd.pth"
+    torch.save({"model": model}, path)
+    with pytest.raises(ValueError, match=r"stem.conv1.weight' is not a real-valued array"):
+        read_checkpoint(path)
+
+
+def test_a_complex_array_in_a_pkl_is_refused(tmp_path, state):
+    model = {f"backbone.{k}": v.numpy() for k, v in state.items()}
+    model["backbone.fpn_lateral2.bias"] = np.zeros(256, np.complex64)
+    path = tmp_path / "complex.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": model}, f)
+    with pytest.raises(ValueError, match=r"fpn_lateral2.bias' is not a real-valued .*complex64"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_naming_the_first_key(tmp_path, state, value):
+    broken = {k: v.clone() for k, v in state.items()}
+    broken["bottom_up.res3.0.conv1.weight"][0, 0, 0, 0] = value
+    broken["fpn_output2.weight"].fill_(value)
+    path = tmp_path / "nan.pkl"
+    write_detectron2_pkl(path, broken)
+    with pytest.raises(ValueError, match=r"nan\.pkl: bottom_up.res3.0.conv1.weight holds NaN"):
+        read_checkpoint(path)

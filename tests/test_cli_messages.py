@@ -99,3 +99,48 @@ def test_the_run_states_its_output_volume_before_it_starts(runner, tmp_path):
     line = next(ln for ln in result.stderr.splitlines() if ln.startswith("output: about"))
     assert "MB per image" in line and "--dtype float16" in line and "--levels p3,p4,p5,p6" in line
     assert result.output.index("output: about") < result.output.index("wrote ")
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+def test_weights_that_are_a_folder_fifo_or_device_are_named_as_such(runner, tmp_path):
+    import os
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(image)
+    fifo = tmp_path / "fifo.pkl"
+    os.mkfifo(fifo)
+    for weights, kind in ((tmp_path, "a folder"), (fifo, "a FIFO"), ("/dev/zero", "a character")):
+        result = runner.invoke(cli, ["extract", str(image), "-o", str(tmp_path / "out"),
+                                     "--weights", str(weights)])  # fmt: skip
+        line = _one_line_error(result)
+        assert f"not a regular file ({kind}" in line and "not found" not in line, line
+
+
+def test_a_malformed_weights_file_is_one_line_not_a_traceback(runner, tmp_path):
+    import pickle
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(image)
+    inp = {"color_order": "BGR", "pixel_mean": [1, 2, 3], "pixel_std": [1, 1, 1]}
+    cases = {
+        "bogus.pkl": ({"fpncli_format": 1, "model": {}, "input": inp,
+                       "arch": {"depth": 50, "bogus": 1}}, "unknown architecture key 'bogus'"),
+        "list.pkl": ({"fpncli_format": 1, "model": [1], "input": inp, "arch": {"depth": 50}},
+                     "'model' entry is a list"),
+        "ints.pkl": ({"model": {1: 2}}, "non-string keys"),
+        "alone.pkl": ({"fpncli_format": 1}, "needs 'model', 'arch' and 'input' entries"),
+        "wide.pkl": ({"fpncli_format": 1, "model": {}, "input": inp,
+                      "arch": {"depth": 50, "width_per_group": 512}}, "1x512"),
+    }  # fmt: skip
+    for name, (obj, message) in cases.items():
+        (tmp_path / name).write_bytes(pickle.dumps(obj))
+        result = runner.invoke(cli, ["extract", str(image), "-o", str(tmp_path / "out"),
+                                     "--weights", str(tmp_path / name)])  # fmt: skip
+        line = _one_line_error(result)
+        assert name in line and message in line, line

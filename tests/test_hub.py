@@ -164,3 +164,43 @@ def test_a_short_download_is_refused(home, monkeypatch, checkpoint_bytes):
     with pytest.raises(WeightsDownloadError, match="interrupted download"):
         download(spec)
     assert not list(home.iterdir())
+
+
+def test_a_hand_placed_file_is_checked_against_the_published_digest(home, checkpoint_bytes):
+    spec = REGISTRY["faster_rcnn_R_50_FPN_3x"]  # published sha256; the seeded bytes differ
+    path = hub.cached_path(spec)
+    home.mkdir()
+    path.write_bytes(checkpoint_bytes)  # as the offline error says: put it there by hand
+    with pytest.raises(ValueError, match="does not match the published") as info:
+        fpncli.load_backbone(spec.name)
+    message = str(info.value)
+    assert str(path) in message and "delete it" in message and "\n" not in message
+    assert hub.recorded_sha256(path) is None  # nothing recorded for a refused file
+
+
+def test_a_hand_placed_file_that_matches_is_recorded_on_first_use(
+    home, monkeypatch, checkpoint_bytes
+):
+    digest = hashlib.sha256(checkpoint_bytes).hexdigest()
+    published = replace(REGISTRY["faster_rcnn_R_50_FPN_3x"], sha256=digest)
+    unpublished = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
+    home.mkdir()
+    for spec in (published, unpublished):
+        monkeypatch.setitem(REGISTRY, spec.name, spec)
+        hub.cached_path(spec).write_bytes(checkpoint_bytes)
+        model = fpncli.load_backbone(spec.name)
+        assert model.weights_info.name == spec.name and model.weights_info.sha256 == digest
+        assert hub.recorded_sha256(hub.cached_path(spec)) == digest
+
+
+def test_a_folder_or_fifo_is_named_as_such_not_missing(tmp_path):
+    import os
+
+    fifo = tmp_path / "weights.pkl"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"weights\.pkl: not a regular file \(a FIFO\)"):
+        resolve_weights(str(fifo))  # never opened: no hang
+    with pytest.raises(ValueError, match=r"not a regular file \(a folder\)"):
+        resolve_weights(str(tmp_path))
+    with pytest.raises(ValueError, match=r"/dev/zero: not a regular file \(a character device\)"):
+        resolve_weights("/dev/zero")

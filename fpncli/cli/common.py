@@ -142,12 +142,20 @@ def _env_shard() -> tuple[int, int, str] | None:
 def _check_weights(weights: str) -> None:
     """Refuse a ``--weights`` value that is neither random, a registry name nor a file (no
     torch import, no download)."""
+    import os
     from pathlib import Path
 
+    from ..io.guard import check_regular_file
     from ..weights.registry import REGISTRY
 
-    if weights == "random" or weights in REGISTRY or Path(weights).expanduser().is_file():
+    path = Path(weights).expanduser()
+    if weights == "random" or weights in REGISTRY or path.is_file():
         return
+    if os.path.lexists(path):  # a folder, FIFO, device (never opened) or dangling symlink
+        try:
+            check_regular_file(path, "weights file")
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(str(e), param_hint="--weights") from None
     if Path(weights).suffix in (".pkl", ".pth", ".pt") or "/" in weights:
         raise click.BadParameter(f"weights file not found: {weights}", param_hint="--weights")
     raise click.BadParameter(

@@ -43,14 +43,13 @@ def weights_list() -> None:
 @_friendly
 def weights_download(names) -> None:
     """Download named checkpoints into the cache (checked, then renamed into place)."""
-    from ..model.fpn import build_resnet_fpn_backbone
-    from ..weights.checkpoint import load_state_dict_strict, read_checkpoint
+    from ..weights.checkpoint import build_backbone, read_checkpoint
     from ..weights.hub import cached_path, download
     from ..weights.registry import get_spec
 
     def check(path: Path) -> None:
         ckpt = read_checkpoint(path)
-        load_state_dict_strict(build_resnet_fpn_backbone(**ckpt.arch), ckpt.state_dict)
+        build_backbone(ckpt.arch, ckpt.state_dict)
 
     for name in names:
         if name == "random":

@@ -17,6 +17,8 @@ Supported layouts, all mapped onto Detectron2's own names (``bottom_up.res2.0.co
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io.guard import check_regular_file
+from ..io.guard import check_regular_file, quote_name
+from ..model.fpn import FPN, build_resnet_fpn_backbone
 from ..model.resnet import BLOCKS_PER_STAGE
 from .registry import DETECTRON2_INPUT, DETECTRON2_X101_INPUT, TORCHVISION_INPUT, InputFormat
 from .safeload import (
@@ -41,6 +44,8 @@ __all__ = [
     "Checkpoint",
     "read_checkpoint",
     "infer_arch",
+    "check_arch",
+    "build_backbone",
     "load_state_dict_strict",
     "random_state_dict",
     "save_fpncli_checkpoint",
@@ -71,10 +76,62 @@ class Checkpoint:
 
 def _to_tensor(name: str, value: object) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.dtype == torch.bool:  # .to(float32) would drop or invent
+            raise ValueError(
+                f"checkpoint entry {name!r} is not a real-valued array ({value.dtype})"
+            )
         return value.detach().to("cpu", torch.float32)
-    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
-        return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "fiu":
+            return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        raise ValueError(f"checkpoint entry {name!r} is not a real-valued array ({value.dtype})")
     raise ValueError(f"checkpoint entry {name!r} is not a numeric array ({type(value).__name__})")
+
+
+def _check_model_entry(path: Path, model: object) -> dict:
+    """The ``model`` entry must be a state dict: a dict with string keys."""
+    if not isinstance(model, dict):
+        raise ValueError(f"{path}: its 'model' entry is a {type(model).__name__}, not a dict")
+    odd = [k for k in model if not isinstance(k, str)]
+    if odd:
+        raise ValueError(
+            f"{path}: its 'model' entry has non-string keys ({odd[0]!r:.40}, {len(odd)} in all): "
+            "not a state dict"
+        )
+    return model
+
+
+def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+    for name, tensor in state.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"{path}: {quote_name(name)} holds NaN or infinite values (a diverged or damaged "
+                "checkpoint?): refused"
+            )
+
+
+def _fpncli_input(path: Path, inp: object) -> InputFormat:
+    """The ``input`` entry of an fpncli file: a channel order and 3 finite means and stds."""
+    if not isinstance(inp, dict) or not {"color_order", "pixel_mean", "pixel_std"} <= set(inp):
+        raise ValueError(
+            f"{path}: its 'input' entry must be a dict with color_order, pixel_mean and pixel_std"
+        )
+    values = {}
+    for key in ("pixel_mean", "pixel_std"):
+        v = inp[key]
+        if not (
+            isinstance(v, (list, tuple)) and len(v) == 3
+            and all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in v)
+            and all(math.isfinite(x) for x in v)
+        ):  # fmt: skip
+            raise ValueError(f"{path}: input {key} must be 3 finite numbers, got {v!r:.80}")
+        values[key] = tuple(float(x) for x in v)
+    if min(values["pixel_std"]) <= 0:
+        raise ValueError(f"{path}: input pixel_std must be positive, got {values['pixel_std']}")
+    try:
+        return InputFormat(inp["color_order"], values["pixel_mean"], values["pixel_std"])
+    except ValueError as e:
+        raise ValueError(f"{path}: input {e}") from None
 
 
 def _rename_torchvision(key: str) -> str | None:
@@ -162,9 +219,69 @@ def infer_arch(state_dict: dict[str, torch.Tensor]) -> dict:
     conv2 = state_dict.get("bottom_up.res2.0.conv2.weight")
     if conv2 is None:
         raise ValueError("missing bottom_up.res2.0.conv2.weight: not a ResNet-FPN backbone")
+    # (out, in / groups, 3, 3): a zero-element array may declare any shape, so it is refused
+    if conv2.dim() != 4 or conv2.numel() == 0 or conv2.shape[0] % conv2.shape[1]:
+        raise ValueError(
+            f"bottom_up.res2.0.conv2.weight has shape {tuple(conv2.shape)}: not a grouped 3x3 "
+            "convolution's"
+        )
     channels, per_group = conv2.shape[0], conv2.shape[1]
     num_groups = channels // per_group
     return {"depth": depths[0], "num_groups": num_groups, "width_per_group": channels // num_groups}
+
+
+#: The keyword arguments of ``build_resnet_fpn_backbone`` a checkpoint may set. The bounds
+#: cover Detectron2's model zoo (R-50/101/152 1x64, X-101/152 32x8d), torchvision's ResNeXt 64x4d
+#: and wide ResNets (1x128) and no more: the bottleneck width (groups x width per group) stays at
+#: most 256, so the largest backbone allowed (R-152, 1x128) holds about 1 GB of float32, where a
+#: few-byte file could otherwise ask for any size.
+MAX_GROUPS, MAX_WIDTH_PER_GROUP, MAX_BOTTLENECK = 64, 128, 256
+_ARCH_KEYS = ("depth", "num_groups", "width_per_group", "stride_in_1x1", "res5_dilation",
+              "out_channels")  # fmt: skip
+
+
+def check_arch(arch: object) -> dict:
+    """Refuse an architecture ``build_resnet_fpn_backbone`` should not build: unknown keys,
+    unsupported depths, group widths beyond the bounds above, non-boolean flags.
+
+    Returns ``arch`` (a dict); raises ValueError saying what is wrong.
+    """
+    if not isinstance(arch, dict):
+        raise ValueError(f"architecture must be a dict, not a {type(arch).__name__}")
+    unknown = [k for k in arch if k not in _ARCH_KEYS]
+    if unknown:
+        raise ValueError(
+            f"unknown architecture key {unknown[0]!r:.40}; known: {', '.join(_ARCH_KEYS)}"
+        )
+
+    def integer(key: str, default: int) -> int:
+        value = arch.get(key, default)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ValueError(f"architecture {key} must be an integer, got {value!r:.40}")
+        return int(value)
+
+    depth, groups = integer("depth", 50), integer("num_groups", 1)
+    width = integer("width_per_group", 64)
+    if depth not in BLOCKS_PER_STAGE:
+        raise ValueError(
+            f"architecture depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}"
+        )
+    if not (1 <= groups <= MAX_GROUPS and 1 <= width <= MAX_WIDTH_PER_GROUP
+            and groups * width <= MAX_BOTTLENECK):  # fmt: skip
+        raise ValueError(
+            f"architecture {groups}x{width} (num_groups x width_per_group) is not supported: "
+            f"at most {MAX_GROUPS} groups, {MAX_WIDTH_PER_GROUP} per group and "
+            f"{MAX_BOTTLENECK} in all (R-50 is 1x64, X-101 32x8d)"
+        )
+    if integer("res5_dilation", 1) not in (1, 2):
+        raise ValueError(f"architecture res5_dilation must be 1 or 2, got {arch['res5_dilation']}")
+    if integer("out_channels", 256) != 256:  # every Detectron2 FPN; names.OUTPUT_CHANNELS
+        raise ValueError(f"architecture out_channels must be 256, got {arch['out_channels']}")
+    if not isinstance(arch.get("stride_in_1x1", True), bool):
+        raise ValueError(
+            f"architecture stride_in_1x1 must be true or false, got {arch['stride_in_1x1']!r:.40}"
+        )
+    return arch
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -188,43 +305,50 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise ValueError(f"{path}: expected a dict, found {type(obj).__name__}")
     if obj.get("fpncli_format") is not None:
         if obj["fpncli_format"] != FPNCLI_FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported fpncli_format {obj['fpncli_format']!r}")
-        state = {k: _to_tensor(k, v) for k, v in obj["model"].items()}
-        inp = obj["input"]
-        return Checkpoint(
-            state,
-            "fpncli",
-            dict(obj["arch"]),
-            InputFormat(inp["color_order"], tuple(inp["pixel_mean"]), tuple(inp["pixel_std"])),
-            0,
-        )
-    model = obj.get("model", obj.get("state_dict", obj))
-    if not isinstance(model, dict):
-        raise ValueError(f"{path}: its 'model' entry is not a dict")
-    fmt = _detect_format(model)
-    entries, skipped = _backbone_entries(model, fmt)
-    state = {k: _to_tensor(k, v) for k, v in entries.items()}
-    arch = infer_arch(state)
-    if fmt == "torchvision":
-        arch["stride_in_1x1"] = False
-        inp = TORCHVISION_INPUT
+            raise ValueError(f"{path}: unsupported fpncli_format {obj['fpncli_format']!r:.40}")
+        missing = [k for k in ("model", "arch", "input") if k not in obj]
+        if missing:
+            raise ValueError(
+                f"{path}: an fpncli_format file needs 'model', 'arch' and 'input' entries; "
+                f"{', '.join(repr(k) for k in missing)} missing"
+            )
+        model = _check_model_entry(path, obj["model"])
+        state = {k: _to_tensor(k, v) for k, v in model.items()}
+        inp = _fpncli_input(path, obj["input"])
+        fmt, arch, skipped = "fpncli", obj["arch"], 0
     else:
-        # Detectron2's MSRA R-50/101 put the stride in the 1x1 conv; its ResNeXt configs
-        # (X-101-32x8d, from torch-style weights) set STRIDE_IN_1X1 False and a real pixel std.
-        arch["stride_in_1x1"] = arch["num_groups"] == 1
-        inp = DETECTRON2_INPUT if arch["num_groups"] == 1 else DETECTRON2_X101_INPUT
+        model = _check_model_entry(path, obj.get("model", obj.get("state_dict", obj)))
+        fmt = _detect_format(model)
+        entries, skipped = _backbone_entries(model, fmt)
+        state = {k: _to_tensor(k, v) for k, v in entries.items()}
+        try:
+            arch = infer_arch(state)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        if fmt == "torchvision":
+            arch["stride_in_1x1"] = False
+            inp = TORCHVISION_INPUT
+        else:
+            # Detectron2's MSRA R-50/101 put the stride in the 1x1 conv; its ResNeXt configs
+            # (X-101-32x8d, from torch-style weights) set STRIDE_IN_1X1 False and a real pixel std.
+            arch["stride_in_1x1"] = arch["num_groups"] == 1
+            inp = DETECTRON2_INPUT if arch["num_groups"] == 1 else DETECTRON2_X101_INPUT
+    try:
+        arch = dict(check_arch(arch))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    _check_finite(path, state)
     return Checkpoint(state, fmt, arch, inp, skipped)
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load strictly; missing, unexpected and mis-shaped keys raise one ValueError listing them."""
-    expected = model.state_dict()
+def _check_matches(expected: dict[str, torch.Size], state_dict: dict[str, torch.Tensor]) -> None:
+    """Raise one ValueError listing missing, unexpected and mis-shaped keys, if any."""
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     misshaped = [
-        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v)}"
         for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v)
     ]
     problems = []
     if missing:
@@ -235,7 +359,26 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
         problems.append(f"mis-shaped keys: {_listing(misshaped)}")
     if problems:
         raise ValueError("checkpoint does not match the backbone: " + "; ".join(problems))
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load strictly; missing, unexpected and mis-shaped keys raise one ValueError listing them."""
+    _check_matches({k: v.shape for k, v in model.state_dict().items()}, state_dict)
     model.load_state_dict(state_dict, strict=True)
+
+
+def build_backbone(arch: dict, state_dict: dict[str, torch.Tensor]) -> FPN:
+    """``build_resnet_fpn_backbone(**arch)`` with ``state_dict`` loaded strictly. The arch is
+    checked and the state dict's names and shapes compared with it (on the meta device, where
+    nothing is allocated) before the model is allocated: a small file cannot make it build a
+    large model only to fail with "missing keys"."""
+    check_arch(arch)
+    with torch.device("meta"):
+        expected = build_resnet_fpn_backbone(**arch).state_dict()
+    _check_matches({k: v.shape for k, v in expected.items()}, state_dict)
+    model = build_resnet_fpn_backbone(**arch)
+    model.load_state_dict(state_dict, strict=True)
+    return model
 
 
 def random_state_dict(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:

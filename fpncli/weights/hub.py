@@ -4,7 +4,8 @@ The cache folder is ``$FPNCLI_HOME``, else ``weights/`` of a source checkout, el
 cache directory (``$XDG_CACHE_HOME/fpncli`` or ``~/.cache/fpncli``). A download goes to a
 temporary name in that folder, is checked (size, digest, strict load), and only then renamed, so a
 half-downloaded file never looks like a checkpoint. Its sha256 is kept next to it
-(``NAME.sha256``) and re-checked by ``verify_cached``.
+(``NAME.sha256``) and re-checked by ``verify_cached``. A file put in the cache by hand has none:
+its first use checks it against the published sha256 (``check_cached``) and records it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io.guard import check_regular_file
 from .registry import REGISTRY, WeightsSpec
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "cache_dir",
     "cached_path",
     "cache_state",
+    "check_cached",
     "download",
     "resolve_weights",
     "sha256_file",
@@ -92,6 +95,30 @@ def _check_digest(spec: WeightsSpec, digest: str) -> None:
         raise WeightsDownloadError(
             f"{spec.name}: sha256 {digest} does not start with {spec.sha256_prefix}"
         )
+
+
+def check_cached(spec: WeightsSpec, path: Path, digest: str) -> None:
+    """Refuse ``spec``'s cached file ``path`` (of sha256 ``digest``) when it changed since it was
+    downloaded or first used, or is not the published checkpoint (a file placed by hand has no
+    recorded digest: the published one is all there is to check it against).
+
+    Raises:
+        ValueError: one line naming the file and what to do.
+    """
+    fix = f"delete it and run 'fpncli weights download {spec.name}'"
+    recorded = recorded_sha256(path)
+    if recorded is not None and recorded != digest:
+        raise ValueError(
+            f"{path} changed since it was downloaded (sha256 {digest}, recorded {recorded}); {fix}"
+        )
+    try:
+        _check_digest(spec, digest)
+    except WeightsDownloadError:
+        published = spec.sha256 or f"{spec.sha256_prefix}..."
+        raise ValueError(
+            f"{path} does not match the published {spec.name} checkpoint (sha256 {digest}, "
+            f"published {published}): a damaged or different file; {fix}"
+        ) from None
 
 
 class _StderrProgress:
@@ -200,7 +227,7 @@ def resolve_weights(
 
     Raises:
         FileNotFoundError: a path that does not exist, or a name not cached with downloads off.
-        ValueError: neither a file nor a registry name.
+        ValueError: neither a file nor a registry name, or a folder, FIFO or device.
         WeightsDownloadError: the download failed.
     """
     spec = REGISTRY.get(weights)
@@ -208,6 +235,8 @@ def resolve_weights(
         path = Path(weights).expanduser()
         if path.is_file():
             return path, None
+        if os.path.lexists(path):  # a folder, FIFO, device or dangling symlink: say which
+            check_regular_file(path, "weights file")
         if path.suffix in (".pkl", ".pth", ".pt") or os.sep in weights:
             raise FileNotFoundError(f"weights file not found: {weights}")
         known = ", ".join(REGISTRY)
