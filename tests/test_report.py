@@ -239,3 +239,59 @@ def test_thumbnails_use_the_recorded_colour_range_like_the_heatmaps(sample_extra
     write_report(root)
     above = np.asarray(Image.open(root / "report" / "thumbs" / "000000_p3.png"))
     assert len(np.unique(above.reshape(-1, 3), axis=0)) == 1
+
+
+def _corrupt(src: Path, dst: Path, field: str, value) -> Path:
+    """A copy of ``src`` whose image ``chelsea`` has one manifest field set to ``value``, or
+    (field ``p2.npy``) whose p2.npy is a valid but empty (1, 256, 0, 0) array."""
+    shutil.copytree(src, dst)
+    folder = dst / "chelsea"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if field == "p2.npy":
+        np.save(folder / "p2.npy", np.zeros((1, 256, 0, 0), np.float32))
+        manifest["files"]["p2.npy"] = (folder / "p2.npy").stat().st_size
+    else:
+        *parents, last = field.split(".")
+        node = manifest
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "field,value,reason",
+    [
+        ("levels.p2.valid_height", "a", "levels.p2.valid_height is 'a' (str), not a positive"),
+        ("input.path", 5, "input.path is 5 (int), not a string"),
+        ("weights", "abc", "weights is 'abc' (str), not a mapping"),
+        ("heatmap", None, "heatmap is null, not a mapping"),
+        ("levels.p3", [], "levels.p3 is [] (list), not a mapping"),
+        ("p2.npy", None, "holds a (1, 256, 0, 0) array"),
+    ],
+)
+def test_malformed_manifest_or_level_is_one_line_in_report_diff_and_show(
+    sample_extraction, tmp_path, field, value, reason
+):
+    bad = _corrupt(sample_extraction, tmp_path / "bad", field, value)
+    runner = CliRunner()
+    for args in (
+        ["report", str(bad)],
+        ["diff", str(sample_extraction), str(bad), "-o", str(tmp_path / "d")],
+        ["show", str(bad / "chelsea"), "--level", "all", "--save", str(tmp_path / "s.png")],
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert not isinstance(result.exception, (TypeError, AttributeError)), result.exception
+        last = result.output.strip().splitlines()[-1]
+        assert last.startswith("Error: ") and reason in last, (args, result.output)
+        if field != "p2.npy":
+            assert "chelsea/manifest.json is malformed" in last
+
+
+def test_empty_map_thumbnail_is_blank_not_a_cv2_error():
+    from fpncli.viz.report import _level_thumbnail
+
+    thumb = _level_thumbnail(np.zeros((0, 0), np.float32), 32, "viridis", None)
+    assert thumb.shape == (32, 32, 3)

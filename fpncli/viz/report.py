@@ -75,6 +75,8 @@ def _input_thumbnail(path: Path | None, height: int) -> np.ndarray | None:
 def _level_thumbnail(map2d: np.ndarray, height: int, cmap: str, rng) -> np.ndarray:
     """The map coloured on ``rng`` (default: its own finite min..max), cells kept crisp."""
     values = np.asarray(map2d, dtype=np.float32)
+    if values.size == 0:  # nothing to draw: a blank (grey) square, not a cv2 error
+        return np.full((height, height, 3), 200, np.uint8)
     if rng is None:
         finite = values[np.isfinite(values)]
         rng = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -107,7 +109,7 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
     """Thumbnails of one image; returns its grid row, per level (sample, valid shape), its
     manifest and its bytes. Only this image's arrays are in memory (or mapped) meanwhile."""
     ex = found.load(key)
-    heat = ex.manifest.get("heatmap", {})
+    heat = ex.manifest.get("heatmap") or {}
     reduce, channel = heat.get("reduce", "channel"), int(heat.get("channel", 0))
     cmap = heat.get("cmap", "viridis")
     stem = f"{index:06d}"
@@ -116,7 +118,7 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
     if picture is not None:
         atomic_write_bytes(thumbs / f"{stem}_input.png", encode_png(picture))
         row.input_thumb = f"{_ASSETS}/thumbs/{stem}_input.png"
-    inp = ex.manifest.get("input", {})
+    inp = ex.manifest.get("input") or {}
     row.size = f"{inp.get('width')}x{inp.get('height')}"
     row.overview = found.link(key, ex.manifest.get("overview"))
     samples = {}
