@@ -295,3 +295,53 @@ def test_empty_map_thumbnail_is_blank_not_a_cv2_error():
 
     thumb = _level_thumbnail(np.zeros((0, 0), np.float32), 32, "viridis", None)
     assert thumb.shape == (32, 32, 3)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _assert_links_resolve(page: Path) -> None:
+    for ref in _links(page).refs:
+        assert (page.parent / ref).resolve().is_file(), f"{page.name}: {ref} does not resolve"
+
+
+def test_report_never_deletes_or_writes_over_image_folders_called_report(
+    sample_extraction, tmp_path
+):
+    # inputs report.jpg and report.html.png extracted by a version that gave them these folders
+    out = tmp_path / "out"
+    shutil.copytree(sample_extraction, out)
+    (out / "chelsea").rename(out / "report")
+    (out / "coffee").rename(out / "report.html")
+    images = _tree(out)
+    for _ in range(2):  # the second run finds its own report_2/ and clears only that
+        path = write_report(out, page_size=1)
+        assert path == out / "report_2.html"
+        assert {k: v for k, v in _tree(out).items() if k in images} == images
+        for page in [path, *sorted((out / "report_2").glob("page_*.html"))]:
+            _assert_links_resolve(page)
+        assert (out / "report_2" / "page_0003.html").is_file()
+    assert 'href="report/overview.png"' in path.read_text()  # the images are in the grid
+    assert 'href="../report.html/overview.png"' in (out / "report_2/page_0002.html").read_text()
+    assert (out / "report_2" / ".fpncli-report").is_file()
+
+
+def test_report_clears_only_a_folder_it_made(report_dir):
+    mine = write_report(report_dir)
+    assert mine == report_dir / "report.html"
+    notes = report_dir / "report" / "notes.txt"  # something of the user's put into report/
+    (report_dir / "report" / ".fpncli-report").unlink()
+    notes.write_text("mine")
+    path = write_report(report_dir)
+    assert path == report_dir / "report_2.html" and notes.read_text() == "mine"
+
+
+def test_concurrent_reports_of_one_folder_take_turns(report_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:  # each used to clear the folder the others wrote into
+        paths = list(pool.map(lambda _: write_report(report_dir, page_size=1), range(8)))
+    assert paths == [report_dir / "report.html"] * 8
+    for page in [paths[0], *sorted((report_dir / "report").glob("page_*.html"))]:
+        _assert_links_resolve(page)
