@@ -113,7 +113,11 @@ def test_report_cli_and_errors(report_dir, tmp_path):
     nothing = runner.invoke(cli, ["report", str(empty)])
     assert nothing.exit_code == 1 and "holds no complete extraction" in nothing.output
     bad = runner.invoke(cli, ["report", str(report_dir), "--page-size", "0"])
-    assert bad.exit_code == 1 and "page_size" in bad.output
+    assert bad.exit_code == 2 and "--page-size" in bad.output and "Traceback" not in bad.output
+    for height in ("100000", "7"):  # 100000: cv2 'Insufficient memory' before
+        huge = runner.invoke(cli, ["report", str(report_dir), "--thumb-height", height])
+        assert huge.exit_code == 2 and "--thumb-height" in huge.output, huge.output
+        assert "8<=x<=1024" in huge.output and "Traceback" not in huge.output
 
 
 def _chromium() -> str | None:
