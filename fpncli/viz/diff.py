@@ -198,12 +198,25 @@ def _pair(found_a: Extractions, found_b: Extractions) -> list[tuple[str, str | N
     return pairs
 
 
+def _unloaded(ex: LoadedExtraction, levels: list[str] | None) -> list[str]:
+    """The levels (of ``levels``, default all) whose ``.npy`` the manifest lists but that could
+    not be loaded: the file is gone, or not a regular file (a folder, a FIFO)."""
+    return [name for name, meta in ex.manifest["levels"].items()
+            if (levels is None or name in levels) and name not in ex.levels
+            and str(meta.get("file") or "").endswith(".npy")]  # fmt: skip
+
+
 def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap) -> ImageDiff:
     result = ImageDiff(key)
     if key_a is None or key_b is None:
         result.skipped = f"only in {'B' if key_a is None else 'A'}"
         return result
     a, b = found_a.load(key_a), found_b.load(key_b)
+    unloaded = [f"{name}: its .npy is missing or unreadable in {side}"
+                for side, ex in (("A", a), ("B", b)) for name in _unloaded(ex, levels)]  # fmt: skip
+    if unloaded:  # never a pass with a level silently left out
+        result.skipped = "; ".join(unloaded)
+        return result
     common = [n for n in a.levels if n in b.levels and (levels is None or n in levels)]
     if not common:
         result.skipped = "no level saved (as .npy) in both"
