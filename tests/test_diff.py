@@ -129,3 +129,17 @@ def test_diff_fails_when_a_listed_npy_cannot_be_loaded(sample_extraction, tmp_pa
     swapped = runner.invoke(cli, ["diff", str(copy), str(sample_extraction), "--no-pictures",
                                   "-o", str(tmp_path / "d2")])  # fmt: skip
     assert swapped.exit_code == 1 and "p2: its .npy is missing or unreadable in A" in swapped.output
+
+
+def test_diff_of_images_called_like_its_tables(sample_extraction, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(sample_extraction, out)
+    (out / "chelsea").rename(out / "diff.csv")  # inputs diff.csv.jpg and diff.json.png
+    (out / "coffee").rename(out / "diff.json")
+    result = CliRunner().invoke(cli, ["diff", str(out), str(out), "-o", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    tables = tmp_path / "d"
+    assert "diff.csv,p2," in (tables / "diff.csv").read_text()
+    assert json.loads((tables / "diff.json").read_text())["agree"]
+    assert (tables / "_diff.csv" / "diff.png").is_file()
+    assert (tables / "_diff.json" / "diff.png").is_file()
