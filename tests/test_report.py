@@ -267,11 +267,11 @@ def _corrupt(src: Path, dst: Path, field: str, value) -> Path:
 @pytest.mark.parametrize(
     "field,value,reason",
     [
-        ("levels.p2.valid_height", "a", "levels.p2.valid_height is 'a' (str), not a positive"),
-        ("input.path", 5, "input.path is 5 (int), not a string"),
-        ("weights", "abc", "weights is 'abc' (str), not a mapping"),
-        ("heatmap", None, "heatmap is null, not a mapping"),
-        ("levels.p3", [], "levels.p3 is [] (list), not a mapping"),
+        ("levels.p2.valid_height", "a", "'levels.p2.valid_height' is a str ('a'), not a positive"),
+        ("input.path", 5, "'input.path' is an int (5), not a string"),
+        ("weights", "abc", "'weights' is a str ('abc'), not a mapping"),
+        ("heatmap", None, "'heatmap' is null, not a mapping"),
+        ("levels.p3", [], "'levels.p3' is a list ([]), not a mapping"),
         ("p2.npy", None, "holds a (1, 256, 0, 0) array"),
     ],
 )

@@ -43,7 +43,10 @@ def _is_int(value, least: int) -> bool:
 def _kind_of(value) -> str:
     if value is _MISSING:
         return "missing"
-    return "null" if value is None else f"{value!r:.40} ({type(value).__name__})"
+    if value is None:
+        return "null"
+    kind = type(value).__name__
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} ({value!r:.40})"
 
 
 def check_manifest(manifest: dict, name: str) -> dict:
@@ -55,7 +58,7 @@ def check_manifest(manifest: dict, name: str) -> dict:
 
     def bad(field: str, value, wanted: str) -> ValueError:
         return ValueError(
-            f"{name} is malformed: {field} is {_kind_of(value)}, not {wanted}; re-extract"
+            f"{name} is malformed: '{field}' is {_kind_of(value)}, not {wanted}; re-extract"
         )
 
     def mapping(field: str, value, required: bool = False) -> dict:
