@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -106,3 +107,39 @@ def test_diff_single_folders(sample_extraction, tmp_path):
     result = diff_extractions(sample_extraction / "chelsea", b)
     assert [i.key for i in result.images] == ["chelsea"]
     assert {d.level: d.max_rel for d in result.images[0].levels}["p2"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("replace", ["missing", "folder", "fifo"])
+def test_diff_fails_when_a_listed_npy_cannot_be_loaded(sample_extraction, tmp_path, replace):
+    copy = tmp_path / "copy"
+    shutil.copytree(sample_extraction, copy)
+    npy = copy / "chelsea" / "p2.npy"
+    npy.unlink()
+    if replace == "folder":
+        npy.mkdir()
+    elif replace == "fifo":
+        os.mkfifo(npy)
+    runner = CliRunner()
+    for extra in ([], ["--levels", "p2"]):
+        args = ["diff", str(sample_extraction), str(copy), "-o", str(tmp_path / "d"), *extra]
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        assert "chelsea: p2: its .npy is missing or unreadable in B" in result.output
+        assert "all 3 compared agree" not in result.output
+    swapped = runner.invoke(cli, ["diff", str(copy), str(sample_extraction), "--no-pictures",
+                                  "-o", str(tmp_path / "d2")])  # fmt: skip
+    assert swapped.exit_code == 1 and "p2: its .npy is missing or unreadable in A" in swapped.output
+
+
+def test_diff_of_images_called_like_its_tables(sample_extraction, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(sample_extraction, out)
+    (out / "chelsea").rename(out / "diff.csv")  # inputs diff.csv.jpg and diff.json.png
+    (out / "coffee").rename(out / "diff.json")
+    result = CliRunner().invoke(cli, ["diff", str(out), str(out), "-o", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    tables = tmp_path / "d"
+    assert "diff.csv,p2," in (tables / "diff.csv").read_text()
+    assert json.loads((tables / "diff.json").read_text())["agree"]
+    assert (tables / "_diff.csv" / "diff.png").is_file()
+    assert (tables / "_diff.json" / "diff.png").is_file()

@@ -19,9 +19,11 @@ from unittest.mock import ANY
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
 import fpncli
+from fpncli.cli import cli
 from fpncli.io import outputs
 from fpncli.io.outputs import OutputOptions, is_complete
 from fpncli.run import pipeline, steps
@@ -89,6 +91,46 @@ def test_plan_mirrors_tree_and_never_collides(tmp_path):
     ]
     assert folders == ["sub/a_jpg", "sub/a_png", "b", "b_2"]
     assert len(set(folders)) == len(folders)
+
+
+def test_plan_leaves_fpncli_own_top_level_names_alone(tmp_path):
+    from fpncli.io import guard, shardlock, shards
+    from fpncli.io.extraction import RUN_LOG
+    from fpncli.io.inputs import RESERVED_NAMES
+    from fpncli.viz.report import REPORT, REPORT_ASSETS
+
+    assert {REPORT, REPORT_ASSETS, RUN_LOG, shards.INDEX, shards.INDEX_DIR} <= RESERVED_NAMES
+    assert {shardlock.CLAIMS_DIR, shardlock.LOCK_FILE, guard.OUTPUT_MARKER} <= RESERVED_NAMES
+    root = tmp_path / "r"
+    names = ["report.jpg", "Report.html.png", "run.json.jpg", "run-1-of-2.json.jpg",
+             "index.parquet.jpg", "_index.jpg", "_claims.jpg", "cat.jpg",
+             "sub/report.jpg"]  # fmt: skip
+    folders = [
+        j.folder.relative_to(tmp_path / "out").as_posix()
+        for j in plan_jobs([(root / n, root) for n in names], tmp_path / "out")
+    ]
+    assert folders == ["report_2", "Report.html_2", "run.json_2", "run-1-of-2.json_2",
+                       "index.parquet_2", "_index_2", "_claims_2", "cat", "sub/report"]  # fmt: skip
+
+
+def test_image_called_report_survives_report_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    shutil.copy(samples / "rocket.jpg", src / "report.jpg")
+    shutil.copy(samples / "chelsea.png", src / "report.html.png")
+    args = ["extract", str(src), "-o", str(out), "--weights", "random", "--min-size", "64",
+            "--max-size", "128", "--workers", "1"]  # fmt: skip
+    runner = CliRunner()
+    first = runner.invoke(cli, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert (out / "report_2" / "manifest.json").is_file()
+    assert (out / "report.html_2" / "manifest.json").is_file()
+    report = runner.invoke(cli, ["report", str(out)], catch_exceptions=False)
+    assert report.exit_code == 0 and (out / "report.html").is_file(), report.output
+    again = runner.invoke(cli, args, catch_exceptions=False)
+    assert again.exit_code == 0 and "skipped 2 (already complete)" in again.output, again.output
 
 
 def test_shards_partition_the_list(monkeypatch):

@@ -113,7 +113,11 @@ def test_report_cli_and_errors(report_dir, tmp_path):
     nothing = runner.invoke(cli, ["report", str(empty)])
     assert nothing.exit_code == 1 and "holds no complete extraction" in nothing.output
     bad = runner.invoke(cli, ["report", str(report_dir), "--page-size", "0"])
-    assert bad.exit_code == 1 and "page_size" in bad.output
+    assert bad.exit_code == 2 and "--page-size" in bad.output and "Traceback" not in bad.output
+    for height in ("100000", "7"):  # 100000: cv2 'Insufficient memory' before
+        huge = runner.invoke(cli, ["report", str(report_dir), "--thumb-height", height])
+        assert huge.exit_code == 2 and "--thumb-height" in huge.output, huge.output
+        assert "8<=x<=1024" in huge.output and "Traceback" not in huge.output
 
 
 def _chromium() -> str | None:
@@ -239,3 +243,109 @@ def test_thumbnails_use_the_recorded_colour_range_like_the_heatmaps(sample_extra
     write_report(root)
     above = np.asarray(Image.open(root / "report" / "thumbs" / "000000_p3.png"))
     assert len(np.unique(above.reshape(-1, 3), axis=0)) == 1
+
+
+def _corrupt(src: Path, dst: Path, field: str, value) -> Path:
+    """A copy of ``src`` whose image ``chelsea`` has one manifest field set to ``value``, or
+    (field ``p2.npy``) whose p2.npy is a valid but empty (1, 256, 0, 0) array."""
+    shutil.copytree(src, dst)
+    folder = dst / "chelsea"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if field == "p2.npy":
+        np.save(folder / "p2.npy", np.zeros((1, 256, 0, 0), np.float32))
+        manifest["files"]["p2.npy"] = (folder / "p2.npy").stat().st_size
+    else:
+        *parents, last = field.split(".")
+        node = manifest
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "field,value,reason",
+    [
+        ("levels.p2.valid_height", "a", "'levels.p2.valid_height' is a str ('a'), not a positive"),
+        ("input.path", 5, "'input.path' is an int (5), not a string"),
+        ("weights", "abc", "'weights' is a str ('abc'), not a mapping"),
+        ("heatmap", None, "'heatmap' is null, not a mapping"),
+        ("levels.p3", [], "'levels.p3' is a list ([]), not a mapping"),
+        ("p2.npy", None, "holds a (1, 256, 0, 0) array"),
+    ],
+)
+def test_malformed_manifest_or_level_is_one_line_in_report_diff_and_show(
+    sample_extraction, tmp_path, field, value, reason
+):
+    bad = _corrupt(sample_extraction, tmp_path / "bad", field, value)
+    runner = CliRunner()
+    for args in (
+        ["report", str(bad)],
+        ["diff", str(sample_extraction), str(bad), "-o", str(tmp_path / "d")],
+        ["show", str(bad / "chelsea"), "--level", "all", "--save", str(tmp_path / "s.png")],
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert not isinstance(result.exception, (TypeError, AttributeError)), result.exception
+        last = result.output.strip().splitlines()[-1]
+        assert last.startswith("Error: ") and reason in last, (args, result.output)
+        if field != "p2.npy":
+            assert "chelsea/manifest.json is malformed" in last
+
+
+def test_empty_map_thumbnail_is_blank_not_a_cv2_error():
+    from fpncli.viz.report import _level_thumbnail
+
+    thumb = _level_thumbnail(np.zeros((0, 0), np.float32), 32, "viridis", None)
+    assert thumb.shape == (32, 32, 3)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _assert_links_resolve(page: Path) -> None:
+    for ref in _links(page).refs:
+        assert (page.parent / ref).resolve().is_file(), f"{page.name}: {ref} does not resolve"
+
+
+def test_report_never_deletes_or_writes_over_image_folders_called_report(
+    sample_extraction, tmp_path
+):
+    # inputs report.jpg and report.html.png extracted by a version that gave them these folders
+    out = tmp_path / "out"
+    shutil.copytree(sample_extraction, out)
+    (out / "chelsea").rename(out / "report")
+    (out / "coffee").rename(out / "report.html")
+    images = _tree(out)
+    for _ in range(2):  # the second run finds its own report_2/ and clears only that
+        path = write_report(out, page_size=1)
+        assert path == out / "report_2.html"
+        assert {k: v for k, v in _tree(out).items() if k in images} == images
+        for page in [path, *sorted((out / "report_2").glob("page_*.html"))]:
+            _assert_links_resolve(page)
+        assert (out / "report_2" / "page_0003.html").is_file()
+    assert 'href="report/overview.png"' in path.read_text()  # the images are in the grid
+    assert 'href="../report.html/overview.png"' in (out / "report_2/page_0002.html").read_text()
+    assert (out / "report_2" / ".fpncli-report").is_file()
+
+
+def test_report_clears_only_a_folder_it_made(report_dir):
+    mine = write_report(report_dir)
+    assert mine == report_dir / "report.html"
+    notes = report_dir / "report" / "notes.txt"  # something of the user's put into report/
+    (report_dir / "report" / ".fpncli-report").unlink()
+    notes.write_text("mine")
+    path = write_report(report_dir)
+    assert path == report_dir / "report_2.html" and notes.read_text() == "mine"
+
+
+def test_concurrent_reports_of_one_folder_take_turns(report_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:  # each used to clear the folder the others wrote into
+        paths = list(pool.map(lambda _: write_report(report_dir, page_size=1), range(8)))
+    assert paths == [report_dir / "report.html"] * 8
+    for page in [paths[0], *sorted((report_dir / "report").glob("page_*.html"))]:
+        _assert_links_resolve(page)

@@ -9,8 +9,10 @@ from .common import _friendly, verbose_option
 
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False), default="fpn_out", required=False)
-@click.option("--page-size", type=int, default=100, show_default=True, help="Images per page.")
-@click.option("--thumb-height", type=int, default=64, show_default=True, help="In pixels.")
+@click.option("--page-size", type=click.IntRange(1), default=100, show_default=True,
+              help="Images per page.")  # fmt: skip
+@click.option("--thumb-height", type=click.IntRange(8, 1024), default=64, show_default=True,
+              help="In pixels.")  # fmt: skip
 @click.option(
     "--scale",
     type=click.Choice(["image", "level", "shared"]),

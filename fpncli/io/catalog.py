@@ -28,12 +28,14 @@ from pathlib import Path, PurePosixPath
 
 from .extraction import (
     LoadedExtraction,
+    check_level_array,
     find_extractions,
     load_extraction,
     manifest_levels,
     npy_from_bytes,
     read_run_log,
 )
+from .manifest import check_manifest
 from .outputs import MANIFEST, read_manifest
 
 __all__ = ["Extractions", "open_extractions", "iter_extractions", "is_sharded"]
@@ -155,7 +157,7 @@ class _Folders(Extractions):
         manifest = read_manifest(self._folder(key))
         if manifest is None:
             raise FileNotFoundError(f"{self._folder(key)}/{MANIFEST} is gone or incomplete")
-        return manifest
+        return check_manifest(manifest, f"{self._folder(key)}/{MANIFEST}")
 
     def size(self, key: str) -> int:
         total = 0
@@ -279,7 +281,7 @@ class _Shards(Extractions):
             raise ValueError(f"{key}.json in {self.shard(key)} is not JSON ({e})") from None
         if not isinstance(manifest, dict):
             raise ValueError(f"{key}.json in {self.shard(key)} is not a manifest")
-        return manifest
+        return check_manifest(manifest, f"{key}.json in {self.root}/{self.shard(key)}")
 
     def load(self, key: str) -> LoadedExtraction:
         manifest = self.manifest(key)
@@ -290,7 +292,8 @@ class _Shards(Extractions):
             if isinstance(file, str) and file.endswith(".npy") and "/" not in file:
                 files[name] = file
         blobs = self._members(key, sorted(set(files.values())))
-        levels = {name: npy_from_bytes(blobs[file], f"{where}.{file}")
+        levels = {name: check_level_array(npy_from_bytes(blobs[file], f"{where}.{file}"),
+                                          manifest["levels"][name], f"{where}.{file}")
                   for name, file in files.items() if file in blobs}  # fmt: skip
         folder = Path(self.path) / PurePosixPath(key) if "://" not in self.root else Path(key)
         return LoadedExtraction(folder, manifest, levels, key=key, shard=self.shard(key))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .guard import open_regular
+from .manifest import check_manifest
 from .outputs import MANIFEST, read_manifest
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "npy_from_bytes",
     "level_file",
     "manifest_levels",
+    "check_level_array",
 ]
 
 
@@ -124,6 +126,19 @@ def _level_file(folder: Path, name: str, meta: dict) -> Path | None:
     return path
 
 
+def check_level_array(array: np.ndarray, meta: dict, name: str) -> np.ndarray:
+    """``array`` when it is a non-empty ``(1, C, H, W)`` level covering the valid size its
+    manifest entry ``meta`` records (see ``check_manifest``); else a one-line ValueError naming
+    ``name`` (its file)."""
+    valid = (meta["valid_height"], meta["valid_width"])
+    if array.ndim != 4 or array.size == 0 or any(n < v for n, v in zip(array.shape[2:], valid)):
+        raise ValueError(
+            f"{name}: holds a {array.shape} array, not the (1, C, H, W) level covering the "
+            f"{valid[0]}x{valid[1]} valid cells its manifest records; re-extract"
+        )
+    return array
+
+
 def read_npy(path: str | Path, *, mmap: bool = False) -> np.ndarray:
     """Read a ``.npy`` file safely: a regular file only (never blocks on a FIFO), no pickled
     objects, and a header whose declared size the file really holds (a forged header claiming
@@ -188,7 +203,8 @@ def load_extraction(path: str | Path, *, mmap: bool = True) -> LoadedExtraction:
 
     Raises:
         FileNotFoundError: no such folder, or no complete manifest in it.
-        ValueError: a manifest naming files outside its folder.
+        ValueError: a malformed manifest (``check_manifest``), one naming files outside its
+            folder, or a ``.npy`` that is unreadable or not the level its manifest records.
     """
     folder = Path(path).expanduser()
     if folder.is_file():
@@ -201,11 +217,12 @@ def load_extraction(path: str | Path, *, mmap: bool = True) -> LoadedExtraction:
         raise FileNotFoundError(
             f"{folder} holds no complete extraction ({MANIFEST} missing or incomplete){hint}"
         )
+    check_manifest(manifest, f"{folder}/{MANIFEST}")
     levels = {}
     for name, meta in manifest_levels(folder, manifest).items():
         file = _level_file(folder, name, meta)
         if file is not None and file.is_file():
-            levels[name] = read_npy(file, mmap=mmap)
+            levels[name] = check_level_array(read_npy(file, mmap=mmap), meta, str(file))
     return LoadedExtraction(folder, manifest, levels)
 
 

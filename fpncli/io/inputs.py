@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -196,6 +197,22 @@ def discover_inputs(
     return unique
 
 
+#: What fpncli writes at the top of an output folder (``viz.report``'s page and asset folder,
+#: ``io.extraction``'s run log, ``io.shards``' index, ``io.shardlock``'s claims and lock, the
+#: output marker): no image's folder takes these names, nor a shard's run log's.
+RESERVED_NAMES = frozenset({
+    "report", "report.html", "run.json", "index.parquet", "_index", "_claims",
+    ".fpncli-wds.lock", OUTPUT_MARKER,
+})  # fmt: skip
+_SHARD_RUN_LOG = re.compile(r"^run-\d+-of-\d+\.json$")
+
+
+def _reserved(folder: Path) -> bool:
+    """Whether ``folder`` (relative to OUT) is a name fpncli writes at the top of OUT."""
+    name = str(folder).casefold()
+    return "/" not in name and (name in RESERVED_NAMES or bool(_SHARD_RUN_LOG.match(name)))
+
+
 def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     """Give every image its own output folder, mirroring its path below its root.
 
@@ -203,7 +220,9 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     in the same source folder with the same stem (``a.jpg`` and ``a.png``) use ``a_jpg`` and
     ``a_png``; any remaining clash (the same relative path under two roots) gets ``_2``, ``_3``
     in input order. Names that differ only in case count as the same (``A.PNG`` and ``a.jpg``
-    become ``A_png`` and ``a_jpg``), as they are on case-insensitive file systems.
+    become ``A_png`` and ``a_jpg``), as they are on case-insensitive file systems. The names
+    fpncli writes at the top of OUT (``RESERVED_NAMES``: ``report.jpg`` would be ``report``)
+    count as taken: ``report_2``.
     """
     rels = []
     for image, root in pairs:
@@ -228,7 +247,7 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
         if stems[(os.path.abspath(image.parent), fold(key))] > 1:
             key = rel.parent / f"{rel.stem}_{rel.suffix.lstrip('.').lower()}"
         candidate, n = key, 1
-        while fold(candidate) in used:
+        while fold(candidate) in used or _reserved(candidate):
             n += 1
             candidate = key.parent / f"{key.name}_{n}"
         used.add(fold(candidate))

@@ -15,7 +15,9 @@ from .guard import open_regular
 if TYPE_CHECKING:
     from .outputs import OutputOptions
 
-__all__ = ["MANIFEST", "read_manifest", "manifest_files", "is_complete", "run_key"]
+__all__ = [
+    "MANIFEST", "read_manifest", "check_manifest", "manifest_files", "is_complete", "run_key",
+]  # fmt: skip
 
 MANIFEST = "manifest.json"
 _MAX_MANIFEST_BYTES = 16 << 20
@@ -29,6 +31,79 @@ def read_manifest(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) and manifest.get("complete") else None
+
+
+_MISSING = object()
+
+
+def _is_int(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _kind_of(value) -> str:
+    if value is _MISSING:
+        return "missing"
+    if value is None:
+        return "null"
+    kind = type(value).__name__
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} ({value!r:.40})"
+
+
+def check_manifest(manifest: dict, name: str) -> dict:
+    """``manifest`` when every field fpncli reads back has the type it is written with; else a
+    one-line ValueError naming ``name`` (the manifest's file) and the field. Optional fields may
+    be missing (and strings null, as ``overview`` or a level's ``file`` when not saved); the
+    ``levels`` mapping and each level's ``stride`` and valid size must be there.
+    """
+
+    def bad(field: str, value, wanted: str) -> ValueError:
+        return ValueError(
+            f"{name} is malformed: '{field}' is {_kind_of(value)}, not {wanted}; re-extract"
+        )
+
+    def mapping(field: str, value, required: bool = False) -> dict:
+        """A mapping field: missing is fine unless required; present, a mapping (not null)."""
+        if value is _MISSING and not required:
+            return {}
+        if not isinstance(value, dict):
+            raise bad(field, value, "a mapping")
+        return value
+
+    def text(field: str, value) -> None:
+        if value is not None and not isinstance(value, str):
+            raise bad(field, value, "a string")
+
+    for level, meta in mapping("levels", manifest.get("levels", _MISSING), required=True).items():
+        meta = mapping(f"levels.{level}", meta, required=True)
+        for key in ("file", "heatmap", "overlay"):
+            text(f"levels.{level}.{key}", meta.get(key))
+        for key in ("stride", "valid_height", "valid_width"):
+            if not _is_int(meta.get(key, _MISSING), 1):
+                raise bad(f"levels.{level}.{key}", meta.get(key, _MISSING), "a positive integer")
+        for key in ("min", "max", "mean"):
+            value = meta.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+            ):
+                raise bad(f"levels.{level}.{key}", value, "a number")
+        if meta.get("nonfinite") is not None and not _is_int(meta["nonfinite"], 0):
+            raise bad(f"levels.{level}.nonfinite", meta["nonfinite"], "a non-negative integer")
+    inp = mapping("input", manifest.get("input", _MISSING))
+    text("input.path", inp.get("path"))
+    for key in ("width", "height"):
+        if inp.get(key) is not None and not _is_int(inp[key], 1):
+            raise bad(f"input.{key}", inp[key], "a positive integer")
+    mapping("preprocess", manifest.get("preprocess", _MISSING))
+    weights = mapping("weights", manifest.get("weights", _MISSING))
+    for key in ("name", "sha256"):
+        text(f"weights.{key}", weights.get(key))
+    heat = mapping("heatmap", manifest.get("heatmap", _MISSING))
+    for key in ("reduce", "cmap"):
+        text(f"heatmap.{key}", heat.get(key))
+    if "channel" in heat and not _is_int(heat["channel"], 0):
+        raise bad("heatmap.channel", heat["channel"], "a non-negative integer")
+    text("overview", manifest.get("overview"))
+    return manifest
 
 
 def manifest_files(manifest: dict) -> dict[str, int | None]:

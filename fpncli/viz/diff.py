@@ -35,6 +35,7 @@ __all__ = [
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
+_TABLES = ("diff.json", "diff.csv")  # written into the output folder beside the pictures
 
 
 @dataclass(frozen=True)
@@ -198,12 +199,25 @@ def _pair(found_a: Extractions, found_b: Extractions) -> list[tuple[str, str | N
     return pairs
 
 
+def _unloaded(ex: LoadedExtraction, levels: list[str] | None) -> list[str]:
+    """The levels (of ``levels``, default all) whose ``.npy`` the manifest lists but that could
+    not be loaded: the file is gone, or not a regular file (a folder, a FIFO)."""
+    return [name for name, meta in ex.manifest["levels"].items()
+            if (levels is None or name in levels) and name not in ex.levels
+            and str(meta.get("file") or "").endswith(".npy")]  # fmt: skip
+
+
 def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap) -> ImageDiff:
     result = ImageDiff(key)
     if key_a is None or key_b is None:
         result.skipped = f"only in {'B' if key_a is None else 'A'}"
         return result
     a, b = found_a.load(key_a), found_b.load(key_b)
+    unloaded = [f"{name}: its .npy is missing or unreadable in {side}"
+                for side, ex in (("A", a), ("B", b)) for name in _unloaded(ex, levels)]  # fmt: skip
+    if unloaded:  # never a pass with a level silently left out
+        result.skipped = "; ".join(unloaded)
+        return result
     common = [n for n in a.levels if n in b.levels and (levels is None or n in levels)]
     if not common:
         result.skipped = "no level saved (as .npy) in both"
@@ -225,10 +239,13 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap) -> Imag
         worst = max(d.max_rel for d in result.levels)
         title = f"{key}: max over channels of |A - B|, worst max_rel {worst:.3g}"
         png = overview_png(image, panels, cmap=cmap, title=title)
-        target = out / key / "diff.png"
+        folder, top = key, key.partition("/")[0]
+        if top.casefold() in _TABLES:  # an image called diff.csv: not where the table goes
+            folder = f"_{key}"
+        target = out / folder / "diff.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, png)
-        result.picture = f"{key}/diff.png"
+        result.picture = f"{folder}/diff.png"
     return result
 
 
@@ -252,7 +269,8 @@ def diff_extractions(
         tol: the largest ``max_rel`` that counts as agreement.
         levels: restrict to these levels (default: every level saved in both).
         out: where to write ``diff.json``, ``diff.csv`` and one ``KEY/diff.png`` per image (the
-            per-level max over channels of |A - B|); None writes nothing.
+            per-level max over channels of |A - B|; ``_diff.csv/diff.png`` for an image called
+            ``diff.csv``); None writes nothing.
 
     Raises:
         FileNotFoundError: a root that does not exist or holds no extraction.
@@ -282,8 +300,9 @@ def write_tables(result: DiffResult, out: str | Path) -> None:
     """``OUT/diff.json`` (everything) and ``OUT/diff.csv`` (one row per image and level)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "diff.json", json.dumps(result.to_json(), indent=2).encode())
-    atomic_write_bytes(out / "diff.csv", _csv(result).encode())
+    json_name, csv_name = _TABLES
+    atomic_write_bytes(out / json_name, json.dumps(result.to_json(), indent=2).encode())
+    atomic_write_bytes(out / csv_name, _csv(result).encode())
 
 
 def _csv(result: DiffResult) -> str:

@@ -16,6 +16,7 @@ import html
 import logging
 import math
 import os
+import re
 import shutil
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
@@ -28,19 +29,25 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .. import __version__
+from ..io.atomic import TMP_MARK
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import read_run_log
-from ..io.guard import open_regular, utf8_text
+from ..io.guard import folder_lock, open_regular, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
 from .visualize import colour_bar, encode_png, reduce_channels
 
-__all__ = ["write_report", "REPORT"]
+__all__ = ["write_report", "REPORT", "REPORT_ASSETS", "REPORT_MARKER"]
 
 log = logging.getLogger(__name__)
 REPORT = "report.html"
-_ASSETS = "report"
+REPORT_ASSETS = "report"
+REPORT_MARKER = ".fpncli-report"  # inside the asset folder: a report made it, it may be cleared
+_ASSETS = REPORT_ASSETS
+# what a report writes into its asset folder: an unmarked folder holding only these is an earlier
+# version's report (cleared as before); anything else is not the report's to clear
+_REPORT_FILES = re.compile(r"^(thumbs|histograms\.png|page_\d+\.html)$")
 _LEVEL_ORDER = ("stem", "res2", "res3", "res4", "res5", "p2", "p3", "p4", "p5", "p6")
 
 
@@ -76,6 +83,8 @@ def _input_thumbnail(path: Path | None, height: int) -> np.ndarray | None:
 def _level_thumbnail(map2d: np.ndarray, height: int, cmap: str, rng) -> np.ndarray:
     """The map coloured on ``rng`` (default: its own finite min..max), cells kept crisp."""
     values = np.asarray(map2d, dtype=np.float32)
+    if values.size == 0:  # nothing to draw: a blank (grey) square, not a cv2 error
+        return np.full((height, height, 3), 200, np.uint8)
     if rng is None:
         finite = values[np.isfinite(values)]
         rng = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -108,7 +117,7 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
     """Thumbnails of one image; returns its grid row, per level (sample, valid shape), its
     manifest and its bytes. Only this image's arrays are in memory (or mapped) meanwhile."""
     ex = found.load(key)
-    heat = ex.manifest.get("heatmap", {})
+    heat = ex.manifest.get("heatmap") or {}
     reduce, channel = heat.get("reduce", "channel"), int(heat.get("channel", 0))
     cmap = heat.get("cmap", "viridis")
     stem = f"{index:06d}"
@@ -116,8 +125,8 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
     picture = _input_thumbnail(ex.input_path, height)
     if picture is not None:
         atomic_write_bytes(thumbs / f"{stem}_input.png", encode_png(picture))
-        row.input_thumb = f"{_ASSETS}/thumbs/{stem}_input.png"
-    inp = ex.manifest.get("input", {})
+        row.input_thumb = f"{thumbs.parent.name}/thumbs/{stem}_input.png"
+    inp = ex.manifest.get("input") or {}
     row.size = f"{inp.get('width')}x{inp.get('height')}"
     row.overview = found.link(key, ex.manifest.get("overview"))
     samples = {}
@@ -138,7 +147,7 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
         rng = ranges.get(name) if ranges else _recorded_range(meta)
         thumb = _level_thumbnail(map2d, height, cmap, rng)
         atomic_write_bytes(thumbs / f"{stem}_{name}.png", encode_png(thumb))
-        row.levels[name] = f"{_ASSETS}/thumbs/{stem}_{name}.png"
+        row.levels[name] = f"{thumbs.parent.name}/thumbs/{stem}_{name}.png"
     return row, samples, ex.manifest, found.size(key)
 
 
@@ -214,13 +223,14 @@ def _href(path: str) -> str:
     return html.escape(urllib.parse.quote(os.fsencode(path)))
 
 
-def _nav(page: int, pages: int, prefix: str) -> str:
-    """Links to every page; ``prefix`` leads from the page's folder to OUT."""
+def _nav(page: int, pages: int, prefix: str, first: str = REPORT, assets: str = _ASSETS) -> str:
+    """Links to every page; ``prefix`` leads from the page's folder to OUT, where the first
+    page is ``first`` and the others lie in ``assets``."""
     if pages <= 1:
         return ""
     links = []
     for p in range(1, pages + 1):
-        href = f"{prefix}{REPORT}" if p == 1 else f"{prefix}{_ASSETS}/page_{p:04d}.html"
+        href = f"{prefix}{first}" if p == 1 else f"{prefix}{assets}/page_{p:04d}.html"
         links.append(f"<b>{p}</b>" if p == page else f'<a href="{href}">{p}</a>')
     return f'<p class="nav">Pages: {" ".join(links)}</p>'
 
@@ -353,6 +363,53 @@ def _scale_note(scale: str, ranges: dict | None) -> str:
     return f"<p>Colour scale: <b>{html.escape(scale)}</b> (from the manifests): {items}.</p>"
 
 
+def _is_report_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a report's asset folder: marked by one, or (an earlier version's)
+    holding nothing but what a report writes. An image's output folder never is."""
+    if (folder / REPORT_MARKER).is_file():
+        return True
+    try:
+        names = [entry.name for entry in os.scandir(folder)]
+    except OSError:
+        return False
+    return all(_REPORT_FILES.match(n) or (n.startswith(".") and TMP_MARK in n) for n in names)
+
+
+def _report_place(root: Path) -> tuple[str, str]:
+    """The first page's name and the asset folder's: ``report.html`` and ``report/``, unless
+    something a report did not make (an image's output folder, say, of an input called
+    ``report.jpg`` extracted by an earlier version) holds either name: then ``report_2.html``
+    and ``report_2/``, and so on. Nothing a report did not make is written over or deleted."""
+    for n in range(1, 1000):
+        suffix = "" if n == 1 else f"_{n}"
+        page, assets = root / f"report{suffix}.html", root / f"report{suffix}"
+        page_free = not os.path.lexists(page) or (page.is_file() and not page.is_symlink())
+        assets_free = not os.path.lexists(assets) or (
+            assets.is_dir() and not assets.is_symlink() and _is_report_folder(assets)
+        )
+        if page_free and assets_free:
+            if n > 1:
+                log.warning("report: %s/%s or %s/%s is not a report's (an image's outputs?): "
+                            "writing %s and %s/ instead", root, REPORT, root, _ASSETS, page.name,
+                            assets.name)  # fmt: skip
+            return page.name, assets.name
+    raise ValueError(f"{root}: report.html, report/ and 998 alternatives are all taken")
+
+
+def _clear_assets(assets: Path) -> None:
+    """Empty a report's asset folder (held locked) of an earlier report's files, and mark it."""
+    if not _is_report_folder(assets):  # made meanwhile by something else
+        raise ValueError(f"{assets} is not a report's folder (it holds other files): move it away")
+    for entry in os.scandir(assets):
+        if entry.name == REPORT_MARKER:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    (assets / REPORT_MARKER).write_text("fpncli report assets: rewritten by each fpncli report\n")
+
+
 def write_report(
     root: str | Path,
     *,
@@ -373,11 +430,15 @@ def write_report(
             colours compare across images (and, with ``shared``, across levels).
 
     Returns:
-        The path of ``report.html``.
+        The path of ``report.html`` (``report_2.html`` with ``report_2/`` where an image's
+        folder, or anything else a report did not make, is called ``report`` or ``report.html``:
+        those are never written over; see ``_report_place``).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no complete extraction.
         ValueError: a bad ``page_size`` or ``thumb_height``.
+        FolderBusyError: another report of ``root`` ran for over 5 minutes (reports of one
+            folder take turns).
     """
     if page_size < 1 or thumb_height < 8:
         raise ValueError("page_size must be >= 1 and thumb_height >= 8")
@@ -394,10 +455,24 @@ def write_report(
         raise FileNotFoundError(
             f"{root} holds no complete extraction (no manifest.json under it, no index.parquet)"
         )
-    assets = root / _ASSETS
-    if assets.is_dir():  # thumbnails and pages of an earlier report
-        shutil.rmtree(assets)
-    (assets / "thumbs").mkdir(parents=True)
+    first, assets_name = _report_place(root)
+    assets = root / assets_name
+    # one report at a time per folder: a second waits for the first rather than clearing the
+    # folder the first is writing into
+    with folder_lock(assets):
+        _clear_assets(assets)
+        (assets / "thumbs").mkdir()
+        _write_pages(root, found, keys, run, assets, first, page_size=page_size,
+                     thumb_height=thumb_height, workers=workers, scale=scale)  # fmt: skip
+    log.info("report: %d images -> %s", len(keys), root / first)
+    return root / first
+
+
+def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | None,
+                 assets: Path, first: str, *, page_size: int, thumb_height: int,
+                 workers: int | None, scale: str) -> None:  # fmt: skip
+    """The thumbnails, histograms and pages of ``write_report`` (``first`` the first page's
+    name in ``root``, ``assets`` the folder of the rest)."""
     ranges = None
     if keys:  # level|shared: a first pass over the manifests only (no tensor is read)
         heat = found.manifest(keys[0]).get("heatmap") or {}
@@ -434,7 +509,7 @@ def write_report(
     for page in range(1, pages + 1):
         chunk = rows[(page - 1) * page_size : page * page_size]
         prefix = "" if page == 1 else "../"
-        nav = _nav(page, pages, prefix)
+        nav = _nav(page, pages, prefix, first, assets.name)
         title = f"fpncli report: {root.resolve().name}"
         grid = f"<h2>Images {(page - 1) * page_size + 1}-{(page - 1) * page_size + len(chunk)}"
         grid += f" of {len(rows)}</h2>{shard_note}{nav}"
@@ -443,14 +518,13 @@ def write_report(
             summary = _summary(root, found, tally, run)
             body = [f"<h1>{html.escape(title)}</h1>", summary, _scale_note(scale, ranges)]
             if stats:
-                hist = f'<img class="hist" src="{_ASSETS}/histograms.png" alt="histograms">'
+                hist = f'<img class="hist" src="{assets.name}/histograms.png" alt="histograms">'
                 body += ["<h2>Levels across the folder</h2>", _stats_table(stats), hist]
             body += [grid, nav]
-            atomic_write_bytes(root / REPORT, utf8_text(_page(title, "\n".join(body))).encode())
+            atomic_write_bytes(root / first, utf8_text(_page(title, "\n".join(body))).encode())
         else:
-            body = f'<h1>{html.escape(title)}</h1><p><a href="../{REPORT}">summary</a></p>'
+            body = f'<h1>{html.escape(title)}</h1><p><a href="../{first}">summary</a></p>'
             body += grid + nav
             path = assets / f"page_{page:04d}.html"
             atomic_write_bytes(path, utf8_text(_page(f"{title} page {page}", body)).encode())
-    log.info("report: %d images, %d pages -> %s", len(rows), pages, root / REPORT)
-    return root / REPORT
+    log.info("report: %d images, %d pages", len(rows), pages)

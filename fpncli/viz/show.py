@@ -127,7 +127,10 @@ def _from_folder(folder: Path, levels: list[str]) -> _Source:
     manifest = read_manifest(folder)
     if manifest is None:
         raise _not_an_extraction(folder)
-    from ..io.extraction import level_file, manifest_levels, read_npy
+    from ..io.extraction import check_level_array, level_file, manifest_levels, read_npy
+    from ..io.manifest import check_manifest
+
+    check_manifest(manifest, f"{folder}/{MANIFEST}")
 
     features = {}
     saved_levels = manifest_levels(folder, manifest)
@@ -144,7 +147,7 @@ def _from_folder(folder: Path, levels: list[str]) -> _Source:
                 f"{folder} was extracted with --no-npy: its {name} tensor was not saved, only "
                 f"{meta.get('heatmap') or 'no heatmap'}; re-extract without --no-npy to show it"
             )
-        features[name] = read_npy(file)
+        features[name] = check_level_array(read_npy(file), meta, str(file))
     try:
         pre = manifest["preprocess"]
         resized = (int(pre["resized_height"]), int(pre["resized_width"]))
