@@ -343,7 +343,7 @@ def test_estimate_survives_any_error_while_sizing(tmp_path, monkeypatch):
     def exploding(*args, **kwargs):
         raise PILImage.DecompressionBombError("too big")
 
-    monkeypatch.setattr(pipeline.Image, "open", exploding)
+    monkeypatch.setattr(PILImage, "open", exploding)
     assert pipeline.estimate_run_bytes([job], SMALL) > 0
 
 

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from ..api import check_precision
 from ..io.canvas import canvas_for
-from ..io.guard import is_disk_full, open_regular
+from ..io.guard import is_disk_full
 from ..io.inputs import (
     IMAGE_EXTENSIONS,
     Job,
@@ -47,7 +46,7 @@ from ..io.outputs import (
     is_complete,
     record_latest,
 )
-from ..io.preprocess import resized_shape
+from ..io.preprocess import open_image, resized_shape
 from ..model.fpn import FPN, STAGES
 from .device import (
     BatchResult,
@@ -113,7 +112,7 @@ def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32
     sizes = []
     for job in jobs[::step][:sample]:
         try:  # a header read; whatever goes wrong here is reported when the image is loaded
-            with open_regular(job.path) as f, Image.open(f) as im:
+            with open_image(job.path, max_pixels=2**62) as im:  # no bomb warning: a header
                 width, height = im.size
         except Exception:
             continue

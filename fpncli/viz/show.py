@@ -181,12 +181,17 @@ def _from_image(path: Path, weights: str, device: str) -> _Source:
 
 def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
     """One image of a ``--format wds`` extraction, found through its index."""
-    from ..io.extraction import npy_from_bytes
+    from ..io.extraction import check_level_array, npy_from_bytes
+    from ..io.manifest import check_manifest
     from ..io.shards import find_member, open_root
 
     fs, path = open_root(root)
     shard, members = find_member(fs, path, key)
-    manifest = json.loads(members["json"])
+    try:
+        manifest = json.loads(members["json"])
+    except ValueError:
+        raise ValueError(f"{key}.json in {shard} is not JSON: re-extract this image") from None
+    check_manifest(manifest, f"{key}.json in {root}/{shard}")
     features = {}
     if len(levels) > 1:  # --level all: the levels this record has (as for a folder)
         levels = [n for n in levels if (manifest["levels"].get(n) or {}).get("file")] or levels
@@ -196,7 +201,9 @@ def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
             saved = ", ".join(n for n, m in manifest["levels"].items() if m.get("file"))
             raise ValueError(f"{key} in {shard} has no {name} tensor (it has {saved or 'none'})")
         # the header is checked against the bytes before anything is allocated
-        features[name] = npy_from_bytes(members[meta["file"]], f"{shard}: {key}.{meta['file']}")
+        where = f"{shard}: {key}.{meta['file']}"
+        array = npy_from_bytes(members[meta["file"]], where)
+        features[name] = check_level_array(array, meta, where)
     pre = manifest["preprocess"]
     return _Source(
         features,
