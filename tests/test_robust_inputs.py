@@ -91,6 +91,10 @@ def test_a_name_that_is_not_utf8_extracts_shows_and_reports(tmp_path):
     assert f'href="{href}"' in page
     assert (out / os.fsdecode(urllib.parse.unquote_to_bytes(href))).is_file()
 
+    diffed = _fpncli("diff", str(out), str(out), "-o", str(tmp_path / "d"), "--no-pictures")
+    assert diffed.returncode == 0, diffed.stderr  # the CSV is UTF-8 text too
+    assert "bad\\xff\\xfe,p2," in (tmp_path / "d" / "diff.csv").read_text(encoding="utf-8")
+
 
 def test_a_name_that_is_not_utf8_goes_into_shards(tmp_path):
     pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")

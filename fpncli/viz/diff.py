@@ -27,6 +27,7 @@ import numpy as np
 
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
+from ..io.guard import utf8_text
 from ..io.outputs import atomic_write_bytes
 from .visualize import overview_png
 
@@ -302,7 +303,7 @@ def write_tables(result: DiffResult, out: str | Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     json_name, csv_name = _TABLES
     atomic_write_bytes(out / json_name, json.dumps(result.to_json(), indent=2).encode())
-    atomic_write_bytes(out / csv_name, _csv(result).encode())
+    atomic_write_bytes(out / csv_name, utf8_text(_csv(result)).encode())
 
 
 def _csv(result: DiffResult) -> str:
