@@ -699,3 +699,27 @@ def test_a_from_list_file_may_name_files_whose_names_are_not_utf8(tmp_path):
     assert is_complete(out / os.fsdecode(b"n\xffx"))
     nan = CliRunner().invoke(cli, ["diff", str(out), str(out), "--tol", "nan"])
     assert nan.exit_code == 2 and "--tol" in nan.output
+
+
+def test_show_save_and_bench_json_never_replace_a_device_fifo_or_symlink(tmp_path, monkeypatch):
+    """As root an atomic write to /dev/null would replace the device node with a file."""
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link.png").symlink_to("target.png")
+    runner = CliRunner()
+    src = _image(tmp_path / "a.png")
+    small = ["--weights", "random", "--min-size", "32", "--max-size", "64"]
+    assert runner.invoke(cli, ["extract", str(src), "-o", "o", *small]).exit_code == 0
+    for args in (["show", "o/a", "--save"], ["bench", "--device", "cpu", "--json"]):
+        refused = runner.invoke(cli, [*args, "fifo"])
+        assert refused.exit_code == 2 and "fifo is a FIFO, not a file" in refused.output
+        folder = runner.invoke(cli, [*args, "."])  # click's own check
+        assert folder.exit_code == 2 and "is a directory" in folder.output
+    assert (tmp_path / "fifo").is_fifo()
+    shown = runner.invoke(cli, ["show", "o/a", "--save", "link.png"])
+    assert shown.exit_code == 0, shown.output
+    assert (tmp_path / "link.png").is_symlink() and (tmp_path / "target.png").is_file()

@@ -59,10 +59,17 @@ def _choices(allowed: tuple[str, ...]):
 def _json_path(ctx, param, value: str | None) -> str | None:
     if value is None or value == "-":
         return value
-    folder = Path(value).expanduser().absolute().parent
-    if not folder.is_dir():
-        raise click.BadParameter(f"folder {folder} does not exist: create it or pick another path")
-    return value
+    from ..io.guard import file_target
+
+    try:
+        target = file_target(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if not target.parent.is_dir():
+        raise click.BadParameter(
+            f"folder {target.parent} does not exist: create it or pick another path"
+        )
+    return str(target)
 
 
 @click.command()

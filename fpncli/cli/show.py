@@ -28,6 +28,18 @@ def _level_callback(ctx, param, value: str | None) -> str | None:
     return level
 
 
+def _save_target(ctx, param, value: str | None) -> str | None:
+    """``--save``: a regular file or a new name (through a symlink to its target)."""
+    if value is None:
+        return None
+    from ..io.guard import file_target
+
+    try:
+        return str(file_target(value))
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @click.command()
 @click.argument("target", required=False)
 @click.option(
@@ -59,6 +71,7 @@ def _level_callback(ctx, param, value: str | None) -> str | None:
     "--save",
     type=click.Path(dir_okay=False),
     default=None,
+    callback=_save_target,
     help="Write a PNG here instead of opening a window.",
 )
 @click.option(

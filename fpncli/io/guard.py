@@ -35,6 +35,7 @@ __all__ = [
     "mark_output_root",
     "marked_root",
     "quote_name",
+    "file_target",
     "utf8_text",
 ]
 
@@ -56,6 +57,25 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "a special file"
+
+
+def file_target(path: str | Path) -> Path:
+    """Where to write a file the user named (``show --save``, ``bench --json``): through a
+    symlink to what it points at (an atomic rename would replace the link itself), and only a
+    regular file or a new name, never over a device, FIFO, socket or folder (as root, an atomic
+    write to ``/dev/null`` would replace the device node).
+
+    Raises:
+        ValueError: one line, when ``path`` is not a regular file nor a new name.
+    """
+    target = Path(os.path.realpath(Path(path).expanduser()))
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path} is {_kind(st.st_mode)}, not a file: give a file name to write")
+    return target
 
 
 def _a(what: str) -> str:
