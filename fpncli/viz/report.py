@@ -455,11 +455,12 @@ def write_report(
         raise FileNotFoundError(
             f"{root} holds no complete extraction (no manifest.json under it, no index.parquet)"
         )
-    first, assets_name = _report_place(root)
-    assets = root / assets_name
     # one report at a time per folder: a second waits for the first rather than clearing the
-    # folder the first is writing into
-    with folder_lock(assets):
+    # folder the first is writing into, or taking the first's half-made folder for another's
+    with folder_lock(root):
+        first, assets_name = _report_place(root)
+        assets = root / assets_name
+        assets.mkdir(exist_ok=True)
         _clear_assets(assets)
         (assets / "thumbs").mkdir()
         _write_pages(root, found, keys, run, assets, first, page_size=page_size,
