@@ -184,17 +184,16 @@ class _Shards(Extractions):
     format = "wds"
 
     def __init__(self, root: str) -> None:
-        from .shards import open_root, read_index
+        from .shards import open_root, read_index, require_wds
 
         try:
-            self.fs, self.path = open_root(root)
-        except ValueError as e:
-            if str(e).startswith("cannot open"):  # an object store without its fsspec backend
-                raise
+            require_wds()
+        except ValueError:
             raise ValueError(
                 f"{root} is the output of --format wds: reading it needs pyarrow and fsspec "
                 "(pip install 'fpncli[wds]')"
             ) from None
+        self.fs, self.path = open_root(root)  # says what an object store's URL needs
         self.root = root
         if not self.fs.exists(self.path):
             raise FileNotFoundError(f"no such folder: {root}")

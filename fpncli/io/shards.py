@@ -394,8 +394,9 @@ def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bo
         if _PARTIAL in name or name[:-4] not in parts:
             log.info("removing %s (left by an interrupted run)", path)
             fs.rm(path)
-    _drop_lost_shards(fs, root)
-    table = read_index(fs, root).select(["key", "status", "settings"]).to_pylist()
+    rows = read_index(fs, root).select(["key", "status", "settings", "shard", "bytes"]).to_pylist()
+    lost = _drop_lost_shards(fs, root, rows)  # the ledger read once, its lost shards' rows left
+    table = [r for r in rows if r["shard"] not in lost]
     done = {r["key"] for r in table if r["status"] == "ok"}
     other = {r["key"] for r in table if r["status"] == "ok" and r["settings"] != settings}
     if other & set(keys):
@@ -406,11 +407,12 @@ def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bo
     return done & set(keys)
 
 
-def _drop_lost_shards(fs, root: str) -> None:
+def _drop_lost_shards(fs, root: str, rows: list[dict]) -> set[str]:
     """A shard that is gone, or shorter than the members its index part lists (deleted or
     truncated after its run), loses its index part (and what is left of it), so that the next
-    run redoes its images instead of skipping them."""
-    rows = read_index(fs, root).select(["status", "shard", "bytes"]).to_pylist()
+    run redoes its images instead of skipping them. ``rows``: the ledger's rows (``status``,
+    ``shard``, ``bytes``). Returns the shards so dropped."""
+    lost = set()
     listed: dict[str, int] = {}
     for row in rows:
         if row["status"] == "ok" and row["shard"]:
@@ -422,11 +424,13 @@ def _drop_lost_shards(fs, root: str) -> None:
             continue
         what = "is gone" if size is None else f"holds {size} bytes, less than its {members}"
         log.warning("%s %s: its images will be redone", path, what)
+        lost.add(shard)
         if size is not None:
             fs.rm(path)
         part = f"{root}/{INDEX_DIR}/part-{shard[:-4]}.parquet"
         if fs.exists(part):
             fs.rm(part)
+    return lost
 
 
 def consolidate_index(fs, root: str) -> int:
