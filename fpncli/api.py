@@ -31,7 +31,7 @@ from .weights.checkpoint import (
     random_state_dict,
     read_checkpoint,
 )
-from .weights.hub import check_cached, record_sha256, recorded_sha256, resolve_weights, sha256_file
+from .weights.hub import check_cached, resolve_weights, sha256_file
 from .weights.registry import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
 
 __all__ = [
@@ -210,7 +210,6 @@ def load_backbone(
 
         path, spec = resolve_weights(weights, download_missing=download, check=check)
         digest = sha256_file(path)
-        recorded = recorded_sha256(path) if spec is not None else None
         if spec is not None:  # the registry's file: as downloaded, or the published one
             check_cached(spec, path, digest)
         ckpt = read_checkpoint(path)
@@ -218,11 +217,6 @@ def load_backbone(
         input_format = spec.input if spec is not None else ckpt.input
         model = build_backbone(arch, ckpt.state_dict)
         log.info("loaded %s (%s, %d non-backbone keys skipped)", path, ckpt.format, ckpt.skipped)
-        if spec is not None and recorded is None:  # placed by hand: recorded on first use
-            try:
-                record_sha256(path, digest)
-            except OSError as e:  # a read-only cache: checked again next time
-                log.debug("cannot record the sha256 of %s: %s", path, e)
         info = WeightsInfo(
             spec.name if spec else str(path), str(path), digest, ckpt.format, input_format, arch,
             False,

@@ -100,7 +100,8 @@ def _check_digest(spec: WeightsSpec, digest: str) -> None:
 def check_cached(spec: WeightsSpec, path: Path, digest: str) -> None:
     """Refuse ``spec``'s cached file ``path`` (of sha256 ``digest``) when it changed since it was
     downloaded or first used, or is not the published checkpoint (a file placed by hand has no
-    recorded digest: the published one is all there is to check it against).
+    recorded digest: the published one is all there is to check it against); a file that passes
+    without a recorded digest gets it recorded (a read-only cache: checked again next time).
 
     Raises:
         ValueError: one line naming the file and what to do.
@@ -119,6 +120,11 @@ def check_cached(spec: WeightsSpec, path: Path, digest: str) -> None:
             f"{path} does not match the published {spec.name} checkpoint (sha256 {digest}, "
             f"published {published}): a damaged or different file; {fix}"
         ) from None
+    if recorded is None:  # placed by hand: recorded on first use
+        try:
+            record_sha256(path, digest)
+        except OSError as e:
+            log.debug("cannot record the sha256 of %s: %s", path, e)
 
 
 class _StderrProgress:
