@@ -6,6 +6,7 @@ Library errors become one line on stderr and a non-zero exit; ``-v`` adds the tr
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import click
@@ -26,11 +27,18 @@ class _UsageLine(click.ClickException):
     exit_code = 2
 
 
-def _one_line(error: click.UsageError) -> click.ClickException:
-    message = " ".join(error.format_message().split())
-    if error.ctx is not None:
-        message += f" (see '{error.ctx.command_path} --help')"
-    return _UsageLine(message)
+@contextlib.contextmanager
+def _usage_in_one_line():
+    """A usage error raised inside becomes one line, with where to read the help."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:  # `fpncli` alone: the help itself
+        raise
+    except click.UsageError as e:
+        message = " ".join(e.format_message().split())
+        if e.ctx is not None:
+            message += f" (see '{e.ctx.command_path} --help')"
+        raise _UsageLine(message) from None
 
 
 class _Group(click.Group):
@@ -38,20 +46,12 @@ class _Group(click.Group):
     line instead of click's usage block; ``fpncli`` alone still prints the help."""
 
     def make_context(self, info_name, args, parent=None, **extra):
-        try:
+        with _usage_in_one_line():
             return super().make_context(info_name, args, parent=parent, **extra)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as e:
-            raise _one_line(e) from None
 
     def invoke(self, ctx):
-        try:
+        with _usage_in_one_line():
             return super().invoke(ctx)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as e:
-            raise _one_line(e) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

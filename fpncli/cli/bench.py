@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import _check_weights, _friendly, verbose_option
+from .common import _check_weights, _file_target, _friendly, verbose_option
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 OUTPUT_PRESETS = ("npy", "npy16", "heatmaps", "all")  # = run.bench.OUTPUT_PRESETS (no torch)
@@ -59,12 +59,7 @@ def _choices(allowed: tuple[str, ...]):
 def _json_path(ctx, param, value: str | None) -> str | None:
     if value is None or value == "-":
         return value
-    from ..io.guard import file_target
-
-    try:
-        target = file_target(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+    target = _file_target(value)
     if not target.parent.is_dir():
         raise click.BadParameter(
             f"folder {target.parent} does not exist: create it or pick another path"

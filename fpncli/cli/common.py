@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 import traceback
+from pathlib import Path
 
 import click
 
@@ -126,6 +127,17 @@ def _cmap_callback(ctx, param, value: str) -> str:
             f"unknown colormap {value!r}; try viridis, magma, inferno, plasma, gray or jet"
         )
     return value
+
+
+def _file_target(value: str) -> Path:
+    """A file the user names for fpncli to write (``guard.file_target``: through a symlink,
+    never over a device or FIFO), as a usage error when it cannot be."""
+    from ..io.guard import file_target
+
+    try:
+        return file_target(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _env_shard() -> tuple[int, int, str] | None:

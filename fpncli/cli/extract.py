@@ -288,13 +288,13 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         click.echo(f"note: cannot read the folder {quote_name(str(folder))} ({reason}): its "
                    "images are left out (reported as failed)", err=True)  # fmt: skip
     if not pairs:
-        inside = not url and any(Path(os.path.realpath(r)) == Path(os.path.realpath(out))
-                                 for r in passed_over)  # fmt: skip
-        raise click.ClickException(
-            f"no images found in the given inputs{' outside the output folder ' if inside else ''}"
-            f"{quote_name(str(out)) if inside else ''}"
-            + (" (outputs are never read back as inputs: give another -o)" if inside else "")
-        )
+        passed_out = {os.path.realpath(r) for r in passed_over}
+        if not url and os.path.realpath(out) in passed_out:  # -o is the input folder, say
+            raise click.ClickException(
+                f"no images found in the given inputs outside the output folder "
+                f"{quote_name(str(out))} (outputs are never read back as inputs: give another -o)"
+            )
+        raise click.ClickException("no images found in the given inputs")
     # wds: job folders are relative to OUT (they become the sample keys)
     jobs = plan_jobs(pairs, Path("") if out_format == "wds" else out)
     made = not url and not out.exists()

@@ -11,6 +11,7 @@ from .common import (
     _check_weights,
     _clip_callback,
     _cmap_callback,
+    _file_target,
     _friendly,
     verbose_option,
 )
@@ -30,14 +31,7 @@ def _level_callback(ctx, param, value: str | None) -> str | None:
 
 def _save_target(ctx, param, value: str | None) -> str | None:
     """``--save``: a regular file or a new name (through a symlink to its target)."""
-    if value is None:
-        return None
-    from ..io.guard import file_target
-
-    try:
-        return str(file_target(value))
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+    return None if value is None else str(_file_target(value))
 
 
 @click.command()
