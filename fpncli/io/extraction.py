@@ -241,7 +241,8 @@ def find_extractions(root: str | Path) -> list[Path]:
 
 
 RUN_LOG = "run.json"
-_SHARD_LOG = re.compile(r"^run-(\d+)-of-(\d+)\.json$")
+#: The run log of shard I of N (``run_log_name``).
+SHARD_RUN_LOG = re.compile(r"^run-(\d+)-of-(\d+)\.json$")
 
 
 def run_log_name(shard: tuple[int, int] | None = None) -> str:
@@ -271,7 +272,7 @@ def read_run_log(root: str | Path) -> dict | None:
     except OSError:
         return None
     for entry in entries:
-        match = _SHARD_LOG.match(entry.name)
+        match = SHARD_RUN_LOG.match(entry.name)
         if entry.name != RUN_LOG and match is None:
             continue
         try:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .extraction import RUN_LOG, SHARD_RUN_LOG
 from .guard import OUTPUT_MARKER, marked_root, open_regular
 
 __all__ = [
@@ -201,16 +201,15 @@ def discover_inputs(
 #: ``io.extraction``'s run log, ``io.shards``' index, ``io.shardlock``'s claims and lock, the
 #: output marker): no image's folder takes these names, nor a shard's run log's.
 RESERVED_NAMES = frozenset({
-    "report", "report.html", "run.json", "index.parquet", "_index", "_claims",
+    "report", "report.html", RUN_LOG, "index.parquet", "_index", "_claims",
     ".fpncli-wds.lock", OUTPUT_MARKER,
 })  # fmt: skip
-_SHARD_RUN_LOG = re.compile(r"^run-\d+-of-\d+\.json$")
 
 
 def _reserved(folder: Path) -> bool:
     """Whether ``folder`` (relative to OUT) is a name fpncli writes at the top of OUT."""
     name = str(folder).casefold()
-    return "/" not in name and (name in RESERVED_NAMES or bool(_SHARD_RUN_LOG.match(name)))
+    return "/" not in name and (name in RESERVED_NAMES or bool(SHARD_RUN_LOG.match(name)))
 
 
 def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
