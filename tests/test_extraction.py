@@ -9,7 +9,29 @@ import numpy as np
 import pytest
 
 import fpncli
-from fpncli.io.extraction import find_extractions, read_run_log
+from fpncli.io.extraction import find_extractions, read_npy, read_run_log
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4),
+        np.asfortranarray(np.arange(24, dtype=np.float16).reshape(2, 3, 4)),
+        np.arange(6, dtype=">f4").reshape(2, 3),
+        np.zeros((1, 256, 0, 0), np.float32),
+    ],
+)
+@pytest.mark.parametrize("mmap", [False, True])
+def test_read_npy_reads_what_numpy_loads(tmp_path, array, mmap):
+    """read_npy parses the header once and reads the data itself: the same array, order,
+    byte order, type (np.memmap) and writeability as numpy's own loaders."""
+    path = tmp_path / "a.npy"
+    np.save(path, array)
+    ours, numpys = read_npy(path, mmap=mmap), np.load(path, mmap_mode="r" if mmap else None)
+    assert type(ours) is type(numpys) and ours.dtype == numpys.dtype
+    assert ours.shape == numpys.shape and np.array_equal(ours, numpys)
+    assert ours.flags.writeable == numpys.flags.writeable
+    assert ours.flags.f_contiguous == numpys.flags.f_contiguous
 
 
 def test_load_extraction_levels_manifest_image(sample_extraction):

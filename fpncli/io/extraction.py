@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,11 +150,11 @@ def read_npy(path: str | Path, *, mmap: bool = False) -> np.ndarray:
         ValueError: not a regular file, not a ``.npy``, or a header the file does not back.
     """
     with open_regular(path, ".npy file") as f:
-        _checked_header(f, os.fstat(f.fileno()).st_size, str(path), "file")
-        if not mmap:
-            f.seek(0)
-            return np.lib.format.read_array(f, allow_pickle=False)
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+        shape, fortran, dtype = _checked_header(f, os.fstat(f.fileno()).st_size, str(path), "file")
+        order, offset = ("F" if fortran else "C"), f.tell()
+        if not mmap:  # the data after the header already read (numpy's loaders parse it again)
+            return np.fromfile(f, dtype=dtype, count=math.prod(shape)).reshape(shape, order=order)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
 
 
 def npy_from_bytes(data: bytes, name: str = ".npy member") -> np.ndarray:
@@ -171,16 +172,23 @@ def npy_from_bytes(data: bytes, name: str = ".npy member") -> np.ndarray:
     return array.reshape(shape, order="F" if fortran else "C")
 
 
+#: numpy parses a header with ``ast.literal_eval``, which CPython 3.11 does not make safe to run
+#: in several threads at once (the report's and diff's threads read levels together): seen here
+#: as "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
+_HEADER_LOCK = threading.Lock()
+
+
 def _checked_header(f, size: int, name: str, holder: str) -> tuple[tuple, bool, np.dtype]:
     """Read the ``.npy`` header of ``f`` (``size`` bytes in all), leaving ``f`` at the data;
     refuse pickled objects and a header declaring more data than ``size`` holds, before
     anything is allocated."""
     try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        with _HEADER_LOCK:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
     except (ValueError, OSError, SyntaxError, TypeError) as e:
         raise ValueError(f"{name}: not a readable .npy file ({e})") from None
     if dtype.hasobject:

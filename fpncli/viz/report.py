@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 REPORT = "report.html"
 REPORT_ASSETS = "report"
 REPORT_MARKER = ".fpncli-report"  # inside the asset folder: a report made it, it may be cleared
-_ASSETS = REPORT_ASSETS
 # what a report writes into its asset folder: an unmarked folder holding only these is an earlier
 # version's report (cleared as before); anything else is not the report's to clear
 _REPORT_FILES = re.compile(r"^(thumbs|histograms\.png|page_\d+\.html)$")
@@ -223,7 +222,7 @@ def _href(path: str) -> str:
     return html.escape(urllib.parse.quote(os.fsencode(path)))
 
 
-def _nav(page: int, pages: int, prefix: str, first: str = REPORT, assets: str = _ASSETS) -> str:
+def _nav(page: int, pages: int, prefix: str, first: str, assets: str) -> str:
     """Links to every page; ``prefix`` leads from the page's folder to OUT, where the first
     page is ``first`` and the others lie in ``assets``."""
     if pages <= 1:
@@ -382,7 +381,7 @@ def _report_place(root: Path) -> tuple[str, str]:
     and ``report_2/``, and so on. Nothing a report did not make is written over or deleted."""
     for n in range(1, 1000):
         suffix = "" if n == 1 else f"_{n}"
-        page, assets = root / f"report{suffix}.html", root / f"report{suffix}"
+        page, assets = root / f"{REPORT_ASSETS}{suffix}.html", root / f"{REPORT_ASSETS}{suffix}"
         page_free = not os.path.lexists(page) or (page.is_file() and not page.is_symlink())
         assets_free = not os.path.lexists(assets) or (
             assets.is_dir() and not assets.is_symlink() and _is_report_folder(assets)
@@ -390,8 +389,8 @@ def _report_place(root: Path) -> tuple[str, str]:
         if page_free and assets_free:
             if n > 1:
                 log.warning("report: %s/%s or %s/%s is not a report's (an image's outputs?): "
-                            "writing %s and %s/ instead", root, REPORT, root, _ASSETS, page.name,
-                            assets.name)  # fmt: skip
+                            "writing %s and %s/ instead", root, REPORT, root, REPORT_ASSETS,
+                            page.name, assets.name)  # fmt: skip
             return page.name, assets.name
     raise ValueError(f"{root}: report.html, report/ and 998 alternatives are all taken")
 
