@@ -5,9 +5,9 @@
 #   DRY_RUN=1 bash scripts/gpu_check.sh OUT_DIR  (the same steps on the CPU, tiny sizes: checks
 #                                                 the script itself, its time limits and table)
 #
-# Ends within about 7.5 minutes on one H100 (BUDGET_S=450 seconds of steps, each with its own
-# time limit cut to what is left; a step that fails or runs out of time is reported, and the
-# others and the final table still run). Needs no network. Everything is written under OUT_DIR:
+# Ends within about 7.5 minutes (BUDGET_S=450 seconds of steps, each with its own time limit cut
+# to what is left; a step that fails or runs out of time is reported, and the others and the
+# final table still run); on one H200 with 16 cores it took 4.5 minutes (2026-11-26, torch 2.11). Needs no network. Everything is written under OUT_DIR:
 # the scratch (temporary JPEGs and outputs, compile caches) in OUT_DIR/scratch, removed at the
 # end, and then OUT_DIR holds three files: gpu_check.txt (the table, the phase timings and the
 # failures), gpu_check.json (every row, the machine, the phases) and steps.tar.gz (each step's
@@ -20,6 +20,8 @@
 #                 device tests, tests/test_device.py, run in CI)
 #   model         model-only, 800x1344: fp32/bf16/fp16 eager at batch 1, 8, 16 (max rel. error
 #                 vs fp32, % of the card's bf16 peak, peak GPU memory)
+#   unfused       bf16/fp16 eager at batch 8 and 16 with FPNCLI_CUDNN_FUSION=0 (variant
+#                 "unfused"): the same rows without cuDNN's fused conv+bias+ReLU kernels
 #   compile_b16   --compile (torch.compile, fixed shapes), bf16 batch 16: the >= 1,000 img/s row
 #                 (early: a cold compile needs its full time limit)
 #   e2e           a generated folder of 1080p JPEGs (1080x1920 -> 756x1344, padded 768x1344),
@@ -27,8 +29,8 @@
 #                 (of_min_model_decode)
 #   e2e_npy       the same with all levels as fp16 .npy (44 MB an image: fewer images) and the
 #                 disk's write speed (of_disk_rate)
-#   procs         the heatmaps row again in 1 and then 2 worker processes sharing the GPU
-#                 (extract --gpus 0,0; each warmed up, then started together): whether one
+#   procs         the heatmaps row again in 1, 2 and 3 worker processes sharing the GPU
+#                 (extract --gpus 0,0,0; each warmed up, then started together): whether one
 #                 process's Python threads (decoding, writing, feeding take turns at Python's
 #                 lock, a few ms per image) hold the GPU back
 #   defaults      the defaults end to end (fp32, batch 8, every output)
@@ -78,14 +80,15 @@ WRITERS=$(( CORES > 8 ? 8 : 2 ))
 if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
     DEV=cpu SIZE=64x96 E2E=64x96 SRC=96x128 BATCHES=1,2 BIG=2 MID=1 SMALL=1 PRECS=fp32
     IMAGES=4 DEFAULT_IMAGES=3 ROW_SECONDS=0.05 TESTS="tests/test_gpu.py" COMPILE_PRECS=fp32
+    UNFUSED_PRECS=fp32 PROCS=1,2
     T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_PROCS=60 T_COMPILE=45 T_REST=45 LOW=fp32
     PROC_SECONDS=0.05 NPY_IMAGES=3 PROC_IMAGES=4 T_NPY=60
     BUDGET_S="${BUDGET_S:-300}" DEFAULT_SIZE=64x96
 else
     DEV=auto SIZE=800x1344 E2E=768x1344 SRC=1080x1920 BATCHES=1,8,16 BIG=16 MID=8 SMALL=1
     PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 ROW_SECONDS=2 COMPILE_PRECS=fp16,fp32
-    TESTS="tests/test_gpu.py"
-    T_TESTS=180 T_MODEL=90 T_E2E=60 T_DEFAULTS=50 T_PROCS=100 T_COMPILE=150 T_REST=600 LOW=bf16
+    TESTS="tests/test_gpu.py" UNFUSED_PRECS=bf16,fp16 PROCS=1,2,3
+    T_TESTS=180 T_MODEL=150 T_E2E=60 T_DEFAULTS=50 T_PROCS=150 T_COMPILE=150 T_REST=600 LOW=bf16
     PROC_SECONDS=3 NPY_IMAGES=96 PROC_IMAGES=1200 T_NPY=60
     DEFAULT_SIZE=800x1333
 fi
@@ -148,6 +151,9 @@ step tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider --basetemp "$SCRATC
     $TESTS
 bench model "$T_MODEL" --model-only --sizes "$SIZE" --batch-sizes "$BATCHES" \
     --precisions "$PRECS" --seconds "$ROW_SECONDS"
+step unfused 60 env FPNCLI_CUDNN_FUSION=0 "$PY" -m fpncli bench --device "$DEV" \
+    --json "$STEPS/unfused.json" --model-only --sizes "$SIZE" --batch-sizes "$MID,$BIG" \
+    --precisions "$UNFUSED_PRECS" --seconds "$ROW_SECONDS"
 bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
     --precisions "$LOW" --seconds "$ROW_SECONDS"
 # (with its model-only row at the same size, batch and precision: the of_model ratios)
@@ -160,7 +166,7 @@ bench e2e_npy "$T_NPY" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisio
 # (enough images that one run fills the seconds: each rerun starts and warms the workers again)
 bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps --source-size "$SRC" --images "$PROC_IMAGES" --seconds "$PROC_SECONDS" \
-    --workers "$WORKERS" --writers "$WRITERS" --processes 1,2
+    --workers "$WORKERS" --writers "$WRITERS" --processes "$PROCS"
 bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
     --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
     --workers "$WORKERS" --writers "$WRITERS"
@@ -178,7 +184,7 @@ from pathlib import Path
 
 out, dry_run, elapsed = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 steps = out / "steps"
-names = ("model", "compile_b16", "e2e", "e2e_npy", "procs", "defaults", "compile_bf16",
+names = ("model", "unfused", "compile_b16", "e2e", "e2e_npy", "procs", "defaults", "compile_bf16",
          "compile_other")
 rows, skipped, info = [], [], {}
 for name in names:

@@ -430,3 +430,33 @@ def test_cli_says_when_the_environment_shards_the_inputs(tmp_path, monkeypatch):
         result.output
     )
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["b"]
+
+
+def test_cudnn_fusion_marks_folded_convolutions_and_leaves_the_cpu_path_alone():
+    from fpncli.model import cuda_kernels
+    from fpncli.model.layers import Conv2d
+
+    folded = fpncli.load_backbone("random", device="cpu", cpu_kernels=False)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = folded(x.contiguous(memory_format=torch.channels_last))
+    cuda_kernels.use_cudnn_fusion(folded)
+    convs = [m for m in folded.modules() if isinstance(m, Conv2d)]
+    assert convs and all(c.fused for c in convs) and cuda_kernels.uses_cudnn_fusion(folded)
+    with torch.inference_mode():  # CPU tensors never take the cuDNN ops
+        got = folded(x.contiguous(memory_format=torch.channels_last))
+    for name in want:
+        assert torch.equal(got[name], want[name])
+    unfolded = fpncli.load_backbone("random", device="cpu", fold_bn=False)
+    cuda_kernels.use_cudnn_fusion(unfolded)  # a conv with its norm is never fused
+    normed = [m for m in unfolded.modules() if isinstance(m, Conv2d) and m.norm is not None]
+    assert normed and not any(c.fused for c in normed)
+    assert not cuda_kernels.fusion_works(torch.device("cpu"), torch.bfloat16)
+
+
+def test_cudnn_fusion_can_be_turned_off(monkeypatch):
+    from fpncli.model import cuda_kernels
+
+    assert cuda_kernels.enabled()
+    monkeypatch.setenv("FPNCLI_CUDNN_FUSION", "0")
+    assert not cuda_kernels.enabled()

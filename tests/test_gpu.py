@@ -306,7 +306,7 @@ def test_out_of_memory_splits_under_a_memory_cap(tmp_path):
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
         torch.cuda.empty_cache()
-    assert summary.done == 8 and not summary.failed
+    assert summary.done == 8 and not summary.failed, summary.failed
     assert 1 <= summary.batch_size < 8
 
 
@@ -347,3 +347,28 @@ def test_pillow_bilinear_on_the_gpu_equals_pillow(device):
         got = pillow_bilinear(torch.from_numpy(pixels).to(device), oh, ow)
         assert got.device == torch.device(device)
         np.testing.assert_array_equal(got.cpu().numpy(), expected)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cudnn_fused_epilogues_equal_the_plain_ones(precision):
+    """The converted model runs conv+bias+ReLU(+sum) in cuDNN's fused kernels; the same model
+    with them off gives the same levels within the precision's rounding."""
+    from fpncli.model import cuda_kernels
+    from fpncli.run.device import model_for_run
+
+    model = fpncli.load_backbone("random", device="cuda:0")
+    fused = model_for_run(model, precision)
+    assert cuda_kernels.uses_cudnn_fusion(fused), "the fused kernels did not pass their check"
+    batch = torch.randn(2, 3, 256, 320, generator=torch.Generator().manual_seed(0)).cuda()
+    batch = batch.to(next(fused.parameters()).dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        got = fused(batch)
+        cuda_kernels.use_cudnn_fusion(fused, on=False)
+        try:
+            want = fused(batch)
+        finally:
+            cuda_kernels.use_cudnn_fusion(fused)
+    for name in want:
+        scale = want[name].float().abs().max()
+        error = ((got[name].float() - want[name].float()).abs().max() / scale).item()
+        assert error < 3e-2, (name, error)

@@ -7,13 +7,24 @@ Detectron2 checkpoints (``conv1.weight``, ``conv1.norm.running_mean``, ...).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .cpu_kernels import conv_forward
 
-__all__ = ["Conv2d", "FrozenBatchNorm2d", "add_relu_", "fold_frozen_batchnorm"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Conv2d",
+    "FrozenBatchNorm2d",
+    "add_relu_",
+    "conv_relu",
+    "conv_add_relu",
+    "fold_frozen_batchnorm",
+]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -62,6 +73,8 @@ class Conv2d(nn.Conv2d):
     """
 
     kernel: str | None = None
+    #: run ReLU (and a residual sum) in cuDNN's fused kernel (``cuda_kernels.use_cudnn_fusion``)
+    fused: bool = False
 
     def __init__(self, *args, norm: nn.Module | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -90,6 +103,52 @@ def add_relu_(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._add_relu_(out, other)
     out += other
     return F.relu_(out)
+
+
+def _fuses(conv: Conv2d, x: torch.Tensor) -> bool:
+    return (
+        conv.fused
+        and x.is_cuda
+        and x.dtype == conv.weight.dtype
+        and not torch.compiler.is_compiling()
+        and not (torch.is_grad_enabled() and x.requires_grad)
+    )
+
+
+def conv_relu(conv: Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``relu(conv(x))``: one cuDNN kernel where ``conv.fused`` applies, else two steps."""
+    if _fuses(conv, x):
+        try:
+            return torch.cudnn_convolution_relu(
+                x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
+            )
+        except RuntimeError as e:
+            _unfuse(conv, x, e)
+    return F.relu_(conv(x))
+
+
+def conv_add_relu(conv: Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``relu(conv(x) + other)``: one cuDNN kernel where ``conv.fused`` applies."""
+    if _fuses(conv, x) and other.dtype == x.dtype:
+        try:
+            return torch.cudnn_convolution_add_relu(
+                x, conv.weight, other, 1.0, conv.bias, conv.stride, conv.padding, conv.dilation,
+                conv.groups,
+            )  # fmt: skip
+        except RuntimeError as e:
+            _unfuse(conv, x, e)
+    return add_relu_(conv(x), other)
+
+
+def _unfuse(conv: Conv2d, x: torch.Tensor, error: RuntimeError) -> None:
+    """cuDNN refused the fused kernel for this input: this convolution runs the plain ops from
+    now on. Out of memory is not a refusal: it goes to the caller (a smaller batch may fit)."""
+    text = str(error)
+    if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in text:
+        raise error
+    conv.fused = False
+    log.warning("cuDNN's fused kernel failed on a %s input (%s); plain ops for this layer",
+                tuple(x.shape), text.splitlines()[0] if text else type(error).__name__)  # fmt: skip
 
 
 @torch.no_grad()

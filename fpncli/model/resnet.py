@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import Conv2d, FrozenBatchNorm2d, add_relu_
+from .layers import Conv2d, FrozenBatchNorm2d, conv_add_relu, conv_relu
 
 __all__ = ["BasicStem", "BottleneckBlock", "ResNet", "BLOCKS_PER_STAGE"]
 
@@ -42,7 +42,7 @@ class BasicStem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pool_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = F.relu_(self.conv1(x))
+        x = conv_relu(self.conv1, x)
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         return x.contiguous() if self.pool_channels_last else x
 
@@ -92,11 +92,10 @@ class BottleneckBlock(nn.Module):
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu_(self.conv1(x))
-        out = F.relu_(self.conv2(out))
-        out = self.conv3(out)
+        out = conv_relu(self.conv1, x)
+        out = conv_relu(self.conv2, out)
         shortcut = x if self.shortcut is None else self.shortcut(x)
-        return add_relu_(out, shortcut)
+        return conv_add_relu(self.conv3, out, shortcut)
 
 
 class ResNet(nn.Module):

@@ -26,6 +26,7 @@ import torch
 
 from ..api import check_precision, run_backbone
 from ..io.outputs import OutputOptions
+from ..model import cuda_kernels
 from ..model.fpn import FPN
 from .device import model_for_run, run_settings
 from .multi import run_on_devices, worker_options
@@ -170,8 +171,12 @@ def bench_model(
     ``reference``: fp32 outputs of the same batch; the row then carries the max relative error.
     """
     device = next(model.parameters()).device
-    row = BenchRow("model", str(device), height, width, batch_size, precision,
-                   variant or ("compile" if compile else "eager"))  # fmt: skip
+    if variant is None:
+        variant = "compile" if compile else "eager"
+        if variant == "eager" and device.type == "cuda" and precision != "fp32" \
+                and not cuda_kernels.enabled():  # fmt: skip
+            variant = "unfused"  # FPNCLI_CUDNN_FUSION=0: the plain epilogues, to compare
+    row = BenchRow("model", str(device), height, width, batch_size, precision, variant)
     try:
         check_precision(precision, device)
         generator = torch.Generator().manual_seed(0)

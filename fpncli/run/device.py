@@ -23,6 +23,7 @@ import torch
 
 from ..io.inputs import env_int, shard_from_env
 from ..io.outputs import LevelResult, OutputOptions, valid_size
+from ..model import cuda_kernels
 from ..model.cpu_kernels import use_cpu_kernels, uses_cpu_kernels
 from ..model.fpn import OUTPUT_STRIDES
 from .hostmem import keep_large_blocks
@@ -170,9 +171,10 @@ def model_for_run(
     the model: fp16/bf16 runs use a copy converted to that dtype (no autocast re-cast of the
     weights on every forward; ``convert`` None: on CUDA only, where autocast would re-cast);
     ``compile`` wraps it in ``torch.compile`` (static shapes: batches are padded to a fixed
-    size), the compiled variant sharing the converted copy's weights. A model with the CPU
-    kernels (``model/cpu_kernels.py``, fp32 eager only) runs compiled or fp16/bf16 from one
-    channels-last copy without them. The model passed in is never changed."""
+    size), the compiled variant sharing the converted copy's weights. A converted copy on CUDA
+    runs its convolution epilogues in cuDNN's fused kernels (``model/cuda_kernels.py``). A
+    model with the CPU kernels (``model/cpu_kernels.py``, fp32 eager only) runs compiled or
+    fp16/bf16 from one channels-last copy without them. The model passed in is never changed."""
     device = next(model.parameters()).device
     if convert is None:
         convert = device.type == "cuda"
@@ -194,7 +196,11 @@ def model_for_run(
             eager = model_for_run(model, precision, convert=convert)
             cache[key] = torch.compile(eager, dynamic=False)
         else:
-            cache[key] = _bare_copy(model).to(_RUN_DTYPES[precision])
+            dtype = _RUN_DTYPES[precision]
+            converted = _bare_copy(model).to(dtype)
+            if cuda_kernels.enabled() and cuda_kernels.fusion_works(device, dtype):
+                cuda_kernels.use_cudnn_fusion(converted)  # eager only: compiling traces plain
+            cache[key] = converted
     return cache[key]
 
 
