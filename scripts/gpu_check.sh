@@ -21,9 +21,11 @@
 #   model         model-only, 800x1344: fp32/bf16/fp16 eager at batch 1, 8, 16 (max rel. error
 #                 vs fp32, % of the card's bf16 peak, peak GPU memory)
 #   unfused       bf16/fp16 eager at batch 8 and 16 with FPNCLI_CUDNN_FUSION=0 (variant
-#                 "unfused"): the same rows without cuDNN's fused conv+bias+ReLU kernels
+#                 "cudnn-off"): the same rows without cuDNN's fused conv+bias+ReLU kernels
 #   compile_b16   --compile (torch.compile, fixed shapes), bf16 batch 16: the >= 1,000 img/s row
 #                 (early: a cold compile needs its full time limit)
+#   compile_fused the same with FPNCLI_CUDNN_FUSION=compile (variant "comp-fused"): compiled
+#                 over cuDNN's fused ops (not the default until tests/test_gpu.py's check holds)
 #   e2e           a generated folder of 1080p JPEGs (1080x1920 -> 756x1344, padded 768x1344),
 #                 bf16 batch 16, heatmaps only, with the decode rate of all cores
 #                 (of_min_model_decode)
@@ -156,6 +158,9 @@ step unfused 60 env FPNCLI_CUDNN_FUSION=0 "$PY" -m fpncli bench --device "$DEV" 
     --precisions "$UNFUSED_PRECS" --seconds "$ROW_SECONDS"
 bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
     --precisions "$LOW" --seconds "$ROW_SECONDS"
+step compile_fused "$T_COMPILE" env FPNCLI_CUDNN_FUSION=compile "$PY" -m fpncli bench \
+    --device "$DEV" --json "$STEPS/compile_fused.json" --compile-only --sizes "$SIZE" \
+    --batch-sizes "$BIG" --precisions "$LOW" --seconds "$ROW_SECONDS"
 # (with its model-only row at the same size, batch and precision: the of_model ratios)
 bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps --source-size "$SRC" --images "$IMAGES" --seconds "$ROW_SECONDS" \
@@ -184,8 +189,8 @@ from pathlib import Path
 
 out, dry_run, elapsed = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 steps = out / "steps"
-names = ("model", "unfused", "compile_b16", "e2e", "e2e_npy", "procs", "defaults", "compile_bf16",
-         "compile_other")
+names = ("model", "unfused", "compile_b16", "compile_fused", "e2e", "e2e_npy", "procs",
+         "defaults", "compile_bf16", "compile_other")
 rows, skipped, info = [], [], {}
 for name in names:
     path = steps / f"{name}.json"

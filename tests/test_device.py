@@ -454,9 +454,21 @@ def test_cudnn_fusion_marks_folded_convolutions_and_leaves_the_cpu_path_alone():
     assert not cuda_kernels.fusion_works(torch.device("cpu"), torch.bfloat16)
 
 
-def test_cudnn_fusion_can_be_turned_off(monkeypatch):
+def test_cudnn_fusion_can_be_turned_off_or_let_into_compiled_models(monkeypatch):
     from fpncli.model import cuda_kernels
+    from fpncli.model.layers import Conv2d
 
-    assert cuda_kernels.enabled()
+    monkeypatch.delenv("FPNCLI_CUDNN_FUSION", raising=False)
+    assert cuda_kernels.enabled() and not cuda_kernels.under_compile()
     monkeypatch.setenv("FPNCLI_CUDNN_FUSION", "0")
-    assert not cuda_kernels.enabled()
+    assert not cuda_kernels.enabled() and not cuda_kernels.under_compile()
+    monkeypatch.setenv("FPNCLI_CUDNN_FUSION", "compile")
+    assert cuda_kernels.enabled() and cuda_kernels.under_compile()
+    model = fpncli.load_backbone("random", device="cpu", cpu_kernels=False)
+    convs = [m for m in model.modules() if isinstance(m, Conv2d)]
+    cuda_kernels.use_cudnn_fusion(model)
+    assert not any(c.fused_when_compiled for c in convs)  # traced code reads only this flag
+    cuda_kernels.use_cudnn_fusion(model, compiled=True)
+    assert all(c.fused_when_compiled for c in convs)
+    cuda_kernels.use_cudnn_fusion(model, on=False, compiled=True)
+    assert not any(c.fused or c.fused_when_compiled for c in convs)

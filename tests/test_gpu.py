@@ -372,3 +372,28 @@ def test_cudnn_fused_epilogues_equal_the_plain_ones(precision):
         scale = want[name].float().abs().max()
         error = ((got[name].float() - want[name].float()).abs().max() / scale).item()
         assert error < 3e-2, (name, error)
+
+
+def test_a_model_compiled_over_the_fused_ops_equals_the_eager_one(monkeypatch):
+    """``FPNCLI_CUDNN_FUSION=compile``: torch.compile traces cuDNN's fused ops (which have no
+    meta kernel of their own); the compiled model must give the eager fused model's levels."""
+    from fpncli.model.layers import Conv2d
+    from fpncli.run.device import model_for_run
+
+    monkeypatch.setenv("FPNCLI_CUDNN_FUSION", "compile")
+    torch._dynamo.reset()
+    model = fpncli.load_backbone("random", device="cuda:0")
+    eager = model_for_run(model, "bf16")
+    assert any(isinstance(m, Conv2d) and m.fused_when_compiled for m in eager.modules())
+    compiled = model_for_run(model, "bf16", compile=True)
+    batch = torch.randn(2, 3, 256, 320, generator=torch.Generator().manual_seed(0)).cuda()
+    batch = batch.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = eager(batch)
+        got = compiled(batch)
+    for name in want:
+        assert got[name].shape == want[name].shape
+        scale = want[name].float().abs().max()
+        error = ((got[name].float() - want[name].float()).abs().max() / scale).item()
+        assert error < 3e-2, (name, error)
+    torch._dynamo.reset()

@@ -73,8 +73,11 @@ class Conv2d(nn.Conv2d):
     """
 
     kernel: str | None = None
-    #: run ReLU (and a residual sum) in cuDNN's fused kernel (``cuda_kernels.use_cudnn_fusion``)
+    #: run ReLU (and a residual sum) in cuDNN's fused kernel (``cuda_kernels.use_cudnn_fusion``);
+    #: also while ``torch.compile`` traces when ``fused_when_compiled`` (a module attribute, not
+    #: the environment, is what traced code may read)
     fused: bool = False
+    fused_when_compiled: bool = False
 
     def __init__(self, *args, norm: nn.Module | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -110,8 +113,8 @@ def _fuses(conv: Conv2d, x: torch.Tensor) -> bool:
         conv.fused
         and x.is_cuda
         and x.dtype == conv.weight.dtype
-        and not torch.compiler.is_compiling()
         and not (torch.is_grad_enabled() and x.requires_grad)
+        and (not torch.compiler.is_compiling() or conv.fused_when_compiled)
     )
 
 

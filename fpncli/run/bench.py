@@ -66,7 +66,9 @@ class BenchRow:
     width: int
     batch_size: int
     precision: str
-    variant: str  # model rows: "eager" / "compile" / "onednn" / "unfused"; end-to-end: the preset
+    #: model rows: "eager" / "compile" / "onednn" / "unfused" (``--unfused``) / "cudnn-off" /
+    #: "comp-fused" (``FPNCLI_CUDNN_FUSION=0`` / ``=compile``); end-to-end: the preset
+    variant: str
     images: int = 0
     seconds: float = 0.0
     images_per_s: float = 0.0
@@ -173,9 +175,11 @@ def bench_model(
     device = next(model.parameters()).device
     if variant is None:
         variant = "compile" if compile else "eager"
-        if variant == "eager" and device.type == "cuda" and precision != "fp32" \
-                and not cuda_kernels.enabled():  # fmt: skip
-            variant = "unfused"  # FPNCLI_CUDNN_FUSION=0: the plain epilogues, to compare
+        if device.type == "cuda" and precision != "fp32":  # FPNCLI_CUDNN_FUSION's A/B rows
+            if not compile and not cuda_kernels.enabled():
+                variant = "cudnn-off"  # the plain epilogues
+            elif compile and cuda_kernels.under_compile():
+                variant = "comp-fused"  # compiled over cuDNN's fused ops
     row = BenchRow("model", str(device), height, width, batch_size, precision, variant)
     try:
         check_precision(precision, device)

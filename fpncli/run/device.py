@@ -199,7 +199,7 @@ def model_for_run(
             dtype = _RUN_DTYPES[precision]
             converted = _bare_copy(model).to(dtype)
             if cuda_kernels.enabled() and cuda_kernels.fusion_works(device, dtype):
-                cuda_kernels.use_cudnn_fusion(converted)  # eager only: compiling traces plain
+                cuda_kernels.use_cudnn_fusion(converted, compiled=cuda_kernels.under_compile())
             cache[key] = converted
     return cache[key]
 
