@@ -85,7 +85,7 @@ def test_parse_and_pick_canvases():
     with pytest.raises(ValueError, match="without the resize"):
         check_canvas("auto", min_size=64, max_size=128, resize=False)
     check_canvas("32x32", min_size=64, max_size=128, resize=False)  # no resize: image by image
-    with pytest.raises(ValueError, match="over the 0.0 MP limit"):
+    with pytest.raises(ValueError, match="over the 1,000 pixels limit"):
         RunOptions(output=replace(SMALL, canvas="auto"), max_pixels=1000)
 
 
@@ -182,6 +182,7 @@ def _extract(args: list[str]):
         ("32x32", [], "canvas 32x32 holds no image resized to a shortest edge of 64"),
         ("auto", ["--no-resize"], "without the resize give a fixed canvas WxH"),
         ("1344x800", ["--max-pixels", "1000000"], "over the 1.0 MP limit"),
+        ("1344x800", ["--max-pixels", "1000"], "1.1 MP, over the 1,000 pixels limit"),
     ],
 )
 def test_cli_refuses_bad_canvases_up_front(tmp_path, value, extra, message):

@@ -144,3 +144,35 @@ def test_a_malformed_weights_file_is_one_line_not_a_traceback(runner, tmp_path):
                                      "--weights", str(tmp_path / name)])  # fmt: skip
         line = _one_line_error(result)
         assert name in line and message in line, line
+
+
+def test_show_takes_max_pixels_as_its_refusal_says(runner, tmp_path):
+    """show's refusal of a large image says to raise --max-pixels: show has that option too
+    (for an image TARGET and for --receptive-field), as extract has."""
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (120, 90)).save(image)
+    saved = tmp_path / "p6.png"
+    for extra in ([], ["--receptive-field", "--at", "10,10"]):
+        args = ["show", str(image), "--weights", "random", *extra]
+        refused = runner.invoke(cli, [*args, "--max-pixels", "1000", "--save", str(saved)])
+        assert refused.exit_code == 1, refused.output
+        lines = refused.output.strip().splitlines()
+        assert len(lines) == 1 and "over the 1,000 pixels limit" in lines[0], refused.output
+        assert "--max-pixels" in lines[0] and not saved.exists()
+    shown = runner.invoke(
+        cli,
+        [
+            "show",
+            str(image),
+            "--weights",
+            "random",
+            "--level",
+            "p6",
+            "--max-pixels",
+            "20000",
+            "--save",
+            str(saved),
+        ],  # fmt: skip
+    )
+    assert shown.exit_code == 0, shown.output
+    assert saved.is_file()

@@ -101,10 +101,16 @@ def _save_target(ctx, param, value: str | None) -> str | None:
     help="Colour range: each map's own, one per level for the run, or one for all.",
 )
 @click.option("--key", default=None, help="An image of a --format wds output (TARGET), by key.")
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="An image TARGET: refuse more pixels than this (default 89,478,485, as Pillow).",
+)
 @verbose_option
 @_friendly
 def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, device, top,
-         channels, receptive_field, at, scale, key) -> None:  # fmt: skip
+         channels, receptive_field, at, scale, key, max_pixels) -> None:  # fmt: skip
     """Show a level of an extraction (TARGET: folder, .npy or image; default: the latest).
 
     With a display, a window draws the values themselves (hover for value and position);
@@ -118,7 +124,7 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
         levels = None if level in (None, "all") else [v.strip() for v in level.lower().split(",")]
         out, fields = draw_receptive_fields(
             target, at, levels=levels, weights=weights, device=device, reduce=reduce,
-            channel=channel, save=save,
+            channel=channel, save=save, max_pixels=max_pixels,
         )  # fmt: skip
         for f in fields:
             height, width = f.trf_size
@@ -127,11 +133,12 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
                        f"{width}x{height} px, effective RF 90% within {erf} px")  # fmt: skip
         click.echo(f"saved {out}")
         return
+    from ..io.preprocess import DEFAULT_MAX_PIXELS
     from ..viz.show import show as show_target
 
     _check_weights(weights)
     show_target(
         target, level=level, channel=channel, reduce=reduce, cmap=cmap, clip=clip,
         overlay=overlay, save=save, weights=weights, device=device, notify=click.echo, top=top,
-        channels=channels, scale=scale, key=key,
+        channels=channels, scale=scale, key=key, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
     )  # fmt: skip

@@ -124,11 +124,13 @@ def check_canvas(
                 f"{max(short, sides[1])}x{max(short, sides[0])}), or one side at least {long}, "
                 "or use auto"
             )
+    from .preprocess import pixel_count  # (preprocess imports this module)
+
     for height, width in canvas_sizes(canvas, min_size=min_size, max_size=max_size):
         if max_pixels is not None and height * width > max_pixels:
             raise ValueError(
-                f"the canvas {width}x{height} is {height * width / 1e6:.1f} MP, over the "
-                f"{max_pixels / 1e6:.1f} MP limit: use a smaller canvas or raise --max-pixels"
+                f"the canvas {width}x{height} is {pixel_count(height * width)}, over the "
+                f"{pixel_count(max_pixels)} limit: use a smaller canvas or raise --max-pixels"
             )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.outputs import MANIFEST, RANDOM_NOTE, atomic_write_bytes, read_manifest, valid_size
+from ..io.preprocess import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGE_STRIDES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
 from .visualize import (
@@ -162,11 +163,12 @@ def _from_folder(folder: Path, levels: list[str]) -> _Source:
     )
 
 
-def _from_image(path: Path, weights: str, device: str) -> _Source:
+def _from_image(path: Path, weights: str, device: str, max_pixels: int) -> _Source:
     from ..api import extract, load_backbone, resolve_device
+    from ..io.preprocess import load_image
 
     model = load_backbone(weights, device=resolve_device(device))
-    result = extract(path, model)
+    result = extract(load_image(path, max_pixels=max_pixels), model)
     prepared = result.prepared
     return _Source(
         {k: v.numpy() for k, v in result.features.items()},
@@ -217,7 +219,7 @@ def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
 
 
 def _resolve(target: str | None, levels: list[str], weights: str, device: str,
-             key: str | None = None) -> _Source:  # fmt: skip
+             key: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Source:  # fmt: skip
     if key is not None:
         if target is None:
             raise ValueError("--key needs TARGET: the output folder (or URL) of a --format wds run")
@@ -242,11 +244,11 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str,
             return source
         array = read_npy(path)
         return _Source({level: array}, None, None, None, False, path.stem, path.parent / "show")
-    _check_image(path)  # before any weights are loaded or downloaded
-    return _from_image(path, weights, device)
+    _check_image(path, max_pixels)  # before any weights are loaded or downloaded
+    return _from_image(path, weights, device, max_pixels)
 
 
-def _check_image(path: Path) -> None:
+def _check_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Refuse a TARGET that is not an image Pillow can open (a list, a text file...), a FIFO
     (never waited for) and a decompression bomb, as ``extract`` does (``preprocess.open_image``)."""
     from PIL import Image, UnidentifiedImageError
@@ -260,7 +262,7 @@ def _check_image(path: Path) -> None:
             "to extract a list of files, use fpncli extract --from-list"
         )
     try:
-        with open_image(path):
+        with open_image(path, max_pixels):
             pass
     except Image.DecompressionBombError:
         raise ValueError(f"{path}: refused as a decompression bomb") from None
@@ -405,13 +407,14 @@ def _window_options(source: _Source, *, cmap: str, overlay: bool, reduce: str,
 def level_figure_for(target: str | None, *, level: str = "p2", channel: int = 0,
                      reduce: str = "channel", cmap: str = "viridis", overlay: bool = False,
                      clip=DEFAULT_CLIP, weights: str = "faster_rcnn_R_50_FPN_3x",
-                     device: str = "auto", figure=None):  # fmt: skip
+                     device: str = "auto", figure=None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS):  # fmt: skip
     """The figure ``show`` opens in a window, drawn into ``figure`` (or a new one): for
     notebooks, and to check the window's contents without a display."""
     from .window import level_figure
 
     levels = list(LEVELS) if level == "all" else [level]
-    source = _resolve(target, levels, weights, device)
+    source = _resolve(target, levels, weights, device, max_pixels=max_pixels)
     if overlay:
         _check_overlay(source)
     panels = _panels(source, level, reduce=reduce, channel=channel, clip=parse_clip(clip))
@@ -453,6 +456,7 @@ def show(
     channels: str | list[int] | None = None,
     scale: str = "image",
     key: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ShowResult:
     """Draw one level (or ``all``) of an extraction; open a window or write a PNG.
 
@@ -463,7 +467,8 @@ def show(
     draws a grid of that level's K channels with the largest mean (or the listed ones) instead.
     ``scale`` ``level`` or ``shared`` colours with the run's ranges (``viz.scale``), not the map's.
     With ``key``, ``target`` is the output of a ``--format wds`` run and the image with that
-    sample key is shown.
+    sample key is shown. An image TARGET with more than ``max_pixels`` is refused (as
+    ``extract --max-pixels``).
 
     Raises:
         ValueError: an unknown level, a level that was not saved, a bad option.
@@ -485,7 +490,7 @@ def show(
     pending: list[str] = []  # checked before an image TARGET would be extracted
     fixed = _run_ranges(target, scale, reduce, channel, pending.append)
     levels = list(LEVELS) if level == "all" else [level]
-    source = _resolve(target, levels, weights, device, key)
+    source = _resolve(target, levels, weights, device, key, max_pixels)
     if level != "all" and level not in source.features:
         raise ValueError(f"this target holds {', '.join(source.features)}, not {level}")
     suffix = "_overlay" if overlay else ""
