@@ -116,7 +116,8 @@ step() {  # step NAME LIMIT COMMAND...: run with a time limit cut to what is lef
     [ "$rc" -eq 0 ] || echo "!! $name exited with $rc (124: out of time)" \
         | tee -a "$STEPS/failures.txt"
 }
-bench() {  # bench NAME LIMIT ARGS...: fpncli bench writing STEPS/NAME.json after every row
+bench() {  # [VAR=value] bench NAME LIMIT ARGS...: fpncli bench writing STEPS/NAME.json after
+           # every row (bash passes a VAR=value prefix to the step's commands)
     local name=$1 limit=$2
     shift 2
     step "$name" "$limit" "$PY" -m fpncli bench --device "$DEV" --json "$STEPS/$name.json" "$@"
@@ -153,13 +154,11 @@ step tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider --basetemp "$SCRATC
     $TESTS
 bench model "$T_MODEL" --model-only --sizes "$SIZE" --batch-sizes "$BATCHES" \
     --precisions "$PRECS" --seconds "$ROW_SECONDS"
-step unfused 60 env FPNCLI_CUDNN_FUSION=0 "$PY" -m fpncli bench --device "$DEV" \
-    --json "$STEPS/unfused.json" --model-only --sizes "$SIZE" --batch-sizes "$MID,$BIG" \
+FPNCLI_CUDNN_FUSION=0 bench unfused 60 --model-only --sizes "$SIZE" --batch-sizes "$MID,$BIG" \
     --precisions "$UNFUSED_PRECS" --seconds "$ROW_SECONDS"
 bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
     --precisions "$LOW" --seconds "$ROW_SECONDS"
-step compile_fused "$T_COMPILE" env FPNCLI_CUDNN_FUSION=compile "$PY" -m fpncli bench \
-    --device "$DEV" --json "$STEPS/compile_fused.json" --compile-only --sizes "$SIZE" \
+FPNCLI_CUDNN_FUSION=compile bench compile_fused "$T_COMPILE" --compile-only --sizes "$SIZE" \
     --batch-sizes "$BIG" --precisions "$LOW" --seconds "$ROW_SECONDS"
 # (with its model-only row at the same size, batch and precision: the of_model ratios)
 bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \

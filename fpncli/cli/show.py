@@ -116,6 +116,9 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
     With a display, a window draws the values themselves (hover for value and position);
     without one, or with --save, a PNG is written and its path printed.
     """
+    from ..io.preprocess import DEFAULT_MAX_PIXELS
+
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     if receptive_field or at is not None:
         if not (receptive_field and at):
             raise click.UsageError("--receptive-field and --at X,Y go together")
@@ -133,12 +136,11 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
                        f"{width}x{height} px, effective RF 90% within {erf} px")  # fmt: skip
         click.echo(f"saved {out}")
         return
-    from ..io.preprocess import DEFAULT_MAX_PIXELS
     from ..viz.show import show as show_target
 
     _check_weights(weights)
     show_target(
         target, level=level, channel=channel, reduce=reduce, cmap=cmap, clip=clip,
         overlay=overlay, save=save, weights=weights, device=device, notify=click.echo, top=top,
-        channels=channels, scale=scale, key=key, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        channels=channels, scale=scale, key=key, max_pixels=max_pixels,
     )  # fmt: skip

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io.preprocess import DEFAULT_MAX_PIXELS
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -258,12 +260,12 @@ def draw_receptive_fields(
     reduce: str = "channel",
     channel: int = 0,
     save: str | None = None,
-    max_pixels: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[Path, list[ReceptiveField]]:
     """``fpncli show TARGET --receptive-field --at X,Y``: write the picture; return its path and
     the fields. TARGET is an extraction folder (its photo, weights and resize are reused), an
     image (with ``weights``), or None for the latest extraction. A photo over ``max_pixels``
-    (default: Pillow's limit) is refused, as ``extract --max-pixels`` refuses it."""
+    is refused, as ``extract --max-pixels`` refuses it."""
     from ..api import load_backbone, resolve_device
     from ..io.outputs import atomic_write_bytes, latest_extraction, read_manifest
     from ..viz.receptive import receptive_field_image
@@ -292,9 +294,9 @@ def draw_receptive_fields(
     else:
         image_path = str(path)
         default_out = Path(f"fpn_rf_{path.stem}.png")
-    from ..io.preprocess import DEFAULT_MAX_PIXELS, load_image
+    from ..io.preprocess import load_image
 
-    image = load_image(image_path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    image = load_image(image_path, max_pixels=max_pixels)
     _check_inside(point, image.width, image.height)  # before the model is built
     # Unfolded FrozenBN and no channels-last: the gradient is the same, the graph is simpler.
     model = load_backbone(weights, device=resolve_device(device), seed=seed, fold_bn=False,
