@@ -113,6 +113,21 @@ def test_plan_leaves_fpncli_own_top_level_names_alone(tmp_path):
                        "index.parquet_2", "_index_2", "_claims_2", "cat", "sub/report"]  # fmt: skip
 
 
+def test_plan_keeps_a_nested_image_off_its_parent_images_file_names(tmp_path):
+    """With ``a.jpg`` beside ``a/``, the folder of ``a/p2.npy.jpg`` would be ``a``'s P2 file (the
+    second image failed with "File exists", or the first, in the other order): names fpncli writes
+    in an image's folder count as taken there, in any case; elsewhere they are free."""
+    root = tmp_path / "r"
+    names = ["a.jpg", "a/p2.npy.jpg", "a/Manifest.JSON.png", "a/p6_overlay.png.jpg",
+             "a/cat.jpg", "b/p2.npy.jpg", "p3.png.jpg"]  # fmt: skip
+    folders = [
+        j.folder.relative_to(tmp_path / "out").as_posix()
+        for j in plan_jobs([(root / n, root) for n in names], tmp_path / "out")
+    ]
+    assert folders == ["a", "a/p2.npy_2", "a/Manifest.JSON_2", "a/p6_overlay.png_2", "a/cat",
+                       "b/p2.npy", "p3.png"]  # fmt: skip
+
+
 def test_image_called_report_survives_report_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
     src, out = tmp_path / "in", tmp_path / "out"

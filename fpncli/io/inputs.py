@@ -221,8 +221,12 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     in input order. Names that differ only in case count as the same (``A.PNG`` and ``a.jpg``
     become ``A_png`` and ``a_jpg``), as they are on case-insensitive file systems. The names
     fpncli writes at the top of OUT (``RESERVED_NAMES``: ``report.jpg`` would be ``report``)
-    count as taken: ``report_2``.
+    count as taken: ``report_2``, and so do those it writes in an image's folder, for a folder
+    below another image's (with ``a.jpg``, ``a/p2.npy.jpg`` goes to ``a/p2.npy_2``, not to the
+    folder named as ``a``'s P2 file).
     """
+    from .outputs import is_output_name
+
     rels = []
     for image, root in pairs:
         try:
@@ -240,13 +244,19 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
         (os.path.abspath(img.parent), fold(rel.parent / rel.stem))
         for (img, _), rel in zip(pairs, rels)
     )
+    image_folders = {folded for _, folded in stems}
+
+    def taken(folder: Path) -> bool:
+        return (fold(folder) in used or _reserved(folder) or (
+            is_output_name(folder.name) and fold(folder.parent) in image_folders))  # fmt: skip
+
     jobs, used = [], set()
     for (image, _), rel in zip(pairs, rels):
         key = rel.parent / rel.stem
         if stems[(os.path.abspath(image.parent), fold(key))] > 1:
             key = rel.parent / f"{rel.stem}_{rel.suffix.lstrip('.').lower()}"
         candidate, n = key, 1
-        while fold(candidate) in used or _reserved(candidate):
+        while taken(candidate):
             n += 1
             candidate = key.parent / f"{key.name}_{n}"
         used.add(fold(candidate))

@@ -55,11 +55,19 @@ __all__ = [
     "latest_extraction",
     "recent_extractions",
     "estimate_bytes_per_image",
+    "is_output_name",
 ]
 
 log = logging.getLogger(__name__)
 _NAMES = r"(p[2-6]|stem|res[2-5])"
 _OUTPUT_NAME = re.compile(rf"^({_NAMES}\.npy|{_NAMES}\.png|{_NAMES}_overlay\.png|overview\.png)$")
+
+
+def is_output_name(name: str) -> bool:
+    """Whether an image's folder may hold a file fpncli writes under ``name`` (any case: on a
+    case-insensitive file system ``P2.NPY`` is ``p2.npy``)."""
+    folded = name.casefold()
+    return folded == MANIFEST or bool(_OUTPUT_NAME.match(folded))
 
 
 @dataclass(frozen=True)
