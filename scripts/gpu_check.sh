@@ -27,14 +27,15 @@
 #   compile_fused the same with FPNCLI_CUDNN_FUSION=compile (variant "comp-fused"): compiled
 #                 over cuDNN's fused ops (not the default until tests/test_gpu.py's check holds)
 #   e2e           a generated folder of 1080p JPEGs (1080x1920 -> 756x1344, padded 768x1344),
-#                 bf16 batch 16, heatmaps only, with the decode rate of all cores
-#                 (of_min_model_decode)
+#                 bf16 batch 16, heatmaps only, in one process (its stage split), with the
+#                 decode rate of all cores (of_min_model_decode)
 #   e2e_npy       the same with all levels as fp16 .npy (44 MB an image: fewer images) and the
 #                 disk's write speed (of_disk_rate)
-#   procs         the heatmaps row again in 1, 2 and 3 worker processes sharing the GPU
-#                 (extract --gpus 0,0,0; each warmed up, then started together): whether one
+#   procs         the heatmaps row again in 2 and 3 worker processes sharing the GPU
+#                 (extract --processes 2, 3; each warmed up, then started together): one
 #                 process's Python threads (decoding, writing, feeding take turns at Python's
-#                 lock, a few ms per image) hold the GPU back
+#                 lock) hold the GPU back. extract's default for a large folder is 3 with 16
+#                 cores (run/multi.py: auto_processes)
 #   defaults      the defaults end to end (fp32, batch 8, every output)
 #   compile_bf16  --compile bf16 at batch 8 and 1
 #   compile_other --compile fp16 and fp32 at batch 16
@@ -82,14 +83,14 @@ WRITERS=$(( CORES > 8 ? 8 : 2 ))
 if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
     DEV=cpu SIZE=64x96 E2E=64x96 SRC=96x128 BATCHES=1,2 BIG=2 MID=1 SMALL=1 PRECS=fp32
     IMAGES=4 DEFAULT_IMAGES=3 ROW_SECONDS=0.05 TESTS="tests/test_gpu.py" COMPILE_PRECS=fp32
-    UNFUSED_PRECS=fp32 PROCS=1,2
+    UNFUSED_PRECS=fp32 PROCS=2
     T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_PROCS=60 T_COMPILE=45 T_REST=45 LOW=fp32
     PROC_SECONDS=0.05 NPY_IMAGES=3 PROC_IMAGES=4 T_NPY=60
     BUDGET_S="${BUDGET_S:-300}" DEFAULT_SIZE=64x96
 else
     DEV=auto SIZE=800x1344 E2E=768x1344 SRC=1080x1920 BATCHES=1,8,16 BIG=16 MID=8 SMALL=1
     PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 ROW_SECONDS=2 COMPILE_PRECS=fp16,fp32
-    TESTS="tests/test_gpu.py" UNFUSED_PRECS=bf16,fp16 PROCS=1,2,3
+    TESTS="tests/test_gpu.py" UNFUSED_PRECS=bf16,fp16 PROCS=2,3
     T_TESTS=180 T_MODEL=150 T_E2E=60 T_DEFAULTS=50 T_PROCS=150 T_COMPILE=150 T_REST=600 LOW=bf16
     PROC_SECONDS=3 NPY_IMAGES=96 PROC_IMAGES=1200 T_NPY=60
     DEFAULT_SIZE=800x1333
@@ -163,17 +164,17 @@ FPNCLI_CUDNN_FUSION=compile bench compile_fused "$T_COMPILE" --compile-only --si
 # (with its model-only row at the same size, batch and precision: the of_model ratios)
 bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps --source-size "$SRC" --images "$IMAGES" --seconds "$ROW_SECONDS" \
-    --workers "$WORKERS" --writers "$WRITERS"
+    --workers "$WORKERS" --writers "$WRITERS" --processes 1
 bench e2e_npy "$T_NPY" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs npy16 --source-size "$SRC" --images "$NPY_IMAGES" --seconds "$ROW_SECONDS" \
-    --workers "$WORKERS" --writers "$WRITERS"
+    --workers "$WORKERS" --writers "$WRITERS" --processes 1
 # (enough images that one run fills the seconds: each rerun starts and warms the workers again)
 bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps --source-size "$SRC" --images "$PROC_IMAGES" --seconds "$PROC_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS" --processes "$PROCS"
 bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
     --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
-    --workers "$WORKERS" --writers "$WRITERS"
+    --workers "$WORKERS" --writers "$WRITERS" --processes 1
 bench compile_bf16 "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$MID,$SMALL" \
     --precisions "$LOW" --seconds "$ROW_SECONDS"
 bench compile_other "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \

@@ -301,6 +301,99 @@ def test_help_states_the_real_defaults_and_the_cpu_precision_rules(runner):
     assert "AMX" in bench_help and "skipped" in bench_help
 
 
+def test_auto_processes_share_a_gpu_only_where_it_pays():
+    """One process per 5 cores and 16 GB of GPU memory, at most 3, for 1,000 images or more on
+    CUDA (an H200 with 16 cores: heatmaps at 0.45 of min(model, decode) in one process, 0.86 in
+    three); never on a CPU."""
+    import torch
+
+    from fpncli.run.multi import auto_processes
+
+    gpu = torch.device("cuda", 0)
+    assert auto_processes(gpu, 5000, cores=16, gpu_gib=80) == 3
+    assert auto_processes(gpu, 5000, cores=64, gpu_gib=80) == 3  # at most 3
+    assert auto_processes(gpu, 5000, cores=12, gpu_gib=80) == 2
+    assert auto_processes(gpu, 5000, cores=8, gpu_gib=80) == 1
+    assert auto_processes(gpu, 5000, cores=16, gpu_gib=24) == 1  # not 3 models' memory
+    assert auto_processes(gpu, 5000, cores=16, gpu_gib=40) == 2
+    assert auto_processes(gpu, 999, cores=16, gpu_gib=80) == 1  # starting workers costs seconds
+    assert auto_processes(gpu, None, cores=16, gpu_gib=80) == 3  # bench: start-up not timed
+    assert auto_processes(torch.device("cpu"), 5000, cores=64, gpu_gib=80) == 1
+
+
+def test_worker_devices_follow_processes_gpus_and_launchers(monkeypatch, capsys):
+    """``--processes N`` repeats each ``--gpus`` entry (or the run's device); ``auto`` keeps
+    ``--gpus``, and without it gives a large CUDA run ``auto_processes`` workers, with a note,
+    except where auto is off (Ray, shards) or a launcher made the processes (torchrun, SLURM)."""
+    import torch
+
+    import fpncli.run.multi
+    from fpncli.cli.extract import _worker_devices
+
+    monkeypatch.setattr(fpncli.run.multi, "usable_cores", lambda: 16)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda d: type("P", (), {"total_memory": 80 * 2**30}))  # fmt: skip
+    gpu, cpu = torch.device("cuda", 1), torch.device("cpu")
+    assert _worker_devices([], 2, gpu, 10, auto=True) == ["cuda:1", "cuda:1"]
+    assert _worker_devices(["cuda:0", "cuda:1"], 2, gpu, 10, auto=True) == [
+        "cuda:0", "cuda:0", "cuda:1", "cuda:1"]  # fmt: skip
+    assert _worker_devices(["cuda:1"], 1, gpu, 5000, auto=True) == ["cuda:1"]  # --gpus 1,
+    assert _worker_devices([], 1, gpu, 5000, auto=True, env={}) == []  # this process
+    assert _worker_devices(["cuda:0"], None, gpu, 5000, auto=True, env={}) == ["cuda:0"]
+    assert _worker_devices([], None, gpu, 5000, auto=True, env={}) == ["cuda:1"] * 3
+    assert "3 worker processes share cuda:1 (--processes 1 runs one)" in capsys.readouterr().err
+    assert _worker_devices([], None, gpu, 999, auto=True, env={}) == []
+    assert _worker_devices([], None, gpu, 5000, auto=False, env={}) == []
+    for launcher in ("LOCAL_RANK", "SLURM_LOCALID", "RANK"):
+        assert _worker_devices([], None, gpu, 5000, auto=True, env={launcher: "0"}) == []
+    assert _worker_devices([], None, cpu, 5000, auto=True, env={}) == []
+
+
+def test_extract_runs_the_auto_workers_with_one_summary(monkeypatch, tmp_path):
+    """The path a large CUDA folder takes by default, on the CPU (``auto_processes`` made to say
+    2): the weights are loaded here on the CPU for their identity only, two spawned workers
+    extract, and the run ends with one summary and one run log."""
+    import fpncli.run.multi
+
+    monkeypatch.setattr(fpncli.run.multi, "auto_processes", lambda device, images: 2)
+    for i in range(3):
+        Image.fromarray(np.full((40, 48, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    out = tmp_path / "out"
+    args = ["extract", str(tmp_path), "-o", str(out), "--weights", "random", "--levels", "p6",
+            "--no-overview", "--min-size", "64", "--max-size", "96"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "2 worker processes share cpu" in result.output
+    assert "done 3, skipped 0 (already complete), failed 0 of 3" in result.output
+    log = json.loads((out / "run.json").read_text())
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["0", "1", "2"]
+    assert log["done"] == 3 and log["failed"] == []
+
+
+def test_processes_is_checked_before_anything_runs(tmp_path):
+    """``--processes`` takes auto or a count; above 1 it needs CUDA and the local engine writing
+    folders: a one-line usage error, and no output folder made."""
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
+    runner = CliRunner()
+    for args, message in (
+        (["--processes", "0"], "expected auto or a number of at least 1, got '0'"),
+        (["--processes", "two"], "expected auto or a number of at least 1"),
+        (["--processes", "2", "--device", "cpu"], "--processes above 1 needs CUDA"),
+        (["--processes", "2", "--format", "wds"], "--processes is for --engine local writing"),
+    ):
+        out = tmp_path / "out"
+        result = runner.invoke(cli, ["extract", str(image), "-o", str(out), "--weights",
+                                     "random", *args])  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert message in result.output and not out.exists()
+    result = runner.invoke(cli, ["extract", str(image), "-o", str(tmp_path / "one"), "--weights",
+                                 "random", "--device", "cpu", "--processes", "1", "--levels",
+                                 "p6"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "one" / "a" / "p6.npy").is_file()
+
+
 def test_gpus_takes_a_count_or_a_list_with_repeats():
     """``--gpus``: all, N (the first N GPUs) or a list (one worker process per entry: 0,0 is two
     processes sharing GPU 0); anything else is a usage error naming what is there."""

@@ -254,6 +254,33 @@ def test_two_workers_on_one_gpu(folder, cpu_model, tmp_path):
     assert {read_manifest(p)["device"] for p in tmp_path.iterdir() if p.is_dir()} == {"cuda:0"}
 
 
+def test_extract_shares_the_gpu_between_worker_processes_by_default(folder, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    """``extract`` without ``--gpus`` on a large folder: ``auto_processes`` workers share the
+    GPU (the folder is small here: the minimum is lowered), and their outputs are those of one
+    process (``--processes 1``)."""
+    from click.testing import CliRunner
+
+    import fpncli.run.multi
+    from fpncli.cli import cli
+
+    monkeypatch.setattr(fpncli.run.multi, "AUTO_MIN_IMAGES", 4)
+    monkeypatch.setattr(fpncli.run.multi, "usable_cores", lambda: 10)
+    args = ["extract", str(folder), "--weights", "random", "--min-size", "160", "--max-size",
+            "256", "--no-overview", "--batch-size", "2"]  # fmt: skip
+    runner = CliRunner()
+    shared = runner.invoke(cli, [*args, "-o", str(tmp_path / "auto")], catch_exceptions=False)
+    assert shared.exit_code == 0, shared.output
+    assert "2 worker processes share cuda:0" in shared.output
+    alone = runner.invoke(cli, [*args, "-o", str(tmp_path / "one"), "--processes", "1"])
+    assert alone.exit_code == 0 and "worker processes" not in alone.output, alone.output
+    for name in sorted(p.stem for p in folder.glob("*.png")):
+        for level in ("p2", "p6"):
+            a = np.load(tmp_path / "auto" / name / f"{level}.npy")
+            b = np.load(tmp_path / "one" / name / f"{level}.npy")
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
 def test_a_run_on_cuda1_makes_no_context_on_gpu0(folder, tmp_path):
     """Writers wait on cuda:1's events: a thread without cuda:1 current would make a context (and
     spend hundreds of MB) on GPU 0. In a fresh process, so that nothing else touched GPU 0."""

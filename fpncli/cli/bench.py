@@ -149,11 +149,15 @@ def _json_path(ctx, param, value: str | None) -> str | None:
 )
 @click.option(
     "--processes",
-    default=None,
-    callback=lambda ctx, param, value: None if value is None else _positive_ints(ctx, param, value),
-    help="Comma list, e.g. 1,2: run each end-to-end row in that many worker processes sharing "
-    "the device (as extract --gpus 0,0), to see whether one process's Python threads limit it. "
-    "Default: in this process.",
+    default="auto",
+    show_default=True,
+    callback=lambda ctx, param, value: (
+        None if value == "auto" else _positive_ints(ctx, param, value)
+    ),
+    help="Comma list, e.g. 1,2,3: run each end-to-end row in that many worker processes sharing "
+    "the device (as extract --processes), to see whether one process's Python threads limit it. "
+    "auto: as extract does for a large folder (on CUDA, one per 5 cores and 16 GB, at most 3); "
+    "1 runs in this process.",
 )
 @click.option(
     "--unfused",
@@ -200,6 +204,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
         rows_as_dicts,
     )
     from ..run.device import select_device
+    from ..run.multi import auto_processes
 
     _check_weights(weights)
     odd = [f"{h}x{w}" for h, w in sizes if h % 32 or w % 32]
@@ -301,7 +306,8 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
                     if model_only:
                         continue
                     for preset in outputs:
-                        for count in processes or [None]:
+                        for count in processes or [auto_processes(dev)]:
+                            count = None if count == 1 else count  # in this process
                             label = preset if count is None else f"{preset} x{count} processes"
                             measure(
                                 f"end-to-end {label} {where} {precision}", bench_end_to_end,

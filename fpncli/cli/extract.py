@@ -34,6 +34,19 @@ class _ExtractCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
+def _processes_callback(ctx, param, value: str) -> int | None:
+    """``--processes``: auto (None) or a count of at least 1."""
+    if value == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise click.BadParameter(f"expected auto or a number of at least 1, got {value!r}")
+    return count
+
+
 @click.command(cls=_ExtractCommand)
 @click.argument("inputs", nargs=-1)
 @click.option(
@@ -172,6 +185,11 @@ class _ExtractCommand(click.Command):
               help="One worker process per GPU: all; N (the first N GPUs: 2 is GPUs 0 and 1); "
               "or a list of GPU indices, one process per entry (0,1; 0,0 is two processes on "
               "GPU 0; a trailing comma makes one index a list: 1, is GPU 1 alone).")  # fmt: skip
+@click.option("--processes", default="auto", show_default=True, callback=_processes_callback,
+              help="Worker processes per GPU (one process's Python threads cannot keep a fast "
+              "GPU busy). auto: with CUDA and 1,000 images or more, one per 5 cores and 16 GB "
+              "of GPU memory, at most 3 (never under torchrun or SLURM, or with --shard); "
+              "else 1, this process. With --gpus, each GPU listed gets this many.")  # fmt: skip
 @click.option(
     "--max-pixels",
     type=click.IntRange(min=1),
@@ -219,8 +237,8 @@ class _ExtractCommand(click.Command):
 def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, no_heatmaps,
             no_overview, overlay, channel, reduce, cmap, clip, min_size, max_size, no_resize,
             canvas, batch_size, workers, writers, compile_model, from_list, overwrite, resume,
-            force, shard, gpus, max_pixels, seed, out_format, shard_size, engine, ray_address,
-            gpu_workers, gpus_per_worker, scale) -> None:  # fmt: skip
+            force, shard, gpus, processes, max_pixels, seed, out_format, shard_size, engine,
+            ray_address, gpu_workers, gpus_per_worker, scale) -> None:  # fmt: skip
     """Extract P2-P6 for images, folders (recursive) and globs into OUT/<image>/."""
     if not inputs and from_list is None:
         raise click.UsageError("give at least one image, folder or glob (or --from-list)")
@@ -257,6 +275,11 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         device = "cpu"
     dev = _checked_device(device, precision if engine == "local" else "fp32")
     devices = _gpu_devices(gpus, device)
+    if processes is not None and processes > 1:
+        if engine != "local" or out_format != "files":
+            raise click.UsageError("--processes is for --engine local writing folders")
+        if dev.type != "cuda":
+            raise click.UsageError("--processes above 1 needs CUDA (a CPU run uses every core)")
     if not (no_heatmaps and no_overview and not overlay):
         try:
             check_channel(channel, reduce, levels)
@@ -315,6 +338,13 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
                 f"takes {len(jobs)} of the {every} images (--shard 0/1 takes all)",
                 err=True,
             )
+    devices = _worker_devices(
+        devices,
+        processes,
+        dev,
+        len(jobs),
+        auto=engine == "local" and out_format == "files" and not shard_spec,
+    )
     try:
         model, dev = _load_model(weights, "cpu" if len(devices) > 1 else device, seed)
     except BaseException:  # e.g. offline: leave no empty output folder behind
@@ -558,6 +588,32 @@ def _torch_device(name: str):
     import torch
 
     return torch.device(name)
+
+
+def _worker_devices(devices: list[str], processes: int | None, dev, images: int, auto: bool,
+                    env=None) -> list[str]:  # fmt: skip
+    """The devices of the worker processes, one entry each (none: this process runs it; one:
+    this process runs it on that device).
+
+    ``--processes N`` repeats each ``--gpus`` entry (or the run's device) N times. ``auto``
+    keeps ``--gpus`` as given; without it, and where ``auto`` allows (the local engine writing
+    folders), a CUDA run of many images gets ``run.multi.auto_processes`` workers on its GPU
+    (with a note saying so), but not under a launcher (torchrun, SLURM, ``--shard``), which
+    made its processes itself."""
+    from ..run.multi import auto_processes
+
+    if processes is not None:
+        listed = devices or ([str(dev)] if processes > 1 else [])
+        return [d for d in listed for _ in range(processes)]
+    if devices or not auto:
+        return devices
+    environ = os.environ if env is None else env
+    launched = any(name in environ for name in ("LOCAL_RANK", "SLURM_LOCALID", "RANK"))
+    count = 1 if launched else auto_processes(dev, images)
+    if count < 2:
+        return []
+    click.echo(f"note: {count} worker processes share {dev} (--processes 1 runs one)", err=True)
+    return [str(dev)] * count
 
 
 def _gpu_devices(gpus: str | None, device: str, count: int | None = None) -> list[str]:

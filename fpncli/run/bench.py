@@ -361,7 +361,7 @@ def bench_end_to_end(
     row's. At most 64 distinct JPEGs are made (encoding 1080p JPEGs is slow).
 
     ``processes``: the run goes to that many worker processes sharing the device (as
-    ``extract --gpus 0,0``), each loading ``weights``; the rate is over the time from the first
+    ``extract --processes 2``), each loading ``weights``; the rate is over the time from the first
     worker's start of its run to the last one's end (process starts, model loads and each
     worker's warm-up left out: the workers start together once all are warm), and the variant
     reads e.g. ``heatmapsx2``. The GPU memory column is left empty (the workers'

@@ -1,4 +1,6 @@
-"""One extraction process per device (``--gpus all|N``): shards of one job list, one summary.
+"""Worker processes, one per entry of a device list (``--gpus all|N|I,J``, ``--processes N``;
+by default several sharing one GPU for a large folder: ``auto_processes``): shards of one job
+list, one summary.
 
 Each worker is a spawned process that loads the weights onto its own device and runs
 ``pipeline.run_jobs`` on every N-th job (``select_shard(jobs, i, N)``); progress and the final
@@ -36,7 +38,7 @@ from .pipeline import (
     weights_meta,
 )
 
-__all__ = ["run_on_devices"]
+__all__ = ["run_on_devices", "auto_processes", "usable_cores"]
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +91,49 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+#: ``extract`` on one GPU without ``--gpus`` (``auto_processes``): worker processes sharing
+#: it, one per this many cores, at most ``MAX_PROCESSES_PER_GPU``, each with this much GPU memory,
+#: for a run of at least ``AUTO_MIN_IMAGES`` images. One process's Python threads (decoding,
+#: feeding the GPU, drawing and encoding PNGs) take turns on its one interpreter lock: on an
+#: H200 with 16 cores, 1080p JPEGs to heatmaps (bf16, batch 16) ran at 0.45 of min(model, decode
+#: with all cores) in one process, 0.62 in two and 0.86 in three (``fpncli bench --processes``).
+#: A worker's start (spawn, import, CUDA, weights) costs a few seconds, which 1,000 images at
+#: the rate gained repay.
+CORES_PER_PROCESS = 5
+MAX_PROCESSES_PER_GPU = 3
+GPU_GIB_PER_PROCESS = 16
+AUTO_MIN_IMAGES = 1000
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or a job's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_processes(device, images: int | None = None, *, cores: int | None = None,
+                   gpu_gib: float | None = None) -> int:  # fmt: skip
+    """How many worker processes share ``device`` when the user did not say (``--gpus``): one on
+    a CPU, or for fewer than ``AUTO_MIN_IMAGES`` ``images`` (None: no minimum, for benchmarks,
+    which leave the workers' start out of their time); on CUDA, one per ``CORES_PER_PROCESS``
+    cores and ``GPU_GIB_PER_PROCESS`` of the GPU's memory, at most ``MAX_PROCESSES_PER_GPU``."""
+    if device.type != "cuda" or (images is not None and images < AUTO_MIN_IMAGES):
+        return 1
+    if gpu_gib is None:
+        import torch
+
+        gpu_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+    cores = usable_cores() if cores is None else cores
+    return max(1, min(MAX_PROCESSES_PER_GPU, cores // CORES_PER_PROCESS,
+                      int(gpu_gib // GPU_GIB_PER_PROCESS)))  # fmt: skip
+
+
 def worker_options(options: RunOptions, processes: int, cpu_count: int | None = None) -> RunOptions:
     """Each of ``processes`` workers gets its share of the cores for torch, decoding and
     writing, so N workers do not oversubscribe the machine."""
-    cores = cpu_count or os.cpu_count() or 1
+    cores = cpu_count or usable_cores()
     share = worker_threads(cores, processes)
     return replace(
         options, force=True, threads=share, workers=max(1, min(options.workers, share)),
