@@ -16,6 +16,16 @@ freezing on the CPU); the compilation (once per padded shape) happens in an unti
 pass over the folder, as it is paid once in a long folder job.
 
     PYTHONPATH=/path/to/detectron2 python scripts/bench_vs_detectron2.py --images 8 --rounds 3
+
+``--device cuda`` times the forward only (issue 9's stretch: fpncli's fp32 >= 3x Detectron2's
+fp32 eager model on the same card), a ``(--batch, 3, H, W)`` batch on the GPU, images per
+second over ``--seconds`` per side after warm-up, alternated ``--repeats`` times: Detectron2 as
+a user runs it (torch's defaults: cuDNN's convolutions in TF32, ``cudnn.benchmark`` off as in
+its config), Detectron2 with TF32 off (true fp32, as fpncli's fp32 is), and fpncli's fp32 run
+(``--compile``: compiled). The speed-ups are against both Detectron2 rows.
+
+    PYTHONPATH=/path/to/detectron2 python scripts/bench_vs_detectron2.py --device cuda \
+        --height 800 --width 1344 --batch 16 --images 0
 """
 
 from __future__ import annotations
@@ -60,6 +70,57 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def images_per_s(call, batch: int, seconds: float) -> float:
+    """``call()`` repeated for ``seconds`` on the GPU (after one untimed call): images/s."""
+    call()
+    torch.cuda.synchronize()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        call()
+        count += 1
+        torch.cuda.synchronize()
+    return count * batch / (time.perf_counter() - start)
+
+
+def cuda_forward(theirs, ours, args) -> None:
+    """Detectron2's fp32 backbone (TF32 convolutions as torch's defaults, then off) against
+    fpncli's fp32 run, on one GPU: medians of alternated rates."""
+    from fpncli.api import run_backbone
+    from fpncli.run.device import model_for_run, run_settings
+
+    device = torch.device("cuda", 0)
+    theirs, ours = theirs.to(device), ours.to(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, args.height, args.width, generator=g).to(device)
+    rates = {"d2 tf32": [], "d2 fp32": [], "fpncli": []}
+    cudnn = torch.backends.cudnn
+    saved = cudnn.allow_tf32, cudnn.benchmark
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            try:
+                cudnn.benchmark = False  # Detectron2's CUDNN_BENCHMARK default
+                for name, tf32 in (("d2 tf32", True), ("d2 fp32", False)):
+                    cudnn.allow_tf32 = tf32
+                    rates[name].append(images_per_s(lambda: theirs(x), args.batch, args.seconds))
+            finally:
+                cudnn.allow_tf32, cudnn.benchmark = saved
+            with run_settings(device, benchmark=True, compile=args.compile):
+                run = model_for_run(ours, "fp32", compile=args.compile)
+
+                def forward(model=run):
+                    return run_backbone(model, x, precision="fp32")
+
+                rates["fpncli"].append(images_per_s(forward, args.batch, args.seconds))
+    med = {name: statistics.median(values) for name, values in rates.items()}
+    ours_name = "fpncli fp32" + (" --compile" if args.compile else "")
+    ratios = med["fpncli"] / med["d2 tf32"], med["fpncli"] / med["d2 fp32"]
+    print(f"{torch.cuda.get_device_name(device)}, batch {args.batch} {args.height}x{args.width}, "
+          f"images/s (medians of {args.repeats}): Detectron2 (TF32 convolutions, torch's "
+          f"default) {med['d2 tf32']:.1f}, Detectron2 TF32 off {med['d2 fp32']:.1f}, "
+          f"{ours_name} (TF32 off) {med['fpncli']:.1f}; speed-up {ratios[0]:.2f}x and "
+          f"{ratios[1]:.2f}x")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--height", type=int, default=800)
@@ -69,6 +130,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternated folder-job pairs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="fpncli with --compile")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batch", type=int, default=16, help="images per forward (cuda)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per rate (cuda)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="fpncli-vs-d2-"))
@@ -77,6 +141,9 @@ def main() -> int:
         write_detectron2_pkl(pkl, seeded_state_dict(0))
         theirs, cfg = detectron2_oracle.load_backbone(pkl)
         ours = fpncli.load_backbone(str(pkl))
+        if args.device == "cuda":
+            cuda_forward(theirs, ours, args)
+            return 0
 
         x = torch.randn(1, 3, args.height, args.width, generator=torch.Generator().manual_seed(0))
         x_cl = x.contiguous(memory_format=torch.channels_last)

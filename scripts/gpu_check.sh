@@ -39,6 +39,19 @@
 #   defaults      the defaults end to end (fp32, batch 8, every output)
 #   compile_bf16  --compile bf16 at batch 8 and 1
 #   compile_other --compile fp16 and fp32 at batch 16
+#   vs_detectron2 only with D2_DIR (below): fp32 batch 16 800x1344, fpncli against Detectron2's
+#                 own model on the same card (scripts/bench_vs_detectron2.py --device cuda; the
+#                 issue's stretch: >= 3x), Detectron2 with TF32 convolutions (torch's default)
+#                 and without; placed before the compile_bf16/compile_other rows
+#
+# D2_DIR=DIR: Detectron2 is never installed or committed here; to run vs_detectron2, carry its
+# Python source and its dependencies' wheels (for the GPU machine's Python: 3.12 on the lent
+# image; about 12 MB; torchvision's version is the one made for that torch: 0.26.0 for 2.11):
+#     mkdir -p DIR/src && cp -r /path/to/detectron2-source/detectron2 DIR/src/
+#     pip wheel --no-deps -w DIR/wheels fvcore iopath yacs tabulate termcolor portalocker \
+#         pyyaml tqdm omegaconf hydra-core antlr4-python3-runtime==4.9.3 cloudpickle \
+#         pycocotools torchvision==0.26.0
+# The step unpacks the wheels into the scratch folder (no pip needed there).
 #
 # Python: $PYTHON, else python3, else python. What it must import: torch (with CUDA), numpy,
 # opencv-python(-headless), matplotlib, click, pillow, pytest; fpncli runs from this checkout
@@ -84,14 +97,14 @@ if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
     DEV=cpu SIZE=64x96 E2E=64x96 SRC=96x128 BATCHES=1,2 BIG=2 MID=1 SMALL=1 PRECS=fp32
     IMAGES=4 DEFAULT_IMAGES=3 ROW_SECONDS=0.05 TESTS="tests/test_gpu.py" COMPILE_PRECS=fp32
     UNFUSED_PRECS=fp32 PROCS=2
-    T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_PROCS=60 T_COMPILE=45 T_REST=45 LOW=fp32
+    T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_PROCS=60 T_COMPILE=45 T_REST=45 LOW=fp32 T_D2=60
     PROC_SECONDS=0.05 NPY_IMAGES=3 PROC_IMAGES=4 T_NPY=60
     BUDGET_S="${BUDGET_S:-300}" DEFAULT_SIZE=64x96
 else
     DEV=auto SIZE=800x1344 E2E=768x1344 SRC=1080x1920 BATCHES=1,8,16 BIG=16 MID=8 SMALL=1
     PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 ROW_SECONDS=2 COMPILE_PRECS=fp16,fp32
     TESTS="tests/test_gpu.py" UNFUSED_PRECS=bf16,fp16 PROCS=2,3
-    T_TESTS=180 T_MODEL=150 T_E2E=60 T_DEFAULTS=50 T_PROCS=150 T_COMPILE=150 T_REST=600 LOW=bf16
+    T_TESTS=180 T_MODEL=150 T_E2E=60 T_DEFAULTS=50 T_PROCS=150 T_COMPILE=150 T_REST=600 LOW=bf16 T_D2=120
     PROC_SECONDS=3 NPY_IMAGES=96 PROC_IMAGES=1200 T_NPY=60
     DEFAULT_SIZE=800x1333
 fi
@@ -175,6 +188,16 @@ bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisio
 bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
     --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
     --workers "$WORKERS" --writers "$WRITERS" --processes 1
+if [ -n "${D2_DIR:-}" ]; then
+    D2_SITE="$SCRATCH/d2site"
+    if [ "$DRY_RUN" = 1 ]; then D2_ARGS="--device cpu --height 64 --width 96 --repeats 1"
+    else D2_ARGS="--device cuda --height 800 --width 1344 --batch 16 --repeats 3 --seconds 2"; fi
+    "$PY" -c "import glob, sys, zipfile
+[zipfile.ZipFile(w).extractall(sys.argv[2]) for w in glob.glob(sys.argv[1] + '/wheels/*.whl')]" \
+        "$D2_DIR" "$D2_SITE"
+    PYTHONPATH="$PYTHONPATH:$D2_SITE:$(cd "$D2_DIR" && pwd)/src:$PWD/scripts" step vs_detectron2 \
+        "$T_D2" "$PY" scripts/bench_vs_detectron2.py --images 0 $D2_ARGS
+fi
 bench compile_bf16 "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$MID,$SMALL" \
     --precisions "$LOW" --seconds "$ROW_SECONDS"
 bench compile_other "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
@@ -211,6 +234,9 @@ if (steps / "phases.tsv").is_file():
         name, seconds, status = line.split("\t")
         phases.append({"phase": name, "seconds": int(seconds), "exit": status})
 failures = (steps / "failures.txt").read_text() if (steps / "failures.txt").is_file() else ""
+d2_log = steps / "vs_detectron2.log"
+versus = [ln for ln in d2_log.read_text().splitlines() if "speed-up" in ln] if d2_log.is_file() \
+    else []  # fmt: skip
 try:
     from fpncli.run.bench import BenchRow, add_ratios, format_table
 
@@ -224,7 +250,8 @@ machine = (steps / "nvidia-smi.csv").read_text().strip()
 phase_lines = [f"{p['phase']:<14}{p['seconds']:>5} s  exit {p['exit']}" for p in phases]
 text = "\n".join([
     f"gpu_check {'(DRY RUN on the CPU) ' if dry_run else ''}{elapsed} s", machine,
-    json.dumps(info), "", table, "", "phases:", *phase_lines, "",
+    json.dumps(info), "", table, "", *(f"vs Detectron2: {ln}" for ln in versus),
+    "phases:", *phase_lines, "",
     *(f"skipped {s.get('step', '')} {s.get('row', s.get('precision', ''))}: {s['reason']}"
       for s in skipped),
     failures.strip(),
@@ -232,7 +259,8 @@ text = "\n".join([
 (out / "gpu_check.txt").write_text(text + "\n")
 (out / "gpu_check.json").write_text(json.dumps(
     {**info, "machine": machine, "dry_run": dry_run, "seconds": elapsed, "phases": phases,
-     "rows": rows, "skipped": skipped, "failures": failures.splitlines()}, indent=2))
+     "rows": rows, "skipped": skipped, "vs_detectron2": versus,
+     "failures": failures.splitlines()}, indent=2))
 print("\n" + text)
 EOF
 tar -czf "$OUT_DIR/steps.tar.gz" -C "$OUT_DIR" steps && rm -rf "$STEPS"
