@@ -328,7 +328,7 @@ def test_worker_devices_follow_processes_gpus_and_launchers(monkeypatch, capsys)
     import torch
 
     import fpncli.run.multi
-    from fpncli.cli.extract import _worker_devices
+    from fpncli.cli.extract_checks import _worker_devices
 
     monkeypatch.setattr(fpncli.run.multi, "usable_cores", lambda: 16)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
@@ -399,7 +399,7 @@ def test_gpus_takes_a_count_or_a_list_with_repeats():
     processes sharing GPU 0); anything else is a usage error naming what is there."""
     import click
 
-    from fpncli.cli.extract import _gpu_devices
+    from fpncli.cli.extract_checks import _gpu_devices
 
     assert _gpu_devices(None, "auto", count=2) == []
     assert _gpu_devices("all", "auto", count=2) == ["cuda:0", "cuda:1"]

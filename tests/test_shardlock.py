@@ -102,7 +102,7 @@ def test_two_wds_runs_at_once_share_the_keys_and_keep_each_others_shards(
 
 
 def test_the_summary_line_says_which_skipped_images_were_left_to_another_run(capsys):
-    from fpncli.cli.extract import _report
+    from fpncli.cli.extract_report import _report
     from fpncli.run.pipeline import RunSummary
 
     _report(RunSummary(total=5, done=1, skipped=4, left_to_others=3), Path("out"), 5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -24,6 +23,27 @@ from .common import (
     _shard_callback,
     verbose_option,
 )
+from .extract_checks import (
+    _check_engine_options,
+    _check_installed,
+    _check_scale,
+    _checked_canvas,
+    _checked_device,
+    _crash_after,
+    _gpu_devices,
+    _processes_callback,
+    _torch_device,
+    _worker_devices,
+)
+from .extract_report import (
+    _remove_if_unused,
+    _report,
+    _report_interrupt,
+    _rescale,
+    _skipped_note,
+    _volume_note,
+    _write_run_log,
+)
 
 
 class _ExtractCommand(click.Command):
@@ -32,19 +52,6 @@ class _ExtractCommand(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["fpncli.argv"] = list(args)
         return super().parse_args(ctx, args)
-
-
-def _processes_callback(ctx, param, value: str) -> int | None:
-    """``--processes``: auto (None) or a count of at least 1."""
-    if value == "auto":
-        return None
-    try:
-        count = int(value)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise click.BadParameter(f"expected auto or a number of at least 1, got {value!r}")
-    return count
 
 
 @click.command(cls=_ExtractCommand)
@@ -408,323 +415,3 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     _report(summary, Path(out_dir), len(jobs))
     if summary.failed or summary.aborted:
         sys.exit(1)
-
-
-def _remove_if_unused(out: Path) -> None:
-    """Remove the output folder this run made, if it holds nothing but its marker."""
-    from ..io.guard import OUTPUT_MARKER
-
-    try:
-        (out / OUTPUT_MARKER).unlink(missing_ok=True)
-        out.rmdir()  # only when empty
-    except OSError:
-        pass
-
-
-def _check_installed(engine: str, out_format: str, out_dir: str) -> None:
-    """What the options need installed, checked once every option is known to be valid."""
-    from ..io.shards import require_wds
-
-    if engine == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise click.ClickException(
-                "--engine ray needs Ray: pip install 'fpncli[ray]'"
-            ) from None
-    if engine == "ray" or out_format == "wds":
-        try:  # shards and the Ray engine go through fsspec and pyarrow; s3:// needs s3fs
-            require_wds(out_dir if "://" in out_dir else None)
-        except ValueError as e:
-            raise click.ClickException(str(e)) from None
-
-
-def _checked_canvas(canvas: str | None, min_size: int, max_size: int, resize: bool,
-                    max_pixels: int) -> str | None:  # fmt: skip
-    """``--canvas`` in its canonical form, checked against the other options."""
-    from ..io.canvas import check_canvas, parse_canvas
-
-    try:
-        canvas = parse_canvas(canvas)
-        check_canvas(canvas, min_size=min_size, max_size=max_size, resize=resize,
-                     max_pixels=max_pixels)  # fmt: skip
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--canvas") from None
-    return canvas
-
-
-def _check_scale(scale: str, output, out_format: str) -> None:
-    from ..run.rescale import check_scale
-
-    if scale != "image" and out_format == "wds":
-        raise click.BadParameter(
-            f"--scale {scale} redraws picture files: not with --format wds (use --scale image)",
-            param_hint="--scale",
-        )
-    try:
-        check_scale(scale, output)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--scale") from None
-
-
-def _rescale(scale: str, jobs, summary, output, out_format: str) -> None:
-    """``--scale level|shared``: redraw the pictures of this run's complete folders on the run's
-    ranges (not after a run stopped early: the rerun that finishes it redraws them). With
-    ``image``, folders an earlier level/shared run redrew go back to their own ranges."""
-    if out_format == "wds" or (scale == "image" and not summary.skipped):
-        return  # no folders; or none this run did not write itself
-    if summary.aborted and scale != "image":
-        click.echo(f"--scale {scale}: pictures left on per-image ranges (the run stopped early)",
-                   err=True)  # fmt: skip
-        return
-    from ..io.outputs import is_complete
-    from ..run.rescale import redraw_run
-
-    failed = {path for path, _ in summary.failed}
-    folders = [j.folder for j in jobs if str(j.path) not in failed and is_complete(j.folder)]
-    if not folders or summary.aborted:
-        return
-    try:
-        result = redraw_run(folders, scale, output)
-    except ValueError as e:
-        click.echo(f"--scale {scale}: pictures left on per-image ranges: {e}", err=True)
-        return
-    for folder, reason in result.failed:
-        click.echo(f"--scale {scale}: not redrawn: {quote_name(folder)}: {quote_name(reason)}",
-                   err=True)  # fmt: skip
-    if result.redrawn:
-        where = "their own ranges" if scale == "image" else "the run's ranges"
-        click.echo(f"--scale {scale}: redrew {result.redrawn} image(s) on {where}", err=True)
-
-
-def _resume_command() -> str:
-    """The command that finishes an interrupted run: the same one, without what redoes work."""
-    ctx = click.get_current_context()
-    args = [a for a in ctx.meta.get("fpncli.argv", []) if a not in ("--overwrite", "--no-resume")]
-    return shlex.join(["fpncli", "extract", *args])
-
-
-def _report_interrupt(last, total: int) -> None:
-    """Ctrl-C: what was done, what is left, and the command that resumes."""
-    if last is None:
-        done = failed = 0
-        left, skipped = total, 0
-    else:
-        done, failed, skipped = last.done, last.failed, last.skipped
-        left = last.todo - done - failed
-    click.echo(
-        f"interrupted: {done} image(s) written by this run, {failed} failed, {skipped} were "
-        f"already complete; {left} of {total} left (the images in progress were not saved).",
-        err=True,
-    )
-    click.echo(f"resume with: {_resume_command()}", err=True)
-
-
-def _checked_device(device: str, precision: str):
-    """The torch device, with the precision checked for it (fp16/bf16 on a CPU)."""
-    from ..api import check_precision, resolve_device
-
-    try:
-        dev = resolve_device(device)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--device") from None
-    try:
-        check_precision(precision, dev)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--precision") from None
-    return dev
-
-
-def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, gpu_workers,
-                          gpus_per_worker, gpus) -> dict:  # fmt: skip
-    """Validate --format/--engine and the Ray options before anything is loaded."""
-    from ..io.shards import parse_size
-
-    try:
-        shard_bytes = parse_size(shard_size)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--shard-size") from None
-    if "://" in out_dir and out_format != "wds":
-        raise click.UsageError(f"{out_dir} is an object-store URL: it needs --format wds")
-    if engine == "local":
-        for name, value in (("--ray-address", ray_address), ("--gpu-workers", gpu_workers),
-                            ("--gpus-per-worker", gpus_per_worker)):  # fmt: skip
-            if value is not None:
-                raise click.UsageError(f"{name} is an option of --engine ray")
-        if gpus is not None and out_format == "wds":
-            raise click.UsageError("--gpus writes folders: with --format wds use --engine ray")
-        return {"shard_bytes": shard_bytes}
-    if gpus is not None:
-        raise click.UsageError("--gpus is for --engine local; Ray uses --gpu-workers")
-    workers = None
-    if gpu_workers not in (None, "auto"):
-        try:
-            workers = int(gpu_workers)
-        except ValueError:
-            workers = 0
-        if workers < 1:
-            raise click.BadParameter(
-                f"expected auto or a number >= 1, got {gpu_workers!r}", param_hint="--gpu-workers"
-            )
-    fraction = 1.0 if gpus_per_worker is None else gpus_per_worker
-    if not (0 < fraction <= 1 or float(fraction).is_integer()):
-        raise click.BadParameter(
-            f"expected a fraction in (0, 1] or a whole number, got {fraction}",
-            param_hint="--gpus-per-worker",
-        )
-    return {
-        "shard_bytes": shard_bytes, "address": ray_address or os.environ.get("RAY_ADDRESS"),
-        "gpu_workers": workers, "gpus_per_worker": fraction,
-    }  # fmt: skip
-
-
-def _crash_after() -> int | None:
-    """Crash tests only: ``FPNCLI_TEST_CRASH_AFTER=K`` stops a sharded run hard after K images."""
-    value = os.environ.get("FPNCLI_TEST_CRASH_AFTER")
-    return int(value) if value else None
-
-
-def _torch_device(name: str):
-    import torch
-
-    return torch.device(name)
-
-
-def _worker_devices(devices: list[str], processes: int | None, dev, images: int, auto: bool,
-                    env=None) -> list[str]:  # fmt: skip
-    """The devices of the worker processes, one entry each (none: this process runs it; one:
-    this process runs it on that device).
-
-    ``--processes N`` repeats each ``--gpus`` entry (or the run's device) N times. ``auto``
-    keeps ``--gpus`` as given; without it, and where ``auto`` allows (the local engine writing
-    folders), a CUDA run of many images gets ``run.multi.auto_processes`` workers on its GPU
-    (with a note saying so), but not under a launcher (torchrun, SLURM, ``--shard``), which
-    made its processes itself."""
-    from ..run.multi import auto_processes
-
-    if processes is not None:
-        listed = devices or ([str(dev)] if processes > 1 else [])
-        return [d for d in listed for _ in range(processes)]
-    if devices or not auto:
-        return devices
-    environ = os.environ if env is None else env
-    launched = any(name in environ for name in ("LOCAL_RANK", "SLURM_LOCALID", "RANK"))
-    count = 1 if launched else auto_processes(dev, images)
-    if count < 2:
-        return []
-    click.echo(f"note: {count} worker processes share {dev} (--processes 1 runs one)", err=True)
-    return [str(dev)] * count
-
-
-def _gpu_devices(gpus: str | None, device: str, count: int | None = None) -> list[str]:
-    """``--gpus all|N|I,J,...`` -> ``["cuda:0", ...]``; empty without ``--gpus``. A list names
-    the GPUs, one worker process per entry: ``0,0`` runs two on GPU 0 (for when one process's
-    Python threads cannot keep a GPU busy: ``fpncli bench`` then reads ``bound host``)."""
-    if gpus is None:
-        return []
-    import torch
-
-    if device not in ("auto", "cuda") or (count is None and not torch.cuda.is_available()):
-        raise click.UsageError("--gpus needs CUDA (and --device auto or cuda)")
-    available = torch.cuda.device_count() if count is None else count
-    if gpus == "all":
-        return [f"cuda:{i}" for i in range(available)]
-    try:  # "1," is the list of GPU 1 alone ("1" is one GPU: GPU 0)
-        numbers = [int(part) for part in gpus.removesuffix(",").split(",")]
-    except ValueError:
-        raise click.BadParameter(
-            f"expected all, a number or a list of GPU indices such as 0,0,1, got {gpus!r}"
-        ) from None
-    if "," not in gpus:
-        if not 1 <= numbers[0] <= available:
-            raise click.BadParameter(f"{numbers[0]} GPUs asked for, {available} available")
-        return [f"cuda:{i}" for i in range(numbers[0])]
-    wrong = sorted({i for i in numbers if not 0 <= i < available})
-    if wrong:
-        raise click.BadParameter(
-            f"no GPU {', '.join(map(str, wrong))} here: {available} available (0..{available - 1})"
-        )
-    return [f"cuda:{i}" for i in numbers]
-
-
-def _write_run_log(summary, out: Path, weights: str, precision: str, shard) -> None:
-    """``OUT/run.json`` (``run-I-of-N.json`` for a shard): what this run did, failures with
-    reasons (read by ``fpncli report``)."""
-    import time
-
-    from ..io.extraction import write_run_log
-
-    write_run_log(out, {
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights": weights,
-        "precision": precision, "total": summary.total, "done": summary.done,
-        "skipped": summary.skipped, "seconds": round(summary.seconds, 3),
-        "bytes_written": summary.bytes_written, "aborted": summary.aborted,
-        "failed": [{"path": str(path), "reason": reason} for path, reason in summary.failed],
-        "shard": list(shard) if shard else None,
-    }, shard)  # fmt: skip
-
-
-def _skipped_note(roots: set[Path]) -> str:
-    shown = sorted(quote_name(os.path.relpath(r)) for r in roots)
-    more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
-    return f"note: not reading outputs back as inputs: skipped {', '.join(shown[:5])}{more}"
-
-
-def _size(n_bytes: float) -> str:
-    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
-
-
-def _volume_note(jobs, output) -> str:
-    """How much the run will write, said before it starts, with the options that cut it."""
-    from dataclasses import replace
-
-    from ..run.pipeline import estimate_run_bytes
-
-    def per_image(options) -> float:
-        return estimate_run_bytes(jobs, options) / max(1, len(jobs))
-
-    text = f"output: about {_size(per_image(output))} per image"
-    if len(jobs) > 1:
-        text += f", {_size(per_image(output) * len(jobs))} for {len(jobs)} images"
-    tips = []
-    if output.save_npy and output.dtype == "float32":
-        tips.append(f"--dtype float16: {_size(per_image(replace(output, dtype='float16')))}")
-    if output.save_npy and "p2" in output.levels and len(output.levels) > 1:
-        rest = tuple(name for name in output.levels if name != "p2")
-        tips.append(f"--levels {','.join(rest)}: {_size(per_image(replace(output, levels=rest)))}")
-    return text + (f" (per image with {'; with '.join(tips)})" if tips else "")
-
-
-def _without_path(reason: str, path: str) -> str:
-    """The reason, without the path the library put in it: the line names the path once."""
-    for prefix in (f"{path}: ", f"{path} "):
-        if reason.startswith(prefix):
-            return reason[len(prefix) :]
-    for suffix in (f": {path}", f" {path}"):
-        if reason.endswith(suffix):
-            return reason[: -len(suffix)]
-    return reason.replace(path, "the file")
-
-
-def _report(summary, out_dir: Path, total: int) -> None:
-    for path, reason in summary.failed:  # quoted: a newline in a name must not forge a line
-        reason = _without_path(reason, str(path))
-        click.echo(f"failed: {quote_name(str(path))}: {quote_name(reason)}", err=True)
-    if summary.aborted:
-        click.echo(f"stopped early: {summary.aborted}", err=True)
-    if total == 1 and summary.done == 1 and summary.last_folder is not None:
-        click.echo(f"wrote {quote_name(str(summary.last_folder))}")
-        return
-    others = summary.left_to_others
-    if total == 1 and summary.skipped == 1 and not others:
-        click.echo("already complete with these settings (use --overwrite to redo)")
-        return
-    why = "already complete"
-    if others:
-        why = f"{summary.skipped - others} already complete, {others} left to another live run"
-    gb = summary.bytes_written / 1e9
-    click.echo(
-        f"done {summary.done}, skipped {summary.skipped} ({why}), failed "
-        f"{len(summary.failed)} of {summary.total} in {summary.seconds:.1f} s "
-        f"({summary.images_per_s:.2f} images/s), {gb:.3f} GB written to {out_dir}"
-    )

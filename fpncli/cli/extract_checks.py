@@ -1,0 +1,195 @@
+"""``fpncli extract``'s options checked and resolved before any work: devices and worker
+processes, engines and formats, canvas, scale, what must be installed. Each problem is a one-line
+usage error, raised before a folder is made or weights are loaded."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+
+def _processes_callback(ctx, param, value: str) -> int | None:
+    """``--processes``: auto (None) or a count of at least 1."""
+    if value == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise click.BadParameter(f"expected auto or a number of at least 1, got {value!r}")
+    return count
+
+
+def _checked_device(device: str, precision: str):
+    """The torch device, with the precision checked for it (fp16/bf16 on a CPU)."""
+    from ..api import check_precision, resolve_device
+
+    try:
+        dev = resolve_device(device)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--device") from None
+    try:
+        check_precision(precision, dev)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--precision") from None
+    return dev
+
+
+def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, gpu_workers,
+                          gpus_per_worker, gpus) -> dict:  # fmt: skip
+    """Validate --format/--engine and the Ray options before anything is loaded."""
+    from ..io.shards import parse_size
+
+    try:
+        shard_bytes = parse_size(shard_size)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--shard-size") from None
+    if "://" in out_dir and out_format != "wds":
+        raise click.UsageError(f"{out_dir} is an object-store URL: it needs --format wds")
+    if engine == "local":
+        for name, value in (("--ray-address", ray_address), ("--gpu-workers", gpu_workers),
+                            ("--gpus-per-worker", gpus_per_worker)):  # fmt: skip
+            if value is not None:
+                raise click.UsageError(f"{name} is an option of --engine ray")
+        if gpus is not None and out_format == "wds":
+            raise click.UsageError("--gpus writes folders: with --format wds use --engine ray")
+        return {"shard_bytes": shard_bytes}
+    if gpus is not None:
+        raise click.UsageError("--gpus is for --engine local; Ray uses --gpu-workers")
+    workers = None
+    if gpu_workers not in (None, "auto"):
+        try:
+            workers = int(gpu_workers)
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise click.BadParameter(
+                f"expected auto or a number >= 1, got {gpu_workers!r}", param_hint="--gpu-workers"
+            )
+    fraction = 1.0 if gpus_per_worker is None else gpus_per_worker
+    if not (0 < fraction <= 1 or float(fraction).is_integer()):
+        raise click.BadParameter(
+            f"expected a fraction in (0, 1] or a whole number, got {fraction}",
+            param_hint="--gpus-per-worker",
+        )
+    return {
+        "shard_bytes": shard_bytes, "address": ray_address or os.environ.get("RAY_ADDRESS"),
+        "gpu_workers": workers, "gpus_per_worker": fraction,
+    }  # fmt: skip
+
+
+def _checked_canvas(canvas: str | None, min_size: int, max_size: int, resize: bool,
+                    max_pixels: int) -> str | None:  # fmt: skip
+    """``--canvas`` in its canonical form, checked against the other options."""
+    from ..io.canvas import check_canvas, parse_canvas
+
+    try:
+        canvas = parse_canvas(canvas)
+        check_canvas(canvas, min_size=min_size, max_size=max_size, resize=resize,
+                     max_pixels=max_pixels)  # fmt: skip
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--canvas") from None
+    return canvas
+
+
+def _check_scale(scale: str, output, out_format: str) -> None:
+    from ..run.rescale import check_scale
+
+    if scale != "image" and out_format == "wds":
+        raise click.BadParameter(
+            f"--scale {scale} redraws picture files: not with --format wds (use --scale image)",
+            param_hint="--scale",
+        )
+    try:
+        check_scale(scale, output)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--scale") from None
+
+
+def _check_installed(engine: str, out_format: str, out_dir: str) -> None:
+    """What the options need installed, checked once every option is known to be valid."""
+    from ..io.shards import require_wds
+
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise click.ClickException(
+                "--engine ray needs Ray: pip install 'fpncli[ray]'"
+            ) from None
+    if engine == "ray" or out_format == "wds":
+        try:  # shards and the Ray engine go through fsspec and pyarrow; s3:// needs s3fs
+            require_wds(out_dir if "://" in out_dir else None)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+
+
+def _gpu_devices(gpus: str | None, device: str, count: int | None = None) -> list[str]:
+    """``--gpus all|N|I,J,...`` -> ``["cuda:0", ...]``; empty without ``--gpus``. A list names
+    the GPUs, one worker process per entry: ``0,0`` runs two on GPU 0 (for when one process's
+    Python threads cannot keep a GPU busy: ``fpncli bench`` then reads ``bound host``)."""
+    if gpus is None:
+        return []
+    import torch
+
+    if device not in ("auto", "cuda") or (count is None and not torch.cuda.is_available()):
+        raise click.UsageError("--gpus needs CUDA (and --device auto or cuda)")
+    available = torch.cuda.device_count() if count is None else count
+    if gpus == "all":
+        return [f"cuda:{i}" for i in range(available)]
+    try:  # "1," is the list of GPU 1 alone ("1" is one GPU: GPU 0)
+        numbers = [int(part) for part in gpus.removesuffix(",").split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected all, a number or a list of GPU indices such as 0,0,1, got {gpus!r}"
+        ) from None
+    if "," not in gpus:
+        if not 1 <= numbers[0] <= available:
+            raise click.BadParameter(f"{numbers[0]} GPUs asked for, {available} available")
+        return [f"cuda:{i}" for i in range(numbers[0])]
+    wrong = sorted({i for i in numbers if not 0 <= i < available})
+    if wrong:
+        raise click.BadParameter(
+            f"no GPU {', '.join(map(str, wrong))} here: {available} available (0..{available - 1})"
+        )
+    return [f"cuda:{i}" for i in numbers]
+
+
+def _worker_devices(devices: list[str], processes: int | None, dev, images: int, auto: bool,
+                    env=None) -> list[str]:  # fmt: skip
+    """The devices of the worker processes, one entry each (none: this process runs it; one:
+    this process runs it on that device).
+
+    ``--processes N`` repeats each ``--gpus`` entry (or the run's device) N times. ``auto``
+    keeps ``--gpus`` as given; without it, and where ``auto`` allows (the local engine writing
+    folders), a CUDA run of many images gets ``run.multi.auto_processes`` workers on its GPU
+    (with a note saying so), but not under a launcher (torchrun, SLURM, ``--shard``), which
+    made its processes itself."""
+    from ..run.multi import auto_processes
+
+    if processes is not None:
+        listed = devices or ([str(dev)] if processes > 1 else [])
+        return [d for d in listed for _ in range(processes)]
+    if devices or not auto:
+        return devices
+    environ = os.environ if env is None else env
+    launched = any(name in environ for name in ("LOCAL_RANK", "SLURM_LOCALID", "RANK"))
+    count = 1 if launched else auto_processes(dev, images)
+    if count < 2:
+        return []
+    click.echo(f"note: {count} worker processes share {dev} (--processes 1 runs one)", err=True)
+    return [str(dev)] * count
+
+
+def _torch_device(name: str):
+    import torch
+
+    return torch.device(name)
+
+
+def _crash_after() -> int | None:
+    """Crash tests only: ``FPNCLI_TEST_CRASH_AFTER=K`` stops a sharded run hard after K images."""
+    value = os.environ.get("FPNCLI_TEST_CRASH_AFTER")
+    return int(value) if value else None

@@ -1,0 +1,159 @@
+"""What ``fpncli extract`` says and leaves behind around a run: the volume note, the progress of an
+interrupted run and how to resume it, ``--scale``'s redraw, the run log and the final report."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import click
+
+from ..io.guard import quote_name
+
+
+def _volume_note(jobs, output) -> str:
+    """How much the run will write, said before it starts, with the options that cut it."""
+    from dataclasses import replace
+
+    from ..run.pipeline import estimate_run_bytes
+
+    def per_image(options) -> float:
+        return estimate_run_bytes(jobs, options) / max(1, len(jobs))
+
+    text = f"output: about {_size(per_image(output))} per image"
+    if len(jobs) > 1:
+        text += f", {_size(per_image(output) * len(jobs))} for {len(jobs)} images"
+    tips = []
+    if output.save_npy and output.dtype == "float32":
+        tips.append(f"--dtype float16: {_size(per_image(replace(output, dtype='float16')))}")
+    if output.save_npy and "p2" in output.levels and len(output.levels) > 1:
+        rest = tuple(name for name in output.levels if name != "p2")
+        tips.append(f"--levels {','.join(rest)}: {_size(per_image(replace(output, levels=rest)))}")
+    return text + (f" (per image with {'; with '.join(tips)})" if tips else "")
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
+
+
+def _skipped_note(roots: set[Path]) -> str:
+    shown = sorted(quote_name(os.path.relpath(r)) for r in roots)
+    more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+    return f"note: not reading outputs back as inputs: skipped {', '.join(shown[:5])}{more}"
+
+
+def _report_interrupt(last, total: int) -> None:
+    """Ctrl-C: what was done, what is left, and the command that resumes."""
+    if last is None:
+        done = failed = 0
+        left, skipped = total, 0
+    else:
+        done, failed, skipped = last.done, last.failed, last.skipped
+        left = last.todo - done - failed
+    click.echo(
+        f"interrupted: {done} image(s) written by this run, {failed} failed, {skipped} were "
+        f"already complete; {left} of {total} left (the images in progress were not saved).",
+        err=True,
+    )
+    click.echo(f"resume with: {_resume_command()}", err=True)
+
+
+def _resume_command() -> str:
+    """The command that finishes an interrupted run: the same one, without what redoes work."""
+    ctx = click.get_current_context()
+    args = [a for a in ctx.meta.get("fpncli.argv", []) if a not in ("--overwrite", "--no-resume")]
+    return shlex.join(["fpncli", "extract", *args])
+
+
+def _rescale(scale: str, jobs, summary, output, out_format: str) -> None:
+    """``--scale level|shared``: redraw the pictures of this run's complete folders on the run's
+    ranges (not after a run stopped early: the rerun that finishes it redraws them). With
+    ``image``, folders an earlier level/shared run redrew go back to their own ranges."""
+    if out_format == "wds" or (scale == "image" and not summary.skipped):
+        return  # no folders; or none this run did not write itself
+    if summary.aborted and scale != "image":
+        click.echo(f"--scale {scale}: pictures left on per-image ranges (the run stopped early)",
+                   err=True)  # fmt: skip
+        return
+    from ..io.outputs import is_complete
+    from ..run.rescale import redraw_run
+
+    failed = {path for path, _ in summary.failed}
+    folders = [j.folder for j in jobs if str(j.path) not in failed and is_complete(j.folder)]
+    if not folders or summary.aborted:
+        return
+    try:
+        result = redraw_run(folders, scale, output)
+    except ValueError as e:
+        click.echo(f"--scale {scale}: pictures left on per-image ranges: {e}", err=True)
+        return
+    for folder, reason in result.failed:
+        click.echo(f"--scale {scale}: not redrawn: {quote_name(folder)}: {quote_name(reason)}",
+                   err=True)  # fmt: skip
+    if result.redrawn:
+        where = "their own ranges" if scale == "image" else "the run's ranges"
+        click.echo(f"--scale {scale}: redrew {result.redrawn} image(s) on {where}", err=True)
+
+
+def _write_run_log(summary, out: Path, weights: str, precision: str, shard) -> None:
+    """``OUT/run.json`` (``run-I-of-N.json`` for a shard): what this run did, failures with
+    reasons (read by ``fpncli report``)."""
+    import time
+
+    from ..io.extraction import write_run_log
+
+    write_run_log(out, {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights": weights,
+        "precision": precision, "total": summary.total, "done": summary.done,
+        "skipped": summary.skipped, "seconds": round(summary.seconds, 3),
+        "bytes_written": summary.bytes_written, "aborted": summary.aborted,
+        "failed": [{"path": str(path), "reason": reason} for path, reason in summary.failed],
+        "shard": list(shard) if shard else None,
+    }, shard)  # fmt: skip
+
+
+def _report(summary, out_dir: Path, total: int) -> None:
+    for path, reason in summary.failed:  # quoted: a newline in a name must not forge a line
+        reason = _without_path(reason, str(path))
+        click.echo(f"failed: {quote_name(str(path))}: {quote_name(reason)}", err=True)
+    if summary.aborted:
+        click.echo(f"stopped early: {summary.aborted}", err=True)
+    if total == 1 and summary.done == 1 and summary.last_folder is not None:
+        click.echo(f"wrote {quote_name(str(summary.last_folder))}")
+        return
+    others = summary.left_to_others
+    if total == 1 and summary.skipped == 1 and not others:
+        click.echo("already complete with these settings (use --overwrite to redo)")
+        return
+    why = "already complete"
+    if others:
+        why = f"{summary.skipped - others} already complete, {others} left to another live run"
+    gb = summary.bytes_written / 1e9
+    click.echo(
+        f"done {summary.done}, skipped {summary.skipped} ({why}), failed "
+        f"{len(summary.failed)} of {summary.total} in {summary.seconds:.1f} s "
+        f"({summary.images_per_s:.2f} images/s), {gb:.3f} GB written to {out_dir}"
+    )
+
+
+def _without_path(reason: str, path: str) -> str:
+    """The reason, without the path the library put in it: the line names the path once."""
+    for prefix in (f"{path}: ", f"{path} "):
+        if reason.startswith(prefix):
+            return reason[len(prefix) :]
+    for suffix in (f": {path}", f" {path}"):
+        if reason.endswith(suffix):
+            return reason[: -len(suffix)]
+    return reason.replace(path, "the file")
+
+
+def _remove_if_unused(out: Path) -> None:
+    """Remove the output folder this run made, if it holds nothing but its marker."""
+    from ..io.guard import OUTPUT_MARKER
+
+    try:
+        (out / OUTPUT_MARKER).unlink(missing_ok=True)
+        out.rmdir()  # only when empty
+    except OSError:
+        pass
