@@ -254,25 +254,36 @@ def test_two_workers_on_one_gpu(folder, cpu_model, tmp_path):
     assert {read_manifest(p)["device"] for p in tmp_path.iterdir() if p.is_dir()} == {"cuda:0"}
 
 
-def test_extract_shares_the_gpu_between_worker_processes_by_default(folder, tmp_path,
-                                                                    monkeypatch):  # fmt: skip
+def test_extract_shares_the_gpu_between_worker_processes_by_default(folder, tmp_path):
     """``extract`` without ``--gpus`` on a large folder: ``auto_processes`` workers share the
-    GPU (the folder is small here: the minimum is lowered), and their outputs are those of one
-    process (``--processes 1``)."""
-    from click.testing import CliRunner
-
-    import fpncli.run.multi
-    from fpncli.cli import cli
-
-    monkeypatch.setattr(fpncli.run.multi, "AUTO_MIN_IMAGES", 4)
-    monkeypatch.setattr(fpncli.run.multi, "usable_cores", lambda: 10)
+    GPU (the folder is small here: the minimum is lowered), their outputs are those of one
+    process (``--processes 1``), and the parent, which only lists the jobs and reads the
+    weights' identity, makes no CUDA context of its own (hundreds of MB on the GPU). In a fresh
+    process, so that nothing else touched the GPU."""
     args = ["extract", str(folder), "--weights", "random", "--min-size", "160", "--max-size",
             "256", "--no-overview", "--batch-size", "2"]  # fmt: skip
-    runner = CliRunner()
-    shared = runner.invoke(cli, [*args, "-o", str(tmp_path / "auto")], catch_exceptions=False)
-    assert shared.exit_code == 0, shared.output
-    assert "2 worker processes share cuda:0" in shared.output
-    alone = runner.invoke(cli, [*args, "-o", str(tmp_path / "one"), "--processes", "1"])
+    code = f"""
+import torch
+import fpncli.run.multi
+from click.testing import CliRunner
+from fpncli.cli import cli
+fpncli.run.multi.AUTO_MIN_IMAGES = 4
+fpncli.run.multi.usable_cores = lambda: 10
+result = CliRunner().invoke(cli, {[*args, "-o", str(tmp_path / "auto")]!r})
+print(result.output)
+print("exit", result.exit_code, "context", torch._C._cuda_hasPrimaryContext(0))
+"""
+    root = str(Path(fpncli.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "2 worker processes share cuda:0" in done.stdout, done.stdout
+    assert "exit 0 context False" in done.stdout, done.stdout
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    alone = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "one"), "--processes", "1"])
     assert alone.exit_code == 0 and "worker processes" not in alone.output, alone.output
     for name in sorted(p.stem for p in folder.glob("*.png")):
         for level in ("p2", "p6"):

@@ -497,6 +497,9 @@ def test_two_device_workers_share_the_list(tmp_path, model):
     assert (summary.total, summary.done, summary.failed) == (4, 4, [])
     assert all(is_complete(j.folder) for j in jobs)
     assert events and events[-1].done == 4
+    # the total to do is the whole list from the first report on (a worker yet to report counts
+    # its shard), not one worker's half
+    assert {e.todo for e in events} == {4}
     # from the first worker's start of its run to the last one's end: within the whole run's
     # time, which also counts starting the processes and loading the model twice
     assert 0 < summary.span[1] - summary.span[0] < summary.seconds

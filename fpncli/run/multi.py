@@ -232,10 +232,13 @@ def run_on_devices(
                     latest[index] = payload
                     if progress is not None:
                         values = latest.values()
+                        # a worker yet to report counts its whole shard as to do (it says how
+                        # many it skips with its first report): the total never starts short
+                        todo = sum(latest[i].todo if i in latest else len(shards[i])
+                                   for i in range(count))  # fmt: skip
                         progress(Progress(
                             sum(p.done for p in values), sum(p.failed for p in values),
-                            sum(p.skipped for p in values), sum(p.todo for p in values),
-                            time.monotonic() - start,
+                            sum(p.skipped for p in values), todo, time.monotonic() - start,
                         ))  # fmt: skip
                 elif kind == "ready":
                     warm.add(index)
