@@ -7,7 +7,8 @@
 #
 # Ends within about 7.5 minutes (BUDGET_S=450 seconds of steps, each with its own time limit cut
 # to what is left; a step that fails or runs out of time is reported, and the others and the
-# final table still run); on one H200 with 16 cores it took 4.5 minutes (2026-11-26, torch 2.11). Needs no network. Everything is written under OUT_DIR:
+# final table still run); on one H200 with 16 cores it took 4.5 minutes (2026-11-26, torch 2.11;
+# before the defaults x3 row and the optional vs_detectron2 step). Needs no network. Everything is written under OUT_DIR:
 # the scratch (temporary JPEGs and outputs, compile caches) in OUT_DIR/scratch, removed at the
 # end, and then OUT_DIR holds three files: gpu_check.txt (the table, the phase timings and the
 # failures), gpu_check.json (every row, the machine, the phases) and steps.tar.gz (each step's
@@ -36,7 +37,8 @@
 #                 process's Python threads (decoding, writing, feeding take turns at Python's
 #                 lock) hold the GPU back. extract's default for a large folder is 3 with 16
 #                 cores (run/multi.py: auto_processes)
-#   defaults      the defaults end to end (fp32, batch 8, every output)
+#   defaults      the defaults end to end (fp32, batch 8, every output), in one process and
+#                 in 3 (extract's default for a large folder with 16 cores)
 #   compile_bf16  --compile bf16 at batch 8 and 1
 #   compile_other --compile fp16 and fp32 at batch 16
 #   vs_detectron2 only with D2_DIR (below): fp32 batch 16 800x1344, fpncli against Detectron2's
@@ -97,14 +99,16 @@ if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
     DEV=cpu SIZE=64x96 E2E=64x96 SRC=96x128 BATCHES=1,2 BIG=2 MID=1 SMALL=1 PRECS=fp32
     IMAGES=4 DEFAULT_IMAGES=3 ROW_SECONDS=0.05 TESTS="tests/test_gpu.py" COMPILE_PRECS=fp32
     UNFUSED_PRECS=fp32 PROCS=2
-    T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_PROCS=60 T_COMPILE=45 T_REST=45 LOW=fp32 T_D2=60
+    T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_PROCS=60 T_COMPILE=45 T_REST=45 LOW=fp32
+    T_D2=60 DEFAULT_PROCS=1,2
     PROC_SECONDS=0.05 NPY_IMAGES=3 PROC_IMAGES=4 T_NPY=60
     BUDGET_S="${BUDGET_S:-300}" DEFAULT_SIZE=64x96
 else
     DEV=auto SIZE=800x1344 E2E=768x1344 SRC=1080x1920 BATCHES=1,8,16 BIG=16 MID=8 SMALL=1
     PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 ROW_SECONDS=2 COMPILE_PRECS=fp16,fp32
     TESTS="tests/test_gpu.py" UNFUSED_PRECS=bf16,fp16 PROCS=2,3
-    T_TESTS=180 T_MODEL=150 T_E2E=60 T_DEFAULTS=50 T_PROCS=150 T_COMPILE=150 T_REST=600 LOW=bf16 T_D2=120
+    T_TESTS=180 T_MODEL=150 T_E2E=60 T_DEFAULTS=100 T_PROCS=150 T_COMPILE=150 T_REST=600 LOW=bf16
+    T_D2=120 DEFAULT_PROCS=1,3
     PROC_SECONDS=3 NPY_IMAGES=96 PROC_IMAGES=1200 T_NPY=60
     DEFAULT_SIZE=800x1333
 fi
@@ -187,7 +191,7 @@ bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisio
     --workers "$WORKERS" --writers "$WRITERS" --processes "$PROCS"
 bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
     --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
-    --workers "$WORKERS" --writers "$WRITERS" --processes 1
+    --workers "$WORKERS" --writers "$WRITERS" --processes "$DEFAULT_PROCS"
 if [ -n "${D2_DIR:-}" ]; then
     D2_SITE="$SCRATCH/d2site"
     if [ "$DRY_RUN" = 1 ]; then D2_ARGS="--device cpu --height 64 --width 96 --repeats 1"
