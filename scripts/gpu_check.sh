@@ -8,11 +8,11 @@
 # Ends within about 7.5 minutes (BUDGET_S=450 seconds of steps, each with its own time limit cut
 # to what is left; a step that fails or runs out of time is reported, and the others and the
 # final table still run); on one H200 with 16 cores it took 4.5 minutes (2026-11-26, torch 2.11;
-# before the defaults x3 row and the optional vs_detectron2 step). Needs no network. Everything is written under OUT_DIR:
-# the scratch (temporary JPEGs and outputs, compile caches) in OUT_DIR/scratch, removed at the
-# end, and then OUT_DIR holds three files: gpu_check.txt (the table, the phase timings and the
-# failures), gpu_check.json (every row, the machine, the phases) and steps.tar.gz (each step's
-# log and JSON). The table is printed too.
+# before the defaults x3 row and the optional vs_detectron2 step). Needs no network. Everything
+# is written under OUT_DIR: the scratch (temporary JPEGs and outputs, compile caches) in
+# OUT_DIR/scratch, removed at the end, and then OUT_DIR holds three files: gpu_check.txt (the
+# table, the phase timings and the failures), gpu_check.json (every row, the machine, the
+# phases) and steps.tar.gz (each step's log and JSON). The table is printed too.
 #
 # Phases, in this order (the later --compile rows get the time that is left):
 #   tests         pytest tests/test_gpu.py: the pipeline on cuda:0 (cuda:1) == the CPU, bf16/fp16
