@@ -235,6 +235,35 @@ def test_show_key_refuses_a_forged_npy_member_before_allocating(tmp_path, monkey
     assert len(shown.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("edit", [lambda m: m.pop("preprocess"),
+                                  lambda m: m["preprocess"].update(scale_x=None)])  # fmt: skip
+def test_show_key_names_a_malformed_record_manifest_in_one_line(tmp_path, monkeypatch, edit):
+    """A record whose manifest lacks its preprocessing (or has a null scale) is one line naming
+    the record, as for a folder (a KeyError's bare "'preprocess'" or a TypeError's traceback
+    before)."""
+    inputs = _images(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    result = _run([str(inputs), "-o", str(out), "--format", "wds", "--no-heatmaps",
+                   "--no-overview"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ((shard_name, members),) = _tar_members(out).items()
+    with tarfile.open(out / shard_name, "w") as tar:  # same members, the manifest edited
+        for name, data in members.items():
+            if name.endswith(".json"):
+                manifest = json.loads(data)
+                edit(manifest)
+                data = json.dumps(manifest).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    key = next(n for n in members if n.endswith(".json"))[: -len(".json")]
+    monkeypatch.chdir(tmp_path)
+    shown = CliRunner().invoke(cli, ["show", str(out), "--key", key, "--level", "p3"])
+    assert shown.exit_code == 1, shown.output
+    assert f"{key}.json in {out}/{shard_name} is malformed" in shown.output
+    assert "Traceback" not in shown.output and len(shown.output.strip().splitlines()) == 1
+
+
 def test_find_member_reads_one_key_without_reading_the_shard(tmp_path, monkeypatch):
     """``show --key`` on a big shard: the other images' bytes are seeked over, and the scan
     stops after the key's members, instead of reading the whole tar."""

@@ -149,18 +149,23 @@ def _from_folder(folder: Path, levels: list[str]) -> _Source:
                 f"{meta.get('heatmap') or 'no heatmap'}; re-extract without --no-npy to show it"
             )
         features[name] = check_level_array(read_npy(file), meta, str(file))
+    resized, scale, random = _geometry(manifest, f"{folder}/{MANIFEST}")
+    return _Source(
+        features, _load_input(manifest), resized, scale, random, folder.name, folder / "show"
+    )
+
+
+def _geometry(manifest: dict, where: str) -> tuple[tuple[int, int], tuple[float, float], bool]:
+    """A manifest's resized size, scale and random-weights flag; a one-line ValueError naming
+    ``where`` when they are missing or not numbers."""
     try:
         pre = manifest["preprocess"]
         resized = (int(pre["resized_height"]), int(pre["resized_width"]))
         scale = (float(pre["scale_y"]), float(pre["scale_x"]))
         random = bool(manifest.get("weights", {}).get("random"))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ValueError(
-            f"{folder}/{MANIFEST} is malformed ({type(e).__name__}: {e}); re-extract"
-        ) from None
-    return _Source(
-        features, _load_input(manifest), resized, scale, random, folder.name, folder / "show"
-    )
+        raise ValueError(f"{where} is malformed ({type(e).__name__}: {e}); re-extract") from None
+    return resized, scale, random
 
 
 def _from_image(path: Path, weights: str, device: str, max_pixels: int) -> _Source:
@@ -206,16 +211,9 @@ def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
         where = f"{shard}: {key}.{meta['file']}"
         array = npy_from_bytes(members[meta["file"]], where)
         features[name] = check_level_array(array, meta, where)
-    pre = manifest["preprocess"]
-    return _Source(
-        features,
-        _load_input(manifest),
-        (pre["resized_height"], pre["resized_width"]),
-        (pre["scale_y"], pre["scale_x"]),
-        bool(manifest.get("weights", {}).get("random")),
-        key,
-        Path(f"fpn_show_{key.replace('/', '_')}"),
-    )
+    resized, scale, random = _geometry(manifest, f"{key}.json in {root}/{shard}")
+    return _Source(features, _load_input(manifest), resized, scale, random, key,
+                   Path(f"fpn_show_{key.replace('/', '_')}"))  # fmt: skip
 
 
 def _resolve(target: str | None, levels: list[str], weights: str, device: str,
