@@ -143,7 +143,7 @@ def test_the_bound_is_the_host_when_the_feeding_thread_outlasts_the_device():
 
 def test_an_end_to_end_row_in_worker_processes(tmp_path):
     """``--processes 2``: the row runs in two worker processes sharing the device (extract's
-    ``--gpus 0,0``); its rate is over the workers' own run time, its variant says x2."""
+    ``--processes 2``); its rate is over the workers' own run time, its variant says x2."""
     out = tmp_path / "bench.json"
     args = ["bench", "--sizes", "64x64", "--precisions", "fp32", "--seconds", "0", "--images",
             "4", "--outputs", "heatmaps", "--e2e-only", "--processes", "2", "--weights", "random",
