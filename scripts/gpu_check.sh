@@ -37,6 +37,9 @@
 #                 process's Python threads (decoding, writing, feeding take turns at Python's
 #                 lock) hold the GPU back. extract's default for a large folder is 3 with 16
 #                 cores (run/multi.py: auto_processes)
+#   switch        the heatmaps row in one process with FPNCLI_SWITCH_MS=0.5 (variant
+#                 heatmaps-sw0.5): Python's thread switch interval at 0.5 ms instead of 5, an
+#                 A/B of whether the feeding thread waits for the lock (run/device.py)
 #   defaults      the defaults end to end (fp32, batch 8, every output), in one process and
 #                 in 3 (extract's default for a large folder with 16 cores)
 #   compile_bf16  --compile bf16 at batch 8 and 1
@@ -189,6 +192,9 @@ bench e2e_npy "$T_NPY" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisio
 bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps --source-size "$SRC" --images "$PROC_IMAGES" --seconds "$PROC_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS" --processes "$PROCS"
+FPNCLI_SWITCH_MS=0.5 bench switch "$T_E2E" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" \
+    --precisions "$LOW" --outputs heatmaps --source-size "$SRC" --images "$IMAGES" \
+    --seconds "$ROW_SECONDS" --workers "$WORKERS" --writers "$WRITERS" --processes 1
 bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
     --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
     --workers "$WORKERS" --writers "$WRITERS" --processes "$DEFAULT_PROCS"
@@ -217,7 +223,7 @@ from pathlib import Path
 out, dry_run, elapsed = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 steps = out / "steps"
 names = ("model", "unfused", "compile_b16", "compile_fused", "e2e", "e2e_npy", "procs",
-         "defaults", "compile_bf16", "compile_other")
+         "switch", "defaults", "compile_bf16", "compile_other")
 rows, skipped, info = [], [], {}
 for name in names:
     path = steps / f"{name}.json"

@@ -368,6 +368,8 @@ def bench_end_to_end(
     memory is not this process's)."""
     device = next(model.parameters()).device
     variant = outputs if processes is None else f"{outputs}x{processes}"
+    if os.environ.get("FPNCLI_SWITCH_MS", "").strip():  # the thread switch A/B (run_settings)
+        variant += f"-sw{os.environ['FPNCLI_SWITCH_MS'].strip()}"
     row = BenchRow("end-to-end", str(device), height, width, batch_size, precision, variant)
     root = Path(tempfile.mkdtemp(prefix="fpncli-bench-", dir=work_dir))
     try:
@@ -504,7 +506,7 @@ def format_table(rows: list[BenchRow]) -> str:
     """A plain-text table of the rows; a failed row shows its reason."""
     stage_head = "".join(f"{s[:6]:>7}" for s in STAGES)
     header = (
-        f"{'kind':<6}{'device':<8}{'size':>10}{'bs':>4}{'prec':>6}{'variant':>11}{'img/s':>9}"
+        f"{'kind':<6}{'device':<8}{'size':>10}{'bs':>4}{'prec':>6}{'variant':>15}{'img/s':>9}"
         f"{'ms/bat':>8}{'%bf16':>7}{'GPU MB':>8}{'relerr':>9}  | ms/img:{stage_head}  "
         f"{'bound':<7}{'ratios'}"
     )
@@ -512,7 +514,7 @@ def format_table(rows: list[BenchRow]) -> str:
     for r in rows:
         head = (
             f"{('e2e' if r.kind == 'end-to-end' else r.kind):<6}{r.device:<8}"
-            f"{f'{r.height}x{r.width}':>10}{r.batch_size:>4}{r.precision:>6}{r.variant:>11}"
+            f"{f'{r.height}x{r.width}':>10}{r.batch_size:>4}{r.precision:>6}{r.variant:>15}"
         )
         if r.error:
             lines.append(f"{head}  FAILED: {r.error}")
