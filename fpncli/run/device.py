@@ -463,16 +463,18 @@ def _number(value) -> float | None:
 @dataclass
 class BatchResult:
     """What comes back to the host for a batch: the requested levels in the output dtype, the
-    heatmap maps of the valid regions and per-level statistics. On CUDA it lands in one pinned
-    buffer through a copy stream; ``wait`` blocks (without spinning) until it has."""
+    heatmap maps (each image's valid region is cut from them) and per-level statistics. On
+    CUDA it lands in one pinned buffer through a copy stream; ``wait`` blocks (without spinning)
+    until it has."""
 
     count: int
     shapes: dict[str, tuple[int, ...]]
     arrays: dict[str, torch.Tensor]  # level -> (B, 256, h, w), output dtype, host
-    maps: dict[tuple[int, str], torch.Tensor]  # (image, level) -> (valid_h, valid_w) float32
+    maps: dict[str, torch.Tensor]  # level -> (B, h, w) float32, host (padding included)
     stats: torch.Tensor  # (B, levels, 4) float64: min, max, mean, nonfinite of the valid region
     levels: tuple[str, ...]
     nbytes: int
+    valid: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # level -> per image
     ready: object = None  # a CUDA event, or None on the CPU
     clock: StageClock | None = None
     _buffer: torch.Tensor | None = None
@@ -490,11 +492,14 @@ class BatchResult:
         stats = self.stats[index].numpy()
         for j, name in enumerate(self.levels):
             array = self.arrays.get(name)
-            map2d = self.maps.get((index, name))
+            map2d = self.maps.get(name)
+            if map2d is not None:  # the image's valid region, its own copy (a few KB)
+                vh, vw = self.valid[name][index]
+                map2d = np.ascontiguousarray(map2d.numpy()[index, :vh, :vw])
             out[name] = LevelResult(
                 shape=(1, *self.shapes[name][1:]),
                 array=array[index : index + 1].numpy() if array is not None else None,
-                map2d=map2d.numpy() if map2d is not None else None,
+                map2d=map2d,
                 min=_number(stats[j, 0]), max=_number(stats[j, 1]), mean=_number(stats[j, 2]),
                 nonfinite=int(stats[j, 3]),
             )  # fmt: skip
@@ -599,35 +604,37 @@ def results_to_host(
     count = len(resized)
     dtype = _level_dtype(options)
     needs_maps = options.save_heatmaps or options.save_overview or options.overlay
-    arrays, maps, stats = {}, {}, []
+    arrays, maps, valid, stats = {}, {}, {}, []
     for name in options.levels:
         level = features[name][:count].to(dtype)
-        stride = OUTPUT_STRIDES[name]
-        same = level.is_cuda and all(size == resized[0] for size in resized)
-        if same:  # one set of kernels for the whole batch: launches cost on a fast GPU
-            vh, vw = valid_size(*resized[0], stride)
+        valid[name] = [valid_size(h, w, OUTPUT_STRIDES[name]) for h, w in resized]
+        if level.is_cuda and all(size == resized[0] for size in resized):
+            # one set of kernels for the whole batch: launches cost on a fast GPU
+            vh, vw = valid[name][0]
             stats.extend(_finite_stats_batch(level[:, :, :vh, :vw]).unbind(0))
-        reduced = reduce_maps(level, options.reduce, options.channel) if needs_maps else None
-        for i, (h, w) in enumerate(resized):
-            vh, vw = valid_size(h, w, stride)
-            if reduced is not None:
-                maps[(i, name)] = reduced[i, :vh, :vw]
-            if not same:
-                stats.append(_finite_stats(level[i, :, :vh, :vw]))
+        else:
+            stats.extend(_finite_stats(level[i, :, :vh, :vw])
+                         for i, (vh, vw) in enumerate(valid[name]))  # fmt: skip
+        if needs_maps:
+            # the batch's maps of a level in one piece (one copy back, not one per image: each
+            # op lets go of Python's lock, and a busy writer can keep it a while); each image's
+            # valid region is cut on the host. On the CPU a copy: a ``channel`` map is a view of
+            # the features, which must not live on with it.
+            reduced = reduce_maps(level, options.reduce, options.channel)
+            maps[name] = reduced.contiguous() if reduced.is_cuda else reduced.clone()
         if options.save_npy:  # the CPU writer makes it C-contiguous itself, off this thread
             arrays[name] = level.contiguous() if level.is_cuda else level
     stats_t = torch.stack(stats).view(len(options.levels), count, 4).transpose(0, 1).contiguous()
     shapes = {name: tuple(features[name][:count].shape) for name in options.levels}
     if clock is not None:
         clock.mark("reductions")
-    sources = {**{("a", k): v for k, v in arrays.items()}, **{("m", *k): v.contiguous()
-               for k, v in maps.items()}, ("s",): stats_t}  # fmt: skip
+    sources = {**{("a", k): v for k, v in arrays.items()},
+               **{("m", k): v for k, v in maps.items()}, ("s",): stats_t}  # fmt: skip
     nbytes = _packed_bytes(sources)
     result = BatchResult(count, shapes, arrays, maps, stats_t, tuple(options.levels), nbytes,
-                         clock=clock, _remaining=count)  # fmt: skip
+                         valid=valid, clock=clock, _remaining=count)  # fmt: skip
     device = stats_t.device
     if device.type != "cuda":
-        result.maps = {k: v.contiguous() for k, v in maps.items()}
         if clock is not None:
             clock.mark("d2h")
         return result
@@ -645,7 +652,7 @@ def results_to_host(
     event = torch.cuda.Event(blocking=True)
     event.record(stream)
     result.arrays = {k[1]: v for k, v in host.items() if k[0] == "a"}
-    result.maps = {(k[1], k[2]): v for k, v in host.items() if k[0] == "m"}
+    result.maps = {k[1]: v for k, v in host.items() if k[0] == "m"}
     result.stats = host[("s",)]
     result.ready, result._buffer, result._pool = event, buffer, pool
     return result
