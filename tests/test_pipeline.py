@@ -26,7 +26,7 @@ import fpncli
 from fpncli.cli import cli
 from fpncli.io import outputs
 from fpncli.io.outputs import OutputOptions, is_complete
-from fpncli.run import pipeline, steps
+from fpncli.run import pipeline, plan, steps
 from fpncli.run.pipeline import (
     InsufficientDiskError,
     Job,
@@ -210,7 +210,7 @@ def test_batches_group_same_shapes_and_match_single_runs(tmp_path, model):
 
 def test_disk_estimate_refuses_unless_forced(tmp_path, model, monkeypatch):
     jobs = [Job(_image(tmp_path / "in" / "a.png"), tmp_path / "out" / "a")]
-    monkeypatch.setattr(pipeline, "_free_bytes", lambda folder: 1000)
+    monkeypatch.setattr(plan, "_free_bytes", lambda folder: 1000)
     with pytest.raises(InsufficientDiskError, match=r"would write about .* GB .* only"):
         run_jobs(jobs, model, RunOptions(output=SMALL))
     assert not (tmp_path / "out").exists()

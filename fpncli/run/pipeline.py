@@ -1,8 +1,9 @@
 """Batch extraction: inputs -> decode workers -> batches -> device -> background writers.
 
 The steps themselves (decode one image, run one batch, write one image) are in ``steps``; the
-device machinery (streams, pinned buffers, on-device reductions) in ``device``. This module only
-schedules them.
+device machinery (streams, pinned buffers, on-device reductions) in ``device``; what is pending
+and whether it fits on the disk in ``plan``; the summary and progress types in ``summary``.
+This module only schedules them (and re-exports what callers of a run need).
 
 Every stage is joined to the next by a bounded window, so memory depends on the batch size and
 the number of workers, never on the number of images. Images are batched only with images of the
@@ -15,21 +16,17 @@ share batches, and their features are those of Detectron2's batched inference.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..api import check_precision
-from ..io.canvas import canvas_for
 from ..io.guard import is_disk_full
 from ..io.inputs import (
     IMAGE_EXTENSIONS,
@@ -41,12 +38,9 @@ from ..io.inputs import (
 )
 from ..io.outputs import (
     MANIFEST,
-    OutputOptions,
-    estimate_bytes_per_image,
     is_complete,
     record_latest,
 )
-from ..io.preprocess import open_image, resized_shape
 from ..model.fpn import FPN, STAGES
 from .device import (
     BatchResult,
@@ -57,6 +51,13 @@ from .device import (
     is_out_of_memory,
     model_for_run,
     run_settings,
+)
+from .plan import (
+    InsufficientDiskError,
+    _complete,
+    check_disk_space,
+    estimate_run_bytes,
+    pending_jobs,
 )
 from .steps import (
     Decoded,
@@ -70,6 +71,7 @@ from .steps import (
     weights_meta,
     write_result,
 )
+from .summary import Progress, RunSummary, device_failed_message, disk_full_message
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -98,90 +100,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class InsufficientDiskError(RuntimeError):
-    """The output disk has less free space than the run is estimated to write."""
-
-
-def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32) -> int:
-    """Estimate the bytes a run will write from the header sizes of a spread-out sample."""
-    if not jobs:
-        return 0
-    step = max(1, len(jobs) // sample)
-    sizes = []
-    for job in jobs[::step][:sample]:
-        try:  # a header read; whatever goes wrong here is reported when the image is loaded
-            with open_image(job.path, max_pixels=2**62) as im:  # no bomb warning: a header
-                width, height = im.size
-        except Exception:
-            continue
-        if options.resize:
-            height, width = resized_shape(height, width, options.min_size, options.max_size)
-        padded = (math.ceil(height / 32) * 32, math.ceil(width / 32) * 32)
-        if options.canvas is not None:
-            try:
-                padded = canvas_for(height, width, options.canvas, min_size=options.min_size,
-                                    max_size=options.max_size)  # fmt: skip
-            except ValueError:  # reported when the image is decoded
-                continue
-        sizes.append(estimate_bytes_per_image(*padded, options))
-    per_image = max(sizes) if sizes else estimate_bytes_per_image(800, 1344, options)
-    return per_image * len(jobs)
-
-
-def _free_bytes(folder: Path) -> int:
-    probe = folder.absolute()
-    while not probe.exists():
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
-
-
-@dataclass
-class RunSummary:
-    """What a run did. ``stage_seconds`` sums each stage's time: decode and write in
-    thread-seconds over their pools, the device stages (h2d, preprocess, model, reductions, d2h)
-    as the device spent them, and ``host``, the feeding thread's time to stage and launch the
-    batches (on a GPU, more host than device time means the GPU waits for this thread)."""
-
-    total: int = 0
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    bytes_written: int = 0
-    aborted: str | None = None  # why the run stopped early (disk full, a failed GPU), if it did
-    device_failure: str | None = None  # "cuda:1 failed (reason)" when that stopped it
-    last_folder: Path | None = None
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    batch_size: int = 0  # the batch size in use at the end (smaller after CUDA out of memory)
-    left_to_others: int = 0  # of ``skipped``: claimed by another live run (``--format wds``)
-    #: (start, end) of the run on the monotonic clock (system-wide on Linux); for ``--gpus``,
-    #: from the first worker's start of its run to the last one's end (process starts and
-    #: model loads left out)
-    span: tuple[float, float] | None = None
-    #: ``run_on_devices`` with a warm-up: when the warm workers were let go together (monotonic)
-    released: float | None = None
-
-    @property
-    def images_per_s(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A progress report: sent after every image that finishes (written or failed)."""
-
-    done: int
-    failed: int
-    skipped: int
-    todo: int  # images this run has to process (excluding skipped)
-    elapsed_s: float
-
-
-def _complete(job: Job, options: RunOptions, weights: dict) -> bool:
-    key = job_run_key(job, options, weights)
-    return key is not None and is_complete(job.folder, key)
 
 
 def _reason(error: BaseException) -> str:
@@ -451,41 +369,6 @@ def _background(device: torch.device):
         bind_thread(device)
 
     return init
-
-
-def disk_full_message(summary: RunSummary) -> str:
-    """The one line a run stopped by a full disk ends with."""
-    return (
-        f"disk full: {summary.done + summary.skipped} of {summary.total} done, rerun the same "
-        "command after freeing space"
-    )
-
-
-def device_failed_message(summary: RunSummary) -> str:
-    """The one line a run stopped by an unusable device ends with."""
-    return (
-        f"{summary.device_failure}: {summary.done + summary.skipped} of {summary.total} done, "
-        "rerun the same command to resume"
-    )
-
-
-def pending_jobs(jobs: list[Job], options: RunOptions, weights: dict) -> list[Job]:
-    """The jobs whose folder is not complete with the same input, weights and settings."""
-    return [j for j in jobs if options.overwrite or not _complete(j, options, weights)]
-
-
-def check_disk_space(todo: list[Job], output: OutputOptions) -> None:
-    """Raise InsufficientDiskError when the estimated output exceeds the free space."""
-    if not todo:
-        return
-    common = Path(os.path.commonpath([str(j.folder.absolute()) for j in todo[:1000]]))
-    need, free = estimate_run_bytes(todo, output), _free_bytes(common)
-    if need > free:
-        raise InsufficientDiskError(
-            f"this run would write about {need / 1e9:.2f} GB ({len(todo)} images) but only "
-            f"{free / 1e9:.2f} GB are free under {common}; free space, write fewer levels "
-            "(--levels, --dtype float16, --no-npy), or pass --force"
-        )
 
 
 def run_jobs(

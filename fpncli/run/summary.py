@@ -1,0 +1,67 @@
+"""What a run did and reports as it goes: the summary, the progress reports, and the one line
+a run that stopped early ends with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["RunSummary", "Progress", "disk_full_message", "device_failed_message"]
+
+
+@dataclass
+class RunSummary:
+    """What a run did. ``stage_seconds`` sums each stage's time: decode and write in
+    thread-seconds over their pools, the device stages (h2d, preprocess, model, reductions, d2h)
+    as the device spent them, and ``host``, the feeding thread's time to stage and launch the
+    batches (on a GPU, more host than device time means the GPU waits for this thread)."""
+
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    bytes_written: int = 0
+    aborted: str | None = None  # why the run stopped early (disk full, a failed GPU), if it did
+    device_failure: str | None = None  # "cuda:1 failed (reason)" when that stopped it
+    last_folder: Path | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 0  # the batch size in use at the end (smaller after CUDA out of memory)
+    left_to_others: int = 0  # of ``skipped``: claimed by another live run (``--format wds``)
+    #: (start, end) of the run on the monotonic clock (system-wide on Linux); for ``--gpus``,
+    #: from the first worker's start of its run to the last one's end (process starts and
+    #: model loads left out)
+    span: tuple[float, float] | None = None
+    #: ``run_on_devices`` with a warm-up: when the warm workers were let go together (monotonic)
+    released: float | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report: sent after every image that finishes (written or failed)."""
+
+    done: int
+    failed: int
+    skipped: int
+    todo: int  # images this run has to process (excluding skipped)
+    elapsed_s: float
+
+
+def disk_full_message(summary: RunSummary) -> str:
+    """The one line a run stopped by a full disk ends with."""
+    return (
+        f"disk full: {summary.done + summary.skipped} of {summary.total} done, rerun the same "
+        "command after freeing space"
+    )
+
+
+def device_failed_message(summary: RunSummary) -> str:
+    """The one line a run stopped by an unusable device ends with."""
+    return (
+        f"{summary.device_failure}: {summary.done + summary.skipped} of {summary.total} done, "
+        "rerun the same command to resume"
+    )
