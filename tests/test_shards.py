@@ -207,32 +207,39 @@ def test_wds_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
     assert "pip install 'fpncli[wds]'" in result.output and "Traceback" not in result.output
 
 
-def test_show_key_refuses_a_forged_npy_member_before_allocating(tmp_path, monkeypatch):
-    """A shard member whose header declares far more than it holds is one error line, not a
-    huge allocation or a traceback."""
+def _show_forged_record(tmp_path, monkeypatch, suffix: str, forge) -> str:
+    """Extract one image to a shard, rewrite the shard with its ``suffix`` member replaced by
+    ``forge(bytes)``, and return what ``show --key`` prints (it must fail in one line)."""
     inputs = _images(tmp_path / "in", 1)
     out = tmp_path / "out"
     result = _run([str(inputs), "-o", str(out), "--format", "wds", "--no-heatmaps",
                    "--no-overview"])  # fmt: skip
     assert result.exit_code == 0, result.output
     ((shard_name, members),) = _tar_members(out).items()
+    with tarfile.open(out / shard_name, "w") as tar:  # the same members, one forged
+        for name, data in members.items():
+            data = forge(data) if name.endswith(suffix) else data
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    key = next(n for n in members if n.endswith(suffix))[: -len(suffix)]
+    monkeypatch.chdir(tmp_path)
+    shown = CliRunner().invoke(cli, ["show", str(out), "--key", key, "--level", "p3"])
+    assert shown.exit_code == 1, shown.output
+    assert "Traceback" not in shown.output and len(shown.output.strip().splitlines()) == 1
+    return shown.output.replace(f"{key}.json in {out}/{shard_name}", "RECORD")
+
+
+def test_show_key_refuses_a_forged_npy_member_before_allocating(tmp_path, monkeypatch):
+    """A shard member whose header declares far more than it holds is one error line, not a
+    huge allocation or a traceback."""
     forged = io.BytesIO()
     np.lib.format.write_array_header_1_0(
         forged, {"descr": "<f4", "fortran_order": False, "shape": (1, 256, 100000, 100000)}
     )
     forged.write(b"\0" * 64)
-    with tarfile.open(out / shard_name, "w") as tar:  # same members, p3 forged
-        for name, data in members.items():
-            data = forged.getvalue() if name.endswith("p3.npy") else data
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    key = next(n for n in members if n.endswith("p3.npy"))[: -len(".p3.npy")]
-    monkeypatch.chdir(tmp_path)
-    shown = CliRunner().invoke(cli, ["show", str(out), "--key", key, "--level", "p3"])
-    assert shown.exit_code == 1, shown.output
-    assert "truncated or forged" in shown.output and "Traceback" not in shown.output
-    assert len(shown.output.strip().splitlines()) == 1
+    output = _show_forged_record(tmp_path, monkeypatch, ".p3.npy", lambda _: forged.getvalue())
+    assert "truncated or forged" in output
 
 
 @pytest.mark.parametrize("edit", [lambda m: m.pop("preprocess"),
@@ -241,27 +248,13 @@ def test_show_key_names_a_malformed_record_manifest_in_one_line(tmp_path, monkey
     """A record whose manifest lacks its preprocessing (or has a null scale) is one line naming
     the record, as for a folder (a KeyError's bare "'preprocess'" or a TypeError's traceback
     before)."""
-    inputs = _images(tmp_path / "in", 1)
-    out = tmp_path / "out"
-    result = _run([str(inputs), "-o", str(out), "--format", "wds", "--no-heatmaps",
-                   "--no-overview"])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    ((shard_name, members),) = _tar_members(out).items()
-    with tarfile.open(out / shard_name, "w") as tar:  # same members, the manifest edited
-        for name, data in members.items():
-            if name.endswith(".json"):
-                manifest = json.loads(data)
-                edit(manifest)
-                data = json.dumps(manifest).encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    key = next(n for n in members if n.endswith(".json"))[: -len(".json")]
-    monkeypatch.chdir(tmp_path)
-    shown = CliRunner().invoke(cli, ["show", str(out), "--key", key, "--level", "p3"])
-    assert shown.exit_code == 1, shown.output
-    assert f"{key}.json in {out}/{shard_name} is malformed" in shown.output
-    assert "Traceback" not in shown.output and len(shown.output.strip().splitlines()) == 1
+
+    def forge(data: bytes) -> bytes:
+        manifest = json.loads(data)
+        edit(manifest)
+        return json.dumps(manifest).encode()
+
+    assert "RECORD is malformed" in _show_forged_record(tmp_path, monkeypatch, ".json", forge)
 
 
 def test_find_member_reads_one_key_without_reading_the_shard(tmp_path, monkeypatch):
