@@ -25,18 +25,10 @@ from dataclasses import replace
 
 from ..io.inputs import Job, select_shard
 from .device import worker_threads
-from .pipeline import (
-    Progress,
-    RunOptions,
-    RunSummary,
-    _complete,
-    check_disk_space,
-    device_failed_message,
-    disk_full_message,
-    pending_jobs,
-    run_jobs,
-    weights_meta,
-)
+from .pipeline import run_jobs
+from .plan import _complete, check_disk_space, pending_jobs
+from .steps import RunOptions, weights_meta
+from .summary import Progress, RunSummary, device_failed_message, disk_full_message
 
 __all__ = ["run_on_devices", "auto_processes", "usable_cores"]
 

@@ -26,18 +26,10 @@ import numpy as np
 from ..io.inputs import Job
 from ..io.shards import ShardWriter, consolidate_index
 from ..model.fpn import FPN
-from .pipeline import (
-    FolderSink,
-    Progress,
-    RunOptions,
-    RunSummary,
-    _reason,
-    estimate_run_bytes,
-    pending_jobs,
-    run_decoded,
-    weights_meta,
-)
-from .steps import decode
+from .pipeline import FolderSink, _reason, run_decoded
+from .plan import estimate_run_bytes, pending_jobs
+from .steps import RunOptions, decode, weights_meta
+from .summary import Progress, RunSummary
 from .wds import ShardSink, plan_sharded
 
 __all__ = ["RayOptions", "run_ray"]

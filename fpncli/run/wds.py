@@ -18,17 +18,10 @@ from ..io.shardlock import LiveRun, RunClaim, wds_lock
 from ..io.shards import ShardWriter, consolidate_index, open_root, prepare_root, settings_key
 from ..io.shards import wds_key as _wds_key
 from ..model.fpn import FPN
-from .pipeline import (
-    Progress,
-    RunOptions,
-    RunSummary,
-    check_disk_space,
-    device_failed_message,
-    disk_full_message,
-    run_jobs,
-    weights_meta,
-)
-from .steps import Decoded
+from .pipeline import run_jobs
+from .plan import check_disk_space
+from .steps import Decoded, RunOptions, weights_meta
+from .summary import Progress, RunSummary, device_failed_message, disk_full_message
 
 __all__ = ["ShardPlan", "ShardSink", "plan_sharded", "run_sharded"]
 
