@@ -181,3 +181,34 @@ def test_extract_resume_with_scale_image_puts_back_own_ranges(tmp_path, monkeypa
     assert all("scale" not in m for m in manifests)
     assert sorted(seen) == sorted(tuple(m["levels"]["p3"]["range"]) for m in manifests)
     assert all(is_complete(out / n, m["run_key"]) for n, m in zip("ab", manifests))
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda m, _: m["preprocess"].update(scale_y=None),  # not a number
+        lambda m, _: m["levels"]["p3"].update(heatmap="../../escaped.png"),  # outside the folder
+        lambda m, tmp: m.update(overview=str(tmp / "escaped.png")),  # an absolute path
+    ],
+)
+def test_redraw_reports_a_manifest_forged_after_the_run_and_writes_nothing(tmp_path, forge):
+    """A manifest changed between the run and its redraw: that folder is reported in one line,
+    none of its files (nor any outside it) is touched, and the other folder is redrawn."""
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run.rescale import redraw_run
+
+    out = tmp_path / "out"
+    args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random",
+            "--min-size", "64", "--max-size", "96", "--workers", "1"]  # fmt: skip
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    forged = json.loads((out / "a" / "manifest.json").read_text())
+    forge(forged, tmp_path)
+    (out / "a" / "manifest.json").write_text(json.dumps(forged))
+    before = {p: p.read_bytes() for p in (out / "a").iterdir()}
+    options = OutputOptions(min_size=64, max_size=96)
+    summary = redraw_run([out / "a", out / "b"], "shared", options)
+    assert summary.redrawn == 1 and [f for f, _ in summary.failed] == [str(out / "a")]
+    assert "\n" not in summary.failed[0][1] and summary.failed[0][1]
+    assert {p: p.read_bytes() for p in (out / "a").iterdir()} == before
+    assert not list(tmp_path.rglob("escaped.png"))
+    assert json.loads((out / "b" / "manifest.json").read_text())["scale"]["mode"] == "shared"

@@ -79,7 +79,8 @@ def redraw_run(folders: list[Path], scale: str, options: OutputOptions) -> Redra
             with folder_lock(folder):
                 _redraw(Path(folder), scale, ranges, options)
             summary.redrawn += 1
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            # a manifest changed since the run wrote it: that folder is reported, the rest go on
             log.warning("could not redraw %s on the run's scale: %s", folder, e)
             summary.failed.append((str(folder), str(e)))
     return summary
@@ -104,6 +105,7 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
         if rgb is None:
             raise ValueError(f"the input image {extraction.input_path} is gone")
     pre = manifest["preprocess"]
+    scale_y, scale_x = float(pre["scale_y"]), float(pre["scale_x"])
     maps, pictures = {}, {}
     for name in names:
         meta = levels_meta[name]
@@ -111,7 +113,7 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
         maps[name] = valid_region(reduced, meta["valid_height"], meta["valid_width"])
         drawn = render_level_pictures(
             maps[name], name=name, stride=int(meta["stride"]), shape=meta["shape"], rgb=rgb,
-            scale_y=pre["scale_y"], scale_x=pre["scale_x"], options=options, note=note,
+            scale_y=scale_y, scale_x=scale_x, options=options, note=note,
             vrange=ranges.get(name, tuple(meta.get("range") or (0.0, 0.0))),
         )  # fmt: skip
         for kind, png in drawn.items():
@@ -127,6 +129,9 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
         title = overview_title(manifest.get("input", {}).get("path"), weights, options)
         pictures[manifest["overview"]] = overview_png(rgb, panels, title=title, note=note,
                                                       cmap=options.cmap)  # fmt: skip
+    for file in pictures:  # every name checked before the first picture is replaced
+        if not isinstance(file, str) or "/" in file or "\\" in file or file in ("", ".", ".."):
+            raise ValueError(f"{folder}/{MANIFEST} lists {file!r}, not a file name in the folder")
     for file, data in pictures.items():
         files[file] = atomic_write_bytes(folder / file, data)
     manifest["files"] = files
