@@ -515,6 +515,11 @@ def _forge(folder: Path, edit) -> Path:
         (lambda m: m.update(levels=["p2"]), "'levels' is a list"),
         (lambda m: m.pop("levels"), "'levels' is missing"),
         (lambda m: m.pop("preprocess"), "is malformed"),
+        (lambda m: m["preprocess"].update(resized_width=0), "'preprocess.resized_width' is"),
+        (lambda m: m["preprocess"].update(scale_x=10**400), "'preprocess.scale_x' is an int"),
+        (lambda m: m["levels"]["p2"].update(mean=10**400), "not a finite number"),
+        (lambda m: m["levels"]["p2"].update(nonfinite=10**400), "non-negative integer"),
+        (lambda m: m["levels"]["p2"].update(stride=10**400), "positive integer"),
     ],
 )
 def test_show_refuses_forged_or_malformed_manifests(extraction, tmp_path, edit, message):
@@ -723,3 +728,104 @@ def test_show_save_and_bench_json_never_replace_a_device_fifo_or_symlink(tmp_pat
     shown = runner.invoke(cli, ["show", "o/a", "--save", "link.png"])
     assert shown.exit_code == 0, shown.output
     assert (tmp_path / "link.png").is_symlink() and (tmp_path / "target.png").is_file()
+
+
+# 13. Files an earlier run (or its user) left, forged: one line, the rest goes on ----------
+
+
+def test_a_manifest_nested_too_deep_is_incomplete_and_the_run_goes_on(tmp_path, model):
+    jobs = [Job(_image(tmp_path / f"{n}.png", value=i), tmp_path / "out" / n) for i, n in
+            enumerate("ab")]  # fmt: skip
+    assert run_jobs(jobs, model, RunOptions(output=SMALL)).done == 2
+    (tmp_path / "out" / "a" / "manifest.json").write_text("[" * 100_000)
+    assert not is_complete(tmp_path / "out" / "a")
+    summary = run_jobs(jobs, model, RunOptions(output=SMALL))
+    assert (summary.done, summary.skipped, summary.failed) == (1, 1, [])
+    assert is_complete(tmp_path / "out" / "a")
+
+
+def test_a_forged_latest_record_is_ignored_and_a_fifo_one_never_waited_for(tmp_path, monkeypatch):
+    from fpncli.io.latest import recent_extractions
+
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path))
+    (tmp_path / "latest.json").write_text('{"folder": "/nowhere", "history": 5}')
+    assert recent_extractions() == [Path("/nowhere")]
+    (tmp_path / "latest.json").write_text('{"folder": "/nowhere", "history": ' + "[" * 10**5)
+    assert recent_extractions() == []
+    (tmp_path / "latest.json").unlink()
+    os.mkfifo(tmp_path / "latest.json")
+    seen = []
+    reader = threading.Thread(target=lambda: seen.append(recent_extractions()), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert seen == [[]]
+
+
+def test_show_scale_level_with_no_target_uses_the_latest_run(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    _image(tmp_path / "in" / "a.png")
+    _image(tmp_path / "in" / "b.png", value=1)
+    small = ["--weights", "random", "--min-size", "32", "--max-size", "64"]
+    runner = CliRunner()
+    assert runner.invoke(cli, ["extract", "in", "-o", "o", *small]).exit_code == 0
+    result = runner.invoke(cli, ["show", "--scale", "level", "--save", "x.png"])
+    assert result.exit_code == 0, result.output
+    assert "ranges from the 2 image(s)" in result.output and (tmp_path / "x.png").is_file()
+
+
+def test_forged_run_logs_are_read_as_far_as_they_hold(extraction, tmp_path):
+    import shutil
+
+    from fpncli.io.extraction import read_run_log
+    from fpncli.viz.report import write_report
+
+    root = tmp_path / "out"
+    for name in "ab":  # (the module's other tests leave forged copies beside them)
+        shutil.copytree(extraction / name, root / name)
+    (root / "run.json").write_text('{"failed": 5, "done": "x", "seconds": 1e999, "total": 3}')
+    log = read_run_log(root)
+    assert log["failed"] == [] and "done" not in log and "seconds" not in log
+    assert log["total"] == 3
+    assert write_report(root, workers=1).is_file()
+    (root / "run.json").unlink()
+    (root / "run-0-of-2.json").write_text('{"total": [1], "done": 1e400, "failed": [7, {}]}')
+    (root / "run-1-of-2.json").write_text('{"total": ' + str(10**400) + ', "done": 2}')
+    log = read_run_log(root)
+    assert (log["total"], log["done"], log["failed"], log["shards"]) == (0, 2, [{}], "2 of 2")
+    assert write_report(root, workers=1).is_file()
+
+
+@pytest.mark.parametrize(
+    "header, data, message",
+    [
+        ({"descr": [("x", "<f4"), ("y", "<f4")], "shape": (1, 2, 2, 2)}, 64, "not a float level"),
+        ({"descr": "<i4", "shape": (1, 2, 2, 2)}, 32, "not a float level"),
+        ({"descr": "<c8", "shape": (1, 2, 2, 2)}, 64, "not a float level"),
+        ({"descr": "<f4", "shape": (1, 4, -2, 2)}, 64, "negative size"),
+    ],
+)
+def test_an_npy_that_is_no_float_level_is_refused_by_its_header(tmp_path, header, data, message):
+    from fpncli.io.extraction import read_npy
+
+    path = tmp_path / "p2.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"fortran_order": False, **header})
+        f.write(bytes(data))
+    for mmap in (False, True):
+        with pytest.raises(ValueError, match=message):
+            read_npy(path, mmap=mmap)
+
+
+def test_show_refuses_an_empty_npy_in_one_line(tmp_path):
+    np.save(tmp_path / "z.npy", np.zeros((1, 4, 0, 4), np.float32))
+    result = subprocess.run(
+        [sys.executable, "-m", "fpncli", "show", str(tmp_path / "z.npy"), "--save",
+         str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "not a feature map" in result.stderr and not (tmp_path / "x.png").exists()

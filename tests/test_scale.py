@@ -30,6 +30,13 @@ def test_run_ranges_known_answers():
     assert run_ranges([A, B], "level", channel=7) == {"p2": (-9.0, 9.0), "p3": (-2.0, 6.0)}
     nan = _manifest({"p2": {"range": [float("nan"), 1.0], "min": 0.0, "max": 1.0}})
     assert run_ranges([nan], "level") == {"p2": (0.0, 1.0)}
+    # forged: a heatmap record that is no mapping reads as the defaults (channel 0 drawn); a
+    # null channel, or a range past float's range, gives the level's min/max
+    assert run_ranges([{**A, "heatmap": "x"}], "level")["p2"] == (-1.0, 2.0)
+    forged = [{**A, "heatmap": {"channel": None}},
+              _manifest({"p2": {"range": [10**400, 1], "min": -9.0, "max": 9.0}})]  # fmt: skip
+    for manifest in forged:
+        assert run_ranges([manifest], "level")["p2"] == (-9.0, 9.0)
     with pytest.raises(ValueError, match="unknown scale"):
         run_ranges([A], "global")
     with pytest.raises(ValueError, match="use --scale image"):

@@ -409,9 +409,9 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     summary.failed += [
         (str(folder), f"cannot read this folder: {why}") for folder, why in unreadable
     ]
-    if not url:
-        _rescale(scale, jobs, summary, output, out_format)
+    if not url:  # the run's log first: it is what the run did, whatever the redraw meets
         _write_run_log(summary, out, weights, precision, shard_spec)
+        _rescale(scale, jobs, summary, output, out_format)
     _report(summary, Path(out_dir), len(jobs))
     if summary.failed or summary.aborted:
         sys.exit(1)

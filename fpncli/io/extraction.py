@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .guard import open_regular
+from .guard import open_regular, parse_json
 from .manifest import check_manifest
 from .outputs import MANIFEST, read_manifest
 
@@ -180,8 +180,9 @@ _HEADER_LOCK = threading.Lock()
 
 def _checked_header(f, size: int, name: str, holder: str) -> tuple[tuple, bool, np.dtype]:
     """Read the ``.npy`` header of ``f`` (``size`` bytes in all), leaving ``f`` at the data;
-    refuse pickled objects and a header declaring more data than ``size`` holds, before
-    anything is allocated."""
+    refuse pickled objects, anything but a float array (a level is float16/32/64: a structured,
+    complex or integer array is not one), negative sizes and a header declaring more data
+    than ``size`` holds, before anything is allocated."""
     try:
         with _HEADER_LOCK:
             version = np.lib.format.read_magic(f)
@@ -193,6 +194,10 @@ def _checked_header(f, size: int, name: str, holder: str) -> tuple[tuple, bool, 
         raise ValueError(f"{name}: not a readable .npy file ({e})") from None
     if dtype.hasobject:
         raise ValueError(f"{name}: holds Python objects, not numbers: refused")
+    if dtype.kind != "f":  # a structured or sub-array dtype is kind "V"
+        raise ValueError(f"{name}: holds a {dtype} array, not a float level: re-extract")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"{name}: its header declares a negative size {shape}: forged")
     declared, held = math.prod(shape) * dtype.itemsize, size - f.tell()
     if declared > held:
         raise ValueError(
@@ -259,12 +264,35 @@ def run_log_name(shard: tuple[int, int] | None = None) -> str:
     return RUN_LOG if shard is None or shard[1] <= 1 else f"run-{shard[0]}-of-{shard[1]}.json"
 
 
+_MAX_RUN_LOG_BYTES = 64 << 20
+
+
 def _read_json(path: Path) -> dict | None:
+    """A run log, its fields of the types they are written with: a forged field is dropped (a
+    count reads as 0, a failure that is not a mapping is left out)."""
     try:
-        data = json.loads(path.read_text())
+        with open_regular(path) as f:  # never blocks on a FIFO
+            data = parse_json(f.read(_MAX_RUN_LOG_BYTES))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    for key in ("total", "done", "skipped", "bytes_written", "seconds"):
+        value = data.get(key)
+        if value is not None and not _finite_count(value, integer=key != "seconds"):
+            del data[key]
+    failed = data.get("failed")
+    data["failed"] = [f for f in failed if isinstance(f, dict)] if isinstance(failed, list) else []
+    return data
+
+
+def _finite_count(value, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value)) and value >= 0
+    except OverflowError:  # an integer past float's range
+        return False
 
 
 def read_run_log(root: str | Path) -> dict | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import re
@@ -37,6 +38,7 @@ __all__ = [
     "quote_name",
     "file_target",
     "utf8_text",
+    "parse_json",
 ]
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,15 @@ def open_regular(path: str | Path, what: str = "file"):
     except BaseException:
         os.close(fd)
         raise
+
+
+def parse_json(data: str | bytes):
+    """``json.loads(data)``, with a document nested too deep for Python's parser (``[[[[...``,
+    a RecursionError) a ValueError like any other malformed JSON."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
+from .guard import open_regular, parse_json
 from .manifest import is_complete
 
 __all__ = ["recent_extractions", "record_latest", "latest_extraction"]
@@ -23,17 +24,20 @@ def _state_file() -> Path:
 
 
 _HISTORY = 20  # recent extractions remembered, so a deleted latest falls back to an older one
+_MAX_STATE_BYTES = 1 << 20
 
 
 def recent_extractions() -> list[Path]:
     """The folders recorded by ``record_latest``, newest first (they may since have gone)."""
     try:
-        state = json.loads(_state_file().read_text())
+        with open_regular(_state_file()) as f:  # never blocks on a FIFO
+            state = parse_json(f.read(_MAX_STATE_BYTES))
     except (OSError, ValueError):
         return []
     if not isinstance(state, dict):
         return []
-    folders = [state.get("folder")] + list(state.get("history") or [])
+    history = state.get("history")
+    folders = [state.get("folder"), *(history if isinstance(history, list) else ())]
     seen, recent = set(), []
     for folder in folders:
         if isinstance(folder, str) and folder and folder not in seen:

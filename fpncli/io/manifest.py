@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .guard import open_regular
+from .guard import open_regular, parse_json
 
 if TYPE_CHECKING:
     from .outputs import OutputOptions
@@ -27,7 +28,7 @@ def read_manifest(folder: Path) -> dict | None:
     """The folder's manifest if it is a complete one, else None."""
     try:
         with open_regular(Path(folder) / MANIFEST) as f:  # never blocks on a FIFO
-            manifest = json.loads(f.read(_MAX_MANIFEST_BYTES + 1)[:_MAX_MANIFEST_BYTES])
+            manifest = parse_json(f.read(_MAX_MANIFEST_BYTES + 1)[:_MAX_MANIFEST_BYTES])
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) and manifest.get("complete") else None
@@ -36,8 +37,21 @@ def read_manifest(folder: Path) -> dict | None:
 _MISSING = object()
 
 
+_MOST = 1 << 53  # no size or count fpncli writes comes near; past it, floats lose integers
+
+
 def _is_int(value, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value < _MOST
+
+
+def _is_number(value, least: float = -math.inf) -> bool:
+    """A finite int or float (not a bool, not an integer past float's range) >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value)) and value >= least
+    except OverflowError:
+        return False
 
 
 def _kind_of(value) -> str:
@@ -82,10 +96,8 @@ def check_manifest(manifest: dict, name: str) -> dict:
                 raise bad(f"levels.{level}.{key}", meta.get(key, _MISSING), "a positive integer")
         for key in ("min", "max", "mean"):
             value = meta.get(key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float))
-            ):
-                raise bad(f"levels.{level}.{key}", value, "a number")
+            if value is not None and not _is_number(value):
+                raise bad(f"levels.{level}.{key}", value, "a finite number")
         if meta.get("nonfinite") is not None and not _is_int(meta["nonfinite"], 0):
             raise bad(f"levels.{level}.nonfinite", meta["nonfinite"], "a non-negative integer")
     inp = mapping("input", manifest.get("input", _MISSING))
@@ -93,7 +105,13 @@ def check_manifest(manifest: dict, name: str) -> dict:
     for key in ("width", "height"):
         if inp.get(key) is not None and not _is_int(inp[key], 1):
             raise bad(f"input.{key}", inp[key], "a positive integer")
-    mapping("preprocess", manifest.get("preprocess", _MISSING))
+    pre = mapping("preprocess", manifest.get("preprocess", _MISSING))
+    for key in ("resized_height", "resized_width"):
+        if key in pre and not _is_int(pre[key], 1):
+            raise bad(f"preprocess.{key}", pre[key], "a positive integer")
+    for key in ("scale_y", "scale_x"):
+        if key in pre and not _is_number(pre[key], least=1e-12):
+            raise bad(f"preprocess.{key}", pre[key], "a positive number")
     weights = mapping("weights", manifest.get("weights", _MISSING))
     for key in ("name", "sha256"):
         text(f"weights.{key}", weights.get(key))

@@ -104,7 +104,7 @@ def _recorded_range(meta: dict) -> tuple[float, float] | None:
     if isinstance(pair, (list, tuple)) and len(pair) == 2:
         try:
             lo, hi = float(pair[0]), float(pair[1])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
         if math.isfinite(lo) and math.isfinite(hi):
             return lo, hi

@@ -26,7 +26,7 @@ SCALES = ("image", "level", "shared")
 def _finite_pair(value) -> tuple[float, float] | None:
     try:
         lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float's range
         return None
     return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and hi >= lo else None
 
@@ -45,9 +45,10 @@ def run_ranges(
         return None
     ranges: dict[str, tuple[float, float]] = {}
     for manifest in manifests:
-        heat = manifest.get("heatmap") or {}
+        heat = manifest.get("heatmap")
+        heat = heat if isinstance(heat, dict) else {}  # a forged one: the min/max, not the range
         drawn = heat.get("reduce", "channel") == reduce and (
-            reduce != "channel" or int(heat.get("channel", 0)) == channel
+            reduce != "channel" or heat.get("channel", 0) == channel
         )
         levels = manifest.get("levels")
         for name, meta in levels.items() if isinstance(levels, dict) else ():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -163,7 +164,9 @@ def _geometry(manifest: dict, where: str) -> tuple[tuple[int, int], tuple[float,
         resized = (int(pre["resized_height"]), int(pre["resized_width"]))
         scale = (float(pre["scale_y"]), float(pre["scale_x"]))
         random = bool(manifest.get("weights", {}).get("random"))
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        if min(resized) < 1 or not all(0 < s < math.inf for s in scale):
+            raise ValueError(f"resized {resized}, scale {scale}")
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise ValueError(f"{where} is malformed ({type(e).__name__}: {e}); re-extract") from None
     return resized, scale, random
 
@@ -189,13 +192,14 @@ def _from_image(path: Path, weights: str, device: str, max_pixels: int) -> _Sour
 def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
     """One image of a ``--format wds`` extraction, found through its index."""
     from ..io.extraction import check_level_array, npy_from_bytes
+    from ..io.guard import parse_json
     from ..io.manifest import check_manifest
     from ..io.shards import find_member, open_root
 
     fs, path = open_root(root)
     shard, members = find_member(fs, path, key)
     try:
-        manifest = json.loads(members["json"])
+        manifest = parse_json(members["json"])
     except ValueError:
         raise ValueError(f"{key}.json in {shard} is not JSON: re-extract this image") from None
     check_manifest(manifest, f"{key}.json in {root}/{shard}")
@@ -236,11 +240,13 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str,
         level = path.stem if path.stem in STRIDES else levels[0]
         from ..io.extraction import read_npy
 
+        array = read_npy(path)
+        if array.ndim < 2 or array.size == 0:
+            raise ValueError(f"{path}: holds a {array.shape} array, not a feature map")
         if (path.parent / MANIFEST).is_file() and path.stem in STRIDES:
             source = _from_folder(path.parent, levels if len(levels) > 1 else [level])
-            source.features[level] = read_npy(path)
+            source.features[level] = array
             return source
-        array = read_npy(path)
         return _Source({level: array}, None, None, None, False, path.stem, path.parent / "show")
     _check_image(path, max_pixels)  # before any weights are loaded or downloaded
     return _from_image(path, weights, device, max_pixels)
@@ -368,7 +374,7 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say):
         raise ValueError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
     if scale == "image":
         return None
-    path = _latest() if target is None else Path(target).expanduser()
+    path = _latest()[0] if target is None else Path(target).expanduser()
     folder = path if path.is_dir() else path.parent
     if read_manifest(folder) is None:
         raise ValueError(
