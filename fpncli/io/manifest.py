@@ -37,6 +37,7 @@ def read_manifest(folder: Path) -> dict | None:
 _MISSING = object()
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
 _MOST = 1 << 53  # no size or count fpncli writes comes near; past it, floats lose integers
 
 
@@ -96,8 +97,10 @@ def check_manifest(manifest: dict, name: str) -> dict:
                 raise bad(f"levels.{level}.{key}", meta.get(key, _MISSING), "a positive integer")
         for key in ("min", "max", "mean"):
             value = meta.get(key)
-            if value is not None and not _is_number(value):
-                raise bad(f"levels.{level}.{key}", value, "a finite number")
+            # statistics of a float16/32 level: inside float32's range (a forged 1e308 would
+            # overflow the report's histogram span)
+            if value is not None and not (_is_number(value) and abs(value) <= _FLOAT32_MAX):
+                raise bad(f"levels.{level}.{key}", value, "a finite float32 number")
         if meta.get("nonfinite") is not None and not _is_int(meta["nonfinite"], 0):
             raise bad(f"levels.{level}.nonfinite", meta["nonfinite"], "a non-negative integer")
     inp = mapping("input", manifest.get("input", _MISSING))
