@@ -830,3 +830,20 @@ def test_show_refuses_an_empty_npy_in_one_line(tmp_path):
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "not a feature map" in result.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_a_recorded_photo_replaced_by_a_non_image_is_left_out_of_show_and_diff(
+    extraction, tmp_path, caplog
+):
+    from fpncli.viz.diff import diff_extractions
+    from fpncli.viz.show import show
+
+    text = tmp_path / "photo.png"
+    text.write_text("no longer a photo")
+    forged = _forge(extraction / "a", lambda m: m["input"].update(path=str(text)))
+    assert show(str(forged), save=str(tmp_path / "x.png")).saved == tmp_path / "x.png"
+    assert "the input photo cannot be read" in caplog.text
+    caplog.clear()
+    diff_extractions(forged, forged, out=tmp_path / "d")
+    assert list((tmp_path / "d").rglob("diff.png"))
+    assert "the input photo cannot be read" in caplog.text

@@ -13,6 +13,7 @@ Numpy and Pillow only (no torch), so it is cheap to call from a notebook, a repo
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -57,6 +58,7 @@ class LoadedExtraction:
     manifest: dict = field(repr=False)
     levels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _image: np.ndarray | None = field(default=None, repr=False)
+    _unreadable: bool = field(default=False, repr=False)  # the photo failed once: not retried
     key: str | None = None
     shard: str | None = None
 
@@ -87,14 +89,20 @@ class LoadedExtraction:
     @property
     def image(self) -> np.ndarray | None:
         """The input photo, ``(H, W, 3)`` uint8 RGB with EXIF orientation applied, read on first
-        use; None when the file is gone."""
+        use; None when the file is gone or is no longer an image that can be read (a warning
+        says why)."""
         if self._image is None:
             path = self.input_path
-            if path is None or not path.is_file():
+            if path is None or self._unreadable or not path.is_file():
                 return None
             from .preprocess import load_image
 
-            self._image = load_image(path).rgb
+            try:
+                self._image = load_image(path).rgb
+            except (OSError, ValueError) as e:
+                logging.getLogger(__name__).warning("the input photo cannot be read: %s", e)
+                self._unreadable = True
+                return None
         return self._image
 
 

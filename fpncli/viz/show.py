@@ -122,7 +122,11 @@ def _load_input(manifest: dict) -> np.ndarray | None:
     path = info.get("path") if isinstance(info, dict) else None
     if not isinstance(path, str) or not path or not Path(path).is_file():
         return None
-    return load_image(path).rgb
+    try:
+        return load_image(path).rgb
+    except (OSError, ValueError) as e:  # replaced since by a non-image, a bomb: shown without it
+        log.warning("the input photo cannot be read, shown without it: %s", e)
+        return None
 
 
 def _from_folder(folder: Path, levels: list[str]) -> _Source:
