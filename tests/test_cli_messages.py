@@ -45,6 +45,24 @@ def test_a_damaged_cached_file_is_not_listed_as_cached(runner, tmp_path):
     assert verify.exit_code == 1 and "mismatch" in verify.output
 
 
+@pytest.mark.parametrize("sidecar", [b"", b"\xff\xfe", b"not-a-digest  model.pkl\n", b"0" * 63])
+def test_a_damaged_sha256_sidecar_counts_as_none_not_a_traceback(runner, sidecar):
+    """A sidecar without a 64-hex digest is ignored (the file is re-hashed, the digest recorded
+    again); list, verify and extract --weights NAME went down on it (IndexError, UnicodeError)."""
+    from fpncli.weights.hub import _sidecar, cached_path, recorded_sha256, sha256_file
+    from fpncli.weights.registry import REGISTRY
+
+    path = cached_path(REGISTRY["faster_rcnn_R_50_FPN_1x"])  # no published digest
+    path.write_bytes(b"x\n")
+    _sidecar(path).write_bytes(sidecar)
+    listing = runner.invoke(cli, ["weights", "list"])
+    assert listing.exit_code == 0 and "Traceback" not in listing.output, listing.output
+    assert f"cached: {path}" in listing.output and "torchvision_fasterrcnn" in listing.output
+    verify = runner.invoke(cli, ["weights", "verify", "faster_rcnn_R_50_FPN_1x"])
+    assert verify.exit_code == 0 and "now recorded" in verify.output, verify.output
+    assert recorded_sha256(path) == sha256_file(path)
+
+
 def test_weights_verify_fails_for_a_named_checkpoint_that_is_missing(runner):
     result = runner.invoke(cli, ["weights", "verify", "faster_rcnn_R_50_FPN_1x"])
     assert result.exit_code == 1 and "not cached" in result.output

@@ -193,6 +193,23 @@ def test_a_hand_placed_file_that_matches_is_recorded_on_first_use(
         assert hub.recorded_sha256(hub.cached_path(spec)) == digest
 
 
+@pytest.mark.parametrize("sidecar", [b"", b"\xff\xfe", b"z" * 64 + b"  model.pkl\n"])
+def test_a_damaged_sidecar_counts_as_none_and_is_recorded_again(
+    home, monkeypatch, checkpoint_bytes, sidecar
+):
+    digest = hashlib.sha256(checkpoint_bytes).hexdigest()
+    spec = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    home.mkdir()
+    path = hub.cached_path(spec)
+    path.write_bytes(checkpoint_bytes)
+    hub._sidecar(path).write_bytes(sidecar)
+    assert hub.recorded_sha256(path) is None
+    assert hub.cache_state(spec).status == "cached"
+    model = fpncli.load_backbone(spec.name)  # as extract --weights NAME: loads, records again
+    assert model.weights_info.sha256 == digest and hub.recorded_sha256(path) == digest
+
+
 def test_a_folder_or_fifo_is_named_as_such_not_missing(tmp_path):
     import os
 

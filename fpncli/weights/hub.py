@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -38,6 +39,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class WeightsDownloadError(RuntimeError):
@@ -74,9 +76,26 @@ def _sidecar(path: Path) -> Path:
 
 
 def recorded_sha256(path: Path) -> str | None:
-    """The digest recorded when ``path`` was downloaded or first used, if any."""
+    """The digest recorded when ``path`` was downloaded or first used, if any.
+
+    A sidecar that does not start with a 64-hex digest (empty, cut short, not text) or cannot be
+    read is damaged: it counts as none (logged), so the file is checked against the published
+    digest, if any, and its digest recorded again, as for a file placed by hand.
+    """
     side = _sidecar(path)
-    return side.read_text().split()[0] if side.is_file() else None
+    if not side.is_file():
+        return None
+    try:
+        fields = side.read_bytes().split()
+    except OSError as e:
+        log.warning("cannot read %s (%s): ignored", side, e)
+        return None
+    digest = fields[0].decode("ascii", "replace").lower() if fields else ""
+    if not _HEX64.fullmatch(digest):
+        log.warning("%s holds no sha256 digest (damaged?): ignored; the checkpoint counts as "
+                    "placed by hand and its digest is recorded again", side)  # fmt: skip
+        return None
+    return digest
 
 
 def record_sha256(path: Path, digest: str) -> None:
