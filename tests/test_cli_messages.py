@@ -63,6 +63,23 @@ def test_a_damaged_sha256_sidecar_counts_as_none_not_a_traceback(runner, sidecar
     assert recorded_sha256(path) == sha256_file(path)
 
 
+def test_weights_list_shows_every_entry_when_one_cannot_be_read(runner, monkeypatch):
+    from fpncli.weights import hub
+    from fpncli.weights.registry import REGISTRY
+
+    unreadable = hub.cached_path(REGISTRY["faster_rcnn_R_50_FPN_3x"])
+    unreadable.write_bytes(b"x")
+
+    def sha256_file(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(hub, "sha256_file", sha256_file)
+    listing = runner.invoke(cli, ["weights", "list"])
+    assert listing.exit_code == 0, listing.output
+    assert f"unreadable (Permission denied): {unreadable}" in listing.output
+    assert "torchvision_fasterrcnn" in listing.output and "random:" in listing.output
+
+
 def test_weights_verify_fails_for_a_named_checkpoint_that_is_missing(runner):
     result = runner.invoke(cli, ["weights", "verify", "faster_rcnn_R_50_FPN_1x"])
     assert result.exit_code == 1 and "not cached" in result.output

@@ -17,6 +17,7 @@ def weights() -> None:
 
 @weights.command("list")
 @verbose_option
+@_friendly
 def weights_list() -> None:
     """List named checkpoints, their addresses and cache state."""
     from ..weights.hub import cache_state

@@ -290,20 +290,24 @@ def cache_state(spec: WeightsSpec) -> CacheEntry:
     """Whether ``spec``'s cached file is usable: present, of the published size and, where a
     digest is known (published or recorded at download), with that sha256.
 
-    Status ``"cached"``, ``"not cached"`` or ``"damaged"`` (``detail`` says why and what to do).
+    Status ``"cached"``, ``"not cached"``, ``"damaged"`` or ``"unreadable"`` (``detail`` says why
+    and what to do): one entry's error is its status, never raised.
     """
     path = cached_path(spec)
     if not path.is_file():
         return CacheEntry(spec.name, path, "not cached")
     fix = f"delete it and run 'fpncli weights download {spec.name}'"
-    size = path.stat().st_size
-    if size == 0 or (spec.size_bytes and size != spec.size_bytes):
-        expected = f"expected {spec.size_bytes}" if spec.size_bytes else "an empty file"
-        detail = f"{size} bytes, {expected} (a partial copy?); {fix}"
-        return CacheEntry(spec.name, path, "damaged", detail)
-    if spec.sha256 or spec.sha256_prefix or recorded_sha256(path):
-        digest = sha256_file(path)
+    try:
+        size = path.stat().st_size
+        if size == 0 or (spec.size_bytes and size != spec.size_bytes):
+            expected = f"expected {spec.size_bytes}" if spec.size_bytes else "an empty file"
+            detail = f"{size} bytes, {expected} (a partial copy?); {fix}"
+            return CacheEntry(spec.name, path, "damaged", detail)
         recorded = recorded_sha256(path)
+        digest = sha256_file(path) if spec.sha256 or spec.sha256_prefix or recorded else None
+    except OSError as e:
+        return CacheEntry(spec.name, path, "unreadable", str(e.strerror or e))
+    if digest is not None:
         wrong = (
             (spec.sha256 and digest != spec.sha256)
             or (spec.sha256_prefix and not digest.startswith(spec.sha256_prefix))
