@@ -352,3 +352,41 @@ def test_non_finite_weights_are_refused_naming_the_first_key(tmp_path, state, va
     write_detectron2_pkl(path, broken)
     with pytest.raises(ValueError, match=r"nan\.pkl: bottom_up.res3.0.conv1.weight holds NaN"):
         read_checkpoint(path)
+
+
+def _write_fpncli(path, state):
+    model = build_resnet_fpn_backbone()
+    model.load_state_dict(state)
+    save_fpncli_checkpoint(path, model, {"depth": 50}, DETECTRON2_INPUT)
+
+
+@pytest.mark.parametrize(
+    "write, suffix",
+    [(write_detectron2_pkl, ".pkl"), (write_detectron2_pth, ".pth"),
+     (write_torchvision_pth, ".pth"), (_write_fpncli, ".pth")],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "key", ["bottom_up.stem.conv1.norm.running_var", "bottom_up.res3.0.shortcut.norm.running_var"]
+)  # torchvision: backbone.body.bn1.running_var, backbone.body.layer2.0.downsample.1.running_var
+def test_a_negative_batchnorm_variance_is_refused_naming_the_key(
+    tmp_path, state, write, suffix, key
+):
+    """weight * rsqrt(running_var + eps) of a negative variance is NaN: every feature was
+    non-finite and extract exited 0."""
+    broken = {k: v.clone() for k, v in state.items()}
+    broken[key][1] = -1.0
+    path = tmp_path / f"negative{suffix}"
+    write(path, broken)
+    with pytest.raises(ValueError, match=rf"negative{suffix}: {key} holds negative values \(down "
+                       r"to -1\), not a BatchNorm variance"):  # fmt: skip
+        read_checkpoint(path)
+
+
+def test_a_zero_batchnorm_variance_is_accepted(tmp_path, state):
+    """A dead channel's variance is 0 (eps keeps its scale finite): not refused."""
+    zero = {k: v.clone() for k, v in state.items()}
+    zero["bottom_up.res2.0.conv1.norm.running_var"][:4] = 0.0
+    zero["bottom_up.res2.0.conv2.norm.running_var"][:4] = -0.0
+    path = tmp_path / "zero.pkl"
+    write_detectron2_pkl(path, zero)
+    _same(read_checkpoint(path).state_dict, zero)

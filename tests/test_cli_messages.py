@@ -181,6 +181,22 @@ def test_a_malformed_weights_file_is_one_line_not_a_traceback(runner, tmp_path):
         assert name in line and message in line, line
 
 
+def test_a_negative_batchnorm_variance_is_one_line_not_nan_features(runner, tmp_path):
+    from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 96, 3), np.uint8)).save(image)
+    state = seeded_state_dict()
+    state["bottom_up.stem.conv1.norm.running_var"].fill_(-1.0)
+    weights = tmp_path / "w.pkl"
+    write_detectron2_pkl(weights, state)
+    args = ["extract", str(image), "-o", str(tmp_path / "out"), "--weights", str(weights)]
+    result = runner.invoke(cli, [*args, "--min-size", "64", "--max-size", "96"])
+    line = _one_line_error(result)
+    assert "w.pkl: bottom_up.stem.conv1.norm.running_var holds negative values" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 def test_show_takes_max_pixels_as_its_refusal_says(runner, tmp_path):
     """show's refusal of a large image says to raise --max-pixels: show has that option too
     (for an image TARGET and for --receptive-field), as extract has."""

@@ -110,6 +110,18 @@ def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
             )
 
 
+def _check_running_var(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """A BatchNorm running variance is never negative: FrozenBatchNorm scales by
+    ``weight / sqrt(running_var + eps)``, so a negative one gives NaN (or huge) features."""
+    for name, tensor in state.items():  # fpncli's names, whatever the file's format
+        if name.endswith(".running_var") and bool((tensor < 0).any()):
+            raise ValueError(
+                f"{path}: {quote_name(name)} holds negative values (down to "
+                f"{float(tensor.min()):.3g}), not a BatchNorm variance (a damaged checkpoint?): "
+                "refused"
+            )
+
+
 def _fpncli_input(path: Path, inp: object) -> InputFormat:
     """The ``input`` entry of an fpncli file: a channel order and 3 finite means and stds."""
     if not isinstance(inp, dict) or not {"color_order", "pixel_mean", "pixel_std"} <= set(inp):
@@ -338,6 +350,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     _check_finite(path, state)
+    _check_running_var(path, state)
     return Checkpoint(state, fmt, arch, inp, skipped)
 
 
