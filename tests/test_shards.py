@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -397,3 +398,33 @@ def test_a_garbage_index_part_is_named_in_one_line(tmp_path):
             result.output
         ), result.output
         assert "Traceback" not in result.output
+
+
+def _forge_index(out: Path, edit, consolidated: bool = True) -> None:
+    """Rewrite every index part (and ``index.parquet``) with ``edit(rows)`` applied."""
+    import pyarrow as pa
+
+    paths = sorted(out.glob("_index/part-*.parquet"))
+    for path in paths + ([out / "index.parquet"] if consolidated else []):
+        table = pq.read_table(path)
+        rows = table.to_pylist()
+        edit(rows)
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+
+
+def test_wds_resume_never_removes_a_file_an_index_row_names_outside_out(tmp_path, caplog):
+    """A forged ledger row whose shard is ``../victim.txt`` and longer than that file: the row
+    is ignored with a warning and its image redone (the resume deleted the file as a truncated
+    shard before)."""
+    inputs = _images(tmp_path / "in", 2)
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    args = [str(inputs), "-o", str(out), "--format", "wds"]
+    assert _run(args).exit_code == 0
+    victim.write_text("keep me")
+    _forge_index(out, lambda rows: rows[0].update(shard="../victim.txt", bytes=10**12))
+    with caplog.at_level(logging.WARNING):
+        result = _run(args)
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "keep me"
+    assert "'../victim.txt' is not a shard name" in caplog.text
+    assert "done 1, skipped 1" in result.output

@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 INDEX = "index.parquet"
 INDEX_DIR = "_index"
 _PARTIAL = ".partial"
+_SHARD_NAME = re.compile(r"shard-[0-9a-f]+\.tar")  # as ShardWriter._commit names a shard
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
@@ -338,9 +339,36 @@ class ShardWriter:
         self.rows, self.keys = [], []
 
 
+def _forged(status, shard) -> str | None:
+    """Why an index row cannot be one fpncli wrote (None when it can be): its shard must be a
+    name ``ShardWriter`` gives (``shard-<hex>.tar``, in OUT itself), never a path."""
+    if (status == "ok" or shard is not None) and not (
+        isinstance(shard, str) and _SHARD_NAME.fullmatch(shard)
+    ):
+        return f"the shard {shard!r} is not a shard name"
+    return None
+
+
+def _valid_rows(table, path: str):
+    """``table`` without the rows ``_forged`` refuses, each part's dropped rows in one warning
+    (their images count as not extracted: the next run redoes them)."""
+    import pyarrow as pa
+
+    columns = [table.column(n).to_pylist() for n in ("status", "shard")]
+    why = [_forged(*row) for row in zip(*columns)]
+    bad = [w for w in why if w is not None]
+    if not bad:
+        return table
+    log.warning("%s: ignoring %d of its rows, which fpncli did not write (%s): their images "
+                "count as not extracted", path, len(bad), bad[0])  # fmt: skip
+    return table.filter(pa.array([w is None for w in why]))
+
+
 def read_index(fs, root: str, *, ledger: bool = True):
     """The index rows as a pyarrow Table: every part of the ledger (``ledger``), or the
-    consolidated ``index.parquet``. Empty when there is none."""
+    consolidated ``index.parquet``. Empty when there is none. A row that fpncli cannot have
+    written (a shard that is a path, not a shard's name) is left out with a warning, so no
+    reader or cleanup ever opens or removes a file outside ``root``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -363,7 +391,7 @@ def read_index(fs, root: str, *, ledger: bool = True):
         for column in schema:  # a part written before a column existed: null there
             if column.name not in table.column_names:
                 table = table.append_column(column, pa.nulls(len(table), column.type))
-        tables.append(table.select(schema.names).cast(schema))
+        tables.append(_valid_rows(table.select(schema.names).cast(schema), path))
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
