@@ -428,3 +428,79 @@ def test_wds_resume_never_removes_a_file_an_index_row_names_outside_out(tmp_path
     assert victim.read_text() == "keep me"
     assert "'../victim.txt' is not a shard name" in caplog.text
     assert "done 1, skipped 1" in result.output
+
+
+def test_read_index_leaves_out_rows_fpncli_cannot_have_written(tmp_path, caplog):
+    """Null or path-like keys, statuses other than ok/failed, shards that are not a shard's
+    name, and a part without the index's columns: left out, one warning per part."""
+    import fsspec
+    import pyarrow as pa
+
+    from fpncli.io.shards import read_index
+
+    good = {"key": "sub/a", "status": "ok", "shard": "shard-0123abcd.tar", "bytes": 1}
+    forged = [{"key": None}, {"key": ""}, {"key": "../escaped/a"}, {"key": "/etc/a"},
+              {"key": "sub//a"}, {"key": "sub/./a"}, {"key": "a\0b"}, {"status": None},
+              {"status": "done"}, {"shard": None}, {"shard": "../victim.txt"},
+              {"shard": "/tmp/shard-01.tar"}, {"shard": "sub/shard-01.tar"},
+              {"status": "failed", "shard": "../x"}]  # fmt: skip
+    rows = [good, dict(good, key="b", status="failed", shard=None)]
+    rows += [dict(good, **edit) for edit in forged]
+    (tmp_path / "_index").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "_index" / "part-shard-0123abcd.parquet")
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "_index" / "part-shard-4567.parquet")
+    with caplog.at_level(logging.WARNING):
+        kept = read_index(fsspec.filesystem("file"), str(tmp_path)).to_pylist()
+    assert [(r["key"], r["status"]) for r in kept] == [("sub/a", "ok"), ("b", "failed")]
+    assert "ignoring 14 of its rows" in caplog.text and "ignoring 2 of its rows" in caplog.text
+
+
+@pytest.mark.parametrize("column", ["key", "status"])
+def test_a_null_key_or_status_in_the_index_is_left_out_of_report_diff_and_resume(tmp_path, column):
+    """A null key (or status) in every index part and index.parquet: report and diff read the
+    other images, the resume redoes that image, and later runs go on (a TypeError from sorting
+    None with str before, at every run); a part with none of the index's columns reads as no
+    rows (report failed on a null path)."""
+    import pyarrow as pa
+
+    inputs = _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    args = [str(inputs), "-o", str(out), "--format", "wds"]
+    assert _run(args).exit_code == 0
+    _forge_index(out, lambda rows: rows[1].update({column: None}))
+    report = CliRunner().invoke(cli, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+    assert "2 of 2 images were extracted" in (out / "report.html").read_text()
+    diff = CliRunner().invoke(cli, ["diff", str(out), str(out), "-o", str(tmp_path / "d")])
+    assert diff.exit_code == 0 and "2 of 2 images compared" in diff.output, diff.output
+    again = _run(args)
+    assert again.exit_code == 0 and "done 1, skipped 2" in again.output, again.output
+    assert _run(args).exit_code == 0
+    assert len(pq.read_table(out / "index.parquet")) == 3
+    pq.write_table(pa.table({"x": [1, 2]}), sorted(out.glob("_index/part-*.parquet"))[0])
+    report = CliRunner().invoke(cli, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+
+
+def test_diff_never_writes_outside_its_folder_for_a_key_with_dot_dot(tmp_path):
+    """A shard and index rewritten so that a key is ``../escaped/img_1``: that row is left out
+    (diff wrote ``escaped/img_1/diff.png`` beside ``-o`` before)."""
+    inputs = _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    assert _run([str(inputs), "-o", str(out), "--format", "wds", "--no-overview"]).exit_code == 0
+    ((shard_name, members),) = _tar_members(out).items()
+    with tarfile.open(out / shard_name, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"../escaped/{name}" if name.startswith("img_1.") else name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+    def escape(rows):
+        for row in rows:
+            if row["key"] == "img_1":
+                row["key"] = "../escaped/img_1"
+
+    _forge_index(out, escape)
+    result = CliRunner().invoke(cli, ["diff", str(out), str(out), "-o", str(tmp_path / "d")])
+    assert result.exit_code == 0 and "2 of 2 images compared" in result.output, result.output
+    assert not (tmp_path / "escaped").exists()

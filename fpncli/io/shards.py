@@ -339,9 +339,17 @@ class ShardWriter:
         self.rows, self.keys = [], []
 
 
-def _forged(status, shard) -> str | None:
-    """Why an index row cannot be one fpncli wrote (None when it can be): its shard must be a
-    name ``ShardWriter`` gives (``shard-<hex>.tar``, in OUT itself), never a path."""
+def _forged(key, status, shard) -> str | None:
+    """Why an index row cannot be one fpncli wrote (None when it can be): its key must be a
+    relative path (as ``wds_key`` makes: no ``..``, ``.`` or empty part, not absolute), its
+    status ``ok`` or ``failed``, and its shard a name ``ShardWriter`` gives (``shard-<hex>.tar``,
+    in OUT itself), never a path."""
+    if not isinstance(key, str) or not key:
+        return "a row without a key"
+    if key.startswith("/") or "\0" in key or {"", ".", ".."} & set(key.split("/")):
+        return f"the key {key!r} is not a relative path"
+    if status not in ("ok", "failed"):
+        return f"the status of {key!r} is {status!r}"
     if (status == "ok" or shard is not None) and not (
         isinstance(shard, str) and _SHARD_NAME.fullmatch(shard)
     ):
@@ -354,7 +362,7 @@ def _valid_rows(table, path: str):
     (their images count as not extracted: the next run redoes them)."""
     import pyarrow as pa
 
-    columns = [table.column(n).to_pylist() for n in ("status", "shard")]
+    columns = [table.column(n).to_pylist() for n in ("key", "status", "shard")]
     why = [_forged(*row) for row in zip(*columns)]
     bad = [w for w in why if w is not None]
     if not bad:
@@ -367,8 +375,8 @@ def _valid_rows(table, path: str):
 def read_index(fs, root: str, *, ledger: bool = True):
     """The index rows as a pyarrow Table: every part of the ledger (``ledger``), or the
     consolidated ``index.parquet``. Empty when there is none. A row that fpncli cannot have
-    written (a shard that is a path, not a shard's name) is left out with a warning, so no
-    reader or cleanup ever opens or removes a file outside ``root``."""
+    written (a null key or status, a key or shard that is not a relative name) is left out with
+    a warning, so no reader or cleanup ever opens, writes or removes a file outside ``root``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
