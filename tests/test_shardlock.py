@@ -191,3 +191,31 @@ def test_a_full_disk_in_a_wds_run_counts_only_committed_images(tmp_path, model, 
     monkeypatch.setattr(shards.ShardWriter, "write_image", real)
     again = run_sharded(jobs, str(out), model, OPTIONS, shard_bytes=10**9)
     assert (again.done, again.aborted) == (5, None)
+
+
+def test_a_fifo_or_folder_among_the_claims_is_skipped_not_waited_on(tmp_path, caplog):
+    """A FIFO named like a claims file blocked the planning run's open forever (holding OUT's
+    lock); a folder so named failed its removal. Both are left alone with a warning."""
+    import fsspec
+
+    claims = tmp_path / CLAIMS_DIR
+    claims.mkdir()
+    os.mkfifo(claims / "stale.json")
+    (claims / "folder.json").mkdir()
+    found = []
+
+    def read():
+        found.append(RunClaim(fsspec.filesystem("file"), str(tmp_path)).live_runs())
+
+    with caplog.at_level(logging.WARNING):
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(30)
+    if reader.is_alive():  # the old open blocks until a writer comes: let it go, then fail
+        os.close(os.open(claims / "stale.json", os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(30)
+        pytest.fail("reading the claims waited on a FIFO")
+    assert found == [[]]
+    assert "stale.json: not a regular file (a FIFO)" in caplog.text
+    assert "folder.json: not a regular file (a folder)" in caplog.text
+    assert (claims / "stale.json").exists() and (claims / "folder.json").is_dir()

@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .guard import open_regular
+
 __all__ = [
     "CLAIMS_DIR",
     "LOCK_FILE",
@@ -149,17 +151,22 @@ class RunClaim:
 
 
 def _read_live(path: Path) -> LiveRun | None:
-    """The run owning the claims file ``path`` if it is alive; else remove the file, None."""
+    """The run owning the claims file ``path`` if it is alive; else remove the file, None.
+    Anything but a regular file (a FIFO, a folder) is left alone with a warning, never waited on.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        f = open_regular(path, "claims file")
     except FileNotFoundError:
         return None
+    except ValueError as e:  # a FIFO would block the open, and the run with OUT's lock held
+        log.warning("ignoring %s", e)
+        return None
+    fd = f.fileno()
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:  # its run holds it: alive
-            with os.fdopen(os.dup(fd), "rb") as f:
-                body = json.loads(f.read() or b"{}")
+            body = json.loads(f.read() or b"{}")
             return LiveRun(path.stem, int(body.get("pid", 0)), str(body.get("settings")),
                            set(body.get("keys", [])))  # fmt: skip
         except OSError as e:
@@ -174,4 +181,4 @@ def _read_live(path: Path) -> LiveRun | None:
         log.warning("ignoring the unreadable claims file %s", path)
         return None
     finally:
-        os.close(fd)
+        f.close()
