@@ -504,3 +504,29 @@ def test_diff_never_writes_outside_its_folder_for_a_key_with_dot_dot(tmp_path):
     result = CliRunner().invoke(cli, ["diff", str(out), str(out), "-o", str(tmp_path / "d")])
     assert result.exit_code == 0 and "2 of 2 images compared" in result.output, result.output
     assert not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda data: b"garbage\n",
+        lambda data: bytes(100) + data[100:],
+        lambda data: data[: len(data) // 2],
+    ],  # fmt: skip
+    ids=["garbage", "zeroed-header", "truncated"],
+)
+def test_show_key_names_a_shard_that_is_not_a_readable_tar(tmp_path, monkeypatch, forge):
+    """A shard overwritten with garbage, with a zeroed first header or cut in half: one line
+    naming it (tarfile.ReadError's traceback before)."""
+    out = tmp_path / "out"
+    assert (
+        _run([str(_images(tmp_path / "in", 1)), "-o", str(out), "--format", "wds"]).exit_code == 0
+    )
+    (shard,) = out.glob("shard-*.tar")
+    shard.write_bytes(forge(shard.read_bytes()))
+    monkeypatch.chdir(tmp_path)
+    shown = CliRunner().invoke(cli, ["show", str(out), "--key", "sub/img_0", "--save", "s.png"])
+    assert shown.exit_code == 1 and "Traceback" not in shown.output, shown.output
+    (line,) = shown.output.strip().splitlines()
+    assert line.startswith(f"Error: {shard} is not a readable tar shard ("), line
+    assert not (tmp_path / "s.png").exists()

@@ -487,6 +487,7 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
 
     Raises:
         FileNotFoundError: no such key, or the key failed (the message says why).
+        ValueError: the shard is not a readable tar (garbage, a bad header, truncated).
     """
     table = read_index(fs, root, ledger=not fs.exists(f"{root}/{INDEX}")).to_pylist()
     rows = [r for r in table if r["key"] == key]
@@ -500,12 +501,15 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
         # seekable (local files, fsspec's buffered files): tarfile skips other members' data by
         # seeking, reading only their 512-byte headers; a key's members are written together,
         # so the scan stops at the first member after them
-        with tarfile.open(fileobj=f, mode="r:" if f.seekable() else "r|") as tar:
-            for info in tar:
-                if info.name.startswith(prefix) and "/" not in info.name[len(prefix) :]:
-                    found[info.name[len(prefix) :]] = tar.extractfile(info).read()
-                elif found:
-                    break
+        try:
+            with tarfile.open(fileobj=f, mode="r:" if f.seekable() else "r|") as tar:
+                for info in tar:
+                    if info.name.startswith(prefix) and "/" not in info.name[len(prefix) :]:
+                        found[info.name[len(prefix) :]] = tar.extractfile(info).read()
+                    elif found:
+                        break
+        except tarfile.TarError as e:
+            raise ValueError(f"{root}/{shard} is not a readable tar shard ({e})") from None
     if not found:
         raise FileNotFoundError(f"{shard} in {root} does not hold {key!r}: the index is stale")
     return shard, found
