@@ -143,3 +143,30 @@ def test_diff_of_images_called_like_its_tables(sample_extraction, tmp_path):
     assert json.loads((tables / "diff.json").read_text())["agree"]
     assert (tables / "_diff.csv" / "diff.png").is_file()
     assert (tables / "_diff.json" / "diff.png").is_file()
+
+
+@pytest.mark.parametrize("how", ["dot-dot key", "linked folder"])
+def test_diff_never_writes_a_picture_outside_its_folder(sample_extraction, tmp_path, monkeypatch,
+                                                        how):  # fmt: skip
+    """A key ``../escaped/chelsea`` (which the wds index reader already refuses) or a folder of
+    ``-o`` that links elsewhere: a one-line ValueError, nothing written there (it was before)."""
+    from fpncli.viz import diff
+
+    escaped, out = tmp_path / "escaped", tmp_path / "d"
+    if how == "dot-dot key":
+        real = diff.open_extractions
+
+        def opened(root):
+            found = real(root)
+            found._folders = {("../escaped/" + k if k == "chelsea" else k): p
+                              for k, p in found._folders.items()}  # fmt: skip
+            return found
+
+        monkeypatch.setattr(diff, "open_extractions", opened)
+    else:
+        (escaped / "chelsea").mkdir(parents=True)
+        out.mkdir()
+        (out / "chelsea").symlink_to(escaped / "chelsea")
+    with pytest.raises(ValueError, match=r"diff picture of '(\.\./escaped/)?chelsea' .* outside"):
+        diff.diff_extractions(sample_extraction, sample_extraction, out=out)
+    assert not list(escaped.rglob("*.png"))

@@ -244,6 +244,11 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap) -> Imag
         if top.casefold() in _TABLES:  # an image called diff.csv: not where the table goes
             folder = f"_{key}"
         target = out / folder / "diff.png"
+        if not target.resolve().is_relative_to(out.resolve()):  # a key with .., a link out
+            raise ValueError(
+                f"the diff picture of {key!r} would be written outside {out} "
+                f"({target.resolve()}): not written"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, png)
         result.picture = f"{folder}/diff.png"
@@ -275,6 +280,8 @@ def diff_extractions(
 
     Raises:
         FileNotFoundError: a root that does not exist or holds no extraction.
+        ValueError: a picture that would land outside ``out`` (a key with ``..``, a folder in
+            ``out`` that links elsewhere); nothing is written there.
     """
     for root in (a, b):
         if "://" not in str(root) and not Path(root).is_dir():
