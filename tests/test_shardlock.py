@@ -219,3 +219,29 @@ def test_a_fifo_or_folder_among_the_claims_is_skipped_not_waited_on(tmp_path, ca
     assert "stale.json: not a regular file (a FIFO)" in caplog.text
     assert "folder.json: not a regular file (a folder)" in caplog.text
     assert (claims / "stale.json").exists() and (claims / "folder.json").is_dir()
+
+
+def test_a_live_claims_file_with_a_forged_body_claims_nothing(tmp_path, caplog):
+    """A claims file held by a live run whose body is not fpncli's (nested too deep, keys of
+    another type) is a live run claiming nothing, with a warning: never a traceback."""
+    import fcntl
+
+    import fsspec
+
+    claims = tmp_path / CLAIMS_DIR
+    claims.mkdir()
+    held = []
+    for name, body in (("deep", "[" * 100_000), ("keys", '{"pid": 1, "keys": 5}')):
+        (claims / f"{name}.json").write_text(body)
+        fd = os.open(claims / f"{name}.json", os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as its run holds it (another open file: it conflicts)
+        held.append(fd)
+    try:
+        with caplog.at_level(logging.WARNING):
+            runs = RunClaim(fsspec.filesystem("file"), str(tmp_path)).live_runs()
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert sorted(r.token for r in runs) == ["deep", "keys"]
+    assert all(r.keys == set() for r in runs)
+    assert caplog.text.count("held by a live run but unreadable") == 2

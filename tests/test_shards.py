@@ -530,3 +530,18 @@ def test_show_key_names_a_shard_that_is_not_a_readable_tar(tmp_path, monkeypatch
     (line,) = shown.output.strip().splitlines()
     assert line.startswith(f"Error: {shard} is not a readable tar shard ("), line
     assert not (tmp_path / "s.png").exists()
+
+
+def test_a_record_manifest_nested_too_deep_is_one_line(tmp_path, monkeypatch):
+    """``[[[[...`` as a record's manifest: Python's JSON parser hits its recursion limit (a
+    RecursionError, which is no ValueError); show --key and the catalog say "not JSON"."""
+    from fpncli.io.catalog import open_extractions
+
+    output = _show_forged_record(tmp_path, monkeypatch, ".json", lambda _: b"[" * 100_000)
+    assert output.startswith("Error: ") and output.endswith(
+        ".tar is not JSON: re-extract this image\n"
+    )
+    found = open_extractions(tmp_path / "out")
+    (key,) = found.keys()
+    with pytest.raises(ValueError, match="is not JSON"):
+        found.manifest(key)

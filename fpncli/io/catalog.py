@@ -18,7 +18,6 @@ kept for the few shards read last), never extracted to disk.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import tarfile
 import threading
@@ -35,6 +34,7 @@ from .extraction import (
     npy_from_bytes,
     read_run_log,
 )
+from .guard import parse_json
 from .manifest import check_manifest
 from .outputs import MANIFEST, read_manifest
 
@@ -275,7 +275,7 @@ class _Shards(Extractions):
                 f"{self.shard(key)} in {self.root} does not hold {key!r}: the index is stale"
             )
         try:
-            manifest = json.loads(data)
+            manifest = parse_json(data)
         except ValueError as e:
             raise ValueError(f"{key}.json in {self.shard(key)} is not JSON ({e})") from None
         if not isinstance(manifest, dict):

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .guard import open_regular
+from .guard import open_regular, parse_json
 
 __all__ = [
     "CLAIMS_DIR",
@@ -150,6 +150,21 @@ class RunClaim:
             self.fd = None
 
 
+def _live_run(path: Path, data: bytes) -> LiveRun:
+    """The live run a locked claims file describes; a body that is not the one fpncli writes
+    (cut short, forged) is a live run claiming nothing, with a warning."""
+    try:
+        body = parse_json(data or b"{}")
+        keys = body.get("keys", [])
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError("'keys' is not a list of names")
+        return LiveRun(path.stem, int(body.get("pid", 0)), str(body.get("settings")), set(keys))
+    except (ValueError, TypeError, AttributeError, OverflowError) as e:
+        log.warning("%s is held by a live run but unreadable (%s): taken as claiming nothing",
+                    path, e)  # fmt: skip
+        return LiveRun(path.stem, 0, "None", set())
+
+
 def _read_live(path: Path) -> LiveRun | None:
     """The run owning the claims file ``path`` if it is alive; else remove the file, None.
     Anything but a regular file (a FIFO, a folder) is left alone with a warning, never waited on.
@@ -166,9 +181,7 @@ def _read_live(path: Path) -> LiveRun | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:  # its run holds it: alive
-            body = json.loads(f.read() or b"{}")
-            return LiveRun(path.stem, int(body.get("pid", 0)), str(body.get("settings")),
-                           set(body.get("keys", [])))  # fmt: skip
+            return _live_run(path, f.read())
         except OSError as e:
             if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP):  # no locks here: cannot tell
                 log.warning("cannot lock %s (%s): taking it for a dead run's", path, e)
