@@ -455,6 +455,19 @@ def test_read_index_leaves_out_rows_fpncli_cannot_have_written(tmp_path, caplog)
     assert "ignoring 14 of its rows" in caplog.text and "ignoring 2 of its rows" in caplog.text
 
 
+def test_an_index_column_of_another_type_is_one_line_naming_the_part(tmp_path):
+    import fsspec
+    import pyarrow as pa
+
+    from fpncli.io.shards import read_index
+
+    (tmp_path / "_index").mkdir()
+    part = tmp_path / "_index" / "part-shard-0123abcd.parquet"
+    pq.write_table(pa.table({"key": [["a"]], "status": ["ok"]}), part)
+    with pytest.raises(ValueError, match=r"part-shard-0123abcd.parquet is not a readable Parquet"):
+        read_index(fsspec.filesystem("file"), str(tmp_path))
+
+
 @pytest.mark.parametrize("column", ["key", "status"])
 def test_a_null_key_or_status_in_the_index_is_left_out_of_report_diff_and_resume(tmp_path, column):
     """A null key (or status) in every index part and index.parquet: report and diff read the

@@ -391,15 +391,16 @@ def read_index(fs, root: str, *, ledger: bool = True):
         try:
             with fs.open(path, "rb") as f:
                 table = pq.read_table(f)
+            for column in schema:  # a part written before a column existed: null there
+                if column.name not in table.column_names:
+                    table = table.append_column(column, pa.nulls(len(table), column.type))
+            table = table.select(schema.names).cast(schema)  # a column of another type fails
         except (pa.ArrowException, OSError) as e:
             raise ValueError(
                 f"{path} is not a readable Parquet index part ({' '.join(str(e).split())}): "
                 "delete it and rerun the extraction (the images of its shard are then redone)"
             ) from None
-        for column in schema:  # a part written before a column existed: null there
-            if column.name not in table.column_names:
-                table = table.append_column(column, pa.nulls(len(table), column.type))
-        tables.append(_valid_rows(table.select(schema.names).cast(schema), path))
+        tables.append(_valid_rows(table, path))
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
