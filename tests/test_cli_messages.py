@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -227,3 +230,36 @@ def test_show_takes_max_pixels_as_its_refusal_says(runner, tmp_path):
     )
     assert shown.exit_code == 0, shown.output
     assert saved.is_file()
+
+
+def test_show_save_and_bench_json_never_write_over_an_extractions_files(tmp_path, monkeypatch):
+    """--save p2.npy (or manifest.json, run.json) would have replaced the extraction's own
+    file with a PNG; a photo's name (.jpg) would have been overwritten with PNG bytes."""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save("a.png")
+    small = ["--weights", "random", "--min-size", "32", "--max-size", "64"]
+    runner = CliRunner()
+    assert runner.invoke(cli, ["extract", "a.png", "-o", "out", *small]).exit_code == 0
+    before = {p: p.read_bytes() for p in Path("out").rglob("*") if p.is_file()}
+    for target in ("out/a/p2.npy", "out/a/manifest.json", "out/a/P3.PNG", "out/run.json"):
+        result = runner.invoke(cli, ["show", "out/a", "--save", target])
+        assert result.exit_code == 2 and "writing there would damage it" in result.output
+    bench = runner.invoke(cli, ["bench", "--json", "out/a/manifest.json"])
+    assert bench.exit_code == 2 and "a file of the extraction" in bench.output
+    photo = runner.invoke(cli, ["show", "out/a", "--save", "a.jpg"])
+    assert photo.exit_code == 2 and "name it .png" in photo.output
+    assert {p: p.read_bytes() for p in Path("out").rglob("*") if p.is_file()} == before
+    assert runner.invoke(cli, ["show", "out/a", "--save", "out/a/mine.png"]).exit_code == 0
+
+
+@pytest.mark.parametrize("command", ["extract", "diff"])
+def test_an_empty_output_folder_is_refused(tmp_path, monkeypatch, command):
+    """-o "" (an unset shell variable) made the current folder an output folder for good."""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save("a.png")
+    args = (
+        ["extract", "a.png", "--weights", "random"] if command == "extract" else ["diff", ".", "."]
+    )
+    result = CliRunner().invoke(cli, [*args, "-o", ""])
+    assert result.exit_code == 2 and "an empty output folder" in result.output
+    assert sorted(os.listdir(tmp_path)) == ["a.png"]

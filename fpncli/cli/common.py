@@ -129,6 +129,17 @@ def _cmap_callback(ctx, param, value: str) -> str:
     return value
 
 
+def _out_folder(ctx, param, value: str) -> str:
+    """``-o``: an empty (or blank) value is refused, as an empty input path is: an unset shell
+    variable must not make the current folder an output folder (outputs are never read back
+    as inputs, so its own images would be skipped from then on)."""
+    if not value.strip():
+        raise click.BadParameter(
+            "an empty output folder (an unset shell variable?): name a folder, or . for this one"
+        )
+    return value
+
+
 def _file_target(value: str) -> Path:
     """A file the user names for fpncli to write (``guard.file_target``: through a symlink,
     never over a device or FIFO), as a usage error when it cannot be."""

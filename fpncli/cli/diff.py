@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .common import _friendly, _parse_levels, verbose_option
+from .common import _friendly, _out_folder, _parse_levels, verbose_option
 
 
 @click.command()
@@ -16,7 +16,7 @@ from .common import _friendly, _parse_levels, verbose_option
               help="Largest max|A-B|/max|A| that counts as agreement.")  # fmt: skip
 @click.option("--levels", default=None, help="Compare only these levels (default: all in both).")
 @click.option("-o", "--out", "out_dir", default="fpn_diff", show_default=True,
-              type=click.Path(file_okay=False),
+              type=click.Path(file_okay=False), callback=_out_folder,
               help="Where diff.json, diff.csv and KEY/diff.png go.")  # fmt: skip
 @click.option("--no-pictures", is_flag=True, help="Only the tables, no |A-B| pictures.")
 @verbose_option

@@ -20,6 +20,7 @@ from .common import (
     _friendly,
     _levels_callback,
     _load_model,
+    _out_folder,
     _shard_callback,
     verbose_option,
 )
@@ -63,6 +64,7 @@ class _ExtractCommand(click.Command):
     default="fpn_out",
     show_default=True,
     type=click.Path(file_okay=False),
+    callback=_out_folder,
     help="Output folder.",
 )
 @click.option(

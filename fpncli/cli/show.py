@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from .common import (
@@ -30,8 +32,17 @@ def _level_callback(ctx, param, value: str | None) -> str | None:
 
 
 def _save_target(ctx, param, value: str | None) -> str | None:
-    """``--save``: a regular file or a new name (through a symlink to its target)."""
-    return None if value is None else str(_file_target(value))
+    """``--save``: a regular file or a new name (through a symlink to its target), not one of
+    fpncli's outputs; a PNG is written, so an image name must end in .png (a photo's name, as
+    ``photo.jpg``, would be overwritten with PNG bytes)."""
+    if value is None:
+        return None
+    from ..io.inputs import IMAGE_EXTENSIONS
+
+    suffix = Path(value).suffix.lower()
+    if suffix in IMAGE_EXTENSIONS and suffix != ".png":
+        raise click.BadParameter(f"{value}: the picture is a PNG; name it .png")
+    return str(_file_target(value))
 
 
 @click.command()

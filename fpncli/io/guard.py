@@ -65,12 +65,18 @@ def file_target(path: str | Path) -> Path:
     """Where to write a file the user named (``show --save``, ``bench --json``): through a
     symlink to what it points at (an atomic rename would replace the link itself), and only a
     regular file or a new name, never over a device, FIFO, socket or folder (as root, an atomic
-    write to ``/dev/null`` would replace the device node).
+    write to ``/dev/null`` would replace the device node), nor over a file fpncli wrote: one of
+    an extraction folder's files (beside its ``manifest.json``) or what a run writes at the top
+    of its output folder (run logs, the report, the index, shards).
 
     Raises:
-        ValueError: one line, when ``path`` is not a regular file nor a new name.
+        ValueError: one line, when ``path`` is not a regular file nor a new name, or is one of
+            fpncli's outputs.
     """
     target = Path(os.path.realpath(Path(path).expanduser()))
+    owner = _fpncli_file(target)
+    if owner:
+        raise ValueError(f"{path} is {owner}: writing there would damage it; give another name")
     try:
         st = os.stat(target)
     except FileNotFoundError:
@@ -78,6 +84,21 @@ def file_target(path: str | Path) -> Path:
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{path} is {_kind(st.st_mode)}, not a file: give a file name to write")
     return target
+
+
+def _fpncli_file(target: Path) -> str | None:
+    """What ``target`` belongs to when it is a file an fpncli run wrote (or will write), else
+    None."""
+    from .inputs import _reserved
+    from .outputs import MANIFEST, is_output_name
+
+    name, parent = target.name, target.parent
+    if is_output_name(name) and (parent / MANIFEST).is_file():
+        return f"a file of the extraction in {parent}"
+    marked = (parent / OUTPUT_MARKER).is_file() or (parent / "run.json").is_file()
+    if marked and (_reserved(Path(name)) or re.fullmatch(r"shard-[0-9a-f]+\.tar", name)):
+        return f"a file of the run in {parent}"
+    return None
 
 
 def _a(what: str) -> str:
