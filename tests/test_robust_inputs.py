@@ -220,3 +220,68 @@ def test_a_symlink_loop_is_not_an_image_file(tmp_path):
     (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
     with pytest.raises(ValueError, match="a symlink loop, not an image file"):
         load_image(tmp_path / "loop.jpg")
+
+
+def _jpeg_with_orientation(path: Path, tagtype: int, payload: bytes, count: int = 1) -> Path:
+    """A JPEG whose EXIF orientation tag has the given TIFF type and raw value."""
+    import io
+    import struct
+
+    entry = struct.pack("<HHI", 0x0112, tagtype, count) + payload.ljust(4, b"\0")
+    ifd = struct.pack("<H", 1) + entry + struct.pack("<I", 0)
+    app1 = b"Exif\0\0" + b"II*\0" + struct.pack("<I", 8) + ifd
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((64, 96, 3), np.uint8)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    path.write_bytes(data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:])
+    return path
+
+
+def test_an_exif_orientation_that_is_not_1_to_8_is_ignored_as_detectron2_does(tmp_path):
+    """Text, a float, 9 or 255 as the orientation: nothing is applied (Detectron2 looks the
+    value up in a dict of 2..8), with a note, and the manifest says not transposed (a text one
+    failed the image with int()'s bare message; 9 was recorded as transposed)."""
+    import struct
+
+    from fpncli.io.preprocess import load_image
+
+    cases = {
+        "text": _jpeg_with_orientation(tmp_path / "text.jpg", 2, b"abc\0", 4),
+        "float": _jpeg_with_orientation(tmp_path / "float.jpg", 11, struct.pack("<f", 6.5)),
+        "nine": _jpeg_with_orientation(tmp_path / "nine.jpg", 3, struct.pack("<H", 9)),
+        "six": _jpeg_with_orientation(tmp_path / "six.jpg", 3, struct.pack("<H", 6)),
+    }
+    for name, path in cases.items():
+        image = load_image(path)
+        if name == "six":  # the rotation Detectron2 applies: 96x64 stands up
+            assert (image.width, image.height, image.exif_orientation) == (64, 96, 6)
+            assert image.exif_transposed and not image.notes
+        else:
+            assert (image.width, image.height) == (96, 64), name
+            assert not image.exif_transposed and image.exif_orientation == 1, name
+            assert any("is not 1..8: ignored" in n for n in image.notes), name
+
+
+def test_an_image_too_thin_for_max_size_fails_alone_naming_the_ratio(tmp_path):
+    Image.fromarray(np.zeros((1, 5000, 3), np.uint8)).save(tmp_path / "thin.png")
+    Image.fromarray(np.zeros((64, 96, 3), np.uint8)).save(tmp_path / "ok.png")
+    result = _fpncli("extract", *_small(str(tmp_path / "thin.png"), str(tmp_path / "ok.png"),
+                                        "-o", str(tmp_path / "out")))  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "thin.png: a 5000x1 image would be resized to 96x0" in result.stderr
+    assert (tmp_path / "out" / "ok" / "manifest.json").is_file()
+
+
+def test_a_postscript_file_named_like_an_image_is_never_rendered(tmp_path, monkeypatch):
+    """Pillow's EPS plugin runs Ghostscript on the file: fpncli never opens that format."""
+    from PIL import EpsImagePlugin
+
+    from fpncli.io.preprocess import load_image
+
+    ran = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: ran.append(a))
+    path = tmp_path / "eps.png"
+    path.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(ValueError, match="not an image Pillow can read"):
+        load_image(path)
+    assert ran == []

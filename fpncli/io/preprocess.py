@@ -15,6 +15,7 @@ step 3 (``resize_for_model``) and does 2 and 4 in torch on the model's device.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 import warnings
@@ -156,6 +157,18 @@ def _set_pillow_limit() -> None:
     Image.MAX_IMAGE_PIXELS = None if before is None else max([before, *_limits])
 
 
+#: Pillow formats never opened: vector formats Pillow renders by running another program on the
+#: file (EPS: Ghostscript; WMF: the system's renderer), whatever the file's name says.
+_UNSAFE_FORMATS = frozenset({"EPS", "WMF"})
+
+
+@functools.cache
+def pillow_formats() -> tuple[str, ...]:
+    """The Pillow formats fpncli opens: every decoder Pillow has but ``_UNSAFE_FORMATS``."""
+    Image.init()
+    return tuple(f for f in Image.OPEN if f not in _UNSAFE_FORMATS)
+
+
 @contextlib.contextmanager
 def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
     """``Image.open`` of a regular file only (a FIFO is refused, not waited for), with Pillow's
@@ -165,7 +178,7 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterat
     with warnings.catch_warnings(), _pillow_follows(max_pixels):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data", no file named
-        with open_regular(path, "image file") as f, Image.open(f) as im:
+        with open_regular(path, "image file") as f, Image.open(f, formats=pillow_formats()) as im:
             width, height = im.size
             if width * height > max_pixels:
                 raise ValueError(
@@ -202,6 +215,20 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray | Image.Image:
         raise ValueError(f"cannot convert a {mode} image to RGB ({e})") from None
 
 
+def _orientation(value, notes: list[str]) -> int:
+    """The EXIF orientation to apply: 1..8, as Detectron2 (``_apply_exif_orientation``) and
+    ``ImageOps.exif_transpose`` read the tag (a dict lookup: 6.0 is 6, "6" or 6.5 is none); any
+    other value (text, 0, 9, a rational) is 1, nothing applied, with a note."""
+    try:
+        if value in range(1, 9):
+            return int(value)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    if value not in (None, 0):  # 0: "unset", as some cameras write it
+        notes.append(f"EXIF orientation {str(value)[:20]!r} is not 1..8: ignored")
+    return 1
+
+
 def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Read an image file as 8-bit RGB with its EXIF orientation applied.
 
@@ -223,7 +250,7 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
             frames = getattr(im, "n_frames", 1)
             if frames > 1:
                 notes.append(f"first of {frames} frames used")
-            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+            orientation = _orientation(im.getexif().get(EXIF_ORIENTATION, 1), notes)
             im.load()
             transposed = ImageOps.exif_transpose(im) if orientation != 1 else im
             rgb = _to_rgb8(transposed, notes)
@@ -234,8 +261,12 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         ) from None
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not an image Pillow can read") from None
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:
         raise
+    except ValueError as e:  # fpncli's own name the file; a decoder's or Pillow's do not
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: unreadable image ({e})") from None
     except MemoryError:
         raise ValueError(f"{path}: out of memory while decoding it") from None
     except (OSError, SyntaxError, EOFError) as e:
@@ -252,7 +283,7 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         pixels = {"rgb": np.ascontiguousarray(rgb)}
     return LoadedImage(
         path=str(path),
-        exif_transposed=orientation not in (0, 1),
+        exif_transposed=orientation != 1,
         exif_orientation=orientation,
         notes=notes,
         **pixels,
@@ -406,6 +437,11 @@ def resize_for_model(
     height, width = _height_width(rgb)
     check_resized_size(height, width, min_size, max_size, resize, max_pixels)
     new_h, new_w = resized_shape(height, width, min_size, max_size) if resize else (height, width)
+    if min(new_h, new_w) < 1:  # a 1x5000 image: its short side rounds to 0 under --max-size
+        raise ValueError(
+            f"a {width}x{height} image would be resized to {new_w}x{new_h}: its aspect ratio is "
+            f"too extreme for --max-size {max_size} (raise it, or --no-resize)"
+        )
     d = size_divisibility
     padded = (math.ceil(new_h / d) * d, math.ceil(new_w / d) * d)
     if canvas is not None:  # refused before the resize when it does not fit

@@ -68,8 +68,10 @@ def _input_thumbnail(path: Path | None, height: int) -> np.ndarray | None:
     """The photo at ``height`` pixels, decoded at reduced size where the format allows (JPEG)."""
     if path is None or not path.is_file():
         return None
+    from ..io.preprocess import pillow_formats
+
     try:  # a regular file only; a bomb or a malformed file costs the thumbnail, not the report
-        with open_regular(path, "image file") as f, Image.open(f) as im:
+        with open_regular(path, "image file") as f, Image.open(f, formats=pillow_formats()) as im:
             im.draft("RGB", (height * 4, height))  # JPEG: decode at 1/2..1/8 scale, fast
             im = ImageOps.exif_transpose(im).convert("RGB")
             im.thumbnail((height * 8, height))
