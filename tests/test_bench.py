@@ -169,3 +169,18 @@ def test_an_end_to_end_row_in_worker_processes(tmp_path):
     assert 0 < row["seconds"] and row["images_per_s"] == pytest.approx(4 / row["seconds"])
     assert row["peak_gpu_mb"] is None and row["bound"] in ("decode", "device", "write", "host")
     assert "heatmapsx2" in result.output
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--sizes", "10x800", "each side >= 32"),
+        ("--sizes", "10000x10000", "10000x10000 is over 89 MP"),
+        ("--source-size", "100000x100000", "100000x100000 is over 89 MP"),
+        ("--source-size", "32x70000", "a 65500-pixel side"),
+    ],
+)
+def test_bench_refuses_sizes_it_could_not_build_before_any_work(option, value, message):
+    """--source-size 100000x100000 built a 30 GB image until the OS killed the process."""
+    result = CliRunner().invoke(cli, ["bench", "--device", "cpu", option, value])
+    assert result.exit_code == 2 and message in result.output, result.output

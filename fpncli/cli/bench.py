@@ -34,6 +34,16 @@ def _sizes(ctx, param, value: str) -> list[tuple[int, int]]:
         sizes = []
     if not sizes or any(len(s) != 2 or min(s) < 32 for s in sizes):
         raise click.BadParameter(f"expected sizes like 800x1216 (each side >= 32), got {value!r}")
+    from ..io.preprocess import DEFAULT_MAX_PIXELS
+
+    # a JPEG side is at most 65535; past --max-pixels' default an image would be refused anyway
+    # (and 100000x100000 was built in memory until the OS killed the process)
+    too_big = [s for s in sizes if max(s) > 65_500 or s[0] * s[1] > DEFAULT_MAX_PIXELS]
+    if too_big:
+        h, w = too_big[0]
+        raise click.BadParameter(
+            f"{h}x{w} is over {DEFAULT_MAX_PIXELS / 1e6:.0f} MP or a 65500-pixel side: too large"
+        )
     return sizes
 
 
