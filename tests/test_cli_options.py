@@ -415,3 +415,29 @@ def test_gpus_takes_a_count_or_a_list_with_repeats():
         _gpu_devices("0,,1", "auto", count=2)
     with pytest.raises(click.UsageError, match="--gpus needs CUDA"):
         _gpu_devices("0,0", "cpu", count=2)
+
+
+def test_ctrl_c_in_a_wds_run_counts_the_open_shards_images_as_left(runner, tmp_path, monkeypatch):
+    """The open shard is dropped on Ctrl-C: its images were counted written before."""
+    pytest.importorskip("pyarrow")
+    import fpncli.run.steps as pipeline
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((40, 60, 3), i * 40, np.uint8)).save(folder / f"im{i}.png")
+    real, calls = pipeline.load_image, []
+
+    def interrupt_on_the_fourth(path, **kwargs):
+        calls.append(path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_image", interrupt_on_the_fourth)
+    args = ["extract", str(folder), "-o", str(tmp_path / "out"), *SMALL, "--workers", "1",
+            "--no-heatmaps", "--no-overview", "--format", "wds"]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 130
+    assert "interrupted: 0 image(s) written by this run, 0 failed" in result.stderr
+    assert "5 of 5 left" in result.stderr and "nor the 3 in the unfinished shard" in result.stderr

@@ -403,9 +403,9 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             )
         else:
             summary = run_jobs(jobs, model, options, progress=bar)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         bar.close()
-        _report_interrupt(bar.last, len(jobs))
+        _report_interrupt(bar.last, len(jobs), dropped=getattr(e, "dropped_images", 0))
         sys.exit(130)
     bar.close()
     summary.failed += [

@@ -43,17 +43,22 @@ def _skipped_note(roots: set[Path]) -> str:
     return f"note: not reading outputs back as inputs: skipped {', '.join(shown[:5])}{more}"
 
 
-def _report_interrupt(last, total: int) -> None:
-    """Ctrl-C: what was done, what is left, and the command that resumes."""
+def _report_interrupt(last, total: int, dropped: int = 0) -> None:
+    """Ctrl-C: what was done, what is left, and the command that resumes. ``dropped``: images
+    written into a ``--format wds`` run's open shard, which is dropped (to be redone)."""
     if last is None:
         done = failed = 0
         left, skipped = total, 0
     else:
         done, failed, skipped = last.done, last.failed, last.skipped
         left = last.todo - done - failed
+    dropped = min(dropped, done)
+    done, left = done - dropped, left + dropped
+    shard = f", nor the {dropped} in the unfinished shard" if dropped else ""
     click.echo(
         f"interrupted: {done} image(s) written by this run, {failed} failed, {skipped} were "
-        f"already complete; {left} of {total} left (the images in progress were not saved).",
+        f"already complete; {left} of {total} left (the images in progress were not saved"
+        f"{shard}).",
         err=True,
     )
     click.echo(f"resume with: {_resume_command()}", err=True)

@@ -155,7 +155,9 @@ def run_sharded(
         try:
             sink = ShardSink(writer, plan.keys)
             summary = run_jobs(plan.todo, model, options, progress=progress, sink=sink)
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):  # Ctrl-C's report counts them as not written
+                e.dropped_images = len(writer.keys)
             writer.abort()
             raise
         if summary.aborted:
