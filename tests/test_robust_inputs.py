@@ -285,3 +285,14 @@ def test_a_postscript_file_named_like_an_image_is_never_rendered(tmp_path, monke
     with pytest.raises(ValueError, match="not an image Pillow can read"):
         load_image(path)
     assert ran == []
+
+
+def test_a_newline_in_a_failing_files_name_keeps_the_whole_reason(tmp_path):
+    """The reason was cut at the first line: "nl/new" and no cause, in the summary and run.json."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "new\nline.png").write_text("not a picture")
+    result = _fpncli("extract", *_small(str(tmp_path / "in"), "-o", str(tmp_path / "out")))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (failure,) = json.loads((tmp_path / "out" / "run.json").read_text())["failed"]
+    assert failure["reason"].endswith("new\\nline.png: not an image Pillow can read")
+    assert "\n" not in failure["reason"]

@@ -62,7 +62,9 @@ def _friendly(command):
         except (ValueError, OSError, RuntimeError, LookupError) as e:
             if _verbose():
                 traceback.print_exc()
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            from ..io.guard import one_line
+
+            message = one_line(str(e)) if str(e).strip() else type(e).__name__
             raise click.ClickException(message) from None
 
     return wrapper

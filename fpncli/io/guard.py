@@ -39,6 +39,7 @@ __all__ = [
     "file_target",
     "utf8_text",
     "parse_json",
+    "one_line",
 ]
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,14 @@ def marked_root(path: Path, stop: Path | None = None, cache: dict | None = None)
     for f in seen:
         cache[f] = answer
     return answer
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """An error message as one line: its lines joined with a literal ``\\n`` (a newline in a
+    file name it quotes must not cut the reason off after the name), at most ``limit``
+    characters."""
+    line = "\\n".join(part.rstrip() for part in text.strip().splitlines())
+    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
 
 
 def quote_name(text: str) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..api import check_precision
-from ..io.guard import is_disk_full
+from ..io.guard import is_disk_full, one_line
 from ..io.inputs import (
     IMAGE_EXTENSIONS,
     Job,
@@ -108,7 +108,7 @@ def _reason(error: BaseException) -> str:
         text = f"out of memory ({text})" if text else "out of memory"
     elif not isinstance(error, (OSError, ValueError)):
         text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return (text or type(error).__name__).splitlines()[0]
+    return one_line(text or type(error).__name__)
 
 
 class FolderSink:
