@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import urllib.parse
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +297,27 @@ def test_a_newline_in_a_failing_files_name_keeps_the_whole_reason(tmp_path):
     (failure,) = json.loads((tmp_path / "out" / "run.json").read_text())["failed"]
     assert failure["reason"].endswith("new\\nline.png: not an image Pillow can read")
     assert "\n" not in failure["reason"]
+
+
+def test_float_and_32_bit_images_are_scaled_by_what_they_hold_with_a_true_note(tmp_path):
+    from fpncli.io.preprocess import load_image
+
+    rng = np.random.default_rng(0)
+    nan = np.full((8, 8), 100.0, np.float32)
+    nan[0, 0], nan[0, 1] = np.nan, np.inf
+    cases = {
+        "i32.tif": (Image.fromarray((rng.random((8, 8)) * 2**31).astype(np.int32), "I"),
+                    "I image scaled from 0..", 255),
+        "i16.tif": (Image.fromarray(np.full((8, 8), 65535, np.int32), "I"),
+                    "I image scaled from 16 bits", 255),
+        "nan.tif": (Image.fromarray(nan, "F"), "2 non-finite value(s) set to 0", 100),
+        "unit.tif": (Image.fromarray(rng.random((8, 8)).astype(np.float32), "F"),
+                     "values 0..1 read as 0..255", 1),
+    }  # fmt: skip
+    for name, (image, note, top) in cases.items():
+        image.save(tmp_path / name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy's "invalid value encountered in cast"
+            loaded = load_image(tmp_path / name)
+        assert any(note in n for n in loaded.notes), (name, loaded.notes)
+        assert int(loaded.rgb.max()) == top, name

@@ -195,9 +195,19 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray | Image.Image:
     mode = im.mode
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         values = np.asarray(im, dtype=np.float64)
-        if values.size and values.max() > 255:
+        finite = np.isfinite(values)
+        if not finite.all():  # a float image: NaN or inf would cast to garbage
+            notes.append(f"{int(values.size - finite.sum())} non-finite value(s) set to 0")
+            values = np.where(finite, values, 0.0)
+        top = float(values.max()) if values.size else 0.0
+        if top > 65535:  # 32-bit integers or floats: their own range, not 16 bits
+            values = values * (255.0 / top)
+            notes.append(f"{mode} image scaled from 0..{top:.6g} to 8 bits")
+        elif top > 255:
             values = values / 257.0  # 0..65535 -> 0..255
             notes.append(f"{mode} image scaled from 16 bits to 8 bits")
+        elif mode == "F" and 0 < top <= 1:
+            notes.append("float image of values 0..1 read as 0..255, as Detectron2 does")
         gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode == "P" and "transparency" in im.info:
