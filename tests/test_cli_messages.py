@@ -263,3 +263,15 @@ def test_an_empty_output_folder_is_refused(tmp_path, monkeypatch, command):
     result = CliRunner().invoke(cli, [*args, "-o", ""])
     assert result.exit_code == 2 and "an empty output folder" in result.output
     assert sorted(os.listdir(tmp_path)) == ["a.png"]
+
+
+def test_from_list_skips_a_bom_and_names_the_line_of_a_nul_byte(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save("a.png")
+    Path("bom.txt").write_bytes(b"\xef\xbb\xbfa.png\n")
+    Path("bin.txt").write_bytes(b"a.png\n\x00\x01bin\n")
+    small = ["--weights", "random", "--min-size", "32", "--max-size", "64", "-o", "out"]
+    bom = CliRunner().invoke(cli, ["extract", "--from-list", "bom.txt", *small])
+    assert bom.exit_code == 0 and Path("out/a/manifest.json").is_file(), bom.output
+    binary = CliRunner().invoke(cli, ["extract", "--from-list", "bin.txt", *small])
+    assert binary.exit_code == 1 and "bin.txt, line 2: a NUL byte" in binary.output

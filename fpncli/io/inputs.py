@@ -181,8 +181,14 @@ def discover_inputs(
         else:
             raise FileNotFoundError(f"no such file or folder: {raw}")
     if from_list is not None:
-        entries = [Path(line.strip()) for line in from_list if line.strip()]
-        entries = [e for e in entries if not str(e).startswith("#")]
+        entries = []
+        for number, line in enumerate(from_list, 1):
+            text = line.strip().lstrip("\ufeff") if number == 1 else line.strip()  # a BOM
+            if "\0" in text:
+                name = getattr(from_list, "name", "the list")
+                raise ValueError(f"{name}, line {number}: a NUL byte, in no file name (binary?)")
+            if text and not text.startswith("#"):
+                entries.append(Path(text))
         entries = [e for e in entries if outputs.root_of(e) is None]
         if entries:
             root = Path(os.path.commonpath([str(e.absolute().parent) for e in entries]))
