@@ -93,8 +93,8 @@ def safe_unpickle(path: Path) -> object:
         size = os.fstat(f.fileno()).st_size
         try:
             obj = _SafeUnpickler(f, max_bytes=size, encoding="latin1").load()
-        except UnsafeCheckpointError:
-            raise
+        except UnsafeCheckpointError as e:  # the file named, as every other refusal does
+            raise UnsafeCheckpointError(f"{path}: {e}") from None
         except MemoryError:
             raise ValueError(f"{path}: declares more data than fits in memory: refused") from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
