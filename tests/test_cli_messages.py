@@ -275,3 +275,10 @@ def test_from_list_skips_a_bom_and_names_the_line_of_a_nul_byte(tmp_path, monkey
     assert bom.exit_code == 0 and Path("out/a/manifest.json").is_file(), bom.output
     binary = CliRunner().invoke(cli, ["extract", "--from-list", "bin.txt", *small])
     assert binary.exit_code == 1 and "bin.txt, line 2: a NUL byte" in binary.output
+
+
+def test_show_of_an_empty_image_file_names_the_file_not_a_file_object(tmp_path):
+    (tmp_path / "zero.png").write_bytes(b"")
+    result = CliRunner().invoke(cli, ["show", str(tmp_path / "zero.png"), "--weights", "random"])
+    assert result.exit_code == 1 and "zero.png is not an image Pillow can read" in result.output
+    assert "BufferedReader" not in result.output

@@ -274,7 +274,9 @@ def _check_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
             pass
     except Image.DecompressionBombError:
         raise ValueError(f"{path}: refused as a decompression bomb") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except UnidentifiedImageError:  # its text names an open file object, not the path
+        raise ValueError(f"{path} is not an image Pillow can read") from None
+    except OSError as e:
         raise ValueError(f"{path} is not an image Pillow can read ({e})") from None
 
 
