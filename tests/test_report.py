@@ -349,3 +349,15 @@ def test_concurrent_reports_of_one_folder_take_turns(report_dir):
     assert paths == [report_dir / "report.html"] * 8
     for page in [paths[0], *sorted((report_dir / "report").glob("page_*.html"))]:
         _assert_links_resolve(page)
+
+
+def test_a_16_bit_photos_thumbnail_is_scaled_as_extract_reads_it(tmp_path):
+    """Pillow's convert("RGB") clips 16-bit values: a mid-grey photo's thumbnail was white."""
+    import numpy as np
+    from PIL import Image
+
+    from fpncli.viz.report import _input_thumbnail
+
+    Image.fromarray(np.full((40, 60), 32896, np.uint16)).save(tmp_path / "grey16.png")
+    thumb = _input_thumbnail(tmp_path / "grey16.png", 20)
+    assert thumb.shape == (20, 30, 3) and int(thumb.max()) == 128

@@ -32,7 +32,7 @@ from .. import __version__
 from ..io.atomic import TMP_MARK
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import read_run_log
-from ..io.guard import folder_lock, open_regular, utf8_text
+from ..io.guard import folder_lock, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
@@ -68,12 +68,16 @@ def _input_thumbnail(path: Path | None, height: int) -> np.ndarray | None:
     """The photo at ``height`` pixels, decoded at reduced size where the format allows (JPEG)."""
     if path is None or not path.is_file():
         return None
-    from ..io.preprocess import pillow_formats
+    from ..io.preprocess import _to_rgb8, open_image
 
-    try:  # a regular file only; a bomb or a malformed file costs the thumbnail, not the report
-        with open_regular(path, "image file") as f, Image.open(f, formats=pillow_formats()) as im:
+    # open_image: a regular file only, no bomb, Pillow's warnings kept off stderr; a malformed
+    # file costs the thumbnail, not the report
+    try:
+        with open_image(path) as im:
             im.draft("RGB", (height * 4, height))  # JPEG: decode at 1/2..1/8 scale, fast
-            im = ImageOps.exif_transpose(im).convert("RGB")
+            im = ImageOps.exif_transpose(im)
+            rgb = _to_rgb8(im, [])  # 16-bit and float images scaled as extract scales them
+            im = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
             im.thumbnail((height * 8, height))
             return np.asarray(im)
     except Exception as e:
