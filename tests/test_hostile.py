@@ -847,3 +847,21 @@ def test_a_recorded_photo_replaced_by_a_non_image_is_left_out_of_show_and_diff(
     diff_extractions(forged, forged, out=tmp_path / "d")
     assert list((tmp_path / "d").rglob("diff.png"))
     assert "the input photo cannot be read" in caplog.text
+
+
+def test_an_image_folder_that_is_a_symlink_is_not_written_through(tmp_path, model):
+    """OUT/a linking to another folder: its p2.npy was replaced and its other output-named
+    files removed (``_begin``). The image fails alone; the other folder is untouched."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "p2.npy").write_text("precious")
+    (elsewhere / "p9.png").write_text("also precious")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a").symlink_to(elsewhere)
+    jobs = [Job(_image(tmp_path / f"{n}.png", value=i), tmp_path / "out" / n) for i, n in
+            enumerate("ab")]  # fmt: skip
+    summary = run_jobs(jobs, model, RunOptions(output=SMALL))
+    assert summary.done == 1 and [p for p, _ in summary.failed] == [str(jobs[0].path)]
+    assert "is a symlink" in summary.failed[0][1]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["p2.npy", "p9.png"]
+    assert (elsewhere / "p2.npy").read_text() == "precious" and is_complete(tmp_path / "out" / "b")

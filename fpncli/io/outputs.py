@@ -245,6 +245,11 @@ def write_image_outputs(
             raise ValueError("write_image_outputs needs features or levels")
         levels = level_results(features, prepared, options)
     folder = Path(folder)
+    if folder.is_symlink():  # written through, another folder's files would be replaced/removed
+        raise ValueError(
+            f"{folder} is a symlink to {os.readlink(folder)}: fpncli writes an image's outputs "
+            "only into a folder of its own; remove the link or use another -o"
+        )
     with folder_lock(folder):
         if skip_if_complete and run_key is not None and is_complete(folder, run_key):
             return None
