@@ -170,3 +170,16 @@ def test_diff_never_writes_a_picture_outside_its_folder(sample_extraction, tmp_p
     with pytest.raises(ValueError, match=r"diff picture of '(\.\./escaped/)?chelsea' .* outside"):
         diff.diff_extractions(sample_extraction, sample_extraction, out=out)
     assert not list(escaped.rglob("*.png"))
+
+
+def test_diff_refuses_empty_levels_as_extract_does(sample_extraction, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    monkeypatch.chdir(tmp_path)  # the old code compared every level, writing ./fpn_diff
+    root = str(sample_extraction)
+    result = CliRunner().invoke(cli, ["diff", root, root, "--levels", "", "--no-pictures"])
+    assert (
+        result.exit_code == 2 and "--levels" in result.output and "unknown level" in result.output
+    )

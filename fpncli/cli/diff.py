@@ -32,8 +32,13 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
 
     if not tol >= 0:  # also nan, which every comparison would pass
         raise click.BadParameter("must be >= 0", param_hint="--tol")
+    try:  # "" is refused, as extract --levels "" is (it meant every level)
+        chosen = None if levels is None else list(_parse_levels(levels))
+    except click.BadParameter as e:
+        e.param_hint = "--levels"
+        raise
     result = diff_extractions(
-        a, b, tol=tol, levels=list(_parse_levels(levels)) if levels else None,
+        a, b, tol=tol, levels=chosen,
         out=None if no_pictures else out_dir,
     )  # fmt: skip
     if no_pictures:  # the tables still go to OUT
