@@ -219,3 +219,21 @@ def test_redraw_reports_a_manifest_forged_after_the_run_and_writes_nothing(tmp_p
     assert {p: p.read_bytes() for p in (out / "a").iterdir()} == before
     assert not list(tmp_path.rglob("escaped.png"))
     assert json.loads((out / "b" / "manifest.json").read_text())["scale"]["mode"] == "shared"
+
+
+def test_ctrl_c_during_the_redraw_says_how_to_finish_it(tmp_path, monkeypatch):
+    from fpncli.run import rescale
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rescale, "redraw_run", interrupted)
+    out = tmp_path / "out"
+    args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random",
+            "--min-size", "64", "--max-size", "96", "--workers", "1"]  # fmt: skip
+    result = CliRunner().invoke(cli, [*args, "--scale", "level"])
+    assert result.exit_code == 130
+    assert "interrupted during the --scale level redraw; finish it with: fpncli extract" in (
+        result.output
+    )
+    assert (out / "run.json").is_file()  # written before the redraw

@@ -41,6 +41,7 @@ from .extract_report import (
     _report,
     _report_interrupt,
     _rescale,
+    _resume_command,
     _skipped_note,
     _volume_note,
     _write_run_log,
@@ -413,7 +414,12 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     ]
     if not url:  # the run's log first: it is what the run did, whatever the redraw meets
         _write_run_log(summary, out, weights, precision, shard_spec)
-        _rescale(scale, jobs, summary, output, out_format)
+        try:
+            _rescale(scale, jobs, summary, output, out_format)
+        except KeyboardInterrupt:  # the images are done; the rerun skips them and redraws
+            click.echo(f"interrupted during the --scale {scale} redraw; finish it with: "
+                       f"{_resume_command()}", err=True)  # fmt: skip
+            sys.exit(130)
     _report(summary, Path(out_dir), len(jobs))
     if summary.failed or summary.aborted:
         sys.exit(1)
