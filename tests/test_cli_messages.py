@@ -282,3 +282,9 @@ def test_show_of_an_empty_image_file_names_the_file_not_a_file_object(tmp_path):
     result = CliRunner().invoke(cli, ["show", str(tmp_path / "zero.png"), "--weights", "random"])
     assert result.exit_code == 1 and "zero.png is not an image Pillow can read" in result.output
     assert "BufferedReader" not in result.output
+
+
+def test_receptive_field_with_key_says_the_combination_is_not_supported(tmp_path):
+    args = ["show", str(tmp_path), "--key", "a", "--receptive-field", "--at", "1,1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "not --key of a shard" in result.output

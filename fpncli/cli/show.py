@@ -133,6 +133,10 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
     if receptive_field or at is not None:
         if not (receptive_field and at):
             raise click.UsageError("--receptive-field and --at X,Y go together")
+        if key is not None:  # it reruns the network on the photo: a folder's or an image's
+            raise click.UsageError(
+                "--receptive-field takes an image or an extraction folder, not --key of a shard"
+            )
         from ..run.receptive import draw_receptive_fields
 
         levels = None if level in (None, "all") else [v.strip() for v in level.lower().split(",")]
