@@ -272,7 +272,7 @@ def run_log_name(shard: tuple[int, int] | None = None) -> str:
     return RUN_LOG if shard is None or shard[1] <= 1 else f"run-{shard[0]}-of-{shard[1]}.json"
 
 
-_MAX_RUN_LOG_BYTES = 64 << 20
+_MAX_RUN_LOG_BYTES = 256 << 20  # over a million failures with their reasons
 
 
 def _read_json(path: Path) -> dict | None:
