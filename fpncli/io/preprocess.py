@@ -228,7 +228,7 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray | Image.Image:
 def _orientation(value, notes: list[str]) -> int:
     """The EXIF orientation to apply: 1..8, as Detectron2 (``_apply_exif_orientation``) and
     ``ImageOps.exif_transpose`` read the tag (a dict lookup: 6.0 is 6, "6" or 6.5 is none); any
-    other value (text, 0, 9, a rational) is 1, nothing applied, with a note."""
+    other value (text, 0, 9, 6.5) is 1, nothing applied, with a note (none for 0: "unset")."""
     try:
         if value in range(1, 9):
             return int(value)
