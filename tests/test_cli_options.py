@@ -257,9 +257,9 @@ def test_every_option_of_every_command_has_help():
                 assert param.help, f"{command.name} {param.opts} has no help text"
 
 
-def test_ctrl_c_says_what_was_done_what_is_left_and_how_to_resume(runner, tmp_path, monkeypatch):
-    import shlex
-
+def _five_photos_interrupted_on_the_fourth(tmp_path, monkeypatch):
+    """A folder of five photos, and Ctrl-C (KeyboardInterrupt) when decoding the fourth; returns
+    the folder and the real ``load_image`` (to put back)."""
     import fpncli.run.steps as pipeline  # where decoding reads the image
 
     folder = tmp_path / "photos"
@@ -275,6 +275,15 @@ def test_ctrl_c_says_what_was_done_what_is_left_and_how_to_resume(runner, tmp_pa
         return real(path, **kwargs)
 
     monkeypatch.setattr(pipeline, "load_image", interrupt_on_the_fourth)
+    return folder, real
+
+
+def test_ctrl_c_says_what_was_done_what_is_left_and_how_to_resume(runner, tmp_path, monkeypatch):
+    import shlex
+
+    import fpncli.run.steps as pipeline
+
+    folder, real = _five_photos_interrupted_on_the_fourth(tmp_path, monkeypatch)
     out = tmp_path / "out"
     args = ["extract", str(folder), "-o", str(out), *SMALL, "--workers", "1", "--no-heatmaps",
             "--no-overview", "--overwrite"]  # fmt: skip
@@ -420,21 +429,7 @@ def test_gpus_takes_a_count_or_a_list_with_repeats():
 def test_ctrl_c_in_a_wds_run_counts_the_open_shards_images_as_left(runner, tmp_path, monkeypatch):
     """The open shard is dropped on Ctrl-C: its images were counted written before."""
     pytest.importorskip("pyarrow")
-    import fpncli.run.steps as pipeline
-
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(5):
-        Image.fromarray(np.full((40, 60, 3), i * 40, np.uint8)).save(folder / f"im{i}.png")
-    real, calls = pipeline.load_image, []
-
-    def interrupt_on_the_fourth(path, **kwargs):
-        calls.append(path)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(path, **kwargs)
-
-    monkeypatch.setattr(pipeline, "load_image", interrupt_on_the_fourth)
+    folder, _ = _five_photos_interrupted_on_the_fourth(tmp_path, monkeypatch)
     args = ["extract", str(folder), "-o", str(tmp_path / "out"), *SMALL, "--workers", "1",
             "--no-heatmaps", "--no-overview", "--format", "wds"]  # fmt: skip
     result = runner.invoke(cli, args)
