@@ -9,8 +9,8 @@ import os
 import click
 
 
-def _processes_callback(ctx, param, value: str) -> int | None:
-    """``--processes``: auto (None) or a count of at least 1."""
+def _auto_or_count(value: str, param_hint: str | None = None) -> int | None:
+    """``auto`` (None) or a count of at least 1; anything else is a one-line usage error."""
     if value == "auto":
         return None
     try:
@@ -18,8 +18,15 @@ def _processes_callback(ctx, param, value: str) -> int | None:
     except ValueError:
         count = 0
     if count < 1:
-        raise click.BadParameter(f"expected auto or a number of at least 1, got {value!r}")
+        raise click.BadParameter(
+            f"expected auto or a number of at least 1, got {value!r}", param_hint=param_hint
+        )
     return count
+
+
+def _processes_callback(ctx, param, value: str) -> int | None:
+    """``--processes``: auto (None) or a count of at least 1."""
+    return _auto_or_count(value)
 
 
 def _checked_device(device: str, precision: str):
@@ -58,16 +65,7 @@ def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, 
         return {"shard_bytes": shard_bytes}
     if gpus is not None:
         raise click.UsageError("--gpus is for --engine local; Ray uses --gpu-workers")
-    workers = None
-    if gpu_workers not in (None, "auto"):
-        try:
-            workers = int(gpu_workers)
-        except ValueError:
-            workers = 0
-        if workers < 1:
-            raise click.BadParameter(
-                f"expected auto or a number >= 1, got {gpu_workers!r}", param_hint="--gpu-workers"
-            )
+    workers = None if gpu_workers is None else _auto_or_count(gpu_workers, "--gpu-workers")
     fraction = 1.0 if gpus_per_worker is None else gpus_per_worker
     if not (0 < fraction <= 1 or float(fraction).is_integer()):
         raise click.BadParameter(
