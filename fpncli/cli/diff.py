@@ -14,7 +14,14 @@ from .common import _friendly, _out_folder, _parse_levels, verbose_option
 @click.argument("b", type=click.Path(file_okay=False))
 @click.option("--tol", type=float, default=1e-4, show_default=True,
               help="Largest max|A-B|/max|A| that counts as agreement.")  # fmt: skip
-@click.option("--levels", default=None, help="Compare only these levels (default: all in both).")
+@click.option(
+    "--levels",
+    default=None,
+    callback=lambda ctx, param, value: (
+        None if value is None else list(_parse_levels(value))  # "" is refused, as extract's is
+    ),
+    help="Compare only these levels (default: all in both).",
+)
 @click.option("-o", "--out", "out_dir", default="fpn_diff", show_default=True,
               type=click.Path(file_okay=False), callback=_out_folder,
               help="Where diff.json, diff.csv and KEY/diff.png go.")  # fmt: skip
@@ -32,13 +39,8 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
 
     if not tol >= 0:  # also nan, which every comparison would pass
         raise click.BadParameter("must be >= 0", param_hint="--tol")
-    try:  # "" is refused, as extract --levels "" is (it meant every level)
-        chosen = None if levels is None else list(_parse_levels(levels))
-    except click.BadParameter as e:
-        e.param_hint = "--levels"
-        raise
     result = diff_extractions(
-        a, b, tol=tol, levels=chosen,
+        a, b, tol=tol, levels=levels,
         out=None if no_pictures else out_dir,
     )  # fmt: skip
     if no_pictures:  # the tables still go to OUT
