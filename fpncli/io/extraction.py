@@ -58,7 +58,7 @@ class LoadedExtraction:
     manifest: dict = field(repr=False)
     levels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _image: np.ndarray | None = field(default=None, repr=False)
-    _unreadable: bool = field(default=False, repr=False)  # the photo failed once: not retried
+    _unreadable: bool = field(default=False, repr=False)  # no photo once: not looked for again
     key: str | None = None
     shard: str | None = None
 
@@ -91,19 +91,25 @@ class LoadedExtraction:
         """The input photo, ``(H, W, 3)`` uint8 RGB with EXIF orientation applied, read on first
         use; None when the file is gone or is no longer an image that can be read (a warning
         says why)."""
-        if self._image is None:
-            path = self.input_path
-            if path is None or self._unreadable or not path.is_file():
-                return None
-            from .preprocess import load_image
-
-            try:
-                self._image = load_image(path).rgb
-            except (OSError, ValueError) as e:
-                logging.getLogger(__name__).warning("the input photo cannot be read: %s", e)
-                self._unreadable = True
-                return None
+        if self._image is None and not self._unreadable:
+            self._image = read_photo(self.input_path)
+            self._unreadable = self._image is None
         return self._image
+
+
+def read_photo(path: Path | None) -> np.ndarray | None:
+    """An extraction's input photo, ``(H, W, 3)`` uint8 RGB with EXIF orientation applied; None
+    when it is gone, or replaced since by a file that is no longer an image that can be read
+    (a warning says why: only the overlays and the overview's first panel need it)."""
+    if path is None or not path.is_file():
+        return None
+    from .preprocess import load_image
+
+    try:
+        return load_image(path).rgb
+    except (OSError, ValueError) as e:
+        logging.getLogger(__name__).warning("the input photo cannot be read: %s", e)
+        return None
 
 
 def manifest_levels(folder: Path, manifest: dict) -> dict:

@@ -116,17 +116,11 @@ def _not_an_extraction(folder: Path) -> Exception:
 
 
 def _load_input(manifest: dict) -> np.ndarray | None:
-    from ..io.preprocess import load_image
+    from ..io.extraction import read_photo
 
     info = manifest.get("input")
     path = info.get("path") if isinstance(info, dict) else None
-    if not isinstance(path, str) or not path or not Path(path).is_file():
-        return None
-    try:
-        return load_image(path).rgb
-    except (OSError, ValueError) as e:  # replaced since by a non-image, a bomb: shown without it
-        log.warning("the input photo cannot be read, shown without it: %s", e)
-        return None
+    return read_photo(Path(path)) if isinstance(path, str) and path else None
 
 
 def _from_folder(folder: Path, levels: list[str]) -> _Source:
