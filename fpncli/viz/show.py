@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -156,15 +155,14 @@ def _from_folder(folder: Path, levels: list[str]) -> _Source:
 
 def _geometry(manifest: dict, where: str) -> tuple[tuple[int, int], tuple[float, float], bool]:
     """A manifest's resized size, scale and random-weights flag; a one-line ValueError naming
-    ``where`` when they are missing or not numbers."""
+    ``where`` when they are missing (``check_manifest``, called first, refuses values of the
+    wrong type or range)."""
     try:
         pre = manifest["preprocess"]
         resized = (int(pre["resized_height"]), int(pre["resized_width"]))
         scale = (float(pre["scale_y"]), float(pre["scale_x"]))
         random = bool(manifest.get("weights", {}).get("random"))
-        if min(resized) < 1 or not all(0 < s < math.inf for s in scale):
-            raise ValueError(f"resized {resized}, scale {scale}")
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"{where} is malformed ({type(e).__name__}: {e}); re-extract") from None
     return resized, scale, random
 
