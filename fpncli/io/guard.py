@@ -90,14 +90,16 @@ def file_target(path: str | Path) -> Path:
 def _fpncli_file(target: Path) -> str | None:
     """What ``target`` belongs to when it is a file an fpncli run wrote (or will write), else
     None."""
+    from .extraction import RUN_LOG
     from .inputs import _reserved
     from .outputs import MANIFEST, is_output_name
+    from .shards import is_shard_name
 
     name, parent = target.name, target.parent
     if is_output_name(name) and (parent / MANIFEST).is_file():
         return f"a file of the extraction in {parent}"
-    marked = (parent / OUTPUT_MARKER).is_file() or (parent / "run.json").is_file()
-    if marked and (_reserved(Path(name)) or re.fullmatch(r"shard-[0-9a-f]+\.tar", name)):
+    marked = (parent / OUTPUT_MARKER).is_file() or (parent / RUN_LOG).is_file()
+    if marked and (_reserved(Path(name)) or is_shard_name(name)):
         return f"a file of the run in {parent}"
     return None
 

@@ -339,6 +339,11 @@ class ShardWriter:
         self.rows, self.keys = [], []
 
 
+def is_shard_name(name) -> bool:
+    """Whether ``name`` is a shard's name as ``ShardWriter`` gives it (``shard-<hex>.tar``)."""
+    return isinstance(name, str) and bool(_SHARD_NAME.fullmatch(name))
+
+
 def _forged(key, status, shard) -> str | None:
     """Why an index row cannot be one fpncli wrote (None when it can be): its key must be a
     relative path (as ``wds_key`` makes: no ``..``, ``.`` or empty part, not absolute), its
@@ -350,9 +355,7 @@ def _forged(key, status, shard) -> str | None:
         return f"the key {key!r} is not a relative path"
     if status not in ("ok", "failed"):
         return f"the status of {key!r} is {status!r}"
-    if (status == "ok" or shard is not None) and not (
-        isinstance(shard, str) and _SHARD_NAME.fullmatch(shard)
-    ):
+    if (status == "ok" or shard is not None) and not is_shard_name(shard):
         return f"the shard {shard!r} is not a shard name"
     return None
 
