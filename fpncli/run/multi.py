@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from ..io.guard import one_line
 from ..io.inputs import Job, select_shard
 from .device import worker_threads
 from .pipeline import run_jobs
@@ -64,7 +65,7 @@ def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
         summary = run_jobs(jobs, model, options, progress=lambda p: send(("progress", index, p)))
         send(("done", index, summary))
     except Exception as e:  # reported to the parent, which ends the run with it
-        send(("error", index, f"{device}: {type(e).__name__}: {_first_line(e)}"))
+        send(("error", index, f"{device}: {type(e).__name__}: {one_line(str(e))}"))
     finally:
         connection.close()
 
@@ -76,11 +77,6 @@ def _wait_for(go) -> None:
     while not go.wait(timeout=1.0):
         if os.getppid() != parent:
             raise RuntimeError("the parent process is gone")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""
 
 
 #: ``extract`` on one GPU without ``--gpus`` (``auto_processes``): worker processes sharing
