@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .guard import open_regular, parse_json
+from .guard import open_regular, read_json_file
 from .manifest import check_manifest
 from .outputs import MANIFEST, read_manifest
 
@@ -285,8 +285,7 @@ def _read_json(path: Path) -> dict | None:
     """A run log, its fields of the types they are written with: a forged field is dropped (a
     count reads as 0, a failure that is not a mapping is left out)."""
     try:
-        with open_regular(path) as f:  # never blocks on a FIFO
-            data = parse_json(f.read(_MAX_RUN_LOG_BYTES))
+        data = read_json_file(path, _MAX_RUN_LOG_BYTES)
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):

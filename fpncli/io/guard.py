@@ -39,6 +39,7 @@ __all__ = [
     "file_target",
     "utf8_text",
     "parse_json",
+    "read_json_file",
     "one_line",
 ]
 
@@ -254,6 +255,14 @@ def marked_root(path: Path, stop: Path | None = None, cache: dict | None = None)
     for f in seen:
         cache[f] = answer
     return answer
+
+
+def read_json_file(path: str | Path, max_bytes: int):
+    """The JSON document in ``path``, a regular file (``open_regular``: never waits on a FIFO),
+    of which at most ``max_bytes`` are read (a longer one fails to parse). Raises OSError or
+    ValueError (``parse_json``'s, nesting too deep included)."""
+    with open_regular(path) as f:
+        return parse_json(f.read(max_bytes))
 
 
 def one_line(text: str, limit: int = 500) -> str:

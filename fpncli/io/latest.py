@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
-from .guard import open_regular, parse_json
+from .guard import read_json_file
 from .manifest import is_complete
 
 __all__ = ["recent_extractions", "record_latest", "latest_extraction"]
@@ -30,8 +30,7 @@ _MAX_STATE_BYTES = 1 << 20
 def recent_extractions() -> list[Path]:
     """The folders recorded by ``record_latest``, newest first (they may since have gone)."""
     try:
-        with open_regular(_state_file()) as f:  # never blocks on a FIFO
-            state = parse_json(f.read(_MAX_STATE_BYTES))
+        state = read_json_file(_state_file(), _MAX_STATE_BYTES)
     except (OSError, ValueError):
         return []
     if not isinstance(state, dict):

@@ -11,7 +11,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .guard import open_regular, parse_json
+from .guard import read_json_file
 
 if TYPE_CHECKING:
     from .outputs import OutputOptions
@@ -27,8 +27,7 @@ _MAX_MANIFEST_BYTES = 16 << 20
 def read_manifest(folder: Path) -> dict | None:
     """The folder's manifest if it is a complete one, else None."""
     try:
-        with open_regular(Path(folder) / MANIFEST) as f:  # never blocks on a FIFO
-            manifest = parse_json(f.read(_MAX_MANIFEST_BYTES + 1)[:_MAX_MANIFEST_BYTES])
+        manifest = read_json_file(Path(folder) / MANIFEST, _MAX_MANIFEST_BYTES)
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) and manifest.get("complete") else None
