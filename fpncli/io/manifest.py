@@ -144,6 +144,12 @@ def manifest_files(manifest: dict) -> dict[str, int | None]:
     return listed
 
 
+def is_file_name(name) -> bool:
+    """Whether ``name`` (as a manifest lists it) names a file in the folder itself: a string
+    with no path separator, not empty, ``.`` or ``..``."""
+    return isinstance(name, str) and not ("/" in name or "\\" in name or name in ("", ".", ".."))
+
+
 def is_complete(folder: Path, run_key: str | None = None) -> bool:
     """True when ``folder`` holds a complete extraction (and, given ``run_key``, the same one):
     a complete manifest whose every listed file is present with the recorded size."""
@@ -152,7 +158,7 @@ def is_complete(folder: Path, run_key: str | None = None) -> bool:
     if manifest is None or (run_key is not None and manifest.get("run_key") != run_key):
         return False
     for name, size in manifest_files(manifest).items():
-        if "/" in name or "\\" in name or name in ("", ".", ".."):
+        if not is_file_name(name):
             return False
         try:
             st = (folder / name).stat()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..io.extraction import load_extraction
 from ..io.guard import folder_lock
+from ..io.manifest import is_file_name
 from ..io.outputs import (
     MANIFEST,
     OutputOptions,
@@ -130,7 +131,7 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
         pictures[manifest["overview"]] = overview_png(rgb, panels, title=title, note=note,
                                                       cmap=options.cmap)  # fmt: skip
     for file in pictures:  # every name checked before the first picture is replaced
-        if not isinstance(file, str) or "/" in file or "\\" in file or file in ("", ".", ".."):
+        if not is_file_name(file):
             raise ValueError(f"{folder}/{MANIFEST} lists {file!r}, not a file name in the folder")
     for file, data in pictures.items():
         files[file] = atomic_write_bytes(folder / file, data)
