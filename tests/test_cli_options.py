@@ -436,3 +436,26 @@ def test_ctrl_c_in_a_wds_run_counts_the_open_shards_images_as_left(runner, tmp_p
     assert result.exit_code == 130
     assert "interrupted: 0 image(s) written by this run, 0 failed" in result.stderr
     assert "5 of 5 left" in result.stderr and "nor the 3 in the unfinished shard" in result.stderr
+
+
+def test_default_threads_follow_the_cores_this_process_may_use(runner, tmp_path, monkeypatch):
+    """In a container or a job given 2 of a node's 64 cores, ``os.cpu_count()`` says 64: the
+    default decoding and writing threads follow the CPU affinity (``usable_cores``), as
+    ``--processes`` workers' shares already did, not the node's core count."""
+    import os
+
+    import fpncli.run.pipeline
+
+    seen = {}
+
+    def capture(jobs, model, options, progress=None):
+        seen["options"] = options
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(fpncli.run.pipeline, "run_jobs", capture)
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(tmp_path / "a.png")
+    args = ["extract", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *SMALL]
+    assert runner.invoke(cli, args).exit_code == 130
+    assert (seen["options"].workers, seen["options"].writers) == (2, 2)

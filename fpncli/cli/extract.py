@@ -150,13 +150,13 @@ class _ExtractCommand(click.Command):
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="Decoding threads (default: CPU count, max 8).",
+    help="Decoding threads (default: the cores this process may use, max 8).",
 )
 @click.option(
     "--writers",
     type=click.IntRange(min=1),
     default=None,
-    help="Writing threads (default: CPU count, max 8).",
+    help="Writing threads (default: the cores this process may use, max 8).",
 )
 @click.option(
     "--compile",
@@ -258,6 +258,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     from ..io.guard import mark_output_root
     from ..io.outputs import OutputOptions, check_channel
     from ..io.preprocess import DEFAULT_MAX_PIXELS
+    from ..run.multi import usable_cores
     from ..run.pipeline import (
         RunOptions,
         discover_inputs,
@@ -370,8 +371,8 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         output=output,
         precision=precision,
         batch_size=batch_size or (8 if dev.type == "cuda" else 1),
-        workers=workers or min(8, os.cpu_count() or 1),
-        writers=writers or min(8, os.cpu_count() or 1),
+        workers=workers or min(8, usable_cores()),
+        writers=writers or min(8, usable_cores()),
         compile=compile_model,
         overwrite=overwrite or not resume,
         force=force,

@@ -29,7 +29,7 @@ from ..io.outputs import OutputOptions
 from ..model import cuda_kernels
 from ..model.fpn import FPN
 from .device import model_for_run, run_settings
-from .multi import run_on_devices, worker_options
+from .multi import run_on_devices, usable_cores, worker_options
 from .pipeline import Job, RunOptions, run_jobs
 from .steps import decode, resizes_on_device
 
@@ -428,7 +428,7 @@ def bench_end_to_end(
             row.bound = _bound(summary.stage_seconds, share.workers * processes,
                                share.writers * processes, processes=processes)  # fmt: skip
         row.bytes_per_image = summary.bytes_written / max(1, summary.done)
-        decoded = decode_rate(paths[2:], options, model.weights_info.input, os.cpu_count() or 1,
+        decoded = decode_rate(paths[2:], options, model.weights_info.input, usable_cores(),
                               device)  # fmt: skip
         row.ratios["decode_img_s"] = decoded
         if measure_disk and output.save_npy:

@@ -158,16 +158,15 @@ class _Extractor:
     """The actor: weights loaded once; each call runs its images and writes them itself."""
 
     def __init__(self, config: dict) -> None:
-        import os
-
         from ..api import load_backbone, resolve_device
+        from .multi import usable_cores
 
         self.config = config
         device = resolve_device(config["device"])
         self.model = load_backbone(config["weights"], device=device, seed=config["seed"])
         self.options: RunOptions = config["options"]
         if device.type == "cpu":  # Ray gives a worker one OpenMP thread: use the node's cores
-            threads = max(1, (os.cpu_count() or 1) // config["actors"])
+            threads = max(1, usable_cores() // config["actors"])
             self.options = replace(self.options, threads=threads)
         self.done = 0
         self.folder_sink = FolderSink()
