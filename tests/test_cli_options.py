@@ -358,6 +358,28 @@ def test_worker_devices_follow_processes_gpus_and_launchers(monkeypatch, capsys)
     assert _worker_devices([], None, cpu, 5000, auto=True, env={}) == []
 
 
+def test_worker_processes_get_the_gpu_with_its_index(monkeypatch):
+    """``--device auto`` or ``cuda`` on a GPU machine: the device that worker processes get is
+    ``cuda:N`` (``LOCAL_RANK``'s, as a run in this process uses), never a bare ``cuda``, which
+    each worker's ``torch.cuda.set_device`` would refuse before extracting anything."""
+    import torch
+
+    from fpncli.cli.extract_checks import _checked_device, _worker_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for name in ("LOCAL_RANK", "SLURM_LOCALID", "RANK", "WORLD_SIZE", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    dev = _checked_device("auto", "fp32")
+    assert dev == torch.device("cuda", 0)
+    assert _worker_devices([], 2, dev, 10, auto=True) == ["cuda:0", "cuda:0"]
+    assert _checked_device("cuda", "fp32") == torch.device("cuda", 0)
+    assert _checked_device("cuda:1", "fp32") == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert _checked_device("auto", "fp32") == torch.device("cuda", 1)
+    assert _checked_device("cuda:0", "fp32") == torch.device("cuda", 0)  # named: it wins
+
+
 def test_extract_runs_the_auto_workers_with_one_summary(monkeypatch, tmp_path):
     """The path a large CUDA folder takes by default, on the CPU (``auto_processes`` made to say
     2): the weights are loaded here on the CPU for their identity only, two spawned workers

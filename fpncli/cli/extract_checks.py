@@ -30,11 +30,16 @@ def _processes_callback(ctx, param, value: str) -> int | None:
 
 
 def _checked_device(device: str, precision: str):
-    """The torch device, with the precision checked for it (fp16/bf16 on a CPU)."""
+    """The torch device, with the precision checked for it (fp16/bf16 on a CPU). A GPU is named
+    with its index (``cuda:N``: ``LOCAL_RANK``'s, as ``_load_model`` picks it): worker processes
+    get this device, and ``torch.cuda.set_device`` refuses a bare ``cuda``."""
     from ..api import check_precision, resolve_device
+    from ..run.device import select_device
 
     try:
         dev = resolve_device(device)
+        if dev.type == "cuda":
+            dev = select_device(device)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--device") from None
     try:
