@@ -380,6 +380,31 @@ def test_worker_processes_get_the_gpu_with_its_index(monkeypatch):
     assert _checked_device("cuda:0", "fp32") == torch.device("cuda", 0)  # named: it wins
 
 
+def test_one_listed_gpu_is_the_device_of_this_process(monkeypatch, tmp_path):
+    """``--gpus 1,`` (GPU 1 alone: one entry, so no worker process) runs here on GPU 1, not on
+    ``--device``'s GPU 0; ``--gpus 1`` (one GPU) is GPU 0."""
+    import importlib
+
+    import click
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    asked = []
+
+    def load_model(weights, device, seed):
+        asked.append(device)
+        raise click.ClickException("stop here")
+
+    monkeypatch.setattr(importlib.import_module("fpncli.cli.extract"), "_load_model", load_model)
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(tmp_path / "a.png")
+    for gpus in ("1,", "1"):
+        args = ["extract", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--weights",
+                "random", "--gpus", gpus]  # fmt: skip
+        assert "stop here" in CliRunner().invoke(cli, args).output
+    assert asked == ["cuda:1", "cuda:0"]
+
+
 def test_extract_runs_the_auto_workers_with_one_summary(monkeypatch, tmp_path):
     """The path a large CUDA folder takes by default, on the CPU (``auto_processes`` made to say
     2): the weights are loaded here on the CPU for their identity only, two spawned workers

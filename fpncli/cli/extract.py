@@ -357,7 +357,9 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         auto=engine == "local" and out_format == "files" and not shard_spec,
     )
     try:
-        model, dev = _load_model(weights, "cpu" if len(devices) > 1 else device, seed)
+        # workers load their own; one listed GPU (--gpus 1,) is this process's device
+        here = "cpu" if len(devices) > 1 else devices[0] if devices else device
+        model, dev = _load_model(weights, here, seed)
     except BaseException:  # e.g. offline: leave no empty output folder behind
         if made:
             _remove_if_unused(out)
