@@ -223,6 +223,8 @@ def load_backbone(
         )  # fmt: skip
     if fold_bn:
         fold_frozen_batchnorm(model)
+    if isinstance(device, str):  # "auto" is no torch device; "cuda:N" checked against the GPUs
+        device = resolve_device(device)
     model = model.eval().requires_grad_(False).to(device)
     on_cpu = next(model.parameters()).device.type == "cpu"
     if cpu_kernels is None:

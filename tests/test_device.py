@@ -104,6 +104,15 @@ def test_cli_refuses_garbage_local_rank(tmp_path, monkeypatch):
     assert "Traceback" not in result.output
 
 
+def test_load_backbone_takes_the_devices_its_docstring_names(monkeypatch):
+    """``device="auto"`` (CUDA when present: here the CPU), as ``load_backbone`` documents."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = fpncli.load_backbone("random", device="auto")
+    assert next(model.parameters()).device == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        fpncli.load_backbone("random", device="cuda")
+
+
 def test_worker_threads_share_the_cores():
     assert [worker_threads(16, n) for n in (1, 2, 3, 8, 32)] == [16, 8, 5, 2, 1]
 
