@@ -283,6 +283,11 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     # With Ray the driver only reads the weights' identity (on its CPU); the actors pick devices.
     actor_device = device
     if engine == "ray":
+        if device.startswith("cuda:"):  # Ray gives each actor its own GPU, seen as cuda:0
+            raise click.BadParameter(
+                "with --engine ray, Ray places the actors on GPUs: give auto, cpu or cuda",
+                param_hint="--device",
+            )
         device = "cpu"
     dev = _checked_device(device, precision if engine == "local" else "fp32")
     devices = _gpu_devices(gpus, device)
