@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -130,6 +133,42 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
         load_image(bomb)
     with pytest.raises(ValueError, match="is 100 pixels, over the 50 pixels limit"):
         load_image(_save(tmp_path / "s.png", Image.new("RGB", (10, 10))), max_pixels=50)
+
+
+def test_loads_in_threads_leave_the_warning_filters_as_they_were(tmp_path, monkeypatch):
+    """Two decoding threads, the second entering while the first is inside and leaving after
+    it: a catch_warnings per load let the second restore the first's "ignore UserWarning" as
+    the process's filter for good."""
+    from fpncli.io import preprocess
+
+    path = _save(tmp_path / "a.png", Image.fromarray(np.zeros((8, 8, 3), np.uint8)))
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    real = preprocess.open_regular
+
+    def ordered(*args):  # runs inside open_image's filters
+        if threading.current_thread().name == "first":
+            first_in.set()
+            second_in.wait(10)
+        else:
+            first_in.wait(10)
+            second_in.set()
+            first_out.wait(10)
+        return real(*args)
+
+    def first() -> None:
+        load_image(path)
+        first_out.set()
+
+    monkeypatch.setattr(preprocess, "open_regular", ordered)
+    before = list(warnings.filters)
+    threads = [threading.Thread(target=first, name="first"),
+               threading.Thread(target=load_image, args=(path,), name="second")]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert first_out.is_set() and not any(t.is_alive() for t in threads)
+    assert warnings.filters == before
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "CMYK", "I;16"])

@@ -157,6 +157,36 @@ def _set_pillow_limit() -> None:
     Image.MAX_IMAGE_PIXELS = None if before is None else max([before, *_limits])
 
 
+_quiet_lock = threading.Lock()
+_quiet_loads = 0  # loads in progress (threads)
+_quiet_filters: warnings.catch_warnings | None = None  # entered by the first of them
+
+
+@contextlib.contextmanager
+def _pillow_quiet() -> Iterator[None]:
+    """Pillow's bomb and EXIF warnings off while fpncli loads images. ``catch_warnings`` saves
+    and restores the process's whole filter list, so one per load in decoding threads could
+    leave another thread's "ignore" filters on for good (a thread entering while another is
+    inside saves that one's filters); here the first load in progress enters it and the last
+    one leaves it, as ``_pillow_follows`` does with Pillow's limit."""
+    global _quiet_loads, _quiet_filters
+    with _quiet_lock:
+        if _quiet_loads == 0:
+            _quiet_filters = warnings.catch_warnings()
+            _quiet_filters.__enter__()
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data", no file
+        _quiet_loads += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_loads -= 1
+            if _quiet_loads == 0:
+                _quiet_filters.__exit__(None, None, None)
+                _quiet_filters = None
+
+
 #: Pillow formats never opened: vector formats Pillow renders by running another program on the
 #: file (EPS: Ghostscript; WMF: the system's renderer), whatever the file's name says.
 _UNSAFE_FORMATS = frozenset({"EPS", "WMF"})
@@ -175,9 +205,7 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterat
     limit following ``max_pixels`` and its warnings (bomb, EXIF) kept off stderr; more than
     ``max_pixels`` pixels is refused from the header. Raises as ``load_image``, and
     ``Image.DecompressionBombError`` / ``UnidentifiedImageError`` / ``OSError`` as Pillow does."""
-    with warnings.catch_warnings(), _pillow_follows(max_pixels):
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data", no file named
+    with _pillow_quiet(), _pillow_follows(max_pixels):
         with open_regular(path, "image file") as f, Image.open(f, formats=pillow_formats()) as im:
             width, height = im.size
             if width * height > max_pixels:
