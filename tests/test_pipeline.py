@@ -427,6 +427,27 @@ def test_a_run_changes_no_global_torch_setting(tmp_path, model):
     assert after == before
 
 
+def test_a_run_leaves_the_models_bottom_up_outputs_as_they_were(tmp_path, model, monkeypatch):
+    """--levels res4 is the run's: the caller's model returns what it did before, after the
+    run and after a Ctrl-C in it (not res4 beside P2-P6 in every later extract_features)."""
+    monkeypatch.setattr(model, "keep_bottom_up", ("res2",))
+    photo = _image(tmp_path / "in" / "a.png")
+    options = RunOptions(output=replace(SMALL, levels=("res4", "p3")))
+    assert run_jobs([Job(photo, tmp_path / "out" / "a")], model, options).done == 1
+    assert fpncli.load_extraction(tmp_path / "out" / "a").levels["res4"].shape[1] == 1024
+    assert model.keep_bottom_up == ("res2",)
+
+    def interrupted(model, batch, precision):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(steps, "run_backbone", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs([Job(photo, tmp_path / "out" / "b")], model, options)
+    assert model.keep_bottom_up == ("res2",)
+    features = fpncli.extract_features(photo, model, min_size=64, max_size=96)
+    assert list(features) == ["res2", "p2", "p3", "p4", "p5", "p6"]
+
+
 def test_heatmaps_computed_on_the_device_match_numpy(tmp_path, model):
     from fpncli.io.outputs import read_manifest
     from fpncli.viz.visualize import reduce_channels

@@ -390,15 +390,20 @@ def run_jobs(
     """
     device = next(model.parameters()).device
     check_precision(options.precision, device)
-    model.keep_bottom_up = tuple(n for n in options.output.levels if n in STAGES)
     summary = RunSummary(total=len(jobs))
     todo = pending_jobs(jobs, options, weights_meta(model)) if sink is None else list(jobs)
     summary.skipped = len(jobs) - len(todo)
     if not options.force and sink is None:
         check_disk_space(todo, options.output)
     input_format = model.weights_info.input
-    _run(model, options, summary, len(todo), progress, sink,
-         lambda runner: _feed(runner, todo, options, input_format))  # fmt: skip
+    # the stages asked for, for this run only: the caller's model returns what it did before
+    kept = model.keep_bottom_up
+    model.keep_bottom_up = tuple(n for n in options.output.levels if n in STAGES)
+    try:
+        _run(model, options, summary, len(todo), progress, sink,
+             lambda runner: _feed(runner, todo, options, input_format))  # fmt: skip
+    finally:
+        model.keep_bottom_up = kept
     if summary.last_folder is not None and options.record_latest and sink is None:
         record_latest(summary.last_folder)
     return summary
