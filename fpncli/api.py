@@ -199,7 +199,9 @@ def load_backbone(
     """
     if weights == "random":
         arch, input_format = {"depth": 50, "stride_in_1x1": True}, DETECTRON2_INPUT
-        model = build_resnet_fpn_backbone(**arch)
+        # the default init, overwritten next, would draw from the caller's torch RNG
+        with torch.random.fork_rng(devices=[]):
+            model = build_resnet_fpn_backbone(**arch)
         load_state_dict_strict(model, random_state_dict(model, seed))
         info = WeightsInfo("random", None, None, "random", input_format, arch, True, seed)
     else:

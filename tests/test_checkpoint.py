@@ -284,6 +284,23 @@ def test_build_backbone_compares_shapes_before_allocating(monkeypatch, state):
     _same(model.state_dict(), state)
 
 
+@pytest.mark.parametrize("weights", ["random", "pkl", "pth"])
+def test_loading_weights_leaves_the_callers_random_stream_alone(tmp_path, state, weights):
+    """The default init that the weights overwrite drew from torch's global generator: a
+    notebook's ``torch.manual_seed(0); load_backbone(...); torch.randn(...)`` got other numbers
+    than without the load."""
+    import fpncli
+
+    if weights == "pkl":
+        write_detectron2_pkl(tmp_path / "w.pkl", state)
+    elif weights == "pth":
+        write_torchvision_pth(tmp_path / "w.pth", state)
+    source = "random" if weights == "random" else str(tmp_path / f"w.{weights}")
+    before = torch.random.get_rng_state()
+    fpncli.load_backbone(source)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 # Malformed files: one clear line saying what is wrong ------------------------------------------
 
 

@@ -389,7 +389,9 @@ def build_backbone(arch: dict, state_dict: dict[str, torch.Tensor]) -> FPN:
     with torch.device("meta"):
         expected = build_resnet_fpn_backbone(**arch).state_dict()
     _check_matches({k: v.shape for k, v in expected.items()}, state_dict)
-    model = build_resnet_fpn_backbone(**arch)
+    # the default init, overwritten next, would draw from the caller's torch RNG
+    with torch.random.fork_rng(devices=[]):
+        model = build_resnet_fpn_backbone(**arch)
     model.load_state_dict(state_dict, strict=True)
     return model
 
