@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import fpncli
 from fpncli.model.fpn import build_resnet_fpn_backbone
 from fpncli.weights.checkpoint import (
     UnsafeCheckpointError,
@@ -289,8 +293,6 @@ def test_loading_weights_leaves_the_callers_random_stream_alone(tmp_path, state,
     """The default init that the weights overwrite drew from torch's global generator: a
     notebook's ``torch.manual_seed(0); load_backbone(...); torch.randn(...)`` got other numbers
     than without the load."""
-    import fpncli
-
     if weights == "pkl":
         write_detectron2_pkl(tmp_path / "w.pkl", state)
     elif weights == "pth":
@@ -299,6 +301,31 @@ def test_loading_weights_leaves_the_callers_random_stream_alone(tmp_path, state,
     before = torch.random.get_rng_state()
     fpncli.load_backbone(source)
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+_GLOBALS_CHECK = """
+import os, sys, warnings
+import torch
+from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl
+write_detectron2_pkl(sys.argv[1], seeded_state_dict(0))
+env, filters = dict(os.environ), list(warnings.filters)
+import fpncli
+fpncli.load_backbone(sys.argv[1])
+print(sorted(set(os.environ.items()) ^ set(env.items())), list(warnings.filters) == filters)
+"""
+
+
+def test_loading_a_file_leaves_the_environment_and_warning_filters_alone(tmp_path):
+    """build_backbone's check on the meta device imported torch._dynamo, which sets
+    TORCHINDUCTOR_CACHE_DIR in os.environ (seen by every later subprocess) and adds a warnings
+    filter (in a fresh process: the test run may have imported it already)."""
+    root = str(Path(fpncli.__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", _GLOBALS_CHECK, str(tmp_path / "w.pkl")],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[0] == "[] True"
 
 
 # Malformed files: one clear line saying what is wrong ------------------------------------------

@@ -42,7 +42,10 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("weight", torch.ones(num_features))
         self.register_buffer("bias", torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features) - eps)
+        # in place: ``ones - eps`` on the meta device (build_backbone's check) imports
+        # torch._dynamo (1.3 s), which sets TORCHINDUCTOR_CACHE_DIR in os.environ and adds a
+        # warnings filter in the caller's process
+        self.register_buffer("running_var", torch.ones(num_features).sub_(eps))
 
     def scale_and_shift(
         self, dtype: torch.dtype = torch.float32
