@@ -448,6 +448,18 @@ def test_a_run_leaves_the_models_bottom_up_outputs_as_they_were(tmp_path, model,
     assert list(features) == ["res2", "p2", "p3", "p4", "p5", "p6"]
 
 
+def test_images_decoded_elsewhere_get_the_bottom_up_stages_asked_for(tmp_path, model):
+    """The Ray engine's actors run ``run_decoded``: --levels stem is theirs too (every image
+    failed with KeyError: 'stem'), and the caller's model is left as it was."""
+    photo = _image(tmp_path / "in" / "a.png")
+    options = RunOptions(output=replace(SMALL, levels=("stem", "p6")))
+    item = steps.decode(Job(photo, tmp_path / "out" / "a"), options, model.weights_info.input)
+    summary = pipeline.run_decoded([item], model, options)
+    assert (summary.done, summary.failed) == (1, [])
+    assert fpncli.load_extraction(tmp_path / "out" / "a").levels["stem"].shape[1] == 64
+    assert model.keep_bottom_up == ()
+
+
 def test_heatmaps_computed_on_the_device_match_numpy(tmp_path, model):
     from fpncli.io.outputs import read_manifest
     from fpncli.viz.visualize import reduce_channels

@@ -396,14 +396,8 @@ def run_jobs(
     if not options.force and sink is None:
         check_disk_space(todo, options.output)
     input_format = model.weights_info.input
-    # the stages asked for, for this run only: the caller's model returns what it did before
-    kept = model.keep_bottom_up
-    model.keep_bottom_up = tuple(n for n in options.output.levels if n in STAGES)
-    try:
-        _run(model, options, summary, len(todo), progress, sink,
-             lambda runner: _feed(runner, todo, options, input_format))  # fmt: skip
-    finally:
-        model.keep_bottom_up = kept
+    _run(model, options, summary, len(todo), progress, sink,
+         lambda runner: _feed(runner, todo, options, input_format))  # fmt: skip
     if summary.last_folder is not None and options.record_latest and sink is None:
         record_latest(summary.last_folder)
     return summary
@@ -435,17 +429,24 @@ def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progre
     start = time.monotonic()
     fixed_shapes = options.pad_batches if options.pad_batches is not None else True
     benchmark = device.type == "cuda" and (options.compile or fixed_shapes)
+    # the bottom-up stages asked for (--levels stem,res2..), for this run only: the caller's
+    # model returns what it did before, also after an error or Ctrl-C
+    kept = model.keep_bottom_up
+    stages = tuple(n for n in options.output.levels if n in STAGES)
     with run_settings(device, benchmark=benchmark, threads=options.threads,
                       compile=options.compile):  # fmt: skip
         run_model = model_for_run(model, options.precision, compile=options.compile)
-        # the bottom-up stages asked for (--levels stem,res2..): on the variant a run uses too
-        getattr(run_model, "_orig_mod", run_model).keep_bottom_up = model.keep_bottom_up
-        runner = _Runner(run_model, options, summary, todo, progress, sink)
-        runner.weights_meta = weights_meta(model)
         try:
-            feed(runner)
+            model.keep_bottom_up = stages  # on the variant a run uses too
+            getattr(run_model, "_orig_mod", run_model).keep_bottom_up = stages
+            runner = _Runner(run_model, options, summary, todo, progress, sink)
+            runner.weights_meta = weights_meta(model)
+            try:
+                feed(runner)
+            finally:
+                runner.close()
         finally:
-            runner.close()
+            model.keep_bottom_up = kept
     summary.span = (start, time.monotonic())
     summary.seconds = summary.span[1] - start
     if runner.disk_was_full:
