@@ -95,3 +95,17 @@ def test_show_receptive_field_cli(sample_extraction, tmp_path):
     assert outside.exit_code == 1 and "outside the image" in outside.output
     alone = runner.invoke(cli, ["show", str(sample_extraction / "coffee"), "--at", "1,1"])
     assert alone.exit_code == 2 and "go together" in alone.output
+
+
+def test_receptive_fields_leave_the_models_bottom_up_outputs_as_they_were(tmp_path):
+    from PIL import Image
+
+    from fpncli.run.receptive import receptive_fields
+
+    model = fpncli.load_backbone("random", channels_last=False)
+    model.keep_bottom_up = ("res2",)
+    Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    _, _, fields = receptive_fields(tmp_path / "a.png", model, (10, 12), ["res3", "p3"],
+                              min_size=64, max_size=96)  # fmt: skip
+    assert [f.level for f in fields] == ["res3", "p3"]
+    assert model.keep_bottom_up == ("res2",)  # not () after the call

@@ -221,11 +221,11 @@ def receptive_fields(
         cells[name] = (min(int(y * prepared.scale_y // stride), rows - 1),
                        min(int(x * prepared.scale_x // stride), cols - 1))  # fmt: skip
     batch = torch.from_numpy(prepared.tensor)[None].to(next(model.parameters()).device)
-    model.keep_bottom_up = tuple(n for n in levels if n in STAGES)
+    kept, model.keep_bottom_up = model.keep_bottom_up, tuple(n for n in levels if n in STAGES)
     try:
         erf = effective_rf(model, batch, cells, reduce=reduce, channel=channel)
     finally:
-        model.keep_bottom_up = ()
+        model.keep_bottom_up = kept
     fields = [
         ReceptiveField(name, OUTPUT_STRIDES[name], cells[name],
                        theoretical_rf(functions[name], *cells[name]), erf[name])
