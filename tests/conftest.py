@@ -5,6 +5,16 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session_home(tmp_path_factory):
+    """Before any module- or session-scoped fixture runs a job: the user's own latest.json and
+    weights cache are never the tests' (a module fixture's run_jobs had recorded its output as
+    the user's latest extraction, which ``fpncli show`` then opened)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FPNCLI_HOME", str(tmp_path_factory.mktemp("fpncli-home-shared")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FPNCLI_HOME", str(tmp_path_factory.mktemp("fpncli-home")))

@@ -496,6 +496,18 @@ def extraction(tmp_path_factory, model):
     return root / "out"
 
 
+@pytest.fixture(scope="module")
+def _module_home():
+    return os.environ.get("FPNCLI_HOME")
+
+
+def test_module_fixtures_run_with_an_isolated_home(_module_home, tmp_path_factory):
+    """A module fixture's run (``extraction`` above) records the latest extraction: never in the
+    user's own ``latest.json``, which ``fpncli show`` opens after the README's test command."""
+    base = tmp_path_factory.getbasetemp().resolve()
+    assert _module_home and Path(_module_home).resolve().is_relative_to(base)
+
+
 def _forge(folder: Path, edit) -> Path:
     import shutil
 
