@@ -291,6 +291,9 @@ def test_ctrl_c_says_what_was_done_what_is_left_and_how_to_resume(runner, tmp_pa
     assert result.exit_code == 130
     assert "interrupted: 3 image(s) written by this run, 0 failed" in result.stderr
     assert "2 of 5 left" in result.stderr
+    log = json.loads((out / "run.json").read_text())  # this run's, not a previous run's
+    assert log["aborted"].startswith("interrupted (Ctrl-C)")
+    assert (log["total"], log["done"], log["skipped"], log["failed"]) == (5, 3, 0, [])
     resume = result.stderr.split("resume with: ")[1].strip()
     assert "--overwrite" not in resume  # resuming must not redo the finished images
     words = shlex.split(resume)
@@ -483,6 +486,8 @@ def test_ctrl_c_in_a_wds_run_counts_the_open_shards_images_as_left(runner, tmp_p
     assert result.exit_code == 130
     assert "interrupted: 0 image(s) written by this run, 0 failed" in result.stderr
     assert "5 of 5 left" in result.stderr and "nor the 3 in the unfinished shard" in result.stderr
+    log = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert (log["done"], log["total"]) == (0, 5) and log["aborted"].startswith("interrupted")
 
 
 def test_default_threads_follow_the_cores_this_process_may_use(runner, tmp_path, monkeypatch):

@@ -44,6 +44,7 @@ from .extract_report import (
     _resume_command,
     _skipped_note,
     _volume_note,
+    _write_interrupted_log,
     _write_run_log,
 )
 
@@ -415,6 +416,8 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     except KeyboardInterrupt as e:
         bar.close()
         _report_interrupt(bar.last, len(jobs), dropped=getattr(e, "dropped_images", 0))
+        if not url:
+            _write_interrupted_log(e, bar.last, len(jobs), out, weights, precision, shard_spec)
         sys.exit(130)
     bar.close()
     summary.failed += [

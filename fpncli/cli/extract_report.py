@@ -118,6 +118,26 @@ def _write_run_log(summary, out: Path, weights: str, precision: str, shard) -> N
     }, shard)  # fmt: skip
 
 
+def _write_interrupted_log(e: KeyboardInterrupt, last, total: int, out: Path, weights: str,
+                           precision: str, shard) -> None:  # fmt: skip
+    """Ctrl-C: the run's log says what it did and that it was interrupted, so ``report`` does
+    not show the previous run's log as this one's. A single-process run hands over its summary
+    (failures with reasons); worker processes and Ray actors leave only the progress counts."""
+    from ..run.summary import INTERRUPTED, RunSummary
+
+    summary = getattr(e, "summary", None)
+    if summary is None:
+        summary = RunSummary(total=total, aborted=INTERRUPTED)
+        if last is not None:
+            summary.done, summary.skipped = last.done, last.skipped
+            summary.seconds = last.elapsed_s
+            if last.failed:
+                summary.aborted += f"; {last.failed} failed image(s) not listed here"
+    dropped = min(getattr(e, "dropped_images", 0), summary.done)  # --format wds: open shard
+    summary.done -= dropped
+    _write_run_log(summary, out, weights, precision, shard)
+
+
 def _report(summary, out_dir: Path, total: int) -> None:
     for path, reason in summary.failed:  # quoted: a newline in a name must not forge a line
         reason = _without_path(reason, str(path))

@@ -71,7 +71,13 @@ from .steps import (
     weights_meta,
     write_result,
 )
-from .summary import Progress, RunSummary, device_failed_message, disk_full_message
+from .summary import (
+    INTERRUPTED,
+    Progress,
+    RunSummary,
+    device_failed_message,
+    disk_full_message,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -445,6 +451,11 @@ def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progre
                 feed(runner)
             finally:
                 runner.close()
+        except KeyboardInterrupt as e:  # what was done so far, for the run's log
+            summary.seconds = time.monotonic() - start
+            summary.aborted = INTERRUPTED
+            e.summary = summary
+            raise
         finally:
             model.keep_bottom_up = kept
     summary.span = (start, time.monotonic())

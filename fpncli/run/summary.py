@@ -51,6 +51,10 @@ class Progress:
     elapsed_s: float
 
 
+#: ``RunSummary.aborted`` of a run stopped by Ctrl-C (its log says so; ``report`` shows it)
+INTERRUPTED = "interrupted (Ctrl-C); the images in progress were not saved"
+
+
 def disk_full_message(summary: RunSummary) -> str:
     """The one line a run stopped by a full disk ends with."""
     return (
