@@ -109,9 +109,13 @@ def test_errors(folder, tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete extraction"):
         show(str(empty), display=False)
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["levels"]["p2"]["file"] = None
+    manifest["levels"]["p2"].update(file=None, heatmap="p2.png")
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="--no-npy"):
+    with pytest.raises(ValueError, match="not saved, only its heatmap p2.png; re-extract"):
+        show(str(folder), level="p2", display=False)
+    manifest["levels"]["p2"]["heatmap"] = None  # --no-npy --no-heatmaps: statistics only
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"not saved, nor a heatmap \(only statistics\); re-"):
         show(str(folder), level="p2", display=False)
 
 

@@ -142,9 +142,11 @@ def _from_folder(folder: Path, levels: list[str]) -> _Source:
             raise ValueError(f"{folder} has no {name} (it has {saved}); extract it with --levels")
         file = level_file(folder, name, meta)  # must lie inside the folder
         if file is None:
+            heatmap = meta.get("heatmap")
+            kept = f"only its heatmap {heatmap}" if heatmap else "nor a heatmap (only statistics)"
             raise ValueError(
-                f"{folder} was extracted with --no-npy: its {name} tensor was not saved, only "
-                f"{meta.get('heatmap') or 'no heatmap'}; re-extract without --no-npy to show it"
+                f"{folder} was extracted with --no-npy: its {name} tensor was not saved, {kept}; "
+                "re-extract without --no-npy to show it"
             )
         features[name] = check_level_array(read_npy(file), meta, str(file))
     resized, scale, random = _geometry(manifest, f"{folder}/{MANIFEST}")
