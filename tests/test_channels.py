@@ -41,6 +41,23 @@ def test_channel_grid_shares_one_range():
     assert dark >= 64 and light.sum() > 64  # one black tile (value 0), one white tile (10)
 
 
+def test_channel_grid_wraps_its_title_and_banner_to_its_width():
+    from fpncli.io.outputs import RANDOM_NOTE
+
+    feature = np.random.RandomState(0).rand(3, 4, 6).astype(np.float32)
+    title = "chelsea  p3  stride 8  top 1 channels by mean activation"
+    narrow = channel_grid(feature, [0], title=title, note=RANDOM_NOTE, tile_side=8)
+    one_line = channel_grid(feature, [0], title="t", note="RANDOM", tile_side=8)
+    assert narrow.shape[1] == one_line.shape[1] == 360
+    rgb = narrow.astype(int)
+    red = (rgb[..., 0] > 150) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)
+    assert not red[:, -10:].any() and red.any()  # inside the right margin
+    assert not (narrow[:, -10:] < 100).all(axis=2).any()  # no dark title letters there
+    rows = red.any(axis=1)
+    assert (rows[1:] & ~rows[:-1]).sum() == 2  # the banner on two lines
+    assert narrow.shape[0] - one_line.shape[0] == 22 + 24  # one more title and banner line
+
+
 @pytest.fixture
 def folder(tmp_path):
     out = tmp_path / "img"

@@ -19,8 +19,10 @@ from fpncli.viz.visualize import (
     overview_png,
     parse_clip,
     reduce_channels,
+    text_size,
     valid_region,
     value_range,
+    wrap_text,
 )
 
 FEATURE = np.array(
@@ -255,3 +257,43 @@ def test_colorize_and_heatmap_are_matplotlibs_colours_pixel_for_pixel(cmap):
     factor = -(-256 // 37)
     block = np.repeat(np.repeat(want, factor, axis=0), factor, axis=1)
     assert np.array_equal(picture[24 : 24 + 37 * factor, : 53 * factor], block)
+
+
+def test_wrap_text_keeps_every_word_and_fits_the_width():
+    text = "RANDOM, UNTRAINED WEIGHTS - not a trained network"
+    lines = wrap_text(text, 200, 0.55, 2)
+    assert len(lines) > 1 and " ".join(lines) == text
+    assert all(text_size(line, 0.55, 2) <= 200 for line in lines)
+    assert wrap_text(text, 10_000, 0.55) == [text]
+    long_name = "x" * 80  # one word wider than the width: broken inside the word
+    parts = wrap_text(long_name, 100, 0.45)
+    assert "".join(parts) == long_name and all(text_size(p, 0.45) <= 100 for p in parts)
+
+
+def _red_bands(picture: np.ndarray) -> tuple[int, int]:
+    """(lines of red text, the rightmost red column) of a picture."""
+    rgb = picture.astype(int)
+    red = (rgb[..., 0] > 150) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)
+    rows = red.any(axis=1)
+    bands = int(rows[0]) + int((rows[1:] & ~rows[:-1]).sum())
+    return bands, int(np.where(red.any(axis=0))[0].max())
+
+
+@pytest.mark.parametrize("figure", ["heatmap", "overview", "overlay"])
+def test_the_random_weights_banner_wraps_inside_a_narrow_figure(figure):
+    from fpncli.io.outputs import RANDOM_NOTE
+
+    values = np.random.RandomState(0).rand(4, 3)
+    if figure == "heatmap":
+        picture = heatmap_image(values, note=f"{RANDOM_NOTE} (seed 0, not a detector)",
+                                min_side=12)  # fmt: skip
+    elif figure == "overview":
+        levels = [{"name": "p2", "map": values, "stride": 4, "shape": (1, 256, 4, 3)}]
+        picture = overview_image(np.zeros((16, 12, 3), np.uint8), levels, note=RANDOM_NOTE)
+    else:
+        picture = overlay_image(np.zeros((16, 12, 3), np.uint8), values, stride=4, scale_y=1,
+                                scale_x=1, label="p2", note=RANDOM_NOTE * 2)  # fmt: skip
+    bands, right = _red_bands(picture)
+    assert picture.shape[1] <= 424  # about the narrowest canvas
+    assert right < picture.shape[1] - 3  # no letter runs into the edge
+    assert bands >= 2  # wrapped onto a second line, not cut off

@@ -10,7 +10,15 @@ import math
 
 import numpy as np
 
-from .visualize import colorize, colour_bar, put_text, text_size, upscale_cells
+from .visualize import (
+    colorize,
+    colour_bar,
+    put_lines,
+    put_text,
+    text_size,
+    upscale_cells,
+    wrap_text,
+)
 
 __all__ = ["top_channels", "parse_channels", "channel_grid"]
 
@@ -72,17 +80,17 @@ def channel_grid(
     cols = max(1, math.ceil(math.sqrt(len(channels))))
     rows = math.ceil(len(channels) / cols)
     label_h, gap, margin = 18, 8, 10
-    header = (26 if title else 0) + (24 if note else 0) + 4
     width = max(margin * 2 + cols * tile_w + (cols - 1) * gap, 360)
+    title_lines = wrap_text(title, width - 2 * margin, 0.55) if title else []
+    note_lines = wrap_text(note, width - 2 * margin, 0.55, 2) if note else []
+    header = (26 + 22 * (len(title_lines) - 1) if title else 0) + 24 * len(note_lines) + 4
     bar_top = header + rows * (label_h + tile_h + gap) + 4
     canvas = np.full((bar_top + 12 + 26, width, 3), 255, np.uint8)
     y = 0
     if title:
-        y += 20
-        _text(canvas, title, (margin, y), 0.55)
+        y = put_lines(canvas, title_lines, margin, 20, 22, 0.55)
     if note:
-        y += 24
-        _text(canvas, note, (margin, y), 0.55, (192, 0, 0), 2)
+        put_lines(canvas, note_lines, margin, y + 24, 24, 0.55, (192, 0, 0), 2)
     for i, (channel, values) in enumerate(zip(channels, maps)):
         r, c = divmod(i, cols)
         x0 = margin + c * (tile_w + gap)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .visualize import colorize, put_text
+from .visualize import colorize, put_lines, put_text, wrap_text
 
 __all__ = ["field_captions", "receptive_field_image"]
 
@@ -90,17 +90,17 @@ def receptive_field_image(
         block[caption_h:, :panel_w] = panel
         panels.append(block)
     gap, margin = 10, 10
-    header = (28 if title else 0) + (26 if note else 0) + 6
     total_w = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1) + 2 * margin
+    title_lines = wrap_text(title, total_w - 2 * margin, 0.6) if title else []
+    note_lines = wrap_text(note, total_w - 2 * margin, 0.6, 2) if note else []
+    header = (28 + 24 * (len(title_lines) - 1) if title else 0) + 26 * len(note_lines) + 6
     total_h = header + max(p.shape[0] for p in panels) + margin
     canvas = np.full((total_h, total_w, 3), 255, np.uint8)
     y = 0
     if title:
-        y += 22
-        put_text(canvas, title, (margin, y), 0.6)
+        y = put_lines(canvas, title_lines, margin, 22, 24, 0.6)
     if note:
-        y += 26
-        put_text(canvas, note, (margin, y), 0.6, (192, 0, 0), 2)
+        put_lines(canvas, note_lines, margin, y + 26, 26, 0.6, (192, 0, 0), 2)
     x = margin
     for panel in panels:
         canvas[header : header + panel.shape[0], x : x + panel.shape[1]] = panel

@@ -32,6 +32,8 @@ __all__ = [
     "safe_text",
     "put_text",
     "text_size",
+    "wrap_text",
+    "put_lines",
 ]
 
 REDUCTIONS = ("channel", "mean", "max", "l2", "pca")
@@ -223,6 +225,44 @@ def text_size(text: str, scale: float, thickness: int = 1) -> int:
     return width
 
 
+def wrap_text(text: str, width: int, scale: float, thickness: int = 1) -> list[str]:
+    """``text`` broken into lines that ``put_text`` draws within ``width`` pixels: at spaces,
+    and inside a word only where that word alone is wider (a long file name). A banner drawn
+    on one line is cut off at the canvas edge of a narrow figure; wrapped, it is read whole."""
+    lines: list[str] = []
+    line = ""
+    for word in safe_text(text).split(" "):
+        candidate = f"{line} {word}" if line else word
+        if text_size(candidate, scale, thickness) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        line = ""
+        for char in word:  # a word wider than the width: as many characters as fit per line
+            if line and text_size(line + char, scale, thickness) > width:
+                lines.append(line)
+                line = ""
+            line += char
+    if line or not lines:
+        lines.append(line)
+    return lines
+
+
+def put_lines(canvas: np.ndarray, lines: list[str], x: int, baseline: int, step: int,
+              scale: float, colour=(20, 20, 20), thickness: int = 1,
+              centre: bool = False) -> int:  # fmt: skip
+    """Draw ``lines`` from ``baseline`` down, ``step`` pixels apart, left-aligned at ``x`` (or
+    centred on ``x``); returns the last baseline."""
+    for k, line in enumerate(lines):
+        y = baseline + k * step
+        if centre:
+            _centered(canvas, line, x, y, scale, colour, thickness)
+        else:
+            put_text(canvas, line, (x, y), scale, colour, thickness)
+    return baseline + (len(lines) - 1) * step
+
+
 def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.45) -> None:
     put_text(canvas, text, origin, scale)
 
@@ -281,12 +321,15 @@ def heatmap_image(
     factor = _upscale_factor(h, w, min_side)
     pic_h, pic_w = h * factor, w * factor
     width = max(pic_w, 420)
-    title_h, note_h, gap, bar_h, values_h = 24, (22 if note else 0), 6, 12, 38
+    label_lines = wrap_text(label, width - 8, 0.45)
+    note_lines = wrap_text(note, width - 8, 0.5) if note else []
+    title_h = 24 + 18 * (len(label_lines) - 1)
+    note_h = 22 + 20 * (len(note_lines) - 1) if note else 0
+    gap, bar_h, values_h = 6, 12, 38
     top = title_h + note_h
     canvas = np.full((top + pic_h + gap + bar_h + values_h, width, 3), 255, np.uint8)
-    _text(canvas, label, (4, 17))
-    if note:
-        put_text(canvas, note, (4, title_h + 15), 0.5, (192, 0, 0))
+    put_lines(canvas, label_lines, 4, 17, 18, 0.45)
+    put_lines(canvas, note_lines, 4, title_h + 15, 20, 0.5, (192, 0, 0))
     canvas[top : top + pic_h, :pic_w] = upscale_cells(colorize(values, cmap, lo, hi), factor)
     bar_top = top + pic_h + gap
     bar_w = max(pic_w, min(width, 420))
@@ -391,22 +434,25 @@ def overview_image(
         )
     cell_w = [max(caption_w, p.shape[1]) for p in panels]
     cell_h = caption_h + panel_height + bar_h + range_h + 4
-    header = (30 if title else 0) + (28 if note else 0) + 6
     if stacked:
         total_w = max(cell_w) + 2 * margin
-        total_h = header + len(panels) * (cell_h + gap) + margin
     else:
         total_w = sum(cell_w) + gap * (len(panels) - 1) + 2 * margin
-        total_h = header + cell_h + margin
     total_w = max(total_w, 420)
+    title_lines = wrap_text(title, total_w - 2 * margin, 0.6) if title else []
+    note_lines = wrap_text(note, total_w - 2 * margin, 0.65, 2) if note else []
+    header = (30 + 24 * (len(title_lines) - 1) if title else 0) + 28 * len(note_lines) + 6
+    if stacked:
+        total_h = header + len(panels) * (cell_h + gap) + margin
+    else:
+        total_h = header + cell_h + margin
     canvas = np.full((total_h, total_w, 3), 255, np.uint8)
     baseline = 0
     if title:
-        baseline += 24
-        _centered(canvas, title, total_w // 2, baseline, 0.6)
+        baseline = put_lines(canvas, title_lines, total_w // 2, 24, 24, 0.6, centre=True)
     if note:
-        baseline += 28
-        _centered(canvas, note, total_w // 2, baseline, 0.65, colour=(192, 0, 0), thickness=2)
+        put_lines(canvas, note_lines, total_w // 2, baseline + 28, 28, 0.65, (192, 0, 0), 2,
+                  centre=True)  # fmt: skip
     x, y = margin, header
     for panel, cw, (line1, line2, labels) in zip(panels, cell_w, captions):
         centre = x + cw // 2
@@ -488,7 +534,10 @@ def _with_header(picture: np.ndarray, label: str, note: str, cmap: str, values: 
     line = int(round(26 * scale / 0.45 * 0.75))
     thickness = max(1, int(round(scale)))
     left, right, _ = _range_labels(values, vrange)
-    rows = [(label, (20, 20, 20))] + ([(note, (192, 0, 0))] if note else [])
+    room = max(w, 420) - 8
+    rows = [(text, (20, 20, 20)) for text in wrap_text(label, room, scale, thickness)]
+    if note:
+        rows += [(text, (192, 0, 0)) for text in wrap_text(note, room, scale, thickness)]
     bar_h = max(8, line // 2)
     header = line * len(rows) + bar_h + line + 6
     canvas = np.full((header + h, max(w, 420), 3), 255, np.uint8)
