@@ -297,3 +297,33 @@ def test_the_random_weights_banner_wraps_inside_a_narrow_figure(figure):
     assert picture.shape[1] <= 424  # about the narrowest canvas
     assert right < picture.shape[1] - 3  # no letter runs into the edge
     assert bands >= 2  # wrapped onto a second line, not cut off
+
+
+def _black_runs(picture: np.ndarray) -> set[int]:
+    """The lengths of the black runs of 100 pixels or more in the rows of a picture."""
+    runs = set()
+    for row in (picture.sum(axis=2) == 0).astype(np.int8):
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], row, [0]])))
+        runs.update(int(n) for n in edges[1::2] - edges[::2] if n >= 100)
+    return runs
+
+
+@pytest.mark.parametrize("height, width", [(20, 2000), (300, 451)])
+def test_every_level_panel_spans_the_input_panel(height, width):
+    """A 2000x20 image: P5 is 1x42 cells (its row mostly padding), P2 4x334; drawn at their own
+    aspect P5 came out half as wide as P2 and P6 a quarter, none as wide as the input."""
+    resized_h, resized_w = round(height * 1333 / width), 1333
+    if height == 300:
+        resized_h, resized_w = 800, 1203
+    levels = []
+    for k in range(2, 7):
+        cells = (-(-resized_h // 2**k), -(-resized_w // 2**k))
+        levels.append({"name": f"p{k}", "map": np.zeros(cells), "stride": 2**k,
+                       "shape": (1, 256, *cells), "range": (0.0, 1.0)})  # fmt: skip
+    picture = overview_image(np.zeros((height, width, 3), np.uint8), levels, cmap="gray")
+    runs = _black_runs(picture)
+    assert len(runs) == 1  # the photo and all five levels: one width
+    assert runs.pop() > (2000 if width == 2000 else 300)
+    free = overview_image(np.zeros((height, width, 3), np.uint8), levels, cmap="gray",
+                          span_input=False)  # fmt: skip
+    assert len(_black_runs(free)) > 1  # each map at its own aspect (no photo to line up with)

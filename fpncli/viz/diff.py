@@ -239,7 +239,7 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap) -> Imag
         image = a.image if a.image is not None else np.full((64, 96, 3), 255, np.uint8)
         worst = max(d.max_rel for d in result.levels)
         title = f"{key}: max over channels of |A - B|, worst max_rel {worst:.3g}"
-        png = overview_png(image, panels, cmap=cmap, title=title)
+        png = overview_png(image, panels, cmap=cmap, title=title, span_input=a.image is not None)
         folder, top = key, key.partition("/")[0]
         if top.casefold() in _TABLES:  # an image called diff.csv: not where the table goes
             folder = f"_{key}"

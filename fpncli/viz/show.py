@@ -329,7 +329,8 @@ def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str
         image = source.image_rgb
         if image is None:
             image = np.full((64, 96, 3), 255, np.uint8)
-        return overview_image(image, panels, title=f"{source.name} ({how})", note=note, cmap=cmap)
+        return overview_image(image, panels, title=f"{source.name} ({how})", note=note, cmap=cmap,
+                              span_input=source.image_rgb is not None)  # fmt: skip
     shape = tuple(source.features[level].shape)
     label = f"{level}  stride {STRIDES[level]}  {shape}  {how}"
     return heatmap_image(maps[level], cmap=cmap, label=label, vrange=ranges[level], note=note)

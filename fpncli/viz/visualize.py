@@ -382,13 +382,19 @@ def overview_image(
     panel_height: int = 256,
     clip: tuple[float, float] | None = DEFAULT_CLIP,
     max_width: int = OVERVIEW_MAX_WIDTH,
+    span_input: bool = True,
 ) -> np.ndarray:
     """The Figure-3 overview: the input, then each level, side by side (one panel per row for
     pictures more than 2.5 times wider than high), at most ``max_width`` pixels wide.
 
     Drawn with numpy and OpenCV (tens of milliseconds, the batch pipeline writes one per image);
     level cells stay crisp (nearest-neighbour), each level coloured on its own range, which a
-    colour bar under the panel states (``<=``/``>=``: values beyond the end exist).
+    colour bar under the panel states (``<=``/``>=``: values beyond the end exist). Every level
+    panel has the input panel's size (``span_input``): its valid cells cover the image, so the
+    levels line up with the photo and with each other. Drawn at their own aspect they would not
+    where the last cell row or column is mostly padding: a 2000x20 image has P5 1x42 cells
+    (aspect 42) and P2 4x334 (aspect 84), so P5 came out half as wide as P2 and P6 a quarter.
+    ``span_input=False`` (no photo: ``image_rgb`` is a placeholder) draws each map at its aspect.
 
     Args:
         image_rgb: ``(H, W, 3)`` uint8, the input photo.
@@ -405,7 +411,10 @@ def overview_image(
     stacked = width > 2.5 * height
     margin, gap, caption_h, bar_h, range_h = 14, 12, 44, 8, 20
     aspect = [width / max(1, height)]
-    aspect += [lv["map"].shape[1] / max(1, lv["map"].shape[0]) for lv in levels]
+    if span_input:
+        aspect += [aspect[0]] * len(levels)
+    else:
+        aspect += [lv["map"].shape[1] / max(1, lv["map"].shape[0]) for lv in levels]
     caption_w = 150  # room for "p2  stride 4" and "(1, 256, 200, 304)" at the fixed font size
     if stacked:
         panel_height = min(panel_height, math.floor((max_width - 2 * margin) / max(aspect)))
