@@ -154,6 +154,28 @@ def test_torch_reductions_match_numpy(reduce):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+def test_pca_sign_is_the_same_on_the_device_as_in_numpy():
+    """Loadings whose sum and largest entry disagree in sign (the convention follows the sum:
+    the map correlates with the mean map), and a level whose mean map is flat (the largest
+    loading then decides), in one batch."""
+    from fpncli.run import device as device_module
+    from fpncli.viz import visualize
+
+    assert device_module.PCA_SIGN_TOLERANCE == visualize.PCA_SIGN_TOLERANCE
+    gen = torch.Generator().manual_seed(2)
+    strength = torch.randn(1, 7, 9, generator=gen)
+    levels = torch.stack([
+        torch.tensor([-3.0, 2.0, 2.0, 0.0])[:, None, None] * strength,
+        torch.tensor([0.5, -0.5, 0.7, -0.7])[:, None, None] * strength,
+    ]) + 0.001 * torch.randn(2, 4, 7, 9, generator=gen)  # fmt: skip
+    batched = reduce_maps(levels, "pca")
+    for one, level in zip(batched, levels):
+        ref = reduce_channels(level.numpy(), "pca")
+        np.testing.assert_allclose(one.numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    mean_map = levels[0].mean(dim=0).flatten().numpy()
+    assert np.corrcoef(batched[0].flatten().numpy(), mean_map)[0, 1] > 0.99
+
+
 @pytest.mark.parametrize("reduce", REDUCTIONS)
 def test_batched_reductions_match_numpy_per_image_and_read_nothing_on_the_host(reduce):
     levels = torch.randn(3, 16, 7, 9, generator=torch.Generator().manual_seed(1)) * 3 + 1

@@ -18,6 +18,7 @@ from fpncli.viz.visualize import (
     overview_image,
     overview_png,
     parse_clip,
+    pca_sign,
     reduce_channels,
     text_size,
     valid_region,
@@ -55,6 +56,30 @@ def test_pca_is_the_first_component_with_a_fixed_sign():
     expected = np.tensordot(unit, feature - feature.mean(axis=(1, 2), keepdims=True), axes=1)
     np.testing.assert_allclose(projected, expected, atol=0.05)
     np.testing.assert_allclose(reduce_channels(-feature, "pca"), -projected, atol=1e-5)
+
+
+def test_pca_map_correlates_positively_with_the_mean_map():
+    """The largest loading (-3) and the loadings' sum (+1) disagree here: the map follows the
+    mean map (bright where the channels are high on average), not the largest loading."""
+    rng = np.random.RandomState(1)
+    direction = np.array([-3.0, 2.0, 2.0])
+    strength = rng.randn(5, 6)
+    feature = direction[:, None, None] * strength[None] + 0.01 * rng.randn(3, 5, 6)
+    projected = reduce_channels(feature, "pca")
+    mean_map = reduce_channels(feature, "mean")
+    assert np.corrcoef(projected.ravel(), mean_map.ravel())[0, 1] > 0.99
+    centred = strength - strength.mean()
+    np.testing.assert_allclose(projected, centred * np.linalg.norm(direction), atol=0.1)
+    # a level and its negative: the same map up to sign, each oriented like its own mean map
+    flipped = reduce_channels(-feature, "pca")
+    np.testing.assert_allclose(flipped, -projected, atol=1e-5)
+    assert np.corrcoef(flipped.ravel(), (-mean_map).ravel())[0, 1] > 0.99
+
+
+def test_pca_sign_falls_back_to_the_largest_loading_when_the_mean_is_flat():
+    assert pca_sign(np.array([0.6, -0.8])) == -1.0 and pca_sign(np.array([-0.6, 0.8])) == 1.0
+    assert pca_sign(np.array([0.5, -0.5, 0.7, -0.7])) == 1.0  # sum 0: 0.7 is the largest
+    assert pca_sign(np.array([-0.5, 0.5, -0.7, 0.7])) == -1.0  # first of the largest: -0.7
 
 
 def test_reduction_errors():

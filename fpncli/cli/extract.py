@@ -114,7 +114,7 @@ class _ExtractCommand(click.Command):
     type=click.Choice(["channel", "mean", "max", "l2", "pca"]),
     default="channel",
     show_default=True,
-    help="How to turn 256 channels into a map.",
+    help="How to turn 256 channels into a map (pca: signed to correlate with mean).",
 )
 @click.option(
     "--cmap",

@@ -65,7 +65,7 @@ def _save_target(ctx, param, value: str | None) -> str | None:
     type=click.Choice(["channel", "mean", "max", "l2", "pca"]),
     default="channel",
     show_default=True,
-    help="How to turn 256 channels into a map.",
+    help="How to turn 256 channels into a map (pca: signed to correlate with mean).",
 )
 @click.option(
     "--cmap", default="viridis", show_default=True, callback=_cmap_callback, help="Colormap."

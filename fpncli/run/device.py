@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import sys
 import threading
@@ -405,6 +406,11 @@ class StageClock:
         return out
 
 
+#: ``fpncli.viz.visualize.PCA_SIGN_TOLERANCE`` (not imported: that module brings OpenCV and
+#: matplotlib); a test checks they are equal.
+PCA_SIGN_TOLERANCE = 1e-6
+
+
 def reduce_map(level: torch.Tensor, reduce: str, channel: int = 0) -> torch.Tensor:
     """``(C, H, W)`` -> ``(H, W)`` float32, as ``fpncli.viz.visualize.reduce_channels`` (numpy)
     computes it, but in torch where the tensor is."""
@@ -432,7 +438,9 @@ def reduce_maps(levels: torch.Tensor, reduce: str, channel: int = 0) -> torch.Te
 
 def _pca_maps(levels: torch.Tensor) -> torch.Tensor:
     """Each image's projection on the first principal component of its channels (centred, in
-    float64), the sign making the largest loading positive. The covariances are made one image
+    float64), oriented as ``visualize.pca_sign`` orients it: the map correlates positively
+    with the channel-mean map (the loadings sum to more than 0; where that sum is about 0, the
+    largest loading positive). The covariances are made one image
     at a time (a batch of P2s in float64 would take GBs) and decomposed in one ``eigh`` call:
     on CUDA that is the one host sync (eigh checks its result), where a call per image and an
     indexed sign took two per image."""
@@ -447,8 +455,11 @@ def _pca_maps(levels: torch.Tensor) -> torch.Tensor:
         covariances.append(samples @ samples.T / n)
     _, vectors = torch.linalg.eigh(torch.stack(covariances))
     components = vectors[..., -1]  # (B, C): the largest eigenvalue's vectors
+    # the sign of cov(map, mean map) is the sign of the loadings' sum; no host sync (torch.where)
+    total = components.sum(dim=1, keepdim=True)
     largest = components.gather(1, components.abs().argmax(dim=1, keepdim=True))
-    components = components * torch.where(largest < 0, -1.0, 1.0)
+    tied = total.abs() <= PCA_SIGN_TOLERANCE * math.sqrt(c)
+    components = components * torch.where(torch.where(tied, largest, total) < 0, -1.0, 1.0)
     maps = [
         (component @ (level.reshape(c, h * w).double() - mean)).reshape(h, w).float()
         for level, mean, component in zip(levels, means, components)

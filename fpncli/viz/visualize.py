@@ -19,6 +19,7 @@ __all__ = [
     "parse_clip",
     "value_range",
     "reduce_channels",
+    "pca_sign",
     "valid_region",
     "colorize",
     "upscale_cells",
@@ -45,7 +46,9 @@ def reduce_channels(feature: np.ndarray, reduce: str = "channel", channel: int =
 
     ``channel`` picks one channel; ``mean`` / ``max`` reduce over channels; ``l2`` is the norm
     over channels; ``pca`` projects every position on the first principal component of the
-    channels (centred), its sign fixed so the largest loading is positive.
+    channels (centred). PCA's sign is arbitrary; it is fixed so the map correlates positively
+    with the ``mean`` map of the same channels (``pca_sign``), which makes levels comparable:
+    the same structure is bright on every level.
     """
     array = np.asarray(feature)
     if array.ndim == 4:
@@ -71,11 +74,26 @@ def reduce_channels(feature: np.ndarray, reduce: str = "channel", channel: int =
         samples -= samples.mean(axis=1, keepdims=True)
         covariance = samples @ samples.T / max(h * w - 1, 1)
         _, vectors = np.linalg.eigh(covariance)
-        component = vectors[:, -1]
-        if component[np.argmax(np.abs(component))] < 0:
-            component = -component
+        component = vectors[:, -1] * pca_sign(vectors[:, -1])
         return (component @ samples).reshape(h, w).astype(np.float32)
     raise ValueError(f"unknown reduction {reduce!r}: use one of {', '.join(REDUCTIONS)}")
+
+
+#: Below this ``|sum of loadings|`` (of a unit component) the mean map carries no sign.
+PCA_SIGN_TOLERANCE = 1e-6
+
+
+def pca_sign(component: np.ndarray) -> float:
+    """+1 or -1: the sign that makes a first principal component's map correlate positively
+    with the channel-mean map. With centred samples ``X`` (C x N) and component ``v``,
+    ``cov(v X, mean_c X) = v . (X X^T 1) / (C N) = lambda (v . 1) / C``: the sign of the sum of
+    the loadings. Where that sum is about 0 (the mean map is independent of the component) the
+    largest loading is made positive. ``fpncli.run.device`` computes the same in torch.
+    """
+    total = float(np.sum(component))
+    if abs(total) > PCA_SIGN_TOLERANCE * math.sqrt(component.size):
+        return 1.0 if total > 0 else -1.0
+    return 1.0 if component[np.argmax(np.abs(component))] >= 0 else -1.0
 
 
 def valid_region(map2d: np.ndarray, valid_height: int, valid_width: int) -> np.ndarray:
