@@ -65,8 +65,49 @@ def test_erf_of_two_uniform_convolutions():
     wide = ReceptiveField("a", 1, (4, 5), (2, 6, 3, 12), maps["a"])  # 5 high, 10 wide
     assert field_captions(wide, 2.5, 2.5)[1:] == [
         "theoretical RF 4x2 photo px (yellow)",
-        "effective RF: 90% within 2 photo px",
+        "effective RF: 90% within 2 photo px (red)",
     ]
+    from fpncli.viz.receptive import field_summary
+
+    # the terminal gives the picture's photo pixels and, labelled, the network's
+    assert field_summary(wide, 2.5, 2.5) == (
+        "a: cell (row 4, col 5), theoretical RF 4x2 photo px (10x5 network px), "
+        "effective RF 90% within 2 photo px (5 network px)"
+    )
+
+
+def test_erf_mass_levels_shade_the_area_holding_90_percent():
+    from fpncli.viz.receptive import erf_mass_levels
+
+    # total 10: the 5 holds half, 5 and 3 hold 80%, and the 2 completes the 90%
+    levels = erf_mass_levels(np.array([[5.0, 0.0], [3.0, 2.0]]))
+    np.testing.assert_allclose(levels, [[1 - 0.5 / 0.9, 0.0], [1 - 0.8 / 0.9, 0.0]], atol=1e-6)
+    assert not erf_mass_levels(np.zeros((2, 2))).any()
+    # a wide floor under one sharp peak (an ERF): most of the mass, so most of the area, is lit
+    erf = np.full((20, 20), 0.01)
+    erf[10, 10] = 1.0
+    lit = erf_mass_levels(erf) > 0
+    assert lit[10, 10] and lit.sum() > 300 and (erf / erf.max() > 0.05).sum() == 1
+
+
+def test_receptive_field_picture_has_a_legend_and_a_visible_erf():
+    from fpncli.viz.receptive import receptive_field_image
+
+    erf = np.zeros((32, 32), np.float32)
+    erf[8:24, 8:24] = 0.02  # a low floor: drawn by value it was near black, barely blended
+    erf[16, 16] = 1.0
+    field = ReceptiveField("p2", 4, (4, 4), (0, 31, 0, 31), erf)
+    photo = np.full((32, 32, 3), 200, np.uint8)
+    picture = receptive_field_image(photo, [field], resized=(32, 32), scale=(1.0, 1.0),
+                                    at=(17.0, 17.0), panel_height=32)  # fmt: skip
+    panel = picture[6 + 66 : 6 + 66 + 32, 10 : 10 + 32].astype(int)  # header 6, captions 66
+    dimmed = 200 * 0.6
+    assert abs(panel[2, 2] - dimmed).max() <= 1  # outside the ERF: the dimmed photo
+    assert (np.abs(panel - dimmed).max(axis=2) > 30)[9:23, 9:23].mean() > 0.5  # the ERF area
+    legend = picture[6 + 66 + 32 :].astype(int)
+    assert ((legend == (0, 255, 255)).all(axis=2)).any()  # the cyan cross's swatch
+    assert ((legend == (255, 230, 0)).all(axis=2)).any()  # the yellow box's
+    assert ((legend == (255, 60, 60)).all(axis=2)).any()  # the red square's
 
 
 def test_erf_lies_inside_the_trf_on_the_real_model():
@@ -91,6 +132,8 @@ def test_show_receptive_field_cli(sample_extraction, tmp_path):
     result = runner.invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "p3: cell (row" in result.output and "p6: cell" in result.output and save.is_file()
+    assert "photo px (" in result.output and "network px)" in result.output
+    assert "computing the receptive fields of p3, p6" in result.stderr  # before the wait
     outside = runner.invoke(cli, [*args[:4], "9999,1"])
     assert outside.exit_code == 1 and "outside the image" in outside.output
     alone = runner.invoke(cli, ["show", str(sample_extraction / "coffee"), "--at", "1,1"])

@@ -138,17 +138,16 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
                 "--receptive-field takes an image or an extraction folder, not --key of a shard"
             )
         from ..run.receptive import draw_receptive_fields
+        from ..viz.receptive import field_summary
 
         levels = None if level in (None, "all") else [v.strip() for v in level.lower().split(",")]
         out, fields = draw_receptive_fields(
             target, at, levels=levels, weights=weights, device=device, reduce=reduce,
             channel=channel, save=save, max_pixels=max_pixels,
+            progress=lambda line: click.echo(line, err=True),
         )  # fmt: skip
-        for f in fields:
-            height, width = f.trf_size
-            erf = f.erf_extent(0.9)
-            click.echo(f"{f.level}: cell (row {f.cell[0]}, col {f.cell[1]}), theoretical RF "
-                       f"{width}x{height} px, effective RF 90% within {erf} px")  # fmt: skip
+        for f in fields:  # the picture's photo pixels, then the network's (the resized photo)
+            click.echo(field_summary(f, *f.scale))
         click.echo(f"saved {out}")
         return
     from ..viz.show import show as show_target

@@ -160,6 +160,7 @@ class ReceptiveField:
     cell: tuple[int, int]  # (row, col)
     trf: tuple[int, int, int, int]  # (top, bottom, left, right), inclusive, unclipped
     erf: np.ndarray  # (H, W) in [0, 1] over the padded input
+    scale: tuple[float, float] = (1.0, 1.0)  # (scale_y, scale_x): photo -> network pixels
 
     @property
     def trf_size(self) -> tuple[int, int]:
@@ -228,7 +229,8 @@ def receptive_fields(
         model.keep_bottom_up = kept
     fields = [
         ReceptiveField(name, OUTPUT_STRIDES[name], cells[name],
-                       theoretical_rf(functions[name], *cells[name]), erf[name])
+                       theoretical_rf(functions[name], *cells[name]), erf[name],
+                       (prepared.scale_y, prepared.scale_x))
         for name in levels
     ]  # fmt: skip
     return image, prepared, fields
@@ -261,11 +263,13 @@ def draw_receptive_fields(
     channel: int = 0,
     save: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[Path, list[ReceptiveField]]:
     """``fpncli show TARGET --receptive-field --at X,Y``: write the picture; return its path and
     the fields. TARGET is an extraction folder (its photo, weights and resize are reused), an
     image (with ``weights``), or None for the latest extraction. A photo over ``max_pixels``
-    is refused, as ``extract --max-pixels`` refuses it."""
+    is refused, as ``extract --max-pixels`` refuses it. ``progress`` is told (one line) before
+    the slow part, the forward and backward passes."""
     from ..api import load_backbone, resolve_device
     from ..io.outputs import atomic_write_bytes, latest_extraction, read_manifest
     from ..viz.receptive import receptive_field_image
@@ -298,6 +302,11 @@ def draw_receptive_fields(
 
     image = load_image(image_path, max_pixels=max_pixels)
     _check_inside(point, image.width, image.height)  # before the model is built
+    if progress is not None:  # tens of seconds on a CPU, with nothing else to show meanwhile
+        progress(
+            f"computing the receptive fields of {', '.join(levels)}: one forward pass and a "
+            "backward pass per level (tens of seconds on a CPU) ..."
+        )
     # Unfolded FrozenBN and no channels-last: the gradient is the same, the graph is simpler.
     model = load_backbone(weights, device=resolve_device(device), seed=seed, fold_bn=False,
                           channels_last=False)  # fmt: skip
