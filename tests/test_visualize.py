@@ -352,3 +352,16 @@ def test_every_level_panel_spans_the_input_panel(height, width):
     free = overview_image(np.zeros((height, width, 3), np.uint8), levels, cmap="gray",
                           span_input=False)  # fmt: skip
     assert len(_black_runs(free)) > 1  # each map at its own aspect (no photo to line up with)
+
+
+def test_colour_bar_ends_say_whether_the_map_passes_reaches_or_stays_inside_them():
+    """One --scale shared range over several levels: a level that goes beyond an end says
+    <=/>=, one whose extreme is the end says min/max, one inside it the bare number (it said
+    min/max, as if the shared end were that level's own extreme)."""
+    from fpncli.viz.visualize import _range_labels
+
+    values = np.array([[0.0, 5.0, 10.0]])
+    assert _range_labels(values, (0.0, 10.0))[:2] == ("min 0", "max 10")
+    assert _range_labels(values, (2.0, 8.0))[:2] == ("<= 2", ">= 8")
+    assert _range_labels(values, (-5.0, 20.0))[:2] == ("-5", "20")
+    assert _range_labels(values, (-5.0, 8.0))[:2] == ("-5", ">= 8")

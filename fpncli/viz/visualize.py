@@ -292,13 +292,15 @@ def _fmt(value: float) -> str:
 def _range_labels(values: np.ndarray, vrange: tuple[float, float]) -> tuple[str, str, str]:
     """Texts for the two ends of a colour bar and a line on the data's own min and max.
 
-    An end reads ``<= v`` / ``>= v`` when values beyond it exist (they are saturated)."""
+    An end reads ``<= v`` / ``>= v`` when values beyond it exist (they are saturated), ``min v``
+    / ``max v`` when it is the map's own minimum / maximum, and a bare ``v`` when the map does
+    not reach it (a run's range, ``--scale level|shared``, wider than this map's values)."""
     finite = np.asarray(values, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
     lo, hi = vrange
     data_lo, data_hi = (float(finite.min()), float(finite.max())) if finite.size else (lo, hi)
-    left = f"<= {_fmt(lo)}" if data_lo < lo else f"min {_fmt(lo)}"
-    right = f">= {_fmt(hi)}" if data_hi > hi else f"max {_fmt(hi)}"
+    left = f"<= {_fmt(lo)}" if data_lo < lo else f"min {_fmt(lo)}" if data_lo == lo else _fmt(lo)
+    right = f">= {_fmt(hi)}" if data_hi > hi else f"max {_fmt(hi)}" if data_hi == hi else _fmt(hi)
     clipped = data_lo < lo or data_hi > hi
     data = f"data {_fmt(data_lo)} .. {_fmt(data_hi)}" + (" (clipped)" if clipped else "")
     return left, right, data
@@ -407,7 +409,8 @@ def overview_image(
 
     Drawn with numpy and OpenCV (tens of milliseconds, the batch pipeline writes one per image);
     level cells stay crisp (nearest-neighbour), each level coloured on its own range, which a
-    colour bar under the panel states (``<=``/``>=``: values beyond the end exist). Every level
+    colour bar under the panel states (``<=``/``>=``: values beyond the end exist; ``min``/
+    ``max``: the map's own extreme; a bare number: the map stays inside it). Every level
     panel has the input panel's size (``span_input``): its valid cells cover the image, so the
     levels line up with the photo and with each other. Drawn at their own aspect they would not
     where the last cell row or column is mostly padding: a 2000x20 image has P5 1x42 cells
