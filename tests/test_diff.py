@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from fpncli.cli import cli
-from fpncli.viz.diff import compare_arrays, diff_extractions
+from fpncli.viz.diff import compare_arrays, diff_extractions, short_names
 
 
 def test_compare_known_answers():
@@ -48,6 +48,13 @@ def _perturbed_copy(src, dst, level="p3", factor=1.01):
         array = np.load(folder / f"{level}.npy")
         np.save(folder / f"{level}.npy", array * np.float32(factor))
     return dst
+
+
+def test_diff_pictures_name_a_and_b_by_their_shortest_distinct_names():
+    assert short_names("/tmp/runs/fp32", "/tmp/runs/bf16/") == ("fp32", "bf16")
+    assert short_names("out/chelsea", "out2/chelsea") == ("out/chelsea", "out2/chelsea")
+    assert short_names("s3://bucket/a/feats", "feats") == ("a/feats", "feats")
+    assert short_names("x/y/z/same", "w/y/z/same") == ("y/z/same", "y/z/same")  # three at most
 
 
 def test_diff_scaled_level_known_answer(sample_extraction, tmp_path):

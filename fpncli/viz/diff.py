@@ -33,6 +33,7 @@ from .visualize import overview_png
 
 __all__ = [
     "LevelDiff", "ImageDiff", "DiffResult", "compare_arrays", "diff_extractions", "write_tables",
+    "short_names",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,21 @@ def _unloaded(ex: LoadedExtraction, levels: list[str] | None) -> list[str]:
             and str(meta.get("file") or "").endswith(".npy")]  # fmt: skip
 
 
-def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap) -> ImageDiff:
+def short_names(a: str | Path, b: str | Path) -> tuple[str, str]:
+    """Names for roots ``a`` and ``b`` in a picture's title: their last path components, as
+    many as it takes to tell them apart (at most three): ``out``, ``out2``; ``out/chelsea``,
+    ``out2/chelsea``. A URL is split at its slashes as a path is."""
+    parts_a = [p for p in str(a).rstrip("/").split("/") if p]
+    parts_b = [p for p in str(b).rstrip("/").split("/") if p]
+    for count in (1, 2, 3):
+        name_a, name_b = "/".join(parts_a[-count:]), "/".join(parts_b[-count:])
+        if name_a != name_b:
+            break
+    return name_a or str(a), name_b or str(b)
+
+
+def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
+                 names=("A", "B")) -> ImageDiff:  # fmt: skip
     result = ImageDiff(key)
     if key_a is None or key_b is None:
         result.skipped = f"only in {'B' if key_a is None else 'A'}"
@@ -238,7 +253,8 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap) -> Imag
     if out is not None:
         image = a.image if a.image is not None else np.full((64, 96, 3), 255, np.uint8)
         worst = max(d.max_rel for d in result.levels)
-        title = f"{key}: max over channels of |A - B|, worst max_rel {worst:.3g}"
+        title = (f"{key}: max over channels of |A - B|, A = {names[0]}, B = {names[1]}, "
+                 f"worst max_rel {worst:.3g}")  # fmt: skip
         png = overview_png(image, panels, cmap=cmap, title=title, span_input=a.image is not None)
         folder, top = key, key.partition("/")[0]
         if top.casefold() in _TABLES:  # an image called diff.csv: not where the table goes
@@ -294,7 +310,8 @@ def diff_extractions(
             )
     pairs = _pair(found_a, found_b)
     out_dir = Path(out) if out is not None else None
-    images = [_compare_one(k, found_a, ka, found_b, kb, levels, out_dir, cmap)
+    names = short_names(a, b)
+    images = [_compare_one(k, found_a, ka, found_b, kb, levels, out_dir, cmap, names)
               for k, ka, kb in pairs]  # fmt: skip
     images.sort(key=lambda i: i.key)
     result = DiffResult(str(a), str(b), tol, images)
