@@ -211,6 +211,27 @@ def test_the_window_draws_the_values_in_image_pixels(folder):
     text = ax.format_coord(20.0, 10.0)
     assert "x=20 y=10 px" in text and "cell (1, 3)" in text and f"{values[1, 3]:.5g}" in text
     assert "RANDOM" in fig._suptitle.get_text() and fig._suptitle.get_color() == "#c00000"
+    # titled as extract's overview is: the photo's file name, the weights, what is drawn
+    assert fig._suptitle.get_text().startswith("photo.png  (random, channel 0, viridis)")
+
+
+def test_shows_overview_is_titled_as_extracts(folder, monkeypatch):
+    from fpncli.io.outputs import OutputOptions, overview_title
+
+    drawn = {}
+
+    def fake_overview(image, panels, **kwargs):
+        drawn.update(kwargs)
+        return np.zeros((4, 4, 3), np.uint8)
+
+    monkeypatch.setattr(show_module, "overview_image", fake_overview)
+    show(str(folder), level="all", save=str(folder.parent / "all.png"), display=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    extract = overview_title(manifest["input"]["path"], manifest["weights"], OutputOptions())
+    assert drawn["title"] == extract == "photo.png  (random, channel 0)"
+    show(str(folder), level="all", reduce="pca", save=str(folder.parent / "all.png"),
+         display=False)  # fmt: skip
+    assert drawn["title"] == "photo.png  (random, pca)"
 
 
 def test_the_window_has_one_subplot_per_level_and_a_p6_as_large_as_p2(folder):

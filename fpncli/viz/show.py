@@ -63,6 +63,24 @@ class _Source:
     name: str
     default_prefix: Path  # the default PNG is f"{default_prefix}_{level}[_overlay].png"
     notes: list[str] = field(default_factory=list)  # said before the picture
+    photo: str = ""  # the photo's file name, for titles (as extract's overview names it)
+    weights_name: str = ""  # the manifest's weights name ("random", a registry name, a path)
+
+
+def _photo_and_weights(manifest: dict) -> tuple[str, str]:
+    """The photo's file name and the weights' name a manifest records ("" where it does not)."""
+    info, weights = manifest.get("input"), manifest.get("weights")
+    path = info.get("path") if isinstance(info, dict) else None
+    name = weights.get("name") if isinstance(weights, dict) else None
+    return (Path(path).name if isinstance(path, str) else "",
+            name if isinstance(name, str) else "")  # fmt: skip
+
+
+def _title(source: _Source, *details: str) -> str:
+    """``chelsea.png  (random, channel 0)``: the title extract's overview has
+    (``outputs.overview_title``), so show's pictures of a folder read the same."""
+    inside = ", ".join([source.weights_name, *details] if source.weights_name else details)
+    return f"{source.photo or source.name}  ({inside})"
 
 
 def _latest() -> tuple[Path, list[str]]:
@@ -150,9 +168,9 @@ def _from_folder(folder: Path, levels: list[str]) -> _Source:
             )
         features[name] = check_level_array(read_npy(file), meta, str(file))
     resized, scale, random = _geometry(manifest, f"{folder}/{MANIFEST}")
-    return _Source(
-        features, _load_input(manifest), resized, scale, random, folder.name, folder / "show"
-    )
+    photo, weights_name = _photo_and_weights(manifest)
+    return _Source(features, _load_input(manifest), resized, scale, random, folder.name,
+                   folder / "show", photo=photo, weights_name=weights_name)  # fmt: skip
 
 
 def _geometry(manifest: dict, where: str) -> tuple[tuple[int, int], tuple[float, float], bool]:
@@ -184,6 +202,8 @@ def _from_image(path: Path, weights: str, device: str, max_pixels: int) -> _Sour
         model.weights_info.random,
         path.stem,
         Path(f"fpn_show_{path.stem}"),
+        photo=path.name,
+        weights_name=model.weights_info.name,
     )
 
 
@@ -214,8 +234,10 @@ def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
         array = npy_from_bytes(members[meta["file"]], where)
         features[name] = check_level_array(array, meta, where)
     resized, scale, random = _geometry(manifest, f"{key}.json in {root}/{shard}")
+    photo, weights_name = _photo_and_weights(manifest)
     return _Source(features, _load_input(manifest), resized, scale, random, key,
-                   Path(f"fpn_show_{key.replace('/', '_')}"))  # fmt: skip
+                   Path(f"fpn_show_{key.replace('/', '_')}"), photo=photo,
+                   weights_name=weights_name)  # fmt: skip
 
 
 def _resolve(target: str | None, levels: list[str], weights: str, device: str,
@@ -329,7 +351,7 @@ def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str
         image = source.image_rgb
         if image is None:
             image = np.full((64, 96, 3), 255, np.uint8)
-        return overview_image(image, panels, title=f"{source.name} ({how})", note=note, cmap=cmap,
+        return overview_image(image, panels, title=_title(source, how), note=note, cmap=cmap,
                               span_input=source.image_rgb is not None)  # fmt: skip
     shape = tuple(source.features[level].shape)
     label = f"{level}  stride {STRIDES[level]}  {shape}  {how}"
@@ -403,7 +425,7 @@ def _window_options(source: _Source, *, cmap: str, overlay: bool, reduce: str,
         "image_rgb": source.image_rgb,
         "scale": source.scale if source.resized is not None else None,
         "cmap": cmap,
-        "title": f"{source.name}  ({how}, {cmap})",
+        "title": _title(source, how, cmap),
         "note": RANDOM_NOTE if source.random else "",
         "overlay": overlay,
     }
