@@ -361,3 +361,15 @@ def test_a_16_bit_photos_thumbnail_is_scaled_as_extract_reads_it(tmp_path):
     Image.fromarray(np.full((40, 60), 32896, np.uint16)).save(tmp_path / "grey16.png")
     thumb = _input_thumbnail(tmp_path / "grey16.png", 20)
     assert thumb.shape == (20, 30, 3) and int(thumb.max()) == 128
+
+
+def test_a_shard_folders_show_command_is_quoted_as_a_shell_takes_it(sample_shards, tmp_path):
+    import html
+    import shlex
+
+    root = tmp_path / "my shards"
+    shutil.copytree(sample_shards, root)
+    write_report(root)
+    page = html.unescape((root / "report.html").read_text())
+    command = re.search(r"<code>(fpncli show .*?)</code>", page)
+    assert command and shlex.split(command.group(1))[:3] == ["fpncli", "show", str(root)]

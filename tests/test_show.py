@@ -183,6 +183,25 @@ def test_a_batch_output_root_lists_its_images_and_how_to_pick_one(folder):
     assert "photo, second" in str(error.value)
 
 
+def test_the_suggested_commands_quote_a_folder_with_spaces(folder, tmp_path):
+    """The command a message suggests can be pasted as printed: ``fpncli show my out/x`` was
+    two arguments."""
+    import shlex
+
+    batch = folder.parent / "my out"
+    _copy_extraction(folder, "my out/photo")
+    with pytest.raises(ValueError, match="batch output folder") as error:
+        show(str(batch), display=False)
+    suggested = str(error.value).split("e.g. ", 1)[1]
+    assert shlex.split(suggested) == ["fpncli", "show", str(batch / "photo")]
+    shards = tmp_path / "my shards"
+    shards.mkdir()
+    (shards / "index.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match="--format wds output") as error:
+        show(str(shards), display=False)
+    assert f"fpncli report {shlex.quote(str(shards))} lists" in str(error.value)
+
+
 def test_level_all_shows_the_levels_an_extraction_has(folder):
     manifest = json.loads((folder / "manifest.json").read_text())
     for name in ("p2", "p6"):

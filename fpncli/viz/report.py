@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
@@ -507,7 +508,8 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
     pages = max(1, -(-len(rows) // page_size))
     shard_note = (
         "<p class=muted>The images lie in tar shards (--format wds), so the thumbnails link to "
-        f"nothing larger: <code>fpncli show {html.escape(str(root))} --key KEY --level all</code> "
+        f"nothing larger: <code>fpncli show {html.escape(shlex.quote(str(root)))} --key KEY "
+        "--level all</code> "
         "draws one.</p>"
         if found.format == "wds"
         else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,7 +117,8 @@ def _not_an_extraction(folder: Path) -> Exception:
     if (folder / INDEX).is_file() or (folder / INDEX_DIR).is_dir():
         return ValueError(
             f"{folder} is a --format wds output: name an image in it with --key KEY "
-            f"(its keys are in {folder / INDEX}, and fpncli report {folder} lists them)"
+            f"(its keys are in {folder / INDEX}, and fpncli report "
+            f"{shlex.quote(str(folder))} lists them)"
         )
     below = _extractions_below(folder)
     if not below:
@@ -128,7 +130,7 @@ def _not_an_extraction(folder: Path) -> Exception:
     more = f" and {len(below) - 5} more" if len(below) > 5 else ""
     return ValueError(
         f"{folder} is a batch output folder with {len(below)} extraction(s) ({names}{more}): "
-        f"name one, e.g. fpncli show {below[0]}"
+        f"name one, e.g. fpncli show {shlex.quote(str(below[0]))}"
     )
 
 
