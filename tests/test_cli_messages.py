@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,29 @@ def test_the_run_states_its_output_volume_before_it_starts(runner, tmp_path):
     line = next(ln for ln in result.stderr.splitlines() if ln.startswith("output: about"))
     assert "MB per image" in line and "--dtype float16" in line and "--levels p3,p4,p5,p6" in line
     assert result.output.index("output: about") < result.output.index("wrote ")
+
+
+def test_the_volume_note_counts_only_the_images_the_run_will_do(runner, tmp_path):
+    """A rerun states the output of the images left, and nothing when none is left (it said
+    "for 3 images" over a finished folder); so does a shard whose images are all done."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(folder / f"{name}.png")
+    args = ["extract", str(folder), "-o", str(tmp_path / "out"), *SMALL, "--no-heatmaps",
+            "--no-overview", "--workers", "1"]  # fmt: skip
+    first = runner.invoke(cli, args)
+    assert first.exit_code == 0 and "for 3 images" in first.stderr, first.output
+    again = runner.invoke(cli, args)
+    assert again.exit_code == 0 and "skipped 3" in again.stdout, again.output
+    assert "output:" not in again.stderr, again.stderr
+    shard = runner.invoke(cli, [*args, "--shard", "0/3"])
+    assert shard.exit_code == 0 and "output:" not in shard.stderr, shard.output
+    shutil.rmtree(tmp_path / "out" / "b")
+    rest = runner.invoke(cli, args)
+    line = next(ln for ln in rest.stderr.splitlines() if ln.startswith("output: about"))
+    assert "for the 1 of 3 images left to do" in line, line
+    assert rest.output.index("output: about") < rest.output.index("done 1, skipped 2")
 
 
 def _one_line_error(result) -> str:

@@ -500,7 +500,7 @@ def test_default_threads_follow_the_cores_this_process_may_use(runner, tmp_path,
 
     seen = {}
 
-    def capture(jobs, model, options, progress=None):
+    def capture(jobs, model, options, progress=None, on_plan=None):
         seen["options"] = options
         raise KeyboardInterrupt
 

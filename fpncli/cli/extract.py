@@ -372,7 +372,12 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         raise
     if engine == "ray" and actor_device != "cpu":
         dev = _torch_device("cuda")  # for the default batch size of GPU actors
-    click.echo(_volume_note(jobs, output), err=True)  # once the weights are there, before the run
+
+    def state_volume(todo) -> None:  # once the weights are there and resume has been read
+        note = _volume_note(todo, output, len(jobs))
+        if note is not None:
+            click.echo(note, err=True)
+
     if devices:
         dev = _torch_device(devices[0])
     options = RunOptions(
@@ -397,22 +402,22 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
                 address=engine_options["address"], gpu_workers=engine_options["gpu_workers"],
                 gpus_per_worker=engine_options["gpus_per_worker"], crash_after=_crash_after(),
             )  # fmt: skip
-            summary = run_ray(jobs, out_dir, model, options, ray_options, progress=bar)
+            summary = run_ray(jobs, out_dir, model, options, ray_options, progress=bar,
+                              on_plan=state_volume)  # fmt: skip
         elif out_format == "wds":
             from ..run.wds import run_sharded
 
             summary = run_sharded(
                 jobs, out_dir, model, options, shard_bytes=engine_options["shard_bytes"],
-                progress=bar, crash_after=_crash_after(),
+                progress=bar, crash_after=_crash_after(), on_plan=state_volume,
             )  # fmt: skip
         elif len(devices) > 1:
             from ..run.multi import run_on_devices
 
-            summary = run_on_devices(
-                jobs, model, options, devices, weights=weights, seed=seed, progress=bar
-            )
+            summary = run_on_devices(jobs, model, options, devices, weights=weights, seed=seed,
+                                     progress=bar, on_plan=state_volume)  # fmt: skip
         else:
-            summary = run_jobs(jobs, model, options, progress=bar)
+            summary = run_jobs(jobs, model, options, progress=bar, on_plan=state_volume)
     except KeyboardInterrupt as e:
         bar.close()
         _report_interrupt(bar.last, len(jobs), dropped=getattr(e, "dropped_images", 0))

@@ -12,17 +12,27 @@ import click
 from ..io.guard import quote_name
 
 
-def _volume_note(jobs, output) -> str:
-    """How much the run will write, said before it starts, with the options that cut it."""
+def _volume_note(jobs, output, total: int | None = None) -> str | None:
+    """How much the run will write, said before it starts, with the options that cut it.
+
+    ``jobs``: the images the run will do (those left after resume), of ``total`` given; None
+    when there are none (the final report says they were already complete)."""
     from dataclasses import replace
 
     from ..run.pipeline import estimate_run_bytes
+
+    if not jobs:
+        return None
+    total = len(jobs) if total is None else total
 
     def per_image(options) -> float:
         return estimate_run_bytes(jobs, options) / max(1, len(jobs))
 
     text = f"output: about {_size(per_image(output))} per image"
-    if len(jobs) > 1:
+    if total > len(jobs):
+        text += (f", {_size(per_image(output) * len(jobs))} for the {len(jobs)} of {total} "
+                 "images left to do")  # fmt: skip
+    elif len(jobs) > 1:
         text += f", {_size(per_image(output) * len(jobs))} for {len(jobs)} images"
     tips = []
     if output.save_npy and output.dtype == "float32":

@@ -160,6 +160,7 @@ def run_on_devices(
     seed: int = 0,
     progress: Callable[[Progress], None] | None = None,
     warmup: list[Job] | None = None,
+    on_plan: Callable[[list[Job]], None] | None = None,
 ) -> RunSummary:
     """Run ``jobs`` split over ``devices`` (e.g. ``["cuda:0", "cuda:1"]``), one process each.
 
@@ -171,9 +172,15 @@ def run_on_devices(
     together, once all are warm or ended (``RunSummary.released``): a timed span then holds
     neither a cold first batch (cuDNN's search, lazy kernel loading) nor one worker running
     alone while another still warms up.
+
+    ``on_plan``: as ``run_jobs``'s, called with the pending jobs of the whole run.
     """
-    if not options.force:
-        check_disk_space(pending_jobs(jobs, options, weights_meta(model)), options.output)
+    if on_plan is not None or not options.force:
+        todo = pending_jobs(jobs, options, weights_meta(model))
+        if on_plan is not None:
+            on_plan(todo)
+        if not options.force:
+            check_disk_space(todo, options.output)
     options = worker_options(options, len(devices))
     context = mp.get_context("spawn")
     count = len(devices)

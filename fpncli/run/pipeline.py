@@ -384,11 +384,14 @@ def run_jobs(
     *,
     progress: Callable[[Progress], None] | None = None,
     sink=None,
+    on_plan: Callable[[list[Job]], None] | None = None,
 ) -> RunSummary:
     """Extract every job's image into its folder; complete folders are skipped unless overwrite.
 
     With a ``sink`` (``run.wds``), every job is run and its outputs go to ``sink.write`` (the
     caller resumed and checked the disk), and no folder is recorded as the latest extraction.
+    ``on_plan`` is called once with the jobs the run will do (the pending ones), before the disk
+    check and the run: the CLI states the output volume of those, not of every job.
 
     Bad images are reported in ``summary.failed`` and skipped; a full disk stops the run cleanly
     (``summary.aborted``). Raises InsufficientDiskError before starting when the estimated output
@@ -399,6 +402,8 @@ def run_jobs(
     summary = RunSummary(total=len(jobs))
     todo = pending_jobs(jobs, options, weights_meta(model)) if sink is None else list(jobs)
     summary.skipped = len(jobs) - len(todo)
+    if on_plan is not None:
+        on_plan(todo)
     if not options.force and sink is None:
         check_disk_space(todo, options.output)
     input_format = model.weights_info.input

@@ -226,8 +226,10 @@ def run_ray(
     ray_options: RayOptions,
     *,
     progress: Callable[[Progress], None] | None = None,
+    on_plan: Callable[[list[Job]], None] | None = None,
 ) -> RunSummary:
     """Extract ``jobs`` on Ray Data into ``out`` (a folder, or an fsspec URL for ``wds``).
+    ``on_plan``: as ``run_jobs``'s, called with the jobs left to do.
 
     ``model`` (on the driver, usually the CPU) only gives the weights' identity for resume; the
     actors load their own copy. Raises ValueError for a cluster that cannot run the request
@@ -237,13 +239,13 @@ def run_ray(
     started = _connect(ray, ray_options.address)
     try:
         with contextlib.ExitStack() as stack:  # the wds claim, held until the end
-            return _run(ray, jobs, out, model, options, ray_options, progress, stack)
+            return _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(ray, jobs, out, model, options, ray_options, progress, stack) -> RunSummary:
+def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=None) -> RunSummary:
     from ray.data import ActorPoolStrategy, DataContext
 
     size, gpus = _pool(ray, ray_options)
@@ -268,6 +270,8 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack) -> RunSum
         todo = pending_jobs(jobs, options, weights)
         summary.skipped = len(jobs) - len(todo)
         rows_per_call = options.batch_size * 4
+    if on_plan is not None:
+        on_plan(todo)
     if not todo:
         return summary
     context = DataContext.get_current()

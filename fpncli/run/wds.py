@@ -142,11 +142,15 @@ def run_sharded(
     shard_bytes: int,
     progress: Callable[[Progress], None] | None = None,
     crash_after: int | None = None,
+    on_plan: Callable[[list[Job]], None] | None = None,
 ) -> RunSummary:
     """Extract ``jobs`` into WebDataset shards of about ``shard_bytes`` under ``out`` (a folder
-    or an fsspec URL), resuming from its index; ``index.parquet`` is rewritten at the end."""
+    or an fsspec URL), resuming from its index; ``index.parquet`` is rewritten at the end.
+    ``on_plan``: as ``run_jobs``'s, called with the jobs not yet in the index nor taken."""
     plan = plan_sharded(jobs, out, options, weights_meta(model))
     try:
+        if on_plan is not None:
+            on_plan(plan.todo)
         _check_disk(plan, options)
         writer = ShardWriter(
             plan.fs, plan.root, target_bytes=shard_bytes, settings=plan.settings,
