@@ -87,9 +87,32 @@ def test_weights_list_shows_every_entry_when_one_cannot_be_read(runner, monkeypa
 def test_weights_verify_fails_for_a_named_checkpoint_that_is_missing(runner):
     result = runner.invoke(cli, ["weights", "verify", "faster_rcnn_R_50_FPN_1x"])
     assert result.exit_code == 1 and "not cached" in result.output
-    assert "weights download" in result.output
+    assert "run fpncli weights download faster_rcnn_R_50_FPN_1x" in result.output
     everything = runner.invoke(cli, ["weights", "verify"])  # nothing cached, nothing wrong
     assert everything.exit_code == 0 and "not cached" in everything.output
+
+
+def test_weights_verify_names_a_damaged_file_once_and_the_commands_that_fix_it(runner):
+    """The line named the checkpoint twice ("X: mismatch X: sha256 ..."), and the error said
+    "run 'fpncli weights download NAME' for each", which keeps the damaged file as it is."""
+    import shlex
+
+    from fpncli.weights.hub import cached_path
+    from fpncli.weights.registry import REGISTRY
+
+    name = "faster_rcnn_R_50_FPN_3x"
+    damaged = cached_path(REGISTRY[name])
+    damaged.write_bytes(b"half a download")
+    result = runner.invoke(cli, ["weights", "verify", name, "faster_rcnn_R_101_FPN_3x"])
+    assert result.exit_code == 1
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith(f"{name}:"))
+    assert line.count(name) == 1 and "does not match the published" in line, line
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and "NAME" not in error[0], error
+    assert "1 damaged" in error[0] and "1 not cached" in error[0], error
+    commands = error[0].split("download again: ", 1)[1]
+    assert shlex.split(commands) == ["rm", str(damaged), "&&", "fpncli", "weights", "download",
+                                     name, "faster_rcnn_R_101_FPN_3x"]  # fmt: skip
 
 
 def test_a_damaged_pth_is_not_called_a_pkl(tmp_path):

@@ -87,13 +87,28 @@ def weights_verify(names) -> None:
             return
     for name in names:
         get_spec(name)
-    bad = 0
+    damaged, missing = [], []
     for entry in verify_cached(list(names) or None):
         status = "not cached" if entry.status == "missing" else entry.status
         click.echo(f"{entry.name}: {status} {entry.detail}".rstrip())
-        bad += entry.status == "mismatch" or (entry.status == "missing" and bool(names))
-    if bad:
-        raise click.ClickException(
-            f"{bad} checkpoint(s) missing or not matching their digest: "
-            "run 'fpncli weights download NAME' for each"
-        )
+        if entry.status == "mismatch":
+            damaged.append(entry)
+        elif entry.status == "missing" and names:
+            missing.append(entry)
+    if damaged or missing:
+        raise click.ClickException(_verify_fix(damaged, missing))
+
+
+def _verify_fix(damaged: list, missing: list) -> str:
+    """The failed verify's one line: what is wrong and the command(s) that fix it (a damaged
+    file must go first: ``weights download`` keeps a cached file as it is)."""
+    import shlex
+
+    what = [f"{len(damaged)} damaged: sha256 mismatch"] if damaged else []
+    what += [f"{len(missing)} not cached"] if missing else []
+    what = f"{len(damaged) + len(missing)} checkpoint(s) not usable ({', '.join(what)})"
+    download = shlex.join(["fpncli", "weights", "download", *(e.name for e in damaged + missing)])
+    if not damaged:
+        return f"{what}: run {download}"
+    remove = shlex.join(["rm", *(str(e.path) for e in damaged)])
+    return f"{what}: delete the damaged file(s) and download again: {remove} && {download}"

@@ -335,8 +335,8 @@ def verify_cached(names: list[str] | None = None) -> list[CacheEntry]:
             problems.append(f"sha256 {digest} != recorded {recorded}")
         try:
             _check_digest(spec, digest)
-        except WeightsDownloadError as e:
-            problems.append(str(e))
+        except WeightsDownloadError as e:  # the entry's line names the checkpoint already
+            problems.append(str(e).removeprefix(f"{name}: "))
         if problems:
             entries.append(CacheEntry(name, path, "mismatch", "; ".join(problems)))
         elif recorded is None:
