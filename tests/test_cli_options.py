@@ -82,6 +82,18 @@ def test_extract_checks_every_option_first(runner, no_model, photo, tmp_path, mo
     assert not out.exists()  # no folder made
 
 
+@pytest.mark.parametrize("command", ["extract", "show", "bench"])
+def test_a_usage_error_that_names_where_to_look_gets_no_second_pointer(runner, no_model, photo,
+                                                                       command):  # fmt: skip
+    """``--weights rando`` ended "(see 'fpncli weights list') (see 'fpncli extract --help')"."""
+    args = [command, *([str(photo)] if command != "bench" else []), "--weights", "rando"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.count("(see '") == 1 and "(see 'fpncli weights list')" in result.output
+    bad_cmap = runner.invoke(cli, ["extract", str(photo), "--cmap", "bogus"])
+    assert bad_cmap.output.rstrip().endswith("extract --help')"), bad_cmap.output  # still there
+
+
 def test_levels_all_is_accepted(runner, photo, tmp_path):
     out = tmp_path / "out"
     args = ["extract", str(photo), "-o", str(out), *SMALL, "--levels", "all", "--no-heatmaps",

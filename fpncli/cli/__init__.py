@@ -36,7 +36,7 @@ def _usage_in_one_line():
         raise
     except click.UsageError as e:
         message = " ".join(e.format_message().split())
-        if e.ctx is not None:
+        if e.ctx is not None and "(see '" not in message:  # one pointer: the message's own
             message += f" (see '{e.ctx.command_path} --help')"
         raise _UsageLine(message) from None
 
