@@ -137,6 +137,20 @@ def test_cli_show_prints_where(folder, monkeypatch):
     assert "stride-2 subsample of P5" in result.output
 
 
+def test_a_list_of_levels_is_a_usage_error_like_an_unknown_level(folder):
+    """``--level p2,p3`` (a list: for --receptive-field only) was exit 1 in other words than
+    ``--level P7``'s exit 2."""
+    unknown = CliRunner().invoke(cli, ["show", str(folder), "--level", "P7"])
+    listed = CliRunner().invoke(cli, ["show", str(folder), "--level", "p2,p3"])
+    for result in (unknown, listed):
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: Invalid value for '--level': ")
+        assert lines[0].endswith("show --help')"), lines[0]
+    assert "one level at a time (a comma list is for --receptive-field)" in listed.output
+    assert not list(folder.glob("show_*.png"))
+
+
 def _copy_extraction(folder, name):
     import shutil
 

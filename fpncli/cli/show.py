@@ -152,6 +152,13 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
         return
     from ..viz.show import show as show_target
 
+    if level is not None and "," in level:  # a usage error, as the callback's: exit 2
+        ctx = click.get_current_context()
+        raise click.BadParameter(
+            f"{level!r}: one level at a time (a comma list is for --receptive-field): use "
+            "p2..p6, all, or a bottom-up stage (stem, res2..res5)",
+            ctx=ctx, param=next(p for p in ctx.command.params if p.name == "level"),
+        )  # fmt: skip
     _check_weights(weights)
     show_target(
         target, level=level, channel=channel, reduce=reduce, cmap=cmap, clip=clip,
