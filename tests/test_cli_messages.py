@@ -193,6 +193,29 @@ def _one_line_error(result) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize(
+    "args, stray, example",
+    [
+        (["--levels", "p2", "p3"], "p3", "--levels p2,p3"),
+        (["P4"], "P4", "--levels p4"),
+        (["--levels", "res5", "stem,res4"], "stem,res4", "--levels res5,stem,res4"),
+    ],
+)
+def test_a_missing_input_that_reads_as_levels_says_levels_is_one_list(runner, tmp_path, args,
+                                                                      stray, example):  # fmt: skip
+    """``--levels p2 p3`` made p3 an input: "no such file or folder: p3" and nothing more."""
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(photo)
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["extract", str(photo), "-o", str(out), *SMALL, *args])
+    line = _one_line_error(result)
+    assert result.exit_code == 1 and f"no such file or folder: {stray} (" in line, line
+    assert "comma-separated" in line and line.endswith(f"e.g. {example})"), line
+    assert not out.exists()
+    typo = runner.invoke(cli, ["extract", str(tmp_path / "p3.png"), *SMALL])
+    assert _one_line_error(typo).endswith("no such file or folder: " + str(tmp_path / "p3.png"))
+
+
 def test_weights_that_are_a_folder_fifo_or_device_are_named_as_such(runner, tmp_path):
     import os
 

@@ -26,6 +26,7 @@ from .common import (
 )
 from .extract_checks import (
     _check_engine_options,
+    _check_inputs_not_levels,
     _check_installed,
     _check_scale,
     _checked_canvas,
@@ -320,6 +321,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     out = Path(out_dir)
     passed_over: set[Path] = set()
     unreadable: list = []
+    _check_inputs_not_levels(inputs, levels)
     pairs = discover_inputs(inputs, from_list, exclude=None if url else out, skipped=passed_over,
                             unreadable=unreadable)  # fmt: skip
     if passed_over:

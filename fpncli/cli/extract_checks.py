@@ -24,6 +24,24 @@ def _auto_or_count(value: str, param_hint: str | None = None) -> int | None:
     return count
 
 
+def _check_inputs_not_levels(inputs, levels: tuple[str, ...]) -> None:
+    """Refuse an input that does not exist and reads as level names (``--levels p2 p3`` makes
+    ``p3`` an input), saying that ``--levels`` takes one comma-separated list."""
+    from ..model.names import OUTPUTS
+
+    names = {*OUTPUTS, "all"}
+    for raw in inputs:
+        parts = [n.strip().lower() for n in raw.split(",")]
+        if not raw.strip() or os.path.lexists(os.path.expanduser(raw)) or not set(parts) <= names:
+            continue
+        given = click.get_current_context().get_parameter_source("levels")
+        wanted = [*(levels if given == click.core.ParameterSource.COMMANDLINE else ()), *parts]
+        raise click.ClickException(
+            f"no such file or folder: {raw} (a level? --levels takes one comma-separated list, "
+            f"e.g. --levels {','.join(dict.fromkeys(n for n in wanted if n))})"
+        )
+
+
 def _processes_callback(ctx, param, value: str) -> int | None:
     """``--processes``: auto (None) or a count of at least 1."""
     return _auto_or_count(value)
