@@ -85,8 +85,28 @@ def test_offline_download_says_where_and_what_to_do(home, monkeypatch):
         download(spec)
     message = str(info.value)
     assert spec.url in message and str(home / spec.file_name) in message
-    assert "--weights random" in message and "\n" not in message
+    assert message.endswith(f"download it by hand and put it at {home / spec.file_name}")
+    assert "\n" not in message
     assert not list(home.iterdir())  # no temporary file left
+    with pytest.raises(WeightsDownloadError) as info:  # where a --weights value was resolved
+        resolve_weights(spec.name)
+    assert str(info.value).endswith("or use --weights random ('random' in Python)")
+
+
+def test_weights_download_offline_does_not_offer_an_option_it_has_not(home, monkeypatch):
+    """``fpncli weights download`` has no --weights: its failure ended "or use --weights random"
+    (extract, show and bench keep it: tests/test_cli.py)."""
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    result = CliRunner().invoke(cli, ["weights", "download", "faster_rcnn_R_50_FPN_3x"])
+    assert result.exit_code == 1 and "could not download" in result.output, result.output
+    assert "by hand" in result.output and "--weights" not in result.output
 
 
 def test_download_checks_then_renames_and_records(home, monkeypatch, checkpoint_bytes):

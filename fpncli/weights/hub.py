@@ -180,6 +180,7 @@ def download(
     progress: bool = True,
     check: Callable[[Path], None] | None = None,
     timeout_s: float = 30.0,
+    alternative: str | None = None,
 ) -> Path:
     """Download ``spec`` into the cache, check it, then rename it into place.
 
@@ -188,6 +189,9 @@ def download(
         progress: show a progress bar on stderr when it is a terminal.
         check: called on the temporary file before the rename (fpncli passes a strict load).
         timeout_s: socket timeout.
+        alternative: what else the caller can do when the address fails, said after putting
+            the file by hand (``resolve_weights``: use the random weights; ``fpncli weights
+            download`` has no such option).
 
     Returns:
         The final path in the cache.
@@ -197,8 +201,8 @@ def download(
             file by hand), or the file failed a check (it is deleted).
     """
     final = cached_path(spec)
-    hint = (
-        f"download it by hand and put it at {final}, or use --weights random ('random' in Python)"
+    hint = f"download it by hand and put it at {final}" + (
+        f", or {alternative}" if alternative else ""
     )
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +277,11 @@ def resolve_weights(
         raise FileNotFoundError(
             f"{spec.name} is not cached at {path}; run 'fpncli weights download {spec.name}'"
         )
-    return download(spec, check=check), spec
+    return download(spec, check=check, alternative=_RANDOM_INSTEAD), spec
+
+
+#: What a run that takes a ``--weights`` value (or the API's ``weights=``) can do offline.
+_RANDOM_INSTEAD = "use --weights random ('random' in Python)"
 
 
 @dataclass(frozen=True)
