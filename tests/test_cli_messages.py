@@ -216,6 +216,24 @@ def test_a_missing_input_that_reads_as_levels_says_levels_is_one_list(runner, tm
     assert _one_line_error(typo).endswith("no such file or folder: " + str(tmp_path / "p3.png"))
 
 
+def test_a_file_named_inside_the_output_folder_is_named_in_the_note_and_error(runner, tmp_path):
+    """``-o samples samples/chelsea.png`` said "skipped samples" and "no images found in the
+    given inputs outside the output folder": naming a folder when a file was given."""
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    photo = folder / "chelsea.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(photo)
+    result = runner.invoke(cli, ["extract", "-o", str(folder), str(photo), *SMALL])
+    assert result.exit_code == 1, result.output
+    note, error = result.stderr.strip().splitlines()
+    assert note.endswith(f"skipped {photo} (in the output folder {os.path.relpath(folder)})")
+    assert error == (f"Error: {photo} lies in the output folder {folder}, and outputs are never "
+                     "read back as inputs: give another -o")  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == ["chelsea.png"]
+    whole = runner.invoke(cli, ["extract", "-o", str(folder), str(folder), *SMALL])
+    assert whole.exit_code == 1 and "no images found in the given inputs outside" in whole.output
+
+
 def test_weights_that_are_a_folder_fifo_or_device_are_named_as_such(runner, tmp_path):
     import os
 

@@ -38,6 +38,7 @@ from .extract_checks import (
     _worker_devices,
 )
 from .extract_report import (
+    _inside,
     _remove_if_unused,
     _report,
     _report_interrupt,
@@ -324,13 +325,24 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     _check_inputs_not_levels(inputs, levels)
     pairs = discover_inputs(inputs, from_list, exclude=None if url else out, skipped=passed_over,
                             unreadable=unreadable)  # fmt: skip
+    files_inside = _inside(inputs, passed_over)
     if passed_over:
-        click.echo(_skipped_note(passed_over), err=True)
+        click.echo(_skipped_note(passed_over, files_inside), err=True)
     for folder, reason in unreadable:
         click.echo(f"note: cannot read the folder {quote_name(str(folder))} ({reason}): its "
                    "images are left out (reported as failed)", err=True)  # fmt: skip
     if not pairs:
         passed_out = {os.path.realpath(r) for r in passed_over}
+        inside_out = [raw for raw, root in files_inside.items()
+                      if os.path.realpath(root) == os.path.realpath(out)]  # fmt: skip
+        if not url and inside_out:  # -o is the folder of the files named
+            raise click.ClickException(
+                f"{quote_name(inside_out[0])}"
+                f"{f' and {len(inside_out) - 1} more' if len(inside_out) > 1 else ''} "
+                f"{'lie' if len(inside_out) > 1 else 'lies'} in the output folder "
+                f"{quote_name(str(out))}, and outputs are never read back as inputs: give "
+                "another -o"
+            )
         if not url and os.path.realpath(out) in passed_out:  # -o is the input folder, say
             raise click.ClickException(
                 f"no images found in the given inputs outside the output folder "

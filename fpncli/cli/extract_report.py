@@ -47,8 +47,27 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
 
 
-def _skipped_note(roots: set[Path]) -> str:
-    shown = sorted(quote_name(os.path.relpath(r)) for r in roots)
+def _inside(inputs, roots: set[Path]) -> dict[str, Path]:
+    """The inputs named as files that lie in one of the output ``roots`` -> that root (they are
+    passed over with it: a note or error naming only the folder would not say why)."""
+    found = {}
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            continue
+        real = Path(os.path.realpath(path))
+        root = next((r for r in roots if Path(r) in real.parents), None)
+        if root is not None:
+            found[raw] = root
+    return found
+
+
+def _skipped_note(roots: set[Path], files: dict[str, Path] | None = None) -> str:
+    """The output folders passed over, or the files named as inputs that lie in one."""
+    files = files or {}
+    shown = [f"{quote_name(raw)} (in the output folder {quote_name(os.path.relpath(root))})"
+             for raw, root in files.items()]  # fmt: skip
+    shown += sorted(quote_name(os.path.relpath(r)) for r in roots - set(files.values()))
     more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
     return f"note: not reading outputs back as inputs: skipped {', '.join(shown[:5])}{more}"
 
