@@ -80,3 +80,29 @@ def test_readme_has_the_default_and_the_cpu_only_install_lines():
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu && " in cpu
     assert cpu.index("whl/cpu") < cpu.index('pip install -e ".[test]"')
     assert cpu.endswith("fpncli extract samples/chelsea.png")
+
+
+def _manifest_table() -> dict[str, str]:
+    """The README's manifest table: each row's field cell -> its description cell."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("`manifest.json`, field by field", 1)[1].split("\n\n", 2)[1]
+    rows = [re.split(r"(?<!\\)\|", line) for line in table.splitlines()[2:]]
+    assert all(len(row) == 4 for row in rows), table  # a bare | inside a cell splits the row
+    return {field.strip(): what for _, field, what, _ in rows}
+
+
+def test_the_manifest_table_lists_every_field_a_manifest_has(sample_extraction):
+    """``overview`` (and the versions, ``created``) were in every manifest but not the table."""
+    import json
+
+    manifest = json.loads(next(sample_extraction.glob("*/manifest.json")).read_text())
+    table = _manifest_table()
+    fields = {name for cell in table for name in re.findall(r"`([^`]+)`", cell)}
+    assert set(manifest) - {"levels"} <= fields, set(manifest) - fields
+    assert "levels.pN" in fields
+    for key, row in [("input", "input"), ("preprocess", "preprocess"), ("heatmap", "heatmap"),
+                     ("weights", "`weights`, `device`, `precision`")]:  # fmt: skip
+        described = set(re.findall(r"`([^`]+)`", table[f"`{key}`" if key == row else row]))
+        assert set(manifest[key]) <= described, (key, set(manifest[key]) - described)
+    level = manifest["levels"]["p2"]
+    assert set(level) <= set(re.findall(r"`([^`]+)`", table["`levels.pN`"])), level
