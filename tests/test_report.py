@@ -373,3 +373,22 @@ def test_a_shard_folders_show_command_is_quoted_as_a_shell_takes_it(sample_shard
     page = html.unescape((root / "report.html").read_text())
     command = re.search(r"<code>(fpncli show .*?)</code>", page)
     assert command and shlex.split(command.group(1))[:3] == ["fpncli", "show", str(root)]
+
+
+def test_the_level_table_says_it_counts_images_with_tensors(report_dir):
+    """P2 said "2 images" for three images, one extracted with --no-npy (min/max in its
+    manifest, no .npy): the column counts the images whose tensor was read, and says so."""
+    folder = sorted(p.parent for p in report_dir.glob("*/manifest.json"))[0]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["levels"]["p2"]["file"] = None  # as --no-npy writes it
+    del manifest["files"]["p2.npy"]
+    (folder / "p2.npy").unlink()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    page = (write_report(report_dir)).read_text()
+    table = re.search(r"<h2>Levels across the folder</h2>\s*<table>(.*?)</table>(.*?)</p>", page,
+                      re.S)  # fmt: skip
+    assert table, page[:2000]
+    assert "<th>images with tensors</th>" in table.group(1)
+    counts = dict(re.findall(r"<tr><td>(\w+)</td><td>(\d+)</td>", table.group(1)))
+    assert counts == {"p2": "2", "p3": "3", "p4": "3", "p5": "3", "p6": "3"}, counts
+    assert "no tensor file (e.g. extracted with --no-npy): p2 1." in table.group(2)

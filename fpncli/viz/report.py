@@ -340,8 +340,10 @@ def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None) ->
     return "\n".join(parts)
 
 
-def _stats_table(stats: dict[str, LevelStats]) -> str:
-    head = "<tr><th>level</th><th>images</th><th>min</th><th>max</th><th>mean</th>"
+def _stats_table(stats: dict[str, LevelStats], no_tensor: dict[str, int] | None = None) -> str:
+    """The levels' statistics over the images whose tensor (``.npy``) was read; ``no_tensor``:
+    level -> images whose manifest lists the level without one (``--no-npy``), said below."""
+    head = "<tr><th>level</th><th>images with tensors</th><th>min</th><th>max</th><th>mean</th>"
     head += "<th>std</th><th>zeros</th></tr>"
     rows = []
     for name in _order(stats):
@@ -358,6 +360,13 @@ def _stats_table(stats: dict[str, LevelStats]) -> str:
         else "min, max and mean over every value of the valid regions (padding excluded); std and "
         "the fraction of zeros from an evenly spaced sample of each image (up to 8 channels)."
     )
+    missing = {n: k for n, k in (no_tensor or {}).items() if k}
+    if missing:
+        counts = ", ".join(f"{html.escape(n)} {missing[n]}" for n in _order(missing))
+        note += (
+            " Not counted: images whose manifest has the level but no tensor file (e.g. "
+            f"extracted with --no-npy): {counts}."
+        )
     return f"<table>{head}{''.join(rows)}</table><p class=muted>{note}</p>"
 
 
@@ -487,6 +496,7 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
                             reduce=heat.get("reduce", "channel"),
                             channel=int(heat.get("channel", 0)))  # fmt: skip
     stats: dict[str, LevelStats] = {}
+    no_tensor: collections.Counter = collections.Counter()  # level -> images without its .npy
     tally = _Tally()
     rows: list[_Row] = []
     levels: set[str] = set()
@@ -500,6 +510,7 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
             for name, (sample, shape) in samples.items():
                 meta = manifest["levels"][name]
                 accumulate(stats.setdefault(name, LevelStats(name)), None, meta, sample, shape)
+            no_tensor.update(set(manifest.get("levels", {})) - set(samples))
             rows.append(row)
     rows.sort(key=lambda r: r.key)  # shards are read in storage order; the grid is by key
     levels = _order(levels)
@@ -527,7 +538,7 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
             body = [f"<h1>{html.escape(title)}</h1>", summary, _scale_note(scale, ranges)]
             if stats:
                 hist = f'<img class="hist" src="{assets.name}/histograms.png" alt="histograms">'
-                body += ["<h2>Levels across the folder</h2>", _stats_table(stats), hist]
+                body += ["<h2>Levels across the folder</h2>", _stats_table(stats, no_tensor), hist]
             body += [grid, nav]
             atomic_write_bytes(root / first, utf8_text(_page(title, "\n".join(body))).encode())
         else:
