@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import re
 import shlex
+import shutil
 import warnings
 from pathlib import Path
 
@@ -106,3 +107,19 @@ def test_the_manifest_table_lists_every_field_a_manifest_has(sample_extraction):
         assert set(manifest[key]) <= described, (key, set(manifest[key]) - described)
     level = manifest["levels"]["p2"]
     assert set(level) <= set(re.findall(r"`([^`]+)`", table["`levels.pN`"])), level
+
+
+def test_the_readme_says_where_show_writes_without_a_display(sample_extraction, tmp_path):
+    """``show`` with no display writes ``show_*.png`` into the extraction's folder, where a
+    re-extraction leaves it: the README says so, with the names show uses."""
+    from fpncli.viz.show import show
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert "Without one it writes a PNG and prints its path: `show_LEVEL.png`" in text
+    assert "extracting the folder again neither redraws nor removes it" in text
+    folder = tmp_path / "chelsea"
+    shutil.copytree(sample_extraction / "chelsea", folder)
+    for level, overlay, name in [("p4", False, "show_p4.png"), ("all", False, "show_all.png"),
+                                 ("p4", True, "show_p4_overlay.png")]:  # fmt: skip
+        result = show(str(folder), level=level, overlay=overlay, display=False)
+        assert result.saved == folder / name and f"`{name}`" in text
