@@ -186,6 +186,19 @@ def test_the_volume_note_counts_only_the_images_the_run_will_do(runner, tmp_path
     assert rest.output.index("output: about") < rest.output.index("done 1, skipped 2")
 
 
+def test_a_statistics_only_run_says_what_it_keeps_and_replaces(runner, tmp_path):
+    """--no-npy --no-heatmaps --no-overview writes only manifests: the note says so, and that
+    an earlier extraction's files in those folders go (it said "about 0 MB per image")."""
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(photo)
+    args = ["extract", str(photo), "-o", str(tmp_path / "out"), *SMALL]
+    assert runner.invoke(cli, args).exit_code == 0
+    result = runner.invoke(cli, [*args, "--no-npy", "--no-heatmaps", "--no-overview"])
+    assert result.exit_code == 0, result.output
+    assert "output: statistics only" in result.stderr and "are replaced" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "p").iterdir()) == ["manifest.json"]
+
+
 def _one_line_error(result) -> str:
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.exception
     lines = result.output.strip().splitlines()

@@ -24,6 +24,10 @@ def _volume_note(jobs, output, total: int | None = None) -> str | None:
     if not jobs:
         return None
     total = len(jobs) if total is None else total
+    if not (output.save_npy or output.save_heatmaps or output.save_overview):
+        return ("output: statistics only: --no-npy, --no-heatmaps and --no-overview leave each "
+                "image's manifest.json (every level's min, max and mean), and an earlier "
+                "extraction's arrays and pictures in these folders are replaced by it")  # fmt: skip
 
     def per_image(options) -> float:
         return estimate_run_bytes(jobs, options) / max(1, len(jobs))
