@@ -173,3 +173,35 @@ def test_ray_actor_skips_a_folder_another_run_completed_before_the_model(
     summary = RunSummary(total=2)
     _count(rows, summary)
     assert (summary.done, summary.skipped, summary.failed) == (1, 1, [])
+
+
+def test_ray_cpu_actor_takes_the_cpu_default_batch_size(inputs, tmp_path, monkeypatch):
+    """The actor's call, without Ray: without --batch-size, an actor on the CPU runs one image
+    at a time, as the local engine does there (a batch rounds differently from single images),
+    though the driver, not knowing where the actors run, resolved the GPU default; a batch size
+    given is kept."""
+    import pickle
+
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run import pipeline
+    from fpncli.run.pipeline import Job, RunOptions, decode
+    from fpncli.run.ray_engine import _Extractor
+
+    output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
+    options = RunOptions(output=output, batch_size=8, workers=1, writers=1)
+    a, c = inputs / "im0.png", inputs / "im2.png"  # the same size: one bucket
+    sizes, real = [], pipeline.infer_batch
+    monkeypatch.setattr(
+        pipeline, "infer_batch", lambda m, its, *rest: sizes.append(len(its)) or real(m, its, *rest)
+    )
+    for default_batch, expected in ((True, [1, 1]), (False, [2])):
+        actor = _Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
+                            "format": "files", "crash_after": None, "actors": 1,
+                            "default_batch": default_batch})  # fmt: skip
+        out = tmp_path / str(default_batch)
+        jobs = [Job(a, out / "a"), Job(c, out / "c")]
+        items = [pickle.dumps(decode(j, options, actor.model.weights_info.input)) for j in jobs]
+        sizes.clear()
+        rows = actor({"path": [str(a), str(c)], "item": items, "error": ["", ""]})
+        assert list(rows["status"]) == ["ok", "ok"]
+        assert sizes == expected

@@ -385,7 +385,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             _remove_if_unused(out)
         raise
     if engine == "ray" and actor_device != "cpu":
-        dev = _torch_device("cuda")  # for the default batch size of GPU actors
+        dev = _torch_device("cuda")  # for the default batch size of GPU actors (CPU ones: 1)
 
     def state_volume(todo) -> None:  # once the weights are there and resume has been read
         note = _volume_note(todo, output, len(jobs))
@@ -415,6 +415,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
                 out_format=out_format, shard_bytes=engine_options["shard_bytes"],
                 address=engine_options["address"], gpu_workers=engine_options["gpu_workers"],
                 gpus_per_worker=engine_options["gpus_per_worker"], crash_after=_crash_after(),
+                default_batch=batch_size is None,
             )  # fmt: skip
             summary = run_ray(jobs, out_dir, model, options, ray_options, progress=bar,
                               on_plan=state_volume)  # fmt: skip

@@ -50,6 +50,9 @@ class RayOptions:
     gpu_workers: int | None = None  # None: every GPU of the cluster (or 1 CPU actor)
     gpus_per_worker: float = 1.0
     decode_batch: int = 4  # images per decode task
+    #: --batch-size was not given: an actor on a CPU runs images one at a time (the default on
+    #: a CPU, as the local engine's), one on a GPU the ``RunOptions``' batch size
+    default_batch: bool = False
     crash_after: int | None = None  # crash tests: an actor fails after this many images
 
 
@@ -168,6 +171,8 @@ class _Extractor:
         if device.type == "cpu":  # Ray gives a worker one OpenMP thread: use the node's cores
             threads = max(1, usable_cores() // config["actors"])
             self.options = replace(self.options, threads=threads)
+            if config.get("default_batch"):  # --batch-size's default on a CPU
+                self.options = replace(self.options, batch_size=1)
         self.done = 0
         self.folder_sink = FolderSink()
 
@@ -256,6 +261,7 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         "weights": ray_options.weights, "seed": ray_options.seed, "device": ray_options.device,
         "options": replace(options, workers=1), "format": ray_options.out_format,
         "crash_after": ray_options.crash_after, "actors": size,
+        "default_batch": ray_options.default_batch,
     }  # fmt: skip
     if ray_options.out_format == "wds":
         plan = plan_sharded(jobs, out, options, weights)
