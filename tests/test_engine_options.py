@@ -24,3 +24,29 @@ def test_engine_options_are_checked_before_loading(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     result = _extract(tmp_path, "--engine", "ray")
     assert result.exit_code == 1 and "pip install 'fpncli[ray]'" in result.output
+
+
+def test_ray_on_the_cpu_refuses_slow_precisions_like_the_local_engine(tmp_path):
+    """fp16 on the CPU: refused before anything loads, with --engine ray --device cpu as with
+    --engine local (it used to start Ray and fail in every actor: 'the Ray job failed ...;
+    rerun to resume'); with auto, once the cluster shows no GPU, before any actor starts."""
+    import types
+
+    import pytest
+    from PIL import Image
+
+    from fpncli.run.ray_engine import RayOptions, _run
+    from fpncli.run.steps import RunOptions
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        result = _extract(tmp_path / "a.png", "-o", out, "--engine", engine, "--device", "cpu",
+                          "--precision", "fp16")  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert "fp16 on the CPU is slower than fp32" in result.output and not out.exists()
+    pytest.importorskip("ray.data", reason="the Ray engine needs fpncli[ray]")
+    no_gpus = types.SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0}, nodes=lambda: [])
+    with pytest.raises(ValueError, match="fp16 on the CPU is slower than fp32"):
+        _run(no_gpus, [], str(tmp_path / "auto"), None, RunOptions(precision="fp16"),
+             RayOptions(device="auto"), None, None)  # fmt: skip

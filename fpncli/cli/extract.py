@@ -292,7 +292,9 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
                 param_hint="--device",
             )
         device = "cpu"
-    dev = _checked_device(device, precision if engine == "local" else "fp32")
+    # Ray actors on --device cpu refuse what a local CPU run refuses (auto's may get GPUs)
+    checked = engine == "local" or actor_device == "cpu"
+    dev = _checked_device(device, precision if checked else "fp32")
     devices = _gpu_devices(gpus, device)
     if processes is not None and processes > 1:
         if engine != "local" or out_format != "files":

@@ -22,7 +22,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..api import check_precision
 from ..io.inputs import Job
 from ..io.shards import ShardWriter, consolidate_index
 from ..model.fpn import FPN
@@ -254,6 +256,8 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
     from ray.data import ActorPoolStrategy, DataContext
 
     size, gpus = _pool(ray, ray_options)
+    if not gpus:  # CPU actors: fp16/bf16 refused here as the local engine does, not per actor
+        check_precision(options.precision, torch.device("cpu"))
     _check_nodes(ray, out)
     weights = weights_meta(model)
     summary = RunSummary(total=len(jobs))
