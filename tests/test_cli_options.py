@@ -502,6 +502,36 @@ def test_ctrl_c_in_a_wds_run_counts_the_open_shards_images_as_left(runner, tmp_p
     assert (log["done"], log["total"]) == (0, 5) and log["aborted"].startswith("interrupted")
 
 
+def test_ctrl_c_in_a_resumed_wds_run_logs_the_whole_run(runner, tmp_path, monkeypatch):
+    """run.json of a wds run interrupted after a resume counts every image and those already in
+    the index (it had the inner run's total and skipped: 3 and 0 of 5 with 2 done)."""
+    pytest.importorskip("pyarrow")
+    import fpncli.run.steps as pipeline
+
+    folder, real = _five_photos_interrupted_on_the_fourth(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    common = ["-o", str(out), *SMALL, "--workers", "1", "--no-heatmaps", "--no-overview",
+              "--format", "wds"]  # fmt: skip
+    first = runner.invoke(cli, ["extract", str(folder / "im0.png"), str(folder / "im1.png"),
+                                *common], catch_exceptions=False)  # fmt: skip
+    assert first.exit_code == 0, first.output
+    monkeypatch.setattr(pipeline, "load_image", real)
+    calls = []
+
+    def interrupt_on_the_second(path, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_image", interrupt_on_the_second)
+    result = runner.invoke(cli, ["extract", str(folder), *common])
+    assert result.exit_code == 130, result.output
+    log = json.loads((out / "run.json").read_text())
+    assert (log["total"], log["skipped"], log["done"]) == (5, 2, 0), log
+    assert log["aborted"].startswith("interrupted")
+
+
 def test_default_threads_follow_the_cores_this_process_may_use(runner, tmp_path, monkeypatch):
     """In a container or a job given 2 of a node's 64 cores, ``os.cpu_count()`` says 64: the
     default decoding and writing threads follow the CPU affinity (``usable_cores``), as

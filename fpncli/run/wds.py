@@ -162,6 +162,9 @@ def run_sharded(
         except BaseException as e:
             if isinstance(e, KeyboardInterrupt):  # Ctrl-C's report counts them as not written
                 e.dropped_images = len(writer.keys)
+                if hasattr(e, "summary"):  # the run's log: over every job, as below
+                    e.summary.total, e.summary.skipped = len(jobs), plan.skipped
+                    e.summary.left_to_others = plan.left_to_others
             writer.abort()
             raise
         if summary.aborted:
