@@ -110,6 +110,23 @@ def test_receptive_field_picture_has_a_legend_and_a_visible_erf():
     assert ((legend == (255, 60, 60)).all(axis=2)).any()  # the red square's
 
 
+def test_the_legend_of_a_one_level_picture_wraps_inside_it():
+    """One level (--level p3) of a square photo is a 320-pixel picture: the ERF's legend line,
+    about 500 pixels long, ran off its right edge."""
+    from fpncli.viz.receptive import receptive_field_image
+
+    erf = np.zeros((32, 32), np.float32)
+    erf[16, 16] = 1.0
+    field = ReceptiveField("p2", 4, (4, 4), (0, 31, 0, 31), erf)
+    picture = receptive_field_image(np.full((32, 32, 3), 200, np.uint8), [field],
+                                    resized=(32, 32), scale=(1.0, 1.0), at=(17.0, 17.0),
+                                    panel_height=32)  # fmt: skip
+    legend = picture[6 + 66 + 32 :]
+    ink = (legend < 200).any(axis=2)
+    assert picture.shape[1] == 320 and ink.any()
+    assert not ink[:, -8:].any()  # inside the right margin: nothing cut off
+
+
 def test_erf_lies_inside_the_trf_on_the_real_model():
     model = fpncli.load_backbone("random", fold_bn=False, channels_last=False)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))

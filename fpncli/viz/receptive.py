@@ -103,15 +103,19 @@ def _legend(width: int, cmap: str) -> np.ndarray:
     from .visualize import text_size
 
     scale, line_h, swatch, margin = 0.45, 24, 22, 10
+    room = max(1, width - 2 * margin - swatch - 6 - 18)  # an item's text on a line of its own
     placed, x, row = [], margin, 0
     for kind, colour, text in _LEGEND:
-        item_w = swatch + 6 + text_size(text, scale) + 18
+        lines = wrap_text(text, room, scale)  # a one-level picture is narrower than one item
+        item_w = swatch + 6 + max(text_size(line, scale) for line in lines) + 18
         if x > margin and x + item_w > width - margin:
             x, row = margin, row + 1
-        placed.append((kind, colour, text, x, row))
+        placed.append((kind, colour, lines, x, row))
         x += item_w
+        if len(lines) > 1:  # the next item starts under its last line
+            x, row = width, row + len(lines) - 1
     strip = np.full((line_h * (row + 1) + 8, width, 3), 255, np.uint8)
-    for kind, colour, text, x, row in placed:
+    for kind, colour, lines, x, row in placed:
         top = 4 + row * line_h
         strip[top : top + 16, x : x + swatch] = (60, 60, 60)
         if kind == "cross":
@@ -121,7 +125,7 @@ def _legend(width: int, cmap: str) -> np.ndarray:
         else:
             ramp = colorize(np.linspace(0.0, 1.0, swatch)[None, :], cmap, 0.0, 1.0)
             strip[top : top + 16, x : x + swatch] = ramp
-        put_text(strip, text, (x + swatch + 6, top + 13), scale)
+        put_lines(strip, lines, x + swatch + 6, top + 13, line_h, scale)
     return strip
 
 
