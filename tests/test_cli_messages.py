@@ -197,6 +197,11 @@ def test_a_statistics_only_run_says_what_it_keeps_and_replaces(runner, tmp_path)
     assert result.exit_code == 0, result.output
     assert "output: statistics only" in result.stderr and "are replaced" in result.stderr
     assert sorted(p.name for p in (tmp_path / "out" / "p").iterdir()) == ["manifest.json"]
+    overlays = runner.invoke(cli, [*args, "--no-npy", "--no-heatmaps", "--no-overview",
+                                   "--overlay"])  # fmt: skip
+    assert overlays.exit_code == 0, overlays.output
+    assert "statistics only" not in overlays.stderr and "output: about" in overlays.stderr
+    assert (tmp_path / "out" / "p" / "p2_overlay.png").is_file()
 
 
 def _one_line_error(result) -> str:

@@ -24,7 +24,7 @@ def _volume_note(jobs, output, total: int | None = None) -> str | None:
     if not jobs:
         return None
     total = len(jobs) if total is None else total
-    if not (output.save_npy or output.save_heatmaps or output.save_overview):
+    if not (output.save_npy or output.save_heatmaps or output.save_overview or output.overlay):
         return ("output: statistics only: --no-npy, --no-heatmaps and --no-overview leave each "
                 "image's manifest.json (every level's min, max and mean), and an earlier "
                 "extraction's arrays and pictures in these folders are replaced by it")  # fmt: skip
