@@ -117,6 +117,10 @@ def test_errors(folder, tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"not saved, nor a heatmap \(only statistics\); re-"):
         show(str(folder), level="p2", display=False)
+    manifest["levels"]["p2"]["overlay"] = "p2_overlay.png"  # --no-heatmaps --overlay
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not saved, only its overlay p2_overlay.png; re-"):
+        show(str(folder), level="p2", display=False)
 
 
 def test_image_target_extracts_on_the_fly(tmp_path, monkeypatch):

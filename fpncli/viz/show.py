@@ -162,8 +162,10 @@ def _from_folder(folder: Path, levels: list[str]) -> _Source:
             raise ValueError(f"{folder} has no {name} (it has {saved}); extract it with --levels")
         file = level_file(folder, name, meta)  # must lie inside the folder
         if file is None:
-            heatmap = meta.get("heatmap")
-            kept = f"only its heatmap {heatmap}" if heatmap else "nor a heatmap (only statistics)"
+            heatmap, overlay = meta.get("heatmap"), meta.get("overlay")
+            kept = (f"only its heatmap {heatmap}" if heatmap
+                    else f"only its overlay {overlay}" if overlay  # --no-heatmaps --overlay
+                    else "nor a heatmap (only statistics)")  # fmt: skip
             raise ValueError(
                 f"{folder} was extracted with --no-npy: its {name} tensor was not saved, {kept}; "
                 "re-extract without --no-npy to show it"
