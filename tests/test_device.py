@@ -176,6 +176,26 @@ def test_pca_sign_is_the_same_on_the_device_as_in_numpy():
     assert np.corrcoef(batched[0].flatten().numpy(), mean_map)[0, 1] > 0.99
 
 
+def test_pca_sign_ties_fall_to_the_largest_loading_on_the_device_as_in_numpy(monkeypatch):
+    """Where the loadings' sum counts as 0, both take the largest loading's sign: forced here by
+    a tolerance above the sum (0.24) on a level whose largest loading (-0.73) has the other
+    sign, so the two rules give opposite maps and a swapped branch would show."""
+    from fpncli.run import device as device_module
+    from fpncli.viz import visualize
+
+    monkeypatch.setattr(device_module, "PCA_SIGN_TOLERANCE", 1.0)
+    monkeypatch.setattr(visualize, "PCA_SIGN_TOLERANCE", 1.0)
+    gen = torch.Generator().manual_seed(2)
+    strength = torch.randn(1, 7, 9, generator=gen)
+    level = torch.tensor([-3.0, 2.0, 2.0, 0.0])[:, None, None] * strength
+    level = level + 0.001 * torch.randn(4, 7, 9, generator=gen)
+    ours = reduce_maps(level[None], "pca")[0].numpy()
+    ref = reduce_channels(level.numpy(), "pca")
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    mean_map = level.mean(dim=0).flatten().numpy()
+    assert np.corrcoef(ours.flatten(), mean_map)[0, 1] < -0.99  # the largest loading's sign
+
+
 @pytest.mark.parametrize("reduce", REDUCTIONS)
 def test_batched_reductions_match_numpy_per_image_and_read_nothing_on_the_host(reduce):
     levels = torch.randn(3, 16, 7, 9, generator=torch.Generator().manual_seed(1)) * 3 + 1
