@@ -80,6 +80,7 @@ def weights_verify(names) -> None:
     from ..weights.hub import verify_cached
     from ..weights.registry import get_spec
 
+    names = tuple(dict.fromkeys(names))  # each once: a name given twice is hashed once
     if "random" in names:
         click.echo("random: nothing to verify: --weights random is built on the fly, not a file")
         names = tuple(name for name in names if name != "random")
