@@ -530,6 +530,7 @@ def test_ctrl_c_in_a_resumed_wds_run_logs_the_whole_run(runner, tmp_path, monkey
     log = json.loads((out / "run.json").read_text())
     assert (log["total"], log["skipped"], log["done"]) == (5, 2, 0), log
     assert log["aborted"].startswith("interrupted")
+    assert "0 failed, 2 were already complete; 3 of 5 left" in result.stderr, result.stderr
 
 
 def test_default_threads_follow_the_cores_this_process_may_use(runner, tmp_path, monkeypatch):

@@ -39,6 +39,7 @@ from .extract_checks import (
 )
 from .extract_report import (
     _inside,
+    _interrupted_progress,
     _remove_if_unused,
     _report,
     _report_interrupt,
@@ -437,9 +438,10 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             summary = run_jobs(jobs, model, options, progress=bar, on_plan=state_volume)
     except KeyboardInterrupt as e:
         bar.close()
-        _report_interrupt(bar.last, len(jobs), dropped=getattr(e, "dropped_images", 0))
+        last = _interrupted_progress(e, bar.last)
+        _report_interrupt(last, len(jobs), dropped=getattr(e, "dropped_images", 0))
         if not url:
-            _write_interrupted_log(e, bar.last, len(jobs), out, weights, precision, shard_spec)
+            _write_interrupted_log(e, last, len(jobs), out, weights, precision, shard_spec)
         sys.exit(130)
     bar.close()
     summary.failed += [

@@ -151,6 +151,19 @@ def _write_run_log(summary, out: Path, weights: str, precision: str, shard) -> N
     }, shard)  # fmt: skip
 
 
+def _interrupted_progress(e: KeyboardInterrupt, last):
+    """What an interrupted run did: its summary where the run handed it over on the interrupt
+    (over the whole run: a resumed wds run's inner run counts only the images not in the
+    index), else the last progress report."""
+    from ..run.summary import Progress
+
+    summary = getattr(e, "summary", None)
+    if summary is None:
+        return last
+    return Progress(summary.done, len(summary.failed), summary.skipped,
+                    summary.total - summary.skipped, summary.seconds)  # fmt: skip
+
+
 def _write_interrupted_log(e: KeyboardInterrupt, last, total: int, out: Path, weights: str,
                            precision: str, shard) -> None:  # fmt: skip
     """Ctrl-C: the run's log says what it did and that it was interrupted, so ``report`` does
