@@ -169,3 +169,23 @@ def test_receptive_fields_leave_the_models_bottom_up_outputs_as_they_were(tmp_pa
                               min_size=64, max_size=96)  # fmt: skip
     assert [f.level for f in fields] == ["res3", "p3"]
     assert model.keep_bottom_up == ("res2",)  # not () after the call
+
+
+def test_the_panel_of_a_very_wide_photo_stays_encodable():
+    """A 4000x1 photo (show --receptive-field --level p6 --at 3999,0 on a --no-resize
+    extraction) made a 1,280,000-pixel-wide panel: 'Error: PNG encoding failed'."""
+    from fpncli.viz.receptive import MAX_PANEL_WIDTH, MIN_PANEL_SIDE, receptive_field_image
+    from fpncli.viz.visualize import encode_png
+
+    erf = np.zeros((32, 4000), np.float32)
+    erf[0, 3990] = 1.0
+    field = ReceptiveField("p6", 64, (0, 62), (0, 31, 3700, 4200), erf)
+    photo = np.full((1, 4000, 3), 200, np.uint8)
+    picture = receptive_field_image(photo, [field], resized=(1, 4000), scale=(1.0, 1.0),
+                                    at=(3999.0, 0.0))  # fmt: skip
+    assert picture.shape[1] <= MAX_PANEL_WIDTH + 20
+    assert picture.shape[0] >= MIN_PANEL_SIDE
+    assert encode_png(picture)[:4] == b"\x89PNG"
+    tall = receptive_field_image(photo.transpose(1, 0, 2), [field], resized=(4000, 1),
+                                 scale=(1.0, 1.0), at=(0.0, 3999.0))  # fmt: skip
+    assert tall.shape[1] <= 320 + 20  # a 1x4000 photo: a narrow panel, captions' width

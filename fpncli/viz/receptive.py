@@ -86,6 +86,8 @@ def erf_mass_levels(erf: np.ndarray, mass: float = 0.9) -> np.ndarray:
 #: The ERF is smoothed over this many network pixels (a Gaussian's sigma, two P2 cells) before
 #: it is drawn: the raw gradient of strided convolutions is a grid of single-pixel peaks.
 ERF_SMOOTHING_PX = 8.0
+#: A panel's widest and narrowest side, in pixels (a 4000x1 photo, a 1x4000 one).
+MAX_PANEL_WIDTH, MIN_PANEL_SIDE = 2400, 16
 _RED = (255, 60, 60)
 _LEGEND = (
     ("cross", (0, 255, 255), "the pixel --at"),
@@ -150,6 +152,11 @@ def receptive_field_image(
     """
     height, width = image_rgb.shape[:2]
     scale_y, scale_x = scale
+    # a 4000x1 photo at 320 pixels high was a 1,280,000-pixel-wide panel (PNG encoding failed):
+    # the panel is lowered to fit MAX_PANEL_WIDTH, and stretched where even MIN_PANEL_SIDE is
+    # too wide for its aspect; a 1x4000 photo gets MIN_PANEL_SIDE pixels of width
+    panel_height = max(MIN_PANEL_SIDE, min(panel_height, MAX_PANEL_WIDTH * height // width))
+    panel_w = min(MAX_PANEL_WIDTH, max(MIN_PANEL_SIDE, round(panel_height * width / height)))
     panels = []
     sigma = max(1.0, ERF_SMOOTHING_PX / ((scale_x + scale_y) / 2))  # in photo pixels
     for field in fields:
@@ -175,7 +182,6 @@ def receptive_field_image(
                 (col + 1) * field.stride - 1)  # fmt: skip
         t, b, lft, r = _to_original(cell, scale_y, scale_x, height, width)
         cv2.rectangle(picture, (lft, t), (r, b), (255, 255, 255), line)  # over the cross
-        panel_w = max(1, round(panel_height * width / height))
         panel = cv2.resize(picture, (panel_w, panel_height), interpolation=cv2.INTER_AREA)
         captions = field_captions(field, scale_y, scale_x)
         caption_h = 20 * len(captions) + 6
