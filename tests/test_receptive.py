@@ -189,3 +189,20 @@ def test_the_panel_of_a_very_wide_photo_stays_encodable():
     tall = receptive_field_image(photo.transpose(1, 0, 2), [field], resized=(4000, 1),
                                  scale=(1.0, 1.0), at=(0.0, 3999.0))  # fmt: skip
     assert tall.shape[1] <= 320 + 20  # a 1x4000 photo: a narrow panel, captions' width
+
+
+def test_the_marks_on_a_one_pixel_photo_leave_the_photo_visible():
+    """On a 1x1 photo (show --receptive-field --at 0,0) the marks were drawn at the photo's
+    resolution: the cell's white box was its only pixel, and every panel came out white."""
+    from fpncli.viz.receptive import receptive_field_image
+
+    erf = np.zeros((32, 32), np.float32)
+    erf[0, 0] = 1.0
+    field = ReceptiveField("p2", 4, (0, 0), (-200, 300, -200, 300), erf)
+    photo = np.full((1, 1, 3), (0, 0, 200), np.uint8)
+    picture = receptive_field_image(photo, [field], resized=(1, 1), scale=(64.0, 64.0),
+                                    at=(0.0, 0.0), panel_height=64)  # fmt: skip
+    panel = picture[6 + 66 : 6 + 66 + 64, 10 : 10 + 64].astype(int)
+    white = (panel >= 250).all(axis=2)
+    assert white.mean() < 0.5  # the box is a line around the photo, not all of it
+    assert (panel[32, 32] != (255, 255, 255)).any()

@@ -157,6 +157,17 @@ def receptive_field_image(
     # too wide for its aspect; a 1x4000 photo gets MIN_PANEL_SIDE pixels of width
     panel_height = max(MIN_PANEL_SIDE, min(panel_height, MAX_PANEL_WIDTH * height // width))
     panel_w = min(MAX_PANEL_WIDTH, max(MIN_PANEL_SIDE, round(panel_height * width / height)))
+    zoom_y, zoom_x = panel_height / height, panel_w / width
+
+    def on_panel(box):  # photo pixels (inclusive) -> the panel's, so a 1x1 photo keeps its marks
+        t, b, lft, r = _to_original(box, scale_y, scale_x, height, width)
+        return (int(lft * zoom_x), int(t * zoom_y),
+                max(int(lft * zoom_x), int(np.ceil((r + 1) * zoom_x)) - 1),
+                max(int(t * zoom_y), int(np.ceil((b + 1) * zoom_y)) - 1))  # fmt: skip
+
+    # the marks are drawn on the panel: drawn on a 1x1 or 2x2 photo, the cell's white box was
+    # every pixel of it, and the panel came out white
+    line = max(1, round(max(panel_height, panel_w) / 300))
     panels = []
     sigma = max(1.0, ERF_SMOOTHING_PX / ((scale_x + scale_y) / 2))  # in photo pixels
     for field in fields:
@@ -167,22 +178,21 @@ def receptive_field_image(
         alpha = np.where(level > 0, 0.4 + 0.5 * level, 0.0)[..., None]
         picture = (1 - alpha) * image_rgb.astype(np.float32) * 0.6 + alpha * heat
         picture = np.clip(picture, 0, 255).astype(np.uint8)
-        t, b, lft, r = _to_original(field.trf, scale_y, scale_x, height, width)
-        line = max(1, round(max(height, width) / 300))
-        cv2.rectangle(picture, (lft, t), (r, b), (255, 230, 0), line)
+        panel = cv2.resize(picture, (panel_w, panel_height), interpolation=cv2.INTER_AREA)
+        x0, y0, x1, y1 = on_panel(field.trf)
+        cv2.rectangle(panel, (x0, y0), (x1, y1), (255, 230, 0), line)
         row, col = field.cell
         half = field.erf_extent(0.9) / 2  # around the cell's centre, as erf_extent measures
         centre_y, centre_x = (row + 0.5) * field.stride, (col + 0.5) * field.stride
         square = (centre_y - half, centre_y + half - 1, centre_x - half, centre_x + half - 1)
-        t, b, lft, r = _to_original(square, scale_y, scale_x, height, width)
-        cv2.rectangle(picture, (lft, t), (r, b), _RED, line)
-        cx, cy = int(at[0]), int(at[1])
-        cv2.drawMarker(picture, (cx, cy), (0, 255, 255), cv2.MARKER_CROSS, 6 * line, line)
+        x0, y0, x1, y1 = on_panel(square)
+        cv2.rectangle(panel, (x0, y0), (x1, y1), _RED, line)
+        cx, cy = int((int(at[0]) + 0.5) * zoom_x), int((int(at[1]) + 0.5) * zoom_y)
+        cv2.drawMarker(panel, (cx, cy), (0, 255, 255), cv2.MARKER_CROSS, 6 * line, line)
         cell = (row * field.stride, (row + 1) * field.stride - 1, col * field.stride,
                 (col + 1) * field.stride - 1)  # fmt: skip
-        t, b, lft, r = _to_original(cell, scale_y, scale_x, height, width)
-        cv2.rectangle(picture, (lft, t), (r, b), (255, 255, 255), line)  # over the cross
-        panel = cv2.resize(picture, (panel_w, panel_height), interpolation=cv2.INTER_AREA)
+        x0, y0, x1, y1 = on_panel(cell)
+        cv2.rectangle(panel, (x0, y0), (x1, y1), (255, 255, 255), line)  # over the cross
         captions = field_captions(field, scale_y, scale_x)
         caption_h = 20 * len(captions) + 6
         block = np.full((caption_h + panel_height, max(panel_w, 300), 3), 255, np.uint8)
