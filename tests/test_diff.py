@@ -190,3 +190,18 @@ def test_diff_refuses_empty_levels_as_extract_does(sample_extraction, tmp_path, 
     assert (
         result.exit_code == 2 and "--levels" in result.output and "unknown level" in result.output
     )
+
+
+def test_diff_of_identical_extractions_draws_zero_in_the_colour_of_zero(sample_extraction,
+                                                                          tmp_path):  # fmt: skip
+    """An all-zero |A-B| was a constant map, drawn in the colormap's middle colour (magenta on
+    magma): identical extractions looked like a uniform difference."""
+    from fpncli.viz.visualize import colorize
+
+    result = diff_extractions(sample_extraction / "chelsea", sample_extraction / "chelsea",
+                              out=tmp_path / "d")  # fmt: skip
+    assert result.agree
+    picture = np.asarray(Image.open(tmp_path / "d" / result.images[0].picture).convert("RGB"))
+    zero, middle = (tuple(colorize(np.array([[v]]), "magma", 0.0, 1.0)[0, 0]) for v in (0, 0.5))
+    count = {c: int((picture == c).all(axis=2).sum()) for c in (zero, middle)}
+    assert count[zero] > 10 * count[middle], count  # the bars hold both

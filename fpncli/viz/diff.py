@@ -248,8 +248,11 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
         result.levels.append(compare_arrays(va, vb, name))
         if out is not None:
             absdiff = np.abs(va[0].astype(np.float32) - vb[0].astype(np.float32)).max(axis=0)
-            panels.append({"name": f"|A-B| {name}", "map": absdiff, "stride": a.stride(name),
-                           "shape": tuple(a.levels[name].shape)})  # fmt: skip
+            panel = {"name": f"|A-B| {name}", "map": absdiff, "stride": a.stride(name),
+                     "shape": tuple(a.levels[name].shape)}  # fmt: skip
+            if not absdiff.any():  # identical: the colour of 0, not a constant map's middle
+                panel["range"] = (0.0, 1.0)
+            panels.append(panel)
     if out is not None:
         image = a.image if a.image is not None else np.full((64, 96, 3), 255, np.uint8)
         worst = max(d.max_rel for d in result.levels)
