@@ -278,16 +278,25 @@ def _five_photos_interrupted_on_the_fourth(tmp_path, monkeypatch):
     folder.mkdir()
     for i in range(5):
         Image.fromarray(np.full((40, 60, 3), i * 40, np.uint8)).save(folder / f"im{i}.png")
-    real, calls = pipeline.load_image, []
+    real = pipeline.load_image
+    _interrupt_decoding_on(monkeypatch, real, 4)
+    return folder, real
 
-    def interrupt_on_the_fourth(path, **kwargs):
+
+def _interrupt_decoding_on(monkeypatch, real, nth: int) -> None:
+    """Ctrl-C (KeyboardInterrupt) when decoding reads its ``nth`` image; ``real`` reads the
+    others."""
+    import fpncli.run.steps as pipeline
+
+    calls = []
+
+    def interrupt(path, **kwargs):
         calls.append(path)
-        if len(calls) == 4:
+        if len(calls) == nth:
             raise KeyboardInterrupt
         return real(path, **kwargs)
 
-    monkeypatch.setattr(pipeline, "load_image", interrupt_on_the_fourth)
-    return folder, real
+    monkeypatch.setattr(pipeline, "load_image", interrupt)
 
 
 def test_ctrl_c_says_what_was_done_what_is_left_and_how_to_resume(runner, tmp_path, monkeypatch):
@@ -506,7 +515,6 @@ def test_ctrl_c_in_a_resumed_wds_run_logs_the_whole_run(runner, tmp_path, monkey
     """run.json of a wds run interrupted after a resume counts every image and those already in
     the index (it had the inner run's total and skipped: 3 and 0 of 5 with 2 done)."""
     pytest.importorskip("pyarrow")
-    import fpncli.run.steps as pipeline
 
     folder, real = _five_photos_interrupted_on_the_fourth(tmp_path, monkeypatch)
     out = tmp_path / "out"
@@ -515,16 +523,7 @@ def test_ctrl_c_in_a_resumed_wds_run_logs_the_whole_run(runner, tmp_path, monkey
     first = runner.invoke(cli, ["extract", str(folder / "im0.png"), str(folder / "im1.png"),
                                 *common], catch_exceptions=False)  # fmt: skip
     assert first.exit_code == 0, first.output
-    monkeypatch.setattr(pipeline, "load_image", real)
-    calls = []
-
-    def interrupt_on_the_second(path, **kwargs):
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(path, **kwargs)
-
-    monkeypatch.setattr(pipeline, "load_image", interrupt_on_the_second)
+    _interrupt_decoding_on(monkeypatch, real, 2)
     result = runner.invoke(cli, ["extract", str(folder), *common])
     assert result.exit_code == 130, result.output
     log = json.loads((out / "run.json").read_text())
