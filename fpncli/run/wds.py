@@ -133,6 +133,13 @@ def _check_disk(plan: ShardPlan, options: RunOptions) -> None:
     check_disk_space([Job(j.path, Path(plan.root) / j.folder) for j in plan.todo], options.output)
 
 
+def _count_every_job(summary: RunSummary, jobs: list[Job], plan: ShardPlan) -> None:
+    """The inner run counted only the jobs left to do: the summary counts every job, and those
+    already in the index or taken by another live run as skipped."""
+    summary.total = len(jobs)
+    summary.skipped, summary.left_to_others = plan.skipped, plan.left_to_others
+
+
 def run_sharded(
     jobs: list[Job],
     out: str,
@@ -163,8 +170,7 @@ def run_sharded(
             if isinstance(e, KeyboardInterrupt):  # Ctrl-C's report counts them as not written
                 e.dropped_images = len(writer.keys)
                 if hasattr(e, "summary"):  # the run's log: over every job, as below
-                    e.summary.total, e.summary.skipped = len(jobs), plan.skipped
-                    e.summary.left_to_others = plan.left_to_others
+                    _count_every_job(e.summary, jobs, plan)
             writer.abort()
             raise
         if summary.aborted:
@@ -175,8 +181,7 @@ def run_sharded(
         rows = consolidate_index(plan.fs, plan.root)
     finally:
         plan.release()
-    summary.total = len(jobs)
-    summary.skipped, summary.left_to_others = plan.skipped, plan.left_to_others
+    _count_every_job(summary, jobs, plan)
     summary.last_folder = None
     if summary.aborted:  # counted over the whole job list, without the dropped shard's images
         failed_device = summary.device_failure is not None
