@@ -68,13 +68,18 @@ class _Source:
     weights_name: str = ""  # the manifest's weights name ("random", a registry name, a path)
 
 
+def _input_path(manifest: dict) -> Path | None:
+    """The input photo's path a manifest records, None where it records none."""
+    info = manifest.get("input")
+    path = info.get("path") if isinstance(info, dict) else None
+    return Path(path) if isinstance(path, str) and path else None
+
+
 def _photo_and_weights(manifest: dict) -> tuple[str, str]:
     """The photo's file name and the weights' name a manifest records ("" where it does not)."""
-    info, weights = manifest.get("input"), manifest.get("weights")
-    path = info.get("path") if isinstance(info, dict) else None
+    path, weights = _input_path(manifest), manifest.get("weights")
     name = weights.get("name") if isinstance(weights, dict) else None
-    return (Path(path).name if isinstance(path, str) else "",
-            name if isinstance(name, str) else "")  # fmt: skip
+    return (path.name if path else "", name if isinstance(name, str) else "")
 
 
 def _title(source: _Source, *details: str) -> str:
@@ -137,9 +142,7 @@ def _not_an_extraction(folder: Path) -> Exception:
 def _load_input(manifest: dict) -> np.ndarray | None:
     from ..io.extraction import read_photo
 
-    info = manifest.get("input")
-    path = info.get("path") if isinstance(info, dict) else None
-    return read_photo(Path(path)) if isinstance(path, str) and path else None
+    return read_photo(_input_path(manifest))
 
 
 def _from_folder(folder: Path, levels: list[str]) -> _Source:
