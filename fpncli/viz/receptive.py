@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .visualize import colorize, put_lines, put_text, wrap_text
+from .visualize import colorize, put_lines, put_text, text_size, wrap_text
 
 __all__ = ["field_sizes", "field_captions", "field_summary", "erf_mass_levels",
            "receptive_field_image"]  # fmt: skip
@@ -102,8 +102,6 @@ _LEGEND = (
 def _legend(width: int, cmap: str) -> np.ndarray:
     """A strip explaining the marks: a swatch on the dimmed photo's dark grey, then the text,
     items wrapped onto as many lines as ``width`` needs."""
-    from .visualize import text_size
-
     scale, line_h, swatch, margin = 0.45, 24, 22, 10
     room = max(1, width - 2 * margin - swatch - 6 - 18)  # an item's text on a line of its own
     placed, x, row = [], margin, 0
