@@ -397,12 +397,13 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
 
     if devices:
         dev = _torch_device(devices[0])
+    threads = min(8, usable_cores())  # the default decoding and writing threads, each
     options = RunOptions(
         output=output,
         precision=precision,
         batch_size=batch_size or (8 if dev.type == "cuda" else 1),
-        workers=workers or min(8, usable_cores()),
-        writers=writers or min(8, usable_cores()),
+        workers=workers or threads,
+        writers=writers or threads,
         compile=compile_model,
         overwrite=overwrite or not resume,
         force=force,
