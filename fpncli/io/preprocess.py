@@ -131,17 +131,27 @@ def pixel_count(pixels: float) -> str:
 _limit_lock = threading.Lock()
 _limits: list[int] = []  # max_pixels of the loads in progress (threads)
 _pillow_limit: list[int | None] = []  # Pillow's own limit, as it was before them
+_quiet: list[warnings.catch_warnings] = []  # the warning filters, as they were before them
 
 
 @contextlib.contextmanager
-def _pillow_follows(max_pixels: int) -> Iterator[None]:
-    """Pillow's bomb limit (``Image.MAX_IMAGE_PIXELS``, which it warns above and refuses at
-    twice) raised to ``max_pixels`` while fpncli loads an image, so ``--max-pixels`` can be
-    raised past it (fpncli refuses more than ``max_pixels`` itself). Restored when the last
-    load in progress ends: Pillow's setting is not changed for anyone else for good."""
+def _pillow_settings(max_pixels: int) -> Iterator[None]:
+    """Pillow's process-wide settings while fpncli loads images: its bomb limit
+    (``Image.MAX_IMAGE_PIXELS``, which it warns above and refuses at twice) raised to
+    ``max_pixels``, so ``--max-pixels`` can be raised past it (fpncli refuses more than
+    ``max_pixels`` itself), and its bomb and EXIF warnings kept off stderr. The first load in
+    progress sets them and the last one restores them, so nothing is changed for anyone else
+    for good: a ``catch_warnings`` per load in decoding threads could leave another thread's
+    "ignore" filters on for good (a thread entering while another is inside saves that one's
+    filters)."""
     with _limit_lock:
         if not _limits:
             _pillow_limit[:] = [Image.MAX_IMAGE_PIXELS]
+            quiet = warnings.catch_warnings()
+            quiet.__enter__()
+            _quiet[:] = [quiet]
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data", no file
         _limits.append(max_pixels)
         _set_pillow_limit()
     try:
@@ -150,41 +160,13 @@ def _pillow_follows(max_pixels: int) -> Iterator[None]:
         with _limit_lock:
             _limits.remove(max_pixels)
             _set_pillow_limit()
+            if not _limits:
+                _quiet.pop().__exit__(None, None, None)
 
 
 def _set_pillow_limit() -> None:
     before = _pillow_limit[0]  # None: Pillow's check is off, fpncli's is enough
     Image.MAX_IMAGE_PIXELS = None if before is None else max([before, *_limits])
-
-
-_quiet_lock = threading.Lock()
-_quiet_loads = 0  # loads in progress (threads)
-_quiet_filters: warnings.catch_warnings | None = None  # entered by the first of them
-
-
-@contextlib.contextmanager
-def _pillow_quiet() -> Iterator[None]:
-    """Pillow's bomb and EXIF warnings off while fpncli loads images. ``catch_warnings`` saves
-    and restores the process's whole filter list, so one per load in decoding threads could
-    leave another thread's "ignore" filters on for good (a thread entering while another is
-    inside saves that one's filters); here the first load in progress enters it and the last
-    one leaves it, as ``_pillow_follows`` does with Pillow's limit."""
-    global _quiet_loads, _quiet_filters
-    with _quiet_lock:
-        if _quiet_loads == 0:
-            _quiet_filters = warnings.catch_warnings()
-            _quiet_filters.__enter__()
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data", no file
-        _quiet_loads += 1
-    try:
-        yield
-    finally:
-        with _quiet_lock:
-            _quiet_loads -= 1
-            if _quiet_loads == 0:
-                _quiet_filters.__exit__(None, None, None)
-                _quiet_filters = None
 
 
 #: Pillow formats never opened: vector formats Pillow renders by running another program on the
@@ -205,7 +187,7 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterat
     limit following ``max_pixels`` and its warnings (bomb, EXIF) kept off stderr; more than
     ``max_pixels`` pixels is refused from the header. Raises as ``load_image``, and
     ``Image.DecompressionBombError`` / ``UnidentifiedImageError`` / ``OSError`` as Pillow does."""
-    with _pillow_quiet(), _pillow_follows(max_pixels):
+    with _pillow_settings(max_pixels):
         with open_regular(path, "image file") as f, Image.open(f, formats=pillow_formats()) as im:
             width, height = im.size
             if width * height > max_pixels:
