@@ -25,8 +25,8 @@
 #                 "cudnn-off"): the same rows without cuDNN's fused conv+bias+ReLU kernels
 #   compile_b16   --compile (torch.compile, fixed shapes), bf16 batch 16: the >= 1,000 img/s row
 #                 (early: a cold compile needs its full time limit)
-#   compile_fused the same with FPNCLI_CUDNN_FUSION=compile (variant "comp-fused"): compiled
-#                 over cuDNN's fused ops (not the default until tests/test_gpu.py's check holds)
+#   compile_plain the same with FPNCLI_CUDNN_FUSION=eager (variant "comp-plain"): compiled over
+#                 the plain ops, the A/B of compiling over cuDNN's fused ops (the default)
 #   e2e           a generated folder of 1080p JPEGs (1080x1920 -> 756x1344, padded 768x1344),
 #                 bf16 batch 16, heatmaps only, in one process (its stage split), with the
 #                 decode rate of all cores (of_min_model_decode)
@@ -48,6 +48,9 @@
 #                 own model on the same card (scripts/bench_vs_detectron2.py --device cuda; the
 #                 issue's stretch: >= 3x), Detectron2 with TF32 convolutions (torch's default)
 #                 and without; placed before the compile_bf16/compile_other rows
+#
+# ONLY=step,step: run only these steps (and preflight), e.g. ONLY=vs_detectron2,compile_b16 for a
+# second, shorter call.
 #
 # D2_DIR=DIR: Detectron2 is never installed or committed here; to run vs_detectron2, carry its
 # Python source and its dependencies' wheels (for the GPU machine's Python: 3.12 on the lent
@@ -121,6 +124,9 @@ DEADLINE=$(( START + ${BUDGET_S:-450} ))
 step() {  # step NAME LIMIT COMMAND...: run with a time limit cut to what is left; never stops
     local name=$1 limit=$2 now left t0 rc
     shift 2
+    if [ -n "${ONLY:-}" ] && [ "$name" != preflight ] && [[ ",$ONLY," != *",$name,"* ]]; then
+        return  # not among the steps ONLY names
+    fi
     now=$(date +%s)
     left=$(( DEADLINE - now - 10 ))  # 10 s: the kill-after grace of a step that overruns
     [ "$left" -lt "$limit" ] && limit=$left
@@ -179,7 +185,7 @@ FPNCLI_CUDNN_FUSION=0 bench unfused 60 --model-only --sizes "$SIZE" --batch-size
     --precisions "$UNFUSED_PRECS" --seconds "$ROW_SECONDS"
 bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
     --precisions "$LOW" --seconds "$ROW_SECONDS"
-FPNCLI_CUDNN_FUSION=compile bench compile_fused "$T_COMPILE" --compile-only --sizes "$SIZE" \
+FPNCLI_CUDNN_FUSION=eager bench compile_plain "$T_COMPILE" --compile-only --sizes "$SIZE" \
     --batch-sizes "$BIG" --precisions "$LOW" --seconds "$ROW_SECONDS"
 # (with its model-only row at the same size, batch and precision: the of_model ratios)
 bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
@@ -222,7 +228,7 @@ from pathlib import Path
 
 out, dry_run, elapsed = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 steps = out / "steps"
-names = ("model", "unfused", "compile_b16", "compile_fused", "e2e", "e2e_npy", "procs",
+names = ("model", "unfused", "compile_b16", "compile_plain", "e2e", "e2e_npy", "procs",
          "switch", "defaults", "compile_bf16", "compile_other")
 rows, skipped, info = [], [], {}
 for name in names:

@@ -531,11 +531,13 @@ def test_cudnn_fusion_can_be_turned_off_or_let_into_compiled_models(monkeypatch)
     from fpncli.model import cuda_kernels
     from fpncli.model.layers import Conv2d
 
-    monkeypatch.delenv("FPNCLI_CUDNN_FUSION", raising=False)
-    assert cuda_kernels.enabled() and not cuda_kernels.under_compile()
+    monkeypatch.delenv("FPNCLI_CUDNN_FUSION", raising=False)  # the default: eager and compiled
+    assert cuda_kernels.enabled() and cuda_kernels.under_compile()
     monkeypatch.setenv("FPNCLI_CUDNN_FUSION", "0")
     assert not cuda_kernels.enabled() and not cuda_kernels.under_compile()
-    monkeypatch.setenv("FPNCLI_CUDNN_FUSION", "compile")
+    monkeypatch.setenv("FPNCLI_CUDNN_FUSION", "eager")  # the A/B: compiled over the plain ops
+    assert cuda_kernels.enabled() and not cuda_kernels.under_compile()
+    monkeypatch.setenv("FPNCLI_CUDNN_FUSION", "compile")  # the former opt-in: the default now
     assert cuda_kernels.enabled() and cuda_kernels.under_compile()
     model = fpncli.load_backbone("random", device="cpu", cpu_kernels=False)
     convs = [m for m in model.modules() if isinstance(m, Conv2d)]

@@ -413,12 +413,12 @@ def test_cudnn_fused_epilogues_equal_the_plain_ones(precision):
 
 
 def test_a_model_compiled_over_the_fused_ops_equals_the_eager_one(monkeypatch):
-    """``FPNCLI_CUDNN_FUSION=compile``: torch.compile traces cuDNN's fused ops (which have no
-    meta kernel of their own); the compiled model must give the eager fused model's levels."""
+    """By default torch.compile traces cuDNN's fused ops (which have no meta kernel of their
+    own); the compiled model must give the eager fused model's levels."""
     from fpncli.model.layers import Conv2d
     from fpncli.run.device import model_for_run
 
-    monkeypatch.setenv("FPNCLI_CUDNN_FUSION", "compile")
+    monkeypatch.delenv("FPNCLI_CUDNN_FUSION", raising=False)
     torch._dynamo.reset()
     model = fpncli.load_backbone("random", device="cuda:0")
     eager = model_for_run(model, "bf16")

@@ -67,7 +67,7 @@ class BenchRow:
     batch_size: int
     precision: str
     #: model rows: "eager" / "compile" / "onednn" / "unfused" (``--unfused``) / "cudnn-off" /
-    #: "comp-fused" (``FPNCLI_CUDNN_FUSION=0`` / ``=compile``); end-to-end: the preset
+    #: "comp-plain" (``FPNCLI_CUDNN_FUSION=0`` / ``=eager``); end-to-end: the preset
     variant: str
     images: int = 0
     seconds: float = 0.0
@@ -178,8 +178,8 @@ def bench_model(
         if device.type == "cuda" and precision != "fp32":  # FPNCLI_CUDNN_FUSION's A/B rows
             if not compile and not cuda_kernels.enabled():
                 variant = "cudnn-off"  # the plain epilogues
-            elif compile and cuda_kernels.under_compile():
-                variant = "comp-fused"  # compiled over cuDNN's fused ops
+            elif compile and cuda_kernels.enabled() and not cuda_kernels.under_compile():
+                variant = "comp-plain"  # compiled over the plain ops (FPNCLI_CUDNN_FUSION=eager)
     row = BenchRow("model", str(device), height, width, batch_size, precision, variant)
     try:
         check_precision(precision, device)
