@@ -3,13 +3,13 @@
     python scripts/gil_held.py               # needs py-spy on PATH (pip install py-spy)
     python scripts/gil_held.py --loop decode # the loop alone (what py-spy samples)
 
-One process's decoding, writing and feeding threads take turns at the lock, so the milliseconds
-it is held per image cap that process's images per second whatever its cores (``extract
---processes 2`` runs two processes on one GPU; a large CUDA run gets several by default). For
-``decode`` (a generated 1080x1920 JPEG to 756x1344, ``steps.decode``), ``decode-defer`` (the same, the resize left to the device as on CUDA) and
-``write`` (that image's five heatmaps from random levels at 768x1344,
-``write_image_outputs``, heatmaps only), the loop runs ``--seconds`` in one thread, twice under
-``py-spy record -f raw``: with ``--gil`` (only samples where the thread holds the lock) and
+One process's decoding, writing and feeding threads take turns at the lock, so the milliseconds it
+is held per image cap that process's images per second whatever its cores (``extract --processes
+2`` runs two processes on one GPU; a large CUDA run gets several by default). For ``decode`` (a
+generated 1080x1920 JPEG to 756x1344, ``steps.decode``), ``decode-defer`` (the same, the resize
+left to the device as on CUDA) and ``write`` (that image's five heatmaps from random levels at
+768x1344, ``write_image_outputs``, heatmaps only), the loop runs ``--seconds`` in one thread, twice
+under ``py-spy record -f raw``: with ``--gil`` (only samples where the thread holds the lock) and
 without; the ratio of the two sample counts is the share of its time the loop holds the lock.
 """
 
