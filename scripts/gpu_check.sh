@@ -50,7 +50,7 @@
 #                 and without; placed before the compile_bf16/compile_other rows
 #
 # ONLY=step,step: run only these steps (and preflight), e.g. ONLY=vs_detectron2,compile_b16 for a
-# second, shorter call.
+# second, shorter call; TESTS=pytest-node-ids: the tests step runs only these.
 #
 # D2_DIR=DIR: Detectron2 is never installed or committed here; to run vs_detectron2, carry its
 # Python source and its dependencies' wheels (for the GPU machine's Python: 3.12 on the lent
@@ -103,7 +103,8 @@ WRITERS=$(( CORES > 8 ? 8 : 2 ))
 
 if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
     DEV=cpu SIZE=64x96 E2E=64x96 SRC=96x128 BATCHES=1,2 BIG=2 MID=1 SMALL=1 PRECS=fp32
-    IMAGES=4 DEFAULT_IMAGES=3 ROW_SECONDS=0.05 TESTS="tests/test_gpu.py" COMPILE_PRECS=fp32
+    IMAGES=4 DEFAULT_IMAGES=3 ROW_SECONDS=0.05 TESTS="${TESTS:-tests/test_gpu.py}"
+    COMPILE_PRECS=fp32
     UNFUSED_PRECS=fp32 PROCS=2
     T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_PROCS=60 T_COMPILE=45 T_REST=45 LOW=fp32
     T_D2=60 DEFAULT_PROCS=1,2
@@ -112,7 +113,7 @@ if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
 else
     DEV=auto SIZE=800x1344 E2E=768x1344 SRC=1080x1920 BATCHES=1,8,16 BIG=16 MID=8 SMALL=1
     PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 ROW_SECONDS=2 COMPILE_PRECS=fp16,fp32
-    TESTS="tests/test_gpu.py" UNFUSED_PRECS=bf16,fp16 PROCS=2,3
+    TESTS="${TESTS:-tests/test_gpu.py}" UNFUSED_PRECS=bf16,fp16 PROCS=2,3
     T_TESTS=180 T_MODEL=150 T_E2E=60 T_DEFAULTS=100 T_PROCS=150 T_COMPILE=150 T_REST=600 LOW=bf16
     T_D2=120 DEFAULT_PROCS=1,3
     PROC_SECONDS=3 NPY_IMAGES=96 PROC_IMAGES=1200 T_NPY=60

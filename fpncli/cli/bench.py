@@ -204,6 +204,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
 
     from ..api import check_precision, load_backbone
     from ..model.cpu_kernels import uses_cpu_kernels
+    from ..run.bench import OUTPUT_PRESETS as PRESET_OPTIONS
     from ..run.bench import (
         add_ratios,
         bench_end_to_end,
@@ -316,7 +317,8 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
                     if model_only:
                         continue
                     for preset in outputs:
-                        for count in processes or [auto_processes(dev)]:
+                        npy = PRESET_OPTIONS[preset].get("save_npy", True)
+                        for count in processes or [auto_processes(dev, npy=npy)]:
                             count = None if count == 1 else count  # in this process
                             label = preset if count is None else f"{preset} x{count} processes"
                             measure(

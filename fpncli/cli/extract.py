@@ -201,9 +201,10 @@ class _ExtractCommand(click.Command):
               "GPU 0; a trailing comma makes one index a list: 1, is GPU 1 alone).")  # fmt: skip
 @click.option("--processes", default="auto", show_default=True, callback=_processes_callback,
               help="Worker processes per GPU (one process's Python threads cannot keep a fast "
-              "GPU busy). auto: with CUDA and 1,000 images or more, one per 5 cores and 16 GB "
-              "of GPU memory, at most 3 (never under torchrun or SLURM, or with --shard); "
-              "else 1, this process. With --gpus, each GPU listed gets this many.")  # fmt: skip
+              "GPU busy). auto: with CUDA, 1,000 images or more and no .npy (--no-npy: a run "
+              "that writes .npy is bound by its disk), one per 5 cores and 16 GB of GPU "
+              "memory, at most 3 (never under torchrun or SLURM, or with --shard); else 1, "
+              "this process. With --gpus, each GPU listed gets this many.")  # fmt: skip
 @click.option(
     "--max-pixels",
     type=click.IntRange(min=1),
@@ -378,6 +379,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         dev,
         len(jobs),
         auto=engine == "local" and out_format == "files" and not shard_spec,
+        npy=output.save_npy,
     )
     try:
         # workers load their own; one listed GPU (--gpus 1,) is this process's device

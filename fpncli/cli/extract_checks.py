@@ -179,15 +179,15 @@ def _gpu_devices(gpus: str | None, device: str, count: int | None = None) -> lis
 
 
 def _worker_devices(devices: list[str], processes: int | None, dev, images: int, auto: bool,
-                    env=None) -> list[str]:  # fmt: skip
+                    env=None, *, npy: bool = False) -> list[str]:  # fmt: skip
     """The devices of the worker processes, one entry each (none: this process runs it; one:
     this process runs it on that device).
 
     ``--processes N`` repeats each ``--gpus`` entry (or the run's device) N times. ``auto``
     keeps ``--gpus`` as given; without it, and where ``auto`` allows (the local engine writing
-    folders), a CUDA run of many images gets ``run.multi.auto_processes`` workers on its GPU
-    (with a note saying so), but not under a launcher (torchrun, SLURM, ``--shard``), which
-    made its processes itself."""
+    folders), a CUDA run of many images that writes no ``.npy`` (``npy``) gets
+    ``run.multi.auto_processes`` workers on its GPU (with a note saying so), but not under a
+    launcher (torchrun, SLURM, ``--shard``), which made its processes itself."""
     from ..run.multi import auto_processes
 
     if processes is not None:
@@ -197,7 +197,7 @@ def _worker_devices(devices: list[str], processes: int | None, dev, images: int,
         return devices
     environ = os.environ if env is None else env
     launched = any(name in environ for name in ("LOCAL_RANK", "SLURM_LOCALID", "RANK"))
-    count = 1 if launched else auto_processes(dev, images)
+    count = 1 if launched else auto_processes(dev, images, npy=npy)
     if count < 2:
         return []
     click.echo(f"note: {count} worker processes share {dev} (--processes 1 runs one)", err=True)

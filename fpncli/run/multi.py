@@ -86,7 +86,10 @@ def _wait_for(go) -> None:
 #: H200 with 16 cores, 1080p JPEGs to heatmaps (bf16, batch 16) ran at 0.45 of min(model, decode
 #: with all cores) in one process, 0.62 in two and 0.86 in three (``fpncli bench --processes``).
 #: A worker's start (spawn, import, CUDA, weights) costs a few seconds, which 1,000 images at
-#: the rate gained repay.
+#: the rate gained repay. Not when the run writes ``.npy``: its disk bounds it, and on an H100
+#: with 16 cores the defaults (fp32, every output) ran at 11.7 images/s in three processes
+#: against 13.0 in one (``scripts/gpu_check.sh``, 2026-11-26), where heatmaps alone ran at 129
+#: against 69.
 CORES_PER_PROCESS = 5
 MAX_PROCESSES_PER_GPU = 3
 GPU_GIB_PER_PROCESS = 16
@@ -101,13 +104,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_processes(device, images: int | None = None, *, cores: int | None = None,
-                   gpu_gib: float | None = None) -> int:  # fmt: skip
+def auto_processes(device, images: int | None = None, *, npy: bool = False,
+                   cores: int | None = None, gpu_gib: float | None = None) -> int:  # fmt: skip
     """How many worker processes share ``device`` when the user did not say (``--gpus``): one on
-    a CPU, or for fewer than ``AUTO_MIN_IMAGES`` ``images`` (None: no minimum, for benchmarks,
-    which leave the workers' start out of their time); on CUDA, one per ``CORES_PER_PROCESS``
-    cores and ``GPU_GIB_PER_PROCESS`` of the GPU's memory, at most ``MAX_PROCESSES_PER_GPU``."""
-    if device.type != "cuda" or (images is not None and images < AUTO_MIN_IMAGES):
+    a CPU, for a run that writes ``.npy`` (``npy``: bound by its disk), or for fewer than
+    ``AUTO_MIN_IMAGES`` ``images`` (None: no minimum, for benchmarks, which leave the workers'
+    start out of their time); else on CUDA, one per ``CORES_PER_PROCESS`` cores and
+    ``GPU_GIB_PER_PROCESS`` of the GPU's memory, at most ``MAX_PROCESSES_PER_GPU``."""
+    if device.type != "cuda" or npy or (images is not None and images < AUTO_MIN_IMAGES):
         return 1
     if gpu_gib is None:
         import torch
