@@ -116,7 +116,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
     if args.loop:
-        loop(args.loop, args.seconds, args.work)
+        if args.work is not None:
+            loop(args.loop, args.seconds, args.work)
+            return
+        with tempfile.TemporaryDirectory(prefix="fpncli-gil-") as work:
+            loop(args.loop, args.seconds, Path(work))
         return
     if shutil.which("py-spy") is None:
         sys.exit("needs py-spy on PATH (pip install py-spy)")

@@ -185,6 +185,18 @@ def test_value_range_is_the_clip_percentiles_of_the_finite_values():
     assert value_range(sparse) == (0.0, 5.0)
 
 
+def test_value_range_leaves_the_callers_map_as_it_was():
+    """The percentiles may reorder only a copy of value_range's own (of a float32 map, or of a
+    map's finite values), never a float64 map passed in."""
+    rng = np.random.default_rng(0)
+    for dtype in (np.float64, np.float32):
+        values = rng.standard_normal((30, 40)).astype(dtype)
+        kept = values.copy()
+        want = np.percentile(values.astype(np.float64), [1, 99])
+        assert value_range(values, (1, 99)) == (float(want[0]), float(want[1]))
+        assert np.array_equal(values, kept), dtype
+
+
 def test_parse_clip():
     assert parse_clip("1,99") == (1.0, 99.0)
     assert parse_clip("minmax") == (0.0, 100.0) and parse_clip(None) == (1.0, 99.0)
