@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -392,3 +393,24 @@ def test_the_level_table_says_it_counts_images_with_tensors(report_dir):
     counts = dict(re.findall(r"<tr><td>(\w+)</td><td>(\d+)</td>", table.group(1)))
     assert counts == {"p2": "2", "p3": "3", "p4": "3", "p5": "3", "p6": "3"}, counts
     assert "no tensor file (e.g. extracted with --no-npy): p2 1." in table.group(2)
+
+
+def test_report_draws_thumbnails_with_the_cores_it_may_use(report_dir, monkeypatch):
+    """Its default thread count follows the CPU affinity (a container's share), not the
+    machine's ``os.cpu_count``."""
+    import concurrent.futures
+
+    import fpncli.viz.report as report_module
+
+    sizes = []
+
+    class Pool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, max_workers=None, *args, **kwargs):
+            sizes.append(max_workers)
+            super().__init__(max_workers, *args, **kwargs)
+
+    monkeypatch.setattr(report_module, "ThreadPoolExecutor", Pool)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    write_report(report_dir)
+    assert sizes == [2]

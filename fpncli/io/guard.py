@@ -8,6 +8,7 @@ full disk when one is met, and never read outputs back as inputs.
 - ``is_disk_full`` also recognises numpy's short write (``ndarray.tofile`` raises an ``OSError``
   without an errno: "N requested and M written").
 - ``OUTPUT_MARKER`` marks every output root; discovery never enters a marked folder.
+- ``usable_cores`` counts the cores a container or job gives this process, not the machine's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "quote_name",
     "file_target",
     "utf8_text",
+    "usable_cores",
     "parse_json",
     "read_json_file",
     "one_line",
@@ -263,6 +265,15 @@ def read_json_file(path: str | Path, max_bytes: int):
     ValueError (``parse_json``'s, nesting too deep included)."""
     with open_regular(path) as f:
         return parse_json(f.read(max_bytes))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or a job's share, where
+    ``os.cpu_count`` gives the whole machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def one_line(text: str, limit: int = 500) -> str:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from ..io.guard import one_line
+from ..io.guard import one_line, usable_cores
 from ..io.inputs import Job, select_shard
 from .device import worker_threads
 from .pipeline import run_jobs
@@ -94,14 +94,6 @@ CORES_PER_PROCESS = 5
 MAX_PROCESSES_PER_GPU = 3
 GPU_GIB_PER_PROCESS = 16
 AUTO_MIN_IMAGES = 1000
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity: a container's or a job's share)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
 
 
 def auto_processes(device, images: int | None = None, *, npy: bool = False,

@@ -33,7 +33,7 @@ from .. import __version__
 from ..io.atomic import TMP_MARK
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import read_run_log
-from ..io.guard import folder_lock, utf8_text
+from ..io.guard import folder_lock, usable_cores, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
@@ -500,7 +500,7 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
     tally = _Tally()
     rows: list[_Row] = []
     levels: set[str] = set()
-    threads = workers or min(8, os.cpu_count() or 1)
+    threads = workers or min(8, usable_cores())
     with ThreadPoolExecutor(threads) as pool:
         work = functools.partial(_process_item, found=found, thumbs=assets / "thumbs",
                                  height=thumb_height, ranges=ranges)  # fmt: skip
