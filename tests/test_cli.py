@@ -322,3 +322,30 @@ def test_clip_range_in_manifest_and_random_mark_on_every_picture(runner, photo, 
     assert _red_pixels(folder / "overview.png") > 30
     bad = runner.invoke(cli, ["extract", str(photo), "-o", str(out), *SMALL, "--clip", "99,1"])
     assert bad.exit_code == 2 and "--clip" in bad.output and "percentiles" in bad.output
+
+
+def test_a_run_refused_before_any_image_leaves_no_output_folder(runner, photo, monkeypatch,
+                                                                 tmp_path):  # fmt: skip
+    """An engine that refuses the run before writing anything (Ray's CPU actors refuse fp16,
+    say, once Ray has started) leaves no empty output folder behind; removing one never takes
+    the marker from a folder that holds anything else."""
+    import click
+
+    import fpncli.run.pipeline
+    from fpncli.cli.extract_report import _remove_if_unused
+    from fpncli.io.guard import OUTPUT_MARKER
+
+    def refuse(*args, **kwargs):
+        raise click.ClickException("refused here")
+
+    monkeypatch.setattr(fpncli.run.pipeline, "run_jobs", refuse)
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["extract", str(photo), "-o", str(out), *SMALL])
+    assert result.exit_code == 1 and "refused here" in result.output, result.output
+    assert not out.exists()
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / OUTPUT_MARKER).write_text("{}")
+    (used / "photo").mkdir()
+    _remove_if_unused(used)
+    assert (used / OUTPUT_MARKER).is_file() and (used / "photo").is_dir()

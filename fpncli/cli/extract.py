@@ -446,6 +446,11 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         if not url:
             _write_interrupted_log(e, last, len(jobs), out, weights, precision, shard_spec)
         sys.exit(130)
+    except BaseException:  # refused before any image (e.g. Ray's CPU actors and fp16): no
+        bar.close()  # empty output folder left behind
+        if made:
+            _remove_if_unused(out)
+        raise
     bar.close()
     summary.failed += [
         (str(folder), f"cannot read this folder: {why}") for folder, why in unreadable

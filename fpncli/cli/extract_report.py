@@ -220,10 +220,13 @@ def _without_path(reason: str, path: str) -> str:
 
 
 def _remove_if_unused(out: Path) -> None:
-    """Remove the output folder this run made, if it holds nothing but its marker."""
+    """Remove the output folder this run made, if it holds nothing but its marker (a folder
+    with anything else in it keeps its marker too)."""
     from ..io.guard import OUTPUT_MARKER
 
     try:
+        if {entry.name for entry in os.scandir(out)} - {OUTPUT_MARKER}:
+            return
         (out / OUTPUT_MARKER).unlink(missing_ok=True)
         out.rmdir()  # only when empty
     except OSError:
