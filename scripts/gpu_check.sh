@@ -7,8 +7,9 @@
 #
 # Ends within about 7.5 minutes (BUDGET_S=450 seconds of steps, each with its own time limit cut
 # to what is left; a step that fails or runs out of time is reported, and the others and the
-# final table still run); on one H200 with 16 cores it took 4.5 minutes (2026-11-26, torch 2.11;
-# before the defaults x3 row and the optional vs_detectron2 step). Needs no network. Everything
+# final table still run); on one H100 with 16 cores its steps took about 470 s in all
+# (2026-11-26, torch 2.11, added up over three calls; the compile_other rows are the ones that
+# BUDGET_S may cut). Needs no network. Everything
 # is written under OUT_DIR: the scratch (temporary JPEGs and outputs, compile caches) in
 # OUT_DIR/scratch, removed at the end, and then OUT_DIR holds three files: gpu_check.txt (the
 # table, the phase timings and the failures), gpu_check.json (every row, the machine, the
@@ -35,13 +36,10 @@
 #   procs         the heatmaps row again in 2 and 3 worker processes sharing the GPU
 #                 (extract --processes 2, 3; each warmed up, then started together): one
 #                 process's Python threads (decoding, writing, feeding take turns at Python's
-#                 lock) hold the GPU back. extract's default for a large folder is 3 with 16
-#                 cores (run/multi.py: auto_processes)
-#   switch        the heatmaps row in one process with FPNCLI_SWITCH_MS=0.5 (variant
-#                 heatmaps-sw0.5): Python's thread switch interval at 0.5 ms instead of 5, an
-#                 A/B of whether the feeding thread waits for the lock (run/device.py)
-#   defaults      the defaults end to end (fp32, batch 8, every output), in one process and
-#                 in 3 (extract's default for a large folder with 16 cores)
+#                 lock) hold the GPU back. extract's default for a large folder without .npy
+#                 is 3 with 16 cores (run/multi.py: auto_processes)
+#   defaults      the defaults end to end (fp32, batch 8, every output), in one process
+#                 (extract's default for them: with .npy written, 3 processes measured slower)
 #   compile_bf16  --compile bf16 at batch 8 and 1
 #   compile_other --compile fp16 and fp32 at batch 16
 #   vs_detectron2 only with D2_DIR (below): fp32 batch 16 800x1344, fpncli against Detectron2's
@@ -115,7 +113,7 @@ else
     PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 ROW_SECONDS=2 COMPILE_PRECS=fp16,fp32
     TESTS="${TESTS:-tests/test_gpu.py}" UNFUSED_PRECS=bf16,fp16 PROCS=2,3
     T_TESTS=180 T_MODEL=150 T_E2E=60 T_DEFAULTS=100 T_PROCS=150 T_COMPILE=150 T_REST=600 LOW=bf16
-    T_D2=120 DEFAULT_PROCS=1,3
+    T_D2=120 DEFAULT_PROCS=1
     PROC_SECONDS=3 NPY_IMAGES=96 PROC_IMAGES=1200 T_NPY=60
     DEFAULT_SIZE=800x1333
 fi
@@ -199,9 +197,6 @@ bench e2e_npy "$T_NPY" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisio
 bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps --source-size "$SRC" --images "$PROC_IMAGES" --seconds "$PROC_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS" --processes "$PROCS"
-FPNCLI_SWITCH_MS=0.5 bench switch "$T_E2E" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" \
-    --precisions "$LOW" --outputs heatmaps --source-size "$SRC" --images "$IMAGES" \
-    --seconds "$ROW_SECONDS" --workers "$WORKERS" --writers "$WRITERS" --processes 1
 bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
     --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
     --workers "$WORKERS" --writers "$WRITERS" --processes "$DEFAULT_PROCS"
@@ -230,7 +225,7 @@ from pathlib import Path
 out, dry_run, elapsed = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 steps = out / "steps"
 names = ("model", "unfused", "compile_b16", "compile_plain", "e2e", "e2e_npy", "procs",
-         "switch", "defaults", "compile_bf16", "compile_other")
+         "defaults", "compile_bf16", "compile_other")
 rows, skipped, info = [], [], {}
 for name in names:
     path = steps / f"{name}.json"

@@ -141,20 +141,6 @@ def test_the_bound_is_the_host_when_the_feeding_thread_outlasts_the_device():
     assert _bound({**device, "write": 30.0, "host": 11.0}, 4, 2) == "write"
 
 
-def test_an_end_to_end_row_names_the_switch_interval_experiment(tmp_path, monkeypatch):
-    """With ``FPNCLI_SWITCH_MS`` set, the end-to-end rows say so in their variant (the A/B that
-    ``gpu_check`` runs beside the plain row)."""
-    monkeypatch.setenv("FPNCLI_SWITCH_MS", "0.5")
-    out = tmp_path / "bench.json"
-    args = ["bench", "--sizes", "64x64", "--precisions", "fp32", "--seconds", "0", "--images",
-            "2", "--outputs", "heatmaps", "--e2e-only", "--weights", "random", "--json",
-            str(out)]  # fmt: skip
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    (row,) = json.loads(out.read_text())["rows"]
-    assert row["variant"] == "heatmaps-sw0.5" and row["error"] is None
-
-
 def test_an_end_to_end_row_in_worker_processes(tmp_path):
     """``--processes 2``: the row runs in two worker processes sharing the device (extract's
     ``--processes 2``); its rate is over the workers' own run time, its variant says x2."""

@@ -439,29 +439,6 @@ def test_a_compiled_cpu_run_freezes_the_weights_only_during_the_run():
         assert config.freezing == before  # an eager run changes nothing
 
 
-def test_the_switch_interval_experiment_holds_only_during_the_run(monkeypatch):
-    """``FPNCLI_SWITCH_MS`` sets Python's thread switch interval for the run and puts it back
-    (even after an error); unset, nothing changes; garbage is a one-line error before any
-    setting changes."""
-    import sys
-
-    from fpncli.run.device import run_settings, switch_interval_from_env
-
-    before = sys.getswitchinterval()
-    monkeypatch.setenv("FPNCLI_SWITCH_MS", "0.5")
-    with pytest.raises(RuntimeError, match="inside"), run_settings(torch.device("cpu")):
-        assert sys.getswitchinterval() == pytest.approx(0.0005)
-        raise RuntimeError("inside")
-    assert sys.getswitchinterval() == before
-    monkeypatch.delenv("FPNCLI_SWITCH_MS")
-    with run_settings(torch.device("cpu")):
-        assert sys.getswitchinterval() == before
-    assert switch_interval_from_env({"FPNCLI_SWITCH_MS": " "}) is None
-    for bad in ("fast", "0", "-1", "nan"):
-        with pytest.raises(ValueError, match=f"FPNCLI_SWITCH_MS='{bad}' is not a positive"):
-            switch_interval_from_env({"FPNCLI_SWITCH_MS": bad})
-
-
 def test_the_device_stages_start_once_the_batch_is_staged(monkeypatch):
     """The clock's ``start`` is marked after the host has filled the batch, right before the
     upload: the host's staging time is the feeding thread's (``host``), not ``h2d``, so a GPU

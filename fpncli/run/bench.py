@@ -368,8 +368,6 @@ def bench_end_to_end(
     memory is not this process's)."""
     device = next(model.parameters()).device
     variant = outputs if processes is None else f"{outputs}x{processes}"
-    if os.environ.get("FPNCLI_SWITCH_MS", "").strip():  # the thread switch A/B (run_settings)
-        variant += f"-sw{os.environ['FPNCLI_SWITCH_MS'].strip()}"
     row = BenchRow("end-to-end", str(device), height, width, batch_size, precision, variant)
     root = Path(tempfile.mkdtemp(prefix="fpncli-bench-", dir=work_dir))
     try:

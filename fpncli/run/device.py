@@ -13,7 +13,6 @@ import copy
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -135,14 +134,8 @@ def run_settings(
     eager to 1.53 s compiled with it and 1.65 s without (identical outputs; AMD EPYC, 2 cores).
     It is set around the run, not passed to ``torch.compile(options=...)``, where it has no
     effect: the compilation happens at the first forward of each shape, inside the run.
-
-    ``FPNCLI_SWITCH_MS`` (an experiment, unset by default): Python's thread switch interval
-    during the run, in ms (``sys.setswitchinterval``; Python's default is 5). A thread that
-    lets go of the lock for each torch op (the one feeding the GPU) can wait that long to get
-    it back from a busy decoding or writing thread.
     """
     saved_benchmark, saved_threads = torch.backends.cudnn.benchmark, torch.get_num_threads()
-    saved_switch, switch = sys.getswitchinterval(), switch_interval_from_env()
     try:
         with device_context(device), _freezing(compile and device.type == "cpu"), \
                 keep_large_blocks():  # fmt: skip
@@ -150,30 +143,10 @@ def run_settings(
                 torch.backends.cudnn.benchmark = benchmark
             if threads is not None:
                 torch.set_num_threads(threads)
-            if switch is not None:
-                sys.setswitchinterval(switch)
             yield
     finally:
         torch.backends.cudnn.benchmark = saved_benchmark
         torch.set_num_threads(saved_threads)
-        sys.setswitchinterval(saved_switch)
-
-
-def switch_interval_from_env(env: Mapping[str, str] | None = None) -> float | None:
-    """``FPNCLI_SWITCH_MS`` in seconds, None when unset or empty; anything but a positive
-    number is a one-line ValueError."""
-    raw = (os.environ if env is None else env).get("FPNCLI_SWITCH_MS", "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1e6:
-        raise ValueError(
-            f"FPNCLI_SWITCH_MS={raw!r} is not a positive number of ms: fix or unset it"
-        )
-    return value / 1e3
 
 
 def _freezing(on: bool):
