@@ -60,19 +60,26 @@
 # The step unpacks the wheels into the scratch folder (no pip needed there).
 #
 # Python: $PYTHON, else python3, else python. What it must import: torch (with CUDA), numpy,
-# opencv-python(-headless), matplotlib, click, pillow, pytest; fpncli runs from this checkout
-# (PYTHONPATH), nothing to install. A preflight step says what is missing. The --compile rows
-# also need a C compiler and Python's headers (Triton builds its launcher with them: gcc and
-# python3-dev on Debian/Ubuntu); without them those rows fail with the reason and the others run.
-#  - The lent H100/H200 image (python3 3.12, torch 2.11+cu130) has all of them: carry nothing.
+# opencv-python(-headless), matplotlib, click, pillow, pytest (and isal, below); fpncli runs from
+# this checkout (PYTHONPATH), nothing to install. A preflight step says what is missing. The
+# --compile rows also need a C compiler and Python's headers (Triton builds its launcher with
+# them: gcc and python3-dev on Debian/Ubuntu); without them those rows fail with the reason and
+# the others run.
+#  - The lent H100/H200 image (python3 3.12, torch 2.11+cu130) has all of them but isal (the
+#    PNG deflate; without it encode_png uses zlib, which a preflight warning names). Carry its
+#    wheel in a git-ignored folder and put it on PYTHONPATH there:
+#        pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#            --platform manylinux2014_x86_64 -d .whl isal
+#        (there) python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+#            && export PYTHONPATH=/tmp/site
 #  - A machine with only torch: carry these wheels, made where there is network with the same
 #    Python version and platform:
 #        pip download -d wheels numpy opencv-python-headless matplotlib contourpy cycler \
 #            fonttools kiwisolver packaging pyparsing python-dateutil six tzdata click pillow \
-#            pytest iniconfig pluggy pygments exceptiongroup tomli
+#            isal pytest iniconfig pluggy pygments exceptiongroup tomli
 #    (exceptiongroup and tomli: Python 3.10 only; six: python-dateutil 2.x, tzdata: 4.x), then
 #        pip install --no-index --find-links wheels numpy opencv-python-headless matplotlib \
-#            click pillow pytest
+#            click pillow isal pytest
 #    (opencv-python-headless provides the same cv2 module as opencv-python, without GUI libs).
 #  - A machine without torch: add torch's CUDA wheel and its dependencies to the same folder
 #    (`pip download torch --index-url https://download.pytorch.org/whl/cu128 -d wheels` brings
@@ -171,6 +178,9 @@ if not torch.cuda.is_available() and '$DRY_RUN' != '1':
 import shutil, sysconfig, os
 compiler = next((c for c in ('cc', 'gcc', 'clang') if shutil.which(c)), None)
 header = os.path.join(sysconfig.get_paths()['include'], 'Python.h')
+if importlib.util.find_spec('isal') is None:
+    print('warning: no isal (a dependency of fpncli): PNGs are deflated with zlib, several times '
+          'slower (carry its wheel: see the header of scripts/gpu_check.sh)')
 if compiler is None or not os.path.isfile(header):
     print('warning: --compile rows will fail:', 'no C compiler' if compiler is None else
           'no Python.h (python3-dev)', '(Triton builds its launcher with them)')

@@ -130,6 +130,38 @@ def test_encode_png_round_trip_keeps_rgb():
     np.testing.assert_array_equal(decoded, rgb)
 
 
+@pytest.mark.parametrize("deflate", ["isal", "zlib"])
+def test_png_writer_is_lossless_with_either_deflate(deflate, monkeypatch):
+    """fpncli writes its PNGs itself, deflated by ISA-L where installed, else zlib: Pillow and
+    OpenCV decode them to the same pixels, any size, contiguous or not; a picture PNG cannot
+    hold is a ValueError."""
+    import zlib
+
+    import cv2
+
+    from fpncli.viz import visualize
+
+    if deflate == "isal":
+        isal_zlib = pytest.importorskip("isal.isal_zlib")
+        monkeypatch.setattr(visualize, "_deflate", isal_zlib)
+    else:
+        monkeypatch.setattr(visualize, "_deflate", zlib)
+    assert visualize.png_deflate() == deflate
+    rng = np.random.default_rng(0)
+    heat = heatmap_image(rng.standard_normal((20, 30)).astype(np.float32), label="p4", note="n")
+    pictures = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((1, 1, 3), (37, 53, 3))]
+    pictures += [heat, rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)[::2, ::3]]
+    for rgb in pictures:
+        data = encode_png(rgb)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), rgb)
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(bgr[..., ::-1], rgb)
+    for bad in (np.zeros((0, 4, 3), np.uint8), np.zeros((4, 4), np.uint8),
+                np.zeros((4, 4, 3), np.float32)):  # fmt: skip
+        with pytest.raises(ValueError, match="PNG encoding needs"):
+            encode_png(bad)
+
+
 def test_overview_is_a_png_with_all_panels():
     image = np.zeros((60, 90, 3), np.uint8)
     levels = [

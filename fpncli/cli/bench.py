@@ -253,7 +253,9 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     header = format_table([])
     click.echo(header)
     rows = []
-    info = {"device": str(dev), "torch": torch.__version__}
+    from ..viz.visualize import png_deflate
+
+    info = {"device": str(dev), "torch": torch.__version__, "png_deflate": png_deflate()}
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
 
