@@ -291,6 +291,10 @@ def make_images(folder: Path, count: int, height: int, width: int) -> list[Path]
     return paths
 
 
+#: ``bench_end_to_end`` measures the decode rate with all cores this many times and keeps the best
+DECODE_RATE_RUNS = 2
+
+
 def decode_rate(paths: list[Path], options: RunOptions, input_format, workers: int,
                 device: torch.device | None = None) -> float:  # fmt: skip
     """Images per second that ``workers`` threads decode and resize (the pipeline's decoder;
@@ -426,8 +430,10 @@ def bench_end_to_end(
             row.bound = _bound(summary.stage_seconds, share.workers * processes,
                                share.writers * processes, processes=processes)  # fmt: skip
         row.bytes_per_image = summary.bytes_written / max(1, summary.done)
-        decoded = decode_rate(paths[2:], options, model.weights_info.input, usable_cores(),
-                              device)  # fmt: skip
+        # the better of two runs: a capacity (on one H100 machine single runs gave 136-243
+        # images/s across the rows of one call; noise only slows a run down)
+        decoded = max(decode_rate(paths[2:], options, model.weights_info.input, usable_cores(),
+                                  device) for _ in range(DECODE_RATE_RUNS))  # fmt: skip
         row.ratios["decode_img_s"] = decoded
         if measure_disk and output.save_npy:
             row.disk_mb_per_s = disk_write_speed(root)
