@@ -22,12 +22,13 @@ from .io.canvas import check_canvas, parse_canvas
 from .io.preprocess import LoadedImage, Prepared, load_image, resize_for_model
 from .model.cpu_kernels import available as cpu_kernel_support
 from .model.cpu_kernels import use_cpu_kernels
-from .model.fpn import FPN, build_resnet_fpn_backbone
+from .model.fpn import FPN
 from .model.layers import fold_frozen_batchnorm
 from .model.normalize import normalize_batch
 from .weights.checkpoint import (
     build_backbone,
     load_state_dict_strict,
+    new_backbone,
     random_state_dict,
     read_checkpoint,
 )
@@ -199,9 +200,7 @@ def load_backbone(
     """
     if weights == "random":
         arch, input_format = {"depth": 50, "stride_in_1x1": True}, DETECTRON2_INPUT
-        # the default init, overwritten next, would draw from the caller's torch RNG
-        with torch.random.fork_rng(devices=[]):
-            model = build_resnet_fpn_backbone(**arch)
+        model = new_backbone(arch)
         load_state_dict_strict(model, random_state_dict(model, seed))
         info = WeightsInfo("random", None, None, "random", input_format, arch, True, seed)
     else:

@@ -46,6 +46,7 @@ __all__ = [
     "infer_arch",
     "check_arch",
     "build_backbone",
+    "new_backbone",
     "load_state_dict_strict",
     "random_state_dict",
     "save_fpncli_checkpoint",
@@ -389,11 +390,16 @@ def build_backbone(arch: dict, state_dict: dict[str, torch.Tensor]) -> FPN:
     with torch.device("meta"):
         expected = build_resnet_fpn_backbone(**arch).state_dict()
     _check_matches({k: v.shape for k, v in expected.items()}, state_dict)
-    # the default init, overwritten next, would draw from the caller's torch RNG
-    with torch.random.fork_rng(devices=[]):
-        model = build_resnet_fpn_backbone(**arch)
+    model = new_backbone(arch)
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def new_backbone(arch: dict) -> FPN:
+    """``build_resnet_fpn_backbone(**arch)`` for weights to be loaded into: its default init,
+    which they overwrite, draws from a forked RNG, so the caller's torch RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        return build_resnet_fpn_backbone(**arch)
 
 
 def random_state_dict(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
