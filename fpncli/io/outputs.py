@@ -467,7 +467,14 @@ def render_level_pictures(
 def overview_title(image_path: str | None, weights: dict, options: OutputOptions) -> str:
     """The overview's title line: the photo's name, the weights and the drawn reduction."""
     photo = Path(image_path or "").name or "image"
-    return f"{photo}  ({weights.get('name')}, {_reduce_label(options)})"
+    return picture_title(photo, str(weights.get("name")), _reduce_label(options))
+
+
+def picture_title(photo: str, *details: str) -> str:
+    """``chelsea.png  (random, channel 0)``: a picture's title, the photo's name and then what
+    was drawn (empty details left out). The overview's, and ``show``'s, so that they read the
+    same."""
+    return f"{photo}  ({', '.join(d for d in details if d)})"
 
 
 def _needs_maps(options: OutputOptions) -> bool:

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.outputs import MANIFEST, RANDOM_NOTE, atomic_write_bytes, read_manifest, valid_size
+from ..io.outputs import (
+    MANIFEST,
+    RANDOM_NOTE,
+    atomic_write_bytes,
+    picture_title,
+    read_manifest,
+    valid_size,
+)
 from ..io.preprocess import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGE_STRIDES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
@@ -83,10 +90,9 @@ def _photo_and_weights(manifest: dict) -> tuple[str, str]:
 
 
 def _title(source: _Source, *details: str) -> str:
-    """``chelsea.png  (random, channel 0)``: the title extract's overview has
-    (``outputs.overview_title``), so show's pictures of a folder read the same."""
-    inside = ", ".join([source.weights_name, *details] if source.weights_name else details)
-    return f"{source.photo or source.name}  ({inside})"
+    """The title extract's overview has (``outputs.picture_title``), so show's pictures of a
+    folder read the same."""
+    return picture_title(source.photo or source.name, source.weights_name, *details)
 
 
 def _latest() -> tuple[Path, list[str]]:
