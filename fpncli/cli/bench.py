@@ -216,6 +216,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     )
     from ..run.device import select_device
     from ..run.multi import auto_processes
+    from ..viz.visualize import png_deflate
 
     _check_weights(weights)
     odd = [f"{h}x{w}" for h, w in sizes if h % 32 or w % 32]
@@ -253,8 +254,6 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     header = format_table([])
     click.echo(header)
     rows = []
-    from ..viz.visualize import png_deflate
-
     info = {"device": str(dev), "torch": torch.__version__, "png_deflate": png_deflate()}
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
