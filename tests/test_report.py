@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -279,20 +280,52 @@ def _corrupt(src: Path, dst: Path, field: str, value) -> Path:
 def test_malformed_manifest_or_level_is_one_line_in_report_diff_and_show(
     sample_extraction, tmp_path, field, value, reason
 ):
+    """show refuses the image in one line; report and diff say so in one line each, exit 1,
+    and still cover the other images (one bad image stopped both before)."""
     bad = _corrupt(sample_extraction, tmp_path / "bad", field, value)
     runner = CliRunner()
-    for args in (
-        ["report", str(bad)],
-        ["diff", str(sample_extraction), str(bad), "-o", str(tmp_path / "d")],
-        ["show", str(bad / "chelsea"), "--level", "all", "--save", str(tmp_path / "s.png")],
-    ):
+    diff = ["diff", str(sample_extraction), str(bad), "-o", str(tmp_path / "d")]
+    for args, says in (
+        (["report", str(bad)], "Error: outputs of chelsea cannot be read, left out: "),
+        (diff, "not compared: chelsea: cannot be read in B: "),
+        (["show", str(bad / "chelsea"), "--level", "all", "--save", str(tmp_path / "s.png")],
+         "Error: "),
+    ):  # fmt: skip
         result = runner.invoke(cli, args)
         assert result.exit_code == 1, (args, result.output)
         assert not isinstance(result.exception, (TypeError, AttributeError)), result.exception
-        last = result.output.strip().splitlines()[-1]
-        assert last.startswith("Error: ") and reason in last, (args, result.output)
+        (line,) = [ln for ln in result.output.splitlines() if ln.startswith(says)]
+        assert reason in line, (args, result.output)
         if field != "p2.npy":
-            assert "chelsea/manifest.json is malformed" in last
+            assert "chelsea/manifest.json is malformed" in line
+    page = (bad / "report.html").read_text()
+    assert "Outputs that cannot be read" in page and html.escape(reason) in page
+    assert "000001_input.png" in page and "000000_input.png" not in page  # the others: a row each
+    assert "2 of 3 images compared" in runner.invoke(cli, diff).output
+    # --scale level reads every manifest first: the bad one is listed once, the rest drawn
+    result = runner.invoke(cli, ["report", str(bad), "--scale", "level"])
+    assert result.exit_code == 1 and result.output.count("cannot be read") == 1, result.output
+    assert (bad / "report" / "thumbs" / "000001_p3.png").is_file()
+
+
+def test_report_and_diff_go_on_past_a_damaged_shard(sample_shards, tmp_path):
+    """--format wds, one image per shard: one shard cut in half loses its image only."""
+    out = tmp_path / "out"
+    shutil.copytree(sample_shards, out)
+    shard = sorted(out.glob("shard-*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[:700])
+    unreadable = []
+    page = write_report(out, on_unreadable=lambda key, why: unreadable.append((key, why)))
+    ((key, why),) = unreadable
+    assert "is not a readable tar shard" in why or "truncated" in why, why
+    text = page.read_text()
+    assert f"<td>{html.escape(key)}</td>" in text and "<h2>Images 1-2 of 2</h2>" in text
+    result = CliRunner().invoke(
+        cli, ["diff", str(sample_shards), str(out), "-o", str(tmp_path / "d")]
+    )
+    assert result.exit_code == 1, result.output
+    assert f"not compared: {key}: cannot be read in B: " in result.output
+    assert "2 of 3 images compared: all 2 compared agree" in result.output
 
 
 def test_empty_map_thumbnail_is_blank_not_a_cv2_error():

@@ -32,8 +32,8 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
     """Compare extraction B against A (the reference); exit 0 only when all agree within --tol.
 
     Per image and level: max and mean relative difference (|A-B| over |A|) and the cosine
-    similarity, on the valid region. Images whose geometry differs, or found on one side only,
-    are reported, not compared (and make the exit code 1).
+    similarity, on the valid region. Images whose geometry differs, found on one side only, or
+    whose outputs cannot be read are reported, not compared (and make the exit code 1).
     """
     from ..viz.diff import diff_extractions
 

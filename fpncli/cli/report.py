@@ -25,13 +25,24 @@ from .common import _friendly, verbose_option
 @_friendly
 def report(out, page_size, thumb_height, scale, open_browser) -> None:
     """Write OUT/report.html (OUT: default fpn_out): summary, per-level statistics and
-    histograms, a paged image grid."""
+    histograms, a paged image grid. Images whose outputs cannot be read are listed there,
+    left out of the rest, and make the exit code 1."""
     from ..viz.report import write_report
 
-    path = write_report(out, page_size=page_size, thumb_height=thumb_height, scale=scale)
+    unreadable: list[tuple[str, str]] = []
+    path = write_report(out, page_size=page_size, thumb_height=thumb_height, scale=scale,
+                        on_unreadable=lambda key, why: unreadable.append((key, why)))  # fmt: skip
     click.echo(f"wrote {path}")
     if open_browser:
         import webbrowser
 
         if not webbrowser.open(path.resolve().as_uri()):
             click.echo("no browser found: open the file above by hand", err=True)
+    if unreadable:  # the report covers the others; the exit code says it is not all
+        key, why = unreadable[0]
+        more = (
+            f" (and {len(unreadable) - 1} more, listed in the report)"
+            if len(unreadable) > 1
+            else ""
+        )
+        raise click.ClickException(f"outputs of {key} cannot be read, left out: {why}{more}")

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
-from ..io.guard import utf8_text
+from ..io.guard import one_line, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .visualize import overview_png
 
@@ -57,7 +57,9 @@ class ImageDiff:
 
     key: str  # the image folder relative to the roots
     levels: list[LevelDiff] = field(default_factory=list)
-    skipped: str | None = None  # why not compared (geometry differs, missing on one side)
+    skipped: str | None = (
+        None  # why not compared (geometry differs, one side lacks or cannot read it)
+    )
     picture: str | None = None  # the |A - B| picture, relative to the diff output folder
 
     def agrees(self, tol: float) -> bool:
@@ -228,7 +230,14 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
     if key_a is None or key_b is None:
         result.skipped = f"only in {'B' if key_a is None else 'A'}"
         return result
-    a, b = found_a.load(key_a), found_b.load(key_b)
+    loaded = []
+    for side, found, side_key in (("A", found_a, key_a), ("B", found_b, key_b)):
+        try:
+            loaded.append(found.load(side_key))
+        except (ValueError, OSError) as e:  # this image only: reported, the others compared
+            result.skipped = f"cannot be read in {side}: {one_line(str(e)) or type(e).__name__}"
+            return result
+    a, b = loaded
     unloaded = [f"{name}: its .npy is missing or unreadable in {side}"
                 for side, ex in (("A", a), ("B", b)) for name in _unloaded(ex, levels)]  # fmt: skip
     if unloaded:  # never a pass with a level silently left out
@@ -286,7 +295,9 @@ def diff_extractions(
     """Compare two extractions (two image folders, or two output roots of the same inputs),
     image by image (by key: the image's path below its root). Either root may be a folder of
     image folders or the output of a ``--format wds`` run (tar shards; a folder or a URL); one
-    image at a time is read.
+    image at a time is read. An image missing on one side, or whose outputs cannot be read
+    there (a malformed manifest, a truncated ``.npy``, a damaged shard), is reported with the
+    reason (``ImageDiff.skipped``) and the others are still compared.
 
     Args:
         a: the reference extraction.

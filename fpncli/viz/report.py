@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import functools
 import html
+import itertools
 import logging
 import math
 import os
@@ -31,9 +32,9 @@ from PIL import Image, ImageOps
 
 from .. import __version__
 from ..io.atomic import TMP_MARK
-from ..io.catalog import Extractions, open_extractions
+from ..io.catalog import Extractions, Failure, open_extractions
 from ..io.extraction import read_run_log
-from ..io.guard import folder_lock, usable_cores, utf8_text
+from ..io.guard import folder_lock, one_line, usable_cores, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
@@ -119,10 +120,15 @@ def _recorded_range(meta: dict) -> tuple[float, float] | None:
 
 
 def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int,
-             ranges: dict | None) -> tuple[_Row, dict, dict, int]:  # fmt: skip
+             ranges: dict | None) -> tuple[_Row, dict, dict, int] | Failure:  # fmt: skip
     """Thumbnails of one image; returns its grid row, per level (sample, valid shape), its
-    manifest and its bytes. Only this image's arrays are in memory (or mapped) meanwhile."""
-    ex = found.load(key)
+    manifest and its bytes, or a ``Failure`` (key, why) when its outputs cannot be read (a
+    malformed manifest, a truncated ``.npy``, a damaged shard). Only this image's arrays are in
+    memory (or mapped) meanwhile."""
+    try:
+        ex = found.load(key)
+    except (ValueError, OSError) as e:  # this image's outputs only: listed, the others go on
+        return Failure(key, one_line(str(e)) or type(e).__name__)
     heat = ex.manifest.get("heatmap") or {}
     reduce, channel = heat.get("reduce", "channel"), int(heat.get("channel", 0))
     cmap = heat.get("cmap", "viridis")
@@ -157,7 +163,7 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
     return row, samples, ex.manifest, found.size(key)
 
 
-def _process_item(item: tuple[int, str], **kwargs) -> tuple[_Row, dict, dict, int]:
+def _process_item(item: tuple[int, str], **kwargs) -> tuple[_Row, dict, dict, int] | Failure:
     return _process(item[0], item[1], kwargs["found"], kwargs["thumbs"], kwargs["height"],
                     kwargs["ranges"])  # fmt: skip
 
@@ -297,7 +303,8 @@ class _Tally:
             self.counts[what][str(manifest.get(what))] += 1
 
 
-def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None) -> str:
+def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None,
+             unreadable: list[Failure]) -> str:  # fmt: skip
     parts = []
     if tally.random:
         parts.append(
@@ -320,6 +327,7 @@ def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None) ->
         ("layout", html.escape(layout)),
         ("images done", str(tally.images)),
         failed_row,
+        *([("outputs unreadable", f"{len(unreadable)} (listed below)")] if unreadable else []),
         ("weights", _count(tally.counts["weights"])),
         ("precision", _count(tally.counts["precision"])),
         ("device", _count(tally.counts["device"])),
@@ -332,12 +340,20 @@ def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None) ->
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     parts.append(f"<h2>Summary</h2><table>{table}</table>")
     if failed:
-        items = "".join(
-            f"<tr><td>{html.escape(f.path)}</td><td>{html.escape(f.reason)}</td></tr>"
-            for f in failed
+        parts.append(f"<h3>Failed</h3>{_reasons('input', failed)}")
+    if unreadable:
+        parts.append(
+            "<h3>Outputs that cannot be read</h3><p>Left out of the grid and the statistics: "
+            "extract these images again (or remove their outputs).</p>"
+            + _reasons("image", sorted(unreadable, key=lambda f: f.path))
         )
-        parts.append(f"<h3>Failed</h3><table><tr><th>input</th><th>reason</th></tr>{items}</table>")
     return "\n".join(parts)
+
+
+def _reasons(what: str, failures: list[Failure]) -> str:
+    rows = "".join(f"<tr><td>{html.escape(f.path)}</td><td>{html.escape(f.reason)}</td></tr>"
+                   for f in failures)  # fmt: skip
+    return f"<table><tr><th>{what}</th><th>reason</th></tr>{rows}</table>"
 
 
 def _stats_table(stats: dict[str, LevelStats], no_tensor: dict[str, int] | None = None) -> str:
@@ -432,8 +448,14 @@ def write_report(
     thumb_height: int = 64,
     workers: int | None = None,
     scale: str = "image",
+    on_unreadable: Callable[[str, str], None] | None = None,
 ) -> Path:
     """Write ``ROOT/report.html`` (and ``ROOT/report/``) for the extraction under ``root``.
+
+    An image whose outputs cannot be read (a malformed manifest, a truncated ``.npy``, a
+    damaged tar shard) is left out of the grid and the statistics and listed on the first page
+    with the reason; the report still covers the others, and ``on_unreadable(key, reason)`` is
+    called for each such image (``fpncli report`` then exits 1).
 
     Args:
         root: an output folder of ``fpncli extract`` (or one image's folder).
@@ -478,33 +500,51 @@ def write_report(
         assets.mkdir(exist_ok=True)
         _clear_assets(assets)
         (assets / "thumbs").mkdir()
-        _write_pages(root, found, keys, run, assets, first, page_size=page_size,
-                     thumb_height=thumb_height, workers=workers, scale=scale)  # fmt: skip
+        unreadable = _write_pages(
+            root, found, keys, run, assets, first, page_size=page_size,
+            thumb_height=thumb_height, workers=workers, scale=scale,
+        )  # fmt: skip
+    for failure in unreadable:  # said once: to the caller, else in the log
+        if on_unreadable is not None:
+            on_unreadable(failure.path, failure.reason)
+        else:
+            log.warning("report: %s left out: %s", failure.path, failure.reason)
     log.info("report: %d images -> %s", len(keys), root / first)
     return root / first
 
 
 def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | None,
                  assets: Path, first: str, *, page_size: int, thumb_height: int,
-                 workers: int | None, scale: str) -> None:  # fmt: skip
+                 workers: int | None, scale: str) -> list[Failure]:  # fmt: skip
     """The thumbnails, histograms and pages of ``write_report`` (``first`` the first page's
-    name in ``root``, ``assets`` the folder of the rest)."""
+    name in ``root``, ``assets`` the folder of the rest); returns the images whose outputs
+    could not be read (listed on the first page)."""
+    unreadable: list[Failure] = []
     ranges = None
-    if keys:  # level|shared: a first pass over the manifests only (no tensor is read)
-        heat = found.manifest(keys[0]).get("heatmap") or {}
-        ranges = run_ranges((m for _, m in found.manifests()), scale,
-                            reduce=heat.get("reduce", "channel"),
-                            channel=int(heat.get("channel", 0)))  # fmt: skip
+    if keys and scale != "image":  # a first pass over the manifests only (no tensor is read)
+        manifests = _readable_manifests(found, keys, unreadable)  # one at a time
+        first_one = next(manifests, None)
+        heat = (first_one or {}).get("heatmap") or {}
+        if first_one is not None:  # else every image is listed as unreadable
+            ranges = run_ranges(itertools.chain([first_one], manifests), scale,
+                                reduce=heat.get("reduce", "channel"),
+                                channel=int(heat.get("channel", 0)))  # fmt: skip
     stats: dict[str, LevelStats] = {}
     no_tensor: collections.Counter = collections.Counter()  # level -> images without its .npy
     tally = _Tally()
     rows: list[_Row] = []
     levels: set[str] = set()
+    listed = {f.path for f in unreadable}
     threads = workers or min(8, usable_cores())
     with ThreadPoolExecutor(threads) as pool:
         work = functools.partial(_process_item, found=found, thumbs=assets / "thumbs",
                                  height=thumb_height, ranges=ranges)  # fmt: skip
-        for row, samples, manifest, size in _bounded_map(pool, work, enumerate(keys), threads + 1):
+        for done in _bounded_map(pool, work, enumerate(keys), threads + 1):
+            if isinstance(done, Failure):
+                if done.path not in listed:  # (its manifest may have failed the first pass)
+                    unreadable.append(done)
+                continue
+            row, samples, manifest, size = done
             tally.add(manifest, size)
             levels.update(manifest.get("levels", {}))
             for name, (sample, shape) in samples.items():
@@ -534,7 +574,7 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
         grid += f" of {len(rows)}</h2>{shard_note}{nav}"
         grid += _grid(chunk, levels, prefix, (page - 1) * page_size + 1)
         if page == 1:
-            summary = _summary(root, found, tally, run)
+            summary = _summary(root, found, tally, run, unreadable)
             body = [f"<h1>{html.escape(title)}</h1>", summary, _scale_note(scale, ranges)]
             if stats:
                 hist = f'<img class="hist" src="{assets.name}/histograms.png" alt="histograms">'
@@ -547,3 +587,13 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
             path = assets / f"page_{page:04d}.html"
             atomic_write_bytes(path, utf8_text(_page(f"{title} page {page}", body)).encode())
     log.info("report: %d images, %d pages", len(rows), pages)
+    return unreadable
+
+
+def _readable_manifests(found: Extractions, keys: list[str], unreadable: list[Failure]):
+    """The manifests of ``keys`` that can be read; the others go to ``unreadable``."""
+    for key in keys:
+        try:
+            yield found.manifest(key)
+        except (ValueError, OSError) as e:
+            unreadable.append(Failure(key, one_line(str(e)) or type(e).__name__))
