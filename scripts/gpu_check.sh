@@ -67,11 +67,10 @@
 # the others run.
 #  - The lent H100/H200 image (python3 3.12, torch 2.11+cu130) has all of them but isal (the
 #    PNG deflate; without it encode_png uses zlib, which a preflight warning names). Carry its
-#    wheel in a git-ignored folder and put it on PYTHONPATH there:
+#    wheel in the git-ignored folder .whl (the device tool's carry: [".whl"]); where isal does
+#    not import, this script installs .whl/isal-*.whl into its scratch folder and uses it:
 #        pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #            --platform manylinux2014_x86_64 -d .whl isal
-#        (there) python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
-#            && export PYTHONPATH=/tmp/site
 #  - A machine with only torch: carry these wheels, made where there is network with the same
 #    Python version and platform:
 #        pip download -d wheels numpy opencv-python-headless matplotlib contourpy cycler \
@@ -156,6 +155,11 @@ bench() {  # [VAR=value] bench NAME LIMIT ARGS...: fpncli bench writing STEPS/NA
     step "$name" "$limit" "$PY" -m fpncli bench --device "$DEV" --json "$STEPS/$name.json" "$@"
 }
 
+# isal (fpncli's PNG deflate) from a carried wheel, where this Python lacks it (header above)
+if ! "$PY" -c "import isal" 2>/dev/null && compgen -G ".whl/isal-*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --target "$SCRATCH/site" .whl/isal-*.whl \
+        && export PYTHONPATH="$PYTHONPATH:$SCRATCH/site" && echo "isal from .whl: $SCRATCH/site"
+fi
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv \
         > "$STEPS/nvidia-smi.csv" 2>&1
