@@ -428,3 +428,8 @@ def test_colour_bar_ends_say_whether_the_map_passes_reaches_or_stays_inside_them
     assert _range_labels(values, (2.0, 8.0))[:2] == ("<= 2", ">= 8")
     assert _range_labels(values, (-5.0, 20.0))[:2] == ("-5", "20")
     assert _range_labels(values, (-5.0, 8.0))[:2] == ("-5", ">= 8")
+    # the data line and the ends read the finite values only (NaN, inf, none at all)
+    for odd in (np.nan, np.inf, -np.inf):
+        with_odd = np.array([[0.0, 5.0, 10.0, odd]], np.float32)
+        assert _range_labels(with_odd, (0.0, 10.0)) == ("min 0", "max 10", "data 0 .. 10"), odd
+    assert _range_labels(np.full((2, 2), np.nan), (1.0, 2.0)) == ("min 1", "max 2", "data 1 .. 2")

@@ -339,9 +339,12 @@ def _range_labels(values: np.ndarray, vrange: tuple[float, float]) -> tuple[str,
     An end reads ``<= v`` / ``>= v`` when values beyond it exist (they are saturated), ``min v``
     / ``max v`` when it is the map's own minimum / maximum, and a bare ``v`` when the map does
     not reach it (a run's range, ``--scale level|shared``, wider than this map's values)."""
-    finite, _ = _finite(values)
     lo, hi = vrange
-    data_lo, data_hi = (float(finite.min()), float(finite.max())) if finite.size else (lo, hi)
+    values = np.asarray(values)
+    data_lo, data_hi = (float(values.min()), float(values.max())) if values.size else (lo, hi)
+    if not (math.isfinite(data_lo) and math.isfinite(data_hi)):  # NaN or inf among them
+        finite, _ = _finite(values)  # (else every value is finite: no copy, no mask)
+        data_lo, data_hi = (float(finite.min()), float(finite.max())) if finite.size else (lo, hi)
     left = f"<= {_fmt(lo)}" if data_lo < lo else f"min {_fmt(lo)}" if data_lo == lo else _fmt(lo)
     right = f">= {_fmt(hi)}" if data_hi > hi else f"max {_fmt(hi)}" if data_hi == hi else _fmt(hi)
     clipped = data_lo < lo or data_hi > hi
