@@ -264,7 +264,10 @@ def read_json_file(path: str | Path, max_bytes: int):
     of which at most ``max_bytes`` are read (a longer one fails to parse). Raises OSError or
     ValueError (``parse_json``'s, nesting too deep included)."""
     with open_regular(path) as f:
-        return parse_json(f.read(max_bytes))
+        # no more than the file holds (+1: one that grew is cut, and fails to parse): read(n)
+        # allocates n bytes first, 16 MB for each 3 KB manifest
+        size = os.fstat(f.fileno()).st_size
+        return parse_json(f.read(min(max_bytes, size + 1)))
 
 
 def usable_cores() -> int:
