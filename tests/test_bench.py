@@ -190,3 +190,20 @@ def test_the_decode_rate_of_a_row_is_the_best_of_its_runs(monkeypatch, tmp_path)
     model_row.images_per_s = 1e6
     add_ratios([model_row, row])
     assert row.ratios["of_min_model_decode"] == pytest.approx(row.images_per_s / 240.0)
+
+
+def test_a_failed_row_keeps_its_whole_reason_on_one_line(monkeypatch):
+    """A compile error's first line says only that the backend raised; the row keeps the
+    rest, on one line (it kept the first line alone)."""
+    from fpncli.api import load_backbone
+    from fpncli.run import bench
+
+    def raises(*args, **kwargs):
+        raise RuntimeError("backend='inductor' raised:\nCompilationError: no C compiler found")
+
+    monkeypatch.setattr(bench, "model_for_run", raises)
+    row = bench.bench_model(load_backbone("random"), height=64, width=96, batch_size=1,
+                            precision="fp32", iters=1, warmup=0)  # fmt: skip
+    assert row.error == (
+        "RuntimeError: backend='inductor' raised:\\nCompilationError: no C compiler found"
+    )

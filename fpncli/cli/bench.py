@@ -203,6 +203,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     import torch
 
     from ..api import check_precision, load_backbone
+    from ..io.guard import one_line
     from ..model.cpu_kernels import uses_cpu_kernels
     from ..run.bench import OUTPUT_PRESETS as PRESET_OPTIONS
     from ..run.bench import (
@@ -272,7 +273,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
         os.replace(partial, json_path)
 
     def skip(what: str, error: BaseException) -> None:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = one_line(str(error)) or type(error).__name__
         click.echo(f"skipped {what}: {reason}", err=True)
         skipped.append({"row": what, "reason": reason})
         save(False)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..api import check_precision, run_backbone
+from ..io.guard import one_line
 from ..io.outputs import OutputOptions
 from ..model import cuda_kernels
 from ..model.fpn import FPN
@@ -87,8 +88,10 @@ class BenchRow:
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    """A failed row's reason: the error's type and its whole message on one line (a compile
+    error's first line alone, ``backend='inductor' raised:``, said nothing)."""
+    text = one_line(str(error), limit=400)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _peak_rss_mb() -> float:
@@ -208,9 +211,7 @@ def bench_model(
         if reference is not None:
             row.max_rel_error_vs_fp32 = _max_rel_error(reference, out)
     except Exception as e:  # noqa: BLE001 - a failing row reports why; the others still run
-        row.error = (
-            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        )
+        row.error = _one_line(e)
     row.peak_rss_mb = _peak_rss_mb()
     return row
 
@@ -440,9 +441,7 @@ def bench_end_to_end(
             disk_rate = row.disk_mb_per_s * 1e6 / row.bytes_per_image
             row.ratios["of_disk_rate"] = row.images_per_s / disk_rate
     except Exception as e:  # noqa: BLE001 - a failing row reports why; the others still run
-        row.error = (
-            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        )
+        row.error = _one_line(e)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     row.peak_rss_mb = _peak_rss_mb()
