@@ -126,7 +126,7 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
     malformed manifest, a truncated ``.npy``, a damaged shard). Only this image's arrays are in
     memory (or mapped) meanwhile."""
     try:
-        ex = found.load(key)
+        ex, size = found.load(key), found.size(key)
     except (ValueError, OSError) as e:  # this image's outputs only: listed, the others go on
         return Failure(key, one_line(str(e)) or type(e).__name__)
     heat = ex.manifest.get("heatmap") or {}
@@ -160,7 +160,7 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
         thumb = _level_thumbnail(map2d, height, cmap, rng)
         atomic_write_bytes(thumbs / f"{stem}_{name}.png", encode_png(thumb))
         row.levels[name] = f"{thumbs.parent.name}/thumbs/{stem}_{name}.png"
-    return row, samples, ex.manifest, found.size(key)
+    return row, samples, ex.manifest, size
 
 
 def _process_item(item: tuple[int, str], **kwargs) -> tuple[_Row, dict, dict, int] | Failure:
