@@ -1,6 +1,6 @@
 """How long each image's host work holds Python's lock (the GIL), in one thread.
 
-    python scripts/gil_held.py               # needs py-spy on PATH (pip install py-spy)
+    python scripts/gil_held.py               # the lock's share needs py-spy on PATH
     python scripts/gil_held.py --loop decode # the loop alone (what py-spy samples)
 
 One process's decoding, writing and feeding threads take turns at the lock, so the milliseconds it
@@ -11,6 +11,8 @@ left to the device as on CUDA) and ``write`` (that image's five heatmaps from ra
 768x1344, ``write_image_outputs``, heatmaps only), the loop runs ``--seconds`` in one thread, twice
 under ``py-spy record -f raw``: with ``--gil`` (only samples where the thread holds the lock) and
 without; the ratio of the two sample counts is the share of its time the loop holds the lock.
+Without py-spy each loop runs once and only its time per image is printed (``gpu_check.sh``'s
+``host`` step: how fast the GPU machine's cores do a run's host work).
 """
 
 from __future__ import annotations
@@ -93,17 +95,25 @@ def samples(raw: Path) -> int:
     return count
 
 
+def _ms_per_call(cmd: list[str]) -> float:
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("calls "))
+    calls, elapsed = (float(v) for v in line.split()[1::2])
+    return 1e3 * elapsed / calls
+
+
 def measure(what: str, seconds: float, work: Path) -> None:
+    loop_cmd = [sys.executable, __file__, "--loop", what, "--seconds", str(seconds), "--work",
+                str(work)]  # fmt: skip
+    if shutil.which("py-spy") is None:  # the loop's time alone: how fast this CPU does it
+        print(f"{what:<13} {_ms_per_call(loop_cmd):6.1f} ms per image")
+        return
     counts, runs = {}, []
     for mode in ("--gil", "all"):
         raw = work / f"{what}-{mode.strip('-')}.txt"
         cmd = ["py-spy", "record", "-r", str(RATE), "-f", "raw", "-o", str(raw)]
-        cmd += ([mode] if mode == "--gil" else []) + ["--", sys.executable, __file__]
-        cmd += ["--loop", what, "--seconds", str(seconds), "--work", str(work)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        line = next(ln for ln in out.splitlines() if ln.startswith("calls "))
-        calls, elapsed = (float(v) for v in line.split()[1::2])
-        counts[mode], runs = samples(raw), runs + [1e3 * elapsed / calls]
+        runs.append(_ms_per_call(cmd + ([mode] if mode == "--gil" else []) + ["--", *loop_cmd]))
+        counts[mode] = samples(raw)
     share = counts["--gil"] / max(1, counts["all"])
     ms = sum(runs) / len(runs)
     print(f"{what:<13} {ms:6.1f} ms per image, lock held {share * ms:5.2f} ms ({share:.0%})")
@@ -123,7 +133,7 @@ def main() -> None:
             loop(args.loop, args.seconds, Path(work))
         return
     if shutil.which("py-spy") is None:
-        sys.exit("needs py-spy on PATH (pip install py-spy)")
+        print("no py-spy on PATH (pip install py-spy): each loop's time only, not the lock's share")
     work = Path(tempfile.mkdtemp(prefix="fpncli-gil-"))
     try:
         for what in WHAT:

@@ -38,6 +38,8 @@
 #                 process's Python threads (decoding, writing, feeding take turns at Python's
 #                 lock) hold the GPU back. extract's default for a large folder without .npy
 #                 is 3 with 16 cores (run/multi.py: auto_processes)
+#   host          scripts/gil_held.py: one thread's decoding and heatmap writing per image on
+#                 this CPU (with py-spy on PATH also the share that holds Python's lock)
 #   defaults      the defaults end to end (fp32, batch 8, every output), in one process
 #                 (extract's default for them: with .npy written, 3 processes measured slower)
 #   compile_bf16  --compile bf16 at batch 8 and 1
@@ -113,7 +115,7 @@ if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
     T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_PROCS=60 T_COMPILE=45 T_REST=45 LOW=fp32
     T_D2=60 DEFAULT_PROCS=1,2
     PROC_SECONDS=0.05 NPY_IMAGES=3 PROC_IMAGES=4 T_NPY=60
-    BUDGET_S="${BUDGET_S:-300}" DEFAULT_SIZE=64x96
+    BUDGET_S="${BUDGET_S:-300}" DEFAULT_SIZE=64x96 HOST_SECONDS=0.5
 else
     DEV=auto SIZE=800x1344 E2E=768x1344 SRC=1080x1920 BATCHES=1,8,16 BIG=16 MID=8 SMALL=1
     PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 ROW_SECONDS=2 COMPILE_PRECS=fp16,fp32
@@ -121,7 +123,7 @@ else
     T_TESTS=180 T_MODEL=150 T_E2E=60 T_DEFAULTS=100 T_PROCS=150 T_COMPILE=150 T_REST=600 LOW=bf16
     T_D2=120 DEFAULT_PROCS=1
     PROC_SECONDS=3 NPY_IMAGES=96 PROC_IMAGES=1200 T_NPY=60
-    DEFAULT_SIZE=800x1333
+    DEFAULT_SIZE=800x1333 HOST_SECONDS=3
 fi
 START=$(date +%s)
 DEADLINE=$(( START + ${BUDGET_S:-450} ))
@@ -211,6 +213,9 @@ bench e2e_npy "$T_NPY" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisio
 bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps --source-size "$SRC" --images "$PROC_IMAGES" --seconds "$PROC_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS" --processes "$PROCS"
+# one thread's decoding and heatmap writing per image on this machine's cores (on a 2-core Zen 4
+# EPYC: decode-defer 6.9-7.4 ms, write 6.5-8.8 ms): whether its CPU is what bounds the e2e rows
+step host 40 "$PY" scripts/gil_held.py --seconds "$HOST_SECONDS"
 bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
     --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
     --workers "$WORKERS" --writers "$WRITERS" --processes "$DEFAULT_PROCS"
@@ -260,6 +265,9 @@ if (steps / "phases.tsv").is_file():
         name, seconds, status = line.split("\t")
         phases.append({"phase": name, "seconds": int(seconds), "exit": status})
 failures = (steps / "failures.txt").read_text() if (steps / "failures.txt").is_file() else ""
+host_log = steps / "host.log"
+host = [ln for ln in host_log.read_text().splitlines() if "ms per image" in ln] \
+    if host_log.is_file() else []  # fmt: skip
 d2_log = steps / "vs_detectron2.log"
 versus = [ln for ln in d2_log.read_text().splitlines() if "speed-up" in ln] if d2_log.is_file() \
     else []  # fmt: skip
@@ -277,6 +285,7 @@ phase_lines = [f"{p['phase']:<14}{p['seconds']:>5} s  exit {p['exit']}" for p in
 text = "\n".join([
     f"gpu_check {'(DRY RUN on the CPU) ' if dry_run else ''}{elapsed} s", machine,
     json.dumps(info), "", table, "", *(f"vs Detectron2: {ln}" for ln in versus),
+    *(f"host, one thread: {ln}" for ln in host),
     "phases:", *phase_lines, "",
     *(f"skipped {s.get('step', '')} {s.get('row', s.get('precision', ''))}: {s['reason']}"
       for s in skipped),
@@ -285,7 +294,7 @@ text = "\n".join([
 (out / "gpu_check.txt").write_text(text + "\n")
 (out / "gpu_check.json").write_text(json.dumps(
     {**info, "machine": machine, "dry_run": dry_run, "seconds": elapsed, "phases": phases,
-     "rows": rows, "skipped": skipped, "vs_detectron2": versus,
+     "rows": rows, "skipped": skipped, "vs_detectron2": versus, "host": host,
      "failures": failures.splitlines()}, indent=2))
 print("\n" + text)
 EOF
