@@ -672,6 +672,8 @@ def test_resizing_on_the_device_gives_the_same_outputs(tmp_path, model):
     big = [d.image.height * d.image.width > DEVICE_RESIZE_MAX_RATIO * n
            for d, n in zip(deferred, resized)]  # fmt: skip
     assert big == [False, False, False, True, False] and kept == [not b for b in big]
+    # the kept ones are Pillow's own memory (io.pillow_view), not a copy made holding the lock
+    assert [not d.pixels.flags.c_contiguous for d in deferred] == kept
     outs = {}
     for on_device in (False, True):
         out = tmp_path / f"out{on_device}"

@@ -29,6 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..weights.registry import InputFormat
 from .canvas import canvas_for
 from .guard import open_regular
+from .pillow_view import rgb_view
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -92,6 +93,14 @@ class LoadedImage:
             rgb = self._rgb = np.asarray(pil)
             self._pil = None
         return rgb
+
+    def rgb_view(self) -> np.ndarray:
+        """``rgb``'s pixels without its copy where Pillow lends them (``io.pillow_view``): a
+        read-only ``(H, W, 3)`` view into the decoded image (strides ``(4W, 4, 1)``), which keeps
+        that memory alive on its own; else ``rgb``."""
+        pil = self._pil
+        view = rgb_view(pil) if pil is not None else None
+        return view if view is not None else self.rgb
 
     @property
     def pixels(self) -> np.ndarray | Image.Image:
@@ -488,7 +497,9 @@ def resize_for_model(
         padded_height=padded[0],
         padded_width=padded[1],
     )
-    return np.ascontiguousarray(image), prepared
+    # deferred, the pixels go as they are to the upload, which copies them anyway (a view of
+    # Pillow's memory, LoadedImage.rgb_view, is not made contiguous first)
+    return (image if defer_resize else np.ascontiguousarray(image)), prepared
 
 
 def prepare(

@@ -24,6 +24,7 @@ import torch
 
 from ..io.inputs import env_int, shard_from_env
 from ..io.outputs import LevelResult, OutputOptions, valid_size
+from ..io.pillow_view import copy_rgb
 from ..model import cuda_kernels
 from ..model.cpu_kernels import use_cpu_kernels, uses_cpu_kernels
 from ..model.fpn import OUTPUT_STRIDES
@@ -326,12 +327,10 @@ class InputStager:
         width = max(int(im.shape[1]) for im in images)
         shape = (len(images), height, width, 3)
         if self.device.type != "cuda":
-            if all(im.shape[:2] == (height, width) for im in images):
-                staged = np.stack(images)
-            else:
-                staged = np.zeros(shape, np.uint8)
-                for i, im in enumerate(images):
-                    staged[i, : im.shape[0], : im.shape[1]] = im
+            uniform = all(im.shape[:2] == (height, width) for im in images)
+            staged = np.empty(shape, np.uint8) if uniform else np.zeros(shape, np.uint8)
+            for i, im in enumerate(images):
+                copy_rgb(staged[i, : im.shape[0], : im.shape[1]], im)
             if clock is not None:
                 clock.mark("start")
             return torch.from_numpy(staged)
@@ -344,7 +343,7 @@ class InputStager:
         host = self.slots[k][:need].view(shape)
         view = host.numpy()
         for i, im in enumerate(images):
-            view[i, : im.shape[0], : im.shape[1]] = im
+            copy_rgb(view[i, : im.shape[0], : im.shape[1]], im)
         if clock is not None:
             clock.mark("start")
         pixels = host.to(self.device, non_blocking=True)

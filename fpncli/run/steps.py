@@ -134,7 +134,7 @@ def decode(job: Job, options: RunOptions, input_format: InputFormat, *,
         new_h, new_w = resized_shape(image.height, image.width, out.min_size, out.max_size)
         defer = image.height * image.width <= DEVICE_RESIZE_MAX_RATIO * new_h * new_w
     pixels, prepared = resize_for_model(
-        image.rgb if defer else image.pixels, input_format, min_size=out.min_size,
+        image.rgb_view() if defer else image.pixels, input_format, min_size=out.min_size,
         max_size=out.max_size, resize=out.resize, max_pixels=options.max_pixels,
         canvas=out.canvas, defer_resize=defer,
     )  # fmt: skip
