@@ -203,7 +203,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     import torch
 
     from ..api import check_precision, load_backbone
-    from ..io.guard import one_line
+    from ..io.guard import error_text
     from ..model.cpu_kernels import uses_cpu_kernels
     from ..run.bench import OUTPUT_PRESETS as PRESET_OPTIONS
     from ..run.bench import (
@@ -273,7 +273,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
         os.replace(partial, json_path)
 
     def skip(what: str, error: BaseException) -> None:
-        reason = one_line(str(error)) or type(error).__name__
+        reason = error_text(error)
         click.echo(f"skipped {what}: {reason}", err=True)
         skipped.append({"row": what, "reason": reason})
         save(False)

@@ -62,10 +62,9 @@ def _friendly(command):
         except (ValueError, OSError, RuntimeError, LookupError) as e:
             if _verbose():
                 traceback.print_exc()
-            from ..io.guard import one_line
+            from ..io.guard import error_text
 
-            message = one_line(str(e)) if str(e).strip() else type(e).__name__
-            raise click.ClickException(message) from None
+            raise click.ClickException(error_text(e)) from None
 
     return wrapper
 

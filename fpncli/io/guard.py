@@ -43,6 +43,7 @@ __all__ = [
     "parse_json",
     "read_json_file",
     "one_line",
+    "error_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,11 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         return os.cpu_count() or 1
+
+
+def error_text(error: BaseException) -> str:
+    """An error's message on one line (``one_line``), or its type's name where it has none."""
+    return one_line(str(error)) or type(error).__name__
 
 
 def one_line(text: str, limit: int = 500) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
-from ..io.guard import one_line, utf8_text
+from ..io.guard import error_text, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .visualize import overview_png
 
@@ -57,9 +57,7 @@ class ImageDiff:
 
     key: str  # the image folder relative to the roots
     levels: list[LevelDiff] = field(default_factory=list)
-    skipped: str | None = (
-        None  # why not compared (geometry differs, one side lacks or cannot read it)
-    )
+    skipped: str | None = None  # why not compared (geometry, one side lacks or cannot read it)
     picture: str | None = None  # the |A - B| picture, relative to the diff output folder
 
     def agrees(self, tol: float) -> bool:
@@ -235,7 +233,7 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
         try:
             loaded.append(found.load(side_key))
         except (ValueError, OSError) as e:  # this image only: reported, the others compared
-            result.skipped = f"cannot be read in {side}: {one_line(str(e)) or type(e).__name__}"
+            result.skipped = f"cannot be read in {side}: {error_text(e)}"
             return result
     a, b = loaded
     unloaded = [f"{name}: its .npy is missing or unreadable in {side}"
