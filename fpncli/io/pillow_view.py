@@ -90,9 +90,7 @@ def rgb_view(image: Image.Image) -> np.ndarray | None:
     pointer = child.buffers[1]
     if not pointer:
         return None
-    rgbx = np.asarray(_Lent(capsules, pointer, height, width))
-    rgbx.flags.writeable = False
-    return rgbx[:, :, :3]
+    return np.asarray(_Lent(capsules, pointer, height, width))[:, :, :3]  # read-only, as lent
 
 
 def _lent_rgbx(pixels: np.ndarray) -> np.ndarray | None:
@@ -105,7 +103,7 @@ def _lent_rgbx(pixels: np.ndarray) -> np.ndarray | None:
         and pixels.strides == base.strides
         and pixels.__array_interface__["data"][0] == base.__array_interface__["data"][0]
     ):
-        return base  # fmt: skip
+        return base
     return None
 
 

@@ -34,7 +34,7 @@ from .. import __version__
 from ..io.atomic import TMP_MARK
 from ..io.catalog import Extractions, Failure, open_extractions
 from ..io.extraction import read_run_log
-from ..io.guard import folder_lock, one_line, usable_cores, utf8_text
+from ..io.guard import error_text, folder_lock, usable_cores, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
@@ -128,7 +128,7 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
     try:
         ex, size = found.load(key), found.size(key)
     except (ValueError, OSError) as e:  # this image's outputs only: listed, the others go on
-        return Failure(key, one_line(str(e)) or type(e).__name__)
+        return Failure(key, error_text(e))
     heat = ex.manifest.get("heatmap") or {}
     reduce, channel = heat.get("reduce", "channel"), int(heat.get("channel", 0))
     cmap = heat.get("cmap", "viridis")
@@ -524,8 +524,8 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
     if keys and scale != "image":  # a first pass over the manifests only (no tensor is read)
         manifests = _readable_manifests(found, keys, unreadable)  # one at a time
         first_one = next(manifests, None)
-        heat = (first_one or {}).get("heatmap") or {}
         if first_one is not None:  # else every image is listed as unreadable
+            heat = first_one.get("heatmap") or {}
             ranges = run_ranges(itertools.chain([first_one], manifests), scale,
                                 reduce=heat.get("reduce", "channel"),
                                 channel=int(heat.get("channel", 0)))  # fmt: skip
@@ -596,4 +596,4 @@ def _readable_manifests(found: Extractions, keys: list[str], unreadable: list[Fa
         try:
             yield found.manifest(key)
         except (ValueError, OSError) as e:
-            unreadable.append(Failure(key, one_line(str(e)) or type(e).__name__))
+            unreadable.append(Failure(key, error_text(e)))
