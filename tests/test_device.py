@@ -18,21 +18,28 @@ import torch
 
 import fpncli
 from fpncli.api import autocast_context
-from fpncli.io.outputs import OutputOptions, level_results
-from fpncli.io.preprocess import normalize_and_pad, prepare, resize_for_model, to_color_order
+from fpncli.io.outputs import OutputOptions, level_results, write_image_outputs
+from fpncli.io.preprocess import (
+    LoadedImage,
+    normalize_and_pad,
+    prepare,
+    resize_for_model,
+    to_color_order,
+)
 from fpncli.model.normalize import normalize_batch
 from fpncli.run.device import (
     ByteBudget,
     is_out_of_memory,
     local_rank_from_env,
     model_for_run,
+    order_stats,
     reduce_map,
     reduce_maps,
     results_to_host,
     select_device,
     worker_threads,
 )
-from fpncli.viz.visualize import REDUCTIONS, reduce_channels
+from fpncli.viz.visualize import REDUCTIONS, range_from_order_stats, reduce_channels, value_range
 from fpncli.weights.registry import DETECTRON2_INPUT, TORCHVISION_INPUT
 
 
@@ -241,6 +248,78 @@ def test_results_to_host_brings_back_only_what_is_written(save_npy, heatmaps):
                 assert ours[name].array is None
             if heatmaps:
                 np.testing.assert_allclose(ours[name].map2d, ref[name].map2d, rtol=1e-5)
+            assert ours[name].order_stats is None  # on the CPU the writers sort the maps
+
+
+def test_order_stats_give_value_range_bit_for_bit():
+    """The colour range from the order statistics picked out in torch (on CUDA, with the maps)
+    is the very range value_range sorts for on the host: maps with ties, NaN and infinities,
+    over 60 decades, none finite, constant or sparse; any clip; one map or a batch."""
+    rng = np.random.default_rng(2)
+    for trial in range(300):
+        b, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 40)), int(rng.integers(1, 60))
+        kind = trial % 5
+        if kind == 0:
+            maps = rng.standard_normal((b, h, w)) * 10 ** rng.uniform(-30, 30)
+        elif kind == 1:
+            maps = rng.integers(-3, 4, (b, h, w)).astype(np.float64)
+        elif kind == 2:  # some NaN and infinities
+            maps = rng.standard_normal((b, h, w))
+            maps[rng.random((b, h, w)) < 0.2] = rng.choice([np.nan, np.inf, -np.inf])
+        elif kind == 3:  # none finite, or constant
+            maps = np.full((b, h, w), rng.choice([np.nan, np.inf, 2.5]))
+        else:  # sparse: the percentiles coincide
+            maps = np.zeros((b, h, w))
+            maps[:, 0, 0] = 5.0
+        maps = torch.from_numpy(maps.astype(np.float32))
+        lo = float(rng.choice([0.0, 0.5, 1.0, rng.uniform(0.01, 50)]))
+        hi = float(rng.choice([99.0, 100.0, rng.uniform(50, 99.99)]))
+        picked = order_stats(maps, (lo, hi))
+        assert picked.dtype == torch.float64 and picked.shape == (b, 7)
+        for i in range(b):
+            want = value_range(maps[i].numpy(), (lo, hi))
+            assert range_from_order_stats(picked[i].tolist(), (lo, hi)) == want, (trial, i)
+
+
+def test_results_to_host_picks_out_each_maps_order_stats_when_asked():
+    gen = torch.Generator().manual_seed(3)
+    features = {f"p{k}": torch.randn(3, 8, 64 >> k, 96 >> k, generator=gen) for k in range(2, 7)}
+    features["p3"][1, 0, :2, :3] = float("nan")
+    options = OutputOptions(levels=("p2", "p3", "p6"), save_npy=False, save_overview=False,
+                            clip=(2.0, 97.0))  # fmt: skip
+    resized = [(60, 90), (33, 96), (64, 17)]
+    result = results_to_host(features, resized, options, order=True)
+    result.wait()
+    for i in range(len(resized)):
+        for name, level in result.image(i).items():
+            assert range_from_order_stats(level.order_stats, options.clip) == (
+                value_range(level.map2d, options.clip)), (i, name)  # fmt: skip
+
+
+def test_the_writer_takes_the_colour_range_from_the_order_stats(tmp_path, monkeypatch):
+    """A level whose order statistics came with it is drawn and recorded with the range they
+    give, and its map is not sorted again on the host."""
+    import fpncli.viz.visualize as visualize
+
+    gen = torch.Generator().manual_seed(4)
+    features = {f"p{k}": torch.randn(1, 8, 64 >> k, 96 >> k, generator=gen) for k in range(2, 7)}
+    options = OutputOptions(levels=("p2", "p5"), save_npy=False, save_overview=False)
+    rgb = np.zeros((64, 96, 3), np.uint8)
+    image, prepared = LoadedImage(rgb=rgb), resize_for_model(rgb, DETECTRON2_INPUT, resize=False)[1]
+    result = results_to_host(features, [(64, 96)], options, order=True)
+    levels = result.image(0)
+    want = {name: list(value_range(levels[name].map2d, options.clip)) for name in levels}
+
+    def no_sorting(*args, **kwargs):
+        raise AssertionError("value_range called: the map was sorted on the host")
+
+    monkeypatch.setattr(visualize, "value_range", no_sorting)
+    write_image_outputs(tmp_path / "one", levels=levels, image=image, prepared=prepared,
+                        options=options, weights={"name": "random"}, device="cuda:0",
+                        precision="bf16")  # fmt: skip
+    manifest = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    assert {name: manifest["levels"][name]["range"] for name in levels} == want
+    assert (tmp_path / "one" / "p2.png").stat().st_size > 0
 
 
 def test_fp32_context_restores_tf32_flags_even_on_error():

@@ -24,6 +24,7 @@ import fpncli
 from fpncli.io.outputs import OutputOptions, read_manifest
 from fpncli.run.device import InputStager, PinnedPool, results_to_host
 from fpncli.run.pipeline import Job, RunOptions, run_jobs
+from fpncli.viz.visualize import range_from_order_stats, value_range
 
 pytestmark = [
     pytest.mark.gpu,
@@ -170,6 +171,10 @@ def test_results_to_host_on_cuda_equals_the_cpu(device):
                     assert (ours[name].min, ours[name].max) == (want[name].min, want[name].max)
                     assert ours[name].mean == pytest.approx(want[name].mean, rel=1e-6, abs=1e-6)
                     np.testing.assert_allclose(ours[name].map2d, want[name].map2d, rtol=1e-5)
+                    # picked out on the device: the range the writer would sort for on the host
+                    assert want[name].order_stats is None
+                    assert range_from_order_stats(ours[name].order_stats, options.clip) == (
+                        value_range(ours[name].map2d, options.clip)), (i, name)  # fmt: skip
             assert [result.done_with_one() for _ in resized][-1]
         assert len(buffers) == 1
 

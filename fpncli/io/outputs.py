@@ -165,6 +165,9 @@ class LevelResult:
         min, max, mean: of the finite values of the valid region (float32 values, the mean
             accumulated in float64); None when no value is finite.
         nonfinite: how many values of the valid region are NaN or infinite.
+        order_stats: what the heatmap's colour range needs of ``map2d``, when the device
+            picked it out with the map (``fpncli.run.device.order_stats``); None: the writer
+            takes ``value_range`` of the map.
     """
 
     shape: tuple[int, ...]
@@ -174,6 +177,7 @@ class LevelResult:
     max: float | None
     mean: float | None
     nonfinite: int = 0
+    order_stats: tuple[float, ...] | None = None
 
 
 def level_results(
@@ -301,9 +305,12 @@ def _write_all(folder, write, levels, image, prepared, options, weights, device,
             written += write(folder / f"{name}.npy", result.array)
             meta["file"] = f"{name}.npy"
         if name in maps:
-            from ..viz.visualize import value_range
+            from ..viz.visualize import range_from_order_stats, value_range
 
-            vrange = value_range(maps[name], options.clip)
+            if result.order_stats is not None:  # picked out on the device: no sort here
+                vrange = range_from_order_stats(result.order_stats, options.clip)
+            else:
+                vrange = value_range(maps[name], options.clip)
             meta["range"] = list(vrange)
             pictures = render_level_pictures(
                 maps[name], name=name, stride=stride, shape=result.shape,

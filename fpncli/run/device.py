@@ -46,6 +46,7 @@ __all__ = [
     "StageClock",
     "reduce_map",
     "reduce_maps",
+    "order_stats",
     "BatchResult",
     "results_to_host",
     "is_out_of_memory",
@@ -408,6 +409,27 @@ def reduce_maps(levels: torch.Tensor, reduce: str, channel: int = 0) -> torch.Te
     raise ValueError(f"unknown reduction {reduce!r}")
 
 
+def order_stats(maps: torch.Tensor, clip: tuple[float, float]) -> torch.Tensor:
+    """What a heatmap's colour range (``visualize.value_range``) needs of each ``(B, h, w)`` map,
+    picked out where the maps are: ``(B, 7)`` float64 of the finite values' count, min, max, and
+    the values at the ranks below and above each ``clip`` percentile (numpy's "linear" ranks,
+    as ``visualize._places`` computes them). ``visualize.range_from_order_stats`` turns a row
+    into the range, so the writer does not sort the map on the host (on CUDA: a sort of the
+    batch's maps, against a millisecond of the writer's CPU per image)."""
+    flat = maps.reshape(maps.shape[0], -1)
+    finite = torch.isfinite(flat)
+    count = finite.sum(dim=1)
+    ordered = torch.where(finite, flat, _INF).sort(dim=1).values  # the finite ones first
+    last = (count - 1).clamp(min=0)
+    ranks = [torch.zeros_like(count), last]
+    for q in clip:
+        virtual = (count - 1).double() * (q / 100.0)
+        below = torch.minimum(virtual.floor().long().clamp(min=0), last)
+        ranks += [below, torch.minimum(below + 1, last)]
+    picked = ordered.gather(1, torch.stack(ranks, dim=1)).double()
+    return torch.cat([count.double().unsqueeze(1), picked], dim=1)
+
+
 def _pca_maps(levels: torch.Tensor) -> torch.Tensor:
     """Each image's projection on the first principal component of its channels (centred, in
     float64), oriented as ``visualize.pca_sign`` orients it: the map correlates positively
@@ -455,6 +477,7 @@ class BatchResult:
     arrays: dict[str, torch.Tensor]  # level -> (B, 256, h, w), output dtype, host
     maps: dict[str, torch.Tensor]  # level -> (B, h, w) float32, host (padding included)
     stats: torch.Tensor  # (B, levels, 4) float64: min, max, mean, nonfinite of the valid region
+    orders: torch.Tensor | None  # (B, levels, 7) float64: ``order_stats`` of each map, or None
     levels: tuple[str, ...]
     nbytes: int
     valid: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # level -> per image
@@ -473,6 +496,7 @@ class BatchResult:
         """One image's results as numpy (call ``wait`` first)."""
         out = {}
         stats = self.stats[index].numpy()
+        orders = self.orders[index].tolist() if self.orders is not None else None
         for j, name in enumerate(self.levels):
             array = self.arrays.get(name)
             map2d = self.maps.get(name)
@@ -485,6 +509,7 @@ class BatchResult:
                 map2d=map2d,
                 min=_number(stats[j, 0]), max=_number(stats[j, 1]), mean=_number(stats[j, 2]),
                 nonfinite=int(stats[j, 3]),
+                order_stats=tuple(orders[j]) if orders is not None else None,
             )  # fmt: skip
         return out
 
@@ -575,6 +600,7 @@ def results_to_host(
     pool: PinnedPool | None = None,
     copy_stream=None,
     clock: StageClock | None = None,
+    order: bool | None = None,
 ) -> BatchResult:
     """Cast, reduce and measure on the device; copy back only what will be written.
 
@@ -583,16 +609,20 @@ def results_to_host(
             batch's extra rows are ignored).
         resized: each image's resized ``(height, width)`` (its valid region).
         options: which levels, the ``.npy`` dtype, whether maps are needed and how to reduce.
+        order: whether to pick out each map's ``order_stats`` too, for its colour range. By
+            default on CUDA; on the CPU the writer threads sort the maps, off the thread that
+            runs the model.
     """
     count = len(resized)
     dtype = _level_dtype(options)
     needs_maps = options.save_heatmaps or options.save_overview or options.overlay
-    arrays, maps, valid, stats = {}, {}, {}, []
+    arrays, maps, valid, stats, orders = {}, {}, {}, [], []
     for name in options.levels:
         level = features[name][:count].to(dtype)
         valid[name] = [valid_size(h, w, OUTPUT_STRIDES[name]) for h, w in resized]
-        if level.is_cuda and all(size == resized[0] for size in resized):
-            # one set of kernels for the whole batch: launches cost on a fast GPU
+        # one set of kernels for the whole batch: launches cost on a fast GPU
+        whole = level.is_cuda and all(size == resized[0] for size in resized)
+        if whole:
             vh, vw = valid[name][0]
             stats.extend(_finite_stats_batch(level[:, :, :vh, :vw]).unbind(0))
         else:
@@ -605,17 +635,27 @@ def results_to_host(
             # the features, which must not live on with it.
             reduced = reduce_maps(level, options.reduce, options.channel)
             maps[name] = reduced.contiguous() if reduced.is_cuda else reduced.clone()
+            if order if order is not None else level.is_cuda:
+                orders.append(
+                    order_stats(reduced[:, :vh, :vw], options.clip) if whole else torch.cat([
+                        order_stats(reduced[i : i + 1, :vh, :vw], options.clip)
+                        for i, (vh, vw) in enumerate(valid[name])
+                    ])
+                )  # fmt: skip
         if options.save_npy:  # the CPU writer makes it C-contiguous itself, off this thread
             arrays[name] = level.contiguous() if level.is_cuda else level
     stats_t = torch.stack(stats).view(len(options.levels), count, 4).transpose(0, 1).contiguous()
+    orders_t = torch.stack(orders, dim=1) if orders else None  # (B, levels, 7)
     shapes = {name: tuple(features[name][:count].shape) for name in options.levels}
     if clock is not None:
         clock.mark("reductions")
     sources = {**{("a", k): v for k, v in arrays.items()},
                **{("m", k): v for k, v in maps.items()}, ("s",): stats_t}  # fmt: skip
+    if orders_t is not None:
+        sources[("o",)] = orders_t
     nbytes = _packed_bytes(sources)
-    result = BatchResult(count, shapes, arrays, maps, stats_t, tuple(options.levels), nbytes,
-                         valid=valid, clock=clock, _remaining=count)  # fmt: skip
+    result = BatchResult(count, shapes, arrays, maps, stats_t, orders_t, tuple(options.levels),
+                         nbytes, valid=valid, clock=clock, _remaining=count)  # fmt: skip
     device = stats_t.device
     if device.type != "cuda":
         if clock is not None:
@@ -637,5 +677,6 @@ def results_to_host(
     result.arrays = {k[1]: v for k, v in host.items() if k[0] == "a"}
     result.maps = {k[1]: v for k, v in host.items() if k[0] == "m"}
     result.stats = host[("s",)]
+    result.orders = host.get(("o",))
     result.ready, result._buffer, result._pool = event, buffer, pool
     return result
