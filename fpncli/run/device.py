@@ -430,6 +430,18 @@ def order_stats(maps: torch.Tensor, clip: tuple[float, float]) -> torch.Tensor:
     return torch.cat([count.double().unsqueeze(1), picked], dim=1)
 
 
+def _nan_outside(maps: torch.Tensor, valid: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """A copy of the ``(B, h, w)`` maps with the cells outside each image's ``(valid_h,
+    valid_w)`` region NaN, which ``order_stats`` leaves out as it does any non-finite value:
+    one sort for a batch of differing sizes (two fills per image, where a sort per image took
+    a dozen launches)."""
+    out = maps.clone()
+    for i, (vh, vw) in enumerate(valid):
+        out[i, vh:] = _NAN
+        out[i, :vh, vw:] = _NAN
+    return out
+
+
 def _pca_maps(levels: torch.Tensor) -> torch.Tensor:
     """Each image's projection on the first principal component of its channels (centred, in
     float64), oriented as ``visualize.pca_sign`` orients it: the map correlates positively
@@ -636,12 +648,8 @@ def results_to_host(
             reduced = reduce_maps(level, options.reduce, options.channel)
             maps[name] = reduced.contiguous() if reduced.is_cuda else reduced.clone()
             if order if order is not None else level.is_cuda:
-                orders.append(
-                    order_stats(reduced[:, :vh, :vw], options.clip) if whole else torch.cat([
-                        order_stats(reduced[i : i + 1, :vh, :vw], options.clip)
-                        for i, (vh, vw) in enumerate(valid[name])
-                    ])
-                )  # fmt: skip
+                regions = reduced[:, :vh, :vw] if whole else _nan_outside(reduced, valid[name])
+                orders.append(order_stats(regions, options.clip))
         if options.save_npy:  # the CPU writer makes it C-contiguous itself, off this thread
             arrays[name] = level.contiguous() if level.is_cuda else level
     stats_t = torch.stack(stats).view(len(options.levels), count, 4).transpose(0, 1).contiguous()
