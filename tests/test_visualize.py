@@ -352,7 +352,7 @@ def test_wrap_text_keeps_every_word_and_fits_the_width():
     lines = wrap_text(text, 200, 0.55, 2)
     assert len(lines) > 1 and " ".join(lines) == text
     assert all(text_size(line, 0.55, 2) <= 200 for line in lines)
-    assert wrap_text(text, 10_000, 0.55) == [text]
+    assert wrap_text(text, 10_000, 0.55) == (text,)
     long_name = "x" * 80  # one word wider than the width: broken inside the word
     parts = wrap_text(long_name, 100, 0.45)
     assert "".join(parts) == long_name and all(text_size(p, 0.45) <= 100 for p in parts)

@@ -10,6 +10,7 @@ import functools
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 
 import cv2
 import matplotlib
@@ -321,10 +322,13 @@ def text_size(text: str, scale: float, thickness: int = 1) -> int:
     return width
 
 
-def wrap_text(text: str, width: int, scale: float, thickness: int = 1) -> list[str]:
+@functools.lru_cache(maxsize=1024)
+def wrap_text(text: str, width: int, scale: float, thickness: int = 1) -> tuple[str, ...]:
     """``text`` broken into lines that ``put_text`` draws within ``width`` pixels: at spaces,
     and inside a word only where that word alone is wider (a long file name). A banner drawn
-    on one line is cut off at the canvas edge of a narrow figure; wrapped, it is read whole."""
+    on one line is cut off at the canvas edge of a narrow figure; wrapped, it is read whole.
+    Remembered: a run draws the same labels on every image (a dozen of OpenCV's text
+    measurements each)."""
     lines: list[str] = []
     line = ""
     for word in safe_text(text).split(" "):
@@ -342,10 +346,10 @@ def wrap_text(text: str, width: int, scale: float, thickness: int = 1) -> list[s
             line += char
     if line or not lines:
         lines.append(line)
-    return lines
+    return tuple(lines)
 
 
-def put_lines(canvas: np.ndarray, lines: list[str], x: int, baseline: int, step: int,
+def put_lines(canvas: np.ndarray, lines: Sequence[str], x: int, baseline: int, step: int,
               scale: float, colour=(20, 20, 20), thickness: int = 1,
               centre: bool = False) -> int:  # fmt: skip
     """Draw ``lines`` from ``baseline`` down, ``step`` pixels apart, left-aligned at ``x`` (or
