@@ -30,7 +30,9 @@
 #                 the plain ops, the A/B of compiling over cuDNN's fused ops (the default)
 #   e2e           a generated folder of 1080p JPEGs (1080x1920 -> 756x1344, padded 768x1344),
 #                 bf16 batch 16, heatmaps only, in one process (its stage split), with the
-#                 decode rate of all cores (of_min_model_decode)
+#                 decode rate of all cores (of_min_model_decode: the higher of one thread per
+#                 core in one process, decode_img_s, and one process per core,
+#                 decode_procs_img_s, a few seconds more per heatmaps row)
 #   e2e_npy       the same with all levels as fp16 .npy (44 MB an image: fewer images) and the
 #                 disk's write speed (of_disk_rate)
 #   procs         the heatmaps row again in 2 and 3 worker processes sharing the GPU

@@ -186,10 +186,56 @@ def test_the_decode_rate_of_a_row_is_the_best_of_its_runs(monkeypatch, tmp_path)
                            outputs="heatmaps", work_dir=tmp_path, measure_disk=False)  # fmt: skip
     assert row.error is None, row.error
     assert bench.DECODE_RATE_RUNS == 2 and row.ratios["decode_img_s"] == 240.0
+    assert "decode_procs_img_s" not in row.ratios  # on the CPU, by default, threads only
     model_row = bench.BenchRow("model", row.device, 64, 64, 1, "fp32", "eager")
     model_row.images_per_s = 1e6
     add_ratios([model_row, row])
     assert row.ratios["of_min_model_decode"] == pytest.approx(row.images_per_s / 240.0)
+
+
+def test_the_cores_decode_rate_is_the_higher_of_threads_and_processes(monkeypatch, tmp_path):
+    """One process's decoding threads take turns at its Python lock: the decode rate with all
+    cores is also measured in processes, and the higher rate is the one the ratio divides by."""
+    import fpncli
+    from fpncli.run import bench
+    from fpncli.run.bench import add_ratios, bench_end_to_end
+
+    monkeypatch.setattr(bench, "decode_rate", lambda *args, **kwargs: 240.0)
+    asked = []
+
+    def in_processes(paths, options, fmt, processes, device):
+        asked.append(processes)
+        return [310.0, 330.0]
+
+    monkeypatch.setattr(bench, "decode_rates_in_processes", in_processes)
+    model = fpncli.load_backbone("random")
+    row = bench_end_to_end(model, height=64, width=64, images=2, batch_size=1, precision="fp32",
+                           outputs="heatmaps", work_dir=tmp_path, measure_disk=False,
+                           decode_processes=3)  # fmt: skip
+    assert row.error is None, row.error
+    assert asked == [3] and row.ratios["decode_procs_img_s"] == 330.0
+    model_row = bench.BenchRow("model", row.device, 64, 64, 1, "fp32", "eager")
+    model_row.images_per_s = 1e6
+    add_ratios([model_row, row])
+    assert row.ratios["of_min_model_decode"] == pytest.approx(row.images_per_s / 330.0)
+
+
+def test_decode_rates_in_processes_give_a_rate_per_run_or_the_decoding_error(tmp_path):
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run.bench import DECODE_PER_PROCESS, decode_rates_in_processes, make_images
+    from fpncli.run.pipeline import RunOptions
+    from fpncli.weights.registry import DETECTRON2_INPUT
+
+    paths = make_images(tmp_path, 3, 48, 64)
+    rates = decode_rates_in_processes(paths, RunOptions(output=OutputOptions()),
+                                      DETECTRON2_INPUT, 2, runs=2)  # fmt: skip
+    assert len(rates) == 2 and all(r > 0 for r in rates)
+    assert DECODE_PER_PROCESS >= 4
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a JPEG")
+    with pytest.raises(Exception, match="broken.jpg|cannot identify|image"):
+        decode_rates_in_processes([broken], RunOptions(output=OutputOptions()), DETECTRON2_INPUT,
+                                  2, runs=1)  # fmt: skip
 
 
 def test_a_failed_row_keeps_its_whole_reason_on_one_line(monkeypatch):

@@ -10,6 +10,7 @@ memory, reset per row. A row that fails says why; the others still run.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import resource
@@ -39,6 +40,7 @@ __all__ = [
     "bench_model",
     "bench_end_to_end",
     "decode_rate",
+    "decode_rates_in_processes",
     "disk_write_speed",
     "bf16_peak_tflops",
     "format_table",
@@ -294,6 +296,8 @@ def make_images(folder: Path, count: int, height: int, width: int) -> list[Path]
 
 #: ``bench_end_to_end`` measures the decode rate with all cores this many times and keeps the best
 DECODE_RATE_RUNS = 2
+#: Images each process decodes, at least, when the decode rate is measured in processes
+DECODE_PER_PROCESS = 16
 
 
 def decode_rate(paths: list[Path], options: RunOptions, input_format, workers: int,
@@ -309,6 +313,50 @@ def decode_rate(paths: list[Path], options: RunOptions, input_format, workers: i
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one, paths))
     return len(paths) / (time.perf_counter() - start)
+
+
+def decode_rates_in_processes(paths: list[Path], options: RunOptions, input_format,
+                              processes: int, device: torch.device | None = None,
+                              runs: int = DECODE_RATE_RUNS) -> list[float]:  # fmt: skip
+    """Images per second that ``processes`` processes of one thread each decode, ``runs``
+    times: what the cores can decode, where ``decode_rate``'s threads share one process's
+    Python lock. The processes start and import first (not timed); each then decodes at
+    least ``DECODE_PER_PROCESS`` images (``paths`` in turn)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    on_device = resizes_on_device(options, device or torch.device("cpu"))
+    count = max(len(paths), DECODE_PER_PROCESS * processes)
+    chunks = [[paths[j % len(paths)] for j in range(i, count, processes * 4)]
+              for i in range(processes * 4)]  # fmt: skip
+    context = multiprocessing.get_context("spawn")  # no forked torch state
+    rates = []
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_one_thread) as pool:
+        list(pool.map(_hold, [0.5] * processes))  # every process started and holding a task
+        work = functools.partial(_decode_chunk, options=options, input_format=input_format,
+                                 on_device=on_device)  # fmt: skip
+        for _ in range(runs):
+            start = time.perf_counter()
+            done = sum(pool.map(work, chunks))
+            rates.append(done / (time.perf_counter() - start))
+    return rates
+
+
+def _one_thread() -> None:
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def _hold(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _decode_chunk(paths: list[Path], options: RunOptions, input_format, on_device: bool) -> int:
+    for path in paths:
+        decode(Job(path, path.parent), options, input_format, resize_on_device=on_device)
+    return len(paths)
 
 
 OUTPUT_PRESETS = {
@@ -355,6 +403,7 @@ def bench_end_to_end(
     seconds: float = 0.0,
     processes: int | None = None,
     weights: str = "random",
+    decode_processes: int | None = None,
 ) -> BenchRow:
     """Run the real pipeline over ``images`` JPEGs and time it (wall clock), with the per-stage
     split. The JPEGs are ``source_size`` (e.g. 1080x1920) resized by Detectron2's rule to fit
@@ -370,7 +419,13 @@ def bench_end_to_end(
     worker's start of its run to the last one's end (process starts, model loads and each
     worker's warm-up left out: the workers start together once all are warm), and the variant
     reads e.g. ``heatmapsx2``. The GPU memory column is left empty (the workers'
-    memory is not this process's)."""
+    memory is not this process's).
+
+    The decode rate with all cores (``of_min_model_decode``'s) is measured after the run with
+    that many threads in this process (``decode_img_s``) and, with ``decode_processes``, in
+    that many processes of one thread each (``decode_procs_img_s``); the higher of the two is
+    the cores' rate. By default the processes measure on CUDA for rows without ``.npy`` (the
+    heatmaps rows, whose ratio this is), one per core; not on the CPU."""
     device = next(model.parameters()).device
     variant = outputs if processes is None else f"{outputs}x{processes}"
     row = BenchRow("end-to-end", str(device), height, width, batch_size, precision, variant)
@@ -433,9 +488,15 @@ def bench_end_to_end(
         row.bytes_per_image = summary.bytes_written / max(1, summary.done)
         # the better of two runs: a capacity (on one H100 machine single runs gave 136-243
         # images/s across the rows of one call; noise only slows a run down)
-        decoded = max(decode_rate(paths[2:], options, model.weights_info.input, usable_cores(),
-                                  device) for _ in range(DECODE_RATE_RUNS))  # fmt: skip
+        fmt = model.weights_info.input
+        decoded = max(decode_rate(paths[2:], options, fmt, usable_cores(), device)
+                      for _ in range(DECODE_RATE_RUNS))  # fmt: skip
         row.ratios["decode_img_s"] = decoded
+        if decode_processes is None and device.type == "cuda" and not output.save_npy:
+            decode_processes = usable_cores()  # (a few seconds: the processes' start)
+        if decode_processes:  # the cores' rate, where one process's threads share its lock
+            row.ratios["decode_procs_img_s"] = max(decode_rates_in_processes(
+                paths[2:], options, fmt, decode_processes, device))  # fmt: skip
         if measure_disk and output.save_npy:
             row.disk_mb_per_s = disk_write_speed(root)
             disk_rate = row.disk_mb_per_s * 1e6 / row.bytes_per_image
@@ -475,7 +536,8 @@ def add_ratios(rows: list[BenchRow]) -> None:
         rate = model_rates.get((r.height, r.width, r.batch_size, r.precision, variant))
         if rate:
             r.ratios["of_model"] = r.images_per_s / rate
-            decoded = r.ratios.get("decode_img_s")
+            decoded = max(r.ratios.get("decode_img_s", 0.0),
+                          r.ratios.get("decode_procs_img_s", 0.0))  # fmt: skip
             if decoded:
                 r.ratios["of_min_model_decode"] = r.images_per_s / min(rate, decoded)
 
