@@ -35,11 +35,11 @@
 #                 decode_procs_img_s, a few seconds more per heatmaps row)
 #   e2e_npy       the same with all levels as fp16 .npy (44 MB an image: fewer images) and the
 #                 disk's write speed (of_disk_rate)
-#   procs         the heatmaps row again in 2 and 3 worker processes sharing the GPU
-#                 (extract --processes 2, 3; each warmed up, then started together): one
+#   procs         the heatmaps row again in 2, 3 and 4 worker processes sharing the GPU
+#                 (extract --processes 2, 3, 4; each warmed up, then started together): one
 #                 process's Python threads (decoding, writing, feeding take turns at Python's
 #                 lock) hold the GPU back. extract's default for a large folder without .npy
-#                 is 3 with 16 cores (run/multi.py: auto_processes)
+#                 is 3 with 16 cores (run/multi.py: auto_processes); 4 says whether more helps
 #   host          scripts/gil_held.py: one thread's decoding and heatmap writing per image on
 #                 this CPU (with py-spy on PATH also the share that holds Python's lock)
 #   defaults      the defaults end to end (fp32, batch 8, every output), in one process
@@ -121,7 +121,7 @@ if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
 else
     DEV=auto SIZE=800x1344 E2E=768x1344 SRC=1080x1920 BATCHES=1,8,16 BIG=16 MID=8 SMALL=1
     PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 ROW_SECONDS=2 COMPILE_PRECS=fp16,fp32
-    TESTS="${TESTS:-tests/test_gpu.py}" UNFUSED_PRECS=bf16,fp16 PROCS=2,3
+    TESTS="${TESTS:-tests/test_gpu.py}" UNFUSED_PRECS=bf16,fp16 PROCS=2,3,4
     T_TESTS=180 T_MODEL=150 T_E2E=60 T_DEFAULTS=100 T_PROCS=150 T_COMPILE=150 T_REST=600 LOW=bf16
     T_D2=120 DEFAULT_PROCS=1
     PROC_SECONDS=3 NPY_IMAGES=96 PROC_IMAGES=1200 T_NPY=60
