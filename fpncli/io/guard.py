@@ -95,7 +95,7 @@ def _fpncli_file(target: Path) -> str | None:
     """What ``target`` belongs to when it is a file an fpncli run wrote (or will write), else
     None."""
     from .extraction import RUN_LOG
-    from .inputs import _reserved
+    from .inputs import is_reserved_name
     from .outputs import MANIFEST, is_output_name
     from .shards import is_shard_name
 
@@ -103,7 +103,7 @@ def _fpncli_file(target: Path) -> str | None:
     if is_output_name(name) and (parent / MANIFEST).is_file():
         return f"a file of the extraction in {parent}"
     marked = (parent / OUTPUT_MARKER).is_file() or (parent / RUN_LOG).is_file()
-    if marked and (_reserved(Path(name)) or is_shard_name(name)):
+    if marked and (is_reserved_name(Path(name)) or is_shard_name(name)):
         return f"a file of the run in {parent}"
     return None
 

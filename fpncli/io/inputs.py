@@ -212,7 +212,7 @@ RESERVED_NAMES = frozenset({
 })  # fmt: skip
 
 
-def _reserved(folder: Path) -> bool:
+def is_reserved_name(folder: Path) -> bool:
     """Whether ``folder`` (relative to OUT) is a name fpncli writes at the top of OUT."""
     name = str(folder).casefold()
     return "/" not in name and (name in RESERVED_NAMES or bool(SHARD_RUN_LOG.match(name)))
@@ -253,7 +253,7 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     image_folders = {folded for _, folded in stems}
 
     def taken(folder: Path) -> bool:
-        return (fold(folder) in used or _reserved(folder) or (
+        return (fold(folder) in used or is_reserved_name(folder) or (
             is_output_name(folder.name) and fold(folder.parent) in image_folders))  # fmt: skip
 
     jobs, used = [], set()
