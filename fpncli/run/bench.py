@@ -332,7 +332,11 @@ def decode_rates_in_processes(paths: list[Path], options: RunOptions, input_form
     context = multiprocessing.get_context("spawn")  # no forked torch state
     rates = []
     with ProcessPoolExecutor(processes, mp_context=context, initializer=_one_thread) as pool:
-        list(pool.map(_hold, [0.5] * processes))  # every process started and holding a task
+        started: set[int] = set()  # every process started and imported, before the clock
+        for _ in range(50):
+            started.update(pool.map(_hold, [0.2] * processes))
+            if len(started) >= processes:
+                break
         work = functools.partial(_decode_chunk, options=options, input_format=input_format,
                                  on_device=on_device)  # fmt: skip
         for _ in range(runs):
@@ -349,8 +353,9 @@ def _one_thread() -> None:
     cv2.setNumThreads(1)
 
 
-def _hold(seconds: float) -> None:
+def _hold(seconds: float) -> int:
     time.sleep(seconds)
+    return os.getpid()
 
 
 def _decode_chunk(paths: list[Path], options: RunOptions, input_format, on_device: bool) -> int:
