@@ -304,14 +304,10 @@ def decode_rate(paths: list[Path], options: RunOptions, input_format, workers: i
                 device: torch.device | None = None) -> float:  # fmt: skip
     """Images per second that ``workers`` threads decode and resize (the pipeline's decoder;
     for a CUDA ``device`` they leave the resize to it, as the pipeline does)."""
-    on_device = resizes_on_device(options, device or torch.device("cpu"))
-
-    def one(path: Path) -> None:
-        decode(Job(path, path.parent), options, input_format, resize_on_device=on_device)
-
+    work = _decoding(options, input_format, device)
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(one, paths))
+        list(pool.map(work, [[path] for path in paths]))
     return len(paths) / (time.perf_counter() - start)
 
 
@@ -325,7 +321,6 @@ def decode_rates_in_processes(paths: list[Path], options: RunOptions, input_form
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    on_device = resizes_on_device(options, device or torch.device("cpu"))
     count = max(len(paths), DECODE_PER_PROCESS * processes)
     chunks = [[paths[j % len(paths)] for j in range(i, count, processes * 4)]
               for i in range(processes * 4)]  # fmt: skip
@@ -337,8 +332,7 @@ def decode_rates_in_processes(paths: list[Path], options: RunOptions, input_form
             started.update(pool.map(_hold, [0.2] * processes))
             if len(started) >= processes:
                 break
-        work = functools.partial(_decode_chunk, options=options, input_format=input_format,
-                                 on_device=on_device)  # fmt: skip
+        work = _decoding(options, input_format, device)
         for _ in range(runs):
             start = time.perf_counter()
             done = sum(pool.map(work, chunks))
@@ -356,6 +350,14 @@ def _one_thread() -> None:
 def _hold(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()
+
+
+def _decoding(options: RunOptions, input_format, device: torch.device | None):
+    """The pipeline's decoder over a list of paths (picklable, for processes too); for a CUDA
+    ``device`` it leaves the resize to the device, as the pipeline does."""
+    on_device = resizes_on_device(options, device or torch.device("cpu"))
+    return functools.partial(_decode_chunk, options=options, input_format=input_format,
+                             on_device=on_device)  # fmt: skip
 
 
 def _decode_chunk(paths: list[Path], options: RunOptions, input_format, on_device: bool) -> int:
