@@ -628,6 +628,8 @@ def results_to_host(
     count = len(resized)
     dtype = _level_dtype(options)
     needs_maps = options.save_heatmaps or options.save_overview or options.overlay
+    if order is None:
+        order = features[options.levels[0]].is_cuda
     arrays, maps, valid, stats, orders = {}, {}, {}, [], []
     for name in options.levels:
         level = features[name][:count].to(dtype)
@@ -647,7 +649,7 @@ def results_to_host(
             # the features, which must not live on with it.
             reduced = reduce_maps(level, options.reduce, options.channel)
             maps[name] = reduced.contiguous() if reduced.is_cuda else reduced.clone()
-            if order if order is not None else level.is_cuda:
+            if order:
                 regions = reduced[:, :vh, :vw] if whole else _nan_outside(reduced, valid[name])
                 orders.append(order_stats(regions, options.clip))
         if options.save_npy:  # the CPU writer makes it C-contiguous itself, off this thread

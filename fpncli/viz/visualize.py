@@ -226,12 +226,12 @@ def range_from_order_stats(
         return (0.0, 0.0)
     lo, hi = _clip_percentiles(clip)
     if lo <= 0.0 and hi >= 100.0:
-        return (float(smallest), float(largest))
+        return (smallest, largest)
     (_, _, t_lo), (_, _, t_hi) = _places(n, (lo, hi))
     vmin, vmax = _lerp(below_lo, above_lo, t_lo), _lerp(below_hi, above_hi, t_hi)
     if vmax <= vmin:
-        return (float(smallest), float(largest))
-    return (float(vmin), float(vmax))
+        return (smallest, largest)
+    return (vmin, vmax)
 
 
 def _colormap(cmap: str):
