@@ -216,7 +216,7 @@ bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisio
     --outputs heatmaps --source-size "$SRC" --images "$PROC_IMAGES" --seconds "$PROC_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS" --processes "$PROCS"
 # one thread's decoding and heatmap writing per image on this machine's cores (on a 2-core Zen 4
-# EPYC: decode-defer 6.9-7.4 ms, write 6.5-8.8 ms): whether its CPU is what bounds the e2e rows
+# EPYC: decode-defer 5.6-7.4 ms, write 5.1-8.8 ms): whether its CPU is what bounds the e2e rows
 step host 40 "$PY" scripts/gil_held.py --seconds "$HOST_SECONDS"
 bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
     --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
