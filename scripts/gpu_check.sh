@@ -238,12 +238,13 @@ bench compile_other "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$BIG
 
 # The table and the JSON: whatever steps wrote, even when some failed (stdlib only here, so a
 # broken install still gets its phases and failures reported).
-"$PY" - "$OUT_DIR" "$DRY_RUN" "$(( $(date +%s) - START ))" <<'EOF'
+"$PY" - "$OUT_DIR" "$DRY_RUN" "$(( $(date +%s) - START ))" "$SIZE" "$BIG" "$LOW" <<'EOF'
 import json
 import sys
 from pathlib import Path
 
 out, dry_run, elapsed = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
+size, big, low = sys.argv[4], int(sys.argv[5]), sys.argv[6]
 steps = out / "steps"
 names = ("model", "unfused", "compile_b16", "compile_plain", "e2e", "e2e_npy", "procs",
          "defaults", "compile_bf16", "compile_other")
@@ -280,13 +281,35 @@ try:
     add_ratios(bench_rows)
     rows = [r.__dict__ for r in bench_rows]
     table = format_table(bench_rows)
+
+    def best(value, kind, variant, at_size=False):  # the best figure among the matching rows
+        found = [value(r) for r in bench_rows if r.error is None and r.kind == kind
+                 and r.variant.startswith(variant) and r.precision == low and r.batch_size == big
+                 and (not at_size or f"{r.height}x{r.width}" == size)]  # fmt: skip
+        return max((v for v in found if v is not None), default=None)
+
+    rate, ratio = (lambda r: r.images_per_s), (lambda name: lambda r: r.ratios.get(name))
+    goals = [  # issue 9's figures (600 and 1,000 images/s: bf16, batch 16, 800x1344, one H100)
+        (f"model {low} batch {big} {size} eager, images/s", 600,
+         best(rate, "model", "eager", True)),
+        (f"model {low} batch {big} {size} --compile, images/s", 1000,
+         best(rate, "model", "compile", True)),
+        ("heatmaps end to end (best of 1-4 processes), of min(model, decode)", 0.70,
+         best(ratio("of_min_model_decode"), "end-to-end", "heatmaps")),
+        ("all levels fp16 .npy end to end, of the disk's rate", 0.80,
+         best(ratio("of_disk_rate"), "end-to-end", "npy16")),
+    ]  # fmt: skip
+    targets = [f"{'-' if got is None else 'yes' if got >= goal else 'NO':>4}  {what}: "
+               f"{'unmeasured' if got is None else format(got, '.3g')} (goal >= {goal:g})"
+               for what, goal, got in goals]  # fmt: skip
 except Exception as e:  # noqa: BLE001 - the phases and failures are still worth reporting
-    table = f"(no table: {type(e).__name__}: {e})"
+    table, targets = f"(no table: {type(e).__name__}: {e})", []
 machine = (steps / "nvidia-smi.csv").read_text().strip()
 phase_lines = [f"{p['phase']:<14}{p['seconds']:>5} s  exit {p['exit']}" for p in phases]
 text = "\n".join([
     f"gpu_check {'(DRY RUN on the CPU) ' if dry_run else ''}{elapsed} s", machine,
-    json.dumps(info), "", table, "", *(f"vs Detectron2: {ln}" for ln in versus),
+    json.dumps(info), "", table, "", "targets (issue 9):", *targets, "",
+    *(f"vs Detectron2: {ln}" for ln in versus),
     *(f"host, one thread: {ln}" for ln in host),
     "phases:", *phase_lines, "",
     *(f"skipped {s.get('step', '')} {s.get('row', s.get('precision', ''))}: {s['reason']}"
@@ -296,7 +319,7 @@ text = "\n".join([
 (out / "gpu_check.txt").write_text(text + "\n")
 (out / "gpu_check.json").write_text(json.dumps(
     {**info, "machine": machine, "dry_run": dry_run, "seconds": elapsed, "phases": phases,
-     "rows": rows, "skipped": skipped, "vs_detectron2": versus, "host": host,
+     "rows": rows, "skipped": skipped, "targets": targets, "vs_detectron2": versus, "host": host,
      "failures": failures.splitlines()}, indent=2))
 print("\n" + text)
 EOF
