@@ -77,6 +77,26 @@ def test_from_list_uses_common_root(tmp_path):
     assert [j.folder for j in jobs] == [tmp_path / "out" / "1" / "a", tmp_path / "out" / "2" / "b"]
 
 
+def test_plan_folds_dot_dot_so_every_folder_is_in_out_and_none_is_shared(tmp_path, monkeypatch):
+    """A ".." in a listed name or a glob led out of OUT (``../data/a.jpg`` went to
+    ``OUT/../data/a``) and hid a clash (``b/a.jpg`` and ``x/../b/a.png`` both went to ``OUT/b/a``,
+    the second overwriting the first)."""
+    work = tmp_path / "work"
+    for rel in ["data/a.jpg", "work/b.jpg", "work/b/a.jpg", "work/b/a.png", "work/p/sub/c.jpg"]:
+        _image(tmp_path / rel)
+    (work / "x").mkdir()
+    monkeypatch.chdir(work)
+
+    def folders(inputs, listed=None):
+        return [j.folder.as_posix() for j in plan_jobs(discover_inputs(inputs, listed), Path("o"))]
+
+    assert folders([], ["../data/a.jpg", "b.jpg"]) == ["o/data/a", "o/work/b"]
+    assert folders([], ["b/a.jpg", "x/../b/a.png"]) == ["o/a_jpg", "o/a_png"]
+    assert folders(["x/../b/a.jpg", "b/a.png"]) == ["o/a_jpg", "o/a_png"]
+    assert folders(["p/*/../../b.jpg"]) == ["o/b"]  # a glob's match above its fixed prefix
+    assert folders(["../work/p"]) == folders(["x/../p/*/c.jpg"]) == ["o/sub/c"]
+
+
 def test_plan_mirrors_tree_and_never_collides(tmp_path):
     root, other = tmp_path / "r", tmp_path / "o"
     pairs = [

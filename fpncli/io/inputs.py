@@ -190,8 +190,8 @@ def discover_inputs(
             if text and not text.startswith("#"):
                 entries.append(Path(text))
         entries = [e for e in entries if outputs.root_of(e) is None]
-        if entries:
-            root = Path(os.path.commonpath([str(e.absolute().parent) for e in entries]))
+        if entries:  # normalised (x/.. folded), as plan_jobs compares paths to it
+            root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(e)) for e in entries]))
             pairs += [(e, root) for e in entries]
     seen = set()
     unique = []
@@ -221,7 +221,9 @@ def is_reserved_name(folder: Path) -> bool:
 def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     """Give every image its own output folder, mirroring its path below its root.
 
-    ``root/sub/a.jpg`` goes to ``out_dir/sub/a``. Where two images would share a folder, those
+    ``root/sub/a.jpg`` goes to ``out_dir/sub/a``, paths compared with ``..`` folded (lexically,
+    as ``os.path.abspath`` does), so every folder lies below ``out_dir``; an image that is not
+    below its root goes to its name alone. Where two images would share a folder, those
     in the same source folder with the same stem (``a.jpg`` and ``a.png``) use ``a_jpg`` and
     ``a_png``; any remaining clash (the same relative path under two roots) gets ``_2``, ``_3``
     in input order. Names that differ only in case count as the same (``A.PNG`` and ``a.jpg``
@@ -235,10 +237,14 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
 
     rels = []
     for image, root in pairs:
+        # Lexically normalised (os.path.abspath folds "x/.."): a ".." in an input's name must
+        # neither lead out of OUT (../data/a.jpg to OUT/../data/a) nor hide that two images
+        # share a folder (b/a.jpg and x/../b/a.png both in OUT/b/a).
+        image_path = Path(os.path.abspath(image))
         try:
-            rel = image.absolute().relative_to(root.absolute())
-        except ValueError:
-            rel = Path(image.name)
+            rel = image_path.relative_to(os.path.abspath(root))
+        except ValueError:  # not below its root (a glob's "*/../.."): its name alone
+            rel = Path(image_path.name)
         rels.append(rel)
 
     # Folder names are compared case-folded: on a case-insensitive file system (macOS, Windows)
