@@ -321,3 +321,18 @@ def test_float_and_32_bit_images_are_scaled_by_what_they_hold_with_a_true_note(t
             loaded = load_image(tmp_path / name)
         assert any(note in n for n in loaded.notes), (name, loaded.notes)
         assert int(loaded.rgb.max()) == top, name
+
+
+@pytest.mark.parametrize("name, mode", [("dark.png", "I;16"), ("dark.tif", "I;16B")])
+def test_a_dark_16_bit_image_is_scaled_from_16_bits_whatever_it_holds(tmp_path, name, mode):
+    """A 16-bit image whose values were all <= 255 was read as 8-bit, 257 times too bright and
+    with no note: the scale jumped with the content (255 gave 255, 256 gave 1)."""
+    from fpncli.io.preprocess import load_image
+
+    for values, expected in (([0, 128, 255], [0, 0, 1]), ([255, 256, 65535], [1, 1, 255])):
+        raw = np.array([values], dtype=">u2" if mode == "I;16B" else "<u2").tobytes()
+        Image.frombytes(mode, (3, 1), raw).save(tmp_path / name)
+        loaded = load_image(tmp_path / name)
+        assert Image.open(tmp_path / name).mode == mode
+        assert loaded.rgb[0, :, 0].tolist() == expected, values
+        assert loaded.notes == [f"{mode} image scaled from 16 bits to 8 bits"]

@@ -210,7 +210,9 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterat
 
 def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray | Image.Image:
     """Any Pillow mode -> ``(H, W, 3)`` uint8 RGB: an array for 16-bit and float modes, else a
-    Pillow RGB image."""
+    Pillow RGB image. A 16-bit mode (``I;16*``) is always divided by 257 (0..65535 to 0..255);
+    32-bit ``I`` and ``F``, whose range is unknown, are scaled by what they hold: by 257 when
+    over 255, to their maximum when over 65535, as they are otherwise."""
     mode = im.mode
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         values = np.asarray(im, dtype=np.float64)
@@ -219,10 +221,13 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray | Image.Image:
             notes.append(f"{int(values.size - finite.sum())} non-finite value(s) set to 0")
             values = np.where(finite, values, 0.0)
         top = float(values.max()) if values.size else 0.0
-        if top > 65535:  # 32-bit integers or floats: their own range, not 16 bits
+        if mode.startswith("I;16"):  # declared 16 bits: always 0..65535, however dark the image
+            values = values / 257.0
+            notes.append(f"{mode} image scaled from 16 bits to 8 bits")
+        elif top > 65535:  # 32-bit integers or floats: their own range, not 16 bits
             values = values * (255.0 / top)
             notes.append(f"{mode} image scaled from 0..{top:.6g} to 8 bits")
-        elif top > 255:
+        elif top > 255:  # "I" or "F", whose bit depth is unknown: guessed from the values
             values = values / 257.0  # 0..65535 -> 0..255
             notes.append(f"{mode} image scaled from 16 bits to 8 bits")
         elif mode == "F" and 0 < top <= 1:
