@@ -383,6 +383,24 @@ def test_from_list_skips_a_bom_and_names_the_line_of_a_nul_byte(tmp_path, monkey
     assert binary.exit_code == 1 and "bin.txt, line 2: a NUL byte" in binary.output
 
 
+def test_a_name_too_long_fails_alone_when_listed_and_in_one_line_when_given(tmp_path, monkeypatch):
+    """A listed name over 255 bytes stopped the whole run ("[Errno 36] File name too long", nothing
+    extracted): Path.is_dir raises ENAMETOOLONG, met while looking for output markers."""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save("a.png")
+    long = "y" * 300 + ".jpg"
+    Path("list.txt").write_text(f"a.png\n{long}\n")
+    small = ["--weights", "random", "--min-size", "32", "--max-size", "64", "--no-overview"]
+    listed = CliRunner().invoke(cli, ["extract", "--from-list", "list.txt", "-o", "out", *small])
+    assert listed.exit_code == 1 and Path("out/a/manifest.json").is_file(), listed.output
+    assert f"failed: {long}: unreadable image (File name too long)\n" in listed.output
+    given = CliRunner().invoke(cli, ["extract", "a.png", long, "-o", "out2", *small])
+    assert given.exit_code == 1 and not Path("out2").exists()
+    assert given.output == (
+        f"Error: cannot use the input {long[:80]}\u2026 (304 characters): File name too long\n"
+    )
+
+
 def test_show_of_an_empty_image_file_names_the_file_not_a_file_object(tmp_path):
     (tmp_path / "zero.png").write_bytes(b"")
     result = CliRunner().invoke(cli, ["show", str(tmp_path / "zero.png"), "--weights", "random"])

@@ -236,11 +236,23 @@ def mark_output_root(folder: Path) -> None:
 def marked_root(path: Path, stop: Path | None = None, cache: dict | None = None) -> Path | None:
     """The nearest folder at or above ``path`` (resolved) holding an output marker, or None.
 
-    ``cache`` (folder -> answer) avoids re-checking the same folders for many files.
+    ``cache`` (folder -> answer) avoids re-checking the same folders for many files. A folder
+    that cannot be looked into (a name over 255 bytes: ``Path.is_dir`` raises ENAMETOOLONG) holds
+    no marker found; the file is reported when it is read.
     """
+
+    def is_file(path: Path) -> bool:
+        try:
+            return path.is_file()
+        except OSError:
+            return False
+
     cache = {} if cache is None else cache
     folder = Path(os.path.realpath(path))
-    if not folder.is_dir():
+    try:
+        if not folder.is_dir():
+            folder = folder.parent
+    except OSError:
         folder = folder.parent
     seen = []
     answer = None
@@ -249,7 +261,7 @@ def marked_root(path: Path, stop: Path | None = None, cache: dict | None = None)
             answer = cache[folder]
             break
         seen.append(folder)
-        if (folder / OUTPUT_MARKER).is_file():
+        if is_file(folder / OUTPUT_MARKER):
             answer = folder
             break
         if folder.parent == folder:

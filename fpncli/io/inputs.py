@@ -83,9 +83,11 @@ class _OutputFilter:
 
     def _image_folder(self, folder: Path) -> bool:
         if folder not in self.folders:
-            self.folders[folder] = (folder / "manifest.json").is_file() and _is_image_folder(
-                folder, ["manifest.json"]
-            )
+            try:
+                found = (folder / "manifest.json").is_file()
+            except OSError:  # e.g. a name over 255 bytes: the file is reported when read
+                found = False
+            self.folders[folder] = found and _is_image_folder(folder, ["manifest.json"])
         return self.folders[folder]
 
     def walk(self, folder: Path) -> list[Path]:
@@ -129,6 +131,11 @@ def _glob_base(pattern: str) -> Path:
     return Path(*parts) if parts else Path(".")
 
 
+def _shortened(text: str, limit: int = 80) -> str:
+    """``text``, or its start and length when longer than ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}\u2026 ({len(text)} characters)"
+
+
 def discover_inputs(
     inputs: Iterable[str],
     from_list: Iterable[str] | None = None,
@@ -152,7 +159,9 @@ def discover_inputs(
 
     Raises:
         FileNotFoundError: an argument that is neither a file, a folder nor a matching glob,
-            or an empty one (an unset shell variable must not mean the current folder).
+            an empty one (an unset shell variable must not mean the current folder), or one
+            that cannot be looked up (a name over 255 bytes). A listed entry that cannot be
+            looked up is kept, to be reported when loaded, as a missing one is.
     """
     outputs = _OutputFilter(exclude, skipped, unreadable)
     pairs: list[tuple[Path, Path]] = []
@@ -163,9 +172,16 @@ def discover_inputs(
                 "for the current folder"
             )
         path = Path(raw).expanduser()
-        if path.is_dir():
+        try:
+            is_dir = path.is_dir()
+            exists = is_dir or path.exists() or path.is_symlink()
+        except OSError as e:  # Path.is_dir raises ENAMETOOLONG (a name over 255 bytes)
+            raise FileNotFoundError(
+                f"cannot use the input {_shortened(raw)}: {e.strerror}"
+            ) from None
+        if is_dir:
             pairs += [(p, path) for p in outputs.walk(path)]
-        elif path.exists() or path.is_symlink():  # a file, a special file or a symlink loop
+        elif exists:  # a file, a special file or a symlink loop
             if outputs.root_of(path) is None:
                 pairs.append((path, path.parent))
         elif glob.has_magic(raw):

@@ -304,7 +304,9 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     except MemoryError:
         raise ValueError(f"{path}: out of memory while decoding it") from None
     except (OSError, SyntaxError, EOFError) as e:
-        raise ValueError(f"{path}: unreadable image ({e})") from None
+        # one naming the file (EACCES, ENAMETOOLONG) gives only its reason: the name once
+        named = isinstance(e, OSError) and e.filename is not None and e.strerror
+        raise ValueError(f"{path}: unreadable image ({e.strerror if named else e})") from None
     except Exception as e:  # a malformed file can make a decoder raise anything
         raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
     if isinstance(rgb, Image.Image):
