@@ -77,6 +77,19 @@ def test_from_list_uses_common_root(tmp_path):
     assert [j.folder for j in jobs] == [tmp_path / "out" / "1" / "a", tmp_path / "out" / "2" / "b"]
 
 
+def test_from_list_keeps_spaces_a_name_has_and_drops_stray_ones(tmp_path, monkeypatch):
+    """Every line was stripped: files " lead.jpg" and "trail.jpg " were "no such image file",
+    though they worked as arguments. A name is now the line less its ending, or the stripped text
+    where no file has the name with its spaces (a hand-written list's stray spaces)."""
+    monkeypatch.chdir(tmp_path)
+    for name in [" lead.jpg", "trail.jpg ", "plain.jpg"]:
+        Path(name).write_bytes(b"x")  # what is read is not looked at here
+    lines = ["\ufefftrail.jpg \r\n", " lead.jpg\n", "  plain.jpg \t\r\n", "   \n",
+             "  # a comment\n", " gone.jpg "]  # fmt: skip
+    pairs = discover_inputs([], lines)
+    assert [str(p) for p, _ in pairs] == ["trail.jpg ", " lead.jpg", "plain.jpg", "gone.jpg"]
+
+
 def test_plan_folds_dot_dot_so_every_folder_is_in_out_and_none_is_shared(tmp_path, monkeypatch):
     """A ".." in a listed name or a glob led out of OUT (``../data/a.jpg`` went to
     ``OUT/../data/a``) and hid a clash (``b/a.jpg`` and ``x/../b/a.png`` both went to ``OUT/b/a``,

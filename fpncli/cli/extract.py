@@ -174,7 +174,9 @@ class _ExtractCommand(click.Command):
     # any bytes a file name may hold: what is not UTF-8 is kept as os.fsdecode would
     type=click.File("r", encoding="utf-8", errors="surrogateescape"),
     default=None,
-    help="Read more input paths from FILE, one per line ('-' for stdin).",
+    help="Read more input paths from FILE, one per line ('-' for stdin). Blank lines and lines "
+    "starting with # are skipped; spaces at a name's ends are dropped unless a file has the name "
+    "with them.",
 )
 @click.option(
     "--overwrite",

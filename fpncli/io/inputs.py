@@ -152,10 +152,12 @@ def discover_inputs(
     marker (``guard.OUTPUT_MARKER``), or in a folder holding an fpncli ``manifest.json``; the
     output roots so passed over are added to ``skipped``. Special files (FIFOs, devices,
     symlink loops) named explicitly are kept, to be reported when loaded. ``root`` is what the
-    output tree
-    mirrors: the folder for a folder input, the glob's fixed prefix for a glob, the parent for
-    a file, and the common folder of all entries for a list. Folders below an input that cannot
-    be read (no permission) are passed over and added to ``unreadable`` with the reason.
+    output tree mirrors: the folder for a folder input, the glob's fixed prefix for a glob, the
+    parent for a file, and the common folder of all entries for a list. A list entry is its line
+    without the line ending (and the first line's BOM), or without the spaces at its ends where
+    no file has the name with them; blank lines and lines starting with ``#`` are skipped.
+    Folders below an input that cannot be read (no permission) are passed over and added to
+    ``unreadable`` with the reason.
 
     Raises:
         FileNotFoundError: an argument that is neither a file, a folder nor a matching glob,
@@ -199,12 +201,19 @@ def discover_inputs(
     if from_list is not None:
         entries = []
         for number, line in enumerate(from_list, 1):
-            text = line.strip().lstrip("\ufeff") if number == 1 else line.strip()  # a BOM
+            text = line.removesuffix("\n").removesuffix("\r")
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a BOM
             if "\0" in text:
                 name = getattr(from_list, "name", "the list")
                 raise ValueError(f"{name}, line {number}: a NUL byte, in no file name (binary?)")
-            if text and not text.startswith("#"):
-                entries.append(Path(text))
+            stripped = text.strip()
+            if stripped and not stripped.startswith("#"):
+                # a name with spaces at its ends, where that file exists; else the stray spaces
+                # of a hand-written list are dropped
+                entries.append(
+                    Path(text if text != stripped and os.path.lexists(text) else stripped)
+                )
         entries = [e for e in entries if outputs.root_of(e) is None]
         if entries:  # normalised (x/.. folded), as plan_jobs compares paths to it
             root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(e)) for e in entries]))
