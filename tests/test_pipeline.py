@@ -69,6 +69,16 @@ def test_discover_order_recursion_extensions_and_dedupe(tmp_path):
         discover_inputs([str(tmp_path / "missing")])
 
 
+def test_a_quoted_glob_with_a_tilde_is_expanded_as_a_quoted_folder_is(tmp_path, monkeypatch):
+    """'~/photos' found the home folder's photos, '~/photos/*.jpg' "no file matches"."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    photos = tmp_path / "home" / "photos"
+    for rel in ["a.jpg", "sub/b.jpg"]:
+        _image(photos / rel)
+    assert discover_inputs(["~/photos/*.jpg"]) == [(photos / "a.jpg", photos)]
+    assert discover_inputs(["~/photos/**/*.jpg"]) == discover_inputs(["~/photos"])
+
+
 def test_from_list_uses_common_root(tmp_path):
     a, b = tmp_path / "x" / "1" / "a.jpg", tmp_path / "x" / "2" / "b.jpg"
     pairs = discover_inputs([], ["# comment", str(a), "", str(b)])

@@ -187,8 +187,9 @@ def discover_inputs(
             if outputs.root_of(path) is None:
                 pairs.append((path, path.parent))
         elif glob.has_magic(raw):
-            base = _glob_base(raw)
-            matches = sorted(glob.glob(raw, recursive=True))
+            pattern = os.path.expanduser(raw)  # a quoted '~/photos/*.jpg', as a quoted '~/photos'
+            base = _glob_base(pattern)
+            matches = sorted(glob.glob(pattern, recursive=True))
             if not matches:
                 raise FileNotFoundError(f"no file matches {raw}")
             for match in map(Path, matches):
