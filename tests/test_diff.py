@@ -205,3 +205,40 @@ def test_diff_of_identical_extractions_draws_zero_in_the_colour_of_zero(sample_e
     zero, middle = (tuple(colorize(np.array([[v]]), "magma", 0.0, 1.0)[0, 0]) for v in (0, 0.5))
     count = {c: int((picture == c).all(axis=2).sum()) for c in (zero, middle)}
     assert count[zero] > 10 * count[middle], count  # the bars hold both
+
+
+def _without_levels(src, dst, drop):
+    """A copy of ``src`` as an ``extract --levels`` run without ``drop`` would have left it."""
+    shutil.copytree(src, dst)
+    for path in dst.rglob("manifest.json"):
+        manifest = json.loads(path.read_text())
+        for name in drop:
+            manifest["levels"].pop(name)
+            for suffix in (".npy", ".png"):
+                (path.parent / f"{name}{suffix}").unlink(missing_ok=True)
+        path.write_text(json.dumps(manifest))
+    return dst
+
+
+def test_diff_fails_when_a_requested_level_is_saved_on_one_side_only(sample_extraction, tmp_path):
+    """``--levels p2,p3`` against an extraction of p3 and p5 compared p3 only and passed."""
+    b = _without_levels(sample_extraction, tmp_path / "b", ("p2", "p4", "p6"))
+    runner = CliRunner()
+    base = ["-o", str(tmp_path / "d"), "--no-pictures"]
+    result = runner.invoke(
+        cli, ["diff", str(sample_extraction), str(b), "--levels", "p2,p3", *base]
+    )
+    assert result.exit_code == 1, result.output
+    assert "not compared: chelsea: p2: not saved (as .npy) in B" in result.output
+    assert "0 of 3 images compared" in result.output
+    swapped = runner.invoke(cli, ["diff", str(b), str(sample_extraction), "--levels", "p2", *base])
+    assert swapped.exit_code == 1 and "p2: not saved (as .npy) in A" in swapped.output
+    both = runner.invoke(cli, ["diff", str(sample_extraction), str(b), "--levels", "p3,p5", *base])
+    assert both.exit_code == 0 and "all 3 compared agree" in both.output, both.output
+    # no --levels: the levels in both compared, as the help says, and the others named
+    default = runner.invoke(cli, ["diff", str(sample_extraction), str(b), *base])
+    assert default.exit_code == 0 and "all 3 compared agree" in default.output
+    assert "levels saved (as .npy) in A only, not compared: p2, p4, p6" in default.output
+    result = diff_extractions(sample_extraction, b)
+    assert result.images[0].one_side == {"p2": "A", "p4": "A", "p6": "A"}
+    assert [d.level for d in result.images[0].levels] == ["p3", "p5"]

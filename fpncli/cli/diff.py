@@ -20,7 +20,8 @@ from .common import _friendly, _out_folder, _parse_levels, verbose_option
     callback=lambda ctx, param, value: (
         None if value is None else list(_parse_levels(value))  # "" is refused, as extract's is
     ),
-    help="Compare only these levels (default: all in both).",
+    help="Compare only these levels, each saved in both (default: all in both; those saved on "
+    "one side only are named).",
 )
 @click.option("-o", "--out", "out_dir", default="fpn_diff", show_default=True,
               type=click.Path(file_okay=False), callback=_out_folder,
@@ -51,6 +52,9 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
     for row in result.level_table():
         click.echo(f"{row['level']:<6} {row['images']:>6} {row['max_rel']:>10.3g} "
                    f"{row['mean_rel']:>10.3g} {row['min_cosine']:>10.6f}")  # fmt: skip
+    for side, names in result.one_side().items():
+        click.echo(f"levels saved (as .npy) in {side} only, not compared: {', '.join(names)}",
+                   err=True)  # fmt: skip
     for image in result.images:
         if image.skipped:
             click.echo(f"not compared: {image.key}: {image.skipped}", err=True)

@@ -59,6 +59,8 @@ class ImageDiff:
     levels: list[LevelDiff] = field(default_factory=list)
     skipped: str | None = None  # why not compared (geometry, one side lacks or cannot read it)
     picture: str | None = None  # the |A - B| picture, relative to the diff output folder
+    # without --levels, the levels saved (as .npy) on one side only, not compared: name -> side
+    one_side: dict[str, str] = field(default_factory=dict)
 
     def agrees(self, tol: float) -> bool:
         return self.skipped is None and all(d.max_rel <= tol for d in self.levels)
@@ -80,6 +82,15 @@ class DiffResult:
     @property
     def agree(self) -> bool:
         return bool(self.images) and all(i.agrees(self.tol) for i in self.images)
+
+    def one_side(self) -> dict[str, list[str]]:
+        """Side ("A" or "B") -> the levels saved there only, in some image (a run
+        without ``levels``: they were left out of the comparison)."""
+        sides: dict[str, set[str]] = {}
+        for image in self.images:
+            for name, side in image.one_side.items():
+                sides.setdefault(side, set()).add(name)
+        return {side: sorted(names, key=_level_order) for side, names in sorted(sides.items())}
 
     def level_table(self) -> list[dict]:
         """Per level across the folder: worst max_rel, mean of mean_rel, lowest cosine."""
@@ -241,6 +252,15 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
     if unloaded:  # never a pass with a level silently left out
         result.skipped = "; ".join(unloaded)
         return result
+    if levels is not None:  # a level asked for by name is compared, or the image fails
+        absent = [f"{name}: not saved (as .npy) in {side}" for name in levels
+                  for side, ex in (("A", a), ("B", b)) if name not in ex.levels]  # fmt: skip
+        if absent:
+            result.skipped = "; ".join(absent)
+            return result
+    else:  # every level in both, and the others named (the CLI says which were left out)
+        result.one_side = {name: side for side, ex, other in (("A", a, b), ("B", b, a))
+                           for name in ex.levels if name not in other.levels}  # fmt: skip
     common = [n for n in a.levels if n in b.levels and (levels is None or n in levels)]
     if not common:
         result.skipped = "no level saved (as .npy) in both"
@@ -301,7 +321,10 @@ def diff_extractions(
         a: the reference extraction.
         b: the one compared with it.
         tol: the largest ``max_rel`` that counts as agreement.
-        levels: restrict to these levels (default: every level saved in both).
+        levels: restrict to these levels, each of which must be saved (as ``.npy``) on both
+            sides, or the image is not compared (``skipped`` says which side lacks it). Default:
+            every level saved in both; those saved on one side only are named in
+            ``ImageDiff.one_side``.
         out: where to write ``diff.json``, ``diff.csv`` and one ``KEY/diff.png`` per image (the
             per-level max over channels of |A - B|; ``_diff.csv/diff.png`` for an image called
             ``diff.csv``); None writes nothing.
