@@ -447,3 +447,65 @@ def test_report_draws_thumbnails_with_the_cores_it_may_use(report_dir, monkeypat
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     write_report(report_dir)
     assert sizes == [2]
+
+
+@pytest.mark.parametrize(
+    "field,value,reason",
+    [
+        ("heatmap.cmap", "berlinx", "heatmap.cmap of manifest.json: unknown colormap 'berlinx'"),
+        ("heatmap.reduce", "median", "heatmap.reduce of manifest.json: unknown reduction 'median'"),
+        (
+            "heatmap.channel",
+            4096,
+            "heatmap.channel of manifest.json: 4096, but p2 has 256 channels",
+        ),
+    ],
+)
+def test_heatmap_settings_that_cannot_be_drawn_list_that_image_only(
+    sample_extraction, tmp_path, field, value, reason
+):
+    """An unknown colormap in one manifest stopped the whole report ("Error: unknown colormap
+    'berlinx'", no image named) after the previous report's assets were deleted."""
+    bad = tmp_path / "bad"
+    shutil.copytree(sample_extraction, bad)
+    write_report(bad)
+    _corrupt(bad, tmp_path / "bad2", field, value)
+    shutil.rmtree(bad)
+    bad = (tmp_path / "bad2").rename(bad)
+    result = CliRunner().invoke(cli, ["report", str(bad)])
+    assert result.exit_code == 1, result.output
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("Error: ")]
+    assert line.startswith("Error: outputs of chelsea cannot be read, left out: " + reason), line
+    page = bad / "report.html"
+    assert html.escape(reason) in page.read_text() and "Images 1-2 of 2" in page.read_text()
+    _assert_links_resolve(page)
+    assert not list((bad / "report" / "thumbs").glob("000000_*")), "chelsea's thumbnails drawn"
+
+
+def test_a_report_that_fails_midway_leaves_the_previous_one_whole(report_dir, monkeypatch):
+    import fpncli.viz.report as report_module
+
+    write_report(report_dir, page_size=2)
+    before = _tree(report_dir)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module, "_histogram_png", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(report_dir, page_size=2)
+    assert _tree(report_dir) == before  # its pages and every asset they link to, and no more
+    for page in (report_dir / "report.html", report_dir / "report" / "page_0002.html"):
+        _assert_links_resolve(page)
+    assert not [p.name for p in report_dir.iterdir() if ".fpncli-tmp" in p.name]
+    # the first page, written last, fails: the previous assets are put back
+    monkeypatch.undo()
+    write_bytes = report_module.atomic_write_bytes
+
+    def first_page_fails(path, data):
+        return full_disk() if path.name == "report.html" else write_bytes(path, data)
+
+    monkeypatch.setattr(report_module, "atomic_write_bytes", first_page_fails)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(report_dir, page_size=2)
+    assert _tree(report_dir) == before

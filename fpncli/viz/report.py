@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import shlex
 import shutil
 import urllib.parse
@@ -31,14 +32,14 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .. import __version__
-from ..io.atomic import TMP_MARK
+from ..io.atomic import TMP_MARK, stale_temporary
 from ..io.catalog import Extractions, Failure, open_extractions
-from ..io.extraction import read_run_log
+from ..io.extraction import LoadedExtraction, read_run_log
 from ..io.guard import error_text, folder_lock, usable_cores, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
-from .visualize import colour_bar, encode_png, reduce_channels
+from .visualize import REDUCTIONS, colour_bar, encode_png, reduce_channels
 
 __all__ = ["write_report", "REPORT", "REPORT_ASSETS", "REPORT_MARKER"]
 
@@ -119,25 +120,45 @@ def _recorded_range(meta: dict) -> tuple[float, float] | None:
     return None
 
 
-def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int,
-             ranges: dict | None) -> tuple[_Row, dict, dict, int] | Failure:  # fmt: skip
-    """Thumbnails of one image; returns its grid row, per level (sample, valid shape), its
-    manifest and its bytes, or a ``Failure`` (key, why) when its outputs cannot be read (a
-    malformed manifest, a truncated ``.npy``, a damaged shard). Only this image's arrays are in
-    memory (or mapped) meanwhile."""
-    try:
-        ex, size = found.load(key), found.size(key)
-    except (ValueError, OSError) as e:  # this image's outputs only: listed, the others go on
-        return Failure(key, error_text(e))
+def _heatmap_settings(ex: LoadedExtraction) -> tuple[str, int, str]:
+    """The manifest's ``heatmap`` reduce, channel and cmap, which the thumbnails are drawn
+    with; ValueError for a reduction or colormap this version does not know, or a channel
+    past a level's count (checked before any thumbnail of the image is drawn)."""
     heat = ex.manifest.get("heatmap") or {}
     reduce, channel = heat.get("reduce", "channel"), int(heat.get("channel", 0))
     cmap = heat.get("cmap", "viridis")
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"heatmap.reduce of manifest.json: unknown reduction {reduce!r} (one of "
+                         f"{', '.join(REDUCTIONS)}): extract this image again")  # fmt: skip
+    try:
+        colour_bar(cmap, 256)
+    except ValueError as e:
+        raise ValueError(f"heatmap.cmap of manifest.json: {e}: extract this image again") from None
+    for name, array in ex.levels.items():
+        if reduce == "channel" and channel >= array.shape[1]:
+            raise ValueError(f"heatmap.channel of manifest.json: {channel}, but {name} has "
+                             f"{array.shape[1]} channels: extract this image again")  # fmt: skip
+    return reduce, channel, cmap
+
+
+def _process(index: int, key: str, found: Extractions, thumbs: Path, href: str, height: int,
+             ranges: dict | None) -> tuple[_Row, dict, dict, int] | Failure:  # fmt: skip
+    """Thumbnails of one image, written into ``thumbs`` and linked as ``href/NAME``; returns
+    its grid row, per level (sample, valid shape), its manifest and its bytes, or a ``Failure``
+    (key, why) when its outputs cannot be read (a malformed manifest, a truncated ``.npy``, a
+    damaged shard, heatmap settings that cannot be drawn). Only this image's arrays are in
+    memory (or mapped) meanwhile."""
+    try:
+        ex, size = found.load(key), found.size(key)
+        reduce, channel, cmap = _heatmap_settings(ex)
+    except (ValueError, OSError) as e:  # this image's outputs only: listed, the others go on
+        return Failure(key, error_text(e))
     stem = f"{index:06d}"
     row = _Row(key, {}, {}, None, None, "")
     picture = _input_thumbnail(ex.input_path, height)
     if picture is not None:
         atomic_write_bytes(thumbs / f"{stem}_input.png", encode_png(picture))
-        row.input_thumb = f"{thumbs.parent.name}/thumbs/{stem}_input.png"
+        row.input_thumb = f"{href}/{stem}_input.png"
     inp = ex.manifest.get("input") or {}
     row.size = f"{inp.get('width')}x{inp.get('height')}"
     row.overview = found.link(key, ex.manifest.get("overview"))
@@ -159,13 +180,13 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, height: int
         rng = ranges.get(name) if ranges else _recorded_range(meta)
         thumb = _level_thumbnail(map2d, height, cmap, rng)
         atomic_write_bytes(thumbs / f"{stem}_{name}.png", encode_png(thumb))
-        row.levels[name] = f"{thumbs.parent.name}/thumbs/{stem}_{name}.png"
+        row.levels[name] = f"{href}/{stem}_{name}.png"
     return row, samples, ex.manifest, size
 
 
 def _process_item(item: tuple[int, str], **kwargs) -> tuple[_Row, dict, dict, int] | Failure:
-    return _process(item[0], item[1], kwargs["found"], kwargs["thumbs"], kwargs["height"],
-                    kwargs["ranges"])  # fmt: skip
+    return _process(item[0], item[1], kwargs["found"], kwargs["thumbs"], kwargs["href"],
+                    kwargs["height"], kwargs["ranges"])  # fmt: skip
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
@@ -427,18 +448,49 @@ def _report_place(root: Path) -> tuple[str, str]:
     raise ValueError(f"{root}: report.html, report/ and 998 alternatives are all taken")
 
 
-def _clear_assets(assets: Path) -> None:
-    """Empty a report's asset folder (held locked) of an earlier report's files, and mark it."""
-    if not _is_report_folder(assets):  # made meanwhile by something else
-        raise ValueError(f"{assets} is not a report's folder (it holds other files): move it away")
-    for entry in os.scandir(assets):
-        if entry.name == REPORT_MARKER:
+def _build_folder(root: Path, assets_name: str) -> Path:
+    """A new, marked, hidden folder in ``root`` for a report's assets (held locked): built there
+    in full, then swapped in for ``assets_name`` (``_swap_in``), so that a report that fails
+    midway leaves the previous one whole. Earlier builds that a killed report left behind are
+    removed first."""
+    prefix = f".{assets_name}{TMP_MARK}"
+    for entry in os.scandir(root):
+        if not (entry.name.startswith(prefix) and stale_temporary(entry.name)):
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)
-    (assets / REPORT_MARKER).write_text("fpncli report assets: rewritten by each fpncli report\n")
+    # not tempfile.mkdtemp: its mode 0700 would make the report unreadable to a web server
+    build = root / f"{prefix}.{os.getpid()}.{secrets.token_hex(4)}"
+    build.mkdir()
+    (build / REPORT_MARKER).write_text("fpncli report assets: rewritten by each fpncli report\n")
+    (build / "thumbs").mkdir()
+    return build
+
+
+def _swap_in(build: Path, assets: Path, first: Path, first_page: bytes) -> None:
+    """Make ``build`` the asset folder ``assets`` and write the first page that links into it;
+    the previous asset folder is deleted only once both are in place (put back if the page
+    cannot be written)."""
+    old = None
+    if os.path.lexists(assets):
+        if not _is_report_folder(assets):  # made meanwhile by something else
+            raise ValueError(
+                f"{assets} is not a report's folder (it holds other files): move it away"
+            )
+        old = build.with_name(f"{build.name}.old")
+        os.rename(assets, old)
+    os.rename(build, assets)
+    try:
+        atomic_write_bytes(first, first_page)
+    except BaseException:
+        os.rename(assets, build)  # the caller removes it
+        if old is not None:
+            os.rename(old, assets)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def write_report(
@@ -496,14 +548,16 @@ def write_report(
     # folder the first is writing into, or taking the first's half-made folder for another's
     with folder_lock(root):
         first, assets_name = _report_place(root)
-        assets = root / assets_name
-        assets.mkdir(exist_ok=True)
-        _clear_assets(assets)
-        (assets / "thumbs").mkdir()
-        unreadable = _write_pages(
-            root, found, keys, run, assets, first, page_size=page_size,
-            thumb_height=thumb_height, workers=workers, scale=scale,
-        )  # fmt: skip
+        build = _build_folder(root, assets_name)
+        try:
+            unreadable, first_page = _write_pages(
+                root, found, keys, run, build, assets_name, first, page_size=page_size,
+                thumb_height=thumb_height, workers=workers, scale=scale,
+            )  # fmt: skip
+            _swap_in(build, root / assets_name, root / first, first_page)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
     for failure in unreadable:  # said once: to the caller, else in the log
         if on_unreadable is not None:
             on_unreadable(failure.path, failure.reason)
@@ -514,11 +568,11 @@ def write_report(
 
 
 def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | None,
-                 assets: Path, first: str, *, page_size: int, thumb_height: int,
-                 workers: int | None, scale: str) -> list[Failure]:  # fmt: skip
-    """The thumbnails, histograms and pages of ``write_report`` (``first`` the first page's
-    name in ``root``, ``assets`` the folder of the rest); returns the images whose outputs
-    could not be read (listed on the first page)."""
+                 build: Path, assets: str, first: str, *, page_size: int, thumb_height: int,
+                 workers: int | None, scale: str) -> tuple[list[Failure], bytes]:  # fmt: skip
+    """The thumbnails, histograms and pages of ``write_report``, written into ``build`` (which
+    becomes ``root/assets``; ``first`` is the first page's name in ``root``); returns the
+    images whose outputs could not be read (listed on the first page) and the first page."""
     unreadable: list[Failure] = []
     ranges = None
     if keys and scale != "image":  # a first pass over the manifests only (no tensor is read)
@@ -537,8 +591,9 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
     listed = {f.path for f in unreadable}
     threads = workers or min(8, usable_cores())
     with ThreadPoolExecutor(threads) as pool:
-        work = functools.partial(_process_item, found=found, thumbs=assets / "thumbs",
-                                 height=thumb_height, ranges=ranges)  # fmt: skip
+        work = functools.partial(_process_item, found=found, thumbs=build / "thumbs",
+                                 href=f"{assets}/thumbs", height=thumb_height,
+                                 ranges=ranges)  # fmt: skip
         for done in _bounded_map(pool, work, enumerate(keys), threads + 1):
             if isinstance(done, Failure):
                 if done.path not in listed:  # (its manifest may have failed the first pass)
@@ -555,7 +610,7 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
     rows.sort(key=lambda r: r.key)  # shards are read in storage order; the grid is by key
     levels = _order(levels)
     if stats:
-        _histogram_png(stats, assets / "histograms.png")
+        _histogram_png(stats, build / "histograms.png")
     pages = max(1, -(-len(rows) // page_size))
     shard_note = (
         "<p class=muted>The images lie in tar shards (--format wds), so the thumbnails link to "
@@ -568,7 +623,7 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
     for page in range(1, pages + 1):
         chunk = rows[(page - 1) * page_size : page * page_size]
         prefix = "" if page == 1 else "../"
-        nav = _nav(page, pages, prefix, first, assets.name)
+        nav = _nav(page, pages, prefix, first, assets)
         title = f"fpncli report: {root.resolve().name}"
         grid = f"<h2>Images {(page - 1) * page_size + 1}-{(page - 1) * page_size + len(chunk)}"
         grid += f" of {len(rows)}</h2>{shard_note}{nav}"
@@ -577,17 +632,17 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
             summary = _summary(root, found, tally, run, unreadable)
             body = [f"<h1>{html.escape(title)}</h1>", summary, _scale_note(scale, ranges)]
             if stats:
-                hist = f'<img class="hist" src="{assets.name}/histograms.png" alt="histograms">'
+                hist = f'<img class="hist" src="{assets}/histograms.png" alt="histograms">'
                 body += ["<h2>Levels across the folder</h2>", _stats_table(stats, no_tensor), hist]
             body += [grid, nav]
-            atomic_write_bytes(root / first, utf8_text(_page(title, "\n".join(body))).encode())
+            first_page = utf8_text(_page(title, "\n".join(body))).encode()
         else:
             body = f'<h1>{html.escape(title)}</h1><p><a href="../{first}">summary</a></p>'
             body += grid + nav
-            path = assets / f"page_{page:04d}.html"
+            path = build / f"page_{page:04d}.html"
             atomic_write_bytes(path, utf8_text(_page(f"{title} page {page}", body)).encode())
     log.info("report: %d images, %d pages", len(rows), pages)
-    return unreadable
+    return unreadable, first_page
 
 
 def _readable_manifests(found: Extractions, keys: list[str], unreadable: list[Failure]):
