@@ -509,3 +509,37 @@ def test_a_report_that_fails_midway_leaves_the_previous_one_whole(report_dir, mo
     with pytest.raises(OSError, match="No space left"):
         write_report(report_dir, page_size=2)
     assert _tree(report_dir) == before
+
+
+@pytest.mark.parametrize("replace", ["missing", "folder"])
+def test_a_listed_npy_that_is_gone_is_unreadable_not_not_saved(report_dir, replace):
+    """A deleted p4.npy made the cell say "not saved" and the report exit 0."""
+    npy = report_dir / "coffee" / "p4.npy"
+    npy.unlink()
+    if replace == "folder":
+        npy.mkdir()
+    result = CliRunner().invoke(cli, ["report", str(report_dir)])
+    assert result.exit_code == 1, result.output
+    says = "Error: outputs of coffee cannot be read, left out: p4: its .npy is missing or unread"
+    assert says in result.output
+    page = (report_dir / "report.html").read_text()
+    assert "Outputs that cannot be read" in page and "not saved" not in page
+    assert "Images 1-2 of 2" in page
+
+
+def test_levels_saved_as_pictures_only_link_their_pictures(tmp_path, monkeypatch):
+    """``extract --no-npy --overlay``: every level cell said "not saved" beside p2.png."""
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    args = ["extract", str(sorted(samples.glob("*.jpg"))[0]), "-o", str(out), "--no-npy"]
+    args += ["--overlay", "--weights", "random", "--min-size", "64", "--max-size", "128"]
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    result = CliRunner().invoke(cli, ["report", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    page = out / "report.html"
+    text = page.read_text()
+    assert "not saved" not in text and text.count("no tensor</td>") == 5
+    (key,) = [p.parent.name for p in out.glob("*/manifest.json")]
+    assert f'<a href="{key}/p2.png">p2.png</a><br>no tensor' in text
+    _assert_links_resolve(page)

@@ -78,6 +78,15 @@ class LoadedExtraction:
         meta = self.manifest["levels"][level]
         return self.levels[level][..., : meta["valid_height"], : meta["valid_width"]]
 
+    def unloaded(self) -> list[str]:
+        """The levels whose ``.npy`` the manifest lists but that were not loaded: the file is
+        gone, or not a regular file (a folder, a FIFO). Never a level saved without one."""
+        names = []
+        for name, meta in self.manifest["levels"].items():
+            if name not in self.levels and str(meta.get("file") or "").endswith(".npy"):
+                names.append(name)
+        return names
+
     @property
     def input_path(self) -> Path | None:
         path = self.manifest.get("input", {}).get("path")

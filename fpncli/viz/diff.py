@@ -212,14 +212,6 @@ def _pair(found_a: Extractions, found_b: Extractions) -> list[tuple[str, str | N
     return pairs
 
 
-def _unloaded(ex: LoadedExtraction, levels: list[str] | None) -> list[str]:
-    """The levels (of ``levels``, default all) whose ``.npy`` the manifest lists but that could
-    not be loaded: the file is gone, or not a regular file (a folder, a FIFO)."""
-    return [name for name, meta in ex.manifest["levels"].items()
-            if (levels is None or name in levels) and name not in ex.levels
-            and str(meta.get("file") or "").endswith(".npy")]  # fmt: skip
-
-
 def short_names(a: str | Path, b: str | Path) -> tuple[str, str]:
     """Names for roots ``a`` and ``b`` in a picture's title: their last path components, as
     many as it takes to tell them apart (at most three): ``out``, ``out2``; ``out/chelsea``,
@@ -248,7 +240,8 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
             return result
     a, b = loaded
     unloaded = [f"{name}: its .npy is missing or unreadable in {side}"
-                for side, ex in (("A", a), ("B", b)) for name in _unloaded(ex, levels)]  # fmt: skip
+                for side, ex in (("A", a), ("B", b)) for name in ex.unloaded()
+                if levels is None or name in levels]  # fmt: skip
     if unloaded:  # never a pass with a level silently left out
         result.skipped = "; ".join(unloaded)
         return result

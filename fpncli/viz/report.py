@@ -56,7 +56,8 @@ _LEVEL_ORDER = ("stem", "res2", "res3", "res4", "res5", "p2", "p3", "p4", "p5", 
 @dataclass
 class _Row:
     key: str  # the image folder relative to OUT
-    levels: dict[str, str | None]  # level -> thumbnail path relative to OUT (None: not saved)
+    # each level of the manifest -> its thumbnail relative to OUT; None: saved without a tensor
+    levels: dict[str, str | None]
     links: dict[str, str]  # level -> full-size picture relative to OUT
     input_thumb: str | None
     overview: str | None
@@ -153,6 +154,9 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, href: str, 
         reduce, channel, cmap = _heatmap_settings(ex)
     except (ValueError, OSError) as e:  # this image's outputs only: listed, the others go on
         return Failure(key, error_text(e))
+    unloaded = ex.unloaded()
+    if unloaded:  # not "not saved": the manifest says it was
+        return Failure(key, "; ".join(f"{n}: its .npy is missing or unreadable" for n in unloaded))
     stem = f"{index:06d}"
     row = _Row(key, {}, {}, None, None, "")
     picture = _input_thumbnail(ex.input_path, height)
@@ -281,12 +285,17 @@ def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int) -> str:
         else:
             cells.append('<td class="muted">photo gone</td>')
         for name in levels:
-            thumb = row.levels.get(name)
+            thumb, link = row.levels.get(name), row.links.get(name)
+            if thumb is None and name in row.levels:  # saved without .npy (--no-npy)
+                picture = html.escape(link.rpartition("/")[2]) if link else ""
+                if link:  # its heatmap or overlay
+                    picture = f'<a href="{prefix}{_href(link)}">{picture}</a><br>'
+                cells.append(f'<td class="muted">{picture}no tensor</td>')
+                continue
             if thumb is None:
                 cells.append('<td class="muted">not saved</td>')
                 continue
             img = f'<img src="{prefix}{thumb}" alt="{name}">'
-            link = row.links.get(name)
             cells.append(f'<td><a href="{prefix}{_href(link)}">{img}</a></td>' if link
                          else f"<td>{img}</td>")  # fmt: skip
         out.append(f"<tr>{''.join(cells)}</tr>")
