@@ -32,7 +32,7 @@ from .weights.checkpoint import (
     random_state_dict,
     read_checkpoint,
 )
-from .weights.hub import check_cached, resolve_weights, sha256_file
+from .weights.hub import check_cached, record_first_use, resolve_weights, sha256_file
 from .weights.registry import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
 
 __all__ = [
@@ -217,6 +217,8 @@ def load_backbone(
         arch = dict(spec.arch) if spec is not None else ckpt.arch
         input_format = spec.input if spec is not None else ckpt.input
         model = build_backbone(arch, ckpt.state_dict)
+        if spec is not None:  # placed by hand and now loaded: its digest recorded
+            record_first_use(path, digest)
         log.info("loaded %s (%s, %d non-backbone keys skipped)", path, ckpt.format, ckpt.skipped)
         info = WeightsInfo(
             spec.name if spec else str(path), str(path), digest, ckpt.format, input_format, arch,

@@ -50,11 +50,18 @@ def test_a_damaged_cached_file_is_not_listed_as_cached(runner, tmp_path):
 
 
 @pytest.mark.parametrize("sidecar", [b"", b"\xff\xfe", b"not-a-digest  model.pkl\n", b"0" * 63])
-def test_a_damaged_sha256_sidecar_counts_as_none_not_a_traceback(runner, sidecar):
+def test_a_damaged_sha256_sidecar_counts_as_none_not_a_traceback(runner, sidecar, monkeypatch):
     """A sidecar without a 64-hex digest is ignored (the file is re-hashed, the digest recorded
     again); list, verify and extract --weights NAME went down on it (IndexError, UnicodeError)."""
+    import importlib
+
     from fpncli.weights.hub import _sidecar, cached_path, recorded_sha256, sha256_file
     from fpncli.weights.registry import REGISTRY
+
+    # the file stands for a checkpoint that loads (a strict load of a real one takes seconds;
+    # a file that does not load is test_weights_verify_and_download_refuse_a_damaged_file's)
+    commands = importlib.import_module("fpncli.cli.weights")  # the module, not its click group
+    monkeypatch.setattr(commands, "_strict_load", lambda path: None)
 
     path = cached_path(REGISTRY["faster_rcnn_R_50_FPN_1x"])  # no published digest
     path.write_bytes(b"x\n")
@@ -65,6 +72,37 @@ def test_a_damaged_sha256_sidecar_counts_as_none_not_a_traceback(runner, sidecar
     verify = runner.invoke(cli, ["weights", "verify", "faster_rcnn_R_50_FPN_1x"])
     assert verify.exit_code == 0 and "now recorded" in verify.output, verify.output
     assert recorded_sha256(path) == sha256_file(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"junk, not a checkpoint\n"])
+def test_weights_verify_and_download_refuse_a_damaged_file(runner, monkeypatch, content):
+    """An empty or junk file put by hand where a checkpoint without a published sha256 goes:
+    verify said "unrecorded sha256 ... now recorded", then "ok"; download "already cached"."""
+    import urllib.request
+
+    from fpncli.weights.hub import cached_path, recorded_sha256
+    from fpncli.weights.registry import REGISTRY
+
+    name = "faster_rcnn_R_101_FPN_3x"  # no published sha256
+    path = cached_path(REGISTRY[name])
+    path.write_bytes(content)
+    says = "0 bytes, an empty file" if not content else "does not load as a checkpoint"
+    for _ in range(2):  # nothing recorded the first time: the same the second
+        verify = runner.invoke(cli, ["weights", "verify", name])
+        assert verify.exit_code == 1, verify.output
+        assert f"{name}: damaged " in verify.stdout and says in verify.stdout, verify.output
+        error = verify.stderr.strip().splitlines()
+        assert len(error) == 1 and "1 damaged" in error[0] and f"rm {path}" in error[0], error
+        assert recorded_sha256(path) is None
+    asked = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: asked.append(url))
+    download = runner.invoke(cli, ["weights", "download", name])
+    assert download.exit_code == 1 and "already cached" not in download.output, download.output
+    assert says in download.output and f"rm {path}" in download.output and not asked
+    assert path.read_bytes() == content and recorded_sha256(path) is None  # the user's to delete
+    listing = runner.invoke(cli, ["weights", "list"]).output
+    if not content:
+        assert "damaged" in next(ln for ln in listing.splitlines() if str(path) in ln)
 
 
 def test_weights_list_shows_every_entry_when_one_cannot_be_read(runner, monkeypatch):

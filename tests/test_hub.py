@@ -241,3 +241,44 @@ def test_a_folder_or_fifo_is_named_as_such_not_missing(tmp_path):
         resolve_weights(str(tmp_path))
     with pytest.raises(ValueError, match=r"/dev/zero: not a regular file \(a character device\)"):
         resolve_weights("/dev/zero")
+
+
+def test_verify_checks_a_hand_placed_unpublished_file_before_recording_it(home, monkeypatch):
+    """A file no published sha256 vouches for had its digest recorded whatever it held."""
+    unpublished = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
+    published = replace(
+        REGISTRY["faster_rcnn_R_50_FPN_3x"], sha256=hashlib.sha256(b"x").hexdigest()
+    )
+    home.mkdir()
+    for spec in (unpublished, published):
+        monkeypatch.setitem(REGISTRY, spec.name, spec)
+        hub.cached_path(spec).write_bytes(b"x")
+    checked = []
+
+    def refuse(path):
+        checked.append(path.name)
+        raise ValueError("not a checkpoint")
+
+    entries = {e.name: e for e in verify_cached([unpublished.name, published.name], check=refuse)}
+    assert entries[unpublished.name].status == "damaged"
+    assert "does not load as a checkpoint (not a checkpoint)" in entries[unpublished.name].detail
+    assert hub.recorded_sha256(hub.cached_path(unpublished)) is None
+    assert entries[published.name].status == "unrecorded"  # the published digest vouches
+    assert checked == [unpublished.file_name]
+    entry = verify_cached([unpublished.name], check=lambda path: None)[0]
+    assert entry.status == "unrecorded" and hub.recorded_sha256(hub.cached_path(unpublished))
+    assert verify_cached([unpublished.name], check=refuse)[0].status == "ok"  # recorded: as is
+    hub.cached_path(unpublished).write_bytes(b"")
+    entry = verify_cached([unpublished.name])[0]  # the size, as cache_state judges it
+    assert entry.status == "damaged" and entry.detail.startswith("0 bytes")
+
+
+def test_a_hand_placed_file_that_does_not_load_gets_no_digest_recorded(home, monkeypatch):
+    spec = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    home.mkdir()
+    path = hub.cached_path(spec)
+    path.write_bytes(b"junk, not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable .pkl checkpoint"):
+        fpncli.load_backbone(spec.name)
+    assert hub.recorded_sha256(path) is None  # else weights verify would call it ok

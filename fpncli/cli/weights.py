@@ -44,13 +44,8 @@ def weights_list() -> None:
 @_friendly
 def weights_download(names) -> None:
     """Download named checkpoints into the cache (checked, then renamed into place)."""
-    from ..weights.checkpoint import build_backbone, read_checkpoint
-    from ..weights.hub import cached_path, download
+    from ..weights.hub import cached_path, download, verify_cached
     from ..weights.registry import get_spec
-
-    def check(path: Path) -> None:
-        ckpt = read_checkpoint(path)
-        build_backbone(ckpt.arch, ckpt.state_dict)
 
     for name in names:
         if name == "random":
@@ -60,10 +55,14 @@ def weights_download(names) -> None:
             )
             continue
         spec = get_spec(name)
-        if cached_path(spec).is_file():
-            click.echo(f"{name}: already cached at {cached_path(spec)}")
+        if cached_path(spec).is_file():  # as verify judges it: a damaged file is not cached
+            (entry,) = verify_cached([name], check=_strict_load)
+            if entry.status in ("damaged", "mismatch"):
+                click.echo(f"{name}: {entry.status} {entry.detail}")
+                raise click.ClickException(_verify_fix([entry], []))
+            click.echo(f"{name}: already cached at {entry.path}")
             continue
-        path = download(spec, check=check)
+        path = download(spec, check=_strict_load)
         click.echo(f"{name}: saved {path}")
 
 
@@ -74,8 +73,10 @@ def weights_download(names) -> None:
 def weights_verify(names) -> None:
     """Re-hash cached checkpoints against the recorded and published sha256.
 
-    With NAMES, each must be cached and match (exit 1 otherwise); without, every cached one is
-    checked and the others are listed as not cached.
+    A file of the wrong size is damaged; one placed by hand whose sha256 is not published must
+    also load strictly before its sha256 is recorded. With NAMES, each must be cached and
+    match (exit 1 otherwise); without, every cached one is checked and the others are listed
+    as not cached.
     """
     from ..weights.hub import verify_cached
     from ..weights.registry import get_spec
@@ -89,10 +90,10 @@ def weights_verify(names) -> None:
     for name in names:
         get_spec(name)
     damaged, missing = [], []
-    for entry in verify_cached(list(names) or None):
+    for entry in verify_cached(list(names) or None, check=_strict_load):
         status = "not cached" if entry.status == "missing" else entry.status
         click.echo(f"{entry.name}: {status} {entry.detail}".rstrip())
-        if entry.status == "mismatch":
+        if entry.status in ("damaged", "mismatch"):
             damaged.append(entry)
         elif entry.status == "missing" and names:
             missing.append(entry)
@@ -100,12 +101,21 @@ def weights_verify(names) -> None:
         raise click.ClickException(_verify_fix(damaged, missing))
 
 
+def _strict_load(path: Path) -> None:
+    """What a checkpoint must pass before it is accepted: read safely, load strictly."""
+    from ..weights.checkpoint import build_backbone, read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    build_backbone(ckpt.arch, ckpt.state_dict)
+
+
 def _verify_fix(damaged: list, missing: list) -> str:
     """The failed verify's one line: what is wrong and the command(s) that fix it (a damaged
     file must go first: ``weights download`` keeps a cached file as it is)."""
     import shlex
 
-    what = [f"{len(damaged)} damaged: sha256 mismatch"] if damaged else []
+    mismatch = ": sha256 mismatch" if all(e.status == "mismatch" for e in damaged) else ""
+    what = [f"{len(damaged)} damaged{mismatch}"] if damaged else []
     what += [f"{len(missing)} not cached"] if missing else []
     what = f"{len(damaged) + len(missing)} checkpoint(s) not usable ({', '.join(what)})"
     download = shlex.join(["fpncli", "weights", "download", *(e.name for e in damaged + missing)])

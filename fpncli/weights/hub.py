@@ -5,7 +5,8 @@ cache directory (``$XDG_CACHE_HOME/fpncli`` or ``~/.cache/fpncli``). A download 
 temporary name in that folder, is checked (size, digest, strict load), and only then renamed, so a
 half-downloaded file never looks like a checkpoint. Its sha256 is kept next to it
 (``NAME.sha256``) and re-checked by ``verify_cached``. A file put in the cache by hand has none:
-its first use checks it against the published sha256 (``check_cached``) and records it.
+its first use checks it against the published sha256 (``check_cached``) and, once it has loaded,
+records it (``record_first_use``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io.guard import check_regular_file
+from ..io.guard import check_regular_file, error_text
 from .registry import REGISTRY, WeightsSpec
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "cache_state",
     "check_cached",
     "download",
+    "record_first_use",
     "resolve_weights",
     "sha256_file",
     "verify_cached",
@@ -119,8 +121,8 @@ def _check_digest(spec: WeightsSpec, digest: str) -> None:
 def check_cached(spec: WeightsSpec, path: Path, digest: str) -> None:
     """Refuse ``spec``'s cached file ``path`` (of sha256 ``digest``) when it changed since it was
     downloaded or first used, or is not the published checkpoint (a file placed by hand has no
-    recorded digest: the published one is all there is to check it against); a file that passes
-    without a recorded digest gets it recorded (a read-only cache: checked again next time).
+    recorded digest: the published one is all there is to check it against). Nothing is
+    recorded here: ``record_first_use`` once the file has loaded.
 
     Raises:
         ValueError: one line naming the file and what to do.
@@ -139,11 +141,19 @@ def check_cached(spec: WeightsSpec, path: Path, digest: str) -> None:
             f"{path} does not match the published {spec.name} checkpoint (sha256 {digest}, "
             f"published {published}): a damaged or different file; {fix}"
         ) from None
-    if recorded is None:  # placed by hand: recorded on first use
-        try:
-            record_sha256(path, digest)
-        except OSError as e:
-            log.debug("cannot record the sha256 of %s: %s", path, e)
+
+
+def record_first_use(path: Path, digest: str) -> None:
+    """Record the sha256 of a cached file placed by hand (none recorded yet) once it has passed
+    ``check_cached`` and loaded: later uses are checked against it. A junk file that failed to
+    load must not get its digest recorded (``weights verify`` would then call it ok). A
+    read-only cache: nothing recorded, checked again next time."""
+    if recorded_sha256(path) is not None:
+        return
+    try:
+        record_sha256(path, digest)
+    except OSError as e:
+        log.debug("cannot record the sha256 of %s: %s", path, e)
 
 
 class _StderrProgress:
@@ -290,7 +300,8 @@ class CacheEntry:
 
     name: str
     path: Path
-    status: str  # "ok", "missing", "mismatch", "unrecorded"
+    status: str  # cache_state's, or verify_cached's: "ok", "missing", "damaged", "mismatch",
+    # "unrecorded"
     detail: str = ""
 
 
@@ -306,11 +317,9 @@ def cache_state(spec: WeightsSpec) -> CacheEntry:
         return CacheEntry(spec.name, path, "not cached")
     fix = f"delete it and run 'fpncli weights download {spec.name}'"
     try:
-        size = path.stat().st_size
-        if size == 0 or (spec.size_bytes and size != spec.size_bytes):
-            expected = f"expected {spec.size_bytes}" if spec.size_bytes else "an empty file"
-            detail = f"{size} bytes, {expected} (a partial copy?); {fix}"
-            return CacheEntry(spec.name, path, "damaged", detail)
+        wrong_size = _size_problem(spec, path.stat().st_size)
+        if wrong_size:
+            return CacheEntry(spec.name, path, "damaged", f"{wrong_size}; {fix}")
         recorded = recorded_sha256(path)
         digest = sha256_file(path) if spec.sha256 or spec.sha256_prefix or recorded else None
     except OSError as e:
@@ -327,14 +336,40 @@ def cache_state(spec: WeightsSpec) -> CacheEntry:
     return CacheEntry(spec.name, path, "cached")
 
 
-def verify_cached(names: list[str] | None = None) -> list[CacheEntry]:
-    """Re-hash cached checkpoints and compare with the recorded and published digests."""
+def _size_problem(spec: WeightsSpec, size: int) -> str | None:
+    """Why a cached file of ``size`` bytes cannot be ``spec``'s checkpoint, or None."""
+    if size == 0 or (spec.size_bytes and size != spec.size_bytes):
+        expected = f"expected {spec.size_bytes}" if spec.size_bytes else "an empty file"
+        return f"{size} bytes, {expected} (a partial copy?)"
+    return None
+
+
+def verify_cached(
+    names: list[str] | None = None, *, check: Callable[[Path], None] | None = None
+) -> list[CacheEntry]:
+    """Re-hash cached checkpoints and compare with the recorded and published digests.
+
+    Status ``"missing"``; ``"damaged"`` (the wrong size, as ``cache_state`` judges it, or, with
+    ``check``, a file whose digest is neither published nor recorded that fails it);
+    ``"mismatch"`` (a digest); else ``"unrecorded"`` (its digest is recorded now) or ``"ok"``.
+    A damaged or mismatched file never gets its digest recorded.
+
+    Args:
+        names: registry names (default: all).
+        check: called on a file no published sha256 vouches for before its digest is
+            recorded, as ``download`` calls it before accepting a file (fpncli passes a strict
+            load); raises ValueError, RuntimeError or OSError for a file that is not usable.
+    """
     entries = []
     for name in names or list(REGISTRY):
         spec = REGISTRY[name]
         path = cached_path(spec)
         if not path.is_file():
             entries.append(CacheEntry(name, path, "missing"))
+            continue
+        wrong_size = _size_problem(spec, path.stat().st_size)
+        if wrong_size:
+            entries.append(CacheEntry(name, path, "damaged", wrong_size))
             continue
         digest = sha256_file(path)
         recorded = recorded_sha256(path)
@@ -347,7 +382,15 @@ def verify_cached(names: list[str] | None = None) -> list[CacheEntry]:
             problems.append(str(e).removeprefix(f"{name}: "))
         if problems:
             entries.append(CacheEntry(name, path, "mismatch", "; ".join(problems)))
-        elif recorded is None:
+            continue
+        if recorded is None and spec.sha256 is None and check is not None:
+            try:  # placed by hand, and nothing published to compare it with: it must load
+                check(path)
+            except (ValueError, RuntimeError, OSError) as e:
+                detail = f"does not load as a checkpoint ({error_text(e)})"
+                entries.append(CacheEntry(name, path, "damaged", detail))
+                continue
+        if recorded is None:
             record_sha256(path, digest)
             entries.append(CacheEntry(name, path, "unrecorded", f"sha256 {digest} now recorded"))
         else:
