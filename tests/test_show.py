@@ -333,3 +333,28 @@ def test_show_diff_and_report_of_saved_outputs_do_not_load_torch(folder, tmp_pat
                               env=env, cwd=tmp_path)  # fmt: skip
         assert done.returncode == 0, (args, done.stderr[-2000:])
         assert done.stdout.strip().splitlines()[-1] == "False", (args[0], done.stdout)
+
+
+def test_a_rerun_of_a_complete_extraction_becomes_the_latest(tmp_path, monkeypatch):
+    """extract a -o L1; extract d -o L2; extract a -o L1 ("already complete"): a bare show
+    showed L2/d, the folder of the command before the last."""
+    from pathlib import Path
+
+    from fpncli.io.outputs import latest_extraction
+
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    small = ["--weights", "random", "--min-size", "64", "--max-size", "96", "--no-heatmaps"]
+    runner = CliRunner()
+    for name, out in (("chelsea.png", "L1"), ("coffee.png", "L2"), ("chelsea.png", "L1")):
+        args = ["extract", str(samples / name), "-o", str(tmp_path / out), *small]
+        result = runner.invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert "already complete" in result.output
+    assert latest_extraction() == (tmp_path / "L1" / "chelsea").resolve()
+    # a folder of images, every one complete: the last of them (in the order extract takes)
+    for out in ("L2", "L3", "L2"):
+        result = runner.invoke(cli, ["extract", str(samples), "-o", str(tmp_path / out), *small])
+        assert result.exit_code == 0, result.output
+    assert "skipped 3 (already complete)" in result.output, result.output
+    assert latest_extraction() == (tmp_path / "L2" / "rocket").resolve()

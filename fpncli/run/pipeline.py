@@ -344,7 +344,7 @@ class _Runner:
             else:
                 self.summary.done += 1
                 self.summary.bytes_written += written
-                self.summary.last_folder = item.job.folder
+            self.summary.last_folder = item.job.folder  # complete either way
         self.report()
 
     def disk_full(self) -> None:
@@ -388,6 +388,8 @@ def run_jobs(
 ) -> RunSummary:
     """Extract every job's image into its folder; complete folders are skipped unless overwrite.
 
+    The last folder written, else (none written) the last one skipped as complete, is recorded
+    as the latest extraction (``fpncli show`` with no target) and is ``summary.last_folder``.
     With a ``sink`` (``run.wds``), every job is run and its outputs go to ``sink.write`` (the
     caller resumed and checked the disk), and no folder is recorded as the latest extraction.
     ``on_plan`` is called once with the jobs the run will do (the pending ones), before the disk
@@ -409,6 +411,10 @@ def run_jobs(
     input_format = model.weights_info.input
     _run(model, options, summary, len(todo), progress, sink,
          lambda runner: _feed(runner, todo, options, input_format))  # fmt: skip
+    pending = {id(job) for job in todo}
+    complete = [job for job in jobs if id(job) not in pending]  # skipped: already complete
+    if summary.last_folder is None and complete:  # none written: this command still named them,
+        summary.last_folder = complete[-1].folder  # and a bare `fpncli show` shows the last one
     if summary.last_folder is not None and options.record_latest and sink is None:
         record_latest(summary.last_folder)
     return summary

@@ -24,7 +24,7 @@ class RunSummary:
     bytes_written: int = 0
     aborted: str | None = None  # why the run stopped early (disk full, a failed GPU), if it did
     device_failure: str | None = None  # "cuda:1 failed (reason)" when that stopped it
-    last_folder: Path | None = None
+    last_folder: Path | None = None  # the last folder written, else the last complete one
     stage_seconds: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0  # the batch size in use at the end (smaller after CUDA out of memory)
     left_to_others: int = 0  # of ``skipped``: claimed by another live run (``--format wds``)
