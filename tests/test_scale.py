@@ -43,6 +43,51 @@ def test_run_ranges_known_answers():
         run_ranges([_manifest({})], "level")
 
 
+def test_run_ranges_of_l2_and_pca_maps_need_their_own_recorded_range():
+    # a channel, the channels' mean and max lie within the recorded min/max over all channels
+    assert run_ranges([A, B], "level", reduce="mean")["p2"] == (-9.0, 9.0)
+    assert run_ranges([A, B], "level", reduce="max")["p3"] == (-2.0, 6.0)
+    # an l2 norm or a pca projection does not: an image drawn otherwise has no range for it
+    for reduce in ("l2", "pca"):
+        with pytest.raises(ValueError, match=rf"2 image\(s\) record no range for their {reduce} "
+                           rf"map.*--reduce {reduce}, or use --scale image"):  # fmt: skip
+            run_ranges([A, B], "level", reduce=reduce)
+    l2 = _manifest({"p2": {"range": [5.0, 40.0], "min": -1.0, "max": 1.0}}, reduce="l2")
+    assert run_ranges([l2], "level", reduce="l2") == {"p2": (5.0, 40.0)}
+    with pytest.raises(ValueError, match="1 image"):
+        run_ranges([l2, A], "shared", reduce="l2")
+    # reduce=None (the report): each image's own drawn map, whatever the others drew
+    assert run_ranges([A, l2], "level", reduce=None)["p2"] == (-1.0, 40.0)
+    no_range = _manifest({"p2": {"min": -1.0, "max": 1.0}}, reduce="pca")
+    with pytest.raises(ValueError, match="their pca map"):
+        run_ranges([A, no_range], "level", reduce=None)
+
+
+def test_show_and_report_scale_an_l2_image_on_its_own_kind_of_range(tmp_path, monkeypatch):
+    """show refuses an l2 map on ranges recorded for channel 0 (it drew one colour: the l2 norm
+    lies far above the channels' max); the report of a run whose images were drawn with
+    different reductions scales each on ranges of its own kind."""
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    common = ["-o", str(out), "--weights", "random", "--min-size", "64", "--max-size", "96"]
+    runner = CliRunner()
+    folder = _two_images(tmp_path / "in")
+    result = runner.invoke(cli, ["extract", str(folder / "a.png"), *common])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["extract", str(folder / "b.png"), *common, "--reduce", "l2"])
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(cli, ["show", str(out / "a"), "--level", "p3", "--reduce", "l2",
+                                "--scale", "level", "--save", str(tmp_path / "a.png")])  # fmt: skip
+    assert shown.exit_code == 1 and "record no range for their l2 map" in shown.output
+    report = runner.invoke(cli, ["report", str(out), "--scale", "level"])
+    assert report.exit_code == 0, report.output
+    for thumb in (out / "report" / "thumbs").glob("*_p3.png"):  # each on a range that fits it
+        assert len(np.unique(np.asarray(Image.open(thumb)).reshape(-1, 3), axis=0)) > 4, thumb
+
+
 def _recorded(root, level):
     ranges = [json.loads(p.read_text())["levels"][level]["range"] for p in
               sorted(root.glob("*/manifest.json"))]  # fmt: skip

@@ -588,10 +588,8 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
         manifests = _readable_manifests(found, keys, unreadable)  # one at a time
         first_one = next(manifests, None)
         if first_one is not None:  # else every image is listed as unreadable
-            heat = first_one.get("heatmap") or {}
-            ranges = run_ranges(itertools.chain([first_one], manifests), scale,
-                                reduce=heat.get("reduce", "channel"),
-                                channel=int(heat.get("channel", 0)))  # fmt: skip
+            # each image is drawn with its own recorded reduction: its own drawn map's range
+            ranges = run_ranges(itertools.chain([first_one], manifests), scale, reduce=None)
     stats: dict[str, LevelStats] = {}
     no_tensor: collections.Counter = collections.Counter()  # level -> images without its .npy
     tally = _Tally()

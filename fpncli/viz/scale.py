@@ -9,7 +9,9 @@
 The run's ranges come from the manifests, without reading any tensor: each level's recorded
 colour ``range`` (the ``--clip`` percentiles of the drawn map) when the map asked for is the one
 that was drawn at extraction (same ``reduce`` and ``channel``), else the level's ``min``/``max``
-over all channels. A level's run range spans its images' ranges.
+over all channels, which bound a channel, the channels' mean and their max (``BOUNDED``), but
+not their ``l2`` norm or a ``pca`` projection: for those an image must record the map's own
+range. A level's run range spans its images' ranges.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["SCALES", "run_ranges", "extraction_root"]
+__all__ = ["BOUNDED", "SCALES", "run_ranges", "extraction_root"]
 
 SCALES = ("image", "level", "shared")
+#: The reductions whose maps lie within the tensor's min..max over all channels.
+BOUNDED = ("channel", "mean", "max")
 
 
 def _finite_pair(value) -> tuple[float, float] | None:
@@ -32,34 +36,50 @@ def _finite_pair(value) -> tuple[float, float] | None:
 
 
 def run_ranges(
-    manifests: Iterable[dict], scale: str, *, reduce: str = "channel", channel: int = 0
+    manifests: Iterable[dict], scale: str, *, reduce: str | None = "channel", channel: int = 0
 ) -> dict[str, tuple[float, float]] | None:
     """level -> (vmin, vmax) for ``scale`` over the manifests of a run; None for ``image``.
+    ``reduce`` and ``channel`` name the map to be drawn; ``reduce=None``: each image's own
+    drawn map, as recorded in its manifest (the report draws each image so).
 
     Raises:
-        ValueError: an unknown scale, or no level with a usable range in any manifest.
+        ValueError: an unknown scale; no level with a usable range in any manifest; or an image
+            that records no range for an ``l2`` or ``pca`` map asked for (extracted with
+            another reduction: its min/max do not bound that map).
     """
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
     if scale == "image":
         return None
     ranges: dict[str, tuple[float, float]] = {}
+    unbounded = 0  # images whose l2/pca map has no recorded range
     for manifest in manifests:
         heat = manifest.get("heatmap")
         heat = heat if isinstance(heat, dict) else {}  # a forged one: the min/max, not the range
-        drawn = heat.get("reduce", "channel") == reduce and (
+        wanted = heat.get("reduce", "channel") if reduce is None else reduce
+        drawn = reduce is None or (heat.get("reduce", "channel") == reduce and (
             reduce != "channel" or heat.get("channel", 0) == channel
-        )
+        ))  # fmt: skip
         levels = manifest.get("levels")
+        missing = False
         for name, meta in levels.items() if isinstance(levels, dict) else ():
             if not isinstance(meta, dict):
                 continue
             pair = _finite_pair(meta.get("range")) if drawn else None
-            pair = pair or _finite_pair((meta.get("min"), meta.get("max")))
+            if pair is None and wanted in BOUNDED:
+                pair = _finite_pair((meta.get("min"), meta.get("max")))
             if pair is None:
+                missing = missing or wanted not in BOUNDED
                 continue
             old = ranges.get(name)
             ranges[name] = pair if old is None else (min(old[0], pair[0]), max(old[1], pair[1]))
+        unbounded += missing
+    if unbounded:
+        raise ValueError(
+            f"--scale {scale}: {unbounded} image(s) record no range for their {wanted} map "
+            f"(extracted with another reduction, whose min/max do not bound it): extract them "
+            f"with --reduce {wanted}, or use --scale image"
+        )
     if not ranges:
         raise ValueError("no recorded statistics in these manifests: use --scale image")
     if scale == "shared":
