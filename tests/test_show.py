@@ -358,3 +358,26 @@ def test_a_rerun_of_a_complete_extraction_becomes_the_latest(tmp_path, monkeypat
         assert result.exit_code == 0, result.output
     assert "skipped 3 (already complete)" in result.output, result.output
     assert latest_extraction() == (tmp_path / "L2" / "rocket").resolve()
+
+
+def test_a_replaced_photo_is_not_drawn_beside_the_maps_of_another(folder, tmp_path, caplog):
+    """The photo at the manifest's path replaced by one of another size: show's overlay refuses
+    (its maps would be stretched over another picture), the overview and the report leave its
+    panel out, each saying why; a photo of the recorded size is still drawn."""
+    from fpncli.io.extraction import load_extraction
+    from fpncli.viz.report import write_report
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    photo = manifest["input"]["path"]
+    assert load_extraction(folder).image.shape == (50, 80, 3)
+    Image.fromarray(np.zeros((500, 300, 3), np.uint8)).save(photo)
+    assert load_extraction(folder).image is None
+    assert "is 300x500, the extracted one was 80x50: replaced since" in caplog.text
+    with pytest.raises(ValueError, match="--overlay needs the extracted photo: it is gone, repl"):
+        show(str(folder), level="p3", overlay=True, display=False)
+    overview = show(str(folder), level="all", display=False, save=str(tmp_path / "all.png"))
+    assert Image.open(overview.saved).size[0] >= 1500
+    write_report(folder.parent)
+    page = (folder.parent / "report.html").read_text()
+    assert "photo gone or replaced" in page and "_input.png" not in page
+    assert "300x500, the extracted photo was 80x50" in caplog.text

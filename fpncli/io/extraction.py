@@ -101,24 +101,36 @@ class LoadedExtraction:
         use; None when the file is gone or is no longer an image that can be read (a warning
         says why)."""
         if self._image is None and not self._unreadable:
-            self._image = read_photo(self.input_path)
+            self._image = read_photo(self.input_path, self.manifest)
             self._unreadable = self._image is None
         return self._image
 
 
-def read_photo(path: Path | None) -> np.ndarray | None:
+def read_photo(path: Path | None, manifest: dict | None = None) -> np.ndarray | None:
     """An extraction's input photo, ``(H, W, 3)`` uint8 RGB with EXIF orientation applied; None
-    when it is gone, or replaced since by a file that is no longer an image that can be read
-    (a warning says why: only the overlays and the overview's first panel need it)."""
+    when it is gone, or replaced since by a file that is no longer an image that can be read,
+    or (given its ``manifest``) by an image of another size than the one extracted, whose maps
+    would be stretched over it (a warning says why: only the overlays, the overview's first
+    panel and the report's photo thumbnail need it)."""
     if path is None or not path.is_file():
         return None
     from .preprocess import load_image
 
     try:
-        return load_image(path).rgb
+        rgb = load_image(path).rgb
     except (OSError, ValueError) as e:
         logging.getLogger(__name__).warning("the input photo cannot be read: %s", e)
         return None
+    recorded = (manifest or {}).get("input")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    size = (recorded.get("width"), recorded.get("height"))
+    if all(isinstance(v, int) for v in size) and size != (rgb.shape[1], rgb.shape[0]):
+        logging.getLogger(__name__).warning(
+            "the input photo %s is %dx%d, the extracted one was %dx%d: replaced since, so it is "
+            "not drawn beside these maps", path, rgb.shape[1], rgb.shape[0], *size,
+        )  # fmt: skip
+        return None
+    return rgb
 
 
 def manifest_levels(folder: Path, manifest: dict) -> dict:

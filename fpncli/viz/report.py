@@ -68,8 +68,10 @@ def _order(names) -> list[str]:
     return sorted(names, key=lambda n: (_LEVEL_ORDER.index(n) if n in _LEVEL_ORDER else 99, n))
 
 
-def _input_thumbnail(path: Path | None, height: int) -> np.ndarray | None:
-    """The photo at ``height`` pixels, decoded at reduced size where the format allows (JPEG)."""
+def _input_thumbnail(path: Path | None, height: int, recorded: dict) -> np.ndarray | None:
+    """The photo at ``height`` pixels, decoded at reduced size where the format allows (JPEG);
+    None when it is gone, unreadable, or not of the size the manifest's ``input`` records
+    (``recorded``: replaced since, it is not the photo of these maps)."""
     if path is None or not path.is_file():
         return None
     from ..io.preprocess import _to_rgb8, open_image
@@ -78,6 +80,14 @@ def _input_thumbnail(path: Path | None, height: int) -> np.ndarray | None:
     # file costs the thumbnail, not the report
     try:
         with open_image(path) as im:
+            width, height_now = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF: turned a quarter
+                width, height_now = height_now, width
+            size = (recorded.get("width"), recorded.get("height"))
+            if all(isinstance(v, int) for v in size) and size != (width, height_now):
+                log.warning("report: %s is %dx%d, the extracted photo was %dx%d: replaced "
+                            "since, not shown", path, width, height_now, *size)  # fmt: skip
+                return None
             im.draft("RGB", (height * 4, height))  # JPEG: decode at 1/2..1/8 scale, fast
             im = ImageOps.exif_transpose(im)
             rgb = _to_rgb8(im, [])  # 16-bit and float images scaled as extract scales them
@@ -159,11 +169,12 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, href: str, 
         return Failure(key, "; ".join(f"{n}: its .npy is missing or unreadable" for n in unloaded))
     stem = f"{index:06d}"
     row = _Row(key, {}, {}, None, None, "")
-    picture = _input_thumbnail(ex.input_path, height)
+    inp = ex.manifest.get("input")
+    inp = inp if isinstance(inp, dict) else {}
+    picture = _input_thumbnail(ex.input_path, height, inp)
     if picture is not None:
         atomic_write_bytes(thumbs / f"{stem}_input.png", encode_png(picture))
         row.input_thumb = f"{href}/{stem}_input.png"
-    inp = ex.manifest.get("input") or {}
     row.size = f"{inp.get('width')}x{inp.get('height')}"
     row.overview = found.link(key, ex.manifest.get("overview"))
     samples = {}
@@ -283,7 +294,7 @@ def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int) -> str:
         if row.input_thumb:
             cells.append(f'<td><img src="{prefix}{row.input_thumb}" alt="input"></td>')
         else:
-            cells.append('<td class="muted">photo gone</td>')
+            cells.append('<td class="muted">photo gone or replaced</td>')
         for name in levels:
             thumb, link = row.levels.get(name), row.links.get(name)
             if thumb is None and name in row.levels:  # saved without .npy (--no-npy)

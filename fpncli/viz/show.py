@@ -148,7 +148,7 @@ def _not_an_extraction(folder: Path) -> Exception:
 def _load_input(manifest: dict) -> np.ndarray | None:
     from ..io.extraction import read_photo
 
-    return read_photo(_input_path(manifest))
+    return read_photo(_input_path(manifest), manifest)
 
 
 def _from_folder(folder: Path, levels: list[str]) -> _Source:
@@ -373,7 +373,10 @@ def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str
 
 def _check_overlay(source: _Source) -> None:
     if source.image_rgb is None or source.scale is None:
-        raise ValueError("--overlay needs the original image: its path in the manifest is gone")
+        raise ValueError(
+            "--overlay needs the extracted photo: it is gone, replaced since, or not recorded "
+            "(a .npy outside its extraction folder)"
+        )
 
 
 def _channels_picture(source: _Source, level: str, top: int | None,
