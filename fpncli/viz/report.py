@@ -429,7 +429,10 @@ def _stats_table(stats: dict[str, LevelStats], no_tensor: dict[str, int] | None 
 
 def _scale_note(scale: str, ranges: dict | None) -> str:
     if ranges is None:
-        return "<p>Colour scale: <b>image</b> (each thumbnail on its own min..max).</p>"
+        return (
+            "<p>Colour scale: <b>image</b> (each thumbnail on its own range, as its heatmap "
+            "was drawn: the --clip percentiles of its map).</p>"
+        )
     items = ", ".join(f"{html.escape(n)} {_fmt(lo)}..{_fmt(hi)}" for n, (lo, hi) in
                       ((n, ranges[n]) for n in _order(ranges)))  # fmt: skip
     return f"<p>Colour scale: <b>{html.escape(scale)}</b> (from the manifests): {items}.</p>"
@@ -534,9 +537,10 @@ def write_report(
         page_size: images per page of the grid.
         thumb_height: thumbnail height in pixels.
         workers: threads making thumbnails (default: CPU count, at most 8).
-        scale: ``image`` colours each thumbnail on its own range (its min..max); ``level`` and
-            ``shared`` on the run's ranges from the manifests (``viz.scale.run_ranges``), so
-            colours compare across images (and, with ``shared``, across levels).
+        scale: ``image`` colours each thumbnail on its own recorded range (the ``--clip``
+            percentiles its heatmap was drawn on); ``level`` and ``shared`` on the run's ranges
+            from the manifests (``viz.scale.run_ranges``), so colours compare across images
+            (and, with ``shared``, across levels).
 
     Returns:
         The path of ``report.html`` (``report_2.html`` with ``report_2/`` where an image's
