@@ -122,6 +122,25 @@ def test_show_scale_level_and_shared(sample_extraction, tmp_path, monkeypatch):
     assert image.exit_code == 1 and "must be an extraction folder" in image.output
 
 
+def test_show_scale_of_an_image_in_shards(sample_shards, tmp_path, monkeypatch):
+    """``show OUT --key K --scale level``: the run's ranges from the shards' manifests (it was
+    refused as if OUT were an image to extract on the fly)."""
+    from fpncli.io.catalog import open_extractions
+
+    seen = []
+    real = show_module.heatmap_image
+    monkeypatch.setattr(show_module, "heatmap_image",
+                        lambda m, **kw: seen.append(kw["vrange"]) or real(m, **kw))  # fmt: skip
+    found = open_extractions(str(sample_shards))
+    recorded = [found.manifest(k)["levels"]["p3"]["range"] for k in found.keys()]
+    args = ["show", str(sample_shards), "--key", found.keys()[0], "--level", "p3", "--scale",
+            "level", "--save", str(tmp_path / "k.png")]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"colour scale level: ranges from the {len(recorded)} image(s)" in result.output
+    assert seen == [pytest.approx((min(r[0] for r in recorded), max(r[1] for r in recorded)))]
+
+
 def test_report_scale(sample_extraction, tmp_path):
     import shutil
 

@@ -404,8 +404,11 @@ def _channels_picture(source: _Source, level: str, top: int | None,
     return channel_grid(feature, picked, title=title, note=note, cmap=cmap, vrange=vrange)
 
 
-def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say):
-    """The run's colour ranges for ``--scale level|shared`` (None for ``image``)."""
+def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
+                key: str | None = None):  # fmt: skip
+    """The run's colour ranges for ``--scale level|shared`` (None for ``image``); with ``key``,
+    over the images of the ``--format wds`` output ``target``."""
+    from ..io.catalog import open_extractions
     from ..io.extraction import find_extractions
     from .scale import SCALES, extraction_root, run_ranges
 
@@ -413,6 +416,16 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say):
         raise ValueError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
     if scale == "image":
         return None
+    if key is not None and target is not None:  # (no target: _resolve says --key needs one)
+        found, manifests = open_extractions(target), []
+        for name in found.keys():
+            try:
+                manifests.append(found.manifest(name))
+            except (ValueError, OSError):  # a damaged member: as a folder's unreadable manifest
+                continue
+        ranges = run_ranges(manifests, scale, reduce=reduce, channel=channel)
+        say(f"colour scale {scale}: ranges from the {len(manifests)} image(s) in {target}")
+        return ranges
     path = _latest()[0] if target is None else Path(target).expanduser()
     folder = path if path.is_dir() else path.parent
     if read_manifest(folder) is None:
@@ -531,7 +544,7 @@ def show(
         if level == "all" or overlay:
             raise ValueError("--top/--channels draw one level, without --overlay: pick --level")
     pending: list[str] = []  # checked before an image TARGET would be extracted
-    fixed = _run_ranges(target, scale, reduce, channel, pending.append)
+    fixed = _run_ranges(target, scale, reduce, channel, pending.append, key)
     levels = list(LEVELS) if level == "all" else [level]
     source = _resolve(target, levels, weights, device, key, max_pixels)
     if level != "all" and level not in source.features:
