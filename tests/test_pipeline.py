@@ -144,6 +144,7 @@ def test_plan_leaves_fpncli_own_top_level_names_alone(tmp_path):
 
     assert {REPORT, REPORT_ASSETS, RUN_LOG, shards.INDEX, shards.INDEX_DIR} <= RESERVED_NAMES
     assert {shardlock.CLAIMS_DIR, shardlock.LOCK_FILE, guard.OUTPUT_MARKER} <= RESERVED_NAMES
+    assert shards.WDS_MARKER in RESERVED_NAMES  # a folder named so would make OUT look wds
     root = tmp_path / "r"
     names = ["report.jpg", "Report.html.png", "run.json.jpg", "run-1-of-2.json.jpg",
              "index.parquet.jpg", "_index.jpg", "_claims.jpg", "cat.jpg",

@@ -558,3 +558,82 @@ def test_a_record_manifest_nested_too_deep_is_one_line(tmp_path, monkeypatch):
     (key,) = found.keys()
     with pytest.raises(ValueError, match="is not JSON"):
         found.manifest(key)
+
+
+def _foreign_shard(path: Path) -> bytes:
+    """A WebDataset shard as other tools write it (``shard-000000.tar``), made with tarfile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("sample0.cls")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"7"))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_wds_refuses_a_folder_of_someone_elses_shards_and_leaves_it_as_it_was(tmp_path, overwrite):
+    """A folder with another tool's ``shard-000000.tar`` or ``index.parquet`` is not fpncli's:
+    refused in one line, even with --overwrite, before -o is marked; nothing in it is removed
+    (the shard was removed as an interrupted run's before)."""
+    inputs = _images(tmp_path / "in", 1)
+    dataset, tables = tmp_path / "dataset", tmp_path / "tables"
+    shard = _foreign_shard(dataset / "shard-000000.tar")
+    tables.mkdir()
+    (tables / "index.parquet").write_bytes(b"someone's index")
+    for out, name in ((dataset, "shard-000000.tar"), (tables, "index.parquet")):
+        before = sorted(p.name for p in out.iterdir())
+        args = [str(inputs), "-o", str(out), "--format", "wds"]
+        result = _run(args + ["--overwrite"] * overwrite)
+        assert result.exit_code == 1, result.output
+        assert f"holds {name}, which fpncli did not write" in result.output
+        assert "give another -o" in result.output and "Traceback" not in result.output
+        assert sorted(p.name for p in out.iterdir()) == before  # no marker, no lock file
+    assert (dataset / "shard-000000.tar").read_bytes() == shard
+    assert (tables / "index.parquet").read_bytes() == b"someone's index"
+
+
+def test_wds_never_overwrites_an_object_stores_foreign_index(tmp_path):
+    """The same on an object store (``memory://``): the run is refused, and the index writer
+    itself refuses a root that is not fpncli's."""
+    import fsspec
+
+    from fpncli.io.shards import consolidate_index
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/foreign-wds/out/index.parquet", b"someone's index")
+    url = "memory://foreign-wds/out"
+    result = _run([str(_images(tmp_path / "in", 1)), "-o", url, "--format", "wds"])
+    assert result.exit_code == 1 and "holds index.parquet, which fpncli did not write" in (
+        result.output
+    ), result.output
+    with pytest.raises(ValueError, match="not an fpncli output to index"):
+        consolidate_index(fs, "/foreign-wds/out")
+    assert fs.cat("/foreign-wds/out/index.parquet") == b"someone's index"
+
+
+def test_an_earlier_versions_root_resumes_and_only_fpncli_files_are_cleaned(tmp_path):
+    """A root an earlier version wrote (its ledger, no marker) resumes: a shard without its
+    index part and an old-style partial shard are removed and redone, and the root is marked;
+    a file fpncli does not name so (``shard-000000.tar``) is left, also by --overwrite."""
+    inputs = _images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    args = [str(inputs), "-o", str(out), "--format", "wds", "--shard-size", "1B"]  # one each
+    assert _run(args).exit_code == 0
+    (out / ".fpncli-wds").unlink(missing_ok=True)  # (this version marks its roots)
+    orphan = sorted(out.glob("shard-*.tar"))[0]
+    (out / "_index" / f"part-{orphan.stem}.parquet").unlink()  # killed before its index part
+    old_partial = out / "shard-0123456789abcdef.tar.partial"  # as earlier versions named them
+    old_partial.write_bytes(b"half a shard")
+    kept = _foreign_shard(out / "shard-000000.tar")
+    result = _run(args)
+    assert result.exit_code == 0, result.output
+    assert "done 1, skipped 1" in result.output
+    assert (out / "shard-000000.tar").read_bytes() == kept
+    assert not old_partial.exists() and (out / ".fpncli-wds").is_file()
+    assert (out / "_index" / f"part-{orphan.stem}.parquet").is_file()  # redone: same digest
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    assert [r["status"] for r in index] == ["ok", "ok"]
+    again = _run(args + ["--overwrite"])
+    assert again.exit_code == 0 and "done 2" in again.output, again.output
+    assert (out / "shard-000000.tar").read_bytes() == kept
+    assert len(list(out.glob("shard-*.tar"))) == 3  # two of fpncli's, and the one it left

@@ -324,6 +324,10 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         raise click.UsageError(str(e)) from None
     _check_scale(scale, output, out_format)
     _check_installed(engine, out_format, out_dir)
+    if out_format == "wds":  # someone else's shards: refused before -o is marked or weights load
+        from ..io.shards import check_root, open_root
+
+        check_root(*open_root(out_dir))
     url = "://" in out_dir  # an object store (or file://): --format wds, written through fsspec
     out = Path(out_dir)
     passed_over: set[Path] = set()

@@ -230,11 +230,11 @@ def discover_inputs(
 
 
 #: What fpncli writes at the top of an output folder (``viz.report``'s page and asset folder,
-#: ``io.extraction``'s run log, ``io.shards``' index, ``io.shardlock``'s claims and lock, the
-#: output marker): no image's folder takes these names, nor a shard's run log's.
+#: ``io.extraction``'s run log, ``io.shards``' index and marker, ``io.shardlock``'s claims and
+#: lock, the output marker): no image's folder takes these names, nor a shard's run log's.
 RESERVED_NAMES = frozenset({
     "report", "report.html", RUN_LOG, "index.parquet", "_index", "_claims",
-    ".fpncli-wds.lock", OUTPUT_MARKER,
+    ".fpncli-wds.lock", ".fpncli-wds", OUTPUT_MARKER,
 })  # fmt: skip
 
 

@@ -6,10 +6,13 @@ Layout of an output root ``OUT`` (a folder, or an object-store URL such as ``s3:
     OUT/_index/part-<hash>.parquet  the rows of that shard (and of the images that failed with it)
     OUT/index.parquet             one row per input (rewritten at the end of every run)
     OUT/_claims/<token>.json      the keys a live run is extracting (``shardlock``; local OUT)
+    OUT/.fpncli-wds               the marker: OUT is fpncli's, its shards and index may be cleaned
 
 A shard is written under a temporary name and renamed when complete; its index part is written
 after the rename, so the index never names a partial shard. A shard whose index part is missing
 (a run killed between the two) is deleted before the next run, so a key is never in two shards.
+Only in OUT that is fpncli's (``claim_root``), and only files named as fpncli names them: a
+folder holding shards or an ``index.parquet`` of someone else is refused, never cleaned.
 Several runs may write into one local OUT at once (``shardlock``: every commit holds OUT's lock,
 every run claims its keys for its lifetime, and only dead runs' leftovers are cleaned up).
 ``<hash>`` is a digest of the shard's keys and settings: a retried shard overwrites itself. The
@@ -45,12 +48,15 @@ from .guard import utf8_text
 from .manifest import options_for_key
 from .npy import npy_bytes
 from .outputs import MANIFEST, OutputOptions, write_image_members
-from .shardlock import partial_token, wds_lock
+from .shardlock import CLAIMS_DIR, partial_token, wds_lock
 
 __all__ = [
     "INDEX",
     "INDEX_DIR",
     "ShardWriter",
+    "WDS_MARKER",
+    "check_root",
+    "claim_root",
     "consolidate_index",
     "failed_row",
     "find_member",
@@ -66,8 +72,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 INDEX = "index.parquet"
 INDEX_DIR = "_index"
+WDS_MARKER = ".fpncli-wds"
 _PARTIAL = ".partial"
 _SHARD_NAME = re.compile(r"shard-[0-9a-f]+\.tar")  # as ShardWriter._commit names a shard
+# the files ShardWriter leaves in OUT, exactly: a committed shard (a 16-digit digest), a partial
+# one (the run's token and a random part; before the token, the random part alone)
+_OWN_SHARD = re.compile(r"shard-[0-9a-f]{16}\.tar|shard-(?:[0-9a-f]{12}-)?[0-9a-f]+\.tar\.partial")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
@@ -407,27 +417,70 @@ def read_index(fs, root: str, *, ledger: bool = True):
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
+def check_root(fs, root: str) -> bool:
+    """Whether ``root`` is fpncli's: it holds ``WDS_MARKER``, or the ``_index`` ledger (which
+    earlier versions, writing no marker, made at the start of every run: their outputs still
+    resume). Any other ``root`` must hold nothing fpncli would take for its own (a
+    ``shard-*.tar``, an ``index.parquet``, a ``_claims`` folder): fpncli never deletes, overwrites
+    or indexes files it did not write, such as a WebDataset's ``shard-000000.tar``.
+
+    Raises:
+        ValueError: ``root`` is not fpncli's and holds such files; write to another output.
+    """
+    if fs.exists(f"{root}/{WDS_MARKER}") or fs.isdir(f"{root}/{INDEX_DIR}"):
+        return True
+    names = [f"{root}/{INDEX}", f"{root}/{CLAIMS_DIR}"]
+    found = sorted(fs.glob(f"{root}/shard-*.tar*")) + [p for p in names if fs.exists(p)]
+    if found:
+        first = PurePosixPath(found[0]).name
+        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+        raise ValueError(
+            f"{root} holds {first}{more}, which fpncli did not write (it has no {WDS_MARKER}) "
+            "and never deletes or overwrites: give another -o"
+        )
+    return False
+
+
+def claim_root(fs, root: str) -> None:
+    """``check_root``, then mark ``root`` (``WDS_MARKER``) as fpncli's, to clean up and write.
+    Call it holding ``wds_lock``, before anything else touches ``root``. Raises as
+    ``check_root``."""
+    check_root(fs, root)
+    marker = f"{root}/{WDS_MARKER}"
+    if not fs.exists(marker):  # a new root, or one an earlier version wrote
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(marker, "wb") as f:
+            f.write(b"fpncli --format wds output: fpncli cleans up its shards and index here\n")
+
+
+def _own_shards(fs, root: str) -> list[str]:
+    """The shards in ``root`` named as ``ShardWriter`` names them (committed or partial)."""
+    paths = fs.glob(f"{root}/shard-*.tar*")
+    return [p for p in paths if _OWN_SHARD.fullmatch(PurePosixPath(p).name)]
+
+
 def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bool,
                  live_tokens: frozenset[str] = frozenset()) -> set[str]:  # fmt: skip
     """Make ``root`` ready for a run over ``keys``; return the keys already done (to skip).
 
     Removes partial shards and shards whose index part is missing (a killed run's), so they
     are redone into one shard each; the partial shards of the live runs ``live_tokens`` are
-    kept. ``overwrite`` removes every shard and the index first. Call it holding ``wds_lock``.
+    kept. ``overwrite`` removes every shard and the index first. Only the files named as
+    fpncli names them go: call it after ``claim_root``, holding ``wds_lock``.
 
     Raises:
         ValueError: ``root`` holds images made with other weights or options (that would mix
             two extractions in one index); use another output or ``--overwrite``.
     """
-    fs.makedirs(root, exist_ok=True)
     if overwrite:
-        for path in fs.glob(f"{root}/shard-*.tar*") + fs.glob(f"{root}/{INDEX_DIR}/*"):
+        ledger = fs.glob(f"{root}/{INDEX_DIR}/part-*")
+        for path in _own_shards(fs, root) + ledger:
             fs.rm(path)
         if fs.exists(f"{root}/{INDEX}"):
             fs.rm(f"{root}/{INDEX}")
         return set()
     parts = {PurePosixPath(p).name[5:-8] for p in fs.glob(f"{root}/{INDEX_DIR}/part-*.parquet")}
-    for path in fs.glob(f"{root}/shard-*.tar*") + fs.glob(f"{root}/{INDEX_DIR}/*{_PARTIAL}*"):
+    for path in _own_shards(fs, root) + fs.glob(f"{root}/{INDEX_DIR}/*{_PARTIAL}*"):
         name = PurePosixPath(path).name
         if partial_token(name) in live_tokens:
             continue  # another live run's open shard
@@ -475,8 +528,14 @@ def _drop_lost_shards(fs, root: str, rows: list[dict]) -> set[str]:
 
 def consolidate_index(fs, root: str) -> int:
     """Write ``index.parquet``: one row per key (its ``ok`` row, else its latest failure).
-    Returns the number of rows."""
+    Returns the number of rows.
+
+    Raises:
+        ValueError: ``root`` is not fpncli's (``claim_root``): its ``index.parquet`` is left.
+    """
     with wds_lock(fs, root):  # the ledger as of now, and one writer of index.parquet at a time
+        if not fs.exists(f"{root}/{WDS_MARKER}"):
+            raise ValueError(f"{root} has no {WDS_MARKER}: it is not an fpncli output to index")
         rows = read_index(fs, root).to_pylist()
         best: dict[str, dict] = {}
         for row in sorted(rows, key=lambda r: r["written_at"] or 0.0):

@@ -15,7 +15,14 @@ from pathlib import Path, PurePosixPath
 
 from ..io.inputs import Job
 from ..io.shardlock import LiveRun, RunClaim, wds_lock
-from ..io.shards import ShardWriter, consolidate_index, open_root, prepare_root, settings_key
+from ..io.shards import (
+    ShardWriter,
+    claim_root,
+    consolidate_index,
+    open_root,
+    prepare_root,
+    settings_key,
+)
 from ..io.shards import wds_key as _wds_key
 from ..model.fpn import FPN
 from .pipeline import run_jobs
@@ -54,8 +61,9 @@ def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) 
     ``jobs`` must come from ``plan_jobs(pairs, Path(""))`` (folders relative to OUT).
 
     Raises:
-        ValueError: OUT holds (or a live run is writing) these images with other weights or
-            options, or ``overwrite`` while another run is writing OUT.
+        ValueError: OUT holds files fpncli did not write (``claim_root``), OUT holds (or a live
+            run is writing) these images with other weights or options, or ``overwrite``
+            while another run is writing OUT.
     """
     fs, root = open_root(out)
     used: set[str] = set()
@@ -63,6 +71,7 @@ def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) 
     settings = settings_key(options.output, weights, options.precision)
     claim = RunClaim(fs, root)
     with wds_lock(fs, root):  # no other run commits, cleans up or claims meanwhile
+        claim_root(fs, root)  # first: nothing in a root that is not fpncli's is removed
         live = claim.live_runs()
         if options.overwrite and live:
             raise ValueError(
