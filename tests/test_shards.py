@@ -59,7 +59,8 @@ def test_wds_shards_and_index_match_folder_mode(tmp_path):
     assert "broken.jpg" in result.output and "done 4" in result.output
 
     index = pq.read_table(wds / "index.parquet").to_pylist()
-    assert sorted(r["key"] for r in index) == ["broken", "img_1", "img_2", "img_3", "sub/img_0"]
+    keys = ["broken", "img%2E1", "img%2E2", "img%2E3", "sub/img%2E0"]  # dots written %2E
+    assert sorted(r["key"] for r in index) == keys
     failed = [r for r in index if r["status"] == "failed"]
     assert [r["key"] for r in failed] == ["broken"] and "unreadable image" in failed[0]["error"]
     shards = _tar_members(wds)
@@ -70,7 +71,7 @@ def test_wds_shards_and_index_match_folder_mode(tmp_path):
         own = sorted(n for n in members if n.startswith(row["key"] + "."))
         assert sorted(row["members"]) == own
         manifest = json.loads(members[f"{row['key']}.json"])
-        folder = files / row["key"].replace("img_", "img.")
+        folder = files / row["key"].replace("%2E", ".")
         assert manifest["levels"] == json.loads((folder / "manifest.json").read_text())["levels"]
         for level in ("p2", "p3", "p4", "p5", "p6"):
             array = np.load(io.BytesIO(members[f"{row['key']}.{level}.npy"]))
@@ -131,7 +132,7 @@ def test_wds_killed_run_resumes_with_each_key_in_one_shard(tmp_path):
     result = CliRunner().invoke(cli, args[:-2] + SMALL, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     keys = [n.split(".")[0] for m in _tar_members(out).values() for n in m if n.endswith(".json")]
-    assert sorted(keys) == ["img_1", "img_2", "img_3", "img_4", "sub/img_0"]
+    assert sorted(keys) == ["img%2E1", "img%2E2", "img%2E3", "img%2E4", "sub/img%2E0"]
     index = pq.read_table(out / "index.parquet").to_pylist()
     assert sorted(r["key"] for r in index if r["status"] == "ok") == sorted(keys)
     for name, mtime in committed.items():
@@ -162,7 +163,7 @@ def test_wds_index_says_which_levels_each_record_holds(tmp_path):
         assert row["stem_shape"][1] == 64 and row["res3_shape"][1] == 512
         assert row["p2_shape"] is None and row["res5_min"] is None
     saved = tmp_path / "all.png"
-    shown = CliRunner().invoke(cli, ["show", str(out), "--key", "img_1", "--level", "all",
+    shown = CliRunner().invoke(cli, ["show", str(out), "--key", "img%2E1", "--level", "all",
                                      "--save", str(saved)])  # fmt: skip
     assert shown.exit_code == 0, shown.output
     assert Image.open(saved).size[0] > 0
@@ -186,9 +187,9 @@ def test_wds_to_memory_url_and_show_key(tmp_path, monkeypatch):
     with fs.open("/fpncli-test/out/index.parquet", "rb") as f:
         assert pq.read_table(f).column("status").to_pylist() == ["ok", "ok"]
     monkeypatch.chdir(tmp_path)
-    shown = CliRunner().invoke(cli, ["show", url, "--key", "img_1", "--level", "p3"])
+    shown = CliRunner().invoke(cli, ["show", url, "--key", "img%2E1", "--level", "p3"])
     assert shown.exit_code == 0, shown.output
-    assert Image.open(tmp_path / "fpn_show_img_1_p3.png").size[0] > 0
+    assert Image.open(tmp_path / "fpn_show_img%2E1_p3.png").size[0] > 0
     missing = CliRunner().invoke(cli, ["show", url, "--key", "nope"])
     assert missing.exit_code == 1 and "no image with key 'nope'" in missing.output
 
@@ -496,22 +497,22 @@ def test_a_null_key_or_status_in_the_index_is_left_out_of_report_diff_and_resume
 
 
 def test_diff_never_writes_outside_its_folder_for_a_key_with_dot_dot(tmp_path):
-    """A shard and index rewritten so that a key is ``../escaped/img_1``: that row is left out
-    (diff wrote ``escaped/img_1/diff.png`` beside ``-o`` before)."""
+    """A shard and index rewritten so that a key is ``../escaped/img%2E1``: that row is left
+    out (diff wrote ``escaped/img%2E1/diff.png`` beside ``-o`` before)."""
     inputs = _images(tmp_path / "in", 3)
     out = tmp_path / "out"
     assert _run([str(inputs), "-o", str(out), "--format", "wds", "--no-overview"]).exit_code == 0
     ((shard_name, members),) = _tar_members(out).items()
     with tarfile.open(out / shard_name, "w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in members.items():
-            info = tarfile.TarInfo(f"../escaped/{name}" if name.startswith("img_1.") else name)
+            info = tarfile.TarInfo(f"../escaped/{name}" if name.startswith("img%2E1.") else name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
 
     def escape(rows):
         for row in rows:
-            if row["key"] == "img_1":
-                row["key"] = "../escaped/img_1"
+            if row["key"] == "img%2E1":
+                row["key"] = "../escaped/img%2E1"
 
     _forge_index(out, escape)
     result = CliRunner().invoke(cli, ["diff", str(out), str(out), "-o", str(tmp_path / "d")])
@@ -538,7 +539,7 @@ def test_show_key_names_a_shard_that_is_not_a_readable_tar(tmp_path, monkeypatch
     (shard,) = out.glob("shard-*.tar")
     shard.write_bytes(forge(shard.read_bytes()))
     monkeypatch.chdir(tmp_path)
-    shown = CliRunner().invoke(cli, ["show", str(out), "--key", "sub/img_0", "--save", "s.png"])
+    shown = CliRunner().invoke(cli, ["show", str(out), "--key", "sub/img%2E0", "--save", "s.png"])
     assert shown.exit_code == 1 and "Traceback" not in shown.output, shown.output
     (line,) = shown.output.strip().splitlines()
     assert line.startswith(f"Error: {shard} is not a readable tar shard ("), line
@@ -637,3 +638,98 @@ def test_an_earlier_versions_root_resumes_and_only_fpncli_files_are_cleaned(tmp_
     assert again.exit_code == 0 and "done 2" in again.output, again.output
     assert (out / "shard-000000.tar").read_bytes() == kept
     assert len(list(out.glob("shard-*.tar"))) == 3  # two of fpncli's, and the one it left
+
+
+def test_wds_keys_are_distinct_for_distinct_paths_and_hold_no_dots():
+    """``a.b`` and ``a_b`` were both ``a_b`` (told apart by ``_2`` only within one run):
+    ``.``, ``%`` and ``\\`` are escaped, a byte that is not UTF-8 is ``\\xNN``."""
+    from fpncli.io.shards import wds_key
+
+    bad = b"x\xff".decode("utf-8", "surrogateescape")
+    paths = ["a.b", "a_b", "a%2Eb", "a%b", "sub/img.0", "sub.d/a", ".png", bad, "x\\xff"]
+    keys = [wds_key(p) for p in paths]
+    assert keys == ["a%2Eb", "a_b", "a%252Eb", "a%25b", "sub/img%2E0", "sub%2Ed/a", "%2Epng",
+                    "x\\xff", "x%5Cxff"]  # fmt: skip
+    assert len(set(keys)) == len(keys) and not any("." in k for k in keys)
+
+
+def test_wds_shard_runs_give_a_dotted_and_an_underscored_name_their_own_keys(tmp_path):
+    """``a.b.png`` and ``a_b.png`` split by --shard 0/2 and 1/2 into one OUT: both extracted
+    (the second run skipped ``a_b.png`` as done, under the same key ``a_b``, before); show
+    --key with the path (``a.b``) names the key to give."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.b.png", "a_b.png"):
+        Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(photos / name)
+    out = tmp_path / "out"
+    args = [str(photos), "-o", str(out), "--format", "wds", "--no-overview", "--no-heatmaps"]
+    for shard in ("0/2", "1/2"):
+        result = _run(args + ["--shard", shard])
+        assert result.exit_code == 0 and "done 1," in result.output, result.output
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    sources = {r["key"]: Path(r["source"]).name for r in index if r["status"] == "ok"}
+    assert sources == {"a%2Eb": "a.b.png", "a_b": "a_b.png"}
+    shown = CliRunner().invoke(cli, ["show", str(out), "--key", "a.b"])
+    assert shown.exit_code == 1 and "did you mean 'a%2Eb'" in shown.output, shown.output
+
+
+def test_wds_refuses_a_key_the_index_holds_for_another_file(tmp_path):
+    """``p2/a.png`` and then ``other/a.png`` into one OUT (both key ``a``): the second run is
+    refused in one line (it skipped ``other/a.png`` as done before, never extracting it); the
+    index still has ``a`` for ``p2/a.png``, whose own rerun skips it."""
+    for folder in ("p2", "other"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(tmp_path / folder / "a.png")
+    out = tmp_path / "out"
+    args = ["-o", str(out), "--format", "wds", "--no-overview", "--no-heatmaps"]
+    assert _run([str(tmp_path / "p2" / "a.png"), *args]).exit_code == 0
+    result = _run([str(tmp_path / "other" / "a.png"), *args])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "1 of these images would take keys that" in result.output
+    assert f"'a' is {tmp_path}/p2/a.png, not {tmp_path}/other/a.png" in result.output
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    assert [(r["key"], r["source"]) for r in index] == [("a", f"{tmp_path}/p2/a.png")]
+    again = _run([str(tmp_path / "p2" / "a.png"), *args])
+    assert again.exit_code == 0 and "already complete" in again.output, again.output
+
+
+def _rename_keys(out: Path, rename) -> None:
+    """Rewrite every shard's members and every index row with ``rename(key)`` for each key."""
+    for shard, members in _tar_members(out).items():
+        with tarfile.open(out / shard, "w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in members.items():
+                key, suffix = name.split(".", 1)
+                info = tarfile.TarInfo(f"{rename(key)}.{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+    def edit(rows):
+        for row in rows:
+            row["key"] = rename(row["key"])
+            row["members"] = [f"{rename(row['key'])}.{m.split('.', 1)[1]}" for m in row["members"]]
+
+    _forge_index(out, edit)
+
+
+def test_an_earlier_versions_keys_resume_show_and_diff(tmp_path):
+    """An output of an earlier version (dots became ``_``: ``b_v1``): its images are skipped on
+    resume under their old keys (never put in the shards a second time as ``b%2Ev1``), and
+    diff pairs them with a folder output's ``b.v1``."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "b.v1.png"):
+        Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(src / name)
+    files, wds = tmp_path / "files", tmp_path / "wds"
+    assert _run([str(src), "-o", str(files), "--no-overview"]).exit_code == 0
+    args = [str(src), "-o", str(wds), "--format", "wds", "--no-overview"]
+    assert _run(args).exit_code == 0
+    _rename_keys(wds, lambda key: key.replace("%2E", "_"))
+    (wds / ".fpncli-wds").unlink()
+    result = _run(args)
+    assert result.exit_code == 0 and "already complete" in result.output, result.output
+    index = pq.read_table(wds / "index.parquet").to_pylist()
+    assert sorted(r["key"] for r in index) == ["a", "b_v1"]
+    assert len(list(wds.glob("shard-*.tar"))) == 1
+    diff = CliRunner().invoke(cli, ["diff", str(files), str(wds), "-o", str(tmp_path / "d"),
+                                    "--no-pictures"])  # fmt: skip
+    assert diff.exit_code == 0 and "2 of 2 images compared" in diff.output, diff.output

@@ -16,7 +16,8 @@ folder holding shards or an ``index.parquet`` of someone else is refused, never 
 Several runs may write into one local OUT at once (``shardlock``: every commit holds OUT's lock,
 every run claims its keys for its lifetime, and only dead runs' leftovers are cleaned up).
 ``<hash>`` is a digest of the shard's keys and settings: a retried shard overwrites itself. The
-``_index`` parts are the resume ledger: a key with an ``ok`` row is skipped by the next run.
+``_index`` parts are the resume ledger: an input file with an ``ok`` row is skipped by the next
+run (``prepare_root``). A key is the image's output path, dots escaped (``wds_key``): one per path.
 
 Each member is a plain file (``.npy`` from ``np.save``, PNG, JSON), so ``tarfile`` and
 ``np.load`` read a shard with neither fpncli nor Ray installed; ``KEY.json`` is the manifest
@@ -44,7 +45,7 @@ import numpy as np
 
 from ..model.names import OUTPUTS
 from .atomic import DROP_BYTES, drop_from_cache
-from .guard import utf8_text
+from .guard import quote_name, utf8_text
 from .manifest import options_for_key
 from .npy import npy_bytes
 from .outputs import MANIFEST, OutputOptions, write_image_members
@@ -78,6 +79,7 @@ _SHARD_NAME = re.compile(r"shard-[0-9a-f]+\.tar")  # as ShardWriter._commit name
 # the files ShardWriter leaves in OUT, exactly: a committed shard (a 16-digit digest), a partial
 # one (the run's token and a random part; before the token, the random part alone)
 _OWN_SHARD = re.compile(r"shard-[0-9a-f]{16}\.tar|shard-(?:[0-9a-f]{12}-)?[0-9a-f]+\.tar\.partial")
+_KEY_ESCAPES = str.maketrans({"%": "%25", ".": "%2E", "\\": "%5C"})  # see wds_key
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
@@ -134,23 +136,21 @@ def open_root(out: str):
     return fs, root.rstrip("/")
 
 
-def wds_key(relative: str | PurePosixPath, used: set[str]) -> str:
+def wds_key(relative: str | PurePosixPath) -> str:
     """A WebDataset sample key from an image's output path relative to OUT (``sub/a``).
 
-    WebDataset readers split a member name at the first dot of its base name, so dots in the
-    key become ``_``; a name's bytes that are not UTF-8 become ``\\xNN`` (``guard.utf8_text``:
-    tar member names and the index hold UTF-8); a key that then collides with one in ``used``
-    gets ``_2``, ``_3``."""
+    WebDataset readers split a member name at the first dot of its base name, so a key has no
+    dots: ``.`` is written ``%2E``, and ``%`` and ``\\`` are escaped too (``%25``, ``%5C``),
+    so that ``a.b`` (``a%2Eb``) and ``a_b`` keep their own keys. A name's bytes that are not
+    UTF-8 become ``\\xNN`` (``guard.utf8_text``: tar member names and the index hold UTF-8),
+    the only backslashes a key has. Distinct paths give distinct keys, in every run and every
+    ``--shard``, so an image's key never depends on which other images a run has."""
     parts = [
-        utf8_text(p).replace(".", "_") for p in PurePosixPath(relative).parts if p not in ("", ".")
+        utf8_text(p.translate(_KEY_ESCAPES))
+        for p in PurePosixPath(relative).parts
+        if p not in ("", ".")
     ]
-    base = "/".join(parts) or "image"
-    key, n = base, 1
-    while key in used:
-        n += 1
-        key = f"{base}_{n}"
-    used.add(key)
-    return key
+    return "/".join(parts) or "image"
 
 
 def settings_key(options: OutputOptions, weights: dict, precision: str) -> str:
@@ -459,18 +459,25 @@ def _own_shards(fs, root: str) -> list[str]:
     return [p for p in paths if _OWN_SHARD.fullmatch(PurePosixPath(p).name)]
 
 
-def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bool,
+def prepare_root(fs, root: str, sources: dict[str, str], settings: str, *, overwrite: bool,
                  live_tokens: frozenset[str] = frozenset()) -> set[str]:  # fmt: skip
-    """Make ``root`` ready for a run over ``keys``; return the keys already done (to skip).
+    """Make ``root`` ready for a run over ``sources`` (key -> the input file's absolute path);
+    return the keys already done (to skip).
 
     Removes partial shards and shards whose index part is missing (a killed run's), so they
     are redone into one shard each; the partial shards of the live runs ``live_tokens`` are
     kept. ``overwrite`` removes every shard and the index first. Only the files named as
     fpncli names them go: call it after ``claim_root``, holding ``wds_lock``.
 
+    An input file the index has ``ok`` is done, under its key there (which an earlier version
+    may have given it: ``a.b.jpg`` was ``a_b``): an image is never in the shards twice. A key
+    the index has ``ok`` for another file is refused, neither skipped (that image would never
+    be extracted) nor redone (shards are only appended to: the key would be in two of them).
+
     Raises:
         ValueError: ``root`` holds images made with other weights or options (that would mix
-            two extractions in one index); use another output or ``--overwrite``.
+            two extractions in one index), or other files under these keys (``p2/a.jpg`` and
+            then ``other/a.jpg`` are both ``a``); use another output or ``--overwrite``.
     """
     if overwrite:
         ledger = fs.glob(f"{root}/{INDEX_DIR}/part-*")
@@ -487,17 +494,36 @@ def prepare_root(fs, root: str, keys: list[str], settings: str, *, overwrite: bo
         if _PARTIAL in name or name[:-4] not in parts:
             log.info("removing %s (left by an interrupted run)", path)
             fs.rm(path)
-    rows = read_index(fs, root).select(["key", "status", "settings", "shard", "bytes"]).to_pylist()
+    columns = ["key", "source", "status", "settings", "shard", "bytes"]
+    rows = read_index(fs, root).select(columns).to_pylist()
     lost = _drop_lost_shards(fs, root, rows)  # the ledger read once, its lost shards' rows left
-    table = [r for r in rows if r["shard"] not in lost]
-    done = {r["key"] for r in table if r["status"] == "ok"}
-    other = {r["key"] for r in table if r["status"] == "ok" and r["settings"] != settings}
-    if other & set(keys):
+    ok = [r for r in rows if r["status"] == "ok" and r["shard"] not in lost]
+    by_key = {r["key"]: r for r in ok}
+    by_source = {r["source"]: r for r in reversed(ok) if r["source"] is not None}
+    done, other, clashes = set(), 0, []
+    for key, source in sources.items():
+        source = utf8_text(source)  # as the index holds it
+        row = by_source.get(source) or by_key.get(key)
+        if row is not None and row["source"] not in (None, source):
+            clashes.append((key, row["source"], source))
+        elif row is not None and row["settings"] != settings:
+            other += 1
+        elif row is not None:
+            done.add(key)
+    if other:
         raise ValueError(
-            f"{len(other & set(keys))} of these images are already in {root} with other weights "
-            "or options: write to another output, or pass --overwrite to replace its shards"
+            f"{other} of these images are already in {root} with other weights or options: "
+            "write to another output, or pass --overwrite to replace its shards"
         )
-    return done & set(keys)
+    if clashes:
+        key, held, source = clashes[0]
+        raise ValueError(
+            f"{len(clashes)} of these images would take keys that {root} holds for other files "
+            f"({key!r} is {quote_name(held)}, not {quote_name(source)}): write to another "
+            "output, give the images under distinct paths, or pass --overwrite to replace its "
+            "shards"
+        )
+    return done
 
 
 def _drop_lost_shards(fs, root: str, rows: list[dict]) -> set[str]:
@@ -557,6 +583,9 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         why = f" (it failed: {rows[-1]['error']})" if rows else ""
+        escaped = wds_key(key)  # an output path given as the key (a.b for a%2Eb)
+        if not rows and escaped != key and any(r["key"] == escaped for r in table):
+            why = f" (did you mean {escaped!r}, the key of that path?)"
         raise FileNotFoundError(f"no image with key {key!r} in {root}{why}")
     shard, prefix = ok[0]["shard"], f"{key}."
     found = {}

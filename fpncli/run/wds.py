@@ -22,8 +22,8 @@ from ..io.shards import (
     open_root,
     prepare_root,
     settings_key,
+    wds_key,
 )
-from ..io.shards import wds_key as _wds_key
 from ..model.fpn import FPN
 from .pipeline import run_jobs
 from .plan import check_disk_space
@@ -55,19 +55,22 @@ class ShardPlan:
 
 def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) -> ShardPlan:
     """Give every job a sample key (its output path relative to OUT, see ``wds_key``), clean up
-    after an interrupted run, drop the jobs whose key is already ``ok`` in the index or claimed
-    by another live run (a warning names it), and claim the rest. Call ``release`` at the end.
+    after an interrupted run, drop the jobs whose input file is already ``ok`` in the index or
+    whose key another live run has claimed (a warning names it), and claim the rest. Call
+    ``release`` at the end.
 
     ``jobs`` must come from ``plan_jobs(pairs, Path(""))`` (folders relative to OUT).
 
     Raises:
         ValueError: OUT holds files fpncli did not write (``claim_root``), OUT holds (or a live
-            run is writing) these images with other weights or options, or ``overwrite``
-            while another run is writing OUT.
+            run is writing) these images with other weights or options, OUT holds other files
+            under these keys (``prepare_root``), or ``overwrite`` while another run is writing
+            OUT.
     """
     fs, root = open_root(out)
-    used: set[str] = set()
-    keys = {str(j.path): _wds_key(PurePosixPath(j.folder.as_posix()), used) for j in jobs}
+    keys = {str(j.path): wds_key(PurePosixPath(j.folder.as_posix())) for j in jobs}
+    assert len(set(keys.values())) == len(keys), "plan_jobs gives every job its own folder"
+    sources = {keys[str(j.path)]: _source(j.path) for j in jobs}
     settings = settings_key(options.output, weights, options.precision)
     claim = RunClaim(fs, root)
     with wds_lock(fs, root):  # no other run commits, cleans up or claims meanwhile
@@ -78,7 +81,7 @@ def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) 
                 f"another fpncli run ({_pids(live)}) is writing {root}: --overwrite would delete "
                 "its shards; rerun when it has ended"
             )
-        done = prepare_root(fs, root, list(keys.values()), settings, overwrite=options.overwrite,
+        done = prepare_root(fs, root, sources, settings, overwrite=options.overwrite,
                             live_tokens=frozenset(r.token for r in live))  # fmt: skip
         taken = _taken(live, set(keys.values()) - done, settings, root)
         skip = done | taken.keys()

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -173,15 +173,22 @@ def _geometry_mismatch(a: LoadedExtraction, b: LoadedExtraction, levels: list[st
 
 def _canonical(found: Extractions, other: Extractions) -> dict[str, str]:
     """Each image key of ``found`` -> the key it is matched by. A folder output against a
-    ``--format wds`` one: the folder's keys as wds names them (dots become ``_``, as
-    ``shards.wds_key`` does: ``b.v1`` is ``b_v1`` in the shards)."""
+    ``--format wds`` one: the folder's keys as wds names them (``shards.wds_key``: ``b.v1`` is
+    ``b%2Ev1`` in the shards), or as earlier versions did where ``other`` has that key instead
+    (dots became ``_``: ``b_v1``)."""
     keys = found.keys()
     if found.format == other.format or found.format == "wds":
         return {k: k for k in keys}
     from ..io.shards import wds_key
 
-    used: set[str] = set()
-    return {k: wds_key(k, used) for k in sorted(keys)}
+    theirs = set(other.keys())
+
+    def key(k: str) -> str:
+        new = wds_key(k)
+        old = "/".join(utf8_text(p).replace(".", "_") for p in PurePosixPath(k).parts)
+        return old if new not in theirs and old in theirs else new
+
+    return {k: key(k) for k in keys}
 
 
 def _pair(found_a: Extractions, found_b: Extractions) -> list[tuple[str, str | None, str | None]]:
