@@ -417,10 +417,10 @@ def read_index(fs, root: str, *, ledger: bool = True):
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def check_root(fs, root: str) -> bool:
-    """Whether ``root`` is fpncli's: it holds ``WDS_MARKER``, or the ``_index`` ledger (which
-    earlier versions, writing no marker, made at the start of every run: their outputs still
-    resume). Any other ``root`` must hold nothing fpncli would take for its own (a
+def check_root(fs, root: str) -> None:
+    """Check that fpncli may write ``root``: it is fpncli's (it holds ``WDS_MARKER``, or the
+    ``_index`` ledger, which earlier versions, writing no marker, made at the start of every
+    run: their outputs still resume), or holds nothing fpncli would take for its own (a
     ``shard-*.tar``, an ``index.parquet``, a ``_claims`` folder): fpncli never deletes, overwrites
     or indexes files it did not write, such as a WebDataset's ``shard-000000.tar``.
 
@@ -428,7 +428,7 @@ def check_root(fs, root: str) -> bool:
         ValueError: ``root`` is not fpncli's and holds such files; write to another output.
     """
     if fs.exists(f"{root}/{WDS_MARKER}") or fs.isdir(f"{root}/{INDEX_DIR}"):
-        return True
+        return
     names = [f"{root}/{INDEX}", f"{root}/{CLAIMS_DIR}"]
     found = sorted(fs.glob(f"{root}/shard-*.tar*")) + [p for p in names if fs.exists(p)]
     if found:
@@ -438,7 +438,6 @@ def check_root(fs, root: str) -> bool:
             f"{root} holds {first}{more}, which fpncli did not write (it has no {WDS_MARKER}) "
             "and never deletes or overwrites: give another -o"
         )
-    return False
 
 
 def claim_root(fs, root: str) -> None:
