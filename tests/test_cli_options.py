@@ -313,7 +313,7 @@ def test_ctrl_c_says_what_was_done_what_is_left_and_how_to_resume(runner, tmp_pa
     assert "interrupted: 3 image(s) written by this run, 0 failed" in result.stderr
     assert "2 of 5 left" in result.stderr
     log = json.loads((out / "run.json").read_text())  # this run's, not a previous run's
-    assert log["aborted"].startswith("interrupted (Ctrl-C)")
+    assert log["aborted"].startswith("interrupted (Ctrl-C or SIGTERM)")
     assert (log["total"], log["done"], log["skipped"], log["failed"]) == (5, 3, 0, [])
     resume = result.stderr.split("resume with: ")[1].strip()
     assert "--overwrite" not in resume  # resuming must not redo the finished images

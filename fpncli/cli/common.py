@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 import threading
 import traceback
@@ -65,6 +66,28 @@ def _friendly(command):
             from ..io.guard import error_text
 
             raise click.ClickException(error_text(e)) from None
+
+    return wrapper
+
+
+def _sigterm_as_ctrl_c(command):
+    """SIGTERM (``kill``, a batch scheduler's stop or time limit) ends the command as Ctrl-C
+    does: its worker processes are stopped, ``run.json`` records what was done, the resume
+    command is printed and the exit code is 130. (By default SIGTERM ends this process at
+    once, leaving the previous run's log and any worker processes to end by themselves.)"""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            return command(*args, **kwargs)  # only the main thread may set a handler
+        previous = signal.signal(signal.SIGTERM, interrupt)
+        try:
+            return command(*args, **kwargs)
+        finally:  # (None: a handler not set from Python, which Python cannot put back)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     return wrapper
 

@@ -22,6 +22,7 @@ from .common import (
     _load_model,
     _out_folder,
     _shard_callback,
+    _sigterm_as_ctrl_c,
     verbose_option,
 )
 from .extract_checks import (
@@ -251,6 +252,7 @@ class _ExtractCommand(click.Command):
 )
 @verbose_option
 @_friendly
+@_sigterm_as_ctrl_c
 def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, no_heatmaps,
             no_overview, overlay, channel, reduce, cmap, clip, min_size, max_size, no_resize,
             canvas, batch_size, workers, writers, compile_model, from_list, overwrite, resume,

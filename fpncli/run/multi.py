@@ -42,10 +42,14 @@ def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
     lock = threading.Lock()  # progress comes from the writer threads: one message at a time
     # not inherited by anything this worker starts: the parent's EOF must mean this one is gone
     os.set_inheritable(connection.fileno(), False)
+    _end_with_parent()
 
     def send(message: tuple) -> None:
         with lock:
-            connection.send(message)
+            try:
+                connection.send(message)
+            except OSError:  # the parent's end is closed: it is gone, nobody reads the rest
+                os._exit(1)
 
     try:
         import torch
@@ -61,7 +65,7 @@ def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
             own = [Job(j.path, j.folder.with_name(f"{j.folder.name}-{index}")) for j in warmup]
             run_jobs(own, model, replace(options, record_latest=False))
             send(("ready", index, None))
-            _wait_for(go)
+            go.wait()  # (for ever only while the parent lives: _end_with_parent)
         summary = run_jobs(jobs, model, options, progress=lambda p: send(("progress", index, p)))
         send(("done", index, summary))
     except Exception as e:  # reported to the parent, which ends the run with it
@@ -70,13 +74,23 @@ def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
         connection.close()
 
 
-def _wait_for(go) -> None:
-    """Wait until the parent lets the workers go (every one warmed up, or ended); give up if
-    the parent is gone (a worker of a killed run must not wait for ever)."""
-    parent = os.getppid()
-    while not go.wait(timeout=1.0):
-        if os.getppid() != parent:
-            raise RuntimeError("the parent process is gone")
+def _end_with_parent() -> None:
+    """End this worker as soon as its parent is gone, however it ended (even SIGKILL, which
+    the parent cannot act on): ``daemon=True`` only ends the workers at the parent's normal
+    exit, and a worker left alone would run its whole shard for nobody. A thread waits on the
+    parent's sentinel, which multiprocessing hands every child it starts (on POSIX a pipe whose
+    other end only the parent holds, on Windows its process handle), and ends the process at
+    once, without a traceback: a file being written is a temporary that the next run removes,
+    and the image it was for is redone on resume."""
+    parent = mp.parent_process()
+    if parent is None:  # called in a process that multiprocessing did not start
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the parent has ended
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fpncli-parent-watch", daemon=True).start()
 
 
 #: ``extract`` on one GPU without ``--gpus`` (``auto_processes``): worker processes sharing
@@ -244,10 +258,12 @@ def run_on_devices(
             if go is not None and released is None and len(warm | ended) == count:
                 released = time.monotonic()  # all warm (or ended): go together
                 go.set()
-    except BaseException:  # Ctrl-C or a bug here: take the workers down with us
+    except BaseException:  # Ctrl-C, SIGTERM (the CLI's) or a bug here: the workers end too
         for worker in workers:
             if worker.is_alive():
                 worker.terminate()
+        for worker in workers:  # gone before the caller reports what was done
+            worker.join(timeout=10)
         raise
     for worker in workers:
         worker.join(timeout=30)

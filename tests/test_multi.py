@@ -1,0 +1,161 @@
+"""Worker processes (``run.multi``): they end with their parent. Two CPU workers, tiny images
+whose decoding is slowed down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fpncli
+from fpncli.io.outputs import is_complete
+
+ROOT = Path(fpncli.__file__).resolve().parents[1]  # this checkout, for the scripts' imports
+
+#: Slows decoding to 0.2 s an image, in the workers too (spawn runs this file again in each), so
+#: that a signal sent after the first image lands with most of the run still to do.
+SLOW_DECODING = """
+import sys, time
+import fpncli.run.steps as steps
+
+real = steps.load_image
+
+def slow(path, **kwargs):
+    time.sleep(0.2)
+    return real(path, **kwargs)
+
+steps.load_image = slow
+"""
+
+#: ``fpncli extract ARGS`` with two worker processes on the CPU (the CLI runs them on GPUs)
+CLI_ON_TWO_CPU_WORKERS = """
+if __name__ == "__main__":
+    from fpncli.cli import cli
+
+    extract = sys.modules["fpncli.cli.extract"]  # (fpncli.cli.extract is the command)
+    extract._worker_devices = lambda *args, **kwargs: ["cpu", "cpu"]
+    cli.main(sys.argv[1:], prog_name="fpncli")
+"""
+
+#: ``run_on_devices`` over two CPU workers from the library, printing at its first report
+LIBRARY_ON_TWO_CPU_WORKERS = """
+if __name__ == "__main__":
+    from pathlib import Path
+
+    from fpncli.api import load_backbone
+    from fpncli.io.inputs import Job
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run.multi import run_on_devices
+    from fpncli.run.steps import RunOptions
+
+    src, out = Path(sys.argv[1]), Path(sys.argv[2])
+    jobs = [Job(p, out / p.stem) for p in sorted(src.glob("*.png"))]
+    output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
+    run_on_devices(jobs, load_backbone("random"), RunOptions(output=output, workers=1),
+                   ["cpu", "cpu"], weights="random", progress=lambda p: print("report", flush=True))
+"""
+
+
+def _images(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        rng = np.random.RandomState(i)
+        paths.append(folder / f"{i:02d}.png")
+        Image.fromarray(rng.randint(0, 255, (40, 48, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def _script(tmp_path: Path, text: str) -> tuple[list[str], dict]:
+    """The command and environment that run ``text`` with slow decoding, on this checkout."""
+    script = tmp_path / "run_workers.py"
+    script.write_text(SLOW_DECODING + text)
+    env = dict(os.environ, FPNCLI_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+    return [sys.executable, str(script)], env
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The worker processes (multiprocessing's spawned children) of process ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            if b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or one that just ended
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+
+
+@linux_only
+def test_sigterm_to_extract_ends_its_workers_and_logs_the_run_as_ctrl_c_does(tmp_path):
+    """SIGTERM (a scheduler's stop) to ``extract`` running worker processes: the workers end
+    with it, run.json records the interrupted run, exit code 130 and the resume command;
+    the resumed run finishes the rest without redoing the complete images."""
+    _images(tmp_path / "in", 24)
+    out = tmp_path / "out"
+    cmd, env = _script(tmp_path, CLI_ON_TWO_CPU_WORKERS)
+    cmd += ["extract", str(tmp_path / "in"), "-o", str(out), "--weights", "random",
+            "--min-size", "64", "--max-size", "96", "--no-heatmaps", "--no-overview",
+            "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(out.glob("*/manifest.json")):
+        time.sleep(0.05)
+    workers = _workers_of(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = (s.decode() for s in proc.communicate(timeout=120))
+    assert len(workers) == 2, stderr
+    assert proc.returncode == 130, stderr
+    assert not [pid for pid in workers if _running(pid)]
+    assert "Traceback" not in stderr
+    assert "resume with: fpncli extract" in stderr
+    complete = [p.name for p in out.iterdir() if is_complete(p)]
+    assert 1 <= len(complete) < 24
+    log = json.loads((out / "run.json").read_text())
+    assert log["aborted"].startswith("interrupted (Ctrl-C or SIGTERM)")
+    assert log["total"] == 24 and 1 <= log["done"] <= len(complete)
+    finished = {name: (out / name / "manifest.json").stat().st_mtime_ns for name in complete}
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"done {24 - len(complete)}, skipped {len(complete)}" in again.stdout
+    for name, mtime in finished.items():
+        assert (out / name / "manifest.json").stat().st_mtime_ns == mtime  # not redone
+
+
+def test_workers_of_a_killed_parent_stop_by_themselves(tmp_path):
+    """SIGKILL to a process running ``run_on_devices`` (no handler of its own can act): its
+    workers notice and end at once, quietly, instead of running their shards for nobody (and
+    failing to report each image with a BrokenPipeError traceback)."""
+    _images(tmp_path / "in", 40)
+    out = tmp_path / "out"
+    cmd, env = _script(tmp_path, LIBRARY_ON_TWO_CPU_WORKERS)
+    proc = subprocess.Popen(cmd + [str(tmp_path / "in"), str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout.readline() == b"report\n"  # the workers are running their shards
+    proc.kill()
+    # the workers hold the pipes' write ends: the end of the output is the end of the workers
+    _, stderr = proc.communicate(timeout=120)
+    complete = [p for p in out.iterdir() if is_complete(p)]
+    assert 1 <= len(complete) < 40
+    assert b"Traceback" not in stderr, stderr.decode()
