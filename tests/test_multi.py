@@ -1,5 +1,5 @@
-"""Worker processes (``run.multi``): they end with their parent. Two CPU workers, tiny images
-whose decoding is slowed down."""
+"""Worker processes (``run.multi``): they end with their parent, and a run whose worker failed
+accounts for every image of that worker's shard. Two CPU workers, tiny images."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import fpncli
-from fpncli.io.outputs import is_complete
+from fpncli.io.inputs import Job
+from fpncli.io.outputs import OutputOptions, is_complete
+from fpncli.run.pipeline import RunOptions, run_jobs
 
+SMALL = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
 ROOT = Path(fpncli.__file__).resolve().parents[1]  # this checkout, for the scripts' imports
 
 #: Slows decoding to 0.2 s an image, in the workers too (spawn runs this file again in each), so
@@ -159,3 +163,19 @@ def test_workers_of_a_killed_parent_stop_by_themselves(tmp_path):
     complete = [p for p in out.iterdir() if is_complete(p)]
     assert 1 <= len(complete) < 40
     assert b"Traceback" not in stderr, stderr.decode()
+
+
+def test_a_failed_workers_complete_images_are_counted_as_complete(tmp_path):
+    """A resumed run whose second worker fails at its start (a GPU that cannot be used): the
+    images of its shard complete from the earlier run count as skipped, the others as failed
+    with its reason; every image is counted once."""
+    from fpncli.run.multi import run_on_devices
+
+    model = fpncli.load_backbone("random")
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in _images(tmp_path / "in", 4)]
+    options = RunOptions(output=SMALL, workers=1)
+    assert run_jobs(jobs[:2], model, options).done == 2  # one image of each worker's shard
+    summary = run_on_devices(jobs, model, options, ["cpu", "cuda:7"], weights="random")
+    assert (summary.total, summary.done, summary.skipped) == (4, 1, 2)
+    assert [(Path(p).name, why) for p, why in summary.failed] == [("03.png", ANY)]
+    assert "cuda:7" in summary.failed[0][1] and "cuda:7" in summary.aborted

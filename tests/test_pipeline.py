@@ -662,6 +662,7 @@ def test_workers_killed_mid_run_end_it_with_every_image_accounted_for(tmp_path, 
     complete = {j.path.stem for j in jobs if is_complete(j.folder)}
     assert failed | complete == {p.stem for p in paths} and not failed & complete
     assert summary.total == 16 and len(failed) >= 1
+    assert summary.done + summary.skipped == len(complete)  # each image counted once
 
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler")

@@ -272,13 +272,15 @@ def run_on_devices(
             worker.join()
     parts = [summaries[i] for i in sorted(summaries)]
     meta = weights_meta(model)
-    for i in sorted(errors):  # a failed worker's images that are not complete are failed
+    for i in sorted(errors):  # a failed worker's shard, as its folders are on disk
         shard = shards[i]
-        seen = latest.get(i)
-        lost = RunSummary(
-            total=len(shard), skipped=seen.skipped if seen else 0, done=seen.done if seen else 0
-        )
         unfinished = [j for j in shard if not _complete(j, options, meta)]
+        complete = len(shard) - len(unfinished)
+        # of the complete ones, those it reported writing are done, the rest were complete
+        # before (its reports, if it sent any, may have missed the last image it wrote)
+        seen = latest.get(i)
+        done = min(seen.done if seen else 0, complete)
+        lost = RunSummary(total=len(shard), done=done, skipped=complete - done)
         lost.failed = [(str(j.path), f"not extracted: {errors[i]}") for j in unfinished]
         parts.append(lost)
     merged = _merge(parts)
