@@ -249,7 +249,13 @@ def run_backbone(
     """Run ``model`` on a ``(B, 3, H, W)`` float32 batch (already normalized and padded).
 
     Returns the levels on the model's device, in float32 for fp32 and in the autocast dtype (or
-    the model's own dtype, for a model converted to fp16/bf16) otherwise.
+    the model's own dtype, for a model converted to fp16/bf16) otherwise: ordinary tensors
+    without autograd history (run under ``torch.no_grad``), which may be changed in place and
+    fed to a module being trained (a probe on the features). Called inside
+    ``torch.inference_mode`` (the pipeline, which only reduces and copies them), they are
+    inference tensors, which allow neither outside it. (On a CPU, 1 thread, the forward pass
+    took the same CPU time in both modes, within 0.5%, from 64x96 to 800x1216 inputs, where
+    copying inference tensors' levels out would add 33 ms at 800x1216.)
     """
     param = next(model.parameters())
     device = param.device
@@ -260,7 +266,7 @@ def run_backbone(
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
     context = nullcontext() if param.dtype != torch.float32 else autocast_context(device, precision)
-    with torch.inference_mode(), context:
+    with torch.no_grad(), context:
         return model(batch)
 
 

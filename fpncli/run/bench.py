@@ -194,17 +194,21 @@ def bench_model(
             torch._dynamo.reset()  # recompile limit never turns a later row silently eager
         with run_settings(device, benchmark=device.type == "cuda", compile=compile):
             run_model = model_for_run(model, precision, compile=compile)
+
+            def forward():  # as a run calls the model (steps.infer_batch)
+                with torch.inference_mode():
+                    return run_backbone(run_model, batch, precision=precision)
+
             start = time.perf_counter()
             for _ in range(warmup):
-                out = run_backbone(run_model, batch, precision=precision)
+                out = forward()
             _sync(device)
             row.warmup_s = time.perf_counter() - start
             # the peak from here on: the steady state, not cuDNN's search for this shape (its
             # workspace can take most of the free memory once) nor the compile
             out = None
             baseline = _reset_peak(device)
-            times, out = _timed_calls(lambda: run_backbone(run_model, batch, precision=precision),
-                                      device, iters, seconds)  # fmt: skip
+            times, out = _timed_calls(forward, device, iters, seconds)
         row.images, row.seconds = batch_size * len(times), sum(times)
         row.median_batch_s = statistics.median(times)
         row.images_per_s = batch_size / row.median_batch_s

@@ -201,7 +201,8 @@ def infer_batch(
         extra = batch.new_zeros((state.batch_size - len(items), *batch.shape[1:]))
         batch = torch.cat([batch, extra])
     clock.mark("preprocess")
-    features = run_backbone(model, batch, precision=options.precision)
+    with torch.inference_mode():  # the levels are only reduced and copied
+        features = run_backbone(model, batch, precision=options.precision)
     clock.mark("model")
     return results_to_host(
         features, sizes, options.output, pool=state.pool, copy_stream=state.copy_stream,
