@@ -254,6 +254,51 @@ def test_extract_resume_with_scale_image_puts_back_own_ranges(tmp_path, monkeypa
     assert all(is_complete(out / n, m["run_key"]) for n, m in zip("ab", manifests))
 
 
+def test_a_resumed_image_scale_run_draws_each_map_on_the_range_of_the_map_drawn(
+    tmp_path, monkeypatch
+):
+    """The redraw back to own ranges reduces the .npy again, with numpy's mean, which may
+    differ from the run's torch mean by a rounding (here made sure of: the run's is one ulp
+    up): each picture's range is that of the map it draws, so a one-cell P6 (an 80x80 photo at
+    --min-size 64) reads "min .. max" as in a plain run, not "<= v (clipped)" on the range
+    the run recorded."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from fpncli.run import device
+    from fpncli.viz import visualize
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pixels = np.random.RandomState(4).randint(0, 255, (80, 80, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(folder / "a.png")
+    out = tmp_path / "out"
+    args = ["extract", str(folder), "-o", str(out), "--weights", "random", "--min-size", "64",
+            "--max-size", "128", "--workers", "1", "--reduce", "mean",
+            "--levels", "p5,p6"]  # fmt: skip
+    runner = CliRunner()
+    reduce_maps = device.reduce_maps
+    up = torch.tensor(float("inf"))
+    monkeypatch.setattr(device, "reduce_maps", lambda *a: torch.nextafter(reduce_maps(*a), up))
+    assert runner.invoke(cli, [*args, "--scale", "level"], catch_exceptions=False).exit_code == 0
+    monkeypatch.setattr(device, "reduce_maps", reduce_maps)
+    drawn = []
+    real = visualize.heatmap_image
+
+    def spy(map2d, **kwargs):
+        own = (float(map2d.min()), float(map2d.max()))
+        drawn.append((kwargs["label"].split()[0], map2d.shape, tuple(kwargs["vrange"]), own))
+        return real(map2d, **kwargs)
+
+    monkeypatch.setattr(visualize, "heatmap_image", spy)
+    result = runner.invoke(cli, args, catch_exceptions=False)  # default --scale image, resumed
+    assert result.exit_code == 0 and "redrew 1 image(s) on their own ranges" in result.output
+    assert [(name, shape) for name, shape, _, _ in drawn] == [("p5", (2, 2)), ("p6", (1, 1))]
+    _, _, vrange, own = drawn[1]
+    assert vrange == own  # the one cell's value, at both ends
+
+
 @pytest.mark.parametrize(
     "forge",
     [

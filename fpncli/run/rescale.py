@@ -90,7 +90,7 @@ def redraw_run(folders: list[Path], scale: str, options: OutputOptions) -> Redra
 
 
 def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> None:
-    from ..viz.visualize import overview_png, reduce_channels, valid_region
+    from ..viz.visualize import overview_png, reduce_channels, valid_region, value_range
 
     extraction = load_extraction(folder)
     manifest = extraction.manifest
@@ -109,15 +109,19 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
             raise ValueError(f"the input image {extraction.input_path} is gone")
     pre = manifest["preprocess"]
     scale_y, scale_x = float(pre["scale_y"]), float(pre["scale_x"])
-    maps, pictures = {}, {}
+    maps, vranges, pictures = {}, {}, {}
     for name in names:
         meta = levels_meta[name]
         reduced = reduce_channels(extraction.levels[name], options.reduce, options.channel)
         maps[name] = valid_region(reduced, meta["valid_height"], meta["valid_width"])
+        # an image's own range is taken from the map drawn here, not from the manifest: this
+        # reduction of the .npy (numpy's) may differ from the run's (torch's, on the device) by
+        # a rounding, or by float16 (--dtype), and a map one ulp outside its recorded range
+        # would be labelled clipped
+        vranges[name] = ranges[name] if name in ranges else value_range(maps[name], options.clip)
         drawn = render_level_pictures(
             maps[name], name=name, stride=int(meta["stride"]), shape=meta["shape"], rgb=rgb,
-            scale_y=scale_y, scale_x=scale_x, options=options, note=note,
-            vrange=ranges.get(name, tuple(meta.get("range") or (0.0, 0.0))),
+            scale_y=scale_y, scale_x=scale_x, options=options, note=note, vrange=vranges[name],
         )  # fmt: skip
         for kind, png in drawn.items():
             if meta.get(kind):
@@ -125,8 +129,7 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
     if manifest.get("overview"):
         panels = [
             {"name": n, "map": maps[n], "stride": int(levels_meta[n]["stride"]),
-             "shape": tuple(levels_meta[n]["shape"]),
-             "range": ranges.get(n, tuple(levels_meta[n].get("range") or (0.0, 0.0)))}
+             "shape": tuple(levels_meta[n]["shape"]), "range": vranges[n]}
             for n in names
         ]  # fmt: skip
         title = overview_title(manifest.get("input", {}).get("path"), weights, options)
