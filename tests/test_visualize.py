@@ -428,8 +428,21 @@ def test_colour_bar_ends_say_whether_the_map_passes_reaches_or_stays_inside_them
     assert _range_labels(values, (2.0, 8.0))[:2] == ("<= 2", ">= 8")
     assert _range_labels(values, (-5.0, 20.0))[:2] == ("-5", "20")
     assert _range_labels(values, (-5.0, 8.0))[:2] == ("-5", ">= 8")
-    # the data line and the ends read the finite values only (NaN, inf, none at all)
+    # the data line and the ends read the finite values only, and the data line counts the
+    # others (it read "min 1 / max 2 / data 1 .. 2" for a map of NaN only)
     for odd in (np.nan, np.inf, -np.inf):
         with_odd = np.array([[0.0, 5.0, 10.0, odd]], np.float32)
-        assert _range_labels(with_odd, (0.0, 10.0)) == ("min 0", "max 10", "data 0 .. 10"), odd
-    assert _range_labels(np.full((2, 2), np.nan), (1.0, 2.0)) == ("min 1", "max 2", "data 1 .. 2")
+        want = ("min 0", "max 10", "data 0 .. 10 (1 NaN/inf)")
+        assert _range_labels(with_odd, (0.0, 10.0)) == want, odd
+        assert _range_labels(with_odd, (1.0, 10.0))[2] == "data 0 .. 10 (clipped, 1 NaN/inf)"
+    nan = np.full((2, 2), np.nan)
+    assert _range_labels(nan, (0.0, 0.0)) == ("0", "0", "no finite value (4 NaN/inf)")
+
+
+def test_pca_of_a_map_with_nan_or_inf_says_why_it_cannot_be_taken():
+    """It was LAPACK's bare "Eigenvalues did not converge" (show's one-line error, no reason)."""
+    feature = np.random.RandomState(0).randn(8, 6, 9).astype(np.float32)
+    feature[0, 2, 3] = np.nan
+    feature[1, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="--reduce pca needs finite values, and this level holds 2"):
+        reduce_channels(feature, "pca")

@@ -81,6 +81,10 @@ def reduce_channels(feature: np.ndarray, reduce: str = "channel", channel: int =
     if reduce == "pca":
         c, h, w = x.shape
         samples = x.reshape(c, h * w).astype(np.float64)
+        bad = samples.size - int(np.isfinite(samples).sum())
+        if bad:  # LAPACK's "Eigenvalues did not converge" would not say why
+            raise ValueError(f"--reduce pca needs finite values, and this level holds {bad} NaN or "
+                             "infinite ones: use --reduce channel, mean, max or l2")  # fmt: skip
         samples -= samples.mean(axis=1, keepdims=True)
         covariance = samples @ samples.T / max(h * w - 1, 1)
         _, vectors = np.linalg.eigh(covariance)
@@ -376,18 +380,24 @@ def _range_labels(values: np.ndarray, vrange: tuple[float, float]) -> tuple[str,
 
     An end reads ``<= v`` / ``>= v`` when values beyond it exist (they are saturated), ``min v``
     / ``max v`` when it is the map's own minimum / maximum, and a bare ``v`` when the map does
-    not reach it (a run's range, ``--scale level|shared``, wider than this map's values)."""
+    not reach it (a run's range, ``--scale level|shared``, wider than this map's values). The
+    data line counts the cells that are NaN or infinite (coloured as the range's ends, as
+    ``colorize`` does), and says so when no value is finite."""
     lo, hi = vrange
     values = np.asarray(values)
     data_lo, data_hi = (float(values.min()), float(values.max())) if values.size else (lo, hi)
+    odd = ""
     if not (math.isfinite(data_lo) and math.isfinite(data_hi)):  # NaN or inf among them
         finite, _ = _finite(values)  # (else every value is finite: no copy, no mask)
-        data_lo, data_hi = (float(finite.min()), float(finite.max())) if finite.size else (lo, hi)
+        odd = f"{values.size - finite.size} NaN/inf"
+        if finite.size == 0:
+            return _fmt(lo), _fmt(hi), f"no finite value ({odd})"
+        data_lo, data_hi = float(finite.min()), float(finite.max())
     left = f"<= {_fmt(lo)}" if data_lo < lo else f"min {_fmt(lo)}" if data_lo == lo else _fmt(lo)
     right = f">= {_fmt(hi)}" if data_hi > hi else f"max {_fmt(hi)}" if data_hi == hi else _fmt(hi)
-    clipped = data_lo < lo or data_hi > hi
-    data = f"data {_fmt(data_lo)} .. {_fmt(data_hi)}" + (" (clipped)" if clipped else "")
-    return left, right, data
+    notes = ["clipped"] * (data_lo < lo or data_hi > hi) + [odd] * bool(odd)
+    data = f"data {_fmt(data_lo)} .. {_fmt(data_hi)}"
+    return left, right, data + (f" ({', '.join(notes)})" if notes else "")
 
 
 #: The longest side, in pixels, cells are upscaled to: a 1x15000 map (a 60000x1 image with
