@@ -81,6 +81,47 @@ def test_torchvision_state_dict(tmp_path, state, legacy_fpn):
     _same(ckpt.state_dict, state)
 
 
+def test_batchnorm_counters_and_ddps_module_prefix_are_dropped(tmp_path, state):
+    """A torchvision file saved from a model with plain BatchNorms holds num_batches_tracked
+    counters (refused as 53 unexpected keys: the torchvision renames matched them first); a
+    model saved from inside DistributedDataParallel has every key under 'module.' (refused as
+    no backbone), which Detectron2's checkpointer strips."""
+    path = tmp_path / "tv.pth"
+    saved = write_torchvision_pth(path, state)
+    counters = [k.rsplit(".", 1)[0] + ".num_batches_tracked" for k in saved
+                if k.endswith("running_var")]  # fmt: skip
+    assert "backbone.body.layer1.0.downsample.1.num_batches_tracked" in counters
+    torch.save({**saved, **dict.fromkeys(counters, torch.tensor(7))}, path)
+    ckpt = read_checkpoint(path)
+    assert ckpt.format == "torchvision" and ckpt.skipped == 4
+    _same(ckpt.state_dict, state)
+    ddp = tmp_path / "ddp.pth"
+    write_detectron2_pth(ddp, state)
+    model = torch.load(ddp, weights_only=True)["model"]
+    torch.save({"model": {f"module.{k}": v for k, v in model.items()}}, ddp)
+    ckpt = read_checkpoint(ddp)
+    assert ckpt.format == "detectron2" and ckpt.skipped == 5
+    _same(ckpt.state_dict, state)
+
+
+def test_a_truncated_pth_is_damaged_not_unsafe(tmp_path, state):
+    """Cut before its zip directory, it was read as a pickle and refused as one 'with
+    persistent ids' (UnsafeCheckpointError: as if it tried to run code)."""
+    path = tmp_path / "cut.pth"
+    write_detectron2_pth(path, state)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="a zip archive .torch.save. without its end") as e:
+        read_checkpoint(path)
+    assert not isinstance(e.value, UnsafeCheckpointError)
+
+
+def test_a_folded_model_is_not_saved_as_a_file_that_would_not_load(tmp_path, state):
+    model = fpncli.load_backbone("random")  # its FrozenBNs folded into the convolutions
+    with pytest.raises(ValueError, match="not saved: checkpoint does not match .*folded"):
+        save_fpncli_checkpoint(tmp_path / "f.pth", model, {"depth": 50}, DETECTRON2_INPUT)
+    assert not (tmp_path / "f.pth").exists()
+
+
 def test_fpncli_format_round_trip(tmp_path, state):
     model = build_resnet_fpn_backbone(stride_in_1x1=False)
     model.load_state_dict(state)

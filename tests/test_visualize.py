@@ -444,5 +444,5 @@ def test_pca_of_a_map_with_nan_or_inf_says_why_it_cannot_be_taken():
     feature = np.random.RandomState(0).randn(8, 6, 9).astype(np.float32)
     feature[0, 2, 3] = np.nan
     feature[1, 0, 0] = np.inf
-    with pytest.raises(ValueError, match="--reduce pca needs finite values, and this level holds 2"):
+    with pytest.raises(ValueError, match="pca needs finite values, and this level holds 2"):
         reduce_channels(feature, "pca")

@@ -174,14 +174,14 @@ def _backbone_entries(model: dict, fmt: str) -> tuple[dict[str, object], int]:
     skipped = 0
     unknown = []
     for key, value in model.items():
+        if key.endswith("num_batches_tracked"):  # a BatchNorm counter: FrozenBN has none
+            continue
         if fmt == "torchvision":
             if not key.startswith("backbone."):
                 skipped += 1
                 continue
             new = _rename_torchvision(key[len("backbone.") :])
             if new is None:
-                if key.endswith("num_batches_tracked"):
-                    continue
                 unknown.append(key)
                 continue
         else:
@@ -189,12 +189,19 @@ def _backbone_entries(model: dict, fmt: str) -> tuple[dict[str, object], int]:
             if not (new.startswith("bottom_up.") or new.startswith("fpn_")):
                 skipped += 1
                 continue
-            if new.endswith("num_batches_tracked"):
-                continue
         out[new] = value
     if unknown:
         raise ValueError(f"unexpected backbone keys in {fmt} checkpoint: {_listing(unknown)}")
     return out, skipped
+
+
+def _without_module_prefix(model: dict) -> dict:
+    """``model`` without the ``module.`` that ``DistributedDataParallel`` puts before every key
+    of a model it wraps, as Detectron2's checkpointer strips it (fvcore's
+    ``_strip_prefix_if_present``): only when every key has it."""
+    if model and all(isinstance(k, str) and k.startswith("module.") for k in model):
+        return {k[len("module.") :]: v for k, v in model.items()}
+    return model
 
 
 def _listing(names: list[str], limit: int = 8) -> str:
@@ -331,6 +338,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         fmt, arch, skipped = "fpncli", obj["arch"], 0
     else:
         model = _check_model_entry(path, obj.get("model", obj.get("state_dict", obj)))
+        model = _without_module_prefix(model)
         fmt = _detect_format(model)
         entries, skipped = _backbone_entries(model, fmt)
         state = {k: _to_tensor(k, v) for k, v in entries.items()}
@@ -386,13 +394,18 @@ def build_backbone(arch: dict, state_dict: dict[str, torch.Tensor]) -> FPN:
     checked and the state dict's names and shapes compared with it (on the meta device, where
     nothing is allocated) before the model is allocated: a small file cannot make it build a
     large model only to fail with "missing keys"."""
-    check_arch(arch)
-    with torch.device("meta"):
-        expected = build_resnet_fpn_backbone(**arch).state_dict()
-    _check_matches({k: v.shape for k, v in expected.items()}, state_dict)
+    _check_matches(_expected_shapes(arch), state_dict)
     model = new_backbone(arch)
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def _expected_shapes(arch: dict) -> dict[str, torch.Size]:
+    """The names and shapes of ``build_resnet_fpn_backbone(**arch)``'s state dict, after
+    ``check_arch``, from a model built on the meta device (where nothing is allocated)."""
+    check_arch(arch)
+    with torch.device("meta"):
+        return {k: v.shape for k, v in build_resnet_fpn_backbone(**arch).state_dict().items()}
 
 
 def new_backbone(arch: dict) -> FPN:
@@ -439,13 +452,28 @@ def random_state_dict(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor
 def save_fpncli_checkpoint(
     path: str | Path, model: nn.Module, arch: dict, input_format: InputFormat
 ) -> None:
-    """Write fpncli's own ``.pth``: the backbone state dict plus the arch and input it needs."""
+    """Write fpncli's own ``.pth``: the backbone state dict plus the arch and input it needs.
+
+    Raises:
+        ValueError: ``model``'s state dict is not that of ``build_resnet_fpn_backbone(**arch)``
+            (e.g. ``load_backbone``'s, whose BatchNorms are folded into the convolutions for
+            inference: the file would not load).
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    try:
+        _check_matches(_expected_shapes(arch), state)
+    except ValueError as e:
+        raise ValueError(
+            f"not saved: {e} (a model from load_backbone has its BatchNorms folded into its "
+            "convolutions: save the state dict of read_checkpoint, or of a model built with "
+            "build_resnet_fpn_backbone)"
+        ) from None
     torch.save(
         {
             "fpncli_format": FPNCLI_FORMAT_VERSION,
             "arch": dict(arch),
             "input": asdict(input_format),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": state,
         },
         path,
     )

@@ -114,7 +114,22 @@ def safe_unpickle(path: Path) -> object:
 
 
 def is_zip(path: Path) -> bool:
-    return zipfile.is_zipfile(path)
+    """Whether ``path`` is a whole zip archive (``torch.save``'s format); one that begins as a
+    zip but lacks its end (a truncated download) is refused as damaged, where reading it as a
+    pickle would take its first byte for an opcode and refuse it as an unsafe file.
+
+    Raises:
+        ValueError: ``path`` begins as a zip archive but is not a whole one.
+    """
+    if zipfile.is_zipfile(path):
+        return True
+    with open_regular(path, "weights file") as f:
+        if f.read(4) == b"PK\x03\x04":
+            raise ValueError(
+                f"{path}: not a readable .pth checkpoint: a zip archive (torch.save) without "
+                "its end; a truncated or damaged file?"
+            )
+    return False
 
 
 def check_zip_sizes(path: Path) -> None:
