@@ -70,6 +70,12 @@ def fusion_works(device: torch.device, dtype: torch.dtype) -> bool:
                 b = torch.randn(64, generator=gen).to(device, dtype)
                 pad = k // 2
                 plain = F.conv2d(x, w, b, stride, pad)
+                # cudnn_convolution_relu hands cuDNN its new, uninitialised output as the
+                # addend z, times 0: NaN left in that memory would come out as NaN (0 * NaN) or
+                # as 0 (a ReLU that drops NaN). A freed block of NaN of the output's size is the
+                # one the caching allocator gives the output next, so the check sees that case.
+                poison = torch.full_like(plain, float("nan"))
+                del poison
                 fused = torch.cudnn_convolution_relu(x, w, b, (stride,) * 2, (pad,) * 2, (1, 1), 1)
                 z = torch.randn(plain.shape, generator=gen).to(device, dtype)
                 z = z.contiguous(memory_format=torch.channels_last)
