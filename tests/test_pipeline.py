@@ -337,6 +337,31 @@ def test_out_of_memory_retries_smaller_outside_except_and_remembers(tmp_path, mo
     assert not (tmp_path / "out" / "huge" / "manifest.json").exists()
 
 
+@pytest.mark.parametrize("count", [1, 3])
+def test_out_of_memory_halves_the_rows_that_ran_when_batches_are_padded(
+    tmp_path, model, monkeypatch, count
+):
+    """On CUDA a partial batch is padded to the batch size: a device that fits 2 rows failed a
+    lone image ("even for a batch of one") after 4 rows ran, and cut 3 images (4 rows) to a
+    batch size of 1."""
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(count)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    real = steps.run_backbone
+    rows = []
+
+    def two_rows_fit(model, batch, precision):
+        rows.append(batch.shape[0])
+        if batch.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, batch, precision=precision)
+
+    monkeypatch.setattr(steps, "run_backbone", two_rows_fit)
+    options = RunOptions(output=SMALL, batch_size=4, workers=1, pad_batches=True)
+    summary = run_jobs(jobs, model, options)
+    assert summary.done == count and not summary.failed and summary.batch_size == 2
+    assert rows == [4, 2] + [2] * (count > 2)
+
+
 def test_a_model_error_fails_its_batch_and_the_run_goes_on(tmp_path, model, monkeypatch):
     paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]

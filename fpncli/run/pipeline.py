@@ -278,10 +278,12 @@ class _Runner:
                 return
             if out_of_memory:
                 free_cached_memory(self.device)
-            if out_of_memory and len(chunk) > 1:
-                self.state.batch_size = max(1, len(chunk) // 2)
+            # the rows that ran: a partial batch is padded to the batch size (steps.infer_batch)
+            rows = max(len(chunk), self.state.batch_size) if self.state.pad_batches else len(chunk)
+            if out_of_memory and rows > 1:
+                self.state.batch_size = max(1, rows // 2)
                 log.warning("out of memory on a batch of %d: batch size %d from now on",
-                            len(chunk), self.state.batch_size)  # fmt: skip
+                            rows, self.state.batch_size)  # fmt: skip
                 chunks.insert(0, chunk)
                 continue
             if out_of_memory:
