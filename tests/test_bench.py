@@ -33,6 +33,21 @@ def test_bench_rows_stages_ratios_and_a_skipped_precision(tmp_path):
     assert e2e["ratios"]["of_model"] > 0 and e2e["ratios"]["decode_img_s"] > 0
 
 
+def test_bench_json_to_stdout_is_the_json_alone():
+    """``--json -``: stdout parses as JSON (the table went there first), the table on stderr."""
+    import subprocess
+    import sys
+
+    args = ["bench", "--device", "cpu", "--sizes", "64x64", "--precisions", "fp32", "--seconds",
+            "0", "--iters", "1", "--warmup", "0", "--model-only", "--json", "-"]  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "fpncli", *args], capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["complete"] and data["rows"][0]["kind"] == "model"
+    assert "img/s" in result.stderr and "64x64" in result.stderr
+
+
 def test_bf16_peak_by_card_name():
     assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4

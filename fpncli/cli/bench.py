@@ -181,8 +181,8 @@ def _json_path(ctx, param, value: str | None) -> str | None:
     type=click.Path(dir_okay=False),
     default=None,
     callback=_json_path,
-    help="Also write the rows as JSON here ('-' for stdout); a file is rewritten after every "
-    "row, so an interrupted run keeps the rows it measured.",
+    help="Also write the rows as JSON here ('-' for stdout, the table then on stderr); a file is "
+    "rewritten after every row, so an interrupted run keeps the rows it measured.",
 )
 @verbose_option
 @_friendly
@@ -252,8 +252,9 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
             variants.append(("onednn", load_backbone(weights, device=dev, cpu_kernels=False)))
         plain = load_backbone(weights, device=dev, fold_bn=False, channels_last=False)
         variants.append(("unfused", plain))
-    header = format_table([])
-    click.echo(header)
+    # with --json - the JSON alone goes to stdout (for a pipe into jq), the table to stderr
+    table_err = json_path == "-"
+    click.echo(format_table([]), err=table_err)
     rows = []
     info = {"device": str(dev), "torch": torch.__version__, "png_deflate": png_deflate()}
     if dev.type == "cuda":
@@ -288,7 +289,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
             return
         rows.append(row)
         add_ratios(rows)
-        click.echo(format_table([row]).splitlines()[-1])
+        click.echo(format_table([row]).splitlines()[-1], err=table_err)
         save(False)
 
     def run_rows() -> None:
@@ -337,10 +338,10 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     finally:  # Ctrl-C or a time limit (SIGINT): the rows measured so far are kept
         save(complete=False)
     for hint in kernel_hints(rows):
-        click.echo(hint)
+        click.echo(hint, err=table_err)
     if dev.type == "cuda" and any(r.variant in ("npy", "all") for r in rows):
         click.echo("note: with every level saved as .npy, the disk and the device-to-host copy, "
-                   "not the GPU, bound end-to-end throughput")  # fmt: skip
+                   "not the GPU, bound end-to-end throughput", err=table_err)  # fmt: skip
     save(complete=True)
     if len(skipped) > unsuited:
         raise click.ClickException(
