@@ -110,6 +110,8 @@ def test_ray_failed_run_reruns_to_completion(ray_cluster, inputs, tmp_path, monk
     first = _extract(*args)
     assert first.exit_code == 1 and "the Ray job failed" in first.output, first.output
     assert "injected failure" in first.output and "Traceback" not in first.output
+    log = json.loads((out / "run.json").read_text())  # this run's, as a local run's would be
+    assert "the Ray job failed" in log["aborted"] and log["total"] == 4, log
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
     assert 1 <= len(kept) <= 2
     monkeypatch.delenv("FPNCLI_TEST_CRASH_AFTER")

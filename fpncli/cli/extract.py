@@ -400,7 +400,10 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     if engine == "ray" and actor_device != "cpu":
         dev = _torch_device("cuda")  # for the default batch size of GPU actors (CPU ones: 1)
 
+    planned = []  # set once the run has read what is left to do: it then writes its log
+
     def state_volume(todo) -> None:  # once the weights are there and resume has been read
+        planned.append(True)
         note = _volume_note(todo, output, len(jobs))
         if note is not None:
             click.echo(note, err=True)
@@ -454,8 +457,12 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         if not url:
             _write_interrupted_log(e, last, len(jobs), out, weights, precision, shard_spec)
         sys.exit(130)
-    except BaseException:  # refused before any image (e.g. Ray's CPU actors and fp16): no
+    except BaseException as e:  # refused before any image (e.g. Ray's CPU actors and fp16): no
         bar.close()  # empty output folder left behind
+        if engine == "ray" and isinstance(e, RuntimeError) and planned and not url:
+            # the Ray job failed midway: its log says how far it got, as a local run's does
+            _write_interrupted_log(None, bar.last, len(jobs), out, weights, precision,
+                                   shard_spec, aborted=str(e))  # fmt: skip
         if made:
             _remove_if_unused(out)
         raise

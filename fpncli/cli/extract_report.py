@@ -164,16 +164,17 @@ def _interrupted_progress(e: KeyboardInterrupt, last):
                     summary.total - summary.skipped, summary.seconds)  # fmt: skip
 
 
-def _write_interrupted_log(e: KeyboardInterrupt, last, total: int, out: Path, weights: str,
-                           precision: str, shard) -> None:  # fmt: skip
-    """Ctrl-C: the run's log says what it did and that it was interrupted, so ``report`` does
-    not show the previous run's log as this one's. A single-process run hands over its summary
-    (failures with reasons); worker processes and Ray actors leave only the progress counts."""
+def _write_interrupted_log(e: BaseException | None, last, total: int, out: Path, weights: str,
+                           precision: str, shard, aborted: str | None = None) -> None:  # fmt: skip
+    """Ctrl-C (or a Ray job that failed midway, ``aborted`` saying why): the run's log says
+    what it did and that it stopped, so ``report`` does not show the previous run's log as this
+    one's. A single-process run hands over its summary (failures with reasons); worker
+    processes and Ray actors leave only the progress counts."""
     from ..run.summary import INTERRUPTED, RunSummary
 
     summary = getattr(e, "summary", None)
     if summary is None:
-        summary = RunSummary(total=total, aborted=INTERRUPTED)
+        summary = RunSummary(total=total, aborted=aborted or INTERRUPTED)
         if last is not None:
             summary.done, summary.skipped = last.done, last.skipped
             summary.seconds = last.elapsed_s
