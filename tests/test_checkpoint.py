@@ -262,7 +262,7 @@ def _fpncli_file(path, **entries):
         {"depth": 101, "num_groups": 32, "width_per_group": 8},
         {"depth": 152, "num_groups": 32, "width_per_group": 8, "stride_in_1x1": False},
         {"depth": 101, "num_groups": 64, "width_per_group": 4},
-        {"depth": 50, "width_per_group": 128, "res5_dilation": 2, "out_channels": 256},
+        {"depth": 50, "width_per_group": 128, "res5_dilation": 1, "out_channels": 256},
     ],
 )
 def test_check_arch_accepts_the_model_zoo(arch):
@@ -281,7 +281,9 @@ def test_check_arch_accepts_the_model_zoo(arch):
         ({"depth": 50, "num_groups": 0}, "0x64"),
         ({"depth": 50, "stride_in_1x1": "yes"}, "stride_in_1x1 must be true or false"),
         ({"depth": 50, "out_channels": 4096}, "out_channels must be 256"),
-        ({"depth": 50, "res5_dilation": 3}, "res5_dilation must be 1 or 2"),
+        ({"depth": 50, "res5_dilation": 3}, "res5_dilation must be 1 with an FPN"),
+        # two levels of stride 16: Detectron2's FPN refuses it (fpncli's built a broken model)
+        ({"depth": 50, "res5_dilation": 2}, "res5_dilation must be 1 with an FPN, got 2"),
         ([50], "must be a dict"),
     ],
 )
@@ -475,3 +477,10 @@ def test_a_zero_batchnorm_variance_is_accepted(tmp_path, state):
     path = tmp_path / "zero.pkl"
     write_detectron2_pkl(path, zero)
     _same(read_checkpoint(path).state_dict, zero)
+
+
+def test_an_fpn_over_a_dilated_res5_is_refused_as_detectron2_refuses_it():
+    """res5_dilation=2 keeps res4's stride 16 for res5: the FPN registered fpn_lateral4 twice
+    and built a model whose first forward failed on a shape."""
+    with pytest.raises(ValueError, match=r"strides double \(4, 8, 16, 32\), not \[4, 8, 16, 16\]"):
+        build_resnet_fpn_backbone(res5_dilation=2)

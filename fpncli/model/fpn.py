@@ -67,6 +67,12 @@ class FPN(nn.Module):
         self.bottom_up = bottom_up
         self.in_features = bottom_up.stage_names
         self._levels = []
+        strides = [stride for _, stride in bottom_up.output_shape().values()]
+        if any(b != 2 * a for a, b in zip(strides, strides[1:])):  # as Detectron2's FPN asserts
+            raise ValueError(
+                f"an FPN needs stages whose strides double (4, 8, 16, 32), not {strides} (a "
+                "dilated res5 keeps res4's stride)"
+            )
         for channels, stride in bottom_up.output_shape().values():
             level = int(math.log2(stride))
             self.add_module(f"fpn_lateral{level}", Conv2d(channels, out_channels, 1))

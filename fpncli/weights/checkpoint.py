@@ -293,8 +293,12 @@ def check_arch(arch: object) -> dict:
             f"at most {MAX_GROUPS} groups, {MAX_WIDTH_PER_GROUP} per group and "
             f"{MAX_BOTTLENECK} in all (R-50 is 1x64, X-101 32x8d)"
         )
-    if integer("res5_dilation", 1) not in (1, 2):
-        raise ValueError(f"architecture res5_dilation must be 1 or 2, got {arch['res5_dilation']}")
+    if integer("res5_dilation", 1) != 1:
+        raise ValueError(
+            f"architecture res5_dilation must be 1 with an FPN, got {arch['res5_dilation']} (a "
+            "dilated res5 has res4's stride 16, which Detectron2's FPN refuses: its DC5 models "
+            "have no FPN)"
+        )
     if integer("out_channels", 256) != 256:  # every Detectron2 FPN; names.OUTPUT_CHANNELS
         raise ValueError(f"architecture out_channels must be 256, got {arch['out_channels']}")
     if not isinstance(arch.get("stride_in_1x1", True), bool):
