@@ -138,7 +138,7 @@ def build_resnet_fpn_backbone(
         num_groups: ResNeXt cardinality (32 for X-101-32x8d).
         width_per_group: bottleneck width per group (8 for X-101-32x8d).
         stride_in_1x1: True for Detectron2/MSRA weights, False for torchvision and ResNeXt weights.
-        res5_dilation: 1, or 2 for a dilated res5.
+        res5_dilation: 1 (a dilated res5, 2, keeps stride 16, which an FPN refuses).
         out_channels: FPN channels.
 
     Returns:
