@@ -733,3 +733,32 @@ def test_an_earlier_versions_keys_resume_show_and_diff(tmp_path):
     diff = CliRunner().invoke(cli, ["diff", str(files), str(wds), "-o", str(tmp_path / "d"),
                                     "--no-pictures"])  # fmt: skip
     assert diff.exit_code == 0 and "2 of 2 images compared" in diff.output, diff.output
+
+
+def test_a_full_disk_mid_shard_counts_only_the_images_in_committed_shards(tmp_path, monkeypatch):
+    """The shard being written is dropped when a write fails (before the run hears of it): its
+    images were counted done ("5 of 36 done" with 3 in the index), and a rerun redid them."""
+    import errno
+
+    from fpncli.io import shards
+
+    inputs = _images(tmp_path / "in", 6)
+    out = tmp_path / "out"
+    real, calls = tarfile.TarFile.addfile, []
+
+    def filling(self, info, fileobj=None):
+        calls.append(info.name)
+        if sum(n.endswith(".json") for n in calls) > 3:  # the 4th image: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, info, fileobj)
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", filling)
+    result = _run([str(inputs), "-o", str(out), "--format", "wds", "--shard-size", "1MB",
+                   "--writers", "1"])  # fmt: skip
+    assert result.exit_code == 1 and "disk full" in result.output, result.output
+    fs, root = shards.open_root(str(out))
+    kept = [r for r in shards.read_index(fs, root).to_pylist() if r["status"] == "ok"]
+    assert f"disk full: {len(kept)} of 6 done" in result.output, (len(kept), result.output)
+    monkeypatch.setattr(tarfile.TarFile, "addfile", real)
+    rerun = _run([str(inputs), "-o", str(out), "--format", "wds"])
+    assert rerun.exit_code == 0 and f"skipped {len(kept)}" in rerun.output, rerun.output

@@ -179,17 +179,19 @@ def run_sharded(
             sink = ShardSink(writer, plan.keys)
             summary = run_jobs(plan.todo, model, options, progress=progress, sink=sink)
         except BaseException as e:
+            writer.abort()
             if isinstance(e, KeyboardInterrupt):  # Ctrl-C's report counts them as not written
-                e.dropped_images = len(writer.keys)
+                e.dropped_images = writer.dropped
                 if hasattr(e, "summary"):  # the run's log: over every job, as below
                     _count_every_job(e.summary, jobs, plan)
-            writer.abort()
             raise
         if summary.aborted:
-            summary.done -= len(writer.keys)  # in the open shard, which is dropped: not done
-            writer.abort()
+            writer.abort()  # the open shard: its images are not done
         else:
             writer.close()
+        # written, counted done, then dropped with their shard: by the abort above, or by a
+        # write that failed (a full disk drops the open shard before the run hears of it)
+        summary.done -= writer.dropped
         rows = consolidate_index(plan.fs, plan.root)
     finally:
         plan.release()
