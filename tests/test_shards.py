@@ -762,3 +762,21 @@ def test_a_full_disk_mid_shard_counts_only_the_images_in_committed_shards(tmp_pa
     monkeypatch.setattr(tarfile.TarFile, "addfile", real)
     rerun = _run([str(inputs), "-o", str(out), "--format", "wds"])
     assert rerun.exit_code == 0 and f"skipped {len(kept)}" in rerun.output, rerun.output
+
+
+def test_an_index_part_removed_while_the_index_is_read_is_left_out(tmp_path, monkeypatch):
+    """report beside extract --overwrite: a part listed, then removed before it was opened,
+    failed the whole report with 'not a readable Parquet index part: delete it'."""
+    from fpncli.io import shards
+
+    out = tmp_path / "out"
+    assert (
+        _run([str(_images(tmp_path / "in", 2)), "-o", str(out), "--format", "wds"]).exit_code == 0
+    )
+    fs, root = shards.open_root(str(out))
+    rows = shards.read_index(fs, root).num_rows
+    real = fs.glob
+    monkeypatch.setattr(
+        fs, "glob", lambda pattern: [*real(pattern), f"{root}/_index/part-gone.parquet"]
+    )
+    assert shards.read_index(fs, root).num_rows == rows

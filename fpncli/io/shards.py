@@ -410,6 +410,8 @@ def read_index(fs, root: str, *, ledger: bool = True):
                 if column.name not in table.column_names:
                     table = table.append_column(column, pa.nulls(len(table), column.type))
             table = table.select(schema.names).cast(schema)  # a column of another type fails
+        except FileNotFoundError:  # removed since it was listed (--overwrite, a lost shard's part)
+            continue
         except (pa.ArrowException, OSError) as e:
             raise ValueError(
                 f"{path} is not a readable Parquet index part ({' '.join(str(e).split())}): "
