@@ -780,3 +780,15 @@ def test_an_index_part_removed_while_the_index_is_read_is_left_out(tmp_path, mon
         fs, "glob", lambda pattern: [*real(pattern), f"{root}/_index/part-gone.parquet"]
     )
     assert shards.read_index(fs, root).num_rows == rows
+
+
+def test_the_same_files_through_a_symlinked_folder_resume(tmp_path):
+    """wds refused them as 'keys ... held for other files' (the index recorded unresolved
+    paths), where a folder output skips them (its resume key has the real path)."""
+    inputs = _images(tmp_path / "in", 2)
+    link = tmp_path / "link"
+    link.symlink_to(inputs, target_is_directory=True)
+    out = tmp_path / "out"
+    assert _run([str(inputs), "-o", str(out), "--format", "wds"]).exit_code == 0
+    again = _run([str(link), "-o", str(out), "--format", "wds"])
+    assert again.exit_code == 0 and "skipped 2" in again.output, again.output

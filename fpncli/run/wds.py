@@ -9,6 +9,7 @@ run at the same time leaves those to it and does the others (``io.shardlock``).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -135,7 +136,9 @@ class ShardSink:
 
 
 def _source(path: Path) -> str:
-    return str(Path(path).absolute())
+    """The input file as the index records it: its real path, so that the same file reached
+    through a symlinked folder is the same source (as a folder output's resume key has it)."""
+    return os.path.realpath(path)
 
 
 def _check_disk(plan: ShardPlan, options: RunOptions) -> None:
