@@ -759,3 +759,41 @@ def test_resizing_on_the_device_gives_the_same_outputs(tmp_path, model):
                 np.testing.assert_array_equal(np.load(a), np.load(b))
             else:
                 assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("when", ["after decoding", "while decoding"])
+def test_an_input_replaced_during_the_run_is_redone_by_the_next(tmp_path, model, monkeypatch, when):
+    """The run key was taken from the file when the outputs were written: an input replaced
+    after it was decoded got the new file's key on the old file's features, and every resume
+    skipped it for good. Now the key is the file as decoded; one that changed while it was
+    read gets none."""
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(2)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    real_decode, real_load = steps.decode, steps.load_image
+
+    def replace(path):
+        new = tmp_path / "new.png"
+        _image(new, size=(64, 40), value=7)
+        os.replace(new, path)
+
+    def decode(job, *args, **kwargs):
+        item = real_decode(job, *args, **kwargs)
+        if job.path == paths[1] and when == "after decoding":
+            replace(job.path)
+        return item
+
+    def load(path, **kwargs):
+        image = real_load(path, **kwargs)
+        if Path(path) == paths[1] and when == "while decoding":
+            replace(path)
+        return image
+
+    monkeypatch.setattr("fpncli.run.pipeline.decode", decode)
+    monkeypatch.setattr(steps, "load_image", load)
+    assert run_jobs(jobs, model, RunOptions(output=SMALL, workers=1)).done == 2
+    monkeypatch.setattr("fpncli.run.pipeline.decode", real_decode)
+    monkeypatch.setattr(steps, "load_image", real_load)
+    again = run_jobs(jobs, model, RunOptions(output=SMALL, workers=1))
+    assert (again.done, again.skipped) == (1, 1)
+    manifest = json.loads((tmp_path / "out" / "1" / "manifest.json").read_text())
+    assert (manifest["input"]["width"], manifest["input"]["height"]) == (64, 40)

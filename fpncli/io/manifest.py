@@ -169,11 +169,13 @@ def is_complete(folder: Path, run_key: str | None = None) -> bool:
     return True
 
 
-def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: str) -> str:
+def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: str,
+            stat: os.stat_result | None = None) -> str:  # fmt: skip
     """A digest of everything that determines an image's outputs: the input file (size and
-    modification time), the weights, the precision and the output options. A complete folder
-    with the same key is skipped on resume; a different key means re-extract."""
-    stat = Path(image_path).stat()
+    modification time: ``stat``, by default the file's now), the weights, the precision and
+    the output options. A complete folder with the same key is skipped on resume; a different
+    key means re-extract."""
+    stat = Path(image_path).stat() if stat is None else stat
     # the JSON of {"input", "options", "precision", "weights"} with sorted keys, as earlier
     # versions wrote it (their folders still resume), with the options' part made once per
     # options object: asdict was 60% of the time of listing a million pending images

@@ -14,6 +14,7 @@ notebook loop) can call the same functions:
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -92,11 +93,24 @@ def weights_meta(model: FPN) -> dict:
     }  # fmt: skip
 
 
-def job_run_key(job: Job, options: RunOptions, weights: dict) -> str | None:
+def job_run_key(job: Job, options: RunOptions, weights: dict,
+                stat: os.stat_result | None = None) -> str | None:  # fmt: skip
     try:
-        return run_key(job.path, options.output, weights, options.precision)
+        return run_key(job.path, options.output, weights, options.precision, stat)
     except OSError:
         return None
+
+
+def _stat(path: str | os.PathLike) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _same_file(a: os.stat_result | None, b: os.stat_result | None) -> bool:
+    return a is not None and b is not None and (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
+        b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)  # fmt: skip
 
 
 @dataclass
@@ -110,6 +124,9 @@ class Decoded:
     prepared: Prepared
     pixels: np.ndarray | None
     decode_s: float = 0.0
+    #: the input file as it was while it was read (None: it changed meanwhile, or is gone), for
+    #: the run key: a file replaced during the run must not pass for the one decoded
+    source_stat: os.stat_result | None = None
 
 
 #: An image is resized on the device (``decode(..., resize_on_device=True)``) when it has at most
@@ -127,6 +144,7 @@ def decode(job: Job, options: RunOptions, input_format: InputFormat, *,
     Pillow's) for an image of at most ``DEVICE_RESIZE_MAX_RATIO`` times the resized pixels; its
     ``pixels`` are then at the image's own size."""
     start = time.perf_counter()
+    before = _stat(job.path)
     image = load_image(job.path, max_pixels=options.max_pixels)
     out = options.output
     defer = False
@@ -140,7 +158,9 @@ def decode(job: Job, options: RunOptions, input_format: InputFormat, *,
     )  # fmt: skip
     if not needs_image(out):  # the writer draws no input: the full-size pixels can go now
         image.drop_pixels()
-    return Decoded(job, image, prepared, pixels, time.perf_counter() - start)
+    after = _stat(job.path)  # the pixels are decoded: the file may change from here on
+    stat = after if _same_file(before, after) else None
+    return Decoded(job, image, prepared, pixels, time.perf_counter() - start, stat)
 
 
 def resizes_on_device(options: RunOptions, device: torch.device) -> bool:
@@ -237,5 +257,9 @@ def write_result(
     return write_image_outputs(
         item.job.folder, levels=levels, image=item.image, prepared=item.prepared,
         options=options.output, weights=weights, device=device, precision=options.precision,
-        run_key=job_run_key(item.job, options, weights), skip_if_complete=not options.overwrite,
+        # the file as decoded: one replaced since gets a key its folder will not match, and
+        # one that changed while it was read gets none: either way a resume redoes it
+        run_key=job_run_key(item.job, options, weights, item.source_stat)
+        if item.source_stat is not None else None,
+        skip_if_complete=not options.overwrite,
     )  # fmt: skip
