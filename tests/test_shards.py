@@ -792,3 +792,31 @@ def test_the_same_files_through_a_symlinked_folder_resume(tmp_path):
     assert _run([str(inputs), "-o", str(out), "--format", "wds"]).exit_code == 0
     again = _run([str(link), "-o", str(out), "--format", "wds"])
     assert again.exit_code == 0 and "skipped 2" in again.output, again.output
+
+
+def test_a_killed_runs_temporaries_at_the_top_of_out_are_removed_by_the_next(tmp_path):
+    """SIGKILL while the run log, index.parquet or the claims file was being written left
+    '.run.json.fpncli-tmp.PID.TOKEN', 'index.parquet.partialXXXX' and '_claims/.TOKEN.tmp',
+    which no later run removed."""
+    import time
+
+    inputs = _images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert _run([str(inputs), "-o", str(out), "--format", "wds"]).exit_code == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    leftovers = [
+        out / f".run.json.fpncli-tmp.{dead}.0a1b2c3d",
+        out / "index.parquet.partial1a2b3c4d",
+        out / "_claims" / ".deadbeef0000.tmp",
+    ]
+    for path in leftovers:
+        path.write_bytes(b"half")
+        os.utime(path, (time.time() - 3600,) * 2)
+    assert _run([str(inputs), "-o", str(out), "--format", "wds"]).exit_code == 0
+    assert [p for p in leftovers if p.exists()] == []
+    assert _run([str(inputs), "-o", str(tmp_path / "files")]).exit_code == 0  # folder format
+    stale = tmp_path / "files" / f".run.json.fpncli-tmp.{dead}.0a1b2c3d"
+    stale.write_bytes(b"half")
+    assert _run([str(inputs), "-o", str(tmp_path / "files")]).exit_code == 0
+    assert not stale.exists()

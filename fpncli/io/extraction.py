@@ -372,10 +372,17 @@ def write_run_log(root: str | Path, summary: dict, shard: tuple[int, int] | None
     """Record what this ``extract`` run into ``root`` did (counts, failures with reasons),
     atomically, for ``fpncli report``: ``run.json``, or ``run-I-of-N.json`` for shard I of N. A
     read-only folder only logs a warning."""
+    from .atomic import TMP_MARK, stale_temporary
     from .outputs import atomic_write_bytes
 
     name = run_log_name(shard)
     try:
+        with os.scandir(root) as entries:  # a killed run's temporary logs (only dead runs')
+            for entry in entries:
+                if entry.name.startswith(".run") and TMP_MARK in entry.name and (
+                    stale_temporary(entry.name) and entry.is_file(follow_symlinks=False)
+                ):  # fmt: skip
+                    os.unlink(entry.path)
         atomic_write_bytes(Path(root) / name, json.dumps(summary, indent=2).encode())
     except OSError as e:
         import logging

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -112,6 +113,8 @@ class RunClaim:
             return []
         folder = Path(self.root) / CLAIMS_DIR
         runs = []
+        for path in folder.glob(".*.tmp") if folder.is_dir() else []:
+            _remove_if_unlocked(path)  # a claims file a run was killed before naming
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             if path == self.path:
                 continue
@@ -195,3 +198,21 @@ def _read_live(path: Path) -> LiveRun | None:
         return None
     finally:
         f.close()
+
+
+def _remove_if_unlocked(path: Path, min_age_s: float = 60.0) -> None:
+    """Remove a claims file's temporary that no live run holds: its writer locks it before
+    naming it, so an unlocked one a minute old was left by a run killed in between."""
+    try:
+        if time.time() - path.stat().st_mtime < min_age_s:
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return  # a live run's: it is about to name it
+    finally:
+        os.close(fd)
+    path.unlink(missing_ok=True)

@@ -490,7 +490,9 @@ def prepare_root(fs, root: str, sources: dict[str, str], settings: str, *, overw
             fs.rm(f"{root}/{INDEX}")
         return set()
     parts = {PurePosixPath(p).name[5:-8] for p in fs.glob(f"{root}/{INDEX_DIR}/part-*.parquet")}
-    for path in _own_shards(fs, root) + fs.glob(f"{root}/{INDEX_DIR}/*{_PARTIAL}*"):
+    # (index.parquet's temporary: consolidate_index writes it holding the lock held here)
+    partials = fs.glob(f"{root}/{INDEX_DIR}/*{_PARTIAL}*") + fs.glob(f"{root}/{INDEX}{_PARTIAL}*")
+    for path in _own_shards(fs, root) + partials:
         name = PurePosixPath(path).name
         if partial_token(name) in live_tokens:
             continue  # another live run's open shard
