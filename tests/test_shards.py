@@ -340,12 +340,18 @@ def test_show_on_a_wds_folder_without_key_says_to_pass_one(tmp_path):
     )
 
 
-def test_diff_matches_dotted_names_between_folder_and_wds_outputs(tmp_path):
-    """``b.v1.png`` is the folder ``b.v1`` but the wds key ``b_v1``: diff pairs them."""
+def _dotted_inputs(tmp_path: Path) -> Path:
+    """``a.png`` and ``b.v1.png``, a name with a dot in its stem."""
     src = tmp_path / "in"
     src.mkdir()
     for name in ("a.png", "b.v1.png"):
         Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(src / name)
+    return src
+
+
+def test_diff_matches_dotted_names_between_folder_and_wds_outputs(tmp_path):
+    """``b.v1.png`` is the folder ``b.v1`` but the wds key ``b%2Ev1``: diff pairs them."""
+    src = _dotted_inputs(tmp_path)
     files, wds = tmp_path / "files", tmp_path / "wds"
     assert _run([str(src), "-o", str(files), "--no-overview"]).exit_code == 0
     assert _run([str(src), "-o", str(wds), "--format", "wds", "--no-overview"]).exit_code == 0
@@ -715,10 +721,7 @@ def test_an_earlier_versions_keys_resume_show_and_diff(tmp_path):
     """An output of an earlier version (dots became ``_``: ``b_v1``): its images are skipped on
     resume under their old keys (never put in the shards a second time as ``b%2Ev1``), and
     diff pairs them with a folder output's ``b.v1``."""
-    src = tmp_path / "in"
-    src.mkdir()
-    for name in ("a.png", "b.v1.png"):
-        Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(src / name)
+    src = _dotted_inputs(tmp_path)
     files, wds = tmp_path / "files", tmp_path / "wds"
     assert _run([str(src), "-o", str(files), "--no-overview"]).exit_code == 0
     args = [str(src), "-o", str(wds), "--format", "wds", "--no-overview"]
