@@ -762,6 +762,8 @@ def test_a_full_disk_mid_shard_counts_only_the_images_in_committed_shards(tmp_pa
     fs, root = shards.open_root(str(out))
     kept = [r for r in shards.read_index(fs, root).to_pylist() if r["status"] == "ok"]
     assert f"disk full: {len(kept)} of 6 done" in result.output, (len(kept), result.output)
+    log = json.loads((out / "run.json").read_text())
+    assert log["done"] == len(kept) and log["bytes_written"] == sum(r["bytes"] for r in kept)
     monkeypatch.setattr(tarfile.TarFile, "addfile", real)
     rerun = _run([str(inputs), "-o", str(out), "--format", "wds"])
     assert rerun.exit_code == 0 and f"skipped {len(kept)}" in rerun.output, rerun.output

@@ -250,6 +250,7 @@ class ShardWriter:
         self.rows: list[dict] = []  # rows of the open shard, and failures since the last commit
         self.keys: list[str] = []
         self.dropped = 0  # images written into shards that were then dropped (_abort)
+        self.dropped_bytes = 0  # and the bytes the run counted written for them
         self.tar: tarfile.TarFile | None = None
         self.file = None
         self.tmp: str | None = None
@@ -319,6 +320,7 @@ class ShardWriter:
                 except OSError as e:
                     log.debug("cleaning up %s: %s", self.tmp, e)
         self.tar = self.file = self.tmp = None
+        self.dropped_bytes += sum(r["bytes"] or 0 for r in self.rows if r["status"] == "ok")
         self.rows = [r for r in self.rows if r["status"] != "ok"]
         self.dropped += len(self.keys)
         self.keys = []

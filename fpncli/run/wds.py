@@ -195,6 +195,7 @@ def run_sharded(
         # written, counted done, then dropped with their shard: by the abort above, or by a
         # write that failed (a full disk drops the open shard before the run hears of it)
         summary.done -= writer.dropped
+        summary.bytes_written -= writer.dropped_bytes
         rows = consolidate_index(plan.fs, plan.root)
     finally:
         plan.release()
