@@ -393,7 +393,7 @@ def test_a_16_bit_photos_thumbnail_is_scaled_as_extract_reads_it(tmp_path):
     from fpncli.viz.report import _input_thumbnail
 
     Image.fromarray(np.full((40, 60), 32896, np.uint16)).save(tmp_path / "grey16.png")
-    thumb = _input_thumbnail(tmp_path / "grey16.png", 20, {"width": 60, "height": 40})
+    thumb = _input_thumbnail(tmp_path / "grey16.png", 20, {"input": {"width": 60, "height": 40}})
     assert thumb.shape == (20, 30, 3) and int(thumb.max()) == 128
 
 

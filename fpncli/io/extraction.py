@@ -121,16 +121,26 @@ def read_photo(path: Path | None, manifest: dict | None = None) -> np.ndarray | 
     except (OSError, ValueError) as e:
         logging.getLogger(__name__).warning("the input photo cannot be read: %s", e)
         return None
-    recorded = (manifest or {}).get("input")
-    recorded = recorded if isinstance(recorded, dict) else {}
-    size = (recorded.get("width"), recorded.get("height"))
-    if all(isinstance(v, int) for v in size) and size != (rgb.shape[1], rgb.shape[0]):
+    extracted = replaced_size(manifest, rgb.shape[1], rgb.shape[0])
+    if extracted is not None:
         logging.getLogger(__name__).warning(
             "the input photo %s is %dx%d, the extracted one was %dx%d: replaced since, so it is "
-            "not drawn beside these maps", path, rgb.shape[1], rgb.shape[0], *size,
+            "not drawn beside these maps", path, rgb.shape[1], rgb.shape[0], *extracted,
         )  # fmt: skip
         return None
     return rgb
+
+
+def replaced_size(manifest: dict | None, width: int, height: int) -> tuple[int, int] | None:
+    """The ``(width, height)`` the manifest's ``input`` records when a photo of ``width`` x
+    ``height`` (EXIF orientation applied) differs from it: replaced since, it is not the photo
+    of these maps. None when they agree, or the manifest records no size."""
+    recorded = (manifest or {}).get("input")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    size = (recorded.get("width"), recorded.get("height"))
+    if all(isinstance(v, int) for v in size) and size != (width, height):
+        return size
+    return None
 
 
 def manifest_levels(folder: Path, manifest: dict) -> dict:

@@ -413,10 +413,10 @@ def run_jobs(
     input_format = model.weights_info.input
     _run(model, options, summary, len(todo), progress, sink,
          lambda runner: _feed(runner, todo, options, input_format))  # fmt: skip
-    pending = {id(job) for job in todo}
-    complete = [job for job in jobs if id(job) not in pending]  # skipped: already complete
-    if summary.last_folder is None and complete:  # none written: this command still named them,
-        summary.last_folder = complete[-1].folder  # and a bare `fpncli show` shows the last one
+    if summary.last_folder is None:  # none written: the last job skipped as already complete
+        pending = {id(job) for job in todo}  # (this command named it: a bare `fpncli show`)
+        skipped = next((job for job in reversed(jobs) if id(job) not in pending), None)
+        summary.last_folder = skipped.folder if skipped is not None else None
     if summary.last_folder is not None and options.record_latest and sink is None:
         record_latest(summary.last_folder)
     return summary

@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 from .. import __version__
 from ..io.atomic import TMP_MARK, stale_temporary
 from ..io.catalog import Extractions, Failure, open_extractions
-from ..io.extraction import LoadedExtraction, read_run_log
+from ..io.extraction import LoadedExtraction, read_run_log, replaced_size
 from ..io.guard import error_text, folder_lock, usable_cores, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
@@ -68,10 +68,10 @@ def _order(names) -> list[str]:
     return sorted(names, key=lambda n: (_LEVEL_ORDER.index(n) if n in _LEVEL_ORDER else 99, n))
 
 
-def _input_thumbnail(path: Path | None, height: int, recorded: dict) -> np.ndarray | None:
+def _input_thumbnail(path: Path | None, height: int, manifest: dict) -> np.ndarray | None:
     """The photo at ``height`` pixels, decoded at reduced size where the format allows (JPEG);
-    None when it is gone, unreadable, or not of the size the manifest's ``input`` records
-    (``recorded``: replaced since, it is not the photo of these maps)."""
+    None when it is gone, unreadable, or not of the size the ``manifest`` records (replaced
+    since, it is not the photo of these maps: ``extraction.replaced_size``)."""
     if path is None or not path.is_file():
         return None
     from ..io.preprocess import _to_rgb8, open_image
@@ -83,10 +83,10 @@ def _input_thumbnail(path: Path | None, height: int, recorded: dict) -> np.ndarr
             width, height_now = im.size
             if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF: turned a quarter
                 width, height_now = height_now, width
-            size = (recorded.get("width"), recorded.get("height"))
-            if all(isinstance(v, int) for v in size) and size != (width, height_now):
+            extracted = replaced_size(manifest, width, height_now)
+            if extracted is not None:
                 log.warning("report: %s is %dx%d, the extracted photo was %dx%d: replaced "
-                            "since, not shown", path, width, height_now, *size)  # fmt: skip
+                            "since, not shown", path, width, height_now, *extracted)  # fmt: skip
                 return None
             im.draft("RGB", (height * 4, height))  # JPEG: decode at 1/2..1/8 scale, fast
             im = ImageOps.exif_transpose(im)
@@ -169,12 +169,11 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, href: str, 
         return Failure(key, "; ".join(f"{n}: its .npy is missing or unreadable" for n in unloaded))
     stem = f"{index:06d}"
     row = _Row(key, {}, {}, None, None, "")
-    inp = ex.manifest.get("input")
-    inp = inp if isinstance(inp, dict) else {}
-    picture = _input_thumbnail(ex.input_path, height, inp)
+    picture = _input_thumbnail(ex.input_path, height, ex.manifest)
     if picture is not None:
         atomic_write_bytes(thumbs / f"{stem}_input.png", encode_png(picture))
         row.input_thumb = f"{href}/{stem}_input.png"
+    inp = ex.manifest.get("input") or {}
     row.size = f"{inp.get('width')}x{inp.get('height')}"
     row.overview = found.link(key, ex.manifest.get("overview"))
     samples = {}
