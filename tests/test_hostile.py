@@ -485,6 +485,31 @@ def test_outputs_are_not_read_back_as_inputs_however_named(tmp_path):
     assert legacy.exit_code == 0 and "of 3" in legacy.output, legacy.output
 
 
+def test_symlinked_folders_are_followed_but_never_into_outputs(tmp_path):
+    """Symlinked folders are followed (they were skipped without a word), a second link to the
+    same folder is read once with a note, and a link into this run's -o, one of its subfolders
+    or another run's output reads no output back; the rerun resumes every image."""
+    photos, elsewhere, out = tmp_path / "imgs", tmp_path / "elsewhere", tmp_path / "out"
+    _image(photos / "a.png")
+    _image(elsewhere / "b.png", value=1)
+    (photos / "ext").symlink_to(elsewhere)
+    (photos / "ext2").symlink_to(elsewhere)
+    first = _run_cli(str(photos), "-o", str(out))
+    assert first.exit_code == 0 and "done 2," in first.output, first.output
+    assert "of 2" in first.output
+    assert (out / "ext" / "b" / "manifest.json").is_file()
+    assert (f"note: not reading {photos / 'ext2'}: it is the folder {photos / 'ext'} (through a "
+            "symlink), read once under that name\n") in first.output  # fmt: skip
+    (photos / "o").symlink_to(out)
+    (photos / "o_ext").symlink_to(out / "ext")
+    again = _run_cli(str(photos), "-o", str(out))
+    assert again.exit_code == 0, again.output
+    assert "done 0," in again.output and "skipped 2 (already complete)" in again.output
+    assert "not reading outputs back as inputs: skipped" in again.output
+    other = _run_cli(str(photos), "-o", str(tmp_path / "second"))  # out: another run's output
+    assert other.exit_code == 0 and "done 2," in other.output and "of 2" in other.output
+
+
 # 10. show stays inside the extraction folder ----------------------------------------------
 
 

@@ -69,6 +69,52 @@ def test_discover_order_recursion_extensions_and_dedupe(tmp_path):
         discover_inputs([str(tmp_path / "missing")])
 
 
+def test_symlinked_subfolders_are_followed_under_the_links_name(tmp_path):
+    """``data/train -> /mnt/x/train`` was listed and never walked: its images were left out
+    without a word (torchvision's ImageFolder follows such links)."""
+    data, mounted = tmp_path / "data", tmp_path / "mnt" / "x"
+    for rel in ["train/cls/a.png", "val/b.png"]:
+        (mounted / rel).parent.mkdir(parents=True, exist_ok=True)
+        (mounted / rel).write_bytes(b"x")
+    (data / "real").mkdir(parents=True)
+    (data / "real" / "c.png").write_bytes(b"x")
+    (data / "train").symlink_to(mounted / "train")
+    (data / "val").symlink_to(Path("..", "mnt", "x", "val"))  # relative, as ln -s makes them
+    pairs = discover_inputs([str(data)])
+    assert pairs == [(data / rel, data) for rel in ["real/c.png", "train/cls/a.png", "val/b.png"]]
+    jobs = plan_jobs(pairs, tmp_path / "out")
+    assert [j.folder.relative_to(tmp_path / "out").as_posix() for j in jobs] == [
+        "real/c", "train/cls/a", "val/b",
+    ]  # fmt: skip
+
+
+def test_symlink_cycles_and_repeated_folders_are_read_once_each(tmp_path):
+    """Following links, every real folder is read once: a link to an ancestor (a cycle) or to a
+    folder inside the input is left to that folder's own path, and a second link to a folder
+    read already is passed over; each is reported with the name its images are read as."""
+    data, mounted = tmp_path / "data", tmp_path / "mnt" / "x"
+    for rel in ["train/a.png", "val/b.png"]:
+        (mounted / rel).parent.mkdir(parents=True, exist_ok=True)
+        (mounted / rel).write_bytes(b"x")
+    (mounted / "val" / "loop").symlink_to(mounted)  # a cycle outside the input
+    (data / "z" / "sub").mkdir(parents=True)
+    (data / "z" / "sub" / "c.png").write_bytes(b"x")
+    (data / "z" / "sub" / "up").symlink_to(data)  # a cycle: a link to an ancestor
+    (data / "a_short").symlink_to(data / "z" / "sub")  # before z in sorted order
+    (data / "all").symlink_to(mounted)
+    (data / "train").symlink_to(mounted / "train")  # read already, under all/train
+    repeated: list = []
+    pairs = discover_inputs([str(data)], repeated=repeated)
+    assert [p.relative_to(data).as_posix() for p, _ in pairs] == [
+        "all/train/a.png", "all/val/b.png", "z/sub/c.png",
+    ]  # fmt: skip
+    assert [(a.relative_to(data).as_posix(), b.relative_to(data).as_posix())
+            for a, b in repeated] == [
+        ("a_short", "z/sub"), ("all/val/loop", "all"), ("train", "all/train"), ("z/sub/up", "."),
+    ]  # fmt: skip
+    assert discover_inputs([str(data)]) == pairs  # the same without a list to report to
+
+
 def test_a_quoted_glob_with_a_tilde_is_expanded_as_a_quoted_folder_is(tmp_path, monkeypatch):
     """'~/photos' found the home folder's photos, '~/photos/*.jpg' "no file matches"."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

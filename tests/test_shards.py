@@ -799,6 +799,22 @@ def test_the_same_files_through_a_symlinked_folder_resume(tmp_path):
     assert again.exit_code == 0 and "skipped 2" in again.output, again.output
 
 
+def test_a_symlinked_subfolder_gets_keys_under_the_links_name_and_resumes(tmp_path):
+    """A symlinked folder inside the input (skipped before) is read, its keys the link's path
+    (``data/train -> elsewhere`` gives ``train/...``), and the rerun skips its images."""
+    data = tmp_path / "data"
+    _images(tmp_path / "elsewhere", 2)
+    data.mkdir()
+    (data / "train").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    out = tmp_path / "out"
+    first = _run([str(data), "-o", str(out), "--format", "wds"])
+    assert first.exit_code == 0 and "of 2" in first.output, first.output
+    keys = sorted(r["key"] for r in pq.read_table(out / "index.parquet").to_pylist())
+    assert keys == ["train/img%2E1", "train/sub/img%2E0"]
+    again = _run([str(data), "-o", str(out), "--format", "wds"])
+    assert again.exit_code == 0 and "skipped 2" in again.output, again.output
+
+
 def test_a_killed_runs_temporaries_at_the_top_of_out_are_removed_by_the_next(tmp_path):
     """SIGKILL while the run log, index.parquet or the claims file was being written left
     '.run.json.fpncli-tmp.PID.TOKEN', 'index.parquet.partialXXXX' and '_claims/.TOKEN.tmp',

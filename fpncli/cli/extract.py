@@ -334,15 +334,20 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     out = Path(out_dir)
     passed_over: set[Path] = set()
     unreadable: list = []
+    repeated: list = []
     _check_inputs_not_levels(inputs, levels)
     pairs = discover_inputs(inputs, from_list, exclude=None if url else out, skipped=passed_over,
-                            unreadable=unreadable)  # fmt: skip
+                            unreadable=unreadable, repeated=repeated)  # fmt: skip
     files_inside = _inside(inputs, passed_over)
     if passed_over:
         click.echo(_skipped_note(passed_over, files_inside), err=True)
     for folder, reason in unreadable:
         click.echo(f"note: cannot read the folder {quote_name(str(folder))} ({reason}): its "
                    "images are left out (reported as failed)", err=True)  # fmt: skip
+    for folder, read_as in repeated:  # symlinks: a cycle, or the same folder twice
+        click.echo(f"note: not reading {quote_name(str(folder))}: it is the folder "
+                   f"{quote_name(str(read_as))} (through a symlink), read once under that name",
+                   err=True)  # fmt: skip
     if not pairs:
         passed_out = {os.path.realpath(r) for r in passed_over}
         inside_out = [raw for raw, root in files_inside.items()

@@ -60,10 +60,12 @@ class _OutputFilter:
         exclude: Path | None,
         skipped: set[Path] | None,
         unreadable: list[tuple[Path, str]] | None = None,
+        repeated: list[tuple[Path, Path]] | None = None,
     ) -> None:
         self.exclude = Path(os.path.realpath(exclude)) if exclude is not None else None
         self.skipped = skipped if skipped is not None else set()
         self.unreadable = unreadable if unreadable is not None else []
+        self.repeated = repeated if repeated is not None else []
         self.cache: dict[Path, Path | None] = {}
         self.folders: dict[Path, bool] = {}
 
@@ -91,19 +93,50 @@ class _OutputFilter:
         return self.folders[folder]
 
     def walk(self, folder: Path) -> list[Path]:
+        """The images below ``folder``, in sorted order, symlinked folders followed (as
+        torchvision's ``ImageFolder`` does) under the link's name. Each real folder is read once:
+        a link to a folder at or below one the walk is in (an ancestor: a cycle; or its own
+        subfolder) is left to the real path, and a folder met again through another link is
+        passed over; both are added to ``repeated`` as ``(path, the path it is read as)``."""
         if self.root_of(folder) is not None:
             return []
-        found = []
+        found, top = [], Path(folder)
+        reals: dict[Path, Path] = {}  # each folder walked -> its real path
+        read_as: dict[Path, Path] = {}  # each real folder walked -> the path it was read as
 
         def cannot_read(error: OSError) -> None:  # a folder os.walk cannot list
             self.unreadable.append((Path(error.filename or folder), error.strerror or str(error)))
 
-        for dirpath, dirnames, filenames in os.walk(folder, onerror=cannot_read):
+        def walked_as(parent: Path, real: Path) -> Path | None:
+            """Where ``real`` lies below a folder the walk is in (``parent`` or one above it)."""
+            while parent in reals:
+                if real.is_relative_to(reals[parent]):
+                    return parent / real.relative_to(reals[parent])
+                if parent == top:
+                    break
+                parent = parent.parent
+            return None
+
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=cannot_read, followlinks=True):
+            here = Path(dirpath)
+            real_here = Path(os.path.realpath(here))
+            if real_here in read_as:  # a second link to a folder already read
+                self.repeated.append((here, read_as[real_here]))
+                dirnames[:] = []
+                continue
+            reals[here], read_as[real_here] = real_here, here
             kept = []
             for d in sorted(dirnames):  # never read outputs back as inputs
-                sub = Path(dirpath, d)
+                sub = here / d
                 real = Path(os.path.realpath(sub))
                 try:
+                    if os.path.islink(sub):  # where it leads: checked as a file named there is
+                        if self.root_of(sub) is not None:
+                            continue
+                        inside = read_as.get(real) or walked_as(here, real)
+                        if inside is not None:  # a cycle, a shortcut, or a folder read already
+                            self.repeated.append((sub, inside))
+                            continue
                     marked = real == self.exclude or (sub / OUTPUT_MARKER).is_file()
                 except OSError as e:  # e.g. a folder without permission to look inside
                     self.unreadable.append((sub, e.strerror or str(e)))
@@ -113,12 +146,12 @@ class _OutputFilter:
                 else:
                     kept.append(d)
             dirnames[:] = kept
-            if _is_image_folder(Path(dirpath), filenames):
-                self.skipped.add(Path(os.path.realpath(dirpath)))
+            if _is_image_folder(here, filenames):
+                self.skipped.add(real_here)
                 continue
             for name in sorted(filenames):
                 if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
-                    found.append(Path(dirpath) / name)
+                    found.append(here / name)
         return found
 
 
@@ -143,6 +176,7 @@ def discover_inputs(
     exclude: Path | None = None,
     skipped: set[Path] | None = None,
     unreadable: list[tuple[Path, str]] | None = None,
+    repeated: list[tuple[Path, Path]] | None = None,
 ) -> list[tuple[Path, Path]]:
     """Expand files, folders (recursively), globs and list entries into ``(image, root)`` pairs.
 
@@ -157,7 +191,11 @@ def discover_inputs(
     without the line ending (and the first line's BOM), or without the spaces at its ends where
     no file has the name with them; blank lines and lines starting with ``#`` are skipped.
     Folders below an input that cannot be read (no permission) are passed over and added to
-    ``unreadable`` with the reason.
+    ``unreadable`` with the reason. Symlinked folders below a folder input are followed, their
+    images named by the link's path, and every real folder is read once: a link that leads to
+    a folder at or below one being walked (a cycle, or a shortcut inside the input) is left to
+    that folder's own path, and a folder met again through another link is passed over; each
+    such ``(path, the path its images are read as)`` is added to ``repeated``.
 
     Raises:
         FileNotFoundError: an argument that is neither a file, a folder nor a matching glob,
@@ -165,7 +203,7 @@ def discover_inputs(
             that cannot be looked up (a name over 255 bytes). A listed entry that cannot be
             looked up is kept, to be reported when loaded, as a missing one is.
     """
-    outputs = _OutputFilter(exclude, skipped, unreadable)
+    outputs = _OutputFilter(exclude, skipped, unreadable, repeated)
     pairs: list[tuple[Path, Path]] = []
     for raw in inputs:
         if not str(raw).strip():
