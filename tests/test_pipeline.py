@@ -285,6 +285,20 @@ def test_resume_skips_complete_and_settings_change_redoes(tmp_path, model):
     assert run_jobs(jobs, model, replace(options, overwrite=True)).done == 2
 
 
+def test_a_16_bit_rgb_pngs_note_is_in_its_manifest(tmp_path, model):
+    """Pillow reads a 16-bit RGB PNG as 8 bits: the manifest's input notes say so."""
+    import cv2
+
+    path = tmp_path / "in" / "deep.png"
+    path.parent.mkdir()
+    assert cv2.imwrite(str(path), np.full((40, 48, 3), 40000, np.uint16))
+    assert run_jobs([Job(path, tmp_path / "out" / "deep")], model, RunOptions(output=SMALL)).done
+    manifest = json.loads((tmp_path / "out" / "deep" / "manifest.json").read_text())
+    assert manifest["input"]["notes"] == [
+        "16-bit RGB read as 8 bits (each value's high byte, as Pillow and Detectron2 do)"
+    ]
+
+
 def test_batches_group_same_shapes_and_match_single_runs(tmp_path, model):
     paths = [
         _image(tmp_path / "in" / f"{i}.png", size=(48 + 20 * (i % 2), 40), value=i)

@@ -88,6 +88,28 @@ def test_modes_become_rgb(tmp_path):
     assert (loaded.rgb == 255).all() and "16 bits" in loaded.notes[0]
 
 
+@pytest.mark.parametrize("name, channels", [("c.png", 3), ("a.png", 4), ("c.tiff", 3)])
+def test_a_16_bit_colour_image_keeps_pillows_8_bits_with_a_note(tmp_path, name, channels):
+    """Pillow opens a 16-bit RGB(A) PNG as "RGB"/"RGBA", each value's high byte: nothing said
+    so. The pixels stay Pillow's (Detectron2 reads with Pillow too); the note says it."""
+    import cv2
+
+    rng = np.random.RandomState(0)
+    bgr16 = rng.randint(0, 65536, (4, 5, channels), dtype=np.int64).astype(np.uint16)
+    path = tmp_path / name
+    assert cv2.imwrite(str(path), bgr16)
+    loaded = load_image(path)
+    high = (bgr16[:, :, 2::-1] >> 8).astype(np.uint8)  # cv2's BGR(A) -> RGB, the high byte
+    assert np.array_equal(loaded.rgb, high)
+    assert np.array_equal(loaded.rgb, np.asarray(Image.open(path).convert("RGB")))
+    mode = "RGB" if channels == 3 else "RGBA"
+    assert loaded.notes[0] == (
+        f"16-bit {mode} read as 8 bits (each value's high byte, as Pillow and Detectron2 do)"
+    )
+    eight = load_image(_save(tmp_path / "8.png", Image.fromarray(high)))
+    assert eight.notes == [] and np.array_equal(eight.rgb, high)
+
+
 def test_multiframe_uses_the_first_frame(tmp_path):
     frames = [Image.fromarray(np.full((4, 5, 3), v, np.uint8)) for v in (10, 200)]
     path = tmp_path / "m.tif"

@@ -249,6 +249,22 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray | Image.Image:
         raise ValueError(f"cannot convert a {mode} image to RGB ({e})") from None
 
 
+def _high_bytes_note(im: Image.Image) -> str | None:
+    """The note for an image whose samples Pillow reduced to 8 bits as it opened it, or None.
+
+    Pillow opens a 16-bit-per-channel RGB, RGBA or LA PNG (or TIFF) as mode ``RGB``/``RGBA``/
+    ``LA``, each value's high byte kept (its raw mode, e.g. ``RGB;16B``, says so; known only
+    until ``load``, which clears ``tile``, and a PNG's ``getexif`` loads it). Detectron2 reads
+    images with Pillow too, so those pixels are kept, for parity, and only the note is added."""
+    if im.mode not in ("RGB", "RGBA", "LA") or not im.tile:
+        return None
+    args = im.tile[0][3]  # a tile is (decoder, extents, offset, args) in every Pillow
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    if not isinstance(rawmode, str) or ";16" not in rawmode:
+        return None
+    return f"16-bit {im.mode} read as 8 bits (each value's high byte, as Pillow and Detectron2 do)"
+
+
 def _orientation(value, notes: list[str]) -> int:
     """The EXIF orientation to apply: 1..8, as Detectron2 (``_apply_exif_orientation``) and
     ``ImageOps.exif_transpose`` read the tag (a dict lookup: 6.0 is 6, "6" or 6.5 is none); any
@@ -267,8 +283,10 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     """Read an image file as 8-bit RGB with its EXIF orientation applied.
 
     Grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16-bit images all become RGB; of a
-    multi-frame file the first frame is used. The size is checked from the header before any
-    pixel is decoded, so decompression bombs are refused without allocating them.
+    multi-frame file the first frame is used. A 16-bit RGB(A) file keeps the 8 bits Pillow
+    reads it as (the high bytes, as Detectron2 gets them), with a note. The size is checked
+    from the header before any pixel is decoded, so decompression bombs are refused without
+    allocating them.
 
     Only a regular file is opened: a FIFO, device, socket or symlink loop is refused.
 
@@ -281,10 +299,12 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     notes: list[str] = []
     try:
         with open_image(path, max_pixels) as im:
+            high_bytes = _high_bytes_note(im)  # before getexif, which loads a PNG
             frames = getattr(im, "n_frames", 1)
             if frames > 1:
                 notes.append(f"first of {frames} frames used")
             orientation = _orientation(im.getexif().get(EXIF_ORIENTATION, 1), notes)
+            notes += [high_bytes] if high_bytes else []
             im.load()
             transposed = ImageOps.exif_transpose(im) if orientation != 1 else im
             rgb = _to_rgb8(transposed, notes)
