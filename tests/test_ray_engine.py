@@ -47,6 +47,11 @@ def _extract(*args):
     return CliRunner().invoke(cli, ["extract", *map(str, args), *SMALL])
 
 
+def _given(jobs) -> dict[str, list[str]]:
+    """The actor's columns naming each job's image and folder as the user gave them."""
+    return {"given": [str(j.path) for j in jobs], "given_folder": [str(j.folder) for j in jobs]}
+
+
 def _shards(out: Path) -> dict[str, dict[str, bytes]]:
     found = {}
     for path in sorted(out.glob("shard-*.tar")):
@@ -98,6 +103,27 @@ def test_ray_engine_equals_local_in_both_formats(ray_cluster, inputs, tmp_path):
             array = np.load(io.BytesIO(members[f"{row['key']}.{level}.npy"]))
             np.testing.assert_allclose(array, expected, **tolerance)
             assert row[f"{level}_shape"] == list(expected.shape)
+
+
+def test_ray_failures_name_inputs_as_given(ray_cluster, inputs, tmp_path, monkeypatch):
+    """A failed image is named in run.json, in the summary and in the wds index as the local
+    engine names it, relative paths relative (the actors read it by its absolute path)."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    Path("in").mkdir()
+    for name in ("im0.png", "empty.png"):
+        shutil.copy(inputs / name, Path("in") / name)
+    assert _extract("in", "-o", "local").exit_code == 1
+    want = json.loads(Path("local/run.json").read_text())["failed"]
+    assert [f["path"] for f in want] == ["in/empty.png"]  # as given
+    for fmt in ("files", "wds"):
+        result = _extract("in", "-o", f"ray-{fmt}", "--engine", "ray", "--format", fmt)
+        assert result.exit_code == 1 and "failed: in/empty.png: " in result.output, result.output
+        assert str(tmp_path) not in result.output
+        assert json.loads(Path(f"ray-{fmt}/run.json").read_text())["failed"] == want
+    index = pq.read_table("ray-wds/index.parquet").to_pylist()
+    assert [r["error"] for r in index if r["status"] == "failed"] == [want[0]["reason"]]
 
 
 def test_ray_failed_run_reruns_to_completion(ray_cluster, inputs, tmp_path, monkeypatch):
@@ -169,7 +195,8 @@ def test_ray_actor_skips_a_folder_another_run_completed_before_the_model(
     monkeypatch.setattr(
         pipeline, "infer_batch", lambda m, its, *rest: seen.extend(its) or real(m, its, *rest)
     )
-    rows = actor({"path": [str(a), str(b)], "item": items, "error": ["", ""]})
+    rows = actor({"path": [str(a), str(b)], "item": items, "error": ["", ""],
+                  "folder": [str(j.folder) for j in jobs], **_given(jobs)})  # fmt: skip
     assert list(rows["status"]) == ["skipped", "ok"]
     assert [it.job.path for it in seen] == [b]
     summary = RunSummary(total=2)
@@ -204,6 +231,7 @@ def test_ray_cpu_actor_takes_the_cpu_default_batch_size(inputs, tmp_path, monkey
         jobs = [Job(a, out / "a"), Job(c, out / "c")]
         items = [pickle.dumps(decode(j, options, actor.model.weights_info.input)) for j in jobs]
         sizes.clear()
-        rows = actor({"path": [str(a), str(c)], "item": items, "error": ["", ""]})
+        rows = actor({"path": [str(a), str(c)], "item": items, "error": ["", ""],
+                      "folder": [str(j.folder) for j in jobs], **_given(jobs)})  # fmt: skip
         assert list(rows["status"]) == ["ok", "ok"]
         assert sizes == expected

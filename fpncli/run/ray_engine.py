@@ -134,11 +134,26 @@ def _decode_rows(batch: dict, options: RunOptions, input_format) -> dict:
     return {**batch, "item": np.array(items, dtype=object), "error": np.array(errors, dtype=object)}
 
 
-class _Bytes:
-    """A sink wrapper that remembers the bytes written per image (for the returned rows)."""
+def _as_given(pairs: dict[str, str]) -> Callable[[str], str]:
+    """A function that writes each absolute path of ``pairs`` in a text as the user gave it.
 
-    def __init__(self, inner) -> None:
+    The actors read and write by absolute paths (a worker's current folder need not be the
+    driver's), but a failure names its image and folder as the local engine does: as given."""
+    moved = {a: g for a, g in pairs.items() if a != g}
+    if not moved:
+        return lambda text: text
+    # the longest first: an image's folder may be a prefix of its path (in/a of in/a.png)
+    pattern = re.compile("|".join(re.escape(a) for a in sorted(moved, key=len, reverse=True)))
+    return lambda text: pattern.sub(lambda m: moved[m.group(0)], text)
+
+
+class _Bytes:
+    """A sink wrapper that remembers the bytes written per image (for the returned rows) and
+    records each failure's reason with the paths as the user gave them."""
+
+    def __init__(self, inner, as_given: Callable[[str], str]) -> None:
         self.inner, self.sizes, self.skipped = inner, {}, set()
+        self.as_given = as_given
         if hasattr(inner, "completed_since"):  # folders: re-checked before the model
             self.completed_since = self._completed_since
 
@@ -156,7 +171,7 @@ class _Bytes:
         return done
 
     def fail(self, path, reason: str) -> None:
-        self.inner.fail(path, reason)
+        self.inner.fail(path, self.as_given(reason))
 
 
 class _Extractor:
@@ -180,14 +195,19 @@ class _Extractor:
 
     def __call__(self, batch: dict) -> dict:
         config = self.config
+        paths = [str(p) for p in batch["path"]]
+        given = [str(p) for p in batch["given"]]
+        as_given = _as_given(
+            {**dict(zip(map(str, batch["folder"]), map(str, batch["given_folder"]))),
+             **dict(zip(paths, given))}
+        )  # fmt: skip
         writer = None
         if config["format"] == "wds":
             writer = ShardWriter(config["fs"], config["root"], target_bytes=2**62,
                                  settings=config["settings"], token=config["token"])  # fmt: skip
-            sink = _Bytes(ShardSink(writer, config["keys"]))
+            sink = _Bytes(ShardSink(writer, config["keys"]), as_given)
         else:
-            sink = _Bytes(self.folder_sink)
-        paths = [str(p) for p in batch["path"]]
+            sink = _Bytes(self.folder_sink, as_given)
         failed = {}
         items = []
         for path, blob, error in zip(paths, batch["item"], batch["error"]):
@@ -200,7 +220,7 @@ class _Extractor:
         if summary.aborted:  # a full disk, a failed GPU: nothing of this call is committed
             if writer is not None:
                 writer.abort()
-            raise OSError(summary.aborted)
+            raise OSError(as_given(summary.aborted))
         failed.update(dict(summary.failed))
         self.done += summary.done
         crash = config["crash_after"]
@@ -213,9 +233,9 @@ class _Extractor:
             writer.commit()
             shard = writer.shards[-1] if writer.shards else None
         return {
-            "path": np.array(paths, dtype=object),
+            "path": np.array(given, dtype=object),  # as the user gave it, for the run's log
             "status": np.array([_status(p, failed, sink.skipped) for p in paths], dtype=object),
-            "error": np.array([failed.get(p, "") for p in paths], dtype=object),
+            "error": np.array([as_given(failed.get(p, "")) for p in paths], dtype=object),
             "shard": np.array([shard if p not in failed else "" for p in paths], dtype=object),
             "bytes": np.array([sink.sizes.get(p, 0) for p in paths], dtype=np.int64),
         }
@@ -288,7 +308,9 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
     context.enable_progress_bars = False
     context.wait_for_min_actors_s = 600  # after the GPU check above, only slow starts wait
     context.raise_original_map_exception = True  # the actor's own error, not "UDF failed"
-    rows = [{"path": str(j.path.absolute()), "folder": str(j.folder.absolute())} for j in todo]
+    # the actors work with absolute paths; the given ones name the failures as locally
+    rows = [{"path": str(j.path.absolute()), "folder": str(j.folder.absolute()),
+             "given": str(j.path), "given_folder": str(j.folder)} for j in todo]  # fmt: skip
     dataset = ray.data.from_items(rows).map_batches(
         _decode_rows,
         batch_size=ray_options.decode_batch,
