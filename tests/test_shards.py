@@ -437,6 +437,35 @@ def test_wds_resume_never_removes_a_file_an_index_row_names_outside_out(tmp_path
     assert "done 1, skipped 1" in result.output
 
 
+def test_a_forged_index_part_is_kept_and_named_once_per_run(tmp_path, caplog):
+    """A part with a forged row stays on disk (fpncli deletes only files it wrote), and each
+    run or report names it in one warning that says to delete it (a run warned twice, planning
+    and consolidating, and did not say what to do); once deleted, its shard's images are
+    redone and the warning is gone."""
+    inputs = _images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    args = [str(inputs), "-o", str(out), "--format", "wds"]
+    assert _run(args).exit_code == 0
+    _forge_index(out, lambda rows: rows[0].update(shard="../victim.txt"), consolidated=False)
+    (part,) = out.glob("_index/part-*.parquet")
+    for command in (["extract", *args, *SMALL], ["extract", *args, *SMALL], ["report", str(out)]):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 0, result.output
+        warned = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+        assert len(warned) == 1 and f"{part}: ignoring 1 of its rows" in warned[0], warned
+        assert "delete this one to stop this warning" in warned[0]
+        assert part.is_file()
+    part.unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        result = _run(args)
+    assert result.exit_code == 0 and "done 1, skipped 1" in result.output, result.output
+    assert "ignoring" not in caplog.text
+    assert len(pq.read_table(out / "index.parquet")) == 2
+
+
 def test_read_index_leaves_out_rows_fpncli_cannot_have_written(tmp_path, caplog):
     """Null or path-like keys, statuses other than ok/failed, shards that are not a shard's
     name, and a part without the index's columns: left out, one warning per part."""

@@ -374,9 +374,11 @@ def _forged(key, status, shard) -> str | None:
     return None
 
 
-def _valid_rows(table, path: str):
+def _valid_rows(table, path: str, warn: bool):
     """``table`` without the rows ``_forged`` refuses, each part's dropped rows in one warning
-    (their images count as not extracted: the next run redoes them)."""
+    (``warn``; else a debug message) that says to delete the part: fpncli leaves it on disk, as
+    every file it cannot prove it wrote (a part with forged rows was at least edited by someone
+    else, and may be theirs), so the warning is repeated by every run and report until then."""
     import pyarrow as pa
 
     columns = [table.column(n).to_pylist() for n in ("key", "status", "shard")]
@@ -384,16 +386,20 @@ def _valid_rows(table, path: str):
     bad = [w for w in why if w is not None]
     if not bad:
         return table
-    log.warning("%s: ignoring %d of its rows, which fpncli did not write (%s): their images "
-                "count as not extracted", path, len(bad), bad[0])  # fmt: skip
+    log.log(logging.WARNING if warn else logging.DEBUG,
+            "%s: ignoring %d of its rows, which fpncli did not write (%s): an image only they "
+            "record counts as not extracted; fpncli never deletes a file it did not write: "
+            "delete this one to stop this warning (its shard's images are then redone)",
+            path, len(bad), bad[0])  # fmt: skip
     return table.filter(pa.array([w is None for w in why]))
 
 
-def read_index(fs, root: str, *, ledger: bool = True):
+def read_index(fs, root: str, *, ledger: bool = True, warn: bool = True):
     """The index rows as a pyarrow Table: every part of the ledger (``ledger``), or the
     consolidated ``index.parquet``. Empty when there is none. A row that fpncli cannot have
     written (a null key or status, a key or shard that is not a relative name) is left out with
-    a warning, so no reader or cleanup ever opens, writes or removes a file outside ``root``."""
+    a warning (``warn``; else a debug message, for a second read in one run), so no reader or
+    cleanup ever opens, writes or removes a file outside ``root``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -419,7 +425,7 @@ def read_index(fs, root: str, *, ledger: bool = True):
                 f"{path} is not a readable Parquet index part ({' '.join(str(e).split())}): "
                 "delete it and rerun the extraction (the images of its shard are then redone)"
             ) from None
-        tables.append(_valid_rows(table, path))
+        tables.append(_valid_rows(table, path, warn))
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
@@ -561,7 +567,8 @@ def _drop_lost_shards(fs, root: str, rows: list[dict]) -> set[str]:
 
 def consolidate_index(fs, root: str) -> int:
     """Write ``index.parquet``: one row per key (its ``ok`` row, else its latest failure).
-    Returns the number of rows.
+    Returns the number of rows. Forged rows are left out without a warning: call it at the end
+    of a run whose ``prepare_root`` read the ledger (and warned) first.
 
     Raises:
         ValueError: ``root`` is not fpncli's (``claim_root``): its ``index.parquet`` is left.
@@ -569,7 +576,8 @@ def consolidate_index(fs, root: str) -> int:
     with wds_lock(fs, root):  # the ledger as of now, and one writer of index.parquet at a time
         if not fs.exists(f"{root}/{WDS_MARKER}"):
             raise ValueError(f"{root} has no {WDS_MARKER}: it is not an fpncli output to index")
-        rows = read_index(fs, root).to_pylist()
+        # quietly: the run that consolidates has warned of a forged part when it planned
+        rows = read_index(fs, root, warn=False).to_pylist()
         best: dict[str, dict] = {}
         for row in sorted(rows, key=lambda r: r["written_at"] or 0.0):
             if best.get(row["key"], {}).get("status") != "ok":
