@@ -299,6 +299,49 @@ def test_a_resumed_image_scale_run_draws_each_map_on_the_range_of_the_map_drawn(
     assert vrange == own  # the one cell's value, at both ends
 
 
+@pytest.mark.parametrize("scale", ["level", "shared"])
+def test_the_image_that_sets_an_end_of_the_run_range_is_not_labelled_clipped(
+    tmp_path, monkeypatch, scale
+):
+    """--scale level|shared takes the run's range from the manifests (the run's torch
+    reduction) and redraws the map reduced from the .npy by numpy, which may differ by a
+    rounding (here made sure of: the run's is one ulp up): the one-cell P6 that sets the run's
+    P6 range (level) or its top (shared) reads 'min v' / 'max v', as it reaches them, not
+    '<= v (clipped)' or a bare 'v' one ulp away, in its heatmap and in the overview."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from fpncli.run import device
+    from fpncli.viz import visualize
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pixels = np.random.RandomState(4).randint(0, 255, (80, 80, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(folder / "a.png")
+    args = ["extract", str(folder), "-o", str(tmp_path / "out"), "--weights", "random",
+            "--min-size", "64", "--max-size", "128", "--workers", "1", "--reduce", "mean",
+            "--levels", "p5,p6", "--scale", scale]  # fmt: skip
+    reduce_maps = device.reduce_maps
+    up = torch.tensor(float("inf"))
+    monkeypatch.setattr(device, "reduce_maps", lambda *a: torch.nextafter(reduce_maps(*a), up))
+    labels, real = [], visualize._range_labels
+
+    def spy(values, vrange):
+        drawn = real(values, vrange)
+        if np.asarray(values).shape == (1, 1):  # P6: the first pass, then the redraw
+            labels.append(drawn)
+        return drawn
+
+    monkeypatch.setattr(visualize, "_range_labels", spy)
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0 and "redrew 1 image(s) on the run's ranges" in result.output
+    assert len(labels) == 4, labels  # heatmap and overview, in each pass
+    for left, right, data in labels:
+        assert "clipped" not in data and right.startswith("max "), labels
+        assert left.startswith("min ") or (scale == "shared" and not left.startswith("<=")), labels
+
+
 @pytest.mark.parametrize(
     "forge",
     [

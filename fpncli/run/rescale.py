@@ -31,7 +31,7 @@ from ..io.outputs import (
     read_manifest,
     render_level_pictures,
 )
-from ..viz.scale import SCALES, run_ranges
+from ..viz.scale import SCALES, drawn_range, run_ranges
 
 __all__ = ["RedrawSummary", "check_scale", "redraw_run"]
 
@@ -117,8 +117,9 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
         # an image's own range is taken from the map drawn here, not from the manifest: this
         # reduction of the .npy (numpy's) may differ from the run's (torch's, on the device) by
         # a rounding, or by float16 (--dtype), and a map one ulp outside its recorded range
-        # would be labelled clipped
-        vranges[name] = ranges[name] if name in ranges else value_range(maps[name], options.clip)
+        # would be labelled clipped; so is an end of the run's range that this image set
+        own = value_range(maps[name], options.clip)
+        vranges[name] = drawn_range(ranges[name], meta.get("range"), own) if name in ranges else own
         drawn = render_level_pictures(
             maps[name], name=name, stride=int(meta["stride"]), shape=meta["shape"], rgb=rgb,
             scale_y=scale_y, scale_x=scale_x, options=options, note=note, vrange=vranges[name],

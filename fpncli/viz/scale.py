@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["BOUNDED", "SCALES", "run_ranges", "extraction_root"]
+__all__ = ["BOUNDED", "SCALES", "drawn_range", "run_ranges", "extraction_root"]
 
 SCALES = ("image", "level", "shared")
 #: The reductions whose maps lie within the tensor's min..max over all channels.
@@ -87,6 +87,23 @@ def run_ranges(
         hi = max(r[1] for r in ranges.values())
         return dict.fromkeys(ranges, (lo, hi))
     return ranges
+
+
+def drawn_range(
+    run: tuple[float, float], recorded, own: tuple[float, float]
+) -> tuple[float, float]:
+    """A level's run range ``run`` as one image's map of it is drawn with: each end that the
+    image's ``recorded`` range set (its manifest's ``range`` of this very map, from the run's
+    reduction: torch's, on the device) is taken from ``own``, the range of the map drawn
+    (``value_range`` of numpy's reduction of the ``.npy``). The two reductions may differ by a
+    rounding, and the image that set an end would be labelled clipped beyond it (or not to
+    reach it) by an ulp; every other image is drawn on the run's range as it is."""
+    pair = _finite_pair(recorded)
+    if pair is None:
+        return run
+    lo = own[0] if pair[0] == run[0] else run[0]
+    hi = own[1] if pair[1] == run[1] else run[1]
+    return (lo, hi) if lo <= hi else run
 
 
 def extraction_root(folder: Path) -> Path:
