@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from fpncli.cli import cli
 from fpncli.viz import show as show_module
-from fpncli.viz.scale import extraction_root, run_ranges
+from fpncli.viz.scale import drawn_range, extraction_root, recorded_range, run_ranges
 
 
 def _manifest(levels: dict, reduce="channel", channel=0) -> dict:
@@ -20,6 +20,18 @@ A = _manifest({"p2": {"range": [-1.0, 2.0], "min": -9.0, "max": 9.0},
                "p3": {"range": [0.0, 5.0], "min": -1.0, "max": 6.0}})  # fmt: skip
 B = _manifest({"p2": {"range": [-3.0, 1.0], "min": -4.0, "max": 4.0},
                "p3": {"min": -2.0, "max": 3.0, "range": None}})  # fmt: skip
+
+
+def test_recorded_and_drawn_range_known_answers():
+    """The range recorded for the map asked for only; an end of the run's range that the
+    image's recorded range set is the drawn map's own, the other the run's."""
+    assert recorded_range(A, "p2") == (-1.0, 2.0)
+    assert recorded_range(A, "p2", channel=7) is None  # another map than the one recorded
+    assert recorded_range(A, "p2", reduce="mean") is None
+    assert recorded_range(B, "p3") is None and recorded_range(None, "p2") is None
+    assert drawn_range((-3.0, 2.0), (-1.0, 2.0), (-1.1, 2.1)) == (-3.0, 2.1)
+    assert drawn_range((-3.0, 2.0), None, (-1.1, 2.1)) == (-3.0, 2.0)
+    assert drawn_range((1.0, 1.0), (1.0, 1.0), (0.9, 0.9)) == (0.9, 0.9)
 
 
 def test_run_ranges_known_answers():
@@ -340,6 +352,50 @@ def test_the_image_that_sets_an_end_of_the_run_range_is_not_labelled_clipped(
     for left, right, data in labels:
         assert "clipped" not in data and right.startswith("max "), labels
         assert left.startswith("min ") or (scale == "shared" and not left.startswith("<=")), labels
+
+
+def test_show_draws_the_image_that_sets_an_end_of_the_run_range_reaching_it(tmp_path, monkeypatch):
+    """show --scale level|shared, as extract's redraw: the map reduced by numpy from the .npy
+    is one ulp below the range its manifest records (the run's reduction, made one ulp up
+    here), and the one-cell P6 that sets the run's range reads 'min v' / 'max v', not
+    '<= v (clipped)' or a bare 'v'."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from fpncli.run import device
+    from fpncli.viz import visualize
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pixels = np.random.RandomState(4).randint(0, 255, (80, 80, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(folder / "a.png")
+    out = tmp_path / "out"
+    args = ["extract", str(folder), "-o", str(out), "--weights", "random", "--min-size", "64",
+            "--max-size", "128", "--workers", "1", "--reduce", "mean",
+            "--levels", "p5,p6"]  # fmt: skip
+    reduce_maps = device.reduce_maps
+    up = torch.tensor(float("inf"))
+    monkeypatch.setattr(device, "reduce_maps", lambda *a: torch.nextafter(reduce_maps(*a), up))
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    monkeypatch.setattr(device, "reduce_maps", reduce_maps)
+    labels, real = [], visualize._range_labels
+
+    def spy(values, vrange):
+        drawn = real(values, vrange)
+        if np.asarray(values).shape == (1, 1):  # P6
+            labels.append(drawn)
+        return drawn
+
+    monkeypatch.setattr(visualize, "_range_labels", spy)
+    for scale, level in (("level", "p6"), ("level", "all"), ("shared", "p6")):
+        labels.clear()
+        show = ["show", str(out / "a"), "--level", level, "--reduce", "mean", "--scale", scale,
+                "--save", str(tmp_path / "s.png")]  # fmt: skip
+        assert CliRunner().invoke(cli, show, catch_exceptions=False).exit_code == 0
+        ((left, right, data),) = labels
+        assert "clipped" not in data and right.startswith("max "), labels
+        assert left.startswith("min ") if scale == "level" else not left.startswith("<=")
 
 
 @pytest.mark.parametrize(

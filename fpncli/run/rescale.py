@@ -31,7 +31,7 @@ from ..io.outputs import (
     read_manifest,
     render_level_pictures,
 )
-from ..viz.scale import SCALES, drawn_range, run_ranges
+from ..viz.scale import SCALES, drawn_range, recorded_range, run_ranges
 
 __all__ = ["RedrawSummary", "check_scale", "redraw_run"]
 
@@ -118,8 +118,11 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
         # reduction of the .npy (numpy's) may differ from the run's (torch's, on the device) by
         # a rounding, or by float16 (--dtype), and a map one ulp outside its recorded range
         # would be labelled clipped; so is an end of the run's range that this image set
-        own = value_range(maps[name], options.clip)
-        vranges[name] = drawn_range(ranges[name], meta.get("range"), own) if name in ranges else own
+        vranges[name] = value_range(maps[name], options.clip)
+        if name in ranges:
+            recorded = recorded_range(manifest, name, reduce=options.reduce,
+                                      channel=options.channel)  # fmt: skip
+            vranges[name] = drawn_range(ranges[name], recorded, vranges[name])
         drawn = render_level_pictures(
             maps[name], name=name, stride=int(meta["stride"]), shape=meta["shape"], rgb=rgb,
             scale_y=scale_y, scale_x=scale_x, options=options, note=note, vrange=vranges[name],

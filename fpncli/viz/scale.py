@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["BOUNDED", "SCALES", "drawn_range", "run_ranges", "extraction_root"]
+__all__ = ["BOUNDED", "SCALES", "drawn_range", "recorded_range", "run_ranges", "extraction_root"]
 
 SCALES = ("image", "level", "shared")
 #: The reductions whose maps lie within the tensor's min..max over all channels.
@@ -33,6 +33,30 @@ def _finite_pair(value) -> tuple[float, float] | None:
     except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float's range
         return None
     return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and hi >= lo else None
+
+
+def _heatmap(manifest: dict) -> dict:
+    heat = manifest.get("heatmap")
+    return heat if isinstance(heat, dict) else {}  # a forged one: the min/max, not the range
+
+
+def _drawn(heat: dict, reduce: str, channel: int) -> bool:
+    """Whether the map recorded by a manifest's ``heatmap`` is the ``reduce``/``channel`` one."""
+    return heat.get("reduce", "channel") == reduce and (
+        reduce != "channel" or heat.get("channel", 0) == channel
+    )
+
+
+def recorded_range(
+    manifest: dict | None, level: str, *, reduce: str = "channel", channel: int = 0
+) -> tuple[float, float] | None:
+    """The colour range ``manifest`` records for ``level``'s map, when that map is the one
+    asked for (``reduce``, ``channel``); else None (no manifest, another map, no range)."""
+    if not isinstance(manifest, dict) or not _drawn(_heatmap(manifest), reduce, channel):
+        return None
+    levels = manifest.get("levels")
+    meta = levels.get(level) if isinstance(levels, dict) else None
+    return _finite_pair(meta.get("range")) if isinstance(meta, dict) else None
 
 
 def run_ranges(
@@ -54,12 +78,9 @@ def run_ranges(
     ranges: dict[str, tuple[float, float]] = {}
     unbounded = 0  # images whose l2/pca map has no recorded range
     for manifest in manifests:
-        heat = manifest.get("heatmap")
-        heat = heat if isinstance(heat, dict) else {}  # a forged one: the min/max, not the range
+        heat = _heatmap(manifest)
         wanted = heat.get("reduce", "channel") if reduce is None else reduce
-        drawn = reduce is None or (heat.get("reduce", "channel") == reduce and (
-            reduce != "channel" or heat.get("channel", 0) == channel
-        ))  # fmt: skip
+        drawn = reduce is None or _drawn(heat, reduce, channel)
         levels = manifest.get("levels")
         missing = False
         for name, meta in levels.items() if isinstance(levels, dict) else ():

@@ -29,6 +29,7 @@ from ..io.outputs import (
 from ..io.preprocess import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGE_STRIDES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
+from .scale import drawn_range, recorded_range
 from .visualize import (
     DEFAULT_CLIP,
     encode_png,
@@ -73,6 +74,7 @@ class _Source:
     notes: list[str] = field(default_factory=list)  # said before the picture
     photo: str = ""  # the photo's file name, for titles (as extract's overview names it)
     weights_name: str = ""  # the manifest's weights name ("random", a registry name, a path)
+    manifest: dict | None = None  # an extraction's (its recorded colour ranges)
 
 
 def _input_path(manifest: dict) -> Path | None:
@@ -183,7 +185,8 @@ def _from_folder(folder: Path, levels: list[str]) -> _Source:
     resized, scale, random = _geometry(manifest, f"{folder}/{MANIFEST}")
     photo, weights_name = _photo_and_weights(manifest)
     return _Source(features, _load_input(manifest), resized, scale, random, folder.name,
-                   folder / "show", photo=photo, weights_name=weights_name)  # fmt: skip
+                   folder / "show", photo=photo, weights_name=weights_name,
+                   manifest=manifest)  # fmt: skip
 
 
 def _geometry(manifest: dict, where: str) -> tuple[tuple[int, int], tuple[float, float], bool]:
@@ -250,7 +253,7 @@ def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
     photo, weights_name = _photo_and_weights(manifest)
     return _Source(features, _load_input(manifest), resized, scale, random, key,
                    Path(f"fpn_show_{key.replace('/', '_')}"), photo=photo,
-                   weights_name=weights_name)  # fmt: skip
+                   weights_name=weights_name, manifest=manifest)  # fmt: skip
 
 
 def _resolve(target: str | None, levels: list[str], weights: str, device: str,
@@ -320,7 +323,8 @@ def _level_map(source: _Source, name: str, reduce: str, channel: int) -> np.ndar
 def _panels(source: _Source, level: str, *, reduce: str, channel: int,
             clip: tuple[float, float], fixed: dict | None = None) -> list[dict]:  # fmt: skip
     """What to draw: per level its valid-region map, stride, colour range and label; ``fixed``
-    (level -> range, from ``--scale level|shared``) replaces the map's own range."""
+    (level -> range, from ``--scale level|shared``) replaces the map's own range (an end that
+    this image's recorded range set: the end of the map drawn, ``viz.scale.drawn_range``)."""
     fixed = fixed or {}
     names = [n for n in LEVELS if n in source.features] if level == "all" else [level]
     how = f"channel {channel}" if reduce == "channel" else reduce
@@ -328,9 +332,13 @@ def _panels(source: _Source, level: str, *, reduce: str, channel: int,
     for name in names:
         values = _level_map(source, name, reduce, channel)
         shape = tuple(source.features[name].shape)
+        vrange = value_range(values, clip)
+        if name in fixed:
+            recorded = recorded_range(source.manifest, name, reduce=reduce, channel=channel)
+            vrange = drawn_range(fixed[name], recorded, vrange)
         panels.append({
             "name": name, "map": values, "stride": STRIDES[name], "shape": shape,
-            "range": fixed.get(name) or value_range(values, clip),
+            "range": vrange,
             "label": f"{name}  stride {STRIDES[name]}  {how}",
         })  # fmt: skip
     return panels
