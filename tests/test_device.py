@@ -603,3 +603,59 @@ def test_cudnn_fusion_can_be_turned_off_or_let_into_compiled_models(monkeypatch)
     assert all(c.fused_when_compiled for c in convs)
     cuda_kernels.use_cudnn_fusion(model, on=False, compiled=True)
     assert not any(c.fused or c.fused_when_compiled for c in convs)
+
+
+_NO_ENGINE = "cuDNN Frontend error: [cudnn_frontend] Error: unable to find an engine"
+_RETRIED = ["fused", "empty_cache", "fused"]
+
+
+@pytest.mark.parametrize("add", [False, True])
+@pytest.mark.parametrize(
+    "errors, calls, fused_after",
+    [
+        ([RuntimeError(_NO_ENGINE)], _RETRIED, True),  # the workspace did not fit: retry runs
+        ([RuntimeError(_NO_ENGINE)] * 2, _RETRIED, False),  # a real refusal: plain ops from now
+        ([RuntimeError("CUDNN_STATUS_NOT_SUPPORTED")], ["fused"], False),  # no retry for others
+        ([RuntimeError(_NO_ENGINE), torch.cuda.OutOfMemoryError("CUDA out of memory")],
+         _RETRIED, True),
+    ],
+)  # fmt: skip
+def test_a_fused_convolution_without_an_engine_is_retried_once_after_freeing_memory(
+    monkeypatch, errors, calls, fused_after, add
+):
+    """cuDNN's "unable to find an engine" is also what it says when its workspace did not fit:
+    the cached memory is freed and the fused op tried once more; only a second refusal unfuses
+    the layer, and out of memory still goes to the caller (a smaller batch may fit)."""
+    from torch.nn import functional as F
+
+    from fpncli.model import layers
+
+    oom = isinstance(errors[-1], torch.cuda.OutOfMemoryError)
+    errors, events = list(errors), []
+
+    def fused_op(x, weight, *args):
+        events.append("fused")
+        if errors:
+            raise errors.pop(0)
+        # cudnn_convolution_add_relu(x, weight, other, alpha, bias, stride, padding, ...)
+        other, (bias, *rest) = (args[0], args[2:]) if add else (0, args)
+        return F.relu(F.conv2d(x, weight, bias, *rest) + other)
+
+    name = "cudnn_convolution_add_relu" if add else "cudnn_convolution_relu"
+    monkeypatch.setattr(torch, name, fused_op)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("empty_cache"))
+    monkeypatch.setattr(layers, "_fuses", lambda conv, x: conv.fused)  # as on CUDA
+    gen = torch.Generator().manual_seed(0)
+    conv = layers.Conv2d(4, 4, 3, padding=1)
+    conv.fused = True
+    x, other = torch.randn(1, 4, 5, 6, generator=gen), torch.randn(1, 4, 5, 6, generator=gen)
+    with torch.inference_mode():
+        want = F.relu(conv(x) + other) if add else F.relu(conv(x))
+        if oom:
+            with pytest.raises(torch.cuda.OutOfMemoryError):
+                layers.conv_add_relu(conv, x, other) if add else layers.conv_relu(conv, x)
+        else:
+            got = layers.conv_add_relu(conv, x, other) if add else layers.conv_relu(conv, x)
+            torch.testing.assert_close(got, want)
+    assert conv.fused is fused_after
+    assert events == calls

@@ -124,26 +124,52 @@ def _fuses(conv: Conv2d, x: torch.Tensor) -> bool:
 def conv_relu(conv: Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``relu(conv(x))``: one cuDNN kernel where ``conv.fused`` applies, else two steps."""
     if _fuses(conv, x):
-        try:
-            return torch.cudnn_convolution_relu(
-                x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
-            )
-        except RuntimeError as e:
-            _unfuse(conv, x, e)
+        out = _fused(conv, x, torch.cudnn_convolution_relu,
+                     x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                     conv.groups)  # fmt: skip
+        if out is not None:
+            return out
     return F.relu_(conv(x))
 
 
 def conv_add_relu(conv: Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``relu(conv(x) + other)``: one cuDNN kernel where ``conv.fused`` applies."""
     if _fuses(conv, x) and other.dtype == x.dtype:
-        try:
-            return torch.cudnn_convolution_add_relu(
-                x, conv.weight, other, 1.0, conv.bias, conv.stride, conv.padding, conv.dilation,
-                conv.groups,
-            )  # fmt: skip
-        except RuntimeError as e:
-            _unfuse(conv, x, e)
+        out = _fused(conv, x, torch.cudnn_convolution_add_relu,
+                     x, conv.weight, other, 1.0, conv.bias, conv.stride, conv.padding,
+                     conv.dilation, conv.groups)  # fmt: skip
+        if out is not None:
+            return out
     return add_relu_(conv(x), other)
+
+
+#: what cuDNN says both when it has no fused engine for an input and when the engine's
+#: workspace did not fit in the free memory (``run.device.is_out_of_memory`` counts it as the
+#: latter)
+_NO_ENGINE = "unable to find an engine"
+
+
+def _fused(conv: Conv2d, x: torch.Tensor, op, *args) -> torch.Tensor | None:
+    """``op(*args)``, cuDNN's fused kernel for ``conv``; None where ``conv`` falls back to the
+    plain ops (``_unfuse``). "Unable to find an engine" may only mean that the workspace did not
+    fit: the caching allocator's free blocks are given back and ``op`` is tried once more. If
+    that runs, it was memory and the fusion stays; if it fails again, the refusal is taken as
+    real and the convolution is unfused (also when what is short is memory that live tensors
+    hold: the two look the same here, and one retry keeps it simple). Out of memory, either
+    time, goes to the caller."""
+    try:
+        return op(*args)
+    except RuntimeError as e:
+        if _NO_ENGINE not in str(e):
+            _unfuse(conv, x, e)
+            return None
+    # freed here, not with ``run.device.free_cached_memory``: the model imports nothing of the run
+    torch.cuda.empty_cache()
+    try:
+        return op(*args)
+    except RuntimeError as e:
+        _unfuse(conv, x, e)
+    return None
 
 
 def _unfuse(conv: Conv2d, x: torch.Tensor, error: RuntimeError) -> None:
