@@ -142,6 +142,22 @@ def test_torch_normalize_is_bit_identical_to_numpy(fmt):
         assert np.array_equal(batch[i].numpy(), ref)
 
 
+def test_normalize_pads_a_partial_batch_with_zero_images_in_its_memory_format():
+    pixels = torch.from_numpy(np.random.RandomState(0).randint(0, 256, (2, 8, 10, 3), np.uint8))
+    kwargs = dict(color_order="BGR", pixel_mean=DETECTRON2_INPUT.pixel_mean,
+                  pixel_std=DETECTRON2_INPUT.pixel_std)  # fmt: skip
+    for sizes in ([(8, 10), (8, 10)], [(8, 10), (5, 7)]):  # one region or one per image
+        for layout in (torch.channels_last, torch.contiguous_format):
+            last = layout == torch.channels_last
+            alone = normalize_batch(pixels, sizes, channels_last=last, **kwargs)
+            padded = normalize_batch(pixels, sizes, channels_last=last, rows=5, **kwargs)
+            assert padded.shape == (5, *alone.shape[1:])
+            assert padded.is_contiguous(memory_format=layout)
+            assert torch.equal(padded[:2], alone) and not padded[2:].any()
+    with pytest.raises(ValueError, match="rows 1 is fewer than the batch's 2 images"):
+        normalize_batch(pixels, [(8, 10)] * 2, rows=1, **kwargs)
+
+
 def test_resize_for_model_matches_prepare():
     rgb = np.random.RandomState(1).randint(0, 256, (30, 47, 3), dtype=np.uint8)
     pixels, prepared = resize_for_model(rgb, DETECTRON2_INPUT, min_size=64, max_size=96)

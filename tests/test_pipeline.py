@@ -540,6 +540,24 @@ def test_padded_partial_batches_give_the_same_outputs(tmp_path, model):
         assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
 
 
+def test_a_padded_partial_batch_reaches_the_model_channels_last(tmp_path, model, monkeypatch):
+    """The zero images that pad a partial batch are in the batch as it is made: a torch.cat
+    onto it gave a contiguous batch, which cost the device one more copy before the model."""
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(3)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    real, seen = steps.run_backbone, []
+
+    def record(model, batch, precision):
+        seen.append((batch.shape[0], batch.is_contiguous(memory_format=torch.channels_last),
+                     bool(batch[2:].eq(0).all())))  # fmt: skip
+        return real(model, batch, precision=precision)
+
+    monkeypatch.setattr(steps, "run_backbone", record)
+    options = RunOptions(output=SMALL, batch_size=2, workers=1, pad_batches=True)
+    assert run_jobs(jobs, model, options).done == 3
+    assert seen == [(2, True, True), (2, True, True)]  # a full batch, then 1 image and 1 zero
+
+
 def test_a_run_changes_no_global_torch_setting(tmp_path, model):
     before = (
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,

@@ -42,6 +42,7 @@ def normalize_batch(
     pad_to: tuple[int, int] | None = None,
     size_divisibility: int = 32,
     channels_last: bool = True,
+    rows: int | None = None,
 ) -> torch.Tensor:
     """Turn a uint8 batch of RGB images into the normalized, zero-padded float32 model input.
 
@@ -54,15 +55,20 @@ def normalize_batch(
         pad_to: the padded ``(Hp, Wp)``; default: the largest image rounded up to
             ``size_divisibility``.
         channels_last: return the channels-last memory format (what the folded model uses).
+        rows: the batch's rows (default ``B``): rows past ``B`` are zero images, e.g. a partial
+            batch padded to the full size, in the same tensor (no copy, the same memory format).
 
     Returns:
-        ``(B, 3, Hp, Wp)`` float32 on ``pixels.device``: ``(x - mean) / std`` inside each image,
-        exact zeros in the padding (as ``ImageList.from_tensors`` pads after normalizing).
+        ``(rows, 3, Hp, Wp)`` float32 on ``pixels.device``: ``(x - mean) / std`` inside each
+        image, exact zeros in the padding (as ``ImageList.from_tensors`` pads after normalizing).
     """
     if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
         raise ValueError(f"expected (B, H, W, 3) uint8 pixels, got {pixels.dtype} {pixels.shape}")
     if len(sizes) != pixels.shape[0]:
         raise ValueError(f"{len(sizes)} sizes for a batch of {pixels.shape[0]}")
+    count = pixels.shape[0]
+    if rows is not None and rows < count:
+        raise ValueError(f"rows {rows} is fewer than the batch's {count} images")
     if color_order not in ("BGR", "RGB"):
         raise ValueError(f"unknown color order {color_order!r}")
     if pad_to is None:
@@ -78,13 +84,13 @@ def normalize_batch(
         raise ValueError(f"pad_to {pad_to} is smaller than the largest image {(height, width)}")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty(
-        (pixels.shape[0], 3, *pad_to), dtype=torch.float32, device=device,
+        (count if rows is None else rows, 3, *pad_to), dtype=torch.float32, device=device,
         memory_format=memory_format,
     ).zero_()  # fmt: skip
     # in place, image by image region: the uint8 -> float32 copy, then subtract, then divide
     # (the same float32 operations as (x.float() - mean) / std, without the temporaries)
     if all(size == (height, width) for size in sizes):
-        regions = [(slice(None), height, width)]
+        regions = [(slice(0, count), height, width)]
     else:
         regions = [(slice(i, i + 1), h, w) for i, (h, w) in enumerate(sizes)]
     for index, h, w in regions:

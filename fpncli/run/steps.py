@@ -212,14 +212,14 @@ def infer_batch(
     sources = [tuple(it.pixels.shape[:2]) for it in items]
     if sources != sizes:  # some left at their own size for the device (``decode``)
         pixels = _resized(pixels, sources, sizes)
+    # a partial batch padded with zero images keeps the shapes fixed; padded where it is made,
+    # channels-last as the rest (a torch.cat would cost a copy, and one more to channels-last)
+    pad = state.pad_batches and len(items) < state.batch_size
     batch = normalize_batch(
         pixels, sizes,
         color_order=fmt.color_order, pixel_mean=fmt.pixel_mean, pixel_std=fmt.pixel_std,
-        pad_to=pad_to,
+        pad_to=pad_to, rows=state.batch_size if pad else None,
     )  # fmt: skip
-    if state.pad_batches and len(items) < state.batch_size:  # keep shapes fixed
-        extra = batch.new_zeros((state.batch_size - len(items), *batch.shape[1:]))
-        batch = torch.cat([batch, extra])
     clock.mark("preprocess")
     with torch.inference_mode():  # the levels are only reduced and copied
         features = run_backbone(model, batch, precision=options.precision)
