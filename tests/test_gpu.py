@@ -179,6 +179,20 @@ def test_results_to_host_on_cuda_equals_the_cpu(device):
         assert len(buffers) == 1
 
 
+def test_results_to_host_without_a_pool_copies_into_pinned_memory():
+    """A direct call (no pool) gets a pinned buffer too: into pageable memory the
+    "non_blocking" copies back are synchronous."""
+    gen = torch.Generator().manual_seed(0)
+    features = {f"p{k}": torch.randn(2, 8, 64 >> k, 96 >> k, generator=gen) for k in range(2, 7)}
+    on_device = {k: v.to("cuda:0") for k, v in features.items()}
+    options = OutputOptions(levels=("p2", "p6"), reduce="l2")
+    result = results_to_host(on_device, [(60, 90)] * 2, options)
+    result.wait()
+    assert result._buffer.is_pinned() and result._pool is None
+    assert all(t.is_pinned() for t in [*result.arrays.values(), *result.maps.values()])
+    assert np.array_equal(result.arrays["p2"].numpy(), features["p2"].numpy())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_upload_ring_refills_a_slot_only_after_its_copy(device):
     dev = torch.device(device)

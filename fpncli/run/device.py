@@ -624,6 +624,8 @@ def results_to_host(
         order: whether to pick out each map's ``order_stats`` too, for its colour range. By
             default on CUDA; on the CPU the writer threads sort the maps, off the thread that
             runs the model.
+        pool: where a CUDA batch's pinned host buffer comes from (and goes back to, once its
+            images are written); None: a new pinned buffer for this batch.
     """
     count = len(resized)
     dtype = _level_dtype(options)
@@ -674,7 +676,9 @@ def results_to_host(
     compute = torch.cuda.current_stream(device)
     stream = copy_stream or compute
     stream.wait_stream(compute)
-    buffer = pool.take(nbytes) if pool is not None else torch.empty(nbytes, dtype=torch.uint8)
+    # pinned also without a pool (a direct call): a copy into pageable memory is synchronous
+    buffer = (pool.take(nbytes) if pool is not None
+              else torch.empty(nbytes, dtype=torch.uint8, pin_memory=True))  # fmt: skip
     host = _pack(sources, buffer)
     with torch.cuda.stream(stream):
         for key, src in sources.items():
