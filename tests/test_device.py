@@ -26,6 +26,7 @@ from fpncli.io.preprocess import (
     resize_for_model,
     to_color_order,
 )
+from fpncli.model.names import LEVELS
 from fpncli.model.normalize import normalize_batch
 from fpncli.run.device import (
     ByteBudget,
@@ -265,6 +266,25 @@ def test_results_to_host_brings_back_only_what_is_written(save_npy, heatmaps):
             if heatmaps:
                 np.testing.assert_allclose(ours[name].map2d, ref[name].map2d, rtol=1e-5)
             assert ours[name].order_stats is None  # on the CPU the writers sort the maps
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_batchs_pca_maps_take_one_eigh_call_and_equal_a_call_per_level(monkeypatch, dtype):
+    """On CUDA eigh is a host sync: one call for the five FPN levels (256 channels each), one
+    more for a level of another channel count; each level's maps exactly (torch.equal) those
+    that ``reduce_maps`` makes for the level alone, from the levels cast to the .npy dtype."""
+    gen = torch.Generator().manual_seed(4)
+    features = {f"p{k}": torch.randn(3, 256, 96 >> k, 128 >> k, generator=gen) for k in range(2, 7)}
+    features["res3"] = torch.randn(3, 512, 16, 24, generator=gen)
+    options = OutputOptions(levels=("res3", *LEVELS), dtype=dtype, save_npy=False,
+                            save_overview=False, reduce="pca")  # fmt: skip
+    calls, eigh = [], torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda a: calls.append(tuple(a.shape)) or eigh(a))
+    result = results_to_host(features, [(90, 128), (96, 100)], options)  # and a padding row
+    assert calls == [(2, 512, 512), (10, 256, 256)]
+    for name in options.levels:
+        alone = reduce_maps(features[name][:2].to(getattr(torch, dtype)), "pca")
+        assert torch.equal(result.maps[name], alone), name
 
 
 def test_order_stats_give_value_range_bit_for_bit():

@@ -405,7 +405,7 @@ def reduce_maps(levels: torch.Tensor, reduce: str, channel: int = 0) -> torch.Te
     if reduce == "l2":
         return torch.stack([level.double().square().sum(dim=0).sqrt().float() for level in levels])
     if reduce == "pca":
-        return _pca_maps(levels)
+        return _pca_maps([levels])[0]
     raise ValueError(f"unknown reduction {reduce!r}")
 
 
@@ -442,14 +442,37 @@ def _nan_outside(maps: torch.Tensor, valid: Sequence[tuple[int, int]]) -> torch.
     return out
 
 
-def _pca_maps(levels: torch.Tensor) -> torch.Tensor:
-    """Each image's projection on the first principal component of its channels (centred, in
-    float64), oriented as ``visualize.pca_sign`` orients it: the map correlates positively
+def _pca_maps(batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The ``pca`` maps of ``(B, C, H, W)`` batches (a batch's levels), each ``(B, H, W)``
+    float32: each image's projection on the first principal component of its channels (centred,
+    in float64), oriented as ``visualize.pca_sign`` orients it: the map correlates positively
     with the channel-mean map (the loadings sum to more than 0; where that sum is about 0, the
-    largest loading positive). The covariances are made one image
-    at a time (a batch of P2s in float64 would take GBs) and decomposed in one ``eigh`` call:
-    on CUDA that is the one host sync (eigh checks its result), where a call per image and an
-    indexed sign took two per image."""
+    largest loading positive).
+
+    The covariances are made one image at a time (a batch of P2s in float64 would take GBs) and
+    those of every batch with the same channel count (every FPN level has 256) are decomposed in
+    one ``eigh`` call: on CUDA that is the one host sync of a batch's levels (eigh checks its
+    result), where a call per level took five. On the CPU the maps are those of a call per
+    level bit for bit (LAPACK decomposes each matrix on its own).
+    """
+    centred = [_covariances(levels) for levels in batches]  # each: (means, (B, C, C))
+    by_channels: dict[int, list[int]] = {}  # channel count -> the batches that have it
+    for i, levels in enumerate(batches):
+        by_channels.setdefault(levels.shape[1], []).append(i)
+    components: list[torch.Tensor] = [None] * len(batches)
+    for members in by_channels.values():
+        group = [centred[i][1] for i in members]
+        _, vectors = torch.linalg.eigh(torch.cat(group) if len(group) > 1 else group[0])
+        largest = vectors[..., -1].split([len(batches[i]) for i in members])  # (B, C) each
+        for i, part in zip(members, largest):
+            components[i] = _oriented(part)
+    return [_projected(levels, means, comps)
+            for levels, (means, _), comps in zip(batches, centred, components)]  # fmt: skip
+
+
+def _covariances(levels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each image's channel means (``(C, 1)`` float64 each) and the ``(B, C, C)`` float64
+    covariances of its channels over its cells."""
     b, c, h, w = levels.shape
     n = max(h * w - 1, 1)
     means, covariances = [], []
@@ -459,18 +482,26 @@ def _pca_maps(levels: torch.Tensor) -> torch.Tensor:
         samples = samples - mean
         means.append(mean)
         covariances.append(samples @ samples.T / n)
-    _, vectors = torch.linalg.eigh(torch.stack(covariances))
-    components = vectors[..., -1]  # (B, C): the largest eigenvalue's vectors
-    # the sign of cov(map, mean map) is the sign of the loadings' sum; no host sync (torch.where)
+    return means, torch.stack(covariances)
+
+
+def _oriented(components: torch.Tensor) -> torch.Tensor:
+    """The ``(B, C)`` principal components, each signed as ``_pca_maps`` says. The sign of
+    cov(map, mean map) is the sign of the loadings' sum; no host sync (torch.where)."""
     total = components.sum(dim=1, keepdim=True)
     largest = components.gather(1, components.abs().argmax(dim=1, keepdim=True))
-    tied = total.abs() <= PCA_SIGN_TOLERANCE * math.sqrt(c)
-    components = components * torch.where(torch.where(tied, largest, total) < 0, -1.0, 1.0)
-    maps = [
+    tied = total.abs() <= PCA_SIGN_TOLERANCE * math.sqrt(components.shape[1])
+    return components * torch.where(torch.where(tied, largest, total) < 0, -1.0, 1.0)
+
+
+def _projected(levels: torch.Tensor, means: list[torch.Tensor],
+               components: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """``(B, H, W)`` float32: each image's centred channels projected on its component."""
+    b, c, h, w = levels.shape
+    return torch.stack([
         (component @ (level.reshape(c, h * w).double() - mean)).reshape(h, w).float()
         for level, mean, component in zip(levels, means, components)
-    ]
-    return torch.stack(maps)
+    ])  # fmt: skip
 
 
 def _number(value) -> float | None:
@@ -633,6 +664,12 @@ def results_to_host(
     if order is None:
         order = features[options.levels[0]].is_cuda
     arrays, maps, valid, stats, orders = {}, {}, {}, [], []
+    pca = needs_maps and options.reduce == "pca"
+    if pca:  # every level's covariances in one eigh call: on CUDA one host sync, not five
+        # (the loop casts each level again, a no-op where the features have the output dtype:
+        # the levels cast at once are let go before it)
+        pca_maps = dict(zip(options.levels, _pca_maps(
+            [features[name][:count].to(dtype) for name in options.levels])))  # fmt: skip
     for name in options.levels:
         level = features[name][:count].to(dtype)
         valid[name] = [valid_size(h, w, OUTPUT_STRIDES[name]) for h, w in resized]
@@ -649,7 +686,8 @@ def results_to_host(
             # op lets go of Python's lock, and a busy writer can keep it a while); each image's
             # valid region is cut on the host. On the CPU a copy: a ``channel`` map is a view of
             # the features, which must not live on with it.
-            reduced = reduce_maps(level, options.reduce, options.channel)
+            reduced = (pca_maps[name] if pca
+                       else reduce_maps(level, options.reduce, options.channel))  # fmt: skip
             maps[name] = reduced.contiguous() if reduced.is_cuda else reduced.clone()
             if order:
                 regions = reduced[:, :vh, :vw] if whole else _nan_outside(reduced, valid[name])
