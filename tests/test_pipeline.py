@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -556,6 +557,42 @@ def test_a_padded_partial_batch_reaches_the_model_channels_last(tmp_path, model,
     options = RunOptions(output=SMALL, batch_size=2, workers=1, pad_batches=True)
     assert run_jobs(jobs, model, options).done == 3
     assert seen == [(2, True, True), (2, True, True)]  # a full batch, then 1 image and 1 zero
+
+
+def test_compile_without_a_canvas_says_once_that_each_image_size_compiles_again(
+    tmp_path, model, monkeypatch, caplog
+):
+    """The model is compiled for static shapes: each new padded size compiles it again (tens of
+    seconds on a GPU), and past torch's recompile limit new sizes run eager with only a line in
+    torch's log. The run says so once, at its second size, with the option that fixes it. The
+    compile is stood in for (a real one takes minutes on two cores)."""
+    compiled = []
+    monkeypatch.setattr(pipeline, "model_for_run",
+                        lambda m, precision, compile: compiled.append(compile) or m)  # fmt: skip
+    # padded to (WxH) 96x64 twice, then 64x96, 64x64, 96x64; without the resize all to 64x64
+    # but the last, to 96x64
+    sizes = [(48, 40), (48, 40), (40, 56), (50, 50), (70, 40)]
+    paths = [_image(tmp_path / "in" / f"{i}.png", size) for i, size in enumerate(sizes)]
+
+    def warned(paths, **output):
+        jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+        options = RunOptions(output=replace(SMALL, **output), batch_size=1, workers=1,
+                             compile=True, overwrite=True)  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert run_jobs(jobs, model, options).done == len(paths)
+        return [r.getMessage() for r in caplog.records if "--compile" in r.getMessage()]
+
+    assert warned(paths[:2]) == warned([paths[0], paths[4]]) == []  # one size: one compile
+    assert warned(paths) == [
+        "--compile without --canvas compiles the model again for every padded image size (64x96 "
+        "now, after 96x64; tens of seconds each on a GPU, and sizes past torch's recompile limit "
+        "run uncompiled): add --canvas auto to pad every image to one of two sizes"
+    ]
+    assert warned(paths, canvas="auto") == []
+    assert len(warned([paths[0], paths[4]], resize=False)) == 1
+    assert "add --canvas WxH, a size that holds every image" in caplog.text
+    assert compiled == [True] * 5
 
 
 def test_a_run_changes_no_global_torch_setting(tmp_path, model):

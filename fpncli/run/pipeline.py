@@ -191,6 +191,10 @@ class _Runner:
         self.weights_meta = weights_meta(model)
         self.recheck = getattr(self.sink, "complete", None)
         self.recheck_batch = getattr(self.sink, "completed_since", None)
+        #: the padded sizes a compiled model without a canvas has run (``note_size``)
+        self.compiled_sizes: list[tuple[int, int]] | None = (
+            [] if options.compile and options.output.canvas is None else None
+        )
 
     def report(self) -> None:
         if self.progress is None:
@@ -258,6 +262,7 @@ class _Runner:
             chunk = self.drop_complete(chunk)  # the last cheap moment before the model runs
             if not chunk:
                 continue
+            self.note_size(chunk[0])
             result, error = None, None
             start = time.perf_counter()
             try:
@@ -292,6 +297,27 @@ class _Runner:
                 reason = f"the model failed: {reason}"
             for it in chunk:
                 self.fail(it.job.path, reason)
+
+    def note_size(self, item: Decoded) -> None:
+        """Warn once, at a compiled run's second padded size without a canvas: the model is
+        compiled for static shapes, so every new size compiles it again (tens of seconds on a
+        GPU) until torch's recompile limit, past which new sizes run uncompiled with only a line
+        in torch's log. A folder of one size never sees the warning."""
+        sizes = self.compiled_sizes
+        size = (item.prepared.padded_height, item.prepared.padded_width)
+        if sizes is None or len(sizes) > 1 or size in sizes:
+            return
+        sizes.append(size)
+        if len(sizes) == 2:
+            (h0, w0), (h1, w1) = sizes
+            fix = ("add --canvas auto to pad every image to one of two sizes"
+                   if self.options.output.resize
+                   else "add --canvas WxH, a size that holds every image")  # fmt: skip
+            log.warning(
+                "--compile without --canvas compiles the model again for every padded image size "
+                "(%dx%d now, after %dx%d; tens of seconds each on a GPU, and sizes past torch's "
+                "recompile limit run uncompiled): %s", w1, h1, w0, h0, fix,
+            )  # fmt: skip
 
     def submit(self, items: list[Decoded], result: BatchResult) -> None:
         keep = sum(it.image.nbytes for it in items if needs_image(self.options.output))
