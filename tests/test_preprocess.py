@@ -110,6 +110,24 @@ def test_a_16_bit_colour_image_keeps_pillows_8_bits_with_a_note(tmp_path, name, 
     assert eight.notes == [] and np.array_equal(eight.rgb, high)
 
 
+def test_a_16_bit_ppm_keeps_pillows_scaled_8_bits_with_a_note(tmp_path):
+    """A 16-bit PPM (maxval 65535) is scaled to 8 bits by Pillow's ppm decoder: the pixels stay
+    Pillow's, with a note naming the scaling; an 8-bit PPM gets none."""
+    import cv2
+
+    rgb16 = np.array([[[0, 257, 65535], [32768, 1000, 65280]]], np.uint16)
+    path = tmp_path / "c.ppm"
+    assert cv2.imwrite(str(path), rgb16[:, :, ::-1])  # cv2 writes BGR
+    loaded = load_image(path)
+    assert np.array_equal(loaded.rgb, np.asarray(Image.open(path).convert("RGB")))
+    assert loaded.rgb[0, 0].tolist() == [0, 1, 255]
+    assert loaded.notes == ["16-bit RGB read as 8 bits (scaled from 0..65535, as Pillow and "
+                            "Detectron2 do)"]  # fmt: skip
+    eight = tmp_path / "e.ppm"
+    assert cv2.imwrite(str(eight), np.full((2, 3, 3), 200, np.uint8))
+    assert load_image(eight).notes == []
+
+
 def test_multiframe_uses_the_first_frame(tmp_path):
     frames = [Image.fromarray(np.full((4, 5, 3), v, np.uint8)) for v in (10, 200)]
     path = tmp_path / "m.tif"

@@ -253,12 +253,20 @@ def _high_bytes_note(im: Image.Image) -> str | None:
     """The note for an image whose samples Pillow reduced to 8 bits as it opened it, or None.
 
     Pillow opens a 16-bit-per-channel RGB, RGBA or LA PNG (or TIFF) as mode ``RGB``/``RGBA``/
-    ``LA``, each value's high byte kept (its raw mode, e.g. ``RGB;16B``, says so; known only
-    until ``load``, which clears ``tile``, and a PNG's ``getexif`` loads it). Detectron2 reads
-    images with Pillow too, so those pixels are kept, for parity, and only the note is added."""
+    ``LA``, each value's high byte kept (its raw mode, e.g. ``RGB;16B``, says so), and a 16-bit
+    PPM (maxval over 255) as ``RGB``, each value scaled to 0..255 by its ``ppm`` decoder. Both
+    are known only until ``load``, which clears ``tile`` (a PNG's ``getexif`` loads it).
+    Detectron2 reads images with Pillow too, so those pixels are kept, for parity, and only the
+    note is added."""
     if im.mode not in ("RGB", "RGBA", "LA") or not im.tile:
         return None
-    args = im.tile[0][3]  # a tile is (decoder, extents, offset, args) in every Pillow
+    codec, args = im.tile[0][0], im.tile[0][3]  # (decoder, extents, offset, args) in every Pillow
+    if codec == "ppm" and isinstance(args, tuple) and len(args) > 1:
+        maxval = args[1]
+        if isinstance(maxval, int) and maxval > 255:
+            return (f"16-bit {im.mode} read as 8 bits (scaled from 0..{maxval}, as Pillow and "
+                    "Detectron2 do)")  # fmt: skip
+        return None
     rawmode = args[0] if isinstance(args, tuple) and args else args
     if not isinstance(rawmode, str) or ";16" not in rawmode:
         return None
