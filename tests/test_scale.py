@@ -398,6 +398,32 @@ def test_show_draws_the_image_that_sets_an_end_of_the_run_range_reaching_it(tmp_
         assert left.startswith("min ") if scale == "level" else not left.startswith("<=")
 
 
+@pytest.mark.parametrize("extracted, shown", [("minmax", (1.0, 99.0)), ("1,99", (0.0, 100.0))])
+def test_show_with_another_clip_draws_every_image_on_the_run_range(tmp_path, extracted, shown):
+    """The end of the run's range an image set is taken from its own map only for a rounding:
+    with a --clip other than the extraction's, its own range is another one altogether, and
+    every image (the one that set an end too) is drawn on the run's range."""
+    import numpy as np
+    from PIL import Image
+
+    from fpncli.viz import show
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, name in enumerate("abc"):
+        pixels = np.random.RandomState(i).randint(0, 255, (40 + 8 * i, 48, 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    out = tmp_path / "out"
+    args = ["extract", str(folder), "-o", str(out), "--weights", "random", "--no-resize",
+            "--workers", "1", "--levels", "p5,p6", "--clip", extracted]  # fmt: skip
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    fixed = show._run_ranges(str(out / "a"), "level", "channel", 0, lambda text: None)
+    for name in "abc":
+        source = show._from_folder(out / name, ["p5", "p6"])
+        panels = show._panels(source, "all", reduce="channel", channel=0, clip=shown, fixed=fixed)
+        assert {p["name"]: p["range"] for p in panels} == fixed, name
+
+
 @pytest.mark.parametrize(
     "forge",
     [

@@ -31,7 +31,7 @@ from ..io.outputs import (
     read_manifest,
     render_level_pictures,
 )
-from ..viz.scale import SCALES, drawn_range, recorded_range, run_ranges
+from ..viz.scale import SCALES, range_to_draw, run_ranges
 
 __all__ = ["RedrawSummary", "check_scale", "redraw_run"]
 
@@ -90,7 +90,7 @@ def redraw_run(folders: list[Path], scale: str, options: OutputOptions) -> Redra
 
 
 def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> None:
-    from ..viz.visualize import overview_png, reduce_channels, valid_region, value_range
+    from ..viz.visualize import overview_png, reduce_channels, valid_region
 
     extraction = load_extraction(folder)
     manifest = extraction.manifest
@@ -118,11 +118,9 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
         # reduction of the .npy (numpy's) may differ from the run's (torch's, on the device) by
         # a rounding, or by float16 (--dtype), and a map one ulp outside its recorded range
         # would be labelled clipped; so is an end of the run's range that this image set
-        vranges[name] = value_range(maps[name], options.clip)
-        if name in ranges:
-            recorded = recorded_range(manifest, name, reduce=options.reduce,
+        vranges[name] = range_to_draw(maps[name], name, clip=options.clip, run=ranges.get(name),
+                                      manifest=manifest, reduce=options.reduce,
                                       channel=options.channel)  # fmt: skip
-            vranges[name] = drawn_range(ranges[name], recorded, vranges[name])
         drawn = render_level_pictures(
             maps[name], name=name, stride=int(meta["stride"]), shape=meta["shape"], rgb=rgb,
             scale_y=scale_y, scale_x=scale_x, options=options, note=note, vrange=vranges[name],

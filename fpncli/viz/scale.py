@@ -20,7 +20,15 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["BOUNDED", "SCALES", "drawn_range", "recorded_range", "run_ranges", "extraction_root"]
+__all__ = [
+    "BOUNDED",
+    "SCALES",
+    "drawn_range",
+    "extraction_root",
+    "range_to_draw",
+    "recorded_range",
+    "run_ranges",
+]
 
 SCALES = ("image", "level", "shared")
 #: The reductions whose maps lie within the tensor's min..max over all channels.
@@ -48,11 +56,19 @@ def _drawn(heat: dict, reduce: str, channel: int) -> bool:
 
 
 def recorded_range(
-    manifest: dict | None, level: str, *, reduce: str = "channel", channel: int = 0
+    manifest: dict | None,
+    level: str,
+    *,
+    reduce: str = "channel",
+    channel: int = 0,
+    clip: tuple[float, float] | None = None,
 ) -> tuple[float, float] | None:
     """The colour range ``manifest`` records for ``level``'s map, when that map is the one
-    asked for (``reduce``, ``channel``); else None (no manifest, another map, no range)."""
+    asked for (``reduce``, ``channel``, and with ``clip`` the same percentiles); else None (no
+    manifest, another map or clip, no range)."""
     if not isinstance(manifest, dict) or not _drawn(_heatmap(manifest), reduce, channel):
+        return None
+    if clip is not None and _heatmap(manifest).get("clip_percentiles") != list(clip):
         return None
     levels = manifest.get("levels")
     meta = levels.get(level) if isinstance(levels, dict) else None
@@ -125,6 +141,28 @@ def drawn_range(
     lo = own[0] if pair[0] == run[0] else run[0]
     hi = own[1] if pair[1] == run[1] else run[1]
     return (lo, hi) if lo <= hi else run
+
+
+def range_to_draw(
+    values,
+    level: str,
+    *,
+    clip: tuple[float, float],
+    run: tuple[float, float] | None,
+    manifest: dict | None,
+    reduce: str,
+    channel: int,
+) -> tuple[float, float]:
+    """The colour range of one image's map ``values`` of ``level``: its own ``clip`` range, or,
+    with a run range ``run`` (``--scale level|shared``), that one, with each end that this
+    image's recorded range (same map, same ``clip``) set taken from its own (``drawn_range``)."""
+    from .visualize import value_range  # numpy and OpenCV: only where a picture is drawn
+
+    own = value_range(values, clip)
+    if run is None:
+        return own
+    recorded = recorded_range(manifest, level, reduce=reduce, channel=channel, clip=clip)
+    return drawn_range(run, recorded, own)
 
 
 def extraction_root(folder: Path) -> Path:

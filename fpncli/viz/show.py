@@ -29,7 +29,7 @@ from ..io.outputs import (
 from ..io.preprocess import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGE_STRIDES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
-from .scale import drawn_range, recorded_range
+from .scale import range_to_draw
 from .visualize import (
     DEFAULT_CLIP,
     encode_png,
@@ -332,10 +332,15 @@ def _panels(source: _Source, level: str, *, reduce: str, channel: int,
     for name in names:
         values = _level_map(source, name, reduce, channel)
         shape = tuple(source.features[name].shape)
-        vrange = value_range(values, clip)
-        if name in fixed:
-            recorded = recorded_range(source.manifest, name, reduce=reduce, channel=channel)
-            vrange = drawn_range(fixed[name], recorded, vrange)
+        vrange = range_to_draw(
+            values,
+            name,
+            clip=clip,
+            run=fixed.get(name),
+            manifest=source.manifest,
+            reduce=reduce,
+            channel=channel,
+        )
         panels.append({
             "name": name, "map": values, "stride": STRIDES[name], "shape": shape,
             "range": vrange,
