@@ -128,6 +128,25 @@ def test_a_16_bit_ppm_keeps_pillows_scaled_8_bits_with_a_note(tmp_path):
     assert load_image(eight).notes == []
 
 
+def test_a_565_bmp_gets_no_16_bit_note(tmp_path):
+    """A 5-6-5 BMP has 16 bits a pixel (Pillow's raw mode BGR;16), not 16 bits a sample:
+    Pillow expands it to 8 bits a channel, losing nothing, and no note says otherwise."""
+    import struct
+
+    h, w = 2, 4
+    pixels = np.array([[0xF800, 0x07E0, 0x001F, 0xFFFF]] * h, "<u2")  # red, green, blue, white
+    data = pixels[::-1].tobytes()
+    info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 16, 3, len(data), 2835, 2835, 0, 0)
+    masks = struct.pack("<III", 0xF800, 0x07E0, 0x001F)
+    offset = 14 + len(info) + len(masks)
+    head = struct.pack("<2sIHHI", b"BM", offset + len(data), 0, 0, offset)
+    path = tmp_path / "565.bmp"
+    path.write_bytes(head + info + masks + data)
+    loaded = load_image(path)
+    assert loaded.rgb[0].tolist() == [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]
+    assert loaded.notes == []
+
+
 def test_multiframe_uses_the_first_frame(tmp_path):
     frames = [Image.fromarray(np.full((4, 5, 3), v, np.uint8)) for v in (10, 200)]
     path = tmp_path / "m.tif"

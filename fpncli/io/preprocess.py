@@ -268,7 +268,8 @@ def _high_bytes_note(im: Image.Image) -> str | None:
                     "Detectron2 do)")  # fmt: skip
         return None
     rawmode = args[0] if isinstance(args, tuple) and args else args
-    if not isinstance(rawmode, str) or ";16" not in rawmode:
+    # 16 bits a sample (";16B", ";16L", ";16N"), not a 5-6-5 pixel's 16 bits (a BMP's "BGR;16")
+    if not isinstance(rawmode, str) or not rawmode.endswith((";16B", ";16L", ";16N")):
         return None
     return f"16-bit {im.mode} read as 8 bits (each value's high byte, as Pillow and Detectron2 do)"
 
