@@ -567,8 +567,26 @@ def test_compile_without_a_canvas_says_once_that_each_image_size_compiles_again(
     torch's log. The run says so once, at its second size, with the option that fixes it. The
     compile is stood in for (a real one takes minutes on two cores)."""
     compiled = []
-    monkeypatch.setattr(pipeline, "model_for_run",
-                        lambda m, precision, compile: compiled.append(compile) or m)  # fmt: skip
+
+    class Compiled(torch.nn.Module):  # as torch.compile's OptimizedModule holds the model
+        def __init__(self, model):
+            super().__init__()
+            self._orig_mod = model
+
+        def forward(self, x):
+            return self._orig_mod(x)
+
+        def __getattr__(self, name):  # the model's attributes, as OptimizedModule gives them
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self._orig_mod, name)
+
+    def compile_anew(m, precision, compile):  # a new process's compile, for each run
+        compiled.append(compile)
+        return Compiled(m)
+
+    monkeypatch.setattr(pipeline, "model_for_run", compile_anew)
     # padded to (WxH) 96x64 twice, then 64x96, 64x64, 96x64; without the resize all to 64x64
     # but the last, to 96x64
     sizes = [(48, 40), (48, 40), (40, 56), (50, 50), (70, 40)]
@@ -593,6 +611,13 @@ def test_compile_without_a_canvas_says_once_that_each_image_size_compiles_again(
     assert len(warned([paths[0], paths[4]], resize=False)) == 1
     assert "add --canvas WxH, a size that holds every image" in caplog.text
     assert compiled == [True] * 5
+    # one process's runs reuse its compiled model (a Ray actor's calls, a notebook): a size that
+    # is new to the process is said once, also when each run sees one size
+    same = Compiled(model)
+    monkeypatch.setattr(pipeline, "model_for_run", lambda m, precision, compile: same)
+    assert warned(paths[:2]) == []
+    assert len(warned(paths[2:3])) == 1
+    assert warned(paths) == []
 
 
 def test_a_run_changes_no_global_torch_setting(tmp_path, model):

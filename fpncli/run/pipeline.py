@@ -191,10 +191,13 @@ class _Runner:
         self.weights_meta = weights_meta(model)
         self.recheck = getattr(self.sink, "complete", None)
         self.recheck_batch = getattr(self.sink, "completed_since", None)
-        #: the padded sizes a compiled model without a canvas has run (``note_size``)
+        #: the padded sizes a compiled model without a canvas has run (``note_size``), kept on
+        #: the compiled model, which a process's later runs reuse (a Ray actor's calls, a
+        #: notebook's runs): each size compiles once in a process, and is said once
         self.compiled_sizes: list[tuple[int, int]] | None = (
-            [] if options.compile and options.output.canvas is None else None
-        )
+            model.__dict__.setdefault("_fpncli_compiled_sizes", [])
+            if options.compile and options.output.canvas is None else None
+        )  # fmt: skip
 
     def report(self) -> None:
         if self.progress is None:
