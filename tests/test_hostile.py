@@ -498,8 +498,8 @@ def test_symlinked_folders_are_followed_but_never_into_outputs(tmp_path):
     assert first.exit_code == 0 and "done 2," in first.output, first.output
     assert "of 2" in first.output
     assert (out / "ext" / "b" / "manifest.json").is_file()
-    assert (f"note: not reading {photos / 'ext2'}: it is the folder {photos / 'ext'} (through a "
-            "symlink), read once under that name\n") in first.output  # fmt: skip
+    assert (f"note: not following {photos / 'ext2'}: it leads to the folder {photos / 'ext'}, "
+            "which the run comes to under that name\n") in first.output  # fmt: skip
     (photos / "o").symlink_to(out)
     (photos / "o_ext").symlink_to(out / "ext")
     again = _run_cli(str(photos), "-o", str(out))

@@ -345,8 +345,8 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         click.echo(f"note: cannot read the folder {quote_name(str(folder))} ({reason}): its "
                    "images are left out (reported as failed)", err=True)  # fmt: skip
     for folder, read_as in repeated:  # symlinks: a cycle, or the same folder twice
-        click.echo(f"note: not reading {quote_name(str(folder))}: it is the folder "
-                   f"{quote_name(str(read_as))} (through a symlink), read once under that name",
+        click.echo(f"note: not following {quote_name(str(folder))}: it leads to the folder "
+                   f"{quote_name(str(read_as))}, which the run comes to under that name",
                    err=True)  # fmt: skip
     if not pairs:
         passed_out = {os.path.realpath(r) for r in passed_over}
