@@ -388,8 +388,9 @@ def _valid_rows(table, path: str, warn: bool):
         return table
     log.log(logging.WARNING if warn else logging.DEBUG,
             "%s: ignoring %d of its rows, which fpncli did not write (%s): an image only they "
-            "record counts as not extracted; fpncli never deletes a file it did not write: "
-            "delete this one to stop this warning (its shard's images are then redone)",
+            "record counts as not extracted; fpncli leaves a file it did not write: delete "
+            "this one to stop this warning (its shard's images are then redone), or start the "
+            "output afresh with --overwrite",
             path, len(bad), bad[0])  # fmt: skip
     return table.filter(pa.array([w is None for w in why]))
 
