@@ -665,13 +665,12 @@ def results_to_host(
         order = features[options.levels[0]].is_cuda
     arrays, maps, valid, stats, orders = {}, {}, {}, [], []
     pca = needs_maps and options.reduce == "pca"
+    cast: dict[str, torch.Tensor] = {}  # with pca, every level cast at once, each let go in turn
     if pca:  # every level's covariances in one eigh call: on CUDA one host sync, not five
-        # (the loop casts each level again, a no-op where the features have the output dtype:
-        # the levels cast at once are let go before it)
-        pca_maps = dict(zip(options.levels, _pca_maps(
-            [features[name][:count].to(dtype) for name in options.levels])))  # fmt: skip
+        cast = {name: features[name][:count].to(dtype) for name in options.levels}
+        pca_maps = dict(zip(options.levels, _pca_maps(list(cast.values()))))
     for name in options.levels:
-        level = features[name][:count].to(dtype)
+        level = cast.pop(name) if pca else features[name][:count].to(dtype)
         valid[name] = [valid_size(h, w, OUTPUT_STRIDES[name]) for h, w in resized]
         # one set of kernels for the whole batch: launches cost on a fast GPU
         whole = level.is_cuda and all(size == resized[0] for size in resized)
