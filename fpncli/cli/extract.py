@@ -85,8 +85,9 @@ class _ExtractCommand(click.Command):
     type=click.Choice(["fp32", "fp16", "bf16"]),
     default="fp32",
     show_default=True,
-    help="fp16/bf16 use autocast. On a CPU, fp16 is refused and bf16 needs AVX512-BF16 or "
-    "AMX (recent Xeons: about 3x faster than fp32, about 1% relative error).",
+    help="fp16/bf16: on CUDA a copy of the model converted to that dtype, on a CPU autocast. "
+    "On a CPU, fp16 is refused and bf16 needs AVX512-BF16 or AMX (recent Xeons: about 3x "
+    "faster than fp32, about 1% relative error).",
 )
 @click.option(
     "--levels",
