@@ -100,6 +100,30 @@ def test_rerun_skips_then_overwrite_redoes(runner, photo, tmp_path):
     assert "wrote" in result.output
 
 
+def test_a_rerun_with_other_settings_says_it_replaces_their_outputs(runner, photo, tmp_path):
+    """Extracting into the same -o with other options redoes the images (the run key holds the
+    settings) and so deletes the earlier outputs: said once on stderr before the run, with the
+    options that differ; a resumed run, and --overwrite (asked for), say nothing of it."""
+    out = tmp_path / "out"
+    base = ["extract", str(photo), "-o", str(out), *SMALL, "--no-overview", "--no-heatmaps"]
+    note = f"in {out} have outputs made with other settings"
+    first = runner.invoke(cli, [*base, "--overlay", "--reduce", "l2"], catch_exceptions=False)
+    assert first.exit_code == 0 and note not in first.stderr
+    assert (out / "street" / "p2_overlay.png").is_file()
+    again = runner.invoke(cli, [*base, "--canvas", "auto"], catch_exceptions=False)
+    assert again.exit_code == 0 and not (out / "street" / "p2_overlay.png").exists()
+    lines = [line for line in again.stderr.splitlines() if note in line]
+    assert lines == [
+        f"note: 1 image(s) {note} (--overlay, --reduce, --canvas): they are replaced; use "
+        "another -o to keep both"
+    ]
+    assert again.stderr.index(note) < again.stderr.index("output: about")  # before the run
+    resumed = runner.invoke(cli, [*base, "--canvas", "auto"], catch_exceptions=False)
+    assert "already complete" in resumed.output and note not in resumed.stderr
+    overwritten = runner.invoke(cli, [*base, "--overwrite"], catch_exceptions=False)
+    assert "wrote" in overwritten.output and note not in overwritten.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -286,6 +286,45 @@ def test_resume_skips_complete_and_settings_change_redoes(tmp_path, model):
     assert run_jobs(jobs, model, replace(options, overwrite=True)).done == 2
 
 
+def test_the_plan_says_which_complete_folders_other_settings_replace(tmp_path, model):
+    """A rerun with other settings redoes complete folders (their run key differs), and did so
+    without a word: ``on_plan`` is told how many, and which settings differ, from the manifests
+    resume reads; a crashed folder (no manifest), a changed input file, a resumed folder and
+    ``overwrite`` replace nothing worth saying."""
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    options = RunOptions(output=SMALL)
+    seen = []
+
+    def on_plan(todo, replaced):
+        seen.append(([j.path.stem for j in todo], replaced))
+
+    run_jobs(jobs[:3], model, options, on_plan=on_plan)
+    assert seen.pop() == (["0", "1", "2"], plan.Replaced())  # new folders: nothing replaced
+    run_jobs(jobs, model, options, on_plan=on_plan)
+    assert seen.pop() == (["3"], plan.Replaced())  # resumed
+    (tmp_path / "out" / "0" / "manifest.json").unlink()  # as a run killed writing it leaves it
+    stat = paths[1].stat()
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the input changed
+    todo, replaced = plan.plan_pending(jobs, options, steps.weights_meta(model))
+    assert ([j.path.stem for j in todo], replaced) == (["0", "1"], plan.Replaced())
+    other = replace(options, output=replace(SMALL, canvas="auto", levels=("p3", "p4")))
+    todo, replaced = plan.plan_pending(jobs, other, steps.weights_meta(model))
+    assert [j.path.stem for j in todo] == ["0", "1", "2", "3"]
+    assert replaced == plan.Replaced(3, ("--levels", "--canvas"))  # all but the crashed one
+    seeded = plan.plan_pending(jobs[2:], options, {**steps.weights_meta(model), "seed": 5})[1]
+    assert seeded == plan.Replaced(2, ("--seed",))
+    drawn = replace(options, output=replace(SMALL, overlay=True, reduce="l2"))
+    assert plan.plan_pending(jobs[2:], drawn, steps.weights_meta(model))[1] == plan.Replaced(
+        2, ("--overlay", "--reduce")
+    )
+    assert plan.plan_pending(jobs, replace(other, overwrite=True), {})[1] == plan.Replaced()
+    run_jobs(jobs, model, other, on_plan=on_plan)
+    assert seen.pop()[1] == plan.Replaced(3, ("--levels", "--canvas"))
+    assert run_jobs(jobs, model, other, on_plan=on_plan).skipped == 4
+    assert seen.pop() == ([], plan.Replaced())
+
+
 def test_a_16_bit_rgb_pngs_note_is_in_its_manifest(tmp_path, model):
     """Pillow reads a 16-bit RGB PNG as 8 bits: the manifest's input notes say so."""
     import cv2

@@ -42,6 +42,7 @@ from .extract_report import (
     _inside,
     _interrupted_progress,
     _remove_if_unused,
+    _replaced_note,
     _report,
     _report_interrupt,
     _rescale,
@@ -408,8 +409,10 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
 
     planned = []  # set once the run has read what is left to do: it then writes its log
 
-    def state_volume(todo) -> None:  # once the weights are there and resume has been read
+    def state_volume(todo, replaced) -> None:  # once the weights are there and resume is read
         planned.append(True)
+        if replaced.count:
+            click.echo(_replaced_note(replaced, out_dir), err=True)
         note = _volume_note(todo, output, len(jobs))
         if note is not None:
             click.echo(note, err=True)

@@ -47,6 +47,16 @@ def _volume_note(jobs, output, total: int | None = None) -> str | None:
     return text + (f" (per image with {'; with '.join(tips)})" if tips else "")
 
 
+def _replaced_note(replaced, out_dir: str) -> str:
+    """The complete outputs a run redoes because they were made with other settings
+    (``plan.Replaced``), said before it starts: resume redoes them, so they are replaced."""
+    shown = ", ".join(replaced.settings[:4]) + (", ..." if len(replaced.settings) > 4 else "")
+    return (
+        f"note: {replaced.count} image(s) in {quote_name(out_dir)} have outputs made with other "
+        f"settings ({shown}): they are replaced; use another -o to keep both"
+    )
+
+
 def _size(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
 

@@ -3,6 +3,7 @@ complete, and the run key that says whether it holds the same extraction."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
     from .outputs import OutputOptions
 
 __all__ = [
-    "MANIFEST", "read_manifest", "check_manifest", "manifest_files", "is_complete", "run_key",
+    "MANIFEST", "read_manifest", "check_manifest", "manifest_files", "is_complete",
+    "folder_state", "changed_settings", "run_key",
 ]  # fmt: skip
 
 MANIFEST = "manifest.json"
@@ -153,20 +155,27 @@ def is_file_name(name) -> bool:
 def is_complete(folder: Path, run_key: str | None = None) -> bool:
     """True when ``folder`` holds a complete extraction (and, given ``run_key``, the same one):
     a complete manifest whose every listed file is present with the recorded size."""
+    return folder_state(folder, run_key)[0]
+
+
+def folder_state(folder: Path, run_key: str | None = None) -> tuple[bool, dict | None]:
+    """``(is_complete(folder, run_key), the complete manifest read for it or None)``, from one
+    read of the manifest: a caller that finds the folder not complete can tell from the manifest
+    (its ``run_key`` another, see ``changed_settings``) that it holds another extraction."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is None or (run_key is not None and manifest.get("run_key") != run_key):
-        return False
+        return False, manifest
     for name, size in manifest_files(manifest).items():
         if not is_file_name(name):
-            return False
+            return False, manifest
         try:
             st = (folder / name).stat()
         except OSError:
-            return False
+            return False, manifest
         if size is not None and st.st_size != size:
-            return False
-    return True
+            return False, manifest
+    return True, manifest
 
 
 def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: str,
@@ -198,11 +207,80 @@ def options_for_key(options: OutputOptions) -> dict:
     overview, no overlay), the drawing options at their defaults, so that changing ``--cmap``
     or ``--channel`` on a ``.npy``-only folder does not redo it (and earlier folders, written
     with the defaults, still resume)."""
-    chosen = asdict(options)
-    if not (options.save_heatmaps or options.save_overview or options.overlay):
-        defaults = {f.name: f.default for f in fields(options) if f.name in _DRAWING}
-        chosen.update({k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()})
+    return _drawing_defaults(asdict(options))
+
+
+def _drawing_defaults(chosen: dict) -> dict:
+    """``chosen`` (output options by field name), its drawing options at their defaults when
+    nothing is drawn."""
+    if not (chosen["save_heatmaps"] or chosen["save_overview"] or chosen["overlay"]):
+        chosen.update(_default_drawing())
     return chosen
+
+
+@functools.cache
+def _default_drawing() -> dict:
+    from .outputs import OutputOptions
+
+    defaults = {f.name: f.default for f in fields(OutputOptions) if f.name in _DRAWING}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+
+
+#: extract's option for each output option a manifest records, as ``changed_settings`` names it
+_FLAGS = {
+    "levels": "--levels", "dtype": "--dtype", "save_npy": "--no-npy",
+    "save_heatmaps": "--no-heatmaps", "save_overview": "--no-overview", "overlay": "--overlay",
+    "reduce": "--reduce", "channel": "--channel", "cmap": "--cmap", "clip": "--clip",
+    "min_size": "--min-size", "max_size": "--max-size", "resize": "--no-resize",
+    "canvas": "--canvas",
+}  # fmt: skip
+
+
+def changed_settings(manifest: dict, options: OutputOptions, weights: dict,
+                     precision: str) -> list[str]:  # fmt: skip
+    """The settings, as extract's options name them (``--weights``, ``--canvas``, ...), in
+    which the extraction ``manifest`` records differs from one with ``options``, ``weights``
+    and ``precision``, compared as the run key compares them (``options_for_key``). Empty when
+    none that the manifest records differs (its input file changed since, say), and for the
+    fields an earlier version did not record. Reads only ``manifest``: for the folders whose
+    run key differs, whose manifest resume has read."""
+
+    def mapping(value) -> dict:
+        return value if isinstance(value, dict) else {}
+
+    levels = mapping(manifest.get("levels"))
+    metas = [mapping(m) for m in levels.values()]
+    pre, heat = mapping(manifest.get("preprocess")), mapping(manifest.get("heatmap"))
+    then = {
+        "levels": list(levels), "dtype": next((m.get("dtype") for m in metas), None),
+        "save_npy": any(m.get("file") for m in metas),
+        "save_heatmaps": any(m.get("heatmap") for m in metas),
+        "save_overview": manifest.get("overview") is not None,
+        "overlay": any(m.get("overlay") for m in metas),
+        "reduce": heat.get("reduce", _MISSING), "channel": heat.get("channel", _MISSING),
+        "cmap": heat.get("cmap", _MISSING), "clip": heat.get("clip_percentiles", _MISSING),
+        **{k: pre.get(k, _MISSING) for k in ("min_size", "max_size", "resize")},
+        "canvas": pre.get("canvas"),  # not recorded before canvases existed: none
+    }  # fmt: skip
+    then = _drawing_defaults(then)
+    now = options.__dict__.get("_key_options")
+    if now is None:  # made once per options object (asdict is slow), as ``_options_json``
+        now = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in options_for_key(options).items()
+        }
+        object.__setattr__(options, "_key_options", now)  # frozen: fields never change
+    changed = []
+    recorded = mapping(manifest.get("weights"))
+    identity = ("name", "sha256", "seed")
+    if [recorded.get(k) for k in identity] != [weights.get(k) for k in identity]:
+        same_name = recorded.get("name") == weights.get("name") and weights.get("random")
+        changed.append("--seed" if same_name else "--weights")
+    if manifest.get("precision", precision) != precision:
+        changed.append("--precision")
+    for name, flag in _FLAGS.items():
+        if then[name] is not _MISSING and then[name] != now[name]:  # lists, as JSON holds them
+            changed.append(flag)
+    return changed
 
 
 def _options_json(options: OutputOptions) -> str:

@@ -27,7 +27,7 @@ from ..io.guard import one_line, usable_cores
 from ..io.inputs import Job, select_shard
 from .device import worker_threads
 from .pipeline import run_jobs
-from .plan import _complete, check_disk_space, pending_jobs
+from .plan import Replaced, _complete, check_disk_space, plan_pending
 from .steps import RunOptions, weights_meta
 from .summary import Progress, RunSummary, device_failed_message, disk_full_message
 
@@ -170,7 +170,7 @@ def run_on_devices(
     seed: int = 0,
     progress: Callable[[Progress], None] | None = None,
     warmup: list[Job] | None = None,
-    on_plan: Callable[[list[Job]], None] | None = None,
+    on_plan: Callable[[list[Job], Replaced], None] | None = None,
 ) -> RunSummary:
     """Run ``jobs`` split over ``devices`` (e.g. ``["cuda:0", "cuda:1"]``), one process each.
 
@@ -183,12 +183,13 @@ def run_on_devices(
     neither a cold first batch (cuDNN's search, lazy kernel loading) nor one worker running
     alone while another still warms up.
 
-    ``on_plan``: as ``run_jobs``'s, called with the pending jobs of the whole run.
+    ``on_plan``: as ``run_jobs``'s, called with the pending jobs of the whole run (and what they
+    replace).
     """
     if on_plan is not None or not options.force:
-        todo = pending_jobs(jobs, options, weights_meta(model))
+        todo, replaced = plan_pending(jobs, options, weights_meta(model))
         if on_plan is not None:
-            on_plan(todo)
+            on_plan(todo, replaced)
         if not options.force:
             check_disk_space(todo, options.output)
     options = worker_options(options, len(devices))

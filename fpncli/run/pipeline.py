@@ -54,10 +54,12 @@ from .device import (
 )
 from .plan import (
     InsufficientDiskError,
+    Replaced,
     _complete,
     check_disk_space,
     estimate_run_bytes,
     pending_jobs,
+    plan_pending,
 )
 from .steps import (
     Decoded,
@@ -89,6 +91,8 @@ __all__ = [
     "check_disk_space",
     "disk_full_message",
     "pending_jobs",
+    "plan_pending",
+    "Replaced",
     "weights_meta",
     "discover_inputs",
     "plan_jobs",
@@ -415,7 +419,7 @@ def run_jobs(
     *,
     progress: Callable[[Progress], None] | None = None,
     sink=None,
-    on_plan: Callable[[list[Job]], None] | None = None,
+    on_plan: Callable[[list[Job], Replaced], None] | None = None,
 ) -> RunSummary:
     """Extract every job's image into its folder; complete folders are skipped unless overwrite.
 
@@ -423,8 +427,10 @@ def run_jobs(
     as the latest extraction (``fpncli show`` with no target) and is ``summary.last_folder``.
     With a ``sink`` (``run.wds``), every job is run and its outputs go to ``sink.write`` (the
     caller resumed and checked the disk), and no folder is recorded as the latest extraction.
-    ``on_plan`` is called once with the jobs the run will do (the pending ones), before the disk
-    check and the run: the CLI states the output volume of those, not of every job.
+    ``on_plan`` is called once with the jobs the run will do (the pending ones) and what they
+    replace (``plan.Replaced``: complete folders made with other settings), before the disk
+    check and the run: the CLI states the output volume of those, not of every job, and says
+    what is replaced.
 
     Bad images are reported in ``summary.failed`` and skipped; a full disk stops the run cleanly
     (``summary.aborted``). Raises InsufficientDiskError before starting when the estimated output
@@ -433,10 +439,13 @@ def run_jobs(
     device = next(model.parameters()).device
     check_precision(options.precision, device)
     summary = RunSummary(total=len(jobs))
-    todo = pending_jobs(jobs, options, weights_meta(model)) if sink is None else list(jobs)
+    if sink is None:
+        todo, replaced = plan_pending(jobs, options, weights_meta(model))
+    else:
+        todo, replaced = list(jobs), Replaced()
     summary.skipped = len(jobs) - len(todo)
     if on_plan is not None:
-        on_plan(todo)
+        on_plan(todo, replaced)
     if not options.force and sink is None:
         check_disk_space(todo, options.output)
     input_format = model.weights_info.input

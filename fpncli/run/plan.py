@@ -1,24 +1,28 @@
 """What a run will do, decided before it starts: which jobs are pending (their folders not yet
-complete with the same input, weights and settings), and whether their estimated output fits on
-the disk."""
+complete with the same input, weights and settings), which of those replace a complete
+extraction made with other settings, and whether their estimated output fits on the disk."""
 
 from __future__ import annotations
 
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.canvas import canvas_for
 from ..io.inputs import Job
+from ..io.manifest import changed_settings, folder_state
 from ..io.outputs import OutputOptions, estimate_bytes_per_image, is_complete
 from ..io.preprocess import open_image, resized_shape
 from .steps import RunOptions, job_run_key
 
 __all__ = [
     "InsufficientDiskError",
+    "Replaced",
     "estimate_run_bytes",
     "pending_jobs",
+    "plan_pending",
     "check_disk_space",
 ]
 
@@ -67,7 +71,39 @@ def _complete(job: Job, options: RunOptions, weights: dict) -> bool:
 
 def pending_jobs(jobs: list[Job], options: RunOptions, weights: dict) -> list[Job]:
     """The jobs whose folder is not complete with the same input, weights and settings."""
-    return [j for j in jobs if options.overwrite or not _complete(j, options, weights)]
+    return plan_pending(jobs, options, weights)[0]
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """The pending jobs whose folder holds a complete extraction made with other settings (it
+    is redone, and so replaced): how many, and which settings differ (as extract's options)."""
+
+    count: int = 0
+    settings: tuple[str, ...] = ()
+
+
+def plan_pending(jobs: list[Job], options: RunOptions,
+                 weights: dict) -> tuple[list[Job], Replaced]:  # fmt: skip
+    """``pending_jobs``, and what they replace: the folders whose complete manifest records
+    other weights, precision or output options (``changed_settings``), told from the manifest
+    resume reads anyway. A folder without a complete manifest (a killed run's), or whose input
+    file alone changed, replaces nothing worth saying. With ``overwrite``, every job, and no
+    manifest read (redoing everything is what was asked)."""
+    if options.overwrite:
+        return list(jobs), Replaced()
+    todo, count, settings = [], 0, {}
+    for job in jobs:
+        key = job_run_key(job, options, weights)
+        complete, manifest = folder_state(job.folder, key) if key is not None else (False, None)
+        if complete:
+            continue
+        todo.append(job)
+        if manifest is not None and manifest.get("run_key") != key:
+            changed = changed_settings(manifest, options.output, weights, options.precision)
+            count += bool(changed)
+            settings.update(dict.fromkeys(changed))
+    return todo, Replaced(count, tuple(settings))
 
 
 def check_disk_space(todo: list[Job], output: OutputOptions) -> None:

@@ -29,7 +29,7 @@ from ..io.inputs import Job
 from ..io.shards import ShardWriter, consolidate_index
 from ..model.fpn import FPN
 from .pipeline import FolderSink, _reason, run_decoded
-from .plan import estimate_run_bytes, pending_jobs
+from .plan import Replaced, estimate_run_bytes, plan_pending
 from .steps import RunOptions, decode, weights_meta
 from .summary import Progress, RunSummary
 from .wds import ShardSink, plan_sharded
@@ -253,10 +253,10 @@ def run_ray(
     ray_options: RayOptions,
     *,
     progress: Callable[[Progress], None] | None = None,
-    on_plan: Callable[[list[Job]], None] | None = None,
+    on_plan: Callable[[list[Job], Replaced], None] | None = None,
 ) -> RunSummary:
     """Extract ``jobs`` on Ray Data into ``out`` (a folder, or an fsspec URL for ``wds``).
-    ``on_plan``: as ``run_jobs``'s, called with the jobs left to do.
+    ``on_plan``: as ``run_jobs``'s, called with the jobs left to do (and what they replace).
 
     ``model`` (on the driver, usually the CPU) only gives the weights' identity for resume; the
     actors load their own copy. Raises ValueError for a cluster that cannot run the request
@@ -291,17 +291,18 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         plan = plan_sharded(jobs, out, options, weights)
         stack.callback(plan.release)
         todo, summary.skipped = plan.todo, plan.skipped
+        replaced = Replaced()  # none: images of other settings are refused (prepare_root)
         summary.left_to_others = plan.left_to_others
         config.update(fs=plan.fs, root=plan.root, settings=plan.settings, token=plan.claim.token,
                       keys={str(Path(k).absolute()): v for k, v in plan.keys.items()})  # fmt: skip
         per_image = max(1, estimate_run_bytes(todo, options.output) // max(1, len(todo)))
         rows_per_call = max(1, min(ray_options.shard_bytes // per_image, 10_000))
     else:
-        todo = pending_jobs(jobs, options, weights)
+        todo, replaced = plan_pending(jobs, options, weights)
         summary.skipped = len(jobs) - len(todo)
         rows_per_call = options.batch_size * 4
     if on_plan is not None:
-        on_plan(todo)
+        on_plan(todo, replaced)
     if not todo:
         return summary
     context = DataContext.get_current()

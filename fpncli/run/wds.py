@@ -27,7 +27,7 @@ from ..io.shards import (
 )
 from ..model.fpn import FPN
 from .pipeline import run_jobs
-from .plan import check_disk_space
+from .plan import Replaced, check_disk_space
 from .steps import Decoded, RunOptions, weights_meta
 from .summary import Progress, RunSummary, device_failed_message, disk_full_message
 
@@ -164,15 +164,16 @@ def run_sharded(
     shard_bytes: int,
     progress: Callable[[Progress], None] | None = None,
     crash_after: int | None = None,
-    on_plan: Callable[[list[Job]], None] | None = None,
+    on_plan: Callable[[list[Job], Replaced], None] | None = None,
 ) -> RunSummary:
     """Extract ``jobs`` into WebDataset shards of about ``shard_bytes`` under ``out`` (a folder
     or an fsspec URL), resuming from its index; ``index.parquet`` is rewritten at the end.
-    ``on_plan``: as ``run_jobs``'s, called with the jobs not yet in the index nor taken."""
+    ``on_plan``: as ``run_jobs``'s, called with the jobs not yet in the index nor taken, and
+    an empty ``Replaced``: OUT holding these images with other settings is refused instead."""
     plan = plan_sharded(jobs, out, options, weights_meta(model))
     try:
         if on_plan is not None:
-            on_plan(plan.todo)
+            on_plan(plan.todo, Replaced())
         _check_disk(plan, options)
         writer = ShardWriter(
             plan.fs, plan.root, target_bytes=shard_bytes, settings=plan.settings,
