@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -626,6 +627,49 @@ def test_wds_refuses_a_folder_of_someone_elses_shards_and_leaves_it_as_it_was(tm
         assert sorted(p.name for p in out.iterdir()) == before  # no marker, no lock file
     assert (dataset / "shard-000000.tar").read_bytes() == shard
     assert (tables / "index.parquet").read_bytes() == b"someone's index"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_one_output_folder_holds_one_format_either_way(sample_extraction, sample_shards, tmp_path,
+                                                       overwrite):  # fmt: skip
+    """Shards written beside image folders (or image folders beside shards) were accepted, and
+    ``report`` then read one kind only: a run of the other format is refused in one line naming
+    the folder and what it holds, --overwrite or not (it redoes only its own format), before
+    anything is written; a folder with only the wds marker, or someone else's shard, holds no
+    fpncli output of the other format."""
+    files, wds = tmp_path / "files", tmp_path / "wds"
+    shutil.copytree(sample_extraction, files)
+    shutil.copytree(sample_shards, wds)
+    before = {files: _tree(files), wds: _tree(wds)}
+    photo = str(Path(__file__).resolve().parent.parent / "samples" / "coffee.png")
+    cases = [
+        (str(files), ["--format", "wds"], f"{files} holds image folders of a --format files "
+         "extraction (chelsea/manifest.json)"),
+        (f"file://{files}", ["--format", "wds"], f"{files} holds image folders"),
+        (str(wds), [], f"{wds} holds a --format wds output (index.parquet)"),
+    ]  # fmt: skip
+    for out, fmt, message in cases:
+        result = _run([photo, "-o", out, *fmt, *["--overwrite"] * overwrite])
+        assert result.exit_code == 1, result.output
+        assert message in result.output and "give another -o" in result.output, result.output
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert {files: _tree(files), wds: _tree(wds)} == before
+    from fpncli.io.formats import image_folder, wds_output
+
+    assert (wds_output(wds), image_folder(wds)) == ("index.parquet", None)
+    assert (wds_output(files), image_folder(files)) == (None, files / "chelsea")
+    theirs, marked = tmp_path / "theirs", tmp_path / "marked"
+    _foreign_shard(theirs / "shard-000000.tar")
+    assert wds_output(theirs) is None  # not fpncli's: no wds output to refuse a run over
+    marked.mkdir()
+    (marked / ".fpncli-wds").write_text("marked")
+    assert wds_output(marked) is None  # a marked root with nothing in it holds no extraction
+    (marked / "shard-0123456789ab-00ff.tar.partial").write_bytes(b"a live run's")
+    assert wds_output(marked) == "shard-0123456789ab-00ff.tar.partial"
 
 
 def test_wds_never_overwrites_an_object_stores_foreign_index(tmp_path):

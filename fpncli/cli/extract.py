@@ -29,6 +29,7 @@ from .extract_checks import (
     _check_engine_options,
     _check_inputs_not_levels,
     _check_installed,
+    _check_one_format,
     _check_scale,
     _checked_canvas,
     _checked_device,
@@ -332,6 +333,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         from ..io.shards import check_root, open_root
 
         check_root(*open_root(out_dir))
+    _check_one_format(out_dir, out_format)  # before -o is marked: nothing is written
     url = "://" in out_dir  # an object store (or file://): --format wds, written through fsspec
     out = Path(out_dir)
     passed_over: set[Path] = set()

@@ -147,6 +147,28 @@ def _check_installed(engine: str, out_format: str, out_dir: str) -> None:
             raise click.ClickException(str(e)) from None
 
 
+def _check_one_format(out_dir: str, out_format: str) -> None:
+    """Refuse -o when it holds the other format's outputs (``io.formats.check_one_format``):
+    image folders beside shards, or shards beside image folders. A local folder, or a
+    ``file://`` URL for ``--format wds``; an object store holds no image folders."""
+    from pathlib import Path
+
+    from ..io.formats import check_one_format
+
+    root = Path(out_dir)
+    if "://" in out_dir:
+        from ..io.shards import open_root
+
+        fs, path = open_root(out_dir)
+        if fs.protocol not in ("file", ("file", "local")):
+            return
+        root = Path(path)
+    try:
+        check_one_format(root, out_format)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
 def _gpu_devices(gpus: str | None, device: str, count: int | None = None) -> list[str]:
     """``--gpus all|N|I,J,...`` -> ``["cuda:0", ...]``; empty without ``--gpus``. A list names
     the GPUs, one worker process per entry: ``0,0`` runs two on GPU 0 (for when one process's

@@ -1,0 +1,93 @@
+"""Which format a local output root holds: image folders (``--format files``, each with its
+``manifest.json``) or tar shards with a Parquet index (``--format wds``, see ``io.shards``).
+
+One root holds one format: ``report`` and ``diff`` read a root as one or the other
+(``catalog.is_sharded``), so the other kind there would be left out without a word.
+``check_one_format`` refuses a run that would write the second format beside the first (either
+way round; ``--overwrite`` too, which redoes only its own format's outputs).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .inputs import RESERVED_NAMES
+from .manifest import MANIFEST, read_manifest
+
+__all__ = ["wds_output", "image_folder", "check_one_format"]
+
+
+def wds_output(root: Path) -> str | None:
+    """The first thing found in ``root`` that a ``--format wds`` run wrote, as a name relative
+    to ``root``: its index, a part of its ledger (what makes ``report`` read ``root`` as shards),
+    or, in a root marked as one (``.fpncli-wds``), a shard, committed or being written. None
+    when it holds none: a root with only the marker holds no extraction, and someone else's
+    ``shard-000000.tar`` in an unmarked one is no fpncli output."""
+    root = Path(root)
+    patterns = ["index.parquet", "_index/part-*.parquet"]
+    if (root / ".fpncli-wds").is_file():
+        patterns += ["shard-*.tar", "shard-*.tar.partial"]
+    for pattern in patterns:
+        found = next(root.glob(pattern), None)
+        if found is not None and found.is_file():
+            return found.relative_to(root).as_posix()
+    return None
+
+
+def image_folder(root: Path) -> Path | None:
+    """The first folder at or below ``root`` that holds a complete extraction (a complete
+    ``manifest.json``), or None. Symlinks are not followed, and the folders fpncli writes at
+    the top of a root (``_index``, ``_claims``, ``report``) are not looked into; the walk stops
+    at the first one found, so a root of image folders answers at once."""
+    root = Path(root)
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        if (folder / MANIFEST).is_file() and read_manifest(folder) is not None:
+            return folder
+        try:
+            with os.scandir(folder) as entries:
+                subfolders = [
+                    Path(e.path) for e in entries
+                    if e.is_dir(follow_symlinks=False)
+                    and not (folder == root and _in_reserved(Path(e.name)))
+                ]  # fmt: skip
+        except OSError:  # unreadable: nothing found in it
+            continue
+        stack.extend(sorted(subfolders, reverse=True))  # depth first, in name order
+    return None
+
+
+def check_one_format(root: Path, out_format: str) -> None:
+    """Refuse to write ``out_format`` (``files`` or ``wds``) into the local ``root`` when it holds
+    the other format's outputs.
+
+    Raises:
+        ValueError: one line naming ``root`` and what it holds, saying to give another -o.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return
+    if out_format == "files":
+        held = wds_output(root)
+        if held is not None:
+            raise ValueError(
+                f"{root} holds a --format wds output ({held}); an output folder holds one format "
+                "(a report reads one), --overwrite or not: give another -o, or --format wds"
+            )
+        return
+    folder = image_folder(root)
+    if folder is not None:
+        where = folder.relative_to(root).as_posix()
+        example = MANIFEST if where == "." else f"{where}/{MANIFEST}"
+        raise ValueError(
+            f"{root} holds image folders of a --format files extraction ({example}); an output "
+            "folder holds one format (a report reads one), --overwrite or not: give another -o, "
+            "or leave out --format wds"
+        )
+
+
+def _in_reserved(relative: Path) -> bool:
+    """Whether ``relative`` (to a root) lies in a folder fpncli writes at the top of a root."""
+    return bool(relative.parts) and relative.parts[0].casefold() in RESERVED_NAMES
