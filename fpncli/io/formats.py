@@ -4,7 +4,8 @@
 One root holds one format: ``report`` and ``diff`` read a root as one or the other
 (``catalog.is_sharded``), so the other kind there would be left out without a word.
 ``check_one_format`` refuses a run that would write the second format beside the first (either
-way round; ``--overwrite`` too, which redoes only its own format's outputs).
+way round; ``--overwrite`` too, which redoes only its own format's outputs), and
+``image_folders_left_out`` says what a report of a root that already mixes them leaves out.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from .inputs import RESERVED_NAMES
 from .manifest import MANIFEST, read_manifest
 
-__all__ = ["wds_output", "image_folder", "check_one_format"]
+__all__ = ["wds_output", "image_folder", "check_one_format", "image_folders_left_out"]
 
 
 def wds_output(root: Path) -> str | None:
@@ -86,6 +87,18 @@ def check_one_format(root: Path, out_format: str) -> None:
             "folder holds one format (a report reads one), --overwrite or not: give another -o, "
             "or leave out --format wds"
         )
+
+
+def image_folders_left_out(root: Path) -> int:
+    """How many complete image folders lie in ``root``, the local output of a ``--format wds``
+    run, which a report of it (reading its shards) leaves out: only an output written before
+    ``check_one_format`` refused such a mix has any."""
+    from .extraction import find_extractions
+
+    root = Path(root)
+    if image_folder(root) is None:  # the usual case, said without walking every folder
+        return 0
+    return sum(1 for p in find_extractions(root) if not _in_reserved(p.relative_to(root)))
 
 
 def _in_reserved(relative: Path) -> bool:

@@ -35,6 +35,7 @@ from .. import __version__
 from ..io.atomic import TMP_MARK, stale_temporary
 from ..io.catalog import Extractions, Failure, open_extractions
 from ..io.extraction import LoadedExtraction, read_run_log, replaced_size
+from ..io.formats import image_folders_left_out
 from ..io.guard import error_text, folder_lock, usable_cores, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
@@ -344,7 +345,7 @@ class _Tally:
 
 
 def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None,
-             unreadable: list[Failure]) -> str:  # fmt: skip
+             unreadable: list[Failure], left_out: int = 0) -> str:  # fmt: skip
     parts = []
     if tally.random:
         parts.append(
@@ -368,6 +369,7 @@ def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None,
         ("images done", str(tally.images)),
         failed_row,
         *([("outputs unreadable", f"{len(unreadable)} (listed below)")] if unreadable else []),
+        *([("left out", _left_out_text(left_out))] if left_out else []),
         ("weights", _count(tally.counts["weights"])),
         ("precision", _count(tally.counts["precision"])),
         ("device", _count(tally.counts["device"])),
@@ -388,6 +390,14 @@ def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None,
             + _reasons("image", sorted(unreadable, key=lambda f: f.path))
         )
     return "\n".join(parts)
+
+
+def _left_out_text(count: int) -> str:
+    """What a report of shards says of the image folders beside them, which it does not read."""
+    return (
+        f"{count} image folder(s) of a --format files extraction, beside the --format wds "
+        "shards this report reads: move them to a folder of their own to report them"
+    )
 
 
 def _reasons(what: str, failures: list[Failure]) -> str:
@@ -563,6 +573,10 @@ def write_report(
     found = open_extractions(root)
     keys = found.keys()
     run = read_run_log(root)
+    # an output written before extract refused to mix formats: its image folders are not read
+    left_out = image_folders_left_out(root) if found.format == "wds" else 0
+    if left_out:
+        log.warning("%s: left out: %s", root, _left_out_text(left_out))
     if not keys and not run and not found.failures():
         raise FileNotFoundError(
             f"{root} holds no complete extraction (no manifest.json under it, no index.parquet)"
@@ -575,7 +589,7 @@ def write_report(
         try:
             unreadable, first_page = _write_pages(
                 root, found, keys, run, build, assets_name, first, page_size=page_size,
-                thumb_height=thumb_height, workers=workers, scale=scale,
+                thumb_height=thumb_height, workers=workers, scale=scale, left_out=left_out,
             )  # fmt: skip
             _swap_in(build, root / assets_name, root / first, first_page)
         except BaseException:
@@ -592,7 +606,8 @@ def write_report(
 
 def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | None,
                  build: Path, assets: str, first: str, *, page_size: int, thumb_height: int,
-                 workers: int | None, scale: str) -> tuple[list[Failure], bytes]:  # fmt: skip
+                 workers: int | None, scale: str,
+                 left_out: int = 0) -> tuple[list[Failure], bytes]:  # fmt: skip
     """The thumbnails, histograms and pages of ``write_report``, written into ``build`` (which
     becomes ``root/assets``; ``first`` is the first page's name in ``root``); returns the
     images whose outputs could not be read (listed on the first page) and the first page."""
@@ -650,7 +665,7 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
         grid += f" of {len(rows)}</h2>{shard_note}{nav}"
         grid += _grid(chunk, levels, prefix, (page - 1) * page_size + 1)
         if page == 1:
-            summary = _summary(root, found, tally, run, unreadable)
+            summary = _summary(root, found, tally, run, unreadable, left_out)
             body = [f"<h1>{html.escape(title)}</h1>", summary, _scale_note(scale, ranges)]
             if stats:
                 hist = f'<img class="hist" src="{assets}/histograms.png" alt="histograms">'
