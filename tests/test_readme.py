@@ -123,3 +123,9 @@ def test_the_readme_says_where_show_writes_without_a_display(sample_extraction, 
                                  ("p4", True, "show_p4_overlay.png")]:  # fmt: skip
         result = show(str(folder), level=level, overlay=overlay, display=False)
         assert result.saved == folder / name and f"`{name}`" in text
+    for options, name in [({"reduce": "pca"}, "show_p4_pca.png"),
+                          ({"channel": 5}, "show_p4_channel5.png"),
+                          ({"top": 16}, "show_p4_top16.png"),
+                          ({"channels": "0,5,17"}, "show_p4_channels0,5,17.png")]:  # fmt: skip
+        result = show(str(folder), level="p4", display=False, **options)
+        assert result.saved == folder / name and f"→ `{name}`" in text

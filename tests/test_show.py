@@ -50,6 +50,52 @@ def test_folder_target_saves_png_without_display(folder):
     assert not list(folder.glob(".*fpncli-tmp*"))
 
 
+def test_each_drawing_gets_its_own_default_name(folder):
+    """One name per drawing: a --reduce pca picture was saved as show_p3.png, over the channel-0
+    drawing, and --channels 0,2 and --channels 1,3 both as show_p3_channels.png."""
+    drawings = [
+        ({}, "show_p3.png"),  # the default drawing keeps its name
+        ({"reduce": "pca"}, "show_p3_pca.png"),
+        ({"reduce": "mean"}, "show_p3_mean.png"),
+        ({"channel": 2}, "show_p3_channel2.png"),
+        ({"reduce": "max", "channel": 2}, "show_p3_max.png"),  # --channel only counts alone
+        ({"channels": "0,2"}, "show_p3_channels0,2.png"),
+        ({"channels": [3, 1]}, "show_p3_channels3,1.png"),
+        ({"top": 2}, "show_p3_top2.png"),
+        ({"reduce": "l2", "overlay": True}, "show_p3_l2_overlay.png"),
+    ]
+    for options, name in drawings:
+        assert show(str(folder), level="p3", display=False, **options).saved == folder / name
+    assert show(str(folder), level="all", reduce="pca", display=False).saved == (
+        folder / "show_all_pca.png"
+    )
+    pictures = {name: (folder / name).read_bytes() for _, name in drawings}
+    assert len(set(pictures.values())) == len(drawings)  # none replaced another
+
+
+def test_top_past_the_channels_a_level_has_says_so_and_names_what_it_drew(folder):
+    result = show(str(folder), level="p3", top=300, display=False)
+    assert "note: p3 has 4 channels: --top 300 draws all 4, the same as --top 4" in (
+        result.messages
+    )
+    assert result.saved == folder / "show_p3_top4.png"
+    assert show(str(folder), level="p3", top=4, display=False).messages == [
+        m for m in result.messages if not m.startswith("note: p3 has")
+    ]
+
+
+def test_a_long_channel_list_is_named_within_a_file_names_length():
+    from fpncli.viz.names import picture_suffix
+
+    every = list(range(256))
+    name = picture_suffix("p3", channels=every)
+    assert name.startswith("_p3_channels0,1,2,") and "+240-" in name and len(name) < 80
+    assert picture_suffix("p3", channels=every[::-1]) != name  # another order, another grid
+    assert picture_suffix("p3", channels=every[:16]) == "_p3_channels" + ",".join(
+        map(str, range(16))
+    )
+
+
 def test_valid_region_only(folder, monkeypatch):
     seen = {}
     real = show_module.heatmap_image

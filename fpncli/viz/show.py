@@ -29,6 +29,7 @@ from ..io.outputs import (
 from ..io.preprocess import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGE_STRIDES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
+from .names import picture_suffix
 from .scale import range_to_draw
 from .visualize import (
     DEFAULT_CLIP,
@@ -70,7 +71,7 @@ class _Source:
     scale: tuple[float, float] | None  # (scale_y, scale_x)
     random: bool
     name: str
-    default_prefix: Path  # the default PNG is f"{default_prefix}_{level}[_overlay].png"
+    default_prefix: Path  # the default PNG is f"{default_prefix}{names.picture_suffix(...)}.png"
     notes: list[str] = field(default_factory=list)  # said before the picture
     photo: str = ""  # the photo's file name, for titles (as extract's overview names it)
     weights_name: str = ""  # the manifest's weights name ("random", a registry name, a path)
@@ -394,9 +395,10 @@ def _check_overlay(source: _Source) -> None:
 
 def _channels_picture(source: _Source, level: str, top: int | None,
                       channels: str | list[int] | None, cmap: str,
-                      clip: tuple[float, float]) -> np.ndarray:  # fmt: skip
+                      clip: tuple[float, float]) -> tuple[np.ndarray, list[int]]:  # fmt: skip
     """A grid of the level's top-``top`` channels by mean (or the listed ones), valid region,
-    one colour range (the ``clip`` percentiles of the shown channels) for all tiles."""
+    one colour range (the ``clip`` percentiles of the shown channels) for all tiles; and the
+    channels drawn (``top`` of them, or all the level has when it has fewer)."""
     from .channels import channel_grid, parse_channels, top_channels
 
     feature = source.features[level]
@@ -414,7 +416,8 @@ def _channels_picture(source: _Source, level: str, top: int | None,
     vrange = value_range(np.stack([feature[c] for c in picked]), clip)
     title = f"{source.name}  {level}  stride {STRIDES[level]}  {how}"
     note = RANDOM_NOTE if source.random else ""
-    return channel_grid(feature, picked, title=title, note=note, cmap=cmap, vrange=vrange)
+    grid = channel_grid(feature, picked, title=title, note=note, cmap=cmap, vrange=vrange)
+    return grid, picked
 
 
 def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
@@ -530,7 +533,8 @@ def show(
     """Draw one level (or ``all``) of an extraction; open a window or write a PNG.
 
     ``level`` None means p2, or the level of a ``.npy`` target. With no display (or with
-    ``save``) the picture is written atomically as a PNG and ``ShowResult.saved`` says where.
+    ``save``) the picture is written atomically as a PNG and ``ShowResult.saved`` says where
+    (by default in the extraction's folder, named for what is drawn: ``viz.names``).
     Messages are collected in ``ShowResult.messages`` and also passed to ``notify`` as soon as
     they are known (before a window blocks). ``top`` K (or ``channels``, a list or "0,5,17")
     draws a grid of that level's K channels with the largest mean (or the listed ones) instead.
@@ -562,14 +566,18 @@ def show(
     source = _resolve(target, levels, weights, device, key, max_pixels)
     if level != "all" and level not in source.features:
         raise ValueError(f"this target holds {', '.join(source.features)}, not {level}")
-    suffix = "_overlay" if overlay else ""
+    result = ShowResult()
     if top is not None or channels is not None:
-        picture = _channels_picture(source, level, top, channels, cmap, parse_clip(clip))
-        suffix = f"_top{top}" if top is not None else "_channels"
+        picture, picked = _channels_picture(source, level, top, channels, cmap, parse_clip(clip))
+        if top is not None and len(picked) < top:  # drawn as --top with the channels it has
+            pending.append(f"note: {level} has {len(picked)} channels: --top {top} draws all "
+                           f"{len(picked)}, the same as --top {len(picked)}")  # fmt: skip
+            top = len(picked)
+        suffix = picture_suffix(level, top=top, channels=None if top is not None else picked)
     else:
         picture = _render(source, level, reduce=reduce, channel=channel, cmap=cmap,
                           overlay=overlay, clip=parse_clip(clip), fixed=fixed)  # fmt: skip
-    result = ShowResult()
+        suffix = picture_suffix(level, reduce=reduce, channel=channel, overlay=overlay)
 
     def say(message: str) -> None:
         result.messages.append(message)
@@ -600,7 +608,7 @@ def show(
         if result.displayed:
             return result
         say("no interactive matplotlib backend: writing a PNG instead")
-    out = Path(save) if save is not None else Path(f"{source.default_prefix}_{level}{suffix}.png")
+    out = Path(save) if save is not None else Path(f"{source.default_prefix}{suffix}.png")
     if not out.parent.is_dir():  # create the file only, never folders the user did not ask for
         raise FileNotFoundError(
             f"cannot save {out}: the folder {out.parent} does not exist (create it first)"
