@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from click.testing import CliRunner
+from PIL import Image
 from torch import nn
 
 import fpncli
@@ -155,6 +156,33 @@ def test_show_receptive_field_cli(sample_extraction, tmp_path):
     assert outside.exit_code == 1 and "outside the image" in outside.output
     alone = runner.invoke(cli, ["show", str(sample_extraction / "coffee"), "--at", "1,1"])
     assert alone.exit_code == 2 and "go together" in alone.output
+
+
+def test_a_receptive_field_picture_is_named_for_its_levels_point_and_reduction(
+    sample_extraction, tmp_path, monkeypatch
+):
+    """It was receptive_field.png (fpn_rf_NAME.png for a photo) whatever the point: a second
+    --at replaced the first. Now show_LEVELS[_REDUCTION]_rf_atX,Y.png, as show names its own."""
+    import shutil
+
+    folder = tmp_path / "coffee"
+    shutil.copytree(sample_extraction / "coffee", folder)
+    runner = CliRunner()
+    for extra, name in [(["--at", "10,20"], "show_all_rf_at10,20.png"),
+                        (["--at", "10.5,20", "--level", "p6,p5", "--reduce", "l2"],
+                         "show_p6,p5_l2_rf_at10.5,20.png")]:  # fmt: skip
+        result = runner.invoke(cli, ["show", str(folder), "--receptive-field", *extra],
+                               catch_exceptions=False)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert f"saved {folder / name}\n" in result.output and (folder / name).is_file()
+    assert (folder / "show_all_rf_at10,20.png").is_file()  # not replaced by the second
+    assert not (folder / "receptive_field.png").exists()
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(tmp_path / "cat.png")
+    args = ["show", "cat.png", "--receptive-field", "--at", "3,4", "--level", "p6",
+            "--weights", "random", "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0 and "saved fpn_show_cat_p6_rf_at3,4.png\n" in result.output
 
 
 def test_receptive_fields_leave_the_models_bottom_up_outputs_as_they_were(tmp_path):

@@ -267,15 +267,21 @@ def draw_receptive_fields(
 ) -> tuple[Path, list[ReceptiveField]]:
     """``fpncli show TARGET --receptive-field --at X,Y``: write the picture; return its path and
     the fields. TARGET is an extraction folder (its photo, weights and resize are reused), an
-    image (with ``weights``), or None for the latest extraction. A photo over ``max_pixels``
-    is refused, as ``extract --max-pixels`` refuses it. ``progress`` is told (one line) before
-    the slow part, the forward and backward passes."""
+    image (with ``weights``), or None for the latest extraction. Without ``save`` the picture is
+    ``show_LEVELS[_REDUCTION]_rf_atX,Y.png`` in the folder, or ``fpn_show_NAME_...`` in the
+    current folder for an image (``viz.names``); LEVELS is ``all`` or ``levels`` joined by
+    commas. A photo over ``max_pixels`` is refused, as ``extract --max-pixels`` refuses it.
+    ``progress`` is told (one line) before the slow part, the forward and backward passes."""
     from ..api import load_backbone, resolve_device
     from ..io.outputs import atomic_write_bytes, latest_extraction, read_manifest
+    from ..viz.names import picture_suffix
     from ..viz.receptive import receptive_field_image
     from ..viz.visualize import encode_png
 
     point = _parse_at(at)
+    # named as show names its pictures, with the levels and the cell's point (viz.names)
+    suffix = picture_suffix(",".join(levels) if levels else "all", reduce=reduce,
+                            channel=channel, at=point)  # fmt: skip
     levels = levels or ["p2", "p3", "p4", "p5", "p6"]
     path = latest_extraction() if target is None else Path(target).expanduser()
     if not path.exists():
@@ -294,10 +300,10 @@ def draw_receptive_fields(
         seed = int(recorded.get("seed") or 0)
         pre = manifest.get("preprocess", {})
         settings = {k: pre[k] for k in ("min_size", "max_size", "resize") if k in pre}
-        default_out = path / "receptive_field.png"
+        default_out = path / f"show{suffix}.png"
     else:
         image_path = str(path)
-        default_out = Path(f"fpn_rf_{path.stem}.png")
+        default_out = Path(f"fpn_show_{path.stem}{suffix}.png")
     from ..io.preprocess import load_image
 
     image = load_image(image_path, max_pixels=max_pixels)
