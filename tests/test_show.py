@@ -128,6 +128,53 @@ def test_bare_npy_without_manifest(tmp_path):
     assert result.saved == tmp_path / "x.png" and result.saved.is_file()
 
 
+def test_a_npy_named_for_no_level_is_drawn_as_of_unknown_level(folder, tmp_path, monkeypatch):
+    """p4.npy renamed loose.npy was drawn labelled "p2  stride 4" as show_p2.png, which b.npy
+    beside it then replaced; its level is unknown unless --level names it."""
+    labels = []
+    real = show_module.heatmap_image
+
+    def spy(map2d, **kwargs):
+        labels.append(kwargs["label"])
+        return real(map2d, **kwargs)
+
+    monkeypatch.setattr(show_module, "heatmap_image", spy)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    np.save(loose / "loose.npy", np.load(folder / "p4.npy"))
+    np.save(loose / "b.npy", np.load(folder / "p3.npy"))
+    result = show(str(loose / "loose.npy"), display=False)
+    assert result.saved == loose / "show_loose.png"
+    assert labels[-1].startswith("level unknown  (1, 4, 4, 6)") and "stride" not in labels[-1]
+    assert any("the level of loose.npy is unknown" in m and "--level" in m for m in result.messages)
+    assert show(str(loose / "b.npy"), display=False).saved == loose / "show_b.png"
+    named = show(str(loose / "loose.npy"), level="p4", display=False)
+    assert named.saved == loose / "show_loose_p4.png" and labels[-1].startswith("p4  stride 16")
+    assert not any("unknown" in m for m in named.messages)
+    from fpncli.viz import channels as channels_module
+
+    titles, captions = [], []
+    real_grid, real_overview = channels_module.channel_grid, show_module.overview_image
+
+    def grid_spy(*args, **kwargs):
+        titles.append(kwargs["title"])
+        return real_grid(*args, **kwargs)
+
+    def overview_spy(image, levels, **kwargs):
+        captions.extend(level["caption"] for level in levels)
+        return real_overview(image, levels, **kwargs)
+
+    monkeypatch.setattr(channels_module, "channel_grid", grid_spy)
+    monkeypatch.setattr(show_module, "overview_image", overview_spy)
+    grid = show(str(loose / "loose.npy"), top=2, display=False)
+    assert grid.saved == loose / "show_loose_top2.png"
+    assert titles == ["loose  level unknown  top 2 channels by mean activation"]
+    overview = show(str(loose / "loose.npy"), level="all", display=False)
+    assert overview.saved == loose / "show_loose_all.png" and captions == ["level unknown"]
+    assert show(str(folder / "p4.npy"), display=False).saved == folder / "show_p4.png"
+    assert labels[-1].startswith("p4  stride 16")
+
+
 def test_all_and_overlay(folder, tmp_path):
     overview = show(str(folder), level="all", display=False, save=str(tmp_path / "all.png"))
     assert Image.open(overview.saved).size[0] >= 1500

@@ -76,6 +76,9 @@ class _Source:
     photo: str = ""  # the photo's file name, for titles (as extract's overview names it)
     weights_name: str = ""  # the manifest's weights name ("random", a registry name, a path)
     manifest: dict | None = None  # an extraction's (its recorded colour ranges)
+    #: False for a .npy whose level neither its name, a manifest nor --level gives: it is kept
+    #: under a placeholder level name, labelled "level unknown" and not named by level
+    level_known: bool = True
 
 
 def _input_path(manifest: dict) -> Path | None:
@@ -90,6 +93,11 @@ def _photo_and_weights(manifest: dict) -> tuple[str, str]:
     path, weights = _input_path(manifest), manifest.get("weights")
     name = weights.get("name") if isinstance(weights, dict) else None
     return (path.name if path else "", name if isinstance(name, str) else "")
+
+
+def _level_text(source: _Source, name: str) -> str:
+    """A level's label, ``p3  stride 8``, or ``level unknown`` where nothing says which it is."""
+    return f"{name}  stride {STRIDES[name]}" if source.level_known else "level unknown"
 
 
 def _title(source: _Source, *details: str) -> str:
@@ -258,7 +266,10 @@ def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
 
 
 def _resolve(target: str | None, levels: list[str], weights: str, device: str,
-             key: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Source:  # fmt: skip
+             key: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+             level_named: bool = True) -> _Source:  # fmt: skip
+    """What to draw. ``level_named``: the one level in ``levels`` was asked for (``--level``),
+    not a default: a ``.npy`` whose name is no level's then holds that level."""
     if key is not None:
         if target is None:
             raise ValueError("--key needs TARGET: the output folder (or URL) of a --format wds run")
@@ -284,7 +295,18 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str,
             source = _from_folder(path.parent, levels if len(levels) > 1 else [level])
             source.features[level] = array
             return source
-        return _Source({level: array}, None, None, None, False, path.stem, path.parent / "show")
+        if path.stem in STRIDES:
+            return _Source({level: array}, None, None, None, False, path.stem, path.parent / "show")
+        # loose.npy beside a.npy: a picture each, named after the file
+        source = _Source({level: array}, None, None, None, False, path.stem,
+                         path.parent / f"show_{path.stem}",
+                         level_known=level_named and len(levels) == 1)  # fmt: skip
+        if not source.level_known:
+            source.notes.append(
+                f"note: the level of {path.name} is unknown (its name is not a level's, as "
+                "p4.npy): drawn without a stride; give --level to name it"
+            )
+        return source
     _check_image(path, max_pixels)  # before any weights are loaded or downloaded
     return _from_image(path, weights, device, max_pixels)
 
@@ -345,7 +367,7 @@ def _panels(source: _Source, level: str, *, reduce: str, channel: int,
         panels.append({
             "name": name, "map": values, "stride": STRIDES[name], "shape": shape,
             "range": vrange,
-            "label": f"{name}  stride {STRIDES[name]}  {how}",
+            "label": f"{_level_text(source, name)}  {how}",
         })  # fmt: skip
     return panels
 
@@ -365,14 +387,14 @@ def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str
             overlay_image(source.image_rgb, maps[name], stride=STRIDES[name],
                           scale_y=source.scale[0], scale_x=source.scale[1], cmap=cmap,
                           vrange=ranges[name], note=note,
-                          label=f"{name}  stride {STRIDES[name]}  {how}  {cmap}")
+                          label=f"{_level_text(source, name)}  {how}  {cmap}")
             for name in names
         ]  # fmt: skip
         return np.concatenate(pictures, axis=1)
     if level == "all":
         panels = [
             {"name": n, "map": maps[n], "stride": STRIDES[n], "shape": source.features[n].shape,
-             "range": ranges[n]}
+             "range": ranges[n], "caption": _level_text(source, n)}
             for n in names
         ]  # fmt: skip
         image = source.image_rgb
@@ -381,7 +403,7 @@ def _render(source: _Source, level: str, *, reduce: str, channel: int, cmap: str
         return overview_image(image, panels, title=_title(source, how), note=note, cmap=cmap,
                               span_input=source.image_rgb is not None)  # fmt: skip
     shape = tuple(source.features[level].shape)
-    label = f"{level}  stride {STRIDES[level]}  {shape}  {how}"
+    label = f"{_level_text(source, level)}  {shape}  {how}"
     return heatmap_image(maps[level], cmap=cmap, label=label, vrange=ranges[level], note=note)
 
 
@@ -414,7 +436,7 @@ def _channels_picture(source: _Source, level: str, top: int | None,
         picked = parse_channels(text, feature.shape[0])
         how = f"channels {','.join(str(c) for c in picked)}"
     vrange = value_range(np.stack([feature[c] for c in picked]), clip)
-    title = f"{source.name}  {level}  stride {STRIDES[level]}  {how}"
+    title = f"{source.name}  {_level_text(source, level)}  {how}"
     note = RANDOM_NOTE if source.random else ""
     grid = channel_grid(feature, picked, title=title, note=note, cmap=cmap, vrange=vrange)
     return grid, picked
@@ -547,6 +569,7 @@ def show(
         ValueError: an unknown level, a level that was not saved, a bad option.
         FileNotFoundError: no such target, or no complete extraction to show.
     """
+    level_named = level not in (None, "all")  # asked for, not a default
     if level is None:  # p2, or the level of a .npy target
         stem = Path(target).stem if target else ""
         level = stem if target and target.endswith(".npy") and stem in STRIDES else "p2"
@@ -563,7 +586,8 @@ def show(
     pending: list[str] = []  # checked before an image TARGET would be extracted
     fixed = _run_ranges(target, scale, reduce, channel, pending.append, key)
     levels = list(LEVELS) if level == "all" else [level]
-    source = _resolve(target, levels, weights, device, key, max_pixels)
+    source = _resolve(target, levels, weights, device, key, max_pixels, level_named)
+    named_level = level if source.level_known or level == "all" else None
     if level != "all" and level not in source.features:
         raise ValueError(f"this target holds {', '.join(source.features)}, not {level}")
     result = ShowResult()
@@ -573,11 +597,12 @@ def show(
             pending.append(f"note: {level} has {len(picked)} channels: --top {top} draws all "
                            f"{len(picked)}, the same as --top {len(picked)}")  # fmt: skip
             top = len(picked)
-        suffix = picture_suffix(level, top=top, channels=None if top is not None else picked)
+        suffix = picture_suffix(named_level, top=top,
+                                channels=None if top is not None else picked)  # fmt: skip
     else:
         picture = _render(source, level, reduce=reduce, channel=channel, cmap=cmap,
                           overlay=overlay, clip=parse_clip(clip), fixed=fixed)  # fmt: skip
-        suffix = picture_suffix(level, reduce=reduce, channel=channel, overlay=overlay)
+        suffix = picture_suffix(named_level, reduce=reduce, channel=channel, overlay=overlay)
 
     def say(message: str) -> None:
         result.messages.append(message)

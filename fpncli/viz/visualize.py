@@ -533,7 +533,8 @@ def overview_image(
     Args:
         image_rgb: ``(H, W, 3)`` uint8, the input photo.
         levels: ``{"name", "map" (valid-region (h, w) array), "stride", "shape"}`` per panel,
-            optionally ``"range": (vmin, vmax)`` (default ``value_range(map, clip)``).
+            optionally ``"range": (vmin, vmax)`` (default ``value_range(map, clip)``) and
+            ``"caption"`` (default ``"{name}  stride {stride}"``).
         title: a line at the top.
         note: shown in red under the title (fpncli says here when the weights are random).
         cmap: the colormap of the levels.
@@ -572,9 +573,8 @@ def overview_image(
         colours = colorize(level["map"], cmap, lo, hi)
         panels.append(cv2.resize(colours, panel_size(a), interpolation=cv2.INTER_NEAREST))
         labels = _range_labels(level["map"], (lo, hi))
-        captions.append(
-            (f"{level['name']}  stride {level['stride']}", str(tuple(level["shape"])), labels)
-        )
+        caption = level.get("caption") or f"{level['name']}  stride {level['stride']}"
+        captions.append((caption, str(tuple(level["shape"])), labels))
     cell_w = [max(caption_w, p.shape[1]) for p in panels]
     cell_h = caption_h + panel_height + bar_h + range_h + 4
     if stacked:
