@@ -1,5 +1,5 @@
 """The latest extractions, remembered for ``fpncli show`` with no target (in
-``$FPNCLI_HOME``, else ``$XDG_STATE_HOME``, else ``~/.cache/fpncli``: ``latest.json``)."""
+``$FPNCLI_HOME``, else ``$XDG_STATE_HOME/fpncli``, else ``~/.cache/fpncli``: ``latest.json``)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,23 @@ __all__ = ["recent_extractions", "record_latest", "latest_extraction"]
 log = logging.getLogger(__name__)
 
 
+def _state_files() -> list[Path]:
+    """Where ``latest.json`` is written, then where an earlier version wrote it, if elsewhere.
+
+    ``$XDG_STATE_HOME`` is shared by all applications, each in its own subfolder (the XDG base
+    directory spec), so fpncli's is ``$XDG_STATE_HOME/fpncli/latest.json``. Earlier versions
+    wrote ``$XDG_STATE_HOME/latest.json``: it is read while the new file does not exist yet (so
+    ``fpncli show`` finds the extraction made before an upgrade), never written or removed;
+    what it names is checked as any record is (only a complete extraction is shown)."""
+    if home := os.environ.get("FPNCLI_HOME"):
+        return [Path(home) / "latest.json"]
+    if state := os.environ.get("XDG_STATE_HOME"):
+        return [Path(state) / "fpncli" / "latest.json", Path(state) / "latest.json"]
+    return [Path.home() / ".cache" / "fpncli" / "latest.json"]
+
+
 def _state_file() -> Path:
-    base = os.environ.get("FPNCLI_HOME") or os.environ.get("XDG_STATE_HOME")
-    root = Path(base) if base else Path.home() / ".cache" / "fpncli"
-    return root / "latest.json"
+    return _state_files()[0]
 
 
 _HISTORY = 20  # recent extractions remembered, so a deleted latest falls back to an older one
@@ -29,9 +42,15 @@ _MAX_STATE_BYTES = 1 << 20
 
 def recent_extractions() -> list[Path]:
     """The folders recorded by ``record_latest``, newest first (they may since have gone)."""
-    try:
-        state = read_json_file(_state_file(), _MAX_STATE_BYTES)
-    except (OSError, ValueError):
+    for path in _state_files():
+        try:
+            state = read_json_file(path, _MAX_STATE_BYTES)
+            break
+        except FileNotFoundError:  # none recorded here: an earlier version's place, if any
+            continue
+        except (OSError, ValueError):
+            return []
+    else:
         return []
     if not isinstance(state, dict):
         return []

@@ -1,0 +1,60 @@
+"""Where the latest extraction is remembered for ``fpncli show`` with no target."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fpncli.io.latest import latest_extraction, recent_extractions, record_latest
+
+
+@pytest.fixture
+def homes(tmp_path, monkeypatch):
+    """No $FPNCLI_HOME; a $HOME and a $XDG_STATE_HOME of the test's own."""
+    monkeypatch.delenv("FPNCLI_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path
+
+
+def test_xdg_state_home_holds_it_in_an_fpncli_subfolder(homes, sample_extraction):
+    """It was written as $XDG_STATE_HOME/latest.json, among the other applications' files."""
+    record_latest(sample_extraction / "chelsea")
+    written = homes / "state" / "fpncli" / "latest.json"
+    assert json.loads(written.read_text())["folder"] == str(sample_extraction / "chelsea")
+    assert sorted(p.name for p in (homes / "state").iterdir()) == ["fpncli"]
+    assert latest_extraction() == sample_extraction / "chelsea"
+
+
+def test_an_earlier_versions_record_is_read_until_a_new_one_is_written(homes, sample_extraction):
+    old = homes / "state" / "latest.json"
+    old.parent.mkdir()
+    text = json.dumps({"folder": str(sample_extraction / "coffee"), "history": []})
+    old.write_text(text)
+    assert latest_extraction() == sample_extraction / "coffee"  # after an upgrade, as before
+    record_latest(sample_extraction / "chelsea")
+    assert recent_extractions() == [sample_extraction / "chelsea", sample_extraction / "coffee"]
+    assert old.read_text() == text  # read, never written or removed
+    old.write_text(json.dumps({"folder": "/elsewhere"}))  # the new file alone counts now
+    assert latest_extraction() == sample_extraction / "chelsea"
+
+
+def test_without_xdg_state_home_it_is_in_the_cache_folder(homes, monkeypatch, sample_extraction):
+    monkeypatch.delenv("XDG_STATE_HOME")
+    record_latest(sample_extraction / "chelsea")
+    assert (homes / "home" / ".cache" / "fpncli" / "latest.json").is_file()
+    monkeypatch.setenv("FPNCLI_HOME", str(homes / "mine"))
+    record_latest(sample_extraction / "coffee")
+    assert recent_extractions() == [sample_extraction / "coffee"]
+    assert (homes / "mine" / "latest.json").is_file()
+
+
+def test_the_readme_says_where_it_is():
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert (
+        "in `$FPNCLI_HOME/latest.json`, else `$XDG_STATE_HOME/fpncli/latest.json`, else "
+        "`~/.cache/fpncli/latest.json`" in text
+    )
