@@ -197,7 +197,9 @@ def test_the_run_states_its_output_volume_before_it_starts(runner, tmp_path):
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     line = next(ln for ln in result.stderr.splitlines() if ln.startswith("output: about"))
-    assert "MB per image" in line and "--dtype float16" in line and "--levels p3,p4,p5,p6" in line
+    assert "--dtype float16" in line and "--levels p3,p4,p5,p6" in line
+    # in a unit that shows the sizes: it said "about 1 MB per image (... float16: 0 MB ..."
+    assert "about 533 KB per image" in line and "float16: 271 KB" in line, line
     assert result.output.index("output: about") < result.output.index("wrote ")
 
 
@@ -450,3 +452,11 @@ def test_receptive_field_with_key_says_the_combination_is_not_supported(tmp_path
     args = ["show", str(tmp_path), "--key", "a", "--receptive-field", "--at", "1,1"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and "not --key of a shard" in result.output
+
+
+def test_sizes_are_said_in_the_unit_that_shows_them():
+    from fpncli.cli.extract_report import _size
+
+    assert [_size(n) for n in (0, 830, 4_210, 533_000, 83_000_000, 8_300_000_000)] == [
+        "0 bytes", "830 bytes", "4.2 KB", "533 KB", "83 MB", "8.3 GB",
+    ]  # fmt: skip

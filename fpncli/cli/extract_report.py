@@ -58,7 +58,13 @@ def _replaced_note(replaced, out_dir: str) -> str:
 
 
 def _size(n_bytes: float) -> str:
-    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
+    """Bytes in the unit that reads best (decimal): ``830 bytes``, ``4.2 KB``, ``83 MB``,
+    ``8.3 GB``; a small run said "0 MB" or "0.000 GB"."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n_bytes >= scale:
+            value = n_bytes / scale
+            return f"{value:.1f} {unit}" if value < 10 or unit == "GB" else f"{value:.0f} {unit}"
+    return f"{n_bytes:.0f} bytes"
 
 
 def _inside(inputs, roots: set[Path]) -> dict[str, Path]:
@@ -211,11 +217,11 @@ def _report(summary, out_dir: Path, total: int) -> None:
     why = "already complete"
     if others:
         why = f"{summary.skipped - others} already complete, {others} left to another live run"
-    gb = summary.bytes_written / 1e9
     click.echo(
         f"done {summary.done}, skipped {summary.skipped} ({why}), failed "
         f"{len(summary.failed)} of {summary.total} in {summary.seconds:.1f} s "
-        f"({summary.images_per_s:.2f} images/s), {gb:.3f} GB written to {out_dir}"
+        f"({summary.images_per_s:.2f} images/s), {_size(summary.bytes_written)} written to "
+        f"{out_dir}"
     )
 
 
