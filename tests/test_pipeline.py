@@ -642,9 +642,9 @@ def test_compile_without_a_canvas_says_once_that_each_image_size_compiles_again(
 
     assert warned(paths[:2]) == warned([paths[0], paths[4]]) == []  # one size: one compile
     assert warned(paths) == [
-        "--compile without --canvas compiles the model again for every padded image size (64x96 "
-        "now, after 96x64; tens of seconds each on a GPU, and sizes past torch's recompile limit "
-        "run uncompiled): add --canvas auto to pad every image to one of two sizes"
+        "--compile without --canvas compiles the model again for every padded image size (width "
+        "x height 64x96 now, after 96x64; tens of seconds each on a GPU, and sizes past torch's "
+        "recompile limit run uncompiled): add --canvas auto to pad every image to one of two sizes"
     ]
     assert warned(paths, canvas="auto") == []
     assert len(warned([paths[0], paths[4]], resize=False)) == 1

@@ -322,8 +322,8 @@ class _Runner:
                    else "add --canvas WxH, a size that holds every image")  # fmt: skip
             log.warning(
                 "--compile without --canvas compiles the model again for every padded image size "
-                "(%dx%d now, after %dx%d; tens of seconds each on a GPU, and sizes past torch's "
-                "recompile limit run uncompiled): %s", w1, h1, w0, h0, fix,
+                "(width x height %dx%d now, after %dx%d; tens of seconds each on a GPU, and sizes "
+                "past torch's recompile limit run uncompiled): %s", w1, h1, w0, h0, fix,
             )  # fmt: skip
 
     def submit(self, items: list[Decoded], result: BatchResult) -> None:
