@@ -444,7 +444,7 @@ def test_a_name_too_long_fails_alone_when_listed_and_in_one_line_when_given(tmp_
 def test_show_of_an_empty_image_file_names_the_file_not_a_file_object(tmp_path):
     (tmp_path / "zero.png").write_bytes(b"")
     result = CliRunner().invoke(cli, ["show", str(tmp_path / "zero.png"), "--weights", "random"])
-    assert result.exit_code == 1 and "zero.png is not an image Pillow can read" in result.output
+    assert result.exit_code == 1 and "zero.png: empty file (0 bytes)\n" in result.output
     assert "BufferedReader" not in result.output
 
 

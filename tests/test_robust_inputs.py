@@ -288,6 +288,22 @@ def test_a_postscript_file_named_like_an_image_is_never_rendered(tmp_path, monke
     assert ran == []
 
 
+def test_an_empty_file_is_said_to_be_empty(tmp_path):
+    """The README lists "empty" apart from "not an image": a 0-byte file was "not an image
+    Pillow can read", for extract and for show."""
+    from fpncli.io.preprocess import load_image
+
+    _image(tmp_path / "in" / "ok.png")
+    (tmp_path / "in" / "zero.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"zero\.png: empty file \(0 bytes\)$"):
+        load_image(tmp_path / "in" / "zero.png")
+    result = _fpncli("extract", *_small(str(tmp_path / "in"), "-o", str(tmp_path / "out")))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (failure,) = json.loads((tmp_path / "out" / "run.json").read_text())["failed"]
+    assert failure["reason"].endswith("zero.png: empty file (0 bytes)"), failure
+    assert (tmp_path / "out" / "ok" / "manifest.json").is_file()
+
+
 def test_a_newline_in_a_failing_files_name_keeps_the_whole_reason(tmp_path):
     """The reason was cut at the first line: "nl/new" and no cause, in the summary and run.json."""
     (tmp_path / "in").mkdir()

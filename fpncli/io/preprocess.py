@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -194,10 +195,13 @@ def pillow_formats() -> tuple[str, ...]:
 def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
     """``Image.open`` of a regular file only (a FIFO is refused, not waited for), with Pillow's
     limit following ``max_pixels`` and its warnings (bomb, EXIF) kept off stderr; more than
-    ``max_pixels`` pixels is refused from the header. Raises as ``load_image``, and
-    ``Image.DecompressionBombError`` / ``UnidentifiedImageError`` / ``OSError`` as Pillow does."""
-    with _pillow_settings(max_pixels):
-        with open_regular(path, "image file") as f, Image.open(f, formats=pillow_formats()) as im:
+    ``max_pixels`` pixels is refused from the header; an empty file is said to be one (Pillow
+    would call it not an image). Raises as ``load_image``, and ``Image.DecompressionBombError`` /
+    ``UnidentifiedImageError`` / ``OSError`` as Pillow does."""
+    with _pillow_settings(max_pixels), open_regular(path, "image file") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise ValueError(f"{path}: empty file (0 bytes)")
+        with Image.open(f, formats=pillow_formats()) as im:
             width, height = im.size
             if width * height > max_pixels:
                 raise ValueError(
