@@ -86,6 +86,19 @@ def test_levels_dtype_and_no_npy(runner, photo, tmp_path):
     assert not list((tmp_path / "o2" / "street").glob("*.npy"))
 
 
+def test_rerun_redoes_a_folder_whose_manifest_is_not_json(runner, photo, tmp_path):
+    """A manifest edited into something unreadable makes its folder not complete: the rerun
+    redoes it, without --overwrite and without stopping (report, show and diff refuse it)."""
+    args = ["extract", str(photo), "-o", str(tmp_path / "out"), *SMALL, "--no-overview",
+            "--no-heatmaps"]  # fmt: skip
+    runner.invoke(cli, args, catch_exceptions=False)
+    manifest = tmp_path / "out" / "street" / "manifest.json"
+    manifest.write_text("{bad")
+    result = runner.invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0 and "wrote" in result.output, result.output
+    assert json.loads(manifest.read_text())["complete"] is True
+
+
 def test_rerun_skips_then_overwrite_redoes(runner, photo, tmp_path):
     args = ["extract", str(photo), "-o", str(tmp_path / "out"), *SMALL, "--no-overview",
             "--no-heatmaps"]  # fmt: skip

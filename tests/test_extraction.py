@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import fpncli
-from fpncli.io.extraction import find_extractions, read_npy, read_run_log
+from fpncli.io.extraction import find_extractions, find_manifests, read_npy, read_run_log
+from fpncli.io.manifest import is_complete, read_manifest
 
 
 @pytest.mark.parametrize(
@@ -69,6 +70,25 @@ def test_load_extraction_errors(sample_extraction, tmp_path):
     manifest["levels"]["p2"]["file"] = "../../secret.npy"
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="outside the folder"):
+        fpncli.load_extraction(bad)
+
+
+def test_a_manifest_that_is_not_json_is_said_to_be_so_and_redone_on_resume(
+    sample_extraction, tmp_path
+):
+    """load_extraction names the file and what is wrong with it (it said the manifest was
+    missing); resuming still takes the folder for not complete, to be redone."""
+    root = tmp_path / "out"
+    shutil.copytree(sample_extraction, root)
+    bad = root / "coffee"
+    (bad / "manifest.json").write_text("{bad")
+    with pytest.raises(ValueError, match=r"coffee/manifest.json is not valid JSON: Expecting"):
+        fpncli.load_extraction(bad)
+    assert read_manifest(bad) is None and not is_complete(bad)  # extract redoes it
+    assert [p.name for p in find_extractions(root)] == ["chelsea", "rocket"]
+    assert [p.name for p in find_manifests(root)] == ["chelsea", "coffee", "rocket"]
+    (bad / "manifest.json").unlink()  # none at all: missing, as before
+    with pytest.raises(FileNotFoundError, match="coffee holds no extraction .manifest.json miss"):
         fpncli.load_extraction(bad)
 
 

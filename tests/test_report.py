@@ -308,6 +308,70 @@ def test_malformed_manifest_or_level_is_one_line_in_report_diff_and_show(
     assert (bad / "report" / "thumbs" / "000001_p3.png").is_file()
 
 
+def _replace_manifest(folder: Path, kind: str) -> None:
+    """``folder``'s manifest.json replaced by something that cannot be read as one."""
+    path = folder / "manifest.json"
+    path.unlink()
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "dangling link":
+        path.symlink_to(folder / "gone.json")
+    else:
+        path.write_bytes(kind.encode("latin-1"))
+
+
+@pytest.mark.parametrize(
+    "kind,reason",
+    [
+        ("{bad", "manifest.json is not valid JSON: Expecting property name"),
+        ("", "manifest.json is empty; re-extract"),
+        ("\x89PNG\xff\x00", "manifest.json is not valid JSON: 'utf-8' codec can't decode"),
+        ("[1, 2]", "manifest.json is not an fpncli manifest: it holds a list ([1, 2]), not a"),
+        ('{"levels": {}}', "manifest.json is malformed: 'complete' is missing, not true"),
+        ("folder", "manifest.json cannot be read: not a regular file (a folder); remove it"),
+        ("dangling link", "manifest.json cannot be read: a symlink to a missing file"),
+    ],
+)
+def test_a_manifest_that_cannot_be_read_is_listed_by_report_diff_and_show(
+    sample_extraction, tmp_path, kind, reason
+):
+    """A manifest.json that is not JSON (or not a file, or not a manifest) lists its image as
+    unreadable, with why, as a malformed field does: report and diff exit 1, show refuses it
+    in one line. Such an image vanished from report and diff (only in A), and show called its
+    manifest missing."""
+    bad = tmp_path / "bad"
+    shutil.copytree(sample_extraction, bad)
+    _replace_manifest(bad / "chelsea", kind)
+    runner = CliRunner()
+    diff = ["diff", str(sample_extraction), str(bad), "-o", str(tmp_path / "d")]
+    one = ["diff", str(sample_extraction / "chelsea"), str(bad / "chelsea"), "-o",
+           str(tmp_path / "d1")]  # fmt: skip
+    for args, says in (
+        (["report", str(bad)], "Error: outputs of chelsea cannot be read, left out: "),
+        (["report", str(bad / "chelsea")], "Error: outputs of chelsea cannot be read, left out: "),
+        (diff, "not compared: chelsea: cannot be read in B: "),
+        (one, "not compared: chelsea: cannot be read in B: "),
+        (["show", str(bad / "chelsea"), "--save", str(tmp_path / "s.png")], "Error: "),
+        (["show", str(bad / "chelsea" / "p3.npy"), "--save", str(tmp_path / "s.png")], "Error: "),
+        (["show", str(bad / "chelsea"), "--receptive-field", "--at", "5,5", "--save",
+          str(tmp_path / "r.png")], "Error: "),
+    ):  # fmt: skip
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), args
+        (line,) = [ln for ln in result.output.splitlines() if ln.startswith(says)]
+        assert f"chelsea/{reason}" in line, (args, result.output)
+    page = (bad / "report.html").read_text()
+    assert "Outputs that cannot be read" in page and html.escape(reason) in page
+    assert "000001_input.png" in page and "000000_input.png" not in page  # the others: a row each
+    result = runner.invoke(cli, diff)
+    assert "2 of 3 images compared" in result.output and "only in" not in result.output
+    # --scale level reads every manifest first: the bad one is listed once, the rest drawn
+    result = runner.invoke(cli, ["report", str(bad), "--scale", "level"])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("chelsea cannot be read") == 1 and "more" not in result.output
+
+
 def test_report_and_diff_go_on_past_a_damaged_shard(sample_shards, tmp_path):
     """--format wds, one image per shard: one shard cut in half loses its image only."""
     out = tmp_path / "out"

@@ -28,15 +28,15 @@ from pathlib import Path, PurePosixPath
 from .extraction import (
     LoadedExtraction,
     check_level_array,
-    find_extractions,
+    find_manifests,
     load_extraction,
     manifest_levels,
     npy_from_bytes,
     read_run_log,
 )
 from .guard import parse_json
-from .manifest import check_manifest
-from .outputs import MANIFEST, read_manifest
+from .manifest import check_manifest, load_manifest
+from .outputs import MANIFEST
 
 __all__ = ["Extractions", "open_extractions", "iter_extractions", "is_sharded"]
 
@@ -69,7 +69,10 @@ def open_extractions(root: str | Path) -> Extractions:
 
 
 def iter_extractions(root: str | Path) -> Iterator[LoadedExtraction]:
-    """Every complete extraction under ``root``, one at a time (see ``open_extractions``)."""
+    """Every extraction under ``root``, one at a time (see ``open_extractions``). An image
+    whose outputs cannot be read (a manifest that is not valid JSON, a truncated ``.npy``)
+    raises its ValueError there: to go on past it, ``load`` each of ``open_extractions(root)
+    .keys()`` in a ``try``, as the report does."""
     return iter(open_extractions(root))
 
 
@@ -132,11 +135,13 @@ class _Folders(Extractions):
     def __init__(self, root: Path) -> None:
         self.root = str(root)
         self.path = root
-        self.single = read_manifest(root) is not None
+        # every folder with a manifest.json, read or not: one that cannot be read is listed
+        # (with why, by load and manifest), never silently left out
+        self.single = os.path.lexists(root / MANIFEST)
         if self.single:
             self._folders = {root.resolve().name: root}
         else:
-            found = find_extractions(root)
+            found = find_manifests(root)
             self._folders = {p.relative_to(root).as_posix(): p for p in found}
 
     def keys(self) -> list[str]:
@@ -154,9 +159,9 @@ class _Folders(Extractions):
         return ex
 
     def manifest(self, key: str) -> dict:
-        manifest = read_manifest(self._folder(key))
+        manifest = load_manifest(self._folder(key))  # ValueError: one that cannot be read
         if manifest is None:
-            raise FileNotFoundError(f"{self._folder(key)}/{MANIFEST} is gone or incomplete")
+            raise FileNotFoundError(f"{self._folder(key)}/{MANIFEST} is gone")
         return check_manifest(manifest, f"{self._folder(key)}/{MANIFEST}")
 
     def size(self, key: str) -> int:

@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from .guard import open_regular, read_json_file
-from .manifest import check_manifest
+from .manifest import check_manifest, load_manifest
 from .outputs import MANIFEST, read_manifest
 
 __all__ = [
     "LoadedExtraction",
     "load_extraction",
     "find_extractions",
+    "find_manifests",
     "read_npy",
     "npy_from_bytes",
     "level_file",
@@ -260,21 +261,21 @@ def load_extraction(path: str | Path, *, mmap: bool = True) -> LoadedExtraction:
         mmap: memory-map the ``.npy`` files (read-only) instead of reading them.
 
     Raises:
-        FileNotFoundError: no such folder, or no complete manifest in it.
-        ValueError: a malformed manifest (``check_manifest``), one naming files outside its
-            folder, or a ``.npy`` that is unreadable or not the level its manifest records.
+        FileNotFoundError: no such folder, or no manifest in it.
+        ValueError: a manifest that cannot be read (``load_manifest``: not valid JSON, not a
+            file, not marked complete) or is malformed (``check_manifest``), one naming files
+            outside its folder, or a ``.npy`` that is unreadable or not the level its manifest
+            records.
     """
     folder = Path(path).expanduser()
     if folder.is_file():
         folder = folder.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"no such extraction folder: {path}")
-    manifest = read_manifest(folder)
+    manifest = load_manifest(folder)
     if manifest is None:
         hint = " (it holds image folders: pass one of them)" if _has_children(folder) else ""
-        raise FileNotFoundError(
-            f"{folder} holds no complete extraction ({MANIFEST} missing or incomplete){hint}"
-        )
+        raise FileNotFoundError(f"{folder} holds no extraction ({MANIFEST} missing){hint}")
     check_manifest(manifest, f"{folder}/{MANIFEST}")
     levels = {}
     for name, meta in manifest_levels(folder, manifest).items():
@@ -291,10 +292,19 @@ def _has_children(folder: Path) -> bool:
 def find_extractions(root: str | Path) -> list[Path]:
     """Every complete image folder under ``root`` (``root`` itself when it is one), sorted by
     path relative to ``root``."""
+    return [p for p in find_manifests(root) if read_manifest(p) is not None]
+
+
+def find_manifests(root: str | Path) -> list[Path]:
+    """Every folder under ``root`` (``root`` itself included) holding something named
+    ``manifest.json``, whether it can be read or not (``load_manifest`` says), sorted by path
+    relative to ``root``: what a report or a diff lists, a damaged one with its reason."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder: {root}")
-    found = [p.parent for p in root.rglob(MANIFEST) if read_manifest(p.parent) is not None]
+    # os.walk, not rglob: rglob passes over a manifest.json that is a dangling symlink
+    found = [Path(folder) for folder, dirs, files in os.walk(root)
+             if MANIFEST in files or MANIFEST in dirs]  # fmt: skip
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 

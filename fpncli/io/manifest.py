@@ -12,14 +12,14 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .guard import read_json_file
+from .guard import error_text, open_regular, parse_json
 
 if TYPE_CHECKING:
     from .outputs import OutputOptions
 
 __all__ = [
-    "MANIFEST", "read_manifest", "check_manifest", "manifest_files", "is_complete",
-    "folder_state", "changed_settings", "run_key",
+    "MANIFEST", "read_manifest", "load_manifest", "check_manifest", "manifest_files",
+    "is_complete", "folder_state", "changed_settings", "run_key",
 ]  # fmt: skip
 
 MANIFEST = "manifest.json"
@@ -27,12 +27,64 @@ _MAX_MANIFEST_BYTES = 16 << 20
 
 
 def read_manifest(folder: Path) -> dict | None:
-    """The folder's manifest if it is a complete one, else None."""
+    """The folder's manifest if it is a complete one, else None (none there, or one that
+    cannot be read: ``load_manifest`` says why). Resuming and discovery use it: a folder whose
+    manifest cannot be read is simply not complete, and is redone."""
     try:
-        manifest = read_json_file(Path(folder) / MANIFEST, _MAX_MANIFEST_BYTES)
-    except (OSError, ValueError):
+        return load_manifest(folder)
+    except ValueError:
         return None
-    return manifest if isinstance(manifest, dict) and manifest.get("complete") else None
+
+
+def load_manifest(folder: Path) -> dict | None:
+    """The folder's complete manifest, or None when it has no ``manifest.json``.
+
+    Raises:
+        ValueError: (one line, naming the file and what is wrong) a ``manifest.json`` that is
+            there but cannot be read: not a regular file (a folder, a FIFO, a dangling symlink),
+            unreadable, empty, over 16 MB, not valid JSON, not a mapping, or not marked
+            complete. What its fields hold is ``check_manifest``'s to check.
+    """
+    path = Path(folder) / MANIFEST
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            # no more than the file holds (+1: one that grew is cut, and fails to parse):
+            # read(n) allocates n bytes first, 16 MB for each 3 KB manifest
+            data = f.read(min(_MAX_MANIFEST_BYTES, size + 1))
+    except FileNotFoundError:
+        if not os.path.lexists(path):
+            return None  # no manifest (the folder may not exist either)
+        raise ValueError(
+            f"{path} cannot be read: a symlink to a missing file; re-extract"
+        ) from None
+    except ValueError as e:  # open_regular: a folder, FIFO, device or socket; a symlink loop
+        why = error_text(e).removeprefix(f"{path}: ")
+        raise ValueError(f"{path} cannot be read: {why}; remove it, then re-extract") from None
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read: {e.strerror or error_text(e)}") from None
+    if size > _MAX_MANIFEST_BYTES:
+        raise ValueError(
+            f"{path} is {size} bytes, over the {_MAX_MANIFEST_BYTES >> 20} MB a manifest may be: "
+            "not an fpncli manifest; re-extract"
+        )
+    if not data.strip():
+        raise ValueError(f"{path} is empty; re-extract")
+    try:
+        manifest = parse_json(data)
+    except ValueError as e:  # UnicodeDecodeError (not text) included
+        raise ValueError(f"{path} is not valid JSON: {error_text(e)}; re-extract") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(
+            f"{path} is not an fpncli manifest: it holds {_kind_of(manifest)}, not a mapping; "
+            "re-extract"
+        )
+    if not manifest.get("complete"):  # fpncli writes it last, always true
+        raise ValueError(
+            f"{path} is malformed: 'complete' is {_kind_of(manifest.get('complete', _MISSING))}, "
+            "not true; re-extract"
+        )
+    return manifest
 
 
 _MISSING = object()

@@ -273,7 +273,8 @@ def draw_receptive_fields(
     commas. A photo over ``max_pixels`` is refused, as ``extract --max-pixels`` refuses it.
     ``progress`` is told (one line) before the slow part, the forward and backward passes."""
     from ..api import load_backbone, resolve_device
-    from ..io.outputs import atomic_write_bytes, latest_extraction, read_manifest
+    from ..io.manifest import load_manifest
+    from ..io.outputs import atomic_write_bytes, latest_extraction
     from ..viz.names import picture_suffix
     from ..viz.receptive import receptive_field_image
     from ..viz.visualize import encode_png
@@ -289,9 +290,9 @@ def draw_receptive_fields(
     settings: dict = {}
     seed = 0
     if path.is_dir():
-        manifest = read_manifest(path)
+        manifest = load_manifest(path)  # ValueError: one there that cannot be read
         if manifest is None:
-            raise FileNotFoundError(f"{path} holds no complete extraction (manifest.json)")
+            raise FileNotFoundError(f"{path} holds no extraction (manifest.json missing)")
         image_path = manifest.get("input", {}).get("path")
         if not image_path or not Path(image_path).is_file():
             raise FileNotFoundError(f"the photo of {path} ({image_path or 'unknown'}) is gone")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.manifest import load_manifest
 from ..io.outputs import (
     MANIFEST,
     RANDOM_NOTE,
@@ -163,7 +164,7 @@ def _load_input(manifest: dict) -> np.ndarray | None:
 
 
 def _from_folder(folder: Path, levels: list[str]) -> _Source:
-    manifest = read_manifest(folder)
+    manifest = load_manifest(folder)  # ValueError: one there that cannot be read
     if manifest is None:
         raise _not_an_extraction(folder)
     from ..io.extraction import check_level_array, level_file, manifest_levels, read_npy
@@ -291,7 +292,8 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str,
         array = read_npy(path)
         if array.ndim < 2 or array.size == 0:
             raise ValueError(f"{path}: holds a {array.shape} array, not a feature map")
-        if (path.parent / MANIFEST).is_file() and path.stem in STRIDES:
+        # (even one that is not a file: said to be unreadable, not passed over)
+        if os.path.lexists(path.parent / MANIFEST) and path.stem in STRIDES:
             source = _from_folder(path.parent, levels if len(levels) > 1 else [level])
             source.features[level] = array
             return source
@@ -466,7 +468,7 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
         return ranges
     path = _latest()[0] if target is None else Path(target).expanduser()
     folder = path if path.is_dir() else path.parent
-    if read_manifest(folder) is None:
+    if load_manifest(folder) is None:  # (one that cannot be read says why)
         raise ValueError(
             f"--scale {scale} takes its range from the run's manifests: TARGET must be an "
             "extraction folder (or a .npy in one), not an image extracted on the fly"
