@@ -86,6 +86,16 @@ def test_levels_dtype_and_no_npy(runner, photo, tmp_path):
     assert not list((tmp_path / "o2" / "street").glob("*.npy"))
 
 
+def test_a_wds_rerun_of_one_image_names_the_image_and_its_key(runner, photo, tmp_path):
+    pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
+    pytest.importorskip("fsspec", reason="--format wds needs fsspec (fpncli[wds])")
+    args = ["extract", str(photo), "-o", str(tmp_path / "w"), *SMALL, "--no-overview",
+            "--no-heatmaps", "--format", "wds"]  # fmt: skip
+    runner.invoke(cli, args, catch_exceptions=False)
+    again = runner.invoke(cli, args, catch_exceptions=False).output
+    assert f"{photo} (key street) is already complete with these settings" in again, again
+
+
 def test_rerun_redoes_a_folder_whose_manifest_is_not_json(runner, photo, tmp_path):
     """A manifest edited into something unreadable makes its folder not complete: the rerun
     redoes it, without --overwrite and without stopping (report, show and diff refuse it)."""
@@ -103,7 +113,9 @@ def test_rerun_skips_then_overwrite_redoes(runner, photo, tmp_path):
     args = ["extract", str(photo), "-o", str(tmp_path / "out"), *SMALL, "--no-overview",
             "--no-heatmaps"]  # fmt: skip
     runner.invoke(cli, args, catch_exceptions=False)
-    assert "already complete" in runner.invoke(cli, args, catch_exceptions=False).output
+    # it says which folder: with --from-list and --shard, the command line does not
+    done = f"{tmp_path / 'out' / 'street'} is already complete with these settings (use --over"
+    assert done in runner.invoke(cli, args, catch_exceptions=False).output
     # nothing is drawn, so the drawing options cannot change the outputs: still complete
     drawing = ["--cmap", "magma", "--channel", "7", "--clip", "2,98"]
     again = runner.invoke(cli, [*args, *drawing], catch_exceptions=False).output

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import click
 
@@ -201,7 +201,10 @@ def _write_interrupted_log(e: BaseException | None, last, total: int, out: Path,
     _write_run_log(summary, out, weights, precision, shard)
 
 
-def _report(summary, out_dir: Path, total: int) -> None:
+def _report(summary, out_dir: Path, jobs: list, wds: bool = False) -> None:
+    """The run's closing lines; ``jobs`` are the run's (this shard's), ``wds`` a ``--format
+    wds`` output."""
+    total = len(jobs)
     for path, reason in summary.failed:  # quoted: a newline in a name must not forge a line
         reason = _without_path(reason, str(path))
         click.echo(f"failed: {quote_name(str(path))}: {quote_name(reason)}", err=True)
@@ -211,8 +214,17 @@ def _report(summary, out_dir: Path, total: int) -> None:
         click.echo(f"wrote {quote_name(str(summary.last_folder))}")
         return
     others = summary.left_to_others
-    if total == 1 and summary.skipped == 1 and not others:
-        click.echo("already complete with these settings (use --overwrite to redo)")
+    if total == 1 and summary.skipped == 1 and not others:  # which one: with --from-list and
+        # --shard, the command line does not say
+        (job,) = jobs
+        if wds:
+            from ..io.shards import wds_key
+
+            key = wds_key(PurePosixPath(job.folder.as_posix()))
+            what = f"{quote_name(str(job.path))} (key {quote_name(key)})"
+        else:
+            what = quote_name(str(summary.last_folder or job.folder))
+        click.echo(f"{what} is already complete with these settings (use --overwrite to redo)")
         return
     why = "already complete"
     if others:
