@@ -92,6 +92,20 @@ def test_a_manifest_that_is_not_json_is_said_to_be_so_and_redone_on_resume(
         fpncli.load_extraction(bad)
 
 
+def test_load_extraction_of_a_wds_output_says_how_to_load_its_images(sample_shards):
+    """It said the folder held no complete extraction, as of a folder of photos."""
+    with pytest.raises(FileNotFoundError) as error:
+        fpncli.load_extraction(sample_shards)
+    says = (f"{sample_shards} is a --format wds output, not one image's folder: load an image of "
+            f"it with fpncli.io.catalog.open_extractions({str(sample_shards)!r}).load(KEY), KEY "
+            "one of its .keys()")  # fmt: skip
+    assert str(error.value) == says
+    from fpncli.io.catalog import open_extractions  # what it says works
+
+    found = open_extractions(sample_shards)
+    assert sorted(found.load(found.keys()[0]).levels) == ["p2", "p3", "p4", "p5", "p6"]
+
+
 def test_image_gone_is_none(sample_extraction, tmp_path):
     copy = tmp_path / "c"
     shutil.copytree(sample_extraction / "coffee", copy)

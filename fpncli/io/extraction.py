@@ -261,7 +261,8 @@ def load_extraction(path: str | Path, *, mmap: bool = True) -> LoadedExtraction:
         mmap: memory-map the ``.npy`` files (read-only) instead of reading them.
 
     Raises:
-        FileNotFoundError: no such folder, or no manifest in it.
+        FileNotFoundError: no such folder, or no manifest in it (the output of a ``--format
+            wds`` run: the message says how to load one of its images).
         ValueError: a manifest that cannot be read (``load_manifest``: not valid JSON, not a
             file, not marked complete) or is malformed (``check_manifest``), one naming files
             outside its folder, or a ``.npy`` that is unreadable or not the level its manifest
@@ -274,6 +275,14 @@ def load_extraction(path: str | Path, *, mmap: bool = True) -> LoadedExtraction:
         raise FileNotFoundError(f"no such extraction folder: {path}")
     manifest = load_manifest(folder)
     if manifest is None:
+        from .catalog import is_sharded  # (the catalog reads folders through this module)
+
+        if is_sharded(folder):  # as show says of one: its images are keys in tar shards
+            raise FileNotFoundError(
+                f"{folder} is a --format wds output, not one image's folder: load an image of "
+                f"it with fpncli.io.catalog.open_extractions({str(folder)!r}).load(KEY), KEY "
+                "one of its .keys()"
+            )
         hint = " (it holds image folders: pass one of them)" if _has_children(folder) else ""
         raise FileNotFoundError(f"{folder} holds no extraction ({MANIFEST} missing){hint}")
     check_manifest(manifest, f"{folder}/{MANIFEST}")
