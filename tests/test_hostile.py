@@ -117,18 +117,18 @@ def test_an_image_another_run_completes_before_decoding_is_skipped_not_computed(
     tmp_path, model, monkeypatch
 ):
     jobs, options, seen, finish = _race(tmp_path, model, monkeypatch)
-    real_pending, real_decode, decoded = pipeline.pending_jobs, steps.decode, []
+    real_plan, real_decode, decoded = pipeline.plan_pending, steps.decode, []
 
-    def pending(*args):  # listed as to do, then the other run completes it
-        todo = real_pending(*args)
+    def plan(*args):  # listed as to do, then the other run completes it
+        planned = real_plan(*args)
         finish()
-        return todo
+        return planned
 
     def decode(job, *args, **kwargs):
         decoded.append(job.path.name)
         return real_decode(job, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "pending_jobs", pending)
+    monkeypatch.setattr(pipeline, "plan_pending", plan)
     monkeypatch.setattr(pipeline, "decode", decode)
     summary = run_jobs(jobs, model, options)
     assert (summary.done, summary.skipped, summary.failed) == (1, 1, [])
