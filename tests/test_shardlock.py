@@ -103,11 +103,13 @@ def test_two_wds_runs_at_once_share_the_keys_and_keep_each_others_shards(
 
 def test_the_summary_line_says_which_skipped_images_were_left_to_another_run(capsys):
     from fpncli.cli.extract_report import _report
+    from fpncli.io.inputs import Job
     from fpncli.run.pipeline import RunSummary
 
-    _report(RunSummary(total=5, done=1, skipped=4, left_to_others=3), Path("out"), 5)
+    jobs = [Job(Path(f"in/{i}.png"), Path(f"out/{i}")) for i in range(5)]
+    _report(RunSummary(total=5, done=1, skipped=4, left_to_others=3), Path("out"), jobs)
     assert "skipped 4 (1 already complete, 3 left to another live run)" in capsys.readouterr().out
-    _report(RunSummary(total=1, skipped=1, left_to_others=1), Path("out"), 1)
+    _report(RunSummary(total=1, skipped=1, left_to_others=1), Path("out"), jobs[:1])
     assert "1 left to another live run" in capsys.readouterr().out
 
 
