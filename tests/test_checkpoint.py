@@ -218,8 +218,9 @@ def test_not_a_backbone(tmp_path):
     path = tmp_path / "other.pkl"
     with open(path, "wb") as f:
         pickle.dump({"model": {"head.weight": np.zeros(3, np.float32)}}, f)
-    with pytest.raises(ValueError, match="no ResNet-FPN backbone found"):
+    with pytest.raises(ValueError, match="no ResNet-FPN backbone found") as e:
         read_checkpoint(path)
+    assert str(e.value).startswith(f"{path}: ")  # which file, among the weights a user has
     with pytest.raises(FileNotFoundError):
         read_checkpoint(tmp_path / "missing.pkl")
 

@@ -343,7 +343,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     else:
         model = _check_model_entry(path, obj.get("model", obj.get("state_dict", obj)))
         model = _without_module_prefix(model)
-        fmt = _detect_format(model)
+        try:
+            fmt = _detect_format(model)
+        except ValueError as e:  # which file, as every other refusal here says
+            raise ValueError(f"{path}: {e}") from None
         entries, skipped = _backbone_entries(model, fmt)
         state = {k: _to_tensor(k, v) for k, v in entries.items()}
         try:
