@@ -914,3 +914,12 @@ def test_a_killed_runs_temporaries_at_the_top_of_out_are_removed_by_the_next(tmp
     stale.write_bytes(b"half")
     assert _run([str(inputs), "-o", str(tmp_path / "files")]).exit_code == 0
     assert not stale.exists()
+
+
+def test_a_url_output_is_named_as_given_in_the_summary(tmp_path):
+    """file:///tmp/x was said to be 'written to file:/tmp/x' (a Path folds the '//')."""
+    folder = _images(tmp_path / "in", 2)
+    url = f"file://{tmp_path / 'out'}"
+    result = _run([str(folder), "-o", url, "--format", "wds"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.rstrip().endswith(f"written to {url}"), result.stdout

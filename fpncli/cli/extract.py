@@ -489,6 +489,6 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             click.echo(f"interrupted during the --scale {scale} redraw; finish it with: "
                        f"{_resume_command()}", err=True)  # fmt: skip
             sys.exit(130)
-    _report(summary, Path(out_dir), jobs, wds=out_format == "wds")
+    _report(summary, out_dir, jobs, wds=out_format == "wds")
     if summary.failed or summary.aborted:
         sys.exit(1)

@@ -201,9 +201,9 @@ def _write_interrupted_log(e: BaseException | None, last, total: int, out: Path,
     _write_run_log(summary, out, weights, precision, shard)
 
 
-def _report(summary, out_dir: Path, jobs: list, wds: bool = False) -> None:
-    """The run's closing lines; ``jobs`` are the run's (this shard's), ``wds`` a ``--format
-    wds`` output."""
+def _report(summary, out_dir: str | Path, jobs: list, wds: bool = False) -> None:
+    """The run's closing lines; ``out_dir`` as given (a URL keeps its ``//``), ``jobs`` the
+    run's (this shard's), ``wds`` a ``--format wds`` output."""
     total = len(jobs)
     for path, reason in summary.failed:  # quoted: a newline in a name must not forge a line
         reason = _without_path(reason, str(path))
