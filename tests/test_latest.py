@@ -58,3 +58,14 @@ def test_the_readme_says_where_it_is():
         "in `$FPNCLI_HOME/latest.json`, else `$XDG_STATE_HOME/fpncli/latest.json`, else "
         "`~/.cache/fpncli/latest.json`" in text
     )
+
+
+def test_fpncli_home_with_a_tilde_is_the_home_folder(homes, monkeypatch, sample_extraction):
+    """$FPNCLI_HOME="~/fpn" (quoted in a shell profile) is expanded, as the weights cache
+    expands it; it made a folder named "~" in the current folder."""
+    monkeypatch.setenv("FPNCLI_HOME", "~/fpn")
+    monkeypatch.chdir(homes)
+    record_latest(sample_extraction / "chelsea")
+    assert (homes / "home" / "fpn" / "latest.json").is_file()
+    assert not (homes / "~").exists()
+    assert latest_extraction() == sample_extraction / "chelsea"

@@ -25,10 +25,11 @@ def _state_files() -> list[Path]:
     wrote ``$XDG_STATE_HOME/latest.json``: it is read while the new file does not exist yet (so
     ``fpncli show`` finds the extraction made before an upgrade), never written or removed;
     what it names is checked as any record is (only a complete extraction is shown)."""
-    if home := os.environ.get("FPNCLI_HOME"):
-        return [Path(home) / "latest.json"]
+    if home := os.environ.get("FPNCLI_HOME"):  # ~ expanded, as the weights cache expands it
+        return [Path(home).expanduser() / "latest.json"]
     if state := os.environ.get("XDG_STATE_HOME"):
-        return [Path(state) / "fpncli" / "latest.json", Path(state) / "latest.json"]
+        state = Path(state).expanduser()
+        return [state / "fpncli" / "latest.json", state / "latest.json"]
     return [Path.home() / ".cache" / "fpncli" / "latest.json"]
 
 
