@@ -626,5 +626,7 @@ def test_levels_saved_as_pictures_only_link_their_pictures(tmp_path, monkeypatch
     text = page.read_text()
     assert "not saved" not in text and text.count("no tensor</td>") == 5
     (key,) = [p.parent.name for p in out.glob("*/manifest.json")]
-    assert f'<a href="{key}/p2.png">p2.png</a><br>no tensor' in text
+    # the picture itself, at the thumbnails' height (it was its file name only)
+    img = f'<img src="{key}/p2.png" alt="p2.png" height="64">'
+    assert f'<a href="{key}/p2.png">{img}</a>no tensor' in text
     _assert_links_resolve(page)

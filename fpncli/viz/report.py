@@ -283,7 +283,8 @@ def _nav(page: int, pages: int, prefix: str, first: str, assets: str) -> str:
     return f'<p class="nav">Pages: {" ".join(links)}</p>'
 
 
-def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int) -> str:
+def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int,
+          thumb_height: int = 64) -> str:  # fmt: skip
     head = "".join(f"<th>{html.escape(n)}</th>" for n in levels)
     out = [f'<table class="grid"><tr><th>#</th><th>image</th><th>input</th>{head}</tr>']
     for i, row in enumerate(rows, start=first):
@@ -298,9 +299,11 @@ def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int) -> str:
         for name in levels:
             thumb, link = row.levels.get(name), row.links.get(name)
             if thumb is None and name in row.levels:  # saved without .npy (--no-npy)
-                picture = html.escape(link.rpartition("/")[2]) if link else ""
-                if link:  # its heatmap or overlay
-                    picture = f'<a href="{prefix}{_href(link)}">{picture}</a><br>'
+                picture = ""
+                if link:  # its heatmap or overlay itself, at the thumbnails' height
+                    alt = html.escape(link.rpartition("/")[2])
+                    img = f'<img src="{prefix}{_href(link)}" alt="{alt}" height="{thumb_height}">'
+                    picture = f'<a href="{prefix}{_href(link)}">{img}</a>'
                 cells.append(f'<td class="muted">{picture}no tensor</td>')
                 continue
             if thumb is None:
@@ -663,7 +666,7 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
         title = f"fpncli report: {root.resolve().name}"
         grid = f"<h2>Images {(page - 1) * page_size + 1}-{(page - 1) * page_size + len(chunk)}"
         grid += f" of {len(rows)}</h2>{shard_note}{nav}"
-        grid += _grid(chunk, levels, prefix, (page - 1) * page_size + 1)
+        grid += _grid(chunk, levels, prefix, (page - 1) * page_size + 1, thumb_height)
         if page == 1:
             summary = _summary(root, found, tally, run, unreadable, left_out)
             body = [f"<h1>{html.escape(title)}</h1>", summary, _scale_note(scale, ranges)]
