@@ -474,3 +474,23 @@ def test_a_replaced_photo_is_not_drawn_beside_the_maps_of_another(folder, tmp_pa
     page = (folder.parent / "report.html").read_text()
     assert "photo gone or replaced" in page and "_input.png" not in page
     assert "300x500, the extracted photo was 80x50" in caplog.text
+
+
+def test_the_notebook_figure_takes_the_level_a_npy_is_named_after(tmp_path):
+    """level_figure_for("p4.npy") raised KeyError 'p2' (its level defaulted to p2, where show
+    takes a .npy's own); a .npy named after no level is labelled "level unknown"."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    from fpncli.viz.show import level_figure_for
+
+    values = np.random.RandomState(0).rand(1, 256, 8, 10).astype(np.float32)
+    np.save(tmp_path / "p4.npy", values)
+    np.save(tmp_path / "loose.npy", values)
+    titles = [ax.get_title() for ax in level_figure_for(str(tmp_path / "p4.npy")).axes]
+    assert titles[0].startswith("p4  stride 16"), titles
+    titles = [ax.get_title() for ax in level_figure_for(str(tmp_path / "loose.npy")).axes]
+    assert titles[0].startswith("level unknown"), titles
+    titles = [ax.get_title() for ax in level_figure_for(str(tmp_path / "loose.npy"),
+                                                        level="p5").axes]  # fmt: skip
+    assert titles[0].startswith("p5  stride 32"), titles

@@ -500,17 +500,29 @@ def _window_options(source: _Source, *, cmap: str, overlay: bool, reduce: str,
     }
 
 
-def level_figure_for(target: str | None, *, level: str = "p2", channel: int = 0,
+def _level_asked(target: str | None, level: str | None) -> tuple[str, bool]:
+    """The level to draw (``level`` None: p2, or the level a ``.npy`` target is named after)
+    and whether it was asked for by name (not a default, not ``all``)."""
+    if level is not None:
+        return level, level != "all"
+    stem = Path(target).stem if target else ""
+    return (stem if target and target.endswith(".npy") and stem in STRIDES else "p2"), False
+
+
+def level_figure_for(target: str | None, *, level: str | None = None, channel: int = 0,
                      reduce: str = "channel", cmap: str = "viridis", overlay: bool = False,
                      clip=DEFAULT_CLIP, weights: str = "faster_rcnn_R_50_FPN_3x",
                      device: str = "auto", figure=None,
                      max_pixels: int = DEFAULT_MAX_PIXELS):  # fmt: skip
     """The figure ``show`` opens in a window, drawn into ``figure`` (or a new one): for
-    notebooks, and to check the window's contents without a display."""
+    notebooks, and to check the window's contents without a display. ``level`` None: as
+    ``show``'s, p2 or the level a ``.npy`` target is named after."""
     from .window import level_figure
 
+    level, level_named = _level_asked(target, level)
     levels = list(LEVELS) if level == "all" else [level]
-    source = _resolve(target, levels, weights, device, max_pixels=max_pixels)
+    source = _resolve(target, levels, weights, device, max_pixels=max_pixels,
+                      level_named=level_named)  # fmt: skip
     if overlay:
         _check_overlay(source)
     panels = _panels(source, level, reduce=reduce, channel=channel, clip=parse_clip(clip))
@@ -571,10 +583,7 @@ def show(
         ValueError: an unknown level, a level that was not saved, a bad option.
         FileNotFoundError: no such target, or no complete extraction to show.
     """
-    level_named = level not in (None, "all")  # asked for, not a default
-    if level is None:  # p2, or the level of a .npy target
-        stem = Path(target).stem if target else ""
-        level = stem if target and target.endswith(".npy") and stem in STRIDES else "p2"
+    level, level_named = _level_asked(target, level)
     if level != "all" and level not in STRIDES:
         raise ValueError(
             f"unknown level {level!r}: use one of {', '.join(LEVELS)}, all, or a bottom-up stage "
