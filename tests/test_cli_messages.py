@@ -145,6 +145,7 @@ def test_weights_verify_names_a_damaged_file_once_and_the_commands_that_fix_it(r
     assert result.exit_code == 1  # a name given twice is checked, and removed, once
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith(f"{name}:"))
     assert line.count(name) == 1 and "does not match the published" in line, line
+    assert line.startswith(f"{name}: damaged: "), line  # as weights list says it ("mismatch")
     error = result.stderr.strip().splitlines()
     assert len(error) == 1 and "NAME" not in error[0], error
     assert "1 damaged" in error[0] and "1 not cached" in error[0], error

@@ -58,7 +58,7 @@ def weights_download(names) -> None:
         if cached_path(spec).is_file():  # as verify judges it: a damaged file is not cached
             (entry,) = verify_cached([name], check=_strict_load)
             if entry.status in ("damaged", "mismatch"):
-                click.echo(f"{name}: {entry.status} {entry.detail}")
+                click.echo(f"{name}: {_status_text(entry.status)} {entry.detail}")
                 raise click.ClickException(_verify_fix([entry], []))
             click.echo(f"{name}: already cached at {entry.path}")
             continue
@@ -91,14 +91,19 @@ def weights_verify(names) -> None:
         get_spec(name)
     damaged, missing = [], []
     for entry in verify_cached(list(names) or None, check=_strict_load):
-        status = "not cached" if entry.status == "missing" else entry.status
-        click.echo(f"{entry.name}: {status} {entry.detail}".rstrip())
+        click.echo(f"{entry.name}: {_status_text(entry.status)} {entry.detail}".rstrip())
         if entry.status in ("damaged", "mismatch"):
             damaged.append(entry)
         elif entry.status == "missing" and names:
             missing.append(entry)
     if damaged or missing:
         raise click.ClickException(_verify_fix(damaged, missing))
+
+
+def _status_text(status: str) -> str:
+    """A cache entry's status as verify and download say it: a file whose sha256 differs from
+    the recorded or published one is damaged, as ``weights list`` calls it."""
+    return {"missing": "not cached", "mismatch": "damaged:"}.get(status, status)
 
 
 def _strict_load(path: Path) -> None:
