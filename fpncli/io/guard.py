@@ -41,6 +41,7 @@ __all__ = [
     "utf8_text",
     "usable_cores",
     "parse_json",
+    "read_capped",
     "read_json_file",
     "one_line",
     "error_text",
@@ -272,15 +273,21 @@ def marked_root(path: Path, stop: Path | None = None, cache: dict | None = None)
     return answer
 
 
-def read_json_file(path: str | Path, max_bytes: int):
-    """The JSON document in ``path``, a regular file (``open_regular``: never waits on a FIFO),
-    of which at most ``max_bytes`` are read (a longer one fails to parse). Raises OSError or
-    ValueError (``parse_json``'s, nesting too deep included)."""
+def read_capped(path: str | Path, max_bytes: int) -> tuple[bytes, int]:
+    """At most ``max_bytes`` of the regular file ``path`` (``open_regular``: never waits on a
+    FIFO), and the size it had when opened. Raises OSError, or ValueError (not a regular file)."""
     with open_regular(path) as f:
         # no more than the file holds (+1: one that grew is cut, and fails to parse): read(n)
         # allocates n bytes first, 16 MB for each 3 KB manifest
         size = os.fstat(f.fileno()).st_size
-        return parse_json(f.read(min(max_bytes, size + 1)))
+        return f.read(min(max_bytes, size + 1)), size
+
+
+def read_json_file(path: str | Path, max_bytes: int):
+    """The JSON document in ``path``, a regular file, of which at most ``max_bytes`` are read
+    (``read_capped``: a longer one fails to parse). Raises OSError or ValueError
+    (``parse_json``'s, nesting too deep included)."""
+    return parse_json(read_capped(path, max_bytes)[0])
 
 
 def usable_cores() -> int:

@@ -12,7 +12,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .guard import error_text, open_regular, parse_json
+from .guard import error_text, parse_json, read_capped
 
 if TYPE_CHECKING:
     from .outputs import OutputOptions
@@ -47,11 +47,7 @@ def load_manifest(folder: Path) -> dict | None:
     """
     path = Path(folder) / MANIFEST
     try:
-        with open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            # no more than the file holds (+1: one that grew is cut, and fails to parse):
-            # read(n) allocates n bytes first, 16 MB for each 3 KB manifest
-            data = f.read(min(_MAX_MANIFEST_BYTES, size + 1))
+        data, size = read_capped(path, _MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         if not os.path.lexists(path):
             return None  # no manifest (the folder may not exist either)
