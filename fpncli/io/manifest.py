@@ -311,12 +311,7 @@ def changed_settings(manifest: dict, options: OutputOptions, weights: dict,
         "canvas": pre.get("canvas"),  # not recorded before canvases existed: none
     }  # fmt: skip
     then = _drawing_defaults(then)
-    now = options.__dict__.get("_key_options")
-    if now is None:  # made once per options object (asdict is slow), as ``_options_json``
-        now = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in options_for_key(options).items()
-        }
-        object.__setattr__(options, "_key_options", now)  # frozen: fields never change
+    now = json.loads(_options_json(options))  # as the run key holds them (no canvas: none)
     changed = []
     recorded = mapping(manifest.get("weights"))
     identity = ("name", "sha256", "seed")
@@ -326,7 +321,7 @@ def changed_settings(manifest: dict, options: OutputOptions, weights: dict,
     if manifest.get("precision", precision) != precision:
         changed.append("--precision")
     for name, flag in _FLAGS.items():
-        if then[name] is not _MISSING and then[name] != now[name]:  # lists, as JSON holds them
+        if then[name] is not _MISSING and then[name] != now.get(name):  # JSON's lists both
             changed.append(flag)
     return changed
 
