@@ -66,9 +66,12 @@ def recorded_range(
     """The colour range ``manifest`` records for ``level``'s map, when that map is the one
     asked for (``reduce``, ``channel``, and with ``clip`` the same percentiles); else None (no
     manifest, another map or clip, no range)."""
-    if not isinstance(manifest, dict) or not _drawn(_heatmap(manifest), reduce, channel):
+    if not isinstance(manifest, dict):
         return None
-    if clip is not None and _heatmap(manifest).get("clip_percentiles") != list(clip):
+    heat = _heatmap(manifest)
+    if not _drawn(heat, reduce, channel) or (
+        clip is not None and heat.get("clip_percentiles") != list(clip)
+    ):
         return None
     levels = manifest.get("levels")
     meta = levels.get(level) if isinstance(levels, dict) else None
