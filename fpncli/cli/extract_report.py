@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import click
 
@@ -218,10 +218,9 @@ def _report(summary, out_dir: str | Path, jobs: list, wds: bool = False) -> None
         # --shard, the command line does not say
         (job,) = jobs
         if wds:
-            from ..io.shards import wds_key
+            from ..run.wds import job_key
 
-            key = wds_key(PurePosixPath(job.folder.as_posix()))
-            what = f"{quote_name(str(job.path))} (key {quote_name(key)})"
+            what = f"{quote_name(str(job.path))} (key {quote_name(job_key(job))})"
         else:
             what = quote_name(str(summary.last_folder or job.folder))
         click.echo(f"{what} is already complete with these settings (use --overwrite to redo)")

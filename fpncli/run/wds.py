@@ -31,7 +31,7 @@ from .plan import Replaced, check_disk_space
 from .steps import Decoded, RunOptions, weights_meta
 from .summary import Progress, RunSummary, device_failed_message, disk_full_message
 
-__all__ = ["ShardPlan", "ShardSink", "plan_sharded", "run_sharded"]
+__all__ = ["ShardPlan", "ShardSink", "job_key", "plan_sharded", "run_sharded"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,12 @@ class ShardPlan:
         self.claim.release()
 
 
+def job_key(job: Job) -> str:
+    """A job's key in the shards: its folder (relative to OUT, from ``plan_jobs(pairs,
+    Path(""))``) as ``wds_key`` escapes it."""
+    return wds_key(PurePosixPath(job.folder.as_posix()))
+
+
 def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) -> ShardPlan:
     """Give every job a sample key (its output path relative to OUT, see ``wds_key``), clean up
     after an interrupted run, drop the jobs whose input file is already ``ok`` in the index or
@@ -69,7 +75,7 @@ def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) 
             OUT.
     """
     fs, root = open_root(out)
-    keys = {str(j.path): wds_key(PurePosixPath(j.folder.as_posix())) for j in jobs}
+    keys = {str(j.path): job_key(j) for j in jobs}
     assert len(set(keys.values())) == len(keys), "plan_jobs gives every job its own folder"
     sources = {keys[str(j.path)]: _source(j.path) for j in jobs}
     settings = settings_key(options.output, weights, options.precision)
