@@ -13,7 +13,7 @@ from pathlib import Path
 from ..io.canvas import canvas_for
 from ..io.inputs import Job
 from ..io.manifest import changed_settings, folder_state
-from ..io.outputs import OutputOptions, estimate_bytes_per_image, is_complete
+from ..io.outputs import OutputOptions, estimate_bytes_per_image
 from ..io.preprocess import open_image, resized_shape
 from .steps import RunOptions, job_run_key
 
@@ -64,9 +64,17 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def _complete(job: Job, options: RunOptions, weights: dict) -> bool:
+def _state(job: Job, options: RunOptions, weights: dict) -> tuple[bool, dict | None, str | None]:
+    """Whether ``job``'s folder is complete with the same input, weights and settings; the
+    complete manifest read for it (``folder_state``); and the job's run key (None: no input)."""
     key = job_run_key(job, options, weights)
-    return key is not None and is_complete(job.folder, key)
+    if key is None:
+        return False, None, None
+    return (*folder_state(job.folder, key), key)
+
+
+def _complete(job: Job, options: RunOptions, weights: dict) -> bool:
+    return _state(job, options, weights)[0]
 
 
 def pending_jobs(jobs: list[Job], options: RunOptions, weights: dict) -> list[Job]:
@@ -94,8 +102,7 @@ def plan_pending(jobs: list[Job], options: RunOptions,
         return list(jobs), Replaced()
     todo, count, settings = [], 0, {}
     for job in jobs:
-        key = job_run_key(job, options, weights)
-        complete, manifest = folder_state(job.folder, key) if key is not None else (False, None)
+        complete, manifest, key = _state(job, options, weights)
         if complete:
             continue
         todo.append(job)
