@@ -266,6 +266,52 @@ def test_extract_resume_with_scale_image_puts_back_own_ranges(tmp_path, monkeypa
     assert all(is_complete(out / n, m["run_key"]) for n, m in zip("ab", manifests))
 
 
+def _one_cell_p6(tmp_path, *extra: str) -> list[str]:
+    """extract's arguments for an 80x80 photo at --min-size 64 (a one-cell P6), mean maps of
+    P5 and P6, into ``tmp_path / "out"``."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pixels = np.random.RandomState(4).randint(0, 255, (80, 80, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(folder / "a.png")
+    return ["extract", str(folder), "-o", str(tmp_path / "out"), "--weights", "random",
+            "--min-size", "64", "--max-size", "128", "--workers", "1", "--reduce", "mean",
+            "--levels", "p5,p6", *extra]  # fmt: skip
+
+
+def _run_reduction_one_ulp_up(monkeypatch):
+    """The run's reduction (torch's, whose maps the manifests' ranges come from) made one ulp
+    above numpy's of the .npy; returns what puts it back."""
+    import torch
+
+    from fpncli.run import device
+
+    reduce_maps = device.reduce_maps
+    up = torch.tensor(float("inf"))
+    monkeypatch.setattr(device, "reduce_maps", lambda *a: torch.nextafter(reduce_maps(*a), up))
+    return lambda: monkeypatch.setattr(device, "reduce_maps", reduce_maps)
+
+
+def _p6_labels(monkeypatch) -> list:
+    """The range labels every one-cell (P6) picture is drawn with, from now on."""
+    import numpy as np
+
+    from fpncli.viz import visualize
+
+    labels, real = [], visualize._range_labels
+
+    def spy(values, vrange):
+        drawn = real(values, vrange)
+        if np.asarray(values).shape == (1, 1):
+            labels.append(drawn)
+        return drawn
+
+    monkeypatch.setattr(visualize, "_range_labels", spy)
+    return labels
+
+
 def test_a_resumed_image_scale_run_draws_each_map_on_the_range_of_the_map_drawn(
     tmp_path, monkeypatch
 ):
@@ -274,27 +320,13 @@ def test_a_resumed_image_scale_run_draws_each_map_on_the_range_of_the_map_drawn(
     up): each picture's range is that of the map it draws, so a one-cell P6 (an 80x80 photo at
     --min-size 64) reads "min .. max" as in a plain run, not "<= v (clipped)" on the range
     the run recorded."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from fpncli.run import device
     from fpncli.viz import visualize
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    pixels = np.random.RandomState(4).randint(0, 255, (80, 80, 3)).astype(np.uint8)
-    Image.fromarray(pixels).save(folder / "a.png")
-    out = tmp_path / "out"
-    args = ["extract", str(folder), "-o", str(out), "--weights", "random", "--min-size", "64",
-            "--max-size", "128", "--workers", "1", "--reduce", "mean",
-            "--levels", "p5,p6"]  # fmt: skip
+    args = _one_cell_p6(tmp_path)
     runner = CliRunner()
-    reduce_maps = device.reduce_maps
-    up = torch.tensor(float("inf"))
-    monkeypatch.setattr(device, "reduce_maps", lambda *a: torch.nextafter(reduce_maps(*a), up))
+    put_back = _run_reduction_one_ulp_up(monkeypatch)
     assert runner.invoke(cli, [*args, "--scale", "level"], catch_exceptions=False).exit_code == 0
-    monkeypatch.setattr(device, "reduce_maps", reduce_maps)
+    put_back()
     drawn = []
     real = visualize.heatmap_image
 
@@ -320,32 +352,9 @@ def test_the_image_that_sets_an_end_of_the_run_range_is_not_labelled_clipped(
     rounding (here made sure of: the run's is one ulp up): the one-cell P6 that sets the run's
     P6 range (level) or its top (shared) reads 'min v' / 'max v', as it reaches them, not
     '<= v (clipped)' or a bare 'v' one ulp away, in its heatmap and in the overview."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from fpncli.run import device
-    from fpncli.viz import visualize
-
-    folder = tmp_path / "in"
-    folder.mkdir()
-    pixels = np.random.RandomState(4).randint(0, 255, (80, 80, 3)).astype(np.uint8)
-    Image.fromarray(pixels).save(folder / "a.png")
-    args = ["extract", str(folder), "-o", str(tmp_path / "out"), "--weights", "random",
-            "--min-size", "64", "--max-size", "128", "--workers", "1", "--reduce", "mean",
-            "--levels", "p5,p6", "--scale", scale]  # fmt: skip
-    reduce_maps = device.reduce_maps
-    up = torch.tensor(float("inf"))
-    monkeypatch.setattr(device, "reduce_maps", lambda *a: torch.nextafter(reduce_maps(*a), up))
-    labels, real = [], visualize._range_labels
-
-    def spy(values, vrange):
-        drawn = real(values, vrange)
-        if np.asarray(values).shape == (1, 1):  # P6: the first pass, then the redraw
-            labels.append(drawn)
-        return drawn
-
-    monkeypatch.setattr(visualize, "_range_labels", spy)
+    args = _one_cell_p6(tmp_path, "--scale", scale)
+    _run_reduction_one_ulp_up(monkeypatch)
+    labels = _p6_labels(monkeypatch)  # the first pass, then the redraw
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0 and "redrew 1 image(s) on the run's ranges" in result.output
     assert len(labels) == 4, labels  # heatmap and overview, in each pass
@@ -359,35 +368,11 @@ def test_show_draws_the_image_that_sets_an_end_of_the_run_range_reaching_it(tmp_
     is one ulp below the range its manifest records (the run's reduction, made one ulp up
     here), and the one-cell P6 that sets the run's range reads 'min v' / 'max v', not
     '<= v (clipped)' or a bare 'v'."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from fpncli.run import device
-    from fpncli.viz import visualize
-
-    folder = tmp_path / "in"
-    folder.mkdir()
-    pixels = np.random.RandomState(4).randint(0, 255, (80, 80, 3)).astype(np.uint8)
-    Image.fromarray(pixels).save(folder / "a.png")
-    out = tmp_path / "out"
-    args = ["extract", str(folder), "-o", str(out), "--weights", "random", "--min-size", "64",
-            "--max-size", "128", "--workers", "1", "--reduce", "mean",
-            "--levels", "p5,p6"]  # fmt: skip
-    reduce_maps = device.reduce_maps
-    up = torch.tensor(float("inf"))
-    monkeypatch.setattr(device, "reduce_maps", lambda *a: torch.nextafter(reduce_maps(*a), up))
+    args, out = _one_cell_p6(tmp_path), tmp_path / "out"
+    put_back = _run_reduction_one_ulp_up(monkeypatch)
     assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
-    monkeypatch.setattr(device, "reduce_maps", reduce_maps)
-    labels, real = [], visualize._range_labels
-
-    def spy(values, vrange):
-        drawn = real(values, vrange)
-        if np.asarray(values).shape == (1, 1):  # P6
-            labels.append(drawn)
-        return drawn
-
-    monkeypatch.setattr(visualize, "_range_labels", spy)
+    put_back()
+    labels = _p6_labels(monkeypatch)
     for scale, level in (("level", "p6"), ("level", "all"), ("shared", "p6")):
         labels.clear()
         show = ["show", str(out / "a"), "--level", level, "--reduce", "mean", "--scale", scale,
