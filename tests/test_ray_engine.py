@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -235,3 +239,56 @@ def test_ray_cpu_actor_takes_the_cpu_default_batch_size(inputs, tmp_path, monkey
                       "folder": [str(j.folder) for j in jobs], **_given(jobs)})  # fmt: skip
         assert list(rows["status"]) == ["ok", "ok"]
         assert sizes == expected
+
+
+#: the start of a line Ray's loggers write: Python's ("2026-01-02 03:04:05,678\tWARNING x.py:85
+#: -- ..."), the C++ core's ("[2026-01-02 03:04:05,678 E 123 123] core_worker.cc:2465: ...") and
+#: a worker's or the raylet's, streamed to the driver ("(MapWorker pid=123) ...", "(raylet) ...")
+RAY_LINE = re.compile(r"^(\d{4}-\d\d-\d\d [\d:,]+\s|\[\d{4}-\d\d-\d\d [\d:,]+ [A-Z] \d+|\(\w+[ )])")
+
+
+def test_ray_engine_keeps_rays_own_logs_off_the_terminal(tmp_path):
+    """A run that starts its own Ray prints fpncli's lines only: none of Ray's log lines (the
+    token-authentication notice, the core's notices about Ray Data's actors); a failed image is
+    still named in the summary and in run.json."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(inputs / "im0.png")
+    (inputs / "empty.png").write_bytes(b"")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_BACKEND_LOG_LEVEL")}
+    command = [sys.executable, "-m", "fpncli", "extract", str(inputs), "-o", str(tmp_path / "out"),
+               "--engine", "ray", *SMALL]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"failed: {inputs / 'empty.png'}: empty file" in output and "done 1," in output, output
+    failed = json.loads((tmp_path / "out" / "run.json").read_text())["failed"]
+    assert [f["path"] for f in failed] == [str(inputs / "empty.png")]
+    lines = output.splitlines()
+    assert not [ln for ln in lines if RAY_LINE.match(ln)], output
+    assert "core_worker.cc" not in output and "authentication_token" not in output, output
+
+
+def test_ray_core_log_level_is_set_for_the_start_only(monkeypatch, capfd):
+    """RAY_BACKEND_LOG_LEVEL is set while Ray starts and removed after (a user's own value is
+    left alone, as is everything when the user asked for Ray's logs on stderr), and what the
+    start writes on stderr (the core's announcement of the variable) stays off the terminal."""
+    from fpncli.run.ray_engine import _core_logs_fatal_only
+
+    monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("RAY_LOG_TO_STDERR", "1")
+    with _core_logs_fatal_only():
+        assert "RAY_BACKEND_LOG_LEVEL" not in os.environ
+        os.write(2, b"kept\n")
+    assert capfd.readouterr().err == "kept\n"
+    monkeypatch.delenv("RAY_LOG_TO_STDERR")
+    with _core_logs_fatal_only():
+        assert os.environ["RAY_BACKEND_LOG_LEVEL"] == "fatal"
+        os.write(2, b"[2026-01-02 03:04:05,678 I 1 1] logging.cc:303: Set ray log level\n")
+    assert "RAY_BACKEND_LOG_LEVEL" not in os.environ
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+    monkeypatch.setenv("RAY_BACKEND_LOG_LEVEL", "debug")
+    with _core_logs_fatal_only():
+        assert os.environ["RAY_BACKEND_LOG_LEVEL"] == "debug"
+    assert os.environ["RAY_BACKEND_LOG_LEVEL"] == "debug"

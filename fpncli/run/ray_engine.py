@@ -14,8 +14,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import pickle
 import re
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -67,17 +70,61 @@ def _import_ray():
     return ray
 
 
+@contextlib.contextmanager
+def _core_logs_fatal_only():
+    """The C++ core of the Ray processes started in the block logs fatal errors only (the
+    driver's core otherwise prints Ray Data's routine ERROR notices on the terminal).
+
+    The core reads RAY_BACKEND_LOG_LEVEL as it starts, so the variable is set for the block
+    only, and never over the user's own. As it reads the variable the driver's core announces
+    it on stderr: what the block writes there goes to the DEBUG log instead. Nothing changes
+    when the user asked for Ray's logs on stderr (RAY_LOG_TO_STDERR=1: the processes started
+    here would write them to the captured stderr)."""
+    if "RAY_BACKEND_LOG_LEVEL" in os.environ or os.environ.get("RAY_LOG_TO_STDERR") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+        try:
+            yield
+        finally:
+            os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace").strip()
+            if text:
+                log.debug("Ray's start wrote:\n%s", text)
+
+
 def _connect(ray, address: str | None) -> bool:
     """Join the cluster at ``address`` (or the running one); else start a local Ray.
-    Returns True when this call started Ray (and so must shut it down)."""
+    Returns True when this call started Ray (and so must shut it down).
+
+    Unless fpncli logs at INFO (``-v``), Ray's own chatter stays off the terminal: the
+    driver's ``ray`` logger shows errors only (not the token-authentication notice), the
+    workers' output is not streamed to the driver (a worker's failure still comes back as the
+    error of its rows, or of the job), and the C++ core logs fatal errors only (in the
+    processes of a local Ray started here, and in the driver: a joined cluster's processes are
+    left as they are). A Ray the caller already runs is used as it is."""
     if ray.is_initialized():
         return False
     start = time.monotonic()
+    if log.isEnabledFor(logging.INFO):
+        chatter, core = {"logging_level": logging.WARNING}, contextlib.nullcontext()
+    else:
+        chatter = {"logging_level": logging.ERROR, "log_to_driver": False}
+        core = _core_logs_fatal_only()
     try:
-        if address:
-            ray.init(address=address, logging_level=logging.WARNING)
-        else:
-            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        with core:
+            if address:
+                ray.init(address=address, **chatter)
+            else:
+                ray.init(include_dashboard=False, **chatter)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "local"
         raise RuntimeError(f"cannot start or reach Ray ({where}): {_reason(e)}") from None
@@ -263,6 +310,8 @@ def run_ray(
     (missing GPUs, several nodes with a local ``out``) and RuntimeError when the Ray job fails.
     """
     ray = _import_ray()
+    ray_log = logging.getLogger("ray")
+    level = ray_log.level  # ray.init sets it (logging_level): given back after the run
     started = _connect(ray, ray_options.address)
     try:
         with contextlib.ExitStack() as stack:  # the wds claim, held until the end
@@ -270,6 +319,7 @@ def run_ray(
     finally:
         if started:
             ray.shutdown()
+            ray_log.setLevel(level)
 
 
 def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=None) -> RunSummary:
