@@ -118,16 +118,41 @@ def test_ray_failures_name_inputs_as_given(ray_cluster, inputs, tmp_path, monkey
     Path("in").mkdir()
     for name in ("im0.png", "empty.png"):
         shutil.copy(inputs / name, Path("in") / name)
+    shutil.copy(inputs / "empty.png", Path("in") / "odd\nname.png")  # its reason escapes it
     assert _extract("in", "-o", "local").exit_code == 1
     want = json.loads(Path("local/run.json").read_text())["failed"]
-    assert [f["path"] for f in want] == ["in/empty.png"]  # as given
+    assert [f["path"] for f in want] == ["in/empty.png", "in/odd\nname.png"]  # as given
+    assert want[1]["reason"].startswith("in/odd\\nname.png: ")
     for fmt in ("files", "wds"):
         result = _extract("in", "-o", f"ray-{fmt}", "--engine", "ray", "--format", fmt)
         assert result.exit_code == 1 and "failed: in/empty.png: " in result.output, result.output
         assert str(tmp_path) not in result.output
         assert json.loads(Path(f"ray-{fmt}/run.json").read_text())["failed"] == want
     index = pq.read_table("ray-wds/index.parquet").to_pylist()
-    assert [r["error"] for r in index if r["status"] == "failed"] == [want[0]["reason"]]
+    failed = sorted(r["error"] for r in index if r["status"] == "failed")
+    assert failed == [f["reason"] for f in want]
+
+
+def test_ray_as_given_rewrites_escaped_paths():
+    """A path in a failure's text escaped (by one_line, an OSError's repr, quote_name) is
+    written as given all the same, in the same escaped form."""
+    from fpncli.run.ray_engine import _as_given
+
+    bad = "/w/in/e\udcffe.png"  # a name's byte that is not UTF-8
+    as_given = _as_given({"/w/in/a\nb.png": "in/a\nb.png", "/w/in/c\x01d.png": "in/c\x01d.png",
+                          bad: "in/e\udcffe.png", "/w/out/c\x01d": "out/c\x01d"})  # fmt: skip
+    cases = {
+        "/w/in/a\\nb.png: empty file (0 bytes)": "in/a\\nb.png: empty file (0 bytes)",
+        "[Errno 2] No such file or directory: '/w/in/a\\nb.png'":
+            "[Errno 2] No such file or directory: 'in/a\\nb.png'",
+        'cannot read "/w/in/c\\x01d.png" (gone)': 'cannot read "in/c\\x01d.png" (gone)',
+        "[Errno 5] I/O error: '/w/in/c\\x01d.png'": "[Errno 5] I/O error: 'in/c\\x01d.png'",
+        'cannot read "/w/in/e\\udcffe.png"': 'cannot read "in/e\\udcffe.png"',
+        "/w/in/c\x01d.png: cannot write /w/out/c\x01d": "in/c\x01d.png: cannot write out/c\x01d",
+        "cannot write '/w/out/c\\x01d/p2.npy'": "cannot write 'out/c\\x01d/p2.npy'",
+    }  # fmt: skip
+    for text, expected in cases.items():
+        assert as_given(text) == expected
 
 
 def test_ray_failed_run_reruns_to_completion(ray_cluster, inputs, tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..api import check_precision
+from ..io.guard import one_line, quote_name
 from ..io.inputs import Job
 from ..io.shards import ShardWriter, consolidate_index
 from ..model.fpn import FPN
@@ -181,12 +182,25 @@ def _decode_rows(batch: dict, options: RunOptions, input_format) -> dict:
     return {**batch, "item": np.array(items, dtype=object), "error": np.array(errors, dtype=object)}
 
 
+#: how a path may be written in a failure's text: as is, and as each escape that the text may
+#: have gone through writes it
+_PATH_FORMS = (str, lambda path: one_line(path, limit=sys.maxsize), lambda path: repr(path)[1:-1],
+               quote_name)  # fmt: skip
+
+
 def _as_given(pairs: dict[str, str]) -> Callable[[str], str]:
     """A function that writes each absolute path of ``pairs`` in a text as the user gave it.
 
     The actors read and write by absolute paths (a worker's current folder need not be the
-    driver's), but a failure names its image and folder as the local engine does: as given."""
-    moved = {a: g for a, g in pairs.items() if a != g}
+    driver's), but a failure names its image and folder as the local engine does: as given.
+    A text may hold a path escaped: a newline written ``\\n`` (``one_line``), an OSError's
+    ``repr`` of its file name, ``quote_name``'s quoted form; each form of the absolute path
+    becomes the same form of the given one."""
+    moved = {}
+    for absolute, given in pairs.items():
+        if absolute != given:
+            for form in _PATH_FORMS:
+                moved.setdefault(form(absolute), form(given))
     if not moved:
         return lambda text: text
     # the longest first: an image's folder may be a prefix of its path (in/a of in/a.png)
