@@ -179,3 +179,35 @@ def test_a_failed_workers_complete_images_are_counted_as_complete(tmp_path):
     assert (summary.total, summary.done, summary.skipped) == (4, 1, 2)
     assert [(Path(p).name, why) for p, why in summary.failed] == [("03.png", ANY)]
     assert "cuda:7" in summary.failed[0][1] and "cuda:7" in summary.aborted
+
+
+#: stands in for torch.compile, in the parent and in each worker (a real one takes minutes on
+#: two cores): the run goes on as compiled, the model eager
+NO_COMPILE = """
+import sys
+import fpncli.run.pipeline as pipeline
+
+pipeline.model_for_run = lambda model, precision, compile: model
+"""
+
+
+def test_a_compile_warning_is_said_once_for_all_the_workers(tmp_path):
+    """--compile without --canvas on two workers that each see two padded sizes: the warning
+    that every size compiles the model again is said once for the run (by the parent, in the
+    run's log format), not once per worker."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, (width, height) in enumerate([(48, 40), (48, 40), (40, 56), (40, 56)]):  # 2 per shard
+        Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(folder / f"{i:02d}.png")
+    script = tmp_path / "run_workers.py"
+    script.write_text(NO_COMPILE + CLI_ON_TWO_CPU_WORKERS)
+    env = dict(os.environ, FPNCLI_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(script), "extract", str(folder), "-o", str(tmp_path / "out"),
+           "--weights", "random", "--min-size", "64", "--max-size", "96", "--no-heatmaps",
+           "--no-overview", "--workers", "1", "--batch-size", "1", "--compile"]  # fmt: skip
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "done 4," in result.stdout, result.stdout
+    warnings = [ln for ln in result.stderr.splitlines() if "--compile without --canvas" in ln]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith("WARNING fpncli.run.pipeline: --compile without --canvas")

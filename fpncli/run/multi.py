@@ -29,7 +29,14 @@ from .device import worker_threads
 from .pipeline import run_jobs
 from .plan import Replaced, _complete, check_disk_space, plan_pending
 from .steps import RunOptions, weights_meta
-from .summary import Progress, RunSummary, device_failed_message, disk_full_message
+from .summary import (
+    Progress,
+    RunSummary,
+    WarningRelay,
+    device_failed_message,
+    disk_full_message,
+    say_relayed,
+)
 
 __all__ = ["run_on_devices", "auto_processes", "usable_cores"]
 
@@ -51,6 +58,8 @@ def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
             except OSError:  # the parent's end is closed: it is gone, nobody reads the rest
                 os._exit(1)
 
+    # its warnings are said by the parent: one said once per run, once for all the workers
+    logging.getLogger("fpncli").addHandler(WarningRelay(lambda r: send(("log", index, r))))
     try:
         import torch
 
@@ -216,6 +225,7 @@ def run_on_devices(
     summaries: dict[int, RunSummary] = {}
     errors: dict[int, str] = {}
     warm: set[int] = set()  # workers through their warm-up
+    said: set[str] = set()  # the once-per-run warnings said
     released = None
 
     def closed(receiver) -> None:
@@ -246,6 +256,8 @@ def run_on_devices(
                             sum(p.done for p in values), sum(p.failed for p in values),
                             sum(p.skipped for p in values), todo, time.monotonic() - start,
                         ))  # fmt: skip
+                elif kind == "log":
+                    say_relayed(payload, said)
                 elif kind == "ready":
                     warm.add(index)
                 elif kind == "done":

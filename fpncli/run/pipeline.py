@@ -75,6 +75,7 @@ from .steps import (
 )
 from .summary import (
     INTERRUPTED,
+    ONCE,
     Progress,
     RunSummary,
     device_failed_message,
@@ -324,6 +325,7 @@ class _Runner:
                 "--compile without --canvas compiles the model again for every padded image size "
                 "(width x height %dx%d now, after %dx%d; tens of seconds each on a GPU, and sizes "
                 "past torch's recompile limit run uncompiled): %s", w1, h1, w0, h0, fix,
+                extra={ONCE: "compile"},  # every worker of a run would say it
             )  # fmt: skip
 
     def submit(self, items: list[Decoded], result: BatchResult) -> None:

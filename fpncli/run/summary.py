@@ -3,10 +3,13 @@ a run that stopped early ends with."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["RunSummary", "Progress", "disk_full_message", "device_failed_message"]
+__all__ = ["RunSummary", "Progress", "disk_full_message", "device_failed_message", "ONCE",
+           "WarningRelay", "say_relayed"]  # fmt: skip
 
 
 @dataclass
@@ -70,3 +73,36 @@ def device_failed_message(summary: RunSummary) -> str:
         f"{summary.device_failure}: {summary.done + summary.skipped} of {summary.total} done, "
         "rerun the same command to resume"
     )
+
+
+#: the key of a warning said once per run (``log.warning(..., extra={ONCE: "compile"})``): a run
+#: on several worker processes says it once, not once per worker
+ONCE = "fpncli_once"
+
+
+class WarningRelay(logging.Handler):
+    """On a worker process's ``fpncli`` logger: its warnings go to ``send`` as ``(once key,
+    logger name, level, message)``, for the process that started the worker to say
+    (``say_relayed``), instead of to the worker's stderr."""
+
+    def __init__(self, send: Callable[[tuple], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.send((getattr(record, ONCE, None), record.name, record.levelno,
+                       record.getMessage()))  # fmt: skip
+        except Exception:  # noqa: BLE001 - as logging's own handlers: a bad record is reported
+            self.handleError(record)
+
+
+def say_relayed(relayed: tuple, said: set[str]) -> None:
+    """Log a worker's warning (from ``WarningRelay``) here; one said once per run only if its
+    key is not in ``said``, the keys this run has said."""
+    key, name, level, message = relayed
+    if key is not None:
+        if key in said:
+            return
+        said.add(key)
+    logging.getLogger(name).log(level, "%s", message)
