@@ -229,8 +229,56 @@ def test_ray_actor_skips_a_folder_another_run_completed_before_the_model(
     assert list(rows["status"]) == ["skipped", "ok"]
     assert [it.job.path for it in seen] == [b]
     summary = RunSummary(total=2)
-    _count(rows, summary)
+    _count(rows, summary, set())
     assert (summary.done, summary.skipped, summary.failed) == (1, 1, [])
+
+
+def test_ray_actor_warnings_go_back_with_its_rows_and_are_said_once(
+    inputs, tmp_path, monkeypatch, caplog
+):
+    """The actor's call, without Ray: its fpncli warnings (what it prints does not reach the
+    terminal) come back with its rows, and the driver says each, a once-per-run one once over
+    all the calls (of one actor or several)."""
+    import logging
+    import pickle
+
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run import pipeline
+    from fpncli.run.pipeline import Job, RunOptions, RunSummary, decode
+    from fpncli.run.ray_engine import _count, _Extractor
+    from fpncli.run.summary import ONCE
+
+    output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
+    options = RunOptions(output=output, workers=1, writers=1)
+    actor = _Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
+                        "format": "files", "crash_after": None, "actors": 1})  # fmt: skip
+    real = pipeline.infer_batch
+
+    def warn(model, items, *rest):
+        pipeline.log.warning("a warning about %s", items[0].job.path.name)
+        pipeline.log.warning("a warning of the run", extra={ONCE: "test"})
+        return real(model, items, *rest)
+
+    monkeypatch.setattr(pipeline, "infer_batch", warn)
+    handlers = list(logging.getLogger("fpncli").handlers)
+    summary, said, told = RunSummary(total=2), set(), []
+    caplog.set_level(logging.WARNING)
+    for name in ("im0.png", "im1.png"):
+        job = Job(inputs / name, tmp_path / "out" / name)
+        item = pickle.dumps(decode(job, options, actor.model.weights_info.input))
+        rows = actor({"path": [str(job.path)], "item": [item], "error": [""],
+                      "folder": [str(job.folder)], **_given([job])})  # fmt: skip
+        assert list(rows["status"]) == ["ok"] and rows["log"][0]
+        caplog.clear()  # the actor's own records (in this process, caplog sees them too)
+        _count(rows, summary, said)
+        told += [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert told == [
+        ("fpncli.run.pipeline", "WARNING", "a warning about im0.png"),
+        ("fpncli.run.pipeline", "WARNING", "a warning of the run"),
+        ("fpncli.run.pipeline", "WARNING", "a warning about im1.png"),
+    ]
+    assert summary.done == 2
+    assert logging.getLogger("fpncli").handlers == handlers  # the call's relay removed
 
 
 def test_ray_cpu_actor_takes_the_cpu_default_batch_size(inputs, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import pickle
@@ -35,7 +36,7 @@ from ..model.fpn import FPN
 from .pipeline import FolderSink, _reason, run_decoded
 from .plan import Replaced, estimate_run_bytes, plan_pending
 from .steps import RunOptions, decode, weights_meta
-from .summary import Progress, RunSummary
+from .summary import Progress, RunSummary, WarningRelay, say_relayed
 from .wds import ShardSink, plan_sharded
 
 __all__ = ["RayOptions", "run_ray"]
@@ -108,10 +109,10 @@ def _connect(ray, address: str | None) -> bool:
 
     Unless fpncli logs at INFO (``-v``), Ray's own chatter stays off the terminal: the
     driver's ``ray`` logger shows errors only (not the token-authentication notice), the
-    workers' output is not streamed to the driver (a worker's failure still comes back as the
-    error of its rows, or of the job), and the C++ core logs fatal errors only (in the
-    processes of a local Ray started here, and in the driver: a joined cluster's processes are
-    left as they are). A Ray the caller already runs is used as it is."""
+    workers' output is not streamed to the driver (an actor's failures and fpncli's warnings
+    still come back with its rows, or as the job's error), and the C++ core logs fatal errors
+    only (in the processes of a local Ray started here, and in the driver: a joined cluster's
+    processes are left as they are). A Ray the caller already runs is used as it is."""
     if ray.is_initialized():
         return False
     start = time.monotonic()
@@ -255,6 +256,19 @@ class _Extractor:
         self.folder_sink = FolderSink()
 
     def __call__(self, batch: dict) -> dict:
+        # the call's fpncli warnings go back with its rows (the first row's "log"), for the
+        # driver to say: what the actor prints does not reach the terminal (``_connect``)
+        relayed: list[tuple] = []
+        relay, logger = WarningRelay(relayed.append), logging.getLogger("fpncli")
+        logger.addHandler(relay)
+        try:
+            rows = self._run(batch)
+        finally:
+            logger.removeHandler(relay)
+        logs = [json.dumps(relayed) if relayed else ""] + [""] * (len(rows["path"]) - 1)
+        return {**rows, "log": np.array(logs, dtype=object)}
+
+    def _run(self, batch: dict) -> dict:
         config = self.config
         paths = [str(p) for p in batch["path"]]
         given = [str(p) for p in batch["given"]]
@@ -398,9 +412,10 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
     if not log.isEnabledFor(logging.INFO):  # Ray Data logs every plan, and errors with tracebacks
         ray_log.setLevel(logging.CRITICAL)
     failure = None
+    said: set[str] = set()  # the once-per-run warnings said
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            _count(batch, summary)
+            _count(batch, summary, said)
             if progress is not None:
                 elapsed = time.monotonic() - start
                 progress(Progress(summary.done, len(summary.failed), summary.skipped, len(todo),
@@ -423,8 +438,12 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
     return summary
 
 
-def _count(batch: dict, summary: RunSummary) -> None:
-    """Add an actor's returned rows to the summary."""
+def _count(batch: dict, summary: RunSummary, said: set[str]) -> None:
+    """Add an actor's returned rows to the summary, and say the warnings they bring
+    (``said``: the once-per-run ones this run has said)."""
+    for text in batch["log"]:
+        for relayed in json.loads(text) if text else ():
+            say_relayed(tuple(relayed), said)
     for path, status, error, size in zip(
         batch["path"], batch["status"], batch["error"], batch["bytes"]
     ):
