@@ -115,7 +115,7 @@ def test_levels_all_is_accepted(runner, photo, tmp_path):
         (["--precisions", "fp8"], "--precisions"),
         (["--json", "no/such/folder/b.json"], "--json"),
         (["--weights", "nope"], "--weights"),
-        (["--sizes", "100x100"], "--sizes: 100x100: the model-only rows' sizes are padded"),
+        (["--sizes", "100x100"], "'--sizes': 100x100: the model-only rows' sizes are padded"),
         (["--seconds", "inf"], "--seconds"),
         (["--seconds", "nan"], "--seconds"),
         (["--model-only", "--e2e-only"], "--model-only and --e2e-only leave no rows"),
@@ -490,13 +490,15 @@ def test_gpus_takes_a_count_or_a_list_with_repeats():
     assert _gpu_devices("2", "cuda", count=2) == ["cuda:0", "cuda:1"]
     assert _gpu_devices("1,1,0", "auto", count=2) == ["cuda:1", "cuda:1", "cuda:0"]
     assert _gpu_devices("0,0", "auto", count=1) == ["cuda:0", "cuda:0"]
-    with pytest.raises(click.BadParameter, match="3 GPUs asked for, 2 available"):
-        _gpu_devices("3", "auto", count=2)
-    with pytest.raises(click.BadParameter, match=r"no GPU 2, 5 here: 2 available \(0..1\)"):
-        _gpu_devices("0,2,5", "auto", count=2)
+    for gpus, message in [  # naming --gpus ("Invalid value: 3 GPUs asked for" before)
+        ("3", "3 GPUs asked for, 2 available"),
+        ("0,2,5", "no GPU 2, 5 here: 2 available (0..1)"),
+        ("0,,1", "expected all, a number or a list of GPU indices such as 0,0,1, got '0,,1'"),
+    ]:
+        with pytest.raises(click.BadParameter) as refused:
+            _gpu_devices(gpus, "auto", count=2)
+        assert refused.value.format_message() == f"Invalid value for --gpus: {message}"
     assert _gpu_devices("1,", "auto", count=2) == ["cuda:1"]  # GPU 1 alone
-    with pytest.raises(click.BadParameter, match="list of GPU indices"):
-        _gpu_devices("0,,1", "auto", count=2)
     with pytest.raises(click.UsageError, match="--gpus needs CUDA"):
         _gpu_devices("0,0", "cpu", count=2)
 

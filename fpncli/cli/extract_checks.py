@@ -186,16 +186,20 @@ def _gpu_devices(gpus: str | None, device: str, count: int | None = None) -> lis
         numbers = [int(part) for part in gpus.removesuffix(",").split(",")]
     except ValueError:
         raise click.BadParameter(
-            f"expected all, a number or a list of GPU indices such as 0,0,1, got {gpus!r}"
+            f"expected all, a number or a list of GPU indices such as 0,0,1, got {gpus!r}",
+            param_hint="--gpus",
         ) from None
     if "," not in gpus:
         if not 1 <= numbers[0] <= available:
-            raise click.BadParameter(f"{numbers[0]} GPUs asked for, {available} available")
+            raise click.BadParameter(
+                f"{numbers[0]} GPUs asked for, {available} available", param_hint="--gpus"
+            )
         return [f"cuda:{i}" for i in range(numbers[0])]
     wrong = sorted({i for i in numbers if not 0 <= i < available})
     if wrong:
         raise click.BadParameter(
-            f"no GPU {', '.join(map(str, wrong))} here: {available} available (0..{available - 1})"
+            f"no GPU {', '.join(map(str, wrong))} here: {available} available (0..{available - 1})",
+            param_hint="--gpus",
         )
     return [f"cuda:{i}" for i in numbers]
 
