@@ -97,10 +97,15 @@ def test_show_top_and_channels_cli(folder, monkeypatch):
     args = ["show", str(folder), "--channels", "4,0", "--save", str(save)]
     assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
     assert picked[-1][1] == [4, 0] and save.is_file()
-    for bad, message in [
-        (["--channels", "9"], "out of range: this map has 6"),
-        (["--top", "2", "--channels", "1"], "choose one"),
-        (["--top", "2", "--level", "all"], "draw one level"),
-    ]:
+    for bad, message in [  # usage errors, as click's own: exit 2, one line
+        (["--channels", "9"], "Invalid value for '--channels': channel(s) [9] out of range: "
+         "this map has 6 (0..5)"),
+        (["--channels", "1,x"], "Invalid value for '--channels': expected channel numbers "
+         "separated by commas (0,5,17), got '1,x'"),
+        (["--top", "2", "--channels", "1"], "--top and --channels both given: choose one"),
+        (["--top", "2", "--level", "all"],
+         "--top/--channels draw one level, without --overlay: pick --level"),
+    ]:  # fmt: skip
         result = runner.invoke(cli, ["show", str(folder), *bad])
-        assert result.exit_code == 1 and message in result.output, result.output
+        assert result.exit_code == 2, result.output
+        assert result.output.splitlines() == [f"Error: {message} (see 'cli show --help')"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
@@ -153,9 +154,43 @@ def test_show_receptive_field_cli(sample_extraction, tmp_path):
     assert "photo px (" in result.output and "network px)" in result.output
     assert "computing the receptive fields of p3, p6" in result.stderr  # before the wait
     outside = runner.invoke(cli, [*args[:4], "9999,1"])
-    assert outside.exit_code == 1 and "outside the image" in outside.output
+    assert outside.exit_code == 2 and "outside the image" in outside.output
     alone = runner.invoke(cli, ["show", str(sample_extraction / "coffee"), "--at", "1,1"])
     assert alone.exit_code == 2 and "go together" in alone.output
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--at", "9999,1"], "Invalid value for '--at': 9999,1 lies outside the image ("),
+        (["--at", "1;2"],
+         "Invalid value for '--at': expected X,Y in the original image's pixels, got '1;2'"),
+        (["--at", "1,1", "--channel", "100"],
+         "Invalid value for '--channel': channel 100 is out of range: stem has 64 channels "
+         "(0..63)"),
+        (["--at", "1,1", "--reduce", "pca"],
+         "Invalid value for '--reduce': --receptive-field takes channel, mean, max, l2, not "
+         "'pca'"),
+    ],
+)  # fmt: skip
+def test_receptive_field_option_values_are_usage_errors_before_the_model(
+    sample_extraction, tmp_path, monkeypatch, extra, message
+):
+    """--at outside the photo or unreadable, --channel past a level's channels and --reduce pca
+    were exit 1 (the last two only after the forward pass, the channel in torch's words: "index
+    100 is out of bounds"): now usage errors, exit 2, in click's words, before any model."""
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(fpncli.api, "load_backbone", no_model)
+    args = ["show", str(sample_extraction / "coffee"), "--receptive-field", "--level",
+            "p3,stem", "--save", str(tmp_path / "rf.png"), *extra]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"Error: {message}") and line.endswith(" (see 'cli show --help')")
+    assert not (tmp_path / "rf.png").exists()
 
 
 def test_a_receptive_field_picture_is_named_for_its_levels_point_and_reduction(

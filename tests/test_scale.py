@@ -93,7 +93,8 @@ def test_show_and_report_scale_an_l2_image_on_its_own_kind_of_range(tmp_path, mo
     assert result.exit_code == 0, result.output
     shown = runner.invoke(cli, ["show", str(out / "a"), "--level", "p3", "--reduce", "l2",
                                 "--scale", "level", "--save", str(tmp_path / "a.png")])  # fmt: skip
-    assert shown.exit_code == 1 and "record no range for their l2 map" in shown.output
+    assert shown.exit_code == 2 and "record no range for their l2 map" in shown.output
+    assert shown.output.startswith("Error: Invalid value for '--scale': --scale level: 1 image(s)")
     report = runner.invoke(cli, ["report", str(out), "--scale", "level"])
     assert report.exit_code == 0, report.output
     for thumb in (out / "report" / "thumbs").glob("*_p3.png"):  # each on a range that fits it
@@ -131,7 +132,8 @@ def test_show_scale_level_and_shared(sample_extraction, tmp_path, monkeypatch):
     every = [_recorded(sample_extraction, n) for n in ("p2", "p3", "p4", "p5", "p6")]
     assert seen[2] == pytest.approx((min(r[0] for r in every), max(r[1] for r in every)))
     image = runner.invoke(cli, ["show", str(tmp_path / "chelsea.png"), "--scale", "level"])
-    assert image.exit_code == 1 and "must be an extraction folder" in image.output
+    assert image.exit_code == 2 and "must be an extraction folder" in image.output
+    assert image.output.startswith("Error: Invalid value for '--scale': --scale level takes")
 
 
 def test_show_scale_of_an_image_in_shards(sample_shards, tmp_path, monkeypatch):

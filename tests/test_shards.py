@@ -193,6 +193,12 @@ def test_wds_to_memory_url_and_show_key(tmp_path, monkeypatch):
     assert Image.open(tmp_path / "fpn_show_img%2E1_p3.png").size[0] > 0
     missing = CliRunner().invoke(cli, ["show", url, "--key", "nope"])
     assert missing.exit_code == 1 and "no image with key 'nope'" in missing.output
+    lacking = CliRunner().invoke(cli, ["show", url, "--key", "img%2E1", "--level", "res5"])
+    assert lacking.exit_code == 2, lacking.output  # a --level it lacks: a usage error
+    assert lacking.output.startswith("Error: Invalid value for '--level': img%2E1 in shard-")
+    assert "has no res5 tensor (it has p2, p3, p4, p5, p6) (see 'cli show --help')" in (
+        lacking.output
+    )
 
 
 def test_files_format_refuses_a_url_and_bad_shard_size(tmp_path):

@@ -248,6 +248,37 @@ def test_a_list_of_levels_is_a_usage_error_like_an_unknown_level(folder):
     assert not list(folder.glob("show_*.png"))
 
 
+def test_option_values_the_target_rules_out_are_usage_errors(folder, tmp_path, monkeypatch):
+    """A value checked against the data (--channel past the map's channels, a --level the
+    extraction lacks or a .npy is not, --top with --channels) was exit 1 where click's own
+    refusals (--level p9) are exit 2: now a usage error too, one line in click's words."""
+    monkeypatch.chdir(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["levels"]["p2"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for args, message in [
+        ([folder, "--level", "p3", "--channel", "4"],
+         "Invalid value for '--channel': channel 4 out of range: this map has 4"),
+        ([folder, "--level", "all", "--channel", "9"],
+         "Invalid value for '--channel': channel 9 out of range: this map has 4"),
+        ([folder, "--level", "p2"],
+         f"Invalid value for '--level': {folder} has no p2 (it has p3, p4, p5, p6); extract it "
+         "with --levels"),
+        ([folder / "p3.npy", "--level", "p5"],
+         "Invalid value for '--level': this target holds p3, not p5"),
+        (["--key", "k"], "--key needs TARGET: the output folder (or URL) of a --format wds run"),
+    ]:  # fmt: skip
+        result = CliRunner().invoke(cli, ["show", *map(str, args)])
+        assert result.exit_code == 2, result.output
+        assert result.output.splitlines() == [f"Error: {message} (see 'cli show --help')"]
+    assert not list(folder.glob("show_*.png")) and not list(tmp_path.glob("fpn_show_*.png"))
+    # a p4.npy its folder's manifest does not list: damaged data, not a bad --level (exit 1)
+    del manifest["levels"]["p4"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["show", str(folder / "p4.npy")])
+    assert result.exit_code == 1 and f"Error: {folder} has no p4 (it has" in result.output
+
+
 def _copy_extraction(folder, name):
     import shutil
 

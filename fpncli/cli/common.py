@@ -47,7 +47,8 @@ def _verbose() -> int:
 
 
 def _friendly(command):
-    """Turn library errors into one clear line and exit code 1 (traceback with -v)."""
+    """Turn library errors into one clear line and exit code 1 (traceback with -v); an
+    ``OptionError`` (an option's value the data rules out) into a usage error, exit 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -63,8 +64,12 @@ def _friendly(command):
         except (ValueError, OSError, RuntimeError, LookupError) as e:
             if _verbose():
                 traceback.print_exc()
-            from ..io.guard import error_text
+            from ..io.guard import OptionError, error_text
 
+            if isinstance(e, OptionError):  # as click's own "Invalid value for '--channel'"
+                if e.option is None:
+                    raise click.UsageError(error_text(e)) from None
+                raise click.BadParameter(error_text(e), param_hint=e.option) from None
             raise click.ClickException(error_text(e)) from None
 
     return wrapper

@@ -29,6 +29,7 @@ from pathlib import Path
 __all__ = [
     "OUTPUT_MARKER",
     "FolderBusyError",
+    "OptionError",
     "check_regular_file",
     "open_regular",
     "is_disk_full",
@@ -55,6 +56,17 @@ _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 
 class FolderBusyError(OSError):
     """Another live run held an output folder's lock for longer than we waited."""
+
+
+class OptionError(ValueError):
+    """An option's value that the data or the other options rule out (``--channel 300`` of a
+    map with 256 channels, ``--at`` outside the photo): to the library a ValueError, to the CLI
+    a usage error (exit 2) about ``option`` (None: about a combination of options), as click
+    reports a value it refuses itself."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 def _kind(mode: int) -> str:

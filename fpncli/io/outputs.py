@@ -32,7 +32,7 @@ from .. import __version__
 from ..model.names import LEVELS, OUTPUT_CHANNELS, OUTPUT_STRIDES, OUTPUTS
 from .atomic import TMP_MARK, atomic_write_bytes, stale_temporary
 from .canvas import check_canvas, parse_canvas
-from .guard import folder_lock
+from .guard import OptionError, folder_lock
 from .latest import latest_extraction, recent_extractions, record_latest
 from .manifest import MANIFEST, is_complete, manifest_files, read_manifest, run_key
 from .preprocess import LoadedImage, Prepared
@@ -109,15 +109,16 @@ class OutputOptions:
 
 
 def check_channel(channel: int, reduce: str, levels: tuple[str, ...]) -> None:
-    """With ``reduce="channel"``, ``channel`` must exist in every level drawn: ValueError if
-    not, naming the level with the fewest channels."""
+    """With ``reduce="channel"``, ``channel`` must exist in every level drawn: an
+    ``OptionError`` (``--channel``) if not, naming the level with the fewest channels."""
     if reduce != "channel":
         return
     fewest = min(levels, key=OUTPUT_CHANNELS.__getitem__)
     if not 0 <= channel < OUTPUT_CHANNELS[fewest]:
-        raise ValueError(
+        raise OptionError(
             f"channel {channel} is out of range: {fewest} has {OUTPUT_CHANNELS[fewest]} "
-            f"channels (0..{OUTPUT_CHANNELS[fewest] - 1})"
+            f"channels (0..{OUTPUT_CHANNELS[fewest] - 1})",
+            "--channel",
         )
 
 

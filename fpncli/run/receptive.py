@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io.guard import OptionError
 from ..io.preprocess import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -238,9 +239,10 @@ def receptive_fields(
 
 def _check_inside(at: tuple[float, float], width: int, height: int) -> None:
     if not (0 <= at[0] < width and 0 <= at[1] < height):
-        raise ValueError(
-            f"--at {at[0]:g},{at[1]:g} lies outside the image ({width}x{height} pixels): "
-            "give X,Y in the original image's pixels"
+        raise OptionError(
+            f"{at[0]:g},{at[1]:g} lies outside the image ({width}x{height} pixels): "
+            "give X,Y in the original image's pixels",
+            "--at",
         )
 
 
@@ -248,7 +250,9 @@ def _parse_at(text: str) -> tuple[float, float]:
     try:
         x, y = (float(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"--at takes X,Y in the original image's pixels, got {text!r}") from None
+        raise OptionError(
+            f"expected X,Y in the original image's pixels, got {text!r}", "--at"
+        ) from None
     return x, y
 
 
@@ -274,7 +278,8 @@ def draw_receptive_fields(
     ``progress`` is told (one line) before the slow part, the forward and backward passes."""
     from ..api import load_backbone, resolve_device
     from ..io.manifest import load_manifest
-    from ..io.outputs import atomic_write_bytes, latest_extraction
+    from ..io.outputs import atomic_write_bytes, check_channel, latest_extraction
+    from ..model.names import OUTPUT_CHANNELS
     from ..viz.names import picture_suffix
     from ..viz.receptive import receptive_field_image
     from ..viz.visualize import encode_png
@@ -284,6 +289,12 @@ def draw_receptive_fields(
     suffix = picture_suffix(",".join(levels) if levels else "all", reduce=reduce,
                             channel=channel, at=point)  # fmt: skip
     levels = levels or ["p2", "p3", "p4", "p5", "p6"]
+    if reduce not in _REDUCE:  # (else refused after the forward pass)
+        raise OptionError(f"--receptive-field takes {', '.join(_REDUCE)}, not {reduce!r}",
+                          "--reduce")  # fmt: skip
+    known = tuple(name for name in levels if name in OUTPUT_CHANNELS)  # (others: refused below)
+    if known:  # (else torch's IndexError, after the forward pass)
+        check_channel(channel, reduce, known)
     path = latest_extraction() if target is None else Path(target).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no such folder or image: {target}")

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from ..io.guard import OptionError
 from .visualize import (
     colorize,
     colour_bar,
@@ -35,17 +36,21 @@ def top_channels(feature: np.ndarray, k: int) -> list[int]:
 
 
 def parse_channels(text: str, channels: int) -> list[int]:
-    """``"0,5,17"`` -> ``[0, 5, 17]``, each checked against the map's channel count."""
+    """``"0,5,17"`` -> ``[0, 5, 17]``, each checked against the map's channel count; an
+    ``OptionError`` (``--channels``) otherwise."""
     try:
         picked = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--channels takes numbers separated by commas, got {text!r}") from None
+        raise OptionError(
+            f"expected channel numbers separated by commas (0,5,17), got {text!r}", "--channels"
+        ) from None
     if not picked:
-        raise ValueError("--channels: give at least one channel number")
+        raise OptionError("give at least one channel number", "--channels")
     bad = [c for c in picked if not 0 <= c < channels]
     if bad:
-        raise ValueError(
-            f"channel(s) {bad} out of range: this map has {channels} (0..{channels - 1})"
+        raise OptionError(
+            f"channel(s) {bad} out of range: this map has {channels} (0..{channels - 1})",
+            "--channels",
         )
     return picked
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.guard import OptionError
 from ..io.manifest import load_manifest
 from ..io.outputs import (
     MANIFEST,
@@ -163,7 +164,9 @@ def _load_input(manifest: dict) -> np.ndarray | None:
     return read_photo(_input_path(manifest), manifest)
 
 
-def _from_folder(folder: Path, levels: list[str]) -> _Source:
+def _from_folder(folder: Path, levels: list[str], asked: bool = True) -> _Source:
+    """``levels`` of the extraction in ``folder``; ``asked``: they are ``--level``'s (or its
+    default), so one the folder lacks is an ``OptionError``, not the name of a ``.npy`` in it."""
     manifest = load_manifest(folder)  # ValueError: one there that cannot be read
     if manifest is None:
         raise _not_an_extraction(folder)
@@ -180,7 +183,8 @@ def _from_folder(folder: Path, levels: list[str]) -> _Source:
         meta = saved_levels.get(name)
         if meta is None:
             saved = ", ".join(map(str, saved_levels))
-            raise ValueError(f"{folder} has no {name} (it has {saved}); extract it with --levels")
+            message = f"{folder} has no {name} (it has {saved}); extract it with --levels"
+            raise OptionError(message, "--level") if asked else ValueError(message)
         file = level_file(folder, name, meta)  # must lie inside the folder
         if file is None:
             heatmap, overlay = meta.get("heatmap"), meta.get("overlay")
@@ -254,7 +258,8 @@ def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
         meta = manifest["levels"].get(name)
         if meta is None or not meta.get("file"):
             saved = ", ".join(n for n, m in manifest["levels"].items() if m.get("file"))
-            raise ValueError(f"{key} in {shard} has no {name} tensor (it has {saved or 'none'})")
+            message = f"{key} in {shard} has no {name} tensor (it has {saved or 'none'})"
+            raise OptionError(message, "--level") if saved else ValueError(message)
         # the header is checked against the bytes before anything is allocated
         where = f"{shard}: {key}.{meta['file']}"
         array = npy_from_bytes(members[meta["file"]], where)
@@ -273,7 +278,9 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str,
     not a default: a ``.npy`` whose name is no level's then holds that level."""
     if key is not None:
         if target is None:
-            raise ValueError("--key needs TARGET: the output folder (or URL) of a --format wds run")
+            raise OptionError(
+                "--key needs TARGET: the output folder (or URL) of a --format wds run"
+            )
         return _from_shard(target, key, levels)
     if target is None:
         folder, notes = _latest()
@@ -294,7 +301,10 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str,
             raise ValueError(f"{path}: holds a {array.shape} array, not a feature map")
         # (even one that is not a file: said to be unreadable, not passed over)
         if os.path.lexists(path.parent / MANIFEST) and path.stem in STRIDES:
-            source = _from_folder(path.parent, levels if len(levels) > 1 else [level])
+            # --level all asks for the levels; else the .npy's own level is read
+            source = _from_folder(
+                path.parent, levels if len(levels) > 1 else [level], asked=len(levels) > 1
+            )
             source.features[level] = array
             return source
         if path.stem in STRIDES:
@@ -338,7 +348,11 @@ def _check_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
 
 
 def _level_map(source: _Source, name: str, reduce: str, channel: int) -> np.ndarray:
-    reduced = reduce_channels(source.features[name], reduce, channel)
+    feature = source.features[name]
+    if reduce == "channel" and feature.ndim in (3, 4) and not channel < feature.shape[-3]:
+        raise OptionError(f"channel {channel} out of range: this map has {feature.shape[-3]}",
+                          "--channel")  # fmt: skip
+    reduced = reduce_channels(feature, reduce, channel)
     if source.resized is None:
         return reduced
     valid_h, valid_w = valid_size(*source.resized, STRIDES[name])
@@ -450,7 +464,7 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
     over the images of the ``--format wds`` output ``target``."""
     from ..io.catalog import open_extractions
     from ..io.extraction import find_extractions
-    from .scale import SCALES, extraction_root, run_ranges
+    from .scale import SCALES, extraction_root
 
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
@@ -463,21 +477,33 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
                 manifests.append(found.manifest(name))
             except (ValueError, OSError):  # a damaged member: as a folder's unreadable manifest
                 continue
-        ranges = run_ranges(manifests, scale, reduce=reduce, channel=channel)
+        ranges = _scale_ranges(manifests, scale, reduce, channel)
         say(f"colour scale {scale}: ranges from the {len(manifests)} image(s) in {target}")
         return ranges
     path = _latest()[0] if target is None else Path(target).expanduser()
     folder = path if path.is_dir() else path.parent
     if load_manifest(folder) is None:  # (one that cannot be read says why)
-        raise ValueError(
+        raise OptionError(
             f"--scale {scale} takes its range from the run's manifests: TARGET must be an "
-            "extraction folder (or a .npy in one), not an image extracted on the fly"
+            "extraction folder (or a .npy in one), not an image extracted on the fly",
+            "--scale",
         )
     root = extraction_root(folder)
     manifests = [m for f in find_extractions(root) if (m := read_manifest(f)) is not None]
-    ranges = run_ranges(manifests, scale, reduce=reduce, channel=channel)
+    ranges = _scale_ranges(manifests, scale, reduce, channel)
     say(f"colour scale {scale}: ranges from the {len(manifests)} image(s) under {root}")
     return ranges
+
+
+def _scale_ranges(manifests: list[dict], scale: str, reduce: str, channel: int) -> dict:
+    """``viz.scale.run_ranges``, whose refusal (the manifests bound no such map) is one of
+    ``--scale``'s value: an ``OptionError``."""
+    from .scale import run_ranges
+
+    try:
+        return run_ranges(manifests, scale, reduce=reduce, channel=channel)
+    except ValueError as e:
+        raise OptionError(str(e), "--scale") from None
 
 
 def _display_available() -> bool:
@@ -580,7 +606,8 @@ def show(
     ``extract --max-pixels``).
 
     Raises:
-        ValueError: an unknown level, a level that was not saved, a bad option.
+        ValueError: an unknown level, a level that was not saved, a bad option (an
+            ``OptionError`` where the target rules out an option's value, as ``--channel``).
         FileNotFoundError: no such target, or no complete extraction to show.
     """
     level, level_named = _level_asked(target, level)
@@ -591,16 +618,17 @@ def show(
         )
     if top is not None or channels is not None:
         if top is not None and channels is not None:
-            raise ValueError("--top and --channels both given: choose one")
+            raise OptionError("--top and --channels both given: choose one")
         if level == "all" or overlay:
-            raise ValueError("--top/--channels draw one level, without --overlay: pick --level")
+            raise OptionError("--top/--channels draw one level, without --overlay: pick --level")
     pending: list[str] = []  # checked before an image TARGET would be extracted
     fixed = _run_ranges(target, scale, reduce, channel, pending.append, key)
     levels = list(LEVELS) if level == "all" else [level]
     source = _resolve(target, levels, weights, device, key, max_pixels, level_named)
     named_level = level if source.level_known or level == "all" else None
     if level != "all" and level not in source.features:
-        raise ValueError(f"this target holds {', '.join(source.features)}, not {level}")
+        raise OptionError(f"this target holds {', '.join(source.features)}, not {level}",
+                          "--level")  # fmt: skip
     result = ShowResult()
     if top is not None or channels is not None:
         picture, picked = _channels_picture(source, level, top, channels, cmap, parse_clip(clip))
