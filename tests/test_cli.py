@@ -226,7 +226,7 @@ def test_weights_list_and_verify(runner):
     result = runner.invoke(cli, ["weights", "verify", "faster_rcnn_R_50_FPN_1x"])
     assert result.exit_code == 1 and "not cached" in result.output  # named, so it must be there
     result = runner.invoke(cli, ["weights", "verify", "nope"])
-    assert result.exit_code == 1 and "unknown weights name" in result.output
+    assert result.exit_code == 2 and "unknown weights name" in result.output
     result = runner.invoke(cli, ["weights", "verify", "random"])
     assert result.exit_code == 0 and "random: nothing to verify" in result.output
 

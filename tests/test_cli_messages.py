@@ -29,6 +29,26 @@ def test_weights_download_random_does_not_contradict_itself(runner):
     assert "nothing to download" in result.output and "unknown" not in result.output
 
 
+def test_an_unknown_weights_name_is_a_usage_error_before_any_download(runner, monkeypatch):
+    """``weights download|verify NAME`` with an unknown NAME was exit 1, where ``--weights
+    nope`` is exit 2, and download fetched the names before it first: now exit 2, in click's
+    words, before anything is downloaded or said."""
+    from fpncli.weights import hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded")
+
+    monkeypatch.setattr(hub, "download", no_download)
+    for command, metavar in (("download", "NAMES..."), ("verify", "[NAMES]...")):
+        args = ["weights", command, "random", "faster_rcnn_R_50_FPN_1x", "nope"]
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.splitlines()
+        assert line.startswith(f"Error: Invalid value for '{metavar}': unknown weights name "
+                               "'nope'; known names: "), line  # fmt: skip
+        assert line.endswith(f" (see 'cli weights {command} --help')"), line
+
+
 def test_a_damaged_cached_file_is_not_listed_as_cached(runner, tmp_path):
     from fpncli.weights.hub import cached_path, record_sha256
     from fpncli.weights.registry import REGISTRY

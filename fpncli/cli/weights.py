@@ -47,6 +47,7 @@ def weights_download(names) -> None:
     from ..weights.hub import cached_path, download, verify_cached
     from ..weights.registry import get_spec
 
+    _check_names(names)  # all of them, before any download
     for name in names:
         if name == "random":
             click.echo(
@@ -79,16 +80,14 @@ def weights_verify(names) -> None:
     as not cached.
     """
     from ..weights.hub import verify_cached
-    from ..weights.registry import get_spec
 
     names = tuple(dict.fromkeys(names))  # each once: a name given twice is hashed once
+    _check_names(names)
     if "random" in names:
         click.echo("random: nothing to verify: --weights random is built on the fly, not a file")
         names = tuple(name for name in names if name != "random")
         if not names:
             return
-    for name in names:
-        get_spec(name)
     damaged, missing = [], []
     for entry in verify_cached(list(names) or None, check=_strict_load):
         click.echo(f"{entry.name}: {_status_text(entry.status)} {entry.detail}".rstrip())
@@ -98,6 +97,21 @@ def weights_verify(names) -> None:
             missing.append(entry)
     if damaged or missing:
         raise click.ClickException(_verify_fix(damaged, missing))
+
+
+def _check_names(names) -> None:
+    """An unknown name is a usage error (exit 2), as an unknown ``--weights`` is."""
+    from ..weights.registry import get_spec
+
+    for name in names:
+        if name == "random":
+            continue
+        try:
+            get_spec(name)
+        except ValueError as e:
+            ctx = click.get_current_context()
+            param = next(p for p in ctx.command.params if p.name == "names")
+            raise click.BadParameter(str(e), ctx=ctx, param=param) from None
 
 
 def _status_text(status: str) -> str:
