@@ -265,6 +265,23 @@ def test_a_statistics_only_run_says_what_it_keeps_and_replaces(runner, tmp_path)
     assert (tmp_path / "out" / "p" / "p2_overlay.png").is_file()
 
 
+def test_dtype_float16_without_npy_says_it_only_changes_the_maps(runner, tmp_path):
+    """--dtype sets the .npy files' dtype: with --no-npy it was taken silently, though the maps
+    and statistics are then computed from the levels cast to float16."""
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(photo)
+    note = ("note: with --no-npy, --dtype float16 only changes the maps and statistics: they "
+            "are computed from the levels cast to float16")  # fmt: skip
+    args = ["extract", str(photo), *SMALL, "--dtype", "float16"]
+    without = runner.invoke(cli, [*args, "-o", str(tmp_path / "out"), "--no-npy"])
+    assert without.exit_code == 0, without.output
+    assert without.stderr.splitlines().count(note) == 1, without.stderr
+    assert without.stderr.index(note) < without.stderr.index("output: about")  # before the run
+    kept = runner.invoke(cli, [*args, "-o", str(tmp_path / "npy")])  # the .npy in float16
+    assert kept.exit_code == 0, kept.output
+    assert "--no-npy" not in kept.stderr and (tmp_path / "npy" / "p" / "p2.npy").is_file()
+
+
 def _one_line_error(result) -> str:
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.exception
     lines = result.output.strip().splitlines()
