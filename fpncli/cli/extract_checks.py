@@ -5,6 +5,7 @@ usage error, raised before a folder is made or weights are loaded."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
@@ -147,22 +148,26 @@ def _check_installed(engine: str, out_format: str, out_dir: str) -> None:
             raise click.ClickException(str(e)) from None
 
 
+def _local_root(out_dir: str) -> Path | None:
+    """-o as a local folder (a ``file://`` URL's path), or None for an object store."""
+    if "://" not in out_dir:
+        return Path(out_dir)
+    from ..io.shardlock import is_local
+    from ..io.shards import open_root
+
+    fs, path = open_root(out_dir)
+    return Path(path) if is_local(fs) else None
+
+
 def _check_one_format(out_dir: str, out_format: str) -> None:
     """Refuse -o when it holds the other format's outputs (``io.formats.check_one_format``):
     image folders beside shards, or shards beside image folders. A local folder, or a
     ``file://`` URL for ``--format wds``; an object store holds no image folders."""
-    from pathlib import Path
-
     from ..io.formats import check_one_format
 
-    root = Path(out_dir)
-    if "://" in out_dir:
-        from ..io.shards import open_root
-
-        fs, path = open_root(out_dir)
-        if fs.protocol not in ("file", ("file", "local")):
-            return
-        root = Path(path)
+    root = _local_root(out_dir)
+    if root is None:
+        return
     try:
         check_one_format(root, out_format)
     except ValueError as e:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..io.inputs import Job
-from ..io.shardlock import LiveRun, RunClaim, wds_lock
+from ..io.shardlock import LiveRun, RunClaim, is_local, wds_lock
 from ..io.shards import (
     ShardWriter,
     claim_root,
@@ -149,7 +149,7 @@ def _source(path: Path) -> str:
 
 def _check_disk(plan: ShardPlan, options: RunOptions) -> None:
     """The local engine's free-space check, on the shard folder (object stores: none)."""
-    if options.force or plan.fs.protocol not in ("file", ("file", "local")):
+    if options.force or not is_local(plan.fs):
         return
     check_disk_space([Job(j.path, Path(plan.root) / j.folder) for j in plan.todo], options.output)
 
