@@ -678,6 +678,61 @@ def test_one_output_folder_holds_one_format_either_way(sample_extraction, sample
     assert wds_output(marked) == "shard-0123456789ab-00ff.tar.partial"
 
 
+@pytest.mark.parametrize("first", ["files", "wds"])
+def test_two_runs_of_different_formats_started_at_once_cannot_mix_them(tmp_path, monkeypatch,
+                                                                        first):  # fmt: skip
+    """Two runs of different formats into one empty -o, started at the same moment: both found
+    nothing of the other's, and both wrote. Here the second run is held while its weights load,
+    and the first runs whole meanwhile: the second is refused in one line when it claims -o
+    for its format, and -o holds one format, the first's, which its .fpncli-format names."""
+    extract_cli = sys.modules["fpncli.cli.extract"]  # (fpncli.cli.extract is the command)
+    photo = str(Path(__file__).resolve().parent.parent / "samples" / "coffee.png")
+    out = tmp_path / "out"
+    out.mkdir()  # empty: both runs' checks find nothing
+    second = "wds" if first == "files" else "files"
+    runs, real = [], extract_cli._load_model
+
+    def load_model(*args, **kwargs):  # the second run's; the first runs whole meanwhile
+        if not runs:
+            runs.append(None)  # (the first run's own load goes straight through)
+            runs[0] = _run([photo, "-o", str(out), "--format", first])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract_cli, "_load_model", load_model)
+    result = _run([photo, "-o", str(out), "--format", second])
+    assert runs[0].exit_code == 0, runs[0].output
+    assert result.exit_code == 1, result.output
+    (error,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert f"Error: {out} " in error and "an output folder holds one format" in error
+    assert "give another -o" in error and "Traceback" not in result.output
+    from fpncli.io.formats import image_folder, wds_output
+
+    held = (image_folder(out) is not None, wds_output(out) is not None)
+    assert held == ((True, False) if first == "files" else (False, True))
+    assert (out / ".fpncli-format").read_text() == f"{first}\n"
+
+
+def test_a_format_claim_is_kept_by_runs_of_its_format_and_refuses_the_other(tmp_path):
+    """``claim_format``: the first claim names the format, a second of the same format keeps it,
+    and one of the other format is refused, as ``check_one_format`` refuses it, though the
+    first has written nothing yet; an empty marker (a claim cut short) claims nothing."""
+    from fpncli.io.formats import FORMAT_MARKER, check_one_format, claim_format
+
+    out = tmp_path / "new" / "out"
+    claim_format(out, "wds")  # made
+    claim_format(out, "wds")
+    assert (out / FORMAT_MARKER).read_text() == "wds\n"
+    for refuse in (claim_format, check_one_format):
+        with pytest.raises(ValueError, match=r"claimed by a --format wds run .*or --format wds$"):
+            refuse(out, "files")
+    assert (out / FORMAT_MARKER).read_text() == "wds\n"
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / FORMAT_MARKER).write_text("")  # a claim cut short: no format named
+    claim_format(old, "files")
+    assert (old / FORMAT_MARKER).read_text() == "files\n"
+
+
 def test_wds_never_overwrites_an_object_stores_foreign_index(tmp_path):
     """The same on an object store (``memory://``): the run is refused, and the index writer
     itself refuses a root that is not fpncli's."""

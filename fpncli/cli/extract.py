@@ -409,6 +409,9 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         if made:
             _remove_if_unused(out)
         raise
+    # from here on -o is this run's format: a run of the other format that passed the check
+    # above at the same moment as this one is refused here (or this one, if it claimed first)
+    _check_one_format(out_dir, out_format, claim=True)
     if engine == "ray" and actor_device != "cpu":
         dev = _torch_device("cuda")  # for the default batch size of GPU actors (CPU ones: 1)
 

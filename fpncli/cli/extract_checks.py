@@ -159,17 +159,19 @@ def _local_root(out_dir: str) -> Path | None:
     return Path(path) if is_local(fs) else None
 
 
-def _check_one_format(out_dir: str, out_format: str) -> None:
+def _check_one_format(out_dir: str, out_format: str, *, claim: bool = False) -> None:
     """Refuse -o when it holds the other format's outputs (``io.formats.check_one_format``):
     image folders beside shards, or shards beside image folders. A local folder, or a
-    ``file://`` URL for ``--format wds``; an object store holds no image folders."""
-    from ..io.formats import check_one_format
+    ``file://`` URL for ``--format wds``; an object store holds no image folders. ``claim``:
+    also claim -o for ``out_format`` (``io.formats.claim_format``), so that a run of the other
+    format started at the same moment, which found -o as empty as this one did, is refused."""
+    from ..io.formats import check_one_format, claim_format
 
     root = _local_root(out_dir)
     if root is None:
         return
     try:
-        check_one_format(root, out_format)
+        (claim_format if claim else check_one_format)(root, out_format)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
 

@@ -248,14 +248,16 @@ def _without_path(reason: str, path: str) -> str:
 
 
 def _remove_if_unused(out: Path) -> None:
-    """Remove the output folder this run made, if it holds nothing but its marker (a folder
-    with anything else in it keeps its marker too)."""
+    """Remove the output folder this run made, if it holds nothing but its markers (a folder
+    with anything else in it keeps its markers too)."""
     from ..io.guard import OUTPUT_MARKER
+    from ..io.inputs import FORMAT_MARKER
 
     try:
-        if {entry.name for entry in os.scandir(out)} - {OUTPUT_MARKER}:
+        if {entry.name for entry in os.scandir(out)} - {OUTPUT_MARKER, FORMAT_MARKER}:
             return
-        (out / OUTPUT_MARKER).unlink(missing_ok=True)
+        for marker in (OUTPUT_MARKER, FORMAT_MARKER):
+            (out / marker).unlink(missing_ok=True)
         out.rmdir()  # only when empty
     except OSError:
         pass

@@ -6,17 +6,36 @@ One root holds one format: ``report`` and ``diff`` read a root as one or the oth
 ``check_one_format`` refuses a run that would write the second format beside the first (either
 way round; ``--overwrite`` too, which redoes only its own format's outputs), and
 ``image_folders_left_out`` says what a report of a root that already mixes them leaves out.
+
+Two runs of different formats started at once into an empty root would both find nothing of the
+other's: ``claim_format`` makes the first to claim the root name its format in
+``FORMAT_MARKER``, which ``check_one_format`` reads as well as the files (a root written before
+the marker has only its files to go by).
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 from pathlib import Path
 
-from .inputs import RESERVED_NAMES
+from .guard import read_capped
+from .inputs import FORMAT_MARKER, RESERVED_NAMES
 from .manifest import MANIFEST, read_manifest
 
-__all__ = ["wds_output", "image_folder", "check_one_format", "image_folders_left_out"]
+__all__ = [
+    "FORMAT_MARKER",
+    "wds_output",
+    "image_folder",
+    "claimed_format",
+    "check_one_format",
+    "claim_format",
+    "image_folders_left_out",
+]
+
+log = logging.getLogger(__name__)
+_FORMATS = ("files", "wds")
 
 
 def wds_output(root: Path) -> str | None:
@@ -60,9 +79,24 @@ def image_folder(root: Path) -> Path | None:
     return None
 
 
+def claimed_format(root: Path) -> str | None:
+    """The format ``root``'s ``FORMAT_MARKER`` names (``files`` or ``wds``), or None: no marker
+    (a root written before there was one), or an empty one (a run is claiming the root).
+
+    Raises:
+        ValueError: the marker is not a regular file (a FIFO, a folder).
+    """
+    try:
+        text = read_capped(Path(root) / FORMAT_MARKER, 64)[0]
+    except FileNotFoundError:
+        return None
+    name = text.decode("ascii", "replace").strip()
+    return name if name in _FORMATS else None
+
+
 def check_one_format(root: Path, out_format: str) -> None:
-    """Refuse to write ``out_format`` (``files`` or ``wds``) into the local ``root`` when it holds
-    the other format's outputs.
+    """Refuse to write ``out_format`` (``files`` or ``wds``) into the local ``root`` when it is
+    claimed for the other format (``claimed_format``) or holds the other format's outputs.
 
     Raises:
         ValueError: one line naming ``root`` and what it holds, saying to give another -o.
@@ -73,20 +107,57 @@ def check_one_format(root: Path, out_format: str) -> None:
     if out_format == "files":
         held = wds_output(root)
         if held is not None:
-            raise ValueError(
-                f"{root} holds a --format wds output ({held}); an output folder holds one format "
-                "(a report reads one), --overwrite or not: give another -o, or --format wds"
+            raise _one_format_error(root, f"holds a --format wds output ({held})", "wds")
+    else:
+        folder = image_folder(root)
+        if folder is not None:
+            where = folder.relative_to(root).as_posix()
+            example = MANIFEST if where == "." else f"{where}/{MANIFEST}"
+            raise _one_format_error(
+                root, f"holds image folders of a --format files extraction ({example})", "files"
             )
-        return
-    folder = image_folder(root)
-    if folder is not None:
-        where = folder.relative_to(root).as_posix()
-        example = MANIFEST if where == "." else f"{where}/{MANIFEST}"
-        raise ValueError(
-            f"{root} holds image folders of a --format files extraction ({example}); an output "
-            "folder holds one format (a report reads one), --overwrite or not: give another -o, "
-            "or leave out --format wds"
+    claimed = claimed_format(root)  # a run of the other format claimed it, and wrote nothing yet
+    if claimed not in (None, out_format):
+        raise _one_format_error(
+            root, f"is claimed by a --format {claimed} run ({FORMAT_MARKER})", claimed
         )
+
+
+def claim_format(root: Path, out_format: str) -> None:
+    """``check_one_format``, then claim ``root`` (made if need be) for ``out_format``: the first
+    run to claim it writes ``FORMAT_MARKER`` naming its format (a refused run leaves it empty).
+    The check and the write hold the marker's ``flock``, so of two runs of different formats
+    started at once, the second to claim the root finds the first's marker and is refused,
+    though the first has written no output yet. Where ``flock`` is refused (some network
+    filesystems) it goes on unlocked.
+
+    Raises:
+        ValueError: as ``check_one_format``.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(root / FORMAT_MARKER, flags, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:  # e.g. ENOLCK on some network filesystems
+            log.warning("cannot lock %s (%s): claiming it unlocked", root / FORMAT_MARKER, e)
+        check_one_format(root, out_format)  # no other run claims it meanwhile
+        if claimed_format(root) is None:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{out_format}\n".encode())
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _one_format_error(root: Path, holds: str, held_format: str) -> ValueError:
+    """The one-line refusal of a run into ``root``, which ``holds`` the other format's output."""
+    other = "--format wds" if held_format == "wds" else "leave out --format wds"
+    return ValueError(
+        f"{root} {holds}; an output folder holds one format (a report reads one), --overwrite "
+        f"or not: give another -o, or {other}"
+    )
 
 
 def image_folders_left_out(root: Path) -> int:

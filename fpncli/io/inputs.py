@@ -267,12 +267,15 @@ def discover_inputs(
     return unique
 
 
+#: The file naming the format an output folder was claimed for (``io.formats.claim_format``).
+FORMAT_MARKER = ".fpncli-format"
 #: What fpncli writes at the top of an output folder (``viz.report``'s page and asset folder,
 #: ``io.extraction``'s run log, ``io.shards``' index and marker, ``io.shardlock``'s claims and
-#: lock, the output marker): no image's folder takes these names, nor a shard's run log's.
+#: lock, the output and format markers): no image's folder takes these names, nor a shard's
+#: run log's.
 RESERVED_NAMES = frozenset({
     "report", "report.html", RUN_LOG, "index.parquet", "_index", "_claims",
-    ".fpncli-wds.lock", ".fpncli-wds", OUTPUT_MARKER,
+    ".fpncli-wds.lock", ".fpncli-wds", OUTPUT_MARKER, FORMAT_MARKER,
 })  # fmt: skip
 
 
