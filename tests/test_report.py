@@ -392,12 +392,13 @@ def test_report_and_diff_go_on_past_a_damaged_shard(sample_shards, tmp_path):
     assert "2 of 3 images compared: all 2 compared agree" in result.output
 
 
-def test_a_report_of_shards_says_it_leaves_out_image_folders_beside_them(
+def test_a_report_or_diff_of_shards_says_it_leaves_out_image_folders_beside_them(
     sample_extraction, sample_shards, tmp_path, caplog
 ):
     """An output that mixes the formats (written before extract refused that) was reported as
     its shards alone, the image folders left out without a word: one warning says so, and the
-    page's summary too; a report of shards alone says nothing of it."""
+    page's summary too; a report of shards alone says nothing of it. ``diff`` read such an
+    output the same way and said nothing at all: it warns as the report does."""
     out = tmp_path / "out"
     shutil.copytree(sample_shards, out)
     alone = CliRunner().invoke(cli, ["report", str(out)])
@@ -411,6 +412,11 @@ def test_a_report_of_shards_says_it_leaves_out_image_folders_beside_them(
     text = (out / "report.html").read_text()
     assert "<th>left out</th><td>2 image folder(s) of a --format files extraction" in text
     assert "<h2>Images 1-3 of 3</h2>" in text  # the shards' three images, as before
+    caplog.clear()
+    diff = CliRunner().invoke(cli, ["diff", str(sample_shards), str(out), "-o", str(tmp_path)])
+    assert diff.exit_code == 0 and "3 of 3 images compared" in diff.output, diff.output
+    (said,) = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert said == warning  # B's, in the same words; A, shards alone, says nothing
 
 
 def test_empty_map_thumbnail_is_blank_not_a_cv2_error():

@@ -5,7 +5,8 @@ One root holds one format: ``report`` and ``diff`` read a root as one or the oth
 (``catalog.is_sharded``), so the other kind there would be left out without a word.
 ``check_one_format`` refuses a run that would write the second format beside the first (either
 way round; ``--overwrite`` too, which redoes only its own format's outputs), and
-``image_folders_left_out`` says what a report of a root that already mixes them leaves out.
+``warn_image_folders_left_out`` says what a reader (``report``, ``diff``) of a root that already
+mixes them leaves out.
 
 Two runs of different formats started at once into an empty root would both find nothing of the
 other's: ``claim_format`` makes the first to claim the root name its format in
@@ -32,6 +33,8 @@ __all__ = [
     "check_one_format",
     "claim_format",
     "image_folders_left_out",
+    "left_out_text",
+    "warn_image_folders_left_out",
 ]
 
 log = logging.getLogger(__name__)
@@ -162,7 +165,7 @@ def _one_format_error(root: Path, holds: str, held_format: str) -> ValueError:
 
 def image_folders_left_out(root: Path) -> int:
     """How many complete image folders lie in ``root``, the local output of a ``--format wds``
-    run, which a report of it (reading its shards) leaves out: only an output written before
+    run, which a reader of it (reading its shards) leaves out: only an output written before
     ``check_one_format`` refused such a mix has any."""
     from .extraction import find_extractions
 
@@ -170,6 +173,26 @@ def image_folders_left_out(root: Path) -> int:
     if image_folder(root) is None:  # the usual case, said without walking every folder
         return 0
     return sum(1 for p in find_extractions(root) if not _in_reserved(p.relative_to(root)))
+
+
+def left_out_text(count: int) -> str:
+    """What a reader of shards says of the ``count`` image folders beside them."""
+    return (
+        f"{count} image folder(s) of a --format files extraction, beside the --format wds "
+        "shards read here: move them to a folder of their own to read them"
+    )
+
+
+def warn_image_folders_left_out(root: str | Path, read_as: str) -> int:
+    """The image folders a reader of ``root`` (read as ``read_as``: ``files`` or ``wds``, as
+    ``catalog.open_extractions`` found it) leaves out (``image_folders_left_out``), said in one
+    warning when there are any. An object store, and a root read as image folders, have none."""
+    if read_as != "wds" or "://" in str(root):
+        return 0
+    count = image_folders_left_out(Path(root))
+    if count:
+        log.warning("%s: left out: %s", root, left_out_text(count))
+    return count
 
 
 def _in_reserved(relative: Path) -> bool:

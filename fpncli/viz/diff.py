@@ -27,6 +27,7 @@ import numpy as np
 
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
+from ..io.formats import warn_image_folders_left_out
 from ..io.guard import error_text, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .visualize import overview_png
@@ -343,6 +344,8 @@ def diff_extractions(
             raise FileNotFoundError(
                 f"{root} holds no complete extraction (manifest.json, or index.parquet)"
             )
+        # an output written before extract refused to mix formats: its image folders are not read
+        warn_image_folders_left_out(root, found.format)
     pairs = _pair(found_a, found_b)
     out_dir = Path(out) if out is not None else None
     names = short_names(a, b)

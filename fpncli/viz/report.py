@@ -35,7 +35,7 @@ from .. import __version__
 from ..io.atomic import TMP_MARK, stale_temporary
 from ..io.catalog import Extractions, Failure, open_extractions
 from ..io.extraction import LoadedExtraction, read_run_log, replaced_size
-from ..io.formats import image_folders_left_out
+from ..io.formats import left_out_text, warn_image_folders_left_out
 from ..io.guard import error_text, folder_lock, usable_cores, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .scale import run_ranges
@@ -372,7 +372,7 @@ def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None,
         ("images done", str(tally.images)),
         failed_row,
         *([("outputs unreadable", f"{len(unreadable)} (listed below)")] if unreadable else []),
-        *([("left out", _left_out_text(left_out))] if left_out else []),
+        *([("left out", left_out_text(left_out))] if left_out else []),
         ("weights", _count(tally.counts["weights"])),
         ("precision", _count(tally.counts["precision"])),
         ("device", _count(tally.counts["device"])),
@@ -393,14 +393,6 @@ def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None,
             + _reasons("image", sorted(unreadable, key=lambda f: f.path))
         )
     return "\n".join(parts)
-
-
-def _left_out_text(count: int) -> str:
-    """What a report of shards says of the image folders beside them, which it does not read."""
-    return (
-        f"{count} image folder(s) of a --format files extraction, beside the --format wds "
-        "shards this report reads: move them to a folder of their own to report them"
-    )
 
 
 def _reasons(what: str, failures: list[Failure]) -> str:
@@ -577,9 +569,7 @@ def write_report(
     keys = found.keys()
     run = read_run_log(root)
     # an output written before extract refused to mix formats: its image folders are not read
-    left_out = image_folders_left_out(root) if found.format == "wds" else 0
-    if left_out:
-        log.warning("%s: left out: %s", root, _left_out_text(left_out))
+    left_out = warn_image_folders_left_out(root, found.format)
     if not keys and not run and not found.failures():
         raise FileNotFoundError(
             f"{root} holds no complete extraction (no manifest.json under it, no index.parquet)"
