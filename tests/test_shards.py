@@ -444,6 +444,25 @@ def test_wds_resume_never_removes_a_file_an_index_row_names_outside_out(tmp_path
     assert "done 1, skipped 1" in result.output
 
 
+def test_wds_resume_never_removes_another_tools_shard_an_index_row_names(tmp_path, caplog):
+    """A forged ledger row whose shard is ``shard-000000.tar``, another tool's shard beside
+    fpncli's in OUT, longer than that file: fpncli names shards ``shard-<16 hex>.tar``, so the
+    row is ignored with a warning and its image redone (any hex digits passed for a shard's
+    name, and the resume deleted that file as a truncated shard of its own)."""
+    inputs = _images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    args = [str(inputs), "-o", str(out), "--format", "wds"]
+    assert _run(args).exit_code == 0
+    theirs = _foreign_shard(out / "shard-000000.tar")
+    _forge_index(out, lambda rows: rows[0].update(shard="shard-000000.tar", bytes=10**12))
+    with caplog.at_level(logging.WARNING):
+        result = _run(args)
+    assert result.exit_code == 0, result.output
+    assert (out / "shard-000000.tar").read_bytes() == theirs
+    assert "'shard-000000.tar' is not a shard name" in caplog.text
+    assert "done 1, skipped 1" in result.output
+
+
 def test_a_forged_index_part_is_kept_and_named_once_per_run(tmp_path, caplog):
     """A part with a forged row stays on disk (fpncli deletes only files it wrote), and each
     run or report names it in one warning that says to delete it (a run warned twice, planning
@@ -475,18 +494,20 @@ def test_a_forged_index_part_is_kept_and_named_once_per_run(tmp_path, caplog):
 
 def test_read_index_leaves_out_rows_fpncli_cannot_have_written(tmp_path, caplog):
     """Null or path-like keys, statuses other than ok/failed, shards that are not a shard's
-    name, and a part without the index's columns: left out, one warning per part."""
+    name as fpncli gives it, and a part without the index's columns: left out, one warning per
+    part."""
     import fsspec
     import pyarrow as pa
 
     from fpncli.io.shards import read_index
 
-    good = {"key": "sub/a", "status": "ok", "shard": "shard-0123abcd.tar", "bytes": 1}
+    good = {"key": "sub/a", "status": "ok", "shard": "shard-0123456789abcdef.tar", "bytes": 1}
     forged = [{"key": None}, {"key": ""}, {"key": "../escaped/a"}, {"key": "/etc/a"},
               {"key": "sub//a"}, {"key": "sub/./a"}, {"key": "a\0b"}, {"status": None},
               {"status": "done"}, {"shard": None}, {"shard": "../victim.txt"},
               {"shard": "/tmp/shard-01.tar"}, {"shard": "sub/shard-01.tar"},
-              {"status": "failed", "shard": "../x"}]  # fmt: skip
+              {"status": "failed", "shard": "../x"},
+              {"shard": "shard-000000.tar"}]  # another tool's: fpncli's are 16 hex  # fmt: skip
     rows = [good, dict(good, key="b", status="failed", shard=None)]
     rows += [dict(good, **edit) for edit in forged]
     (tmp_path / "_index").mkdir()
@@ -495,7 +516,7 @@ def test_read_index_leaves_out_rows_fpncli_cannot_have_written(tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         kept = read_index(fsspec.filesystem("file"), str(tmp_path)).to_pylist()
     assert [(r["key"], r["status"]) for r in kept] == [("sub/a", "ok"), ("b", "failed")]
-    assert "ignoring 14 of its rows" in caplog.text and "ignoring 2 of its rows" in caplog.text
+    assert "ignoring 15 of its rows" in caplog.text and "ignoring 2 of its rows" in caplog.text
 
 
 def test_an_index_column_of_another_type_is_one_line_naming_the_part(tmp_path):
@@ -674,6 +695,8 @@ def test_one_output_folder_holds_one_format_either_way(sample_extraction, sample
     marked.mkdir()
     (marked / ".fpncli-wds").write_text("marked")
     assert wds_output(marked) is None  # a marked root with nothing in it holds no extraction
+    _foreign_shard(marked / "shard-000000.tar")
+    assert wds_output(marked) is None  # nor with another tool's shard: not a name fpncli gives
     (marked / "shard-0123456789ab-00ff.tar.partial").write_bytes(b"a live run's")
     assert wds_output(marked) == "shard-0123456789ab-00ff.tar.partial"
 

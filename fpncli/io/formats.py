@@ -17,6 +17,7 @@ the marker has only its files to go by).
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -44,17 +45,19 @@ _FORMATS = ("files", "wds")
 def wds_output(root: Path) -> str | None:
     """The first thing found in ``root`` that a ``--format wds`` run wrote, as a name relative
     to ``root``: its index, a part of its ledger (what makes ``report`` read ``root`` as shards),
-    or, in a root marked as one (``.fpncli-wds``), a shard, committed or being written. None
-    when it holds none: a root with only the marker holds no extraction, and someone else's
-    ``shard-000000.tar`` in an unmarked one is no fpncli output."""
+    or, in a root marked as one (``.fpncli-wds``), a shard named as fpncli names them
+    (``shards.is_own_shard``), committed or being written. None when it holds none: a root with
+    only the marker holds no extraction, and someone else's ``shard-000000.tar`` is no fpncli
+    output."""
+    from .shards import is_own_shard
+
     root = Path(root)
-    patterns = ["index.parquet", "_index/part-*.parquet"]
+    found = [root.glob("index.parquet"), root.glob("_index/part-*.parquet")]
     if (root / ".fpncli-wds").is_file():
-        patterns += ["shard-*.tar", "shard-*.tar.partial"]
-    for pattern in patterns:
-        found = next(root.glob(pattern), None)
-        if found is not None and found.is_file():
-            return found.relative_to(root).as_posix()
+        found.append(p for p in root.glob("shard-*.tar*") if is_own_shard(p.name))
+    for path in itertools.chain.from_iterable(found):  # lazily: the first that is a file
+        if path.is_file():
+            return path.relative_to(root).as_posix()
     return None
 
 

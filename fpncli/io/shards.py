@@ -75,7 +75,7 @@ INDEX = "index.parquet"
 INDEX_DIR = "_index"
 WDS_MARKER = ".fpncli-wds"
 _PARTIAL = ".partial"
-_SHARD_NAME = re.compile(r"shard-[0-9a-f]+\.tar")  # as ShardWriter._commit names a shard
+_SHARD_NAME = re.compile(r"shard-[0-9a-f]{16}\.tar")  # as ShardWriter._commit names a shard
 # the files ShardWriter leaves in OUT, exactly: a committed shard (a 16-digit digest), a partial
 # one (the run's token and a random part; before the token, the random part alone)
 _OWN_SHARD = re.compile(r"shard-[0-9a-f]{16}\.tar|shard-(?:[0-9a-f]{12}-)?[0-9a-f]+\.tar\.partial")
@@ -354,15 +354,21 @@ class ShardWriter:
 
 
 def is_shard_name(name) -> bool:
-    """Whether ``name`` is a shard's name as ``ShardWriter`` gives it (``shard-<hex>.tar``)."""
+    """Whether ``name`` is a shard's name as ``ShardWriter`` gives it (``shard-<16 hex>.tar``;
+    not another tool's ``shard-000000.tar``)."""
     return isinstance(name, str) and bool(_SHARD_NAME.fullmatch(name))
+
+
+def is_own_shard(name: str) -> bool:
+    """Whether ``name`` is a shard's name as ``ShardWriter`` gives it, committed or partial."""
+    return bool(_OWN_SHARD.fullmatch(name))
 
 
 def _forged(key, status, shard) -> str | None:
     """Why an index row cannot be one fpncli wrote (None when it can be): its key must be a
     relative path (as ``wds_key`` makes: no ``..``, ``.`` or empty part, not absolute), its
-    status ``ok`` or ``failed``, and its shard a name ``ShardWriter`` gives (``shard-<hex>.tar``,
-    in OUT itself), never a path."""
+    status ``ok`` or ``failed``, and its shard a name ``ShardWriter`` gives (``is_shard_name``,
+    in OUT itself), never a path nor another tool's shard beside fpncli's."""
     if not isinstance(key, str) or not key:
         return "a row without a key"
     if key.startswith("/") or "\0" in key or {"", ".", ".."} & set(key.split("/")):
@@ -468,7 +474,7 @@ def claim_root(fs, root: str) -> None:
 def _own_shards(fs, root: str) -> list[str]:
     """The shards in ``root`` named as ``ShardWriter`` names them (committed or partial)."""
     paths = fs.glob(f"{root}/shard-*.tar*")
-    return [p for p in paths if _OWN_SHARD.fullmatch(PurePosixPath(p).name)]
+    return [p for p in paths if is_own_shard(PurePosixPath(p).name)]
 
 
 def prepare_root(fs, root: str, sources: dict[str, str], settings: str, *, overwrite: bool,
