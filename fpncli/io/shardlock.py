@@ -9,8 +9,9 @@ index part lost, and every run makes progress on the keys nobody else has.
   keys it will extract, and ``flock``-ed by that run for its whole life (the lock goes with the
   process, so a killed run leaves no lock). A planning run skips the keys a live run claims;
   a claims file whose lock can be taken is a dead run's: it is removed and its keys are free.
-- A run's partial shards are named ``shard-<token>-<random>.tar.partial``: the cleanup removes
-  only those whose run has no live claims file.
+- A run's partial shards are named ``shard-<token>-<random>.tar.partial`` (``shards`` names
+  them, with the token ``run_token`` gives): the cleanup removes only those whose run has no
+  live claims file.
 
 An object store (``s3://``, ``memory://``...) has no locks: runs into it are not coordinated
 (a warning says so); run one at a time there.
@@ -24,7 +25,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,15 +38,16 @@ __all__ = [
     "LOCK_FILE",
     "LiveRun",
     "RunClaim",
+    "TOKEN_HEX",
     "is_local",
-    "partial_token",
+    "run_token",
     "wds_lock",
 ]
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".fpncli-wds.lock"
 CLAIMS_DIR = "_claims"
-_PARTIAL_NAME = re.compile(r"^shard-([0-9a-f]{12})-[0-9a-f]+\.tar\.partial$")
+TOKEN_HEX = 12  # the hex digits of a run's token
 
 
 def is_local(fs) -> bool:
@@ -55,10 +56,10 @@ def is_local(fs) -> bool:
     return "file" in protocol or "local" in protocol
 
 
-def partial_token(name: str) -> str | None:
-    """The run token in a partial shard's name, or None (an older or foreign name)."""
-    match = _PARTIAL_NAME.match(name)
-    return match[1] if match else None
+def run_token() -> str:
+    """A new run's token (``TOKEN_HEX`` hex digits): its claims file's name and its partial
+    shards' prefix."""
+    return uuid.uuid4().hex[:TOKEN_HEX]
 
 
 @contextlib.contextmanager
@@ -97,7 +98,7 @@ class RunClaim:
     def __init__(self, fs, root: str) -> None:
         self.fs, self.root = fs, root
         self.local = is_local(fs)
-        self.token = uuid.uuid4().hex[:12]
+        self.token = run_token()
         self.fd: int | None = None
         self.path: Path | None = None
         if not self.local:

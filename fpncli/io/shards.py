@@ -49,7 +49,7 @@ from .guard import quote_name, utf8_text
 from .manifest import options_for_key
 from .npy import npy_bytes
 from .outputs import MANIFEST, OutputOptions, write_image_members
-from .shardlock import CLAIMS_DIR, partial_token, wds_lock
+from .shardlock import CLAIMS_DIR, TOKEN_HEX, run_token, wds_lock
 
 __all__ = [
     "INDEX",
@@ -75,10 +75,20 @@ INDEX = "index.parquet"
 INDEX_DIR = "_index"
 WDS_MARKER = ".fpncli-wds"
 _PARTIAL = ".partial"
-_SHARD_NAME = re.compile(r"shard-[0-9a-f]{16}\.tar")  # as ShardWriter._commit names a shard
-# the files ShardWriter leaves in OUT, exactly: a committed shard (a 16-digit digest), a partial
-# one (the run's token and a random part; before the token, the random part alone)
-_OWN_SHARD = re.compile(r"shard-[0-9a-f]{16}\.tar|shard-(?:[0-9a-f]{12}-)?[0-9a-f]+\.tar\.partial")
+# How ShardWriter names the shards it leaves in OUT (_shard_name, _partial_name) and the patterns
+# that know them, in one place: a committed shard by its digest (_digest), a partial one by its
+# run's token (shardlock.run_token) and a random part (an earlier version's: the random part
+# alone), which the pattern takes at any length.
+_DIGEST_HEX = 16
+
+
+def _hex(digits: int | None = None) -> str:
+    """A pattern of ``digits`` lowercase hex digits (None: one or more)."""
+    return "[0-9a-f]" + (f"{{{digits}}}" if digits else "+")
+
+
+_SHARD_NAME = re.compile(rf"shard-{_hex(_DIGEST_HEX)}\.tar")
+_PARTIAL_NAME = re.compile(rf"shard-(?:({_hex(TOKEN_HEX)})-)?{_hex()}\.tar\.partial")
 _KEY_ESCAPES = str.maketrans({"%": "%25", ".": "%2E", "\\": "%5C"})  # see wds_key
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -220,7 +230,17 @@ def _write_parquet(fs, path: str, rows: list[dict]) -> None:
 
 def _digest(keys: Iterable[str]) -> str:
     text = "\n".join(sorted(keys))  # surrogatepass: any str hashes, whatever it holds
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_HEX]
+
+
+def _shard_name(digest: str) -> str:
+    """A committed shard's name: ``shard-<digest>.tar``."""
+    return f"shard-{digest}.tar"
+
+
+def _partial_name(token: str) -> str:
+    """A new partial shard's name: ``shard-<run token>-<random>.tar.partial``."""
+    return f"shard-{token}-{uuid.uuid4().hex[:16]}.tar{_PARTIAL}"
 
 
 def _to_bytes(data: bytes | np.ndarray) -> bytes:
@@ -241,7 +261,7 @@ class ShardWriter:
     def __init__(self, fs, root: str, *, target_bytes: int, settings: str,
                  crash_after: int | None = None, token: str | None = None) -> None:  # fmt: skip
         self.fs, self.root = fs, root
-        self.token = token or uuid.uuid4().hex[:12]  # the run's: names its partial shards
+        self.token = token or run_token()  # the run's: names its partial shards
         self.target_bytes = target_bytes
         self.settings = settings
         self.crash_after = crash_after  # crash tests: os._exit after this many images
@@ -326,7 +346,7 @@ class ShardWriter:
         self.keys = []
 
     def _open(self) -> None:
-        self.tmp = f"{self.root}/shard-{self.token}-{uuid.uuid4().hex[:16]}.tar{_PARTIAL}"
+        self.tmp = f"{self.root}/{_partial_name(self.token)}"
         self.file = self.fs.open(self.tmp, "wb")
         self.tar = tarfile.open(fileobj=self.file, mode="w|", format=tarfile.PAX_FORMAT)
 
@@ -335,7 +355,7 @@ class ShardWriter:
         if self.tar is not None:
             self.tar.close()
             self.file.close()
-            shard = f"shard-{_digest([self.settings, *self.keys])}.tar"
+            shard = _shard_name(_digest([self.settings, *self.keys]))
             for row in self.rows:
                 if row["status"] == "ok":
                     row["shard"] = shard
@@ -361,7 +381,13 @@ def is_shard_name(name) -> bool:
 
 def is_own_shard(name: str) -> bool:
     """Whether ``name`` is a shard's name as ``ShardWriter`` gives it, committed or partial."""
-    return bool(_OWN_SHARD.fullmatch(name))
+    return is_shard_name(name) or bool(_PARTIAL_NAME.fullmatch(name))
+
+
+def partial_token(name: str) -> str | None:
+    """The run token in a partial shard's name, or None (an earlier version's, or not one)."""
+    match = _PARTIAL_NAME.fullmatch(name)
+    return match[1] if match else None
 
 
 def _forged(key, status, shard) -> str | None:
