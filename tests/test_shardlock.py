@@ -160,6 +160,30 @@ def test_a_live_run_refuses_overwrite_and_other_settings(tmp_path, model, caplog
     after.release()
 
 
+def test_a_live_runs_key_for_another_file_is_refused_not_left_to_it(tmp_path, model, caplog):
+    """``p2/im0.png`` and ``other/im0.png`` are both ``im0``: a run planning while another held
+    ``im0`` for its own file left its image to that run, which never extracts it, and said it
+    was being extracted; it is refused, as the same run is once the other has written the key.
+    A live run's key for the same file is still left to it."""
+    out, weights = tmp_path / "out", weights_meta(model)
+    first = plan_sharded(_jobs(tmp_path / "p2", 1), str(out), OPTIONS, weights)
+    try:
+        with pytest.raises(ValueError) as refused:
+            plan_sharded(_jobs(tmp_path / "other", 1), str(out), OPTIONS, weights)
+        message = str(refused.value)
+        assert message.startswith("1 of these images would take keys that another fpncli run "
+                                  f"(pid {os.getpid()}) is writing into {out} for other files "
+                                  f"('im0' is {tmp_path / 'p2' / 'im0.png'}, not ")  # fmt: skip
+        assert "give the images under distinct paths" in message
+        with caplog.at_level(logging.WARNING):
+            same = plan_sharded(_jobs(tmp_path / "p2", 1), str(out), OPTIONS, weights)
+        assert (same.todo, same.skipped, same.left_to_others) == ([], 1, 1)
+        assert "left to it" in caplog.text
+        same.release()
+    finally:
+        first.release()
+
+
 def test_an_object_store_output_warns_that_runs_are_not_coordinated(tmp_path, caplog):
     import fsspec
 

@@ -6,9 +6,10 @@ index part lost, and every run makes progress on the keys nobody else has.
   keys), every commit (a shard's rename and its index part) and writing ``index.parquet``. So a
   run never sees another's shard between its rename and its index part.
 - ``OUT/_claims/<token>.json`` is one file per live run, holding its pid, its settings and the
-  keys it will extract, and ``flock``-ed by that run for its whole life (the lock goes with the
-  process, so a killed run leaves no lock). A planning run skips the keys a live run claims;
-  a claims file whose lock can be taken is a dead run's: it is removed and its keys are free.
+  keys it will extract (with each key's input file), and ``flock``-ed by that run for its whole
+  life (the lock goes with the process, so a killed run leaves no lock). A planning run skips
+  the keys a live run claims (and refuses those it claims for other files); a claims file
+  whose lock can be taken is a dead run's: it is removed and its keys are free.
 - A run's partial shards are named ``shard-<token>-<random>.tar.partial`` (``shards`` names
   them, with the token ``run_token`` gives): the cleanup removes only those whose run has no
   live claims file.
@@ -89,6 +90,7 @@ class LiveRun:
     pid: int
     settings: str
     keys: set[str] = field(default_factory=set)
+    sources: dict[str, str] = field(default_factory=dict)  # key -> input file, where recorded
 
 
 class RunClaim:
@@ -124,8 +126,10 @@ class RunClaim:
                 runs.append(run)
         return runs
 
-    def claim(self, keys: list[str], settings: str) -> None:
-        """Write and lock this run's claims file (the lock is held until ``release``)."""
+    def claim(self, keys: list[str], settings: str, sources: dict[str, str] | None = None) -> None:
+        """Write and lock this run's claims file (the lock is held until ``release``);
+        ``sources``: each key's input file, so that another run can tell its own file under the
+        same key from another."""
         if not self.local:
             return
         folder = Path(self.root) / CLAIMS_DIR
@@ -134,7 +138,8 @@ class RunClaim:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # before it has its name: never seen unlocked
-            body = {"pid": os.getpid(), "settings": settings, "keys": keys}
+            body = {"pid": os.getpid(), "settings": settings, "keys": keys,
+                    "sources": sources or {}}  # fmt: skip
             os.write(fd, json.dumps(body).encode())
             self.path = folder / f"{self.token}.json"
             os.replace(tmp, self.path)
@@ -159,10 +164,13 @@ def _live_run(path: Path, data: bytes) -> LiveRun:
     (cut short, forged) is a live run claiming nothing, with a warning."""
     try:
         body = parse_json(data or b"{}")
-        keys = body.get("keys", [])
+        keys, sources = body.get("keys", []), body.get("sources", {})  # (none: an earlier version)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise ValueError("'keys' is not a list of names")
-        return LiveRun(path.stem, int(body.get("pid", 0)), str(body.get("settings")), set(keys))
+        if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+            raise ValueError("'sources' is not a table of file names")
+        return LiveRun(path.stem, int(body.get("pid", 0)), str(body.get("settings")), set(keys),
+                       sources)  # fmt: skip
     except (ValueError, TypeError, AttributeError, OverflowError) as e:
         log.warning("%s is held by a live run but unreadable (%s): taken as claiming nothing",
                     path, e)  # fmt: skip

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..io.guard import quote_name
 from ..io.inputs import Job
 from ..io.shardlock import LiveRun, RunClaim, is_local, wds_lock
 from ..io.shards import (
@@ -70,9 +71,9 @@ def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) 
 
     Raises:
         ValueError: OUT holds files fpncli did not write (``claim_root``), OUT holds (or a live
-            run is writing) these images with other weights or options, OUT holds other files
-            under these keys (``prepare_root``), or ``overwrite`` while another run is writing
-            OUT.
+            run is writing) these images with other weights or options, OUT holds (or a live
+            run is writing) other files under these keys (``prepare_root``, ``_taken``), or
+            ``overwrite`` while another run is writing OUT.
     """
     fs, root = open_root(out)
     keys = {str(j.path): job_key(j) for j in jobs}
@@ -90,10 +91,12 @@ def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) 
             )
         done = prepare_root(fs, root, sources, settings, overwrite=options.overwrite,
                             live_tokens=frozenset(r.token for r in live))  # fmt: skip
-        taken = _taken(live, set(keys.values()) - done, settings, root)
+        wanted = {k: source for k, source in sources.items() if k not in done}
+        taken = _taken(live, wanted, settings, root)
         skip = done | taken.keys()
         todo = [j for j in jobs if keys[str(j.path)] not in skip]
-        claim.claim([keys[str(j.path)] for j in todo], settings)
+        mine = [keys[str(j.path)] for j in todo]
+        claim.claim(mine, settings, {k: sources[k] for k in mine})
     if taken:
         log.warning(
             "%d of these images are being extracted by another fpncli run (%s) into %s: left to "
@@ -103,15 +106,32 @@ def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) 
     return ShardPlan(fs, root, settings, keys, todo, len(jobs) - len(todo), claim, len(taken))
 
 
-def _taken(live: list[LiveRun], wanted: set[str], settings: str, root: str) -> dict[str, int]:
-    """The keys of ``wanted`` that a live run has claimed -> its pid."""
+def _taken(live: list[LiveRun], wanted: dict[str, str], settings: str,
+           root: str) -> dict[str, int]:  # fmt: skip
+    """The keys of ``wanted`` (key -> input file) that a live run has claimed -> its pid.
+
+    Raises:
+        ValueError: a live run claims some of them with other weights or options, or for other
+            files (``p2/a.jpg`` and ``other/a.jpg`` are both ``a``), as ``prepare_root``
+            refuses such keys once that run has written them, instead of leaving this run's
+            images to it.
+    """
     taken: dict[str, int] = {}
     for run in live:
-        mine = run.keys & wanted
+        mine = run.keys & wanted.keys()
         if mine and run.settings != settings:
             raise ValueError(
                 f"another fpncli run ({_pids([run])}) is writing {len(mine)} of these images "
                 f"into {root} with other weights or options: write to another output"
+            )
+        clashes = sorted(k for k in mine if run.sources.get(k, wanted[k]) != wanted[k])
+        if clashes:
+            key = clashes[0]
+            raise ValueError(
+                f"{len(clashes)} of these images would take keys that another fpncli run "
+                f"({_pids([run])}) is writing into {root} for other files ({key!r} is "
+                f"{quote_name(run.sources[key])}, not {quote_name(wanted[key])}): write to "
+                "another output, or give the images under distinct paths"
             )
         taken.update(dict.fromkeys(mine - taken.keys(), run.pid))
     return taken
