@@ -746,7 +746,8 @@ def test_a_format_claim_is_kept_by_runs_of_its_format_and_refuses_the_other(tmp_
     claim_format(out, "wds")
     assert (out / FORMAT_MARKER).read_text() == "wds\n"
     for refuse in (claim_format, check_one_format):
-        with pytest.raises(ValueError, match=r"claimed by a --format wds run .*or --format wds$"):
+        claimed = r"claimed by a --format wds run .*delete it if no such run .*or --format wds$"
+        with pytest.raises(ValueError, match=claimed):
             refuse(out, "files")
     assert (out / FORMAT_MARKER).read_text() == "wds\n"
     old = tmp_path / "old"

@@ -125,7 +125,10 @@ def check_one_format(root: Path, out_format: str) -> None:
     claimed = claimed_format(root)  # a run of the other format claimed it, and wrote nothing yet
     if claimed not in (None, out_format):
         raise _one_format_error(
-            root, f"is claimed by a --format {claimed} run ({FORMAT_MARKER})", claimed
+            root,
+            f"is claimed by a --format {claimed} run that has written nothing yet "
+            f"({FORMAT_MARKER}: delete it if no such run is going on)",
+            claimed,
         )
 
 
