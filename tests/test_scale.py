@@ -136,6 +136,23 @@ def test_show_scale_level_and_shared(sample_extraction, tmp_path, monkeypatch):
     assert image.output.startswith("Error: Invalid value for '--scale': --scale level takes")
 
 
+@pytest.mark.parametrize("scale", ["level", "shared"])
+def test_show_scale_of_no_extraction_says_what_the_target_is(sample_extraction, tmp_path, scale):
+    """A missing target, a folder holding no extraction and a batch output folder are refused
+    as without --scale (exit 1, saying what is wrong), not as --scale's usage error."""
+    (tmp_path / "plain").mkdir()
+    runner = CliRunner()
+    for target, message in [
+        (tmp_path / "nonexist", "no such folder, .npy or image"),
+        (tmp_path / "plain", "holds no complete extraction"),
+        (sample_extraction, "is a batch output folder with 3 extraction(s)"),
+    ]:
+        for extra in ([], ["--scale", scale]):
+            result = runner.invoke(cli, ["show", str(target), "--level", "p3", *extra])
+            assert result.exit_code == 1, result.output
+            assert message in result.output and "--scale" not in result.output, result.output
+
+
 def test_show_scale_of_an_image_in_shards(sample_shards, tmp_path, monkeypatch):
     """``show OUT --key K --scale level``: the run's ranges from the shards' manifests (it was
     refused as if OUT were an image to extract on the fly)."""

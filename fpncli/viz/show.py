@@ -460,8 +460,10 @@ def _channels_picture(source: _Source, level: str, top: int | None,
 
 def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
                 key: str | None = None):  # fmt: skip
-    """The run's colour ranges for ``--scale level|shared`` (None for ``image``); with ``key``,
-    over the images of the ``--format wds`` output ``target``."""
+    """The run's colour ranges for ``--scale level|shared`` (None for ``image``, and for a
+    target that is no extraction, which ``_resolve`` refuses); with ``key``, over the images of
+    the ``--format wds`` output ``target``. An ``OptionError`` (``--scale``) for an image or a
+    ``.npy`` outside an extraction folder: they belong to no run."""
     from ..io.catalog import open_extractions
     from ..io.extraction import find_extractions
     from .scale import SCALES, extraction_root
@@ -483,6 +485,8 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
     path = _latest()[0] if target is None else Path(target).expanduser()
     folder = path if path.is_dir() else path.parent
     if load_manifest(folder) is None:  # (one that cannot be read says why)
+        if not path.is_file():  # no such target, a folder holding no extraction (a batch
+            return None  # output, an empty one): _resolve refuses it, saying which
         raise OptionError(
             f"--scale {scale} takes its range from the run's manifests: TARGET must be an "
             "extraction folder (or a .npy in one), not an image extracted on the fly",
