@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from fpncli.cli import cli
+from fpncli.io.guard import OptionError
 from fpncli.viz import show as show_module
 from fpncli.viz.scale import drawn_range, extraction_root, recorded_range, run_ranges
 
@@ -51,8 +52,17 @@ def test_run_ranges_known_answers():
         assert run_ranges([manifest], "level")["p2"] == (-9.0, 9.0)
     with pytest.raises(ValueError, match="unknown scale"):
         run_ranges([A], "global")
-    with pytest.raises(ValueError, match="use --scale image"):
+    with pytest.raises(ValueError, match="use --scale image") as caught:
         run_ranges([_manifest({})], "level")
+    assert not isinstance(caught.value, OptionError)  # damaged statistics, not the option
+
+
+def test_an_unbounded_map_is_an_option_error_and_names_the_option_once():
+    """The l2 map of images drawn otherwise rules out ``--scale level``: an ``OptionError``,
+    whose text does not begin by naming the option (click's line names it)."""
+    with pytest.raises(OptionError, match=r"^2 image\(s\) record no range") as caught:
+        run_ranges([A, B], "level", reduce="l2")
+    assert caught.value.option == "--scale"
 
 
 def test_run_ranges_of_l2_and_pca_maps_need_their_own_recorded_range():
@@ -94,7 +104,7 @@ def test_show_and_report_scale_an_l2_image_on_its_own_kind_of_range(tmp_path, mo
     shown = runner.invoke(cli, ["show", str(out / "a"), "--level", "p3", "--reduce", "l2",
                                 "--scale", "level", "--save", str(tmp_path / "a.png")])  # fmt: skip
     assert shown.exit_code == 2 and "record no range for their l2 map" in shown.output
-    assert shown.output.startswith("Error: Invalid value for '--scale': --scale level: 1 image(s)")
+    assert shown.output.startswith("Error: Invalid value for '--scale': 1 image(s) record no ")
     report = runner.invoke(cli, ["report", str(out), "--scale", "level"])
     assert report.exit_code == 0, report.output
     for thumb in (out / "report" / "thumbs").glob("*_p3.png"):  # each on a range that fits it
@@ -151,6 +161,24 @@ def test_show_scale_of_no_extraction_says_what_the_target_is(sample_extraction, 
             result = runner.invoke(cli, ["show", str(target), "--level", "p3", *extra])
             assert result.exit_code == 1, result.output
             assert message in result.output and "--scale" not in result.output, result.output
+
+
+def test_show_scale_of_damaged_statistics_is_no_usage_error(sample_extraction, tmp_path):
+    """Manifests whose statistics are null (damaged, forged) give no range: a runtime failure,
+    exit 1, not a refusal of --scale's value."""
+    import shutil
+
+    folder = tmp_path / "out" / "chelsea"
+    shutil.copytree(sample_extraction / "chelsea", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for meta in manifest["levels"].values():
+        meta.update(range=None, min=None, max=None)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["show", str(folder), "--scale", "level"])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
+        "Error: no recorded statistics in these manifests: use --scale image"
+    ]
 
 
 def test_show_scale_of_an_image_in_shards(sample_shards, tmp_path, monkeypatch):

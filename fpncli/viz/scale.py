@@ -20,6 +20,8 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..io.guard import OptionError
+
 __all__ = [
     "BOUNDED",
     "SCALES",
@@ -86,9 +88,10 @@ def run_ranges(
     drawn map, as recorded in its manifest (the report draws each image so).
 
     Raises:
-        ValueError: an unknown scale; no level with a usable range in any manifest; or an image
-            that records no range for an ``l2`` or ``pca`` map asked for (extracted with
-            another reduction: its min/max do not bound that map).
+        ValueError: an unknown scale; no level with a usable range in any manifest (damaged
+            or forged statistics); or, an ``OptionError`` (``--scale``), an image that records
+            no range for an ``l2`` or ``pca`` map asked for (extracted with another reduction:
+            its min/max do not bound that map).
     """
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
@@ -114,11 +117,12 @@ def run_ranges(
             old = ranges.get(name)
             ranges[name] = pair if old is None else (min(old[0], pair[0]), max(old[1], pair[1]))
         unbounded += missing
-    if unbounded:
-        raise ValueError(
-            f"--scale {scale}: {unbounded} image(s) record no range for their {wanted} map "
-            f"(extracted with another reduction, whose min/max do not bound it): extract them "
-            f"with --reduce {wanted}, or use --scale image"
+    if unbounded:  # the data are sound: --scale is what they rule out
+        raise OptionError(
+            f"{unbounded} image(s) record no range for their {wanted} map (extracted with "
+            f"another reduction, whose min/max do not bound it): extract them with --reduce "
+            f"{wanted}, or use --scale image",
+            "--scale",
         )
     if not ranges:
         raise ValueError("no recorded statistics in these manifests: use --scale image")

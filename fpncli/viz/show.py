@@ -466,7 +466,7 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
     ``.npy`` outside an extraction folder: they belong to no run."""
     from ..io.catalog import open_extractions
     from ..io.extraction import find_extractions
-    from .scale import SCALES, extraction_root
+    from .scale import SCALES, extraction_root, run_ranges
 
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
@@ -479,7 +479,7 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
                 manifests.append(found.manifest(name))
             except (ValueError, OSError):  # a damaged member: as a folder's unreadable manifest
                 continue
-        ranges = _scale_ranges(manifests, scale, reduce, channel)
+        ranges = run_ranges(manifests, scale, reduce=reduce, channel=channel)
         say(f"colour scale {scale}: ranges from the {len(manifests)} image(s) in {target}")
         return ranges
     path = _latest()[0] if target is None else Path(target).expanduser()
@@ -494,20 +494,9 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
         )
     root = extraction_root(folder)
     manifests = [m for f in find_extractions(root) if (m := read_manifest(f)) is not None]
-    ranges = _scale_ranges(manifests, scale, reduce, channel)
+    ranges = run_ranges(manifests, scale, reduce=reduce, channel=channel)
     say(f"colour scale {scale}: ranges from the {len(manifests)} image(s) under {root}")
     return ranges
-
-
-def _scale_ranges(manifests: list[dict], scale: str, reduce: str, channel: int) -> dict:
-    """``viz.scale.run_ranges``, whose refusal (the manifests bound no such map) is one of
-    ``--scale``'s value: an ``OptionError``."""
-    from .scale import run_ranges
-
-    try:
-        return run_ranges(manifests, scale, reduce=reduce, channel=channel)
-    except ValueError as e:
-        raise OptionError(str(e), "--scale") from None
 
 
 def _display_available() -> bool:
