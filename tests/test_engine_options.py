@@ -50,3 +50,25 @@ def test_ray_on_the_cpu_refuses_slow_precisions_like_the_local_engine(tmp_path):
     with pytest.raises(ValueError, match="fp16 on the CPU is slower than fp32"):
         _run(no_gpus, [], str(tmp_path / "auto"), None, RunOptions(precision="fp16"),
              RayOptions(device="auto"), None, None)  # fmt: skip
+
+
+def test_ray_refuses_a_memory_url_before_ray_starts(tmp_path, monkeypatch):
+    """memory:// lives in one process: with --engine ray a usage error (exit 2) before anything
+    loads, and run_ray's ValueError comes before Ray is imported (it came after Ray started,
+    exit 1)."""
+    import pytest
+    from PIL import Image
+
+    from fpncli.run.ray_engine import RayOptions, run_ray
+    from fpncli.run.steps import RunOptions
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray never imported, installed or not
+    result = _extract(tmp_path / "a.png", "-o", "memory://x", "--engine", "ray", "--format", "wds")
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        "Error: memory:// lives in one process: use it with --engine local only "
+        "(see 'cli extract --help')"
+    ]
+    with pytest.raises(ValueError, match="memory:// lives in one process"):
+        run_ray([], "memory://x", None, RunOptions(), RayOptions(out_format="wds"))

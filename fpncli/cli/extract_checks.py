@@ -89,6 +89,8 @@ def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, 
         return {"shard_bytes": shard_bytes}
     if gpus is not None:
         raise click.UsageError("--gpus is for --engine local; Ray uses --gpu-workers")
+    if out_dir.startswith("memory://"):  # (refused by run_ray too, but after Ray started)
+        raise click.UsageError("memory:// lives in one process: use it with --engine local only")
     workers = None if gpu_workers is None else _auto_or_count(gpu_workers, "--gpu-workers")
     fraction = 1.0 if gpus_per_worker is None else gpus_per_worker
     if not (0 < fraction <= 1 or float(fraction).is_integer()):

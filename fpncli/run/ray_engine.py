@@ -165,8 +165,6 @@ def _check_nodes(ray, out: str) -> None:
             "over them; write to object storage (s3://..., gs://...) or to a filesystem every "
             "node mounts, given as file:///shared/path"
         )
-    if out.startswith("memory://"):
-        raise ValueError("memory:// lives in one process: use it with --engine local only")
 
 
 def _decode_rows(batch: dict, options: RunOptions, input_format) -> dict:
@@ -335,8 +333,11 @@ def run_ray(
 
     ``model`` (on the driver, usually the CPU) only gives the weights' identity for resume; the
     actors load their own copy. Raises ValueError for a cluster that cannot run the request
-    (missing GPUs, several nodes with a local ``out``) and RuntimeError when the Ray job fails.
+    (missing GPUs, several nodes with a local ``out``) or a ``memory://`` ``out`` (before Ray
+    starts), and RuntimeError when the Ray job fails.
     """
+    if out.startswith("memory://"):  # before Ray starts
+        raise ValueError("memory:// lives in one process: use it with --engine local only")
     ray = _import_ray()
     ray_log = logging.getLogger("ray")
     level = ray_log.level  # ray.init sets it (logging_level): given back after the run
