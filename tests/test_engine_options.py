@@ -72,3 +72,28 @@ def test_ray_refuses_a_memory_url_before_ray_starts(tmp_path, monkeypatch):
     ]
     with pytest.raises(ValueError, match="memory:// lives in one process"):
         run_ray([], "memory://x", None, RunOptions(), RayOptions(out_format="wds"))
+
+
+def test_ray_asking_for_more_gpus_than_the_cluster_has_names_the_option():
+    """The actor pool's refusals are OptionErrors (usage errors, exit 2) naming the option that
+    asks for the GPUs, not plain ValueErrors (exit 1)."""
+    import types
+
+    import pytest
+
+    from fpncli.io.guard import OptionError
+    from fpncli.run.ray_engine import RayOptions, _pool
+
+    def cluster(gpus):
+        return types.SimpleNamespace(cluster_resources=lambda: {"CPU": 4.0, "GPU": gpus})
+
+    for gpus, options, option, message in [
+        (0.0, RayOptions(device="cuda"), "--device", "has no GPU for the actors"),
+        (1.0, RayOptions(gpus_per_worker=2.0), "--gpus-per-worker", "2 GPUs per worker, but"),
+        (2.0, RayOptions(gpu_workers=3), "--gpu-workers", "3 workers x 1 GPUs each need 3"),
+    ]:
+        with pytest.raises(OptionError, match=message) as caught:
+            _pool(cluster(gpus), options)
+        assert caught.value.option == option
+    assert _pool(cluster(2.0), RayOptions(gpus_per_worker=0.5)) == (4, 0.5)
+    assert _pool(cluster(0.0), RayOptions()) == (1, 0.0)  # auto: one CPU actor

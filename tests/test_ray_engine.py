@@ -181,12 +181,20 @@ def test_ray_failed_run_reruns_to_completion(ray_cluster, inputs, tmp_path, monk
 
 
 def test_ray_missing_gpus_fail_fast(ray_cluster, inputs, tmp_path):
+    """More GPUs than the cluster has: a usage error naming the option (exit 2), at once."""
     start = time.monotonic()
     result = _extract(inputs, "-o", tmp_path / "o", "--engine", "ray", "--gpu-workers", "2")
-    assert result.exit_code == 1
-    assert "needs 2 GPUs; the Ray cluster has 1" in result.output
+    assert result.exit_code == 2, result.output
+    assert (
+        "Invalid value for '--gpu-workers': 2 workers x 1 GPUs each need 2 GPUs; the Ray "
+        "cluster has 1: ask for at most 1 workers" in result.output
+    )
     result = _extract(inputs, "-o", tmp_path / "o", "--engine", "ray", "--gpus-per-worker", "2")
-    assert result.exit_code == 1 and "the Ray cluster has 1 GPUs" in result.output
+    assert result.exit_code == 2, result.output
+    assert (
+        "Invalid value for '--gpus-per-worker': 2 GPUs per worker, but the Ray cluster "
+        "has 1 GPUs" in result.output
+    )
     assert time.monotonic() - start < 60  # not Ray's endless wait for resources
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..api import check_precision
-from ..io.guard import one_line, quote_name
+from ..io.guard import OptionError, one_line, quote_name
 from ..io.inputs import Job
 from ..io.shards import ShardWriter, consolidate_index
 from ..model.fpn import FPN
@@ -135,23 +135,31 @@ def _connect(ray, address: str | None) -> bool:
 
 
 def _pool(ray, options: RayOptions) -> tuple[int, float]:
-    """``(actors, GPUs per actor)``; a clear error instead of Ray's endless wait for GPUs."""
+    """``(actors, GPUs per actor)``; instead of Ray's endless wait for GPUs, an ``OptionError``
+    naming the option that asks for more GPUs than the cluster has."""
     gpus = float(ray.cluster_resources().get("GPU", 0))
     wants_gpu = options.device.startswith("cuda") or (options.device == "auto" and gpus > 0)
     if not wants_gpu:
         return options.gpu_workers or 1, 0.0
     per = options.gpus_per_worker
+    if not gpus:
+        raise OptionError(
+            "the Ray cluster has no GPU for the actors: add GPU nodes, or run with --device cpu",
+            "--device",
+        )
     if gpus < per:
-        raise ValueError(
-            f"--device {options.device} asks for {per:g} GPU per worker but the Ray cluster has "
-            f"{gpus:g} GPUs: add GPU nodes, or run with --device cpu"
+        raise OptionError(
+            f"{per:g} GPUs per worker, but the Ray cluster has {gpus:g} GPUs: ask for at most "
+            f"{gpus:g}, or run with --device cpu",
+            "--gpus-per-worker",
         )
     most = int(gpus // per)
     size = options.gpu_workers or most
     if size > most:
-        raise ValueError(
-            f"--gpu-workers {size} x --gpus-per-worker {per:g} needs {size * per:g} GPUs; the "
-            f"Ray cluster has {gpus:g}: ask for at most {most} workers"
+        raise OptionError(
+            f"{size} workers x {per:g} GPUs each need {size * per:g} GPUs; the Ray cluster has "
+            f"{gpus:g}: ask for at most {most} workers",
+            "--gpu-workers",
         )
     return size, per
 
@@ -332,9 +340,9 @@ def run_ray(
     ``on_plan``: as ``run_jobs``'s, called with the jobs left to do (and what they replace).
 
     ``model`` (on the driver, usually the CPU) only gives the weights' identity for resume; the
-    actors load their own copy. Raises ValueError for a cluster that cannot run the request
-    (missing GPUs, several nodes with a local ``out``) or a ``memory://`` ``out`` (before Ray
-    starts), and RuntimeError when the Ray job fails.
+    actors load their own copy. Raises ValueError for a request the cluster cannot run
+    (several nodes with a local ``out``; an ``OptionError`` for more GPUs than it has), or a
+    ``memory://`` ``out`` (before Ray starts), and RuntimeError when the Ray job fails.
     """
     if out.startswith("memory://"):  # before Ray starts
         raise ValueError("memory:// lives in one process: use it with --engine local only")
