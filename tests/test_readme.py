@@ -129,3 +129,31 @@ def test_the_readme_says_where_show_writes_without_a_display(sample_extraction, 
                           ({"channels": "0,5,17"}, "show_p4_channels0,5,17.png")]:  # fmt: skip
         result = show(str(folder), level="p4", display=False, **options)
         assert result.saved == folder / name and f"→ `{name}`" in text
+
+
+def test_the_readme_exit_codes_are_those_of_its_examples(sample_extraction, tmp_path):
+    """The README's exit codes, on its examples: a value the extraction rules out is a usage
+    error (2); an -o holding the other format's outputs, a missing extraction, a failure (1)."""
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert "or an `-o` that cannot take the run (one holding the other `--format`'s outputs)" in (
+        text
+    )
+    assert "(`show --channel 300` of a level with 256 channels, a `show --level` the " in text
+    assert "a tensor `--no-npy` did not save, a photo gone" in text
+    out = tmp_path / "out"
+    shutil.copytree(sample_extraction / "chelsea", out / "chelsea")
+    photo = sample_extraction / "chelsea" / "overview.png"
+    runner = CliRunner()
+    for args, code in [
+        (["show", str(out / "chelsea"), "--level", "p3", "--channel", "300"], 2),
+        (["show", str(out / "chelsea"), "--level", "stem"], 2),
+        (["extract", str(photo), "-o", str(out), "--format", "wds", "--weights", "random"], 1),
+        (["show", str(tmp_path / "missing")], 1),
+    ]:
+        result = runner.invoke(cli, args)
+        assert result.exit_code == code, (args, result.output)
+    assert not list(out.glob("*.tar"))  # the refused -o: nothing written
