@@ -373,3 +373,93 @@ def test_ray_core_log_level_is_set_for_the_start_only(monkeypatch, capfd):
     with _core_logs_fatal_only():
         assert os.environ["RAY_BACKEND_LOG_LEVEL"] == "debug"
     assert os.environ["RAY_BACKEND_LOG_LEVEL"] == "debug"
+
+
+class _FakeRay:
+    """A Ray that records how ``ray.init`` was called (and what the environment was then), and
+    that writes ``wrote`` on fd 2 and raises ``fails`` from it when given."""
+
+    def __init__(self, wrote: bytes = b"", fails: Exception | None = None) -> None:
+        self.calls, self.wrote, self.fails = [], wrote, fails
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs) -> None:
+        import logging
+
+        self.calls.append({**kwargs, "env": os.environ.get("RAY_BACKEND_LOG_LEVEL")})
+        logging.getLogger("ray").setLevel(kwargs["logging_level"])  # as ray.init does
+        os.write(2, self.wrote)
+        if self.fails is not None:
+            raise self.fails
+
+
+def test_ray_is_quieted_only_when_asked(monkeypatch, capfd):
+    """A library caller's Ray starts as Ray sets itself up (its logs at WARNING, the workers'
+    output streamed, nothing captured); RayOptions.quiet, which the CLI sets unless -v, keeps
+    Ray's chatter off the terminal."""
+    import logging
+
+    from fpncli.run.ray_engine import RayOptions, _connect
+
+    monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("RAY_LOG_TO_STDERR", raising=False)
+    assert RayOptions().quiet is False
+    ray = _FakeRay(wrote=b"Ray's notice\n")
+    assert _connect(ray, None) is True
+    assert ray.calls == [
+        {"include_dashboard": False, "logging_level": logging.WARNING, "env": None}
+    ]
+    assert capfd.readouterr().err == "Ray's notice\n"  # fd 2 left alone
+    assert _connect(ray, None, quiet=True) is True
+    assert ray.calls[1] == {"include_dashboard": False, "logging_level": logging.ERROR,
+                            "log_to_driver": False, "env": "fatal"}  # fmt: skip
+    assert capfd.readouterr().err == ""
+
+
+def test_a_failed_ray_start_gives_the_ray_logger_back_and_says_what_ray_wrote(monkeypatch, caplog):
+    """ray.init that raises: the ``ray`` logger's level it set is given back, and what Ray wrote
+    on stderr while failing (often the real cause) is said at WARNING, not kept for DEBUG."""
+    import logging
+
+    from fpncli.run import ray_engine
+    from fpncli.run.ray_engine import RayOptions, run_ray
+    from fpncli.run.steps import RunOptions
+
+    monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("RAY_LOG_TO_STDERR", raising=False)
+    ray_log = logging.getLogger("ray")
+    monkeypatch.setattr(ray_log, "level", logging.NOTSET)
+    fake = _FakeRay(wrote=b"raylet: port 6379 taken\n", fails=RuntimeError("no raylet"))
+    monkeypatch.setattr(ray_engine, "_import_ray", lambda: fake)
+    caplog.set_level(logging.DEBUG, logger="fpncli")
+    for quiet in (False, True):
+        with pytest.raises(
+            RuntimeError, match=r"cannot start or reach Ray \(local\): RuntimeError: no raylet"
+        ):
+            run_ray([], "out", None, RunOptions(), RayOptions(quiet=quiet))
+        assert ray_log.level == logging.NOTSET
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [("WARNING", "Ray's start wrote:\nraylet: port 6379 taken")]  # (quiet only)
+
+
+def test_the_cli_quiets_ray_unless_verbose(inputs, tmp_path, monkeypatch):
+    """extract --engine ray passes RayOptions.quiet: True, or False with -v."""
+    import logging
+
+    from fpncli.run import ray_engine
+    from fpncli.run.summary import RunSummary
+
+    seen = []
+
+    def fake_run_ray(jobs, out, model, options, ray_options, **kwargs):
+        seen.append(ray_options.quiet)
+        return RunSummary(total=len(jobs), done=len(jobs))
+
+    monkeypatch.setattr(ray_engine, "run_ray", fake_run_ray)
+    monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)  # -v sets it
+    for verbose in ([], ["-v"]):
+        result = _extract(inputs / "im0.png", "-o", tmp_path / "o", "--engine", "ray", *verbose)
+        assert result.exit_code == 0, result.output
+    assert seen == [True, False]

@@ -23,6 +23,7 @@ from .common import (
     _out_folder,
     _shard_callback,
     _sigterm_as_ctrl_c,
+    _verbose,
     verbose_option,
 )
 from .extract_checks import (
@@ -449,7 +450,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
                 out_format=out_format, shard_bytes=engine_options["shard_bytes"],
                 address=engine_options["address"], gpu_workers=engine_options["gpu_workers"],
                 gpus_per_worker=engine_options["gpus_per_worker"], crash_after=_crash_after(),
-                default_batch=batch_size is None,
+                default_batch=batch_size is None, quiet=not _verbose(),
             )  # fmt: skip
             summary = run_ray(jobs, out_dir, model, options, ray_options, progress=bar,
                               on_plan=state_volume)  # fmt: skip

@@ -61,6 +61,9 @@ class RayOptions:
     #: a CPU, as the local engine's), one on a GPU the ``RunOptions``' batch size
     default_batch: bool = False
     crash_after: int | None = None  # crash tests: an actor fails after this many images
+    #: keep Ray's own log lines off the terminal (``_connect``): the CLI's choice unless -v; a
+    #: library caller gets Ray as Ray sets itself up
+    quiet: bool = False
 
 
 def _import_ray():
@@ -79,7 +82,8 @@ def _core_logs_fatal_only():
 
     The core reads RAY_BACKEND_LOG_LEVEL as it starts, so the variable is set for the block
     only, and never over the user's own. As it reads the variable the driver's core announces
-    it on stderr: what the block writes there goes to the DEBUG log instead. Nothing changes
+    it on stderr: what the block writes there goes to the DEBUG log instead (the WARNING one
+    when the block raises: Ray's own account of why it did not start). Nothing changes
     when the user asked for Ray's logs on stderr (RAY_LOG_TO_STDERR=1: the processes started
     here would write them to the captured stderr)."""
     if "RAY_BACKEND_LOG_LEVEL" in os.environ or os.environ.get("RAY_LOG_TO_STDERR") == "1":
@@ -90,8 +94,12 @@ def _core_logs_fatal_only():
         saved = os.dup(2)
         os.dup2(captured.fileno(), 2)
         os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+        level = logging.DEBUG
         try:
             yield
+        except BaseException:  # what Ray wrote as it failed to start is often the real cause
+            level = logging.WARNING
+            raise
         finally:
             os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
             sys.stderr.flush()
@@ -100,14 +108,15 @@ def _core_logs_fatal_only():
             captured.seek(0)
             text = captured.read().decode(errors="replace").strip()
             if text:
-                log.debug("Ray's start wrote:\n%s", text)
+                log.log(level, "Ray's start wrote:\n%s", text)
 
 
-def _connect(ray, address: str | None) -> bool:
+def _connect(ray, address: str | None, quiet: bool = False) -> bool:
     """Join the cluster at ``address`` (or the running one); else start a local Ray.
-    Returns True when this call started Ray (and so must shut it down).
+    Returns True when this call started Ray (and so must shut it down). Sets the ``ray``
+    logger's level (``ray.init``'s ``logging_level``): the caller gives it back.
 
-    Unless fpncli logs at INFO (``-v``), Ray's own chatter stays off the terminal: the
+    ``quiet`` (the CLI, unless -v) keeps Ray's own chatter off the terminal: the
     driver's ``ray`` logger shows errors only (not the token-authentication notice), the
     workers' output is not streamed to the driver (an actor's failures and fpncli's warnings
     still come back with its rows, or as the job's error), and the C++ core logs fatal errors
@@ -116,11 +125,11 @@ def _connect(ray, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     start = time.monotonic()
-    if log.isEnabledFor(logging.INFO):
-        chatter, core = {"logging_level": logging.WARNING}, contextlib.nullcontext()
-    else:
+    if quiet:
         chatter = {"logging_level": logging.ERROR, "log_to_driver": False}
         core = _core_logs_fatal_only()
+    else:
+        chatter, core = {"logging_level": logging.WARNING}, contextlib.nullcontext()
     try:
         with core:
             if address:
@@ -349,14 +358,15 @@ def run_ray(
     ray = _import_ray()
     ray_log = logging.getLogger("ray")
     level = ray_log.level  # ray.init sets it (logging_level): given back after the run
-    started = _connect(ray, ray_options.address)
-    try:
+    started = False
+    try:  # (also when ray.init fails, having set it)
+        started = _connect(ray, ray_options.address, ray_options.quiet)
         with contextlib.ExitStack() as stack:  # the wds claim, held until the end
             return _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan)
     finally:
         if started:
             ray.shutdown()
-            ray_log.setLevel(level)
+        ray_log.setLevel(level)
 
 
 def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=None) -> RunSummary:
