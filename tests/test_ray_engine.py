@@ -289,6 +289,60 @@ def test_ray_actor_warnings_go_back_with_its_rows_and_are_said_once(
     assert logging.getLogger("fpncli").handlers == handlers  # the call's relay removed
 
 
+def test_ray_actor_warnings_of_loading_and_of_a_failed_call_reach_the_driver(
+    inputs, tmp_path, monkeypatch, caplog
+):
+    """The actor, without Ray: the warnings said while it loads the weights (the weights'
+    cache) come back with its first call's rows; those of a call that fails, with its error,
+    which the driver says before the failure."""
+    import logging
+    import pickle
+
+    import fpncli.api
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run import pipeline
+    from fpncli.run.pipeline import Job, RunOptions, RunSummary, decode
+    from fpncli.run.ray_engine import _count, _Extractor, _failure
+
+    real_load, real_infer = fpncli.api.load_backbone, pipeline.infer_batch
+
+    def load(*args, **kwargs):
+        logging.getLogger("fpncli.weights.hub").warning("a warning of loading")
+        return real_load(*args, **kwargs)
+
+    def infer(model, items, *rest):
+        pipeline.log.warning("a warning about %s", items[0].job.path.name)
+        return real_infer(model, items, *rest)
+
+    monkeypatch.setattr(fpncli.api, "load_backbone", load)
+    monkeypatch.setattr(pipeline, "infer_batch", infer)
+    output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
+    options = RunOptions(output=output, workers=1, writers=1)
+    actor = _Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
+                        "format": "files", "crash_after": 2, "actors": 1})  # fmt: skip
+    summary, said, told = RunSummary(total=2), set(), []
+    caplog.set_level(logging.WARNING)
+    for name in ("im0.png", "im1.png"):  # the second call fails: the crash test's failure
+        job = Job(inputs / name, tmp_path / "out" / name)
+        item = pickle.dumps(decode(job, options, actor.model.weights_info.input))
+        batch = {"path": [str(job.path)], "item": [item], "error": [""],
+                 "folder": [str(job.folder)], **_given([job])}  # fmt: skip
+        try:
+            rows = actor(batch)
+        except RuntimeError as e:
+            caplog.clear()  # the actor's own records (in this process, caplog sees them too)
+            assert "injected failure after 2 images" in _failure(e, said)
+        else:
+            caplog.clear()
+            _count(rows, summary, said)
+        told += [(r.name, r.getMessage()) for r in caplog.records]
+    assert told == [
+        ("fpncli.weights.hub", "a warning of loading"),
+        ("fpncli.run.pipeline", "a warning about im0.png"),
+        ("fpncli.run.pipeline", "a warning about im1.png"),
+    ]
+
+
 def test_ray_cpu_actor_takes_the_cpu_default_batch_size(inputs, tmp_path, monkeypatch):
     """The actor's call, without Ray: without --batch-size, an actor on the CPU runs one image
     at a time, as the local engine does there (a batch rounds differently from single images),

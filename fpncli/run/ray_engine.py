@@ -251,6 +251,28 @@ class _Bytes:
         self.inner.fail(path, self.as_given(reason))
 
 
+#: the attribute of an actor's error that holds the fpncli warnings said before it
+_WARNINGS = "fpncli_warnings"
+
+
+@contextlib.contextmanager
+def _relayed(into: list):
+    """The block's fpncli warnings go to ``into`` (``WarningRelay``) for the driver to say, as
+    what an actor prints may reach no one (``_connect``); an error raised in the block takes
+    them along (``_WARNINGS``: Ray gives the driver the actor's error with its attributes)."""
+    relay, logger = WarningRelay(into.append), logging.getLogger("fpncli")
+    logger.addHandler(relay)
+    try:
+        yield
+    except Exception as e:
+        if into:
+            with contextlib.suppress(AttributeError, TypeError):  # (an error without __dict__)
+                setattr(e, _WARNINGS, list(into))
+        raise
+    finally:
+        logger.removeHandler(relay)
+
+
 class _Extractor:
     """The actor: weights loaded once; each call runs its images and writes them itself."""
 
@@ -259,8 +281,10 @@ class _Extractor:
         from .multi import usable_cores
 
         self.config = config
-        device = resolve_device(config["device"])
-        self.model = load_backbone(config["weights"], device=device, seed=config["seed"])
+        self.relayed: list[tuple] = []  # loading's warnings (the weights' cache): the first call's
+        with _relayed(self.relayed):
+            device = resolve_device(config["device"])
+            self.model = load_backbone(config["weights"], device=device, seed=config["seed"])
         self.options: RunOptions = config["options"]
         if device.type == "cpu":  # Ray gives a worker one OpenMP thread: use the node's cores
             threads = max(1, usable_cores() // config["actors"])
@@ -271,15 +295,11 @@ class _Extractor:
         self.folder_sink = FolderSink()
 
     def __call__(self, batch: dict) -> dict:
-        # the call's fpncli warnings go back with its rows (the first row's "log"), for the
-        # driver to say: what the actor prints does not reach the terminal (``_connect``)
-        relayed: list[tuple] = []
-        relay, logger = WarningRelay(relayed.append), logging.getLogger("fpncli")
-        logger.addHandler(relay)
-        try:
+        # the call's fpncli warnings (the first call's also those of loading) go back with its
+        # rows (the first row's "log"), or with its error, for the driver to say
+        relayed, self.relayed = self.relayed, []
+        with _relayed(relayed):
             rows = self._run(batch)
-        finally:
-            logger.removeHandler(relay)
         logs = [json.dumps(relayed) if relayed else ""] + [""] * (len(rows["path"]) - 1)
         return {**rows, "log": np.array(logs, dtype=object)}
 
@@ -441,7 +461,7 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
                                   elapsed))  # fmt: skip
     except Exception as e:  # an actor's error (a bug, a crash test) or Ray's own
         log.debug("the Ray job failed", exc_info=True)
-        failure = _ray_reason(e)
+        failure = _failure(e, said)
     finally:
         ray_log.setLevel(level)
         summary.seconds = time.monotonic() - start
@@ -473,6 +493,13 @@ def _count(batch: dict, summary: RunSummary, said: set[str]) -> None:
             summary.skipped += 1
         else:
             summary.failed.append((str(path), str(error)))
+
+
+def _failure(error: BaseException, said: set[str]) -> str:
+    """Say the warnings an actor's error brings (``_relayed``), and return its reason."""
+    for relayed in getattr(error, _WARNINGS, None) or ():
+        say_relayed(tuple(relayed), said)
+    return _ray_reason(error)
 
 
 def _ray_reason(error: BaseException) -> str:
