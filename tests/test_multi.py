@@ -211,3 +211,45 @@ def test_a_compile_warning_is_said_once_for_all_the_workers(tmp_path):
     warnings = [ln for ln in result.stderr.splitlines() if "--compile without --canvas" in ln]
     assert len(warnings) == 1, result.stderr
     assert warnings[0].startswith("WARNING fpncli.run.pipeline: --compile without --canvas")
+
+
+def test_the_kernels_once_per_process_warnings_are_said_once_per_run(monkeypatch, caplog):
+    """NNPACK's and cuDNN's refusals, which a process says once (per input shape, per layer,
+    per device), are marked once per run: relayed from two workers, the run says each once."""
+    import logging
+
+    import torch
+
+    from fpncli.model import cpu_kernels, cuda_kernels, layers
+    from fpncli.run.summary import WarningRelay, say_relayed
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("refused here")
+
+    relayed: list[tuple] = []
+    relay, logger = WarningRelay(relayed.append), logging.getLogger("fpncli")
+    logger.addHandler(relay)
+    try:
+        conv = layers.Conv2d(4, 4, kernel_size=3, padding=1)
+        conv.kernel = cpu_kernels.WINOGRAD
+        monkeypatch.setattr(cpu_kernels, "_FAILED", set())
+        monkeypatch.setattr(cpu_kernels, "_winograd", refuse)
+        with torch.no_grad():
+            assert cpu_kernels.conv_forward(conv, torch.zeros(1, 4, 8, 8)) is None
+        layers._unfuse(conv, torch.zeros(1, 4, 8, 8), RuntimeError("CUDNN_STATUS_NOT_SUPPORTED"))
+        monkeypatch.setattr(torch.cuda, "device", refuse)
+        assert not cuda_kernels.fusion_works.__wrapped__(torch.device("cuda"), torch.float16)
+    finally:
+        logger.removeHandler(relay)
+    assert len(relayed) == 3
+    caplog.clear()
+    caplog.set_level(logging.WARNING)
+    said: set[str] = set()
+    for record in relayed * 2:  # two workers that said the same
+        say_relayed(record, said)
+    assert [r.getMessage() for r in caplog.records] == [
+        "NNPACK failed on a (4, 8, 8) input (refused here); using oneDNN for that shape",
+        "cuDNN's fused kernel failed on a (1, 4, 8, 8) input (CUDNN_STATUS_NOT_SUPPORTED); plain "
+        "ops for this layer",
+        "cuDNN's fused convolutions do not run here (refused here); not used",
+    ]

@@ -32,6 +32,9 @@ __all__ = ["available", "use_cpu_kernels", "uses_cpu_kernels", "conv_forward"]
 
 WINOGRAD, GEMM = "winograd", "gemm"
 log = logging.getLogger(__name__)
+#: = run.summary.ONCE (the model imports nothing of the run): the key of a warning said once per
+#: run, by each process at most once, so that a run on several workers says it once
+_ONCE = "fpncli_once"
 
 
 @functools.cache
@@ -154,5 +157,6 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
         return _winograd(conv, x)
     except RuntimeError as e:  # NNPACK refused (e.g. its workspace): oneDNN computes the same
         _FAILED.add(shape)
-        log.warning("NNPACK failed on a %s input (%s); using oneDNN for that shape", shape, e)
+        log.warning("NNPACK failed on a %s input (%s); using oneDNN for that shape", shape, e,
+                    extra={_ONCE: f"nnpack {shape}"})  # fmt: skip
         return None
