@@ -201,6 +201,22 @@ def test_wds_to_memory_url_and_show_key(tmp_path, monkeypatch):
     )
 
 
+def test_show_key_of_a_record_without_the_default_level_says_which_to_pass(tmp_path):
+    """``show OUT --key K`` with no --level, of a record extracted without p2: the usage error
+    about --level (which was not given) names a level to pass."""
+    inputs = _images(tmp_path / "in", 2)
+    url = "memory://fpncli-test/p3-only"
+    result = _run([str(inputs), "-o", url, "--format", "wds", "--levels", "p3", "--no-heatmaps",
+                   "--no-overview"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    shown = CliRunner().invoke(cli, ["show", url, "--key", "img%2E1"])
+    assert shown.exit_code == 2, shown.output
+    assert shown.output.startswith("Error: Invalid value for '--level': img%2E1 in shard-")
+    assert "has no p2 tensor (it has p3); pass --level p3 (see 'cli show --help')" in shown.output
+    given = CliRunner().invoke(cli, ["show", url, "--key", "img%2E1", "--level", "p2"])
+    assert given.exit_code == 2 and "(it has p3) (see 'cli show --help')" in given.output
+
+
 def test_files_format_refuses_a_url_and_bad_shard_size(tmp_path):
     result = _run([str(tmp_path), "-o", "s3://bucket/out"])
     assert result.exit_code == 2 and "needs --format wds" in result.output

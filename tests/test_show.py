@@ -264,6 +264,9 @@ def test_option_values_the_target_rules_out_are_usage_errors(folder, tmp_path, m
         ([folder, "--level", "p2"],
          f"Invalid value for '--level': {folder} has no p2 (it has p3, p4, p5, p6); extract it "
          "with --levels"),
+        ([folder],  # --level not given: its default p2, and the level to give instead
+         f"Invalid value for '--level': {folder} has no p2 (it has p3, p4, p5, p6); extract it "
+         "with --levels, or pass --level p3"),
         ([folder / "p3.npy", "--level", "p5"],
          "Invalid value for '--level': this target holds p3, not p5"),
         (["--key", "k"], "--key needs TARGET: the output folder (or URL) of a --format wds run"),

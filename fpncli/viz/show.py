@@ -164,9 +164,11 @@ def _load_input(manifest: dict) -> np.ndarray | None:
     return read_photo(_input_path(manifest), manifest)
 
 
-def _from_folder(folder: Path, levels: list[str], asked: bool = True) -> _Source:
+def _from_folder(folder: Path, levels: list[str], asked: bool = True,
+                 named: bool = True) -> _Source:  # fmt: skip
     """``levels`` of the extraction in ``folder``; ``asked``: they are ``--level``'s (or its
-    default), so one the folder lacks is an ``OptionError``, not the name of a ``.npy`` in it."""
+    default), so one the folder lacks is an ``OptionError``, not the name of a ``.npy`` in it;
+    ``named``: ``--level`` was given (else its default, and the error says to give it)."""
     manifest = load_manifest(folder)  # ValueError: one there that cannot be read
     if manifest is None:
         raise _not_an_extraction(folder)
@@ -184,6 +186,8 @@ def _from_folder(folder: Path, levels: list[str], asked: bool = True) -> _Source
         if meta is None:
             saved = ", ".join(map(str, saved_levels))
             message = f"{folder} has no {name} (it has {saved}); extract it with --levels"
+            if not named and saved_levels:  # the default level: show one it has
+                message += f", or pass --level {next(iter(saved_levels))}"
             raise OptionError(message, "--level") if asked else ValueError(message)
         file = level_file(folder, name, meta)  # must lie inside the folder
         if file is None:
@@ -237,8 +241,9 @@ def _from_image(path: Path, weights: str, device: str, max_pixels: int) -> _Sour
     )
 
 
-def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
-    """One image of a ``--format wds`` extraction, found through its index."""
+def _from_shard(root: str, key: str, levels: list[str], named: bool = True) -> _Source:
+    """One image of a ``--format wds`` extraction, found through its index (``named``: as
+    ``_from_folder``'s)."""
     from ..io.extraction import check_level_array, npy_from_bytes
     from ..io.guard import parse_json
     from ..io.manifest import check_manifest
@@ -259,6 +264,8 @@ def _from_shard(root: str, key: str, levels: list[str]) -> _Source:
         if meta is None or not meta.get("file"):
             saved = ", ".join(n for n, m in manifest["levels"].items() if m.get("file"))
             message = f"{key} in {shard} has no {name} tensor (it has {saved or 'none'})"
+            if not named and saved:  # the default level: show one it has
+                message += f"; pass --level {saved.split(', ')[0]}"
             raise OptionError(message, "--level") if saved else ValueError(message)
         # the header is checked against the bytes before anything is allocated
         where = f"{shard}: {key}.{meta['file']}"
@@ -281,17 +288,17 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str,
             raise OptionError(
                 "--key needs TARGET: the output folder (or URL) of a --format wds run"
             )
-        return _from_shard(target, key, levels)
+        return _from_shard(target, key, levels, level_named or len(levels) > 1)
     if target is None:
         folder, notes = _latest()
-        source = _from_folder(folder, levels)
+        source = _from_folder(folder, levels, named=level_named or len(levels) > 1)
         source.notes += notes
         return source
     path = Path(target).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no such folder, .npy or image: {target}")
     if path.is_dir():
-        return _from_folder(path, levels)
+        return _from_folder(path, levels, named=level_named or len(levels) > 1)
     if path.suffix == ".npy":
         level = path.stem if path.stem in STRIDES else levels[0]
         from ..io.extraction import read_npy
