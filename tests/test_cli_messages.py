@@ -280,6 +280,18 @@ def test_dtype_float16_without_npy_says_it_only_changes_the_maps(runner, tmp_pat
     kept = runner.invoke(cli, [*args, "-o", str(tmp_path / "npy")])  # the .npy in float16
     assert kept.exit_code == 0, kept.output
     assert "--no-npy" not in kept.stderr and (tmp_path / "npy" / "p" / "p2.npy").is_file()
+    # no maps drawn (--no-heatmaps --no-overview): only the statistics
+    bare = runner.invoke(
+        cli, [*args, "-o", str(tmp_path / "bare"), "--no-npy", "--no-heatmaps", "--no-overview"]
+    )
+    assert bare.exit_code == 0, bare.output
+    assert (
+        bare.stderr.splitlines().count(
+            "note: with --no-npy, --dtype float16 only changes the statistics: they are computed "
+            "from the levels cast to float16"
+        )
+        == 1
+    ), bare.stderr
 
 
 def _one_line_error(result) -> str:

@@ -342,8 +342,10 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     repeated: list = []
     _check_inputs_not_levels(inputs, levels)
     if dtype == "float16" and no_npy:  # the dtype of files not written: likely meant nothing
-        click.echo("note: with --no-npy, --dtype float16 only changes the maps and statistics: "
-                   "they are computed from the levels cast to float16", err=True)  # fmt: skip
+        drawn = not (no_heatmaps and no_overview and not overlay)  # else statistics only
+        changed = "the maps and statistics" if drawn else "the statistics"
+        click.echo(f"note: with --no-npy, --dtype float16 only changes {changed}: they are "
+                   "computed from the levels cast to float16", err=True)  # fmt: skip
     pairs = discover_inputs(inputs, from_list, exclude=None if url else out, skipped=passed_over,
                             unreadable=unreadable, repeated=repeated)  # fmt: skip
     files_inside = _inside(inputs, passed_over)
