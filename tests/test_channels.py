@@ -32,6 +32,21 @@ def test_parse_channels():
         parse_channels("a,b", 256)
 
 
+def test_a_library_caller_is_told_which_argument_a_refusal_is_about():
+    """An OptionError's text names its option for a library caller (the CLI's usage line names
+    it once, in click's words: test_show_top_and_channels_cli); one that begins with it, or
+    about no one option, reads as given."""
+    from fpncli.io.guard import OptionError
+
+    with pytest.raises(OptionError) as caught:
+        parse_channels("3,256", 256)
+    assert str(caught.value) == "--channels: channel(s) [256] out of range: this map has 256 " \
+        "(0..255)"  # fmt: skip
+    assert caught.value.message.startswith("channel(s) [256] out of range")
+    assert str(OptionError("--scale level takes ...", "--scale")) == "--scale level takes ..."
+    assert str(OptionError("--top and --channels both given")) == "--top and --channels both given"
+
+
 def test_channel_grid_shares_one_range():
     feature = np.zeros((3, 2, 2), np.float32)
     feature[1] = 10.0  # the maximum of the shared range: the colormap's last colour

@@ -193,6 +193,15 @@ def test_receptive_field_option_values_are_usage_errors_before_the_model(
     assert not (tmp_path / "rf.png").exists()
 
 
+def test_a_library_caller_is_told_the_refused_point_is_at():
+    """draw_receptive_fields' refusals name the argument for a library caller: "--at: ..."."""
+    from fpncli.io.guard import OptionError
+    from fpncli.run.receptive import draw_receptive_fields
+
+    with pytest.raises(OptionError, match=r"^--at: expected X,Y in the original image's pixels"):
+        draw_receptive_fields(None, "1;2")
+
+
 def test_a_receptive_field_picture_is_named_for_its_levels_point_and_reduction(
     sample_extraction, tmp_path, monkeypatch
 ):

@@ -59,10 +59,12 @@ def test_run_ranges_known_answers():
 
 def test_an_unbounded_map_is_an_option_error_and_names_the_option_once():
     """The l2 map of images drawn otherwise rules out ``--scale level``: an ``OptionError``,
-    whose text does not begin by naming the option (click's line names it)."""
-    with pytest.raises(OptionError, match=r"^2 image\(s\) record no range") as caught:
+    whose message does not begin by naming the option (click's line names it; its text, for a
+    library caller, does so once)."""
+    with pytest.raises(OptionError, match=r"^--scale: 2 image\(s\) record no range") as caught:
         run_ranges([A, B], "level", reduce="l2")
     assert caught.value.option == "--scale"
+    assert caught.value.message.startswith("2 image(s) record no range")
 
 
 def test_run_ranges_of_l2_and_pca_maps_need_their_own_recorded_range():

@@ -64,12 +64,12 @@ def _friendly(command):
         except (ValueError, OSError, RuntimeError, LookupError) as e:
             if _verbose():
                 traceback.print_exc()
-            from ..io.guard import OptionError, error_text
+            from ..io.guard import OptionError, error_text, one_line
 
             if isinstance(e, OptionError):  # as click's own "Invalid value for '--channel'"
                 if e.option is None:
-                    raise click.UsageError(error_text(e)) from None
-                raise click.BadParameter(error_text(e), param_hint=e.option) from None
+                    raise click.UsageError(one_line(e.message)) from None
+                raise click.BadParameter(one_line(e.message), param_hint=e.option) from None
             raise click.ClickException(error_text(e)) from None
 
     return wrapper

@@ -311,11 +311,8 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             raise click.UsageError("--processes is for --engine local writing folders")
         if dev.type != "cuda":
             raise click.UsageError("--processes above 1 needs CUDA (a CPU run uses every core)")
-    if not (no_heatmaps and no_overview and not overlay):
-        try:
-            check_channel(channel, reduce, levels)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--channel") from None
+    if not (no_heatmaps and no_overview and not overlay):  # (an OptionError: --channel's)
+        check_channel(channel, reduce, levels)
     checked_canvas = _checked_canvas(
         canvas, min_size, max_size, not no_resize, max_pixels or DEFAULT_MAX_PIXELS
     )

@@ -139,8 +139,9 @@ def _rescale(scale: str, jobs, summary, output, out_format: str) -> None:
         return
     try:
         result = redraw_run(folders, scale, output)
-    except ValueError as e:
-        click.echo(f"--scale {scale}: pictures left on per-image ranges: {e}", err=True)
+    except ValueError as e:  # (an OptionError's message: this line names --scale already)
+        click.echo(f"--scale {scale}: pictures left on per-image ranges: "
+                   f"{getattr(e, 'message', e)}", err=True)  # fmt: skip
         return
     for folder, reason in result.failed:
         click.echo(f"--scale {scale}: not redrawn: {quote_name(folder)}: {quote_name(reason)}",

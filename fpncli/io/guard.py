@@ -62,11 +62,16 @@ class OptionError(ValueError):
     """An option's value that the data or the other options rule out (``--channel 300`` of a
     map with 256 channels, ``--at`` outside the photo): to the library a ValueError, to the CLI
     a usage error (exit 2) about ``option`` (None: about a combination of options), as click
-    reports a value it refuses itself."""
+    reports a value it refuses itself.
+
+    Its text names the option, for a library caller ("--at: 9999,1 lies outside the image"),
+    unless ``message`` begins with it; ``message`` is the text without it, which the CLI puts
+    after click's "Invalid value for '--at':"."""
 
     def __init__(self, message: str, option: str | None = None) -> None:
-        super().__init__(message)
-        self.option = option
+        named = option is None or message.startswith(option)
+        super().__init__(message if named else f"{option}: {message}")
+        self.message, self.option = message, option
 
 
 def _kind(mode: int) -> str:
