@@ -497,7 +497,7 @@ def test_gpus_takes_a_count_or_a_list_with_repeats():
     ]:
         with pytest.raises(click.BadParameter) as refused:
             _gpu_devices(gpus, "auto", count=2)
-        assert refused.value.format_message() == f"Invalid value for --gpus: {message}"
+        assert refused.value.format_message() == f"Invalid value for '--gpus': {message}"
     assert _gpu_devices("1,", "auto", count=2) == ["cuda:1"]  # GPU 1 alone
     with pytest.raises(click.UsageError, match="--gpus needs CUDA"):
         _gpu_devices("0,0", "cpu", count=2)

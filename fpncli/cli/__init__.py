@@ -35,9 +35,6 @@ def _usage_in_one_line():
     except click.exceptions.NoArgsIsHelpError:  # `fpncli` alone: the help itself
         raise
     except click.UsageError as e:
-        hint = getattr(e, "param_hint", None)
-        if isinstance(hint, str) and hint.startswith("-"):  # param_hint="--channel": quoted,
-            e.param_hint = f"'{hint}'"  # as click names an option whose value it refuses
         message = " ".join(e.format_message().split())
         if e.ctx is not None and "(see '" not in message:  # one pointer: the message's own
             message += f" (see '{e.ctx.command_path} --help')"

@@ -225,7 +225,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
         raise click.BadParameter(
             f"{', '.join(odd)}: the model-only rows' sizes are padded sizes, multiples of 32 "
             "(the backbone's largest stride); use --e2e-only for a resize target",
-            param_hint="--sizes",
+            param_hint="'--sizes'",
         )
     if e2e_only and (compile_only or model_only):
         other = "--compile-only" if compile_only else "--model-only"
@@ -235,7 +235,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     try:
         dev = select_device(device)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--device") from None
+        raise click.BadParameter(str(e), param_hint="'--device'") from None
     skipped: list[dict] = []
     runnable = []
     for precision in precisions:

@@ -69,7 +69,8 @@ def _friendly(command):
             if isinstance(e, OptionError):  # as click's own "Invalid value for '--channel'"
                 if e.option is None:
                     raise click.UsageError(one_line(e.message)) from None
-                raise click.BadParameter(one_line(e.message), param_hint=e.option) from None
+                hint = f"'{e.option}'"  # quoted, as click names an option whose value it refuses
+                raise click.BadParameter(one_line(e.message), param_hint=hint) from None
             raise click.ClickException(error_text(e)) from None
 
     return wrapper
@@ -207,13 +208,13 @@ def _check_weights(weights: str) -> None:
         try:
             check_regular_file(path, "weights file")
         except (OSError, ValueError) as e:
-            raise click.BadParameter(str(e), param_hint="--weights") from None
+            raise click.BadParameter(str(e), param_hint="'--weights'") from None
     if Path(weights).suffix in (".pkl", ".pth", ".pt") or "/" in weights:
-        raise click.BadParameter(f"weights file not found: {weights}", param_hint="--weights")
+        raise click.BadParameter(f"weights file not found: {weights}", param_hint="'--weights'")
     raise click.BadParameter(
         f"unknown weights {weights!r}: not a file, nor one of {', '.join(REGISTRY)}, random "
         "(see 'fpncli weights list')",
-        param_hint="--weights",
+        param_hint="'--weights'",
     )
 
 

@@ -39,7 +39,7 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
     from ..viz.diff import diff_extractions
 
     if not tol >= 0:  # also nan, which every comparison would pass
-        raise click.BadParameter("must be >= 0", param_hint="--tol")
+        raise click.BadParameter("must be >= 0", param_hint="'--tol'")
     result = diff_extractions(
         a, b, tol=tol, levels=levels,
         out=None if no_pictures else out_dir,

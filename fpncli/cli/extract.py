@@ -288,7 +288,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         )
     if min_size > max_size:
         raise click.BadParameter(
-            f"--min-size {min_size} is larger than --max-size {max_size}", param_hint="--min-size"
+            f"--min-size {min_size} is larger than --max-size {max_size}", param_hint="'--min-size'"
         )
     _check_weights(weights)
     from_env = None if shard else _env_shard()
@@ -299,7 +299,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         if device.startswith("cuda:"):  # Ray gives each actor its own GPU, seen as cuda:0
             raise click.BadParameter(
                 "with --engine ray, Ray places the actors on GPUs: give auto, cpu or cuda",
-                param_hint="--device",
+                param_hint="'--device'",
             )
         device = "cpu"
     # Ray actors on --device cpu refuse what a local CPU run refuses (auto's may get GPUs)

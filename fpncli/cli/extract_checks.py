@@ -60,11 +60,11 @@ def _checked_device(device: str, precision: str):
         if dev.type == "cuda":
             dev = select_device(device)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--device") from None
+        raise click.BadParameter(str(e), param_hint="'--device'") from None
     try:
         check_precision(precision, dev)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--precision") from None
+        raise click.BadParameter(str(e), param_hint="'--precision'") from None
     return dev
 
 
@@ -76,7 +76,7 @@ def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, 
     try:
         shard_bytes = parse_size(shard_size)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--shard-size") from None
+        raise click.BadParameter(str(e), param_hint="'--shard-size'") from None
     if "://" in out_dir and out_format != "wds":
         raise click.UsageError(f"{out_dir} is an object-store URL: it needs --format wds")
     if engine == "local":
@@ -91,12 +91,12 @@ def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, 
         raise click.UsageError("--gpus is for --engine local; Ray uses --gpu-workers")
     if out_dir.startswith("memory://"):  # (refused by run_ray too, but after Ray started)
         raise click.UsageError("memory:// lives in one process: use it with --engine local only")
-    workers = None if gpu_workers is None else _auto_or_count(gpu_workers, "--gpu-workers")
+    workers = None if gpu_workers is None else _auto_or_count(gpu_workers, "'--gpu-workers'")
     fraction = 1.0 if gpus_per_worker is None else gpus_per_worker
     if not (0 < fraction <= 1 or float(fraction).is_integer()):
         raise click.BadParameter(
             f"expected a fraction in (0, 1] or a whole number, got {fraction}",
-            param_hint="--gpus-per-worker",
+            param_hint="'--gpus-per-worker'",
         )
     return {
         "shard_bytes": shard_bytes, "address": ray_address or os.environ.get("RAY_ADDRESS"),
@@ -114,7 +114,7 @@ def _checked_canvas(canvas: str | None, min_size: int, max_size: int, resize: bo
         check_canvas(canvas, min_size=min_size, max_size=max_size, resize=resize,
                      max_pixels=max_pixels)  # fmt: skip
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--canvas") from None
+        raise click.BadParameter(str(e), param_hint="'--canvas'") from None
     return canvas
 
 
@@ -124,12 +124,12 @@ def _check_scale(scale: str, output, out_format: str) -> None:
     if scale != "image" and out_format == "wds":
         raise click.BadParameter(
             f"--scale {scale} redraws picture files: not with --format wds (use --scale image)",
-            param_hint="--scale",
+            param_hint="'--scale'",
         )
     try:
         check_scale(scale, output)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--scale") from None
+        raise click.BadParameter(str(e), param_hint="'--scale'") from None
 
 
 def _check_installed(engine: str, out_format: str, out_dir: str) -> None:
@@ -196,19 +196,19 @@ def _gpu_devices(gpus: str | None, device: str, count: int | None = None) -> lis
     except ValueError:
         raise click.BadParameter(
             f"expected all, a number or a list of GPU indices such as 0,0,1, got {gpus!r}",
-            param_hint="--gpus",
+            param_hint="'--gpus'",
         ) from None
     if "," not in gpus:
         if not 1 <= numbers[0] <= available:
             raise click.BadParameter(
-                f"{numbers[0]} GPUs asked for, {available} available", param_hint="--gpus"
+                f"{numbers[0]} GPUs asked for, {available} available", param_hint="'--gpus'"
             )
         return [f"cuda:{i}" for i in range(numbers[0])]
     wrong = sorted({i for i in numbers if not 0 <= i < available})
     if wrong:
         raise click.BadParameter(
             f"no GPU {', '.join(map(str, wrong))} here: {available} available (0..{available - 1})",
-            param_hint="--gpus",
+            param_hint="'--gpus'",
         )
     return [f"cuda:{i}" for i in numbers]
 
