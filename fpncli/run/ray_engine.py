@@ -211,17 +211,28 @@ def _as_given(pairs: dict[str, str]) -> Callable[[str], str]:
     driver's), but a failure names its image and folder as the local engine does: as given.
     A text may hold a path escaped: a newline written ``\\n`` (``one_line``), an OSError's
     ``repr`` of its file name, ``quote_name``'s quoted form; each form of the absolute path
-    becomes the same form of the given one."""
-    moved = {}
-    for absolute, given in pairs.items():
-        if absolute != given:
-            for form in _PATH_FORMS:
-                moved.setdefault(form(absolute), form(given))
-    if not moved:
+    becomes the same form of the given one. The forms are made at the first failure's text
+    (a call whose images all succeed makes none)."""
+    pairs = {absolute: given for absolute, given in pairs.items() if absolute != given}
+    if not pairs:
         return lambda text: text
-    # the longest first: an image's folder may be a prefix of its path (in/a of in/a.png)
-    pattern = re.compile("|".join(re.escape(a) for a in sorted(moved, key=len, reverse=True)))
-    return lambda text: pattern.sub(lambda m: moved[m.group(0)], text)
+    made: list = []  # [(forms, pattern)], once a text needs them
+
+    def as_given(text: str) -> str:
+        if not text:
+            return text
+        if not made:
+            forms = {}
+            for absolute, given in pairs.items():
+                for form in _PATH_FORMS:
+                    forms.setdefault(form(absolute), form(given))
+            # the longest first: an image's folder may be a prefix of its path (in/a of in/a.png)
+            alternatives = sorted(forms, key=len, reverse=True)
+            made.append((forms, re.compile("|".join(map(re.escape, alternatives)))))
+        forms, pattern = made[0]
+        return pattern.sub(lambda m: forms[m.group(0)], text)
+
+    return as_given
 
 
 class _Bytes:
