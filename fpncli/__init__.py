@@ -14,6 +14,11 @@ import importlib
 
 __version__ = "0.1.0"
 
+#: the ``extra`` key of a warning said once per run (``log.warning(..., extra={ONCE: "compile"})``):
+#: a run on several worker processes (``--gpus``, Ray actors) says it once, not once per worker
+#: (``run.summary.say_relayed``); here, so that the model's modules need not import the run's
+ONCE = "fpncli_once"
+
 _LAZY = {
     "WeightsInfo": "api",
     "extract": "api",

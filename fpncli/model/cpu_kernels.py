@@ -28,13 +28,12 @@ import platform
 import torch
 from torch import nn
 
+from .. import ONCE
+
 __all__ = ["available", "use_cpu_kernels", "uses_cpu_kernels", "conv_forward"]
 
 WINOGRAD, GEMM = "winograd", "gemm"
 log = logging.getLogger(__name__)
-#: = run.summary.ONCE (the model imports nothing of the run): the key of a warning said once per
-#: run, by each process at most once, so that a run on several workers says it once
-_ONCE = "fpncli_once"
 
 
 @functools.cache
@@ -158,5 +157,5 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
     except RuntimeError as e:  # NNPACK refused (e.g. its workspace): oneDNN computes the same
         _FAILED.add(shape)
         log.warning("NNPACK failed on a %s input (%s); using oneDNN for that shape", shape, e,
-                    extra={_ONCE: f"nnpack {shape}"})  # fmt: skip
+                    extra={ONCE: f"nnpack {shape}"})  # fmt: skip
         return None

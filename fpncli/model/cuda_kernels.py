@@ -33,12 +33,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import ONCE
+
 __all__ = ["enabled", "under_compile", "fusion_works", "use_cudnn_fusion", "uses_cudnn_fusion"]
 
 log = logging.getLogger(__name__)
-#: = run.summary.ONCE (the model imports nothing of the run): the key of a warning said once per
-#: run, by each process at most once, so that a run on several workers says it once
-_ONCE = "fpncli_once"
 
 
 def _setting() -> str:
@@ -90,13 +89,13 @@ def fusion_works(device: torch.device, dtype: torch.dtype) -> bool:
                     error = ((got.float() - want.float()).abs().max() / scale).item()
                     if got.shape != want.shape or not error < 2e-2:
                         log.warning("cuDNN's fused convolutions differ (%.2g): not used", error,
-                                    extra={_ONCE: "cudnn fusion differs"})  # fmt: skip
+                                    extra={ONCE: "cudnn fusion differs"})  # fmt: skip
                         return False
         return True
     except RuntimeError as e:
         log.warning("cuDNN's fused convolutions do not run here (%s); not used",
                     str(e).splitlines()[0] if str(e) else type(e).__name__,
-                    extra={_ONCE: "cudnn fusion fails"})  # fmt: skip
+                    extra={ONCE: "cudnn fusion fails"})  # fmt: skip
         return False
 
 

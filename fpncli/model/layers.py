@@ -13,12 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import ONCE
 from .cpu_kernels import conv_forward
 
 log = logging.getLogger(__name__)
-#: = run.summary.ONCE (the model imports nothing of the run): the key of a warning said once per
-#: run, by each process at most once, so that a run on several workers says it once
-_ONCE = "fpncli_once"
 
 __all__ = [
     "Conv2d",
@@ -185,7 +183,7 @@ def _unfuse(conv: Conv2d, x: torch.Tensor, error: RuntimeError) -> None:
     reason = text.splitlines()[0] if text else type(error).__name__
     log.warning("cuDNN's fused kernel failed on a %s input (%s); plain ops for this layer",
                 tuple(x.shape), reason,
-                extra={_ONCE: f"cudnn unfused {tuple(x.shape)} {reason}"})  # fmt: skip
+                extra={ONCE: f"cudnn unfused {tuple(x.shape)} {reason}"})  # fmt: skip
 
 
 @torch.no_grad()

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import ONCE
+
 __all__ = ["RunSummary", "Progress", "disk_full_message", "device_failed_message", "ONCE",
            "WarningRelay", "say_relayed"]  # fmt: skip
 
@@ -73,11 +75,6 @@ def device_failed_message(summary: RunSummary) -> str:
         f"{summary.device_failure}: {summary.done + summary.skipped} of {summary.total} done, "
         "rerun the same command to resume"
     )
-
-
-#: the key of a warning said once per run (``log.warning(..., extra={ONCE: "compile"})``): a run
-#: on several worker processes says it once, not once per worker
-ONCE = "fpncli_once"
 
 
 class WarningRelay(logging.Handler):
