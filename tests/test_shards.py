@@ -717,60 +717,219 @@ def test_one_output_folder_holds_one_format_either_way(sample_extraction, sample
     assert wds_output(marked) == "shard-0123456789ab-00ff.tar.partial"
 
 
+PHOTO = str(Path(__file__).resolve().parent.parent / "samples" / "coffee.png")
+
+
 @pytest.mark.parametrize("first", ["files", "wds"])
-def test_two_runs_of_different_formats_started_at_once_cannot_mix_them(tmp_path, monkeypatch,
-                                                                        first):  # fmt: skip
-    """Two runs of different formats into one empty -o, started at the same moment: both found
-    nothing of the other's, and both wrote. Here the second run is held while its weights load,
-    and the first runs whole meanwhile: the second is refused in one line when it claims -o
-    for its format, and -o holds one format, the first's, which its .fpncli-format names."""
+def test_a_run_of_the_other_format_that_ended_while_weights_loaded_is_seen(tmp_path, monkeypatch,
+                                                                          first):  # fmt: skip
+    """-o is checked again once the weights are loaded, as the run takes -o's format lock: a
+    run of the other format that passed the first check and then ran whole while this one's
+    weights loaded is found by its outputs, and this run is refused in one line."""
     extract_cli = sys.modules["fpncli.cli.extract"]  # (fpncli.cli.extract is the command)
-    photo = str(Path(__file__).resolve().parent.parent / "samples" / "coffee.png")
     out = tmp_path / "out"
-    out.mkdir()  # empty: both runs' checks find nothing
+    out.mkdir()  # empty: both runs' first checks find nothing
     second = "wds" if first == "files" else "files"
     runs, real = [], extract_cli._load_model
 
     def load_model(*args, **kwargs):  # the second run's; the first runs whole meanwhile
         if not runs:
             runs.append(None)  # (the first run's own load goes straight through)
-            runs[0] = _run([photo, "-o", str(out), "--format", first])
+            runs[0] = _run([PHOTO, "-o", str(out), "--format", first])
         return real(*args, **kwargs)
 
     monkeypatch.setattr(extract_cli, "_load_model", load_model)
-    result = _run([photo, "-o", str(out), "--format", second])
+    result = _run([PHOTO, "-o", str(out), "--format", second])
     assert runs[0].exit_code == 0, runs[0].output
     assert result.exit_code == 1, result.output
     (error,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert f"Error: {out} " in error and "an output folder holds one format" in error
+    assert f"Error: {out} holds " in error and "an output folder holds one format" in error
     assert "give another -o" in error and "Traceback" not in result.output
     from fpncli.io.formats import image_folder, wds_output
 
     held = (image_folder(out) is not None, wds_output(out) is not None)
     assert held == ((True, False) if first == "files" else (False, True))
-    assert (out / ".fpncli-format").read_text() == f"{first}\n"
 
 
-def test_a_format_claim_is_kept_by_runs_of_its_format_and_refuses_the_other(tmp_path):
-    """``claim_format``: the first claim names the format, a second of the same format keeps it,
-    and one of the other format is refused, as ``check_one_format`` refuses it, though the
-    first has written nothing yet; an empty marker (a claim cut short) claims nothing."""
-    from fpncli.io.formats import FORMAT_MARKER, check_one_format, claim_format
+@pytest.mark.parametrize("held", ["files", "wds", "files-url"])
+def test_a_live_run_of_the_other_format_refuses_a_run_until_it_ends(tmp_path, held):
+    """Two runs of different formats into one empty -o started at once both found nothing of
+    the other's, and both wrote. A run holds -o's format lock for its whole life: the lock held
+    here stands for a live run that has written nothing yet, and a run of the other format is
+    refused in one line, writing nothing (a ``file://`` -o is locked at its path, ``-url``);
+    once the holder has ended, nothing of it is in the way."""
+    from fpncli.io.formats import FormatLock, image_folder, wds_output
+
+    held, url = held.removesuffix("-url"), held.endswith("-url")
+    other = "wds" if held == "files" else "files"
+    out = tmp_path / "out"
+    target = out.as_uri() if url else str(out)
+    with FormatLock(out, held):  # (made -o)
+        refused = _run([PHOTO, "-o", target, "--format", other])
+        assert (image_folder(out), wds_output(out)) == (None, None)  # nothing written
+    assert refused.exit_code == 1, refused.output
+    assert refused.output.splitlines()[-1] == (
+        f"Error: {out} is being written by a --format {held} run now; an output folder holds "
+        "one format (a report reads one), --overwrite or not: give another -o, or rerun when "
+        "that run has ended"
+    )
+    after = _run([PHOTO, "-o", target, "--format", other])
+    assert after.exit_code == 0, after.output
+
+
+@pytest.mark.parametrize("out_format", ["files", "wds"])
+def test_a_run_holds_its_format_lock_while_it_writes_and_not_after(tmp_path, monkeypatch,
+                                                                   out_format):  # fmt: skip
+    """A run holds -o's lock for its format while its engine runs (here: a run of the other
+    format, looking in the middle of it, is refused), and drops it when it ends."""
+    import fpncli.run.pipeline
+    import fpncli.run.wds
+    from fpncli.io.formats import run_lock_held
+
+    module, name = (fpncli.run.pipeline, "run_jobs") if out_format == "files" else (
+        fpncli.run.wds, "run_sharded")  # fmt: skip
+    real, seen = getattr(module, name), []
+
+    def engine(*args, **kwargs):
+        seen.append(run_lock_held(out, out_format))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, engine)
+    out = tmp_path / "out"
+    result = _run([PHOTO, "-o", str(out), "--format", out_format])
+    assert result.exit_code == 0, result.output
+    assert seen == [True] and not run_lock_held(out, out_format)
+
+
+@pytest.mark.parametrize("end", ["finished", "interrupted"])
+def test_a_run_that_ended_leaves_nothing_in_the_way_of_the_other_format(tmp_path, monkeypatch,
+                                                                        end):  # fmt: skip
+    """A marker naming -o's format outlived its run: once a --format files run had finished,
+    or was stopped (Ctrl-C) before its first output, and its outputs were removed, a --format
+    wds run into that -o was refused. The run's lock goes with it: the wds run goes on."""
+    import fpncli.run.pipeline
+
+    out = tmp_path / "out"
+    if end == "interrupted":
+        monkeypatch.setattr(fpncli.run.pipeline, "run_jobs", _interrupt)
+    first = _run([PHOTO, "-o", str(out)])
+    assert first.exit_code == (0 if end == "finished" else 130), first.output
+    monkeypatch.undo()
+    for entry in out.iterdir():  # rm -rf out/*: its dotfiles stay
+        if not entry.name.startswith("."):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    second = _run([PHOTO, "-o", str(out), "--format", "wds"])
+    assert second.exit_code == 0, second.output
+    assert (out / "index.parquet").is_file()
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_a_format_lock_is_shared_by_one_format_and_refuses_the_other(tmp_path):
+    """``FormatLock``: runs of one format (``--shard 0/2`` and ``1/2``) hold it together, one of
+    the other format is refused while one holds it."""
+    from fpncli.io.formats import FormatLock, run_lock_held
 
     out = tmp_path / "new" / "out"
-    claim_format(out, "wds")  # made
-    claim_format(out, "wds")
-    assert (out / FORMAT_MARKER).read_text() == "wds\n"
-    for refuse in (claim_format, check_one_format):
-        claimed = r"claimed by a --format wds run .*delete it if no such run .*or --format wds$"
-        with pytest.raises(ValueError, match=claimed):
-            refuse(out, "files")
-    assert (out / FORMAT_MARKER).read_text() == "wds\n"
-    old = tmp_path / "old"
-    old.mkdir()
-    (old / FORMAT_MARKER).write_text("")  # a claim cut short: no format named
-    claim_format(old, "files")
-    assert (old / FORMAT_MARKER).read_text() == "files\n"
+    with FormatLock(out, "wds"), FormatLock(out, "wds"):  # (made -o)
+        assert run_lock_held(out, "wds") and not run_lock_held(out, "files")
+        with pytest.raises(ValueError, match=r"being written by a --format wds run now; .* when"):
+            FormatLock(out, "files").__enter__()
+    assert not run_lock_held(out, "wds")
+    with FormatLock(out, "files"):
+        pass
+
+
+def test_a_run_refused_before_any_image_removes_its_folder_unless_another_run_holds_it(tmp_path):
+    """A run that made -o and was refused before any image removes it, its lock file with it
+    (``_remove_if_unused``), but not while another run that has written nothing yet holds a
+    lock there: that run writes into it."""
+    from fpncli.cli.extract_report import _remove_if_unused
+    from fpncli.io.formats import FormatLock
+    from fpncli.io.guard import mark_output_root
+
+    out = tmp_path / "out"
+    mark_output_root(out)
+    mine, other = FormatLock(out, "files"), FormatLock(out, "files")
+    with mine, other:
+        _remove_if_unused(out, mine)
+        assert (out / ".fpncli-files.run").is_file() and mine.fd is None
+    _remove_if_unused(out, mine)
+    assert not out.exists()
+
+
+def test_a_format_lock_file_that_is_a_symlink_is_never_followed(tmp_path):
+    """A lock file that is a symlink (``OUT/.fpncli-files.run -> ../precious.txt``, or one to no
+    file) is neither written nor made through: the run is refused in one line that says to
+    remove it, the file it points at is as it was and no file is made where it points."""
+    out = tmp_path / "out"
+    out.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    before = precious.stat()
+    (out / ".fpncli-files.run").symlink_to("../precious.txt")
+    (out / ".fpncli-wds.run").symlink_to("../made.txt")  # dangling
+    for out_format, name in (("files", ".fpncli-files.run"), ("wds", ".fpncli-wds.run")):
+        result = _run([PHOTO, "-o", str(out), "--format", out_format])
+        assert result.exit_code == 1, result.output
+        assert result.output.splitlines()[-1] == (
+            f"Error: {out / name} is a symlink, not the empty file fpncli locks there while a "
+            "run writes: remove it (a run makes it again)"
+        )
+    assert precious.read_text() == "keep me" and precious.stat().st_mtime_ns == before.st_mtime_ns
+    assert not (tmp_path / "made.txt").exists()
+
+
+@pytest.mark.parametrize("kind", ["a folder", "a FIFO"])
+def test_a_format_lock_file_that_is_not_a_file_refuses_in_one_line(tmp_path, kind):
+    """A lock file that is a folder or a FIFO (never waited on), this run's or the other
+    format's, is named in one line that says what it is and to remove it."""
+    from fpncli.io.formats import FormatLock
+
+    for mine, out_format in ((True, "files"), (False, "wds")):
+        out = tmp_path / f"{mine}"
+        out.mkdir()
+        path = out / ".fpncli-files.run"
+        path.mkdir() if kind == "a folder" else os.mkfifo(path)
+        said = (
+            f"{path} is {kind}, not the empty file fpncli locks there while a run writes: "
+            "remove it (a run makes it again)"
+        )
+        with pytest.raises(ValueError) as refused:
+            FormatLock(out, out_format).__enter__()
+        assert str(refused.value) == said
+
+
+def test_a_read_only_format_lock_file_lets_runs_of_its_format_go_on(tmp_path, monkeypatch):
+    """A run of the same format needed to open the lock file for writing: another user's
+    (``0444`` here; an immutable file alike) refused it. It is opened for reading, which
+    ``flock`` takes as well: the run goes on, and still refuses the other format meanwhile."""
+    import errno
+
+    from fpncli.io.formats import FormatLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / ".fpncli-files.run"
+    lock.touch()
+    lock.chmod(0o444)
+    if os.geteuid() == 0:  # root opens it for writing anyway: refuse it as the kernel would
+        real = os.open
+
+        def os_open(path, flags, *args, **kwargs):
+            if Path(path).name == lock.name and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", os_open)
+    with FormatLock(out, "files"):  # another run of that format, live
+        result = _run([PHOTO, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        with pytest.raises(ValueError, match="being written by a --format files run now"):
+            FormatLock(out, "wds").__enter__()
+    assert (out / "coffee" / "manifest.json").is_file() and lock.stat().st_size == 0
 
 
 def test_wds_never_overwrites_an_object_stores_foreign_index(tmp_path):

@@ -36,6 +36,7 @@ from .extract_checks import (
     _checked_device,
     _crash_after,
     _gpu_devices,
+    _lock_format,
     _processes_callback,
     _torch_device,
     _worker_devices,
@@ -409,9 +410,9 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         if made:
             _remove_if_unused(out)
         raise
-    # from here on -o is this run's format: a run of the other format that passed the check
-    # above at the same moment as this one is refused here (or this one, if it claimed first)
-    _check_one_format(out_dir, out_format, claim=True)
+    # from here on, until the run ends, a run of the other format is refused, and this one is
+    # if such a run, which passed the check above as this one did, is writing -o now
+    lock = _lock_format(out_dir, out_format)
     if engine == "ray" and actor_device != "cpu":
         dev = _torch_device("cuda")  # for the default batch size of GPU actors (CPU ones: 1)
 
@@ -481,7 +482,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             _write_interrupted_log(None, bar.last, len(jobs), out, weights, precision,
                                    shard_spec, aborted=str(e))  # fmt: skip
         if made:
-            _remove_if_unused(out)
+            _remove_if_unused(out, lock)
         raise
     bar.close()
     summary.failed += [

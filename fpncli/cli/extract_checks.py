@@ -161,19 +161,33 @@ def _local_root(out_dir: str) -> Path | None:
     return Path(path) if is_local(fs) else None
 
 
-def _check_one_format(out_dir: str, out_format: str, *, claim: bool = False) -> None:
+def _check_one_format(out_dir: str, out_format: str) -> None:
     """Refuse -o when it holds the other format's outputs (``io.formats.check_one_format``):
     image folders beside shards, or shards beside image folders. A local folder, or a
-    ``file://`` URL for ``--format wds``; an object store holds no image folders. ``claim``:
-    also claim -o for ``out_format`` (``io.formats.claim_format``), so that a run of the other
-    format started at the same moment, which found -o as empty as this one did, is refused."""
-    from ..io.formats import check_one_format, claim_format
+    ``file://`` URL for ``--format wds``; an object store holds no image folders."""
+    from ..io.formats import check_one_format
 
     root = _local_root(out_dir)
     if root is None:
         return
     try:
-        (claim_format if claim else check_one_format)(root, out_format)
+        check_one_format(root, out_format)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _lock_format(out_dir: str, out_format: str):
+    """Hold -o's ``io.formats.FormatLock`` for ``out_format`` until the command ends (its click
+    context closes: done, failed or interrupted), so that a run of the other format is refused
+    while this one writes, though it has written nothing yet; entering it checks -o again
+    (``_check_one_format``). The lock, or None for an object store (nothing to lock)."""
+    from ..io.formats import FormatLock
+
+    root = _local_root(out_dir)
+    if root is None:
+        return None
+    try:
+        return click.get_current_context().with_resource(FormatLock(root, out_format))
     except ValueError as e:
         raise click.ClickException(str(e)) from None
 

@@ -248,17 +248,24 @@ def _without_path(reason: str, path: str) -> str:
     return reason.replace(path, "the file")
 
 
-def _remove_if_unused(out: Path) -> None:
-    """Remove the output folder this run made, if it holds nothing but its markers (a folder
-    with anything else in it keeps its markers too)."""
+def _remove_if_unused(out: Path, lock=None) -> None:
+    """Remove the output folder this run made, if it holds nothing but its markers and lock
+    files, and no other run holds one of those (a folder with anything else in it keeps them
+    too). ``lock``: this run's ``io.formats.FormatLock``, released first."""
+    from ..io.formats import run_lock_held
     from ..io.guard import OUTPUT_MARKER
-    from ..io.inputs import FORMAT_MARKER
+    from ..io.inputs import RUN_LOCKS
 
+    if lock is not None:
+        lock.release()
+    markers = {OUTPUT_MARKER, *RUN_LOCKS.values()}
     try:
-        if {entry.name for entry in os.scandir(out)} - {OUTPUT_MARKER, FORMAT_MARKER}:
+        if {entry.name for entry in os.scandir(out)} - markers:
             return
-        for marker in (OUTPUT_MARKER, FORMAT_MARKER):
+        if any(run_lock_held(out, out_format) for out_format in RUN_LOCKS):
+            return  # another run that has written nothing yet
+        for marker in markers:
             (out / marker).unlink(missing_ok=True)
         out.rmdir()  # only when empty
-    except OSError:
+    except (OSError, ValueError):
         pass

@@ -9,37 +9,37 @@ way round; ``--overwrite`` too, which redoes only its own format's outputs), and
 mixes them leaves out.
 
 Two runs of different formats started at once into an empty root would both find nothing of the
-other's: ``claim_format`` makes the first to claim the root name its format in
-``FORMAT_MARKER``, which ``check_one_format`` reads as well as the files (a root written before
-the marker has only its files to go by).
+other's: each local run holds a ``FormatLock`` for its whole life, which refuses a run while one
+of the other format is writing into the root (the files go on deciding for finished runs). The
+locks go with the runs, so a run that ended, failed or was killed leaves nothing in the way.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import logging
 import os
+import stat
 from pathlib import Path
 
-from .guard import read_capped
-from .inputs import FORMAT_MARKER, RESERVED_NAMES
+from .guard import _kind
+from .inputs import RESERVED_NAMES, RUN_LOCKS
 from .manifest import MANIFEST, read_manifest
 
 __all__ = [
-    "FORMAT_MARKER",
     "wds_output",
     "image_folder",
-    "claimed_format",
     "check_one_format",
-    "claim_format",
+    "FormatLock",
+    "run_lock_held",
     "image_folders_left_out",
     "left_out_text",
     "warn_image_folders_left_out",
 ]
 
 log = logging.getLogger(__name__)
-_FORMATS = ("files", "wds")
 
 
 def wds_output(root: Path) -> str | None:
@@ -85,24 +85,9 @@ def image_folder(root: Path) -> Path | None:
     return None
 
 
-def claimed_format(root: Path) -> str | None:
-    """The format ``root``'s ``FORMAT_MARKER`` names (``files`` or ``wds``), or None: no marker
-    (a root written before there was one), or an empty one (a run is claiming the root).
-
-    Raises:
-        ValueError: the marker is not a regular file (a FIFO, a folder).
-    """
-    try:
-        text = read_capped(Path(root) / FORMAT_MARKER, 64)[0]
-    except FileNotFoundError:
-        return None
-    name = text.decode("ascii", "replace").strip()
-    return name if name in _FORMATS else None
-
-
 def check_one_format(root: Path, out_format: str) -> None:
-    """Refuse to write ``out_format`` (``files`` or ``wds``) into the local ``root`` when it is
-    claimed for the other format (``claimed_format``) or holds the other format's outputs.
+    """Refuse to write ``out_format`` (``files`` or ``wds``) into the local ``root`` when it holds
+    the other format's outputs.
 
     Raises:
         ValueError: one line naming ``root`` and what it holds, saying to give another -o.
@@ -114,58 +99,158 @@ def check_one_format(root: Path, out_format: str) -> None:
         held = wds_output(root)
         if held is not None:
             raise _one_format_error(root, f"holds a --format wds output ({held})", "wds")
-    else:
-        folder = image_folder(root)
-        if folder is not None:
-            where = folder.relative_to(root).as_posix()
-            example = MANIFEST if where == "." else f"{where}/{MANIFEST}"
-            raise _one_format_error(
-                root, f"holds image folders of a --format files extraction ({example})", "files"
-            )
-    claimed = claimed_format(root)  # a run of the other format claimed it, and wrote nothing yet
-    if claimed not in (None, out_format):
+        return
+    folder = image_folder(root)
+    if folder is not None:
+        where = folder.relative_to(root).as_posix()
+        example = MANIFEST if where == "." else f"{where}/{MANIFEST}"
         raise _one_format_error(
-            root,
-            f"is claimed by a --format {claimed} run that has written nothing yet "
-            f"({FORMAT_MARKER}: delete it if no such run is going on)",
-            claimed,
+            root, f"holds image folders of a --format files extraction ({example})", "files"
         )
 
 
-def claim_format(root: Path, out_format: str) -> None:
-    """``check_one_format``, then claim ``root`` (made if need be) for ``out_format``: the first
-    run to claim it writes ``FORMAT_MARKER`` naming its format (a refused run leaves it empty).
-    The check and the write hold the marker's ``flock``, so of two runs of different formats
-    started at once, the second to claim the root finds the first's marker and is refused,
-    though the first has written no output yet. Where ``flock`` is refused (some network
-    filesystems) it goes on unlocked.
+class FormatLock:
+    """While held (a ``with`` block, or until ``release``), tell runs of the other format that a
+    run of ``out_format`` is writing into the local ``root``: a shared ``flock`` on its
+    ``RUN_LOCKS`` file, taken for a run's whole life, so that it goes with the run (ended,
+    failed, killed) and nothing is left to go stale. Runs of one format (``--shard 0/2`` and
+    ``1/2``) share it. Entering it (``root`` made if need be) refuses the run, holding nothing,
+    when a run of the other format holds its own (``run_lock_held``), or else when ``root``
+    holds the other format's outputs (``check_one_format``: finished runs).
+
+    Two runs of different formats started at the same moment each hold their own lock while
+    they look for the other's, so both may be refused; never do both go on. Where ``flock`` is
+    refused (some network filesystems) a warning says so and the run goes on unlocked.
 
     Raises:
-        ValueError: as ``check_one_format``.
+        ValueError: on entering, one line: a live run of the other format, the other format's
+            outputs, or a lock file that is not a regular file (or cannot be opened).
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
-    fd = os.open(root / FORMAT_MARKER, flags, 0o644)
+
+    def __init__(self, root: Path, out_format: str) -> None:
+        self.root, self.out_format = Path(root), out_format
+        self.fd: int | None = None
+
+    def __enter__(self) -> FormatLock:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create output folder {self.root}: {e.strerror}") from None
+        path = self.root / RUN_LOCKS[self.out_format]
+        other = "wds" if self.out_format == "files" else "files"
+        fd = _open_lock(path, create=True)
+        try:
+            try:  # waits only while a run of the other format probes it (LOCK_NB: at once)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            except OSError as e:  # e.g. ENOLCK on some network filesystems
+                log.warning("cannot lock %s (%s): going on unlocked", path, e)
+            else:
+                if run_lock_held(self.root, other):
+                    raise _one_format_error(
+                        self.root, f"is being written by a --format {other} run now", other,
+                        then="give another -o, or rerun when that run has ended",
+                    )  # fmt: skip
+            check_one_format(self.root, self.out_format)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Drop the lock (idempotent)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def run_lock_held(root: Path, out_format: str) -> bool:
+    """Whether a live run of ``out_format`` holds its ``FormatLock`` in the local ``root``: its
+    lock file cannot be locked exclusively (a probe released at once). No lock file: no such
+    run has started (one that starts now finds the caller's own lock). Where ``flock`` is
+    refused, False, with a warning.
+
+    Raises:
+        ValueError: the lock file is not a regular file, or cannot be opened.
+    """
+    path = Path(root) / RUN_LOCKS[out_format]
+    try:
+        fd = _open_lock(path, create=False)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError as e:  # e.g. ENOLCK on some network filesystems
+        log.warning("cannot lock %s (%s): taking it for no live run's", path, e)
+    finally:
+        os.close(fd)  # releases the probe
+    return False
+
+
+def _open_lock(path: Path, *, create: bool) -> int:
+    """A descriptor (close-on-exec) of the lock file ``path``, made if ``create``: never through
+    a symlink (a link to a file outside OUT is neither written nor made), never of anything but
+    a regular file (``O_NONBLOCK``: a FIFO is never waited on). One that cannot be opened for
+    writing (another user's, read-only, immutable) is opened for reading: ``flock`` takes it so.
+
+    Raises:
+        FileNotFoundError: not ``create``, and no such file.
+        ValueError: one line: a symlink or not a regular file (remove it), or it cannot be opened.
+    """
+    # O_CLOEXEC: no child the run starts (a spawned --gpus worker, Ray's processes) keeps the
+    # lock past the run: flock's lock is the open file's, which a child would share
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as e:  # e.g. ENOLCK on some network filesystems
-            log.warning("cannot lock %s (%s): claiming it unlocked", root / FORMAT_MARKER, e)
-        check_one_format(root, out_format)  # no other run claims it meanwhile
-        if claimed_format(root) is None:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{out_format}\n".encode())
-    finally:
-        os.close(fd)  # releases the lock
+            fd = os.open(path, flags | os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise
+            try:
+                fd = os.open(path, flags | os.O_RDONLY)
+            except FileNotFoundError:
+                raise e from None  # not there, and it cannot be made: say why
+    except FileNotFoundError:
+        if not create:
+            raise
+        raise ValueError(f"cannot create the lock file {path}: its folder is gone") from None
+    except OSError as e:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if stat.S_ISLNK(mode):  # ELOOP
+            raise _not_a_lock_file(path, "a symlink") from None
+        if not stat.S_ISREG(mode):  # a folder (EISDIR), a socket (ENXIO)
+            raise _not_a_lock_file(path, _kind(mode)) from None
+        raise ValueError(f"cannot open the lock file {path} ({e.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):  # a FIFO or a device opens
+        os.close(fd)
+        raise _not_a_lock_file(path, _kind(mode))
+    return fd
 
 
-def _one_format_error(root: Path, holds: str, held_format: str) -> ValueError:
-    """The one-line refusal of a run into ``root``, which ``holds`` the other format's output."""
+def _not_a_lock_file(path: Path, kind: str) -> ValueError:
+    return ValueError(
+        f"{path} is {kind}, not the empty file fpncli locks there while a run writes: remove it "
+        "(a run makes it again)"
+    )
+
+
+def _one_format_error(root: Path, holds: str, held_format: str,
+                      then: str | None = None) -> ValueError:  # fmt: skip
+    """The one-line refusal of a run into ``root``, which ``holds`` the other format's output;
+    ``then``: what to do (by default, another -o or the format held)."""
     other = "--format wds" if held_format == "wds" else "leave out --format wds"
     return ValueError(
         f"{root} {holds}; an output folder holds one format (a report reads one), --overwrite "
-        f"or not: give another -o, or {other}"
+        f"or not: {then or f'give another -o, or {other}'}"
     )
 
 

@@ -267,15 +267,17 @@ def discover_inputs(
     return unique
 
 
-#: The file naming the format an output folder was claimed for (``io.formats.claim_format``).
-FORMAT_MARKER = ".fpncli-format"
+#: The lock file a live run of each format holds in its output folder (``io.formats.FormatLock``):
+#: empty, it carries no state.
+RUN_LOCKS = {"files": ".fpncli-files.run", "wds": ".fpncli-wds.run"}
 #: What fpncli writes at the top of an output folder (``viz.report``'s page and asset folder,
 #: ``io.extraction``'s run log, ``io.shards``' index and marker, ``io.shardlock``'s claims and
-#: lock, the output and format markers): no image's folder takes these names, nor a shard's
-#: run log's.
+#: lock, the output marker, the runs' format locks): no image's folder takes these names, nor a
+#: shard's run log's. ``.fpncli-format`` is the format marker a few earlier versions wrote: no
+#: longer read, and still reserved, so that nothing takes one an output holds for an image's.
 RESERVED_NAMES = frozenset({
     "report", "report.html", RUN_LOG, "index.parquet", "_index", "_claims",
-    ".fpncli-wds.lock", ".fpncli-wds", OUTPUT_MARKER, FORMAT_MARKER,
+    ".fpncli-wds.lock", ".fpncli-wds", OUTPUT_MARKER, *RUN_LOCKS.values(), ".fpncli-format",
 })  # fmt: skip
 
 
