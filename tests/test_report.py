@@ -398,7 +398,8 @@ def test_a_report_or_diff_of_shards_says_it_leaves_out_image_folders_beside_them
     """An output that mixes the formats (written before extract refused that) was reported as
     its shards alone, the image folders left out without a word: one warning says so, and the
     page's summary too; a report of shards alone says nothing of it. ``diff`` read such an
-    output the same way and said nothing at all: it warns as the report does."""
+    output the same way and said nothing at all: it warns as the report does, of a ``file://``
+    URL of it too."""
     out = tmp_path / "out"
     shutil.copytree(sample_shards, out)
     alone = CliRunner().invoke(cli, ["report", str(out)])
@@ -417,6 +418,12 @@ def test_a_report_or_diff_of_shards_says_it_leaves_out_image_folders_beside_them
     assert diff.exit_code == 0 and "3 of 3 images compared" in diff.output, diff.output
     (said,) = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert said == warning  # B's, in the same words; A, shards alone, says nothing
+    caplog.clear()  # B as a file:// URL: looked into at its path, as the folder is
+    url = out.as_uri()
+    diff = CliRunner().invoke(cli, ["diff", str(sample_shards), url, "-o", str(tmp_path)])
+    assert diff.exit_code == 0 and "3 of 3 images compared" in diff.output, diff.output
+    (said,) = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert said == warning.replace(f"{out}: ", f"{url}: ", 1)
 
 
 def test_empty_map_thumbnail_is_blank_not_a_cv2_error():

@@ -152,13 +152,9 @@ def _check_installed(engine: str, out_format: str, out_dir: str) -> None:
 
 def _local_root(out_dir: str) -> Path | None:
     """-o as a local folder (a ``file://`` URL's path), or None for an object store."""
-    if "://" not in out_dir:
-        return Path(out_dir)
-    from ..io.shardlock import is_local
-    from ..io.shards import open_root
+    from ..io.formats import local_root
 
-    fs, path = open_root(out_dir)
-    return Path(path) if is_local(fs) else None
+    return local_root(out_dir)
 
 
 def _check_one_format(out_dir: str, out_format: str) -> None:

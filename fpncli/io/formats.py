@@ -34,6 +34,7 @@ __all__ = [
     "check_one_format",
     "FormatLock",
     "run_lock_held",
+    "local_root",
     "image_folders_left_out",
     "left_out_text",
     "warn_image_folders_left_out",
@@ -277,13 +278,27 @@ def left_out_text(count: int) -> str:
 def warn_image_folders_left_out(root: str | Path, read_as: str) -> int:
     """The image folders a reader of ``root`` (read as ``read_as``: ``files`` or ``wds``, as
     ``catalog.open_extractions`` found it) leaves out (``image_folders_left_out``), said in one
-    warning when there are any. An object store, and a root read as image folders, have none."""
-    if read_as != "wds" or "://" in str(root):
+    warning when there are any. An object store, and a root read as image folders, have none
+    (a ``file://`` URL is looked into at its local path)."""
+    local = local_root(str(root)) if read_as == "wds" else None
+    if local is None:
         return 0
-    count = image_folders_left_out(Path(root))
+    count = image_folders_left_out(local)
     if count:
         log.warning("%s: left out: %s", root, left_out_text(count))
     return count
+
+
+def local_root(root: str) -> Path | None:
+    """``root`` (a folder or an fsspec URL) as a local folder: a ``file://`` URL's path
+    (``shards.open_root``, then ``shardlock.is_local``), None for an object store."""
+    if "://" not in root:
+        return Path(root)
+    from .shardlock import is_local
+    from .shards import open_root
+
+    fs, path = open_root(root)
+    return Path(path) if is_local(fs) else None
 
 
 def _in_reserved(relative: Path) -> bool:
