@@ -184,6 +184,33 @@ def test_a_live_runs_key_for_another_file_is_refused_not_left_to_it(tmp_path, mo
         first.release()
 
 
+def test_an_earlier_versions_claims_file_without_sources_is_taken_at_its_word(tmp_path, model,
+                                                                              caplog):  # fmt: skip
+    """A live run of an earlier version records its keys without their input files
+    (``sources``): its keys are left to it as before, never refused as claimed for other files,
+    and the planning run says so."""
+    import fcntl
+
+    jobs, out = _jobs(tmp_path / "in", 2), tmp_path / "out"
+    plan = plan_sharded(jobs, str(out), OPTIONS, weights_meta(model))
+    keys, settings = sorted(plan.keys.values()), plan.settings
+    plan.release()
+    (out / CLAIMS_DIR).mkdir(exist_ok=True)
+    old = out / CLAIMS_DIR / "0123456789ab.json"
+    old.write_text(json.dumps({"pid": 4242, "settings": settings, "keys": keys[:1]}))
+    fd = os.open(old, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as its run holds it (another open file: it conflicts)
+    try:
+        with caplog.at_level(logging.WARNING):
+            again = plan_sharded(jobs, str(out), OPTIONS, weights_meta(model))
+        assert (again.skipped, again.left_to_others) == (1, 1)
+        assert sorted(again.keys[str(j.path)] for j in again.todo) == keys[1:]
+        assert "(pid 4242)" in caplog.text and "left to it" in caplog.text
+        again.release()
+    finally:
+        os.close(fd)
+
+
 def test_an_object_store_output_warns_that_runs_are_not_coordinated(tmp_path, caplog):
     import fsspec
 
