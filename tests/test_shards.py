@@ -842,6 +842,29 @@ def test_a_format_lock_is_shared_by_one_format_and_refuses_the_other(tmp_path):
         pass
 
 
+def test_a_format_lock_where_flock_is_refused_warns_once_and_goes_on(tmp_path, monkeypatch,
+                                                                     caplog):  # fmt: skip
+    """Where ``flock`` is refused (ENOLCK on some network filesystems) the run goes on unlocked
+    with one warning, and the files still decide: the other format's outputs are refused."""
+    import errno
+    import fcntl
+
+    from fpncli.io import formats
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING), formats.FormatLock(out, "files"):
+        pass
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.startswith(f"cannot lock {out / '.fpncli-files.run'} (") and "unlocked" in said
+    (out / "index.parquet").write_bytes(b"a --format wds output")
+    with pytest.raises(ValueError, match="holds a --format wds output"):
+        formats.FormatLock(out, "files").__enter__()
+
+
 def test_a_run_refused_before_any_image_removes_its_folder_unless_another_run_holds_it(tmp_path):
     """A run that made -o and was refused before any image removes it, its lock file with it
     (``_remove_if_unused``), but not while another run that has written nothing yet holds a
