@@ -66,3 +66,21 @@ def sample_shards(tmp_path_factory):
         result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 1 and "broken.jpg" in result.output, result.output
     return base / "out"
+
+
+@pytest.fixture
+def drawn_heatmaps(monkeypatch):
+    """``drawn_heatmaps(module)``: the heatmaps ``module.heatmap_image`` draws from then on, in
+    order, as ``(map2d, kwargs)`` (a copy of each map: what it was when drawn)."""
+
+    def spy_on(module) -> list[tuple]:
+        drawn, real = [], module.heatmap_image
+
+        def spy(map2d, **kwargs):
+            drawn.append((map2d.copy(), kwargs))
+            return real(map2d, **kwargs)
+
+        monkeypatch.setattr(module, "heatmap_image", spy)
+        return drawn
+
+    return spy_on

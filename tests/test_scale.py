@@ -119,16 +119,9 @@ def _recorded(root, level):
     return min(r[0] for r in ranges), max(r[1] for r in ranges)
 
 
-def test_show_scale_level_and_shared(sample_extraction, tmp_path, monkeypatch):
+def test_show_scale_level_and_shared(sample_extraction, tmp_path, drawn_heatmaps):
     assert extraction_root(sample_extraction / "chelsea") == sample_extraction.resolve()
-    seen = []
-    real = show_module.heatmap_image
-
-    def spy(map2d, **kwargs):
-        seen.append(kwargs["vrange"])
-        return real(map2d, **kwargs)
-
-    monkeypatch.setattr(show_module, "heatmap_image", spy)
+    drawn = drawn_heatmaps(show_module)
     runner = CliRunner()
     for name in ("chelsea", "coffee"):
         args = ["show", str(sample_extraction / name), "--level", "p3", "--scale", "level",
@@ -137,12 +130,15 @@ def test_show_scale_level_and_shared(sample_extraction, tmp_path, monkeypatch):
         assert result.exit_code == 0 and "colour scale level: ranges from the 3 image(s)" in (
             result.output
         )
+    seen = [kwargs["vrange"] for _, kwargs in drawn]
     assert seen[0] == seen[1] == pytest.approx(_recorded(sample_extraction, "p3"))
     args = ["show", str(sample_extraction / "rocket"), "--level", "p5", "--scale", "shared",
             "--save", str(tmp_path / "r.png")]  # fmt: skip
     assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
     every = [_recorded(sample_extraction, n) for n in ("p2", "p3", "p4", "p5", "p6")]
-    assert seen[2] == pytest.approx((min(r[0] for r in every), max(r[1] for r in every)))
+    assert drawn[2][1]["vrange"] == pytest.approx(
+        (min(r[0] for r in every), max(r[1] for r in every))
+    )
     image = runner.invoke(cli, ["show", str(tmp_path / "chelsea.png"), "--scale", "level"])
     assert image.exit_code == 2 and "must be an extraction folder" in image.output
     assert image.output.startswith("Error: Invalid value for '--scale': --scale level takes")
@@ -183,15 +179,12 @@ def test_show_scale_of_damaged_statistics_is_no_usage_error(sample_extraction, t
     ]
 
 
-def test_show_scale_of_an_image_in_shards(sample_shards, tmp_path, monkeypatch):
+def test_show_scale_of_an_image_in_shards(sample_shards, tmp_path, drawn_heatmaps):
     """``show OUT --key K --scale level``: the run's ranges from the shards' manifests (it was
     refused as if OUT were an image to extract on the fly)."""
     from fpncli.io.catalog import open_extractions
 
-    seen = []
-    real = show_module.heatmap_image
-    monkeypatch.setattr(show_module, "heatmap_image",
-                        lambda m, **kw: seen.append(kw["vrange"]) or real(m, **kw))  # fmt: skip
+    drawn = drawn_heatmaps(show_module)
     found = open_extractions(str(sample_shards))
     recorded = [found.manifest(k)["levels"]["p3"]["range"] for k in found.keys()]
     args = ["show", str(sample_shards), "--key", found.keys()[0], "--level", "p3", "--scale",
@@ -199,6 +192,7 @@ def test_show_scale_of_an_image_in_shards(sample_shards, tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert f"colour scale level: ranges from the {len(recorded)} image(s)" in result.output
+    seen = [kwargs["vrange"] for _, kwargs in drawn]
     assert seen == [pytest.approx((min(r[0] for r in recorded), max(r[1] for r in recorded)))]
 
 
@@ -229,26 +223,16 @@ def _two_images(folder):
     return folder
 
 
-def _p3_ranges(monkeypatch) -> list[tuple]:
-    """The colour range of every P3 heatmap drawn from now on, in order."""
+def _p3_ranges(drawn) -> list[tuple]:
+    """The colour ranges of the P3 heatmaps among ``drawn`` (``drawn_heatmaps``), in order."""
+    return [tuple(kwargs["vrange"]) for _, kwargs in drawn if kwargs["label"].startswith("p3 ")]
+
+
+def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, drawn_heatmaps):
+    from fpncli.io.outputs import is_complete
     from fpncli.viz import visualize
 
-    seen = []
-    real = visualize.heatmap_image
-
-    def spy(map2d, **kwargs):
-        if kwargs["label"].startswith("p3 "):
-            seen.append(tuple(kwargs["vrange"]))
-        return real(map2d, **kwargs)
-
-    monkeypatch.setattr(visualize, "heatmap_image", spy)
-    return seen
-
-
-def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, monkeypatch):
-    from fpncli.io.outputs import is_complete
-
-    seen = _p3_ranges(monkeypatch)
+    drawn = drawn_heatmaps(visualize)
     out = tmp_path / "out"
     args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random",
             "--min-size", "64", "--max-size", "96", "--workers", "1", "--overlay",
@@ -267,12 +251,15 @@ def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, monkeypatch):
         assert all(r == shared for r in manifest["scale"]["levels"].values())
         assert is_complete(out / name, manifest["run_key"])  # redrawn sizes recorded
     # first pass: each image on its own range; second pass: both on the shared one
+    seen = _p3_ranges(drawn)
     assert sorted(seen[:2]) == sorted(tuple(r) for r in own) and seen[2:] == [tuple(shared)] * 2
     # resume: nothing re-extracted, the pictures redrawn again on the same range
-    seen.clear()
+    drawn.clear()
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0 and "skipped 2" in result.output
-    assert seen == [tuple(shared)] * 2 and all(is_complete(out / n) for n in ("a", "b"))
+    assert _p3_ranges(drawn) == [tuple(shared)] * 2 and all(
+        is_complete(out / n) for n in ("a", "b")
+    )
 
 
 @pytest.mark.parametrize(
@@ -295,10 +282,11 @@ def test_extract_bad_scale_fails_before_any_work(tmp_path, monkeypatch, extra):
     assert "Traceback" not in result.output and not out.exists()
 
 
-def test_extract_resume_with_scale_image_puts_back_own_ranges(tmp_path, monkeypatch):
+def test_extract_resume_with_scale_image_puts_back_own_ranges(tmp_path, drawn_heatmaps):
     from fpncli.io.outputs import is_complete
+    from fpncli.viz import visualize
 
-    seen = _p3_ranges(monkeypatch)
+    drawn = drawn_heatmaps(visualize)
     out = tmp_path / "out"
     args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random",
             "--min-size", "64", "--max-size", "96", "--workers", "1",
@@ -306,12 +294,12 @@ def test_extract_resume_with_scale_image_puts_back_own_ranges(tmp_path, monkeypa
     runner = CliRunner()
     assert runner.invoke(cli, [*args, "--scale", "level"], catch_exceptions=False).exit_code == 0
     assert all("scale" in json.loads((out / n / "manifest.json").read_text()) for n in "ab")
-    seen.clear()
+    drawn.clear()
     result = runner.invoke(cli, args, catch_exceptions=False)  # default --scale image, resumed
     assert result.exit_code == 0 and "skipped 2" in result.output
     manifests = [json.loads((out / n / "manifest.json").read_text()) for n in "ab"]
     assert all("scale" not in m for m in manifests)
-    assert sorted(seen) == sorted(tuple(m["levels"]["p3"]["range"]) for m in manifests)
+    assert sorted(_p3_ranges(drawn)) == sorted(tuple(m["levels"]["p3"]["range"]) for m in manifests)
     assert all(is_complete(out / n, m["run_key"]) for n, m in zip("ab", manifests))
 
 
@@ -362,7 +350,7 @@ def _p6_labels(monkeypatch) -> list:
 
 
 def test_a_resumed_image_scale_run_draws_each_map_on_the_range_of_the_map_drawn(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, drawn_heatmaps
 ):
     """The redraw back to own ranges reduces the .npy again, with numpy's mean, which may
     differ from the run's torch mean by a rounding (here made sure of: the run's is one ulp
@@ -376,20 +364,15 @@ def test_a_resumed_image_scale_run_draws_each_map_on_the_range_of_the_map_drawn(
     put_back = _run_reduction_one_ulp_up(monkeypatch)
     assert runner.invoke(cli, [*args, "--scale", "level"], catch_exceptions=False).exit_code == 0
     put_back()
-    drawn = []
-    real = visualize.heatmap_image
-
-    def spy(map2d, **kwargs):
-        own = (float(map2d.min()), float(map2d.max()))
-        drawn.append((kwargs["label"].split()[0], map2d.shape, tuple(kwargs["vrange"]), own))
-        return real(map2d, **kwargs)
-
-    monkeypatch.setattr(visualize, "heatmap_image", spy)
+    drawn = drawn_heatmaps(visualize)
     result = runner.invoke(cli, args, catch_exceptions=False)  # default --scale image, resumed
     assert result.exit_code == 0 and "redrew 1 image(s) on their own ranges" in result.output
-    assert [(name, shape) for name, shape, _, _ in drawn] == [("p5", (2, 2)), ("p6", (1, 1))]
-    _, _, vrange, own = drawn[1]
-    assert vrange == own  # the one cell's value, at both ends
+    assert [(kw["label"].split()[0], m.shape) for m, kw in drawn] == [
+        ("p5", (2, 2)),
+        ("p6", (1, 1)),
+    ]
+    p6, kwargs = drawn[1]
+    assert tuple(kwargs["vrange"]) == (float(p6.min()), float(p6.max()))  # the one cell, twice
 
 
 @pytest.mark.parametrize("scale", ["level", "shared"])

@@ -96,17 +96,10 @@ def test_a_long_channel_list_is_named_within_a_file_names_length():
     )
 
 
-def test_valid_region_only(folder, monkeypatch):
-    seen = {}
-    real = show_module.heatmap_image
-
-    def spy(map2d, **kwargs):
-        seen["shape"] = map2d.shape
-        return real(map2d, **kwargs)
-
-    monkeypatch.setattr(show_module, "heatmap_image", spy)
+def test_valid_region_only(folder, drawn_heatmaps):
+    drawn = drawn_heatmaps(show_module)
     show(str(folder), level="p2", display=False)
-    assert seen["shape"] == (15, 24)  # ceil(60 / 4) rows of image, not the 16 padded ones
+    assert drawn[-1][0].shape == (15, 24)  # ceil(60 / 4) rows of image, not the 16 padded ones
 
 
 def test_p6_says_it_is_a_subsample_of_p5(folder):
@@ -128,28 +121,25 @@ def test_bare_npy_without_manifest(tmp_path):
     assert result.saved == tmp_path / "x.png" and result.saved.is_file()
 
 
-def test_a_npy_named_for_no_level_is_drawn_as_of_unknown_level(folder, tmp_path, monkeypatch):
+def test_a_npy_named_for_no_level_is_drawn_as_of_unknown_level(
+    folder, tmp_path, monkeypatch, drawn_heatmaps
+):
     """p4.npy renamed loose.npy was drawn labelled "p2  stride 4" as show_p2.png, which b.npy
     beside it then replaced; its level is unknown unless --level names it."""
-    labels = []
-    real = show_module.heatmap_image
-
-    def spy(map2d, **kwargs):
-        labels.append(kwargs["label"])
-        return real(map2d, **kwargs)
-
-    monkeypatch.setattr(show_module, "heatmap_image", spy)
+    drawn = drawn_heatmaps(show_module)
     loose = tmp_path / "loose"
     loose.mkdir()
     np.save(loose / "loose.npy", np.load(folder / "p4.npy"))
     np.save(loose / "b.npy", np.load(folder / "p3.npy"))
     result = show(str(loose / "loose.npy"), display=False)
     assert result.saved == loose / "show_loose.png"
-    assert labels[-1].startswith("level unknown  (1, 4, 4, 6)") and "stride" not in labels[-1]
+    label = drawn[-1][1]["label"]
+    assert label.startswith("level unknown  (1, 4, 4, 6)") and "stride" not in label
     assert any("the level of loose.npy is unknown" in m and "--level" in m for m in result.messages)
     assert show(str(loose / "b.npy"), display=False).saved == loose / "show_b.png"
     named = show(str(loose / "loose.npy"), level="p4", display=False)
-    assert named.saved == loose / "show_loose_p4.png" and labels[-1].startswith("p4  stride 16")
+    assert named.saved == loose / "show_loose_p4.png"
+    assert drawn[-1][1]["label"].startswith("p4  stride 16")
     assert not any("unknown" in m for m in named.messages)
     from fpncli.viz import channels as channels_module
 
@@ -172,7 +162,7 @@ def test_a_npy_named_for_no_level_is_drawn_as_of_unknown_level(folder, tmp_path,
     overview = show(str(loose / "loose.npy"), level="all", display=False)
     assert overview.saved == loose / "show_loose_all.png" and captions == ["level unknown"]
     assert show(str(folder / "p4.npy"), display=False).saved == folder / "show_p4.png"
-    assert labels[-1].startswith("p4  stride 16")
+    assert drawn[-1][1]["label"].startswith("p4  stride 16")
 
 
 def test_all_and_overlay(folder, tmp_path):
