@@ -3,6 +3,7 @@ dead runs' leftovers cleaned up, commits under OUT's lock. Tiny images, a seeded
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -247,13 +248,16 @@ def test_a_full_disk_in_a_wds_run_counts_only_committed_images(tmp_path, model, 
 
 
 def test_a_fifo_or_folder_among_the_claims_is_skipped_not_waited_on(tmp_path, caplog):
-    """A FIFO named like a claims file blocked the planning run's open forever (holding OUT's
-    lock); a folder so named failed its removal. Both are left alone with a warning."""
+    """A FIFO named like a claims file, or like a killed run's claims temporary a minute old,
+    blocked the planning run's open forever (holding OUT's lock); a folder so named failed its
+    removal. All are left alone with a warning."""
     import fsspec
 
     claims = tmp_path / CLAIMS_DIR
     claims.mkdir()
     os.mkfifo(claims / "stale.json")
+    os.mkfifo(claims / ".dead.tmp")
+    os.utime(claims / ".dead.tmp", (1e9, 1e9))  # long past: a killed run's
     (claims / "folder.json").mkdir()
     found = []
 
@@ -265,13 +269,47 @@ def test_a_fifo_or_folder_among_the_claims_is_skipped_not_waited_on(tmp_path, ca
         reader.start()
         reader.join(30)
     if reader.is_alive():  # the old open blocks until a writer comes: let it go, then fail
-        os.close(os.open(claims / "stale.json", os.O_WRONLY | os.O_NONBLOCK))
+        for fifo in ("stale.json", ".dead.tmp"):
+            with contextlib.suppress(OSError):  # ENXIO: not the one waited on
+                os.close(os.open(claims / fifo, os.O_WRONLY | os.O_NONBLOCK))
         reader.join(30)
         pytest.fail("reading the claims waited on a FIFO")
     assert found == [[]]
     assert "stale.json: not a regular file (a FIFO)" in caplog.text
+    assert f"ignoring {claims / '.dead.tmp'}: a FIFO, not a claims file" in caplog.text
     assert "folder.json: not a regular file (a folder)" in caplog.text
     assert (claims / "stale.json").exists() and (claims / "folder.json").is_dir()
+    assert (claims / ".dead.tmp").exists()
+
+
+@pytest.mark.parametrize("kind", ["a symlink", "a dangling symlink", "a FIFO"])
+def test_the_wds_lock_file_is_never_followed_nor_waited_on(tmp_path, kind):
+    """``OUT/.fpncli-wds.lock`` that is a symlink (to a file outside OUT, or to none) was
+    opened through it: the file pointed at was locked, or made empty outside OUT. Now the run
+    is refused in one line that says to remove it, and nothing is made or changed outside OUT;
+    a FIFO so named is refused as well, never waited on."""
+    import fsspec
+
+    out = tmp_path / "out"
+    out.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    before = precious.stat()
+    lock = out / LOCK_FILE
+    if kind == "a FIFO":
+        os.mkfifo(lock)
+    else:
+        lock.symlink_to("../precious.txt" if kind == "a symlink" else "../made.txt")
+    with pytest.raises(ValueError) as refused:
+        with wds_lock(fsspec.filesystem("file"), str(out)):
+            pass
+    said = kind if kind == "a FIFO" else "a symlink"
+    assert str(refused.value) == (
+        f"{lock} is {said}, not the empty file fpncli locks there while a run writes: remove it "
+        "(a run makes it again)"
+    )
+    assert precious.read_text() == "keep me" and precious.stat().st_mtime_ns == before.st_mtime_ns
+    assert not (tmp_path / "made.txt").exists()
 
 
 def test_a_live_claims_file_with_a_forged_body_claims_nothing(tmp_path, caplog):

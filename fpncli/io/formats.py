@@ -16,15 +16,13 @@ locks go with the runs, so a run that ended, failed or was killed leaves nothing
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import itertools
 import logging
 import os
-import stat
 from pathlib import Path
 
-from .guard import _kind
+from .guard import open_lock_file
 from .inputs import RESERVED_NAMES, RUN_LOCKS
 from .manifest import MANIFEST, read_manifest
 
@@ -139,7 +137,7 @@ class FormatLock:
             raise ValueError(f"cannot create output folder {self.root}: {e.strerror}") from None
         path = self.root / RUN_LOCKS[self.out_format]
         other = "wds" if self.out_format == "files" else "files"
-        fd = _open_lock(path, create=True)
+        fd = open_lock_file(path, create=True)
         try:
             try:  # waits only while a run of the other format probes it (LOCK_NB: at once)
                 fcntl.flock(fd, fcntl.LOCK_SH)
@@ -179,7 +177,7 @@ def run_lock_held(root: Path, out_format: str) -> bool:
     """
     path = Path(root) / RUN_LOCKS[out_format]
     try:
-        fd = _open_lock(path, create=False)
+        fd = open_lock_file(path, create=False)
     except FileNotFoundError:
         return False
     try:
@@ -191,57 +189,6 @@ def run_lock_held(root: Path, out_format: str) -> bool:
     finally:
         os.close(fd)  # releases the probe
     return False
-
-
-def _open_lock(path: Path, *, create: bool) -> int:
-    """A descriptor (close-on-exec) of the lock file ``path``, made if ``create``: never through
-    a symlink (a link to a file outside OUT is neither written nor made), never of anything but
-    a regular file (``O_NONBLOCK``: a FIFO is never waited on). One that cannot be opened for
-    writing (another user's, read-only, immutable) is opened for reading: ``flock`` takes it so.
-
-    Raises:
-        FileNotFoundError: not ``create``, and no such file.
-        ValueError: one line: a symlink or not a regular file (remove it), or it cannot be opened.
-    """
-    # O_CLOEXEC: no child the run starts (a spawned --gpus worker, Ray's processes) keeps the
-    # lock past the run: flock's lock is the open file's, which a child would share
-    flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    try:
-        try:
-            fd = os.open(path, flags | os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
-                raise
-            try:
-                fd = os.open(path, flags | os.O_RDONLY)
-            except FileNotFoundError:
-                raise e from None  # not there, and it cannot be made: say why
-    except FileNotFoundError:
-        if not create:
-            raise
-        raise ValueError(f"cannot create the lock file {path}: its folder is gone") from None
-    except OSError as e:
-        try:
-            mode = os.lstat(path).st_mode
-        except OSError:
-            mode = stat.S_IFREG
-        if stat.S_ISLNK(mode):  # ELOOP
-            raise _not_a_lock_file(path, "a symlink") from None
-        if not stat.S_ISREG(mode):  # a folder (EISDIR), a socket (ENXIO)
-            raise _not_a_lock_file(path, _kind(mode)) from None
-        raise ValueError(f"cannot open the lock file {path} ({e.strerror})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):  # a FIFO or a device opens
-        os.close(fd)
-        raise _not_a_lock_file(path, _kind(mode))
-    return fd
-
-
-def _not_a_lock_file(path: Path, kind: str) -> ValueError:
-    return ValueError(
-        f"{path} is {kind}, not the empty file fpncli locks there while a run writes: remove it "
-        "(a run makes it again)"
-    )
 
 
 def _one_format_error(root: Path, holds: str, held_format: str,

@@ -32,6 +32,7 @@ __all__ = [
     "OptionError",
     "check_regular_file",
     "open_regular",
+    "open_lock_file",
     "is_disk_full",
     "folder_lock",
     "pid_alive",
@@ -78,6 +79,7 @@ def _kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symlink"),  # (an lstat's)
     ):  # fmt: skip
         if test(mode):
             return name
@@ -240,6 +242,57 @@ def folder_lock(folder: Path, timeout_s: float = 300.0, poll_s: float = 0.05) ->
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def open_lock_file(path: Path, *, create: bool) -> int:
+    """A descriptor (close-on-exec) of the lock file ``path``, made if ``create``: never through
+    a symlink (a link to a file outside OUT is neither written nor made), never of anything but
+    a regular file (``O_NONBLOCK``: a FIFO is never waited on). One that cannot be opened for
+    writing (another user's, read-only, immutable) is opened for reading: ``flock`` takes it so.
+
+    Raises:
+        FileNotFoundError: not ``create``, and no such file.
+        ValueError: one line: a symlink or not a regular file (remove it), or it cannot be opened.
+    """
+    # O_CLOEXEC: no child the run starts (a spawned --gpus worker, Ray's processes) keeps the
+    # lock past the run: flock's lock is the open file's, which a child would share
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        try:
+            fd = os.open(path, flags | os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise
+            try:
+                fd = os.open(path, flags | os.O_RDONLY)
+            except FileNotFoundError:
+                raise e from None  # not there, and it cannot be made: say why
+    except FileNotFoundError:
+        if not create:
+            raise
+        raise ValueError(f"cannot create the lock file {path}: its folder is gone") from None
+    except OSError as e:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if stat.S_ISLNK(mode):  # ELOOP
+            raise _not_a_lock_file(path, "a symlink") from None
+        if not stat.S_ISREG(mode):  # a folder (EISDIR), a socket (ENXIO)
+            raise _not_a_lock_file(path, _kind(mode)) from None
+        raise ValueError(f"cannot open the lock file {path} ({e.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):  # a FIFO or a device opens
+        os.close(fd)
+        raise _not_a_lock_file(path, _kind(mode))
+    return fd
+
+
+def _not_a_lock_file(path: Path, kind: str) -> ValueError:
+    return ValueError(
+        f"{path} is {kind}, not the empty file fpncli locks there while a run writes: remove it "
+        "(a run makes it again)"
+    )
 
 
 def mark_output_root(folder: Path) -> None:

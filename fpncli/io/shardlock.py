@@ -26,13 +26,14 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .guard import open_regular, parse_json
+from .guard import _kind, open_lock_file, open_regular, parse_json
 
 __all__ = [
     "CLAIMS_DIR",
@@ -66,12 +67,17 @@ def run_token() -> str:
 @contextlib.contextmanager
 def wds_lock(fs, root: str) -> Iterator[None]:
     """Hold ``root``'s wds lock for the ``with`` body (blocking: every holder is brief).
-    Without locks (an object store, or a filesystem refusing ``flock``) the body runs unlocked."""
+    Without locks (an object store, or a filesystem refusing ``flock``) the body runs unlocked.
+
+    Raises:
+        ValueError: one line: the lock file is a symlink or not a regular file (never followed,
+            never waited on), or cannot be opened.
+    """
     if not is_local(fs):
         yield
         return
     Path(root).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(root) / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_lock_file(Path(root) / LOCK_FILE, create=True)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -211,11 +217,18 @@ def _read_live(path: Path) -> LiveRun | None:
 
 def _remove_if_unlocked(path: Path, min_age_s: float = 60.0) -> None:
     """Remove a claims file's temporary that no live run holds: its writer locks it before
-    naming it, so an unlocked one a minute old was left by a run killed in between."""
+    naming it, so an unlocked one a minute old was left by a run killed in between. Anything
+    but a regular file there (a FIFO would block the open, with OUT's lock held) is left alone,
+    with a warning."""
     try:
-        if time.time() - path.stat().st_mtime < min_age_s:
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode):
+            log.warning("ignoring %s: %s, not a claims file", path, _kind(st.st_mode))
             return
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if time.time() - st.st_mtime < min_age_s:
+            return
+        # O_NONBLOCK, O_NOFOLLOW: what was swapped in since is never waited on nor followed
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return
     try:
