@@ -461,6 +461,19 @@ def test_an_empty_output_folder_is_refused(tmp_path, monkeypatch, command):
     assert sorted(os.listdir(tmp_path)) == ["a.png"]
 
 
+@pytest.mark.parametrize("command", [["extract", "a.png"], ["show", "a.png"], ["bench"]])
+def test_an_empty_weights_value_is_refused_as_empty(tmp_path, monkeypatch, command):
+    """--weights "" (an unset shell variable) said "'.': not a regular file (a folder)"."""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save("a.png")
+    result = CliRunner().invoke(cli, [*command, "--weights", ""])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--weights': an empty value (an unset shell variable?)" in (
+        result.output
+    )
+    assert "folder" not in result.output and sorted(os.listdir(tmp_path)) == ["a.png"]
+
+
 def test_from_list_skips_a_bom_and_names_the_line_of_a_nul_byte(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save("a.png")

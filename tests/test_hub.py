@@ -73,6 +73,9 @@ def test_resolve_errors(home, tmp_path):
         resolve_weights(str(tmp_path / "missing.pkl"))
     with pytest.raises(FileNotFoundError, match="fpncli weights download"):
         resolve_weights("faster_rcnn_R_50_FPN_1x", download_missing=False)
+    for empty in ("", " "):  # was "not a regular file (a folder)": Path("") is "."
+        with pytest.raises(ValueError, match=r"an empty value \(an unset shell variable\?\)"):
+            fpncli.load_backbone(empty)
 
 
 def test_offline_download_says_where_and_what_to_do(home, monkeypatch):

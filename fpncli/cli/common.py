@@ -199,8 +199,11 @@ def _check_weights(weights: str) -> None:
     from pathlib import Path
 
     from ..io.guard import check_regular_file
+    from ..weights.hub import _EMPTY_WEIGHTS
     from ..weights.registry import REGISTRY
 
+    if not weights.strip():  # as -o '': Path("") is the current folder, "not a regular file"
+        raise click.BadParameter(_EMPTY_WEIGHTS, param_hint="'--weights'")
     path = Path(weights).expanduser()
     if weights == "random" or weights in REGISTRY or path.is_file():
         return

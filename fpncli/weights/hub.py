@@ -269,6 +269,8 @@ def resolve_weights(
         ValueError: neither a file nor a registry name, or a folder, FIFO or device.
         WeightsDownloadError: the download failed.
     """
+    if not weights.strip():  # Path("") is the current folder: say what is wrong instead
+        raise ValueError(f"weights: {_EMPTY_WEIGHTS}")
     spec = REGISTRY.get(weights)
     if spec is None:
         path = Path(weights).expanduser()
@@ -292,6 +294,11 @@ def resolve_weights(
 
 #: What a run that takes a ``--weights`` value (or the API's ``weights=``) can do offline.
 _RANDOM_INSTEAD = "use --weights random ('random' in Python)"
+#: An empty ``--weights`` value (or ``weights=""``), as ``-o ''`` is refused.
+_EMPTY_WEIGHTS = (
+    "an empty value (an unset shell variable?): name a checkpoint file, a registry name (see "
+    "'fpncli weights list') or random"
+)
 
 
 @dataclass(frozen=True)
