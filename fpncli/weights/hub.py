@@ -11,10 +11,14 @@ records it (``record_first_use``).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
 import re
+import secrets
+import stat
 import sys
 import time
 import urllib.error
@@ -23,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io.guard import check_regular_file, error_text
+from ..io.guard import _kind, check_regular_file, error_text
 from .registry import REGISTRY, WeightsSpec
 
 __all__ = [
@@ -101,10 +105,35 @@ def recorded_sha256(path: Path) -> str | None:
 
 
 def record_sha256(path: Path, digest: str) -> None:
+    """Write ``path``'s sidecar (through an exclusive temporary file, then a rename).
+
+    Raises:
+        OSError: the cache cannot be written (read-only, full); nothing is left behind.
+    """
     side = _sidecar(path)
-    tmp = side.with_name(side.name + f".tmp{os.getpid()}")
-    tmp.write_text(f"{digest}  {path.name}\n")
-    os.replace(tmp, side)
+    fd, tmp = _exclusive_file(side.with_name(f".{side.name}."), ".tmp")
+    try:
+        with open(fd, "w", encoding="ascii") as f:
+            f.write(f"{digest}  {path.name}\n")
+        os.replace(tmp, side)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _exclusive_file(prefix: Path, suffix: str) -> tuple[int, Path]:
+    """A new file ``PREFIX<random>SUFFIX``, made with ``O_EXCL`` (no other process, on this
+    machine or in another container sharing the folder, where a pid is no name, can have
+    it), readable by all as the umask allows (``mkstemp`` would make it the owner's only,
+    and the cache may be shared); its descriptor and path."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        path = prefix.with_name(f"{prefix.name}{secrets.token_hex(4)}{suffix}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
 
 
 def _check_digest(spec: WeightsSpec, digest: str) -> None:
@@ -321,7 +350,7 @@ def cache_state(spec: WeightsSpec) -> CacheEntry:
     """
     path = cached_path(spec)
     if not path.is_file():
-        return CacheEntry(spec.name, path, "not cached")
+        return CacheEntry(spec.name, path, "not cached", _in_the_way(path))
     fix = f"delete it and run 'fpncli weights download {spec.name}'"
     try:
         wrong_size = _size_problem(spec, path.stat().st_size)
@@ -341,6 +370,16 @@ def cache_state(spec: WeightsSpec) -> CacheEntry:
             detail = f"sha256 {digest[:16]}... is not the expected one; {fix}"
             return CacheEntry(spec.name, path, "damaged", detail)
     return CacheEntry(spec.name, path, "cached")
+
+
+def _in_the_way(path: Path) -> str:
+    """What stands where a checkpoint that is not cached goes, which a download refuses (a
+    folder, a FIFO, a symlink loop), and what to do; "" where nothing does."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return "a symlink loop is in its place: move it away" if e.errno == errno.ELOOP else ""
+    return "" if stat.S_ISREG(mode) else f"{_kind(mode)} is in its place: move it away"
 
 
 def _size_problem(spec: WeightsSpec, size: int) -> str | None:
@@ -372,7 +411,9 @@ def verify_cached(
         spec = REGISTRY[name]
         path = cached_path(spec)
         if not path.is_file():
-            entries.append(CacheEntry(name, path, "missing"))
+            in_the_way = _in_the_way(path)
+            detail = f"({in_the_way})" if in_the_way else ""
+            entries.append(CacheEntry(name, path, "missing", detail))
             continue
         wrong_size = _size_problem(spec, path.stat().st_size)
         if wrong_size:
@@ -398,8 +439,12 @@ def verify_cached(
                 entries.append(CacheEntry(name, path, "damaged", detail))
                 continue
         if recorded is None:
-            record_sha256(path, digest)
-            entries.append(CacheEntry(name, path, "unrecorded", f"sha256 {digest} now recorded"))
+            try:
+                record_sha256(path, digest)
+                detail = f"sha256 {digest} now recorded"
+            except OSError as e:  # a read-only cache: the file is as good, its digest unkept
+                detail = f"sha256 {digest} (not recorded: {e.strerror or e})"
+            entries.append(CacheEntry(name, path, "unrecorded", detail))
         else:
             entries.append(CacheEntry(name, path, "ok", f"sha256 {digest}"))
     return entries
