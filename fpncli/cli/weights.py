@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import _friendly, verbose_option
+from .common import _friendly, _sigterm_as_ctrl_c, verbose_option
 
 
 @click.group()
@@ -42,6 +42,7 @@ def weights_list() -> None:
 @click.argument("names", nargs=-1, required=True)
 @verbose_option
 @_friendly
+@_sigterm_as_ctrl_c  # a killed download's temporary file is removed as on Ctrl-C
 def weights_download(names) -> None:
     """Download named checkpoints into the cache (checked, then renamed into place)."""
     from ..weights.hub import cached_path, download, verify_cached

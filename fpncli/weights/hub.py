@@ -1,19 +1,22 @@
 """The weights cache: where named checkpoints live, downloading them once, checking them.
 
 The cache folder is ``$FPNCLI_HOME``, else ``weights/`` of a source checkout, else the user's
-cache directory (``$XDG_CACHE_HOME/fpncli`` or ``~/.cache/fpncli``). A download goes to a
-temporary name in that folder, is checked (size, digest, strict load), and only then renamed, so a
-half-downloaded file never looks like a checkpoint. Its sha256 is kept next to it
-(``NAME.sha256``) and re-checked by ``verify_cached``. A file put in the cache by hand has none:
-its first use checks it against the published sha256 (``check_cached``) and, once it has loaded,
-records it (``record_first_use``).
+cache directory (``$XDG_CACHE_HOME/fpncli`` or ``~/.cache/fpncli``). A download goes to a new
+temporary file in that folder (``.STEM.XXXXXXXX.part.SUFFIX``, locked while it is written), is
+checked (size, digest, strict load), and only then renamed, so a half-downloaded file never looks
+like a checkpoint; one a killed download left is removed by the next download. Its sha256 is kept
+next to it (``NAME.sha256``) and re-checked by ``verify_cached``. A file put in the cache by hand
+has none: its first use checks it against the published sha256 (``check_cached``) and, once it
+has loaded, records it (``record_first_use``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
+import http.client
 import logging
 import os
 import re
@@ -27,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io.guard import _kind, check_regular_file, error_text
+from ..io.guard import _kind, check_regular_file, error_text, one_line
 from .registry import REGISTRY, WeightsSpec
 
 __all__ = [
@@ -46,6 +49,21 @@ __all__ = [
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+#: = fpncli.weights.safeload.MAX_CHECKPOINT_BYTES (no torch import): no detector checkpoint is
+#: near it. A server that announces more (with no size in the registry) is refused before
+#: anything is written, and one that sends more (an endless body) is cut off there: the disk
+#: is never filled.
+MAX_DOWNLOAD_BYTES = 4 << 30
+#: A download that brings fewer than _STALL_BYTES in _STALL_WINDOW_S seconds is given up. The
+#: socket timeout is per read, so a server dripping a byte every few seconds would otherwise hold
+#: it for ever. 256 KiB a minute (4 KiB/s) is far below any real link, however slow (the 166 MB
+#: default checkpoint would take 11 hours at that rate), and far above a drip.
+_STALL_WINDOW_S = 60.0
+_STALL_BYTES = 256 << 10
+#: Where flock is refused (some network filesystems) a temporary file cannot say whether its
+#: writer is alive: one untouched this long is a dead one's (a live download writes at least
+#: _STALL_BYTES a minute, or gives up).
+_STALE_PART_AGE_S = 3600.0
 
 
 class WeightsDownloadError(RuntimeError):
@@ -186,19 +204,35 @@ def record_first_use(path: Path, digest: str) -> None:
 
 
 class _StderrProgress:
-    """A one-line download progress bar on stderr (only when stderr is a terminal)."""
+    """Download progress on stderr: a one-line bar on a terminal; elsewhere (a log file, a pipe,
+    a batch job) a line when it starts and one per tenth, so a slow download is seen to move."""
 
-    def __init__(self, label: str, total: int | None) -> None:
+    def __init__(self, label: str, url: str, total: int | None, *, enabled: bool = True) -> None:
         self.label, self.total, self.start = label, total, time.monotonic()
-        self.enabled = sys.stderr.isatty()
+        self.enabled = enabled
+        self.terminal = enabled and sys.stderr.isatty()
+        self._next_line = 0
+        if enabled and not self.terminal:
+            size = f" ({total / 1e6:.1f} MB)" if total else ""
+            sys.stderr.write(f"{label} from {url}{size}\n")
+            sys.stderr.flush()
 
     def __call__(self, done: int) -> None:
         if not self.enabled:
             return
         rate = done / max(time.monotonic() - self.start, 1e-6) / 1e6
+        if not self.terminal:
+            if self.total and done >= self._next_line:
+                step = max(1, self.total // 10)
+                self._next_line = (done // step + 1) * step
+                sys.stderr.write(
+                    f"{self.label}: {done / 1e6:.1f}/{self.total / 1e6:.1f} MB, {rate:.1f} MB/s\n"
+                )
+                sys.stderr.flush()
+            return
         if self.total:
             width = 30
-            filled = int(width * done / self.total)
+            filled = min(width, int(width * done / self.total))
             bar = "#" * filled + "-" * (width - filled)
             text = (
                 f"\r{self.label} [{bar}] {done / 1e6:.1f}/{self.total / 1e6:.1f} MB {rate:.1f} MB/s"
@@ -209,7 +243,7 @@ class _StderrProgress:
         sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.terminal:
             sys.stderr.write("\n")
 
 
@@ -223,11 +257,16 @@ def download(
 ) -> Path:
     """Download ``spec`` into the cache, check it, then rename it into place.
 
+    The body goes to a new temporary file in the cache, removed whatever ends the download
+    (an error, Ctrl-C); what a killed download left is removed first (a concurrent download's
+    is left alone). A server that announces or sends more than the registry's size (or
+    ``MAX_DOWNLOAD_BYTES``) is cut off, and so is one that stalls (fewer than 256 KiB a minute).
+
     Args:
         spec: the registry entry.
-        progress: show a progress bar on stderr when it is a terminal.
+        progress: show progress on stderr (a bar on a terminal, else a line per tenth).
         check: called on the temporary file before the rename (fpncli passes a strict load).
-        timeout_s: socket timeout.
+        timeout_s: socket timeout (of each read).
         alternative: what else the caller can do when the address fails, said after putting
             the file by hand (``resolve_weights``: use the random weights; ``fpncli weights
             download`` has no such option).
@@ -236,8 +275,9 @@ def download(
         The final path in the cache.
 
     Raises:
-        WeightsDownloadError: the address failed (the message names it and where to put the
-            file by hand), or the file failed a check (it is deleted).
+        WeightsDownloadError: one line: the address or the transfer failed (the message names
+            it and where to put the file by hand), the file failed a check, the cache cannot
+            be written, or something that is not a file is where the checkpoint goes.
     """
     final = cached_path(spec)
     hint = f"download it by hand and put it at {final}" + (
@@ -247,43 +287,229 @@ def download(
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WeightsDownloadError(f"cannot create the weights cache {final.parent}: {e}") from None
-    tmp = final.with_name(f".{final.name}.part{os.getpid()}")
-    log.info("downloading %s from %s", spec.name, spec.url)
-    digest = hashlib.sha256()
+    try:  # a folder there: refused now, not once the whole file has come
+        check_regular_file(final, "file")
+    except FileNotFoundError:
+        pass  # not there (or a dangling symlink, which the rename replaces)
+    except (ValueError, OSError) as e:
+        raise WeightsDownloadError(
+            f"cannot download {spec.name}: {error_text(e)}, where the checkpoint goes; move it "
+            "away and run the command again"
+        ) from None
+    _remove_stale_parts(final)
     try:
-        with urllib.request.urlopen(spec.url, timeout=timeout_s) as response, open(tmp, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0) or spec.size_bytes
-            bar = _StderrProgress(f"downloading {spec.name}", total)
-            done = 0
-            while chunk := response.read(_CHUNK):
+        fd, tmp = _new_part(final)
+    except OSError as e:
+        raise WeightsDownloadError(
+            f"cannot write in the weights cache {final.parent} ({e.strerror or e}): set "
+            "FPNCLI_HOME to a writable folder" + (f", or {alternative}" if alternative else "")
+        ) from None
+    log.info("downloading %s from %s", spec.name, spec.url)
+    try:
+        with open(fd, "wb", closefd=False) as f:
+            done, digest, length = _fetch(spec, f, progress, timeout_s, hint)
+        _check_download(spec, tmp, done, digest, spec.size_bytes or length, check, hint)
+        try:
+            os.replace(tmp, final)
+        except OSError as e:
+            raise WeightsDownloadError(
+                f"cannot put {spec.name} at {final} ({e.strerror or e}); {hint}"
+            ) from None
+    except BaseException:  # Ctrl-C and SIGTERM (as fpncli turns it) too: nothing left behind
+        with contextlib.suppress(OSError):  # a read-only cache: the error says why, not this
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)  # the lock with it
+    try:
+        record_sha256(final, digest)
+    except OSError as e:  # checked against the published digest (if any) on first use instead
+        log.warning("cannot record the sha256 of %s: %s", final, e)
+    log.info("saved %s (%d bytes, sha256 %s)", final, done, digest)
+    return final
+
+
+def _fetch(
+    spec: WeightsSpec, f, progress: bool, timeout_s: float, hint: str
+) -> tuple[int, str, int | None]:
+    """Copy ``spec.url``'s body into ``f``: ``(bytes, sha256, announced size or None)``."""
+    limit = spec.size_bytes or MAX_DOWNLOAD_BYTES
+    most = (
+        f"the {limit} bytes expected"
+        if spec.size_bytes
+        else f"{limit} bytes, the most fpncli takes for a checkpoint"
+    )
+
+    def failed(reason: str) -> WeightsDownloadError:
+        return WeightsDownloadError(
+            f"could not download {spec.name} from {spec.url} ({reason}); {hint}"
+        )
+
+    digest, done, bar = hashlib.sha256(), 0, None
+    try:
+        with urllib.request.urlopen(spec.url, timeout=timeout_s) as response:
+            length = _content_length(response.headers)
+            if length is not None and length > limit:
+                raise failed(f"it announces {length} bytes, more than {most}")
+            total = length or spec.size_bytes
+            bar = _StderrProgress(f"downloading {spec.name}", spec.url, total, enabled=progress)
+            window_start, window_done = time.monotonic(), 0
+            # read1: what has arrived (one read of the socket), so the stall check below runs
+            # however slowly it comes (read() waits for a whole chunk)
+            while chunk := response.read1(_CHUNK):
+                done += len(chunk)
+                if done > limit:
+                    raise failed(f"it sent more than {most}: stopped there")
                 f.write(chunk)
                 digest.update(chunk)
-                done += len(chunk)
                 bar(done)
+                now = time.monotonic()
+                if now - window_start >= _STALL_WINDOW_S:
+                    if done - window_done < _STALL_BYTES:
+                        raise failed(
+                            f"stalled: {done - window_done} bytes in the last "
+                            f"{now - window_start:.0f} s, {done} in all"
+                        )
+                    window_start, window_done = now, done
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise failed(_failure_reason(e, done)) from None
+    finally:
+        if bar is not None:
             bar.close()
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        tmp.unlink(missing_ok=True)
-        reason = getattr(e, "reason", e)
-        raise WeightsDownloadError(
-            f"could not download {spec.name} from {spec.url} ({reason}); {hint}"
-        ) from None
+    return done, digest.hexdigest(), length
+
+
+def _content_length(headers) -> int | None:
+    """The body size a response announces; None where there is none, or it is no number (then
+    the body is read to its end, and the size and load checks judge it)."""
     try:
-        expected = spec.size_bytes or total
-        if expected and done != expected:
-            raise WeightsDownloadError(
-                f"{spec.name}: got {done} bytes from {spec.url}, expected {expected} "
-                "(an interrupted download?); run the command again"
-            )
-        _check_digest(spec, digest.hexdigest())
-        if check is not None:
-            check(tmp)
-    except Exception:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, final)
-    record_sha256(final, digest.hexdigest())
-    log.info("saved %s (%d bytes, sha256 %s)", final, done, digest.hexdigest())
-    return final
+        length = int(headers.get("Content-Length") or "")
+    except ValueError:
+        return None
+    return length if length > 0 else None
+
+
+def _failure_reason(error: BaseException, done: int) -> str:
+    """Why a transfer failed, for the one-line error."""
+    if isinstance(error, http.client.IncompleteRead):
+        got = done + len(error.partial)
+        return f"the connection closed in the middle of the body, after {got} bytes: cut short"
+    if isinstance(error, http.client.RemoteDisconnected):  # (a BadStatusLine too)
+        return error_text(error)
+    if isinstance(error, http.client.BadStatusLine):
+        return f"not an HTTP response: {error_text(error)}"
+    if isinstance(error, http.client.HTTPException):
+        return f"a malformed HTTP response: {error_text(error)}"
+    reason = getattr(error, "reason", error)  # URLError's (an OSError, or text)
+    return error_text(reason) if isinstance(reason, BaseException) else str(reason)
+
+
+def _check_download(
+    spec: WeightsSpec,
+    tmp: Path,
+    done: int,
+    digest: str,
+    expected: int | None,
+    check: Callable[[Path], None] | None,
+    hint: str,
+) -> None:
+    """Refuse a downloaded file of the wrong size or digest, or that ``check`` refuses, in one
+    line naming the checkpoint and its address (never the temporary file, deleted by then)."""
+    again = f"try again, or {hint}"
+    if done == 0:
+        raise WeightsDownloadError(f"{spec.name}: {spec.url} sent nothing; {again}")
+    if expected and done < expected:
+        raise WeightsDownloadError(
+            f"{spec.name}: the download from {spec.url} was cut short ({done} of {expected} "
+            f"bytes); {again}"
+        )
+    if expected and done > expected:
+        raise WeightsDownloadError(
+            f"{spec.name}: {spec.url} sent {done} bytes, more than the {expected} expected: not "
+            f"the published checkpoint; {hint}"
+        )
+    # (the digests cut short: the line must keep what to do within one_line's 500 characters)
+    wrong = None
+    if spec.sha256 and digest != spec.sha256:
+        wrong = f"does not match the published one ({digest[:16]}... is not {spec.sha256[:16]}...)"
+    elif spec.sha256_prefix and not digest.startswith(spec.sha256_prefix):
+        wrong = f"does not start with the published {spec.sha256_prefix} ({digest[:16]}...)"
+    if wrong:
+        raise WeightsDownloadError(
+            f"{spec.name}: the sha256 of what {spec.url} sent {wrong}: damaged on the way, or not "
+            f"the published file; {again}"
+        )
+    if check is None:
+        return
+    try:
+        check(tmp)
+    except (ValueError, RuntimeError, OSError) as e:
+        # the reason cut short: the line must keep what to do within one_line's 500 characters
+        reason = one_line(error_text(e).replace(f"{tmp}: ", "").replace(str(tmp), "it"), 80)
+        cause = "not a checkpoint" if expected else "cut short, or not a checkpoint"
+        raise WeightsDownloadError(
+            f"{spec.name}: what {spec.url} sent does not load ({reason}): {cause}; {again}"
+        ) from None
+
+
+def _new_part(final: Path) -> tuple[int, Path]:
+    """A new temporary file for a download of ``final`` (``.STEM.XXXXXXXX.part.SUFFIX``: its
+    suffix kept, as a checkpoint's error names it), locked (``flock``) while its descriptor is
+    open: ``_remove_stale_parts`` tells a live download's from a dead one's by the lock."""
+    while True:
+        fd, path = _exclusive_file(final.with_name(f".{final.stem}."), f".part{final.suffix}")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a sweep took it for a dead download's, between open and lock
+            os.close(fd)
+            continue
+        except OSError as e:  # e.g. ENOLCK on some network filesystems: its age will tell
+            log.debug("cannot lock %s (%s): downloading into it unlocked", path, e)
+            return fd, path
+        try:
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                return fd, path
+        except FileNotFoundError:  # a sweep removed it between the open and the lock
+            pass
+        os.close(fd)
+
+
+def _remove_stale_parts(final: Path) -> None:
+    """Remove the temporary files killed downloads of ``final`` left (``_new_part``'s, and
+    ``.NAME.partPID`` of earlier versions): those no process holds locked or, where ``flock`` is
+    refused, untouched for ``_STALE_PART_AGE_S``. A live download's is left alone."""
+    prefix, suffix = f".{final.stem}.", f".part{final.suffix}"
+    earlier = re.compile(re.escape(f".{final.name}.part") + r"\d+")
+    try:
+        names = [e.name for e in os.scandir(final.parent)]
+    except OSError:
+        return
+    for name in names:
+        if not ((name.startswith(prefix) and name.endswith(suffix)) or earlier.fullmatch(name)):
+            continue
+        path = final.with_name(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # gone, a symlink, another user's: not this to judge
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live download's
+            except OSError:
+                if time.time() - st.st_mtime < _STALE_PART_AGE_S:
+                    continue
+            if os.stat(path, follow_symlinks=False).st_ino == st.st_ino:
+                path.unlink()
+                log.info("removed %s, left by a download that did not finish", path)
+        except OSError as e:  # a read-only cache: left there, harmless
+            log.debug("cannot remove %s: %s", path, e)
+        finally:
+            os.close(fd)
 
 
 def resolve_weights(
