@@ -211,7 +211,7 @@ class _StderrProgress:
         self.label, self.total, self.start = label, total, time.monotonic()
         self.enabled = enabled
         self.terminal = enabled and sys.stderr.isatty()
-        self._next_line = 0
+        self._next_line = max(1, total // 10) if total else 0  # a log's lines: each tenth
         if enabled and not self.terminal:
             size = f" ({total / 1e6:.1f} MB)" if total else ""
             sys.stderr.write(f"{label} from {url}{size}\n")
