@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import subprocess
 import sys
 from pathlib import Path
@@ -485,3 +486,121 @@ def test_an_fpn_over_a_dilated_res5_is_refused_as_detectron2_refuses_it():
     and built a model whose first forward failed on a shape."""
     with pytest.raises(ValueError, match=r"strides double \(4, 8, 16, 32\), not \[4, 8, 16, 16\]"):
         build_resnet_fpn_backbone(res5_dilation=2)
+
+
+# Hostile files: refused before they make fpncli allocate more than the file holds ---------------
+
+
+class _NdarrayCall:
+    """``numpy.ndarray(shape, dtype)`` in a pickle (a REDUCE opcode)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __reduce__(self):
+        return (np.ndarray, ((self.n,), "<f8"))
+
+
+class _Reconstruct:
+    """numpy's own pickle of an array: ``_reconstruct(ndarray, (0,), b"b")`` then its state
+    (data), with any shape, dtype and data (``data`` shared between instances is memoized)."""
+
+    def __init__(self, shape, dtype, data, init_shape=(0,)):
+        self.args = (shape, np.dtype(dtype), data, init_shape)
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        shape, dtype, data, init_shape = self.args
+        return (_reconstruct, (np.ndarray, init_shape, dtype), (1, shape, dtype, False, data))
+
+
+class _Encode:
+    """Python's protocol-2 pickle of bytes, ``_codecs.encode(text, "latin1")``."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __reduce__(self):
+        import _codecs
+
+        return (_codecs.encode, (self.text, "latin1"))
+
+
+_TEXT, _BYTES = "\x01" * 10**5, b"\x01" * 1000  # one object each: the pickle memoizes them
+
+
+def _pickle(path, model, protocol=2):
+    with open(path, "wb") as f:
+        pickle.dump({"model": model}, f, protocol=protocol)
+    return path
+
+
+@pytest.mark.parametrize("newobj", [False, True])
+def test_a_pkl_calling_numpy_ndarray_is_refused_before_it_allocates(tmp_path, newobj):
+    """A 109-byte file calling ``ndarray((N,), "<f8")`` allocated N*8 bytes (2.2 GB peak for
+    5e8) before anything looked at it: numpy's pickles only name ndarray as _reconstruct's type.
+    (8 MB here, allocated by the old code, then refused for its layout.)"""
+    key = "backbone.bottom_up.res2.0.conv2.weight"
+    path = _pickle(tmp_path / "bomb.pkl", {key: _NdarrayCall(10**6)})
+    assert path.stat().st_size < 200
+    if newobj:  # the same call as ndarray.__new__(ndarray, (N,), "<f8")
+        data = path.read_bytes()
+        [at] = [pos for op, _, pos in pickletools.genops(data) if op.name == "REDUCE"]
+        path.write_bytes(data[:at] + pickle.NEWOBJ + data[at + 1 :])
+    with pytest.raises(UnsafeCheckpointError, match=r"bomb\.pkl: refusing to call numpy\.ndarray"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "model, refused",
+    [
+        # one 1 MB element: _reconstruct's shape was checked, not its dtype's size
+        ({"a": _Reconstruct((1,), "V1000000", b"", init_shape=(1,))},
+         r"an array declared with shape \(1,\) is larger than the file"),
+        # one string in the pickle's memo, copied into 50 arrays (as text, as protocol 2 has it)
+        ({f"a{i}": _Reconstruct((10**5,), "u1", _TEXT) for i in range(50)},
+         r"an array of shape \(100000,\) \(uint8\) would take the data built from the file "
+         r"past twice its size \(one string shared by many arrays\?\)"),
+        # and as bytes (copied when numpy cannot keep them: here, 1000 bytes or fewer)
+        ({f"a{i}": _Reconstruct((1000,), "u1", _BYTES) for i in range(20_000)},
+         r"an array of shape \(1000,\) \(uint8\) would take"),
+        # one string in the memo encoded to bytes again and again
+        ({f"a{i}": _Encode(_TEXT) for i in range(50)},
+         r"a byte string of 100000 bytes would take"),
+    ],
+    ids=["itemsize", "shared-text", "shared-bytes", "encode"],
+)  # fmt: skip
+def test_a_pkl_building_more_than_it_stores_is_refused_before_it_allocates(
+    tmp_path, model, refused
+):
+    """Arrays and byte strings built from a .pkl hold at most twice its size in all (a few MB
+    here, which the old code built in full)."""
+    path = _pickle(tmp_path / "amplified.pkl", model)
+    assert path.stat().st_size < 2 << 20
+    with pytest.raises(UnsafeCheckpointError, match=refused):
+        read_checkpoint(path)
+
+
+def test_a_pkl_of_zero_weights_at_protocol_2_and_one_of_latin1_text_load(tmp_path, state):
+    """The budget's two extremes for real files: Python 3's protocol 2 encodes each array's
+    bytes from text (built twice: as bytes, then as the array), the smallest file of it being
+    all bytes below 0x80; Python 2's pickles (as Detectron2's first .pkl files were written)
+    hold the data as latin-1 text, which numpy encodes into each array."""
+    zeros = {k: torch.zeros_like(v) for k, v in state.items()}
+    path = tmp_path / "zeros.pkl"
+    write_detectron2_pkl(path, zeros, protocol=2)
+    _same(read_checkpoint(path).state_dict, zeros)
+
+    class Python2Pickler(pickle.Pickler):
+        def reducer_override(self, obj):
+            if type(obj) is not np.ndarray:
+                return NotImplemented
+            rebuild, args, array_state = obj.__reduce__()
+            return rebuild, (*args[:2], "b"), (*array_state[:4], array_state[4].decode("latin1"))
+
+    path = tmp_path / "python2.pkl"
+    with open(path, "wb") as f:
+        Python2Pickler(f, protocol=2).dump({"model": {f"backbone.{k}": v.numpy()
+                                                       for k, v in state.items()}})  # fmt: skip
+    _same(read_checkpoint(path).state_dict, state)

@@ -1,7 +1,10 @@
 """Opening weights files without trusting them: data in, never code, never unbounded memory.
 
 - ``.pkl`` (Detectron2): an unpickler that rebuilds numpy arrays and plain containers and nothing
-  else, and refuses an array shape larger than the file itself before allocating it.
+  else, each array from its data in the file: the arrays and byte strings it builds may hold at
+  most twice the file's size in all (a byte string pickled at protocol 2 is built from its text,
+  then copied into its array), and one that would go past that is refused before it is
+  allocated, whether declared by a shape or shared by many arrays through the pickle's memo.
 - ``.pth`` (zip): the zip's declared sizes are checked first (a zip bomb is refused before it is
   inflated), then ``torch.load(..., weights_only=True)``.
 - A legacy (non-zip) ``torch.save`` file is "unsupported format", not a confusing type error.
@@ -56,10 +59,65 @@ _SAFE_GLOBALS = {
 }
 
 
+class _Budget:
+    """The bytes a file's arrays and byte strings may still take, charged before each is built."""
+
+    def __init__(self, file_size: int) -> None:
+        self.file_size = file_size
+        self.left = 2 * file_size
+
+    def take(self, nbytes: int, what: str) -> None:
+        if nbytes > self.left:
+            more = (
+                "is larger than the file" if nbytes > self.file_size else
+                "would take the data built from the file past twice its size (one string shared "
+                "by many arrays?)"
+            )  # fmt: skip
+            raise UnsafeCheckpointError(
+                f"{what} {more}: refused (the arrays of a weights file hold the data it stores)"
+            )
+        self.left -= nbytes
+
+
+def _array_bytes(shape: object, dtype: object, what: str) -> int:
+    """``prod(shape) * itemsize``, without allocating; a shape that is not a tuple of sizes is
+    refused."""
+    dims = shape if isinstance(shape, tuple) else (shape,)
+    if not all(type(d) is int and d >= 0 for d in dims):
+        raise UnsafeCheckpointError(f"{what} declares the shape {shape!r:.60}: not an array's")
+    return math.prod(dims) * np.dtype(dtype).itemsize
+
+
+class _PickledArray(np.ndarray):
+    """What a pickled array is rebuilt as: numpy's ``__setstate__`` (which copies the data when it
+    is text, as protocol 2 stores it, or short) charged to the file's budget first, so one string
+    shared by many arrays through the pickle's memo cannot be copied once per array."""
+
+    def __setstate__(self, state) -> None:
+        budget = getattr(self, "_budget", None)
+        if budget is not None and isinstance(state, tuple) and len(state) in (4, 5):
+            shape, dtype = state[-4], state[-3]  # (version,) shape, dtype, is_fortran, data
+            what = f"an array of shape {shape!r:.60} ({dtype!s:.20})"
+            budget.take(_array_bytes(shape, dtype, what), what)
+        super().__setstate__(state)
+
+
+class _NdarrayName:
+    """What ``numpy.ndarray`` unpickles as: numpy's own pickles name it only as the type given to
+    ``_reconstruct`` (which then sets the shape from the data); called, ``ndarray(shape, dtype)``
+    would allocate whatever shape a few bytes declare."""
+
+    def __new__(cls, *args, **kwargs):
+        raise UnsafeCheckpointError(
+            "refusing to call numpy.ndarray: a weights file's arrays are rebuilt from the data "
+            "it stores (numpy's _reconstruct), never allocated by a declared shape"
+        )
+
+
 class _SafeUnpickler(pickle.Unpickler):
-    def __init__(self, file, *, max_bytes: int, **kwargs) -> None:
+    def __init__(self, file, *, file_size: int, **kwargs) -> None:
         super().__init__(file, **kwargs)
-        self.max_bytes = max_bytes  # no array may hold more than the file itself
+        self.budget = _Budget(file_size)
 
     def find_class(self, module: str, name: str):
         if (module, name) not in _SAFE_GLOBALS:
@@ -67,32 +125,57 @@ class _SafeUnpickler(pickle.Unpickler):
                 f"refusing to load {module}.{name}: a weights file may only contain numpy arrays "
                 "and plain containers"
             )
+        if (module, name) == ("numpy", "ndarray"):
+            return _NdarrayName
         if module.startswith("numpy.core") and hasattr(np, "_core"):
             module = "numpy._core" + module[len("numpy.core") :]  # numpy 2 moved numpy.core
         found = getattr(importlib.import_module(module), name)
         if name == "_reconstruct":
-            return functools.partial(_reconstruct_checked, found, self.max_bytes)
+            return functools.partial(_reconstruct_checked, found, self.budget)
+        if (module, name) == ("_codecs", "encode"):
+            return functools.partial(_encode_checked, found, self.budget)
         return found
 
     def persistent_load(self, pid):
         raise UnsafeCheckpointError("refusing a pickle with persistent ids: not a .pkl of arrays")
 
 
-def _reconstruct_checked(reconstruct, max_bytes: int, subtype, shape, dtype):
-    """``numpy.core.multiarray._reconstruct`` refusing a shape the file cannot hold: a pickled
-    array's data comes from the file, so it allocates ``shape`` before reading any of it."""
-    dims = shape if isinstance(shape, tuple) else (shape,)
-    if not all(isinstance(d, int) and d >= 0 for d in dims) or math.prod(dims) > max_bytes:
-        raise ValueError(f"an array declared with shape {shape} is larger than the file")
-    return reconstruct(subtype, shape, dtype)
+def _reconstruct_checked(reconstruct, budget: _Budget, subtype, shape, dtype):
+    """``numpy.core.multiarray._reconstruct`` as numpy's pickles call it (``subtype`` is
+    ``numpy.ndarray``), refusing a shape the file cannot hold: it allocates ``shape`` before
+    ``__setstate__`` gives it the data."""
+    if subtype is not _NdarrayName:
+        raise UnsafeCheckpointError(
+            f"refusing numpy's _reconstruct of {getattr(subtype, '__name__', subtype)!s:.40}: "
+            "numpy's pickles rebuild a numpy.ndarray"
+        )
+    what = f"an array declared with shape {shape!r:.60}"
+    budget.take(_array_bytes(shape, dtype, what), what)
+    array = reconstruct(_PickledArray, shape, dtype)
+    array._budget = budget
+    return array
+
+
+def _encode_checked(encode, budget: _Budget, text, encoding="utf-8", errors="strict") -> bytes:
+    """``_codecs.encode`` as Python's protocol-2 pickles call it for bytes: ``(str, "latin1")``,
+    each call charged (one string in the pickle's memo could be encoded again and again)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafeCheckpointError(
+            f"refusing _codecs.encode of a {type(text).__name__} to {encoding!r:.20}: a pickle "
+            "stores bytes as latin-1 text"
+        )
+    budget.take(len(text), f"a byte string of {len(text)} bytes")
+    return encode(text, encoding, errors)
 
 
 def safe_unpickle(path: Path) -> object:
-    """Unpickle ``path`` allowing only numpy arrays, scalars and plain containers."""
+    """Unpickle ``path`` allowing only numpy arrays, scalars and plain containers, the arrays and
+    byte strings together no larger than twice the file (arrays come back as an ``ndarray``
+    subclass; ``np.asarray`` gives a plain view)."""
     with open_regular(path, "weights file") as f:
         size = os.fstat(f.fileno()).st_size
         try:
-            obj = _SafeUnpickler(f, max_bytes=size, encoding="latin1").load()
+            obj = _SafeUnpickler(f, file_size=size, encoding="latin1").load()
         except UnsafeCheckpointError as e:  # the file named, as every other refusal does
             raise UnsafeCheckpointError(f"{path}: {e}") from None
         except MemoryError:
