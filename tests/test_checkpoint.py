@@ -7,6 +7,7 @@ import pickle
 import pickletools
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -149,14 +150,15 @@ def test_strict_errors_list_the_keys(state):
 
 
 def test_unexpected_key_inside_the_backbone_of_a_file(tmp_path, state):
+    """Refused when the file is read (its names are compared before anything is converted)."""
     path = tmp_path / "extra.pkl"
     model = {f"backbone.{k}": v.numpy() for k, v in state.items()}
     model["backbone.bottom_up.res2.0.conv4.weight"] = np.zeros((1,), np.float32)
     with open(path, "wb") as f:
         pickle.dump({"model": model}, f)
-    ckpt = read_checkpoint(path)
-    with pytest.raises(ValueError, match="unexpected keys: bottom_up.res2.0.conv4.weight"):
-        load_state_dict_strict(build_resnet_fpn_backbone(), ckpt.state_dict)
+    with pytest.raises(ValueError, match=r"extra\.pkl: checkpoint does not match the backbone: "
+                       "unexpected keys: bottom_up.res2.0.conv4.weight"):  # fmt: skip
+        read_checkpoint(path)
 
 
 class _Exploit:
@@ -604,3 +606,94 @@ def test_a_pkl_of_zero_weights_at_protocol_2_and_one_of_latin1_text_load(tmp_pat
         Python2Pickler(f, protocol=2).dump({"model": {f"backbone.{k}": v.numpy()
                                                        for k, v in state.items()}})  # fmt: skip
     _same(read_checkpoint(path).state_dict, state)
+
+
+def _saved_model(state, **entries):
+    model = {f"backbone.{k}": v.clone() for k, v in state.items()}
+    model.update({f"backbone.{k}": v for k, v in entries.items()})
+    return {"model": model}
+
+
+def test_expanded_tensors_are_refused_by_their_storage(tmp_path, state):
+    """Every tensor with its shape but one stored float (a stride-0 view): a 91 KB file that
+    converted and checked 28 M floats (and one of 2e9 elements took 14 GB)."""
+    path = tmp_path / "expanded.pth"
+    torch.save(_saved_model({}, **{k: torch.ones(1).expand(v.shape) for k, v in state.items()}),
+               path)  # fmt: skip
+    stored = (
+        r"'bottom_up.stem.conv1.weight' has 9408 elements \(37632 bytes\) in a storage of 4 bytes"
+    )
+    with pytest.raises(ValueError, match=rf"expanded\.pth: checkpoint entry {stored}"):
+        read_checkpoint(path)
+
+
+def test_names_and_shapes_are_compared_before_any_value_is_converted_or_checked(
+    tmp_path, state, monkeypatch
+):
+    """A key of the wrong shape was converted to float32 and checked for NaN (2e9 elements of
+    one stored float: 14 GB) before its shape was compared with the architecture's."""
+    seen = []
+
+    def isfinite(tensor):
+        seen.append(tensor.numel())
+        assert tensor.numel() <= 10**7, "checked before its shape was compared"
+        return real_isfinite(tensor)
+
+    real_isfinite = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", isfinite)
+    path = tmp_path / "misshaped.pth"
+    torch.save(_saved_model(state, **{"fpn_output5.bias": torch.zeros(10**6)}), path)
+    misshaped = r"mis-shaped keys: fpn_output5.bias \(1000000,\) != \(256,\)"
+    with pytest.raises(
+        ValueError, match=rf"misshaped\.pth: checkpoint does not match .*{misshaped}"
+    ):
+        read_checkpoint(path)
+    assert seen == []  # nothing converted or checked
+    path = tmp_path / "expanded.pth"  # 2e9 elements in 4 bytes: the spy stops the old code
+    torch.save(_saved_model(state, **{"fpn_output5.bias": torch.zeros(1).expand(2 * 10**9)}), path)
+    with pytest.raises(ValueError, match=r"'fpn_output5.bias' has 2000000000 elements"):
+        read_checkpoint(path)
+    assert seen == []
+
+
+def test_tensors_sharing_their_data_are_refused_when_they_hold_more_than_the_file(tmp_path, state):
+    """Every tensor a view of one stored buffer (each within it): more than the file holds."""
+    flat = torch.rand(max(v.numel() for v in state.values()))
+    path = tmp_path / "shared.pth"
+    views = {k: flat[: v.numel()].view(v.shape) for k, v in state.items()}
+    torch.save(_saved_model({}, **views), path)
+    with zipfile.ZipFile(path) as archive:
+        size = sum(member.file_size for member in archive.infolist())
+    with pytest.raises(ValueError, match=rf"shared\.pth: its backbone tensors hold 1\d{{8}} bytes, "
+                       rf"more than the {size} bytes the file stores"):  # fmt: skip
+        read_checkpoint(path)
+
+
+def _meta(v):
+    return torch.empty(v.shape, device="meta")
+
+
+def _quantized(v):
+    return torch.quantize_per_tensor(v, 0.1, 0, torch.qint8)
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+@pytest.mark.parametrize(
+    "make, refused",
+    [(_meta, "is a meta tensor, which holds no data"),
+     (lambda v: v.to_sparse(), r"is a sparse tensor \(torch.sparse_coo\)"),
+     (_quantized, r"is a quantized tensor \(torch.qint8\)")],
+    ids=["meta", "sparse", "quantized"],
+)  # fmt: skip
+def test_meta_sparse_and_quantized_tensors_are_refused_naming_the_entry(
+    tmp_path, state, make, refused
+):
+    """They gave torch's own words ("Cannot copy out of meta tensor; no data!", a 500-character
+    dispatcher listing, "Creation of quantized tensor requires quantized dtype")."""
+    path = tmp_path / "odd.pth"
+    torch.save(_saved_model(state, **{"fpn_lateral3.bias": make(state["fpn_lateral3.bias"])}),
+               path)  # fmt: skip
+    entry = r"odd\.pth: checkpoint entry 'fpn_lateral3.bias'"
+    with pytest.raises(ValueError, match=rf"{entry} {refused}") as info:
+        read_checkpoint(path)
+    assert "\n" not in str(info.value)

@@ -75,18 +75,56 @@ class Checkpoint:
     skipped: int
 
 
-def _to_tensor(name: str, value: object) -> torch.Tensor:
+def _entry_bytes(name: str, value: object) -> int:
+    """The bytes ``value`` holds (elements x element size), once it is known to be a dense,
+    real-valued array whose elements are all stored: nothing is converted or allocated.
+
+    Raises:
+        ValueError: naming the entry, for anything else (sparse, meta and quantized tensors, a
+            view with more elements than its storage holds, complex or bool values).
+    """
     if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:
+            raise ValueError(
+                f"checkpoint entry {name!r} is a sparse tensor ({value.layout}): a weights file "
+                "holds dense tensors (re-save it with .to_dense())"
+            )
+        if value.is_meta:
+            raise ValueError(
+                f"checkpoint entry {name!r} is a meta tensor, which holds no data (saved from a "
+                "model built on the meta device?)"
+            )
+        if value.is_quantized:
+            raise ValueError(
+                f"checkpoint entry {name!r} is a quantized tensor ({value.dtype}): fpncli loads "
+                "float weights (re-save it with .dequantize())"
+            )
         if value.is_complex() or value.dtype == torch.bool:  # .to(float32) would drop or invent
             raise ValueError(
                 f"checkpoint entry {name!r} is not a real-valued array ({value.dtype})"
             )
-        return value.detach().to("cpu", torch.float32)
+        nbytes = value.numel() * value.element_size()
+        # a view's elements must be in its storage: an expanded (stride 0) one is not, and
+        # converting or checking it allocates all of them, where the file stored a few bytes
+        stored = value.untyped_storage().nbytes() - value.storage_offset() * value.element_size()
+        if nbytes > stored:
+            raise ValueError(
+                f"checkpoint entry {name!r} has {value.numel()} elements ({nbytes} bytes) in a "
+                f"storage of {max(stored, 0)} bytes (an expanded or overlapping view): refused"
+            )
+        return nbytes
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "fiu":
-            return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+            return value.nbytes
         raise ValueError(f"checkpoint entry {name!r} is not a real-valued array ({value.dtype})")
     raise ValueError(f"checkpoint entry {name!r} is not a numeric array ({type(value).__name__})")
+
+
+def _to_tensor(value: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A float32 CPU tensor of an entry ``_entry_bytes`` accepted."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float32)
+    return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
 
 
 def _check_model_entry(path: Path, model: object) -> dict:
@@ -100,6 +138,11 @@ def _check_model_entry(path: Path, model: object) -> dict:
             "not a state dict"
         )
     return model
+
+
+def _check_entries(entries: dict[str, object]) -> int:
+    """The bytes all entries hold, each a dense real array with all its elements stored."""
+    return sum(_entry_bytes(name, value) for name, value in entries.items())
 
 
 def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
@@ -226,9 +269,9 @@ def _detect_format(model: dict) -> str:
     )
 
 
-def infer_arch(state_dict: dict[str, torch.Tensor]) -> dict:
-    """Depth and ResNeXt groups from the shapes of a backbone state dict (stride placement can't
-    be seen in the shapes, so it is not returned)."""
+def infer_arch(state_dict: dict[str, torch.Tensor | np.ndarray]) -> dict:
+    """Depth and ResNeXt groups from the shapes of a backbone state dict, of tensors or numpy
+    arrays (stride placement can't be seen in the shapes, so it is not returned)."""
     blocks = tuple(
         len({k.split(".")[2] for k in state_dict if k.startswith(f"bottom_up.res{s}.")})
         for s in (2, 3, 4, 5)
@@ -239,13 +282,13 @@ def infer_arch(state_dict: dict[str, torch.Tensor]) -> dict:
     conv2 = state_dict.get("bottom_up.res2.0.conv2.weight")
     if conv2 is None:
         raise ValueError("missing bottom_up.res2.0.conv2.weight: not a ResNet-FPN backbone")
+    shape = tuple(conv2.shape)
     # (out, in / groups, 3, 3): a zero-element array may declare any shape, so it is refused
-    if conv2.dim() != 4 or conv2.numel() == 0 or conv2.shape[0] % conv2.shape[1]:
+    if len(shape) != 4 or math.prod(shape) == 0 or shape[0] % shape[1]:
         raise ValueError(
-            f"bottom_up.res2.0.conv2.weight has shape {tuple(conv2.shape)}: not a grouped 3x3 "
-            "convolution's"
+            f"bottom_up.res2.0.conv2.weight has shape {shape}: not a grouped 3x3 convolution's"
         )
-    channels, per_group = conv2.shape[0], conv2.shape[1]
+    channels, per_group = shape[0], shape[1]
     num_groups = channels // per_group
     return {"depth": depths[0], "num_groups": num_groups, "width_per_group": channels // num_groups}
 
@@ -311,17 +354,22 @@ def check_arch(arch: object) -> dict:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a weights file (any supported layout) safely, keeping only the backbone.
 
+    Nothing in the file is converted or checked for values before its backbone entries are known
+    to be dense real arrays with all their elements stored, with the names and shapes of the
+    architecture, holding no more bytes than the file: a small file cannot make it allocate much.
+
     Raises:
         FileNotFoundError: no such file.
         UnsafeCheckpointError: the file asks to run code or build non-array objects.
-        ValueError: not a supported checkpoint.
+        ValueError: not a supported checkpoint, or one that does not match its architecture.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
-    check_regular_file(path, "weights file")
+    # the bytes it stores: in a zip, what its members declare
+    size = check_regular_file(path, "weights file").st_size
     if is_zip(path):
-        check_zip_sizes(path)
+        size = check_zip_sizes(path)
         obj = torch_load_safe(path)
     else:
         obj = safe_unpickle(path)
@@ -336,21 +384,21 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
                 f"{path}: an fpncli_format file needs 'model', 'arch' and 'input' entries; "
                 f"{', '.join(repr(k) for k in missing)} missing"
             )
-        model = _check_model_entry(path, obj["model"])
-        state = {k: _to_tensor(k, v) for k, v in model.items()}
+        entries = _check_model_entry(path, obj["model"])
+        try:
+            stored = _check_entries(entries)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
         inp = _fpncli_input(path, obj["input"])
         fmt, arch, skipped = "fpncli", obj["arch"], 0
     else:
         model = _check_model_entry(path, obj.get("model", obj.get("state_dict", obj)))
         model = _without_module_prefix(model)
-        try:
+        try:  # which file, as every other refusal here says
             fmt = _detect_format(model)
-        except ValueError as e:  # which file, as every other refusal here says
-            raise ValueError(f"{path}: {e}") from None
-        entries, skipped = _backbone_entries(model, fmt)
-        state = {k: _to_tensor(k, v) for k, v in entries.items()}
-        try:
-            arch = infer_arch(state)
+            entries, skipped = _backbone_entries(model, fmt)
+            stored = _check_entries(entries)
+            arch = infer_arch(entries)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
         if fmt == "torchvision":
@@ -363,8 +411,15 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             inp = DETECTRON2_INPUT if arch["num_groups"] == 1 else DETECTRON2_X101_INPUT
     try:
         arch = dict(check_arch(arch))
+        _check_matches(_expected_shapes(arch), entries)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+    if stored > size:  # each tensor's data is stored once: views of one another's are not
+        raise ValueError(
+            f"{path}: its backbone tensors hold {stored} bytes, more than the {size} bytes the "
+            "file stores (tensors sharing their data?): refused"
+        )
+    state = {k: _to_tensor(v) for k, v in entries.items()}
     _check_finite(path, state)
     _check_running_var(path, state)
     return Checkpoint(state, fmt, arch, inp, skipped)

@@ -215,10 +215,13 @@ def is_zip(path: Path) -> bool:
     return False
 
 
-def check_zip_sizes(path: Path) -> None:
+def check_zip_sizes(path: Path) -> int:
     """Refuse a zip ``.pth`` whose members declare more than a backbone checkpoint can hold, or
     far more than the file's own size (``torch.save`` stores tensors uncompressed, so a zip bomb
-    of deflated zeros shows up in its declared sizes before ``torch.load`` inflates it)."""
+    of deflated zeros shows up in its declared sizes before ``torch.load`` inflates it).
+
+    Returns the bytes its members declare (uncompressed).
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
@@ -231,6 +234,7 @@ def check_zip_sizes(path: Path) -> None:
             f"{size / 1e6:.1f} MB file (a zip bomb?); a backbone checkpoint stores its tensors "
             "uncompressed"
         )
+    return declared
 
 
 def torch_load_safe(path: Path) -> object:
