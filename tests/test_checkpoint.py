@@ -669,6 +669,26 @@ def test_tensors_sharing_their_data_are_refused_when_they_hold_more_than_the_fil
         read_checkpoint(path)
 
 
+def test_two_keys_for_one_backbone_name_are_refused_naming_both(tmp_path, state):
+    """A Detectron2 file with ``backbone.X`` and ``X`` (or a torchvision one with the legacy and
+    the current FPN name) loaded whichever came last, silently."""
+    path = tmp_path / "twice.pth"
+    saved = _saved_model(state)
+    saved["model"].update({k: torch.zeros_like(v) for k, v in state.items()})
+    torch.save(saved, path)
+    keys = "'backbone.bottom_up.stem.conv1.weight' and 'bottom_up.stem.conv1.weight'"
+    with pytest.raises(ValueError, match=rf"twice\.pth: checkpoint keys {keys} both name the "
+                       r"backbone's bottom_up.stem.conv1.weight: refused"):  # fmt: skip
+        read_checkpoint(path)
+    saved = write_torchvision_pth(path, state)
+    saved["backbone.fpn.layer_blocks.3.weight"] = torch.zeros(256, 256, 3, 3)
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match=r"keys 'backbone.fpn.layer_blocks.3.0.weight' and "
+                       r"'backbone.fpn.layer_blocks.3.weight' both name the backbone's "
+                       r"fpn_output5.weight"):  # fmt: skip
+        read_checkpoint(path)
+
+
 def _meta(v):
     return torch.empty(v.shape, device="meta")
 

@@ -212,8 +212,11 @@ def _rename_torchvision(key: str) -> str | None:
 
 
 def _backbone_entries(model: dict, fmt: str) -> tuple[dict[str, object], int]:
-    """Select the backbone entries of a full-detector state dict and rename them."""
+    """Select the backbone entries of a full-detector state dict and rename them; two keys that
+    rename to one name (``backbone.X`` and ``X``, or torchvision's legacy and current FPN names)
+    are refused, naming both: which of them was meant cannot be told."""
     out: dict[str, object] = {}
+    origin: dict[str, str] = {}
     skipped = 0
     unknown = []
     for key, value in model.items():
@@ -232,7 +235,13 @@ def _backbone_entries(model: dict, fmt: str) -> tuple[dict[str, object], int]:
             if not (new.startswith("bottom_up.") or new.startswith("fpn_")):
                 skipped += 1
                 continue
+        if new in out:
+            raise ValueError(
+                f"checkpoint keys {origin[new]!r:.100} and {key!r:.100} both name the backbone's "
+                f"{new}: refused (which of them is meant?)"
+            )
         out[new] = value
+        origin[new] = key
     if unknown:
         raise ValueError(f"unexpected backbone keys in {fmt} checkpoint: {_listing(unknown)}")
     return out, skipped
