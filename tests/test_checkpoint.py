@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import pickletools
+import re
 import subprocess
 import sys
 import zipfile
@@ -200,13 +201,31 @@ def test_malicious_object_array_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_malicious_pth_is_refused_and_nothing_runs(tmp_path):
+class _FractionExploit:
+    def __reduce__(self):
+        from fractions import Fraction  # a global torch neither allows nor blocks
+
+        return (Fraction, (1, 3))
+
+
+@pytest.mark.parametrize(
+    "exploit, refused",
+    [(_Exploit, r"unsupported GLOBAL (posix|os)\.system whose module (posix|os) is blocked\.\)$"),
+     (lambda marker: _FractionExploit(),
+      r"Unsupported global: GLOBAL fractions\.Fraction was not an allowed global by default\.\)$")],
+)  # fmt: skip
+def test_malicious_pth_is_refused_and_nothing_runs(tmp_path, exploit, refused):
+    """The refusal names the global torch refused, where it gave torch's last line, a link to
+    its documentation."""
     marker = tmp_path / "PWNED"
     path = tmp_path / "evil.pth"
-    torch.save({"model": {"backbone.x": _Exploit(marker)}}, path)
-    with pytest.raises(UnsafeCheckpointError, match="refused"):
+    torch.save({"model": {"backbone.x": exploit(marker)}}, path)
+    with pytest.raises(UnsafeCheckpointError, match="refused") as info:
         read_checkpoint(path)
     assert not marker.exists()
+    message = str(info.value)
+    assert re.search(refused, message) and "\n" not in message, message
+    assert "documentation" not in message and "weights_only` set to `False" not in message
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00garbage not a pickle", b"PK\x03\x04broken zip"])

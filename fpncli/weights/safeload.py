@@ -17,6 +17,7 @@ import importlib
 import math
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -241,10 +242,28 @@ def torch_load_safe(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
         raise UnsafeCheckpointError(
             f"{path}: refused: the file asks for more than tensors and plain containers "
-            f"(torch.load weights_only=True said: {first[:200]})"
+            f"(torch.load weights_only=True said: {_refusal_line(str(e))[:200]})"
         ) from None
     except (RuntimeError, EOFError, ValueError) as e:
         raise ValueError(f"{path}: not a readable .pth checkpoint ({str(e)[:200]})") from None
+
+
+#: The paragraphs of advice torch.load wraps a weights_only refusal in (torch 2.6 to 2.13).
+_TORCH_ADVICE = ("Weights only load failed", "Re-running `torch.load`", "Check the documentation",
+                 "Please file an issue", "(1) ", "(2) ")  # fmt: skip
+
+
+def _refusal_line(message: str) -> str:
+    """The line of torch.load's weights_only refusal that says what was refused ("Unsupported
+    global: GLOBAL os.system was not an allowed global ...", "Trying to load unsupported GLOBAL
+    posix.system whose module posix is blocked."), without the advice around it."""
+    if (found := re.search(r"WeightsUnpickler error:\s*(\S.*)", message)) is not None:
+        said = found[1]
+    else:
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        said = next((line for line in lines if not line.startswith(_TORCH_ADVICE)), None)
+        if said is None:  # "Weights only load failed. <what>" (torch's hints to import a module)
+            said = lines[0].removeprefix("Weights only load failed.") if lines else ""
+    return said.split(" Please use `torch.serialization", 1)[0].strip()  # how to allow it
