@@ -34,6 +34,7 @@ from .weights.checkpoint import (
 )
 from .weights.hub import check_cached, record_first_use, resolve_weights, sha256_file
 from .weights.registry import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
+from .weights.safeload import check_file_size
 
 __all__ = [
     "WeightsInfo",
@@ -210,10 +211,14 @@ def load_backbone(
             build_backbone(ckpt.arch, ckpt.state_dict)
 
         path, spec = resolve_weights(weights, download_missing=download, check=check)
-        digest = sha256_file(path)
+        check_file_size(path)  # a 10 GB file is refused before it is hashed, or read
         if spec is not None:  # the registry's file: as downloaded, or the published one
+            digest = sha256_file(path)
             check_cached(spec, path, digest)
-        ckpt = read_checkpoint(path)
+            ckpt = read_checkpoint(path)
+        else:  # a file of the user's: refused before hashing it if it is no checkpoint
+            ckpt = read_checkpoint(path)
+            digest = sha256_file(path)  # for the manifest
         arch = dict(spec.arch) if spec is not None else ckpt.arch
         input_format = spec.input if spec is not None else ckpt.input
         model = build_backbone(arch, ckpt.state_dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import pickletools
@@ -736,3 +737,39 @@ def test_meta_sparse_and_quantized_tensors_are_refused_naming_the_entry(
     with pytest.raises(ValueError, match=rf"{entry} {refused}") as info:
         read_checkpoint(path)
     assert "\n" not in str(info.value)
+
+
+def test_a_file_larger_than_any_checkpoint_is_refused_before_it_is_hashed_or_read(
+    tmp_path, monkeypatch, state
+):
+    """load_backbone hashed the whole file before reading any of it: a 10 GB junk file took 30 s
+    to refuse. (The files here are sparse: nothing is written, nor hashed with the spy.)"""
+    from fpncli import api
+    from fpncli.weights.safeload import MAX_CHECKPOINT_BYTES
+
+    hashed = []
+
+    def sha256_file(path):
+        hashed.append(path)
+        assert Path(path).stat().st_size < 1 << 30, "hashed before its size was checked"
+        return real_sha256(path)
+
+    real_sha256 = api.sha256_file
+    monkeypatch.setattr(api, "sha256_file", sha256_file)
+    huge = tmp_path / "huge.pth"
+    with open(huge, "wb") as f:
+        f.truncate(MAX_CHECKPOINT_BYTES + 1)
+    for load in (read_checkpoint, fpncli.load_backbone):
+        with pytest.raises(ValueError, match=r"huge\.pth: refused: 4\.3 GB, larger than any "
+                           r"detection checkpoint \(4\.3 GB at most\)"):  # fmt: skip
+            load(huge)
+    junk = tmp_path / "junk.pkl"  # a file of the user's is read, and refused, before hashing
+    junk.write_bytes(b"\x00junk")
+    with pytest.raises(ValueError, match="not a readable"):
+        fpncli.load_backbone(str(junk))
+    assert hashed == []
+    good = tmp_path / "good.pkl"
+    write_detectron2_pkl(good, state)
+    model = fpncli.load_backbone(str(good))
+    assert model.weights_info.sha256 == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert hashed == [good]

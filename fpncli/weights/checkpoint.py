@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io.guard import check_regular_file, quote_name
+from ..io.guard import quote_name
 from ..model.fpn import FPN, build_resnet_fpn_backbone
 from ..model.resnet import BLOCKS_PER_STAGE
 from .registry import DETECTRON2_INPUT, DETECTRON2_X101_INPUT, TORCHVISION_INPUT, InputFormat
 from .safeload import (
     UnsafeCheckpointError,
+    check_file_size,
     check_zip_sizes,
     is_zip,
     safe_unpickle,
@@ -375,8 +376,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
-    # the bytes it stores: in a zip, what its members declare
-    size = check_regular_file(path, "weights file").st_size
+    size = check_file_size(path)  # the bytes it stores: in a zip, what its members declare
     if is_zip(path):
         size = check_zip_sizes(path)
         obj = torch_load_safe(path)

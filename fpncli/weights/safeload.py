@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io.guard import open_regular
+from ..io.guard import check_regular_file, open_regular
 
 __all__ = [
     "UnsafeCheckpointError",
     "MAX_CHECKPOINT_BYTES",
+    "check_file_size",
     "safe_unpickle",
     "is_zip",
     "check_zip_sizes",
@@ -267,3 +268,20 @@ def _refusal_line(message: str) -> str:
         if said is None:  # "Weights only load failed. <what>" (torch's hints to import a module)
             said = lines[0].removeprefix("Weights only load failed.") if lines else ""
     return said.split(" Please use `torch.serialization", 1)[0].strip()  # how to allow it
+
+
+def check_file_size(path: Path) -> int:
+    """The size of the weights file ``path``, refused when larger than any detection checkpoint
+    (``MAX_CHECKPOINT_BYTES``): checked before the file is read or hashed.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file, or too large.
+    """
+    size = check_regular_file(path, "weights file").st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise ValueError(
+            f"{path}: refused: {size / 1e9:.1f} GB, larger than any detection checkpoint "
+            f"({MAX_CHECKPOINT_BYTES / 1e9:.1f} GB at most); not a weights file?"
+        )
+    return size
