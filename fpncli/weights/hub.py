@@ -513,7 +513,10 @@ def _remove_stale_parts(final: Path) -> None:
 
 
 def resolve_weights(
-    weights: str, *, download_missing: bool = True, check: Callable[[Path], None] | None = None
+    weights: str | Path,
+    *,
+    download_missing: bool = True,
+    check: Callable[[Path], None] | None = None,
 ) -> tuple[Path, WeightsSpec | None]:
     """Turn a ``--weights`` value (a registry name or a file path) into a local file.
 
@@ -524,7 +527,7 @@ def resolve_weights(
         ValueError: neither a file nor a registry name, or a folder, FIFO or device.
         WeightsDownloadError: the download failed.
     """
-    if not weights.strip():  # Path("") is the current folder: say what is wrong instead
+    if isinstance(weights, str) and not weights.strip():  # Path("") would be the current folder
         raise ValueError(f"weights: {_EMPTY_WEIGHTS}")
     spec = REGISTRY.get(weights)
     if spec is None:
