@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -148,6 +149,44 @@ def test_a_rerun_with_other_settings_says_it_replaces_their_outputs(runner, phot
     assert "already complete" in resumed.output and note not in resumed.stderr
     overwritten = runner.invoke(cli, [*base, "--overwrite"], catch_exceptions=False)
     assert "wrote" in overwritten.output and note not in overwritten.stderr
+
+
+def test_a_rerun_with_another_file_under_the_same_name_is_refused(runner, tmp_path):
+    """``extract photos/2024 -o O`` then ``extract photos/2025 -o O``, both holding
+    ``IMG_0001.png``: the second run replaced the 2024 outputs without a word (the run key
+    differed in its input alone). It is refused in one line before any image, naming the folder
+    and the file its outputs were made from; an edited photo (the same file) is still redone,
+    and --overwrite replaces them, as asked."""
+    rng = np.random.RandomState(0)
+    for year in ("2024", "2025"):
+        (tmp_path / year).mkdir()
+        for name in ("IMG_0001.png", "IMG_0002.png"):
+            pixels = rng.randint(0, 255, (40, 56, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / year / name)
+    out = tmp_path / "out"
+    base = ["-o", str(out), *SMALL, "--no-overview", "--no-heatmaps"]
+    first = runner.invoke(cli, ["extract", str(tmp_path / "2024"), *base], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    manifest = (out / "IMG_0001" / "manifest.json").read_bytes()
+    second = runner.invoke(cli, ["extract", str(tmp_path / "2025"), *base])
+    assert second.exit_code == 1 and "Traceback" not in second.output
+    assert second.stderr.splitlines()[-1] == (
+        f"Error: {out / 'IMG_0001'} holds the outputs of another file, "
+        f"{tmp_path / '2024' / 'IMG_0001.png'}, not of {tmp_path / '2025' / 'IMG_0001.png'} (and "
+        "1 more folders of this run hold other files' outputs): give another -o, or "
+        "--overwrite to replace them"
+    )
+    assert (out / "IMG_0001" / "manifest.json").read_bytes() == manifest  # untouched
+    edited = tmp_path / "2024" / "IMG_0001.png"
+    stat = edited.stat()
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    again = runner.invoke(cli, ["extract", str(tmp_path / "2024"), *base], catch_exceptions=False)
+    assert again.exit_code == 0 and "done 1, skipped 1" in again.output, again.output
+    replaced = runner.invoke(cli, ["extract", str(tmp_path / "2025"), *base, "--overwrite"],
+                             catch_exceptions=False)  # fmt: skip
+    assert replaced.exit_code == 0 and "done 2" in replaced.output, replaced.output
+    real = json.loads((out / "IMG_0001" / "manifest.json").read_text())["input"]["real_path"]
+    assert real == str((tmp_path / "2025" / "IMG_0001.png").resolve())
 
 
 @pytest.mark.parametrize(

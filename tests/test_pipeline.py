@@ -326,6 +326,34 @@ def test_the_plan_says_which_complete_folders_other_settings_replace(tmp_path, m
     assert seen.pop() == ([], plan.Replaced())
 
 
+def test_the_plan_refuses_folders_that_hold_another_files_outputs(tmp_path, model):
+    """A folder whose complete manifest records another input file (two inputs with one
+    relative path, in two runs) was redone as if its photo had changed, the other file's outputs
+    lost: the plan refuses it, naming the folder and that file. The same file changed, a
+    manifest an earlier version wrote without ``real_path``, and ``overwrite`` are redone."""
+    old, new = _image(tmp_path / "2024" / "a.png"), _image(tmp_path / "2025" / "a.png", value=1)
+    options = RunOptions(output=SMALL)
+    assert run_jobs([Job(old, tmp_path / "out" / "a")], model, options).done == 1
+    weights = steps.weights_meta(model)
+    with pytest.raises(plan.OtherFilesError) as refused:
+        plan.plan_pending([Job(new, tmp_path / "out" / "a")], options, weights)
+    assert str(refused.value) == (
+        f"{tmp_path / 'out' / 'a'} holds the outputs of another file, {old}, not of {new}: give "
+        "another -o, or --overwrite to replace them"
+    )
+    stat = old.stat()
+    os.utime(old, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the photo edited
+    assert plan.plan_pending([Job(old, tmp_path / "out" / "a")], options, weights)[0]
+    overwrite = replace(options, overwrite=True)
+    assert plan.plan_pending([Job(new, tmp_path / "out" / "a")], overwrite, weights)[0]
+    path = tmp_path / "out" / "a" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["input"]["real_path"]  # as an earlier version wrote it
+    path.write_text(json.dumps(manifest))
+    todo, replaced = plan.plan_pending([Job(new, tmp_path / "out" / "a")], options, weights)
+    assert len(todo) == 1 and replaced == plan.Replaced()
+
+
 def test_a_16_bit_rgb_pngs_note_is_in_its_manifest(tmp_path, model):
     """Pillow reads a 16-bit RGB PNG as 8 bits: the manifest's input notes say so."""
     import cv2

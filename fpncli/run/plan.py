@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.canvas import canvas_for
+from ..io.guard import quote_name
 from ..io.inputs import Job
 from ..io.manifest import changed_settings, folder_state
 from ..io.outputs import OutputOptions, estimate_bytes_per_image
@@ -19,6 +20,7 @@ from .steps import RunOptions, job_run_key
 
 __all__ = [
     "InsufficientDiskError",
+    "OtherFilesError",
     "Replaced",
     "estimate_run_bytes",
     "pending_jobs",
@@ -29,6 +31,11 @@ __all__ = [
 
 class InsufficientDiskError(RuntimeError):
     """The output disk has less free space than the run is estimated to write."""
+
+
+class OtherFilesError(ValueError):
+    """Folders of this run hold the complete outputs of other input files (``photos/2024``
+    and then ``photos/2025`` into one ``-o``, both with ``IMG_0001.png``)."""
 
 
 def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32) -> int:
@@ -96,21 +103,50 @@ def plan_pending(jobs: list[Job], options: RunOptions,
     """``pending_jobs``, and what they replace: the folders whose complete manifest records
     other weights, precision or output options (``changed_settings``), told from the manifest
     resume reads anyway. A folder without a complete manifest (a killed run's), or whose input
-    file alone changed, replaces nothing worth saying. With ``overwrite``, every job, and no
-    manifest read (redoing everything is what was asked)."""
+    file alone changed (the same file, edited), replaces nothing worth saying. With
+    ``overwrite``, every job, and no manifest read (redoing everything is what was asked).
+
+    Raises:
+        OtherFilesError: a folder's complete manifest records another input file (its
+            ``real_path``; a manifest without one, an earlier version's, counts as this job's
+            file): it is never replaced silently, as ``--format wds`` never gives a key to a
+            second file.
+    """
     if options.overwrite:
         return list(jobs), Replaced()
-    todo, count, settings = [], 0, {}
+    todo, count, settings, others = [], 0, {}, []
     for job in jobs:
         complete, manifest, key = _state(job, options, weights)
         if complete:
             continue
         todo.append(job)
         if manifest is not None and manifest.get("run_key") != key:
+            made_from = _other_input(manifest, job)
+            if made_from is not None:
+                others.append((job, made_from))
+                continue
             changed = changed_settings(manifest, options.output, weights, options.precision)
             count += bool(changed)
             settings.update(dict.fromkeys(changed))
+    if others:
+        (job, made_from), more = others[0], len(others) - 1
+        also = f" (and {more} more folders of this run hold other files' outputs)" if more else ""
+        raise OtherFilesError(
+            f"{quote_name(str(job.folder))} holds the outputs of another file, "
+            f"{quote_name(made_from)}, not of {quote_name(str(job.path))}{also}: give another "
+            "-o, or --overwrite to replace them"
+        )
     return todo, Replaced(count, tuple(settings))
+
+
+def _other_input(manifest: dict, job: Job) -> str | None:
+    """The input file ``manifest`` records (its real path) where it is not ``job``'s, else
+    None: the same file (which may have changed since), or none recorded."""
+    recorded = manifest.get("input")
+    real = recorded.get("real_path") if isinstance(recorded, dict) else None
+    if not isinstance(real, str) or not real or real == os.path.realpath(job.path):
+        return None
+    return real
 
 
 def check_disk_space(todo: list[Job], output: OutputOptions) -> None:
