@@ -4,6 +4,7 @@ disk estimate and a full disk. Small images and a seeded random R-50."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -218,6 +219,54 @@ def test_plan_keeps_a_nested_image_off_its_parent_images_file_names(tmp_path):
     ]
     assert folders == ["a", "a/p2.npy_2", "a/Manifest.JSON_2", "a/p6_overlay.png_2", "a/cat",
                        "b/p2.npy", "p3.png"]  # fmt: skip
+
+
+def test_plan_keeps_nested_images_off_the_file_names_of_renamed_folders(tmp_path):
+    """With ``x.png`` and ``x.jpg`` (``x_png`` and ``x_jpg``), ``x_png/p2.npy.png`` was given
+    ``x_png/p2.npy``, ``x.png``'s P2 file ("File exists"): the check knew only the names before
+    renaming. Folders are checked against the final names, a level at a time, in any input
+    order; a name before renaming still counts, so earlier outputs keep their names."""
+    root = tmp_path / "r"
+    names = ["x.png", "x.jpg", "x_png/p2.npy.png", "x_png/Manifest.json.png", "x_png/cat.png",
+             "x_png/p2.npy_2/overview.png.jpg", "x/p3.npy.png"]  # fmt: skip
+    expected = ["x_png", "x_jpg", "x_png/p2.npy_2", "x_png/Manifest.json_2", "x_png/cat",
+                "x_png/p2.npy_2/overview.png_2", "x/p3.npy_2"]  # fmt: skip
+    for order in (names, names[::-1]):
+        jobs = plan_jobs([(root / n, root) for n in order], tmp_path / "out")
+        folders = {j.path.relative_to(root).as_posix(): j.folder for j in jobs}
+        assert [folders[n].relative_to(tmp_path / "out").as_posix() for n in names] == expected
+
+
+def test_plan_cuts_names_over_255_bytes_short_with_a_hash(tmp_path):
+    """A 251-byte stem saved as .png and .PNG was given ``<stem>_png`` (255 bytes) and
+    ``<stem>_png_2`` (257: "File name too long"): a name over 255 bytes is cut at a character
+    (UTF-8 stays valid, a name's bytes that are not UTF-8 stay its own), with a hash of the
+    whole name, so that names differing past the cut still differ; so is a plain stem with its
+    ``_1000`` (the 1000th image of one relative path)."""
+    root = tmp_path / "r"
+    files = [f"{stem}{ext}" for stem, ext in [
+        ("X" * 251, ".png"), ("\u00e9" * 125, ".png"), ("\u20ac" * 83, ".jpeg"),
+        (os.fsdecode(b"\xff" * 250), ".jpe")] for ext in (ext, ext.upper())]  # fmt: skip
+    pairs = [(root / name, root) for name in files]
+    pairs += [(tmp_path / f"o{i}" / f"{'X' * 251}.png", tmp_path / f"o{i}") for i in range(1000)]
+    folders = [j.folder.relative_to(tmp_path / "out") for j in plan_jobs(pairs, tmp_path / "out")]
+    names = [folder.name for folder in folders]
+    assert max(len(os.fsencode(name)) for name in names) == 255
+    assert len({name.casefold() for name in names}) == len(names)
+    assert names[:8:2] == ["X" * 251 + "_png", "\u00e9" * 125 + "_png", "\u20ac" * 83 + "_jpeg",
+                           os.fsdecode(b"\xff" * 250) + "_jpe"]  # fit: as before  # fmt: skip
+
+    def digest(name: str) -> str:  # of the whole name: part of the folder's name, kept
+        return hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+
+    assert names[1] == "X" * 244 + f"~{digest('X' * 251 + '_png')}_2"
+    assert names[3].startswith("\u00e9" * 122 + "~") and len(os.fsencode(names[3])) == 255
+    assert names[5].startswith("\u20ac" * 81 + "~") and len(os.fsencode(names[5])) == 254
+    assert os.fsencode(names[7]).startswith(b"\xff" * 244 + b"~")
+    assert names[8:11] == ["X" * 251, "X" * 251 + "_2", "X" * 251 + "_3"]
+    assert names[-2] == "X" * 251 + "_999" and names[-1] == "X" * 241 + f"~{digest('X' * 251)}_1000"
+    for folder in folders[:8] + folders[-2:]:
+        (tmp_path / "out" / folder).mkdir(parents=True)  # the file system takes each
 
 
 def test_image_called_report_survives_report_and_resumes(tmp_path, monkeypatch):

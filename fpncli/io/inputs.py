@@ -8,6 +8,7 @@ the same list.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -287,6 +288,29 @@ def is_reserved_name(folder: Path) -> bool:
     return "/" not in name and (name in RESERVED_NAMES or bool(SHARD_RUN_LOG.match(name)))
 
 
+#: The longest file name, in bytes, that Linux file systems take (ext4, XFS, Btrfs and most others).
+NAME_MAX_BYTES = 255
+
+
+def fitted_name(name: str, suffix: str = "") -> str:
+    """``name + suffix``, or where that is over ``NAME_MAX_BYTES`` bytes, ``name`` cut short (at
+    a character: UTF-8 stays valid, a name's bytes that are not UTF-8 stay theirs) and followed
+    by ``~`` and 8 hex digits of a hash of the whole ``name``, then ``suffix``: one file name
+    that fits, and names that differ past the cut still differ."""
+    whole = os.fsencode(name + suffix)
+    if len(whole) <= NAME_MAX_BYTES:
+        return name + suffix
+    tail = f"~{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}{suffix}"
+    room = NAME_MAX_BYTES - len(os.fsencode(tail))
+    cut, used = 0, 0
+    for char in name:
+        size = len(os.fsencode(char))
+        if used + size > room:
+            break
+        cut, used = cut + 1, used + size
+    return name[:cut] + tail
+
+
 def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     """Give every image its own output folder, mirroring its path below its root.
 
@@ -300,7 +324,11 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     fpncli writes at the top of OUT (``RESERVED_NAMES``: ``report.jpg`` would be ``report``)
     count as taken: ``report_2``, and so do those it writes in an image's folder, for a folder
     below another image's (with ``a.jpg``, ``a/p2.npy.jpg`` goes to ``a/p2.npy_2``, not to the
-    folder named as ``a``'s P2 file).
+    folder named as ``a``'s P2 file), that folder as it is finally named (with ``x.png`` and
+    ``x.jpg``, ``x_png/p2.npy.png`` goes to ``x_png/p2.npy_2``): folders are named shallowest
+    first, so an image's folder is final before any below it is named. A name over 255 bytes
+    (a long stem with ``_png`` or ``_2`` added) is cut short with a hash of the whole name
+    (``fitted_name``).
     """
     from .outputs import is_output_name
 
@@ -325,24 +353,39 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
         (os.path.abspath(img.parent), fold(rel.parent / rel.stem))
         for (img, _), rel in zip(pairs, rels)
     )
-    image_folders = {folded for _, folded in stems}
+    # the folders as named before any renaming, which earlier versions kept names off (their
+    # folders keep their names), and the final ones (``used``)
+    unrenamed = {folded for _, folded in stems}
+    used: set[str] = set()
 
     def taken(folder: Path) -> bool:
+        parent = fold(folder.parent)
         return (fold(folder) in used or is_reserved_name(folder) or (
-            is_output_name(folder.name) and fold(folder.parent) in image_folders))  # fmt: skip
+            is_output_name(folder.name) and (parent in used or parent in unrenamed)))  # fmt: skip
 
-    jobs, used = [], set()
-    for (image, _), rel in zip(pairs, rels):
-        key = rel.parent / rel.stem
-        if stems[(os.path.abspath(image.parent), fold(key))] > 1:
-            key = rel.parent / f"{rel.stem}_{rel.suffix.lstrip('.').lower()}"
-        candidate, n = key, 1
+    # Shallowest first (a stable sort: input order within a depth): a folder's parent, a
+    # level up, is then named for good when the folder is checked against its file names. The
+    # names a folder is checked against lie at its own depth, so the order within a depth is
+    # all that decides who gets "_2", as before.
+    folders: list[Path] = [Path()] * len(pairs)
+    # each name -> the number its last "_N" took: those below stay taken (``used`` only grows),
+    # so the next image of that name starts there (a thousand a.jpg: not half a million tries)
+    numbered: dict[Path, int] = {}
+    for i in sorted(range(len(pairs)), key=lambda i: len(rels[i].parts)):
+        image, rel = pairs[i][0], rels[i]
+        name = rel.stem
+        if stems[(os.path.abspath(image.parent), fold(rel.parent / rel.stem))] > 1:
+            name = f"{rel.stem}_{rel.suffix.lstrip('.').lower()}"
+        key = rel.parent / name
+        n = numbered.get(key, 1)
+        candidate = rel.parent / fitted_name(name, f"_{n}" if n > 1 else "")
         while taken(candidate):
             n += 1
-            candidate = key.parent / f"{key.name}_{n}"
+            candidate = rel.parent / fitted_name(name, f"_{n}")
+        numbered[key] = n
         used.add(fold(candidate))
-        jobs.append(Job(image, out_dir / candidate))
-    return jobs
+        folders[i] = candidate
+    return [Job(image, out_dir / folder) for (image, _), folder in zip(pairs, folders)]
 
 
 def select_shard(jobs: list, index: int, count: int) -> list:
