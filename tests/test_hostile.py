@@ -692,7 +692,9 @@ def test_a_pkl_with_persistent_ids_is_refused_as_unsafe(tmp_path):
 def test_an_unreadable_subfolder_is_reported_and_the_rest_extracted(tmp_path):
     """A folder the user may not read (chmod 000: tests may run as root, who reads it anyway,
     so the permission error is run with those capabilities dropped when setpriv can) costs its
-    own images, reported as failed, not the run; an empty input path is an error, not '.'."""
+    own images, reported as failed and counted in the total (it was not: "failed 1 of 1"), not
+    the run; given alone, no run starts and the note does not say it is reported as failed; an
+    empty input path is an error, not '.'."""
     import shutil as sh
 
     src = tmp_path / "in"
@@ -709,16 +711,30 @@ def test_an_unreadable_subfolder_is_reported_and_the_rest_extracted(tmp_path):
         cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all",
                *cmd]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(fpncli.__file__).parent.parent)}
+    alone = [arg if arg != str(src) else str(src / "locked") for arg in cmd]
+    alone[alone.index(str(out))] = str(tmp_path / "out2")
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        only = subprocess.run(alone, capture_output=True, text=True, env=env, timeout=300)
     finally:
         os.chmod(src / "locked", 0o755)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert f"failed: {src / 'locked'}: cannot read this folder: Permission denied" in result.stderr
+    assert "(Permission denied): its images are left out (reported as failed)" in result.stderr
+    assert "done 1, skipped 0 (already complete), failed 1 of 2 in" in result.stdout
     assert is_complete(out / "a")
     run = json.loads((out / "run.json").read_text())
     assert [f["path"] for f in run["failed"]] == [str(src / "locked")]
+    assert (run["total"], run["done"], run["skipped"]) == (2, 1, 0)
+    assert only.returncode == 1 and "Traceback" not in only.stderr
+    assert only.stderr.splitlines() == [
+        f"note: cannot read the folder {src / 'locked'} (Permission denied): its images are "
+        "left out",
+        "Error: no images found in the given inputs; 1 folder(s) in them cannot be read: give "
+        "read permission to them, or other inputs",
+    ]
+    assert not (tmp_path / "out2").exists()
     empty = subprocess.run([sys.executable, "-m", "fpncli", "extract", "", "--weights", "random"],
                            capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
     assert empty.returncode != 0 and "an empty input path" in empty.stderr

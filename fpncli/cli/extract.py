@@ -349,9 +349,10 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     files_inside = _inside(inputs, passed_over)
     if passed_over:
         click.echo(_skipped_note(passed_over, files_inside), err=True)
-    for folder, reason in unreadable:
+    for folder, reason in unreadable:  # failures of the run; with no image, of no run
         click.echo(f"note: cannot read the folder {quote_name(str(folder))} ({reason}): its "
-                   "images are left out (reported as failed)", err=True)  # fmt: skip
+                   f"images are left out{' (reported as failed)' if pairs else ''}",
+                   err=True)  # fmt: skip
     for folder, read_as in repeated:  # symlinks: a cycle, or the same folder twice
         click.echo(f"note: not following {quote_name(str(folder))}: it leads to the folder "
                    f"{quote_name(str(read_as))}, which the run comes to under that name",
@@ -372,6 +373,11 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             raise click.ClickException(
                 f"no images found in the given inputs outside the output folder "
                 f"{quote_name(str(out))} (outputs are never read back as inputs: give another -o)"
+            )
+        if unreadable:  # the notes above name them
+            raise click.ClickException(
+                f"no images found in the given inputs; {len(unreadable)} folder(s) in them "
+                "cannot be read: give read permission to them, or other inputs"
             )
         raise click.ClickException("no images found in the given inputs")
     # wds: job folders are relative to OUT (they become the sample keys)
@@ -488,6 +494,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     summary.failed += [
         (str(folder), f"cannot read this folder: {why}") for folder, why in unreadable
     ]
+    summary.total += len(unreadable)  # failed, so counted: done + skipped + failed = total
     if not url:  # the run's log first: it is what the run did, whatever the redraw meets
         _write_run_log(summary, out, weights, precision, shard_spec)
         try:

@@ -205,17 +205,18 @@ def _write_interrupted_log(e: BaseException | None, last, total: int, out: Path,
 def _report(summary, out_dir: str | Path, jobs: list, wds: bool = False) -> None:
     """The run's closing lines; ``out_dir`` as given (a URL keeps its ``//``), ``jobs`` the
     run's (this shard's), ``wds`` a ``--format wds`` output."""
-    total = len(jobs)
+    # one image and nothing else (the run's total also counts the folders it could not read)
+    single = len(jobs) == 1 and summary.total == 1
     for path, reason in summary.failed:  # quoted: a newline in a name must not forge a line
         reason = _without_path(reason, str(path))
         click.echo(f"failed: {quote_name(str(path))}: {quote_name(reason)}", err=True)
     if summary.aborted:
         click.echo(f"stopped early: {summary.aborted}", err=True)
-    if total == 1 and summary.done == 1 and summary.last_folder is not None:
+    if single and summary.done == 1 and summary.last_folder is not None:
         click.echo(f"wrote {quote_name(str(summary.last_folder))}")
         return
     others = summary.left_to_others
-    if total == 1 and summary.skipped == 1 and not others:  # which one: with --from-list and
+    if single and summary.skipped == 1 and not others:  # which one: with --from-list and
         # --shard, the command line does not say
         (job,) = jobs
         if wds:
