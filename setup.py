@@ -38,5 +38,5 @@ setup(
         # --engine ray (2.51: ActorPoolStrategy via compute= is the supported API again)
         "ray": ["ray[data]>=2.51", "pyarrow>=14", "fsspec>=2023.1"],
     },
-    entry_points={"console_scripts": ["fpncli = fpncli.cli:main"]},
+    entry_points={"console_scripts": ["fpncli = fpncli.__main__:main"]},
 )

@@ -277,6 +277,36 @@ def test_python_dash_m_works(photo, tmp_path):
     assert "fpncli" in result.stdout
 
 
+def test_ctrl_c_before_the_command_runs_exits_130(runner, photo, monkeypatch):
+    """Ctrl-C while click parses the options (--cmap loads matplotlib, --clip is parsed) came
+    outside the command's handler: click printed "Aborted!" and exited 1, not 130 as a Ctrl-C
+    later does; and one while the command line loads was a traceback."""
+    from fpncli.viz import visualize
+
+    def interrupt(value):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(visualize, "parse_clip", interrupt)
+    for command in ("extract", "show"):
+        result = runner.invoke(cli, [command, str(photo), "--weights", "random"])
+        assert (result.exit_code, result.stderr) == (130, "interrupted\n"), result.output
+    loading = """if True:
+        import sys
+
+        class Interrupt:  # Ctrl-C while fpncli.cli is imported
+            def find_spec(self, name, path=None, target=None):
+                if name == "fpncli.cli":
+                    raise KeyboardInterrupt
+
+        sys.meta_path.insert(0, Interrupt())
+        from fpncli.__main__ import main
+
+        main()
+    """
+    result = subprocess.run([sys.executable, "-c", loading], capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (130, "interrupted\n")
+
+
 def test_overlay_of_an_exif_rotated_photo_is_drawn_upright(runner, tmp_path):
     pixels = np.zeros((40, 60, 3), np.uint8)
     pixels[:10, :10] = 255  # white top-left corner as stored

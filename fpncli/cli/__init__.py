@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import click
 
@@ -41,16 +42,34 @@ def _usage_in_one_line():
         raise _UsageLine(message) from None
 
 
+@contextlib.contextmanager
+def _ctrl_c_exits_130():
+    """Ctrl-C inside ends the command as it does inside a command (``common._friendly``):
+    ``interrupted`` and exit code 130. Click's main would print "Aborted!" and exit 1, and an
+    interrupt comes there while the options are parsed (``--cmap`` loads matplotlib) or the
+    command is looked up, before the command runs."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _interrupted()
+
+
+def _interrupted():
+    click.echo("interrupted", err=True)
+    sys.exit(130)
+
+
 class _Group(click.Group):
     """The command group, with usage errors (a bad option or value, an unknown command) as one
-    line instead of click's usage block; ``fpncli`` alone still prints the help."""
+    line instead of click's usage block, and Ctrl-C as ``interrupted``, exit code 130, wherever
+    it comes; ``fpncli`` alone still prints the help."""
 
     def make_context(self, info_name, args, parent=None, **extra):
-        with _usage_in_one_line():
+        with _ctrl_c_exits_130(), _usage_in_one_line():
             return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx):
-        with _usage_in_one_line():
+        with _ctrl_c_exits_130(), _usage_in_one_line():
             return super().invoke(ctx)
 
 
@@ -74,4 +93,5 @@ def main() -> None:
     # OpenMP threads that sleep when idle instead of spinning: the decode and writer threads then
     # get the cores while the model waits (must be set before torch loads its OpenMP runtime).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    cli(prog_name="fpncli")
+    with _ctrl_c_exits_130():  # (and in the moments click's main spends outside the group)
+        cli(prog_name="fpncli")
