@@ -237,6 +237,16 @@ def test_plan_keeps_nested_images_off_the_file_names_of_renamed_folders(tmp_path
         assert [folders[n].relative_to(tmp_path / "out").as_posix() for n in names] == expected
 
 
+def test_plan_keeps_images_named_dots_inside_their_own_folders(tmp_path):
+    """``...png`` (its stem ``..``) was given ``OUT/..``: its outputs were written beside OUT,
+    and ``..png``'s (stem ``.``) into OUT itself."""
+    root = tmp_path / "r"
+    names = ["...png", "..png", "sub/...JPG", "sub/..png", "._png.png"]
+    jobs = plan_jobs([(root / n, root) for n in names], tmp_path / "out")
+    folders = [j.folder.relative_to(tmp_path / "out").as_posix() for j in jobs]
+    assert folders == [".._png", "._png", "sub/.._jpg", "sub/._png", "._png_2"]
+
+
 def test_plan_cuts_names_over_255_bytes_short_with_a_hash(tmp_path):
     """A 251-byte stem saved as .png and .PNG was given ``<stem>_png`` (255 bytes) and
     ``<stem>_png_2`` (257: "File name too long"): a name over 255 bytes is cut at a character

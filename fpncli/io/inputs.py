@@ -326,7 +326,8 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     below another image's (with ``a.jpg``, ``a/p2.npy.jpg`` goes to ``a/p2.npy_2``, not to the
     folder named as ``a``'s P2 file), that folder as it is finally named (with ``x.png`` and
     ``x.jpg``, ``x_png/p2.npy.png`` goes to ``x_png/p2.npy_2``): folders are named shallowest
-    first, so an image's folder is final before any below it is named. A name over 255 bytes
+    first, so an image's folder is final before any below it is named. ``..png`` and ``...png``
+    go to ``._png`` and ``.._png`` (their stems would be OUT and its parent). A name over 255 bytes
     (a long stem with ``_png`` or ``_2`` added) is cut short with a hash of the whole name
     (``fitted_name``).
     """
@@ -374,7 +375,9 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     for i in sorted(range(len(pairs)), key=lambda i: len(rels[i].parts)):
         image, rel = pairs[i][0], rels[i]
         name = rel.stem
-        if stems[(os.path.abspath(image.parent), fold(rel.parent / rel.stem))] > 1:
+        # "..png" and "...png" have the stems "." and "..": OUT itself and the folder above it
+        dots = name in (".", "..")
+        if dots or stems[(os.path.abspath(image.parent), fold(rel.parent / rel.stem))] > 1:
             name = f"{rel.stem}_{rel.suffix.lstrip('.').lower()}"
         key = rel.parent / name
         n = numbered.get(key, 1)
