@@ -388,8 +388,9 @@ def test_the_plan_says_which_complete_folders_other_settings_replace(tmp_path, m
 def test_the_plan_refuses_folders_that_hold_another_files_outputs(tmp_path, model):
     """A folder whose complete manifest records another input file (two inputs with one
     relative path, in two runs) was redone as if its photo had changed, the other file's outputs
-    lost: the plan refuses it, naming the folder and that file. The same file changed, a
-    manifest an earlier version wrote without ``real_path``, and ``overwrite`` are redone."""
+    lost: the plan refuses it, naming the folder and that file. The same file changed, or
+    reached through a hard link, a recorded file that is gone (moved), a manifest an earlier
+    version wrote without ``real_path``, and ``overwrite`` are redone."""
     old, new = _image(tmp_path / "2024" / "a.png"), _image(tmp_path / "2025" / "a.png", value=1)
     options = RunOptions(output=SMALL)
     assert run_jobs([Job(old, tmp_path / "out" / "a")], model, options).done == 1
@@ -405,6 +406,14 @@ def test_the_plan_refuses_folders_that_hold_another_files_outputs(tmp_path, mode
     assert plan.plan_pending([Job(old, tmp_path / "out" / "a")], options, weights)[0]
     overwrite = replace(options, overwrite=True)
     assert plan.plan_pending([Job(new, tmp_path / "out" / "a")], overwrite, weights)[0]
+    linked = tmp_path / "linked.png"
+    os.link(old, linked)  # one file, another path (as a bind mount shows it)
+    assert plan.plan_pending([Job(linked, tmp_path / "out" / "a")], options, weights)[0]
+    moved = tmp_path / "moved" / "a.png"
+    moved.parent.mkdir()
+    os.replace(old, moved)  # the recorded file is gone: nothing left to lose
+    assert plan.plan_pending([Job(moved, tmp_path / "out" / "a")], options, weights)[0]
+    assert plan.plan_pending([Job(new, tmp_path / "out" / "a")], options, weights)[0]
     path = tmp_path / "out" / "a" / "manifest.json"
     manifest = json.loads(path.read_text())
     del manifest["input"]["real_path"]  # as an earlier version wrote it

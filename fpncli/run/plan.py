@@ -140,13 +140,18 @@ def plan_pending(jobs: list[Job], options: RunOptions,
 
 
 def _other_input(manifest: dict, job: Job) -> str | None:
-    """The input file ``manifest`` records (its real path) where it is not ``job``'s, else
-    None: the same file (which may have changed since), or none recorded."""
+    """The input file ``manifest`` records (its real path) where it is another file that is
+    still there, else None: the same file (which may have changed since; or reached by another
+    path, as a bind mount gives it), none recorded, or none there any more (the photos moved, or
+    the run was made in a container that mounted them elsewhere: its outputs are redone)."""
     recorded = manifest.get("input")
     real = recorded.get("real_path") if isinstance(recorded, dict) else None
     if not isinstance(real, str) or not real or real == os.path.realpath(job.path):
         return None
-    return real
+    try:
+        return None if os.path.samefile(real, job.path) else real
+    except (OSError, ValueError):  # gone (or a path no file can have): nothing left to lose
+        return None
 
 
 def check_disk_space(todo: list[Job], output: OutputOptions) -> None:
