@@ -643,3 +643,70 @@ def test_levels_saved_as_pictures_only_link_their_pictures(tmp_path, monkeypatch
     img = f'<img src="{key}/p2.png" alt="p2.png" height="64">'
     assert f'<a href="{key}/p2.png">{img}</a>no tensor' in text
     _assert_links_resolve(page)
+
+
+@pytest.mark.parametrize("name", ["q/evil", '" onerror="alert(1)', "<b>p2", "p2 ", ""])
+def test_a_level_name_that_is_not_an_identifier_lists_its_image_as_unreadable(
+    sample_extraction, tmp_path, name
+):
+    """A manifest level called ``q/evil`` stopped the whole report (its thumbnail's name made a
+    folder that is not there), and one called ``" onerror="alert(1)`` was written into the
+    page's markup as it is. Such a manifest is malformed: report lists that image (and covers
+    the others), diff does not compare it, show refuses it, each in one line."""
+    bad = tmp_path / "bad"
+    shutil.copytree(sample_extraction, bad)
+    path = bad / "chelsea" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["levels"][name] = dict(manifest["levels"]["p6"])
+    path.write_text(json.dumps(manifest))
+    runner = CliRunner()
+    diff = ["diff", str(sample_extraction), str(bad), "-o", str(tmp_path / "d")]
+    for args, says in (
+        (["report", str(bad)], "Error: outputs of chelsea cannot be read, left out: "),
+        (diff, "not compared: chelsea: cannot be read in B: "),
+        (["show", str(bad / "chelsea"), "--save", str(tmp_path / "s.png")], "Error: "),
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), args
+        (line,) = [ln for ln in result.output.splitlines() if ln.startswith(says)]
+        assert f"chelsea/manifest.json is malformed: the level name {name!r}" in line, line
+    page = (bad / "report.html").read_text()
+    assert "Outputs that cannot be read" in page and "<h2>Images 1-2 of 2</h2>" in page
+    assert "onerror" not in page.replace("onerror=&quot;", "")
+
+
+def test_the_report_escapes_level_names_in_its_markup():
+    """Defence in depth: a level name reaches the page escaped (the grid's header, its
+    thumbnails' src and alt, the statistics table), whatever the manifest checks let through."""
+    from fpncli.viz.report import _grid, _Row, _stats_table
+
+    name = '" onerror="alert(1)<b>'
+    stats = LevelStats(name)
+    accumulate(stats, np.ones((1, 1, 2, 2), np.float32))
+    row = _Row("a", {name: f"report/thumbs/000000_{name}.png"}, {}, None, None, "4x6")
+    for markup in (_stats_table({name: stats}), _grid([row], [name], "", 1)):
+        tags = _Tags()
+        tags.feed(markup)
+        assert name in tags.text and "b" not in tags.names, markup
+        assert all(a in ("src", "alt", "href", "class", "height") for a in tags.attributes)
+        for src in tags.values.get("src", []):  # the thumbnail, its name percent-encoded
+            assert src.startswith("report/thumbs/000000_%22%20onerror%3D"), src
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.names, self.attributes, self.text = set(), set(), []
+        self.values: dict[str, list[str]] = {}
+
+    def handle_starttag(self, tag, attrs):
+        self.names.add(tag)
+        for key, value in attrs:
+            self.attributes.add(key)
+            self.values.setdefault(key, []).append(value)
+            if key == "alt":
+                self.text.append(value)
+
+    def handle_data(self, data):
+        self.text.append(data)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,6 +86,10 @@ def load_manifest(folder: Path) -> dict | None:
 
 _MISSING = object()
 
+#: What a level may be called: an identifier, as every name fpncli writes is (``p2``..``p6``,
+#: ``stem``, ``res2``..``res5``). The name becomes part of file names (the report's thumbnails)
+#: and of HTML: one with ``/``, quotes or markup is not fpncli's.
+_LEVEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 _FLOAT32_MAX = 3.4028234663852886e38
 _MOST = 1 << 53  # no size or count fpncli writes comes near; past it, floats lose integers
@@ -117,7 +122,8 @@ def check_manifest(manifest: dict, name: str) -> dict:
     """``manifest`` when every field fpncli reads back has the type it is written with; else a
     one-line ValueError naming ``name`` (the manifest's file) and the field. Optional fields may
     be missing (and strings null, as ``overview`` or a level's ``file`` when not saved); the
-    ``levels`` mapping and each level's ``stride`` and valid size must be there.
+    ``levels`` mapping and each level's ``stride`` and valid size must be there. A level's name
+    is an identifier (``p2``, ``res3``, ``stem``: letters, digits and ``_``, at most 64).
     """
 
     def bad(field: str, value, wanted: str) -> ValueError:
@@ -138,6 +144,11 @@ def check_manifest(manifest: dict, name: str) -> dict:
             raise bad(field, value, "a string")
 
     for level, meta in mapping("levels", manifest.get("levels", _MISSING), required=True).items():
+        if not _LEVEL_NAME.fullmatch(level):
+            raise ValueError(
+                f"{name} is malformed: the level name {level!r:.60} is not a level's (an "
+                "identifier such as p2, res3 or stem); re-extract"
+            )
         meta = mapping(f"levels.{level}", meta, required=True)
         for key in ("file", "heatmap", "overlay"):
             text(f"levels.{level}.{key}", meta.get(key))

@@ -291,9 +291,10 @@ def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int,
         name = html.escape(row.key)
         if row.overview:
             name = f'<a href="{prefix}{_href(row.overview)}">{name}</a>'
-        cells = [f"<td>{i}</td><td>{name}<br><span class=muted>{row.size}</span></td>"]
+        size = html.escape(row.size)
+        cells = [f"<td>{i}</td><td>{name}<br><span class=muted>{size}</span></td>"]
         if row.input_thumb:
-            cells.append(f'<td><img src="{prefix}{row.input_thumb}" alt="input"></td>')
+            cells.append(f'<td><img src="{prefix}{_href(row.input_thumb)}" alt="input"></td>')
         else:
             cells.append('<td class="muted">photo gone or replaced</td>')
         for name in levels:
@@ -309,7 +310,9 @@ def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int,
             if thumb is None:
                 cells.append('<td class="muted">not saved</td>')
                 continue
-            img = f'<img src="{prefix}{thumb}" alt="{name}">'
+            # a manifest's level name, escaped: check_manifest refuses one that is not an
+            # identifier, and the page must not depend on it
+            img = f'<img src="{prefix}{_href(thumb)}" alt="{html.escape(name)}">'
             cells.append(f'<td><a href="{prefix}{_href(link)}">{img}</a></td>' if link
                          else f"<td>{img}</td>")  # fmt: skip
         out.append(f"<tr>{''.join(cells)}</tr>")
@@ -410,8 +413,8 @@ def _stats_table(stats: dict[str, LevelStats], no_tensor: dict[str, int] | None 
     for name in _order(stats):
         s = stats[name]
         rows.append(
-            f"<tr><td>{name}</td><td>{s.images}</td><td>{_fmt(s.min)}</td><td>{_fmt(s.max)}</td>"
-            f"<td>{_fmt(s.mean)}</td><td>{_fmt(s.std)}</td>"
+            f"<tr><td>{html.escape(name)}</td><td>{s.images}</td><td>{_fmt(s.min)}</td>"
+            f"<td>{_fmt(s.max)}</td><td>{_fmt(s.mean)}</td><td>{_fmt(s.std)}</td>"
             f"<td>{100 * s.zero_fraction:.3g}%</td></tr>"
         )
     exact = all(s.exact for s in stats.values())
