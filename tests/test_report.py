@@ -249,12 +249,16 @@ def test_thumbnails_use_the_recorded_colour_range_like_the_heatmaps(sample_extra
 
 def _corrupt(src: Path, dst: Path, field: str, value) -> Path:
     """A copy of ``src`` whose image ``chelsea`` has one manifest field set to ``value``, or
-    (field ``p2.npy``) whose p2.npy is a valid but empty (1, 256, 0, 0) array."""
+    (field ``p2.npy``) whose p2.npy is a valid but empty (1, 256, 0, 0) array (value None) or a
+    batch of two (value ``"batch"``: the level twice)."""
     shutil.copytree(src, dst)
     folder = dst / "chelsea"
     manifest = json.loads((folder / "manifest.json").read_text())
     if field == "p2.npy":
-        np.save(folder / "p2.npy", np.zeros((1, 256, 0, 0), np.float32))
+        level = np.zeros((1, 256, 0, 0), np.float32)
+        if value == "batch":
+            level = np.concatenate([np.load(folder / "p2.npy")] * 2)
+        np.save(folder / "p2.npy", level)
         manifest["files"]["p2.npy"] = (folder / "p2.npy").stat().st_size
     else:
         *parents, last = field.split(".")
@@ -275,6 +279,7 @@ def _corrupt(src: Path, dst: Path, field: str, value) -> Path:
         ("heatmap", None, "'heatmap' is null, not a mapping"),
         ("levels.p3", [], "'levels.p3' is a list ([]), not a mapping"),
         ("p2.npy", None, "holds a (1, 256, 0, 0) array"),
+        ("p2.npy", "batch", "holds a (2, 256, 16, 24) array, not the (1, C, H, W) level"),
     ],
 )
 def test_malformed_manifest_or_level_is_one_line_in_report_diff_and_show(

@@ -121,6 +121,23 @@ def test_bare_npy_without_manifest(tmp_path):
     assert result.saved == tmp_path / "x.png" and result.saved.is_file()
 
 
+def test_a_batch_of_maps_is_refused_naming_its_file(folder, tmp_path):
+    """A p4.npy holding two images' maps (2, C, H, W) was read as a level and refused as "expected
+    one image, got a batch of 2", naming no file; in an extraction folder it is not the level
+    its manifest records."""
+    batch = np.concatenate([np.load(folder / "p4.npy")] * 2)
+    np.save(folder / "p4.npy", batch)
+    (tmp_path / "loose").mkdir()
+    np.save(tmp_path / "loose" / "p4.npy", batch)
+    for target in (folder, folder / "p4.npy", tmp_path / "loose" / "p4.npy"):
+        result = CliRunner().invoke(cli, ["show", str(target), "--level", "p4", "--save",
+                                          str(tmp_path / "s.png")])  # fmt: skip
+        assert result.exit_code == 1, result.output
+        (line,) = result.output.splitlines()
+        assert line.startswith("Error: ") and "p4.npy: holds a" in line, line
+        assert "(2, 4, 4, 6)" in line and "(1, C, H, W)" in line, line
+
+
 def test_a_npy_named_for_no_level_is_drawn_as_of_unknown_level(
     folder, tmp_path, monkeypatch, drawn_heatmaps
 ):

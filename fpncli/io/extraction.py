@@ -178,7 +178,8 @@ def check_level_array(array: np.ndarray, meta: dict, name: str) -> np.ndarray:
     manifest entry ``meta`` records (see ``check_manifest``); else a one-line ValueError naming
     ``name`` (its file)."""
     valid = (meta["valid_height"], meta["valid_width"])
-    if array.ndim != 4 or array.size == 0 or any(n < v for n, v in zip(array.shape[2:], valid)):
+    if (array.ndim != 4 or array.shape[0] != 1 or array.size == 0
+            or any(n < v for n, v in zip(array.shape[2:], valid))):  # fmt: skip
         raise ValueError(
             f"{name}: holds a {array.shape} array, not the (1, C, H, W) level covering the "
             f"{valid[0]}x{valid[1]} valid cells its manifest records; re-extract"

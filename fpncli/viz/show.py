@@ -306,6 +306,11 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str,
         array = read_npy(path)
         if array.ndim < 2 or array.size == 0:
             raise ValueError(f"{path}: holds a {array.shape} array, not a feature map")
+        if array.ndim == 4 and array.shape[0] != 1:  # said of the file, not of "a batch"
+            raise ValueError(
+                f"{path}: holds a batch of {array.shape[0]} maps {array.shape}, not one image's "
+                "(1, C, H, W): save one of them to show it"
+            )
         # (even one that is not a file: said to be unreadable, not passed over)
         if os.path.lexists(path.parent / MANIFEST) and path.stem in STRIDES:
             # --level all asks for the levels; else the .npy's own level is read
