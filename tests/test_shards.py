@@ -294,27 +294,39 @@ def test_find_member_reads_one_key_without_reading_the_shard(tmp_path, monkeypat
     result = _run([str(inputs), "-o", str(out), "--format", "wds", "--no-heatmaps",
                    "--no-overview"])  # fmt: skip
     assert result.exit_code == 0, result.output
+    from fpncli.io import shards
+
     fs = fsspec.filesystem("file")
     (shard_path,) = out.glob("shard-*.tar")
     members = _tar_members(out)[shard_path.name]
     keys = pq.read_table(out / "index.parquet").column("key").to_pylist()
     assert len(keys) == 3
     read = []
-    real_open = fs.open
+    real_open = shards.open_shard
 
-    def counting_open(path, mode="rb", **kwargs):
-        f = real_open(path, mode, **kwargs)
-        real_read = f.read
+    class Counted:  # the shard's file, its reads counted (a local one is not fs.open's)
+        def __init__(self, f):
+            self.f = f
 
-        def read_counted(*args):
-            data = real_read(*args)
+        def read(self, *args):
+            data = self.f.read(*args)
             read.append(len(data))
             return data
 
-        f.read = read_counted
-        return f
+        def __getattr__(self, name):
+            return getattr(self.f, name)
 
-    monkeypatch.setattr(fs, "open", counting_open)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def counting_open(fs, path):
+        f, size = real_open(fs, path)
+        return Counted(f), size
+
+    monkeypatch.setattr(shards, "open_shard", counting_open)
     for key in keys:
         expected = {n[len(key) + 1 :]: b for n, b in members.items() if n.startswith(f"{key}.")}
         read.clear()
@@ -322,6 +334,7 @@ def test_find_member_reads_one_key_without_reading_the_shard(tmp_path, monkeypat
         assert shard == shard_path.name and found == expected and "p2.npy" in found
         others = sum(len(b) for b in members.values()) - sum(len(b) for b in expected.values())
         # its own members and the headers on the way: not the other images' data
+        assert sum(read) >= sum(len(b) for b in expected.values())  # (read through the spy)
         assert sum(read) < sum(len(b) for b in expected.values()) + others / 2, (key, sum(read))
 
 
@@ -623,6 +636,98 @@ def test_show_key_names_a_shard_that_is_not_a_readable_tar(tmp_path, monkeypatch
     (line,) = shown.output.strip().splitlines()
     assert line.startswith(f"Error: {shard} is not a readable tar shard ("), line
     assert not (tmp_path / "s.png").exists()
+
+
+def _unblocked(fifo: Path, run, wait_s: float = 10.0):
+    """``run()`` in a thread; if it is still running after ``wait_s`` (blocked opening
+    ``fifo``), the FIFO is opened for writing and closed again until it ends, so that a reader
+    that waits on it fails the test instead of hanging the suite. Returns ``(run()'s result,
+    whether it had to be unblocked)``."""
+    import threading
+    import time
+
+    done: list = []
+    thread = threading.Thread(target=lambda: done.append(run()), daemon=True)
+    thread.start()
+    thread.join(wait_s)
+    blocked = thread.is_alive()
+    deadline = time.monotonic() + 60
+    while thread.is_alive() and time.monotonic() < deadline:
+        try:  # a writer lets each blocked open() return; closing it gives it end of file
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # ENXIO: no reader waiting just now
+            pass
+        thread.join(0.05)
+    assert not thread.is_alive(), f"still blocked on {fifo} after it was unblocked"
+    return done[0], blocked
+
+
+def test_a_fifo_in_place_of_a_shard_is_refused_not_waited_on(sample_shards, tmp_path, monkeypatch):
+    """A FIFO where a tar shard should be blocked ``show --key``, ``diff`` and ``report``
+    forever in open() (the report's threads past Ctrl-C too): it is not a regular file, and
+    its image is refused (show) or listed with the reason (diff, report), the others read."""
+    from fpncli.io.catalog import open_extractions
+
+    out = tmp_path / "out"
+    shutil.copytree(sample_shards, out)
+    found = open_extractions(out)
+    key = found.keys()[0]
+    fifo = out / found.shard(key)
+    fifo.unlink()
+    os.mkfifo(fifo)
+    monkeypatch.chdir(tmp_path)
+    says = f"{fifo}: not a regular file (a FIFO)"
+    runs = [
+        (["show", str(out), "--key", key, "--save", "s.png"], f"Error: {says}"),
+        (["diff", str(sample_shards), str(out), "-o", "d"], f"not compared: {key}: cannot be read"),
+        (["report", str(out)], f"Error: outputs of {key} cannot be read, left out: {says}"),
+    ]
+    for args, line in runs:
+        result, blocked = _unblocked(fifo, lambda args=args: CliRunner().invoke(cli, args))
+        assert not blocked, f"{args[0]} waited on the FIFO"
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert any(ln.startswith(line) and says in ln for ln in result.output.splitlines()), (
+            result.output
+        )
+    assert (
+        "2 of 3 images compared: all 2 compared agree"
+        in CliRunner().invoke(cli, ["diff", str(sample_shards), str(out), "-o", "d"]).output
+    )
+    assert "<h2>Images 1-2 of 2</h2>" in (out / "report.html").read_text()
+
+
+def test_a_member_declaring_more_than_its_shard_holds_is_refused_before_it_is_read(
+    tmp_path, monkeypatch
+):
+    """A member header forged to declare 10**12 bytes made ``show --key`` allocate them (a
+    MemoryError traceback): one line naming the shard and the member; report and diff list
+    the image."""
+    out = tmp_path / "out"
+    assert (
+        _run([str(_images(tmp_path / "in", 1)), "-o", str(out), "--format", "wds"]).exit_code == 0
+    )
+    (shard,) = out.glob("shard-*.tar")
+    key = "sub/img%2E0"
+    with tarfile.open(shard) as tar:
+        offset = tar.getmember(f"{key}.p3.npy").offset
+    with open(shard, "r+b") as f:  # the size field in base-256, the checksum made right
+        f.seek(offset)
+        header = bytearray(f.read(512))
+        header[124:136] = bytes([0x80]) + (10**12).to_bytes(11, "big")
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o\0 " % sum(header)
+        f.seek(offset)
+        f.write(header)
+    monkeypatch.chdir(tmp_path)
+    shown = CliRunner().invoke(cli, ["show", str(out), "--key", key, "--level", "p3"])
+    assert shown.exit_code == 1 and not isinstance(shown.exception, MemoryError), shown.output
+    (line,) = shown.output.strip().splitlines()
+    says = f"Error: {shard} is not a readable tar shard (its member {key}.p3.npy declares "
+    assert line.startswith(f"{says}1000000000000 bytes at offset "), line
+    assert "past its end" in line and "truncated or forged" in line, line
+    report = CliRunner().invoke(cli, ["report", str(out)])
+    assert report.exit_code == 1 and f"outputs of {key} cannot be read" in report.output
+    assert (out / "report.html").is_file()
 
 
 def test_a_record_manifest_nested_too_deep_is_one_line(tmp_path, monkeypatch):

@@ -251,10 +251,12 @@ class _Shards(Extractions):
 
     def _members(self, key: str, suffixes) -> dict[str, bytes]:
         """The members ``KEY.<suffix>`` asked for that the shard holds: {suffix: bytes}."""
+        from .shards import check_member, open_shard
+
         shard = self.shard(key)
         found = {}
-        try:
-            f = self.fs.open(f"{self.path}/{shard}", "rb")
+        try:  # a regular file only: a FIFO in its place is refused, never waited on
+            f, shard_size = open_shard(self.fs, f"{self.path}/{shard}")
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{shard}, which the index of {self.root} names for {key!r}, is gone: restore "
@@ -266,6 +268,8 @@ class _Shards(Extractions):
                 place = table.get(f"{key}.{suffix}")
                 if place is None:
                     continue
+                # a forged header's size (10**12 bytes) is refused before it is allocated
+                check_member(f"{self.root}/{shard}", f"{key}.{suffix}", *place, shard_size)
                 f.seek(place[0])
                 data = f.read(place[1])
                 if len(data) != place[1]:

@@ -62,6 +62,7 @@ __all__ = [
     "failed_row",
     "find_member",
     "open_root",
+    "open_shard",
     "parse_size",
     "prepare_root",
     "read_index",
@@ -619,12 +620,52 @@ def consolidate_index(fs, root: str) -> int:
     return len(best)
 
 
+def open_shard(fs, path: str) -> tuple:
+    """``(binary file, size in bytes)`` of the tar shard at ``path`` on ``fs``, opened only if
+    it is a regular file: a local one through ``guard.open_regular`` (``O_NONBLOCK`` and
+    ``fstat`` on the descriptor: a FIFO in its place never blocks the reader, and a report's
+    threads never sit in ``open`` past Ctrl-C), another filesystem's when ``fs.info`` says it
+    is a file. The size (None where that filesystem does not say) bounds what its members may
+    declare (``check_member``).
+
+    Raises:
+        FileNotFoundError: no such shard.
+        ValueError: not a regular file (a folder, a FIFO, a device).
+    """
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        from .guard import open_regular
+
+        f = open_regular(path, "tar shard")
+        return f, os.fstat(f.fileno()).st_size
+    info = fs.info(path)  # FileNotFoundError: no such shard
+    if info.get("type") != "file":
+        raise ValueError(f"{path}: not a regular file (a {info.get('type')}), not a tar shard")
+    size = info.get("size")
+    return fs.open(path, "rb"), size if isinstance(size, int) else None
+
+
+def check_member(shard: str, name: str, offset: int, size: int, shard_size: int | None) -> None:
+    """Refuse a member whose header declares more data than the shard holds past its offset (a
+    forged size of 10**12 bytes would otherwise be allocated and read): a one-line ValueError
+    naming ``shard`` and the member ``name``."""
+    if shard_size is not None and offset + size > shard_size:
+        raise ValueError(
+            f"{shard} is not a readable tar shard (its member {name} declares {size} bytes at "
+            f"offset {offset}, past its end at {shard_size} bytes: truncated or forged)"
+        )
+
+
 def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
     """``(shard, {suffix: bytes})`` of ``key``'s members (``p2.npy``, ``json``, ...).
 
     Raises:
-        FileNotFoundError: no such key, or the key failed (the message says why).
-        ValueError: the shard is not a readable tar (garbage, a bad header, truncated).
+        FileNotFoundError: no such key, or the key failed (the message says why); its shard
+            is gone.
+        ValueError: the shard is not a regular file (``open_shard``), not a readable tar
+            (garbage, a bad header, truncated), or a member of the key declares more bytes
+            than the shard holds (``check_member``).
     """
     table = read_index(fs, root, ledger=not fs.exists(f"{root}/{INDEX}")).to_pylist()
     rows = [r for r in table if r["key"] == key]
@@ -637,7 +678,14 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
         raise FileNotFoundError(f"no image with key {key!r} in {root}{why}")
     shard, prefix = ok[0]["shard"], f"{key}."
     found = {}
-    with fs.open(f"{root}/{shard}", "rb") as f:
+    try:
+        f, shard_size = open_shard(fs, f"{root}/{shard}")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{shard}, which the index of {root} names for {key!r}, is gone: restore it, or "
+            "rerun the extract command with --overwrite"
+        ) from None
+    with f:
         # seekable (local files, fsspec's buffered files): tarfile skips other members' data by
         # seeking, reading only their 512-byte headers; a key's members are written together,
         # so the scan stops at the first member after them
@@ -645,6 +693,8 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
             with tarfile.open(fileobj=f, mode="r:" if f.seekable() else "r|") as tar:
                 for info in tar:
                     if info.name.startswith(prefix) and "/" not in info.name[len(prefix) :]:
+                        where = f"{root}/{shard}"
+                        check_member(where, info.name, info.offset_data, info.size, shard_size)
                         found[info.name[len(prefix) :]] = tar.extractfile(info).read()
                     elif found:
                         break
