@@ -152,6 +152,34 @@ def test_diff_of_images_called_like_its_tables(sample_extraction, tmp_path):
     assert (tables / "_diff.json" / "diff.png").is_file()
 
 
+def test_a_picture_where_another_images_folder_goes_is_named_and_the_tables_written(
+    sample_extraction, tmp_path
+):
+    """Photos ``chelsea.png`` and ``chelsea/diff.png.png``: keys ``chelsea`` and
+    ``chelsea/diff.png``, whose picture's folder is the first one's picture. The whole diff
+    stopped ("[Errno 17] File exists"), no table written; now that picture is named with the
+    reason, every image is compared, the tables are written and the exit code is 1."""
+    out = tmp_path / "out"
+    shutil.copytree(sample_extraction, out)
+    (out / "coffee").rename(out / "chelsea" / "diff.png")
+    d = tmp_path / "d"
+    result = CliRunner().invoke(cli, ["diff", str(out), str(out), "-o", str(d)])
+    assert result.exit_code == 1, result.output
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("no picture: ")]
+    assert line.startswith(
+        "no picture: chelsea/diff.png: chelsea/diff.png/diff.png not written: [Errno 17] File "
+    ), line
+    summary = "3 of 3 images compared: all 3 compared agree within tol 0.0001; 1 picture not"
+    assert summary in result.output, result.output
+    table = json.loads((d / "diff.json").read_text())
+    images = {i["key"]: i for i in table["images"]}
+    assert images["chelsea/diff.png"]["picture"] is None and images["chelsea/diff.png"]["levels"]
+    assert "File exists" in images["chelsea/diff.png"]["picture_error"]
+    assert images["chelsea"]["picture"] == "chelsea/diff.png" and images["rocket"]["picture"]
+    assert (d / "chelsea" / "diff.png").is_file() and (d / "rocket" / "diff.png").is_file()
+    assert "chelsea/diff.png,p2," in (d / "diff.csv").read_text()
+
+
 @pytest.mark.parametrize("how", ["dot-dot key", "linked folder"])
 def test_diff_never_writes_a_picture_outside_its_folder(sample_extraction, tmp_path, monkeypatch,
                                                         how):  # fmt: skip

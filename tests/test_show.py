@@ -121,6 +121,30 @@ def test_bare_npy_without_manifest(tmp_path):
     assert result.saved == tmp_path / "x.png" and result.saved.is_file()
 
 
+def test_a_folder_where_the_picture_goes_is_one_line_and_kept(folder, tmp_path, monkeypatch):
+    """Photos ``x.png`` and ``x/show_p3.png.png``: the second's output folder is where show
+    writes the first's picture; it failed with "[Errno 21] Is a directory" on a temporary
+    name. Now one line says what is there and how to write elsewhere; the folder is kept."""
+    other = folder / "show_p3.png"
+    other.mkdir()
+    (other / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match="a folder of that name is there"):
+        show(str(folder), level="p3", display=False)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    result = CliRunner().invoke(cli, ["show", str(folder), "--level", "p3"])
+    assert result.exit_code == 1, result.output
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("Error: ")]
+    assert line == (
+        f"Error: cannot save {other}: a folder of that name is there (another image's output "
+        "folder?): pass --save FILE.png to write the picture elsewhere"
+    )
+    assert [p.name for p in other.iterdir()] == ["manifest.json"]
+    assert not list(folder.glob(".*fpncli-tmp*"))
+    saved = show(str(folder), level="p3", display=False, save=str(tmp_path / "p3.png"))
+    assert saved.saved == tmp_path / "p3.png" and saved.saved.is_file()
+
+
 def test_a_batch_of_maps_is_refused_naming_its_file(folder, tmp_path):
     """A p4.npy holding two images' maps (2, C, H, W) was read as a level and refused as "expected
     one image, got a batch of 2", naming no file; in an extraction folder it is not the level

@@ -34,7 +34,8 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
 
     Per image and level: max and mean relative difference (|A-B| over |A|) and the cosine
     similarity, on the valid region. Images whose geometry differs, found on one side only, or
-    whose outputs cannot be read are reported, not compared (and make the exit code 1).
+    whose outputs cannot be read are reported, not compared (and make the exit code 1); so is a
+    picture that cannot be written (its image still compared).
     """
     from ..viz.diff import diff_extractions
 
@@ -62,6 +63,8 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
             worst = max(image.levels, key=lambda d: d.max_rel)
             click.echo(f"differs: {image.key}: {worst.level} max_rel {worst.max_rel:.3g} > {tol:g}",
                        err=True)  # fmt: skip
+        if image.picture_error:
+            click.echo(f"no picture: {image.key}: {image.picture_error}", err=True)
     compared = len(result.compared)
     differ = sum(not image.agrees(tol) for image in result.compared)
     if not compared:
@@ -72,7 +75,10 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
         verdict = f"all {compared} compared agree within tol {tol:g}"
     not_compared = len(result.images) - compared
     missing = f"; {not_compared} not compared (see above)" if not_compared else ""
+    undrawn = sum(bool(image.picture_error) for image in result.images)
+    if undrawn:
+        missing += f"; {undrawn} picture{'s' * (undrawn != 1)} not written (see above)"
     click.echo(f"{compared} of {len(result.images)} images compared: {verdict}{missing}; tables "
                f"in {out_dir}/diff.csv")  # fmt: skip
-    if not result.agree:
+    if not result.agree or undrawn:  # a picture asked for and not written fails the run too
         sys.exit(1)

@@ -28,7 +28,7 @@ import numpy as np
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
 from ..io.formats import warn_image_folders_left_out
-from ..io.guard import error_text, utf8_text
+from ..io.guard import error_text, is_disk_full, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .visualize import overview_png
 
@@ -62,6 +62,9 @@ class ImageDiff:
     picture: str | None = None  # the |A - B| picture, relative to the diff output folder
     # without --levels, the levels saved (as .npy) on one side only, not compared: name -> side
     one_side: dict[str, str] = field(default_factory=dict)
+    # why its picture could not be written (compared all the same): another image's picture
+    # or folder where it goes (keys x and x/diff.png), a folder that cannot be written
+    picture_error: str | None = None
 
     def agrees(self, tol: float) -> bool:
         return self.skipped is None and all(d.max_rel <= tol for d in self.levels)
@@ -296,8 +299,14 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
                 f"the diff picture of {key!r} would be written outside {out} "
                 f"({target.resolve()}): not written"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, png)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(target, png)
+        except OSError as e:  # this picture only (keys x and x/diff.png): said, the rest written
+            if is_disk_full(e):  # no other picture or table would fit either
+                raise
+            result.picture_error = f"{folder}/diff.png not written: {error_text(e)}"
+            return result
         result.picture = f"{folder}/diff.png"
     return result
 
@@ -328,7 +337,9 @@ def diff_extractions(
             ``ImageDiff.one_side``.
         out: where to write ``diff.json``, ``diff.csv`` and one ``KEY/diff.png`` per image (the
             per-level max over channels of |A - B|; ``_diff.csv/diff.png`` for an image called
-            ``diff.csv``); None writes nothing.
+            ``diff.csv``); None writes nothing. A picture that cannot be written (an image's
+            key is a folder of another's picture path: ``x`` and ``x/diff.png``) is said in
+            ``ImageDiff.picture_error``; that image is still compared, the others drawn.
 
     Raises:
         FileNotFoundError: a root that does not exist or holds no extraction.

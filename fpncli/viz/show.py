@@ -682,6 +682,11 @@ def show(
         raise FileNotFoundError(
             f"cannot save {out}: the folder {out.parent} does not exist (create it first)"
         )
+    if out.is_dir():  # an image's output folder (photos x.png and x/show_p2.png.png): kept
+        raise ValueError(
+            f"cannot save {out}: a folder of that name is there (another image's output "
+            "folder?): pass --save FILE.png to write the picture elsewhere"
+        )
     atomic_write_bytes(out, encode_png(picture))
     result.saved = out
     say(f"saved {out}")
