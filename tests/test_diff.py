@@ -42,6 +42,50 @@ def test_compare_known_answers():
         compare_arrays(np.zeros(3), np.zeros(4))
 
 
+def test_a_nan_is_the_worst_difference_and_diff_json_stays_strict(sample_extraction, tmp_path):
+    """B's p4 all NaN: "differs" named p2 (max_rel 0, below tol: max() passed over the NaN,
+    which compares as neither larger nor smaller), and diff.json held bare NaN, which is not
+    JSON. Now p4 is named, the level table says NaN, and diff.json is strict JSON with the
+    non-finite measures as strings."""
+    b = tmp_path / "b"
+    shutil.copytree(sample_extraction, b)
+    p4 = np.load(b / "coffee" / "p4.npy")
+    p4[:] = np.nan
+    np.save(b / "coffee" / "p4.npy", p4)
+    d = tmp_path / "d"
+    result = CliRunner().invoke(cli, ["diff", str(sample_extraction), str(b), "-o", str(d)])
+    assert result.exit_code == 1, result.output
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("differs: ")]
+    assert line == "differs: coffee: p4 max_rel nan (a NaN or an infinity in A or B)", line
+
+    def refuse(constant):
+        raise AssertionError(f"diff.json holds {constant}: not JSON")
+
+    table = json.loads((d / "diff.json").read_text(), parse_constant=refuse)
+    rows = {row["level"]: row for row in table["levels"]}
+    assert rows["p4"]["max_rel"] == "NaN" and rows["p4"]["min_cosine"] == "NaN", rows["p4"]
+    assert rows["p4"]["within_tol"] == 2 and rows["p3"]["max_rel"] == 0.0
+    coffee = next(i for i in table["images"] if i["key"] == "coffee")
+    p4_row = next(lv for lv in coffee["levels"] if lv["level"] == "p4")
+    assert p4_row["max_rel"] == "NaN" and float(p4_row["max_rel"]) != float(p4_row["max_rel"])
+    assert "coffee,p4,nan," in (d / "diff.csv").read_text()
+
+
+def test_worst_level_and_the_level_table_put_a_nan_first():
+    from fpncli.viz.diff import DiffResult, ImageDiff, LevelDiff, worst_level
+
+    nan = float("nan")
+    fine, bad = LevelDiff("p2", 0.0, 0.0, 1.0, 0.0), LevelDiff("p4", nan, nan, nan, nan)
+    big = LevelDiff("p3", 5.0, 1.0, 0.5, 2.0)
+    for levels in ([fine, bad], [bad, fine], [fine, big, bad], [bad, big]):
+        assert worst_level(levels) is bad
+    assert worst_level([fine, big]) is big
+    images = [ImageDiff("a", [LevelDiff("p4", 0.5, 0.1, 0.9, 1.0)]), ImageDiff("b", [bad])]
+    (row,) = DiffResult("A", "B", 1e-4, images).level_table()
+    assert np.isnan(row["max_rel"]) and np.isnan(row["min_cosine"]) and np.isnan(row["max_abs"])
+    assert row["within_tol"] == 0
+
+
 def _perturbed_copy(src, dst, level="p3", factor=1.01):
     shutil.copytree(src, dst)
     for folder in sorted(p.parent for p in dst.rglob("manifest.json")):

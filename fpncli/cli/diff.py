@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -37,7 +38,7 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
     whose outputs cannot be read are reported, not compared (and make the exit code 1); so is a
     picture that cannot be written (its image still compared).
     """
-    from ..viz.diff import diff_extractions
+    from ..viz.diff import diff_extractions, worst_level
 
     if not tol >= 0:  # also nan, which every comparison would pass
         raise click.BadParameter("must be >= 0", param_hint="'--tol'")
@@ -60,8 +61,10 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
         if image.skipped:
             click.echo(f"not compared: {image.key}: {image.skipped}", err=True)
         elif not image.agrees(tol):
-            worst = max(image.levels, key=lambda d: d.max_rel)
-            click.echo(f"differs: {image.key}: {worst.level} max_rel {worst.max_rel:.3g} > {tol:g}",
+            worst = worst_level(image.levels)  # a NaN first: max() named whichever came first
+            why = ("(a NaN or an infinity in A or B)" if math.isnan(worst.max_rel)
+                   else f"> {tol:g}")  # fmt: skip
+            click.echo(f"differs: {image.key}: {worst.level} max_rel {worst.max_rel:.3g} {why}",
                        err=True)  # fmt: skip
         if image.picture_error:
             click.echo(f"no picture: {image.key}: {image.picture_error}", err=True)

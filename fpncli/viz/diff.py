@@ -34,7 +34,7 @@ from .visualize import overview_png
 
 __all__ = [
     "LevelDiff", "ImageDiff", "DiffResult", "compare_arrays", "diff_extractions", "write_tables",
-    "short_names",
+    "short_names", "worst_level",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,24 @@ class ImageDiff:
 
     def agrees(self, tol: float) -> bool:
         return self.skipped is None and all(d.max_rel <= tol for d in self.levels)
+
+
+def worst_level(levels: list[LevelDiff]) -> LevelDiff:
+    """The level that differs most: one whose ``max_rel`` is NaN (a NaN in A or B: nothing
+    agrees there) before any number, else the largest ``max_rel``. ``max`` alone compares NaN
+    as neither larger nor smaller, so it named whichever level came first."""
+    return max(levels, key=lambda d: (math.isnan(d.max_rel), 0.0 if math.isnan(d.max_rel)
+                                      else d.max_rel))  # fmt: skip
+
+
+def _highest(values: list[float]) -> float:
+    """The largest of ``values``, NaN if any is (as ``worst_level``)."""
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
+def _lowest(values: list[float]) -> float:
+    """The smallest of ``values``, NaN if any is (the worst cosine)."""
+    return math.nan if any(math.isnan(v) for v in values) else min(values)
 
 
 @dataclass
@@ -104,10 +122,10 @@ class DiffResult:
             diffs = [d for i in self.compared for d in i.levels if d.level == name]
             rows.append({
                 "level": name, "images": len(diffs),
-                "max_rel": max(d.max_rel for d in diffs),
+                "max_rel": _highest([d.max_rel for d in diffs]),
                 "mean_rel": float(np.mean([d.mean_rel for d in diffs])),
-                "min_cosine": min(d.cosine for d in diffs),
-                "max_abs": max(d.max_abs for d in diffs),
+                "min_cosine": _lowest([d.cosine for d in diffs]),
+                "max_abs": _highest([d.max_abs for d in diffs]),
                 "within_tol": sum(d.max_rel <= self.tol for d in diffs),
             })  # fmt: skip
         return rows
@@ -141,7 +159,9 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, level: str = "") -> LevelDiff:
     abs_diff = np.abs(x - y)
     abs_x = np.abs(x)
     norms = float(np.linalg.norm(x) * np.linalg.norm(y))
-    if norms > 0:
+    if math.isnan(norms):  # a NaN in A or B: no angle to measure (not 0, "orthogonal")
+        cosine = math.nan
+    elif norms > 0:
         cosine = float(np.dot(x, y) / norms)
     else:  # both zero: identical; one zero: undefined, call it 0
         cosine = 1.0 if not abs_diff.any() else 0.0
@@ -286,7 +306,7 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
             panels.append(panel)
     if out is not None:
         image = a.image if a.image is not None else np.full((64, 96, 3), 255, np.uint8)
-        worst = max(d.max_rel for d in result.levels)
+        worst = worst_level(result.levels).max_rel
         title = (f"{key}: max over channels of |A - B|, A = {names[0]}, B = {names[1]}, "
                  f"worst max_rel {worst:.3g}")  # fmt: skip
         png = overview_png(image, panels, cmap=cmap, title=title, span_input=a.image is not None)
@@ -371,12 +391,29 @@ def diff_extractions(
 
 
 def write_tables(result: DiffResult, out: str | Path) -> None:
-    """``OUT/diff.json`` (everything) and ``OUT/diff.csv`` (one row per image and level)."""
+    """``OUT/diff.json`` (everything) and ``OUT/diff.csv`` (one row per image and level).
+
+    ``diff.json`` is strict JSON (RFC 8259): a measure that is not a finite number (NaN where
+    A or B holds one, ``max_rel`` infinite where A is zero and B is not) is written as the
+    string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, which ``float()`` reads back; the CSV
+    writes ``nan``, ``inf``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     json_name, csv_name = _TABLES
-    atomic_write_bytes(out / json_name, json.dumps(result.to_json(), indent=2).encode())
+    data = json.dumps(_strict(result.to_json()), indent=2, allow_nan=False)
+    atomic_write_bytes(out / json_name, data.encode())
     atomic_write_bytes(out / csv_name, utf8_text(_csv(result)).encode())
+
+
+def _strict(value):
+    """``value`` with every float that JSON cannot hold (NaN, infinities) as a string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _csv(result: DiffResult) -> str:
