@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -69,3 +70,42 @@ def test_fpncli_home_with_a_tilde_is_the_home_folder(homes, monkeypatch, sample_
     assert (homes / "home" / "fpn" / "latest.json").is_file()
     assert not (homes / "~").exists()
     assert latest_extraction() == sample_extraction / "chelsea"
+
+
+@pytest.mark.parametrize(
+    "data,why",
+    [
+        (b'{"folder": ', "not valid JSON: Expecting value"),
+        (b"[1, 2]", "it holds a list, not a record"),
+        (b'{"folder": "\xff"}', "not valid JSON: 'utf-8' codec can't decode byte 0xff"),
+        (b'{"history": []}', "it records no 'folder'"),
+        ("fifo", "not a regular file (a FIFO)"),
+    ],
+)
+def test_a_damaged_record_is_named_not_called_missing(tmp_path, monkeypatch, data, why):
+    """A truncated latest.json, a list or bytes that are not UTF-8 made ``fpncli show`` say
+    "no previous extraction recorded: run 'fpncli extract IMAGE' first", which was false: one
+    line names the file and what is wrong with it. extract still writes a new one over it."""
+    import os
+
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path))
+    state = tmp_path / "latest.json"
+    if data == "fifo":
+        os.mkfifo(state)
+    else:
+        state.write_bytes(data)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(state))} is damaged \\("):
+        latest_extraction()
+    result = CliRunner().invoke(cli, ["show", "--save", str(tmp_path / "s.png")])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"Error: {state} is damaged ({why}"), line
+    assert line.endswith("): name a TARGET or extract again"), line
+    if data != "fifo":
+        assert recent_extractions() == []  # what record_latest keeps of it: nothing
+        record_latest(tmp_path)
+        assert json.loads(state.read_text())["folder"] == str(tmp_path)

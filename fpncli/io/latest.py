@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
-from .guard import read_json_file
+from .guard import error_text, read_json_file
 from .manifest import is_complete
 
 __all__ = ["recent_extractions", "record_latest", "latest_extraction"]
@@ -42,19 +42,43 @@ _MAX_STATE_BYTES = 1 << 20
 
 
 def recent_extractions() -> list[Path]:
-    """The folders recorded by ``record_latest``, newest first (they may since have gone)."""
+    """The folders recorded by ``record_latest``, newest first (they may since have gone);
+    none when nothing is recorded or the record is damaged (``record_latest`` then writes a
+    new one; ``latest_extraction`` says it is damaged)."""
+    try:
+        return _recorded()
+    except ValueError:
+        return []
+
+
+def _recorded() -> list[Path]:
+    """``recent_extractions``; a ``latest.json`` that is there but damaged (not valid JSON or
+    UTF-8, truncated, not a record: a list, no ``folder``, not a regular file) is a one-line
+    ValueError naming it."""
+
+    def damaged(path: Path, why: str) -> ValueError:
+        return ValueError(f"{path} is damaged ({why}): name a TARGET or extract again")
+
     for path in _state_files():
         try:
             state = read_json_file(path, _MAX_STATE_BYTES)
             break
         except FileNotFoundError:  # none recorded here: an earlier version's place, if any
             continue
-        except (OSError, ValueError):
-            return []
+        except ValueError as e:  # not JSON (nor UTF-8); not a regular file (open_regular's)
+            why = error_text(e)
+            why = why.removeprefix(f"{path}: ") if why.startswith(f"{path}: ") else (
+                f"not valid JSON: {why}"
+            )  # fmt: skip
+            raise damaged(path, why) from None
+        except OSError as e:
+            raise damaged(path, e.strerror or error_text(e)) from None
     else:
         return []
     if not isinstance(state, dict):
-        return []
+        raise damaged(path, f"it holds a {type(state).__name__}, not a record")
+    if not (isinstance(state.get("folder"), str) and state["folder"]):
+        raise damaged(path, "it records no 'folder'")
     history = state.get("history")
     folders = [state.get("folder"), *(history if isinstance(history, list) else ())]
     seen, recent = set(), []
@@ -82,8 +106,9 @@ def record_latest(folder: Path) -> None:
 def latest_extraction() -> Path:
     """The most recently completed output folder that still exists (complete); the recorded
     latest may have been deleted, then the newest one left is returned.
-    FileNotFoundError when there is none."""
-    recent = recent_extractions()
+    FileNotFoundError when there is none; ValueError (one line naming it) when ``latest.json``
+    is damaged."""
+    recent = _recorded()
     if not recent:
         raise FileNotFoundError(
             "no previous extraction recorded: run 'fpncli extract IMAGE' first, or name a TARGET"
