@@ -145,6 +145,26 @@ def test_a_folder_where_the_picture_goes_is_one_line_and_kept(folder, tmp_path, 
     assert saved.saved == tmp_path / "p3.png" and saved.saved.is_file()
 
 
+def test_key_of_a_files_output_says_it_is_for_wds_and_names_the_images_folder(
+    sample_extraction, tmp_path
+):
+    """``show OUT --key chelsea`` of a --format files output said "no image with key 'chelsea'"
+    though OUT/chelsea is complete: --key is for a --format wds output, and the image's folder
+    is the TARGET to give."""
+    runner = CliRunner()
+    save = ["--save", str(tmp_path / "s.png")]
+    result = runner.invoke(cli, ["show", str(sample_extraction), "--key", "chelsea", *save])
+    assert result.exit_code == 2, result.output
+    assert "--key names an image of a --format wds output" in result.output, result.output
+    assert f"show that image with fpncli show {sample_extraction / 'chelsea'}" in result.output
+    assert "no image with key" not in result.output
+    other = runner.invoke(cli, ["show", str(sample_extraction), "--key", "nope", *save])
+    assert other.exit_code == 2 and "give the image's folder as TARGET" in other.output
+    gone = runner.invoke(cli, ["show", str(tmp_path / "gone"), "--key", "chelsea", *save])
+    assert gone.exit_code == 1 and f"no such folder: {tmp_path / 'gone'}" in gone.output
+    assert not (tmp_path / "s.png").exists()
+
+
 def test_a_batch_of_maps_is_refused_naming_its_file(folder, tmp_path):
     """A p4.npy holding two images' maps (2, C, H, W) was read as a level and refused as "expected
     one image, got a batch of 2", naming no file; in an extraction folder it is not the level

@@ -288,6 +288,21 @@ def _resolve(target: str | None, levels: list[str], weights: str, device: str,
             raise OptionError(
                 "--key needs TARGET: the output folder (or URL) of a --format wds run"
             )
+        from ..io.catalog import is_sharded
+
+        if not is_sharded(target):  # an index found nothing there: not "no image with key"
+            folder = Path(target).expanduser()
+            if not folder.is_dir():
+                raise FileNotFoundError(f"no such folder: {target}")
+            image = folder / key
+            hint = (f": show that image with fpncli show {shlex.quote(str(image))}"
+                    if os.path.lexists(image / MANIFEST) else
+                    ": give the image's folder as TARGET, without --key")  # fmt: skip
+            raise OptionError(
+                f"{key!r}: --key names an image of a --format wds output (tar shards and "
+                f"index.parquet); {target} is not one{hint}",
+                "--key",
+            )
         return _from_shard(target, key, levels, level_named or len(levels) > 1)
     if target is None:
         folder, notes = _latest()
