@@ -113,3 +113,20 @@ def test_image_gone_is_none(sample_extraction, tmp_path):
     manifest["input"]["path"] = str(tmp_path / "gone.jpg")
     (copy / "manifest.json").write_text(json.dumps(manifest))
     assert fpncli.load_extraction(copy).image is None
+
+
+def test_check_manifest_takes_every_colour_range_fpncli_writes(sample_extraction):
+    """A level's ``range`` as extract writes it: two numbers, equal for a constant map
+    (``value_range``), ``[0, 0]`` for one with no finite value; or none (not drawn)."""
+    from fpncli.io.manifest import check_manifest
+
+    manifest = json.loads((sample_extraction / "chelsea" / "manifest.json").read_text())
+    assert all(isinstance(m["range"], list) for m in manifest["levels"].values())
+    for vrange in ([0.0, 0.0], [3.5, 3.5], [-3.4e38, 3.4e38], [-1, 2], None):
+        manifest["levels"]["p3"]["range"] = vrange
+        assert check_manifest(manifest, "m") is manifest
+    del manifest["levels"]["p3"]["range"]
+    assert check_manifest(manifest, "m") is manifest
+    manifest["levels"]["p3"]["range"] = [0.0, float("nan")]
+    with pytest.raises(ValueError, match=r"^m is malformed: 'levels.p3.range' is a list"):
+        check_manifest(manifest, "m")

@@ -280,6 +280,15 @@ def _corrupt(src: Path, dst: Path, field: str, value) -> Path:
         ("levels.p3", [], "'levels.p3' is a list ([]), not a mapping"),
         ("p2.npy", None, "holds a (1, 256, 0, 0) array"),
         ("p2.npy", "batch", "holds a (2, 256, 16, 24) array, not the (1, C, H, W) level"),
+        (
+            "levels.p3.range",
+            [-1e308, 1e308],
+            "'levels.p3.range' is a list ([-1e+308, 1e+308]), "
+            "not two finite float32 numbers, low <= high",
+        ),
+        ("levels.p3.range", [2.0, 1.0], "'levels.p3.range' is a list ([2.0, 1.0]), not two"),
+        ("levels.p3.range", [1.0], "'levels.p3.range' is a list ([1.0]), not two finite"),
+        ("levels.p3.range", "0,1", "'levels.p3.range' is a str ('0,1'), not two finite"),
     ],
 )
 def test_malformed_manifest_or_level_is_one_line_in_report_diff_and_show(
@@ -429,6 +438,22 @@ def test_a_report_or_diff_of_shards_says_it_leaves_out_image_folders_beside_them
     assert diff.exit_code == 0 and "3 of 3 images compared" in diff.output, diff.output
     (said,) = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert said == warning.replace(f"{out}: ", f"{url}: ", 1)
+
+
+def test_a_thumbnail_on_a_range_as_wide_as_float32s_warns_nothing():
+    """A run's range from statistics at float32's ends (``--scale level``): the map's distance
+    from the low end overflowed float32, and numpy's RuntimeWarnings (with source lines) were
+    printed by the report; the values are coloured all the same (the highest last)."""
+    import warnings
+
+    from fpncli.viz.report import _level_thumbnail
+
+    values = np.array([[-3.4e38, 0.0, 3.4e38]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        thumb = _level_thumbnail(values, 8, "gray", (-3.4e38, 3.4e38))
+    assert thumb.shape == (8, 24, 3)
+    assert [int(thumb[0, x, 0]) for x in (0, 8, 16)] == [0, 128, 255]
 
 
 def test_empty_map_thumbnail_is_blank_not_a_cv2_error():

@@ -161,6 +161,15 @@ def check_manifest(manifest: dict, name: str) -> dict:
             # overflow the report's histogram span)
             if value is not None and not (_is_number(value) and abs(value) <= _FLOAT32_MAX):
                 raise bad(f"levels.{level}.{key}", value, "a finite float32 number")
+        vrange = meta.get("range")
+        # the colour range of the drawn map: two float32 numbers (a forged [-1e308, 1e308]
+        # overflowed the report's colouring), low <= high (equal for a constant map)
+        if vrange is not None and not (
+            isinstance(vrange, list) and len(vrange) == 2
+            and all(_is_number(v) and abs(v) <= _FLOAT32_MAX for v in vrange)
+            and vrange[0] <= vrange[1]
+        ):  # fmt: skip
+            raise bad(f"levels.{level}.range", vrange, "two finite float32 numbers, low <= high")
         if meta.get("nonfinite") is not None and not _is_int(meta["nonfinite"], 0):
             raise bad(f"levels.{level}.nonfinite", meta["nonfinite"], "a non-negative integer")
     inp = mapping("input", manifest.get("input", _MISSING))

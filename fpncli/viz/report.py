@@ -110,7 +110,11 @@ def _level_thumbnail(map2d: np.ndarray, height: int, cmap: str, rng) -> np.ndarr
         rng = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     lo, hi = rng
     if hi > lo:
-        index = np.nan_to_num((values - lo) * (255.0 / (hi - lo)), nan=0.0, posinf=255, neginf=0)
+        # a range as wide as float32's (a run's, from forged statistics) overflows in float32:
+        # to inf, which is then the last colour, not a RuntimeWarning printed by the report
+        with np.errstate(over="ignore", invalid="ignore"):
+            index = (values - lo) * (255.0 / (hi - lo))
+        index = np.nan_to_num(index, nan=0.0, posinf=255, neginf=0)
         index = np.clip(index + 0.5, 0, 255).astype(np.uint8)
     else:
         index = np.full(values.shape, 128, np.uint8)
