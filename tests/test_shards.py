@@ -696,6 +696,27 @@ def test_a_fifo_in_place_of_a_shard_is_refused_not_waited_on(sample_shards, tmp_
     assert "<h2>Images 1-2 of 2</h2>" in (out / "report.html").read_text()
 
 
+def test_a_fifo_in_place_of_an_index_part_is_refused_not_waited_on(sample_shards, tmp_path):
+    """As a shard: a FIFO named as an ``_index`` part blocked report (and show --key, diff and
+    extract's resume) in open(); it is not a readable index part, said in one line."""
+    out = tmp_path / "out"
+    shutil.copytree(sample_shards, out)
+    (out / "index.parquet").unlink()  # the ledger is read then
+    part = sorted((out / "_index").glob("part-*.parquet"))[0]
+    part.unlink()
+    os.mkfifo(part)
+    runs = [["report", str(out)], ["show", str(out), "--key", "chelsea"]]
+    for args in runs:
+        result, blocked = _unblocked(part, lambda args=args: CliRunner().invoke(cli, args))
+        assert not blocked, f"{args[0]} waited on the FIFO"
+        assert result.exit_code == 1, result.output
+        (line,) = result.output.splitlines()
+        assert line == (
+            f"Error: {part} is not a readable Parquet index part (not a regular file (a FIFO)): "
+            "delete it and rerun the extraction (the images of its shard are then redone)"
+        ), line
+
+
 def test_a_member_declaring_more_than_its_shard_holds_is_refused_before_it_is_read(
     tmp_path, monkeypatch
 ):

@@ -446,7 +446,8 @@ def read_index(fs, root: str, *, ledger: bool = True, warn: bool = True):
     tables = []
     for path in paths:
         try:
-            with fs.open(path, "rb") as f:
+            f, _ = _open_file(fs, path, "Parquet index part")  # a FIFO: refused, not waited on
+            with f:
                 table = pq.read_table(f)
             for column in schema:  # a part written before a column existed: null there
                 if column.name not in table.column_names:
@@ -454,9 +455,10 @@ def read_index(fs, root: str, *, ledger: bool = True, warn: bool = True):
             table = table.select(schema.names).cast(schema)  # a column of another type fails
         except FileNotFoundError:  # removed since it was listed (--overwrite, a lost shard's part)
             continue
-        except (pa.ArrowException, OSError) as e:
+        except (pa.ArrowException, OSError, ValueError) as e:
+            why = " ".join(str(e).split()).removeprefix(f"{path}: ")
             raise ValueError(
-                f"{path} is not a readable Parquet index part ({' '.join(str(e).split())}): "
+                f"{path} is not a readable Parquet index part ({why}): "
                 "delete it and rerun the extraction (the images of its shard are then redone)"
             ) from None
         tables.append(_valid_rows(table, path, warn))
@@ -632,16 +634,21 @@ def open_shard(fs, path: str) -> tuple:
         FileNotFoundError: no such shard.
         ValueError: not a regular file (a folder, a FIFO, a device).
     """
+    return _open_file(fs, path, "tar shard")
+
+
+def _open_file(fs, path: str, what: str) -> tuple:
+    """``open_shard`` for any file fpncli reads back from an output root (``what`` it is)."""
     from fsspec.implementations.local import LocalFileSystem
 
     if isinstance(fs, LocalFileSystem):
         from .guard import open_regular
 
-        f = open_regular(path, "tar shard")
+        f = open_regular(path, what)
         return f, os.fstat(f.fileno()).st_size
-    info = fs.info(path)  # FileNotFoundError: no such shard
+    info = fs.info(path)  # FileNotFoundError: no such file
     if info.get("type") != "file":
-        raise ValueError(f"{path}: not a regular file (a {info.get('type')}), not a tar shard")
+        raise ValueError(f"{path}: not a regular file (a {info.get('type')}), not a {what}")
     size = info.get("size")
     return fs.open(path, "rb"), size if isinstance(size, int) else None
 
