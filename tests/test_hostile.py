@@ -918,3 +918,54 @@ def test_an_image_folder_that_is_a_symlink_is_not_written_through(tmp_path, mode
     assert "is a symlink" in summary.failed[0][1]
     assert sorted(p.name for p in elsewhere.iterdir()) == ["p2.npy", "p9.png"]
     assert (elsewhere / "p2.npy").read_text() == "precious" and is_complete(tmp_path / "out" / "b")
+
+
+def test_a_symlinked_folder_between_out_and_the_image_folder_is_not_written_through(
+    tmp_path, model
+):
+    """Only the image folder itself was checked: ``OUT/sub -> other`` (inside OUT) made two
+    images share one folder (both reported done, one's outputs lost, a rerun redoing it
+    forever), and ``OUT/sub -> ../victim`` had fpncli write into ``victim/a`` and remove the
+    user's output-named files there. The image fails, naming the link; nothing is written or
+    removed through it. A link above OUT, or OUT given as a link, is the user's choice."""
+    from fpncli.io.guard import mark_output_root
+
+    real = tmp_path / "disk" / "out"
+    mark_output_root(real)
+    (tmp_path / "link").symlink_to(tmp_path / "disk")  # above OUT: fine
+    out = tmp_path / "link" / "out"
+    (real / "other").mkdir()
+    (real / "sub").symlink_to("other")
+    victim = tmp_path / "victim"
+    (victim / "a").mkdir(parents=True)
+    (victim / "a" / "p2.png").write_text("precious")
+    (real / "deep").mkdir()
+    (real / "deep" / "sub").symlink_to(victim)
+    jobs = [Job(_image(tmp_path / f"{n}.png", value=i), out / n) for i, n in
+            enumerate(["sub/a", "other/a", "deep/sub/a", "plain/a"])]  # fmt: skip
+    options = RunOptions(output=replace(SMALL, save_npy=False))
+    for _ in range(2):  # a rerun fails them again, and redoes nothing else
+        summary = run_jobs(jobs, model, options)
+        assert sorted(p for p, _ in summary.failed) == sorted(str(j.path) for j in jobs[::2])
+        reasons = dict(summary.failed)
+        assert f"{out / 'sub'} is a symlink to other" in reasons[str(jobs[0].path)]
+        assert f"{out / 'deep' / 'sub'} is a symlink" in reasons[str(jobs[2].path)]
+        assert "remove the link or use another -o" in reasons[str(jobs[2].path)]
+    assert summary.skipped == 2 and summary.done == 0
+    assert sorted(p.name for p in (real / "other").iterdir()) == ["a"]
+    assert json.loads((real / "other" / "a" / "manifest.json").read_text())["input"]["path"] == (
+        str(jobs[1].path)
+    )
+    assert sorted(p.name for p in (victim / "a").iterdir()) == ["p2.png"]
+    assert (victim / "a" / "p2.png").read_text() == "precious"
+    assert is_complete(out / "plain" / "a")
+
+
+def test_the_output_root_given_as_a_symlink_is_written(tmp_path, model):
+    from fpncli.io.guard import mark_output_root
+
+    mark_output_root(tmp_path / "real")
+    (tmp_path / "out").symlink_to(tmp_path / "real")
+    job = Job(_image(tmp_path / "a.png"), tmp_path / "out" / "sub" / "a")
+    assert run_jobs([job], model, RunOptions(output=SMALL)).done == 1
+    assert is_complete(tmp_path / "real" / "sub" / "a")

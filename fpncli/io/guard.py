@@ -38,6 +38,7 @@ __all__ = [
     "pid_alive",
     "mark_output_root",
     "marked_root",
+    "linked_folder",
     "quote_name",
     "file_target",
     "utf8_text",
@@ -341,6 +342,36 @@ def marked_root(path: Path, stop: Path | None = None, cache: dict | None = None)
     for f in seen:
         cache[f] = answer
     return answer
+
+
+def linked_folder(folder: Path) -> Path | None:
+    """The first symlink on the way from the output root down to ``folder`` (``folder``
+    included), found by ``lstat``, never followed; None when there is none.
+
+    The root is the topmost folder above ``folder``, by its path as named, that holds an output
+    marker: links above it, or the root itself being one, are the user's choice of -o. Below
+    it, a link (``OUT/sub -> ../victim``) would have an image's outputs written, and old ones
+    removed, in a folder that is not the image's own. Without a marked folder above, only
+    ``folder`` itself is checked. A component not made yet ends the walk: it is made a folder.
+    """
+    folder = Path(os.path.abspath(folder))
+    chain = [*reversed(folder.parents), folder]
+    start = len(chain) - 1
+    for i, above in enumerate(chain[:-1]):
+        try:
+            if stat.S_ISREG(os.stat(above / OUTPUT_MARKER).st_mode):
+                start = i + 1
+                break
+        except OSError:  # no marker, or a folder that cannot be looked into
+            continue
+    for component in chain[start:]:
+        try:
+            mode = os.lstat(component).st_mode
+        except OSError:  # not there yet (made as a folder), or reported when it is written
+            return None
+        if stat.S_ISLNK(mode):
+            return component
+    return None
 
 
 def read_capped(path: str | Path, max_bytes: int) -> tuple[bytes, int]:

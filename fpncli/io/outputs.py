@@ -32,7 +32,7 @@ from .. import __version__
 from ..model.names import LEVELS, OUTPUT_CHANNELS, OUTPUT_STRIDES, OUTPUTS
 from .atomic import TMP_MARK, atomic_write_bytes, stale_temporary
 from .canvas import check_canvas, parse_canvas
-from .guard import OptionError, folder_lock
+from .guard import OptionError, folder_lock, linked_folder
 from .latest import latest_extraction, recent_extractions, record_latest
 from .manifest import MANIFEST, is_complete, manifest_files, read_manifest, run_key
 from .preprocess import LoadedImage, Prepared
@@ -250,10 +250,16 @@ def write_image_outputs(
             raise ValueError("write_image_outputs needs features or levels")
         levels = level_results(features, prepared, options)
     folder = Path(folder)
-    if folder.is_symlink():  # written through, another folder's files would be replaced/removed
+    # Checked before the folder is made (through a linked parent, it would be made elsewhere):
+    # written through a link, another folder's files would be replaced or removed (``_begin``)
+    # and two images could share one folder.
+    link = linked_folder(folder)
+    if link is not None:
+        where = "" if link == Path(os.path.abspath(folder)) else f" (on the way to {folder})"
         raise ValueError(
-            f"{folder} is a symlink to {os.readlink(folder)}: fpncli writes an image's outputs "
-            "only into a folder of its own; remove the link or use another -o"
+            f"{link} is a symlink to {os.readlink(link)}{where}: fpncli writes an image's "
+            "outputs only into a folder of its own under -o, never through a link; remove the "
+            "link or use another -o"
         )
     with folder_lock(folder):
         if skip_if_complete and run_key is not None and is_complete(folder, run_key):
