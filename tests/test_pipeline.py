@@ -458,6 +458,43 @@ def test_disk_estimate_refuses_unless_forced(tmp_path, model, monkeypatch):
     assert run_jobs(jobs, model, RunOptions(output=SMALL, force=True)).done == 1
 
 
+NOISY_CASES = {
+    # overlays are drawn at the photo's size, not the model's: 5 of 1200x900 were counted as
+    # 5 of 128x96 (a 12 MP photo's 84 MB as 8 MB, and the run stopped on a full disk)
+    "overlay": (1200, 900, None, dict(save_npy=False, overlay=True)),
+    # turned by its EXIF orientation: drawn 600x1000, read from the header as 1000x600
+    "overlay, EXIF-turned": (1000, 600, 6, dict(save_npy=False, overlay=True)),
+    # --no-resize: each heatmap counted as 200 KB whatever its size
+    "no-resize": (640, 480, None, dict(resize=False, save_npy=False, overlay=True)),
+    "no-resize, float16": (416, 320, None, dict(resize=False, dtype="float16")),
+    "panorama": (1600, 200, None, dict(save_npy=False, overlay=True, reduce="l2")),
+}
+
+
+@pytest.mark.parametrize("case", NOISY_CASES)
+def test_the_disk_estimate_is_an_upper_one_for_photos_of_noise(tmp_path, model, case):
+    """A PNG of noise barely compresses: the estimate counts every picture at the size it is
+    drawn (overlays at the photo's own size), so even noise never writes more than estimated."""
+    width, height, orientation, changes = NOISY_CASES[case]
+    path = tmp_path / "in" / "noise.png"
+    path.parent.mkdir()
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, exif=exif)
+    output = replace(SMALL, save_heatmaps=True, save_overview=True, **changes)
+    job = Job(path, tmp_path / "out" / "noise")
+    estimate = plan.estimate_run_bytes([job], output)
+    summary = run_jobs([job], model, RunOptions(output=output))
+    assert summary.done == 1
+    written = sum(f.stat().st_size for f in job.folder.iterdir())
+    assert written == summary.bytes_written
+    assert written <= estimate, (case, estimate, written)
+    if case == "overlay":  # overlays of noise, the bulk: counted near their size, not far above
+        assert estimate <= 2 * written, (estimate, written)
+
+
 def test_disk_full_mid_run_stops_cleanly(tmp_path, model, monkeypatch):
     paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]

@@ -14,11 +14,15 @@ from fpncli.viz.visualize import (
     colorize,
     encode_png,
     heatmap_image,
+    heatmap_shape,
     overlay_image,
+    overlay_shape,
     overview_image,
     overview_png,
+    overview_shape,
     parse_clip,
     pca_sign,
+    png_size_bound,
     reduce_channels,
     text_size,
     valid_region,
@@ -446,3 +450,26 @@ def test_pca_of_a_map_with_nan_or_inf_says_why_it_cannot_be_taken():
     feature[1, 0, 0] = np.inf
     with pytest.raises(ValueError, match="pca needs finite values, and this level holds 2"):
         reduce_channels(feature, "pca")
+
+
+@pytest.mark.parametrize("height, width", [(3, 500), (40, 30), (300, 451), (200, 1600), (1, 1)])
+def test_picture_shapes_are_known_before_drawing_and_bound_their_png(height, width):
+    """The disk estimate sizes each picture as drawn (``*_shape``), at most what a PNG of
+    noise takes (``png_size_bound``): noise that deflate cannot shrink stays within it."""
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    values = rng.standard_normal((max(1, height // 4), max(1, width // 4))).astype(np.float32)
+    label, note = "p2  stride 4  (1, 256, 10, 20)  channel 0 " * 3, "RANDOM " * 20
+    drawn = heatmap_image(values, label=label, note=note)
+    assert drawn.shape[:2] == heatmap_shape(*values.shape, label=label, note=note)
+    over = overlay_image(photo, values, stride=4, scale_y=1.0, scale_x=1.0, label=label, note=note)
+    assert over.shape[:2] == overlay_shape(height, width, label=label, note=note)
+    assert overlay_shape(height, width) == (height, width)
+    levels = [{"name": f"p{k}", "map": values, "stride": 4, "shape": (1, 256, 2, 2)}
+              for k in range(2, 7)]  # fmt: skip
+    view = overview_image(photo, levels, title=label, note=note)
+    assert view.shape[:2] == overview_shape(height, width, 5, title=label, note=note)
+    for picture in (drawn, over, view, photo):
+        noise = rng.integers(0, 256, picture.shape, dtype=np.uint8)
+        assert len(encode_png(noise)) <= png_size_bound(*picture.shape[:2])
+        assert png_size_bound(*picture.shape[:2]) <= 1.01 * noise.size + 2048

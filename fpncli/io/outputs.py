@@ -499,19 +499,53 @@ def _reduce_label(options: OutputOptions) -> str:
     return f"channel {options.channel}" if options.reduce == "channel" else options.reduce
 
 
-def estimate_bytes_per_image(padded_height: int, padded_width: int, options: OutputOptions) -> int:
-    """Upper estimate of the bytes ``write_image_outputs`` writes for one image of this size."""
+def estimate_bytes_per_image(
+    padded_height: int,
+    padded_width: int,
+    options: OutputOptions,
+    *,
+    resized: tuple[int, int] | None = None,
+    original: tuple[int, int] | None = None,
+    photo: str = "image",
+) -> int:
+    """Upper estimate of the bytes ``write_image_outputs`` writes for one image of this size,
+    noise included (a PNG of noise does not compress).
+
+    Args:
+        padded_height, padded_width: the model input (the ``.npy`` levels cover it).
+        resized: ``(height, width)`` of the image as resized, whose cells the heatmaps draw
+            (default: the padded size).
+        original: ``(height, width)`` of the photo (EXIF applied), at which the overlays and
+            the overview's input are drawn (default: ``resized``).
+        photo: the photo's file name, in the overview's title.
+    """
+    from ..viz.visualize import heatmap_shape, overlay_shape, overview_shape, png_size_bound
+
+    resized = resized or (padded_height, padded_width)
+    original = original or resized
     itemsize = 2 if options.dtype == "float16" else 4
+    # The pictures' sizes as drawn, with the red line of random weights (a header only grows
+    # with it), at the size a PNG of noise takes.
+    note = RANDOM_NOTE
     total = 0
     for name in options.levels:
         stride = OUTPUT_STRIDES[name]
-        cells = math.ceil(padded_height / stride) * math.ceil(padded_width / stride)
+        shape = (1, OUTPUT_CHANNELS[name], math.ceil(padded_height / stride),
+                 math.ceil(padded_width / stride))  # fmt: skip
         if options.save_npy:
-            total += OUTPUT_CHANNELS[name] * cells * itemsize + 128
+            total += OUTPUT_CHANNELS[name] * shape[2] * shape[3] * itemsize + 128
+        label = f"{name}  stride {stride}  {shape}  {_reduce_label(options)}"
         if options.save_heatmaps:
-            total += 200_000
+            cells = valid_size(*resized, stride)
+            total += png_size_bound(*heatmap_shape(*cells, label=label, note=note))
         if options.overlay:
-            total += 3 * padded_height * padded_width // 2
+            drawn = overlay_shape(*original, label=f"{label}  {options.cmap}", note=note)
+            total += png_size_bound(*drawn)
     if options.save_overview:
-        total += 600_000
+        # The weights' name is not known here: a long one (a checkpoint's path) wraps the title
+        # onto more lines, rows of text on white that deflate to a small part of their raw size,
+        # where the rest of the header and the captions are counted raw.
+        title = picture_title(photo, "W" * 40, _reduce_label(options))
+        drawn = overview_shape(*original, len(options.levels), title=title, note=note)
+        total += png_size_bound(*drawn)
     return total + 8_000

@@ -39,7 +39,8 @@ class OtherFilesError(ValueError):
 
 
 def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32) -> int:
-    """Estimate the bytes a run will write from the header sizes of a spread-out sample."""
+    """Estimate the bytes a run will write from the header sizes of a spread-out sample: each
+    sampled image's upper estimate (``estimate_bytes_per_image``), the largest for every image."""
     if not jobs:
         return 0
     step = max(1, len(jobs) // sample)
@@ -50,18 +51,32 @@ def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32
                 width, height = im.size
         except Exception:
             continue
-        if options.resize:
-            height, width = resized_shape(height, width, options.min_size, options.max_size)
-        padded = (math.ceil(height / 32) * 32, math.ceil(width / 32) * 32)
-        if options.canvas is not None:
-            try:
-                padded = canvas_for(height, width, options.canvas, min_size=options.min_size,
-                                    max_size=options.max_size)  # fmt: skip
-            except ValueError:  # reported when the image is decoded
-                continue
-        sizes.append(estimate_bytes_per_image(*padded, options))
+        # an EXIF orientation turns the photo (not read here): either way round, where it fits
+        # the canvas (one that fits neither is reported when the image is decoded)
+        name = os.path.basename(job.path)
+        turns = [_image_bytes(h, w, options, name) for h, w in ((height, width), (width, height))]
+        known = [n for n in turns if n is not None]
+        if known:
+            sizes.append(max(known))
     per_image = max(sizes) if sizes else estimate_bytes_per_image(800, 1344, options)
     return per_image * len(jobs)
+
+
+def _image_bytes(height: int, width: int, options: OutputOptions, photo: str) -> int | None:
+    """``estimate_bytes_per_image`` of a photo of ``height`` x ``width`` (None: a canvas it
+    does not fit)."""
+    resized = (height, width)
+    if options.resize:
+        resized = resized_shape(height, width, options.min_size, options.max_size)
+    padded = (math.ceil(resized[0] / 32) * 32, math.ceil(resized[1] / 32) * 32)
+    if options.canvas is not None:
+        try:
+            padded = canvas_for(*resized, options.canvas, min_size=options.min_size,
+                                max_size=options.max_size)  # fmt: skip
+        except ValueError:
+            return None
+    return estimate_bytes_per_image(*padded, options, resized=resized, original=(height, width),
+                                    photo=photo)  # fmt: skip
 
 
 def _free_bytes(folder: Path) -> int:

@@ -11,6 +11,7 @@ import math
 import struct
 import zlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import cv2
 import matplotlib
@@ -34,11 +35,15 @@ __all__ = [
     "upscale_cells",
     "colour_bar",
     "heatmap_image",
+    "heatmap_shape",
     "encode_png",
+    "png_size_bound",
     "png_deflate",
     "overview_image",
     "overview_png",
+    "overview_shape",
     "overlay_image",
+    "overlay_shape",
     "cell_index",
     "safe_text",
     "put_text",
@@ -432,18 +437,12 @@ def heatmap_image(
     values = np.asarray(map2d, dtype=np.float32)
     h, w = values.shape
     lo, hi = vrange if vrange is not None else value_range(values, clip)
-    factor = _upscale_factor(h, w, min_side)
+    layout = _heatmap_layout(h, w, label, note, min_side)
+    factor, width, top, gap, bar_h = layout.factor, layout.width, layout.top, 6, 12
     pic_h, pic_w = h * factor, w * factor
-    width = max(pic_w, 420)
-    label_lines = wrap_text(label, width - 8, 0.45)
-    note_lines = wrap_text(note, width - 8, 0.5) if note else []
-    title_h = 24 + 18 * (len(label_lines) - 1)
-    note_h = 22 + 20 * (len(note_lines) - 1) if note else 0
-    gap, bar_h, values_h = 6, 12, 38
-    top = title_h + note_h
-    canvas = np.full((top + pic_h + gap + bar_h + values_h, width, 3), 255, np.uint8)
-    put_lines(canvas, label_lines, 4, 17, 18, 0.45)
-    put_lines(canvas, note_lines, 4, title_h + 15, 20, 0.5, (192, 0, 0))
+    canvas = np.full((layout.height, width, 3), 255, np.uint8)
+    put_lines(canvas, layout.label_lines, 4, 17, 18, 0.45)
+    put_lines(canvas, layout.note_lines, 4, layout.title_h + 15, 20, 0.5, (192, 0, 0))
     canvas[top : top + pic_h, :pic_w] = upscale_cells(colorize(values, cmap, lo, hi), factor)
     bar_top = top + pic_h + gap
     bar_w = max(pic_w, min(width, 420))
@@ -454,6 +453,37 @@ def heatmap_image(
     _text(canvas, right, (max(0, bar_w - text_w - 2), bar_top + bar_h + 15), 0.4)
     _text(canvas, data, (2, bar_top + bar_h + 33), 0.4)
     return canvas
+
+
+class _HeatmapLayout(NamedTuple):
+    factor: int
+    width: int
+    height: int
+    label_lines: tuple[str, ...]
+    note_lines: tuple[str, ...]
+    title_h: int
+    top: int  # the map's first row
+
+
+def _heatmap_layout(h: int, w: int, label: str, note: str, min_side: int) -> _HeatmapLayout:
+    factor = _upscale_factor(h, w, min_side)
+    width = max(w * factor, 420)
+    label_lines = wrap_text(label, width - 8, 0.45)
+    note_lines = wrap_text(note, width - 8, 0.5) if note else ()
+    title_h = 24 + 18 * (len(label_lines) - 1)
+    note_h = 22 + 20 * (len(note_lines) - 1) if note else 0
+    top = title_h + note_h
+    gap, bar_h, values_h = 6, 12, 38
+    height = top + h * factor + gap + bar_h + values_h
+    return _HeatmapLayout(factor, width, height, label_lines, note_lines, title_h, top)
+
+
+def heatmap_shape(map_height: int, map_width: int, *, label: str = "", note: str = "",
+                  min_side: int = 256) -> tuple[int, int]:  # fmt: skip
+    """The ``(H', W')`` of the picture ``heatmap_image`` draws of a ``(map_height, map_width)``
+    map with this label and note, without drawing it."""
+    layout = _heatmap_layout(map_height, map_width, label, note, min_side)
+    return layout.height, layout.width
 
 
 #: PNG's row filter "none" and deflate's fastest level: our pictures are flat colours and cells
@@ -494,6 +524,14 @@ def encode_png(rgb: np.ndarray) -> bytes:
     ))  # fmt: skip
 
 
+def png_size_bound(height: int, width: int) -> int:
+    """At most the bytes ``encode_png`` makes of any ``(height, width, 3)`` picture (one of
+    noise does not compress: each row's filter byte and pixels, stored, plus deflate's block
+    headers, which zlib's and ISA-L's fastest levels keep under 0.1% and a few bytes)."""
+    raw = height * (1 + 3 * width)
+    return raw + raw // 500 + 1024 + len(_PNG_SIGNATURE) + 3 * 12 + 13
+
+
 def _centered(canvas: np.ndarray, text: str, centre_x: int, baseline: int, scale: float,
               colour=(20, 20, 20), thickness: int = 1) -> None:  # fmt: skip
     width = text_size(text, scale, thickness)
@@ -503,6 +541,69 @@ def _centered(canvas: np.ndarray, text: str, centre_x: int, baseline: int, scale
 #: The overview's widest canvas, in pixels: wider pictures are scaled down to it (a panorama
 #: made a 25,000-pixel-wide overview), so its fixed-size text stays legible when viewed whole.
 OVERVIEW_MAX_WIDTH = 2400
+
+
+_OVERVIEW_MARGIN, _OVERVIEW_GAP, _OVERVIEW_CAPTION_H = 14, 12, 44
+_OVERVIEW_CAPTION_W = 150  # room for "p2  stride 4" and "(1, 256, 200, 304)" at the font size
+
+
+class _OverviewLayout(NamedTuple):
+    stacked: bool
+    panel_height: int
+    panel_sizes: list[tuple[int, int]]  # (width, height) of the input's and each level's
+    cell_w: list[int]
+    cell_h: int
+    title_lines: tuple[str, ...]
+    note_lines: tuple[str, ...]
+    header: int
+    width: int
+    height: int
+
+
+def _overview_layout(height: int, width: int, aspect: list[float], title: str, note: str,
+                     panel_height: int, max_width: int) -> _OverviewLayout:  # fmt: skip
+    """Where ``overview_image`` puts its panels: ``aspect`` is the input's and each level's."""
+    stacked = width > 2.5 * height
+    margin, gap, caption_h = _OVERVIEW_MARGIN, _OVERVIEW_GAP, _OVERVIEW_CAPTION_H
+    bar_h, range_h, caption_w = 8, 20, _OVERVIEW_CAPTION_W
+    if stacked:
+        panel_height = min(panel_height, math.floor((max_width - 2 * margin) / max(aspect)))
+    else:
+        room = max_width - 2 * margin - gap * (len(aspect) - 1)
+        while (
+            panel_height > 48
+            and sum(max(caption_w, round(panel_height * a)) for a in aspect) > room
+        ):
+            panel_height = int(panel_height * 0.9)
+    panel_height = max(16, panel_height)
+    widest = max_width - 2 * margin  # a 60000x1 photo: its panels squeezed to this width
+    sizes = [(min(widest, max(1, round(panel_height * a))), panel_height) for a in aspect]
+    cell_w = [max(caption_w, w) for w, _ in sizes]
+    cell_h = caption_h + panel_height + bar_h + range_h + 4
+    if stacked:
+        total_w = max(cell_w) + 2 * margin
+    else:
+        total_w = sum(cell_w) + gap * (len(sizes) - 1) + 2 * margin
+    total_w = max(total_w, 420)
+    title_lines = wrap_text(title, total_w - 2 * margin, 0.6) if title else ()
+    note_lines = wrap_text(note, total_w - 2 * margin, 0.65, 2) if note else ()
+    header = (30 + 24 * (len(title_lines) - 1) if title else 0) + 28 * len(note_lines) + 6
+    if stacked:
+        total_h = header + len(sizes) * (cell_h + gap) + margin
+    else:
+        total_h = header + cell_h + margin
+    return _OverviewLayout(stacked, panel_height, sizes, cell_w, cell_h, title_lines,
+                           note_lines, header, total_w, total_h)  # fmt: skip
+
+
+def overview_shape(height: int, width: int, n_levels: int, *, title: str = "", note: str = "",
+                   panel_height: int = 256,
+                   max_width: int = OVERVIEW_MAX_WIDTH) -> tuple[int, int]:  # fmt: skip
+    """The ``(H', W')`` of the overview ``overview_image`` draws of an ``(height, width)``
+    photo with ``n_levels`` level panels spanning it (``span_input``), without drawing it."""
+    aspect = [width / max(1, height)] * (1 + n_levels)
+    layout = _overview_layout(height, width, aspect, title, note, panel_height, max_width)
+    return layout.height, layout.width
 
 
 def overview_image(
@@ -543,53 +644,26 @@ def overview_image(
         ``(H', W', 3)`` uint8 RGB.
     """
     height, width = image_rgb.shape[:2]
-    stacked = width > 2.5 * height
-    margin, gap, caption_h, bar_h, range_h = 14, 12, 44, 8, 20
     aspect = [width / max(1, height)]
     if span_input:
         aspect += [aspect[0]] * len(levels)
     else:
         aspect += [lv["map"].shape[1] / max(1, lv["map"].shape[0]) for lv in levels]
-    caption_w = 150  # room for "p2  stride 4" and "(1, 256, 200, 304)" at the fixed font size
-    if stacked:
-        panel_height = min(panel_height, math.floor((max_width - 2 * margin) / max(aspect)))
-    else:
-        room = max_width - 2 * margin - gap * len(levels)
-        while (
-            panel_height > 48
-            and sum(max(caption_w, round(panel_height * a)) for a in aspect) > room
-        ):
-            panel_height = int(panel_height * 0.9)
-    panel_height = max(16, panel_height)
-    widest = max_width - 2 * margin  # a 60000x1 photo: its panels squeezed to this width
-
-    def panel_size(a: float) -> tuple[int, int]:
-        return (min(widest, max(1, round(panel_height * a))), panel_height)
-
-    panels = [cv2.resize(image_rgb, panel_size(aspect[0]), interpolation=cv2.INTER_AREA)]
+    layout = _overview_layout(height, width, aspect, title, note, panel_height, max_width)
+    stacked, panel_height, cell_w = layout.stacked, layout.panel_height, layout.cell_w
+    total_w, cell_h = layout.width, layout.cell_h
+    margin, gap, caption_h, bar_h = _OVERVIEW_MARGIN, _OVERVIEW_GAP, _OVERVIEW_CAPTION_H, 8
+    panels = [cv2.resize(image_rgb, layout.panel_sizes[0], interpolation=cv2.INTER_AREA)]
     captions = [(f"input {width}x{height}", "", None)]
-    for level, a in zip(levels, aspect[1:]):
+    for level, size in zip(levels, layout.panel_sizes[1:]):
         lo, hi = level.get("range") or value_range(level["map"], clip)
         colours = colorize(level["map"], cmap, lo, hi)
-        panels.append(cv2.resize(colours, panel_size(a), interpolation=cv2.INTER_NEAREST))
+        panels.append(cv2.resize(colours, size, interpolation=cv2.INTER_NEAREST))
         labels = _range_labels(level["map"], (lo, hi))
         caption = level.get("caption") or f"{level['name']}  stride {level['stride']}"
         captions.append((caption, str(tuple(level["shape"])), labels))
-    cell_w = [max(caption_w, p.shape[1]) for p in panels]
-    cell_h = caption_h + panel_height + bar_h + range_h + 4
-    if stacked:
-        total_w = max(cell_w) + 2 * margin
-    else:
-        total_w = sum(cell_w) + gap * (len(panels) - 1) + 2 * margin
-    total_w = max(total_w, 420)
-    title_lines = wrap_text(title, total_w - 2 * margin, 0.6) if title else []
-    note_lines = wrap_text(note, total_w - 2 * margin, 0.65, 2) if note else []
-    header = (30 + 24 * (len(title_lines) - 1) if title else 0) + 28 * len(note_lines) + 6
-    if stacked:
-        total_h = header + len(panels) * (cell_h + gap) + margin
-    else:
-        total_h = header + cell_h + margin
-    canvas = np.full((total_h, total_w, 3), 255, np.uint8)
+    title_lines, note_lines, header = layout.title_lines, layout.note_lines, layout.header
+    canvas = np.full((layout.height, total_w, 3), 255, np.uint8)
     baseline = 0
     if title:
         baseline = put_lines(canvas, title_lines, total_w // 2, 24, 24, 0.6, centre=True)
@@ -667,22 +741,37 @@ def overlay_image(
     return _with_header(picture, label, note, cmap, map2d, (lo, hi))
 
 
-def _with_header(picture: np.ndarray, label: str, note: str, cmap: str, values: np.ndarray,
-                 vrange: tuple[float, float]) -> np.ndarray:  # fmt: skip
-    """``picture`` under a white strip: ``label``, ``note`` in red, a colour bar with its range.
-    The text grows with the picture so it stays legible when the picture is viewed whole, and
-    with its height too (a 60000x1 picture gets no 6000-pixel header)."""
-    h, w = picture.shape[:2]
+def _header_layout(h: int, w: int, label: str, note: str) -> tuple:
+    """``_with_header``'s text scale, line height, thickness, rows of text, bar height and
+    header height for an ``(h, w)`` picture."""
     scale = max(0.45, min(w / 1400, h / 200))
     line = int(round(26 * scale / 0.45 * 0.75))
     thickness = max(1, int(round(scale)))
-    left, right, _ = _range_labels(values, vrange)
     room = max(w, 420) - 8
     rows = [(text, (20, 20, 20)) for text in wrap_text(label, room, scale, thickness)]
     if note:
         rows += [(text, (192, 0, 0)) for text in wrap_text(note, room, scale, thickness)]
     bar_h = max(8, line // 2)
     header = line * len(rows) + bar_h + line + 6
+    return scale, line, thickness, rows, bar_h, header
+
+
+def overlay_shape(height: int, width: int, *, label: str = "", note: str = "") -> tuple[int, int]:
+    """The ``(H', W')`` of the picture ``overlay_image`` draws over an ``(height, width)``
+    photo with this label and note (the photo's own size, a header strip added), undrawn."""
+    if not label and not note:
+        return height, width
+    return _header_layout(height, width, label, note)[-1] + height, max(width, 420)
+
+
+def _with_header(picture: np.ndarray, label: str, note: str, cmap: str, values: np.ndarray,
+                 vrange: tuple[float, float]) -> np.ndarray:  # fmt: skip
+    """``picture`` under a white strip: ``label``, ``note`` in red, a colour bar with its range.
+    The text grows with the picture so it stays legible when the picture is viewed whole, and
+    with its height too (a 60000x1 picture gets no 6000-pixel header)."""
+    h, w = picture.shape[:2]
+    scale, line, thickness, rows, bar_h, header = _header_layout(h, w, label, note)
+    left, right, _ = _range_labels(values, vrange)
     canvas = np.full((header + h, max(w, 420), 3), 255, np.uint8)
     y = 0
     for text, colour in rows:
