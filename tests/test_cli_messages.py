@@ -523,3 +523,27 @@ def test_sizes_are_said_in_the_unit_that_shows_them():
     assert [_size(n) for n in (0, 830, 4_210, 533_000, 83_000_000, 8_300_000_000)] == [
         "0 bytes", "830 bytes", "4.2 KB", "533 KB", "83 MB", "8.3 GB",
     ]  # fmt: skip
+
+
+def test_an_image_too_large_for_the_cpu_memory_fails_with_one_line(runner, tmp_path,
+                                                                  monkeypatch):  # fmt: skip
+    """It was run, and Linux's OOM killer ended the process: no message, no run.json."""
+    from fpncli.run import pipeline
+
+    monkeypatch.setattr(pipeline, "available_bytes", lambda: 3_000_000)
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(photo)
+    args = ["extract", str(photo), "-o", str(tmp_path / "out"), *SMALL, "--no-resize"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    failed = [ln for ln in result.stderr.splitlines() if ln.startswith("failed:")]
+    assert failed == [
+        f"failed: {photo}: needs about 80 MB of memory on the CPU for its 416x320 model input, "
+        "but 3 MB is available: drop --no-resize"
+    ], result.stderr
+    assert (tmp_path / "out" / "run.json").is_file()
+    result = runner.invoke(cli, [*args[:-1], "--min-size", "300", "--max-size", "400"])
+    assert result.exit_code == 1, result.output
+    assert "for its 416x320 model input, but 3 MB is available: lower --max-size/--min-size\n" in (
+        result.stderr
+    )

@@ -571,6 +571,78 @@ def test_out_of_memory_retries_smaller_outside_except_and_remembers(tmp_path, mo
     assert not (tmp_path / "out" / "huge" / "manifest.json").exists()
 
 
+def test_a_cpu_image_too_large_for_the_memory_fails_alone_before_the_model_runs(
+    tmp_path, model, monkeypatch
+):
+    """On the CPU, out of memory is the OOM killer ending the process (no message, no run.json,
+    every rerun dying at the same image): a 54 MP model input was run all the same. The memory
+    is read before the batch (here: what two 64x64 inputs need)."""
+    from fpncli.run.hostmem import cpu_batch_bytes
+
+    small = _image(tmp_path / "in" / "small.png", size=(48, 40))  # padded to 64x64
+    large = _image(tmp_path / "in" / "large.png", size=(400, 300), value=1)  # to 416x320
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in (small, large)]
+    one = cpu_batch_bytes(1, 64, 64, "fp32")
+    monkeypatch.setattr(pipeline, "available_bytes", lambda: 2 * one + 1)
+    calls = []
+    real = steps.run_backbone
+    monkeypatch.setattr(steps, "run_backbone", lambda m, batch, precision: calls.append(
+        tuple(batch.shape)) or real(m, batch, precision=precision))  # fmt: skip
+    options = RunOptions(output=replace(SMALL, resize=False), workers=1)
+    summary = run_jobs(jobs, model, options)
+    assert summary.done == 1 and [p for p, _ in summary.failed] == [str(large)]
+    need = cpu_batch_bytes(1, 320, 416, "fp32")
+    assert summary.failed[0][1] == (
+        f"needs about {need / 1e6:.0f} MB of memory on the CPU for its 416x320 model input, but "
+        f"{(2 * one + 1) / 1e6:.0f} MB is available: drop --no-resize"
+    )
+    assert [shape[-2:] for shape in calls] == [(64, 64)]  # the large one never ran
+    assert not (tmp_path / "out" / "large").exists()
+
+
+def test_a_cpu_batch_too_large_for_the_memory_is_split(tmp_path, model, monkeypatch, caplog):
+    from fpncli.run.hostmem import cpu_batch_bytes
+
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(5)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    monkeypatch.setattr(pipeline, "available_bytes",
+                        lambda: 2 * cpu_batch_bytes(1, 64, 96, "fp32") + 1)  # fmt: skip
+    rows = []
+    real = steps.run_backbone
+    monkeypatch.setattr(steps, "run_backbone", lambda m, batch, precision: rows.append(
+        batch.shape[0]) or real(m, batch, precision=precision))  # fmt: skip
+    summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=4, workers=1))
+    assert summary.done == 5 and not summary.failed and summary.batch_size == 2
+    assert rows == [2, 2, 1], rows
+    assert "not enough memory for a batch of 4 at 96x64 on the CPU" in caplog.text
+    batched = np.load(tmp_path / "out" / "3" / "p3.npy")
+    single = fpncli.extract(paths[3], model, min_size=64, max_size=96).features["p3"].numpy()
+    assert np.abs(batched - single).max() <= 1e-5 * np.abs(single).max()
+
+
+def test_the_cpu_memory_check_is_skipped_where_the_memory_cannot_be_read(tmp_path, model,
+                                                                         monkeypatch):  # fmt: skip
+    monkeypatch.setattr(pipeline, "available_bytes", lambda: None)
+    job = Job(_image(tmp_path / "a.png"), tmp_path / "out" / "a")
+    assert run_jobs([job], model, RunOptions(output=SMALL, batch_size=2)).done == 1
+
+
+def test_available_memory_is_read_from_meminfo_and_the_heap(tmp_path, monkeypatch):
+    from fpncli.run import hostmem
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  8000000 kB\nMemFree:  100 kB\nMemAvailable:  2000000 kB\n"
+                       "SwapTotal: 1000 kB\nSwapFree:  500 kB\n")  # fmt: skip
+    monkeypatch.setattr(hostmem, "_heap_free", lambda: 7)
+    assert hostmem.available_bytes(str(meminfo)) == (2000000 + 500) * 1024 + 7
+    meminfo.write_text("MemTotal:  8000000 kB\nMemFree:  100 kB\n")  # before Linux 3.14
+    assert hostmem.available_bytes(str(meminfo)) is None
+    assert hostmem.available_bytes(str(tmp_path / "missing")) is None
+    assert hostmem._heap_free() == 7
+    monkeypatch.undo()
+    assert hostmem._heap_free() >= 0 and hostmem.available_bytes() is not None  # Linux here
+
+
 @pytest.mark.parametrize("count", [1, 3])
 def test_out_of_memory_halves_the_rows_that_ran_when_batches_are_padded(
     tmp_path, model, monkeypatch, count

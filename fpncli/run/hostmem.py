@@ -1,4 +1,5 @@
-"""Keep large freed blocks in the process's heap during a run (glibc only).
+"""The host's memory during a run: keep large freed blocks in the process's heap (glibc
+only), and tell whether a CPU batch fits in what the machine can give.
 
 glibc serves every allocation above its mmap threshold (at most 32 MiB, however it adapts)
 with a fresh ``mmap`` and unmaps it on free, so each of the backbone's 62 MB activations at
@@ -16,6 +17,9 @@ On exit the thresholds go to where glibc's adaptive ones settle once large block
 freed (mmap 32 MiB, trim 64 MiB; mallopt offers no way back to adapting) and ``malloc_trim``
 hands the free heap back to the system.
 Elsewhere (macOS, musl) nothing happens. ``FPNCLI_MALLOC=0`` turns it off.
+
+A CPU batch too large for the memory left is not run (``cpu_batch_bytes``, ``available_bytes``):
+Linux's OOM killer would end the process without a word, and every rerun at the same image.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import sys
 import threading
 from contextlib import contextmanager
 
-__all__ = ["keep_large_blocks"]
+__all__ = ["keep_large_blocks", "CPU_BYTES_PER_PIXEL", "cpu_batch_bytes", "available_bytes"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _SETTLED_MMAP, _SETTLED_TRIM = 32 << 20, 64 << 20  # DEFAULT_MMAP_THRESHOLD_MAX and twice it
@@ -78,3 +82,55 @@ def keep_large_blocks():
             if _active == 0:
                 _set(libc, _SETTLED_MMAP, _SETTLED_TRIM)
                 libc.malloc_trim(0)
+
+
+#: The CPU forward's peak memory, in bytes per padded input pixel of each image of a batch,
+#: over what the loaded model already holds: the peak RSS of ``fpncli extract --no-resize`` of
+#: one photo of noise (R-50, all outputs, glibc, AMD EPYC with AVX512-BF16) less that of a
+#: 64x64 one was 612, 702 and 637 B/px in fp32 at 0.8, 3.0 and 4.1 MP, and 293 and 397 in
+#: bf16 at 0.8 and 3.0 MP (a second image of a batch: about 500 in fp32). Taken a little
+#: under, so that a batch that fits is never refused; what is refused is several times over.
+CPU_BYTES_PER_PIXEL = {"fp32": 600, "bf16": 360}
+
+
+def cpu_batch_bytes(rows: int, padded_height: int, padded_width: int, precision: str) -> int:
+    """About the memory a CPU forward of ``rows`` images of this padded size takes at its peak
+    (besides the model's), in bytes."""
+    per_pixel = CPU_BYTES_PER_PIXEL.get(precision, CPU_BYTES_PER_PIXEL["fp32"])
+    return rows * padded_height * padded_width * per_pixel
+
+
+def available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """The memory this process can take now without being killed for it: ``MemAvailable``
+    and ``SwapFree`` of ``meminfo``, and the free blocks glibc holds in this process's heap
+    (``keep_large_blocks`` keeps an earlier batch's activations there for the next). None where
+    ``meminfo`` cannot be read or has no ``MemAvailable`` (not Linux, or before 3.14)."""
+    fields = {}
+    try:
+        with open(meminfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name in ("MemAvailable", "SwapFree"):
+                    fields[name] = int(value.split()[0]) * 1024  # "123 kB"
+    except (OSError, ValueError, IndexError):
+        return None
+    if "MemAvailable" not in fields:
+        return None
+    return fields["MemAvailable"] + fields.get("SwapFree", 0) + _heap_free()
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost",
+    )]  # fmt: skip
+
+
+def _heap_free() -> int:
+    """The free bytes in this process's glibc heap (``mallinfo2``, glibc 2.33+; else 0)."""
+    libc = _glibc()
+    mallinfo2 = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if mallinfo2 is None:
+        return 0
+    mallinfo2.restype = _Mallinfo2
+    return int(mallinfo2().fordblks)

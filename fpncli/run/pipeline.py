@@ -52,6 +52,7 @@ from .device import (
     model_for_run,
     run_settings,
 )
+from .hostmem import available_bytes, cpu_batch_bytes
 from .plan import (
     InsufficientDiskError,
     Replaced,
@@ -120,6 +121,10 @@ def _reason(error: BaseException) -> str:
     elif not isinstance(error, (OSError, ValueError)):
         text = f"{type(error).__name__}: {text}" if text else type(error).__name__
     return one_line(text or type(error).__name__)
+
+
+def _memory(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
 
 
 class FolderSink:
@@ -258,7 +263,9 @@ class _Runner:
     def run_batch(self, items: list[Decoded]) -> None:
         """Run ``items`` in chunks of the current batch size; on CUDA out of memory, halve the
         batch size for the rest of the run and retry, outside the ``except`` block so that the
-        failed attempt's memory is freed first. One image that does not fit fails alone."""
+        failed attempt's memory is freed first. One image that does not fit fails alone. On the
+        CPU a batch is sized before it runs (``fits_in_memory``): there, running out of memory
+        is Linux's OOM killer ending the process, not an exception."""
         self.add_seconds({"decode": sum(it.decode_s for it in items)})
         chunks = [items]
         while chunks:
@@ -268,7 +275,7 @@ class _Runner:
                 chunks[:0] = [chunk[i : i + size] for i in range(0, len(chunk), size)]
                 continue
             chunk = self.drop_complete(chunk)  # the last cheap moment before the model runs
-            if not chunk:
+            if not chunk or not self.fits_in_memory(chunk, chunks):
                 continue
             self.note_size(chunk[0])
             result, error = None, None
@@ -305,6 +312,41 @@ class _Runner:
                 reason = f"the model failed: {reason}"
             for it in chunk:
                 self.fail(it.job.path, reason)
+
+    def fits_in_memory(self, chunk: list[Decoded], chunks: list[list[Decoded]]) -> bool:
+        """On the CPU, whether ``chunk``'s forward fits in the memory the machine can give now
+        (``hostmem``; always where that cannot be read). If not, a batch of several is put back
+        on ``chunks`` under the batch size that fits, kept for the rest of the run, and an
+        image that does not fit alone fails, saying what it needs."""
+        if self.device.type != "cpu":
+            return True  # CUDA: out of memory is an exception, and halves the batch (run_batch)
+        available = available_bytes()
+        if available is None:
+            return True
+        rows = max(len(chunk), self.state.batch_size) if self.state.pad_batches else len(chunk)
+        height, width = chunk[0].prepared.padded_height, chunk[0].prepared.padded_width
+        one = cpu_batch_bytes(1, height, width, self.options.precision)
+        fit = available // one
+        if fit >= rows:
+            return True
+        if fit >= 1:
+            self.state.batch_size = int(fit)
+            log.warning("not enough memory for a batch of %d at %dx%d on the CPU (about %s, %s "
+                        "available): batch size %d from now on", rows, width, height,
+                        _memory(rows * one), _memory(available), fit)  # fmt: skip
+            chunks.insert(0, chunk)
+            return False
+        output = self.options.output
+        fix = "lower --max-size/--min-size" if output.resize else "drop --no-resize"
+        if output.canvas not in (None, "auto"):  # every image is padded to it
+            fix += " or give a smaller --canvas"
+        reason = (
+            f"needs about {_memory(one)} of memory on the CPU for its {width}x{height} model "
+            f"input, but {_memory(available)} is available: {fix}"
+        )
+        for it in chunk:
+            self.fail(it.job.path, reason)
+        return False
 
     def note_size(self, item: Decoded) -> None:
         """Warn once, at a compiled run's second padded size without a canvas: the model is
