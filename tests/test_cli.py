@@ -174,7 +174,7 @@ def test_a_rerun_with_another_file_under_the_same_name_is_refused(runner, tmp_pa
         f"Error: {out / 'IMG_0001'} holds the outputs of another file, "
         f"{tmp_path / '2024' / 'IMG_0001.png'}, not of {tmp_path / '2025' / 'IMG_0001.png'} (and "
         "1 more folders of this run hold other files' outputs): give another -o, or "
-        "--overwrite to replace them"
+        "--overwrite to redo the whole run"
     )
     assert (out / "IMG_0001" / "manifest.json").read_bytes() == manifest  # untouched
     edited = tmp_path / "2024" / "IMG_0001.png"
@@ -187,6 +187,37 @@ def test_a_rerun_with_another_file_under_the_same_name_is_refused(runner, tmp_pa
     assert replaced.exit_code == 0 and "done 2" in replaced.output, replaced.output
     real = json.loads((out / "IMG_0001" / "manifest.json").read_text())["input"]["real_path"]
     assert real == str((tmp_path / "2025" / "IMG_0001.png").resolve())
+
+
+def test_a_rerun_with_the_roots_reordered_or_a_sibling_added_is_not_refused(runner, tmp_path):
+    """``extract A B -o O`` then ``extract B A -o O`` (or ``--shard 0/2`` of it, or the first
+    command again after ``A/a.jpg`` appears beside ``A/a.png``): a folder then holds the outputs
+    of another input of the same run, which was refused as another file's though that file's
+    outputs are redone in its own folder. Each run now completes, every folder made from its
+    own file."""
+    for root, value in (("A", 0), ("B", 1)):
+        (tmp_path / root).mkdir()
+        Image.fromarray(np.full((40, 56, 3), 60 * value, np.uint8)).save(tmp_path / root / "a.png")
+    out = tmp_path / "out"
+    base = ["-o", str(out), *SMALL, "--no-overview", "--no-heatmaps"]
+    roots = [str(tmp_path / "A"), str(tmp_path / "B")]
+
+    def made_from(folder: str) -> str:
+        return json.loads((out / folder / "manifest.json").read_text())["input"]["real_path"]
+
+    def extract(*args: str) -> None:
+        result = runner.invoke(cli, ["extract", *args, *base])
+        assert result.exit_code == 0, result.output
+
+    extract(*roots)
+    extract(*roots[::-1], "--shard", "0/2")  # B/a.png into a, which holds A/a.png's outputs
+    assert made_from("a") == str((tmp_path / "B" / "a.png").resolve())
+    extract(*roots[::-1])
+    assert made_from("a_2") == str((tmp_path / "A" / "a.png").resolve())
+    Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(tmp_path / "A" / "a.jpg")
+    extract(*roots)  # A's two go to a_png and a_jpg, B/a.png back to a
+    assert made_from("a") == str((tmp_path / "B" / "a.png").resolve())
+    assert made_from("a_png") == str((tmp_path / "A" / "a.png").resolve())
 
 
 @pytest.mark.parametrize(

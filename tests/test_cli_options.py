@@ -548,7 +548,7 @@ def test_default_threads_follow_the_cores_this_process_may_use(runner, tmp_path,
 
     seen = {}
 
-    def capture(jobs, model, options, progress=None, on_plan=None):
+    def capture(jobs, model, options, progress=None, on_plan=None, run_inputs=None):
         seen["options"] = options
         raise KeyboardInterrupt
 

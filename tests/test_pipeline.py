@@ -399,7 +399,7 @@ def test_the_plan_refuses_folders_that_hold_another_files_outputs(tmp_path, mode
         plan.plan_pending([Job(new, tmp_path / "out" / "a")], options, weights)
     assert str(refused.value) == (
         f"{tmp_path / 'out' / 'a'} holds the outputs of another file, {old}, not of {new}: give "
-        "another -o, or --overwrite to replace them"
+        "another -o, or --overwrite to redo the whole run"
     )
     stat = old.stat()
     os.utime(old, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the photo edited
@@ -420,6 +420,40 @@ def test_the_plan_refuses_folders_that_hold_another_files_outputs(tmp_path, mode
     path.write_text(json.dumps(manifest))
     todo, replaced = plan.plan_pending([Job(new, tmp_path / "out" / "a")], options, weights)
     assert len(todo) == 1 and replaced == plan.Replaced()
+
+
+def test_the_plan_redoes_folders_that_hold_the_outputs_of_another_input_of_the_run(tmp_path, model):
+    """A folder holding the outputs of a file that is an input of this same run was refused as
+    another file's (``extract A B`` then ``extract B A``; ``a.jpg`` added beside ``a.png``),
+    though that file's outputs are redone in its own folder, nothing lost: it is redone, also
+    in a shard of the run (``--shard``: given the whole run's ``RunInputs``) and in worker
+    processes, which plan their shards. A file of the run reached through another path counts;
+    a file of none of its jobs is still refused."""
+    from fpncli.run.multi import run_on_devices
+
+    a, b = _image(tmp_path / "A" / "a.png"), _image(tmp_path / "B" / "a.png", value=1)
+    out, options, weights = tmp_path / "out", RunOptions(output=SMALL), steps.weights_meta(model)
+    assert run_jobs([Job(a, out / "a"), Job(b, out / "a_2")], model, options).done == 2
+    swapped = [Job(b, out / "a"), Job(a, out / "a_2")]  # the roots given the other way round
+    assert plan.plan_pending(swapped, options, weights) == (swapped, plan.Replaced())
+    with pytest.raises(plan.OtherFilesError):  # the shard alone: a's job is not in it
+        plan.plan_pending(swapped[:1], options, weights)
+    whole = plan.RunInputs(swapped)
+    assert plan.plan_pending(swapped[:1], options, weights, whole)[0] == swapped[:1]
+    linked = tmp_path / "linked.png"
+    os.link(a, linked)
+    through_link = plan.RunInputs([Job(linked, out / "linked")])
+    assert plan.plan_pending(swapped[:1], options, weights, through_link)[0] == swapped[:1]
+    elsewhere = plan.RunInputs([Job(tmp_path / "gone.png", out / "gone"), *swapped[:1]])
+    with pytest.raises(plan.OtherFilesError):
+        plan.plan_pending(swapped[:1], options, weights, elsewhere)
+    # two workers, one job each: each one's folder holds the other one's file's outputs
+    summary = run_on_devices(swapped, model, replace(options, workers=1), ["cpu", "cpu"],
+                             weights="random")  # fmt: skip
+    assert (summary.done, summary.failed) == (2, []), summary.failed
+    for job in swapped:
+        real = json.loads((job.folder / "manifest.json").read_text())["input"]["real_path"]
+        assert real == os.path.realpath(job.path)
 
 
 def test_a_16_bit_rgb_pngs_note_is_in_its_manifest(tmp_path, model):

@@ -274,6 +274,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     from ..io.preprocess import DEFAULT_MAX_PIXELS
     from ..run.multi import usable_cores
     from ..run.pipeline import (
+        RunInputs,
         RunOptions,
         discover_inputs,
         plan_jobs,
@@ -391,8 +392,10 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         if not os.access(out, os.W_OK):
             raise click.ClickException(f"output folder {out} is not writable")
         mark_output_root(out)
+    run_inputs = None  # the whole run's files, where this process takes a shard of them
     if shard_spec is not None:
         every = len(jobs)
+        run_inputs = RunInputs(jobs)  # a folder holding another shard's file's outputs is redone
         jobs = select_shard(jobs, *shard_spec)
         if from_env:
             click.echo(
@@ -459,7 +462,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
                 default_batch=batch_size is None, quiet=not _verbose(),
             )  # fmt: skip
             summary = run_ray(jobs, out_dir, model, options, ray_options, progress=bar,
-                              on_plan=state_volume)  # fmt: skip
+                              on_plan=state_volume, run_inputs=run_inputs)  # fmt: skip
         elif out_format == "wds":
             from ..run.wds import run_sharded
 
@@ -471,9 +474,11 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             from ..run.multi import run_on_devices
 
             summary = run_on_devices(jobs, model, options, devices, weights=weights, seed=seed,
-                                     progress=bar, on_plan=state_volume)  # fmt: skip
+                                     progress=bar, on_plan=state_volume,
+                                     run_inputs=run_inputs)  # fmt: skip
         else:
-            summary = run_jobs(jobs, model, options, progress=bar, on_plan=state_volume)
+            summary = run_jobs(jobs, model, options, progress=bar, on_plan=state_volume,
+                               run_inputs=run_inputs)  # fmt: skip
     except KeyboardInterrupt as e:
         bar.close()
         last = _interrupted_progress(e, bar.last)

@@ -27,7 +27,7 @@ from ..io.guard import one_line, usable_cores
 from ..io.inputs import Job, select_shard
 from .device import worker_threads
 from .pipeline import run_jobs
-from .plan import Replaced, _complete, check_disk_space, plan_pending
+from .plan import Replaced, RunInputs, _complete, check_disk_space, plan_pending
 from .steps import RunOptions, weights_meta
 from .summary import (
     Progress,
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
             options: RunOptions, connection, warmup: list[Job] | None = None,
-            go=None) -> None:  # fmt: skip
+            go=None, run_inputs: RunInputs | None = None) -> None:  # fmt: skip
     lock = threading.Lock()  # progress comes from the writer threads: one message at a time
     # not inherited by anything this worker starts: the parent's EOF must mean this one is gone
     os.set_inheritable(connection.fileno(), False)
@@ -75,7 +75,8 @@ def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
             run_jobs(own, model, replace(options, record_latest=False))
             send(("ready", index, None))
             go.wait()  # (for ever only while the parent lives: _end_with_parent)
-        summary = run_jobs(jobs, model, options, progress=lambda p: send(("progress", index, p)))
+        summary = run_jobs(jobs, model, options, progress=lambda p: send(("progress", index, p)),
+                           run_inputs=run_inputs)  # fmt: skip
         send(("done", index, summary))
     except Exception as e:  # reported to the parent, which ends the run with it
         send(("error", index, f"{device}: {type(e).__name__}: {one_line(str(e))}"))
@@ -180,6 +181,7 @@ def run_on_devices(
     progress: Callable[[Progress], None] | None = None,
     warmup: list[Job] | None = None,
     on_plan: Callable[[list[Job], Replaced], None] | None = None,
+    run_inputs: RunInputs | None = None,
 ) -> RunSummary:
     """Run ``jobs`` split over ``devices`` (e.g. ``["cuda:0", "cuda:1"]``), one process each.
 
@@ -193,14 +195,18 @@ def run_on_devices(
     alone while another still warms up.
 
     ``on_plan``: as ``run_jobs``'s, called with the pending jobs of the whole run (and what they
-    replace).
+    replace). ``run_inputs``: as ``run_jobs``'s (``jobs`` are a ``--shard`` of a larger run).
     """
-    if on_plan is not None or not options.force:
-        todo, replaced = plan_pending(jobs, options, weights_meta(model))
-        if on_plan is not None:
-            on_plan(todo, replaced)
-        if not options.force:
-            check_disk_space(todo, options.output)
+    inputs = run_inputs if run_inputs is not None else RunInputs(jobs)
+    todo, replaced = plan_pending(jobs, options, weights_meta(model), inputs)
+    if on_plan is not None:
+        on_plan(todo, replaced)
+    if not options.force:
+        check_disk_space(todo, options.output)
+    # each worker plans its shard as a part of this run: a folder that holds another shard's
+    # file's outputs is redone there, as the plan above allowed. It is given the identities
+    # that plan read, if it read any (none: no folder of the run holds another file's outputs)
+    shared = RunInputs(identities=inputs.identities) if inputs.identities is not None else None
     options = worker_options(options, len(devices))
     context = mp.get_context("spawn")
     count = len(devices)
@@ -210,7 +216,7 @@ def run_on_devices(
     workers = [
         context.Process(
             target=_worker,
-            args=(i, shards[i], weights, seed, device, options, pipes[i][1], warmup, go),
+            args=(i, shards[i], weights, seed, device, options, pipes[i][1], warmup, go, shared),
             daemon=True,
         )
         for i, device in enumerate(devices)

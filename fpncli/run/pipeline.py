@@ -56,6 +56,7 @@ from .hostmem import available_bytes, cpu_batch_bytes
 from .plan import (
     InsufficientDiskError,
     Replaced,
+    RunInputs,
     _complete,
     check_disk_space,
     estimate_run_bytes,
@@ -95,6 +96,7 @@ __all__ = [
     "pending_jobs",
     "plan_pending",
     "Replaced",
+    "RunInputs",
     "weights_meta",
     "discover_inputs",
     "plan_jobs",
@@ -464,6 +466,7 @@ def run_jobs(
     progress: Callable[[Progress], None] | None = None,
     sink=None,
     on_plan: Callable[[list[Job], Replaced], None] | None = None,
+    run_inputs: RunInputs | None = None,
 ) -> RunSummary:
     """Extract every job's image into its folder; complete folders are skipped unless overwrite.
 
@@ -474,7 +477,8 @@ def run_jobs(
     ``on_plan`` is called once with the jobs the run will do (the pending ones) and what they
     replace (``plan.Replaced``: complete folders made with other settings), before the disk
     check and the run: the CLI states the output volume of those, not of every job, and says
-    what is replaced.
+    what is replaced. ``run_inputs``: the input files of the whole run when ``jobs`` are a
+    part of it (``--shard``; a worker's shard), for ``plan_pending``'s other-files check.
 
     Bad images are reported in ``summary.failed`` and skipped; a full disk stops the run cleanly
     (``summary.aborted``). Raises InsufficientDiskError before starting when the estimated output
@@ -484,7 +488,7 @@ def run_jobs(
     check_precision(options.precision, device)
     summary = RunSummary(total=len(jobs))
     if sink is None:
-        todo, replaced = plan_pending(jobs, options, weights_meta(model))
+        todo, replaced = plan_pending(jobs, options, weights_meta(model), run_inputs)
     else:
         todo, replaced = list(jobs), Replaced()
     summary.skipped = len(jobs) - len(todo)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ __all__ = [
     "InsufficientDiskError",
     "OtherFilesError",
     "Replaced",
+    "RunInputs",
     "estimate_run_bytes",
     "pending_jobs",
     "plan_pending",
@@ -113,22 +115,54 @@ class Replaced:
     settings: tuple[str, ...] = ()
 
 
-def plan_pending(jobs: list[Job], options: RunOptions,
-                 weights: dict) -> tuple[list[Job], Replaced]:  # fmt: skip
+class RunInputs:
+    """The input files of a whole run: every job's (``jobs``, before ``--shard`` or a worker's
+    shard took a part), or their identities as another process read them (``identities``).
+    ``path in inputs`` compares identities (``st_dev``, ``st_ino``: the same file through
+    another path, as a hard link or bind mount gives it), read at the first ask, so a run that
+    meets no other file's outputs stats none of its inputs for it."""
+
+    def __init__(self, jobs: Iterable[Job] = (), identities: frozenset | None = None) -> None:
+        self._jobs, self.identities = jobs, identities
+
+    def __contains__(self, path: str | Path) -> bool:
+        if self.identities is None:
+            self.identities = frozenset(_identity(job.path) for job in self._jobs) - {None}
+        found = _identity(path)
+        return found is not None and found in self.identities
+
+
+def _identity(path: str | Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):  # not there (or a path no file can have): no file of the run
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def plan_pending(jobs: list[Job], options: RunOptions, weights: dict,
+                 run_inputs: RunInputs | None = None) -> tuple[list[Job], Replaced]:  # fmt: skip
     """``pending_jobs``, and what they replace: the folders whose complete manifest records
     other weights, precision or output options (``changed_settings``), told from the manifest
     resume reads anyway. A folder without a complete manifest (a killed run's), or whose input
     file alone changed (the same file, edited), replaces nothing worth saying. With
     ``overwrite``, every job, and no manifest read (redoing everything is what was asked).
 
+    ``run_inputs``: the input files of the whole run ``jobs`` are part of (default: ``jobs``'
+    own). A folder holding the outputs of one of them is redone, not refused: that file's
+    outputs are redone in its own folder by this run (the roots given in another order, a
+    sibling ``a.jpg`` beside ``a.png`` that renamed both folders), so nothing is lost.
+
     Raises:
         OtherFilesError: a folder's complete manifest records another input file (its
             ``real_path``; a manifest without one, an earlier version's, counts as this job's
-            file): it is never replaced silently, as ``--format wds`` never gives a key to a
-            second file.
+            file), one not in ``run_inputs``: it is never replaced silently, as ``--format
+            wds`` never gives a key to a second file.
     """
     if options.overwrite:
         return list(jobs), Replaced()
+    if run_inputs is None:
+        run_inputs = RunInputs(jobs)
     todo, count, settings, others = [], 0, {}, []
     for job in jobs:
         complete, manifest, key = _state(job, options, weights)
@@ -137,7 +171,7 @@ def plan_pending(jobs: list[Job], options: RunOptions,
         todo.append(job)
         if manifest is not None and manifest.get("run_key") != key:
             made_from = _other_input(manifest, job)
-            if made_from is not None:
+            if made_from is not None and made_from not in run_inputs:
                 others.append((job, made_from))
                 continue
             changed = changed_settings(manifest, options.output, weights, options.precision)
@@ -149,7 +183,7 @@ def plan_pending(jobs: list[Job], options: RunOptions,
         raise OtherFilesError(
             f"{quote_name(str(job.folder))} holds the outputs of another file, "
             f"{quote_name(made_from)}, not of {quote_name(str(job.path))}{also}: give another "
-            "-o, or --overwrite to replace them"
+            "-o, or --overwrite to redo the whole run"
         )
     return todo, Replaced(count, tuple(settings))
 

@@ -34,7 +34,7 @@ from ..io.inputs import Job
 from ..io.shards import ShardWriter, consolidate_index
 from ..model.fpn import FPN
 from .pipeline import FolderSink, _reason, run_decoded
-from .plan import Replaced, estimate_run_bytes, plan_pending
+from .plan import Replaced, RunInputs, estimate_run_bytes, plan_pending
 from .steps import RunOptions, decode, weights_meta
 from .summary import Progress, RunSummary, WarningRelay, say_relayed
 from .wds import ShardSink, plan_sharded
@@ -375,9 +375,11 @@ def run_ray(
     *,
     progress: Callable[[Progress], None] | None = None,
     on_plan: Callable[[list[Job], Replaced], None] | None = None,
+    run_inputs: RunInputs | None = None,
 ) -> RunSummary:
     """Extract ``jobs`` on Ray Data into ``out`` (a folder, or an fsspec URL for ``wds``).
-    ``on_plan``: as ``run_jobs``'s, called with the jobs left to do (and what they replace).
+    ``on_plan``: as ``run_jobs``'s, called with the jobs left to do (and what they replace);
+    ``run_inputs``: as ``run_jobs``'s (``jobs`` are a ``--shard`` of a larger run).
 
     ``model`` (on the driver, usually the CPU) only gives the weights' identity for resume; the
     actors load their own copy. Raises ValueError for a request the cluster cannot run
@@ -393,14 +395,16 @@ def run_ray(
     try:  # (also when ray.init fails, having set it)
         started = _connect(ray, ray_options.address, ray_options.quiet)
         with contextlib.ExitStack() as stack:  # the wds claim, held until the end
-            return _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan)
+            return _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan,
+                        run_inputs)  # fmt: skip
     finally:
         if started:
             ray.shutdown()
         ray_log.setLevel(level)
 
 
-def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=None) -> RunSummary:
+def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=None,
+         run_inputs=None) -> RunSummary:  # fmt: skip
     from ray.data import ActorPoolStrategy, DataContext
 
     size, gpus = _pool(ray, ray_options)
@@ -426,7 +430,7 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         per_image = max(1, estimate_run_bytes(todo, options.output) // max(1, len(todo)))
         rows_per_call = max(1, min(ray_options.shard_bytes // per_image, 10_000))
     else:
-        todo, replaced = plan_pending(jobs, options, weights)
+        todo, replaced = plan_pending(jobs, options, weights, run_inputs)
         summary.skipped = len(jobs) - len(todo)
         rows_per_call = options.batch_size * 4
     if on_plan is not None:
