@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -69,6 +70,48 @@ def test_a_nan_is_the_worst_difference_and_diff_json_stays_strict(sample_extract
     p4_row = next(lv for lv in coffee["levels"] if lv["level"] == "p4")
     assert p4_row["max_rel"] == "NaN" and float(p4_row["max_rel"]) != float(p4_row["max_rel"])
     assert "coffee,p4,nan," in (d / "diff.csv").read_text()
+    # the NaN in A, the reference: it was "max_rel inf > tol", "Infinity" in diff.json
+    swapped = CliRunner().invoke(cli, ["diff", str(b), str(sample_extraction), "-o", str(d)])
+    assert swapped.exit_code == 1, swapped.output
+    assert "differs: coffee: p4 max_rel nan (a NaN or an infinity in A or B)" in swapped.output
+    rows = {row["level"]: row for row in json.loads((d / "diff.json").read_text())["levels"]}
+    assert rows["p4"]["max_rel"] == "NaN" and rows["p4"]["mean_rel"] == "NaN", rows["p4"]
+
+
+def test_a_nan_or_an_infinity_gives_nan_measures_without_numpys_warnings(
+    sample_extraction, tmp_path
+):
+    """A NaN in A (the reference) gave max_rel and mean_rel infinity (_ratio(nan, nan)), as if
+    A were zero; an infinity (what --dtype float16 stores past 65504) in A or B printed numpy's
+    RuntimeWarnings (inf - inf, a cosine of inf / inf). The undefined measures are NaN, and
+    nothing is printed (warnings are errors here)."""
+    a = np.random.RandomState(0).randn(2, 3, 4).astype(np.float32)
+    nan_a = a.copy()
+    nan_a[0, 0, 0] = np.nan
+    inf_a = a.copy()
+    inf_a[0, 0, 0] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = compare_arrays(nan_a, a)
+        assert np.isnan([d.max_rel, d.mean_rel, d.cosine, d.max_abs]).all(), d
+        for x, y in ((inf_a, a), (a, inf_a), (inf_a, inf_a), (inf_a, np.zeros_like(a))):
+            d = compare_arrays(x, y)
+            assert np.isnan(d.cosine), d
+        d = compare_arrays(inf_a, a)
+        assert np.isnan(d.max_rel) and np.isnan(d.mean_rel) and d.max_abs == np.inf
+        d = compare_arrays(a, inf_a)  # B infinitely far from a finite A
+        assert d.max_rel == np.inf and d.mean_rel == np.inf
+        assert np.isnan(compare_arrays(inf_a, inf_a).max_abs)  # inf - inf
+        b = tmp_path / "b"
+        shutil.copytree(sample_extraction, b)
+        p4 = np.load(b / "coffee" / "p4.npy")
+        p4[0, 0, 0, 0] = np.inf
+        np.save(b / "coffee" / "p4.npy", p4)
+        for roots in ([sample_extraction, b], [b, b]):
+            args = ["diff", *map(str, roots), "-o", str(tmp_path / "d")]
+            result = CliRunner().invoke(cli, args, catch_exceptions=False)
+            assert "Warning" not in result.output, result.output
+    assert result.exit_code == 1 and "p4 max_rel nan" in result.output, result.output
 
 
 def test_worst_level_and_the_level_table_put_a_nan_first():

@@ -143,31 +143,38 @@ def _level_order(name: str) -> tuple[int, str]:
 
 
 def _ratio(num: float, den: float) -> float:
+    """``num / den`` (NaN for inf / inf); NaN where either is NaN (a NaN in A, the reference,
+    is no infinite difference); 0 for 0 / 0, infinity for more than 0 / 0."""
+    if math.isnan(num) or math.isnan(den):
+        return math.nan
     if den > 0:
         return num / den
     return 0.0 if num == 0 else math.inf
 
 
 def compare_arrays(a: np.ndarray, b: np.ndarray, level: str = "") -> LevelDiff:
-    """Compare two equally shaped arrays (any float dtype; computed in float64)."""
+    """Compare two equally shaped arrays (any float dtype; computed in float64). A NaN or an
+    infinity (what ``--dtype float16`` stores past 65504) in either gives NaN measures where
+    they are undefined, without numpy's warnings (inf - inf, inf / inf)."""
     if a.shape != b.shape:
         raise ValueError(f"{level or 'arrays'}: shapes differ, {a.shape} against {b.shape}")
     x = np.asarray(a, dtype=np.float64).ravel()
     y = np.asarray(b, dtype=np.float64).ravel()
     if x.size == 0:
         return LevelDiff(level, 0.0, 0.0, 1.0, 0.0)
-    abs_diff = np.abs(x - y)
-    abs_x = np.abs(x)
-    norms = float(np.linalg.norm(x) * np.linalg.norm(y))
-    if math.isnan(norms):  # a NaN in A or B: no angle to measure (not 0, "orthogonal")
-        cosine = math.nan
-    elif norms > 0:
-        cosine = float(np.dot(x, y) / norms)
-    else:  # both zero: identical; one zero: undefined, call it 0
-        cosine = 1.0 if not abs_diff.any() else 0.0
-    max_abs = float(abs_diff.max())
-    max_rel = _ratio(max_abs, float(abs_x.max()))
-    mean_rel = _ratio(float(abs_diff.mean()), float(abs_x.mean()))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        abs_diff = np.abs(x - y)
+        abs_x = np.abs(x)
+        norms = float(np.linalg.norm(x) * np.linalg.norm(y))
+        if not math.isfinite(norms):  # a NaN or an infinity in A or B: no angle to measure
+            cosine = math.nan  # (not 0, "orthogonal")
+        elif norms > 0:
+            cosine = float(np.dot(x, y) / norms)
+        else:  # both zero: identical; one zero: undefined, call it 0
+            cosine = 1.0 if not abs_diff.any() else 0.0
+        max_abs = float(abs_diff.max())
+        max_rel = _ratio(max_abs, float(abs_x.max()))
+        mean_rel = _ratio(float(abs_diff.mean()), float(abs_x.mean()))
     return LevelDiff(level, max_rel, mean_rel, cosine, max_abs)
 
 
@@ -298,7 +305,8 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
         va, vb = a.valid(name), b.valid(name)
         result.levels.append(compare_arrays(va, vb, name))
         if out is not None:
-            absdiff = np.abs(va[0].astype(np.float32) - vb[0].astype(np.float32)).max(axis=0)
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, said above
+                absdiff = np.abs(va[0].astype(np.float32) - vb[0].astype(np.float32)).max(axis=0)
             panel = {"name": f"|A-B| {name}", "map": absdiff, "stride": a.stride(name),
                      "shape": tuple(a.levels[name].shape)}  # fmt: skip
             if not absdiff.any():  # identical: the colour of 0, not a constant map's middle
