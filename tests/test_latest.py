@@ -109,3 +109,27 @@ def test_a_damaged_record_is_named_not_called_missing(tmp_path, monkeypatch, dat
         assert recent_extractions() == []  # what record_latest keeps of it: nothing
         record_latest(tmp_path)
         assert json.loads(state.read_text())["folder"] == str(tmp_path)
+
+
+@pytest.mark.parametrize("data", [b'{"version": 3, "session": "abc"}', b"[1, 2]", b"{", "fifo"])
+def test_another_applications_latest_json_in_xdg_state_home_is_not_fpncli_s(homes, data):
+    """$XDG_STATE_HOME/latest.json, where earlier versions wrote theirs, is in a folder that
+    all applications share: another application's (``{"version": 3}``, a list) was called
+    fpncli's and damaged. It counts as nothing recorded; fpncli's own file in its subfolder
+    is still named when damaged."""
+    import os
+
+    legacy = homes / "state" / "latest.json"
+    legacy.parent.mkdir()
+    if data == "fifo":
+        os.mkfifo(legacy)
+    else:
+        legacy.write_bytes(data)
+    with pytest.raises(FileNotFoundError, match="^no previous extraction recorded"):
+        latest_extraction()
+    assert recent_extractions() == []
+    own = homes / "state" / "fpncli" / "latest.json"
+    own.parent.mkdir()
+    own.write_bytes(b"[1, 2]")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(own))} is damaged \\(it holds a list"):
+        latest_extraction()

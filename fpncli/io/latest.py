@@ -52,33 +52,28 @@ def recent_extractions() -> list[Path]:
 
 
 def _recorded() -> list[Path]:
-    """``recent_extractions``; a ``latest.json`` that is there but damaged (not valid JSON or
-    UTF-8, truncated, not a record: a list, no ``folder``, not a regular file) is a one-line
-    ValueError naming it."""
+    """``recent_extractions``; fpncli's own ``latest.json`` that is there but damaged (not
+    valid JSON or UTF-8, truncated, not a record: a list, no ``folder``, not a regular file) is
+    a one-line ValueError naming it. The file an earlier version wrote, in a folder that all
+    applications share (``_state_files``), may be another application's: one that is not such
+    a record counts as nothing recorded."""
 
     def damaged(path: Path, why: str) -> ValueError:
         return ValueError(f"{path} is damaged ({why}): name a TARGET or extract again")
 
-    for path in _state_files():
+    own, *earlier = _state_files()
+    for path in (own, *earlier):
         try:
-            state = read_json_file(path, _MAX_STATE_BYTES)
-            break
+            state = _read_record(path)
         except FileNotFoundError:  # none recorded here: an earlier version's place, if any
             continue
-        except ValueError as e:  # not JSON (nor UTF-8); not a regular file (open_regular's)
-            why = error_text(e)
-            why = why.removeprefix(f"{path}: ") if why.startswith(f"{path}: ") else (
-                f"not valid JSON: {why}"
-            )  # fmt: skip
-            raise damaged(path, why) from None
-        except OSError as e:
-            raise damaged(path, e.strerror or error_text(e)) from None
+        except ValueError as e:
+            if path != own:  # not fpncli's, or not a record of it: nothing recorded
+                return []
+            raise damaged(path, str(e)) from None
+        break
     else:
         return []
-    if not isinstance(state, dict):
-        raise damaged(path, f"it holds a {type(state).__name__}, not a record")
-    if not (isinstance(state.get("folder"), str) and state["folder"]):
-        raise damaged(path, "it records no 'folder'")
     history = state.get("history")
     folders = [state.get("folder"), *(history if isinstance(history, list) else ())]
     seen, recent = set(), []
@@ -87,6 +82,27 @@ def _recorded() -> list[Path]:
             seen.add(folder)
             recent.append(Path(folder))
     return recent
+
+
+def _read_record(path: Path) -> dict:
+    """The record in ``path``: FileNotFoundError when there is none; ValueError saying why it
+    is no record (not a regular file, unreadable, not JSON or UTF-8, not a dict with a
+    ``folder``)."""
+    try:
+        state = read_json_file(path, _MAX_STATE_BYTES)
+    except FileNotFoundError:
+        raise
+    except ValueError as e:  # not JSON (nor UTF-8); not a regular file (open_regular's)
+        why = error_text(e)
+        raise ValueError(why.removeprefix(f"{path}: ") if why.startswith(f"{path}: ") else (
+            f"not valid JSON: {why}")) from None  # fmt: skip
+    except OSError as e:
+        raise ValueError(e.strerror or error_text(e)) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"it holds a {type(state).__name__}, not a record")
+    if not (isinstance(state.get("folder"), str) and state["folder"]):
+        raise ValueError("it records no 'folder'")
+    return state
 
 
 def record_latest(folder: Path) -> None:
