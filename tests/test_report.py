@@ -456,6 +456,26 @@ def test_a_thumbnail_on_a_range_as_wide_as_float32s_warns_nothing():
     assert [int(thumb[0, x, 0]) for x in (0, 8, 16)] == [0, 128, 255]
 
 
+def test_a_histogram_of_a_level_at_float32s_ends_warns_nothing(tmp_path):
+    """A manifest's min -3.4e38 and max 3.4e38 (accepted: float32 numbers): the histogram's
+    edges were float32, the samples' type, and matplotlib's sum of them overflowed, printing
+    numpy's RuntimeWarning with its source line. The edges are float64, spanning the range."""
+    import warnings
+
+    from fpncli.viz.report import _histogram_png
+
+    stats = LevelStats("p4")
+    values = np.array([[[[-3.4e38, 0.0], [1.0, 3.4e38]]]], np.float32)
+    accumulate(stats, values, {"min": -3.4e38, "max": 3.4e38, "mean": 0.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        counts, edges = stats.histogram(bins=4)
+        _histogram_png({"p4": stats}, tmp_path / "h.png")
+    assert edges.dtype == np.float64 and (edges[0], edges[-1]) == (-3.4e38, 3.4e38)
+    assert counts.tolist() == [1, 0, 2, 1]
+    assert Image.open(tmp_path / "h.png").size[0] > 0
+
+
 def test_empty_map_thumbnail_is_blank_not_a_cv2_error():
     from fpncli.viz.report import _level_thumbnail
 

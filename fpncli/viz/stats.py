@@ -118,12 +118,15 @@ class LevelStats:
             self.kept = sum(s.size for s in self.samples)
 
     def histogram(self, bins: int = 60) -> tuple[np.ndarray, np.ndarray]:
-        """Counts and edges of the kept sampled values on ``[min, max]``."""
+        """Counts and edges (float64) of the kept sampled values on ``[min, max]``."""
         sampled = self.sampled
         lo, hi = (self.min, self.max) if self.values else (0.0, 1.0)
         if not hi > lo:
             lo, hi = lo - 0.5, hi + 0.5
-        return np.histogram(sampled, bins=bins, range=(lo, hi))
+        # a float64 range makes the edges and the binning float64, not the samples' float32: a
+        # level at float32's ends (a manifest's min -3.4e38, max 3.4e38) overflowed float32 in
+        # the span and in matplotlib's sum of the edges (numpy's RuntimeWarning)
+        return np.histogram(sampled, bins=bins, range=(np.float64(lo), np.float64(hi)))
 
 
 def accumulate(
