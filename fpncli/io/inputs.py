@@ -325,11 +325,12 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     count as taken: ``report_2``, and so do those it writes in an image's folder, for a folder
     below another image's (with ``a.jpg``, ``a/p2.npy.jpg`` goes to ``a/p2.npy_2``, not to the
     folder named as ``a``'s P2 file), that folder as it is finally named (with ``x.png`` and
-    ``x.jpg``, ``x_png/p2.npy.png`` goes to ``x_png/p2.npy_2``): folders are named shallowest
-    first, so an image's folder is final before any below it is named. ``..png`` and ``...png``
-    go to ``._png`` and ``.._png`` (their stems would be OUT and its parent). A name over 255 bytes
-    (a long stem with ``_png`` or ``_2`` added) is cut short with a hash of the whole name
-    (``fitted_name``).
+    ``x.jpg``, ``x_png/p2.npy.png`` goes to ``x_png/p2.npy_2``; earlier versions named it
+    ``x_png/p2.npy`` in a run that wrote no ``.npy``, a folder now left behind, the image redone
+    into ``x_png/p2.npy_2``): folders are named shallowest first, so an image's folder is final
+    before any below it is named. ``..png`` and ``...png`` go to ``._png`` and ``.._png`` (their
+    stems would be OUT and its parent). A name over 255 bytes (a long stem with ``_png`` or
+    ``_2`` added) is cut short with a hash of the whole name (``fitted_name``).
     """
     from .outputs import is_output_name
 
