@@ -84,7 +84,8 @@ def test_a_nan_or_an_infinity_gives_nan_measures_without_numpys_warnings(
     """A NaN in A (the reference) gave max_rel and mean_rel infinity (_ratio(nan, nan)), as if
     A were zero; an infinity (what --dtype float16 stores past 65504) in A or B printed numpy's
     RuntimeWarnings (inf - inf, a cosine of inf / inf). The undefined measures are NaN, and
-    nothing is printed (warnings are errors here)."""
+    nothing is printed (warnings are errors here). The same NaN or infinity on both sides
+    agrees: an output compared with itself differed where it held one."""
     a = np.random.RandomState(0).randn(2, 3, 4).astype(np.float32)
     nan_a = a.copy()
     nan_a[0, 0, 0] = np.nan
@@ -94,24 +95,33 @@ def test_a_nan_or_an_infinity_gives_nan_measures_without_numpys_warnings(
         warnings.simplefilter("error")
         d = compare_arrays(nan_a, a)
         assert np.isnan([d.max_rel, d.mean_rel, d.cosine, d.max_abs]).all(), d
-        for x, y in ((inf_a, a), (a, inf_a), (inf_a, inf_a), (inf_a, np.zeros_like(a))):
+        for x, y in ((inf_a, a), (a, inf_a), (inf_a, np.zeros_like(a))):
             d = compare_arrays(x, y)
             assert np.isnan(d.cosine), d
         d = compare_arrays(inf_a, a)
         assert np.isnan(d.max_rel) and np.isnan(d.mean_rel) and d.max_abs == np.inf
         d = compare_arrays(a, inf_a)  # B infinitely far from a finite A
         assert d.max_rel == np.inf and d.mean_rel == np.inf
-        assert np.isnan(compare_arrays(inf_a, inf_a).max_abs)  # inf - inf
+        for same in (inf_a, nan_a):  # agreed where both hold it; the rest compared
+            d = compare_arrays(same, same)
+            assert (d.max_rel, d.mean_rel, d.max_abs) == (0, 0, 0) and d.cosine == pytest.approx(1)
+        moved = inf_a.copy()
+        moved[1, 2, 3] += 1.0
+        d = compare_arrays(inf_a, moved)
+        assert d.max_abs == 1.0 and 0 < d.max_rel < 1 and 0.9 < d.cosine < 1, d
         b = tmp_path / "b"
         shutil.copytree(sample_extraction, b)
         p4 = np.load(b / "coffee" / "p4.npy")
         p4[0, 0, 0, 0] = np.inf
         np.save(b / "coffee" / "p4.npy", p4)
+        results = []
         for roots in ([sample_extraction, b], [b, b]):
             args = ["diff", *map(str, roots), "-o", str(tmp_path / "d")]
-            result = CliRunner().invoke(cli, args, catch_exceptions=False)
-            assert "Warning" not in result.output, result.output
-    assert result.exit_code == 1 and "p4 max_rel nan" in result.output, result.output
+            results.append(CliRunner().invoke(cli, args, catch_exceptions=False))
+            assert "Warning" not in results[-1].output, results[-1].output
+    differs, itself = results
+    assert differs.exit_code == 1 and "p4 max_rel inf" in differs.output, differs.output
+    assert itself.exit_code == 0, itself.output  # the infinity on both sides agrees
 
 
 def test_worst_level_and_the_level_table_put_a_nan_first():

@@ -153,13 +153,18 @@ def _ratio(num: float, den: float) -> float:
 
 
 def compare_arrays(a: np.ndarray, b: np.ndarray, level: str = "") -> LevelDiff:
-    """Compare two equally shaped arrays (any float dtype; computed in float64). A NaN or an
-    infinity (what ``--dtype float16`` stores past 65504) in either gives NaN measures where
-    they are undefined, without numpy's warnings (inf - inf, inf / inf)."""
+    """Compare two equally shaped arrays (any float dtype; computed in float64). Where both
+    hold the same NaN or infinity (what ``--dtype float16`` stores past 65504) they agree, and
+    the rest is compared; a NaN or an infinity in one only gives NaN measures where they are
+    undefined, without numpy's warnings (inf - inf, inf / inf)."""
     if a.shape != b.shape:
         raise ValueError(f"{level or 'arrays'}: shapes differ, {a.shape} against {b.shape}")
     x = np.asarray(a, dtype=np.float64).ravel()
     y = np.asarray(b, dtype=np.float64).ravel()
+    with np.errstate(invalid="ignore"):
+        both = ~np.isfinite(x) & ((x == y) | (np.isnan(x) & np.isnan(y)))
+    if both.any():  # the same non-finite value on both sides: agreed, and left out
+        x, y = x[~both], y[~both]
     if x.size == 0:
         return LevelDiff(level, 0.0, 0.0, 1.0, 0.0)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
