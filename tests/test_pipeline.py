@@ -529,6 +529,40 @@ def test_the_disk_estimate_is_an_upper_one_for_photos_of_noise(tmp_path, model, 
         assert estimate <= 2 * written, (estimate, written)
 
 
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+@pytest.mark.parametrize("photo", ["noise", "chelsea.png", "rocket.jpg"])
+def test_the_no_npy_disk_estimate_stays_near_what_is_written(tmp_path, model, photo):
+    """Heatmaps and the overview's level panels are cells blown up, which deflate matches: each
+    is counted at what its cells can cost, not as a PNG of noise its size (9 photos with
+    --no-npy were estimated at 5.9 MB each, 0.8 MB written, and refused on a disk they fit)."""
+    path = tmp_path / "in" / (photo if photo != "noise" else "noise.png")
+    path.parent.mkdir()
+    if photo == "noise":
+        pixels = np.random.default_rng(0).integers(0, 256, (427, 640, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path)
+    else:
+        shutil.copy(SAMPLES / photo, path)
+    output = replace(SMALL, save_npy=False, save_heatmaps=True, save_overview=True)
+    job = Job(path, tmp_path / "out" / "photo")
+    estimate = plan.estimate_run_bytes([job], output)
+    assert run_jobs([job], model, RunOptions(output=output)).done == 1
+    written = sum(f.stat().st_size for f in job.folder.iterdir())
+    assert written <= estimate <= 3 * written, (estimate, written)
+
+
+def test_the_disk_refusal_suggests_only_what_the_run_has_not_done(tmp_path, model, monkeypatch):
+    jobs = [Job(_image(tmp_path / "in" / "a.png"), tmp_path / "out" / "a")]
+    monkeypatch.setattr(plan, "_free_bytes", lambda folder: 1000)
+    output = replace(SMALL, save_npy=False, save_heatmaps=True, levels=("p3",))
+    with pytest.raises(InsufficientDiskError) as refused:
+        run_jobs(jobs, model, RunOptions(output=output))
+    assert str(refused.value).endswith("free space, write less (--no-heatmaps), or pass --force")
+    with pytest.raises(InsufficientDiskError, match=r"\(--levels, --dtype float16, --no-npy\)"):
+        run_jobs(jobs, model, RunOptions(output=SMALL))
+
+
 def test_disk_full_mid_run_stops_cleanly(tmp_path, model, monkeypatch):
     paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]

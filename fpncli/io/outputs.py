@@ -519,13 +519,14 @@ def estimate_bytes_per_image(
             the overview's input are drawn (default: ``resized``).
         photo: the photo's file name, in the overview's title.
     """
-    from ..viz.visualize import heatmap_shape, overlay_shape, overview_shape, png_size_bound
+    from ..viz.visualize import heatmap_png_bound, overlay_shape, overview_png_bound, png_size_bound
 
     resized = resized or (padded_height, padded_width)
     original = original or resized
     itemsize = 2 if options.dtype == "float16" else 4
     # The pictures' sizes as drawn, with the red line of random weights (a header only grows
-    # with it), at the size a PNG of noise takes.
+    # with it): overlays at the size a PNG of noise takes, heatmaps and the overview's level
+    # panels at most what their cells can cost (deflate matches a cell's repeated pixels).
     note = RANDOM_NOTE
     total = 0
     for name in options.levels:
@@ -537,15 +538,14 @@ def estimate_bytes_per_image(
         label = f"{name}  stride {stride}  {shape}  {_reduce_label(options)}"
         if options.save_heatmaps:
             cells = valid_size(*resized, stride)
-            total += png_size_bound(*heatmap_shape(*cells, label=label, note=note))
+            total += heatmap_png_bound(*cells, label=label, note=note)
         if options.overlay:
             drawn = overlay_shape(*original, label=f"{label}  {options.cmap}", note=note)
             total += png_size_bound(*drawn)
     if options.save_overview:
         # The weights' name is not known here: a long one (a checkpoint's path) wraps the title
-        # onto more lines, rows of text on white that deflate to a small part of their raw size,
-        # where the rest of the header and the captions are counted raw.
+        # onto more lines (counted as text): 40 characters of the widest letter stand in for it.
         title = picture_title(photo, "W" * 40, _reduce_label(options))
-        drawn = overview_shape(*original, len(options.levels), title=title, note=note)
-        total += png_size_bound(*drawn)
+        cells = [valid_size(*resized, OUTPUT_STRIDES[name]) for name in options.levels]
+        total += overview_png_bound(*original, cells, title=title, note=note)
     return total + 8_000

@@ -16,7 +16,7 @@ from ..io.guard import quote_name
 from ..io.inputs import Job
 from ..io.manifest import changed_settings, folder_state
 from ..io.outputs import OutputOptions, estimate_bytes_per_image
-from ..io.preprocess import open_image, resized_shape
+from ..io.preprocess import EXIF_ORIENTATION, open_image, resized_shape
 from .steps import RunOptions, job_run_key
 
 __all__ = [
@@ -51,17 +51,25 @@ def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32
         try:  # a header read; whatever goes wrong here is reported when the image is loaded
             with open_image(job.path, max_pixels=2**62) as im:  # no bomb warning: a header
                 width, height = im.size
+                if _quarter_turned(im):
+                    width, height = height, width
         except Exception:
             continue
-        # an EXIF orientation turns the photo (not read here): either way round, where it fits
-        # the canvas (one that fits neither is reported when the image is decoded)
-        name = os.path.basename(job.path)
-        turns = [_image_bytes(h, w, options, name) for h, w in ((height, width), (width, height))]
-        known = [n for n in turns if n is not None]
-        if known:
-            sizes.append(max(known))
+        # one whose canvas it does not fit is reported when the image is decoded
+        size = _image_bytes(height, width, options, os.path.basename(job.path))
+        if size is not None:
+            sizes.append(size)
     per_image = max(sizes) if sizes else estimate_bytes_per_image(800, 1344, options)
     return per_image * len(jobs)
+
+
+def _quarter_turned(im) -> bool:
+    """Whether the EXIF orientation of the open image ``im`` turns it a quarter (5 to 8). A
+    PNG's is read only where Pillow found it before the pixels (its ``getexif`` would decode the
+    whole image to look after them): one placed after is not seen here."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return False
+    return im.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
 
 
 def _image_bytes(height: int, width: int, options: OutputOptions, photo: str) -> int | None:
@@ -212,6 +220,21 @@ def check_disk_space(todo: list[Job], output: OutputOptions) -> None:
     if need > free:
         raise InsufficientDiskError(
             f"this run would write about {need / 1e9:.2f} GB ({len(todo)} images) but only "
-            f"{free / 1e9:.2f} GB are free under {common}; free space, write fewer levels "
-            "(--levels, --dtype float16, --no-npy), or pass --force"
+            f"{free / 1e9:.2f} GB are free under {common}; free space, "
+            f"{_smaller_run(output)}pass --force"
         )
+
+
+def _smaller_run(output: OutputOptions) -> str:
+    """The options that would make this run write less, as advice ("" where none would): only
+    those it has not used already (a run with --no-npy is not told to pass it)."""
+    cuts = [f"--no-{kind}" for kind, on in (("heatmaps", output.save_heatmaps),
+                                            ("overview", output.save_overview)) if on]  # fmt: skip
+    if len(output.levels) > 1:
+        cuts.insert(0, "--levels")
+    if output.overlay:
+        cuts.append("no --overlay")
+    if output.save_npy:
+        cuts += ["--dtype float16"] if output.dtype == "float32" else []
+        cuts.append("--no-npy")
+    return f"write less ({', '.join(cuts)}), or " if cuts else "or "

@@ -36,12 +36,14 @@ __all__ = [
     "colour_bar",
     "heatmap_image",
     "heatmap_shape",
+    "heatmap_png_bound",
     "encode_png",
     "png_size_bound",
     "png_deflate",
     "overview_image",
     "overview_png",
     "overview_shape",
+    "overview_png_bound",
     "overlay_image",
     "overlay_shape",
     "cell_index",
@@ -532,6 +534,45 @@ def png_size_bound(height: int, width: int) -> int:
     return raw + raw // 500 + 1024 + len(_PNG_SIGNATURE) + 3 * 12 + 13
 
 
+#: Bytes ``encode_png`` spends, at most, on each cell of a map drawn as blocks of 2x2 pixels or
+#: more (its first row's literals and the matches of its repeats; ISA-L's fastest level, the
+#: costlier, measured 2.2 for noise at factor 2, 4.7 at 3, less above), and on each pixel of
+#: text on white (about 0.2 measured); the matches that repeat a row above (258 bytes at most
+#: each) take about 3 bytes per 258 of the row, counted as 1 per 64.
+_CELL_BYTES_2X2, _CELL_BYTES, _TEXT_BYTES_PER_PIXEL = 3, 6, 0.35
+
+
+def _cells_bound(cells: tuple[int, int], drawn: tuple[int, int]) -> int:
+    """At most the bytes of a ``drawn`` ``(h, w)`` block drawn by nearest neighbour from a map
+    of ``cells`` ``(rows, cols)``: where the map is shown smaller, its pixels are the bound."""
+    (rows, cols), (h, w) = cells, drawn
+    raw = h * (1 + 3 * w)
+    per_cell = _CELL_BYTES_2X2 if (h, w) == (2 * rows, 2 * cols) else _CELL_BYTES
+    return min(raw, per_cell * min(rows, h) * min(cols, w) + 8 * h)
+
+
+def _rest_bound(height: int, width: int, area: int) -> int:
+    """At most the bytes of ``area`` pixels of text and colour bars in a picture of ``(height,
+    width)``, and of its rows' repeats and white (counted once, here, for all its rows)."""
+    raw = height * (1 + 3 * width)
+    drawn = int(_TEXT_BYTES_PER_PIXEL * area) + height * (8 + 3 * width // 64)
+    return min(raw, drawn) + raw // 500 + 1024 + len(_PNG_SIGNATURE) + 3 * 12 + 13
+
+
+def heatmap_png_bound(map_height: int, map_width: int, *, label: str = "", note: str = "",
+                      min_side: int = 256) -> int:  # fmt: skip
+    """At most the bytes ``encode_png`` makes of ``heatmap_image``'s picture of any
+    ``(map_height, map_width)`` map, noise included: its cells blown up by a whole factor
+    (deflate matches the repeated pixels and rows) under a white band of text, far less than
+    ``png_size_bound`` of its size (a 27x40 map's 392x420 picture: 20 KB, not 490 KB)."""
+    layout = _heatmap_layout(map_height, map_width, label, note, min_side)
+    drawn = (map_height * layout.factor, map_width * layout.factor)
+    text = (layout.height - drawn[0]) * layout.width  # the bands above and below the map
+    return _cells_bound((map_height, map_width), drawn) + _rest_bound(
+        layout.height, layout.width, text
+    )
+
+
 def _centered(canvas: np.ndarray, text: str, centre_x: int, baseline: int, scale: float,
               colour=(20, 20, 20), thickness: int = 1) -> None:  # fmt: skip
     width = text_size(text, scale, thickness)
@@ -604,6 +645,25 @@ def overview_shape(height: int, width: int, n_levels: int, *, title: str = "", n
     aspect = [width / max(1, height)] * (1 + n_levels)
     layout = _overview_layout(height, width, aspect, title, note, panel_height, max_width)
     return layout.height, layout.width
+
+
+def overview_png_bound(height: int, width: int, level_cells: Sequence[tuple[int, int]], *,
+                       title: str = "", note: str = "", panel_height: int = 256,
+                       max_width: int = OVERVIEW_MAX_WIDTH) -> int:  # fmt: skip
+    """At most the bytes ``encode_png`` makes of ``overview_image``'s picture of an ``(height,
+    width)`` photo with level panels spanning it (``span_input``), one of ``(rows, cols)``
+    cells each in ``level_cells``: the photo's panel counted as noise, each level's at most its
+    cells (``_cells_bound``), the captions, bars and white between them as text."""
+    aspect = [width / max(1, height)] * (1 + len(level_cells))
+    layout = _overview_layout(height, width, aspect, title, note, panel_height, max_width)
+    (photo_w, photo_h), panels = layout.panel_sizes[0], layout.panel_sizes[1:]
+    total = photo_h * (1 + 3 * photo_w)
+    for cells, (w, h) in zip(level_cells, panels):
+        total += _cells_bound(cells, (h, w))
+    # the header, and each panel's caption, colour bar and range (white beside them: repeats)
+    text = layout.header * layout.width
+    text += sum((layout.cell_h - layout.panel_height) * w for w in layout.cell_w)
+    return total + _rest_bound(layout.height, layout.width, text)
 
 
 def overview_image(
