@@ -969,3 +969,50 @@ def test_the_output_root_given_as_a_symlink_is_written(tmp_path, model):
     job = Job(_image(tmp_path / "a.png"), tmp_path / "out" / "sub" / "a")
     assert run_jobs([job], model, RunOptions(output=SMALL)).done == 1
     assert is_complete(tmp_path / "real" / "sub" / "a")
+
+
+def _extract(*args: str):
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    return CliRunner().invoke(cli, ["extract", *args, "--weights", "random", "--min-size", "64",
+                                    "--max-size", "96", "--no-npy", "--no-overview"])  # fmt: skip
+
+
+def test_out_given_as_a_symlink_inside_an_earlier_output_root_is_written(tmp_path):
+    """``-o runs`` made ``runs`` an output root; ``-o runs/big`` with ``runs/big -> ../disk2``
+    was refused ("runs/big is a symlink"): the links checked are those below this run's -o,
+    not below the topmost marked folder."""
+    photos = _image(tmp_path / "in" / "a.png").parent
+    runs = tmp_path / "runs"
+    assert _extract(str(photos), "-o", str(runs)).exit_code == 0
+    (tmp_path / "disk2").mkdir()
+    (runs / "big").symlink_to("../disk2")
+    result = _extract(str(photos), "-o", str(runs / "big"))
+    assert result.exit_code == 0, result.output
+    assert is_complete(tmp_path / "disk2" / "a")
+
+
+def test_a_rerun_past_a_symlinked_folder_fails_that_image_again_not_the_run(tmp_path):
+    """Once ``OUT/sub -> other`` was reported, every rerun was refused whole ("holds the outputs
+    of another file", read through the link, with --overwrite as advice): the folder behind a
+    link is pending, unread, and its image fails with the link's own line (no catch-all
+    prefix), the other images skipped as complete."""
+    _image(tmp_path / "in" / "sub" / "a.png", value=1)
+    _image(tmp_path / "in" / "other" / "a.png", value=2)
+    out = tmp_path / "out"
+    (out / "other").mkdir(parents=True)
+    (out / "sub").symlink_to("other")
+    for run in range(2):
+        result = _extract(str(tmp_path / "in"), "-o", str(out))
+        assert result.exit_code == 1, result.output
+        failed = [line for line in result.output.splitlines() if line.startswith("failed:")]
+        assert failed == [
+            f"failed: {tmp_path / 'in' / 'sub' / 'a.png'}: {out / 'sub'} is a symlink to other "
+            f"(on the way to {out / 'sub' / 'a'}): fpncli writes an image's outputs only into a "
+            "folder of its own under -o, never through a link; remove the link or use another -o"
+        ]
+        assert f"done {1 - run}, skipped {run}" in result.output
+    manifest = json.loads((out / "other" / "a" / "manifest.json").read_text())
+    assert manifest["input"]["path"] == str(tmp_path / "in" / "other" / "a.png")

@@ -515,3 +515,41 @@ def test_the_run_ranges_pass_holds_one_manifest_at_a_time(sample_extraction, tmp
         tracemalloc.stop()
     assert summary.redrawn == 300 and set(summary.ranges) == {"p2", "p3", "p4", "p5", "p6"}
     assert peak < 1_000_000, peak  # 300 manifests held at once: about 4 MB
+
+
+def test_extract_scale_never_redraws_through_a_symlinked_folder(tmp_path):
+    """``OUT/sub -> ../victim`` made after a run: ``--scale level`` rewrote the victim's
+    pictures and manifest (redraw_run wrote ``folder / file`` unchecked). The image fails when
+    written, and the redraw leaves the folder as it is and says so."""
+    from fpncli.io.guard import mark_output_root
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run.rescale import redraw_run
+
+    photos = _two_images(tmp_path / "in")
+    (photos / "sub").mkdir()
+    (photos / "a.png").rename(photos / "sub" / "a.png")
+    base = ["--weights", "random", "--min-size", "64", "--max-size", "96"]
+    runner = CliRunner()
+    victim, out = tmp_path / "victim", tmp_path / "out"
+    assert (
+        runner.invoke(cli, ["extract", str(photos / "sub"), "-o", str(victim), *base]).exit_code
+        == 0
+    )
+    assert runner.invoke(cli, ["extract", str(photos), "-o", str(out), *base]).exit_code == 0
+    for f in (out / "sub" / "a").iterdir():
+        f.unlink()
+    (out / "sub" / "a").rmdir()
+    (out / "sub").rmdir()
+    (out / "sub").symlink_to("../victim")
+    before = {f.name: f.read_bytes() for f in (victim / "a").iterdir()}
+    result = runner.invoke(cli, ["extract", str(photos), "-o", str(out), *base, "--scale", "level"])
+    assert result.exit_code == 1, result.output
+    assert f"{out / 'sub'} is a symlink to ../victim" in result.output
+    assert {f.name: f.read_bytes() for f in (victim / "a").iterdir()} == before
+    # the library's redraw, given the folder behind the link, leaves it too
+    mark_output_root(out)
+    options = OutputOptions(min_size=64, max_size=96)
+    summary = redraw_run([out / "sub" / "a", out / "b"], "level", options, root=out)
+    assert summary.redrawn == 1 and summary.failed[0][0] == str(out / "sub" / "a")
+    assert "is a symlink to ../victim" in summary.failed[0][1]
+    assert {f.name: f.read_bytes() for f in (victim / "a").iterdir()} == before

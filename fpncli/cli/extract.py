@@ -448,6 +448,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         overwrite=overwrite or not resume,
         force=force,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        root=None if url else out,
     )
     bar = RunProgress()
     try:
@@ -503,7 +504,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     if not url:  # the run's log first: it is what the run did, whatever the redraw meets
         _write_run_log(summary, out, weights, precision, shard_spec)
         try:
-            _rescale(scale, jobs, summary, output, out_format)
+            _rescale(scale, jobs, summary, output, out_format, root=out)
         except KeyboardInterrupt:  # the images are done; the rerun skips them and redraws
             click.echo(f"interrupted during the --scale {scale} redraw; finish it with: "
                        f"{_resume_command()}", err=True)  # fmt: skip

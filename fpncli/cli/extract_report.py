@@ -120,7 +120,7 @@ def _resume_command() -> str:
     return shlex.join(["fpncli", "extract", *args])
 
 
-def _rescale(scale: str, jobs, summary, output, out_format: str) -> None:
+def _rescale(scale: str, jobs, summary, output, out_format: str, root: Path | None = None) -> None:
     """``--scale level|shared``: redraw the pictures of this run's complete folders on the run's
     ranges (not after a run stopped early: the rerun that finishes it redraws them). With
     ``image``, folders an earlier level/shared run redrew go back to their own ranges."""
@@ -138,7 +138,7 @@ def _rescale(scale: str, jobs, summary, output, out_format: str) -> None:
     if not folders or summary.aborted:
         return
     try:
-        result = redraw_run(folders, scale, output)
+        result = redraw_run(folders, scale, output, root=root)
     except ValueError as e:  # (an OptionError's message: this line names --scale already)
         click.echo(f"--scale {scale}: pictures left on per-image ranges: "
                    f"{getattr(e, 'message', e)}", err=True)  # fmt: skip

@@ -344,26 +344,32 @@ def marked_root(path: Path, stop: Path | None = None, cache: dict | None = None)
     return answer
 
 
-def linked_folder(folder: Path) -> Path | None:
+def linked_folder(folder: Path, root: Path | None = None) -> Path | None:
     """The first symlink on the way from the output root down to ``folder`` (``folder``
     included), found by ``lstat``, never followed; None when there is none.
 
-    The root is the topmost folder above ``folder``, by its path as named, that holds an output
-    marker: links above it, or the root itself being one, are the user's choice of -o. Below
-    it, a link (``OUT/sub -> ../victim``) would have an image's outputs written, and old ones
-    removed, in a folder that is not the image's own. Without a marked folder above, only
-    ``folder`` itself is checked. A component not made yet ends the walk: it is made a folder.
+    The root is the run's ``-o``, ``root``, where ``folder`` is below it by their paths as named;
+    else (a library caller) the topmost folder above ``folder`` that holds an output marker.
+    Links above the root, or the root itself being one, are the user's choice of -o (one inside
+    an earlier run's -o too). Below it, a link (``OUT/sub -> ../victim``) would have an image's
+    outputs written, and old ones removed, in a folder that is not the image's own. Without a
+    root, only ``folder`` itself is checked. A component not made yet ends the walk: it is made
+    a folder.
     """
     folder = Path(os.path.abspath(folder))
     chain = [*reversed(folder.parents), folder]
     start = len(chain) - 1
-    for i, above in enumerate(chain[:-1]):
-        try:
-            if stat.S_ISREG(os.stat(above / OUTPUT_MARKER).st_mode):
-                start = i + 1
-                break
-        except OSError:  # no marker, or a folder that cannot be looked into
-            continue
+    top = Path(os.path.abspath(root)) if root is not None else None
+    if top is not None and top in chain[:-1]:
+        start = chain.index(top) + 1
+    else:
+        for i, above in enumerate(chain[:-1]):
+            try:
+                if stat.S_ISREG(os.stat(above / OUTPUT_MARKER).st_mode):
+                    start = i + 1
+                    break
+            except OSError:  # no marker, or a folder that cannot be looked into
+                continue
     for component in chain[start:]:
         try:
             mode = os.lstat(component).st_mode

@@ -229,6 +229,7 @@ def write_image_outputs(
     precision: str,
     run_key: str | None = None,
     skip_if_complete: bool = False,
+    root: Path | None = None,
 ) -> int | None:
     """Write everything for one image into ``folder``; the manifest last. Returns bytes written.
 
@@ -244,6 +245,8 @@ def write_image_outputs(
         image: the image as read (its ``rgb`` is used for the overview and overlays).
         prepared: how it was prepared (its ``tensor`` is not used and may be None).
         weights: ``{"name", "sha256", "format", "random", "seed"}`` for the manifest.
+        root: the run's ``-o``: a symlinked folder strictly below it, on the way to ``folder``,
+            is refused (``guard.linked_folder``; None: below the topmost marked output root).
     """
     if levels is None:
         if features is None:
@@ -253,7 +256,7 @@ def write_image_outputs(
     # Checked before the folder is made (through a linked parent, it would be made elsewhere):
     # written through a link, another folder's files would be replaced or removed (``_begin``)
     # and two images could share one folder.
-    link = linked_folder(folder)
+    link = linked_folder(folder, root)
     if link is not None:
         where = "" if link == Path(os.path.abspath(folder)) else f" (on the way to {folder})"
         raise ValueError(

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..api import check_precision
-from ..io.guard import is_disk_full, one_line
+from ..io.guard import is_disk_full, linked_folder, one_line
 from ..io.inputs import (
     IMAGE_EXTENSIONS,
     Job,
@@ -147,8 +147,8 @@ class FolderSink:
         """Whether another run has completed ``job``'s folder since the run was planned; asked
         just before the image is decoded (its run key, a manifest read and a stat per listed
         file), so that a concurrent run's work is not computed twice."""
-        if options.overwrite:
-            return False
+        if options.overwrite or linked_folder(job.folder, options.root) is not None:
+            return False  # through a link: another folder's manifest (it fails when written)
         key = job_run_key(job, options, weights)
         if key is not None and is_complete(job.folder, key):
             return True
@@ -159,7 +159,7 @@ class FolderSink:
         """``complete`` again, just before the image's batch goes to the model: one ``stat`` of
         the manifest, read only when it changed since ``complete`` saw it (the full check when
         ``complete`` was not asked, as for images decoded elsewhere)."""
-        if options.overwrite:
+        if options.overwrite or linked_folder(job.folder, options.root) is not None:
             return False
         seen = self._seen.pop((str(job.path), str(job.folder)), None)
         if seen is None:
@@ -413,6 +413,9 @@ class _Runner:
                 self.disk_full()
                 return
             self.fail(path, f"could not write {item.job.folder}: {_reason(e)}")
+            return
+        except ValueError as e:  # the sink's refusal (a folder reached through a link): its line
+            self.fail(path, _reason(e))
             return
         except Exception as e:  # noqa: BLE001 - a bug must not pass silently nor stop the run
             log.debug("writing %s failed", item.job.folder, exc_info=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.canvas import canvas_for
-from ..io.guard import quote_name
+from ..io.guard import linked_folder, quote_name
 from ..io.inputs import Job
 from ..io.manifest import changed_settings, folder_state
 from ..io.outputs import OutputOptions, estimate_bytes_per_image
@@ -98,10 +98,16 @@ def _free_bytes(folder: Path) -> int:
 
 def _state(job: Job, options: RunOptions, weights: dict) -> tuple[bool, dict | None, str | None]:
     """Whether ``job``'s folder is complete with the same input, weights and settings; the
-    complete manifest read for it (``folder_state``); and the job's run key (None: no input)."""
+    complete manifest read for it (``folder_state``); and the job's run key (None: no input).
+
+    A folder reached through a symlinked folder below the run's -o (``linked_folder``) is
+    pending, its manifest unread: what is there is another folder's, and the image fails when it
+    is written, with a line naming the link (not a refusal of the whole run, nor "complete")."""
     key = job_run_key(job, options, weights)
     if key is None:
         return False, None, None
+    if linked_folder(job.folder, options.root) is not None:
+        return False, None, key
     return (*folder_state(job.folder, key), key)
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io.extraction import load_extraction
-from ..io.guard import folder_lock
+from ..io.guard import folder_lock, linked_folder
 from ..io.manifest import is_file_name
 from ..io.outputs import (
     MANIFEST,
@@ -58,16 +59,30 @@ def check_scale(scale: str, options: OutputOptions) -> None:
         )
 
 
-def redraw_run(folders: list[Path], scale: str, options: OutputOptions) -> RedrawSummary:
+def redraw_run(folders: list[Path], scale: str, options: OutputOptions, *,
+               root: Path | None = None) -> RedrawSummary:  # fmt: skip
     """Redraw the pictures of ``folders`` (complete extractions of one run, written with
     ``options``) on the run's ``scale`` ranges and record them in each manifest. With ``image``,
     only the folders whose manifest records another scale (a resumed run that an earlier
     ``--scale level|shared`` redrew) are redrawn, on their own ranges, and the record dropped.
 
+    A folder reached through a symlinked folder below ``root`` (the run's -o; None: below the
+    topmost marked output root, ``guard.linked_folder``) is not redrawn, nor its statistics
+    counted in the run's ranges: it is another folder's, as when the run wrote it.
+
     Raises:
         ValueError: an unknown scale, or no recorded statistics in the folders' manifests.
     """
     summary = RedrawSummary()
+    kept = []
+    for folder in folders:
+        link = linked_folder(Path(folder), root)
+        if link is None:
+            kept.append(folder)
+        else:
+            summary.failed.append((str(folder), f"{link} is a symlink to {os.readlink(link)}: "
+                                   "never written through; remove the link"))  # fmt: skip
+    folders = kept
     if scale == "image":  # only folders an earlier run redrew on its range: back to their own
         folders = [f for f in folders if "scale" in (read_manifest(f) or {})]
         ranges: dict[str, tuple[float, float]] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,6 +74,9 @@ class RunOptions:
     #: resize on the model's device (Pillow's bilinear, exactly) instead of in the decoding
     #: threads; None: on CUDA (the CPU's threads are better spent decoding there)
     resize_on_device: bool | None = None
+    #: the run's output root (-o) of ``--format files``: a symlinked folder below it is never
+    #: written through, one at or above it is the user's choice (None: the topmost marked root)
+    root: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "workers", "writers", "queue_mb"):
@@ -261,5 +265,5 @@ def write_result(
         # one that changed while it was read gets none: either way a resume redoes it
         run_key=job_run_key(item.job, options, weights, item.source_stat)
         if item.source_stat is not None else None,
-        skip_if_complete=not options.overwrite,
+        skip_if_complete=not options.overwrite, root=options.root,
     )  # fmt: skip
