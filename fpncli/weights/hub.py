@@ -475,9 +475,11 @@ def _new_part(final: Path) -> tuple[int, Path]:
 
 
 def _remove_stale_parts(final: Path) -> None:
-    """Remove the temporary files killed downloads of ``final`` left (``_new_part``'s, and
-    ``.NAME.partPID`` of earlier versions): those no process holds locked or, where ``flock`` is
-    refused, untouched for ``_STALE_PART_AGE_S``. A live download's is left alone."""
+    """Remove the temporary files killed downloads of ``final`` left: ``_new_part``'s that no
+    process holds locked or, where ``flock`` is refused, untouched for ``_STALE_PART_AGE_S``;
+    and ``.NAME.partPID`` of earlier versions, which never locked theirs, untouched that long
+    (an unlocked one may be a live download of an earlier fpncli sharing the cache). A live
+    download's is left alone."""
     prefix, suffix = f".{final.stem}.", f".part{final.suffix}"
     earlier = re.compile(re.escape(f".{final.name}.part") + r"\d+")
     try:
@@ -485,7 +487,8 @@ def _remove_stale_parts(final: Path) -> None:
     except OSError:
         return
     for name in names:
-        if not ((name.startswith(prefix) and name.endswith(suffix)) or earlier.fullmatch(name)):
+        unlocked = earlier.fullmatch(name) is not None  # its lock says nothing: only its age
+        if not (unlocked or (name.startswith(prefix) and name.endswith(suffix))):
             continue
         path = final.with_name(name)
         try:
@@ -496,13 +499,17 @@ def _remove_stale_parts(final: Path) -> None:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live download's
-            except OSError:
-                if time.time() - st.st_mtime < _STALE_PART_AGE_S:
-                    continue
+            stale = time.time() - st.st_mtime >= _STALE_PART_AGE_S
+            if not unlocked:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    stale = True  # no process holds it
+                except BlockingIOError:
+                    continue  # a live download's
+                except OSError:  # flock refused: its age tells
+                    pass
+            if not stale:
+                continue
             if os.stat(path, follow_symlinks=False).st_ino == st.st_ino:
                 path.unlink()
                 log.info("removed %s, left by a download that did not finish", path)
