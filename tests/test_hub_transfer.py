@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -414,10 +415,11 @@ def test_a_digest_is_recorded_past_another_containers_temporary_file(home):
     assert _entries(home) == [path.name, path.name + ".sha256", theirs.name]
 
 
-def test_a_download_that_does_not_load_names_the_checkpoint_and_address(home, monkeypatch):
+def test_a_download_that_does_not_load_names_the_checkpoint(home, monkeypatch):
     """It named the deleted temporary file ("/…/.NAME.part22915: not a readable .part22915
-    checkpoint"), never the address nor that it may have been cut short, and an extract run
-    lost the "--weights random" hint."""
+    checkpoint"), never that it may have been cut short, and an extract run lost the
+    "--weights random" hint. (The name says which checkpoint; its address, a long one with a
+    long cache path, took the line past its 500 characters: test_every_download_failure_...)"""
     spec = _spec("https://example.invalid/model_final.pkl")
     monkeypatch.setitem(REGISTRY, NAME, spec)
     monkeypatch.setattr(
@@ -428,7 +430,7 @@ def test_a_download_that_does_not_load_names_the_checkpoint_and_address(home, mo
     with pytest.raises(WeightsDownloadError) as info:
         fpncli.load_backbone(NAME)  # as extract --weights NAME: a strict load checks it
     message = str(info.value)
-    assert message.startswith(f"{NAME}: what {spec.url} sent does not load (not a readable .pkl")
+    assert message.startswith(f"{NAME}: the download does not load (not a readable .pkl")
     assert "cut short, or not a checkpoint; try again, or download it by hand" in message
     assert message.endswith("or use --weights random ('random' in Python)")
     assert ".part" not in message and str(home) + "/." not in message
@@ -446,10 +448,77 @@ def test_a_size_mismatch_is_worded_by_its_direction(home, monkeypatch, checkpoin
     with pytest.raises(WeightsDownloadError) as info:
         download(spec, progress=False)
     assert str(info.value).startswith(
-        f"{NAME}: {spec.url} sent 1500 bytes, more than the 1000 expected: not the published "
+        f"{NAME}: the server sent 1500 bytes, more than the 1000 expected: not the published "
         "checkpoint; download it by hand"
     )
     assert "cut short" not in str(info.value) and "interrupted" not in str(info.value)
+
+
+class _Headers(io.BytesIO):
+    """A response sending ``data`` that announces ``announced`` bytes."""
+
+    def __init__(self, data: bytes, announced: int):
+        super().__init__(data)
+        self.headers = {"Content-Length": str(announced)}
+
+
+def _cannot_rename(src, dst):
+    raise PermissionError(errno.EACCES, "Permission denied")
+
+
+def _does_not_load(path):
+    raise ValueError(f"{path}: not a readable .pkl checkpoint: " + "a long reason " * 30)
+
+
+def _unreachable(url, timeout=None):
+    raise urllib.error.URLError(OSError(errno.EHOSTUNREACH, "No route to host " * 30))
+
+
+_X101 = REGISTRY["faster_rcnn_X_101_32x8d_FPN_3x"]  # the longest address and file name
+
+
+@pytest.mark.parametrize(
+    "changes, response, begins",
+    [
+        ({}, _Body(b"", announced=False), "the server sent nothing; try again"),
+        ({}, _Headers(b"x" * 1000, 5000), "the download was cut short (1000 of 5000 bytes)"),
+        ({"sha256": None}, _Headers(b"x" * 1500, 1000), "the server sent 1500 bytes, more "),
+        ({}, _Body(b"x" * 1000), "the sha256 of the download does not match the published one"),
+        ({"sha256": None, "sha256_prefix": "0123abcd"}, _Body(b"x" * 1000),
+         "the sha256 of the download does not start with the published 0123abcd"),
+        ({"sha256": None}, _Body(b"x" * 1000),
+         "the download does not load (not a readable .pkl checkpoint: a long reason a long"),
+        ({"size_bytes": 1000}, _Body(b"x" * 5000), f"could not download {_X101.name} from "),
+        ({}, _unreachable, f"could not download {_X101.name} from {_X101.url} ([Errno 113] No "),
+        ({"sha256": None}, _Body(b"x" * 1000), "cannot rename the download of"),
+    ],
+    ids=["nothing", "cut-short", "more", "digest", "prefix", "load", "announces", "unreachable",
+         "rename"],
+)  # fmt: skip
+def test_every_download_failure_keeps_what_to_do_within_one_line(
+    tmp_path, monkeypatch, changes, response, begins
+):
+    """With the X101 checkpoint (the longest address) and a long cache path, a download that did
+    not load ran past one_line's 500 characters, cutting off "--weights random" (the address, the
+    reason and the cache path all in one line): every failure line keeps what to do whole."""
+    home = tmp_path / "shared" / "a-research-group" / "fpncli-weights-cache"  # ~100 characters
+    monkeypatch.setenv("FPNCLI_HOME", str(home))
+    spec = replace(_X101, **changes)
+    urlopen = response if callable(response) else lambda url, timeout=None: response
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    if begins.startswith("cannot rename"):
+        monkeypatch.setattr(hub.os, "replace", _cannot_rename)
+    check = _does_not_load if begins.startswith("the download does not load") else None
+    with pytest.raises(WeightsDownloadError) as info:
+        download(spec, progress=False, check=check, alternative=hub._RANDOM_INSTEAD)
+    message = str(info.value)
+    assert len(str(home)) > 90 and begins in message, message
+    assert len(message) <= 500 and "\n" not in message, message
+    assert message.endswith(
+        f"download it by hand and put it at {home / spec.file_name}, or use --weights random "
+        "('random' in Python)"
+    )
+    assert _entries(home) == []
 
 
 class _Terminal(io.StringIO):

@@ -64,6 +64,8 @@ _STALL_BYTES = 256 << 10
 #: writer is alive: one untouched this long is a dead one's (a live download writes at least
 #: _STALL_BYTES a minute, or gives up).
 _STALE_PART_AGE_S = 3600.0
+#: = fpncli.io.guard.one_line's: a download error must say what to do within it.
+_LINE_LIMIT = 500
 
 
 class WeightsDownloadError(RuntimeError):
@@ -312,8 +314,8 @@ def download(
         try:
             os.replace(tmp, final)
         except OSError as e:
-            raise WeightsDownloadError(
-                f"cannot put {spec.name} at {final} ({e.strerror or e}); {hint}"
+            raise WeightsDownloadError(  # (the hint names the path)
+                f"cannot rename the download of {spec.name} into place ({e.strerror or e}); {hint}"
             ) from None
     except BaseException:  # Ctrl-C and SIGTERM (as fpncli turns it) too: nothing left behind
         with contextlib.suppress(OSError):  # a read-only cache: the error says why, not this
@@ -342,7 +344,7 @@ def _fetch(
 
     def failed(reason: str) -> WeightsDownloadError:
         return WeightsDownloadError(
-            f"could not download {spec.name} from {spec.url} ({reason}); {hint}"
+            _fit(f"could not download {spec.name} from {spec.url} (", reason, f"); {hint}")
         )
 
     digest, done, bar = hashlib.sha256(), 0, None
@@ -414,42 +416,48 @@ def _check_download(
     hint: str,
 ) -> None:
     """Refuse a downloaded file of the wrong size or digest, or that ``check`` refuses, in one
-    line naming the checkpoint and its address (never the temporary file, deleted by then)."""
+    line naming the checkpoint (never the temporary file, deleted by then, nor its address: the
+    name says which, ``fpncli weights list`` where from, and a long address with a long cache
+    path took the line past one_line's 500 characters, cutting off what to do)."""
     again = f"try again, or {hint}"
     if done == 0:
-        raise WeightsDownloadError(f"{spec.name}: {spec.url} sent nothing; {again}")
+        raise WeightsDownloadError(f"{spec.name}: the server sent nothing; {again}")
     if expected and done < expected:
         raise WeightsDownloadError(
-            f"{spec.name}: the download from {spec.url} was cut short ({done} of {expected} "
-            f"bytes); {again}"
+            f"{spec.name}: the download was cut short ({done} of {expected} bytes); {again}"
         )
     if expected and done > expected:
         raise WeightsDownloadError(
-            f"{spec.name}: {spec.url} sent {done} bytes, more than the {expected} expected: not "
+            f"{spec.name}: the server sent {done} bytes, more than the {expected} expected: not "
             f"the published checkpoint; {hint}"
         )
-    # (the digests cut short: the line must keep what to do within one_line's 500 characters)
-    wrong = None
+    wrong = None  # (the digests cut short, as the whole line must fit)
     if spec.sha256 and digest != spec.sha256:
         wrong = f"does not match the published one ({digest[:16]}... is not {spec.sha256[:16]}...)"
     elif spec.sha256_prefix and not digest.startswith(spec.sha256_prefix):
         wrong = f"does not start with the published {spec.sha256_prefix} ({digest[:16]}...)"
     if wrong:
         raise WeightsDownloadError(
-            f"{spec.name}: the sha256 of what {spec.url} sent {wrong}: damaged on the way, or not "
-            f"the published file; {again}"
+            f"{spec.name}: the sha256 of the download {wrong}: damaged on the way, or not the "
+            f"published file; {again}"
         )
     if check is None:
         return
     try:
         check(tmp)
     except (ValueError, RuntimeError, OSError) as e:
-        # the reason cut short: the line must keep what to do within one_line's 500 characters
-        reason = one_line(error_text(e).replace(f"{tmp}: ", "").replace(str(tmp), "it"), 80)
+        reason = error_text(e).replace(f"{tmp}: ", "").replace(str(tmp), "it")
         cause = "not a checkpoint" if expected else "cut short, or not a checkpoint"
         raise WeightsDownloadError(
-            f"{spec.name}: what {spec.url} sent does not load ({reason}): {cause}; {again}"
+            _fit(f"{spec.name}: the download does not load (", reason, f"): {cause}; {again}")
         ) from None
+
+
+def _fit(before: str, reason: str, after: str) -> str:
+    """``before + reason + after`` in one line within one_line's 500 characters: the reason (an
+    error's or a server's words, of any length) cut short to fit, never what to do after it."""
+    room = _LINE_LIMIT - len(before) - len(after)
+    return before + one_line(reason, max(room, 40)) + after
 
 
 def _new_part(final: Path) -> tuple[int, Path]:
