@@ -280,8 +280,8 @@ def check_file_size(path: Path) -> int:
     """
     size = check_regular_file(path, "weights file").st_size
     if size > MAX_CHECKPOINT_BYTES:
-        raise ValueError(
-            f"{path}: refused: {size / 1e9:.1f} GB, larger than any detection checkpoint "
-            f"({MAX_CHECKPOINT_BYTES / 1e9:.1f} GB at most); not a weights file?"
+        raise ValueError(  # (in bytes: 4 GiB + 1 byte is "4.3 GB" as 4 GiB is)
+            f"{path}: refused: {size} bytes, over {MAX_CHECKPOINT_BYTES >> 30} GiB, larger than "
+            "any detection checkpoint; not a weights file?"
         )
     return size
