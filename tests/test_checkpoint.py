@@ -525,16 +525,18 @@ class _NdarrayCall:
 
 class _Reconstruct:
     """numpy's own pickle of an array: ``_reconstruct(ndarray, (0,), b"b")`` then its state
-    (data), with any shape, dtype and data (``data`` shared between instances is memoized)."""
+    (data), with any shape, dtype and data (``data`` shared between instances is memoized), the
+    state a tuple (or ``state``, e.g. a list)."""
 
-    def __init__(self, shape, dtype, data, init_shape=(0,)):
-        self.args = (shape, np.dtype(dtype), data, init_shape)
+    def __init__(self, shape, dtype, data, init_shape=(0,), state=tuple):
+        self.args = (shape, np.dtype(dtype), data, init_shape, state)
 
     def __reduce__(self):
         from numpy._core.multiarray import _reconstruct
 
-        shape, dtype, data, init_shape = self.args
-        return (_reconstruct, (np.ndarray, init_shape, dtype), (1, shape, dtype, False, data))
+        shape, dtype, data, init_shape, state = self.args
+        array_state = state((1, shape, dtype, False, data))
+        return (_reconstruct, (np.ndarray, init_shape, dtype), array_state)
 
 
 class _Encode:
@@ -590,8 +592,11 @@ def test_a_pkl_calling_numpy_ndarray_is_refused_before_it_allocates(tmp_path, ne
         # one string in the memo encoded to bytes again and again
         ({f"a{i}": _Encode(_TEXT) for i in range(50)},
          r"a byte string of 100000 bytes would take"),
+        # the state given as a list, which numpy takes too: it went to numpy uncharged
+        ({f"a{i}": _Reconstruct((10**5,), "u1", _TEXT, state=list) for i in range(50)},
+         r"refusing an array state given as a list: numpy pickles an array's as a tuple"),
     ],
-    ids=["itemsize", "shared-text", "shared-bytes", "encode"],
+    ids=["itemsize", "shared-text", "shared-bytes", "encode", "list-state"],
 )  # fmt: skip
 def test_a_pkl_building_more_than_it_stores_is_refused_before_it_allocates(
     tmp_path, model, refused

@@ -96,11 +96,16 @@ class _PickledArray(np.ndarray):
     shared by many arrays through the pickle's memo cannot be copied once per array."""
 
     def __setstate__(self, state) -> None:
-        budget = getattr(self, "_budget", None)
-        if budget is not None and isinstance(state, tuple) and len(state) in (4, 5):
-            shape, dtype = state[-4], state[-3]  # (version,) shape, dtype, is_fortran, data
-            what = f"an array of shape {shape!r:.60} ({dtype!s:.20})"
-            budget.take(_array_bytes(shape, dtype, what), what)
+        # numpy's own form; numpy takes a list too, which went to it uncharged
+        if type(state) is not tuple or len(state) not in (4, 5):
+            given = type(state).__name__ + (f" of {len(state)}" if type(state) is tuple else "")
+            raise UnsafeCheckpointError(
+                f"refusing an array state given as a {given}: numpy pickles an array's as a tuple "
+                "((version,) shape, dtype, is_fortran, data)"
+            )
+        shape, dtype = state[-4], state[-3]
+        what = f"an array of shape {shape!r:.60} ({dtype!s:.20})"
+        self._budget.take(_array_bytes(shape, dtype, what), what)
         super().__setstate__(state)
 
 
