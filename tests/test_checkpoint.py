@@ -633,6 +633,28 @@ def test_a_pkl_of_zero_weights_at_protocol_2_and_one_of_latin1_text_load(tmp_pat
     _same(read_checkpoint(path).state_dict, state)
 
 
+class _BytesCall:
+    def __reduce__(self):
+        return (bytes, (10**6,))  # bytes(N): N zero bytes from a few in the file
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_pkl_holding_a_zero_element_array_loads_at_every_protocol(tmp_path, state, protocol):
+    """Protocol 2 pickles empty bytes, a zero-element array's data, as ``bytes()``: a real file
+    with an empty head array was refused as unsafe ("refusing to load __builtin__.bytes"). bytes
+    called with anything (it would allocate the size given) is still refused."""
+    model = {f"backbone.{k}": v.numpy() for k, v in state.items()}
+    model["roi_heads.box_predictor.empty"] = np.zeros((0, 1024), np.float32)
+    path = tmp_path / "empty_head.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": model, "__author__": "Detectron2 Model Zoo"}, f, protocol=protocol)
+    assert (b"bytes" in path.read_bytes()) == (protocol == 2)
+    _same(read_checkpoint(path).state_dict, state)
+    path = _pickle(tmp_path / "bytes.pkl", {"a": _BytesCall()}, protocol=protocol)
+    with pytest.raises(UnsafeCheckpointError, match=r"refusing bytes\(\) called with arguments"):
+        read_checkpoint(path)
+
+
 def _saved_model(state, **entries):
     model = {f"backbone.{k}": v.clone() for k, v in state.items()}
     model.update({f"backbone.{k}": v for k, v in entries.items()})

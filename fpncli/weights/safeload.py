@@ -58,6 +58,8 @@ _SAFE_GLOBALS = {
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
     ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+    ("__builtin__", "bytes"),  # ... and empty bytes (a zero-element array's data): bytes()
+    ("builtins", "bytes"),
 }
 
 
@@ -136,6 +138,8 @@ class _SafeUnpickler(pickle.Unpickler):
             return _NdarrayName
         if module.startswith("numpy.core") and hasattr(np, "_core"):
             module = "numpy._core" + module[len("numpy.core") :]  # numpy 2 moved numpy.core
+        if name == "bytes":
+            return _empty_bytes
         found = getattr(importlib.import_module(module), name)
         if name == "_reconstruct":
             return functools.partial(_reconstruct_checked, found, self.budget)
@@ -173,6 +177,16 @@ def _encode_checked(encode, budget: _Budget, text, encoding="utf-8", errors="str
         )
     budget.take(len(text), f"a byte string of {len(text)} bytes")
     return encode(text, encoding, errors)
+
+
+def _empty_bytes(*args, **kwargs) -> bytes:
+    """``bytes`` as Python's protocol-2 pickles call it: with no arguments, for empty bytes (any
+    other is ``_codecs.encode``); ``bytes(n)`` would allocate whatever size a few bytes say."""
+    if args or kwargs:
+        raise UnsafeCheckpointError(
+            "refusing bytes() called with arguments: a pickle calls it with none, for empty bytes"
+        )
+    return b""
 
 
 def safe_unpickle(path: Path) -> object:
