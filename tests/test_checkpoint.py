@@ -609,6 +609,49 @@ def test_a_pkl_building_more_than_it_stores_is_refused_before_it_allocates(
         read_checkpoint(path)
 
 
+def _global(module: str, name: str) -> bytes:
+    return pickle.GLOBAL + f"{module}\n{name}\n".encode()
+
+
+_EMPTY_ARRAY = (  # memo 0: _reconstruct; memo 1: its arguments (ndarray, (0,), b"b")
+    _global("numpy.core.multiarray", "_reconstruct") + b"q\x00" + _global("numpy", "ndarray")
+    + b"K\x00\x85C\x01b\x87q\x01"
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body, refused",
+    [
+        # a million empty dicts (1 MB): 64 bytes each, and no byte budget sees them
+        (b"](" + b"}" * (1 << 20) + b"e", r"refusing a pickle of more than 1048576 opcodes"),
+        # 350,000 zero-element arrays, 3 bytes each (the reviewer's 4 M took 2.3 GB)
+        (_EMPTY_ARRAY + b"](" + b"h\x00h\x01R" * 350_000 + b"e", r"refusing a pickle of more "),
+        # a dict stored at memo index 4 M: the unpickler sized its memo by it (64 MB here)
+        (b"}r" + (1 << 22).to_bytes(4, "little"),
+         r"refusing a pickle memo index 4194304 past the 0 objects stored"),
+    ],
+    ids=["empty-dicts", "empty-arrays", "memo-index"],
+)  # fmt: skip
+def test_a_pkl_of_many_small_objects_is_refused_before_it_is_unpickled(tmp_path, body, refused):
+    """Objects a byte budget cannot see (empty containers and arrays, memo slots) are bounded
+    by counting the pickle's opcodes before anything is built: a checkpoint has a few dozen an
+    array. (The old code built these: 70 to 200 MB here.)"""
+    path = tmp_path / "many.pkl"
+    path.write_bytes(b"\x80\x02" + body + b".")
+    with pytest.raises(UnsafeCheckpointError, match=rf"many\.pkl: {refused}"):
+        read_checkpoint(path)
+
+
+def test_a_pkl_declaring_data_past_its_end_is_damaged_not_allocated(tmp_path):
+    """A length that runs past the file's end (8 EB of bytes in 20 bytes) was allocated first
+    ("declares more data than fits in memory"): the file is cut short or damaged."""
+    path = tmp_path / "short.pkl"
+    path.write_bytes(b"\x80\x04\x8e" + (1 << 62).to_bytes(8, "little") + b"abc.")
+    damaged = r"\(BINBYTES8 data past the end: truncated\); a truncated or damaged file"
+    with pytest.raises(ValueError, match=rf"short\.pkl: not a readable \.pkl .*{damaged}"):
+        read_checkpoint(path)
+
+
 def test_a_pkl_of_zero_weights_at_protocol_2_and_one_of_latin1_text_load(tmp_path, state):
     """The budget's two extremes for real files: Python 3's protocol 2 encodes each array's
     bytes from text (built twice: as bytes, then as the array), the smallest file of it being

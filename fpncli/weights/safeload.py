@@ -4,7 +4,9 @@
   else, each array from its data in the file: the arrays and byte strings it builds may hold at
   most twice the file's size in all (a byte string pickled at protocol 2 is built from its text,
   then copied into its array), and one that would go past that is refused before it is
-  allocated, whether declared by a shape or shared by many arrays through the pickle's memo.
+  allocated, whether declared by a shape or shared by many arrays through the pickle's memo;
+  a pickle of more than a million opcodes (a checkpoint has a few dozen an array, and each can
+  build a small object no byte count sees) is refused before anything is built.
 - ``.pth`` (zip): the zip's declared sizes are checked first (a zip bomb is refused before it is
   inflated), then ``torch.load(..., weights_only=True)``.
 - A legacy (non-zip) ``torch.save`` file is "unsupported format", not a confusing type error.
@@ -17,6 +19,7 @@ import importlib
 import math
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from pathlib import Path
@@ -40,6 +43,21 @@ __all__ = [
 #: anywhere near this; a larger declared size is refused before anything is read.
 MAX_CHECKPOINT_BYTES = 4 << 30
 _LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a pre-zip torch.save file
+
+
+#: The most opcodes a .pkl may hold. A Detectron2 checkpoint has a few dozen an array (about
+#: 17,000 in all for the X101-32x8d one, the largest, at protocol 2), but every opcode can build
+#: an object of up to a few hundred bytes that no byte budget sees (an empty dict, set or array:
+#: 4 M empty arrays in 20 MB took 2.3 GB, 20 M empty dicts 1.9 GB); this many take at most a
+#: few hundred MB, and are 60 times the X101 file's.
+_MAX_OPCODES = 1 << 20
+#: An argument's length prefix (bytes, signed) by pickletools' argument kind.
+_LENGTH_PREFIX = {
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
 
 
 class UnsafeCheckpointError(ValueError):
@@ -179,6 +197,56 @@ def _encode_checked(encode, budget: _Budget, text, encoding="utf-8", errors="str
     return encode(text, encoding, errors)
 
 
+def _check_opcodes(f, size: int) -> None:
+    """Read the pickle in ``f`` (of ``size`` bytes) opcode by opcode, building nothing (its data
+    skipped), and refuse one of more than ``_MAX_OPCODES`` opcodes, or that stores an object in
+    its memo at an index past the objects stored so far (the unpickler sizes its memo by the
+    index: 9 bytes could ask for 32 GB; picklers number them in turn). ``f`` is left where it
+    began.
+
+    Raises:
+        UnsafeCheckpointError: too many opcodes, or a memo index out of turn.
+        pickle.UnpicklingError, ValueError: not a pickle (cut short, an unknown opcode, a data
+            length past the file's end).
+    """
+    start, stored = f.tell(), 0
+    for _ in range(_MAX_OPCODES):
+        code = f.read(1)
+        op = pickletools.code2op.get(code.decode("latin-1")) if code else None
+        if op is None:
+            raise pickle.UnpicklingError(
+                f"invalid load key, {code.decode('latin-1')!r}" if code else "pickle data was "
+                "truncated"
+            )  # fmt: skip
+        if op.arg is not None and op.arg.n in _LENGTH_PREFIX:  # data: skipped
+            width, signed = _LENGTH_PREFIX[op.arg.n]
+            prefix = f.read(width)
+            length = int.from_bytes(prefix, "little", signed=signed)
+            if len(prefix) < width or not 0 <= length <= size - f.tell():
+                raise pickle.UnpicklingError(f"{op.name} data past the end: truncated")
+            f.seek(length, os.SEEK_CUR)
+            continue
+        arg = op.arg.reader(f) if op.arg is not None else None  # a few bytes, or a line
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            if arg > stored:
+                raise UnsafeCheckpointError(
+                    f"refusing a pickle memo index {arg} past the {stored} objects stored: "
+                    "picklers number them in turn (the unpickler would size its memo by it)"
+                )
+            stored += 1
+        elif op.name == "MEMOIZE":
+            stored += 1
+        elif op.name == "FRAME" and arg > size - f.tell():  # read whole, allocated first
+            raise pickle.UnpicklingError("a frame past the end: truncated")
+        elif op.name == "STOP":
+            f.seek(start)
+            return
+    raise UnsafeCheckpointError(
+        f"refusing a pickle of more than {_MAX_OPCODES} opcodes: a checkpoint has a few dozen "
+        "an array (millions of small objects take far more memory than the file)"
+    )
+
+
 def _empty_bytes(*args, **kwargs) -> bytes:
     """``bytes`` as Python's protocol-2 pickles call it: with no arguments, for empty bytes (any
     other is ``_codecs.encode``); ``bytes(n)`` would allocate whatever size a few bytes say."""
@@ -196,6 +264,7 @@ def safe_unpickle(path: Path) -> object:
     with open_regular(path, "weights file") as f:
         size = os.fstat(f.fileno()).st_size
         try:
+            _check_opcodes(f, size)
             obj = _SafeUnpickler(f, file_size=size, encoding="latin1").load()
         except UnsafeCheckpointError as e:  # the file named, as every other refusal does
             raise UnsafeCheckpointError(f"{path}: {e}") from None
