@@ -551,7 +551,28 @@ class _Encode:
         return (_codecs.encode, (self.text, "latin1"))
 
 
+class _Scalar:
+    """numpy's pickle of a scalar, ``scalar(dtype, its bytes)``, with any dtype and data."""
+
+    def __init__(self, dtype, data):
+        self.args = (np.dtype(dtype), data)
+
+    def __reduce__(self):
+        from numpy._core.multiarray import scalar
+
+        return (scalar, self.args)
+
+
+class _DtypeCall:
+    def __init__(self, code):
+        self.code = code
+
+    def __reduce__(self):
+        return (np.dtype, (self.code,))
+
+
 _TEXT, _BYTES = "\x01" * 10**5, b"\x01" * 1000  # one object each: the pickle memoizes them
+_DATA, _FIELDS = b"\x01" * 10**5, ",".join(["u1"] * 2000)  # 100 KB; a dtype of 2000 fields
 
 
 def _pickle(path, model, protocol=2):
@@ -595,8 +616,14 @@ def test_a_pkl_calling_numpy_ndarray_is_refused_before_it_allocates(tmp_path, ne
         # the state given as a list, which numpy takes too: it went to numpy uncharged
         ({f"a{i}": _Reconstruct((10**5,), "u1", _TEXT, state=list) for i in range(50)},
          r"refusing an array state given as a list: numpy pickles an array's as a tuple"),
+        # a scalar of a 100 KB dtype made from one string again and again (uncharged)
+        ({f"a{i}": _Scalar("V100000", _DATA) for i in range(50)},
+         r"refusing a numpy scalar of dtype \|V100000 from a bytes: a checkpoint's numbers are "),
+        # a dtype of 2000 fields made from one string again and again
+        ({f"a{i}": _DtypeCall(_FIELDS) for i in range(50)},
+         r"refusing numpy\.dtype\('u1,u1,u1"),
     ],
-    ids=["itemsize", "shared-text", "shared-bytes", "encode", "list-state"],
+    ids=["itemsize", "shared-text", "shared-bytes", "encode", "list-state", "scalar", "fields"],
 )  # fmt: skip
 def test_a_pkl_building_more_than_it_stores_is_refused_before_it_allocates(
     tmp_path, model, refused
@@ -607,6 +634,85 @@ def test_a_pkl_building_more_than_it_stores_is_refused_before_it_allocates(
     assert path.stat().st_size < 2 << 20
     with pytest.raises(UnsafeCheckpointError, match=refused):
         read_checkpoint(path)
+
+
+class _ReconstructOne:
+    """``_reconstruct(ndarray, (1,), dtype)``: numpy allocates one element of ``dtype``."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (1,), self.dtype))
+
+
+class _ForgedDtype:
+    """numpy's pickle of a dtype, ``dtype(code, False, True)`` then its state, any state."""
+
+    def __init__(self, code, state):
+        self.code, self.state = code, state
+
+    def __reduce__(self):
+        return (np.dtype, (self.code, False, True), self.state)
+
+
+@pytest.mark.parametrize(
+    "dtype, refused",
+    [
+        # 16 bytes, its state declaring 10**6 objects (2e8 took 1.5 GB from 208 bytes)
+        (_ForgedDtype("V16", (3, "|", (np.dtype("O"), (10**6,)), None, None, 16, 8, 0)),
+         r"refusing dtype\('O'\): it holds objects; a weights file holds arrays of plain numbers"),
+        (_ForgedDtype("V16", (3, "|", (np.dtype("f8"), (1000,)), None, None, 16, 8, 0)),
+         r"refusing a numpy dtype whose state gives it a subarray or fields"),
+        (_ForgedDtype("O8", (3, "|", None, None, None, -1, -1, 0)),  # its object flag cleared
+         r"refusing dtype\('O'\): it holds objects"),
+        ("O", r"refusing dtype\('O'\) of an array declared with shape \(1,\): it holds objects"),
+    ],
+    ids=["object-subarray", "subarray", "object-flag-cleared", "object-code"],
+)  # fmt: skip
+def test_an_array_of_anything_but_plain_numbers_is_refused_before_it_is_built(
+    tmp_path, dtype, refused
+):
+    """A dtype's state can give it a subarray its itemsize does not hold, or objects (pointers
+    the file would give): numpy then allocates the subarray's elements for each (8 MB of
+    object pointers here, built by the old code)."""
+    path = _pickle(tmp_path / "forged.pkl", {"x": _ReconstructOne(dtype)})
+    assert path.stat().st_size < 300
+    with pytest.raises(UnsafeCheckpointError, match=rf"forged\.pkl: {refused}"):
+        read_checkpoint(path)
+
+
+def test_a_dtype_changed_after_an_array_has_it_is_refused(tmp_path):
+    """A pickle can give a dtype its state again once an array has it: the old code's array of
+    32 bytes, its dtype made 1000 float64s an element, read 16 KB past its end (a crash; with
+    objects, pointers the file gives)."""
+    v16 = _global("numpy", "dtype") + b"X\x03\x00\x00\x00V16\x89\x88\x87Rq\x00"  # memo 0
+    array = (
+        _global("numpy.core.multiarray", "_reconstruct")
+        + _global("numpy", "ndarray")
+        + b"K\x02\x85h\x00\x87Rq\x01"
+    )  # memo 1: _reconstruct(ndarray, (2,), V16)
+    f8 = _global("numpy", "dtype") + b"X\x02\x00\x00\x00f8\x89\x88\x87R"
+    state = b"(K\x03X\x01\x00\x00\x00|" + f8 + b"M\xe8\x03\x85\x86NNK\x10K\x08K\x00t"
+    model = b"}X\x05\x00\x00\x00model}X\x01\x00\x00\x00xh\x01ss"
+    path = tmp_path / "changed.pkl"
+    path.write_bytes(b"\x80\x02" + v16 + array + b"h\x00" + state + b"b0" + model + b".")
+    with pytest.raises(UnsafeCheckpointError, match=r"changed\.pkl: refusing to change a numpy "
+                       r"dtype an array or scalar already has"):  # fmt: skip
+        read_checkpoint(path)
+
+
+def test_numbers_beside_the_model_load_at_every_protocol(tmp_path, state):
+    """numpy scalars (an iteration, a learning rate, a flag) are numpy's scalar(dtype, bytes)."""
+    extra = {"iteration": np.int64(90_000), "lr": np.float32(0.02), "flag": np.bool_(True)}
+    for protocol in (2, 4, 5):
+        path = tmp_path / f"p{protocol}.pkl"
+        with open(path, "wb") as f:
+            model = {f"backbone.{k}": v.numpy() for k, v in state.items()}
+            pickle.dump({"model": model, "__author__": "x", **extra}, f, protocol=protocol)
+        _same(read_checkpoint(path).state_dict, state)
 
 
 def _global(module: str, name: str) -> bytes:

@@ -101,13 +101,86 @@ class _Budget:
         self.left -= nbytes
 
 
-def _array_bytes(shape: object, dtype: object, what: str) -> int:
+def _array_bytes(shape: object, dtype: np.dtype, what: str) -> int:
     """``prod(shape) * itemsize``, without allocating; a shape that is not a tuple of sizes is
     refused."""
     dims = shape if isinstance(shape, tuple) else (shape,)
     if not all(type(d) is int and d >= 0 for d in dims):
         raise UnsafeCheckpointError(f"{what} declares the shape {shape!r:.60}: not an array's")
-    return math.prod(dims) * np.dtype(dtype).itemsize
+    return math.prod(dims) * dtype.itemsize
+
+
+#: A numpy type code as numpy pickles a dtype (``dtype("f4", False, True)``) and _reconstruct
+#: (``b"b"``): a string of fields ("u1,u1,...") would build a dtype of thousands on every call.
+_TYPE_CODE = re.compile(r"[<>|=]?[A-Za-z?][A-Za-z0-9]{0,15}")
+
+
+def _plain_dtype(dtype: np.dtype, where: str = "") -> np.dtype:
+    """``dtype``, refused unless its elements are plain values: objects would be pointers read
+    from the file, and fields or a subarray declare elements its itemsize need not hold (a 208
+    byte file's dtype of 16 bytes declared 200 M objects: 1.5 GB)."""
+    why = (
+        "objects" if dtype.hasobject or dtype.kind == "O" else
+        "fields" if dtype.fields is not None else
+        "a subarray" if dtype.subdtype is not None else None
+    )  # fmt: skip
+    if why is not None:
+        raise UnsafeCheckpointError(
+            f"refusing {dtype!r:.60}{where}: it holds {why}; a weights file holds arrays of plain "
+            "numbers"
+        )
+    return dtype
+
+
+def _dtype_of(given: object, where: str) -> np.dtype:
+    """The dtype ``given`` to an array or a scalar: one the pickle made (``_PickledDtype``), or a
+    type code (as numpy's ``_reconstruct(ndarray, (0,), b"b")``)."""
+    if isinstance(given, _PickledDtype):
+        return given.take()
+    code = given.decode("latin-1") if type(given) is bytes else given
+    if type(code) is not str or not _TYPE_CODE.fullmatch(code):
+        raise UnsafeCheckpointError(f"refusing the dtype {given!r:.40}{where}: not numpy's")
+    return _plain_dtype(np.dtype(code), where)
+
+
+class _PickledDtype:
+    """What ``numpy.dtype(code, align, copy)`` unpickles as, until an array or scalar takes it.
+    A pickle sets a dtype's layout (subarray, fields, itemsize, flags) by its state after making
+    it, and could set it again once an array has it (an array of 32 bytes then read 16 KB, or
+    objects at addresses from the file); numpy's dtype cannot be subclassed, so it is kept
+    here, refused when its state makes it anything but plain, and given to arrays only once
+    nothing can change it."""
+
+    __slots__ = ("_dtype", "_taken")
+
+    def __init__(self, code: object, align: object = False, copy: object = False) -> None:
+        flags_ok = all(type(f) in (bool, int) and f in (0, 1) for f in (align, copy))
+        if type(code) is not str or not _TYPE_CODE.fullmatch(code) or not flags_ok:
+            raise UnsafeCheckpointError(
+                f"refusing numpy.dtype{(code, align, copy)!r:.60}: numpy pickles a dtype as "
+                "dtype(type code, False, True)"
+            )
+        self._dtype = _plain_dtype(np.dtype(code, bool(align), True))  # copy: its own
+        self._taken = False
+
+    def __setstate__(self, state) -> None:
+        if self._taken:
+            raise UnsafeCheckpointError(
+                "refusing to change a numpy dtype an array or scalar already has: numpy pickles "
+                "a dtype's state once, as it is made"
+            )
+        # (version, byte order, subarray, names, fields, itemsize, alignment, flags[, metadata])
+        if type(state) is tuple and len(state) > 4 and any(x is not None for x in state[2:5]):
+            raise UnsafeCheckpointError(
+                "refusing a numpy dtype whose state gives it a subarray or fields: a weights "
+                "file holds arrays of plain numbers"
+            )
+        self._dtype.__setstate__(state)
+        _plain_dtype(self._dtype)
+
+    def take(self) -> np.dtype:
+        self._taken = True
+        return self._dtype
 
 
 class _PickledArray(np.ndarray):
@@ -123,10 +196,11 @@ class _PickledArray(np.ndarray):
                 f"refusing an array state given as a {given}: numpy pickles an array's as a tuple "
                 "((version,) shape, dtype, is_fortran, data)"
             )
-        shape, dtype = state[-4], state[-3]
+        shape = state[-4]
+        dtype = _dtype_of(state[-3], f" of an array of shape {shape!r:.60}")
         what = f"an array of shape {shape!r:.60} ({dtype!s:.20})"
         self._budget.take(_array_bytes(shape, dtype, what), what)
-        super().__setstate__(state)
+        super().__setstate__((*state[:-3], dtype, *state[-2:]))
 
 
 class _NdarrayName:
@@ -158,9 +232,15 @@ class _SafeUnpickler(pickle.Unpickler):
             module = "numpy._core" + module[len("numpy.core") :]  # numpy 2 moved numpy.core
         if name == "bytes":
             return _empty_bytes
+        if name == "dtype":
+            return _PickledDtype
         found = getattr(importlib.import_module(module), name)
         if name == "_reconstruct":
             return functools.partial(_reconstruct_checked, found, self.budget)
+        if name == "scalar":
+            return functools.partial(_scalar_checked, found, self.budget)
+        if name == "_frombuffer":
+            return functools.partial(_frombuffer_checked, found)
         if (module, name) == ("_codecs", "encode"):
             return functools.partial(_encode_checked, found, self.budget)
         return found
@@ -179,10 +259,34 @@ def _reconstruct_checked(reconstruct, budget: _Budget, subtype, shape, dtype):
             "numpy's pickles rebuild a numpy.ndarray"
         )
     what = f"an array declared with shape {shape!r:.60}"
+    dtype = _dtype_of(dtype, f" of {what}")
     budget.take(_array_bytes(shape, dtype, what), what)
     array = reconstruct(_PickledArray, shape, dtype)
     array._budget = budget
     return array
+
+
+def _scalar_checked(scalar, budget: _Budget, dtype, data=None):
+    """``numpy.core.multiarray.scalar`` as numpy pickles a number (``scalar(dtype("f8"), its
+    bytes)``, as a checkpoint's iteration or learning rate may be): a bool, int or float only,
+    made from its own bytes, each charged (a dtype of 1 MB called on one string in the memo
+    again and again took 2.2 GB from 1 MB)."""
+    dtype = _dtype_of(dtype, " of a numpy scalar")
+    if dtype.kind not in "biuf" or dtype.itemsize > 16 or type(data) not in (bytes, str) \
+            or len(data) != dtype.itemsize:  # fmt: skip
+        raise UnsafeCheckpointError(
+            f"refusing a numpy scalar of dtype {dtype!s:.40} from a {type(data).__name__}: a "
+            "checkpoint's numbers are bools, integers and floats, pickled as their bytes"
+        )
+    budget.take(dtype.itemsize, f"a numpy scalar ({dtype})")
+    return scalar(dtype, data)
+
+
+def _frombuffer_checked(frombuffer, buf, dtype, shape, order, *axis_order):
+    """numpy's ``_frombuffer`` as its protocol-5 pickles call it (a view of bytes the file
+    stores), its dtype checked as an array's."""
+    return frombuffer(buf, _dtype_of(dtype, f" of an array of shape {shape!r:.60}"), shape, order,
+                      *axis_order)  # fmt: skip
 
 
 def _encode_checked(encode, budget: _Budget, text, encoding="utf-8", errors="strict") -> bytes:
