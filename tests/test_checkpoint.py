@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import pickle
@@ -563,6 +564,30 @@ class _Scalar:
         return (scalar, self.args)
 
 
+class _FromBuffer:
+    """numpy's protocol-5 pickle of an empty array, ``_frombuffer(b"", dtype, (0,), "C")``, then
+    given a state, as numpy's other pickles give one to ``_reconstruct``'s array."""
+
+    def __init__(self, shape, dtype, data):
+        self.args = (shape, np.dtype(dtype), data)
+
+    def __reduce__(self):
+        from numpy._core.numeric import _frombuffer
+
+        shape, dtype, data = self.args
+        return (_frombuffer, (b"", dtype, (0,), "C"), (1, shape, dtype, False, data))
+
+
+class _OrderedDictOf:
+    """Python 2's pickle of an OrderedDict: ``OrderedDict(items)``."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __reduce__(self):
+        return (collections.OrderedDict, (self.items,))
+
+
 class _DtypeCall:
     def __init__(self, code):
         self.code = code
@@ -573,6 +598,7 @@ class _DtypeCall:
 
 _TEXT, _BYTES = "\x01" * 10**5, b"\x01" * 1000  # one object each: the pickle memoizes them
 _DATA, _FIELDS = b"\x01" * 10**5, ",".join(["u1"] * 2000)  # 100 KB; a dtype of 2000 fields
+_PAIRS = [(i, None) for i in range(10_000)]
 
 
 def _pickle(path, model, protocol=2):
@@ -606,7 +632,7 @@ def test_a_pkl_calling_numpy_ndarray_is_refused_before_it_allocates(tmp_path, ne
         # one string in the pickle's memo, copied into 50 arrays (as text, as protocol 2 has it)
         ({f"a{i}": _Reconstruct((10**5,), "u1", _TEXT) for i in range(50)},
          r"an array of shape \(100000,\) \(uint8\) would take the data built from the file "
-         r"past twice its size \(one string shared by many arrays\?\)"),
+         r"past twice its size \(one object in the pickle's memo used again and again\?\)"),
         # and as bytes (copied when numpy cannot keep them: here, 1000 bytes or fewer)
         ({f"a{i}": _Reconstruct((1000,), "u1", _BYTES) for i in range(20_000)},
          r"an array of shape \(1000,\) \(uint8\) would take"),
@@ -622,8 +648,15 @@ def test_a_pkl_calling_numpy_ndarray_is_refused_before_it_allocates(tmp_path, ne
         # a dtype of 2000 fields made from one string again and again
         ({f"a{i}": _DtypeCall(_FIELDS) for i in range(50)},
          r"refusing numpy\.dtype\('u1,u1,u1"),
+        # protocol 5's array (a view of bytes), given a state: numpy copied it uncharged
+        ({f"a{i}": _FromBuffer((10**5,), "u1", _TEXT) for i in range(50)},
+         r"an array of shape \(100000,\) \(uint8\) would take"),
+        # one list of items in the memo made into an OrderedDict again and again
+        ({f"a{i}": _OrderedDictOf(_PAIRS) for i in range(30)},
+         r"an OrderedDict of 10000 items is larger than the file"),
     ],
-    ids=["itemsize", "shared-text", "shared-bytes", "encode", "list-state", "scalar", "fields"],
+    ids=["itemsize", "shared-text", "shared-bytes", "encode", "list-state", "scalar", "fields",
+         "frombuffer-state", "ordered-dict"],
 )  # fmt: skip
 def test_a_pkl_building_more_than_it_stores_is_refused_before_it_allocates(
     tmp_path, model, refused
@@ -756,6 +789,37 @@ def test_a_pkl_declaring_data_past_its_end_is_damaged_not_allocated(tmp_path):
     damaged = r"\(BINBYTES8 data past the end: truncated\); a truncated or damaged file"
     with pytest.raises(ValueError, match=rf"short\.pkl: not a readable \.pkl .*{damaged}"):
         read_checkpoint(path)
+
+
+_PAIRS_PICKLE = b"](" + b"".join(b"M" + i.to_bytes(2, "little") + b"N\x86" for i in range(10_000))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # _codecs.encode given the state (OrderedDict, (), {}, None): a functools.partial's
+        # state is what it calls, and OrderedDict then ran uncharged over one list (30 MB here)
+        _global("_codecs", "encode") + b"q\x00" + _global("collections", "OrderedDict")
+        + b"q\x01" + _PAIRS_PICKLE + b"eq\x02" + b"h\x00(h\x01)}Ntb0"
+        + b"](" + b"h\x00h\x02\x85R" * 30 + b"e",
+        # numpy.ndarray given (None, {"x": 1}): the attributes of the class standing for it
+        _global("numpy", "ndarray") + b"N}X\x01\x00\x00\x00xK\x01s\x86b0}",
+    ],
+    ids=["encode", "ndarray"],
+)  # fmt: skip
+def test_a_pkl_giving_a_global_a_state_is_refused(tmp_path, body):
+    path = tmp_path / "state.pkl"
+    path.write_bytes(b"\x80\x02" + body + b".")
+    with pytest.raises(UnsafeCheckpointError, match=r"state\.pkl: refusing to give a function a "):
+        read_checkpoint(path)
+
+
+def test_a_python2_ordered_dict_of_the_model_loads(tmp_path, state):
+    """Python 2 pickled an OrderedDict with its items, each now charged (about what CPython
+    takes for one): a model's few hundred are nothing beside its arrays."""
+    model = [(f"backbone.{k}", v.numpy()) for k, v in state.items()]
+    path = _pickle(tmp_path / "py2.pkl", _OrderedDictOf(model))
+    _same(read_checkpoint(path).state_dict, state)
 
 
 def test_a_pkl_of_zero_weights_at_protocol_2_and_one_of_latin1_text_load(tmp_path, state):
