@@ -702,8 +702,10 @@ class _ForgedDtype:
         (_ForgedDtype("O8", (3, "|", None, None, None, -1, -1, 0)),  # its object flag cleared
          r"refusing dtype\('O'\): it holds objects"),
         ("O", r"refusing dtype\('O'\) of an array declared with shape \(1,\): it holds objects"),
+        ("u1,u1", r"refusing the dtype 'u1,u1' of an array declared with shape \(1,\): not a "
+         r"numpy type code"),
     ],
-    ids=["object-subarray", "subarray", "object-flag-cleared", "object-code"],
+    ids=["object-subarray", "subarray", "object-flag-cleared", "object-code", "fields-code"],
 )  # fmt: skip
 def test_an_array_of_anything_but_plain_numbers_is_refused_before_it_is_built(
     tmp_path, dtype, refused

@@ -140,7 +140,9 @@ def _dtype_of(given: object, where: str) -> np.dtype:
         return given.take()
     code = given.decode("latin-1") if type(given) is bytes else given
     if type(code) is not str or not _TYPE_CODE.fullmatch(code):
-        raise UnsafeCheckpointError(f"refusing the dtype {given!r:.40}{where}: not numpy's")
+        raise UnsafeCheckpointError(
+            f"refusing the dtype {given!r:.40}{where}: not a numpy type code"
+        )
     return _plain_dtype(np.dtype(code), where)
 
 
