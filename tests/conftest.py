@@ -84,3 +84,20 @@ def drawn_heatmaps(monkeypatch):
         return drawn
 
     return spy_on
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty weights cache (``$FPNCLI_HOME``) of this test's own."""
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory):
+    """The bytes of a Detectron2 ``.pkl`` of a seeded R-50 (what a download serves)."""
+    from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl
+
+    path = tmp_path_factory.mktemp("ckpt") / "seeded.pkl"
+    write_detectron2_pkl(path, seeded_state_dict(0))
+    return path.read_bytes()

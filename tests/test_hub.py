@@ -21,20 +21,6 @@ from fpncli.weights.hub import (
     verify_cached,
 )
 from fpncli.weights.registry import REGISTRY
-from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture(scope="module")
-def checkpoint_bytes(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "seeded.pkl"
-    write_detectron2_pkl(path, seeded_state_dict(0))
-    return path.read_bytes()
 
 
 class _Response(io.BytesIO):

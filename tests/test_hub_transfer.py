@@ -30,22 +30,8 @@ from fpncli.cli import cli
 from fpncli.weights import hub
 from fpncli.weights.hub import WeightsDownloadError, download, resolve_weights, verify_cached
 from fpncli.weights.registry import REGISTRY
-from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl
 
 NAME = "faster_rcnn_R_50_FPN_1x"
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture(scope="module")
-def checkpoint_bytes(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "seeded.pkl"
-    write_detectron2_pkl(path, seeded_state_dict(0))
-    return path.read_bytes()
 
 
 @pytest.fixture
