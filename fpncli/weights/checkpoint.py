@@ -1,8 +1,8 @@
 """Reading checkpoint files safely and loading them strictly into the backbone.
 
 Weights files are data, never code: Detectron2 ``.pkl`` files go through an unpickler that can
-rebuild numpy arrays and plain containers and nothing else, and ``.pth`` files through
-``torch.load(..., weights_only=True)`` (``pickled`` and ``safeload``). Either way a file that asks for
+rebuild numpy arrays and plain containers and nothing else (``pickled``), and ``.pth`` files
+through ``torch.load(..., weights_only=True)`` (``safeload``). Either way a file that asks for
 anything else (say ``os.system`` through ``__reduce__``) is refused before any of it runs.
 
 Supported layouts, all mapped onto Detectron2's own names (``bottom_up.res2.0.conv1.weight``,
