@@ -10,16 +10,17 @@ import pytest
 from PIL import Image
 
 from fpncli.viz.visualize import (
+    OVERVIEW_MAX_WIDTH,
+    _heatmap_layout,
+    _overview_layout,
     cell_index,
     colorize,
     encode_png,
     heatmap_image,
-    heatmap_shape,
     overlay_image,
     overlay_shape,
     overview_image,
     overview_png,
-    overview_shape,
     parse_clip,
     pca_sign,
     png_size_bound,
@@ -454,21 +455,25 @@ def test_pca_of_a_map_with_nan_or_inf_says_why_it_cannot_be_taken():
 
 @pytest.mark.parametrize("height, width", [(3, 500), (40, 30), (300, 451), (200, 1600), (1, 1)])
 def test_picture_shapes_are_known_before_drawing_and_bound_their_png(height, width):
-    """The disk estimate sizes each picture as drawn (``*_shape``), at most what a PNG of
-    noise takes (``png_size_bound``): noise that deflate cannot shrink stays within it."""
+    """The disk estimate sizes each picture as drawn (``overlay_shape``, and the layouts the
+    heatmap's and overview's bounds read), at most what a PNG of noise takes
+    (``png_size_bound``): noise that deflate cannot shrink stays within it."""
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     values = rng.standard_normal((max(1, height // 4), max(1, width // 4))).astype(np.float32)
     label, note = "p2  stride 4  (1, 256, 10, 20)  channel 0 " * 3, "RANDOM " * 20
     drawn = heatmap_image(values, label=label, note=note)
-    assert drawn.shape[:2] == heatmap_shape(*values.shape, label=label, note=note)
+    layout = _heatmap_layout(*values.shape, label, note, 256)
+    assert drawn.shape[:2] == (layout.height, layout.width)
     over = overlay_image(photo, values, stride=4, scale_y=1.0, scale_x=1.0, label=label, note=note)
     assert over.shape[:2] == overlay_shape(height, width, label=label, note=note)
     assert overlay_shape(height, width) == (height, width)
     levels = [{"name": f"p{k}", "map": values, "stride": 4, "shape": (1, 256, 2, 2)}
               for k in range(2, 7)]  # fmt: skip
     view = overview_image(photo, levels, title=label, note=note)
-    assert view.shape[:2] == overview_shape(height, width, 5, title=label, note=note)
+    layout = _overview_layout(height, width, [width / height] * 6, label, note, 256,
+                              OVERVIEW_MAX_WIDTH)  # fmt: skip
+    assert view.shape[:2] == (layout.height, layout.width)
     for picture in (drawn, over, view, photo):
         noise = rng.integers(0, 256, picture.shape, dtype=np.uint8)
         assert len(encode_png(noise)) <= png_size_bound(*picture.shape[:2])

@@ -35,14 +35,12 @@ __all__ = [
     "upscale_cells",
     "colour_bar",
     "heatmap_image",
-    "heatmap_shape",
     "heatmap_png_bound",
     "encode_png",
     "png_size_bound",
     "png_deflate",
     "overview_image",
     "overview_png",
-    "overview_shape",
     "overview_png_bound",
     "overlay_image",
     "overlay_shape",
@@ -480,14 +478,6 @@ def _heatmap_layout(h: int, w: int, label: str, note: str, min_side: int) -> _He
     return _HeatmapLayout(factor, width, height, label_lines, note_lines, title_h, top)
 
 
-def heatmap_shape(map_height: int, map_width: int, *, label: str = "", note: str = "",
-                  min_side: int = 256) -> tuple[int, int]:  # fmt: skip
-    """The ``(H', W')`` of the picture ``heatmap_image`` draws of a ``(map_height, map_width)``
-    map with this label and note, without drawing it."""
-    layout = _heatmap_layout(map_height, map_width, label, note, min_side)
-    return layout.height, layout.width
-
-
 #: PNG's row filter "none" and deflate's fastest level: our pictures are flat colours and cells
 #: repeated whole-factor, which deflate matches as they are (PNG's filters only scramble the
 #: repeats: a P2 heatmap at 800x1344 took 10.5 ms and 474 KB with OpenCV's defaults, 4.0 ms and
@@ -635,16 +625,6 @@ def _overview_layout(height: int, width: int, aspect: list[float], title: str, n
         total_h = header + cell_h + margin
     return _OverviewLayout(stacked, panel_height, sizes, cell_w, cell_h, title_lines,
                            note_lines, header, total_w, total_h)  # fmt: skip
-
-
-def overview_shape(height: int, width: int, n_levels: int, *, title: str = "", note: str = "",
-                   panel_height: int = 256,
-                   max_width: int = OVERVIEW_MAX_WIDTH) -> tuple[int, int]:  # fmt: skip
-    """The ``(H', W')`` of the overview ``overview_image`` draws of an ``(height, width)``
-    photo with ``n_levels`` level panels spanning it (``span_input``), without drawing it."""
-    aspect = [width / max(1, height)] * (1 + n_levels)
-    layout = _overview_layout(height, width, aspect, title, note, panel_height, max_width)
-    return layout.height, layout.width
 
 
 def overview_png_bound(height: int, width: int, level_cells: Sequence[tuple[int, int]], *,
