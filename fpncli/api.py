@@ -211,12 +211,12 @@ def load_backbone(
             build_backbone(ckpt.arch, ckpt.state_dict)
 
         path, spec = resolve_weights(weights, download_missing=download, check=check)
-        check_file_size(path)  # a 10 GB file is refused before it is hashed, or read
         if spec is not None:  # the registry's file: as downloaded, or the published one
+            check_file_size(path)  # a 10 GB file is refused before it is hashed
             digest = sha256_file(path)
             check_cached(spec, path, digest)
             ckpt = read_checkpoint(path)
-        else:  # a file of the user's: refused before hashing it if it is no checkpoint
+        else:  # a file of the user's: refused (size first) before hashing it if no checkpoint
             ckpt = read_checkpoint(path)
             digest = sha256_file(path)  # for the manifest
         arch = dict(spec.arch) if spec is not None else ckpt.arch
