@@ -70,17 +70,20 @@ def sample_shards(tmp_path_factory):
 
 @pytest.fixture
 def drawn_heatmaps(monkeypatch):
-    """``drawn_heatmaps(module)``: the heatmaps ``module.heatmap_image`` draws from then on, in
-    order, as ``(map2d, kwargs)`` (a copy of each map: what it was when drawn)."""
+    """``drawn_heatmaps(module)``: the heatmaps ``module`` draws from then on, in order, as
+    ``(map2d, kwargs)`` (a copy of each map: what it was when drawn): those of its
+    ``heatmap_image`` (``show``), or of ``visualize.heatmap_indexed``, which draws every heatmap
+    (the written PNGs and ``heatmap_image``'s pictures)."""
 
     def spy_on(module) -> list[tuple]:
-        drawn, real = [], module.heatmap_image
+        name = "heatmap_indexed" if hasattr(module, "heatmap_indexed") else "heatmap_image"
+        drawn, real = [], getattr(module, name)
 
         def spy(map2d, **kwargs):
             drawn.append((map2d.copy(), kwargs))
             return real(map2d, **kwargs)
 
-        monkeypatch.setattr(module, "heatmap_image", spy)
+        monkeypatch.setattr(module, name, spy)
         return drawn
 
     return spy_on

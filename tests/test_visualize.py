@@ -15,8 +15,12 @@ from fpncli.viz.visualize import (
     _overview_layout,
     cell_index,
     colorize,
+    colour_indices,
     encode_png,
     heatmap_image,
+    heatmap_palette,
+    heatmap_png,
+    heatmap_png_bound,
     overlay_image,
     overlay_shape,
     overview_image,
@@ -113,7 +117,8 @@ def test_colorize_matches_matplotlib_exactly():
 def test_heatmap_cells_are_exact_and_crisp():
     values = np.array([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
     picture = heatmap_image(values, cmap="magma", label="p6", min_side=20, clip=None)
-    colours = colorize(values, "magma")
+    palette, count = heatmap_palette("magma")
+    colours = palette[colour_indices(values, count, 0.0, 5.0)]
     factor = 10  # ceil(20 / 2)
     top = 24  # title row
     for i in range(2):
@@ -126,6 +131,8 @@ def test_heatmap_cells_are_exact_and_crisp():
     assert picture.shape[0] == 24 + 20 + 6 + 12 + 38
     bar = picture[24 + 20 + 6 + 6, : 3 * factor]
     np.testing.assert_array_equal(bar[0], colorize(np.array([[0.0]]), "magma", 0.0, 1.0)[0, 0])
+    end = picture[24 + 20 + 6 + 6, 419]  # the bar's last pixel (420 wide): the colormap's end
+    np.testing.assert_array_equal(end, colorize(np.array([[1.0]]), "magma", 0.0, 1.0)[0, 0])
 
 
 def test_encode_png_round_trip_keeps_rgb():
@@ -165,6 +172,23 @@ def test_png_writer_is_lossless_with_either_deflate(deflate, monkeypatch):
                 np.zeros((4, 4, 3), np.float32)):  # fmt: skip
         with pytest.raises(ValueError, match="PNG encoding needs"):
             encode_png(bad)
+    # palette pictures: (H, W) indices and the (N, 3) colours they index
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    for indices in (rng.integers(0, 256, (37, 53), dtype=np.uint8),
+                    rng.integers(0, 256, (40, 60), dtype=np.uint8)[::2, ::3]):  # fmt: skip
+        data = encode_png(indices, palette=palette)
+        decoded = Image.open(io.BytesIO(data))
+        assert decoded.mode == "P"
+        np.testing.assert_array_equal(np.asarray(decoded), indices)
+        np.testing.assert_array_equal(np.asarray(decoded.convert("RGB")), palette[indices])
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(bgr[..., ::-1], palette[indices])
+    with pytest.raises(ValueError, match=r"needs a non-empty \(H, W\) uint8"):
+        encode_png(np.zeros((4, 4, 3), np.uint8), palette=palette)
+    for bad_palette in (np.zeros((257, 3), np.uint8), np.zeros((0, 3), np.uint8),
+                        np.zeros((16, 4), np.uint8)):  # fmt: skip
+        with pytest.raises(ValueError, match="a PNG palette is"):
+            encode_png(np.zeros((4, 4), np.uint8), palette=bad_palette)
 
 
 def test_overview_is_a_png_with_all_panels():
@@ -272,7 +296,12 @@ def test_clip_saturates_hot_cells_the_same_in_heatmap_and_overlay():
     over = overlay_image(np.zeros((50, 50, 3), np.uint8), values, stride=1, scale_y=1,
                          scale_x=1, cmap="gray", alpha=1.0)  # fmt: skip
     np.testing.assert_array_equal(over[25, :, 0], colorize(values, "gray", lo, hi)[25, :, 0])
-    assert heat[24:74, :50, 0][25].tolist() == over[25, :, 0].tolist()
+    # the heatmap's colours are its palette's (a 256-grey ramp in 224 bins): the same ends, and
+    # within a bin (256 / 224 greys) of the overlay's in between
+    heat_row, over_row = heat[24 + 25, :50, 0].astype(int), over[25, :, 0].astype(int)
+    assert (heat_row[[0, -1]] == over_row[[0, -1]]).all()
+    assert np.abs(heat_row - over_row).max() <= 2
+    assert heat[24, 0, 0] == over[0, 0, 0] == 255  # the hot cell: the top of the range
 
 
 def _levels_for(height, width):
@@ -331,25 +360,67 @@ def test_an_overlay_is_labelled_above_the_photo():
 
 @pytest.mark.parametrize("cmap", ["viridis", "magma", "gray", "coolwarm", "tab10"])
 def test_colorize_and_heatmap_are_matplotlibs_colours_pixel_for_pixel(cmap):
-    """The LUT path equals matplotlib's own ``Colormap(x, bytes=True)``, and the cells written
-    straight into the canvas equal ``np.repeat`` upscaling: the same pixels, faster."""
+    """The LUT path equals matplotlib's own ``Colormap(x, bytes=True)``. A heatmap's cells are
+    matplotlib's colours too: a colormap of at most ``HEATMAP_COLOURS`` colours (tab10) exactly
+    as ``colorize``; a larger one's in ``HEATMAP_COLOURS`` equal bins, each cell the colour at
+    the middle of its value's bin (its ends the colormap's ends); written straight into the
+    canvas, the cells equal ``np.repeat`` upscaling: the same pixels, faster."""
     import matplotlib
 
-    from fpncli.viz.visualize import colorize, heatmap_image
+    from fpncli.viz.visualize import HEATMAP_COLOURS, colorize, heatmap_image
 
     rng = np.random.RandomState(0)
     values = rng.randn(37, 53)
     values[0, :4] = [np.nan, np.inf, -np.inf, 0.0]
     values[1, :2] = [-0.5, 1.5]  # exactly the range's ends
     lo, hi = -0.5, 1.5
-    normed = (np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo) - lo) / (hi - lo)
-    want = matplotlib.colormaps[cmap](np.clip(normed, 0.0, 1.0), bytes=True)[..., :3]
+    normed = np.clip((np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo) - lo) / (hi - lo), 0, 1)
+    colormap = matplotlib.colormaps[cmap]
+    want = colormap(normed, bytes=True)[..., :3]
     got = colorize(values, cmap, lo, hi)
     assert got.dtype == np.uint8 and np.array_equal(got, want)
+    if colormap.N > HEATMAP_COLOURS:
+        bins = np.minimum(np.floor(normed * HEATMAP_COLOURS), HEATMAP_COLOURS - 1)
+        want = colormap((bins + 0.5) / HEATMAP_COLOURS, bytes=True)[..., :3]
     picture = heatmap_image(values, cmap=cmap, vrange=(lo, hi), label="p3")
     factor = -(-256 // 37)
     block = np.repeat(np.repeat(want, factor, axis=0), factor, axis=1)
     assert np.array_equal(picture[24 : 24 + 37 * factor, : 53 * factor], block)
+    assert np.array_equal(want[1, :2], colormap(np.array([0.0, 1.0]), bytes=True)[:, :3])
+
+
+def test_a_heatmap_png_is_its_picture_in_a_palette():
+    """``heatmap_png`` writes ``heatmap_image``'s pixels as an 8-bit palette PNG: the
+    colormap's colours, and its text in shades from white to the text's colour (the red note's
+    too), each drawn where OpenCV's anti-aliased text is."""
+    import cv2
+
+    from fpncli.viz.visualize import (
+        NOTE_COLOUR,
+        TEXT_COLOUR,
+        TEXT_SHADES,
+        heatmap_png,
+        put_text,
+    )  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((40, 60)).astype(np.float32)
+    kwargs = {"cmap": "viridis", "label": "p4  stride 16", "note": "random weights"}
+    data = heatmap_png(values, **kwargs)
+    picture = heatmap_image(values, **kwargs)
+    decoded = Image.open(io.BytesIO(data))
+    assert decoded.mode == "P"
+    np.testing.assert_array_equal(np.asarray(decoded.convert("RGB")), picture)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(bgr[..., ::-1], picture)
+    # the title as put_text draws it in RGB, within a shade
+    title = np.full((24, picture.shape[1], 3), 255, np.uint8)
+    put_text(title, "p4  stride 16", (4, 17), 0.45)
+    step = (255 - TEXT_COLOUR[0]) / (TEXT_SHADES - 1)
+    assert np.abs(picture[:24].astype(int) - title).max() <= step / 2 + 1
+    red = picture[24:46]  # the note's line: white, red and their blends only
+    assert (red[..., 1] == red[..., 2]).all() and (red[..., 1] <= 255).all()
+    assert {tuple(c) for c in red.reshape(-1, 3)} >= {(255, 255, 255), NOTE_COLOUR}
 
 
 def test_wrap_text_keeps_every_word_and_fits_the_width():
@@ -465,6 +536,8 @@ def test_picture_shapes_are_known_before_drawing_and_bound_their_png(height, wid
     drawn = heatmap_image(values, label=label, note=note)
     layout = _heatmap_layout(*values.shape, label, note, 256)
     assert drawn.shape[:2] == (layout.height, layout.width)
+    written = len(heatmap_png(values, label=label, note=note))  # a map of noise: the worst case
+    assert written <= heatmap_png_bound(*values.shape, label=label, note=note)
     over = overlay_image(photo, values, stride=4, scale_y=1.0, scale_x=1.0, label=label, note=note)
     assert over.shape[:2] == overlay_shape(height, width, label=label, note=note)
     assert overlay_shape(height, width) == (height, width)

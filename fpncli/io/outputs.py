@@ -465,13 +465,13 @@ def render_level_pictures(
     """The PNGs of one level that ``options`` asks for: ``{"heatmap": ..., "overlay": ...}``,
     drawn on ``vrange`` and labelled with level, stride, shape and reduction. Used by the run
     and by ``extract --scale``'s redraw, so both draw the same pictures."""
-    from ..viz.visualize import encode_png, heatmap_image, overlay_image
+    from ..viz.visualize import encode_png, heatmap_png, overlay_image
 
     label = f"{name}  stride {stride}  {tuple(shape)}  {_reduce_label(options)}"
     pictures = {}
     if options.save_heatmaps:
-        png = heatmap_image(map2d, cmap=options.cmap, label=label, vrange=vrange, note=note)
-        pictures["heatmap"] = encode_png(png)
+        pictures["heatmap"] = heatmap_png(map2d, cmap=options.cmap, label=label, vrange=vrange,
+                                          note=note)  # fmt: skip
     if options.overlay:
         over = overlay_image(
             rgb, map2d, stride=stride, scale_y=scale_y, scale_x=scale_x, cmap=options.cmap,
