@@ -4,6 +4,7 @@ print, and the card-name peak table."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -268,3 +269,37 @@ def test_a_failed_row_keeps_its_whole_reason_on_one_line(monkeypatch):
     assert row.error == (
         "RuntimeError: backend='inductor' raised:\\nCompilationError: no C compiler found"
     )
+
+
+def test_an_end_to_end_rows_cpu_busy_share_is_over_its_runs_span(monkeypatch):
+    """``cpu_busy``: the machine's busy share while the row's timed run ran, from ``/proc/stat``
+    sampled in a thread, taken from the last sample before the run's span to the first after
+    it (worker processes' start left out); steal counts as not busy; None where the file is
+    missing or unreadable."""
+    from fpncli.run import bench
+
+    clock = iter(range(100))
+    readings = iter([(0, 100), (10, 200), (60, 300), (160, 400), (170, 500)])
+    monkeypatch.setattr(bench, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
+    monkeypatch.setattr(bench, "_cpu_jiffies", lambda: next(readings, None))
+    sampler = bench._CpuSampler(every=0.0)
+    sampler.thread.join()  # (its readings ran out: the thread ended)
+    assert sampler.stop((1.0, 3.0)) == pytest.approx((160 - 10) / (400 - 200))
+    monkeypatch.setattr(bench, "_cpu_jiffies", lambda: None)
+    assert bench._CpuSampler().stop() is None
+
+
+def test_cpu_jiffies_reads_the_machines_line_of_proc_stat(tmp_path, monkeypatch):
+    from fpncli.run import bench
+
+    stat = tmp_path / "stat"
+    #             user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  100 5 20 700 30 1 2 40 9 0\ncpu0 1 1 1 1 1 1 1 1 1 1\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+        stat if path == "/proc/stat" else path, *a, **k))  # fmt: skip
+    assert bench._cpu_jiffies() == (128, 128 + 700 + 30 + 40)
+    stat.write_text("cpu  garbage\n")
+    assert bench._cpu_jiffies() is None
+    stat.unlink()
+    assert bench._cpu_jiffies() is None

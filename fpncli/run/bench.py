@@ -17,6 +17,7 @@ import resource
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -458,8 +459,11 @@ def bench_end_to_end(
         warm = [Job(paths[i % 2], root / "warm" / f"{i:03d}") for i in range(batch_size)]
 
         def timed(count: int):
-            """``count`` images (the inputs in turn) into a fresh output folder."""
+            """``count`` images (the inputs in turn) into a fresh output folder; the share of
+            the machine's CPUs busy meanwhile goes to ``busy`` (where ``/proc/stat`` is)."""
             shutil.rmtree(root / "out", ignore_errors=True)
+            busy.clear()
+            sampler = _CpuSampler()
             jobs = [Job(paths[2 + i % distinct], root / "out" / f"{i:06d}") for i in range(count)]
             if processes is None:
                 summary = run_jobs(jobs, model, options)
@@ -469,12 +473,16 @@ def bench_end_to_end(
                 )  # fmt: skip
                 if summary.span is not None:  # the workers' runs, not their start-up
                     summary.seconds = summary.span[1] - summary.span[0]
+            share = sampler.stop(summary.span)
+            if share is not None:
+                busy.append(share)
             if summary.aborted:
                 raise RuntimeError(summary.aborted)
             if summary.failed:
                 raise RuntimeError(f"{len(summary.failed)} images failed: {summary.failed[0][1]}")
             return summary
 
+        busy: list[float] = []
         if processes is None:
             run_jobs(warm, model, options)  # warm-up: start-up costs are not timed
         baseline = _reset_peak(device)
@@ -497,6 +505,8 @@ def bench_end_to_end(
             row.bound = _bound(summary.stage_seconds, share.workers * processes,
                                share.writers * processes, processes=processes)  # fmt: skip
         row.bytes_per_image = summary.bytes_written / max(1, summary.done)
+        if busy:
+            row.ratios["cpu_busy"] = busy[0]
         # the better of two runs: a capacity (on one H100 machine single runs gave 136-243
         # images/s across the rows of one call; noise only slows a run down)
         fmt = model.weights_info.input
@@ -518,6 +528,63 @@ def bench_end_to_end(
         shutil.rmtree(root, ignore_errors=True)
     row.peak_rss_mb = _peak_rss_mb()
     return row
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, all) CPU time of the whole machine since boot, from ``/proc/stat`` (Linux; None
+    elsewhere). Time stolen by a hypervisor counts as not busy: those CPUs were not ours."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, idle, iowait, irq, softirq, steal = (
+                int(v) for v in f.readline().split()[1:9]
+            )  # fmt: skip
+    except (OSError, ValueError):
+        return None
+    busy = user + nice + system + irq + softirq
+    return busy, busy + idle + iowait + steal
+
+
+class _CpuSampler:
+    """The machine's busy share over a run (a row's ``cpu_busy``: whether its CPUs were what
+    bounded it): ``/proc/stat`` read every quarter second in a thread, so that the share can
+    be taken over the run's own span (worker processes' start and warm-up left out)."""
+
+    def __init__(self, every: float = 0.25) -> None:
+        self.samples: list[tuple[float, tuple[int, int]]] = []
+        self.done = threading.Event()
+        self.every = every
+        self.thread = threading.Thread(target=self._run, name="fpncli-cpu-sampler", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            jiffies = _cpu_jiffies()
+            if jiffies is None:
+                return
+            self.samples.append((time.monotonic(), jiffies))
+            if self.done.wait(self.every):
+                return
+
+    def stop(self, span: tuple[float, float] | None = None) -> float | None:
+        """The busy share between the samples nearest ``span``'s (monotonic) start and end, or
+        over all of them; None without ``/proc/stat`` or two samples."""
+        self.done.set()
+        self.thread.join()
+        jiffies = _cpu_jiffies()
+        if jiffies is not None:
+            self.samples.append((time.monotonic(), jiffies))
+        if len(self.samples) < 2:
+            return None
+        first, last = self.samples[0], self.samples[-1]
+        if span is not None:  # the last sample before the span, the first after it
+            first = max((s for s in self.samples if s[0] <= span[0]), key=lambda s: s[0],
+                        default=first)  # fmt: skip
+            last = min((s for s in self.samples if s[0] >= span[1]), key=lambda s: s[0],
+                       default=last)  # fmt: skip
+        (_, (b0, t0)), (_, (b1, t1)) = first, last
+        if t1 <= t0:
+            return None
+        return (b1 - b0) / (t1 - t0)
 
 
 def _images_for(summary, seconds: float, free_bytes: int) -> int:
