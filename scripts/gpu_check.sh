@@ -8,48 +8,55 @@
 # Ends within about 7.5 minutes (BUDGET_S=450 seconds of steps, each with its own time limit cut
 # to what is left; a step that fails or runs out of time is reported, and the others and the
 # final table still run); on one H100 with 16 cores its steps took about 470 s in all
-# (2026-11-26, torch 2.11, added up over three calls; the compile_other rows are the ones that
-# BUDGET_S may cut). Needs no network. Everything
+# (2026-11-26, torch 2.11, added up over three calls); on one H200, 2026-11-27, tests, model,
+# e2e, procs (2-4), e2e_npy, host and defaults took 318 s (tests 91, procs 84): the rows after
+# compile_b16 are the ones that BUDGET_S may cut. Needs no network. Everything
 # is written under OUT_DIR: the scratch (temporary JPEGs and outputs, compile caches) in
 # OUT_DIR/scratch, removed at the end, and then OUT_DIR holds three files: gpu_check.txt (the
 # table, the phase timings and the failures), gpu_check.json (every row, the machine, the
 # phases) and steps.tar.gz (each step's log and JSON). The table is printed too.
 #
-# Phases, in this order (the later --compile rows get the time that is left):
+# Phases, in this order (the end-to-end heatmaps rows, the figure still short of its goal, come
+# early; the later rows get the time that is left):
 #   tests         pytest tests/test_gpu.py: the pipeline on cuda:0 (cuda:1) == the CPU, bf16/fp16
 #                 bounds, --gpus workers, OOM splitting under a memory cap, streams and pinned
 #                 buffers under a busy GPU, no host sync while a batch is queued (the CPU-side
 #                 device tests, tests/test_device.py, run in CI)
 #   model         model-only, 800x1344: fp32/bf16/fp16 eager at batch 1, 8, 16 (max rel. error
 #                 vs fp32, % of the card's bf16 peak, peak GPU memory)
-#   unfused       bf16/fp16 eager at batch 8 and 16 with FPNCLI_CUDNN_FUSION=0 (variant
-#                 "cudnn-off"): the same rows without cuDNN's fused conv+bias+ReLU kernels
-#   compile_b16   --compile (torch.compile, fixed shapes), bf16 batch 16: the >= 1,000 img/s row
-#                 (early: a cold compile needs its full time limit)
-#   compile_plain the same with FPNCLI_CUDNN_FUSION=eager (variant "comp-plain"): compiled over
-#                 the plain ops, the A/B of compiling over cuDNN's fused ops (the default)
 #   e2e           a generated folder of 1080p JPEGs (1080x1920 -> 756x1344, padded 768x1344),
 #                 bf16 batch 16, heatmaps only, in one process (its stage split), with the
 #                 decode rate of all cores (of_min_model_decode: the higher of one thread per
 #                 core in one process, decode_img_s, and one process per core,
-#                 decode_procs_img_s, a few seconds more per heatmaps row)
-#   e2e_npy       the same with all levels as fp16 .npy (44 MB an image: fewer images) and the
-#                 disk's write speed (of_disk_rate)
-#   procs         the heatmaps row again in 2, 3 and 4 worker processes sharing the GPU
-#                 (extract --processes 2, 3, 4; each warmed up, then started together): one
+#                 decode_procs_img_s, a few seconds more per heatmaps row); cpu_busy: the
+#                 machine's busy share during the row (every end-to-end row has it)
+#   procs         the heatmaps row again in 2, 3, 4 and 6 worker processes sharing the GPU
+#                 (extract --processes N; each warmed up, then started together): one
 #                 process's Python threads (decoding, writing, feeding take turns at Python's
 #                 lock) hold the GPU back. extract's default for a large folder without .npy
-#                 is 3 with 16 cores (run/multi.py: auto_processes); 4 says whether more helps
+#                 is 4 with 16 cores (run/multi.py: auto_processes); 6 says whether more
+#                 helps, and cpu_busy whether the cores are what bounds them
+#   compile_b16   --compile (torch.compile, fixed shapes), bf16 batch 16: the >= 1,000 img/s row
+#   profile       scripts/e2e_profile.py: the heatmaps row in one process once more, with each
+#                 thread group's CPU ms per image (the feeding thread, decoders, writers) and
+#                 where their time goes (an in-process stack sampler)
+#   e2e_npy       the heatmaps row's inputs with all levels as fp16 .npy (44 MB an image: fewer
+#                 images) and the disk's write speed (of_disk_rate)
 #   host          scripts/gil_held.py: one thread's decoding and heatmap writing per image on
 #                 this CPU (with py-spy on PATH also the share that holds Python's lock)
 #   defaults      the defaults end to end (fp32, batch 8, every output), in one process
 #                 (extract's default for them: with .npy written, 3 processes measured slower)
-#   compile_bf16  --compile bf16 at batch 8 and 1
-#   compile_other --compile fp16 and fp32 at batch 16
 #   vs_detectron2 only with D2_DIR (below): fp32 batch 16 800x1344, fpncli against Detectron2's
 #                 own model on the same card (scripts/bench_vs_detectron2.py --device cuda; the
 #                 issue's stretch: >= 3x), Detectron2 with TF32 convolutions (torch's default)
-#                 and without; placed before the compile_bf16/compile_other rows
+#                 and without
+#   compile_bf16  --compile bf16 at batch 8 and 1
+#   compile_other --compile fp16 and fp32 at batch 16
+#   unfused       bf16/fp16 eager at batch 8 and 16 with FPNCLI_CUDNN_FUSION=0 (variant
+#                 "cudnn-off"): the same rows without cuDNN's fused conv+bias+ReLU kernels
+#   compile_plain compile_b16 with FPNCLI_CUDNN_FUSION=eager (variant "comp-plain"): compiled
+#                 over the plain ops, the A/B of compiling over cuDNN's fused ops (the default;
+#                 both A/Bs were settled on an H100 and an H200, 2026-11-26)
 #
 # ONLY=step,step: run only these steps (and preflight), e.g. ONLY=vs_detectron2,compile_b16 for a
 # second, shorter call; TESTS=pytest-node-ids: the tests step runs only these.
@@ -113,7 +120,7 @@ if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
     DEV=cpu SIZE=64x96 E2E=64x96 SRC=96x128 BATCHES=1,2 BIG=2 MID=1 SMALL=1 PRECS=fp32
     IMAGES=4 DEFAULT_IMAGES=3 ROW_SECONDS=0.05 TESTS="${TESTS:-tests/test_gpu.py}"
     COMPILE_PRECS=fp32
-    UNFUSED_PRECS=fp32 PROCS=2
+    UNFUSED_PRECS=fp32 PROCS=2 T_PROFILE=60 PROFILE_IMAGES=4
     T_TESTS=60 T_MODEL=60 T_E2E=60 T_DEFAULTS=60 T_PROCS=60 T_COMPILE=45 T_REST=45 LOW=fp32
     T_D2=60 DEFAULT_PROCS=1,2
     PROC_SECONDS=0.05 NPY_IMAGES=3 PROC_IMAGES=4 T_NPY=60
@@ -121,7 +128,8 @@ if [ "$DRY_RUN" = 1 ]; then  # the flow on the CPU: tiny rows, short limits
 else
     DEV=auto SIZE=800x1344 E2E=768x1344 SRC=1080x1920 BATCHES=1,8,16 BIG=16 MID=8 SMALL=1
     PRECS=fp32,bf16,fp16 IMAGES=320 DEFAULT_IMAGES=64 ROW_SECONDS=2 COMPILE_PRECS=fp16,fp32
-    TESTS="${TESTS:-tests/test_gpu.py}" UNFUSED_PRECS=bf16,fp16 PROCS=2,3,4
+    TESTS="${TESTS:-tests/test_gpu.py}" UNFUSED_PRECS=bf16,fp16 PROCS=2,3,4,6 T_PROFILE=60
+    PROFILE_IMAGES=600
     T_TESTS=180 T_MODEL=150 T_E2E=90 T_DEFAULTS=100 T_PROCS=150 T_COMPILE=150 T_REST=600 LOW=bf16
     T_D2=120 DEFAULT_PROCS=1
     PROC_SECONDS=3 NPY_IMAGES=96 PROC_IMAGES=1200 T_NPY=60
@@ -159,9 +167,10 @@ bench() {  # [VAR=value] bench NAME LIMIT ARGS...: fpncli bench writing STEPS/NA
     step "$name" "$limit" "$PY" -m fpncli bench --device "$DEV" --json "$STEPS/$name.json" "$@"
 }
 
-# isal (fpncli's PNG deflate) from a carried wheel, where this Python lacks it (header above)
+# isal (fpncli's PNG deflate) from a carried wheel, where this Python lacks it (header above;
+# pip picks the one made for this Python among them)
 if ! "$PY" -c "import isal" 2>/dev/null && compgen -G ".whl/isal-*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --target "$SCRATCH/site" .whl/isal-*.whl \
+    "$PY" -m pip install -q --no-index --no-deps --find-links .whl --target "$SCRATCH/site" isal \
         && export PYTHONPATH="$PYTHONPATH:$SCRATCH/site" && echo "isal from .whl: $SCRATCH/site"
 fi
 if command -v nvidia-smi >/dev/null; then
@@ -198,23 +207,21 @@ step tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider --basetemp "$SCRATC
     $TESTS
 bench model "$T_MODEL" --model-only --sizes "$SIZE" --batch-sizes "$BATCHES" \
     --precisions "$PRECS" --seconds "$ROW_SECONDS"
-FPNCLI_CUDNN_FUSION=0 bench unfused 60 --model-only --sizes "$SIZE" --batch-sizes "$MID,$BIG" \
-    --precisions "$UNFUSED_PRECS" --seconds "$ROW_SECONDS"
-bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
-    --precisions "$LOW" --seconds "$ROW_SECONDS"
-FPNCLI_CUDNN_FUSION=eager bench compile_plain "$T_COMPILE" --compile-only --sizes "$SIZE" \
-    --batch-sizes "$BIG" --precisions "$LOW" --seconds "$ROW_SECONDS"
 # (with its model-only row at the same size, batch and precision: the of_model ratios)
 bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps --source-size "$SRC" --images "$IMAGES" --seconds "$ROW_SECONDS" \
-    --workers "$WORKERS" --writers "$WRITERS" --processes 1
-bench e2e_npy "$T_NPY" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
-    --outputs npy16 --source-size "$SRC" --images "$NPY_IMAGES" --seconds "$ROW_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS" --processes 1
 # (enough images that one run fills the seconds: each rerun starts and warms the workers again)
 bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps --source-size "$SRC" --images "$PROC_IMAGES" --seconds "$PROC_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS" --processes "$PROCS"
+bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
+    --precisions "$LOW" --seconds "$ROW_SECONDS"
+step profile "$T_PROFILE" "$PY" scripts/e2e_profile.py --device "$DEV" --images "$PROFILE_IMAGES" \
+    --size "$E2E" --source-size "$SRC" --batch-size "$BIG" --precision "$LOW" --top 6
+bench e2e_npy "$T_NPY" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
+    --outputs npy16 --source-size "$SRC" --images "$NPY_IMAGES" --seconds "$ROW_SECONDS" \
+    --workers "$WORKERS" --writers "$WRITERS" --processes 1
 # one thread's decoding and heatmap writing per image on this machine's cores (on a 2-core Zen 4
 # EPYC: decode-defer 5.6-7.4 ms, write 5.1-8.8 ms): whether its CPU is what bounds the e2e rows
 step host 40 "$PY" scripts/gil_held.py --seconds "$HOST_SECONDS"
@@ -235,6 +242,10 @@ bench compile_bf16 "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$MID,
     --precisions "$LOW" --seconds "$ROW_SECONDS"
 bench compile_other "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
     --precisions "$COMPILE_PRECS" --seconds "$ROW_SECONDS"
+FPNCLI_CUDNN_FUSION=0 bench unfused 60 --model-only --sizes "$SIZE" --batch-sizes "$MID,$BIG" \
+    --precisions "$UNFUSED_PRECS" --seconds "$ROW_SECONDS"
+FPNCLI_CUDNN_FUSION=eager bench compile_plain "$T_COMPILE" --compile-only --sizes "$SIZE" \
+    --batch-sizes "$BIG" --precisions "$LOW" --seconds "$ROW_SECONDS"
 
 # The table and the JSON: whatever steps wrote, even when some failed (stdlib only here, so a
 # broken install still gets its phases and failures reported).
@@ -246,8 +257,8 @@ from pathlib import Path
 out, dry_run, elapsed = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 size, big, low = sys.argv[4], int(sys.argv[5]), sys.argv[6]
 steps = out / "steps"
-names = ("model", "unfused", "compile_b16", "compile_plain", "e2e", "e2e_npy", "procs",
-         "defaults", "compile_bf16", "compile_other")
+names = ("model", "e2e", "procs", "compile_b16", "e2e_npy", "defaults", "compile_bf16",
+         "compile_other", "unfused", "compile_plain")
 rows, skipped, info = [], [], {}
 for name in names:
     path = steps / f"{name}.json"
@@ -268,6 +279,11 @@ if (steps / "phases.tsv").is_file():
         name, seconds, status = line.split("\t")
         phases.append({"phase": name, "seconds": int(seconds), "exit": status})
 failures = (steps / "failures.txt").read_text() if (steps / "failures.txt").is_file() else ""
+profile_log = steps / "profile.log"
+profile = [ln for ln in profile_log.read_text().splitlines()
+           if ln.startswith(("===", "timed run")) or "img/s, ms/img" in ln
+           or ln.endswith("CPU ms/img") and ln.startswith("  ")] \
+    if profile_log.is_file() else []  # fmt: skip
 host_log = steps / "host.log"
 host = [ln for ln in host_log.read_text().splitlines() if "ms per image" in ln] \
     if host_log.is_file() else []  # fmt: skip
@@ -294,7 +310,7 @@ try:
          best(rate, "model", "eager", True)),
         (f"model {low} batch {big} {size} --compile, images/s", 1000,
          best(rate, "model", "compile", True)),
-        ("heatmaps end to end (best of 1-4 processes), of min(model, decode)", 0.70,
+        ("heatmaps end to end (best of 1-6 processes), of min(model, decode)", 0.70,
          best(ratio("of_min_model_decode"), "end-to-end", "heatmaps")),
         ("all levels fp16 .npy end to end, of the disk's rate", 0.80,
          best(ratio("of_disk_rate"), "end-to-end", "npy16")),
@@ -311,6 +327,7 @@ text = "\n".join([
     json.dumps(info), "", table, "", "targets (issue 9):", *targets, "",
     *(f"vs Detectron2: {ln}" for ln in versus),
     *(f"host, one thread: {ln}" for ln in host),
+    *(f"profile: {ln}" for ln in profile),
     "phases:", *phase_lines, "",
     *(f"skipped {s.get('step', '')} {s.get('row', s.get('precision', ''))}: {s['reason']}"
       for s in skipped),
@@ -319,7 +336,7 @@ text = "\n".join([
 (out / "gpu_check.txt").write_text(text + "\n")
 (out / "gpu_check.json").write_text(json.dumps(
     {**info, "machine": machine, "dry_run": dry_run, "seconds": elapsed, "phases": phases,
-     "rows": rows, "skipped": skipped, "targets": targets, "vs_detectron2": versus, "host": host,
+     "rows": rows, "skipped": skipped, "targets": targets, "vs_detectron2": versus, "host": host, "profile": profile,
      "failures": failures.splitlines()}, indent=2))
 print("\n" + text)
 EOF
