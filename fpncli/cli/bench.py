@@ -166,8 +166,8 @@ def _json_path(ctx, param, value: str | None) -> str | None:
     ),
     help="Comma list, e.g. 1,2,3: run each end-to-end row in that many worker processes sharing "
     "the device (as extract --processes), to see whether one process's Python threads limit it. "
-    "auto: as extract does for a large folder (on CUDA and without .npy, one per 5 cores and "
-    "16 GB, at most 3); 1 runs in this process.",
+    "auto: as extract does for a large folder (on CUDA and without .npy, one per 4 cores and "
+    "16 GB, at most 4); 1 runs in this process.",
 )
 @click.option(
     "--unfused",

@@ -210,8 +210,8 @@ class _ExtractCommand(click.Command):
 @click.option("--processes", default="auto", show_default=True, callback=_processes_callback,
               help="Worker processes per GPU (one process's Python threads cannot keep a fast "
               "GPU busy). auto: with CUDA, 1,000 images or more and no .npy (--no-npy: a run "
-              "that writes .npy is bound by its disk), one per 5 cores and 16 GB of GPU "
-              "memory, at most 3 (never under torchrun or SLURM, or with --shard); else 1, "
+              "that writes .npy is bound by its disk), one per 4 cores and 16 GB of GPU "
+              "memory, at most 4 (never under torchrun or SLURM, or with --shard); else 1, "
               "this process. With --gpus, each GPU listed gets this many.")  # fmt: skip
 @click.option(
     "--max-pixels",

@@ -107,15 +107,15 @@ def _end_with_parent() -> None:
 #: it, one per this many cores, at most ``MAX_PROCESSES_PER_GPU``, each with this much GPU memory,
 #: for a run of at least ``AUTO_MIN_IMAGES`` images. One process's Python threads (decoding,
 #: feeding the GPU, drawing and encoding PNGs) take turns on its one interpreter lock: on an
-#: H200 with 16 cores, 1080p JPEGs to heatmaps (bf16, batch 16) ran at 0.45 of min(model, decode
-#: with all cores) in one process, 0.62 in two and 0.86 in three (``fpncli bench --processes``).
+#: H200 with 16 cores, 1080p JPEGs to heatmaps (bf16, batch 16) ran at 98 images/s in one
+#: process, 138 in two, 191 in three and 224 in four (``scripts/gpu_check.sh``, 2026-11-27).
 #: A worker's start (spawn, import, CUDA, weights) costs a few seconds, which 1,000 images at
 #: the rate gained repay. Not when the run writes ``.npy``: its disk bounds it, and on an H100
 #: with 16 cores the defaults (fp32, every output) ran at 11.7 images/s in three processes
 #: against 13.0 in one (``scripts/gpu_check.sh``, 2026-11-26), where heatmaps alone ran at 129
 #: against 69.
-CORES_PER_PROCESS = 5
-MAX_PROCESSES_PER_GPU = 3
+CORES_PER_PROCESS = 4
+MAX_PROCESSES_PER_GPU = 4
 GPU_GIB_PER_PROCESS = 16
 AUTO_MIN_IMAGES = 1000
 
