@@ -338,6 +338,33 @@ def test_ctrl_c_before_the_command_runs_exits_130(runner, photo, monkeypatch):
     assert (result.returncode, result.stderr) == (130, "interrupted\n")
 
 
+def test_output_read_by_a_reader_that_stops_ends_quietly(tmp_path):
+    """``fpncli weights list | head -1``: once the reader has closed the pipe, the command ends
+    as a program killed by SIGPIPE does (exit code 141, nothing on stderr), not with "Error:
+    [Errno 32] Broken pipe"; a broken pipe that is not standard output's stays an error."""
+    import click
+
+    from fpncli.cli.common import _friendly
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    try:
+        result = subprocess.run([sys.executable, "-m", "fpncli", "weights", "list"], stdout=write,
+                                stderr=subprocess.PIPE, text=True, timeout=60,
+                                env={**os.environ, "FPNCLI_HOME": str(tmp_path)})  # fmt: skip
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (141, "")
+
+    @click.command()
+    @_friendly
+    def elsewhere():
+        raise BrokenPipeError(32, "Broken pipe")  # e.g. a socket
+
+    result = CliRunner().invoke(elsewhere, [])
+    assert result.exit_code == 1 and result.output == "Error: [Errno 32] Broken pipe\n"
+
+
 def test_overlay_of_an_exif_rotated_photo_is_drawn_upright(runner, tmp_path):
     pixels = np.zeros((40, 60, 3), np.uint8)
     pixels[:10, :10] = 255  # white top-left corner as stored

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -61,19 +63,53 @@ def _friendly(command):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError as e:
+            if not stdout_closed():
+                _fail(e)
+            quiet_exit_on_closed_stdout()
         except (ValueError, OSError, RuntimeError, LookupError) as e:
-            if _verbose():
-                traceback.print_exc()
-            from ..io.guard import OptionError, error_text, one_line
-
-            if isinstance(e, OptionError):  # as click's own "Invalid value for '--channel'"
-                if e.option is None:
-                    raise click.UsageError(one_line(e.message)) from None
-                hint = f"'{e.option}'"  # quoted, as click names an option whose value it refuses
-                raise click.BadParameter(one_line(e.message), param_hint=hint) from None
-            raise click.ClickException(error_text(e)) from None
+            _fail(e)
 
     return wrapper
+
+
+def _fail(e: Exception):
+    """``e`` as one line and exit code 1 (its traceback first with -v), or as a usage error,
+    exit code 2, for an ``OptionError``; called in the ``except`` block that caught it."""
+    if _verbose():
+        traceback.print_exc()
+    from ..io.guard import OptionError, error_text, one_line
+
+    if isinstance(e, OptionError):  # as click's own "Invalid value for '--channel'"
+        if e.option is None:
+            raise click.UsageError(one_line(e.message)) from None
+        hint = f"'{e.option}'"  # quoted, as click names an option whose value it refuses
+        raise click.BadParameter(one_line(e.message), param_hint=hint) from None
+    raise click.ClickException(error_text(e)) from None
+
+
+def stdout_closed() -> bool:
+    """Whether what reads this process's output has gone (``fpncli weights list | head -1``
+    once ``head`` has its line): a pipe whose reader closed it polls as an error."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file (a test's stdout)
+        return False
+
+
+def quiet_exit_on_closed_stdout():
+    """End quietly, as a program killed by SIGPIPE does (exit code 141, as ``git log | head``
+    gives under ``set -o pipefail``), rather than with "Error: [Errno 32] Broken pipe": the
+    reader wanted no more. Standard output goes to /dev/null first, so that Python's final
+    flush of what is left in its buffer finds no broken pipe either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        pass
+    sys.exit(141)
 
 
 def _sigterm_as_ctrl_c(command):
