@@ -480,30 +480,15 @@ def _upscale_factor(h: int, w: int, min_side: int) -> int:
     return max(1, min(wanted, MAX_UPSCALED_SIDE // max(1, h, w)))
 
 
-def heatmap_image(
-    map2d: np.ndarray,
-    *,
-    cmap: str = "viridis",
-    label: str = "",
-    min_side: int = 256,
-    vrange: tuple[float, float] | None = None,
-    clip: tuple[float, float] | None = DEFAULT_CLIP,
-    note: str = "",
-) -> np.ndarray:
-    """One level as a picture: a title line (and ``note`` in red, e.g. random weights), the map
-    (cells upscaled by a whole factor, crisp), and a colour bar labelled with its range.
-
-    The colours span ``vrange``, by default ``value_range(map2d, clip)``; a bar end marked
-    ``<=``/``>=`` means values beyond it exist and share its colour. Returns ``(H', W', 3)``
-    uint8 RGB: the palette picture ``heatmap_png`` writes, in its colours.
-    """
-    indices, palette = heatmap_indexed(map2d, cmap=cmap, label=label, min_side=min_side,
-                                       vrange=vrange, clip=clip, note=note)  # fmt: skip
+def heatmap_image(map2d: np.ndarray, **kwargs) -> np.ndarray:
+    """One level's picture (``heatmap_indexed``'s arguments) as ``(H', W', 3)`` uint8 RGB: the
+    palette picture ``heatmap_png`` writes, in its colours."""
+    indices, palette = heatmap_indexed(map2d, **kwargs)
     return np.take(palette, indices, axis=0)
 
 
 def heatmap_png(map2d: np.ndarray, **kwargs) -> bytes:
-    """``heatmap_image``'s picture as an 8-bit palette PNG (``heatmap_indexed``'s arguments)."""
+    """One level's picture (``heatmap_indexed``'s arguments) as an 8-bit palette PNG."""
     indices, palette = heatmap_indexed(map2d, **kwargs)
     return encode_png(indices, palette=palette)
 
@@ -518,8 +503,13 @@ def heatmap_indexed(
     clip: tuple[float, float] | None = DEFAULT_CLIP,
     note: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``heatmap_image``'s picture as ``(H', W')`` uint8 indices into ``heatmap_palette(cmap)``
-    (returned with it)."""
+    """One level as a picture: a title line (and ``note`` in red, e.g. random weights), the map
+    (cells upscaled by a whole factor, crisp), and a colour bar labelled with its range.
+
+    The colours span ``vrange``, by default ``value_range(map2d, clip)``; a bar end marked
+    ``<=``/``>=`` means values beyond it exist and share its colour. Returns ``(H', W')`` uint8
+    indices into ``heatmap_palette(cmap)``, and that palette.
+    """
     values = np.asarray(map2d, dtype=np.float32)
     h, w = values.shape
     lo, hi = vrange if vrange is not None else value_range(values, clip)
