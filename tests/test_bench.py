@@ -303,3 +303,28 @@ def test_cpu_jiffies_reads_the_machines_line_of_proc_stat(tmp_path, monkeypatch)
     assert bench._cpu_jiffies() is None
     stat.unlink()
     assert bench._cpu_jiffies() is None
+
+
+def test_a_failing_end_to_end_row_leaves_no_cpu_sampler_running(monkeypatch, tmp_path):
+    """A row whose run raises (a full disk, a worker that does not start) reports its error,
+    and its CPU sampler's thread ends with it: the next rows are not measured beside it."""
+    import threading
+
+    import fpncli
+    from fpncli.run import bench
+
+    real, calls = bench.run_jobs, []
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            return real(*args, **kwargs)  # the untimed warm-up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bench, "run_jobs", full_disk)
+    model = fpncli.load_backbone("random")
+    row = bench.bench_end_to_end(model, height=64, width=64, images=2, batch_size=1,
+                                 precision="fp32", outputs="heatmaps", work_dir=tmp_path,
+                                 measure_disk=False)  # fmt: skip
+    assert row.error is not None and "No space left" in row.error
+    assert [t for t in threading.enumerate() if t.name == "fpncli-cpu-sampler"] == []

@@ -463,17 +463,20 @@ def bench_end_to_end(
             the machine's CPUs busy meanwhile goes to ``busy`` (where ``/proc/stat`` is)."""
             shutil.rmtree(root / "out", ignore_errors=True)
             busy.clear()
-            sampler = _CpuSampler()
             jobs = [Job(paths[2 + i % distinct], root / "out" / f"{i:06d}") for i in range(count)]
-            if processes is None:
-                summary = run_jobs(jobs, model, options)
-            else:
-                summary = run_on_devices(
-                    jobs, model, options, [str(device)] * processes, weights=weights, warmup=warm
-                )  # fmt: skip
-                if summary.span is not None:  # the workers' runs, not their start-up
-                    summary.seconds = summary.span[1] - summary.span[0]
-            share = sampler.stop(summary.span)
+            sampler, summary = _CpuSampler(), None
+            try:
+                if processes is None:
+                    summary = run_jobs(jobs, model, options)
+                else:
+                    summary = run_on_devices(
+                        jobs, model, options, [str(device)] * processes, weights=weights,
+                        warmup=warm,
+                    )  # fmt: skip
+                    if summary.span is not None:  # the workers' runs, not their start-up
+                        summary.seconds = summary.span[1] - summary.span[0]
+            finally:  # (also when the run raises: the sampler's thread ends with it)
+                share = sampler.stop(summary.span if summary is not None else None)
             if share is not None:
                 busy.append(share)
             if summary.aborted:
