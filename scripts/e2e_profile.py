@@ -145,6 +145,7 @@ def main() -> None:
     height, width = (int(v) for v in args.size.split("x"))
     source = tuple(int(v) for v in args.source_size.split("x"))
     real_run_jobs, real_run_on_devices = bench.run_jobs, bench.run_on_devices
+    failed = False
     for variant in args.variants.split(","):
         workers, writers = max(2, cores - 2), min(8, cores)
         interval, processes = 0.005, None
@@ -199,6 +200,7 @@ def main() -> None:
               f" processes {processes or 1} on {device} ({cores} cores)")  # fmt: skip
         if row.error:
             print("error:", row.error)
+            failed = True
             continue
         stages = " ".join(f"{k} {v:.1f}" for k, v in row.stage_ms_per_image.items())
         print(f"{row.images_per_s:.1f} img/s, ms/img: {stages}; bound {row.bound}; decode rate "
@@ -219,6 +221,8 @@ def main() -> None:
             print(f"  -- {name}: {total} samples")
             for key, n in counts[name].most_common(args.top):
                 print(f"     {n / total:6.1%}  {key}")
+    if failed:
+        sys.exit("a variant's row failed (its error: above)")
 
 
 if __name__ == "__main__":

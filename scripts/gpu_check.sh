@@ -281,7 +281,7 @@ if (steps / "phases.tsv").is_file():
 failures = (steps / "failures.txt").read_text() if (steps / "failures.txt").is_file() else ""
 profile_log = steps / "profile.log"
 profile = [ln for ln in profile_log.read_text().splitlines()
-           if ln.startswith(("===", "timed run")) or "img/s, ms/img" in ln
+           if ln.startswith(("===", "timed run", "error:")) or "img/s, ms/img" in ln
            or ln.endswith("CPU ms/img") and ln.startswith("  ")] \
     if profile_log.is_file() else []  # fmt: skip
 host_log = steps / "host.log"
