@@ -186,9 +186,11 @@ def test_png_writer_is_lossless_with_either_deflate(deflate, monkeypatch):
     with pytest.raises(ValueError, match=r"needs a non-empty \(H, W\) uint8"):
         encode_png(np.zeros((4, 4, 3), np.uint8), palette=palette)
     for bad_palette in (np.zeros((257, 3), np.uint8), np.zeros((0, 3), np.uint8),
-                        np.zeros((16, 4), np.uint8)):  # fmt: skip
+                        np.zeros((16, 4), np.uint8), np.zeros((16, 3))):  # fmt: skip
         with pytest.raises(ValueError, match="a PNG palette is"):
             encode_png(np.zeros((4, 4), np.uint8), palette=bad_palette)
+    with pytest.raises(ValueError, match="palette index 5 past the palette's 2 colours"):
+        encode_png(np.full((4, 4), 5, np.uint8), palette=np.zeros((2, 3), np.uint8))
 
 
 def test_overview_is_a_png_with_all_panels():
@@ -358,13 +360,14 @@ def test_an_overlay_is_labelled_above_the_photo():
     assert max(_ramps(labelled[r, :, 0].astype(int)) for r in range(header)) == 1  # colour bar
 
 
-@pytest.mark.parametrize("cmap", ["viridis", "magma", "gray", "coolwarm", "tab10"])
+@pytest.mark.parametrize("cmap", ["viridis", "magma", "gray", "coolwarm", "tab10", "twilight"])
 def test_colorize_and_heatmap_are_matplotlibs_colours_pixel_for_pixel(cmap):
     """The LUT path equals matplotlib's own ``Colormap(x, bytes=True)``. A heatmap's cells are
     matplotlib's colours too: a colormap of at most ``HEATMAP_COLOURS`` colours (tab10) exactly
-    as ``colorize``; a larger one's in ``HEATMAP_COLOURS`` equal bins, each cell the colour at
-    the middle of its value's bin (its ends the colormap's ends); written straight into the
-    canvas, the cells equal ``np.repeat`` upscaling: the same pixels, faster."""
+    as ``colorize``; a larger one's (viridis' 256, twilight's 510) in ``HEATMAP_COLOURS`` equal
+    bins, each the colormap's colour at the bin's place among that many evenly spaced from its
+    first to its last (the ends its ends); written straight into the canvas, the cells equal
+    ``np.repeat`` upscaling: the same pixels, faster."""
     import matplotlib
 
     from fpncli.viz.visualize import HEATMAP_COLOURS, colorize, heatmap_image
@@ -379,9 +382,10 @@ def test_colorize_and_heatmap_are_matplotlibs_colours_pixel_for_pixel(cmap):
     want = colormap(normed, bytes=True)[..., :3]
     got = colorize(values, cmap, lo, hi)
     assert got.dtype == np.uint8 and np.array_equal(got, want)
-    if colormap.N > HEATMAP_COLOURS:
-        bins = np.minimum(np.floor(normed * HEATMAP_COLOURS), HEATMAP_COLOURS - 1)
-        want = colormap((bins + 0.5) / HEATMAP_COLOURS, bytes=True)[..., :3]
+    if colormap.N > HEATMAP_COLOURS:  # its colours evenly spaced, the ends kept
+        bins = np.minimum(np.floor(normed * HEATMAP_COLOURS), HEATMAP_COLOURS - 1).astype(int)
+        lut = colormap(np.arange(colormap.N), bytes=True)[:, :3]
+        want = lut[np.rint(np.linspace(0, colormap.N - 1, HEATMAP_COLOURS)).astype(int)][bins]
     picture = heatmap_image(values, cmap=cmap, vrange=(lo, hi), label="p3")
     factor = -(-256 // 37)
     block = np.repeat(np.repeat(want, factor, axis=0), factor, axis=1)
