@@ -64,9 +64,9 @@ def _friendly(command):
             click.echo("interrupted", err=True)
             sys.exit(130)
         except BrokenPipeError as e:
-            if not stdout_closed():
+            if not _stdout_closed():
                 _fail(e)
-            quiet_exit_on_closed_stdout()
+            _quiet_exit()
         except (ValueError, OSError, RuntimeError, LookupError) as e:
             _fail(e)
 
@@ -88,7 +88,7 @@ def _fail(e: Exception):
     raise click.ClickException(error_text(e)) from None
 
 
-def stdout_closed() -> bool:
+def _stdout_closed() -> bool:
     """Whether what reads this process's output has gone (``fpncli weights list | head -1``
     once ``head`` has its line): a pipe whose reader closed it polls as an error."""
     try:
@@ -99,7 +99,7 @@ def stdout_closed() -> bool:
         return False
 
 
-def quiet_exit_on_closed_stdout():
+def _quiet_exit():
     """End quietly, as a program killed by SIGPIPE does (exit code 141, as ``git log | head``
     gives under ``set -o pipefail``), rather than with "Error: [Errno 32] Broken pipe": the
     reader wanted no more. Standard output goes to /dev/null first, so that Python's final
