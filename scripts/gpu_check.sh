@@ -36,10 +36,12 @@
 #                 lock) hold the GPU back. extract's default for a large folder without .npy
 #                 is 4 with 16 cores (run/multi.py: auto_processes); 6 says whether more
 #                 helps, and cpu_busy whether the cores are what bounds them
-#   compile_b16   --compile (torch.compile, fixed shapes), bf16 batch 16: the >= 1,000 img/s row
 #   profile       scripts/e2e_profile.py: the heatmaps row in one process once more, with each
 #                 thread group's CPU ms per image (the feeding thread, decoders, writers) and
 #                 where their time goes (an in-process stack sampler)
+#   compile_b16   --compile (torch.compile, fixed shapes), bf16 batch 16: the >= 1,000 img/s row
+#                 (a cold compile can take its whole limit: the rows after it may then be cut,
+#                 and a second call with ONLY=... runs them)
 #   e2e_npy       the heatmaps row's inputs with all levels as fp16 .npy (44 MB an image: fewer
 #                 images) and the disk's write speed (of_disk_rate)
 #   host          scripts/gil_held.py: one thread's decoding and heatmap writing per image on
@@ -215,10 +217,10 @@ bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
 bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs heatmaps --source-size "$SRC" --images "$PROC_IMAGES" --seconds "$PROC_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS" --processes "$PROCS"
-bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
-    --precisions "$LOW" --seconds "$ROW_SECONDS"
 step profile "$T_PROFILE" "$PY" scripts/e2e_profile.py --device "$DEV" --images "$PROFILE_IMAGES" \
     --size "$E2E" --source-size "$SRC" --batch-size "$BIG" --precision "$LOW" --top 6
+bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
+    --precisions "$LOW" --seconds "$ROW_SECONDS"
 bench e2e_npy "$T_NPY" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
     --outputs npy16 --source-size "$SRC" --images "$NPY_IMAGES" --seconds "$ROW_SECONDS" \
     --workers "$WORKERS" --writers "$WRITERS" --processes 1
