@@ -4,7 +4,7 @@
 
 Runs ``fpncli bench``'s end-to-end row (a generated folder of 1080p JPEGs, heatmaps only, bf16,
 batch 16, in this process) once per variant, and prints for its timed run:
-  - images/s and the machine's busy share (``/proc/stat``: all cores);
+  - images/s and the machine's busy share (the row's ``cpu_busy``: ``/proc/stat``, all cores);
   - per thread group (the feeding thread ``MainThread``, ``fpncli-decode``, ``fpncli-write``, the
     rest), its CPU milliseconds per image (``/proc/self/task/*/stat``) and where its time went:
     an in-process sampler takes every thread's Python stack 200 times a second, and the table
@@ -26,20 +26,12 @@ import os
 import re
 import sys
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> tuple[int, int]:
-    """(busy, all) CPU time of the machine since boot (``bench``'s reading of ``/proc/stat``)."""
-    from fpncli.run.bench import _cpu_jiffies
-
-    return _cpu_jiffies() or (0, 1)
 
 
 def thread_cpu() -> dict[int, float]:
@@ -144,7 +136,7 @@ def main() -> None:
     cores = usable_cores()
     height, width = (int(v) for v in args.size.split("x"))
     source = tuple(int(v) for v in args.source_size.split("x"))
-    real_run_jobs, real_run_on_devices = bench.run_jobs, bench.run_on_devices
+    real_run_jobs = bench.run_jobs
     failed = False
     for variant in args.variants.split(","):
         workers, writers = max(2, cores - 2), min(8, cores)
@@ -166,24 +158,12 @@ def main() -> None:
         def profiled_run_jobs(jobs, *a, calls=calls, **k):
             if len(jobs) < args.images:  # the warm-up
                 return real_run_jobs(jobs, *a, **k)
-            busy0, wall0 = machine_busy(), time.perf_counter()
             with Sampler() as sampler:
                 summary = real_run_jobs(jobs, *a, **k)
-            busy1, wall = machine_busy(), time.perf_counter() - wall0
-            share = (busy1[0] - busy0[0]) / max(1e-9, busy1[1] - busy0[1])
-            calls.append((summary, wall, share, sampler.groups(), sampler.counts))
+            calls.append((summary, sampler.groups(), sampler.counts))
             return summary
 
-        def profiled_run_on_devices(jobs, *a, calls=calls, **k):
-            busy0, wall0 = machine_busy(), time.perf_counter()
-            summary = real_run_on_devices(jobs, *a, **k)
-            busy1, wall = machine_busy(), time.perf_counter() - wall0
-            share = (busy1[0] - busy0[0]) / max(1e-9, busy1[1] - busy0[1])
-            calls.append((summary, wall, share, collections.Counter(), {}))
-            return summary
-
-        bench.run_jobs = profiled_run_jobs
-        bench.run_on_devices = profiled_run_on_devices
+        bench.run_jobs = profiled_run_jobs  # (worker processes: the row's cpu_busy only)
         old = sys.getswitchinterval()
         sys.setswitchinterval(interval)
         try:
@@ -195,7 +175,7 @@ def main() -> None:
             )  # fmt: skip
         finally:
             sys.setswitchinterval(old)
-            bench.run_jobs, bench.run_on_devices = real_run_jobs, real_run_on_devices
+            bench.run_jobs = real_run_jobs
         print(f"\n=== {variant}: workers {workers} writers {writers} switch {interval * 1e3:g} ms"
               f" processes {processes or 1} on {device} ({cores} cores)")  # fmt: skip
         if row.error:
@@ -205,13 +185,15 @@ def main() -> None:
         stages = " ".join(f"{k} {v:.1f}" for k, v in row.stage_ms_per_image.items())
         print(f"{row.images_per_s:.1f} img/s, ms/img: {stages}; bound {row.bound}; decode rate "
               f"(threads) {row.ratios.get('decode_img_s', 0):.0f} img/s")  # fmt: skip
-        summary, wall, share, groups, counts = calls[-1]
+        busy, cpus = row.ratios.get("cpu_busy", float("nan")), os.cpu_count()
+        print(f"timed run: {row.images} images in {row.seconds:.2f} s; machine busy {busy:.0%} "
+              f"of {cpus} CPUs, {busy * cpus * row.seconds * 1e3 / max(1, row.images):.1f} CPU "
+              f"ms/img")  # fmt: skip
+        if not calls:  # worker processes: their threads are not this process's
+            continue
+        summary, groups, counts = calls[-1]
         done = max(1, summary.done)
-        print(
-            f"timed run: {summary.done} images in {wall:.2f} s; machine busy {share:.0%} of "
-            f"{os.cpu_count()} CPUs, {share * os.cpu_count() * wall * 1e3 / done:.1f} CPU "
-            f"ms/img; this process {sum(groups.values()) * 1e3 / done:.1f} CPU ms/img"
-        )
+        print(f"this process: {sum(groups.values()) * 1e3 / done:.1f} CPU ms/img")
         for name, seconds in groups.most_common():
             if seconds * 1e3 / done < 0.005:  # (the samplers)
                 continue

@@ -283,7 +283,7 @@ if (steps / "phases.tsv").is_file():
 failures = (steps / "failures.txt").read_text() if (steps / "failures.txt").is_file() else ""
 profile_log = steps / "profile.log"
 profile = [ln for ln in profile_log.read_text().splitlines()
-           if ln.startswith(("===", "timed run", "error:")) or "img/s, ms/img" in ln
+           if ln.startswith(("===", "timed run", "this process", "error:")) or "img/s, ms/img" in ln
            or ln.endswith("CPU ms/img") and ln.startswith("  ")] \
     if profile_log.is_file() else []  # fmt: skip
 host_log = steps / "host.log"
@@ -338,7 +338,8 @@ text = "\n".join([
 (out / "gpu_check.txt").write_text(text + "\n")
 (out / "gpu_check.json").write_text(json.dumps(
     {**info, "machine": machine, "dry_run": dry_run, "seconds": elapsed, "phases": phases,
-     "rows": rows, "skipped": skipped, "targets": targets, "vs_detectron2": versus, "host": host, "profile": profile,
+     "rows": rows, "skipped": skipped, "targets": targets, "vs_detectron2": versus, "host": host,
+     "profile": profile,
      "failures": failures.splitlines()}, indent=2))
 print("\n" + text)
 EOF
