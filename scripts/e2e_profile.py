@@ -6,7 +6,9 @@ Runs ``fpncli bench``'s end-to-end row (a generated folder of 1080p JPEGs, heatm
 batch 16, in this process) once per variant, and prints for its timed run:
   - images/s and the machine's busy share (the row's ``cpu_busy``: ``/proc/stat``, all cores);
   - per thread group (the feeding thread ``MainThread``, ``fpncli-decode``, ``fpncli-write``, the
-    rest), its CPU milliseconds per image (``/proc/self/task/*/stat``) and where its time went:
+    rest), its CPU milliseconds per image (``/proc/self/task/*/stat``, read every quarter second
+    while the run goes: a thread's last quarter second can be missed, so short runs read low)
+    and where its time went:
     an in-process sampler takes every thread's Python stack 200 times a second, and the table
     lists each group's most frequent innermost fpncli/torch frames.
 The sampler needs Python's lock for each sample, so a thread's samples show where it stands when
