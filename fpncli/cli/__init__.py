@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 
 import click
 
 from .. import __version__
 from .bench import bench
-from .common import verbose_option
+from .common import exit_interrupted, verbose_option
 from .diff import diff
 from .extract import extract
 from .report import report
@@ -51,12 +50,7 @@ def _ctrl_c_exits_130():
     try:
         yield
     except KeyboardInterrupt:
-        _interrupted()
-
-
-def _interrupted():
-    click.echo("interrupted", err=True)
-    sys.exit(130)
+        exit_interrupted()
 
 
 class _Group(click.Group):

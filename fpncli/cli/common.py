@@ -61,8 +61,7 @@ def _friendly(command):
         except click.ClickException:
             raise
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+            exit_interrupted()
         except BrokenPipeError as e:
             if not _stdout_closed():
                 _fail(e)
@@ -71,6 +70,13 @@ def _friendly(command):
             _fail(e)
 
     return wrapper
+
+
+def exit_interrupted():
+    """End the command after Ctrl-C (or SIGTERM, turned into it): ``interrupted`` and exit code
+    130, wherever it came (in a command, or while click parsed its options)."""
+    click.echo("interrupted", err=True)
+    sys.exit(130)
 
 
 def _fail(e: Exception):
