@@ -47,6 +47,7 @@ __all__ = [
     "read_capped",
     "read_json_file",
     "one_line",
+    "ONE_LINE_LIMIT",
     "error_text",
 ]
 
@@ -411,7 +412,11 @@ def error_text(error: BaseException) -> str:
     return one_line(str(error)) or type(error).__name__
 
 
-def one_line(text: str, limit: int = 500) -> str:
+#: The longest error line ``one_line`` gives (by default).
+ONE_LINE_LIMIT = 500
+
+
+def one_line(text: str, limit: int = ONE_LINE_LIMIT) -> str:
     """An error message as one line: its lines joined with a literal ``\\n`` (a newline in a
     file name it quotes must not cut the reason off after the name), at most ``limit``
     characters."""

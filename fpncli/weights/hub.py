@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io.guard import _kind, check_regular_file, error_text, one_line
+from ..io.guard import ONE_LINE_LIMIT, _kind, check_regular_file, error_text, one_line
 from .registry import REGISTRY, WeightsSpec
 
 __all__ = [
@@ -64,8 +64,6 @@ _STALL_BYTES = 256 << 10
 #: writer is alive: one untouched this long is a dead one's (a live download writes at least
 #: _STALL_BYTES a minute, or gives up).
 _STALE_PART_AGE_S = 3600.0
-#: = fpncli.io.guard.one_line's: a download error must say what to do within it.
-_LINE_LIMIT = 500
 
 
 class WeightsDownloadError(RuntimeError):
@@ -456,7 +454,7 @@ def _check_download(
 def _fit(before: str, reason: str, after: str) -> str:
     """``before + reason + after`` in one line within one_line's 500 characters: the reason (an
     error's or a server's words, of any length) cut short to fit, never what to do after it."""
-    room = _LINE_LIMIT - len(before) - len(after)
+    room = ONE_LINE_LIMIT - len(before) - len(after)
     return before + one_line(reason, max(room, 40)) + after
 
 
