@@ -251,17 +251,14 @@ class _Shards(Extractions):
 
     def _members(self, key: str, suffixes) -> dict[str, bytes]:
         """The members ``KEY.<suffix>`` asked for that the shard holds: {suffix: bytes}."""
-        from .shards import check_member, open_shard
+        from .shards import check_member, open_shard, shard_gone
 
         shard = self.shard(key)
         found = {}
         try:  # a regular file only: a FIFO in its place is refused, never waited on
             f, shard_size = open_shard(self.fs, f"{self.path}/{shard}")
         except FileNotFoundError:
-            raise FileNotFoundError(
-                f"{shard}, which the index of {self.root} names for {key!r}, is gone: restore "
-                "it, or rerun the extract command with --overwrite"
-            ) from None
+            raise shard_gone(shard, self.root, key) from None
         with f:
             table = self._table(shard, f)
             for suffix in suffixes:

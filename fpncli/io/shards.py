@@ -63,6 +63,7 @@ __all__ = [
     "find_member",
     "open_root",
     "open_shard",
+    "shard_gone",
     "parse_size",
     "prepare_root",
     "read_index",
@@ -653,6 +654,14 @@ def _open_file(fs, path: str, what: str) -> tuple:
     return fs.open(path, "rb"), size if isinstance(size, int) else None
 
 
+def shard_gone(shard: str, root: str, key: str) -> FileNotFoundError:
+    """The error for a shard that the index of ``root`` names for ``key`` but that is gone."""
+    return FileNotFoundError(
+        f"{shard}, which the index of {root} names for {key!r}, is gone: restore it, or rerun "
+        "the extract command with --overwrite"
+    )
+
+
 def check_member(shard: str, name: str, offset: int, size: int, shard_size: int | None) -> None:
     """Refuse a member whose header declares more data than the shard holds past its offset (a
     forged size of 10**12 bytes would otherwise be allocated and read): a one-line ValueError
@@ -688,10 +697,7 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
     try:
         f, shard_size = open_shard(fs, f"{root}/{shard}")
     except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{shard}, which the index of {root} names for {key!r}, is gone: restore it, or "
-            "rerun the extract command with --overwrite"
-        ) from None
+        raise shard_gone(shard, root, key) from None
     with f:
         # seekable (local files, fsspec's buffered files): tarfile skips other members' data by
         # seeking, reading only their 512-byte headers; a key's members are written together,
