@@ -294,9 +294,11 @@ def colour_indices(
 
 @functools.lru_cache(maxsize=64)
 def colour_bar(cmap: str, width: int) -> np.ndarray:
-    """The ``(1, width, 3)`` colour ramp under a heatmap (drawn for every level of every
-    image: made once per colormap and width)."""
-    ramp = colorize(np.linspace(0.0, 1.0, width)[None, :], cmap, 0.0, 1.0)
+    """The ``(1, width, 3)`` colour ramp, in all of ``cmap``'s colours, under an overview's
+    panel, an overlay or a report's thumbnail (drawn for every level of every image: made once
+    per colormap and width; a heatmap's is ``_bar_indices`` in its palette)."""
+    lut = _lut(cmap)
+    ramp = np.take(lut, _bar_indices(len(lut), width), axis=0)
     ramp.flags.writeable = False
     return ramp
 
@@ -357,7 +359,8 @@ def heatmap_palette(cmap: str) -> tuple[np.ndarray, int]:
 
 @functools.lru_cache(maxsize=64)
 def _bar_indices(colours: int, width: int) -> np.ndarray:
-    """A heatmap's colour bar ``width`` pixels wide in palette indices (``colour_bar``'s ramp)."""
+    """A colour bar ``width`` pixels wide as indices into ``colours`` colours (a heatmap's, in
+    its palette; ``colour_bar``'s, in the colormap's)."""
     bar = colour_indices(np.linspace(0.0, 1.0, width)[None, :], colours, 0.0, 1.0)
     bar.flags.writeable = False
     return bar
