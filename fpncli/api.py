@@ -25,6 +25,7 @@ from .model.cpu_kernels import use_cpu_kernels
 from .model.fpn import FPN
 from .model.layers import fold_frozen_batchnorm
 from .model.normalize import normalize_batch
+from .weights.cache import check_cached, record_first_use, sha256_file
 from .weights.checkpoint import (
     build_backbone,
     load_state_dict_strict,
@@ -32,7 +33,7 @@ from .weights.checkpoint import (
     random_state_dict,
     read_checkpoint,
 )
-from .weights.hub import check_cached, record_first_use, resolve_weights, sha256_file
+from .weights.hub import resolve_weights
 from .weights.registry import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
 from .weights.safeload import check_file_size
 

@@ -50,7 +50,7 @@ def test_an_unknown_weights_name_is_a_usage_error_before_any_download(runner, mo
 
 
 def test_a_damaged_cached_file_is_not_listed_as_cached(runner, tmp_path):
-    from fpncli.weights.hub import cached_path, record_sha256
+    from fpncli.weights.cache import cached_path, record_sha256
     from fpncli.weights.registry import REGISTRY
 
     published = cached_path(REGISTRY["faster_rcnn_R_50_FPN_3x"])  # has a published sha256
@@ -75,7 +75,7 @@ def test_a_damaged_sha256_sidecar_counts_as_none_not_a_traceback(runner, sidecar
     again); list, verify and extract --weights NAME went down on it (IndexError, UnicodeError)."""
     import importlib
 
-    from fpncli.weights.hub import _sidecar, cached_path, recorded_sha256, sha256_file
+    from fpncli.weights.cache import _sidecar, cached_path, recorded_sha256, sha256_file
     from fpncli.weights.registry import REGISTRY
 
     # the file stands for a checkpoint that loads (a strict load of a real one takes seconds;
@@ -100,7 +100,7 @@ def test_weights_verify_and_download_refuse_a_damaged_file(runner, monkeypatch, 
     verify said "unrecorded sha256 ... now recorded", then "ok"; download "already cached"."""
     import urllib.request
 
-    from fpncli.weights.hub import cached_path, recorded_sha256
+    from fpncli.weights.cache import cached_path, recorded_sha256
     from fpncli.weights.registry import REGISTRY
 
     name = "faster_rcnn_R_101_FPN_3x"  # no published sha256
@@ -126,16 +126,16 @@ def test_weights_verify_and_download_refuse_a_damaged_file(runner, monkeypatch, 
 
 
 def test_weights_list_shows_every_entry_when_one_cannot_be_read(runner, monkeypatch):
-    from fpncli.weights import hub
+    from fpncli.weights import cache
     from fpncli.weights.registry import REGISTRY
 
-    unreadable = hub.cached_path(REGISTRY["faster_rcnn_R_50_FPN_3x"])
+    unreadable = cache.cached_path(REGISTRY["faster_rcnn_R_50_FPN_3x"])
     unreadable.write_bytes(b"x")
 
     def sha256_file(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(hub, "sha256_file", sha256_file)
+    monkeypatch.setattr(cache, "sha256_file", sha256_file)
     listing = runner.invoke(cli, ["weights", "list"])
     assert listing.exit_code == 0, listing.output
     assert f"unreadable (Permission denied): {unreadable}" in listing.output
@@ -155,7 +155,7 @@ def test_weights_verify_names_a_damaged_file_once_and_the_commands_that_fix_it(r
     "run 'fpncli weights download NAME' for each", which keeps the damaged file as it is."""
     import shlex
 
-    from fpncli.weights.hub import cached_path
+    from fpncli.weights.cache import cached_path
     from fpncli.weights.registry import REGISTRY
 
     name = "faster_rcnn_R_50_FPN_3x"

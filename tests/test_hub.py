@@ -12,14 +12,9 @@ from pathlib import Path
 import pytest
 
 import fpncli
-from fpncli.weights import hub
-from fpncli.weights.hub import (
-    WeightsDownloadError,
-    cache_dir,
-    download,
-    resolve_weights,
-    verify_cached,
-)
+from fpncli.weights import cache, hub
+from fpncli.weights.cache import WeightsDownloadError, cache_dir, verify_cached
+from fpncli.weights.hub import download, resolve_weights
 from fpncli.weights.registry import REGISTRY
 
 
@@ -107,7 +102,7 @@ def test_download_checks_then_renames_and_records(home, monkeypatch, checkpoint_
     assert checked and checked[0].startswith(".") and ".part" in checked[0]
     assert path == home / spec.file_name and path.read_bytes() == checkpoint_bytes
     digest = hashlib.sha256(checkpoint_bytes).hexdigest()
-    assert hub.recorded_sha256(path) == digest
+    assert cache.recorded_sha256(path) == digest
     assert [e.status for e in verify_cached([spec.name])] == ["ok"]
     path.write_bytes(checkpoint_bytes[:-1] + b"\x00")
     entry = verify_cached([spec.name])[0]
@@ -155,7 +150,7 @@ def test_a_cached_file_that_changed_is_refused(home, monkeypatch, checkpoint_byt
     monkeypatch.setitem(REGISTRY, spec.name, spec)
     _serve(monkeypatch, checkpoint_bytes)
     path = download(spec)
-    hub.record_sha256(path, "0" * 64)  # as if the file had been replaced after download
+    cache.record_sha256(path, "0" * 64)  # as if the file had been replaced after download
     with pytest.raises(ValueError, match="changed since it was downloaded"):
         fpncli.load_backbone(spec.name)
 
@@ -177,14 +172,14 @@ def test_a_short_download_is_refused(home, monkeypatch, checkpoint_bytes):
 
 def test_a_hand_placed_file_is_checked_against_the_published_digest(home, checkpoint_bytes):
     spec = REGISTRY["faster_rcnn_R_50_FPN_3x"]  # published sha256; the seeded bytes differ
-    path = hub.cached_path(spec)
+    path = cache.cached_path(spec)
     home.mkdir()
     path.write_bytes(checkpoint_bytes)  # as the offline error says: put it there by hand
     with pytest.raises(ValueError, match="does not match the published") as info:
         fpncli.load_backbone(spec.name)
     message = str(info.value)
     assert str(path) in message and "delete it" in message and "\n" not in message
-    assert hub.recorded_sha256(path) is None  # nothing recorded for a refused file
+    assert cache.recorded_sha256(path) is None  # nothing recorded for a refused file
 
 
 def test_a_hand_placed_file_that_matches_is_recorded_on_first_use(
@@ -196,10 +191,10 @@ def test_a_hand_placed_file_that_matches_is_recorded_on_first_use(
     home.mkdir()
     for spec in (published, unpublished):
         monkeypatch.setitem(REGISTRY, spec.name, spec)
-        hub.cached_path(spec).write_bytes(checkpoint_bytes)
+        cache.cached_path(spec).write_bytes(checkpoint_bytes)
         model = fpncli.load_backbone(spec.name)
         assert model.weights_info.name == spec.name and model.weights_info.sha256 == digest
-        assert hub.recorded_sha256(hub.cached_path(spec)) == digest
+        assert cache.recorded_sha256(cache.cached_path(spec)) == digest
 
 
 @pytest.mark.parametrize("sidecar", [b"", b"\xff\xfe", b"z" * 64 + b"  model.pkl\n"])
@@ -210,13 +205,13 @@ def test_a_damaged_sidecar_counts_as_none_and_is_recorded_again(
     spec = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
     monkeypatch.setitem(REGISTRY, spec.name, spec)
     home.mkdir()
-    path = hub.cached_path(spec)
+    path = cache.cached_path(spec)
     path.write_bytes(checkpoint_bytes)
-    hub._sidecar(path).write_bytes(sidecar)
-    assert hub.recorded_sha256(path) is None
-    assert hub.cache_state(spec).status == "cached"
+    cache._sidecar(path).write_bytes(sidecar)
+    assert cache.recorded_sha256(path) is None
+    assert cache.cache_state(spec).status == "cached"
     model = fpncli.load_backbone(spec.name)  # as extract --weights NAME: loads, records again
-    assert model.weights_info.sha256 == digest and hub.recorded_sha256(path) == digest
+    assert model.weights_info.sha256 == digest and cache.recorded_sha256(path) == digest
 
 
 def test_a_folder_or_fifo_is_named_as_such_not_missing(tmp_path):
@@ -241,7 +236,7 @@ def test_verify_checks_a_hand_placed_unpublished_file_before_recording_it(home, 
     home.mkdir()
     for spec in (unpublished, published):
         monkeypatch.setitem(REGISTRY, spec.name, spec)
-        hub.cached_path(spec).write_bytes(b"x")
+        cache.cached_path(spec).write_bytes(b"x")
     checked = []
 
     def refuse(path):
@@ -251,13 +246,13 @@ def test_verify_checks_a_hand_placed_unpublished_file_before_recording_it(home, 
     entries = {e.name: e for e in verify_cached([unpublished.name, published.name], check=refuse)}
     assert entries[unpublished.name].status == "damaged"
     assert "does not load as a checkpoint (not a checkpoint)" in entries[unpublished.name].detail
-    assert hub.recorded_sha256(hub.cached_path(unpublished)) is None
+    assert cache.recorded_sha256(cache.cached_path(unpublished)) is None
     assert entries[published.name].status == "unrecorded"  # the published digest vouches
     assert checked == [unpublished.file_name]
     entry = verify_cached([unpublished.name], check=lambda path: None)[0]
-    assert entry.status == "unrecorded" and hub.recorded_sha256(hub.cached_path(unpublished))
+    assert entry.status == "unrecorded" and cache.recorded_sha256(cache.cached_path(unpublished))
     assert verify_cached([unpublished.name], check=refuse)[0].status == "ok"  # recorded: as is
-    hub.cached_path(unpublished).write_bytes(b"")
+    cache.cached_path(unpublished).write_bytes(b"")
     entry = verify_cached([unpublished.name])[0]  # the size, as cache_state judges it
     assert entry.status == "damaged" and entry.detail.startswith("0 bytes")
 
@@ -266,8 +261,8 @@ def test_a_hand_placed_file_that_does_not_load_gets_no_digest_recorded(home, mon
     spec = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
     monkeypatch.setitem(REGISTRY, spec.name, spec)
     home.mkdir()
-    path = hub.cached_path(spec)
+    path = cache.cached_path(spec)
     path.write_bytes(b"junk, not a checkpoint")
     with pytest.raises(ValueError, match="not a readable .pkl checkpoint"):
         fpncli.load_backbone(spec.name)
-    assert hub.recorded_sha256(path) is None  # else weights verify would call it ok
+    assert cache.recorded_sha256(path) is None  # else weights verify would call it ok

@@ -27,8 +27,9 @@ from click.testing import CliRunner
 
 import fpncli
 from fpncli.cli import cli
-from fpncli.weights import hub
-from fpncli.weights.hub import WeightsDownloadError, download, resolve_weights, verify_cached
+from fpncli.weights import cache, hub
+from fpncli.weights.cache import WeightsDownloadError, verify_cached
+from fpncli.weights.hub import download, resolve_weights
 from fpncli.weights.registry import REGISTRY
 
 NAME = "faster_rcnn_R_50_FPN_1x"
@@ -395,8 +396,8 @@ def test_a_digest_is_recorded_past_another_containers_temporary_file(home):
     path = home / REGISTRY[NAME].file_name
     path.write_bytes(b"a checkpoint")
     theirs = _part(home, f"{path.name}.sha256.tmp{os.getpid()}")
-    hub.record_sha256(path, "0" * 64)
-    assert hub.recorded_sha256(path) == "0" * 64
+    cache.record_sha256(path, "0" * 64)
+    assert cache.recorded_sha256(path) == "0" * 64
     assert theirs.read_bytes() == b"half a download"
     assert _entries(home) == [path.name, path.name + ".sha256", theirs.name]
 

@@ -20,7 +20,7 @@ def weights() -> None:
 @_friendly
 def weights_list() -> None:
     """List named checkpoints, their addresses and cache state."""
-    from ..weights.hub import cache_state
+    from ..weights.cache import cache_state
     from ..weights.registry import DEFAULT_WEIGHTS as default
     from ..weights.registry import REGISTRY
 
@@ -45,7 +45,8 @@ def weights_list() -> None:
 @_sigterm_as_ctrl_c  # a killed download's temporary file is removed as on Ctrl-C
 def weights_download(names) -> None:
     """Download named checkpoints into the cache (checked, then renamed into place)."""
-    from ..weights.hub import cached_path, download, verify_cached
+    from ..weights.cache import cached_path, verify_cached
+    from ..weights.hub import download
     from ..weights.registry import get_spec
 
     _check_names(names)  # all of them, before any download
@@ -80,7 +81,7 @@ def weights_verify(names) -> None:
     match (exit 1 otherwise); without, every cached one is checked and the others are listed
     as not cached.
     """
-    from ..weights.hub import verify_cached
+    from ..weights.cache import verify_cached
 
     names = tuple(dict.fromkeys(names))  # each once: a name given twice is hashed once
     _check_names(names)
