@@ -17,8 +17,12 @@ def _extract(*args):
 def test_engine_options_are_checked_before_loading(tmp_path, monkeypatch):
     result = _extract(tmp_path, "--gpu-workers", "2")
     assert result.exit_code == 2 and "--gpu-workers is an option of --engine ray" in result.output
-    result = _extract(tmp_path, "--engine", "ray", "--gpus-per-worker", "1.5")
-    assert result.exit_code == 2 and "--gpus-per-worker" in result.output
+    for fraction in ("1.5", "0", "-1", "-2", "nan", "inf"):  # 0 and -1 passed as whole numbers
+        result = _extract(tmp_path, "--engine", "ray", "--gpus-per-worker", fraction)
+        assert result.exit_code == 2 and "--gpus-per-worker" in result.output, fraction
+    # files are written one folder an image: a shard size would be ignored
+    result = _extract(tmp_path, "--shard-size", "5MB")
+    assert result.exit_code == 2 and "--shard-size is an option of --format wds" in result.output
     result = _extract(tmp_path, "--engine", "ray", "--device", "cuda:1")  # each actor: cuda:0
     assert result.exit_code == 2 and "Ray places the actors on GPUs" in result.output
     monkeypatch.setitem(sys.modules, "ray", None)

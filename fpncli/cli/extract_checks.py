@@ -79,6 +79,11 @@ def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, 
         raise click.BadParameter(str(e), param_hint="'--shard-size'") from None
     if "://" in out_dir and out_format != "wds":
         raise click.UsageError(f"{out_dir} is an object-store URL: it needs --format wds")
+    given = click.get_current_context().get_parameter_source("shard_size")
+    if out_format != "wds" and given not in (None, click.core.ParameterSource.DEFAULT):
+        raise click.UsageError(
+            "--shard-size is an option of --format wds (files: a folder per image)"
+        )
     if engine == "local":
         for name, value in (("--ray-address", ray_address), ("--gpu-workers", gpu_workers),
                             ("--gpus-per-worker", gpus_per_worker)):  # fmt: skip
@@ -93,7 +98,7 @@ def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, 
         raise click.UsageError("memory:// lives in one process: use it with --engine local only")
     workers = None if gpu_workers is None else _auto_or_count(gpu_workers, "'--gpu-workers'")
     fraction = 1.0 if gpus_per_worker is None else gpus_per_worker
-    if not (0 < fraction <= 1 or float(fraction).is_integer()):
+    if not (fraction > 0 and (fraction <= 1 or float(fraction).is_integer())):  # 0, -1: no
         raise click.BadParameter(
             f"expected a fraction in (0, 1] or a whole number, got {fraction}",
             param_hint="'--gpus-per-worker'",
