@@ -106,10 +106,12 @@ def test_cli_refuses_garbage_local_rank(tmp_path, monkeypatch):
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
     monkeypatch.setenv("LOCAL_RANK", "abc")
-    result = CliRunner().invoke(cli, ["extract", str(tmp_path), "--weights", "random"])
-    assert result.exit_code != 0
-    assert "LOCAL_RANK='abc' is not a whole number" in result.output
-    assert "Traceback" not in result.output
+    for device in ("auto", "cpu"):  # a usage error, as RANK's garbage is, whichever device
+        args = ["extract", str(tmp_path), "--weights", "random", "--device", device]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        assert "LOCAL_RANK='abc' is not a whole number" in result.output
+        assert "Traceback" not in result.output
 
 
 def test_load_backbone_takes_the_devices_its_docstring_names(monkeypatch):

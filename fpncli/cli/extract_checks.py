@@ -53,8 +53,12 @@ def _checked_device(device: str, precision: str):
     with its index (``cuda:N``: ``LOCAL_RANK``'s, as ``_load_model`` picks it): worker processes
     get this device, and ``torch.cuda.set_device`` refuses a bare ``cuda``."""
     from ..api import check_precision, resolve_device
-    from ..run.device import select_device
+    from ..run.device import local_rank_from_env, select_device
 
+    try:  # a launcher's garbage (LOCAL_RANK=abc) is refused whichever device, before loading
+        local_rank_from_env()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     try:
         dev = resolve_device(device)
         if dev.type == "cuda":
