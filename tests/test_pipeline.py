@@ -71,6 +71,45 @@ def test_discover_order_recursion_extensions_and_dedupe(tmp_path):
         discover_inputs([str(tmp_path / "missing")])
 
 
+def test_hidden_folders_and_image_files_are_left_out_of_a_walk_and_said(tmp_path):
+    """Below a folder input, names starting with "." are left out, folders as files (a hidden
+    folder's images were taken, a hidden file's not: .ipynb_checkpoints/ holds copies), and
+    each is handed back to be noted; named as an input, a hidden file is taken."""
+    root = tmp_path / "photos"
+    for rel in ["a.jpg", ".b.jpg", ".sub/c.jpg", ".ipynb_checkpoints/a.jpg", "x/.y/d.jpg",
+                "x/e.jpg", ".notes.txt"]:  # fmt: skip
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    hidden = []
+    pairs = discover_inputs([str(root)], hidden=hidden)
+    assert [p.relative_to(root).as_posix() for p, _ in pairs] == ["a.jpg", "x/e.jpg"]
+    assert sorted((p.relative_to(root).as_posix(), folder) for p, folder in hidden) == [
+        (".b.jpg", False), (".ipynb_checkpoints", True), (".sub", True), ("x/.y", True),
+    ]  # fmt: skip
+    named = discover_inputs([str(root / ".b.jpg"), str(root / ".sub")])
+    assert [p.relative_to(root).as_posix() for p, _ in named] == [".b.jpg", ".sub/c.jpg"]
+
+
+def test_extract_says_which_hidden_entries_it_left_out(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from fpncli.cli import cli
+
+    root = tmp_path / "in"
+    for rel in ["a.png", ".b.png", ".sub/c.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32)).save(root / rel)
+    args = ["extract", str(root), "-o", str(tmp_path / "out"), "--weights", "random",
+            "--min-size", "32", "--max-size", "64", "--no-overview", "--no-npy"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    note = next(ln for ln in result.stderr.splitlines() if "hidden" in ln)
+    assert note.startswith("note: left out 1 hidden image file and 1 hidden folder (names start")
+    assert str(root / ".sub") in note and str(root / ".b.png") in note
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["a"]
+
+
 def test_symlinked_subfolders_are_followed_under_the_links_name(tmp_path):
     """``data/train -> /mnt/x/train`` was listed and never walked: its images were left out
     without a word (torchvision's ImageFolder follows such links)."""

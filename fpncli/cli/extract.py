@@ -42,6 +42,7 @@ from .extract_checks import (
     _worker_devices,
 )
 from .extract_report import (
+    _hidden_note,
     _inside,
     _interrupted_progress,
     _remove_if_unused,
@@ -339,6 +340,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     passed_over: set[Path] = set()
     unreadable: list = []
     repeated: list = []
+    hidden: list = []
     _check_inputs_not_levels(inputs, levels)
     if dtype == "float16" and no_npy:  # the dtype of files not written: likely meant nothing
         drawn = not (no_heatmaps and no_overview and not overlay)  # else statistics only
@@ -346,7 +348,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         click.echo(f"note: with --no-npy, --dtype float16 only changes {changed}: they are "
                    "computed from the levels cast to float16", err=True)  # fmt: skip
     pairs = discover_inputs(inputs, from_list, exclude=None if url else out, skipped=passed_over,
-                            unreadable=unreadable, repeated=repeated)  # fmt: skip
+                            unreadable=unreadable, repeated=repeated, hidden=hidden)  # fmt: skip
     files_inside = _inside(inputs, passed_over)
     if passed_over:
         click.echo(_skipped_note(passed_over, files_inside), err=True)
@@ -354,6 +356,8 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         click.echo(f"note: cannot read the folder {quote_name(str(folder))} ({reason}): its "
                    f"images are left out{' (reported as failed)' if pairs else ''}",
                    err=True)  # fmt: skip
+    if hidden:
+        click.echo(_hidden_note(hidden), err=True)
     for folder, read_as in repeated:  # symlinks: a cycle, or the same folder twice
         click.echo(f"note: not following {quote_name(str(folder))}: it leads to the folder "
                    f"{quote_name(str(read_as))}, which the run comes to under that name",

@@ -92,6 +92,19 @@ def _skipped_note(roots: set[Path], files: dict[str, Path] | None = None) -> str
     return f"note: not reading outputs back as inputs: skipped {', '.join(shown[:5])}{more}"
 
 
+def _hidden_note(hidden: list[tuple[Path, bool]]) -> str:
+    """The hidden folders and image files (names starting with ".") the walk of a folder input
+    passed over: ``(path, is a folder)`` each."""
+    folders = sum(1 for _, is_folder in hidden if is_folder)
+    images = len(hidden) - folders
+    what = [f"{n} hidden {kind}{'s' if n > 1 else ''}"
+            for n, kind in ((images, "image file"), (folders, "folder")) if n]  # fmt: skip
+    shown = ", ".join(quote_name(str(p)) for p, _ in hidden[:3])
+    more = ", ..." if len(hidden) > 3 else ""
+    return (f"note: left out {' and '.join(what)} (names starting with '.': {shown}{more}); "
+            "name one as an input to take it")  # fmt: skip
+
+
 def _report_interrupt(last, total: int, dropped: int = 0) -> None:
     """Ctrl-C: what was done, what is left, and the command that resumes. ``dropped``: images
     written into a ``--format wds`` run's open shard, which is dropped (to be redone)."""

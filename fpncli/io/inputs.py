@@ -62,11 +62,13 @@ class _OutputFilter:
         skipped: set[Path] | None,
         unreadable: list[tuple[Path, str]] | None = None,
         repeated: list[tuple[Path, Path]] | None = None,
+        hidden: list[tuple[Path, bool]] | None = None,
     ) -> None:
         self.exclude = Path(os.path.realpath(exclude)) if exclude is not None else None
         self.skipped = skipped if skipped is not None else set()
         self.unreadable = unreadable if unreadable is not None else []
         self.repeated = repeated if repeated is not None else []
+        self.hidden = hidden if hidden is not None else []
         self.cache: dict[Path, Path | None] = {}
         self.folders: dict[Path, bool] = {}
 
@@ -98,7 +100,9 @@ class _OutputFilter:
         torchvision's ``ImageFolder`` does) under the link's name. Each real folder is read once:
         a link to a folder at or below one the walk is in (an ancestor: a cycle; or its own
         subfolder) is left to the real path, and a folder met again through another link is
-        passed over; both are added to ``repeated`` as ``(path, the path it is read as)``."""
+        passed over; both are added to ``repeated`` as ``(path, the path it is read as)``.
+        Hidden folders and image files (names starting with ``.``) are passed over and added to
+        ``hidden`` as ``(path, is a folder)``."""
         if self.root_of(folder) is not None:
             return []
         found, top = [], Path(folder)
@@ -129,6 +133,9 @@ class _OutputFilter:
             kept = []
             for d in sorted(dirnames):  # never read outputs back as inputs
                 sub = here / d
+                if d.startswith("."):  # .ipynb_checkpoints, .thumbnails, .git: copies, caches
+                    self.hidden.append((sub, True))
+                    continue
                 real = Path(os.path.realpath(sub))
                 try:
                     if os.path.islink(sub):  # where it leads: checked as a file named there is
@@ -151,8 +158,12 @@ class _OutputFilter:
                 self.skipped.add(real_here)
                 continue
             for name in sorted(filenames):
-                if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
-                    found.append(here / name)
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                    # macOS's ._photo.jpg (AppleDouble metadata), editors' temporaries
+                    if name.startswith("."):
+                        self.hidden.append((here / name, False))
+                    else:
+                        found.append(here / name)
         return found
 
 
@@ -178,6 +189,7 @@ def discover_inputs(
     skipped: set[Path] | None = None,
     unreadable: list[tuple[Path, str]] | None = None,
     repeated: list[tuple[Path, Path]] | None = None,
+    hidden: list[tuple[Path, bool]] | None = None,
 ) -> list[tuple[Path, Path]]:
     """Expand files, folders (recursively), globs and list entries into ``(image, root)`` pairs.
 
@@ -196,7 +208,10 @@ def discover_inputs(
     images named by the link's path, and every real folder is read once: a link that leads to
     a folder at or below one being walked (a cycle, or a shortcut inside the input) is left to
     that folder's own path, and a folder met again through another link is passed over; each
-    such ``(path, the path its images are read as)`` is added to ``repeated``.
+    such ``(path, the path its images are read as)`` is added to ``repeated``. Below a folder
+    input, hidden folders and image files (names starting with ``.``: ``.ipynb_checkpoints``,
+    ``.thumbnails``, macOS's ``._photo.jpg``) are passed over and added to ``hidden`` as
+    ``(path, is a folder)``; named explicitly, or listed, they are taken.
 
     Raises:
         FileNotFoundError: an argument that is neither a file, a folder nor a matching glob,
@@ -204,7 +219,7 @@ def discover_inputs(
             that cannot be looked up (a name over 255 bytes). A listed entry that cannot be
             looked up is kept, to be reported when loaded, as a missing one is.
     """
-    outputs = _OutputFilter(exclude, skipped, unreadable, repeated)
+    outputs = _OutputFilter(exclude, skipped, unreadable, repeated, hidden)
     pairs: list[tuple[Path, Path]] = []
     for raw in inputs:
         if not str(raw).strip():
