@@ -171,6 +171,13 @@ def test_show_receptive_field_cli(sample_extraction, tmp_path):
         (["--at", "1,1", "--reduce", "pca"],
          "Invalid value for '--reduce': --receptive-field takes channel, mean, max, l2, not "
          "'pca'"),
+        # options it would ignore (its picture and name were as without them)
+        (["--at", "1,1", "--top", "3"], "--top does not apply to --receptive-field"),
+        (["--at", "1,1", "--channels", "1,2"], "--channels does not apply to --receptive-field"),
+        (["--at", "1,1", "--overlay"], "--overlay does not apply to --receptive-field"),
+        (["--at", "1,1", "--cmap", "magma"], "--cmap does not apply to --receptive-field"),
+        (["--at", "1,1", "--clip", "minmax"], "--clip does not apply to --receptive-field"),
+        (["--at", "1,1", "--scale", "level"], "--scale does not apply to --receptive-field"),
     ],
 )  # fmt: skip
 def test_receptive_field_option_values_are_usage_errors_before_the_model(

@@ -137,6 +137,13 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
             raise click.UsageError(
                 "--receptive-field takes an image or an extraction folder, not --key of a shard"
             )
+        ctx = click.get_current_context()
+        for name in ("top", "channels", "overlay", "scale", "cmap", "clip"):  # it draws none
+            if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT):
+                raise click.UsageError(
+                    f"--{name} does not apply to --receptive-field (it draws the fields of one "
+                    "cell over the photo): leave it out"
+                )
         from ..run.receptive import draw_receptive_fields
         from ..viz.receptive import field_summary
 
