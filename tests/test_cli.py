@@ -312,12 +312,12 @@ def test_ctrl_c_before_the_command_runs_exits_130(runner, photo, monkeypatch):
     """Ctrl-C while click parses the options (--cmap loads matplotlib, --clip is parsed) came
     outside the command's handler: click printed "Aborted!" and exited 1, not 130 as a Ctrl-C
     later does; and one while the command line loads was a traceback."""
-    from fpncli.viz import visualize
+    from fpncli.viz import maps
 
     def interrupt(value):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(visualize, "parse_clip", interrupt)
+    monkeypatch.setattr(maps, "parse_clip", interrupt)
     for command in ("extract", "show"):
         result = runner.invoke(cli, [command, str(photo), "--weights", "random"])
         assert (result.exit_code, result.stderr) == (130, "interrupted\n"), result.output
@@ -483,7 +483,7 @@ def _red_pixels(path) -> int:
 
 
 def test_clip_range_in_manifest_and_random_mark_on_every_picture(runner, photo, tmp_path):
-    from fpncli.viz.visualize import value_range
+    from fpncli.viz.maps import value_range
 
     out = tmp_path / "out"
     args = ["extract", str(photo), "-o", str(out), *SMALL, "--overlay", "--clip", "2,98"]

@@ -40,7 +40,7 @@ from fpncli.run.device import (
     select_device,
     worker_threads,
 )
-from fpncli.viz.visualize import REDUCTIONS, range_from_order_stats, reduce_channels, value_range
+from fpncli.viz.maps import REDUCTIONS, range_from_order_stats, reduce_channels, value_range
 from fpncli.weights.registry import DETECTRON2_INPUT, TORCHVISION_INPUT
 
 
@@ -184,10 +184,6 @@ def test_pca_sign_is_the_same_on_the_device_as_in_numpy():
     """Loadings whose sum and largest entry disagree in sign (the convention follows the sum:
     the map correlates with the mean map), and a level whose mean map is flat (the largest
     loading then decides), in one batch."""
-    from fpncli.run import device as device_module
-    from fpncli.viz import visualize
-
-    assert device_module.PCA_SIGN_TOLERANCE == visualize.PCA_SIGN_TOLERANCE
     gen = torch.Generator().manual_seed(2)
     strength = torch.randn(1, 7, 9, generator=gen)
     levels = torch.stack([
@@ -207,10 +203,10 @@ def test_pca_sign_ties_fall_to_the_largest_loading_on_the_device_as_in_numpy(mon
     a tolerance above the sum (0.24) on a level whose largest loading (-0.73) has the other
     sign, so the two rules give opposite maps and a swapped branch would show."""
     from fpncli.run import device as device_module
-    from fpncli.viz import visualize
+    from fpncli.viz import maps
 
     monkeypatch.setattr(device_module, "PCA_SIGN_TOLERANCE", 1.0)
-    monkeypatch.setattr(visualize, "PCA_SIGN_TOLERANCE", 1.0)
+    monkeypatch.setattr(maps, "PCA_SIGN_TOLERANCE", 1.0)
     gen = torch.Generator().manual_seed(2)
     strength = torch.randn(1, 7, 9, generator=gen)
     level = torch.tensor([-3.0, 2.0, 2.0, 0.0])[:, None, None] * strength
@@ -337,7 +333,7 @@ def test_results_to_host_picks_out_each_maps_order_stats_when_asked():
 def test_the_writer_takes_the_colour_range_from_the_order_stats(tmp_path, monkeypatch):
     """A level whose order statistics came with it is drawn and recorded with the range they
     give, and its map is not sorted again on the host."""
-    import fpncli.viz.visualize as visualize
+    from fpncli.viz import maps, overview, visualize
 
     gen = torch.Generator().manual_seed(4)
     features = {f"p{k}": torch.randn(1, 8, 64 >> k, 96 >> k, generator=gen) for k in range(2, 7)}
@@ -351,7 +347,8 @@ def test_the_writer_takes_the_colour_range_from_the_order_stats(tmp_path, monkey
     def no_sorting(*args, **kwargs):
         raise AssertionError("value_range called: the map was sorted on the host")
 
-    monkeypatch.setattr(visualize, "value_range", no_sorting)
+    for module in (maps, visualize, overview):  # each module that draws takes it by name
+        monkeypatch.setattr(module, "value_range", no_sorting)
     write_image_outputs(tmp_path / "one", levels=levels, image=image, prepared=prepared,
                         options=options, weights={"name": "random"}, device="cuda:0",
                         precision="bf16")  # fmt: skip

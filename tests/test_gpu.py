@@ -25,7 +25,7 @@ import fpncli
 from fpncli.io.outputs import OutputOptions, read_manifest
 from fpncli.run.device import InputStager, PinnedPool, results_to_host
 from fpncli.run.pipeline import Job, RunOptions, run_jobs
-from fpncli.viz.visualize import range_from_order_stats, value_range
+from fpncli.viz.maps import range_from_order_stats, value_range
 
 pytestmark = [
     pytest.mark.gpu,

@@ -1093,7 +1093,7 @@ def test_images_decoded_elsewhere_get_the_bottom_up_stages_asked_for(tmp_path, m
 
 def test_heatmaps_computed_on_the_device_match_numpy(tmp_path, model):
     from fpncli.io.outputs import read_manifest
-    from fpncli.viz.visualize import reduce_channels
+    from fpncli.viz.maps import reduce_channels
 
     path = _image(tmp_path / "in" / "a.png", size=(50, 37))
     options = replace(SMALL, save_heatmaps=True, reduce="pca", levels=("p3", "p5"))

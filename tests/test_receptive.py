@@ -253,8 +253,8 @@ def test_receptive_fields_leave_the_models_bottom_up_outputs_as_they_were(tmp_pa
 def test_the_panel_of_a_very_wide_photo_stays_encodable():
     """A 4000x1 photo (show --receptive-field --level p6 --at 3999,0 on a --no-resize
     extraction) made a 1,280,000-pixel-wide panel: 'Error: PNG encoding failed'."""
+    from fpncli.viz.png import encode_png
     from fpncli.viz.receptive import MAX_PANEL_WIDTH, MIN_PANEL_SIDE, receptive_field_image
-    from fpncli.viz.visualize import encode_png
 
     erf = np.zeros((32, 4000), np.float32)
     erf[0, 3990] = 1.0

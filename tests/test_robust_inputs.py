@@ -42,7 +42,7 @@ def _image(path: Path, size=(48, 40)) -> Path:
 
 
 def test_safe_text_keeps_ascii_and_replaces_the_rest():
-    from fpncli.viz.visualize import safe_text
+    from fpncli.viz.text import safe_text
 
     assert safe_text("p2  stride 4 (1, 256)") == "p2  stride 4 (1, 256)"
     assert safe_text(f"{BAD}.png é\n") == "bad??.png ??"
@@ -53,7 +53,8 @@ def test_every_picture_draws_a_surrogate_or_non_ascii_text():
     code = f"""
 import numpy as np
 from fpncli.viz.channels import channel_grid
-from fpncli.viz.visualize import heatmap_image, overlay_image, overview_image
+from fpncli.viz.visualize import heatmap_image, overlay_image
+from fpncli.viz.overview import overview_image
 text = {BAD!r} + " é"
 rgb = np.zeros((40, 48, 3), np.uint8)
 level = {{"name": text, "map": np.ones((10, 12), np.float32), "stride": 4, "shape": (1, 2)}}
@@ -140,7 +141,7 @@ ROW_LEVEL = {"name": "p2", "map": np.zeros((1, 750), np.float32), "stride": 4, "
 
 
 def test_the_overview_of_a_one_row_photo_stays_within_its_width():
-    from fpncli.viz.visualize import OVERVIEW_MAX_WIDTH, overview_image
+    from fpncli.viz.overview import OVERVIEW_MAX_WIDTH, overview_image
 
     overview = overview_image(ROW, [ROW_LEVEL], title="t")  # was 48,000 pixels wide
     assert overview.shape[1] <= OVERVIEW_MAX_WIDTH

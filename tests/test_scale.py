@@ -335,9 +335,9 @@ def _p6_labels(monkeypatch) -> list:
     """The range labels every one-cell (P6) picture is drawn with, from now on."""
     import numpy as np
 
-    from fpncli.viz import visualize
+    from fpncli.viz import overview, visualize
 
-    labels, real = [], visualize._range_labels
+    labels, real = [], visualize.range_labels
 
     def spy(values, vrange):
         drawn = real(values, vrange)
@@ -345,7 +345,8 @@ def _p6_labels(monkeypatch) -> list:
             labels.append(drawn)
         return drawn
 
-    monkeypatch.setattr(visualize, "_range_labels", spy)
+    for module in (visualize, overview):  # the heatmaps and overlays, and the overview
+        monkeypatch.setattr(module, "range_labels", spy)
     return labels
 
 

@@ -409,8 +409,8 @@ def test_level_all_shows_the_levels_an_extraction_has(folder):
 
 def test_the_window_draws_the_values_in_image_pixels(folder):
     """What the show window holds (checked with the Agg backend, no display needed)."""
+    from fpncli.viz.maps import value_range
     from fpncli.viz.show import level_figure_for
-    from fpncli.viz.visualize import value_range
 
     fig = level_figure_for(str(folder), level="p3")
     image_axes = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]

@@ -9,30 +9,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fpncli.viz.maps import parse_clip, pca_sign, reduce_channels, valid_region, value_range
+from fpncli.viz.overview import OVERVIEW_MAX_WIDTH, _overview_layout, overview_image, overview_png
+from fpncli.viz.png import encode_png, png_size_bound
+from fpncli.viz.text import text_size, wrap_text
 from fpncli.viz.visualize import (
-    OVERVIEW_MAX_WIDTH,
     _heatmap_layout,
-    _overview_layout,
     cell_index,
     colorize,
     colour_indices,
-    encode_png,
     heatmap_image,
     heatmap_palette,
     heatmap_png,
     heatmap_png_bound,
     overlay_image,
     overlay_shape,
-    overview_image,
-    overview_png,
-    parse_clip,
-    pca_sign,
-    png_size_bound,
-    reduce_channels,
-    text_size,
-    valid_region,
-    value_range,
-    wrap_text,
 )
 
 FEATURE = np.array(
@@ -151,14 +142,14 @@ def test_png_writer_is_lossless_with_either_deflate(deflate, monkeypatch):
 
     import cv2
 
-    from fpncli.viz import visualize
+    from fpncli.viz import png
 
     if deflate == "isal":
         isal_zlib = pytest.importorskip("isal.isal_zlib")
-        monkeypatch.setattr(visualize, "_deflate", isal_zlib)
+        monkeypatch.setattr(png, "_deflate", isal_zlib)
     else:
-        monkeypatch.setattr(visualize, "_deflate", zlib)
-    assert visualize.png_deflate() == deflate
+        monkeypatch.setattr(png, "_deflate", zlib)
+    assert png.png_deflate() == deflate
     rng = np.random.default_rng(0)
     heat = heatmap_image(rng.standard_normal((20, 30)).astype(np.float32), label="p4", note="n")
     pictures = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((1, 1, 3), (37, 53, 3))]
@@ -399,13 +390,8 @@ def test_a_heatmap_png_is_its_picture_in_a_palette():
     too), each drawn where OpenCV's anti-aliased text is."""
     import cv2
 
-    from fpncli.viz.visualize import (
-        NOTE_COLOUR,
-        TEXT_COLOUR,
-        TEXT_SHADES,
-        heatmap_png,
-        put_text,
-    )  # fmt: skip
+    from fpncli.viz.text import NOTE_COLOUR, TEXT_COLOUR, put_text  # fmt: skip
+    from fpncli.viz.visualize import TEXT_SHADES, heatmap_png  # fmt: skip
 
     rng = np.random.default_rng(0)
     values = rng.standard_normal((40, 60)).astype(np.float32)
@@ -501,22 +487,22 @@ def test_colour_bar_ends_say_whether_the_map_passes_reaches_or_stays_inside_them
     """One --scale shared range over several levels: a level that goes beyond an end says
     <=/>=, one whose extreme is the end says min/max, one inside it the bare number (it said
     min/max, as if the shared end were that level's own extreme)."""
-    from fpncli.viz.visualize import _range_labels
+    from fpncli.viz.visualize import range_labels
 
     values = np.array([[0.0, 5.0, 10.0]])
-    assert _range_labels(values, (0.0, 10.0))[:2] == ("min 0", "max 10")
-    assert _range_labels(values, (2.0, 8.0))[:2] == ("<= 2", ">= 8")
-    assert _range_labels(values, (-5.0, 20.0))[:2] == ("-5", "20")
-    assert _range_labels(values, (-5.0, 8.0))[:2] == ("-5", ">= 8")
+    assert range_labels(values, (0.0, 10.0))[:2] == ("min 0", "max 10")
+    assert range_labels(values, (2.0, 8.0))[:2] == ("<= 2", ">= 8")
+    assert range_labels(values, (-5.0, 20.0))[:2] == ("-5", "20")
+    assert range_labels(values, (-5.0, 8.0))[:2] == ("-5", ">= 8")
     # the data line and the ends read the finite values only, and the data line counts the
     # others (it read "min 1 / max 2 / data 1 .. 2" for a map of NaN only)
     for odd in (np.nan, np.inf, -np.inf):
         with_odd = np.array([[0.0, 5.0, 10.0, odd]], np.float32)
         want = ("min 0", "max 10", "data 0 .. 10 (1 NaN/inf)")
-        assert _range_labels(with_odd, (0.0, 10.0)) == want, odd
-        assert _range_labels(with_odd, (1.0, 10.0))[2] == "data 0 .. 10 (clipped, 1 NaN/inf)"
+        assert range_labels(with_odd, (0.0, 10.0)) == want, odd
+        assert range_labels(with_odd, (1.0, 10.0))[2] == "data 0 .. 10 (clipped, 1 NaN/inf)"
     nan = np.full((2, 2), np.nan)
-    assert _range_labels(nan, (0.0, 0.0)) == ("0", "0", "no finite value (4 NaN/inf)")
+    assert range_labels(nan, (0.0, 0.0)) == ("0", "0", "no finite value (4 NaN/inf)")
 
 
 def test_pca_of_a_map_with_nan_or_inf_says_why_it_cannot_be_taken():

@@ -217,7 +217,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     )
     from ..run.device import select_device
     from ..run.multi import auto_processes
-    from ..viz.visualize import png_deflate
+    from ..viz.png import png_deflate
 
     _check_weights(weights)
     odd = [f"{h}x{w}" for h, w in sizes if h % 32 or w % 32]

@@ -175,7 +175,7 @@ CLIP_HELP = (
 
 
 def _clip_callback(ctx, param, value: str | None):
-    from ..viz.visualize import parse_clip
+    from ..viz.maps import parse_clip
 
     try:
         return parse_clip(value)

@@ -185,7 +185,7 @@ def level_results(
     features: dict[str, np.ndarray], prepared: Prepared, options: OutputOptions
 ) -> dict[str, LevelResult]:
     """``LevelResult`` for each of ``options.levels`` from numpy features ``(1, 256, h, w)``."""
-    from ..viz.visualize import reduce_channels, valid_region
+    from ..viz.maps import reduce_channels, valid_region
 
     out = {}
     for name in options.levels:
@@ -315,7 +315,7 @@ def _write_all(folder, write, levels, image, prepared, options, weights, device,
             written += write(folder / f"{name}.npy", result.array)
             meta["file"] = f"{name}.npy"
         if name in maps:
-            from ..viz.visualize import range_from_order_stats, value_range
+            from ..viz.maps import range_from_order_stats, value_range
 
             if result.order_stats is not None:  # picked out on the device: no sort here
                 vrange = range_from_order_stats(result.order_stats, options.clip)
@@ -335,7 +335,7 @@ def _write_all(folder, write, levels, image, prepared, options, weights, device,
 
     overview = None
     if options.save_overview:
-        from ..viz.visualize import overview_png
+        from ..viz.overview import overview_png
 
         panels = [
             {
@@ -465,7 +465,8 @@ def render_level_pictures(
     """The PNGs of one level that ``options`` asks for: ``{"heatmap": ..., "overlay": ...}``,
     drawn on ``vrange`` and labelled with level, stride, shape and reduction. Used by the run
     and by ``extract --scale``'s redraw, so both draw the same pictures."""
-    from ..viz.visualize import encode_png, heatmap_png, overlay_image
+    from ..viz.png import encode_png
+    from ..viz.visualize import heatmap_png, overlay_image
 
     label = f"{name}  stride {stride}  {tuple(shape)}  {_reduce_label(options)}"
     pictures = {}
@@ -522,7 +523,9 @@ def estimate_bytes_per_image(
             the overview's input are drawn (default: ``resized``).
         photo: the photo's file name, in the overview's title.
     """
-    from ..viz.visualize import heatmap_png_bound, overlay_shape, overview_png_bound, png_size_bound
+    from ..viz.overview import overview_png_bound
+    from ..viz.png import png_size_bound
+    from ..viz.visualize import heatmap_png_bound, overlay_shape
 
     resized = resized or (padded_height, padded_width)
     original = original or resized

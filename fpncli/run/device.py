@@ -28,6 +28,7 @@ from ..io.pillow_view import copy_rgb
 from ..model import cuda_kernels
 from ..model.cpu_kernels import use_cpu_kernels, uses_cpu_kernels
 from ..model.fpn import OUTPUT_STRIDES
+from ..viz.maps import PCA_SIGN_TOLERANCE  # pca_sign's, in torch as in numpy
 from .hostmem import keep_large_blocks
 
 log = logging.getLogger(__name__)
@@ -421,13 +422,8 @@ class StageClock:
         return out
 
 
-#: ``fpncli.viz.visualize.PCA_SIGN_TOLERANCE`` (not imported: that module brings OpenCV and
-#: matplotlib); a test checks they are equal.
-PCA_SIGN_TOLERANCE = 1e-6
-
-
 def reduce_map(level: torch.Tensor, reduce: str, channel: int = 0) -> torch.Tensor:
-    """``(C, H, W)`` -> ``(H, W)`` float32, as ``fpncli.viz.visualize.reduce_channels`` (numpy)
+    """``(C, H, W)`` -> ``(H, W)`` float32, as ``fpncli.viz.maps.reduce_channels`` (numpy)
     computes it, but in torch where the tensor is."""
     return reduce_maps(level[None], reduce, channel)[0]
 
@@ -452,10 +448,10 @@ def reduce_maps(levels: torch.Tensor, reduce: str, channel: int = 0) -> torch.Te
 
 
 def order_stats(maps: torch.Tensor, clip: tuple[float, float]) -> torch.Tensor:
-    """What a heatmap's colour range (``visualize.value_range``) needs of each ``(B, h, w)`` map,
+    """What a heatmap's colour range (``maps.value_range``) needs of each ``(B, h, w)`` map,
     picked out where the maps are: ``(B, 7)`` float64 of the finite values' count, min, max, and
     the values at the ranks below and above each ``clip`` percentile (numpy's "linear" ranks,
-    as ``visualize._places`` computes them). ``visualize.range_from_order_stats`` turns a row
+    as ``maps._places`` computes them). ``maps.range_from_order_stats`` turns a row
     into the range, so the writer does not sort the map on the host (on CUDA: a sort of the
     batch's maps, against a millisecond of the writer's CPU per image)."""
     flat = maps.reshape(maps.shape[0], -1)
@@ -487,7 +483,7 @@ def _nan_outside(maps: torch.Tensor, valid: Sequence[tuple[int, int]]) -> torch.
 def _pca_maps(batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The ``pca`` maps of ``(B, C, H, W)`` batches (a batch's levels), each ``(B, H, W)``
     float32: each image's projection on the first principal component of its channels (centred,
-    in float64), oriented as ``visualize.pca_sign`` orients it: the map correlates positively
+    in float64), oriented as ``maps.pca_sign`` orients it: the map correlates positively
     with the channel-mean map (the loadings sum to more than 0; where that sum is about 0, the
     largest loading positive).
 

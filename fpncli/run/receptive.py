@@ -281,8 +281,8 @@ def draw_receptive_fields(
     from ..io.outputs import atomic_write_bytes, check_channel, latest_extraction
     from ..model.names import OUTPUT_CHANNELS
     from ..viz.names import picture_suffix
+    from ..viz.png import encode_png
     from ..viz.receptive import receptive_field_image
-    from ..viz.visualize import encode_png
 
     point = _parse_at(at)
     # named as show names its pictures, with the levels and the cell's point (viz.names)

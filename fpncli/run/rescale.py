@@ -105,7 +105,8 @@ def redraw_run(folders: list[Path], scale: str, options: OutputOptions, *,
 
 
 def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> None:
-    from ..viz.visualize import overview_png, reduce_channels, valid_region
+    from ..viz.maps import reduce_channels, valid_region
+    from ..viz.overview import overview_png
 
     extraction = load_extraction(folder)
     manifest = extraction.manifest

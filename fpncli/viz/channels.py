@@ -11,15 +11,8 @@ import math
 import numpy as np
 
 from ..io.guard import OptionError
-from .visualize import (
-    colorize,
-    colour_bar,
-    put_lines,
-    put_text,
-    text_size,
-    upscale_cells,
-    wrap_text,
-)
+from .text import put_lines, put_text, text_size, wrap_text
+from .visualize import colorize, colour_bar, upscale_cells
 
 __all__ = ["top_channels", "parse_channels", "channel_grid"]
 

@@ -30,7 +30,7 @@ from ..io.extraction import LoadedExtraction
 from ..io.formats import warn_image_folders_left_out
 from ..io.guard import error_text, is_disk_full, utf8_text
 from ..io.outputs import atomic_write_bytes
-from .visualize import overview_png
+from .overview import overview_png
 
 __all__ = [
     "LevelDiff", "ImageDiff", "DiffResult", "compare_arrays", "diff_extractions", "write_tables",

@@ -13,7 +13,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .visualize import colorize, put_lines, put_text, text_size, wrap_text
+from .text import put_lines, put_text, text_size, wrap_text
+from .visualize import colorize
 
 __all__ = ["field_sizes", "field_captions", "field_summary", "erf_mass_levels",
            "receptive_field_image"]  # fmt: skip

@@ -38,9 +38,11 @@ from ..io.extraction import LoadedExtraction, read_run_log, replaced_size
 from ..io.formats import left_out_text, warn_image_folders_left_out
 from ..io.guard import error_text, folder_lock, usable_cores, utf8_text
 from ..io.outputs import atomic_write_bytes
+from .maps import REDUCTIONS, reduce_channels
+from .png import encode_png
 from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
-from .visualize import REDUCTIONS, colour_bar, encode_png, reduce_channels
+from .visualize import colour_bar
 
 __all__ = ["write_report", "REPORT", "REPORT_ASSETS", "REPORT_MARKER"]
 

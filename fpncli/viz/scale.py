@@ -163,7 +163,7 @@ def range_to_draw(
     """The colour range of one image's map ``values`` of ``level``: its own ``clip`` range, or,
     with a run range ``run`` (``--scale level|shared``), that one, with each end that this
     image's recorded range (same map, same ``clip``) set taken from its own (``drawn_range``)."""
-    from .visualize import value_range  # numpy and OpenCV: only where a picture is drawn
+    from .maps import value_range  # numpy: only where a picture is drawn
 
     own = value_range(values, clip)
     if run is None:

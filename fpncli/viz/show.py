@@ -31,18 +31,12 @@ from ..io.outputs import (
 from ..io.preprocess import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGE_STRIDES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
+from .maps import DEFAULT_CLIP, parse_clip, reduce_channels, value_range
 from .names import picture_suffix
+from .overview import overview_image
+from .png import encode_png
 from .scale import range_to_draw
-from .visualize import (
-    DEFAULT_CLIP,
-    encode_png,
-    heatmap_image,
-    overlay_image,
-    overview_image,
-    parse_clip,
-    reduce_channels,
-    value_range,
-)
+from .visualize import heatmap_image, overlay_image
 from .window import open_window
 
 __all__ = ["ShowResult", "show", "level_figure_for", "P6_NOTE"]
