@@ -285,3 +285,52 @@ def test_the_marks_on_a_one_pixel_photo_leave_the_photo_visible():
     white = (panel >= 250).all(axis=2)
     assert white.mean() < 0.5  # the box is a line around the photo, not all of it
     assert (panel[32, 32] != (255, 255, 255)).any()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("input", [], "'input' is a list"),
+        ("weights", "x", "'weights' is a str"),
+        ("input.path", 5, "'input.path' is an int"),
+        ("weights.path", 5, "'weights.path' is an int"),
+        ("weights.seed", "abc", "'weights.seed' is a str"),
+        ("weights.seed", 2**32, "'weights.seed' is an int"),
+        ("weights.random", "yes", "'weights.random' is a str"),
+        ("preprocess.min_size", "abc", "'preprocess.min_size' is a str"),
+        ("preprocess.max_size", -5, "'preprocess.max_size' is an int"),
+        ("preprocess.resize", 1, "'preprocess.resize' is an int"),
+        ("preprocess.min_size", 500, "'preprocess.min_size' 500 is over"),
+        ("weights", {}, "names no weights (weights.name or .path)"),
+    ],
+)  # fmt: skip
+def test_receptive_field_of_a_hand_edited_manifest_is_one_line_before_the_model(
+    sample_extraction, tmp_path, monkeypatch, field, value, message
+):
+    """show FOLDER --receptive-field read the manifest unchecked: a list for 'input' or a
+    string for 'weights' was a traceback, an empty 'weights' "Error: 'name'", a seed past
+    2**32 numpy's words after the "computing" line. Now the plain show's one line, naming the
+    manifest and the field, before any model."""
+    import json
+    import shutil
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(fpncli.api, "load_backbone", no_model)
+    folder = tmp_path / "coffee"
+    shutil.copytree(sample_extraction / "coffee", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    *parents, last = field.split(".")
+    inner = manifest
+    for key in parents:
+        inner = inner[key]
+    inner[last] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    args = ["show", str(folder), "--receptive-field", "--at", "5,5", "--save",
+            str(tmp_path / "rf.png")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"Error: {folder}/manifest.json") and message in line, line
+    assert not (tmp_path / "rf.png").exists()

@@ -277,7 +277,7 @@ def draw_receptive_fields(
     commas. A photo over ``max_pixels`` is refused, as ``extract --max-pixels`` refuses it.
     ``progress`` is told (one line) before the slow part, the forward and backward passes."""
     from ..api import load_backbone, resolve_device
-    from ..io.manifest import load_manifest
+    from ..io.manifest import MANIFEST, check_manifest, load_manifest
     from ..io.outputs import atomic_write_bytes, check_channel, latest_extraction
     from ..model.names import OUTPUT_CHANNELS
     from ..viz.names import picture_suffix
@@ -304,12 +304,19 @@ def draw_receptive_fields(
         manifest = load_manifest(path)  # ValueError: one there that cannot be read
         if manifest is None:
             raise FileNotFoundError(f"{path} holds no extraction (manifest.json missing)")
+        # every field read here of the type it is written with (a hand-edited one: one line)
+        check_manifest(manifest, f"{path}/{MANIFEST}")
         image_path = manifest.get("input", {}).get("path")
         if not image_path or not Path(image_path).is_file():
             raise FileNotFoundError(f"the photo of {path} ({image_path or 'unknown'}) is gone")
         recorded = manifest.get("weights", {})
-        weights = "random" if recorded.get("random") else recorded.get("path") or recorded["name"]
-        seed = int(recorded.get("seed") or 0)
+        weights = (
+            "random" if recorded.get("random") else recorded.get("path") or recorded.get("name")
+        )
+        if not weights:
+            raise ValueError(f"{path}/{MANIFEST} names no weights (weights.name or .path): "
+                             "give an image and --weights instead, or re-extract")  # fmt: skip
+        seed = recorded.get("seed") or 0
         pre = manifest.get("preprocess", {})
         settings = {k: pre[k] for k in ("min_size", "max_size", "resize") if k in pre}
         default_out = path / f"show{suffix}.png"
