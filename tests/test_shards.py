@@ -282,6 +282,20 @@ def test_show_key_names_a_malformed_record_manifest_in_one_line(tmp_path, monkey
     assert "RECORD is malformed" in _show_forged_record(tmp_path, monkeypatch, ".json", forge)
 
 
+@pytest.mark.parametrize("name", ["zz.npy", "../c.p3.npy"])
+def test_show_key_names_a_member_the_record_lacks_in_one_line(tmp_path, monkeypatch, name):
+    """A record whose manifest names a .npy the shard does not hold was "Error: 'zz.npy'" (a
+    KeyError's text); report and diff already said the level's .npy is missing."""
+
+    def forge(data: bytes) -> bytes:
+        manifest = json.loads(data)
+        manifest["levels"]["p3"]["file"] = name
+        return json.dumps(manifest).encode()
+
+    output = _show_forged_record(tmp_path, monkeypatch, ".json", forge)
+    assert f".{name} is missing: the record names a member the shard does not hold" in output
+
+
 def test_find_member_reads_one_key_without_reading_the_shard(tmp_path, monkeypatch):
     """``show --key`` on a big shard: the other images' bytes are seeked over, and the scan
     stops after the key's members, instead of reading the whole tar."""

@@ -263,6 +263,9 @@ def _from_shard(root: str, key: str, levels: list[str], named: bool = True) -> _
             raise OptionError(message, "--level") if saved else ValueError(message)
         # the header is checked against the bytes before anything is allocated
         where = f"{shard}: {key}.{meta['file']}"
+        if meta["file"] not in members:  # a damaged record (a forged name, a lost member)
+            raise ValueError(f"{where} is missing: the record names a member the shard does "
+                             "not hold; re-extract this image")  # fmt: skip
         array = npy_from_bytes(members[meta["file"]], where)
         features[name] = check_level_array(array, meta, where)
     resized, scale, random = _geometry(manifest, f"{key}.json in {root}/{shard}")
