@@ -251,6 +251,35 @@ def test_diff_of_images_called_like_its_tables(sample_extraction, tmp_path):
     assert (tables / "_diff.json" / "diff.png").is_file()
 
 
+def test_an_image_called_like_a_table_never_takes_another_images_picture_folder(
+    sample_extraction, tmp_path
+):
+    """Photos ``diff.csv.png`` and ``_diff.csv.png``: the first one's picture moved to
+    ``_diff.csv/``, the second one's own folder, and one picture overwrote the other (exit 0,
+    both rows naming ``_diff.csv/diff.png``). Now the moved folder is no other key's, and the
+    folders do not depend on the order the images come in."""
+    out = tmp_path / "out"
+    shutil.copytree(sample_extraction, out)
+    (out / "chelsea").rename(out / "diff.csv")
+    (out / "coffee").rename(out / "_diff.csv")
+    d = tmp_path / "d"
+    result = CliRunner().invoke(cli, ["diff", str(out), str(out), "-o", str(d)],
+                                catch_exceptions=False)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pictures = {i["key"]: i["picture"] for i in json.loads((d / "diff.json").read_text())["images"]}
+    assert pictures == {"diff.csv": "__diff.csv/diff.png", "_diff.csv": "_diff.csv/diff.png",
+                        "rocket": "rocket/diff.png"}  # fmt: skip
+    written = sorted(p.relative_to(d).as_posix() for p in d.rglob("*.png"))
+    assert written == sorted(pictures.values()), written  # three pictures, none overwritten
+    from fpncli.viz.diff import _picture_folders
+
+    keys = ["diff.csv/sub", "__diff.csv", "DIFF.JSON", "_diff.csv", "diff.csv", "a/diff.csv"]
+    expected = {"diff.csv/sub": "___diff.csv/sub", "diff.csv": "___diff.csv",
+                "__diff.csv": "__diff.csv", "_diff.csv": "_diff.csv", "DIFF.JSON": "_DIFF.JSON",
+                "a/diff.csv": "a/diff.csv"}  # fmt: skip
+    assert _picture_folders(keys) == expected and _picture_folders(keys[::-1]) == expected
+
+
 def test_a_picture_where_another_images_folder_goes_is_named_and_the_tables_written(
     sample_extraction, tmp_path
 ):

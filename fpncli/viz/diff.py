@@ -268,8 +268,32 @@ def short_names(a: str | Path, b: str | Path) -> tuple[str, str]:
     return name_a or str(a), name_b or str(b)
 
 
+def _picture_folders(keys: list[str]) -> dict[str, str]:
+    """Each key -> the folder of its picture below the diff output folder: the key itself, but
+    an image called like a table (``diff.csv``, any case) moves to ``_diff.csv``, with as many
+    ``_`` more as it takes to be no other key's folder (beside an image called ``_diff.csv``,
+    ``diff.csv``'s goes to ``__diff.csv``). Chosen for all keys at once, in sorted order, so a
+    key's folder never depends on the order the images are compared in."""
+    tops = {k.partition("/")[0] for k in keys}
+    taken = {t.casefold() for t in tops} | set(_TABLES)  # casefold: a case-insensitive disk
+    moved = {}
+    for top in sorted(t for t in tops if t.casefold() in _TABLES):
+        new = f"_{top}"
+        while new.casefold() in taken:
+            new = f"_{new}"
+        taken.add(new.casefold())
+        moved[top] = new
+    folders = {}
+    for k in keys:
+        top, sep, rest = k.partition("/")
+        folders[k] = f"{moved[top]}{sep}{rest}" if top in moved else k
+    return folders
+
+
 def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
-                 names=("A", "B")) -> ImageDiff:  # fmt: skip
+                 names, folder) -> ImageDiff:  # fmt: skip
+    """One image compared; its picture, when ``out`` is given, at ``out/folder/diff.png``
+    (``folder``: ``_picture_folders``' for ``key``)."""
     result = ImageDiff(key)
     if key_a is None or key_b is None:
         result.skipped = f"only in {'B' if key_a is None else 'A'}"
@@ -323,9 +347,6 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
         title = (f"{key}: max over channels of |A - B|, A = {names[0]}, B = {names[1]}, "
                  f"worst max_rel {worst:.3g}")  # fmt: skip
         png = overview_png(image, panels, cmap=cmap, title=title, span_input=a.image is not None)
-        folder, top = key, key.partition("/")[0]
-        if top.casefold() in _TABLES:  # an image called diff.csv: not where the table goes
-            folder = f"_{key}"
         target = out / folder / "diff.png"
         if not target.resolve().is_relative_to(out.resolve()):  # a key with .., a link out
             raise ValueError(
@@ -370,7 +391,8 @@ def diff_extractions(
             ``ImageDiff.one_side``.
         out: where to write ``diff.json``, ``diff.csv`` and one ``KEY/diff.png`` per image (the
             per-level max over channels of |A - B|; ``_diff.csv/diff.png`` for an image called
-            ``diff.csv``); None writes nothing. A picture that cannot be written (an image's
+            ``diff.csv``, ``__diff.csv/diff.png`` if an image is called ``_diff.csv`` too);
+            None writes nothing. A picture that cannot be written (an image's
             key is a folder of another's picture path: ``x`` and ``x/diff.png``) is said in
             ``ImageDiff.picture_error``; that image is still compared, the others drawn.
 
@@ -393,7 +415,8 @@ def diff_extractions(
     pairs = _pair(found_a, found_b)
     out_dir = Path(out) if out is not None else None
     names = short_names(a, b)
-    images = [_compare_one(k, found_a, ka, found_b, kb, levels, out_dir, cmap, names)
+    folders = _picture_folders([k for k, _, _ in pairs])  # an image called diff.csv: not there
+    images = [_compare_one(k, found_a, ka, found_b, kb, levels, out_dir, cmap, names, folders[k])
               for k, ka, kb in pairs]  # fmt: skip
     images.sort(key=lambda i: i.key)
     result = DiffResult(str(a), str(b), tol, images)
