@@ -280,6 +280,37 @@ def test_an_image_called_like_a_table_never_takes_another_images_picture_folder(
     assert _picture_folders(keys) == expected and _picture_folders(keys[::-1]) == expected
 
 
+@pytest.mark.parametrize("what", ["folder", "symlink", "fifo"])
+@pytest.mark.parametrize("pictures", [True, False])
+def test_an_output_folder_whose_table_is_not_a_file_is_refused_before_anything_is_written(
+    sample_extraction, tmp_path, what, pictures
+):
+    """``diff OUT OUT -o OUT`` where OUT holds the extraction of a photo ``diff.json.png`` (a
+    folder ``OUT/diff.json``): the pictures were written, then the table's rename failed with
+    "[Errno 21] Is a directory: 'OUT/.diff.json.fpncli-tmp....'". Now a folder, a symlink or a
+    FIFO where a table goes is one line naming it, before anything is compared or written."""
+    out = tmp_path / "out"
+    shutil.copytree(sample_extraction, out)
+    name = "diff.json" if what != "fifo" else "diff.csv"
+    if what == "folder":
+        (out / "coffee").rename(out / name)
+    elif what == "symlink":
+        (out / name).symlink_to(tmp_path / "elsewhere.json")
+    else:
+        os.mkfifo(out / name)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    args = ["diff", str(out), str(out), "-o", str(out), *([] if pictures else ["--no-pictures"])]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    kind = {"folder": "a folder", "symlink": "a symlink", "fifo": "a FIFO"}[what]
+    assert result.output == (
+        f"Error: {out / name} is {kind}, not a file: the diff tables cannot be written there; "
+        "give another output folder (-o)\n"
+    ), result.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written
+    assert not (tmp_path / "elsewhere.json").exists()
+
+
 def test_a_picture_where_another_images_folder_goes_is_named_and_the_tables_written(
     sample_extraction, tmp_path
 ):

@@ -20,6 +20,8 @@ import io
 import json
 import logging
 import math
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -28,13 +30,13 @@ import numpy as np
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
 from ..io.formats import warn_image_folders_left_out
-from ..io.guard import error_text, is_disk_full, utf8_text
+from ..io.guard import _kind, error_text, is_disk_full, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .overview import overview_png
 
 __all__ = [
     "LevelDiff", "ImageDiff", "DiffResult", "compare_arrays", "diff_extractions", "write_tables",
-    "short_names", "worst_level",
+    "short_names", "worst_level", "check_table_targets",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -399,7 +401,9 @@ def diff_extractions(
     Raises:
         FileNotFoundError: a root that does not exist or holds no extraction.
         ValueError: a picture that would land outside ``out`` (a key with ``..``, a folder in
-            ``out`` that links elsewhere); nothing is written there.
+            ``out`` that links elsewhere); nothing is written there. ``out/diff.json`` or
+            ``out/diff.csv`` that is not a regular file (``check_table_targets``): nothing is
+            compared nor written.
     """
     for root in (a, b):
         if "://" not in str(root) and not Path(root).is_dir():
@@ -412,8 +416,10 @@ def diff_extractions(
             )
         # an output written before extract refused to mix formats: its image folders are not read
         warn_image_folders_left_out(root, found.format)
-    pairs = _pair(found_a, found_b)
     out_dir = Path(out) if out is not None else None
+    if out_dir is not None:  # before any picture is written
+        check_table_targets(out_dir)
+    pairs = _pair(found_a, found_b)
     names = short_names(a, b)
     folders = _picture_folders([k for k, _, _ in pairs])  # an image called diff.csv: not there
     images = [_compare_one(k, found_a, ka, found_b, kb, levels, out_dir, cmap, names, folders[k])
@@ -426,6 +432,31 @@ def diff_extractions(
     return result
 
 
+def check_table_targets(out: str | Path) -> None:
+    """Refuse an output folder whose ``diff.json`` or ``diff.csv`` is there and is not a regular
+    file (a folder, such as an extraction of an image ``diff.json.png`` written there; a
+    symlink; a FIFO): the tables could not replace it. Called before anything is compared, so
+    nothing is written (the pictures were, and then the tables failed on a temporary file's
+    rename).
+
+    Raises:
+        ValueError: one line naming the path and what to do.
+    """
+    for name in _TABLES:
+        path = Path(out) / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:  # out is a file: said when the folder is made
+            return
+        if not stat.S_ISREG(mode):
+            raise ValueError(
+                f"{path} is {_kind(mode)}, not a file: the diff tables cannot be written there; "
+                "give another output folder (-o)"
+            )
+
+
 def write_tables(result: DiffResult, out: str | Path) -> None:
     """``OUT/diff.json`` (everything) and ``OUT/diff.csv`` (one row per image and level, and one
     with no level saying why for an image not compared or whose picture was not written).
@@ -435,6 +466,7 @@ def write_tables(result: DiffResult, out: str | Path) -> None:
     string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, which ``float()`` reads back; the CSV
     writes ``nan``, ``inf``."""
     out = Path(out)
+    check_table_targets(out)
     out.mkdir(parents=True, exist_ok=True)
     json_name, csv_name = _TABLES
     data = json.dumps(_strict(result.to_json()), indent=2, allow_nan=False)
