@@ -342,31 +342,58 @@ def test_a_picture_where_another_images_folder_goes_is_named_and_the_tables_writ
     assert note[-1].startswith("chelsea/diff.png/diff.png not written: [Errno 17] File exists")
 
 
-@pytest.mark.parametrize("how", ["dot-dot key", "linked folder"])
-def test_diff_never_writes_a_picture_outside_its_folder(sample_extraction, tmp_path, monkeypatch,
-                                                        how):  # fmt: skip
-    """A key ``../escaped/chelsea`` (which the wds index reader already refuses) or a folder of
-    ``-o`` that links elsewhere: a one-line ValueError, nothing written there (it was before)."""
+def test_diff_never_writes_a_picture_outside_its_folder(sample_extraction, tmp_path, monkeypatch):
+    """A key ``../escaped/chelsea`` (which the wds index reader already refuses): a one-line
+    ValueError, nothing written there (it was before)."""
     from fpncli.viz import diff
 
     escaped, out = tmp_path / "escaped", tmp_path / "d"
-    if how == "dot-dot key":
-        real = diff.open_extractions
+    real = diff.open_extractions
 
-        def opened(root):
-            found = real(root)
-            found._folders = {("../escaped/" + k if k == "chelsea" else k): p
-                              for k, p in found._folders.items()}  # fmt: skip
-            return found
+    def opened(root):
+        found = real(root)
+        found._folders = {("../escaped/" + k if k == "chelsea" else k): p
+                          for k, p in found._folders.items()}  # fmt: skip
+        return found
 
-        monkeypatch.setattr(diff, "open_extractions", opened)
-    else:
-        (escaped / "chelsea").mkdir(parents=True)
-        out.mkdir()
-        (out / "chelsea").symlink_to(escaped / "chelsea")
-    with pytest.raises(ValueError, match=r"diff picture of '(\.\./escaped/)?chelsea' .* outside"):
+    monkeypatch.setattr(diff, "open_extractions", opened)
+    with pytest.raises(ValueError, match=r"diff picture of '\.\./escaped/chelsea' .* outside"):
         diff.diff_extractions(sample_extraction, sample_extraction, out=out)
-    assert not list(escaped.rglob("*.png"))
+    assert not escaped.exists()
+
+
+def test_a_symlinked_folder_of_the_output_is_that_pictures_error_and_the_rest_is_written(
+    sample_extraction, tmp_path
+):
+    """``-o OUT`` with ``OUT/chelsea -> ../escaped/chelsea``: the whole diff stopped at that
+    image (a ValueError), no tables, the images after it not compared. And ``OUT/rocket ->
+    coffee`` was written through, rocket's picture over coffee's. Now each is that image's
+    picture_error, nothing is written through a link, every image is compared and the tables
+    are written; exit code 1."""
+    escaped, out = tmp_path / "escaped", tmp_path / "d"
+    (escaped / "chelsea").mkdir(parents=True)
+    (out / "coffee").mkdir(parents=True)
+    (out / "chelsea").symlink_to(escaped / "chelsea")
+    (out / "rocket").symlink_to("coffee")
+    args = ["diff", str(sample_extraction), str(sample_extraction), "-o", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    for key in ("chelsea", "rocket"):
+        assert (f"no picture: {key}: {key}/diff.png not written: {key} in the output folder is a "
+                "symlink, never written through") in result.output, result.output  # fmt: skip
+    assert "3 of 3 images compared: all 3 compared agree within tol 0.0001; 2 pictures not" in (
+        result.output
+    )
+    table = json.loads((out / "diff.json").read_text())
+    images = {i["key"]: i for i in table["images"]}
+    assert images["coffee"]["picture"] == "coffee/diff.png" and images["coffee"]["levels"]
+    for key in ("chelsea", "rocket"):
+        assert images[key]["picture"] is None and images[key]["levels"], images[key]
+        assert "symlink" in images[key]["picture_error"]
+    assert "rocket,p2," in (out / "diff.csv").read_text()
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["coffee/diff.png"], written  # not through rocket -> coffee
+    assert not list((escaped / "chelsea").iterdir())
 
 
 def test_diff_refuses_empty_levels_as_extract_does(sample_extraction, tmp_path, monkeypatch):

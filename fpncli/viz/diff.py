@@ -30,7 +30,7 @@ import numpy as np
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
 from ..io.formats import warn_image_folders_left_out
-from ..io.guard import _kind, error_text, is_disk_full, utf8_text
+from ..io.guard import _kind, error_text, is_disk_full, linked_folder, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .overview import overview_png
 
@@ -65,7 +65,8 @@ class ImageDiff:
     # without --levels, the levels saved (as .npy) on one side only, not compared: name -> side
     one_side: dict[str, str] = field(default_factory=dict)
     # why its picture could not be written (compared all the same): another image's picture
-    # or folder where it goes (keys x and x/diff.png), a folder that cannot be written
+    # or folder where it goes (keys x and x/diff.png), a folder that cannot be written or is
+    # a symlink (never written through)
     picture_error: str | None = None
 
     def agrees(self, tol: float) -> bool:
@@ -350,7 +351,14 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
                  f"worst max_rel {worst:.3g}")  # fmt: skip
         png = overview_png(image, panels, cmap=cmap, title=title, span_input=a.image is not None)
         target = out / folder / "diff.png"
-        if not target.resolve().is_relative_to(out.resolve()):  # a key with .., a link out
+        link = linked_folder(target.parent, out)  # OUT/c -> ../elsewhere: this picture only
+        if link is not None:
+            result.picture_error = (
+                f"{folder}/diff.png not written: {Path(os.path.relpath(link, out)).as_posix()} "
+                "in the output folder is a symlink, never written through"
+            )
+            return result
+        if not target.resolve().is_relative_to(out.resolve()):  # a key with ..
             raise ValueError(
                 f"the diff picture of {key!r} would be written outside {out} "
                 f"({target.resolve()}): not written"
@@ -395,13 +403,14 @@ def diff_extractions(
             per-level max over channels of |A - B|; ``_diff.csv/diff.png`` for an image called
             ``diff.csv``, ``__diff.csv/diff.png`` if an image is called ``_diff.csv`` too);
             None writes nothing. A picture that cannot be written (an image's
-            key is a folder of another's picture path: ``x`` and ``x/diff.png``) is said in
-            ``ImageDiff.picture_error``; that image is still compared, the others drawn.
+            key is a folder of another's picture path: ``x`` and ``x/diff.png``; a folder in ``out``
+            that is a symlink, never written through) is said in ``ImageDiff.picture_error``;
+            that image is still compared, the others drawn.
 
     Raises:
         FileNotFoundError: a root that does not exist or holds no extraction.
-        ValueError: a picture that would land outside ``out`` (a key with ``..``, a folder in
-            ``out`` that links elsewhere); nothing is written there. ``out/diff.json`` or
+        ValueError: a picture that would land outside ``out`` (a key with ``..``); nothing
+            is written there. ``out/diff.json`` or
             ``out/diff.csv`` that is not a regular file (``check_table_targets``): nothing is
             compared nor written.
     """
