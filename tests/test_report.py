@@ -760,3 +760,34 @@ class _Tags(HTMLParser):
 
     def handle_data(self, data):
         self.text.append(data)
+
+
+def test_a_forged_run_log_field_reaches_the_page_as_text(report_dir):
+    """run.json is data: its ``shards`` (which no run writes; the merge of a sharded run's logs
+    sets it) was put into the summary's markup as it stood, a ``<script>`` with it. The field
+    is dropped when the log is read, and every label and value of the summary is escaped."""
+    from fpncli.io.catalog import open_extractions
+    from fpncli.io.extraction import read_run_log
+    from fpncli.viz.report import _summary, _Tally
+
+    script = "<script>alert(document.cookie)</script>"
+    run = json.loads((report_dir / "run.json").read_text())
+    run.update(shards=script, aborted=f"<b>{script}")
+    (report_dir / "run.json").write_text(json.dumps(run))
+    assert "shards" not in read_run_log(report_dir)
+    result = CliRunner().invoke(cli, ["report", str(report_dir)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    page = (report_dir / "report.html").read_text()
+    assert "<script" not in page and "images failed (last run)</th><td>1<" in page
+    assert f"<th>stopped early</th><td>{html.escape(f'<b>{script}')}</td>" in page
+    # and whatever reaches the summary, a label included, is text in it
+    found, tally = open_extractions(report_dir), _Tally()
+    tally.add({"weights": {"name": script}, "precision": "<i>", "device": "&"}, 1)
+    markup = _summary(report_dir, found, tally, {**run, "shards": script}, [])
+    tags = _Tags()
+    tags.feed(markup)
+    assert tags.names == {"h2", "h3", "table", "tr", "th", "td"}, tags.names
+    label = html.escape(f"images failed (last run, shards: {script} logged)")
+    assert f"<th>{label}</th>" in markup
+    for value in (f"{script} (sha256 -)", "<i>", "&"):
+        assert f"<td>{html.escape(value)}</td>" in markup, value

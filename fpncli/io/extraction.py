@@ -334,7 +334,8 @@ _MAX_RUN_LOG_BYTES = 256 << 20  # over a million failures with their reasons
 
 def _read_json(path: Path) -> dict | None:
     """A run log, its fields of the types they are written with: a forged field is dropped (a
-    count reads as 0, a failure that is not a mapping is left out)."""
+    count reads as 0, a failure that is not a mapping is left out), and so is ``shards``,
+    which no run writes (``read_run_log`` sets it when it merges the logs of a sharded run)."""
     try:
         data = read_json_file(path, _MAX_RUN_LOG_BYTES)
     except (OSError, ValueError):
@@ -345,6 +346,7 @@ def _read_json(path: Path) -> dict | None:
         value = data.get(key)
         if value is not None and not _finite_count(value, integer=key != "seconds"):
             del data[key]
+    data.pop("shards", None)
     failed = data.get("failed")
     data["failed"] = [f for f in failed if isinstance(f, dict)] if isinstance(failed, list) else []
     return data

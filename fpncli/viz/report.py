@@ -327,11 +327,12 @@ def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int,
 
 
 def _count(counts: collections.Counter) -> str:
+    """The values counted, as plain text (the summary escapes it), with their counts if several."""
     if not counts:
         return "-"
     if len(counts) == 1:
-        return html.escape(next(iter(counts)))
-    return ", ".join(f"{html.escape(k)} ({n} images)" for k, n in sorted(counts.items()))
+        return next(iter(counts))
+    return ", ".join(f"{k} ({n} images)" for k, n in sorted(counts.items()))
 
 
 @dataclass
@@ -375,9 +376,11 @@ def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None,
         count = str(len(failed)) if run else "unknown (no run.json)"
         shards = f", shards: {run['shards']} logged" if run and run.get("shards") else ""
         failed_row = (f"images failed (last run{shards})", count)
+    # plain text, escaped below, labels too: a run log's or a manifest's field is data, and
+    # a row that forgot to escape one put its markup (a <script>) into the page
     rows = [
-        ("folder", html.escape(str(root))),
-        ("layout", html.escape(layout)),
+        ("folder", str(root)),
+        ("layout", layout),
         ("images done", str(tally.images)),
         failed_row,
         *([("outputs unreadable", f"{len(unreadable)} (listed below)")] if unreadable else []),
@@ -390,8 +393,9 @@ def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None,
         ("report by", f"fpncli {__version__}"),
     ]
     if run and run.get("aborted"):
-        rows.append(("stopped early", html.escape(str(run["aborted"]))))
-    table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+        rows.append(("stopped early", str(run["aborted"])))
+    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                    for k, v in rows)  # fmt: skip
     parts.append(f"<h2>Summary</h2><table>{table}</table>")
     if failed:
         parts.append(f"<h3>Failed</h3>{_reasons('input', failed)}")
