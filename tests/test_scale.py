@@ -179,6 +179,39 @@ def test_show_scale_of_damaged_statistics_is_no_usage_error(sample_extraction, t
     ]
 
 
+def test_show_scale_leaves_out_the_manifests_show_and_report_refuse(
+    sample_extraction, tmp_path, drawn_heatmaps
+):
+    """--scale level took its range from every manifest of the run as it stood: one forged to
+    +-1e308 drew the image shown in one flat colour, while show and report refuse that
+    manifest as malformed. Such a manifest (and one that cannot be read) is left out, and
+    the note says how many; the image shown, malformed, is refused as without --scale."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(sample_extraction, out)
+    path = out / "coffee" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for meta in manifest["levels"].values():
+        meta.update(min=-1e308, max=1e308, range=[-1e308, 1e308])
+    path.write_text(json.dumps(manifest))
+    (out / "rocket" / "manifest.json").write_text("{not json")
+    drawn = drawn_heatmaps(show_module)
+    args = ["show", str(out / "chelsea"), "--level", "p3", "--scale", "level", "--save",
+            str(tmp_path / "c.png")]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        "colour scale level: ranges from the 1 image(s) (2 left out: malformed or unreadable "
+        f"manifests) under {out.resolve()}"
+    )
+    own = json.loads((out / "chelsea" / "manifest.json").read_text())["levels"]["p3"]["range"]
+    assert [kwargs["vrange"] for _, kwargs in drawn] == [pytest.approx(tuple(own))]
+    args[1] = str(out / "coffee")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {path} is malformed: ")
+
+
 def test_show_scale_of_an_image_in_shards(sample_shards, tmp_path, drawn_heatmaps):
     """``show OUT --key K --scale level``: the run's ranges from the shards' manifests (it was
     refused as if OUT were an image to extract on the fly)."""

@@ -486,10 +486,13 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
                 key: str | None = None):  # fmt: skip
     """The run's colour ranges for ``--scale level|shared`` (None for ``image``, and for a
     target that is no extraction, which ``_resolve`` refuses); with ``key``, over the images of
-    the ``--format wds`` output ``target``. An ``OptionError`` (``--scale``) for an image or a
-    ``.npy`` outside an extraction folder: they belong to no run."""
+    the ``--format wds`` output ``target``. An image whose manifest cannot be read or is
+    malformed (``check_manifest``: show and report refuse it) is left out, and counted in the
+    note ``say`` is given. An ``OptionError`` (``--scale``) for an image or a ``.npy`` outside
+    an extraction folder: they belong to no run."""
     from ..io.catalog import open_extractions
-    from ..io.extraction import find_extractions
+    from ..io.extraction import find_manifests
+    from ..io.manifest import check_manifest
     from .scale import SCALES, extraction_root, run_ranges
 
     if scale not in SCALES:
@@ -497,18 +500,16 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
     if scale == "image":
         return None
     if key is not None and target is not None:  # (no target: _resolve says --key needs one)
-        found, manifests = open_extractions(target), []
-        for name in found.keys():
-            try:
-                manifests.append(found.manifest(name))
-            except (ValueError, OSError):  # a damaged member: as a folder's unreadable manifest
-                continue
-        ranges = run_ranges(manifests, scale, reduce=reduce, channel=channel)
-        say(f"colour scale {scale}: ranges from the {len(manifests)} image(s) in {target}")
+        found = open_extractions(target)
+        tally: dict[str, int] = {}
+        ranges = run_ranges(_sound_manifests(found.manifest, found.keys(), tally), scale,
+                            reduce=reduce, channel=channel)  # fmt: skip
+        say(f"colour scale {scale}: ranges from the {_ranges_from(tally)} in {target}")
         return ranges
     path = _latest()[0] if target is None else Path(target).expanduser()
     folder = path if path.is_dir() else path.parent
-    if load_manifest(folder) is None:  # (one that cannot be read says why)
+    manifest = load_manifest(folder)  # (one that cannot be read says why)
+    if manifest is None:
         if not path.is_file():  # no such target, a folder holding no extraction (a batch
             return None  # output, an empty one): _resolve refuses it, saying which
         raise OptionError(
@@ -516,11 +517,42 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
             "extraction folder (or a .npy in one), not an image extracted on the fly",
             "--scale",
         )
+    check_manifest(manifest, f"{folder}/{MANIFEST}")  # the image drawn: refused, not left out
+
+    def read(image: Path) -> dict | None:
+        found = load_manifest(image)  # None: gone since the walk
+        return None if found is None else check_manifest(found, f"{image}/{MANIFEST}")
+
     root = extraction_root(folder)
-    manifests = [m for f in find_extractions(root) if (m := read_manifest(f)) is not None]
-    ranges = run_ranges(manifests, scale, reduce=reduce, channel=channel)
-    say(f"colour scale {scale}: ranges from the {len(manifests)} image(s) under {root}")
+    tally = {}
+    # one manifest at a time, each read once: a large folder's are never all held
+    ranges = run_ranges(_sound_manifests(read, find_manifests(root), tally), scale,
+                        reduce=reduce, channel=channel)  # fmt: skip
+    say(f"colour scale {scale}: ranges from the {_ranges_from(tally)} under {root}")
     return ranges
+
+
+def _sound_manifests(read: Callable, names, tally: dict[str, int]):
+    """``read(name)`` for each of ``names``, one at a time, counted in ``tally["used"]``; one
+    that raises ValueError or OSError (it cannot be read, or is malformed) is left out, counted
+    in ``tally["left out"]``, and one that gives None (gone) is passed over."""
+    tally.update({"used": 0, "left out": 0})
+    for name in names:
+        try:
+            manifest = read(name)
+        except (ValueError, OSError):
+            tally["left out"] += 1
+            continue
+        if manifest is not None:
+            tally["used"] += 1
+            yield manifest
+
+
+def _ranges_from(tally: dict[str, int]) -> str:
+    """``N image(s)``, and how many were left out and why, for the ``--scale`` note."""
+    left_out = tally["left out"]
+    why = f" ({left_out} left out: malformed or unreadable manifests)" if left_out else ""
+    return f"{tally['used']} image(s){why}"
 
 
 def _display_available() -> bool:
