@@ -130,3 +130,24 @@ def test_check_manifest_takes_every_colour_range_fpncli_writes(sample_extraction
     manifest["levels"]["p3"]["range"] = [0.0, float("nan")]
     with pytest.raises(ValueError, match=r"^m is malformed: 'levels.p3.range' is a list"):
         check_manifest(manifest, "m")
+
+
+def test_check_manifest_bounds_the_resize_scale(sample_extraction):
+    """A resize scale is positive and at most 1e5 (an image of 1e10 pixels: no run holds one);
+    a forged 1e300 passed, and show --overlay then cast it past int64 (a RuntimeWarning and a
+    garbage overlay, exit 0)."""
+    from fpncli.io.manifest import check_manifest
+
+    manifest = json.loads((sample_extraction / "chelsea" / "manifest.json").read_text())
+    for scale in (1e-3, 1, 9459.0, 1e5):  # 9459: a 1-pixel side at the default --max-pixels
+        manifest["preprocess"].update(scale_x=scale, scale_y=scale)
+        assert check_manifest(manifest, "m") is manifest
+    for key, scale in (("scale_x", 1e300), ("scale_y", 100001), ("scale_y", 0)):
+        manifest["preprocess"].update(scale_x=1.0, scale_y=1.0)
+        manifest["preprocess"][key] = scale
+        with pytest.raises(
+            ValueError,
+            match=rf"^m is malformed: 'preprocess.{key}' is an? "
+            r"(float|int) \(.*\), not a positive number up to 100000; re-extract$",
+        ):
+            check_manifest(manifest, "m")

@@ -289,6 +289,11 @@ def _corrupt(src: Path, dst: Path, field: str, value) -> Path:
         ("levels.p3.range", [2.0, 1.0], "'levels.p3.range' is a list ([2.0, 1.0]), not two"),
         ("levels.p3.range", [1.0], "'levels.p3.range' is a list ([1.0]), not two finite"),
         ("levels.p3.range", "0,1", "'levels.p3.range' is a str ('0,1'), not two finite"),
+        (  # show --overlay cast it past int64, drawing garbage
+            "preprocess.scale_x",
+            1e300,
+            "'preprocess.scale_x' is a float (1e+300), not a positive number up to 100000",
+        ),
     ],
 )
 def test_malformed_manifest_or_level_is_one_line_in_report_diff_and_show(

@@ -95,6 +95,14 @@ _FLOAT32_MAX = 3.4028234663852886e38
 _MOST = 1 << 53  # no size or count fpncli writes comes near; past it, floats lose integers
 
 
+#: The largest resize scale (resized / original pixels) a manifest may record. A scale S
+#: makes an image of at least S x S pixels (an input side is at least one pixel): 1e5 is 1e10
+#: pixels, far past any --max-pixels a run could hold (the default is under 1e8, so under a
+#: scale of 1e4), and --no-resize records 1. A forged 1e300 overflowed the overlay's cast of
+#: pixel to cell (show --overlay drew garbage).
+_MAX_SCALE = 1e5
+
+
 def _is_int(value, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and least <= value < _MOST
 
@@ -182,8 +190,8 @@ def check_manifest(manifest: dict, name: str) -> dict:
         if key in pre and not _is_int(pre[key], 1):
             raise bad(f"preprocess.{key}", pre[key], "a positive integer")
     for key in ("scale_y", "scale_x"):
-        if key in pre and not _is_number(pre[key], least=1e-12):
-            raise bad(f"preprocess.{key}", pre[key], "a positive number")
+        if key in pre and not (_is_number(pre[key], least=1e-12) and pre[key] <= _MAX_SCALE):
+            raise bad(f"preprocess.{key}", pre[key], f"a positive number up to {_MAX_SCALE:g}")
     weights = mapping("weights", manifest.get("weights", _MISSING))
     for key in ("name", "sha256", "path"):
         text(f"weights.{key}", weights.get(key))
