@@ -151,3 +151,26 @@ def test_check_manifest_bounds_the_resize_scale(sample_extraction):
             r"(float|int) \(.*\), not a positive number up to 100000; re-extract$",
         ):
             check_manifest(manifest, "m")
+
+
+def test_check_manifest_bounds_a_levels_nonfinite_count_by_its_valid_values(sample_extraction):
+    """``nonfinite`` counts values of the level's valid region (valid_height x valid_width x
+    its shape's channels): a forged larger count passed and changed the report's statistics
+    (``stats.accumulate`` takes it out of the level's count of values)."""
+    from fpncli.io.manifest import check_manifest
+
+    manifest = json.loads((sample_extraction / "chelsea" / "manifest.json").read_text())
+    p3 = manifest["levels"]["p3"]
+    every = p3["valid_height"] * p3["valid_width"] * p3["shape"][1]
+    for count in (0, 1, every):  # every: a level with no finite value
+        p3["nonfinite"] = count
+        assert check_manifest(manifest, "m") is manifest
+    says = r"^m is malformed: 'levels.p3.nonfinite' is an int \({}\), not at most the level's"
+    p3["nonfinite"] = every + 1
+    with pytest.raises(ValueError, match=says.format(every + 1)):
+        check_manifest(manifest, "m")
+    del p3["shape"]  # every manifest with a count has its shape: without, only 0 is sound
+    with pytest.raises(ValueError, match=says.format(every + 1)):
+        check_manifest(manifest, "m")
+    p3["nonfinite"] = 0
+    assert check_manifest(manifest, "m") is manifest

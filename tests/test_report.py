@@ -294,6 +294,11 @@ def _corrupt(src: Path, dst: Path, field: str, value) -> Path:
             1e300,
             "'preprocess.scale_x' is a float (1e+300), not a positive number up to 100000",
         ),
+        (  # past the level's 8 x 12 x 256 valid values: it changed the report's statistics
+            "levels.p3.nonfinite",
+            24577,
+            "'levels.p3.nonfinite' is an int (24577), not at most the level's valid values",
+        ),
     ],
 )
 def test_malformed_manifest_or_level_is_one_line_in_report_diff_and_show(

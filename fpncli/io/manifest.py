@@ -103,6 +103,16 @@ _MOST = 1 << 53  # no size or count fpncli writes comes near; past it, floats lo
 _MAX_SCALE = 1e5
 
 
+def _valid_values(meta: dict) -> int:
+    """How many values a level's valid region holds: ``valid_height`` x ``valid_width`` (both
+    checked first) x the channels of its ``shape`` (``[1, C, H, W]``); 0 when its shape does
+    not say (every manifest that records ``nonfinite`` records the shape)."""
+    shape = meta.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and _is_int(shape[1], 1)):
+        return 0
+    return meta["valid_height"] * meta["valid_width"] * shape[1]
+
+
 def _is_int(value, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and least <= value < _MOST
 
@@ -178,8 +188,15 @@ def check_manifest(manifest: dict, name: str) -> dict:
             and vrange[0] <= vrange[1]
         ):  # fmt: skip
             raise bad(f"levels.{level}.range", vrange, "two finite float32 numbers, low <= high")
-        if meta.get("nonfinite") is not None and not _is_int(meta["nonfinite"], 0):
-            raise bad(f"levels.{level}.nonfinite", meta["nonfinite"], "a non-negative integer")
+        nonfinite = meta.get("nonfinite")
+        if nonfinite is not None and not _is_int(nonfinite, 0):
+            raise bad(f"levels.{level}.nonfinite", nonfinite, "a non-negative integer")
+        # a count of the level's valid values (its shape is written beside it): one past them
+        # took more values out of the report's count than the level holds, its mean with it
+        if nonfinite and nonfinite > _valid_values(meta):
+            raise bad(f"levels.{level}.nonfinite", nonfinite,
+                      "at most the level's valid values (valid_height x valid_width x the "
+                      "channels of its shape)")  # fmt: skip
     inp = mapping("input", manifest.get("input", _MISSING))
     text("input.path", inp.get("path"))
     for key in ("width", "height"):
