@@ -50,8 +50,8 @@
 #                 images) and the disk's write speed (of_disk_rate)
 #   host          scripts/gil_held.py: one thread's decoding and heatmap writing per image on
 #                 this CPU, and the filesystem's part of the writing ("files": a folder and six
-#                 new files; 2.3-2.9 of the 3.9-4.7 ms of "write" on a Zen 4 VM's ext4) (with
-#                 py-spy on PATH also the share that holds Python's lock)
+#                 new files; 0.4-2.9 ms of the 3.9-8.3 ms of "write" across runs on a Zen 4 VM's
+#                 ext4) (with py-spy on PATH also the share that holds Python's lock)
 #   defaults      the defaults end to end (fp32, batch 8, every output), in one process
 #                 (extract's default for them: with .npy written, 3 processes measured slower)
 #   vs_detectron2 only with D2_DIR (below): fp32 batch 16 800x1344, fpncli against Detectron2's

@@ -90,6 +90,60 @@ def test_hidden_folders_and_image_files_are_left_out_of_a_walk_and_said(tmp_path
     assert [p.relative_to(root).as_posix() for p, _ in named] == [".b.jpg", ".sub/c.jpg"]
 
 
+def test_a_link_to_a_hidden_folder_is_walked_under_its_own_name(tmp_path):
+    """The walk passes over hidden folders, so a visible link into one is not "a folder the run
+    comes to under that name" (its images were lost, with a note saying they were read): it is
+    walked under the link's name, wherever the hidden folder lies."""
+    root = tmp_path / "in"
+    for rel in [".photos/p.jpg", "a/.h/inner/q.jpg", "z.jpg"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    (root / "photos").symlink_to(".photos")
+    (root / "b").symlink_to("a/.h/inner")  # (met before a/.h, which the walk passes over)
+    hidden, repeated = [], []
+    pairs = discover_inputs([str(root)], hidden=hidden, repeated=repeated)
+    assert [p.relative_to(root).as_posix() for p, _ in pairs] == [
+        "z.jpg",
+        "b/q.jpg",
+        "photos/p.jpg",
+    ]
+    assert repeated == []
+    assert sorted(p.relative_to(root).as_posix() for p, _ in hidden) == [".photos", "a/.h"]
+
+
+def test_the_hidden_note_counts_each_entry_once_and_leaves_out_what_was_taken(tmp_path):
+    """Walked twice (in and in/sub), an entry was counted twice; named as an input, as the note
+    advises, it was still listed; the run's own output folder, hidden, was listed as left out
+    (outputs are passed over as outputs, with their own note)."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from fpncli.cli import cli
+
+    root = tmp_path / "in"
+    for rel in ["a.png", ".x.png", ".hid/h.png", "sub/s.png", "sub/.ipynb_checkpoints/s.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32)).save(root / rel)
+    base = ["extract", "--weights", "random", "--min-size", "32", "--max-size", "64",
+            "--no-overview", "--no-npy"]  # fmt: skip
+
+    def note(*args) -> str:
+        result = CliRunner().invoke(cli, [*base, *map(str, args)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return next(
+            (ln for ln in result.stderr.splitlines() if ln.startswith("note: left out")), ""
+        )
+
+    twice = note(root, root / "sub", root, "-o", tmp_path / "o1")
+    assert twice.startswith("note: left out 1 hidden image file and 2 hidden folders ("), twice
+    named = note(root, root / ".hid", root / ".x.png", "-o", tmp_path / "o2")
+    assert named.startswith("note: left out 1 hidden folder (names starting with '.': "), named
+    assert str(root / "sub" / ".ipynb_checkpoints") in named
+    for _ in range(2):  # the second run meets the first's output folder, in/.out
+        own = note(root, "-o", root / ".out")
+        assert ".out" not in own and own.startswith("note: left out 1 hidden image file and 2 ")
+
+
 def test_extract_says_which_hidden_entries_it_left_out(tmp_path):
     from click.testing import CliRunner
     from PIL import Image
@@ -104,7 +158,7 @@ def test_extract_says_which_hidden_entries_it_left_out(tmp_path):
             "--min-size", "32", "--max-size", "64", "--no-overview", "--no-npy"]  # fmt: skip
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    note = next(ln for ln in result.stderr.splitlines() if "hidden" in ln)
+    note = next(ln for ln in result.stderr.splitlines() if ln.startswith("note: left out"))
     assert note.startswith("note: left out 1 hidden image file and 1 hidden folder (names start")
     assert str(root / ".sub") in note and str(root / ".b.png") in note
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["a"]

@@ -42,6 +42,7 @@ from .extract_checks import (
     _worker_devices,
 )
 from .extract_report import (
+    _hidden_left_out,
     _hidden_note,
     _inside,
     _interrupted_progress,
@@ -356,6 +357,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         click.echo(f"note: cannot read the folder {quote_name(str(folder))} ({reason}): its "
                    f"images are left out{' (reported as failed)' if pairs else ''}",
                    err=True)  # fmt: skip
+    hidden = _hidden_left_out(hidden, pairs)
     if hidden:
         click.echo(_hidden_note(hidden), err=True)
     for folder, read_as in repeated:  # symlinks: a cycle, or the same folder twice

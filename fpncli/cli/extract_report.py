@@ -3,6 +3,7 @@ interrupted run and how to resume it, ``--scale``'s redraw, the run log and the 
 
 from __future__ import annotations
 
+import bisect
 import os
 import shlex
 from pathlib import Path
@@ -92,9 +93,31 @@ def _skipped_note(roots: set[Path], files: dict[str, Path] | None = None) -> str
     return f"note: not reading outputs back as inputs: skipped {', '.join(shown[:5])}{more}"
 
 
+def _hidden_left_out(hidden: list[tuple[Path, bool]], pairs) -> list[tuple[Path, bool]]:
+    """The hidden entries the walks of folder inputs passed over (``(path, is a folder)``) that
+    no input took (``pairs``: an image, or a folder holding one, named as an input too), each
+    once, by its absolute path (two inputs walk the folder they share twice)."""
+    taken = sorted(os.path.abspath(p) for p, _ in pairs)
+    taken_set, seen, left = set(taken), set(), []
+    for path, is_folder in hidden:
+        key = os.path.abspath(path)
+        if key in seen:
+            continue
+        seen.add(key)
+        if is_folder:  # a taken image below it? the first taken path from FOLDER/ on says
+            prefix = key + os.sep
+            below = bisect.bisect_left(taken, prefix)
+            if below < len(taken) and taken[below].startswith(prefix):
+                continue
+        elif key in taken_set:
+            continue
+        left.append((path, is_folder))
+    return left
+
+
 def _hidden_note(hidden: list[tuple[Path, bool]]) -> str:
-    """The hidden folders and image files (names starting with ".") the walk of a folder input
-    passed over: ``(path, is a folder)`` each."""
+    """The hidden folders and image files (names starting with ".") left out, ``(path, is a
+    folder)`` each (``_hidden_left_out``'s)."""
     folders = sum(1 for _, is_folder in hidden if is_folder)
     images = len(hidden) - folders
     what = [f"{n} hidden {kind}{'s' if n > 1 else ''}"

@@ -116,7 +116,10 @@ class _OutputFilter:
             """Where ``real`` lies below a folder the walk is in (``parent`` or one above it)."""
             while parent in reals:
                 if real.is_relative_to(reals[parent]):
-                    return parent / real.relative_to(reals[parent])
+                    below = real.relative_to(reals[parent])
+                    if any(part.startswith(".") for part in below.parts):
+                        return None  # in a hidden folder, which the walk passes over
+                    return parent / below
                 if parent == top:
                     break
                 parent = parent.parent
@@ -133,24 +136,24 @@ class _OutputFilter:
             kept = []
             for d in sorted(dirnames):  # never read outputs back as inputs
                 sub = here / d
-                if d.startswith("."):  # .ipynb_checkpoints, .thumbnails, .git: copies, caches
-                    self.hidden.append((sub, True))
-                    continue
                 real = Path(os.path.realpath(sub))
                 try:
-                    if os.path.islink(sub):  # where it leads: checked as a file named there is
-                        if self.root_of(sub) is not None:
-                            continue
-                        inside = read_as.get(real) or walked_as(here, real)
-                        if inside is not None:  # a cycle, a shortcut, or a folder read already
-                            self.repeated.append((sub, inside))
-                            continue
-                    marked = real == self.exclude or (sub / OUTPUT_MARKER).is_file()
+                    link = os.path.islink(sub)
+                    # where a link leads: checked as a file named there is
+                    if link and self.root_of(sub) is not None:
+                        continue
+                    if real == self.exclude or (sub / OUTPUT_MARKER).is_file():
+                        self.skipped.add(real)
+                        continue
+                    if d.startswith("."):  # .ipynb_checkpoints, .thumbnails, .git: copies, caches
+                        self.hidden.append((sub, True))
+                        continue
+                    inside = (read_as.get(real) or walked_as(here, real)) if link else None
                 except OSError as e:  # e.g. a folder without permission to look inside
                     self.unreadable.append((sub, e.strerror or str(e)))
                     continue
-                if marked:
-                    self.skipped.add(real)
+                if inside is not None:  # a cycle, a shortcut, or a folder read already
+                    self.repeated.append((sub, inside))
                 else:
                     kept.append(d)
             dirnames[:] = kept

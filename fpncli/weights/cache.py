@@ -51,7 +51,7 @@ def cache_dir() -> Path:
     """The folder named checkpoints are cached in (not created here)."""
     if env := os.environ.get("FPNCLI_HOME"):
         return Path(env).expanduser()
-    checkout = Path(__file__).resolve().parents[2]  # fpncli/weights/hub.py -> the checkout
+    checkout = Path(__file__).resolve().parents[2]  # fpncli/weights/cache.py -> the checkout
     if (checkout / "setup.py").is_file() and (checkout / "weights").is_dir():
         return checkout / "weights"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
