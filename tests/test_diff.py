@@ -280,6 +280,34 @@ def test_an_image_called_like_a_table_never_takes_another_images_picture_folder(
     assert _picture_folders(keys) == expected and _picture_folders(keys[::-1]) == expected
 
 
+def test_a_long_wds_key_gets_a_picture_folder_that_fits_a_file_name(tmp_path):
+    """A wds key spells each dot %2E: a photo named with 243 bytes of dots and letters made a
+    picture folder of 480 bytes, "File name too long", exit 1 for two identical outputs (the
+    folder output cut its name short, with a hash, and passed). Now each part of a picture
+    folder over 255 bytes is cut short the same way."""
+    pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
+    from fpncli.io.inputs import NAME_MAX_BYTES
+    from fpncli.viz.diff import _picture_folders
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    name = "L." * 119 + "x"
+    Image.new("RGB", (32, 32)).save(photos / f"{name}.png")
+    out = tmp_path / "wds"
+    args = ["extract", str(photos), "-o", str(out), "--format", "wds", "--weights", "random",
+            "--min-size", "32", "--max-size", "64", "--no-heatmaps", "--no-overview"]  # fmt: skip
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    d = tmp_path / "d"
+    result = CliRunner().invoke(cli, ["diff", str(out), str(out), "-o", str(d)])
+    assert result.exit_code == 0, result.output
+    (image,) = json.loads((d / "diff.json").read_text())["images"]
+    assert len(image["key"].encode()) > NAME_MAX_BYTES and (d / image["picture"]).is_file()
+    folders = _picture_folders(["a" * 300, "a" * 299 + "b", "s/" + "c" * 256])
+    assert len(set(folders.values())) == 3  # cut short, still apart
+    assert all(len(part.encode()) <= NAME_MAX_BYTES
+               for f in folders.values() for part in f.split("/"))  # fmt: skip
+
+
 @pytest.mark.parametrize("what", ["folder", "symlink", "fifo"])
 @pytest.mark.parametrize("pictures", [True, False])
 def test_an_output_folder_whose_table_is_not_a_file_is_refused_before_anything_is_written(

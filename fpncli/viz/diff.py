@@ -31,6 +31,7 @@ from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
 from ..io.formats import warn_image_folders_left_out
 from ..io.guard import _kind, error_text, is_disk_full, linked_folder, utf8_text
+from ..io.inputs import fitted_name
 from ..io.outputs import atomic_write_bytes
 from .overview import overview_png
 
@@ -275,8 +276,9 @@ def _picture_folders(keys: list[str]) -> dict[str, str]:
     """Each key -> the folder of its picture below the diff output folder: the key itself, but
     an image called like a table (``diff.csv``, any case) moves to ``_diff.csv``, with as many
     ``_`` more as it takes to be no other key's folder (beside an image called ``_diff.csv``,
-    ``diff.csv``'s goes to ``__diff.csv``). Chosen for all keys at once, in sorted order, so a
-    key's folder never depends on the order the images are compared in."""
+    ``diff.csv``'s goes to ``__diff.csv``); a part of it over 255 bytes is cut short with a
+    hash of the whole part (``inputs.fitted_name``). Chosen for all keys at once, in sorted
+    order, so a key's folder never depends on the order the images are compared in."""
     tops = {k.partition("/")[0] for k in keys}
     taken = {t.casefold() for t in tops} | set(_TABLES)  # casefold: a case-insensitive disk
     moved = {}
@@ -289,7 +291,10 @@ def _picture_folders(keys: list[str]) -> dict[str, str]:
     folders = {}
     for k in keys:
         top, sep, rest = k.partition("/")
-        folders[k] = f"{moved[top]}{sep}{rest}" if top in moved else k
+        folder = f"{moved[top]}{sep}{rest}" if top in moved else k
+        # a wds key spells each dot %2E: a 243-byte photo name made a 500-byte folder name
+        # (ENAMETOOLONG); each part over NAME_MAX is cut short with a hash, as extract's are
+        folders[k] = "/".join(fitted_name(part) for part in folder.split("/"))
     return folders
 
 
