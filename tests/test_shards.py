@@ -441,6 +441,31 @@ def test_wds_resume_redoes_the_images_of_a_deleted_or_truncated_shard(tmp_path):
     assert report.exit_code == 0, report.output
 
 
+def test_wds_resume_redoes_a_shard_cut_by_less_than_its_tar_headers(tmp_path, monkeypatch):
+    """A shard cut inside its second-to-last member still held more than its members' data
+    (tar headers and padding are about 1 KB a member): the rerun skipped its image ("already
+    complete") and show --key failed on it for ever. Its committed size is checked exactly."""
+    inputs = _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    args = [str(inputs), "-o", str(out), "--format", "wds", "--shard-size", "1B"]  # one each
+    assert _run(args).exit_code == 0
+    row = pq.read_table(out / "index.parquet").to_pylist()[0]
+    shard = out / row["shard"]
+    with tarfile.open(shard) as tar:
+        last_but_one = tar.getmembers()[-2]
+    cut = last_but_one.offset_data + last_but_one.size - 100
+    assert cut >= row["bytes"]  # what the old check compared: it passed
+    os.truncate(shard, cut)
+    result = _run(args)
+    assert result.exit_code == 0, result.output
+    assert "done 1, skipped 2" in result.output
+    monkeypatch.chdir(tmp_path)
+    shown = CliRunner().invoke(cli, ["show", str(out), "--key", row["key"], "--level", "p3"])
+    assert shown.exit_code == 0, shown.output
+    again = _run(args)
+    assert "done 0, skipped 3" in again.output, again.output
+
+
 def test_a_garbage_index_part_is_named_in_one_line(tmp_path):
     out = tmp_path / "out"
     assert (

@@ -182,7 +182,7 @@ def _schema():
         ("key", pa.string()), ("source", pa.string()), ("status", pa.string()),
         ("error", pa.string()), ("shard", pa.string()), ("members", pa.list_(pa.string())),
         ("levels", pa.list_(pa.string())), ("dtype", pa.string()), ("settings", pa.string()),
-        ("bytes", pa.int64()), ("written_at", pa.float64()),
+        ("bytes", pa.int64()), ("written_at", pa.float64()), ("shard_bytes", pa.int64()),
     ]  # fmt: skip
     for level in OUTPUTS:  # stem, res2..res5 (with --levels), p2..p6; null where not written
         fields += [
@@ -356,11 +356,12 @@ class ShardWriter:
         shard = None
         if self.tar is not None:
             self.tar.close()
+            size = self.file.tell()  # the whole tar, end blocks included: resume checks it
             self.file.close()
             shard = _shard_name(_digest([self.settings, *self.keys]))
             for row in self.rows:
                 if row["status"] == "ok":
-                    row["shard"] = shard
+                    row["shard"], row["shard_bytes"] = shard, size
         if self.tar is not None or self.rows:
             # OUT's lock: no other run plans (and cleans up) between the rename and the part
             with wds_lock(self.fs, self.root):
@@ -544,7 +545,7 @@ def prepare_root(fs, root: str, sources: dict[str, str], settings: str, *, overw
         if _PARTIAL in name or name[:-4] not in parts:
             log.info("removing %s (left by an interrupted run)", path)
             fs.rm(path)
-    columns = ["key", "source", "status", "settings", "shard", "bytes"]
+    columns = ["key", "source", "status", "settings", "shard", "bytes", "shard_bytes"]
     rows = read_index(fs, root).select(columns).to_pylist()
     lost = _drop_lost_shards(fs, root, rows)  # the ledger read once, its lost shards' rows left
     ok = [r for r in rows if r["status"] == "ok" and r["shard"] not in lost]
@@ -577,21 +578,32 @@ def prepare_root(fs, root: str, sources: dict[str, str], settings: str, *, overw
 
 
 def _drop_lost_shards(fs, root: str, rows: list[dict]) -> set[str]:
-    """A shard that is gone, or shorter than the members its index part lists (deleted or
-    truncated after its run), loses its index part (and what is left of it), so that the next
-    run redoes its images instead of skipping them. ``rows``: the ledger's rows (``status``,
-    ``shard``, ``bytes``). Returns the shards so dropped."""
+    """A shard that is gone, or not the size it was committed with (deleted or truncated after
+    its run), loses its index part (and what is left of it), so that the next run redoes its
+    images instead of skipping them. ``rows``: the ledger's rows (``status``, ``shard``,
+    ``bytes``, ``shard_bytes``). A part written before ``shard_bytes`` was recorded is checked
+    as well as it can be: its shard must hold at least its members' data (``bytes``), which a
+    shard cut by less than its tar headers passes. Returns the shards so dropped."""
     lost = set()
     listed: dict[str, int] = {}
+    committed: dict[str, int] = {}
     for row in rows:
         if row["status"] == "ok" and row["shard"]:
             listed[row["shard"]] = listed.get(row["shard"], 0) + (row["bytes"] or 0)
+            if row.get("shard_bytes") is not None:
+                committed[row["shard"]] = row["shard_bytes"]
     for shard, members in sorted(listed.items()):
         path = f"{root}/{shard}"
         size = fs.size(path) if fs.exists(path) else None
-        if size is not None and size >= members:
+        exact = committed.get(shard)
+        if size is not None and (size == exact if exact is not None else size >= members):
             continue
-        what = "is gone" if size is None else f"holds {size} bytes, less than its {members}"
+        if size is None:
+            what = "is gone"
+        elif exact is not None:
+            what = f"holds {size} bytes, not the {exact} it was committed with"
+        else:
+            what = f"holds {size} bytes, less than its {members}"
         log.warning("%s %s: its images will be redone", path, what)
         lost.add(shard)
         if size is not None:
