@@ -466,6 +466,53 @@ def test_wds_resume_redoes_a_shard_cut_by_less_than_its_tar_headers(tmp_path, mo
     assert "done 0, skipped 3" in again.output, again.output
 
 
+def test_an_interrupted_wds_run_indexes_what_it_committed(tmp_path, monkeypatch, caplog):
+    """Ctrl-C after a shard was committed: index.parquet was left as the run before wrote it,
+    and show --key said "no image with key" of an image the ledger (report, diff) had. The
+    interrupted run rewrites it; show reads the ledger for a key a stale index lacks (a kill)."""
+    import fpncli.run.wds
+
+    inputs = _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    args = ["-o", str(out), "--format", "wds", "--shard-size", "1B"]  # a shard per image
+    assert _run([str(inputs / "img.1.png"), *args]).exit_code == 0
+    stale = (out / "index.parquet").read_bytes()
+    real = fpncli.run.wds.run_jobs
+
+    def interrupted(todo, *a, **kw):  # one image written and committed, then Ctrl-C
+        real(todo[:1], *a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fpncli.run.wds, "run_jobs", interrupted)
+    result = _run([str(inputs), *args])
+    assert result.exit_code == 130, result.output
+    monkeypatch.undo()
+    ledger = {r["key"] for r in pq.read_table(out / "_index").to_pylist()}
+    assert len(ledger) == 2
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    assert {r["key"] for r in index if r["status"] == "ok"} == ledger
+    (new,) = ledger - {"img%2E1"}
+    monkeypatch.chdir(tmp_path)
+    for index_bytes in (None, stale):  # as rewritten; as a killed run leaves it
+        if index_bytes is not None:
+            (out / "index.parquet").write_bytes(index_bytes)
+        shown = CliRunner().invoke(cli, ["show", str(out), "--key", new, "--level", "p3"])
+        assert shown.exit_code == 0, shown.output
+    missing = CliRunner().invoke(cli, ["show", str(out), "--key", "nope"])
+    assert missing.exit_code == 1 and "no image with key 'nope'" in missing.output
+
+    def unwritable(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    # best effort: an index that cannot be written is a warning, Ctrl-C still exits 130
+    monkeypatch.setattr(fpncli.run.wds, "run_jobs", interrupted)
+    monkeypatch.setattr(fpncli.run.wds, "consolidate_index", unwritable)
+    with caplog.at_level(logging.WARNING):
+        again = _run([str(inputs), *args])
+    assert again.exit_code == 130, again.output
+    assert "could not rewrite" in caplog.text and "No space left" in caplog.text
+
+
 def test_a_garbage_index_part_is_named_in_one_line(tmp_path):
     out = tmp_path / "out"
     assert (

@@ -4,7 +4,8 @@ Layout of an output root ``OUT`` (a folder, or an object-store URL such as ``s3:
 
     OUT/shard-<hash>.tar          plain members per image: KEY.p2.npy ... KEY.p2.png ... KEY.json
     OUT/_index/part-<hash>.parquet  the rows of that shard (and of the images that failed with it)
-    OUT/index.parquet             one row per input (rewritten at the end of every run)
+    OUT/index.parquet             one row per input (rewritten at the end of every run, even
+                                  an interrupted one; show reads the ledger for a key it lacks)
     OUT/_claims/<token>.json      the keys a live run is extracting (``shardlock``; local OUT)
     OUT/.fpncli-wds               the marker: OUT is fpncli's, its shards and index may be cleaned
 
@@ -277,6 +278,7 @@ class ShardWriter:
         self.file = None
         self.tmp: str | None = None
         self.shards: list[str] = []  # committed shard names, in order
+        self.parts = 0  # index parts written (a shard's, or failures alone)
         fs.makedirs(f"{root}/{INDEX_DIR}", exist_ok=True)
 
     def write_image(self, key: str, source: str, **render) -> int:
@@ -372,6 +374,7 @@ class ShardWriter:
                     part = shard[:-4] if shard else f"failed-{_digest(r['key'] for r in self.rows)}"
                     path = f"{self.root}/{INDEX_DIR}/part-{part}.parquet"
                     _write_parquet(self.fs, path, self.rows)
+                    self.parts += 1
         self.tar = self.file = self.tmp = None
         self.rows, self.keys = [], []
 
@@ -686,7 +689,8 @@ def check_member(shard: str, name: str, offset: int, size: int, shard_size: int 
 
 
 def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
-    """``(shard, {suffix: bytes})`` of ``key``'s members (``p2.npy``, ``json``, ...).
+    """``(shard, {suffix: bytes})`` of ``key``'s members (``p2.npy``, ``json``, ...), found
+    through ``index.parquet``, else (a key it lacks or has failed) through the ledger.
 
     Raises:
         FileNotFoundError: no such key, or the key failed (the message says why); its shard
@@ -695,9 +699,16 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
             (garbage, a bad header, truncated), or a member of the key declares more bytes
             than the shard holds (``check_member``).
     """
-    table = read_index(fs, root, ledger=not fs.exists(f"{root}/{INDEX}")).to_pylist()
+    consolidated = fs.exists(f"{root}/{INDEX}")
+    table = read_index(fs, root, ledger=not consolidated).to_pylist()
     rows = [r for r in table if r["key"] == key]
     ok = [r for r in rows if r["status"] == "ok"]
+    if not ok and consolidated:
+        # index.parquet is rewritten at a run's end: the ledger has what a run still going (or
+        # one killed) committed since, as report and diff read it
+        table = read_index(fs, root).to_pylist()
+        rows = sorted((r for r in table if r["key"] == key), key=lambda r: r["written_at"] or 0.0)
+        ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         why = f" (it failed: {rows[-1]['error']})" if rows else ""
         escaped = wds_key(key)  # an output path given as the key (a.b for a%2Eb)

@@ -181,6 +181,17 @@ def _count_every_job(summary: RunSummary, jobs: list[Job], plan: ShardPlan) -> N
     summary.skipped, summary.left_to_others = plan.skipped, plan.left_to_others
 
 
+def _consolidate_after_error(plan: ShardPlan) -> None:
+    """``consolidate_index`` at the end of a run that raised, best effort: a failure here is a
+    warning, never in the place of the run's own error (or Ctrl-C's exit code 130); the ledger
+    still lists the committed shards, which ``show --key`` reads for a key the index lacks."""
+    try:
+        consolidate_index(plan.fs, plan.root)
+    except Exception as e:  # whatever it is, the run's own error is the one to report
+        log.warning("could not rewrite %s/index.parquet (%s): the next run rewrites it",
+                    plan.root, e)  # fmt: skip
+
+
 def run_sharded(
     jobs: list[Job],
     out: str,
@@ -193,10 +204,12 @@ def run_sharded(
     on_plan: Callable[[list[Job], Replaced], None] | None = None,
 ) -> RunSummary:
     """Extract ``jobs`` into WebDataset shards of about ``shard_bytes`` under ``out`` (a folder
-    or an fsspec URL), resuming from its index; ``index.parquet`` is rewritten at the end.
+    or an fsspec URL), resuming from its index; ``index.parquet`` is rewritten at the end, also
+    of a run interrupted (Ctrl-C) or failed, to hold the shards it committed.
     ``on_plan``: as ``run_jobs``'s, called with the jobs not yet in the index nor taken, and
     an empty ``Replaced``: OUT holding these images with other settings is refused instead."""
     plan = plan_sharded(jobs, out, options, weights_meta(model))
+    consolidating, writer = False, None
     try:
         if on_plan is not None:
             on_plan(plan.todo, Replaced())
@@ -223,8 +236,11 @@ def run_sharded(
         # write that failed (a full disk drops the open shard before the run hears of it)
         summary.done -= writer.dropped
         summary.bytes_written -= writer.dropped_bytes
+        consolidating = True  # from here on an error is consolidate_index's own: not retried
         rows = consolidate_index(plan.fs, plan.root)
     finally:
+        if not consolidating and writer is not None and writer.parts:
+            _consolidate_after_error(plan)  # interrupted or failed, after committing some parts
         plan.release()
     _count_every_job(summary, jobs, plan)
     summary.last_folder = None
