@@ -1337,6 +1337,53 @@ def test_a_full_disk_mid_shard_counts_only_the_images_in_committed_shards(tmp_pa
     assert rerun.exit_code == 0 and f"skipped {len(kept)}" in rerun.output, rerun.output
 
 
+def _check_counts_of_a_full_disk(result, out: Path, total: int) -> list[dict]:
+    """The summary and run.json of a run stopped by a full disk count exactly the images that
+    the ledger has ``ok``; no half-written file is left; returns those rows."""
+    from fpncli.io import shards
+
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "Errno" not in result.output, result.output
+    fs, root = shards.open_root(str(out))
+    kept = [r for r in shards.read_index(fs, root).to_pylist() if r["status"] == "ok"]
+    assert f"disk full: {len(kept)} of {total} done, rerun" in result.output, result.output
+    log = json.loads((out / "run.json").read_text())
+    assert log["done"] == len(kept) and log["bytes_written"] == sum(r["bytes"] for r in kept)
+    assert {r["shard"] for r in kept} == {p.name for p in out.glob("shard-*")}
+    assert not list(out.rglob("*.partial*")), sorted(out.rglob("*"))
+    return kept
+
+
+def _full_disk_at_call(monkeypatch, owner, name: str, call: int, *, ran: bool = False) -> None:
+    """``owner.name`` raises ENOSPC at its ``call``-th call (counting from 1) and after; with
+    ``ran``, having run (as a close whose last flush fails)."""
+    import errno
+
+    real, calls = getattr(owner, name), []
+
+    def filling(*args, **kwargs):
+        calls.append(name)
+        if len(calls) < call:
+            return real(*args, **kwargs)
+        if ran:
+            real(*args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(owner, name, filling)
+
+
+def test_a_full_disk_as_a_shard_is_closed_counts_the_committed_images(tmp_path, monkeypatch):
+    """A full disk at a shard's commit (its tar's end): the image just added was counted
+    dropped, though the run never counted it written ("0 of 12 done ... -49 bytes written",
+    though the first shard was committed)."""
+    inputs = _images(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    _full_disk_at_call(monkeypatch, tarfile.TarFile, "close", 2, ran=True)  # the 2nd shard
+    result = _run([str(inputs), "-o", str(out), "--format", "wds", "--shard-size", "1",
+                   "--writers", "1"])  # fmt: skip
+    assert len(_check_counts_of_a_full_disk(result, out, 4)) == 1
+
+
 def test_an_index_part_removed_while_the_index_is_read_is_left_out(tmp_path, monkeypatch):
     """report beside extract --overwrite: a part listed, then removed before it was opened,
     failed the whole report with 'not a readable Parquet index part: delete it'."""

@@ -316,7 +316,14 @@ class ShardWriter:
             )
             self.added += 1
             if self.file.tell() >= self.target_bytes:
-                self._commit()
+                try:
+                    self._commit()  # drops the shard if it fails (a full disk at its end)
+                except BaseException:
+                    # this image is dropped with it, but the caller, hearing the error, never
+                    # counted it written: it is not counted dropped either
+                    self.dropped -= 1
+                    self.dropped_bytes -= size
+                    raise
         return size
 
     def fail(self, key: str, source: str, reason: str) -> None:
@@ -355,6 +362,16 @@ class ShardWriter:
         self.tar = tarfile.open(fileobj=self.file, mode="w|", format=tarfile.PAX_FORMAT)
 
     def _commit(self) -> None:
+        """Commit the open shard and the rows since the last commit; if that fails (a full disk
+        as the tar's end or the index part is written), the shard is dropped (``_abort``: its
+        images counted in ``dropped``) and the error raised."""
+        try:
+            self._commit_or_raise()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _commit_or_raise(self) -> None:
         shard = None
         if self.tar is not None:
             self.tar.close()
