@@ -1384,6 +1384,44 @@ def test_a_full_disk_as_a_shard_is_closed_counts_the_committed_images(tmp_path, 
     assert len(_check_counts_of_a_full_disk(result, out, 4)) == 1
 
 
+@pytest.mark.parametrize(
+    ("count", "size", "call", "committed"),
+    [(3, ["--shard-size", "1"], 2, 1), (2, [], 1, 0)],  # mid-run (the 2nd image's), at the end
+)
+def test_a_full_disk_as_an_index_part_is_written_stops_the_run_cleanly(
+    tmp_path, monkeypatch, count, size, call, committed
+):
+    """A full disk writing a shard's index part (mid-run, or at the end of the run) ended the
+    run with a bare "[Errno 28]": no summary, no run.json, a *.partial file left; the shard
+    without its part is removed, its images not counted done."""
+    import pyarrow.parquet as pq
+
+    inputs = _images(tmp_path / "in", count)
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        _full_disk_at_call(m, pq, "write_table", call)
+        result = _run([str(inputs), "-o", str(out), "--format", "wds", *size, "--writers", "1"])
+    assert len(_check_counts_of_a_full_disk(result, out, count)) == committed
+
+
+def test_a_full_disk_as_index_parquet_is_written_stops_the_run_cleanly(tmp_path, monkeypatch):
+    """Every shard committed, then no room for index.parquet: a bare "[Errno 28]" before; now
+    the summary says so, and the rerun (nothing left to extract) writes the index."""
+    import pyarrow.parquet as pq
+
+    inputs = _images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        _full_disk_at_call(m, pq, "write_table", 3)  # the 2 parts, then index.parquet
+        result = _run([str(inputs), "-o", str(out), "--format", "wds", "--shard-size", "1",
+                       "--writers", "1"])  # fmt: skip
+    assert len(_check_counts_of_a_full_disk(result, out, 2)) == 2
+    assert not (out / "index.parquet").exists()
+    rerun = _run([str(inputs), "-o", str(out), "--format", "wds"])
+    assert rerun.exit_code == 0 and "skipped 2" in rerun.output, rerun.output
+    assert pq.read_table(out / "index.parquet").num_rows == 2
+
+
 def test_an_index_part_removed_while_the_index_is_read_is_left_out(tmp_path, monkeypatch):
     """report beside extract --overwrite: a part listed, then removed before it was opened,
     failed the whole report with 'not a readable Parquet index part: delete it'."""

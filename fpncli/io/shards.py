@@ -226,9 +226,16 @@ def _write_parquet(fs, path: str, rows: list[dict]) -> None:
     import pyarrow.parquet as pq
 
     tmp = f"{path}{_PARTIAL}{uuid.uuid4().hex[:8]}"
-    with fs.open(tmp, "wb") as f:
-        pq.write_table(_table(rows), f)
-    fs.mv(tmp, path)
+    try:
+        with fs.open(tmp, "wb") as f:
+            pq.write_table(_table(rows), f)
+        fs.mv(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written part left behind
+        try:
+            fs.rm(tmp)
+        except OSError as e:
+            log.debug("cleaning up %s: %s", tmp, e)
+        raise
 
 
 def _digest(keys: Iterable[str]) -> str:
@@ -382,16 +389,25 @@ class ShardWriter:
                 if row["status"] == "ok":
                     row["shard"], row["shard_bytes"] = shard, size
         if self.tar is not None or self.rows:
+            part = shard[:-4] if shard else f"failed-{_digest(r['key'] for r in self.rows)}"
+            path = f"{self.root}/{INDEX_DIR}/part-{part}.parquet"
             # OUT's lock: no other run plans (and cleans up) between the rename and the part
             with wds_lock(self.fs, self.root):
                 if shard is not None:
                     self.fs.mv(self.tmp, f"{self.root}/{shard}")
+                try:
+                    if self.rows:
+                        _write_parquet(self.fs, path, self.rows)
+                        self.parts += 1
+                except BaseException:  # a shard without its index part is no shard: removed
+                    if shard is not None:
+                        try:
+                            self.fs.rm(f"{self.root}/{shard}")
+                        except OSError as e:  # the next run's cleanup removes it
+                            log.debug("removing %s: %s", shard, e)
+                    raise
+                if shard is not None:
                     self.shards.append(shard)
-                if self.rows:
-                    part = shard[:-4] if shard else f"failed-{_digest(r['key'] for r in self.rows)}"
-                    path = f"{self.root}/{INDEX_DIR}/part-{part}.parquet"
-                    _write_parquet(self.fs, path, self.rows)
-                    self.parts += 1
         self.tar = self.file = self.tmp = None
         self.rows, self.keys = [], []
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..io.guard import quote_name
+from ..io.guard import is_disk_full, quote_name
 from ..io.inputs import Job
 from ..io.shardlock import LiveRun, RunClaim, is_local, wds_lock
 from ..io.shards import (
@@ -228,16 +228,27 @@ def run_sharded(
                 if hasattr(e, "summary"):  # the run's log: over every job, as below
                     _count_every_job(e.summary, jobs, plan)
             raise
-        if summary.aborted:
-            writer.abort()  # the open shard: its images are not done
-        else:
-            writer.close()
-        # written, counted done, then dropped with their shard: by the abort above, or by a
-        # write that failed (a full disk drops the open shard before the run hears of it)
+        rows = None
+        try:
+            if summary.aborted:
+                writer.abort()  # the open shard: its images are not done
+            else:
+                writer.close()  # a full disk here drops the open shard
+            consolidating = True  # from here on an error is consolidate_index's own: not retried
+            rows = consolidate_index(plan.fs, plan.root)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            # as a full disk mid-run: the run stops with its summary (the index is rewritten
+            # by the next run; its ledger, the _index parts, has every committed shard)
+            log.info("disk full while committing: stopping")
+            if not summary.aborted:  # else a failed device: its message says more
+                summary.aborted = "disk full"
+        # written, counted done, then dropped with their shard: by the abort above, a commit
+        # that failed, or a write that failed (a full disk drops the open shard before the run
+        # hears of it)
         summary.done -= writer.dropped
         summary.bytes_written -= writer.dropped_bytes
-        consolidating = True  # from here on an error is consolidate_index's own: not retried
-        rows = consolidate_index(plan.fs, plan.root)
     finally:
         if not consolidating and writer is not None and writer.parts:
             _consolidate_after_error(plan)  # interrupted or failed, after committing some parts
@@ -247,5 +258,6 @@ def run_sharded(
     if summary.aborted:  # counted over the whole job list, without the dropped shard's images
         failed_device = summary.device_failure is not None
         summary.aborted = (device_failed_message if failed_device else disk_full_message)(summary)
-    log.info("%d shards written; index.parquet has %d rows", len(writer.shards), rows)
+    if rows is not None:
+        log.info("%d shards written; index.parquet has %d rows", len(writer.shards), rows)
     return summary
