@@ -3,6 +3,7 @@ on a GPU node while torch runs on the CPU). One Ray for the whole session; tiny 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -178,6 +179,76 @@ def test_ray_failed_run_reruns_to_completion(ray_cluster, inputs, tmp_path, monk
     for name, mtime in kept.items():
         assert (out / name).stat().st_mtime_ns == mtime
     assert not list(out.glob("*.partial*"))
+
+
+class _FaultyExtractor:
+    """Made an ``_Extractor`` subclass in the test (Ray ships it by value): from the actor's
+    3rd image on, its ``fault`` strikes: writes into tar shards fail with ENOSPC (``disk``, a
+    disk that fills), or the device fails (``device``)."""
+
+    images, fault = 0, "disk"
+
+    def _run(self, batch: dict) -> dict:
+        import errno
+        from unittest import mock
+
+        from fpncli.run import pipeline
+
+        type(self).images += sum(1 for error in batch["error"] if not error)
+        if type(self).images <= 2:
+            return super()._run(batch)
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def lost(*args, **kwargs):
+            raise RuntimeError("injected device loss")
+
+        with contextlib.ExitStack() as stack:  # this call only: the worker may be reused
+            if self.fault == "disk":
+                stack.enter_context(mock.patch.object(tarfile.TarFile, "addfile", full))
+            else:
+                stack.enter_context(mock.patch.object(pipeline, "infer_batch", lost))
+                stack.enter_context(mock.patch.object(pipeline, "device_broken", lambda d: True))
+            return super()._run(batch)
+
+
+@pytest.mark.parametrize(
+    ("fault", "stopped"),
+    [
+        ("disk", "disk full: 2 of 4 done, rerun the same command after freeing space"),
+        ("device", "failed (RuntimeError: injected device loss): 2 of 4 done, rerun the same "
+         "command to resume"),
+    ],
+    ids=["disk", "device"],
+)  # fmt: skip
+def test_ray_full_disk_or_failed_device_stops_the_run_counted_over_the_run(
+    ray_cluster, inputs, tmp_path, monkeypatch, fault, stopped
+):
+    """An actor's full disk (or failed device): the run stops as a local run does, counted
+    over the run ("Error: the Ray job failed: OSError: disk full: 0 of 1 done", one call's
+    counts, and run.json's "done": 0, though 2 images were committed)."""
+    from ray import cloudpickle
+
+    from fpncli.run import ray_engine
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    faulty = type("Faulty", (_FaultyExtractor, ray_engine._Extractor), {"fault": fault})
+    monkeypatch.setattr(ray_engine, "_Extractor", faulty)
+    out = tmp_path / "out"
+    args = [inputs, "-o", out, "--engine", "ray", "--format", "wds", "--shard-size", "1B"]
+    try:
+        first = _extract(*args)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert first.exit_code == 1 and f"{stopped}\n" in first.output, first.output
+    assert "Ray job failed" not in first.output and "Traceback" not in first.output
+    log = json.loads((out / "run.json").read_text())
+    assert log["done"] == 2 and log["aborted"].endswith(stopped), log
+    assert len(list(out.glob("shard-*.tar"))) == 2 and not list(out.glob("*.partial*"))
+    monkeypatch.undo()
+    second = _extract(*args)
+    assert "skipped 2" in second.output and "done 1" in second.output, second.output
 
 
 def test_ray_missing_gpus_fail_fast(ray_cluster, inputs, tmp_path):

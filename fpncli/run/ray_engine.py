@@ -29,14 +29,21 @@ import numpy as np
 import torch
 
 from ..api import check_precision
-from ..io.guard import OptionError, one_line, quote_name
+from ..io.guard import OptionError, is_disk_full, one_line, quote_name
 from ..io.inputs import Job
-from ..io.shards import ShardWriter, consolidate_index
+from ..io.shards import ShardWriter, consolidate_index, read_index
 from ..model.fpn import FPN
 from .pipeline import FolderSink, _reason, run_decoded
 from .plan import Replaced, RunInputs, estimate_run_bytes, plan_pending
 from .steps import RunOptions, decode, weights_meta
-from .summary import Progress, RunSummary, WarningRelay, say_relayed
+from .summary import (
+    Progress,
+    RunSummary,
+    WarningRelay,
+    device_failed_message,
+    disk_full_message,
+    say_relayed,
+)
 from .wds import ShardSink, plan_sharded
 
 __all__ = ["RayOptions", "run_ray"]
@@ -284,6 +291,20 @@ def _relayed(into: list):
         logger.removeHandler(relay)
 
 
+class _Stopped(Exception):
+    """An actor's call stopped by a full disk (``device_failure`` None) or a failed device:
+    the driver stops the run and counts it (a call's own counts say nothing of the run's).
+    ``done`` and ``bytes_written``: the images the call wrote before it stopped and kept (a
+    folder per image; a shard's are dropped with it)."""
+
+    def __init__(self, device_failure: str | None, done: int, bytes_written: int) -> None:
+        super().__init__(device_failure or "disk full", device_failure, done, bytes_written)
+        self.device_failure, self.done, self.bytes_written = device_failure, done, bytes_written
+
+    def __reduce__(self):  # pickled to the driver by Ray: rebuilt from the same arguments
+        return type(self), (self.device_failure, self.done, self.bytes_written)
+
+
 class _Extractor:
     """The actor: weights loaded once; each call runs its images and writes them itself."""
 
@@ -340,9 +361,12 @@ class _Extractor:
                 items.append(pickle.loads(blob))
         summary = run_decoded(items, self.model, self.options, sink=sink)
         if summary.aborted:  # a full disk, a failed GPU: nothing of this call is committed
+            done, size = summary.done, summary.bytes_written
             if writer is not None:
                 writer.abort()
-            raise OSError(as_given(summary.aborted))
+                done, size = done - writer.dropped, size - writer.dropped_bytes
+            failure = summary.device_failure
+            raise _Stopped(None if failure is None else as_given(failure), done, size)
         failed.update(dict(summary.failed))
         self.done += summary.done
         crash = config["crash_after"]
@@ -414,6 +438,7 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
     _check_nodes(ray, out)
     weights = weights_meta(model)
     summary = RunSummary(total=len(jobs))
+    todo_keys: set[str] = set()  # wds: the keys of the images this run extracts
     config = {
         "weights": ray_options.weights, "seed": ray_options.seed, "device": ray_options.device,
         "options": replace(options, workers=1), "format": ray_options.out_format,
@@ -424,6 +449,7 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         plan = plan_sharded(jobs, out, options, weights)
         stack.callback(plan.release)
         todo, summary.skipped = plan.todo, plan.skipped
+        todo_keys.update(plan.keys[str(j.path)] for j in todo)
         replaced = Replaced()  # none: images of other settings are refused (prepare_root)
         summary.left_to_others = plan.left_to_others
         config.update(fs=plan.fs, root=plan.root, settings=plan.settings, token=plan.claim.token,
@@ -467,6 +493,7 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
     if not log.isEnabledFor(logging.INFO):  # Ray Data logs every plan, and errors with tracebacks
         ray_log.setLevel(logging.CRITICAL)
     failure = None
+    stopped: _Stopped | None = None  # a full disk or a failed device: the run's summary says so
     said: set[str] = set()  # the once-per-run warnings said
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -478,17 +505,36 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
     except Exception as e:  # an actor's error (a bug, a crash test) or Ray's own
         log.debug("the Ray job failed", exc_info=True)
         failure = _failure(e, said)
+        stopped = _stopped(e)
+        if stopped is not None:
+            failure = None
+            summary.done += stopped.done
+            summary.bytes_written += stopped.bytes_written
     finally:
         ray_log.setLevel(level)
         summary.seconds = time.monotonic() - start
         if ray_options.out_format == "wds":
-            consolidate_index(config["fs"], config["root"])
-    if failure is not None:
+            try:
+                consolidate_index(config["fs"], config["root"])
+            except OSError as e:  # the next run rewrites it (the ledger has every shard)
+                if not is_disk_full(e):
+                    raise
+                if stopped is None and failure is None:
+                    stopped = _Stopped(None, 0, 0)
+    if failure is not None or stopped is not None:
         # Raised out here, with no traceback holding the executor, so that its actors (and the
         # GPUs they hold) are released now rather than whenever the error is collected.
         del dataset
         gc.collect()
+    if failure is not None:
         raise RuntimeError(f"the Ray job failed: {failure}; rerun to resume")
+    if stopped is not None:  # counted over the run, as the local engine's summary
+        if ray_options.out_format == "wds":  # every actor's committed shards, in the ledger
+            _count_committed(summary, config["fs"], config["root"], todo_keys)
+        summary.device_failure = stopped.device_failure
+        message = disk_full_message if stopped.device_failure is None else device_failed_message
+        summary.aborted = message(summary)
+        return summary
     log.info("Ray: %d images in %.1f s on %d actors", summary.done, summary.seconds, size)
     return summary
 
@@ -509,6 +555,28 @@ def _count(batch: dict, summary: RunSummary, said: set[str]) -> None:
             summary.skipped += 1
         else:
             summary.failed.append((str(path), str(error)))
+
+
+def _stopped(error: BaseException) -> _Stopped | None:
+    """A copy of the actor's ``_Stopped`` that ``error`` is (Ray raises a subclass of it), or
+    wraps: a copy, without the traceback that holds the executor (and its actors, see _run)."""
+    seen = []
+    while error is not None and not any(error is e for e in seen):
+        if isinstance(error, _Stopped):
+            return _Stopped(error.device_failure, error.done, error.bytes_written)
+        seen.append(error)
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return None
+
+
+def _count_committed(summary: RunSummary, fs, root: str, keys: set[str]) -> None:
+    """Count as done the images of ``keys`` (this run's) that the ledger has ``ok``: what the
+    actors committed, also those whose calls had not returned when the run stopped."""
+    ok = {}
+    for row in read_index(fs, root, warn=False).to_pylist():
+        if row["status"] == "ok" and row["key"] in keys:
+            ok[row["key"]] = row["bytes"] or 0
+    summary.done, summary.bytes_written = len(ok), sum(ok.values())
 
 
 def _failure(error: BaseException, said: set[str]) -> str:
