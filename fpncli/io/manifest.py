@@ -203,12 +203,18 @@ def check_manifest(manifest: dict, name: str) -> dict:
         if inp.get(key) is not None and not _is_int(inp[key], 1):
             raise bad(f"input.{key}", inp[key], "a positive integer")
     pre = mapping("preprocess", manifest.get("preprocess", _MISSING))
-    for key in ("resized_height", "resized_width"):
+    # min_size, max_size and resize: what show --receptive-field resizes the photo with again
+    for key in ("resized_height", "resized_width", "min_size", "max_size"):
         if key in pre and not _is_int(pre[key], 1):
             raise bad(f"preprocess.{key}", pre[key], "a positive integer")
     for key in ("scale_y", "scale_x"):
         if key in pre and not (_is_number(pre[key], least=1e-12) and pre[key] <= _MAX_SCALE):
             raise bad(f"preprocess.{key}", pre[key], f"a positive number up to {_MAX_SCALE:g}")
+    if "resize" in pre and not isinstance(pre["resize"], bool):
+        raise bad("preprocess.resize", pre["resize"], "true or false")
+    if pre.get("resize", True) and pre.get("min_size", 0) > pre.get("max_size", _MOST):
+        raise ValueError(f"{name} is malformed: 'preprocess.min_size' {pre['min_size']} is over "
+                         f"'preprocess.max_size' {pre['max_size']}; re-extract")  # fmt: skip
     weights = mapping("weights", manifest.get("weights", _MISSING))
     for key in ("name", "sha256", "path"):
         text(f"weights.{key}", weights.get(key))
@@ -219,14 +225,6 @@ def check_manifest(manifest: dict, name: str) -> dict:
         _is_int(weights["seed"], 0) and weights["seed"] < 2**32
     ):
         raise bad("weights.seed", weights["seed"], "an integer in 0..2**32-1")
-    for key in ("min_size", "max_size"):
-        if key in pre and not _is_int(pre[key], 1):
-            raise bad(f"preprocess.{key}", pre[key], "a positive integer")
-    if "resize" in pre and not isinstance(pre["resize"], bool):
-        raise bad("preprocess.resize", pre["resize"], "true or false")
-    if pre.get("resize", True) and pre.get("min_size", 0) > pre.get("max_size", _MOST):
-        raise ValueError(f"{name} is malformed: 'preprocess.min_size' {pre['min_size']} is over "
-                         f"'preprocess.max_size' {pre['max_size']}; re-extract")  # fmt: skip
     heat = mapping("heatmap", manifest.get("heatmap", _MISSING))
     for key in ("reduce", "cmap"):
         text(f"heatmap.{key}", heat.get(key))
