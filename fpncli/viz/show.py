@@ -491,7 +491,6 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
     note ``say`` is given. An ``OptionError`` (``--scale``) for an image or a ``.npy`` outside
     an extraction folder: they belong to no run."""
     from ..io.catalog import open_extractions
-    from ..io.extraction import find_manifests
     from ..io.manifest import check_manifest
     from .scale import SCALES, extraction_root, run_ranges
 
@@ -500,52 +499,43 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
     if scale == "image":
         return None
     if key is not None and target is not None:  # (no target: _resolve says --key needs one)
-        found = open_extractions(target)
-        tally: dict[str, int] = {}
-        ranges = run_ranges(_sound_manifests(found.manifest, found.keys(), tally), scale,
-                            reduce=reduce, channel=channel)  # fmt: skip
-        say(f"colour scale {scale}: ranges from the {_ranges_from(tally)} in {target}")
-        return ranges
-    path = _latest()[0] if target is None else Path(target).expanduser()
-    folder = path if path.is_dir() else path.parent
-    manifest = load_manifest(folder)  # (one that cannot be read says why)
-    if manifest is None:
-        if not path.is_file():  # no such target, a folder holding no extraction (a batch
-            return None  # output, an empty one): _resolve refuses it, saying which
-        raise OptionError(
-            f"--scale {scale} takes its range from the run's manifests: TARGET must be an "
-            "extraction folder (or a .npy in one), not an image extracted on the fly",
-            "--scale",
-        )
-    check_manifest(manifest, f"{folder}/{MANIFEST}")  # the image drawn: refused, not left out
-
-    def read(image: Path) -> dict | None:
-        found = load_manifest(image)  # None: gone since the walk
-        return None if found is None else check_manifest(found, f"{image}/{MANIFEST}")
-
-    root = extraction_root(folder)
-    tally = {}
+        found, where = open_extractions(target), f"in {target}"
+    else:
+        path = _latest()[0] if target is None else Path(target).expanduser()
+        folder = path if path.is_dir() else path.parent
+        manifest = load_manifest(folder)  # (one that cannot be read says why)
+        if manifest is None:
+            if not path.is_file():  # no such target, a folder holding no extraction (a batch
+                return None  # output, an empty one): _resolve refuses it, saying which
+            raise OptionError(
+                f"--scale {scale} takes its range from the run's manifests: TARGET must be an "
+                "extraction folder (or a .npy in one), not an image extracted on the fly",
+                "--scale",
+            )
+        check_manifest(manifest, f"{folder}/{MANIFEST}")  # the image drawn: refused, not left out
+        root = extraction_root(folder)
+        found, where = open_extractions(root), f"under {root}"
+    tally: dict[str, int] = {}
     # one manifest at a time, each read once: a large folder's are never all held
-    ranges = run_ranges(_sound_manifests(read, find_manifests(root), tally), scale,
-                        reduce=reduce, channel=channel)  # fmt: skip
-    say(f"colour scale {scale}: ranges from the {_ranges_from(tally)} under {root}")
+    ranges = run_ranges(_sound_manifests(found, tally), scale, reduce=reduce, channel=channel)
+    say(f"colour scale {scale}: ranges from the {_ranges_from(tally)} {where}")
     return ranges
 
 
-def _sound_manifests(read: Callable, names, tally: dict[str, int]):
-    """``read(name)`` for each of ``names``, one at a time, counted in ``tally["used"]``; one
-    that raises ValueError or OSError (it cannot be read, or is malformed) is left out, counted
-    in ``tally["left out"]``, and one that gives None (gone) is passed over."""
+def _sound_manifests(found, tally: dict[str, int]):
+    """The checked manifest of each image of ``found`` (an ``Extractions``: its ``manifest``
+    runs ``check_manifest``), one at a time, counted in ``tally["used"]``; one that cannot be
+    read, is gone or is malformed (ValueError, OSError) is left out, counted in
+    ``tally["left out"]``."""
     tally.update({"used": 0, "left out": 0})
-    for name in names:
+    for name in found.keys():
         try:
-            manifest = read(name)
+            manifest = found.manifest(name)
         except (ValueError, OSError):
             tally["left out"] += 1
             continue
-        if manifest is not None:
-            tally["used"] += 1
-            yield manifest
+        tally["used"] += 1
+        yield manifest
 
 
 def _ranges_from(tally: dict[str, int]) -> str:
