@@ -29,17 +29,14 @@ from fpncli.io.preprocess import (
 from fpncli.model.names import LEVELS
 from fpncli.model.normalize import normalize_batch
 from fpncli.run.device import (
-    ByteBudget,
     is_out_of_memory,
     local_rank_from_env,
     model_for_run,
-    order_stats,
-    reduce_map,
-    reduce_maps,
-    results_to_host,
     select_device,
     worker_threads,
 )
+from fpncli.run.reductions import order_stats, reduce_map, reduce_maps
+from fpncli.run.transfer import ByteBudget, results_to_host
 from fpncli.viz.maps import REDUCTIONS, range_from_order_stats, reduce_channels, value_range
 from fpncli.weights.registry import DETECTRON2_INPUT, TORCHVISION_INPUT
 
@@ -202,10 +199,10 @@ def test_pca_sign_ties_fall_to_the_largest_loading_on_the_device_as_in_numpy(mon
     """Where the loadings' sum counts as 0, both take the largest loading's sign: forced here by
     a tolerance above the sum (0.24) on a level whose largest loading (-0.73) has the other
     sign, so the two rules give opposite maps and a swapped branch would show."""
-    from fpncli.run import device as device_module
+    from fpncli.run import reductions
     from fpncli.viz import maps
 
-    monkeypatch.setattr(device_module, "PCA_SIGN_TOLERANCE", 1.0)
+    monkeypatch.setattr(reductions, "PCA_SIGN_TOLERANCE", 1.0)
     monkeypatch.setattr(maps, "PCA_SIGN_TOLERANCE", 1.0)
     gen = torch.Generator().manual_seed(2)
     strength = torch.randn(1, 7, 9, generator=gen)
@@ -496,7 +493,7 @@ def test_what_counts_as_out_of_memory(error, expected):
 
 def test_packed_views_hold_each_source_apart():
     """The layout of the one pinned buffer a CUDA batch comes back in (run here on the CPU)."""
-    from fpncli.run.device import _pack, _packed_bytes
+    from fpncli.run.transfer import _pack, _packed_bytes
 
     gen = torch.Generator().manual_seed(0)
     sources = {
@@ -518,14 +515,14 @@ def test_packed_views_hold_each_source_apart():
 
 
 def test_batched_statistics_equal_per_image_ones():
-    from fpncli.run.device import _finite_stats, _finite_stats_batch
+    from fpncli.run.reductions import finite_stats, finite_stats_batch
 
     valid = torch.randn(3, 8, 5, 7, generator=torch.Generator().manual_seed(0))
     valid[1, 2, 3, 4] = float("nan")
     valid[2] = float("inf")
-    batched = _finite_stats_batch(valid)
+    batched = finite_stats_batch(valid)
     for i in range(3):
-        single = _finite_stats(valid[i])
+        single = finite_stats(valid[i])
         torch.testing.assert_close(batched[i], single, equal_nan=True)
     assert batched[1, 3] == 1 and batched[2, 3] == 8 * 5 * 7 and batched[2, :3].isnan().all()
 
@@ -557,7 +554,7 @@ def test_the_device_stages_start_once_the_batch_is_staged(monkeypatch):
     """The clock's ``start`` is marked after the host has filled the batch, right before the
     upload: the host's staging time is the feeding thread's (``host``), not ``h2d``, so a GPU
     waiting for that thread reads as host-bound."""
-    from fpncli.run.device import InputStager, StageClock
+    from fpncli.run.transfer import InputStager, StageClock
 
     slow_stack = np.stack
 

@@ -23,8 +23,8 @@ from heatmaps import assert_same_heatmap
 
 import fpncli
 from fpncli.io.outputs import OutputOptions, read_manifest
-from fpncli.run.device import InputStager, PinnedPool, results_to_host
 from fpncli.run.pipeline import Job, RunOptions, run_jobs
+from fpncli.run.transfer import InputStager, PinnedPool, results_to_host
 from fpncli.viz.maps import range_from_order_stats, value_range
 
 pytestmark = [
@@ -428,7 +428,7 @@ def test_cudnn_fused_epilogues_equal_the_plain_ones(precision):
     with torch.inference_mode():
         # the fused ReLU convolution passes cuDNN its uninitialised output as a zero-weighted
         # addend: the cached memory it is carved from holds NaN here, as a run's leaves it
-        # (order_stats' +inf, _nan_outside's NaN); the levels must not depend on it
+        # (order_stats' +inf, nan_outside's NaN); the levels must not depend on it
         torch.full((256 << 20,), float("nan"), device="cuda:0")  # 1 GB, freed to the cache
         got = fused(batch)
         assert all(bool(torch.isfinite(v).all()) for v in got.values())

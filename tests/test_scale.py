@@ -356,12 +356,12 @@ def _run_reduction_one_ulp_up(monkeypatch):
     above numpy's of the .npy; returns what puts it back."""
     import torch
 
-    from fpncli.run import device
+    from fpncli.run import transfer
 
-    reduce_maps = device.reduce_maps
+    reduce_maps = transfer.reduce_maps
     up = torch.tensor(float("inf"))
-    monkeypatch.setattr(device, "reduce_maps", lambda *a: torch.nextafter(reduce_maps(*a), up))
-    return lambda: monkeypatch.setattr(device, "reduce_maps", reduce_maps)
+    monkeypatch.setattr(transfer, "reduce_maps", lambda *a: torch.nextafter(reduce_maps(*a), up))
+    return lambda: monkeypatch.setattr(transfer, "reduce_maps", reduce_maps)
 
 
 def _p6_labels(monkeypatch) -> list:

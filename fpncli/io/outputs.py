@@ -167,7 +167,7 @@ class LevelResult:
             accumulated in float64); None when no value is finite.
         nonfinite: how many values of the valid region are NaN or infinite.
         order_stats: what the heatmap's colour range needs of ``map2d``, when the device
-            picked it out with the map (``fpncli.run.device.order_stats``); None: the writer
+            picked it out with the map (``fpncli.run.reductions.order_stats``); None: the writer
             takes ``value_range`` of the map.
     """
 

@@ -43,8 +43,6 @@ from ..io.outputs import (
 )
 from ..model.fpn import FPN, STAGES
 from .device import (
-    BatchResult,
-    ByteBudget,
     bind_thread,
     device_broken,
     free_cached_memory,
@@ -83,6 +81,7 @@ from .summary import (
     device_failed_message,
     disk_full_message,
 )
+from .transfer import BatchResult, ByteBudget
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -140,7 +140,7 @@ def finite_values(values: np.ndarray) -> tuple[np.ndarray, bool]:
 
 def _places(n: int, qs: tuple[float, ...]) -> list[tuple[int, int, float]]:
     """For each percentile ``q`` of ``n`` sorted values, numpy's "linear" method: the ranks
-    below and above it and the weight of the upper one. ``fpncli.run.device.order_stats``
+    below and above it and the weight of the upper one. ``fpncli.run.reductions.order_stats``
     computes the same ranks in torch."""
     places = []
     for q in qs:
@@ -198,7 +198,7 @@ def range_from_order_stats(
     stats: tuple[float, ...], clip: tuple[float, float] | None = DEFAULT_CLIP
 ) -> tuple[float, float]:
     """``value_range`` of a map from the order statistics of its finite values that the device
-    picked out (``fpncli.run.device.order_stats``: the count, the min, the max, and the values
+    picked out (``fpncli.run.reductions.order_stats``: the count, the min, the max, and the values
     at the ranks below and above each of the ``clip`` percentiles), without the map: the very
     same numbers, as the ranks are numpy's and the interpolation is done here."""
     n, smallest, largest, below_lo, above_lo, below_hi, above_hi = (float(v) for v in stats)
