@@ -98,7 +98,8 @@ def _folders(first: Path, out: Path, photos: Path, count: int) -> list[int]:
 
 def _shards(first: Path, out: Path, photos: Path, count: int) -> list[int]:
     """The one image's members under ``count`` keys, in shards of about 1 GB, with the index."""
-    from fpncli.io.shards import _write_parquet, open_root, read_index
+    from fpncli.io.shard_index import read_index, write_parquet
+    from fpncli.io.shards import open_root
 
     fs, root = open_root(str(first))
     [row] = read_index(fs, root).to_pylist()
@@ -110,7 +111,7 @@ def _shards(first: Path, out: Path, photos: Path, count: int) -> list[int]:
 
     def commit() -> None:
         tar.close()
-        _write_parquet(fs, str(out / "_index" / f"part-shard-{shard:06d}.parquet"), rows)
+        write_parquet(fs, str(out / "_index" / f"part-shard-{shard:06d}.parquet"), rows)
 
     for i in range(count):
         key = f"img{i:05d}"

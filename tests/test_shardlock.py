@@ -25,7 +25,7 @@ from fpncli.run.pipeline import RunOptions, weights_meta
 pq = pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
 pytest.importorskip("fsspec", reason="--format wds needs fsspec (fpncli[wds])")
 
-from fpncli.io import shards  # noqa: E402 - needs pyarrow
+from fpncli.io import shard_writer  # noqa: E402 - needs pyarrow
 from fpncli.io.shardlock import CLAIMS_DIR, LOCK_FILE, RunClaim, wds_lock  # noqa: E402
 from fpncli.run.wds import plan_sharded, run_sharded  # noqa: E402
 
@@ -65,7 +65,7 @@ def test_two_wds_runs_at_once_share_the_keys_and_keep_each_others_shards(
     and does only the rest; then the first ends. Each key is in exactly one shard."""
     jobs, out = _jobs(tmp_path / "in", 4), tmp_path / "out"
     held, go = threading.Event(), threading.Event()
-    real = shards.ShardWriter.write_image
+    real = shard_writer.ShardWriter.write_image
 
     def write_image(self, *args, **kwargs):  # the first call is the first run's (on its writer)
         size = real(self, *args, **kwargs)
@@ -74,7 +74,7 @@ def test_two_wds_runs_at_once_share_the_keys_and_keep_each_others_shards(
             assert go.wait(120)
         return size
 
-    monkeypatch.setattr(shards.ShardWriter, "write_image", write_image)
+    monkeypatch.setattr(shard_writer.ShardWriter, "write_image", write_image)
     results = {}
 
     def first():
@@ -229,7 +229,7 @@ def test_a_full_disk_in_a_wds_run_counts_only_committed_images(tmp_path, model, 
     """The open shard is dropped when the run stops: its images are not counted as done, and the
     line counts over the whole job list (a resume redoes them)."""
     jobs, out = _jobs(tmp_path / "in", 5), tmp_path / "out"
-    real, calls = shards.ShardWriter.write_image, []
+    real, calls = shard_writer.ShardWriter.write_image, []
 
     def write_image(self, *args, **kwargs):
         calls.append(1)
@@ -237,12 +237,12 @@ def test_a_full_disk_in_a_wds_run_counts_only_committed_images(tmp_path, model, 
             raise OSError(28, "No space left on device")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(shards.ShardWriter, "write_image", write_image)
+    monkeypatch.setattr(shard_writer.ShardWriter, "write_image", write_image)
     summary = run_sharded(jobs, str(out), model, OPTIONS, shard_bytes=10**9)
     # three images were in the open shard when the disk filled: dropped, none done
     assert summary.done == 0 and not list(out.glob("shard-*.tar"))
     assert summary.aborted == "disk full: 0 of 5 done, rerun the same command after freeing space"
-    monkeypatch.setattr(shards.ShardWriter, "write_image", real)
+    monkeypatch.setattr(shard_writer.ShardWriter, "write_image", real)
     again = run_sharded(jobs, str(out), model, OPTIONS, shard_bytes=10**9)
     assert (again.done, again.aborted) == (5, None)
 

@@ -147,7 +147,7 @@ def test_wds_index_says_which_levels_each_record_holds(tmp_path):
     index part written before these columns existed still reads."""
     import fsspec
 
-    from fpncli.io.shards import read_index
+    from fpncli.io.shard_index import read_index
 
     inputs, out = _images(tmp_path / "in", 2), tmp_path / "out"
     args = [str(inputs), "-o", str(out), "--format", "wds", "--levels", "stem,res3,p4"]
@@ -301,14 +301,14 @@ def test_find_member_reads_one_key_without_reading_the_shard(tmp_path, monkeypat
     stops after the key's members, instead of reading the whole tar."""
     import fsspec
 
-    from fpncli.io.shards import find_member
+    from fpncli.io.shard_index import find_member
 
     inputs = _images(tmp_path / "in", 3)
     out = tmp_path / "out"
     result = _run([str(inputs), "-o", str(out), "--format", "wds", "--no-heatmaps",
                    "--no-overview"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    from fpncli.io import shards
+    from fpncli.io import shard_index
 
     fs = fsspec.filesystem("file")
     (shard_path,) = out.glob("shard-*.tar")
@@ -316,7 +316,7 @@ def test_find_member_reads_one_key_without_reading_the_shard(tmp_path, monkeypat
     keys = pq.read_table(out / "index.parquet").column("key").to_pylist()
     assert len(keys) == 3
     read = []
-    real_open = shards.open_shard
+    real_open = shard_index.open_shard
 
     class Counted:  # the shard's file, its reads counted (a local one is not fs.open's)
         def __init__(self, f):
@@ -340,7 +340,7 @@ def test_find_member_reads_one_key_without_reading_the_shard(tmp_path, monkeypat
         f, size = real_open(fs, path)
         return Counted(f), size
 
-    monkeypatch.setattr(shards, "open_shard", counting_open)
+    monkeypatch.setattr(shard_index, "open_shard", counting_open)  # find_member's
     for key in keys:
         expected = {n[len(key) + 1 :]: b for n, b in members.items() if n.startswith(f"{key}.")}
         read.clear()
@@ -614,7 +614,7 @@ def test_read_index_leaves_out_rows_fpncli_cannot_have_written(tmp_path, caplog)
     import fsspec
     import pyarrow as pa
 
-    from fpncli.io.shards import read_index
+    from fpncli.io.shard_index import read_index
 
     good = {"key": "sub/a", "status": "ok", "shard": "shard-0123456789abcdef.tar", "bytes": 1}
     forged = [{"key": None}, {"key": ""}, {"key": "../escaped/a"}, {"key": "/etc/a"},
@@ -638,7 +638,7 @@ def test_an_index_column_of_another_type_is_one_line_naming_the_part(tmp_path):
     import fsspec
     import pyarrow as pa
 
-    from fpncli.io.shards import read_index
+    from fpncli.io.shard_index import read_index
 
     (tmp_path / "_index").mkdir()
     part = tmp_path / "_index" / "part-shard-0123abcd.parquet"
@@ -1172,7 +1172,7 @@ def test_wds_never_overwrites_an_object_stores_foreign_index(tmp_path):
     itself refuses a root that is not fpncli's."""
     import fsspec
 
-    from fpncli.io.shards import consolidate_index
+    from fpncli.io.shard_index import consolidate_index
 
     fs = fsspec.filesystem("memory")
     fs.pipe("/foreign-wds/out/index.parquet", b"someone's index")
@@ -1311,7 +1311,7 @@ def test_a_full_disk_mid_shard_counts_only_the_images_in_committed_shards(tmp_pa
     images were counted done ("5 of 36 done" with 3 in the index), and a rerun redid them."""
     import errno
 
-    from fpncli.io import shards
+    from fpncli.io import shard_index, shards
 
     inputs = _images(tmp_path / "in", 6)
     out = tmp_path / "out"
@@ -1328,7 +1328,7 @@ def test_a_full_disk_mid_shard_counts_only_the_images_in_committed_shards(tmp_pa
                    "--writers", "1"])  # fmt: skip
     assert result.exit_code == 1 and "disk full" in result.output, result.output
     fs, root = shards.open_root(str(out))
-    kept = [r for r in shards.read_index(fs, root).to_pylist() if r["status"] == "ok"]
+    kept = [r for r in shard_index.read_index(fs, root).to_pylist() if r["status"] == "ok"]
     assert f"disk full: {len(kept)} of 6 done" in result.output, (len(kept), result.output)
     log = json.loads((out / "run.json").read_text())
     assert log["done"] == len(kept) and log["bytes_written"] == sum(r["bytes"] for r in kept)
@@ -1340,12 +1340,12 @@ def test_a_full_disk_mid_shard_counts_only_the_images_in_committed_shards(tmp_pa
 def _check_counts_of_a_full_disk(result, out: Path, total: int) -> list[dict]:
     """The summary and run.json of a run stopped by a full disk count exactly the images that
     the ledger has ``ok``; no half-written file is left; returns those rows."""
-    from fpncli.io import shards
+    from fpncli.io import shard_index, shards
 
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and "Errno" not in result.output, result.output
     fs, root = shards.open_root(str(out))
-    kept = [r for r in shards.read_index(fs, root).to_pylist() if r["status"] == "ok"]
+    kept = [r for r in shard_index.read_index(fs, root).to_pylist() if r["status"] == "ok"]
     assert f"disk full: {len(kept)} of {total} done, rerun" in result.output, result.output
     log = json.loads((out / "run.json").read_text())
     assert log["done"] == len(kept) and log["bytes_written"] == sum(r["bytes"] for r in kept)
@@ -1425,19 +1425,19 @@ def test_a_full_disk_as_index_parquet_is_written_stops_the_run_cleanly(tmp_path,
 def test_an_index_part_removed_while_the_index_is_read_is_left_out(tmp_path, monkeypatch):
     """report beside extract --overwrite: a part listed, then removed before it was opened,
     failed the whole report with 'not a readable Parquet index part: delete it'."""
-    from fpncli.io import shards
+    from fpncli.io import shard_index, shards
 
     out = tmp_path / "out"
     assert (
         _run([str(_images(tmp_path / "in", 2)), "-o", str(out), "--format", "wds"]).exit_code == 0
     )
     fs, root = shards.open_root(str(out))
-    rows = shards.read_index(fs, root).num_rows
+    rows = shard_index.read_index(fs, root).num_rows
     real = fs.glob
     monkeypatch.setattr(
         fs, "glob", lambda pattern: [*real(pattern), f"{root}/_index/part-gone.parquet"]
     )
-    assert shards.read_index(fs, root).num_rows == rows
+    assert shard_index.read_index(fs, root).num_rows == rows
 
 
 def test_the_same_files_through_a_symlinked_folder_resume(tmp_path):

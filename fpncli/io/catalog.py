@@ -189,7 +189,8 @@ class _Shards(Extractions):
     format = "wds"
 
     def __init__(self, root: str) -> None:
-        from .shards import open_root, read_index, require_wds
+        from .shard_index import read_index
+        from .shards import open_root, require_wds
 
         try:
             require_wds()

@@ -31,7 +31,8 @@ import torch
 from ..api import check_precision
 from ..io.guard import OptionError, is_disk_full, one_line, quote_name
 from ..io.inputs import Job
-from ..io.shards import ShardWriter, consolidate_index, read_index
+from ..io.shard_index import consolidate_index, read_index
+from ..io.shard_writer import ShardWriter
 from ..model.fpn import FPN
 from .pipeline import FolderSink, _reason, run_decoded
 from .plan import Replaced, RunInputs, estimate_run_bytes, plan_pending

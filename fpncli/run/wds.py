@@ -16,16 +16,10 @@ from pathlib import Path, PurePosixPath
 
 from ..io.guard import is_disk_full, quote_name
 from ..io.inputs import Job
+from ..io.shard_index import claim_root, consolidate_index, prepare_root
+from ..io.shard_writer import ShardWriter
 from ..io.shardlock import LiveRun, RunClaim, is_local, wds_lock
-from ..io.shards import (
-    ShardWriter,
-    claim_root,
-    consolidate_index,
-    open_root,
-    prepare_root,
-    settings_key,
-    wds_key,
-)
+from ..io.shards import open_root, settings_key, wds_key
 from ..model.fpn import FPN
 from .pipeline import run_jobs
 from .plan import Replaced, check_disk_space

@@ -241,7 +241,8 @@ def _from_shard(root: str, key: str, levels: list[str], named: bool = True) -> _
     from ..io.extraction import check_level_array, npy_from_bytes
     from ..io.guard import parse_json
     from ..io.manifest import check_manifest
-    from ..io.shards import find_member, open_root
+    from ..io.shard_index import find_member
+    from ..io.shards import open_root
 
     fs, path = open_root(root)
     shard, members = find_member(fs, path, key)
