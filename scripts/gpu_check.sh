@@ -305,7 +305,8 @@ d2_log = steps / "vs_detectron2.log"
 versus = [ln for ln in d2_log.read_text().splitlines() if "speed-up" in ln] if d2_log.is_file() \
     else []  # fmt: skip
 try:
-    from fpncli.run.bench import BenchRow, add_ratios, format_table
+    from fpncli.run.bench import BenchRow
+    from fpncli.run.bench_table import add_ratios, format_table
 
     bench_rows = [BenchRow(**r) for r in rows]
     add_ratios(bench_rows)

@@ -133,7 +133,8 @@ def test_images_for_fills_the_time_within_half_the_free_disk():
 
 
 def test_a_hint_names_the_setting_where_onednn_beats_the_cpu_kernels():
-    from fpncli.run.bench import BenchRow, kernel_hints
+    from fpncli.run.bench import BenchRow
+    from fpncli.run.bench_table import kernel_hints
 
     def row(variant, seconds, height=800):
         return BenchRow("model", "cpu", height, 1216, 1, "fp32", variant, median_batch_s=seconds)
@@ -193,7 +194,8 @@ def test_the_decode_rate_of_a_row_is_the_best_of_its_runs(monkeypatch, tmp_path)
     ``DECODE_RATE_RUNS`` times and keeps the best (noise only slows a run down)."""
     import fpncli
     from fpncli.run import bench
-    from fpncli.run.bench import add_ratios, bench_end_to_end
+    from fpncli.run.bench import bench_end_to_end
+    from fpncli.run.bench_table import add_ratios
 
     rates = iter([150.0, 240.0, 90.0])
     monkeypatch.setattr(bench, "decode_rate", lambda *args, **kwargs: next(rates))
@@ -214,7 +216,8 @@ def test_the_cores_decode_rate_is_the_higher_of_threads_and_processes(monkeypatc
     cores is also measured in processes, and the higher rate is the one the ratio divides by."""
     import fpncli
     from fpncli.run import bench
-    from fpncli.run.bench import add_ratios, bench_end_to_end
+    from fpncli.run.bench import bench_end_to_end
+    from fpncli.run.bench_table import add_ratios
 
     monkeypatch.setattr(bench, "decode_rate", lambda *args, **kwargs: 240.0)
     asked = []
@@ -238,8 +241,8 @@ def test_the_cores_decode_rate_is_the_higher_of_threads_and_processes(monkeypatc
 
 def test_decode_rates_in_processes_give_a_rate_per_run_or_the_decoding_error(tmp_path):
     from fpncli.io.outputs import OutputOptions
-    from fpncli.run.bench import DECODE_PER_PROCESS, decode_rates_in_processes, make_images
     from fpncli.run.pipeline import RunOptions
+    from fpncli.run.rates import DECODE_PER_PROCESS, decode_rates_in_processes, make_images
     from fpncli.weights.registry import DETECTRON2_INPUT
 
     paths = make_images(tmp_path, 3, 48, 64)
@@ -276,17 +279,17 @@ def test_an_end_to_end_rows_cpu_busy_share_is_over_its_runs_span(monkeypatch):
     sampled in a thread, taken from the last sample before the run's span to the first after
     it (worker processes' start left out); steal counts as not busy; None where the file is
     missing or unreadable."""
-    from fpncli.run import bench
+    from fpncli.run import samplers
 
     clock = iter(range(100))
     readings = iter([(0, 100), (10, 200), (60, 300), (160, 400), (170, 500)])
-    monkeypatch.setattr(bench, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
-    monkeypatch.setattr(bench, "_cpu_jiffies", lambda: next(readings, None))
-    sampler = bench._CpuSampler(every=0.0)
+    monkeypatch.setattr(samplers, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
+    monkeypatch.setattr(samplers, "cpu_jiffies", lambda: next(readings, None))
+    sampler = samplers.CpuSampler(every=0.0)
     sampler.thread.join()  # (its readings ran out: the thread ended)
     assert sampler.stop((1.0, 3.0)) == pytest.approx((160 - 10) / (400 - 200))
-    monkeypatch.setattr(bench, "_cpu_jiffies", lambda: None)
-    assert bench._CpuSampler().stop() is None
+    monkeypatch.setattr(samplers, "cpu_jiffies", lambda: None)
+    assert samplers.CpuSampler().stop() is None
 
 
 def test_an_end_to_end_rows_gpu_busy_share_is_nvidia_smis_over_its_span(monkeypatch):
@@ -298,11 +301,11 @@ def test_an_end_to_end_rows_gpu_busy_share_is_nvidia_smis_over_its_span(monkeypa
 
     import torch
 
-    from fpncli.run import bench
+    from fpncli.run import samplers
 
     script = ("import time\nfor v in ('40', '[N/A]', '60', '80'):\n"
               "    print(v, flush=True)\n    time.sleep(0.05)\ntime.sleep(30)")  # fmt: skip
-    sampler = bench._GpuSampler([sys.executable, "-c", script])
+    sampler = samplers.GpuSampler([sys.executable, "-c", script])
     deadline = time.monotonic() + 20
     while len(sampler.samples) < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -310,12 +313,12 @@ def test_an_end_to_end_rows_gpu_busy_share_is_nvidia_smis_over_its_span(monkeypa
     assert sampler.stop() == pytest.approx(0.6)  # (and the sleeping command is ended)
     assert time.monotonic() - started < 10 and sampler.process.poll() is not None
     assert sampler.stop((0.0, sampler.samples[0][0])) == pytest.approx(0.4)
-    assert bench._GpuSampler(None).stop() is None
+    assert samplers.GpuSampler(None).stop() is None
     # a command that does not flush its lines (as a C program writing into a pipe), started by
     # a wrapper that does not exec it: its samples arrive, and stopping it ends both
     unflushed = ("import sys, time\nfor v in ('30', '50'):\n    sys.stdout.write(v + '\\n')\n"
                  "    time.sleep(0.05)\ntime.sleep(60)")  # fmt: skip
-    wrapped = bench._GpuSampler(["/bin/sh", "-c", f'"{sys.executable}" -c "{unflushed}"; true'])
+    wrapped = samplers.GpuSampler(["/bin/sh", "-c", f'"{sys.executable}" -c "{unflushed}"; true'])
     deadline = time.monotonic() + 20
     while len(wrapped.samples) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -324,19 +327,19 @@ def test_an_end_to_end_rows_gpu_busy_share_is_nvidia_smis_over_its_span(monkeypa
     stopper.start()
     stopper.join(timeout=20)
     assert result == [pytest.approx(0.4)]
-    assert bench._GpuSampler(["/no/such/nvidia-smi"]).stop() is None
-    assert bench._nvidia_smi_command(torch.device("cpu")) is None
+    assert samplers.GpuSampler(["/no/such/nvidia-smi"]).stop() is None
+    assert samplers.nvidia_smi_command(torch.device("cpu")) is None
     # on CUDA the card is named by its UUID (as torch prints it, without nvidia-smi's prefix)
-    monkeypatch.setattr(bench.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(samplers.shutil, "which", lambda name: "/usr/bin/" + name)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: SimpleNamespace(uuid="5a1e-77"))  # fmt: skip
-    command = bench._nvidia_smi_command(torch.device("cuda", 1))
+    command = samplers.nvidia_smi_command(torch.device("cuda", 1))
     assert command[0] == "nvidia-smi" and command[-2:] == ["-i", "GPU-5a1e-77"]
     assert "--query-gpu=utilization.gpu" in command
 
 
 def test_cpu_jiffies_reads_the_machines_line_of_proc_stat(tmp_path, monkeypatch):
-    from fpncli.run import bench
+    from fpncli.run import samplers
 
     stat = tmp_path / "stat"
     #             user nice system idle iowait irq softirq steal guest guest_nice
@@ -344,11 +347,11 @@ def test_cpu_jiffies_reads_the_machines_line_of_proc_stat(tmp_path, monkeypatch)
     real_open = open
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
         stat if path == "/proc/stat" else path, *a, **k))  # fmt: skip
-    assert bench._cpu_jiffies() == (128, 128 + 700 + 30 + 40)
+    assert samplers.cpu_jiffies() == (128, 128 + 700 + 30 + 40)
     stat.write_text("cpu  garbage\n")
-    assert bench._cpu_jiffies() is None
+    assert samplers.cpu_jiffies() is None
     stat.unlink()
-    assert bench._cpu_jiffies() is None
+    assert samplers.cpu_jiffies() is None
 
 
 def test_a_failing_end_to_end_row_leaves_no_cpu_sampler_running(monkeypatch, tmp_path):

@@ -10,20 +10,15 @@ memory, reset per row. A row that fails says why; the others still run.
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 import resource
 import shutil
 import statistics
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..api import check_precision, run_backbone
@@ -34,19 +29,24 @@ from ..model.fpn import FPN
 from .device import model_for_run, run_settings
 from .multi import run_on_devices, usable_cores, worker_options
 from .pipeline import Job, RunOptions, run_jobs
-from .steps import decode, resizes_on_device
+from .rates import (
+    DECODE_RATE_RUNS,
+    decode_rate,
+    decode_rates_in_processes,
+    disk_write_speed,
+    make_images,
+)
+from .samplers import CpuSampler, GpuSampler, nvidia_smi_command
 
 __all__ = [
     "BenchRow",
     "bench_model",
     "bench_end_to_end",
-    "decode_rate",
-    "decode_rates_in_processes",
-    "disk_write_speed",
     "bf16_peak_tflops",
-    "format_table",
-    "kernel_hints",
+    "fp32_reference",
     "GMAC_800x1280",
+    "OUTPUT_PRESETS",
+    "STAGES",
 ]
 
 #: Multiply-accumulates of the R-50-FPN backbone for one 800x1280 image (DESIGN.md).
@@ -261,116 +261,6 @@ def fp32_reference(model: FPN, height: int, width: int, batch_size: int) -> dict
         return {k: v.float() for k, v in run_backbone(model, batch, precision="fp32").items()}
 
 
-def disk_write_speed(folder: Path, size_mb: int = 512) -> float:
-    """Sequential write speed of ``folder``'s disk in MB/s (8 MiB writes, then fsync)."""
-    path = Path(folder) / f".fpncli-disk-probe-{os.getpid()}"
-    chunk = os.urandom(8 << 20)
-    try:
-        start = time.perf_counter()
-        with open(path, "wb") as f:
-            for _ in range(max(1, size_mb // 8)):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        seconds = time.perf_counter() - start
-    finally:
-        path.unlink(missing_ok=True)
-    return max(1, size_mb // 8) * 8 * (1 << 20) / 1e6 / seconds
-
-
-def make_images(folder: Path, count: int, height: int, width: int) -> list[Path]:
-    """``count`` JPEGs of ``height x width`` (a sample photo, or noise), quality 90."""
-    from PIL import Image
-
-    rng = np.random.RandomState(0)
-    sample = Path(__file__).resolve().parent.parent.parent / "samples" / "coffee.png"
-    if sample.is_file():
-        base = Image.open(sample).convert("RGB").resize((width, height), Image.BILINEAR)
-    else:
-        base = Image.fromarray(rng.randint(0, 255, (height, width, 3), dtype=np.uint8))
-    paths = []
-    for i in range(count):  # two encodings, then copies: a 1080p JPEG takes ~30 ms to encode
-        path = folder / f"img{i:05d}.jpg"
-        if i < 2:
-            base.rotate(180 * i).save(path, quality=90)
-        else:
-            shutil.copyfile(paths[i % 2], path)
-        paths.append(path)
-    return paths
-
-
-#: ``bench_end_to_end`` measures the decode rate with all cores this many times and keeps the best
-DECODE_RATE_RUNS = 2
-#: Images each process decodes, at least, when the decode rate is measured in processes
-DECODE_PER_PROCESS = 16
-
-
-def decode_rate(paths: list[Path], options: RunOptions, input_format, workers: int,
-                device: torch.device | None = None) -> float:  # fmt: skip
-    """Images per second that ``workers`` threads decode and resize (the pipeline's decoder;
-    for a CUDA ``device`` they leave the resize to it, as the pipeline does)."""
-    work = _decoding(options, input_format, device)
-    start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(work, [[path] for path in paths]))
-    return len(paths) / (time.perf_counter() - start)
-
-
-def decode_rates_in_processes(paths: list[Path], options: RunOptions, input_format,
-                              processes: int, device: torch.device | None = None,
-                              runs: int = DECODE_RATE_RUNS) -> list[float]:  # fmt: skip
-    """Images per second that ``processes`` processes of one thread each decode, ``runs``
-    times: what the cores can decode, where ``decode_rate``'s threads share one process's
-    Python lock. The processes start and import first (not timed); each then decodes at
-    least ``DECODE_PER_PROCESS`` images (``paths`` in turn)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    count = max(len(paths), DECODE_PER_PROCESS * processes)
-    chunks = [[paths[j % len(paths)] for j in range(i, count, processes * 4)]
-              for i in range(processes * 4)]  # fmt: skip
-    context = multiprocessing.get_context("spawn")  # no forked torch state
-    rates = []
-    with ProcessPoolExecutor(processes, mp_context=context, initializer=_one_thread) as pool:
-        started: set[int] = set()  # every process started and imported, before the clock
-        for _ in range(50):
-            started.update(pool.map(_hold, [0.2] * processes))
-            if len(started) >= processes:
-                break
-        work = _decoding(options, input_format, device)
-        for _ in range(runs):
-            start = time.perf_counter()
-            done = sum(pool.map(work, chunks))
-            rates.append(done / (time.perf_counter() - start))
-    return rates
-
-
-def _one_thread() -> None:
-    import cv2
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-
-
-def _hold(seconds: float) -> int:
-    time.sleep(seconds)
-    return os.getpid()
-
-
-def _decoding(options: RunOptions, input_format, device: torch.device | None):
-    """The pipeline's decoder over a list of paths (picklable, for processes too); for a CUDA
-    ``device`` it leaves the resize to the device, as the pipeline does."""
-    on_device = resizes_on_device(options, device or torch.device("cpu"))
-    return functools.partial(_decode_chunk, options=options, input_format=input_format,
-                             on_device=on_device)  # fmt: skip
-
-
-def _decode_chunk(paths: list[Path], options: RunOptions, input_format, on_device: bool) -> int:
-    for path in paths:
-        decode(Job(path, path.parent), options, input_format, resize_on_device=on_device)
-    return len(paths)
-
-
 OUTPUT_PRESETS = {
     "npy": {"save_heatmaps": False, "save_overview": False},
     "npy16": {"save_heatmaps": False, "save_overview": False, "dtype": "float16"},
@@ -464,8 +354,8 @@ def bench_end_to_end(
             the GPU (``gpu_busy``, where ``nvidia-smi`` is) were meanwhile."""
             shutil.rmtree(root / "out", ignore_errors=True)
             jobs = [Job(paths[2 + i % distinct], root / "out" / f"{i:06d}") for i in range(count)]
-            sampler, summary = _CpuSampler(), None
-            gpu_sampler = _GpuSampler(_nvidia_smi_command(device))
+            sampler, summary = CpuSampler(), None
+            gpu_sampler = GpuSampler(nvidia_smi_command(device))
             start = time.monotonic()
             try:
                 if processes is None:
@@ -533,150 +423,6 @@ def bench_end_to_end(
     return row
 
 
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """(busy, all) CPU time of the whole machine since boot, from ``/proc/stat`` (Linux; None
-    elsewhere). Time stolen by a hypervisor counts as not busy: those CPUs were not ours."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, idle, iowait, irq, softirq, steal = (
-                int(v) for v in f.readline().split()[1:9]
-            )  # fmt: skip
-    except (OSError, ValueError):
-        return None
-    busy = user + nice + system + irq + softirq
-    return busy, busy + idle + iowait + steal
-
-
-class _CpuSampler:
-    """The machine's busy share over a run (a row's ``cpu_busy``: whether its CPUs were what
-    bounded it): ``/proc/stat`` read every quarter second in a thread, so that the share can
-    be taken over the run's own span (worker processes' start and warm-up left out)."""
-
-    def __init__(self, every: float = 0.25) -> None:
-        self.samples: list[tuple[float, tuple[int, int]]] = []
-        self.done = threading.Event()
-        self.every = every
-        self.thread = threading.Thread(target=self._run, name="fpncli-cpu-sampler", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            jiffies = _cpu_jiffies()
-            if jiffies is None:
-                return
-            self.samples.append((time.monotonic(), jiffies))
-            if self.done.wait(self.every):
-                return
-
-    def stop(self, span: tuple[float, float] | None = None) -> float | None:
-        """The busy share between the samples nearest ``span``'s (monotonic) start and end, or
-        over all of them; None without ``/proc/stat`` or two samples."""
-        self.done.set()
-        self.thread.join()
-        jiffies = _cpu_jiffies()
-        if jiffies is not None:
-            self.samples.append((time.monotonic(), jiffies))
-        if len(self.samples) < 2:
-            return None
-        first, last = self.samples[0], self.samples[-1]
-        if span is not None:  # the last sample before the span, the first after it
-            first = max((s for s in self.samples if s[0] <= span[0]), key=lambda s: s[0],
-                        default=first)  # fmt: skip
-            last = min((s for s in self.samples if s[0] >= span[1]), key=lambda s: s[0],
-                       default=last)  # fmt: skip
-        (_, (b0, t0)), (_, (b1, t1)) = first, last
-        if t1 <= t0:
-            return None
-        return (b1 - b0) / (t1 - t0)
-
-
-def _nvidia_smi_command(device: torch.device) -> list[str] | None:
-    """``nvidia-smi`` printing ``device``'s utilization (the share of time a kernel ran) every
-    0.2 s, the GPU named by its UUID (``CUDA_VISIBLE_DEVICES`` renumbers the devices; the UUID
-    is the card's own); None off CUDA, without ``nvidia-smi`` or a UUID."""
-    if device.type != "cuda" or shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        uuid = str(torch.cuda.get_device_properties(device).uuid)
-    except (AttributeError, RuntimeError, AssertionError):
-        return None
-    return ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-            "-lms", "200", "-i", uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"]  # fmt: skip
-
-
-class _GpuSampler:
-    """The GPU's busy share over a run (a row's ``gpu_busy``, beside ``cpu_busy``: whether the
-    card was what bounded it, e.g. processes that time-share it): ``command``'s lines (one
-    utilization percentage each, ``_nvidia_smi_command``), each stamped as it is read, averaged
-    over the run's span. Nothing where there is no command or it cannot start.
-
-    The command writes to a pseudo-terminal, not a pipe: a C program's output into a pipe is
-    held in 4 KB blocks, which at a few bytes a line would reach us minutes after the run. It
-    runs in a session of its own, so that stopping it ends whatever it started too (a wrapper
-    script's child would keep the terminal open)."""
-
-    def __init__(self, command: list[str] | None) -> None:
-        import pty
-        import subprocess
-
-        self.samples: list[tuple[float, float]] = []
-        self.process = None
-        if command is None:
-            return
-        try:
-            master, slave = pty.openpty()
-        except OSError:
-            return
-        try:
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
-        except OSError:
-            os.close(master)
-            return
-        finally:
-            os.close(slave)
-        self.stream = os.fdopen(master, "r", encoding="ascii", errors="replace")
-        self.thread = threading.Thread(target=self._read, name="fpncli-gpu-sampler", daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for line in self.stream:
-                try:
-                    self.samples.append((time.monotonic(), float(line.strip()) / 100.0))
-                except ValueError:  # "[N/A]", "[Not Supported]"
-                    continue
-        except (OSError, ValueError):  # the terminal closed (EIO once the command ended)
-            return
-
-    def stop(self, span: tuple[float, float] | None = None) -> float | None:
-        """The mean utilization of the samples within ``span`` (monotonic; all of them without
-        one), or None without any."""
-        import signal
-
-        if self.process is None:
-            return None
-        # the first stop only: until it is waited for, the command's pid (its group's id) is
-        # ours, even if it has ended, and cannot name another process's group
-        for sig in (signal.SIGTERM, signal.SIGKILL) if self.process.returncode is None else ():
-            try:
-                os.killpg(self.process.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                self.process.wait(timeout=5)
-                break
-            except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: kill it
-                continue
-        self.thread.join(timeout=5)
-        if not self.thread.is_alive() and not self.stream.closed:
-            self.stream.close()
-        values = [v for t, v in self.samples if span is None or span[0] <= t <= span[1]]
-        return sum(values) / len(values) if values else None
-
-
 def _images_for(summary, seconds: float, free_bytes: int) -> int:
     """How many images fill ``seconds`` at the rate of ``summary``'s run (20% over), capped so
     that their outputs take at most half of ``free_bytes``; 0 when the run already lasted."""
@@ -687,85 +433,3 @@ def _images_for(summary, seconds: float, free_bytes: int) -> int:
     if per_image > 0:
         count = min(count, int(free_bytes / 2 / per_image))
     return count
-
-
-def add_ratios(rows: list[BenchRow]) -> None:
-    """End-to-end rows get ``of_model`` (their rate / the model-only eager rate of the same size,
-    batch and precision) and ``of_min_model_decode`` (/ min(model-only, decode with all cores))."""
-    model_rates = {
-        (r.height, r.width, r.batch_size, r.precision, r.variant): r.images_per_s
-        for r in rows
-        if r.kind == "model" and r.error is None
-    }
-    for r in rows:
-        if r.kind != "end-to-end" or r.error is not None:
-            continue
-        variant = "eager"
-        rate = model_rates.get((r.height, r.width, r.batch_size, r.precision, variant))
-        if rate:
-            r.ratios["of_model"] = r.images_per_s / rate
-            decoded = max(r.ratios.get("decode_img_s", 0.0),
-                          r.ratios.get("decode_procs_img_s", 0.0))  # fmt: skip
-            if decoded:
-                r.ratios["of_min_model_decode"] = r.images_per_s / min(rate, decoded)
-
-
-def kernel_hints(rows: list[BenchRow]) -> list[str]:
-    """A line for each CPU shape where oneDNN (row ``onednn``, ``--unfused``) beat the default
-    NNPACK/GEMM kernels (the ``eager`` row) by more than 5%: on such a CPU (an AVX-512 Xeon,
-    say) ``FPNCLI_CPU_KERNELS=0`` is the faster setting."""
-    hints = []
-    for row in rows:
-        if row.kind != "model" or row.variant != "onednn" or not row.median_batch_s:
-            continue
-        same = (row.device, row.height, row.width, row.batch_size, row.precision)
-        ours = next((r for r in rows if r.kind == "model" and r.variant == "eager"
-                     and (r.device, r.height, r.width, r.batch_size, r.precision) == same
-                     and r.median_batch_s), None)  # fmt: skip
-        if ours is not None and row.median_batch_s < 0.95 * ours.median_batch_s:
-            hints.append(
-                f"note: at {row.height}x{row.width} batch {row.batch_size} oneDNN took "
-                f"{row.median_batch_s * 1e3:.0f} ms against {ours.median_batch_s * 1e3:.0f} ms "
-                "with fpncli's CPU kernels: on this CPU, FPNCLI_CPU_KERNELS=0 is faster"
-            )
-    return hints
-
-
-def _fmt(value, spec: str, none: str = "-") -> str:
-    return none if value is None else format(value, spec)
-
-
-def format_table(rows: list[BenchRow]) -> str:
-    """A plain-text table of the rows; a failed row shows its reason."""
-    stage_head = "".join(f"{s[:6]:>7}" for s in STAGES)
-    header = (
-        f"{'kind':<6}{'device':<8}{'size':>10}{'bs':>4}{'prec':>6}{'variant':>15}{'img/s':>9}"
-        f"{'ms/bat':>8}{'%bf16':>7}{'GPU MB':>8}{'relerr':>9}  | ms/img:{stage_head}  "
-        f"{'bound':<7}{'ratios'}"
-    )
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        head = (
-            f"{('e2e' if r.kind == 'end-to-end' else r.kind):<6}{r.device:<8}"
-            f"{f'{r.height}x{r.width}':>10}{r.batch_size:>4}{r.precision:>6}{r.variant:>15}"
-        )
-        if r.error:
-            lines.append(f"{head}  FAILED: {r.error}")
-            continue
-        stages = "".join(
-            f"{_fmt(r.stage_ms_per_image.get(s), '.1f'):>7}" if r.stage_ms_per_image else f"{'':>7}"
-            for s in STAGES
-        )
-        ratios = " ".join(f"{k}={v:.2f}" for k, v in r.ratios.items())
-        lines.append(
-            f"{head}{r.images_per_s:>9.2f}"
-            f"{_fmt(r.median_batch_s and r.median_batch_s * 1e3, '.1f'):>8}"
-            f"{_fmt(r.fraction_of_bf16_peak and 100 * r.fraction_of_bf16_peak, '.1f'):>7}"
-            f"{_fmt(r.peak_gpu_mb, '.0f'):>8}{_fmt(r.max_rel_error_vs_fp32, '.1e'):>9}"
-            f"  |        {stages}  {r.bound or '-':<7}{ratios}"
-        )
-    return "\n".join(lines)
-
-
-def rows_as_dicts(rows: list[BenchRow]) -> list[dict]:
-    return [asdict(r) for r in rows]
