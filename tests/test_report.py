@@ -739,13 +739,13 @@ def test_a_level_name_that_is_not_an_identifier_lists_its_image_as_unreadable(
 def test_the_report_escapes_level_names_in_its_markup():
     """Defence in depth: a level name reaches the page escaped (the grid's header, its
     thumbnails' src and alt, the statistics table), whatever the manifest checks let through."""
-    from fpncli.viz.report import _grid, _Row, _stats_table
+    from fpncli.viz.report_html import Row, grid_html, stats_html
 
     name = '" onerror="alert(1)<b>'
     stats = LevelStats(name)
     accumulate(stats, np.ones((1, 1, 2, 2), np.float32))
-    row = _Row("a", {name: f"report/thumbs/000000_{name}.png"}, {}, None, None, "4x6")
-    for markup in (_stats_table({name: stats}), _grid([row], [name], "", 1)):
+    row = Row("a", {name: f"report/thumbs/000000_{name}.png"}, {}, None, None, "4x6")
+    for markup in (stats_html({name: stats}), grid_html([row], [name], "", 1)):
         tags = _Tags()
         tags.feed(markup)
         assert name in tags.text and "b" not in tags.names, markup
@@ -778,7 +778,7 @@ def test_a_forged_run_log_field_reaches_the_page_as_text(report_dir):
     is dropped when the log is read, and every label and value of the summary is escaped."""
     from fpncli.io.catalog import open_extractions
     from fpncli.io.extraction import read_run_log
-    from fpncli.viz.report import _summary, _Tally
+    from fpncli.viz.report_html import Tally, summary_html
 
     script = "<script>alert(document.cookie)</script>"
     run = json.loads((report_dir / "run.json").read_text())
@@ -791,9 +791,9 @@ def test_a_forged_run_log_field_reaches_the_page_as_text(report_dir):
     assert "<script" not in page and "images failed (last run)</th><td>1<" in page
     assert f"<th>stopped early</th><td>{html.escape(f'<b>{script}')}</td>" in page
     # and whatever reaches the summary, a label included, is text in it
-    found, tally = open_extractions(report_dir), _Tally()
+    found, tally = open_extractions(report_dir), Tally()
     tally.add({"weights": {"name": script}, "precision": "<i>", "device": "&"}, 1)
-    markup = _summary(report_dir, found, tally, {**run, "shards": script}, [])
+    markup = summary_html(report_dir, found, tally, {**run, "shards": script}, [])
     tags = _Tags()
     tags.feed(markup)
     assert tags.names == {"h2", "h3", "table", "tr", "th", "td"}, tags.names

@@ -458,6 +458,7 @@ def test_show_with_another_clip_draws_every_image_on_the_run_range(tmp_path, ext
     from PIL import Image
 
     from fpncli.viz import show
+    from fpncli.viz.sources import from_folder
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -470,7 +471,7 @@ def test_show_with_another_clip_draws_every_image_on_the_run_range(tmp_path, ext
     assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
     fixed = show._run_ranges(str(out / "a"), "level", "channel", 0, lambda text: None)
     for name in "abc":
-        source = show._from_folder(out / name, ["p5", "p6"])
+        source = from_folder(out / name, ["p5", "p6"])
         panels = show._panels(source, "all", reduce="channel", channel=0, clip=shown, fixed=fixed)
         assert {p["name"]: p["range"] for p in panels} == fixed, name
 

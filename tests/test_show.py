@@ -11,6 +11,7 @@ from PIL import Image
 
 from fpncli.cli import cli
 from fpncli.viz import show as show_module
+from fpncli.viz import sources
 from fpncli.viz.show import P6_NOTE, show
 
 SHAPES = {"p2": (16, 24), "p3": (8, 12), "p4": (4, 6), "p5": (2, 3), "p6": (1, 2)}
@@ -239,7 +240,7 @@ def test_all_and_overlay(folder, tmp_path):
 
 
 def test_latest_when_no_target(folder, monkeypatch):
-    monkeypatch.setattr(show_module, "_latest", lambda: (folder, []))
+    monkeypatch.setattr(sources, "latest", lambda: (folder, []))  # resolve_source's
     assert show(None, level="p5", display=False).saved == folder / "show_p5.png"
 
 

@@ -21,25 +21,33 @@ import re
 import secrets
 import shlex
 import shutil
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from .. import __version__
 from ..io.atomic import TMP_MARK, stale_temporary
 from ..io.catalog import Extractions, Failure, open_extractions
 from ..io.extraction import LoadedExtraction, read_run_log, replaced_size
-from ..io.formats import left_out_text, warn_image_folders_left_out
+from ..io.formats import warn_image_folders_left_out
 from ..io.guard import error_text, folder_lock, usable_cores, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .maps import REDUCTIONS, reduce_channels
 from .png import encode_png
+from .report_html import (
+    Row,
+    Tally,
+    grid_html,
+    nav_html,
+    order,
+    page_html,
+    scale_note_html,
+    stats_html,
+    summary_html,
+)
 from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
 from .visualize import colour_bar
@@ -53,22 +61,6 @@ REPORT_MARKER = ".fpncli-report"  # inside the asset folder: a report made it, i
 # what a report writes into its asset folder: an unmarked folder holding only these is an earlier
 # version's report (cleared as before); anything else is not the report's to clear
 _REPORT_FILES = re.compile(r"^(thumbs|histograms\.png|page_\d+\.html)$")
-_LEVEL_ORDER = ("stem", "res2", "res3", "res4", "res5", "p2", "p3", "p4", "p5", "p6")
-
-
-@dataclass
-class _Row:
-    key: str  # the image folder relative to OUT
-    # each level of the manifest -> its thumbnail relative to OUT; None: saved without a tensor
-    levels: dict[str, str | None]
-    links: dict[str, str]  # level -> full-size picture relative to OUT
-    input_thumb: str | None
-    overview: str | None
-    size: str
-
-
-def _order(names) -> list[str]:
-    return sorted(names, key=lambda n: (_LEVEL_ORDER.index(n) if n in _LEVEL_ORDER else 99, n))
 
 
 def _input_thumbnail(path: Path | None, height: int, manifest: dict) -> np.ndarray | None:
@@ -160,7 +152,7 @@ def _heatmap_settings(ex: LoadedExtraction) -> tuple[str, int, str]:
 
 
 def _process(index: int, key: str, found: Extractions, thumbs: Path, href: str, height: int,
-             ranges: dict | None) -> tuple[_Row, dict, dict, int] | Failure:  # fmt: skip
+             ranges: dict | None) -> tuple[Row, dict, dict, int] | Failure:  # fmt: skip
     """Thumbnails of one image, written into ``thumbs`` and linked as ``href/NAME``; returns
     its grid row, per level (sample, valid shape), its manifest and its bytes, or a ``Failure``
     (key, why) when its outputs cannot be read (a malformed manifest, a truncated ``.npy``, a
@@ -175,7 +167,7 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, href: str, 
     if unloaded:  # not "not saved": the manifest says it was
         return Failure(key, "; ".join(f"{n}: its .npy is missing or unreadable" for n in unloaded))
     stem = f"{index:06d}"
-    row = _Row(key, {}, {}, None, None, "")
+    row = Row(key, {}, {}, None, None, "")
     picture = _input_thumbnail(ex.input_path, height, ex.manifest)
     if picture is not None:
         atomic_write_bytes(thumbs / f"{stem}_input.png", encode_png(picture))
@@ -205,7 +197,7 @@ def _process(index: int, key: str, found: Extractions, thumbs: Path, href: str, 
     return row, samples, ex.manifest, size
 
 
-def _process_item(item: tuple[int, str], **kwargs) -> tuple[_Row, dict, dict, int] | Failure:
+def _process_item(item: tuple[int, str], **kwargs) -> tuple[Row, dict, dict, int] | Failure:
     return _process(item[0], item[1], kwargs["found"], kwargs["thumbs"], kwargs["href"],
                     kwargs["height"], kwargs["ranges"])  # fmt: skip
 
@@ -227,7 +219,7 @@ def _histogram_png(stats: dict[str, LevelStats], path: Path) -> None:
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
     from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
 
-    names = _order(stats)
+    names = order(stats)
     fig = Figure(figsize=(2.3 * max(1, len(names)), 2.3), dpi=100)
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.2, top=0.88, wspace=0.3)
     axes = fig.subplots(1, max(1, len(names)), squeeze=False)[0]
@@ -243,216 +235,6 @@ def _histogram_png(stats: dict[str, LevelStats], path: Path) -> None:
         ax.tick_params(labelsize=7)
         ax.set_xlabel("activation", fontsize=8)
     fig.savefig(path, format="png")
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
-_CSS = """
-body{font-family:sans-serif;margin:1.2em;color:#222}
-table{border-collapse:collapse;margin:.6em 0}
-td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:middle}
-th{background:#f0f0f0}
-.grid td{text-align:center}
-.grid img{display:block;margin:auto}
-.banner{background:#c00;color:#fff;font-weight:bold;padding:.7em 1em;margin:.5em 0}
-.nav a,.nav b{margin-right:.5em}
-.muted{color:#777}
-.hist{max-width:100%;height:auto}
-"""
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n"
-        f"<body>\n{body}\n</body></html>\n"
-    )
-
-
-def _href(path: str) -> str:
-    """A path relative to OUT as a link: its bytes on disk percent-encoded, so a name with
-    spaces, ``#`` or bytes that are not UTF-8 still leads to the real file."""
-    return html.escape(urllib.parse.quote(os.fsencode(path)))
-
-
-def _nav(page: int, pages: int, prefix: str, first: str, assets: str) -> str:
-    """Links to every page; ``prefix`` leads from the page's folder to OUT, where the first
-    page is ``first`` and the others lie in ``assets``."""
-    if pages <= 1:
-        return ""
-    links = []
-    for p in range(1, pages + 1):
-        href = f"{prefix}{first}" if p == 1 else f"{prefix}{assets}/page_{p:04d}.html"
-        links.append(f"<b>{p}</b>" if p == page else f'<a href="{href}">{p}</a>')
-    return f'<p class="nav">Pages: {" ".join(links)}</p>'
-
-
-def _grid(rows: list[_Row], levels: list[str], prefix: str, first: int,
-          thumb_height: int = 64) -> str:  # fmt: skip
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in levels)
-    out = [f'<table class="grid"><tr><th>#</th><th>image</th><th>input</th>{head}</tr>']
-    for i, row in enumerate(rows, start=first):
-        name = html.escape(row.key)
-        if row.overview:
-            name = f'<a href="{prefix}{_href(row.overview)}">{name}</a>'
-        size = html.escape(row.size)
-        cells = [f"<td>{i}</td><td>{name}<br><span class=muted>{size}</span></td>"]
-        if row.input_thumb:
-            cells.append(f'<td><img src="{prefix}{_href(row.input_thumb)}" alt="input"></td>')
-        else:
-            cells.append('<td class="muted">photo gone or replaced</td>')
-        for name in levels:
-            thumb, link = row.levels.get(name), row.links.get(name)
-            if thumb is None and name in row.levels:  # saved without .npy (--no-npy)
-                picture = ""
-                if link:  # its heatmap or overlay itself, at the thumbnails' height
-                    alt = html.escape(link.rpartition("/")[2])
-                    img = f'<img src="{prefix}{_href(link)}" alt="{alt}" height="{thumb_height}">'
-                    picture = f'<a href="{prefix}{_href(link)}">{img}</a>'
-                cells.append(f'<td class="muted">{picture}no tensor</td>')
-                continue
-            if thumb is None:
-                cells.append('<td class="muted">not saved</td>')
-                continue
-            # a manifest's level name, escaped: check_manifest refuses one that is not an
-            # identifier, and the page must not depend on it
-            img = f'<img src="{prefix}{_href(thumb)}" alt="{html.escape(name)}">'
-            cells.append(f'<td><a href="{prefix}{_href(link)}">{img}</a></td>' if link
-                         else f"<td>{img}</td>")  # fmt: skip
-        out.append(f"<tr>{''.join(cells)}</tr>")
-    out.append("</table>")
-    return "\n".join(out)
-
-
-def _count(counts: collections.Counter) -> str:
-    """The values counted, as plain text (the summary escapes it), with their counts if several."""
-    if not counts:
-        return "-"
-    if len(counts) == 1:
-        return next(iter(counts))
-    return ", ".join(f"{k} ({n} images)" for k, n in sorted(counts.items()))
-
-
-@dataclass
-class _Tally:
-    """The summary's counts, one manifest at a time (no manifest is kept)."""
-
-    images: int = 0
-    random: int = 0
-    bytes: int = 0
-    counts: dict[str, collections.Counter] = field(
-        default_factory=lambda: collections.defaultdict(collections.Counter)
-    )
-
-    def add(self, manifest: dict, size: int) -> None:
-        weights = manifest.get("weights") or {}
-        self.images += 1
-        self.random += bool(weights.get("random"))
-        self.bytes += size
-        sha = weights.get("sha256") or "-"
-        self.counts["weights"][f"{weights.get('name')} (sha256 {sha})"] += 1
-        for what in ("precision", "device", "fpncli_version"):
-            self.counts[what][str(manifest.get(what))] += 1
-
-
-def _summary(root: Path, found: Extractions, tally: _Tally, run: dict | None,
-             unreadable: list[Failure], left_out: int = 0) -> str:  # fmt: skip
-    parts = []
-    if tally.random:
-        parts.append(
-            f'<div class="banner">RANDOM, UNTRAINED WEIGHTS: {tally.random} of {tally.images} '
-            "images were extracted with --weights random; these maps show the architecture, not "
-            "what a trained detector sees.</div>"
-        )
-    failed = found.failures()
-    if found.format == "wds":
-        n = len(found.shards())
-        layout = f"{n} WebDataset tar shard{'s' * (n != 1)} and index.parquet (--format wds)"
-        failed_row = ("images failed (index)", str(len(failed)))
-    else:
-        layout = "one folder per image" if not found.single else "one image folder"
-        count = str(len(failed)) if run else "unknown (no run.json)"
-        shards = f", shards: {run['shards']} logged" if run and run.get("shards") else ""
-        failed_row = (f"images failed (last run{shards})", count)
-    # plain text, escaped below, labels too: a run log's or a manifest's field is data, and
-    # a row that forgot to escape one put its markup (a <script>) into the page
-    rows = [
-        ("folder", str(root)),
-        ("layout", layout),
-        ("images done", str(tally.images)),
-        failed_row,
-        *([("outputs unreadable", f"{len(unreadable)} (listed below)")] if unreadable else []),
-        *([("left out", left_out_text(left_out))] if left_out else []),
-        ("weights", _count(tally.counts["weights"])),
-        ("precision", _count(tally.counts["precision"])),
-        ("device", _count(tally.counts["device"])),
-        ("bytes", f"{tally.bytes:,} ({tally.bytes / 1e6:.1f} MB)"),
-        ("fpncli version", _count(tally.counts["fpncli_version"])),
-        ("report by", f"fpncli {__version__}"),
-    ]
-    if run and run.get("aborted"):
-        rows.append(("stopped early", str(run["aborted"])))
-    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-                    for k, v in rows)  # fmt: skip
-    parts.append(f"<h2>Summary</h2><table>{table}</table>")
-    if failed:
-        parts.append(f"<h3>Failed</h3>{_reasons('input', failed)}")
-    if unreadable:
-        parts.append(
-            "<h3>Outputs that cannot be read</h3><p>Left out of the grid and the statistics: "
-            "extract these images again (or remove their outputs).</p>"
-            + _reasons("image", sorted(unreadable, key=lambda f: f.path))
-        )
-    return "\n".join(parts)
-
-
-def _reasons(what: str, failures: list[Failure]) -> str:
-    rows = "".join(f"<tr><td>{html.escape(f.path)}</td><td>{html.escape(f.reason)}</td></tr>"
-                   for f in failures)  # fmt: skip
-    return f"<table><tr><th>{what}</th><th>reason</th></tr>{rows}</table>"
-
-
-def _stats_table(stats: dict[str, LevelStats], no_tensor: dict[str, int] | None = None) -> str:
-    """The levels' statistics over the images whose tensor (``.npy``) was read; ``no_tensor``:
-    level -> images whose manifest lists the level without one (``--no-npy``), said below."""
-    head = "<tr><th>level</th><th>images with tensors</th><th>min</th><th>max</th><th>mean</th>"
-    head += "<th>std</th><th>zeros</th></tr>"
-    rows = []
-    for name in _order(stats):
-        s = stats[name]
-        rows.append(
-            f"<tr><td>{html.escape(name)}</td><td>{s.images}</td><td>{_fmt(s.min)}</td>"
-            f"<td>{_fmt(s.max)}</td><td>{_fmt(s.mean)}</td><td>{_fmt(s.std)}</td>"
-            f"<td>{100 * s.zero_fraction:.3g}%</td></tr>"
-        )
-    exact = all(s.exact for s in stats.values())
-    note = (
-        "All values of the valid regions (padding excluded)."
-        if exact
-        else "min, max and mean over every value of the valid regions (padding excluded); std and "
-        "the fraction of zeros from an evenly spaced sample of each image (up to 8 channels)."
-    )
-    missing = {n: k for n, k in (no_tensor or {}).items() if k}
-    if missing:
-        counts = ", ".join(f"{html.escape(n)} {missing[n]}" for n in _order(missing))
-        note += (
-            " Not counted: images whose manifest has the level but no tensor file (e.g. "
-            f"extracted with --no-npy): {counts}."
-        )
-    return f"<table>{head}{''.join(rows)}</table><p class=muted>{note}</p>"
-
-
-def _scale_note(scale: str, ranges: dict | None) -> str:
-    if ranges is None:
-        return (
-            "<p>Colour scale: <b>image</b> (each thumbnail on its own range, as its heatmap "
-            "was drawn: the --clip percentiles of its map).</p>"
-        )
-    items = ", ".join(f"{html.escape(n)} {_fmt(lo)}..{_fmt(hi)}" for n, (lo, hi) in
-                      ((n, ranges[n]) for n in _order(ranges)))  # fmt: skip
-    return f"<p>Colour scale: <b>{html.escape(scale)}</b> (from the manifests): {items}.</p>"
 
 
 def _is_report_folder(folder: Path) -> bool:
@@ -627,8 +409,8 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
             ranges = run_ranges(itertools.chain([first_one], manifests), scale, reduce=None)
     stats: dict[str, LevelStats] = {}
     no_tensor: collections.Counter = collections.Counter()  # level -> images without its .npy
-    tally = _Tally()
-    rows: list[_Row] = []
+    tally = Tally()
+    rows: list[Row] = []
     levels: set[str] = set()
     listed = {f.path for f in unreadable}
     threads = workers or min(8, usable_cores())
@@ -650,7 +432,7 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
             no_tensor.update(set(manifest.get("levels", {})) - set(samples))
             rows.append(row)
     rows.sort(key=lambda r: r.key)  # shards are read in storage order; the grid is by key
-    levels = _order(levels)
+    levels = order(levels)
     if stats:
         _histogram_png(stats, build / "histograms.png")
     pages = max(1, -(-len(rows) // page_size))
@@ -665,24 +447,24 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
     for page in range(1, pages + 1):
         chunk = rows[(page - 1) * page_size : page * page_size]
         prefix = "" if page == 1 else "../"
-        nav = _nav(page, pages, prefix, first, assets)
+        nav = nav_html(page, pages, prefix, first, assets)
         title = f"fpncli report: {root.resolve().name}"
         grid = f"<h2>Images {(page - 1) * page_size + 1}-{(page - 1) * page_size + len(chunk)}"
         grid += f" of {len(rows)}</h2>{shard_note}{nav}"
-        grid += _grid(chunk, levels, prefix, (page - 1) * page_size + 1, thumb_height)
+        grid += grid_html(chunk, levels, prefix, (page - 1) * page_size + 1, thumb_height)
         if page == 1:
-            summary = _summary(root, found, tally, run, unreadable, left_out)
-            body = [f"<h1>{html.escape(title)}</h1>", summary, _scale_note(scale, ranges)]
+            summary = summary_html(root, found, tally, run, unreadable, left_out)
+            body = [f"<h1>{html.escape(title)}</h1>", summary, scale_note_html(scale, ranges)]
             if stats:
                 hist = f'<img class="hist" src="{assets}/histograms.png" alt="histograms">'
-                body += ["<h2>Levels across the folder</h2>", _stats_table(stats, no_tensor), hist]
+                body += ["<h2>Levels across the folder</h2>", stats_html(stats, no_tensor), hist]
             body += [grid, nav]
-            first_page = utf8_text(_page(title, "\n".join(body))).encode()
+            first_page = utf8_text(page_html(title, "\n".join(body))).encode()
         else:
             body = f'<h1>{html.escape(title)}</h1><p><a href="../{first}">summary</a></p>'
             body += grid + nav
             path = build / f"page_{page:04d}.html"
-            atomic_write_bytes(path, utf8_text(_page(f"{title} page {page}", body)).encode())
+            atomic_write_bytes(path, utf8_text(page_html(f"{title} page {page}", body)).encode())
     log.info("report: %d images, %d pages", len(rows), pages)
     return unreadable, first_page
 
