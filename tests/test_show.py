@@ -400,12 +400,14 @@ def test_the_suggested_commands_quote_a_folder_with_spaces(folder, tmp_path):
 
 
 def test_level_all_shows_the_levels_an_extraction_has(folder):
+    assert P6_NOTE in show(str(folder), level="all", display=False).messages  # P6 among them
     manifest = json.loads((folder / "manifest.json").read_text())
     for name in ("p2", "p6"):
         del manifest["levels"][name]
     (folder / "manifest.json").write_text(json.dumps(manifest))
     result = show(str(folder), level="all", display=False)
     assert result.saved.is_file()
+    assert P6_NOTE not in result.messages  # no P6 drawn: nothing to say about it
 
 
 def test_the_window_draws_the_values_in_image_pixels(folder):

@@ -387,7 +387,7 @@ def show(
         say(message)
     for note in source.notes:
         say(note)
-    if level in ("p6", "all"):
+    if level == "p6" or (level == "all" and "p6" in source.features):  # only where P6 is drawn
         say(P6_NOTE)
     if source.random:
         say("note: these maps come from random, untrained weights")
