@@ -353,3 +353,47 @@ def test_a_dark_16_bit_image_is_scaled_from_16_bits_whatever_it_holds(tmp_path, 
         assert Image.open(tmp_path / name).mode == mode
         assert loaded.rgb[0, :, 0].tolist() == expected, values
         assert loaded.notes == [f"{mode} image scaled from 16 bits to 8 bits"]
+
+
+def _bad_exif_images(folder: Path) -> dict[str, np.ndarray]:
+    """Valid pictures whose EXIF block Pillow cannot parse: a PNG eXIf chunk and a WebP EXIF
+    chunk of 0xff bytes (not a TIFF header), and a PNG "Raw profile type exif" that is not hex."""
+    from PIL import PngImagePlugin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:20, 0:30]
+    pixels = np.stack([x * 8, y * 12, x + y], -1).astype(np.uint8)
+    Image.fromarray(pixels).save(folder / "chunk.png", exif=b"\xff" * 40)
+    Image.fromarray(pixels).save(folder / "webp.webp", exif=b"\xff" * 40, lossless=True)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Raw profile type exif", "\nexif\n       4\nzzzz\n")
+    Image.fromarray(pixels).save(folder / "raw.png", pnginfo=text)
+    return {"chunk.png": pixels, "webp.webp": pixels, "raw.png": pixels}
+
+
+def test_a_damaged_exif_block_leaves_the_image_unturned_with_a_note(tmp_path):
+    """Pillow's getexif raises on these ("not a TIFF file", bad hex): the image was refused as
+    unreadable, where Detectron2 reads it (it catches getexif's errors) without turning it."""
+    from fpncli.io.preprocess import load_image
+
+    for name, pixels in _bad_exif_images(tmp_path).items():
+        loaded = load_image(tmp_path / name)
+        np.testing.assert_array_equal(loaded.rgb, pixels, err_msg=name)
+        assert (loaded.exif_orientation, loaded.exif_transposed) == (1, False), name
+        assert loaded.notes == ["EXIF unreadable: orientation not applied"], name
+    # a damaged image with it is still refused, for its pixels
+    cut = tmp_path / "cut.png"
+    cut.write_bytes((tmp_path / "chunk.png").read_bytes()[:-40])
+    with pytest.raises(ValueError, match=r"cut\.png: unreadable image \(image file is trunc"):
+        load_image(cut)
+
+
+def test_a_damaged_exif_block_extracts_with_the_note_in_the_manifest(tmp_path):
+    images = _bad_exif_images(tmp_path / "in")
+    result = _fpncli("extract", *_small(str(tmp_path / "in"), "-o", str(tmp_path / "out")),
+                     "--no-heatmaps", "--no-overview")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for name in images:
+        manifest = json.loads((tmp_path / "out" / Path(name).stem / "manifest.json").read_text())
+        assert manifest["input"]["notes"] == ["EXIF unreadable: orientation not applied"], name
+        assert manifest["input"]["exif_orientation"] == 1, name

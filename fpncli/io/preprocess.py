@@ -39,6 +39,7 @@ __all__ = [
     "pixel_count",
     "Prepared",
     "load_image",
+    "exif_orientation",
     "rgb_to_bgr",
     "to_color_order",
     "resized_shape",
@@ -292,6 +293,24 @@ def _orientation(value, notes: list[str]) -> int:
     return 1
 
 
+def exif_orientation(im: Image.Image, notes: list[str]) -> int:
+    """The EXIF orientation to apply to the open image ``im`` (``_orientation``).
+
+    An EXIF block Pillow cannot parse (SyntaxError: not a TIFF header; ValueError: a PNG's
+    "Raw profile type exif" text that is not hex) gives 1, nothing applied, with a note: the
+    pixels are fine, and Detectron2 reads such a file the same way (``_apply_exif_orientation``
+    catches what ``getexif`` raises). A PNG is decoded first, as its ``getexif`` would do to
+    find an eXIf chunk after the pixels, so that a damaged image is still refused as one."""
+    if im.format == "PNG":
+        im.load()
+    try:
+        value = im.getexif().get(EXIF_ORIENTATION, 1)
+    except (SyntaxError, ValueError):
+        notes.append("EXIF unreadable: orientation not applied")
+        return 1
+    return _orientation(value, notes)
+
+
 def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Read an image file as 8-bit RGB with its EXIF orientation applied.
 
@@ -312,11 +331,11 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     notes: list[str] = []
     try:
         with open_image(path, max_pixels) as im:
-            high_bytes = _high_bytes_note(im)  # before getexif, which loads a PNG
+            high_bytes = _high_bytes_note(im)  # before exif_orientation, which loads a PNG
             frames = getattr(im, "n_frames", 1)
             if frames > 1:
                 notes.append(f"first of {frames} frames used")
-            orientation = _orientation(im.getexif().get(EXIF_ORIENTATION, 1), notes)
+            orientation = exif_orientation(im, notes)
             notes += [high_bytes] if high_bytes else []
             im.load()
             transposed = ImageOps.exif_transpose(im) if orientation != 1 else im
