@@ -214,29 +214,37 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterat
 
 
 def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray | Image.Image:
-    """Any Pillow mode -> ``(H, W, 3)`` uint8 RGB: an array for 16-bit and float modes, else a
-    Pillow RGB image. A 16-bit mode (``I;16*``) is always divided by 257 (0..65535 to 0..255);
-    32-bit ``I`` and ``F``, whose range is unknown, are scaled by what they hold: by 257 when
-    over 255, to their maximum when over 65535, as they are otherwise."""
+    """Any Pillow mode -> ``(H, W, 3)`` uint8 RGB: an array for a scaled 16-bit, 32-bit or float
+    image, else a Pillow RGB image. A 16-bit mode (``I;16*``) is always divided by 257 (0..65535
+    to 0..255); 32-bit ``I`` and ``F``, whose range is unknown, are scaled by what they hold: by
+    257 when over 255, to their maximum when over 65535. Those within 0..255 are converted by
+    Pillow, as Detectron2's ``read_image`` converts them: each value clipped to 0..255 and its
+    fraction dropped (0.6 is 0, 254.6 is 254), NaN and -inf 0, inf 255."""
     mode = im.mode
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         values = np.asarray(im, dtype=np.float64)
         finite = np.isfinite(values)
+        top = float(values[finite].max()) if finite.any() else 0.0
+        if not mode.startswith("I;16") and top <= 255:  # no scale: Pillow's own conversion
+            if not finite.all():
+                notes.append(f"{int(values.size - finite.sum())} non-finite value(s) read as "
+                             "Detectron2 reads them (NaN and -inf as 0, inf as 255)")  # fmt: skip
+            if mode == "F" and 0 < top <= 1:
+                notes.append("float image of values 0..1 read as 0..255 (all but 1.0 become 0), as "
+                             "Detectron2 does")  # fmt: skip
+            return im.convert("RGB")
         if not finite.all():  # a float image: NaN or inf would cast to garbage
             notes.append(f"{int(values.size - finite.sum())} non-finite value(s) set to 0")
             values = np.where(finite, values, 0.0)
-        top = float(values.max()) if values.size else 0.0
         if mode.startswith("I;16"):  # declared 16 bits: always 0..65535, however dark the image
             values = values / 257.0
             notes.append(f"{mode} image scaled from 16 bits to 8 bits")
         elif top > 65535:  # 32-bit integers or floats: their own range, not 16 bits
             values = values * (255.0 / top)
             notes.append(f"{mode} image scaled from 0..{top:.6g} to 8 bits")
-        elif top > 255:  # "I" or "F", whose bit depth is unknown: guessed from the values
+        else:  # "I" or "F" over 255, whose bit depth is unknown: guessed from the values
             values = values / 257.0  # 0..65535 -> 0..255
             notes.append(f"{mode} image scaled from 16 bits to 8 bits")
-        elif mode == "F" and 0 < top <= 1:
-            notes.append("float image of values 0..1 read as 0..255, as Detectron2 does")
         gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode == "P" and "transparency" in im.info:
