@@ -645,6 +645,29 @@ def test_the_no_npy_disk_estimate_stays_near_what_is_written(tmp_path, model, ph
     assert written <= estimate <= 3 * written, (estimate, written)
 
 
+def test_the_disk_estimate_of_images_of_no_readable_size_follows_the_resize(tmp_path):
+    """With no header read (each sampled image unreadable) the estimate was an 800x1344 input's
+    whatever --min-size/--max-size: 93 MB an image announced for a run at 64/96. It is now the
+    largest image the resize makes (min_size x max_size, the larger way round), as one read."""
+    unreadable = tmp_path / "bad.png"
+    unreadable.write_text("not a picture")
+    cases = {
+        "small": (SMALL, (96, 64)),
+        "drawn": (replace(SMALL, save_heatmaps=True, save_overview=True), (96, 64)),
+        "canvas": (replace(SMALL, canvas="128x128"), (96, 64)),
+        "default": (OutputOptions(), (1333, 800)),
+        "no-resize": (replace(SMALL, resize=False), (1333, 800)),
+    }
+    for case, (options, (width, height)) in cases.items():
+        sized = []
+        for name, size in (("wide.png", (width, height)), ("tall.png", (height, width))):
+            Image.new("RGB", size).save(tmp_path / name)
+            sized.append(Job(tmp_path / name, tmp_path / "out" / "a"))
+        read = plan.estimate_run_bytes(sized, options) // 2  # the larger of the two, per image
+        guessed = plan.estimate_run_bytes([Job(unreadable, tmp_path / "out" / "a")], options)
+        assert guessed == read, case
+
+
 def test_the_disk_refusal_suggests_only_what_the_run_has_not_done(tmp_path, model, monkeypatch):
     jobs = [Job(_image(tmp_path / "in" / "a.png"), tmp_path / "out" / "a")]
     monkeypatch.setattr(plan, "_free_bytes", lambda folder: 1000)

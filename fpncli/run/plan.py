@@ -59,8 +59,22 @@ def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32
         size = _image_bytes(height, width, options, os.path.basename(job.path))
         if size is not None:
             sizes.append(size)
-    per_image = max(sizes) if sizes else estimate_bytes_per_image(800, 1344, options)
+    per_image = max(sizes) if sizes else _unsized_image_bytes(options)
     return per_image * len(jobs)
+
+
+def _unsized_image_bytes(options: OutputOptions) -> int:
+    """The estimate for an image whose header gave no size: one the resize makes the largest it
+    makes, ``min_size`` x ``max_size`` (either way round), or 800x1333 without the resize (a
+    photo of the default size); a fixed canvas that holds neither is what every image is padded
+    to."""
+    side = (options.min_size, options.max_size) if options.resize else (800, 1333)
+    sizes = [_image_bytes(*shape, options, "image") for shape in (side, side[::-1])]
+    if any(size is not None for size in sizes):
+        return max(size for size in sizes if size is not None)
+    canvas = canvas_for(1, 1, options.canvas, min_size=options.min_size,
+                        max_size=options.max_size)  # fmt: skip
+    return estimate_bytes_per_image(*canvas, options)
 
 
 def _quarter_turned(im) -> bool:
