@@ -171,6 +171,34 @@ def test_exif_orientation_is_applied(tmp_path, orientation):
     assert loaded.rgb.shape[:2] == ((30, 20) if orientation in (6, 8) else (20, 30))
 
 
+@pytest.mark.parametrize("orientation", [3, 6])
+@pytest.mark.parametrize("tag_kept", [False, True])
+def test_a_tiff_is_turned_once_by_its_orientation(tmp_path, monkeypatch, orientation, tag_kept):
+    """Pillow turns a TIFF by its Orientation tag as it loads it. Before Pillow 10.1 its getexif
+    still gave the tag afterwards (``tag_kept`` emulates that), and exif_transpose turned the
+    TIFF a second time: an orientation 3 came out as stored, a 6 as an 8."""
+    from PIL import TiffImagePlugin
+
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[:5, :5] = 255  # a white top-left corner marks the orientation
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[0x0112] = orientation
+    path = _save(tmp_path / "r.tif", Image.fromarray(pixels), tiffinfo=tags)
+    if tag_kept:
+        load_end = TiffImagePlugin.TiffImageFile.load_end
+
+        def load_end_keeping_the_tag(self):
+            load_end(self)
+            self.getexif()[0x0112] = orientation
+
+        monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "load_end", load_end_keeping_the_tag)
+    loaded = load_image(path)
+    transpose = {6: Image.Transpose.ROTATE_270, 3: Image.Transpose.ROTATE_180}[orientation]
+    expected = np.asarray(Image.fromarray(pixels).transpose(transpose))
+    np.testing.assert_array_equal(loaded.rgb, expected)
+    assert loaded.exif_transposed and loaded.exif_orientation == orientation
+
+
 def test_bad_files(tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("hello")

@@ -40,6 +40,7 @@ __all__ = [
     "Prepared",
     "load_image",
     "exif_orientation",
+    "turn_upright",
     "rgb_to_bgr",
     "to_color_order",
     "resized_shape",
@@ -319,6 +320,17 @@ def exif_orientation(im: Image.Image, notes: list[str]) -> int:
     return _orientation(value, notes)
 
 
+def turn_upright(im: Image.Image, orientation: int) -> Image.Image:
+    """The open image ``im`` decoded and turned by its EXIF ``orientation`` (``exif_orientation``;
+    1: as it is). A TIFF is not turned here: Pillow turns it by its Orientation tag as it loads
+    it (since Pillow 6.2), and before Pillow 10.1 ``getexif`` still gave the tag afterwards, so
+    ``ImageOps.exif_transpose`` turned it a second time (as Detectron2's ``read_image`` does)."""
+    im.load()
+    if orientation == 1 or im.format == "TIFF":
+        return im
+    return ImageOps.exif_transpose(im)
+
+
 def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Read an image file as 8-bit RGB with its EXIF orientation applied.
 
@@ -345,9 +357,7 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
                 notes.append(f"first of {frames} frames used")
             orientation = exif_orientation(im, notes)
             notes += [high_bytes] if high_bytes else []
-            im.load()
-            transposed = ImageOps.exif_transpose(im) if orientation != 1 else im
-            rgb = _to_rgb8(transposed, notes)
+            rgb = _to_rgb8(turn_upright(im, orientation), notes)
     except Image.DecompressionBombError:
         raise ValueError(
             f"{path}: refused as a decompression bomb (over twice the {pixel_count(max_pixels)} "
