@@ -668,6 +668,18 @@ def test_the_disk_estimate_of_images_of_no_readable_size_follows_the_resize(tmp_
         assert guessed == read, case
 
 
+def test_the_disk_estimate_reads_the_size_of_a_photo_with_a_damaged_exif_block(tmp_path):
+    """getexif's error on an EXIF block Pillow cannot parse dropped the photo from the sample
+    (extract reads it, unturned): its overlays, drawn at its own size, were not counted."""
+    output = replace(SMALL, save_npy=False, overlay=True)
+    pixels = np.zeros((200, 300, 3), np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    Image.fromarray(pixels).save(tmp_path / "exif.png", exif=b"\xff" * 40)
+    plain = plan.estimate_run_bytes([Job(tmp_path / "plain.png", tmp_path / "out" / "a")], output)
+    damaged = plan.estimate_run_bytes([Job(tmp_path / "exif.png", tmp_path / "out" / "a")], output)
+    assert damaged == plain
+
+
 def test_the_disk_refusal_suggests_only_what_the_run_has_not_done(tmp_path, model, monkeypatch):
     jobs = [Job(_image(tmp_path / "in" / "a.png"), tmp_path / "out" / "a")]
     monkeypatch.setattr(plan, "_free_bytes", lambda folder: 1000)

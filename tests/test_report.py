@@ -555,6 +555,32 @@ def test_a_16_bit_photos_thumbnail_is_scaled_as_extract_reads_it(tmp_path):
     assert thumb.shape == (20, 30, 3) and int(thumb.max()) == 128
 
 
+def test_a_photo_extract_reads_has_its_thumbnail_whatever_its_exif(tmp_path):
+    """A PNG whose EXIF block Pillow cannot parse (extract reads it, unturned) lost its thumbnail
+    to getexif's error; a TIFF with Orientation 6, whose size Pillow 11+ gives turned already,
+    was turned again for the size check and called replaced since."""
+    import numpy as np
+    from PIL import Image, TiffImagePlugin
+
+    from fpncli.io.preprocess import load_image
+    from fpncli.viz.report import _input_thumbnail
+
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:10, :10] = 255  # a white top-left corner marks the orientation
+    Image.fromarray(pixels).save(tmp_path / "exif.png", exif=b"\xff" * 40)
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "turned.tif", tiffinfo=tags)
+    for name in ("exif.png", "turned.tif"):
+        photo = load_image(tmp_path / name)
+        size = {"width": photo.width, "height": photo.height}
+        thumb = _input_thumbnail(tmp_path / name, 20, {"input": size})
+        assert thumb is not None, name
+        expected = np.asarray(Image.fromarray(photo.rgb).resize(thumb.shape[1::-1]))
+        assert thumb.shape[:2] == (20, round(20 * photo.width / photo.height)), name
+        assert np.abs(thumb.astype(int) - expected).max() <= 64, name  # same picture, same way up
+
+
 def test_a_shard_folders_show_command_is_quoted_as_a_shell_takes_it(sample_shards, tmp_path):
     import html
     import shlex

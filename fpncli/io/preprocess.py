@@ -41,6 +41,7 @@ __all__ = [
     "load_image",
     "exif_orientation",
     "turn_upright",
+    "upright_size",
     "rgb_to_bgr",
     "to_color_order",
     "resized_shape",
@@ -302,15 +303,19 @@ def _orientation(value, notes: list[str]) -> int:
     return 1
 
 
-def exif_orientation(im: Image.Image, notes: list[str]) -> int:
+def exif_orientation(im: Image.Image, notes: list[str], *, decode: bool = True) -> int:
     """The EXIF orientation to apply to the open image ``im`` (``_orientation``).
 
     An EXIF block Pillow cannot parse (SyntaxError: not a TIFF header; ValueError: a PNG's
     "Raw profile type exif" text that is not hex) gives 1, nothing applied, with a note: the
     pixels are fine, and Detectron2 reads such a file the same way (``_apply_exif_orientation``
     catches what ``getexif`` raises). A PNG is decoded first, as its ``getexif`` would do to
-    find an eXIf chunk after the pixels, so that a damaged image is still refused as one."""
+    find an eXIf chunk after the pixels, so that a damaged image is still refused as one;
+    ``decode=False`` (a header read) gives 1 for a PNG whose EXIF Pillow did not find before
+    its pixels."""
     if im.format == "PNG":
+        if not decode and "exif" not in im.info:
+            return 1
         im.load()
     try:
         value = im.getexif().get(EXIF_ORIENTATION, 1)
@@ -318,6 +323,20 @@ def exif_orientation(im: Image.Image, notes: list[str]) -> int:
         notes.append("EXIF unreadable: orientation not applied")
         return 1
     return _orientation(value, notes)
+
+
+def upright_size(im: Image.Image, orientation: int) -> tuple[int, int]:
+    """``(width, height)`` of the open image ``im`` once turned by its EXIF ``orientation``,
+    read before decoding: swapped for a quarter turn (5 to 8), except for a TIFF whose size
+    Pillow already gives turned (Pillow 11 and later; its ImageWidth and ImageLength tags keep
+    the size as stored)."""
+    width, height = im.size
+    if orientation not in (5, 6, 7, 8):
+        return width, height
+    tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
+    if tags is not None and (tags.get(256), tags.get(257)) == (height, width):
+        return width, height
+    return height, width
 
 
 def turn_upright(im: Image.Image, orientation: int) -> Image.Image:

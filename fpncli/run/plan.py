@@ -16,7 +16,7 @@ from ..io.guard import linked_folder, quote_name
 from ..io.inputs import Job
 from ..io.manifest import changed_settings, folder_state
 from ..io.outputs import OutputOptions, estimate_bytes_per_image
-from ..io.preprocess import EXIF_ORIENTATION, open_image, resized_shape
+from ..io.preprocess import exif_orientation, open_image, resized_shape, upright_size
 from .steps import RunOptions, job_run_key
 
 __all__ = [
@@ -50,9 +50,7 @@ def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32
     for job in jobs[::step][:sample]:
         try:  # a header read; whatever goes wrong here is reported when the image is loaded
             with open_image(job.path, max_pixels=2**62) as im:  # no bomb warning: a header
-                width, height = im.size
-                if _quarter_turned(im):
-                    width, height = height, width
+                width, height = upright_size(im, exif_orientation(im, [], decode=False))
         except Exception:
             continue
         # one whose canvas it does not fit is reported when the image is decoded
@@ -75,15 +73,6 @@ def _unsized_image_bytes(options: OutputOptions) -> int:
     canvas = canvas_for(1, 1, options.canvas, min_size=options.min_size,
                         max_size=options.max_size)  # fmt: skip
     return estimate_bytes_per_image(*canvas, options)
-
-
-def _quarter_turned(im) -> bool:
-    """Whether the EXIF orientation of the open image ``im`` turns it a quarter (5 to 8). A
-    PNG's is read only where Pillow found it before the pixels (its ``getexif`` would decode the
-    whole image to look after them): one placed after is not seen here."""
-    if im.format == "PNG" and "exif" not in im.info:
-        return False
-    return im.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
 
 
 def _image_bytes(height: int, width: int, options: OutputOptions, photo: str) -> int | None:

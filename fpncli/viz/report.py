@@ -27,7 +27,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..io.atomic import TMP_MARK, stale_temporary
 from ..io.catalog import Extractions, Failure, open_extractions
@@ -69,22 +69,21 @@ def _input_thumbnail(path: Path | None, height: int, manifest: dict) -> np.ndarr
     since, it is not the photo of these maps: ``extraction.replaced_size``)."""
     if path is None or not path.is_file():
         return None
-    from ..io.preprocess import _to_rgb8, open_image
+    from ..io.preprocess import _to_rgb8, exif_orientation, open_image, turn_upright, upright_size
 
     # open_image: a regular file only, no bomb, Pillow's warnings kept off stderr; a malformed
     # file costs the thumbnail, not the report
     try:
         with open_image(path) as im:
-            width, height_now = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF: turned a quarter
-                width, height_now = height_now, width
+            orientation = exif_orientation(im, [])  # as extract read it (a PNG is decoded)
+            width, height_now = upright_size(im, orientation)
             extracted = replaced_size(manifest, width, height_now)
             if extracted is not None:
                 log.warning("report: %s is %dx%d, the extracted photo was %dx%d: replaced "
                             "since, not shown", path, width, height_now, *extracted)  # fmt: skip
                 return None
             im.draft("RGB", (height * 4, height))  # JPEG: decode at 1/2..1/8 scale, fast
-            im = ImageOps.exif_transpose(im)
+            im = turn_upright(im, orientation)
             rgb = _to_rgb8(im, [])  # 16-bit and float images scaled as extract scales them
             im = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
             im.thumbnail((height * 8, height))
