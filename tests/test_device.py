@@ -81,6 +81,17 @@ def test_a_process_bound_to_one_gpu_uses_it_whatever_its_local_rank():
     [
         ({"LOCAL_RANK": "one"}, r"LOCAL_RANK='one' is not a whole number"),
         ({"SLURM_LOCALID": "-1"}, r"SLURM_LOCALID='-1' is negative"),
+    ],
+)
+def test_garbage_in_the_local_rank_is_a_one_line_error(env, message):
+    with pytest.raises(ValueError, match=message) as info:
+        local_rank_from_env(env)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
         ({"RANK": "x", "WORLD_SIZE": "2"}, r"RANK='x' is not a whole number"),
         ({"RANK": "2", "WORLD_SIZE": "2"}, r"need 0 <= RANK < WORLD_SIZE"),
         ({"RANK": "0"}, r"RANK and WORLD_SIZE must be set together"),
@@ -89,10 +100,17 @@ def test_a_process_bound_to_one_gpu_uses_it_whatever_its_local_rank():
         ({"SLURM_NTASKS": "2"}, r"SLURM_PROCID and SLURM_NTASKS must be set together"),
     ],
 )  # fmt: skip
-def test_garbage_in_the_environment_is_a_one_line_error(env, message):
+def test_garbage_in_the_shard_variables_is_the_shards_error_not_the_devices(env, message):
+    """RANK/WORLD_SIZE (SLURM_PROCID/SLURM_NTASKS) choose a shard: ``shard_env`` refuses their
+    garbage where a shard is chosen, and device selection does not read them (``--shard``
+    overrides them; bench never shards)."""
+    from fpncli.io.inputs import shard_env
+
     with pytest.raises(ValueError, match=message) as info:
-        local_rank_from_env(env)
+        shard_env(env)
     assert "\n" not in str(info.value)
+    assert local_rank_from_env(env) is None
+    assert select_device("cpu", env=env, cuda_count=0) == torch.device("cpu")
 
 
 def test_cli_refuses_garbage_local_rank(tmp_path, monkeypatch):
@@ -109,6 +127,33 @@ def test_cli_refuses_garbage_local_rank(tmp_path, monkeypatch):
         assert result.exit_code == 2, result.output
         assert "LOCAL_RANK='abc' is not a whole number" in result.output
         assert "Traceback" not in result.output
+
+
+def test_shard_variables_stop_no_command_that_takes_no_shard_from_them(tmp_path, monkeypatch):
+    """``RANK=abc`` with ``--shard 0/2``: the explicit shard is used, the variable not read;
+    ``RANK=0`` alone (no WORLD_SIZE) does not stop bench, which never shards."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from fpncli.cli import cli
+
+    for i in range(2):
+        Image.fromarray(np.full((40, 48, 3), 60 * i, np.uint8)).save(tmp_path / f"a{i}.png")
+    monkeypatch.setenv("RANK", "abc")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "out"
+    args = ["extract", str(tmp_path), "-o", str(out), "--weights", "random", "--device", "cpu",
+            "--shard", "0/2", "--min-size", "32", "--max-size", "64"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (out / "a0").is_dir() and not (out / "a1").exists()  # shard 0 of 2: the first image
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("WORLD_SIZE")
+    args = ["bench", "--device", "cpu", "--sizes", "64x64", "--model-only", "--seconds", "0",
+            "--iters", "1", "--warmup", "0"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "64x64" in result.output
 
 
 def test_load_backbone_takes_the_devices_its_docstring_names(monkeypatch):

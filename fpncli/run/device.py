@@ -19,7 +19,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from ..io.inputs import env_int, shard_from_env
+from ..io.inputs import env_int
 from ..model import cuda_kernels
 from ..model.cpu_kernels import use_cpu_kernels, uses_cpu_kernels
 from .hostmem import keep_large_blocks
@@ -41,7 +41,8 @@ __all__ = [
 
 
 def _local_rank(env: Mapping[str, str] | None) -> tuple[int | None, str]:
-    shard_from_env(env)
+    # only the GPU variables: RANK/WORLD_SIZE choose a shard, and are checked where one is
+    # chosen (cli.common._env_shard), so that --shard overrides them and bench ignores them
     local = env_int("LOCAL_RANK", env)
     if local is not None:
         return local, "LOCAL_RANK"
@@ -50,8 +51,8 @@ def _local_rank(env: Mapping[str, str] | None) -> tuple[int | None, str]:
 
 def local_rank_from_env(env: Mapping[str, str] | None = None) -> int | None:
     """The process's GPU index on its node: torchrun's ``LOCAL_RANK``, else SLURM's
-    ``SLURM_LOCALID``, else None. ``RANK``/``WORLD_SIZE`` are checked too, so garbage in any of
-    them is a one-line ValueError before a run starts."""
+    ``SLURM_LOCALID``, else None. Garbage in either is a one-line ValueError before a run
+    starts."""
     return _local_rank(env)[0]
 
 
