@@ -377,3 +377,47 @@ def test_a_failing_end_to_end_row_leaves_no_cpu_sampler_running(monkeypatch, tmp
                                  measure_disk=False)  # fmt: skip
     assert row.error is not None and "No space left" in row.error
     assert [t for t in threading.enumerate() if t.name == "fpncli-cpu-sampler"] == []
+
+
+def test_an_end_to_end_row_is_kept_when_the_disk_probe_cannot_run(monkeypatch, tmp_path):
+    """A small TMPDIR: the row's run fitted, the disk probe after it did not. The row is kept,
+    without the disk's rate, and a note says why (the row was thrown away, exit 1)."""
+    import errno
+
+    from fpncli.run import bench
+
+    def full(folder):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bench, "disk_write_speed", full)
+    out = tmp_path / "bench.json"
+    args = ["bench", "--device", "cpu", "--sizes", "64x64", "--e2e-only", "--seconds", "0",
+            "--images", "2", "--outputs", "npy", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["error"] is None and row["images"] == 2 and row["images_per_s"] > 0
+    assert row["disk_mb_per_s"] is None and "of_disk_rate" not in row["ratios"]
+    assert "No space left on device" in row["note"] and "disk-speed probe" in row["note"]
+    assert "note: end-to-end npy 64x64 batch 1 fp32: disk-speed probe could not run" in (
+        result.output
+    )
+
+
+def test_the_disk_probe_takes_at_most_a_quarter_of_the_free_space(monkeypatch, tmp_path):
+    import errno
+
+    from fpncli.run import rates
+
+    mib = 2**20
+    assert rates.disk_probe_mb(100 * 2**30) == rates.DISK_PROBE_MB == 512
+    assert rates.disk_probe_mb(2048 * mib) == 512
+    assert rates.disk_probe_mb(1000 * mib) == 248  # 250 MiB, in whole 8 MiB writes
+    assert rates.disk_probe_mb(60 * mib) == 8
+    assert rates.disk_probe_mb(31 * mib) == 0
+    assert rates.disk_write_speed(tmp_path, 8) > 0 and list(tmp_path.iterdir()) == []
+    # by default sized from the folder's free space: too little is ENOSPC before any write
+    monkeypatch.setattr(rates.shutil, "disk_usage", lambda folder: SimpleNamespace(free=20 * mib))
+    with pytest.raises(OSError, match="too little free space") as info:
+        rates.disk_write_speed(tmp_path)
+    assert info.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []

@@ -283,6 +283,8 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
         rows.append(row)
         add_ratios(rows)
         click.echo(format_table([row]).splitlines()[-1], err=table_err)
+        if row.note:
+            click.echo(f"note: {what}: {row.note}", err=table_err)
         save(False)
 
     def run_rows() -> None:

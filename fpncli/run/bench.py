@@ -87,6 +87,7 @@ class BenchRow:
     bytes_per_image: float | None = None
     disk_mb_per_s: float | None = None
     ratios: dict[str, float] = field(default_factory=dict)
+    note: str | None = None  # what a measured row lacks, and why (printed under the row)
     error: str | None = None
 
 
@@ -412,9 +413,13 @@ def bench_end_to_end(
             row.ratios["decode_procs_img_s"] = max(decode_rates_in_processes(
                 paths[2:], options, fmt, decode_processes, device))  # fmt: skip
         if measure_disk and output.save_npy:
-            row.disk_mb_per_s = disk_write_speed(root)
-            disk_rate = row.disk_mb_per_s * 1e6 / row.bytes_per_image
-            row.ratios["of_disk_rate"] = row.images_per_s / disk_rate
+            try:  # the row was measured: a disk too full to time (a small TMPDIR) leaves it be
+                row.disk_mb_per_s = disk_write_speed(root)
+            except OSError as e:
+                row.note = f"disk-speed probe could not run ({_one_line(e)}): no of_disk_rate"
+            else:
+                disk_rate = row.disk_mb_per_s * 1e6 / row.bytes_per_image
+                row.ratios["of_disk_rate"] = row.images_per_s / disk_rate
     except Exception as e:  # noqa: BLE001 - a failing row reports why; the others still run
         row.error = _one_line(e)
     finally:

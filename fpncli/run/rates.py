@@ -6,6 +6,7 @@ the JPEGs the end-to-end rows run over.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -19,25 +20,43 @@ import torch
 from .pipeline import Job, RunOptions
 from .steps import decode, resizes_on_device
 
-__all__ = ["DECODE_RATE_RUNS", "decode_rate", "decode_rates_in_processes", "disk_write_speed",
-           "make_images"]  # fmt: skip
+__all__ = ["DECODE_RATE_RUNS", "DISK_PROBE_MB", "decode_rate", "decode_rates_in_processes",
+           "disk_probe_mb", "disk_write_speed", "make_images"]  # fmt: skip
 
 
-def disk_write_speed(folder: Path, size_mb: int = 512) -> float:
-    """Sequential write speed of ``folder``'s disk in MB/s (8 MiB writes, then fsync)."""
+#: The disk probe's size (MiB) where the folder's disk has room: a quarter of its free space else
+DISK_PROBE_MB = 512
+
+
+def disk_probe_mb(free_bytes: int, most_mb: int = DISK_PROBE_MB) -> int:
+    """MiB the disk probe writes where ``free_bytes`` are free: ``most_mb``, or a quarter of the
+    free space where that is less (a small disk keeps room for the run's outputs), in whole
+    8 MiB writes; 0 where a quarter is under 8 MiB."""
+    return min(most_mb, free_bytes // 4 // 2**20) // 8 * 8
+
+
+def disk_write_speed(folder: Path, size_mb: int | None = None) -> float:
+    """Sequential write speed of ``folder``'s disk in MB/s (8 MiB writes, then fsync) over
+    ``size_mb`` MiB, by default ``disk_probe_mb`` of the disk's free space. OSError (ENOSPC)
+    where that is under 8 MiB, or where the disk fills meanwhile; the probe's file is removed."""
+    if size_mb is None:
+        size_mb = disk_probe_mb(shutil.disk_usage(folder).free)
+    writes = size_mb // 8
+    if writes < 1:
+        raise OSError(errno.ENOSPC, f"too little free space in {folder} to time its disk")
     path = Path(folder) / f".fpncli-disk-probe-{os.getpid()}"
     chunk = os.urandom(8 << 20)
     try:
         start = time.perf_counter()
         with open(path, "wb") as f:
-            for _ in range(max(1, size_mb // 8)):
+            for _ in range(writes):
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         seconds = time.perf_counter() - start
     finally:
         path.unlink(missing_ok=True)
-    return max(1, size_mb // 8) * 8 * (1 << 20) / 1e6 / seconds
+    return writes * 8 * (1 << 20) / 1e6 / seconds
 
 
 def make_images(folder: Path, count: int, height: int, width: int) -> list[Path]:
