@@ -119,11 +119,16 @@ def test_levels_all_is_accepted(runner, photo, tmp_path):
         (["--seconds", "inf"], "--seconds"),
         (["--seconds", "nan"], "--seconds"),
         (["--model-only", "--e2e-only"], "--model-only and --e2e-only leave no rows"),
+        # options for model rows only, with --e2e-only, were ignored (the extra models loaded)
+        (["--e2e-only", "--compile"], "--compile adds model-only rows, which --e2e-only skips"),
+        (["--e2e-only", "--unfused"], "--unfused adds model-only rows, which --e2e-only skips"),
+        # the second size was dropped
+        (["--source-size", "64x96,5000x5000"], "'--source-size': one size HxW, got 2"),
     ],
 )
 def test_bench_checks_every_option_first(runner, no_model, args, names):
     result = runner.invoke(cli, ["bench", *args])
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     assert names in result.output, result.output
     assert "Traceback" not in result.output
 

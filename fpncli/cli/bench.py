@@ -77,6 +77,17 @@ def _json_path(ctx, param, value: str | None) -> str | None:
     return str(target)
 
 
+def _source_size(ctx, param, value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    sizes = _sizes(ctx, param, value)
+    if len(sizes) > 1:  # the end-to-end rows' JPEGs are one size; a list is per --sizes
+        raise click.BadParameter(
+            f"one size HxW, got {len(sizes)} ({value}): run bench once per source size"
+        )
+    return sizes[0]
+
+
 @click.command()
 @click.option(
     "--weights",
@@ -133,7 +144,11 @@ def _json_path(ctx, param, value: str | None) -> str | None:
     is_flag=True,
     help="Only the torch.compile'd model rows (no eager or end-to-end rows).",
 )
-@click.option("--e2e-only", is_flag=True, help="Skip the model-only rows.")
+@click.option(
+    "--e2e-only",
+    is_flag=True,
+    help="Skip the model-only rows (so not with --compile or --unfused, which add model rows).",
+)
 @click.option(
     "--images", type=click.IntRange(min=2), default=16, show_default=True, help="End-to-end images."
 )
@@ -147,9 +162,9 @@ def _json_path(ctx, param, value: str | None) -> str | None:
 @click.option(
     "--source-size",
     default=None,
-    callback=lambda ctx, param, value: _sizes(ctx, param, value)[0] if value else None,
-    help="HxW, height first, of the end-to-end JPEGs (e.g. 1080x1920, a landscape 1080p "
-    "frame), resized to fit; default: the size.",
+    callback=_source_size,
+    help="One HxW, height first, of the end-to-end JPEGs (e.g. 1080x1920, a landscape 1080p "
+    "frame), resized to fit each size; default: the size.",
 )
 @click.option(
     "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Decoding threads."
@@ -223,6 +238,11 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     if e2e_only and (compile_only or model_only):
         other = "--compile-only" if compile_only else "--model-only"
         raise click.UsageError(f"{other} and --e2e-only leave no rows to run")
+    if e2e_only and (compile_rows or unfused):  # they add model rows only: else ignored
+        other = "--compile" if compile_rows else "--unfused"
+        raise click.UsageError(
+            f"{other} adds model-only rows, which --e2e-only skips: drop one of the two"
+        )
     if compile_only:
         compile_rows, model_only = True, True
     try:
