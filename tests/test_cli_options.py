@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -131,6 +132,20 @@ def test_bench_checks_every_option_first(runner, no_model, args, names):
     assert result.exit_code == 2
     assert names in result.output, result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_bench_refuses_a_json_file_it_cannot_write_before_measuring(runner, no_model, tmp_path):
+    """``--json /proc/x.json`` failed only after the rows were measured, naming a '.partial'
+    file the user never gave; a writable folder keeps no trace of the check."""
+    result = runner.invoke(cli, ["bench", "--device", "cpu", "--json", "/proc/x.json"])
+    assert result.exit_code == 2, result.output
+    assert "'--json': cannot write /proc/x.json: " in result.output
+    assert ".partial" not in result.output and "Traceback" not in result.output
+    from fpncli.cli.bench import _json_path
+
+    assert _json_path(None, None, str(tmp_path / "b.json")) == str(tmp_path / "b.json")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_show_checks_options_before_any_weights_download(runner, no_model, photo, tmp_path):

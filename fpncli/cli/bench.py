@@ -74,6 +74,19 @@ def _json_path(ctx, param, value: str | None) -> str | None:
         raise click.BadParameter(
             f"folder {target.parent} does not exist: create it or pick another path"
         )
+    # the file is written (as FILE.partial, then renamed) after every row: find out now that
+    # it can be, not after the first row was measured
+    partial = Path(f"{target}.partial")
+    existed = partial.exists()  # left by an interrupted run: the next save rewrites it anyway
+    try:
+        with open(partial, "a"):
+            pass
+        if not existed:
+            partial.unlink()
+    except OSError as e:
+        raise click.BadParameter(
+            f"cannot write {value}: {e.strerror or e}: pick a writable folder"
+        ) from None
     return str(target)
 
 
