@@ -134,6 +134,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16, help="images per forward (cuda)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per rate (cuda)")
     args = parser.parse_args()
+    for name in ("repeats", "rounds", "batch", "threads", "height", "width"):
+        if getattr(args, name) < 1:  # medians of none, an empty batch
+            parser.error(f"--{name} {getattr(args, name)}: give 1 or more")
+    if args.images < 0 or not 0 < args.seconds < float("inf"):
+        parser.error("--images takes 0 or more (0: the forward only), --seconds a time above 0")
+    detectron2_oracle.require("bench_vs_detectron2.py")
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="fpncli-vs-d2-"))
     try:

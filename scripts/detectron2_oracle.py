@@ -17,6 +17,21 @@ ARCHS = {
 }
 
 
+def require(script: str) -> None:
+    """Exit with one line naming what is missing when Detectron2 (or a package it needs) does
+    not import: before any setup, not a traceback from deep in it."""
+    try:
+        import detectron2.checkpoint  # noqa: F401 - the modules load_backbone and preprocess use
+        import detectron2.config  # noqa: F401
+        import detectron2.data.detection_utils  # noqa: F401
+        import detectron2.modeling.backbone.fpn  # noqa: F401
+    except ImportError as e:
+        raise SystemExit(
+            f"{script} needs Detectron2 importable ({e}): put its source on PYTHONPATH, "
+            f"e.g. PYTHONPATH=/path/to/detectron2 python scripts/{script} ..."
+        ) from None
+
+
 def load_backbone(pkl: Path, arch: str = "r50"):
     """Detectron2's ``build_resnet_fpn_backbone`` (Base-RCNN-FPN with ``arch``), loaded from
     ``pkl`` by its own ``DetectionCheckpointer``. Returns ``(backbone, cfg)``."""

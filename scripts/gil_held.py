@@ -72,8 +72,11 @@ def loop(what: str, seconds: float, work: Path) -> None:
             precision="fp32",
         )  # fmt: skip
 
+    # new folders each loop: measure() runs a loop twice over one --work (with py-spy)
+    files_root = Path(tempfile.mkdtemp(prefix="files-", dir=work))
+
     def files(i: int) -> None:  # an image's folder: five heatmaps and the manifest, no drawing
-        folder = work / "files" / str(i)
+        folder = files_root / str(i)
         folder.mkdir(parents=True)
         for name in ("p2.png", "p3.png", "p4.png", "p5.png", "p6.png", "manifest.json"):
             atomic_write_bytes(folder / name, payload)
@@ -138,6 +141,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
+    if not 0 < args.seconds < float("inf"):  # (nan too) each loop's time is per call made
+        parser.error(f"--seconds {args.seconds}: give a number of seconds above 0")
+    if args.work is not None and not args.work.is_dir():
+        parser.error(f"--work {args.work}: no such folder (give an existing one, or leave it out)")
     if args.loop:
         if args.work is not None:
             loop(args.loop, args.seconds, args.work)

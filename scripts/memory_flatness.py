@@ -48,6 +48,8 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=2000)
     parser.add_argument("--min-size", type=int, default=160)
     args = parser.parse_args()
+    if not 1 <= args.small < args.large:  # two folders of images, the second the larger
+        parser.error(f"need 1 <= --small < --large, got {args.small} and {args.large}")
     tmp = Path(tempfile.mkdtemp(prefix="fpncli-mem-"))
     env = dict(os.environ, FPNCLI_HOME=str(tmp / "home"))
     try:

@@ -128,6 +128,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.golden is not None and args.arch != "r50":
         parser.error("--golden records the R-50 answers: use it with --arch r50")
+    detectron2_oracle.require("parity.py")
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp(prefix="fpncli-parity-"))
     pkl, pth = tmp / "seeded.pkl", tmp / "seeded_torchvision.pth"

@@ -1,0 +1,61 @@
+"""The measuring scripts in ``scripts/`` refuse what they cannot run in one line, before any
+work, never with a traceback."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def run_script(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        ("gil_held.py", ["--seconds", "0"], "--seconds 0.0: give a number of seconds above 0"),
+        ("gil_held.py", ["--seconds", "-1"], "--seconds -1.0: give a number of seconds above 0"),
+        ("gil_held.py", ["--loop", "files", "--work", "/no/such/folder"],
+         "--work /no/such/folder: no such folder"),
+        ("memory_flatness.py", ["--small", "2", "--large", "2"],
+         "need 1 <= --small < --large, got 2 and 2"),
+        ("bench_vs_detectron2.py", ["--repeats", "0"], "--repeats 0: give 1 or more"),
+    ],
+)  # fmt: skip
+def test_a_script_refuses_bad_arguments_in_one_line(name, args, message):
+    """gil_held divided by zero calls, memory_flatness made its one folder twice
+    (FileExistsError), bench_vs_detectron2 took the median of no runs."""
+    result = run_script(name, *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_gil_loop_over_files_runs_again_in_the_same_work_folder(tmp_path):
+    """measure() runs each loop twice over one --work (with py-spy): the second ``files`` loop
+    found the first one's folders (FileExistsError)."""
+    for _ in range(2):
+        result = run_script("gil_held.py", "--loop", "files", "--work", str(tmp_path),
+                            "--seconds", "0.05")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("calls ")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("detectron2") is not None,
+                    reason="Detectron2 imports here")  # fmt: skip
+@pytest.mark.parametrize("name, args", [("bench_vs_detectron2.py", []),
+                                        ("parity.py", ["samples/chelsea.png"])])  # fmt: skip
+def test_a_detectron2_script_without_detectron2_says_what_it_needs(name, args):
+    result = run_script(name, *args, cwd=SCRIPTS.parent)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (
+        f"{name} needs Detectron2 importable (No module named 'detectron2'): put its source on "
+        f"PYTHONPATH, e.g. PYTHONPATH=/path/to/detectron2 python scripts/{name} ..."
+    )
