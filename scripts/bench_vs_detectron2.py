@@ -114,9 +114,10 @@ def cuda_forward(theirs, ours, args) -> None:
     med = {name: statistics.median(values) for name, values in rates.items()}
     ours_name = "fpncli fp32" + (" --compile" if args.compile else "")
     ratios = med["fpncli"] / med["d2 tf32"], med["fpncli"] / med["d2 fp32"]
-    print(f"{torch.cuda.get_device_name(device)}, batch {args.batch} {args.height}x{args.width}, "
-          f"images/s (medians of {args.repeats}): Detectron2 (TF32 convolutions, torch's "
-          f"default) {med['d2 tf32']:.1f}, Detectron2 TF32 off {med['d2 fp32']:.1f}, "
+    card = torch.cuda.get_device_name(device)
+    print(f"forward on {card}, batch {args.batch} {args.height}x{args.width}, images/s (medians "
+          f"of {args.repeats}): Detectron2 (TF32 convolutions, torch's default) "
+          f"{med['d2 tf32']:.1f}, Detectron2 TF32 off {med['d2 fp32']:.1f}, "
           f"{ours_name} (TF32 off) {med['fpncli']:.1f}; speed-up {ratios[0]:.2f}x and "
           f"{ratios[1]:.2f}x")  # fmt: skip
 

@@ -14,7 +14,9 @@
 # is written under OUT_DIR: the scratch (temporary JPEGs and outputs, compile caches) in
 # OUT_DIR/scratch, removed at the end, and then OUT_DIR holds three files: gpu_check.txt (the
 # table, the phase timings and the failures), gpu_check.json (every row, the machine, the
-# phases) and steps.tar.gz (each step's log and JSON). The table is printed too.
+# phases) and steps.tar.gz (each step's log and JSON). The table is printed too. Where the
+# preflight fails (no CUDA, a package missing) no step runs: the report says so and the exit
+# code is 1, within seconds (DRY_RUN=1 runs the steps anyway); else it is 0, failed steps or not.
 #
 # Phases, in this order (the end-to-end heatmaps rows, the figure still short of its goal, come
 # early; the later rows get the time that is left):
@@ -165,8 +167,14 @@ step() {  # step NAME LIMIT COMMAND...: run with a time limit cut to what is lef
     timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee "$STEPS/$name.log"
     rc=${PIPESTATUS[0]}
     printf '%s\t%s\t%s\n' "$name" $(( $(date +%s) - t0 )) "$rc" >> "$STEPS/phases.tsv"
-    [ "$rc" -eq 0 ] || echo "!! $name exited with $rc (124: out of time)" \
-        | tee -a "$STEPS/failures.txt"
+    case $rc in  # timeout's codes: 124 it stopped the step, 137 it (or the OOM killer) killed it
+        0) ;;
+        124) echo "!! $name exited with 124 (out of time)" | tee -a "$STEPS/failures.txt" ;;
+        137) echo "!! $name exited with 137 (killed: out of time, or out of memory)" \
+            | tee -a "$STEPS/failures.txt" ;;
+        *) echo "!! $name exited with $rc" | tee -a "$STEPS/failures.txt" ;;
+    esac
+    return "$rc"
 }
 bench() {  # [VAR=value] bench NAME LIMIT ARGS...: fpncli bench writing STEPS/NAME.json after
            # every row (bash passes a VAR=value prefix to the step's commands)
@@ -215,56 +223,70 @@ if compiler is None or not os.path.isfile(header):
     print('warning: --compile rows will fail:', 'no C compiler' if compiler is None else
           'no Python.h (python3-dev)', '(Triton builds its launcher with them)')
 "
+PREFLIGHT=$?
 
-step tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider --basetemp "$SCRATCH/pytest" -rs \
-    $TESTS
-bench model "$T_MODEL" --model-only --sizes "$SIZE" --batch-sizes "$BATCHES" \
-    --precisions "$PRECS" --seconds "$ROW_SECONDS"
-# (with its model-only row at the same size, batch and precision: the of_model ratios)
-bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
-    --outputs heatmaps --source-size "$SRC" --images "$IMAGES" --seconds "$ROW_SECONDS" \
-    --workers "$WORKERS" --writers "$WRITERS" --processes 1
-# (enough images that one run fills the seconds: each rerun starts and warms the workers again)
-bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
-    --outputs heatmaps --source-size "$SRC" --images "$PROC_IMAGES" --seconds "$PROC_SECONDS" \
-    --workers "$WORKERS" --writers "$WRITERS" --processes "$PROCS"
-step profile "$T_PROFILE" "$PY" scripts/e2e_profile.py --device "$DEV" --images "$PROFILE_IMAGES" \
-    --size "$E2E" --source-size "$SRC" --batch-size "$BIG" --precision "$LOW" --top 6 \
-    --variants "base,cv$CORES"
-bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
-    --precisions "$LOW" --seconds "$ROW_SECONDS"
-bench e2e_npy "$T_NPY" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
-    --outputs npy16 --source-size "$SRC" --images "$NPY_IMAGES" --seconds "$ROW_SECONDS" \
-    --workers "$WORKERS" --writers "$WRITERS" --processes 1
-# one thread's decoding and heatmap writing per image on this machine's cores (on a 2-core Zen 4
-# EPYC: decode-defer 5.6-7.4 ms, write 5.1-8.8 ms): whether its CPU is what bounds the e2e rows
-step host 40 "$PY" scripts/gil_held.py --seconds "$HOST_SECONDS"
-bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
-    --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
-    --workers "$WORKERS" --writers "$WRITERS" --processes "$DEFAULT_PROCS"
-if [ -n "${D2_DIR:-}" ]; then
-    D2_SITE="$SCRATCH/d2site"
-    if [ "$DRY_RUN" = 1 ]; then D2_ARGS="--device cpu --height 64 --width 96 --repeats 1"
-    else D2_ARGS="--device cuda --height 800 --width 1344 --batch 16 --repeats 3 --seconds 2"; fi
-    "$PY" -c "import glob, sys, zipfile
+run_steps() {  # every step after the preflight, in order
+    step tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider --basetemp "$SCRATCH/pytest" \
+        -rs $TESTS
+    bench model "$T_MODEL" --model-only --sizes "$SIZE" --batch-sizes "$BATCHES" \
+        --precisions "$PRECS" --seconds "$ROW_SECONDS"
+    # (with its model-only row at the same size, batch and precision: the of_model ratios)
+    bench e2e "$T_E2E" --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
+        --outputs heatmaps --source-size "$SRC" --images "$IMAGES" --seconds "$ROW_SECONDS" \
+        --workers "$WORKERS" --writers "$WRITERS" --processes 1
+    # (enough images that one run fills the seconds: each rerun starts and warms the workers again)
+    bench procs "$T_PROCS" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
+        --outputs heatmaps --source-size "$SRC" --images "$PROC_IMAGES" --seconds "$PROC_SECONDS" \
+        --workers "$WORKERS" --writers "$WRITERS" --processes "$PROCS"
+    step profile "$T_PROFILE" "$PY" scripts/e2e_profile.py --device "$DEV" \
+        --images "$PROFILE_IMAGES" --size "$E2E" --source-size "$SRC" --batch-size "$BIG" \
+        --precision "$LOW" --top 6 --variants "base,cv$CORES"
+    bench compile_b16 "$T_COMPILE" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
+        --precisions "$LOW" --seconds "$ROW_SECONDS"
+    bench e2e_npy "$T_NPY" --e2e-only --sizes "$E2E" --batch-sizes "$BIG" --precisions "$LOW" \
+        --outputs npy16 --source-size "$SRC" --images "$NPY_IMAGES" --seconds "$ROW_SECONDS" \
+        --workers "$WORKERS" --writers "$WRITERS" --processes 1
+    # one thread's decoding and heatmap writing per image on this machine's cores (on a 2-core
+    # Zen 4 EPYC: decode-defer 5.6-7.4 ms, write 5.1-8.8 ms): whether its CPU bounds the e2e rows
+    step host 40 "$PY" scripts/gil_held.py --seconds "$HOST_SECONDS"
+    bench defaults "$T_DEFAULTS" --e2e-only --sizes "$DEFAULT_SIZE" --batch-sizes "$MID" \
+        --precisions fp32 --outputs all --source-size "$SRC" --images "$DEFAULT_IMAGES" \
+        --workers "$WORKERS" --writers "$WRITERS" --processes "$DEFAULT_PROCS"
+    if [ -n "${D2_DIR:-}" ]; then
+        D2_SITE="$SCRATCH/d2site"
+        if [ "$DRY_RUN" = 1 ]; then D2_ARGS="--device cpu --height 64 --width 96 --repeats 1"
+        else D2_ARGS="--device cuda --height 800 --width 1344 --batch 16 --repeats 3 --seconds 2"
+        fi
+        "$PY" -c "import glob, sys, zipfile
 [zipfile.ZipFile(w).extractall(sys.argv[2]) for w in glob.glob(sys.argv[1] + '/wheels/*.whl')]" \
-        "$D2_DIR" "$D2_SITE"
-    PYTHONPATH="$PYTHONPATH:$D2_SITE:$(cd "$D2_DIR" && pwd)/src:$PWD/scripts" step vs_detectron2 \
-        "$T_D2" "$PY" scripts/bench_vs_detectron2.py --images 0 $D2_ARGS
+            "$D2_DIR" "$D2_SITE"
+        PYTHONPATH="$PYTHONPATH:$D2_SITE:$(cd "$D2_DIR" && pwd)/src:$PWD/scripts" \
+            step vs_detectron2 "$T_D2" "$PY" scripts/bench_vs_detectron2.py --images 0 $D2_ARGS
+    fi
+    bench compile_bf16 "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$MID,$SMALL" \
+        --precisions "$LOW" --seconds "$ROW_SECONDS"
+    bench compile_other "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
+        --precisions "$COMPILE_PRECS" --seconds "$ROW_SECONDS"
+    FPNCLI_CUDNN_FUSION=0 bench unfused 60 --model-only --sizes "$SIZE" --batch-sizes "$MID,$BIG" \
+        --precisions "$UNFUSED_PRECS" --seconds "$ROW_SECONDS"
+    FPNCLI_CUDNN_FUSION=eager bench compile_plain "$T_COMPILE" --compile-only --sizes "$SIZE" \
+        --batch-sizes "$BIG" --precisions "$LOW" --seconds "$ROW_SECONDS"
+}
+
+# Without CUDA (or a package) no step could measure anything: the rows would run on the CPU at
+# 800x1344 until the budget was spent. DRY_RUN=1 runs them anyway (it checks the script itself).
+if [ "$PREFLIGHT" -eq 0 ] || [ "$DRY_RUN" = 1 ]; then
+    run_steps
+else
+    echo "!! preflight failed: no step run (DRY_RUN=1 runs them on the CPU)" \
+        | tee -a "$STEPS/failures.txt"
 fi
-bench compile_bf16 "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$MID,$SMALL" \
-    --precisions "$LOW" --seconds "$ROW_SECONDS"
-bench compile_other "$T_REST" --compile-only --sizes "$SIZE" --batch-sizes "$BIG" \
-    --precisions "$COMPILE_PRECS" --seconds "$ROW_SECONDS"
-FPNCLI_CUDNN_FUSION=0 bench unfused 60 --model-only --sizes "$SIZE" --batch-sizes "$MID,$BIG" \
-    --precisions "$UNFUSED_PRECS" --seconds "$ROW_SECONDS"
-FPNCLI_CUDNN_FUSION=eager bench compile_plain "$T_COMPILE" --compile-only --sizes "$SIZE" \
-    --batch-sizes "$BIG" --precisions "$LOW" --seconds "$ROW_SECONDS"
 
 # The table and the JSON: whatever steps wrote, even when some failed (stdlib only here, so a
 # broken install still gets its phases and failures reported).
 "$PY" - "$OUT_DIR" "$DRY_RUN" "$(( $(date +%s) - START ))" "$SIZE" "$BIG" "$LOW" <<'EOF'
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -294,16 +316,21 @@ if (steps / "phases.tsv").is_file():
         phases.append({"phase": name, "seconds": int(seconds), "exit": status})
 failures = (steps / "failures.txt").read_text() if (steps / "failures.txt").is_file() else ""
 profile_log = steps / "profile.log"
+# only the lines each script starts with its own words: not a traceback's source lines (indented,
+# they name the same figures), which a step that failed on a broken install prints
 profile = [ln for ln in profile_log.read_text().splitlines()
-           if ln.startswith(("===", "timed run", "this process", "error:")) or "img/s, ms/img" in ln
+           if ln.startswith(("===", "timed run", "this process", "error:"))
+           or re.match(r"[0-9.]+ img/s, ms/img", ln)
            or ln.endswith("CPU ms/img") and ln.startswith("  ")] \
     if profile_log.is_file() else []  # fmt: skip
-host_log = steps / "host.log"
-host = [ln for ln in host_log.read_text().splitlines() if "ms per image" in ln] \
-    if host_log.is_file() else []  # fmt: skip
-d2_log = steps / "vs_detectron2.log"
-versus = [ln for ln in d2_log.read_text().splitlines() if "speed-up" in ln] if d2_log.is_file() \
-    else []  # fmt: skip
+host_log = steps / "host.log"  # gil_held.py's lines start with the loop's name
+loops = ("decode ", "decode-defer ", "write ", "files ")
+host = [ln for ln in host_log.read_text().splitlines()
+        if ln.startswith(loops) and "ms per image" in ln] if host_log.is_file() else []  # fmt: skip
+d2_log = steps / "vs_detectron2.log"  # bench_vs_detectron2.py's lines with a speed-up
+versus = [ln for ln in d2_log.read_text().splitlines()
+          if ln.startswith(("backbone forward ", "forward on ")) and "speed-up" in ln] \
+    if d2_log.is_file() else []  # fmt: skip
 try:
     from fpncli.run.bench import BenchRow
     from fpncli.run.bench_table import add_ratios, format_table
@@ -362,3 +389,4 @@ EOF
 tar -czf "$OUT_DIR/steps.tar.gz" -C "$OUT_DIR" steps && rm -rf "$STEPS"
 [ "${KEEP_SCRATCH:-0}" = 1 ] || rm -rf "$SCRATCH"
 echo "total $(( $(date +%s) - START ))s; $OUT_DIR: gpu_check.txt, gpu_check.json, steps.tar.gz"
+[ "$PREFLIGHT" -eq 0 ] || [ "$DRY_RUN" = 1 ] || exit 1

@@ -4,6 +4,9 @@ work, never with a traceback."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +62,27 @@ def test_a_detectron2_script_without_detectron2_says_what_it_needs(name, args):
         f"{name} needs Detectron2 importable (No module named 'detectron2'): put its source on "
         f"PYTHONPATH, e.g. PYTHONPATH=/path/to/detectron2 python scripts/{name} ..."
     )
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("timeout")),
+                    reason="needs bash and timeout")  # fmt: skip
+def test_the_gpu_check_without_cuda_stops_after_its_preflight(tmp_path):
+    """Without CUDA (hidden here) and without DRY_RUN, the preflight's failure ends the check:
+    the report is written, exit 1. It ran every step on the CPU until its budget was spent,
+    exit 0, each failure line saying "(124: out of time)" whatever the code."""
+    out = tmp_path / "gc"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable, "ONLY": "host",
+           "BUDGET_S": "60", "DRY_RUN": "0"}  # fmt: skip
+    result = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh"), str(out)], env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert [p["phase"] for p in report["phases"]] == ["preflight"]
+    assert report["failures"] == [
+        "!! preflight exited with 1",
+        "!! preflight failed: no step run (DRY_RUN=1 runs them on the CPU)",
+    ]
+    assert "CUDA is not available" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gpu_check.json", "gpu_check.txt", "steps.tar.gz"
+    ]  # fmt: skip
