@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,38 +123,64 @@ def check_precision(precision: str, device: torch.device) -> None:
             )
 
 
+_tf32_lock = threading.Lock()
+_tf32_holders = 0  # threads inside fp32_strict now
+_tf32_restore: Callable[[], None] | None = None  # puts back the settings from before the first
+
+
 @contextmanager
 def fp32_strict():
     """True fp32 on CUDA for the duration: TF32 off for cuDNN convolutions and matmuls, and the
     user's settings restored afterwards (the library never changes global torch state for
-    good). Through the API the user set TF32 with: once torch >= 2.9's ``fp32_precision``
-    settings were used, reading the legacy ``allow_tf32`` flags raises, and setting either API
-    over the other leaves a mixed state that makes cuBLAS calls raise."""
+    good). These settings are process-wide: the first of overlapping holders (threads running
+    models at once) saves them and turns TF32 off, and the last to leave restores them, so one
+    leaving never turns TF32 back on under another, nor leaves the user's settings off."""
+    global _tf32_holders, _tf32_restore
+    with _tf32_lock:
+        if _tf32_holders == 0:
+            _tf32_restore = _tf32_off()
+        _tf32_holders += 1
+    try:
+        yield
+    finally:
+        with _tf32_lock:
+            _tf32_holders -= 1
+            if _tf32_holders == 0:
+                restore, _tf32_restore = _tf32_restore, None
+                restore()
+
+
+def _tf32_off() -> Callable[[], None]:
+    """Turn TF32 off through the API the user set it with, returning what puts it back: once
+    torch >= 2.9's ``fp32_precision`` settings were used, reading the legacy ``allow_tf32``
+    flags raises, and setting either API over the other leaves a mixed state that makes cuBLAS
+    calls raise."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     try:
         saved = (matmul.allow_tf32, cudnn.allow_tf32, torch.get_float32_matmul_precision())
     except RuntimeError:  # the user set TF32 with the fp32_precision settings
         saved_precision = (matmul.fp32_precision, cudnn.conv.fp32_precision)
         matmul.fp32_precision = cudnn.conv.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
+
+        def restore_precision() -> None:
             matmul.fp32_precision, cudnn.conv.fp32_precision = saved_precision
-        return
+
+        return restore_precision
     # setting the legacy flags also writes the fp32_precision settings underneath ("none", which
     # inherits, becomes "ieee"): those are put back too, or a later torch.backends.fp32_precision
     # = "tf32" would no longer reach the matmuls
     underneath = [(s, s.fp32_precision) for s in _precision_settings()]
     matmul.allow_tf32 = False
     cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         matmul.allow_tf32, cudnn.allow_tf32 = saved[:2]
         torch.set_float32_matmul_precision(saved[2])
         for setting, value in underneath:
             if setting.fp32_precision != value:
                 setting.fp32_precision = value
+
+    return restore
 
 
 def _precision_settings() -> list:

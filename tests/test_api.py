@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -32,3 +38,63 @@ def test_features_are_ordinary_tensors_a_probe_can_train_on(tmp_path, channels_l
     features["p2"] -= features["p2"].mean()  # an in-place update
     features["res4"][0, 0, 0, 0] = 0.0
     assert features["res4"][0, 0, 0, 0] == 0.0
+
+
+_OVERLAPPING_HOLDERS = """
+import json, sys, threading, torch
+from fpncli.api import fp32_strict
+b = torch.backends
+def tf32():  # [matmuls, convolutions]: TF32 on?
+    if not hasattr(b.cudnn, "conv"):  # torch < 2.9: the legacy flags only
+        return [b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32]
+    def on(*levels):  # a setting left "none" inherits from the level above
+        values = [v.fp32_precision for v in levels if v.fp32_precision != "none"]
+        return values[:1] == ["tf32"]
+    return [on(b.cuda.matmul, b), on(b.cudnn.conv, b.cudnn, b)]
+exec(sys.argv[1])  # the user turns TF32 on
+seen = {"before": tf32()}
+first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+def first():
+    with fp32_strict():
+        first_in.set()
+        second_in.wait(30)
+    first_out.set()
+def second():
+    first_in.wait(30)
+    with fp32_strict():
+        second_in.set()
+        first_out.wait(30)
+        seen["second, once the first left"] = tf32()
+threads = [threading.Thread(target=f) for f in (first, second)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+seen["after both"] = tf32()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize(
+    "user",
+    ["b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = True", "b.fp32_precision = 'tf32'"],
+    ids=["legacy", "new-api"],
+)
+def test_fp32_strict_holds_for_overlapping_threads(user):
+    """Two threads inside ``fp32_strict`` at once (two threads extracting on a CUDA model): the
+    first to leave must not turn TF32 back on under the other, and once both left the user's
+    TF32 is on again (the first had restored its settings under the second, which then put back
+    the "off" it had saved: TF32 was off for good). The flags are settable without a GPU; each
+    case in a fresh process, as these settings are global."""
+    if "fp32_precision" in user and not hasattr(getattr(torch.backends.cudnn, "conv", None),
+                                                "fp32_precision"):  # fmt: skip
+        pytest.skip("torch < 2.9: no fp32_precision settings")
+    root = str(Path(fpncli.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _OVERLAPPING_HOLDERS, user],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {
+        "before": [True, True], "second, once the first left": [False, False],
+        "after both": [True, True],
+    }  # fmt: skip
