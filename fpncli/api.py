@@ -102,10 +102,11 @@ def _cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def check_precision(precision: str, device: torch.device) -> None:
+def check_precision(precision: str, device: str | torch.device) -> None:
     """Refuse precisions that would be wrong or very slow on ``device``, saying why."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    device = torch.device(device)
     if device.type == "cpu" and precision == "fp16":
         other = "fp32 (or bf16, fast on this CPU)" if _cpu_has_fast_bf16() else "fp32"
         raise ValueError(f"fp16 on the CPU is slower than fp32: use {other}")
@@ -191,9 +192,12 @@ def _precision_settings() -> list:
     return [s for s in found if s is not None and hasattr(s, "fp32_precision")]
 
 
-def autocast_context(device: torch.device, precision: str):
+def autocast_context(device: str | torch.device, precision: str):
     """Autocast for fp16/bf16; for fp32 on CUDA, TF32 is off (inside the context only), so fp32
-    is true fp32 as Detectron2's parity needs."""
+    is true fp32 as Detectron2's parity needs. An unknown precision raises ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    device = torch.device(device)
     if precision == "fp32":
         return fp32_strict() if device.type == "cuda" else nullcontext()
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
@@ -290,9 +294,14 @@ def run_backbone(
     inference tensors, which allow neither outside it. (On a CPU, 1 thread, the forward pass
     took the same CPU time in both modes, within 0.5%, from 64x96 to 800x1216 inputs, where
     copying inference tensors' levels out would add 33 ms at 800x1216.)
+
+    Raises:
+        ValueError: an unknown ``precision``, or one ``check_precision`` refuses on the model's
+            device (fp16 on a CPU, ...), as ``extract`` does.
     """
     param = next(model.parameters())
     device = param.device
+    check_precision(precision, device)
     channels_last = param.is_contiguous(memory_format=torch.channels_last)
     batch = batch.to(device, non_blocking=True)
     if param.dtype != torch.float32:  # converted once to the run's precision: no autocast

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 import fpncli
-from fpncli.api import model_input, run_backbone
+from fpncli.api import autocast_context, check_precision, model_input, run_backbone
+from fpncli.weights.registry import DETECTRON2_INPUT
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -98,3 +99,24 @@ def test_fp32_strict_holds_for_overlapping_threads(user):
         "before": [True, True], "second, once the first left": [False, False],
         "after both": [True, True],
     }  # fmt: skip
+
+
+def test_run_backbone_checks_the_precision():
+    """``run_backbone`` refuses what ``extract`` refuses (fp16 on a CPU had run, slowly) and an
+    unknown precision with the same message (a bare KeyError: 'fp8'); ``check_precision`` and
+    ``autocast_context`` take a device's name as well as a ``torch.device``."""
+    model = fpncli.load_backbone("random")
+    batch = model_input(np.zeros((32, 32, 3), np.uint8), DETECTRON2_INPUT, torch.device("cpu"))
+    with pytest.raises(ValueError, match="^fp16 on the CPU is slower than fp32: use fp32"):
+        run_backbone(model, batch, precision="fp16")
+    with pytest.raises(ValueError, match=r"^unknown precision 'fp8': use one of fp32, fp16, bf16$"):
+        run_backbone(model, batch, precision="fp8")
+    with pytest.raises(ValueError, match="^unknown precision 'fp8'"):
+        autocast_context(torch.device("cpu"), "fp8")
+    check_precision("fp32", "cpu")
+    with pytest.raises(ValueError, match="^fp16 on the CPU"):
+        check_precision("fp16", "cpu")
+    with autocast_context("cpu", "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast_context("cpu", "bf16"):
+        assert torch.is_autocast_enabled("cpu")

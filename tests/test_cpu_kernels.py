@@ -157,10 +157,11 @@ def test_the_fused_residual_step_takes_every_dtype(dtype):
     assert torch.equal(add_relu_(out.clone(), other), F.relu(out + other))
 
 
-def test_the_backbone_runs_bf16_on_the_cpu():
+def test_the_backbone_runs_bf16_on_the_cpu(monkeypatch):
     """Where check_precision allows bf16 on the CPU (AVX512-BF16/AMX), every batch must run:
-    autocast and the converted copy, with and without the CPU kernels (bypassing the check, so
-    this holds on any CPU)."""
+    autocast and the converted copy, with and without the CPU kernels (the check told the CPU
+    has them, so this holds on any CPU)."""
+    monkeypatch.setattr(fpncli.api, "_cpu_has_fast_bf16", lambda: True)
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     for kernels in (None, False):
         model = fpncli.load_backbone("random", cpu_kernels=kernels)
