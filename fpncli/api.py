@@ -318,8 +318,20 @@ def model_input(
     *, pad_to: tuple[int, int] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Resized uint8 RGB ``(H, W, 3)`` image(s) -> the normalized, padded float32 batch on
-    ``device`` (colour order, normalization and padding run in torch, on the device)."""
+    ``device`` (colour order, normalization and padding run in torch, on the device).
+
+    Raises:
+        ValueError: no image, or one that is not an ``(H, W, 3)`` uint8 numpy array (a float
+            0..1 image would come out black and int16 values wrap).
+    """
     images = [pixels] if isinstance(pixels, np.ndarray) else list(pixels)
+    if not images:
+        raise ValueError("model_input needs at least one image, got none")
+    for p in images:
+        if not isinstance(p, np.ndarray):
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {type(p).__name__}")
+        if p.dtype != np.uint8 or p.ndim != 3 or p.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {p.dtype} {p.shape}")
     sizes = [(int(p.shape[0]), int(p.shape[1])) for p in images]
     height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
     staged = np.zeros((len(images), height, width, 3), dtype=np.uint8)

@@ -120,3 +120,27 @@ def test_run_backbone_checks_the_precision():
         assert not torch.is_autocast_enabled("cpu")
     with autocast_context("cpu", "bf16"):
         assert torch.is_autocast_enabled("cpu")
+
+
+_NOT_RGB8 = r"^expected an \(H, W, 3\) uint8 RGB array, got "
+
+
+@pytest.mark.parametrize(
+    ("pixels", "message"),
+    [
+        (np.zeros((8, 8, 3)), _NOT_RGB8 + r"float64 \(8, 8, 3\)$"),  # 0..1 floats came out black
+        (np.full((8, 8, 3), 300, np.int16), _NOT_RGB8 + r"int16 \(8, 8, 3\)$"),  # 300 became 44
+        (np.zeros((8, 8, 4), np.uint8), _NOT_RGB8 + r"uint8 \(8, 8, 4\)$"),
+        (np.zeros((8, 8), np.uint8), _NOT_RGB8 + r"uint8 \(8, 8\)$"),
+        ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.float32)], _NOT_RGB8 + "float32"),
+        (torch.zeros(8, 8, 3, dtype=torch.uint8), _NOT_RGB8 + "Tensor$"),
+        ([], "^model_input needs at least one image, got none$"),
+    ],
+    ids=["float", "int16", "rgba", "gray", "one-of-two", "tensor", "empty"],
+)
+def test_model_input_refuses_what_is_not_uint8_rgb(pixels, message):
+    """Only ``(H, W, 3)`` uint8 arrays are taken, in ``resize_for_model``'s words: a float or
+    int16 image had been cast to uint8 silently (wrong pixels), the others failed in numpy's
+    broadcasting or ``max()`` of an empty list."""
+    with pytest.raises(ValueError, match=message):
+        model_input(pixels, DETECTRON2_INPUT, torch.device("cpu"))
