@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fpncli.io.preprocess import load_image, prepare, resized_shape, rgb_to_bgr, to_color_order
+from fpncli.io.preprocess import (
+    load_image,
+    prepare,
+    resize_for_model,
+    resized_shape,
+    rgb_to_bgr,
+    to_color_order,
+)
 from fpncli.weights.registry import DETECTRON2_INPUT, TORCHVISION_INPUT
 
 
@@ -293,3 +300,17 @@ def test_resizing_from_the_decoded_image_equals_resizing_its_array(tmp_path, mod
     assert (loaded.height, loaded.width) == (61, 83)
     with pytest.raises(ValueError, match="pixels were not kept"):
         _ = loaded.rgb
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 5, 3), (5, 0, 3)])
+@pytest.mark.parametrize("resize", [True, False])
+def test_an_empty_image_is_refused(shape, resize):
+    """A side of 0 (an empty array, as ``fpncli.extract`` may be given) is refused in one line;
+    resized, it had raised ZeroDivisionError in ``resized_shape``."""
+    rgb = np.zeros(shape, np.uint8)
+    size = f"{shape[1]}x{shape[0]}"
+    for image in (rgb, Image.new("RGB", (shape[1], shape[0]))):
+        with pytest.raises(
+            ValueError, match=f"^expected an image with pixels, got an empty {size}"
+        ):
+            resize_for_model(image, DETECTRON2_INPUT, min_size=64, max_size=96, resize=resize)

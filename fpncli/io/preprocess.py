@@ -545,8 +545,8 @@ def resize_for_model(
 
     The padded size is the resized size rounded up to ``size_divisibility``, or with ``canvas``
     (``"auto"`` or ``"WxH"``, see ``fpncli.io.canvas``) the canvas the image goes on; an image
-    larger than a fixed canvas is refused (ValueError). A resized size over ``max_pixels`` is
-    refused (ValueError) before anything is allocated.
+    larger than a fixed canvas is refused (ValueError), and so is an empty image (a side of 0).
+    A resized size over ``max_pixels`` is refused (ValueError) before anything is allocated.
 
     ``defer_resize``: the pixels come back at their own size, the ``Prepared`` record as if
     resized (the pipeline then resizes on the model's device, ``fpncli.model.resize``, which
@@ -560,6 +560,8 @@ def resize_for_model(
     if resize and (min_size <= 0 or max_size < min_size):
         raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
     height, width = _height_width(rgb)
+    if height == 0 or width == 0:  # no shortest edge to scale (a division by zero)
+        raise ValueError(f"expected an image with pixels, got an empty {width}x{height} one")
     check_resized_size(height, width, min_size, max_size, resize, max_pixels)
     new_h, new_w = resized_shape(height, width, min_size, max_size) if resize else (height, width)
     if min(new_h, new_w) < 1:  # a 1x5000 image: its short side rounds to 0 under --max-size
