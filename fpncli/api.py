@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -19,9 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .io.canvas import check_canvas, parse_canvas
-from .io.preprocess import LoadedImage, Prepared, load_image, resize_for_model
+from .io.preprocess import (
+    LoadedImage,
+    Prepared,
+    convert_pillow_image,
+    load_image,
+    resize_for_model,
+)
 from .model.cpu_kernels import available as cpu_kernel_support
 from .model.cpu_kernels import use_cpu_kernels
 from .model.fpn import FPN
@@ -353,7 +361,7 @@ class Extraction:
 
 
 def extract(
-    image: str | Path | np.ndarray | LoadedImage,
+    image: str | os.PathLike | np.ndarray | Image.Image | LoadedImage,
     model: FPN,
     *,
     min_size: int = 800,
@@ -364,18 +372,30 @@ def extract(
 ) -> Extraction:
     """Read (if a path), prepare and run one image; features come back as CPU float32.
 
-    An ``np.ndarray`` must be ``(H, W, 3)`` uint8 **RGB** (as from Pillow; flip OpenCV's BGR).
+    A path is read with ``load_image`` (EXIF orientation applied). An ``np.ndarray`` must be
+    ``(H, W, 3)`` uint8 **RGB** (as from Pillow; flip OpenCV's BGR). A Pillow image of any mode
+    is made 8-bit RGB as ``load_image`` does, but taken as it is, as an array is: its EXIF
+    orientation is not applied (``ImageOps.exif_transpose`` it first, or pass its path).
     ``canvas`` (``"auto"`` or ``"WxH"``, see ``fpncli.io.canvas``) pads the image to that canvas
     instead of its own size rounded up to 32, as Detectron2's batched inference pads it.
 
     Raises:
         ValueError: ``precision`` fp16 on a CPU, or bf16 on a CPU without AVX512-BF16/AMX (the
-            same check, and message, as ``fpncli extract --precision``).
+            same check, and message, as ``fpncli extract --precision``); an image that cannot be
+            read or is not ``(H, W, 3)`` uint8 RGB.
+        TypeError: ``image`` is none of the types above.
     """
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, os.PathLike)):
         image = load_image(image)
     elif isinstance(image, np.ndarray):
         image = LoadedImage(np.ascontiguousarray(image))
+    elif isinstance(image, Image.Image):
+        image = convert_pillow_image(image)
+    elif not isinstance(image, LoadedImage):
+        raise TypeError(
+            "image must be a file path, an (H, W, 3) uint8 RGB numpy array, a Pillow image or a "
+            f"LoadedImage, got {type(image).__name__}"
+        )
     # The same refusal as the CLI's: fp16/bf16 on a CPU without fast support would be several
     # times slower than fp32, silently.
     check_precision(precision, next(model.parameters()).device)
@@ -394,11 +414,11 @@ def extract(
 
 
 def extract_features(
-    image: str | Path | np.ndarray, model: FPN, **kwargs
+    image: str | os.PathLike | np.ndarray | Image.Image | LoadedImage, model: FPN, **kwargs
 ) -> dict[str, torch.Tensor]:
     """``{"p2": (1, 256, H/4, W/4), ..., "p6": ...}`` float32 CPU tensors for one image.
 
-    Keyword arguments are those of ``extract`` (``min_size``, ``max_size``, ``resize``,
-    ``precision``, ``canvas``).
+    ``image`` and the keyword arguments are those of ``extract`` (``min_size``, ``max_size``,
+    ``resize``, ``precision``, ``canvas``).
     """
     return extract(image, model, **kwargs).features

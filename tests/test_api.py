@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,24 @@ def test_model_input_refuses_what_is_not_uint8_rgb(pixels, message):
     broadcasting or ``max()`` of an empty list."""
     with pytest.raises(ValueError, match=message):
         model_input(pixels, DETECTRON2_INPUT, torch.device("cpu"))
+
+
+def test_extract_takes_a_pillow_image_and_refuses_other_types(tmp_path):
+    """A Pillow image is extracted as its pixels are (it had failed on ``.rgb``, as a torch
+    tensor and None did): anything but a path, an array, a Pillow image or a LoadedImage is a
+    TypeError saying what is taken."""
+    model = fpncli.load_backbone("random")
+    rgb = np.random.RandomState(0).randint(0, 255, (40, 48, 3), np.uint8)
+    kwargs = {"min_size": 64, "max_size": 96}
+    want = fpncli.extract_features(rgb, model, **kwargs)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as pil:
+        got = fpncli.extract(pil, model, **kwargs)
+    assert got.features.keys() == want.keys()
+    for name, level in want.items():
+        assert torch.equal(got.features[name], level), name
+    np.testing.assert_array_equal(got.image.rgb, rgb)
+    taken = "a file path, an (H, W, 3) uint8 RGB numpy array, a Pillow image or a LoadedImage"
+    for image, kind in [(torch.from_numpy(rgb), "Tensor"), (None, "NoneType"), ([rgb], "list")]:
+        with pytest.raises(TypeError, match=rf"^image must be {re.escape(taken)}, got {kind}$"):
+            fpncli.extract_features(image, model, **kwargs)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from fpncli.io.preprocess import (
+    convert_pillow_image,
     load_image,
     prepare,
     resize_for_model,
@@ -314,3 +315,35 @@ def test_an_empty_image_is_refused(shape, resize):
             ValueError, match=f"^expected an image with pixels, got an empty {size}"
         ):
             resize_for_model(image, DETECTRON2_INPUT, min_size=64, max_size=96, resize=resize)
+
+
+def test_a_pillow_image_is_converted_as_its_file_but_not_turned(tmp_path):
+    """An in-memory Pillow image (``fpncli.extract`` takes one) becomes 8-bit RGB with the
+    pixels and notes ``load_image`` gives its file, except that its EXIF orientation is not
+    applied, with a note; pixels Pillow cannot decode are a ValueError."""
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 0] = 200
+    images = {
+        "g.png": Image.fromarray(np.full((4, 5), 77, np.uint8)),
+        "a.png": Image.fromarray(rgba, "RGBA"),
+        "s.png": Image.fromarray(np.full((4, 5), 65535, np.uint16)),
+        "c.png": Image.fromarray(np.arange(60, dtype=np.uint8).reshape(4, 5, 3)),
+    }
+    for name, image in images.items():
+        from_file = load_image(_save(tmp_path / name, image))
+        for source in (image, Image.open(tmp_path / name)):
+            converted = convert_pillow_image(source)
+            np.testing.assert_array_equal(converted.rgb, from_file.rgb)
+            assert converted.notes == from_file.notes and converted.path == "", name
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[:5, :5] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _save(tmp_path / "r.jpg", Image.fromarray(pixels), exif=exif, quality=100)
+    converted = convert_pillow_image(Image.open(path))
+    np.testing.assert_array_equal(converted.rgb, np.asarray(Image.open(path).convert("RGB")))
+    assert not converted.exif_transposed and converted.rgb.shape == (20, 30, 3)
+    assert converted.notes == ["EXIF orientation 6 not applied (an in-memory image)"]
+    (tmp_path / "cut.jpg").write_bytes(path.read_bytes()[:-100])  # opens, fails to decode
+    with pytest.raises(ValueError, match=r"^unreadable image \(image file is truncated"):
+        convert_pillow_image(Image.open(tmp_path / "cut.jpg"))

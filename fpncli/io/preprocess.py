@@ -42,6 +42,7 @@ __all__ = [
     "exif_orientation",
     "turn_upright",
     "upright_size",
+    "convert_pillow_image",
     "rgb_to_bgr",
     "to_color_order",
     "resized_shape",
@@ -273,7 +274,7 @@ def _high_bytes_note(im: Image.Image) -> str | None:
     are known only until ``load``, which clears ``tile`` (a PNG's ``getexif`` loads it).
     Detectron2 reads images with Pillow too, so those pixels are kept, for parity, and only the
     note is added."""
-    if im.mode not in ("RGB", "RGBA", "LA") or not im.tile:
+    if im.mode not in ("RGB", "RGBA", "LA") or not getattr(im, "tile", None):  # made, not read
         return None
     codec, args = im.tile[0][0], im.tile[0][3]  # (decoder, extents, offset, args) in every Pillow
     if codec == "ppm" and isinstance(args, tuple) and len(args) > 1:
@@ -413,6 +414,28 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         notes=notes,
         **pixels,
     )
+
+
+def convert_pillow_image(im: Image.Image) -> LoadedImage:
+    """An in-memory Pillow image as 8-bit RGB, its mode converted as ``load_image`` converts a
+    file's (alpha dropped, 16-bit scaled, ..., with the same notes), but taken as it is: its
+    EXIF orientation is not applied (a note says so when it has one), as an array's is not;
+    ``ImageOps.exif_transpose`` it first, or load its file.
+
+    Raises:
+        ValueError: its pixels cannot be read (a truncated file opened lazily) or converted.
+    """
+    notes: list[str] = []
+    try:
+        high_bytes = _high_bytes_note(im)  # before getexif, which loads a PNG
+        orientation = _orientation(im.getexif().get(EXIF_ORIENTATION, 1), notes)
+        if orientation != 1:
+            notes.append(f"EXIF orientation {orientation} not applied (an in-memory image)")
+        notes += [high_bytes] if high_bytes else []
+        rgb = np.asarray(_to_rgb8(im, notes))  # a copy: the caller's image may change later
+    except (OSError, SyntaxError, EOFError) as e:
+        raise ValueError(f"unreadable image ({e})") from None
+    return LoadedImage(rgb, notes=notes)
 
 
 def rgb_to_bgr(image: np.ndarray) -> np.ndarray:
