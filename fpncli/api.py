@@ -80,14 +80,24 @@ class WeightsInfo:
     seed: int | None = None
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` checked."""
-    if device == "auto":
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` (a name or a
+    ``torch.device``) checked against this machine: any other device is a ValueError, a value
+    that is neither a TypeError."""
+    if isinstance(device, torch.device):
+        dev, device = device, str(device)  # named in the messages as a str would be
+    elif not isinstance(device, str):
+        raise TypeError(
+            f"device must be a str or a torch.device (auto, cpu, cuda or cuda:N), got "
+            f"{type(device).__name__}"
+        )
+    elif device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
@@ -226,7 +236,8 @@ def load_backbone(
     Args:
         weights: a registry name (downloaded once if missing), a checkpoint path, or "random"
             for a seeded untrained network.
-        device: where to put it ("cpu", "cuda", "cuda:N", "auto").
+        device: where to put it ("cpu", "cuda", "cuda:N", "auto", or a ``torch.device``), checked
+            by ``resolve_device``.
         fold_bn: fold FrozenBN into the convolutions (same outputs within float rounding, faster).
         channels_last: use the channels-last memory format (faster oneDNN and cuDNN
             convolutions); None: unless the CPU kernels are used (they want NCHW).
@@ -240,6 +251,9 @@ def load_backbone(
     Returns:
         An ``FPN`` in eval mode with ``weights_info`` (a ``WeightsInfo``) set.
     """
+    # before anything is read or downloaded; "auto" is no torch device, "cuda:N" is checked
+    # against the GPUs
+    device = resolve_device(device)
     if weights == "random":
         arch, input_format = {"depth": 50, "stride_in_1x1": True}, DETECTRON2_INPUT
         model = new_backbone(arch)
@@ -272,8 +286,6 @@ def load_backbone(
         )  # fmt: skip
     if fold_bn:
         fold_frozen_batchnorm(model)
-    if isinstance(device, str):  # "auto" is no torch device; "cuda:N" checked against the GPUs
-        device = resolve_device(device)
     model = model.eval().requires_grad_(False).to(device)
     on_cpu = next(model.parameters()).device.type == "cpu"
     if cpu_kernels is None:

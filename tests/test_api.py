@@ -166,3 +166,23 @@ def test_extract_takes_a_pillow_image_and_refuses_other_types(tmp_path):
     for image, kind in [(torch.from_numpy(rgb), "Tensor"), (None, "NoneType"), ([rgb], "list")]:
         with pytest.raises(TypeError, match=rf"^image must be {re.escape(taken)}, got {kind}$"):
             fpncli.extract_features(image, model, **kwargs)
+
+
+def test_load_backbone_checks_every_device(monkeypatch):
+    """A ``torch.device`` is checked as its name is, before anything is loaded (cuda:7 had
+    raised torch's AssertionError, 'meta' was taken and 0 raised a RuntimeError)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda:7", torch.device("cuda:7")):
+        with pytest.raises(ValueError, match="^device 'cuda:7' asked for, but CUDA is not avai"):
+            fpncli.load_backbone("random", device=device)
+    with pytest.raises(ValueError, match="^unsupported device 'meta': use auto, cpu, cuda or"):
+        fpncli.load_backbone("random", device=torch.device("meta"))
+    with pytest.raises(TypeError, match=r"^device must be a str or a torch\.device .*, got int$"):
+        fpncli.load_backbone("random", device=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for device in ("cuda:7", torch.device("cuda", 7)):
+        with pytest.raises(ValueError, match=r"^'cuda:7': only 2 CUDA device\(s\)$"):
+            fpncli.load_backbone("no-such-file.pth", device=device)  # the device is checked first
+    assert fpncli.api.resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert fpncli.load_backbone("random", device=torch.device("cpu")).weights_info.random
