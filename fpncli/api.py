@@ -384,10 +384,11 @@ def extract(
 ) -> Extraction:
     """Read (if a path), prepare and run one image; features come back as CPU float32.
 
-    A path is read with ``load_image`` (EXIF orientation applied). An ``np.ndarray`` must be
-    ``(H, W, 3)`` uint8 **RGB** (as from Pillow; flip OpenCV's BGR). A Pillow image of any mode
-    is made 8-bit RGB as ``load_image`` does, but taken as it is, as an array is: its EXIF
-    orientation is not applied (``ImageOps.exif_transpose`` it first, or pass its path).
+    A path (``~`` expanded) is read with ``load_image`` (EXIF orientation applied). An
+    ``np.ndarray`` must be ``(H, W, 3)`` uint8 **RGB** (as from Pillow; flip OpenCV's BGR). A
+    Pillow image of any mode is made 8-bit RGB as ``load_image`` does, but taken as it is, as an
+    array is: its EXIF orientation is not applied (``ImageOps.exif_transpose`` it first, or pass
+    its path).
     ``canvas`` (``"auto"`` or ``"WxH"``, see ``fpncli.io.canvas``) pads the image to that canvas
     instead of its own size rounded up to 32, as Detectron2's batched inference pads it.
 
@@ -397,8 +398,8 @@ def extract(
             read or is not ``(H, W, 3)`` uint8 RGB.
         TypeError: ``image`` is none of the types above.
     """
-    if isinstance(image, (str, os.PathLike)):
-        image = load_image(image)
+    if isinstance(image, (str, os.PathLike)):  # "~/x.png" is the user's, as for the weights
+        image = load_image(Path(image).expanduser())
     elif isinstance(image, np.ndarray):
         image = LoadedImage(np.ascontiguousarray(image))
     elif isinstance(image, Image.Image):

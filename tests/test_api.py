@@ -186,3 +186,16 @@ def test_load_backbone_checks_every_device(monkeypatch):
             fpncli.load_backbone("no-such-file.pth", device=device)  # the device is checked first
     assert fpncli.api.resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
     assert fpncli.load_backbone("random", device=torch.device("cpu")).weights_info.random
+
+
+def test_extract_expands_the_users_folder(tmp_path, monkeypatch):
+    """``~/x.png`` is read from the home folder, as ``load_backbone("~/w.pth")`` is (it had
+    been looked for in a folder named ``~``); the extraction records the expanded path."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rgb = np.random.RandomState(0).randint(0, 255, (40, 48, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    model = fpncli.load_backbone("random")
+    for image in ("~/x.png", Path("~/x.png")):
+        got = fpncli.extract(image, model, min_size=64, max_size=96)
+        assert got.image.path == str(tmp_path / "x.png")
+        np.testing.assert_array_equal(got.image.rgb, rgb)
