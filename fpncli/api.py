@@ -222,7 +222,7 @@ def autocast_context(device: str | torch.device, precision: str):
 
 
 def load_backbone(
-    weights: str = DEFAULT_WEIGHTS,
+    weights: str | os.PathLike = DEFAULT_WEIGHTS,
     *,
     device: str | torch.device = "cpu",
     fold_bn: bool = True,
@@ -235,7 +235,8 @@ def load_backbone(
 
     Args:
         weights: a registry name (downloaded once if missing), a checkpoint path, or "random"
-            for a seeded untrained network.
+            for a seeded untrained network; a ``Path`` is always a file (``Path("random")`` is
+            no untrained network).
         device: where to put it ("cpu", "cuda", "cuda:N", "auto", or a ``torch.device``), checked
             by ``resolve_device``.
         fold_bn: fold FrozenBN into the convolutions (same outputs within float rounding, faster).

@@ -199,3 +199,18 @@ def test_extract_expands_the_users_folder(tmp_path, monkeypatch):
         got = fpncli.extract(image, model, min_size=64, max_size=96)
         assert got.image.path == str(tmp_path / "x.png")
         np.testing.assert_array_equal(got.image.rgb, rgb)
+
+
+def test_load_backbone_takes_a_path_as_a_file(tmp_path, monkeypatch):
+    """A ``Path`` is a checkpoint file, whatever its name (one without a .pkl/.pth/.pt suffix
+    had raised "'PosixPath' is not iterable"): a missing one is said to be missing, even one
+    named random or as a registry entry (no untrained network, no download)."""
+    from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl
+
+    monkeypatch.chdir(tmp_path)
+    for missing in ("nope", "random", "faster_rcnn_R_50_FPN_3x", str(tmp_path / "nope")):
+        with pytest.raises(FileNotFoundError, match=f"^weights file not found: {missing}$"):
+            fpncli.load_backbone(Path(missing))
+    write_detectron2_pkl(tmp_path / "random", seeded_state_dict(0))
+    model = fpncli.load_backbone(Path("random"))
+    assert not model.weights_info.random and model.weights_info.path == "random"

@@ -378,30 +378,34 @@ def _remove_stale_parts(final: Path) -> None:
 
 
 def resolve_weights(
-    weights: str | Path,
+    weights: str | os.PathLike,
     *,
     download_missing: bool = True,
     check: Callable[[Path], None] | None = None,
 ) -> tuple[Path, WeightsSpec | None]:
     """Turn a ``--weights`` value (a registry name or a file path) into a local file.
 
-    A registry name that is not cached is downloaded (unless ``download_missing`` is False).
+    A registry name that is not cached is downloaded (unless ``download_missing`` is False). A
+    ``Path`` (any ``os.PathLike``) is always a file, never a registry name: ``Path("random")``
+    is a file named random.
 
     Raises:
         FileNotFoundError: a path that does not exist, or a name not cached with downloads off.
         ValueError: neither a file nor a registry name, or a folder, FIFO or device.
         WeightsDownloadError: the download failed.
     """
-    if isinstance(weights, str) and not weights.strip():  # Path("") would be the current folder
+    named = isinstance(weights, str)  # else a Path: a file, whatever its name
+    weights = os.fspath(weights)
+    if named and not weights.strip():  # Path("") would be the current folder
         raise ValueError(f"weights: {_EMPTY_WEIGHTS}")
-    spec = REGISTRY.get(weights)
+    spec = REGISTRY.get(weights) if named else None
     if spec is None:
         path = Path(weights).expanduser()
         if path.is_file():
             return path, None
         if os.path.lexists(path):  # a folder, FIFO, device or dangling symlink: say which
             check_regular_file(path, "weights file")
-        if path.suffix in (".pkl", ".pth", ".pt") or os.sep in weights:
+        if not named or path.suffix in (".pkl", ".pth", ".pt") or os.sep in weights:
             raise FileNotFoundError(f"weights file not found: {weights}")
         known = ", ".join(REGISTRY)
         raise ValueError(f"unknown weights {weights!r}: not a file, nor one of {known}, random")
