@@ -24,6 +24,8 @@ from PIL import Image
 
 from .io.canvas import check_canvas, parse_canvas
 from .io.preprocess import (
+    API_NAMES,
+    DEFAULT_MAX_PIXELS,
     LoadedImage,
     Prepared,
     convert_pillow_image,
@@ -382,6 +384,7 @@ def extract(
     resize: bool = True,
     precision: str = "fp32",
     canvas: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Extraction:
     """Read (if a path), prepare and run one image; features come back as CPU float32.
 
@@ -392,15 +395,17 @@ def extract(
     its path).
     ``canvas`` (``"auto"`` or ``"WxH"``, see ``fpncli.io.canvas``) pads the image to that canvas
     instead of its own size rounded up to 32, as Detectron2's batched inference pads it.
+    ``max_pixels`` (``fpncli extract --max-pixels``) refuses a file with more pixels before
+    decoding it (a decompression bomb), and any image whose resized, padded size has more.
 
     Raises:
         ValueError: ``precision`` fp16 on a CPU, or bf16 on a CPU without AVX512-BF16/AMX (the
             same check, and message, as ``fpncli extract --precision``); an image that cannot be
-            read or is not ``(H, W, 3)`` uint8 RGB.
+            read, is not ``(H, W, 3)`` uint8 RGB or is over ``max_pixels``.
         TypeError: ``image`` is none of the types above.
     """
     if isinstance(image, (str, os.PathLike)):  # "~/x.png" is the user's, as for the weights
-        image = load_image(Path(image).expanduser())
+        image = load_image(Path(image).expanduser(), max_pixels=max_pixels, names=API_NAMES)
     elif isinstance(image, np.ndarray):
         image = LoadedImage(np.ascontiguousarray(image))
     elif isinstance(image, Image.Image):
@@ -418,7 +423,7 @@ def extract(
     check_canvas(canvas, min_size=min_size, max_size=max_size, resize=resize)
     pixels, prepared = resize_for_model(
         image.rgb, input_format, min_size=min_size, max_size=max_size, resize=resize,
-        canvas=canvas,
+        canvas=canvas, max_pixels=max_pixels, names=API_NAMES,
     )  # fmt: skip
     pad_to = (prepared.padded_height, prepared.padded_width)
     batch = model_input(pixels, input_format, next(model.parameters()).device, pad_to=pad_to)
@@ -433,6 +438,6 @@ def extract_features(
     """``{"p2": (1, 256, H/4, W/4), ..., "p6": ...}`` float32 CPU tensors for one image.
 
     ``image`` and the keyword arguments are those of ``extract`` (``min_size``, ``max_size``,
-    ``resize``, ``precision``, ``canvas``).
+    ``resize``, ``precision``, ``canvas``, ``max_pixels``).
     """
     return extract(image, model, **kwargs).features

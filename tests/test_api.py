@@ -214,3 +214,30 @@ def test_load_backbone_takes_a_path_as_a_file(tmp_path, monkeypatch):
     write_detectron2_pkl(tmp_path / "random", seeded_state_dict(0))
     model = fpncli.load_backbone(Path("random"))
     assert not model.weights_info.random and model.weights_info.path == "random"
+
+
+def test_extract_takes_max_pixels_and_names_it_as_the_api_does(tmp_path):
+    """``max_pixels`` reaches both checks, the file's size before decoding and the resized,
+    padded size, and their messages name it, not the CLI's --max-pixels (which extract had no
+    way to raise: even a LoadedImage read with a higher limit was refused at the resize)."""
+    rgb = np.random.RandomState(0).randint(0, 255, (40, 48, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    model = fpncli.load_backbone("random")
+    kwargs = {"min_size": 64, "max_size": 96}  # resized to 64x77, padded to 64x96: 6,144 pixels
+    with pytest.raises(ValueError) as refused:
+        fpncli.extract(tmp_path / "a.png", model, max_pixels=1000, **kwargs)
+    assert str(refused.value) == (
+        f"{tmp_path / 'a.png'}: 48x40 is 1,920 pixels, over the 1,000 pixels limit (a "
+        "decompression bomb?); raise max_pixels if you trust this file"
+    )
+    with pytest.raises(ValueError) as refused:
+        fpncli.extract(tmp_path / "a.png", model, max_pixels=6000, **kwargs)
+    assert str(refused.value) == (
+        "resized to 77x64 it would be 6,144 pixels, over the 6,000 pixels limit: lower "
+        "min_size/max_size or raise max_pixels"
+    )
+    assert fpncli.extract(tmp_path / "a.png", model, max_pixels=6144, **kwargs).image.rgb.shape
+    with pytest.raises(ValueError, match="over the 4,000 pixels limit: lower min_size/max_size"):
+        fpncli.extract(rgb, model, resize=False, max_pixels=4000)  # padded to 64x64: 4,096
+    features = fpncli.extract_features(rgb, model, resize=False, max_pixels=4096)
+    assert features["p2"].shape == (1, 256, 16, 16)

@@ -34,6 +34,9 @@ from .pillow_view import rgb_view
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "OptionNames",
+    "CLI_NAMES",
+    "API_NAMES",
     "LoadedImage",
     "open_image",
     "pixel_count",
@@ -56,6 +59,19 @@ __all__ = [
 #: Images with more pixels than this are refused before decoding (Pillow's own default limit).
 DEFAULT_MAX_PIXELS = 89_478_485
 EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class OptionNames:
+    """How a message names what the user can change to get past a limit: the CLI's options
+    (``CLI_NAMES``, the default) or the keyword arguments of ``fpncli.extract`` (``API_NAMES``)."""
+
+    max_pixels: str
+    sizes: str  # min_size and max_size
+
+
+CLI_NAMES = OptionNames("--max-pixels", "--min-size/--max-size")
+API_NAMES = OptionNames("max_pixels", "min_size/max_size")
 
 
 class LoadedImage:
@@ -196,12 +212,14 @@ def pillow_formats() -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+               names: OptionNames = CLI_NAMES) -> Iterator[Image.Image]:  # fmt: skip
     """``Image.open`` of a regular file only (a FIFO is refused, not waited for), with Pillow's
     limit following ``max_pixels`` and its warnings (bomb, EXIF) kept off stderr; more than
-    ``max_pixels`` pixels is refused from the header; an empty file is said to be one (Pillow
-    would call it not an image). Raises as ``load_image``, and ``Image.DecompressionBombError`` /
-    ``UnidentifiedImageError`` / ``OSError`` as Pillow does."""
+    ``max_pixels`` pixels is refused from the header (the message names the limit as ``names``
+    says); an empty file is said to be one (Pillow would call it not an image). Raises as
+    ``load_image``, and ``Image.DecompressionBombError`` / ``UnidentifiedImageError`` /
+    ``OSError`` as Pillow does."""
     with _pillow_settings(max_pixels), open_regular(path, "image file") as f:
         if os.fstat(f.fileno()).st_size == 0:
             raise ValueError(f"{path}: empty file (0 bytes)")
@@ -211,7 +229,7 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterat
                 raise ValueError(
                     f"{path}: {width}x{height} is {pixel_count(width * height)}, over the "
                     f"{pixel_count(max_pixels)} limit (a decompression bomb?); raise "
-                    "--max-pixels if you trust this file"
+                    f"{names.max_pixels} if you trust this file"
                 )
             yield im
 
@@ -351,7 +369,8 @@ def turn_upright(im: Image.Image, orientation: int) -> Image.Image:
     return ImageOps.exif_transpose(im)
 
 
-def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               names: OptionNames = CLI_NAMES) -> LoadedImage:  # fmt: skip
     """Read an image file as 8-bit RGB with its EXIF orientation applied.
 
     Grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16-bit images all become RGB; of a
@@ -360,7 +379,8 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     from the header before any pixel is decoded, so decompression bombs are refused without
     allocating them.
 
-    Only a regular file is opened: a FIFO, device, socket or symlink loop is refused.
+    Only a regular file is opened: a FIFO, device, socket or symlink loop is refused. A
+    message about ``max_pixels`` names it as ``names`` says (the CLI's ``--max-pixels``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -370,7 +390,7 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     path = Path(path)
     notes: list[str] = []
     try:
-        with open_image(path, max_pixels) as im:
+        with open_image(path, max_pixels, names=names) as im:
             high_bytes = _high_bytes_note(im)  # before exif_orientation, which loads a PNG
             frames = getattr(im, "n_frames", 1)
             if frames > 1:
@@ -381,7 +401,7 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     except Image.DecompressionBombError:
         raise ValueError(
             f"{path}: refused as a decompression bomb (over twice the {pixel_count(max_pixels)} "
-            "limit); raise --max-pixels if you trust this file"
+            f"limit); raise {names.max_pixels} if you trust this file"
         ) from None
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not an image Pillow can read") from None
@@ -467,8 +487,10 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tupl
 
 
 def check_resized_size(height: int, width: int, min_size: int, max_size: int, resize: bool,
-                       max_pixels: int | None) -> None:  # fmt: skip
-    """Refuse (ValueError) an image whose resized, padded size would exceed ``max_pixels``."""
+                       max_pixels: int | None, *,
+                       names: OptionNames = CLI_NAMES) -> None:  # fmt: skip
+    """Refuse (ValueError) an image whose resized, padded size would exceed ``max_pixels``,
+    naming the options as ``names`` says."""
     if max_pixels is None:
         return
     new_h, new_w = resized_shape(height, width, min_size, max_size) if resize else (height, width)
@@ -476,7 +498,7 @@ def check_resized_size(height: int, width: int, min_size: int, max_size: int, re
     if padded > max_pixels:
         raise ValueError(
             f"resized to {new_w}x{new_h} it would be {pixel_count(padded)}, over the "
-            f"{pixel_count(max_pixels)} limit: lower --min-size/--max-size or raise --max-pixels"
+            f"{pixel_count(max_pixels)} limit: lower {names.sizes} or raise {names.max_pixels}"
         )
 
 
@@ -560,6 +582,7 @@ def resize_for_model(
     size_divisibility: int = 32,
     canvas: str | None = None,
     defer_resize: bool = False,
+    names: OptionNames = CLI_NAMES,
 ) -> tuple[np.ndarray, Prepared]:
     """Step 3 on an RGB uint8 ``(H, W, 3)`` image (or a Pillow RGB image, as
     ``LoadedImage.pixels`` holds it): the resized pixels, still uint8 **RGB**, and
@@ -569,7 +592,8 @@ def resize_for_model(
     The padded size is the resized size rounded up to ``size_divisibility``, or with ``canvas``
     (``"auto"`` or ``"WxH"``, see ``fpncli.io.canvas``) the canvas the image goes on; an image
     larger than a fixed canvas is refused (ValueError), and so is an empty image (a side of 0).
-    A resized size over ``max_pixels`` is refused (ValueError) before anything is allocated.
+    A resized size over ``max_pixels`` is refused (ValueError) before anything is allocated,
+    the message naming the options as ``names`` says.
 
     ``defer_resize``: the pixels come back at their own size, the ``Prepared`` record as if
     resized (the pipeline then resizes on the model's device, ``fpncli.model.resize``, which
@@ -585,7 +609,7 @@ def resize_for_model(
     height, width = _height_width(rgb)
     if height == 0 or width == 0:  # no shortest edge to scale (a division by zero)
         raise ValueError(f"expected an image with pixels, got an empty {width}x{height} one")
-    check_resized_size(height, width, min_size, max_size, resize, max_pixels)
+    check_resized_size(height, width, min_size, max_size, resize, max_pixels, names=names)
     new_h, new_w = resized_shape(height, width, min_size, max_size) if resize else (height, width)
     if min(new_h, new_w) < 1:  # a 1x5000 image: its short side rounds to 0 under --max-size
         raise ValueError(
