@@ -39,6 +39,7 @@ __all__ = [
     "API_NAMES",
     "LoadedImage",
     "open_image",
+    "to_rgb8",
     "pixel_count",
     "Prepared",
     "load_image",
@@ -234,7 +235,7 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *,
             yield im
 
 
-def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray | Image.Image:
+def to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray | Image.Image:
     """Any Pillow mode -> ``(H, W, 3)`` uint8 RGB: an array for a scaled 16-bit, 32-bit or float
     image, else a Pillow RGB image. A 16-bit mode (``I;16*``) is always divided by 257 (0..65535
     to 0..255); 32-bit ``I`` and ``F``, whose range is unknown, are scaled by what they hold: by
@@ -397,7 +398,7 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                 notes.append(f"first of {frames} frames used")
             orientation = exif_orientation(im, notes)
             notes += [high_bytes] if high_bytes else []
-            rgb = _to_rgb8(turn_upright(im, orientation), notes)
+            rgb = to_rgb8(turn_upright(im, orientation), notes)
     except Image.DecompressionBombError:
         raise ValueError(
             f"{path}: refused as a decompression bomb (over twice the {pixel_count(max_pixels)} "
@@ -452,7 +453,7 @@ def convert_pillow_image(im: Image.Image) -> LoadedImage:
         if orientation != 1:
             notes.append(f"EXIF orientation {orientation} not applied (an in-memory image)")
         notes += [high_bytes] if high_bytes else []
-        rgb = np.asarray(_to_rgb8(im, notes))  # a copy: the caller's image may change later
+        rgb = np.asarray(to_rgb8(im, notes))  # a copy: the caller's image may change later
     except (OSError, SyntaxError, EOFError) as e:
         raise ValueError(f"unreadable image ({e})") from None
     return LoadedImage(rgb, notes=notes)

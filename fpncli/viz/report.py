@@ -69,7 +69,7 @@ def _input_thumbnail(path: Path | None, height: int, manifest: dict) -> np.ndarr
     since, it is not the photo of these maps: ``extraction.replaced_size``)."""
     if path is None or not path.is_file():
         return None
-    from ..io.preprocess import _to_rgb8, exif_orientation, open_image, turn_upright, upright_size
+    from ..io.preprocess import exif_orientation, open_image, to_rgb8, turn_upright, upright_size
 
     # open_image: a regular file only, no bomb, Pillow's warnings kept off stderr; a malformed
     # file costs the thumbnail, not the report
@@ -84,7 +84,7 @@ def _input_thumbnail(path: Path | None, height: int, manifest: dict) -> np.ndarr
                 return None
             im.draft("RGB", (height * 4, height))  # JPEG: decode at 1/2..1/8 scale, fast
             im = turn_upright(im, orientation)
-            rgb = _to_rgb8(im, [])  # 16-bit and float images scaled as extract scales them
+            rgb = to_rgb8(im, [])  # 16-bit and float images scaled as extract scales them
             im = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
             im.thumbnail((height * 8, height))
             return np.asarray(im)
