@@ -1,7 +1,7 @@
 """A feature level as one 2-D map, and the value range it is coloured with.
 
 numpy only (no OpenCV, no matplotlib): the writer, ``show`` and the device code's checks use
-these numbers without drawing anything. ``fpncli.run.device`` computes the same in torch
+these numbers without drawing anything. ``fpncli.run.reductions`` computes the same in torch
 (``reduce_maps``, ``order_stats``), and its tests hold the two equal.
 """
 
@@ -79,7 +79,7 @@ def pca_sign(component: np.ndarray) -> float:
     with the channel-mean map. With centred samples ``X`` (C x N) and component ``v``,
     ``cov(v X, mean_c X) = v . (X X^T 1) / (C N) = lambda (v . 1) / C``: the sign of the sum of
     the loadings. Where that sum is about 0 (the mean map is independent of the component) the
-    largest loading is made positive. ``fpncli.run.device`` computes the same in torch.
+    largest loading is made positive. ``fpncli.run.reductions`` computes the same in torch.
     """
     total = float(np.sum(component))
     if abs(total) > PCA_SIGN_TOLERANCE * math.sqrt(component.size):
