@@ -83,6 +83,40 @@ def test_extract_checks_every_option_first(runner, no_model, photo, tmp_path, mo
     assert not out.exists()  # no folder made
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--reduce", "l2", "--channel", "3"],
+         "--channel is an option of --reduce channel (--reduce l2 draws every channel)"),
+        (["--no-resize", "--min-size", "64"], "--min-size is an option of the resize"),
+        (["--max-size", "96", "--no-resize"], "--max-size is an option of the resize"),
+        (["--no-resize", "--min-size", "900", "--max-size", "800"], "--min-size is an option"),
+        (["--weights", "faster_rcnn_R_50_FPN_3x", "--seed", "3"],
+         "--seed is an option of --weights random (other weights are not drawn at random)"),
+    ],
+)  # fmt: skip
+def test_options_that_would_change_nothing_are_refused(runner, no_model, photo, tmp_path, args,
+                                                       message):  # fmt: skip
+    """Each was taken silently, yet a rerun with another value of it redid the folders (or
+    refused a --format wds output); --seed with real weights was simply ignored."""
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["extract", str(photo), "-o", str(out), "--weights", "random",
+                                 *args])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: {message}"), result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_options_at_their_defaults_or_where_they_count_are_accepted(runner, photo, tmp_path):
+    """Only what the user gave is refused: the defaults of --channel, --min-size, --max-size
+    and --seed go with --reduce l2, --no-resize and any weights."""
+    base = ["extract", str(photo), "--levels", "p6", "--no-npy", "--no-overview"]
+    for args in (["--reduce", "l2", "--no-resize", "--weights", "random"],
+                 [*SMALL, "--reduce", "channel", "--channel", "3", "--seed", "3"]):  # fmt: skip
+        result = runner.invoke(cli, [*base, *args, "-o", str(tmp_path / args[1])])
+        assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize("command", ["extract", "show", "bench"])
 def test_a_usage_error_that_names_where_to_look_gets_no_second_pointer(runner, no_model, photo,
                                                                        command):  # fmt: skip

@@ -31,6 +31,7 @@ from .extract_checks import (
     _check_inputs_not_levels,
     _check_installed,
     _check_one_format,
+    _check_options_used,
     _check_scale,
     _checked_canvas,
     _checked_device,
@@ -290,7 +291,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         raise click.UsageError(
             "--overwrite redoes complete images and --resume skips them: give one"
         )
-    if min_size > max_size:
+    if min_size > max_size and not no_resize:  # (given with --no-resize: refused below)
         raise click.BadParameter(
             f"--min-size {min_size} is larger than --max-size {max_size}", param_hint="'--min-size'"
         )
@@ -320,6 +321,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     checked_canvas = _checked_canvas(
         canvas, min_size, max_size, not no_resize, max_pixels or DEFAULT_MAX_PIXELS
     )
+    _check_options_used(weights, reduce, not no_resize)
     try:
         output = OutputOptions(
             levels=levels, dtype=dtype, save_npy=not no_npy,
