@@ -439,6 +439,39 @@ def test_resume_skips_complete_and_settings_change_redoes(tmp_path, model):
     assert run_jobs(jobs, model, replace(options, overwrite=True)).done == 2
 
 
+def test_options_that_change_nothing_do_not_redo_a_folder(tmp_path, model):
+    """``channel`` with another reduction than ``channel``, and ``min_size``/``max_size``
+    without the resize, change no output: a rerun with other values of them skips the folder
+    (it was redone, a wds output refused). Folders written before, with those options at their
+    defaults, keep their run key (the digest earlier versions wrote), so they resume too."""
+    from dataclasses import asdict
+
+    path = _image(tmp_path / "in" / "a.png")
+    job = Job(path, tmp_path / "out" / "a")
+    weights = steps.weights_meta(model)
+
+    def earlier_key(output: OutputOptions) -> str:  # as the key was made before (no canvas)
+        chosen = {k: v for k, v in asdict(output).items() if k != "canvas"}
+        stat = path.stat()
+        material = {
+            "input": [os.path.realpath(path), stat.st_size, stat.st_mtime_ns],
+            "weights": [weights["name"], weights["sha256"], weights["seed"]],
+            "precision": "fp32", "options": chosen,
+        }  # fmt: skip
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+    drawn = replace(SMALL, levels=("p5", "p6"), save_heatmaps=True, reduce="l2")
+    kept = replace(drawn, resize=False, min_size=800, max_size=1333)
+    for output, other in ((drawn, replace(drawn, channel=3)),
+                          (kept, replace(kept, min_size=32, max_size=48))):  # fmt: skip
+        assert run_jobs([job], model, RunOptions(output=output)).done == 1
+        assert json.loads((job.folder / "manifest.json").read_text())["run_key"] == earlier_key(
+            output
+        )
+        again = run_jobs([job], model, RunOptions(output=other))
+        assert (again.done, again.skipped) == (0, 1), other
+
+
 def test_the_plan_says_which_complete_folders_other_settings_replace(tmp_path, model):
     """A rerun with other settings redoes complete folders (their run key differs), and did so
     without a word: ``on_plan`` is told how many, and which settings differ, from the manifests

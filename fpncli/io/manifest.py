@@ -9,7 +9,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -309,26 +309,35 @@ _DRAWING = ("channel", "reduce", "cmap", "clip")
 
 
 def options_for_key(options: OutputOptions) -> dict:
-    """The output options as the run keys see them: when nothing is drawn (no heatmaps, no
-    overview, no overlay), the drawing options at their defaults, so that changing ``--cmap``
-    or ``--channel`` on a ``.npy``-only folder does not redo it (and earlier folders, written
-    with the defaults, still resume)."""
-    return _drawing_defaults(asdict(options))
+    """The output options as the run keys see them, those that change nothing at their
+    defaults: the drawing options when nothing is drawn (no heatmaps, no overview, no overlay),
+    ``channel`` unless ``reduce`` is ``channel``, and ``min_size``/``max_size`` without the
+    resize. So changing ``--cmap`` on a ``.npy``-only folder, ``--channel`` with ``--reduce
+    l2`` or ``--min-size`` with ``--no-resize`` does not redo it; and earlier folders, whose
+    keys held those options as given (at their defaults unless the user changed them), still
+    resume."""
+    return _unused_at_defaults(asdict(options))
 
 
-def _drawing_defaults(chosen: dict) -> dict:
-    """``chosen`` (output options by field name), its drawing options at their defaults when
-    nothing is drawn."""
+def _unused_at_defaults(chosen: dict) -> dict:
+    """``chosen`` (output options by field name; a manifest's may be ``_MISSING``), with the
+    options that change nothing at their defaults (``options_for_key``)."""
+    defaults = _defaults()
     if not (chosen["save_heatmaps"] or chosen["save_overview"] or chosen["overlay"]):
-        chosen.update(_default_drawing())
+        chosen.update({name: defaults[name] for name in _DRAWING})
+    if isinstance(chosen["reduce"], str) and chosen["reduce"] != "channel":
+        chosen["channel"] = defaults["channel"]
+    if chosen["resize"] is False:
+        chosen.update(min_size=defaults["min_size"], max_size=defaults["max_size"])
     return chosen
 
 
 @functools.cache
-def _default_drawing() -> dict:
+def _defaults() -> dict:
+    """The defaults of ``OutputOptions``' fields, as their JSON holds them (tuples as lists)."""
     from .outputs import OutputOptions
 
-    defaults = {f.name: f.default for f in fields(OutputOptions) if f.name in _DRAWING}
+    defaults = {f.name: f.default for f in fields(OutputOptions) if f.default is not MISSING}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
 
 
@@ -368,7 +377,7 @@ def changed_settings(manifest: dict, options: OutputOptions, weights: dict,
         **{k: pre.get(k, _MISSING) for k in ("min_size", "max_size", "resize")},
         "canvas": pre.get("canvas"),  # not recorded before canvases existed: none
     }  # fmt: skip
-    then = _drawing_defaults(then)
+    then = _unused_at_defaults(then)
     now = json.loads(_options_json(options))  # as the run key holds them (no canvas: none)
     changed = []
     recorded = mapping(manifest.get("weights"))
