@@ -713,6 +713,32 @@ def test_the_disk_estimate_reads_the_size_of_a_photo_with_a_damaged_exif_block(t
     assert damaged == plain
 
 
+def test_the_disk_estimate_counts_no_bytes_for_images_the_run_refuses(tmp_path, model,
+                                                                      monkeypatch):  # fmt: skip
+    """An image the run will refuse writes nothing: one a fixed canvas cannot hold (it was
+    estimated at 800x1344, 93 MB for a 96x64 photo), or one over --max-pixels as it is or once
+    resized (three tiny photos with --min-size 100000 were refused for 2565 GB of disk, though
+    every one then failed)."""
+    photo = _image(tmp_path / "in" / "a.png", size=(96, 64))
+    job = Job(photo, tmp_path / "out" / "a")
+    drawn = replace(SMALL, save_heatmaps=True)
+    fits = plan.estimate_run_bytes([job], replace(drawn, canvas="96x64"))
+    assert fits > 0
+    assert plan.estimate_run_bytes([job], replace(drawn, canvas="64x96")) == 0
+    huge = replace(drawn, min_size=100_000, max_size=100_000)
+    assert plan.estimate_run_bytes([job], huge) == 0  # 10,000 MP once resized
+    assert plan.estimate_run_bytes([job], drawn, max_pixels=96 * 64 - 1) == 0  # before it
+    assert plan.estimate_run_bytes([job], drawn, max_pixels=None) > 0
+    monkeypatch.setattr(plan, "_free_bytes", lambda folder: 1000)
+    summary = run_jobs([job], model, RunOptions(output=huge))  # not refused for the disk
+    assert summary.done == 0 and "over the 89 MP limit" in summary.failed[0][1]
+    args = ["extract", str(photo), "-o", str(tmp_path / "cli"), "--weights", "random",
+            "--min-size", "100000", "--max-size", "100000"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "over the 89 MP limit" in result.stderr, result.output
+    assert "output: about" not in result.stderr  # no estimate of what no image will write
+
+
 def test_the_disk_refusal_suggests_only_what_the_run_has_not_done(tmp_path, model, monkeypatch):
     jobs = [Job(_image(tmp_path / "in" / "a.png"), tmp_path / "out" / "a")]
     monkeypatch.setattr(plan, "_free_bytes", lambda folder: 1000)

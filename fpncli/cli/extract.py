@@ -440,7 +440,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         planned.append(True)
         if replaced.count:
             click.echo(_replaced_note(replaced, out_dir), err=True)
-        note = _volume_note(todo, output, len(jobs))
+        note = _volume_note(todo, output, len(jobs), options.max_pixels)
         if note is not None:
             click.echo(note, err=True)
 

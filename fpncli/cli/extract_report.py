@@ -13,11 +13,14 @@ import click
 from ..io.guard import quote_name
 
 
-def _volume_note(jobs, output, total: int | None = None) -> str | None:
+def _volume_note(
+    jobs, output, total: int | None = None, max_pixels: int | None = None
+) -> str | None:
     """How much the run will write, said before it starts, with the options that cut it.
 
     ``jobs``: the images the run will do (those left after resume), of ``total`` given; None
-    when there are none (the final report says they were already complete)."""
+    when there are none (the final report says they were already complete), or when the
+    sampled images will all be refused (over ``max_pixels``, say: the failures say why)."""
     from dataclasses import replace
 
     from ..run.pipeline import estimate_run_bytes
@@ -31,14 +34,16 @@ def _volume_note(jobs, output, total: int | None = None) -> str | None:
                 "extraction's arrays and pictures in these folders are replaced by it")  # fmt: skip
 
     def per_image(options) -> float:
-        return estimate_run_bytes(jobs, options) / max(1, len(jobs))
+        return estimate_run_bytes(jobs, options, max_pixels=max_pixels) / max(1, len(jobs))
 
-    text = f"output: about {_size(per_image(output))} per image"
+    size = per_image(output)
+    if not size:
+        return None
+    text = f"output: about {_size(size)} per image"
     if total > len(jobs):
-        text += (f", {_size(per_image(output) * len(jobs))} for the {len(jobs)} of {total} "
-                 "images left to do")  # fmt: skip
+        text += f", {_size(size * len(jobs))} for the {len(jobs)} of {total} images left to do"
     elif len(jobs) > 1:
-        text += f", {_size(per_image(output) * len(jobs))} for {len(jobs)} images"
+        text += f", {_size(size * len(jobs))} for {len(jobs)} images"
     tips = []
     if output.save_npy and output.dtype == "float32":
         tips.append(f"--dtype float16: {_size(per_image(replace(output, dtype='float16')))}")

@@ -204,7 +204,7 @@ def run_on_devices(
     if on_plan is not None:
         on_plan(todo, replaced)
     if not options.force:
-        check_disk_space(todo, options.output)
+        check_disk_space(todo, options.output, max_pixels=options.max_pixels)
     # each worker plans its shard as a part of this run: a folder that holds another shard's
     # file's outputs is redone there, as the plan above allowed. It is given the identities
     # that plan read, if it read any (none: no folder of the run holds another file's outputs)

@@ -497,7 +497,7 @@ def run_jobs(
     if on_plan is not None:
         on_plan(todo, replaced)
     if not options.force and sink is None:
-        check_disk_space(todo, options.output)
+        check_disk_space(todo, options.output, max_pixels=options.max_pixels)
     input_format = model.weights_info.input
     _run(model, options, summary, len(todo), progress, sink,
          lambda runner: _feed(runner, todo, options, input_format))  # fmt: skip

@@ -16,7 +16,14 @@ from ..io.guard import linked_folder, quote_name
 from ..io.inputs import Job
 from ..io.manifest import changed_settings, folder_state
 from ..io.outputs import OutputOptions, estimate_bytes_per_image
-from ..io.preprocess import exif_orientation, open_image, resized_shape, upright_size
+from ..io.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    check_resized_size,
+    exif_orientation,
+    open_image,
+    resized_shape,
+    upright_size,
+)
 from .steps import RunOptions, job_run_key
 
 __all__ = [
@@ -40,9 +47,15 @@ class OtherFilesError(ValueError):
     and then ``photos/2025`` into one ``-o``, both with ``IMG_0001.png``)."""
 
 
-def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32) -> int:
+def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32, *,
+                       max_pixels: int | None = DEFAULT_MAX_PIXELS) -> int:  # fmt: skip
     """Estimate the bytes a run will write from the header sizes of a spread-out sample: each
-    sampled image's upper estimate (``estimate_bytes_per_image``), the largest for every image."""
+    sampled image's upper estimate (``estimate_bytes_per_image``), the largest for every image.
+
+    A sampled image the run will refuse counts 0 bytes: over ``max_pixels`` (the run's
+    ``--max-pixels``, None: no limit) as it is or once resized, resized to nothing, or too
+    large for a fixed canvas. Where no sampled image's header can be read, every image counts as
+    the largest the options let through (``_unsized_image_bytes``)."""
     if not jobs:
         return 0
     step = max(1, len(jobs) // sample)
@@ -53,10 +66,7 @@ def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32
                 width, height = upright_size(im, exif_orientation(im, [], decode=False))
         except Exception:
             continue
-        # one whose canvas it does not fit is reported when the image is decoded
-        size = _image_bytes(height, width, options, os.path.basename(job.path))
-        if size is not None:
-            sizes.append(size)
+        sizes.append(_image_bytes(height, width, options, os.path.basename(job.path), max_pixels))
     per_image = max(sizes) if sizes else _unsized_image_bytes(options)
     return per_image * len(jobs)
 
@@ -68,26 +78,37 @@ def _unsized_image_bytes(options: OutputOptions) -> int:
     to."""
     side = (options.min_size, options.max_size) if options.resize else (800, 1333)
     sizes = [_image_bytes(*shape, options, "image") for shape in (side, side[::-1])]
-    if any(size is not None for size in sizes):
-        return max(size for size in sizes if size is not None)
+    if any(sizes):  # (0: a canvas it does not fit)
+        return max(sizes)
     canvas = canvas_for(1, 1, options.canvas, min_size=options.min_size,
                         max_size=options.max_size)  # fmt: skip
     return estimate_bytes_per_image(*canvas, options)
 
 
-def _image_bytes(height: int, width: int, options: OutputOptions, photo: str) -> int | None:
-    """``estimate_bytes_per_image`` of a photo of ``height`` x ``width`` (None: a canvas it
-    does not fit)."""
+def _image_bytes(height: int, width: int, options: OutputOptions, photo: str,
+                 max_pixels: int | None = None) -> int:  # fmt: skip
+    """``estimate_bytes_per_image`` of a photo of ``height`` x ``width``; 0 for one the run
+    refuses (``load_image`` and ``prepare_image``'s checks): over ``max_pixels`` before or
+    after the resize, resized to nothing, or larger than a fixed canvas."""
+    if max_pixels is not None and height * width > max_pixels:
+        return 0
+    try:
+        check_resized_size(height, width, options.min_size, options.max_size, options.resize,
+                           max_pixels)  # fmt: skip
+    except ValueError:
+        return 0
     resized = (height, width)
     if options.resize:
         resized = resized_shape(height, width, options.min_size, options.max_size)
+    if min(resized) < 1:
+        return 0
     padded = (math.ceil(resized[0] / 32) * 32, math.ceil(resized[1] / 32) * 32)
     if options.canvas is not None:
         try:
             padded = canvas_for(*resized, options.canvas, min_size=options.min_size,
                                 max_size=options.max_size)  # fmt: skip
         except ValueError:
-            return None
+            return 0
     return estimate_bytes_per_image(*padded, options, resized=resized, original=(height, width),
                                     photo=photo)  # fmt: skip
 
@@ -220,12 +241,14 @@ def _other_input(manifest: dict, job: Job) -> str | None:
         return None
 
 
-def check_disk_space(todo: list[Job], output: OutputOptions) -> None:
-    """Raise InsufficientDiskError when the estimated output exceeds the free space."""
+def check_disk_space(todo: list[Job], output: OutputOptions, *,
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:  # fmt: skip
+    """Raise InsufficientDiskError when the estimated output (``estimate_run_bytes``, with the
+    run's ``max_pixels``) exceeds the free space."""
     if not todo:
         return
     common = Path(os.path.commonpath([str(j.folder.absolute()) for j in todo[:1000]]))
-    need, free = estimate_run_bytes(todo, output), _free_bytes(common)
+    need, free = estimate_run_bytes(todo, output, max_pixels=max_pixels), _free_bytes(common)
     if need > free:
         raise InsufficientDiskError(
             f"this run would write about {need / 1e9:.2f} GB ({len(todo)} images) but only "

@@ -455,7 +455,8 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         summary.left_to_others = plan.left_to_others
         config.update(fs=plan.fs, root=plan.root, settings=plan.settings, token=plan.claim.token,
                       keys={str(Path(k).absolute()): v for k, v in plan.keys.items()})  # fmt: skip
-        per_image = max(1, estimate_run_bytes(todo, options.output) // max(1, len(todo)))
+        need = estimate_run_bytes(todo, options.output, max_pixels=options.max_pixels)
+        per_image = max(1, need // max(1, len(todo)))
         rows_per_call = max(1, min(ray_options.shard_bytes // per_image, 10_000))
     else:
         todo, replaced = plan_pending(jobs, options, weights, run_inputs)

@@ -165,7 +165,8 @@ def _check_disk(plan: ShardPlan, options: RunOptions) -> None:
     """The local engine's free-space check, on the shard folder (object stores: none)."""
     if options.force or not is_local(plan.fs):
         return
-    check_disk_space([Job(j.path, Path(plan.root) / j.folder) for j in plan.todo], options.output)
+    jobs = [Job(j.path, Path(plan.root) / j.folder) for j in plan.todo]
+    check_disk_space(jobs, options.output, max_pixels=options.max_pixels)
 
 
 def _count_every_job(summary: RunSummary, jobs: list[Job], plan: ShardPlan) -> None:
