@@ -301,6 +301,9 @@ def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, drawn_heatmaps)
         ["--scale", "bogus"],
         ["--scale", "level", "--no-npy"],
         ["--scale", "shared", "--format", "wds"],
+        # nothing drawn: it said "redrew 2 image(s)" and wrote a scale into their manifests
+        ["--scale", "shared", "--no-heatmaps", "--no-overview"],
+        ["--scale", "level", "--no-heatmaps", "--no-overview", "--no-npy"],
     ],
 )
 def test_extract_bad_scale_fails_before_any_work(tmp_path, monkeypatch, extra):
@@ -313,6 +316,20 @@ def test_extract_bad_scale_fails_before_any_work(tmp_path, monkeypatch, extra):
     result = CliRunner().invoke(cli, args + extra)
     assert result.exit_code == 2 and "--scale" in result.output
     assert "Traceback" not in result.output and not out.exists()
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_run_scale_for_no_picture_is_refused_by_the_library_too(tmp_path):
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run.rescale import check_scale, redraw_run
+
+    none_drawn = OutputOptions(save_heatmaps=False, save_overview=False)
+    check_scale("image", none_drawn)  # the default: nothing to redraw, nothing refused
+    for scale in ("level", "shared"):
+        with pytest.raises(ValueError, match=f"--scale {scale} sets the colour range of the pic"):
+            check_scale(scale, none_drawn)
+        with pytest.raises(ValueError, match="--no-heatmaps with --no-overview draws none"):
+            redraw_run([tmp_path], scale, none_drawn)
 
 
 def test_extract_resume_with_scale_image_puts_back_own_ranges(tmp_path, drawn_heatmaps):

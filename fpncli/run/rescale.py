@@ -52,6 +52,11 @@ def check_scale(scale: str, options: OutputOptions) -> None:
     """ValueError unless ``scale`` can be applied to a run with ``options`` (checked up front)."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
+    if scale != "image" and not _needs_maps(options):  # a range for pictures no run draws
+        raise ValueError(
+            f"--scale {scale} sets the colour range of the pictures, and --no-heatmaps with "
+            "--no-overview draws none: use --scale image, or draw some (--overlay)"
+        )
     if scale != "image" and not options.save_npy and _needs_maps(options):
         raise ValueError(
             f"--scale {scale} redraws the pictures from the saved .npy files: drop --no-npy "
@@ -71,8 +76,11 @@ def redraw_run(folders: list[Path], scale: str, options: OutputOptions, *,
     counted in the run's ranges: it is another folder's, as when the run wrote it.
 
     Raises:
-        ValueError: an unknown scale, or no recorded statistics in the folders' manifests.
+        ValueError: a scale ``check_scale`` refuses for ``options`` (unknown; ``level`` or
+            ``shared`` with nothing drawn, or drawn without the ``.npy`` files), or no recorded
+            statistics in the folders' manifests.
     """
+    check_scale(scale, options)
     summary = RedrawSummary()
     kept = []
     for folder in folders:
