@@ -295,6 +295,38 @@ def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, drawn_heatmaps)
     )
 
 
+def test_the_redraw_counts_the_bytes_it_writes_in_the_log_and_the_last_line(tmp_path):
+    """A resumed --scale run rewrote every picture and manifest, yet run.json and the last line
+    said 0 bytes written: the redraw's bytes are logged beside the run's, once it is done."""
+    from fpncli.cli.extract_report import _size
+    from fpncli.io.extraction import read_run_log
+
+    out = tmp_path / "out"
+    args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random",
+            "--min-size", "64", "--max-size", "96", "--workers", "1",
+            "--levels", "p5,p6"]  # fmt: skip
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    result = CliRunner().invoke(cli, [*args, "--scale", "level"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rewritten = [f for f in out.glob("*/*") if f.suffix != ".npy"]  # pictures and manifests
+    assert len(rewritten) == 2 * 4  # p5.png, p6.png, overview.png, manifest.json each
+    size = sum(f.stat().st_size for f in rewritten)
+    log = json.loads((out / "run.json").read_text())
+    assert (log["done"], log["skipped"], log["bytes_written"]) == (0, 2, 0)  # the run's own
+    assert log["redraw"] == {"scale": "level", "images": 2, "bytes": size}
+    assert read_run_log(out)["redraw"] == log["redraw"]
+    assert result.stdout.rstrip().endswith(
+        f"{_size(size)} written to {out} ({_size(size)} of it by the --scale level redraw)"
+    )
+    (out / "run.json").unlink()  # a sharded run's logs: each shard's redraw, summed
+    for i, images in enumerate((1, 2)):
+        part = {**log, "redraw": {"scale": "level", "images": images, "bytes": 10 * images}}
+        (out / f"run-{i}-of-2.json").write_text(json.dumps(part))
+    assert read_run_log(out)["redraw"] == {"scale": "level", "images": 3, "bytes": 30}
+    (out / "run-1-of-2.json").write_text(json.dumps({**log, "redraw": {"images": -1}}))
+    assert read_run_log(out)["redraw"] == {"scale": "level", "images": 1, "bytes": 10}  # forged
+
+
 @pytest.mark.parametrize(
     "extra",
     [

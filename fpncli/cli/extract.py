@@ -510,14 +510,18 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         (str(folder), f"cannot read this folder: {why}") for folder, why in unreadable
     ]
     summary.total += len(unreadable)  # failed, so counted: done + skipped + failed = total
+    redraw = None  # what --scale's redraw rewrote, as the run log records it
     if not url:  # the run's log first: it is what the run did, whatever the redraw meets
         _write_run_log(summary, out, weights, precision, shard_spec)
         try:
-            _rescale(scale, jobs, summary, output, out_format, root=out)
+            redrawn = _rescale(scale, jobs, summary, output, out_format, root=out)
         except KeyboardInterrupt:  # the images are done; the rerun skips them and redraws
             click.echo(f"interrupted during the --scale {scale} redraw; finish it with: "
                        f"{_resume_command()}", err=True)  # fmt: skip
             sys.exit(130)
-    _report(summary, out_dir, jobs, wds=out_format == "wds")
+        if redrawn is not None and redrawn.redrawn:  # the log, again with what it rewrote
+            redraw = {"scale": scale, "images": redrawn.redrawn, "bytes": redrawn.bytes_written}
+            _write_run_log(summary, out, weights, precision, shard_spec, redraw)
+    _report(summary, out_dir, jobs, wds=out_format == "wds", redraw=redraw)
     if summary.failed or summary.aborted:
         sys.exit(1)

@@ -161,40 +161,44 @@ def _resume_command() -> str:
     return shlex.join(["fpncli", "extract", *args])
 
 
-def _rescale(scale: str, jobs, summary, output, out_format: str, root: Path | None = None) -> None:
+def _rescale(scale: str, jobs, summary, output, out_format: str, root: Path | None = None):
     """``--scale level|shared``: redraw the pictures of this run's complete folders on the run's
     ranges (not after a run stopped early: the rerun that finishes it redraws them). With
-    ``image``, folders an earlier level/shared run redrew go back to their own ranges."""
+    ``image``, folders an earlier level/shared run redrew go back to their own ranges. The
+    redraw's ``RedrawSummary``, or None where none was made."""
     if out_format == "wds" or (scale == "image" and not summary.skipped):
-        return  # no folders; or none this run did not write itself
+        return None  # no folders; or none this run did not write itself
     if summary.aborted and scale != "image":
         click.echo(f"--scale {scale}: pictures left on per-image ranges (the run stopped early)",
                    err=True)  # fmt: skip
-        return
+        return None
     from ..io.outputs import is_complete
     from ..run.rescale import redraw_run
 
     failed = {path for path, _ in summary.failed}
     folders = [j.folder for j in jobs if str(j.path) not in failed and is_complete(j.folder)]
     if not folders or summary.aborted:
-        return
+        return None
     try:
         result = redraw_run(folders, scale, output, root=root)
     except ValueError as e:  # (an OptionError's message: this line names --scale already)
         click.echo(f"--scale {scale}: pictures left on per-image ranges: "
                    f"{getattr(e, 'message', e)}", err=True)  # fmt: skip
-        return
+        return None
     for folder, reason in result.failed:
         click.echo(f"--scale {scale}: not redrawn: {quote_name(folder)}: {quote_name(reason)}",
                    err=True)  # fmt: skip
     if result.redrawn:
         where = "their own ranges" if scale == "image" else "the run's ranges"
         click.echo(f"--scale {scale}: redrew {result.redrawn} image(s) on {where}", err=True)
+    return result
 
 
-def _write_run_log(summary, out: Path, weights: str, precision: str, shard) -> None:
+def _write_run_log(summary, out: Path, weights: str, precision: str, shard,
+                   redraw: dict | None = None) -> None:  # fmt: skip
     """``OUT/run.json`` (``run-I-of-N.json`` for a shard): what this run did, failures with
-    reasons (read by ``fpncli report``)."""
+    reasons (read by ``fpncli report``); ``redraw``: what ``--scale``'s redraw then rewrote
+    (``{"scale", "images", "bytes"}``; its bytes are not in ``bytes_written``, the run's own)."""
     import time
 
     from ..io.extraction import write_run_log
@@ -205,7 +209,7 @@ def _write_run_log(summary, out: Path, weights: str, precision: str, shard) -> N
         "skipped": summary.skipped, "seconds": round(summary.seconds, 3),
         "bytes_written": summary.bytes_written, "aborted": summary.aborted,
         "failed": [{"path": str(path), "reason": reason} for path, reason in summary.failed],
-        "shard": list(shard) if shard else None,
+        "shard": list(shard) if shard else None, **({"redraw": redraw} if redraw else {}),
     }, shard)  # fmt: skip
 
 
@@ -243,9 +247,11 @@ def _write_interrupted_log(e: BaseException | None, last, total: int, out: Path,
     _write_run_log(summary, out, weights, precision, shard)
 
 
-def _report(summary, out_dir: str | Path, jobs: list, wds: bool = False) -> None:
+def _report(summary, out_dir: str | Path, jobs: list, wds: bool = False,
+            redraw: dict | None = None) -> None:  # fmt: skip
     """The run's closing lines; ``out_dir`` as given (a URL keeps its ``//``), ``jobs`` the
-    run's (this shard's), ``wds`` a ``--format wds`` output."""
+    run's (this shard's), ``wds`` a ``--format wds`` output, ``redraw`` what ``--scale``'s
+    redraw rewrote (as the run log has it), counted in what the run wrote."""
     # one image and nothing else (the run's total also counts the folders it could not read)
     single = len(jobs) == 1 and summary.total == 1
     for path, reason in summary.failed:  # quoted: a newline in a name must not forge a line
@@ -271,11 +277,15 @@ def _report(summary, out_dir: str | Path, jobs: list, wds: bool = False) -> None
     why = "already complete"
     if others:
         why = f"{summary.skipped - others} already complete, {others} left to another live run"
+    redrawn = redraw["bytes"] if redraw else 0
+    by_redraw = ""
+    if redrawn:
+        by_redraw = f" ({_size(redrawn)} of it by the --scale {redraw['scale']} redraw)"
     click.echo(
         f"done {summary.done}, skipped {summary.skipped} ({why}), failed "
         f"{len(summary.failed)} of {summary.total} in {summary.seconds:.1f} s "
-        f"({summary.images_per_s:.2f} images/s), {_size(summary.bytes_written)} written to "
-        f"{out_dir}"
+        f"({summary.images_per_s:.2f} images/s), {_size(summary.bytes_written + redrawn)} "
+        f"written to {out_dir}{by_redraw}"
     )
 
 

@@ -347,6 +347,12 @@ def _read_json(path: Path) -> dict | None:
         if value is not None and not _finite_count(value, integer=key != "seconds"):
             del data[key]
     data.pop("shards", None)
+    redraw = data.get("redraw")  # what --scale's redraw rewrote: its counts, as the run's
+    if redraw is not None and not (
+        isinstance(redraw, dict)
+        and all(_finite_count(redraw.get(key), integer=True) for key in ("images", "bytes"))
+    ):
+        del data["redraw"]
     failed = data.get("failed")
     data["failed"] = [f for f in failed if isinstance(f, dict)] if isinstance(failed, list) else []
     return data
@@ -365,8 +371,9 @@ def read_run_log(root: str | Path) -> dict | None:
     """What the last ``fpncli extract`` into ``root`` did (its ``run.json``), if any.
 
     When the last run was sharded (``run-I-of-N.json``), the logs of its shards are merged:
-    counts summed, failures joined, ``shards`` saying how many of the N logged. "Last" is by
-    the files' times: the newer of ``run.json`` and the newest shard log's set of N."""
+    counts summed (those of ``--scale``'s ``redraw`` too), failures joined, ``shards`` saying
+    how many of the N logged. "Last" is by the files' times: the newer of ``run.json`` and the
+    newest shard log's set of N."""
     root = Path(root)
     logs: dict[int | None, list[tuple[float, Path]]] = {}
     try:
@@ -396,6 +403,11 @@ def read_run_log(root: str | Path) -> dict | None:
     merged["seconds"] = max(float(d.get("seconds") or 0) for d in parts)
     merged["failed"] = [f for d in parts for f in d.get("failed") or []]
     merged["aborted"] = next((d["aborted"] for d in parts if d.get("aborted")), None)
+    redraws = [d["redraw"] for d in parts if d.get("redraw")]
+    merged.pop("redraw", None)
+    if redraws:  # each shard redrew its own images
+        merged["redraw"] = {**redraws[-1], **{key: sum(int(r[key]) for r in redraws)
+                                              for key in ("images", "bytes")}}  # fmt: skip
     merged["shards"] = f"{len(parts)} of {newest}"
     return merged
 

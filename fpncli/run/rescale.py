@@ -41,10 +41,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RedrawSummary:
-    """What the second pass did: the ranges used, folders redrawn, folders it could not."""
+    """What the second pass did: the ranges used, folders redrawn, the bytes it wrote (every
+    picture and manifest it replaced), folders it could not."""
 
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     redrawn: int = 0
+    bytes_written: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -103,8 +105,9 @@ def redraw_run(folders: list[Path], scale: str, options: OutputOptions, *,
     for folder in folders:
         try:
             with folder_lock(folder):
-                _redraw(Path(folder), scale, ranges, options)
+                written = _redraw(Path(folder), scale, ranges, options)
             summary.redrawn += 1
+            summary.bytes_written += written
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             # a manifest changed since the run wrote it: that folder is reported, the rest go on
             log.warning("could not redraw %s on the run's scale: %s", folder, e)
@@ -112,7 +115,8 @@ def redraw_run(folders: list[Path], scale: str, options: OutputOptions, *,
     return summary
 
 
-def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> None:
+def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> int:
+    """Redraw one folder's pictures and rewrite its manifest; the bytes written."""
     from ..viz.maps import reduce_channels, valid_region
     from ..viz.overview import overview_png
 
@@ -166,6 +170,7 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
             raise ValueError(f"{folder}/{MANIFEST} lists {file!r}, not a file name in the folder")
     for file, data in pictures.items():
         files[file] = atomic_write_bytes(folder / file, data)
+    written = sum(files[file] for file in pictures)
     manifest["files"] = files
     if scale == "image":
         manifest.pop("scale", None)
@@ -175,4 +180,4 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> N
             "levels": {n: list(ranges[n]) for n in names if n in ranges},
         }
     data = json.dumps(manifest, indent=2, allow_nan=False).encode()
-    atomic_write_bytes(folder / MANIFEST, data)  # last: it lists the new sizes
+    return written + atomic_write_bytes(folder / MANIFEST, data)  # last: it lists the new sizes
