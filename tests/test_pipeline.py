@@ -27,7 +27,7 @@ from PIL import Image
 import fpncli
 from fpncli.cli import cli
 from fpncli.io import outputs
-from fpncli.io.outputs import OutputOptions, is_complete
+from fpncli.io.outputs import OutputOptions, is_complete, read_manifest
 from fpncli.run import pipeline, plan, steps
 from fpncli.run.pipeline import (
     InsufficientDiskError,
@@ -748,6 +748,60 @@ def test_the_disk_refusal_suggests_only_what_the_run_has_not_done(tmp_path, mode
     assert str(refused.value).endswith("free space, write less (--no-heatmaps), or pass --force")
     with pytest.raises(InsufficientDiskError, match=r"\(--levels, --dtype float16, --no-npy\)"):
         run_jobs(jobs, model, RunOptions(output=SMALL))
+
+
+def _overflowing_state() -> dict:
+    """A seeded checkpoint whose FPN outputs reach past float16's range (+-65504)."""
+    from fpncli.weights.synthetic import seeded_state_dict
+
+    state = seeded_state_dict(3)
+    for name in state:
+        if "fpn_output" in name and name.endswith("weight"):
+            state[name] = state[name] * 200
+    return state
+
+
+def test_float16_overflow_is_counted_and_said_once_per_run(tmp_path):
+    """--dtype float16 turned values past its range into inf with a word only in each
+    manifest's nonfinite counts: the run's summary counts the images and levels, and extract
+    says it once, with the way out."""
+    from fpncli.run.multi import _merge
+    from fpncli.run.summary import RunSummary
+    from fpncli.weights.synthetic import write_detectron2_pth
+
+    weights = tmp_path / "big.pth"
+    write_detectron2_pth(weights, _overflowing_state())
+    big = fpncli.load_backbone(str(weights))
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(2)]
+    output = replace(SMALL, dtype="float16", levels=("p5", "p6"))
+    jobs = [Job(p, tmp_path / "f16" / p.stem) for p in paths]
+    summary = run_jobs(jobs, big, RunOptions(output=output))
+    nonfinite = [m["nonfinite"] for j in jobs for m in read_manifest(j.folder)["levels"].values()]
+    assert summary.done == 2 and sum(nonfinite) > 0
+    assert (summary.float16_images, summary.float16_levels) == (2, sum(map(bool, nonfinite)))
+    kept = run_jobs(jobs, big, RunOptions(output=replace(output, dtype="float32")))
+    assert kept.done == 2 and (kept.float16_images, kept.float16_levels) == (0, 0)
+    assert all(
+        m["nonfinite"] == 0 for j in jobs for m in read_manifest(j.folder)["levels"].values()
+    )
+    parts = [
+        RunSummary(float16_images=1, float16_levels=2),
+        RunSummary(float16_images=2, float16_levels=3),
+    ]
+    merged = _merge(parts)  # --gpus/--processes: every worker's images
+    assert (merged.float16_images, merged.float16_levels) == (3, 5)
+    args = ["extract", str(tmp_path / "in"), "-o", str(tmp_path / "cli"), "--weights",
+            str(weights), "--min-size", "64", "--max-size", "96", "--levels", "p5,p6"]  # fmt: skip
+    result = CliRunner().invoke(cli, [*args, "--dtype", "float16"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    warned = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
+    assert warned == [
+        f"warning: --dtype float16 overflowed in 2 image(s) ({summary.float16_levels} level(s) "
+        "in all): values past its range (+-65504) became inf (each level's 'nonfinite' in the "
+        "manifest counts them); --dtype float32 keeps them"
+    ]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)  # float32: nothing to say
+    assert result.exit_code == 0 and "warning:" not in result.stderr, result.output
 
 
 def test_disk_full_mid_run_stops_cleanly(tmp_path, model, monkeypatch):

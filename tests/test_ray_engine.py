@@ -312,6 +312,37 @@ def test_ray_actor_skips_a_folder_another_run_completed_before_the_model(
     assert (summary.done, summary.skipped, summary.failed) == (1, 1, [])
 
 
+def test_ray_actor_rows_count_the_levels_that_overflowed_float16(inputs, tmp_path):
+    """The actor's call, without Ray: each image's levels that overflowed a float16 .npy come
+    back with its row, and the driver's summary adds them up (extract then says it once)."""
+    import pickle
+
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run.pipeline import Job, RunOptions, RunSummary, decode
+    from fpncli.run.ray_engine import _count, _Extractor
+    from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pth
+
+    state = seeded_state_dict(3)
+    for name in state:  # FPN outputs past float16's range (+-65504)
+        if "fpn_output" in name and name.endswith("weight"):
+            state[name] = state[name] * 200
+    write_detectron2_pth(tmp_path / "big.pth", state)
+    output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False,
+                           levels=("p5", "p6"), dtype="float16")  # fmt: skip
+    options = RunOptions(output=output, workers=1, writers=1)
+    actor = _Extractor({"weights": str(tmp_path / "big.pth"), "seed": 0, "device": "cpu",
+                        "options": options, "format": "files", "crash_after": None,
+                        "actors": 1})  # fmt: skip
+    jobs = [Job(inputs / f"im{i}.png", tmp_path / "out" / f"im{i}") for i in range(2)]
+    items = [pickle.dumps(decode(j, options, actor.model.weights_info.input)) for j in jobs]
+    rows = actor({"path": [str(j.path) for j in jobs], "item": items, "error": ["", ""],
+                  "folder": [str(j.folder) for j in jobs], **_given(jobs)})  # fmt: skip
+    assert list(rows["status"]) == ["ok", "ok"] and list(rows["float16_levels"]) == [2, 2]
+    summary = RunSummary(total=2)
+    _count(rows, summary, set())
+    assert (summary.done, summary.float16_images, summary.float16_levels) == (2, 2, 4)
+
+
 def test_ray_actor_warnings_go_back_with_its_rows_and_are_said_once(
     inputs, tmp_path, monkeypatch, caplog
 ):

@@ -259,6 +259,14 @@ def _report(summary, out_dir: str | Path, jobs: list, wds: bool = False,
         click.echo(f"failed: {quote_name(str(path))}: {quote_name(reason)}", err=True)
     if summary.aborted:
         click.echo(f"stopped early: {summary.aborted}", err=True)
+    if summary.float16_images:  # once, over the run (every worker's and actor's images)
+        click.echo(
+            f"warning: --dtype float16 overflowed in {summary.float16_images} image(s) "
+            f"({summary.float16_levels} level(s) in all): values past its range (+-65504) "
+            "became inf (each level's 'nonfinite' in the manifest counts them); --dtype float32 "
+            "keeps them",
+            err=True,
+        )
     if single and summary.done == 1 and summary.last_folder is not None:
         click.echo(f"wrote {quote_name(str(summary.last_folder))}")
         return

@@ -159,6 +159,8 @@ def _merge(parts: list[RunSummary]) -> RunSummary:
         merged.skipped += part.skipped
         merged.failed += part.failed
         merged.bytes_written += part.bytes_written
+        merged.float16_images += part.float16_images
+        merged.float16_levels += part.float16_levels
         merged.aborted = merged.aborted or part.aborted
         merged.last_folder = part.last_folder or merged.last_folder
         for stage, seconds in part.stage_seconds.items():

@@ -80,6 +80,7 @@ from .summary import (
     RunSummary,
     device_failed_message,
     disk_full_message,
+    float16_overflow,
 )
 from .transfer import BatchResult, ByteBudget
 
@@ -427,6 +428,9 @@ class _Runner:
             else:
                 self.summary.done += 1
                 self.summary.bytes_written += written
+                self.summary.add_float16_overflow(
+                    float16_overflow(levels, self.options.output.dtype)
+                )
             self.summary.last_folder = item.job.folder  # complete either way
         self.report()
 

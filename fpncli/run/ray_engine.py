@@ -43,6 +43,7 @@ from .summary import (
     WarningRelay,
     device_failed_message,
     disk_full_message,
+    float16_overflow,
     say_relayed,
 )
 from .wds import ShardSink, plan_sharded
@@ -244,20 +245,23 @@ def _as_given(pairs: dict[str, str]) -> Callable[[str], str]:
 
 
 class _Bytes:
-    """A sink wrapper that remembers the bytes written per image (for the returned rows) and
-    records each failure's reason with the paths as the user gave them."""
+    """A sink wrapper that remembers the bytes written per image and the levels that overflowed
+    a float16 ``.npy`` (for the returned rows), and records each failure's reason with the paths
+    as the user gave them."""
 
     def __init__(self, inner, as_given: Callable[[str], str]) -> None:
-        self.inner, self.sizes, self.skipped = inner, {}, set()
+        self.inner, self.sizes, self.skipped, self.overflow = inner, {}, set(), {}
         self.as_given = as_given
         if hasattr(inner, "completed_since"):  # folders: re-checked before the model
             self.completed_since = self._completed_since
 
-    def write(self, item, *args) -> int | None:
-        size = self.inner.write(item, *args)
+    def write(self, item, levels, options, *args) -> int | None:
+        size = self.inner.write(item, levels, options, *args)
         self.sizes[str(item.job.path)] = size or 0
         if size is None:  # another run completed it meanwhile
             self.skipped.add(str(item.job.path))
+        else:
+            self.overflow[str(item.job.path)] = float16_overflow(levels, options.output.dtype)
         return size
 
     def _completed_since(self, job, *args) -> bool:
@@ -385,6 +389,7 @@ class _Extractor:
             "error": np.array([as_given(failed.get(p, "")) for p in paths], dtype=object),
             "shard": np.array([shard if p not in failed else "" for p in paths], dtype=object),
             "bytes": np.array([sink.sizes.get(p, 0) for p in paths], dtype=np.int64),
+            "float16_levels": np.array([sink.overflow.get(p, 0) for p in paths], dtype=np.int64),
         }
 
 
@@ -547,12 +552,13 @@ def _count(batch: dict, summary: RunSummary, said: set[str]) -> None:
     for text in batch["log"]:
         for relayed in json.loads(text) if text else ():
             say_relayed(tuple(relayed), said)
-    for path, status, error, size in zip(
-        batch["path"], batch["status"], batch["error"], batch["bytes"]
+    for path, status, error, size, overflowed in zip(
+        batch["path"], batch["status"], batch["error"], batch["bytes"], batch["float16_levels"]
     ):
         if status == "ok":
             summary.done += 1
             summary.bytes_written += int(size)
+            summary.add_float16_overflow(int(overflowed))
         elif status == "skipped":  # another run completed it meanwhile
             summary.skipped += 1
         else:

@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import ONCE
 
 __all__ = ["RunSummary", "Progress", "disk_full_message", "device_failed_message", "ONCE",
-           "WarningRelay", "say_relayed"]  # fmt: skip
+           "WarningRelay", "say_relayed", "float16_overflow"]  # fmt: skip
 
 
 @dataclass
@@ -39,10 +39,29 @@ class RunSummary:
     span: tuple[float, float] | None = None
     #: ``run_on_devices`` with a warm-up: when the warm workers were let go together (monotonic)
     released: float | None = None
+    #: ``--dtype float16``: the images written with values it cannot hold (past +-65504: inf),
+    #: and their levels (``float16_overflow``)
+    float16_images: int = 0
+    float16_levels: int = 0
 
     @property
     def images_per_s(self) -> float:
         return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def add_float16_overflow(self, levels: int) -> None:
+        """Count an image written whose ``levels`` (``float16_overflow``'s) overflowed."""
+        self.float16_images += bool(levels)
+        self.float16_levels += levels
+
+
+def float16_overflow(levels: dict, dtype: str) -> int:
+    """How many of an image's levels (name -> ``LevelResult``), written with ``dtype``, hold
+    non-finite values when that dtype is float16 (0 otherwise): values past its range (+-65504)
+    became inf there. A NaN of the network itself counts too (float32 would not mend that one;
+    it is rare)."""
+    if dtype != "float16":
+        return 0
+    return sum(1 for level in levels.values() if level.nonfinite)
 
 
 @dataclass(frozen=True)
