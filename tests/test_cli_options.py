@@ -87,7 +87,7 @@ def test_extract_checks_every_option_first(runner, no_model, photo, tmp_path, mo
     "args, message",
     [
         (["--reduce", "l2", "--channel", "3"],
-         "--channel is an option of --reduce channel (--reduce l2 draws every channel)"),
+         "--channel is an option of --reduce channel (--reduce l2 draws from every channel)"),
         (["--no-resize", "--min-size", "64"], "--min-size is an option of the resize"),
         (["--max-size", "96", "--no-resize"], "--max-size is an option of the resize"),
         (["--no-resize", "--min-size", "900", "--max-size", "800"], "--min-size is an option"),

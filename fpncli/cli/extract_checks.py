@@ -128,15 +128,14 @@ def _checked_canvas(canvas: str | None, min_size: int, max_size: int, resize: bo
 
 
 def _check_options_used(weights: str, reduce: str, resize: bool) -> None:
-    """Refuse an option given on the command line that would change nothing, as extract would
-    otherwise take it silently (and yet a rerun with another value of it would redo a folder,
-    or refuse a ``--format wds`` output): ``--channel`` without ``--reduce channel``,
-    ``--min-size``/``--max-size`` with ``--no-resize``, ``--seed`` without ``--weights random``.
-    Their defaults, not given, are not refused."""
+    """Refuse an option given on the command line that would change nothing (taken silently,
+    it reads as if it did): ``--channel`` without ``--reduce channel``, ``--min-size`` or
+    ``--max-size`` with ``--no-resize``, ``--seed`` without ``--weights random``. Their
+    defaults, not given, are not refused."""
     ctx = click.get_current_context()
     unused = [
-        ("channel", reduce != "channel",
-         f"--channel is an option of --reduce channel (--reduce {reduce} draws every channel)"),
+        ("channel", reduce != "channel", "--channel is an option of --reduce channel (--reduce "
+         f"{reduce} draws from every channel)"),
         ("min_size", not resize,
          "--min-size is an option of the resize (--no-resize keeps each image's size)"),
         ("max_size", not resize,
