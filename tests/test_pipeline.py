@@ -952,6 +952,32 @@ def test_available_memory_is_read_from_meminfo_and_the_heap(tmp_path, monkeypatc
     assert hostmem._heap_free() >= 0 and hostmem.available_bytes() is not None  # Linux here
 
 
+def test_ulimit_v_bounds_the_available_memory(tmp_path, monkeypatch):
+    """Under ``ulimit -v`` an allocation past the limit fails however much the machine has: the
+    limit less the address space mapped now bounds the figure (a batch that would pass it is
+    refused with a line saying what it needs, not failed in torch's allocator)."""
+    import resource
+
+    from fpncli.run import hostmem
+
+    gib = 1 << 30
+    monkeypatch.setattr(hostmem, "_heap_free", lambda: 7)
+    meminfo, status = tmp_path / "meminfo", tmp_path / "status"
+    meminfo.write_text(f"MemAvailable: {20 * gib // 1024} kB\nSwapFree: 0 kB\n")
+    status.write_text(f"Name:\tpython\nVmPeak:\t9 kB\nVmSize:\t{gib // 1024} kB\n")
+    none = str(tmp_path / "no-cgroup")
+    limit = [resource.RLIM_INFINITY]
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (limit[0], resource.RLIM_INFINITY))
+    assert hostmem.address_space_headroom(str(status)) is None
+    assert hostmem.available_bytes(str(meminfo), cgroups=none, status=str(status)) == 20 * gib + 7
+    limit[0] = 3 * gib  # ulimit -v: 3 GiB, 1 GiB of it mapped
+    assert hostmem.address_space_headroom(str(status)) == 2 * gib
+    assert hostmem.available_bytes(str(meminfo), cgroups=none, status=str(status)) == 2 * gib + 7
+    limit[0] = gib // 2  # mapped past a lowered limit: nothing, not a negative figure
+    assert hostmem.address_space_headroom(str(status)) == 0
+    assert hostmem.address_space_headroom(str(tmp_path / "missing")) is None
+
+
 def _cgroup_tree(tmp_path, files: dict[str, str], cgroup: str):
     for rel, text in files.items():
         (tmp_path / "fs" / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 __all__ = [
     "keep_large_blocks", "CPU_BYTES_PER_PIXEL", "cpu_batch_bytes", "available_bytes",
-    "cgroup_headroom",
+    "cgroup_headroom", "address_space_headroom",
 ]  # fmt: skip
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -106,10 +106,11 @@ def cpu_batch_bytes(rows: int, padded_height: int, padded_width: int, precision:
 
 def available_bytes(meminfo: str = "/proc/meminfo", *, share: float = 1.0,
                     cgroups: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup",
-                    ) -> int | None:  # fmt: skip
+                    status: str = "/proc/self/status") -> int | None:  # fmt: skip
     """The memory this process can take now without being killed for it: ``MemAvailable``
     and ``SwapFree`` of ``meminfo``, or less where a memory cgroup (a container, a SLURM job, a
-    systemd slice) leaves less (``cgroup_headroom``), ``share`` of that (each of N worker
+    systemd slice) leaves less (``cgroup_headroom``) or ``ulimit -v`` does
+    (``address_space_headroom``: past it an allocation fails), ``share`` of that (each of N worker
     processes checks before its batch: 1/N, so that N batches started together fit together),
     and the free blocks glibc holds in this process's heap (``keep_large_blocks`` keeps an
     earlier batch's activations there for the next). None where ``meminfo`` cannot be read or
@@ -127,10 +128,31 @@ def available_bytes(meminfo: str = "/proc/meminfo", *, share: float = 1.0,
         return None
     swap = fields.get("SwapFree", 0)
     machine = fields["MemAvailable"] + swap
-    limited = cgroup_headroom(cgroups, root, host_swap=swap)
-    if limited is not None:
-        machine = min(machine, limited)
+    for limited in (cgroup_headroom(cgroups, root, host_swap=swap),
+                    address_space_headroom(status)):  # fmt: skip
+        if limited is not None:
+            machine = min(machine, limited)
     return int(max(0, machine) * share) + _heap_free()
+
+
+def address_space_headroom(status: str = "/proc/self/status") -> int | None:
+    """What ``ulimit -v`` (RLIMIT_AS) leaves this process: its soft limit less the address
+    space mapped now (``VmSize`` of ``status``; the heap's free blocks are inside it, and
+    ``available_bytes`` adds them). None without a limit, or where either cannot be read."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+    if limit == resource.RLIM_INFINITY or limit < 0:
+        return None
+    try:
+        with open(status, encoding="ascii", errors="replace") as f:
+            mapped = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return max(0, limit - mapped)
 
 
 #: a cgroup v1 limit at least this large is "no limit" (it reads 2**63 rounded down to a page)
