@@ -739,6 +739,35 @@ def test_the_disk_estimate_counts_no_bytes_for_images_the_run_refuses(tmp_path, 
     assert "output: about" not in result.stderr  # no estimate of what no image will write
 
 
+def test_the_disk_estimate_decodes_no_png_for_its_exif(tmp_path, monkeypatch):
+    """The header read never decodes a PNG: one whose eXIf chunk comes before its pixels is
+    read turned without decoding them (a 20000 x 20000 PNG of 388 KB had been decoded for its
+    orientation, 788 MB, before extract refused it as a bomb), one without reads as stored."""
+    from PIL import PngImagePlugin
+
+    output = replace(SMALL, save_npy=False, overlay=True)
+    pixels = np.zeros((200, 300, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a quarter turn: 200x300 as it is drawn
+    Image.fromarray(pixels).save(tmp_path / "turned.png", exif=exif)
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    Image.fromarray(pixels.transpose(1, 0, 2)).save(tmp_path / "upright.png")
+
+    def estimate(name: str) -> int:
+        return plan.estimate_run_bytes([Job(tmp_path / name, tmp_path / "out" / "a")], output)
+
+    upright, plain = estimate("upright.png"), estimate("plain.png")
+    assert upright != plain  # the test tells the two sizes apart
+    loads = []
+    real_load = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load",
+                        lambda im: loads.append(im.size) or real_load(im))  # fmt: skip
+    assert "exif" in Image.open(tmp_path / "turned.png").info  # found before the pixels
+    assert estimate("turned.png") == upright
+    assert estimate("plain.png") == plain
+    assert loads == []
+
+
 def test_the_disk_refusal_suggests_only_what_the_run_has_not_done(tmp_path, model, monkeypatch):
     jobs = [Job(_image(tmp_path / "in" / "a.png"), tmp_path / "out" / "a")]
     monkeypatch.setattr(plan, "_free_bytes", lambda folder: 1000)

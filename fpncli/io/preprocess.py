@@ -330,13 +330,15 @@ def exif_orientation(im: Image.Image, notes: list[str], *, decode: bool = True) 
     "Raw profile type exif" text that is not hex) gives 1, nothing applied, with a note: the
     pixels are fine, and Detectron2 reads such a file the same way (``_apply_exif_orientation``
     catches what ``getexif`` raises). A PNG is decoded first, as its ``getexif`` would do to
-    find an eXIf chunk after the pixels, so that a damaged image is still refused as one;
-    ``decode=False`` (a header read) gives 1 for a PNG whose EXIF Pillow did not find before
-    its pixels."""
+    find an eXIf chunk after the pixels, so that a damaged image is still refused as one.
+    ``decode=False`` (a header read) never decodes: 1 for a PNG whose EXIF Pillow did not find
+    before its pixels; one found there is read without decoding (a 20000 x 20000 PNG's disk
+    estimate had decoded its 400 MP for it)."""
     if im.format == "PNG":
         if not decode and "exif" not in im.info:
             return 1
-        im.load()
+        if decode:
+            im.load()
     try:
         value = im.getexif().get(EXIF_ORIENTATION, 1)
     except (SyntaxError, ValueError):
