@@ -708,9 +708,11 @@ def test_the_disk_estimate_reads_the_size_of_a_photo_with_a_damaged_exif_block(t
     pixels = np.zeros((200, 300, 3), np.uint8)
     Image.fromarray(pixels).save(tmp_path / "plain.png")
     Image.fromarray(pixels).save(tmp_path / "exif.png", exif=b"\xff" * 40)
+    Image.fromarray(pixels).save(tmp_path / "short.png", exif=b"II*\x00")  # struct.error
     plain = plan.estimate_run_bytes([Job(tmp_path / "plain.png", tmp_path / "out" / "a")], output)
-    damaged = plan.estimate_run_bytes([Job(tmp_path / "exif.png", tmp_path / "out" / "a")], output)
-    assert damaged == plain
+    for name in ("exif.png", "short.png"):
+        damaged = plan.estimate_run_bytes([Job(tmp_path / name, tmp_path / "out" / "a")], output)
+        assert damaged == plain, name
 
 
 def test_the_disk_estimate_counts_no_bytes_for_images_the_run_refuses(tmp_path, model,

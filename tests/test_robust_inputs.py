@@ -385,7 +385,8 @@ def test_a_dark_16_bit_image_is_scaled_from_16_bits_whatever_it_holds(tmp_path, 
 
 def _bad_exif_images(folder: Path) -> dict[str, np.ndarray]:
     """Valid pictures whose EXIF block Pillow cannot parse: a PNG eXIf chunk and a WebP EXIF
-    chunk of 0xff bytes (not a TIFF header), and a PNG "Raw profile type exif" that is not hex."""
+    chunk of 0xff bytes (not a TIFF header), a PNG "Raw profile type exif" that is not hex, and
+    a PNG eXIf chunk of a truncated TIFF header (``struct.error``)."""
     from PIL import PngImagePlugin
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -396,7 +397,8 @@ def _bad_exif_images(folder: Path) -> dict[str, np.ndarray]:
     text = PngImagePlugin.PngInfo()
     text.add_text("Raw profile type exif", "\nexif\n       4\nzzzz\n")
     Image.fromarray(pixels).save(folder / "raw.png", pnginfo=text)
-    return {"chunk.png": pixels, "webp.webp": pixels, "raw.png": pixels}
+    Image.fromarray(pixels).save(folder / "short.png", exif=b"II*\x00")
+    return {"chunk.png": pixels, "webp.webp": pixels, "raw.png": pixels, "short.png": pixels}
 
 
 def test_a_damaged_exif_block_leaves_the_image_unturned_with_a_note(tmp_path):
@@ -414,6 +416,24 @@ def test_a_damaged_exif_block_leaves_the_image_unturned_with_a_note(tmp_path):
     cut.write_bytes((tmp_path / "chunk.png").read_bytes()[:-40])
     with pytest.raises(ValueError, match=r"cut\.png: unreadable image \(image file is trunc"):
         load_image(cut)
+
+
+def test_a_pillow_image_with_a_damaged_exif_block_extracts_as_its_file_does(tmp_path):
+    """``fpncli.extract(Image.open(f))`` raised getexif's ValueError or struct.error where
+    ``fpncli.extract(f)`` read the file, unturned, with a note: both read it the same way."""
+    import fpncli
+
+    model = fpncli.load_backbone("random")
+    for name, pixels in _bad_exif_images(tmp_path).items():
+        by_path = fpncli.extract(tmp_path / name, model, min_size=32, max_size=64)
+        with Image.open(tmp_path / name) as pil:
+            in_memory = fpncli.extract(pil, model, min_size=32, max_size=64)
+        for got in (by_path, in_memory):
+            np.testing.assert_array_equal(got.image.rgb, pixels, err_msg=name)
+            assert got.image.notes == ["EXIF unreadable: orientation not applied"], name
+            assert got.image.exif_orientation == 1, name
+        for level, features in by_path.features.items():
+            assert np.array_equal(features.numpy(), in_memory.features[level].numpy()), name
 
 
 def test_a_damaged_exif_block_extracts_with_the_note_in_the_manifest(tmp_path):

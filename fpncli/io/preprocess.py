@@ -327,10 +327,11 @@ def exif_orientation(im: Image.Image, notes: list[str], *, decode: bool = True) 
     """The EXIF orientation to apply to the open image ``im`` (``_orientation``).
 
     An EXIF block Pillow cannot parse (SyntaxError: not a TIFF header; ValueError: a PNG's
-    "Raw profile type exif" text that is not hex) gives 1, nothing applied, with a note: the
-    pixels are fine, and Detectron2 reads such a file the same way (``_apply_exif_orientation``
-    catches what ``getexif`` raises). A PNG is decoded first, as its ``getexif`` would do to
-    find an eXIf chunk after the pixels, so that a damaged image is still refused as one.
+    "Raw profile type exif" text that is not hex; struct.error: a truncated TIFF header; or
+    whatever else its parser raises) gives 1, nothing applied, with a note: the pixels are
+    fine, and Detectron2 reads such a file the same way (``_apply_exif_orientation`` catches
+    whatever ``getexif`` raises). A PNG is decoded first, as its ``getexif`` would do to find
+    an eXIf chunk after the pixels, so that a damaged image is still refused as one.
     ``decode=False`` (a header read) never decodes: 1 for a PNG whose EXIF Pillow did not find
     before its pixels; one found there is read without decoding (a 20000 x 20000 PNG's disk
     estimate had decoded its 400 MP for it)."""
@@ -341,7 +342,7 @@ def exif_orientation(im: Image.Image, notes: list[str], *, decode: bool = True) 
             im.load()
     try:
         value = im.getexif().get(EXIF_ORIENTATION, 1)
-    except (SyntaxError, ValueError):
+    except Exception:  # any parse error; the pixels are decoded (and refused) apart from it
         notes.append("EXIF unreadable: orientation not applied")
         return 1
     return _orientation(value, notes)
@@ -443,15 +444,16 @@ def convert_pillow_image(im: Image.Image) -> LoadedImage:
     """An in-memory Pillow image as 8-bit RGB, its mode converted as ``load_image`` converts a
     file's (alpha dropped, 16-bit scaled, ..., with the same notes), but taken as it is: its
     EXIF orientation is not applied (a note says so when it has one), as an array's is not;
-    ``ImageOps.exif_transpose`` it first, or load its file.
+    ``ImageOps.exif_transpose`` it first, or load its file. An EXIF block Pillow cannot parse
+    is read as ``load_image`` reads a file's (``exif_orientation``: 1, with a note).
 
     Raises:
         ValueError: its pixels cannot be read (a truncated file opened lazily) or converted.
     """
     notes: list[str] = []
     try:
-        high_bytes = _high_bytes_note(im)  # before getexif, which loads a PNG
-        orientation = _orientation(im.getexif().get(EXIF_ORIENTATION, 1), notes)
+        high_bytes = _high_bytes_note(im)  # before exif_orientation, which loads a PNG
+        orientation = exif_orientation(im, notes)  # a damaged EXIF block: 1, with its note
         if orientation != 1:
             notes.append(f"EXIF orientation {orientation} not applied (an in-memory image)")
         notes += [high_bytes] if high_bytes else []
