@@ -28,6 +28,7 @@ from .io.preprocess import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
     Prepared,
+    check_max_pixels,
     convert_pillow_image,
     load_image,
     resize_for_model,
@@ -384,7 +385,7 @@ def extract(
     resize: bool = True,
     precision: str = "fp32",
     canvas: str | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Extraction:
     """Read (if a path), prepare and run one image; features come back as CPU float32.
 
@@ -396,14 +397,18 @@ def extract(
     ``canvas`` (``"auto"`` or ``"WxH"``, see ``fpncli.io.canvas``) pads the image to that canvas
     instead of its own size rounded up to 32, as Detectron2's batched inference pads it.
     ``max_pixels`` (``fpncli extract --max-pixels``) refuses a file with more pixels before
-    decoding it (a decompression bomb), and any image whose resized, padded size has more.
+    decoding it (a decompression bomb), and any image whose resized, padded size has more;
+    None: no limit (Pillow's own bomb check off too, while the file is read).
 
     Raises:
         ValueError: ``precision`` fp16 on a CPU, or bf16 on a CPU without AVX512-BF16/AMX (the
             same check, and message, as ``fpncli extract --precision``); an image that cannot be
-            read, is not ``(H, W, 3)`` uint8 RGB or is over ``max_pixels``.
-        TypeError: ``image`` is none of the types above.
+            read, is not ``(H, W, 3)`` uint8 RGB or is over ``max_pixels``; ``max_pixels`` under
+            1.
+        TypeError: ``image`` is none of the types above; ``max_pixels`` is neither a whole
+            number nor None.
     """
+    max_pixels = check_max_pixels(max_pixels, API_NAMES)  # before any image is read
     if isinstance(image, (str, os.PathLike)):  # "~/x.png" is the user's, as for the weights
         image = load_image(Path(image).expanduser(), max_pixels=max_pixels, names=API_NAMES)
     elif isinstance(image, np.ndarray):

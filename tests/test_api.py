@@ -216,6 +216,46 @@ def test_load_backbone_takes_a_path_as_a_file(tmp_path, monkeypatch):
     assert not model.weights_info.random and model.weights_info.path == "random"
 
 
+def test_extract_checks_max_pixels_first_and_none_is_no_limit(tmp_path, monkeypatch):
+    """``max_pixels=None`` broke every later image load in the process (it stayed in the loads
+    in progress and Pillow's limit raised TypeError). None is no limit, as resize_for_model
+    took it already; a value neither a whole number nor None is refused before anything is
+    read, and leaves nothing behind."""
+    from fpncli.io import preprocess
+
+    rgb = np.random.RandomState(0).randint(0, 255, (40, 48, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    model = fpncli.load_backbone("random")
+    kwargs = {"min_size": 64, "max_size": 96}
+    before = Image.MAX_IMAGE_PIXELS
+    expected = fpncli.extract_features(tmp_path / "a.png", model, **kwargs)
+    seen = []
+    real = preprocess.open_regular
+
+    def recording(*args):  # inside the load: Pillow's own limit
+        seen.append(Image.MAX_IMAGE_PIXELS)
+        return real(*args)
+
+    monkeypatch.setattr(preprocess, "open_regular", recording)
+    for image in (tmp_path / "a.png", rgb):
+        features = fpncli.extract_features(image, model, max_pixels=None, **kwargs)
+        assert all(torch.equal(features[k], expected[k]) for k in expected)
+    assert seen == [None]  # Pillow's bomb check off for the path's load
+    bad = {0: (ValueError, "max_pixels must be at least 1 (None: no limit), got 0"),
+           -5: (ValueError, "max_pixels must be at least 1 (None: no limit), got -5"),
+           1.5e6: (TypeError, "max_pixels must be a whole number of pixels, or None for no "
+                              "limit, got float"),
+           "89MP": (TypeError, "got str"), True: (TypeError, "got bool")}  # fmt: skip
+    for value, (kind, message) in bad.items():
+        for image in (tmp_path / "a.png", rgb):
+            with pytest.raises(kind, match=re.escape(message)):
+                fpncli.extract(image, model, max_pixels=value, **kwargs)
+    assert fpncli.extract(rgb, model, max_pixels=np.int64(6144), **kwargs).image.rgb.shape
+    features = fpncli.extract_features(tmp_path / "a.png", model, **kwargs)  # still loads
+    assert all(torch.equal(features[k], expected[k]) for k in expected)
+    assert preprocess._limits == [] and Image.MAX_IMAGE_PIXELS == before
+
+
 def test_extract_takes_max_pixels_and_names_it_as_the_api_does(tmp_path):
     """``max_pixels`` reaches both checks, the file's size before decoding and the resized,
     padded size, and their messages name it, not the CLI's --max-pixels (which extract had no

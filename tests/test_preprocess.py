@@ -12,6 +12,7 @@ from PIL import Image
 from fpncli.io.preprocess import (
     convert_pillow_image,
     load_image,
+    open_image,
     prepare,
     resize_for_model,
     resized_shape,
@@ -227,6 +228,8 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     assert bomb.stat().st_size < 200_000  # tiny on disk, 400 MP when decoded
     with pytest.raises(ValueError, match="decompression bomb"):
         load_image(bomb)
+    with open_image(bomb, None) as im:  # no limit: the header read, Pillow's check off too
+        assert im.size == (20000, 20000) and Image.MAX_IMAGE_PIXELS is None
     with pytest.raises(ValueError, match="is 100 pixels, over the 50 pixels limit"):
         load_image(_save(tmp_path / "s.png", Image.new("RGB", (10, 10))), max_pixels=50)
 
@@ -265,6 +268,35 @@ def test_loads_in_threads_leave_the_warning_filters_as_they_were(tmp_path, monke
         thread.join(timeout=30)
     assert first_out.is_set() and not any(t.is_alive() for t in threads)
     assert warnings.filters == before
+
+
+def test_a_load_that_fails_to_start_leaves_pillow_as_it_was(tmp_path, monkeypatch):
+    """Setting Pillow's limit failed after the load was counted (``max_pixels=None`` made
+    ``max`` raise): the value stayed in the loads in progress and the warning filters stayed
+    caught, so every later load in the process failed too. A failed start is undone, first
+    load or not, and the loads after it work."""
+    from fpncli.io import preprocess
+
+    path = _save(tmp_path / "a.png", Image.fromarray(np.zeros((8, 8, 3), np.uint8)))
+    before, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
+    real = preprocess._set_pillow_limit
+
+    def failing() -> None:
+        raise RuntimeError("cannot set it")
+
+    monkeypatch.setattr(preprocess, "_set_pillow_limit", failing)
+    with pytest.raises(RuntimeError, match="cannot set it"), open_image(path):  # the first load
+        pass
+    assert (preprocess._limits, Image.MAX_IMAGE_PIXELS, warnings.filters) == ([], before, filters)
+    monkeypatch.setattr(preprocess, "_set_pillow_limit", real)
+    with open_image(path, 1000):  # another load in progress
+        monkeypatch.setattr(preprocess, "_set_pillow_limit", failing)
+        with pytest.raises(RuntimeError, match="cannot set it"), open_image(path, 2000):
+            pass
+        monkeypatch.setattr(preprocess, "_set_pillow_limit", real)
+        assert preprocess._limits == [1000]
+    assert (preprocess._limits, Image.MAX_IMAGE_PIXELS, warnings.filters) == ([], before, filters)
+    assert load_image(path).rgb.shape == (8, 8, 3)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "CMYK", "I;16"])
