@@ -425,7 +425,8 @@ def extract(
     check_precision(precision, next(model.parameters()).device)
     input_format = model.weights_info.input if hasattr(model, "weights_info") else DETECTRON2_INPUT
     canvas = parse_canvas(canvas)
-    check_canvas(canvas, min_size=min_size, max_size=max_size, resize=resize)
+    check_canvas(canvas, min_size=min_size, max_size=max_size, resize=resize,
+                 max_pixels=max_pixels, names=API_NAMES)  # fmt: skip
     pixels, prepared = resize_for_model(
         image.rgb, input_format, min_size=min_size, max_size=max_size, resize=resize,
         canvas=canvas, max_pixels=max_pixels, names=API_NAMES,

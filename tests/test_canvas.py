@@ -182,7 +182,11 @@ def _extract(args: list[str]):
         ("32x32", [], "canvas 32x32 holds no image resized to a shortest edge of 64"),
         ("auto", ["--no-resize"], "without the resize give a fixed canvas WxH"),
         ("1344x800", ["--max-pixels", "1000000"], "over the 1.0 MP limit"),
-        ("1344x800", ["--max-pixels", "1000"], "1.1 MP, over the 1,000 pixels limit"),
+        (
+            "1344x800",
+            ["--max-pixels", "1000"],
+            "1.1 MP, over the 1,000 pixels limit: use a smaller canvas or raise --max-pixels",
+        ),
     ],
 )
 def test_cli_refuses_bad_canvases_up_front(tmp_path, value, extra, message):
@@ -191,6 +195,23 @@ def test_cli_refuses_bad_canvases_up_front(tmp_path, value, extra, message):
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not out.exists()  # nothing made before the options were checked
+
+
+def test_extracts_max_pixels_limits_the_canvas_and_is_named_as_the_api_does(model):
+    """extract's ``max_pixels`` limits the padded size, the canvas's with a canvas (its
+    docstring said so, but a 512x512 canvas passed a 10,000-pixel limit): named max_pixels."""
+    rgb = np.zeros((64, 96, 3), np.uint8)  # resized to 32x48, padded to 32x64: 2,048 pixels
+    kwargs = {"min_size": 32, "max_size": 64, "max_pixels": 10_000}
+    with pytest.raises(ValueError) as refused:
+        fpncli.extract(rgb, model, canvas="512x512", **kwargs)
+    assert str(refused.value) == (
+        "the canvas 512x512 is 262,144 pixels, over the 10,000 pixels limit: use a smaller "
+        "canvas or raise max_pixels"
+    )
+    with pytest.raises(ValueError, match=r"^the canvas 64x32 is 2,048 pixels, .* raise max_pi"):
+        fpncli.extract(rgb, model, canvas="auto", **{**kwargs, "max_pixels": 2000})
+    extraction = fpncli.extract(rgb, model, canvas="64x64", **kwargs)  # 4,096 pixels
+    assert (extraction.prepared.padded_height, extraction.prepared.padded_width) == (64, 64)
 
 
 def test_cli_image_larger_than_the_canvas_fails_alone(tmp_path):

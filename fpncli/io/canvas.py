@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 import re
 
+from .option_names import CLI_NAMES, OptionNames
+
 __all__ = [
     "CANVAS_DIVISIBILITY",
     "parse_canvas",
@@ -97,11 +99,12 @@ def canvas_sizes(
 
 def check_canvas(
     canvas: str | None, *, min_size: int, max_size: int, resize: bool,
-    max_pixels: int | None = None,
+    max_pixels: int | None = None, names: OptionNames = CLI_NAMES,
 ) -> None:  # fmt: skip
     """The checks that need no image: ``auto`` needs the resize (its canvases come from
     ``min_size``/``max_size``); a fixed canvas must be able to hold at least one resized image;
-    no canvas may have more than ``max_pixels`` pixels. Raises ValueError saying what to do.
+    no canvas may have more than ``max_pixels`` pixels. Raises ValueError saying what to do,
+    the limit named as ``names`` says (the CLI's ``--max-pixels``).
 
     Resized as Detectron2 does, an image's short side is ``min_size`` (its long side then at
     most ``max_size``), or its long side is ``max_size`` (its short side then smaller than
@@ -130,7 +133,8 @@ def check_canvas(
         if max_pixels is not None and height * width > max_pixels:
             raise ValueError(
                 f"the canvas {width}x{height} is {pixel_count(height * width)}, over the "
-                f"{pixel_count(max_pixels)} limit: use a smaller canvas or raise --max-pixels"
+                f"{pixel_count(max_pixels)} limit: use a smaller canvas or raise "
+                f"{names.max_pixels}"
             )
 
 

@@ -31,6 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..weights.registry import InputFormat
 from .canvas import canvas_for
 from .guard import open_regular
+from .option_names import API_NAMES, CLI_NAMES, OptionNames
 from .pillow_view import rgb_view
 
 __all__ = [
@@ -62,19 +63,6 @@ __all__ = [
 #: Images with more pixels than this are refused before decoding (Pillow's own default limit).
 DEFAULT_MAX_PIXELS = 89_478_485
 EXIF_ORIENTATION = 0x0112
-
-
-@dataclass(frozen=True)
-class OptionNames:
-    """How a message names what the user can change to get past a limit: the CLI's options
-    (``CLI_NAMES``, the default) or the keyword arguments of ``fpncli.extract`` (``API_NAMES``)."""
-
-    max_pixels: str
-    sizes: str  # min_size and max_size
-
-
-CLI_NAMES = OptionNames("--max-pixels", "--min-size/--max-size")
-API_NAMES = OptionNames("max_pixels", "min_size/max_size")
 
 
 class LoadedImage:
