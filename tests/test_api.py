@@ -216,6 +216,30 @@ def test_load_backbone_takes_a_path_as_a_file(tmp_path, monkeypatch):
     assert not model.weights_info.random and model.weights_info.path == "random"
 
 
+def test_extracts_refusals_of_the_resize_name_its_arguments():
+    """The refusal of an image too thin for the resize named the CLI's --max-size and
+    --no-resize from ``fpncli.extract`` too (and canvas auto's, --min-size/--max-size): the API
+    names its arguments, resize_for_model's default the CLI's options, as before."""
+    from fpncli.io.preprocess import resize_for_model
+
+    model = fpncli.load_backbone("random")
+    row = np.zeros((1, 300, 3), np.uint8)  # its short side resized to 32/9600 of a pixel: 0
+    with pytest.raises(ValueError) as refused:
+        fpncli.extract(row, model, min_size=32, max_size=64)
+    assert str(refused.value) == (
+        "a 300x1 image would be resized to 64x0: its aspect ratio is too extreme for max_size 64 "
+        "(raise it, or resize=False)"
+    )
+    with pytest.raises(ValueError, match=r"too extreme for --max-size 64 \(raise it, or --no-re"):
+        resize_for_model(row, DETECTRON2_INPUT, min_size=32, max_size=64)
+    with pytest.raises(ValueError) as refused:
+        fpncli.extract(np.zeros((8, 8, 3), np.uint8), model, resize=False, canvas="auto")
+    assert str(refused.value) == (
+        "canvas auto picks a canvas from the resize's min_size/max_size: without the resize give "
+        "a fixed canvas WxH"
+    )
+
+
 def test_extract_checks_max_pixels_first_and_none_is_no_limit(tmp_path, monkeypatch):
     """``max_pixels=None`` broke every later image load in the process (it stayed in the loads
     in progress and Pillow's limit raised TypeError). None is no limit, as resize_for_model

@@ -180,7 +180,12 @@ def _extract(args: list[str]):
         ("100x7", [], "canvas 100x7: width and height must be positive multiples of 32"),
         ("1344", [], "use auto or WxH"),
         ("32x32", [], "canvas 32x32 holds no image resized to a shortest edge of 64"),
-        ("auto", ["--no-resize"], "without the resize give a fixed canvas WxH"),
+        (
+            "auto",
+            ["--no-resize"],
+            "canvas auto picks a canvas from the resize's --min-size/--max-size: without the "
+            "resize give a fixed canvas WxH",
+        ),
         ("1344x800", ["--max-pixels", "1000000"], "over the 1.0 MP limit"),
         (
             "1344x800",

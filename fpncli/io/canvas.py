@@ -114,8 +114,8 @@ def check_canvas(
         return
     if canvas == "auto" and not resize:
         raise ValueError(
-            "canvas auto picks a canvas from the resize's --min-size/--max-size: without the "
-            "resize give a fixed canvas WxH"
+            f"canvas auto picks a canvas from the resize's {names.sizes}: without the resize "
+            "give a fixed canvas WxH"
         )
     if canvas != "auto" and resize:
         sides = _fixed(canvas)

@@ -15,8 +15,15 @@ class OptionNames:
     (``CLI_NAMES``, the default) or the keyword arguments of ``fpncli.extract`` (``API_NAMES``)."""
 
     max_pixels: str
-    sizes: str  # min_size and max_size
+    min_size: str
+    max_size: str
+    no_resize: str  # what turns the resize off
+
+    @property
+    def sizes(self) -> str:
+        """Both sizes, as in "lower --min-size/--max-size"."""
+        return f"{self.min_size}/{self.max_size}"
 
 
-CLI_NAMES = OptionNames("--max-pixels", "--min-size/--max-size")
-API_NAMES = OptionNames("max_pixels", "min_size/max_size")
+CLI_NAMES = OptionNames("--max-pixels", "--min-size", "--max-size", "--no-resize")
+API_NAMES = OptionNames("max_pixels", "min_size", "max_size", "resize=False")

@@ -630,7 +630,8 @@ def resize_for_model(
     (``"auto"`` or ``"WxH"``, see ``fpncli.io.canvas``) the canvas the image goes on; an image
     larger than a fixed canvas is refused (ValueError), and so is an empty image (a side of 0).
     A resized size over ``max_pixels`` is refused (ValueError) before anything is allocated,
-    the message naming the options as ``names`` says.
+    and so is an image whose short side the resize would make 0; the messages name the options
+    as ``names`` says.
 
     ``defer_resize``: the pixels come back at their own size, the ``Prepared`` record as if
     resized (the pipeline then resizes on the model's device, ``fpncli.model.resize``, which
@@ -651,7 +652,7 @@ def resize_for_model(
     if min(new_h, new_w) < 1:  # a 1x5000 image: its short side rounds to 0 under --max-size
         raise ValueError(
             f"a {width}x{height} image would be resized to {new_w}x{new_h}: its aspect ratio is "
-            f"too extreme for --max-size {max_size} (raise it, or --no-resize)"
+            f"too extreme for {names.max_size} {max_size} (raise it, or {names.no_resize})"
         )
     d = size_divisibility
     padded = (math.ceil(new_h / d) * d, math.ceil(new_w / d) * d)
