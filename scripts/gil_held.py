@@ -91,10 +91,10 @@ def loop(what: str, seconds: float, work: Path) -> None:
     }[what]
     step(0)  # imports and caches: not in the loop
     calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        calls += 1
+    while calls == 0 or time.perf_counter() - start < seconds:  # one call at least: a time per
+        calls += 1  # call, however short --seconds (1e-9 had made none, and a division by 0)
         step_in_loop(step, calls)
-    print(f"calls {calls} seconds {time.perf_counter() - start:.3f}")
+    print(f"calls {calls} seconds {time.perf_counter() - start:.6f}")  # one 30 us call: not 0
 
 
 def step_in_loop(step, i: int) -> None:

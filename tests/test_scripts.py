@@ -51,6 +51,26 @@ def test_the_gil_loop_over_files_runs_again_in_the_same_work_folder(tmp_path):
         assert result.stdout.startswith("calls ")
 
 
+def test_the_gil_script_times_one_call_at_least_however_short_its_seconds(tmp_path):
+    """--seconds 1e-9 passed the check, and a loop over before its first call made none:
+    _ms_per_call divided by zero calls (ZeroDivisionError). Each loop makes one call at least,
+    and its time is printed to the microsecond (one 30 us call had read 0.000 s). Without
+    py-spy (PATH holds none here): each loop's time per image only."""
+    env = {**os.environ, "PATH": str(tmp_path)}  # no py-spy; the loops run sys.executable
+    result = subprocess.run([sys.executable, str(SCRIPTS / "gil_held.py"), "--seconds", "1e-9"],
+                            capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("no py-spy on PATH") and len(lines) == 5, result.stdout
+    for line, what in zip(lines[1:], ("decode", "decode-defer", "write", "files"), strict=True):
+        name, ms = line.split()[:2]
+        assert name == what and float(ms) >= 0, line
+    result = run_script("gil_held.py", "--loop", "files", "--work", str(tmp_path),
+                        "--seconds", "1e-9")  # fmt: skip
+    calls, seconds = result.stdout.split()[1::2]
+    assert calls == "1" and float(seconds) > 0, result.stdout
+
+
 @pytest.mark.skipif(importlib.util.find_spec("detectron2") is not None,
                     reason="Detectron2 imports here")  # fmt: skip
 @pytest.mark.parametrize("name, args", [("bench_vs_detectron2.py", []),
