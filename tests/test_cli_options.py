@@ -157,6 +157,27 @@ def test_levels_all_is_accepted(runner, photo, tmp_path):
         # options for model rows only, with --e2e-only, were ignored (the extra models loaded)
         (["--e2e-only", "--compile"], "--compile adds model-only rows, which --e2e-only skips"),
         (["--e2e-only", "--unfused"], "--unfused adds model-only rows, which --e2e-only skips"),
+        (["--compile-only", "--unfused"], "--unfused adds eager model rows, which --compile-only"),
+        (
+            ["--e2e-only", "--iters", "5"],
+            "--iters is for the model-only rows, which --e2e-only skips: drop it or --e2e-only",
+        ),
+        (["--e2e-only", "--warmup", "0"], "--warmup is for the model-only rows"),
+        # and those for end-to-end rows only, with --model-only or --compile-only
+        (
+            ["--model-only", "--source-size", "1080x1920"],
+            "--source-size is for the end-to-end rows, which --model-only skips",
+        ),
+        (["--compile-only", "--source-size", "1080x1920"], "which --compile-only skips"),
+        (
+            ["--model-only", "--images", "16", "--outputs", "npy"],
+            "--images, --outputs are for the end-to-end rows",
+        ),
+        (
+            ["--compile-only", "--workers", "2", "--writers", "2", "--processes", "1"],
+            "--workers, --writers, --processes are for the end-to-end rows, which --compile-only "
+            "skips: drop them or --compile-only",
+        ),
         # the second size was dropped
         (["--source-size", "64x96,5000x5000"], "'--source-size': one size HxW, got 2"),
     ],

@@ -11,6 +11,28 @@ from .common import _check_weights, _file_target, _friendly, verbose_option
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 OUTPUT_PRESETS = ("npy", "npy16", "heatmaps", "all")  # = run.bench.OUTPUT_PRESETS (no torch)
+#: the options only the end-to-end rows read, and those only the model rows read
+END_TO_END_OPTIONS = ("images", "outputs", "source_size", "workers", "writers", "processes")
+MODEL_OPTIONS = ("iters", "warmup")
+
+
+def _given(names: tuple[str, ...]) -> list[str]:
+    """The options among ``names`` (parameter names) given on the command line, as written."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return [f"--{name.replace('_', '-')}" for name in names
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]  # fmt: skip
+
+
+def _refuse_unread(given: list[str], rows: str, skipped_by: str) -> None:
+    """A usage error for options given for rows that ``skipped_by`` leaves out (else ignored)."""
+    if given:
+        one = len(given) == 1
+        raise click.UsageError(
+            f"{', '.join(given)} {'is' if one else 'are'} for the {rows} rows, which "
+            f"{skipped_by} skips: drop {'it' if one else 'them'} or {skipped_by}"
+        )
 
 
 def _items(value: str) -> list[str]:
@@ -151,16 +173,23 @@ def _source_size(ctx, param, value: str | None) -> tuple[int, int] | None:
 @click.option(
     "--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed runs."
 )
-@click.option("--model-only", is_flag=True, help="Skip the end-to-end rows.")
+@click.option(
+    "--model-only",
+    is_flag=True,
+    help="Skip the end-to-end rows (so not with their options: --images, --outputs, "
+    "--source-size, --workers, --writers, --processes).",
+)
 @click.option(
     "--compile-only",
     is_flag=True,
-    help="Only the torch.compile'd model rows (no eager or end-to-end rows).",
+    help="Only the torch.compile'd model rows (no eager or end-to-end rows: so not with "
+    "--unfused nor the end-to-end rows' options).",
 )
 @click.option(
     "--e2e-only",
     is_flag=True,
-    help="Skip the model-only rows (so not with --compile or --unfused, which add model rows).",
+    help="Skip the model-only rows (so not with --compile or --unfused, which add model rows, "
+    "nor --iters or --warmup, which time them).",
 )
 @click.option(
     "--images", type=click.IntRange(min=2), default=16, show_default=True, help="End-to-end images."
@@ -256,6 +285,15 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
         raise click.UsageError(
             f"{other} adds model-only rows, which --e2e-only skips: drop one of the two"
         )
+    if compile_only and unfused:  # its rows are eager ones: the extra models loaded, unused
+        raise click.UsageError(
+            "--unfused adds eager model rows, which --compile-only skips: drop one of the two"
+        )
+    if e2e_only:  # options given for rows not run would be ignored silently
+        _refuse_unread(_given(MODEL_OPTIONS), "model-only", "--e2e-only")
+    if compile_only or model_only:
+        other = "--compile-only" if compile_only else "--model-only"
+        _refuse_unread(_given(END_TO_END_OPTIONS), "end-to-end", other)
     if compile_only:
         compile_rows, model_only = True, True
     try:
