@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -388,7 +389,7 @@ def test_ctrl_c_says_what_was_done_what_is_left_and_how_to_resume(runner, tmp_pa
     assert "interrupted: 3 image(s) written by this run, 0 failed" in result.stderr
     assert "2 of 5 left" in result.stderr
     log = json.loads((out / "run.json").read_text())  # this run's, not a previous run's
-    assert log["aborted"].startswith("interrupted (Ctrl-C or SIGTERM)")
+    assert log["aborted"].startswith("interrupted (Ctrl-C, SIGTERM or SIGHUP)")
     assert (log["total"], log["done"], log["skipped"], log["failed"]) == (5, 3, 0, [])
     resume = result.stderr.split("resume with: ")[1].strip()
     assert "--overwrite" not in resume  # resuming must not redo the finished images
@@ -397,6 +398,70 @@ def test_ctrl_c_says_what_was_done_what_is_left_and_how_to_resume(runner, tmp_pa
     monkeypatch.setattr(pipeline, "load_image", real)
     again = runner.invoke(cli, words[1:], catch_exceptions=False)
     assert again.exit_code == 0 and "done 2, skipped 3" in again.output
+
+
+#: ``fpncli ARGS`` with decoding slowed to 0.2 s an image, so that a signal sent once the first
+#: image is written lands with most of the run still to do
+SLOW_CLI = """
+import sys, time
+import fpncli.run.steps as steps
+
+real = steps.load_image
+
+def slow(path, **kwargs):
+    time.sleep(0.2)
+    return real(path, **kwargs)
+
+steps.load_image = slow
+from fpncli.cli import cli
+
+cli.main(sys.argv[1:], prog_name="fpncli")
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP (Windows)")
+@pytest.mark.parametrize("ignored", [False, True], ids=["hangup", "nohup"])
+def test_sighup_ends_extract_as_ctrl_c_unless_it_is_ignored(tmp_path, ignored):
+    """SIGHUP (the terminal closed, ssh dropped) ends ``extract`` as Ctrl-C does: run.json
+    records the interrupted run, the resume command is printed, exit code 130. Under ``nohup``
+    (SIGHUP ignored when the command starts) it stays ignored: the run goes on to the end."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((40, 60, 3), i * 20, np.uint8)).save(folder / f"im{i:02d}.png")
+    out = tmp_path / "out"
+    script = tmp_path / "slow_cli.py"
+    script.write_text(SLOW_CLI)
+    root = Path(fpncli.api.__file__).resolve().parents[1]  # this checkout, for the imports
+    env = dict(os.environ, FPNCLI_HOME=str(tmp_path / "home"), PYTHONPATH=str(root))
+    cmd = [sys.executable, str(script), "extract", str(folder), "-o", str(out), *SMALL,
+           "--workers", "1", "--no-heatmaps", "--no-overview"]  # fmt: skip
+
+    def nohup():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # kept across exec, as nohup does
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=nohup if ignored else None)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(out.glob("*/manifest.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    stdout, stderr = (s.decode() for s in proc.communicate(timeout=180))
+    assert "Traceback" not in stderr
+    log = json.loads((out / "run.json").read_text())
+    if ignored:
+        assert proc.returncode == 0, stderr
+        assert log["aborted"] is None and log["done"] == 12
+        return
+    assert proc.returncode == 130, stderr
+    assert "resume with: fpncli extract" in stderr
+    assert log["aborted"].startswith("interrupted (Ctrl-C, SIGTERM or SIGHUP)")
+    assert log["total"] == 12 and 1 <= log["done"] < 12
 
 
 def test_help_states_the_real_defaults_and_the_cpu_precision_rules(runner):

@@ -137,7 +137,7 @@ def test_sigterm_to_extract_ends_its_workers_and_logs_the_run_as_ctrl_c_does(tmp
     complete = [p.name for p in out.iterdir() if is_complete(p)]
     assert 1 <= len(complete) < 24
     log = json.loads((out / "run.json").read_text())
-    assert log["aborted"].startswith("interrupted (Ctrl-C or SIGTERM)")
+    assert log["aborted"].startswith("interrupted (Ctrl-C, SIGTERM or SIGHUP)")
     assert log["total"] == 24 and 1 <= log["done"] <= len(complete)
     finished = {name: (out / name / "manifest.json").stat().st_mtime_ns for name in complete}
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -73,8 +73,8 @@ def _friendly(command):
 
 
 def exit_interrupted():
-    """End the command after Ctrl-C (or SIGTERM, turned into it): ``interrupted`` and exit code
-    130, wherever it came (in a command, or while click parsed its options)."""
+    """End the command after Ctrl-C (or SIGTERM or SIGHUP, turned into it): ``interrupted`` and
+    exit code 130, wherever it came (in a command, or while click parsed its options)."""
     click.echo("interrupted", err=True)
     sys.exit(130)
 
@@ -119,10 +119,12 @@ def _quiet_exit():
 
 
 def _sigterm_as_ctrl_c(command):
-    """SIGTERM (``kill``, a batch scheduler's stop or time limit) ends the command as Ctrl-C
-    does: its worker processes are stopped, ``run.json`` records what was done, the resume
-    command is printed and the exit code is 130. (By default SIGTERM ends this process at
-    once, leaving the previous run's log and any worker processes to end by themselves.)"""
+    """SIGTERM (``kill``, a batch scheduler's stop or time limit) and SIGHUP (the terminal
+    closed, an ssh connection dropped) end the command as Ctrl-C does: its worker processes are
+    stopped, ``run.json`` records what was done, the resume command is printed and the exit
+    code is 130. (By default either signal ends this process at once, leaving the previous
+    run's log and any worker processes to end by themselves.) A SIGHUP ignored when the command
+    starts (``nohup``) stays ignored: the run then goes on after the terminal closes."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -131,11 +133,16 @@ def _sigterm_as_ctrl_c(command):
     def wrapper(*args, **kwargs):
         if threading.current_thread() is not threading.main_thread():
             return command(*args, **kwargs)  # only the main thread may set a handler
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = {}
         try:
+            previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupt)
+            hangup = getattr(signal, "SIGHUP", None)  # (Windows has none)
+            if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+                previous[hangup] = signal.signal(hangup, interrupt)
             return command(*args, **kwargs)
         finally:  # (None: a handler not set from Python, which Python cannot put back)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
     return wrapper
 

@@ -75,9 +75,9 @@ class Progress:
     elapsed_s: float
 
 
-#: ``RunSummary.aborted`` of a run stopped by Ctrl-C, or by SIGTERM in the CLI (its log says so;
-#: ``report`` shows it)
-INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); the images in progress were not saved"
+#: ``RunSummary.aborted`` of a run stopped by Ctrl-C, or by SIGTERM or SIGHUP in the CLI (its log
+#: says so; ``report`` shows it)
+INTERRUPTED = "interrupted (Ctrl-C, SIGTERM or SIGHUP); the images in progress were not saved"
 
 
 def disk_full_message(summary: RunSummary) -> str:
