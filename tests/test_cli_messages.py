@@ -548,3 +548,55 @@ def test_an_image_too_large_for_the_cpu_memory_fails_with_one_line(runner, tmp_p
     assert "for its 416x320 model input, but 3 MB is available: lower --max-size/--min-size\n" in (
         result.stderr
     )
+
+
+def _fail_loading_the_model(monkeypatch, error: BaseException) -> None:
+    import fpncli.api
+
+    def load_backbone(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(fpncli.api, "load_backbone", load_backbone)
+
+
+def test_memory_running_out_is_one_line_saying_what_to_do(runner, tmp_path, monkeypatch):
+    """A MemoryError (numpy's, building the model under ``ulimit -v``) is one line saying what
+    ran out and what to do, exit 1, no output folder left; it was a traceback."""
+    try:
+        np.empty(2**62, np.uint8)  # numpy's own _ArrayMemoryError, nothing allocated
+    except MemoryError as e:
+        error = e
+    _fail_loading_the_model(monkeypatch, error)
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(image)
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["extract", str(image), "-o", str(out), *SMALL])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and not out.exists()
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert line.startswith("Error: out of memory (Unable to allocate "), line
+    assert line.endswith(": raise the memory limit (ulimit -v, or the job's memory request), "
+                         "or lower --max-size/--batch-size"), line  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "reason, said",
+    [("libxcb-shape.so.0: failed to map segment from shared object",
+      "Error: out of memory loading the module cv2 (libxcb-shape.so.0: failed to map segment "
+      "from shared object): raise the memory limit (ulimit -v, or the job's memory request)"),
+     ("libGL.so.1: cannot open shared object file: No such file or directory",
+      "Error: could not import the module cv2 (libGL.so.1: cannot open shared object file: No "
+      "such file or directory): reinstall it, or fpncli's dependencies")],
+    ids=["no-memory", "broken-install"],
+)  # fmt: skip
+def test_a_dependency_that_fails_to_import_is_one_line(runner, tmp_path, monkeypatch, reason,
+                                                       said):  # fmt: skip
+    """A lazily imported module that fails to load (cv2 at about 1 GB of ``ulimit -v``: its
+    libraries cannot be mapped) is one line naming it, exit 1; it was a traceback."""
+    _fail_loading_the_model(monkeypatch, ImportError(reason, name="cv2"))
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(image)
+    result = runner.invoke(cli, ["extract", str(image), "-o", str(tmp_path / "out"), *SMALL])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.output.splitlines()[-1] == said

@@ -49,8 +49,9 @@ def _verbose() -> int:
 
 
 def _friendly(command):
-    """Turn library errors into one clear line and exit code 1 (traceback with -v); an
-    ``OptionError`` (an option's value the data rules out) into a usage error, exit 2."""
+    """Turn library errors into one clear line and exit code 1 (traceback with -v), also memory
+    running out and a dependency that fails to load; an ``OptionError`` (an option's value the
+    data rules out) into a usage error, exit 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -68,8 +69,49 @@ def _friendly(command):
             _quiet_exit()
         except (ValueError, OSError, RuntimeError, LookupError) as e:
             _fail(e)
+        except MemoryError as e:  # (numpy's "Unable to allocate ..." is one)
+            _fail(e, _out_of_memory(e))
+        except ImportError as e:  # a lazily imported dependency (cv2, torch) that fails to load
+            _fail(e, _import_failed(e))
 
     return wrapper
+
+
+#: What an ImportError of a shared library says when its mapping is refused: an address-space
+#: limit (``ulimit -v``) or no memory left, not a broken install.
+_NO_MEMORY_TO_LOAD = ("failed to map segment", "cannot allocate memory")
+
+
+def _memory_hint(ask_less: bool = True) -> str:
+    """What to do when memory runs out: raise the limit, or (``ask_less``) ask less of this
+    command (its own options among the sizes and the batch size)."""
+    limit = "raise the memory limit (ulimit -v, or the job's memory request)"
+    ctx = click.get_current_context(silent=True)
+    if not ask_less or ctx is None:
+        return limit
+    names = {opt for p in ctx.command.params for opt in p.opts}
+    options = [o for o in ("--max-size", "--batch-size") if o in names]
+    return limit + (f", or lower {'/'.join(options)}" if options else "")
+
+
+def _out_of_memory(e: MemoryError) -> str:
+    """A MemoryError (or numpy's ``_ArrayMemoryError``) as one line: what ran out, what to do."""
+    from ..io.guard import one_line
+
+    what = one_line(str(e))
+    return f"out of memory{f' ({what})' if what else ''}: {_memory_hint()}"
+
+
+def _import_failed(e: ImportError) -> str:
+    """An ImportError as one line naming the module: a shared library that could not be mapped
+    is memory running out; anything else, a broken install."""
+    from ..io.guard import error_text
+
+    reason = error_text(e)
+    name = f"the module {e.name}" if e.name else "a module"
+    if any(text in reason.lower() for text in _NO_MEMORY_TO_LOAD):
+        return f"out of memory loading {name} ({reason}): {_memory_hint(ask_less=False)}"
+    return f"could not import {name} ({reason}): reinstall it, or fpncli's dependencies"
 
 
 def exit_interrupted():
@@ -79,9 +121,10 @@ def exit_interrupted():
     sys.exit(130)
 
 
-def _fail(e: Exception):
-    """``e`` as one line and exit code 1 (its traceback first with -v), or as a usage error,
-    exit code 2, for an ``OptionError``; called in the ``except`` block that caught it."""
+def _fail(e: Exception, text: str | None = None):
+    """``e`` as one line (``text``, else its message) and exit code 1 (its traceback first with
+    -v), or as a usage error, exit code 2, for an ``OptionError``; called in the ``except``
+    block that caught it."""
     if _verbose():
         traceback.print_exc()
     from ..io.guard import OptionError, error_text, one_line
@@ -91,7 +134,7 @@ def _fail(e: Exception):
             raise click.UsageError(one_line(e.message)) from None
         hint = f"'{e.option}'"  # quoted, as click names an option whose value it refuses
         raise click.BadParameter(one_line(e.message), param_hint=hint) from None
-    raise click.ClickException(error_text(e)) from None
+    raise click.ClickException(text or error_text(e)) from None
 
 
 def _stdout_closed() -> bool:
