@@ -529,6 +529,90 @@ def test_a_garbage_index_part_is_named_in_one_line(tmp_path):
         assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("errno_, words", [(24, "Too many open files"),
+                                           (13, "Permission denied")])  # fmt: skip
+def test_an_index_part_that_cannot_be_read_is_not_called_damaged(tmp_path, monkeypatch, errno_,
+                                                                  words):  # fmt: skip
+    """A healthy index part that cannot be opened (``ulimit -n`` reached, no read permission)
+    is "could not read", not "not a readable Parquet index part: delete it", which would lose
+    its shard's rows; the next run, the cause gone, resumes from it."""
+    import fpncli.io.shard_index as shard_index
+
+    inputs = _images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert _run([str(inputs), "-o", str(out), "--format", "wds"]).exit_code == 0
+    (part,) = out.glob("_index/part-*.parquet")
+    real = shard_index.open_file
+
+    def refused(fs, path, what):
+        raise OSError(errno_, os.strerror(errno_), path)
+
+    monkeypatch.setattr(shard_index, "open_file", refused)
+    for args in (["extract", str(inputs), "-o", str(out), "--format", "wds", *SMALL],
+                 ["report", str(out)]):  # fmt: skip
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        assert result.output.splitlines()[-1] == f"Error: could not read {part}: {words}"
+    monkeypatch.setattr(shard_index, "open_file", real)
+    again = _run([str(inputs), "-o", str(out), "--format", "wds"])
+    assert again.exit_code == 0 and "done 0, skipped 2" in again.output, again.output
+
+
+def test_an_index_part_with_a_damaged_page_is_still_called_damaged(tmp_path):
+    """pyarrow says a damaged page with an OSError of its own (no errno): bad content, so the
+    advice to delete the part stays."""
+    import fsspec
+    import pyarrow as pa
+
+    from fpncli.io.shard_index import read_index
+
+    (tmp_path / "_index").mkdir()
+    part = tmp_path / "_index" / "part-shard-0123abcd.parquet"
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(100)], "status": ["ok"] * 100}), part)
+    data = part.read_bytes()
+    part.write_bytes(data[:20] + b"\xff" * 60 + data[80:])  # the footer intact, a page not
+    with pytest.raises(ValueError, match=r"part-shard-0123abcd.parquet is not a readable .*: "
+                                         r"delete it and rerun"):  # fmt: skip
+        read_index(fsspec.filesystem("file"), str(tmp_path))
+
+
+#: reads OUT's index with one file descriptor free: pyarrow imports pyarrow.dataset on its first
+#: read_table, which then needs a second one while the part is open
+READ_WITH_ONE_FREE_FD = """
+import os, resource, sys
+import fsspec
+from fpncli.io.shard_index import read_index
+
+fs = fsspec.filesystem("file")
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+taken = []
+try:
+    while True:
+        taken.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    os.close(taken.pop())
+print(len(read_index(fs, sys.argv[1])))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sets RLIMIT_NOFILE")
+def test_reading_the_index_needs_no_import_while_a_part_is_open(tmp_path):
+    """pyarrow's read_table imports pyarrow.dataset on its first call: under a tight ``ulimit
+    -n`` that import failed while the part was open, and the healthy part was called damaged.
+    read_index imports it first."""
+    import fpncli
+
+    inputs = _images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert _run([str(inputs), "-o", str(out), "--format", "wds"]).exit_code == 0
+    root = Path(fpncli.__file__).resolve().parents[1]  # this checkout
+    env = dict(os.environ, PYTHONPATH=str(root))
+    done = subprocess.run([sys.executable, "-c", READ_WITH_ONE_FREE_FD, str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2"
+
+
 def _forge_index(out: Path, edit, consolidated: bool = True) -> None:
     """Rewrite every index part (and ``index.parquet``) with ``edit(rows)`` applied."""
     import pyarrow as pa

@@ -140,9 +140,17 @@ def read_index(fs, root: str, *, ledger: bool = True, warn: bool = True):
     consolidated ``index.parquet``. Empty when there is none. A row that fpncli cannot have
     written (a null key or status, a key or shard that is not a relative name) is left out with
     a warning (``warn``; else a debug message, for a second read in one run), so no reader or
-    cleanup ever opens, writes or removes a file outside ``root``."""
+    cleanup ever opens, writes or removes a file outside ``root``.
+
+    Raises:
+        ValueError: a part (or ``index.parquet``) that is not a Parquet index (garbage, a
+            damaged page, a column of another type): the message says to delete it.
+        OSError: a part that could not be read (too many open files, permission denied, an
+            I/O error): the message says why; the part is left as it is, perhaps healthy.
+    """
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.dataset  # noqa: F401 - read_table imports it on its first call: not in the
+    import pyarrow.parquet as pq  # loop below, where too many open files would fail the import
 
     paths = (
         sorted(fs.glob(f"{root}/{INDEX_DIR}/part-*.parquet"))
@@ -164,6 +172,11 @@ def read_index(fs, root: str, *, ledger: bool = True, warn: bool = True):
             continue
         except (pa.ArrowException, OSError, ValueError) as e:
             why = " ".join(str(e).split()).removeprefix(f"{path}: ")
+            if isinstance(e, OSError) and e.errno is not None:  # the system's, not the part's
+                error = OSError(f"could not read {path}: {e.strerror or why}")
+                error.errno = e.errno  # (as is_disk_full and the CLI's hints read it)
+                raise error from None
+            # pyarrow's errors, and its errno-less OSError for a damaged page: the content
             raise ValueError(
                 f"{path} is not a readable Parquet index part ({why}): "
                 "delete it and rerun the extraction (the images of its shard are then redone)"
