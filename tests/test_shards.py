@@ -513,6 +513,67 @@ def test_an_interrupted_wds_run_indexes_what_it_committed(tmp_path, monkeypatch,
     assert "could not rewrite" in caplog.text and "No space left" in caplog.text
 
 
+def test_an_index_that_cannot_be_rewritten_leaves_the_runs_report_and_log(tmp_path, monkeypatch,
+                                                                          caplog):  # fmt: skip
+    """index.parquet refused at the end (OUT made read-only mid-run: EACCES on its temporary;
+    OUT removed) is a warning: the run's failures, summary and run.json still come, and the
+    exit code says an image failed. It was only "Error: [Errno 13] ...", the results unsaid."""
+    import fpncli.run.wds
+
+    inputs = _images(tmp_path / "in", 3, bad=True)
+    out = tmp_path / "out"
+
+    def refused(fs, root):
+        raise PermissionError(13, "Permission denied", f"{root}/index.parquet.partial1234")
+
+    monkeypatch.setattr(fpncli.run.wds, "consolidate_index", refused)
+    with caplog.at_level(logging.WARNING):
+        result = _run([str(inputs), "-o", str(out), "--format", "wds"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "Error:" not in result.output
+    assert "failed: " in result.output and "broken.jpg" in result.output
+    assert "done 3, skipped 0 (already complete), failed 1 of 4" in result.output
+    assert "could not rewrite" in caplog.text and "the next run rewrites it" in caplog.text
+    log = json.loads((out / "run.json").read_text())
+    assert (log["total"], log["done"], len(log["failed"]), log["aborted"]) == (4, 3, 1, None)
+    monkeypatch.undo()
+    again = _run([str(inputs), "-o", str(out), "--format", "wds"])
+    assert "done 0, skipped 3" in again.output, again.output
+    assert {r["key"] for r in pq.read_table(out / "index.parquet").to_pylist()} >= {"img%2E1"}
+
+
+def test_images_of_uncommitted_shards_are_said_left_to_a_rerun(tmp_path, monkeypatch):
+    """A shard whose commit fails mid-run (OUT made read-only or removed) is dropped: its images
+    are neither done nor failed, and the run says so (stopped early, exit code 1, run.json),
+    instead of a summary that does not add up; the rerun redoes them."""
+    import fpncli.io.shard_writer as shard_writer
+
+    inputs = _images(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    args = [str(inputs), "-o", str(out), "--format", "wds", "--shard-size", "2MB"]
+    real, calls = shard_writer.write_parquet, []
+
+    def first_refused(fs, path, rows):
+        calls.append(path)
+        if len(calls) == 1:
+            raise PermissionError(13, "Permission denied", f"{path}.partial1234")
+        return real(fs, path, rows)
+
+    monkeypatch.setattr(shard_writer, "write_parquet", first_refused)
+    result = _run(args)
+    assert result.exit_code == 1, result.output
+    log = json.loads((out / "run.json").read_text())
+    left = log["total"] - log["done"] - len(log["failed"])
+    assert left >= 1 and log["total"] == 4, result.output
+    said = f"{left} image(s) were written into shards that could not be committed: rerun the same"
+    assert f"stopped early: {said}" in result.output and log["aborted"].startswith(said)
+    monkeypatch.undo()
+    again = _run(args)
+    assert again.exit_code == 0 and f"done {4 - log['done']}, skipped {log['done']}" in (
+        again.output
+    ), again.output
+
+
 def test_a_garbage_index_part_is_named_in_one_line(tmp_path):
     out = tmp_path / "out"
     assert (

@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import ONCE
 
 __all__ = ["RunSummary", "Progress", "disk_full_message", "device_failed_message", "ONCE",
-           "WarningRelay", "say_relayed", "float16_overflow"]  # fmt: skip
+           "WarningRelay", "say_relayed", "float16_overflow", "stopped_message"]  # fmt: skip
 
 
 @dataclass
@@ -86,6 +86,17 @@ def disk_full_message(summary: RunSummary) -> str:
         f"disk full: {summary.done + summary.skipped} of {summary.total} done, rerun the same "
         "command after freeing space"
     )
+
+
+def stopped_message(summary: RunSummary) -> str:
+    """The one line of a run stopped early (``summary.aborted``), counted again over ``summary``
+    as it is now, for a caller that recounts it (over every job of a resumed ``--format wds``
+    run): a failed device's and a full disk's lines; any other reason as it is."""
+    if summary.device_failure is not None:
+        return device_failed_message(summary)
+    if summary.aborted is None or summary.aborted.startswith("disk full"):
+        return disk_full_message(summary)
+    return summary.aborted
 
 
 def device_failed_message(summary: RunSummary) -> str:

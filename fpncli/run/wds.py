@@ -24,7 +24,7 @@ from ..model.fpn import FPN
 from .pipeline import run_jobs
 from .plan import Replaced, check_disk_space
 from .steps import Decoded, RunOptions, weights_meta
-from .summary import Progress, RunSummary, device_failed_message, disk_full_message
+from .summary import Progress, RunSummary, stopped_message
 
 __all__ = ["ShardPlan", "ShardSink", "job_key", "plan_sharded", "run_sharded"]
 
@@ -183,8 +183,12 @@ def _consolidate_after_error(plan: ShardPlan) -> None:
     try:
         consolidate_index(plan.fs, plan.root)
     except Exception as e:  # whatever it is, the run's own error is the one to report
-        log.warning("could not rewrite %s/index.parquet (%s): the next run rewrites it",
-                    plan.root, e)  # fmt: skip
+        _index_not_rewritten(plan, e)
+
+
+def _index_not_rewritten(plan: ShardPlan, error: BaseException) -> None:
+    log.warning("could not rewrite %s/index.parquet (%s): the next run rewrites it",
+                plan.root, error)  # fmt: skip
 
 
 def run_sharded(
@@ -231,19 +235,31 @@ def run_sharded(
                 writer.close()  # a full disk here drops the open shard
             consolidating = True  # from here on an error is consolidate_index's own: not retried
             rows = consolidate_index(plan.fs, plan.root)
-        except OSError as e:
-            if not is_disk_full(e):
-                raise
-            # as a full disk mid-run: the run stops with its summary (the index is rewritten
-            # by the next run; its ledger, the _index parts, has every committed shard)
-            log.info("disk full while committing: stopping")
-            if not summary.aborted:  # else a failed device: its message says more
-                summary.aborted = "disk full"
+        except (OSError, ValueError) as e:  # (ValueError: consolidate_index's, OUT not fpncli's)
+            if consolidating and not is_disk_full(e):  # OUT made read-only, or removed: the
+                _index_not_rewritten(plan, e)  # run's results and log still say what it did
+            elif not is_disk_full(e):  # the last commit failed, for the same reasons: its
+                # shard's images are dropped (counted below), its failures still reported
+                log.warning(
+                    "could not commit the last shard or failures into %s (%s)", plan.root, e
+                )
+            else:
+                # as a full disk mid-run: the run stops with its summary (the index is rewritten
+                # by the next run; its ledger, the _index parts, has every committed shard)
+                log.info("disk full while committing: stopping")
+                if not summary.aborted:  # else a failed device: its message says more
+                    summary.aborted = "disk full"
         # written, counted done, then dropped with their shard: by the abort above, a commit
         # that failed, or a write that failed (a full disk drops the open shard before the run
         # hears of it)
         summary.done -= writer.dropped
         summary.bytes_written -= writer.dropped_bytes
+        if writer.dropped and not summary.aborted:  # commits that failed (OUT made read-only
+            # or removed mid-run): their images are neither done nor failed, but left to a rerun
+            summary.aborted = (
+                f"{writer.dropped} image(s) were written into shards that could "
+                "not be committed: rerun the same command to redo them"
+            )
     finally:
         if not consolidating and writer is not None and writer.parts:
             _consolidate_after_error(plan)  # interrupted or failed, after committing some parts
@@ -251,8 +267,7 @@ def run_sharded(
     _count_every_job(summary, jobs, plan)
     summary.last_folder = None
     if summary.aborted:  # counted over the whole job list, without the dropped shard's images
-        failed_device = summary.device_failure is not None
-        summary.aborted = (device_failed_message if failed_device else disk_full_message)(summary)
+        summary.aborted = stopped_message(summary)
     if rows is not None:
         log.info("%d shards written; index.parquet has %d rows", len(writer.shards), rows)
     return summary
