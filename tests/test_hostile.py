@@ -647,6 +647,19 @@ def test_device_workers_disk_full_line_counts_every_worker():
     )
 
 
+def test_device_workers_too_many_open_files_line_counts_every_worker():
+    from fpncli.run.multi import _merge
+    from fpncli.run.summary import RunSummary, open_files_message
+
+    a = RunSummary(total=10, done=2)
+    b = RunSummary(total=10, done=5, skipped=1)
+    b.aborted = open_files_message(b)
+    assert _merge([a, b]).aborted == (
+        "too many open files: 8 of 20 done, rerun the same command with a higher limit "
+        "(ulimit -n 4096, say) or fewer --workers/--writers"
+    )
+
+
 def test_device_workers_failure_line_names_every_failed_device_and_counts_every_worker():
     from fpncli.run.multi import _merge
     from fpncli.run.pipeline import RunSummary, device_failed_message

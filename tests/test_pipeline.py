@@ -855,6 +855,50 @@ def test_disk_full_mid_run_stops_cleanly(tmp_path, model, monkeypatch):
     assert sorted(p.name for p in broken.iterdir()) == []  # this attempt's files removed
 
 
+@pytest.mark.parametrize("where", ["decode", "write"])
+def test_too_many_open_files_stops_the_run_once_as_a_full_disk_does(tmp_path, model, monkeypatch,
+                                                                    where):  # fmt: skip
+    """EMFILE (``ulimit -n`` reached; ENFILE, the system's) failed the images one by one, each
+    "unreadable image (Too many open files)" or "could not write": the limit is the run's, not
+    an image's, so the run stops once saying what to raise or lower, and leaves the images not
+    done for the rerun (none is counted failed)."""
+    import fpncli.io.preprocess as preprocess
+
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    if where == "decode":
+        real_open = preprocess.open_regular
+
+        def opening(path, what):
+            if Path(path).name == "2.png":
+                raise OSError(errno.EMFILE, "Too many open files", str(path))
+            return real_open(path, what)
+
+        monkeypatch.setattr(preprocess, "open_regular", opening)
+        with pytest.raises(OSError) as refused:  # said as what it is, not "unreadable image"
+            preprocess.load_image(paths[2])
+        assert refused.value.errno == errno.EMFILE
+    else:
+        real_write = outputs.atomic_write_bytes
+
+        def writing(path, data):
+            if path.parent.name == "1" and path.name == "p4.npy":
+                raise emfile
+            return real_write(path, data)
+
+        monkeypatch.setattr(outputs, "atomic_write_bytes", writing)
+    summary = run_jobs(jobs, model, RunOptions(output=SMALL, workers=1, writers=1))
+    assert summary.failed == []
+    stopped = [p.stem for p in paths if not is_complete(tmp_path / "out" / p.stem)]
+    assert stopped and stopped[0] == ("2" if where == "decode" else "1"), stopped
+    assert summary.done == 4 - len(stopped)
+    assert summary.aborted == (
+        f"too many open files: {summary.done} of 4 done, rerun the same command with a higher "
+        "limit (ulimit -n 4096, say) or fewer --workers/--writers"
+    )
+
+
 def test_killed_run_resumes_without_redoing(tmp_path):
     """SIGKILL after the first complete folder; 30 images (~60 ms each here) so that a test
     process starved for a while still kills the run before it ends."""

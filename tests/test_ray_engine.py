@@ -184,7 +184,8 @@ def test_ray_failed_run_reruns_to_completion(ray_cluster, inputs, tmp_path, monk
 class _FaultyExtractor:
     """Made an ``_Extractor`` subclass in the test (Ray ships it by value): from the actor's
     3rd image on, its ``fault`` strikes: writes into tar shards fail with ENOSPC (``disk``, a
-    disk that fills), or the device fails (``device``)."""
+    disk that fills) or EMFILE (``files``, ``ulimit -n`` reached), or the device fails
+    (``device``)."""
 
     images, fault = 0, "disk"
 
@@ -199,13 +200,15 @@ class _FaultyExtractor:
             return super()._run(batch)
 
         def full(*args, **kwargs):
+            if self.fault == "files":
+                raise OSError(errno.EMFILE, "Too many open files")
             raise OSError(errno.ENOSPC, "No space left on device")
 
         def lost(*args, **kwargs):
             raise RuntimeError("injected device loss")
 
         with contextlib.ExitStack() as stack:  # this call only: the worker may be reused
-            if self.fault == "disk":
+            if self.fault in ("disk", "files"):
                 stack.enter_context(mock.patch.object(tarfile.TarFile, "addfile", full))
             else:
                 stack.enter_context(mock.patch.object(pipeline, "infer_batch", lost))
@@ -219,8 +222,10 @@ class _FaultyExtractor:
         ("disk", "disk full: 2 of 4 done, rerun the same command after freeing space"),
         ("device", "failed (RuntimeError: injected device loss): 2 of 4 done, rerun the same "
          "command to resume"),
+        ("files", "too many open files: 2 of 4 done, rerun the same command with a higher limit "
+         "(ulimit -n 4096, say) or fewer --workers/--writers"),
     ],
-    ids=["disk", "device"],
+    ids=["disk", "device", "files"],
 )  # fmt: skip
 def test_ray_full_disk_or_failed_device_stops_the_run_counted_over_the_run(
     ray_cluster, inputs, tmp_path, monkeypatch, fault, stopped

@@ -34,6 +34,7 @@ __all__ = [
     "open_regular",
     "open_lock_file",
     "is_disk_full",
+    "is_out_of_open_files",
     "folder_lock",
     "pid_alive",
     "mark_output_root",
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 OUTPUT_MARKER = ".fpncli-output"
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+#: "Too many open files": this process's limit (``ulimit -n``), or the system's
+_OPEN_FILES_ERRNOS = {errno.EMFILE, errno.ENFILE}
 
 
 class FolderBusyError(OSError):
@@ -198,6 +201,12 @@ def is_disk_full(error: BaseException) -> bool:
     if error.errno in _DISK_FULL_ERRNOS:
         return True
     return error.errno is None and bool(_SHORT_WRITE.search(str(error)))
+
+
+def is_out_of_open_files(error: BaseException) -> bool:
+    """True for "too many open files" (EMFILE: this process's limit, ``ulimit -n``; ENFILE: the
+    system's): a limit of the run, as a full disk is, not a fault of the file opened."""
+    return isinstance(error, OSError) and error.errno in _OPEN_FILES_ERRNOS
 
 
 def pid_alive(pid: int) -> bool:

@@ -30,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..weights.registry import InputFormat
 from .canvas import canvas_for
-from .guard import open_regular
+from .guard import is_out_of_open_files, open_regular
 from .option_names import API_NAMES, CLI_NAMES, OptionNames
 from .pillow_view import rgb_view
 
@@ -417,6 +417,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
 
     Raises:
         FileNotFoundError: no such file.
+        OSError: too many open files (``guard.is_out_of_open_files``): this process's limit.
         ValueError: not an image, truncated, unsupported, over ``max_pixels``, or not a regular
             file; ``max_pixels`` under 1.
         TypeError: ``max_pixels`` is neither a whole number nor None.
@@ -449,6 +450,8 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     except MemoryError:
         raise ValueError(f"{path}: out of memory while decoding it") from None
     except (OSError, SyntaxError, EOFError) as e:
+        if is_out_of_open_files(e):  # the process's limit, not this file's fault: said as such
+            raise
         # one naming the file (EACCES, ENAMETOOLONG) gives only its reason: the name once
         named = isinstance(e, OSError) and e.filename is not None and e.strerror
         raise ValueError(f"{path}: unreadable image ({e.strerror if named else e})") from None

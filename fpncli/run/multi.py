@@ -30,12 +30,13 @@ from .pipeline import run_jobs
 from .plan import Replaced, RunInputs, _complete, check_disk_space, plan_pending
 from .steps import RunOptions, weights_meta
 from .summary import (
+    OPEN_FILES,
     Progress,
     RunSummary,
     WarningRelay,
     device_failed_message,
-    disk_full_message,
     say_relayed,
+    stopped_message,
 )
 
 __all__ = ["run_on_devices", "auto_processes", "usable_cores"]
@@ -166,8 +167,8 @@ def _merge(parts: list[RunSummary]) -> RunSummary:
         for stage, seconds in part.stage_seconds.items():
             merged.stage_seconds[stage] = merged.stage_seconds.get(stage, 0.0) + seconds
     failures = [p.device_failure for p in parts if p.device_failure]
-    if merged.aborted and merged.aborted.startswith("disk full"):
-        merged.aborted = disk_full_message(merged)  # counted over every worker
+    if merged.aborted and merged.aborted.startswith(("disk full", OPEN_FILES)):
+        merged.aborted = stopped_message(merged)  # counted over every worker
     elif failures:  # every failed device, counted over every worker
         merged.device_failure = "; ".join(failures)
         merged.aborted = device_failed_message(merged)

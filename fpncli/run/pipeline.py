@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..api import check_precision
-from ..io.guard import is_disk_full, linked_folder, one_line
+from ..io.guard import is_disk_full, is_out_of_open_files, linked_folder, one_line
 from ..io.inputs import (
     IMAGE_EXTENSIONS,
     Job,
@@ -81,6 +81,7 @@ from .summary import (
     device_failed_message,
     disk_full_message,
     float16_overflow,
+    open_files_message,
 )
 from .transfer import BatchResult, ByteBudget
 
@@ -195,6 +196,7 @@ class _Runner:
         self.report_lock = threading.Lock()
         self.abort = threading.Event()
         self.disk_was_full = False
+        self.out_of_files = False  # stopped by too many open files
         self.broken: str | None = None  # why the device became unusable
         self.budget = ByteBudget(options.queue_mb << 20)
         self.writer = ThreadPoolExecutor(options.writers, thread_name_prefix="fpncli-write",
@@ -412,6 +414,9 @@ class _Runner:
             if is_disk_full(e):
                 self.disk_full()
                 return
+            if is_out_of_open_files(e):
+                self.files_ran_out()
+                return
             self.fail(path, f"could not write {item.job.folder}: {_reason(e)}")
             return
         except ValueError as e:  # the sink's refusal (a folder reached through a link): its line
@@ -439,6 +444,15 @@ class _Runner:
         if not self.abort.is_set():
             log.info("disk full: stopping")
         self.disk_was_full = True
+        self.abort.set()
+
+    def files_ran_out(self) -> None:
+        """Stop at the first "too many open files", as at a full disk: one message for the run
+        (the limit is the run's, not a file's), the image neither done nor failed but left for
+        the rerun; the writes already queued still go."""
+        if not self.abort.is_set():
+            log.info("too many open files: stopping")
+        self.out_of_files = True
         self.abort.set()
 
     def device_failed(self, reason: str) -> None:
@@ -570,6 +584,8 @@ def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progre
     elif runner.broken is not None:
         summary.device_failure = f"{device} failed ({runner.broken})"
         summary.aborted = device_failed_message(summary)
+    elif runner.out_of_files:
+        summary.aborted = open_files_message(summary)
 
 
 def _feed(runner: _Runner, todo: list[Job], options: RunOptions, input_format) -> None:
@@ -590,6 +606,9 @@ def _feed(runner: _Runner, todo: list[Job], options: RunOptions, input_format) -
             try:
                 item = future.result()
             except Exception as e:  # noqa: BLE001 - any error reading one file fails that file only
+                if is_out_of_open_files(e):  # the run's limit, not the file's: all would fail
+                    runner.files_ran_out()
+                    continue
                 runner.fail(job.path, _reason(e))
                 continue
             if item is None:  # another run completed it meanwhile: counted as skipped

@@ -38,13 +38,13 @@ from .pipeline import FolderSink, _reason, run_decoded
 from .plan import Replaced, RunInputs, estimate_run_bytes, plan_pending
 from .steps import RunOptions, decode, weights_meta
 from .summary import (
+    OPEN_FILES,
     Progress,
     RunSummary,
     WarningRelay,
-    device_failed_message,
-    disk_full_message,
     float16_overflow,
     say_relayed,
+    stopped_message,
 )
 from .wds import ShardSink, plan_sharded
 
@@ -297,17 +297,20 @@ def _relayed(into: list):
 
 
 class _Stopped(Exception):
-    """An actor's call stopped by a full disk (``device_failure`` None) or a failed device:
-    the driver stops the run and counts it (a call's own counts say nothing of the run's).
-    ``done`` and ``bytes_written``: the images the call wrote before it stopped and kept (a
-    folder per image; a shard's are dropped with it)."""
+    """An actor's call stopped by a full disk (``device_failure`` None), too many open files
+    (``open_files``) or a failed device: the driver stops the run and counts it (a call's own
+    counts say nothing of the run's). ``done`` and ``bytes_written``: the images the call wrote
+    before it stopped and kept (a folder per image; a shard's are dropped with it)."""
 
-    def __init__(self, device_failure: str | None, done: int, bytes_written: int) -> None:
-        super().__init__(device_failure or "disk full", device_failure, done, bytes_written)
+    def __init__(self, device_failure: str | None, done: int, bytes_written: int,
+                 open_files: bool = False) -> None:  # fmt: skip
+        why = device_failure or (OPEN_FILES if open_files else "disk full")
+        super().__init__(why, device_failure, done, bytes_written, open_files)
         self.device_failure, self.done, self.bytes_written = device_failure, done, bytes_written
+        self.open_files = open_files
 
     def __reduce__(self):  # pickled to the driver by Ray: rebuilt from the same arguments
-        return type(self), (self.device_failure, self.done, self.bytes_written)
+        return type(self), (self.device_failure, self.done, self.bytes_written, self.open_files)
 
 
 class _Extractor:
@@ -371,7 +374,8 @@ class _Extractor:
                 writer.abort()
                 done, size = done - writer.dropped, size - writer.dropped_bytes
             failure = summary.device_failure
-            raise _Stopped(None if failure is None else as_given(failure), done, size)
+            raise _Stopped(None if failure is None else as_given(failure), done, size,
+                           open_files=summary.aborted.startswith(OPEN_FILES))  # fmt: skip
         failed.update(dict(summary.failed))
         self.done += summary.done
         crash = config["crash_after"]
@@ -539,8 +543,8 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         if ray_options.out_format == "wds":  # every actor's committed shards, in the ledger
             _count_committed(summary, config["fs"], config["root"], todo_keys)
         summary.device_failure = stopped.device_failure
-        message = disk_full_message if stopped.device_failure is None else device_failed_message
-        summary.aborted = message(summary)
+        summary.aborted = OPEN_FILES if stopped.open_files else "disk full"
+        summary.aborted = stopped_message(summary)  # (a failed device's first)
         return summary
     log.info("Ray: %d images in %.1f s on %d actors", summary.done, summary.seconds, size)
     return summary
@@ -571,7 +575,8 @@ def _stopped(error: BaseException) -> _Stopped | None:
     seen = []
     while error is not None and not any(error is e for e in seen):
         if isinstance(error, _Stopped):
-            return _Stopped(error.device_failure, error.done, error.bytes_written)
+            return _Stopped(error.device_failure, error.done, error.bytes_written,
+                            error.open_files)  # fmt: skip
         seen.append(error)
         error = getattr(error, "cause", None) or error.__cause__ or error.__context__
     return None

@@ -11,7 +11,8 @@ from pathlib import Path
 from .. import ONCE
 
 __all__ = ["RunSummary", "Progress", "disk_full_message", "device_failed_message", "ONCE",
-           "WarningRelay", "say_relayed", "float16_overflow", "stopped_message"]  # fmt: skip
+           "WarningRelay", "say_relayed", "float16_overflow", "stopped_message",
+           "open_files_message"]  # fmt: skip
 
 
 @dataclass
@@ -88,14 +89,30 @@ def disk_full_message(summary: RunSummary) -> str:
     )
 
 
+#: how ``open_files_message`` begins
+OPEN_FILES = "too many open files"
+
+
+def open_files_message(summary: RunSummary) -> str:
+    """The one line a run stopped by too many open files (``guard.is_out_of_open_files``) ends
+    with: the images not done are left for the rerun."""
+    return (
+        f"{OPEN_FILES}: {summary.done + summary.skipped} of {summary.total} done, rerun the same "
+        "command with a higher limit (ulimit -n 4096, say) or fewer --workers/--writers"
+    )
+
+
 def stopped_message(summary: RunSummary) -> str:
     """The one line of a run stopped early (``summary.aborted``), counted again over ``summary``
     as it is now, for a caller that recounts it (over every job of a resumed ``--format wds``
-    run): a failed device's and a full disk's lines; any other reason as it is."""
+    run): a failed device's, a full disk's and too many open files' lines; any other reason as
+    it is."""
     if summary.device_failure is not None:
         return device_failed_message(summary)
     if summary.aborted is None or summary.aborted.startswith("disk full"):
         return disk_full_message(summary)
+    if summary.aborted.startswith(OPEN_FILES):
+        return open_files_message(summary)
     return summary.aborted
 
 
