@@ -400,6 +400,54 @@ def test_ctrl_c_says_what_was_done_what_is_left_and_how_to_resume(runner, tmp_pa
     assert again.exit_code == 0 and "done 2, skipped 3" in again.output
 
 
+@pytest.mark.parametrize("out_format", ["files", "wds"])
+def test_an_error_midway_keeps_the_log_and_says_how_to_resume(runner, tmp_path, monkeypatch,
+                                                               out_format):  # fmt: skip
+    """An error that ends a local run midway ("can't start new thread": the writer pool starts
+    its threads as work comes) left no run.json, no counts and no resume line, only the error:
+    now, as after Ctrl-C, run.json records what was done (aborted: the error) and the resume
+    command is printed; the error is the last line, exit code 1."""
+    import shlex
+
+    from fpncli.run import pipeline
+
+    if out_format == "wds":
+        pytest.importorskip("pyarrow", reason="--format wds needs pyarrow (fpncli[wds])")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((40, 60, 3), i * 40, np.uint8)).save(folder / f"im{i}.png")
+    out = tmp_path / "out"
+    real, calls = pipeline._Runner.submit, []
+
+    def submit(self, items, result):  # the third batch's writer thread cannot start
+        calls.append(items)
+        if len(calls) == 3:
+            raise RuntimeError("can't start new thread")
+        return real(self, items, result)
+
+    monkeypatch.setattr(pipeline._Runner, "submit", submit)
+    args = ["extract", str(folder), "-o", str(out), *SMALL, "--workers", "1", "--writers", "1",
+            "--no-heatmaps", "--no-overview", "--format", out_format]  # fmt: skip
+    if out_format == "wds":
+        args += ["--shard-size", "1B"]  # a shard per image: the two written are committed
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert lines[-1] == "Error: can't start new thread"
+    assert lines[-3].startswith("stopped by an error: 2 image(s) written by this run, 0 failed")
+    assert "3 of 5 left" in lines[-3]
+    log = json.loads((out / "run.json").read_text())
+    assert (log["total"], log["done"], log["failed"]) == (5, 2, [])
+    assert log["aborted"] == "can't start new thread"
+    words = shlex.split(lines[-2].removeprefix("resume with: "))
+    assert words[:2] == ["fpncli", "extract"]
+    monkeypatch.setattr(pipeline._Runner, "submit", real)
+    again = runner.invoke(cli, words[1:], catch_exceptions=False)
+    assert again.exit_code == 0 and "done 3, skipped 2" in again.output, again.output
+
+
 #: ``fpncli ARGS`` with decoding slowed to 0.2 s an image, so that a signal sent once the first
 #: image is written lands with most of the run still to do
 SLOW_CLI = """

@@ -502,6 +502,13 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             # the Ray job failed midway: its log says how far it got, as a local run's does
             _write_interrupted_log(None, bar.last, len(jobs), out, weights, precision,
                                    shard_spec, aborted=str(e))  # fmt: skip
+        elif getattr(e, "summary", None) is not None:  # a local run that an error ended midway
+            # (a writer thread that cannot start): as after Ctrl-C, then the error's own line
+            last = _interrupted_progress(e, bar.last)
+            _report_interrupt(last, len(jobs), dropped=getattr(e, "dropped_images", 0),
+                              stopped="stopped by an error")  # fmt: skip
+            if not url:
+                _write_interrupted_log(e, last, len(jobs), out, weights, precision, shard_spec)
         if made:
             _remove_if_unused(out, lock)
         raise

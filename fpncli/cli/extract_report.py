@@ -133,9 +133,10 @@ def _hidden_note(hidden: list[tuple[Path, bool]]) -> str:
             "name one as an input to take it")  # fmt: skip
 
 
-def _report_interrupt(last, total: int, dropped: int = 0) -> None:
+def _report_interrupt(last, total: int, dropped: int = 0, stopped: str = "interrupted") -> None:
     """Ctrl-C: what was done, what is left, and the command that resumes. ``dropped``: images
-    written into a ``--format wds`` run's open shard, which is dropped (to be redone)."""
+    written into a ``--format wds`` run's open shard, which is dropped (to be redone);
+    ``stopped``: what the line starts with (an error that ended the run says so)."""
     if last is None:
         done = failed = 0
         left, skipped = total, 0
@@ -146,7 +147,7 @@ def _report_interrupt(last, total: int, dropped: int = 0) -> None:
     done, left = done - dropped, left + dropped
     shard = f", nor the {dropped} in the unfinished shard" if dropped else ""
     click.echo(
-        f"interrupted: {done} image(s) written by this run, {failed} failed, {skipped} were "
+        f"{stopped}: {done} image(s) written by this run, {failed} failed, {skipped} were "
         f"already complete; {left} of {total} left (the images in progress were not saved"
         f"{shard}).",
         err=True,
@@ -213,10 +214,10 @@ def _write_run_log(summary, out: Path, weights: str, precision: str, shard,
     }, shard)  # fmt: skip
 
 
-def _interrupted_progress(e: KeyboardInterrupt, last):
+def _interrupted_progress(e: BaseException, last):
     """What an interrupted run did: its summary where the run handed it over on the interrupt
-    (over the whole run: a resumed wds run's inner run counts only the images not in the
-    index), else the last progress report."""
+    or the error that ended it (over the whole run: a resumed wds run's inner run counts only
+    the images not in the index), else the last progress report."""
     from ..run.summary import Progress
 
     summary = getattr(e, "summary", None)
@@ -228,10 +229,11 @@ def _interrupted_progress(e: KeyboardInterrupt, last):
 
 def _write_interrupted_log(e: BaseException | None, last, total: int, out: Path, weights: str,
                            precision: str, shard, aborted: str | None = None) -> None:  # fmt: skip
-    """Ctrl-C (or a Ray job that failed midway, ``aborted`` saying why): the run's log says
-    what it did and that it stopped, so ``report`` does not show the previous run's log as this
-    one's. A single-process run hands over its summary (failures with reasons); worker
-    processes and Ray actors leave only the progress counts."""
+    """Ctrl-C (or a Ray job that failed midway, ``aborted`` saying why; or an error that ended
+    a local run, its summary's ``aborted`` saying why): the run's log says what it did and that
+    it stopped, so ``report`` does not show the previous run's log as this one's. A
+    single-process run hands over its summary (failures with reasons); worker processes and Ray
+    actors leave only the progress counts."""
     from ..run.summary import INTERRUPTED, RunSummary
 
     summary = getattr(e, "summary", None)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..api import check_precision
-from ..io.guard import is_disk_full, is_out_of_open_files, linked_folder, one_line
+from ..io.guard import error_text, is_disk_full, is_out_of_open_files, linked_folder, one_line
 from ..io.inputs import (
     IMAGE_EXTENSIONS,
     Job,
@@ -570,9 +570,10 @@ def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progre
                 feed(runner)
             finally:
                 runner.close()
-        except KeyboardInterrupt as e:  # what was done so far, for the run's log
+        except BaseException as e:  # what was done so far, for the run's log: after Ctrl-C, or
+            # an error that ends the run midway (a writer thread that cannot start)
             summary.seconds = time.monotonic() - start
-            summary.aborted = INTERRUPTED
+            summary.aborted = INTERRUPTED if isinstance(e, KeyboardInterrupt) else error_text(e)
             e.summary = summary
             raise
         finally:

@@ -222,10 +222,10 @@ def run_sharded(
             summary = run_jobs(plan.todo, model, options, progress=progress, sink=sink)
         except BaseException as e:
             writer.abort()
-            if isinstance(e, KeyboardInterrupt):  # Ctrl-C's report counts them as not written
-                e.dropped_images = writer.dropped
-                if hasattr(e, "summary"):  # the run's log: over every job, as below
-                    _count_every_job(e.summary, jobs, plan)
+            # Ctrl-C's report (or an error's, midway) counts them as not written
+            e.dropped_images = writer.dropped
+            if hasattr(e, "summary"):  # the run's log: over every job, as below
+                _count_every_job(e.summary, jobs, plan)
             raise
         rows = None
         try:
