@@ -613,7 +613,11 @@ def test_an_index_part_that_cannot_be_read_is_not_called_damaged(tmp_path, monke
                  ["report", str(out)]):  # fmt: skip
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 1, result.output
-        assert result.output.splitlines()[-1] == f"Error: could not read {part}: {words}"
+        said = f"Error: could not read {part}: {words}"
+        if errno_ == 24:  # what to do about it, with the command's own options
+            said += ": raise the limit on open files (ulimit -n 4096, say)"
+            said += ", or give fewer --workers/--writers" if args[0] == "extract" else ""
+        assert result.output.splitlines()[-1] == said
     monkeypatch.setattr(shard_index, "open_file", real)
     again = _run([str(inputs), "-o", str(out), "--format", "wds"])
     assert again.exit_code == 0 and "done 0, skipped 2" in again.output, again.output

@@ -68,7 +68,7 @@ def _friendly(command):
                 _fail(e)
             _quiet_exit()
         except (ValueError, OSError, RuntimeError, LookupError) as e:
-            _fail(e)
+            _fail(e, _out_of_open_files(e))
         except MemoryError as e:  # (numpy's "Unable to allocate ..." is one)
             _fail(e, _out_of_memory(e))
         except ImportError as e:  # a lazily imported dependency (cv2, torch) that fails to load
@@ -82,16 +82,32 @@ def _friendly(command):
 _NO_MEMORY_TO_LOAD = ("failed to map segment", "cannot allocate memory")
 
 
+def _own_options(*names: str) -> list[str]:
+    """Those of ``names`` that the running command has (``--batch-size`` is extract's)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return []
+    has = {opt for p in ctx.command.params for opt in p.opts}
+    return [name for name in names if name in has]
+
+
 def _memory_hint(ask_less: bool = True) -> str:
     """What to do when memory runs out: raise the limit, or (``ask_less``) ask less of this
     command (its own options among the sizes and the batch size)."""
     limit = "raise the memory limit (ulimit -v, or the job's memory request)"
-    ctx = click.get_current_context(silent=True)
-    if not ask_less or ctx is None:
-        return limit
-    names = {opt for p in ctx.command.params for opt in p.opts}
-    options = [o for o in ("--max-size", "--batch-size") if o in names]
+    options = _own_options("--max-size", "--batch-size") if ask_less else []
     return limit + (f", or lower {'/'.join(options)}" if options else "")
+
+
+def _out_of_open_files(e: BaseException) -> str | None:
+    """An error of too many open files (``ulimit -n`` reached) with what to do; else None."""
+    from ..io.guard import error_text, is_out_of_open_files
+
+    if not is_out_of_open_files(e):
+        return None
+    options = _own_options("--workers", "--writers")
+    fewer = f", or give fewer {'/'.join(options)}" if options else ""
+    return f"{error_text(e)}: raise the limit on open files (ulimit -n 4096, say){fewer}"
 
 
 def _out_of_memory(e: MemoryError) -> str:
