@@ -17,7 +17,7 @@ it runs Python or waits for the lock, or is in C code that let go of the lock.
 
 Variants: ``base``; ``switchXms`` (``sys.setswitchinterval`` X ms instead of 5); ``wN`` / ``rN``
 (N decoding / writing threads, e.g. ``w8r4``); ``cvN`` (OpenCV's threads during the run,
-``run.device.OPENCV_THREADS``, 1 by default; its pool spins) / ``tN`` (torch's CPU threads):
+``run.device.runtime.OPENCV_THREADS``, 1 by default; its pool spins) / ``tN`` (torch's CPU threads):
 whose the ``other`` threads are, as both runtimes name theirs ``python``; ``pN`` (N worker
 processes sharing the device, as ``extract --processes N``: only the machine's busy share, no
 threads); joined with ``+`` (``switch1ms+w8r4``).
@@ -139,7 +139,7 @@ def main() -> None:
 
     from fpncli.api import load_backbone
     from fpncli.run import bench
-    from fpncli.run import device as device_module
+    from fpncli.run.device import runtime as device_module  # where run_settings reads it
     from fpncli.run.multi import usable_cores
 
     device = torch.device(

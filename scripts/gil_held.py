@@ -43,8 +43,8 @@ def loop(what: str, seconds: float, work: Path) -> None:
     from fpncli.io.inputs import Job
     from fpncli.io.outputs import OutputOptions, write_image_outputs
     from fpncli.run.bench import OUTPUT_PRESETS
+    from fpncli.run.device.transfer import results_to_host
     from fpncli.run.steps import RunOptions, decode
-    from fpncli.run.transfer import results_to_host
     from fpncli.weights.registry import DETECTRON2_INPUT
 
     torch.set_num_threads(1)

@@ -35,8 +35,8 @@ from fpncli.run.device import (
     select_device,
     worker_threads,
 )
-from fpncli.run.reductions import order_stats, reduce_map, reduce_maps
-from fpncli.run.transfer import ByteBudget, results_to_host
+from fpncli.run.device.reductions import order_stats, reduce_map, reduce_maps
+from fpncli.run.device.transfer import ByteBudget, results_to_host
 from fpncli.viz.maps import REDUCTIONS, range_from_order_stats, reduce_channels, value_range
 from fpncli.weights.registry import DETECTRON2_INPUT, TORCHVISION_INPUT
 
@@ -244,7 +244,7 @@ def test_pca_sign_ties_fall_to_the_largest_loading_on_the_device_as_in_numpy(mon
     """Where the loadings' sum counts as 0, both take the largest loading's sign: forced here by
     a tolerance above the sum (0.24) on a level whose largest loading (-0.73) has the other
     sign, so the two rules give opposite maps and a swapped branch would show."""
-    from fpncli.run import reductions
+    from fpncli.run.device import reductions
     from fpncli.viz import maps
 
     monkeypatch.setattr(reductions, "PCA_SIGN_TOLERANCE", 1.0)
@@ -538,7 +538,7 @@ def test_what_counts_as_out_of_memory(error, expected):
 
 def test_packed_views_hold_each_source_apart():
     """The layout of the one pinned buffer a CUDA batch comes back in (run here on the CPU)."""
-    from fpncli.run.transfer import _pack, _packed_bytes
+    from fpncli.run.device.transfer import _pack, _packed_bytes
 
     gen = torch.Generator().manual_seed(0)
     sources = {
@@ -560,7 +560,7 @@ def test_packed_views_hold_each_source_apart():
 
 
 def test_batched_statistics_equal_per_image_ones():
-    from fpncli.run.reductions import finite_stats, finite_stats_batch
+    from fpncli.run.device.reductions import finite_stats, finite_stats_batch
 
     valid = torch.randn(3, 8, 5, 7, generator=torch.Generator().manual_seed(0))
     valid[1, 2, 3, 4] = float("nan")
@@ -599,7 +599,7 @@ def test_the_device_stages_start_once_the_batch_is_staged(monkeypatch):
     """The clock's ``start`` is marked after the host has filled the batch, right before the
     upload: the host's staging time is the feeding thread's (``host``), not ``h2d``, so a GPU
     waiting for that thread reads as host-bound."""
-    from fpncli.run.transfer import InputStager, StageClock
+    from fpncli.run.device.transfer import InputStager, StageClock
 
     slow_stack = np.stack
 

@@ -23,8 +23,8 @@ from heatmaps import assert_same_heatmap
 
 import fpncli
 from fpncli.io.outputs import OutputOptions, read_manifest
+from fpncli.run.device.transfer import InputStager, PinnedPool, results_to_host
 from fpncli.run.pipeline import Job, RunOptions, run_jobs
-from fpncli.run.transfer import InputStager, PinnedPool, results_to_host
 from fpncli.viz.maps import range_from_order_stats, value_range
 
 pytestmark = [

@@ -78,7 +78,7 @@ def test_copy_rgb_puts_lent_pixels_where_they_go_as_numpy_would():
 def test_the_stager_uploads_lent_pixels_as_their_copies(tmp_path):
     import torch
 
-    from fpncli.run.transfer import InputStager
+    from fpncli.run.device.transfer import InputStager
 
     rng = np.random.default_rng(4)
     arrays = [

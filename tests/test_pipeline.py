@@ -1234,7 +1234,7 @@ def test_progress_reports_arrive_in_order(tmp_path, model):
 
 
 def test_a_copy_back_error_fails_that_image_only(tmp_path, model, monkeypatch):
-    from fpncli.run.transfer import BatchResult
+    from fpncli.run.device.transfer import BatchResult
 
     paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(5)]
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]

@@ -405,7 +405,7 @@ def _run_reduction_one_ulp_up(monkeypatch):
     above numpy's of the .npy; returns what puts it back."""
     import torch
 
-    from fpncli.run import transfer
+    from fpncli.run.device import transfer
 
     reduce_maps = transfer.reduce_maps
     up = torch.tensor(float("inf"))

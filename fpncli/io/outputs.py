@@ -167,8 +167,8 @@ class LevelResult:
             accumulated in float64); None when no value is finite.
         nonfinite: how many values of the valid region are NaN or infinite.
         order_stats: what the heatmap's colour range needs of ``map2d``, when the device
-            picked it out with the map (``fpncli.run.reductions.order_stats``); None: the writer
-            takes ``value_range`` of the map.
+            picked it out with the map (``fpncli.run.device.reductions.order_stats``); None: the
+            writer takes ``value_range`` of the map.
     """
 
     shape: tuple[int, ...]

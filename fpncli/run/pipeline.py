@@ -43,6 +43,8 @@ from ..io.outputs import (
 )
 from ..model.fpn import FPN, STAGES
 from .device import (
+    BatchResult,
+    ByteBudget,
     bind_thread,
     device_broken,
     free_cached_memory,
@@ -83,7 +85,6 @@ from .summary import (
     float16_overflow,
     open_files_message,
 )
-from .transfer import BatchResult, ByteBudget
 
 __all__ = [
     "IMAGE_EXTENSIONS",

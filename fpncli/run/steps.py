@@ -38,7 +38,7 @@ from ..model.fpn import FPN
 from ..model.normalize import normalize_batch
 from ..model.resize import pillow_bilinear
 from ..weights.registry import InputFormat
-from .transfer import BatchResult, InputStager, PinnedPool, StageClock, results_to_host
+from .device import BatchResult, InputStager, PinnedPool, StageClock, results_to_host
 
 __all__ = [
     "RunOptions",

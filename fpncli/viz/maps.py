@@ -1,7 +1,7 @@
 """A feature level as one 2-D map, and the value range it is coloured with.
 
 numpy only (no OpenCV, no matplotlib): the writer, ``show`` and the device code's checks use
-these numbers without drawing anything. ``fpncli.run.reductions`` computes the same in torch
+these numbers without drawing anything. ``fpncli.run.device.reductions`` computes the same in torch
 (``reduce_maps``, ``order_stats``), and its tests hold the two equal.
 """
 
@@ -79,7 +79,7 @@ def pca_sign(component: np.ndarray) -> float:
     with the channel-mean map. With centred samples ``X`` (C x N) and component ``v``,
     ``cov(v X, mean_c X) = v . (X X^T 1) / (C N) = lambda (v . 1) / C``: the sign of the sum of
     the loadings. Where that sum is about 0 (the mean map is independent of the component) the
-    largest loading is made positive. ``fpncli.run.reductions`` computes the same in torch.
+    largest loading is made positive. ``fpncli.run.device.reductions`` computes the same in torch.
     """
     total = float(np.sum(component))
     if abs(total) > PCA_SIGN_TOLERANCE * math.sqrt(component.size):
@@ -140,7 +140,7 @@ def finite_values(values: np.ndarray) -> tuple[np.ndarray, bool]:
 
 def _places(n: int, qs: tuple[float, ...]) -> list[tuple[int, int, float]]:
     """For each percentile ``q`` of ``n`` sorted values, numpy's "linear" method: the ranks
-    below and above it and the weight of the upper one. ``fpncli.run.reductions.order_stats``
+    below and above it and the weight of the upper one. ``fpncli.run.device.reductions.order_stats``
     computes the same ranks in torch."""
     places = []
     for q in qs:
@@ -198,9 +198,9 @@ def range_from_order_stats(
     stats: tuple[float, ...], clip: tuple[float, float] | None = DEFAULT_CLIP
 ) -> tuple[float, float]:
     """``value_range`` of a map from the order statistics of its finite values that the device
-    picked out (``fpncli.run.reductions.order_stats``: the count, the min, the max, and the values
-    at the ranks below and above each of the ``clip`` percentiles), without the map: the very
-    same numbers, as the ranks are numpy's and the interpolation is done here."""
+    picked out (``fpncli.run.device.reductions.order_stats``: the count, the min, the max, and
+    the values at the ranks below and above each of the ``clip`` percentiles), without the map:
+    the very same numbers, as the ranks are numpy's and the interpolation is done here."""
     n, smallest, largest, below_lo, above_lo, below_hi, above_hi = (float(v) for v in stats)
     n = int(n)
     if n == 0:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..viz.maps import PCA_SIGN_TOLERANCE  # pca_sign's, in torch as in numpy
+from ...viz.maps import PCA_SIGN_TOLERANCE  # pca_sign's, in torch as in numpy
 
 __all__ = ["reduce_map", "reduce_maps", "order_stats", "finite_stats", "finite_stats_batch",
            "nan_outside", "pca_maps"]  # fmt: skip

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..io.outputs import LevelResult, OutputOptions, valid_size
-from ..io.pillow_view import copy_rgb
-from ..model.fpn import OUTPUT_STRIDES
+from ...io.outputs import LevelResult, OutputOptions, valid_size
+from ...io.pillow_view import copy_rgb
+from ...model.fpn import OUTPUT_STRIDES
 from .reductions import (
     finite_stats,
     finite_stats_batch,

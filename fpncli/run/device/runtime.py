@@ -2,10 +2,6 @@
 ``LOCAL_RANK``, SLURM), the device context and thread binding, the run's torch and OpenCV
 settings (restored afterwards), the model converted to the run's precision, and telling an
 out-of-memory or a lost device from other errors.
-
-The rest of the GPU machinery sits beside it: ``transfer`` (pinned buffers, streams and events,
-results back to the host) and ``reductions`` (heatmap maps and statistics where the features
-are).
 """
 
 from __future__ import annotations
@@ -19,10 +15,10 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from ..io.inputs import env_int
-from ..model import cuda_kernels
-from ..model.cpu_kernels import use_cpu_kernels, uses_cpu_kernels
-from .hostmem import keep_large_blocks
+from ...io.inputs import env_int
+from ...model import cuda_kernels
+from ...model.cpu_kernels import use_cpu_kernels, uses_cpu_kernels
+from ..hostmem import keep_large_blocks
 
 log = logging.getLogger(__name__)
 
