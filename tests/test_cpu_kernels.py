@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,7 +203,22 @@ def _mmapped_bytes() -> int:
     return libc.mallinfo2().hblkhd
 
 
-def test_a_run_keeps_large_blocks_in_the_heap(monkeypatch):
+def test_a_run_keeps_large_blocks_in_the_heap():
+    """In a fresh process (``_check_large_blocks``): in one that has run many tests, memory
+    mapped just above the heap can stop it growing, and glibc then maps a block however high
+    its threshold (the check failed so once in the whole suite and passes alone)."""
+    if hostmem._glibc() is None or not hasattr(hostmem._glibc(), "mallinfo2"):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    here = Path(__file__).resolve().parent
+    code = f"import sys; sys.path[:0] = [{str(here)!r}, {str(here.parent)!r}]; " \
+        "import test_cpu_kernels; test_cpu_kernels._check_large_blocks()"  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "FPNCLI_MALLOC"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _check_large_blocks() -> None:
     # each check asks for a size no earlier free left in the heap, so only the thresholds decide
     mib = 1 << 20
 
@@ -221,6 +240,6 @@ def test_a_run_keeps_large_blocks_in_the_heap(monkeypatch):
         worker.join()
         assert seen[0] < 48 * mib  # another thread's arena (heaps up to 64 MiB) too
     assert mmapped_while_held(400 * mib) >= 400 * mib  # restored
-    monkeypatch.setenv("FPNCLI_MALLOC", "0")
+    os.environ["FPNCLI_MALLOC"] = "0"  # (a process of its own)
     with hostmem.keep_large_blocks():
         assert mmapped_while_held(500 * mib) >= 500 * mib  # switched off

@@ -1048,6 +1048,11 @@ def test_ulimit_v_bounds_the_available_memory(tmp_path, monkeypatch):
     limit[0] = 3 * gib  # ulimit -v: 3 GiB, 1 GiB of it mapped
     assert hostmem.address_space_headroom(str(status)) == 2 * gib
     assert hostmem.available_bytes(str(meminfo), cgroups=none, status=str(status)) == 2 * gib + 7
+    # each process has its own limit: a worker's share of the machine is not also a share of it
+    assert hostmem.available_bytes(str(meminfo), cgroups=none, status=str(status),
+                                   share=0.5) == 2 * gib + 7  # fmt: skip
+    assert hostmem.available_bytes(str(meminfo), cgroups=none, status=str(status),
+                                   share=0.05) == gib + 7  # 5% of 20 GiB: 1 GiB  # fmt: skip
     limit[0] = gib // 2  # mapped past a lowered limit: nothing, not a negative figure
     assert hostmem.address_space_headroom(str(status)) == 0
     assert hostmem.address_space_headroom(str(tmp_path / "missing")) is None

@@ -109,11 +109,11 @@ def available_bytes(meminfo: str = "/proc/meminfo", *, share: float = 1.0,
                     status: str = "/proc/self/status") -> int | None:  # fmt: skip
     """The memory this process can take now without being killed for it: ``MemAvailable``
     and ``SwapFree`` of ``meminfo``, or less where a memory cgroup (a container, a SLURM job, a
-    systemd slice) leaves less (``cgroup_headroom``) or ``ulimit -v`` does
-    (``address_space_headroom``: past it an allocation fails), ``share`` of that (each of N worker
+    systemd slice) leaves less (``cgroup_headroom``), ``share`` of that (each of N worker
     processes checks before its batch: 1/N, so that N batches started together fit together),
-    and the free blocks glibc holds in this process's heap (``keep_large_blocks`` keeps an
-    earlier batch's activations there for the next). None where ``meminfo`` cannot be read or
+    at most what ``ulimit -v`` leaves this process (``address_space_headroom``, each process's
+    own: past it an allocation fails), and the free blocks glibc holds in this process's heap
+    (``keep_large_blocks`` keeps an earlier batch's activations there for the next). None where ``meminfo`` cannot be read or
     has no ``MemAvailable`` (not Linux, or before 3.14)."""
     fields = {}
     try:
@@ -128,11 +128,14 @@ def available_bytes(meminfo: str = "/proc/meminfo", *, share: float = 1.0,
         return None
     swap = fields.get("SwapFree", 0)
     machine = fields["MemAvailable"] + swap
-    for limited in (cgroup_headroom(cgroups, root, host_swap=swap),
-                    address_space_headroom(status)):  # fmt: skip
-        if limited is not None:
-            machine = min(machine, limited)
-    return int(max(0, machine) * share) + _heap_free()
+    limited = cgroup_headroom(cgroups, root, host_swap=swap)
+    if limited is not None:
+        machine = min(machine, limited)
+    ours = int(max(0, machine) * share)  # the machine's (or cgroup's) memory is shared
+    own = address_space_headroom(status)  # ulimit -v is each process's own
+    if own is not None:
+        ours = min(ours, own)
+    return ours + _heap_free()
 
 
 def address_space_headroom(status: str = "/proc/self/status") -> int | None:
