@@ -113,8 +113,8 @@ def available_bytes(meminfo: str = "/proc/meminfo", *, share: float = 1.0,
     processes checks before its batch: 1/N, so that N batches started together fit together),
     at most what ``ulimit -v`` leaves this process (``address_space_headroom``, each process's
     own: past it an allocation fails), and the free blocks glibc holds in this process's heap
-    (``keep_large_blocks`` keeps an earlier batch's activations there for the next). None where ``meminfo`` cannot be read or
-    has no ``MemAvailable`` (not Linux, or before 3.14)."""
+    (``keep_large_blocks`` keeps an earlier batch's activations there for the next). None
+    where ``meminfo`` cannot be read or has no ``MemAvailable`` (not Linux, or before 3.14)."""
     fields = {}
     try:
         with open(meminfo, encoding="ascii", errors="replace") as f:
