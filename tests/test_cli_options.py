@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -116,6 +118,59 @@ def test_options_at_their_defaults_or_where_they_count_are_accepted(runner, phot
                  [*SMALL, "--reduce", "channel", "--channel", "3", "--seed", "3"]):  # fmt: skip
         result = runner.invoke(cli, [*base, *args, "-o", str(tmp_path / args[1])])
         assert result.exit_code == 0, result.output
+
+
+def _as_before_unused_options_were_refused(monkeypatch) -> None:
+    """Extract as 6bdc2f7 did: ``--channel`` without ``--reduce channel`` and ``--min-size``
+    with ``--no-resize`` taken, and hashed into the run keys as given."""
+    import fpncli.io.manifest as manifest
+    import fpncli.io.shards as shards
+
+    extract = importlib.import_module("fpncli.cli.extract")  # the module, not the command
+
+    def options_for_key(options):
+        chosen = asdict(options)
+        if not (chosen["save_heatmaps"] or chosen["save_overview"] or chosen["overlay"]):
+            chosen.update({name: manifest._defaults()[name] for name in manifest._DRAWING})
+        return chosen
+
+    monkeypatch.setattr(extract, "_check_options_used", lambda *args: None)
+    monkeypatch.setattr(manifest, "options_for_key", options_for_key)
+    monkeypatch.setattr(shards, "options_for_key", options_for_key)
+
+
+@pytest.mark.parametrize("out_format", ["files", "wds"])
+@pytest.mark.parametrize(
+    "then, now",
+    [(["--reduce", "mean", "--channel", "5", *SMALL], ["--reduce", "mean", *SMALL]),
+     (["--no-resize", "--min-size", "700", "--weights", "random"],
+      ["--no-resize", "--weights", "random"])],
+)  # fmt: skip
+def test_outputs_made_with_an_option_that_changes_nothing_resume(runner, photo, tmp_path,
+                                                                 monkeypatch, out_format, then,
+                                                                 now):  # fmt: skip
+    """Outputs an earlier version made with ``--channel 5 --reduce mean`` (or ``--no-resize
+    --min-size 700``), whose keys hold that value, resume with the command extract takes now:
+    skipped, nothing rewritten. Folders were redone silently and wds refused ("other weights or
+    options"), while the command that matched them is refused."""
+    if out_format == "wds":
+        pytest.importorskip("fsspec")
+        pytest.importorskip("pyarrow")
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (photos / name).write_bytes(photo.read_bytes())
+    base = ["extract", str(photos), "-o", str(out), "--levels", "p6", "--format", out_format]
+    with monkeypatch.context() as m:
+        _as_before_unused_options_were_refused(m)
+        made = runner.invoke(cli, [*base, *then])
+    assert made.exit_code == 0 and "done 2," in made.output, made.output
+    outputs = [p for p in out.rglob("*") if p.suffix in (".npy", ".png", ".tar", ".json")]
+    before = {p: p.stat().st_mtime_ns for p in outputs if p.name != "run.json"}
+    resumed = runner.invoke(cli, [*base, *now])
+    assert resumed.exit_code == 0, resumed.output
+    assert "done 0, skipped 2" in resumed.output and "other settings" not in resumed.output
+    assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
 @pytest.mark.parametrize("command", ["extract", "show", "bench"])

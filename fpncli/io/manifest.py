@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MANIFEST", "read_manifest", "load_manifest", "check_manifest", "manifest_files",
     "is_complete", "folder_state", "changed_settings", "run_key",
+    "legacy_run_key", "legacy_options",
 ]  # fmt: skip
 
 MANIFEST = "manifest.json"
@@ -290,13 +291,31 @@ def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: 
     modification time: ``stat``, by default the file's now), the weights, the precision and
     the output options. A complete folder with the same key is skipped on resume; a different
     key means re-extract."""
+    return _run_key(image_path, _options_json(options), weights, precision, stat)
+
+
+def legacy_run_key(image_path: Path, options: OutputOptions, weights: dict, precision: str,
+                   manifest: dict, stat: os.stat_result | None = None) -> str | None:  # fmt: skip
+    """The run key an earlier version gave the extraction ``manifest`` records if it was made
+    with ``options`` (``legacy_options``), None where that is the key ``run_key`` gives. Those
+    versions hashed the options that change nothing as given: a folder they made with
+    ``--channel 5 --reduce mean`` or ``--no-resize --min-size 700`` is the same extraction as
+    this run's, and is skipped, not redone."""
+    chosen = legacy_options(options, manifest)
+    if chosen is None:
+        return None
+    return _run_key(image_path, _key_json(chosen), weights, precision, stat)
+
+
+def _run_key(image_path: Path, options_json: str, weights: dict, precision: str,
+             stat: os.stat_result | None) -> str:  # fmt: skip
     stat = Path(image_path).stat() if stat is None else stat
     # the JSON of {"input", "options", "precision", "weights"} with sorted keys, as earlier
     # versions wrote it (their folders still resume), with the options' part made once per
     # options object: asdict was 60% of the time of listing a million pending images
     parts = [
         ("input", json.dumps([os.path.realpath(image_path), stat.st_size, stat.st_mtime_ns])),
-        ("options", _options_json(options)),
+        ("options", options_json),
         ("precision", json.dumps(precision)),
         ("weights", json.dumps([weights.get("name"), weights.get("sha256"), weights.get("seed")])),
     ]
@@ -330,6 +349,34 @@ def _unused_at_defaults(chosen: dict) -> dict:
     if chosen["resize"] is False:
         chosen.update(min_size=defaults["min_size"], max_size=defaults["max_size"])
     return chosen
+
+
+def legacy_options(options: OutputOptions, manifest: dict) -> dict | None:
+    """The output options as versions before ``options_for_key`` put the options that change
+    nothing at their defaults held them in their keys: ``options`` as given (the drawing options
+    at their defaults when nothing is drawn, as those versions did), with ``channel`` and
+    ``min_size``/``max_size`` where they change nothing at the values ``manifest`` records
+    (``heatmap.channel``, ``preprocess.min_size``/``max_size``). None where that is
+    ``options_for_key(options)`` (nothing recorded other than the defaults) or ``manifest``
+    records no valid value for one of them. (``--seed`` needs none: other weights than random
+    never recorded a seed.)"""
+
+    def mapping(value) -> dict:
+        return value if isinstance(value, dict) else {}
+
+    chosen = asdict(options)
+    if not (chosen["save_heatmaps"] or chosen["save_overview"] or chosen["overlay"]):
+        chosen.update({name: _defaults()[name] for name in _DRAWING})
+    recorded = {}
+    if chosen["reduce"] != "channel":
+        recorded["channel"] = mapping(manifest.get("heatmap")).get("channel")
+    if not chosen["resize"]:
+        pre = mapping(manifest.get("preprocess"))
+        recorded.update(min_size=pre.get("min_size"), max_size=pre.get("max_size"))
+    if not all(_is_int(value, 0) for value in recorded.values()):
+        return None
+    chosen.update(recorded)
+    return None if chosen == options_for_key(options) else chosen
 
 
 @functools.cache
@@ -396,9 +443,12 @@ def changed_settings(manifest: dict, options: OutputOptions, weights: dict,
 def _options_json(options: OutputOptions) -> str:
     cached = options.__dict__.get("_run_key_json")
     if cached is None:
-        chosen = options_for_key(options)
-        if chosen["canvas"] is None:  # as before canvases existed: earlier runs still resume
-            del chosen["canvas"]
-        cached = json.dumps(chosen, sort_keys=True)
+        cached = _key_json(options_for_key(options))
         object.__setattr__(options, "_run_key_json", cached)  # frozen: fields never change
     return cached
+
+
+def _key_json(chosen: dict) -> str:
+    if chosen["canvas"] is None:  # as before canvases existed: earlier runs still resume
+        chosen = {k: v for k, v in chosen.items() if k != "canvas"}
+    return json.dumps(chosen, sort_keys=True)

@@ -10,10 +10,11 @@ import logging
 import tarfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from ..model.names import OUTPUTS
-from .guard import quote_name, utf8_text
+from .guard import parse_json, quote_name, utf8_text
 from .shardlock import CLAIMS_DIR, wds_lock
 from .shards import (
     INDEX,
@@ -226,8 +227,11 @@ def _own_shards(fs, root: str) -> list[str]:
     return [p for p in paths if is_own_shard(PurePosixPath(p).name)]
 
 
-def prepare_root(fs, root: str, sources: dict[str, str], settings: str, *, overwrite: bool,
-                 live_tokens: frozenset[str] = frozenset()) -> set[str]:  # fmt: skip
+def prepare_root(
+    fs, root: str, sources: dict[str, str], settings: str, *, overwrite: bool,
+    live_tokens: frozenset[str] = frozenset(),
+    legacy_settings: Callable[[dict], str | None] | None = None,
+) -> set[str]:  # fmt: skip
     """Make ``root`` ready for a run over ``sources`` (key -> the input file's absolute path);
     return the keys already done (to skip).
 
@@ -240,6 +244,12 @@ def prepare_root(fs, root: str, sources: dict[str, str], settings: str, *, overw
     may have given it: ``a.b.jpg`` was ``a_b``): an image is never in the shards twice. A key
     the index has ``ok`` for another file is refused, neither skipped (that image would never
     be extracted) nor redone (shards are only appended to: the key would be in two of them).
+
+    ``legacy_settings``: the settings digest an earlier version gave the extraction an image's
+    ``KEY.json`` records, were it made with this run's options (``legacy_settings_key``). Rows
+    of another digest are this run's where it gives that digest for one of their images (read
+    once per digest, only for those that differ): those versions hashed options that change
+    nothing (``--channel`` with ``--reduce mean``) as given.
 
     Raises:
         ValueError: ``root`` holds images made with other weights or options (that would mix
@@ -270,12 +280,22 @@ def prepare_root(fs, root: str, sources: dict[str, str], settings: str, *, overw
     by_key = {r["key"]: r for r in ok}
     by_source = {r["source"]: r for r in reversed(ok) if r["source"] is not None}
     done, other, clashes = set(), 0, []
+    same = {settings: True}  # settings digest -> this run's (an earlier version's key of it)
+
+    def is_same(row: dict) -> bool:
+        digest = row["settings"]
+        if digest not in same:
+            same[digest] = legacy_settings is not None and _legacy_same(
+                fs, root, row, legacy_settings
+            )
+        return same[digest]
+
     for key, source in sources.items():
         source = utf8_text(source)  # as the index holds it
         row = by_source.get(source) or by_key.get(key)
         if row is not None and row["source"] not in (None, source):
             clashes.append((key, row["source"], source))
-        elif row is not None and row["settings"] != settings:
+        elif row is not None and not is_same(row):
             other += 1
         elif row is not None:
             done.add(key)
@@ -293,6 +313,17 @@ def prepare_root(fs, root: str, sources: dict[str, str], settings: str, *, overw
             "shards"
         )
     return done
+
+
+def _legacy_same(fs, root: str, row: dict, legacy_settings: Callable[[dict], str | None]) -> bool:
+    """Whether ``row``'s settings digest is the one ``legacy_settings`` gives the manifest
+    (``KEY.json``) of its image; False where that cannot be read (the rows are then another
+    extraction's, as without ``legacy_settings``)."""
+    try:
+        manifest = parse_json(_members(fs, root, row["shard"], row["key"])["json"])
+    except (OSError, ValueError, KeyError, UnicodeDecodeError):
+        return False
+    return isinstance(manifest, dict) and legacy_settings(manifest) == row["settings"]
 
 
 def _drop_lost_shards(fs, root: str, rows: list[dict]) -> set[str]:
@@ -380,8 +411,13 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
         if not rows and escaped != key and any(r["key"] == escaped for r in table):
             why = f" (did you mean {escaped!r}, the key of that path?)"
         raise FileNotFoundError(f"no image with key {key!r} in {root}{why}")
-    shard, prefix = ok[0]["shard"], f"{key}."
-    found = {}
+    shard = ok[0]["shard"]
+    return shard, _members(fs, root, shard, key)
+
+
+def _members(fs, root: str, shard: str, key: str) -> dict[str, bytes]:
+    """``{suffix: bytes}`` of ``key``'s members in ``shard`` (``find_member``'s errors)."""
+    prefix, found = f"{key}.", {}
     try:
         f, shard_size = open_shard(fs, f"{root}/{shard}")
     except FileNotFoundError:
@@ -403,4 +439,4 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
             raise ValueError(f"{root}/{shard} is not a readable tar shard ({e})") from None
     if not found:
         raise FileNotFoundError(f"{shard} in {root} does not hold {key!r}: the index is stale")
-    return shard, found
+    return found

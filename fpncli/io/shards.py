@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from pathlib import PurePosixPath
 
 from .guard import utf8_text
-from .manifest import options_for_key
+from .manifest import legacy_options, options_for_key
 from .outputs import OutputOptions
 from .shardlock import TOKEN_HEX
 
@@ -160,10 +160,24 @@ def wds_key(relative: str | PurePosixPath) -> str:
 
 def settings_key(options: OutputOptions, weights: dict, precision: str) -> str:
     """A digest of what shapes every image's outputs (weights, precision, output options)."""
+    return _settings_digest(options_for_key(options), weights, precision)
+
+
+def legacy_settings_key(options: OutputOptions, weights: dict, precision: str,
+                        manifest: dict) -> str | None:  # fmt: skip
+    """The ``settings_key`` an earlier version gave the extraction ``manifest`` (an image's
+    ``KEY.json``) records if it was made with ``options`` (``manifest.legacy_options``: those
+    versions hashed ``--channel`` or ``--min-size`` as given where they change nothing); None
+    where that is ``settings_key``'s."""
+    chosen = legacy_options(options, manifest)
+    return None if chosen is None else _settings_digest(chosen, weights, precision)
+
+
+def _settings_digest(chosen: dict, weights: dict, precision: str) -> str:
     material = {
         "weights": [weights.get("name"), weights.get("sha256"), weights.get("seed")],
         "precision": precision,
-        "options": options_for_key(options),
+        "options": chosen,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 

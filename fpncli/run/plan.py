@@ -14,7 +14,7 @@ from pathlib import Path
 from ..io.canvas import canvas_for
 from ..io.guard import linked_folder, quote_name
 from ..io.inputs import Job
-from ..io.manifest import changed_settings, folder_state
+from ..io.manifest import changed_settings, folder_state, legacy_run_key
 from ..io.outputs import OutputOptions, estimate_bytes_per_image
 from ..io.preprocess import (
     DEFAULT_MAX_PIXELS,
@@ -132,7 +132,18 @@ def _state(job: Job, options: RunOptions, weights: dict) -> tuple[bool, dict | N
         return False, None, None
     if linked_folder(job.folder, options.root) is not None:
         return False, None, key
-    return (*folder_state(job.folder, key), key)
+    complete, manifest = folder_state(job.folder, key)
+    if not complete and manifest is not None and manifest.get("run_key") not in (None, key):
+        # made by a version that hashed the options that change nothing as given (--channel
+        # with --reduce mean): the same extraction, its own key the one to match
+        try:
+            legacy = legacy_run_key(job.path, options.output, weights, options.precision,
+                                    manifest)  # fmt: skip
+        except OSError:
+            legacy = None
+        if legacy is not None and legacy == manifest.get("run_key"):
+            complete, manifest = folder_state(job.folder, legacy)
+    return complete, manifest, key
 
 
 def _complete(job: Job, options: RunOptions, weights: dict) -> bool:

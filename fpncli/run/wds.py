@@ -19,7 +19,7 @@ from ..io.inputs import Job
 from ..io.shard_index import claim_root, consolidate_index, prepare_root
 from ..io.shard_writer import ShardWriter
 from ..io.shardlock import LiveRun, RunClaim, is_local, wds_lock
-from ..io.shards import open_root, settings_key, wds_key
+from ..io.shards import legacy_settings_key, open_root, settings_key, wds_key
 from ..model.fpn import FPN
 from .pipeline import run_jobs
 from .plan import Replaced, check_disk_space
@@ -83,8 +83,12 @@ def plan_sharded(jobs: list[Job], out: str, options: RunOptions, weights: dict) 
                 f"another fpncli run ({_pids(live)}) is writing {root}: --overwrite would delete "
                 "its shards; rerun when it has ended"
             )
-        done = prepare_root(fs, root, sources, settings, overwrite=options.overwrite,
-                            live_tokens=frozenset(r.token for r in live))  # fmt: skip
+        done = prepare_root(
+            fs, root, sources, settings, overwrite=options.overwrite,
+            live_tokens=frozenset(r.token for r in live),
+            legacy_settings=lambda manifest: legacy_settings_key(
+                options.output, weights, options.precision, manifest),
+        )  # fmt: skip
         wanted = {k: source for k, source in sources.items() if k not in done}
         taken = _taken(live, wanted, settings, root)
         skip = done | taken.keys()
