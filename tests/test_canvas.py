@@ -219,6 +219,33 @@ def test_extracts_max_pixels_limits_the_canvas_and_is_named_as_the_api_does(mode
     assert (extraction.prepared.padded_height, extraction.prepared.padded_width) == (64, 64)
 
 
+def test_refusals_without_the_resize_suggest_only_what_extract_takes_there(model, tmp_path):
+    """Without the resize the image was "resized to 96x64" and the way out was "lower
+    --min-size/--max-size" or "--canvas auto", both refused with --no-resize: now only the
+    limit or a larger canvas; with the resize, the API names canvas="auto", not the CLI's."""
+    rgb = np.zeros((64, 96, 3), np.uint8)
+    with pytest.raises(ValueError) as refused:
+        fpncli.extract(rgb, model, resize=False, canvas="32x32")
+    assert str(refused.value) == (
+        "at 96x64 (not resized), the image does not fit the canvas 32x32: give a canvas of at "
+        "least 96x64"
+    )
+    with pytest.raises(ValueError) as refused:
+        fpncli.extract(rgb, model, min_size=64, max_size=128, canvas="160x32")
+    assert str(refused.value).endswith('give a canvas of at least 96x64, or canvas="auto"')
+    Image.fromarray(rgb[4:, 6:]).save(tmp_path / "a.png")  # 90x60: padded to 96x64
+    out = tmp_path / "out"
+    args = ["extract", str(tmp_path / "a.png"), "-o", str(out), "--weights", "random"]
+    for extra, message in (
+        (["--canvas", "32x32"], "a.png: at 90x60 (not resized), the image does not fit the "
+         "canvas 32x32: give a canvas of at least 96x64\n"),
+        (["--max-pixels", "6000"], "a.png: at 90x60 (not resized) it would be 6,144 pixels, "
+         "over the 6,000 pixels limit: raise --max-pixels\n"),
+    ):  # fmt: skip
+        result = CliRunner().invoke(cli, [*args, "--no-resize", *extra])
+        assert result.exit_code == 1 and message in result.output, result.output
+
+
 def test_cli_image_larger_than_the_canvas_fails_alone(tmp_path):
     _images(tmp_path / "in", "ab")
     out = tmp_path / "out"

@@ -139,13 +139,22 @@ def check_canvas(
 
 
 def canvas_for(
-    height: int, width: int, canvas: str, *, min_size: int, max_size: int
+    height: int,
+    width: int,
+    canvas: str,
+    *,
+    min_size: int,
+    max_size: int,
+    resize: bool = True,
+    names: OptionNames = CLI_NAMES,
 ) -> tuple[int, int]:
-    """The ``(height, width)`` canvas a resized ``height x width`` image is padded to.
+    """The ``(height, width)`` canvas a resized ``height x width`` image (not resized:
+    ``resize`` False) is padded to.
 
     Raises:
         ValueError: the image is larger than the canvas (a fixed one; or ``auto`` without the
-            resize).
+            resize), the message naming the options as ``names`` says (the auto canvas only
+            with the resize: it is refused without).
     """
     if canvas == "auto":
         landscape, portrait = auto_canvases(min_size, max_size)
@@ -155,8 +164,10 @@ def canvas_for(
         chosen = _fixed(canvas)
         what = f"the canvas {canvas}"
     if height > chosen[0] or width > chosen[1]:
+        size = f"resized to {width}x{height}" if resize else f"at {width}x{height} (not resized)"
+        auto = f", or {names.canvas_auto}" if resize else ""
         raise ValueError(
-            f"resized to {width}x{height}, the image does not fit {what}: give a canvas of at "
-            f"least {_round_up(width)}x{_round_up(height)}, or --canvas auto"
+            f"{size}, the image does not fit {what}: give a canvas of at least "
+            f"{_round_up(width)}x{_round_up(height)}{auto}"
         )
     return chosen

@@ -18,6 +18,7 @@ class OptionNames:
     min_size: str
     max_size: str
     no_resize: str  # what turns the resize off
+    canvas_auto: str  # what picks the canvas from the resize's sizes
 
     @property
     def sizes(self) -> str:
@@ -25,5 +26,5 @@ class OptionNames:
         return f"{self.min_size}/{self.max_size}"
 
 
-CLI_NAMES = OptionNames("--max-pixels", "--min-size", "--max-size", "--no-resize")
-API_NAMES = OptionNames("max_pixels", "min_size", "max_size", "resize=False")
+CLI_NAMES = OptionNames("--max-pixels", "--min-size", "--max-size", "--no-resize", "--canvas auto")
+API_NAMES = OptionNames("max_pixels", "min_size", "max_size", "resize=False", 'canvas="auto"')

@@ -529,16 +529,19 @@ def check_resized_size(height: int, width: int, min_size: int, max_size: int, re
                        max_pixels: int | None, *,
                        names: OptionNames = CLI_NAMES) -> None:  # fmt: skip
     """Refuse (ValueError) an image whose resized, padded size would exceed ``max_pixels``
-    (``check_max_pixels``; None: no limit), naming the options as ``names`` says."""
+    (``check_max_pixels``; None: no limit), naming the options as ``names`` says: without the
+    resize, only raising the limit helps (the sizes change nothing then)."""
     max_pixels = check_max_pixels(max_pixels, names)
     if max_pixels is None:
         return
     new_h, new_w = resized_shape(height, width, min_size, max_size) if resize else (height, width)
     padded = math.ceil(new_h / 32) * 32 * math.ceil(new_w / 32) * 32
     if padded > max_pixels:
+        what = f"resized to {new_w}x{new_h}" if resize else f"at {new_w}x{new_h} (not resized)"
+        fix = f"lower {names.sizes} or raise " if resize else "raise "
         raise ValueError(
-            f"resized to {new_w}x{new_h} it would be {pixel_count(padded)}, over the "
-            f"{pixel_count(max_pixels)} limit: lower {names.sizes} or raise {names.max_pixels}"
+            f"{what} it would be {pixel_count(padded)}, over the {pixel_count(max_pixels)} "
+            f"limit: {fix}{names.max_pixels}"
         )
 
 
@@ -660,7 +663,8 @@ def resize_for_model(
     d = size_divisibility
     padded = (math.ceil(new_h / d) * d, math.ceil(new_w / d) * d)
     if canvas is not None:  # refused before the resize when it does not fit
-        padded = canvas_for(new_h, new_w, canvas, min_size=min_size, max_size=max_size)
+        padded = canvas_for(new_h, new_w, canvas, min_size=min_size, max_size=max_size,
+                            resize=resize, names=names)  # fmt: skip
     if resize:
         image = np.asarray(rgb) if defer_resize else resize_shortest_edge(rgb, min_size, max_size)
         scale = min_size / min(height, width)
