@@ -47,6 +47,7 @@ __all__ = [
     "Prepared",
     "load_image",
     "exif_orientation",
+    "header_orientation",
     "turn_upright",
     "upright_size",
     "convert_pillow_image",
@@ -374,6 +375,15 @@ def exif_orientation(im: Image.Image, notes: list[str], *, decode: bool = True) 
         notes.append("EXIF unreadable: orientation not applied")
         return 1
     return _orientation(value, notes)
+
+
+def header_orientation(im: Image.Image) -> int | None:
+    """``exif_orientation(im, [], decode=False)``, None where a header read cannot know it: a PNG
+    whose EXIF Pillow did not find before its pixels (an eXIf chunk may follow them, and the
+    image be turned a quarter when decoded)."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return None
+    return exif_orientation(im, [], decode=False)
 
 
 def upright_size(im: Image.Image, orientation: int) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from ..io.outputs import OutputOptions, estimate_bytes_per_image
 from ..io.preprocess import (
     DEFAULT_MAX_PIXELS,
     check_resized_size,
-    exif_orientation,
+    header_orientation,
     open_image,
     resized_shape,
     upright_size,
@@ -54,7 +54,9 @@ def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32
 
     A sampled image the run will refuse counts 0 bytes: over ``max_pixels`` (the run's
     ``--max-pixels``, None: no limit) as it is or once resized, resized to nothing, or too
-    large for a fixed canvas. Where no sampled image's header can be read, every image counts as
+    large for a fixed canvas. One whose orientation the header does not tell (a PNG whose EXIF
+    may follow its pixels, ``header_orientation``) counts the larger of both ways round (0 only
+    if both are refused). Where no sampled image's header can be read, every image counts as
     the largest the options let through (``_unsized_image_bytes``)."""
     if not jobs:
         return 0
@@ -63,10 +65,13 @@ def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32
     for job in jobs[::step][:sample]:
         try:  # a header read; whatever goes wrong here is reported when the image is loaded
             with open_image(job.path, max_pixels=2**62) as im:  # no bomb warning: a header
-                width, height = upright_size(im, exif_orientation(im, [], decode=False))
+                orientation = header_orientation(im)
+                turns = (1, 6) if orientation is None else (orientation,)
+                shapes = {upright_size(im, turn) for turn in turns}
         except Exception:
             continue
-        sizes.append(_image_bytes(height, width, options, os.path.basename(job.path), max_pixels))
+        photo = os.path.basename(job.path)
+        sizes.append(max(_image_bytes(h, w, options, photo, max_pixels) for w, h in shapes))
     per_image = max(sizes) if sizes else _unsized_image_bytes(options)
     return per_image * len(jobs)
 
