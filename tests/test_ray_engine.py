@@ -541,10 +541,13 @@ class _FakeRay:
     that writes ``wrote`` on fd 2 and raises ``fails`` from it when given."""
 
     def __init__(self, wrote: bytes = b"", fails: Exception | None = None) -> None:
-        self.calls, self.wrote, self.fails = [], wrote, fails
+        self.calls, self.wrote, self.fails, self.shutdowns = [], wrote, fails, 0
 
     def is_initialized(self) -> bool:
         return False
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
 
     def init(self, **kwargs) -> None:
         import logging
@@ -603,6 +606,32 @@ def test_a_failed_ray_start_gives_the_ray_logger_back_and_says_what_ray_wrote(mo
         assert ray_log.level == logging.NOTSET
     said = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert said == [("WARNING", "Ray's start wrote:\nraylet: port 6379 taken")]  # (quiet only)
+
+
+def test_a_local_ray_that_times_out_starting_is_one_line_and_the_process_ends(inputs, tmp_path):
+    """ray.init raises a bare Exception when its node times out starting (under ``ulimit -v``,
+    say): that was a traceback. Now the one line, exit code 1, and ray.shutdown is called for
+    what the failed start left running."""
+    script = (
+        "import sys, ray\n"
+        "from fpncli.cli import cli\n"
+        "def init(**kwargs):\n"
+        "    raise Exception('The current node timed out during startup')\n"
+        "ray.init = init\n"
+        "ray.shutdown = lambda: print('shut down', file=sys.stderr)\n"
+        "cli(sys.argv[1:])\n"
+    )
+    args = ["extract", str(inputs / "im0.png"), "-o", str(tmp_path / "o"), "--engine", "ray",
+            "--device", "cpu", "--gpu-workers", "2", *SMALL]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).parents[1])  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "shut down" in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error")]
+    assert errors == [
+        "Error: cannot start or reach Ray (local): Exception: The current node timed out during "
+        "startup"
+    ], done.stderr
 
 
 def test_the_cli_quiets_ray_unless_verbose(inputs, tmp_path, monkeypatch):

@@ -145,11 +145,22 @@ def _connect(ray, address: str | None, quiet: bool = False) -> bool:
                 ray.init(address=address, **chatter)
             else:
                 ray.init(include_dashboard=False, **chatter)
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except Exception as e:  # a local node that times out starting raises a bare Exception
+        _shutdown_after_failed_start(ray)
         where = address or "local"
         raise RuntimeError(f"cannot start or reach Ray ({where}): {_reason(e)}") from None
     log.info("Ray started in %.1f s", time.monotonic() - start)
     return True
+
+
+def _shutdown_after_failed_start(ray) -> None:
+    """Stop what a failed ``ray.init`` had started (a GCS, a raylet, their threads): left
+    running, the process hung at exit after saying why Ray did not start. Best effort: its own
+    error is logged, and the start's error is the one said."""
+    try:
+        ray.shutdown()
+    except Exception as e:
+        log.debug("ray.shutdown after a failed start: %s", _reason(e))
 
 
 def _pool(ray, options: RayOptions) -> tuple[int, float]:
