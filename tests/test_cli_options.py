@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from slow_decoding import SLOW_DECODING
 
 import fpncli.api
 from fpncli.cli import cli
@@ -505,21 +506,9 @@ def test_an_error_midway_keeps_the_log_and_says_how_to_resume(runner, tmp_path, 
 
 #: ``fpncli ARGS`` with decoding slowed to 0.2 s an image, so that a signal sent once the first
 #: image is written lands with most of the run still to do
-SLOW_CLI = """
-import sys, time
-import fpncli.run.steps as steps
-
-real = steps.load_image
-
-def slow(path, **kwargs):
-    time.sleep(0.2)
-    return real(path, **kwargs)
-
-steps.load_image = slow
-from fpncli.cli import cli
-
-cli.main(sys.argv[1:], prog_name="fpncli")
-"""
+SLOW_CLI = SLOW_DECODING + (
+    "from fpncli.cli import cli\ncli.main(sys.argv[1:], prog_name='fpncli')\n"
+)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP (Windows)")

@@ -15,6 +15,7 @@ from unittest.mock import ANY
 import numpy as np
 import pytest
 from PIL import Image
+from slow_decoding import SLOW_DECODING
 
 import fpncli
 from fpncli.io.inputs import Job
@@ -24,20 +25,6 @@ from fpncli.run.pipeline import RunOptions, run_jobs
 SMALL = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
 ROOT = Path(fpncli.__file__).resolve().parents[1]  # this checkout, for the scripts' imports
 
-#: Slows decoding to 0.2 s an image, in the workers too (spawn runs this file again in each), so
-#: that a signal sent after the first image lands with most of the run still to do.
-SLOW_DECODING = """
-import sys, time
-import fpncli.run.steps as steps
-
-real = steps.load_image
-
-def slow(path, **kwargs):
-    time.sleep(0.2)
-    return real(path, **kwargs)
-
-steps.load_image = slow
-"""
 
 #: ``fpncli extract ARGS`` with two worker processes on the CPU (the CLI runs them on GPUs)
 CLI_ON_TWO_CPU_WORKERS = """
