@@ -361,14 +361,11 @@ def exif_orientation(im: Image.Image, notes: list[str], *, decode: bool = True) 
     fine, and Detectron2 reads such a file the same way (``_apply_exif_orientation`` catches
     whatever ``getexif`` raises). A PNG is decoded first, as its ``getexif`` would do to find
     an eXIf chunk after the pixels, so that a damaged image is still refused as one.
-    ``decode=False`` (a header read) never decodes: 1 for a PNG whose EXIF Pillow did not find
-    before its pixels; one found there is read without decoding (a 20000 x 20000 PNG's disk
-    estimate had decoded its 400 MP for it)."""
-    if im.format == "PNG":
-        if not decode and "exif" not in im.info:
-            return 1
-        if decode:
-            im.load()
+    ``decode=False`` (a header read, ``header_orientation``, which leaves out a PNG whose EXIF
+    Pillow did not find before its pixels) never decodes: a 20000 x 20000 PNG's disk estimate
+    had decoded its 400 MP for it."""
+    if decode and im.format == "PNG":
+        im.load()
     try:
         value = im.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # any parse error; the pixels are decoded (and refused) apart from it
