@@ -102,16 +102,17 @@ def open_files_message(summary: RunSummary) -> str:
     )
 
 
-def stopped_message(summary: RunSummary) -> str:
+def stopped_message(summary: RunSummary) -> str | None:
     """The one line of a run stopped early (``summary.aborted``), counted again over ``summary``
     as it is now, for a caller that recounts it (over every job of a resumed ``--format wds``
     run): a failed device's, a full disk's and too many open files' lines; any other reason as
     it is."""
+    aborted = summary.aborted or ""
     if summary.device_failure is not None:
         return device_failed_message(summary)
-    if summary.aborted is None or summary.aborted.startswith("disk full"):
+    if aborted.startswith("disk full"):
         return disk_full_message(summary)
-    if summary.aborted.startswith(OPEN_FILES):
+    if aborted.startswith(OPEN_FILES):
         return open_files_message(summary)
     return summary.aborted
 
