@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from .model.cpu_kernels import use_cpu_kernels
 from .model.fpn import FPN
 from .model.layers import fold_frozen_batchnorm
 from .model.normalize import normalize_batch
+from .shared import SharedSetting
 from .weights.cache import check_cached, record_first_use, sha256_file
 from .weights.checkpoint import (
     build_backbone,
@@ -145,11 +145,6 @@ def check_precision(precision: str, device: str | torch.device) -> None:
             )
 
 
-_tf32_lock = threading.Lock()
-_tf32_holders = 0  # threads inside fp32_strict now
-_tf32_restore: Callable[[], None] | None = None  # puts back the settings from before the first
-
-
 @contextmanager
 def fp32_strict():
     """True fp32 on CUDA for the duration: TF32 off for cuDNN convolutions and matmuls, and the
@@ -157,19 +152,8 @@ def fp32_strict():
     good). These settings are process-wide: the first of overlapping holders (threads running
     models at once) saves them and turns TF32 off, and the last to leave restores them, so one
     leaving never turns TF32 back on under another, nor leaves the user's settings off."""
-    global _tf32_holders, _tf32_restore
-    with _tf32_lock:
-        if _tf32_holders == 0:
-            _tf32_restore = _tf32_off()
-        _tf32_holders += 1
-    try:
+    with _TF32_OFF.held():
         yield
-    finally:
-        with _tf32_lock:
-            _tf32_holders -= 1
-            if _tf32_holders == 0:
-                restore, _tf32_restore = _tf32_restore, None
-                restore()
 
 
 def _tf32_off() -> Callable[[], None]:
@@ -203,6 +187,9 @@ def _tf32_off() -> Callable[[], None]:
                 setting.fp32_precision = value
 
     return restore
+
+
+_TF32_OFF = SharedSetting(_tf32_off)  # fp32_strict's holders share one save and restore
 
 
 def _precision_settings() -> list:

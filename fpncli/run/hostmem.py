@@ -28,9 +28,10 @@ import ctypes
 import functools
 import os
 import sys
-import threading
 from contextlib import contextmanager
 from pathlib import Path
+
+from ..shared import SharedSetting
 
 __all__ = [
     "keep_large_blocks", "CPU_BYTES_PER_PIXEL", "cpu_batch_bytes", "available_bytes",
@@ -41,9 +42,6 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _SETTLED_MMAP, _SETTLED_TRIM = 32 << 20, 64 << 20  # DEFAULT_MMAP_THRESHOLD_MAX and twice it
 _KEEP_BELOW = 1 << 30  # allocations under 1 GiB come from the heap
 _TRIM_ABOVE = (1 << 31) - 1
-
-_lock = threading.Lock()
-_active = 0
 
 
 @functools.cache
@@ -65,27 +63,30 @@ def _set(libc, mmap_threshold: int, trim_threshold: int) -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
 
 
+def _keep():
+    """Raise glibc's thresholds; returns what settles them and trims the heap."""
+    libc = _glibc()
+    _set(libc, _KEEP_BELOW, _TRIM_ABOVE)
+
+    def settle() -> None:
+        _set(libc, _SETTLED_MMAP, _SETTLED_TRIM)
+        libc.malloc_trim(0)
+
+    return settle
+
+
+_KEPT = SharedSetting(_keep)  # one raise for overlapping runs, settled when the last one ends
+
+
 @contextmanager
 def keep_large_blocks():
     """Within the block (nesting and concurrent runs allowed), freed blocks under 1 GiB stay in
     the heap for reuse instead of going back to the system."""
-    global _active
-    libc = None if os.environ.get("FPNCLI_MALLOC", "1") == "0" else _glibc()
-    if libc is None:
+    if os.environ.get("FPNCLI_MALLOC", "1") == "0" or _glibc() is None:
         yield
         return
-    with _lock:
-        if _active == 0:
-            _set(libc, _KEEP_BELOW, _TRIM_ABOVE)
-        _active += 1
-    try:
+    with _KEPT.held():
         yield
-    finally:
-        with _lock:
-            _active -= 1
-            if _active == 0:
-                _set(libc, _SETTLED_MMAP, _SETTLED_TRIM)
-                libc.malloc_trim(0)
 
 
 #: The CPU forward's peak memory, in bytes per padded input pixel of each image of a batch,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import threading
 from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 
@@ -18,6 +17,7 @@ import torch
 from ...io.inputs import env_int
 from ...model import cuda_kernels
 from ...model.cpu_kernels import use_cpu_kernels, uses_cpu_kernels
+from ...shared import SharedSetting
 from ..hostmem import keep_large_blocks
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def run_settings(
     compile: bool = False,
 ):  # fmt: skip
     """Settings for one run, restored afterwards (those of the whole process once the last of
-    overlapping runs ends: ``_process_settings``): the current CUDA device, ``cudnn.benchmark``
+    overlapping runs ends: ``_PROCESS_SETTINGS``): the current CUDA device, ``cudnn.benchmark``
     (fixed shapes make cuDNN's search pay off), the CPU thread count, and for a compiled model
     on the CPU inductor's ``freezing``; and, for every run, freed large blocks kept in the heap
     (``hostmem.keep_large_blocks``: no page faults on every new activation) and OpenCV in the
@@ -134,7 +134,7 @@ def run_settings(
     effect: the compilation happens at the first forward of each shape, inside the run.
     """
     with device_context(device), _freezing(compile and device.type == "cpu"), \
-            keep_large_blocks(), _process_settings():  # fmt: skip
+            keep_large_blocks(), _PROCESS_SETTINGS.held():  # fmt: skip
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = benchmark
         if threads is not None:
@@ -142,37 +142,29 @@ def run_settings(
         yield
 
 
-_settings_lock = threading.Lock()
-_settings_runs = 0  # runs inside _process_settings now
-_settings_saved: tuple = ()  # the settings from before the first of them
-
-
-@contextmanager
-def _process_settings():
-    """The process-wide settings a run changes (torch's CPU threads, ``cudnn.benchmark``,
-    OpenCV's threads: ``OPENCV_THREADS`` while any run is on), saved when the first of
-    overlapping runs (threads of one process) starts and given back when the last one ends:
-    the first to end does not change them under the other, nor leave them as it had them."""
-    global _settings_runs, _settings_saved
+def _save_and_set_process():
+    """What a run sets process-wide (OpenCV's threads: ``OPENCV_THREADS``), after saving what
+    ``run_settings`` may change too (torch's CPU threads, ``cudnn.benchmark``); returns what
+    puts them all back."""
     import cv2
 
-    with _settings_lock:
-        if _settings_runs == 0:
-            _settings_saved = (
-                torch.get_num_threads(), torch.backends.cudnn.benchmark, cv2.getNumThreads(),
-            )  # fmt: skip
-            cv2.setNumThreads(OPENCV_THREADS)
-        _settings_runs += 1
-    try:
-        yield
-    finally:
-        with _settings_lock:
-            _settings_runs -= 1
-            if _settings_runs == 0:
-                threads, benchmark, cv_threads = _settings_saved
-                torch.set_num_threads(threads)
-                torch.backends.cudnn.benchmark = benchmark
-                cv2.setNumThreads(cv_threads)
+    saved = (torch.get_num_threads(), torch.backends.cudnn.benchmark, cv2.getNumThreads())
+    cv2.setNumThreads(OPENCV_THREADS)
+
+    def restore() -> None:
+        threads, benchmark, cv_threads = saved
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = benchmark
+        cv2.setNumThreads(cv_threads)
+
+    return restore
+
+
+#: The process-wide settings a run changes (torch's CPU threads, ``cudnn.benchmark``, OpenCV's
+#: threads: ``OPENCV_THREADS`` while any run is on), saved when the first of overlapping runs
+#: (threads of one process) starts and given back when the last one ends: the first to end does
+#: not change them under the other, nor leave them as it had them.
+_PROCESS_SETTINGS = SharedSetting(_save_and_set_process)
 
 
 def _freezing(on: bool):
