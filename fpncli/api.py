@@ -22,16 +22,10 @@ import torch
 from PIL import Image
 
 from .io.canvas import check_canvas, parse_canvas
-from .io.preprocess import (
-    API_NAMES,
-    DEFAULT_MAX_PIXELS,
-    LoadedImage,
-    Prepared,
-    check_max_pixels,
-    convert_pillow_image,
-    load_image,
-    resize_for_model,
-)
+from .io.image_load import LoadedImage, convert_pillow_image, load_image
+from .io.option_names import API_NAMES
+from .io.pillow_open import DEFAULT_MAX_PIXELS, check_max_pixels
+from .io.preprocess import Prepared, resize_for_model
 from .model.cpu_kernels import available as cpu_kernel_support
 from .model.cpu_kernels import use_cpu_kernels
 from .model.fpn import FPN

@@ -13,7 +13,8 @@ import argparse
 import torch
 
 from fpncli.api import load_backbone, run_backbone
-from fpncli.io.preprocess import load_image, prepare
+from fpncli.io.image_load import load_image
+from fpncli.io.preprocess import prepare
 
 
 def main() -> None:

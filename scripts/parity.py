@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 import fpncli
-from fpncli.io.preprocess import load_image, prepare
+from fpncli.io.image_load import load_image
+from fpncli.io.preprocess import prepare
 from fpncli.weights.registry import TORCHVISION_INPUT
 from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl, write_torchvision_pth
 

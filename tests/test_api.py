@@ -245,7 +245,7 @@ def test_extract_checks_max_pixels_first_and_none_is_no_limit(tmp_path, monkeypa
     in progress and Pillow's limit raised TypeError). None is no limit, as resize_for_model
     took it already; a value neither a whole number nor None is refused before anything is
     read, and leaves nothing behind."""
-    from fpncli.io import preprocess
+    from fpncli.io import pillow_open
 
     rgb = np.random.RandomState(0).randint(0, 255, (40, 48, 3), np.uint8)
     Image.fromarray(rgb).save(tmp_path / "a.png")
@@ -254,13 +254,13 @@ def test_extract_checks_max_pixels_first_and_none_is_no_limit(tmp_path, monkeypa
     before = Image.MAX_IMAGE_PIXELS
     expected = fpncli.extract_features(tmp_path / "a.png", model, **kwargs)
     seen = []
-    real = preprocess.open_regular
+    real = pillow_open.open_regular
 
     def recording(*args):  # inside the load: Pillow's own limit
         seen.append(Image.MAX_IMAGE_PIXELS)
         return real(*args)
 
-    monkeypatch.setattr(preprocess, "open_regular", recording)
+    monkeypatch.setattr(pillow_open, "open_regular", recording)
     for image in (tmp_path / "a.png", rgb):
         features = fpncli.extract_features(image, model, max_pixels=None, **kwargs)
         assert all(torch.equal(features[k], expected[k]) for k in expected)
@@ -277,7 +277,7 @@ def test_extract_checks_max_pixels_first_and_none_is_no_limit(tmp_path, monkeypa
     assert fpncli.extract(rgb, model, max_pixels=np.int64(6144), **kwargs).image.rgb.shape
     features = fpncli.extract_features(tmp_path / "a.png", model, **kwargs)  # still loads
     assert all(torch.equal(features[k], expected[k]) for k in expected)
-    assert preprocess._limits == [] and Image.MAX_IMAGE_PIXELS == before
+    assert pillow_open._limits == [] and Image.MAX_IMAGE_PIXELS == before
 
 
 def test_extract_takes_max_pixels_and_names_it_as_the_api_does(tmp_path):

@@ -19,8 +19,9 @@ import fpncli
 from fpncli.api import run_backbone
 from fpncli.cli import cli
 from fpncli.io.canvas import auto_canvases, canvas_for, check_canvas, parse_canvas
+from fpncli.io.image_load import load_image
 from fpncli.io.outputs import OutputOptions, read_manifest, run_key
-from fpncli.io.preprocess import load_image, normalize_and_pad, resize_for_model, to_color_order
+from fpncli.io.preprocess import normalize_and_pad, resize_for_model, to_color_order
 from fpncli.run.pipeline import Job, RunOptions, run_jobs
 
 SMALL = OutputOptions(min_size=64, max_size=128, save_heatmaps=False, save_overview=False)

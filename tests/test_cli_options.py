@@ -557,7 +557,7 @@ def test_sighup_ends_extract_as_ctrl_c_unless_it_is_ignored(tmp_path, ignored):
 
 
 def test_help_states_the_real_defaults_and_the_cpu_precision_rules(runner):
-    from fpncli.io.preprocess import DEFAULT_MAX_PIXELS
+    from fpncli.io.pillow_open import DEFAULT_MAX_PIXELS
 
     text = " ".join(runner.invoke(cli, ["extract", "--help"]).output.split())
     assert f"{DEFAULT_MAX_PIXELS:,}" in text

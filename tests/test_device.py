@@ -18,14 +18,9 @@ import torch
 
 import fpncli
 from fpncli.api import autocast_context
+from fpncli.io.image_load import LoadedImage
 from fpncli.io.outputs import OutputOptions, level_results, write_image_outputs
-from fpncli.io.preprocess import (
-    LoadedImage,
-    normalize_and_pad,
-    prepare,
-    resize_for_model,
-    to_color_order,
-)
+from fpncli.io.preprocess import normalize_and_pad, prepare, resize_for_model, to_color_order
 from fpncli.model.names import LEVELS
 from fpncli.model.normalize import normalize_batch
 from fpncli.run.device import (

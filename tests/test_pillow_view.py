@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fpncli.io.image_load import load_image
 from fpncli.io.pillow_view import rgb_view
-from fpncli.io.preprocess import load_image
 
 
 @pytest.mark.parametrize("size", [(1, 1), (3, 2), (121, 91), (640, 480)])
@@ -52,7 +52,7 @@ def test_what_cannot_be_lent_gives_none_and_the_copy_instead(tmp_path):
     finally:
         Image.core.set_block_size(before)
     rgb = np.full((3, 5, 3), 7, np.uint8)
-    from fpncli.io.preprocess import LoadedImage
+    from fpncli.io.image_load import LoadedImage
 
     copied = LoadedImage(rgb=rgb).rgb_view()  # an array already: itself
     assert copied is rgb

@@ -890,22 +890,22 @@ def test_too_many_open_files_stops_the_run_once_as_a_full_disk_does(tmp_path, mo
     "unreadable image (Too many open files)" or "could not write": the limit is the run's, not
     an image's, so the run stops once saying what to raise or lower, and leaves the images not
     done for the rerun (none is counted failed)."""
-    import fpncli.io.preprocess as preprocess
+    from fpncli.io import image_load, pillow_open
 
     paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
     emfile = OSError(errno.EMFILE, "Too many open files")
     if where == "decode":
-        real_open = preprocess.open_regular
+        real_open = pillow_open.open_regular
 
         def opening(path, what):
             if Path(path).name == "2.png":
                 raise OSError(errno.EMFILE, "Too many open files", str(path))
             return real_open(path, what)
 
-        monkeypatch.setattr(preprocess, "open_regular", opening)
+        monkeypatch.setattr(pillow_open, "open_regular", opening)
         with pytest.raises(OSError) as refused:  # said as what it is, not "unreadable image"
-            preprocess.load_image(paths[2])
+            image_load.load_image(paths[2])
         assert refused.value.errno == errno.EMFILE
     else:
         real_write = outputs.atomic_write_bytes

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fpncli.io.image_load import convert_pillow_image, load_image
+from fpncli.io.pillow_open import open_image
 from fpncli.io.preprocess import (
-    convert_pillow_image,
-    load_image,
-    open_image,
     prepare,
     resize_for_model,
     resized_shape,
@@ -238,11 +237,11 @@ def test_loads_in_threads_leave_the_warning_filters_as_they_were(tmp_path, monke
     """Two decoding threads, the second entering while the first is inside and leaving after
     it: a catch_warnings per load let the second restore the first's "ignore UserWarning" as
     the process's filter for good."""
-    from fpncli.io import preprocess
+    from fpncli.io import pillow_open
 
     path = _save(tmp_path / "a.png", Image.fromarray(np.zeros((8, 8, 3), np.uint8)))
     first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
-    real = preprocess.open_regular
+    real = pillow_open.open_regular
 
     def ordered(*args):  # runs inside open_image's filters
         if threading.current_thread().name == "first":
@@ -258,7 +257,7 @@ def test_loads_in_threads_leave_the_warning_filters_as_they_were(tmp_path, monke
         load_image(path)
         first_out.set()
 
-    monkeypatch.setattr(preprocess, "open_regular", ordered)
+    monkeypatch.setattr(pillow_open, "open_regular", ordered)
     before = list(warnings.filters)
     threads = [threading.Thread(target=first, name="first"),
                threading.Thread(target=load_image, args=(path,), name="second")]  # fmt: skip
@@ -275,27 +274,27 @@ def test_a_load_that_fails_to_start_leaves_pillow_as_it_was(tmp_path, monkeypatc
     ``max`` raise): the value stayed in the loads in progress and the warning filters stayed
     caught, so every later load in the process failed too. A failed start is undone, first
     load or not, and the loads after it work."""
-    from fpncli.io import preprocess
+    from fpncli.io import pillow_open
 
     path = _save(tmp_path / "a.png", Image.fromarray(np.zeros((8, 8, 3), np.uint8)))
     before, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
-    real = preprocess._set_pillow_limit
+    real = pillow_open._set_pillow_limit
 
     def failing() -> None:
         raise RuntimeError("cannot set it")
 
-    monkeypatch.setattr(preprocess, "_set_pillow_limit", failing)
+    monkeypatch.setattr(pillow_open, "_set_pillow_limit", failing)
     with pytest.raises(RuntimeError, match="cannot set it"), open_image(path):  # the first load
         pass
-    assert (preprocess._limits, Image.MAX_IMAGE_PIXELS, warnings.filters) == ([], before, filters)
-    monkeypatch.setattr(preprocess, "_set_pillow_limit", real)
+    assert (pillow_open._limits, Image.MAX_IMAGE_PIXELS, warnings.filters) == ([], before, filters)
+    monkeypatch.setattr(pillow_open, "_set_pillow_limit", real)
     with open_image(path, 1000):  # another load in progress
-        monkeypatch.setattr(preprocess, "_set_pillow_limit", failing)
+        monkeypatch.setattr(pillow_open, "_set_pillow_limit", failing)
         with pytest.raises(RuntimeError, match="cannot set it"), open_image(path, 2000):
             pass
-        monkeypatch.setattr(preprocess, "_set_pillow_limit", real)
-        assert preprocess._limits == [1000]
-    assert (preprocess._limits, Image.MAX_IMAGE_PIXELS, warnings.filters) == ([], before, filters)
+        monkeypatch.setattr(pillow_open, "_set_pillow_limit", real)
+        assert pillow_open._limits == [1000]
+    assert (pillow_open._limits, Image.MAX_IMAGE_PIXELS, warnings.filters) == ([], before, filters)
     assert load_image(path).rgb.shape == (8, 8, 3)
 
 

@@ -562,7 +562,7 @@ def test_a_photo_extract_reads_has_its_thumbnail_whatever_its_exif(tmp_path):
     import numpy as np
     from PIL import Image, TiffImagePlugin
 
-    from fpncli.io.preprocess import load_image
+    from fpncli.io.image_load import load_image
     from fpncli.viz.report import _input_thumbnail
 
     pixels = np.zeros((40, 60, 3), np.uint8)

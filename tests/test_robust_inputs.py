@@ -175,29 +175,29 @@ def _png_header(path: Path, width: int, height: int) -> Path:
 
 
 def test_max_pixels_raised_past_pillows_limit_is_pillows_limit_for_the_load(tmp_path, monkeypatch):
-    from fpncli.io import preprocess
+    from fpncli.io import image_load, pillow_open
 
     seen = []
-    real = preprocess.Image.open
+    real = pillow_open.Image.open
 
     def spy(*args, **kwargs):  # no 196 MP allocation: the limit Pillow checks with is enough
         seen.append(Image.MAX_IMAGE_PIXELS)
         raise ValueError("stop here")
 
     before = Image.MAX_IMAGE_PIXELS
-    monkeypatch.setattr(preprocess.Image, "open", spy)
+    monkeypatch.setattr(pillow_open.Image, "open", spy)
     with pytest.raises(ValueError, match="stop here"):
-        preprocess.load_image(_image(tmp_path / "a.png"), max_pixels=300_000_000)
-    monkeypatch.setattr(preprocess.Image, "open", real)
+        image_load.load_image(_image(tmp_path / "a.png"), max_pixels=300_000_000)
+    monkeypatch.setattr(pillow_open.Image, "open", real)
     assert seen == [300_000_000] and Image.MAX_IMAGE_PIXELS == before  # restored afterwards
     big = _png_header(tmp_path / "big.png", 14000, 14000)
     with pytest.raises(ValueError, match="decompression bomb") as refused:
-        preprocess.load_image(big)  # the default limit: refused, and says what to raise
+        image_load.load_image(big)  # the default limit: refused, and says what to raise
     assert "--max-pixels" in str(refused.value) and "178956970" not in str(refused.value)
 
 
 def test_a_small_limit_is_said_in_pixels(tmp_path):
-    from fpncli.io.preprocess import load_image
+    from fpncli.io.image_load import load_image
 
     with pytest.raises(ValueError, match=r"300x200 is 60,000 pixels, over the 10 pixels limit"):
         load_image(_image(tmp_path / "a.png", size=(300, 200)), max_pixels=10)
@@ -217,7 +217,7 @@ def test_show_refuses_a_bomb_and_a_fifo_in_one_line(tmp_path):
 
 
 def test_a_symlink_loop_is_not_an_image_file(tmp_path):
-    from fpncli.io.preprocess import load_image
+    from fpncli.io.image_load import load_image
 
     (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
     with pytest.raises(ValueError, match="a symlink loop, not an image file"):
@@ -245,7 +245,7 @@ def test_an_exif_orientation_that_is_not_1_to_8_is_ignored_as_detectron2_does(tm
     failed the image with int()'s bare message; 9 was recorded as transposed)."""
     import struct
 
-    from fpncli.io.preprocess import load_image
+    from fpncli.io.image_load import load_image
 
     cases = {
         "text": _jpeg_with_orientation(tmp_path / "text.jpg", 2, b"abc\0", 4),
@@ -278,7 +278,7 @@ def test_a_postscript_file_named_like_an_image_is_never_rendered(tmp_path, monke
     """Pillow's EPS plugin runs Ghostscript on the file: fpncli never opens that format."""
     from PIL import EpsImagePlugin
 
-    from fpncli.io.preprocess import load_image
+    from fpncli.io.image_load import load_image
 
     ran = []
     monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: ran.append(a))
@@ -292,7 +292,7 @@ def test_a_postscript_file_named_like_an_image_is_never_rendered(tmp_path, monke
 def test_an_empty_file_is_said_to_be_empty(tmp_path):
     """The README lists "empty" apart from "not an image": a 0-byte file was "not an image
     Pillow can read", for extract and for show."""
-    from fpncli.io.preprocess import load_image
+    from fpncli.io.image_load import load_image
 
     _image(tmp_path / "in" / "ok.png")
     (tmp_path / "in" / "zero.png").write_bytes(b"")
@@ -319,7 +319,7 @@ def test_a_newline_in_a_failing_files_name_keeps_the_whole_reason(tmp_path):
 def test_float_and_32_bit_images_are_scaled_by_what_they_hold_with_a_true_note(tmp_path):
     """Over 255 they are scaled (top: the brightest value); within 0..255 (top None) they are
     what Pillow's convert("RGB") makes of them, as Detectron2 reads them."""
-    from fpncli.io.preprocess import load_image
+    from fpncli.io.image_load import load_image
 
     rng = np.random.default_rng(0)
     nan = np.full((8, 8), 100.0, np.float32)
@@ -350,7 +350,7 @@ def test_a_float_or_32_bit_image_within_0_255_is_pillows_conversion_exactly(tmp_
     """Rounded (np.rint), F pixels 0.4, 0.6, 254.6, 255 became 0, 1, 255, 255 where Detectron2's
     read_image (Pillow's convert("RGB"): clipped, fraction dropped) gives 0, 0, 254, 255; the
     features then differed by ~6e-3."""
-    from fpncli.io.preprocess import load_image
+    from fpncli.io.image_load import load_image
 
     floats = [0.4, 0.6, 254.6, 255.0, -1e30, -1, -0.5, -0.4, 0, 0.5, 0.999, 1, 1.5, 2.5, 127.5,
               128.49, 254.4, 254.5, 254.9999, np.nan, np.inf, -np.inf]  # fmt: skip
@@ -372,7 +372,7 @@ def test_a_float_or_32_bit_image_within_0_255_is_pillows_conversion_exactly(tmp_
 def test_a_dark_16_bit_image_is_scaled_from_16_bits_whatever_it_holds(tmp_path, name, mode):
     """A 16-bit image whose values were all <= 255 was read as 8-bit, 257 times too bright and
     with no note: the scale jumped with the content (255 gave 255, 256 gave 1)."""
-    from fpncli.io.preprocess import load_image
+    from fpncli.io.image_load import load_image
 
     for values, expected in (([0, 128, 255], [0, 0, 1]), ([255, 256, 65535], [1, 1, 255])):
         raw = np.array([values], dtype=">u2" if mode == "I;16B" else "<u2").tobytes()
@@ -404,7 +404,7 @@ def _bad_exif_images(folder: Path) -> dict[str, np.ndarray]:
 def test_a_damaged_exif_block_leaves_the_image_unturned_with_a_note(tmp_path):
     """Pillow's getexif raises on these ("not a TIFF file", bad hex): the image was refused as
     unreadable, where Detectron2 reads it (it catches getexif's errors) without turning it."""
-    from fpncli.io.preprocess import load_image
+    from fpncli.io.image_load import load_image
 
     for name, pixels in _bad_exif_images(tmp_path).items():
         loaded = load_image(tmp_path / name)

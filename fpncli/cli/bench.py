@@ -56,7 +56,7 @@ def _sizes(ctx, param, value: str) -> list[tuple[int, int]]:
         sizes = []
     if not sizes or any(len(s) != 2 or min(s) < 32 for s in sizes):
         raise click.BadParameter(f"expected sizes like 800x1216 (each side >= 32), got {value!r}")
-    from ..io.preprocess import DEFAULT_MAX_PIXELS
+    from ..io.pillow_open import DEFAULT_MAX_PIXELS
 
     # a JPEG side is at most 65535; past --max-pixels' default an image would be refused anyway
     # (and 100000x100000 was built in memory until the OS killed the process)

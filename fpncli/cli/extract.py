@@ -274,7 +274,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     )
     from ..io.guard import mark_output_root
     from ..io.outputs import OutputOptions, check_channel
-    from ..io.preprocess import DEFAULT_MAX_PIXELS
+    from ..io.pillow_open import DEFAULT_MAX_PIXELS
     from ..run.multi import usable_cores
     from ..run.pipeline import (
         RunInputs,

@@ -127,7 +127,7 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
     With a display, a window draws the values themselves (hover for value and position);
     without one, or with --save, a PNG is written and its path printed.
     """
-    from ..io.preprocess import DEFAULT_MAX_PIXELS
+    from ..io.pillow_open import DEFAULT_MAX_PIXELS
 
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     if receptive_field or at is not None:

@@ -23,6 +23,7 @@ import math
 import re
 
 from .option_names import CLI_NAMES, OptionNames
+from .pillow_open import pixel_count
 
 __all__ = [
     "CANVAS_DIVISIBILITY",
@@ -127,8 +128,6 @@ def check_canvas(
                 f"{max(short, sides[1])}x{max(short, sides[0])}), or one side at least {long}, "
                 "or use auto"
             )
-    from .preprocess import pixel_count  # (preprocess imports this module)
-
     for height, width in canvas_sizes(canvas, min_size=min_size, max_size=max_size):
         if max_pixels is not None and height * width > max_pixels:
             raise ValueError(

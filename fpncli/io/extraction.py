@@ -115,7 +115,7 @@ def read_photo(path: Path | None, manifest: dict | None = None) -> np.ndarray | 
     panel and the report's photo thumbnail need it)."""
     if path is None or not path.is_file():
         return None
-    from .preprocess import load_image
+    from .image_load import load_image
 
     try:
         rgb = load_image(path).rgb

@@ -33,9 +33,10 @@ from ..model.names import LEVELS, OUTPUT_CHANNELS, OUTPUT_STRIDES, OUTPUTS
 from .atomic import TMP_MARK, atomic_write_bytes, stale_temporary
 from .canvas import check_canvas, parse_canvas
 from .guard import OptionError, folder_lock, linked_folder
+from .image_load import LoadedImage
 from .latest import latest_extraction, recent_extractions, record_latest
 from .manifest import MANIFEST, is_complete, manifest_files, read_manifest, run_key
-from .preprocess import LoadedImage, Prepared
+from .preprocess import Prepared
 
 __all__ = [
     "OutputOptions",

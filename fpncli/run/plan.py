@@ -12,18 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.canvas import canvas_for
+from ..io.exif import header_orientation, upright_size
 from ..io.guard import linked_folder, quote_name
 from ..io.inputs import Job
 from ..io.manifest import changed_settings, folder_state, legacy_run_key
 from ..io.outputs import OutputOptions, estimate_bytes_per_image
-from ..io.preprocess import (
-    DEFAULT_MAX_PIXELS,
-    check_resized_size,
-    header_orientation,
-    open_image,
-    resized_shape,
-    upright_size,
-)
+from ..io.pillow_open import DEFAULT_MAX_PIXELS, open_image
+from ..io.preprocess import check_resized_size, resized_shape
 from .steps import RunOptions, job_run_key
 
 __all__ = [

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..io.guard import OptionError
-from ..io.preprocess import DEFAULT_MAX_PIXELS
+from ..io.pillow_open import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,8 @@ def receptive_fields(
     pixel ``at = (x, y)``; ``image_path`` may be a ``LoadedImage``.
 
     Returns ``(LoadedImage, Prepared, [ReceptiveField, ...])``."""
-    from ..io.preprocess import load_image, prepare
+    from ..io.image_load import load_image
+    from ..io.preprocess import prepare
     from ..model.names import OUTPUT_STRIDES, STAGES
 
     image = load_image(image_path) if isinstance(image_path, (str, Path)) else image_path
@@ -323,7 +324,7 @@ def draw_receptive_fields(
     else:
         image_path = str(path)
         default_out = Path(f"fpn_show_{path.stem}{suffix}.png")
-    from ..io.preprocess import load_image
+    from ..io.image_load import load_image
 
     image = load_image(image_path, max_pixels=max_pixels)
     _check_inside(point, image.width, image.height)  # before the model is built

@@ -24,16 +24,11 @@ import torch
 
 from ..api import run_backbone
 from ..io.canvas import check_canvas
+from ..io.image_load import LoadedImage, load_image
 from ..io.inputs import Job
 from ..io.outputs import LevelResult, OutputOptions, run_key, write_image_outputs
-from ..io.preprocess import (
-    DEFAULT_MAX_PIXELS,
-    LoadedImage,
-    Prepared,
-    load_image,
-    resize_for_model,
-    resized_shape,
-)
+from ..io.pillow_open import DEFAULT_MAX_PIXELS
+from ..io.preprocess import Prepared, resize_for_model, resized_shape
 from ..model.fpn import FPN
 from ..model.normalize import normalize_batch
 from ..model.resize import pillow_bilinear

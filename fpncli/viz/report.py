@@ -69,7 +69,9 @@ def _input_thumbnail(path: Path | None, height: int, manifest: dict) -> np.ndarr
     since, it is not the photo of these maps: ``extraction.replaced_size``)."""
     if path is None or not path.is_file():
         return None
-    from ..io.preprocess import exif_orientation, open_image, to_rgb8, turn_upright, upright_size
+    from ..io.exif import exif_orientation, turn_upright, upright_size
+    from ..io.image_load import to_rgb8
+    from ..io.pillow_open import open_image
 
     # open_image: a regular file only, no bomb, Pillow's warnings kept off stderr; a malformed
     # file costs the thumbnail, not the report

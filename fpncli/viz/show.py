@@ -26,7 +26,7 @@ from ..io.outputs import (
     picture_title,
     valid_size,
 )
-from ..io.preprocess import DEFAULT_MAX_PIXELS
+from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGE_STRIDES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
 from .maps import DEFAULT_CLIP, parse_clip, reduce_channels, value_range

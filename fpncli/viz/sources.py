@@ -17,7 +17,7 @@ import numpy as np
 from ..io.guard import OptionError
 from ..io.manifest import load_manifest
 from ..io.outputs import MANIFEST, read_manifest
-from ..io.preprocess import DEFAULT_MAX_PIXELS
+from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
 
 __all__ = ["Source", "from_folder", "latest", "resolve_source"]
@@ -174,7 +174,7 @@ def _geometry(manifest: dict, where: str) -> tuple[tuple[int, int], tuple[float,
 
 def _from_image(path: Path, weights: str, device: str, max_pixels: int) -> Source:
     from ..api import extract, load_backbone, resolve_device
-    from ..io.preprocess import load_image
+    from ..io.image_load import load_image
 
     model = load_backbone(weights, device=resolve_device(device))
     result = extract(load_image(path, max_pixels=max_pixels), model)
@@ -307,11 +307,11 @@ def resolve_source(target: str | None, levels: list[str], weights: str, device: 
 
 def _check_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Refuse a TARGET that is not an image Pillow can open (a list, a text file...), a FIFO
-    (never waited for) and a decompression bomb, as ``extract`` does (``preprocess.open_image``)."""
+    (never waited for) and a decompression bomb, as ``extract`` does (``pillow_open.open_image``)."""
     from PIL import Image, UnidentifiedImageError
 
     from ..io.inputs import IMAGE_EXTENSIONS
-    from ..io.preprocess import open_image
+    from ..io.pillow_open import open_image
 
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise ValueError(
