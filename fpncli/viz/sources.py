@@ -307,7 +307,8 @@ def resolve_source(target: str | None, levels: list[str], weights: str, device: 
 
 def _check_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Refuse a TARGET that is not an image Pillow can open (a list, a text file...), a FIFO
-    (never waited for) and a decompression bomb, as ``extract`` does (``pillow_open.open_image``)."""
+    (never waited for) and a decompression bomb, as ``extract`` does
+    (``pillow_open.open_image``)."""
     from PIL import Image, UnidentifiedImageError
 
     from ..io.inputs import IMAGE_EXTENSIONS
