@@ -634,6 +634,35 @@ def test_a_local_ray_that_times_out_starting_is_one_line_and_the_process_ends(in
     ], done.stderr
 
 
+def test_the_process_ends_after_a_failed_ray_start_whose_exit_would_hang(inputs, tmp_path):
+    """After a local Ray that failed to start (``ulimit -v``) the process said its line and then
+    hung at exit: the interpreter's cleanup of Ray's GCS client waits on gRPC threads that never
+    started. The console entry point now ends the process at once after the line. A thread that
+    never ends stands in for Ray's client here: the normal exit waits for it."""
+    script = (
+        "import sys, threading, ray\n"
+        "from fpncli.cli import main\n"
+        "def init(**kwargs):\n"
+        "    threading.Thread(target=threading.Event().wait).start()  # the exit waits on it\n"
+        "    raise Exception('The current node timed out during startup')\n"
+        "ray.init = init\n"
+        "ray.shutdown = lambda: None\n"
+        "sys.argv = ['fpncli', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    args = ["extract", str(inputs / "im0.png"), "-o", str(tmp_path / "o"), "--engine", "ray",
+            "--device", "cpu", "--gpu-workers", "2", *SMALL]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).parents[1])  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error")]
+    assert errors == [
+        "Error: cannot start or reach Ray (local): Exception: The current node timed out during "
+        "startup"
+    ], done.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_cli_quiets_ray_unless_verbose(inputs, tmp_path, monkeypatch):
     """extract --engine ray passes RayOptions.quiet: True, or False with -v."""
     import logging

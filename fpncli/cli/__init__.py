@@ -7,7 +7,9 @@ Library errors become one line on stderr and a non-zero exit; ``-v`` adds the tr
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 
 import click
 
@@ -87,5 +89,25 @@ def main() -> None:
     # OpenMP threads that sleep when idle instead of spinning: the decode and writer threads then
     # get the cores while the model waits (must be set before torch loads its OpenMP runtime).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    with _ctrl_c_exits_130():  # (and in the moments click's main spends outside the group)
-        cli(prog_name="fpncli")
+    try:
+        with _ctrl_c_exits_130():  # (and in the moments click's main spends outside the group)
+            cli(prog_name="fpncli")
+    except SystemExit as e:
+        _end_now_if_exit_hangs(e.code)
+        raise
+
+
+def _end_now_if_exit_hangs(code) -> None:
+    """End the process at once (``os._exit``, exit code ``code``) where its normal exit would
+    hang: after a Ray start that failed (``ray_engine.exit_may_hang``), the interpreter's
+    cleanup waits forever on Ray's client. The error's line has been said, and nothing was
+    planned or written, so only the streams and log handlers are flushed first. Only the
+    console entry point does this: ``cli`` called in a process (tests, a script) returns."""
+    engine = sys.modules.get("fpncli.run.ray_engine")  # (never imported: no Ray was started)
+    if engine is None or not engine.exit_may_hang():
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 1)

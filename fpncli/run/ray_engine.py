@@ -48,7 +48,7 @@ from .summary import (
 )
 from .wds import ShardSink, plan_sharded
 
-__all__ = ["RayOptions", "run_ray"]
+__all__ = ["RayOptions", "RayStartError", "exit_may_hang", "run_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,23 @@ class RayOptions:
     #: keep Ray's own log lines off the terminal (``_connect``): the CLI's choice unless -v; a
     #: library caller gets Ray as Ray sets itself up
     quiet: bool = False
+
+
+class RayStartError(RuntimeError):
+    """Ray could not be started or reached: nothing was planned or written. After a local start
+    that failed this way the process may not exit by itself: the garbage collector's cleanup of
+    Ray's GCS client waits in ``grpc_shutdown`` on threads that never started, and
+    ``ray.shutdown`` does not release it (the CLI ends the process at once after its line:
+    ``exit_may_hang``)."""
+
+
+#: the Ray starts that failed in this process (``RayStartError``)
+_failed_starts: list[str] = []
+
+
+def exit_may_hang() -> bool:
+    """Whether this process's normal exit may hang: a Ray start failed in it."""
+    return bool(_failed_starts)
 
 
 def _import_ray():
@@ -148,7 +165,8 @@ def _connect(ray, address: str | None, quiet: bool = False) -> bool:
     except Exception as e:  # a local node that times out starting raises a bare Exception
         _shutdown_after_failed_start(ray)
         where = address or "local"
-        raise RuntimeError(f"cannot start or reach Ray ({where}): {_reason(e)}") from None
+        _failed_starts.append(where)
+        raise RayStartError(f"cannot start or reach Ray ({where}): {_reason(e)}") from None
     log.info("Ray started in %.1f s", time.monotonic() - start)
     return True
 
@@ -430,7 +448,8 @@ def run_ray(
     ``model`` (on the driver, usually the CPU) only gives the weights' identity for resume; the
     actors load their own copy. Raises ValueError for a request the cluster cannot run
     (several nodes with a local ``out``; an ``OptionError`` for more GPUs than it has), or a
-    ``memory://`` ``out`` (before Ray starts), and RuntimeError when the Ray job fails.
+    ``memory://`` ``out`` (before Ray starts), ``RayStartError`` (a RuntimeError) when Ray cannot
+    be started or reached, and RuntimeError when the Ray job fails.
     """
     if out.startswith("memory://"):  # before Ray starts
         raise ValueError("memory:// lives in one process: use it with --engine local only")
