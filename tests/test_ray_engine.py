@@ -168,6 +168,11 @@ def test_ray_failed_run_reruns_to_completion(ray_cluster, inputs, tmp_path, monk
     assert "injected failure" in first.output and "Traceback" not in first.output
     log = json.loads((out / "run.json").read_text())  # this run's, as a local run's would be
     assert "the Ray job failed" in log["aborted"] and log["total"] == 4, log
+    # what the actors committed before it failed (it said 0 done, 0 bytes, 0 s: the progress
+    # reports that had come back)
+    committed = [n for members in _shards(out).values() for n in members if n.endswith(".json")]
+    assert log["done"] == len(committed) >= 1, log
+    assert log["bytes_written"] > 0 and log["seconds"] > 0, log
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
     assert 1 <= len(kept) <= 2
     monkeypatch.delenv("FPNCLI_TEST_CRASH_AFTER")

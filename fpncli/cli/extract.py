@@ -500,7 +500,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         bar.close()  # empty output folder left behind
         if engine == "ray" and isinstance(e, RuntimeError) and planned and not url:
             # the Ray job failed midway: its log says how far it got, as a local run's does
-            _write_interrupted_log(None, bar.last, len(jobs), out, weights, precision,
+            _write_interrupted_log(e, bar.last, len(jobs), out, weights, precision,
                                    shard_spec, aborted=str(e))  # fmt: skip
         elif getattr(e, "summary", None) is not None:  # a local run that an error ended midway
             # (a writer thread that cannot start): as after Ctrl-C, then the error's own line

@@ -449,7 +449,8 @@ def run_ray(
     actors load their own copy. Raises ValueError for a request the cluster cannot run
     (several nodes with a local ``out``; an ``OptionError`` for more GPUs than it has), or a
     ``memory://`` ``out`` (before Ray starts), ``RayStartError`` (a RuntimeError) when Ray cannot
-    be started or reached, and RuntimeError when the Ray job fails.
+    be started or reached, and RuntimeError when the Ray job fails, its ``summary`` what the
+    run did until then (with ``--format wds``, every image the actors committed).
     """
     if out.startswith("memory://"):  # before Ray starts
         raise ValueError("memory:// lives in one process: use it with --engine local only")
@@ -567,8 +568,13 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         # GPUs they hold) are released now rather than whenever the error is collected.
         del dataset
         gc.collect()
-    if failure is not None:
-        raise RuntimeError(f"the Ray job failed: {failure}; rerun to resume")
+    if failure is not None:  # with what the run did, for its log (``RunSummary``, as Ctrl-C's)
+        if ray_options.out_format == "wds":  # the ledger has what the actors committed: also
+            _count_committed(summary, config["fs"], config["root"], todo_keys)  # unreturned
+        summary.aborted = f"the Ray job failed: {failure}"
+        error = RuntimeError(f"{summary.aborted}; rerun to resume")
+        error.summary = summary
+        raise error
     if stopped is not None:  # counted over the run, as the local engine's summary
         if ray_options.out_format == "wds":  # every actor's committed shards, in the ledger
             _count_committed(summary, config["fs"], config["root"], todo_keys)
