@@ -137,7 +137,7 @@ def test_ray_failures_name_inputs_as_given(ray_cluster, inputs, tmp_path, monkey
 def test_ray_as_given_rewrites_escaped_paths():
     """A path in a failure's text escaped (by one_line, an OSError's repr, quote_name) is
     written as given all the same, in the same escaped form."""
-    from fpncli.run.ray_engine import _as_given
+    from fpncli.run.ray_actor import _as_given
 
     bad = "/w/in/e\udcffe.png"  # a name's byte that is not UTF-8
     as_given = _as_given({"/w/in/a\nb.png": "in/a\nb.png", "/w/in/c\x01d.png": "in/c\x01d.png",
@@ -187,7 +187,7 @@ def test_ray_failed_run_reruns_to_completion(ray_cluster, inputs, tmp_path, monk
 
 
 class _FaultyExtractor:
-    """Made an ``_Extractor`` subclass in the test (Ray ships it by value): from the actor's
+    """Made an ``Extractor`` subclass in the test (Ray ships it by value): from the actor's
     3rd image on, its ``fault`` strikes: writes into tar shards fail with ENOSPC (``disk``, a
     disk that fills) or EMFILE (``files``, ``ulimit -n`` reached), or the device fails
     (``device``)."""
@@ -243,8 +243,8 @@ def test_ray_full_disk_or_failed_device_stops_the_run_counted_over_the_run(
     from fpncli.run import ray_engine
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    faulty = type("Faulty", (_FaultyExtractor, ray_engine._Extractor), {"fault": fault})
-    monkeypatch.setattr(ray_engine, "_Extractor", faulty)
+    faulty = type("Faulty", (_FaultyExtractor, ray_engine.Extractor), {"fault": fault})
+    monkeypatch.setattr(ray_engine, "Extractor", faulty)
     out = tmp_path / "out"
     args = [inputs, "-o", out, "--engine", "ray", "--format", "wds", "--shard-size", "1B"]
     try:
@@ -297,11 +297,12 @@ def test_ray_actor_skips_a_folder_another_run_completed_before_the_model(
     from fpncli.io.outputs import OutputOptions
     from fpncli.run import pipeline
     from fpncli.run.pipeline import Job, RunOptions, RunSummary, decode, run_jobs
-    from fpncli.run.ray_engine import _count, _Extractor
+    from fpncli.run.ray_actor import Extractor
+    from fpncli.run.ray_engine import _count
 
     output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
     options = RunOptions(output=output, workers=1, writers=1)
-    actor = _Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
+    actor = Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
                         "format": "files", "crash_after": None, "actors": 1})  # fmt: skip
     a, b = inputs / "im0.png", inputs / "im1.png"
     jobs = [Job(a, tmp_path / "out" / "a"), Job(b, tmp_path / "out" / "b")]
@@ -329,7 +330,8 @@ def test_ray_actor_rows_count_the_levels_that_overflowed_float16(inputs, tmp_pat
 
     from fpncli.io.outputs import OutputOptions
     from fpncli.run.pipeline import Job, RunOptions, RunSummary, decode
-    from fpncli.run.ray_engine import _count, _Extractor
+    from fpncli.run.ray_actor import Extractor
+    from fpncli.run.ray_engine import _count
     from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pth
 
     state = seeded_state_dict(3)
@@ -340,7 +342,7 @@ def test_ray_actor_rows_count_the_levels_that_overflowed_float16(inputs, tmp_pat
     output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False,
                            levels=("p5", "p6"), dtype="float16")  # fmt: skip
     options = RunOptions(output=output, workers=1, writers=1)
-    actor = _Extractor({"weights": str(tmp_path / "big.pth"), "seed": 0, "device": "cpu",
+    actor = Extractor({"weights": str(tmp_path / "big.pth"), "seed": 0, "device": "cpu",
                         "options": options, "format": "files", "crash_after": None,
                         "actors": 1})  # fmt: skip
     jobs = [Job(inputs / f"im{i}.png", tmp_path / "out" / f"im{i}") for i in range(2)]
@@ -365,12 +367,13 @@ def test_ray_actor_warnings_go_back_with_its_rows_and_are_said_once(
     from fpncli.io.outputs import OutputOptions
     from fpncli.run import pipeline
     from fpncli.run.pipeline import Job, RunOptions, RunSummary, decode
-    from fpncli.run.ray_engine import _count, _Extractor
+    from fpncli.run.ray_actor import Extractor
+    from fpncli.run.ray_engine import _count
     from fpncli.run.summary import ONCE
 
     output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
     options = RunOptions(output=output, workers=1, writers=1)
-    actor = _Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
+    actor = Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
                         "format": "files", "crash_after": None, "actors": 1})  # fmt: skip
     real = pipeline.infer_batch
 
@@ -414,7 +417,8 @@ def test_ray_actor_warnings_of_loading_and_of_a_failed_call_reach_the_driver(
     from fpncli.io.outputs import OutputOptions
     from fpncli.run import pipeline
     from fpncli.run.pipeline import Job, RunOptions, RunSummary, decode
-    from fpncli.run.ray_engine import _count, _Extractor, _failure
+    from fpncli.run.ray_actor import Extractor
+    from fpncli.run.ray_engine import _count, _failure
 
     real_load, real_infer = fpncli.api.load_backbone, pipeline.infer_batch
 
@@ -430,7 +434,7 @@ def test_ray_actor_warnings_of_loading_and_of_a_failed_call_reach_the_driver(
     monkeypatch.setattr(pipeline, "infer_batch", infer)
     output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
     options = RunOptions(output=output, workers=1, writers=1)
-    actor = _Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
+    actor = Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
                         "format": "files", "crash_after": 2, "actors": 1})  # fmt: skip
     summary, said, told = RunSummary(total=2), set(), []
     caplog.set_level(logging.WARNING)
@@ -465,7 +469,7 @@ def test_ray_cpu_actor_takes_the_cpu_default_batch_size(inputs, tmp_path, monkey
     from fpncli.io.outputs import OutputOptions
     from fpncli.run import pipeline
     from fpncli.run.pipeline import Job, RunOptions, decode
-    from fpncli.run.ray_engine import _Extractor
+    from fpncli.run.ray_actor import Extractor
 
     output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
     options = RunOptions(output=output, batch_size=8, workers=1, writers=1)
@@ -475,7 +479,7 @@ def test_ray_cpu_actor_takes_the_cpu_default_batch_size(inputs, tmp_path, monkey
         pipeline, "infer_batch", lambda m, its, *rest: sizes.append(len(its)) or real(m, its, *rest)
     )
     for default_batch, expected in ((True, [1, 1]), (False, [2])):
-        actor = _Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
+        actor = Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
                             "format": "files", "crash_after": None, "actors": 1,
                             "default_batch": default_batch})  # fmt: skip
         out = tmp_path / str(default_batch)
@@ -520,7 +524,7 @@ def test_ray_core_log_level_is_set_for_the_start_only(monkeypatch, capfd):
     """RAY_BACKEND_LOG_LEVEL is set while Ray starts and removed after (a user's own value is
     left alone, as is everything when the user asked for Ray's logs on stderr), and what the
     start writes on stderr (the core's announcement of the variable) stays off the terminal."""
-    from fpncli.run.ray_engine import _core_logs_fatal_only
+    from fpncli.run.ray_start import _core_logs_fatal_only
 
     monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)
     monkeypatch.setenv("RAY_LOG_TO_STDERR", "1")
@@ -570,18 +574,19 @@ def test_ray_is_quieted_only_when_asked(monkeypatch, capfd):
     Ray's chatter off the terminal."""
     import logging
 
-    from fpncli.run.ray_engine import RayOptions, _connect
+    from fpncli.run.ray_engine import RayOptions
+    from fpncli.run.ray_start import connect
 
     monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)
     monkeypatch.delenv("RAY_LOG_TO_STDERR", raising=False)
     assert RayOptions().quiet is False
     ray = _FakeRay(wrote=b"Ray's notice\n")
-    assert _connect(ray, None) is True
+    assert connect(ray, None) is True
     assert ray.calls == [
         {"include_dashboard": False, "logging_level": logging.WARNING, "env": None}
     ]
     assert capfd.readouterr().err == "Ray's notice\n"  # fd 2 left alone
-    assert _connect(ray, None, quiet=True) is True
+    assert connect(ray, None, quiet=True) is True
     assert ray.calls[1] == {"include_dashboard": False, "logging_level": logging.ERROR,
                             "log_to_driver": False, "env": "fatal"}  # fmt: skip
     assert capfd.readouterr().err == ""
@@ -601,7 +606,7 @@ def test_a_failed_ray_start_gives_the_ray_logger_back_and_says_what_ray_wrote(mo
     ray_log = logging.getLogger("ray")
     monkeypatch.setattr(ray_log, "level", logging.NOTSET)
     fake = _FakeRay(wrote=b"raylet: port 6379 taken\n", fails=RuntimeError("no raylet"))
-    monkeypatch.setattr(ray_engine, "_import_ray", lambda: fake)
+    monkeypatch.setattr(ray_engine, "import_ray", lambda: fake)
     caplog.set_level(logging.DEBUG, logger="fpncli")
     for quiet in (False, True):
         with pytest.raises(

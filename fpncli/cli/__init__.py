@@ -99,12 +99,12 @@ def main() -> None:
 
 def _end_now_if_exit_hangs(code) -> None:
     """End the process at once (``os._exit``, exit code ``code``) where its normal exit would
-    hang: after a Ray start that failed (``ray_engine.exit_may_hang``), the interpreter's
+    hang: after a Ray start that failed (``ray_start.exit_may_hang``), the interpreter's
     cleanup waits forever on Ray's client. The error's line has been said, and nothing was
     planned or written, so only the streams and log handlers are flushed first. Only the
     console entry point does this: ``cli`` called in a process (tests, a script) returns."""
-    engine = sys.modules.get("fpncli.run.ray_engine")  # (never imported: no Ray was started)
-    if engine is None or not engine.exit_may_hang():
+    start = sys.modules.get("fpncli.run.ray_start")  # (never imported: no Ray was started)
+    if start is None or not start.exit_may_hang():
         return
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
