@@ -441,6 +441,30 @@ def test_wds_resume_redoes_the_images_of_a_deleted_or_truncated_shard(tmp_path):
     assert report.exit_code == 0, report.output
 
 
+def test_a_shard_deleted_by_hand_says_a_plain_rerun_redoes_its_images(tmp_path):
+    """show and report on a root whose shard was deleted advise a plain rerun of the same
+    extract command, which redoes that shard's images alone, not --overwrite (every image)."""
+    inputs = _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    args = [str(inputs), "-o", str(out), "--format", "wds", "--shard-size", "1B"]  # one each
+    assert _run(args).exit_code == 0
+    row = pq.read_table(out / "index.parquet").to_pylist()[0]
+    (out / row["shard"]).unlink()
+    advice = (
+        f"{row['shard']}, which the index of {out} names for {row['key']!r}, is gone: restore "
+        "it, or rerun the same extract command (without --overwrite) to redo its images"
+    )
+    save = str(tmp_path / "s.png")
+    for command in (["show", str(out), "--key", row["key"], "--save", save], ["report", str(out)]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1 and advice in result.output, result.output
+        assert "Traceback" not in result.output
+    again = _run(args)
+    assert again.exit_code == 0 and "done 1, skipped 2" in again.output, again.output
+    shown = CliRunner().invoke(cli, ["show", str(out), "--key", row["key"], "--save", save])
+    assert shown.exit_code == 0 and Path(save).is_file(), shown.output
+
+
 def test_wds_resume_redoes_a_shard_cut_by_less_than_its_tar_headers(tmp_path, monkeypatch):
     """A shard cut inside its second-to-last member still held more than its members' data
     (tar headers and padding are about 1 KB a member): the rerun skipped its image ("already

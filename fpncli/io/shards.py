@@ -246,10 +246,12 @@ def open_file(fs, path: str, what: str) -> tuple:
 
 
 def shard_gone(shard: str, root: str, key: str) -> FileNotFoundError:
-    """The error for a shard that the index of ``root`` names for ``key`` but that is gone."""
+    """The error for a shard that the index of ``root`` names for ``key`` but that is gone. A
+    plain rerun redoes the images of a gone shard alone (``_drop_lost_shards``); --overwrite
+    would redo every image, so the advice does not name it."""
     return FileNotFoundError(
         f"{shard}, which the index of {root} names for {key!r}, is gone: restore it, or rerun "
-        "the extract command with --overwrite"
+        "the same extract command (without --overwrite) to redo its images"
     )
 
 
