@@ -1029,3 +1029,31 @@ def test_a_rerun_past_a_symlinked_folder_fails_that_image_again_not_the_run(tmp_
         assert f"done {1 - run}, skipped {run}" in result.output
     manifest = json.loads((out / "other" / "a" / "manifest.json").read_text())
     assert manifest["input"]["path"] == str(tmp_path / "in" / "other" / "a.png")
+
+
+def test_report_and_diff_pictures_written_among_photos_are_never_read_back(
+    sample_extraction, tmp_path
+):
+    """``report PHOTOS`` (the photo folder given instead of its output folder below it) wrote its
+    thumbnails and histograms into ``PHOTOS/report/``, and ``diff ... -o PHOTOS/dd`` its
+    ``diff.png`` pictures: the next ``extract PHOTOS`` took all of them as photos. A report's
+    folder and the folders diff makes are marked now, and never walked; a folder the user had
+    (here ``PHOTOS/mine`` as diff's -o) is not marked, so their photos in it are still found."""
+    from fpncli.viz.diff import diff_extractions
+    from fpncli.viz.report import write_report
+
+    photos = tmp_path / "photos"
+    shutil.copytree(sample_extraction, photos / "out")  # the extraction below the photos
+    for name in ("a.png", "mine/b.png"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photos / name)
+    write_report(photos)
+    diff_extractions(photos / "out", photos / "out", out=photos / "dd")
+    diff_extractions(photos / "out", photos / "out", out=photos / "mine")
+    assert list((photos / "report").rglob("*.png")) and list((photos / "dd").rglob("*.png"))
+    assert list((photos / "mine").glob("*/diff.png"))
+    found = sorted(p.relative_to(photos).as_posix() for p, _ in pipeline.discover_inputs([photos]))
+    assert found == ["a.png", "mine/b.png"]
+    # named one by one too (a glob, a list): refused as outputs, as an extraction's files are
+    drawn = next((photos / "report").rglob("*.png"))
+    assert pipeline.discover_inputs([str(drawn)]) == []

@@ -7,7 +7,8 @@ full disk when one is met, and never read outputs back as inputs.
   image's files are written: two runs into the same ``-o`` take turns per image.
 - ``is_disk_full`` also recognises numpy's short write (``ndarray.tofile`` raises an ``OSError``
   without an errno: "N requested and M written").
-- ``OUTPUT_MARKER`` marks every output root; discovery never enters a marked folder.
+- ``OUTPUT_MARKER`` marks every output root, ``REPORT_MARKER`` a report's pictures and
+  ``DIFF_MARKER`` a folder diff made for its pictures; discovery never enters a marked folder.
 - ``usable_cores`` counts the cores a container or job gives this process, not the machine's.
 """
 
@@ -28,6 +29,9 @@ from pathlib import Path
 
 __all__ = [
     "OUTPUT_MARKER",
+    "REPORT_MARKER",
+    "DIFF_MARKER",
+    "make_marked_folder",
     "FolderBusyError",
     "OptionError",
     "check_regular_file",
@@ -38,6 +42,7 @@ __all__ = [
     "folder_lock",
     "pid_alive",
     "mark_output_root",
+    "is_marked",
     "marked_root",
     "linked_folder",
     "quote_name",
@@ -54,6 +59,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 OUTPUT_MARKER = ".fpncli-output"
+REPORT_MARKER = ".fpncli-report"  # in a report's asset folder: a report made it, may clear it
+DIFF_MARKER = ".fpncli-diff"  # in a folder diff made for its pictures
+#: what fpncli writes is never read back as input: folders holding any of these are passed over
+_MARKERS = (OUTPUT_MARKER, REPORT_MARKER, DIFF_MARKER)
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 #: "Too many open files": this process's limit (``ulimit -n``), or the system's
@@ -315,8 +324,30 @@ def mark_output_root(folder: Path) -> None:
         marker.write_text("fpncli output folder: its files are never read back as inputs\n")
 
 
+def make_marked_folder(folder: Path, marker: str) -> None:
+    """Create ``folder`` (and its parents), writing ``marker`` in the topmost folder this call
+    created, so that discovery never reads what is written below it as input. A folder that was
+    there already (the user's) is not marked: nothing of theirs is hidden from a later run."""
+    folder = Path(folder)
+    first = None  # the topmost folder missing
+    for above in (folder, *folder.parents):
+        if above.exists():
+            break
+        first = above
+    folder.mkdir(parents=True, exist_ok=True)
+    if first is not None:
+        (first / marker).write_text("made by fpncli: its files are never read back as inputs\n")
+
+
+def is_marked(folder: Path) -> bool:
+    """Whether ``folder`` holds a marker of something fpncli wrote (an output root, a report's
+    pictures, diff's), which discovery never enters."""
+    return any((Path(folder) / marker).is_file() for marker in _MARKERS)
+
+
 def marked_root(path: Path, stop: Path | None = None, cache: dict | None = None) -> Path | None:
-    """The nearest folder at or above ``path`` (resolved) holding an output marker, or None.
+    """The nearest folder at or above ``path`` (resolved) holding an output marker (``is_marked``:
+    an output root's, a report's or diff's), or None.
 
     ``cache`` (folder -> answer) avoids re-checking the same folders for many files. A folder
     that cannot be looked into (a name over 255 bytes: ``Path.is_dir`` raises ENAMETOOLONG) holds
@@ -343,7 +374,7 @@ def marked_root(path: Path, stop: Path | None = None, cache: dict | None = None)
             answer = cache[folder]
             break
         seen.append(folder)
-        if is_file(folder / OUTPUT_MARKER):
+        if any(is_file(folder / marker) for marker in _MARKERS):
             answer = folder
             break
         if folder.parent == folder:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .extraction import RUN_LOG, SHARD_RUN_LOG
-from .guard import OUTPUT_MARKER, marked_root, open_regular
+from .guard import OUTPUT_MARKER, is_marked, marked_root, open_regular
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -142,7 +142,7 @@ class _OutputFilter:
                     # where a link leads: checked as a file named there is
                     if link and self.root_of(sub) is not None:
                         continue
-                    if real == self.exclude or (sub / OUTPUT_MARKER).is_file():
+                    if real == self.exclude or is_marked(sub):
                         self.skipped.add(real)
                         continue
                     if d.startswith("."):  # .ipynb_checkpoints, .thumbnails, .git: copies, caches
@@ -198,8 +198,9 @@ def discover_inputs(
 
     The order is deterministic: arguments in the order given, each folder walked in sorted order;
     an image met twice is kept once. Outputs are never taken as inputs, however they are named:
-    nothing under ``exclude`` (this run's output folder), under a folder holding the output
-    marker (``guard.OUTPUT_MARKER``), or in a folder holding an fpncli ``manifest.json``; the
+    nothing under ``exclude`` (this run's output folder), under a folder holding an output
+    marker (``guard.is_marked``: an output root's, a report's pictures', diff's), or in a folder
+    holding an fpncli ``manifest.json``; the
     output roots so passed over are added to ``skipped``. Special files (FIFOs, devices,
     symlink loops) named explicitly are kept, to be reported when loaded. ``root`` is what the
     output tree mirrors: the folder for a folder input, the glob's fixed prefix for a glob, the

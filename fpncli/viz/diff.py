@@ -30,7 +30,15 @@ import numpy as np
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
 from ..io.formats import warn_image_folders_left_out
-from ..io.guard import _kind, error_text, is_disk_full, linked_folder, utf8_text
+from ..io.guard import (
+    DIFF_MARKER,
+    _kind,
+    error_text,
+    is_disk_full,
+    linked_folder,
+    make_marked_folder,
+    utf8_text,
+)
 from ..io.inputs import fitted_name
 from ..io.outputs import atomic_write_bytes
 from .overview import overview_png
@@ -368,8 +376,8 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
                 f"the diff picture of {key!r} would be written outside {out} "
                 f"({target.resolve()}): not written"
             )
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+        try:  # a folder made here is marked: a later extract never takes diff.png as a photo
+            make_marked_folder(target.parent, DIFF_MARKER)
             atomic_write_bytes(target, png)
         except OSError as e:  # this picture only (keys x and x/diff.png): said, the rest written
             if is_disk_full(e):  # no other picture or table would fit either
@@ -481,7 +489,7 @@ def write_tables(result: DiffResult, out: str | Path) -> None:
     writes ``nan``, ``inf``."""
     out = Path(out)
     check_table_targets(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_marked_folder(out, DIFF_MARKER)
     json_name, csv_name = _TABLES
     data = json.dumps(_strict(result.to_json()), indent=2, allow_nan=False)
     atomic_write_bytes(out / json_name, data.encode())

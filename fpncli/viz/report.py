@@ -33,7 +33,7 @@ from ..io.atomic import TMP_MARK, stale_temporary
 from ..io.catalog import Extractions, Failure, open_extractions
 from ..io.extraction import LoadedExtraction, read_run_log, replaced_size
 from ..io.formats import warn_image_folders_left_out
-from ..io.guard import error_text, folder_lock, usable_cores, utf8_text
+from ..io.guard import REPORT_MARKER, error_text, folder_lock, usable_cores, utf8_text
 from ..io.outputs import atomic_write_bytes
 from .maps import REDUCTIONS, reduce_channels
 from .png import encode_png
@@ -52,12 +52,11 @@ from .scale import run_ranges
 from .stats import LevelStats, accumulate, sample_level
 from .visualize import colour_bar
 
-__all__ = ["write_report", "REPORT", "REPORT_ASSETS", "REPORT_MARKER"]
+__all__ = ["write_report", "REPORT", "REPORT_ASSETS"]
 
 log = logging.getLogger(__name__)
 REPORT = "report.html"
 REPORT_ASSETS = "report"
-REPORT_MARKER = ".fpncli-report"  # inside the asset folder: a report made it, it may be cleared
 # what a report writes into its asset folder: an unmarked folder holding only these is an earlier
 # version's report (cleared as before); anything else is not the report's to clear
 _REPORT_FILES = re.compile(r"^(thumbs|histograms\.png|page_\d+\.html)$")
