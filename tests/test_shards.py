@@ -614,6 +614,44 @@ def test_a_garbage_index_part_is_named_in_one_line(tmp_path):
         assert "Traceback" not in result.output
 
 
+def test_a_garbage_consolidated_index_is_read_past_through_the_ledger(tmp_path, caplog):
+    """show reads a key through the ledger when index.parquet is damaged, as report does, with
+    a warning naming index.parquet (no shard of its own: the next run rebuilds it); with no
+    ledger left to read, show and report refuse in one line saying so."""
+    inputs = _images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    args = [str(inputs), "-o", str(out), "--format", "wds", "--shard-size", "1B"]  # one each
+    assert _run(args).exit_code == 0
+    key = pq.read_table(out / "index.parquet").column("key")[1].as_py()
+    (out / "index.parquet").write_bytes(b"not parquet at all")
+    save = str(tmp_path / "s.png")
+    show = ["show", str(out), "--key", key, "--save", save]
+    with caplog.at_level(logging.WARNING, logger="fpncli"):
+        result = CliRunner().invoke(cli, show)
+    assert result.exit_code == 0 and Path(save).is_file(), result.output
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        m.startswith(f"{out}/index.parquet is not a readable Parquet index (")
+        and m.endswith(": the next run of the extract command rebuilds it from the _index "
+                       "ledger (or delete it); reading the _index ledger instead")
+        for m in said
+    ), said  # fmt: skip
+    assert CliRunner().invoke(cli, ["report", str(out)]).exit_code == 0
+    again = _run(args)  # index.parquet rebuilt, nothing redone
+    assert again.exit_code == 0 and "done 0, skipped 2" in again.output, again.output
+    assert pq.read_table(out / "index.parquet").num_rows == 2
+    (out / "index.parquet").write_bytes(b"not parquet at all")
+    shutil.rmtree(out / "_index")
+    for command in (show, ["report", str(out)]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert f"{out}/index.parquet is not a readable Parquet index (" in result.output
+        assert ": restore it, or extract the images again (there is no _index ledger to " in (
+            result.output
+        )
+        assert "index part" not in result.output and "its shard" not in result.output
+
+
 @pytest.mark.parametrize("errno_, words", [(24, "Too many open files"),
                                            (13, "Permission denied")])  # fmt: skip
 def test_an_index_part_that_cannot_be_read_is_not_called_damaged(tmp_path, monkeypatch, errno_,

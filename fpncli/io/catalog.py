@@ -189,7 +189,7 @@ class _Shards(Extractions):
     format = "wds"
 
     def __init__(self, root: str) -> None:
-        from .shard_index import read_index
+        from .shard_index import has_ledger, read_index
         from .shards import open_root, require_wds
 
         try:
@@ -203,7 +203,7 @@ class _Shards(Extractions):
         self.root = root
         if not self.fs.exists(self.path):
             raise FileNotFoundError(f"no such folder: {root}")
-        ledger = bool(self.fs.glob(f"{self.path}/_index/part-*.parquet"))
+        ledger = has_ledger(self.fs, self.path)  # else index.parquet (a copy without _index)
         columns = ["key", "source", "status", "error", "shard", "bytes", "written_at"]
         rows = read_index(self.fs, self.path, ledger=ledger).select(columns).to_pylist()
         # one row per key: its latest ok row, else its latest failure (as consolidate_index)

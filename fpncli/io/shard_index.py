@@ -31,8 +31,9 @@ from .shards import (
     wds_key,
 )
 
-__all__ = ["check_root", "claim_root", "consolidate_index", "failed_row", "find_member", "ok_row",
-           "prepare_root", "read_index", "write_parquet"]  # fmt: skip
+__all__ = ["DamagedIndexError", "check_root", "claim_root", "consolidate_index", "failed_row",
+           "find_member", "has_ledger", "ok_row", "prepare_root", "read_index",
+           "write_parquet"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,28 @@ def _valid_rows(table, path: str, warn: bool):
     return table.filter(pa.array([w is None for w in why]))
 
 
+class DamagedIndexError(ValueError):
+    """``index.parquet`` is not a Parquet index (garbage, a damaged page, a column of another
+    type). It holds no rows of its own: every run rebuilds it from the ledger, which a reader
+    may read instead (``has_ledger``); the message says what to do either way."""
+
+    def __init__(self, path: str, why: str, ledger: bool) -> None:
+        advice = (
+            f"the next run of the extract command rebuilds it from the {INDEX_DIR} ledger "
+            "(or delete it)"
+            if ledger
+            else f"restore it, or extract the images again (there is no {INDEX_DIR} ledger "
+            "to rebuild it from)"
+        )
+        super().__init__(f"{path} is not a readable Parquet index ({why}): {advice}")
+        self.ledger = ledger
+
+
+def has_ledger(fs, root: str) -> bool:
+    """Whether ``root`` holds an index part of the ledger (``INDEX_DIR``)."""
+    return bool(fs.glob(f"{root}/{INDEX_DIR}/part-*.parquet"))
+
+
 def read_index(fs, root: str, *, ledger: bool = True, warn: bool = True):
     """The index rows as a pyarrow Table: every part of the ledger (``ledger``), or the
     consolidated ``index.parquet``. Empty when there is none. A row that fpncli cannot have
@@ -144,8 +167,9 @@ def read_index(fs, root: str, *, ledger: bool = True, warn: bool = True):
     cleanup ever opens, writes or removes a file outside ``root``.
 
     Raises:
-        ValueError: a part (or ``index.parquet``) that is not a Parquet index (garbage, a
-            damaged page, a column of another type): the message says to delete it.
+        ValueError: a part that is not a Parquet index (garbage, a damaged page, a column of
+            another type): the message says to delete it. ``DamagedIndexError`` for such an
+            ``index.parquet``.
         OSError: a part that could not be read (too many open files, permission denied, an
             I/O error): the message says why; the part is left as it is, perhaps healthy.
     """
@@ -178,10 +202,12 @@ def read_index(fs, root: str, *, ledger: bool = True, warn: bool = True):
                 error.errno = e.errno  # (as is_disk_full and the CLI's hints read it)
                 raise error from None
             # pyarrow's errors, and its errno-less OSError for a damaged page: the content
-            raise ValueError(
-                f"{path} is not a readable Parquet index part ({why}): "
-                "delete it and rerun the extraction (the images of its shard are then redone)"
-            ) from None
+            if ledger:
+                raise ValueError(
+                    f"{path} is not a readable Parquet index part ({why}): "
+                    "delete it and rerun the extraction (the images of its shard are then redone)"
+                ) from None
+            raise DamagedIndexError(path, why, has_ledger(fs, root)) from None
         tables.append(_valid_rows(table, path, warn))
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
@@ -386,7 +412,8 @@ def consolidate_index(fs, root: str) -> int:
 
 def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
     """``(shard, {suffix: bytes})`` of ``key``'s members (``p2.npy``, ``json``, ...), found
-    through ``index.parquet``, else (a key it lacks or has failed) through the ledger.
+    through ``index.parquet``, else (a key it lacks or has failed, or an ``index.parquet`` that
+    is damaged: with a warning) through the ledger.
 
     Raises:
         FileNotFoundError: no such key, or the key failed (the message says why); its shard
@@ -396,7 +423,14 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
             than the shard holds (``check_member``).
     """
     consolidated = fs.exists(f"{root}/{INDEX}")
-    table = read_index(fs, root, ledger=not consolidated).to_pylist()
+    try:
+        table = read_index(fs, root, ledger=not consolidated).to_pylist()
+    except DamagedIndexError as e:
+        if not e.ledger:
+            raise
+        # index.parquet only restates the ledger (report reads the ledger alone): read that
+        log.warning("%s; reading the %s ledger instead", e, INDEX_DIR)
+        table, consolidated = read_index(fs, root).to_pylist(), False
     rows = [r for r in table if r["key"] == key]
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok and consolidated:
