@@ -30,6 +30,7 @@ from .pipeline import run_jobs
 from .plan import Replaced, RunInputs, _complete, check_disk_space, plan_pending
 from .steps import RunOptions, weights_meta
 from .summary import (
+    DISK_FULL,
     OPEN_FILES,
     Progress,
     RunSummary,
@@ -167,7 +168,7 @@ def _merge(parts: list[RunSummary]) -> RunSummary:
         for stage, seconds in part.stage_seconds.items():
             merged.stage_seconds[stage] = merged.stage_seconds.get(stage, 0.0) + seconds
     failures = [p.device_failure for p in parts if p.device_failure]
-    if merged.aborted and merged.aborted.startswith(("disk full", OPEN_FILES)):
+    if merged.aborted and merged.aborted.startswith((DISK_FULL, OPEN_FILES)):
         merged.aborted = stopped_message(merged)  # counted over every worker
     elif failures:  # every failed device, counted over every worker
         merged.device_failure = "; ".join(failures)

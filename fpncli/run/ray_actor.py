@@ -22,7 +22,7 @@ from ..io.inputs import Job
 from ..io.shard_writer import ShardWriter
 from .pipeline import FolderSink, _reason, run_decoded
 from .steps import RunOptions, decode
-from .summary import OPEN_FILES, WarningRelay, float16_overflow
+from .summary import DISK_FULL, OPEN_FILES, WarningRelay, float16_overflow
 from .wds import ShardSink
 
 __all__ = ["decode_rows", "Extractor", "Stopped", "WARNINGS"]
@@ -139,7 +139,7 @@ class Stopped(Exception):
 
     def __init__(self, device_failure: str | None, done: int, bytes_written: int,
                  open_files: bool = False) -> None:  # fmt: skip
-        why = device_failure or (OPEN_FILES if open_files else "disk full")
+        why = device_failure or (OPEN_FILES if open_files else DISK_FULL)
         super().__init__(why, device_failure, done, bytes_written, open_files)
         self.device_failure, self.done, self.bytes_written = device_failure, done, bytes_written
         self.open_files = open_files

@@ -34,6 +34,7 @@ from .ray_actor import WARNINGS, Extractor, Stopped, decode_rows
 from .ray_start import RayStartError, connect, import_ray
 from .steps import RunOptions, weights_meta
 from .summary import (
+    DISK_FULL,
     OPEN_FILES,
     Progress,
     RunSummary,
@@ -259,7 +260,7 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         if ray_options.out_format == "wds":  # every actor's committed shards, in the ledger
             _count_committed(summary, config["fs"], config["root"], todo_keys)
         summary.device_failure = stopped.device_failure
-        summary.aborted = OPEN_FILES if stopped.open_files else "disk full"
+        summary.aborted = OPEN_FILES if stopped.open_files else DISK_FULL
         summary.aborted = stopped_message(summary)  # (a failed device's first)
         return summary
     log.info("Ray: %d images in %.1f s on %d actors", summary.done, summary.seconds, size)

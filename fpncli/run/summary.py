@@ -10,9 +10,9 @@ from pathlib import Path
 
 from .. import ONCE
 
-__all__ = ["RunSummary", "Progress", "disk_full_message", "device_failed_message", "ONCE",
-           "WarningRelay", "say_relayed", "float16_overflow", "stopped_message",
-           "open_files_message"]  # fmt: skip
+__all__ = ["RunSummary", "Progress", "DISK_FULL", "OPEN_FILES", "disk_full_message",
+           "device_failed_message", "ONCE", "WarningRelay", "say_relayed", "float16_overflow",
+           "stopped_message", "open_files_message"]  # fmt: skip
 
 
 @dataclass
@@ -81,10 +81,14 @@ class Progress:
 INTERRUPTED = "interrupted (Ctrl-C, SIGTERM or SIGHUP); the images in progress were not saved"
 
 
+#: how ``disk_full_message`` begins
+DISK_FULL = "disk full"
+
+
 def disk_full_message(summary: RunSummary) -> str:
     """The one line a run stopped by a full disk ends with."""
     return (
-        f"disk full: {summary.done + summary.skipped} of {summary.total} done, rerun the same "
+        f"{DISK_FULL}: {summary.done + summary.skipped} of {summary.total} done, rerun the same "
         "command after freeing space"
     )
 
@@ -110,7 +114,7 @@ def stopped_message(summary: RunSummary) -> str | None:
     aborted = summary.aborted or ""
     if summary.device_failure is not None:
         return device_failed_message(summary)
-    if aborted.startswith("disk full"):
+    if aborted.startswith(DISK_FULL):
         return disk_full_message(summary)
     if aborted.startswith(OPEN_FILES):
         return open_files_message(summary)

@@ -24,7 +24,7 @@ from ..model.fpn import FPN
 from .pipeline import run_jobs
 from .plan import Replaced, check_disk_space
 from .steps import Decoded, RunOptions, weights_meta
-from .summary import Progress, RunSummary, stopped_message
+from .summary import DISK_FULL, Progress, RunSummary, stopped_message
 
 __all__ = ["ShardPlan", "ShardSink", "job_key", "plan_sharded", "run_sharded"]
 
@@ -252,7 +252,7 @@ def run_sharded(
                 # by the next run; its ledger, the _index parts, has every committed shard)
                 log.info("disk full while committing: stopping")
                 if not summary.aborted:  # else a failed device: its message says more
-                    summary.aborted = "disk full"
+                    summary.aborted = DISK_FULL
         # written, counted done, then dropped with their shard: by the abort above, a commit
         # that failed, or a write that failed (a full disk drops the open shard before the run
         # hears of it)
