@@ -533,6 +533,56 @@ def test_report_clears_only_a_folder_it_made(report_dir):
     assert path == report_dir / "report_2.html" and notes.read_text() == "mine"
 
 
+def test_report_never_writes_over_a_users_own_report_html(report_dir, caplog):
+    """A report.html the report did not write (no generator marker, not an earlier version's
+    page) was taken for the report's and overwritten."""
+    mine = report_dir / "report.html"
+    notes = b"<!DOCTYPE html>\n<html><head><title>my notes</title></head>hand-written</html>\n"
+    mine.write_bytes(notes)
+    for _ in range(2):  # the second run rewrites its own report_2.html, still not mine
+        caplog.clear()
+        path = write_report(report_dir)
+        assert path == report_dir / "report_2.html" and mine.read_bytes() == notes
+        assert any("writing report_2.html" in r.getMessage() for r in caplog.records)
+        _assert_links_resolve(path)
+    assert not (report_dir / "report").exists()
+
+
+def test_report_rewrites_its_own_page_and_an_earlier_versions(report_dir):
+    for _ in range(2):
+        assert write_report(report_dir) == report_dir / "report.html"
+    assert (
+        '<meta name="generator" content="fpncli report">'
+        in (report_dir / "report.html").read_text()
+    )
+    # the page an earlier version wrote (no generator marker): still the report's to rewrite
+    shutil.rmtree(report_dir / "report")
+    earlier = '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>fpncli report: '
+    (report_dir / "report.html").write_text(earlier + "out</title><style></style></head>\n</html>")
+    assert write_report(report_dir) == report_dir / "report.html"
+    assert "generator" in (report_dir / "report.html").read_text()
+
+
+def test_a_users_page_made_while_the_report_is_built_is_not_written_over(report_dir, monkeypatch):
+    import fpncli.viz.report as report
+
+    write_report(report_dir, page_size=1)
+    before = _tree(report_dir / "report")
+    write_pages = report._write_pages
+
+    def user_saves_a_page_meanwhile(*args, **kwargs):
+        done = write_pages(*args, **kwargs)
+        (report_dir / "report.html").write_text("mine")
+        return done
+
+    monkeypatch.setattr(report, "_write_pages", user_saves_a_page_meanwhile)
+    with pytest.raises(ValueError, match="report.html is not a report's page: move it away"):
+        write_report(report_dir, page_size=1)
+    assert (report_dir / "report.html").read_text() == "mine"
+    assert _tree(report_dir / "report") == before  # the previous report's assets, untouched
+    assert [p.name for p in report_dir.iterdir() if ".fpncli-tmp" in p.name] == []
+
+
 def test_concurrent_reports_of_one_folder_take_turns(report_dir):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -38,6 +38,7 @@ from ..io.outputs import atomic_write_bytes
 from .maps import REDUCTIONS, reduce_channels
 from .png import encode_png
 from .report_html import (
+    GENERATOR,
     Row,
     Tally,
     grid_html,
@@ -60,6 +61,10 @@ REPORT_ASSETS = "report"
 # what a report writes into its asset folder: an unmarked folder holding only these is an earlier
 # version's report (cleared as before); anything else is not the report's to clear
 _REPORT_FILES = re.compile(r"^(thumbs|histograms\.png|page_\d+\.html)$")
+# how an earlier version's page began (before GENERATOR): its title is "fpncli report: OUT"
+_EARLIER_PAGE = (
+    b'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>fpncli report:'
+)
 
 
 def _input_thumbnail(path: Path | None, height: int, manifest: dict) -> np.ndarray | None:
@@ -249,15 +254,31 @@ def _is_report_folder(folder: Path) -> bool:
     return all(_REPORT_FILES.match(n) or (n.startswith(".") and TMP_MARK in n) for n in names)
 
 
+def _is_report_page(path: Path) -> bool:
+    """Whether ``path`` is a regular file that a report wrote (its head holds ``GENERATOR``, or
+    it begins as an earlier version's page did): only such a page may be written over."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)  # the marker is in the first few hundred bytes
+    except OSError:
+        return False
+    if head.startswith(_EARLIER_PAGE):
+        return True
+    return head.startswith(b"<!DOCTYPE html>") and GENERATOR.encode() in head.split(b"</head>")[0]
+
+
 def _report_place(root: Path) -> tuple[str, str]:
     """The first page's name and the asset folder's: ``report.html`` and ``report/``, unless
     something a report did not make (an image's output folder, say, of an input called
-    ``report.jpg`` extracted by an earlier version) holds either name: then ``report_2.html``
-    and ``report_2/``, and so on. Nothing a report did not make is written over or deleted."""
+    ``report.jpg`` extracted by an earlier version, or a page of the user's own: one that is not
+    a report's, ``_is_report_page``) holds either name: then ``report_2.html`` and
+    ``report_2/``, and so on. Nothing a report did not make is written over or deleted."""
     for n in range(1, 1000):
         suffix = "" if n == 1 else f"_{n}"
         page, assets = root / f"{REPORT_ASSETS}{suffix}.html", root / f"{REPORT_ASSETS}{suffix}"
-        page_free = not os.path.lexists(page) or (page.is_file() and not page.is_symlink())
+        page_free = not os.path.lexists(page) or _is_report_page(page)
         assets_free = not os.path.lexists(assets) or (
             assets.is_dir() and not assets.is_symlink() and _is_report_folder(assets)
         )
@@ -295,6 +316,8 @@ def _swap_in(build: Path, assets: Path, first: Path, first_page: bytes) -> None:
     """Make ``build`` the asset folder ``assets`` and write the first page that links into it;
     the previous asset folder is deleted only once both are in place (put back if the page
     cannot be written)."""
+    if os.path.lexists(first) and not _is_report_page(first):  # made meanwhile by something else
+        raise ValueError(f"{first} is not a report's page: move it away")
     old = None
     if os.path.lexists(assets):
         if not _is_report_folder(assets):  # made meanwhile by something else

@@ -18,6 +18,7 @@ from ..io.formats import left_out_text
 from .stats import LevelStats
 
 __all__ = [
+    "GENERATOR",
     "Row",
     "Tally",
     "grid_html",
@@ -65,9 +66,14 @@ th{background:#f0f0f0}
 """
 
 
+# in the head of every page a report writes: what tells its page from a user's report.html,
+# which it must not write over
+GENERATOR = '<meta name="generator" content="fpncli report">'
+
+
 def page_html(title: str, body: str) -> str:
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{GENERATOR}'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n"
         f"<body>\n{body}\n</body></html>\n"
     )
