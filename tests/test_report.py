@@ -583,6 +583,22 @@ def test_a_users_page_made_while_the_report_is_built_is_not_written_over(report_
     assert [p.name for p in report_dir.iterdir() if ".fpncli-tmp" in p.name] == []
 
 
+@pytest.mark.parametrize(
+    "users", [["figure_for_paper.png", "notes.txt"], ["000001_p2.png", "sub/000002_p2.png"]]
+)
+def test_report_never_deletes_a_users_report_thumbs_folder(report_dir, users):
+    """An unmarked report/ holding only thumbs/ was taken for an earlier version's report
+    whatever thumbs/ held, and deleted whole."""
+    thumbs = report_dir / "report" / "thumbs"
+    for name in users:
+        (thumbs / name).parent.mkdir(parents=True, exist_ok=True)
+        (thumbs / name).write_bytes(name.encode())
+    before = _tree(report_dir / "report")
+    assert write_report(report_dir) == report_dir / "report_2.html"
+    assert _tree(report_dir / "report") == before and not (report_dir / "report.html").exists()
+    assert (report_dir / "report_2" / ".fpncli-report").is_file()
+
+
 def test_concurrent_reports_of_one_folder_take_turns(report_dir):
     from concurrent.futures import ThreadPoolExecutor
 

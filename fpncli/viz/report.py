@@ -61,6 +61,7 @@ REPORT_ASSETS = "report"
 # what a report writes into its asset folder: an unmarked folder holding only these is an earlier
 # version's report (cleared as before); anything else is not the report's to clear
 _REPORT_FILES = re.compile(r"^(thumbs|histograms\.png|page_\d+\.html)$")
+_THUMB_FILES = re.compile(r"^\d{6}_\w+\.png$")  # thumbs/: 000012_input.png, 000012_p2.png
 # how an earlier version's page began (before GENERATOR): its title is "fpncli report: OUT"
 _EARLIER_PAGE = (
     b'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>fpncli report:'
@@ -242,16 +243,34 @@ def _histogram_png(stats: dict[str, LevelStats], path: Path) -> None:
     fig.savefig(path, format="png")
 
 
-def _is_report_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a report's asset folder: marked by one, or (an earlier version's)
-    holding nothing but what a report writes. An image's output folder never is."""
-    if (folder / REPORT_MARKER).is_file():
-        return True
+def _holds_only(folder: Path, names: re.Pattern, subfolder: str | None = None) -> bool:
+    """Whether every entry of ``folder`` is a file whose name ``names`` matches, or a temporary
+    file of ``atomic_write_bytes``; only ``subfolder`` may be a folder (a real one)."""
     try:
-        names = [entry.name for entry in os.scandir(folder)]
+        entries = list(os.scandir(folder))
     except OSError:
         return False
-    return all(_REPORT_FILES.match(n) or (n.startswith(".") and TMP_MARK in n) for n in names)
+    for entry in entries:
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if entry.name == subfolder:
+            if not is_dir:
+                return False
+        elif is_dir or not (
+            names.match(entry.name) or (entry.name.startswith(".") and TMP_MARK in entry.name)
+        ):
+            return False
+    return True
+
+
+def _is_report_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a report's asset folder: marked by one, or (an earlier version's)
+    holding nothing but what a report writes, ``thumbs/`` included (a user's folder of pictures
+    called ``report/thumbs`` is not). An image's output folder never is."""
+    if (folder / REPORT_MARKER).is_file():
+        return True
+    return _holds_only(folder, _REPORT_FILES, "thumbs") and (
+        not os.path.lexists(folder / "thumbs") or _holds_only(folder / "thumbs", _THUMB_FILES)
+    )
 
 
 def _is_report_page(path: Path) -> bool:
