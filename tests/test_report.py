@@ -599,6 +599,16 @@ def test_report_never_deletes_a_users_report_thumbs_folder(report_dir, users):
     assert (report_dir / "report_2" / ".fpncli-report").is_file()
 
 
+def test_a_report_without_images_says_so(report_dir):
+    """Every image failed: the grid's heading said "Images 1-0 of 0"."""
+    for folder in report_dir.iterdir():
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    page = write_report(report_dir).read_text()
+    assert "<h2>No images</h2>" in page and "Images 1-" not in page
+    assert 'class="grid"' not in page and "not an image Pillow can read" in page  # the failure
+
+
 def test_concurrent_reports_of_one_folder_take_turns(report_dir):
     from concurrent.futures import ThreadPoolExecutor
 

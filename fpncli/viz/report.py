@@ -491,9 +491,11 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
         prefix = "" if page == 1 else "../"
         nav = nav_html(page, pages, prefix, first, assets)
         title = f"fpncli report: {root.resolve().name}"
-        grid = f"<h2>Images {(page - 1) * page_size + 1}-{(page - 1) * page_size + len(chunk)}"
-        grid += f" of {len(rows)}</h2>{shard_note}{nav}"
-        grid += grid_html(chunk, levels, prefix, (page - 1) * page_size + 1, thumb_height)
+        start = (page - 1) * page_size + 1
+        # no image in the grid (every one failed or unreadable): not "Images 1-0 of 0"
+        heading = f"Images {start}-{start + len(chunk) - 1} of {len(rows)}" if rows else "No images"
+        grid = f"<h2>{heading}</h2>{shard_note}{nav}"
+        grid += grid_html(chunk, levels, prefix, start, thumb_height) if chunk else ""
         if page == 1:
             summary = summary_html(root, found, tally, run, unreadable, left_out)
             body = [f"<h1>{html.escape(title)}</h1>", summary, scale_note_html(scale, ranges)]
