@@ -56,6 +56,28 @@ def test_channel_grid_shares_one_range():
     assert dark >= 64 and light.sum() > 64  # one black tile (value 0), one white tile (10)
 
 
+def test_channel_grid_bar_ends_say_when_tiles_go_beyond_them(monkeypatch):
+    """The bar's ends and data line are range_labels' (as every picture's): a range narrower
+    than the tiles (show passes the --clip percentiles) reads <= / >= and "(clipped)"; a range
+    the tiles stay inside reads bare; the default range is the tiles' own min and max."""
+    drawn = []
+    real = channels_module.put_text
+
+    def spy(canvas, text, *args, **kwargs):
+        drawn.append(text)
+        return real(canvas, text, *args, **kwargs)
+
+    monkeypatch.setattr(channels_module, "put_text", spy)
+    feature = np.zeros((3, 2, 2), np.float32)
+    feature[0, 0, 0], feature[2, 1, 1] = -5.0, 20.0
+    channel_grid(feature, [0, 2], tile_side=8, vrange=(0.0, 10.0))
+    assert drawn[-3:] == ["<= 0", ">= 10", "data -5 .. 20 (clipped)"]
+    channel_grid(feature, [1], tile_side=8, vrange=(-1.0, 1.0))  # channel 1: all 0
+    assert drawn[-3:] == ["-1", "1", "data 0 .. 0"]
+    channel_grid(feature, [0, 2], tile_side=8)
+    assert drawn[-3:] == ["min -5", "max 20", "data -5 .. 20"]
+
+
 def test_channel_grid_wraps_its_title_and_banner_to_its_width():
     from fpncli.io.outputs import RANDOM_NOTE
 

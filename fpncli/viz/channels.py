@@ -1,7 +1,10 @@
 """Many channels of one level at once: ``fpncli show TARGET --top K`` or ``--channels 0,5,17``.
 
-numpy and OpenCV only. All tiles share one colour range (the minimum and maximum over the shown
-channels), so two tiles with the same colour have the same value; the range is on the colour bar.
+numpy and OpenCV only. All tiles share one colour range (``show`` passes the ``--clip``
+percentiles of the shown channels; by default the minimum and maximum over them), so two tiles
+with the same colour have the same value; the range is on the colour bar, whose ends read as
+every picture's do (``range_labels``: ``<= v`` / ``>= v`` where tiles go beyond them), with the
+data's own minimum and maximum under it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import numpy as np
 
 from ..io.guard import OptionError
 from .text import put_lines, put_text, text_size, wrap_text
-from .visualize import colorize, colour_bar, upscale_cells
+from .visualize import colorize, colour_bar, range_labels, upscale_cells
 
 __all__ = ["top_channels", "parse_channels", "channel_grid"]
 
@@ -63,7 +66,8 @@ def channel_grid(
     vrange: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """A grid of the listed channels of a ``(C, h, w)`` / ``(1, C, h, w)`` map (valid region),
-    each tile labelled with its channel number and mean, one colour range for all.
+    each tile labelled with its channel number and mean, one colour range for all (``vrange``,
+    default the shown channels' finite minimum and maximum), labelled by ``range_labels``.
 
     Returns ``(H, W, 3)`` uint8 RGB.
     """
@@ -83,7 +87,7 @@ def channel_grid(
     note_lines = wrap_text(note, width - 2 * margin, 0.55, 2) if note else []
     header = (26 + 22 * (len(title_lines) - 1) if title else 0) + 24 * len(note_lines) + 4
     bar_top = header + rows * (label_h + tile_h + gap) + 4
-    canvas = np.full((bar_top + 12 + 26, width, 3), 255, np.uint8)
+    canvas = np.full((bar_top + 12 + 44, width, 3), 255, np.uint8)
     y = 0
     if title:
         y = put_lines(canvas, title_lines, margin, 20, 22, 0.55)
@@ -98,8 +102,11 @@ def channel_grid(
         canvas[y0 + label_h : y0 + label_h + tile_h, x0 : x0 + tile_w] = tile
     bar_w = width - 2 * margin
     canvas[bar_top : bar_top + 12, margin : margin + bar_w] = colour_bar(cmap, bar_w)
-    _text(canvas, f"{vrange[0]:.4g}", (margin, bar_top + 28))
-    right = f"{vrange[1]:.4g}"
+    # The ends say whether tiles are saturated beyond them (the --clip percentiles cut the
+    # extremes off), as every other picture's bar does; the data line gives the extremes.
+    left, right, data = range_labels(maps, vrange)
+    _text(canvas, left, (margin, bar_top + 28))
     text_w = text_size(right, 0.4)
-    _text(canvas, right, (margin + bar_w - text_w, bar_top + 28))
+    _text(canvas, right, (max(margin, margin + bar_w - text_w), bar_top + 28))
+    _text(canvas, data, (margin, bar_top + 46))
     return canvas
