@@ -487,3 +487,32 @@ def test_diff_fails_when_a_requested_level_is_saved_on_one_side_only(sample_extr
     result = diff_extractions(sample_extraction, b)
     assert result.images[0].one_side == {"p2": "A", "p4": "A", "p6": "A"}
     assert [d.level for d in result.images[0].levels] == ["p3", "p5"]
+
+
+def test_a_diff_picture_says_in_red_which_side_has_random_weights(sample_extraction, tmp_path,
+                                                                  monkeypatch):  # fmt: skip
+    """The README: every picture made with random weights says so in red. diff's never did."""
+    from fpncli.io.outputs import RANDOM_NOTE
+    from fpncli.viz import diff as diff_module
+
+    trained = tmp_path / "trained"
+    shutil.copytree(sample_extraction / "chelsea", trained)
+    manifest = json.loads((trained / "manifest.json").read_text())
+    manifest["weights"]["random"] = False
+    (trained / "manifest.json").write_text(json.dumps(manifest))
+    notes = []
+    real = diff_module.overview_png
+
+    def spy(image, panels, **kwargs):
+        notes.append(kwargs.get("note", ""))
+        return real(image, panels, **kwargs)
+
+    monkeypatch.setattr(diff_module, "overview_png", spy)
+    random_ = sample_extraction / "chelsea"
+    for a, b in [(random_, random_), (trained, random_), (random_, trained), (trained, trained)]:
+        diff_extractions(a, b, out=tmp_path / "d")
+    assert notes == [f"{RANDOM_NOTE} (A and B)", f"{RANDOM_NOTE} (B)", f"{RANDOM_NOTE} (A)", ""]
+    diff_extractions(random_, random_, out=tmp_path / "r")  # drawn: red letters under the title
+    picture = np.asarray(Image.open(tmp_path / "r" / "chelsea" / "diff.png").convert("RGB"))
+    rgb = picture[:80].astype(int)
+    assert ((rgb[..., 0] > 150) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum() > 100

@@ -40,7 +40,7 @@ from ..io.guard import (
     utf8_text,
 )
 from ..io.inputs import fitted_name
-from ..io.outputs import atomic_write_bytes
+from ..io.outputs import RANDOM_NOTE, atomic_write_bytes
 from .overview import overview_png
 
 __all__ = [
@@ -306,6 +306,13 @@ def _picture_folders(keys: list[str]) -> dict[str, str]:
     return folders
 
 
+def _random_note(a: LoadedExtraction, b: LoadedExtraction) -> str:
+    """The red line of a diff picture where A or B (named) was made with random weights, as every
+    picture made with them carries; "" where neither was."""
+    sides = [side for side, ex in (("A", a), ("B", b)) if ex.random_weights]
+    return f"{RANDOM_NOTE} ({' and '.join(sides)})" if sides else ""
+
+
 def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
                  names, folder) -> ImageDiff:  # fmt: skip
     """One image compared; its picture, when ``out`` is given, at ``out/folder/diff.png``
@@ -362,7 +369,8 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
         worst = worst_level(result.levels).max_rel
         title = (f"{key}: max over channels of |A - B|, A = {names[0]}, B = {names[1]}, "
                  f"worst max_rel {worst:.3g}")  # fmt: skip
-        png = overview_png(image, panels, cmap=cmap, title=title, span_input=a.image is not None)
+        png = overview_png(image, panels, cmap=cmap, title=title, note=_random_note(a, b),
+                           span_input=a.image is not None)  # fmt: skip
         target = out / folder / "diff.png"
         link = linked_folder(target.parent, out)  # OUT/c -> ../elsewhere: this picture only
         if link is not None:
