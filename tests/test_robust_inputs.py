@@ -41,11 +41,19 @@ def _image(path: Path, size=(48, 40)) -> Path:
 # 1. Names that are not UTF-8 ----------------------------------------------------------------
 
 
-def test_safe_text_keeps_ascii_and_replaces_the_rest():
+def test_safe_text_keeps_ascii_drops_accents_and_replaces_the_rest():
+    """An accented name keeps its letters (it was ``ph?t? 1.png``), composed or decomposed (as
+    macOS writes names); what has no ASCII letters is one ``?`` per character; control
+    characters and lone surrogates (OpenCV segfaults on them) never get through."""
     from fpncli.viz.text import safe_text
 
     assert safe_text("p2  stride 4 (1, 256)") == "p2  stride 4 (1, 256)"
-    assert safe_text(f"{BAD}.png é\n") == "bad??.png ??"
+    assert safe_text(f"{BAD}.png é\n") == "bad??.png e?"
+    assert safe_text("phötö 1.png") == safe_text("pho\u0308to\u0308 1.png") == "photo 1.png"
+    assert safe_text("Crème brûlée, ﬁle ＡＢ") == "Creme brulee, file AB"
+    assert safe_text("写真 한국.png") == "?? ??.png"  # one ? per character, not per jamo
+    assert safe_text("\x00a\tb\x7f\u200b\u2028") == "?a?b???"
+    assert safe_text("ø" * 300) == "?" * 300
 
 
 def test_every_picture_draws_a_surrogate_or_non_ascii_text():

@@ -1,4 +1,4 @@
-"""Text on pictures: OpenCV's Hershey font, ASCII only, wrapped to a width.
+"""Text on pictures: OpenCV's Hershey font, ASCII only (accents dropped), wrapped to a width.
 
 Every picture's text goes through ``put_text`` (``safe_text``: a lone surrogate crashes OpenCV).
 """
@@ -6,6 +6,7 @@ Every picture's text goes through ``put_text`` (``safe_text``: a lone surrogate 
 from __future__ import annotations
 
 import functools
+import unicodedata
 from collections.abc import Sequence
 
 import cv2
@@ -29,14 +30,26 @@ NOTE_COLOUR = (192, 0, 0)  # the red line of random weights
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
+@functools.lru_cache(maxsize=4096)
+def _ascii_char(char: str) -> str:
+    """One character as printable ASCII: its compatibility decomposition (NFKD) without its
+    combining marks where that is all printable ASCII (``ö`` -> ``o``, ``ﬁ`` -> ``fi``, a
+    macOS name's lone combining accent -> nothing), else ``?`` (one per character: a CJK
+    character, a Hangul syllable, a control character, a lone surrogate)."""
+    kept = "".join(c for c in unicodedata.normalize("NFKD", char)
+                   if not unicodedata.category(c).startswith("M"))  # fmt: skip
+    return kept if all(" " <= c <= "~" for c in kept) else "?"
+
+
 def safe_text(text: str) -> str:
     """``text`` as OpenCV can draw it: its Hershey fonts have ASCII only, and a lone surrogate
     (a non-UTF-8 byte of a file name, kept by Python's ``surrogateescape``) crashes
-    ``cv2.putText``/``getTextSize`` (a segfault), so every other character becomes ``?``."""
+    ``cv2.putText``/``getTextSize`` (a segfault). Accented Latin loses its accents
+    (``phötö 1.png`` -> ``photo 1.png``); every other character becomes ``?``."""
     text = str(text)
     if text.isascii() and text.isprintable():  # the usual case, without a loop in Python
         return text
-    return "".join(c if " " <= c <= "~" else "?" for c in text)
+    return "".join(c if " " <= c <= "~" else _ascii_char(c) for c in text)
 
 
 def put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float,
