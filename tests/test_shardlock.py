@@ -26,7 +26,13 @@ pq = pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (
 pytest.importorskip("fsspec", reason="--format wds needs fsspec (fpncli[wds])")
 
 from fpncli.io import shard_writer  # noqa: E402 - needs pyarrow
-from fpncli.io.shardlock import CLAIMS_DIR, LOCK_FILE, RunClaim, wds_lock  # noqa: E402
+from fpncli.io.shardlock import (  # noqa: E402
+    CLAIMS_DIR,
+    LOCK_FILE,
+    RunClaim,
+    claim_is_live,
+    wds_lock,
+)
 from fpncli.run.wds import plan_sharded, run_sharded  # noqa: E402
 
 OPTIONS = RunOptions(
@@ -336,3 +342,22 @@ def test_a_live_claims_file_with_a_forged_body_claims_nothing(tmp_path, caplog):
     assert sorted(r.token for r in runs) == ["deep", "keys"]
     assert all(r.keys == set() for r in runs)
     assert caplog.text.count("held by a live run but unreadable") == 2
+
+
+def test_a_claim_is_live_only_while_its_run_holds_the_claims_file(tmp_path):
+    """``claim_is_live`` judges as a planning run does: held is live; left unlocked (its run
+    killed) or missing is gone, and the file is left for the planner to remove; an object
+    store has no locks, so its runs are taken as live, as before."""
+    import fsspec
+
+    fs, root = fsspec.filesystem("file"), str(tmp_path)
+    claim = RunClaim(fs, root)
+    claim.claim(["a"], "s")
+    assert claim_is_live(fs, root, claim.token)
+    os.close(claim.fd)  # the run killed: its claims file stays, unlocked
+    claim.fd = None
+    assert not claim_is_live(fs, root, claim.token) and claim.path.exists()
+    claim.release()
+    assert not claim_is_live(fs, root, claim.token)
+    assert claim_is_live(fsspec.filesystem("memory"), "/fpncli-lock-test/live", claim.token)
+

@@ -9,7 +9,9 @@ index part lost, and every run makes progress on the keys nobody else has.
   keys it will extract (with each key's input file), and ``flock``-ed by that run for its whole
   life (the lock goes with the process, so a killed run leaves no lock). A planning run skips
   the keys a live run claims (and refuses those it claims for other files); a claims file
-  whose lock can be taken is a dead run's: it is removed and its keys are free.
+  whose lock can be taken is a dead run's: it is removed and its keys are free. A writer in
+  another process than its run's (a Ray actor) commits only while ``claim_is_live``: an actor
+  outliving its killed run would otherwise commit keys that a new run has taken since.
 - A run's partial shards are named ``shard-<token>-<random>.tar.partial`` (``shards`` names
   them, with the token ``run_token`` gives): the cleanup removes only those whose run has no
   live claims file.
@@ -41,6 +43,7 @@ __all__ = [
     "LiveRun",
     "RunClaim",
     "TOKEN_HEX",
+    "claim_is_live",
     "is_local",
     "run_token",
     "wds_lock",
@@ -183,6 +186,37 @@ def _live_run(path: Path, data: bytes) -> LiveRun:
         return LiveRun(path.stem, 0, "None", set())
 
 
+def claim_is_live(fs, root: str, token: str) -> bool:
+    """Whether the run of ``token`` still holds its claims file under ``root``, as a planning
+    run would judge it (call inside ``wds_lock``, so none judges otherwise meanwhile). True
+    where nothing can be locked (not a local folder); False for a missing claims file or
+    anything but a regular file there. A dead run's file is left for the planner to remove.
+    """
+    if not is_local(fs):
+        return True
+    path = Path(root) / CLAIMS_DIR / f"{token}.json"
+    try:
+        f = open_regular(path, "claims file")
+    except (FileNotFoundError, ValueError):  # (a FIFO, a folder: the planner skips it too)
+        return False
+    with f:  # closing it drops the lock taken here
+        return _held(f.fileno(), path)
+
+
+def _held(fd: int, path: Path) -> bool:
+    """Whether another open file holds ``flock`` on the claims file ``path`` (open as ``fd``):
+    its run is alive. Else ``fd`` now holds a shared lock on it, until it is closed."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:  # its run holds it: alive
+        return True
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+            raise
+        log.warning("cannot lock %s (%s): taking it for a dead run's", path, e)  # cannot tell
+    return False
+
+
 def _read_live(path: Path) -> LiveRun | None:
     """The run owning the claims file ``path`` if it is alive; else remove the file, None.
     Anything but a regular file (a FIFO, a folder) is left alone with a warning, never waited on.
@@ -194,17 +228,9 @@ def _read_live(path: Path) -> LiveRun | None:
     except ValueError as e:  # a FIFO would block the open, and the run with OUT's lock held
         log.warning("ignoring %s", e)
         return None
-    fd = f.fileno()
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:  # its run holds it: alive
+        if _held(f.fileno(), path):
             return _live_run(path, f.read())
-        except OSError as e:
-            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP):  # no locks here: cannot tell
-                log.warning("cannot lock %s (%s): taking it for a dead run's", path, e)
-            else:
-                raise
         log.info("removing %s (left by a run that is no longer alive)", path)
         path.unlink(missing_ok=True)
         return None
