@@ -33,6 +33,7 @@ from fpncli.io.shardlock import (  # noqa: E402
     claim_is_live,
     wds_lock,
 )
+from fpncli.io.shards import INDEX_DIR  # noqa: E402
 from fpncli.run.wds import plan_sharded, run_sharded  # noqa: E402
 
 OPTIONS = RunOptions(
@@ -361,3 +362,53 @@ def test_a_claim_is_live_only_while_its_run_holds_the_claims_file(tmp_path):
     assert not claim_is_live(fs, root, claim.token)
     assert claim_is_live(fsspec.filesystem("memory"), "/fpncli-lock-test/live", claim.token)
 
+
+def test_a_ray_actor_commits_only_while_its_run_holds_the_claim(tmp_path):
+    """A Ray actor writes and commits its shard in another process than its run's (the
+    driver's) claim: after the driver was killed it committed still, and a new run that had
+    planned meanwhile (the dead claim removed, its keys free) extracted the same keys, a key
+    then in two shards. The actor's commit goes through while the run holds its claim; once
+    the run is gone it raises, committing nothing and leaving no partial shard, and the next
+    run redoes that image alone. The actor's call, without Ray."""
+    import pickle
+
+    from fpncli.run.ray_actor import Extractor
+    from fpncli.run.steps import decode
+
+    jobs, out = _jobs(tmp_path / "in", 2), tmp_path / "out"
+    options = RunOptions(output=OPTIONS.output, workers=1, writers=1, batch_size=1)
+    actor = Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
+                       "format": "wds", "crash_after": None, "actors": 1})  # fmt: skip
+    weights = weights_meta(actor.model)
+    plan = plan_sharded(jobs, str(out), options, weights)
+    keys = {str(Path(k).absolute()): v for k, v in plan.keys.items()}  # as ray_engine gives
+    actor.config.update(fs=plan.fs, root=plan.root, settings=plan.settings,
+                        token=plan.claim.token, keys=keys)  # fmt: skip
+
+    def call(job):
+        item = pickle.dumps(decode(job, options, actor.model.weights_info.input))
+        path = str(job.path.absolute())
+        return actor({"path": [path], "item": [item], "error": [""], "folder": [str(job.folder)],
+                      "given": [path], "given_folder": [str(job.folder)]})  # fmt: skip
+
+    try:
+        rows = call(jobs[0])  # the run holds its claim: committed
+        assert list(rows["status"]) == ["ok"] and rows["shard"][0]
+        shards, parts = list(out.glob("shard-*.tar")), sorted((out / INDEX_DIR).iterdir())
+        assert [p.name for p in shards] == [rows["shard"][0]] and len(parts) == 1
+        os.close(plan.claim.fd)  # the driver killed: its claims file stays, unlocked
+        plan.claim.fd = None
+        with pytest.raises(RuntimeError) as gone:
+            call(jobs[1])
+        assert str(gone.value) == (
+            f"the fpncli run that started this writer is gone (its claims file "
+            f"{CLAIMS_DIR}/{plan.claim.token}.json is no longer held): its images are not "
+            "committed but left to the next run"
+        )
+        assert list(out.glob("shard-*.tar")) == shards and not list(out.glob("*.partial"))
+        assert sorted((out / INDEX_DIR).iterdir()) == parts
+        again = plan_sharded(jobs, str(out), options, weights)  # removes the dead claims file
+        assert [j.path for j in again.todo] == [jobs[1].path] and not plan.claim.path.exists()
+        again.release()
+    finally:
+        plan.release()

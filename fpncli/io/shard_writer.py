@@ -19,7 +19,7 @@ from .atomic import DROP_BYTES, drop_from_cache
 from .npy import npy_bytes
 from .outputs import MANIFEST, write_image_members
 from .shard_index import failed_row, ok_row, write_parquet
-from .shardlock import run_token, wds_lock
+from .shardlock import CLAIMS_DIR, claim_is_live, run_token, wds_lock
 from .shards import INDEX_DIR, partial_name, shard_digest, shard_name
 
 __all__ = ["ShardWriter"]
@@ -40,12 +40,20 @@ class ShardWriter:
     the open shard, which is committed (renamed, then its index part written) once it reaches
     ``target_bytes``, at ``close``, or at every ``commit``. ``fail`` records a failed input; its
     row goes into the next index part. ``abort`` drops the open shard (never renamed).
+
+    ``owner_must_live``: the writer works for the run of ``token`` from another process (a Ray
+    actor): each commit first checks, under OUT's lock, that the run still holds its claims
+    file (``claim_is_live``); if it does not, the run is gone and a new run may have taken its
+    keys, so the shard is dropped and a RuntimeError raised. The run's own process needs no
+    check: it holds the claim for as long as it lives.
     """
 
     def __init__(self, fs, root: str, *, target_bytes: int, settings: str,
-                 crash_after: int | None = None, token: str | None = None) -> None:  # fmt: skip
+                 crash_after: int | None = None, token: str | None = None,
+                 owner_must_live: bool = False) -> None:  # fmt: skip
         self.fs, self.root = fs, root
         self.token = token or run_token()  # the run's: names its partial shards
+        self.owner_must_live = owner_must_live
         self.target_bytes = target_bytes
         self.settings = settings
         self.crash_after = crash_after  # crash tests: os._exit after this many images
@@ -144,8 +152,8 @@ class ShardWriter:
 
     def _commit(self) -> None:
         """Commit the open shard and the rows since the last commit; if that fails (a full disk
-        as the tar's end or the index part is written), the shard is dropped (``_abort``: its
-        images counted in ``dropped``) and the error raised."""
+        as the tar's end or the index part is written, the writer's run gone), the shard is
+        dropped (``_abort``: its images counted in ``dropped``) and the error raised."""
         try:
             self._commit_or_raise()
         except BaseException:
@@ -167,6 +175,13 @@ class ShardWriter:
             path = f"{self.root}/{INDEX_DIR}/part-{part}.parquet"
             # OUT's lock: no other run plans (and cleans up) between the rename and the part
             with wds_lock(self.fs, self.root):
+                if self.owner_must_live and not claim_is_live(self.fs, self.root, self.token):
+                    # its keys may be a new run's now: committing them would put them in two
+                    raise RuntimeError(
+                        f"the fpncli run that started this writer is gone (its claims file "
+                        f"{CLAIMS_DIR}/{self.token}.json is no longer held): its images are not "
+                        f"committed but left to the next run"
+                    )
                 if shard is not None:
                     self.fs.mv(self.tmp, f"{self.root}/{shard}")
                 try:

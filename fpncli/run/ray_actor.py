@@ -189,8 +189,10 @@ class Extractor:
         )  # fmt: skip
         writer = None
         if config["format"] == "wds":
+            # the claim is the driver's: a killed driver's keys may be a new run's, not ours
             writer = ShardWriter(config["fs"], config["root"], target_bytes=2**62,
-                                 settings=config["settings"], token=config["token"])  # fmt: skip
+                                 settings=config["settings"], token=config["token"],
+                                 owner_must_live=True)  # fmt: skip
             sink = _Bytes(ShardSink(writer, config["keys"]), as_given)
         else:
             sink = _Bytes(self.folder_sink, as_given)
