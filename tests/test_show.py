@@ -276,6 +276,51 @@ def test_image_target_extracts_on_the_fly(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.png", "fpn_show_cat_p4.png"]
 
 
+def test_a_picture_fpncli_drew_is_refused_naming_the_show_to_run(folder, tmp_path, monkeypatch):
+    """A heatmap, overlay or overview in an extraction's folder (or any picture under a marked
+    output folder) as TARGET ran the network on that picture (or tried to download the default
+    weights for it), where extract refuses outputs as inputs: one line, before any weights
+    are loaded, naming the folder and level to show instead; --receptive-field too."""
+    import fpncli.api
+    from fpncli.run.receptive import draw_receptive_fields
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights loaded for a picture fpncli drew")
+
+    monkeypatch.setattr(fpncli.api, "load_backbone", no_weights)
+    monkeypatch.chdir(folder.parent)
+    manifest = json.loads((folder / "manifest.json").read_text())  # as extract writes it
+    (folder / "manifest.json").write_text(json.dumps({"fpncli_version": "0", **manifest}))
+    picture = np.zeros((16, 24, 3), np.uint8)
+    expected = {
+        "p3.png": "to draw p3 of that extraction: fpncli show photo --level p3",
+        "res4_overlay.png": "to draw res4 of that extraction: fpncli show photo --level res4",
+        "overview.png": "to draw all levels of that extraction: fpncli show photo --level all",
+        "show_p4_pca.png": "to draw p4 of that extraction: fpncli show photo --level p4",
+        "mine.png": "to draw that extraction: fpncli show photo",
+    }
+    for name, advice in expected.items():
+        Image.fromarray(picture).save(folder / name)
+        message = f"^photo/{name} is a picture fpncli drew, not a photo; {advice}$"
+        with pytest.raises(ValueError, match=message):
+            show(f"photo/{name}", weights="random", device="cpu", display=False)
+        with pytest.raises(ValueError, match=message):  # it reran the network on the picture
+            draw_receptive_fields(f"photo/{name}", "1,1", weights="random", device="cpu")
+    result = CliRunner().invoke(cli, ["show", "photo/p3.png"])  # the default weights
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
+        "Error: photo/p3.png is a picture fpncli drew, not a photo; to draw p3 of that "
+        "extraction: fpncli show photo --level p3"
+    ]
+    (folder.parent / ".fpncli-output").write_text("")  # extract's marker on its -o
+    (folder.parent / "report").mkdir()
+    Image.fromarray(picture).save(folder.parent / "report" / "thumb.png")
+    refused = r"^report/thumb.png is a file of the fpncli output folder \.: not a photo \(extract "
+    with pytest.raises(ValueError, match=refused + r"skips it too\); name an extraction folder"):
+        show("report/thumb.png", weights="random", device="cpu", display=False)
+    assert not list(folder.parent.glob("fpn_show_*"))  # nothing drawn
+
+
 def test_cli_show_prints_where(folder, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

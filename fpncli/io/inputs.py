@@ -22,6 +22,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Job",
     "discover_inputs",
+    "output_root",
     "plan_jobs",
     "select_shard",
     "shard_from_env",
@@ -168,6 +169,13 @@ class _OutputFilter:
                     else:
                         found.append(here / name)
         return found
+
+
+def output_root(path: str | Path) -> Path | None:
+    """The output root the file ``path`` lies in, as ``discover_inputs`` tells it (a folder at
+    or above it holding the output marker, or its own folder holding an fpncli
+    ``manifest.json``), resolved; None for a file that is no output (an input)."""
+    return _OutputFilter(None, None).root_of(Path(path))
 
 
 def _glob_base(pattern: str) -> Path:

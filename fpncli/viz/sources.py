@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from ..io.outputs import MANIFEST, read_manifest
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
 
-__all__ = ["Source", "from_folder", "latest", "resolve_source"]
+__all__ = ["Source", "check_not_drawn", "from_folder", "latest", "resolve_source"]
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +302,48 @@ def resolve_source(target: str | None, levels: list[str], weights: str, device: 
                 "p4.npy): drawn without a stride; give --level to name it"
             )
         return source
-    _check_image(path, max_pixels)  # before any weights are loaded or downloaded
+    check_not_drawn(path)  # before any weights are loaded or downloaded
+    _check_image(path, max_pixels)
     return _from_image(path, weights, device, max_pixels)
+
+
+#: A level's picture extract writes in an image's folder (``p3.png``, ``p3_overlay.png``), or
+#: show's (``show_p3.png``, ``show_p3_pca_overlay.png``, ``show_all.png``): group 1 is the level.
+_LEVEL_PICTURE = re.compile(r"^(?:show_)?(p[2-6]|stem|res[2-5]|all)[_.]")
+
+
+def check_not_drawn(path: Path) -> None:
+    """Refuse an image TARGET that is one of fpncli's outputs (a level's heatmap or overlay, an
+    overview, show's or the report's pictures), as ``extract`` refuses outputs as inputs
+    (``io.inputs.output_root``): the network would run on a picture of maps. A ValueError, one
+    line saying what to run instead: ``fpncli show FOLDER --level LEVEL`` for a picture in an
+    image's folder (the level its name gives, ``all`` for the overview)."""
+    from ..io.guard import quote_name
+    from ..io.inputs import IMAGE_EXTENSIONS, output_root
+
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:  # (not an image: _check_image says so)
+        return
+    root = output_root(path)
+    if root is None:
+        return
+    folder = path.parent
+    if (folder / MANIFEST).is_file():  # an image's folder: draw its extraction
+        name = path.name.casefold()
+        found = _LEVEL_PICTURE.match(name)
+        level = "all" if name == "overview.png" else found[1] if found else None
+        what = {None: "that extraction", "all": "all levels of that extraction"}.get(
+            level, f"{level} of that extraction"
+        )
+        again = f" --level {level}" if level else ""
+        raise ValueError(
+            f"{quote_name(str(path))} is a picture fpncli drew, not a photo; to draw {what}: "
+            f"fpncli show {shlex.quote(str(folder))}{again}"
+        )
+    raise ValueError(
+        f"{quote_name(str(path))} is a file of the fpncli output folder "
+        f"{quote_name(os.path.relpath(root))}: not a photo (extract skips it too); name an "
+        "extraction folder in it, or a photo outside it"
+    )
 
 
 def _check_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
