@@ -157,3 +157,27 @@ def test_the_readme_exit_codes_are_those_of_its_examples(sample_extraction, tmp_
         result = runner.invoke(cli, args)
         assert result.exit_code == code, (args, result.output)
     assert not list(out.glob("*.tar"))  # the refused -o: nothing written
+
+
+def test_the_readme_show_examples_run(tmp_path, monkeypatch):
+    """show refuses options that would change nothing: every ``fpncli show`` line of the
+    README's command blocks still draws (exit 0), on an extraction of chelsea with the
+    bottom-up stages (``--level res4``), the latest one (``show --level p6``)."""
+    from click.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    text = (ROOT / "README.md").read_text()
+    lines = [shlex.split(line, comments=True)
+             for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+             for line in block.splitlines() if line.startswith("fpncli show")]  # fmt: skip
+    assert len(lines) >= 7 and any("--receptive-field" in words for words in lines), lines
+    runner = CliRunner()
+    extract = ["extract", str(ROOT / "samples" / "chelsea.png"), "--weights", "random",
+               "--levels", "stem,res2,res3,res4,res5,all", "--min-size", "64", "--max-size",
+               "128"]  # fmt: skip
+    assert runner.invoke(cli, extract, catch_exceptions=False).exit_code == 0
+    for words in lines:
+        result = runner.invoke(cli, words[1:], catch_exceptions=False)
+        assert result.exit_code == 0 and "saved " in result.output, (words, result.output)

@@ -153,6 +153,10 @@ def test_show_receptive_field_cli(sample_extraction, tmp_path):
     assert "p3: cell (row" in result.output and "p6: cell" in result.output and save.is_file()
     assert "photo px (" in result.output and "network px)" in result.output
     assert "computing the receptive fields of p3, p6" in result.stderr  # before the wait
+    # it reruns the network on the extraction's photo: --device and --max-pixels are taken
+    small = runner.invoke(cli, [*args[:4], "100,60", "--level", "p6", "--device", "cpu",
+                                "--max-pixels", "10"])  # fmt: skip
+    assert small.exit_code == 1 and "over the 10 pixels limit" in small.output, small.output
     outside = runner.invoke(cli, [*args[:4], "9999,1"])
     assert outside.exit_code == 2 and "outside the image" in outside.output
     alone = runner.invoke(cli, ["show", str(sample_extraction / "coffee"), "--at", "1,1"])

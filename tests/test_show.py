@@ -379,6 +379,62 @@ def test_option_values_the_target_rules_out_are_usage_errors(folder, tmp_path, m
     assert result.exit_code == 1 and f"Error: {folder} has no p4 (it has" in result.output
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--channel", "5", "--reduce", "mean"],
+         "--channel is an option of --reduce channel (--reduce mean draws from every channel)"),
+        (["--level", "p3", "--channels", "1,2", "--channel", "9"],
+         "--channel is an option of --reduce channel, not of --channels (a grid of the channels "
+         "it names)"),
+        (["--level", "p3", "--top", "4", "--reduce", "pca"],
+         "--reduce is not an option of --top: its grid draws each channel as it is"),
+        (["--level", "p3", "--top", "4", "--reduce", "channel"],
+         "--reduce is not an option of --top: its grid draws each channel as it is"),
+        (["--weights", "random"], "--weights is an option of an image TARGET (an extraction's "
+         "saved maps are read, not computed)"),
+        (["--device", "cpu"], "--device is an option of an image TARGET (an extraction's saved "
+         "maps are read, not computed)"),
+        (["--max-pixels", "1000"], "--max-pixels is an option of an image TARGET (an "
+         "extraction's saved maps are read, not computed)"),
+        (["--receptive-field", "--at", "1,1", "--weights", "random"],
+         "--weights is an option of an image TARGET (--receptive-field reruns an extraction "
+         "with the weights it was made with)"),
+        (["--receptive-field", "--at", "1,1", "--reduce", "l2", "--channel", "2"],
+         "--channel is an option of --reduce channel (--reduce l2 draws from every channel)"),
+    ],
+)  # fmt: skip
+def test_options_that_would_change_nothing_are_usage_errors(folder, monkeypatch, args, message):
+    """show took them silently (exit 0): --channel 5 --reduce mean drew the mean, --top with
+    --reduce pca a plain grid, --weights or --device of a saved extraction read its maps. Now
+    refused as extract refuses its own (exit 2, one line), for a folder, a .npy and the latest
+    extraction alike, before anything is read or drawn."""
+    import fpncli.api
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(fpncli.api, "load_backbone", no_model)
+    monkeypatch.setattr(sources, "latest", lambda: (folder, []))
+    for target in ([str(folder)], [str(folder / "p3.npy")], []):
+        if "--receptive-field" in args and target and target[0].endswith(".npy"):
+            continue  # (it takes a folder or a photo)
+        result = CliRunner().invoke(cli, ["show", *target, *args])
+        assert result.exit_code == 2, (target, result.output)
+        assert result.output.splitlines() == [f"Error: {message} (see 'cli show --help')"]
+    assert not list(folder.glob("show_*.png"))
+
+
+def test_options_a_photo_target_uses_are_taken(tmp_path, monkeypatch):
+    """--weights, --device and --max-pixels of an image TARGET: the network runs on it."""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "cat.png")
+    args = ["show", "cat.png", "--level", "p5", "--weights", "random", "--device", "cpu",
+            "--max-pixels", "100000", "--reduce", "mean"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0 and "saved fpn_show_cat_p5_mean.png" in result.output
+
+
 def _copy_extraction(folder, name):
     import shutil
 

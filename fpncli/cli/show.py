@@ -45,6 +45,50 @@ def _save_target(ctx, param, value: str | None) -> str | None:
     return str(_file_target(value))
 
 
+def _is_photo(target: str | None, key: str | None) -> bool:
+    """Whether show runs the network on TARGET (an image, or a name resolve_source refuses),
+    rather than reading saved maps (the latest extraction, a folder, a .npy, a wds key)."""
+    if target is None or key is not None:
+        return False
+    path = Path(target).expanduser()
+    try:
+        return not path.is_dir() and path.suffix != ".npy"  # (as resolve_source tells them)
+    except OSError:  # a name over 255 bytes: resolve_source says so
+        return True
+
+
+def _check_options_used(target: str | None, key: str | None, reduce: str, top: int | None,
+                        channels: str | None, receptive_field: bool) -> None:  # fmt: skip
+    """Refuse an option given on the command line that would change nothing (taken silently,
+    it reads as if it did), as extract does: ``--channel`` but with ``--reduce channel``'s one
+    map, ``--reduce`` with a grid (``--top``/``--channels``), and ``--weights``, ``--device`` or
+    ``--max-pixels`` where no network runs (saved maps are read). ``--receptive-field`` reruns
+    the network on an extraction's photo, with its recorded weights: there only ``--weights``
+    is for an image TARGET."""
+    ctx = click.get_current_context()
+    grid = "--top" if top is not None else "--channels" if channels is not None else None
+    photo = _is_photo(target, key)
+    read = "an extraction's saved maps are read, not computed"
+    if receptive_field:
+        read = "--receptive-field reruns an extraction with the weights it was made with"
+    unused = [
+        ("channel", reduce != "channel", "--channel is an option of --reduce channel (--reduce "
+         f"{reduce} draws from every channel)"),
+        ("channel", grid, f"--channel is an option of --reduce channel, not of {grid} (a grid "
+         "of the channels it names)"),
+        ("reduce", grid, f"--reduce is not an option of {grid}: its grid draws each channel "
+         "as it is"),
+        ("weights", not photo, f"--weights is an option of an image TARGET ({read})"),
+        ("device", not photo and not receptive_field,
+         f"--device is an option of an image TARGET ({read})"),
+        ("max_pixels", not photo and not receptive_field,
+         f"--max-pixels is an option of an image TARGET ({read})"),
+    ]  # fmt: skip
+    for name, ignored, message in unused:
+        if ignored and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError(message)
+
+
 @click.command()
 @click.argument("target", required=False)
 @click.option(
@@ -89,7 +133,7 @@ def _save_target(ctx, param, value: str | None) -> str | None:
     "--device",
     default="auto",
     show_default=True,
-    help="For an image TARGET: auto, cpu, cuda or cuda:N.",
+    help="For an image TARGET (or --receptive-field): auto, cpu, cuda or cuda:N.",
 )
 @click.option(
     "--top",
@@ -116,7 +160,8 @@ def _save_target(ctx, param, value: str | None) -> str | None:
     "--max-pixels",
     type=click.IntRange(min=1),
     default=None,
-    help="An image TARGET: refuse more pixels than this (default 89,478,485, as Pillow).",
+    help="An image TARGET's (or --receptive-field's photo): refuse more pixels than this "
+    "(default 89,478,485, as Pillow).",
 )
 @verbose_option
 @_friendly
@@ -129,6 +174,7 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
     """
     from ..io.pillow_open import DEFAULT_MAX_PIXELS
 
+    _check_options_used(target, key, reduce, top, channels, receptive_field)
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     if receptive_field or at is not None:
         if not (receptive_field and at):
