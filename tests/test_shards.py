@@ -201,18 +201,20 @@ def test_wds_to_memory_url_and_show_key(tmp_path, monkeypatch):
     )
 
 
-def test_show_key_of_a_record_without_the_default_level_says_which_to_pass(tmp_path):
-    """``show OUT --key K`` with no --level, of a record extracted without p2: the usage error
-    about --level (which was not given) names a level to pass."""
+def test_show_key_of_a_record_without_the_default_level_shows_its_first_level(tmp_path):
+    """``show OUT --key K`` with no --level, of a record extracted without p2, was a usage error
+    about --level (which was not given): it now draws the first level the record saved, and
+    says so."""
     inputs = _images(tmp_path / "in", 2)
     url = "memory://fpncli-test/p3-only"
     result = _run([str(inputs), "-o", url, "--format", "wds", "--levels", "p3", "--no-heatmaps",
                    "--no-overview"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    shown = CliRunner().invoke(cli, ["show", url, "--key", "img%2E1"])
-    assert shown.exit_code == 2, shown.output
-    assert shown.output.startswith("Error: Invalid value for '--level': img%2E1 in shard-")
-    assert "has no p2 tensor (it has p3); pass --level p3 (see 'cli show --help')" in shown.output
+    save = tmp_path / "shown.png"
+    shown = CliRunner().invoke(cli, ["show", url, "--key", "img%2E1", "--save", str(save)])
+    assert shown.exit_code == 0 and save.is_file(), shown.output
+    assert ("note: img%2E1 has no p2 tensor: showing p3, the first level it saved (--level "
+            "picks another)\n") in shown.output  # fmt: skip
     given = CliRunner().invoke(cli, ["show", url, "--key", "img%2E1", "--level", "p2"])
     assert given.exit_code == 2 and "(it has p3) (see 'cli show --help')" in given.output
 

@@ -361,9 +361,6 @@ def test_option_values_the_target_rules_out_are_usage_errors(folder, tmp_path, m
         ([folder, "--level", "p2"],
          f"Invalid value for '--level': {folder} has no p2 (it has p3, p4, p5, p6); extract it "
          "with --levels"),
-        ([folder],  # --level not given: its default p2, and the level to give instead
-         f"Invalid value for '--level': {folder} has no p2 (it has p3, p4, p5, p6); extract it "
-         "with --levels, or pass --level p3"),
         ([folder / "p3.npy", "--level", "p5"],
          "Invalid value for '--level': this target holds p3, not p5"),
         (["--key", "k"], "--key needs TARGET: the output folder (or URL) of a --format wds run"),
@@ -377,6 +374,39 @@ def test_option_values_the_target_rules_out_are_usage_errors(folder, tmp_path, m
     (folder / "manifest.json").write_text(json.dumps(manifest))
     result = CliRunner().invoke(cli, ["show", str(folder / "p4.npy")])
     assert result.exit_code == 1 and f"Error: {folder} has no p4 (it has" in result.output
+
+
+def test_without_level_a_folder_lacking_p2_shows_its_first_level(folder, monkeypatch):
+    """show FOLDER of an ``extract --levels p3,p4`` failed: "has no p2 (it has p3, p4) ...
+    pass --level p3". The default is now p2 where it was saved, else the first level saved
+    (p2..p6, then the bottom-up stages), said in a note; a --level given is still refused."""
+    from fpncli.viz.show import level_figure_for
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert show(str(folder), display=False).saved == folder / "show_p2.png"  # p2: kept
+    manifest = json.loads((folder / "manifest.json").read_text())
+    levels = manifest["levels"]
+    del levels["p2"], levels["p3"]
+    levels["stem"] = {**levels["p4"], "stride": 4}  # (listed first, a stage: after p4)
+    manifest["levels"] = {"stem": levels.pop("stem"), **levels}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    note = f"note: {folder} has no p2: showing p4, the first level it saved (--level picks another)"
+    result = show(str(folder), display=False)
+    assert result.saved == folder / "show_p4.png" and note in result.messages
+    assert show(str(folder), reduce="mean", display=False).saved == folder / "show_p4_mean.png"
+    assert len(level_figure_for(str(folder)).axes) >= 1  # the notebook's figure too
+    result = CliRunner().invoke(cli, ["show", str(folder)], catch_exceptions=False)
+    assert result.exit_code == 0 and f"saved {folder / 'show_p4.png'}" in result.output
+    assert note in result.output
+    given = CliRunner().invoke(cli, ["show", str(folder), "--level", "p2"])
+    assert given.exit_code == 2 and f"{folder} has no p2 (it has stem, p4, p5, p6)" in given.output
+    for name in ("p4", "p5", "p6"):  # only a bottom-up stage left: the first of them
+        del manifest["levels"][name]
+    manifest["levels"]["res4"] = {**manifest["levels"]["stem"], "stride": 16}
+    manifest["levels"] = {"res4": manifest["levels"].pop("res4"), **manifest["levels"]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert show(str(folder), display=False).saved == folder / "show_stem.png"
 
 
 @pytest.mark.parametrize(

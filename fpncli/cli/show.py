@@ -95,7 +95,8 @@ def _check_options_used(target: str | None, key: str | None, reduce: str, top: i
     "--level",
     default=None,
     callback=_level_callback,
-    help="p2..p6, stem, res2..res5 or all (default p2, or a .npy TARGET's level).",
+    help="p2..p6, stem, res2..res5 or all (default p2, else the first level saved, or a .npy "
+    "TARGET's level).",
 )
 @click.option(
     "--channel",

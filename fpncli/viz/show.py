@@ -262,12 +262,21 @@ def _window_options(source: Source, *, cmap: str, overlay: bool, reduce: str,
 
 
 def _level_asked(target: str | None, level: str | None) -> tuple[str, bool]:
-    """The level to draw (``level`` None: p2, or the level a ``.npy`` target is named after)
-    and whether it was asked for by name (not a default, not ``all``)."""
+    """The level to draw (``level`` None: p2, or the level a ``.npy`` target is named after;
+    an extraction without p2 gives its first level, ``_level_drawn``) and whether it was asked
+    for by name (not a default, not ``all``)."""
     if level is not None:
         return level, level != "all"
     stem = Path(target).stem if target else ""
     return (stem if target and target.endswith(".npy") and stem in STRIDES else "p2"), False
+
+
+def _level_drawn(source: Source, level: str, level_named: bool) -> str:
+    """``level``, or, where it is the default (p2) and the extraction saved none, the level
+    ``resolve_source`` read in its place (``sources.first_level``)."""
+    if level_named or level == "all" or level in source.features:
+        return level
+    return next(iter(source.features))
 
 
 def level_figure_for(target: str | None, *, level: str | None = None, channel: int = 0,
@@ -284,6 +293,7 @@ def level_figure_for(target: str | None, *, level: str | None = None, channel: i
     levels = list(LEVELS) if level == "all" else [level]
     source = resolve_source(target, levels, weights, device, max_pixels=max_pixels,
                       level_named=level_named)  # fmt: skip
+    level = _level_drawn(source, level, level_named)
     if overlay:
         _check_overlay(source)
     panels = _panels(source, level, reduce=reduce, channel=channel, clip=parse_clip(clip))
@@ -329,7 +339,8 @@ def show(
 ) -> ShowResult:
     """Draw one level (or ``all``) of an extraction; open a window or write a PNG.
 
-    ``level`` None means p2, or the level of a ``.npy`` target. With no display (or with
+    ``level`` None means p2 (or, in an extraction without p2, the first level it saved: p2..p6,
+    then the bottom-up stages), or the level of a ``.npy`` target. With no display (or with
     ``save``) the picture is written atomically as a PNG and ``ShowResult.saved`` says where
     (by default in the extraction's folder, named for what is drawn: ``viz.names``).
     Messages are collected in ``ShowResult.messages`` and also passed to ``notify`` as soon as
@@ -360,6 +371,7 @@ def show(
     fixed = _run_ranges(target, scale, reduce, channel, pending.append, key)
     levels = list(LEVELS) if level == "all" else [level]
     source = resolve_source(target, levels, weights, device, key, max_pixels, level_named)
+    level = _level_drawn(source, level, level_named)
     named_level = level if source.level_known or level == "all" else None
     if level != "all" and level not in source.features:
         raise OptionError(f"this target holds {', '.join(source.features)}, not {level}",

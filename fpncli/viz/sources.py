@@ -19,9 +19,10 @@ from ..io.guard import OptionError
 from ..io.manifest import load_manifest
 from ..io.outputs import MANIFEST, read_manifest
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
+from ..model.names import LEVELS, STAGES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
 
-__all__ = ["Source", "check_not_drawn", "from_folder", "latest", "resolve_source"]
+__all__ = ["Source", "check_not_drawn", "first_level", "from_folder", "latest", "resolve_source"]
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def from_folder(folder: Path, levels: list[str], asked: bool = True,
                  named: bool = True) -> Source:  # fmt: skip
     """``levels`` of the extraction in ``folder``; ``asked``: they are ``--level``'s (or its
     default), so one the folder lacks is an ``OptionError``, not the name of a ``.npy`` in it;
-    ``named``: ``--level`` was given (else its default, and the error says to give it)."""
+    ``named``: ``--level`` was given; else the one level is its default (p2), and a folder
+    without it gives its ``first_level`` instead, with a note saying so."""
     manifest = load_manifest(folder)  # ValueError: one there that cannot be read
     if manifest is None:
         raise _not_an_extraction(folder)
@@ -131,15 +133,19 @@ def from_folder(folder: Path, levels: list[str], asked: bool = True,
 
     features = {}
     saved_levels = manifest_levels(folder, manifest)
+    notes = []
     if len(levels) > 1:  # --level all: the levels this extraction has
         levels = [name for name in levels if name in saved_levels] or levels
+    elif not named and saved_levels and levels[0] not in saved_levels:  # (--levels p3,p4)
+        first = first_level(saved_levels)
+        notes.append(f"note: {folder} has no {levels[0]}: showing {first}, the first level it "
+                     "saved (--level picks another)")  # fmt: skip
+        levels = [first]
     for name in levels:
         meta = saved_levels.get(name)
         if meta is None:
             saved = ", ".join(map(str, saved_levels))
             message = f"{folder} has no {name} (it has {saved}); extract it with --levels"
-            if not named and saved_levels:  # the default level: show one it has
-                message += f", or pass --level {next(iter(saved_levels))}"
             raise OptionError(message, "--level") if asked else ValueError(message)
         file = level_file(folder, name, meta)  # must lie inside the folder
         if file is None:
@@ -155,8 +161,14 @@ def from_folder(folder: Path, levels: list[str], asked: bool = True,
     resized, scale, random = _geometry(manifest, f"{folder}/{MANIFEST}")
     photo, weights_name = _photo_and_weights(manifest)
     return Source(features, _load_input(manifest), resized, scale, random, folder.name,
-                   folder / "show", photo=photo, weights_name=weights_name,
+                   folder / "show", notes, photo=photo, weights_name=weights_name,
                    manifest=manifest)  # fmt: skip
+
+
+def first_level(saved) -> str:
+    """The level ``show`` draws when ``--level`` is not given and p2 was not saved: the first
+    of ``saved`` (names) in the order p2..p6, then the bottom-up stages."""
+    return next((name for name in (*LEVELS, *STAGES) if name in saved), next(iter(saved)))
 
 
 def _geometry(manifest: dict, where: str) -> tuple[tuple[int, int], tuple[float, float], bool]:
@@ -210,15 +222,19 @@ def _from_shard(root: str, key: str, levels: list[str], named: bool = True) -> S
         raise ValueError(f"{key}.json in {shard} is not JSON: re-extract this image") from None
     check_manifest(manifest, f"{key}.json in {root}/{shard}")
     features = {}
+    saved = [n for n, m in manifest["levels"].items() if m.get("file")]
+    notes = []
     if len(levels) > 1:  # --level all: the levels this record has (as for a folder)
-        levels = [n for n in levels if (manifest["levels"].get(n) or {}).get("file")] or levels
+        levels = [n for n in levels if n in saved] or levels
+    elif not named and saved and levels[0] not in saved:  # the default: as for a folder
+        first = first_level(saved)
+        notes.append(f"note: {key} has no {levels[0]} tensor: showing {first}, the first level "
+                     "it saved (--level picks another)")  # fmt: skip
+        levels = [first]
     for name in levels:
         meta = manifest["levels"].get(name)
         if meta is None or not meta.get("file"):
-            saved = ", ".join(n for n, m in manifest["levels"].items() if m.get("file"))
-            message = f"{key} in {shard} has no {name} tensor (it has {saved or 'none'})"
-            if not named and saved:  # the default level: show one it has
-                message += f"; pass --level {saved.split(', ')[0]}"
+            message = f"{key} in {shard} has no {name} tensor (it has {', '.join(saved) or 'none'})"
             raise OptionError(message, "--level") if saved else ValueError(message)
         # the header is checked against the bytes before anything is allocated
         where = f"{shard}: {key}.{meta['file']}"
@@ -230,7 +246,7 @@ def _from_shard(root: str, key: str, levels: list[str], named: bool = True) -> S
     resized, scale, random = _geometry(manifest, f"{key}.json in {root}/{shard}")
     photo, weights_name = _photo_and_weights(manifest)
     return Source(features, _load_input(manifest), resized, scale, random, key,
-                   Path(f"fpn_show_{key.replace('/', '_')}"), photo=photo,
+                   Path(f"fpn_show_{key.replace('/', '_')}"), notes, photo=photo,
                    weights_name=weights_name, manifest=manifest)  # fmt: skip
 
 
