@@ -461,6 +461,33 @@ def test_an_empty_output_folder_is_refused(tmp_path, monkeypatch, command):
     assert sorted(os.listdir(tmp_path)) == ["a.png"]
 
 
+@pytest.mark.parametrize(
+    "args, name, what",
+    [
+        (["show", ""], "'[TARGET]'",
+         "a folder, .npy or image, or leave TARGET out for the latest extraction"),
+        (["show", " "], "'[TARGET]'",
+         "a folder, .npy or image, or leave TARGET out for the latest extraction"),
+        (["report", ""], "'[OUT]'", "a folder, or . for this one"),
+        (["diff", "", "out"], "'A'", "an extraction folder (or URL), or . for this one"),
+        (["diff", "out", ""], "'B'", "an extraction folder (or URL), or . for this one"),
+    ],
+)  # fmt: skip
+def test_an_empty_path_argument_is_refused_as_empty(tmp_path, monkeypatch, args, name, what):
+    """show "", report "" and diff "" B (an unset shell variable) took "" as the current folder,
+    where extract refuses an empty input and -o "": the same usage error, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    extracted = CliRunner().invoke(cli, ["extract", "", "--weights", "random"])
+    assert extracted.exit_code == 1 and "an empty input path (an unset shell" in extracted.output
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        f"Error: Invalid value for {name}: an empty path (an unset shell variable?): name "
+        f"{what} (see 'cli {args[0]} --help')"
+    ]
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("command", [["extract", "a.png"], ["show", "a.png"], ["bench"]])
 def test_an_empty_weights_value_is_refused_as_empty(tmp_path, monkeypatch, command):
     """--weights "" (an unset shell variable) said "'.': not a regular file (a folder)"."""

@@ -278,6 +278,19 @@ def _out_folder(ctx, param, value: str) -> str:
     return value
 
 
+def _not_empty(what: str):
+    """A callback refusing a path argument given empty (or blank), as ``-o ''`` and an empty
+    input are refused: an unset shell variable must not mean the current folder. ``what``
+    says what to name instead."""
+
+    def callback(ctx, param, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise click.BadParameter(f"an empty path (an unset shell variable?): name {what}")
+        return value
+
+    return callback
+
+
 def _file_target(value: str) -> Path:
     """A file the user names for fpncli to write (``guard.file_target``: through a symlink,
     never over a device or FIFO), as a usage error when it cannot be."""

@@ -7,12 +7,14 @@ import sys
 
 import click
 
-from .common import _friendly, _out_folder, _parse_levels, verbose_option
+from .common import _friendly, _not_empty, _out_folder, _parse_levels, verbose_option
 
 
 @click.command()
-@click.argument("a", type=click.Path(file_okay=False))
-@click.argument("b", type=click.Path(file_okay=False))
+@click.argument("a", type=click.Path(file_okay=False), callback=_not_empty(
+    "an extraction folder (or URL), or . for this one"))  # fmt: skip
+@click.argument("b", type=click.Path(file_okay=False), callback=_not_empty(
+    "an extraction folder (or URL), or . for this one"))  # fmt: skip
 @click.option("--tol", type=float, default=1e-4, show_default=True,
               help="Largest max|A-B|/max|A| that counts as agreement.")  # fmt: skip
 @click.option(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from .common import _friendly, verbose_option
+from .common import _friendly, _not_empty, verbose_option
 
 
 @click.command()
-@click.argument("out", type=click.Path(file_okay=False), default="fpn_out", required=False)
+@click.argument("out", type=click.Path(file_okay=False), default="fpn_out", required=False,
+                callback=_not_empty("a folder, or . for this one"))  # fmt: skip
 @click.option("--page-size", type=click.IntRange(1), default=100, show_default=True,
               help="Images per page.")  # fmt: skip
 @click.option("--thumb-height", type=click.IntRange(8, 1024), default=64, show_default=True,

@@ -15,6 +15,7 @@ from .common import (
     _cmap_callback,
     _file_target,
     _friendly,
+    _not_empty,
     verbose_option,
 )
 
@@ -90,7 +91,11 @@ def _check_options_used(target: str | None, key: str | None, reduce: str, top: i
 
 
 @click.command()
-@click.argument("target", required=False)
+@click.argument(
+    "target",
+    required=False,
+    callback=_not_empty("a folder, .npy or image, or leave TARGET out for the latest extraction"),
+)
 @click.option(
     "--level",
     default=None,
