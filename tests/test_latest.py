@@ -133,3 +133,35 @@ def test_another_applications_latest_json_in_xdg_state_home_is_not_fpncli_s(home
     own.write_bytes(b"[1, 2]")
     with pytest.raises(ValueError, match=f"^{re.escape(str(own))} is damaged \\(it holds a list"):
         latest_extraction()
+
+
+def test_the_only_recorded_extraction_gone_says_none_earlier_is_recorded(tmp_path, monkeypatch):
+    """After the only extraction recorded was deleted, show said "... and so are the 0 before
+    it"; with earlier ones, it counts them."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    folders = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"complete": True}))
+        folders.append(folder)
+    record_latest(folders[0])
+    shutil.rmtree(folders[0])
+    with pytest.raises(FileNotFoundError) as gone:
+        latest_extraction()
+    assert str(gone.value) == (
+        f"the latest extraction {folders[0]} is gone or incomplete, and no earlier extraction "
+        "is recorded: name a TARGET"
+    )
+    result = CliRunner().invoke(cli, ["show"])
+    assert result.exit_code == 1 and result.output == f"Error: {gone.value}\n"
+    record_latest(folders[1])
+    shutil.rmtree(folders[1])
+    with pytest.raises(FileNotFoundError, match=r"incomplete, and so are the 1 before it: name"):
+        latest_extraction()

@@ -134,7 +134,8 @@ def latest_extraction() -> Path:
             if folder != recent[0]:
                 log.warning("the latest extraction %s is gone; showing %s", recent[0], folder)
             return folder
+    earlier = (f"so are the {len(recent) - 1} before it" if len(recent) > 1
+               else "no earlier extraction is recorded")  # fmt: skip
     raise FileNotFoundError(
-        f"the latest extraction {recent[0]} is gone or incomplete, and so are the "
-        f"{len(recent) - 1} before it: name a TARGET"
+        f"the latest extraction {recent[0]} is gone or incomplete, and {earlier}: name a TARGET"
     )
