@@ -401,6 +401,7 @@ def test_a_symlinked_folder_of_the_output_is_that_pictures_error_and_the_rest_is
     escaped, out = tmp_path / "escaped", tmp_path / "d"
     (escaped / "chelsea").mkdir(parents=True)
     (out / "coffee").mkdir(parents=True)
+    (out / ".fpncli-diff").write_text("")  # diff's own folder, links put into it since
     (out / "chelsea").symlink_to(escaped / "chelsea")
     (out / "rocket").symlink_to("coffee")
     args = ["diff", str(sample_extraction), str(sample_extraction), "-o", str(out)]
@@ -516,3 +517,36 @@ def test_a_diff_picture_says_in_red_which_side_has_random_weights(sample_extract
     picture = np.asarray(Image.open(tmp_path / "r" / "chelsea" / "diff.png").convert("RGB"))
     rgb = picture[:80].astype(int)
     assert ((rgb[..., 0] > 150) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum() > 100
+
+
+def test_diff_writes_only_into_a_folder_of_its_own(sample_extraction, tmp_path):
+    """``-o`` into a folder of the user's (photos, their own ``chelsea/diff.png``): diff wrote its
+    pictures among them, over their file of the same name, and a later extract took the pictures
+    for photos. Such a folder is refused before anything is written; a new or empty folder, or
+    one diff wrote before (marked, or an earlier version's with its diff.json), is diff's, and
+    only that folder is marked, not the parents made for it."""
+    mine = tmp_path / "mine"
+    (mine / "chelsea").mkdir(parents=True)
+    (mine / "chelsea" / "diff.png").write_bytes(b"the user's own")
+    args = ["diff", str(sample_extraction), str(sample_extraction), "-o", str(mine)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: {mine} holds files diff did not write: give a new or empty output folder (-o), "
+        "or one diff wrote before\n"
+    )
+    assert sorted(p.name for p in mine.rglob("*")) == ["chelsea", "diff.png"]
+    assert (mine / "chelsea" / "diff.png").read_bytes() == b"the user's own"
+    nested = tmp_path / "results" / "2024" / "cmp"
+    for pictures in ([], ["--no-pictures"]):
+        args = ["diff", str(sample_extraction), str(sample_extraction), "-o", str(nested)]
+        result = CliRunner().invoke(cli, [*args, *pictures])
+        assert result.exit_code == 0, result.output  # again: the folder is diff's now
+        assert (nested / ".fpncli-diff").is_file()
+        assert [p.name for p in (tmp_path / "results").rglob(".fpncli-diff")] == [".fpncli-diff"]
+    (nested / ".fpncli-diff").unlink()  # an earlier version's output: its tables say so
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert CliRunner().invoke(cli, ["diff", *args[1:3], "-o", str(empty)]).exit_code == 0

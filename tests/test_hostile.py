@@ -1037,8 +1037,10 @@ def test_report_and_diff_pictures_written_among_photos_are_never_read_back(
     """``report PHOTOS`` (the photo folder given instead of its output folder below it) wrote its
     thumbnails and histograms into ``PHOTOS/report/``, and ``diff ... -o PHOTOS/dd`` its
     ``diff.png`` pictures: the next ``extract PHOTOS`` took all of them as photos. A report's
-    folder and the folders diff makes are marked now, and never walked; a folder the user had
-    (here ``PHOTOS/mine`` as diff's -o) is not marked, so their photos in it are still found."""
+    folder and diff's output folder are marked now, and never walked; a folder the user had
+    (``PHOTOS/mine``) is not diff's to write into, so their photos in it are still found, and
+    only the folder diff wrote is marked, not the parents made for it (``PHOTOS/later/cmp``:
+    photos put in ``PHOTOS/later`` afterwards are found)."""
     from fpncli.viz.diff import diff_extractions
     from fpncli.viz.report import write_report
 
@@ -1049,11 +1051,14 @@ def test_report_and_diff_pictures_written_among_photos_are_never_read_back(
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photos / name)
     write_report(photos)
     diff_extractions(photos / "out", photos / "out", out=photos / "dd")
-    diff_extractions(photos / "out", photos / "out", out=photos / "mine")
+    diff_extractions(photos / "out", photos / "out", out=photos / "later" / "cmp")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photos / "later" / "c.png")
+    with pytest.raises(ValueError, match="holds files diff did not write"):
+        diff_extractions(photos / "out", photos / "out", out=photos / "mine")
     assert list((photos / "report").rglob("*.png")) and list((photos / "dd").rglob("*.png"))
-    assert list((photos / "mine").glob("*/diff.png"))
+    assert not list((photos / "mine").glob("*/diff.png"))
     found = sorted(p.relative_to(photos).as_posix() for p, _ in pipeline.discover_inputs([photos]))
-    assert found == ["a.png", "mine/b.png"]
+    assert found == ["a.png", "later/c.png", "mine/b.png"]
     # named one by one too (a glob, a list): refused as outputs, as an extraction's files are
     drawn = next((photos / "report").rglob("*.png"))
     assert pipeline.discover_inputs([str(drawn)]) == []

@@ -40,12 +40,12 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
     whose outputs cannot be read are reported, not compared (and make the exit code 1); so is a
     picture that cannot be written (its image still compared).
     """
-    from ..viz.diff import check_table_targets, diff_extractions, worst_level
+    from ..viz.diff import check_out_folder, diff_extractions, worst_level
 
     if not tol >= 0:  # also nan, which every comparison would pass
         raise click.BadParameter("must be >= 0", param_hint="'--tol'")
     if no_pictures:  # the tables still go to OUT: refused there before anything is compared
-        check_table_targets(out_dir)
+        check_out_folder(out_dir)
     result = diff_extractions(
         a, b, tol=tol, levels=levels,
         out=None if no_pictures else out_dir,

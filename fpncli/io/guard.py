@@ -325,18 +325,13 @@ def mark_output_root(folder: Path) -> None:
 
 
 def make_marked_folder(folder: Path, marker: str) -> None:
-    """Create ``folder`` (and its parents), writing ``marker`` in the topmost folder this call
-    created, so that discovery never reads what is written below it as input. A folder that was
-    there already (the user's) is not marked: nothing of theirs is hidden from a later run."""
+    """Create ``folder`` (and its parents) and write ``marker`` in it, so that discovery never
+    reads what is written below it as input. Only ``folder`` is marked: the parents made for
+    it are the user's, and so is whatever they put beside it later."""
     folder = Path(folder)
-    first = None  # the topmost folder missing
-    for above in (folder, *folder.parents):
-        if above.exists():
-            break
-        first = above
     folder.mkdir(parents=True, exist_ok=True)
-    if first is not None:
-        (first / marker).write_text("made by fpncli: its files are never read back as inputs\n")
+    if not (folder / marker).is_file():
+        (folder / marker).write_text("made by fpncli: its files are never read back as inputs\n")
 
 
 def is_marked(folder: Path) -> bool:

@@ -45,7 +45,7 @@ from .overview import overview_png
 
 __all__ = [
     "LevelDiff", "ImageDiff", "DiffResult", "compare_arrays", "diff_extractions", "write_tables",
-    "short_names", "worst_level", "check_table_targets",
+    "short_names", "worst_level", "check_out_folder", "check_table_targets",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -384,8 +384,8 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
                 f"the diff picture of {key!r} would be written outside {out} "
                 f"({target.resolve()}): not written"
             )
-        try:  # a folder made here is marked: a later extract never takes diff.png as a photo
-            make_marked_folder(target.parent, DIFF_MARKER)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(target, png)
         except OSError as e:  # this picture only (keys x and x/diff.png): said, the rest written
             if is_disk_full(e):  # no other picture or table would fit either
@@ -431,8 +431,8 @@ def diff_extractions(
     Raises:
         FileNotFoundError: a root that does not exist or holds no extraction.
         ValueError: a picture that would land outside ``out`` (a key with ``..``); nothing
-            is written there. ``out/diff.json`` or
-            ``out/diff.csv`` that is not a regular file (``check_table_targets``): nothing is
+            is written there. An ``out`` diff may not write into (``check_out_folder``: not
+            diff's, or its ``diff.json`` or ``diff.csv`` not a regular file): nothing is
             compared nor written.
     """
     for root in (a, b):
@@ -448,7 +448,8 @@ def diff_extractions(
         warn_image_folders_left_out(root, found.format)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:  # before any picture is written
-        check_table_targets(out_dir)
+        check_out_folder(out_dir)
+        make_marked_folder(out_dir, DIFF_MARKER)  # a later extract never reads its pictures
     pairs = _pair(found_a, found_b)
     names = short_names(a, b)
     folders = _picture_folders([k for k, _, _ in pairs])  # an image called diff.csv: not there
@@ -460,6 +461,29 @@ def diff_extractions(
         write_tables(result, out_dir)
     log.info("diff %s %s: %d images, %d compared", a, b, len(images), len(result.compared))
     return result
+
+
+def check_out_folder(out: str | Path) -> None:
+    """Refuse an output folder diff may not write into: one whose tables cannot be written
+    (``check_table_targets``), or one that is there, not empty and not diff's: neither marked
+    by diff (``DIFF_MARKER``) nor an earlier version's output (its ``diff.json``). Its pictures
+    would go among files that are not diff's: a user's own ``KEY/diff.png`` written over, and
+    the pictures taken for photos by a later extract of that folder. Called before anything is
+    compared, so nothing is written.
+
+    Raises:
+        ValueError: one line naming the folder and what to do.
+    """
+    check_table_targets(out)
+    try:
+        names = os.listdir(out)
+    except OSError:  # not there yet (made), or said when it is written (a file, no permission)
+        return
+    if names and DIFF_MARKER not in names and _TABLES[0] not in names:
+        raise ValueError(
+            f"{out} holds files diff did not write: give a new or empty output folder (-o), "
+            "or one diff wrote before"
+        )
 
 
 def check_table_targets(out: str | Path) -> None:
@@ -497,7 +521,7 @@ def write_tables(result: DiffResult, out: str | Path) -> None:
     writes ``nan``, ``inf``."""
     out = Path(out)
     check_table_targets(out)
-    make_marked_folder(out, DIFF_MARKER)
+    make_marked_folder(out, DIFF_MARKER)  # (--no-pictures: the CLI checked check_out_folder)
     json_name, csv_name = _TABLES
     data = json.dumps(_strict(result.to_json()), indent=2, allow_nan=False)
     atomic_write_bytes(out / json_name, data.encode())
