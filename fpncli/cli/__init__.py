@@ -110,4 +110,4 @@ def _end_now_if_exit_hangs(code) -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(code if isinstance(code, int) else 1)
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)  # as SystemExit does
