@@ -321,6 +321,50 @@ def test_a_picture_fpncli_drew_is_refused_naming_the_show_to_run(folder, tmp_pat
     assert not list(folder.parent.glob("fpn_show_*"))  # nothing drawn
 
 
+def test_a_report_or_diff_picture_is_refused_naming_what_drew_it(
+    sample_extraction, tmp_path, monkeypatch
+):
+    """A report's thumbnail or a diff picture as TARGET was "a file of the fpncli output folder
+    A/report (or P/chelsea) ... name an extraction folder in it": its folder is marked by report
+    or diff, and holds no extraction. It names what drew it (the report of A: fpncli report A
+    rewrites it) and says to show an extraction folder instead."""
+    import shutil
+
+    import fpncli.api
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights loaded for a picture fpncli drew")
+
+    monkeypatch.setattr(fpncli.api, "load_backbone", no_weights)
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(sample_extraction, tmp_path / "A")
+    (tmp_path / "P").mkdir()  # the user's folder of photos: diff -o into it marks what it makes
+    Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(tmp_path / "P" / "mine.png")
+    runner = CliRunner()
+    for args in (["report", "A"], ["diff", "A", "A", "-o", "P"]):
+        assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
+    thumb = sorted((tmp_path / "A/report/thumbs").glob("*.png"))[0].relative_to(tmp_path)
+    drew = (
+        "is a picture fpncli report drew for the report of A, not a photo (extract skips it too; "
+        "fpncli report A rewrites it): show an extraction folder in A instead"
+    )
+    refusals = {
+        str(thumb): f"{thumb} {drew}",
+        "A/report/histograms.png": f"A/report/histograms.png {drew}",
+        "P/chelsea/diff.png": "P/chelsea/diff.png is a picture fpncli diff drew (in P/chelsea), "
+        "not a photo (extract skips it too): show an extraction folder instead",
+    }
+    for target, message in refusals.items():
+        result = runner.invoke(cli, ["show", target, "--weights", "random", "--device", "cpu"])
+        assert result.exit_code == 1, result.output
+        assert result.output.splitlines() == [f"Error: {message}"]
+    monkeypatch.chdir(tmp_path / "A" / "report")  # the report's folder named from inside it
+    refused = r"report of \.\., not a photo \(extract skips it too; fpncli report \.\. rewrites"
+    with pytest.raises(ValueError, match=refused):
+        show(str(thumb.relative_to("A/report")), weights="random", device="cpu", display=False)
+    assert not list(tmp_path.rglob("fpn_show_*"))  # nothing drawn
+
+
 def test_cli_show_prints_where(folder, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

@@ -333,8 +333,10 @@ def check_not_drawn(path: Path) -> None:
     overview, show's or the report's pictures), as ``extract`` refuses outputs as inputs
     (``io.inputs.output_root``): the network would run on a picture of maps. A ValueError, one
     line saying what to run instead: ``fpncli show FOLDER --level LEVEL`` for a picture in an
-    image's folder (the level its name gives, ``all`` for the overview)."""
-    from ..io.guard import quote_name
+    image's folder (the level its name gives, ``all`` for the overview); for a picture of a
+    report's (its pictures folder holds ``REPORT_MARKER``) or of diff's (``DIFF_MARKER``), which
+    command drew it; else, which output folder it lies in."""
+    from ..io.guard import DIFF_MARKER, REPORT_MARKER, quote_name
     from ..io.inputs import IMAGE_EXTENSIONS, output_root
 
     if path.suffix.lower() not in IMAGE_EXTENSIONS:  # (not an image: _check_image says so)
@@ -355,10 +357,24 @@ def check_not_drawn(path: Path) -> None:
             f"{quote_name(str(path))} is a picture fpncli drew, not a photo; to draw {what}: "
             f"fpncli show {shlex.quote(str(folder))}{again}"
         )
+    # marked_root also stops at a report's pictures or diff's folder, which hold no extraction
+    shown = quote_name(os.path.relpath(root))
+    if (root / REPORT_MARKER).is_file():  # OUT/report/: a report's assets, in the folder it read
+        above = os.path.relpath(root.parent)
+        raise ValueError(
+            f"{quote_name(str(path))} is a picture fpncli report drew for the report of "
+            f"{quote_name(above)}, not a photo (extract skips it too; fpncli report "
+            f"{shlex.quote(above)} rewrites it): show an extraction folder in {quote_name(above)} "
+            "instead"
+        )
+    if (root / DIFF_MARKER).is_file():
+        raise ValueError(
+            f"{quote_name(str(path))} is a picture fpncli diff drew (in {shown}), not a photo "
+            "(extract skips it too): show an extraction folder instead"
+        )
     raise ValueError(
-        f"{quote_name(str(path))} is a file of the fpncli output folder "
-        f"{quote_name(os.path.relpath(root))}: not a photo (extract skips it too); name an "
-        "extraction folder in it, or a photo outside it"
+        f"{quote_name(str(path))} is a file of the fpncli output folder {shown}: not a photo "
+        "(extract skips it too); name an extraction folder in it, or a photo outside it"
     )
 
 
