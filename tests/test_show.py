@@ -499,6 +499,56 @@ def test_options_that_would_change_nothing_are_usage_errors(folder, monkeypatch,
     assert not list(folder.glob("show_*.png"))
 
 
+def test_a_target_with_no_saved_maps_is_said_before_the_network_options_are_refused(
+    folder, tmp_path, monkeypatch
+):
+    """show P --weights random, P a folder of photos, said "--weights is an option of an image
+    TARGET (an extraction's saved maps are read...)": nothing is read there, and the user
+    learned the real problem only on the next try. A folder with no extraction in or below it
+    (nor a wds index), or a folder or .npy that is not there, is now said to be so first; an
+    extraction (a damaged one too), its .npy, a batch output folder and a wds output keep the
+    refusal."""
+    import fpncli.api
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(fpncli.api, "load_backbone", no_model)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "P").mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "P" / "cat.png")
+    (tmp_path / "empty").mkdir()
+    no_extraction = (
+        "holds no complete extraction (manifest.json missing): run fpncli extract on an image "
+        "first, or name an output folder"
+    )
+    options = [["--weights", "random"], ["--device", "cpu"], ["--max-pixels", "1000"]]
+    for target, message in [
+        ("P", f"P {no_extraction}"),
+        ("empty", f"empty {no_extraction}"),
+        ("nosuch", "no such folder, .npy or image: nosuch"),  # (a photo's name: as before)
+        ("nosuch.npy", "no such folder, .npy or image: nosuch.npy"),
+    ]:
+        for args in options:
+            result = CliRunner().invoke(cli, ["show", target, *args])
+            assert result.exit_code == 1, (target, args, result.output)
+            assert result.output.splitlines() == [f"Error: {message}"]
+    field = CliRunner().invoke(cli, ["show", "P", "--receptive-field", "--at", "1,1",
+                                     "--weights", "random"])  # fmt: skip
+    assert field.exit_code == 1 and field.output.splitlines() == [
+        "Error: P holds no extraction (manifest.json missing)"
+    ]
+    (tmp_path / "wds").mkdir()
+    (tmp_path / "wds" / "index.parquet").write_bytes(b"")  # (found, not read: refused first)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{")  # an extraction, damaged
+    refused = "--weights is an option of an image TARGET (an extraction's saved maps are read"
+    for target in (folder, folder.parent, folder / "p3.npy", tmp_path / "wds", "broken"):
+        result = CliRunner().invoke(cli, ["show", str(target), "--weights", "random"])
+        assert result.exit_code == 2 and refused in result.output, (target, result.output)
+    assert not list(tmp_path.rglob("*show*.png"))
+
+
 def test_options_a_photo_target_uses_are_taken(tmp_path, monkeypatch):
     """--weights, --device and --max-pixels of an image TARGET: the network runs on it."""
     monkeypatch.chdir(tmp_path)

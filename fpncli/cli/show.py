@@ -87,7 +87,24 @@ def _check_options_used(target: str | None, key: str | None, reduce: str, top: i
     ]  # fmt: skip
     for name, ignored, message in unused:
         if ignored and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            if name in _NETWORK_OPTIONS and _reads_nothing(target, key):
+                continue  # (resolve_source says what is wrong with TARGET instead)
             raise click.UsageError(message)
+
+
+#: show's options of the network run on an image TARGET
+_NETWORK_OPTIONS = ("weights", "device", "max_pixels")
+
+
+def _reads_nothing(target: str | None, key: str | None) -> bool:
+    """Whether TARGET, a folder or .npy, holds no saved maps (a folder of photos, a name that is
+    not there): refusing --weights there because "saved maps are read" would mislead, and the
+    user would learn the real problem only on the next try."""
+    if target is None or key is not None:  # the latest; a wds output's key: said when read
+        return False
+    from ..viz.sources import holds_no_maps
+
+    return holds_no_maps(target)
 
 
 @click.command()

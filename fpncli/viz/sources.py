@@ -22,7 +22,15 @@ from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
 
-__all__ = ["Source", "check_not_drawn", "first_level", "from_folder", "latest", "resolve_source"]
+__all__ = [
+    "Source",
+    "check_not_drawn",
+    "first_level",
+    "from_folder",
+    "holds_no_maps",
+    "latest",
+    "resolve_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +96,35 @@ def _extractions_below(folder: Path, limit: int = 2000) -> list[Path]:
     return found
 
 
-def _not_an_extraction(folder: Path) -> Exception:
+def _is_wds_output(folder: Path) -> bool:
     from ..io.shards import INDEX, INDEX_DIR
 
-    if (folder / INDEX).is_file() or (folder / INDEX_DIR).is_dir():
+    return (folder / INDEX).is_file() or (folder / INDEX_DIR).is_dir()
+
+
+def holds_no_maps(target: str) -> bool:
+    """Whether ``target``, named as a folder or ``.npy`` TARGET, has no saved maps to read: it
+    is not there, or it is a folder with no ``manifest.json`` (readable or not), no extraction
+    below it and no ``--format wds`` index (a folder of photos). ``resolve_source`` refuses it
+    saying so, which the CLI lets come before refusing an option as one that "changes nothing
+    where saved maps are read": nothing is read there."""
+    path = Path(target).expanduser()
+    try:
+        if not path.exists():
+            return True
+        if not path.is_dir():
+            return False
+        return not (
+            os.path.lexists(path / MANIFEST) or _is_wds_output(path) or _extractions_below(path)
+        )
+    except OSError:  # a name over 255 bytes: resolve_source says so
+        return True
+
+
+def _not_an_extraction(folder: Path) -> Exception:
+    from ..io.shards import INDEX
+
+    if _is_wds_output(folder):
         return ValueError(
             f"{folder} is a --format wds output: name an image in it with --key KEY "
             f"(its keys are in {folder / INDEX}, and fpncli report "
