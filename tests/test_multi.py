@@ -26,10 +26,16 @@ SMALL = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overvi
 ROOT = Path(fpncli.__file__).resolve().parents[1]  # this checkout, for the scripts' imports
 
 
-#: ``fpncli extract ARGS`` with two worker processes on the CPU (the CLI runs them on GPUs)
+#: ``fpncli extract ARGS`` with two worker processes on the CPU (the CLI runs them on GPUs).
+#: Ctrl-C raises KeyboardInterrupt in it, as when a terminal's shell starts it, also under a
+#: test runner that ignores SIGINT (which its children would inherit)
 CLI_ON_TWO_CPU_WORKERS = """
 if __name__ == "__main__":
+    import signal
+
     from fpncli.cli import cli
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     extract = sys.modules["fpncli.cli.extract"]  # (fpncli.cli.extract is the command)
     extract._worker_devices = lambda *args, **kwargs: ["cpu", "cpu"]
@@ -132,6 +138,89 @@ def test_sigterm_to_extract_ends_its_workers_and_logs_the_run_as_ctrl_c_does(tmp
     assert f"done {24 - len(complete)}, skipped {len(complete)}" in again.stdout
     for name, mtime in finished.items():
         assert (out / name / "manifest.json").stat().st_mtime_ns == mtime  # not redone
+
+
+def _ignores_sigint(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGINT (its SigIgn mask)."""
+    for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    raise AssertionError(f"no SigIgn line for process {pid}")
+
+
+def _extract_on_two_workers(tmp_path: Path, images: int) -> tuple[list[str], dict, Path]:
+    """The command that runs extract on ``images`` tiny images on two CPU workers, decoding
+    slowly; its environment and output folder."""
+    _images(tmp_path / "in", images)
+    out = tmp_path / "out"
+    cmd, env = _script(tmp_path, CLI_ON_TWO_CPU_WORKERS)
+    cmd += ["extract", str(tmp_path / "in"), "-o", str(out), "--weights", "random",
+            "--min-size", "64", "--max-size", "96", "--no-heatmaps", "--no-overview",
+            "--workers", "1"]  # fmt: skip
+    return cmd, env, out
+
+
+@linux_only
+def test_ctrl_c_while_the_workers_start_ends_the_run_without_their_tracebacks(tmp_path):
+    """Ctrl-C at a terminal (SIGINT to the whole process group) while the workers still start
+    (import torch): they ignore it until they run, the parent ends them, and the run ends with
+    its own lines (what was done, the resume command) and exit code 130, not with the
+    workers' tracebacks among them."""
+    cmd, env, out = _extract_on_two_workers(tmp_path, 8)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    workers: list[int] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
+        workers = _workers_of(proc.pid)
+    # the parent ignores it too while it starts them (milliseconds)
+    while time.monotonic() < deadline and proc.poll() is None and _ignores_sigint(proc.pid):
+        time.sleep(0.001)
+    ignoring = [_ignores_sigint(pid) for pid in workers]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = (s.decode() for s in proc.communicate(timeout=120))
+    assert len(workers) == 2, stderr
+    assert ignoring == [True, True]  # (they start running only after seconds of imports)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.splitlines()[-2].startswith("interrupted: 0 image(s) written by this run")
+    assert stderr.splitlines()[-1].startswith("resume with: fpncli extract")
+    assert not [pid for pid in workers if _running(pid)]
+    assert json.loads((out / "run.json").read_text())["aborted"].startswith("interrupted")
+
+
+@linux_only
+def test_sigint_to_one_running_worker_fails_its_shard_in_one_line(tmp_path):
+    """SIGINT to one worker (not its parent) once both run their shards: it stops, its shard's
+    images not yet written are failed with one line saying so, no traceback; the other
+    worker finishes its shard; exit code 1."""
+    cmd, env, out = _extract_on_two_workers(tmp_path, 24)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while (
+        time.monotonic() < deadline
+        and proc.poll() is None
+        and not (
+            (out / "00" / "manifest.json").exists() and (out / "01" / "manifest.json").exists()
+        )
+    ):  # the first image of each worker's shard (every other image) is written
+        time.sleep(0.05)
+    workers = _workers_of(proc.pid)
+    if len(workers) == 2:
+        os.kill(workers[0], signal.SIGINT)
+    stdout, stderr = (s.decode() for s in proc.communicate(timeout=180))
+    assert len(workers) == 2, stderr
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    failed = [ln for ln in stderr.splitlines() if ln.startswith("failed: ")]
+    assert failed and all(
+        ln.endswith(": not extracted: cpu: interrupted (SIGINT)") for ln in failed
+    )
+    shard = {int(ln.split("/")[-1][:2]) % 2 for ln in failed}
+    assert len(shard) == 1  # one worker's images
+    others = [p for p in sorted((tmp_path / "in").iterdir()) if int(p.stem) % 2 not in shard]
+    assert all(is_complete(out / p.stem) for p in others)  # the other worker's shard is done
+    assert "stopped early: cpu: interrupted (SIGINT)" in stderr
 
 
 def test_workers_of_a_killed_parent_stop_by_themselves(tmp_path):

@@ -18,6 +18,7 @@ import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
 import pickle
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -45,9 +46,12 @@ __all__ = ["run_on_devices", "auto_processes", "usable_cores"]
 log = logging.getLogger(__name__)
 
 
-def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
-            options: RunOptions, connection, warmup: list[Job] | None = None,
-            go=None, run_inputs: RunInputs | None = None) -> None:  # fmt: skip
+def _worker(index: int, device: str, connection, inbox, go=None,
+            interruptible: bool = True) -> None:  # fmt: skip
+    """Worker ``index`` on ``device``: its task (its jobs, the weights, the seed, the options,
+    the warm-up jobs and the run's inputs) comes through ``inbox``, its reports go through
+    ``connection``; ``go`` ends a warm-up's wait; ``interruptible``: SIGINT, ignored while it
+    started, raises KeyboardInterrupt from here on (reported in one line)."""
     lock = threading.Lock()  # progress comes from the writer threads: one message at a time
     # not inherited by anything this worker starts: the parent's EOF must mean this one is gone
     os.set_inheritable(connection.fileno(), False)
@@ -62,7 +66,11 @@ def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
 
     # its warnings are said by the parent: one said once per run, once for all the workers
     logging.getLogger("fpncli").addHandler(WarningRelay(lambda r: send(("log", index, r))))
+    if interruptible:  # started with SIGINT ignored (run_on_devices): from here, one line
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        jobs, weights, seed, options, warmup, run_inputs = inbox.recv()
+        inbox.close()
         import torch
 
         from ..api import load_backbone, resolve_device
@@ -80,10 +88,30 @@ def _worker(index: int, jobs: list[Job], weights: str, seed: int, device: str,
         summary = run_jobs(jobs, model, options, progress=lambda p: send(("progress", index, p)),
                            run_inputs=run_inputs)  # fmt: skip
         send(("done", index, summary))
+    except KeyboardInterrupt:  # SIGINT to this worker alone (a Ctrl-C at a terminal reaches
+        # the parent too, which ends the workers itself): its shard is reported as not done
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one report, however many more come
+        send(("error", index, f"{device}: interrupted (SIGINT)"))
     except Exception as e:  # reported to the parent, which ends the run with it
         send(("error", index, f"{device}: {type(e).__name__}: {one_line(str(e))}"))
     finally:
         connection.close()
+
+
+def _hand_over(inbox, task: tuple) -> None:
+    """Send a worker its task; one that has died meanwhile cannot read it, and its death is
+    reported as it ends (the EOF of its own pipe), not here."""
+    try:
+        inbox.send(task)
+    except OSError:  # (BrokenPipeError)
+        pass
+    finally:
+        inbox.close()
+
+
+def _in_main_thread() -> bool:
+    """Whether this is the main thread, the one that may set signal handlers."""
+    return threading.current_thread() is threading.main_thread()
 
 
 def _end_with_parent() -> None:
@@ -219,19 +247,24 @@ def run_on_devices(
     pipes = [context.Pipe(duplex=False) for _ in devices]  # (receive end, send end) each
     go = context.Event() if warmup is not None else None
     shards = [select_shard(jobs, i, count) for i in range(count)]
+    inboxes = [context.Pipe(duplex=False) for _ in devices]  # each worker's task, to it
+    # a Ctrl-C at a terminal reaches the whole process group. The workers start with SIGINT
+    # ignored (the parent ends them itself), else one still importing torch prints a traceback;
+    # _worker then takes it back, to report it in one line. Their tasks are handed over once
+    # they run: multiprocessing writes what it starts a process with into a pipe that the child
+    # reads while it imports, and a large shard kept the start, and with it the time a Ctrl-C
+    # here is lost, waiting for that. Where the parent ignores SIGINT, the workers do too.
+    handler = signal.getsignal(signal.SIGINT)  # None: set outside Python, cannot be restored
+    interruptible = handler is not signal.SIG_IGN
+    ignoring = interruptible and handler is not None and _in_main_thread()
     workers = [
         context.Process(
             target=_worker,
-            args=(i, shards[i], weights, seed, device, options, pipes[i][1], warmup, go, shared),
+            args=(i, device, pipes[i][1], inboxes[i][0], go, interruptible),
             daemon=True,
         )
         for i, device in enumerate(devices)
     ]
-    start = time.monotonic()
-    for worker in workers:
-        worker.start()
-    for _, sender in pipes:
-        sender.close()  # the worker's copy is the only one left: its death is an EOF here
     receivers = {pipes[i][0]: i for i in range(count)}
     latest: dict[int, Progress] = {}
     summaries: dict[int, RunSummary] = {}
@@ -248,7 +281,21 @@ def run_on_devices(
             workers[i].join(timeout=5)
             errors[i] = f"the worker on {devices[i]} died (exit code {workers[i].exitcode})"
 
+    start = time.monotonic()
     try:
+        if ignoring:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for worker in workers:
+                worker.start()
+        finally:
+            if ignoring:
+                signal.signal(signal.SIGINT, handler)
+        for (_, sender), (receiver, _) in zip(pipes, inboxes, strict=True):
+            sender.close()  # the worker's copy is the only one left: its death is an EOF here
+            receiver.close()  # and of its task's: a send to a worker that died fails
+        for i, (_, inbox) in enumerate(inboxes):  # each waits, if large, for the worker to read
+            _hand_over(inbox, (shards[i], weights, seed, options, warmup, shared))
         while len(summaries) + len(errors) < count:
             for ready in mp_connection.wait(list(receivers), timeout=1.0):
                 try:
@@ -288,7 +335,8 @@ def run_on_devices(
             if worker.is_alive():
                 worker.terminate()
         for worker in workers:  # gone before the caller reports what was done
-            worker.join(timeout=10)
+            if worker.pid is not None:  # (started)
+                worker.join(timeout=10)
         raise
     for worker in workers:
         worker.join(timeout=30)
