@@ -329,3 +329,15 @@ def test_the_kernels_once_per_process_warnings_are_said_once_per_run(monkeypatch
         "ops for this layer",
         "cuDNN's fused convolutions do not run here (refused here); not used",
     ]
+
+
+def test_a_dead_workers_end_is_said_with_the_signal_that_killed_it():
+    """A worker's exit code as its death is reported: a negative one by its signal's name,
+    also for a number without one."""
+    from fpncli.run.multi import _ended
+
+    assert _ended(1) == "exit code 1"
+    assert _ended(-9) == "killed by SIGKILL"
+    assert _ended(-int(signal.SIGTERM)) == "killed by SIGTERM"
+    assert _ended(-1000) == "killed by signal 1000"
+    assert _ended(None) == "its pipe closed, it had not exited"

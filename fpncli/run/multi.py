@@ -109,6 +109,19 @@ def _hand_over(inbox, task: tuple) -> None:
         inbox.close()
 
 
+def _ended(exitcode: int | None) -> str:
+    """How a worker process ended, from its exit code: ``exit code 1``, ``killed by SIGKILL``
+    (a negative code is the signal that killed it: -9 the OOM killer's, say)."""
+    if exitcode is None:  # its pipe closed, yet it had not exited 5 s later
+        return "its pipe closed, it had not exited"
+    if exitcode >= 0:
+        return f"exit code {exitcode}"
+    try:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    except ValueError:  # a number this platform has no name for
+        return f"killed by signal {-exitcode}"
+
+
 def _in_main_thread() -> bool:
     """Whether this is the main thread, the one that may set signal handlers."""
     return threading.current_thread() is threading.main_thread()
@@ -279,7 +292,8 @@ def run_on_devices(
         receiver.close()
         if i not in summaries and i not in errors:
             workers[i].join(timeout=5)
-            errors[i] = f"the worker on {devices[i]} died (exit code {workers[i].exitcode})"
+            how = _ended(workers[i].exitcode)
+            errors[i] = f"worker {i + 1} of {count}, on {devices[i]}, died ({how})"
 
     start = time.monotonic()
     try:
