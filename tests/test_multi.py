@@ -107,8 +107,9 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="re
 @linux_only
 def test_sigterm_to_extract_ends_its_workers_and_logs_the_run_as_ctrl_c_does(tmp_path):
     """SIGTERM (a scheduler's stop) to ``extract`` running worker processes: the workers end
-    with it, run.json records the interrupted run, exit code 130 and the resume command;
-    the resumed run finishes the rest without redoing the complete images."""
+    with it, run.json records the interrupted run (with the bytes the workers reported
+    writing), exit code 130 and the resume command; the resumed run finishes the rest without
+    redoing the complete images."""
     _images(tmp_path / "in", 24)
     out = tmp_path / "out"
     cmd, env = _script(tmp_path, CLI_ON_TWO_CPU_WORKERS)
@@ -132,12 +133,21 @@ def test_sigterm_to_extract_ends_its_workers_and_logs_the_run_as_ctrl_c_does(tmp
     log = json.loads((out / "run.json").read_text())
     assert log["aborted"].startswith("interrupted (Ctrl-C, SIGTERM or SIGHUP)")
     assert log["total"] == 24 and 1 <= log["done"] <= len(complete)
+    sizes = [_written(out / name) for name in complete]  # each image's files: what it wrote
+    assert log["done"] * min(sizes) <= log["bytes_written"] <= log["done"] * max(sizes), log
+    assert log["seconds"] > 0
     finished = {name: (out / name / "manifest.json").stat().st_mtime_ns for name in complete}
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"done {24 - len(complete)}, skipped {len(complete)}" in again.stdout
     for name, mtime in finished.items():
         assert (out / name / "manifest.json").stat().st_mtime_ns == mtime  # not redone
+
+
+def _written(folder: Path) -> int:
+    """The bytes written for the image of a complete ``folder``: its files and manifest."""
+    manifest = folder / "manifest.json"
+    return sum(json.loads(manifest.read_text())["files"].values()) + manifest.stat().st_size
 
 
 def _ignores_sigint(pid: int) -> bool:
@@ -165,7 +175,8 @@ def test_ctrl_c_while_the_workers_start_ends_the_run_without_their_tracebacks(tm
     """Ctrl-C at a terminal (SIGINT to the whole process group) while the workers still start
     (import torch): they ignore it until they run, the parent ends them, and the run ends with
     its own lines (what was done, the resume command) and exit code 130, not with the
-    workers' tracebacks among them."""
+    workers' tracebacks among them. Its log, with no progress reported, has the time the run
+    took until then."""
     cmd, env, out = _extract_on_two_workers(tmp_path, 8)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)  # fmt: skip
@@ -186,7 +197,9 @@ def test_ctrl_c_while_the_workers_start_ends_the_run_without_their_tracebacks(tm
     assert stderr.splitlines()[-2].startswith("interrupted: 0 image(s) written by this run")
     assert stderr.splitlines()[-1].startswith("resume with: fpncli extract")
     assert not [pid for pid in workers if _running(pid)]
-    assert json.loads((out / "run.json").read_text())["aborted"].startswith("interrupted")
+    log = json.loads((out / "run.json").read_text())
+    assert log["aborted"].startswith("interrupted") and log["done"] == 0
+    assert log["seconds"] > 0 and log["bytes_written"] == 0
 
 
 @linux_only

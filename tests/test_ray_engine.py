@@ -261,6 +261,26 @@ def test_ray_full_disk_or_failed_device_stops_the_run_counted_over_the_run(
     assert "skipped 2" in second.output and "done 1" in second.output, second.output
 
 
+def test_ray_progress_reports_carry_the_bytes_written(ray_cluster, inputs, tmp_path):
+    """Each progress report of a Ray run says the bytes written so far, as a local run's do
+    (a Ctrl-C'd run's log has them from its last report); the last one says the run's."""
+    import fpncli
+    from fpncli.io.inputs import Job
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run.ray_engine import RayOptions, run_ray
+    from fpncli.run.steps import RunOptions
+
+    out = tmp_path / "out"
+    jobs = [Job(p, out / p.stem) for p in sorted(inputs.glob("im*.png"))]
+    output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
+    reports = []
+    summary = run_ray(jobs, str(out), fpncli.load_backbone("random"),
+                      RunOptions(output=output, batch_size=1), RayOptions(device="cpu"),
+                      progress=reports.append)  # fmt: skip
+    assert summary.done == 3 and summary.bytes_written > 0
+    assert reports[-1].done == 3 and reports[-1].bytes_written == summary.bytes_written
+
+
 def test_ray_missing_gpus_fail_fast(ray_cluster, inputs, tmp_path):
     """More GPUs than the cluster has: a usage error naming the option (exit 2), at once."""
     start = time.monotonic()

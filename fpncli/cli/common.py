@@ -9,6 +9,7 @@ import select
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -356,10 +357,12 @@ class RunProgress:
     pipe, a batch job) one plain line per tenth of the run, so logs stay short and readable.
 
     Called with ``fpncli.run.pipeline.Progress`` reports, from any thread; keeps the last one
-    (``last``) so an interrupted run can say what was done.
+    (``last``) so an interrupted run can say what was done, and when it was made (``started``,
+    ``time.monotonic()``: the run's start), for a run interrupted before any report.
     """
 
     def __init__(self, *, stream=None, terminal: bool | None = None) -> None:
+        self.started = time.monotonic()
         self.stream = stream if stream is not None else sys.stderr
         self.terminal = self.stream.isatty() if terminal is None else terminal
         self.last = None

@@ -494,14 +494,15 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         last = _interrupted_progress(e, bar.last)
         _report_interrupt(last, len(jobs), dropped=getattr(e, "dropped_images", 0))
         if not url:
-            _write_interrupted_log(e, last, len(jobs), out, weights, precision, shard_spec)
+            _write_interrupted_log(e, last, len(jobs), out, weights, precision, shard_spec,
+                                   started=bar.started)  # fmt: skip
         sys.exit(130)
     except BaseException as e:  # refused before any image (e.g. Ray's CPU actors and fp16): no
         bar.close()  # empty output folder left behind
         if engine == "ray" and isinstance(e, RuntimeError) and planned and not url:
             # the Ray job failed midway: its log says how far it got, as a local run's does
             _write_interrupted_log(e, bar.last, len(jobs), out, weights, precision,
-                                   shard_spec, aborted=str(e))  # fmt: skip
+                                   shard_spec, aborted=str(e), started=bar.started)  # fmt: skip
         elif getattr(e, "summary", None) is not None:  # a local run that an error ended midway
             # (a writer thread that cannot start): as after Ctrl-C, then the error's own line
             last = _interrupted_progress(e, bar.last)

@@ -224,24 +224,31 @@ def _interrupted_progress(e: BaseException, last):
     if summary is None:
         return last
     return Progress(summary.done, len(summary.failed), summary.skipped,
-                    summary.total - summary.skipped, summary.seconds)  # fmt: skip
+                    summary.total - summary.skipped, summary.seconds,
+                    summary.bytes_written)  # fmt: skip
 
 
 def _write_interrupted_log(e: BaseException | None, last, total: int, out: Path, weights: str,
-                           precision: str, shard, aborted: str | None = None) -> None:  # fmt: skip
+                           precision: str, shard, aborted: str | None = None,
+                           started: float | None = None) -> None:  # fmt: skip
     """Ctrl-C (or a Ray job that failed midway, ``aborted`` saying why; or an error that ended
     a local run, its summary's ``aborted`` saying why): the run's log says what it did and that
     it stopped, so ``report`` does not show the previous run's log as this one's. A
     single-process run hands over its summary (failures with reasons); worker processes and Ray
-    actors leave only the progress counts."""
+    actors leave only the progress counts and bytes, and without any progress, the time since
+    the run ``started`` (``time.monotonic()``)."""
+    import time
+
     from ..run.summary import INTERRUPTED, RunSummary
 
     summary = getattr(e, "summary", None)
     if summary is None:
         summary = RunSummary(total=total, aborted=aborted or INTERRUPTED)
+        if started is not None:
+            summary.seconds = time.monotonic() - started
         if last is not None:
             summary.done, summary.skipped = last.done, last.skipped
-            summary.seconds = last.elapsed_s
+            summary.seconds, summary.bytes_written = last.elapsed_s, last.bytes_written
             if last.failed:
                 summary.aborted += f"; {last.failed} failed image(s) not listed here"
     dropped = min(getattr(e, "dropped_images", 0), summary.done)  # --format wds: open shard

@@ -328,6 +328,7 @@ def run_on_devices(
                         progress(Progress(
                             sum(p.done for p in values), sum(p.failed for p in values),
                             sum(p.skipped for p in values), todo, time.monotonic() - start,
+                            sum(p.bytes_written for p in values),
                         ))  # fmt: skip
                 elif kind == "log":
                     say_relayed(payload, said)

@@ -221,9 +221,8 @@ class _Runner:
         # writer counted its image cannot deliver the older count after the newer one
         with self.report_lock:
             s = self.summary
-            self.progress(
-                Progress(s.done, len(s.failed), s.skipped, self.todo, time.monotonic() - self.start)
-            )
+            self.progress(Progress(s.done, len(s.failed), s.skipped, self.todo,
+                                   time.monotonic() - self.start, s.bytes_written))  # fmt: skip
 
     def add_seconds(self, stages: dict[str, float]) -> None:
         with self.lock:

@@ -224,7 +224,7 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
             if progress is not None:
                 elapsed = time.monotonic() - start
                 progress(Progress(summary.done, len(summary.failed), summary.skipped, len(todo),
-                                  elapsed))  # fmt: skip
+                                  elapsed, summary.bytes_written))  # fmt: skip
     except Exception as e:  # an actor's error (a bug, a crash test) or Ray's own
         log.debug("the Ray job failed", exc_info=True)
         failure = _failure(e, said)

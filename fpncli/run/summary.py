@@ -74,6 +74,7 @@ class Progress:
     skipped: int
     todo: int  # images this run has to process (excluding skipped)
     elapsed_s: float
+    bytes_written: int = 0  # by this run so far (an interrupted run's log records it)
 
 
 #: ``RunSummary.aborted`` of a run stopped by Ctrl-C, or by SIGTERM or SIGHUP in the CLI (its log
