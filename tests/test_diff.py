@@ -547,6 +547,14 @@ def test_diff_writes_only_into_a_folder_of_its_own(sample_extraction, tmp_path):
     (nested / ".fpncli-diff").unlink()  # an earlier version's output: its tables say so
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
+    # not a user's own diff.json beside their photos, nor an earlier output they added to
+    (mine / "diff.json").write_text('{"my": "notes"}')
+    (nested / ".fpncli-diff").unlink()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(nested / "chelsea" / "mine.png")
+    for folder in (mine, nested):
+        refused = CliRunner().invoke(cli, [*args[:3], "-o", str(folder)])
+        assert refused.exit_code == 1 and "holds files diff did not write" in refused.output
+    assert (mine / "diff.json").read_text() == '{"my": "notes"}'
     empty = tmp_path / "empty"
     empty.mkdir()
     assert CliRunner().invoke(cli, ["diff", *args[1:3], "-o", str(empty)]).exit_code == 0

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..io.atomic import TMP_MARK
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
 from ..io.formats import warn_image_folders_left_out
@@ -37,6 +38,7 @@ from ..io.guard import (
     is_disk_full,
     linked_folder,
     make_marked_folder,
+    read_json_file,
     utf8_text,
 )
 from ..io.inputs import fitted_name
@@ -466,7 +468,7 @@ def diff_extractions(
 def check_out_folder(out: str | Path) -> None:
     """Refuse an output folder diff may not write into: one whose tables cannot be written
     (``check_table_targets``), or one that is there, not empty and not diff's: neither marked
-    by diff (``DIFF_MARKER``) nor an earlier version's output (its ``diff.json``). Its pictures
+    by diff (``DIFF_MARKER``) nor an earlier version's output (``_earlier_output``). Its pictures
     would go among files that are not diff's: a user's own ``KEY/diff.png`` written over, and
     the pictures taken for photos by a later extract of that folder. Called before anything is
     compared, so nothing is written.
@@ -479,11 +481,33 @@ def check_out_folder(out: str | Path) -> None:
         names = os.listdir(out)
     except OSError:  # not there yet (made), or said when it is written (a file, no permission)
         return
-    if names and DIFF_MARKER not in names and _TABLES[0] not in names:
+    if names and DIFF_MARKER not in names and not _earlier_output(Path(out)):
         raise ValueError(
             f"{out} holds files diff did not write: give a new or empty output folder (-o), "
             "or one diff wrote before"
         )
+
+
+def _earlier_output(out: Path) -> bool:
+    """Whether ``out`` (not marked) is an earlier version's diff output: its ``diff.json`` is
+    diff's table, and everything else is ``diff.csv`` or a picture folder holding only
+    ``diff.png`` files (any deeper, for keys with a ``/``) or a write's temporary files. A user's
+    own ``diff.json`` beside their photos is not."""
+    try:
+        table = read_json_file(out / _TABLES[0], 1 << 30)
+        if not (isinstance(table, dict) and {"a", "b", "tol", "images"} <= table.keys()):
+            return False
+        for entry in os.scandir(out):
+            if entry.name in _TABLES or TMP_MARK in entry.name:
+                continue
+            if not entry.is_dir(follow_symlinks=False):
+                return False
+            for _, _, files in os.walk(entry.path):
+                if any(f != "diff.png" and TMP_MARK not in f for f in files):
+                    return False
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def check_table_targets(out: str | Path) -> None:
