@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -227,13 +228,20 @@ def test_sigint_to_one_running_worker_fails_its_shard_in_one_line(tmp_path):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     failed = [ln for ln in stderr.splitlines() if ln.startswith("failed: ")]
     assert failed and all(
-        ln.endswith(": not extracted: cpu: interrupted (SIGINT)") for ln in failed
-    )
+        re.search(r": not extracted: worker [12] of 2, on cpu: interrupted \(SIGINT\)$", ln)
+        for ln in failed
+    ), failed
     shard = {int(ln.split("/")[-1][:2]) % 2 for ln in failed}
     assert len(shard) == 1  # one worker's images
     others = [p for p in sorted((tmp_path / "in").iterdir()) if int(p.stem) % 2 not in shard]
     assert all(is_complete(out / p.stem) for p in others)  # the other worker's shard is done
-    assert "stopped early: cpu: interrupted (SIGINT)" in stderr
+    assert re.search(r"stopped early: worker [12] of 2, on cpu: interrupted \(SIGINT\)", stderr)
+    # said when it happened, not only at the end (a Ctrl-C then would have dropped it)
+    assert "the other workers go on, its unfinished images are listed at the end" in stderr
+    # run.json counts the bytes the interrupted worker wrote too (it counted only the others')
+    log = json.loads((out / "run.json").read_text())
+    disk = sum(f.stat().st_size for d in out.iterdir() if is_complete(d) for f in d.iterdir())
+    assert abs(log["bytes_written"] - disk) <= 0.01 * disk, (log["bytes_written"], disk)
 
 
 def test_workers_of_a_killed_parent_stop_by_themselves(tmp_path):

@@ -251,6 +251,8 @@ def _write_interrupted_log(e: BaseException | None, last, total: int, out: Path,
             summary.seconds, summary.bytes_written = last.elapsed_s, last.bytes_written
             if last.failed:
                 summary.aborted += f"; {last.failed} failed image(s) not listed here"
+    for error in getattr(e, "worker_errors", None) or ():  # workers that had failed before
+        summary.aborted = f"{summary.aborted}; {error}"
     dropped = min(getattr(e, "dropped_images", 0), summary.done)  # --format wds: open shard
     summary.done -= dropped
     _write_run_log(summary, out, weights, precision, shard)

@@ -13,6 +13,7 @@ whole run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
@@ -91,9 +92,9 @@ def _worker(index: int, device: str, connection, inbox, go=None,
     except KeyboardInterrupt:  # SIGINT to this worker alone (a Ctrl-C at a terminal reaches
         # the parent too, which ends the workers itself): its shard is reported as not done
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # one report, however many more come
-        send(("error", index, f"{device}: interrupted (SIGINT)"))
+        send(("error", index, "interrupted (SIGINT)"))
     except Exception as e:  # reported to the parent, which ends the run with it
-        send(("error", index, f"{device}: {type(e).__name__}: {one_line(str(e))}"))
+        send(("error", index, f"{type(e).__name__}: {one_line(str(e))}"))
     finally:
         connection.close()
 
@@ -286,14 +287,22 @@ def run_on_devices(
     said: set[str] = set()  # the once-per-run warnings said
     released = None
 
+    def failed(i: int, why: str) -> None:
+        """Worker ``i`` ended without its summary: said now, not only when the run ends (or
+        never, if a Ctrl-C ends it first), and kept for the run's end or its interrupted log."""
+        errors[i] = why
+        log.warning("%s; the other workers go on, its unfinished images are listed at the end", why)
+
     def closed(receiver) -> None:
         """The worker's pipe is done with: its death, unless it had reported its end."""
         i = receivers.pop(receiver)
         receiver.close()
         if i not in summaries and i not in errors:
             workers[i].join(timeout=5)
-            how = _ended(workers[i].exitcode)
-            errors[i] = f"worker {i + 1} of {count}, on {devices[i]}, died ({how})"
+            failed(
+                i,
+                f"worker {i + 1} of {count}, on {devices[i]}, died ({_ended(workers[i].exitcode)})",
+            )
 
     start = time.monotonic()
     try:
@@ -337,7 +346,7 @@ def run_on_devices(
                 elif kind == "done":
                     summaries[index] = payload
                 else:
-                    errors[index] = payload
+                    failed(index, f"worker {index + 1} of {count}, on {devices[index]}: {payload}")
             for ready, i in list(receivers.items()):  # exited without a word (never sent EOF?)
                 if not workers[i].is_alive() and not ready.poll():
                     closed(ready)
@@ -345,7 +354,10 @@ def run_on_devices(
             if go is not None and released is None and len(warm | ended) == count:
                 released = time.monotonic()  # all warm (or ended): go together
                 go.set()
-    except BaseException:  # Ctrl-C, SIGTERM (the CLI's) or a bug here: the workers end too
+    except BaseException as e:  # Ctrl-C, SIGTERM (the CLI's) or a bug here: the workers end too
+        if errors:  # the workers that had failed before: for the run's interrupted log
+            with contextlib.suppress(AttributeError, TypeError):
+                e.worker_errors = [errors[i] for i in sorted(errors)]
         for worker in workers:
             if worker.is_alive():
                 worker.terminate()
@@ -369,6 +381,7 @@ def run_on_devices(
         seen = latest.get(i)
         done = min(seen.done if seen else 0, complete)
         lost = RunSummary(total=len(shard), done=done, skipped=complete - done)
+        lost.bytes_written = seen.bytes_written if seen else 0  # what it reported writing
         lost.failed = [(str(j.path), f"not extracted: {errors[i]}") for j in unfinished]
         parts.append(lost)
     merged = _merge(parts)
