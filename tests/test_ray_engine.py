@@ -670,6 +670,23 @@ def test_a_local_ray_that_times_out_starting_is_one_line_and_the_process_ends(in
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("code, returncode, said", [("None", 0, ""), ("3", 3, ""),
+                                                     ("'bye'", 1, "bye\n")])  # fmt: skip
+def test_the_process_ended_at_once_exits_as_the_interpreter_would(code, returncode, said):
+    """After a failed Ray start the console entry point ends the process itself: with the exit
+    code and the message ``SystemExit(code)`` would give (a message was dropped, None was 1)."""
+    script = (
+        "from fpncli.run import ray_start\n"
+        "ray_start._failed_starts.append('local')\n"
+        "from fpncli.cli import _end_now_if_exit_hangs\n"
+        f"_end_now_if_exit_hangs({code})\n"
+        "print('not ended')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).parents[1])  # fmt: skip
+    assert (done.returncode, done.stderr, done.stdout) == (returncode, said, "")
+
+
 def test_the_cli_quiets_ray_unless_verbose(inputs, tmp_path, monkeypatch):
     """extract --engine ray passes RayOptions.quiet: True, or False with -v."""
     import logging

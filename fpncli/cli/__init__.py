@@ -106,6 +106,9 @@ def _end_now_if_exit_hangs(code) -> None:
     start = sys.modules.get("fpncli.run.ray_start")  # (never imported: no Ray was started)
     if start is None or not start.exit_may_hang():
         return
+    if code is not None and not isinstance(code, int):  # as the interpreter says it, exit 1
+        with contextlib.suppress(Exception):
+            print(code, file=sys.stderr)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
