@@ -35,10 +35,12 @@ from .shared import SharedSetting
 from .weights.cache import check_cached, record_first_use, sha256_file
 from .weights.checkpoint import (
     build_backbone,
+    check_registry_file,
     load_state_dict_strict,
     new_backbone,
     random_state_dict,
     read_checkpoint,
+    read_registry_checkpoint,
 )
 from .weights.hub import resolve_weights
 from .weights.registry import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
@@ -245,23 +247,24 @@ def load_backbone(
         load_state_dict_strict(model, random_state_dict(model, seed))
         info = WeightsInfo("random", None, None, "random", input_format, arch, True, seed)
     else:
-
-        def check(path: Path) -> None:  # a downloaded file must load strictly
-            ckpt = read_checkpoint(path)
-            build_backbone(ckpt.arch, ckpt.state_dict)
-
-        path, spec = resolve_weights(weights, download_missing=download, check=check)
+        # a downloaded file must load strictly into its registry entry's architecture
+        path, spec = resolve_weights(weights, download_missing=download, check=check_registry_file)
         if spec is not None:  # the registry's file: as downloaded, or the published one
             check_file_size(path)  # a 10 GB file is refused before it is hashed
             digest = sha256_file(path)
             check_cached(spec, path, digest)
-            ckpt = read_checkpoint(path)
+            arch = dict(spec.arch)
+            try:
+                ckpt = read_registry_checkpoint(path, spec)
+                model = build_backbone(arch, ckpt.state_dict)
+            except ValueError as e:  # the cached file is what is wrong: it must be replaced
+                raise _cached_file_error(e, path, spec.name) from None
         else:  # a file of the user's: refused (size first) before hashing it if no checkpoint
             ckpt = read_checkpoint(path)
             digest = sha256_file(path)  # for the manifest
-        arch = dict(spec.arch) if spec is not None else ckpt.arch
+            arch = ckpt.arch
+            model = build_backbone(arch, ckpt.state_dict)
         input_format = spec.input if spec is not None else ckpt.input
-        model = build_backbone(arch, ckpt.state_dict)
         if spec is not None:  # placed by hand and now loaded: its digest recorded
             record_first_use(path, digest)
         log.info("loaded %s (%s, %d non-backbone keys skipped)", path, ckpt.format, ckpt.skipped)
@@ -284,6 +287,15 @@ def load_backbone(
     use_cpu_kernels(model, cpu_kernels)
     model.weights_info = info
     return model
+
+
+def _cached_file_error(error: ValueError, path: Path, name: str) -> ValueError:
+    """A cached registry file that does not load, as one line that names the file (a strict
+    load's message does not) and says what replaces it; of ``error``'s type."""
+    text = str(error)
+    if not text.startswith(f"{path}:"):
+        text = f"{path}: {text}"
+    return type(error)(f"{text}; delete it and run 'fpncli weights download {name}'")
 
 
 def run_backbone(

@@ -81,7 +81,7 @@ def test_a_damaged_sha256_sidecar_counts_as_none_not_a_traceback(runner, sidecar
     # the file stands for a checkpoint that loads (a strict load of a real one takes seconds;
     # a file that does not load is test_weights_verify_and_download_refuse_a_damaged_file's)
     commands = importlib.import_module("fpncli.cli.weights")  # the module, not its click group
-    monkeypatch.setattr(commands, "_strict_load", lambda path: None)
+    monkeypatch.setattr(commands, "_strict_load", lambda path, spec: None)
 
     path = cached_path(REGISTRY["faster_rcnn_R_50_FPN_1x"])  # no published digest
     path.write_bytes(b"x\n")

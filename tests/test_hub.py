@@ -97,9 +97,10 @@ def test_download_checks_then_renames_and_records(home, monkeypatch, checkpoint_
     spec = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
     asked = _serve(monkeypatch, checkpoint_bytes)
     checked = []
-    path = download(spec, check=lambda p: checked.append(p.name))
+    path = download(spec, check=lambda p, s: checked.append((p.name, s)))
     assert asked == [spec.url]
-    assert checked and checked[0].startswith(".") and ".part" in checked[0]
+    assert checked and checked[0][0].startswith(".") and ".part" in checked[0][0]
+    assert checked[0][1] == spec  # checked as that entry's checkpoint
     assert path == home / spec.file_name and path.read_bytes() == checkpoint_bytes
     digest = hashlib.sha256(checkpoint_bytes).hexdigest()
     assert cache.recorded_sha256(path) == digest
@@ -113,7 +114,7 @@ def test_download_failing_its_check_leaves_nothing(home, monkeypatch):
     _serve(monkeypatch, b"not a checkpoint")
     spec = replace(REGISTRY["faster_rcnn_R_50_FPN_1x"], sha256=None)
 
-    def check(path):
+    def check(path, spec):
         raise ValueError("does not load")
 
     with pytest.raises(WeightsDownloadError, match=r"does not load \(does not load\): not a "):
@@ -239,7 +240,7 @@ def test_verify_checks_a_hand_placed_unpublished_file_before_recording_it(home, 
         cache.cached_path(spec).write_bytes(b"x")
     checked = []
 
-    def refuse(path):
+    def refuse(path, spec):
         checked.append(path.name)
         raise ValueError("not a checkpoint")
 
@@ -249,7 +250,7 @@ def test_verify_checks_a_hand_placed_unpublished_file_before_recording_it(home, 
     assert cache.recorded_sha256(cache.cached_path(unpublished)) is None
     assert entries[published.name].status == "unrecorded"  # the published digest vouches
     assert checked == [unpublished.file_name]
-    entry = verify_cached([unpublished.name], check=lambda path: None)[0]
+    entry = verify_cached([unpublished.name], check=lambda path, spec: None)[0]
     assert entry.status == "unrecorded" and cache.recorded_sha256(cache.cached_path(unpublished))
     assert verify_cached([unpublished.name], check=refuse)[0].status == "ok"  # recorded: as is
     cache.cached_path(unpublished).write_bytes(b"")
@@ -263,6 +264,46 @@ def test_a_hand_placed_file_that_does_not_load_gets_no_digest_recorded(home, mon
     home.mkdir()
     path = cache.cached_path(spec)
     path.write_bytes(b"junk, not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable .pkl checkpoint"):
+    with pytest.raises(ValueError, match="not a readable .pkl checkpoint") as info:
         fpncli.load_backbone(spec.name)
     assert cache.recorded_sha256(path) is None  # else weights verify would call it ok
+    assert str(info.value).startswith(f"{path}: ")  # the cached file, and how to replace it
+    assert str(info.value).endswith(f"; delete it and run 'fpncli weights download {spec.name}'")
+
+
+def test_a_checkpoint_of_another_architecture_is_not_taken_for_the_entry(
+    home, monkeypatch, checkpoint_bytes
+):
+    """An R-50 file where the R-101 entry (no published sha256) goes was checked with the
+    architecture the file shows: download saved it and recorded its sha256, verify said ok, and
+    extract then failed "missing keys ... (255 in all)", naming neither the file nor a fix."""
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    name = "faster_rcnn_R_101_FPN_3x"  # no published sha256
+    path = cache.cached_path(REGISTRY[name])
+    _serve(monkeypatch, checkpoint_bytes)  # an R-50's
+    runner = CliRunner()
+    result = runner.invoke(cli, ["weights", "download", name])
+    assert result.exit_code == 1, result.output
+    assert (
+        f"{name}: the download is not its checkpoint (an R-50 backbone, where {name} is an "
+        "R-101: the file of another checkpoint); download it by hand" in result.output
+    ), result.output
+    assert not list(home.iterdir())  # no file, no sidecar, no temporary file
+
+    path.write_bytes(checkpoint_bytes)  # placed by hand
+    result = runner.invoke(cli, ["weights", "verify", name])
+    assert result.exit_code == 1, result.output
+    assert f"{name}: damaged not the {name} checkpoint ({path}: an R-50 backbone" in result.output
+    assert f"rm {path} && fpncli weights download {name}" in result.output
+    assert cache.recorded_sha256(path) is None
+
+    cache.record_sha256(path, hashlib.sha256(checkpoint_bytes).hexdigest())  # an older fpncli's
+    with pytest.raises(ValueError) as info:
+        fpncli.load_backbone(name)
+    assert str(info.value) == (
+        f"{path}: an R-50 backbone, where {name} is an R-101: the file of another checkpoint; "
+        f"delete it and run 'fpncli weights download {name}'"
+    )

@@ -453,7 +453,7 @@ def _cannot_rename(src, dst):
     raise PermissionError(errno.EACCES, "Permission denied")
 
 
-def _does_not_load(path):
+def _does_not_load(path, spec):
     raise ValueError(f"{path}: not a readable .pkl checkpoint: " + "a long reason " * 30)
 
 

@@ -122,12 +122,13 @@ def _status_text(status: str) -> str:
     return {"missing": "not cached", "mismatch": "damaged:"}.get(status, status)
 
 
-def _strict_load(path: Path) -> None:
-    """What a checkpoint must pass before it is accepted: read safely, load strictly."""
-    from ..weights.checkpoint import build_backbone, read_checkpoint
+def _strict_load(path: Path, spec) -> None:
+    """What a file must pass before it is accepted as ``spec``'s checkpoint: read safely, load
+    strictly into the architecture of ``spec`` (not the one the file shows: a file of another
+    checkpoint would pass, then fail in extract)."""
+    from ..weights.checkpoint import check_registry_file
 
-    ckpt = read_checkpoint(path)
-    build_backbone(ckpt.arch, ckpt.state_dict)
+    check_registry_file(path, spec)
 
 
 def _verify_fix(damaged: list, missing: list) -> str:

@@ -26,6 +26,7 @@ from .registry import REGISTRY, WeightsSpec
 
 __all__ = [
     "WeightsDownloadError",
+    "WrongCheckpointError",
     "CacheEntry",
     "cache_dir",
     "cached_path",
@@ -45,6 +46,12 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 class WeightsDownloadError(RuntimeError):
     """A named checkpoint could not be downloaded or failed its checks."""
+
+
+class WrongCheckpointError(ValueError):
+    """A checkpoint that reads, but is not the registry entry's: another architecture (or
+    format) than the one the entry builds. Trying again gets the same file: it must be
+    replaced."""
 
 
 def cache_dir() -> Path:
@@ -241,7 +248,9 @@ def _size_problem(spec: WeightsSpec, size: int) -> str | None:
 
 
 def verify_cached(
-    names: list[str] | None = None, *, check: Callable[[Path], None] | None = None
+    names: list[str] | None = None,
+    *,
+    check: Callable[[Path, WeightsSpec], None] | None = None,
 ) -> list[CacheEntry]:
     """Re-hash cached checkpoints and compare with the recorded and published digests.
 
@@ -252,9 +261,11 @@ def verify_cached(
 
     Args:
         names: registry names (default: all).
-        check: called on a file no published sha256 vouches for before its digest is
-            recorded, as ``download`` calls it before accepting a file (fpncli passes a strict
-            load); raises ValueError, RuntimeError or OSError for a file that is not usable.
+        check: called with a file no published sha256 vouches for and its registry entry
+            before its digest is recorded, as ``download`` calls it before accepting a file
+            (fpncli passes ``checkpoint.check_registry_file``: a strict load into the entry's
+            architecture); raises ValueError, RuntimeError or OSError for a file that is not
+            usable (``WrongCheckpointError`` for a checkpoint of another architecture).
     """
     entries = []
     for name in names or list(REGISTRY):
@@ -283,7 +294,11 @@ def verify_cached(
             continue
         if recorded is None and spec.sha256 is None and check is not None:
             try:  # placed by hand, and nothing published to compare it with: it must load
-                check(path)
+                check(path, spec)
+            except WrongCheckpointError as e:
+                detail = f"not the {name} checkpoint ({error_text(e)})"
+                entries.append(CacheEntry(name, path, "damaged", detail))
+                continue
             except (ValueError, RuntimeError, OSError) as e:
                 detail = f"does not load as a checkpoint ({error_text(e)})"
                 entries.append(CacheEntry(name, path, "damaged", detail))

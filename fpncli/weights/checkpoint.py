@@ -30,7 +30,14 @@ from torch import nn
 from ..io.guard import quote_name
 from ..model.fpn import FPN, build_resnet_fpn_backbone
 from ..model.resnet import BLOCKS_PER_STAGE
-from .registry import DETECTRON2_INPUT, DETECTRON2_X101_INPUT, TORCHVISION_INPUT, InputFormat
+from .cache import WrongCheckpointError
+from .registry import (
+    DETECTRON2_INPUT,
+    DETECTRON2_X101_INPUT,
+    TORCHVISION_INPUT,
+    InputFormat,
+    WeightsSpec,
+)
 from .safeload import (
     UnsafeCheckpointError,
     check_file_size,
@@ -44,6 +51,8 @@ __all__ = [
     "UnsafeCheckpointError",
     "Checkpoint",
     "read_checkpoint",
+    "read_registry_checkpoint",
+    "check_registry_file",
     "infer_arch",
     "check_arch",
     "build_backbone",
@@ -432,6 +441,52 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     _check_finite(path, state)
     _check_running_var(path, state)
     return Checkpoint(state, fmt, arch, inp, skipped)
+
+
+def read_registry_checkpoint(path: str | Path, spec: WeightsSpec) -> Checkpoint:
+    """``read_checkpoint`` of the file of the registry entry ``spec`` (cached or just
+    downloaded), refused where it is not that entry's: its backbone must have the names and
+    shapes of ``spec.arch``, which it is built with (a file of another architecture cached under
+    the name would fail only there, not saying which file). The digest vouches for an entry with
+    a published sha256; this check is what the others have.
+
+    Raises:
+        FileNotFoundError, ValueError: as ``read_checkpoint``.
+        WrongCheckpointError: a checkpoint of another architecture, naming the file and both.
+    """
+    ckpt = read_checkpoint(path)
+    # the depth and groups the shapes show (stride_in_1x1 does not show in them)
+    shown = ("depth", "num_groups", "width_per_group")
+    defaults = {"depth": 50, "num_groups": 1, "width_per_group": 64}
+    if any(ckpt.arch[k] != spec.arch.get(k, defaults[k]) for k in shown):
+        raise WrongCheckpointError(
+            f"{path}: an {_arch_name(ckpt.arch)} backbone, where {spec.name} is an "
+            f"{_arch_name({**defaults, **spec.arch})}: the file of another checkpoint"
+        )
+    try:
+        _check_matches(_expected_shapes(dict(spec.arch)), ckpt.state_dict)
+    except ValueError as e:
+        raise WrongCheckpointError(f"{path}: {e}") from None
+    return ckpt
+
+
+def check_registry_file(path: Path, spec: WeightsSpec) -> None:
+    """What a file must pass to be accepted as ``spec``'s checkpoint (a download before it is
+    renamed into place, a file placed by hand before its sha256 is recorded): read safely as
+    ``spec``'s (``read_registry_checkpoint``) and loaded strictly into ``spec.arch``'s backbone.
+
+    Raises:
+        ValueError, RuntimeError, OSError: naming what is wrong.
+    """
+    build_backbone(dict(spec.arch), read_registry_checkpoint(path, spec).state_dict)
+
+
+def _arch_name(arch: dict) -> str:
+    """``R-50``, ``R-101``, ``X-101 32x8d``: an architecture as Detectron2's configs name it."""
+    depth, groups, width = arch["depth"], arch["num_groups"], arch["width_per_group"]
+    if groups == 1 and width == 64:
+        return f"R-{depth}"
+    return f"{'X' if groups > 1 else 'R'}-{depth} {groups}x{width}d"
 
 
 def _check_matches(expected: dict[str, torch.Size], state_dict: dict[str, torch.Tensor]) -> None:

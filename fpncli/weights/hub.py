@@ -28,6 +28,7 @@ from pathlib import Path
 from ..io.guard import ONE_LINE_LIMIT, check_regular_file, error_text, one_line
 from .cache import (
     WeightsDownloadError,
+    WrongCheckpointError,
     cached_path,
     exclusive_file,
     record_sha256,
@@ -103,7 +104,7 @@ def download(
     spec: WeightsSpec,
     *,
     progress: bool = True,
-    check: Callable[[Path], None] | None = None,
+    check: Callable[[Path, WeightsSpec], None] | None = None,
     timeout_s: float = 30.0,
     alternative: str | None = None,
 ) -> Path:
@@ -117,7 +118,8 @@ def download(
     Args:
         spec: the registry entry.
         progress: show progress on stderr (a bar on a terminal, else a line per tenth).
-        check: called on the temporary file before the rename (fpncli passes a strict load).
+        check: called with the temporary file and ``spec`` before the rename (fpncli passes
+            ``checkpoint.check_registry_file``: a strict load into ``spec``'s architecture).
         timeout_s: socket timeout (of each read).
         alternative: what else the caller can do when the address fails, said after putting
             the file by hand (``resolve_weights``: use the random weights; ``fpncli weights
@@ -262,7 +264,7 @@ def _check_download(
     done: int,
     digest: str,
     expected: int | None,
-    check: Callable[[Path], None] | None,
+    check: Callable[[Path, WeightsSpec], None] | None,
     hint: str,
 ) -> None:
     """Refuse a downloaded file of the wrong size or digest, or that ``check`` refuses, in one
@@ -294,9 +296,13 @@ def _check_download(
     if check is None:
         return
     try:
-        check(tmp)
+        check(tmp, spec)
     except (ValueError, RuntimeError, OSError) as e:
         reason = error_text(e).replace(f"{tmp}: ", "").replace(str(tmp), "it")
+        if isinstance(e, WrongCheckpointError):  # the address serves another file: no retry
+            raise WeightsDownloadError(
+                _fit(f"{spec.name}: the download is not its checkpoint (", reason, f"); {hint}")
+            ) from None
         cause = "not a checkpoint" if expected else "cut short, or not a checkpoint"
         raise WeightsDownloadError(
             _fit(f"{spec.name}: the download does not load (", reason, f"): {cause}; {again}")
@@ -381,7 +387,7 @@ def resolve_weights(
     weights: str | os.PathLike,
     *,
     download_missing: bool = True,
-    check: Callable[[Path], None] | None = None,
+    check: Callable[[Path, WeightsSpec], None] | None = None,
 ) -> tuple[Path, WeightsSpec | None]:
     """Turn a ``--weights`` value (a registry name or a file path) into a local file.
 
