@@ -307,3 +307,33 @@ def test_a_checkpoint_of_another_architecture_is_not_taken_for_the_entry(
         f"{path}: an R-50 backbone, where {name} is an R-101: the file of another checkpoint; "
         f"delete it and run 'fpncli weights download {name}'"
     )
+
+
+def test_a_torchvision_checkpoint_is_not_taken_for_a_detectron2_entry(home, monkeypatch, tmp_path):
+    """A torchvision file under a Detectron2 name loaded silently with Detectron2's input (BGR,
+    its pixel mean, stride_in_1x1=True): a wrong model."""
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+    from fpncli.weights.synthetic import seeded_state_dict, write_torchvision_pth
+
+    write_torchvision_pth(tmp_path / "tv.pth", seeded_state_dict(0))
+    data = (tmp_path / "tv.pth").read_bytes()
+    name = "faster_rcnn_R_50_FPN_1x"  # no published sha256
+    path = cache.cached_path(REGISTRY[name])
+    says = (
+        f"a checkpoint of format torchvision, where {name} is of format detectron2 (its channel "
+        "order, pixel mean and strides would be wrong): the file of another checkpoint"
+    )
+    _serve(monkeypatch, data)
+    result = CliRunner().invoke(cli, ["weights", "download", name])
+    assert result.exit_code == 1 and f"not its checkpoint ({says})" in result.output, result.output
+    assert not list(home.iterdir())
+
+    path.write_bytes(data)
+    cache.record_sha256(path, hashlib.sha256(data).hexdigest())  # as an older fpncli did
+    with pytest.raises(ValueError) as info:
+        fpncli.load_backbone(name)
+    assert str(info.value) == (
+        f"{path}: {says}; delete it and run 'fpncli weights download {name}'"
+    )

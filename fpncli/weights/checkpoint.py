@@ -445,16 +445,25 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 def read_registry_checkpoint(path: str | Path, spec: WeightsSpec) -> Checkpoint:
     """``read_checkpoint`` of the file of the registry entry ``spec`` (cached or just
-    downloaded), refused where it is not that entry's: its backbone must have the names and
-    shapes of ``spec.arch``, which it is built with (a file of another architecture cached under
+    downloaded), refused where it is not that entry's: it must be of ``spec.format`` (a
+    torchvision file loaded with a Detectron2 entry's BGR input and stride placement is a wrong
+    model), and its backbone must have the names and shapes of ``spec.arch``, which it is built
+    with (a file of another architecture cached under
     the name would fail only there, not saying which file). The digest vouches for an entry with
     a published sha256; this check is what the others have.
 
     Raises:
         FileNotFoundError, ValueError: as ``read_checkpoint``.
-        WrongCheckpointError: a checkpoint of another architecture, naming the file and both.
+        WrongCheckpointError: a checkpoint of another format or architecture, naming the file
+            and both.
     """
     ckpt = read_checkpoint(path)
+    if ckpt.format != spec.format:  # loaded, it would get the entry's input, not its own
+        raise WrongCheckpointError(
+            f"{path}: a checkpoint of format {ckpt.format}, where {spec.name} is of format "
+            f"{spec.format} (its channel order, pixel mean and strides would be wrong): the "
+            "file of another checkpoint"
+        )
     # the depth and groups the shapes show (stride_in_1x1 does not show in them)
     shown = ("depth", "num_groups", "width_per_group")
     defaults = {"depth": 50, "num_groups": 1, "width_per_group": 64}
