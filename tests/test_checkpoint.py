@@ -164,6 +164,46 @@ def test_unexpected_key_inside_the_backbone_of_a_file(tmp_path, state):
         read_checkpoint(path)
 
 
+def test_a_trained_p6_is_refused_not_dropped(tmp_path, state):
+    """Detectron2's LastLevelP6 / P6P7 (``backbone.top_block.*``, a P6 made by a convolution)
+    was skipped as a non-backbone key, and P6 computed by max-pool: a different model. So is
+    torchvision's (``backbone.fpn.extra_blocks.*``); any other unknown ``backbone.*`` key is
+    refused too, and only the heads are skipped."""
+    p6 = {"p6.weight": np.zeros((256, 256, 3, 3), np.float32), "p6.bias": np.zeros(256, np.float32)}
+    model = {f"backbone.{k}": v.numpy() for k, v in state.items()}
+    model.update({f"backbone.top_block.{k}": v for k, v in p6.items()})
+    model["roi_heads.box_head.fc1.weight"] = np.zeros((4, 4), np.float32)  # a head: skipped
+    with open(tmp_path / "p6conv.pkl", "wb") as f:
+        pickle.dump({"model": model}, f)
+    with pytest.raises(ValueError) as info:
+        read_checkpoint(tmp_path / "p6conv.pkl")
+    assert str(info.value) == (
+        f"{tmp_path / 'p6conv.pkl'}: backbone.top_block.p6.weight: a P6 made by a convolution "
+        "(RetinaNet's LastLevelP6P7?) is not the max-pool P6 this backbone has (2 backbone "
+        "key(s) it has no place for): refused"
+    )
+    saved = write_torchvision_pth(tmp_path / "tv.pth", state)
+    saved.update({f"backbone.fpn.extra_blocks.{k}": torch.from_numpy(v) for k, v in p6.items()})
+    torch.save(saved, tmp_path / "tv.pth")
+    with pytest.raises(
+        ValueError,
+        match=r"tv\.pth: backbone\.fpn\.extra_blocks\.p6\.weight: a P6 "
+        r"made by a convolution .* \(2 backbone key\(s\) it has no place for\)",
+    ):
+        read_checkpoint(tmp_path / "tv.pth")
+    del model["backbone.top_block.p6.weight"], model["backbone.top_block.p6.bias"]
+    model["backbone.extra.weight"] = np.zeros(4, np.float32)
+    with open(tmp_path / "extra.pkl", "wb") as f:
+        pickle.dump({"model": model}, f)
+    with pytest.raises(ValueError, match=r"extra\.pkl: unexpected backbone keys in detectron2 "
+                       r"checkpoint: backbone\.extra\.weight$"):  # fmt: skip
+        read_checkpoint(tmp_path / "extra.pkl")
+    del model["backbone.extra.weight"]
+    with open(tmp_path / "heads.pkl", "wb") as f:
+        pickle.dump({"model": model}, f)
+    assert read_checkpoint(tmp_path / "heads.pkl").skipped == 1
+
+
 class _Exploit:
     def __init__(self, marker):
         self.marker = marker

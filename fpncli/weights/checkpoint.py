@@ -221,10 +221,18 @@ def _rename_torchvision(key: str) -> str | None:
     return None
 
 
+#: The trained P6 (and P7) of RetinaNet-style FPNs: Detectron2's ``LastLevelP6P7`` /
+#: ``LastLevelP6`` (``top_block``), torchvision's ``LastLevelP6P7`` (``fpn.extra_blocks``).
+_P6_CONV = re.compile(r"(?:^|\.)(?:top_block|fpn\.extra_blocks)\.")
+
+
 def _backbone_entries(model: dict, fmt: str) -> tuple[dict[str, object], int]:
     """Select the backbone entries of a full-detector state dict and rename them; two keys that
     rename to one name (``backbone.X`` and ``X``, or torchvision's legacy and current FPN names)
-    are refused, naming both: which of them was meant cannot be told."""
+    are refused, naming both: which of them was meant cannot be told. Only keys outside the
+    backbone (the heads: ``proposal_generator.*``, ``roi_heads.*``, ...) are skipped: a
+    ``backbone.*`` key this backbone has no place for is refused (a trained P6 dropped would
+    leave a different model)."""
     out: dict[str, object] = {}
     origin: dict[str, str] = {}
     skipped = 0
@@ -243,7 +251,10 @@ def _backbone_entries(model: dict, fmt: str) -> tuple[dict[str, object], int]:
         else:
             new = key[len("backbone.") :] if key.startswith("backbone.") else key
             if not (new.startswith("bottom_up.") or new.startswith("fpn_")):
-                skipped += 1
+                if key.startswith("backbone.") or _P6_CONV.match(new):  # (a bare backbone's too)
+                    unknown.append(key)
+                else:
+                    skipped += 1
                 continue
         if new in out:
             raise ValueError(
@@ -252,6 +263,12 @@ def _backbone_entries(model: dict, fmt: str) -> tuple[dict[str, object], int]:
             )
         out[new] = value
         origin[new] = key
+    if p6 := next((k for k in unknown if _P6_CONV.search(k)), None):
+        raise ValueError(
+            f"{quote_name(p6)}: a P6 made by a convolution (RetinaNet's LastLevelP6P7?) is not "
+            f"the max-pool P6 this backbone has ({len(unknown)} backbone key(s) it has no place "
+            "for): refused"
+        )
     if unknown:
         raise ValueError(f"unexpected backbone keys in {fmt} checkpoint: {_listing(unknown)}")
     return out, skipped
