@@ -337,3 +337,32 @@ def test_a_torchvision_checkpoint_is_not_taken_for_a_detectron2_entry(home, monk
     assert str(info.value) == (
         f"{path}: {says}; delete it and run 'fpncli weights download {name}'"
     )
+
+
+def test_a_cached_file_over_4_gib_is_refused_before_it_is_hashed(home, monkeypatch):
+    """weights verify and weights list hashed such a file (18 s for 5 GB) before judging it."""
+    from click.testing import CliRunner
+
+    from fpncli.cli import cli
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} hashed")
+
+    monkeypatch.setattr(cache, "sha256_file", no_hashing)
+    name = "faster_rcnn_R_50_FPN_3x"  # a published sha256: it would be hashed to compare
+    home.mkdir()
+    path = cache.cached_path(REGISTRY[name])
+    with open(path, "wb") as f:  # sparse: nothing written
+        f.truncate((4 << 30) + 1)
+    says = f"{(4 << 30) + 1} bytes, over 4 GiB, larger than any detection checkpoint"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["weights", "verify", name])
+    assert result.exit_code == 1 and f"{name}: damaged {says}\n" in result.output, result.output
+    assert f"rm {path} && fpncli weights download {name}" in result.output
+    result = runner.invoke(cli, ["weights", "list"])
+    assert result.exit_code == 0, result.output
+    assert f"damaged ({says}; delete it and run 'fpncli weights download {name}'): {path}" in (
+        result.output
+    )
+    result = runner.invoke(cli, ["weights", "download", name])
+    assert result.exit_code == 1 and f"{name}: damaged {says}\n" in result.output, result.output

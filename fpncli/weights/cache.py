@@ -41,6 +41,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
+#: No Detectron2 or torchvision detector checkpoint (heads and optimizer state included) is
+#: anywhere near this: a larger file is refused before it is read or hashed (safeload's
+#: ``check_file_size`` uses this limit too; this module imports no torch).
+MAX_CHECKPOINT_BYTES = 4 << 30
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -240,7 +244,13 @@ def _in_the_way(path: Path) -> str:
 
 
 def _size_problem(spec: WeightsSpec, size: int) -> str | None:
-    """Why a cached file of ``size`` bytes cannot be ``spec``'s checkpoint, or None."""
+    """Why a cached file of ``size`` bytes cannot be ``spec``'s checkpoint, or None: judged
+    before the file is hashed (hashing a file over ``MAX_CHECKPOINT_BYTES`` takes a while)."""
+    if size > MAX_CHECKPOINT_BYTES:
+        return (
+            f"{size} bytes, over {MAX_CHECKPOINT_BYTES >> 30} GiB, larger than any detection "
+            "checkpoint"
+        )
     if size == 0 or (spec.size_bytes and size != spec.size_bytes):
         expected = f"expected {spec.size_bytes}" if spec.size_bytes else "an empty file"
         return f"{size} bytes, {expected} (a partial copy?)"

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..io.guard import check_regular_file, open_regular
+from .cache import MAX_CHECKPOINT_BYTES
 from .pickled import UnsafeCheckpointError, safe_unpickle
 
 __all__ = [
@@ -28,10 +29,6 @@ __all__ = [
     "check_zip_sizes",
     "torch_load_safe",
 ]
-
-#: No Detectron2 or torchvision detector checkpoint (heads and optimizer state included) is
-#: anywhere near this; a larger declared size is refused before anything is read.
-MAX_CHECKPOINT_BYTES = 4 << 30
 
 
 def is_zip(path: Path) -> bool:
