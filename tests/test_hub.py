@@ -366,3 +366,19 @@ def test_a_cached_file_over_4_gib_is_refused_before_it_is_hashed(home, monkeypat
     )
     result = runner.invoke(cli, ["weights", "download", name])
     assert result.exit_code == 1 and f"{name}: damaged {says}\n" in result.output, result.output
+
+
+def test_a_weights_cache_that_is_a_file_is_named_as_one(tmp_path, monkeypatch):
+    """FPNCLI_HOME naming a file gave "cannot create the weights cache ...: [Errno 17] File
+    exists", saying neither what is wrong nor what to do."""
+    (tmp_path / "homefile").write_bytes(b"")
+    for home in (tmp_path / "homefile", tmp_path / "homefile" / "below"):
+        monkeypatch.setenv("FPNCLI_HOME", str(home))
+        with pytest.raises(WeightsDownloadError) as info:  # as extract --weights NAME runs it
+            resolve_weights("faster_rcnn_R_50_FPN_3x")
+        assert str(info.value) == (
+            f"cannot create the weights cache {home}: {tmp_path / 'homefile'} is a file, not a "
+            "folder; move it away or set FPNCLI_HOME to a folder, or use --weights random "
+            "('random' in Python)"
+        )
+    assert (tmp_path / "homefile").read_bytes() == b""

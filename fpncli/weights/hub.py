@@ -140,7 +140,17 @@ def download(
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise WeightsDownloadError(f"cannot create the weights cache {final.parent}: {e}") from None
+        instead = f", or {alternative}" if alternative else ""
+        if (blocker := _not_a_folder(final.parent)) is not None:  # "[Errno 17] File exists"
+            raise WeightsDownloadError(
+                f"cannot create the weights cache {final.parent}: {blocker} is "
+                f"{'a file, not a folder' if blocker.is_file() else 'not a folder'}; move it "
+                f"away or set FPNCLI_HOME to a folder{instead}"
+            ) from None
+        raise WeightsDownloadError(
+            f"cannot create the weights cache {final.parent} ({e.strerror or e}): set "
+            f"FPNCLI_HOME to a writable folder{instead}"
+        ) from None
     try:  # a folder there: refused now, not once the whole file has come
         check_regular_file(final, "file")
     except FileNotFoundError:
@@ -256,6 +266,15 @@ def _failure_reason(error: BaseException, done: int) -> str:
         return f"a malformed HTTP response: {error_text(error)}"
     reason = getattr(error, "reason", error)  # URLError's (an OSError, or text)
     return error_text(reason) if isinstance(reason, BaseException) else str(reason)
+
+
+def _not_a_folder(folder: Path) -> Path | None:
+    """The file (anything but a folder) that stands where ``folder`` or one of the folders
+    above it goes, if any."""
+    for path in (folder, *folder.parents):
+        if os.path.lexists(path):
+            return None if path.is_dir() else path
+    return None
 
 
 def _check_download(
