@@ -336,6 +336,10 @@ def test_a_folder_where_the_checkpoint_goes_is_refused_before_downloading(
     verify = CliRunner().invoke(cli, ["weights", "verify", NAME])
     assert verify.exit_code == 1
     assert f"{NAME}: not cached (a folder is in its place: move it away)" in verify.output
+    assert verify.output.endswith(  # was "run fpncli weights download NAME", which refuses
+        "1 checkpoint(s) not usable (1 not cached): move away what is in place of the "
+        f"checkpoint(s) ({home / spec.file_name}), then run fpncli weights download {NAME}\n"
+    ), verify.output
     listing = CliRunner().invoke(cli, ["weights", "list"]).output
     assert f"not cached (a folder is in its place: move it away): {home / spec.file_name}" in (
         listing

@@ -133,7 +133,9 @@ def _strict_load(path: Path, spec) -> None:
 
 def _verify_fix(damaged: list, missing: list) -> str:
     """The failed verify's one line: what is wrong and the command(s) that fix it (a damaged
-    file must go first: ``weights download`` keeps a cached file as it is)."""
+    file must go first: ``weights download`` keeps a cached file as it is; and so must what
+    is not a file where a checkpoint goes, a folder, FIFO or symlink loop: the download
+    refuses it)."""
     import shlex
 
     mismatch = ": sha256 mismatch" if all(e.status == "mismatch" for e in damaged) else ""
@@ -141,7 +143,13 @@ def _verify_fix(damaged: list, missing: list) -> str:
     what += [f"{len(missing)} not cached"] if missing else []
     what = f"{len(damaged) + len(missing)} checkpoint(s) not usable ({', '.join(what)})"
     download = shlex.join(["fpncli", "weights", "download", *(e.name for e in damaged + missing)])
+    in_the_way = [str(e.path) for e in missing if e.detail]  # (verify_cached says what is there)
+    if in_the_way:  # never removed for the user: a folder may hold anything
+        what += f": move away what is in place of the checkpoint(s) ({', '.join(in_the_way)})"
+        what += ", then" if not damaged else ";"
+    else:
+        what += ":"
     if not damaged:
-        return f"{what}: run {download}"
+        return f"{what} run {download}"
     remove = shlex.join(["rm", *(str(e.path) for e in damaged)])
-    return f"{what}: delete the damaged file(s) and download again: {remove} && {download}"
+    return f"{what} delete the damaged file(s) and download again: {remove} && {download}"
