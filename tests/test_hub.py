@@ -382,3 +382,25 @@ def test_a_weights_cache_that_is_a_file_is_named_as_one(tmp_path, monkeypatch):
             "('random' in Python)"
         )
     assert (tmp_path / "homefile").read_bytes() == b""
+
+
+def test_a_damaged_sidecar_of_a_file_that_fails_its_checks_promises_no_record(
+    home, monkeypatch, caplog
+):
+    """The warning said "its digest is recorded again" where the file then failed the published
+    sha256 and nothing was recorded."""
+    import logging
+
+    spec = REGISTRY["faster_rcnn_R_50_FPN_3x"]  # a published sha256 these bytes do not have
+    home.mkdir()
+    path = cache.cached_path(spec)
+    path.write_bytes(b"x")
+    cache._sidecar(path).write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="fpncli.weights.cache"):
+        (entry,) = verify_cached([spec.name])
+    assert entry.status == "mismatch" and cache.recorded_sha256(path) is None
+    warned = [r.getMessage() for r in caplog.records if "holds no sha256 digest" in r.getMessage()]
+    assert warned and all(
+        m.endswith("counts as placed by hand: its digest is recorded again once it passes its "
+                   "checks") for m in warned
+    ), warned  # fmt: skip

@@ -92,7 +92,8 @@ def recorded_sha256(path: Path) -> str | None:
 
     A sidecar that does not start with a 64-hex digest (empty, cut short, not text) or cannot be
     read is damaged: it counts as none (logged), so the file is checked against the published
-    digest, if any, and its digest recorded again, as for a file placed by hand.
+    digest, if any, and its digest recorded again once it passes, as for a file placed by hand
+    (one that fails gets none).
     """
     side = _sidecar(path)
     if not side.is_file():
@@ -105,7 +106,8 @@ def recorded_sha256(path: Path) -> str | None:
     digest = fields[0].decode("ascii", "replace").lower() if fields else ""
     if not _HEX64.fullmatch(digest):
         log.warning("%s holds no sha256 digest (damaged?): ignored; the checkpoint counts as "
-                    "placed by hand and its digest is recorded again", side)  # fmt: skip
+                    "placed by hand: its digest is recorded again once it passes its checks",
+                    side)  # fmt: skip
         return None
     return digest
 
