@@ -19,9 +19,9 @@ import torch
 import fpncli
 from fpncli.api import autocast_context
 from fpncli.io.image_load import LoadedImage
-from fpncli.io.outputs import OutputOptions, level_results, write_image_outputs
+from fpncli.io.outputs import OutputOptions, level_results, valid_size, write_image_outputs
 from fpncli.io.preprocess import normalize_and_pad, prepare, resize_for_model, to_color_order
-from fpncli.model.names import LEVELS
+from fpncli.model.names import LEVELS, OUTPUT_STRIDES
 from fpncli.model.normalize import normalize_batch
 from fpncli.run.device import (
     is_out_of_memory,
@@ -303,11 +303,59 @@ def test_results_to_host_brings_back_only_what_is_written(save_npy, heatmaps):
             assert ours[name].order_stats is None  # on the CPU the writers sort the maps
 
 
+def _reference_pca(cells: np.ndarray) -> np.ndarray:
+    """The map of ``(C, h, w)`` cells projected on their first principal component (by SVD, in
+    float64), signed so that it correlates positively with their channel-mean map."""
+    c, h, w = cells.shape
+    samples = cells.reshape(c, h * w).astype(np.float64)
+    samples -= samples.mean(axis=1, keepdims=True)
+    projected = np.linalg.svd(samples, full_matrices=False)[0][:, 0] @ samples
+    if np.corrcoef(projected, cells.reshape(c, h * w).mean(axis=0))[0, 1] < 0:
+        projected = -projected
+    return projected.reshape(h, w)
+
+
+def test_pca_heatmaps_are_fitted_on_each_images_valid_cells_only():
+    """A padded level (``--canvas``, or the rounding up to 32) has cells that cover no image:
+    the pca was fitted over them too, so an image's heatmap changed with its padding (p5 of a
+    96x64 image on a 256x256 canvas correlated 0.48 with that of its own cells). The map of the
+    valid region is now the same whatever the padding holds, in numpy (``level_results``) and in
+    torch (``results_to_host``), and it is the first principal component of the valid cells."""
+    gen = torch.Generator().manual_seed(6)
+    resized = [(40, 56), (24, 64)]  # a batch padded to 64x64: p3 valid 5x7 and 3x8 of 8x8
+    options = OutputOptions(levels=("p3", "p4"), save_npy=False, save_overview=False,
+                            reduce="pca")  # fmt: skip
+    features = {f"p{k}": torch.randn(2, 16, 64 >> k, 64 >> k, generator=gen) for k in (3, 4)}
+    padded = {}  # the same valid cells, other padding: far off, along other channels
+    for name, level in features.items():
+        padded[name] = 30 * torch.randn(level.shape, generator=gen) + 20
+        for i, (h, w) in enumerate(resized):
+            vh, vw = valid_size(h, w, OUTPUT_STRIDES[name])
+            padded[name][i, :, :vh, :vw] = level[i, :, :vh, :vw]
+    torch_maps = [results_to_host(f, resized, options) for f in (features, padded)]
+    for i, (h, w) in enumerate(resized):
+        prepared = resize_for_model(np.zeros((h, w, 3), np.uint8), DETECTRON2_INPUT,
+                                    resize=False)[1]  # fmt: skip
+        numpy_maps = [level_results({k: v[i : i + 1].numpy() for k, v in f.items()}, prepared,
+                                    options) for f in (features, padded)]  # fmt: skip
+        for name in options.levels:
+            vh, vw = valid_size(h, w, OUTPUT_STRIDES[name])
+            want = _reference_pca(features[name][i, :, :vh, :vw].numpy())
+            tol = {"rtol": 1e-5, "atol": 1e-5 * np.abs(want).max()}
+            for ours in numpy_maps:
+                np.testing.assert_allclose(ours[name].map2d, want, **tol, err_msg=name)
+            assert np.array_equal(numpy_maps[0][name].map2d, numpy_maps[1][name].map2d)
+            for result in torch_maps:
+                ours = result.image(i)[name].map2d
+                np.testing.assert_allclose(ours, want, **tol, err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_a_batchs_pca_maps_take_one_eigh_call_and_equal_a_call_per_level(monkeypatch, dtype):
     """On CUDA eigh is a host sync: one call for the five FPN levels (256 channels each), one
     more for a level of another channel count; each level's maps exactly (torch.equal) those
-    that ``reduce_maps`` makes for the level alone, from the levels cast to the .npy dtype."""
+    that ``reduce_maps`` makes for the level alone (fitted on each image's valid cells), from
+    the levels cast to the .npy dtype."""
     gen = torch.Generator().manual_seed(4)
     features = {f"p{k}": torch.randn(3, 256, 96 >> k, 128 >> k, generator=gen) for k in range(2, 7)}
     features["res3"] = torch.randn(3, 512, 16, 24, generator=gen)
@@ -315,10 +363,12 @@ def test_a_batchs_pca_maps_take_one_eigh_call_and_equal_a_call_per_level(monkeyp
                             save_overview=False, reduce="pca")  # fmt: skip
     calls, eigh = [], torch.linalg.eigh
     monkeypatch.setattr(torch.linalg, "eigh", lambda a: calls.append(tuple(a.shape)) or eigh(a))
-    result = results_to_host(features, [(90, 128), (96, 100)], options)  # and a padding row
+    resized = [(90, 128), (96, 100)]  # and a padding row
+    result = results_to_host(features, resized, options)
     assert calls == [(2, 512, 512), (10, 256, 256)]
     for name in options.levels:
-        alone = reduce_maps(features[name][:2].to(getattr(torch, dtype)), "pca")
+        valid = [valid_size(h, w, OUTPUT_STRIDES[name]) for h, w in resized]
+        alone = reduce_maps(features[name][:2].to(getattr(torch, dtype)), "pca", valid=valid)
         assert torch.equal(result.maps[name], alone), name
 
 

@@ -295,6 +295,39 @@ def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, drawn_heatmaps)
     )
 
 
+def test_pca_maps_of_a_canvas_run_and_its_redraw_are_fitted_on_the_valid_cells(
+    tmp_path, drawn_heatmaps
+):
+    """On a canvas most cells of a level are padding (p3: 8x11 of 16x16 here): the run and the
+    --scale redraw fitted the pca over them too, so an image's map changed with the canvas. The
+    run's maps (torch) and the redraw's (numpy, from the .npy) are now the pca of the valid
+    cells."""
+    import numpy as np
+
+    from fpncli.viz import visualize
+    from fpncli.viz.maps import reduce_channels
+
+    drawn = drawn_heatmaps(visualize)
+    out = tmp_path / "out"
+    args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random",
+            "--min-size", "64", "--max-size", "96", "--workers", "1", "--levels", "p3",
+            "--reduce", "pca", "--canvas", "128x128", "--scale", "shared"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    want = []
+    for name in ("a", "b"):
+        meta = json.loads((out / name / "manifest.json").read_text())["levels"]["p3"]
+        level = np.load(out / name / "p3.npy")
+        assert (meta["valid_height"], meta["valid_width"], *level.shape[2:]) == (8, 11, 16, 16)
+        want.append(reduce_channels(level[..., :8, :11], "pca"))
+    maps = [map2d for map2d, kwargs in drawn if kwargs["label"].startswith("p3 ")]
+    assert len(maps) == 4  # the run's two, then the redraw's two
+    for map2d in maps[:2]:
+        assert any(np.allclose(map2d, w, rtol=1e-5, atol=1e-5 * np.abs(w).max()) for w in want)
+    for map2d in maps[2:]:
+        assert any(np.array_equal(map2d, w) for w in want)
+
+
 def test_the_redraw_counts_the_bytes_it_writes_in_the_log_and_the_last_line(tmp_path):
     """A resumed --scale run rewrote every picture and manifest, yet run.json and the last line
     said 0 bytes written: the redraw's bytes are logged beside the run's, once it is done."""

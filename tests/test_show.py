@@ -103,6 +103,20 @@ def test_valid_region_only(folder, drawn_heatmaps):
     assert drawn[-1][0].shape == (15, 24)  # ceil(60 / 4) rows of image, not the 16 padded ones
 
 
+def test_a_pca_map_is_fitted_on_the_valid_cells_only(folder, drawn_heatmaps):
+    """show fitted a padded level's pca over its padding cells too, then cut the valid region:
+    the map drawn changed with the padding. This p2's padding row (the 16th), set far off, now
+    leaves the map drawn that of the valid cells alone."""
+    from fpncli.viz.maps import reduce_channels
+
+    p2 = np.load(folder / "p2.npy")
+    p2[..., 15:, :] = 50 + 40 * np.random.RandomState(1).randn(1, 4, 1, 24)
+    np.save(folder / "p2.npy", p2)
+    drawn = drawn_heatmaps(show_module)
+    show(str(folder), level="p2", reduce="pca", display=False)
+    assert np.array_equal(drawn[-1][0], reduce_channels(p2[..., :15, :], "pca"))
+
+
 def test_p6_says_it_is_a_subsample_of_p5(folder):
     result = show(str(folder), level="p6", display=False)
     assert P6_NOTE in result.messages

@@ -186,7 +186,7 @@ def level_results(
     features: dict[str, np.ndarray], prepared: Prepared, options: OutputOptions
 ) -> dict[str, LevelResult]:
     """``LevelResult`` for each of ``options.levels`` from numpy features ``(1, 256, h, w)``."""
-    from ..viz.maps import reduce_channels, valid_region
+    from ..viz.maps import reduce_channels
 
     out = {}
     for name in options.levels:
@@ -205,8 +205,9 @@ def level_results(
             valid = valid[finite]
         map2d = None
         if _needs_maps(options):
-            reduced = reduce_channels(array, options.reduce, options.channel)
-            map2d = valid_region(reduced, valid_h, valid_w)
+            # reduced from the valid cells only: a pca fitted over the padding too would change
+            # with it (--canvas), though the map drawn is of the valid region
+            map2d = reduce_channels(array[..., :valid_h, :valid_w], options.reduce, options.channel)
         out[name] = LevelResult(
             tuple(array.shape), array if options.save_npy else None, map2d,
             float(valid.min()) if valid.size else None,

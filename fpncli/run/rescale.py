@@ -140,8 +140,9 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> i
     maps, vranges, pictures = {}, {}, {}
     for name in names:
         meta = levels_meta[name]
-        reduced = reduce_channels(extraction.levels[name], options.reduce, options.channel)
-        maps[name] = valid_region(reduced, meta["valid_height"], meta["valid_width"])
+        # the valid cells reduced, as the run did: a pca fit must not see the padding
+        valid = valid_region(extraction.levels[name], meta["valid_height"], meta["valid_width"])
+        maps[name] = reduce_channels(valid, options.reduce, options.channel)
         # an image's own range is taken from the map drawn here, not from the manifest: this
         # reduction of the .npy (numpy's) may differ from the run's (torch's, on the device) by
         # a rounding, or by float16 (--dtype), and a map one ulp outside its recorded range

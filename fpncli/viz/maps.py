@@ -35,7 +35,8 @@ def reduce_channels(feature: np.ndarray, reduce: str = "channel", channel: int =
     over channels; ``pca`` projects every position on the first principal component of the
     channels (centred). PCA's sign is arbitrary; it is fixed so the map correlates positively
     with the ``mean`` map of the same channels (``pca_sign``), which makes levels comparable:
-    the same structure is bright on every level.
+    the same structure is bright on every level. The component is fitted over every cell given:
+    pass a padded level's ``valid_region``, or the padding would move it.
     """
     array = np.asarray(feature)
     if array.ndim == 4:

@@ -72,11 +72,10 @@ def _level_map(source: Source, name: str, reduce: str, channel: int) -> np.ndarr
     if reduce == "channel" and feature.ndim in (3, 4) and not channel < feature.shape[-3]:
         raise OptionError(f"channel {channel} out of range: this map has {feature.shape[-3]}",
                           "--channel")  # fmt: skip
-    reduced = reduce_channels(feature, reduce, channel)
-    if source.resized is None:
-        return reduced
-    valid_h, valid_w = valid_size(*source.resized, STRIDES[name])
-    return reduced[:valid_h, :valid_w]
+    if source.resized is not None:  # the valid cells only: a pca fit must not see the padding
+        valid_h, valid_w = valid_size(*source.resized, STRIDES[name])
+        feature = feature[..., :valid_h, :valid_w]
+    return reduce_channels(feature, reduce, channel)
 
 
 def _panels(source: Source, level: str, *, reduce: str, channel: int,

@@ -25,9 +25,12 @@ def reduce_map(level: torch.Tensor, reduce: str, channel: int = 0) -> torch.Tens
     return reduce_maps(level[None], reduce, channel)[0]
 
 
-def reduce_maps(levels: torch.Tensor, reduce: str, channel: int = 0) -> torch.Tensor:
+def reduce_maps(levels: torch.Tensor, reduce: str, channel: int = 0,
+                valid: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:  # fmt: skip
     """``(B, C, H, W)`` -> ``(B, H, W)`` float32: ``reduce_map`` of each image, with one set of
-    kernels for the batch (and, for ``pca``, one eigendecomposition call)."""
+    kernels for the batch (and, for ``pca``, one eigendecomposition call). ``valid``: each
+    image's ``(valid_h, valid_w)`` cells, which alone its ``pca`` component is fitted on
+    (``pca_maps``; None: all); the other reductions are per cell."""
     if reduce == "channel":
         if not 0 <= channel < levels.shape[1]:
             raise ValueError(f"channel {channel} out of range: this map has {levels.shape[1]}")
@@ -40,7 +43,7 @@ def reduce_maps(levels: torch.Tensor, reduce: str, channel: int = 0) -> torch.Te
     if reduce == "l2":
         return torch.stack([level.double().square().sum(dim=0).sqrt().float() for level in levels])
     if reduce == "pca":
-        return pca_maps([levels])[0]
+        return pca_maps([levels], None if valid is None else [valid])[0]
     raise ValueError(f"unknown reduction {reduce!r}")
 
 
@@ -77,12 +80,19 @@ def nan_outside(maps: torch.Tensor, valid: Sequence[tuple[int, int]]) -> torch.T
     return out
 
 
-def pca_maps(batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def pca_maps(
+    batches: Sequence[torch.Tensor], valid: Sequence[Sequence[tuple[int, int]]] | None = None
+) -> list[torch.Tensor]:
     """The ``pca`` maps of ``(B, C, H, W)`` batches (a batch's levels), each ``(B, H, W)``
     float32: each image's projection on the first principal component of its channels (centred,
     in float64), oriented as ``maps.pca_sign`` orients it: the map correlates positively
     with the channel-mean map (the loadings sum to more than 0; where that sum is about 0, the
     largest loading positive).
+
+    ``valid[k][i]``: the ``(valid_h, valid_w)`` cells of image ``i`` of batch ``k`` that cover
+    the image (None: all cells). The means and the component are those of these cells alone,
+    as ``maps.reduce_channels`` of the ``valid_region`` (the padding must not move them: the
+    map would change with ``--canvas``); every cell is projected, the padding's to be cut.
 
     The covariances are made one image at a time (a batch of P2s in float64 would take GBs) and
     those of every batch with the same channel count (every FPN level has 256) are decomposed in
@@ -90,7 +100,8 @@ def pca_maps(batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     result), where a call per level took five. On the CPU the maps are those of a call per
     level bit for bit (LAPACK decomposes each matrix on its own).
     """
-    centred = [_covariances(levels) for levels in batches]  # each: (means, (B, C, C))
+    centred = [_covariances(levels, None if valid is None else valid[k])
+               for k, levels in enumerate(batches)]  # each: (means, (B, C, C))  # fmt: skip
     by_channels: dict[int, list[int]] = {}  # channel count -> the batches that have it
     for i, levels in enumerate(batches):
         by_channels.setdefault(levels.shape[1], []).append(i)
@@ -105,18 +116,21 @@ def pca_maps(batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             for levels, (means, _), comps in zip(batches, centred, components)]  # fmt: skip
 
 
-def _covariances(levels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _covariances(levels: torch.Tensor, valid: Sequence[tuple[int, int]] | None = None
+                 ) -> tuple[list[torch.Tensor], torch.Tensor]:  # fmt: skip
     """Each image's channel means (``(C, 1)`` float64 each) and the ``(B, C, C)`` float64
-    covariances of its channels over its cells."""
-    b, c, h, w = levels.shape
-    n = max(h * w - 1, 1)
+    covariances of its channels over its valid cells (``valid[i]``, ``(valid_h, valid_w)``;
+    None: all its cells)."""
+    c = levels.shape[1]
     means, covariances = [], []
-    for level in levels:
-        samples = level.reshape(c, h * w).double()
+    for i, level in enumerate(levels):
+        cells = level if valid is None else level[:, : valid[i][0], : valid[i][1]]
+        n = cells.shape[1] * cells.shape[2]
+        samples = cells.reshape(c, n).double()
         mean = samples.mean(dim=1, keepdim=True)
         samples = samples - mean
         means.append(mean)
-        covariances.append(samples @ samples.T / n)
+        covariances.append(samples @ samples.T / max(n - 1, 1))
     return means, torch.stack(covariances)
 
 

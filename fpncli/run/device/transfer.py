@@ -270,12 +270,15 @@ def results_to_host(
     arrays, maps, valid, stats, orders = {}, {}, {}, [], []
     pca = needs_maps and options.reduce == "pca"
     cast: dict[str, torch.Tensor] = {}  # with pca, every level cast at once, each let go in turn
+    for name in options.levels:
+        valid[name] = [valid_size(h, w, OUTPUT_STRIDES[name]) for h, w in resized]
     if pca:  # every level's covariances in one eigh call: on CUDA one host sync, not five
         cast = {name: features[name][:count].to(dtype) for name in options.levels}
-        pca_by_level = dict(zip(options.levels, pca_maps(list(cast.values()))))
+        # each image's component fitted on its valid cells, as the numpy writer's
+        fitted = pca_maps(list(cast.values()), [valid[name] for name in cast])
+        pca_by_level = dict(zip(options.levels, fitted))
     for name in options.levels:
         level = cast.pop(name) if pca else features[name][:count].to(dtype)
-        valid[name] = [valid_size(h, w, OUTPUT_STRIDES[name]) for h, w in resized]
         # one set of kernels for the whole batch: launches cost on a fast GPU
         whole = level.is_cuda and all(size == resized[0] for size in resized)
         if whole:
