@@ -286,13 +286,32 @@ def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, drawn_heatmaps)
     # first pass: each image on its own range; second pass: both on the shared one
     seen = _p3_ranges(drawn)
     assert sorted(seen[:2]) == sorted(tuple(r) for r in own) and seen[2:] == [tuple(shared)] * 2
-    # resume: nothing re-extracted, the pictures redrawn again on the same range
+    # resume: nothing re-extracted, and nothing redrawn either: both folders already record the
+    # shared range (every picture and manifest was rewritten, 346 KB for two images)
+    files = sorted(p for p in out.rglob("*") if p.parent.name in ("a", "b"))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
     drawn.clear()
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0 and "skipped 2" in result.output
-    assert _p3_ranges(drawn) == [tuple(shared)] * 2 and all(
-        is_complete(out / n) for n in ("a", "b")
+    assert "--scale shared: nothing redrawn: 2 image(s) already on the run's ranges" in (
+        result.output
     )
+    assert "redraw" not in result.output.splitlines()[-1] and "0 bytes written" in result.output
+    assert "redraw" not in json.loads((out / "run.json").read_text())
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+    assert _p3_ranges(drawn) == [] and after == before
+    # a picture gone from one folder (or a scale not recorded): that folder alone is redrawn
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run.rescale import redraw_run
+
+    options = OutputOptions(overlay=True, min_size=64, max_size=96)
+    (out / "b" / "p3_overlay.png").unlink()
+    summary = redraw_run([out / "a", out / "b"], "shared", options)
+    assert (summary.redrawn, summary.kept) == (1, 1) and _p3_ranges(drawn) == [tuple(shared)]
+    assert (out / "a" / "p3.png").stat().st_mtime_ns == before[out / "a" / "p3.png"][0]
+    assert all(is_complete(out / n) for n in ("a", "b"))
+    summary = redraw_run([out / "a", out / "b"], "level", options)  # another mode: both
+    assert (summary.redrawn, summary.kept) == (2, 0)
 
 
 def test_pca_maps_of_a_canvas_run_and_its_redraw_are_fitted_on_the_valid_cells(
@@ -622,7 +641,7 @@ def test_the_run_ranges_pass_holds_one_manifest_at_a_time(sample_extraction, tmp
         folder.mkdir()
         (folder / "manifest.json").write_text(text)
         folders.append(folder)
-    monkeypatch.setattr(rescale, "_redraw", lambda *args: None)  # the ranges pass alone
+    monkeypatch.setattr(rescale, "_redraw", lambda *args: 0)  # the ranges pass alone
     rescale.redraw_run(folders[:2], "level", OutputOptions())  # imports: not in the figure
     tracemalloc.start()
     try:
@@ -667,6 +686,8 @@ def test_extract_scale_never_redraws_through_a_symlinked_folder(tmp_path):
     mark_output_root(out)
     options = OutputOptions(min_size=64, max_size=96)
     summary = redraw_run([out / "sub" / "a", out / "b"], "level", options, root=out)
-    assert summary.redrawn == 1 and summary.failed[0][0] == str(out / "sub" / "a")
+    # (b, which the run redrew on the same ranges, is left as it is)
+    assert (summary.redrawn, summary.kept) == (0, 1)
+    assert summary.failed[0][0] == str(out / "sub" / "a")
     assert "is a symlink to ../victim" in summary.failed[0][1]
     assert {f.name: f.read_bytes() for f in (victim / "a").iterdir()} == before

@@ -189,9 +189,13 @@ def _rescale(scale: str, jobs, summary, output, out_format: str, root: Path | No
     for folder, reason in result.failed:
         click.echo(f"--scale {scale}: not redrawn: {quote_name(folder)}: {quote_name(reason)}",
                    err=True)  # fmt: skip
+    kept = f"{result.kept} image(s) already on the run's ranges" if result.kept else ""
     if result.redrawn:
         where = "their own ranges" if scale == "image" else "the run's ranges"
-        click.echo(f"--scale {scale}: redrew {result.redrawn} image(s) on {where}", err=True)
+        click.echo(f"--scale {scale}: redrew {result.redrawn} image(s) on {where}"
+                   f"{f' ({kept}: left as they are)' if kept else ''}", err=True)  # fmt: skip
+    elif kept:  # a rerun of a finished run: nothing rewritten
+        click.echo(f"--scale {scale}: nothing redrawn: {kept}", err=True)
     return result
 
 

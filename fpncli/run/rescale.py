@@ -8,7 +8,9 @@ redraws every picture of those folders from the saved ``.npy`` files and the inp
 rewrites each manifest last, with the new picture sizes and ``"scale": {"mode", "levels"}``.
 Every file is replaced atomically under the folder's lock. A pass killed between a picture and
 its manifest leaves a folder whose listed sizes no longer match: not complete, so resume
-re-extracts it.
+re-extracts it. A folder whose manifest already records this scale on these very ranges, its
+pictures all there, is left as it is: a rerun of a finished run (every image skipped) rewrites
+nothing.
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RedrawSummary:
-    """What the second pass did: the ranges used, folders redrawn, the bytes it wrote (every
-    picture and manifest it replaced), folders it could not."""
+    """What the second pass did: the ranges used, folders redrawn, folders already drawn on
+    those ranges (left as they are), the bytes it wrote (every picture and manifest it
+    replaced), folders it could not."""
 
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     redrawn: int = 0
+    kept: int = 0
     bytes_written: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
@@ -72,6 +76,8 @@ def redraw_run(folders: list[Path], scale: str, options: OutputOptions, *,
     ``options``) on the run's ``scale`` ranges and record them in each manifest. With ``image``,
     only the folders whose manifest records another scale (a resumed run that an earlier
     ``--scale level|shared`` redrew) are redrawn, on their own ranges, and the record dropped.
+    A folder whose manifest records ``scale`` on the ranges computed now, with every picture the
+    redraw would replace present at its listed size, is counted in ``kept`` and not rewritten.
 
     A folder reached through a symlinked folder below ``root`` (the run's -o; None: below the
     topmost marked output root, ``guard.linked_folder``) is not redrawn, nor its statistics
@@ -106,6 +112,9 @@ def redraw_run(folders: list[Path], scale: str, options: OutputOptions, *,
         try:
             with folder_lock(folder):
                 written = _redraw(Path(folder), scale, ranges, options)
+            if written is None:
+                summary.kept += 1
+                continue
             summary.redrawn += 1
             summary.bytes_written += written
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -115,11 +124,51 @@ def redraw_run(folders: list[Path], scale: str, options: OutputOptions, *,
     return summary
 
 
-def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> int:
-    """Redraw one folder's pictures and rewrite its manifest; the bytes written."""
+def _scale_record(scale: str, ranges: dict, names: list[str]) -> dict:
+    """The manifest's ``scale`` entry for a folder of levels ``names`` drawn on ``ranges``."""
+    return {"mode": scale, "levels": {n: list(ranges[n]) for n in names if n in ranges}}
+
+
+def _drawn_on(folder: Path, manifest: dict | None, scale: str, ranges: dict,
+              options: OutputOptions) -> bool:  # fmt: skip
+    """Whether ``folder`` is already drawn on ``scale``'s ``ranges``: its manifest records that
+    very scale (mode and ranges, as stored) and every picture the redraw would replace is
+    present with the size the manifest lists (a missing or changed one is redrawn)."""
+    if scale == "image" or not isinstance(manifest, dict):
+        return False
+    levels_meta = manifest.get("levels")
+    files = manifest.get("files")
+    if not isinstance(levels_meta, dict) or not isinstance(files, dict):
+        return False
+    names = [n for n in options.levels if n in levels_meta]
+    if manifest.get("scale") != _scale_record(scale, ranges, names):
+        return False
+    kinds = [k for k, on in (("heatmap", options.save_heatmaps), ("overlay", options.overlay))
+             if on]  # fmt: skip
+    metas = [levels_meta[n] for n in names]
+    if not all(isinstance(meta, dict) for meta in metas):
+        return False
+    pictures = [meta.get(kind) for meta in metas for kind in kinds]
+    pictures.append(manifest.get("overview"))
+    for file in filter(None, pictures):
+        try:
+            if not is_file_name(file) or (folder / file).stat().st_size != files.get(file):
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> int | None:
+    """Redraw one folder's pictures and rewrite its manifest; the bytes written, or None where
+    the folder is already drawn on these ranges (``_drawn_on``: nothing written)."""
     from ..viz.maps import reduce_channels, valid_region
     from ..viz.overview import overview_png
 
+    # the manifest alone first: a folder already on these ranges is left without loading its
+    # .npy files or photo (a rerun of a finished 100,000-image run redrew all of them)
+    if _drawn_on(folder, read_manifest(folder), scale, ranges, options):
+        return None
     extraction = load_extraction(folder)
     manifest = extraction.manifest
     files = dict(manifest.get("files") or {})
@@ -176,9 +225,6 @@ def _redraw(folder: Path, scale: str, ranges: dict, options: OutputOptions) -> i
     if scale == "image":
         manifest.pop("scale", None)
     else:
-        manifest["scale"] = {
-            "mode": scale,
-            "levels": {n: list(ranges[n]) for n in names if n in ranges},
-        }
+        manifest["scale"] = _scale_record(scale, ranges, names)
     data = json.dumps(manifest, indent=2, allow_nan=False).encode()
     return written + atomic_write_bytes(folder / MANIFEST, data)  # last: it lists the new sizes
