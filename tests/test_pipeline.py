@@ -741,6 +741,31 @@ def test_the_disk_estimate_counts_no_bytes_for_images_the_run_refuses(tmp_path, 
     assert "output: about" not in result.stderr  # no estimate of what no image will write
 
 
+def test_the_disk_estimate_counts_the_refused_share_of_the_images_as_nothing(tmp_path):
+    """The largest sampled image's estimate was counted for every image, refused ones too: one
+    photo a 96x64 canvas holds and three it cannot were announced as 4 images' worth, though
+    one is written. The largest stays the margin per image, for the sample's share the run
+    writes, and the note says how many it will refuse (JPEGs: their orientation is read)."""
+    from fpncli.cli.extract_report import _size
+
+    wide = _image(tmp_path / "in" / "wide.jpg", size=(96, 64))
+    tall = [_image(tmp_path / "in" / f"tall{i}.jpg", size=(64, 96)) for i in range(3)]
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in (wide, *tall)]
+    drawn = replace(SMALL, save_heatmaps=True, save_npy=False, canvas="96x64")  # as run below
+    one = plan.estimate_run_bytes(jobs[:1], drawn)
+    assert one > 0 and plan.estimate_run_bytes(jobs, drawn) == one
+    assert plan.estimate_run_volume(jobs, drawn) == (one, 1.0)
+    # a sample of a longer list (the 1st and 5th of 8): its share, 1 of 2, of the 8 images
+    assert plan.estimate_run_volume(jobs[:1] * 4 + jobs[1:2] * 4, drawn, sample=2) == (one, 4.0)
+    args = ["extract", *map(str, (wide, *tall)), "-o", str(tmp_path / "cli"), "--weights",
+            "random", "--min-size", "64", "--max-size", "96", "--canvas", "96x64",
+            "--no-overview", "--no-npy"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "does not fit the canvas" in result.stderr, result.output
+    note = f"output: about {_size(one)} per image, {_size(one)} for 4 images, about 3 of which"
+    assert f"{note} the run will refuse\n" in result.stderr
+
+
 def test_the_disk_estimate_decodes_no_png_for_its_exif(tmp_path, monkeypatch):
     """The header read never decodes a PNG: one whose eXIf chunk comes before its pixels is
     read turned without decoding them (a 20000 x 20000 PNG of 388 KB had been decoded for its

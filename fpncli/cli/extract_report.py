@@ -20,10 +20,12 @@ def _volume_note(
 
     ``jobs``: the images the run will do (those left after resume), of ``total`` given; None
     when there are none (the final report says they were already complete), or when the
-    sampled images will all be refused (over ``max_pixels``, say: the failures say why)."""
+    sampled images will all be refused (over ``max_pixels``, say: the failures say why). The
+    size per image is that of an image written; the total counts only the images the run will
+    not refuse (as many as in the sample), and says how many it will."""
     from dataclasses import replace
 
-    from ..run.pipeline import estimate_run_bytes
+    from ..run.pipeline import estimate_run_volume
 
     if not jobs:
         return None
@@ -33,17 +35,19 @@ def _volume_note(
                 "image's manifest.json (every level's min, max and mean), and an earlier "
                 "extraction's arrays and pictures in these folders are replaced by it")  # fmt: skip
 
-    def per_image(options) -> float:
-        return estimate_run_bytes(jobs, options, max_pixels=max_pixels) / max(1, len(jobs))
+    def per_image(options) -> int:
+        return estimate_run_volume(jobs, options, max_pixels=max_pixels)[0]
 
-    size = per_image(output)
-    if not size:
+    size, images = estimate_run_volume(jobs, output, max_pixels=max_pixels)
+    if not size or not images:
         return None
     text = f"output: about {_size(size)} per image"
-    if total > len(jobs):
-        text += f", {_size(size * len(jobs))} for the {len(jobs)} of {total} images left to do"
-    elif len(jobs) > 1:
-        text += f", {_size(size * len(jobs))} for {len(jobs)} images"
+    count = f"the {len(jobs)} of {total} images left to do" if total > len(jobs) else ""
+    if count or len(jobs) > 1:
+        text += f", {_size(size * images)} for {count or f'{len(jobs)} images'}"
+        refused = len(jobs) - round(images)
+        if refused:  # they write nothing: not counted above
+            text += f", about {refused} of which the run will refuse"
     tips = []
     if output.save_npy and output.dtype == "float32":
         tips.append(f"--dtype float16: {_size(per_image(replace(output, dtype='float16')))}")

@@ -60,6 +60,7 @@ from .plan import (
     _complete,
     check_disk_space,
     estimate_run_bytes,
+    estimate_run_volume,
     pending_jobs,
     plan_pending,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "select_shard",
     "shard_from_env",
     "estimate_run_bytes",
+    "estimate_run_volume",
     "run_jobs",
     "Decoded",
     "decode",

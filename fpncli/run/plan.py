@@ -27,6 +27,7 @@ __all__ = [
     "Replaced",
     "RunInputs",
     "estimate_run_bytes",
+    "estimate_run_volume",
     "pending_jobs",
     "plan_pending",
     "check_disk_space",
@@ -44,17 +45,33 @@ class OtherFilesError(ValueError):
 
 def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32, *,
                        max_pixels: int | None = DEFAULT_MAX_PIXELS) -> int:  # fmt: skip
-    """Estimate the bytes a run will write from the header sizes of a spread-out sample: each
-    sampled image's upper estimate (``estimate_bytes_per_image``), the largest for every image.
+    """Estimate the bytes a run will write from the header sizes of a spread-out sample: the
+    largest sampled image's upper estimate (``estimate_bytes_per_image``) for every image the
+    run will write, as many of ``jobs`` as the sample's share it does not refuse
+    (``estimate_run_volume``)."""
+    per_image, images = estimate_run_volume(jobs, options, sample, max_pixels=max_pixels)
+    return math.ceil(per_image * images)
 
-    A sampled image the run will refuse counts 0 bytes: over ``max_pixels`` (the run's
+
+def estimate_run_volume(
+    jobs: list[Job],
+    options: OutputOptions,
+    sample: int = 32,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> tuple[int, float]:
+    """``(bytes per image, images)``: the upper estimate of one image the run writes (the
+    largest of a spread-out sample's, from their header sizes) and how many of ``jobs`` it
+    will write (all of them scaled by the share of the sample it does not refuse).
+
+    A sampled image the run will refuse counts nothing: over ``max_pixels`` (the run's
     ``--max-pixels``, None: no limit) as it is or once resized, resized to nothing, or too
     large for a fixed canvas. One whose orientation the header does not tell (a PNG whose EXIF
-    may follow its pixels, ``header_orientation``) counts the larger of both ways round (0 only
-    if both are refused). Where no sampled image's header can be read, every image counts as
-    the largest the options let through (``_unsized_image_bytes``)."""
+    may follow its pixels, ``header_orientation``) counts the larger of both ways round
+    (refused only if both are). Where no sampled image's header can be read, every image counts
+    as the largest the options let through (``_unsized_image_bytes``)."""
     if not jobs:
-        return 0
+        return 0, 0.0
     step = max(1, len(jobs) // sample)
     sizes = []
     for job in jobs[::step][:sample]:
@@ -67,8 +84,12 @@ def estimate_run_bytes(jobs: list[Job], options: OutputOptions, sample: int = 32
             continue
         photo = os.path.basename(job.path)
         sizes.append(max(_image_bytes(h, w, options, photo, max_pixels) for w, h in shapes))
-    per_image = max(sizes) if sizes else _unsized_image_bytes(options)
-    return per_image * len(jobs)
+    if not sizes:
+        return _unsized_image_bytes(options), float(len(jobs))
+    # the largest is the margin for each image; a refused one (0) writes nothing, so the run
+    # writes as many images as the sample's share it lets through
+    written = sum(1 for size in sizes if size)
+    return max(sizes), len(jobs) * written / len(sizes)
 
 
 def _unsized_image_bytes(options: OutputOptions) -> int:
