@@ -32,7 +32,7 @@ from .model.fpn import FPN
 from .model.layers import fold_frozen_batchnorm
 from .model.normalize import normalize_batch
 from .shared import SharedSetting
-from .weights.cache import check_cached, record_first_use, sha256_file
+from .weights.cache import MAX_CHECKPOINT_BYTES, check_cached, record_first_use, sha256_file
 from .weights.checkpoint import (
     build_backbone,
     check_registry_file,
@@ -44,7 +44,6 @@ from .weights.checkpoint import (
 )
 from .weights.hub import resolve_weights
 from .weights.registry import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
-from .weights.safeload import check_file_size
 
 __all__ = [
     "WeightsInfo",
@@ -250,7 +249,13 @@ def load_backbone(
         # a downloaded file must load strictly into its registry entry's architecture
         path, spec = resolve_weights(weights, download_missing=download, check=check_registry_file)
         if spec is not None:  # the registry's file: as downloaded, or the published one
-            check_file_size(path)  # a 10 GB file is refused before it is hashed
+            size = path.stat().st_size  # a 10 GB file is refused before it is hashed
+            if size > MAX_CHECKPOINT_BYTES:  # damaged, as weights verify calls it
+                raise _cached_file_error(
+                    ValueError(f"damaged: {size} bytes, over {MAX_CHECKPOINT_BYTES >> 30} GiB, "
+                               "larger than any detection checkpoint"),
+                    path, spec.name,
+                )  # fmt: skip
             digest = sha256_file(path)
             check_cached(spec, path, digest)
             arch = dict(spec.arch)

@@ -404,3 +404,46 @@ def test_a_damaged_sidecar_of_a_file_that_fails_its_checks_promises_no_record(
         m.endswith("counts as placed by hand: its digest is recorded again once it passes its "
                    "checks") for m in warned
     ), warned  # fmt: skip
+
+
+def test_a_cached_file_over_4_gib_is_a_damaged_cache_file_to_load_backbone(home, monkeypatch):
+    """Loading such a file by its registry name said "refused: ... larger than any detection
+    checkpoint; not a weights file?", with no fix, where every other refusal of a cached file
+    names the download that replaces it; still before the file is hashed."""
+    from fpncli import api
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} hashed")
+
+    monkeypatch.setattr(api, "sha256_file", no_hashing)
+    name = "faster_rcnn_R_50_FPN_3x"
+    home.mkdir()
+    path = cache.cached_path(REGISTRY[name])
+    with open(path, "wb") as f:  # sparse: nothing written
+        f.truncate((4 << 30) + 1)
+    with pytest.raises(ValueError) as refused:
+        fpncli.load_backbone(name, download=False)
+    assert str(refused.value) == (
+        f"{path}: damaged: {(4 << 30) + 1} bytes, over 4 GiB, larger than any detection "
+        f"checkpoint; delete it and run 'fpncli weights download {name}'"
+    )
+
+
+def test_an_fpncli_file_under_a_registry_name_is_refused_for_what_it_is(home):
+    """An fpncli-format file recording the entry's own architecture and input, cached under
+    a Detectron2 name, was refused because "its channel order, pixel mean and strides would be
+    wrong", which they would not be: it is refused as another file than the published one."""
+    from fpncli.model.fpn import build_resnet_fpn_backbone
+    from fpncli.weights.checkpoint import DETECTRON2_INPUT, save_fpncli_checkpoint
+
+    name = "faster_rcnn_R_50_FPN_1x"
+    home.mkdir()
+    path = cache.cached_path(REGISTRY[name])
+    arch = {"depth": 50, "stride_in_1x1": True}
+    save_fpncli_checkpoint(path, build_resnet_fpn_backbone(**arch), arch, DETECTRON2_INPUT)
+    with pytest.raises(ValueError) as refused:
+        fpncli.load_backbone(name, download=False)
+    assert str(refused.value) == (
+        f"{path}: a checkpoint of format fpncli, where {name} is of format detectron2: the file "
+        f"of another checkpoint; delete it and run 'fpncli weights download {name}'"
+    )

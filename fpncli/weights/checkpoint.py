@@ -476,10 +476,14 @@ def read_registry_checkpoint(path: str | Path, spec: WeightsSpec) -> Checkpoint:
     """
     ckpt = read_checkpoint(path)
     if ckpt.format != spec.format:  # loaded, it would get the entry's input, not its own
+        wrong = (
+            ""
+            if (ckpt.input, ckpt.arch) == (spec.input, dict(spec.arch))
+            else " (its channel order, pixel mean and strides would be wrong)"
+        )  # (an fpncli file may record the entry's own: still not the published checkpoint)
         raise WrongCheckpointError(
             f"{path}: a checkpoint of format {ckpt.format}, where {spec.name} is of format "
-            f"{spec.format} (its channel order, pixel mean and strides would be wrong): the "
-            "file of another checkpoint"
+            f"{spec.format}{wrong}: the file of another checkpoint"
         )
     # the depth and groups the shapes show (stride_in_1x1 does not show in them)
     shown = ("depth", "num_groups", "width_per_group")
