@@ -438,13 +438,15 @@ def test_a_report_or_diff_of_shards_says_it_leaves_out_image_folders_beside_them
     assert "<th>left out</th><td>2 image folder(s) of a --format files extraction" in text
     assert "<h2>Images 1-3 of 3</h2>" in text  # the shards' three images, as before
     caplog.clear()
-    diff = CliRunner().invoke(cli, ["diff", str(sample_shards), str(out), "-o", str(tmp_path)])
+    diff = CliRunner().invoke(
+        cli, ["diff", str(sample_shards), str(out), "-o", str(tmp_path / "d")]
+    )
     assert diff.exit_code == 0 and "3 of 3 images compared" in diff.output, diff.output
     (said,) = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert said == warning  # B's, in the same words; A, shards alone, says nothing
     caplog.clear()  # B as a file:// URL: looked into at its path, as the folder is
     url = out.as_uri()
-    diff = CliRunner().invoke(cli, ["diff", str(sample_shards), url, "-o", str(tmp_path)])
+    diff = CliRunner().invoke(cli, ["diff", str(sample_shards), url, "-o", str(tmp_path / "d")])
     assert diff.exit_code == 0 and "3 of 3 images compared" in diff.output, diff.output
     (said,) = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert said == warning.replace(f"{out}: ", f"{url}: ", 1)
