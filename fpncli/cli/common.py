@@ -268,28 +268,22 @@ def _cmap_callback(ctx, param, value: str) -> str:
     return value
 
 
-def _out_folder(ctx, param, value: str) -> str:
-    """``-o``: an empty (or blank) value is refused, as an empty input path is: an unset shell
-    variable must not make the current folder an output folder (outputs are never read back
-    as inputs, so its own images would be skipped from then on)."""
-    if not value.strip():
-        raise click.BadParameter(
-            "an empty output folder (an unset shell variable?): name a folder, or . for this one"
-        )
-    return value
-
-
-def _not_empty(what: str):
-    """A callback refusing a path argument given empty (or blank), as ``-o ''`` and an empty
-    input are refused: an unset shell variable must not mean the current folder. ``what``
-    says what to name instead."""
+def _not_empty(what: str, empty: str = "an empty path"):
+    """A callback refusing a path argument or option given empty (or blank), as an empty input
+    is refused: an unset shell variable must not mean the current folder. ``what`` says what to
+    name instead, ``empty`` what was given."""
 
     def callback(ctx, param, value: str | None) -> str | None:
         if value is not None and not value.strip():
-            raise click.BadParameter(f"an empty path (an unset shell variable?): name {what}")
+            raise click.BadParameter(f"{empty} (an unset shell variable?): name {what}")
         return value
 
     return callback
+
+
+#: ``-o``: an empty value must not make the current folder an output folder (outputs are never
+#: read back as inputs, so its own images would be skipped from then on)
+_out_folder = _not_empty("a folder, or . for this one", "an empty output folder")
 
 
 def _file_target(value: str) -> Path:
