@@ -32,7 +32,7 @@ from .model.fpn import FPN
 from .model.layers import fold_frozen_batchnorm
 from .model.normalize import normalize_batch
 from .shared import SharedSetting
-from .weights.cache import MAX_CHECKPOINT_BYTES, check_cached, record_first_use, sha256_file
+from .weights.cache import check_cached, record_first_use, sha256_file, too_large
 from .weights.checkpoint import (
     build_backbone,
     check_registry_file,
@@ -249,13 +249,9 @@ def load_backbone(
         # a downloaded file must load strictly into its registry entry's architecture
         path, spec = resolve_weights(weights, download_missing=download, check=check_registry_file)
         if spec is not None:  # the registry's file: as downloaded, or the published one
-            size = path.stat().st_size  # a 10 GB file is refused before it is hashed
-            if size > MAX_CHECKPOINT_BYTES:  # damaged, as weights verify calls it
-                raise _cached_file_error(
-                    ValueError(f"damaged: {size} bytes, over {MAX_CHECKPOINT_BYTES >> 30} GiB, "
-                               "larger than any detection checkpoint"),
-                    path, spec.name,
-                )  # fmt: skip
+            # a 10 GB file is refused before it is hashed: damaged, as weights verify calls it
+            if (why := too_large(path.stat().st_size)) is not None:
+                raise _cached_file_error(ValueError(f"damaged: {why}"), path, spec.name)
             digest = sha256_file(path)
             check_cached(spec, path, digest)
             arch = dict(spec.arch)

@@ -28,6 +28,7 @@ __all__ = [
     "WeightsDownloadError",
     "WrongCheckpointError",
     "CacheEntry",
+    "too_large",
     "cache_dir",
     "cached_path",
     "cache_state",
@@ -46,6 +47,16 @@ _CHUNK = 1 << 20
 #: ``check_file_size`` uses this limit too; this module imports no torch).
 MAX_CHECKPOINT_BYTES = 4 << 30
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def too_large(size: int) -> str | None:
+    """Why a file of ``size`` bytes is no detection checkpoint (over ``MAX_CHECKPOINT_BYTES``),
+    for a message; None for one that may be."""
+    if size <= MAX_CHECKPOINT_BYTES:
+        return None
+    return (
+        f"{size} bytes, over {MAX_CHECKPOINT_BYTES >> 30} GiB, larger than any detection checkpoint"
+    )
 
 
 class WeightsDownloadError(RuntimeError):
@@ -248,11 +259,8 @@ def _in_the_way(path: Path) -> str:
 def _size_problem(spec: WeightsSpec, size: int) -> str | None:
     """Why a cached file of ``size`` bytes cannot be ``spec``'s checkpoint, or None: judged
     before the file is hashed (hashing a file over ``MAX_CHECKPOINT_BYTES`` takes a while)."""
-    if size > MAX_CHECKPOINT_BYTES:
-        return (
-            f"{size} bytes, over {MAX_CHECKPOINT_BYTES >> 30} GiB, larger than any detection "
-            "checkpoint"
-        )
+    if (why := too_large(size)) is not None:
+        return why
     if size == 0 or (spec.size_bytes and size != spec.size_bytes):
         expected = f"expected {spec.size_bytes}" if spec.size_bytes else "an empty file"
         return f"{size} bytes, {expected} (a partial copy?)"

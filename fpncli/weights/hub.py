@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..io.guard import ONE_LINE_LIMIT, check_regular_file, error_text, one_line
 from .cache import (
+    MAX_CHECKPOINT_BYTES,
     WeightsDownloadError,
     WrongCheckpointError,
     cached_path,
@@ -39,11 +40,10 @@ __all__ = ["download", "resolve_weights"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
-#: = fpncli.weights.safeload.MAX_CHECKPOINT_BYTES (no torch import): no detector checkpoint is
-#: near it. A server that announces more (with no size in the registry) is refused before
-#: anything is written, and one that sends more (an endless body) is cut off there: the disk
-#: is never filled.
-MAX_DOWNLOAD_BYTES = 4 << 30
+#: ``cache.MAX_CHECKPOINT_BYTES``: no detector checkpoint is near it. A server that announces
+#: more (with no size in the registry) is refused before anything is written, and one that sends
+#: more (an endless body) is cut off there: the disk is never filled.
+MAX_DOWNLOAD_BYTES = MAX_CHECKPOINT_BYTES
 #: A download that brings fewer than _STALL_BYTES in _STALL_WINDOW_S seconds is given up. The
 #: socket timeout is per read, so a server dripping a byte every few seconds would otherwise hold
 #: it for ever. 256 KiB a minute (4 KiB/s) is far below any real link, however slow (the 166 MB

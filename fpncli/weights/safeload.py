@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..io.guard import check_regular_file, open_regular
-from .cache import MAX_CHECKPOINT_BYTES
+from .cache import MAX_CHECKPOINT_BYTES, too_large
 from .pickled import UnsafeCheckpointError, safe_unpickle
 
 __all__ = [
@@ -112,9 +112,6 @@ def check_file_size(path: Path) -> int:
         ValueError: not a regular file, or too large.
     """
     size = check_regular_file(path, "weights file").st_size
-    if size > MAX_CHECKPOINT_BYTES:
-        raise ValueError(  # (in bytes: 4 GiB + 1 byte is "4.3 GB" as 4 GiB is)
-            f"{path}: refused: {size} bytes, over {MAX_CHECKPOINT_BYTES >> 30} GiB, larger than "
-            "any detection checkpoint; not a weights file?"
-        )
+    if (why := too_large(size)) is not None:  # (in bytes: 4 GiB + 1 byte is "4.3 GB" too)
+        raise ValueError(f"{path}: refused: {why}; not a weights file?")
     return size
