@@ -32,16 +32,9 @@ from .model.fpn import FPN
 from .model.layers import fold_frozen_batchnorm
 from .model.normalize import normalize_batch
 from .shared import SharedSetting
+from .weights.arch import build_backbone, load_state_dict_strict, new_backbone, random_state_dict
 from .weights.cache import check_cached, record_first_use, sha256_file, too_large
-from .weights.checkpoint import (
-    build_backbone,
-    check_registry_file,
-    load_state_dict_strict,
-    new_backbone,
-    random_state_dict,
-    read_checkpoint,
-    read_registry_checkpoint,
-)
+from .weights.checkpoint import check_registry_file, read_checkpoint, read_registry_checkpoint
 from .weights.hub import resolve_weights
 from .weights.registry import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
 

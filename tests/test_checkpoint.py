@@ -19,15 +19,9 @@ import torch
 
 import fpncli
 from fpncli.model.fpn import build_resnet_fpn_backbone
-from fpncli.weights.checkpoint import (
-    UnsafeCheckpointError,
-    build_backbone,
-    check_arch,
-    infer_arch,
-    load_state_dict_strict,
-    read_checkpoint,
-    save_fpncli_checkpoint,
-)
+from fpncli.weights.arch import build_backbone, check_arch, infer_arch, load_state_dict_strict
+from fpncli.weights.checkpoint import UnsafeCheckpointError, read_checkpoint
+from fpncli.weights.layouts import save_fpncli_checkpoint
 from fpncli.weights.registry import DETECTRON2_INPUT, TORCHVISION_INPUT
 from fpncli.weights.synthetic import (
     seeded_state_dict,
@@ -375,7 +369,7 @@ def test_a_zero_element_array_cannot_declare_the_groups(tmp_path, state):
 
 
 def test_build_backbone_compares_shapes_before_allocating(monkeypatch, state):
-    from fpncli.weights import checkpoint
+    from fpncli.weights import arch as weights_arch
 
     devices = []
 
@@ -383,7 +377,7 @@ def test_build_backbone_compares_shapes_before_allocating(monkeypatch, state):
         devices.append(torch.empty(0).device.type)
         return build_resnet_fpn_backbone(**arch)
 
-    monkeypatch.setattr(checkpoint, "build_resnet_fpn_backbone", build)
+    monkeypatch.setattr(weights_arch, "build_resnet_fpn_backbone", build)
     broken = dict(state)
     broken["fpn_output4.weight"] = torch.zeros(256, 0, 3, 3)  # zero elements, wrong shape
     with pytest.raises(ValueError, match=r"missing keys: bottom_up.stem.conv1.weight.*791 in all"):

@@ -434,7 +434,8 @@ def test_an_fpncli_file_under_a_registry_name_is_refused_for_what_it_is(home):
     a Detectron2 name, was refused because "its channel order, pixel mean and strides would be
     wrong", which they would not be: it is refused as another file than the published one."""
     from fpncli.model.fpn import build_resnet_fpn_backbone
-    from fpncli.weights.checkpoint import DETECTRON2_INPUT, save_fpncli_checkpoint
+    from fpncli.weights.layouts import save_fpncli_checkpoint
+    from fpncli.weights.registry import DETECTRON2_INPUT
 
     name = "faster_rcnn_R_50_FPN_1x"
     home.mkdir()

@@ -8,7 +8,7 @@ import torch
 from fpncli.model.fpn import LEVEL_STRIDES, build_resnet_fpn_backbone
 from fpncli.model.layers import Conv2d, FrozenBatchNorm2d, fold_frozen_batchnorm
 from fpncli.model.resnet import ResNet
-from fpncli.weights.checkpoint import load_state_dict_strict, random_state_dict
+from fpncli.weights.arch import load_state_dict_strict, random_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -1,1 +1,2 @@
-"""The weights registry (pure data), safe checkpoint reading, the cache, synthetic files."""
+"""The weights registry (pure data), safe checkpoint reading and the file layouts, the
+architecture and strict loading, the cache, synthetic files."""

@@ -1,7 +1,7 @@
 """Seeded checkpoints written in each real format, for tests, parity checks and offline trials.
 
 The torchvision names are produced here by their own rule (fpncli/Detectron2 name ->
-torchvision name), independently of ``checkpoint._rename_torchvision`` (the reverse direction),
+torchvision name), independently of ``layouts._rename_torchvision`` (the reverse direction),
 so that each checks the other.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..model.fpn import build_resnet_fpn_backbone
-from .checkpoint import random_state_dict
+from .arch import random_state_dict
 
 __all__ = [
     "seeded_state_dict",
