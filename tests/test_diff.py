@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from fpncli.cli import cli
-from fpncli.viz.diff import compare_arrays, diff_extractions, short_names
+from fpncli.viz.diff import diff_extractions, short_names
+from fpncli.viz.diff_result import compare_arrays
 
 
 def test_compare_known_answers():
@@ -127,7 +128,7 @@ def test_a_nan_or_an_infinity_gives_nan_measures_without_numpys_warnings(
 
 
 def test_worst_level_and_the_level_table_put_a_nan_first():
-    from fpncli.viz.diff import DiffResult, ImageDiff, LevelDiff, worst_level
+    from fpncli.viz.diff_result import DiffResult, ImageDiff, LevelDiff, worst_level
 
     nan = float("nan")
     fine, bad = LevelDiff("p2", 0.0, 0.0, 1.0, 0.0), LevelDiff("p4", nan, nan, nan, nan)
@@ -271,13 +272,13 @@ def test_an_image_called_like_a_table_never_takes_another_images_picture_folder(
                         "rocket": "rocket/diff.png"}  # fmt: skip
     written = sorted(p.relative_to(d).as_posix() for p in d.rglob("*.png"))
     assert written == sorted(pictures.values()), written  # three pictures, none overwritten
-    from fpncli.viz.diff import _picture_folders
+    from fpncli.viz.diff_output import picture_folders
 
     keys = ["diff.csv/sub", "__diff.csv", "DIFF.JSON", "_diff.csv", "diff.csv", "a/diff.csv"]
     expected = {"diff.csv/sub": "___diff.csv/sub", "diff.csv": "___diff.csv",
                 "__diff.csv": "__diff.csv", "_diff.csv": "_diff.csv", "DIFF.JSON": "_DIFF.JSON",
                 "a/diff.csv": "a/diff.csv"}  # fmt: skip
-    assert _picture_folders(keys) == expected and _picture_folders(keys[::-1]) == expected
+    assert picture_folders(keys) == expected and picture_folders(keys[::-1]) == expected
 
 
 def test_a_long_wds_key_gets_a_picture_folder_that_fits_a_file_name(tmp_path):
@@ -287,7 +288,7 @@ def test_a_long_wds_key_gets_a_picture_folder_that_fits_a_file_name(tmp_path):
     folder over 255 bytes is cut short the same way."""
     pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
     from fpncli.io.inputs import NAME_MAX_BYTES
-    from fpncli.viz.diff import _picture_folders
+    from fpncli.viz.diff_output import picture_folders
 
     photos = tmp_path / "in"
     photos.mkdir()
@@ -302,7 +303,7 @@ def test_a_long_wds_key_gets_a_picture_folder_that_fits_a_file_name(tmp_path):
     assert result.exit_code == 0, result.output
     (image,) = json.loads((d / "diff.json").read_text())["images"]
     assert len(image["key"].encode()) > NAME_MAX_BYTES and (d / image["picture"]).is_file()
-    folders = _picture_folders(["a" * 300, "a" * 299 + "b", "s/" + "c" * 256])
+    folders = picture_folders(["a" * 300, "a" * 299 + "b", "s/" + "c" * 256])
     assert len(set(folders.values())) == 3  # cut short, still apart
     assert all(len(part.encode()) <= NAME_MAX_BYTES
                for f in folders.values() for part in f.split("/"))  # fmt: skip

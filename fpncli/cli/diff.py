@@ -40,7 +40,9 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
     whose outputs cannot be read are reported, not compared (and make the exit code 1); so is a
     picture that cannot be written (its image still compared).
     """
-    from ..viz.diff import check_out_folder, diff_extractions, worst_level
+    from ..viz.diff import diff_extractions
+    from ..viz.diff_output import check_out_folder
+    from ..viz.diff_result import worst_level
 
     if not tol >= 0:  # also nan, which every comparison would pass
         raise click.BadParameter("must be >= 0", param_hint="'--tol'")
@@ -51,7 +53,7 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
         out=None if no_pictures else out_dir,
     )  # fmt: skip
     if no_pictures:  # the tables still go to OUT
-        from ..viz.diff import write_tables
+        from ..viz.diff_output import write_tables
 
         write_tables(result, out_dir)
     click.echo(f"{'level':<6} {'images':>6} {'max_rel':>10} {'mean_rel':>10} {'min_cos':>10}")

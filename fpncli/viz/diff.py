@@ -1,12 +1,9 @@
 """Two extractions of the same images compared per image and level (``fpncli diff A B``).
 
-For every image present in both and every level saved in both, on the valid region only (padded
-cells are not image):
-
-- ``max_rel``  = max|A - B| / max|A|      (the project's parity measure, as ``scripts/parity.py``)
-- ``mean_rel`` = mean|A - B| / mean|A|
-- ``cosine``   = <A, B> / (|A| |B|) over the whole (C, h, w) tensor flattened
-- ``max_abs``  = max|A - B|
+Images are paired by key (the image folder's path below its root; a folder output's keys matched
+to a ``--format wds`` one's), checked for the same geometry, and compared level by level on the
+valid region only (``diff_result.compare_arrays`` says what is measured); each image's |A - B|
+picture is drawn into the output folder, whose checks and tables are ``diff_output``'s.
 
 A is the reference. Images whose geometry differs (input size, resize, valid level shapes) are
 reported, not compared; images found on one side only are listed. The padded size may differ (an
@@ -15,186 +12,31 @@ reported, not compared; images found on one side only are listed. The padded siz
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import math
 import os
-import stat
-from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..io.atomic import TMP_MARK
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
 from ..io.formats import warn_image_folders_left_out
 from ..io.guard import (
     DIFF_MARKER,
-    _kind,
     error_text,
     is_disk_full,
     linked_folder,
     make_marked_folder,
-    read_json_file,
     utf8_text,
 )
-from ..io.inputs import fitted_name
 from ..io.outputs import RANDOM_NOTE, atomic_write_bytes
+from .diff_output import check_out_folder, picture_folders, write_tables
+from .diff_result import DiffResult, ImageDiff, compare_arrays, level_order, worst_level
 from .overview import overview_png
 
-__all__ = [
-    "LevelDiff", "ImageDiff", "DiffResult", "compare_arrays", "diff_extractions", "write_tables",
-    "short_names", "worst_level", "check_out_folder", "check_table_targets",
-]  # fmt: skip
+__all__ = ["diff_extractions", "short_names"]
 
 log = logging.getLogger(__name__)
-_TABLES = ("diff.json", "diff.csv")  # written into the output folder beside the pictures
-
-
-@dataclass(frozen=True)
-class LevelDiff:
-    """One level of one image: A (reference) against B."""
-
-    level: str
-    max_rel: float
-    mean_rel: float
-    cosine: float
-    max_abs: float
-
-
-@dataclass
-class ImageDiff:
-    """One image: its levels compared, or why it was not."""
-
-    key: str  # the image folder relative to the roots
-    levels: list[LevelDiff] = field(default_factory=list)
-    skipped: str | None = None  # why not compared (geometry, one side lacks or cannot read it)
-    picture: str | None = None  # the |A - B| picture, relative to the diff output folder
-    # without --levels, the levels saved (as .npy) on one side only, not compared: name -> side
-    one_side: dict[str, str] = field(default_factory=dict)
-    # why its picture could not be written (compared all the same): another image's picture
-    # or folder where it goes (keys x and x/diff.png), a folder that cannot be written or is
-    # a symlink (never written through)
-    picture_error: str | None = None
-
-    def agrees(self, tol: float) -> bool:
-        return self.skipped is None and all(d.max_rel <= tol for d in self.levels)
-
-
-def worst_level(levels: list[LevelDiff]) -> LevelDiff:
-    """The level that differs most: one whose ``max_rel`` is NaN (a NaN in A or B: nothing
-    agrees there) before any number, else the largest ``max_rel``. ``max`` alone compares NaN
-    as neither larger nor smaller, so it named whichever level came first."""
-    return max(levels, key=lambda d: (math.isnan(d.max_rel), 0.0 if math.isnan(d.max_rel)
-                                      else d.max_rel))  # fmt: skip
-
-
-def _highest(values: list[float]) -> float:
-    """The largest of ``values``, NaN if any is (as ``worst_level``)."""
-    return math.nan if any(math.isnan(v) for v in values) else max(values)
-
-
-def _lowest(values: list[float]) -> float:
-    """The smallest of ``values``, NaN if any is (the worst cosine)."""
-    return math.nan if any(math.isnan(v) for v in values) else min(values)
-
-
-@dataclass
-class DiffResult:
-    """Every image of the two roots; ``agree`` says whether all compared within ``tol``."""
-
-    a: str
-    b: str
-    tol: float
-    images: list[ImageDiff]
-
-    @property
-    def compared(self) -> list[ImageDiff]:
-        return [i for i in self.images if i.skipped is None]
-
-    @property
-    def agree(self) -> bool:
-        return bool(self.images) and all(i.agrees(self.tol) for i in self.images)
-
-    def one_side(self) -> dict[str, list[str]]:
-        """Side ("A" or "B") -> the levels saved there only, in some image (a run
-        without ``levels``: they were left out of the comparison)."""
-        sides: dict[str, set[str]] = {}
-        for image in self.images:
-            for name, side in image.one_side.items():
-                sides.setdefault(side, set()).add(name)
-        return {side: sorted(names, key=_level_order) for side, names in sorted(sides.items())}
-
-    def level_table(self) -> list[dict]:
-        """Per level across the folder: worst max_rel, mean of mean_rel, lowest cosine."""
-        rows = []
-        names = sorted({d.level for i in self.compared for d in i.levels}, key=_level_order)
-        for name in names:
-            diffs = [d for i in self.compared for d in i.levels if d.level == name]
-            rows.append({
-                "level": name, "images": len(diffs),
-                "max_rel": _highest([d.max_rel for d in diffs]),
-                "mean_rel": float(np.mean([d.mean_rel for d in diffs])),
-                "min_cosine": _lowest([d.cosine for d in diffs]),
-                "max_abs": _highest([d.max_abs for d in diffs]),
-                "within_tol": sum(d.max_rel <= self.tol for d in diffs),
-            })  # fmt: skip
-        return rows
-
-    def to_json(self) -> dict:
-        return {
-            "a": self.a, "b": self.b, "tol": self.tol, "agree": self.agree,
-            "levels": self.level_table(), "images": [asdict(i) for i in self.images],
-        }  # fmt: skip
-
-
-def _level_order(name: str) -> tuple[int, str]:
-    order = ("stem", "res2", "res3", "res4", "res5", "p2", "p3", "p4", "p5", "p6")
-    return (order.index(name) if name in order else len(order), name)
-
-
-def _ratio(num: float, den: float) -> float:
-    """``num / den`` (NaN for inf / inf); NaN where either is NaN (a NaN in A, the reference,
-    is no infinite difference); 0 for 0 / 0, infinity for more than 0 / 0."""
-    if math.isnan(num) or math.isnan(den):
-        return math.nan
-    if den > 0:
-        return num / den
-    return 0.0 if num == 0 else math.inf
-
-
-def compare_arrays(a: np.ndarray, b: np.ndarray, level: str = "") -> LevelDiff:
-    """Compare two equally shaped arrays (any float dtype; computed in float64). Where both
-    hold the same NaN or infinity (what ``--dtype float16`` stores past 65504) they agree, and
-    the rest is compared; a NaN or an infinity in one only gives NaN measures where they are
-    undefined, without numpy's warnings (inf - inf, inf / inf)."""
-    if a.shape != b.shape:
-        raise ValueError(f"{level or 'arrays'}: shapes differ, {a.shape} against {b.shape}")
-    x = np.asarray(a, dtype=np.float64).ravel()
-    y = np.asarray(b, dtype=np.float64).ravel()
-    with np.errstate(invalid="ignore"):
-        both = ~np.isfinite(x) & ((x == y) | (np.isnan(x) & np.isnan(y)))
-    if both.any():  # the same non-finite value on both sides: agreed, and left out
-        x, y = x[~both], y[~both]
-    if x.size == 0:
-        return LevelDiff(level, 0.0, 0.0, 1.0, 0.0)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        abs_diff = np.abs(x - y)
-        abs_x = np.abs(x)
-        norms = float(np.linalg.norm(x) * np.linalg.norm(y))
-        if not math.isfinite(norms):  # a NaN or an infinity in A or B: no angle to measure
-            cosine = math.nan  # (not 0, "orthogonal")
-        elif norms > 0:
-            cosine = float(np.dot(x, y) / norms)
-        else:  # both zero: identical; one zero: undefined, call it 0
-            cosine = 1.0 if not abs_diff.any() else 0.0
-        max_abs = float(abs_diff.max())
-        max_rel = _ratio(max_abs, float(abs_x.max()))
-        mean_rel = _ratio(float(abs_diff.mean()), float(abs_x.mean()))
-    return LevelDiff(level, max_rel, mean_rel, cosine, max_abs)
 
 
 def _geometry(ex: LoadedExtraction) -> dict:
@@ -282,32 +124,6 @@ def short_names(a: str | Path, b: str | Path) -> tuple[str, str]:
     return name_a or str(a), name_b or str(b)
 
 
-def _picture_folders(keys: list[str]) -> dict[str, str]:
-    """Each key -> the folder of its picture below the diff output folder: the key itself, but
-    an image called like a table (``diff.csv``, any case) moves to ``_diff.csv``, with as many
-    ``_`` more as it takes to be no other key's folder (beside an image called ``_diff.csv``,
-    ``diff.csv``'s goes to ``__diff.csv``); a part of it over 255 bytes is cut short with a
-    hash of the whole part (``inputs.fitted_name``). Chosen for all keys at once, in sorted
-    order, so a key's folder never depends on the order the images are compared in."""
-    tops = {k.partition("/")[0] for k in keys}
-    taken = {t.casefold() for t in tops} | set(_TABLES)  # casefold: a case-insensitive disk
-    moved = {}
-    for top in sorted(t for t in tops if t.casefold() in _TABLES):
-        new = f"_{top}"
-        while new.casefold() in taken:
-            new = f"_{new}"
-        taken.add(new.casefold())
-        moved[top] = new
-    folders = {}
-    for k in keys:
-        top, sep, rest = k.partition("/")
-        folder = f"{moved[top]}{sep}{rest}" if top in moved else k
-        # a wds key spells each dot %2E: a 243-byte photo name made a 500-byte folder name
-        # (ENAMETOOLONG); each part over NAME_MAX is cut short with a hash, as extract's are
-        folders[k] = "/".join(fitted_name(part) for part in folder.split("/"))
-    return folders
-
-
 def _random_note(a: LoadedExtraction, b: LoadedExtraction) -> str:
     """The red line of a diff picture where A or B (named) was made with random weights, as every
     picture made with them carries; "" where neither was."""
@@ -318,7 +134,7 @@ def _random_note(a: LoadedExtraction, b: LoadedExtraction) -> str:
 def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
                  names, folder) -> ImageDiff:  # fmt: skip
     """One image compared; its picture, when ``out`` is given, at ``out/folder/diff.png``
-    (``folder``: ``_picture_folders``' for ``key``)."""
+    (``folder``: ``picture_folders``' for ``key``)."""
     result = ImageDiff(key)
     if key_a is None or key_b is None:
         result.skipped = f"only in {'B' if key_a is None else 'A'}"
@@ -355,7 +171,7 @@ def _compare_one(key, found_a, key_a, found_b, key_b, levels, out, cmap,
         result.skipped = mismatch
         return result
     panels = []
-    for name in sorted(common, key=_level_order):
+    for name in sorted(common, key=level_order):
         va, vb = a.valid(name), b.valid(name)
         result.levels.append(compare_arrays(va, vb, name))
         if out is not None:
@@ -454,7 +270,7 @@ def diff_extractions(
         make_marked_folder(out_dir, DIFF_MARKER)  # a later extract never reads its pictures
     pairs = _pair(found_a, found_b)
     names = short_names(a, b)
-    folders = _picture_folders([k for k, _, _ in pairs])  # an image called diff.csv: not there
+    folders = picture_folders([k for k, _, _ in pairs])  # an image called diff.csv: not there
     images = [_compare_one(k, found_a, ka, found_b, kb, levels, out_dir, cmap, names, folders[k])
               for k, ka, kb in pairs]  # fmt: skip
     images.sort(key=lambda i: i.key)
@@ -463,117 +279,3 @@ def diff_extractions(
         write_tables(result, out_dir)
     log.info("diff %s %s: %d images, %d compared", a, b, len(images), len(result.compared))
     return result
-
-
-def check_out_folder(out: str | Path) -> None:
-    """Refuse an output folder diff may not write into: one whose tables cannot be written
-    (``check_table_targets``), or one that is there, not empty and not diff's: neither marked
-    by diff (``DIFF_MARKER``) nor an earlier version's output (``_earlier_output``). Its pictures
-    would go among files that are not diff's: a user's own ``KEY/diff.png`` written over, and
-    the pictures taken for photos by a later extract of that folder. Called before anything is
-    compared, so nothing is written.
-
-    Raises:
-        ValueError: one line naming the folder and what to do.
-    """
-    check_table_targets(out)
-    try:
-        names = os.listdir(out)
-    except OSError:  # not there yet (made), or said when it is written (a file, no permission)
-        return
-    if names and DIFF_MARKER not in names and not _earlier_output(Path(out)):
-        raise ValueError(
-            f"{out} holds files diff did not write: give a new or empty output folder (-o), "
-            "or one diff wrote before"
-        )
-
-
-def _earlier_output(out: Path) -> bool:
-    """Whether ``out`` (not marked) is an earlier version's diff output: its ``diff.json`` is
-    diff's table, and everything else is ``diff.csv`` or a picture folder holding only
-    ``diff.png`` files (any deeper, for keys with a ``/``) or a write's temporary files. A user's
-    own ``diff.json`` beside their photos is not."""
-    try:
-        table = read_json_file(out / _TABLES[0], 1 << 30)
-        if not (isinstance(table, dict) and {"a", "b", "tol", "images"} <= table.keys()):
-            return False
-        for entry in os.scandir(out):
-            if entry.name in _TABLES or TMP_MARK in entry.name:
-                continue
-            if not entry.is_dir(follow_symlinks=False):
-                return False
-            for _, _, files in os.walk(entry.path):
-                if any(f != "diff.png" and TMP_MARK not in f for f in files):
-                    return False
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def check_table_targets(out: str | Path) -> None:
-    """Refuse an output folder whose ``diff.json`` or ``diff.csv`` is there and is not a regular
-    file (a folder, such as an extraction of an image ``diff.json.png`` written there; a
-    symlink; a FIFO): the tables could not replace it. Called before anything is compared, so
-    nothing is written (the pictures were, and then the tables failed on a temporary file's
-    rename).
-
-    Raises:
-        ValueError: one line naming the path and what to do.
-    """
-    for name in _TABLES:
-        path = Path(out) / name
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            continue
-        except NotADirectoryError:  # out is a file: said when the folder is made
-            return
-        if not stat.S_ISREG(mode):
-            raise ValueError(
-                f"{path} is {_kind(mode)}, not a file: the diff tables cannot be written there; "
-                "give another output folder (-o)"
-            )
-
-
-def write_tables(result: DiffResult, out: str | Path) -> None:
-    """``OUT/diff.json`` (everything) and ``OUT/diff.csv`` (one row per image and level, and one
-    with no level saying why for an image not compared or whose picture was not written).
-
-    ``diff.json`` is strict JSON (RFC 8259): a measure that is not a finite number (NaN where
-    A or B holds one, ``max_rel`` infinite where A is zero and B is not) is written as the
-    string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, which ``float()`` reads back; the CSV
-    writes ``nan``, ``inf``."""
-    out = Path(out)
-    check_table_targets(out)
-    make_marked_folder(out, DIFF_MARKER)  # (--no-pictures: the CLI checked check_out_folder)
-    json_name, csv_name = _TABLES
-    data = json.dumps(_strict(result.to_json()), indent=2, allow_nan=False)
-    atomic_write_bytes(out / json_name, data.encode())
-    atomic_write_bytes(out / csv_name, utf8_text(_csv(result)).encode())
-
-
-def _strict(value):
-    """``value`` with every float that JSON cannot hold (NaN, infinities) as a string."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
-
-
-def _csv(result: DiffResult) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["image", "level", "max_rel", "mean_rel", "cosine", "max_abs", "note"])
-    for image in result.images:
-        if image.skipped:
-            writer.writerow([image.key, "", "", "", "", "", image.skipped])
-        if image.picture_error:  # compared, but its picture is missing: said as diff.json does
-            writer.writerow([image.key, "", "", "", "", "", image.picture_error])
-        for d in image.levels:
-            note = "" if d.max_rel <= result.tol else f"above tol {result.tol:g}"
-            writer.writerow([image.key, d.level, f"{d.max_rel:.6g}", f"{d.mean_rel:.6g}",
-                             f"{d.cosine:.8f}", f"{d.max_abs:.6g}", note])  # fmt: skip
-    return buffer.getvalue()
