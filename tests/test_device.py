@@ -783,6 +783,48 @@ def test_a_fused_convolution_without_an_engine_is_retried_once_after_freeing_mem
     assert events == calls
 
 
+@pytest.mark.parametrize("retried", [False, True])
+def test_out_of_memory_in_a_fused_convolution_leaves_no_cycle_that_holds_the_batch(
+    monkeypatch, retried
+):
+    """The run retries a smaller batch after out of memory, outside its ``except`` block, so
+    that the failed batch's memory is free first: the exception that leaves a fused convolution
+    must hold no reference cycle (exception, traceback, a frame holding the exception), which
+    would keep the failed forward's tensors allocated until the cyclic collector ran."""
+    import gc
+    import weakref
+
+    from fpncli.model import layers
+
+    errors = [RuntimeError(_NO_ENGINE)] if retried else []
+    errors.append(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB"))
+
+    def fused_op(x, *args):
+        raise errors.pop(0)
+
+    monkeypatch.setattr(torch, "cudnn_convolution_relu", fused_op)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(layers, "_fuses", lambda conv, x: conv.fused)  # as on CUDA
+    conv = layers.Conv2d(4, 4, 3, padding=1)
+    conv.fused = True
+    x = torch.randn(1, 4, 5, 6)
+    alive = weakref.ref(x)
+    gc.disable()
+    try:
+        try:
+            with torch.inference_mode():
+                layers.conv_relu(conv, x)
+        except torch.cuda.OutOfMemoryError:
+            pass
+        else:
+            raise AssertionError("out of memory did not reach the caller")
+        del x
+        assert alive() is None, "the failed forward's input outlived its exception"
+    finally:
+        gc.enable()
+    assert conv.fused  # out of memory is no refusal of the fused kernel
+
+
 def test_a_run_keeps_opencv_in_the_calling_thread_and_restores_its_pool(tmp_path, monkeypatch):
     """OpenCV's pool spins after every call it splits (the upload copy of each image: several
     CPU ms an image on a 16-core host), so a run sets one thread, and gives the caller's

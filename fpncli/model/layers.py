@@ -157,10 +157,15 @@ def _fused(conv: Conv2d, x: torch.Tensor, op, *args) -> torch.Tensor | None:
     that runs, it was memory and the fusion stays; if it fails again, the refusal is taken as
     real and the convolution is unfused (also when what is short is memory that live tensors
     hold: the two look the same here, and one retry keeps it simple). Out of memory, either
-    time, goes to the caller."""
+    time, goes to the caller, re-raised here with a bare ``raise``: an exception raised from a
+    frame that holds it in a local makes a reference cycle (exception, traceback, frame), and
+    the failed batch's activations would stay allocated through the caller's smaller retry,
+    until the cyclic garbage collector happened to run."""
     try:
         return op(*args)
     except RuntimeError as e:
+        if _out_of_memory(e):
+            raise
         if _NO_ENGINE not in str(e):
             _unfuse(conv, x, e)
             return None
@@ -169,17 +174,22 @@ def _fused(conv: Conv2d, x: torch.Tensor, op, *args) -> torch.Tensor | None:
     try:
         return op(*args)
     except RuntimeError as e:
+        if _out_of_memory(e):
+            raise
         _unfuse(conv, x, e)
     return None
 
 
+def _out_of_memory(error: RuntimeError) -> bool:
+    """Out of memory is not a refusal of the fused kernel: a smaller batch may fit."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
+
+
 def _unfuse(conv: Conv2d, x: torch.Tensor, error: RuntimeError) -> None:
     """cuDNN refused the fused kernel for this input: this convolution runs the plain ops from
-    now on. Out of memory is not a refusal: it goes to the caller (a smaller batch may fit)."""
-    text = str(error)
-    if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in text:
-        raise error
+    now on."""
     conv.fused = False
+    text = str(error)
     reason = text.splitlines()[0] if text else type(error).__name__
     log.warning("cuDNN's fused kernel failed on a %s input (%s); plain ops for this layer",
                 tuple(x.shape), reason,
