@@ -35,7 +35,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fpncli.io.outputs import is_complete, read_manifest  # noqa: E402
+from fpncli.io.manifest import is_complete, read_manifest  # noqa: E402
 
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
 

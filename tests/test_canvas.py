@@ -20,7 +20,8 @@ from fpncli.api import run_backbone
 from fpncli.cli import cli
 from fpncli.io.canvas import auto_canvases, canvas_for, check_canvas, parse_canvas
 from fpncli.io.image_load import load_image
-from fpncli.io.outputs import OutputOptions, read_manifest, run_key
+from fpncli.io.manifest import read_manifest, run_key
+from fpncli.io.outputs import OutputOptions
 from fpncli.io.preprocess import normalize_and_pad, resize_for_model, to_color_order
 from fpncli.run.pipeline import Job, RunOptions, run_jobs
 

@@ -19,7 +19,8 @@ import torch
 import fpncli
 from fpncli.api import autocast_context
 from fpncli.io.image_load import LoadedImage
-from fpncli.io.outputs import OutputOptions, level_results, valid_size, write_image_outputs
+from fpncli.io.image_writer import write_image_outputs
+from fpncli.io.outputs import OutputOptions, level_results, valid_size
 from fpncli.io.preprocess import normalize_and_pad, prepare, resize_for_model, to_color_order
 from fpncli.model.names import LEVELS, OUTPUT_STRIDES
 from fpncli.model.normalize import normalize_batch

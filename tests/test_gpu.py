@@ -22,7 +22,8 @@ import torch
 from heatmaps import assert_same_heatmap
 
 import fpncli
-from fpncli.io.outputs import OutputOptions, read_manifest
+from fpncli.io.manifest import read_manifest
+from fpncli.io.outputs import OutputOptions
 from fpncli.run.device.transfer import InputStager, PinnedPool, results_to_host
 from fpncli.run.pipeline import Job, RunOptions, run_jobs
 from fpncli.viz.maps import range_from_order_stats, value_range

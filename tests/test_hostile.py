@@ -20,9 +20,10 @@ from pagecache import fs_type, resident_pages
 from PIL import Image
 
 import fpncli
-from fpncli.io import atomic, outputs
+from fpncli.io import atomic, image_writer
 from fpncli.io.guard import is_disk_full
-from fpncli.io.outputs import OutputOptions, is_complete
+from fpncli.io.manifest import is_complete
+from fpncli.io.outputs import OutputOptions
 from fpncli.run import pipeline, steps
 from fpncli.run.pipeline import Job, RunOptions, run_jobs
 
@@ -73,14 +74,14 @@ def test_a_second_run_waits_for_the_lock_and_skips_what_the_first_finished(
 ):
     job = Job(_image(tmp_path / "a.png"), tmp_path / "out" / "a")
     options = RunOptions(output=SMALL)
-    real, writing = outputs.atomic_write_bytes, threading.Event()
+    real, writing = image_writer.atomic_write_bytes, threading.Event()
 
     def slow(path, data):  # the first run is slow to write its files
         writing.set()
         time.sleep(0.2)
         return real(path, data)
 
-    monkeypatch.setattr(outputs, "atomic_write_bytes", slow)
+    monkeypatch.setattr(image_writer, "atomic_write_bytes", slow)
     results = {}
     first = threading.Thread(target=lambda: results.setdefault(1, run_jobs([job], model, options)))
     first.start()
@@ -264,17 +265,17 @@ def test_a_large_output_is_flushed_and_leaves_the_page_cache(tmp_path, monkeypat
     array = np.random.RandomState(0).rand(3, 1024, 1024).astype(np.float32)  # 12 MiB
     monkeypatch.setenv("FPNCLI_DROP_CACHE", "0")
     kept = tmp_path / "kept.npy"
-    outputs.atomic_write_bytes(kept, array)
+    atomic.atomic_write_bytes(kept, array)
     resident, pages = resident_pages(kept)
     if resident <= pages // 2:  # written pages stay cached, unless memory pressure took them
         pytest.skip("the page cache dropped the reference file itself: nothing to compare")
     monkeypatch.delenv("FPNCLI_DROP_CACHE")
     dropped = tmp_path / "dropped.npy"
-    assert outputs.atomic_write_bytes(dropped, array) == kept.stat().st_size
+    assert atomic.atomic_write_bytes(dropped, array) == kept.stat().st_size
     assert resident_pages(dropped)[0] < pages // 10
     np.testing.assert_array_equal(np.load(dropped), array)
     small = tmp_path / "small.npy"  # below DROP_BYTES: left to the OS, no flush per heatmap
-    outputs.atomic_write_bytes(small, array[0, :256])
+    atomic.atomic_write_bytes(small, array[0, :256])
     assert resident_pages(small)[0] == resident_pages(small)[1]
 
 
@@ -290,11 +291,11 @@ def test_a_full_disk_found_when_flushing_removes_the_temporary(tmp_path, monkeyp
     monkeypatch.setattr(os, "fdatasync", _raises(errno.ENOSPC))
     target = tmp_path / "p2.npy"
     with pytest.raises(OSError) as raised:
-        outputs.atomic_write_bytes(target, np.zeros((3, 1024, 1024), np.float32))
+        atomic.atomic_write_bytes(target, np.zeros((3, 1024, 1024), np.float32))
     assert is_disk_full(raised.value)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(os, "fdatasync", _raises(errno.EINVAL))  # a file system without it
-    outputs.atomic_write_bytes(target, np.zeros((3, 1024, 1024), np.float32))
+    atomic.atomic_write_bytes(target, np.zeros((3, 1024, 1024), np.float32))
     assert target.stat().st_size > 12 << 20
 
 

@@ -20,7 +20,8 @@ from slow_decoding import SLOW_DECODING
 
 import fpncli
 from fpncli.io.inputs import Job
-from fpncli.io.outputs import OutputOptions, is_complete
+from fpncli.io.manifest import is_complete
+from fpncli.io.outputs import OutputOptions
 from fpncli.run.pipeline import RunOptions, run_jobs
 
 SMALL = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)

@@ -28,8 +28,9 @@ from PIL import Image
 
 import fpncli
 from fpncli.cli import cli
-from fpncli.io import outputs
-from fpncli.io.outputs import OutputOptions, is_complete, read_manifest
+from fpncli.io import image_writer
+from fpncli.io.manifest import is_complete, read_manifest
+from fpncli.io.outputs import OutputOptions
 from fpncli.run import pipeline, plan, steps
 from fpncli.run.pipeline import (
     InsufficientDiskError,
@@ -891,14 +892,14 @@ def test_float16_overflow_is_counted_and_said_once_per_run(tmp_path):
 def test_disk_full_mid_run_stops_cleanly(tmp_path, model, monkeypatch):
     paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(4)]
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
-    real = outputs.atomic_write_bytes
+    real = image_writer.atomic_write_bytes
 
     def filling(path, data):
         if path.parent.name == "1" and path.name == "p4.npy":
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(outputs, "atomic_write_bytes", filling)
+    monkeypatch.setattr(image_writer, "atomic_write_bytes", filling)
     summary = run_jobs(jobs, model, RunOptions(output=SMALL, writers=1))
     assert summary.aborted == "disk full: 1 of 4 done, rerun the same command after freeing space"
     assert summary.failed == []  # a full disk stops the run; it is not the image's fault
@@ -933,14 +934,14 @@ def test_too_many_open_files_stops_the_run_once_as_a_full_disk_does(tmp_path, mo
             image_load.load_image(paths[2])
         assert refused.value.errno == errno.EMFILE
     else:
-        real_write = outputs.atomic_write_bytes
+        real_write = image_writer.atomic_write_bytes
 
         def writing(path, data):
             if path.parent.name == "1" and path.name == "p4.npy":
                 raise emfile
             return real_write(path, data)
 
-        monkeypatch.setattr(outputs, "atomic_write_bytes", writing)
+        monkeypatch.setattr(image_writer, "atomic_write_bytes", writing)
     summary = run_jobs(jobs, model, RunOptions(output=SMALL, workers=1, writers=1))
     assert summary.failed == []
     stopped = [p.stem for p in paths if not is_complete(tmp_path / "out" / p.stem)]
@@ -1453,7 +1454,7 @@ def test_images_decoded_elsewhere_get_the_bottom_up_stages_asked_for(tmp_path, m
 
 
 def test_heatmaps_computed_on_the_device_match_numpy(tmp_path, model):
-    from fpncli.io.outputs import read_manifest
+    from fpncli.io.manifest import read_manifest
     from fpncli.viz.maps import reduce_channels
 
     path = _image(tmp_path / "in" / "a.png", size=(50, 37))

@@ -262,7 +262,7 @@ def _p3_ranges(drawn) -> list[tuple]:
 
 
 def test_extract_scale_shared_redraws_on_the_run_range(tmp_path, drawn_heatmaps):
-    from fpncli.io.outputs import is_complete
+    from fpncli.io.manifest import is_complete
     from fpncli.viz import visualize
 
     drawn = drawn_heatmaps(visualize)
@@ -417,7 +417,7 @@ def test_a_run_scale_for_no_picture_is_refused_by_the_library_too(tmp_path):
 
 
 def test_extract_resume_with_scale_image_puts_back_own_ranges(tmp_path, drawn_heatmaps):
-    from fpncli.io.outputs import is_complete
+    from fpncli.io.manifest import is_complete
     from fpncli.viz import visualize
 
     drawn = drawn_heatmaps(visualize)

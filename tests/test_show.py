@@ -582,7 +582,7 @@ def _copy_extraction(folder, name):
 def test_latest_gone_falls_back_to_the_newest_that_still_exists(folder, tmp_path, monkeypatch):
     import shutil
 
-    from fpncli.io.outputs import latest_extraction, record_latest
+    from fpncli.io.latest import latest_extraction, record_latest
 
     monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
     newer = _copy_extraction(folder, "newer")
@@ -598,7 +598,7 @@ def test_latest_gone_falls_back_to_the_newest_that_still_exists(folder, tmp_path
 
 def test_bench_scratch_runs_do_not_become_the_latest(folder, tmp_path, monkeypatch):
     from fpncli.api import load_backbone
-    from fpncli.io.outputs import latest_extraction, record_latest
+    from fpncli.io.latest import latest_extraction, record_latest
     from fpncli.run.bench import bench_end_to_end
 
     monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
@@ -758,7 +758,7 @@ def test_a_rerun_of_a_complete_extraction_becomes_the_latest(tmp_path, monkeypat
     showed L2/d, the folder of the command before the last."""
     from pathlib import Path
 
-    from fpncli.io.outputs import latest_extraction
+    from fpncli.io.latest import latest_extraction
 
     monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
     samples = Path(__file__).resolve().parent.parent / "samples"

@@ -177,7 +177,7 @@ def _rescale(scale: str, jobs, summary, output, out_format: str, root: Path | No
         click.echo(f"--scale {scale}: pictures left on per-image ranges (the run stopped early)",
                    err=True)  # fmt: skip
         return None
-    from ..io.outputs import is_complete
+    from ..io.manifest import is_complete
     from ..run.rescale import redraw_run
 
     failed = {path for path, _ in summary.failed}

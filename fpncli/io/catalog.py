@@ -35,8 +35,7 @@ from .extraction import (
     read_run_log,
 )
 from .guard import parse_json
-from .manifest import check_manifest, load_manifest
-from .outputs import MANIFEST
+from .manifest import MANIFEST, check_manifest, load_manifest
 
 __all__ = ["Extractions", "open_extractions", "iter_extractions", "is_sharded"]
 

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .guard import open_regular, read_json_file
-from .manifest import check_manifest, load_manifest
-from .outputs import MANIFEST, read_manifest
+from .manifest import MANIFEST, check_manifest, load_manifest, read_manifest
 
 __all__ = [
     "LoadedExtraction",
@@ -416,8 +415,7 @@ def write_run_log(root: str | Path, summary: dict, shard: tuple[int, int] | None
     """Record what this ``extract`` run into ``root`` did (counts, failures with reasons),
     atomically, for ``fpncli report``: ``run.json``, or ``run-I-of-N.json`` for shard I of N. A
     read-only folder only logs a warning."""
-    from .atomic import TMP_MARK, stale_temporary
-    from .outputs import atomic_write_bytes
+    from .atomic import TMP_MARK, atomic_write_bytes, stale_temporary
 
     name = run_log_name(shard)
     try:

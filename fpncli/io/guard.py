@@ -130,7 +130,8 @@ def _fpncli_file(target: Path) -> str | None:
     None."""
     from .extraction import RUN_LOG
     from .inputs import is_reserved_name
-    from .outputs import MANIFEST, is_output_name
+    from .manifest import MANIFEST
+    from .outputs import is_output_name
     from .shards import is_shard_name
 
     name, parent = target.name, target.parent

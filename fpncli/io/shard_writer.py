@@ -16,8 +16,9 @@ import time
 import numpy as np
 
 from .atomic import DROP_BYTES, drop_from_cache
+from .image_writer import write_image_members
+from .manifest import MANIFEST
 from .npy import npy_bytes
-from .outputs import MANIFEST, write_image_members
 from .shard_index import failed_row, ok_row, write_parquet
 from .shardlock import CLAIMS_DIR, claim_is_live, run_token, wds_lock
 from .shards import INDEX_DIR, partial_name, shard_digest, shard_name

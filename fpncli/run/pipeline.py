@@ -36,11 +36,8 @@ from ..io.inputs import (
     select_shard,
     shard_from_env,
 )
-from ..io.outputs import (
-    MANIFEST,
-    is_complete,
-    record_latest,
-)
+from ..io.latest import record_latest
+from ..io.manifest import MANIFEST, is_complete
 from ..model.fpn import FPN, STAGES
 from .device import (
     BatchResult,

@@ -278,8 +278,10 @@ def draw_receptive_fields(
     commas. A photo over ``max_pixels`` is refused, as ``extract --max-pixels`` refuses it.
     ``progress`` is told (one line) before the slow part, the forward and backward passes."""
     from ..api import load_backbone, resolve_device
+    from ..io.atomic import atomic_write_bytes
+    from ..io.latest import latest_extraction
     from ..io.manifest import MANIFEST, check_manifest, load_manifest
-    from ..io.outputs import atomic_write_bytes, check_channel, latest_extraction
+    from ..io.outputs import check_channel
     from ..model.names import OUTPUT_CHANNELS
     from ..viz.names import picture_suffix
     from ..viz.png import encode_png

@@ -21,19 +21,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io.atomic import atomic_write_bytes
 from ..io.extraction import load_extraction
 from ..io.guard import folder_lock, linked_folder
-from ..io.manifest import is_file_name
-from ..io.outputs import (
-    MANIFEST,
-    OutputOptions,
-    _needs_maps,
-    _note,
-    atomic_write_bytes,
-    overview_title,
-    read_manifest,
-    render_level_pictures,
-)
+from ..io.image_writer import _note
+from ..io.manifest import MANIFEST, is_file_name, read_manifest
+from ..io.outputs import OutputOptions, _needs_maps, overview_title, render_level_pictures
 from ..viz.scale import SCALES, range_to_draw, run_ranges
 
 __all__ = ["RedrawSummary", "check_scale", "redraw_run"]

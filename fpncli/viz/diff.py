@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..io.atomic import atomic_write_bytes
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
 from ..io.formats import warn_image_folders_left_out
@@ -29,7 +30,7 @@ from ..io.guard import (
     make_marked_folder,
     utf8_text,
 )
-from ..io.outputs import RANDOM_NOTE, atomic_write_bytes
+from ..io.outputs import RANDOM_NOTE
 from .diff_output import check_out_folder, picture_folders, write_tables
 from .diff_result import DiffResult, ImageDiff, compare_arrays, level_order, worst_level
 from .overview import overview_png

@@ -16,10 +16,9 @@ import os
 import stat
 from pathlib import Path
 
-from ..io.atomic import TMP_MARK
+from ..io.atomic import TMP_MARK, atomic_write_bytes
 from ..io.guard import DIFF_MARKER, _kind, make_marked_folder, read_json_file, utf8_text
 from ..io.inputs import fitted_name
-from ..io.outputs import atomic_write_bytes
 from .diff_result import DiffResult
 
 __all__ = ["check_out_folder", "check_table_targets", "picture_folders", "write_tables"]

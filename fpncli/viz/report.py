@@ -29,12 +29,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..io.atomic import TMP_MARK, stale_temporary
+from ..io.atomic import TMP_MARK, atomic_write_bytes, stale_temporary
 from ..io.catalog import Extractions, Failure, open_extractions
 from ..io.extraction import LoadedExtraction, read_run_log, replaced_size
 from ..io.formats import warn_image_folders_left_out
 from ..io.guard import REPORT_MARKER, error_text, folder_lock, usable_cores, utf8_text
-from ..io.outputs import atomic_write_bytes
 from .maps import REDUCTIONS, reduce_channels
 from .png import encode_png
 from .report_html import (

@@ -17,15 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.atomic import atomic_write_bytes
 from ..io.guard import OptionError
-from ..io.manifest import load_manifest
-from ..io.outputs import (
-    MANIFEST,
-    RANDOM_NOTE,
-    atomic_write_bytes,
-    picture_title,
-    valid_size,
-)
+from ..io.manifest import MANIFEST, load_manifest
+from ..io.outputs import RANDOM_NOTE, picture_title, valid_size
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGE_STRIDES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.guard import OptionError
-from ..io.manifest import load_manifest
-from ..io.outputs import MANIFEST, read_manifest
+from ..io.manifest import MANIFEST, load_manifest, read_manifest
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
@@ -70,7 +69,7 @@ def _photo_and_weights(manifest: dict) -> tuple[str, str]:
 
 
 def latest() -> tuple[Path, list[str]]:
-    from ..io.outputs import latest_extraction, recent_extractions
+    from ..io.latest import latest_extraction, recent_extractions
 
     folder = latest_extraction()
     recorded = recent_extractions()
