@@ -486,6 +486,27 @@ def test_outputs_are_not_read_back_as_inputs_however_named(tmp_path):
     assert legacy.exit_code == 0 and "of 3" in legacy.output, legacy.output
 
 
+@pytest.mark.parametrize("kind", ["folder", "fifo", "dangling symlink"])
+def test_a_marker_name_taken_by_something_not_a_file_is_refused_before_any_output(tmp_path, kind):
+    """``OUT/.fpncli-output`` as a folder (or a FIFO, a dangling link) made -o look unmarked
+    without a word: the run wrote its pictures there, and a later extract of a folder above
+    read them back as photos. The run is refused, in one line, before anything is written."""
+    _image(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = out / ".fpncli-output"
+    {"folder": marker.mkdir, "fifo": lambda: os.mkfifo(marker),
+     "dangling symlink": lambda: marker.symlink_to("nowhere")}[kind]()  # fmt: skip
+    result = _run_cli(str(tmp_path / "a.png"), "-o", str(out))
+    assert result.exit_code == 1, result.output
+    said = {"folder": "a folder", "fifo": "a FIFO", "dangling symlink": "a symlink"}[kind]
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: {marker} is {said}, not the marker file fpncli writes there: move it away, "
+        "or give another folder"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [".fpncli-output"]
+
+
 def test_symlinked_folders_are_followed_but_never_into_outputs(tmp_path):
     """Symlinked folders are followed (they were skipped without a word), a second link to the
     same folder is read once with a note, and a link into this run's -o, one of its subfolders

@@ -400,7 +400,10 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             raise click.ClickException(f"cannot create output folder {out}: {e.strerror}") from None
         if not os.access(out, os.W_OK):
             raise click.ClickException(f"output folder {out} is not writable")
-        mark_output_root(out)
+        try:
+            mark_output_root(out)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
     run_inputs = None  # the whole run's files, where this process takes a shard of them
     if shard_spec is not None:
         every = len(jobs)

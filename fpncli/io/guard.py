@@ -318,21 +318,33 @@ def _not_a_lock_file(path: Path, kind: str) -> ValueError:
 
 def mark_output_root(folder: Path) -> None:
     """Create ``folder`` and its marker file, so later discovery never takes files from it."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / OUTPUT_MARKER
-    if not marker.exists():
-        marker.write_text("fpncli output folder: its files are never read back as inputs\n")
+    make_marked_folder(folder, OUTPUT_MARKER)
 
 
 def make_marked_folder(folder: Path, marker: str) -> None:
     """Create ``folder`` (and its parents) and write ``marker`` in it, so that discovery never
     reads what is written below it as input. Only ``folder`` is marked: the parents made for
-    it are the user's, and so is whatever they put beside it later."""
+    it are the user's, and so is whatever they put beside it later.
+
+    Raises:
+        ValueError: something not a file holds the marker's name (a folder, a FIFO, a dangling
+            symlink): the folder would look unmarked, and what fpncli writes in it would be read
+            back as input by a later extract.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / marker).is_file():
-        (folder / marker).write_text("made by fpncli: its files are never read back as inputs\n")
+    path = folder / marker
+    if path.is_file():
+        return
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        path.write_text("made by fpncli: its files are never read back as inputs\n")
+        return
+    raise ValueError(
+        f"{quote_name(str(path))} is {_kind(mode)}, not the marker file fpncli writes there: "
+        "move it away, or give another folder"
+    )
 
 
 def is_marked(folder: Path) -> bool:
