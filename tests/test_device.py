@@ -373,6 +373,44 @@ def test_a_batchs_pca_maps_take_one_eigh_call_and_equal_a_call_per_level(monkeyp
         assert torch.equal(result.maps[name], alone), name
 
 
+def test_a_pca_level_holding_inf_fails_its_image_alone_and_no_eigh_sees_it(monkeypatch):
+    """An overflow past float16's range in one image's p3: LAPACK failed to converge on the
+    batch's eigh call for 16 channels (every image of the batch failed) and drew an all-NaN map
+    for 256. No eigh sees a non-finite matrix now; that image's results are refused as
+    ``reduce_channels`` refuses the level, naming it; the other images' maps are those of the
+    batch without the overflow, bit for bit, also one whose padding (no pca fits it) holds a
+    NaN."""
+    gen = torch.Generator().manual_seed(7)
+    features = {f"p{k}": torch.randn(3, 16, 64 >> k, 64 >> k, generator=gen) for k in (3, 4)}
+    options = OutputOptions(levels=("p3", "p4"), dtype="float16", save_overview=False,
+                            reduce="pca")  # fmt: skip
+    resized = [(64, 64), (64, 64), (40, 56)]
+    clean = results_to_host(features, resized, options)
+    bad = {name: level.clone() for name, level in features.items()}
+    bad["p3"][1, 4, 2, 3] = 1e6  # inf once cast to float16
+    bad["p4"][2, 0, -1, -1] = float("nan")  # padding: image 2's p4 is valid on 3x4 of 4x4
+    seen, eigh = [], torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda a: seen.append(a) or eigh(a))
+    result = results_to_host(bad, resized, options)
+    assert len(seen) == 1 and bool(torch.isfinite(seen[0]).all())
+    with pytest.raises(ValueError) as refused:
+        result.image(1)
+    valid = bad["p3"][1].to(torch.float16).numpy()
+    with pytest.raises(ValueError) as reference:
+        reduce_channels(valid, "pca")
+    assert str(refused.value) == f"p3: {reference.value}"
+    assert str(refused.value).startswith("p3: --reduce pca needs finite values, and this level "
+                                         "holds 1 NaN or infinite ones")  # fmt: skip
+    for i in (0, 2):
+        ours, want = result.image(i), clean.image(i)
+        for name in options.levels:
+            assert np.array_equal(ours[name].map2d, want[name].map2d), (i, name)
+            stats = [
+                (r[name].min, r[name].max, r[name].mean, r[name].nonfinite) for r in (ours, want)
+            ]  # of the valid cells: not the padding's NaN
+            assert stats[0] == stats[1], (i, name)
+
+
 def test_order_stats_give_value_range_bit_for_bit():
     """The colour range from the order statistics picked out in torch (on CUDA, with the maps)
     is the very range value_range sorts for on the host: maps with ties, NaN and infinities,

@@ -1313,6 +1313,43 @@ def test_a_copy_back_error_fails_that_image_only(tmp_path, model, monkeypatch):
         assert not (tmp_path / "out" / name / "manifest.json").exists()
 
 
+def test_a_pca_level_holding_inf_fails_its_image_alone(tmp_path, model, monkeypatch):
+    """One inf in one image's p3 (a float16 overflow) made that image's p3 pca heatmap all NaN,
+    drawn blank, and the image counted done (and on few channels LAPACK failed to converge on
+    the batch's one eigh call: every image failed as "the model failed"). The image now fails
+    with the numpy reference's refusal, naming the level (the summary's failures are run.json's);
+    the other images of its batch are written as a run without the inf writes them."""
+    paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(3)]
+    output = replace(SMALL, levels=("p3", "p4"), dtype="float16", reduce="pca",
+                     save_heatmaps=True)  # fmt: skip
+    options = RunOptions(output=output, batch_size=3, workers=1)
+    clean = run_jobs([Job(p, tmp_path / "clean" / p.stem) for p in paths], model, options)
+    assert clean.done == 3 and not clean.failed
+    real, rows = steps.run_backbone, []
+
+    def overflowing(model, batch, precision):
+        features = real(model, batch, precision=precision)
+        rows.append(batch.shape[0])
+        features["p3"][1, 0, 0, 0] = 1e6  # past float16's +-65504: inf in the .npy dtype
+        return features
+
+    monkeypatch.setattr(steps, "run_backbone", overflowing)
+    out = tmp_path / "inf"
+    summary = run_jobs([Job(p, out / p.stem) for p in paths], model, options)
+    assert rows == [3] and summary.done == 2
+    assert summary.failed == [(str(paths[1]), "p3: --reduce pca needs finite values, and this "
+                               "level holds 1 NaN or infinite ones: use --reduce channel, mean, "
+                               "max or l2")]  # fmt: skip
+    assert not (out / "1" / "manifest.json").exists()
+    for name in ("0", "2"):
+        ours, want = read_manifest(out / name), read_manifest(tmp_path / "clean" / name)
+        for level in ("p3", "p4"):
+            assert ours["levels"][level]["range"] == want["levels"][level]["range"]
+            for file in (f"{level}.png", f"{level}.npy"):
+                assert (out / name / file).read_bytes() == (
+                    tmp_path / "clean" / name / file).read_bytes(), (name, file)  # fmt: skip
+
+
 def test_padded_partial_batches_give_the_same_outputs(tmp_path, model):
     paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(3)]
     out = {}

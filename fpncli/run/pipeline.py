@@ -418,7 +418,8 @@ class _Runner:
                 return
             self.fail(path, f"could not write {item.job.folder}: {_reason(e)}")
             return
-        except ValueError as e:  # the sink's refusal (a folder reached through a link): its line
+        except ValueError as e:  # the sink's refusal (a folder reached through a link), or no
+            # pca map for a level holding NaN or infinity (``BatchResult.image``): its line
             self.fail(path, _reason(e))
             return
         except Exception as e:  # noqa: BLE001 - a bug must not pass silently nor stop the run

@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_CLIP",
     "PCA_SIGN_TOLERANCE",
     "parse_clip",
+    "pca_refusal",
     "value_range",
     "range_from_order_stats",
     "reduce_channels",
@@ -61,14 +62,21 @@ def reduce_channels(feature: np.ndarray, reduce: str = "channel", channel: int =
         samples = x.reshape(c, h * w).astype(np.float64)
         bad = samples.size - int(np.isfinite(samples).sum())
         if bad:  # LAPACK's "Eigenvalues did not converge" would not say why
-            raise ValueError(f"--reduce pca needs finite values, and this level holds {bad} NaN or "
-                             "infinite ones: use --reduce channel, mean, max or l2")  # fmt: skip
+            raise ValueError(pca_refusal(bad))
         samples -= samples.mean(axis=1, keepdims=True)
         covariance = samples @ samples.T / max(h * w - 1, 1)
         _, vectors = np.linalg.eigh(covariance)
         component = vectors[:, -1] * pca_sign(vectors[:, -1])
         return (component @ samples).reshape(h, w).astype(np.float32)
     raise ValueError(f"unknown reduction {reduce!r}: use one of {', '.join(REDUCTIONS)}")
+
+
+def pca_refusal(nonfinite: int) -> str:
+    """Why a level holding ``nonfinite`` NaN or infinite values has no ``pca`` map (no component
+    fits it): ``reduce_channels`` raises it, and a run fails the image with it
+    (``fpncli.run.device.transfer.BatchResult.image``)."""
+    return (f"--reduce pca needs finite values, and this level holds {nonfinite} NaN or infinite "
+            "ones: use --reduce channel, mean, max or l2")  # fmt: skip
 
 
 #: Below this ``|sum of loadings|`` (of a unit component) the mean map carries no sign.

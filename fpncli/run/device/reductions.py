@@ -99,19 +99,28 @@ def pca_maps(
     one ``eigh`` call: on CUDA that is the one host sync of a batch's levels (eigh checks its
     result), where a call per level took five. On the CPU the maps are those of a call per
     level bit for bit (LAPACK decomposes each matrix on its own).
+
+    An image whose cells (valid ones) hold a NaN or an infinity (a float16 overflow) has no
+    component: its map is all NaN, and no eigh sees its covariances (LAPACK may fail to
+    converge on them, which would fail the whole call). ``maps.reduce_channels`` refuses such
+    a level; a run fails the image from its statistics' count (``BatchResult.image``). Found
+    on the device, with no host sync: a covariance is finite exactly when its cells are (in
+    float64, float32 values' products and their sums cannot overflow).
     """
     centred = [_covariances(levels, None if valid is None else valid[k])
                for k, levels in enumerate(batches)]  # each: (means, (B, C, C))  # fmt: skip
+    finite = [cov.isfinite().flatten(1).all(dim=1) for _, cov in centred]  # (B,) each
     by_channels: dict[int, list[int]] = {}  # channel count -> the batches that have it
     for i, levels in enumerate(batches):
         by_channels.setdefault(levels.shape[1], []).append(i)
     components: list[torch.Tensor] = [None] * len(batches)
     for members in by_channels.values():
-        group = [centred[i][1] for i in members]
+        # a non-finite image's covariances as zeros (a diagonal matrix: nothing to iterate on)
+        group = [torch.where(finite[i][:, None, None], centred[i][1], 0.0) for i in members]
         _, vectors = torch.linalg.eigh(torch.cat(group) if len(group) > 1 else group[0])
         largest = vectors[..., -1].split([len(batches[i]) for i in members])  # (B, C) each
         for i, part in zip(members, largest):
-            components[i] = _oriented(part)
+            components[i] = torch.where(finite[i][:, None], _oriented(part), _NAN)
     return [_projected(levels, means, comps)
             for levels, (means, _), comps in zip(batches, centred, components)]  # fmt: skip
 

@@ -21,6 +21,7 @@ import torch
 from ...io.outputs import LevelResult, OutputOptions, valid_size
 from ...io.pillow_view import copy_rgb
 from ...model.fpn import OUTPUT_STRIDES
+from ...viz.maps import pca_refusal
 from .reductions import (
     finite_stats,
     finite_stats_batch,
@@ -172,6 +173,8 @@ class BatchResult:
     levels: tuple[str, ...]
     nbytes: int
     valid: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # level -> per image
+    #: ``--reduce pca``: a level whose valid cells are not all finite has no map (``pca_maps``)
+    pca: bool = False
     ready: object = None  # a CUDA event, or None on the CPU
     clock: StageClock | None = None
     _buffer: torch.Tensor | None = None
@@ -184,13 +187,20 @@ class BatchResult:
             self.ready.synchronize()
 
     def image(self, index: int) -> dict[str, LevelResult]:
-        """One image's results as numpy (call ``wait`` first)."""
+        """One image's results as numpy (call ``wait`` first).
+
+        Raises:
+            ValueError: a ``pca`` map is asked of a level that holds NaN or infinite values
+                (``maps.reduce_channels``'s refusal, naming the level): the image fails alone.
+        """
         out = {}
         stats = self.stats[index].numpy()
         orders = self.orders[index].tolist() if self.orders is not None else None
         for j, name in enumerate(self.levels):
             array = self.arrays.get(name)
             map2d = self.maps.get(name)
+            if self.pca and map2d is not None and stats[j, 3]:  # its map is NaN (``pca_maps``)
+                raise ValueError(f"{name}: {pca_refusal(int(stats[j, 3]))}")
             if map2d is not None:  # the image's valid region, its own copy (a few KB)
                 vh, vw = self.valid[name][index]
                 map2d = np.ascontiguousarray(map2d.numpy()[index, :vh, :vw])
@@ -311,7 +321,7 @@ def results_to_host(
         sources[("o",)] = orders_t
     nbytes = _packed_bytes(sources)
     result = BatchResult(count, shapes, arrays, maps, stats_t, orders_t, tuple(options.levels),
-                         nbytes, valid=valid, clock=clock, _remaining=count)  # fmt: skip
+                         nbytes, valid=valid, pca=pca, clock=clock, _remaining=count)  # fmt: skip
     device = stats_t.device
     if device.type != "cuda":
         if clock is not None:
