@@ -776,6 +776,26 @@ def test_an_unreadable_subfolder_is_reported_and_the_rest_extracted(tmp_path):
     assert not (tmp_path / "fpn_out").exists()
 
 
+def test_an_output_path_too_long_fails_its_image_not_the_run(tmp_path, monkeypatch):
+    """An input 3,900 bytes deep in a folder, with a 200-character -o: its output folder's path
+    is over the 4,096 bytes a path may have, and the disk-space check's look-up of it raised
+    ENAMETOOLONG ("Error: [Errno 36] File name too long", the run stopped, exit 1). The free
+    space is that of the nearest folder that can be looked up, and the image fails alone."""
+    monkeypatch.chdir(tmp_path)
+    deep = Path(*["d" * 250] * 15, "d" * 100)  # 3,865 bytes
+    _image("in" / deep / "a.png")
+    out = "o" * 200
+    assert len(os.fsencode(os.path.abspath(Path(out, deep, "a")))) > 4096
+    result = _extract("in", "-o", out)
+    assert result.exit_code == 1, result.output
+    assert not any(line.startswith("Error") for line in result.output.splitlines())
+    (failed,) = [line for line in result.output.splitlines() if line.startswith("failed: ")]
+    assert failed.startswith(f"failed: {Path('in', deep, 'a.png')}: could not write ")
+    assert "File name too long" in failed
+    assert "done 0, skipped 0 (already complete), failed 1 of 1" in result.output
+    assert json.loads(Path(out, "run.json").read_text())["total"] == 1
+
+
 def test_a_from_list_file_may_name_files_whose_names_are_not_utf8(tmp_path):
     from click.testing import CliRunner
 

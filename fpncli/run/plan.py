@@ -135,10 +135,17 @@ def _image_bytes(height: int, width: int, options: OutputOptions, photo: str,
 
 
 def _free_bytes(folder: Path) -> int:
+    """The free space of the disk ``folder`` is (to be) made on: of the nearest folder at or
+    above it that can be looked up; not yet made, or a path too long to look up (ENAMETOOLONG:
+    that image fails on its own when written, not the whole run here)."""
     probe = folder.absolute()
-    while not probe.exists():
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
+    while True:
+        try:
+            return shutil.disk_usage(probe).free
+        except OSError:
+            if probe == probe.parent:  # not even "/"
+                raise
+            probe = probe.parent
 
 
 def _state(job: Job, options: RunOptions, weights: dict) -> tuple[bool, dict | None, str | None]:
