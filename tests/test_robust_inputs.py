@@ -297,6 +297,36 @@ def test_a_postscript_file_named_like_an_image_is_never_rendered(tmp_path, monke
     assert ran == []
 
 
+def test_a_folder_walk_takes_every_format_fpncli_reads_when_named(tmp_path):
+    """``fpncli extract AV/p.avif`` read the file and ``fpncli extract AV`` passed over it without
+    a word: the walk took a fixed list of 14 extensions, not AVIF's, TGA's, JPEG 2000's or
+    QOI's. It takes the extensions of every format fpncli opens that Pillow decodes itself,
+    from Pillow's table; those it only names (MPEG's header, the HDF5 stub) are not taken."""
+    from PIL import Image as PILImage
+    from PIL import ImageFile
+
+    from fpncli.io.image_load import load_image
+    from fpncli.io.inputs import IMAGE_EXTENSIONS, discover_inputs
+    from fpncli.io.pillow_open import pillow_formats
+
+    folder = tmp_path / "AV"
+    names = ["p.avif", "p.JP2", "p.png", "p.qoi", "p.tga"]
+    for name in names:
+        _image(folder / name)
+    (folder / "clip.mpg").write_bytes(b"\x00\x00\x01\xb3\x04\x00\x30\x13\xff\xff\xe0" + bytes(20))
+    (folder / "data.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(24))
+    found = discover_inputs([str(folder)])
+    assert [path.name for path, _ in found] == sorted(names)  # (sorted: "p.JP2" first)
+    for path, _ in found:  # and each of them is read, as when named
+        assert load_image(path).rgb.shape == (40, 48, 3), path
+    for ext, name in PILImage.registered_extensions().items():
+        if name in pillow_formats():
+            stub = isinstance(PILImage.OPEN[name][0], type) and issubclass(
+                PILImage.OPEN[name][0], ImageFile.StubImageFile
+            )
+            assert (ext in IMAGE_EXTENSIONS) != (stub or name == "MPEG"), (ext, name)
+
+
 def test_an_empty_file_is_said_to_be_empty(tmp_path):
     """The README lists "empty" apart from "not an image": a 0-byte file was "not an image
     Pillow can read", for extract and for show."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .extraction import RUN_LOG, SHARD_RUN_LOG
 from .guard import OUTPUT_MARKER, is_marked, marked_root, open_regular
+from .pillow_open import pillow_extensions
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -29,10 +30,9 @@ __all__ = [
     "env_int",
 ]
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-     ".ppm", ".pgm", ".pbm", ".pnm"}
-)  # fmt: skip
+#: What a folder walk (or a glob) takes: the extensions of every format fpncli reads when the
+#: file is named (``pillow_open.pillow_extensions``), so the two cannot differ.
+IMAGE_EXTENSIONS = pillow_extensions()
 
 
 @dataclass(frozen=True)

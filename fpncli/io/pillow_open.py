@@ -15,12 +15,19 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 from .guard import open_regular
 from .option_names import CLI_NAMES, OptionNames
 
-__all__ = ["DEFAULT_MAX_PIXELS", "check_max_pixels", "pixel_count", "pillow_formats", "open_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "check_max_pixels",
+    "pixel_count",
+    "pillow_extensions",
+    "pillow_formats",
+    "open_image",
+]
 
 #: Images with more pixels than this are refused before decoding (Pillow's own default limit).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -123,6 +130,25 @@ def pillow_formats() -> tuple[str, ...]:
     """The Pillow formats fpncli opens: every decoder Pillow has but ``_UNSAFE_FORMATS``."""
     Image.init()
     return tuple(f for f in Image.OPEN if f not in _UNSAFE_FORMATS)
+
+
+#: Pillow formats it names files of but does not decode: MPEG (it reads the header only); the
+#: stubs (``ImageFile.StubImageFile``: BUFR, GRIB, HDF5) are told by their class.
+_UNDECODED_FORMATS = frozenset({"MPEG"})
+
+
+@functools.cache
+def pillow_extensions() -> frozenset[str]:
+    """The file extensions (``.jpg``, lower case) of the formats fpncli opens (``pillow_formats``)
+    that Pillow decodes itself: what a folder walk takes, so that it takes whatever fpncli reads
+    when the file is named (``.avif``, ``.tga``, ``.jp2``, ``.qoi``...), from Pillow's own
+    table (``Image.registered_extensions``), without opening a file."""
+    formats = {
+        name for name in pillow_formats() if name not in _UNDECODED_FORMATS
+        and not (isinstance(factory := Image.OPEN[name][0], type)
+                 and issubclass(factory, ImageFile.StubImageFile))
+    }  # fmt: skip
+    return frozenset(ext for ext, name in Image.registered_extensions().items() if name in formats)
 
 
 @contextlib.contextmanager
