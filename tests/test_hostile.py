@@ -532,6 +532,22 @@ def test_symlinked_folders_are_followed_but_never_into_outputs(tmp_path):
     assert other.exit_code == 0 and "done 2," in other.output and "of 2" in other.output
 
 
+def test_a_folder_given_twice_says_its_notes_once(tmp_path):
+    """``extract d1 d1`` walks d1 twice: the note on a symlink loop inside was said twice (the
+    hidden folders' once, as ``_hidden_left_out`` de-duplicates them)."""
+    _image(tmp_path / "d1" / "a.png")
+    (tmp_path / "d1" / "sub").mkdir()
+    (tmp_path / "d1" / "sub" / "loop").symlink_to("..")
+    result = _run_cli("d1", "d1", str(tmp_path / "d1"), "-o", "out", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if "not following" in line]
+    assert notes == [
+        "note: not following d1/sub/loop: it leads to the folder d1, which the run comes to "
+        "under that name"
+    ]
+    assert result.output.endswith("wrote out/a\n")  # one image
+
+
 # 10. show stays inside the extraction folder ----------------------------------------------
 
 
@@ -774,6 +790,33 @@ def test_an_unreadable_subfolder_is_reported_and_the_rest_extracted(tmp_path):
                            capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
     assert empty.returncode != 0 and "an empty input path" in empty.stderr
     assert not (tmp_path / "fpn_out").exists()
+
+
+def test_an_unreadable_subfolder_of_a_folder_given_twice_fails_once(tmp_path):
+    """``extract src src`` with ``src/locked`` unreadable said its note and its failure twice,
+    and counted it twice: "failed 2 of 3" for one image and one folder."""
+    import shutil as sh
+
+    src = tmp_path / "in"
+    (src / "locked").mkdir(parents=True)
+    _image(src / "a.png")
+    _image(src / "locked" / "b.png")
+    cmd = _cli(str(src), str(src), "-o", str(tmp_path / "out"), "--no-heatmaps", "--no-npy")
+    if os.geteuid() == 0:  # (as test_an_unreadable_subfolder_is_reported_and_the_rest_extracted)
+        if sh.which("setpriv") is None:
+            pytest.skip("root without setpriv: permissions do not apply")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all",
+               *cmd]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(fpncli.__file__).parent.parent)}
+    os.chmod(src / "locked", 0)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        os.chmod(src / "locked", 0o755)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("note: cannot read the folder") == 1, result.stderr
+    assert result.stderr.count("failed: ") == 1, result.stderr
+    assert "done 1, skipped 0 (already complete), failed 1 of 2 in" in result.stdout
 
 
 def test_an_output_path_too_long_fails_its_image_not_the_run(tmp_path, monkeypatch):

@@ -47,6 +47,7 @@ from .extract_report import (
     _hidden_note,
     _inside,
     _interrupted_progress,
+    _once,
     _remove_if_unused,
     _replaced_note,
     _report,
@@ -353,6 +354,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
                    "computed from the levels cast to float16", err=True)  # fmt: skip
     pairs = discover_inputs(inputs, from_list, exclude=None if url else out, skipped=passed_over,
                             unreadable=unreadable, repeated=repeated, hidden=hidden)  # fmt: skip
+    unreadable, repeated = _once(unreadable), _once(repeated)
     files_inside = _inside(inputs, passed_over)
     if passed_over:
         click.echo(_skipped_note(passed_over, files_inside), err=True)

@@ -124,6 +124,19 @@ def _hidden_left_out(hidden: list[tuple[Path, bool]], pairs) -> list[tuple[Path,
     return left
 
 
+def _once(found: list[tuple]) -> list[tuple]:
+    """``found``'s ``(path, ...)`` entries (the walks' unreadable and repeated folders), each
+    path once, by its absolute path, as ``_hidden_left_out``'s: two inputs walk the folder they
+    share twice (``d1 d1``), and would say its note, or count its failure, twice."""
+    seen, once = set(), []
+    for entry in found:
+        key = os.path.abspath(entry[0])
+        if key not in seen:
+            seen.add(key)
+            once.append(entry)
+    return once
+
+
 def _hidden_note(hidden: list[tuple[Path, bool]]) -> str:
     """The hidden folders and image files (names starting with ".") left out, ``(path, is a
     folder)`` each (``_hidden_left_out``'s)."""
