@@ -531,6 +531,24 @@ def test_a_name_too_long_fails_alone_when_listed_and_in_one_line_when_given(tmp_
     )
 
 
+def test_from_list_given_twice_is_refused_not_the_first_list_dropped(tmp_path, monkeypatch):
+    """Click keeps the last of an option given twice: ``--from-list la.txt --from-list lb.txt``
+    extracted lb's images alone, exit 0. A run takes one list: a usage error, nothing made."""
+    monkeypatch.chdir(tmp_path)
+    for name in "ab":
+        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(f"{name}.png")
+        Path(f"l{name}.txt").write_text(f"{name}.png\n")
+    args = ["extract", "-o", "out", "--from-list", "la.txt", "--from-list", "lb.txt", *SMALL]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        "Error: Invalid value for '--from-list': given 2 times, and a run takes one list: join "
+        "them into one (cat a.txt b.txt | fpncli extract --from-list - ...), or run once per "
+        "list (see 'cli extract --help')"
+    ]
+    assert not Path("out").exists()
+
+
 def test_show_of_an_empty_image_file_names_the_file_not_a_file_object(tmp_path):
     (tmp_path / "zero.png").write_bytes(b"")
     result = CliRunner().invoke(cli, ["show", str(tmp_path / "zero.png"), "--weights", "random"])

@@ -183,10 +183,11 @@ class _ExtractCommand(click.Command):
     "from_list",
     # any bytes a file name may hold: what is not UTF-8 is kept as os.fsdecode would
     type=click.File("r", encoding="utf-8", errors="surrogateescape"),
-    default=None,
-    help="Read more input paths from FILE, one per line ('-' for stdin). Blank lines and lines "
-    "starting with # are skipped; spaces at a name's ends are dropped unless a file has the name "
-    "with them.",
+    # collected only to refuse a second one: click keeps the last given, dropping the others
+    multiple=True,
+    help="Read more input paths from FILE, one per line ('-' for stdin); one list per run. Blank "
+    "lines and lines starting with # are skipped; spaces at a name's ends are dropped unless a "
+    "file has the name with them.",
 )
 @click.option(
     "--overwrite",
@@ -268,6 +269,13 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             force, shard, gpus, processes, max_pixels, seed, out_format, shard_size, engine,
             ray_address, gpu_workers, gpus_per_worker, scale) -> None:  # fmt: skip
     """Extract P2-P6 for images, folders (recursive) and globs into OUT/<image>/."""
+    if len(from_list) > 1:  # each list's outputs mirror its own tree: one list, one -o
+        raise click.BadParameter(
+            f"given {len(from_list)} times, and a run takes one list: join them into one "
+            "(cat a.txt b.txt | fpncli extract --from-list - ...), or run once per list",
+            param_hint="'--from-list'",
+        )
+    from_list = from_list[0] if from_list else None
     if not inputs and from_list is None:
         raise click.UsageError("give at least one image, folder or glob (or --from-list)")
     engine_options = _check_engine_options(
