@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -547,6 +548,29 @@ def test_from_list_given_twice_is_refused_not_the_first_list_dropped(tmp_path, m
         "list (see 'cli extract --help')"
     ]
     assert not Path("out").exists()
+
+
+def test_a_missing_listed_file_does_not_move_the_others_folders(tmp_path, monkeypatch):
+    """A list's outputs mirror the common folder of its entries, and that counted the missing
+    ones: a typo ``q/a.png`` put ``L/p/q/a.png`` into ``out/L/p/q/a``, and once the typo was
+    fixed the rerun wrote everything again into ``out/a``. The root is now that of the files
+    that exist; the missing one is still reported, in the summary and the run log."""
+    monkeypatch.chdir(tmp_path)
+    for name in "ab":
+        Path("L/p/q").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(f"L/p/q/{name}.png")
+    Path("list.txt").write_text("L/p/q/a.png\nq/a.png\nL/p/q/b.png\n")
+    small = ["-o", "out", *SMALL, "--no-overview", "--no-heatmaps"]
+    typo = CliRunner().invoke(cli, ["extract", "--from-list", "list.txt", *small])
+    assert typo.exit_code == 1, typo.output
+    assert "failed: q/a.png: no such image file\n" in typo.output
+    assert Path("out/a/manifest.json").is_file() and Path("out/b/manifest.json").is_file()
+    assert not Path("out/L").exists()
+    failed = json.loads(Path("out/run.json").read_text())["failed"]
+    assert failed == [{"path": "q/a.png", "reason": "no such image file: q/a.png"}]
+    Path("list.txt").write_text("L/p/q/a.png\nL/p/q/b.png\n")
+    fixed = CliRunner().invoke(cli, ["extract", "--from-list", "list.txt", *small])
+    assert fixed.exit_code == 0 and "done 0, skipped 2 (already complete)" in fixed.output
 
 
 def test_show_of_an_empty_image_file_names_the_file_not_a_file_object(tmp_path):

@@ -212,9 +212,10 @@ def discover_inputs(
     output roots so passed over are added to ``skipped``. Special files (FIFOs, devices,
     symlink loops) named explicitly are kept, to be reported when loaded. ``root`` is what the
     output tree mirrors: the folder for a folder input, the glob's fixed prefix for a glob, the
-    parent for a file, and the common folder of all entries for a list. A list entry is its line
-    without the line ending (and the first line's BOM), or without the spaces at its ends where
-    no file has the name with them; blank lines and lines starting with ``#`` are skipped.
+    parent for a file, and for a list the common folder of its entries that exist (of all, where
+    none does: a missing one, reported when loaded, moves no other's folder). A list entry is its
+    line without the line ending (and the first line's BOM), or without the spaces at its ends
+    where no file has the name with them; blank lines and lines starting with ``#`` are skipped.
     Folders below an input that cannot be read (no permission) are passed over and added to
     ``unreadable`` with the reason. Symlinked folders below a folder input are followed, their
     images named by the link's path, and every real folder is read once: a link that leads to
@@ -282,8 +283,10 @@ def discover_inputs(
                     Path(text if text != stripped and os.path.lexists(text) else stripped)
                 )
         entries = [e for e in entries if outputs.root_of(e) is None]
+        # a missing entry (a typo) must not move the root, and so every other image's folder
+        found = [e for e in entries if os.path.exists(e)] or entries
         if entries:  # normalised (x/.. folded), as plan_jobs compares paths to it
-            root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(e)) for e in entries]))
+            root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(e)) for e in found]))
             pairs += [(e, root) for e in entries]
     seen = set()
     unique = []
