@@ -550,6 +550,31 @@ def test_from_list_given_twice_is_refused_not_the_first_list_dropped(tmp_path, m
     assert not Path("out").exists()
 
 
+def test_a_listed_hash_name_that_is_a_file_is_a_comment_with_a_note(tmp_path, monkeypatch):
+    """``ls > list.txt`` lists ``#1.png`` as a line starting with ``#``: it was dropped as a
+    comment without a word. It is still a comment, and one note (for the list, counting such
+    lines) says how to write it; written ``./#1.png``, it is extracted."""
+    monkeypatch.chdir(tmp_path)
+    for name in ["#1.png", "2.png", "#3.png"]:
+        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(name)
+    Path("list.txt").write_text("#1.png\n2.png\n#3.png\n# #2.png, a comment\n#\n")
+    small = [*SMALL, "--no-overview", "--no-heatmaps"]
+    result = CliRunner().invoke(cli, ["extract", "--from-list", "list.txt", "-o", "out", *small])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if "comment" in line]
+    assert notes == [
+        "note: list.txt, line 1: #1.png is a comment, but a file of that name exists (2 such # "
+        "lines in all): write it as ./#1.png to extract it"
+    ]
+    assert sorted(os.listdir("out")) == sorted(["2", "run.json", ".fpncli-output",
+                                                ".fpncli-files.run"])  # fmt: skip
+    Path("fixed.txt").write_text("./#1.png\n2.png\n")
+    fixed = CliRunner().invoke(cli, ["extract", "--from-list", "fixed.txt", "-o", "out", *small])
+    assert fixed.exit_code == 0 and "comment" not in fixed.output, fixed.output
+    assert "done 1, skipped 1 (already complete)" in fixed.output
+    assert Path("out/#1/manifest.json").is_file()
+
+
 def test_a_missing_listed_file_does_not_move_the_others_folders(tmp_path, monkeypatch):
     """A list's outputs mirror the common folder of its entries, and that counted the missing
     ones: a typo ``q/a.png`` put ``L/p/q/a.png`` into ``out/L/p/q/a``, and once the typo was

@@ -43,6 +43,7 @@ from .extract_checks import (
     _worker_devices,
 )
 from .extract_report import (
+    _commented_note,
     _hidden_left_out,
     _hidden_note,
     _inside,
@@ -354,6 +355,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     unreadable: list = []
     repeated: list = []
     hidden: list = []
+    commented: list = []
     _check_inputs_not_levels(inputs, levels)
     if dtype == "float16" and no_npy:  # the dtype of files not written: likely meant nothing
         drawn = not (no_heatmaps and no_overview and not overlay)  # else statistics only
@@ -361,8 +363,11 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         click.echo(f"note: with --no-npy, --dtype float16 only changes {changed}: they are "
                    "computed from the levels cast to float16", err=True)  # fmt: skip
     pairs = discover_inputs(inputs, from_list, exclude=None if url else out, skipped=passed_over,
-                            unreadable=unreadable, repeated=repeated, hidden=hidden)  # fmt: skip
+                            unreadable=unreadable, repeated=repeated, hidden=hidden,
+                            commented=commented)  # fmt: skip
     unreadable, repeated = _once(unreadable), _once(repeated)
+    if commented:  # "#1.jpg" (ls > list.txt): a comment, as any # line
+        click.echo(_commented_note(getattr(from_list, "name", "the list"), commented), err=True)
     files_inside = _inside(inputs, passed_over)
     if passed_over:
         click.echo(_skipped_note(passed_over, files_inside), err=True)

@@ -150,6 +150,16 @@ def _hidden_note(hidden: list[tuple[Path, bool]]) -> str:
             "name one as an input to take it")  # fmt: skip
 
 
+def _commented_note(listed: str, commented: list[tuple[int, str]]) -> str:
+    """The ``#`` lines of the list ``listed`` that are the names of files (``(line number, name)``
+    each, ``discover_inputs``'s ``commented``), comments all the same: the first, and how many."""
+    number, name = commented[0]
+    more = f" ({len(commented)} such # lines in all)" if len(commented) > 1 else ""
+    return (f"note: {quote_name(listed)}, line {number}: {quote_name(name)} is a comment, but a "
+            f"file of that name exists{more}: write it as {quote_name('./' + name)} to extract "
+            "it")  # fmt: skip
+
+
 def _report_interrupt(last, total: int, dropped: int = 0, stopped: str = "interrupted") -> None:
     """Ctrl-C: what was done, what is left, and the command that resumes. ``dropped``: images
     written into a ``--format wds`` run's open shard, which is dropped (to be redone);

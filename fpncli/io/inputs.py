@@ -201,6 +201,7 @@ def discover_inputs(
     unreadable: list[tuple[Path, str]] | None = None,
     repeated: list[tuple[Path, Path]] | None = None,
     hidden: list[tuple[Path, bool]] | None = None,
+    commented: list[tuple[int, str]] | None = None,
 ) -> list[tuple[Path, Path]]:
     """Expand files, folders (recursively), globs and list entries into ``(image, root)`` pairs.
 
@@ -215,7 +216,9 @@ def discover_inputs(
     parent for a file, and for a list the common folder of its entries that exist (of all, where
     none does: a missing one, reported when loaded, moves no other's folder). A list entry is its
     line without the line ending (and the first line's BOM), or without the spaces at its ends
-    where no file has the name with them; blank lines and lines starting with ``#`` are skipped.
+    where no file has the name with them; blank lines and lines starting with ``#`` are skipped,
+    and a ``#`` line that is the name of a file (``#1.jpg``: ``ls > list.txt``) is added to
+    ``commented`` as ``(line number, name)``.
     Folders below an input that cannot be read (no permission) are passed over and added to
     ``unreadable`` with the reason. Symlinked folders below a folder input are followed, their
     images named by the link's path, and every real folder is read once: a link that leads to
@@ -276,12 +279,15 @@ def discover_inputs(
                 name = getattr(from_list, "name", "the list")
                 raise ValueError(f"{name}, line {number}: a NUL byte, in no file name (binary?)")
             stripped = text.strip()
-            if stripped and not stripped.startswith("#"):
-                # a name with spaces at its ends, where that file exists; else the stray spaces
-                # of a hand-written list are dropped
-                entries.append(
-                    Path(text if text != stripped and os.path.lexists(text) else stripped)
-                )
+            if not stripped:
+                continue
+            # a name with spaces at its ends, where that file exists; else the stray spaces
+            # of a hand-written list are dropped
+            entry = text if text != stripped and os.path.lexists(text) else stripped
+            if not stripped.startswith("#"):
+                entries.append(Path(entry))
+            elif commented is not None and os.path.isfile(entry):  # a comment, or "#1.jpg"?
+                commented.append((number, entry))
         entries = [e for e in entries if outputs.root_of(e) is None]
         # a missing entry (a typo) must not move the root, and so every other image's folder
         found = [e for e in entries if os.path.exists(e)] or entries
