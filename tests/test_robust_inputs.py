@@ -300,14 +300,15 @@ def test_a_postscript_file_named_like_an_image_is_never_rendered(tmp_path, monke
 def test_a_folder_walk_takes_every_format_fpncli_reads_when_named(tmp_path):
     """``fpncli extract AV/p.avif`` read the file and ``fpncli extract AV`` passed over it without
     a word: the walk took a fixed list of 14 extensions, not AVIF's, TGA's, JPEG 2000's or
-    QOI's. It takes the extensions of every format fpncli opens that Pillow decodes itself,
-    from Pillow's table; those it only names (MPEG's header, the HDF5 stub) are not taken."""
+    QOI's. It takes the photo formats' extensions that this Pillow decodes itself (from
+    Pillow's table; not those it only names: MPEG's header, the HDF5 stub), and not a folder's
+    icons, textures or data files, whose formats are read when named."""
     from PIL import Image as PILImage
     from PIL import ImageFile
 
     from fpncli.io.image_load import load_image
     from fpncli.io.inputs import IMAGE_EXTENSIONS, discover_inputs
-    from fpncli.io.pillow_open import pillow_formats
+    from fpncli.io.pillow_open import pillow_extensions, pillow_formats
 
     folder = tmp_path / "AV"
     names = ["p.avif", "p.JP2", "p.png", "p.qoi", "p.tga"]
@@ -319,12 +320,17 @@ def test_a_folder_walk_takes_every_format_fpncli_reads_when_named(tmp_path):
     assert [path.name for path, _ in found] == sorted(names)  # (sorted: "p.JP2" first)
     for path, _ in found:  # and each of them is read, as when named
         assert load_image(path).rgb.shape == (40, 48, 3), path
+    assert IMAGE_EXTENSIONS <= pillow_extensions()  # only what this Pillow decodes itself
     for ext, name in PILImage.registered_extensions().items():
         if name in pillow_formats():
             stub = isinstance(PILImage.OPEN[name][0], type) and issubclass(
                 PILImage.OPEN[name][0], ImageFile.StubImageFile
             )
-            assert (ext in IMAGE_EXTENSIONS) != (stub or name == "MPEG"), (ext, name)
+            assert (ext in pillow_extensions()) != (stub or name == "MPEG"), (ext, name)
+    # a folder's icons, textures and data files are no photos: read when named, not walked
+    for name in ["icon.ico", "tex.dds", "track.fit"]:
+        (folder / name).write_bytes(b"not a photo")
+    assert [path.name for path, _ in discover_inputs([str(folder)])] == sorted(names)
 
 
 def test_an_empty_file_is_said_to_be_empty(tmp_path):

@@ -30,9 +30,17 @@ __all__ = [
     "env_int",
 ]
 
-#: What a folder walk (or a glob) takes: the extensions of every format fpncli reads when the
-#: file is named (``pillow_open.pillow_extensions``), so the two cannot differ.
-IMAGE_EXTENSIONS = pillow_extensions()
+#: The photo formats a folder walk (or a glob) takes, those of them that this Pillow decodes
+#: (``pillow_open.pillow_extensions``: AVIF only where Pillow was built with it). Not every
+#: format fpncli reads when a file is named or listed: a folder of photos also holds icons,
+#: cursors, game textures and data files whose extensions Pillow claims (``.ico``, ``.cur``,
+#: ``.dds``, ``.fit``, ``.im``, ``.rgb``), which would be extracted or fail the run.
+_PHOTO_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".gif", ".tif", ".tiff",
+     ".webp", ".avif", ".avifs", ".jp2", ".j2k", ".jpx", ".jpf", ".j2c", ".jpc", ".qoi", ".tga",
+     ".psd", ".ppm", ".pgm", ".pbm", ".pnm"}
+)  # fmt: skip
+IMAGE_EXTENSIONS = _PHOTO_EXTENSIONS & pillow_extensions()
 
 
 @dataclass(frozen=True)
