@@ -507,6 +507,27 @@ def test_a_marker_name_taken_by_something_not_a_file_is_refused_before_any_outpu
     assert sorted(p.name for p in out.iterdir()) == [".fpncli-output"]
 
 
+def test_a_marker_written_by_another_process_meanwhile_counts(tmp_path, monkeypatch):
+    """Two runs marking one new -o at once (--shard, torchrun ranks): the marker another process
+    wrote between the check and the look was refused as "a special file", failing the run."""
+    from pathlib import Path as RealPath
+
+    from fpncli.io.guard import mark_output_root
+
+    out = tmp_path / "out"
+    real_is_file = RealPath.is_file
+
+    def is_file(self):
+        if self.name == ".fpncli-output" and not self.exists():
+            self.write_text("the other process's marker\n")  # written just after the check
+            return False
+        return real_is_file(self)
+
+    monkeypatch.setattr(RealPath, "is_file", is_file)
+    mark_output_root(out)
+    assert (out / ".fpncli-output").read_text() == "the other process's marker\n"
+
+
 def test_symlinked_folders_are_followed_but_never_into_outputs(tmp_path):
     """Symlinked folders are followed (they were skipped without a word), a second link to the
     same folder is read once with a note, and a link into this run's -o, one of its subfolders

@@ -341,6 +341,8 @@ def make_marked_folder(folder: Path, marker: str) -> None:
     except FileNotFoundError:
         path.write_text("made by fpncli: its files are never read back as inputs\n")
         return
+    if stat.S_ISREG(mode):  # another process (a --shard, a torchrun rank) wrote it meanwhile
+        return
     raise ValueError(
         f"{quote_name(str(path))} is {_kind(mode)}, not the marker file fpncli writes there: "
         "move it away, or give another folder"
