@@ -571,6 +571,18 @@ def test_options_a_photo_target_uses_are_taken(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "saved fpn_show_cat_p5_mean.png" in result.output
 
 
+def test_a_photo_of_a_format_read_when_named_is_shown_not_refused(tmp_path, monkeypatch):
+    """README: a format Pillow decodes beyond the photo formats a folder walk takes (``.ico``)
+    is read when the file is named; extract read it, and show refused it as "not an image"."""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "cat.ico")
+    args = ["show", "cat.ico", "--level", "p5", "--weights", "random", "--device", "cpu"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0 and "saved fpn_show_cat_p5.png" in result.output, result.output
+    saved = CliRunner().invoke(cli, [*args, "--save", "x.ico"])  # a PNG named .ico: refused
+    assert saved.exit_code == 2 and "the picture is a PNG; name it .png" in saved.output
+
+
 def _copy_extraction(folder, name):
     import shutil
 

@@ -38,10 +38,10 @@ def _save_target(ctx, param, value: str | None) -> str | None:
     ``photo.jpg``, would be overwritten with PNG bytes)."""
     if value is None:
         return None
-    from ..io.inputs import IMAGE_EXTENSIONS
+    from ..io.pillow_open import pillow_extensions
 
     suffix = Path(value).suffix.lower()
-    if suffix in IMAGE_EXTENSIONS and suffix != ".png":
+    if suffix in pillow_extensions() and suffix != ".png":
         raise click.BadParameter(f"{value}: the picture is a PNG; name it .png")
     return str(_file_target(value))
 

@@ -369,9 +369,10 @@ def check_not_drawn(path: Path) -> None:
     report's (its pictures folder holds ``REPORT_MARKER``) or of diff's (``DIFF_MARKER``), which
     command drew it; else, which output folder it lies in."""
     from ..io.guard import DIFF_MARKER, REPORT_MARKER, quote_name
-    from ..io.inputs import IMAGE_EXTENSIONS, output_root
+    from ..io.inputs import output_root
+    from ..io.pillow_open import pillow_extensions
 
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:  # (not an image: _check_image says so)
+    if path.suffix.lower() not in pillow_extensions():  # (not an image: _check_image says so)
         return
     root = output_root(path)
     if root is None:
@@ -416,10 +417,9 @@ def _check_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     (``pillow_open.open_image``)."""
     from PIL import Image, UnidentifiedImageError
 
-    from ..io.inputs import IMAGE_EXTENSIONS
-    from ..io.pillow_open import open_image
+    from ..io.pillow_open import open_image, pillow_extensions
 
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+    if path.suffix.lower() not in pillow_extensions():  # read when named, as extract does
         raise ValueError(
             f"{path} is not an image, an output folder or a p*.npy file; "
             "to extract a list of files, use fpncli extract --from-list"
