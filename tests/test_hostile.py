@@ -193,6 +193,130 @@ def test_concurrent_cli_runs_over_overlapping_inputs(tmp_path):
     assert not list(out.rglob(".*fpncli-tmp*"))
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_run_never_replaces_another_files_outputs_written_since_its_plan(
+    tmp_path, model, monkeypatch
+):
+    """Two runs into one -o, each with its own ``a.png`` (``x/a.png``, ``y/a.png``): both
+    planned ``out/a`` free, and the second to write it replaced the first's outputs, both
+    saying done (exit 0), one extraction gone. The folder is checked again once locked: the
+    other file's complete outputs are kept, byte for byte, and the image fails with a line
+    naming the folder, that file and what to do. A file of the same run, the same file through
+    a hard link, and ``overwrite`` still replace them, as the plan does."""
+    x, y = _image(tmp_path / "x" / "a.png"), _image(tmp_path / "y" / "a.png", value=1)
+    theirs, folder = tmp_path / "theirs" / "a", tmp_path / "out" / "a"
+    options = RunOptions(output=SMALL)
+    assert run_jobs([Job(y, theirs)], model, options).done == 1  # the other run's outputs
+    real = pipeline.plan_pending
+
+    def other_run_meanwhile(jobs, *args):
+        planned = real(jobs, *args)  # folder free: planned
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(theirs, folder)  # the other run writes it before this one does
+        return planned
+
+    monkeypatch.setattr(pipeline, "plan_pending", other_run_meanwhile)
+    summary = run_jobs([Job(x, folder)], model, options)
+    assert (summary.done, summary.skipped) == (0, 0)
+    assert summary.failed == [(str(x), (
+        f"{folder} holds the outputs of another file, {os.path.realpath(y)}, not of {x} (another "
+        "run into the same -o wrote them): they are kept, and this image is not extracted; "
+        "extract it with another -o"
+    ))]  # fmt: skip
+    assert _files(folder) == _files(theirs)
+    linked = tmp_path / "linked.png"
+    os.link(y, linked)  # the same file as the folder's, through another path: its own outputs
+    for job, opts, inputs in [
+        (Job(x, folder), options, pipeline.RunInputs([Job(x, folder), Job(y, tmp_path / "b")])),
+        (Job(linked, folder), options, None),
+        (Job(x, folder), replace(options, overwrite=True), None),
+    ]:
+        shutil.rmtree(folder)  # free when planned, the other file's when written
+        summary = run_jobs([job], model, opts, run_inputs=inputs)
+        assert (summary.done, summary.failed) == (1, []), job
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["input"]["real_path"] == os.path.realpath(job.path)
+
+
+#: ``fpncli extract ARGS`` that, once it has planned its run, waits until ``PLANNED`` runs have
+#: (each leaves a file in ``$FPNCLI_BARRIER``): runs started together then all write folders
+#: they each planned free
+PLAN_THEN_WAIT = """
+import os, sys, time
+from pathlib import Path
+
+import fpncli.run.pipeline as pipeline
+from fpncli.cli import cli
+
+real = pipeline.plan_pending
+
+
+def plan_then_wait(jobs, *args):
+    planned = real(jobs, *args)
+    barrier = Path(os.environ["FPNCLI_BARRIER"])
+    (barrier / str(os.getpid())).touch()
+    deadline = time.monotonic() + 120
+    while len(list(barrier.iterdir())) < int(os.environ["PLANNED"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return planned
+
+
+pipeline.plan_pending = plan_then_wait
+cli.main(sys.argv[1:], prog_name="fpncli")
+"""
+
+
+def test_two_cli_runs_of_files_of_one_name_into_one_o_lose_nothing(tmp_path):
+    """The reviewer's race for real: two ``extract`` processes, ``x/`` and ``y/`` of 3 photos
+    of the same names, into one -o, both planned before either writes. Each folder holds the
+    outputs of the run that wrote it first; the other run fails that image (exit 1) instead of
+    replacing them and saying done (both said done 3 with exit 0, one run's outputs gone)."""
+    for name in ("x", "y"):
+        for i in range(3):
+            _image(tmp_path / name / f"i{i}.png", value=i + 10 * (name == "y"))
+    out, barrier = tmp_path / "out", tmp_path / "barrier"
+    barrier.mkdir()
+    script = tmp_path / "plan_then_wait.py"
+    script.write_text(PLAN_THEN_WAIT)
+    root = Path(fpncli.__file__).resolve().parents[1]
+    env = dict(os.environ, FPNCLI_HOME=str(tmp_path / "home"), FPNCLI_BARRIER=str(barrier),
+               PLANNED="2", PYTHONPATH=str(root))  # fmt: skip
+    procs = {
+        name: subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                *_cli(str(tmp_path / name), "-o", str(out))[3:],
+                "--no-heatmaps",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for name in ("x", "y")
+    }
+    outputs = {name: p.communicate(timeout=300) for name, p in procs.items()}
+    results = {name: (procs[name].returncode, *outputs[name]) for name in procs}
+    held = {name: 0 for name in procs}
+    for i in range(3):
+        real = json.loads((out / f"i{i}" / "manifest.json").read_text())["input"]["real_path"]
+        held[Path(real).parent.name] += 1
+    for name, (rc, stdout, stderr) in results.items():
+        done = held[name]
+        assert f"done {done}, skipped 0 (already complete), failed {3 - done} of 3" in stdout, (
+            stdout + stderr
+        )
+        assert rc == (1 if done < 3 else 0), stderr
+        if done < 3:
+            assert "(another run into the same -o wrote them): they are kept" in stderr
+    assert sum(held.values()) == 3
+    assert not list(out.rglob(".*fpncli-tmp*"))
+
+
 # 2, 3. Redo with other settings; the resume key follows symlinks and ".." ----------------
 
 

@@ -279,6 +279,59 @@ def test_a_failed_workers_complete_images_are_counted_as_complete(tmp_path):
     assert "cuda:7" in summary.failed[0][1] and "cuda:7" in summary.aborted
 
 
+#: in each worker (the parent plans through ``multi``'s own name): once the worker has planned
+#: its shard, another run into the same -o writes every folder of it, with the outputs of
+#: another file (the folder ``$THEIRS``)
+OTHER_RUN_AFTER_THE_PLAN = """
+import os, shutil, sys
+import fpncli.run.pipeline as pipeline
+
+planned_by = pipeline.plan_pending
+
+
+def plan_then_another_run(jobs, *args):
+    planned = planned_by(jobs, *args)
+    for job in jobs:
+        shutil.copytree(os.environ["THEIRS"], job.folder)
+    return planned
+
+
+pipeline.plan_pending = plan_then_another_run
+"""
+
+
+def test_workers_never_replace_another_files_outputs_written_since_their_plan(tmp_path):
+    """Worker processes write through the same locked check as one process: folders that
+    another run filled with another file's complete outputs after the workers planned them
+    free are kept, byte for byte, and their images fail (exit 1), not "done 4" over the
+    other run's extraction."""
+    other = _images(tmp_path / "other", 1)[0]
+    theirs = tmp_path / "theirs"
+    assert run_jobs([Job(other, theirs)], fpncli.load_backbone("random"),
+                    RunOptions(output=SMALL, workers=1)).done == 1  # fmt: skip
+    kept = {p.name: p.read_bytes() for p in theirs.iterdir()}
+    _images(tmp_path / "in", 4)
+    script = tmp_path / "run_workers.py"
+    script.write_text(OTHER_RUN_AFTER_THE_PLAN + CLI_ON_TWO_CPU_WORKERS)
+    env = dict(os.environ, FPNCLI_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT),
+               THEIRS=str(theirs))  # fmt: skip
+    cmd = [sys.executable, str(script), "extract", str(tmp_path / "in"), "-o",
+           str(tmp_path / "out"), "--weights", "random", "--min-size", "64", "--max-size", "96",
+           "--no-heatmaps", "--no-overview", "--workers", "1"]  # fmt: skip
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "done 0, skipped 0 (already complete), failed 4 of 4" in result.stdout, result.stderr
+    failed = [ln for ln in result.stderr.splitlines() if ln.startswith("failed: ")]
+    assert len(failed) == 4 and all(
+        f"holds the outputs of another file, {os.path.realpath(other)}, not of the file (another "
+        "run into the same -o wrote them): they are kept" in ln
+        for ln in failed
+    ), result.stderr
+    for i in range(4):
+        folder = tmp_path / "out" / f"{i:02d}"
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == kept
+
+
 #: stands in for torch.compile, in the parent and in each worker (a real one takes minutes on
 #: two cores): the run goes on as compiled, the model eager
 NO_COMPILE = """

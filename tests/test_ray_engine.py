@@ -343,6 +343,52 @@ def test_ray_actor_skips_a_folder_another_run_completed_before_the_model(
     assert (summary.done, summary.skipped, summary.failed) == (1, 1, [])
 
 
+def test_ray_actor_never_replaces_another_files_outputs_written_since_the_plan(inputs, tmp_path):
+    """The actor's call, without Ray: a folder another run filled with another file's
+    complete outputs after the driver planned it free is kept, byte for byte, and its image's
+    row fails with the line naming that file; where the file is one of the run's (the
+    identities the driver's plan read, in the actor's config), it is redone."""
+    import pickle
+    import shutil
+
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run.pipeline import Job, RunOptions, RunSummary, decode, run_jobs
+    from fpncli.run.plan import RunInputs
+    from fpncli.run.ray_actor import Extractor
+    from fpncli.run.ray_engine import _count
+
+    output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
+    options = RunOptions(output=output, workers=1, writers=1)
+    config = {"weights": "random", "seed": 0, "device": "cpu", "options": options,
+              "format": "files", "crash_after": None, "actors": 1}  # fmt: skip
+    a, b, other = inputs / "im0.png", inputs / "im1.png", inputs / "im2.png"
+    jobs = [Job(a, tmp_path / "out" / "a"), Job(b, tmp_path / "out" / "b")]
+    batch = {"path": [str(a), str(b)], "error": ["", ""],
+             "folder": [str(j.folder) for j in jobs], **_given(jobs)}  # fmt: skip
+    actor = Extractor(config)
+    items = [pickle.dumps(decode(j, options, actor.model.weights_info.input)) for j in jobs]
+    assert run_jobs([Job(other, tmp_path / "theirs")], actor.model, options).done == 1
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "theirs").iterdir()}
+    shutil.copytree(tmp_path / "theirs", jobs[0].folder)  # another run wrote it meanwhile
+    rows = actor({**batch, "item": items})
+    assert list(rows["status"]) == ["failed", "ok"]
+    assert rows["error"][0] == (
+        f"{jobs[0].folder} holds the outputs of another file, {os.path.realpath(other)}, not of "
+        f"{a} (another run into the same -o wrote them): they are kept, and this image is not "
+        "extracted; extract it with another -o"
+    )
+    assert {p.name: p.read_bytes() for p in jobs[0].folder.iterdir()} == kept
+    summary = RunSummary(total=2)
+    _count(rows, summary, set())
+    assert (summary.done, len(summary.failed)) == (1, 1)
+    whole = RunInputs([Job(other, tmp_path / "c"), *jobs])  # as the driver's plan read them
+    assert other in whole  # (read: the identities)
+    actor = Extractor({**config, "identities": whole.identities})
+    assert list(actor({**batch, "item": items})["status"]) == ["ok", "skipped"]
+    manifest = json.loads((jobs[0].folder / "manifest.json").read_text())
+    assert manifest["input"]["real_path"] == os.path.realpath(a)
+
+
 def test_ray_actor_rows_count_the_levels_that_overflowed_float16(inputs, tmp_path):
     """The actor's call, without Ray: each image's levels that overflowed a float16 .npy come
     back with its row, and the driver's summary adds them up (extract then says it once)."""

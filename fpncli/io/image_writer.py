@@ -10,11 +10,12 @@ The manifest is written last, lists every file with its size, and its presence (
 Re-extracting first removes the old manifest and the old outputs the new one will not list, so a
 run killed half-way through never leaves a folder that looks complete with a mix of old and new
 files. A folder is written under an advisory lock (``guard.folder_lock``), so two runs into the
-same ``-o`` take turns; temporary names carry the writer's pid and run token, and only this
-run's or dead runs' leftovers are removed. (Atomic against killed processes and full disks;
-only large files are flushed before their rename, see ``atomic.drop_from_cache``, so a power cut can
-still lose what the OS had not flushed.) The manifest's reading and the run key live in
-``io.manifest``, the atomic writes in ``io.atomic``.
+same ``-o`` take turns, and neither replaces the complete outputs of another input file that the
+other wrote there (``run_inputs``); temporary names carry the writer's pid and run token, and
+only this run's or dead runs' leftovers are removed. (Atomic against killed processes and full
+disks; only large files are flushed before their rename, see ``atomic.drop_from_cache``, so a
+power cut can still lose what the OS had not flushed.) The manifest's reading and the run key
+live in ``io.manifest``, the atomic writes in ``io.atomic``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from ..model.names import OUTPUT_STRIDES
 from .atomic import TMP_MARK, atomic_write_bytes, stale_temporary
 from .guard import folder_lock, linked_folder
 from .image_load import LoadedImage
-from .manifest import MANIFEST, is_complete
+from .manifest import MANIFEST, folder_state
 from .outputs import (
     OUTPUT_NAME,
     RANDOM_NOTE,
@@ -45,6 +46,7 @@ from .outputs import (
     valid_size,
 )
 from .preprocess import Prepared
+from .recorded_input import other_input, other_input_text
 
 __all__ = [
     "write_image_outputs",
@@ -78,6 +80,7 @@ def write_image_outputs(
     run_key: str | None = None,
     skip_if_complete: bool = False,
     root: Path | None = None,
+    run_inputs: Container[str] | None = None,
 ) -> int | None:
     """Write everything for one image into ``folder``; the manifest last. Returns bytes written.
 
@@ -95,6 +98,17 @@ def write_image_outputs(
         weights: ``{"name", "sha256", "format", "random", "seed"}`` for the manifest.
         root: the run's ``-o``: a symlinked folder strictly below it, on the way to ``folder``,
             is refused (``guard.linked_folder``; None: below the topmost marked output root).
+        run_inputs: the input files of the run (``run.plan.RunInputs``: ``path in run_inputs``).
+            With them, a folder whose complete manifest records another input file
+            (``recorded_input.other_input``), one not in ``run_inputs``, is checked for once
+            locked and never replaced: another run into the same ``-o`` wrote it after this
+            run's plan had found it free (``run.plan.plan_pending`` refuses what it finds
+            then). None: no such check (``--overwrite``; a caller's own folder).
+
+    Raises:
+        ValueError: (one line) ``folder`` is reached through a symlink below ``root``, or holds
+            the complete outputs of another input file (``run_inputs``); nothing of it is
+            replaced.
     """
     if levels is None:
         if features is None:
@@ -113,8 +127,12 @@ def write_image_outputs(
             "link or use another -o"
         )
     with folder_lock(folder):
-        if skip_if_complete and run_key is not None and is_complete(folder, run_key):
-            return None
+        if skip_if_complete or run_inputs is not None:  # one read of the manifest for both
+            complete, manifest = folder_state(folder, run_key)
+            if skip_if_complete and run_key is not None and complete:
+                return None
+            if run_inputs is not None and manifest is not None:
+                _keep_other_input(folder, manifest, image.path, run_inputs)
         _begin(folder, expected_files(options))
         created: dict[str, int] = {}
 
@@ -134,6 +152,18 @@ def write_image_outputs(
             for name in created:
                 (folder / name).unlink(missing_ok=True)
             raise
+
+
+def _keep_other_input(folder: Path, manifest: dict, path: str,
+                      run_inputs: Container[str]) -> None:  # fmt: skip
+    """Refuse (ValueError) to replace ``folder``'s complete outputs of another input file than
+    ``path``, one not in ``run_inputs`` (``write_image_outputs``)."""
+    made_from = other_input(manifest, path)
+    if made_from is not None and made_from not in run_inputs:
+        raise ValueError(
+            f"{other_input_text(folder, made_from, path)} (another run into the same -o wrote "
+            "them): they are kept, and this image is not extracted; extract it with another -o"
+        )
 
 
 def _write_all(folder, write, levels, image, prepared, options, weights, device, precision,

@@ -132,13 +132,19 @@ def _memory(n_bytes: int) -> str:
 
 class FolderSink:
     """Where the runner puts each image: its own folder (``--format files``). The sharded writer
-    (``run.wds.ShardSink``) is the other sink: the same calls, a tar shard instead."""
+    (``run.wds.ShardSink``) is the other sink: the same calls, a tar shard instead.
+
+    ``run_inputs``: the input files of the run (``plan.RunInputs``; by default none). A folder
+    that holds the complete outputs of another file, one not among them, is not replaced when
+    the image is written (``write_result``): another run into the same ``-o`` wrote it since the
+    plan, which refuses those it finds."""
 
     def write(self, item: Decoded, levels: dict, options: RunOptions, weights: dict,
               device: str) -> int | None:  # fmt: skip
-        return write_result(item, levels, options, weights, device)
+        return write_result(item, levels, options, weights, device, self.run_inputs)
 
-    def __init__(self) -> None:
+    def __init__(self, run_inputs: RunInputs | None = None) -> None:
+        self.run_inputs = run_inputs if run_inputs is not None else RunInputs()
         self._seen: dict[tuple[str, str], tuple[str | None, tuple | None]] = {}
 
     def fail(self, path: Path, reason: str) -> None:
@@ -507,8 +513,9 @@ def run_jobs(
     device = next(model.parameters()).device
     check_precision(options.precision, device)
     summary = RunSummary(total=len(jobs))
+    inputs = run_inputs if run_inputs is not None else RunInputs(jobs)
     if sink is None:
-        todo, replaced = plan_pending(jobs, options, weights_meta(model), run_inputs)
+        todo, replaced = plan_pending(jobs, options, weights_meta(model), inputs)
     else:
         todo, replaced = list(jobs), Replaced()
     summary.skipped = len(jobs) - len(todo)
@@ -517,7 +524,9 @@ def run_jobs(
     if not options.force and sink is None:
         check_disk_space(todo, options.output, max_pixels=options.max_pixels)
     input_format = model.weights_info.input
-    _run(model, options, summary, len(todo), progress, sink,
+    # the writers check each folder again, locked: another run may write it meanwhile
+    writer = sink if sink is not None else FolderSink(inputs)
+    _run(model, options, summary, len(todo), progress, writer,
          lambda runner: _feed(runner, todo, options, input_format))  # fmt: skip
     if summary.last_folder is None:  # none written: the last job skipped as already complete
         pending = {id(job) for job in todo}  # (this command named it: a bare `fpncli show`)

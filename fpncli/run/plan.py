@@ -13,12 +13,13 @@ from pathlib import Path
 
 from ..io.canvas import canvas_for
 from ..io.exif import header_orientation, upright_size
-from ..io.guard import linked_folder, quote_name
+from ..io.guard import linked_folder
 from ..io.inputs import Job
 from ..io.manifest import changed_settings, folder_state, legacy_run_key
 from ..io.outputs import OutputOptions, estimate_bytes_per_image
 from ..io.pillow_open import DEFAULT_MAX_PIXELS, open_image
 from ..io.preprocess import check_resized_size, resized_shape
+from ..io.recorded_input import other_input, other_input_text
 from .steps import RunOptions, job_run_key
 
 __all__ = [
@@ -247,7 +248,7 @@ def plan_pending(jobs: list[Job], options: RunOptions, weights: dict,
             continue
         todo.append(job)
         if manifest is not None and manifest.get("run_key") != key:
-            made_from = _other_input(manifest, job)
+            made_from = other_input(manifest, job.path)
             if made_from is not None and made_from not in run_inputs:
                 others.append((job, made_from))
                 continue
@@ -258,26 +259,10 @@ def plan_pending(jobs: list[Job], options: RunOptions, weights: dict,
         (job, made_from), more = others[0], len(others) - 1
         also = f" (and {more} more folders of this run hold other files' outputs)" if more else ""
         raise OtherFilesError(
-            f"{quote_name(str(job.folder))} holds the outputs of another file, "
-            f"{quote_name(made_from)}, not of {quote_name(str(job.path))}{also}: give another "
-            "-o, or --overwrite to redo the whole run"
+            f"{other_input_text(job.folder, made_from, job.path)}{also}: give another -o, or "
+            "--overwrite to redo the whole run"
         )
     return todo, Replaced(count, tuple(settings))
-
-
-def _other_input(manifest: dict, job: Job) -> str | None:
-    """The input file ``manifest`` records (its real path) where it is another file that is
-    still there, else None: the same file (which may have changed since; or reached by another
-    path, as a bind mount gives it), none recorded, or none there any more (the photos moved, or
-    the run was made in a container that mounted them elsewhere: its outputs are redone)."""
-    recorded = manifest.get("input")
-    real = recorded.get("real_path") if isinstance(recorded, dict) else None
-    if not isinstance(real, str) or not real or real == os.path.realpath(job.path):
-        return None
-    try:
-        return None if os.path.samefile(real, job.path) else real
-    except (OSError, ValueError):  # gone (or a path no file can have): nothing left to lose
-        return None
 
 
 def check_disk_space(todo: list[Job], output: OutputOptions, *,

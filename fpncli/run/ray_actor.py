@@ -21,6 +21,7 @@ from ..io.guard import one_line, quote_name
 from ..io.inputs import Job
 from ..io.shard_writer import ShardWriter
 from .pipeline import FolderSink, _reason, run_decoded
+from .plan import RunInputs
 from .steps import RunOptions, decode
 from .summary import DISK_FULL, OPEN_FILES, WarningRelay, float16_overflow
 from .wds import ShardSink
@@ -168,7 +169,9 @@ class Extractor:
             if config.get("default_batch"):  # --batch-size's default on a CPU
                 self.options = replace(self.options, batch_size=1)
         self.done = 0
-        self.folder_sink = FolderSink()
+        # the run's input files as the driver's plan read them (none read: none of another
+        # file's outputs were there), for the writes' check of each folder (``FolderSink``)
+        self.folder_sink = FolderSink(RunInputs(identities=config.get("identities")))
 
     def __call__(self, batch: dict) -> dict:
         # the call's fpncli warnings (the first call's also those of loading) go back with its

@@ -180,8 +180,12 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         per_image = max(1, need // max(1, len(todo)))
         rows_per_call = max(1, min(ray_options.shard_bytes // per_image, 10_000))
     else:
-        todo, replaced = plan_pending(jobs, options, weights, run_inputs)
+        inputs = run_inputs if run_inputs is not None else RunInputs(jobs)
+        todo, replaced = plan_pending(jobs, options, weights, inputs)
         summary.skipped = len(jobs) - len(todo)
+        # the actors' writes check each folder again (another run may write it meanwhile), a
+        # file of this run no other file: the identities the plan read, if it read any
+        config["identities"] = inputs.identities
         rows_per_call = options.batch_size * 4
     if on_plan is not None:
         on_plan(todo, replaced)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,11 +256,22 @@ def _resized(pixels: torch.Tensor, sources: list[tuple[int, int]],
 
 
 def write_result(
-    item: Decoded, levels: dict[str, LevelResult], options: RunOptions, weights: dict, device: str
+    item: Decoded,
+    levels: dict[str, LevelResult],
+    options: RunOptions,
+    weights: dict,
+    device: str,
+    run_inputs: Container[str] = frozenset(),
 ) -> int | None:
     """Write one image's outputs into its folder (manifest last, folder locked); returns the
     bytes written, or None when another run completed the folder meanwhile (unless
-    ``options.overwrite``)."""
+    ``options.overwrite``).
+
+    Unless ``options.overwrite``, a folder that holds the complete outputs of another input file
+    than the item's, one not in ``run_inputs`` (the run's: ``plan.RunInputs``; by default none),
+    is not replaced: ValueError (``write_image_outputs``), the image fails. The plan refuses
+    such folders before the run; this is for those another run into the same ``-o`` wrote
+    since."""
     return write_image_outputs(
         item.job.folder, levels=levels, image=item.image, prepared=item.prepared,
         options=options.output, weights=weights, device=device, precision=options.precision,
@@ -268,4 +280,5 @@ def write_result(
         run_key=job_run_key(item.job, options, weights, item.source_stat)
         if item.source_stat is not None else None,
         skip_if_complete=not options.overwrite, root=options.root,
+        run_inputs=None if options.overwrite else run_inputs,
     )  # fmt: skip

@@ -1,0 +1,48 @@
+"""The input file an extraction folder's manifest records, told apart from a job's own file.
+
+A folder of ``-o`` holds the outputs of one input file, whose real path its manifest records
+(``input.real_path``). The plan (``run.plan.plan_pending``) refuses a run whose folders hold
+the complete outputs of other files, the writer (``io.image_writer``) checks it again with the
+folder locked (another run into the same ``-o`` may have written it since): both tell "the
+same file" the same way, ``other_input``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .guard import quote_name
+
+__all__ = ["recorded_input", "other_input", "other_input_text"]
+
+
+def recorded_input(manifest: dict) -> str | None:
+    """The real path of the input file ``manifest`` records; None where it records none (an
+    earlier version's manifest, or a forged one)."""
+    recorded = manifest.get("input")
+    real = recorded.get("real_path") if isinstance(recorded, dict) else None
+    return real if isinstance(real, str) and real else None
+
+
+def other_input(manifest: dict, path: str | Path) -> str | None:
+    """The input file ``manifest`` records (its real path) where it is another file than
+    ``path`` that is still there, else None: the same file (which may have changed since; or
+    reached by another path, as a hard link or a bind mount gives it), none recorded, or none
+    there any more (the photos moved, or the run was made in a container that mounted them
+    elsewhere: its outputs are redone)."""
+    real = recorded_input(manifest)
+    if real is None or real == os.path.realpath(path):
+        return None
+    try:
+        return None if os.path.samefile(real, path) else real
+    except (OSError, ValueError):  # gone (or a path no file can have): nothing left to lose
+        return None
+
+
+def other_input_text(folder: str | Path, made_from: str, path: str | Path) -> str:
+    """``OUT/a holds the outputs of another file, X, not of Y``: the words of a refusal."""
+    return (
+        f"{quote_name(str(folder))} holds the outputs of another file, {quote_name(made_from)}, "
+        f"not of {quote_name(str(path))}"
+    )
