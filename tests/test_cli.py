@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -218,6 +219,46 @@ def test_a_rerun_with_the_roots_reordered_or_a_sibling_added_is_not_refused(runn
     extract(*roots)  # A's two go to a_png and a_jpg, B/a.png back to a
     assert made_from("a") == str((tmp_path / "B" / "a.png").resolve())
     assert made_from("a_png") == str((tmp_path / "A" / "a.png").resolve())
+
+
+def test_a_folder_left_by_a_renamed_input_is_said_and_kept(runner, tmp_path):
+    """``extract S`` with ``S/a.png`` and ``S/b.png`` writes ``a/`` and ``b/``; once ``a.jpg``
+    and ``b.jpg`` are added beside them, ``a.png``'s outputs go to ``a_png/``, and ``a/``, no
+    image's folder any more, stayed without a word: ``fpncli report`` counted 6 images for 4
+    photos. The run names the first such folder (and how many more) in a note and leaves them
+    as they are; one deleted, an incomplete one and one that holds another file's outputs are
+    not named."""
+    src, out = tmp_path / "S", tmp_path / "out"
+    src.mkdir()
+    (tmp_path / "other").mkdir()
+    names = ("a.png", "b.png", "a.jpg", "b.jpg", "c.png", "c.jpg", "other/c.png")
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((40, 56, 3), 30 * i, np.uint8)).save(tmp_path / name)
+    base = ["-o", str(out), *SMALL, "--no-overview", "--no-heatmaps"]
+
+    def extract(*names: str, folder=src) -> list[str]:
+        for name in names:
+            os.replace(tmp_path / name, src / name)
+        result = runner.invoke(cli, ["extract", str(folder), *base], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return [ln for ln in result.stderr.splitlines() if "earlier outputs" in ln]
+
+    assert extract("a.png", "b.png") == []
+    kept = {name: (out / name / "manifest.json").read_bytes() for name in ("a", "b")}
+    assert extract("a.jpg", "b.jpg") == [
+        f"note: {out / 'a'} holds earlier outputs of {src / 'a.png'}, whose folder is now "
+        f"{out / 'a_png'} (and 1 more such folders): the run leaves it as it is, and fpncli "
+        "report counts it as an image of its own; delete it"
+    ]
+    assert {name: (out / name / "manifest.json").read_bytes() for name in kept} == kept
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "a", "a_jpg", "a_png", "b", "b_jpg", "b_png",
+    ]  # fmt: skip
+    shutil.rmtree(out / "a")  # deleted, as the note said
+    (out / "b" / "p2.npy").unlink()  # no longer complete
+    assert extract() == []
+    assert extract(folder=tmp_path / "other") == []  # out/c: other/c.png's outputs
+    assert extract("c.png", "c.jpg") == []  # S/c.png to c_png/: c/ is not its file's
 
 
 @pytest.mark.parametrize(

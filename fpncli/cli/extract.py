@@ -48,6 +48,7 @@ from .extract_report import (
     _hidden_note,
     _inside,
     _interrupted_progress,
+    _leftover_note,
     _once,
     _remove_if_unused,
     _replaced_note,
@@ -419,6 +420,12 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
             mark_output_root(out)
         except ValueError as e:
             raise click.ClickException(str(e)) from None
+        if out_format == "files":  # folders of the run's inputs left by a renaming: said
+            from ..run.leftovers import renamed_leftovers
+
+            leftovers = renamed_leftovers(jobs)  # (the whole run's jobs, before --shard)
+            if leftovers:
+                click.echo(_leftover_note(leftovers), err=True)
     run_inputs = None  # the whole run's files, where this process takes a shard of them
     if shard_spec is not None:
         every = len(jobs)

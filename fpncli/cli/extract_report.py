@@ -67,6 +67,19 @@ def _replaced_note(replaced, out_dir: str) -> str:
     )
 
 
+def _leftover_note(leftovers) -> str:
+    """The folders an input's earlier outputs stay in now that its folder is renamed
+    (``run.leftovers.renamed_leftovers``: the first, and how many more), said before the run:
+    no run writes or removes them, and ``fpncli report`` counts each as an image."""
+    folder, job = leftovers[0]
+    more = f" (and {len(leftovers) - 1} more such folders)" if len(leftovers) > 1 else ""
+    return (
+        f"note: {quote_name(str(folder))} holds earlier outputs of {quote_name(str(job.path))}, "
+        f"whose folder is now {quote_name(str(job.folder))}{more}: the run leaves it as it is, "
+        "and fpncli report counts it as an image of its own; delete it"
+    )
+
+
 def _size(n_bytes: float) -> str:
     """Bytes in the unit that reads best (decimal): ``830 bytes``, ``4.2 KB``, ``83 MB``,
     ``8.3 GB``; a small run said "0 MB" or "0.000 GB"."""

@@ -3,8 +3,9 @@
 A folder of ``-o`` holds the outputs of one input file, whose real path its manifest records
 (``input.real_path``). The plan (``run.plan.plan_pending``) refuses a run whose folders hold
 the complete outputs of other files, the writer (``io.image_writer``) checks it again with the
-folder locked (another run into the same ``-o`` may have written it since): both tell "the
-same file" the same way, ``other_input``.
+folder locked (another run into the same ``-o`` may have written it since), and the plan names
+the folders an input of the run left behind when its folder was renamed (``run.leftovers``,
+with ``same_input``): all tell "the same file" the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from .guard import quote_name
 
-__all__ = ["recorded_input", "other_input", "other_input_text"]
+__all__ = ["recorded_input", "other_input", "same_input", "other_input_text"]
 
 
 def recorded_input(manifest: dict) -> str | None:
@@ -38,6 +39,18 @@ def other_input(manifest: dict, path: str | Path) -> str | None:
         return None if os.path.samefile(real, path) else real
     except (OSError, ValueError):  # gone (or a path no file can have): nothing left to lose
         return None
+
+
+def same_input(manifest: dict, path: str | Path) -> bool:
+    """Whether ``manifest`` records ``path``'s own file (its real path, or the same file
+    through another path: ``os.path.samefile``), which may have changed since."""
+    real = recorded_input(manifest)
+    if real is None:
+        return False
+    try:
+        return real == os.path.realpath(path) or os.path.samefile(real, path)
+    except (OSError, ValueError):  # gone (or a path no file can have)
+        return False
 
 
 def other_input_text(folder: str | Path, made_from: str, path: str | Path) -> str:
