@@ -189,14 +189,23 @@ def _precision_settings() -> list:
 
 
 def autocast_context(device: str | torch.device, precision: str):
-    """Autocast for fp16/bf16; for fp32 on CUDA, TF32 is off (inside the context only), so fp32
-    is true fp32 as Detectron2's parity needs. An unknown precision raises ValueError."""
+    """Autocast for fp16/bf16; for fp32, autocast off and on CUDA TF32 off too (inside the
+    context only), so fp32 is true fp32 as Detectron2's parity needs, also inside a caller's
+    ``torch.autocast`` (which is in force again after it). An unknown precision raises
+    ValueError."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
     if precision == "fp32":
-        return fp32_strict() if device.type == "cuda" else nullcontext()
+        return _true_fp32(device)
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+@contextmanager
+def _true_fp32(device: torch.device):
+    with torch.autocast(device.type, enabled=False):
+        with fp32_strict() if device.type == "cuda" else nullcontext():
+            yield
 
 
 def load_backbone(
@@ -298,7 +307,8 @@ def run_backbone(
     """Run ``model`` on a ``(B, 3, H, W)`` float32 batch (already normalized and padded).
 
     Returns the levels on the model's device, in float32 for fp32 and in the autocast dtype (or
-    the model's own dtype, for a model converted to fp16/bf16) otherwise: ordinary tensors
+    the model's own dtype, for a model converted to fp16/bf16) otherwise, whatever
+    ``torch.autocast`` the caller is in: ordinary tensors
     without autograd history (run under ``torch.no_grad``), which may be changed in place and
     fed to a module being trained (a probe on the features). Called inside
     ``torch.inference_mode`` (the pipeline, which only reduces and copies them), they are
@@ -315,11 +325,12 @@ def run_backbone(
     check_precision(precision, device)
     channels_last = param.is_contiguous(memory_format=torch.channels_last)
     batch = batch.to(device, non_blocking=True)
-    if param.dtype != torch.float32:  # converted once to the run's precision: no autocast
-        batch = batch.to(param.dtype)
+    context = autocast_context(device, precision)
+    if param.dtype != torch.float32:  # converted (once to the run's precision, or by the user):
+        batch = batch.to(param.dtype)  # it runs in its own dtype, whatever a caller's autocast
+        context = torch.autocast(device.type, enabled=False)
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    context = nullcontext() if param.dtype != torch.float32 else autocast_context(device, precision)
     with torch.no_grad(), context:
         return model(batch)
 

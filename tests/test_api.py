@@ -123,6 +123,35 @@ def test_run_backbone_checks_the_precision():
         assert torch.is_autocast_enabled("cpu")
 
 
+def test_fp32_is_fp32_inside_a_callers_autocast():
+    """A notebook's enclosing ``torch.autocast`` ran ``precision="fp32"`` in bf16 (features off
+    by 1% of their range), and a model the user converted (``.double()``) in bf16 too; the
+    caller's autocast is in force again after each call."""
+    import copy
+
+    model = fpncli.load_backbone("random")
+    converted = copy.deepcopy(model).double()
+    pixels = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
+    kwargs = {"min_size": 64, "max_size": 200}
+    batch = model_input(pixels, model.weights_info.input, "cpu")
+    expected = [fpncli.extract_features(pixels, model, **kwargs), run_backbone(model, batch),
+                fpncli.extract_features(pixels, converted, **kwargs)]  # fmt: skip
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = [fpncli.extract_features(pixels, model, **kwargs), run_backbone(model, batch),
+               fpncli.extract_features(pixels, converted, **kwargs)]  # fmt: skip
+        with autocast_context("cpu", "fp32"):
+            assert not torch.is_autocast_enabled("cpu")
+        with autocast_context("cpu", "bf16"):
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    for want, have in zip(expected, got):
+        assert list(have) == list(want)
+        for name in want:
+            assert have[name].dtype == want[name].dtype, name
+            torch.testing.assert_close(have[name], want[name], rtol=0, atol=0)
+
+
 _NOT_RGB8 = r"^expected an \(H, W, 3\) uint8 RGB array, got "
 
 

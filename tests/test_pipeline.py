@@ -1457,6 +1457,20 @@ def test_a_run_changes_no_global_torch_setting(tmp_path, model):
     assert after == before
 
 
+def test_an_fp32_run_inside_a_callers_autocast_writes_fp32_features(tmp_path, model):
+    """run_jobs inside a notebook's ``torch.autocast`` wrote bf16-rounded features into .npy
+    files whose manifest said fp32."""
+    photo = _image(tmp_path / "in" / "a.png")
+    options = RunOptions(output=SMALL)
+    assert run_jobs([Job(photo, tmp_path / "out" / "a")], model, options).done == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert run_jobs([Job(photo, tmp_path / "out" / "b")], model, options).done == 1
+    a, b = (fpncli.load_extraction(tmp_path / "out" / name) for name in "ab")
+    assert b.manifest["precision"] == "fp32"
+    for name in a.levels:
+        np.testing.assert_array_equal(b.levels[name], a.levels[name], err_msg=name)
+
+
 def test_a_run_leaves_the_models_bottom_up_outputs_as_they_were(tmp_path, model, monkeypatch):
     """--levels res4 is the run's: the caller's model returns what it did before, after the
     run and after a Ctrl-C in it (not res4 beside P2-P6 in every later extract_features)."""

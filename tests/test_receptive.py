@@ -240,6 +240,17 @@ def test_a_receptive_field_picture_is_named_for_its_levels_point_and_reduction(
     assert result.exit_code == 0 and "saved fpn_show_cat_p6_rf_at3,4.png\n" in result.output
 
 
+def test_the_erf_is_computed_in_fp32_inside_a_callers_autocast():
+    model = fpncli.load_backbone("random", fold_bn=False, channels_last=False)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    cells = {"p3": (5, 6), "p5": (1, 1)}
+    expected = effective_rf(model, x, cells, reduce="mean")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = effective_rf(model, x, cells, reduce="mean")
+    for name in cells:
+        np.testing.assert_array_equal(maps[name], expected[name], err_msg=name)
+
+
 def test_receptive_fields_leave_the_models_bottom_up_outputs_as_they_were(tmp_path):
     from PIL import Image
 

@@ -135,11 +135,15 @@ def effective_rf(
     """ERF maps: level -> ``(H, W)`` float32 in [0, 1] over ``batch``'s (1, 3, H, W) pixels.
 
     ``model(batch)`` must return ``{name: (1, C, h, w)}``; ``cells[name]`` is the (row, col) of
-    the cell. One forward pass, one backward pass per level, in float32.
+    the cell. One forward pass, one backward pass per level, in float32 (also inside a caller's
+    ``torch.autocast``).
     """
+    from ..api import autocast_context
+
     x = batch.detach().clone().float().requires_grad_(True)
     with torch.enable_grad():
-        outputs = model(x)
+        with autocast_context(x.device, "fp32"):
+            outputs = model(x)
         maps = {}
         names = list(cells)
         for k, name in enumerate(names):
