@@ -302,9 +302,12 @@ def _cached_file_error(error: ValueError, path: Path, name: str) -> ValueError:
 
 
 def run_backbone(
-    model: FPN, batch: torch.Tensor, *, precision: str = "fp32"
-) -> dict[str, torch.Tensor]:
-    """Run ``model`` on a ``(B, 3, H, W)`` float32 batch (already normalized and padded).
+    model: FPN, batch: torch.Tensor, *, precision: str = "fp32",
+    keep_bottom_up: tuple[str, ...] | None = None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Run ``model`` on a ``(B, 3, H, W)`` float32 batch (already normalized and padded), with
+    the bottom-up outputs named in ``keep_bottom_up`` (``FPN.forward``; None: the model's own)
+    beside P2-P6.
 
     Returns the levels on the model's device, in float32 for fp32 and in the autocast dtype (or
     the model's own dtype, for a model converted to fp16/bf16) otherwise, whatever
@@ -332,7 +335,7 @@ def run_backbone(
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), context:
-        return model(batch)
+        return model(batch, keep_bottom_up=keep_bottom_up)
 
 
 def model_input(

@@ -364,11 +364,11 @@ def test_a_short_npy_write_is_a_full_disk_and_stops_the_run(tmp_path, model, mon
             raise OSError(f"{array.size} requested and {array.size // 3} written")
         return real_save(f, array)
 
-    def counting(model, batch, precision):
+    def counting(model, batch, precision, **kwargs):
         computed.append(batch.shape[0])
         if len(computed) >= 3:  # a starved writer thread still fails image 1 before batch 4
             full.wait(30)
-        return real_backbone(model, batch, precision=precision)
+        return real_backbone(model, batch, precision=precision, **kwargs)
 
     monkeypatch.setattr(atomic, "write_npy", short_save)
     monkeypatch.setattr(steps, "run_backbone", counting)
@@ -772,8 +772,10 @@ def test_show_refuses_another_images_tensor_and_a_fifo(extraction, tmp_path):
 def test_nan_features_give_valid_json_with_null_and_a_count(tmp_path, model, monkeypatch):
     real = steps.run_backbone
 
-    def poisoned(model, batch, precision):
-        features = {k: v.clone() for k, v in real(model, batch, precision=precision).items()}
+    def poisoned(model, batch, precision, **kwargs):
+        features = {
+            k: v.clone() for k, v in real(model, batch, precision=precision, **kwargs).items()
+        }
         features["p3"][0, 0, 0, 0] = float("nan")
         features["p3"][0, 1, 0, 0] = float("inf")
         features["p4"][:] = float("nan")

@@ -992,11 +992,11 @@ def test_out_of_memory_retries_smaller_outside_except_and_remembers(tmp_path, mo
     real = steps.run_backbone
     calls = []
 
-    def small_gpu(model, batch, precision):
+    def small_gpu(model, batch, precision, **kwargs):
         calls.append((batch.shape[0], sys.exc_info()[0]))
         if batch.shape[0] > 1 or batch.shape[-2] > 64:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, batch, precision=precision)
+        return real(model, batch, precision=precision, **kwargs)
 
     monkeypatch.setattr(steps, "run_backbone", small_gpu)
     summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=4, workers=1))
@@ -1024,8 +1024,8 @@ def test_a_cpu_image_too_large_for_the_memory_fails_alone_before_the_model_runs(
     monkeypatch.setattr(pipeline, "available_bytes", lambda share: 2 * one + 1)
     calls = []
     real = steps.run_backbone
-    monkeypatch.setattr(steps, "run_backbone", lambda m, batch, precision: calls.append(
-        tuple(batch.shape)) or real(m, batch, precision=precision))  # fmt: skip
+    monkeypatch.setattr(steps, "run_backbone", lambda m, batch, precision, **kw: calls.append(
+        tuple(batch.shape)) or real(m, batch, precision=precision, **kw))  # fmt: skip
     options = RunOptions(output=replace(SMALL, resize=False), workers=1)
     summary = run_jobs(jobs, model, options)
     assert summary.done == 1 and [p for p, _ in summary.failed] == [str(large)]
@@ -1047,8 +1047,8 @@ def test_a_cpu_batch_too_large_for_the_memory_is_split(tmp_path, model, monkeypa
                         lambda share: 2 * cpu_batch_bytes(1, 64, 96, "fp32") + 1)  # fmt: skip
     rows = []
     real = steps.run_backbone
-    monkeypatch.setattr(steps, "run_backbone", lambda m, batch, precision: rows.append(
-        batch.shape[0]) or real(m, batch, precision=precision))  # fmt: skip
+    monkeypatch.setattr(steps, "run_backbone", lambda m, batch, precision, **kw: rows.append(
+        batch.shape[0]) or real(m, batch, precision=precision, **kw))  # fmt: skip
     summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=4, workers=1))
     assert summary.done == 5 and not summary.failed and summary.batch_size == 2
     assert rows == [2, 2, 1], rows
@@ -1194,11 +1194,11 @@ def test_out_of_memory_halves_the_rows_that_ran_when_batches_are_padded(
     real = steps.run_backbone
     rows = []
 
-    def two_rows_fit(model, batch, precision):
+    def two_rows_fit(model, batch, precision, **kwargs):
         rows.append(batch.shape[0])
         if batch.shape[0] > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, batch, precision=precision)
+        return real(model, batch, precision=precision, **kwargs)
 
     monkeypatch.setattr(steps, "run_backbone", two_rows_fit)
     options = RunOptions(output=SMALL, batch_size=4, workers=1, pad_batches=True)
@@ -1213,11 +1213,11 @@ def test_a_model_error_fails_its_batch_and_the_run_goes_on(tmp_path, model, monk
     real = steps.run_backbone
     count = []
 
-    def flaky(model, batch, precision):
+    def flaky(model, batch, precision, **kwargs):
         count.append(1)
         if len(count) == 1:
             raise RuntimeError("cudaErrorIllegalAddress (simulated)")
-        return real(model, batch, precision=precision)
+        return real(model, batch, precision=precision, **kwargs)
 
     monkeypatch.setattr(steps, "run_backbone", flaky)
     summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=2, workers=1))
@@ -1233,12 +1233,12 @@ def test_an_unusable_device_stops_the_run_with_one_message(tmp_path, model, monk
     real = steps.run_backbone
     calls, broken = [], []
 
-    def dying(model, batch, precision):
+    def dying(model, batch, precision, **kwargs):
         calls.append(batch.shape[0])
         if len(calls) == 2:
             broken.append(True)
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return real(model, batch, precision=precision)
+        return real(model, batch, precision=precision, **kwargs)
 
     real_write = pipeline._Runner._write
     failed = threading.Event()
@@ -1369,10 +1369,10 @@ def test_a_padded_partial_batch_reaches_the_model_channels_last(tmp_path, model,
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
     real, seen = steps.run_backbone, []
 
-    def record(model, batch, precision):
+    def record(model, batch, precision, **kwargs):
         seen.append((batch.shape[0], batch.is_contiguous(memory_format=torch.channels_last),
                      bool(batch[2:].eq(0).all())))  # fmt: skip
-        return real(model, batch, precision=precision)
+        return real(model, batch, precision=precision, **kwargs)
 
     monkeypatch.setattr(steps, "run_backbone", record)
     options = RunOptions(output=SMALL, batch_size=2, workers=1, pad_batches=True)
@@ -1394,8 +1394,8 @@ def test_compile_without_a_canvas_says_once_that_each_image_size_compiles_again(
             super().__init__()
             self._orig_mod = model
 
-        def forward(self, x):
-            return self._orig_mod(x)
+        def forward(self, x, **kwargs):
+            return self._orig_mod(x, **kwargs)
 
         def __getattr__(self, name):  # the model's attributes, as OptimizedModule gives them
             try:
@@ -1481,7 +1481,7 @@ def test_a_run_leaves_the_models_bottom_up_outputs_as_they_were(tmp_path, model,
     assert fpncli.load_extraction(tmp_path / "out" / "a").levels["res4"].shape[1] == 1024
     assert model.keep_bottom_up == ("res2",)
 
-    def interrupted(model, batch, precision):
+    def interrupted(model, batch, precision, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(steps, "run_backbone", interrupted)
@@ -1490,6 +1490,46 @@ def test_a_run_leaves_the_models_bottom_up_outputs_as_they_were(tmp_path, model,
     assert model.keep_bottom_up == ("res2",)
     features = fpncli.extract_features(photo, model, min_size=64, max_size=96)
     assert list(features) == ["res2", "p2", "p3", "p4", "p5", "p6"]
+
+
+def test_runs_sharing_a_model_each_get_their_bottom_up_stages(tmp_path, model, monkeypatch):
+    """Two threads' runs on one model, one with --levels p3,res4 and one with p2, the second
+    starting while the first runs its batch: each run set the model's keep_bottom_up, so the
+    first's image failed ("KeyError: 'res4'") and the model kept ('res4',) for good (every later
+    extract_features returned res4 beside P2-P6)."""
+    first = Job(_image(tmp_path / "in" / "a.png", size=(48, 40)), tmp_path / "out" / "a")
+    second = Job(_image(tmp_path / "in" / "b.png", size=(40, 48)), tmp_path / "out" / "b")
+    first_in, second_in = threading.Event(), threading.Event()
+    real = steps.run_backbone
+
+    def ordered(model, batch, precision, **kwargs):  # padded 96 wide: the first run's image
+        if batch.shape[-1] == 96:
+            first_in.set()
+            second_in.wait(30)  # the second run has started meanwhile
+        else:
+            first_in.wait(30)
+            second_in.set()
+        return real(model, batch, precision=precision, **kwargs)
+
+    monkeypatch.setattr(steps, "run_backbone", ordered)
+    summaries = {}
+
+    def run(job: Job, levels: tuple[str, ...]) -> None:
+        options = RunOptions(output=replace(SMALL, levels=levels), workers=1)
+        summaries[job.folder.name] = run_jobs([job], model, options)
+
+    threads = [threading.Thread(target=run, args=(first, ("p3", "res4"))),
+               threading.Thread(target=run, args=(second, ("p2",)))]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [(summaries[n].done, summaries[n].failed) for n in "ab"] == [(1, [])] * 2
+    assert sorted(fpncli.load_extraction(first.folder).levels) == ["p3", "res4"]
+    assert list(fpncli.load_extraction(second.folder).levels) == ["p2"]
+    assert model.keep_bottom_up == ()
+    features = fpncli.extract_features(first.path, model, min_size=64, max_size=96)
+    assert list(features) == ["p2", "p3", "p4", "p5", "p6"]
 
 
 def test_images_decoded_elsewhere_get_the_bottom_up_stages_asked_for(tmp_path, model):

@@ -58,8 +58,9 @@ class FPN(nn.Module):
 
     #: Inputs must have height and width divisible by this (the coarsest bottom-up stride).
     size_divisibility = 32
-    #: Bottom-up outputs (names from ``STAGES``) that ``forward`` returns beside P2-P6; set it to
-    #: see what the FPN adds (``fpncli extract --levels stem,res2,...``).
+    #: Bottom-up outputs (names from ``STAGES``) that ``forward`` returns beside P2-P6 when its
+    #: call names none; set it to see what the FPN adds. A run (``fpncli extract --levels
+    #: stem,res2,...``) passes its own to each call and leaves this as it is.
     keep_bottom_up: tuple[str, ...] = ()
 
     def __init__(self, bottom_up: ResNet, out_channels: int = 256) -> None:
@@ -88,12 +89,17 @@ class FPN(nn.Module):
         """Output names, finest first: ``["p2", "p3", "p4", "p5", "p6"]``."""
         return list(self.strides)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, keep_bottom_up: tuple[str, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Compute the pyramid.
 
         Args:
             x: ``(B, 3, H, W)`` float tensor, already normalized with the weights' pixel mean/std
                 and channel order; H and W divisible by 32.
+            keep_bottom_up: the bottom-up outputs to return too, for this call (names from
+                ``STAGES``); None: the model's ``keep_bottom_up``. Threads sharing the model each
+                pass their own.
 
         Returns:
             ``{"p2": (B, 256, H/4, W/4), ..., "p6": (B, 256, ceil(H/64), ceil(W/64))}``, after
@@ -106,7 +112,9 @@ class FPN(nn.Module):
                 f"height and width must be multiples of {self.size_divisibility}, got "
                 f"{tuple(x.shape[-2:])}; pad the input (fpncli.preprocess does)"
             )
-        bottom_up = self.bottom_up(x, with_stem="stem" in self.keep_bottom_up)
+        if keep_bottom_up is None:
+            keep_bottom_up = self.keep_bottom_up
+        bottom_up = self.bottom_up(x, with_stem="stem" in keep_bottom_up)
         results = []
         prev = None
         for name, level in zip(reversed(self.in_features), reversed(self._levels)):
@@ -117,7 +125,7 @@ class FPN(nn.Module):
                 prev = _add_upsampled(lateral, prev)
             results.insert(0, getattr(self, f"fpn_output{level}")(prev))
         results.append(self.top_block(results[-1]))
-        outputs = {name: bottom_up[name] for name in STAGES if name in self.keep_bottom_up}
+        outputs = {name: bottom_up[name] for name in STAGES if name in keep_bottom_up}
         outputs.update(zip(self.out_features, results))
         return outputs
 

@@ -38,7 +38,7 @@ from ..io.inputs import (
 )
 from ..io.latest import record_latest
 from ..io.manifest import MANIFEST, is_complete
-from ..model.fpn import FPN, STAGES
+from ..model.fpn import FPN
 from .device import (
     BatchResult,
     ByteBudget,
@@ -563,16 +563,10 @@ def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progre
     start = time.monotonic()
     fixed_shapes = options.pad_batches if options.pad_batches is not None else True
     benchmark = device.type == "cuda" and (options.compile or fixed_shapes)
-    # the bottom-up stages asked for (--levels stem,res2..), for this run only: the caller's
-    # model returns what it did before, also after an error or Ctrl-C
-    kept = model.keep_bottom_up
-    stages = tuple(n for n in options.output.levels if n in STAGES)
     with run_settings(device, benchmark=benchmark, threads=options.threads,
                       compile=options.compile):  # fmt: skip
         run_model = model_for_run(model, options.precision, compile=options.compile)
         try:
-            model.keep_bottom_up = stages  # on the variant a run uses too
-            getattr(run_model, "_orig_mod", run_model).keep_bottom_up = stages
             runner = _Runner(run_model, options, summary, todo, progress, sink)
             runner.weights_meta = weights_meta(model)
             try:
@@ -585,8 +579,6 @@ def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progre
             summary.aborted = INTERRUPTED if isinstance(e, KeyboardInterrupt) else error_text(e)
             e.summary = summary
             raise
-        finally:
-            model.keep_bottom_up = kept
     summary.span = (start, time.monotonic())
     summary.seconds = summary.span[1] - start
     if runner.disk_was_full:

@@ -125,7 +125,7 @@ def _cell_value(level: torch.Tensor, row: int, col: int, reduce: str, channel: i
 
 
 def effective_rf(
-    model: nn.Module,
+    model: Callable[[torch.Tensor], dict[str, torch.Tensor]],
     batch: torch.Tensor,
     cells: dict[str, tuple[int, int]],
     *,
@@ -228,11 +228,9 @@ def receptive_fields(
         cells[name] = (min(int(y * prepared.scale_y // stride), rows - 1),
                        min(int(x * prepared.scale_x // stride), cols - 1))  # fmt: skip
     batch = torch.from_numpy(prepared.tensor)[None].to(next(model.parameters()).device)
-    kept, model.keep_bottom_up = model.keep_bottom_up, tuple(n for n in levels if n in STAGES)
-    try:
-        erf = effective_rf(model, batch, cells, reduce=reduce, channel=channel)
-    finally:
-        model.keep_bottom_up = kept
+    # the stages asked for, for this call only (the model may be shared with other threads)
+    forward = functools.partial(model, keep_bottom_up=tuple(n for n in levels if n in STAGES))
+    erf = effective_rf(forward, batch, cells, reduce=reduce, channel=channel)
     fields = [
         ReceptiveField(name, OUTPUT_STRIDES[name], cells[name],
                        theoretical_rf(functions[name], *cells[name]), erf[name],

@@ -32,7 +32,7 @@ from ..io.manifest import run_key
 from ..io.outputs import LevelResult, OutputOptions
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..io.preprocess import Prepared, resize_for_model, resized_shape
-from ..model.fpn import FPN
+from ..model.fpn import FPN, STAGES
 from ..model.normalize import normalize_batch
 from ..model.resize import pillow_bilinear
 from ..weights.registry import InputFormat
@@ -207,8 +207,9 @@ def infer_batch(
     model: FPN, items: list[Decoded], options: RunOptions, state: DeviceState
 ) -> BatchResult:
     """Upload, normalize, run and reduce one batch on the model's device; the results land on
-    the host asynchronously (``BatchResult.wait``). Raises what the model raises (e.g. CUDA out
-    of memory)."""
+    the host asynchronously (``BatchResult.wait``). The bottom-up stages the output's levels
+    name (``--levels stem,res2..``) are asked of this call, never set on the model that other
+    runs share. Raises what the model raises (e.g. CUDA out of memory)."""
     clock = StageClock(state.device)
     pixels = state.stager.stage([it.pixels for it in items], clock)  # marks the start
     clock.mark("h2d")
@@ -229,7 +230,8 @@ def infer_batch(
     )  # fmt: skip
     clock.mark("preprocess")
     with torch.inference_mode():  # the levels are only reduced and copied
-        features = run_backbone(model, batch, precision=options.precision)
+        stages = tuple(name for name in options.output.levels if name in STAGES)
+        features = run_backbone(model, batch, precision=options.precision, keep_bottom_up=stages)
     clock.mark("model")
     return results_to_host(
         features, sizes, options.output, pool=state.pool, copy_stream=state.copy_stream,
