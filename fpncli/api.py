@@ -321,11 +321,19 @@ def run_backbone(
 
     Raises:
         ValueError: an unknown ``precision``, or one ``check_precision`` refuses on the model's
-            device (fp16 on a CPU, ...), as ``extract`` does.
+            device (fp16 on a CPU, ...), as ``extract`` does; a batch neither float32 nor of
+            the model's own dtype (a converted model takes both).
     """
     param = next(model.parameters())
     device = param.device
     check_precision(precision, device)
+    if batch.dtype not in (torch.float32, param.dtype):  # (else torch's "Input type (double)
+        # and bias type (float) should be the same", naming no argument)
+        own = f" (or {param.dtype}, the model's)" if param.dtype != torch.float32 else ""
+        raise ValueError(
+            f"run_backbone takes a float32 batch{own}, normalized and padded as "
+            f"fpncli.api.model_input makes it, got {batch.dtype}"
+        )
     channels_last = param.is_contiguous(memory_format=torch.channels_last)
     batch = batch.to(device, non_blocking=True)
     context = autocast_context(device, precision)

@@ -152,6 +152,27 @@ def test_fp32_is_fp32_inside_a_callers_autocast():
             torch.testing.assert_close(have[name], want[name], rtol=0, atol=0)
 
 
+def test_run_backbone_refuses_a_batch_that_is_not_float32():
+    """A float64 or uint8 batch raised torch's "Input type (double) and bias type (float) should
+    be the same"; a model the user converted takes float32 (as extract_features gives it) and
+    its own dtype."""
+    import copy
+
+    model = fpncli.load_backbone("random")
+    batch = model_input(np.zeros((64, 96, 3), np.uint8), model.weights_info.input, "cpu")
+    refused = r"^run_backbone takes a float32 batch, normalized and padded as fpncli.api."
+    for dtype in (torch.float64, torch.uint8, torch.float16):
+        with pytest.raises(ValueError, match=rf"{refused}model_input makes it, got {dtype}$"):
+            run_backbone(model, batch.to(dtype))
+    converted = copy.deepcopy(model).double()
+    expected = run_backbone(converted, batch)
+    assert expected["p2"].dtype == torch.float64
+    for name, level in run_backbone(converted, batch.double()).items():
+        torch.testing.assert_close(level, expected[name], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"float32 batch \(or torch.float64, the model's\)"):
+        run_backbone(converted, batch.half())
+
+
 _NOT_RGB8 = r"^expected an \(H, W, 3\) uint8 RGB array, got "
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import re
+
 import pytest
 import torch
 
@@ -98,8 +101,13 @@ def test_folding_agrees_and_removes_every_norm(seeded):
 
 
 def test_input_must_be_padded(seeded):
-    with pytest.raises(ValueError, match="multiples of 32"):
+    with pytest.raises(ValueError, match="multiples of 32") as refused:
         seeded(torch.zeros(1, 3, 100, 128))
+    named = re.findall(r"fpncli(?:\.\w+)+", str(refused.value))
+    assert named  # what pads it, by names that exist (fpncli.preprocess had moved)
+    for name in named:
+        module, attribute = name.rsplit(".", 1)
+        assert callable(getattr(importlib.import_module(module), attribute)), name
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         seeded(torch.zeros(1, 1, 64, 64))
 

@@ -110,7 +110,8 @@ class FPN(nn.Module):
         if x.shape[-2] % self.size_divisibility or x.shape[-1] % self.size_divisibility:
             raise ValueError(
                 f"height and width must be multiples of {self.size_divisibility}, got "
-                f"{tuple(x.shape[-2:])}; pad the input (fpncli.preprocess does)"
+                f"{tuple(x.shape[-2:])}; pad the input (fpncli.api.model_input or "
+                "fpncli.io.preprocess.prepare does)"
             )
         if keep_bottom_up is None:
             keep_bottom_up = self.keep_bottom_up
