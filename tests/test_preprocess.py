@@ -269,6 +269,52 @@ def test_loads_in_threads_leave_the_warning_filters_as_they_were(tmp_path, monke
     assert warnings.filters == before
 
 
+def test_a_load_in_another_thread_leaves_the_users_warnings_and_limit_alone(tmp_path, monkeypatch):
+    """While a background thread loads an image, the main thread's own warnings are shown (a
+    process-wide "ignore UserWarning" swallowed them), also Pillow's (the user's own Pillow
+    code); a warning filter and Pillow's limit the user sets meanwhile stay after the load (the
+    load's end put the filters and the limit from before it back). Pillow's warnings within the
+    load stay off stderr, and fpncli's filter leaves with the load."""
+    from fpncli.io import pillow_open
+
+    path = _save(tmp_path / "a.png", Image.fromarray(np.zeros((8, 8, 3), np.uint8)))
+    inside, done = threading.Event(), threading.Event()
+    real = pillow_open.open_regular
+
+    def held(*args):  # runs inside the load's settings, in the loading thread
+        pillow_warning("a Pillow warning within the load")
+        inside.set()
+        done.wait(30)
+        return real(*args)
+
+    def pillow_warning(text: str) -> None:  # as Pillow's plugins warn (module PIL.*)
+        warnings.warn_explicit(text, UserWarning, "TiffImagePlugin.py", 1, "PIL.TiffImagePlugin")
+
+    monkeypatch.setattr(pillow_open, "open_regular", held)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back after
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        before = list(warnings.filters)
+        loading = threading.Thread(target=load_image, args=(path,), kwargs={"max_pixels": 10**9})
+        loading.start()
+        assert inside.wait(30)
+        assert Image.MAX_IMAGE_PIXELS == 10**9  # raised for the load, which needs it
+        warnings.warn("the user's own warning", UserWarning, stacklevel=1)
+        pillow_warning("the user's own Pillow warning")
+        warnings.filterwarnings("ignore", message="the user's filter")
+        Image.MAX_IMAGE_PIXELS = 123_456_789
+        done.set()
+        loading.join(30)
+        assert not loading.is_alive()
+        assert [str(w.message) for w in seen] == [
+            "the user's own warning", "the user's own Pillow warning"
+        ]  # fmt: skip
+        assert warnings.filters[0][1].pattern == "the user's filter"
+        assert warnings.filters[1:] == before
+        assert Image.MAX_IMAGE_PIXELS == 123_456_789
+    assert pillow_open._limits == []
+
+
 def test_a_load_that_fails_to_start_leaves_pillow_as_it_was(tmp_path, monkeypatch):
     """Setting Pillow's limit failed after the load was counted (``max_pixels=None`` made
     ``max`` raise): the value stayed in the loads in progress and the warning filters stayed

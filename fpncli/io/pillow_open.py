@@ -1,7 +1,8 @@
 """Opening an image file with Pillow, safely: a regular file only, only the formats Pillow decodes
 itself (none it renders by running another program), and never more pixels than the run allows,
 checked from the header before anything is decoded (``open_image``). Pillow's process-wide bomb
-limit and warnings follow the loads in progress (``_pillow_settings``) and are given back after.
+limit is raised for the loads in progress that need it, and its warnings are kept off stderr in
+the loading threads only (``_pillow_settings``); both are given back after.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import functools
 import operator
 import os
+import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -66,58 +68,105 @@ def pixel_count(pixels: float) -> str:
 
 _limit_lock = threading.Lock()
 _limits: list[int | None] = []  # max_pixels of the loads in progress (threads; None: none)
-_pillow_limit: list[int | None] = []  # Pillow's own limit, as it was before them
-_quiet: list[warnings.catch_warnings] = []  # the warning filters, as they were before them
+_raised: list[int | None] = []  # while fpncli raised Pillow's limit: [its value before, fpncli's]
+_added: list[list] = []  # the filter lists fpncli's warning filter went into (``_quiet``)
+_loading = threading.local()  # .depth: the loads in progress in this thread
+
+
+class _InALoad(type):
+    """``issubclass(category, _PillowLoadWarning)``, as the warning filters ask it: true only in
+    a thread inside a load, for the categories it quiets."""
+
+    def __subclasscheck__(cls, category: type) -> bool:
+        return getattr(_loading, "depth", 0) > 0 and issubclass(category, cls.quieted)
+
+
+class _PillowLoadWarning(Warning, metaclass=_InALoad):
+    """The category of fpncli's warning filter: Pillow's bomb warning (fpncli refuses such an
+    image itself) and the UserWarnings its plugins raise about a file ("Corrupt EXIF data"),
+    matched only in a thread inside a load, so that the same warnings of any other thread (a
+    user's own Pillow code) are filtered as if the entry were not there."""
+
+    quieted = (Image.DecompressionBombWarning, UserWarning)
+
+
+#: fpncli's one warning filter entry, as ``warnings.filterwarnings`` makes one: Pillow's own
+#: modules' warnings (they warn with the default stacklevel), in a thread inside a load
+_QUIET = ("ignore", None, _PillowLoadWarning, re.compile(r"PIL\."), 0)
 
 
 @contextlib.contextmanager
 def _pillow_settings(max_pixels: int | None) -> Iterator[None]:
     """Pillow's process-wide settings while fpncli loads images: its bomb limit
-    (``Image.MAX_IMAGE_PIXELS``, which it warns above and refuses at twice) raised to
-    ``max_pixels`` (None: off), so ``--max-pixels`` can be raised past it (fpncli refuses more
-    than ``max_pixels`` itself), and its bomb and EXIF warnings kept off stderr. The first load
-    in progress sets them and the last one restores them, so nothing is changed for anyone else
-    for good: a ``catch_warnings`` per load in decoding threads could leave another thread's
-    "ignore" filters on for good (a thread entering while another is inside saves that one's
-    filters). Whatever fails while they are set is undone before it is raised."""
+    (``Image.MAX_IMAGE_PIXELS``, which it warns above and refuses at twice; it has no per-call
+    limit, and checks it again while decoding some formats) raised to ``max_pixels`` (None: off)
+    where it is lower, so ``--max-pixels`` can be raised past it (fpncli refuses more than
+    ``max_pixels`` itself), and its bomb and EXIF warnings kept off stderr by one filter entry
+    that matches only in the loading threads (``_PillowLoadWarning``). The first load in
+    progress adds the entry and the last one takes it out again, and the limit is put back once
+    no load needs it raised, if it still holds fpncli's value: a filter or a limit that anyone
+    sets meanwhile, in any thread, stays. Whatever fails while they are set is undone before it
+    is raised."""
     with _limit_lock:
-        first = not _limits
-        if first:
-            _pillow_limit[:] = [Image.MAX_IMAGE_PIXELS]
-            quiet = warnings.catch_warnings()
-            quiet.__enter__()
-            _quiet[:] = [quiet]
+        if not _limits:
+            _quiet()
         _limits.append(max_pixels)
         try:
-            if first:
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data"
             _set_pillow_limit()
         except BaseException:  # this load never starts: as if it had not come
             _leave(max_pixels)
             raise
+    _loading.depth = getattr(_loading, "depth", 0) + 1
     try:
         yield
     finally:
+        _loading.depth -= 1
         with _limit_lock:
             _leave(max_pixels)
 
 
+def _quiet() -> None:
+    """Put fpncli's filter entry first in the warning filters (``_limit_lock`` held)."""
+    filters = warnings.filters
+    filters.insert(0, _QUIET)
+    _added.append(filters)
+
+
 def _leave(max_pixels: int | None) -> None:
     """One load's settings gone (``_limit_lock`` held): Pillow's limit follows those left, and
-    the last one puts back the limit and the warning filters from before the first."""
+    the last one gives back the limit and takes fpncli's filter entry out: of the list it went
+    into and of the process's list now (a user's ``catch_warnings`` may have copied it)."""
     _limits.remove(max_pixels)
     if _limits:
         _set_pillow_limit()
-    else:
-        Image.MAX_IMAGE_PIXELS = _pillow_limit[0]
-        _quiet.pop().__exit__(None, None, None)
+        return
+    _give_back_limit()
+    for filters in {id(f): f for f in [*_added, warnings.filters]}.values():
+        found = [i for i, entry in enumerate(filters) if entry is _QUIET]
+        for i in reversed(found):
+            del filters[i]
+    _added.clear()
 
 
 def _set_pillow_limit() -> None:
-    before = _pillow_limit[0]  # None: Pillow's check is off, fpncli's is enough
-    off = before is None or None in _limits  # a load without a limit
-    Image.MAX_IMAGE_PIXELS = None if off else max([before, *_limits])
+    """Pillow's limit raised to the largest ``max_pixels`` in progress (off for a load without
+    one) where it is lower; never lowered. The value fpncli finds there, unless it is the one
+    fpncli set, is the user's (set meanwhile, in any thread), and the one given back."""
+    holds_ours = bool(_raised) and Image.MAX_IMAGE_PIXELS == _raised[1]
+    before = _raised[0] if holds_ours else Image.MAX_IMAGE_PIXELS  # None: Pillow's check is off
+    wanted = None if before is None or None in _limits else max([before, *_limits])
+    if wanted == before:  # nothing to raise
+        _give_back_limit()
+    else:
+        Image.MAX_IMAGE_PIXELS = wanted
+        _raised[:] = [before, wanted]
+
+
+def _give_back_limit() -> None:
+    """Pillow's limit as it was before fpncli raised it, unless someone set it since."""
+    if _raised and Image.MAX_IMAGE_PIXELS == _raised[1]:
+        Image.MAX_IMAGE_PIXELS = _raised[0]
+    _raised.clear()
 
 
 #: Pillow formats never opened: vector formats Pillow renders by running another program on the
