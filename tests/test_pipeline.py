@@ -1327,8 +1327,8 @@ def test_a_pca_level_holding_inf_fails_its_image_alone(tmp_path, model, monkeypa
     assert clean.done == 3 and not clean.failed
     real, rows = steps.run_backbone, []
 
-    def overflowing(model, batch, precision):
-        features = real(model, batch, precision=precision)
+    def overflowing(model, batch, precision, **kwargs):
+        features = real(model, batch, precision=precision, **kwargs)
         rows.append(batch.shape[0])
         features["p3"][1, 0, 0, 0] = 1e6  # past float16's +-65504: inf in the .npy dtype
         return features
