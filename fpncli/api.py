@@ -35,7 +35,7 @@ from .shared import SharedSetting
 from .weights.arch import build_backbone, load_state_dict_strict, new_backbone, random_state_dict
 from .weights.cache import check_cached, record_first_use, sha256_file, too_large
 from .weights.checkpoint import check_registry_file, read_checkpoint, read_registry_checkpoint
-from .weights.hub import resolve_weights
+from .weights.hub import LoggedProgress, resolve_weights
 from .weights.registry import DEFAULT_WEIGHTS, DETECTRON2_INPUT, InputFormat
 
 __all__ = [
@@ -217,6 +217,7 @@ def load_backbone(
     cpu_kernels: bool | None = None,
     seed: int = 0,
     download: bool = True,
+    download_progress: Callable[[str, str, int | None], LoggedProgress] | None = LoggedProgress,
 ) -> FPN:
     """Build the backbone and load weights into it, strictly, ready for inference.
 
@@ -235,6 +236,9 @@ def load_backbone(
             NCHW, folded and on the CPU.
         seed: the seed for ``weights="random"``.
         download: allow downloading a missing registry checkpoint.
+        download_progress: what shows a download's progress (``weights.hub.download``'s
+            ``progress``): by default INFO lines of the ``fpncli`` logger
+            (``logging.basicConfig(level=logging.INFO)`` shows them); None: nothing.
 
     Returns:
         An ``FPN`` in eval mode with ``weights_info`` (a ``WeightsInfo``) set.
@@ -249,7 +253,8 @@ def load_backbone(
         info = WeightsInfo("random", None, None, "random", input_format, arch, True, seed)
     else:
         # a downloaded file must load strictly into its registry entry's architecture
-        path, spec = resolve_weights(weights, download_missing=download, check=check_registry_file)
+        path, spec = resolve_weights(weights, download_missing=download, check=check_registry_file,
+                                     progress=download_progress)  # fmt: skip
         if spec is not None:  # the registry's file: as downloaded, or the published one
             # a 10 GB file is refused before it is hashed: damaged, as weights verify calls it
             if (why := too_large(path.stat().st_size)) is not None:

@@ -26,6 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 import fpncli
+from fpncli import api
 from fpncli.cli import cli
 from fpncli.weights import cache, hub
 from fpncli.weights.cache import WeightsDownloadError, verify_cached
@@ -113,7 +114,7 @@ def test_a_malformed_response_is_one_line_naming_the_address(home, serve, respon
     headers") are no URLError or OSError: they came out as a traceback, leaving the .part file."""
     spec = _spec(serve(_send(response)))
     with pytest.raises(WeightsDownloadError) as info:
-        download(spec, progress=False)
+        download(spec, progress=None)
     message = str(info.value)
     assert message.startswith(f"could not download {NAME} from {spec.url} ({reason}")
     assert message.endswith(f"download it by hand and put it at {home / spec.file_name}")
@@ -124,7 +125,7 @@ def test_a_content_length_that_is_no_number_is_ignored(home, serve, checkpoint_b
     """``Content-Length: abc`` was "invalid literal for int() with base 10: 'abc'", leaving a
     0-byte .part: http.client reads such a body to its end, and so does the download."""
     url = serve(_send(_OK + b"Content-Length: abc\r\nConnection: close\r\n\r\n" + checkpoint_bytes))
-    path = download(_spec(url), progress=False)
+    path = download(_spec(url), progress=None)
     assert path.read_bytes() == checkpoint_bytes
     assert _entries(home) == [path.name, path.name + ".sha256"]
 
@@ -136,7 +137,7 @@ def test_a_body_larger_than_a_checkpoint_is_refused_before_it_is_written(home, s
     header = f"Content-Length: {announced}\r\n\r\n".encode()
     spec = _spec(serve(_send(_OK + header + b"\0" * 4096)), size_bytes=size_bytes)
     with pytest.raises(WeightsDownloadError, match=f"it announces {announced} bytes, more than"):
-        download(spec, progress=False)
+        download(spec, progress=None)
     assert _entries(home) == []
 
 
@@ -155,11 +156,11 @@ def test_an_endless_body_is_cut_off_at_the_cap(home, serve, monkeypatch):
 
     spec = _spec(serve(endless))
     with pytest.raises(WeightsDownloadError, match=r"it sent more than 1048576 bytes.*: stopped"):
-        download(spec, progress=False)
+        download(spec, progress=None)
     assert _entries(home) == []
     sized = replace(spec, size_bytes=100_000)  # the registry's size is the cap where it has one
     with pytest.raises(WeightsDownloadError, match="more than the 100000 bytes expected"):
-        download(sized, progress=False)
+        download(sized, progress=None)
 
 
 def test_a_stalled_transfer_is_given_up(home, serve, monkeypatch):
@@ -177,7 +178,7 @@ def test_a_stalled_transfer_is_given_up(home, serve, monkeypatch):
 
     start = time.monotonic()
     with pytest.raises(WeightsDownloadError, match=r"\(stalled: \d+ bytes in the last 0 s, "):
-        download(_spec(serve(drip)), progress=False)
+        download(_spec(serve(drip)), progress=None)
     assert time.monotonic() - start < 4 and _entries(home) == []
 
 
@@ -202,7 +203,7 @@ def test_ctrl_c_during_a_download_leaves_no_temporary_file(home, monkeypatch):
     """KeyboardInterrupt is no Exception: the .part file stayed in the cache for good."""
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: _Stopped(b"x" * 5000))
     with pytest.raises(KeyboardInterrupt):
-        download(_spec("https://example.invalid/model_final.pkl"), progress=False)
+        download(_spec("https://example.invalid/model_final.pkl"), progress=None)
     assert _entries(home) == []
 
 
@@ -270,7 +271,7 @@ def test_killed_downloads_parts_are_removed_a_live_one_is_not(home, monkeypatch,
     )
     with open(live, "rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # a download in progress (another process's, say)
-        path = download(spec, progress=False)
+        path = download(spec, progress=None)
         assert path.read_bytes() == checkpoint_bytes
     assert not any(p.exists() for p in dead)
     assert live.read_bytes() == other.read_bytes() == b"half a download"  # not theirs to remove
@@ -292,7 +293,7 @@ def test_where_flock_is_refused_only_old_parts_are_removed(home, monkeypatch, ch
     monkeypatch.setattr(
         urllib.request, "urlopen", lambda url, timeout=None: _Body(checkpoint_bytes)
     )
-    assert download(spec, progress=False).read_bytes() == checkpoint_bytes  # unlocked, as it can
+    assert download(spec, progress=None).read_bytes() == checkpoint_bytes  # unlocked, as it can
     assert not old.exists() and recent.exists()
 
 
@@ -307,7 +308,7 @@ def test_an_earlier_versions_live_download_is_left_alone(home, monkeypatch, chec
     monkeypatch.setattr(
         urllib.request, "urlopen", lambda url, timeout=None: _Body(checkpoint_bytes)
     )
-    assert download(spec, progress=False).read_bytes() == checkpoint_bytes
+    assert download(spec, progress=None).read_bytes() == checkpoint_bytes
     assert theirs.read_bytes() == b"half a download"
 
 
@@ -327,7 +328,7 @@ def test_a_folder_where_the_checkpoint_goes_is_refused_before_downloading(
 
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     with pytest.raises(WeightsDownloadError) as info:
-        download(spec, progress=False)
+        download(spec, progress=None)
     assert str(info.value) == (
         f"cannot download {NAME}: {home / spec.file_name}: not a regular file (a folder), where "
         "the checkpoint goes; move it away and run the command again"
@@ -382,7 +383,7 @@ def test_a_download_into_a_read_only_cache_says_so(home, monkeypatch):
     _read_only(monkeypatch, home)
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: _Body(b"x"))
     with pytest.raises(WeightsDownloadError) as info:
-        download(spec, progress=False)
+        download(spec, progress=None)
     assert str(info.value) == (
         f"cannot write in the weights cache {home} (Read-only file system): set FPNCLI_HOME to "
         "a writable folder"
@@ -437,7 +438,7 @@ def test_a_size_mismatch_is_worded_by_its_direction(home, monkeypatch, checkpoin
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: Longer(b"x" * 1500))
     spec = _spec("https://example.invalid/model_final.pkl")
     with pytest.raises(WeightsDownloadError) as info:
-        download(spec, progress=False)
+        download(spec, progress=None)
     assert str(info.value).startswith(
         f"{NAME}: the server sent 1500 bytes, more than the 1000 expected: not the published "
         "checkpoint; download it by hand"
@@ -501,7 +502,7 @@ def test_every_download_failure_keeps_what_to_do_within_one_line(
         monkeypatch.setattr(hub.os, "replace", _cannot_rename)
     check = _does_not_load if begins.startswith("the download does not load") else None
     with pytest.raises(WeightsDownloadError) as info:
-        download(spec, progress=False, check=check, alternative=hub._RANDOM_INSTEAD)
+        download(spec, progress=None, check=check, alternative=hub._RANDOM_INSTEAD)
     message = str(info.value)
     assert len(str(home)) > 90 and begins in message, message
     assert len(message) <= 500 and "\n" not in message, message
@@ -517,26 +518,86 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_progress_false_draws_nothing_and_a_log_gets_lines(home, monkeypatch, checkpoint_bytes):
-    """``download(progress=False)`` drew the bar all the same; a log (stderr not a terminal)
-    got nothing, however long the download took."""
+def test_the_library_logs_a_downloads_progress_and_the_cli_draws_it(
+    home, monkeypatch, checkpoint_bytes, caplog
+):
+    """``download`` (and ``load_backbone`` of a registry name through it) wrote its progress on
+    stderr, which a notebook could not turn off (the library logs, never prints): it is logged
+    now (INFO, the ``fpncli`` logger), ``progress=None`` says nothing, and the CLI passes its
+    display, as it was: a bar on a terminal, a line when it starts and one per tenth elsewhere.
+    (``download(progress=False)`` had drawn the bar all the same.)"""
+    from fpncli.cli.download_bar import DownloadBar
+
     spec = _spec("https://example.invalid/model_final.pkl")
     monkeypatch.setattr(
         urllib.request, "urlopen", lambda url, timeout=None: _Body(checkpoint_bytes)
     )
-    for stream, progress in ((_Terminal(), False), (io.StringIO(), False)):
+    size = f"{len(checkpoint_bytes) / 1e6:.1f} MB"
+    last = f"downloading {NAME}: {size[:-3]}/{size}, "
+
+    def progress_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().endswith("MB/s")]
+
+    for stream in (_Terminal(), io.StringIO()):
         monkeypatch.setattr(sys, "stderr", stream)
-        download(spec, progress=progress)
-        assert stream.getvalue() == ""
+        for call in (lambda: download(spec), lambda: fpncli.load_backbone(NAME)):
+            (home / spec.file_name).unlink(missing_ok=True)
+            caplog.clear()
+            with caplog.at_level("INFO", logger="fpncli"):
+                call()
+            assert stream.getvalue() == ""
+            lines = progress_lines()
+            assert len(lines) == 10 and lines[-1].startswith(last), lines
+        caplog.clear()
+        with caplog.at_level("INFO", logger="fpncli"):
+            download(spec, progress=None)
+        assert stream.getvalue() == "" and progress_lines() == []
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    download(spec)
+    download(spec, progress=DownloadBar)
     assert terminal.getvalue().startswith(f"\rdownloading {NAME} ")
     log = io.StringIO()
     monkeypatch.setattr(sys, "stderr", log)
-    download(spec)
+    download(spec, progress=DownloadBar)
     lines = log.getvalue().splitlines()
-    size = f"{len(checkpoint_bytes) / 1e6:.1f} MB"
     assert lines[0] == f"downloading {NAME} from {spec.url} ({size})", lines
-    assert lines[-1].startswith(f"downloading {NAME}: {size[:-3]}/{size}, ")
+    assert lines[-1].startswith(last)
     assert "\r" not in log.getvalue()
+
+
+def test_every_command_that_loads_weights_draws_the_download_on_stderr(
+    home, monkeypatch, checkpoint_bytes, tmp_path
+):
+    """The CLI's download display is its own, passed to the library (which logs by default):
+    ``weights download`` and every command that loads ``--weights NAME`` pass it, and a
+    download says on stderr what it did before (a line when it starts, one per tenth)."""
+    from PIL import Image
+
+    from fpncli.cli.download_bar import DownloadBar
+
+    photo = tmp_path / "cat.png"
+    Image.new("RGB", (48, 40)).save(photo)
+    passed = []
+
+    def loading(weights, **kwargs):
+        passed.append(kwargs.get("download_progress"))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(api, "load_backbone", loading)
+    runner = CliRunner()
+    for args in (["extract", str(photo), "-o", str(tmp_path / "out")],
+                 ["show", str(photo), "--save", str(tmp_path / "a.png")],
+                 ["show", str(photo), "--receptive-field", "--at", "3,4"],
+                 ["bench", "--sizes", "64x64", "--iters", "1", "--device", "cpu"]):  # fmt: skip
+        result = runner.invoke(cli, [*args, "--weights", NAME])
+        assert result.exit_code == 1 and "stop here" in result.output, (args, result.output)
+    assert passed == [DownloadBar] * 4
+    monkeypatch.setattr(
+        urllib.request, "urlopen", lambda url, timeout=None: _Body(checkpoint_bytes)
+    )
+    result = runner.invoke(cli, ["weights", "download", NAME], catch_exceptions=False)
+    size = f"{len(checkpoint_bytes) / 1e6:.1f} MB"
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 0 and len(lines) == 11, result.stderr
+    assert lines[0] == f"downloading {NAME} from {REGISTRY[NAME].url} ({size})"
+    assert lines[-1].startswith(f"downloading {NAME}: {size[:-3]}/{size}, ")

@@ -268,6 +268,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     from ..run.device import select_device
     from ..run.multi import auto_processes
     from ..viz.png import png_deflate
+    from .download_bar import DownloadBar
 
     _check_weights(weights)
     odd = [f"{h}x{w}" for h, w in sizes if h % 32 or w % 32]
@@ -310,7 +311,8 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
             click.echo(f"skipped {precision}: {e}", err=True)
             skipped.append({"precision": precision, "reason": str(e)})
     unsuited = len(skipped)  # precisions this device cannot run well: said, not failures
-    variants = [("fpncli", load_backbone(weights, device=dev))]
+    # only the first can download the checkpoint: the others load it from the cache
+    variants = [("fpncli", load_backbone(weights, device=dev, download_progress=DownloadBar))]
     if unfused:
         if uses_cpu_kernels(variants[0][1]):
             variants.append(("onednn", load_backbone(weights, device=dev, cpu_kernels=False)))

@@ -406,9 +406,10 @@ class RunProgress:
 def _load_model(weights: str, device: str, seed: int):
     from ..api import load_backbone
     from ..run.device import select_device
+    from .download_bar import DownloadBar
 
     dev = select_device(device)  # cuda/auto: the GPU of LOCAL_RANK or SLURM_LOCALID
-    model = load_backbone(weights, device=dev, seed=seed)
+    model = load_backbone(weights, device=dev, seed=seed, download_progress=DownloadBar)
     if model.weights_info.random:
         click.echo(
             f"note: --weights random: a seeded (seed {seed}), untrained network; its feature maps "

@@ -196,6 +196,7 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
     without one, or with --save, a PNG is written and its path printed.
     """
     from ..io.pillow_open import DEFAULT_MAX_PIXELS
+    from .download_bar import DownloadBar
 
     _check_options_used(target, key, reduce, top, channels, receptive_field)
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
@@ -220,7 +221,7 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
         out, fields = draw_receptive_fields(
             target, at, levels=levels, weights=weights, device=device, reduce=reduce,
             channel=channel, save=save, max_pixels=max_pixels,
-            progress=lambda line: click.echo(line, err=True),
+            progress=lambda line: click.echo(line, err=True), download_progress=DownloadBar,
         )  # fmt: skip
         for f in fields:  # the picture's photo pixels, then the network's (the resized photo)
             click.echo(field_summary(f, *f.scale))
@@ -240,4 +241,5 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
         target, level=level, channel=channel, reduce=reduce, cmap=cmap, clip=clip,
         overlay=overlay, save=save, weights=weights, device=device, notify=click.echo, top=top,
         channels=channels, scale=scale, key=key, max_pixels=max_pixels,
+        download_progress=DownloadBar,
     )  # fmt: skip

@@ -48,6 +48,7 @@ def weights_download(names) -> None:
     from ..weights.cache import cached_path, verify_cached
     from ..weights.hub import download
     from ..weights.registry import get_spec
+    from .download_bar import DownloadBar
 
     _check_names(names)  # all of them, before any download
     for name in names:
@@ -65,7 +66,7 @@ def weights_download(names) -> None:
                 raise click.ClickException(_verify_fix([entry], []))
             click.echo(f"{name}: already cached at {entry.path}")
             continue
-        path = download(spec, check=_strict_load)
+        path = download(spec, progress=DownloadBar, check=_strict_load)
         click.echo(f"{name}: saved {path}")
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..io.guard import OptionError
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
+from ..weights.hub import LoggedProgress
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +272,7 @@ def draw_receptive_fields(
     save: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[str], None] | None = None,
+    download_progress=LoggedProgress,
 ) -> tuple[Path, list[ReceptiveField]]:
     """``fpncli show TARGET --receptive-field --at X,Y``: write the picture; return its path and
     the fields. TARGET is an extraction folder (its photo, weights and resize are reused), an
@@ -278,7 +280,8 @@ def draw_receptive_fields(
     ``show_LEVELS[_REDUCTION]_rf_atX,Y.png`` in the folder, or ``fpn_show_NAME_...`` in the
     current folder for an image (``viz.names``); LEVELS is ``all`` or ``levels`` joined by
     commas. A photo over ``max_pixels`` is refused, as ``extract --max-pixels`` refuses it.
-    ``progress`` is told (one line) before the slow part, the forward and backward passes."""
+    ``progress`` is told (one line) before the slow part, the forward and backward passes;
+    ``download_progress`` is ``load_backbone``'s, for the weights."""
     from ..api import load_backbone, resolve_device
     from ..io.atomic import atomic_write_bytes
     from ..io.latest import latest_extraction
@@ -342,7 +345,7 @@ def draw_receptive_fields(
         )
     # Unfolded FrozenBN and no channels-last: the gradient is the same, the graph is simpler.
     model = load_backbone(weights, device=resolve_device(device), seed=seed, fold_bn=False,
-                          channels_last=False)  # fmt: skip
+                          channels_last=False, download_progress=download_progress)  # fmt: skip
     image, prepared, fields = receptive_fields(image, model, point, levels, reduce=reduce,
                                                channel=channel, **settings)  # fmt: skip
     how = f"channel {channel}" if reduce == "channel" else reduce

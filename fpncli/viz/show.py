@@ -24,6 +24,7 @@ from ..io.outputs import RANDOM_NOTE, picture_title, valid_size
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGE_STRIDES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
+from ..weights.hub import LoggedProgress
 from .maps import DEFAULT_CLIP, parse_clip, reduce_channels, value_range
 from .names import picture_suffix
 from .overview import overview_image
@@ -330,6 +331,7 @@ def show(
     scale: str = "image",
     key: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    download_progress=LoggedProgress,
 ) -> ShowResult:
     """Draw one level (or ``all``) of an extraction; open a window or write a PNG.
 
@@ -343,7 +345,8 @@ def show(
     ``scale`` ``level`` or ``shared`` colours with the run's ranges (``viz.scale``), not the map's.
     With ``key``, ``target`` is the output of a ``--format wds`` run and the image with that
     sample key is shown. An image TARGET with more than ``max_pixels`` is refused (as
-    ``extract --max-pixels``).
+    ``extract --max-pixels``); its weights' download shows its progress with
+    ``download_progress`` (``load_backbone``'s).
 
     Raises:
         ValueError: an unknown level, a level that was not saved, a bad option (an
@@ -364,7 +367,8 @@ def show(
     pending: list[str] = []  # checked before an image TARGET would be extracted
     fixed = _run_ranges(target, scale, reduce, channel, pending.append, key)
     levels = list(LEVELS) if level == "all" else [level]
-    source = resolve_source(target, levels, weights, device, key, max_pixels, level_named)
+    source = resolve_source(target, levels, weights, device, key, max_pixels, level_named,
+                            download_progress)  # fmt: skip
     level = _level_drawn(source, level, level_named)
     named_level = level if source.level_known or level == "all" else None
     if level != "all" and level not in source.features:

@@ -20,6 +20,7 @@ from ..io.manifest import MANIFEST, load_manifest, read_manifest
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
+from ..weights.hub import LoggedProgress
 
 __all__ = [
     "Source",
@@ -217,11 +218,13 @@ def _geometry(manifest: dict, where: str) -> tuple[tuple[int, int], tuple[float,
     return resized, scale, random
 
 
-def _from_image(path: Path, weights: str, device: str, max_pixels: int) -> Source:
+def _from_image(path: Path, weights: str, device: str, max_pixels: int,
+                download_progress=LoggedProgress) -> Source:  # fmt: skip
     from ..api import extract, load_backbone, resolve_device
     from ..io.image_load import load_image
 
-    model = load_backbone(weights, device=resolve_device(device))
+    model = load_backbone(weights, device=resolve_device(device),
+                          download_progress=download_progress)  # fmt: skip
     result = extract(load_image(path, max_pixels=max_pixels), model)
     prepared = result.prepared
     return Source(
@@ -284,9 +287,10 @@ def _from_shard(root: str, key: str, levels: list[str], named: bool = True) -> S
 
 def resolve_source(target: str | None, levels: list[str], weights: str, device: str,
              key: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-             level_named: bool = True) -> Source:  # fmt: skip
+             level_named: bool = True, download_progress=LoggedProgress) -> Source:  # fmt: skip
     """What to draw. ``level_named``: the one level in ``levels`` was asked for (``--level``),
-    not a default: a ``.npy`` whose name is no level's then holds that level."""
+    not a default: a ``.npy`` whose name is no level's then holds that level.
+    ``download_progress``: ``load_backbone``'s, for an image's weights."""
     if key is not None:
         if target is None:
             raise OptionError(
@@ -352,7 +356,7 @@ def resolve_source(target: str | None, levels: list[str], weights: str, device: 
         return source
     check_not_drawn(path)  # before any weights are loaded or downloaded
     _check_image(path, max_pixels)
-    return _from_image(path, weights, device, max_pixels)
+    return _from_image(path, weights, device, max_pixels, download_progress)
 
 
 #: A level's picture extract writes in an image's folder (``p3.png``, ``p3_overlay.png``), or

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import stat
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +35,7 @@ from .cache import (
 )
 from .registry import REGISTRY, WeightsSpec
 
-__all__ = ["download", "resolve_weights"]
+__all__ = ["LoggedProgress", "download", "resolve_weights"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
@@ -56,54 +55,33 @@ _STALL_BYTES = 256 << 10
 _STALE_PART_AGE_S = 3600.0
 
 
-class _StderrProgress:
-    """Download progress on stderr: a one-line bar on a terminal; elsewhere (a log file, a pipe,
-    a batch job) a line when it starts and one per tenth, so a slow download is seen to move."""
+class LoggedProgress:
+    """A download's progress as INFO lines of the ``fpncli`` logger, one per tenth of its size
+    (the library's default; ``logging.basicConfig(level=logging.INFO)`` shows them), so a slow
+    download is seen to move. ``download``'s ``progress`` takes this or another class called as
+    it is: with the label, the address and the size (None: unknown), then with the bytes
+    received so far, then ``close()`` (the CLI's draws a bar on a terminal: ``cli.download_bar``).
+    """
 
-    def __init__(self, label: str, url: str, total: int | None, *, enabled: bool = True) -> None:
+    def __init__(self, label: str, url: str, total: int | None) -> None:
         self.label, self.total, self.start = label, total, time.monotonic()
-        self.enabled = enabled
-        self.terminal = enabled and sys.stderr.isatty()
-        self._next_line = max(1, total // 10) if total else 0  # a log's lines: each tenth
-        if enabled and not self.terminal:
-            size = f" ({total / 1e6:.1f} MB)" if total else ""
-            sys.stderr.write(f"{label} from {url}{size}\n")
-            sys.stderr.flush()
+        self._next_line = max(1, total // 10) if total else 0
 
     def __call__(self, done: int) -> None:
-        if not self.enabled:
-            return
-        rate = done / max(time.monotonic() - self.start, 1e-6) / 1e6
-        if not self.terminal:
-            if self.total and done >= self._next_line:
-                step = max(1, self.total // 10)
-                self._next_line = (done // step + 1) * step
-                sys.stderr.write(
-                    f"{self.label}: {done / 1e6:.1f}/{self.total / 1e6:.1f} MB, {rate:.1f} MB/s\n"
-                )
-                sys.stderr.flush()
-            return
-        if self.total:
-            width = 30
-            filled = min(width, int(width * done / self.total))
-            bar = "#" * filled + "-" * (width - filled)
-            text = (
-                f"\r{self.label} [{bar}] {done / 1e6:.1f}/{self.total / 1e6:.1f} MB {rate:.1f} MB/s"
-            )
-        else:
-            text = f"\r{self.label} {done / 1e6:.1f} MB {rate:.1f} MB/s"
-        sys.stderr.write(text)
-        sys.stderr.flush()
+        if self.total and done >= self._next_line:
+            step = max(1, self.total // 10)
+            self._next_line = (done // step + 1) * step
+            rate = done / max(time.monotonic() - self.start, 1e-6) / 1e6
+            log.info("%s: %.1f/%.1f MB, %.1f MB/s", self.label, done / 1e6, self.total / 1e6, rate)
 
     def close(self) -> None:
-        if self.terminal:
-            sys.stderr.write("\n")
+        pass
 
 
 def download(
     spec: WeightsSpec,
     *,
-    progress: bool = True,
+    progress: Callable[[str, str, int | None], LoggedProgress] | None = LoggedProgress,
     check: Callable[[Path, WeightsSpec], None] | None = None,
     timeout_s: float = 30.0,
     alternative: str | None = None,
@@ -117,7 +95,8 @@ def download(
 
     Args:
         spec: the registry entry.
-        progress: show progress on stderr (a bar on a terminal, else a line per tenth).
+        progress: what shows the progress (``LoggedProgress``: INFO lines of the ``fpncli``
+            logger; the CLI passes its display on stderr); None: nothing.
         check: called with the temporary file and ``spec`` before the rename (fpncli passes
             ``checkpoint.check_registry_file``: a strict load into ``spec``'s architecture).
         timeout_s: socket timeout (of each read).
@@ -194,7 +173,7 @@ def download(
 
 
 def _fetch(
-    spec: WeightsSpec, f, progress: bool, timeout_s: float, hint: str
+    spec: WeightsSpec, f, progress, timeout_s: float, hint: str
 ) -> tuple[int, str, int | None]:
     """Copy ``spec.url``'s body into ``f``: ``(bytes, sha256, announced size or None)``."""
     limit = spec.size_bytes or MAX_DOWNLOAD_BYTES
@@ -216,7 +195,8 @@ def _fetch(
             if length is not None and length > limit:
                 raise failed(f"it announces {length} bytes, more than {most}")
             total = length or spec.size_bytes
-            bar = _StderrProgress(f"downloading {spec.name}", spec.url, total, enabled=progress)
+            if progress:
+                bar = progress(f"downloading {spec.name}", spec.url, total)
             window_start, window_done = time.monotonic(), 0
             # read1: what has arrived (one read of the socket), so the stall check below runs
             # however slowly it comes (read() waits for a whole chunk)
@@ -226,7 +206,8 @@ def _fetch(
                     raise failed(f"it sent more than {most}: stopped there")
                 f.write(chunk)
                 digest.update(chunk)
-                bar(done)
+                if bar is not None:
+                    bar(done)
                 now = time.monotonic()
                 if now - window_start >= _STALL_WINDOW_S:
                     if done - window_done < _STALL_BYTES:
@@ -407,10 +388,12 @@ def resolve_weights(
     *,
     download_missing: bool = True,
     check: Callable[[Path, WeightsSpec], None] | None = None,
+    progress: Callable[[str, str, int | None], LoggedProgress] | None = LoggedProgress,
 ) -> tuple[Path, WeightsSpec | None]:
     """Turn a ``--weights`` value (a registry name or a file path) into a local file.
 
-    A registry name that is not cached is downloaded (unless ``download_missing`` is False). A
+    A registry name that is not cached is downloaded (unless ``download_missing`` is False),
+    its progress shown by ``progress`` (``download``'s: logged by default). A
     ``Path`` (any ``os.PathLike``) is always a file, never a registry name: ``Path("random")``
     is a file named random.
 
@@ -441,7 +424,7 @@ def resolve_weights(
         raise FileNotFoundError(
             f"{spec.name} is not cached at {path}; run 'fpncli weights download {spec.name}'"
         )
-    return download(spec, check=check, alternative=_RANDOM_INSTEAD), spec
+    return download(spec, progress=progress, check=check, alternative=_RANDOM_INSTEAD), spec
 
 
 #: What a run that takes a ``--weights`` value (or the API's ``weights=``) can do offline.
