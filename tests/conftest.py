@@ -20,6 +20,30 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FPNCLI_HOME", str(tmp_path_factory.mktemp("fpncli-home")))
 
 
+_DRAWN: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _random_weights_drawn_once(monkeypatch):
+    """``--weights random`` draws 25 M weights from numpy's legacy stream (a quarter of a second;
+    hundreds of tests load them): each architecture's and seed's are drawn once per session by
+    the real ``random_state_dict`` and every later caller gets a copy (callers may change it).
+    Tests of ``random_state_dict`` itself call ``fpncli.weights.arch.random_state_dict``."""
+    from fpncli import api
+    from fpncli.weights import arch, synthetic
+
+    def drawn_once(model, seed: int = 0):
+        key = (tuple((k, tuple(v.shape)) for k, v in model.state_dict().items()), seed)
+        if key not in _DRAWN:
+            if len(_DRAWN) == 2:  # 100 MB each: the two latest
+                del _DRAWN[next(iter(_DRAWN))]
+            _DRAWN[key] = arch.random_state_dict(model, seed)
+        return {k: v.clone() for k, v in _DRAWN[key].items()}
+
+    monkeypatch.setattr(api, "random_state_dict", drawn_once)
+    monkeypatch.setattr(synthetic, "random_state_dict", drawn_once)
+
+
 @pytest.fixture(scope="session")
 def sample_extraction(tmp_path_factory):
     """``fpncli extract samples/ --weights random`` at a small size (three images), made once:

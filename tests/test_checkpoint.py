@@ -371,22 +371,29 @@ def test_a_zero_element_array_cannot_declare_the_groups(tmp_path, state):
 def test_build_backbone_compares_shapes_before_allocating(monkeypatch, state):
     from fpncli.weights import arch as weights_arch
 
-    devices = []
+    devices, allocated = [], []
 
     def build(**arch):
         devices.append(torch.empty(0).device.type)
         return build_resnet_fpn_backbone(**arch)
 
+    def new_backbone(arch):
+        allocated.append(arch)
+        return real_new_backbone(arch)
+
+    real_new_backbone = weights_arch.new_backbone
     monkeypatch.setattr(weights_arch, "build_resnet_fpn_backbone", build)
+    monkeypatch.setattr(weights_arch, "new_backbone", new_backbone)
     broken = dict(state)
     broken["fpn_output4.weight"] = torch.zeros(256, 0, 3, 3)  # zero elements, wrong shape
     with pytest.raises(ValueError, match=r"missing keys: bottom_up.stem.conv1.weight.*791 in all"):
         build_backbone({"depth": 152, "width_per_group": 128}, {})  # a 1 GB model, never built
     with pytest.raises(ValueError, match=r"mis-shaped keys: fpn_output4.weight \(256, 0, 3, 3\)"):
         build_backbone({"depth": 50}, broken)
-    assert devices == ["meta", "meta"]  # refused before the real model was built
+    assert devices == ["meta", "meta"] and allocated == []  # refused before any was allocated
     model = build_backbone({"depth": 50}, state)
-    assert devices[-2:] == ["meta", "cpu"]
+    assert devices[-2:] == ["meta", "meta"] and allocated == [{"depth": 50}]
+    assert {t.device.type for t in model.state_dict().values()} == {"cpu"}
     _same(model.state_dict(), state)
 
 

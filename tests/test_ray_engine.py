@@ -1,5 +1,5 @@
 """``--engine ray`` on a local Ray with a fake GPU (``num_gpus=1``: the actor pool schedules as
-on a GPU node while torch runs on the CPU). One Ray for the whole session; tiny images."""
+on a GPU node while torch runs on the CPU). One Ray for this file; tiny images."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ SMALL = ["--weights", "random", "--min-size", "64", "--max-size", "96", "--no-ov
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # shut down after this file: its idle processes use CPU
 def ray_cluster():
     ray.init(num_cpus=4, num_gpus=1, object_store_memory=128 * 2**20, include_dashboard=False,
              logging_level="WARNING")  # fmt: skip
