@@ -180,6 +180,43 @@ def test_key_of_a_files_output_says_it_is_for_wds_and_names_the_images_folder(
     assert not (tmp_path / "s.png").exists()
 
 
+def test_network_options_with_key_name_the_key_s_problem_or_its_saved_maps(
+    sample_extraction, sample_shards, tmp_path, monkeypatch
+):
+    """``show P --key k --weights random`` was refused with "--weights is an option of an image
+    TARGET (an extraction's saved maps are read, not computed)" whatever P was: of a --format
+    files output (where --key does not apply) or with no P, the user learned the real problem
+    only on the next try; of a --format wds output, --key had named an image, so "an image
+    TARGET" read as if one had been given. --key's own problem is now said first, and a wds
+    output's image is refused as saved maps, as any saved extraction's."""
+    import fpncli.api
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(fpncli.api, "load_backbone", no_model)
+    runner, save = CliRunner(), ["--save", str(tmp_path / "s.png")]
+    options = [["--weights", "random"], ["--device", "cpu"], ["--max-pixels", "1000"]]
+    for args in options:
+        files = runner.invoke(
+            cli, ["show", str(sample_extraction), "--key", "chelsea", *args, *save]
+        )
+        assert files.exit_code == 2, (args, files.output)
+        assert "--key names an image of a --format wds output" in files.output, files.output
+        assert f"show that image with fpncli show {sample_extraction / 'chelsea'}" in files.output
+        alone = runner.invoke(cli, ["show", "--key", "chelsea", *args, *save])
+        assert alone.exit_code == 2 and alone.output.splitlines() == [
+            "Error: --key needs TARGET: the output folder (or URL) of a --format wds run (see "
+            "'cli show --help')"
+        ], alone.output
+        wds = runner.invoke(cli, ["show", str(sample_shards), "--key", "chelsea", *args, *save])
+        assert wds.exit_code == 2 and wds.output.splitlines() == [
+            f"Error: {args[0]} is an option of an image TARGET (--key names an image of a saved "
+            "extraction: its saved maps are read, not computed) (see 'cli show --help')"
+        ], wds.output
+    assert not (tmp_path / "s.png").exists()
+
+
 def test_a_batch_of_maps_is_refused_naming_its_file(folder, tmp_path):
     """A p4.npy holding two images' maps (2, C, H, W) was read as a level and refused as "expected
     one image, got a batch of 2", naming no file; in an extraction folder it is not the level

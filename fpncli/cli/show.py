@@ -70,6 +70,8 @@ def _check_options_used(target: str | None, key: str | None, reduce: str, top: i
     grid = "--top" if top is not None else "--channels" if channels is not None else None
     photo = _is_photo(target, key)
     read = "an extraction's saved maps are read, not computed"
+    if key is not None:  # --key names an image, but of saved maps: not an image TARGET
+        read = "--key names an image of a saved extraction: its saved maps are read, not computed"
     if receptive_field:
         read = "--receptive-field reruns an extraction with the weights it was made with"
     unused = [
@@ -98,9 +100,14 @@ _NETWORK_OPTIONS = ("weights", "device", "max_pixels")
 
 def _reads_nothing(target: str | None, key: str | None) -> bool:
     """Whether TARGET, a folder or .npy, holds no saved maps (a folder of photos, a name that is
-    not there): refusing --weights there because "saved maps are read" would mislead, and the
+    not there), or ``--key`` names no image of a wds output (no TARGET, or one that is not a wds
+    output): refusing --weights there because "saved maps are read" would mislead, and the
     user would learn the real problem only on the next try."""
-    if target is None or key is not None:  # the latest; a wds output's key: said when read
+    if key is not None:  # (a key the wds output lacks: said when read)
+        from ..io.catalog import is_sharded
+
+        return target is None or not is_sharded(target)
+    if target is None:  # the latest
         return False
     from ..viz.sources import holds_no_maps
 
