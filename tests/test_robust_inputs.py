@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fpncli.viz.overview import overview_image
+
 ROOT = Path(__file__).resolve().parent.parent
 BAD = os.fsdecode(b"bad\xff\xfe")  # "bad\udcff\udcfe": bytes that are not UTF-8
 
@@ -41,19 +43,54 @@ def _image(path: Path, size=(48, 40)) -> Path:
 # 1. Names that are not UTF-8 ----------------------------------------------------------------
 
 
-def test_safe_text_keeps_ascii_drops_accents_and_replaces_the_rest():
-    """An accented name keeps its letters (it was ``ph?t? 1.png``), composed or decomposed (as
-    macOS writes names); what has no ASCII letters is one ``?`` per character; control
-    characters and lone surrogates (OpenCV segfaults on them) never get through."""
+def test_safe_text_keeps_every_letter_the_font_draws_and_marks_the_rest():
+    """Pictures titled ``Æble_ø_ß.jpg`` read ``?ble_?_?.jpg`` (OpenCV's Hershey font has ASCII
+    only, and Æ, ø and ß have no ASCII decomposition), ``phötö`` read ``photo``. Text that is not
+    printable ASCII is now drawn in DejaVu Sans (matplotlib's own font): every letter it has is
+    kept (composed, as macOS's decomposed names are); one it lacks only as its compatibility
+    form (``Ａ`` -> ``A``), else as one visible U+FFFD per character, as are control characters:
+    none is dropped. A byte of a name that is not UTF-8 (a lone surrogate, on which OpenCV
+    segfaults) is written ``\\xNN``, as README says (it was ``?``)."""
     from fpncli.viz.text import safe_text
 
+    m = "\ufffd"  # (text.MISSING_GLYPH)
     assert safe_text("p2  stride 4 (1, 256)") == "p2  stride 4 (1, 256)"
-    assert safe_text(f"{BAD}.png é\n") == "bad??.png e?"
-    assert safe_text("phötö 1.png") == safe_text("pho\u0308to\u0308 1.png") == "photo 1.png"
-    assert safe_text("Crème brûlée, ﬁle ＡＢ") == "Creme brulee, file AB"
-    assert safe_text("写真 한국.png") == "?? ??.png"  # one ? per character, not per jamo
-    assert safe_text("\x00a\tb\x7f\u200b\u2028") == "?a?b???"
-    assert safe_text("ø" * 300) == "?" * 300
+    assert safe_text("Æble_ø_ß.jpg") == "Æble_ø_ß.jpg"
+    assert safe_text(f"{BAD}.png é\n") == f"bad\\xff\\xfe.png é{m}"  # as the report writes it
+    assert safe_text(f"{BAD}.png") == "bad\\xff\\xfe.png"
+    assert safe_text("phötö 1.png") == safe_text("pho\u0308to\u0308 1.png") == "phötö 1.png"
+    assert safe_text("Crème brûlée, ﬁle ＡＢ") == "Crème brûlée, ﬁle AB"
+    assert safe_text("猫.jpg 写真 한국.png") == f"{m}.jpg {m}{m} {m}{m}.png"  # one per character
+    assert safe_text("\x00a\tb\x7f\u200b\u2028") == f"{m}a{m}b{m}{m}{m}"
+    assert safe_text("ø" * 300) == "ø" * 300
+
+
+def test_a_title_of_letters_outside_ascii_is_drawn_with_those_letters():
+    """The overview, a heatmap and show's grid titled ``Æble_ø_ß.jpg`` were the very pictures
+    titled ``?ble_?_?.jpg``; now the letters are drawn. A character the font lacks is drawn as a
+    visible marker, the same for every such character, not dropped."""
+    from fpncli.viz.channels import channel_grid
+    from fpncli.viz.text import put_text, text_size
+    from fpncli.viz.visualize import heatmap_image
+
+    rgb = np.full((40, 48, 3), 90, np.uint8)
+    level = {"name": "p2", "map": np.ones((10, 12), np.float32), "stride": 4, "shape": (1, 2)}
+    maps = np.ones((2, 10, 12), np.float32)
+    for draw in (
+        lambda title: overview_image(rgb, [level], title=title),
+        lambda title: heatmap_image(level["map"], label=title),
+        lambda title: channel_grid(maps, [0, 1], title=title),
+    ):
+        letters, marks = draw("Æble_ø_ß.jpg"), draw("?ble_?_?.jpg")
+        assert letters.shape == marks.shape and not np.array_equal(letters, marks)
+    drawn = {}
+    for text in ("猫", "犬", "\x07", ""):
+        canvas = np.full((30, 40, 3), 255, np.uint8)
+        put_text(canvas, text, (2, 22), 0.6)
+        drawn[text] = canvas
+    assert np.array_equal(drawn["猫"], drawn["犬"]) and np.array_equal(drawn["猫"], drawn["\x07"])
+    assert (drawn["猫"] < 128).sum() > 10 and (drawn[""] == 255).all()  # visible, one each
+    assert text_size("猫猫", 0.6) > text_size("猫", 0.6) > 0
 
 
 def test_every_picture_draws_a_surrogate_or_non_ascii_text():
