@@ -19,7 +19,8 @@ from PIL import Image
 
 import fpncli
 from fpncli.io.outputs import OutputOptions
-from fpncli.run.pipeline import FolderSink, Job, RunOptions, run_jobs, weights_meta
+from fpncli.run.folder_sink import FolderSink
+from fpncli.run.pipeline import Job, RunOptions, run_jobs, weights_meta
 
 
 def per_call_us(fn, n: int) -> float:

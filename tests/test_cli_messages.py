@@ -622,9 +622,7 @@ def test_sizes_are_said_in_the_unit_that_shows_them():
 def test_an_image_too_large_for_the_cpu_memory_fails_with_one_line(runner, tmp_path,
                                                                   monkeypatch):  # fmt: skip
     """It was run, and Linux's OOM killer ended the process: no message, no run.json."""
-    from fpncli.run import pipeline
-
-    monkeypatch.setattr(pipeline, "available_bytes", lambda share: 3_000_000)
+    monkeypatch.setattr("fpncli.run.runner.available_bytes", lambda share: 3_000_000)
     photo = tmp_path / "p.png"
     Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(photo)
     args = ["extract", str(photo), "-o", str(tmp_path / "out"), "--weights", "random",

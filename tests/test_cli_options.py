@@ -465,7 +465,7 @@ def test_an_error_midway_keeps_the_log_and_says_how_to_resume(runner, tmp_path, 
     command is printed; the error is the last line, exit code 1."""
     import shlex
 
-    from fpncli.run import pipeline
+    from fpncli.run.runner import Runner
 
     if out_format == "wds":
         pytest.importorskip("pyarrow", reason="--format wds needs pyarrow (fpncli[wds])")
@@ -474,7 +474,7 @@ def test_an_error_midway_keeps_the_log_and_says_how_to_resume(runner, tmp_path, 
     for i in range(5):
         Image.fromarray(np.full((40, 60, 3), i * 40, np.uint8)).save(folder / f"im{i}.png")
     out = tmp_path / "out"
-    real, calls = pipeline._Runner.submit, []
+    real, calls = Runner.submit, []
 
     def submit(self, items, result):  # the third batch's writer thread cannot start
         calls.append(items)
@@ -482,7 +482,7 @@ def test_an_error_midway_keeps_the_log_and_says_how_to_resume(runner, tmp_path, 
             raise RuntimeError("can't start new thread")
         return real(self, items, result)
 
-    monkeypatch.setattr(pipeline._Runner, "submit", submit)
+    monkeypatch.setattr(Runner, "submit", submit)
     args = ["extract", str(folder), "-o", str(out), *SMALL, "--workers", "1", "--writers", "1",
             "--no-heatmaps", "--no-overview", "--format", out_format]  # fmt: skip
     if out_format == "wds":
@@ -499,7 +499,7 @@ def test_an_error_midway_keeps_the_log_and_says_how_to_resume(runner, tmp_path, 
     assert log["aborted"] == "can't start new thread"
     words = shlex.split(lines[-2].removeprefix("resume with: "))
     assert words[:2] == ["fpncli", "extract"]
-    monkeypatch.setattr(pipeline._Runner, "submit", real)
+    monkeypatch.setattr(Runner, "submit", real)
     again = runner.invoke(cli, words[1:], catch_exceptions=False)
     assert again.exit_code == 0 and "done 3, skipped 2" in again.output, again.output
 

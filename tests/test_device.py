@@ -657,12 +657,12 @@ def test_batched_statistics_equal_per_image_ones():
 
 
 def test_decode_and_write_threads_take_the_model_device(monkeypatch):
-    from fpncli.run import pipeline
+    from fpncli.run import runner
 
     calls = []
-    monkeypatch.setattr(pipeline, "bind_thread", lambda d: calls.append(str(d)))
-    pipeline._background(torch.device("cpu"))()
-    pipeline._background(torch.device("cuda", 1))()
+    monkeypatch.setattr(runner, "bind_thread", lambda d: calls.append(str(d)))
+    runner.background(torch.device("cpu"))()
+    runner.background(torch.device("cuda", 1))()
     assert calls == ["cpu", "cuda:1"]
 
 

@@ -24,7 +24,7 @@ from fpncli.io import atomic, image_writer
 from fpncli.io.guard import is_disk_full
 from fpncli.io.manifest import is_complete
 from fpncli.io.outputs import OutputOptions
-from fpncli.run import pipeline, steps
+from fpncli.run import pipeline, runner, steps
 from fpncli.run.pipeline import Job, RunOptions, run_jobs
 
 SMALL = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
@@ -100,13 +100,13 @@ def _race(tmp_path, model, monkeypatch):
     options = RunOptions(output=SMALL, workers=1, writers=1)
     assert run_jobs([Job(a, tmp_path / "ref" / "a")], model, options).done == 1
     jobs = [Job(a, tmp_path / "out" / "a"), Job(b, tmp_path / "out" / "b")]
-    seen, real_infer = [], pipeline.infer_batch
+    seen, real_infer = [], runner.infer_batch
 
     def infer(model, items, *args, **kwargs):
         seen.extend(it.job.path.name for it in items)
         return real_infer(model, items, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "infer_batch", infer)
+    monkeypatch.setattr(runner, "infer_batch", infer)
 
     def finish():
         shutil.copytree(tmp_path / "ref" / "a", jobs[0].folder)
@@ -130,7 +130,7 @@ def test_an_image_another_run_completes_before_decoding_is_skipped_not_computed(
         return real_decode(job, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "plan_pending", plan)
-    monkeypatch.setattr(pipeline, "decode", decode)
+    monkeypatch.setattr(runner, "decode", decode)
     summary = run_jobs(jobs, model, options)
     assert (summary.done, summary.skipped, summary.failed) == (1, 1, [])
     assert decoded == ["b.png"] and seen == ["b.png"]
@@ -149,7 +149,7 @@ def test_an_image_another_run_completes_while_decoded_never_reaches_the_model(
             finish()
         return item
 
-    monkeypatch.setattr(pipeline, "decode", decode)
+    monkeypatch.setattr(runner, "decode", decode)
     summary = run_jobs(jobs, model, options)
     assert (summary.done, summary.skipped, summary.failed) == (1, 1, [])
     assert seen == ["b.png"]

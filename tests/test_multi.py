@@ -361,7 +361,7 @@ def test_a_compile_warning_is_said_once_for_all_the_workers(tmp_path):
     assert "done 4," in result.stdout, result.stdout
     warnings = [ln for ln in result.stderr.splitlines() if "--compile without --canvas" in ln]
     assert len(warnings) == 1, result.stderr
-    assert warnings[0].startswith("WARNING fpncli.run.pipeline: --compile without --canvas")
+    assert warnings[0].startswith("WARNING fpncli.run.runner: --compile without --canvas")
 
 
 def test_the_kernels_once_per_process_warnings_are_said_once_per_run(monkeypatch, caplog):

@@ -31,7 +31,7 @@ from fpncli.cli import cli
 from fpncli.io import image_writer
 from fpncli.io.manifest import is_complete, read_manifest
 from fpncli.io.outputs import OutputOptions
-from fpncli.run import pipeline, plan, steps
+from fpncli.run import pipeline, plan, runner, steps
 from fpncli.run.pipeline import (
     InsufficientDiskError,
     Job,
@@ -1021,7 +1021,7 @@ def test_a_cpu_image_too_large_for_the_memory_fails_alone_before_the_model_runs(
     large = _image(tmp_path / "in" / "large.png", size=(400, 300), value=1)  # to 416x320
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in (small, large)]
     one = cpu_batch_bytes(1, 64, 64, "fp32")
-    monkeypatch.setattr(pipeline, "available_bytes", lambda share: 2 * one + 1)
+    monkeypatch.setattr(runner, "available_bytes", lambda share: 2 * one + 1)
     calls = []
     real = steps.run_backbone
     monkeypatch.setattr(steps, "run_backbone", lambda m, batch, precision, **kw: calls.append(
@@ -1043,7 +1043,7 @@ def test_a_cpu_batch_too_large_for_the_memory_is_split(tmp_path, model, monkeypa
 
     paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(5)]
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
-    monkeypatch.setattr(pipeline, "available_bytes",
+    monkeypatch.setattr(runner, "available_bytes",
                         lambda share: 2 * cpu_batch_bytes(1, 64, 96, "fp32") + 1)  # fmt: skip
     rows = []
     real = steps.run_backbone
@@ -1060,7 +1060,7 @@ def test_a_cpu_batch_too_large_for_the_memory_is_split(tmp_path, model, monkeypa
 
 def test_the_cpu_memory_check_is_skipped_where_the_memory_cannot_be_read(tmp_path, model,
                                                                          monkeypatch):  # fmt: skip
-    monkeypatch.setattr(pipeline, "available_bytes", lambda share: None)
+    monkeypatch.setattr(runner, "available_bytes", lambda share: None)
     job = Job(_image(tmp_path / "a.png"), tmp_path / "out" / "a")
     assert run_jobs([job], model, RunOptions(output=SMALL, batch_size=2)).done == 1
 
@@ -1240,7 +1240,7 @@ def test_an_unusable_device_stops_the_run_with_one_message(tmp_path, model, monk
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real(model, batch, precision=precision, **kwargs)
 
-    real_write = pipeline._Runner._write
+    real_write = runner.Runner._write
     failed = threading.Event()
 
     def late_write(self, *args):  # the first batch's writes start only after the second failed
@@ -1252,10 +1252,10 @@ def test_an_unusable_device_stops_the_run_with_one_message(tmp_path, model, monk
         return bool(broken)
 
     monkeypatch.setattr(steps, "run_backbone", dying)
-    monkeypatch.setattr(pipeline._Runner, "_write", late_write)
-    monkeypatch.setattr(pipeline, "device_broken", broken_device)
+    monkeypatch.setattr(runner.Runner, "_write", late_write)
+    monkeypatch.setattr(runner, "device_broken", broken_device)
     emptied = []
-    monkeypatch.setattr(pipeline, "free_cached_memory", emptied.append)
+    monkeypatch.setattr(runner, "free_cached_memory", emptied.append)
     summary = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=2, workers=1))
     assert calls == [2, 2]  # nothing more ran after the failure
     assert summary.done == 2 and len(summary.failed) == 2
@@ -1265,9 +1265,9 @@ def test_an_unusable_device_stops_the_run_with_one_message(tmp_path, model, monk
         "2 of 6 done, rerun the same command to resume"
     )
     assert emptied == []  # no empty_cache on a dead context (it raises there)
-    monkeypatch.setattr(pipeline._Runner, "_write", real_write)
+    monkeypatch.setattr(runner.Runner, "_write", real_write)
     monkeypatch.setattr(steps, "run_backbone", real)
-    monkeypatch.setattr(pipeline, "device_broken", lambda device: False)
+    monkeypatch.setattr(runner, "device_broken", lambda device: False)
     again = run_jobs(jobs, model, RunOptions(output=SMALL, batch_size=2, workers=1))
     assert (again.done, again.skipped, again.failed, again.aborted) == (4, 2, [], None)
 
@@ -1569,7 +1569,7 @@ def test_writer_threads_take_the_model_device(tmp_path, model, monkeypatch):
 
     calls = []
     monkeypatch.setattr(
-        pipeline, "bind_thread", lambda d: calls.append((threading.current_thread().name, d))
+        runner, "bind_thread", lambda d: calls.append((threading.current_thread().name, d))
     )
     paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(3)]
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
@@ -1682,7 +1682,7 @@ def test_each_worker_process_checks_its_share_of_the_free_memory(tmp_path, model
 
     shares = []
     one = cpu_batch_bytes(1, 64, 96, "fp32")
-    monkeypatch.setattr(pipeline, "available_bytes",
+    monkeypatch.setattr(runner, "available_bytes",
                         lambda share: shares.append(share) or int(3 * one * share))  # fmt: skip
     paths = [_image(tmp_path / "in" / f"{i}.png", value=i) for i in range(2)]
     jobs = [Job(p, tmp_path / "out" / p.stem) for p in paths]
@@ -1823,10 +1823,10 @@ def test_an_input_replaced_during_the_run_is_redone_by_the_next(tmp_path, model,
             replace(path)
         return image
 
-    monkeypatch.setattr("fpncli.run.pipeline.decode", decode)
+    monkeypatch.setattr("fpncli.run.runner.decode", decode)
     monkeypatch.setattr(steps, "load_image", load)
     assert run_jobs(jobs, model, RunOptions(output=SMALL, workers=1)).done == 2
-    monkeypatch.setattr("fpncli.run.pipeline.decode", real_decode)
+    monkeypatch.setattr("fpncli.run.runner.decode", real_decode)
     monkeypatch.setattr(steps, "load_image", real_load)
     again = run_jobs(jobs, model, RunOptions(output=SMALL, workers=1))
     assert (again.done, again.skipped) == (1, 1)

@@ -198,7 +198,7 @@ class _FaultyExtractor:
         import errno
         from unittest import mock
 
-        from fpncli.run import pipeline
+        from fpncli.run import runner
 
         type(self).images += sum(1 for error in batch["error"] if not error)
         if type(self).images <= 2:
@@ -216,8 +216,8 @@ class _FaultyExtractor:
             if self.fault in ("disk", "files"):
                 stack.enter_context(mock.patch.object(tarfile.TarFile, "addfile", full))
             else:
-                stack.enter_context(mock.patch.object(pipeline, "infer_batch", lost))
-                stack.enter_context(mock.patch.object(pipeline, "device_broken", lambda d: True))
+                stack.enter_context(mock.patch.object(runner, "infer_batch", lost))
+                stack.enter_context(mock.patch.object(runner, "device_broken", lambda d: True))
             return super()._run(batch)
 
 
@@ -315,7 +315,7 @@ def test_ray_actor_skips_a_folder_another_run_completed_before_the_model(
     import shutil
 
     from fpncli.io.outputs import OutputOptions
-    from fpncli.run import pipeline
+    from fpncli.run import runner
     from fpncli.run.pipeline import Job, RunOptions, RunSummary, decode, run_jobs
     from fpncli.run.ray_actor import Extractor
     from fpncli.run.ray_engine import _count
@@ -330,9 +330,9 @@ def test_ray_actor_skips_a_folder_another_run_completed_before_the_model(
     items = [pickle.dumps(decode(j, options, fmt)) for j in jobs]
     assert run_jobs([Job(a, tmp_path / "ref")], actor.model, options).done == 1
     shutil.copytree(tmp_path / "ref", jobs[0].folder)  # another run finished it meanwhile
-    seen, real = [], pipeline.infer_batch
+    seen, real = [], runner.infer_batch
     monkeypatch.setattr(
-        pipeline, "infer_batch", lambda m, its, *rest: seen.extend(its) or real(m, its, *rest)
+        runner, "infer_batch", lambda m, its, *rest: seen.extend(its) or real(m, its, *rest)
     )
     rows = actor({"path": [str(a), str(b)], "item": items, "error": ["", ""],
                   "folder": [str(j.folder) for j in jobs], **_given(jobs)})  # fmt: skip
@@ -431,7 +431,7 @@ def test_ray_actor_warnings_go_back_with_its_rows_and_are_said_once(
     import pickle
 
     from fpncli.io.outputs import OutputOptions
-    from fpncli.run import pipeline
+    from fpncli.run import runner
     from fpncli.run.pipeline import Job, RunOptions, RunSummary, decode
     from fpncli.run.ray_actor import Extractor
     from fpncli.run.ray_engine import _count
@@ -441,14 +441,14 @@ def test_ray_actor_warnings_go_back_with_its_rows_and_are_said_once(
     options = RunOptions(output=output, workers=1, writers=1)
     actor = Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
                         "format": "files", "crash_after": None, "actors": 1})  # fmt: skip
-    real = pipeline.infer_batch
+    real = runner.infer_batch
 
     def warn(model, items, *rest):
-        pipeline.log.warning("a warning about %s", items[0].job.path.name)
-        pipeline.log.warning("a warning of the run", extra={ONCE: "test"})
+        runner.log.warning("a warning about %s", items[0].job.path.name)
+        runner.log.warning("a warning of the run", extra={ONCE: "test"})
         return real(model, items, *rest)
 
-    monkeypatch.setattr(pipeline, "infer_batch", warn)
+    monkeypatch.setattr(runner, "infer_batch", warn)
     handlers = list(logging.getLogger("fpncli").handlers)
     summary, said, told = RunSummary(total=2), set(), []
     caplog.set_level(logging.WARNING)
@@ -462,9 +462,9 @@ def test_ray_actor_warnings_go_back_with_its_rows_and_are_said_once(
         _count(rows, summary, said)
         told += [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
     assert told == [
-        ("fpncli.run.pipeline", "WARNING", "a warning about im0.png"),
-        ("fpncli.run.pipeline", "WARNING", "a warning of the run"),
-        ("fpncli.run.pipeline", "WARNING", "a warning about im1.png"),
+        ("fpncli.run.runner", "WARNING", "a warning about im0.png"),
+        ("fpncli.run.runner", "WARNING", "a warning of the run"),
+        ("fpncli.run.runner", "WARNING", "a warning about im1.png"),
     ]
     assert summary.done == 2
     assert logging.getLogger("fpncli").handlers == handlers  # the call's relay removed
@@ -481,23 +481,23 @@ def test_ray_actor_warnings_of_loading_and_of_a_failed_call_reach_the_driver(
 
     import fpncli.api
     from fpncli.io.outputs import OutputOptions
-    from fpncli.run import pipeline
+    from fpncli.run import runner
     from fpncli.run.pipeline import Job, RunOptions, RunSummary, decode
     from fpncli.run.ray_actor import Extractor
     from fpncli.run.ray_engine import _count, _failure
 
-    real_load, real_infer = fpncli.api.load_backbone, pipeline.infer_batch
+    real_load, real_infer = fpncli.api.load_backbone, runner.infer_batch
 
     def load(*args, **kwargs):
         logging.getLogger("fpncli.weights.hub").warning("a warning of loading")
         return real_load(*args, **kwargs)
 
     def infer(model, items, *rest):
-        pipeline.log.warning("a warning about %s", items[0].job.path.name)
+        runner.log.warning("a warning about %s", items[0].job.path.name)
         return real_infer(model, items, *rest)
 
     monkeypatch.setattr(fpncli.api, "load_backbone", load)
-    monkeypatch.setattr(pipeline, "infer_batch", infer)
+    monkeypatch.setattr(runner, "infer_batch", infer)
     output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
     options = RunOptions(output=output, workers=1, writers=1)
     actor = Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,
@@ -520,8 +520,8 @@ def test_ray_actor_warnings_of_loading_and_of_a_failed_call_reach_the_driver(
         told += [(r.name, r.getMessage()) for r in caplog.records]
     assert told == [
         ("fpncli.weights.hub", "a warning of loading"),
-        ("fpncli.run.pipeline", "a warning about im0.png"),
-        ("fpncli.run.pipeline", "a warning about im1.png"),
+        ("fpncli.run.runner", "a warning about im0.png"),
+        ("fpncli.run.runner", "a warning about im1.png"),
     ]
 
 
@@ -533,16 +533,16 @@ def test_ray_cpu_actor_takes_the_cpu_default_batch_size(inputs, tmp_path, monkey
     import pickle
 
     from fpncli.io.outputs import OutputOptions
-    from fpncli.run import pipeline
+    from fpncli.run import runner
     from fpncli.run.pipeline import Job, RunOptions, decode
     from fpncli.run.ray_actor import Extractor
 
     output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
     options = RunOptions(output=output, batch_size=8, workers=1, writers=1)
     a, c = inputs / "im0.png", inputs / "im2.png"  # the same size: one bucket
-    sizes, real = [], pipeline.infer_batch
+    sizes, real = [], runner.infer_batch
     monkeypatch.setattr(
-        pipeline, "infer_batch", lambda m, its, *rest: sizes.append(len(its)) or real(m, its, *rest)
+        runner, "infer_batch", lambda m, its, *rest: sizes.append(len(its)) or real(m, its, *rest)
     )
     for default_batch, expected in ((True, [1, 1]), (False, [2])):
         actor = Extractor({"weights": "random", "seed": 0, "device": "cpu", "options": options,

@@ -2,8 +2,10 @@
 
 The steps themselves (decode one image, run one batch, write one image) are in ``steps``; the
 device machinery (streams, pinned buffers, on-device reductions) in ``device``; what is pending
-and whether it fits on the disk in ``plan``; the summary and progress types in ``summary``.
-This module only schedules them (and re-exports what callers of a run need).
+and whether it fits on the disk in ``plan``; the summary and progress types in ``summary``; the
+runner that runs the batches on the device and hands them to the writers in ``runner``; the
+folder sink (``--format files``) in ``folder_sink``. This module plans a run, decodes ahead and
+groups the images into batches for the runner (and re-exports what callers of a run need).
 
 Every stage is joined to the next by a bounded window, so memory depends on the batch size and
 the number of workers, never on the number of images. Images are batched only with images of the
@@ -15,19 +17,13 @@ share batches, and their features are those of Detectron2's batched inference.
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-
-import torch
 
 from ..api import check_precision
-from ..io.guard import error_text, is_disk_full, is_out_of_open_files, linked_folder, one_line
+from ..io.guard import error_text, is_out_of_open_files
 from ..io.inputs import (
     IMAGE_EXTENSIONS,
     Job,
@@ -37,50 +33,35 @@ from ..io.inputs import (
     shard_from_env,
 )
 from ..io.latest import record_latest
-from ..io.manifest import MANIFEST, is_complete
 from ..model.fpn import FPN
-from .device import (
-    BatchResult,
-    ByteBudget,
-    bind_thread,
-    device_broken,
-    free_cached_memory,
-    is_out_of_memory,
-    model_for_run,
-    run_settings,
-)
-from .hostmem import available_bytes, cpu_batch_bytes
+from .device import model_for_run, run_settings
+from .folder_sink import FolderSink
 from .plan import (
     InsufficientDiskError,
     Replaced,
     RunInputs,
-    _complete,
     check_disk_space,
     estimate_run_bytes,
     estimate_run_volume,
     pending_jobs,
     plan_pending,
 )
+from .runner import Runner, _reason, background
 from .steps import (
     Decoded,
     DeviceState,
     RunOptions,
     decode,
     infer_batch,
-    job_run_key,
-    needs_image,
-    resizes_on_device,
     weights_meta,
     write_result,
 )
 from .summary import (
     INTERRUPTED,
-    ONCE,
     Progress,
     RunSummary,
     device_failed_message,
     disk_full_message,
-    float16_overflow,
     open_files_message,
 )
 
@@ -111,377 +92,7 @@ __all__ = [
     "infer_batch",
     "write_result",
     "run_decoded",
-    "FolderSink",
 ]
-
-log = logging.getLogger(__name__)
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).strip()
-    if isinstance(error, MemoryError):
-        text = f"out of memory ({text})" if text else "out of memory"
-    elif not isinstance(error, (OSError, ValueError)):
-        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return one_line(text or type(error).__name__)
-
-
-def _memory(n_bytes: int) -> str:
-    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
-
-
-class FolderSink:
-    """Where the runner puts each image: its own folder (``--format files``). The sharded writer
-    (``run.wds.ShardSink``) is the other sink: the same calls, a tar shard instead.
-
-    ``run_inputs``: the input files of the run (``plan.RunInputs``; by default none). A folder
-    that holds the complete outputs of another file, one not among them, is not replaced when
-    the image is written (``write_result``): another run into the same ``-o`` wrote it since the
-    plan, which refuses those it finds."""
-
-    def write(self, item: Decoded, levels: dict, options: RunOptions, weights: dict,
-              device: str) -> int | None:  # fmt: skip
-        return write_result(item, levels, options, weights, device, self.run_inputs)
-
-    def __init__(self, run_inputs: RunInputs | None = None) -> None:
-        self.run_inputs = run_inputs if run_inputs is not None else RunInputs()
-        self._seen: dict[tuple[str, str], tuple[str | None, tuple | None]] = {}
-
-    def fail(self, path: Path, reason: str) -> None:
-        """Nothing to record: a failed image simply has no complete folder."""
-
-    def complete(self, job: Job, options: RunOptions, weights: dict) -> bool:
-        """Whether another run has completed ``job``'s folder since the run was planned; asked
-        just before the image is decoded (its run key, a manifest read and a stat per listed
-        file), so that a concurrent run's work is not computed twice."""
-        if options.overwrite or linked_folder(job.folder, options.root) is not None:
-            return False  # through a link: another folder's manifest (it fails when written)
-        key = job_run_key(job, options, weights)
-        if key is not None and is_complete(job.folder, key):
-            return True
-        self._seen[(str(job.path), str(job.folder))] = (key, _manifest_stamp(job.folder))
-        return False
-
-    def completed_since(self, job: Job, options: RunOptions, weights: dict) -> bool:
-        """``complete`` again, just before the image's batch goes to the model: one ``stat`` of
-        the manifest, read only when it changed since ``complete`` saw it (the full check when
-        ``complete`` was not asked, as for images decoded elsewhere)."""
-        if options.overwrite or linked_folder(job.folder, options.root) is not None:
-            return False
-        seen = self._seen.pop((str(job.path), str(job.folder)), None)
-        if seen is None:
-            return _complete(job, options, weights)
-        key, stamp = seen
-        if _manifest_stamp(job.folder) == stamp:
-            return False
-        return key is not None and is_complete(job.folder, key)
-
-
-def _manifest_stamp(folder: Path) -> tuple | None:
-    """What changes when a manifest is (re)written (it is replaced, never edited in place)."""
-    try:
-        st = os.stat(Path(folder) / MANIFEST)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-class _Runner:
-    def __init__(self, model: FPN, options: RunOptions, summary: RunSummary, todo: int, progress,
-                 sink=None):  # fmt: skip
-        self.sink = sink or FolderSink()
-        self.model = model
-        self.options = options
-        self.summary = summary
-        self.todo = todo
-        self.progress = progress
-        self.device = next(model.parameters()).device
-        self.state = DeviceState.create(self.device, options)
-        self.resize_on_device = resizes_on_device(options, self.device)
-        self.lock = threading.Lock()
-        self.report_lock = threading.Lock()
-        self.abort = threading.Event()
-        self.disk_was_full = False
-        self.out_of_files = False  # stopped by too many open files
-        self.broken: str | None = None  # why the device became unusable
-        self.budget = ByteBudget(options.queue_mb << 20)
-        self.writer = ThreadPoolExecutor(options.writers, thread_name_prefix="fpncli-write",
-                                         initializer=_background(self.device))  # fmt: skip
-        self.start = time.monotonic()
-        self.weights_meta = weights_meta(model)
-        self.recheck = getattr(self.sink, "complete", None)
-        self.recheck_batch = getattr(self.sink, "completed_since", None)
-        #: the padded sizes a compiled model without a canvas has run (``note_size``), kept on
-        #: the compiled model, which a process's later runs reuse (a Ray actor's calls, a
-        #: notebook's runs): each size compiles once in a process, and is said once
-        self.compiled_sizes: list[tuple[int, int]] | None = (
-            model.__dict__.setdefault("_fpncli_compiled_sizes", [])
-            if options.compile and options.output.canvas is None else None
-        )  # fmt: skip
-
-    def report(self) -> None:
-        if self.progress is None:
-            return
-        # the counts read and delivered in one step: a writer that read them before another
-        # writer counted its image cannot deliver the older count after the newer one
-        with self.report_lock:
-            s = self.summary
-            self.progress(Progress(s.done, len(s.failed), s.skipped, self.todo,
-                                   time.monotonic() - self.start, s.bytes_written))  # fmt: skip
-
-    def add_seconds(self, stages: dict[str, float]) -> None:
-        with self.lock:
-            totals = self.summary.stage_seconds
-            for name, seconds in stages.items():
-                totals[name] = totals.get(name, 0.0) + seconds
-
-    def fail(self, path: Path, reason: str) -> None:
-        with self.lock:
-            self.summary.failed.append((str(path), reason))
-        self.sink.fail(path, reason)
-        log.info("failed: %s: %s", path, reason)
-        self.report()
-
-    def skip(self, job: Job) -> None:
-        """Count an image another run completed meanwhile as skipped (neither done nor failed)."""
-        log.info("skipped: %s (completed by another run meanwhile)", job.path)
-        with self.lock:
-            self.summary.skipped += 1
-        self.report()
-
-    def decode(self, job: Job, input_format) -> Decoded | None:
-        """``steps.decode``, or None (and the job counted as skipped) when the sink says that
-        another run has completed the job since it was listed."""
-        if self.recheck is not None and self.recheck(job, self.options, self.weights_meta):
-            self.skip(job)
-            return None
-        return decode(job, self.options, input_format, resize_on_device=self.resize_on_device)
-
-    def drop_complete(self, items: list[Decoded]) -> list[Decoded]:
-        """``items`` less those another run has completed since they were decoded (skipped)."""
-        if self.recheck_batch is None:
-            return items
-        keep = []
-        for it in items:
-            if self.recheck_batch(it.job, self.options, self.weights_meta):
-                self.skip(it.job)
-            else:
-                keep.append(it)
-        return keep
-
-    def run_batch(self, items: list[Decoded]) -> None:
-        """Run ``items`` in chunks of the current batch size; on CUDA out of memory, halve the
-        batch size for the rest of the run and retry, outside the ``except`` block so that the
-        failed attempt's memory is freed first. One image that does not fit fails alone. On the
-        CPU a batch is sized before it runs (``fits_in_memory``): there, running out of memory
-        is Linux's OOM killer ending the process, not an exception."""
-        self.add_seconds({"decode": sum(it.decode_s for it in items)})
-        chunks = [items]
-        while chunks:
-            chunk = chunks.pop(0)
-            size = self.state.batch_size
-            if len(chunk) > size:
-                chunks[:0] = [chunk[i : i + size] for i in range(0, len(chunk), size)]
-                continue
-            chunk = self.drop_complete(chunk)  # the last cheap moment before the model runs
-            if not chunk or not self.fits_in_memory(chunk, chunks):
-                continue
-            self.note_size(chunk[0])
-            result, error = None, None
-            start = time.perf_counter()
-            try:
-                result = infer_batch(self.model, chunk, self.options, self.state)
-            except Exception as e:  # noqa: BLE001 - every image must end done or failed
-                error = (is_out_of_memory(e), _reason(e))
-                log.debug("batch of %d failed", len(chunk), exc_info=True)
-            # this thread's time to stage and launch the batch (on the CPU: to compute it)
-            self.add_seconds({"host": time.perf_counter() - start})
-            if result is not None:
-                self.submit(chunk, result)
-                continue
-            out_of_memory, reason = error
-            if device_broken(self.device):  # e.g. an illegal address: nothing more can run
-                for it in chunk:
-                    self.fail(it.job.path, f"{self.device} failed: {reason}")
-                self.device_failed(reason)
-                return
-            if out_of_memory:
-                free_cached_memory(self.device)
-            # the rows that ran: a partial batch is padded to the batch size (steps.infer_batch)
-            rows = max(len(chunk), self.state.batch_size) if self.state.pad_batches else len(chunk)
-            if out_of_memory and rows > 1:
-                self.state.batch_size = max(1, rows // 2)
-                log.warning("out of memory on a batch of %d: batch size %d from now on",
-                            rows, self.state.batch_size)  # fmt: skip
-                chunks.insert(0, chunk)
-                continue
-            if out_of_memory:
-                reason = f"out of memory even for a batch of one ({reason})"
-            else:
-                reason = f"the model failed: {reason}"
-            for it in chunk:
-                self.fail(it.job.path, reason)
-
-    def fits_in_memory(self, chunk: list[Decoded], chunks: list[list[Decoded]]) -> bool:
-        """On the CPU, whether ``chunk``'s forward fits in the memory the machine can give now
-        (``hostmem``; always where that cannot be read). If not, a batch of several is put back
-        on ``chunks`` under the batch size that fits, kept for the rest of the run, and an
-        image that does not fit alone fails, saying what it needs."""
-        if self.device.type != "cpu":
-            return True  # CUDA: out of memory is an exception, and halves the batch (run_batch)
-        available = available_bytes(share=self.options.memory_share)
-        if available is None:
-            return True
-        rows = max(len(chunk), self.state.batch_size) if self.state.pad_batches else len(chunk)
-        height, width = chunk[0].prepared.padded_height, chunk[0].prepared.padded_width
-        one = cpu_batch_bytes(1, height, width, self.options.precision)
-        fit = available // one
-        if fit >= rows:
-            return True
-        if fit >= 1:
-            self.state.batch_size = int(fit)
-            log.warning("not enough memory for a batch of %d at %dx%d on the CPU (about %s, %s "
-                        "available): batch size %d from now on", rows, width, height,
-                        _memory(rows * one), _memory(available), fit)  # fmt: skip
-            chunks.insert(0, chunk)
-            return False
-        output = self.options.output
-        fix = "lower --max-size/--min-size" if output.resize else "drop --no-resize"
-        if output.canvas not in (None, "auto"):  # every image is padded to it
-            fix += " or give a smaller --canvas"
-        reason = (
-            f"needs about {_memory(one)} of memory on the CPU for its {width}x{height} model "
-            f"input, but {_memory(available)} is available: {fix}"
-        )
-        for it in chunk:
-            self.fail(it.job.path, reason)
-        return False
-
-    def note_size(self, item: Decoded) -> None:
-        """Warn once, at a compiled run's second padded size without a canvas: the model is
-        compiled for static shapes, so every new size compiles it again (tens of seconds on a
-        GPU) until torch's recompile limit, past which new sizes run uncompiled with only a line
-        in torch's log. A folder of one size never sees the warning."""
-        sizes = self.compiled_sizes
-        size = (item.prepared.padded_height, item.prepared.padded_width)
-        if sizes is None or len(sizes) > 1 or size in sizes:
-            return
-        sizes.append(size)
-        if len(sizes) == 2:
-            (h0, w0), (h1, w1) = sizes
-            fix = ("add --canvas auto to pad every image to one of two sizes"
-                   if self.options.output.resize
-                   else "add --canvas WxH, a size that holds every image")  # fmt: skip
-            log.warning(
-                "--compile without --canvas compiles the model again for every padded image size "
-                "(width x height %dx%d now, after %dx%d; tens of seconds each on a GPU, and sizes "
-                "past torch's recompile limit run uncompiled): %s", w1, h1, w0, h0, fix,
-                extra={ONCE: "compile"},  # every worker of a run would say it
-            )  # fmt: skip
-
-    def submit(self, items: list[Decoded], result: BatchResult) -> None:
-        keep = sum(it.image.nbytes for it in items if needs_image(self.options.output))
-        nbytes = result.nbytes + keep
-        self.budget.acquire(nbytes, self.abort)
-        for it in items:
-            it.pixels = None  # uploaded; the writer needs only the image and the results
-        state = {"remaining": len(items)}
-        for i, it in enumerate(items):
-            self.writer.submit(self.write, it, result, i, nbytes, state)
-
-    def write(self, item: Decoded, result: BatchResult, index: int, nbytes: int, state) -> None:
-        try:
-            self._write(item, result, index)
-        finally:
-            if result.done_with_one():
-                self.budget.release(nbytes)
-                if result.clock is not None:
-                    try:
-                        self.add_seconds(result.clock.seconds())
-                    except RuntimeError:  # events of a failed batch never completed
-                        pass
-
-    def _write(self, item: Decoded, result: BatchResult, index: int) -> None:
-        path = item.job.path
-        # a full disk drops the writes not yet begun (the summary says so; a rerun does them);
-        # after a failed device the batches already computed are still written: their copies
-        # back either landed, or ``wait`` raises and the image is failed
-        if self.disk_was_full:
-            return
-        start = time.perf_counter()
-        try:
-            result.wait()  # blocks until the copies have landed
-            levels = result.image(index)
-            written = self.sink.write(
-                item, levels, self.options, self.weights_meta, str(self.device)
-            )
-        except OSError as e:
-            if is_disk_full(e):
-                self.disk_full()
-                return
-            if is_out_of_open_files(e):
-                self.files_ran_out()
-                return
-            self.fail(path, f"could not write {item.job.folder}: {_reason(e)}")
-            return
-        except ValueError as e:  # the sink's refusal (a folder reached through a link), or no
-            # pca map for a level holding NaN or infinity (``BatchResult.image``): its line
-            self.fail(path, _reason(e))
-            return
-        except Exception as e:  # noqa: BLE001 - a bug must not pass silently nor stop the run
-            log.debug("writing %s failed", item.job.folder, exc_info=True)
-            self.fail(path, f"error while copying back or writing: {_reason(e)}")
-            return
-        self.add_seconds({"write": time.perf_counter() - start})
-        with self.lock:
-            if written is None:  # another run completed it meanwhile
-                self.summary.skipped += 1
-            else:
-                self.summary.done += 1
-                self.summary.bytes_written += written
-                self.summary.add_float16_overflow(
-                    float16_overflow(levels, self.options.output.dtype)
-                )
-            self.summary.last_folder = item.job.folder  # complete either way
-        self.report()
-
-    def disk_full(self) -> None:
-        """Stop at the first full-disk write: one message, the image is not counted as failed."""
-        if not self.abort.is_set():
-            log.info("disk full: stopping")
-        self.disk_was_full = True
-        self.abort.set()
-
-    def files_ran_out(self) -> None:
-        """Stop at the first "too many open files", as at a full disk: one message for the run
-        (the limit is the run's, not a file's), the image neither done nor failed but left for
-        the rerun; the writes already queued still go."""
-        if not self.abort.is_set():
-            log.info("too many open files: stopping")
-        self.out_of_files = True
-        self.abort.set()
-
-    def device_failed(self, reason: str) -> None:
-        """Stop the run: the device is unusable (``summary.aborted`` says so)."""
-        log.info("%s failed: stopping", self.device)
-        self.broken = reason
-        self.abort.set()
-
-    def close(self) -> None:
-        self.writer.shutdown(wait=True)
-        self.summary.batch_size = self.state.batch_size
-
-
-def _background(device: torch.device):
-    """The decode and write threads' initializer: on CUDA they take the model's device as their
-    current one (writers wait on its events: a thread without it would make a context on GPU 0,
-    hundreds of MB per process). Lowering their priority on the CPU was measured and gained
-    nothing (folder/model-only 0.948 both ways), so they run at the model's priority."""
-
-    def init() -> None:
-        bind_thread(device)
-
-    return init
 
 
 def run_jobs(
@@ -547,7 +158,7 @@ def run_decoded(items: list[Decoded], model: FPN, options: RunOptions, *, sink=N
         shape = (item.prepared.padded_height, item.prepared.padded_width)
         buckets.setdefault(shape, []).append(item)
 
-    def feed(runner: _Runner) -> None:
+    def feed(runner: Runner) -> None:
         for same in buckets.values():
             if not runner.abort.is_set():
                 runner.run_batch(same)
@@ -557,7 +168,7 @@ def run_decoded(items: list[Decoded], model: FPN, options: RunOptions, *, sink=N
 
 
 def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progress, sink,
-         feed: Callable[[_Runner], None]) -> None:  # fmt: skip
+         feed: Callable[[Runner], None]) -> None:  # fmt: skip
     """Run ``feed(runner)`` with the run's settings and model; then wait for the writers."""
     device = next(model.parameters()).device
     start = time.monotonic()
@@ -567,7 +178,7 @@ def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progre
                       compile=options.compile):  # fmt: skip
         run_model = model_for_run(model, options.precision, compile=options.compile)
         try:
-            runner = _Runner(run_model, options, summary, todo, progress, sink)
+            runner = Runner(run_model, options, summary, todo, progress, sink)
             runner.weights_meta = weights_meta(model)
             try:
                 feed(runner)
@@ -590,7 +201,7 @@ def _run(model: FPN, options: RunOptions, summary: RunSummary, todo: int, progre
         summary.aborted = open_files_message(summary)
 
 
-def _feed(runner: _Runner, todo: list[Job], options: RunOptions, input_format) -> None:
+def _feed(runner: Runner, todo: list[Job], options: RunOptions, input_format) -> None:
     """Decode ahead in a thread pool, group same-shape images into batches, run them."""
     window = options.workers * 2 + options.batch_size * 2
     buckets: dict[tuple[int, int], list[Decoded]] = {}
@@ -598,7 +209,7 @@ def _feed(runner: _Runner, todo: list[Job], options: RunOptions, input_format) -
     pending: deque[tuple[Job, Future]] = deque()
     jobs_iter = iter(todo)
     with ThreadPoolExecutor(options.workers, thread_name_prefix="fpncli-decode",
-                            initializer=_background(runner.device)) as decoder:  # fmt: skip
+                            initializer=background(runner.device)) as decoder:  # fmt: skip
         while not runner.abort.is_set():
             while len(pending) < window and (job := next(jobs_iter, None)) is not None:
                 pending.append((job, decoder.submit(runner.decode, job, input_format)))

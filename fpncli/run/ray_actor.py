@@ -20,8 +20,10 @@ import numpy as np
 from ..io.guard import one_line, quote_name
 from ..io.inputs import Job
 from ..io.shard_writer import ShardWriter
-from .pipeline import FolderSink, _reason, run_decoded
+from .folder_sink import FolderSink
+from .pipeline import run_decoded
 from .plan import RunInputs
+from .runner import _reason
 from .steps import RunOptions, decode
 from .summary import DISK_FULL, OPEN_FILES, WarningRelay, float16_overflow
 from .wds import ShardSink

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 
-from .pipeline import _reason
+from .runner import _reason
 
 __all__ = ["RayStartError", "exit_may_hang", "import_ray", "connect"]
 
