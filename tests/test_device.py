@@ -218,6 +218,22 @@ def test_torch_reductions_match_numpy(reduce):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_torch_pca_of_a_level_holding_nan_or_inf_is_refused_as_in_numpy(bad):
+    """reduce_map(level, "pca") gave an all-NaN map where reduce_channels (numpy) refuses the
+    level with a ValueError saying why: both now raise that one message."""
+    level = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0))
+    level[1, 2, 3] = bad
+    level[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError) as reference:
+        reduce_channels(level.numpy(), "pca")
+    with pytest.raises(ValueError) as ours:
+        reduce_map(level, "pca")
+    assert str(ours.value) == str(reference.value)
+    assert str(ours.value).startswith("--reduce pca needs finite values, and this level holds 2 ")
+    assert np.isfinite(reduce_map(level, "mean").numpy()).sum() == 13  # the others: per cell
+
+
 def test_pca_sign_is_the_same_on_the_device_as_in_numpy():
     """Loadings whose sum and largest entry disagree in sign (the convention follows the sum:
     the map correlates with the mean map), and a level whose mean map is flat (the largest

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ...viz.maps import PCA_SIGN_TOLERANCE  # pca_sign's, in torch as in numpy
+from ...viz.maps import PCA_SIGN_TOLERANCE, pca_refusal  # pca_sign's, in torch as in numpy
 
 __all__ = ["reduce_map", "reduce_maps", "order_stats", "finite_stats", "finite_stats_batch",
            "nan_outside", "pca_maps"]  # fmt: skip
@@ -21,7 +21,16 @@ _INF, _NAN = float("inf"), float("nan")
 
 def reduce_map(level: torch.Tensor, reduce: str, channel: int = 0) -> torch.Tensor:
     """``(C, H, W)`` -> ``(H, W)`` float32, as ``fpncli.viz.maps.reduce_channels`` (numpy)
-    computes it, but in torch where the tensor is."""
+    computes it, but in torch where the tensor is.
+
+    Raises:
+        ValueError: ``pca`` of a level that holds NaN or infinite values (no component fits it),
+            with ``reduce_channels``' message; ``pca_maps`` would give an all-NaN map.
+    """
+    if reduce == "pca":  # one image, so one host sync to say why (the batch path has none)
+        nonfinite = level.numel() - int(torch.isfinite(level).sum())
+        if nonfinite:
+            raise ValueError(pca_refusal(nonfinite))
     return reduce_maps(level[None], reduce, channel)[0]
 
 
