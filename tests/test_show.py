@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -325,6 +326,27 @@ def test_image_target_extracts_on_the_fly(tmp_path, monkeypatch):
     result = show("cat.png", level="p4", weights="random", device="cpu", display=False)
     assert result.saved.name == "fpn_show_cat_p4.png" and result.saved.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.png", "fpn_show_cat_p4.png"]
+
+
+def test_photos_sharing_a_stem_get_pictures_of_their_own(tmp_path, monkeypatch):
+    """README: two drawings never share a name. show a.jpg then show a.PNG both wrote
+    fpn_show_a_p4.png, the second over the first; now they are named as extract names such
+    images' folders (a_jpg, a_png). A stem no other image in the folder has (b.png beside
+    b.txt and a folder b.jpg) keeps its name."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.RandomState(0)
+    Image.fromarray(rng.randint(0, 256, (40, 60, 3), np.uint8)).save("a.jpg")
+    Image.fromarray(rng.randint(0, 256, (40, 60, 3), np.uint8)).save("a.PNG", format="PNG")
+    (tmp_path / "b.png").touch()
+    (tmp_path / "b.txt").touch()
+    (tmp_path / "b.jpg").mkdir()
+    saved = [show(name, level="p4", weights="random", device="cpu", display=False).saved
+             for name in ("a.jpg", "a.PNG")]  # fmt: skip
+    assert [path.name for path in saved] == ["fpn_show_a_jpg_p4.png", "fpn_show_a_png_p4.png"]
+    assert saved[0].read_bytes() != saved[1].read_bytes()  # both there, each its photo's
+    from fpncli.io.inputs import image_stem
+
+    assert image_stem(Path("b.png")) == "b" and image_stem(tmp_path / "a.PNG") == "a_png"
 
 
 def test_a_picture_fpncli_drew_is_refused_naming_the_show_to_run(folder, tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Job",
     "discover_inputs",
+    "image_stem",
     "output_root",
     "plan_jobs",
     "select_shard",
@@ -355,6 +356,30 @@ def fitted_name(name: str, suffix: str = "") -> str:
     return name[:cut] + tail
 
 
+def _suffixed_stem(path: Path) -> str:
+    """``a.PNG`` -> ``a_png``: the name of an image whose stem another image shares."""
+    return f"{path.stem}_{path.suffix.lstrip('.').lower()}"
+
+
+def image_stem(path: Path) -> str:
+    """The name of the image ``path`` drawn on its own (``show``'s ``fpn_show_NAME``): its stem,
+    or, where another file in its folder with an extension fpncli reads as an image has the
+    same stem (case-folded), its stem and extension (``a_jpg``, ``a_png``), as ``plan_jobs``
+    names the output folders of such images; so the pictures of ``a.jpg`` and ``a.png`` do not
+    replace each other. A folder that cannot be listed counts as holding no other image."""
+    folded = path.stem.casefold()
+    try:
+        with os.scandir(path.parent) as entries:  # (the parent of "a.jpg" is ".")
+            others = [Path(e.name) for e in entries if e.name.casefold().startswith(folded)
+                      and e.name != path.name and e.is_file()]  # fmt: skip
+    except OSError:  # no permission to list the folder: no clash that can be seen
+        others = []
+    extensions = pillow_extensions()
+    if any(o.stem.casefold() == folded and o.suffix.lower() in extensions for o in others):
+        return _suffixed_stem(path)
+    return path.stem
+
+
 def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     """Give every image its own output folder, mirroring its path below its root.
 
@@ -423,7 +448,7 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
         # "..png" and "...png" have the stems "." and "..": OUT itself and the folder above it
         dots = name in (".", "..")
         if dots or stems[(os.path.abspath(image.parent), fold(rel.parent / rel.stem))] > 1:
-            name = f"{rel.stem}_{rel.suffix.lstrip('.').lower()}"
+            name = _suffixed_stem(rel)
         key = rel.parent / name
         n = numbered.get(key, 1)
         candidate = rel.parent / fitted_name(name, f"_{n}" if n > 1 else "")

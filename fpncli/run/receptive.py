@@ -329,11 +329,12 @@ def draw_receptive_fields(
         settings = {k: pre[k] for k in ("min_size", "max_size", "resize") if k in pre}
         default_out = path / f"show{suffix}.png"
     else:
+        from ..io.inputs import image_stem
         from ..viz.sources import check_not_drawn
 
         check_not_drawn(path)  # a heatmap fpncli drew is no photo (as show refuses it)
         image_path = str(path)
-        default_out = Path(f"fpn_show_{path.stem}{suffix}.png")
+        default_out = Path(f"fpn_show_{image_stem(path)}{suffix}.png")
     from ..io.image_load import load_image
 
     image = load_image(image_path, max_pixels=max_pixels)

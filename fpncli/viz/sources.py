@@ -222,6 +222,7 @@ def _from_image(path: Path, weights: str, device: str, max_pixels: int,
                 download_progress=LoggedProgress) -> Source:  # fmt: skip
     from ..api import extract, load_backbone, resolve_device
     from ..io.image_load import load_image
+    from ..io.inputs import image_stem
 
     model = load_backbone(weights, device=resolve_device(device),
                           download_progress=download_progress)  # fmt: skip
@@ -234,7 +235,7 @@ def _from_image(path: Path, weights: str, device: str, max_pixels: int,
         (prepared.scale_y, prepared.scale_x),
         model.weights_info.random,
         path.stem,
-        Path(f"fpn_show_{path.stem}"),
+        Path(f"fpn_show_{image_stem(path)}"),  # a.jpg and a.png beside it: a_jpg, a_png
         photo=path.name,
         weights_name=model.weights_info.name,
     )
