@@ -692,3 +692,26 @@ def test_a_dependency_that_fails_to_import_is_one_line(runner, tmp_path, monkeyp
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     assert result.output.splitlines()[-1] == said
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_alike_by_extract_show_and_report(
+    runner, tmp_path, monkeypatch
+):
+    """b'caf\\xe9.png': extract printed its folder as "caf\\udce9" (quote_name), show its
+    picture with the raw byte (U+FFFD on a UTF-8 terminal), report its page likewise: now all
+    three print the escaped, quoted form."""
+    monkeypatch.chdir(tmp_path)
+    name = os.fsdecode(b"caf\xe9")
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(f"{name}.png")
+    out = os.fsdecode(b"out\xe9")
+    extracted = runner.invoke(cli, ["extract", f"{name}.png", "-o", out, *SMALL],
+                              catch_exceptions=False)  # fmt: skip
+    shown = runner.invoke(cli, ["show", f"{name}.png", "--level", "p4", "--weights", "random"],
+                          catch_exceptions=False)  # fmt: skip
+    reported = runner.invoke(cli, ["report", out], catch_exceptions=False)
+    for result in (extracted, shown, reported):
+        assert result.exit_code == 0, result.output
+        assert "\ufffd" not in result.output and "\\udce9" in result.output, result.output
+    assert '\nwrote "out\\udce9/caf\\udce9"\n' in extracted.output
+    assert '\nsaved "fpn_show_caf\\udce9_p4.png"\n' in shown.output
+    assert reported.output.startswith('wrote "out\\udce9/report.html"\n')

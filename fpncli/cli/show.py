@@ -221,6 +221,7 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
                     f"--{name} does not apply to --receptive-field (it draws the fields of one "
                     "cell over the photo): leave it out"
                 )
+        from ..io.guard import quote_name
         from ..run.receptive import draw_receptive_fields
         from ..viz.receptive import field_summary
 
@@ -232,7 +233,7 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
         )  # fmt: skip
         for f in fields:  # the picture's photo pixels, then the network's (the resized photo)
             click.echo(field_summary(f, *f.scale))
-        click.echo(f"saved {out}")
+        click.echo(f"saved {quote_name(str(out))}")
         return
     from ..viz.show import show as show_target
 

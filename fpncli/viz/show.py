@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import atomic_write_bytes
-from ..io.guard import OptionError
+from ..io.guard import OptionError, quote_name
 from ..io.manifest import MANIFEST, load_manifest
 from ..io.outputs import RANDOM_NOTE, picture_title, valid_size
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
@@ -429,6 +429,6 @@ def show(
         )
     atomic_write_bytes(out, encode_png(picture))
     result.saved = out
-    say(f"saved {out}")
+    say(f"saved {quote_name(str(out))}")  # as extract says "wrote": a non-UTF-8 byte as \udcNN
     log.info("show: %s", json.dumps({"target": target, "level": level, "saved": str(out)}))
     return result
