@@ -514,6 +514,29 @@ def test_from_list_skips_a_bom_and_names_the_line_of_a_nul_byte(tmp_path, monkey
     assert binary.exit_code == 1 and "bin.txt, line 2: a NUL byte" in binary.output
 
 
+LISTED_NAMES = "a.png\r\nb.png\r\n"
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [*(LISTED_NAMES.encode(codec) for codec in ("utf-16", "utf-16-le", "utf-16-be")),
+     b"\xfe\xff" + LISTED_NAMES.encode("utf-16-be"), b"\xff\xfe", b"\xff\xfe\n\x00"],
+)  # fmt: skip
+def test_a_utf16_list_is_refused_saying_it_is_utf16(tmp_path, monkeypatch, listed):
+    """A --from-list saved as UTF-16 (Windows Notepad, PowerShell's >) was refused for "a NUL
+    byte, in no file name (binary?)": now the line says it looks like UTF-16 and must be UTF-8,
+    with a BOM (also a BOM alone, or before a blank line) or without one (the NUL pattern)."""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save("a.png")
+    Path("list.txt").write_bytes(listed)
+    result = CliRunner().invoke(cli, ["extract", "--from-list", "list.txt", "-o", "out", *SMALL])
+    assert result.exit_code == 1 and result.output == (
+        "Error: list.txt looks like UTF-16 text (as Windows Notepad or PowerShell's > may write "
+        "it): the list must be UTF-8; save it as UTF-8 (PowerShell: | Out-File -Encoding utf8)\n"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "list.txt"]
+
+
 def test_a_name_too_long_fails_alone_when_listed_and_in_one_line_when_given(tmp_path, monkeypatch):
     """A listed name over 255 bytes stopped the whole run ("[Errno 36] File name too long", nothing
     extracted): Path.is_dir raises ENAMETOOLONG, met while looking for output markers."""

@@ -201,6 +201,20 @@ def _shortened(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}\u2026 ({len(text)} characters)"
 
 
+#: UTF-16's byte order marks (FF FE, FE FF) as a list read as UTF-8 (surrogateescape) begins
+_UTF16_BOMS = ("\udcff\udcfe", "\udcfe\udcff")
+
+
+def _utf16_nuls(line: str) -> bool:
+    """Whether a list's line has the NULs of UTF-16 text read as UTF-8 (the zero byte of each
+    ASCII character): on one parity of places alone, in at least half of those places (a
+    binary file's NULs fall anywhere)."""
+    if "\0" not in line:
+        return False
+    places = (line[0::2].count("\0"), line[1::2].count("\0"))
+    return any(not places[1 - p] and places[p] * 2 >= len(line[p::2]) > 0 for p in (0, 1))
+
+
 def discover_inputs(
     inputs: Iterable[str],
     from_list: Iterable[str] | None = None,
@@ -239,6 +253,8 @@ def discover_inputs(
     ``(path, is a folder)``; named explicitly, or listed, they are taken.
 
     Raises:
+        ValueError: a list that looks like UTF-16 (a BOM, or UTF-16's NULs: it must be UTF-8),
+            or one with a NUL byte on a line.
         FileNotFoundError: an argument that is neither a file, a folder nor a matching glob,
             an empty one (an unset shell variable must not mean the current folder), or one
             that cannot be looked up (a name over 255 bytes). A listed entry that cannot be
@@ -284,6 +300,11 @@ def discover_inputs(
             text = line.removesuffix("\n").removesuffix("\r")
             if number == 1:
                 text = text.removeprefix("\ufeff")  # a BOM
+            if (number == 1 and text.startswith(_UTF16_BOMS)) or _utf16_nuls(text):
+                name = getattr(from_list, "name", "the list")
+                raise ValueError(f"{name} looks like UTF-16 text (as Windows Notepad or "
+                                 "PowerShell's > may write it): the list must be UTF-8; save "
+                                 "it as UTF-8 (PowerShell: | Out-File -Encoding utf8)")  # fmt: skip
             if "\0" in text:
                 name = getattr(from_list, "name", "the list")
                 raise ValueError(f"{name}, line {number}: a NUL byte, in no file name (binary?)")
