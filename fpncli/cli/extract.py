@@ -283,7 +283,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     engine_options = _check_engine_options(
         out_dir, out_format, shard_size, engine, ray_address, gpu_workers, gpus_per_worker, gpus
     )
-    from ..io.guard import mark_output_root
+    from ..io.guard import check_no_dangling_link, mark_output_root
     from ..io.outputs import OutputOptions, check_channel
     from ..io.pillow_open import DEFAULT_MAX_PIXELS
     from ..run.multi import usable_cores
@@ -410,6 +410,10 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     jobs = plan_jobs(pairs, Path("") if out_format == "wds" else out)
     made = not url and not out.exists()
     if not url:
+        try:
+            check_no_dangling_link(out)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -32,6 +32,7 @@ __all__ = [
     "REPORT_MARKER",
     "DIFF_MARKER",
     "make_marked_folder",
+    "check_no_dangling_link",
     "FolderBusyError",
     "OptionError",
     "check_regular_file",
@@ -347,6 +348,37 @@ def make_marked_folder(folder: Path, marker: str) -> None:
         f"{quote_name(str(path))} is {_kind(mode)}, not the marker file fpncli writes there: "
         "move it away, or give another folder"
     )
+
+
+def check_no_dangling_link(out: Path) -> None:
+    """Refuse the output folder ``out`` where it, or the nearest of its parents that is there,
+    is a symlink that leads nowhere (to a missing folder, or a loop): making the folder failed
+    with "[Errno 17] File exists", naming no link (diff's and extract's ``-o``). The missing
+    folder is not made through the link.
+
+    Raises:
+        ValueError: one line naming the link and where it leads.
+    """
+    for path in (out, *out.parents):
+        if not os.path.islink(path):
+            if os.path.lexists(path):  # there, not a link: making the folder below it is fine
+                return
+            continue
+        try:
+            os.stat(path)
+            return  # (a link to a folder is written through; to a file: said when made)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ValueError(
+                    f"{path} is a symbolic link that loops (to {os.readlink(path)}): give "
+                    "another output folder (-o)"
+                ) from None
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                return  # (no permission to look: said when the folder is made)
+            raise ValueError(
+                f"{path} is a symbolic link to a missing folder ({os.readlink(path)}): make that "
+                "folder, or give another output folder (-o)"
+            ) from None
 
 
 def is_marked(folder: Path) -> bool:

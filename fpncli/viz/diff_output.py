@@ -9,7 +9,6 @@ themselves, ``diff.json`` and ``diff.csv`` (``write_tables``). The pictures are 
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import math
@@ -18,7 +17,14 @@ import stat
 from pathlib import Path
 
 from ..io.atomic import TMP_MARK, atomic_write_bytes
-from ..io.guard import DIFF_MARKER, _kind, make_marked_folder, read_json_file, utf8_text
+from ..io.guard import (
+    DIFF_MARKER,
+    _kind,
+    check_no_dangling_link,
+    make_marked_folder,
+    read_json_file,
+    utf8_text,
+)
 from ..io.inputs import fitted_name
 from .diff_result import DiffResult
 
@@ -64,7 +70,7 @@ def check_out_folder(out: str | Path) -> None:
     Raises:
         ValueError: one line naming the folder and what to do.
     """
-    _check_no_dangling_link(Path(out))
+    check_no_dangling_link(Path(out))
     check_table_targets(out)
     try:
         names = os.listdir(out)
@@ -75,36 +81,6 @@ def check_out_folder(out: str | Path) -> None:
             f"{out} holds files diff did not write: give a new or empty output folder (-o), "
             "or one diff wrote before"
         )
-
-
-def _check_no_dangling_link(out: Path) -> None:
-    """Refuse ``out`` where it, or the nearest of its parents that is there, is a symlink that
-    leads nowhere (to a missing folder, or a loop): making the folder failed with "[Errno 17]
-    File exists", naming no link. The missing folder is not made through the link.
-
-    Raises:
-        ValueError: one line naming the link and where it leads.
-    """
-    for path in (out, *out.parents):
-        if not os.path.islink(path):
-            if os.path.lexists(path):  # there, not a link: making the folder below it is fine
-                return
-            continue
-        try:
-            os.stat(path)
-            return  # (a link to a folder is written through; to a file: said when made)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise ValueError(
-                    f"{path} is a symbolic link that loops (to {os.readlink(path)}): give "
-                    "another output folder (-o)"
-                ) from None
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR):
-                return  # (no permission to look: said when the folder is made)
-            raise ValueError(
-                f"{path} is a symbolic link to a missing folder ({os.readlink(path)}): make that "
-                "folder, or give another output folder (-o)"
-            ) from None
 
 
 def _earlier_output(out: Path) -> bool:
