@@ -238,12 +238,11 @@ def test_a_receptive_field_picture_is_named_for_its_levels_point_and_reduction(
             "--weights", "random", "--device", "cpu"]  # fmt: skip
     result = runner.invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0 and "saved fpn_show_cat_p6_rf_at3,4.png\n" in result.output
-    # a cat.jpg beside it: each photo's picture named as extract names their folders
+    # a cat.jpg beside it: each photo's picture named as extract names their folders (one run:
+    # an 800-pixel forward and backward pass each; show's own test draws both photos)
     Image.fromarray(np.full((40, 48, 3), 30, np.uint8)).save(tmp_path / "cat.jpg")
-    for name in ("cat.jpg", "cat.png"):
-        result = runner.invoke(cli, [*args[:1], name, *args[2:]], catch_exceptions=False)
-        stem = name.replace(".", "_")
-        assert result.exit_code == 0 and f"saved fpn_show_{stem}_p6_rf_at3,4.png\n" in result.output
+    result = runner.invoke(cli, [*args[:1], "cat.jpg", *args[2:]], catch_exceptions=False)
+    assert result.exit_code == 0 and "saved fpn_show_cat_jpg_p6_rf_at3,4.png\n" in result.output
 
 
 def test_the_erf_is_computed_in_fp32_inside_a_callers_autocast():
