@@ -552,7 +552,7 @@ def test_a_run_refused_before_any_image_leaves_no_output_folder(runner, photo, m
 
     import fpncli.run.pipeline
     from fpncli.cli.extract_report import _remove_if_unused
-    from fpncli.io.guard import OUTPUT_MARKER
+    from fpncli.io.markers import OUTPUT_MARKER
 
     def refuse(*args, **kwargs):
         raise click.ClickException("refused here")

@@ -636,7 +636,7 @@ def test_a_marker_written_by_another_process_meanwhile_counts(tmp_path, monkeypa
     wrote between the check and the look was refused as "a special file", failing the run."""
     from pathlib import Path as RealPath
 
-    from fpncli.io.guard import mark_output_root
+    from fpncli.io.markers import mark_output_root
 
     out = tmp_path / "out"
     real_is_file = RealPath.is_file
@@ -1173,7 +1173,7 @@ def test_a_symlinked_folder_between_out_and_the_image_folder_is_not_written_thro
     forever), and ``OUT/sub -> ../victim`` had fpncli write into ``victim/a`` and remove the
     user's output-named files there. The image fails, naming the link; nothing is written or
     removed through it. A link above OUT, or OUT given as a link, is the user's choice."""
-    from fpncli.io.guard import mark_output_root
+    from fpncli.io.markers import mark_output_root
 
     real = tmp_path / "disk" / "out"
     mark_output_root(real)
@@ -1207,7 +1207,7 @@ def test_a_symlinked_folder_between_out_and_the_image_folder_is_not_written_thro
 
 
 def test_the_output_root_given_as_a_symlink_is_written(tmp_path, model):
-    from fpncli.io.guard import mark_output_root
+    from fpncli.io.markers import mark_output_root
 
     mark_output_root(tmp_path / "real")
     (tmp_path / "out").symlink_to(tmp_path / "real")

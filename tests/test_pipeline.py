@@ -281,13 +281,13 @@ def test_plan_mirrors_tree_and_never_collides(tmp_path):
 
 
 def test_plan_leaves_fpncli_own_top_level_names_alone(tmp_path):
-    from fpncli.io import guard, shardlock, shards
+    from fpncli.io import markers, shardlock, shards
     from fpncli.io.extraction import RUN_LOG
     from fpncli.io.inputs import RESERVED_NAMES, RUN_LOCKS
     from fpncli.viz.report import REPORT, REPORT_ASSETS
 
     assert {REPORT, REPORT_ASSETS, RUN_LOG, shards.INDEX, shards.INDEX_DIR} <= RESERVED_NAMES
-    assert {shardlock.CLAIMS_DIR, shardlock.LOCK_FILE, guard.OUTPUT_MARKER} <= RESERVED_NAMES
+    assert {shardlock.CLAIMS_DIR, shardlock.LOCK_FILE, markers.OUTPUT_MARKER} <= RESERVED_NAMES
     assert shards.WDS_MARKER in RESERVED_NAMES  # a folder named so would make OUT look wds
     assert set(RUN_LOCKS.values()) <= RESERVED_NAMES and ".fpncli-format" in RESERVED_NAMES
     root = tmp_path / "r"

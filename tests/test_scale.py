@@ -657,7 +657,7 @@ def test_extract_scale_never_redraws_through_a_symlinked_folder(tmp_path):
     """``OUT/sub -> ../victim`` made after a run: ``--scale level`` rewrote the victim's
     pictures and manifest (redraw_run wrote ``folder / file`` unchecked). The image fails when
     written, and the redraw leaves the folder as it is and says so."""
-    from fpncli.io.guard import mark_output_root
+    from fpncli.io.markers import mark_output_root
     from fpncli.io.outputs import OutputOptions
     from fpncli.run.rescale import redraw_run
 

@@ -1296,7 +1296,7 @@ def test_a_run_refused_before_any_image_removes_its_folder_unless_another_run_ho
     lock there: that run writes into it."""
     from fpncli.cli.extract_report import _remove_if_unused
     from fpncli.io.formats import FormatLock
-    from fpncli.io.guard import mark_output_root
+    from fpncli.io.markers import mark_output_root
 
     out = tmp_path / "out"
     mark_output_root(out)

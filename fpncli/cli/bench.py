@@ -260,7 +260,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     import torch
 
     from ..api import check_precision, load_backbone
-    from ..io.guard import error_text
+    from ..io.messages import error_text
     from ..model.cpu_kernels import uses_cpu_kernels
     from ..run.bench import OUTPUT_PRESETS as PRESET_OPTIONS
     from ..run.bench import bench_end_to_end, bench_model, fp32_reference

@@ -102,7 +102,8 @@ def _memory_hint(ask_less: bool = True) -> str:
 
 def _out_of_open_files(e: BaseException) -> str | None:
     """An error of too many open files (``ulimit -n`` reached) with what to do; else None."""
-    from ..io.guard import error_text, is_out_of_open_files
+    from ..io.guard import is_out_of_open_files
+    from ..io.messages import error_text
 
     if not is_out_of_open_files(e):
         return None
@@ -113,7 +114,7 @@ def _out_of_open_files(e: BaseException) -> str | None:
 
 def _out_of_memory(e: MemoryError) -> str:
     """A MemoryError (or numpy's ``_ArrayMemoryError``) as one line: what ran out, what to do."""
-    from ..io.guard import one_line
+    from ..io.messages import one_line
 
     what = one_line(str(e))
     return f"out of memory{f' ({what})' if what else ''}: {_memory_hint()}"
@@ -122,7 +123,7 @@ def _out_of_memory(e: MemoryError) -> str:
 def _import_failed(e: ImportError) -> str:
     """An ImportError as one line naming the module: a shared library that could not be mapped
     is memory running out; anything else, a broken install."""
-    from ..io.guard import error_text
+    from ..io.messages import error_text
 
     reason = error_text(e)
     name = f"the module {e.name}" if e.name else "a module"
@@ -144,7 +145,8 @@ def _fail(e: Exception, text: str | None = None):
     block that caught it."""
     if _verbose():
         traceback.print_exc()
-    from ..io.guard import OptionError, error_text, one_line
+    from ..io.guard import OptionError
+    from ..io.messages import error_text, one_line
 
     if isinstance(e, OptionError):  # as click's own "Invalid value for '--channel'"
         if e.option is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..io.guard import quote_name
+from ..io.messages import quote_name
 from .extract_report import (
     _commented_note,
     _hidden_left_out,
@@ -78,7 +78,7 @@ def find_inputs(inputs, from_list, out: Path, url: bool) -> tuple[list, list]:
 
 def prepare_output(out: Path, url: bool, out_format: str, jobs) -> bool:
     """Makes and marks the output folder (not an object store's); True if the run made it."""
-    from ..io.guard import check_no_dangling_link, mark_output_root
+    from ..io.markers import check_no_dangling_link, mark_output_root
 
     made = not url and not out.exists()
     if not url:

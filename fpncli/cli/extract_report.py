@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..io.guard import quote_name
+from ..io.messages import quote_name
 
 
 def _volume_note(
@@ -368,8 +368,8 @@ def _remove_if_unused(out: Path, lock=None) -> None:
     files, and no other run holds one of those (a folder with anything else in it keeps them
     too). ``lock``: this run's ``io.formats.FormatLock``, released first."""
     from ..io.formats import run_lock_held
-    from ..io.guard import OUTPUT_MARKER
     from ..io.inputs import RUN_LOCKS
+    from ..io.markers import OUTPUT_MARKER
 
     if lock is not None:
         lock.release()

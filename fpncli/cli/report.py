@@ -28,7 +28,7 @@ def report(out, page_size, thumb_height, scale, open_browser) -> None:
     """Write OUT/report.html (OUT: default fpn_out): summary, per-level statistics and
     histograms, a paged image grid. Images whose outputs cannot be read are listed there,
     left out of the rest, and make the exit code 1."""
-    from ..io.guard import quote_name
+    from ..io.messages import quote_name
     from ..viz.report import write_report
 
     unreadable: list[tuple[str, str]] = []

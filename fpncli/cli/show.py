@@ -221,7 +221,7 @@ def show(target, level, channel, reduce, cmap, clip, overlay, save, weights, dev
                     f"--{name} does not apply to --receptive-field (it draws the fields of one "
                     "cell over the photo): leave it out"
                 )
-        from ..io.guard import quote_name
+        from ..io.messages import quote_name
         from ..run.receptive import draw_receptive_fields
         from ..viz.receptive import field_summary
 

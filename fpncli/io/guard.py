@@ -1,15 +1,20 @@
 """Defences every engine shares: open only regular files, one writer per output folder, know a
-full disk when one is met, and never read outputs back as inputs.
+full disk when one is met, read JSON within a size cap, and never write over fpncli's outputs.
 
 - ``open_regular`` opens without blocking and checks the opened file is a regular one, so a FIFO,
-  a device or a socket named like an image is refused instead of hanging the run.
+  a device or a socket named like an image is refused instead of hanging the run;
+  ``check_regular_file`` checks a path, ``open_lock_file`` opens a lock file the same way.
 - ``folder_lock`` is an advisory ``fcntl.flock`` on the output folder itself, held while one
   image's files are written: two runs into the same ``-o`` take turns per image.
 - ``is_disk_full`` also recognises numpy's short write (``ndarray.tofile`` raises an ``OSError``
-  without an errno: "N requested and M written").
-- ``OUTPUT_MARKER`` marks every output root, ``REPORT_MARKER`` a report's pictures and
-  ``DIFF_MARKER`` a folder diff made for its pictures; discovery never enters a marked folder.
+  without an errno: "N requested and M written"); ``is_out_of_open_files`` a run's file limit.
+- ``file_target`` is where to write a file the user names, never over a device or an output.
+- ``read_capped`` / ``read_json_file`` / ``parse_json`` read a file or JSON within a size cap.
 - ``usable_cores`` counts the cores a container or job gives this process, not the machine's.
+- ``OptionError`` and ``FolderBusyError``: an option's value ruled out, an output folder busy.
+
+The output markers and marked roots live in ``markers``; error text and name quoting in
+``messages``.
 """
 
 from __future__ import annotations
@@ -23,16 +28,13 @@ import os
 import re
 import stat
 import time
-import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
+from .markers import OUTPUT_MARKER
+from .messages import kind
+
 __all__ = [
-    "OUTPUT_MARKER",
-    "REPORT_MARKER",
-    "DIFF_MARKER",
-    "make_marked_folder",
-    "check_no_dangling_link",
     "FolderBusyError",
     "OptionError",
     "check_regular_file",
@@ -42,28 +44,14 @@ __all__ = [
     "is_out_of_open_files",
     "folder_lock",
     "pid_alive",
-    "mark_output_root",
-    "is_marked",
-    "marked_root",
-    "linked_folder",
-    "quote_name",
     "file_target",
-    "utf8_text",
     "usable_cores",
     "parse_json",
     "read_capped",
     "read_json_file",
-    "one_line",
-    "ONE_LINE_LIMIT",
-    "error_text",
 ]
 
 log = logging.getLogger(__name__)
-OUTPUT_MARKER = ".fpncli-output"
-REPORT_MARKER = ".fpncli-report"  # in a report's asset folder: a report made it, may clear it
-DIFF_MARKER = ".fpncli-diff"  # in a folder diff made for its pictures
-#: what fpncli writes is never read back as input: folders holding any of these are passed over
-_MARKERS = (OUTPUT_MARKER, REPORT_MARKER, DIFF_MARKER)
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 #: "Too many open files": this process's limit (``ulimit -n``), or the system's
@@ -90,17 +78,6 @@ class OptionError(ValueError):
         self.message, self.option = message, option
 
 
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-        (stat.S_ISLNK, "a symlink"),  # (an lstat's)
-    ):  # fmt: skip
-        if test(mode):
-            return name
-    return "a special file"
-
-
 def file_target(path: str | Path) -> Path:
     """Where to write a file the user named (``show --save``, ``bench --json``): through a
     symlink to what it points at (an atomic rename would replace the link itself), and only a
@@ -122,7 +99,7 @@ def file_target(path: str | Path) -> Path:
     except FileNotFoundError:
         return target
     if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{path} is {_kind(st.st_mode)}, not a file: give a file name to write")
+        raise ValueError(f"{path} is {kind(st.st_mode)}, not a file: give a file name to write")
     return target
 
 
@@ -164,7 +141,7 @@ def check_regular_file(path: str | Path, what: str = "file") -> os.stat_result:
             raise ValueError(f"{path}: a symlink loop, not {_a(what)}") from None
         raise
     if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{path}: not a regular file ({_kind(st.st_mode)})")
+        raise ValueError(f"{path}: not a regular file ({kind(st.st_mode)})")
     return st
 
 
@@ -188,7 +165,7 @@ def open_regular(path: str | Path, what: str = "file"):
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise ValueError(f"{path}: not a regular file ({_kind(mode)})")
+            raise ValueError(f"{path}: not a regular file ({kind(mode)})")
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -301,12 +278,12 @@ def open_lock_file(path: Path, *, create: bool) -> int:
         if stat.S_ISLNK(mode):  # ELOOP
             raise _not_a_lock_file(path, "a symlink") from None
         if not stat.S_ISREG(mode):  # a folder (EISDIR), a socket (ENXIO)
-            raise _not_a_lock_file(path, _kind(mode)) from None
+            raise _not_a_lock_file(path, kind(mode)) from None
         raise ValueError(f"cannot open the lock file {path} ({e.strerror})") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):  # a FIFO or a device opens
         os.close(fd)
-        raise _not_a_lock_file(path, _kind(mode))
+        raise _not_a_lock_file(path, kind(mode))
     return fd
 
 
@@ -315,152 +292,6 @@ def _not_a_lock_file(path: Path, kind: str) -> ValueError:
         f"{path} is {kind}, not the empty file fpncli locks there while a run writes: remove it "
         "(a run makes it again)"
     )
-
-
-def mark_output_root(folder: Path) -> None:
-    """Create ``folder`` and its marker file, so later discovery never takes files from it."""
-    make_marked_folder(folder, OUTPUT_MARKER)
-
-
-def make_marked_folder(folder: Path, marker: str) -> None:
-    """Create ``folder`` (and its parents) and write ``marker`` in it, so that discovery never
-    reads what is written below it as input. Only ``folder`` is marked: the parents made for
-    it are the user's, and so is whatever they put beside it later.
-
-    Raises:
-        ValueError: something not a file holds the marker's name (a folder, a FIFO, a dangling
-            symlink): the folder would look unmarked, and what fpncli writes in it would be read
-            back as input by a later extract.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / marker
-    if path.is_file():
-        return
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        path.write_text("made by fpncli: its files are never read back as inputs\n")
-        return
-    if stat.S_ISREG(mode):  # another process (a --shard, a torchrun rank) wrote it meanwhile
-        return
-    raise ValueError(
-        f"{quote_name(str(path))} is {_kind(mode)}, not the marker file fpncli writes there: "
-        "move it away, or give another folder"
-    )
-
-
-def check_no_dangling_link(out: Path) -> None:
-    """Refuse the output folder ``out`` where it, or the nearest of its parents that is there,
-    is a symlink that leads nowhere (to a missing folder, or a loop): making the folder failed
-    with "[Errno 17] File exists", naming no link (diff's and extract's ``-o``). The missing
-    folder is not made through the link.
-
-    Raises:
-        ValueError: one line naming the link and where it leads.
-    """
-    for path in (out, *out.parents):
-        if not os.path.islink(path):
-            if os.path.lexists(path):  # there, not a link: making the folder below it is fine
-                return
-            continue
-        try:
-            os.stat(path)
-            return  # (a link to a folder is written through; to a file: said when made)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise ValueError(
-                    f"{path} is a symbolic link that loops (to {os.readlink(path)}): give "
-                    "another output folder (-o)"
-                ) from None
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR):
-                return  # (no permission to look: said when the folder is made)
-            raise ValueError(
-                f"{path} is a symbolic link to a missing folder ({os.readlink(path)}): make that "
-                "folder, or give another output folder (-o)"
-            ) from None
-
-
-def is_marked(folder: Path) -> bool:
-    """Whether ``folder`` holds a marker of something fpncli wrote (an output root, a report's
-    pictures, diff's), which discovery never enters."""
-    return any((Path(folder) / marker).is_file() for marker in _MARKERS)
-
-
-def marked_root(path: Path, stop: Path | None = None, cache: dict | None = None) -> Path | None:
-    """The nearest folder at or above ``path`` (resolved) holding an output marker (``is_marked``:
-    an output root's, a report's or diff's), or None.
-
-    ``cache`` (folder -> answer) avoids re-checking the same folders for many files. A folder
-    that cannot be looked into (a name over 255 bytes: ``Path.is_dir`` raises ENAMETOOLONG) holds
-    no marker found; the file is reported when it is read.
-    """
-
-    def is_file(path: Path) -> bool:
-        try:
-            return path.is_file()
-        except OSError:
-            return False
-
-    cache = {} if cache is None else cache
-    folder = Path(os.path.realpath(path))
-    try:
-        if not folder.is_dir():
-            folder = folder.parent
-    except OSError:
-        folder = folder.parent
-    seen = []
-    answer = None
-    while True:
-        if folder in cache:
-            answer = cache[folder]
-            break
-        seen.append(folder)
-        if any(is_file(folder / marker) for marker in _MARKERS):
-            answer = folder
-            break
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    for f in seen:
-        cache[f] = answer
-    return answer
-
-
-def linked_folder(folder: Path, root: Path | None = None) -> Path | None:
-    """The first symlink on the way from the output root down to ``folder`` (``folder``
-    included), found by ``lstat``, never followed; None when there is none.
-
-    The root is the run's ``-o``, ``root``, where ``folder`` is below it by their paths as named;
-    else (a library caller) the topmost folder above ``folder`` that holds an output marker.
-    Links above the root, or the root itself being one, are the user's choice of -o (one inside
-    an earlier run's -o too). Below it, a link (``OUT/sub -> ../victim``) would have an image's
-    outputs written, and old ones removed, in a folder that is not the image's own. Without a
-    root, only ``folder`` itself is checked. A component not made yet ends the walk: it is made
-    a folder.
-    """
-    folder = Path(os.path.abspath(folder))
-    chain = [*reversed(folder.parents), folder]
-    start = len(chain) - 1
-    top = Path(os.path.abspath(root)) if root is not None else None
-    if top is not None and top in chain[:-1]:
-        start = chain.index(top) + 1
-    else:
-        for i, above in enumerate(chain[:-1]):
-            try:
-                if stat.S_ISREG(os.stat(above / OUTPUT_MARKER).st_mode):
-                    start = i + 1
-                    break
-            except OSError:  # no marker, or a folder that cannot be looked into
-                continue
-    for component in chain[start:]:
-        try:
-            mode = os.lstat(component).st_mode
-        except OSError:  # not there yet (made as a folder), or reported when it is written
-            return None
-        if stat.S_ISLNK(mode):
-            return component
-    return None
 
 
 def read_capped(path: str | Path, max_bytes: int) -> tuple[bytes, int]:
@@ -487,47 +318,3 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         return os.cpu_count() or 1
-
-
-def error_text(error: BaseException) -> str:
-    """An error's message on one line (``one_line``), or its type's name where it has none."""
-    return one_line(str(error)) or type(error).__name__
-
-
-#: The longest error line ``one_line`` gives (by default).
-ONE_LINE_LIMIT = 500
-
-
-def one_line(text: str, limit: int = ONE_LINE_LIMIT) -> str:
-    """An error message as one line: its lines joined with a literal ``\\n`` (a newline in a
-    file name it quotes must not cut the reason off after the name), at most ``limit``
-    characters."""
-    line = "\\n".join(part.rstrip() for part in text.strip().splitlines())
-    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
-
-
-def quote_name(text: str) -> str:
-    """``text`` as is, or quoted with escapes when it holds control characters (a newline in a
-    file name must not forge a second report line) or bytes that are not UTF-8 (which no
-    UTF-8 terminal or log could take: ``os.fsdecode`` keeps them as lone surrogates)."""
-    odd = ("Cc", "Cf", "Zl", "Zp", "Cs")
-    if not any(unicodedata.category(c) in odd for c in text):
-        return text
-    escaped = "".join(
-        c if unicodedata.category(c) not in odd else c.encode(
-            "unicode_escape").decode("ascii")
-        for c in text.replace("\\", "\\\\")
-    )  # fmt: skip
-    return f'"{escaped}"'
-
-
-def utf8_text(text: str) -> str:
-    """``text`` as valid UTF-8 text, for what must be UTF-8 (HTML, Parquet strings, tar member
-    names): a file name's bytes that are not UTF-8, which Python holds as lone surrogates
-    (``surrogateescape``), are written ``\\xNN``, the name's own bytes. Any other lone
-    surrogate (from a forged manifest) makes every surrogate ``\\udNNN``."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raw = text.encode("utf-8", "backslashreplace")
-    return raw.decode("utf-8", "backslashreplace")

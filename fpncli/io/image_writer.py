@@ -31,9 +31,10 @@ import numpy as np
 from .. import __version__
 from ..model.names import OUTPUT_STRIDES
 from .atomic import TMP_MARK, atomic_write_bytes, stale_temporary
-from .guard import folder_lock, linked_folder
+from .guard import folder_lock
 from .image_load import LoadedImage
 from .manifest import MANIFEST, folder_state
+from .markers import linked_folder
 from .outputs import (
     OUTPUT_NAME,
     RANDOM_NOTE,
@@ -97,7 +98,7 @@ def write_image_outputs(
         prepared: how it was prepared (its ``tensor`` is not used and may be None).
         weights: ``{"name", "sha256", "format", "random", "seed"}`` for the manifest.
         root: the run's ``-o``: a symlinked folder strictly below it, on the way to ``folder``,
-            is refused (``guard.linked_folder``; None: below the topmost marked output root).
+            is refused (``markers.linked_folder``; None: below the topmost marked output root).
         run_inputs: the input files of the run (``run.plan.RunInputs``: ``path in run_inputs``).
             With them, a folder whose complete manifest records another input file
             (``recorded_input.other_input``), one not in ``run_inputs``, is checked for once

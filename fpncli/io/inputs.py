@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .extraction import RUN_LOG, SHARD_RUN_LOG
-from .guard import OUTPUT_MARKER, is_marked, marked_root, open_regular
+from .guard import open_regular
+from .markers import OUTPUT_MARKER, is_marked, marked_root
 from .pillow_open import pillow_extensions
 
 __all__ = [
@@ -231,7 +232,7 @@ def discover_inputs(
     The order is deterministic: arguments in the order given, each folder walked in sorted order;
     an image met twice is kept once. Outputs are never taken as inputs, however they are named:
     nothing under ``exclude`` (this run's output folder), under a folder holding an output
-    marker (``guard.is_marked``: an output root's, a report's pictures', diff's), or in a folder
+    marker (``markers.is_marked``: an output root's, a report's pictures', diff's), or in a folder
     holding an fpncli ``manifest.json``; the
     output roots so passed over are added to ``skipped``. Special files (FIFOs, devices,
     symlink loops) named explicitly are kept, to be reported when loaded. ``root`` is what the

@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
-from .guard import error_text, read_json_file
+from .guard import read_json_file
 from .manifest import is_complete
+from .messages import error_text
 
 __all__ = ["recent_extractions", "record_latest", "latest_extraction"]
 

@@ -13,7 +13,8 @@ from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .guard import error_text, parse_json, read_capped
+from .guard import parse_json, read_capped
+from .messages import error_text
 
 if TYPE_CHECKING:
     from .outputs import OutputOptions

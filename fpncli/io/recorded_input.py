@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .guard import quote_name
+from .messages import quote_name
 
 __all__ = ["recorded_input", "other_input", "same_input", "other_input_text"]
 

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from ..model.names import OUTPUTS
-from .guard import parse_json, quote_name, utf8_text
+from .guard import parse_json
+from .messages import quote_name, utf8_text
 from .shardlock import CLAIMS_DIR, wds_lock
 from .shards import (
     INDEX,

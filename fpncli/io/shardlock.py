@@ -35,7 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .guard import _kind, open_lock_file, open_regular, parse_json
+from .guard import open_lock_file, open_regular, parse_json
+from .messages import kind
 
 __all__ = [
     "CLAIMS_DIR",
@@ -249,7 +250,7 @@ def _remove_if_unlocked(path: Path, min_age_s: float = 60.0) -> None:
     try:
         st = path.lstat()
         if not stat.S_ISREG(st.st_mode):
-            log.warning("ignoring %s: %s, not a claims file", path, _kind(st.st_mode))
+            log.warning("ignoring %s: %s, not a claims file", path, kind(st.st_mode))
             return
         if time.time() - st.st_mtime < min_age_s:
             return

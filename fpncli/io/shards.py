@@ -38,8 +38,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
-from .guard import utf8_text
 from .manifest import legacy_options, options_for_key
+from .messages import utf8_text
 from .outputs import OutputOptions
 from .shardlock import TOKEN_HEX
 
@@ -147,7 +147,7 @@ def wds_key(relative: str | PurePosixPath) -> str:
     WebDataset readers split a member name at the first dot of its base name, so a key has no
     dots: ``.`` is written ``%2E``, and ``%`` and ``\\`` are escaped too (``%25``, ``%5C``),
     so that ``a.b`` (``a%2Eb``) and ``a_b`` keep their own keys. A name's bytes that are not
-    UTF-8 become ``\\xNN`` (``guard.utf8_text``: tar member names and the index hold UTF-8),
+    UTF-8 become ``\\xNN`` (``messages.utf8_text``: tar member names and the index hold UTF-8),
     the only backslashes a key has. Distinct paths give distinct keys, in every run and every
     ``--shard``, so an image's key never depends on which other images a run has."""
     parts = [

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..api import check_precision, run_backbone
-from ..io.guard import one_line
+from ..io.messages import one_line
 from ..io.outputs import OutputOptions
 from ..model import cuda_kernels
 from ..model.fpn import FPN

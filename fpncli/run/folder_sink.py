@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..io.guard import linked_folder
 from ..io.inputs import Job
 from ..io.manifest import MANIFEST, is_complete
+from ..io.markers import linked_folder
 from .plan import RunInputs, _complete
 from .steps import Decoded, RunOptions, job_run_key, write_result
 

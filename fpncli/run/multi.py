@@ -25,8 +25,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from ..io.guard import one_line, usable_cores
+from ..io.guard import usable_cores
 from ..io.inputs import Job, select_shard
+from ..io.messages import one_line
 from .device import worker_threads
 from .pipeline import run_jobs
 from .plan import Replaced, RunInputs, _complete, check_disk_space, plan_pending

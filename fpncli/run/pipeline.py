@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..api import check_precision
-from ..io.guard import error_text, is_out_of_open_files
+from ..io.guard import is_out_of_open_files
 from ..io.inputs import (
     IMAGE_EXTENSIONS,
     Job,
@@ -33,6 +33,7 @@ from ..io.inputs import (
     shard_from_env,
 )
 from ..io.latest import record_latest
+from ..io.messages import error_text
 from ..model.fpn import FPN
 from .device import model_for_run, run_settings
 from .folder_sink import FolderSink

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.guard import one_line, quote_name
 from ..io.inputs import Job
+from ..io.messages import one_line, quote_name
 from ..io.shard_writer import ShardWriter
 from .folder_sink import FolderSink
 from .pipeline import run_decoded

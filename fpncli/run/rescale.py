@@ -23,9 +23,10 @@ from pathlib import Path
 
 from ..io.atomic import atomic_write_bytes
 from ..io.extraction import load_extraction
-from ..io.guard import folder_lock, linked_folder
+from ..io.guard import folder_lock
 from ..io.image_writer import _note
 from ..io.manifest import MANIFEST, is_file_name, read_manifest
+from ..io.markers import linked_folder
 from ..io.outputs import OutputOptions, _needs_maps, overview_title, render_level_pictures
 from ..viz.scale import SCALES, range_to_draw, run_ranges
 
@@ -73,7 +74,7 @@ def redraw_run(folders: list[Path], scale: str, options: OutputOptions, *,
     redraw would replace present at its listed size, is counted in ``kept`` and not rewritten.
 
     A folder reached through a symlinked folder below ``root`` (the run's -o; None: below the
-    topmost marked output root, ``guard.linked_folder``) is not redrawn, nor its statistics
+    topmost marked output root, ``markers.linked_folder``) is not redrawn, nor its statistics
     counted in the run's ranges: it is another folder's, as when the run wrote it.
 
     Raises:

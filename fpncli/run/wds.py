@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..io.guard import is_disk_full, quote_name
+from ..io.guard import is_disk_full
 from ..io.inputs import Job
+from ..io.messages import quote_name
 from ..io.shard_index import claim_root, consolidate_index, prepare_root
 from ..io.shard_writer import ShardWriter
 from ..io.shardlock import LiveRun, RunClaim, is_local, wds_lock

@@ -22,14 +22,9 @@ from ..io.atomic import atomic_write_bytes
 from ..io.catalog import Extractions, open_extractions
 from ..io.extraction import LoadedExtraction
 from ..io.formats import warn_image_folders_left_out
-from ..io.guard import (
-    DIFF_MARKER,
-    error_text,
-    is_disk_full,
-    linked_folder,
-    make_marked_folder,
-    utf8_text,
-)
+from ..io.guard import is_disk_full
+from ..io.markers import DIFF_MARKER, linked_folder, make_marked_folder
+from ..io.messages import error_text, utf8_text
 from ..io.outputs import RANDOM_NOTE
 from .diff_output import check_out_folder, picture_folders, write_tables
 from .diff_result import DiffResult, ImageDiff, compare_arrays, level_order, worst_level

@@ -17,15 +17,10 @@ import stat
 from pathlib import Path
 
 from ..io.atomic import TMP_MARK, atomic_write_bytes
-from ..io.guard import (
-    DIFF_MARKER,
-    _kind,
-    check_no_dangling_link,
-    make_marked_folder,
-    read_json_file,
-    utf8_text,
-)
+from ..io.guard import read_json_file
 from ..io.inputs import fitted_name
+from ..io.markers import DIFF_MARKER, check_no_dangling_link, make_marked_folder
+from ..io.messages import kind, utf8_text
 from .diff_result import DiffResult
 
 __all__ = ["check_out_folder", "check_table_targets", "picture_folders", "write_tables"]
@@ -125,7 +120,7 @@ def check_table_targets(out: str | Path) -> None:
             return
         if not stat.S_ISREG(mode):
             raise ValueError(
-                f"{path} is {_kind(mode)}, not a file: the diff tables cannot be written there; "
+                f"{path} is {kind(mode)}, not a file: the diff tables cannot be written there; "
                 "give another output folder (-o)"
             )
 

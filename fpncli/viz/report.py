@@ -33,7 +33,9 @@ from ..io.atomic import TMP_MARK, atomic_write_bytes, stale_temporary
 from ..io.catalog import Extractions, Failure, open_extractions
 from ..io.extraction import LoadedExtraction, read_run_log, replaced_size
 from ..io.formats import warn_image_folders_left_out
-from ..io.guard import REPORT_MARKER, error_text, folder_lock, usable_cores, utf8_text
+from ..io.guard import folder_lock, usable_cores
+from ..io.markers import REPORT_MARKER
+from ..io.messages import error_text, utf8_text
 from .maps import REDUCTIONS, reduce_channels
 from .png import encode_png
 from .report_html import (

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import atomic_write_bytes
-from ..io.guard import OptionError, quote_name
+from ..io.guard import OptionError
 from ..io.manifest import MANIFEST, load_manifest
+from ..io.messages import quote_name
 from ..io.outputs import RANDOM_NOTE, picture_title, valid_size
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGE_STRIDES

@@ -373,8 +373,9 @@ def check_not_drawn(path: Path) -> None:
     image's folder (the level its name gives, ``all`` for the overview); for a picture of a
     report's (its pictures folder holds ``REPORT_MARKER``) or of diff's (``DIFF_MARKER``), which
     command drew it; else, which output folder it lies in."""
-    from ..io.guard import DIFF_MARKER, REPORT_MARKER, quote_name
     from ..io.inputs import output_root
+    from ..io.markers import DIFF_MARKER, REPORT_MARKER
+    from ..io.messages import quote_name
     from ..io.pillow_open import pillow_extensions
 
     if path.suffix.lower() not in pillow_extensions():  # (not an image: _check_image says so)

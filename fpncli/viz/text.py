@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..io.guard import utf8_text
+from ..io.messages import utf8_text
 
 __all__ = [
     "TEXT_COLOUR",
@@ -86,7 +86,7 @@ def safe_text(text: str) -> str:
     in DejaVu Sans, every character it has as itself (``Æble_ø_ß.jpg``), each other one as
     ``_drawable_char`` says: never dropped. A file name's byte that is not UTF-8 (a lone
     surrogate, from Python's ``surrogateescape``, which crashes ``cv2.putText``) is written
-    ``\\xNN``, as the report and wds keys write it (``guard.utf8_text``)."""
+    ``\\xNN``, as the report and wds keys write it (``messages.utf8_text``)."""
     text = str(text)
     if text.isascii() and text.isprintable():  # the usual case, without a loop in Python
         return text

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io.guard import _kind, error_text
+from ..io.messages import error_text, kind
 from .registry import REGISTRY, WeightsSpec
 
 __all__ = [
@@ -253,7 +253,7 @@ def _in_the_way(path: Path) -> str:
         mode = os.stat(path).st_mode
     except OSError as e:
         return "a symlink loop is in its place: move it away" if e.errno == errno.ELOOP else ""
-    return "" if stat.S_ISREG(mode) else f"{_kind(mode)} is in its place: move it away"
+    return "" if stat.S_ISREG(mode) else f"{kind(mode)} is in its place: move it away"
 
 
 def _size_problem(spec: WeightsSpec, size: int) -> str | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io.guard import quote_name
+from ..io.messages import quote_name
 from .arch import arch_name, build_backbone, check_arch, check_matches, expected_shapes, infer_arch
 from .cache import WrongCheckpointError
 from .layouts import (

@@ -24,7 +24,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from ..io.guard import ONE_LINE_LIMIT, check_regular_file, error_text, one_line
+from ..io.guard import check_regular_file
+from ..io.messages import ONE_LINE_LIMIT, error_text, one_line
 from .cache import (
     MAX_CHECKPOINT_BYTES,
     WeightsDownloadError,

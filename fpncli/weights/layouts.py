@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io.guard import quote_name
+from ..io.messages import quote_name
 from .arch import check_matches, expected_shapes, listing
 from .registry import InputFormat
 
