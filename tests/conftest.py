@@ -128,3 +128,20 @@ def checkpoint_bytes(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "seeded.pkl"
     write_detectron2_pkl(path, seeded_state_dict(0))
     return path.read_bytes()
+
+
+@pytest.fixture
+def dangling_outputs(tmp_path):
+    """Output folders ``-o`` must refuse before writing: ``gone`` (a symlink to a missing
+    folder), ``gone/sub`` below it, and ``loop`` (a symlink to itself), in ``tmp_path``, as
+    ``[(out, the line naming the link)]``."""
+    (tmp_path / "gone").symlink_to(tmp_path / "missing" / "folder")
+    (tmp_path / "loop").symlink_to("loop")
+    missing = (
+        f"is a symbolic link to a missing folder ({tmp_path / 'missing' / 'folder'}): make that "
+        "folder, or give another output folder (-o)"
+    )
+    loops = "is a symbolic link that loops (to loop): give another output folder (-o)"
+    return [(tmp_path / out, f"Error: {tmp_path / link} {what}")
+            for out, link, what in [("gone", "gone", missing), ("gone/sub", "gone", missing),
+                                    ("loop", "loop", loops)]]  # fmt: skip

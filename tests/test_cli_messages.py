@@ -741,25 +741,19 @@ def test_a_file_name_that_is_not_utf8_is_printed_alike_by_extract_show_and_repor
 
 
 @pytest.mark.parametrize("out_format", ["files", "wds"])
-def test_an_extract_output_folder_that_is_a_dangling_symlink_is_named(tmp_path, out_format):
+def test_an_extract_output_folder_that_is_a_dangling_symlink_is_named(
+    tmp_path, dangling_outputs, out_format
+):
     """``extract -o X``, X a symlink to a folder that is not there (or a loop of links), said
     "cannot create output folder X: File exists", naming no link. Now one line names the link
     and where it leads, as diff's -o does, and nothing is made through the link."""
     if out_format == "wds":
         pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
     Image.new("RGB", (64, 48), (120, 30, 200)).save(tmp_path / "a.png")
-    (tmp_path / "gone").symlink_to(tmp_path / "missing" / "folder")
-    (tmp_path / "loop").symlink_to("loop")
     before = sorted(os.listdir(tmp_path))
-    missing = (
-        f"is a symbolic link to a missing folder ({tmp_path / 'missing' / 'folder'}): make that "
-        "folder, or give another output folder (-o)"
-    )
-    loops = "is a symbolic link that loops (to loop): give another output folder (-o)"
-    for out, link, what in [("gone", "gone", missing), ("gone/sub", "gone", missing),
-                            ("loop", "loop", loops)]:  # fmt: skip
-        args = ["extract", str(tmp_path / "a.png"), "-o", str(tmp_path / out), *SMALL]
+    for out, line in dangling_outputs:
+        args = ["extract", str(tmp_path / "a.png"), "-o", str(out), *SMALL]
         result = CliRunner().invoke(cli, [*args, "--format", out_format])
         assert result.exit_code == 1, result.output
-        assert result.output.splitlines()[-1] == f"Error: {tmp_path / link} {what}", result.output
+        assert result.output.splitlines()[-1] == line, result.output
     assert sorted(os.listdir(tmp_path)) == before
