@@ -100,13 +100,20 @@ def _font_size(scale: float) -> float:
     return _HERSHEY_CAP * scale / _DEJAVU_CAP
 
 
+def _laid_out(text: str, scale: float, thickness: int):
+    """DejaVu Sans (bold for a thickness over 1) with ``text`` laid out at ``scale``'s size.
+    The caller holds ``_FONT_LOCK`` while it uses the font."""
+    font = _font(thickness > 1)
+    font.set_size(_font_size(scale), 72)  # 72 dpi: a point is a pixel
+    font.set_text(text, 0.0)
+    return font
+
+
 @functools.lru_cache(maxsize=4096)
 def _advance(text: str, scale: float, thickness: int) -> int:
     """The width in pixels DejaVu Sans lays ``text`` (``safe_text``'s, not ASCII) out in."""
     with _FONT_LOCK:
-        font = _font(thickness > 1)
-        font.set_size(_font_size(scale), 72)  # 72 dpi: a point is a pixel
-        font.set_text(text, 0.0)
+        font = _laid_out(text, scale, thickness)
         return math.ceil(font.get_width_height()[0] / 64)
 
 
@@ -116,9 +123,7 @@ def _rendered(text: str, scale: float, thickness: int) -> tuple[np.ndarray, int,
     (0..255), and the column and row of its top-left corner relative to the origin ``put_text``
     takes (the start of the baseline), placed as matplotlib's Agg backend places it."""
     with _FONT_LOCK:
-        font = _font(thickness > 1)
-        font.set_size(_font_size(scale), 72)
-        font.set_text(text, 0.0)
+        font = _laid_out(text, scale, thickness)
         font.draw_glyphs_to_bitmap(antialiased=True)
         coverage = np.array(font.get_image(), dtype=np.uint8)  # a copy: the font's is reused
         descent = font.get_descent() / 64
