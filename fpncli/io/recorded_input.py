@@ -26,31 +26,33 @@ def recorded_input(manifest: dict) -> str | None:
     return real if isinstance(real, str) and real else None
 
 
+def _compared(manifest: dict, path: str | Path) -> tuple[str | None, bool | None]:
+    """The real path ``manifest`` records, and whether it is ``path``'s own file (its real
+    path, or the same file through another path: ``os.path.samefile``): None where none is
+    recorded, or it is gone (or a path no file can have)."""
+    real = recorded_input(manifest)
+    if real is None:
+        return None, None
+    try:
+        return real, real == os.path.realpath(path) or os.path.samefile(real, path)
+    except (OSError, ValueError):
+        return real, None
+
+
 def other_input(manifest: dict, path: str | Path) -> str | None:
     """The input file ``manifest`` records (its real path) where it is another file than
     ``path`` that is still there, else None: the same file (which may have changed since; or
     reached by another path, as a hard link or a bind mount gives it), none recorded, or none
     there any more (the photos moved, or the run was made in a container that mounted them
     elsewhere: its outputs are redone)."""
-    real = recorded_input(manifest)
-    if real is None or real == os.path.realpath(path):
-        return None
-    try:
-        return None if os.path.samefile(real, path) else real
-    except (OSError, ValueError):  # gone (or a path no file can have): nothing left to lose
-        return None
+    real, same = _compared(manifest, path)
+    return real if same is False else None
 
 
 def same_input(manifest: dict, path: str | Path) -> bool:
     """Whether ``manifest`` records ``path``'s own file (its real path, or the same file
     through another path: ``os.path.samefile``), which may have changed since."""
-    real = recorded_input(manifest)
-    if real is None:
-        return False
-    try:
-        return real == os.path.realpath(path) or os.path.samefile(real, path)
-    except (OSError, ValueError):  # gone (or a path no file can have)
-        return False
+    return _compared(manifest, path)[1] is True
 
 
 def other_input_text(folder: str | Path, made_from: str, path: str | Path) -> str:
