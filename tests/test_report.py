@@ -458,7 +458,7 @@ def test_a_thumbnail_on_a_range_as_wide_as_float32s_warns_nothing():
     printed by the report; the values are coloured all the same (the highest last)."""
     import warnings
 
-    from fpncli.viz.report import _level_thumbnail
+    from fpncli.viz.report_thumbs import _level_thumbnail
 
     values = np.array([[-3.4e38, 0.0, 3.4e38]], np.float32)
     with warnings.catch_warnings():
@@ -489,7 +489,7 @@ def test_a_histogram_of_a_level_at_float32s_ends_warns_nothing(tmp_path):
 
 
 def test_empty_map_thumbnail_is_blank_not_a_cv2_error():
-    from fpncli.viz.report import _level_thumbnail
+    from fpncli.viz.report_thumbs import _level_thumbnail
 
     thumb = _level_thumbnail(np.zeros((0, 0), np.float32), 32, "viridis", None)
     assert thumb.shape == (32, 32, 3)
@@ -626,7 +626,7 @@ def test_a_16_bit_photos_thumbnail_is_scaled_as_extract_reads_it(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from fpncli.viz.report import _input_thumbnail
+    from fpncli.viz.report_thumbs import _input_thumbnail
 
     Image.fromarray(np.full((40, 60), 32896, np.uint16)).save(tmp_path / "grey16.png")
     thumb = _input_thumbnail(tmp_path / "grey16.png", 20, {"input": {"width": 60, "height": 40}})
@@ -641,7 +641,7 @@ def test_a_photo_extract_reads_has_its_thumbnail_whatever_its_exif(tmp_path):
     from PIL import Image, TiffImagePlugin
 
     from fpncli.io.image_load import load_image
-    from fpncli.viz.report import _input_thumbnail
+    from fpncli.viz.report_thumbs import _input_thumbnail
 
     pixels = np.zeros((40, 60, 3), np.uint8)
     pixels[:10, :10] = 255  # a white top-left corner marks the orientation
@@ -746,6 +746,7 @@ def test_heatmap_settings_that_cannot_be_drawn_list_that_image_only(
 
 def test_a_report_that_fails_midway_leaves_the_previous_one_whole(report_dir, monkeypatch):
     import fpncli.viz.report as report_module
+    import fpncli.viz.report_folder as report_folder
 
     write_report(report_dir, page_size=2)
     before = _tree(report_dir)
@@ -762,12 +763,12 @@ def test_a_report_that_fails_midway_leaves_the_previous_one_whole(report_dir, mo
     assert not [p.name for p in report_dir.iterdir() if ".fpncli-tmp" in p.name]
     # the first page, written last, fails: the previous assets are put back
     monkeypatch.undo()
-    write_bytes = report_module.atomic_write_bytes
+    write_bytes = report_folder.atomic_write_bytes
 
     def first_page_fails(path, data):
         return full_disk() if path.name == "report.html" else write_bytes(path, data)
 
-    monkeypatch.setattr(report_module, "atomic_write_bytes", first_page_fails)
+    monkeypatch.setattr(report_folder, "atomic_write_bytes", first_page_fails)
     with pytest.raises(OSError, match="No space left"):
         write_report(report_dir, page_size=2)
     assert _tree(report_dir) == before

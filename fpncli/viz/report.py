@@ -6,6 +6,10 @@ folder, and the first page of the grid (one row per image: the input, then each 
 Further pages are ``OUT/report/page_NNNN.html``; thumbnails and the histogram figure lie in
 ``OUT/report/``. No server, no network, no JavaScript; every link is relative, so the folder can
 be copied or zipped as it is.
+
+This module gathers the folder's images, statistics and pages; an image's thumbnails and row
+are made in ``report_thumbs``, where the report goes and how it replaces the previous one is
+``report_folder``'s, and the HTML is ``report_html``'s.
 """
 
 from __future__ import annotations
@@ -15,31 +19,20 @@ import functools
 import html
 import itertools
 import logging
-import math
-import os
-import re
-import secrets
 import shlex
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
-import numpy as np
-from PIL import Image
-
-from ..io.atomic import TMP_MARK, atomic_write_bytes, stale_temporary
+from ..io.atomic import atomic_write_bytes
 from ..io.catalog import Extractions, Failure, open_extractions
-from ..io.extraction import LoadedExtraction, read_run_log, replaced_size
+from ..io.extraction import read_run_log
 from ..io.formats import warn_image_folders_left_out
 from ..io.guard import folder_lock, usable_cores
-from ..io.markers import REPORT_MARKER
 from ..io.messages import error_text, utf8_text
-from .maps import REDUCTIONS, reduce_channels
-from .png import encode_png
+from .report_folder import build_folder, report_place, swap_in
 from .report_html import (
-    GENERATOR,
     Row,
     Tally,
     grid_html,
@@ -50,163 +43,13 @@ from .report_html import (
     stats_html,
     summary_html,
 )
+from .report_thumbs import process_item
 from .scale import run_ranges
-from .stats import LevelStats, accumulate, sample_level
-from .visualize import colour_bar
+from .stats import LevelStats, accumulate
 
-__all__ = ["write_report", "REPORT", "REPORT_ASSETS"]
+__all__ = ["write_report"]
 
 log = logging.getLogger(__name__)
-REPORT = "report.html"
-REPORT_ASSETS = "report"
-# what a report writes into its asset folder: an unmarked folder holding only these is an earlier
-# version's report (cleared as before); anything else is not the report's to clear
-_REPORT_FILES = re.compile(r"^(thumbs|histograms\.png|page_\d+\.html)$")
-_THUMB_FILES = re.compile(r"^\d{6}_\w+\.png$")  # thumbs/: 000012_input.png, 000012_p2.png
-# how an earlier version's page began (before GENERATOR): its title is "fpncli report: OUT"
-_EARLIER_PAGE = (
-    b'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>fpncli report:'
-)
-
-
-def _input_thumbnail(path: Path | None, height: int, manifest: dict) -> np.ndarray | None:
-    """The photo at ``height`` pixels, decoded at reduced size where the format allows (JPEG);
-    None when it is gone, unreadable, or not of the size the ``manifest`` records (replaced
-    since, it is not the photo of these maps: ``extraction.replaced_size``)."""
-    if path is None or not path.is_file():
-        return None
-    from ..io.exif import exif_orientation, turn_upright, upright_size
-    from ..io.image_load import to_rgb8
-    from ..io.pillow_open import open_image
-
-    # open_image: a regular file only, no bomb, Pillow's warnings kept off stderr; a malformed
-    # file costs the thumbnail, not the report
-    try:
-        with open_image(path) as im:
-            orientation = exif_orientation(im, [])  # as extract read it (a PNG is decoded)
-            width, height_now = upright_size(im, orientation)
-            extracted = replaced_size(manifest, width, height_now)
-            if extracted is not None:
-                log.warning("report: %s is %dx%d, the extracted photo was %dx%d: replaced "
-                            "since, not shown", path, width, height_now, *extracted)  # fmt: skip
-                return None
-            im.draft("RGB", (height * 4, height))  # JPEG: decode at 1/2..1/8 scale, fast
-            im = turn_upright(im, orientation)
-            rgb = to_rgb8(im, [])  # 16-bit and float images scaled as extract scales them
-            im = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
-            im.thumbnail((height * 8, height))
-            return np.asarray(im)
-    except Exception as e:
-        log.warning("report: cannot read %s for a thumbnail: %s", path, e)
-        return None
-
-
-def _level_thumbnail(map2d: np.ndarray, height: int, cmap: str, rng) -> np.ndarray:
-    """The map coloured on ``rng`` (default: its own finite min..max), cells kept crisp."""
-    values = np.asarray(map2d, dtype=np.float32)
-    if values.size == 0:  # nothing to draw: a blank (grey) square, not a cv2 error
-        return np.full((height, height, 3), 200, np.uint8)
-    if rng is None:
-        finite = values[np.isfinite(values)]
-        rng = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    lo, hi = rng
-    if hi > lo:
-        # a range as wide as float32's (a run's, from forged statistics) overflows in float32:
-        # to inf, which is then the last colour, not a RuntimeWarning printed by the report
-        with np.errstate(over="ignore", invalid="ignore"):
-            index = (values - lo) * (255.0 / (hi - lo))
-        index = np.nan_to_num(index, nan=0.0, posinf=255, neginf=0)
-        index = np.clip(index + 0.5, 0, 255).astype(np.uint8)
-    else:
-        index = np.full(values.shape, 128, np.uint8)
-    colours = colour_bar(cmap, 256)[0][index]
-    h, w = colours.shape[:2]
-    width = max(1, round(height * w / max(1, h)))
-    return cv2.resize(colours, (width, height), interpolation=cv2.INTER_NEAREST)
-
-
-def _recorded_range(meta: dict) -> tuple[float, float] | None:
-    pair = meta.get("range")
-    if isinstance(pair, (list, tuple)) and len(pair) == 2:
-        try:
-            lo, hi = float(pair[0]), float(pair[1])
-        except (TypeError, ValueError, OverflowError):
-            return None
-        if math.isfinite(lo) and math.isfinite(hi):
-            return lo, hi
-    return None
-
-
-def _heatmap_settings(ex: LoadedExtraction) -> tuple[str, int, str]:
-    """The manifest's ``heatmap`` reduce, channel and cmap, which the thumbnails are drawn
-    with; ValueError for a reduction or colormap this version does not know, or a channel
-    past a level's count (checked before any thumbnail of the image is drawn)."""
-    heat = ex.manifest.get("heatmap") or {}
-    reduce, channel = heat.get("reduce", "channel"), int(heat.get("channel", 0))
-    cmap = heat.get("cmap", "viridis")
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"heatmap.reduce of manifest.json: unknown reduction {reduce!r} (one of "
-                         f"{', '.join(REDUCTIONS)}): extract this image again")  # fmt: skip
-    try:
-        colour_bar(cmap, 256)
-    except ValueError as e:
-        raise ValueError(f"heatmap.cmap of manifest.json: {e}: extract this image again") from None
-    for name, array in ex.levels.items():
-        if reduce == "channel" and channel >= array.shape[1]:
-            raise ValueError(f"heatmap.channel of manifest.json: {channel}, but {name} has "
-                             f"{array.shape[1]} channels: extract this image again")  # fmt: skip
-    return reduce, channel, cmap
-
-
-def _process(index: int, key: str, found: Extractions, thumbs: Path, href: str, height: int,
-             ranges: dict | None) -> tuple[Row, dict, dict, int] | Failure:  # fmt: skip
-    """Thumbnails of one image, written into ``thumbs`` and linked as ``href/NAME``; returns
-    its grid row, per level (sample, valid shape), its manifest and its bytes, or a ``Failure``
-    (key, why) when its outputs cannot be read (a malformed manifest, a truncated ``.npy``, a
-    damaged shard, heatmap settings that cannot be drawn). Only this image's arrays are in
-    memory (or mapped) meanwhile."""
-    try:
-        ex, size = found.load(key), found.size(key)
-        reduce, channel, cmap = _heatmap_settings(ex)
-    except (ValueError, OSError) as e:  # this image's outputs only: listed, the others go on
-        return Failure(key, error_text(e))
-    unloaded = ex.unloaded()
-    if unloaded:  # not "not saved": the manifest says it was
-        return Failure(key, "; ".join(f"{n}: its .npy is missing or unreadable" for n in unloaded))
-    stem = f"{index:06d}"
-    row = Row(key, {}, {}, None, None, "")
-    picture = _input_thumbnail(ex.input_path, height, ex.manifest)
-    if picture is not None:
-        atomic_write_bytes(thumbs / f"{stem}_input.png", encode_png(picture))
-        row.input_thumb = f"{href}/{stem}_input.png"
-    inp = ex.manifest.get("input") or {}
-    row.size = f"{inp.get('width')}x{inp.get('height')}"
-    row.overview = found.link(key, ex.manifest.get("overview"))
-    samples = {}
-    for name, meta in ex.manifest.get("levels", {}).items():
-        for kind in ("heatmap", "overlay", "file"):
-            link = found.link(key, meta.get(kind))
-            if link:
-                row.links[name] = link
-                break
-        if name not in ex.levels:
-            row.levels[name] = None
-            continue
-        valid = ex.valid(name)
-        samples[name] = (sample_level(valid), valid.shape)
-        map2d = reduce_channels(valid, reduce, channel)
-        # --scale image: the level's recorded colour range (its heatmap's --clip percentiles,
-        # so thumbnail and heatmap look alike), else the map's own min..max
-        rng = ranges.get(name) if ranges else _recorded_range(meta)
-        thumb = _level_thumbnail(map2d, height, cmap, rng)
-        atomic_write_bytes(thumbs / f"{stem}_{name}.png", encode_png(thumb))
-        row.levels[name] = f"{href}/{stem}_{name}.png"
-    return row, samples, ex.manifest, size
-
-
-def _process_item(item: tuple[int, str], **kwargs) -> tuple[Row, dict, dict, int] | Failure:
-    return _process(item[0], item[1], kwargs["found"], kwargs["thumbs"], kwargs["href"],
-                    kwargs["height"], kwargs["ranges"])  # fmt: skip
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
@@ -244,120 +87,6 @@ def _histogram_png(stats: dict[str, LevelStats], path: Path) -> None:
     fig.savefig(path, format="png")
 
 
-def _holds_only(folder: Path, names: re.Pattern, subfolder: str | None = None) -> bool:
-    """Whether every entry of ``folder`` is a file whose name ``names`` matches, or a temporary
-    file of ``atomic_write_bytes``; only ``subfolder`` may be a folder (a real one)."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return False
-    for entry in entries:
-        is_dir = entry.is_dir(follow_symlinks=False)
-        if entry.name == subfolder:
-            if not is_dir:
-                return False
-        elif is_dir or not (
-            names.match(entry.name) or (entry.name.startswith(".") and TMP_MARK in entry.name)
-        ):
-            return False
-    return True
-
-
-def _is_report_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a report's asset folder: marked by one, or (an earlier version's)
-    holding nothing but what a report writes, ``thumbs/`` included (a user's folder of pictures
-    called ``report/thumbs`` is not). An image's output folder never is."""
-    if (folder / REPORT_MARKER).is_file():
-        return True
-    return _holds_only(folder, _REPORT_FILES, "thumbs") and (
-        not os.path.lexists(folder / "thumbs") or _holds_only(folder / "thumbs", _THUMB_FILES)
-    )
-
-
-def _is_report_page(path: Path) -> bool:
-    """Whether ``path`` is a regular file that a report wrote (its head holds ``GENERATOR``, or
-    it begins as an earlier version's page did): only such a page may be written over."""
-    if path.is_symlink() or not path.is_file():
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)  # the marker is in the first few hundred bytes
-    except OSError:
-        return False
-    if head.startswith(_EARLIER_PAGE):
-        return True
-    return head.startswith(b"<!DOCTYPE html>") and GENERATOR.encode() in head.split(b"</head>")[0]
-
-
-def _report_place(root: Path) -> tuple[str, str]:
-    """The first page's name and the asset folder's: ``report.html`` and ``report/``, unless
-    something a report did not make (an image's output folder, say, of an input called
-    ``report.jpg`` extracted by an earlier version, or a page of the user's own: one that is not
-    a report's, ``_is_report_page``) holds either name: then ``report_2.html`` and
-    ``report_2/``, and so on. Nothing a report did not make is written over or deleted."""
-    for n in range(1, 1000):
-        suffix = "" if n == 1 else f"_{n}"
-        page, assets = root / f"{REPORT_ASSETS}{suffix}.html", root / f"{REPORT_ASSETS}{suffix}"
-        page_free = not os.path.lexists(page) or _is_report_page(page)
-        assets_free = not os.path.lexists(assets) or (
-            assets.is_dir() and not assets.is_symlink() and _is_report_folder(assets)
-        )
-        if page_free and assets_free:
-            if n > 1:
-                log.warning("report: %s/%s or %s/%s is not a report's (an image's outputs?): "
-                            "writing %s and %s/ instead", root, REPORT, root, REPORT_ASSETS,
-                            page.name, assets.name)  # fmt: skip
-            return page.name, assets.name
-    raise ValueError(f"{root}: report.html, report/ and 998 alternatives are all taken")
-
-
-def _build_folder(root: Path, assets_name: str) -> Path:
-    """A new, marked, hidden folder in ``root`` for a report's assets (held locked): built there
-    in full, then swapped in for ``assets_name`` (``_swap_in``), so that a report that fails
-    midway leaves the previous one whole. Earlier builds that a killed report left behind are
-    removed first."""
-    prefix = f".{assets_name}{TMP_MARK}"
-    for entry in os.scandir(root):
-        if not (entry.name.startswith(prefix) and stale_temporary(entry.name)):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
-    # not tempfile.mkdtemp: its mode 0700 would make the report unreadable to a web server
-    build = root / f"{prefix}.{os.getpid()}.{secrets.token_hex(4)}"
-    build.mkdir()
-    (build / REPORT_MARKER).write_text("fpncli report assets: rewritten by each fpncli report\n")
-    (build / "thumbs").mkdir()
-    return build
-
-
-def _swap_in(build: Path, assets: Path, first: Path, first_page: bytes) -> None:
-    """Make ``build`` the asset folder ``assets`` and write the first page that links into it;
-    the previous asset folder is deleted only once both are in place (put back if the page
-    cannot be written)."""
-    if os.path.lexists(first) and not _is_report_page(first):  # made meanwhile by something else
-        raise ValueError(f"{first} is not a report's page: move it away")
-    old = None
-    if os.path.lexists(assets):
-        if not _is_report_folder(assets):  # made meanwhile by something else
-            raise ValueError(
-                f"{assets} is not a report's folder (it holds other files): move it away"
-            )
-        old = build.with_name(f"{build.name}.old")
-        os.rename(assets, old)
-    os.rename(build, assets)
-    try:
-        atomic_write_bytes(first, first_page)
-    except BaseException:
-        os.rename(assets, build)  # the caller removes it
-        if old is not None:
-            os.rename(old, assets)
-        raise
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def write_report(
     root: str | Path,
     *,
@@ -387,7 +116,7 @@ def write_report(
     Returns:
         The path of ``report.html`` (``report_2.html`` with ``report_2/`` where an image's
         folder, or anything else a report did not make, is called ``report`` or ``report.html``:
-        those are never written over; see ``_report_place``).
+        those are never written over; see ``report_place``).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no complete extraction.
@@ -415,14 +144,14 @@ def write_report(
     # one report at a time per folder: a second waits for the first rather than clearing the
     # folder the first is writing into, or taking the first's half-made folder for another's
     with folder_lock(root):
-        first, assets_name = _report_place(root)
-        build = _build_folder(root, assets_name)
+        first, assets_name = report_place(root)
+        build = build_folder(root, assets_name)
         try:
             unreadable, first_page = _write_pages(
                 root, found, keys, run, build, assets_name, first, page_size=page_size,
                 thumb_height=thumb_height, workers=workers, scale=scale, left_out=left_out,
             )  # fmt: skip
-            _swap_in(build, root / assets_name, root / first, first_page)
+            swap_in(build, root / assets_name, root / first, first_page)
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)
             raise
@@ -458,7 +187,7 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
     listed = {f.path for f in unreadable}
     threads = workers or min(8, usable_cores())
     with ThreadPoolExecutor(threads) as pool:
-        work = functools.partial(_process_item, found=found, thumbs=build / "thumbs",
+        work = functools.partial(process_item, found=found, thumbs=build / "thumbs",
                                  href=f"{assets}/thumbs", height=thumb_height,
                                  ranges=ranges)  # fmt: skip
         for done in _bounded_map(pool, work, enumerate(keys), threads + 1):
