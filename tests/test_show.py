@@ -349,6 +349,39 @@ def test_photos_sharing_a_stem_get_pictures_of_their_own(tmp_path, monkeypatch):
     assert image_stem(Path("b.png")) == "b" and image_stem(tmp_path / "a.PNG") == "a_png"
 
 
+def test_photos_whose_names_differ_in_case_get_pictures_of_their_own(tmp_path, monkeypatch):
+    """show a.JPG then show a.jpg (a case-sensitive disk) both wrote fpn_show_a_jpg_p4.png, the
+    second over the first; so did a_jpg.png beside a.jpg and a.png. Each photo's picture is now
+    named as extract names the folders of a folder's images (plan_jobs: a_jpg, a_jpg_2 in sorted
+    order), also in a folder where most photos are named alike (IMG_...)."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.RandomState(1)
+    Image.fromarray(rng.randint(0, 256, (64, 96, 3), np.uint8)).save("a.jpg")
+    Image.fromarray(rng.randint(0, 256, (64, 96, 3), np.uint8)).save("a.JPG", format="JPEG")
+    if len(list(tmp_path.iterdir())) < 2:
+        pytest.skip("a case-insensitive file system: a.JPG is a.jpg")
+    saved = [show(name, level="p4", weights="random", device="cpu", display=False).saved
+             for name in ("a.JPG", "a.jpg")]  # fmt: skip
+    assert [path.name for path in saved] == ["fpn_show_a_jpg_p4.png", "fpn_show_a_jpg_2_p4.png"]
+    assert saved[0].read_bytes() != saved[1].read_bytes()  # both there, each its photo's
+    from fpncli.io.inputs import image_stem, plan_jobs
+    from fpncli.io.pillow_open import pillow_extensions
+
+    names = ["a_jpg.png", "a.png", "a_jpg_2.tif", "a_b.png", "b.png", "b_png.jpg", "report.jpg",
+             "IMG_0001.jpg", "IMG_0002.jpg", "img.jpg", "..png", "c.ico", "c_ico.txt"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).touch()
+    photos = sorted(p.name for p in tmp_path.iterdir() if p.suffix.lower() in pillow_extensions())
+    extracted = {job.path.name: job.folder.name
+                 for job in plan_jobs([(tmp_path / "sub" / name, tmp_path) for name in photos],
+                                      tmp_path)}  # fmt: skip
+    stems = {name: image_stem(Path(name)) for name in photos}
+    assert stems == extracted  # extract's names, in a folder below OUT's top (no "report_2")
+    assert len({stem.casefold() for stem in stems.values()}) == len(photos)
+    assert stems["a_jpg.png"] == "a_jpg_3" and stems["report.jpg"] == "report"
+    assert stems["IMG_0001.jpg"] == "IMG_0001" and stems["..png"] == "._png"
+
+
 def test_a_picture_fpncli_drew_is_refused_naming_the_show_to_run(folder, tmp_path, monkeypatch):
     """A heatmap, overlay or overview in an extraction's folder (or any picture under a marked
     output folder) as TARGET ran the network on that picture (or tried to download the default

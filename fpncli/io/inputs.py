@@ -7,9 +7,11 @@ the same list.
 
 from __future__ import annotations
 
+import bisect
 import glob
 import hashlib
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -383,23 +385,64 @@ def _suffixed_stem(path: Path) -> str:
     return f"{path.stem}_{path.suffix.lstrip('.').lower()}"
 
 
+#: What ``plan_jobs`` may add to an image's stem (``_jpg``, ``_2``, ``_jpg_2``), loosely: only an
+#: image whose stem is another's with such an ending can take a name the other could get
+_NAME_ENDING = re.compile(r"_[^_]+(?:_[0-9]+)?")
+
+
+def _names_in_reach(names: set[str], name: str) -> set[str]:
+    """``name`` and those of ``names`` (files of its folder) that ``plan_jobs`` names in reach
+    of it: whose stems (case-folded) are its stem with a ``_NAME_ENDING`` or it theirs, and so
+    on from each (``a.jpg``, ``a.png``, ``a_jpg.png``, ``a_jpg_2.tif``; not ``a_b_c.png``), and
+    ``..png`` (the stem ``.``: it changes how others are named). Over these alone plan_jobs
+    names ``name`` as over all ``names``: no other can take a name one of them could get. A
+    folder of 100,000 photos (``IMG_0001.jpg``...) is thus not all named to draw one."""
+    by_stem: dict[str, list[str]] = {}
+    for other in names:
+        by_stem.setdefault(Path(other).stem.casefold(), []).append(other)
+    stems = sorted(by_stem)
+    reached: set[str] = set()
+    todo = [Path(name).stem.casefold(), "."]
+    while todo:
+        stem = todo.pop()
+        if stem in reached:
+            continue
+        reached.add(stem)
+        i = bisect.bisect_left(stems, stem + "_")  # longer: stem_X, stem_X_N
+        while i < len(stems) and stems[i].startswith(stem + "_"):
+            if _NAME_ENDING.fullmatch(stems[i], len(stem)):
+                todo.append(stems[i])
+            i += 1
+        for cut in (1, 2):  # shorter: stem without its _X or its _X_N
+            shorter = stem.rsplit("_", cut)[0]
+            if shorter in by_stem and _NAME_ENDING.fullmatch(stem, len(shorter)):
+                todo.append(shorter)
+    return {other for stem in reached for other in by_stem.get(stem, ())} | {name}
+
+
 def image_stem(path: Path) -> str:
-    """The name of the image ``path`` drawn on its own (``show``'s ``fpn_show_NAME``): its stem,
-    or, where another file in its folder with an extension fpncli reads as an image has the
-    same stem (case-folded), its stem and extension (``a_jpg``, ``a_png``), as ``plan_jobs``
-    names the output folders of such images; so the pictures of ``a.jpg`` and ``a.png`` do not
-    replace each other. A folder that cannot be listed counts as holding no other image."""
-    folded = path.stem.casefold()
+    """The name of the image ``path`` drawn on its own (``show``'s ``fpn_show_NAME``): the name
+    ``plan_jobs`` gives its output folder among the files of its folder that fpncli reads as
+    images (an extension Pillow reads; hidden ones too: show draws a file it is given). That
+    is its stem; where another of them has the same stem (case-folded), its stem and extension
+    (``a_jpg``, ``a_png``), numbered in sorted order (the folder walk's) where those are the
+    same too (``a.JPG`` and ``a.jpg``: ``a_jpg`` and ``a_jpg_2``) or another image's stem
+    (``a_jpg.png`` beside them: ``a_jpg_3``). So no two images of a folder share a picture. A
+    folder that cannot be listed counts as holding no other image."""
+    extensions = pillow_extensions()
+    # every stem in reach begins as this one's does, up to its first "_" (and "..png")
+    begins = (path.stem.casefold().split("_", 1)[0], "..")
     try:
         with os.scandir(path.parent) as entries:  # (the parent of "a.jpg" is ".")
-            others = [Path(e.name) for e in entries if e.name.casefold().startswith(folded)
-                      and e.name != path.name and e.is_file()]  # fmt: skip
+            names = {e.name for e in entries if e.name.casefold().startswith(begins)
+                     and Path(e.name).suffix.lower() in extensions and e.is_file()}  # fmt: skip
     except OSError:  # no permission to list the folder: no clash that can be seen
-        others = []
-    extensions = pillow_extensions()
-    if any(o.stem.casefold() == folded and o.suffix.lower() in extensions for o in others):
-        return _suffixed_stem(path)
-    return path.stem
+        names = set()
+    # named as in a folder below OUT's top (_/), where no name is kept for fpncli's own files
+    # (report.jpg is "report", not "report_2"): the picture goes to the current folder, no output
+    below = Path("_")
+    pairs = [(below / name, Path()) for name in sorted(_names_in_reach(names, path.name))]
+    return next(job.folder.name for job in plan_jobs(pairs, Path()) if job.path.name == path.name)
 
 
 def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
