@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from fpncli.cli import cli
+from fpncli.io.messages import quote_name
 
 SMALL = ["--weights", "random", "--min-size", "64", "--max-size", "96"]
 
@@ -738,6 +739,64 @@ def test_a_file_name_that_is_not_utf8_is_printed_alike_by_extract_show_and_repor
     assert '\nwrote "out\\udce9/caf\\udce9"\n' in extracted.output
     assert '\nsaved "fpn_show_caf\\udce9_p4.png"\n' in shown.output
     assert reported.output.startswith('wrote "out\\udce9/report.html"\n')
+
+
+def test_shows_notes_quote_a_file_name_that_is_not_utf8(runner, tmp_path, monkeypatch):
+    """show's lines that name a folder or file (the --scale range's root, the level shown in
+    place of p2, a .npy of unknown level, the latest extraction gone) printed the name as it
+    is: its byte that is not UTF-8 crashed click's output ("surrogates not allowed", exit 1)
+    and was U+FFFD on a terminal. Now each is quoted as show's "saved" line is (quote_name)."""
+    from fpncli.io.latest import record_latest
+
+    monkeypatch.chdir(tmp_path)
+    name, out = os.fsdecode(b"caf\xe9"), os.fsdecode(b"out\xe9")
+    Image.fromarray(np.full((64, 96, 3), 90, np.uint8)).save(f"{name}.png")
+    args = ["extract", f"{name}.png", "-o", out, "--levels", "p3,p4", *SMALL]
+    assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
+    folder, quoted = f"{out}/{name}", '"out\\udce9/caf\\udce9"'
+    scaled = runner.invoke(cli, ["show", folder, "--scale", "level"], catch_exceptions=False)
+    assert scaled.exit_code == 0, scaled.output
+    assert f"note: {quoted} has no p2: showing p3," in scaled.output
+    root = quote_name(str(tmp_path / out))
+    assert f"colour scale level: ranges from the 1 image(s) under {root}\n" in scaled.output
+    np.save(f"{name}.npy", np.ones((1, 2, 4, 6), np.float32))
+    loose = runner.invoke(cli, ["show", f"{name}.npy"], catch_exceptions=False)
+    assert loose.exit_code == 0, loose.output
+    assert 'note: the level of "caf\\udce9.npy" is unknown' in loose.output
+    gone = Path(out) / os.fsdecode(b"gone\xe9")  # recorded after it, then deleted
+    shutil.copytree(folder, gone)
+    record_latest(gone.absolute())
+    shutil.rmtree(gone)
+    latest = runner.invoke(cli, ["show", "--level", "p4"], catch_exceptions=False)
+    assert latest.exit_code == 0, latest.output
+    was, now = quote_name(str(gone.absolute())), quote_name(os.path.abspath(folder))
+    said = f"note: the latest extraction {was} is gone; showing {now}, the newest one that still"
+    assert said in latest.output
+    for result in (scaled, loose, latest):
+        assert "\ufffd" not in result.output and "surrogates" not in result.output
+
+
+def test_the_receptive_field_saved_line_quotes_a_name_that_is_not_utf8(
+    runner, tmp_path, monkeypatch
+):
+    """show --receptive-field's "saved" line names its picture quoted (quote_name), as show's
+    own: a byte that is not UTF-8 as \\udcNN, for a photo's picture in the current folder and
+    for an extraction folder's."""
+    monkeypatch.chdir(tmp_path)
+    name, out = os.fsdecode(b"caf\xe9"), os.fsdecode(b"out\xe9")
+    Image.fromarray(np.full((64, 96, 3), 90, np.uint8)).save(f"{name}.png")
+    field = ["--receptive-field", "--at", "3,4", "--level", "p6"]
+    photo = runner.invoke(cli, ["show", f"{name}.png", *field, "--weights", "random"],
+                          catch_exceptions=False)  # fmt: skip
+    assert photo.exit_code == 0, photo.output
+    assert photo.output.endswith('\nsaved "fpn_show_caf\\udce9_p6_rf_at3,4.png"\n')
+    assert (tmp_path / f"fpn_show_{name}_p6_rf_at3,4.png").is_file()
+    args = ["extract", f"{name}.png", "-o", out, "--levels", "p6", *SMALL]
+    assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
+    extraction = runner.invoke(cli, ["show", f"{out}/{name}", *field], catch_exceptions=False)
+    assert extraction.exit_code == 0, extraction.output
+    said = '\nsaved "out\\udce9/caf\\udce9/show_p6_rf_at3,4.png"\n'
+    assert extraction.output.endswith(said)
 
 
 @pytest.mark.parametrize("out_format", ["files", "wds"])

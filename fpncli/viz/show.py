@@ -191,7 +191,7 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
     if scale == "image":
         return None
     if key is not None and target is not None:  # (no target: resolve_source says --key needs one)
-        found, where = open_extractions(target), f"in {target}"
+        found, where = open_extractions(target), f"in {quote_name(target)}"
     else:
         path = latest()[0] if target is None else Path(target).expanduser()
         folder = path if path.is_dir() else path.parent
@@ -206,7 +206,7 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
             )
         check_manifest(manifest, f"{folder}/{MANIFEST}")  # the image drawn: refused, not left out
         root = extraction_root(folder)
-        found, where = open_extractions(root), f"under {root}"
+        found, where = open_extractions(root), f"under {quote_name(str(root))}"
     tally: dict[str, int] = {}
     # one manifest at a time, each read once: a large folder's are never all held
     ranges = run_ranges(_sound_manifests(found, tally), scale, reduce=reduce, channel=channel)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..io.guard import OptionError
 from ..io.manifest import MANIFEST, load_manifest, read_manifest
+from ..io.messages import quote_name
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
@@ -77,8 +78,8 @@ def latest() -> tuple[Path, list[str]]:
     notes = []
     if recorded and folder != recorded[0]:
         notes.append(
-            f"note: the latest extraction {recorded[0]} is gone; showing {folder}, the newest "
-            "one that still exists"
+            f"note: the latest extraction {quote_name(str(recorded[0]))} is gone; showing "
+            f"{quote_name(str(folder))}, the newest one that still exists"
         )
     return folder, notes
 
@@ -171,8 +172,8 @@ def from_folder(folder: Path, levels: list[str], asked: bool = True,
         levels = [name for name in levels if name in saved_levels] or levels
     elif not named and saved_levels and levels[0] not in saved_levels:  # (--levels p3,p4)
         first = first_level(saved_levels)
-        notes.append(f"note: {folder} has no {levels[0]}: showing {first}, the first level it "
-                     "saved (--level picks another)")  # fmt: skip
+        notes.append(f"note: {quote_name(str(folder))} has no {levels[0]}: showing {first}, the "
+                     "first level it saved (--level picks another)")  # fmt: skip
         levels = [first]
     for name in levels:
         meta = saved_levels.get(name)
@@ -264,8 +265,8 @@ def _from_shard(root: str, key: str, levels: list[str], named: bool = True) -> S
         levels = [n for n in levels if n in saved] or levels
     elif not named and saved and levels[0] not in saved:  # the default: as for a folder
         first = first_level(saved)
-        notes.append(f"note: {key} has no {levels[0]} tensor: showing {first}, the first level "
-                     "it saved (--level picks another)")  # fmt: skip
+        notes.append(f"note: {quote_name(key)} has no {levels[0]} tensor: showing {first}, the "
+                     "first level it saved (--level picks another)")  # fmt: skip
         levels = [first]
     for name in levels:
         meta = manifest["levels"].get(name)
@@ -351,8 +352,8 @@ def resolve_source(target: str | None, levels: list[str], weights: str, device: 
                          level_known=level_named and len(levels) == 1)  # fmt: skip
         if not source.level_known:
             source.notes.append(
-                f"note: the level of {path.name} is unknown (its name is not a level's, as "
-                "p4.npy): drawn without a stride; give --level to name it"
+                f"note: the level of {quote_name(path.name)} is unknown (its name is not a "
+                "level's, as p4.npy): drawn without a stride; give --level to name it"
             )
         return source
     check_not_drawn(path)  # before any weights are loaded or downloaded
@@ -375,7 +376,6 @@ def check_not_drawn(path: Path) -> None:
     command drew it; else, which output folder it lies in."""
     from ..io.inputs import output_root
     from ..io.markers import DIFF_MARKER, REPORT_MARKER
-    from ..io.messages import quote_name
     from ..io.pillow_open import pillow_extensions
 
     if path.suffix.lower() not in pillow_extensions():  # (not an image: _check_image says so)
