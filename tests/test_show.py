@@ -218,6 +218,34 @@ def test_network_options_with_key_name_the_key_s_problem_or_its_saved_maps(
     assert not (tmp_path / "s.png").exists()
 
 
+def test_network_options_with_a_key_a_local_wds_output_lacks_name_the_key_first(
+    sample_shards, tmp_path, monkeypatch
+):
+    """``show OUT --key nope --weights random`` of a local --format wds output without that
+    image was refused for --weights ("its saved maps are read"): the user learned on the next
+    try that there were no saved maps. The local index is now read first, and the key's own
+    problem said (exit 1, nothing drawn, no model built); a key that failed says why. A URL's
+    index is not read for this: there the refusal stands."""
+    import fpncli.api
+    from fpncli.io.shards import open_root
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(fpncli.api, "load_backbone", no_model)
+    runner, save = CliRunner(), ["--save", str(tmp_path / "s.png")]
+    root = open_root(str(sample_shards))[1]
+    for args in (["--weights", "random"], ["--device", "cpu"], ["--max-pixels", "1000"]):
+        for key, why in [("nope", ""), ("broken", " (it failed: ")]:
+            lacking = runner.invoke(cli, ["show", str(sample_shards), "--key", key, *args, *save])
+            assert lacking.exit_code == 1, (args, lacking.output)
+            said = f"Error: no image with key {key!r} in {root}{why}"
+            assert lacking.output.startswith(said), lacking.output
+    url = runner.invoke(cli, ["show", "memory://nowhere", "--key", "nope", "--weights", "random"])
+    assert url.exit_code == 2 and "--weights is an option of an image TARGET" in url.output
+    assert not (tmp_path / "s.png").exists()
+
+
 def test_a_batch_of_maps_is_refused_naming_its_file(folder, tmp_path):
     """A p4.npy holding two images' maps (2, C, H, W) was read as a level and refused as "expected
     one image, got a batch of 2", naming no file; in an extraction folder it is not the level

@@ -100,18 +100,36 @@ _NETWORK_OPTIONS = ("weights", "device", "max_pixels")
 
 def _reads_nothing(target: str | None, key: str | None) -> bool:
     """Whether TARGET, a folder or .npy, holds no saved maps (a folder of photos, a name that is
-    not there), or ``--key`` names no image of a wds output (no TARGET, or one that is not a wds
-    output): refusing --weights there because "saved maps are read" would mislead, and the
-    user would learn the real problem only on the next try."""
-    if key is not None:  # (a key the wds output lacks: said when read)
+    not there), or ``--key`` names no image of a wds output (no TARGET, one that is not a wds
+    output, or a local one whose index has no such image or cannot be read): refusing
+    --weights there because "saved maps are read" would mislead, and the user would learn the
+    real problem only on the next try. A URL's index is not read for this (a key it lacks is
+    said on the next try): no option's refusal waits on the network."""
+    if key is not None:
         from ..io.catalog import is_sharded
 
-        return target is None or not is_sharded(target)
+        if target is None or not is_sharded(target):
+            return True
+        return "://" not in target and not _holds_key(target, key)
     if target is None:  # the latest
         return False
     from ..viz.sources import holds_no_maps
 
     return holds_no_maps(target)
+
+
+def _holds_key(target: str, key: str) -> bool:
+    """Whether the local wds output ``target`` has an image with ``key`` (its index read, no
+    shard); False where the index cannot be read (``resolve_source`` says why)."""
+    from ..io.shard_index import find_shard
+    from ..io.shards import open_root
+
+    try:
+        fs, root = open_root(target)
+        find_shard(fs, root, key, warn=False)  # (its warnings: said once, when it is read)
+    except (OSError, ValueError):  # no such key, one that failed, no pyarrow, a damaged index
+        return False
+    return True
 
 
 @click.command()

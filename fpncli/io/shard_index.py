@@ -33,7 +33,7 @@ from .shards import (
 )
 
 __all__ = ["DamagedIndexError", "check_root", "claim_root", "consolidate_index", "failed_row",
-           "find_member", "has_ledger", "ok_row", "prepare_root", "read_index",
+           "find_member", "find_shard", "has_ledger", "ok_row", "prepare_root", "read_index",
            "write_parquet"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -413,8 +413,7 @@ def consolidate_index(fs, root: str) -> int:
 
 def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
     """``(shard, {suffix: bytes})`` of ``key``'s members (``p2.npy``, ``json``, ...), found
-    through ``index.parquet``, else (a key it lacks or has failed, or an ``index.parquet`` that
-    is damaged: with a warning) through the ledger.
+    through the index (``find_shard``).
 
     Raises:
         FileNotFoundError: no such key, or the key failed (the message says why); its shard
@@ -423,21 +422,36 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
             (garbage, a bad header, truncated), or a member of the key declares more bytes
             than the shard holds (``check_member``).
     """
+    shard = find_shard(fs, root, key)
+    return shard, _members(fs, root, shard, key)
+
+
+def find_shard(fs, root: str, key: str, *, warn: bool = True) -> str:
+    """The shard that holds ``key``'s members, found through ``index.parquet``, else (a key it
+    lacks or has failed, or an ``index.parquet`` that is damaged: with a warning) through the
+    ledger; no shard is read. ``warn`` False: the index's warnings as debug messages, for a
+    look that a read of the key follows (which warns).
+
+    Raises:
+        FileNotFoundError: no such key, or the key failed (the message says why).
+        ValueError, OSError: an index that cannot be read (``read_index``).
+    """
     consolidated = fs.exists(f"{root}/{INDEX}")
     try:
-        table = read_index(fs, root, ledger=not consolidated).to_pylist()
+        table = read_index(fs, root, ledger=not consolidated, warn=warn).to_pylist()
     except DamagedIndexError as e:
         if not e.ledger:
             raise
         # index.parquet only restates the ledger (report reads the ledger alone): read that
-        log.warning("%s; reading the %s ledger instead", e, INDEX_DIR)
-        table, consolidated = read_index(fs, root).to_pylist(), False
+        log.log(logging.WARNING if warn else logging.DEBUG,
+                "%s; reading the %s ledger instead", e, INDEX_DIR)  # fmt: skip
+        table, consolidated = read_index(fs, root, warn=warn).to_pylist(), False
     rows = [r for r in table if r["key"] == key]
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok and consolidated:
         # index.parquet is rewritten at a run's end: the ledger has what a run still going (or
         # one killed) committed since, as report and diff read it
-        table = read_index(fs, root).to_pylist()
+        table = read_index(fs, root, warn=warn).to_pylist()
         rows = sorted((r for r in table if r["key"] == key), key=lambda r: r["written_at"] or 0.0)
         ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
@@ -446,8 +460,7 @@ def find_member(fs, root: str, key: str) -> tuple[str, dict[str, bytes]]:
         if not rows and escaped != key and any(r["key"] == escaped for r in table):
             why = f" (did you mean {escaped!r}, the key of that path?)"
         raise FileNotFoundError(f"no image with key {key!r} in {root}{why}")
-    shard = ok[0]["shard"]
-    return shard, _members(fs, root, shard, key)
+    return ok[0]["shard"]
 
 
 def _members(fs, root: str, shard: str, key: str) -> dict[str, bytes]:
