@@ -127,7 +127,7 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
     _check_scale(scale, output, out_format)
     _check_installed(engine, out_format, out_dir)
     if out_format == "wds":  # someone else's shards: refused before -o is marked or weights load
-        from ..io.shard_index import check_root
+        from ..io.shard_root import check_root
         from ..io.shards import open_root
 
         check_root(*open_root(out_dir))

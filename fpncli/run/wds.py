@@ -17,7 +17,8 @@ from pathlib import Path, PurePosixPath
 from ..io.guard import is_disk_full
 from ..io.inputs import Job
 from ..io.messages import quote_name
-from ..io.shard_index import claim_root, consolidate_index, prepare_root
+from ..io.shard_index import consolidate_index
+from ..io.shard_root import claim_root, prepare_root
 from ..io.shard_writer import ShardWriter
 from ..io.shardlock import LiveRun, RunClaim, is_local, wds_lock
 from ..io.shards import legacy_settings_key, open_root, settings_key, wds_key
