@@ -20,9 +20,10 @@ from fpncli.api import run_backbone
 from fpncli.cli import cli
 from fpncli.io.canvas import auto_canvases, canvas_for, check_canvas, parse_canvas
 from fpncli.io.image_load import load_image
-from fpncli.io.manifest import read_manifest, run_key
+from fpncli.io.manifest import read_manifest
 from fpncli.io.outputs import OutputOptions
 from fpncli.io.preprocess import normalize_and_pad, resize_for_model, to_color_order
+from fpncli.io.run_keys import run_key
 from fpncli.run.pipeline import Job, RunOptions, run_jobs
 
 SMALL = OutputOptions(min_size=64, max_size=128, save_heatmaps=False, save_overview=False)

@@ -124,7 +124,7 @@ def test_options_at_their_defaults_or_where_they_count_are_accepted(runner, phot
 def _as_before_unused_options_were_refused(monkeypatch) -> None:
     """Extract as 6bdc2f7 did: ``--channel`` without ``--reduce channel`` and ``--min-size``
     with ``--no-resize`` taken, and hashed into the run keys as given."""
-    import fpncli.io.manifest as manifest
+    import fpncli.io.run_keys as run_keys
     import fpncli.io.shards as shards
 
     extract = importlib.import_module("fpncli.cli.extract")  # the module, not the command
@@ -132,11 +132,11 @@ def _as_before_unused_options_were_refused(monkeypatch) -> None:
     def options_for_key(options):
         chosen = asdict(options)
         if not (chosen["save_heatmaps"] or chosen["save_overview"] or chosen["overlay"]):
-            chosen.update({name: manifest._defaults()[name] for name in manifest._DRAWING})
+            chosen.update({name: run_keys._defaults()[name] for name in run_keys._DRAWING})
         return chosen
 
     monkeypatch.setattr(extract, "_check_options_used", lambda *args: None)
-    monkeypatch.setattr(manifest, "options_for_key", options_for_key)
+    monkeypatch.setattr(run_keys, "options_for_key", options_for_key)
     monkeypatch.setattr(shards, "options_for_key", options_for_key)
 
 

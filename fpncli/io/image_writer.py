@@ -14,8 +14,8 @@ same ``-o`` take turns, and neither replaces the complete outputs of another inp
 other wrote there (``run_inputs``); temporary names carry the writer's pid and run token, and
 only this run's or dead runs' leftovers are removed. (Atomic against killed processes and full
 disks; only large files are flushed before their rename, see ``atomic.drop_from_cache``, so a
-power cut can still lose what the OS had not flushed.) The manifest's reading and the run key
-live in ``io.manifest``, the atomic writes in ``io.atomic``.
+power cut can still lose what the OS had not flushed.) The manifest's reading lives in
+``io.manifest``, the run key in ``io.run_keys``, the atomic writes in ``io.atomic``.
 """
 
 from __future__ import annotations

@@ -1,28 +1,19 @@
-"""An extraction folder's manifest: reading it, the files it lists, whether the folder is
-complete, and the run key that says whether it holds the same extraction."""
+"""An extraction folder's manifest: reading it, checking the fields fpncli reads back, the files
+it lists, and whether the folder is complete. The run key it records is ``run_keys``'."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import math
 import os
 import re
-from dataclasses import MISSING, asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .guard import parse_json, read_capped
 from .messages import error_text
 
-if TYPE_CHECKING:
-    from .outputs import OutputOptions
-
 __all__ = [
     "MANIFEST", "read_manifest", "load_manifest", "check_manifest", "manifest_files",
-    "is_complete", "folder_state", "changed_settings", "run_key",
-    "legacy_run_key", "legacy_options",
+    "is_complete", "folder_state", "MISSING", "is_int",
 ]  # fmt: skip
 
 MANIFEST = "manifest.json"
@@ -80,13 +71,14 @@ def load_manifest(folder: Path) -> dict | None:
         )
     if not manifest.get("complete"):  # fpncli writes it last, always true
         raise ValueError(
-            f"{path} is malformed: 'complete' is {_kind_of(manifest.get('complete', _MISSING))}, "
+            f"{path} is malformed: 'complete' is {_kind_of(manifest.get('complete', MISSING))}, "
             "not true; re-extract"
         )
     return manifest
 
 
-_MISSING = object()
+#: A field a manifest does not have, as ``dict.get``'s default.
+MISSING = object()
 
 #: What a level may be called: an identifier, as every name fpncli writes is (``p2``..``p6``,
 #: ``stem``, ``res2``..``res5``). The name becomes part of file names (the report's thumbnails)
@@ -110,12 +102,12 @@ def _valid_values(meta: dict) -> int:
     checked first) x the channels of its ``shape`` (``[1, C, H, W]``); 0 when its shape does
     not say (every manifest that records ``nonfinite`` records the shape)."""
     shape = meta.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 4 and _is_int(shape[1], 1)):
+    if not (isinstance(shape, list) and len(shape) == 4 and is_int(shape[1], 1)):
         return 0
     return meta["valid_height"] * meta["valid_width"] * shape[1]
 
 
-def _is_int(value, least: int) -> bool:
+def is_int(value, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and least <= value < _MOST
 
 
@@ -130,7 +122,7 @@ def _is_number(value, least: float = -math.inf) -> bool:
 
 
 def _kind_of(value) -> str:
-    if value is _MISSING:
+    if value is MISSING:
         return "missing"
     if value is None:
         return "null"
@@ -153,7 +145,7 @@ def check_manifest(manifest: dict, name: str) -> dict:
 
     def mapping(field: str, value, required: bool = False) -> dict:
         """A mapping field: missing is fine unless required; present, a mapping (not null)."""
-        if value is _MISSING and not required:
+        if value is MISSING and not required:
             return {}
         if not isinstance(value, dict):
             raise bad(field, value, "a mapping")
@@ -163,7 +155,7 @@ def check_manifest(manifest: dict, name: str) -> dict:
         if value is not None and not isinstance(value, str):
             raise bad(field, value, "a string")
 
-    for level, meta in mapping("levels", manifest.get("levels", _MISSING), required=True).items():
+    for level, meta in mapping("levels", manifest.get("levels", MISSING), required=True).items():
         if not _LEVEL_NAME.fullmatch(level):
             raise ValueError(
                 f"{name} is malformed: the level name {level!r:.60} is not a level's (an "
@@ -173,8 +165,8 @@ def check_manifest(manifest: dict, name: str) -> dict:
         for key in ("file", "heatmap", "overlay"):
             text(f"levels.{level}.{key}", meta.get(key))
         for key in ("stride", "valid_height", "valid_width"):
-            if not _is_int(meta.get(key, _MISSING), 1):
-                raise bad(f"levels.{level}.{key}", meta.get(key, _MISSING), "a positive integer")
+            if not is_int(meta.get(key, MISSING), 1):
+                raise bad(f"levels.{level}.{key}", meta.get(key, MISSING), "a positive integer")
         for key in ("min", "max", "mean"):
             value = meta.get(key)
             # statistics of a float16/32 level: inside float32's range (a forged 1e308 would
@@ -191,7 +183,7 @@ def check_manifest(manifest: dict, name: str) -> dict:
         ):  # fmt: skip
             raise bad(f"levels.{level}.range", vrange, "two finite float32 numbers, low <= high")
         nonfinite = meta.get("nonfinite")
-        if nonfinite is not None and not _is_int(nonfinite, 0):
+        if nonfinite is not None and not is_int(nonfinite, 0):
             raise bad(f"levels.{level}.nonfinite", nonfinite, "a non-negative integer")
         # a count of the level's valid values (its shape is written beside it): one past them
         # took more values out of the report's count than the level holds, its mean with it
@@ -199,15 +191,15 @@ def check_manifest(manifest: dict, name: str) -> dict:
             raise bad(f"levels.{level}.nonfinite", nonfinite,
                       "at most the level's valid values (valid_height x valid_width x the "
                       "channels of its shape)")  # fmt: skip
-    inp = mapping("input", manifest.get("input", _MISSING))
+    inp = mapping("input", manifest.get("input", MISSING))
     text("input.path", inp.get("path"))
     for key in ("width", "height"):
-        if inp.get(key) is not None and not _is_int(inp[key], 1):
+        if inp.get(key) is not None and not is_int(inp[key], 1):
             raise bad(f"input.{key}", inp[key], "a positive integer")
-    pre = mapping("preprocess", manifest.get("preprocess", _MISSING))
+    pre = mapping("preprocess", manifest.get("preprocess", MISSING))
     # min_size, max_size and resize: what show --receptive-field resizes the photo with again
     for key in ("resized_height", "resized_width", "min_size", "max_size"):
-        if key in pre and not _is_int(pre[key], 1):
+        if key in pre and not is_int(pre[key], 1):
             raise bad(f"preprocess.{key}", pre[key], "a positive integer")
     for key in ("scale_y", "scale_x"):
         if key in pre and not (_is_number(pre[key], least=1e-12) and pre[key] <= _MAX_SCALE):
@@ -217,20 +209,20 @@ def check_manifest(manifest: dict, name: str) -> dict:
     if pre.get("resize", True) and pre.get("min_size", 0) > pre.get("max_size", _MOST):
         raise ValueError(f"{name} is malformed: 'preprocess.min_size' {pre['min_size']} is over "
                          f"'preprocess.max_size' {pre['max_size']}; re-extract")  # fmt: skip
-    weights = mapping("weights", manifest.get("weights", _MISSING))
+    weights = mapping("weights", manifest.get("weights", MISSING))
     for key in ("name", "sha256", "path"):
         text(f"weights.{key}", weights.get(key))
     # what show --receptive-field runs the network again with (the run's --seed range)
     if weights.get("random") is not None and not isinstance(weights["random"], bool):
         raise bad("weights.random", weights["random"], "true or false")
     if weights.get("seed") is not None and not (
-        _is_int(weights["seed"], 0) and weights["seed"] < 2**32
+        is_int(weights["seed"], 0) and weights["seed"] < 2**32
     ):
         raise bad("weights.seed", weights["seed"], "an integer in 0..2**32-1")
-    heat = mapping("heatmap", manifest.get("heatmap", _MISSING))
+    heat = mapping("heatmap", manifest.get("heatmap", MISSING))
     for key in ("reduce", "cmap"):
         text(f"heatmap.{key}", heat.get(key))
-    if "channel" in heat and not _is_int(heat["channel"], 0):
+    if "channel" in heat and not is_int(heat["channel"], 0):
         raise bad("heatmap.channel", heat["channel"], "a non-negative integer")
     text("overview", manifest.get("overview"))
     return manifest
@@ -284,172 +276,3 @@ def folder_state(folder: Path, run_key: str | None = None) -> tuple[bool, dict |
         if size is not None and st.st_size != size:
             return False, manifest
     return True, manifest
-
-
-def run_key(image_path: Path, options: OutputOptions, weights: dict, precision: str,
-            stat: os.stat_result | None = None) -> str:  # fmt: skip
-    """A digest of everything that determines an image's outputs: the input file (size and
-    modification time: ``stat``, by default the file's now), the weights, the precision and
-    the output options. A complete folder with the same key is skipped on resume; a different
-    key means re-extract."""
-    return _run_key(image_path, _options_json(options), weights, precision, stat)
-
-
-def legacy_run_key(image_path: Path, options: OutputOptions, weights: dict, precision: str,
-                   manifest: dict, stat: os.stat_result | None = None) -> str | None:  # fmt: skip
-    """The run key an earlier version gave the extraction ``manifest`` records if it was made
-    with ``options`` (``legacy_options``), None where that is the key ``run_key`` gives. Those
-    versions hashed the options that change nothing as given: a folder they made with
-    ``--channel 5 --reduce mean`` or ``--no-resize --min-size 700`` is the same extraction as
-    this run's, and is skipped, not redone."""
-    chosen = legacy_options(options, manifest)
-    if chosen is None:
-        return None
-    return _run_key(image_path, _key_json(chosen), weights, precision, stat)
-
-
-def _run_key(image_path: Path, options_json: str, weights: dict, precision: str,
-             stat: os.stat_result | None) -> str:  # fmt: skip
-    stat = Path(image_path).stat() if stat is None else stat
-    # the JSON of {"input", "options", "precision", "weights"} with sorted keys, as earlier
-    # versions wrote it (their folders still resume), with the options' part made once per
-    # options object: asdict was 60% of the time of listing a million pending images
-    parts = [
-        ("input", json.dumps([os.path.realpath(image_path), stat.st_size, stat.st_mtime_ns])),
-        ("options", options_json),
-        ("precision", json.dumps(precision)),
-        ("weights", json.dumps([weights.get("name"), weights.get("sha256"), weights.get("seed")])),
-    ]
-    material = "{" + ", ".join(f'"{name}": {value}' for name, value in parts) + "}"
-    return hashlib.sha256(material.encode()).hexdigest()[:16]
-
-
-#: How maps are drawn: what the outputs do not depend on when nothing is drawn.
-_DRAWING = ("channel", "reduce", "cmap", "clip")
-
-
-def options_for_key(options: OutputOptions) -> dict:
-    """The output options as the run keys see them, those that change nothing at their
-    defaults: the drawing options when nothing is drawn (no heatmaps, no overview, no overlay),
-    ``channel`` unless ``reduce`` is ``channel``, and ``min_size``/``max_size`` without the
-    resize. So changing ``--cmap`` on a ``.npy``-only folder, ``--channel`` with ``--reduce
-    l2`` or ``--min-size`` with ``--no-resize`` does not redo it; and earlier folders, whose
-    keys held those options as given (at their defaults unless the user changed them), still
-    resume."""
-    return _unused_at_defaults(asdict(options))
-
-
-def _unused_at_defaults(chosen: dict) -> dict:
-    """``chosen`` (output options by field name; a manifest's may be ``_MISSING``), with the
-    options that change nothing at their defaults (``options_for_key``)."""
-    defaults = _defaults()
-    if not (chosen["save_heatmaps"] or chosen["save_overview"] or chosen["overlay"]):
-        chosen.update({name: defaults[name] for name in _DRAWING})
-    if isinstance(chosen["reduce"], str) and chosen["reduce"] != "channel":
-        chosen["channel"] = defaults["channel"]
-    if chosen["resize"] is False:
-        chosen.update(min_size=defaults["min_size"], max_size=defaults["max_size"])
-    return chosen
-
-
-def legacy_options(options: OutputOptions, manifest: dict) -> dict | None:
-    """The output options as versions before ``options_for_key`` put the options that change
-    nothing at their defaults held them in their keys: ``options`` as given (the drawing options
-    at their defaults when nothing is drawn, as those versions did), with ``channel`` and
-    ``min_size``/``max_size`` where they change nothing at the values ``manifest`` records
-    (``heatmap.channel``, ``preprocess.min_size``/``max_size``). None where that is
-    ``options_for_key(options)`` (nothing recorded other than the defaults) or ``manifest``
-    records no valid value for one of them. (``--seed`` needs none: other weights than random
-    never recorded a seed.)"""
-
-    def mapping(value) -> dict:
-        return value if isinstance(value, dict) else {}
-
-    chosen = asdict(options)
-    if not (chosen["save_heatmaps"] or chosen["save_overview"] or chosen["overlay"]):
-        chosen.update({name: _defaults()[name] for name in _DRAWING})
-    recorded = {}
-    if chosen["reduce"] != "channel":
-        recorded["channel"] = mapping(manifest.get("heatmap")).get("channel")
-    if not chosen["resize"]:
-        pre = mapping(manifest.get("preprocess"))
-        recorded.update(min_size=pre.get("min_size"), max_size=pre.get("max_size"))
-    if not all(_is_int(value, 0) for value in recorded.values()):
-        return None
-    chosen.update(recorded)
-    return None if chosen == options_for_key(options) else chosen
-
-
-@functools.cache
-def _defaults() -> dict:
-    """The defaults of ``OutputOptions``' fields, as their JSON holds them (tuples as lists)."""
-    from .outputs import OutputOptions
-
-    defaults = {f.name: f.default for f in fields(OutputOptions) if f.default is not MISSING}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
-
-
-#: extract's option for each output option a manifest records, as ``changed_settings`` names it
-_FLAGS = {
-    "levels": "--levels", "dtype": "--dtype", "save_npy": "--no-npy",
-    "save_heatmaps": "--no-heatmaps", "save_overview": "--no-overview", "overlay": "--overlay",
-    "reduce": "--reduce", "channel": "--channel", "cmap": "--cmap", "clip": "--clip",
-    "min_size": "--min-size", "max_size": "--max-size", "resize": "--no-resize",
-    "canvas": "--canvas",
-}  # fmt: skip
-
-
-def changed_settings(manifest: dict, options: OutputOptions, weights: dict,
-                     precision: str) -> list[str]:  # fmt: skip
-    """The settings, as extract's options name them (``--weights``, ``--canvas``, ...), in
-    which the extraction ``manifest`` records differs from one with ``options``, ``weights``
-    and ``precision``, compared as the run key compares them (``options_for_key``). Empty when
-    none that the manifest records differs (its input file changed since, say), and for the
-    fields an earlier version did not record. Reads only ``manifest``: for the folders whose
-    run key differs, whose manifest resume has read."""
-
-    def mapping(value) -> dict:
-        return value if isinstance(value, dict) else {}
-
-    levels = mapping(manifest.get("levels"))
-    metas = [mapping(m) for m in levels.values()]
-    pre, heat = mapping(manifest.get("preprocess")), mapping(manifest.get("heatmap"))
-    then = {
-        "levels": list(levels), "dtype": next((m.get("dtype") for m in metas), None),
-        "save_npy": any(m.get("file") for m in metas),
-        "save_heatmaps": any(m.get("heatmap") for m in metas),
-        "save_overview": manifest.get("overview") is not None,
-        "overlay": any(m.get("overlay") for m in metas),
-        "reduce": heat.get("reduce", _MISSING), "channel": heat.get("channel", _MISSING),
-        "cmap": heat.get("cmap", _MISSING), "clip": heat.get("clip_percentiles", _MISSING),
-        **{k: pre.get(k, _MISSING) for k in ("min_size", "max_size", "resize")},
-        "canvas": pre.get("canvas"),  # not recorded before canvases existed: none
-    }  # fmt: skip
-    then = _unused_at_defaults(then)
-    now = json.loads(_options_json(options))  # as the run key holds them (no canvas: none)
-    changed = []
-    recorded = mapping(manifest.get("weights"))
-    identity = ("name", "sha256", "seed")
-    if [recorded.get(k) for k in identity] != [weights.get(k) for k in identity]:
-        same_name = recorded.get("name") == weights.get("name") and weights.get("random")
-        changed.append("--seed" if same_name else "--weights")
-    if manifest.get("precision", precision) != precision:
-        changed.append("--precision")
-    for name, flag in _FLAGS.items():
-        if then[name] is not _MISSING and then[name] != now.get(name):  # JSON's lists both
-            changed.append(flag)
-    return changed
-
-
-def _options_json(options: OutputOptions) -> str:
-    cached = options.__dict__.get("_run_key_json")
-    if cached is None:
-        cached = _key_json(options_for_key(options))
-        object.__setattr__(options, "_run_key_json", cached)  # frozen: fields never change
-    return cached
-
-
-def _key_json(chosen: dict) -> str:
-    if chosen["canvas"] is None:  # as before canvases existed: earlier runs still resume
-        chosen = {k: v for k, v in chosen.items() if k != "canvas"}
-    return json.dumps(chosen, sort_keys=True)

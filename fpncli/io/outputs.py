@@ -6,7 +6,7 @@ of a level that cover the image (``valid_size``) and each level's contents (``Le
 ``level_results``); the pictures of a level and the words they carry (``render_level_pictures``,
 ``overview_title``, ``picture_title``, ``RANDOM_NOTE``); and an upper estimate of the bytes one
 image takes (``estimate_bytes_per_image``). ``io.image_writer`` writes them into the folder; the
-manifest's reading and the run key live in ``io.manifest``.
+manifest's reading lives in ``io.manifest``, the run key in ``io.run_keys``.
 """
 
 from __future__ import annotations

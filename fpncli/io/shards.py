@@ -38,9 +38,9 @@ import uuid
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
-from .manifest import legacy_options, options_for_key
 from .messages import utf8_text
 from .outputs import OutputOptions
+from .run_keys import legacy_options, options_for_key
 from .shardlock import TOKEN_HEX
 
 __all__ = [
@@ -166,7 +166,7 @@ def settings_key(options: OutputOptions, weights: dict, precision: str) -> str:
 def legacy_settings_key(options: OutputOptions, weights: dict, precision: str,
                         manifest: dict) -> str | None:  # fmt: skip
     """The ``settings_key`` an earlier version gave the extraction ``manifest`` (an image's
-    ``KEY.json``) records if it was made with ``options`` (``manifest.legacy_options``: those
+    ``KEY.json``) records if it was made with ``options`` (``run_keys.legacy_options``: those
     versions hashed ``--channel`` or ``--min-size`` as given where they change nothing); None
     where that is ``settings_key``'s."""
     chosen = legacy_options(options, manifest)

@@ -14,12 +14,13 @@ from pathlib import Path
 from ..io.canvas import canvas_for
 from ..io.exif import header_orientation, upright_size
 from ..io.inputs import Job
-from ..io.manifest import changed_settings, folder_state, legacy_run_key
+from ..io.manifest import folder_state
 from ..io.markers import linked_folder
 from ..io.outputs import OutputOptions, estimate_bytes_per_image
 from ..io.pillow_open import DEFAULT_MAX_PIXELS, open_image
 from ..io.preprocess import check_resized_size, resized_shape
 from ..io.recorded_input import other_input, other_input_text
+from ..io.run_keys import changed_settings, legacy_run_key
 from .steps import RunOptions, job_run_key
 
 __all__ = [

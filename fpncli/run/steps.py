@@ -28,10 +28,10 @@ from ..io.canvas import check_canvas
 from ..io.image_load import LoadedImage, load_image
 from ..io.image_writer import write_image_outputs
 from ..io.inputs import Job
-from ..io.manifest import run_key
 from ..io.outputs import LevelResult, OutputOptions
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..io.preprocess import Prepared, resize_for_model, resized_shape
+from ..io.run_keys import run_key
 from ..model.fpn import FPN, STAGES
 from ..model.normalize import normalize_batch
 from ..model.resize import pillow_bilinear
