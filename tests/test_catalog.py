@@ -16,7 +16,7 @@ from PIL import Image
 from fpncli.cli import cli
 from fpncli.io import catalog
 from fpncli.io.catalog import iter_extractions, open_extractions
-from fpncli.io.extraction import npy_from_bytes
+from fpncli.io.npy import npy_from_bytes
 from fpncli.viz.diff import diff_extractions
 from fpncli.viz.report import write_report
 from fpncli.viz.stats import LevelStats, accumulate

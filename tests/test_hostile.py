@@ -515,7 +515,7 @@ def test_a_pkl_declaring_a_huge_array_is_refused_by_its_shape(tmp_path):
 
 
 def test_show_refuses_an_npy_whose_header_claims_more_than_it_holds(tmp_path):
-    from fpncli.io.extraction import read_npy
+    from fpncli.io.npy import read_npy
 
     path = tmp_path / "p2.npy"
     with open(path, "wb") as f:
@@ -1109,7 +1109,7 @@ def test_forged_run_logs_are_read_as_far_as_they_hold(extraction, tmp_path):
     ],
 )
 def test_an_npy_that_is_no_float_level_is_refused_by_its_header(tmp_path, header, data, message):
-    from fpncli.io.extraction import read_npy
+    from fpncli.io.npy import read_npy
 
     path = tmp_path / "p2.npy"
     with open(path, "wb") as f:

@@ -31,11 +31,11 @@ from .extraction import (
     find_manifests,
     load_extraction,
     manifest_levels,
-    npy_from_bytes,
     read_run_log,
 )
 from .guard import parse_json
 from .manifest import MANIFEST, check_manifest, load_manifest
+from .npy import npy_from_bytes
 
 __all__ = ["Extractions", "open_extractions", "iter_extractions", "is_sharded"]
 

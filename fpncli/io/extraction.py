@@ -1,4 +1,5 @@
-"""Reading back what ``fpncli extract`` wrote: one image's levels, manifest and input photo.
+"""Reading back what ``fpncli extract`` wrote: one image's levels, manifest and input photo,
+the extraction folders under a root, and the run log (``run.json``) that says what a run did.
 
 >>> import fpncli
 >>> ex = fpncli.load_extraction("fpn_out/chelsea")
@@ -8,6 +9,7 @@
 (1, 256, 200, 300)
 
 Numpy and Pillow only (no torch), so it is cheap to call from a notebook, a report or a diff.
+The ``.npy`` files are read safely by ``io.npy``.
 """
 
 from __future__ import annotations
@@ -17,22 +19,20 @@ import logging
 import math
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .guard import open_regular, read_json_file
+from .guard import read_json_file
 from .manifest import MANIFEST, check_manifest, load_manifest, read_manifest
+from .npy import read_npy
 
 __all__ = [
     "LoadedExtraction",
     "load_extraction",
     "find_extractions",
     "find_manifests",
-    "read_npy",
-    "npy_from_bytes",
     "level_file",
     "manifest_levels",
     "check_level_array",
@@ -184,73 +184,6 @@ def check_level_array(array: np.ndarray, meta: dict, name: str) -> np.ndarray:
             f"{valid[0]}x{valid[1]} valid cells its manifest records; re-extract"
         )
     return array
-
-
-def read_npy(path: str | Path, *, mmap: bool = False) -> np.ndarray:
-    """Read a ``.npy`` file safely: a regular file only (never blocks on a FIFO), no pickled
-    objects, and a header whose declared size the file really holds (a forged header claiming
-    ``(1, 256, 10**6, 10**6)`` is refused before anything is allocated).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a regular file, not a ``.npy``, or a header the file does not back.
-    """
-    with open_regular(path, ".npy file") as f:
-        shape, fortran, dtype = _checked_header(f, os.fstat(f.fileno()).st_size, str(path), "file")
-        order, offset = ("F" if fortran else "C"), f.tell()
-        if not mmap:  # the data after the header already read (numpy's loaders parse it again)
-            return np.fromfile(f, dtype=dtype, count=math.prod(shape)).reshape(shape, order=order)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
-
-
-def npy_from_bytes(data: bytes, name: str = ".npy member") -> np.ndarray:
-    """A ``.npy`` held in memory (a tar member) as a read-only array over ``data``, with the
-    checks ``read_npy`` makes: no pickled objects, and a header the bytes really back.
-
-    Raises:
-        ValueError: not a ``.npy``, or a header declaring more than the bytes hold.
-    """
-    import io
-
-    f = io.BytesIO(data)
-    shape, fortran, dtype = _checked_header(f, len(data), name, "member")
-    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=f.tell())
-    return array.reshape(shape, order="F" if fortran else "C")
-
-
-#: numpy parses a header with ``ast.literal_eval``, which CPython 3.11 does not make safe to run
-#: in several threads at once (the report's and diff's threads read levels together): seen here
-#: as "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
-_HEADER_LOCK = threading.Lock()
-
-
-def _checked_header(f, size: int, name: str, holder: str) -> tuple[tuple, bool, np.dtype]:
-    """Read the ``.npy`` header of ``f`` (``size`` bytes in all), leaving ``f`` at the data;
-    refuse pickled objects, anything but a float array (a level is float16/32/64: a structured,
-    complex or integer array is not one), negative sizes and a header declaring more data
-    than ``size`` holds, before anything is allocated."""
-    try:
-        with _HEADER_LOCK:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except (ValueError, OSError, SyntaxError, TypeError) as e:
-        raise ValueError(f"{name}: not a readable .npy file ({e})") from None
-    if dtype.hasobject:
-        raise ValueError(f"{name}: holds Python objects, not numbers: refused")
-    if dtype.kind != "f":  # a structured or sub-array dtype is kind "V"
-        raise ValueError(f"{name}: holds a {dtype} array, not a float level: re-extract")
-    if any(n < 0 for n in shape):
-        raise ValueError(f"{name}: its header declares a negative size {shape}: forged")
-    declared, held = math.prod(shape) * dtype.itemsize, size - f.tell()
-    if declared > held:
-        raise ValueError(
-            f"{name}: its header declares a {shape} {dtype} array ({declared / 1e9:.3g} GB) "
-            f"but the {holder} holds {held} bytes of data: truncated or forged"
-        )
-    return shape, fortran, dtype
 
 
 def load_extraction(path: str | Path, *, mmap: bool = True) -> LoadedExtraction:

@@ -160,8 +160,9 @@ def from_folder(folder: Path, levels: list[str], asked: bool = True,
     manifest = load_manifest(folder)  # ValueError: one there that cannot be read
     if manifest is None:
         raise _not_an_extraction(folder)
-    from ..io.extraction import check_level_array, level_file, manifest_levels, read_npy
+    from ..io.extraction import check_level_array, level_file, manifest_levels
     from ..io.manifest import check_manifest
+    from ..io.npy import read_npy
 
     check_manifest(manifest, f"{folder}/{MANIFEST}")
 
@@ -245,9 +246,10 @@ def _from_image(path: Path, weights: str, device: str, max_pixels: int,
 def _from_shard(root: str, key: str, levels: list[str], named: bool = True) -> Source:
     """One image of a ``--format wds`` extraction, found through its index (``named``: as
     ``from_folder``'s)."""
-    from ..io.extraction import check_level_array, npy_from_bytes
+    from ..io.extraction import check_level_array
     from ..io.guard import parse_json
     from ..io.manifest import check_manifest
+    from ..io.npy import npy_from_bytes
     from ..io.shard_index import find_member
     from ..io.shards import open_root
 
@@ -326,7 +328,7 @@ def resolve_source(target: str | None, levels: list[str], weights: str, device: 
         return from_folder(path, levels, named=level_named or len(levels) > 1)
     if path.suffix == ".npy":
         level = path.stem if path.stem in STRIDES else levels[0]
-        from ..io.extraction import read_npy
+        from ..io.npy import read_npy
 
         array = read_npy(path)
         if array.ndim < 2 or array.size == 0:
