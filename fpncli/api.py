@@ -5,6 +5,10 @@
 >>> features = fpncli.extract_features("samples/chelsea.png", model)
 >>> features["p2"].shape
 torch.Size([1, 256, 200, 304])
+
+It also holds the device and precision checks and contexts that the CLI's runs use too
+(``resolve_device``, ``check_precision``, ``autocast_context``, ``fp32_strict``); TF32's save and
+restore behind ``fp32_strict`` is ``model.tf32``'s.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from .model.cpu_kernels import use_cpu_kernels
 from .model.fpn import FPN
 from .model.layers import fold_frozen_batchnorm
 from .model.normalize import normalize_batch
-from .shared import SharedSetting
+from .model.tf32 import TF32_OFF
 from .weights.arch import build_backbone, load_state_dict_strict, new_backbone, random_state_dict
 from .weights.cache import check_cached, record_first_use, sha256_file, too_large
 from .weights.checkpoint import check_registry_file, read_checkpoint, read_registry_checkpoint
@@ -140,52 +144,8 @@ def fp32_strict():
     good). These settings are process-wide: the first of overlapping holders (threads running
     models at once) saves them and turns TF32 off, and the last to leave restores them, so one
     leaving never turns TF32 back on under another, nor leaves the user's settings off."""
-    with _TF32_OFF.held():
+    with TF32_OFF.held():
         yield
-
-
-def _tf32_off() -> Callable[[], None]:
-    """Turn TF32 off through the API the user set it with, returning what puts it back: once
-    torch >= 2.9's ``fp32_precision`` settings were used, reading the legacy ``allow_tf32``
-    flags raises, and setting either API over the other leaves a mixed state that makes cuBLAS
-    calls raise."""
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    try:
-        saved = (matmul.allow_tf32, cudnn.allow_tf32, torch.get_float32_matmul_precision())
-    except RuntimeError:  # the user set TF32 with the fp32_precision settings
-        saved_precision = (matmul.fp32_precision, cudnn.conv.fp32_precision)
-        matmul.fp32_precision = cudnn.conv.fp32_precision = "ieee"
-
-        def restore_precision() -> None:
-            matmul.fp32_precision, cudnn.conv.fp32_precision = saved_precision
-
-        return restore_precision
-    # setting the legacy flags also writes the fp32_precision settings underneath ("none", which
-    # inherits, becomes "ieee"): those are put back too, or a later torch.backends.fp32_precision
-    # = "tf32" would no longer reach the matmuls
-    underneath = [(s, s.fp32_precision) for s in _precision_settings()]
-    matmul.allow_tf32 = False
-    cudnn.allow_tf32 = False
-
-    def restore() -> None:
-        matmul.allow_tf32, cudnn.allow_tf32 = saved[:2]
-        torch.set_float32_matmul_precision(saved[2])
-        for setting, value in underneath:
-            if setting.fp32_precision != value:
-                setting.fp32_precision = value
-
-    return restore
-
-
-_TF32_OFF = SharedSetting(_tf32_off)  # fp32_strict's holders share one save and restore
-
-
-def _precision_settings() -> list:
-    """torch >= 2.9's ``fp32_precision`` settings that the legacy TF32 flags write."""
-    b = torch.backends
-    found = [b.cuda.matmul, getattr(b.cudnn, "conv", None), getattr(b.mkldnn, "matmul", None),
-             getattr(b.mkldnn, "conv", None)]  # fmt: skip
-    return [s for s in found if s is not None and hasattr(s, "fp32_precision")]
 
 
 def autocast_context(device: str | torch.device, precision: str):
