@@ -1,9 +1,9 @@
 """Two extractions of the same images compared per image and level (``fpncli diff A B``).
 
-Images are paired by key (the image folder's path below its root; a folder output's keys matched
-to a ``--format wds`` one's), checked for the same geometry, and compared level by level on the
-valid region only (``diff_result.compare_arrays`` says what is measured); each image's |A - B|
-picture is drawn into the output folder, whose checks and tables are ``diff_output``'s.
+Images are paired (``diff_pairs``: by key, the image folder's path below its root), checked for the
+same geometry, and compared level by level on the valid region only (``diff_result.compare_arrays``
+says what is measured); each image's |A - B| picture is drawn into the output folder, whose checks
+and tables are ``diff_output``'s.
 
 A is the reference. Images whose geometry differs (input size, resize, valid level shapes) are
 reported, not compared; images found on one side only are listed. The padded size may differ (an
@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
 from ..io.atomic import atomic_write_bytes
-from ..io.catalog import Extractions, open_extractions
+from ..io.catalog import open_extractions
 from ..io.extraction import LoadedExtraction
 from ..io.formats import warn_image_folders_left_out
 from ..io.guard import is_disk_full
 from ..io.markers import DIFF_MARKER, linked_folder, make_marked_folder
-from ..io.messages import error_text, utf8_text
+from ..io.messages import error_text
 from ..io.outputs import RANDOM_NOTE
 from .diff_output import check_out_folder, picture_folders, write_tables
+from .diff_pairs import pair_images
 from .diff_result import DiffResult, ImageDiff, compare_arrays, level_order, worst_level
 from .overview import overview_png
 
@@ -57,54 +58,6 @@ def _geometry_mismatch(a: LoadedExtraction, b: LoadedExtraction, levels: list[st
         if sa != sb:
             return f"geometry differs: {name} valid shape {sa} in A, {sb} in B"
     return None
-
-
-def _canonical(found: Extractions, other: Extractions) -> dict[str, str]:
-    """Each image key of ``found`` -> the key it is matched by. A folder output against a
-    ``--format wds`` one: the folder's keys as wds names them (``shards.wds_key``: ``b.v1`` is
-    ``b%2Ev1`` in the shards), or as earlier versions did where ``other`` has that key instead
-    (dots became ``_``: ``b_v1``)."""
-    keys = found.keys()
-    if found.format == other.format or found.format == "wds":
-        return {k: k for k in keys}
-    from ..io.shards import wds_key
-
-    theirs = set(other.keys())
-
-    def key(k: str) -> str:
-        new = wds_key(k)
-        old = "/".join(utf8_text(p).replace(".", "_") for p in PurePosixPath(k).parts)
-        return old if new not in theirs and old in theirs else new
-
-    return {k: key(k) for k in keys}
-
-
-def _pair(found_a: Extractions, found_b: Extractions) -> list[tuple[str, str | None, str | None]]:
-    """(key, key in A, key in B) for every image of either root, in an order that reads each
-    side's shards one after the other (A's storage order, then B's): a shard's member table is
-    built once, not once per image."""
-    keys_a, keys_b = found_a.keys(), found_b.keys()
-    if found_a.single or found_b.single:  # an image folder against one image of the other side
-        single = keys_a[0] if found_a.single else keys_b[0]
-        other = keys_b if found_a.single else keys_a
-        match = other[0] if len(other) == 1 else (single if single in other else None)
-        return [(single, single, match) if found_a.single else (single, match, single)]
-    canon_a, canon_b = _canonical(found_a, found_b), _canonical(found_b, found_a)
-    b_of = {canon_b[k]: k for k in keys_b}
-    rank_b = {k: i for i, k in enumerate(keys_b)}
-    matched_b = set()
-    pairs = []
-    for k in keys_a:
-        kb = b_of.get(canon_a[k])
-        matched_b.add(kb)
-        pairs.append((k, k, kb))
-    if found_a.format == "wds":  # A shard by shard, and within one B's shards one by one
-        shard_a = {k: found_a.shard(k) for k in keys_a}
-        pairs.sort(key=lambda p: (shard_a[p[0]], rank_b.get(p[2], -1)))
-    elif found_b.format == "wds":
-        pairs.sort(key=lambda p: rank_b.get(p[2], -1))
-    pairs += [(k, None, k) for k in keys_b if k not in matched_b]
-    return pairs
 
 
 def short_names(a: str | Path, b: str | Path) -> tuple[str, str]:
@@ -264,7 +217,7 @@ def diff_extractions(
     if out_dir is not None:  # before any picture is written
         check_out_folder(out_dir)
         make_marked_folder(out_dir, DIFF_MARKER)  # a later extract never reads its pictures
-    pairs = _pair(found_a, found_b)
+    pairs = pair_images(found_a, found_b)
     names = short_names(a, b)
     folders = picture_folders([k for k, _, _ in pairs])  # an image called diff.csv: not there
     images = [_compare_one(k, found_a, ka, found_b, kb, levels, out_dir, cmap, names, folders[k])
