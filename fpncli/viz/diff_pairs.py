@@ -3,6 +3,7 @@ below its root), a folder output's keys matched to a ``--format wds`` one's."""
 
 from __future__ import annotations
 
+import collections
 from pathlib import PurePosixPath
 
 from ..io.catalog import Extractions
@@ -15,18 +16,26 @@ def _canonical(found: Extractions, other: Extractions) -> dict[str, str]:
     """Each image key of ``found`` -> the key it is matched by. A folder output against a
     ``--format wds`` one: the folder's keys as wds names them (``shards.wds_key``: ``b.v1`` is
     ``b%2Ev1`` in the shards), or as earlier versions did where ``other`` has that key instead
-    (dots became ``_``: ``b_v1``)."""
+    (dots became ``_``: ``b_v1``), unless that is the key of another of ``found``'s images (the
+    photo ``b_v1.jpg`` beside ``b.v1.jpg``) or two of them would take it (``x.y_z`` and
+    ``x_y.z``): a key ``other`` holds is never matched by another photo's."""
     keys = found.keys()
     if found.format == other.format or found.format == "wds":
         return {k: k for k in keys}
     from ..io.shards import wds_key
 
     theirs = set(other.keys())
+    new = {k: wds_key(k) for k in keys}
+    old = {k: "/".join(utf8_text(p).replace(".", "_") for p in PurePosixPath(k).parts)
+           for k in keys}  # fmt: skip
+    owned = set(new.values())
+    claims = collections.Counter(old.values())
 
     def key(k: str) -> str:
-        new = wds_key(k)
-        old = "/".join(utf8_text(p).replace(".", "_") for p in PurePosixPath(k).parts)
-        return old if new not in theirs and old in theirs else new
+        earlier = old[k]
+        if new[k] in theirs or earlier not in theirs or earlier in owned or claims[earlier] > 1:
+            return new[k]
+        return earlier
 
     return {k: key(k) for k in keys}
 
