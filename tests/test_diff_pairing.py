@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 import shutil
 
 import numpy as np
@@ -52,3 +55,77 @@ def test_a_folder_key_whose_earlier_wds_spelling_is_another_photos_key_stays_unp
     code, lines = _diff(tmp_path / "W4", tmp_path / "F3", "-o", tmp_path / "d")
     assert code == 1 and "not compared: a.b: only in B" in lines
     assert lines[-1].startswith("1 of 2 images compared: all 1 compared agree"), lines
+
+
+@pytest.fixture(scope="module")
+def swapped_runs(tmp_path_factory):
+    """Two photos both called q.png (r1/ and r2/, different pixels), extracted as ``r1 r2`` (q is
+    r1's, q_2 r2's) and as ``r2 r1`` (the other way round), each run into a folder output; and
+    the second into a wds output where pyarrow is installed."""
+    root = tmp_path_factory.mktemp("swapped")
+    _noise(root / "r1" / "q.png", 1)
+    _noise(root / "r2" / "q.png", 2)
+    _extract(root / "r1", root / "r2", "-o", root / "RF1")
+    _extract(root / "r2", root / "r1", "-o", root / "RF2")
+    try:
+        import pyarrow.parquet  # noqa: F401
+
+        _extract(root / "r2", root / "r1", "-o", root / "RW2", "--format", "wds")
+    except ImportError:
+        pass
+    return root
+
+
+def test_images_of_the_same_photo_under_other_keys_are_paired_by_their_recorded_input(
+    swapped_runs, tmp_path
+):
+    """``extract r1 r2`` then ``extract r2 r1``: each run's q is the other's q_2. diff paired by
+    key only, and both images "DO NOT agree" (two different photos compared), exit 1. Each is
+    now compared with the image made from the same file, a note saying so, in diff.json too."""
+    root = swapped_runs
+    sides = [root / "RF2"] + [root / "RW2"] * (root / "RW2").is_dir()
+    for b in sides:
+        d = tmp_path / b.name
+        code, lines = _diff(root / "RF1", b, "-o", d)
+        assert code == 0, lines
+        assert lines[-1].startswith("2 of 2 images compared: all 2 compared agree"), lines
+        r1, r2 = (os.path.realpath(root / r / "q.png") for r in ("r1", "r2"))
+        for key, mine, theirs, their_key in (("q", r1, r2, "q_2"), ("q_2", r2, r1, "q")):
+            assert (f"note: {key}: compared with B's {their_key}, made from the same input, "
+                    f"{mine} (B's {key} was made from {theirs})") in lines  # fmt: skip
+        images = {i["key"]: i for i in json.loads((d / "diff.json").read_text())["images"]}
+        assert images["q"]["note"].startswith("compared with B's q_2, made from the same input")
+        rows = list(csv.reader((d / "diff.csv").open()))
+        assert ["q", "", "", "", "", "", images["q"]["note"]] in rows
+    # B's q_2 gone: A's q (r1's photo) is only in A, B's q being r2's
+    only_q = tmp_path / "only_q"
+    shutil.copytree(root / "RF2", only_q)
+    shutil.rmtree(only_q / "q_2")
+    code, lines = _diff(root / "RF1", only_q, "-o", tmp_path / "d")
+    assert code == 1 and "not compared: q: only in A" in lines
+    assert (f"note: q: B's q was made from another input, {r2}, and compared with the image of A "
+            "made from it") in lines  # fmt: skip
+    assert lines[-1].startswith("1 of 2 images compared: all 1 compared agree"), lines
+
+
+def test_paths_recorded_elsewhere_leave_key_pairing_and_two_files_here_are_noted(
+    swapped_runs, tmp_path
+):
+    """The runs made on two machines (B's recorded paths are no file here): pairing by key
+    stays, without a note, as nothing is known. Two images paired by key whose recorded inputs
+    are two different files here are compared with a note naming both."""
+    root = swapped_runs
+    moved = tmp_path / "moved"
+    shutil.copytree(root / "RF2", moved)
+    for manifest in moved.glob("*/manifest.json"):
+        data = json.loads(manifest.read_text())
+        data["input"]["real_path"] = "/elsewhere" + data["input"]["real_path"]
+        manifest.write_text(json.dumps(data))
+    code, lines = _diff(root / "RF1", moved, "-o", tmp_path / "d")
+    assert code == 1 and not [line for line in lines if line.startswith("note: ")], lines
+    differ = sorted(line.split(":")[1] for line in lines if line.startswith("differs: "))
+    assert differ == [" q", " q_2"], lines
+    r1, r2 = (os.path.realpath(root / r / "q.png") for r in ("r1", "r2"))
+    code, lines = _diff(root / "RF1" / "q_2", root / "RF2" / "q_2", "-o", tmp_path / "d")
+    assert code == 1  # two image folders named: compared as given, the doubt said
+    assert f"note: q_2: made from different files: {r2} in A, {r1} in B" in lines

@@ -64,6 +64,8 @@ def diff(a, b, tol, levels, out_dir, no_pictures) -> None:
         click.echo(f"levels saved (as .npy) in {side} only, not compared: {', '.join(names)}",
                    err=True)  # fmt: skip
     for image in result.images:
+        if image.note:
+            click.echo(f"note: {image.key}: {image.note}", err=True)
         if image.skipped:
             click.echo(f"not compared: {image.key}: {image.skipped}", err=True)
         elif not image.agrees(tol):

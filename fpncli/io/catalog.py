@@ -36,6 +36,7 @@ from .extraction import (
 from .guard import parse_json
 from .manifest import MANIFEST, check_manifest, load_manifest
 from .npy import npy_from_bytes
+from .recorded_input import recorded_input
 
 __all__ = ["Extractions", "open_extractions", "iter_extractions", "is_sharded"]
 
@@ -105,6 +106,15 @@ class Extractions:
     def size(self, key: str) -> int:
         """The bytes one image's outputs take."""
         raise NotImplementedError
+
+    def source(self, key: str) -> str | None:
+        """The real path of the input file the image was made from, as its manifest records it
+        (``input.real_path``); None where none is recorded (an earlier version's) or the
+        manifest cannot be read (``load`` says why)."""
+        try:
+            return recorded_input(self.manifest(key))
+        except (ValueError, OSError):
+            return None
 
     def failures(self) -> list[Failure]:
         """Inputs that failed: the last run's (``run.json``) for folders, every key of the
@@ -305,6 +315,11 @@ class _Shards(Extractions):
 
     def size(self, key: str) -> int:
         return int(self._row(key)["bytes"] or 0)
+
+    def source(self, key: str) -> str | None:
+        # the index's source column (the file's real path, as a manifest's input.real_path):
+        # no shard is read
+        return self._row(key)["source"] or None
 
     def failures(self) -> list[Failure]:
         return list(self._failed)

@@ -219,9 +219,13 @@ def diff_extractions(
         make_marked_folder(out_dir, DIFF_MARKER)  # a later extract never reads its pictures
     pairs = pair_images(found_a, found_b)
     names = short_names(a, b)
-    folders = picture_folders([k for k, _, _ in pairs])  # an image called diff.csv: not there
-    images = [_compare_one(k, found_a, ka, found_b, kb, levels, out_dir, cmap, names, folders[k])
-              for k, ka, kb in pairs]  # fmt: skip
+    folders = picture_folders([p.key for p in pairs])  # an image called diff.csv: not there
+    images = []
+    for key, key_a, key_b, note in pairs:
+        image = _compare_one(key, found_a, key_a, found_b, key_b, levels, out_dir, cmap, names,
+                             folders[key])  # fmt: skip
+        image.note = note
+        images.append(image)
     images.sort(key=lambda i: i.key)
     result = DiffResult(str(a), str(b), tol, images)
     if out_dir is not None:

@@ -1,15 +1,35 @@
-"""How ``fpncli diff`` pairs the images of its two extractions: by key (the image folder's path
-below its root), a folder output's keys matched to a ``--format wds`` one's."""
+"""How ``fpncli diff`` pairs the images of its two extractions.
+
+By key (the image folder's path below its root), a folder output's keys matched to a ``--format
+wds`` one's (``_canonical``), except where both sides record the input file each image was made
+from (a manifest's ``input.real_path``, a wds index's ``source``: ``Extractions.source``) and an
+image of A records the same file as an image of B under another key: those two are one photo and
+are compared, with a note. Two runs of the same photos given in another order (``extract r1 r2``,
+then ``extract r2 r1``) give the two ``q.png`` each other's keys (``q``, ``q_2``). Paths recorded
+on another machine (or before the photos moved) match nothing, and key pairing stays; a pair whose
+recorded inputs are two different files here is compared with a note saying so.
+"""
 
 from __future__ import annotations
 
 import collections
+import os
 from pathlib import PurePosixPath
+from typing import NamedTuple
 
 from ..io.catalog import Extractions
-from ..io.messages import utf8_text
+from ..io.messages import quote_name, utf8_text
 
-__all__ = ["pair_images"]
+__all__ = ["Pair", "pair_images"]
+
+
+class Pair(NamedTuple):
+    """One image of A and its counterpart in B (None: found on one side only)."""
+
+    key: str  # as reported: A's key; B's for an image of B only, or against a B image folder
+    key_a: str | None
+    key_b: str | None
+    note: str | None = None  # why these two (keys that differ), or a doubt about them
 
 
 def _canonical(found: Extractions, other: Extractions) -> dict[str, str]:
@@ -40,31 +60,74 @@ def _canonical(found: Extractions, other: Extractions) -> dict[str, str]:
     return {k: key(k) for k in keys}
 
 
-def pair_images(
-    found_a: Extractions, found_b: Extractions
-) -> list[tuple[str, str | None, str | None]]:
-    """(key, key in A, key in B) for every image of either root, in an order that reads each
+def pair_images(found_a: Extractions, found_b: Extractions) -> list[Pair]:
+    """Every image of either root paired with its counterpart, in an order that reads each
     side's shards one after the other (A's storage order, then B's): a shard's member table is
-    built once, not once per image."""
+    built once, not once per image. Two image folders (``single``) are paired with each other,
+    whatever their names."""
     keys_a, keys_b = found_a.keys(), found_b.keys()
+    if found_a.single and found_b.single:  # both named by the user: compared as given
+        note = _other_files(found_a.source(keys_a[0]), found_b.source(keys_b[0]))
+        return [Pair(keys_a[0], keys_a[0], keys_b[0], note)]
     if found_a.single or found_b.single:  # an image folder against one image of the other side
         single = keys_a[0] if found_a.single else keys_b[0]
         other = keys_b if found_a.single else keys_a
         match = other[0] if len(other) == 1 else (single if single in other else None)
-        return [(single, single, match) if found_a.single else (single, match, single)]
+        return [Pair(single, single, match) if found_a.single else Pair(single, match, single)]
     canon_a, canon_b = _canonical(found_a, found_b), _canonical(found_b, found_a)
     b_of = {canon_b[k]: k for k in keys_b}
-    rank_b = {k: i for i, k in enumerate(keys_b)}
-    matched_b = set()
+    sources_a = {k: found_a.source(k) for k in keys_a}
+    sources_b = {k: found_b.source(k) for k in keys_b}
+    in_b = _by_source(sources_b)
+    # an image of A and one of B made from the same file are one photo, whatever their keys
+    same = {k: in_b[path] for path, k in _by_source(sources_a).items() if path in in_b}
+    matched_b = set(same.values())
     pairs = []
     for k in keys_a:
-        kb = b_of.get(canon_a[k])
-        matched_b.add(kb)
-        pairs.append((k, k, kb))
+        by_key = b_of.get(canon_a[k])
+        kb = same.get(k)
+        if kb is not None and kb != by_key:
+            note = f"compared with B's {kb}, made from the same input, {quote_name(sources_a[k])}"
+            if by_key is not None:
+                note += f" (B's {by_key} was made from {_named(sources_b[by_key])})"
+        elif kb is None and by_key is not None and by_key in matched_b:  # another A image's
+            note = (f"B's {by_key} was made from another input, {_named(sources_b[by_key])}, "
+                    "and compared with the image of A made from it")  # fmt: skip
+        else:
+            kb = by_key
+            note = None if kb is None else _other_files(sources_a[k], sources_b[kb])
+        if kb is not None:
+            matched_b.add(kb)
+        pairs.append(Pair(k, k, kb, note))
+    rank_b = {k: i for i, k in enumerate(keys_b)}
     if found_a.format == "wds":  # A shard by shard, and within one B's shards one by one
         shard_a = {k: found_a.shard(k) for k in keys_a}
-        pairs.sort(key=lambda p: (shard_a[p[0]], rank_b.get(p[2], -1)))
+        pairs.sort(key=lambda p: (shard_a[p.key_a], rank_b.get(p.key_b, -1)))
     elif found_b.format == "wds":
-        pairs.sort(key=lambda p: rank_b.get(p[2], -1))
-    pairs += [(k, None, k) for k in keys_b if k not in matched_b]
+        pairs.sort(key=lambda p: rank_b.get(p.key_b, -1))
+    pairs += [Pair(k, None, k) for k in keys_b if k not in matched_b]
     return pairs
+
+
+def _by_source(sources: dict[str, str | None]) -> dict[str, str]:
+    """Recorded input -> key, for each input that one image only records."""
+    counts = collections.Counter(path for path in sources.values() if path)
+    return {path: k for k, path in sources.items() if path and counts[path] == 1}
+
+
+def _named(path: str | None) -> str:
+    return "an input it does not record" if path is None else quote_name(path)
+
+
+def _other_files(path_a: str | None, path_b: str | None) -> str | None:
+    """The note of two images compared although their recorded inputs are two different files
+    here; None where they are the same file, or a path names no file here (recorded on another
+    machine, or the photos moved since: it says nothing about the photo)."""
+    if not path_a or not path_b or path_a == path_b:
+        return None
+    try:
+        if os.path.samefile(path_a, path_b):
+            return None
+    except (OSError, ValueError):
+        return None
+    return f"made from different files: {quote_name(path_a)} in A, {quote_name(path_b)} in B"

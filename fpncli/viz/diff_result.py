@@ -49,6 +49,10 @@ class ImageDiff:
     # or folder where it goes (keys x and x/diff.png), a folder that cannot be written or is
     # a symlink (never written through)
     picture_error: str | None = None
+    # how it was paired where its keys differ (the same recorded input under another key), or
+    # why it was not (an image folder against a root without its key); a doubt about the pair
+    # (made from two different files): ``diff_pairs``
+    note: str | None = None
 
     def agrees(self, tol: float) -> bool:
         return self.skipped is None and all(d.max_rel <= tol for d in self.levels)
