@@ -129,3 +129,28 @@ def test_paths_recorded_elsewhere_leave_key_pairing_and_two_files_here_are_noted
     code, lines = _diff(root / "RF1" / "q_2", root / "RF2" / "q_2", "-o", tmp_path / "d")
     assert code == 1  # two image folders named: compared as given, the doubt said
     assert f"note: q_2: made from different files: {r2} in A, {r1} in B" in lines
+
+
+def test_an_image_folder_is_compared_only_with_its_own_image_of_the_other_root(
+    swapped_runs, tmp_path
+):
+    """``diff A/a Z``, Z holding one other image z: a was compared with z (any image, where Z held
+    one), "DO NOT agree". It is paired by recorded input, else by key (or the one key ending in
+    its name), else with none: only in A, and the note says how to compare it with another."""
+    root = swapped_runs
+    other = tmp_path / "other"  # one image, q_2 (r2's photo), the folder A/q is r1's
+    shutil.copytree(root / "RF1", other)
+    shutil.rmtree(other / "q")
+    for args, side in (((root / "RF1" / "q", other), "B"), ((other, root / "RF1" / "q"), "A")):
+        code, lines = _diff(*args, "-o", tmp_path / "d")
+        assert code == 1 and "0 of 1 images compared: none compared" in lines[-1], lines
+        assert f"not compared: q: only in {'AB'[side == 'A']}" in lines
+        assert (f"note: q: {side} holds no image q nor one made from its input: to compare it "
+                f"with another image, give that image's folder as {side}") in lines  # fmt: skip
+    r1 = os.path.realpath(root / "r1" / "q.png")
+    code, lines = _diff(root / "RF1" / "q", root / "RF2", "-o", tmp_path / "d")
+    assert code == 0 and f"note: q: compared with B's q_2, made from the same input, {r1}" in lines
+    nested = tmp_path / "nested"  # by key: the one image whose key ends in the folder's name
+    shutil.copytree(root / "RF1" / "q_2", nested / "sub" / "q_2")
+    code, lines = _diff(root / "RF1" / "q_2", nested, "-o", tmp_path / "d")
+    assert code == 0 and lines[-1].startswith("1 of 1 images compared: all 1"), lines

@@ -63,17 +63,15 @@ def _canonical(found: Extractions, other: Extractions) -> dict[str, str]:
 def pair_images(found_a: Extractions, found_b: Extractions) -> list[Pair]:
     """Every image of either root paired with its counterpart, in an order that reads each
     side's shards one after the other (A's storage order, then B's): a shard's member table is
-    built once, not once per image. Two image folders (``single``) are paired with each other,
-    whatever their names."""
+    built once, not once per image. An image folder (``single``) is paired with one image of
+    the other side (``_pair_single``); two image folders with each other, whatever their
+    names."""
     keys_a, keys_b = found_a.keys(), found_b.keys()
     if found_a.single and found_b.single:  # both named by the user: compared as given
         note = _other_files(found_a.source(keys_a[0]), found_b.source(keys_b[0]))
         return [Pair(keys_a[0], keys_a[0], keys_b[0], note)]
-    if found_a.single or found_b.single:  # an image folder against one image of the other side
-        single = keys_a[0] if found_a.single else keys_b[0]
-        other = keys_b if found_a.single else keys_a
-        match = other[0] if len(other) == 1 else (single if single in other else None)
-        return [Pair(single, single, match) if found_a.single else Pair(single, match, single)]
+    if found_a.single or found_b.single:
+        return [_pair_single(found_a, found_b)]
     canon_a, canon_b = _canonical(found_a, found_b), _canonical(found_b, found_a)
     b_of = {canon_b[k]: k for k in keys_b}
     sources_a = {k: found_a.source(k) for k in keys_a}
@@ -107,6 +105,35 @@ def pair_images(found_a: Extractions, found_b: Extractions) -> list[Pair]:
         pairs.sort(key=lambda p: rank_b.get(p.key_b, -1))
     pairs += [Pair(k, None, k) for k in keys_b if k not in matched_b]
     return pairs
+
+
+def _pair_single(found_a: Extractions, found_b: Extractions) -> Pair:
+    """An image folder (``single``) against a root of the other side: paired with the image
+    made from the same input file, else the one of its key (its folder's name), else the one
+    image whose key ends in that name (``sub/a`` for ``a``); else with none, and said. Never
+    with an image of another key only because the root holds one image."""
+    one, other = (found_a, found_b) if found_a.single else (found_b, found_a)
+    (key,) = one.keys()
+    side = "B" if one is found_a else "A"  # the root's
+    names = _canonical(other, one)
+    target = _canonical(one, other)[key]  # as the other side spells it (wds: b%2Ev1)
+    match = next((k for k in other.keys() if names[k] == target), None)
+    path, note = one.source(key), None
+    if path is not None and (match is None or other.source(match) != path):
+        by_source = _by_source({k: other.source(k) for k in other.keys()}).get(path)
+        if by_source is not None and by_source != match:
+            match = by_source
+            note = f"compared with {side}'s {match}, made from the same input, {quote_name(path)}"
+    if match is None:
+        ends = [k for k in other.keys() if names[k].rsplit("/", 1)[-1] == target]
+        match = ends[0] if len(ends) == 1 else None
+    if match is None:
+        note = (f"{side} holds no image {target} nor one made from its input: to compare it "
+                f"with another image, give that image's folder as {side}")  # fmt: skip
+    elif note is None:
+        sources = (path, other.source(match))
+        note = _other_files(*(sources if one is found_a else sources[::-1]))
+    return Pair(key, key, match, note) if one is found_a else Pair(key, match, key, note)
 
 
 def _by_source(sources: dict[str, str | None]) -> dict[str, str]:
