@@ -576,3 +576,52 @@ def test_diff_writes_only_into_a_folder_of_its_own(sample_extraction, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert CliRunner().invoke(cli, ["diff", *args[1:3], "-o", str(empty)]).exit_code == 0
+
+
+def test_a_diff_into_an_earlier_diffs_folder_removes_the_pictures_it_does_not_draw_again(
+    sample_extraction, tmp_path
+):
+    """``diff A A -o D``, then ``diff A B -o D`` with coffee no longer compared (its geometry
+    differs in B), or ``--no-pictures``: the earlier D/KEY/diff.png pictures stayed beside a
+    diff.json that listed none of them. They are removed now, and the folders left empty; only
+    what the earlier diff.json lists as its pictures, never a file of the user's, nor a path of
+    a forged table outside D or through a symlinked folder."""
+    d = tmp_path / "d"
+    runner = CliRunner()
+    args = ["diff", str(sample_extraction), str(sample_extraction), "-o", str(d)]
+    assert runner.invoke(cli, args).exit_code == 0
+    drawn = sorted(p.parent.name for p in d.rglob("diff.png"))
+    assert drawn == ["chelsea", "coffee", "rocket"]
+    (d / "rocket" / "notes.txt").write_text("mine")
+    b = tmp_path / "b"
+    shutil.copytree(sample_extraction, b)
+    manifest = json.loads((b / "coffee" / "manifest.json").read_text())
+    manifest["preprocess"]["resized_width"] += 32
+    (b / "coffee" / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(cli, ["diff", str(sample_extraction), str(b), "-o", str(d)])
+    assert result.exit_code == 1 and "not compared: coffee: geometry differs" in result.output
+    assert sorted(p.parent.name for p in d.rglob("diff.png")) == ["chelsea", "rocket"]
+    assert not (d / "coffee").exists()
+    listed = {i["picture"] for i in json.loads((d / "diff.json").read_text())["images"]}
+    assert listed == {"chelsea/diff.png", "rocket/diff.png", None}
+    again = runner.invoke(cli, [*args, "--no-pictures"])
+    assert again.exit_code == 0, again.output
+    assert not list(d.rglob("diff.png")) and not (d / "chelsea").exists()
+    assert (d / "rocket" / "notes.txt").read_text() == "mine"  # the user's, and its folder
+    assert {i["picture"] for i in json.loads((d / "diff.json").read_text())["images"]} == {None}
+    # a forged table: pictures outside D, or through a link, are never removed
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "diff.png").write_bytes(b"not diff's")
+    (d / "link").symlink_to(victim)
+    forged = {
+        "a": "x",
+        "b": "y",
+        "tol": 0.0,
+        "images": [
+            {"picture": p} for p in ("../victim/diff.png", f"{victim}/diff.png", "link/diff.png")
+        ],
+    }
+    (d / "diff.json").write_text(json.dumps(forged))
+    assert runner.invoke(cli, [*args, "--no-pictures"]).exit_code == 0
+    assert (victim / "diff.png").read_bytes() == b"not diff's"

@@ -2,8 +2,8 @@
 
 Which folders diff may write into (``check_out_folder``, ``check_table_targets``), where each
 image's |A - B| picture goes below it (``picture_folders``: never over a table), and the tables
-themselves, ``diff.json`` and ``diff.csv`` (``write_tables``). The pictures are drawn by
-``diff``.
+themselves, ``diff.json`` and ``diff.csv`` (``write_tables``, which removes an earlier diff's
+pictures not drawn again). The pictures are drawn by ``diff``.
 """
 
 from __future__ import annotations
@@ -11,19 +11,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..io.atomic import TMP_MARK, atomic_write_bytes
 from ..io.guard import read_json_file
 from ..io.inputs import fitted_name
-from ..io.markers import DIFF_MARKER, check_no_dangling_link, make_marked_folder
-from ..io.messages import kind, utf8_text
+from ..io.markers import DIFF_MARKER, check_no_dangling_link, linked_folder, make_marked_folder
+from ..io.messages import error_text, kind, utf8_text
 from .diff_result import DiffResult
 
 __all__ = ["check_out_folder", "check_table_targets", "picture_folders", "write_tables"]
+
+log = logging.getLogger(__name__)
 
 _TABLES = ("diff.json", "diff.csv")  # written into the output folder beside the pictures
 
@@ -128,7 +131,8 @@ def check_table_targets(out: str | Path) -> None:
 def write_tables(result: DiffResult, out: str | Path) -> None:
     """``OUT/diff.json`` (everything) and ``OUT/diff.csv`` (one row per image and level, and one
     with no level saying why for an image not compared or whose picture was not written, or
-    how it was paired: ``ImageDiff.note``).
+    how it was paired: ``ImageDiff.note``). The pictures an earlier diff into ``OUT`` listed in
+    its ``diff.json`` and this one did not draw again are removed (``_remove_pictures``).
 
     ``diff.json`` is strict JSON (RFC 8259): a measure that is not a finite number (NaN where
     A or B holds one, ``max_rel`` infinite where A is zero and B is not) is written as the
@@ -137,10 +141,56 @@ def write_tables(result: DiffResult, out: str | Path) -> None:
     out = Path(out)
     check_table_targets(out)
     make_marked_folder(out, DIFF_MARKER)  # (--no-pictures: the CLI checked check_out_folder)
+    earlier = _earlier_pictures(out)  # before its diff.json, which lists them, is replaced
     json_name, csv_name = _TABLES
     data = json.dumps(_strict(result.to_json()), indent=2, allow_nan=False)
     atomic_write_bytes(out / json_name, data.encode())
     atomic_write_bytes(out / csv_name, utf8_text(_csv(result)).encode())
+    _remove_pictures(out, earlier - {image.picture for image in result.images})
+
+
+def _earlier_pictures(out: Path) -> set[str]:
+    """The pictures the diff that wrote ``out`` before listed in its ``diff.json`` (paths below
+    ``out``); none where there is no such table or it cannot be read."""
+    try:
+        table = read_json_file(out / _TABLES[0], 1 << 30)
+    except (OSError, ValueError):
+        return set()
+    images = table.get("images") if isinstance(table, dict) else None
+    if not isinstance(images, list):
+        return set()
+    pictures = (image.get("picture") for image in images if isinstance(image, dict))
+    return {picture for picture in pictures if isinstance(picture, str)}
+
+
+def _remove_pictures(out: Path, pictures: set[str]) -> None:
+    """Remove the earlier diff's pictures this one did not write again (an image no longer
+    compared, or with --no-pictures), so that none is left beside a ``diff.json`` that does not
+    list it; and the picture folders that leaves empty. Only what diff writes: a regular file
+    ``diff.png`` below ``out``, never through a symlinked folder."""
+    for name in sorted(pictures):
+        parts = PurePosixPath(name).parts
+        if len(parts) < 2 or parts[-1] != "diff.png" or name.startswith("/") or ".." in parts:
+            continue  # not a picture path diff writes: a forged table's
+        path = out.joinpath(*parts)
+        try:
+            if linked_folder(path.parent, out) is not None:
+                continue  # never removed through a symlinked folder
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as e:  # said: a picture left beside tables that no longer list it
+            log.warning("earlier diff picture %s not removed: %s", path, error_text(e))
+            continue
+        for folder in path.parents:  # its picture folders, now empty (a key's, sub/a's)
+            if folder == out or not folder.is_relative_to(out):
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: another picture, or files of the user's
+                break
 
 
 def _strict(value):
