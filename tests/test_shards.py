@@ -1716,3 +1716,23 @@ def test_a_url_output_is_named_as_given_in_the_summary(tmp_path):
     result = _run([str(folder), "-o", url, "--format", "wds"])
     assert result.exit_code == 0, result.output
     assert result.stdout.rstrip().endswith(f"written to {url}"), result.stdout
+
+
+def test_wds_overwrite_of_some_images_refuses_to_remove_the_others(tmp_path):
+    """--overwrite (--no-resume) of a wds output removes every shard: given some of its images
+    only, it is refused in one line, and the others' shards and index stay; given them all, it
+    redoes the output."""
+    inputs = _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    assert _run([str(inputs), "-o", str(out), "--format", "wds"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.glob("shard-*.tar")}
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    for flag in ("--overwrite", "--no-resume"):
+        result = _run([str(inputs / "img.1.png"), "-o", str(out), "--format", "wds", flag])
+        assert result.exit_code == 1, result.output
+        (line,) = [x for x in result.output.splitlines() if "other images than these" in x]
+        assert "2 other images" in line and "img.2" in line and "Traceback" not in result.output
+        assert {p.name: p.read_bytes() for p in out.glob("shard-*.tar")} == before
+        assert pq.read_table(out / "index.parquet").to_pylist() == index
+    again = _run([str(inputs), "-o", str(out), "--format", "wds", "--overwrite"])
+    assert again.exit_code == 0 and "done 3" in again.output, again.output

@@ -159,7 +159,9 @@ EXTRACT_PARAMETERS = (
     click.option(
         "--overwrite",
         is_flag=True,
-        help="Redo images whose outputs are complete (the same as --no-resume).",
+        help="Redo images whose outputs are complete (the same as --no-resume). A --format "
+        "wds output is redone whole (its shards are only appended to): refused where it holds "
+        "other images than these.",
     ),
     click.option(
         "--resume/--no-resume",

@@ -88,9 +88,12 @@ def prepare_root(
     Raises:
         ValueError: ``root`` holds images made with other weights or options (that would mix
             two extractions in one index), or other files under these keys (``p2/a.jpg`` and
-            then ``other/a.jpg`` are both ``a``); use another output or ``--overwrite``.
+            then ``other/a.jpg`` are both ``a``); use another output or ``--overwrite``. With
+            ``overwrite``: ``root`` holds images of other files than ``sources`` (removing
+            every shard would lose them; ``_check_overwrite``).
     """
     if overwrite:
+        _check_overwrite(fs, root, sources)
         ledger = fs.glob(f"{root}/{INDEX_DIR}/part-*")
         for path in _own_shards(fs, root) + ledger:
             fs.rm(path)
@@ -147,6 +150,33 @@ def prepare_root(
             "shards"
         )
     return done
+
+
+def _check_overwrite(fs, root: str, sources: dict[str, str]) -> None:
+    """Refuse ``--overwrite`` where ``root`` holds images (``ok`` in its ledger) of files that
+    are not among ``sources``, under keys that are not theirs: a wds output is only appended to,
+    so ``--overwrite`` removes every shard, and ``extract a.jpg -o OUT --overwrite`` would lose
+    every other image of OUT (a folder output keeps the other images' folders). An index that
+    cannot be read says nothing of what it holds: ``--overwrite`` starts such an output afresh."""
+    try:
+        rows = read_index(fs, root, warn=False).select(["key", "source", "status"]).to_pylist()
+    except (ValueError, OSError):
+        return
+    mine = {utf8_text(source) for source in sources.values()}
+    others = {}
+    for row in rows:
+        if row["status"] == "ok" and row["key"] not in sources and row["source"] not in mine:
+            others[row["key"]] = row["source"]
+    if others:
+        key = min(others)
+        source = others[key]
+        made_from = f", made from {quote_name(source)}" if source else ""
+        raise ValueError(
+            f"{root} holds {len(others)} other images than these ({key!r}{made_from}"
+            f"{', ...' if len(others) > 1 else ''}): --overwrite of a --format wds output "
+            "removes all its shards, theirs too; give their files as well, write to another "
+            "output, or remove its shards yourself"
+        )
 
 
 def _legacy_same(fs, root: str, row: dict, legacy_settings: Callable[[dict], str | None]) -> bool:
