@@ -32,6 +32,7 @@ from .extract_checks import (
     _crash_after,
     _gpu_devices,
     _lock_format,
+    _probe_ray_address,
     _torch_device,
     _worker_devices,
 )
@@ -126,6 +127,8 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
         raise click.UsageError(str(e)) from None
     _check_scale(scale, output, out_format)
     _check_installed(engine, out_format, out_dir)
+    if engine == "ray":  # after every other check: a host that does not answer takes seconds
+        _probe_ray_address(engine_options)
     if out_format == "wds":  # someone else's shards: refused before -o is marked or weights load
         from ..io.shard_root import check_root
         from ..io.shards import open_root

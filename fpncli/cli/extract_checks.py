@@ -107,10 +107,43 @@ def _check_engine_options(out_dir, out_format, shard_size, engine, ray_address, 
             f"expected a fraction in (0, 1] or a whole number, got {fraction}",
             param_hint="'--gpus-per-worker'",
         )
+    address, source = ray_address, "--ray-address"
+    if not address:  # (an empty RAY_ADDRESS is unset, as Ray reads it)
+        address, source = os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
+    if address:
+        _check_ray_address(address, source)
     return {
-        "shard_bytes": shard_bytes, "address": ray_address or os.environ.get("RAY_ADDRESS"),
+        "shard_bytes": shard_bytes, "address": address, "address_source": source,
         "gpu_workers": workers, "gpus_per_worker": fraction,
     }  # fmt: skip
+
+
+def _check_ray_address(address: str, source: str) -> None:
+    """The form of ``--ray-address`` (or of ``RAY_ADDRESS``, ``source``): a usage error."""
+    from ..run.ray_start import check_address
+
+    try:
+        check_address(address)
+    except ValueError as e:
+        if source == "RAY_ADDRESS":
+            raise click.UsageError(f"RAY_ADDRESS={address}: {e}") from None
+        raise click.BadParameter(f"{e}, got {address!r}", param_hint="'--ray-address'") from None
+
+
+def _probe_ray_address(engine_options: dict) -> None:
+    """Refuse a Ray address where no cluster answers (``run.ray_start.probe_address``) in
+    seconds, once Ray is known to be installed; Ray's own retries take minutes."""
+    from ..run.ray_start import probe_address
+
+    address = engine_options["address"]
+    if not address:
+        return
+    try:
+        probe_address(address)
+    except ValueError as e:
+        raise click.ClickException(
+            f"cannot reach Ray at {address} ({engine_options['address_source']}): {e}"
+        ) from None
 
 
 def _checked_canvas(canvas: str | None, min_size: int, max_size: int, resize: bool,

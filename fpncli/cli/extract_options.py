@@ -232,7 +232,8 @@ EXTRACT_PARAMETERS = (
     click.option(
         "--ray-address",
         default=None,
-        help="Ray cluster to join (default: RAY_ADDRESS, else local).",
+        help="Ray cluster to join: HOST:PORT, ray://HOST:PORT or auto (default: RAY_ADDRESS, "
+        "else a local Ray).",
     ),
     click.option("--gpu-workers", default=None, help="Ray GPU actors: N or auto (default auto)."),
     click.option(

@@ -1,6 +1,7 @@
 """Starting Ray for ``--engine ray``, or joining a running cluster (``connect``), with Ray's own
-chatter kept off the terminal unless asked for, and a start that fails said in one line
-(``RayStartError``).
+chatter kept off the terminal unless asked for, a start that fails said in one line
+(``RayStartError``), and an address nobody answers at refused in seconds (``check_address``,
+``probe_address``), not after Ray's minutes of retries.
 """
 
 from __future__ import annotations
@@ -8,13 +9,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import tempfile
 import time
 
 from .runner import _reason
 
-__all__ = ["RayStartError", "exit_may_hang", "import_ray", "connect"]
+__all__ = [
+    "PROBE_TIMEOUT_S",
+    "RayStartError",
+    "check_address",
+    "connect",
+    "exit_may_hang",
+    "import_ray",
+    "probe_address",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +36,11 @@ class RayStartError(RuntimeError):
     ``ray.shutdown`` does not release it (the CLI ends the process at once after its line:
     ``exit_may_hang``)."""
 
+
+#: how long ``probe_address`` waits for a host that does not answer. Ray itself retries a
+#: cluster it cannot reach 20 times, each try waiting up to 30 s (``py_gcs_connect_timeout_s``):
+#: minutes for a mistyped address (14 for a refused port, measured with Ray 2.60).
+PROBE_TIMEOUT_S = 10.0
 
 #: the Ray starts that failed in this process (``RayStartError``)
 _failed_starts: list[str] = []
@@ -94,6 +109,11 @@ def connect(ray, address: str | None, quiet: bool = False) -> bool:
     processes are left as they are). A Ray the caller already runs is used as it is."""
     if ray.is_initialized():
         return False
+    if address:
+        try:
+            probe_address(address)
+        except ValueError as e:  # nothing was started: the exit does not hang
+            raise RayStartError(f"cannot reach Ray at {address}: {e}") from None
     start = time.monotonic()
     if quiet:
         chatter = {"logging_level": logging.ERROR, "log_to_driver": False}
@@ -123,3 +143,101 @@ def _shutdown_after_failed_start(ray) -> None:
         ray.shutdown()
     except Exception as e:
         log.debug("ray.shutdown after a failed start: %s", _reason(e))
+
+
+def check_address(address: str) -> tuple[str, int] | None:
+    """The host and port to probe for a Ray ``address``, or None for the ones Ray resolves
+    itself: ``auto``, ``local`` and URLs other than ``ray://`` (``anyscale://``, say).
+
+    ``HOST:PORT`` joins the head's GCS, ``ray://HOST:PORT`` its Ray Client server; an IPv6 host
+    goes in brackets (``[::1]:6379``), as in a URL. Raises ValueError with a one-line reason for
+    any other form (the caller names the address): Ray says little more than "invalid address",
+    or (``HOST:``, a port out of range) tries to connect for minutes."""
+    if address in ("auto", "local"):
+        return None
+    hostport = address
+    if "://" in address:
+        scheme, _, hostport = address.partition("://")
+        if scheme != "ray":
+            return None
+        hostport = hostport.removesuffix("/")
+    if hostport.startswith("["):
+        host, bracket, port = hostport[1:].partition("]")
+        if not bracket or not port.startswith(":"):
+            raise ValueError("expected [IPv6]:PORT")
+        port = port[1:]
+    else:
+        host, colon, port = hostport.rpartition(":")
+        if ":" in host:
+            raise ValueError("an IPv6 host goes in brackets, as in [::1]:6379")
+        if not colon:
+            raise ValueError(
+                "expected HOST:PORT (the head's GCS port, 6379 by default), ray://HOST:PORT "
+                "(Ray Client), auto or local"
+            )
+    if not host:
+        raise ValueError("no host before the port")
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError("the port must be a number from 1 to 65535")
+    return host, int(port)
+
+
+def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Refuse a Ray ``address`` where no cluster can answer, in about ``timeout_s`` at most:
+    ValueError with a one-line reason and what to check (the caller names the address) when it
+    is malformed (``check_address``), its host is not known, or nothing accepts a TCP
+    connection at its host and port. ``auto`` is probed at the address Ray picks for it (the
+    last ``ray start`` on this machine, which may have ended without ``ray stop``); the other
+    forms Ray resolves itself are left to ``ray.init``, and so is a port that accepts the
+    connection but is not Ray's (Ray says so in about 30 s)."""
+    if address != "auto":
+        target = check_address(address)
+        if target is not None:
+            _connect(*target, timeout_s)
+        return
+    target = _auto_target()
+    if target is None:
+        return
+    try:
+        _connect(*target, timeout_s)
+    except ValueError as e:
+        host, port = target
+        found = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "the last ray start here"
+        raise ValueError(f"Ray finds {host}:{port} for it ({found}): {e}") from None
+
+
+def _connect(host: str, port: int, timeout_s: float) -> None:
+    """Open and close a TCP connection to ``host``:``port``, or raise ValueError saying why
+    not and what to check."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except socket.gaierror:
+        raise ValueError(
+            f"unknown host {host}: check its spelling, or give the head's IP address"
+        ) from None
+    except TimeoutError:
+        raise ValueError(
+            f"no answer within {timeout_s:g} s: check the address, that the head is up and that "
+            f"no firewall blocks port {port}"
+        ) from None
+    except ConnectionRefusedError:
+        raise ValueError(
+            "connection refused: check that a Ray head runs there (ray start --head) and the "
+            "port (its GCS port, 6379 by default; with ray://, Ray Client's, 10001)"
+        ) from None
+    except OSError as e:  # e.g. no route to the host
+        raise ValueError(f"{e.strerror or e}: check the address and the network") from None
+
+
+def _auto_target() -> tuple[str, int] | None:
+    """The host and port Ray joins for ``auto`` (``RAY_ADDRESS``, else the last ``ray start``
+    on this machine, else a GCS running here), or None where Ray says at once itself why it
+    cannot (no cluster found), or where its resolver (a private one) has changed."""
+    try:
+        import ray._private.services
+
+        found = ray._private.services.canonicalize_bootstrap_address("auto")
+        return None if found is None else check_address(found)
+    except Exception as e:  # ConnectionError: no cluster here
+        log.debug("Ray's address for auto: %s", _reason(e))
+        return None
