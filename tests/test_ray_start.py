@@ -4,6 +4,7 @@ refused port, with Ray 2.60). No test here starts Ray, and none waits on the net
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 
@@ -215,3 +216,36 @@ def test_extract_refuses_a_ray_address_it_cannot_read_as_a_usage_error(tmp_path)
     assert "Error: RAY_ADDRESS=::1:6379: an IPv6 host goes in brackets, as in [::1]:6379" in (
         result.output
     )
+
+
+def test_a_failed_join_says_each_of_rays_retry_lines_once(monkeypatch, caplog):
+    """A port that answers but is not a Ray head: ``ray.init`` fails after its 20 retries, each
+    writing the same line (other times); said once with its count, not 20 lines before the
+    error's. Lines that are not the core's (a traceback) are kept as they came."""
+    import logging
+
+    monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("RAY_LOG_TO_STDERR", raising=False)
+    retry = "gcs_client.cc:210: Failed to get cluster ID from GCS server: RpcError: 404"
+    wrote = [f"[2026-11-28 03:25:{i:02},135 W 27740 27740] {retry}" for i in range(20)]
+    wrote += ["Traceback (most recent call last):", "  ...", "  ..."]
+
+    class FailingRay(_NoRay):
+        def init(self, **kwargs) -> None:
+            logging.getLogger("ray").setLevel(kwargs["logging_level"])  # as ray.init does
+            os.write(2, "\n".join(wrote).encode())
+            raise ConnectionError("Failed to connect to Ray cluster")
+
+    monkeypatch.setattr(logging.getLogger("ray"), "level", logging.NOTSET)
+    caplog.set_level(logging.DEBUG, logger="fpncli")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(RayStartError, match=f"^cannot start or reach Ray \\({address}\\)"):
+            connect(FailingRay(), address, quiet=True)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [("WARNING", "Ray's start wrote:\n" + "\n".join([
+        f"[2026-11-28 03:25:00,135 W 27740 27740] {retry} (20 times)",
+        "Traceback (most recent call last):", "  ...", "  ...",
+    ]))]  # fmt: skip

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import sys
 import tempfile
 import time
+from collections import Counter
 
 from .runner import _reason
 
@@ -41,6 +43,9 @@ class RayStartError(RuntimeError):
 #: cluster it cannot reach 20 times, each try waiting up to 30 s (``py_gcs_connect_timeout_s``):
 #: minutes for a mistyped address (14 for a refused port, measured with Ray 2.60).
 PROBE_TIMEOUT_S = 10.0
+
+#: the start of a line of Ray's C++ core: "[2026-11-28 03:25:01,135 W 27740 27740] "
+_CORE_PREFIX = re.compile(r"^\[[^\]]*\] ")
 
 #: the Ray starts that failed in this process (``RayStartError``)
 _failed_starts: list[str] = []
@@ -93,7 +98,23 @@ def _core_logs_fatal_only():
             captured.seek(0)
             text = captured.read().decode(errors="replace").strip()
             if text:
-                log.log(level, "Ray's start wrote:\n%s", text)
+                log.log(level, "Ray's start wrote:\n%s", _said_once(text))
+
+
+def _said_once(text: str) -> str:
+    """Ray's lines with each line of its C++ core said once (where it first came), with how
+    many times it came when more than once, the same words at other times: a join that fails
+    writes a few lines per retry, 20 retries. Other lines (a traceback) are kept as they are."""
+    lines = [(line, _CORE_PREFIX.sub("", line)) for line in text.splitlines()]
+    counts = Counter(words for line, words in lines if words != line)
+    kept, said = [], set()
+    for line, words in lines:
+        if words == line:
+            kept.append(line)
+        elif words not in said:
+            said.add(words)
+            kept.append(line if counts[words] == 1 else f"{line} ({counts[words]} times)")
+    return "\n".join(kept)
 
 
 def connect(ray, address: str | None, quiet: bool = False) -> bool:
