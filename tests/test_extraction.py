@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import fpncli
-from fpncli.io.extraction import find_extractions, find_manifests, read_run_log
+from fpncli.io.extraction import find_extractions, find_manifests
 from fpncli.io.manifest import is_complete, read_manifest
 from fpncli.io.npy import read_npy
+from fpncli.io.run_log import read_run_log
 
 
 @pytest.mark.parametrize(

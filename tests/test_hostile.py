@@ -1080,7 +1080,7 @@ def test_show_scale_level_with_no_target_uses_the_latest_run(tmp_path, monkeypat
 def test_forged_run_logs_are_read_as_far_as_they_hold(extraction, tmp_path):
     import shutil
 
-    from fpncli.io.extraction import read_run_log
+    from fpncli.io.run_log import read_run_log
     from fpncli.viz.report import write_report
 
     root = tmp_path / "out"

@@ -282,8 +282,8 @@ def test_plan_mirrors_tree_and_never_collides(tmp_path):
 
 def test_plan_leaves_fpncli_own_top_level_names_alone(tmp_path):
     from fpncli.io import markers, shardlock, shards
-    from fpncli.io.extraction import RUN_LOG
     from fpncli.io.inputs import RESERVED_NAMES, RUN_LOCKS
+    from fpncli.io.run_log import RUN_LOG
     from fpncli.viz.report_folder import REPORT, REPORT_ASSETS
 
     assert {REPORT, REPORT_ASSETS, RUN_LOG, shards.INDEX, shards.INDEX_DIR} <= RESERVED_NAMES

@@ -196,7 +196,7 @@ def test_readme_folder_commands_parse():
 def test_shards_into_one_folder_keep_their_run_logs_and_report_merges_them(tmp_path):
     """Two shards of one job (a SLURM array, say) into one OUT: each writes run-I-of-N.json,
     and the report counts both shards' failures, not only the last one's."""
-    from fpncli.io.extraction import read_run_log
+    from fpncli.io.run_log import read_run_log
 
     src = tmp_path / "in"
     src.mkdir()
@@ -882,7 +882,7 @@ def test_a_forged_run_log_field_reaches_the_page_as_text(report_dir):
     sets it) was put into the summary's markup as it stood, a ``<script>`` with it. The field
     is dropped when the log is read, and every label and value of the summary is escaped."""
     from fpncli.io.catalog import open_extractions
-    from fpncli.io.extraction import read_run_log
+    from fpncli.io.run_log import read_run_log
     from fpncli.viz.report_html import Tally, summary_html
 
     script = "<script>alert(document.cookie)</script>"

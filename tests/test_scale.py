@@ -351,7 +351,7 @@ def test_the_redraw_counts_the_bytes_it_writes_in_the_log_and_the_last_line(tmp_
     """A resumed --scale run rewrote every picture and manifest, yet run.json and the last line
     said 0 bytes written: the redraw's bytes are logged beside the run's, once it is done."""
     from fpncli.cli.extract_report import _size
-    from fpncli.io.extraction import read_run_log
+    from fpncli.io.run_log import read_run_log
 
     out = tmp_path / "out"
     args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random",

@@ -246,7 +246,7 @@ def _write_run_log(summary, out: Path, weights: str, precision: str, shard,
     (``{"scale", "images", "bytes"}``; its bytes are not in ``bytes_written``, the run's own)."""
     import time
 
-    from ..io.extraction import write_run_log
+    from ..io.run_log import write_run_log
 
     write_run_log(out, {
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights": weights,

@@ -31,12 +31,12 @@ from .extraction import (
     find_manifests,
     load_extraction,
     manifest_levels,
-    read_run_log,
 )
 from .guard import parse_json
 from .manifest import MANIFEST, check_manifest, load_manifest
 from .npy import npy_from_bytes
 from .recorded_input import recorded_input
+from .run_log import read_run_log
 
 __all__ = ["Extractions", "open_extractions", "iter_extractions", "is_sharded"]
 

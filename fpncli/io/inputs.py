@@ -17,10 +17,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .extraction import RUN_LOG, SHARD_RUN_LOG
 from .guard import open_regular
 from .markers import OUTPUT_MARKER, is_marked, marked_root
 from .pillow_open import pillow_extensions
+from .run_log import RUN_LOG, SHARD_RUN_LOG
 
 __all__ = [
     "IMAGE_EXTENSIONS",

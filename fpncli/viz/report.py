@@ -27,10 +27,10 @@ from pathlib import Path
 
 from ..io.atomic import atomic_write_bytes
 from ..io.catalog import Extractions, Failure, open_extractions
-from ..io.extraction import read_run_log
 from ..io.formats import warn_image_folders_left_out
 from ..io.guard import folder_lock, usable_cores
 from ..io.messages import error_text, utf8_text
+from ..io.run_log import read_run_log
 from .report_folder import build_folder, report_place, swap_in
 from .report_html import (
     Row,
