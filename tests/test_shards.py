@@ -1736,3 +1736,36 @@ def test_wds_overwrite_of_some_images_refuses_to_remove_the_others(tmp_path):
         assert pq.read_table(out / "index.parquet").to_pylist() == index
     again = _run([str(inputs), "-o", str(out), "--format", "wds", "--overwrite"])
     assert again.exit_code == 0 and "done 3" in again.output, again.output
+
+
+def test_wds_overwrite_refuses_to_replace_another_files_image_under_its_key(tmp_path):
+    """extract r1 r2 (r1/q.png is q, r2/q.png q_2), then r2 --overwrite: r2's q would replace
+    r1's, still there: refused. Photos moved since are redone under their keys (their files are
+    gone), and a damaged ledger part is read past through index.parquet, still refused."""
+    rng = np.random.RandomState(1)
+    for name in ("r1", "r2"):
+        (tmp_path / name).mkdir()
+        pixels = rng.randint(0, 255, (40, 56, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / name / "q.png")
+    out = tmp_path / "out"
+    wds = ["-o", str(out), "--format", "wds"]
+    assert _run([str(tmp_path / "r1"), str(tmp_path / "r2"), *wds]).exit_code == 0
+    shards = {p.name: p.read_bytes() for p in out.glob("shard-*.tar")}
+    refused = _run([str(tmp_path / "r2"), *wds, "--overwrite"])
+    assert refused.exit_code == 1 and "1 other images than these ('q'" in refused.output
+    assert {p.name: p.read_bytes() for p in out.glob("shard-*.tar")} == shards
+    for part in (out / "_index").glob("part-*.parquet"):
+        part.write_bytes(b"garbage")
+    damaged = _run([str(tmp_path / "r2"), *wds, "--overwrite"])
+    assert damaged.exit_code == 1 and "other images than these" in damaged.output
+    (out / "index.parquet").write_bytes(b"garbage")
+    unreadable = _run([str(tmp_path / "r2"), *wds, "--overwrite"])
+    assert unreadable.exit_code == 1 and "cannot be read" in unreadable.output
+    assert {p.name: p.read_bytes() for p in out.glob("shard-*.tar")} == shards
+    moved = tmp_path / "out2"
+    wds2 = ["-o", str(moved), "--format", "wds"]
+    assert _run([str(tmp_path / "r1"), str(tmp_path / "r2"), *wds2]).exit_code == 0
+    (tmp_path / "r1").rename(tmp_path / "s1")
+    (tmp_path / "r2").rename(tmp_path / "s2")
+    again = _run([str(tmp_path / "s1"), str(tmp_path / "s2"), *wds2, "--overwrite"])
+    assert again.exit_code == 0 and "done 2" in again.output, again.output

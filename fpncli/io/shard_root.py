@@ -6,6 +6,7 @@ index (``shard_index``) for the images already done, to skip them.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
@@ -153,19 +154,26 @@ def prepare_root(
 
 
 def _check_overwrite(fs, root: str, sources: dict[str, str]) -> None:
-    """Refuse ``--overwrite`` where ``root`` holds images (``ok`` in its ledger) of files that
-    are not among ``sources``, under keys that are not theirs: a wds output is only appended to,
-    so ``--overwrite`` removes every shard, and ``extract a.jpg -o OUT --overwrite`` would lose
-    every other image of OUT (a folder output keeps the other images' folders). An index that
-    cannot be read says nothing of what it holds: ``--overwrite`` starts such an output afresh."""
+    """Refuse ``--overwrite`` where ``root`` holds images (``ok`` in its index) that are not
+    among ``sources``' (``_is_theirs``): a wds output is only appended to, so ``--overwrite``
+    removes every shard, and ``extract a.jpg -o OUT --overwrite`` would lose every other image
+    of OUT (a folder output keeps the other images' folders). The ledger is read, else (a part
+    damaged) ``index.parquet``; where neither can be read, what would be lost cannot be told:
+    refused too."""
     try:
-        rows = read_index(fs, root, warn=False).select(["key", "source", "status"]).to_pylist()
-    except (ValueError, OSError):
-        return
+        try:
+            table = read_index(fs, root, warn=False)
+        except (ValueError, OSError):
+            table = read_index(fs, root, ledger=False, warn=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(
+            f"--overwrite would remove all the shards of {root}, whose index cannot be read to "
+            f"tell what they hold ({e}): remove them yourself to start it afresh"
+        ) from None
     mine = {utf8_text(source) for source in sources.values()}
     others = {}
-    for row in rows:
-        if row["status"] == "ok" and row["key"] not in sources and row["source"] not in mine:
+    for row in table.select(["key", "source", "status"]).to_pylist():
+        if row["status"] == "ok" and _is_theirs(row, sources, mine):
             others[row["key"]] = row["source"]
     if others:
         key = min(others)
@@ -177,6 +185,25 @@ def _check_overwrite(fs, root: str, sources: dict[str, str]) -> None:
             "removes all its shards, theirs too; give their files as well, write to another "
             "output, or remove its shards yourself"
         )
+
+
+def _is_theirs(row: dict, sources: dict[str, str], mine: set[str]) -> bool:
+    """Whether an index row is the image of another file than this run's: not one of its
+    files, and under a key it does not give, or under one it gives another file that is still
+    there (``extract r1 r2``, then ``extract r2 --overwrite``: r2's ``q`` is not r1's). A file
+    gone since (the photos moved) is this run's to redo under its key, as a folder output's
+    are; so is the same file through another path (a hard link)."""
+    source = row["source"]
+    if source in mine:
+        return False
+    if row["key"] not in sources:
+        return True
+    if source is None:  # an earlier version's row, without its file: the key's
+        return False
+    try:
+        return not os.path.samefile(source, sources[row["key"]])
+    except (OSError, ValueError):  # gone (or a path no file can have)
+        return False
 
 
 def _legacy_same(fs, root: str, row: dict, legacy_settings: Callable[[dict], str | None]) -> bool:
