@@ -410,6 +410,20 @@ def test_photos_whose_names_differ_in_case_get_pictures_of_their_own(tmp_path, m
     assert stems["IMG_0001.jpg"] == "IMG_0001" and stems["..png"] == "._png"
 
 
+def test_photos_of_a_folder_that_cannot_be_listed_get_pictures_of_their_own(monkeypatch):
+    """A folder with search but no read permission: its photos can be shown, its other images
+    cannot be seen. a.jpg and a.png there were both named a (one picture over the other); now
+    each is named by stem and extension."""
+    import fpncli.io.inputs as inputs
+
+    def unlistable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(inputs.os, "scandir", unlistable)
+    names = [inputs.image_stem(Path("x") / name) for name in ("a.jpg", "a.png", "b.JPG")]
+    assert names == ["a_jpg", "a_png", "b_jpg"]
+
+
 def test_a_picture_fpncli_drew_is_refused_naming_the_show_to_run(folder, tmp_path, monkeypatch):
     """A heatmap, overlay or overview in an extraction's folder (or any picture under a marked
     output folder) as TARGET ran the network on that picture (or tried to download the default

@@ -427,8 +427,9 @@ def image_stem(path: Path) -> str:
     is its stem; where another of them has the same stem (case-folded), its stem and extension
     (``a_jpg``, ``a_png``), numbered in sorted order (the folder walk's) where those are the
     same too (``a.JPG`` and ``a.jpg``: ``a_jpg`` and ``a_jpg_2``) or another image's stem
-    (``a_jpg.png`` beside them: ``a_jpg_3``). So no two images of a folder share a picture. A
-    folder that cannot be listed counts as holding no other image."""
+    (``a_jpg.png`` beside them: ``a_jpg_3``). So no two images of a folder share a picture. In
+    a folder that cannot be listed (its other images unseen), always its stem and extension:
+    ``a.jpg`` and ``a.png`` there still get two pictures."""
     extensions = pillow_extensions()
     # every stem in reach begins as this one's does, up to its first "_" (and "..png")
     begins = (path.stem.casefold().split("_", 1)[0], "..")
@@ -436,8 +437,8 @@ def image_stem(path: Path) -> str:
         with os.scandir(path.parent) as entries:  # (the parent of "a.jpg" is ".")
             names = {e.name for e in entries if e.name.casefold().startswith(begins)
                      and Path(e.name).suffix.lower() in extensions and e.is_file()}  # fmt: skip
-    except OSError:  # no permission to list the folder: no clash that can be seen
-        names = set()
+    except OSError:  # no permission to list the folder: the clashes cannot be seen
+        return _suffixed_stem(path)
     # named as in a folder below OUT's top (_/), where no name is kept for fpncli's own files
     # (report.jpg is "report", not "report_2"): the picture goes to the current folder, no output
     below = Path("_")
