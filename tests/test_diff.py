@@ -625,3 +625,23 @@ def test_a_diff_into_an_earlier_diffs_folder_removes_the_pictures_it_does_not_dr
     (d / "diff.json").write_text(json.dumps(forged))
     assert runner.invoke(cli, [*args, "--no-pictures"]).exit_code == 0
     assert (victim / "diff.png").read_bytes() == b"not diff's"
+
+
+def test_a_forged_earlier_table_naming_no_possible_file_is_skipped(sample_extraction, tmp_path):
+    """An earlier diff.json whose ``picture`` holds a null byte or a lone surrogate (no file has
+    such a name): ``diff ... -o D`` wrote its tables, then ended in "Error: embedded null byte"
+    while removing the earlier pictures. Such an entry is skipped; the earlier picture the
+    table also names, one diff drew, is still removed."""
+    d = tmp_path / "d"
+    runner = CliRunner()
+    args = ["diff", str(sample_extraction), str(sample_extraction), "-o", str(d)]
+    for bad in ("a\u0000b/diff.png", "\ud800/diff.png"):
+        assert runner.invoke(cli, args).exit_code == 0
+        assert (d / "chelsea" / "diff.png").is_file()
+        pictures = [{"picture": p} for p in ("chelsea/diff.png", bad)]
+        forged = {"a": "x", "b": "y", "tol": 0.0, "images": pictures}
+        (d / "diff.json").write_text(json.dumps(forged))
+        result = runner.invoke(cli, [*args, "--no-pictures"])
+        assert result.exit_code == 0, (bad, result.output)
+        assert "Error" not in result.output and "Traceback" not in result.output
+        assert not (d / "chelsea").exists()

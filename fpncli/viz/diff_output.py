@@ -179,8 +179,8 @@ def _remove_pictures(out: Path, pictures: set[str]) -> None:
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 continue
             path.unlink()
-        except FileNotFoundError:
-            continue
+        except (FileNotFoundError, ValueError):  # ValueError: a forged name no file has (a
+            continue  # null byte, a lone surrogate): not a picture diff wrote
         except OSError as e:  # said: a picture left beside tables that no longer list it
             log.warning("earlier diff picture %s not removed: %s", path, error_text(e))
             continue
