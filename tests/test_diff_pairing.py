@@ -60,13 +60,14 @@ def test_a_folder_key_whose_earlier_wds_spelling_is_another_photos_key_stays_unp
 @pytest.fixture(scope="module")
 def swapped_runs(tmp_path_factory):
     """Two photos both called q.png (r1/ and r2/, different pixels), extracted as ``r1 r2`` (q is
-    r1's, q_2 r2's) and as ``r2 r1`` (the other way round), each run into a folder output; and
-    the second into a wds output where pyarrow is installed."""
+    r1's, q_2 r2's) and as ``r2 r1`` (the other way round), each run into a folder output, and
+    ``r1`` alone (R1: q is r1's); and the second into a wds output where pyarrow is installed."""
     root = tmp_path_factory.mktemp("swapped")
     _noise(root / "r1" / "q.png", 1)
     _noise(root / "r2" / "q.png", 2)
     _extract(root / "r1", root / "r2", "-o", root / "RF1")
     _extract(root / "r2", root / "r1", "-o", root / "RF2")
+    _extract(root / "r1", "-o", root / "R1")
     try:
         import pyarrow.parquet  # noqa: F401
 
@@ -76,44 +77,107 @@ def swapped_runs(tmp_path_factory):
     return root
 
 
-def test_images_of_the_same_photo_under_other_keys_are_paired_by_their_recorded_input(
+def _other_files(key: str, path_a: str, path_b: str) -> str:
+    return (f"note: {key}: made from different files: {path_a} in A, {path_b} in B; its "
+            "differences may be the photos', not the extractions'")  # fmt: skip
+
+
+def test_images_are_paired_by_key_and_a_pair_made_from_two_different_files_is_noted(
     swapped_runs, tmp_path
 ):
-    """``extract r1 r2`` then ``extract r2 r1``: each run's q is the other's q_2. diff paired by
-    key only, and both images "DO NOT agree" (two different photos compared), exit 1. Each is
-    now compared with the image made from the same file, a note saying so, in diff.json too."""
+    """``extract r1 r2`` then ``extract r2 r1``: each run's q is the other's q_2. Images are
+    paired by key (the recorded inputs never re-pair them: a path may name another photo by
+    now); each pair "DOES NOT agree", exit 1, and a note says why: its recorded inputs are two
+    different files here, on stderr, in diff.json and in a diff.csv row with no level."""
     root = swapped_runs
+    r1, r2 = (os.path.realpath(root / r / "q.png") for r in ("r1", "r2"))
     sides = [root / "RF2"] + [root / "RW2"] * (root / "RW2").is_dir()
     for b in sides:
         d = tmp_path / b.name
         code, lines = _diff(root / "RF1", b, "-o", d)
-        assert code == 0, lines
-        assert lines[-1].startswith("2 of 2 images compared: all 2 compared agree"), lines
-        r1, r2 = (os.path.realpath(root / r / "q.png") for r in ("r1", "r2"))
-        for key, mine, theirs, their_key in (("q", r1, r2, "q_2"), ("q_2", r2, r1, "q")):
-            assert (f"note: {key}: compared with B's {their_key}, made from the same input, "
-                    f"{mine} (B's {key} was made from {theirs})") in lines  # fmt: skip
+        assert code == 1, lines
+        assert lines[-1].startswith("2 of 2 images compared: 2 of the 2 compared DO NOT"), lines
+        assert _other_files("q", r1, r2) in lines and _other_files("q_2", r2, r1) in lines
+        differ = sorted(line.split(":")[1] for line in lines if line.startswith("differs: "))
+        assert differ == [" q", " q_2"], lines
         images = {i["key"]: i for i in json.loads((d / "diff.json").read_text())["images"]}
-        assert images["q"]["note"].startswith("compared with B's q_2, made from the same input")
+        assert images["q"]["note"] == _other_files("q", r1, r2).split(": ", 2)[2]
         rows = list(csv.reader((d / "diff.csv").open()))
         assert ["q", "", "", "", "", "", images["q"]["note"]] in rows
-    # B's q_2 gone: A's q (r1's photo) is only in A, B's q being r2's
-    only_q = tmp_path / "only_q"
-    shutil.copytree(root / "RF2", only_q)
-    shutil.rmtree(only_q / "q_2")
-    code, lines = _diff(root / "RF1", only_q, "-o", tmp_path / "d")
-    assert code == 1 and "not compared: q: only in A" in lines
-    assert (f"note: q: B's q was made from another input, {r2}, and compared with the image of A "
-            "made from it") in lines  # fmt: skip
+    code, lines = _diff(root / "RF1", root / "RF1", "-o", tmp_path / "same")
+    assert code == 0 and not [line for line in lines if line.startswith("note: ")], lines
+
+
+def test_an_image_of_b_made_from_a_file_of_a_is_reported_once_under_its_key(swapped_runs, tmp_path):
+    """``extract r1 -o A1``, ``extract r2 r1 -o B1`` (B1's q_2 is A1's q photo): A's q was
+    compared with B's q_2 and B's q reported "only in B", the key q twice in diff.json and
+    diff.csv. Now each key once: q compared with B's q (a note: two different files), q_2 only
+    in B."""
+    root = swapped_runs
+    r1, r2 = (os.path.realpath(root / r / "q.png") for r in ("r1", "r2"))
+    d = tmp_path / "d"
+    code, lines = _diff(root / "R1", root / "RF2", "-o", d)
+    assert code == 1 and "not compared: q_2: only in B" in lines
+    assert _other_files("q", r1, r2) in lines
+    assert lines[-1].startswith("1 of 2 images compared: 1 of the 1 compared DO NOT"), lines
+    keys = [i["key"] for i in json.loads((d / "diff.json").read_text())["images"]]
+    assert sorted(keys) == ["q", "q_2"]
+    rows = list(csv.reader((d / "diff.csv").open()))
+    assert ["q_2", "", "", "", "", "", "only in B"] in rows
+    assert {row[0] for row in rows[1:] if row[1] == ""} == {"q", "q_2"}  # q: its note only
+
+
+def test_a_path_that_names_another_photo_now_does_not_pair(tmp_path):
+    """``extract d1 -o M1``; then d1/q.png moved to d2/, another photo put at d1/q.png, and
+    ``extract d2 d1 -o M2`` (M2's q is M1's photo, q_2 the new one at the old path): M1's q
+    was compared with M2's q_2, "made from the same input", and its real twin left out. It is
+    compared with M2's q now, and agrees."""
+    _noise(tmp_path / "d1" / "q.png", 1)
+    _extract(tmp_path / "d1", "-o", tmp_path / "M1")
+    (tmp_path / "d2").mkdir()
+    os.replace(tmp_path / "d1" / "q.png", tmp_path / "d2" / "q.png")
+    _noise(tmp_path / "d1" / "q.png", 2)
+    _extract(tmp_path / "d2", tmp_path / "d1", "-o", tmp_path / "M2")
+    code, lines = _diff(tmp_path / "M1", tmp_path / "M2", "-o", tmp_path / "d")
+    assert code == 1 and "not compared: q_2: only in B" in lines
+    assert not [line for line in lines if line.startswith("differs: ")], lines
     assert lines[-1].startswith("1 of 2 images compared: all 1 compared agree"), lines
 
 
-def test_paths_recorded_elsewhere_leave_key_pairing_and_two_files_here_are_noted(
-    swapped_runs, tmp_path
+@pytest.mark.parametrize("kind", ["broken", "fifo", "folder", "dangling"])
+def test_an_image_whose_manifest_cannot_be_read_is_reported_with_its_reason(
+    swapped_runs, tmp_path, kind
 ):
-    """The runs made on two machines (B's recorded paths are no file here): pairing by key
-    stays, without a note, as nothing is known. Two images paired by key whose recorded inputs
-    are two different files here are compared with a note naming both."""
+    """A's q/manifest.json not valid JSON (a FIFO, a folder, a dangling symlink): q was
+    reported "only in A" (its recorded input unknown, B's q_2 made from its file was taken
+    instead) and the read error lost. It is paired by key and not compared, with the reason."""
+    root = swapped_runs
+    a = tmp_path / "AJ"
+    shutil.copytree(root / "RF1", a)
+    manifest = a / "q" / "manifest.json"
+    manifest.unlink()
+    if kind == "broken":
+        manifest.write_text("{broken")
+    elif kind == "fifo":
+        os.mkfifo(manifest)
+    elif kind == "folder":
+        manifest.mkdir()
+    else:
+        manifest.symlink_to(tmp_path / "nowhere.json")
+    code, lines = _diff(a, root / "RF2", "-o", tmp_path / "d")
+    assert code == 1
+    unread = [line for line in lines if line.startswith("not compared: q: cannot be read in A: ")]
+    assert len(unread) == 1 and "manifest.json" in unread[0], lines
+    assert not [line for line in lines if "only in" in line], lines
+    assert lines[-1].startswith("1 of 2 images compared"), lines
+    if kind == "broken":
+        assert "not valid JSON" in unread[0]
+
+
+def test_paths_recorded_elsewhere_say_nothing_and_two_files_here_are_noted(swapped_runs, tmp_path):
+    """The runs made on two machines (B's recorded paths are no file here): pairing by key, and
+    no note, as nothing is known. Two image folders named are compared as given, with a note
+    where their recorded inputs are two different files here."""
     root = swapped_runs
     moved = tmp_path / "moved"
     shutil.copytree(root / "RF2", moved)
@@ -128,15 +192,17 @@ def test_paths_recorded_elsewhere_leave_key_pairing_and_two_files_here_are_noted
     r1, r2 = (os.path.realpath(root / r / "q.png") for r in ("r1", "r2"))
     code, lines = _diff(root / "RF1" / "q_2", root / "RF2" / "q_2", "-o", tmp_path / "d")
     assert code == 1  # two image folders named: compared as given, the doubt said
-    assert f"note: q_2: made from different files: {r2} in A, {r1} in B" in lines
+    assert _other_files("q_2", r2, r1) in lines
+    code, lines = _diff(root / "RF1" / "q_2", root / "RF2" / "q", "-o", tmp_path / "d")
+    assert code == 0 and not [line for line in lines if line.startswith("note: ")], lines
 
 
 def test_an_image_folder_is_compared_only_with_its_own_image_of_the_other_root(
     swapped_runs, tmp_path
 ):
     """``diff A/a Z``, Z holding one other image z: a was compared with z (any image, where Z held
-    one), "DO NOT agree". It is paired by recorded input, else by key (or the one key ending in
-    its name), else with none: only in A, and the note says how to compare it with another."""
+    one), "DO NOT agree". It is paired by key (or the one key ending in its name), else with
+    none: only in A, and the note says how to compare it with another."""
     root = swapped_runs
     other = tmp_path / "other"  # one image, q_2 (r2's photo), the folder A/q is r1's
     shutil.copytree(root / "RF1", other)
@@ -145,11 +211,12 @@ def test_an_image_folder_is_compared_only_with_its_own_image_of_the_other_root(
         code, lines = _diff(*args, "-o", tmp_path / "d")
         assert code == 1 and "0 of 1 images compared: none compared" in lines[-1], lines
         assert f"not compared: q: only in {'AB'[side == 'A']}" in lines
-        assert (f"note: q: {side} holds no image q nor one made from its input: to compare it "
-                f"with another image, give that image's folder as {side}") in lines  # fmt: skip
-    r1 = os.path.realpath(root / "r1" / "q.png")
+        assert (f"note: q: {side} holds no image q: to compare it with another image, give that "
+                f"image's folder as {side}") in lines  # fmt: skip
+    r1, r2 = (os.path.realpath(root / r / "q.png") for r in ("r1", "r2"))
     code, lines = _diff(root / "RF1" / "q", root / "RF2", "-o", tmp_path / "d")
-    assert code == 0 and f"note: q: compared with B's q_2, made from the same input, {r1}" in lines
+    assert code == 1 and _other_files("q", r1, r2) in lines  # by key, the doubt said
+    assert lines[-1].startswith("1 of 1 images compared: 1 of the 1 compared DO NOT"), lines
     nested = tmp_path / "nested"  # by key: the one image whose key ends in the folder's name
     shutil.copytree(root / "RF1" / "q_2", nested / "sub" / "q_2")
     code, lines = _diff(root / "RF1" / "q_2", nested, "-o", tmp_path / "d")

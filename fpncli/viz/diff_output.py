@@ -130,9 +130,9 @@ def check_table_targets(out: str | Path) -> None:
 
 def write_tables(result: DiffResult, out: str | Path) -> None:
     """``OUT/diff.json`` (everything) and ``OUT/diff.csv`` (one row per image and level, and one
-    with no level saying why for an image not compared or whose picture was not written, or
-    how it was paired: ``ImageDiff.note``). The pictures an earlier diff into ``OUT`` listed in
-    its ``diff.json`` and this one did not draw again are removed (``_remove_pictures``).
+    with no level saying why for an image not compared or whose picture was not written, or a
+    doubt about the pair: ``ImageDiff.note``). The pictures an earlier diff into ``OUT`` listed
+    in its ``diff.json`` and this one did not draw again are removed (``_remove_pictures``).
 
     ``diff.json`` is strict JSON (RFC 8259): a measure that is not a finite number (NaN where
     A or B holds one, ``max_rel`` infinite where A is zero and B is not) is written as the
@@ -209,7 +209,7 @@ def _csv(result: DiffResult) -> str:
     writer = csv.writer(buffer)
     writer.writerow(["image", "level", "max_rel", "mean_rel", "cosine", "max_abs", "note"])
     for image in result.images:
-        if image.note:  # how it was paired, or a doubt about the pair: said as diff.json does
+        if image.note:  # a doubt about the pair, or why none: said as diff.json does
             writer.writerow([image.key, "", "", "", "", "", image.note])
         if image.skipped:
             writer.writerow([image.key, "", "", "", "", "", image.skipped])

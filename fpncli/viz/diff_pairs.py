@@ -1,13 +1,13 @@
-"""How ``fpncli diff`` pairs the images of its two extractions.
+"""How ``fpncli diff`` pairs the images of its two extractions: by key (the image folder's path
+below its root), a folder output's keys matched to a ``--format wds`` one's (``_canonical``).
 
-By key (the image folder's path below its root), a folder output's keys matched to a ``--format
-wds`` one's (``_canonical``), except where both sides record the input file each image was made
-from (a manifest's ``input.real_path``, a wds index's ``source``: ``Extractions.source``) and an
-image of A records the same file as an image of B under another key: those two are one photo and
-are compared, with a note. Two runs of the same photos given in another order (``extract r1 r2``,
-then ``extract r2 r1``) give the two ``q.png`` each other's keys (``q``, ``q_2``). Paths recorded
-on another machine (or before the photos moved) match nothing, and key pairing stays; a pair whose
-recorded inputs are two different files here is compared with a note saying so.
+A pair whose recorded inputs (a manifest's ``input.real_path``, a wds index's ``source``:
+``Extractions.source``) are two different files here is still compared, with a note saying so:
+its differences may be the photos' (two runs of the same photos given in another order,
+``extract r1 r2`` then ``extract r2 r1``, give the two ``q.png`` each other's keys). The recorded
+inputs never change which images are paired: a path may name another photo now (a file moved, a
+new one put in its place), and an image whose manifest cannot be read is reported with its read
+error, not as found on one side only.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Pair(NamedTuple):
     key: str  # as reported: A's key; B's for an image of B only, or against a B image folder
     key_a: str | None
     key_b: str | None
-    note: str | None = None  # why these two (keys that differ), or a doubt about them
+    note: str | None = None  # a doubt about the pair, or why an image folder has none
 
 
 def _canonical(found: Extractions, other: Extractions) -> dict[str, str]:
@@ -61,42 +61,20 @@ def _canonical(found: Extractions, other: Extractions) -> dict[str, str]:
 
 
 def pair_images(found_a: Extractions, found_b: Extractions) -> list[Pair]:
-    """Every image of either root paired with its counterpart, in an order that reads each
-    side's shards one after the other (A's storage order, then B's): a shard's member table is
-    built once, not once per image. An image folder (``single``) is paired with one image of
-    the other side (``_pair_single``); two image folders with each other, whatever their
+    """Every image of either root paired with its counterpart of the same key, in an order that
+    reads each side's shards one after the other (A's storage order, then B's): a shard's member
+    table is built once, not once per image. An image folder (``single``) is paired with one
+    image of the other side (``_pair_single``); two image folders with each other, whatever their
     names."""
     keys_a, keys_b = found_a.keys(), found_b.keys()
     if found_a.single and found_b.single:  # both named by the user: compared as given
-        note = _other_files(found_a.source(keys_a[0]), found_b.source(keys_b[0]))
-        return [Pair(keys_a[0], keys_a[0], keys_b[0], note)]
+        return [_noted(found_a, keys_a[0], found_b, keys_b[0], keys_a[0])]
     if found_a.single or found_b.single:
         return [_pair_single(found_a, found_b)]
     canon_a, canon_b = _canonical(found_a, found_b), _canonical(found_b, found_a)
     b_of = {canon_b[k]: k for k in keys_b}
-    sources_a = {k: found_a.source(k) for k in keys_a}
-    sources_b = {k: found_b.source(k) for k in keys_b}
-    in_b = _by_source(sources_b)
-    # an image of A and one of B made from the same file are one photo, whatever their keys
-    same = {k: in_b[path] for path, k in _by_source(sources_a).items() if path in in_b}
-    matched_b = set(same.values())
-    pairs = []
-    for k in keys_a:
-        by_key = b_of.get(canon_a[k])
-        kb = same.get(k)
-        if kb is not None and kb != by_key:
-            note = f"compared with B's {kb}, made from the same input, {quote_name(sources_a[k])}"
-            if by_key is not None:
-                note += f" (B's {by_key} was made from {_named(sources_b[by_key])})"
-        elif kb is None and by_key is not None and by_key in matched_b:  # another A image's
-            note = (f"B's {by_key} was made from another input, {_named(sources_b[by_key])}, "
-                    "and compared with the image of A made from it")  # fmt: skip
-        else:
-            kb = by_key
-            note = None if kb is None else _other_files(sources_a[k], sources_b[kb])
-        if kb is not None:
-            matched_b.add(kb)
-        pairs.append(Pair(k, k, kb, note))
+    pairs = [_noted(found_a, k, found_b, b_of.get(canon_a[k]), k) for k in keys_a]
+    matched_b = {p.key_b for p in pairs}
     rank_b = {k: i for i, k in enumerate(keys_b)}
     if found_a.format == "wds":  # A shard by shard, and within one B's shards one by one
         shard_a = {k: found_a.shard(k) for k in keys_a}
@@ -108,42 +86,37 @@ def pair_images(found_a: Extractions, found_b: Extractions) -> list[Pair]:
 
 
 def _pair_single(found_a: Extractions, found_b: Extractions) -> Pair:
-    """An image folder (``single``) against a root of the other side: paired with the image
-    made from the same input file, else the one of its key (its folder's name), else the one
-    image whose key ends in that name (``sub/a`` for ``a``); else with none, and said. Never
-    with an image of another key only because the root holds one image."""
+    """An image folder (``single``) against a root of the other side: paired with the image of
+    its key (its folder's name, as the root spells it: wds ``b%2Ev1``), else the one image whose
+    key ends in that name (``sub/a`` for ``a``); else with none, and said. Never with an image
+    of another key only because the root holds one image."""
     one, other = (found_a, found_b) if found_a.single else (found_b, found_a)
     (key,) = one.keys()
     side = "B" if one is found_a else "A"  # the root's
     names = _canonical(other, one)
     target = _canonical(one, other)[key]  # as the other side spells it (wds: b%2Ev1)
     match = next((k for k in other.keys() if names[k] == target), None)
-    path, note = one.source(key), None
-    if path is not None and (match is None or other.source(match) != path):
-        by_source = _by_source({k: other.source(k) for k in other.keys()}).get(path)
-        if by_source is not None and by_source != match:
-            match = by_source
-            note = f"compared with {side}'s {match}, made from the same input, {quote_name(path)}"
     if match is None:
         ends = [k for k in other.keys() if names[k].rsplit("/", 1)[-1] == target]
         match = ends[0] if len(ends) == 1 else None
     if match is None:
-        note = (f"{side} holds no image {target} nor one made from its input: to compare it "
-                f"with another image, give that image's folder as {side}")  # fmt: skip
-    elif note is None:
-        sources = (path, other.source(match))
-        note = _other_files(*(sources if one is found_a else sources[::-1]))
-    return Pair(key, key, match, note) if one is found_a else Pair(key, match, key, note)
+        note = (f"{side} holds no image {target}: to compare it with another image, give that "
+                f"image's folder as {side}")  # fmt: skip
+        return Pair(key, key, None, note) if one is found_a else Pair(key, None, key, note)
+    if one is found_a:
+        return _noted(found_a, key, found_b, match, key)
+    return _noted(found_a, match, found_b, key, key)
 
 
-def _by_source(sources: dict[str, str | None]) -> dict[str, str]:
-    """Recorded input -> key, for each input that one image only records."""
-    counts = collections.Counter(path for path in sources.values() if path)
-    return {path: k for k, path in sources.items() if path and counts[path] == 1}
-
-
-def _named(path: str | None) -> str:
-    return "an input it does not record" if path is None else quote_name(path)
+def _noted(
+    found_a: Extractions, key_a: str, found_b: Extractions, key_b: str | None, key: str
+) -> Pair:
+    """The pair (``key``: as reported), with a note where its recorded inputs are two
+    different files here. A source that cannot be read (``Extractions.source``: None) says
+    nothing: the image's read error is reported when it is compared."""
+    if key_b is None:
+        return Pair(key, key_a, None)
+    return Pair(key, key_a, key_b, _other_files(found_a.source(key_a), found_b.source(key_b)))
 
 
 def _other_files(path_a: str | None, path_b: str | None) -> str | None:
@@ -157,4 +130,5 @@ def _other_files(path_a: str | None, path_b: str | None) -> str | None:
             return None
     except (OSError, ValueError):
         return None
-    return f"made from different files: {quote_name(path_a)} in A, {quote_name(path_b)} in B"
+    return (f"made from different files: {quote_name(path_a)} in A, {quote_name(path_b)} in B; "
+            "its differences may be the photos', not the extractions'")  # fmt: skip

@@ -49,9 +49,8 @@ class ImageDiff:
     # or folder where it goes (keys x and x/diff.png), a folder that cannot be written or is
     # a symlink (never written through)
     picture_error: str | None = None
-    # how it was paired where its keys differ (the same recorded input under another key), or
-    # why it was not (an image folder against a root without its key); a doubt about the pair
-    # (made from two different files): ``diff_pairs``
+    # a doubt about the pair (its recorded inputs are two different files), or why an image
+    # folder against a root has none (the root holds no image of its key): ``diff_pairs``
     note: str | None = None
 
     def agrees(self, tol: float) -> bool:
