@@ -622,6 +622,40 @@ def test_a_missing_listed_file_does_not_move_the_others_folders(tmp_path, monkey
     assert fixed.exit_code == 0 and "done 0, skipped 2 (already complete)" in fixed.output
 
 
+def test_a_listed_folder_or_fifo_does_not_move_the_others_folders(tmp_path, monkeypatch):
+    """The common folder of a list counted every entry that exists: a listed folder or FIFO,
+    which fails as no regular file, put ``imgs/a.png`` into ``out/imgs/a``, and once the list
+    was fixed the rerun wrote ``out/a`` beside it (a report then counted two). Only entries
+    that are regular files count; a symlink to one counts where the link lies."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("imgs", "imgs2/sub", "pipes", "links"):
+        Path(folder).mkdir(parents=True)
+    for name in "ab":
+        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(f"imgs/{name}.png")
+    os.mkfifo("pipes/p.png")
+    os.symlink("../imgs/b.png", "links/b.png")
+    small = [*SMALL, "--no-overview", "--no-heatmaps"]
+    for other, reason in (("imgs2/sub", "a folder"), ("pipes/p.png", "a FIFO")):
+        out = f"out_{other.split('/')[0]}"
+        Path("list.txt").write_text(f"imgs/a.png\n{other}\n")
+        args = ["extract", "--from-list", "list.txt", "-o", out, *small]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        assert f"failed: {other}: not a regular file ({reason})\n" in result.output
+        assert Path(out, "a", "manifest.json").is_file() and not Path(out, "imgs").exists()
+        Path("list.txt").write_text("imgs/a.png\n")  # fixed: the same folder, complete
+        fixed = CliRunner().invoke(cli, args)
+        assert fixed.exit_code == 0 and f"{out}/a is already complete" in fixed.output
+        assert sorted(os.listdir(out)) == [".fpncli-files.run", ".fpncli-output", "a",
+                                           "run.json"]  # fmt: skip
+    Path("list.txt").write_text("imgs/a.png\nlinks/b.png\n")
+    linked = CliRunner().invoke(cli, ["extract", "--from-list", "list.txt", "-o", "out_links",
+                                      *small])  # fmt: skip
+    assert linked.exit_code == 0, linked.output
+    assert Path("out_links/imgs/a/manifest.json").is_file()
+    assert Path("out_links/links/b/manifest.json").is_file()
+
+
 def test_show_of_an_empty_image_file_names_the_file_not_a_file_object(tmp_path):
     (tmp_path / "zero.png").write_bytes(b"")
     result = CliRunner().invoke(cli, ["show", str(tmp_path / "zero.png"), "--weights", "random"])

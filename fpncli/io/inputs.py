@@ -239,8 +239,9 @@ def discover_inputs(
     output roots so passed over are added to ``skipped``. Special files (FIFOs, devices,
     symlink loops) named explicitly are kept, to be reported when loaded. ``root`` is what the
     output tree mirrors: the folder for a folder input, the glob's fixed prefix for a glob, the
-    parent for a file, and for a list the common folder of its entries that exist (of all, where
-    none does: a missing one, reported when loaded, moves no other's folder). A list entry is its
+    parent for a file, and for a list the common folder of its entries that are regular files,
+    symlinks followed (of all, where none is: a missing one, a folder, a FIFO or a device, each
+    failed when loaded, moves no other's folder). A list entry is its
     line without the line ending (and the first line's BOM), or without the spaces at its ends
     where no file has the name with them; blank lines and lines starting with ``#`` are skipped,
     and a ``#`` line that is the name of a file (``#1.jpg``: ``ls > list.txt``) is added to
@@ -322,8 +323,10 @@ def discover_inputs(
             elif commented is not None and os.path.isfile(entry):  # a comment, or "#1.jpg"?
                 commented.append((number, entry))
         entries = [e for e in entries if outputs.root_of(e) is None]
-        # a missing entry (a typo) must not move the root, and so every other image's folder
-        found = [e for e in entries if os.path.exists(e)] or entries
+        # a missing entry (a typo) must not move the root, and so every other image's folder;
+        # nor one that fails as no regular file (a folder, a FIFO, a device: guard's
+        # check_regular_file), while a symlink to a file counts as the file it reads
+        found = [e for e in entries if os.path.isfile(e)] or entries
         if entries:  # normalised (x/.. folded), as plan_jobs compares paths to it
             root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(e)) for e in found]))
             pairs += [(e, root) for e in entries]
