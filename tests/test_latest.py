@@ -165,3 +165,78 @@ def test_the_only_recorded_extraction_gone_says_none_earlier_is_recorded(tmp_pat
     shutil.rmtree(folders[1])
     with pytest.raises(FileNotFoundError, match=r"incomplete, and so are the 1 before it: name"):
         latest_extraction()
+
+
+def test_a_wds_run_is_the_latest_extraction_shown_by_key(tmp_path, monkeypatch):
+    """``extract a.png -o LA; extract b.png -o LB --format wds; show --level p3`` drew LA/a,
+    an older and unrelated extraction: a wds run recorded nothing. Its output is now the
+    latest, shown as that TARGET is: by --key, and without it one line naming the output and
+    how to pick an image; a rerun that finds its image in the index records it again."""
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from fpncli.cli import cli
+
+    pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for name in "ab":
+        Image.fromarray(rng.integers(0, 255, (64, 96, 3), np.uint8)).save(f"{name}.png")
+    small = ["--weights", "random", "--min-size", "64", "--max-size", "128"]
+    runner = CliRunner()
+
+    def extract(*args: str) -> None:
+        result = runner.invoke(cli, ["extract", *args, *small], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+    extract("a.png", "-o", "LA")
+    extract("b.png", "-o", "LB", "--format", "wds")
+    wds = (tmp_path / "LB").resolve()
+    assert latest_extraction() == wds
+    bare = runner.invoke(cli, ["show", "--level", "p3"])
+    assert bare.exit_code == 1 and bare.output.splitlines() == [
+        f"Error: the latest extraction {wds} is a --format wds output: name an image in it with "
+        f"--key KEY (its keys are in {wds}/index.parquet, and fpncli report {wds} lists them)"
+    ], bare.output
+    assert not list(Path("LA/a").glob("show_*"))
+    keyed = runner.invoke(cli, ["show", "--level", "p3", "--key", "b", "--scale", "level"],
+                          catch_exceptions=False)  # fmt: skip
+    assert keyed.exit_code == 0, keyed.output
+    assert f"colour scale level: ranges from the 1 image(s) in {wds}" in keyed.output
+    assert keyed.output.splitlines()[-1] == "saved fpn_show_b_p3.png"
+    named = runner.invoke(cli, ["show", "LB", "--level", "p3", "--key", "b", "--scale", "level",
+                                "--save", "named.png"], catch_exceptions=False)  # fmt: skip
+    assert named.exit_code == 0, named.output
+    assert Path("fpn_show_b_p3.png").read_bytes() == Path("named.png").read_bytes()
+    receptive = runner.invoke(cli, ["show", "--receptive-field", "--at", "3,3"])
+    assert receptive.exit_code == 1 and receptive.output == (
+        f"Error: the latest extraction {wds} is a --format wds output: --receptive-field takes "
+        "an extraction folder or an image, not an image of a shard; name one as TARGET\n"
+    )
+    shutil.rmtree("LB")  # gone: the extraction before it
+    assert latest_extraction() == (tmp_path / "LA" / "a").resolve()
+    extract("b.png", "-o", "LB", "--format", "wds")
+    extract("a.png", "-o", "LA")  # already complete: the latest again
+    assert latest_extraction() == (tmp_path / "LA" / "a").resolve()
+    extract("b.png", "-o", "LB", "--format", "wds")  # in the index already: the latest again
+    assert recent_extractions()[:2] == [wds, (tmp_path / "LA" / "a").resolve()]
+
+
+def test_a_wds_output_at_a_url_is_recorded_as_it_is(monkeypatch, tmp_path):
+    """A --format wds output in an object store is recorded by its URL (a Path made it
+    ``s3:/bucket/out`` below the current folder), and not looked up to be shown."""
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    record_latest("s3://bucket/out")
+    assert json.loads((tmp_path / "home" / "latest.json").read_text())["folder"] == (
+        "s3://bucket/out"
+    )
+    assert recent_extractions() == ["s3://bucket/out"]
+    assert latest_extraction() == "s3://bucket/out"

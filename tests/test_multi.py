@@ -279,6 +279,28 @@ def test_a_failed_workers_complete_images_are_counted_as_complete(tmp_path):
     assert "cuda:7" in summary.failed[0][1] and "cuda:7" in summary.aborted
 
 
+def test_the_run_records_its_last_folder_once_not_each_worker_its_own(tmp_path):
+    """Each worker recorded its own shard's last folder as the latest extraction (``fpncli
+    show`` with no target): whichever worker ended last won, and the record listed both. The
+    parent records the run's, once, as one process does: the last folder written, else (all
+    complete already) the run's last image's."""
+    from fpncli.io.latest import recent_extractions
+    from fpncli.run.multi import run_on_devices
+
+    model = fpncli.load_backbone("random")
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in _images(tmp_path / "in", 4)]
+    options = RunOptions(output=SMALL, workers=1)
+    reports = []  # (the workers' progress reports, merged here as the CLI's bar has them)
+    summary = run_on_devices(jobs, model, options, ["cpu", "cpu"], weights="random",
+                             progress=reports.append)  # fmt: skip
+    assert summary.done == 4 and reports[-1].todo == 4
+    written = (tmp_path / "out" / "03").resolve()  # the second worker's shard: 01, 03
+    assert recent_extractions() == [written]
+    again = run_on_devices(jobs[::-1], model, options, ["cpu", "cpu"], weights="random")
+    assert (again.done, again.skipped) == (0, 4)
+    assert recent_extractions() == [(tmp_path / "out" / "00").resolve(), written]
+
+
 #: in each worker (the parent plans through ``multi``'s own name): once the worker has planned
 #: its shard, another run into the same -o writes every folder of it, with the outputs of
 #: another file (the folder ``$THEIRS``)

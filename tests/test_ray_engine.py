@@ -70,15 +70,21 @@ def test_ray_engine_equals_local_in_both_formats(ray_cluster, inputs, tmp_path):
     latter through a file:// URL); the empty file is a failed row; every shard matches its
     index rows. Equal to float32 rounding, not bit for bit: Ray gives an actor one OpenMP
     thread, and oneDNN sums a convolution in another order with another thread count."""
+    from fpncli.io.latest import latest_extraction
+
     local = tmp_path / "local"
     assert _extract(inputs, "-o", local).exit_code == 1  # empty.png fails
     # batch size 1 everywhere: a batched convolution may round differently from a single one
     files = _extract(inputs, "-o", tmp_path / "rf", "--engine", "ray", "--batch-size", "1")
     assert files.exit_code == 1, files.output
     assert "empty.png" in files.output and "done 3" in files.output
+    # the latest extraction (for a bare `fpncli show`): the last folder written, as the local
+    # engine records it (the actors' order), not the local run's before it
+    assert latest_extraction() in [(tmp_path / "rf" / f"im{i}").resolve() for i in range(3)]
     url = f"file://{tmp_path}/rw"
     wds = _extract(inputs, "-o", url, "--engine", "ray", "--format", "wds", "--batch-size", "1")
     assert wds.exit_code == 1 and "done 3" in wds.output, wds.output
+    assert latest_extraction() == url  # as the local engine records a wds output
 
     index = pq.read_table(tmp_path / "rw" / "index.parquet").to_pylist()
     assert {r["key"]: r["status"] for r in index} == {

@@ -1,5 +1,9 @@
 """The latest extractions, remembered for ``fpncli show`` with no target (in
-``$FPNCLI_HOME``, else ``$XDG_STATE_HOME/fpncli``, else ``~/.cache/fpncli``: ``latest.json``)."""
+``$FPNCLI_HOME``, else ``$XDG_STATE_HOME/fpncli``, else ``~/.cache/fpncli``: ``latest.json``).
+
+Each is an image's output folder (``--format files``: the last one a run wrote) or the output of
+a ``--format wds`` run: its folder, or its URL (an object store), kept as a ``str``.
+"""
 
 from __future__ import annotations
 
@@ -42,8 +46,8 @@ _HISTORY = 20  # recent extractions remembered, so a deleted latest falls back t
 _MAX_STATE_BYTES = 1 << 20
 
 
-def recent_extractions() -> list[Path]:
-    """The folders recorded by ``record_latest``, newest first (they may since have gone);
+def recent_extractions() -> list[Path | str]:
+    """The outputs recorded by ``record_latest``, newest first (they may since have gone);
     none when nothing is recorded or the record is damaged (``record_latest`` then writes a
     new one; ``latest_extraction`` says it is damaged)."""
     try:
@@ -52,7 +56,7 @@ def recent_extractions() -> list[Path]:
         return []
 
 
-def _recorded() -> list[Path]:
+def _recorded() -> list[Path | str]:
     """``recent_extractions``; fpncli's own ``latest.json`` that is there but damaged (not
     valid JSON or UTF-8, truncated, not a record: a list, no ``folder``, not a regular file) is
     a one-line ValueError naming it. The file an earlier version wrote, in a folder that all
@@ -81,8 +85,14 @@ def _recorded() -> list[Path]:
     for folder in folders:
         if isinstance(folder, str) and folder and folder not in seen:
             seen.add(folder)
-            recent.append(Path(folder))
+            recent.append(folder if _is_url(folder) else Path(folder))
     return recent
+
+
+def _is_url(output: Path | str) -> bool:
+    """Whether ``output`` is a URL (a ``--format wds`` output in an object store), which a
+    ``Path`` would mangle (``s3://b/x`` is ``s3:/b/x``)."""
+    return isinstance(output, str) and "://" in output
 
 
 def _read_record(path: Path) -> dict:
@@ -106,11 +116,12 @@ def _read_record(path: Path) -> dict:
     return state
 
 
-def record_latest(folder: Path) -> None:
+def record_latest(folder: Path | str) -> None:
     """Remember ``folder`` as the most recent extraction (for ``fpncli show`` with no target),
-    keeping the previous ones so a latest that was deleted falls back to the newest left."""
+    keeping the previous ones so a latest that was deleted falls back to the newest left:
+    an image's output folder, or a ``--format wds`` output (a folder, or a URL kept as it is)."""
     state = _state_file()
-    newest = str(Path(folder).resolve())
+    newest = folder if _is_url(folder) else str(Path(folder).resolve())
     history = [str(p) for p in recent_extractions() if str(p) != newest][: _HISTORY - 1]
     try:
         state.parent.mkdir(parents=True, exist_ok=True)
@@ -120,18 +131,21 @@ def record_latest(folder: Path) -> None:
         log.warning("could not record the latest extraction in %s: %s", state, e)
 
 
-def latest_extraction() -> Path:
-    """The most recently completed output folder that still exists (complete); the recorded
-    latest may have been deleted, then the newest one left is returned.
-    FileNotFoundError when there is none; ValueError (one line naming it) when ``latest.json``
-    is damaged."""
+def latest_extraction() -> Path | str:
+    """The most recently completed output folder that still exists (complete), or the ``--format
+    wds`` output that still holds an index (a URL, which is not looked up: reading it says
+    what it holds); the recorded latest may have been deleted, then the newest one left is
+    returned. FileNotFoundError when there is none; ValueError (one line naming it) when
+    ``latest.json`` is damaged."""
+    from .catalog import is_sharded
+
     recent = _recorded()
     if not recent:
         raise FileNotFoundError(
             "no previous extraction recorded: run 'fpncli extract IMAGE' first, or name a TARGET"
         )
     for folder in recent:
-        if is_complete(folder):
+        if _is_url(folder) or is_complete(folder) or is_sharded(folder):
             if folder != recent[0]:
                 log.warning("the latest extraction %s is gone; showing %s", recent[0], folder)
             return folder

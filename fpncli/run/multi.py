@@ -29,7 +29,7 @@ from ..io.guard import usable_cores
 from ..io.inputs import Job, select_shard
 from ..io.messages import one_line
 from .device import worker_threads
-from .pipeline import run_jobs
+from .pipeline import record_last_folder, run_jobs
 from .plan import Replaced, RunInputs, _complete, check_disk_space, plan_pending
 from .steps import RunOptions, weights_meta
 from .summary import (
@@ -87,7 +87,9 @@ def _worker(index: int, device: str, connection, inbox, go=None,
             run_jobs(own, model, replace(options, record_latest=False))
             send(("ready", index, None))
             go.wait()  # (for ever only while the parent lives: _end_with_parent)
-        summary = run_jobs(jobs, model, options, progress=lambda p: send(("progress", index, p)),
+        # the parent records the run's last folder as the latest extraction, once for the run
+        summary = run_jobs(jobs, model, replace(options, record_latest=False),
+                           progress=lambda p: send(("progress", index, p)),
                            run_inputs=run_inputs)  # fmt: skip
         send(("done", index, summary))
     except KeyboardInterrupt:  # SIGINT to this worker alone (a Ctrl-C at a terminal reaches
@@ -207,7 +209,8 @@ def _merge(parts: list[RunSummary]) -> RunSummary:
         merged.float16_images += part.float16_images
         merged.float16_levels += part.float16_levels
         merged.aborted = merged.aborted or part.aborted
-        merged.last_folder = part.last_folder or merged.last_folder
+        if part.done:  # (a worker's skipped ones: the run's last, see record_last_folder)
+            merged.last_folder = part.last_folder or merged.last_folder
         for stage, seconds in part.stage_seconds.items():
             merged.stage_seconds[stage] = merged.stage_seconds.get(stage, 0.0) + seconds
     failures = [p.device_failure for p in parts if p.device_failure]
@@ -333,11 +336,11 @@ def run_on_devices(
                         values = latest.values()
                         # a worker yet to report counts its whole shard as to do (it says how
                         # many it skips with its first report): the total never starts short
-                        todo = sum(latest[i].todo if i in latest else len(shards[i])
+                        left = sum(latest[i].todo if i in latest else len(shards[i])
                                    for i in range(count))  # fmt: skip
                         progress(Progress(
                             sum(p.done for p in values), sum(p.failed for p in values),
-                            sum(p.skipped for p in values), todo, time.monotonic() - start,
+                            sum(p.skipped for p in values), left, time.monotonic() - start,
                             sum(p.bytes_written for p in values),
                         ))  # fmt: skip
                 elif kind == "log":
@@ -391,6 +394,7 @@ def run_on_devices(
         merged.aborted = "; ".join(reasons)
     merged.seconds = time.monotonic() - start
     merged.released = released
+    record_last_folder(merged, jobs, todo, options)  # (none written: the run's last complete job)
     spans = [part.span for part in parts if part.span is not None]
     if spans:  # from the first worker's start to the last one's end (not their sum)
         merged.span = (min(start for start, _ in spans), max(end for _, end in spans))

@@ -93,6 +93,7 @@ __all__ = [
     "infer_batch",
     "write_result",
     "run_decoded",
+    "record_last_folder",
 ]
 
 
@@ -111,7 +112,8 @@ def run_jobs(
     The last folder written, else (none written) the last one skipped as complete, is recorded
     as the latest extraction (``fpncli show`` with no target) and is ``summary.last_folder``.
     With a ``sink`` (``run.wds``), every job is run and its outputs go to ``sink.write`` (the
-    caller resumed and checked the disk), and no folder is recorded as the latest extraction.
+    caller resumed and checked the disk), and no folder is recorded: the caller records its
+    output as the latest extraction (``run.wds.record_output``).
     ``on_plan`` is called once with the jobs the run will do (the pending ones) and what they
     replace (``plan.Replaced``: complete folders made with other settings), before the disk
     check and the run: the CLI states the output volume of those, not of every job, and says
@@ -140,13 +142,23 @@ def run_jobs(
     writer = sink if sink is not None else FolderSink(inputs)
     _run(model, options, summary, len(todo), progress, writer,
          lambda runner: _feed(runner, todo, options, input_format))  # fmt: skip
+    if sink is None:  # (a sink's caller records its output: run.wds)
+        record_last_folder(summary, jobs, todo, options)
+    return summary
+
+
+def record_last_folder(summary: RunSummary, jobs: list[Job], todo: list[Job],
+                       options: RunOptions) -> None:  # fmt: skip
+    """Record the run's last folder as the latest extraction (``options.record_latest``): the
+    last one written (``summary.last_folder``), else the last of ``jobs`` skipped as already
+    complete (not in ``todo``), which becomes ``summary.last_folder``. Shared by the engines
+    that write ``--format files`` folders (this one, ``multi``'s, Ray's)."""
     if summary.last_folder is None:  # none written: the last job skipped as already complete
         pending = {id(job) for job in todo}  # (this command named it: a bare `fpncli show`)
         skipped = next((job for job in reversed(jobs) if id(job) not in pending), None)
         summary.last_folder = skipped.folder if skipped is not None else None
-    if summary.last_folder is not None and options.record_latest and sink is None:
+    if summary.last_folder is not None and options.record_latest:
         record_latest(summary.last_folder)
-    return summary
 
 
 def run_decoded(items: list[Decoded], model: FPN, options: RunOptions, *, sink=None) -> RunSummary:

@@ -29,6 +29,7 @@ from ..io.guard import OptionError, is_disk_full
 from ..io.inputs import Job
 from ..io.shard_index import consolidate_index, read_index
 from ..model.fpn import FPN
+from .pipeline import record_last_folder
 from .plan import Replaced, RunInputs, estimate_run_bytes, plan_pending
 from .ray_actor import WARNINGS, Extractor, Stopped, decode_rows
 from .ray_start import RayStartError, connect, import_ray
@@ -41,7 +42,7 @@ from .summary import (
     say_relayed,
     stopped_message,
 )
-from .wds import plan_sharded
+from .wds import plan_sharded, record_output
 
 __all__ = ["RayOptions", "RayStartError", "run_ray"]
 
@@ -187,10 +188,21 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         # file of this run no other file: the identities the plan read, if it read any
         config["identities"] = inputs.identities
         rows_per_call = options.batch_size * 4
+    folders = {} if ray_options.out_format == "wds" else {str(j.path): j.folder for j in todo}
+
+    def finished() -> RunSummary:
+        """The summary of a run that ended (stopped or not), its output recorded as the latest
+        extraction, as the local engine records it: a wds run's, else its last folder."""
+        if ray_options.out_format == "wds":
+            record_output(summary, out, options)
+        else:
+            record_last_folder(summary, jobs, todo, options)
+        return summary
+
     if on_plan is not None:
         on_plan(todo, replaced)
     if not todo:
-        return summary
+        return finished()
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.wait_for_min_actors_s = 600  # after the GPU check above, only slow starts wait
@@ -224,7 +236,7 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
     said: set[str] = set()  # the once-per-run warnings said
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            _count(batch, summary, said)
+            _count(batch, summary, said, folders)
             if progress is not None:
                 elapsed = time.monotonic() - start
                 progress(Progress(summary.done, len(summary.failed), summary.skipped, len(todo),
@@ -266,14 +278,17 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         summary.device_failure = stopped.device_failure
         summary.aborted = OPEN_FILES if stopped.open_files else DISK_FULL
         summary.aborted = stopped_message(summary)  # (a failed device's first)
-        return summary
+        return finished()
     log.info("Ray: %d images in %.1f s on %d actors", summary.done, summary.seconds, size)
-    return summary
+    return finished()
 
 
-def _count(batch: dict, summary: RunSummary, said: set[str]) -> None:
+def _count(batch: dict, summary: RunSummary, said: set[str],
+           folders: dict[str, Path] | None = None) -> None:  # fmt: skip
     """Add an actor's returned rows to the summary, and say the warnings they bring
-    (``said``: the once-per-run ones this run has said)."""
+    (``said``: the once-per-run ones this run has said); ``folders`` (an input path as given
+    -> its folder, ``--format files``) gives ``summary.last_folder``, the last one completed."""
+    folders = folders or {}
     for text in batch["log"]:
         for relayed in json.loads(text) if text else ():
             say_relayed(tuple(relayed), said)
@@ -288,6 +303,8 @@ def _count(batch: dict, summary: RunSummary, said: set[str]) -> None:
             summary.skipped += 1
         else:
             summary.failed.append((str(path), str(error)))
+            continue
+        summary.last_folder = folders.get(str(path), summary.last_folder)  # complete either way
 
 
 def _stopped(error: BaseException) -> Stopped | None:

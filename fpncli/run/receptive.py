@@ -260,6 +260,21 @@ def _parse_at(text: str) -> tuple[float, float]:
     return x, y
 
 
+def _latest() -> Path:
+    """The latest extraction's folder; a ValueError where it is a ``--format wds`` output,
+    whose images are no folders with a photo to rerun (as ``--key`` is refused)."""
+    from ..io.catalog import is_sharded
+    from ..io.latest import latest_extraction
+
+    latest = latest_extraction()
+    if is_sharded(latest):
+        raise ValueError(
+            f"the latest extraction {latest} is a --format wds output: --receptive-field takes "
+            "an extraction folder or an image, not an image of a shard; name one as TARGET"
+        )
+    return latest
+
+
 def draw_receptive_fields(
     target: str | None,
     at: str,
@@ -284,7 +299,6 @@ def draw_receptive_fields(
     ``download_progress`` is ``load_backbone``'s, for the weights."""
     from ..api import load_backbone, resolve_device
     from ..io.atomic import atomic_write_bytes
-    from ..io.latest import latest_extraction
     from ..io.manifest import MANIFEST, check_manifest, load_manifest
     from ..io.outputs import check_channel
     from ..model.names import OUTPUT_CHANNELS
@@ -303,7 +317,7 @@ def draw_receptive_fields(
     known = tuple(name for name in levels if name in OUTPUT_CHANNELS)  # (others: refused below)
     if known:  # (else torch's IndexError, after the forward pass)
         check_channel(channel, reduce, known)
-    path = latest_extraction() if target is None else Path(target).expanduser()
+    path = _latest() if target is None else Path(target).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no such folder or image: {target}")
     settings: dict = {}

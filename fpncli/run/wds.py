@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from ..io.guard import is_disk_full
 from ..io.inputs import Job
+from ..io.latest import record_latest
 from ..io.messages import quote_name
 from ..io.shard_index import consolidate_index
 from ..io.shard_root import claim_root, prepare_root
@@ -28,7 +29,7 @@ from .plan import Replaced, check_disk_space
 from .steps import Decoded, RunOptions, weights_meta
 from .summary import DISK_FULL, Progress, RunSummary, stopped_message
 
-__all__ = ["ShardPlan", "ShardSink", "job_key", "plan_sharded", "run_sharded"]
+__all__ = ["ShardPlan", "ShardSink", "job_key", "plan_sharded", "record_output", "run_sharded"]
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,16 @@ def _count_every_job(summary: RunSummary, jobs: list[Job], plan: ShardPlan) -> N
     summary.skipped, summary.left_to_others = plan.skipped, plan.left_to_others
 
 
+def record_output(summary: RunSummary, out: str, options: RunOptions) -> None:
+    """Record ``out`` (a folder or URL) as the latest extraction (``fpncli show`` with no
+    target: it then names an image by ``--key``), as a ``--format files`` run records its last
+    folder: when this run committed an image, or found one in the index (``options.
+    record_latest``). Shared by the local engine and Ray's."""
+    already = summary.skipped - summary.left_to_others  # (the others: another run's to write)
+    if options.record_latest and (summary.done > 0 or already > 0):
+        record_latest(out)
+
+
 def _consolidate_after_error(plan: ShardPlan) -> None:
     """``consolidate_index`` at the end of a run that raised, best effort: a failure here is a
     warning, never in the place of the run's own error (or Ctrl-C's exit code 130); the ledger
@@ -272,6 +283,7 @@ def run_sharded(
         plan.release()
     _count_every_job(summary, jobs, plan)
     summary.last_folder = None
+    record_output(summary, out, options)
     if summary.aborted:  # counted over the whole job list, without the dropped shard's images
         summary.aborted = stopped_message(summary)
     if rows is not None:

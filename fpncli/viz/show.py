@@ -31,7 +31,7 @@ from .names import picture_suffix
 from .overview import overview_image
 from .png import encode_png
 from .scale import range_to_draw
-from .sources import Source, latest, resolve_source
+from .sources import Source, latest, latest_target, resolve_source
 from .visualize import heatmap_image, overlay_image
 from .window import open_window
 
@@ -345,9 +345,10 @@ def show(
     draws a grid of that level's K channels with the largest mean (or the listed ones) instead.
     ``scale`` ``level`` or ``shared`` colours with the run's ranges (``viz.scale``), not the map's.
     With ``key``, ``target`` is the output of a ``--format wds`` run and the image with that
-    sample key is shown. An image TARGET with more than ``max_pixels`` is refused (as
-    ``extract --max-pixels``); its weights' download shows its progress with
-    ``download_progress`` (``load_backbone``'s).
+    sample key is shown; ``target`` None is the latest extraction, an image's folder or such an
+    output (``sources.latest_target``: without ``key``, a ValueError naming it). An image
+    TARGET with more than ``max_pixels`` is refused (as ``extract --max-pixels``); its weights'
+    download shows its progress with ``download_progress`` (``load_backbone``'s).
 
     Raises:
         ValueError: an unknown level, a level that was not saved, a bad option (an
@@ -365,11 +366,15 @@ def show(
             raise OptionError("--top and --channels both given: choose one")
         if level == "all" or overlay:
             raise OptionError("--top/--channels draw one level, without --overlay: pick --level")
+    latest_notes: list[str] = []
+    if target is None:  # the latest extraction, shown as that TARGET is (a wds output: by key)
+        target, latest_notes = latest_target(key)
     pending: list[str] = []  # checked before an image TARGET would be extracted
     fixed = _run_ranges(target, scale, reduce, channel, pending.append, key)
     levels = list(LEVELS) if level == "all" else [level]
     source = resolve_source(target, levels, weights, device, key, max_pixels, level_named,
                             download_progress)  # fmt: skip
+    source.notes[:0] = latest_notes
     level = _level_drawn(source, level, level_named)
     named_level = level if source.level_known or level == "all" else None
     if level != "all" and level not in source.features:

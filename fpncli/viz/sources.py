@@ -30,6 +30,7 @@ __all__ = [
     "from_folder",
     "holds_no_maps",
     "latest",
+    "latest_target",
     "resolve_source",
 ]
 
@@ -122,15 +123,42 @@ def holds_no_maps(target: str) -> bool:
         return True
 
 
-def _not_an_extraction(folder: Path) -> Exception:
+def latest_target(key: str | None = None) -> tuple[str, list[str]]:
+    """The latest extraction (``latest``) as the TARGET to show it as, and the notes to say:
+    an image's folder, or the output of a ``--format wds`` run, a folder or URL, whose image
+    ``key`` names, as for that TARGET. Without ``key`` such an output is a ValueError, one line
+    naming it and how to pick an image; a ``key`` when the latest is an image's folder (or
+    none is recorded), an ``OptionError``: --key needs TARGET."""
+    from ..io.catalog import is_sharded
+
+    try:
+        folder, notes = latest()
+    except (FileNotFoundError, ValueError):  # none recorded (or a damaged record)
+        if key is None:
+            raise
+        folder = None  # --key: needs TARGET, as before any latest was read
+    if folder is not None and is_sharded(folder):
+        if key is None:
+            raise ValueError(f"the latest extraction {_wds_output(str(folder))}")
+        return str(folder), notes
+    if key is not None:  # (the latest is no wds output, or there is none)
+        raise OptionError("--key needs TARGET: the output folder (or URL) of a --format wds run")
+    return str(folder), notes
+
+
+def _wds_output(root: str) -> str:
+    """``ROOT is a --format wds output: ...``: what to name to show one of its images."""
     from ..io.shards import INDEX
 
+    return (
+        f"{root} is a --format wds output: name an image in it with --key KEY (its keys are in "
+        f"{root.rstrip('/')}/{INDEX}, and fpncli report {shlex.quote(root)} lists them)"
+    )
+
+
+def _not_an_extraction(folder: Path) -> Exception:
     if _is_wds_output(folder):
-        return ValueError(
-            f"{folder} is a --format wds output: name an image in it with --key KEY "
-            f"(its keys are in {folder / INDEX}, and fpncli report "
-            f"{shlex.quote(str(folder))} lists them)"
-        )
+        return ValueError(_wds_output(str(folder)))
     below = _extractions_below(folder)
     if not below:
         return FileNotFoundError(
@@ -294,12 +322,15 @@ def resolve_source(target: str | None, levels: list[str], weights: str, device: 
              level_named: bool = True, download_progress=LoggedProgress) -> Source:  # fmt: skip
     """What to draw. ``level_named``: the one level in ``levels`` was asked for (``--level``),
     not a default: a ``.npy`` whose name is no level's then holds that level.
-    ``download_progress``: ``load_backbone``'s, for an image's weights."""
+    ``download_progress``: ``load_backbone``'s, for an image's weights. ``target`` None: the
+    latest extraction, as that TARGET (``latest_target``: a wds output's image by ``key``)."""
+    if target is None:
+        target, notes = latest_target(key)
+        source = resolve_source(target, levels, weights, device, key, max_pixels, level_named,
+                                download_progress)  # fmt: skip
+        source.notes[:0] = notes
+        return source
     if key is not None:
-        if target is None:
-            raise OptionError(
-                "--key needs TARGET: the output folder (or URL) of a --format wds run"
-            )
         from ..io.catalog import is_sharded
 
         if not is_sharded(target):  # an index found nothing there: not "no image with key"
@@ -316,11 +347,6 @@ def resolve_source(target: str | None, levels: list[str], weights: str, device: 
                 "--key",
             )
         return _from_shard(target, key, levels, level_named or len(levels) > 1)
-    if target is None:
-        folder, notes = latest()
-        source = from_folder(folder, levels, named=level_named or len(levels) > 1)
-        source.notes += notes
-        return source
     path = Path(target).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no such folder, .npy or image: {target}")
