@@ -215,6 +215,14 @@ def test_a_wds_run_is_the_latest_extraction_shown_by_key(tmp_path, monkeypatch):
                                 "--save", "named.png"], catch_exceptions=False)  # fmt: skip
     assert named.exit_code == 0, named.output
     assert Path("fpn_show_b_p3.png").read_bytes() == Path("named.png").read_bytes()
+    for target in ([], ["LB"]):  # --weights, of an image TARGET: refused as for that TARGET
+        weights = runner.invoke(cli, ["show", *target, "--key", "b", "--weights", "random"])
+        assert weights.exit_code == 2 and weights.output.splitlines() == [
+            "Error: --weights is an option of an image TARGET (--key names an image of a saved "
+            "extraction: its saved maps are read, not computed) (see 'cli show --help')"
+        ], weights.output
+        lacking = runner.invoke(cli, ["show", *target, "--key", "zz", "--weights", "random"])
+        assert lacking.exit_code == 1 and "no image with key 'zz' in" in lacking.output
     receptive = runner.invoke(cli, ["show", "--receptive-field", "--at", "3,3"])
     assert receptive.exit_code == 1 and receptive.output == (
         f"Error: the latest extraction {wds} is a --format wds output: --receptive-field takes "

@@ -100,14 +100,17 @@ _NETWORK_OPTIONS = ("weights", "device", "max_pixels")
 
 def _reads_nothing(target: str | None, key: str | None) -> bool:
     """Whether TARGET, a folder or .npy, holds no saved maps (a folder of photos, a name that is
-    not there), or ``--key`` names no image of a wds output (no TARGET, one that is not a wds
-    output, or a local one whose index has no such image or cannot be read): refusing
-    --weights there because "saved maps are read" would mislead, and the user would learn the
-    real problem only on the next try. A URL's index is not read for this (a key it lacks is
-    said on the next try): no option's refusal waits on the network."""
+    not there), or ``--key`` names no image of a wds output (no TARGET where the latest
+    extraction is no wds output, one that is not a wds output, or a local one whose index has
+    no such image or cannot be read): refusing --weights there because "saved maps are read"
+    would mislead, and the user would learn the real problem only on the next try. A URL's
+    index is not read for this (a key it lacks is said on the next try): no option's refusal
+    waits on the network."""
     if key is not None:
         from ..io.catalog import is_sharded
 
+        if target is None:  # the latest extraction, where it is a wds output: as that TARGET
+            target = _latest_wds(key)
         if target is None or not is_sharded(target):
             return True
         return "://" not in target and not _holds_key(target, key)
@@ -116,6 +119,17 @@ def _reads_nothing(target: str | None, key: str | None) -> bool:
     from ..viz.sources import holds_no_maps
 
     return holds_no_maps(target)
+
+
+def _latest_wds(key: str) -> str | None:
+    """The latest extraction's output where it is a wds output, whose image ``key`` then
+    names (``sources.latest_target``); None where it is none (resolve_source says so)."""
+    from ..viz.sources import latest_target
+
+    try:
+        return latest_target(key)[0]
+    except (OSError, ValueError):  # (--key needs TARGET: the latest is an image's folder)
+        return None
 
 
 def _holds_key(target: str, key: str) -> bool:
