@@ -31,7 +31,7 @@ from .names import picture_suffix
 from .overview import overview_image
 from .png import encode_png
 from .scale import range_to_draw
-from .sources import Source, latest, latest_target, resolve_source
+from .sources import Source, latest_target, resolve_source
 from .visualize import heatmap_image, overlay_image
 from .window import open_window
 
@@ -174,7 +174,7 @@ def _channels_picture(source: Source, level: str, top: int | None,
     return grid, picked
 
 
-def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
+def _run_ranges(target: str, scale: str, reduce: str, channel: int, say,
                 key: str | None = None):  # fmt: skip
     """The run's colour ranges for ``--scale level|shared`` (None for ``image``, and for a
     target that is no extraction, which ``resolve_source`` refuses); with ``key``, over the
@@ -190,10 +190,10 @@ def _run_ranges(target: str | None, scale: str, reduce: str, channel: int, say,
         raise ValueError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
     if scale == "image":
         return None
-    if key is not None and target is not None:  # (no target: resolve_source says --key needs one)
+    if key is not None:
         found, where = open_extractions(target), f"in {quote_name(target)}"
     else:
-        path = latest()[0] if target is None else Path(target).expanduser()
+        path = Path(target).expanduser()
         folder = path if path.is_dir() else path.parent
         manifest = load_manifest(folder)  # (one that cannot be read says why)
         if manifest is None:
