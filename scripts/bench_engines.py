@@ -49,7 +49,8 @@ def main() -> None:
     import ray
 
     import fpncli
-    from fpncli.io.inputs import discover_inputs, plan_jobs
+    from fpncli.io.inputs import discover_inputs
+    from fpncli.io.jobs import plan_jobs
     from fpncli.io.outputs import OutputOptions
     from fpncli.run.pipeline import RunOptions, run_jobs
     from fpncli.run.ray_engine import RayOptions, run_ray

@@ -41,7 +41,7 @@ def loop(what: str, seconds: float, work: Path) -> None:
 
     from fpncli.io.atomic import atomic_write_bytes
     from fpncli.io.image_writer import write_image_outputs
-    from fpncli.io.inputs import Job
+    from fpncli.io.jobs import Job
     from fpncli.io.outputs import OutputOptions
     from fpncli.run.bench import OUTPUT_PRESETS
     from fpncli.run.device.transfer import results_to_host

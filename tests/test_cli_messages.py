@@ -200,7 +200,7 @@ def test_a_failed_file_is_named_once_with_its_reason(runner, tmp_path):
 
 
 def test_names_that_differ_only_in_case_never_share_a_folder(tmp_path):
-    from fpncli.io.inputs import plan_jobs
+    from fpncli.io.jobs import plan_jobs
 
     root = tmp_path / "in"
     pairs = [(root / "A.PNG", root), (root / "a.jpg", root), (root / "Sub" / "x.png", root),

@@ -100,7 +100,7 @@ def test_garbage_in_the_shard_variables_is_the_shards_error_not_the_devices(env,
     """RANK/WORLD_SIZE (SLURM_PROCID/SLURM_NTASKS) choose a shard: ``shard_env`` refuses their
     garbage where a shard is chosen, and device selection does not read them (``--shard``
     overrides them; bench never shards)."""
-    from fpncli.io.inputs import shard_env
+    from fpncli.io.run_shard import shard_env
 
     with pytest.raises(ValueError, match=message) as info:
         shard_env(env)

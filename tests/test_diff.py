@@ -287,7 +287,7 @@ def test_a_long_wds_key_gets_a_picture_folder_that_fits_a_file_name(tmp_path):
     folder output cut its name short, with a hash, and passed). Now each part of a picture
     folder over 255 bytes is cut short the same way."""
     pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
-    from fpncli.io.inputs import NAME_MAX_BYTES
+    from fpncli.io.jobs import NAME_MAX_BYTES
     from fpncli.viz.diff_output import picture_folders
 
     photos = tmp_path / "in"

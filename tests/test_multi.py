@@ -19,7 +19,7 @@ from PIL import Image
 from slow_decoding import SLOW_DECODING
 
 import fpncli
-from fpncli.io.inputs import Job
+from fpncli.io.jobs import Job
 from fpncli.io.manifest import is_complete
 from fpncli.io.outputs import OutputOptions
 from fpncli.run.pipeline import RunOptions, run_jobs
@@ -50,7 +50,7 @@ if __name__ == "__main__":
     from pathlib import Path
 
     from fpncli.api import load_backbone
-    from fpncli.io.inputs import Job
+    from fpncli.io.jobs import Job
     from fpncli.io.outputs import OutputOptions
     from fpncli.run.multi import run_on_devices
     from fpncli.run.steps import RunOptions

@@ -282,7 +282,7 @@ def test_plan_mirrors_tree_and_never_collides(tmp_path):
 
 def test_plan_leaves_fpncli_own_top_level_names_alone(tmp_path):
     from fpncli.io import markers, shardlock, shards
-    from fpncli.io.inputs import RESERVED_NAMES, RUN_LOCKS
+    from fpncli.io.jobs import RESERVED_NAMES, RUN_LOCKS
     from fpncli.io.run_log import RUN_LOG
     from fpncli.viz.report_folder import REPORT, REPORT_ASSETS
 

@@ -271,7 +271,7 @@ def test_ray_progress_reports_carry_the_bytes_written(ray_cluster, inputs, tmp_p
     """Each progress report of a Ray run says the bytes written so far, as a local run's do
     (a Ctrl-C'd run's log has them from its last report); the last one says the run's."""
     import fpncli
-    from fpncli.io.inputs import Job
+    from fpncli.io.jobs import Job
     from fpncli.io.outputs import OutputOptions
     from fpncli.run.ray_engine import RayOptions, run_ray
     from fpncli.run.steps import RunOptions

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 import fpncli
-from fpncli.io.inputs import discover_inputs, plan_jobs
+from fpncli.io.inputs import discover_inputs
+from fpncli.io.jobs import plan_jobs
 from fpncli.io.outputs import OutputOptions
 from fpncli.run.pipeline import RunOptions, weights_meta
 
@@ -111,7 +112,7 @@ def test_two_wds_runs_at_once_share_the_keys_and_keep_each_others_shards(
 
 def test_the_summary_line_says_which_skipped_images_were_left_to_another_run(capsys):
     from fpncli.cli.extract_report import _report
-    from fpncli.io.inputs import Job
+    from fpncli.io.jobs import Job
     from fpncli.run.pipeline import RunSummary
 
     jobs = [Job(Path(f"in/{i}.png"), Path(f"out/{i}")) for i in range(5)]

@@ -372,7 +372,7 @@ def test_photos_sharing_a_stem_get_pictures_of_their_own(tmp_path, monkeypatch):
              for name in ("a.jpg", "a.PNG")]  # fmt: skip
     assert [path.name for path in saved] == ["fpn_show_a_jpg_p4.png", "fpn_show_a_png_p4.png"]
     assert saved[0].read_bytes() != saved[1].read_bytes()  # both there, each its photo's
-    from fpncli.io.inputs import image_stem
+    from fpncli.io.jobs import image_stem
 
     assert image_stem(Path("b.png")) == "b" and image_stem(tmp_path / "a.PNG") == "a_png"
 
@@ -392,7 +392,7 @@ def test_photos_whose_names_differ_in_case_get_pictures_of_their_own(tmp_path, m
              for name in ("a.JPG", "a.jpg")]  # fmt: skip
     assert [path.name for path in saved] == ["fpn_show_a_jpg_p4.png", "fpn_show_a_jpg_2_p4.png"]
     assert saved[0].read_bytes() != saved[1].read_bytes()  # both there, each its photo's
-    from fpncli.io.inputs import image_stem, plan_jobs
+    from fpncli.io.jobs import image_stem, plan_jobs
     from fpncli.io.pillow_open import pillow_extensions
 
     names = ["a_jpg.png", "a.png", "a_jpg_2.tif", "a_b.png", "b.png", "b_png.jpg", "report.jpg",
@@ -414,13 +414,13 @@ def test_photos_of_a_folder_that_cannot_be_listed_get_pictures_of_their_own(monk
     """A folder with search but no read permission: its photos can be shown, its other images
     cannot be seen. a.jpg and a.png there were both named a (one picture over the other); now
     each is named by stem and extension."""
-    import fpncli.io.inputs as inputs
+    import fpncli.io.jobs as jobs
 
     def unlistable(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(inputs.os, "scandir", unlistable)
-    names = [inputs.image_stem(Path("x") / name) for name in ("a.jpg", "a.png", "b.JPG")]
+    monkeypatch.setattr(jobs.os, "scandir", unlistable)
+    names = [jobs.image_stem(Path("x") / name) for name in ("a.jpg", "a.png", "b.JPG")]
     assert names == ["a_jpg", "a_png", "b_jpg"]
 
 

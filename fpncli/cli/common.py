@@ -302,7 +302,7 @@ def _file_target(value: str) -> Path:
 def _env_shard() -> tuple[int, int, str] | None:
     """torchrun's ``RANK``/``WORLD_SIZE`` (or SLURM's) as ``(rank, world, names)``, checked
     before any work: the error names the variables."""
-    from ..io.inputs import shard_env
+    from ..io.run_shard import shard_env
 
     try:
         return shard_env()

@@ -368,7 +368,7 @@ def _remove_if_unused(out: Path, lock=None) -> None:
     files, and no other run holds one of those (a folder with anything else in it keeps them
     too). ``lock``: this run's ``io.formats.FormatLock``, released first."""
     from ..io.formats import run_lock_held
-    from ..io.inputs import RUN_LOCKS
+    from ..io.jobs import RUN_LOCKS
     from ..io.markers import OUTPUT_MARKER
 
     if lock is not None:

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from .guard import open_lock_file
-from .inputs import RESERVED_NAMES, RUN_LOCKS
+from .jobs import RESERVED_NAMES, RUN_LOCKS
 from .manifest import MANIFEST, read_manifest
 
 __all__ = [

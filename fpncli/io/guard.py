@@ -106,7 +106,7 @@ def file_target(path: str | Path) -> Path:
 def _fpncli_file(target: Path) -> str | None:
     """What ``target`` belongs to when it is a file an fpncli run wrote (or will write), else
     None."""
-    from .inputs import is_reserved_name
+    from .jobs import is_reserved_name
     from .manifest import MANIFEST
     from .outputs import is_output_name
     from .run_log import RUN_LOG

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..io.inputs import Job
+from ..io.jobs import Job
 from ..io.manifest import MANIFEST, is_complete
 from ..io.markers import linked_folder
 from .plan import RunInputs, _complete

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..io.inputs import Job, fitted_name
+from ..io.jobs import Job, fitted_name
 from ..io.manifest import folder_state
 from ..io.recorded_input import same_input
 
@@ -23,7 +23,7 @@ __all__ = ["renamed_leftovers"]
 def renamed_leftovers(jobs: list[Job]) -> list[tuple[Path, Job]]:
     """``(folder, job)`` for each folder that holds the complete outputs of ``job``'s own input
     file (``recorded_input.same_input``: also through a hard link) under a name ``job`` would
-    have had but for a renaming (``io.inputs.plan_jobs``: ``a``, or ``a_png`` for ``a_png_2``),
+    have had but for a renaming (``io.jobs.plan_jobs``: ``a``, or ``a_png`` for ``a_png_2``),
     and that is no folder of ``jobs`` (the whole run's: a folder another job goes to is redone
     for it). Only the jobs whose folder was renamed are looked at, and only those two names
     beside their folder: no walk of the output tree. A symlink is never one."""

@@ -26,8 +26,9 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..io.guard import usable_cores
-from ..io.inputs import Job, select_shard
+from ..io.jobs import Job
 from ..io.messages import one_line
+from ..io.run_shard import select_shard
 from .device import worker_threads
 from .pipeline import record_last_folder, run_jobs
 from .plan import Replaced, RunInputs, _complete, check_disk_space, plan_pending

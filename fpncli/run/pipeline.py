@@ -24,16 +24,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..api import check_precision
 from ..io.guard import is_out_of_open_files
-from ..io.inputs import (
-    IMAGE_EXTENSIONS,
-    Job,
-    discover_inputs,
-    plan_jobs,
-    select_shard,
-    shard_from_env,
-)
+from ..io.inputs import IMAGE_EXTENSIONS, discover_inputs
+from ..io.jobs import Job, plan_jobs
 from ..io.latest import record_latest
 from ..io.messages import error_text
+from ..io.run_shard import select_shard, shard_from_env
 from ..model.fpn import FPN
 from .device import model_for_run, run_settings
 from .folder_sink import FolderSink

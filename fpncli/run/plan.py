@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..io.canvas import canvas_for
 from ..io.exif import header_orientation, upright_size
-from ..io.inputs import Job
+from ..io.jobs import Job
 from ..io.manifest import folder_state
 from ..io.markers import linked_folder
 from ..io.outputs import OutputOptions, estimate_bytes_per_image

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.inputs import Job
+from ..io.jobs import Job
 from ..io.messages import one_line, quote_name
 from ..io.shard_writer import ShardWriter
 from .folder_sink import FolderSink

@@ -26,7 +26,7 @@ import torch
 
 from ..api import check_precision
 from ..io.guard import OptionError, is_disk_full
-from ..io.inputs import Job
+from ..io.jobs import Job
 from ..io.shard_index import consolidate_index, read_index
 from ..model.fpn import FPN
 from .pipeline import record_last_folder

@@ -343,7 +343,7 @@ def draw_receptive_fields(
         settings = {k: pre[k] for k in ("min_size", "max_size", "resize") if k in pre}
         default_out = path / f"show{suffix}.png"
     else:
-        from ..io.inputs import image_stem
+        from ..io.jobs import image_stem
         from ..viz.sources import check_not_drawn
 
         check_not_drawn(path)  # a heatmap fpncli drew is no photo (as show refuses it)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..io.guard import is_disk_full, is_out_of_open_files
-from ..io.inputs import Job
+from ..io.jobs import Job
 from ..io.messages import one_line
 from ..model.fpn import FPN
 from .device import (

@@ -27,7 +27,7 @@ from ..api import run_backbone
 from ..io.canvas import check_canvas
 from ..io.image_load import LoadedImage, load_image
 from ..io.image_writer import write_image_outputs
-from ..io.inputs import Job
+from ..io.jobs import Job
 from ..io.outputs import LevelResult, OutputOptions
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..io.preprocess import Prepared, resize_for_model, resized_shape

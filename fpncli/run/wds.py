@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..io.guard import is_disk_full
-from ..io.inputs import Job
+from ..io.jobs import Job
 from ..io.latest import record_latest
 from ..io.messages import quote_name
 from ..io.shard_index import consolidate_index

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from ..io.atomic import TMP_MARK, atomic_write_bytes
 from ..io.guard import read_json_file
-from ..io.inputs import fitted_name
+from ..io.jobs import fitted_name
 from ..io.markers import DIFF_MARKER, check_no_dangling_link, linked_folder, make_marked_folder
 from ..io.messages import error_text, kind, utf8_text
 from .diff_result import DiffResult
@@ -36,7 +36,7 @@ def picture_folders(keys: list[str]) -> dict[str, str]:
     an image called like a table (``diff.csv``, any case) moves to ``_diff.csv``, with as many
     ``_`` more as it takes to be no other key's folder (beside an image called ``_diff.csv``,
     ``diff.csv``'s goes to ``__diff.csv``); a part of it over 255 bytes is cut short with a
-    hash of the whole part (``inputs.fitted_name``). Chosen for all keys at once, in sorted
+    hash of the whole part (``jobs.fitted_name``). Chosen for all keys at once, in sorted
     order, so a key's folder never depends on the order the images are compared in."""
     tops = {k.partition("/")[0] for k in keys}
     taken = {t.casefold() for t in tops} | set(_TABLES)  # casefold: a case-insensitive disk

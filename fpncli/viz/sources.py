@@ -252,7 +252,7 @@ def _from_image(path: Path, weights: str, device: str, max_pixels: int,
                 download_progress=LoggedProgress) -> Source:  # fmt: skip
     from ..api import extract, load_backbone, resolve_device
     from ..io.image_load import load_image
-    from ..io.inputs import image_stem
+    from ..io.jobs import image_stem
 
     model = load_backbone(weights, device=resolve_device(device),
                           download_progress=download_progress)  # fmt: skip

@@ -14,7 +14,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from ...io.inputs import env_int
+from ...io.run_shard import env_int
 from ...model import cuda_kernels
 from ...model.cpu_kernels import use_cpu_kernels, uses_cpu_kernels
 from ...shared import SharedSetting
