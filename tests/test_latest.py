@@ -248,3 +248,18 @@ def test_a_wds_output_at_a_url_is_recorded_as_it_is(monkeypatch, tmp_path):
     )
     assert recent_extractions() == ["s3://bucket/out"]
     assert latest_extraction() == "s3://bucket/out"
+
+
+def test_a_wds_output_at_a_file_url_is_recorded_as_the_folder_it_names(monkeypatch, tmp_path):
+    """extract ... -o file://W --format wds, W relative: recorded as it was given, file://W was
+    read from whatever folder show ran in, and drew another W's image there without a word.
+    Now the folder it names, from the folder the run ran in."""
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    record_latest("file://W")
+    recorded = json.loads((tmp_path / "home" / "latest.json").read_text())["folder"]
+    assert recorded == str((tmp_path / "a" / "W").resolve())
+    record_latest(f"file://{tmp_path}/b/W")
+    recorded = json.loads((tmp_path / "home" / "latest.json").read_text())["folder"]
+    assert recorded == str((tmp_path / "b" / "W").resolve())

@@ -121,6 +121,8 @@ def record_latest(folder: Path | str) -> None:
     keeping the previous ones so a latest that was deleted falls back to the newest left:
     an image's output folder, or a ``--format wds`` output (a folder, or a URL kept as it is)."""
     state = _state_file()
+    if str(folder).startswith("file://"):  # a local folder: file://W is W of this folder
+        folder = str(folder)[len("file://") :]
     newest = folder if _is_url(folder) else str(Path(folder).resolve())
     history = [str(p) for p in recent_extractions() if str(p) != newest][: _HISTORY - 1]
     try:
