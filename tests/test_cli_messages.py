@@ -850,3 +850,23 @@ def test_an_extract_output_folder_that_is_a_dangling_symlink_is_named(
         assert result.exit_code == 1, result.output
         assert result.output.splitlines()[-1] == line, result.output
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_listed_file_met_twice_does_not_move_the_others_folders(tmp_path, monkeypatch):
+    """A list naming imgs/a.png and a link to it elsewhere (links/a.png): the link is kept
+    once (as imgs/a.png: it extracts nothing) yet moved the common folder, and so every image's
+    folder (out/imgs/a, not out/a; the rerun without it wrote out/a beside). Only the entries
+    kept count, also against the files named on the command line."""
+    from fpncli.io.inputs import discover_inputs
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("imgs", "links"):
+        Path(folder).mkdir()
+    for name in "ab":
+        Path(f"imgs/{name}.png").write_bytes(b"x")
+    os.symlink("../imgs/a.png", "links/a.png")
+    listed = discover_inputs([], ["imgs/a.png", "imgs/b.png", "links/a.png"])
+    assert [(str(i), r) for i, r in listed] == [(f"imgs/{n}.png", (tmp_path / "imgs").resolve())
+                                                for n in "ab"]  # fmt: skip
+    named = discover_inputs(["links/a.png"], ["imgs/a.png", "imgs/b.png"])
+    assert named[1:] == [(Path("imgs/b.png"), (tmp_path / "imgs").resolve())]

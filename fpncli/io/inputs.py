@@ -301,8 +301,16 @@ def discover_inputs(
         entries = [e for e in entries if outputs.root_of(e) is None]
         # a missing entry (a typo) must not move the root, and so every other image's folder;
         # nor one that fails as no regular file (a folder, a FIFO, a device: guard's
-        # check_regular_file), while a symlink to a file counts as the file it reads
-        found = [e for e in entries if os.path.isfile(e)] or entries
+        # check_regular_file), while a symlink to a file counts as the file it reads; nor a
+        # file met before (kept once, below: its second entry extracts nothing)
+        met = {os.path.realpath(image) for image, _ in pairs}
+        found = []
+        for entry in entries:
+            real = os.path.realpath(entry)
+            if real not in met and os.path.isfile(entry):
+                met.add(real)
+                found.append(entry)
+        found = found or entries
         if entries:  # normalised (x/.. folded), as plan_jobs compares paths to it
             root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(e)) for e in found]))
             pairs += [(e, root) for e in entries]
