@@ -294,11 +294,27 @@ def test_the_run_records_its_last_folder_once_not_each_worker_its_own(tmp_path):
     summary = run_on_devices(jobs, model, options, ["cpu", "cpu"], weights="random",
                              progress=reports.append)  # fmt: skip
     assert summary.done == 4 and reports[-1].todo == 4
-    written = (tmp_path / "out" / "03").resolve()  # the second worker's shard: 01, 03
+    # the folder written last, whichever worker wrote it
+    written = max((tmp_path / "out").iterdir(), key=lambda f: (f / "manifest.json").stat().st_mtime)
+    written = written.resolve()
     assert recent_extractions() == [written]
     again = run_on_devices(jobs[::-1], model, options, ["cpu", "cpu"], weights="random")
     assert (again.done, again.skipped) == (0, 4)
     assert recent_extractions() == [(tmp_path / "out" / "00").resolve(), written]
+
+
+def test_the_workers_summaries_merged_keep_the_folder_written_last():
+    """--gpus/--processes recorded the folder of the last worker (in device order) that wrote
+    any, not the folder written last: with an odd number of images the first worker writes the
+    last one, and show drew the one before it."""
+    from fpncli.run.multi import _merge
+    from fpncli.run.summary import RunSummary
+
+    first = RunSummary(done=3, last_folder=Path("out/04"), last_written_at=20.0)
+    second = RunSummary(done=2, last_folder=Path("out/03"), last_written_at=10.0)
+    idle = RunSummary(skipped=1, last_folder=Path("out/00"), last_written_at=None)
+    for parts in ([first, second, idle], [second, first, idle], [idle, second, first]):
+        assert _merge(parts).last_folder == Path("out/04")
 
 
 #: in each worker (the parent plans through ``multi``'s own name): once the worker has planned

@@ -210,8 +210,11 @@ def _merge(parts: list[RunSummary]) -> RunSummary:
         merged.float16_images += part.float16_images
         merged.float16_levels += part.float16_levels
         merged.aborted = merged.aborted or part.aborted
-        if part.done:  # (a worker's skipped ones: the run's last, see record_last_folder)
-            merged.last_folder = part.last_folder or merged.last_folder
+        # the folder written last, whichever worker wrote it (a worker's skipped ones: the
+        # run's last, see record_last_folder)
+        written = part.last_written_at or 0.0
+        if part.done and part.last_folder and written >= (merged.last_written_at or 0.0):
+            merged.last_folder, merged.last_written_at = part.last_folder, written
         for stage, seconds in part.stage_seconds.items():
             merged.stage_seconds[stage] = merged.stage_seconds.get(stage, 0.0) + seconds
     failures = [p.device_failure for p in parts if p.device_failure]

@@ -314,6 +314,7 @@ class Runner:
                     float16_overflow(levels, self.options.output.dtype)
                 )
             self.summary.last_folder = item.job.folder  # complete either way
+            self.summary.last_written_at = time.time()
         self.report()
 
     def disk_full(self) -> None:

@@ -31,6 +31,9 @@ class RunSummary:
     aborted: str | None = None  # why the run stopped early (disk full, a failed GPU), if it did
     device_failure: str | None = None  # "cuda:1 failed (reason)" when that stopped it
     last_folder: Path | None = None  # the last folder written, else the last complete one
+    #: when ``last_folder`` was written (``time.time``): ``--gpus``/``--processes`` record the
+    #: folder their workers wrote last
+    last_written_at: float | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0  # the batch size in use at the end (smaller after CUDA out of memory)
     left_to_others: int = 0  # of ``skipped``: claimed by another live run (``--format wds``)
