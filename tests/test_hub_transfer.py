@@ -28,7 +28,7 @@ from click.testing import CliRunner
 import fpncli
 from fpncli import api
 from fpncli.cli import cli
-from fpncli.weights import cache, hub
+from fpncli.weights import cache, fetch, hub
 from fpncli.weights.cache import WeightsDownloadError, verify_cached
 from fpncli.weights.hub import download, resolve_weights
 from fpncli.weights.registry import REGISTRY
@@ -145,8 +145,8 @@ def test_an_endless_body_is_cut_off_at_the_cap(home, serve, monkeypatch):
     """Endless zeros without Content-Length filled the disk (3 GB in 15 s)."""
     from fpncli.weights.safeload import MAX_CHECKPOINT_BYTES
 
-    assert hub.MAX_DOWNLOAD_BYTES == MAX_CHECKPOINT_BYTES  # hub's copy (no torch import)
-    monkeypatch.setattr(hub, "MAX_DOWNLOAD_BYTES", 1 << 20)
+    assert fetch.MAX_DOWNLOAD_BYTES == MAX_CHECKPOINT_BYTES  # fetch's copy (no torch import)
+    monkeypatch.setattr(fetch, "MAX_DOWNLOAD_BYTES", 1 << 20)
     zeros = b"\0" * 65536
 
     def endless(conn):
@@ -166,8 +166,8 @@ def test_an_endless_body_is_cut_off_at_the_cap(home, serve, monkeypatch):
 def test_a_stalled_transfer_is_given_up(home, serve, monkeypatch):
     """A byte every few seconds never tripped the 30 s timeout (it is per read): the download
     waited for ever. (The window and rate are shrunk here; 60 s and 256 KiB by default.)"""
-    monkeypatch.setattr(hub, "_STALL_WINDOW_S", 0.3)
-    monkeypatch.setattr(hub, "_STALL_BYTES", 1024)
+    monkeypatch.setattr(fetch, "_STALL_WINDOW_S", 0.3)
+    monkeypatch.setattr(fetch, "_STALL_BYTES", 1024)
 
     def drip(conn):
         conn.sendall(_OK + b"Content-Length: 100000\r\n\r\n")
