@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from fpncli.cli import cli
-from fpncli.run.bench import STAGES, bf16_peak_tflops
+from fpncli.run.bench import STAGES
+from fpncli.run.bench_model import bf16_peak_tflops
 
 
 def test_bench_rows_stages_ratios_and_a_skipped_precision(tmp_path):
@@ -261,14 +262,14 @@ def test_a_failed_row_keeps_its_whole_reason_on_one_line(monkeypatch):
     """A compile error's first line says only that the backend raised; the row keeps the
     rest, on one line (it kept the first line alone)."""
     from fpncli.api import load_backbone
-    from fpncli.run import bench
+    from fpncli.run import bench_model
 
     def raises(*args, **kwargs):
         raise RuntimeError("backend='inductor' raised:\nCompilationError: no C compiler found")
 
-    monkeypatch.setattr(bench, "model_for_run", raises)
-    row = bench.bench_model(load_backbone("random"), height=64, width=96, batch_size=1,
-                            precision="fp32", iters=1, warmup=0)  # fmt: skip
+    monkeypatch.setattr(bench_model, "model_for_run", raises)
+    row = bench_model.bench_model(load_backbone("random"), height=64, width=96, batch_size=1,
+                                  precision="fp32", iters=1, warmup=0)  # fmt: skip
     assert row.error == (
         "RuntimeError: backend='inductor' raised:\\nCompilationError: no C compiler found"
     )

@@ -293,7 +293,7 @@ def test_bench_rows_stand_alone(runner, monkeypatch, tmp_path):
 
 
 def test_a_row_that_fails_mid_run_does_not_discard_the_others(runner, monkeypatch):
-    import fpncli.run.bench as bench_module
+    import fpncli.run.bench_model as bench_module
 
     real = bench_module.bench_model
 
@@ -315,15 +315,16 @@ def test_a_row_that_fails_mid_run_does_not_discard_the_others(runner, monkeypatc
 def _fake_rows(monkeypatch, calls, stop_at=None):
     """bench_model replaced by a recorder; ``stop_at``: the call that is interrupted (as the
     SIGINT of gpu_check.sh's time limit interrupts a row)."""
-    import fpncli.run.bench as bench_module
+    import fpncli.run.bench_model as bench_module
+    from fpncli.run.bench import BenchRow
 
     def fake(model, **kwargs):
         calls.append(kwargs)
         if len(calls) == stop_at:
             raise KeyboardInterrupt
-        row = bench_module.BenchRow("model", "cpu", kwargs["height"], kwargs["width"],
-                                    kwargs["batch_size"], kwargs["precision"],
-                                    "compile" if kwargs.get("compile") else "eager")  # fmt: skip
+        row = BenchRow("model", "cpu", kwargs["height"], kwargs["width"],
+                       kwargs["batch_size"], kwargs["precision"],
+                       "compile" if kwargs.get("compile") else "eager")  # fmt: skip
         row.images_per_s = 10.0
         return row
 
@@ -344,7 +345,7 @@ def test_bench_json_keeps_the_rows_measured_before_an_interruption(runner, monke
 
 
 def test_bench_rows_run_without_their_fp32_reference(runner, monkeypatch, tmp_path):
-    import fpncli.run.bench as bench_module
+    import fpncli.run.bench_model as bench_module
 
     calls = []
     _fake_rows(monkeypatch, calls)

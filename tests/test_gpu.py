@@ -248,7 +248,8 @@ def test_a_batch_is_queued_without_waiting_for_the_device(precision, resize_on_d
 
 def test_a_bench_rows_peak_memory_is_its_own():
     """Reset per row: what other rows left allocated (model copies, references) is not in it."""
-    from fpncli.run.bench import _nbytes, bench_model
+    from fpncli.run.bench import nbytes
+    from fpncli.run.bench_model import bench_model
 
     model = fpncli.load_backbone("random", device="cuda:0")
     kwargs = {"height": 128, "width": 192, "batch_size": 1, "precision": "fp32", "seconds": 0,
@@ -259,7 +260,7 @@ def test_a_bench_rows_peak_memory_is_its_own():
     del ballast
     assert alone.error is None and crowded.error is None
     assert abs(crowded.peak_gpu_mb - alone.peak_gpu_mb) < 64
-    own = (_nbytes(model) + 4 * 3 * 128 * 192) / 2**20  # weights and input, added by the row
+    own = (nbytes(model) + 4 * 3 * 128 * 192) / 2**20  # weights and input, added by the row
     assert alone.peak_gpu_mb - own > 0.5  # and the activations: the peak was measured
 
 

@@ -263,7 +263,8 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     from ..io.messages import error_text
     from ..model.cpu_kernels import uses_cpu_kernels
     from ..run.bench import OUTPUT_PRESETS as PRESET_OPTIONS
-    from ..run.bench import bench_end_to_end, bench_model, fp32_reference
+    from ..run.bench import bench_end_to_end
+    from ..run.bench_model import bench_model, fp32_reference
     from ..run.bench_table import add_ratios, format_table, kernel_hints, rows_as_dicts
     from ..run.device import select_device
     from ..run.multi import auto_processes

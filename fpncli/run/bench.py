@@ -1,11 +1,10 @@
-"""``fpncli bench``: model-only and end-to-end throughput on this machine, and where time goes.
+"""``fpncli bench``: the row every measurement fills, and the end-to-end rows.
 
-Model-only rows time the backbone on a ready batch already on the device, for a fixed time after
-warm-up (steady state, not a fixed count), and report the max relative error against fp32 on the
-same batch. End-to-end rows run the real pipeline over a temporary folder of JPEGs and split the
-time per image into stages (decode, h2d, preprocess, model, reductions, d2h, write) and name the
-bound. GPU rows give the fraction of the card's dense bf16 peak (by card name) and the peak GPU
-memory, reset per row. A row that fails says why; the others still run.
+A row's shared measurements: its peak memory (host RSS; GPU memory, reset per row) and a failed
+row's reason on one line (a row that fails says why; the others still run). End-to-end rows run
+the real pipeline over a temporary folder of JPEGs and split the time per image into stages
+(decode, h2d, preprocess, model, reductions, d2h, write) and name the bound. The model-only rows
+are ``bench_model``'s.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import math
 import resource
 import shutil
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -21,12 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ..api import check_precision, run_backbone
 from ..io.messages import one_line
 from ..io.outputs import OutputOptions
-from ..model import cuda_kernels
 from ..model.fpn import FPN
-from .device import model_for_run, run_settings
+from .device import model_for_run
 from .multi import run_on_devices, usable_cores, worker_options
 from .pipeline import Job, RunOptions, run_jobs
 from .rates import (
@@ -40,23 +36,11 @@ from .samplers import CpuSampler, GpuSampler, nvidia_smi_command
 
 __all__ = [
     "BenchRow",
-    "bench_model",
     "bench_end_to_end",
-    "bf16_peak_tflops",
-    "fp32_reference",
-    "GMAC_800x1280",
     "OUTPUT_PRESETS",
     "STAGES",
 ]
 
-#: Multiply-accumulates of the R-50-FPN backbone for one 800x1280 image (DESIGN.md).
-GMAC_800x1280 = 137.0
-#: Dense bf16 tensor peak, TFLOP/s, by card name fragment, most specific first (datasheets).
-BF16_PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200 NVL", 835.0),
-    ("H200", 989.4), ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.1),
-    ("L40", 181.0), ("A10G", 70.0), ("A10", 125.0), ("L4", 121.0), ("RTX 4090", 165.2),
-)  # fmt: skip
 STAGES = ("decode", "h2d", "preprocess", "model", "reductions", "d2h", "write", "host")
 
 
@@ -91,23 +75,18 @@ class BenchRow:
     error: str | None = None
 
 
-def _one_line(error: BaseException) -> str:
+def row_error(error: BaseException) -> str:
     """A failed row's reason: the error's type and its whole message on one line (a compile
     error's first line alone, ``backend='inductor' raised:``, said nothing)."""
     text = one_line(str(error), limit=400)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: torch.device) -> int:
+def reset_peak(device: torch.device) -> int:
     """Reset the allocator's peak; returns the bytes allocated now (the baseline)."""
     if device.type != "cuda":
         return 0
@@ -115,7 +94,7 @@ def _reset_peak(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device)
 
 
-def _nbytes(*items) -> int:
+def nbytes(*items) -> int:
     """Bytes of tensors and of modules' parameters and buffers."""
     total = 0
     for item in items:
@@ -127,139 +106,13 @@ def _nbytes(*items) -> int:
     return total
 
 
-def _peak_gpu_mb(device: torch.device, baseline: int = 0, own: int = 0) -> float | None:
+def peak_gpu_mb(device: torch.device, baseline: int = 0, own: int = 0) -> float | None:
     """A row's peak GPU memory: the allocator's peak since the reset less what was allocated
     then (other rows' model copies, the fp32 reference), plus ``own``, the bytes allocated
     before the reset that the row uses (its weights, its input)."""
     if device.type != "cuda":
         return None
     return (torch.cuda.max_memory_allocated(device) - baseline + own) / 2**20
-
-
-def bf16_peak_tflops(name: str) -> float | None:
-    """The dense bf16 peak of a card from its name (``torch.cuda.get_device_name``)."""
-    return next((v for k, v in BF16_PEAK_TFLOPS if k in name), None)
-
-
-def _fraction_of_peak(device: torch.device, height: int, width: int, ips: float) -> float | None:
-    if device.type != "cuda":
-        return None
-    peak = bf16_peak_tflops(torch.cuda.get_device_name(device))
-    if peak is None:
-        return None
-    flops = 2 * GMAC_800x1280 * 1e9 * (height * width) / (800 * 1280)
-    return flops * ips / (peak * 1e12)
-
-
-def _max_rel_error(ref: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> float:
-    worst = 0.0
-    for name, a in ref.items():
-        b = out[name].float()
-        worst = max(worst, ((b - a).abs().max() / a.abs().max().clamp(min=1e-30)).item())
-    return worst
-
-
-def bench_model(
-    model: FPN,
-    *,
-    height: int,
-    width: int,
-    batch_size: int,
-    precision: str,
-    compile: bool = False,
-    seconds: float = 3.0,
-    iters: int = 3,
-    warmup: int = 2,
-    reference: dict[str, torch.Tensor] | None = None,
-    variant: str | None = None,
-) -> BenchRow:
-    """Time the backbone on a random ``(B, 3, H, W)`` batch already on the device: ``warmup``
-    untimed calls, then calls until ``seconds`` have passed (at least ``iters``). The run
-    precision is applied as ``run_jobs`` applies it (converted model on CUDA, autocast else).
-
-    ``reference``: fp32 outputs of the same batch; the row then carries the max relative error.
-    """
-    device = next(model.parameters()).device
-    if variant is None:
-        variant = "compile" if compile else "eager"
-        if device.type == "cuda" and precision != "fp32":  # FPNCLI_CUDNN_FUSION's A/B rows
-            if not compile and not cuda_kernels.enabled():
-                variant = "cudnn-off"  # the plain epilogues
-            elif compile and cuda_kernels.enabled() and not cuda_kernels.under_compile():
-                variant = "comp-plain"  # compiled over the plain ops (FPNCLI_CUDNN_FUSION=eager)
-    row = BenchRow("model", str(device), height, width, batch_size, precision, variant)
-    try:
-        check_precision(precision, device)
-        generator = torch.Generator().manual_seed(0)
-        batch = torch.randn(batch_size, 3, height, width, generator=generator).to(device)
-        if compile:  # compiled from scratch: no row depends on an earlier one, and dynamo's
-            torch._dynamo.reset()  # recompile limit never turns a later row silently eager
-        with run_settings(device, benchmark=device.type == "cuda", compile=compile):
-            run_model = model_for_run(model, precision, compile=compile)
-
-            def forward():  # as a run calls the model (steps.infer_batch)
-                with torch.inference_mode():
-                    return run_backbone(run_model, batch, precision=precision)
-
-            start = time.perf_counter()
-            for _ in range(warmup):
-                out = forward()
-            _sync(device)
-            row.warmup_s = time.perf_counter() - start
-            # the peak from here on: the steady state, not cuDNN's search for this shape (its
-            # workspace can take most of the free memory once) nor the compile
-            out = None
-            baseline = _reset_peak(device)
-            times, out = _timed_calls(forward, device, iters, seconds)
-        row.images, row.seconds = batch_size * len(times), sum(times)
-        row.median_batch_s = statistics.median(times)
-        row.images_per_s = batch_size / row.median_batch_s
-        row.peak_gpu_mb = _peak_gpu_mb(device, baseline, _nbytes(run_model, batch))
-        row.fraction_of_bf16_peak = _fraction_of_peak(device, height, width, row.images_per_s)
-        if reference is not None:
-            row.max_rel_error_vs_fp32 = _max_rel_error(reference, out)
-    except Exception as e:  # noqa: BLE001 - a failing row reports why; the others still run
-        row.error = _one_line(e)
-    row.peak_rss_mb = _peak_rss_mb()
-    return row
-
-
-def _timed_calls(call, device: torch.device, iters: int, seconds: float) -> tuple[list, object]:
-    """Seconds per ``call()`` and the last call's result: at least ``iters`` calls and
-    ``seconds`` in all. On CUDA each call
-    is timed by events on the device's stream, with no host sync in between (a sync per call
-    would leave the GPU idle while the next call's kernels are launched: batch-1 rows would read
-    low); on the CPU, by the wall clock."""
-    times: list[float] = []
-    result = None
-    start = time.perf_counter()
-    if device.type != "cuda":
-        while len(times) < iters or time.perf_counter() - start < seconds:
-            t0 = time.perf_counter()
-            result = call()
-            times.append(time.perf_counter() - t0)
-        return times, result
-    stream = torch.cuda.current_stream(device)
-    events = []
-    while len(events) < iters or time.perf_counter() - start < seconds:
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record(stream)
-        result = call()
-        end.record(stream)
-        events.append((begin, end))
-        if len(events) % 8 == 0:  # the host may run ahead of the GPU by a few calls, not all
-            events[-8][1].synchronize()
-    torch.cuda.synchronize(device)
-    return [begin.elapsed_time(end) / 1e3 for begin, end in events], result
-
-
-def fp32_reference(model: FPN, height: int, width: int, batch_size: int) -> dict:
-    """fp32 outputs of the batch ``bench_model`` uses (for its error column)."""
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(0)
-    batch = torch.randn(batch_size, 3, height, width, generator=generator).to(device)
-    with run_settings(device):
-        return {k: v.float() for k, v in run_backbone(model, batch, precision="fp32").items()}
 
 
 OUTPUT_PRESETS = {
@@ -380,11 +233,11 @@ def bench_end_to_end(
 
         if processes is None:
             run_jobs(warm, model, options)  # warm-up: start-up costs are not timed
-        baseline = _reset_peak(device)
+        baseline = reset_peak(device)
         summary, load = timed(images)
         more = _images_for(summary, seconds, shutil.disk_usage(root).free)
         if more > images:
-            baseline = _reset_peak(device)
+            baseline = reset_peak(device)
             summary, load = timed(more)
         row.images, row.seconds = summary.done, summary.seconds
         row.images_per_s = summary.images_per_s
@@ -393,8 +246,8 @@ def bench_end_to_end(
         }
         if processes is None:
             row.bound = _bound(summary.stage_seconds, workers, writers)
-            added = _nbytes(model_for_run(model, precision, compile=compile))
-            row.peak_gpu_mb = _peak_gpu_mb(device, baseline, added)
+            added = nbytes(model_for_run(model, precision, compile=compile))
+            row.peak_gpu_mb = peak_gpu_mb(device, baseline, added)
         else:  # each worker's share of the threads (worker_options), side by side
             share = worker_options(options, processes)
             row.bound = _bound(summary.stage_seconds, share.workers * processes,
@@ -416,15 +269,15 @@ def bench_end_to_end(
             try:  # the row was measured: a disk too full to time (a small TMPDIR) leaves it be
                 row.disk_mb_per_s = disk_write_speed(root)
             except OSError as e:
-                row.note = f"disk-speed probe could not run ({_one_line(e)}): no of_disk_rate"
+                row.note = f"disk-speed probe could not run ({row_error(e)}): no of_disk_rate"
             else:
                 disk_rate = row.disk_mb_per_s * 1e6 / row.bytes_per_image
                 row.ratios["of_disk_rate"] = row.images_per_s / disk_rate
     except Exception as e:  # noqa: BLE001 - a failing row reports why; the others still run
-        row.error = _one_line(e)
+        row.error = row_error(e)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    row.peak_rss_mb = _peak_rss_mb()
+    row.peak_rss_mb = peak_rss_mb()
     return row
 
 
