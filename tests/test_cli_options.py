@@ -254,7 +254,7 @@ def test_bench_refuses_a_json_file_it_cannot_write_before_measuring(runner, no_m
     assert result.exit_code == 2, result.output
     assert "'--json': cannot write /proc/x.json: " in result.output
     assert ".partial" not in result.output and "Traceback" not in result.output
-    from fpncli.cli.bench import _json_path
+    from fpncli.cli.bench_options import _json_path
 
     assert _json_path(None, None, str(tmp_path / "b.json")) == str(tmp_path / "b.json")
     assert list(tmp_path.iterdir()) == []
