@@ -12,7 +12,7 @@ from PIL import Image
 
 from fpncli.cli import cli
 from fpncli.viz import show as show_module
-from fpncli.viz import sources
+from fpncli.viz import targets
 from fpncli.viz.show import P6_NOTE, show
 
 SHAPES = {"p2": (16, 24), "p3": (8, 12), "p4": (4, 6), "p5": (2, 3), "p6": (1, 2)}
@@ -320,7 +320,7 @@ def test_all_and_overlay(folder, tmp_path):
 
 
 def test_latest_when_no_target(folder, monkeypatch):
-    monkeypatch.setattr(sources, "latest", lambda: (folder, []))  # resolve_source's
+    monkeypatch.setattr(targets, "latest", lambda: (folder, []))  # resolve_source's
     assert show(None, level="p5", display=False).saved == folder / "show_p5.png"
 
 
@@ -635,7 +635,7 @@ def test_options_that_would_change_nothing_are_usage_errors(folder, monkeypatch,
         raise AssertionError("the model was built")
 
     monkeypatch.setattr(fpncli.api, "load_backbone", no_model)
-    monkeypatch.setattr(sources, "latest", lambda: (folder, []))
+    monkeypatch.setattr(targets, "latest", lambda: (folder, []))
     for target in ([str(folder)], [str(folder / "p3.npy")], []):
         if "--receptive-field" in args and target and target[0].endswith(".npy"):
             continue  # (it takes a folder or a photo)

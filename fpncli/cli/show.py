@@ -116,15 +116,15 @@ def _reads_nothing(target: str | None, key: str | None) -> bool:
         return "://" not in target and not _holds_key(target, key)
     if target is None:  # the latest
         return False
-    from ..viz.sources import holds_no_maps
+    from ..viz.targets import holds_no_maps
 
     return holds_no_maps(target)
 
 
 def _latest_wds(key: str) -> str | None:
     """The latest extraction's output where it is a wds output, whose image ``key`` then
-    names (``sources.latest_target``); None where it is none (resolve_source says so)."""
-    from ..viz.sources import latest_target
+    names (``targets.latest_target``); None where it is none (resolve_source says so)."""
+    from ..viz.targets import latest_target
 
     try:
         return latest_target(key)[0]

@@ -344,7 +344,7 @@ def draw_receptive_fields(
         default_out = path / f"show{suffix}.png"
     else:
         from ..io.jobs import image_stem
-        from ..viz.sources import check_not_drawn
+        from ..viz.photo_source import check_not_drawn
 
         check_not_drawn(path)  # a heatmap fpncli drew is no photo (as show refuses it)
         image_path = str(path)

@@ -31,7 +31,8 @@ from .names import picture_suffix
 from .overview import overview_image
 from .png import encode_png
 from .scale import range_to_draw
-from .sources import Source, latest_target, resolve_source
+from .sources import Source
+from .targets import latest_target, resolve_source
 from .visualize import heatmap_image, overlay_image
 from .window import open_window
 
@@ -346,7 +347,7 @@ def show(
     ``scale`` ``level`` or ``shared`` colours with the run's ranges (``viz.scale``), not the map's.
     With ``key``, ``target`` is the output of a ``--format wds`` run and the image with that
     sample key is shown; ``target`` None is the latest extraction, an image's folder or such an
-    output (``sources.latest_target``: without ``key``, a ValueError naming it). An image
+    output (``targets.latest_target``: without ``key``, a ValueError naming it). An image
     TARGET with more than ``max_pixels`` is refused (as ``extract --max-pixels``); its weights'
     download shows its progress with ``download_progress`` (``load_backbone``'s).
 
