@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from fpncli.cli import cli
 from fpncli.io.guard import OptionError
-from fpncli.viz import show as show_module
+from fpncli.viz import show_draw
 from fpncli.viz.scale import drawn_range, extraction_root, recorded_range, run_ranges
 
 
@@ -121,7 +121,7 @@ def _recorded(root, level):
 
 def test_show_scale_level_and_shared(sample_extraction, tmp_path, drawn_heatmaps):
     assert extraction_root(sample_extraction / "chelsea") == sample_extraction.resolve()
-    drawn = drawn_heatmaps(show_module)
+    drawn = drawn_heatmaps(show_draw)
     runner = CliRunner()
     for name in ("chelsea", "coffee"):
         args = ["show", str(sample_extraction / name), "--level", "p3", "--scale", "level",
@@ -196,7 +196,7 @@ def test_show_scale_leaves_out_the_manifests_show_and_report_refuse(
         meta.update(min=-1e308, max=1e308, range=[-1e308, 1e308])
     path.write_text(json.dumps(manifest))
     (out / "rocket" / "manifest.json").write_text("{not json")
-    drawn = drawn_heatmaps(show_module)
+    drawn = drawn_heatmaps(show_draw)
     args = ["show", str(out / "chelsea"), "--level", "p3", "--scale", "level", "--save",
             str(tmp_path / "c.png")]  # fmt: skip
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
@@ -217,7 +217,7 @@ def test_show_scale_of_an_image_in_shards(sample_shards, tmp_path, drawn_heatmap
     refused as if OUT were an image to extract on the fly)."""
     from fpncli.io.catalog import open_extractions
 
-    drawn = drawn_heatmaps(show_module)
+    drawn = drawn_heatmaps(show_draw)
     found = open_extractions(str(sample_shards))
     recorded = [found.manifest(k)["levels"]["p3"]["range"] for k in found.keys()]
     args = ["show", str(sample_shards), "--key", found.keys()[0], "--level", "p3", "--scale",
@@ -559,6 +559,7 @@ def test_show_with_another_clip_draws_every_image_on_the_run_range(tmp_path, ext
     from PIL import Image
 
     from fpncli.viz import show
+    from fpncli.viz.show_draw import level_panels
     from fpncli.viz.sources import from_folder
 
     folder = tmp_path / "in"
@@ -573,7 +574,7 @@ def test_show_with_another_clip_draws_every_image_on_the_run_range(tmp_path, ext
     fixed = show._run_ranges(str(out / "a"), "level", "channel", 0, lambda text: None)
     for name in "abc":
         source = from_folder(out / name, ["p5", "p6"])
-        panels = show._panels(source, "all", reduce="channel", channel=0, clip=shown, fixed=fixed)
+        panels = level_panels(source, "all", reduce="channel", channel=0, clip=shown, fixed=fixed)
         assert {p["name"]: p["range"] for p in panels} == fixed, name
 
 

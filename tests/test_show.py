@@ -12,7 +12,7 @@ from PIL import Image
 
 from fpncli.cli import cli
 from fpncli.viz import show as show_module
-from fpncli.viz import targets
+from fpncli.viz import show_draw, targets
 from fpncli.viz.show import P6_NOTE, show
 
 SHAPES = {"p2": (16, 24), "p3": (8, 12), "p4": (4, 6), "p5": (2, 3), "p6": (1, 2)}
@@ -99,7 +99,7 @@ def test_a_long_channel_list_is_named_within_a_file_names_length():
 
 
 def test_valid_region_only(folder, drawn_heatmaps):
-    drawn = drawn_heatmaps(show_module)
+    drawn = drawn_heatmaps(show_draw)
     show(str(folder), level="p2", display=False)
     assert drawn[-1][0].shape == (15, 24)  # ceil(60 / 4) rows of image, not the 16 padded ones
 
@@ -113,7 +113,7 @@ def test_a_pca_map_is_fitted_on_the_valid_cells_only(folder, drawn_heatmaps):
     p2 = np.load(folder / "p2.npy")
     p2[..., 15:, :] = 50 + 40 * np.random.RandomState(1).randn(1, 4, 1, 24)
     np.save(folder / "p2.npy", p2)
-    drawn = drawn_heatmaps(show_module)
+    drawn = drawn_heatmaps(show_draw)
     show(str(folder), level="p2", reduce="pca", display=False)
     assert np.array_equal(drawn[-1][0], reduce_channels(p2[..., :15, :], "pca"))
 
@@ -268,7 +268,7 @@ def test_a_npy_named_for_no_level_is_drawn_as_of_unknown_level(
 ):
     """p4.npy renamed loose.npy was drawn labelled "p2  stride 4" as show_p2.png, which b.npy
     beside it then replaced; its level is unknown unless --level names it."""
-    drawn = drawn_heatmaps(show_module)
+    drawn = drawn_heatmaps(show_draw)
     loose = tmp_path / "loose"
     loose.mkdir()
     np.save(loose / "loose.npy", np.load(folder / "p4.npy"))
@@ -286,7 +286,7 @@ def test_a_npy_named_for_no_level_is_drawn_as_of_unknown_level(
     from fpncli.viz import channels as channels_module
 
     titles, captions = [], []
-    real_grid, real_overview = channels_module.channel_grid, show_module.overview_image
+    real_grid, real_overview = channels_module.channel_grid, show_draw.overview_image
 
     def grid_spy(*args, **kwargs):
         titles.append(kwargs["title"])
@@ -297,7 +297,7 @@ def test_a_npy_named_for_no_level_is_drawn_as_of_unknown_level(
         return real_overview(image, levels, **kwargs)
 
     monkeypatch.setattr(channels_module, "channel_grid", grid_spy)
-    monkeypatch.setattr(show_module, "overview_image", overview_spy)
+    monkeypatch.setattr(show_draw, "overview_image", overview_spy)
     grid = show(str(loose / "loose.npy"), top=2, display=False)
     assert grid.saved == loose / "show_loose_top2.png"
     assert titles == ["loose  level unknown  top 2 channels by mean activation"]
@@ -825,7 +825,7 @@ def test_shows_overview_is_titled_as_extracts(folder, monkeypatch):
         drawn.update(kwargs)
         return np.zeros((4, 4, 3), np.uint8)
 
-    monkeypatch.setattr(show_module, "overview_image", fake_overview)
+    monkeypatch.setattr(show_draw, "overview_image", fake_overview)
     show(str(folder), level="all", save=str(folder.parent / "all.png"), display=False)
     manifest = json.loads((folder / "manifest.json").read_text())
     extract = overview_title(manifest["input"]["path"], manifest["weights"], OutputOptions())

@@ -1,4 +1,6 @@
-"""The library side of ``fpncli show``: find what to show, draw it, open a window or save a PNG.
+"""The library side of ``fpncli show``: check its options against the TARGET (the level asked
+for and the one drawn, ``--scale``'s run ranges), have the TARGET resolved (``viz.targets``) and
+drawn (``viz.show_draw``), then open a window or save a PNG.
 
 TARGET is an output folder (with ``manifest.json``), one ``p*.npy`` file (its folder's manifest
 is used when there is one), an image (extracted on the fly, nothing written but the picture), or
@@ -21,19 +23,16 @@ from ..io.atomic import atomic_write_bytes
 from ..io.guard import OptionError
 from ..io.manifest import MANIFEST, load_manifest
 from ..io.messages import quote_name
-from ..io.outputs import RANDOM_NOTE, picture_title, valid_size
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGE_STRIDES
 from ..model.names import OUTPUT_STRIDES as STRIDES  # an extraction may hold bottom-up stages too
 from ..weights.hub import LoggedProgress
-from .maps import DEFAULT_CLIP, parse_clip, reduce_channels, value_range
+from .maps import DEFAULT_CLIP, parse_clip
 from .names import picture_suffix
-from .overview import overview_image
 from .png import encode_png
-from .scale import range_to_draw
+from .show_draw import channels_picture, check_overlay, level_panels, render, window_options
 from .sources import Source
 from .targets import latest_target, resolve_source
-from .visualize import heatmap_image, overlay_image
 from .window import open_window
 
 __all__ = ["ShowResult", "show", "level_figure_for", "P6_NOTE"]
@@ -52,127 +51,6 @@ class ShowResult:
     saved: Path | None = None
     displayed: bool = False
     messages: list[str] = field(default_factory=list)
-
-
-def _level_text(source: Source, name: str) -> str:
-    """A level's label, ``p3  stride 8``, or ``level unknown`` where nothing says which it is."""
-    return f"{name}  stride {STRIDES[name]}" if source.level_known else "level unknown"
-
-
-def _title(source: Source, *details: str) -> str:
-    """The title extract's overview has (``outputs.picture_title``), so show's pictures of a
-    folder read the same."""
-    return picture_title(source.photo or source.name, source.weights_name, *details)
-
-
-def _level_map(source: Source, name: str, reduce: str, channel: int) -> np.ndarray:
-    feature = source.features[name]
-    if reduce == "channel" and feature.ndim in (3, 4) and not channel < feature.shape[-3]:
-        raise OptionError(f"channel {channel} out of range: this map has {feature.shape[-3]}",
-                          "--channel")  # fmt: skip
-    if source.resized is not None:  # the valid cells only: a pca fit must not see the padding
-        valid_h, valid_w = valid_size(*source.resized, STRIDES[name])
-        feature = feature[..., :valid_h, :valid_w]
-    return reduce_channels(feature, reduce, channel)
-
-
-def _panels(source: Source, level: str, *, reduce: str, channel: int,
-            clip: tuple[float, float], fixed: dict | None = None) -> list[dict]:  # fmt: skip
-    """What to draw: per level its valid-region map, stride, colour range and label; ``fixed``
-    (level -> range, from ``--scale level|shared``) replaces the map's own range (an end that
-    this image's recorded range set: the end of the map drawn, ``viz.scale.drawn_range``)."""
-    fixed = fixed or {}
-    names = [n for n in LEVELS if n in source.features] if level == "all" else [level]
-    how = f"channel {channel}" if reduce == "channel" else reduce
-    panels = []
-    for name in names:
-        values = _level_map(source, name, reduce, channel)
-        shape = tuple(source.features[name].shape)
-        vrange = range_to_draw(
-            values,
-            name,
-            clip=clip,
-            run=fixed.get(name),
-            manifest=source.manifest,
-            reduce=reduce,
-            channel=channel,
-        )
-        panels.append({
-            "name": name, "map": values, "stride": STRIDES[name], "shape": shape,
-            "range": vrange,
-            "label": f"{_level_text(source, name)}  {how}",
-        })  # fmt: skip
-    return panels
-
-
-def _render(source: Source, level: str, *, reduce: str, channel: int, cmap: str,
-            overlay: bool, clip: tuple[float, float],
-            fixed: dict | None = None) -> np.ndarray:  # fmt: skip
-    panels = _panels(source, level, reduce=reduce, channel=channel, clip=clip, fixed=fixed)
-    names = [p["name"] for p in panels]
-    maps = {p["name"]: p["map"] for p in panels}
-    ranges = {p["name"]: p["range"] for p in panels}
-    how = f"channel {channel}" if reduce == "channel" else reduce
-    note = RANDOM_NOTE if source.random else ""
-    if overlay:
-        _check_overlay(source)
-        pictures = [
-            overlay_image(source.image_rgb, maps[name], stride=STRIDES[name],
-                          scale_y=source.scale[0], scale_x=source.scale[1], cmap=cmap,
-                          vrange=ranges[name], note=note,
-                          label=f"{_level_text(source, name)}  {how}  {cmap}")
-            for name in names
-        ]  # fmt: skip
-        return np.concatenate(pictures, axis=1)
-    if level == "all":
-        panels = [
-            {"name": n, "map": maps[n], "stride": STRIDES[n], "shape": source.features[n].shape,
-             "range": ranges[n], "caption": _level_text(source, n)}
-            for n in names
-        ]  # fmt: skip
-        image = source.image_rgb
-        if image is None:
-            image = np.full((64, 96, 3), 255, np.uint8)
-        return overview_image(image, panels, title=_title(source, how), note=note, cmap=cmap,
-                              span_input=source.image_rgb is not None)  # fmt: skip
-    shape = tuple(source.features[level].shape)
-    label = f"{_level_text(source, level)}  {shape}  {how}"
-    return heatmap_image(maps[level], cmap=cmap, label=label, vrange=ranges[level], note=note)
-
-
-def _check_overlay(source: Source) -> None:
-    if source.image_rgb is None or source.scale is None:
-        raise ValueError(
-            "--overlay needs the extracted photo: it is gone, replaced since, or not recorded "
-            "(a .npy outside its extraction folder)"
-        )
-
-
-def _channels_picture(source: Source, level: str, top: int | None,
-                      channels: str | list[int] | None, cmap: str,
-                      clip: tuple[float, float]) -> tuple[np.ndarray, list[int]]:  # fmt: skip
-    """A grid of the level's top-``top`` channels by mean (or the listed ones), valid region,
-    one colour range (the ``clip`` percentiles of the shown channels) for all tiles; and the
-    channels drawn (``top`` of them, or all the level has when it has fewer)."""
-    from .channels import channel_grid, parse_channels, top_channels
-
-    feature = source.features[level]
-    feature = feature[0] if feature.ndim == 4 else feature
-    if source.resized is not None:
-        valid_h, valid_w = valid_size(*source.resized, STRIDES[level])
-        feature = feature[:, :valid_h, :valid_w]
-    if top is not None:
-        picked = top_channels(feature, top)
-        how = f"top {len(picked)} channels by mean activation"
-    else:
-        text = channels if isinstance(channels, str) else ",".join(str(c) for c in channels)
-        picked = parse_channels(text, feature.shape[0])
-        how = f"channels {','.join(str(c) for c in picked)}"
-    vrange = value_range(np.stack([feature[c] for c in picked]), clip)
-    title = f"{source.name}  {_level_text(source, level)}  {how}"
-    note = RANDOM_NOTE if source.random else ""
-    grid = channel_grid(feature, picked, title=title, note=note, cmap=cmap, vrange=vrange)
-    return grid, picked
 
 
 def _run_ranges(target: str, scale: str, reduce: str, channel: int, say,
@@ -244,20 +122,6 @@ def _display_available() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def _window_options(source: Source, *, cmap: str, overlay: bool, reduce: str,
-                    channel: int) -> dict:  # fmt: skip
-    """``level_figure`` arguments for a source: its photo, its scale, the title line."""
-    how = f"channel {channel}" if reduce == "channel" else reduce
-    return {
-        "image_rgb": source.image_rgb,
-        "scale": source.scale if source.resized is not None else None,
-        "cmap": cmap,
-        "title": _title(source, how, cmap),
-        "note": RANDOM_NOTE if source.random else "",
-        "overlay": overlay,
-    }
-
-
 def _level_asked(target: str | None, level: str | None) -> tuple[str, bool]:
     """The level to draw (``level`` None: p2, or the level a ``.npy`` target is named after;
     an extraction without p2 gives its first level, ``_level_drawn``) and whether it was asked
@@ -292,9 +156,9 @@ def level_figure_for(target: str | None, *, level: str | None = None, channel: i
                       level_named=level_named)  # fmt: skip
     level = _level_drawn(source, level, level_named)
     if overlay:
-        _check_overlay(source)
-    panels = _panels(source, level, reduce=reduce, channel=channel, clip=parse_clip(clip))
-    options = _window_options(source, cmap=cmap, overlay=overlay, reduce=reduce, channel=channel)
+        check_overlay(source)
+    panels = level_panels(source, level, reduce=reduce, channel=channel, clip=parse_clip(clip))
+    options = window_options(source, cmap=cmap, overlay=overlay, reduce=reduce, channel=channel)
     return level_figure(panels, figure=figure, **options)
 
 
@@ -383,7 +247,7 @@ def show(
                           "--level")  # fmt: skip
     result = ShowResult()
     if top is not None or channels is not None:
-        picture, picked = _channels_picture(source, level, top, channels, cmap, parse_clip(clip))
+        picture, picked = channels_picture(source, level, top, channels, cmap, parse_clip(clip))
         if top is not None and len(picked) < top:  # drawn as --top with the channels it has
             pending.append(f"note: {level} has {len(picked)} channels: --top {top} draws all "
                            f"{len(picked)}, the same as --top {len(picked)}")  # fmt: skip
@@ -391,7 +255,7 @@ def show(
         suffix = picture_suffix(named_level, top=top,
                                 channels=None if top is not None else picked)  # fmt: skip
     else:
-        picture = _render(source, level, reduce=reduce, channel=channel, cmap=cmap,
+        picture = render(source, level, reduce=reduce, channel=channel, cmap=cmap,
                           overlay=overlay, clip=parse_clip(clip), fixed=fixed)  # fmt: skip
         suffix = picture_suffix(named_level, reduce=reduce, channel=channel, overlay=overlay)
 
@@ -414,9 +278,9 @@ def show(
     if save is None and wants_window:
         title = f"fpncli {source.name} {level}"
         if top is None and channels is None:  # the values themselves, not a picture of them
-            panels = _panels(source, level, reduce=reduce, channel=channel,
+            panels = level_panels(source, level, reduce=reduce, channel=channel,
                              clip=parse_clip(clip), fixed=fixed)  # fmt: skip
-            options = _window_options(source, cmap=cmap, overlay=overlay, reduce=reduce,
+            options = window_options(source, cmap=cmap, overlay=overlay, reduce=reduce,
                                       channel=channel)  # fmt: skip
             result.displayed = open_window(title, panels, **options)
         else:
