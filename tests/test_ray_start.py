@@ -152,9 +152,11 @@ class _NoRay:
         pass
 
 
-def test_connect_refuses_an_address_nobody_answers_at_before_ray_tries(closed_port):
+def test_connect_refuses_an_address_nobody_answers_at_before_ray_tries(closed_port, monkeypatch):
     """``ray.init`` retried the refused port for 14 minutes; now the probe says so before it
-    is called. Nothing was started, so the process can exit normally."""
+    is called. Nothing was started, so the process can exit normally (the failed starts of
+    earlier tests in this process set aside)."""
+    monkeypatch.setattr(ray_start, "_failed_starts", [])
     ray = _NoRay()
     with pytest.raises(RayStartError, match=f"^cannot reach Ray at 127.0.0.1:{closed_port}: "):
         connect(ray, f"127.0.0.1:{closed_port}", quiet=True)
