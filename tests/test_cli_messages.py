@@ -870,3 +870,24 @@ def test_a_listed_file_met_twice_does_not_move_the_others_folders(tmp_path, monk
                                                 for n in "ab"]  # fmt: skip
     named = discover_inputs(["links/a.png"], ["imgs/a.png", "imgs/b.png"])
     assert named[1:] == [(Path("imgs/b.png"), (tmp_path / "imgs").resolve())]
+
+
+def test_a_listed_file_that_is_not_there_renames_no_other_images_folder(tmp_path, monkeypatch):
+    """A typo in a list (d1/a.jpg, no such file, beside d1/a.png) named a.png's folder a_png,
+    as a.jpg and a.png share a stem; once the list was fixed the rerun wrote out/a beside it (a
+    report then counted both). Only the images that are there count for that rule."""
+    monkeypatch.chdir(tmp_path)
+    Path("d1").mkdir()
+    for name in "ab":
+        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(f"d1/{name}.png")
+    small = [*SMALL, "--no-overview", "--no-heatmaps"]
+    args = ["extract", "--from-list", "list.txt", "-o", "out", *small]
+    Path("list.txt").write_text("d1/a.png\nd1/b.png\nd1/a.jpg\n")
+    typo = CliRunner().invoke(cli, args)
+    assert typo.exit_code == 1 and "d1/a.jpg" in typo.output, typo.output
+    assert Path("out/a/manifest.json").is_file() and not Path("out/a_png").exists()
+    Path("list.txt").write_text("d1/a.png\nd1/b.png\n")
+    fixed = CliRunner().invoke(cli, args)
+    assert fixed.exit_code == 0 and "done 0" in fixed.output, fixed.output
+    assert sorted(p.name for p in Path("out").iterdir() if not p.name.startswith(".")) == [
+        "a", "b", "run.json"]  # fmt: skip

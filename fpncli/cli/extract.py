@@ -6,6 +6,7 @@ arguments and options are declared in ``extract_options``."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -145,7 +146,8 @@ def extract(inputs, out_dir, weights, device, precision, levels, dtype, no_npy, 
                    "computed from the levels cast to float16", err=True)  # fmt: skip
     pairs, unreadable = find_inputs(inputs, from_list, out, url)
     # wds: job folders are relative to OUT (they become the sample keys)
-    jobs = plan_jobs(pairs, Path("") if out_format == "wds" else out)
+    # a listed file that is not there (a typo) renames no other image's folder
+    jobs = plan_jobs(pairs, Path("") if out_format == "wds" else out, exists=os.path.isfile)
     made = prepare_output(out, url, out_format, jobs)
     run_inputs = None  # the whole run's files, where this process takes a shard of them
     if shard_spec is not None:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,14 +142,16 @@ def image_stem(path: Path) -> str:
     return next(job.folder.name for job in plan_jobs(pairs, Path()) if job.path.name == path.name)
 
 
-def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
+def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path, *,
+              exists: Callable[[Path], bool] | None = None) -> list[Job]:  # fmt: skip
     """Give every image its own output folder, mirroring its path below its root.
 
     ``root/sub/a.jpg`` goes to ``out_dir/sub/a``, paths compared with ``..`` folded (lexically,
     as ``os.path.abspath`` does), so every folder lies below ``out_dir``; an image that is not
     below its root goes to its name alone. Where two images would share a folder, those
     in the same source folder with the same stem (``a.jpg`` and ``a.png``) use ``a_jpg`` and
-    ``a_png``; any remaining clash (the same relative path under two roots) gets ``_2``, ``_3``
+    ``a_png`` (with ``exists``, only the images it finds count: a typo in a list renames no
+    other); any remaining clash (the same relative path under two roots) gets ``_2``, ``_3``
     in input order. Names that differ only in case count as the same (``A.PNG`` and ``a.jpg``
     become ``A_png`` and ``a_jpg``), as they are on case-insensitive file systems. The names
     fpncli writes at the top of OUT (``RESERVED_NAMES``: ``report.jpg`` would be ``report``)
@@ -181,13 +184,18 @@ def plan_jobs(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[Job]:
     def fold(path: Path) -> str:
         return str(path).casefold()
 
-    stems = Counter(
-        (os.path.abspath(img.parent), fold(rel.parent / rel.stem))
-        for (img, _), rel in zip(pairs, rels)
-    )
+    shares = [(os.path.abspath(img.parent), fold(rel.parent / rel.stem))
+              for (img, _), rel in zip(pairs, rels)]  # fmt: skip
+    stems = Counter(shares)
     # the folders as named before any renaming, which earlier versions kept names off (their
     # folders keep their names), and the final ones (``used``)
     unrenamed = {folded for _, folded in stems}
+    # an image that is no file (a typo in a --from-list, a listed folder: it fails) renames no
+    # other: where a stem is shared, only the images ``exists`` finds count (a stat for those)
+    shared = {share for share, count in stems.items() if count > 1}
+    if exists is not None and shared:
+        stems = Counter(share for (img, _), share in zip(pairs, shares)
+                        if share not in shared or exists(img))  # fmt: skip
     used: set[str] = set()
 
     def taken(folder: Path) -> bool:
