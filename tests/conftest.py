@@ -44,6 +44,37 @@ def _random_weights_drawn_once(monkeypatch):
     monkeypatch.setattr(synthetic, "random_state_dict", drawn_once)
 
 
+_LOADED: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _random_backbone_loaded_once(monkeypatch):
+    """``load_backbone("random", ...)`` builds, loads strictly and folds a 25 M-weight network
+    (0.6 s here; a CLI test runs it once per ``extract`` or ``show`` it invokes): each set of
+    arguments is loaded once per session by the real ``load_backbone`` and every later call
+    gets a deep copy (callers convert, compile or move it). Only the string "random" is
+    cached; checkpoint files, registry names and ``Path("random")`` always take the real path,
+    and tests that replace ``api.load_backbone`` replace this too."""
+    import copy
+
+    from fpncli import api
+
+    real = api.load_backbone
+
+    def loaded_once(weights=api.DEFAULT_WEIGHTS, **kwargs):
+        if not (isinstance(weights, str) and weights == "random"):
+            return real(weights, **kwargs)
+        options = {k: v for k, v in kwargs.items() if k not in ("download", "download_progress")}
+        key = tuple(sorted((k, repr(v)) for k, v in options.items()))
+        if key not in _LOADED:
+            if len(_LOADED) == 3:  # 100 MB each: the three latest
+                del _LOADED[next(iter(_LOADED))]
+            _LOADED[key] = real(weights, **kwargs)
+        return copy.deepcopy(_LOADED[key])
+
+    monkeypatch.setattr(api, "load_backbone", loaded_once)
+
+
 @pytest.fixture(scope="session")
 def sample_extraction(tmp_path_factory):
     """``fpncli extract samples/ --weights random`` at a small size (three images), made once:
