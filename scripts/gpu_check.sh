@@ -10,11 +10,12 @@
 # final table still run); on one H100 with 16 cores its steps took about 470 s in all
 # (2026-11-26, torch 2.11, added up over three calls); on one H200, 2026-11-27, tests, model,
 # e2e, procs (2-4), e2e_npy, host and defaults took 318 s (tests 91, procs 84): the rows after
-# compile_b16 are the ones that BUDGET_S may cut. Needs no network. Everything
-# is written under OUT_DIR: the scratch (temporary JPEGs and outputs, compile caches) in
-# OUT_DIR/scratch, removed at the end, and then OUT_DIR holds three files: gpu_check.txt (the
+# compile_b16 are the ones that BUDGET_S may cut. Needs no network. Everything is written under
+# OUT_DIR: the scratch (temporary JPEGs and outputs, compile caches) in OUT_DIR/scratch, removed
+# at the end (KEEP_SCRATCH=1 keeps it), and then OUT_DIR holds three files: gpu_check.txt (the
 # table, the phase timings and the failures), gpu_check.json (every row, the machine, the
-# phases) and steps.tar.gz (each step's log and JSON). The table is printed too. Where the
+# phases) and steps.tar.gz (each step's log and JSON). An OUT_DIR whose steps/ or scratch/ this
+# script did not make is refused, untouched (exit 2). The table is printed too. Where the
 # preflight fails (no CUDA, a package missing) no step runs: the report says so and the exit
 # code is 1, within seconds (DRY_RUN=1 runs the steps anyway); else it is 0, failed steps or not.
 #
@@ -116,8 +117,19 @@ else PY=python; fi
 DRY_RUN="${DRY_RUN:-0}"
 STEPS="$OUT_DIR/steps"
 SCRATCH="$OUT_DIR/scratch"
+# Only folders this script made are removed (a killed run's): each holds MARK. OUT_DIR's own
+# steps/ or scratch/ (the user's data) is refused before anything is written or removed.
+MARK=.made-by-gpu_check
+for dir in "$STEPS" "$SCRATCH"; do
+    if [ -L "$dir" ] || { [ -e "$dir" ] && [ ! -f "$dir/$MARK" ]; }; then
+        echo "gpu_check.sh: $dir was not made by this script (it has no $MARK): give another" \
+            "OUT_DIR, or move it away" >&2
+        exit 2
+    fi
+done
 rm -rf "$STEPS" "$SCRATCH" "$OUT_DIR/steps.tar.gz" "$OUT_DIR"/gpu_check.{txt,json}
 mkdir -p "$STEPS" "$SCRATCH/tmp" "$SCRATCH/home" "$SCRATCH/mpl"
+touch "$STEPS/$MARK" "$SCRATCH/$MARK"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 OMP_WAIT_POLICY=PASSIVE
 export TMPDIR="$SCRATCH/tmp" FPNCLI_HOME="$SCRATCH/home" MPLCONFIGDIR="$SCRATCH/mpl"
@@ -386,7 +398,7 @@ text = "\n".join([
      "failures": failures.splitlines()}, indent=2))
 print("\n" + text)
 EOF
-tar -czf "$OUT_DIR/steps.tar.gz" -C "$OUT_DIR" steps && rm -rf "$STEPS"
+tar -czf "$OUT_DIR/steps.tar.gz" -C "$OUT_DIR" --exclude="steps/$MARK" steps && rm -rf "$STEPS"
 [ "${KEEP_SCRATCH:-0}" = 1 ] || rm -rf "$SCRATCH"
 echo "total $(( $(date +%s) - START ))s; $OUT_DIR: gpu_check.txt, gpu_check.json, steps.tar.gz"
 [ "$PREFLIGHT" -eq 0 ] || [ "$DRY_RUN" = 1 ] || exit 1

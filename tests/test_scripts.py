@@ -106,3 +106,50 @@ def test_the_gpu_check_without_cuda_stops_after_its_preflight(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "gpu_check.json", "gpu_check.txt", "steps.tar.gz"
     ]  # fmt: skip
+
+
+def gpu_check(out: Path, **env: str) -> subprocess.CompletedProcess:
+    """gpu_check.sh without CUDA: its preflight fails within seconds, no step runs."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable, "ONLY": "host",
+           "BUDGET_S": "60", "DRY_RUN": "0", **env}  # fmt: skip
+    return subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("timeout")),
+                    reason="needs bash and timeout")  # fmt: skip
+@pytest.mark.parametrize("folder", ["scratch", "steps"])
+def test_the_gpu_check_refuses_an_out_whose_folder_it_did_not_make(tmp_path, folder):
+    """OUT/scratch and OUT/steps are the script's working folders: it removed them first thing
+    (and again at the end), whatever they held, so a user's OUT/scratch/mydata.txt was gone."""
+    out = tmp_path / "gc"
+    (out / folder).mkdir(parents=True)
+    (out / folder / "mydata.txt").write_text("precious")
+    result = gpu_check(out)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f"gpu_check.sh: {out / folder} was not made by this script (it has no "
+        ".made-by-gpu_check): give another OUT_DIR, or move it away"
+    )
+    assert (out / folder / "mydata.txt").read_text() == "precious"
+    assert sorted(p.name for p in out.iterdir()) == [folder]
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("timeout")),
+                    reason="needs bash and timeout")  # fmt: skip
+def test_the_gpu_check_runs_again_over_its_own_scratch(tmp_path):
+    """A scratch folder the script made (KEEP_SCRATCH=1, or a killed run) is its own to remove:
+    the next run into the same OUT goes ahead."""
+    import tarfile
+
+    out = tmp_path / "gc"
+    assert gpu_check(out, KEEP_SCRATCH="1").returncode == 1
+    assert (out / "scratch").is_dir()
+    result = gpu_check(out)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gpu_check.json", "gpu_check.txt", "steps.tar.gz"
+    ]  # fmt: skip
+    with tarfile.open(out / "steps.tar.gz") as tar:
+        assert "steps/preflight.log" in tar.getnames()
+        assert not [n for n in tar.getnames() if "made-by" in n]
