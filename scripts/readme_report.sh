@@ -1,19 +1,32 @@
 #!/usr/bin/env bash
 # Remake docs/report_samples_random.png, the README's report screenshot: the sample photos
-# extracted with --weights random into fpn_out/ (a relative path, so the summary shows no
-# machine's folder), `fpncli report --scale level`, a headless Chromium screenshot at 1000 px,
-# cropped to the page and scaled to 800 px. Needs Debian's chromium; PYTHON defaults to python.
+# extracted with --weights random into fpn_out/ of a temporary folder (a relative path, so the
+# summary shows no machine's folder; never the checkout's own fpn_out/, which may be yours),
+# `fpncli report --scale level`, a headless Chromium screenshot at 1000 px, cropped to the page
+# and scaled to 800 px. The temporary folder is removed at the end. Needs Debian's chromium;
+# PYTHON defaults to python; fpncli is this checkout's (PYTHONPATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null; then  # before any work: bash's "not found" said nothing
+    echo "readme_report.sh needs chromium on PATH for the screenshot (Debian: apt-get install" \
+        "chromium)" >&2
+    exit 1
+fi
 PYTHON=${PYTHON:-python}
+repo=$PWD
+work=$(mktemp -d "${TMPDIR:-/tmp}/fpncli-readme-report-XXXXXX")
+trap 'rm -rf "$work"' EXIT
+ln -s "$repo/samples" "$work/samples"
+cd "$work"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 out=fpn_out
 "$PYTHON" -m fpncli extract samples/ -o "$out" --weights random
 "$PYTHON" -m fpncli report "$out" --scale level
-shot=$(mktemp --suffix=.png)
-trap 'rm -f "$shot"' EXIT
+shot="$work/shot.png"
 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1000,1600 \
-    --screenshot="$shot" "file://$PWD/$out/report.html" 2>/dev/null
-"$PYTHON" - "$shot" docs/report_samples_random.png <<'EOF'
+    --screenshot="$shot" "file://$work/$out/report.html" 2>/dev/null \
+    || { echo "readme_report.sh: chromium failed to screenshot $out/report.html" >&2; exit 1; }
+"$PYTHON" - "$shot" "$repo/docs/report_samples_random.png" <<'EOF'
 import sys
 
 import numpy as np

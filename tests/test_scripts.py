@@ -153,3 +153,65 @@ def test_the_gpu_check_runs_again_over_its_own_scratch(tmp_path):
     with tarfile.open(out / "steps.tar.gz") as tar:
         assert "steps/preflight.log" in tar.getnames()
         assert not [n for n in tar.getnames() if "made-by" in n]
+
+
+def fake_checkout(tmp_path: Path) -> Path:
+    """A checkout holding readme_report.sh, one small sample and the user's own fpn_out/."""
+    from PIL import Image
+
+    repo = tmp_path / "repo"
+    for folder in ("scripts", "samples", "docs", "fpn_out"):
+        (repo / folder).mkdir(parents=True)
+    shutil.copy(SCRIPTS / "readme_report.sh", repo / "scripts")
+    Image.new("RGB", (48, 32), (200, 120, 40)).save(repo / "samples" / "tiny.png")
+    (repo / "fpn_out" / "mine.txt").write_text("the user's extraction")
+    return repo
+
+
+@pytest.mark.skipif(not shutil.which("bash"), reason="needs bash")
+def test_the_readme_report_without_chromium_says_so_before_any_work(tmp_path):
+    """Without chromium the script extracted into fpn_out/ first, then ended with exit 127 and
+    no word (bash's "command not found" went to /dev/null with chromium's noise)."""
+    repo = fake_checkout(tmp_path)
+    bin_dir = tmp_path / "bin"  # PATH: dirname alone, no chromium
+    bin_dir.mkdir()
+    (bin_dir / "dirname").symlink_to(shutil.which("dirname"))
+    env = {**os.environ, "PATH": str(bin_dir), "PYTHON": sys.executable}
+    result = subprocess.run([shutil.which("bash"), str(repo / "scripts" / "readme_report.sh")],
+                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        "readme_report.sh needs chromium on PATH for the screenshot (Debian: apt-get install "
+        "chromium)"
+    )
+    assert [p.name for p in (repo / "fpn_out").iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.skipif(not shutil.which("bash"), reason="needs bash")
+def test_the_readme_report_leaves_the_checkouts_fpn_out_alone(tmp_path):
+    """It extracted into the checkout's fpn_out/ (the CLI's default output, perhaps the user's
+    own extraction) and wrote its report.html there. Now: a temporary folder's fpn_out/ (the
+    report's summary still reads "fpn_out"), removed at the end; the screenshot goes to docs/."""
+    repo = fake_checkout(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    chromium = bin_dir / "chromium"  # a stand-in: keeps the page, draws a page-like PNG
+    chromium.write_text(f"""#!{sys.executable}
+import shutil, sys
+from PIL import Image
+shot = next(a for a in sys.argv if a.startswith("--screenshot="))[len("--screenshot="):]
+shutil.copy(sys.argv[-1].removeprefix("file://"), {str(tmp_path / "page.html")!r})
+Image.new("RGB", (1000, 1600), "black").save(shot)
+""")  # fmt: skip
+    chromium.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable,
+           "TMPDIR": str(tmp_path / "tmp"), "PYTHONPATH": str(SCRIPTS.parent)}  # fmt: skip
+    result = subprocess.run(["bash", str(repo / "scripts" / "readme_report.sh")], env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [p.name for p in (repo / "fpn_out").iterdir()] == ["mine.txt"]
+    assert "<th>folder</th><td>fpn_out</td>" in (tmp_path / "page.html").read_text()
+    shot = repo / "docs" / "report_samples_random.png"
+    assert f"wrote {shot} (800x" in result.stdout and shot.is_file()
+    assert list((tmp_path / "tmp").iterdir()) == []
