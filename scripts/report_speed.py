@@ -50,7 +50,9 @@ def main() -> None:
         cmd = [sys.executable, "-m", "fpncli", "extract", str(photo), "-o", str(first),
                "--weights", "random", "--min-size", str(args.min_size), "--max-size", "1333",
                "--format", args.format]  # fmt: skip
-        subprocess.run(cmd, check=True, env={**os.environ, "FPNCLI_HOME": str(tmp / "home")})
+        rc = subprocess.run(cmd, env={**os.environ, "FPNCLI_HOME": str(tmp / "home")}).returncode
+        if rc:  # its own message is above: one line more, no traceback
+            sys.exit(f"report_speed.py: fpncli extract of the photo failed (exit {rc})")
         out = tmp / "out"
         photos = tmp / "photos"
         photos.mkdir()
@@ -69,7 +71,10 @@ def main() -> None:
             "      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
         )
         done = subprocess.run([sys.executable, "-c", code, str(out), json.dumps(args.workers)],
-                              check=True, capture_output=True, text=True, cwd=tmp)  # fmt: skip
+                              capture_output=True, text=True, cwd=tmp)  # fmt: skip
+        if done.returncode:  # the error's last line (a traceback's), not the script's traceback
+            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            sys.exit(f"report_speed.py: write_report({out}) failed: {last}")
         where, seconds, peak_mb = done.stdout.split()[-3:]
         seconds, peak_mb = float(seconds), float(peak_mb)
         print(f"fpncli from {Path(where).parent}")
@@ -97,37 +102,46 @@ def _folders(first: Path, out: Path, photos: Path, count: int) -> list[int]:
 
 
 def _shards(first: Path, out: Path, photos: Path, count: int) -> list[int]:
-    """The one image's members under ``count`` keys, in shards of about 1 GB, with the index."""
-    from fpncli.io.shard_index import read_index, write_parquet
-    from fpncli.io.shards import open_root
+    """The one image's members under ``count`` keys, in shards of about 1 GB named as
+    ``ShardWriter`` names them (the index refuses another name), with their ledger parts and
+    ``index.parquet``."""
+    from fpncli.io.shard_index import consolidate_index, read_index, write_parquet
+    from fpncli.io.shards import INDEX_DIR, WDS_MARKER, open_root, shard_digest, shard_name
 
     fs, root = open_root(str(first))
     [row] = read_index(fs, root).to_pylist()
     with tarfile.open(first / row["shard"]) as tar:
         members = {m.name[len("photo.") :]: tar.extractfile(m).read() for m in tar}
     manifest = json.loads(members.pop("json"))
-    (out / "_index").mkdir(parents=True)
-    shard, tar, rows = 0, None, []
+    (out / INDEX_DIR).mkdir(parents=True)
+    (out / WDS_MARKER).touch()  # the root is fpncli's: consolidate_index writes its index
+    partial = out / "shard.tar.partial"
+    tar, keys = None, []
 
     def commit() -> None:
         tar.close()
-        write_parquet(fs, str(out / "_index" / f"part-shard-{shard:06d}.parquet"), rows)
+        shard = shard_name(shard_digest([row["settings"], *keys]))  # as ShardWriter names it
+        size = partial.stat().st_size
+        partial.rename(out / shard)
+        rows = [dict(row, key=k, shard=shard, shard_bytes=size, source=k) for k in keys]
+        write_parquet(fs, str(out / INDEX_DIR / f"part-{shard[:-4]}.parquet"), rows)
 
     for i in range(count):
         key = f"img{i:05d}"
         if tar is None:
-            tar = tarfile.open(out / f"shard-{shard:06d}.tar", "w", format=tarfile.PAX_FORMAT)
+            tar = tarfile.open(partial, "w", format=tarfile.PAX_FORMAT)
         manifest["input"]["path"] = str(photos / f"{key}.jpg")
         for suffix, data in [*members.items(), ("json", json.dumps(manifest).encode())]:
             info = tarfile.TarInfo(f"{key}.{suffix}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        rows.append(dict(row, key=key, shard=f"shard-{shard:06d}.tar", source=key))
+        keys.append(key)
         if tar.fileobj.tell() >= 1e9:
             commit()
-            shard, tar, rows = shard + 1, None, []
+            tar, keys = None, []
     if tar is not None:
         commit()
+    consolidate_index(fs, str(out))
     return manifest["levels"]["p2"]["shape"]
 
 

@@ -238,3 +238,27 @@ def test_an_interrupted_engines_bench_removes_its_work_folder(tmp_path):
         proc.communicate()
     assert proc.returncode != 0
     assert list(tmp_path.glob("fpncli-bench-engines-*")) == []
+
+
+def test_the_report_speed_script_builds_shards_the_index_accepts(tmp_path):
+    """--format wds (its documented usage) wrote shard-000000.tar, a name the index refuses
+    ("is not a shard name"): write_report found nothing and the script ended in a traceback."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(SCRIPTS.parent)}
+    result = subprocess.run([sys.executable, str(SCRIPTS / "report_speed.py"), "--images", "2",
+                             "--format", "wds", "--min-size", "32"], env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "report for 2 images (wds, p2 [1, 256, 8, 16]):" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_speed_script_says_in_one_line_that_extract_failed(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, str(SCRIPTS / "report_speed.py"), "--min-size", "0"],
+                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "report_speed.py: fpncli extract of the photo failed (exit 2)"
+    )
+    assert list(tmp_path.iterdir()) == []
