@@ -262,3 +262,14 @@ def test_the_report_speed_script_says_in_one_line_that_extract_failed(tmp_path):
         "report_speed.py: fpncli extract of the photo failed (exit 2)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/nonexistent.png"], "bf16_error.py: no such image file: /nonexistent.png"),
+    # the default images are the checkout's samples, found from any folder: the weights fail
+    (["--weights", "nope"], "bf16_error.py: unknown weights 'nope': not a file, nor one of "),
+])  # fmt: skip
+def test_the_bf16_script_refuses_in_one_line_from_any_folder(tmp_path, args, message):
+    result = run_script("bf16_error.py", *args, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
