@@ -75,6 +75,17 @@ def _random_backbone_loaded_once(monkeypatch):
     monkeypatch.setattr(api, "load_backbone", loaded_once)
 
 
+@pytest.fixture(autouse=True)
+def _photos_shown_small(request, monkeypatch):
+    """``fpncli show PHOTO`` (and its ``--receptive-field``) extracts the photo at Detectron2's
+    800-pixel size, seconds a call on two cores: tests draw at 64 to 128 pixels, as their
+    ``extract`` runs do, unless marked ``photo_size`` (the real size)."""
+    if request.node.get_closest_marker("photo_size") is None:
+        from fpncli.viz import photo_source
+
+        monkeypatch.setattr(photo_source, "PHOTO_SIZE", (64, 128))
+
+
 @pytest.fixture(scope="session")
 def sample_extraction(tmp_path_factory):
     """``fpncli extract samples/ --weights random`` at a small size (three images), made once:

@@ -965,3 +965,15 @@ def test_the_notebook_figure_takes_the_level_a_npy_is_named_after(tmp_path):
     titles = [ax.get_title() for ax in level_figure_for(str(tmp_path / "loose.npy"),
                                                         level="p5").axes]  # fmt: skip
     assert titles[0].startswith("p5  stride 32"), titles
+
+
+@pytest.mark.photo_size
+def test_a_photo_is_shown_at_detectron2s_size(tmp_path):
+    """show extracts a photo as extract does by default: shortest edge 800, longest at most
+    1333 (the other tests draw smaller: conftest's ``_photos_shown_small``)."""
+    from fpncli.viz.photo_source import PHOTO_SIZE, from_image
+
+    assert PHOTO_SIZE == (800, 1333)
+    Image.fromarray(np.zeros((40, 120, 3), np.uint8)).save(tmp_path / "a.png")
+    source = from_image(tmp_path / "a.png", "random", "cpu", max_pixels=10**6)
+    assert source.resized == (444, 1333) and source.features["p2"].shape[-2:] == (112, 336)

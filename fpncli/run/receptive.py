@@ -344,10 +344,11 @@ def draw_receptive_fields(
         default_out = path / f"show{suffix}.png"
     else:
         from ..io.jobs import image_stem
-        from ..viz.photo_source import check_not_drawn
+        from ..viz.photo_source import PHOTO_SIZE, check_not_drawn
 
         check_not_drawn(path)  # a heatmap fpncli drew is no photo (as show refuses it)
         image_path = str(path)
+        settings = dict(zip(("min_size", "max_size"), PHOTO_SIZE))  # as show extracts it
         default_out = Path(f"fpn_show_{image_stem(path)}{suffix}.png")
     from ..io.image_load import load_image
 

@@ -16,7 +16,11 @@ from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..weights.hub import LoggedProgress
 from .sources import Source
 
-__all__ = ["check_image", "check_not_drawn", "from_image"]
+__all__ = ["PHOTO_SIZE", "check_image", "check_not_drawn", "from_image"]
+
+#: The resize of a photo ``show`` extracts on the fly (``min_size``, ``max_size``): Detectron2's
+#: test-time resize, extract's defaults (the tests make it smaller).
+PHOTO_SIZE = (800, 1333)
 
 
 def from_image(path: Path, weights: str, device: str, max_pixels: int,
@@ -27,7 +31,9 @@ def from_image(path: Path, weights: str, device: str, max_pixels: int,
 
     model = load_backbone(weights, device=resolve_device(device),
                           download_progress=download_progress)  # fmt: skip
-    result = extract(load_image(path, max_pixels=max_pixels), model)
+    min_size, max_size = PHOTO_SIZE
+    result = extract(load_image(path, max_pixels=max_pixels), model, min_size=min_size,
+                     max_size=max_size)  # fmt: skip
     prepared = result.prepared
     return Source(
         {k: v.numpy() for k, v in result.features.items()},
