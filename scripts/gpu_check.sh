@@ -345,10 +345,10 @@ versus = [ln for ln in d2_log.read_text().splitlines()
     if d2_log.is_file() else []  # fmt: skip
 try:
     from fpncli.run.bench import BenchRow
-    from fpncli.run.bench_table import add_ratios, format_table
+    from fpncli.run.bench_table import add_ratios_across, format_table
 
     bench_rows = [BenchRow(**r) for r in rows]
-    add_ratios(bench_rows)
+    add_ratios_across(bench_rows)  # the --e2e-only steps' rows: the e2e step's model rows
     rows = [r.__dict__ for r in bench_rows]
     table = format_table(bench_rows)
 

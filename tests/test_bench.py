@@ -135,18 +135,126 @@ def test_images_for_fills_the_time_within_half_the_free_disk():
 
 def test_a_hint_names_the_setting_where_onednn_beats_the_cpu_kernels():
     from fpncli.run.bench import BenchRow
-    from fpncli.run.bench_table import kernel_hints
+    from fpncli.run.bench_table import kernel_hint
 
     def row(variant, seconds, height=800):
         return BenchRow("model", "cpu", height, 1216, 1, "fp32", variant, median_batch_s=seconds)
 
-    assert kernel_hints([row("eager", 1.18), row("onednn", 1.53), row("unfused", 1.74)]) == []
-    hints = kernel_hints([row("eager", 1.18), row("onednn", 0.95), row("eager", 1.0, 640),
-                          row("onednn", 0.98, 640)])  # fmt: skip
-    assert hints == [
+    assert kernel_hint(row("onednn", 1.53), row("eager", 1.18)) is None
+    assert kernel_hint(row("onednn", 0.95), row("eager", 1.18)) == (
         "note: at 800x1216 batch 1 oneDNN took 950 ms against 1180 ms with fpncli's CPU "
         "kernels: on this CPU, FPNCLI_CPU_KERNELS=0 is faster"
-    ]  # 640: within 5%, no hint
+    )
+    assert kernel_hint(row("onednn", 0.98, 640), row("eager", 1.0, 640)) is None  # within 5%
+    assert kernel_hint(row("onednn", 0.5), None) is None  # fpncli's row failed
+
+
+def _fake_bench(monkeypatch, model_rates, e2e_rates):
+    """bench_model and bench_end_to_end replaced: each call returns a row whose rate is the
+    next of ``model_rates`` / ``e2e_rates`` (its median batch time the inverse)."""
+    import fpncli.run.bench as bench_module
+    import fpncli.run.bench_model as bench_model_module
+    from fpncli.run.bench import BenchRow
+
+    model_rates, e2e_rates = iter(model_rates), iter(e2e_rates)
+
+    def model(model, *, height, width, batch_size, precision, variant=None, **kwargs):
+        row = BenchRow("model", "cpu", height, width, batch_size, precision, variant or "eager")
+        row.images_per_s = next(model_rates)
+        row.median_batch_s = batch_size / row.images_per_s
+        return row
+
+    def end_to_end(model, *, height, width, batch_size, precision, outputs, **kwargs):
+        row = BenchRow("end-to-end", "cpu", height, width, batch_size, precision, outputs)
+        row.images_per_s = next(e2e_rates)
+        return row
+
+    monkeypatch.setattr(bench_model_module, "bench_model", model)
+    monkeypatch.setattr(bench_module, "bench_end_to_end", end_to_end)
+
+
+def test_each_end_to_end_row_is_compared_with_its_own_passs_model_row(monkeypatch, tmp_path):
+    """``--sizes 64x96,64x96`` (the README's own runs repeat a size): each end-to-end row's
+    ratio is to the model row measured with it, in the table and in the JSON alike (the JSON
+    divided the first end-to-end row by the second pass's model row)."""
+    _fake_bench(monkeypatch, [8.0, 10.0], [6.0, 9.0])
+    out = tmp_path / "b.json"
+    args = ["bench", "--device", "cpu", "--sizes", "64x96,64x96", "--images", "2",
+            "--seconds", "0", "--iters", "1", "--warmup", "1", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["ratios"].get("of_model") for r in rows] == [None, 0.75, None, 0.9]
+    table = [line for line in result.output.splitlines() if line.startswith("e2e")]
+    assert ["of_model=0.75" in table[0], "of_model=0.90" in table[1]] == [True, True]
+
+
+def test_a_kernel_hint_compares_the_onednn_row_with_its_own_passs_row(monkeypatch):
+    """Two passes of one size: the hint is each pass's oneDNN row against fpncli's row of that
+    pass (the first eager row of the size was the one compared with every oneDNN row)."""
+    from fpncli.model import cpu_kernels
+
+    if not cpu_kernels.available():
+        pytest.skip("no CPU kernels here: no onednn row")
+    # fpncli, onednn, unfused; twice: oneDNN is 10% faster in the second pass only
+    _fake_bench(monkeypatch, [10.0, 9.0, 5.0, 5.0, 5.5, 3.0], [])
+    args = ["bench", "--device", "cpu", "--sizes", "64x96,64x96", "--model-only", "--unfused",
+            "--seconds", "0", "--iters", "1", "--warmup", "0"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    hints = [line for line in result.output.splitlines() if "oneDNN took" in line]
+    assert hints == [
+        "note: at 64x96 batch 1 oneDNN took 182 ms against 200 ms with fpncli's CPU kernels: "
+        "on this CPU, FPNCLI_CPU_KERNELS=0 is faster"
+    ]
+
+
+def test_ratios_across_runs_pair_only_the_rows_without_their_own():
+    """gpu_check.sh joins its steps' rows: an ``--e2e-only`` step's row takes the nearest model
+    row of its shape before it; a row paired when it was made keeps its ratio."""
+    from fpncli.run.bench import BenchRow
+    from fpncli.run.bench_table import add_ratios_across
+
+    def row(kind, rate, variant="eager", height=64):
+        return BenchRow(kind, "cpu", height, 96, 1, "fp32", variant, images_per_s=rate)
+
+    paired = row("end-to-end", 6.0, "npy")
+    paired.ratios["of_model"] = 0.6
+    alone, other_size = row("end-to-end", 4.0, "heatmapsx2"), row("end-to-end", 4.0, "npy", 32)
+    rows = [row("model", 5.0), row("model", 10.0), paired, alone, other_size, row("model", 1.0)]
+    add_ratios_across(rows)
+    assert paired.ratios == {"of_model": 0.6} and alone.ratios == {"of_model": 0.4}
+    assert other_size.ratios == {}
+
+
+def test_an_end_to_end_row_records_the_size_it_ran_at(tmp_path):
+    """``--source-size``: the JPEGs are resized to fit the size, and the model runs at their
+    padded size: the row says that size (64x192 to fit 64x96 is 32x96), a note says why, and it
+    has no ratio to the 64x96 model row (it was labelled 64x96 and compared with it)."""
+    out = tmp_path / "b.json"
+    args = ["bench", "--device", "cpu", "--sizes", "64x96", "--source-size", "64x192",
+            "--images", "2", "--seconds", "0", "--iters", "1", "--warmup", "0",
+            "--outputs", "heatmaps", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    model, e2e = json.loads(out.read_text())["rows"]
+    assert (model["height"], model["width"]) == (64, 96)
+    assert (e2e["height"], e2e["width"]) == (32, 96) and e2e["error"] is None
+    assert "of_model" not in e2e["ratios"] and "of_min_model_decode" not in e2e["ratios"]
+    assert e2e["note"] == (
+        "ran at 32x96 (64x192 JPEGs resized to fit 64x96, padded to multiples of 32): no "
+        "of_model, only a model row of 32x96 compares with it"
+    )
+    assert "note: end-to-end heatmaps 64x96 batch 1 fp32: ran at 32x96" in result.output
+
+
+def test_padded_size_is_what_the_model_runs_at():
+    from fpncli.run.bench import padded_size
+
+    assert padded_size(1080, 1920, 256, 384) == (224, 384)  # 216x384, padded
+    assert padded_size(1080, 1920, 768, 1344) == (768, 1344)  # gpu_check.sh's E2E size
+    assert padded_size(800, 1216, 800, 1216) == (800, 1216)
+    assert padded_size(100, 150, 100, 150) == (128, 160)  # an --e2e-only resize target
 
 
 def test_the_bound_is_the_host_when_the_feeding_thread_outlasts_the_device():
@@ -208,7 +316,7 @@ def test_the_decode_rate_of_a_row_is_the_best_of_its_runs(monkeypatch, tmp_path)
     assert "decode_procs_img_s" not in row.ratios  # on the CPU, by default, threads only
     model_row = bench.BenchRow("model", row.device, 64, 64, 1, "fp32", "eager")
     model_row.images_per_s = 1e6
-    add_ratios([model_row, row])
+    add_ratios(row, model_row)
     assert row.ratios["of_min_model_decode"] == pytest.approx(row.images_per_s / 240.0)
 
 
@@ -236,7 +344,7 @@ def test_the_cores_decode_rate_is_the_higher_of_threads_and_processes(monkeypatc
     assert asked == [3] and row.ratios["decode_procs_img_s"] == 330.0
     model_row = bench.BenchRow("model", row.device, 64, 64, 1, "fp32", "eager")
     model_row.images_per_s = 1e6
-    add_ratios([model_row, row])
+    add_ratios(row, model_row)
     assert row.ratios["of_min_model_decode"] == pytest.approx(row.images_per_s / 330.0)
 
 

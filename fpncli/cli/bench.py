@@ -108,7 +108,8 @@ from .common import _check_weights, _friendly, verbose_option
     default=None,
     callback=_source_size,
     help="One HxW, height first, of the end-to-end JPEGs (e.g. 1080x1920, a landscape 1080p "
-    "frame), resized to fit each size; default: the size.",
+    "frame), resized to fit each size; default: the size. The row gives the padded size the "
+    "model ran at (1080x1920 to fit 800x1216: 704x1216), compared only with a model row of it.",
 )
 @click.option(
     "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Decoding threads."
@@ -152,10 +153,11 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
 
     End-to-end rows split each image's time into decode, h2d, preprocess, model, reductions,
     d2h and write, plus host (the feeding thread's time to stage and launch a batch), name the
-    bound (host: a GPU waiting for that thread), and compare with the model-only row of the same
-    size, batch and precision, the decode rate with all cores and the disk's write rate. Each
-    row stands alone: it is printed as soon as it is measured, and a row that cannot run prints
-    why while the others go on (the exit code is then 1).
+    bound (host: a GPU waiting for that thread), and compare with the model-only row measured
+    just before them (same size, batch and precision; with --source-size, only where the padded
+    size the row ran at is that size), the decode rate with all cores and the disk's write
+    rate. Each row stands alone: it is printed as soon as it is measured, and a row that cannot
+    run prints why while the others go on (the exit code is then 1).
     """
     import json
 
@@ -167,7 +169,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     from ..run.bench import OUTPUT_PRESETS as PRESET_OPTIONS
     from ..run.bench import bench_end_to_end
     from ..run.bench_model import bench_model, fp32_reference
-    from ..run.bench_table import add_ratios, format_table, kernel_hints, rows_as_dicts
+    from ..run.bench_table import add_ratios, format_table, kernel_hint, rows_as_dicts
     from ..run.device import select_device
     from ..run.multi import auto_processes
     from ..viz.png import png_deflate
@@ -224,7 +226,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
     # with --json - the JSON alone goes to stdout (for a pipe into jq), the table to stderr
     table_err = json_path == "-"
     click.echo(format_table([]), err=table_err)
-    rows = []
+    rows, hints = [], []
     info = {"device": str(dev), "torch": torch.__version__, "png_deflate": png_deflate()}
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
@@ -248,20 +250,23 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
         skipped.append({"row": what, "reason": reason})
         save(False)
 
-    def measure(what: str, run, label: str | None = None, **kwargs) -> None:
+    def measure(what: str, run, model_row=None, **kwargs):
+        """The row ``run`` measures, printed and saved (None when it could not run); an
+        end-to-end row gets its ratios to ``model_row``, fpncli's model row of its pass."""
         try:
             row = run(**kwargs)
             if row.error:
                 raise RuntimeError(row.error)
         except (ValueError, RuntimeError, OSError) as e:
             skip(what, e)
-            return
+            return None
+        add_ratios(row, model_row)
         rows.append(row)
-        add_ratios(rows)
         click.echo(format_table([row]).splitlines()[-1], err=table_err)
         if row.note:
             click.echo(f"note: {what}: {row.note}", err=table_err)
         save(False)
+        return row
 
     def run_rows() -> None:
         for height, width in sizes:
@@ -277,12 +282,16 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
                 for precision in runnable:
                     timing = {"precision": precision, "iters": iters, "seconds": seconds,
                               "warmup": warmup, **shape}  # fmt: skip
+                    measured = {}  # this pass's model rows, by label: what its rows compare to
                     for label, model in variants if not (e2e_only or compile_only) else []:
-                        measure(
+                        measured[label] = measure(
                             f"model {label} {where} {precision}", bench_model, model=model,
                             variant=None if label == "fpncli" else label,
                             reference=reference if label != "unfused" else None, **timing,
                         )  # fmt: skip
+                    hint = kernel_hint(measured.get("onednn"), measured.get("fpncli"))
+                    if hint:
+                        hints.append(hint)
                     if compile_rows and not e2e_only:
                         measure(
                             f"model compile {where} {precision}", bench_model,
@@ -300,7 +309,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
                                 model=variants[0][1], images=images, precision=precision,
                                 outputs=preset, workers=workers, writers=writers,
                                 source_size=source_size, seconds=seconds, processes=count,
-                                weights=weights, **shape,
+                                weights=weights, model_row=measured.get("fpncli"), **shape,
                             )  # fmt: skip
 
     try:
@@ -308,7 +317,7 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
             run_rows()
     finally:  # Ctrl-C or a time limit (SIGINT): the rows measured so far are kept
         save(complete=False)
-    for hint in kernel_hints(rows):
+    for hint in hints:
         click.echo(hint, err=table_err)
     if dev.type == "cuda" and any(r.variant in ("npy", "all") for r in rows):
         click.echo("note: with every level saved as .npy, the disk and the device-to-host copy, "

@@ -21,6 +21,7 @@ import torch
 
 from ..io.messages import one_line
 from ..io.outputs import OutputOptions
+from ..io.preprocess import resized_shape
 from ..model.fpn import FPN
 from .device import model_for_run
 from .multi import run_on_devices, usable_cores, worker_options
@@ -163,7 +164,9 @@ def bench_end_to_end(
 ) -> BenchRow:
     """Run the real pipeline over ``images`` JPEGs and time it (wall clock), with the per-stage
     split. The JPEGs are ``source_size`` (e.g. 1080x1920) resized by Detectron2's rule to fit
-    ``height x width``, or exactly ``height x width`` (then the resize keeps that size).
+    ``height x width``, or exactly ``height x width`` (then the resize keeps that size). The row
+    records the padded size the model ran at (``padded_size``: 1080x1920 to fit 256x384 runs at
+    224x384), with a note where that is not ``height x width``.
 
     Time-based: when ``images`` took less than ``seconds``, the row is run again with as many
     images as its rate says fill ``seconds`` (the inputs repeat; the outputs of the first run
@@ -184,11 +187,18 @@ def bench_end_to_end(
     heatmaps rows, whose ratio this is), one per core; not on the CPU."""
     device = next(model.parameters()).device
     variant = outputs if processes is None else f"{outputs}x{processes}"
-    row = BenchRow("end-to-end", str(device), height, width, batch_size, precision, variant)
+    src_h, src_w = source_size or (height, width)
+    ran_h, ran_w = padded_size(src_h, src_w, height, width)
+    row = BenchRow("end-to-end", str(device), ran_h, ran_w, batch_size, precision, variant)
+    if (ran_h, ran_w) != (height, width):  # a model row of height x width is not its size
+        resized = f"{src_h}x{src_w} JPEGs resized to fit {height}x{width}, " if source_size else ""
+        row.note = (
+            f"ran at {ran_h}x{ran_w} ({resized}padded to multiples of 32): no of_model, only a "
+            f"model row of {ran_h}x{ran_w} compares with it"
+        )
     root = Path(tempfile.mkdtemp(prefix="fpncli-bench-", dir=work_dir))
     try:
         (root / "in").mkdir()
-        src_h, src_w = source_size or (height, width)
         distinct = min(images, 64)
         paths = make_images(root / "in", distinct + 2, src_h, src_w)
         sizes = {"min_size": min(height, width), "max_size": max(height, width)}
@@ -269,7 +279,8 @@ def bench_end_to_end(
             try:  # the row was measured: a disk too full to time (a small TMPDIR) leaves it be
                 row.disk_mb_per_s = disk_write_speed(root)
             except OSError as e:
-                row.note = f"disk-speed probe could not run ({row_error(e)}): no of_disk_rate"
+                probe = f"disk-speed probe could not run ({row_error(e)}): no of_disk_rate"
+                row.note = f"{row.note}; {probe}" if row.note else probe
             else:
                 disk_rate = row.disk_mb_per_s * 1e6 / row.bytes_per_image
                 row.ratios["of_disk_rate"] = row.images_per_s / disk_rate
@@ -279,6 +290,14 @@ def bench_end_to_end(
         shutil.rmtree(root, ignore_errors=True)
     row.peak_rss_mb = peak_rss_mb()
     return row
+
+
+def padded_size(src_h: int, src_w: int, height: int, width: int) -> tuple[int, int]:
+    """The padded ``(H, W)`` the model sees for a ``src_h x src_w`` image resized by Detectron2's
+    rule to fit ``height x width`` (as an end-to-end row's run resizes it), then padded to
+    multiples of 32: 1080x1920 to fit 256x384 is 216x384, padded 224x384."""
+    new_h, new_w = resized_shape(src_h, src_w, min(height, width), max(height, width))
+    return math.ceil(new_h / 32) * 32, math.ceil(new_w / 32) * 32
 
 
 def _images_for(summary, seconds: float, free_bytes: int) -> int:

@@ -8,49 +8,61 @@ from dataclasses import asdict
 
 from .bench import STAGES, BenchRow
 
-__all__ = ["add_ratios", "format_table", "kernel_hints", "rows_as_dicts"]
+__all__ = ["add_ratios", "add_ratios_across", "format_table", "kernel_hint", "rows_as_dicts"]
 
 
-def add_ratios(rows: list[BenchRow]) -> None:
-    """End-to-end rows get ``of_model`` (their rate / the model-only eager rate of the same size,
-    batch and precision) and ``of_min_model_decode`` (/ min(model-only, decode with all cores))."""
-    model_rates = {
-        (r.height, r.width, r.batch_size, r.precision, r.variant): r.images_per_s
-        for r in rows
-        if r.kind == "model" and r.error is None
-    }
-    for r in rows:
-        if r.kind != "end-to-end" or r.error is not None:
+def add_ratios(row: BenchRow, model_row: BenchRow | None) -> None:
+    """An end-to-end row's ratios to the model-only row measured with it (``model_row``: the same
+    size, batch and precision, in the same pass, before it): ``of_model`` (its rate / the model
+    row's) and ``of_min_model_decode`` (/ min(model-only, decode with all cores)). Each row is
+    paired once, when it is made, so the table and the JSON give the same numbers (paired by shape
+    over all rows, a later row of a repeated size changed an earlier row's ratios in the JSON).
+    None, a failed model row, or one of another size (an end-to-end row whose ``--source-size``
+    was resized to another padded size): no ratios."""
+    if row.kind != "end-to-end" or row.error is not None or model_row is None:
+        return
+    if model_row.error is not None or not model_row.images_per_s:
+        return
+    shape = (model_row.height, model_row.width, model_row.batch_size, model_row.precision)
+    if (row.height, row.width, row.batch_size, row.precision) != shape:
+        return
+    rate = model_row.images_per_s
+    row.ratios["of_model"] = row.images_per_s / rate
+    decoded = max(row.ratios.get("decode_img_s", 0.0), row.ratios.get("decode_procs_img_s", 0.0))
+    if decoded:
+        row.ratios["of_min_model_decode"] = row.images_per_s / min(rate, decoded)
+
+
+def add_ratios_across(rows: list[BenchRow]) -> None:
+    """Rows read back from several runs (``scripts/gpu_check.sh`` joins its steps' JSON): each
+    end-to-end row without ``of_model`` (an ``--e2e-only`` run's) is paired with the nearest eager
+    model row before it in ``rows`` of the same device, size, batch and precision. Rows paired
+    when they were made keep their ratios."""
+    for i, row in enumerate(rows):
+        if row.kind != "end-to-end" or "of_model" in row.ratios:
             continue
-        variant = "eager"
-        rate = model_rates.get((r.height, r.width, r.batch_size, r.precision, variant))
-        if rate:
-            r.ratios["of_model"] = r.images_per_s / rate
-            decoded = max(r.ratios.get("decode_img_s", 0.0),
-                          r.ratios.get("decode_procs_img_s", 0.0))  # fmt: skip
-            if decoded:
-                r.ratios["of_min_model_decode"] = r.images_per_s / min(rate, decoded)
+        shape = (row.device, row.height, row.width, row.batch_size, row.precision)
+        model_row = next((r for r in reversed(rows[:i]) if r.kind == "model"
+                          and r.variant == "eager" and r.error is None
+                          and (r.device, r.height, r.width, r.batch_size, r.precision) == shape),
+                         None)  # fmt: skip
+        add_ratios(row, model_row)
 
 
-def kernel_hints(rows: list[BenchRow]) -> list[str]:
-    """A line for each CPU shape where oneDNN (row ``onednn``, ``--unfused``) beat the default
-    NNPACK/GEMM kernels (the ``eager`` row) by more than 5%: on such a CPU (an AVX-512 Xeon,
-    say) ``FPNCLI_CPU_KERNELS=0`` is the faster setting."""
-    hints = []
-    for row in rows:
-        if row.kind != "model" or row.variant != "onednn" or not row.median_batch_s:
-            continue
-        same = (row.device, row.height, row.width, row.batch_size, row.precision)
-        ours = next((r for r in rows if r.kind == "model" and r.variant == "eager"
-                     and (r.device, r.height, r.width, r.batch_size, r.precision) == same
-                     and r.median_batch_s), None)  # fmt: skip
-        if ours is not None and row.median_batch_s < 0.95 * ours.median_batch_s:
-            hints.append(
-                f"note: at {row.height}x{row.width} batch {row.batch_size} oneDNN took "
-                f"{row.median_batch_s * 1e3:.0f} ms against {ours.median_batch_s * 1e3:.0f} ms "
-                "with fpncli's CPU kernels: on this CPU, FPNCLI_CPU_KERNELS=0 is faster"
-            )
-    return hints
+def kernel_hint(onednn: BenchRow | None, ours: BenchRow | None) -> str | None:
+    """A line when oneDNN (the ``onednn`` row, ``--unfused``) beat the default NNPACK/GEMM kernels
+    (``ours``: fpncli's row measured with it, in the same pass) by more than 5%: on such a CPU
+    (an AVX-512 Xeon, say) ``FPNCLI_CPU_KERNELS=0`` is the faster setting. None otherwise, or
+    when either row is missing or failed."""
+    if onednn is None or ours is None or not onednn.median_batch_s or not ours.median_batch_s:
+        return None
+    if onednn.median_batch_s >= 0.95 * ours.median_batch_s:
+        return None
+    return (
+        f"note: at {onednn.height}x{onednn.width} batch {onednn.batch_size} oneDNN took "
+        f"{onednn.median_batch_s * 1e3:.0f} ms against {ours.median_batch_s * 1e3:.0f} ms "
+        "with fpncli's CPU kernels: on this CPU, FPNCLI_CPU_KERNELS=0 is faster"
+    )
 
 
 def _fmt(value, spec: str, none: str = "-") -> str:
