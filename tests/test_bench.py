@@ -257,6 +257,23 @@ def test_padded_size_is_what_the_model_runs_at():
     assert padded_size(100, 150, 100, 150) == (128, 160)  # an --e2e-only resize target
 
 
+def test_bench_with_no_precision_this_device_runs_is_a_usage_error(monkeypatch):
+    """Every precision asked unsuited to the device: one line and exit 2, before the weights
+    are loaded (it printed a line per precision, an empty table and exited 0)."""
+    import fpncli.api
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(fpncli.api, "load_backbone", no_load)
+    args = ["bench", "--device", "cpu", "--sizes", "64x96", "--precisions", "fp16",
+            "--images", "2"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "'--precisions': none runs well on cpu (fp16: fp16 on the CPU is slower" in line
+
+
 def test_the_bound_is_the_host_when_the_feeding_thread_outlasts_the_device():
     from fpncli.run.bench import _bound
 

@@ -50,8 +50,9 @@ from .common import _check_weights, _friendly, verbose_option
     show_default=True,
     callback=_choices(PRECISIONS),
     help="Comma list of fp32, fp16, bf16. A precision this device cannot run well is reported "
-    "and skipped (not an error); the other rows still run. On CPUs with AMX (recent Xeons) "
-    "bf16 is about 3x faster than fp32, at about 1% relative error (see README).",
+    "and skipped (not an error); the other rows still run (none left: a usage error). On CPUs "
+    "with AMX (recent Xeons) bf16 is about 3x faster than fp32, at about 1% relative error "
+    "(see README).",
 )
 @click.option(
     "--iters",
@@ -212,9 +213,14 @@ def bench(weights, device, sizes, batch_sizes, precisions, iters, seconds, compi
         try:
             check_precision(precision, dev)
             runnable.append(precision)
-        except ValueError as e:  # known before any timing: say so now, run the rest
-            click.echo(f"skipped {precision}: {e}", err=True)
+        except ValueError as e:  # known before any timing: said below, the rest run
             skipped.append({"precision": precision, "reason": str(e)})
+    if not runnable:  # nothing to time: one line, before the weights are loaded
+        reasons = "; ".join(f"{e['precision']}: {e['reason']}" for e in skipped)
+        raise click.BadParameter(f"none runs well on {dev} ({reasons})",
+                                 param_hint="'--precisions'")  # fmt: skip
+    for entry in skipped:
+        click.echo(f"skipped {entry['precision']}: {entry['reason']}", err=True)
     unsuited = len(skipped)  # precisions this device cannot run well: said, not failures
     # only the first can download the checkpoint: the others load it from the cache
     variants = [("fpncli", load_backbone(weights, device=dev, download_progress=DownloadBar))]
