@@ -64,17 +64,18 @@ def test_erf_of_two_uniform_convolutions():
     from fpncli.viz.receptive import field_captions
 
     # the network saw the photo enlarged 2.5x: the captions give the photo's pixels
-    wide = ReceptiveField("a", 1, (4, 5), (2, 6, 3, 12), maps["a"])  # 5 high, 10 wide
+    # 5 high, 10 wide (centred on column 8: the ERF's columns 3..7 take a 10-pixel square)
+    wide = ReceptiveField("a", 1, (4, 5), (2, 6, 3, 12), maps["a"])
     assert field_captions(wide, 2.5, 2.5)[1:] == [
         "theoretical RF 4x2 photo px (yellow)",
-        "effective RF: 90% within 2 photo px (red)",
+        "effective RF: 90% within 4 photo px (red)",
     ]
     from fpncli.viz.receptive import field_summary
 
     # the terminal gives the picture's photo pixels and, labelled, the network's
     assert field_summary(wide, 2.5, 2.5) == (
         "a: cell (row 4, col 5), theoretical RF 4x2 photo px (10x5 network px), "
-        "effective RF 90% within 2 photo px (5 network px)"
+        "effective RF 90% within 4 photo px (10 network px)"
     )
 
 
@@ -141,6 +142,46 @@ def test_erf_lies_inside_the_trf_on_the_real_model():
         ys, xs = np.nonzero(maps[name])
         assert ys.size > 0 and maps[name].max() == 1.0
         assert ys.min() >= top and ys.max() <= bottom and xs.min() >= left and xs.max() <= right
+
+
+def test_the_erf_square_is_centred_on_the_theoretical_field():
+    """The stem's cell 2 sees pixels 3..13 (centre 8, not the cell's 2.5 x 4 = 10): an ERF
+    filling that 11x11 box is 11 across (centred on the cell it read 14, over the 11 theoretical
+    pixels)."""
+    erf = np.zeros((32, 32), np.float32)
+    erf[3:14, 3:14] = 1.0
+    field = ReceptiveField("stem", 4, (2, 2), (3, 13, 3, 13), erf)
+    assert field.erf_extent(0.9) == 11 and field.erf_extent(1.0) == 11
+    assert field.centre == (8.5, 8.5) and field.trf_size == (11, 11)
+    assert field.erf_square(1.0) == (3.0, 13.0, 3.0, 13.0)
+    noisy = erf.copy()
+    noisy[30, 30] = 1e-3  # rounding outside the box (FFT or Winograd kernels) is not counted
+    assert ReceptiveField("stem", 4, (2, 2), (3, 13, 3, 13), noisy).erf_extent(1.0) == 11
+
+
+def test_effective_fields_stay_inside_the_theoretical_ones_on_the_real_model(tmp_path):
+    """The stem's and res2's cells near a corner and P5 and P6 at cell 0: the ERF's square lies
+    within the theoretical box, and P6's cell 0 (P5's cell 0 subsampled: the same values) has
+    P5's extent (the square centred on each cell gave P5 94 px, P6 64)."""
+    from fpncli.run.receptive import receptive_fields
+
+    model = fpncli.load_backbone("random", fold_bn=False, channels_last=False)
+    photo = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    levels = ["stem", "res2", "p5", "p6"]
+    for at in ((50, 30), (10, 10)):
+        _, _, fields = receptive_fields(tmp_path / "a.png", model, at, levels, reduce="l2",
+                                        min_size=64, max_size=96)  # fmt: skip
+        sides = {f.level: (f.erf_extent(0.9), max(f.trf_size)) for f in fields}
+        assert all(0 < side <= trf for side, trf in sides.values()), (at, sides)
+        for field in fields:
+            top, bottom, left, right = field.trf
+            square = field.erf_square(0.9)
+            assert top <= square[0] and square[1] <= bottom, (at, field.level, square)
+            assert left <= square[2] and square[3] <= right, (at, field.level, square)
+    p5, p6 = fields[2:]  # at 10,10
+    assert p5.cell == p6.cell == (0, 0) and p5.trf == p6.trf
+    assert p6.erf_extent() == p5.erf_extent()
 
 
 def test_show_receptive_field_cli(sample_extraction, tmp_path):

@@ -174,22 +174,42 @@ class ReceptiveField:
         top, bottom, left, right = self.trf
         return bottom - top + 1, right - left + 1
 
+    @property
+    def centre(self) -> tuple[float, float]:
+        """``(y, x)`` of the theoretical field's centre, where input pixel k spans [k, k + 1):
+        what the ERF's square is centred on. Not the cell's own centre ``(cell + 0.5) * stride``:
+        the stem's cell i sees pixels 4i - 5..4i + 5 (centre 4i + 0.5, not 4i + 2), and P6's
+        cell i what P5's cell 2i sees."""
+        top, bottom, left, right = self.trf
+        return (top + bottom + 1) / 2, (left + right + 1) / 2
+
     def erf_extent(self, mass: float = 0.9) -> int:
-        """The side of the smallest square around the cell's centre that holds ``mass`` of the
-        ERF's total (a size to compare across levels)."""
+        """The side of the smallest square around the theoretical field's centre (``centre``)
+        that holds ``mass`` of the ERF's total (a size to compare across levels). Only the
+        ERF within the theoretical box counts (outside it the gradient is zero, up to the
+        rounding of some convolution algorithms), so the square lies within that box: its side
+        is at most the box's longer side."""
         h, w = self.erf.shape
-        cy = (self.cell[0] + 0.5) * self.stride
-        cx = (self.cell[1] + 0.5) * self.stride
+        cy, cx = self.centre
+        top, bottom, left, right = self.trf
         ys, xs = np.mgrid[0:h, 0:w]
-        # the distance from the cell's centre to each pixel's far edge (Chebyshev)
+        # the distance from the centre to each pixel's far edge (Chebyshev)
         radius = np.maximum(np.abs(ys + 0.5 - cy), np.abs(xs + 0.5 - cx)).ravel() + 0.5
-        weights = self.erf.ravel().astype(np.float64)
+        inside = ((ys >= top) & (ys <= bottom) & (xs >= left) & (xs <= right)).ravel()
+        weights = np.where(inside, self.erf.ravel().astype(np.float64), 0.0)
         total = weights.sum()
         if total <= 0:
             return 0
         order = np.argsort(radius, kind="stable")
         reached = np.searchsorted(np.cumsum(weights[order]), mass * total)
         return int(np.ceil(2 * radius[order][min(reached, order.size - 1)]))
+
+    def erf_square(self, mass: float = 0.9) -> tuple[float, float, float, float]:
+        """The square ``erf_extent`` measures, as an inclusive ``(top, bottom, left, right)``
+        box in input pixels (within ``trf``, unclipped to the image)."""
+        half = self.erf_extent(mass) / 2
+        cy, cx = self.centre
+        return cy - half, cy + half - 1, cx - half, cx + half - 1
 
 
 def receptive_fields(

@@ -181,10 +181,7 @@ def receptive_field_image(
         x0, y0, x1, y1 = on_panel(field.trf)
         cv2.rectangle(panel, (x0, y0), (x1, y1), (255, 230, 0), line)
         row, col = field.cell
-        half = field.erf_extent(0.9) / 2  # around the cell's centre, as erf_extent measures
-        centre_y, centre_x = (row + 0.5) * field.stride, (col + 0.5) * field.stride
-        square = (centre_y - half, centre_y + half - 1, centre_x - half, centre_x + half - 1)
-        x0, y0, x1, y1 = on_panel(square)
+        x0, y0, x1, y1 = on_panel(field.erf_square(0.9))  # within the yellow box
         cv2.rectangle(panel, (x0, y0), (x1, y1), _RED, line)
         cx, cy = int((int(at[0]) + 0.5) * zoom_x), int((int(at[1]) + 0.5) * zoom_y)
         cv2.drawMarker(panel, (cx, cy), (0, 255, 255), cv2.MARKER_CROSS, 6 * line, line)
