@@ -294,6 +294,12 @@ def _corrupt(src: Path, dst: Path, field: str, value) -> Path:
             1e300,
             "'preprocess.scale_x' is a float (1e+300), not a positive number up to 100000",
         ),
+        (  # min over max: numpy's "max must be larger than min" failed the whole report
+            "levels.p3.min",
+            1e30,
+            "'levels.p3.min' 1e+30 is over 'levels.p3.max' ",
+        ),
+        ("levels.p3.max", None, "and 'levels.p3.max' null: both numbers or both null"),
         (  # past the level's 8 x 12 x 256 valid values: it changed the report's statistics
             "levels.p3.nonfinite",
             24577,

@@ -173,6 +173,16 @@ def check_manifest(manifest: dict, name: str) -> dict:
             # overflow the report's histogram span)
             if value is not None and not (_is_number(value) and abs(value) <= _FLOAT32_MAX):
                 raise bad(f"levels.{level}.{key}", value, "a finite float32 number")
+        # min and max are written together (null together: no finite value), min <= max: one
+        # over the other failed the whole report (numpy's histogram span) and show's scale
+        low, high = meta.get("min"), meta.get("max")
+        if (low is None) != (high is None):
+            raise ValueError(f"{name} is malformed: 'levels.{level}.min' is {_kind_of(low)} and "
+                             f"'levels.{level}.max' {_kind_of(high)}: both numbers or both null; "
+                             "re-extract")  # fmt: skip
+        if low is not None and low > high:
+            raise ValueError(f"{name} is malformed: 'levels.{level}.min' {low!r:.40} is over "
+                             f"'levels.{level}.max' {high!r:.40}; re-extract")  # fmt: skip
         vrange = meta.get("range")
         # the colour range of the drawn map: two float32 numbers (a forged [-1e308, 1e308]
         # overflowed the report's colouring), low <= high (equal for a constant map)
