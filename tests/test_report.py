@@ -696,6 +696,43 @@ def test_the_level_table_says_it_counts_images_with_tensors(report_dir):
     assert "no tensor file (e.g. extracted with --no-npy): p2 1." in table.group(2)
 
 
+def _drop_tensors(folder: Path, levels: list[str]) -> None:
+    """``folder``'s ``levels`` made as ``--no-npy`` writes them: no ``file``, no ``.npy``."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name in levels:
+        manifest["levels"][name]["file"] = None
+        del manifest["files"][f"{name}.npy"]
+        (folder / f"{name}.npy").unlink()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_report_scale_says_which_cells_follow_it_and_needs_a_tensor(report_dir):
+    """``--scale level|shared``: a ``--no-npy`` image's cells show its heatmap on its own range,
+    and the page says so (it said every cell was on the run's range); where no image has a
+    tensor the option changes nothing and is refused, as extract refuses such options."""
+    folders = sorted(p.parent for p in report_dir.glob("*/manifest.json"))
+    _drop_tensors(folders[0], ["p2"])
+    page = write_report(report_dir, scale="level").read_text()
+    note = re.search(r"<p>Colour scale: <b>level</b>(.*?)</p>", page, re.S)
+    assert note and (
+        "Only the thumbnails drawn from tensors follow it: the cells marked no tensor (images "
+        "extracted with --no-npy: p2 1) show the heatmap as it was drawn, on its own range."
+    ) in note.group(1)
+    for folder in folders:
+        _drop_tensors(folder, [n for n in ("p2", "p3", "p4", "p5", "p6")
+                               if (folder / f"{n}.npy").exists()])  # fmt: skip
+    before = (report_dir / "report.html").read_bytes()
+    result = CliRunner().invoke(cli, ["report", str(report_dir), "--scale", "shared"])
+    assert result.exit_code == 2, result.output
+    assert (
+        "Invalid value for '--scale': 'shared' changes nothing here: no image holds tensors "
+        "(extracted with --no-npy)"
+    ) in result.output
+    assert (report_dir / "report.html").read_bytes() == before  # the last report is kept
+    page = write_report(report_dir).read_text()  # --scale image: each cell on its own range
+    assert "Colour scale: <b>image</b>" in page
+
+
 def test_report_draws_thumbnails_with_the_cores_it_may_use(report_dir, monkeypatch):
     """Its default thread count follows the CPU affinity (a container's share), not the
     machine's ``os.cpu_count``."""

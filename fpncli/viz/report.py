@@ -28,7 +28,7 @@ from pathlib import Path
 from ..io.atomic import atomic_write_bytes
 from ..io.catalog import Extractions, Failure, open_extractions
 from ..io.formats import warn_image_folders_left_out
-from ..io.guard import folder_lock, usable_cores
+from ..io.guard import OptionError, folder_lock, usable_cores
 from ..io.messages import error_text, utf8_text
 from ..io.run_log import read_run_log
 from .report_folder import build_folder, report_place, swap_in
@@ -174,11 +174,20 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
     unreadable: list[Failure] = []
     ranges = None
     if keys and scale != "image":  # a first pass over the manifests only (no tensor is read)
+        tensors = []  # whether an image saved a tensor: only those are drawn on the scale
         manifests = _readable_manifests(found, keys, unreadable)  # one at a time
         first_one = next(manifests, None)
         if first_one is not None:  # else every image is listed as unreadable
             # each image is drawn with its own recorded reduction: its own drawn map's range
-            ranges = run_ranges(itertools.chain([first_one], manifests), scale, reduce=None)
+            ranges = run_ranges(_noting_tensors(itertools.chain([first_one], manifests), tensors),
+                                scale, reduce=None)  # fmt: skip
+            if not any(tensors):  # every cell is a heatmap drawn on its own range
+                raise OptionError(
+                    f"{scale!r} changes nothing here: no image holds tensors (extracted with "
+                    "--no-npy), so every cell shows its heatmap as it was drawn, on its own "
+                    "range; leave --scale out",
+                    "--scale",
+                )
     stats: dict[str, LevelStats] = {}
     no_tensor: collections.Counter = collections.Counter()  # level -> images without its .npy
     tally = Tally()
@@ -228,7 +237,8 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
         grid += grid_html(chunk, levels, prefix, start, thumb_height) if chunk else ""
         if page == 1:
             summary = summary_html(root, found, tally, run, unreadable, left_out)
-            body = [f"<h1>{html.escape(title)}</h1>", summary, scale_note_html(scale, ranges)]
+            body = [f"<h1>{html.escape(title)}</h1>", summary,
+                    scale_note_html(scale, ranges, no_tensor)]  # fmt: skip
             if stats:
                 hist = f'<img class="hist" src="{assets}/histograms.png" alt="histograms">'
                 body += ["<h2>Levels across the folder</h2>", stats_html(stats, no_tensor), hist]
@@ -241,6 +251,14 @@ def _write_pages(root: Path, found: Extractions, keys: list[str], run: dict | No
             atomic_write_bytes(path, utf8_text(page_html(f"{title} page {page}", body)).encode())
     log.info("report: %d images, %d pages", len(rows), pages)
     return unreadable, first_page
+
+
+def _noting_tensors(manifests: Iterable[dict], tensors: list[bool]) -> Iterator[dict]:
+    """``manifests``, appending to ``tensors`` for each whether it lists a level's tensor file."""
+    for manifest in manifests:
+        levels = manifest.get("levels") or {}
+        tensors.append(any(isinstance(meta, dict) and meta.get("file") for meta in levels.values()))
+        yield manifest
 
 
 def _readable_manifests(found: Extractions, keys: list[str], unreadable: list[Failure]):

@@ -252,7 +252,11 @@ def stats_html(stats: dict[str, LevelStats], no_tensor: dict[str, int] | None = 
     return f"<table>{head}{''.join(rows)}</table><p class=muted>{note}</p>"
 
 
-def scale_note_html(scale: str, ranges: dict | None) -> str:
+def scale_note_html(scale: str, ranges: dict | None,
+                    no_tensor: collections.Counter | None = None) -> str:  # fmt: skip
+    """The colour scale the thumbnails follow. ``no_tensor`` (level -> images with the level but
+    no tensor, ``--no-npy``): those cells show the heatmap extract drew, on its own range, so
+    under ``--scale level|shared`` the note says they do not follow the scale."""
     if ranges is None:
         return (
             "<p>Colour scale: <b>image</b> (each thumbnail on its own range, as its heatmap "
@@ -260,4 +264,13 @@ def scale_note_html(scale: str, ranges: dict | None) -> str:
         )
     items = ", ".join(f"{html.escape(n)} {_fmt(lo)}..{_fmt(hi)}" for n, (lo, hi) in
                       ((n, ranges[n]) for n in order(ranges)))  # fmt: skip
-    return f"<p>Colour scale: <b>{html.escape(scale)}</b> (from the manifests): {items}.</p>"
+    note = f"<p>Colour scale: <b>{html.escape(scale)}</b> (from the manifests): {items}."
+    missing = {n: k for n, k in (no_tensor or {}).items() if k}
+    if missing:
+        counts = ", ".join(f"{html.escape(n)} {missing[n]}" for n in order(missing))
+        note += (
+            " Only the thumbnails drawn from tensors follow it: the cells marked no tensor "
+            f"(images extracted with --no-npy: {counts}) show the heatmap as it was drawn, on "
+            "its own range."
+        )
+    return note + "</p>"
