@@ -181,3 +181,24 @@ def test_diff_between_formats(sample_extraction, sample_shards, tmp_path):
     assert len(remote.compared) == 3 and remote.agree
     one = diff_extractions(sample_shards, sample_extraction / "coffee")
     assert [(i.key, len(i.levels)) for i in one.images] == [("coffee", 5)]
+
+
+def test_an_images_bytes_are_its_manifests_files_not_strangers_beside_them(
+    sample_extraction, tmp_path
+):
+    """The report's bytes counted every file in an image folder: a picture ``show`` wrote there
+    later made the summary twice the run's ``bytes_written``. An image's size is the files its
+    manifest lists, and the manifest."""
+    import json
+
+    out = tmp_path / "out"
+    shutil.copytree(sample_extraction, out)
+    folder = sorted(p.parent for p in out.glob("*/manifest.json"))[0]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    own = sum((folder / name).stat().st_size for name in manifest["files"])
+    own += (folder / "manifest.json").stat().st_size
+    (folder / "show_all.png").write_bytes(b"\x89PNG" + bytes(50_000))  # show's, written later
+    (folder / "notes.txt").write_text("mine")
+    found = open_extractions(out)
+    assert found.size(folder.relative_to(out).as_posix()) == own
+    assert open_extractions(folder).size(folder.name) == own  # an image folder named alone

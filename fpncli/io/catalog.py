@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import os
+import stat
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from .extraction import (
     manifest_levels,
 )
 from .guard import parse_json
-from .manifest import MANIFEST, check_manifest, load_manifest
+from .manifest import MANIFEST, check_manifest, is_file_name, load_manifest, manifest_files
 from .npy import npy_from_bytes
 from .recorded_input import recorded_input
 from .run_log import read_run_log
@@ -174,11 +175,21 @@ class _Folders(Extractions):
         return check_manifest(manifest, f"{self._folder(key)}/{MANIFEST}")
 
     def size(self, key: str) -> int:
+        """The bytes of the files the image's manifest lists, and of the manifest itself (as
+        the run counted them): not of what else lies in its folder (the PNGs ``show`` writes
+        there later, a user's notes), which counted as the extraction's own."""
+        folder = self._folder(key)
+        manifest = load_manifest(folder) or {}  # ValueError: one that cannot be read
         total = 0
-        with os.scandir(self._folder(key)) as entries:
-            for entry in entries:
-                if entry.is_file(follow_symlinks=False):
-                    total += entry.stat().st_size
+        for name in {MANIFEST, *manifest_files(manifest)}:
+            if not is_file_name(name):
+                continue
+            try:
+                st = os.lstat(folder / name)
+            except OSError:  # a listed file gone: the folder's state says so elsewhere
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
         return total
 
     def failures(self) -> list[Failure]:
