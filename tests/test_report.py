@@ -36,6 +36,24 @@ def test_level_stats_exact_on_small_maps():
     assert counts.sum() == 8 and edges[0] == -4.0 and edges[-1] == 10.0
 
 
+def test_a_level_with_no_finite_value_reads_as_a_dash_in_the_table():
+    """Every value NaN or infinite (the manifest's min/max/mean null, nonfinite all of them):
+    the level's row read "p5 1 inf -inf nan nan nan%"; now a dash, said below the table."""
+    from fpncli.viz.report_html import stats_html
+
+    bad = np.full((1, 2, 2, 2), np.nan, np.float32)
+    ok = np.array([[[[0.0, 1.0], [2.0, 3.0]]]], np.float32)
+    stats = {"p4": LevelStats("p4"), "p5": LevelStats("p5")}
+    accumulate(stats["p4"], ok)
+    accumulate(stats["p5"], bad, {"min": None, "max": None, "mean": None, "nonfinite": 8})
+    table = stats_html(stats)
+    rows = dict(re.findall(r"<tr><td>(p\d)</td>(.*?)</tr>", table))
+    assert rows["p5"] == "<td>1</td>" + "<td>\u2013</td>" * 5, rows["p5"]
+    assert rows["p4"] == "<td>1</td><td>0</td><td>3</td><td>1.5</td><td>1.118</td><td>25%</td>"
+    assert "\u2013: no finite value (every value NaN or infinite)." in table
+    assert "\u2013" not in stats_html({"p4": stats["p4"]})
+
+
 def test_sample_level_is_bounded_and_spread():
     big = np.arange(256 * 64 * 96, dtype=np.float32).reshape(1, 256, 64, 96)
     sample = sample_level(big, max_values=4096)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import html
+import math
 import os
 import urllib.parse
 from dataclasses import dataclass, field
@@ -222,19 +223,28 @@ def _reasons(what: str, failures: list[Failure]) -> str:
     return f"<table><tr><th>{what}</th><th>reason</th></tr>{rows}</table>"
 
 
+_NO_VALUE = "\u2013"  # an en dash: a statistic of no finite value
+
+
+def _finite(value: float, spec: str = "{:.4g}") -> str:
+    """A statistic as the table shows it; an en dash where there is no finite value to give (a
+    level whose every value is NaN or infinite read "inf -inf nan nan nan%")."""
+    return spec.format(value) if math.isfinite(value) else _NO_VALUE
+
+
 def stats_html(stats: dict[str, LevelStats], no_tensor: dict[str, int] | None = None) -> str:
     """The levels' statistics over the images whose tensor (``.npy``) was read; ``no_tensor``:
     level -> images whose manifest lists the level without one (``--no-npy``), said below."""
     head = "<tr><th>level</th><th>images with tensors</th><th>min</th><th>max</th><th>mean</th>"
     head += "<th>std</th><th>zeros</th></tr>"
-    rows = []
+    rows, dashed = [], False
     for name in order(stats):
         s = stats[name]
-        rows.append(
-            f"<tr><td>{html.escape(name)}</td><td>{s.images}</td><td>{_fmt(s.min)}</td>"
-            f"<td>{_fmt(s.max)}</td><td>{_fmt(s.mean)}</td><td>{_fmt(s.std)}</td>"
-            f"<td>{100 * s.zero_fraction:.3g}%</td></tr>"
-        )
+        cells = [_finite(s.min), _finite(s.max), _finite(s.mean), _finite(s.std),
+                 _finite(100 * s.zero_fraction, "{:.3g}%")]  # fmt: skip
+        dashed = dashed or _NO_VALUE in cells
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{s.images}</td>"
+                    + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")  # fmt: skip
     exact = all(s.exact for s in stats.values())
     note = (
         "All values of the valid regions (padding excluded)."
@@ -242,6 +252,8 @@ def stats_html(stats: dict[str, LevelStats], no_tensor: dict[str, int] | None = 
         else "min, max and mean over every value of the valid regions (padding excluded); std and "
         "the fraction of zeros from an evenly spaced sample of each image (up to 8 channels)."
     )
+    if dashed:
+        note += f" {_NO_VALUE}: no finite value (every value NaN or infinite)."
     missing = {n: k for n, k in (no_tensor or {}).items() if k}
     if missing:
         counts = ", ".join(f"{html.escape(n)} {missing[n]}" for n in order(missing))
