@@ -511,6 +511,47 @@ def test_a_report_or_diff_picture_is_refused_naming_what_drew_it(
     assert not list(tmp_path.rglob("fpn_show_*"))  # nothing drawn
 
 
+def test_a_picture_show_left_in_a_folder_is_never_read_as_a_photo(tmp_path, monkeypatch):
+    """show's picture of a photo, fpn_show_NAME_LEVEL.png in the current folder, was read back
+    as a photo: extract of the folder extracted it, and show drew it as an image TARGET. It
+    carries show's PNG text chunk: extract passes it over with its "not reading outputs back"
+    note, and show refuses it in one line; a user's own fpn_show_*.png (no chunk) is a photo."""
+    from fpncli.io.inputs import discover_inputs
+    from fpncli.io.markers import drawn_by_show
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save("cat.png")
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save("fpn_show_mine.png")  # the user's own
+    runner = CliRunner()
+    args = ["--level", "p5", "--weights", "random", "--device", "cpu"]
+    drawn = runner.invoke(cli, ["show", "cat.png", *args], catch_exceptions=False)
+    assert drawn.exit_code == 0 and "saved fpn_show_cat_p5.png" in drawn.output, drawn.output
+    assert Image.open("fpn_show_cat_p5.png").info["Software"] == "fpncli show"
+    assert drawn_by_show("fpn_show_cat_p5.png") and not drawn_by_show("fpn_show_mine.png")
+    again = runner.invoke(cli, ["show", "fpn_show_cat_p5.png", *args])
+    assert again.exit_code == 1, again.output
+    assert again.output.splitlines() == [
+        "Error: fpn_show_cat_p5.png is a picture fpncli show drew, not a photo (extract skips it "
+        "too): show the photo or the extraction it was drawn from instead"
+    ]
+    skipped: set = set()
+    found = discover_inputs(["."], skipped=skipped)
+    assert sorted(p.name for p, _ in found) == ["cat.png", "fpn_show_mine.png"]
+    assert skipped == {tmp_path.resolve() / "fpn_show_cat_p5.png"}
+    assert discover_inputs(["fpn_show_cat_p5.png"]) == []  # named, a glob, listed
+    assert [p.name for p, _ in discover_inputs(["fpn_show_*.png"])] == ["fpn_show_mine.png"]
+    listed = discover_inputs([], ["fpn_show_cat_p5.png\n", "cat.png\n"])
+    assert [p.name for p, _ in listed] == ["cat.png"]
+    extract = ["extract", ".", "-o", str(tmp_path.parent / f"{tmp_path.name}_out"), "--weights",
+               "random", "--min-size", "64", "--max-size", "96"]  # fmt: skip
+    result = runner.invoke(cli, extract, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    note = "note: not reading outputs back as inputs: skipped fpn_show_cat_p5.png"
+    assert note in result.stderr.splitlines()
+    out = tmp_path.parent / f"{tmp_path.name}_out"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["cat", "fpn_show_mine"]
+
+
 def test_cli_show_prints_where(folder, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

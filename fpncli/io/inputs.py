@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .guard import open_regular
-from .markers import is_marked, marked_root
+from .markers import is_marked, is_show_picture, marked_root
 from .pillow_open import pillow_extensions
 
 __all__ = ["IMAGE_EXTENSIONS", "discover_inputs", "output_root"]
@@ -43,7 +43,8 @@ def _is_image_folder(folder: Path, filenames: list[str]) -> bool:
 
 
 class _OutputFilter:
-    """Tells files under an output root (marked, an old image folder, or the current ``-o``)."""
+    """Tells files under an output root (marked, an old image folder, or the current ``-o``),
+    and the pictures show left in a folder (``markers.is_show_picture``)."""
 
     def __init__(
         self,
@@ -62,7 +63,8 @@ class _OutputFilter:
         self.folders: dict[Path, bool] = {}
 
     def root_of(self, path: Path) -> Path | None:
-        """The output root ``path`` lies in (recorded as skipped), or None."""
+        """The output root ``path`` lies in, or ``path`` itself (resolved) for a picture show
+        drew (recorded as skipped), or None."""
         real = Path(os.path.realpath(path))
         root = None
         if self.exclude is not None and (real == self.exclude or self.exclude in real.parents):
@@ -71,6 +73,8 @@ class _OutputFilter:
             root = marked_root(real, cache=self.cache)
         if root is None and self._image_folder(real.parent):
             root = real.parent
+        if root is None and is_show_picture(real):
+            root = real
         if root is not None:
             self.skipped.add(root)
         return root
@@ -91,7 +95,8 @@ class _OutputFilter:
         subfolder) is left to the real path, and a folder met again through another link is
         passed over; both are added to ``repeated`` as ``(path, the path it is read as)``.
         Hidden folders and image files (names starting with ``.``) are passed over and added to
-        ``hidden`` as ``(path, is a folder)``."""
+        ``hidden`` as ``(path, is a folder)``; show's pictures (``markers.is_show_picture``)
+        are passed over and added to ``skipped``."""
         if self.root_of(folder) is not None:
             return []
         found, top = [], Path(folder)
@@ -154,6 +159,8 @@ class _OutputFilter:
                     # macOS's ._photo.jpg (AppleDouble metadata), editors' temporaries
                     if name.startswith("."):
                         self.hidden.append((here / name, False))
+                    elif is_show_picture(here / name):  # (only fpn_show_*.png are read)
+                        self.skipped.add(real_here / name)
                     else:
                         found.append(here / name)
         return found
@@ -162,7 +169,8 @@ class _OutputFilter:
 def output_root(path: str | Path) -> Path | None:
     """The output root the file ``path`` lies in, as ``discover_inputs`` tells it (a folder at
     or above it holding the output marker, or its own folder holding an fpncli
-    ``manifest.json``), resolved; None for a file that is no output (an input)."""
+    ``manifest.json``), resolved, or the file itself where it is a picture show left in a
+    folder (``markers.is_show_picture``); None for a file that is no output (an input)."""
     return _OutputFilter(None, None).root_of(Path(path))
 
 
@@ -211,8 +219,9 @@ def discover_inputs(
     an image met twice is kept once. Outputs are never taken as inputs, however they are named:
     nothing under ``exclude`` (this run's output folder), under a folder holding an output
     marker (``markers.is_marked``: an output root's, a report's pictures', diff's), or in a folder
-    holding an fpncli ``manifest.json``; the
-    output roots so passed over are added to ``skipped``. Special files (FIFOs, devices,
+    holding an fpncli ``manifest.json``, nor a picture show left in a folder
+    (``markers.is_show_picture``); the output roots (and show's pictures) so passed over are
+    added to ``skipped``. Special files (FIFOs, devices,
     symlink loops) named explicitly are kept, to be reported when loaded. ``root`` is what the
     output tree mirrors: the folder for a folder input, the glob's fixed prefix for a glob, the
     parent for a file, and for a list the common folder of its entries that are regular files,

@@ -4,6 +4,9 @@ writes is never read back as input.
 - ``OUTPUT_MARKER`` marks every output root (``mark_output_root``), ``REPORT_MARKER`` a report's
   pictures and ``DIFF_MARKER`` a folder diff made for its pictures (``make_marked_folder``);
   discovery never enters a marked folder (``is_marked``, ``marked_root``: the nearest one above).
+- ``SHOW_PICTURE_TEXT`` is the PNG text chunk in every picture ``show`` draws; a picture it left
+  in the current folder (``fpn_show_NAME_LEVEL.png``) is told by its name and that chunk
+  (``is_show_picture``), so that no folder walk reads a file it would not otherwise.
 - ``linked_folder`` finds a symlink below the output root, where an image's outputs would be
   written outside it; ``check_no_dangling_link`` refuses an ``-o`` that is a link to nowhere.
 """
@@ -21,6 +24,10 @@ __all__ = [
     "OUTPUT_MARKER",
     "REPORT_MARKER",
     "DIFF_MARKER",
+    "SHOW_PICTURE_PREFIX",
+    "SHOW_PICTURE_TEXT",
+    "drawn_by_show",
+    "is_show_picture",
     "mark_output_root",
     "make_marked_folder",
     "check_no_dangling_link",
@@ -34,6 +41,12 @@ REPORT_MARKER = ".fpncli-report"  # in a report's asset folder: a report made it
 DIFF_MARKER = ".fpncli-diff"  # in a folder diff made for its pictures
 #: what fpncli writes is never read back as input: folders holding any of these are passed over
 _MARKERS = (OUTPUT_MARKER, REPORT_MARKER, DIFF_MARKER)
+#: the name of a picture show draws of a photo (or of a wds key) in the current folder
+SHOW_PICTURE_PREFIX = "fpn_show_"
+#: the PNG ``tEXt`` chunk (keyword, text) that ``show`` writes right after the header
+SHOW_PICTURE_TEXT = ("Software", "fpncli show")
+_SHOW_CHUNK = b"tEXt" + "\0".join(SHOW_PICTURE_TEXT).encode("latin-1")
+_PNG_HEAD = 8 + 25  # the signature and the IHDR chunk: then show's tEXt chunk (its length first)
 
 
 def mark_output_root(folder: Path) -> None:
@@ -66,6 +79,32 @@ def make_marked_folder(folder: Path, marker: str) -> None:
     raise ValueError(
         f"{quote_name(str(path))} is {kind(mode)}, not the marker file fpncli writes there: "
         "move it away, or give another folder"
+    )
+
+
+def drawn_by_show(path: str | Path) -> bool:
+    """Whether ``path`` is a regular file holding a PNG that ``show`` drew (its text chunk
+    ``SHOW_PICTURE_TEXT`` right after the header); False for anything else, or a file that
+    cannot be read. Reads its first 61 bytes, never waits on a FIFO."""
+    from .guard import open_regular  # (guard imports this module)
+
+    try:
+        with open_regular(path) as f:
+            head = f.read(_PNG_HEAD + 4 + len(_SHOW_CHUNK))
+    except (OSError, ValueError):
+        return False
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[_PNG_HEAD + 4 :] == _SHOW_CHUNK
+
+
+def is_show_picture(path: str | Path) -> bool:
+    """Whether ``path`` is a picture ``show`` left in the current folder (``fpn_show_*.png``,
+    drawn by show: ``drawn_by_show``), which discovery never takes for a photo. Only such names
+    are read: a folder of photos costs nothing more to walk."""
+    name = os.path.basename(path)
+    return (
+        name.startswith(SHOW_PICTURE_PREFIX)
+        and name.lower().endswith(".png")
+        and drawn_by_show(path)
     )
 
 

@@ -320,6 +320,7 @@ def draw_receptive_fields(
     from ..api import load_backbone, resolve_device
     from ..io.atomic import atomic_write_bytes
     from ..io.manifest import MANIFEST, check_manifest, load_manifest
+    from ..io.markers import SHOW_PICTURE_TEXT
     from ..io.outputs import check_channel
     from ..model.names import OUTPUT_CHANNELS
     from ..viz.names import picture_suffix
@@ -395,5 +396,5 @@ def draw_receptive_fields(
         else "",
     )  # fmt: skip
     out = Path(save) if save else default_out
-    atomic_write_bytes(out, encode_png(picture))
+    atomic_write_bytes(out, encode_png(picture, text=SHOW_PICTURE_TEXT))  # (never a photo)
     return out, fields

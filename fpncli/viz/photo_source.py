@@ -57,10 +57,11 @@ def check_not_drawn(path: Path) -> None:
     """Refuse an image TARGET that is one of fpncli's outputs (a level's heatmap or overlay, an
     overview, show's or the report's pictures), as ``extract`` refuses outputs as inputs
     (``io.inputs.output_root``): the network would run on a picture of maps. A ValueError, one
-    line saying what to run instead: ``fpncli show FOLDER --level LEVEL`` for a picture in an
-    image's folder (the level its name gives, ``all`` for the overview); for a picture of a
-    report's (its pictures folder holds ``REPORT_MARKER``) or of diff's (``DIFF_MARKER``), which
-    command drew it; else, which output folder it lies in."""
+    line saying what to run instead: for a picture show left in the current folder
+    (``fpn_show_*.png``), the photo or extraction it was drawn from; ``fpncli show FOLDER
+    --level LEVEL`` for a picture in an image's folder (the level its name gives, ``all`` for
+    the overview); for a picture of a report's (its pictures folder holds ``REPORT_MARKER``) or
+    of diff's (``DIFF_MARKER``), which command drew it; else, which output folder it lies in."""
     from ..io.inputs import output_root
     from ..io.markers import DIFF_MARKER, REPORT_MARKER
     from ..io.pillow_open import pillow_extensions
@@ -70,6 +71,11 @@ def check_not_drawn(path: Path) -> None:
     root = output_root(path)
     if root is None:
         return
+    if root == Path(os.path.realpath(path)):  # a picture show left in a folder (fpn_show_*.png)
+        raise ValueError(
+            f"{quote_name(str(path))} is a picture fpncli show drew, not a photo (extract skips "
+            "it too): show the photo or the extraction it was drawn from instead"
+        )
     folder = path.parent
     if (folder / MANIFEST).is_file():  # an image's folder: draw its extraction
         name = path.name.casefold()

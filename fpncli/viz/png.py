@@ -36,12 +36,14 @@ def _png_chunk(kind: bytes, data: bytes) -> tuple[bytes, ...]:
     return struct.pack(">I", len(data)), kind, data, struct.pack(">I", crc)
 
 
-def encode_png(picture: np.ndarray, *, palette: np.ndarray | None = None) -> bytes:
+def encode_png(picture: np.ndarray, *, palette: np.ndarray | None = None,
+               text: tuple[str, str] | None = None) -> bytes:  # fmt: skip
     """``(H, W, 3)`` uint8 RGB -> PNG bytes (lossless; 8-bit RGB, no interlace); or, with a
     ``(N, 3)`` uint8 ``palette`` (N <= 256), ``(H, W)`` uint8 indices into it -> an 8-bit palette
-    PNG. Written here rather than by OpenCV so that the deflate can be ISA-L's
-    (``png_deflate``); zlib's and ISA-L's compress calls both release Python's lock, as OpenCV's
-    did."""
+    PNG. ``text`` ``(keyword, text)``, Latin-1: a ``tEXt`` chunk right after the header (show's
+    pictures carry ``io.markers.SHOW_PICTURE_TEXT``, so that they are never taken for photos).
+    Written here rather than by OpenCV so that the deflate can be ISA-L's (``png_deflate``);
+    zlib's and ISA-L's compress calls both release Python's lock, as OpenCV's did."""
     picture = np.asarray(picture)
     channels = 3 if palette is None else 1
     want = "(H, W, 3)" if channels == 3 else "(H, W)"
@@ -65,6 +67,9 @@ def encode_png(picture: np.ndarray, *, palette: np.ndarray | None = None) -> byt
                              f"{len(palette)} colours")  # fmt: skip
         chunks = _png_chunk(b"PLTE", palette.tobytes())
     header = struct.pack(">IIBBBBB", width, height, 8, 2 if palette is None else 3, 0, 0, 0)
+    if text is not None:
+        keyword, value = text
+        chunks = (*_png_chunk(b"tEXt", f"{keyword}\0{value}".encode("latin-1")), *chunks)
     return b"".join((
         _PNG_SIGNATURE, *_png_chunk(b"IHDR", header), *chunks,
         *_png_chunk(b"IDAT", _deflate.compress(rows, _DEFLATE_LEVEL)), *_png_chunk(b"IEND", b""),

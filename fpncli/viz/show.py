@@ -22,6 +22,7 @@ import numpy as np
 from ..io.atomic import atomic_write_bytes
 from ..io.guard import OptionError
 from ..io.manifest import MANIFEST, load_manifest
+from ..io.markers import SHOW_PICTURE_TEXT
 from ..io.messages import quote_name
 from ..io.pillow_open import DEFAULT_MAX_PIXELS
 from ..model.names import LEVELS, STAGE_STRIDES
@@ -298,7 +299,7 @@ def show(
             f"cannot save {out}: a folder of that name is there (another image's output "
             "folder?): pass --save FILE.png to write the picture elsewhere"
         )
-    atomic_write_bytes(out, encode_png(picture))
+    atomic_write_bytes(out, encode_png(picture, text=SHOW_PICTURE_TEXT))  # (never a photo)
     result.saved = out
     say(f"saved {quote_name(str(out))}")  # as extract says "wrote": a non-UTF-8 byte as \udcNN
     log.info("show: %s", json.dumps({"target": target, "level": level, "saved": str(out)}))
