@@ -450,6 +450,56 @@ def test_show_save_and_bench_json_never_write_over_an_extractions_files(tmp_path
     assert runner.invoke(cli, ["show", "out/a", "--save", "out/a/mine.png"]).exit_code == 0
 
 
+def test_show_save_and_bench_json_replace_only_what_they_wrote(tmp_path, monkeypatch):
+    """show --save loose.npy (a user's own array) was overwritten with a PNG, exit 0, and so was
+    --save chelsea.png, the very photo drawn; bench --json samples/chelsea.png replaced the
+    photo with JSON. --save now takes a FILE.png that is new or a picture show drew, --json a
+    new file or an earlier bench's JSON, not named as a picture or a .npy: else one line, exit 2,
+    and the file is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save("a.png")
+    np.save("loose.npy", np.arange(3.0))
+    Path("notes").write_text("mine\n")
+    small = ["--weights", "random", "--min-size", "32", "--max-size", "64"]
+    runner = CliRunner()
+    assert runner.invoke(cli, ["extract", "a.png", "-o", "out", *small]).exit_code == 0
+    mine = {p: p.read_bytes() for p in map(Path, ("a.png", "loose.npy", "notes"))}
+    refusals = {
+        "loose.npy": "loose.npy: the picture is a PNG; name it .png",
+        "notes": "notes: the picture is a PNG; name it .png",
+        "a.png": "a.png is a file fpncli show did not draw: writing there would replace it; give "
+        "another name (or remove it first)",
+    }
+    for name, message in refusals.items():
+        result = runner.invoke(cli, ["show", "out/a", "--level", "p6", "--save", name])
+        assert result.exit_code == 2, result.output
+        assert result.output.splitlines()[-1].startswith(
+            f"Error: Invalid value for '--save': {message} (see"
+        )
+    bench = ["bench", "--sizes", "64x64", "--model-only", "--weights", "random", "--seconds",
+             "0", "--iters", "1", "--warmup", "0", "--device", "cpu", "--json"]  # fmt: skip
+    refusals = {
+        "a.png": "a.png: the rows are JSON; name it .json",
+        "loose.npy": "loose.npy: the rows are JSON; name it .json",
+        "notes": "notes is a file fpncli bench did not write: writing there would replace it; "
+        "give another name (or remove it first)",
+    }
+    for name, message in refusals.items():
+        result = runner.invoke(cli, [*bench, name])
+        assert result.exit_code == 2, result.output
+        assert result.output.splitlines()[-1].startswith(
+            f"Error: Invalid value for '--json': {message} (see"
+        )
+    assert {p: p.read_bytes() for p in mine} == mine
+    # what they wrote themselves is replaced: a picture show drew, an earlier bench's rows
+    for _ in range(2):
+        drawn = runner.invoke(cli, ["show", "out/a", "--level", "p6", "--save", "p6.png"])
+        assert drawn.exit_code == 0, drawn.output
+        measured = runner.invoke(cli, [*bench, "rows.json"])
+        assert measured.exit_code == 0, measured.output
+    assert json.loads(Path("rows.json").read_text())["rows"]
+
+
 @pytest.mark.parametrize("command", ["extract", "diff"])
 def test_an_empty_output_folder_is_refused(tmp_path, monkeypatch, command):
     """-o "" (an unset shell variable) made the current folder an output folder for good."""

@@ -142,8 +142,9 @@ from .common import _check_weights, _friendly, verbose_option
     type=click.Path(dir_okay=False),
     default=None,
     callback=_json_path,
-    help="Also write the rows as JSON here ('-' for stdout, the table then on stderr); a file is "
-    "rewritten after every row, so an interrupted run keeps the rows it measured.",
+    help="Also write the rows as JSON here ('-' for stdout, the table then on stderr): a new "
+    "file, or an earlier bench's JSON (no other file is replaced); it is rewritten after every "
+    "row, so an interrupted run keeps the rows it measured.",
 )
 @verbose_option
 @_friendly

@@ -91,9 +91,23 @@ def _choices(allowed: tuple[str, ...]):
 
 
 def _json_path(ctx, param, value: str | None) -> str | None:
+    """``--json FILE``: a new name or an earlier bench's JSON (``_bench_json``), through a
+    symlink to its target, not one of fpncli's outputs, and not named as a picture or a
+    ``.npy`` (a later extract would read it as input). Any other file, a photo, a ``.npy``,
+    was replaced by the rows."""
     if value is None or value == "-":
         return value
-    target = _file_target(value)
+    from ..io.pillow_open import pillow_extensions
+
+    target = _file_target(value)  # (an output of fpncli's, a folder, a FIFO: said first)
+    suffix = Path(value).suffix.lower()
+    if suffix in pillow_extensions() or suffix == ".npy":
+        raise click.BadParameter(f"{value}: the rows are JSON; name it .json")
+    if target.exists() and not _bench_json(target):
+        raise click.BadParameter(
+            f"{value} is a file fpncli bench did not write: writing there would replace it; "
+            "give another name (or remove it first)"
+        )
     if not target.parent.is_dir():
         raise click.BadParameter(
             f"folder {target.parent} does not exist: create it or pick another path"
@@ -112,6 +126,17 @@ def _json_path(ctx, param, value: str | None) -> str | None:
             f"cannot write {value}: {e.strerror or e}: pick a writable folder"
         ) from None
     return str(target)
+
+
+def _bench_json(path: Path) -> bool:
+    """Whether ``path`` holds a JSON file bench wrote (an object with its ``rows``)."""
+    from ..io.guard import read_json_file
+
+    try:
+        data = read_json_file(path, 64 << 20)
+    except (OSError, ValueError):  # not JSON, not readable
+        return False
+    return isinstance(data, dict) and isinstance(data.get("rows"), list)
 
 
 def _source_size(ctx, param, value: str | None) -> tuple[int, int] | None:

@@ -33,17 +33,23 @@ def _level_callback(ctx, param, value: str | None) -> str | None:
 
 
 def _save_target(ctx, param, value: str | None) -> str | None:
-    """``--save``: a regular file or a new name (through a symlink to its target), not one of
-    fpncli's outputs; a PNG is written, so an image name must end in .png (a photo's name, as
-    ``photo.jpg``, would be overwritten with PNG bytes)."""
+    """``--save``: a new name or a picture show drew before (``markers.drawn_by_show``),
+    through a symlink to its target, not one of fpncli's outputs. A PNG is written, so the name
+    must end in .png, and no other file is replaced: a photo (``photo.jpg``, or the
+    ``chelsea.png`` being drawn), a ``loose.npy`` was overwritten with PNG bytes."""
     if value is None:
         return None
-    from ..io.pillow_open import pillow_extensions
+    from ..io.markers import drawn_by_show
 
-    suffix = Path(value).suffix.lower()
-    if suffix in pillow_extensions() and suffix != ".png":
+    target = _file_target(value)  # (an output of fpncli's, a folder, a FIFO: said first)
+    if Path(value).suffix.lower() != ".png":
         raise click.BadParameter(f"{value}: the picture is a PNG; name it .png")
-    return str(_file_target(value))
+    if target.exists() and not drawn_by_show(target):
+        raise click.BadParameter(
+            f"{value} is a file fpncli show did not draw: writing there would replace it; give "
+            "another name (or remove it first)"
+        )
+    return str(target)
 
 
 def _is_photo(target: str | None, key: str | None) -> bool:
@@ -183,7 +189,8 @@ def _holds_key(target: str, key: str) -> bool:
     type=click.Path(dir_okay=False),
     default=None,
     callback=_save_target,
-    help="Write a PNG here instead of opening a window.",
+    help="Write a PNG here instead of opening a window: a new FILE.png, or a picture show "
+    "drew (no other file is replaced).",
 )
 @click.option(
     "--weights",
