@@ -500,6 +500,49 @@ def test_show_save_and_bench_json_replace_only_what_they_wrote(tmp_path, monkeyp
     assert json.loads(Path("rows.json").read_text())["rows"]
 
 
+@pytest.mark.parametrize("out_format", ["files", "wds"])
+def test_extract_refuses_an_output_folder_of_photos(tmp_path, monkeypatch, out_format):
+    """extract rocket.jpg -o myphotos marked the user's folder of photos as fpncli output
+    (.fpncli-output): a later extract myphotos skipped it, and show refused its photos as
+    outputs. A folder that is no fpncli output yet and holds photos at its top is refused (one
+    line, exit 2, naming a photo), as diff's -o refuses a folder of yours; a new or empty folder,
+    one holding no photo at its top (other files, a subfolder's photos, a hidden one, a picture
+    show drew), and an earlier output are taken."""
+    from fpncli.io.markers import SHOW_PICTURE_TEXT
+    from fpncli.viz.png import encode_png
+
+    if out_format == "wds":
+        pytest.importorskip("pyarrow.parquet", reason="--format wds needs pyarrow (fpncli[wds])")
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save("rocket.jpg")
+    Path("myphotos").mkdir()
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save("myphotos/chelsea.png")
+    args = ["extract", "rocket.jpg", *SMALL, "--format", out_format, "-o"]
+    result = CliRunner().invoke(cli, [*args, "myphotos"])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1].startswith(
+        "Error: the output folder myphotos holds photos (chelsea.png) and is no fpncli output: "
+        "marked as one, its photos would be skipped by later runs; give a new or empty output "
+        "folder (-o), or move the photos out"
+    )
+    assert os.listdir("myphotos") == ["chelsea.png"]
+    kept = {"empty": [], "notes": ["notes.txt", ".hidden.png", "sub/deeper.png"]}
+    for folder, names in kept.items():
+        Path(folder).mkdir()
+        for name in names:
+            Path(folder, name).parent.mkdir(exist_ok=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(Path(folder, name), "png")
+        if names:  # a picture show drew
+            picture = encode_png(np.zeros((8, 8, 3), np.uint8), text=SHOW_PICTURE_TEXT)
+            Path(folder, "fpn_show_a_p2.png").write_bytes(picture)
+        for _ in range(2):  # the second: into an earlier output
+            done = CliRunner().invoke(cli, [*args, folder])
+            assert done.exit_code == 0, done.output
+        assert (Path(folder) / ".fpncli-output").is_file()
+    again = CliRunner().invoke(cli, ["extract", "myphotos", *SMALL, "-o", "new"])
+    assert again.exit_code == 0, again.output  # the photos still read as such
+
+
 @pytest.mark.parametrize("command", ["extract", "diff"])
 def test_an_empty_output_folder_is_refused(tmp_path, monkeypatch, command):
     """-o "" (an unset shell variable) made the current folder an output folder for good."""

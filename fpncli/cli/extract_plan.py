@@ -77,7 +77,8 @@ def find_inputs(inputs, from_list, out: Path, url: bool) -> tuple[list, list]:
 
 
 def prepare_output(out: Path, url: bool, out_format: str, jobs) -> bool:
-    """Makes and marks the output folder (not an object store's); True if the run made it."""
+    """Makes and marks the output folder (not an object store's), once it is known to be no
+    folder of the user's photos (``_check_not_photos``); True if the run made it."""
     from ..io.markers import check_no_dangling_link, mark_output_root
 
     made = not url and not out.exists()
@@ -86,6 +87,7 @@ def prepare_output(out: Path, url: bool, out_format: str, jobs) -> bool:
             check_no_dangling_link(out)
         except ValueError as e:
             raise click.ClickException(str(e)) from None
+        _check_not_photos(out)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -103,3 +105,23 @@ def prepare_output(out: Path, url: bool, out_format: str, jobs) -> bool:
             if leftovers:
                 click.echo(_leftover_note(leftovers), err=True)
     return made
+
+
+def _check_not_photos(out: Path) -> None:
+    """Refuse ``-o`` where it is a folder of photos (``inputs.first_photo``: at its top) that
+    is no fpncli output yet (no ``OUTPUT_MARKER``), before it is marked: once marked, a later
+    extract would skip its photos as outputs, and show refuse them. A usage error, as diff's
+    ``-o`` refuses a folder holding files diff did not write. A new or empty folder, an earlier
+    output, or one holding no photo (other files, folders) is taken."""
+    from ..io.inputs import first_photo
+    from ..io.markers import OUTPUT_MARKER
+
+    if os.path.isfile(out / OUTPUT_MARKER):
+        return
+    photo = first_photo(out)
+    if photo is not None:
+        raise click.UsageError(
+            f"the output folder {quote_name(str(out))} holds photos ({quote_name(photo.name)}) "
+            "and is no fpncli output: marked as one, its photos would be skipped by later runs; "
+            "give a new or empty output folder (-o), or move the photos out"
+        )

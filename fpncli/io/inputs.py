@@ -16,7 +16,7 @@ from .guard import open_regular
 from .markers import is_marked, is_show_picture, marked_root
 from .pillow_open import pillow_extensions
 
-__all__ = ["IMAGE_EXTENSIONS", "discover_inputs", "output_root"]
+__all__ = ["IMAGE_EXTENSIONS", "discover_inputs", "first_photo", "output_root"]
 
 #: The photo formats a folder walk (or a glob) takes, those of them that this Pillow decodes
 #: (``pillow_open.pillow_extensions``: AVIF only where Pillow was built with it). Not every
@@ -172,6 +172,27 @@ def output_root(path: str | Path) -> Path | None:
     ``manifest.json``), resolved, or the file itself where it is a picture show left in a
     folder (``markers.is_show_picture``); None for a file that is no output (an input)."""
     return _OutputFilter(None, None).root_of(Path(path))
+
+
+def first_photo(folder: Path) -> Path | None:
+    """A photo at the top of ``folder`` that a walk of it would take (an image file whose name
+    does not start with ``.``, not a picture show drew: ``markers.is_show_picture``), the first
+    one listed; None where there is none, or the folder cannot be listed. Subfolders are not
+    entered: an earlier version's output holds image folders, not photos."""
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                try:
+                    if entry.is_file() and not is_show_picture(entry.path):
+                        return Path(entry.path)
+                except OSError:  # (a name over 255 bytes, a link that cannot be followed)
+                    continue
+    except OSError:  # not there, not a folder, no permission: said when it is made
+        return None
+    return None
 
 
 def _glob_base(pattern: str) -> Path:
