@@ -543,6 +543,31 @@ def test_extract_refuses_an_output_folder_of_photos(tmp_path, monkeypatch, out_f
     assert again.exit_code == 0, again.output  # the photos still read as such
 
 
+def test_a_tilde_in_an_output_folder_or_a_list_is_the_home_folder(tmp_path, monkeypatch):
+    """README: a ~ in a quoted folder is the home folder; extract's and diff's -o '~/feats'
+    made ./~/feats, report '~/feats' wrote its page into ./~/feats, and --from-list '~/l.txt'
+    and diff's '~/feats' (A, B) were not found."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save("a.png")
+    (home / "l.txt").write_text(f"{work / 'a.png'}\n")
+    runner = CliRunner()
+    for args in (["a.png", "-o", "~/feats"], ["--from-list", "~/l.txt", "-o", "~/listed"]):
+        result = runner.invoke(cli, ["extract", *args, *SMALL])
+        assert result.exit_code == 0, result.output
+    assert (home / "feats" / "a" / "manifest.json").is_file()
+    assert (home / "listed" / "a" / "manifest.json").is_file()
+    compared = runner.invoke(cli, ["diff", "~/feats", "~/listed", "-o", "~/d"])
+    assert compared.exit_code == 0, compared.output
+    assert (home / "d" / "diff.csv").is_file()
+    reported = runner.invoke(cli, ["report", "~/feats"])
+    assert reported.exit_code == 0, reported.output
+    assert (home / "feats" / "report.html").is_file()
+    assert sorted(os.listdir(work)) == ["a.png"]  # no folder called ~
+
+
 @pytest.mark.parametrize("command", ["extract", "diff"])
 def test_an_empty_output_folder_is_refused(tmp_path, monkeypatch, command):
     """-o "" (an unset shell variable) made the current folder an output folder for good."""

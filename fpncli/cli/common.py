@@ -285,7 +285,27 @@ def _not_empty(what: str, empty: str = "an empty path"):
 
 #: ``-o``: an empty value must not make the current folder an output folder (outputs are never
 #: read back as inputs, so its own images would be skipped from then on)
-_out_folder = _not_empty("a folder, or . for this one", "an empty output folder")
+_out_not_empty = _not_empty("a folder, or . for this one", "an empty output folder")
+
+
+def _out_folder(ctx, param, value: str | None) -> str | None:
+    """``-o`` (extract's, diff's): not empty (``_out_not_empty``), and a ``~`` in it the home
+    folder, as in every other path fpncli takes (a quoted ``-o '~/feats'`` made ``./~/feats``);
+    a URL (``s3://...``) as it is."""
+    value = _out_not_empty(ctx, param, value)
+    if value is None or "://" in value:
+        return value
+    return os.path.expanduser(value)
+
+
+class ListFile(click.File):
+    """``click.File`` where a ``~`` in the name is the home folder (``--from-list '~/l.txt'``
+    was looked for in a folder called ``~``), as in every other path fpncli takes."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value != "-":
+            value = os.path.expanduser(value)
+        return super().convert(value, param, ctx)
 
 
 def _file_target(value: str) -> Path:

@@ -8,6 +8,7 @@ import click
 from .common import (
     CLIP_HELP,
     DEFAULT_WEIGHTS,
+    ListFile,
     _clip_callback,
     _cmap_callback,
     _levels_callback,
@@ -149,7 +150,7 @@ EXTRACT_PARAMETERS = (
         "--from-list",
         "from_list",
         # any bytes a file name may hold: what is not UTF-8 is kept as os.fsdecode would
-        type=click.File("r", encoding="utf-8", errors="surrogateescape"),
+        type=ListFile("r", encoding="utf-8", errors="surrogateescape"),
         # collected only to refuse a second one: click keeps the last given, dropping the others
         multiple=True,
         help="Read more input paths from FILE, one per line ('-' for stdin); one list per run. "

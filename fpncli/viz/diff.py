@@ -202,6 +202,8 @@ def diff_extractions(
             diff's, or its ``diff.json`` or ``diff.csv`` not a regular file): nothing is
             compared nor written.
     """
+    # a quoted '~/feats' is the home folder's, as every path fpncli takes (a URL as it is)
+    a, b = (root if "://" in str(root) else os.path.expanduser(root) for root in (a, b))
     for root in (a, b):
         if "://" not in str(root) and not Path(root).is_dir():
             raise FileNotFoundError(f"no such extraction folder: {root}")
@@ -213,7 +215,7 @@ def diff_extractions(
             )
         # an output written before extract refused to mix formats: its image folders are not read
         warn_image_folders_left_out(root, found.format)
-    out_dir = Path(out) if out is not None else None
+    out_dir = Path(out).expanduser() if out is not None else None
     if out_dir is not None:  # before any picture is written
         check_out_folder(out_dir)
         make_marked_folder(out_dir, DIFF_MARKER)  # a later extract never reads its pictures

@@ -131,7 +131,7 @@ def write_report(
             f"fpncli report writes report.html beside the extraction: give a local folder, not "
             f"{root} (copy its index and shards, or mount it)"
         )
-    root = Path(root)
+    root = Path(root).expanduser()  # a quoted '~/feats' (report.html went into ./~/feats)
     found = open_extractions(root)
     keys = found.keys()
     run = read_run_log(root)
