@@ -967,3 +967,74 @@ def test_a_forged_run_log_field_reaches_the_page_as_text(report_dir):
     assert f"<th>{label}</th>" in markup
     for value in (f"{script} (sha256 -)", "<i>", "&"):
         assert f"<td>{html.escape(value)}</td>" in markup, value
+
+
+def _read_only_refuses(folder: Path) -> bool:
+    """Whether a folder without write permission refuses this process a new file (not root's,
+    who writes there anyway)."""
+    probe = folder / "probe"
+    probe.mkdir()
+    probe.chmod(0o555)
+    try:
+        (probe / "x").write_text("")
+        return False
+    except PermissionError:
+        return True
+    finally:
+        probe.chmod(0o755)
+        shutil.rmtree(probe)
+
+
+_READ_ONLY_REPORT = (
+    "Error: cannot write the report: the folder rofeat is not writable; make it writable, or "
+    "copy the extraction to a folder you can write and report that copy"
+)
+
+
+def test_a_report_in_a_folder_it_cannot_write_names_it(sample_extraction, tmp_path, monkeypatch):
+    """report of an extraction in a read-only folder said "[Errno 13] Permission denied:
+    'rofeat/.report.fpncli-tmp.26004.d2d788f2'": a temporary file, and nothing to do. One line
+    names the folder and what to do instead (monkeypatched: tests may run as root)."""
+    import errno
+
+    import fpncli.viz.report as report_module
+
+    def refused(root, assets_name):
+        tmp = root / f".{assets_name}.fpncli-tmp.1.x"
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp))
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(sample_extraction, "rofeat")
+    monkeypatch.setattr(report_module, "build_folder", refused)
+    result = CliRunner().invoke(cli, ["report", "rofeat"])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [_READ_ONLY_REPORT]
+
+
+def test_report_and_show_in_a_read_only_folder_name_it(sample_extraction, tmp_path, monkeypatch):
+    """As test_a_report_in_a_folder_it_cannot_write_names_it, for real (where a read-only
+    folder refuses this process: not root), report and show; --receptive-field says so before
+    its tens of seconds of work."""
+    if not _read_only_refuses(tmp_path):
+        pytest.skip("this process writes into read-only folders (root)")
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(sample_extraction, "rofeat")
+    runner = CliRunner()
+    report = _READ_ONLY_REPORT
+    folders = [Path(d) for d, _, _ in os.walk("rofeat")]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        result = runner.invoke(cli, ["report", "rofeat"])
+        assert result.exit_code == 1 and result.output.splitlines() == [report], result.output
+        saved = "is not writable; pass --save FILE.png in a folder you can write"
+        for extra in ([], ["--receptive-field", "--at", "5,5"]):
+            result = runner.invoke(cli, ["show", "rofeat/chelsea", *extra])
+            assert result.exit_code == 1, result.output
+            assert result.output.splitlines()[-1].endswith(f"the folder rofeat/chelsea {saved}"), (
+                result.output
+            )
+            assert "computing the receptive fields" not in result.output
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -550,6 +551,42 @@ def test_a_picture_show_left_in_a_folder_is_never_read_as_a_photo(tmp_path, monk
     assert note in result.stderr.splitlines()
     out = tmp_path.parent / f"{tmp_path.name}_out"
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["cat", "fpn_show_mine"]
+
+
+def test_a_folder_show_cannot_write_in_is_named_not_its_temporary_file(folder, monkeypatch):
+    """show in a read-only folder said "[Errno 13] Permission denied: 'photo/.show_p3.png.
+    fpncli-tmp.26004.d2d788f2'": an internal temporary file, and nothing to do. It names the
+    folder (the current one: so) and says to --save elsewhere; other errors are left as they
+    are."""
+    import errno
+
+    failure = {}
+
+    def refused(path, data):
+        tmp = path.with_name(f".{path.name}.fpncli-tmp.1.x")
+        raise OSError(failure["errno"], os.strerror(failure["errno"]), str(tmp))
+
+    monkeypatch.setattr(show_module, "atomic_write_bytes", refused)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    runner = CliRunner()
+    advice = "is not writable; pass --save FILE.png in a folder you can write"
+    for code in (errno.EACCES, errno.EROFS):
+        failure["errno"] = code
+        monkeypatch.chdir(folder.parent)
+        result = runner.invoke(cli, ["show", "photo", "--level", "p3"])
+        assert result.exit_code == 1 and "fpncli-tmp" not in result.output, result.output
+        assert result.output.splitlines()[-1] == (
+            f"Error: cannot save show_p3.png: the folder photo {advice}"
+        )
+        monkeypatch.chdir(folder)
+        result = runner.invoke(cli, ["show", ".", "--level", "p3"])
+        assert result.output.splitlines()[-1] == (
+            f"Error: cannot save show_p3.png: the current folder {advice}"
+        )
+    failure["errno"] = errno.ENOSPC  # not the folder's permission: said as it is
+    result = runner.invoke(cli, ["show", ".", "--level", "p3"])
+    assert result.exit_code == 1 and "No space left on device" in result.output, result.output
 
 
 def test_cli_show_prints_where(folder, monkeypatch):

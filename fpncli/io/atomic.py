@@ -18,11 +18,18 @@ import numpy as np
 from .guard import is_disk_full, pid_alive
 from .npy import write_npy
 
-__all__ = ["DROP_BYTES", "TMP_MARK", "atomic_write_bytes", "drop_from_cache", "stale_temporary"]
+__all__ = [
+    "DROP_BYTES", "TMP_MARK", "atomic_write_bytes", "drop_from_cache", "stale_temporary",
+    "not_writable", "folder_not_writable",
+]  # fmt: skip
 
 TMP_MARK = ".fpncli-tmp"
 _RUN_TOKEN = secrets.token_hex(4)  # tells this run's temporaries from an earlier one's (pid reuse)
 _TMP_PID = re.compile(re.escape(TMP_MARK) + r"\.?(\d+)")
+
+#: What a write into a folder that cannot be written fails with: no permission (EACCES; EPERM,
+#: as a sticky folder's rename of another's file), a read-only file system (EROFS).
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 #: Files at least this large (a P2 ``.npy`` from 1 MB upwards) leave the page cache once written.
 DROP_BYTES = 8 << 20
@@ -84,6 +91,23 @@ def atomic_write_bytes(path: Path, data: bytes | np.ndarray) -> int:
         tmp.unlink(missing_ok=True)
         raise
     return size
+
+
+def not_writable(error: BaseException) -> bool:
+    """Whether ``error``, raised by a write, says its folder cannot be written."""
+    return isinstance(error, OSError) and error.errno in _NOT_WRITABLE
+
+
+def folder_not_writable(folder: Path, what: str, advice: str) -> PermissionError:
+    """The one-line error for ``what`` (``"save x.png"``) failed because ``folder`` cannot be
+    written (``not_writable``), with ``advice`` on what to do: it names the folder, not the
+    temporary file the write made first (``.x.png.fpncli-tmp.PID.TOKEN``)."""
+    from .messages import quote_name
+
+    folder = Path(folder)
+    where = ("the current folder" if folder == Path(".")
+             else f"the folder {quote_name(str(folder))}")  # fmt: skip
+    return PermissionError(f"cannot {what}: {where} is not writable; {advice}")
 
 
 def stale_temporary(name: str) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,14 +319,16 @@ def draw_receptive_fields(
     ``progress`` is told (one line) before the slow part, the forward and backward passes;
     ``download_progress`` is ``load_backbone``'s, for the weights."""
     from ..api import load_backbone, resolve_device
-    from ..io.atomic import atomic_write_bytes
+    from ..io.atomic import atomic_write_bytes, folder_not_writable, not_writable
     from ..io.manifest import MANIFEST, check_manifest, load_manifest
     from ..io.markers import SHOW_PICTURE_TEXT
+    from ..io.messages import quote_name
     from ..io.outputs import check_channel
     from ..model.names import OUTPUT_CHANNELS
     from ..viz.names import picture_suffix
     from ..viz.png import encode_png
     from ..viz.receptive import receptive_field_image
+    from ..viz.show import SAVE_ELSEWHERE
 
     point = _parse_at(at)
     # named as show names its pictures, with the levels and the cell's point (viz.names)
@@ -373,6 +376,10 @@ def draw_receptive_fields(
         default_out = Path(f"fpn_show_{image_stem(path)}{suffix}.png")
     from ..io.image_load import load_image
 
+    out = Path(save) if save else default_out
+    # said before tens of seconds of work (a folder not there: said when written, as show's)
+    if out.parent.is_dir() and not os.access(out.parent, os.W_OK | os.X_OK):
+        raise folder_not_writable(out.parent, f"save {quote_name(out.name)}", SAVE_ELSEWHERE)
     image = load_image(image_path, max_pixels=max_pixels)
     _check_inside(point, image.width, image.height)  # before the model is built
     if progress is not None:  # tens of seconds on a CPU, with nothing else to show meanwhile
@@ -395,6 +402,11 @@ def draw_receptive_fields(
         note="RANDOM, UNTRAINED WEIGHTS - not a trained network" if model.weights_info.random
         else "",
     )  # fmt: skip
-    out = Path(save) if save else default_out
-    atomic_write_bytes(out, encode_png(picture, text=SHOW_PICTURE_TEXT))  # (never a photo)
+    try:
+        atomic_write_bytes(out, encode_png(picture, text=SHOW_PICTURE_TEXT))  # (never a photo)
+    except OSError as e:
+        if not not_writable(e):
+            raise
+        raise folder_not_writable(out.parent, f"save {quote_name(out.name)}",
+                                  SAVE_ELSEWHERE) from None  # fmt: skip
     return out, fields

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..io.atomic import atomic_write_bytes
+from ..io.atomic import atomic_write_bytes, folder_not_writable, not_writable
 from ..io.catalog import Extractions, Failure, open_extractions
 from ..io.formats import warn_image_folders_left_out
 from ..io.guard import OptionError, folder_lock, usable_cores
@@ -145,7 +145,17 @@ def write_report(
     # folder the first is writing into, or taking the first's half-made folder for another's
     with folder_lock(root):
         first, assets_name = report_place(root)
-        build = build_folder(root, assets_name)
+        try:
+            build = build_folder(root, assets_name)
+        except OSError as e:  # the first write into root (its report goes beside the maps)
+            if not not_writable(e):
+                raise
+            raise folder_not_writable(
+                root,
+                "write the report",
+                "make it writable, or copy the extraction to a folder "
+                "you can write and report that copy",
+            ) from None
         try:
             unreadable, first_page = _write_pages(
                 root, found, keys, run, build, assets_name, first, page_size=page_size,

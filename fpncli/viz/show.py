@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.atomic import atomic_write_bytes
+from ..io.atomic import atomic_write_bytes, folder_not_writable, not_writable
 from ..io.guard import OptionError
 from ..io.manifest import MANIFEST, load_manifest
 from ..io.markers import SHOW_PICTURE_TEXT
@@ -36,9 +36,11 @@ from .sources import Source
 from .targets import latest_target, resolve_source
 from .window import open_window
 
-__all__ = ["ShowResult", "show", "level_figure_for", "P6_NOTE"]
+__all__ = ["ShowResult", "show", "level_figure_for", "P6_NOTE", "SAVE_ELSEWHERE"]
 
 log = logging.getLogger(__name__)
+#: what to do where show's picture cannot be written in its folder
+SAVE_ELSEWHERE = "pass --save FILE.png in a folder you can write"
 P6_NOTE = (
     "note: P6 is not a separately learned map: it is a stride-2 subsample of P5 "
     "(LastLevelMaxPool: max_pool2d with kernel 1, stride 2)"
@@ -299,7 +301,13 @@ def show(
             f"cannot save {out}: a folder of that name is there (another image's output "
             "folder?): pass --save FILE.png to write the picture elsewhere"
         )
-    atomic_write_bytes(out, encode_png(picture, text=SHOW_PICTURE_TEXT))  # (never a photo)
+    try:
+        atomic_write_bytes(out, encode_png(picture, text=SHOW_PICTURE_TEXT))  # (never a photo)
+    except OSError as e:
+        if not not_writable(e):
+            raise
+        raise folder_not_writable(out.parent, f"save {quote_name(out.name)}",
+                                  SAVE_ELSEWHERE) from None  # fmt: skip
     result.saved = out
     say(f"saved {quote_name(str(out))}")  # as extract says "wrote": a non-UTF-8 byte as \udcNN
     log.info("show: %s", json.dumps({"target": target, "level": level, "saved": str(out)}))
