@@ -68,7 +68,8 @@ EXTRACT_PARAMETERS = (
         type=click.Choice(["float32", "float16"]),
         default="float32",
         show_default=True,
-        help="dtype of the .npy files.",
+        help="dtype of the .npy files, and of the levels the heatmaps and statistics are "
+        "computed from (so not a no-op with --no-npy).",
     ),
     click.option("--no-npy", is_flag=True, help="Do not save the .npy tensors."),
     click.option("--no-heatmaps", is_flag=True, help="Do not save per-level heatmap PNGs."),
