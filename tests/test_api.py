@@ -327,7 +327,7 @@ def test_extract_checks_max_pixels_first_and_none_is_no_limit(tmp_path, monkeypa
     assert fpncli.extract(rgb, model, max_pixels=np.int64(6144), **kwargs).image.rgb.shape
     features = fpncli.extract_features(tmp_path / "a.png", model, **kwargs)  # still loads
     assert all(torch.equal(features[k], expected[k]) for k in expected)
-    assert pillow_open._limits == [] and Image.MAX_IMAGE_PIXELS == before
+    assert pillow_open._loads == [] and Image.MAX_IMAGE_PIXELS == before
 
 
 def test_extract_takes_max_pixels_and_names_it_as_the_api_does(tmp_path):

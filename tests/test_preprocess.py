@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 
@@ -312,7 +313,7 @@ def test_a_load_in_another_thread_leaves_the_users_warnings_and_limit_alone(tmp_
         assert warnings.filters[0][1].pattern == "the user's filter"
         assert warnings.filters[1:] == before
         assert Image.MAX_IMAGE_PIXELS == 123_456_789
-    assert pillow_open._limits == []
+    assert pillow_open._loads == []
 
 
 def test_a_load_that_fails_to_start_leaves_pillow_as_it_was(tmp_path, monkeypatch):
@@ -332,15 +333,52 @@ def test_a_load_that_fails_to_start_leaves_pillow_as_it_was(tmp_path, monkeypatc
     monkeypatch.setattr(pillow_open, "_set_pillow_limit", failing)
     with pytest.raises(RuntimeError, match="cannot set it"), open_image(path):  # the first load
         pass
-    assert (pillow_open._limits, Image.MAX_IMAGE_PIXELS, warnings.filters) == ([], before, filters)
+    assert (pillow_open._loads, Image.MAX_IMAGE_PIXELS, warnings.filters) == ([], before, filters)
     monkeypatch.setattr(pillow_open, "_set_pillow_limit", real)
     with open_image(path, 1000):  # another load in progress
         monkeypatch.setattr(pillow_open, "_set_pillow_limit", failing)
         with pytest.raises(RuntimeError, match="cannot set it"), open_image(path, 2000):
             pass
         monkeypatch.setattr(pillow_open, "_set_pillow_limit", real)
-        assert pillow_open._limits == [1000]
-    assert (pillow_open._limits, Image.MAX_IMAGE_PIXELS, warnings.filters) == ([], before, filters)
+        assert [load.max_pixels for load in pillow_open._loads] == [1000]
+    assert (pillow_open._loads, Image.MAX_IMAGE_PIXELS, warnings.filters) == ([], before, filters)
+    assert load_image(path).rgb.shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("outer", [False, True])
+def test_a_load_interrupted_anywhere_leaves_pillow_as_it_was(tmp_path, monkeypatch, outer):
+    """A Ctrl-C landing between the settings' lock and their ``try`` (or partway through adding
+    the filter entry, or through giving the settings back) left Pillow's limit off for the rest
+    of the process, a ``None`` in the loads in progress that every later load kept it off for,
+    and fpncli's warning filter entry behind. Wherever a KeyboardInterrupt lands in a load's
+    settings, the first load's or one beside another load in progress (``outer``), they are as
+    before it, and the loads after it give everything back."""
+    from interrupts import each_interrupt
+
+    from fpncli.io import pillow_open
+
+    path = _save(tmp_path / "a.png", Image.fromarray(np.zeros((8, 8, 3), np.uint8)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back after
+    before, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
+
+    def settings() -> tuple:
+        thread = list(getattr(pillow_open._loading, "loads", []))
+        return Image.MAX_IMAGE_PIXELS, list(warnings.filters), list(pillow_open._loads), thread
+
+    def load() -> None:
+        with open_image(path, None) as im:  # None: Pillow's limit off during the load
+            im.load()
+
+    functions = [f for f in vars(pillow_open).values()
+                 if getattr(f, "__module__", None) == pillow_open.__name__
+                 and hasattr(getattr(f, "__wrapped__", f), "__code__")]  # fmt: skip
+    with open_image(path, 10**9) if outer else contextlib.nullcontext():
+        expected, points = settings(), 0
+        for where in each_interrupt(load, functions):
+            assert settings() == expected, f"interrupted at {where}"
+            points += 1
+        assert points > 20  # the settings' start and end, and the functions they call
+    assert (pillow_open._loads, Image.MAX_IMAGE_PIXELS, warnings.filters) == ([], before, filters)
     assert load_image(path).rgb.shape == (8, 8, 3)
 
 

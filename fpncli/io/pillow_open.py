@@ -67,10 +67,29 @@ def pixel_count(pixels: float) -> str:
 
 
 _limit_lock = threading.Lock()
-_limits: list[int | None] = []  # max_pixels of the loads in progress (threads; None: none)
-_raised: list[int | None] = []  # while fpncli raised Pillow's limit: [its value before, fpncli's]
+_loads: list[_Load] = []  # the loads in progress (all threads), told apart by identity
+_raised: list[int | None] = []  # while fpncli raised Pillow's limit: its value before, fpncli's
 _added: list[list] = []  # the filter lists fpncli's warning filter went into (``_quiet``)
-_loading = threading.local()  # .depth: the loads in progress in this thread
+_loading = threading.local()  # .loads: the loads in progress in this thread
+
+
+class _Load:
+    """One load in progress and its ``max_pixels`` (None: no limit): an object of its own, so
+    that its end takes out its entry and no other (two loads may share a value), and can tell
+    whether its entry was made at all."""
+
+    __slots__ = ("max_pixels",)
+
+    def __init__(self, max_pixels: int | None) -> None:
+        self.max_pixels = max_pixels
+
+
+def _thread_loads() -> list[_Load]:
+    """The loads in progress in this thread (``_loading.loads``, made on first use)."""
+    loads = getattr(_loading, "loads", None)
+    if loads is None:
+        loads = _loading.loads = []
+    return loads
 
 
 class _InALoad(type):
@@ -78,7 +97,7 @@ class _InALoad(type):
     a thread inside a load, for the categories it quiets."""
 
     def __subclasscheck__(cls, category: type) -> bool:
-        return getattr(_loading, "depth", 0) > 0 and issubclass(category, cls.quieted)
+        return bool(getattr(_loading, "loads", None)) and issubclass(category, cls.quieted)
 
 
 class _PillowLoadWarning(Warning, metaclass=_InALoad):
@@ -105,39 +124,55 @@ def _pillow_settings(max_pixels: int | None) -> Iterator[None]:
     that matches only in the loading threads (``_PillowLoadWarning``). The first load in
     progress adds the entry and the last one takes it out again, and the limit is put back once
     no load needs it raised, if it still holds fpncli's value: a filter or a limit that anyone
-    sets meanwhile, in any thread, stays. Whatever fails while they are set is undone before it
-    is raised."""
-    with _limit_lock:
-        if not _limits:
-            _quiet()
-        _limits.append(max_pixels)
-        try:
-            _set_pillow_limit()
-        except BaseException:  # this load never starts: as if it had not come
-            _leave(max_pixels)
-            raise
-    _loading.depth = getattr(_loading, "depth", 0) + 1
+    sets meanwhile, in any thread, stays.
+
+    Every change is made inside the ``try`` whose ``finally`` undoes it, and is recorded before
+    it is made, so that whatever stops the load at any point (an error, a Ctrl-C: a
+    KeyboardInterrupt lands between any two statements) leaves neither Pillow's limit raised
+    nor fpncli's filter entry nor this load counted for the loads after it; the undoing is
+    idempotent, and is done again if a second interrupt lands inside it."""
+    load = _Load(max_pixels)
     try:
+        with _limit_lock:
+            if not _loads:
+                _quiet()
+            _loads.append(load)
+            _set_pillow_limit()
+        _thread_loads().append(load)
         yield
     finally:
-        _loading.depth -= 1
-        with _limit_lock:
-            _leave(max_pixels)
+        try:
+            _end(load)
+        except BaseException:  # interrupted while undoing: the rest undone before it is raised
+            _end(load)
+            raise
+
+
+def _end(load: _Load) -> None:
+    """``load``'s settings gone, whichever of them were made; doing it again changes nothing."""
+    with _limit_lock:
+        _leave(load)
+    thread_loads = _thread_loads()
+    if load in thread_loads:
+        thread_loads.remove(load)
 
 
 def _quiet() -> None:
-    """Put fpncli's filter entry first in the warning filters (``_limit_lock`` held)."""
+    """Put fpncli's filter entry first in the warning filters (``_limit_lock`` held); the list
+    is recorded first, so that ``_leave`` finds the entry wherever this stops."""
     filters = warnings.filters
-    filters.insert(0, _QUIET)
     _added.append(filters)
+    filters.insert(0, _QUIET)
 
 
-def _leave(max_pixels: int | None) -> None:
-    """One load's settings gone (``_limit_lock`` held): Pillow's limit follows those left, and
-    the last one gives back the limit and takes fpncli's filter entry out: of the list it went
-    into and of the process's list now (a user's ``catch_warnings`` may have copied it)."""
-    _limits.remove(max_pixels)
-    if _limits:
+def _leave(load: _Load) -> None:
+    """``load``'s settings gone (``_limit_lock`` held): Pillow's limit follows the loads left,
+    and once none is left, the limit is given back and fpncli's filter entry taken out: of the
+    lists it went into and of the process's list now (a user's ``catch_warnings`` may have
+    copied it). ``load`` need not have been counted (its start was stopped before)."""
+    if load in _loads:
+        _loads.remove(load)
+    if _loads:
         _set_pillow_limit()
         return
     _give_back_limit()
@@ -150,21 +185,28 @@ def _leave(max_pixels: int | None) -> None:
 
 def _set_pillow_limit() -> None:
     """Pillow's limit raised to the largest ``max_pixels`` in progress (off for a load without
-    one) where it is lower; never lowered. The value fpncli finds there, unless it is the one
-    fpncli set, is the user's (set meanwhile, in any thread), and the one given back."""
-    holds_ours = bool(_raised) and Image.MAX_IMAGE_PIXELS == _raised[1]
+    one) where it is lower; never lowered. The value fpncli finds there, unless it is one that
+    fpncli set, is the user's (set meanwhile, in any thread), and the one given back. A value
+    is recorded as fpncli's before it is set, and the one it replaces is forgotten only after,
+    so that the limit is given back wherever this stops."""
+    holds_ours = bool(_raised) and Image.MAX_IMAGE_PIXELS in _raised[1:]
     before = _raised[0] if holds_ours else Image.MAX_IMAGE_PIXELS  # None: Pillow's check is off
-    wanted = None if before is None or None in _limits else max([before, *_limits])
+    limits = [load.max_pixels for load in _loads]
+    wanted = None if before is None or None in limits else max([before, *limits])
     if wanted == before:  # nothing to raise
         _give_back_limit()
+        return
+    if holds_ours:
+        _raised.append(wanted)
     else:
-        Image.MAX_IMAGE_PIXELS = wanted
         _raised[:] = [before, wanted]
+    Image.MAX_IMAGE_PIXELS = wanted
+    del _raised[1:-1]
 
 
 def _give_back_limit() -> None:
     """Pillow's limit as it was before fpncli raised it, unless someone set it since."""
-    if _raised and Image.MAX_IMAGE_PIXELS == _raised[1]:
+    if _raised and Image.MAX_IMAGE_PIXELS in _raised[1:]:
         Image.MAX_IMAGE_PIXELS = _raised[0]
     _raised.clear()
 
