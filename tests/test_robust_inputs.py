@@ -269,6 +269,42 @@ def test_a_symlink_loop_is_not_an_image_file(tmp_path):
         load_image(tmp_path / "loop.jpg")
 
 
+def test_an_image_file_opened_and_interrupted_anywhere_is_closed_once(tmp_path):
+    """``open_regular`` closed the descriptor itself after ``os.fdopen`` had given it to the
+    file object: a Ctrl-C just after the file object was made closed it twice, the second time
+    raising EBADF in place of the KeyboardInterrupt, which the load then said was an
+    "unreadable image ([Errno 9] Bad file descriptor)" (or closing a descriptor another thread
+    had just been given); one just after ``os.open`` left the descriptor open. Interrupted
+    wherever it can be, the load lets the KeyboardInterrupt out and leaves no descriptor open."""
+    from interrupts import each_interrupt
+
+    from fpncli.io import guard
+    from fpncli.io.image_load import load_image
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+
+    def lowest_free_descriptor() -> int:
+        fd = os.open(path, os.O_RDONLY)
+        os.close(fd)
+        return fd
+
+    free, points = lowest_free_descriptor(), 0
+    functions = [
+        f
+        for f in vars(guard).values()
+        if getattr(f, "__module__", None) == guard.__name__ and hasattr(f, "__code__")
+    ]
+    for where in each_interrupt(lambda: load_image(path), functions):
+        assert lowest_free_descriptor() == free, f"a descriptor left open, interrupted at {where}"
+        points += 1
+    assert points >= 4
+    assert load_image(path).rgb.shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="not a regular file \\(a folder\\)"):
+        load_image(tmp_path)
+    assert lowest_free_descriptor() == free
+
+
 def _jpeg_with_orientation(path: Path, tagtype: int, payload: bytes, count: int = 1) -> Path:
     """A JPEG whose EXIF orientation tag has the given TIFF type and raw value."""
     import io

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import logging
 import os
@@ -153,24 +154,33 @@ def open_regular(path: str | Path, what: str = "file"):
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
+        # map calls os.open and hands its descriptor to the io.FileIO that owns it, all in C:
+        # Python raises a KeyboardInterrupt (a Ctrl-C) only between bytecodes, so none can land
+        # between the two and leave the descriptor open, as one during the open() syscall did,
+        # raised just after a Python-level os.open returned; nor can the descriptor be closed
+        # twice (an fd number another thread may have been given meanwhile)
+        raw = next(map(io.FileIO, map(os.open, [path], [flags])))
     except FileNotFoundError:
         raise FileNotFoundError(f"no such {what}: {path}") from None
     except OSError as e:
+        if e.errno == errno.EISDIR and isinstance(e.filename, int):  # io.FileIO refused the
+            os.close(e.filename)  # descriptor of a folder (os.open's, named by its number)
         if e.errno == errno.ELOOP:
             raise ValueError(f"{path}: a symlink loop, not {_a(what)}") from None
         if e.errno in (errno.ENXIO, errno.EISDIR):  # a socket, or a folder
             check_regular_file(path, what)
         raise
     try:
+        fd = raw.fileno()
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise ValueError(f"{path}: not a regular file ({kind(mode)})")
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
+        f = io.BufferedReader(raw)
+    except BaseException:  # the file object closes it: once, whichever holds it
+        raw.close()
         raise
+    return f
 
 
 def parse_json(data: str | bytes):
