@@ -18,12 +18,13 @@ _JUMPS_BACK = {"JUMP_BACKWARD", "JUMP_ABSOLUTE"}  # those that check for signals
 
 
 def each_interrupt(run: Callable[[], object], functions: Iterable) -> Iterator[str]:
-    """Call ``run()`` once per point where a KeyboardInterrupt can land in ``functions`` (their
-    starts, the returns of the calls they make, their loops' jumps back, in the order a plain
-    run meets them), raising it there; yields where it landed (``name:line``) after each run it
-    stopped, for the caller to check what was left. A KeyboardInterrupt that ``run`` lets out is
-    caught; any other error is raised. Ends after the first run that meets no more points."""
-    codes = {getattr(f, "__wrapped__", f).__code__ for f in functions}
+    """Call ``run()`` once per point where a KeyboardInterrupt can land in ``functions`` and
+    the functions defined in them (their starts, the returns of the calls they make, their
+    loops' jumps back, in the order a plain run meets them), raising it there; yields where it
+    landed (``name:line``) after each run it stopped, for the caller to check what was left. A
+    KeyboardInterrupt that ``run`` lets out is caught; any other error is raised. Ends after the
+    first run that meets no more points."""
+    codes = _with_nested({getattr(f, "__wrapped__", f).__code__ for f in functions})
     jumps = {
         c: {i.offset for i in dis.get_instructions(c) if i.opname in _JUMPS_BACK} for c in codes
     }
@@ -31,6 +32,12 @@ def each_interrupt(run: Callable[[], object], functions: Iterable) -> Iterator[s
     while (where := _interrupted(run, jumps, n)) is not None:
         yield where
         n += 1
+
+
+def _with_nested(codes: set) -> set:
+    """``codes`` and the code of the functions defined in them (a closure it returns)."""
+    nested = {c for code in codes for c in code.co_consts if isinstance(c, type(code))}
+    return codes | _with_nested(nested) if nested else codes
 
 
 def _interrupted(run: Callable[[], object], jumps: dict, n: int) -> str | None:

@@ -102,6 +102,103 @@ def test_fp32_strict_holds_for_overlapping_threads(user):
     }  # fmt: skip
 
 
+_INTERRUPTED_HOLDER = """
+import functools, json, sys, torch
+sys.path.insert(0, sys.argv[2])  # the tests folder
+from interrupts import each_interrupt
+from fpncli.api import fp32_strict
+from fpncli.model import tf32
+from fpncli.shared import SharedSetting
+b = torch.backends
+def settings():  # every TF32 setting torch has, as it reads it
+    found = {}
+    for name in ["", "cuda.matmul", "cudnn", "cudnn.conv", "cudnn.rnn", "mkldnn", "mkldnn.matmul",
+                 "mkldnn.conv", "mkldnn.rnn"]:
+        level = functools.reduce(getattr, name.split(".") if name else [], b)
+        if hasattr(level, "fp32_precision"):
+            found[name or "torch.backends"] = level.fp32_precision
+    for name, read in [("matmul.allow_tf32", lambda: b.cuda.matmul.allow_tf32),
+                       ("cudnn.allow_tf32", lambda: b.cudnn.allow_tf32),
+                       ("matmul precision", torch.get_float32_matmul_precision)]:
+        try:
+            found[name] = read()
+        except RuntimeError:  # the legacy flags, once the fp32_precision settings were used
+            found[name] = "raises"
+    return found
+exec(sys.argv[1])  # the user turns TF32 on
+before = settings()
+with fp32_strict():
+    strict = settings()
+def hold():
+    with fp32_strict():
+        pass
+functions = [f for f in [*vars(SharedSetting).values(), tf32._tf32_off]
+             if hasattr(getattr(f, "__wrapped__", f), "__code__")]
+points, left = 0, {}
+for where in each_interrupt(hold, functions):
+    points += 1
+    if settings() != before:
+        left[where] = settings()
+hold()  # one more call, uninterrupted, after them all
+print(json.dumps({"strict differs": strict != before, "points": points, "left": left,
+                  "after": settings() == before}))
+"""
+
+
+@pytest.mark.parametrize(
+    "user",
+    ["b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = True", "b.fp32_precision = 'tf32'"],
+    ids=["legacy", "new-api"],
+)
+def test_fp32_strict_interrupted_anywhere_gives_tf32_back(user):
+    """A Ctrl-C landing just after ``fp32_strict`` turned TF32 off but before what puts it back
+    was kept, or after the holder was counted but before its ``try``, or partway through
+    turning it off, left TF32 off (or half set) for the rest of the process, the count of one
+    holder keeping it off through every later call. Wherever a KeyboardInterrupt lands, the
+    user's TF32 settings are as before it, and stay so after a later call. In a fresh process,
+    as these settings are global."""
+    if "fp32_precision" in user and not hasattr(getattr(torch.backends.cudnn, "conv", None),
+                                                "fp32_precision"):  # fmt: skip
+        pytest.skip("torch < 2.9: no fp32_precision settings")
+    root = str(Path(fpncli.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    tests = str(Path(__file__).resolve().parent)
+    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_HOLDER, user, tests],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout)
+    assert seen.pop("points") >= 8, "fp32_strict's start and end, and what they call"
+    assert seen == {"strict differs": True, "left": {}, "after": True}
+
+
+def test_a_shared_setting_whose_undo_fails_is_applied_afresh_by_the_next_holder():
+    """An undo that fails with an error is not kept for a retry: the error comes out, and the
+    next holder applies the setting again (kept, it would stand for a setting still made, and
+    no later holder would make it)."""
+    from fpncli.shared import SharedSetting
+
+    state, calls = {"on": False}, []
+
+    def undo() -> None:
+        calls.append("undo")
+        if calls.count("undo") == 1:
+            raise RuntimeError("cannot put it back")
+        state["on"] = False
+
+    def apply(record) -> None:
+        calls.append("apply")
+        record(undo)
+        state["on"] = True
+
+    setting = SharedSetting(apply)
+    with pytest.raises(RuntimeError, match="cannot put it back"), setting.held():
+        assert state["on"]
+    state["on"] = False  # put back by hand
+    with setting.held():
+        assert state["on"]
+    assert not state["on"] and calls == ["apply", "undo", "apply", "undo"]
+
+
 def test_run_backbone_checks_the_precision():
     """``run_backbone`` refuses what ``extract`` refuses (fp16 on a CPU had run, slowly) and an
     unknown precision with the same message (a bare KeyError: 'fp8'); ``check_precision`` and

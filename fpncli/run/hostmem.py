@@ -31,7 +31,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..shared import SharedSetting
+from ..shared import Record, SharedSetting
 
 __all__ = [
     "keep_large_blocks", "CPU_BYTES_PER_PIXEL", "cpu_batch_bytes", "available_bytes",
@@ -63,16 +63,17 @@ def _set(libc, mmap_threshold: int, trim_threshold: int) -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
 
 
-def _keep():
-    """Raise glibc's thresholds; returns what settles them and trims the heap."""
+def _keep(record: Record) -> None:
+    """Raise glibc's thresholds, having first passed ``record`` what settles them and trims the
+    heap."""
     libc = _glibc()
-    _set(libc, _KEEP_BELOW, _TRIM_ABOVE)
 
     def settle() -> None:
         _set(libc, _SETTLED_MMAP, _SETTLED_TRIM)
         libc.malloc_trim(0)
 
-    return settle
+    record(settle)
+    _set(libc, _KEEP_BELOW, _TRIM_ABOVE)
 
 
 _KEPT = SharedSetting(_keep)  # one raise for overlapping runs, settled when the last one ends

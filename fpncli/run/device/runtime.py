@@ -17,7 +17,7 @@ import torch
 from ...io.run_shard import env_int
 from ...model import cuda_kernels
 from ...model.cpu_kernels import use_cpu_kernels, uses_cpu_kernels
-from ...shared import SharedSetting
+from ...shared import Record, SharedSetting
 from ..hostmem import keep_large_blocks
 
 log = logging.getLogger(__name__)
@@ -142,14 +142,13 @@ def run_settings(
         yield
 
 
-def _save_and_set_process():
-    """What a run sets process-wide (OpenCV's threads: ``OPENCV_THREADS``), after saving what
-    ``run_settings`` may change too (torch's CPU threads, ``cudnn.benchmark``); returns what
-    puts them all back."""
+def _save_and_set_process(record: Record) -> None:
+    """What a run sets process-wide (OpenCV's threads: ``OPENCV_THREADS``), after passing
+    ``record`` what puts back all it saved first, with what ``run_settings`` may change too
+    (torch's CPU threads, ``cudnn.benchmark``)."""
     import cv2
 
     saved = (torch.get_num_threads(), torch.backends.cudnn.benchmark, cv2.getNumThreads())
-    cv2.setNumThreads(OPENCV_THREADS)
 
     def restore() -> None:
         threads, benchmark, cv_threads = saved
@@ -157,7 +156,8 @@ def _save_and_set_process():
         torch.backends.cudnn.benchmark = benchmark
         cv2.setNumThreads(cv_threads)
 
-    return restore
+    record(restore)
+    cv2.setNumThreads(OPENCV_THREADS)
 
 
 #: The process-wide settings a run changes (torch's CPU threads, ``cudnn.benchmark``, OpenCV's
