@@ -108,13 +108,22 @@ def test_load_extraction_of_a_wds_output_says_how_to_load_its_images(sample_shar
     assert sorted(found.load(found.keys()[0]).levels) == ["p2", "p3", "p4", "p5", "p6"]
 
 
-def test_image_gone_is_none(sample_extraction, tmp_path):
+def test_image_gone_is_none_with_a_warning(sample_extraction, tmp_path, caplog):
+    """README: ``saved.image`` is "None, with a warning, once the photo is moved or deleted";
+    it was None without one (as a photo unreadable or replaced since says why). A dangling
+    symlink's photo is gone too."""
     copy = tmp_path / "c"
     shutil.copytree(sample_extraction / "coffee", copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["input"]["path"] = str(tmp_path / "gone.jpg")
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    assert fpncli.load_extraction(copy).image is None
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "deleted.jpg")
+    for gone in (tmp_path / "gone.jpg", tmp_path / "link.jpg"):
+        manifest["input"]["path"] = str(gone)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        caplog.clear()
+        assert fpncli.load_extraction(copy).image is None
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+            f"the input photo {gone} is gone (moved or deleted)"
+        ]
 
 
 def test_check_manifest_takes_every_colour_range_fpncli_writes(sample_extraction):

@@ -105,17 +105,21 @@ class LoadedExtraction:
 
 def read_photo(path: Path | None, manifest: dict | None = None) -> np.ndarray | None:
     """An extraction's input photo, ``(H, W, 3)`` uint8 RGB with EXIF orientation applied; None
-    when it is gone, or replaced since by a file that is no longer an image that can be read,
-    or (given its ``manifest``) by an image of another size than the one extracted, whose maps
-    would be stretched over it (a warning says why: only the overlays, the overview's first
-    panel and the report's photo thumbnail need it)."""
-    if path is None or not path.is_file():
+    when none is recorded (``path`` None), or, with a warning saying why, when it is gone (moved
+    or deleted), replaced since by a file that is no longer an image that can be read, or (given
+    its ``manifest``) by an image of another size than the one extracted, whose maps would be
+    stretched over it (only the overlays, the overview's first panel and the report's photo
+    thumbnail need it)."""
+    if path is None:  # none recorded (an array was extracted)
         return None
     from .image_load import load_image
 
     try:
         rgb = load_image(path).rgb
-    except (OSError, ValueError) as e:
+    except FileNotFoundError:  # README: "None, with a warning, once the photo is moved or deleted"
+        logging.getLogger(__name__).warning("the input photo %s is gone (moved or deleted)", path)
+        return None
+    except (OSError, ValueError) as e:  # a folder or a FIFO there now, too
         logging.getLogger(__name__).warning("the input photo cannot be read: %s", e)
         return None
     extracted = replaced_size(manifest, rgb.shape[1], rgb.shape[0])
