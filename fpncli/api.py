@@ -32,7 +32,7 @@ from .io.pillow_open import DEFAULT_MAX_PIXELS, check_max_pixels
 from .io.preprocess import Prepared, resize_for_model
 from .model.cpu_kernels import available as cpu_kernel_support
 from .model.cpu_kernels import use_cpu_kernels
-from .model.fpn import FPN
+from .model.fpn import FPN, check_stages
 from .model.layers import fold_frozen_batchnorm
 from .model.normalize import normalize_batch
 from .model.tf32 import TF32_OFF
@@ -271,8 +271,8 @@ def run_backbone(
     keep_bottom_up: tuple[str, ...] | None = None,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """Run ``model`` on a ``(B, 3, H, W)`` float32 batch (already normalized and padded), with
-    the bottom-up outputs named in ``keep_bottom_up`` (``FPN.forward``; None: the model's own)
-    beside P2-P6.
+    the bottom-up outputs named in ``keep_bottom_up`` (``FPN.forward``: ``stem``, ``res2`` ...
+    ``res5``, or one as a string; None: the model's own) beside P2-P6.
 
     Returns the levels on the model's device, in float32 for fp32 and in the autocast dtype (or
     the model's own dtype, for a model converted to fp16/bf16) otherwise, whatever
@@ -287,8 +287,11 @@ def run_backbone(
     Raises:
         ValueError: an unknown ``precision``, or one ``check_precision`` refuses on the model's
             device (fp16 on a CPU, ...), as ``extract`` does; a batch neither float32 nor of
-            the model's own dtype (a converted model takes both).
+            the model's own dtype (a converted model takes both); a name in ``keep_bottom_up``
+            that is no stage.
     """
+    if keep_bottom_up is not None:  # before anything runs
+        keep_bottom_up = check_stages(keep_bottom_up)
     param = next(model.parameters())
     device = param.device
     check_precision(precision, device)

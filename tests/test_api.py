@@ -220,6 +220,31 @@ def test_run_backbone_checks_the_precision():
         assert torch.is_autocast_enabled("cpu")
 
 
+def test_keep_bottom_up_names_stages_exactly():
+    """Unknown names in ``keep_bottom_up`` ("res9", "Res4") were ignored, so a typo gave the
+    pyramid alone, and a string was matched by substring ("res2res3" kept res2 and res3). A name
+    that is no stage is refused naming those there are, from ``run_backbone``, a call of the
+    model and the model's own ``keep_bottom_up``; a bare string is the one stage it names."""
+    model = fpncli.load_backbone("random")
+    batch = model_input(np.zeros((64, 96, 3), np.uint8), DETECTRON2_INPUT, torch.device("cpu"))
+    pyramid = ["p2", "p3", "p4", "p5", "p6"]
+    assert list(run_backbone(model, batch, keep_bottom_up="res4")) == ["res4", *pyramid]
+    assert list(model(batch, keep_bottom_up=["stem", "res5"])) == ["stem", "res5", *pyramid]
+    stages = "use any of stem, res2, res3, res4, res5"
+    for keep, said in [(("res9",), " 'res9'"), (("res2", "Res4", 4), "s 'Res4', 4"),
+                       ("res2res3", " 'res2res3'")]:  # fmt: skip
+        message = f"^unknown bottom-up stage{said} in keep_bottom_up: {stages}$"
+        with pytest.raises(ValueError, match=message):
+            run_backbone(model, batch, keep_bottom_up=keep)
+        with pytest.raises(ValueError, match=message):
+            model(batch, keep_bottom_up=keep)
+    model.keep_bottom_up = ("res9",)
+    with pytest.raises(ValueError, match="^unknown bottom-up stage 'res9' in keep_bottom_up: "):
+        run_backbone(model, batch)
+    with pytest.raises(TypeError, match="^keep_bottom_up must be stage names .*, got int$"):
+        run_backbone(model, batch, keep_bottom_up=4)
+
+
 def test_fp32_is_fp32_inside_a_callers_autocast():
     """A notebook's enclosing ``torch.autocast`` ran ``precision="fp32"`` in bf16 (features off
     by 1% of their range), and a model the user converted (``.double()``) in bf16 too; the

@@ -25,9 +25,36 @@ from .names import (
 from .resnet import ResNet
 
 __all__ = [
-    "FPN", "LastLevelMaxPool", "build_resnet_fpn_backbone", "LEVELS", "LEVEL_STRIDES", "STAGES",
-    "STAGE_STRIDES", "OUTPUTS", "OUTPUT_STRIDES", "OUTPUT_CHANNELS",
+    "FPN", "LastLevelMaxPool", "build_resnet_fpn_backbone", "check_stages", "LEVELS",
+    "LEVEL_STRIDES", "STAGES", "STAGE_STRIDES", "OUTPUTS", "OUTPUT_STRIDES", "OUTPUT_CHANNELS",
 ]  # fmt: skip
+
+
+def check_stages(keep_bottom_up: str | tuple[str, ...]) -> tuple[str, ...]:
+    """``keep_bottom_up`` as a tuple of bottom-up stage names (``STAGES``): a bare string is the
+    one stage it names (``"res4"``; it was matched as a substring, so ``"res2res3"`` kept two).
+
+    Raises:
+        ValueError: a name that is no stage (names are lower case: ``"Res4"`` is none); it was
+            ignored, so a typo returned the pyramid alone.
+        TypeError: neither a string nor an iterable of them.
+    """
+    if isinstance(keep_bottom_up, str):
+        return check_stages((keep_bottom_up,))
+    try:
+        names = tuple(keep_bottom_up)
+    except TypeError:
+        raise TypeError(
+            f"keep_bottom_up must be stage names (a tuple of {', '.join(STAGES)}), got "
+            f"{type(keep_bottom_up).__name__}"
+        ) from None
+    unknown = [name for name in names if not isinstance(name, str) or name not in STAGES]
+    if unknown:
+        raise ValueError(
+            f"unknown bottom-up stage{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))} in keep_bottom_up: use any of {', '.join(STAGES)}"
+        )
+    return names
 
 
 class LastLevelMaxPool(nn.Module):
@@ -98,12 +125,16 @@ class FPN(nn.Module):
             x: ``(B, 3, H, W)`` float tensor, already normalized with the weights' pixel mean/std
                 and channel order; H and W divisible by 32.
             keep_bottom_up: the bottom-up outputs to return too, for this call (names from
-                ``STAGES``); None: the model's ``keep_bottom_up``. Threads sharing the model each
-                pass their own.
+                ``STAGES``, or one as a string); None: the model's ``keep_bottom_up``. Threads
+                sharing the model each pass their own.
 
         Returns:
             ``{"p2": (B, 256, H/4, W/4), ..., "p6": (B, 256, ceil(H/64), ceil(W/64))}``, after
             the bottom-up outputs named in ``keep_bottom_up`` (``"res4": (B, 1024, H/16, W/16)``).
+
+        Raises:
+            ValueError: ``x`` of another shape; a name in ``keep_bottom_up`` that is no stage
+                (``check_stages``).
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
@@ -113,8 +144,9 @@ class FPN(nn.Module):
                 f"{tuple(x.shape[-2:])}; pad the input (fpncli.api.model_input or "
                 "fpncli.io.preprocess.prepare does)"
             )
-        if keep_bottom_up is None:
-            keep_bottom_up = self.keep_bottom_up
+        keep_bottom_up = check_stages(
+            self.keep_bottom_up if keep_bottom_up is None else keep_bottom_up
+        )
         bottom_up = self.bottom_up(x, with_stem="stem" in keep_bottom_up)
         results = []
         prev = None
