@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import os
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -29,7 +30,7 @@ from .io.canvas import check_canvas, parse_canvas
 from .io.image_load import LoadedImage, convert_pillow_image, load_image
 from .io.option_names import API_NAMES
 from .io.pillow_open import DEFAULT_MAX_PIXELS, check_max_pixels
-from .io.preprocess import Prepared, resize_for_model
+from .io.preprocess import Prepared, check_sizes, resize_for_model
 from .model.cpu_kernels import available as cpu_kernel_support
 from .model.cpu_kernels import use_cpu_kernels
 from .model.fpn import FPN, check_stages
@@ -79,20 +80,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` (a name or a
     ``torch.device``) checked against this machine: any other device is a ValueError, a value
     that is neither a TypeError."""
-    if isinstance(device, torch.device):
-        dev, device = device, str(device)  # named in the messages as a str would be
-    elif not isinstance(device, str):
-        raise TypeError(
-            f"device must be a str or a torch.device (auto, cpu, cuda or cuda:N), got "
-            f"{type(device).__name__}"
-        )
-    elif device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError:
-            raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    dev = _parse_device(device)
+    if device == "auto":
+        return dev
+    device = device if isinstance(device, str) else str(device)  # named as a str would be
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
@@ -101,6 +92,29 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
     return dev
+
+
+def _parse_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, ``auto`` resolved as ``resolve_device`` does, without
+    checking that this machine has it.
+
+    Raises:
+        TypeError: neither a str nor a ``torch.device``.
+        ValueError: a name torch knows no device by.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(
+            f"device must be a str or a torch.device (auto, cpu, cuda or cuda:N), got "
+            f"{type(device).__name__}"
+        )
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,10 +130,11 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def check_precision(precision: str, device: str | torch.device) -> None:
-    """Refuse precisions that would be wrong or very slow on ``device``, saying why."""
+    """Refuse precisions that would be wrong or very slow on ``device`` (a name, ``auto`` too,
+    or a ``torch.device``), saying why."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    device = torch.device(device)
+    device = _parse_device(device)
     if device.type == "cpu" and precision == "fp16":
         other = "fp32 (or bf16, fast on this CPU)" if _cpu_has_fast_bf16() else "fp32"
         raise ValueError(f"fp16 on the CPU is slower than fp32: use {other}")
@@ -149,13 +164,13 @@ def fp32_strict():
 
 
 def autocast_context(device: str | torch.device, precision: str):
-    """Autocast for fp16/bf16; for fp32, autocast off and on CUDA TF32 off too (inside the
-    context only), so fp32 is true fp32 as Detectron2's parity needs, also inside a caller's
-    ``torch.autocast`` (which is in force again after it). An unknown precision raises
-    ValueError."""
+    """Autocast on ``device`` (a name, ``auto`` too, or a ``torch.device``) for fp16/bf16; for
+    fp32, autocast off and on CUDA TF32 off too (inside the context only), so fp32 is true fp32
+    as Detectron2's parity needs, also inside a caller's ``torch.autocast`` (which is in force
+    again after it). An unknown precision raises ValueError."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    device = torch.device(device)
+    device = _parse_device(device)
     if precision == "fp32":
         return _true_fp32(device)
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
@@ -194,7 +209,8 @@ def load_backbone(
             the 1x1 ones as one GEMM each (``model/cpu_kernels.py``: about 1.25x faster in
             float32, same error against float64); None: where NNPACK works and the model is
             NCHW, folded and on the CPU.
-        seed: the seed for ``weights="random"``.
+        seed: the seed for ``weights="random"``, a whole number from 0 to 2**32 - 1 (else a
+            TypeError or ValueError naming it).
         download: allow downloading a missing registry checkpoint.
         download_progress: what shows a download's progress (``weights.hub.download``'s
             ``progress``): by default INFO lines of the ``fpncli`` logger
@@ -206,6 +222,7 @@ def load_backbone(
     # before anything is read or downloaded; "auto" is no torch device, "cuda:N" is checked
     # against the GPUs
     device = resolve_device(device)
+    seed = _check_seed(seed)
     if weights == "random":
         arch, input_format = {"depth": 50, "stride_in_1x1": True}, DETECTRON2_INPUT
         model = new_backbone(arch)
@@ -257,6 +274,27 @@ def load_backbone(
     return model
 
 
+def _check_seed(seed: int) -> int:
+    """``seed`` checked: a whole number (a numpy integer too) that numpy takes, as an ``int``
+    (numpy's own errors name no argument: "Cannot cast scalar from dtype('<U1')")."""
+    if isinstance(seed, bool) or not hasattr(type(seed), "__index__"):
+        raise TypeError(f"seed must be a whole number, got {type(seed).__name__}")
+    seed = operator.index(seed)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be between 0 and 2**32 - 1, got {seed}")
+    return seed
+
+
+def _check_model(model: object) -> None:
+    """Refuse what is no model (a weights name where the model goes: ``"random"``)."""
+    if not isinstance(model, torch.nn.Module):
+        load = (f": load it first, model = fpncli.load_backbone({str(model)!r})"
+                if isinstance(model, (str, os.PathLike)) else "")  # fmt: skip
+        raise TypeError(
+            f"model must be a backbone from fpncli.load_backbone, got {type(model).__name__}{load}"
+        )
+
+
 def _cached_file_error(error: ValueError, path: Path, name: str) -> ValueError:
     """A cached registry file that does not load, as one line that names the file (a strict
     load's message does not) and says what replaces it; of ``error``'s type."""
@@ -290,6 +328,7 @@ def run_backbone(
             the model's own dtype (a converted model takes both); a name in ``keep_bottom_up``
             that is no stage.
     """
+    _check_model(model)
     if keep_bottom_up is not None:  # before anything runs
         keep_bottom_up = check_stages(keep_bottom_up)
     param = next(model.parameters())
@@ -381,11 +420,16 @@ def extract(
         ValueError: ``precision`` fp16 on a CPU, or bf16 on a CPU without AVX512-BF16/AMX (the
             same check, and message, as ``fpncli extract --precision``); an image that cannot be
             read, is not ``(H, W, 3)`` uint8 RGB or is over ``max_pixels``; ``max_pixels`` under
-            1.
-        TypeError: ``image`` is none of the types above; ``max_pixels`` is neither a whole
-            number nor None.
+            1; not ``0 < min_size <= max_size``.
+        TypeError: ``image`` is none of the types above; ``model`` is no model (a weights name:
+            load it with ``load_backbone`` first); ``max_pixels`` is neither a whole number nor
+            None; ``min_size`` or ``max_size`` is not a whole number.
     """
-    max_pixels = check_max_pixels(max_pixels, API_NAMES)  # before any image is read
+    # before any image is read
+    _check_model(model)
+    max_pixels = check_max_pixels(max_pixels, API_NAMES)
+    if resize:
+        min_size, max_size = check_sizes(min_size, max_size, API_NAMES)
     if isinstance(image, (str, os.PathLike)):  # "~/x.png" is the user's, as for the weights
         image = load_image(Path(image).expanduser(), max_pixels=max_pixels, names=API_NAMES)
     elif isinstance(image, np.ndarray):

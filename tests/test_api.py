@@ -245,6 +245,50 @@ def test_keep_bottom_up_names_stages_exactly():
         run_backbone(model, batch, keep_bottom_up=4)
 
 
+def test_arguments_of_the_wrong_kind_are_refused_naming_them():
+    """``check_precision("fp32", "auto")`` raised torch's RuntimeError, though "auto" is the
+    API's own device name; a weights name where the model goes (``extract_features(img,
+    "random")``) raised AttributeError ('str' object has no attribute 'parameters'); a
+    ``min_size`` of "64" or None a TypeError from a comparison; ``seed="1"`` numpy's cast error.
+    Each is a ValueError or TypeError naming the argument, before anything is read or run."""
+    check_precision("fp32", "auto")
+    with autocast_context("auto", "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="^unknown device 'gpu': use auto, cpu, cuda or cuda:N$"):
+        check_precision("fp32", "gpu")
+    with pytest.raises(TypeError, match=r"^device must be a str or a torch.device \(auto, cpu, "
+                                        r"cuda or cuda:N\), got NoneType$"):  # fmt: skip
+        autocast_context(None, "fp32")
+    model = fpncli.load_backbone("random")
+    rgb = np.zeros((40, 48, 3), np.uint8)
+    said = "^model must be a backbone from fpncli.load_backbone, got "
+    with pytest.raises(TypeError, match=re.escape("got str: load it first, model = "
+                                                  "fpncli.load_backbone('random')")):  # fmt: skip
+        fpncli.extract_features(rgb, "random")
+    with pytest.raises(TypeError, match=f"{said}NoneType$"):
+        fpncli.extract(rgb, None)
+    with pytest.raises(TypeError, match=f"{said}str: "):
+        run_backbone("random", model_input(rgb, DETECTRON2_INPUT, "cpu"))
+    sizes = {"min_size": 64, "max_size": 96}
+    for wrong, kind in [({"min_size": "64"}, "str"), ({"min_size": None}, "NoneType"),
+                        ({"max_size": 96.0}, "float"), ({"min_size": True}, "bool")]:  # fmt: skip
+        (name,) = wrong
+        with pytest.raises(
+            TypeError, match=f"^{name} must be a whole number of pixels, got {kind}$"
+        ):
+            fpncli.extract(rgb, model, **{**sizes, **wrong})
+    assert fpncli.extract(rgb, model, min_size=np.int64(64), max_size=96).prepared.scale == 1.6
+    with pytest.raises(ValueError, match="^need 0 < min_size <= max_size, got 64 and 32$"):
+        fpncli.extract(rgb, model, min_size=64, max_size=32)
+    for seed, kind, message in [
+        ("1", TypeError, "seed must be a whole number, got str"),
+        (None, TypeError, "seed must be a whole number, got NoneType"),
+        (-1, ValueError, "seed must be between 0 and 2**32 - 1, got -1"),
+    ]:
+        with pytest.raises(kind, match=f"^{re.escape(message)}$"):
+            fpncli.load_backbone("random", seed=seed)
+
+
 def test_fp32_is_fp32_inside_a_callers_autocast():
     """A notebook's enclosing ``torch.autocast`` ran ``precision="fp32"`` in bf16 (features off
     by 1% of their range), and a model the user converted (``.double()``) in bf16 too; the

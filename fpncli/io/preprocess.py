@@ -15,6 +15,7 @@ step 3 (``resize_for_model``) and does 2 and 4 in torch on the model's device.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
     "rgb_to_bgr",
     "to_color_order",
     "resized_shape",
+    "check_sizes",
     "check_resized_size",
     "resize_shortest_edge",
     "normalize_and_pad",
@@ -155,6 +157,24 @@ class Prepared:
             self.padded_height, self.padded_width = (int(n) for n in self.tensor.shape[1:])
 
 
+def check_sizes(min_size: int, max_size: int, names: OptionNames = CLI_NAMES) -> tuple[int, int]:
+    """The resize's ``min_size`` and ``max_size`` checked, as ``int``: whole numbers (a numpy
+    integer too) with ``0 < min_size <= max_size``; the messages name them as ``names`` says.
+
+    Raises:
+        TypeError: either is not a whole number (a str, a float, None, a bool).
+        ValueError: ``min_size`` is 0 or less, or over ``max_size``.
+    """
+    sizes = []
+    for name, value in ((names.min_size, min_size), (names.max_size, max_size)):
+        if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+            raise TypeError(f"{name} must be a whole number of pixels, got {type(value).__name__}")
+        sizes.append(operator.index(value))
+    if sizes[0] <= 0 or sizes[1] < sizes[0]:
+        raise ValueError(f"need 0 < min_size <= max_size, got {sizes[0]} and {sizes[1]}")
+    return sizes[0], sizes[1]
+
+
 def resize_for_model(
     rgb: np.ndarray | Image.Image,
     input_format: InputFormat,
@@ -189,8 +209,8 @@ def resize_for_model(
             raise ValueError(f"expected a Pillow RGB image, got mode {rgb.mode}")
     elif rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.dtype} {rgb.shape}")
-    if resize and (min_size <= 0 or max_size < min_size):
-        raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
+    if resize:
+        min_size, max_size = check_sizes(min_size, max_size, names)
     height, width = _height_width(rgb)
     if height == 0 or width == 0:  # no shortest edge to scale (a division by zero)
         raise ValueError(f"expected an image with pixels, got an empty {width}x{height} one")
