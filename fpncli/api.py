@@ -409,7 +409,8 @@ def extract(
     ``np.ndarray`` must be ``(H, W, 3)`` uint8 **RGB** (as from Pillow; flip OpenCV's BGR). A
     Pillow image of any mode is made 8-bit RGB as ``load_image`` does, but taken as it is, as an
     array is: its EXIF orientation is not applied (``ImageOps.exif_transpose`` it first, or pass
-    its path).
+    its path). The ``image.rgb`` that comes back is a copy of an array or a Pillow image given,
+    which the caller may change afterwards.
     ``canvas`` (``"auto"`` or ``"WxH"``, see ``fpncli.io.canvas``) pads the image to that canvas
     instead of its own size rounded up to 32, as Detectron2's batched inference pads it.
     ``max_pixels`` (``fpncli extract --max-pixels``) refuses a file with more pixels before
@@ -433,7 +434,7 @@ def extract(
     if isinstance(image, (str, os.PathLike)):  # "~/x.png" is the user's, as for the weights
         image = load_image(Path(image).expanduser(), max_pixels=max_pixels, names=API_NAMES)
     elif isinstance(image, np.ndarray):
-        image = LoadedImage(np.ascontiguousarray(image))
+        image = LoadedImage(np.array(image, order="C"))  # a copy, as from a Pillow image
     elif isinstance(image, Image.Image):
         image = convert_pillow_image(image)
     elif not isinstance(image, LoadedImage):

@@ -289,6 +289,22 @@ def test_arguments_of_the_wrong_kind_are_refused_naming_them():
             fpncli.load_backbone("random", seed=seed)
 
 
+def test_the_image_extracted_from_an_array_is_a_copy_of_it():
+    """``extract(array, model).image.rgb`` was the caller's own array (a Pillow image's is a
+    copy): filling it for the next frame changed the image of an extraction kept. It is a copy,
+    C-contiguous, whatever the array's strides."""
+    model = fpncli.load_backbone("random")
+    rgb = np.random.RandomState(0).randint(0, 255, (40, 48, 3), np.uint8)
+    for given in (rgb, rgb[:, ::-1]):
+        kept = given.copy()
+        extraction = fpncli.extract(given, model, min_size=64, max_size=96)
+        assert not np.shares_memory(extraction.image.rgb, given)
+        assert extraction.image.rgb.flags.c_contiguous
+        rgb[:] = 0  # the next frame
+        np.testing.assert_array_equal(extraction.image.rgb, kept)
+        rgb[:] = kept if given is rgb else kept[:, ::-1]
+
+
 def test_fp32_is_fp32_inside_a_callers_autocast():
     """A notebook's enclosing ``torch.autocast`` ran ``precision="fp32"`` in bf16 (features off
     by 1% of their range), and a model the user converted (``.double()``) in bf16 too; the
