@@ -7,7 +7,7 @@ and the extraction folders under a root (the run log that says what a run did is
 >>> ex.levels["p2"].shape          # a read-only memory map of p2.npy
 (1, 256, 200, 304)
 >>> ex.valid("p2").shape           # without the padded cells
-(1, 256, 200, 300)
+(1, 256, 200, 301)
 
 Numpy and Pillow only (no torch), so it is cheap to call from a notebook, a report or a diff.
 The ``.npy`` files are read safely by ``io.npy``.
