@@ -319,16 +319,14 @@ def draw_receptive_fields(
     ``progress`` is told (one line) before the slow part, the forward and backward passes;
     ``download_progress`` is ``load_backbone``'s, for the weights."""
     from ..api import load_backbone, resolve_device
-    from ..io.atomic import atomic_write_bytes, folder_not_writable, not_writable
+    from ..io.atomic import folder_not_writable
     from ..io.manifest import MANIFEST, check_manifest, load_manifest
-    from ..io.markers import SHOW_PICTURE_TEXT
     from ..io.messages import quote_name
     from ..io.outputs import check_channel
     from ..model.names import OUTPUT_CHANNELS
     from ..viz.names import picture_suffix
-    from ..viz.png import encode_png
     from ..viz.receptive import receptive_field_image
-    from ..viz.show import SAVE_ELSEWHERE
+    from ..viz.show import SAVE_ELSEWHERE, save_picture
 
     point = _parse_at(at)
     # named as show names its pictures, with the levels and the cell's point (viz.names)
@@ -402,11 +400,5 @@ def draw_receptive_fields(
         note="RANDOM, UNTRAINED WEIGHTS - not a trained network" if model.weights_info.random
         else "",
     )  # fmt: skip
-    try:
-        atomic_write_bytes(out, encode_png(picture, text=SHOW_PICTURE_TEXT))  # (never a photo)
-    except OSError as e:
-        if not not_writable(e):
-            raise
-        raise folder_not_writable(out.parent, f"save {quote_name(out.name)}",
-                                  SAVE_ELSEWHERE) from None  # fmt: skip
+    save_picture(out, picture)
     return out, fields

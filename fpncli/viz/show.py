@@ -36,11 +36,26 @@ from .sources import Source
 from .targets import latest_target, resolve_source
 from .window import open_window
 
-__all__ = ["ShowResult", "show", "level_figure_for", "P6_NOTE", "SAVE_ELSEWHERE"]
+__all__ = ["ShowResult", "show", "level_figure_for", "P6_NOTE", "SAVE_ELSEWHERE", "save_picture"]
 
 log = logging.getLogger(__name__)
 #: what to do where show's picture cannot be written in its folder
 SAVE_ELSEWHERE = "pass --save FILE.png in a folder you can write"
+
+
+def save_picture(out: Path, picture) -> None:
+    """Write one of show's pictures (its own or ``--receptive-field``'s) to ``out``, marked as
+    show's (``SHOW_PICTURE_TEXT``: never read back as a photo); a folder that cannot be written
+    in is one line naming it and what to do."""
+    try:
+        atomic_write_bytes(out, encode_png(picture, text=SHOW_PICTURE_TEXT))
+    except OSError as e:
+        if not not_writable(e):
+            raise
+        raise folder_not_writable(out.parent, f"save {quote_name(out.name)}",
+                                  SAVE_ELSEWHERE) from None  # fmt: skip
+
+
 P6_NOTE = (
     "note: P6 is not a separately learned map: it is a stride-2 subsample of P5 "
     "(LastLevelMaxPool: max_pool2d with kernel 1, stride 2)"
@@ -301,13 +316,7 @@ def show(
             f"cannot save {out}: a folder of that name is there (another image's output "
             "folder?): pass --save FILE.png to write the picture elsewhere"
         )
-    try:
-        atomic_write_bytes(out, encode_png(picture, text=SHOW_PICTURE_TEXT))  # (never a photo)
-    except OSError as e:
-        if not not_writable(e):
-            raise
-        raise folder_not_writable(out.parent, f"save {quote_name(out.name)}",
-                                  SAVE_ELSEWHERE) from None  # fmt: skip
+    save_picture(out, picture)
     result.saved = out
     say(f"saved {quote_name(str(out))}")  # as extract says "wrote": a non-UTF-8 byte as \udcNN
     log.info("show: %s", json.dumps({"target": target, "level": level, "saved": str(out)}))
