@@ -31,6 +31,7 @@ from fpncli.cli import cli
 from fpncli.io import image_writer
 from fpncli.io.manifest import is_complete, read_manifest
 from fpncli.io.outputs import OutputOptions
+from fpncli.model.names import LEVELS
 from fpncli.run import pipeline, plan, runner, steps
 from fpncli.run.pipeline import (
     InsufficientDiskError,
@@ -1788,12 +1789,16 @@ def test_resizing_on_the_device_gives_the_same_outputs(tmp_path, model):
         assert (summary.done, summary.failed) == (5, [])
         outs[on_device] = out
     for p in paths:
-        for name in ("p2.npy", "p6.npy", "p3.png"):
-            a, b = outs[False] / p.stem / name, outs[True] / p.stem / name
-            if name.endswith(".npy"):
-                np.testing.assert_array_equal(np.load(a), np.load(b))
-            else:
-                assert a.read_bytes() == b.read_bytes()
+        for level in LEVELS:  # every level's array, then its heatmap (the arrays say why not)
+            a, b = outs[False] / p.stem / f"{level}.npy", outs[True] / p.stem / f"{level}.npy"
+            np.testing.assert_array_equal(np.load(a), np.load(b), err_msg=f"{p.name} {level}")
+        for level in LEVELS:
+            a, b = outs[False] / p.stem / f"{level}.png", outs[True] / p.stem / f"{level}.png"
+            if a.read_bytes() != b.read_bytes():
+                pa, pb = np.asarray(Image.open(a)), np.asarray(Image.open(b))
+                where = np.argwhere(pa != pb)
+                raise AssertionError(f"{p.name} {level}.png: {len(where)} pixels differ, the "
+                                     f"first at {where[:3].tolist()}")  # fmt: skip
 
 
 @pytest.mark.parametrize("when", ["after decoding", "while decoding"])
