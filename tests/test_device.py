@@ -528,11 +528,23 @@ def raw():  # every setting as stored ("none" inherits: a later global change mu
     levels = (b, b.cuda.matmul, b.cudnn, b.cudnn.conv, b.cudnn.rnn, b.mkldnn, b.mkldnn.matmul,
               b.mkldnn.conv, b.mkldnn.rnn)
     return [level.fp32_precision for level in levels]
+def legacy():  # what torch's own code reads (inductor: get_float32_matmul_precision); a mixed
+    out = []  # state of the two APIs makes these raise
+    for read in (torch.get_float32_matmul_precision, lambda: b.cudnn.allow_tf32,
+                 lambda: b.cuda.matmul.allow_tf32):
+        try:
+            out.append(read())
+        except RuntimeError:
+            out.append("raised")
+    return out
 exec(sys.argv[1])  # how the user set TF32
-before, before_raw = state(), raw()
+before, before_raw, before_legacy = state(), raw(), legacy()
 with autocast_context(torch.device("cuda"), "fp32"):
     inside = state()
-print(json.dumps({"inside": inside, "restored": state() == before, "raw": raw() == before_raw}))
+    mkldnn = effective(b.mkldnn.matmul, b.mkldnn, b), effective(b.mkldnn.conv, b.mkldnn, b)
+    read = legacy()
+print(json.dumps({"inside": inside, "restored": state() == before, "raw": raw() == before_raw,
+                  "mkldnn": mkldnn, "legacy": read, "legacy after": legacy() == before_legacy}))
 """
 
 
@@ -543,13 +555,17 @@ print(json.dumps({"inside": inside, "restored": state() == before, "raw": raw() 
         "b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = True",
         "b.fp32_precision = 'tf32'",
         "b.cuda.matmul.fp32_precision = 'tf32'",
+        "torch.set_float32_matmul_precision('high')",
     ],
-    ids=["default", "legacy", "new-api", "new-api-matmul"],
+    ids=["default", "legacy", "new-api", "new-api-matmul", "matmul-precision-high"],
 )
 def test_fp32_context_with_either_tf32_api(user):
     """torch >= 2.9 raises when the legacy allow_tf32 flags are read after a user set TF32 with
     the fp32_precision settings: the context must work, turn TF32 off and restore, whichever
-    API the user used (each case in a fresh process: these settings are global)."""
+    API the user used (each case in a fresh process: these settings are global). Inside, no
+    setting is left at TF32 (oneDNN's neither) and the legacy readers work: after
+    ``set_float32_matmul_precision('high')`` oneDNN's matmul had stayed at TF32, and
+    ``get_float32_matmul_precision()``, which inductor calls, raised."""
     if not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
         pytest.skip("torch < 2.9: no fp32_precision settings")
     root = str(Path(fpncli.__file__).resolve().parent.parent)
@@ -557,7 +573,14 @@ def test_fp32_context_with_either_tf32_api(user):
     done = subprocess.run([sys.executable, "-c", _TF32_CHECK, user], capture_output=True,
                           text=True, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout) == {"inside": ["ieee", "ieee"], "restored": True, "raw": True}
+    assert json.loads(done.stdout) == {
+        "inside": ["ieee", "ieee"],
+        "restored": True,
+        "raw": True,
+        "mkldnn": ["ieee", "ieee"],
+        "legacy": ["highest", False, False],
+        "legacy after": True,
+    }
 
 
 def test_byte_budget_blocks_until_writers_release():
