@@ -58,6 +58,15 @@ def test_bf16_peak_by_card_name():
     assert bf16_peak_tflops("NVIDIA H200") == 989.4
     assert bf16_peak_tflops("NVIDIA H200 NVL") == 835.0
     assert bf16_peak_tflops("Some Future GPU") is None
+    # whole words: not the A100's peak for an RTX A1000, not B200's for a GB200; a laptop's 4090
+    # is not the desktop card
+    assert bf16_peak_tflops("NVIDIA RTX A1000 6GB Laptop GPU") is None
+    assert bf16_peak_tflops("NVIDIA RTX A1000") is None
+    assert bf16_peak_tflops("NVIDIA GB200") is None
+    assert bf16_peak_tflops("NVIDIA GeForce RTX 4090 Laptop GPU") is None
+    assert bf16_peak_tflops("NVIDIA GeForce RTX 4090") == 165.2
+    assert bf16_peak_tflops("NVIDIA L40S") == 362.1 and bf16_peak_tflops("NVIDIA L4") == 121.0
+    assert bf16_peak_tflops("NVIDIA GH200 480GB") == 989.4
 
 
 def test_gpu_check_script_parses_and_sets_no_bash_special_variable():

@@ -6,6 +6,7 @@ card name).
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 
@@ -40,8 +41,17 @@ def _sync(device: torch.device) -> None:
 
 
 def bf16_peak_tflops(name: str) -> float | None:
-    """The dense bf16 peak of a card from its name (``torch.cuda.get_device_name``)."""
-    return next((v for k, v in BF16_PEAK_TFLOPS if k in name), None)
+    """The dense bf16 peak of a card from its name (``torch.cuda.get_device_name``): a model
+    named by whole words (``A100-SXM4-80GB`` is an A100, an ``RTX A1000`` or a ``GB200`` is
+    none of these); None for a laptop's card, whose peak is not the desktop card's."""
+    words = re.split(r"[\s\-_]+", name.upper())
+    if "LAPTOP" in words:
+        return None
+    for model, peak in BF16_PEAK_TFLOPS:
+        key = model.upper().split()
+        if any(words[i : i + len(key)] == key for i in range(len(words))):
+            return peak
+    return None
 
 
 def _fraction_of_peak(device: torch.device, height: int, width: int, ips: float) -> float | None:
