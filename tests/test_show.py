@@ -820,6 +820,48 @@ def test_latest_gone_falls_back_to_the_newest_that_still_exists(folder, tmp_path
     assert any(f"{newer.resolve()} is gone" in m for m in result.messages)
 
 
+def test_no_target_options_name_the_latest_extraction_that_is_gone(folder, tmp_path, monkeypatch):
+    """``show --key K`` after the latest extraction was deleted said "--key needs TARGET", and
+    ``show --weights random`` "--weights is an option of an image TARGET (an extraction's saved
+    maps are read ...)": neither said that the latest was gone, which may have been the wds
+    output --key was meant for. Both now name it (exit 1, as ``show`` alone); where an older
+    image's folder is left, --key's refusal names the one that is gone and the one left."""
+    import shutil
+
+    from fpncli.io.latest import record_latest
+
+    monkeypatch.setenv("FPNCLI_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    newer = _copy_extraction(folder, "newer")
+    record_latest(newer)
+    shutil.rmtree(newer)
+    gone = (f"Error: the latest extraction {newer.resolve()} is gone or incomplete, and no "
+            "earlier extraction is recorded: name a TARGET")  # fmt: skip
+    for args in (
+        ["--key", "k"],
+        ["--key", "k", "--level", "p3"],
+        ["--key", "k", "--device", "cpu"],
+    ):
+        result = CliRunner().invoke(cli, ["show", *args])
+        assert result.exit_code == 1 and result.output.splitlines() == [
+            f"{gone}; with --key, TARGET is the output folder (or URL) of a --format wds run"
+        ], (args, result.output)
+    for option in (["--weights", "random"], ["--device", "cpu"], ["--max-pixels", "9"]):
+        result = CliRunner().invoke(cli, ["show", *option])
+        assert result.exit_code == 1 and result.output.splitlines() == [gone], result.output
+    record_latest(folder)
+    newer = _copy_extraction(folder, "newer")
+    record_latest(newer)
+    shutil.rmtree(newer)
+    result = CliRunner().invoke(cli, ["show", "--key", "k"])
+    assert result.exit_code == 2 and result.output.splitlines() == [
+        "Error: --key needs TARGET: the output folder (or URL) of a --format wds run (the latest "
+        f"extraction {newer.resolve()} is gone; the newest one left, {folder.resolve()}, is an "
+        "image's folder) (see 'cli show --help')"
+    ], result.output
+    assert not list(tmp_path.glob("fpn_show_*.png")) and not list(folder.glob("show_*.png"))
+
+
 def test_bench_scratch_runs_do_not_become_the_latest(folder, tmp_path, monkeypatch):
     from fpncli.api import load_backbone
     from fpncli.io.latest import latest_extraction, record_latest

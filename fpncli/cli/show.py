@@ -106,7 +106,8 @@ _NETWORK_OPTIONS = ("weights", "device", "max_pixels")
 
 def _reads_nothing(target: str | None, key: str | None) -> bool:
     """Whether TARGET, a folder or .npy, holds no saved maps (a folder of photos, a name that is
-    not there), or ``--key`` names no image of a wds output (no TARGET where the latest
+    not there), no TARGET finds no latest extraction (none recorded, all gone, a damaged
+    record), or ``--key`` names no image of a wds output (no TARGET where the latest
     extraction is no wds output, one that is not a wds output, or a local one whose index has
     no such image or cannot be read): refusing --weights there because "saved maps are read"
     would mislead, and the user would learn the real problem only on the next try. A URL's
@@ -120,7 +121,13 @@ def _reads_nothing(target: str | None, key: str | None) -> bool:
         if target is None or not is_sharded(target):
             return True
         return "://" not in target and not _holds_key(target, key)
-    if target is None:  # the latest
+    if target is None:  # the latest, if one is found (else resolve_source says why)
+        from ..viz.targets import latest
+
+        try:
+            latest()
+        except (FileNotFoundError, ValueError):  # (a damaged record too)
+            return True
         return False
     from ..viz.targets import holds_no_maps
 

@@ -67,22 +67,36 @@ def latest_target(key: str | None = None) -> tuple[str, list[str]]:
     an image's folder, or the output of a ``--format wds`` run, a folder or URL, whose image
     ``key`` names, as for that TARGET. Without ``key`` such an output is a ValueError, one line
     naming it and how to pick an image; a ``key`` when the latest is an image's folder (or
-    none is recorded), an ``OptionError``: --key needs TARGET."""
+    none is recorded), an ``OptionError``: --key needs TARGET. A latest that is gone is named
+    with ``key`` too (it may have been the wds output ``key`` was meant for): a
+    FileNotFoundError where no extraction is left, as without ``key``."""
     from ..io.catalog import is_sharded
+    from ..io.latest import recent_extractions
 
     try:
         folder, notes = latest()
-    except (FileNotFoundError, ValueError):  # none recorded (or a damaged record)
+    except (FileNotFoundError, ValueError) as e:  # none recorded, all gone, a damaged record
         if key is None:
             raise
-        folder = None  # --key: needs TARGET, as before any latest was read
+        if isinstance(e, FileNotFoundError) and recent_extractions():  # recorded, but gone
+            raise FileNotFoundError(f"{e}; with --key, TARGET is {_KEY_TARGET}") from None
+        folder, notes = None, []  # --key: needs TARGET, as before any latest was read
     if folder is not None and is_sharded(folder):
         if key is None:
             raise ValueError(f"the latest extraction {wds_output(str(folder))}")
         return str(folder), notes
     if key is not None:  # (the latest is no wds output, or there is none)
-        raise OptionError("--key needs TARGET: the output folder (or URL) of a --format wds run")
+        gone = ""
+        if notes:  # the latest is gone: the one left is an image's folder, not the wds output
+            gone = (f" (the latest extraction {quote_name(str(recent_extractions()[0]))} is "
+                    f"gone; the newest one left, {quote_name(str(folder))}, is an image's "
+                    "folder)")  # fmt: skip
+        raise OptionError(f"--key needs TARGET: {_KEY_TARGET}{gone}")
     return str(folder), notes
+
+
+#: what ``--key`` takes as TARGET
+_KEY_TARGET = "the output folder (or URL) of a --format wds run"
 
 
 def resolve_source(target: str | None, levels: list[str], weights: str, device: str,
