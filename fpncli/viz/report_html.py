@@ -232,6 +232,13 @@ def _finite(value: float, spec: str = "{:.4g}") -> str:
     return spec.format(value) if math.isfinite(value) else _NO_VALUE
 
 
+def _no_tensor_counts(no_tensor: dict[str, int] | None) -> str:
+    """``p2 3, p4 1``: each level's images with the level but no tensor (``--no-npy``), in
+    level order, escaped; ``""`` where there are none."""
+    missing = {n: k for n, k in (no_tensor or {}).items() if k}
+    return ", ".join(f"{html.escape(n)} {missing[n]}" for n in order(missing))
+
+
 def stats_html(stats: dict[str, LevelStats], no_tensor: dict[str, int] | None = None) -> str:
     """The levels' statistics over the images whose tensor (``.npy``) was read; ``no_tensor``:
     level -> images whose manifest lists the level without one (``--no-npy``), said below."""
@@ -254,9 +261,7 @@ def stats_html(stats: dict[str, LevelStats], no_tensor: dict[str, int] | None = 
     )
     if dashed:
         note += f" {_NO_VALUE}: no finite value (every value NaN or infinite)."
-    missing = {n: k for n, k in (no_tensor or {}).items() if k}
-    if missing:
-        counts = ", ".join(f"{html.escape(n)} {missing[n]}" for n in order(missing))
+    if counts := _no_tensor_counts(no_tensor):
         note += (
             " Not counted: images whose manifest has the level but no tensor file (e.g. "
             f"extracted with --no-npy): {counts}."
@@ -277,9 +282,7 @@ def scale_note_html(scale: str, ranges: dict | None,
     items = ", ".join(f"{html.escape(n)} {_fmt(lo)}..{_fmt(hi)}" for n, (lo, hi) in
                       ((n, ranges[n]) for n in order(ranges)))  # fmt: skip
     note = f"<p>Colour scale: <b>{html.escape(scale)}</b> (from the manifests): {items}."
-    missing = {n: k for n, k in (no_tensor or {}).items() if k}
-    if missing:
-        counts = ", ".join(f"{html.escape(n)} {missing[n]}" for n in order(missing))
+    if counts := _no_tensor_counts(no_tensor):
         note += (
             " Only the thumbnails drawn from tensors follow it: the cells marked no tensor "
             f"(images extracted with --no-npy: {counts}) show the heatmap as it was drawn, on "
