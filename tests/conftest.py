@@ -75,6 +75,41 @@ def _random_backbone_loaded_once(monkeypatch):
     monkeypatch.setattr(api, "load_backbone", loaded_once)
 
 
+_HISTOGRAMS: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _histograms_drawn_once(monkeypatch):
+    """``report`` draws its histograms with matplotlib, a second a call on two cores (most of
+    the time of a report of a few images; a fifth of the time of the report, CLI and checkpoint
+    test files): each set of histograms is drawn once per session by the real ``_histogram_png``
+    and a later report of the same values writes the same PNG bytes. The key is everything the
+    picture is drawn from: the levels in their order, each one's image count, counts and
+    edges. Tests that replace ``_histogram_png`` replace this too."""
+    import hashlib
+
+    from fpncli.viz import report
+
+    real = report._histogram_png
+
+    def drawn_once(stats, path):
+        key = hashlib.sha256()
+        for name in report.order(stats):
+            key.update(repr((name, stats[name].images)).encode())
+            for array in stats[name].histogram():
+                key.update(repr((array.dtype.str, array.shape)).encode() + array.tobytes())
+        key = key.hexdigest()
+        if key not in _HISTOGRAMS:
+            real(stats, path)
+            if len(_HISTOGRAMS) == 64:  # tens of KB each
+                del _HISTOGRAMS[next(iter(_HISTOGRAMS))]
+            _HISTOGRAMS[key] = path.read_bytes()
+        else:
+            path.write_bytes(_HISTOGRAMS[key])
+
+    monkeypatch.setattr(report, "_histogram_png", drawn_once)
+
+
 @pytest.fixture(autouse=True)
 def _photos_shown_small(request, monkeypatch):
     """``fpncli show PHOTO`` (and its ``--receptive-field``) extracts the photo at Detectron2's
