@@ -51,6 +51,29 @@ def _tar_members(out: Path) -> dict[str, dict[str, bytes]]:
     return shards
 
 
+def _one_image_shards(tmp_path_factory, *options: str) -> Path:
+    base = tmp_path_factory.mktemp("one-image-shards")
+    out = base / "out"
+    result = _run([str(_images(base / "in", 1)), "-o", str(out), "--format", "wds", *options])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_image_shards(tmp_path_factory):
+    """``_images(IN, 1)`` (the image ``sub/img%2E0``) extracted once to a tar shard with the
+    default outputs, as ``OUT`` (its inputs in ``OUT/../in``): for tests that read it or damage
+    a copy of it, each of which extracted it anew before. Tests must not modify it."""
+    return _one_image_shards(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def one_bare_record(tmp_path_factory):
+    """As ``one_image_shards``, without heatmaps and overview: a record of ``.npy`` members and
+    its manifest alone. Tests must not modify it."""
+    return _one_image_shards(tmp_path_factory, "--no-heatmaps", "--no-overview")
+
+
 def test_wds_shards_and_index_match_folder_mode(tmp_path):
     inputs = _images(tmp_path / "in", 4, bad=True)
     files, wds = tmp_path / "files", tmp_path / "wds"
@@ -234,14 +257,12 @@ def test_wds_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
     assert "pip install 'fpncli[wds]'" in result.output and "Traceback" not in result.output
 
 
-def _show_forged_record(tmp_path, monkeypatch, suffix: str, forge) -> str:
-    """Extract one image to a shard, rewrite the shard with its ``suffix`` member replaced by
-    ``forge(bytes)``, and return what ``show --key`` prints (it must fail in one line)."""
-    inputs = _images(tmp_path / "in", 1)
+def _show_forged_record(bare_record, tmp_path, monkeypatch, suffix: str, forge) -> str:
+    """Copy one image's shard (``one_bare_record``) to ``tmp_path/out``, rewrite the shard with
+    its ``suffix`` member replaced by ``forge(bytes)``, and return what ``show --key`` prints
+    (it must fail in one line)."""
     out = tmp_path / "out"
-    result = _run([str(inputs), "-o", str(out), "--format", "wds", "--no-heatmaps",
-                   "--no-overview"])  # fmt: skip
-    assert result.exit_code == 0, result.output
+    shutil.copytree(bare_record, out)
     ((shard_name, members),) = _tar_members(out).items()
     with tarfile.open(out / shard_name, "w") as tar:  # the same members, one forged
         for name, data in members.items():
@@ -257,7 +278,8 @@ def _show_forged_record(tmp_path, monkeypatch, suffix: str, forge) -> str:
     return shown.output.replace(f"{key}.json in {out}/{shard_name}", "RECORD")
 
 
-def test_show_key_refuses_a_forged_npy_member_before_allocating(tmp_path, monkeypatch):
+def test_show_key_refuses_a_forged_npy_member_before_allocating(one_bare_record, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
     """A shard member whose header declares far more than it holds is one error line, not a
     huge allocation or a traceback."""
     forged = io.BytesIO()
@@ -265,13 +287,16 @@ def test_show_key_refuses_a_forged_npy_member_before_allocating(tmp_path, monkey
         forged, {"descr": "<f4", "fortran_order": False, "shape": (1, 256, 100000, 100000)}
     )
     forged.write(b"\0" * 64)
-    output = _show_forged_record(tmp_path, monkeypatch, ".p3.npy", lambda _: forged.getvalue())
+    output = _show_forged_record(
+        one_bare_record, tmp_path, monkeypatch, ".p3.npy", lambda _: forged.getvalue()
+    )
     assert "truncated or forged" in output
 
 
 @pytest.mark.parametrize("edit", [lambda m: m.pop("preprocess"),
                                   lambda m: m["preprocess"].update(scale_x=None)])  # fmt: skip
-def test_show_key_names_a_malformed_record_manifest_in_one_line(tmp_path, monkeypatch, edit):
+def test_show_key_names_a_malformed_record_manifest_in_one_line(one_bare_record, tmp_path,
+                                                                 monkeypatch, edit):  # fmt: skip
     """A record whose manifest lacks its preprocessing (or has a null scale) is one line naming
     the record, as for a folder (a KeyError's bare "'preprocess'" or a TypeError's traceback
     before)."""
@@ -281,11 +306,14 @@ def test_show_key_names_a_malformed_record_manifest_in_one_line(tmp_path, monkey
         edit(manifest)
         return json.dumps(manifest).encode()
 
-    assert "RECORD is malformed" in _show_forged_record(tmp_path, monkeypatch, ".json", forge)
+    assert "RECORD is malformed" in _show_forged_record(
+        one_bare_record, tmp_path, monkeypatch, ".json", forge
+    )
 
 
 @pytest.mark.parametrize("name", ["zz.npy", "../c.p3.npy"])
-def test_show_key_names_a_member_the_record_lacks_in_one_line(tmp_path, monkeypatch, name):
+def test_show_key_names_a_member_the_record_lacks_in_one_line(one_bare_record, tmp_path,
+                                                               monkeypatch, name):  # fmt: skip
     """A record whose manifest names a .npy the shard does not hold was "Error: 'zz.npy'" (a
     KeyError's text); report and diff already said the level's .npy is missing."""
 
@@ -294,7 +322,7 @@ def test_show_key_names_a_member_the_record_lacks_in_one_line(tmp_path, monkeypa
         manifest["levels"]["p3"]["file"] = name
         return json.dumps(manifest).encode()
 
-    output = _show_forged_record(tmp_path, monkeypatch, ".json", forge)
+    output = _show_forged_record(one_bare_record, tmp_path, monkeypatch, ".json", forge)
     assert f".{name} is missing: the record names a member the shard does not hold" in output
 
 
@@ -381,12 +409,8 @@ def test_a_local_shard_leaves_the_page_cache_as_it_is_written(tmp_path, monkeypa
     )
 
 
-def test_show_on_a_wds_folder_without_key_says_to_pass_one(tmp_path):
-    out = tmp_path / "out"
-    result = _run([str(_images(tmp_path / "in", 1)), "-o", str(out), "--format", "wds",
-                   "--no-heatmaps", "--no-overview"])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    shown = CliRunner().invoke(cli, ["show", str(out), "--level", "p3"])
+def test_show_on_a_wds_folder_without_key_says_to_pass_one(one_bare_record):
+    shown = CliRunner().invoke(cli, ["show", str(one_bare_record), "--level", "p3"])
     assert shown.exit_code == 1 and "is a --format wds output: name an image in it with --key" in (
         shown.output
     )
@@ -600,14 +624,13 @@ def test_images_of_uncommitted_shards_are_said_left_to_a_rerun(tmp_path, monkeyp
     ), again.output
 
 
-def test_a_garbage_index_part_is_named_in_one_line(tmp_path):
+def test_a_garbage_index_part_is_named_in_one_line(one_image_shards, tmp_path):
     out = tmp_path / "out"
-    assert (
-        _run([str(_images(tmp_path / "in", 1)), "-o", str(out), "--format", "wds"]).exit_code == 0
-    )
+    shutil.copytree(one_image_shards, out)
     (part,) = out.glob("_index/part-*.parquet")
     part.write_bytes(b"not parquet at all")
-    for args in (["extract", str(tmp_path / "in"), "-o", str(out), "--format", "wds", *SMALL],
+    inputs = one_image_shards.parent / "in"
+    for args in (["extract", str(inputs), "-o", str(out), "--format", "wds", *SMALL],
                  ["report", str(out)]):  # fmt: skip
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 1 and f"{part.name} is not a readable Parquet index part" in (
@@ -920,13 +943,12 @@ def test_diff_never_writes_outside_its_folder_for_a_key_with_dot_dot(tmp_path):
     ],  # fmt: skip
     ids=["garbage", "zeroed-header", "truncated"],
 )
-def test_show_key_names_a_shard_that_is_not_a_readable_tar(tmp_path, monkeypatch, forge):
+def test_show_key_names_a_shard_that_is_not_a_readable_tar(one_image_shards, tmp_path,
+                                                           monkeypatch, forge):  # fmt: skip
     """A shard overwritten with garbage, with a zeroed first header or cut in half: one line
     naming it (tarfile.ReadError's traceback before)."""
     out = tmp_path / "out"
-    assert (
-        _run([str(_images(tmp_path / "in", 1)), "-o", str(out), "--format", "wds"]).exit_code == 0
-    )
+    shutil.copytree(one_image_shards, out)
     (shard,) = out.glob("shard-*.tar")
     shard.write_bytes(forge(shard.read_bytes()))
     monkeypatch.chdir(tmp_path)
@@ -1017,15 +1039,13 @@ def test_a_fifo_in_place_of_an_index_part_is_refused_not_waited_on(sample_shards
 
 
 def test_a_member_declaring_more_than_its_shard_holds_is_refused_before_it_is_read(
-    tmp_path, monkeypatch
+    one_image_shards, tmp_path, monkeypatch
 ):
     """A member header forged to declare 10**12 bytes made ``show --key`` allocate them (a
     MemoryError traceback): one line naming the shard and the member; report and diff list
     the image."""
     out = tmp_path / "out"
-    assert (
-        _run([str(_images(tmp_path / "in", 1)), "-o", str(out), "--format", "wds"]).exit_code == 0
-    )
+    shutil.copytree(one_image_shards, out)
     (shard,) = out.glob("shard-*.tar")
     key = "sub/img%2E0"
     with tarfile.open(shard) as tar:
@@ -1050,12 +1070,14 @@ def test_a_member_declaring_more_than_its_shard_holds_is_refused_before_it_is_re
     assert (out / "report.html").is_file()
 
 
-def test_a_record_manifest_nested_too_deep_is_one_line(tmp_path, monkeypatch):
+def test_a_record_manifest_nested_too_deep_is_one_line(one_bare_record, tmp_path, monkeypatch):
     """``[[[[...`` as a record's manifest: Python's JSON parser hits its recursion limit (a
     RecursionError, which is no ValueError); show --key and the catalog say "not JSON"."""
     from fpncli.io.catalog import open_extractions
 
-    output = _show_forged_record(tmp_path, monkeypatch, ".json", lambda _: b"[" * 100_000)
+    output = _show_forged_record(
+        one_bare_record, tmp_path, monkeypatch, ".json", lambda _: b"[" * 100_000
+    )
     assert output.startswith("Error: ") and output.endswith(
         ".tar is not JSON: re-extract this image\n"
     )
