@@ -415,8 +415,6 @@ def test_loading_weights_leaves_the_callers_random_stream_alone(tmp_path, state,
 _GLOBALS_CHECK = """
 import os, sys, warnings
 import torch
-from fpncli.weights.synthetic import seeded_state_dict, write_detectron2_pkl
-write_detectron2_pkl(sys.argv[1], seeded_state_dict(0))
 env, filters = dict(os.environ), list(warnings.filters)
 import fpncli
 fpncli.load_backbone(sys.argv[1])
@@ -424,10 +422,12 @@ print(sorted(set(os.environ.items()) ^ set(env.items())), list(warnings.filters)
 """
 
 
-def test_loading_a_file_leaves_the_environment_and_warning_filters_alone(tmp_path):
+def test_loading_a_file_leaves_the_environment_and_warning_filters_alone(tmp_path, state):
     """build_backbone's check on the meta device imported torch._dynamo, which sets
     TORCHINDUCTOR_CACHE_DIR in os.environ (seen by every later subprocess) and adds a warnings
-    filter (in a fresh process: the test run may have imported it already)."""
+    filter (in a fresh process: the test run may have imported it already). The checkpoint is
+    written here, of the module's seeded weights (the process drew its own before)."""
+    write_detectron2_pkl(tmp_path / "w.pkl", state)
     root = str(Path(fpncli.__file__).resolve().parent.parent)
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     env["PYTHONPATH"] = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
