@@ -515,8 +515,12 @@ def test_fp32_context_restores_tf32_flags_even_on_error():
         torch.set_float32_matmul_precision("highest" if not saved[0] else "high")
 
 
+#: Imports torch and fpncli once, then checks autocast_context after each way a user sets TF32
+#: (argv: a JSON list of the settings' code) in a process of its own, forked from the state the
+#: imports left (these settings are global: as a fresh process, without importing torch again
+#: for each; where there is no fork, one case, checked in this process). One JSON line a case.
 _TF32_CHECK = """
-import json, sys, torch
+import json, os, sys, traceback, torch
 from fpncli.api import autocast_context
 b = torch.backends
 def effective(*levels):  # a setting left "none" inherits from the level above; "none" on top: ieee
@@ -537,43 +541,74 @@ def legacy():  # what torch's own code reads (inductor: get_float32_matmul_preci
         except RuntimeError:
             out.append("raised")
     return out
-exec(sys.argv[1])  # how the user set TF32
-before, before_raw, before_legacy = state(), raw(), legacy()
-with autocast_context(torch.device("cuda"), "fp32"):
-    inside = state()
-    mkldnn = effective(b.mkldnn.matmul, b.mkldnn, b), effective(b.mkldnn.conv, b.mkldnn, b)
-    read = legacy()
-print(json.dumps({"inside": inside, "restored": state() == before, "raw": raw() == before_raw,
-                  "mkldnn": mkldnn, "legacy": read, "legacy after": legacy() == before_legacy}))
+def check(user):
+    try:
+        exec(user)  # how the user set TF32
+        before, before_raw, before_legacy = state(), raw(), legacy()
+        with autocast_context(torch.device("cuda"), "fp32"):
+            inside = state()
+            mkldnn = effective(b.mkldnn.matmul, b.mkldnn, b), effective(b.mkldnn.conv, b.mkldnn, b)
+            read = legacy()
+        said = {"inside": inside, "restored": state() == before, "raw": raw() == before_raw,
+                "mkldnn": mkldnn, "legacy": read, "legacy after": legacy() == before_legacy}
+    except BaseException:
+        said = {"error": traceback.format_exc()}
+    return json.dumps(said)
+for user in json.loads(sys.argv[1]):
+    if not hasattr(os, "fork"):
+        print(check(user))
+        continue
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, check(user).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        said = f.read().decode()
+    os.waitpid(pid, 0)
+    print(said or json.dumps({"error": "the case's process said nothing"}), flush=True)
 """
 
+TF32_USERS = {
+    "default": "",
+    "legacy": "b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = True",
+    "new-api": "b.fp32_precision = 'tf32'",
+    "new-api-matmul": "b.cuda.matmul.fp32_precision = 'tf32'",
+    "matmul-precision-high": "torch.set_float32_matmul_precision('high')",
+}
 
-@pytest.mark.parametrize(
-    "user",
-    [
-        "",
-        "b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = True",
-        "b.fp32_precision = 'tf32'",
-        "b.cuda.matmul.fp32_precision = 'tf32'",
-        "torch.set_float32_matmul_precision('high')",
-    ],
-    ids=["default", "legacy", "new-api", "new-api-matmul", "matmul-precision-high"],
-)
-def test_fp32_context_with_either_tf32_api(user):
-    """torch >= 2.9 raises when the legacy allow_tf32 flags are read after a user set TF32 with
-    the fp32_precision settings: the context must work, turn TF32 off and restore, whichever
-    API the user used (each case in a fresh process: these settings are global). Inside, no
-    setting is left at TF32 (oneDNN's neither) and the legacy readers work: after
-    ``set_float32_matmul_precision('high')`` oneDNN's matmul had stayed at TF32, and
-    ``get_float32_matmul_precision()``, which inductor calls, raised."""
+
+@pytest.fixture(scope="module")
+def tf32_checked() -> dict[str, dict]:
+    """What ``_TF32_CHECK`` says for each of ``TF32_USERS``: all from one process that forks
+    one per case (one process each without fork). Importing torch in a fresh process for each
+    case was a few seconds each on two cores."""
     if not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
         pytest.skip("torch < 2.9: no fp32_precision settings")
     root = str(Path(fpncli.__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", _TF32_CHECK, user], capture_output=True,
-                          text=True, env=env)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout) == {
+    users = list(TF32_USERS.values())
+    said = []
+    for group in [users] if hasattr(os, "fork") else [[user] for user in users]:
+        done = subprocess.run([sys.executable, "-c", _TF32_CHECK, json.dumps(group)],
+                              capture_output=True, text=True, env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        said += [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(said) == len(users), said
+    return dict(zip(TF32_USERS, said, strict=True))
+
+
+@pytest.mark.parametrize("user", TF32_USERS)
+def test_fp32_context_with_either_tf32_api(tf32_checked, user):
+    """torch >= 2.9 raises when the legacy allow_tf32 flags are read after a user set TF32 with
+    the fp32_precision settings: the context must work, turn TF32 off and restore, whichever
+    API the user used (each case in a process of its own: these settings are global). Inside,
+    no setting is left at TF32 (oneDNN's neither) and the legacy readers work: after
+    ``set_float32_matmul_precision('high')`` oneDNN's matmul had stayed at TF32, and
+    ``get_float32_matmul_precision()``, which inductor calls, raised."""
+    assert tf32_checked[user] == {
         "inside": ["ieee", "ieee"],
         "restored": True,
         "raw": True,
