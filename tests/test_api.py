@@ -42,8 +42,13 @@ def test_features_are_ordinary_tensors_a_probe_can_train_on(tmp_path, channels_l
     assert features["res4"][0, 0, 0, 0] == 0.0
 
 
+#: Imports torch and fpncli once, then runs two threads inside ``fp32_strict`` at once after
+#: each way a user turns TF32 on (argv: a JSON list of the settings' code), each in a process of
+#: its own forked from the state the imports left (the settings are global: as a fresh process,
+#: without importing torch again for each; where there is no fork, one case, in this process).
+#: One JSON line a case.
 _OVERLAPPING_HOLDERS = """
-import json, sys, threading, torch
+import json, os, sys, threading, traceback, torch
 from fpncli.api import fp32_strict
 b = torch.backends
 def tf32():  # [matmuls, convolutions]: TF32 on?
@@ -53,50 +58,83 @@ def tf32():  # [matmuls, convolutions]: TF32 on?
         values = [v.fp32_precision for v in levels if v.fp32_precision != "none"]
         return values[:1] == ["tf32"]
     return [on(b.cuda.matmul, b), on(b.cudnn.conv, b.cudnn, b)]
-exec(sys.argv[1])  # the user turns TF32 on
-seen = {"before": tf32()}
-first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
-def first():
-    with fp32_strict():
-        first_in.set()
-        second_in.wait(30)
-    first_out.set()
-def second():
-    first_in.wait(30)
-    with fp32_strict():
-        second_in.set()
-        first_out.wait(30)
-        seen["second, once the first left"] = tf32()
-threads = [threading.Thread(target=f) for f in (first, second)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-seen["after both"] = tf32()
-print(json.dumps(seen))
+def check(user):
+    try:
+        exec(user)  # the user turns TF32 on
+        seen = {"before": tf32()}
+        first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+        def first():
+            with fp32_strict():
+                first_in.set()
+                second_in.wait(30)
+            first_out.set()
+        def second():
+            first_in.wait(30)
+            with fp32_strict():
+                second_in.set()
+                first_out.wait(30)
+                seen["second, once the first left"] = tf32()
+        threads = [threading.Thread(target=f) for f in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seen["after both"] = tf32()
+    except BaseException:
+        seen = {"error": traceback.format_exc()}
+    return json.dumps(seen)
+for user in json.loads(sys.argv[1]):
+    if not hasattr(os, "fork"):
+        print(check(user))
+        continue
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, check(user).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        said = f.read().decode()
+    os.waitpid(pid, 0)
+    print(said or json.dumps({"error": "the case's process said nothing"}), flush=True)
 """
 
+TF32_ON = {
+    "legacy": "b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = True",
+    "new-api": "b.fp32_precision = 'tf32'",
+}
 
-@pytest.mark.parametrize(
-    "user",
-    ["b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = True", "b.fp32_precision = 'tf32'"],
-    ids=["legacy", "new-api"],
-)
-def test_fp32_strict_holds_for_overlapping_threads(user):
+
+@pytest.fixture(scope="module")
+def overlapping_holders() -> dict[str, dict]:
+    """What ``_OVERLAPPING_HOLDERS`` says for each of ``TF32_ON``: both from one process that
+    forks one per case (one process each without fork). Importing torch in a fresh process for
+    each case was a few seconds each on two cores."""
+    root = str(Path(fpncli.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    users = list(TF32_ON.values())
+    said = []
+    for group in [users] if hasattr(os, "fork") else [[user] for user in users]:
+        done = subprocess.run([sys.executable, "-c", _OVERLAPPING_HOLDERS, json.dumps(group)],
+                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        said += [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(said) == len(users), said
+    return dict(zip(TF32_ON, said, strict=True))
+
+
+@pytest.mark.parametrize("user", TF32_ON)
+def test_fp32_strict_holds_for_overlapping_threads(overlapping_holders, user):
     """Two threads inside ``fp32_strict`` at once (two threads extracting on a CUDA model): the
     first to leave must not turn TF32 back on under the other, and once both left the user's
     TF32 is on again (the first had restored its settings under the second, which then put back
     the "off" it had saved: TF32 was off for good). The flags are settable without a GPU; each
-    case in a fresh process, as these settings are global."""
-    if "fp32_precision" in user and not hasattr(getattr(torch.backends.cudnn, "conv", None),
-                                                "fp32_precision"):  # fmt: skip
+    case in a process of its own, as these settings are global."""
+    if user == "new-api" and not hasattr(getattr(torch.backends.cudnn, "conv", None),
+                                         "fp32_precision"):  # fmt: skip
         pytest.skip("torch < 2.9: no fp32_precision settings")
-    root = str(Path(fpncli.__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", _OVERLAPPING_HOLDERS, user],
-                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout) == {
+    assert overlapping_holders[user] == {
         "before": [True, True], "second, once the first left": [False, False],
         "after both": [True, True],
     }  # fmt: skip
