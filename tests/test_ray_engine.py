@@ -723,21 +723,71 @@ def test_a_local_ray_that_times_out_starting_is_one_line_and_the_process_ends(in
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("code, returncode, said", [("None", 0, ""), ("3", 3, ""),
-                                                     ("'bye'", 1, "bye\n")])  # fmt: skip
-def test_the_process_ended_at_once_exits_as_the_interpreter_would(code, returncode, said):
+#: ``fpncli.cli`` imported once, then for each exit code (argv: a JSON list of their code), a
+#: child forked from that state, its stdout and stderr on pipes, marks a failed Ray start and
+#: calls ``_end_now_if_exit_hangs``: as a fresh process each, without importing fpncli again
+#: (where there is no fork, one case, in a process of its own). One JSON line a case:
+#: ``[exit code, stderr, stdout]``.
+ENDED_AT_ONCE = """
+import json, os, sys
+codes = json.loads(sys.argv[1])
+if not hasattr(os, "fork"):
+    from fpncli.run import ray_start
+    ray_start._failed_starts.append('local')
+    from fpncli.cli import _end_now_if_exit_hangs
+    _end_now_if_exit_hangs(eval(codes[0]))
+    print('not ended')
+    sys.exit()
+import fpncli.cli
+from fpncli.run import ray_start
+for code in codes:
+    sys.stdout.flush(), sys.stderr.flush()
+    (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(out_r), os.close(err_r)
+        os.dup2(out_w, 1), os.dup2(err_w, 2)
+        ray_start._failed_starts.append('local')
+        from fpncli.cli import _end_now_if_exit_hangs
+        _end_now_if_exit_hangs(eval(code))
+        print('not ended')
+        sys.stdout.flush()
+        os._exit(0)
+    os.close(out_w), os.close(err_w)
+    with os.fdopen(out_r, "rb") as out, os.fdopen(err_r, "rb") as err:
+        said_out, said_err = out.read().decode(), err.read().decode()
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    print(json.dumps([status, said_err, said_out]), file=sys.__stdout__, flush=True)
+"""
+ENDINGS = {"None": (0, ""), "3": (3, ""), "'bye'": (1, "bye\n")}
+
+
+@pytest.fixture(scope="module")
+def ended_at_once() -> dict[str, tuple]:
+    """How each of ``ENDINGS`` ended its process: ``(exit code, stderr, stdout)``."""
+    codes = list(ENDINGS)
+    if not hasattr(os, "fork"):  # a process each
+        ended = []
+        for code in codes:
+            done = subprocess.run([sys.executable, "-c", ENDED_AT_ONCE, json.dumps([code])],
+                                  capture_output=True, text=True, timeout=120,
+                                  cwd=Path(__file__).parents[1])  # fmt: skip
+            ended.append((done.returncode, done.stderr, done.stdout))
+        return dict(zip(codes, ended, strict=True))
+    done = subprocess.run([sys.executable, "-c", ENDED_AT_ONCE, json.dumps(codes)],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parents[1])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ended = [tuple(json.loads(line)) for line in done.stdout.splitlines()]
+    return dict(zip(codes, ended, strict=True))
+
+
+@pytest.mark.parametrize("code", ENDINGS)
+def test_the_process_ended_at_once_exits_as_the_interpreter_would(ended_at_once, code):
     """After a failed Ray start the console entry point ends the process itself: with the exit
     code and the message ``SystemExit(code)`` would give (a message was dropped, None was 1)."""
-    script = (
-        "from fpncli.run import ray_start\n"
-        "ray_start._failed_starts.append('local')\n"
-        "from fpncli.cli import _end_now_if_exit_hangs\n"
-        f"_end_now_if_exit_hangs({code})\n"
-        "print('not ended')\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).parents[1])  # fmt: skip
-    assert (done.returncode, done.stderr, done.stdout) == (returncode, said, "")
+    returncode, said = ENDINGS[code]
+    assert ended_at_once[code] == (returncode, said, "")
 
 
 def test_the_cli_quiets_ray_unless_verbose(inputs, tmp_path, monkeypatch):
