@@ -1837,3 +1837,39 @@ def test_an_input_replaced_during_the_run_is_redone_by_the_next(tmp_path, model,
     assert (again.done, again.skipped) == (1, 1)
     manifest = json.loads((tmp_path / "out" / "1" / "manifest.json").read_text())
     assert (manifest["input"]["width"], manifest["input"]["height"]) == (64, 40)
+
+
+def test_an_interrupted_run_records_the_last_folder_it_wrote_as_the_latest(
+    tmp_path, model, monkeypatch
+):
+    """A Ctrl-C (or SIGTERM) midway left latest.json as it was: a bare ``fpncli show`` said no
+    extraction was recorded, or drew an older, unrelated one. Now the last folder the run wrote
+    is the latest; one stopped before writing any leaves the record as it was."""
+    from fpncli.io.latest import latest_extraction, record_latest
+
+    older = tmp_path / "older"
+    run_jobs([Job(_image(tmp_path / "in" / "z.png"), older)], model, RunOptions(output=SMALL))
+    record_latest(older)
+    jobs = [Job(_image(tmp_path / "in" / f"{i}.png", value=i), tmp_path / "out" / str(i))
+            for i in range(4)]  # fmt: skip
+    real, calls = steps.load_image, []
+
+    def interrupt_third(path, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(steps, "load_image", interrupt_third)
+    options = RunOptions(output=SMALL, workers=1, batch_size=1)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_jobs(jobs, model, options)
+    summary = stopped.value.summary
+    assert summary.done == 2 and summary.last_folder == jobs[1].folder
+    assert is_complete(jobs[1].folder)
+    assert latest_extraction() == jobs[1].folder
+
+    calls[:] = [None, None]  # interrupted on its first image: nothing written, record kept
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs([Job(jobs[3].path, tmp_path / "other")], model, options)
+    assert latest_extraction() == jobs[1].folder

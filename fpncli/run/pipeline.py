@@ -105,7 +105,8 @@ def run_jobs(
     """Extract every job's image into its folder; complete folders are skipped unless overwrite.
 
     The last folder written, else (none written) the last one skipped as complete, is recorded
-    as the latest extraction (``fpncli show`` with no target) and is ``summary.last_folder``.
+    as the latest extraction (``fpncli show`` with no target) and is ``summary.last_folder``;
+    a run that stops midway (Ctrl-C, an error) records the last folder it wrote, if any.
     With a ``sink`` (``run.wds``), every job is run and its outputs go to ``sink.write`` (the
     caller resumed and checked the disk), and no folder is recorded: the caller records its
     output as the latest extraction (``run.wds.record_output``).
@@ -135,8 +136,13 @@ def run_jobs(
     input_format = model.weights_info.input
     # the writers check each folder again, locked: another run may write it meanwhile
     writer = sink if sink is not None else FolderSink(inputs)
-    _run(model, options, summary, len(todo), progress, writer,
-         lambda runner: _feed(runner, todo, options, input_format))  # fmt: skip
+    try:
+        _run(model, options, summary, len(todo), progress, writer,
+             lambda runner: _feed(runner, todo, options, input_format))  # fmt: skip
+    except BaseException:  # Ctrl-C, SIGTERM or an error midway: what it wrote is the latest
+        if sink is None and summary.last_folder is not None:  # (none written: left as it was)
+            record_last_folder(summary, jobs, todo, options)
+        raise
     if sink is None:  # (a sink's caller records its output: run.wds)
         record_last_folder(summary, jobs, todo, options)
     return summary
