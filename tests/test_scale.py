@@ -692,3 +692,44 @@ def test_extract_scale_never_redraws_through_a_symlinked_folder(tmp_path):
     assert summary.failed[0][0] == str(out / "sub" / "a")
     assert "is a symlink to ../victim" in summary.failed[0][1]
     assert {f.name: f.read_bytes() for f in (victim / "a").iterdir()} == before
+
+
+@pytest.mark.parametrize("drawn", [[], ["--no-heatmaps", "--no-overview"], ["--no-npy"]])
+def test_a_resumed_image_scale_run_redraws_only_where_an_earlier_run_drew_on_its_ranges(
+    tmp_path, monkeypatch, drawn
+):
+    """A rerun of a finished --scale image run (the default) read every folder's manifest
+    twice more after the run, to find none an earlier --scale level|shared run had redrawn:
+    a quarter of a large rerun's time, even with nothing drawn. Now a folder is read once, and
+    the redraw runs only over those that record a run's scale; with nothing drawn or no .npy
+    (none of their folders can hold one) nothing is read. Where it must, it still runs."""
+    from fpncli.run import rescale
+
+    out = tmp_path / "out"
+    args = ["extract", str(_two_images(tmp_path / "in")), "-o", str(out), "--weights", "random",
+            "--min-size", "64", "--max-size", "96", "--workers", "1", "--levels", "p3",
+            *drawn]  # fmt: skip
+    runner = CliRunner()
+    assert runner.invoke(cli, args, catch_exceptions=False).exit_code == 0
+    real, calls = rescale.redraw_run, []
+
+    def no_pass(folders, scale, *a, **kw):
+        calls.append((scale, list(folders)))
+        raise AssertionError("the redraw pass ran")
+
+    monkeypatch.setattr(rescale, "redraw_run", no_pass)
+    result = runner.invoke(cli, args, catch_exceptions=False)  # resumed: both skipped
+    assert result.exit_code == 0 and "skipped 2" in result.output and calls == []
+    if drawn:
+        return
+    monkeypatch.setattr(rescale, "redraw_run", real)  # an earlier run on the run's ranges
+    assert runner.invoke(cli, [*args, "--scale", "level"], catch_exceptions=False).exit_code == 0
+
+    def spy(folders, scale, *a, **kw):
+        calls.append((scale, list(folders)))
+        return real(folders, scale, *a, **kw)
+
+    monkeypatch.setattr(rescale, "redraw_run", spy)
+    result = runner.invoke(cli, args, catch_exceptions=False)
+    assert "redrew 2 image(s) on their own ranges" in result.output
+    assert calls == [("image", [out / "a", out / "b"])]

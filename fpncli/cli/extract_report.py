@@ -207,18 +207,22 @@ def _rescale(scale: str, jobs, summary, output, out_format: str, root: Path | No
     ranges (not after a run stopped early: the rerun that finishes it redraws them). With
     ``image``, folders an earlier level/shared run redrew go back to their own ranges. The
     redraw's ``RedrawSummary``, or None where none was made."""
-    if out_format == "wds" or (scale == "image" and not summary.skipped):
-        return None  # no folders; or none this run did not write itself
-    if summary.aborted and scale != "image":
-        click.echo(f"--scale {scale}: pictures left on per-image ranges (the run stopped early)",
-                   err=True)  # fmt: skip
+    if out_format == "wds" or (scale == "image" and not _may_hold_run_ranges(summary, output)):
+        return None  # no folders; or none this run skipped can hold pictures on a run's ranges
+    if summary.aborted:
+        if scale != "image":
+            click.echo(f"--scale {scale}: pictures left on per-image ranges (the run stopped "
+                       "early)", err=True)  # fmt: skip
         return None
-    from ..io.manifest import is_complete
+    from ..io.manifest import is_complete, read_manifest
     from ..run.rescale import redraw_run
 
     failed = {path for path, _ in summary.failed}
-    folders = [j.folder for j in jobs if str(j.path) not in failed and is_complete(j.folder)]
-    if not folders or summary.aborted:
+    folders = [j.folder for j in jobs if str(j.path) not in failed]
+    if scale == "image":  # only those an earlier level|shared run redrew: one read each
+        folders = [f for f in folders if "scale" in (read_manifest(f) or {})]
+    folders = [f for f in folders if is_complete(f)]
+    if not folders:
         return None
     try:
         result = redraw_run(folders, scale, output, root=root)
@@ -237,6 +241,17 @@ def _rescale(scale: str, jobs, summary, output, out_format: str, root: Path | No
     elif kept:  # a rerun of a finished run: nothing rewritten
         click.echo(f"--scale {scale}: nothing redrawn: {kept}", err=True)
     return result
+
+
+def _may_hold_run_ranges(summary, output) -> bool:
+    """Whether a ``--scale image`` run's skipped folders may hold pictures an earlier
+    ``level|shared`` run redrew on its ranges (to be put back on their own). Such a folder was
+    drawn from its .npy files, and the run key holds what is drawn and saved: a run that draws
+    nothing or saves no .npy skipped none of them (it redid them); one that skipped none wrote
+    every folder itself, on their own ranges."""
+    from ..io.outputs import _needs_maps
+
+    return bool(summary.skipped) and _needs_maps(output) and output.save_npy
 
 
 def _write_run_log(summary, out: Path, weights: str, precision: str, shard,
