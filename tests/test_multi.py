@@ -458,3 +458,28 @@ def test_a_dead_workers_end_is_said_with_the_signal_that_killed_it():
     assert _ended(-int(signal.SIGTERM)) == "killed by SIGTERM"
     assert _ended(-1000) == "killed by signal 1000"
     assert _ended(None) == "its pipe closed, it had not exited"
+
+
+def test_a_run_stopped_midway_records_the_folder_its_workers_wrote_last(tmp_path):
+    """A Ctrl-C or SIGTERM to a --gpus/--processes run left latest.json as it was (an older,
+    unrelated output, or none): the parent recorded the run's last folder only when it ended
+    normally. Now it records the newest its workers reported writing."""
+    from fpncli.io.latest import recent_extractions, record_latest
+    from fpncli.io.manifest import is_complete
+    from fpncli.run.multi import run_on_devices
+
+    older = tmp_path / "older"
+    older.mkdir()
+    record_latest(older)
+    model = fpncli.load_backbone("random")
+    jobs = [Job(p, tmp_path / "out" / p.stem) for p in _images(tmp_path / "in", 6)]
+
+    def interrupt(report):  # the parent's Ctrl-C, once a worker has written an image
+        if report.done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_on_devices(jobs, model, RunOptions(output=SMALL, workers=1), ["cpu", "cpu"],
+                       weights="random", progress=interrupt)  # fmt: skip
+    latest = recent_extractions()[0]
+    assert latest in {job.folder.resolve() for job in jobs} and is_complete(latest)

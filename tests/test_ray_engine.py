@@ -809,3 +809,34 @@ def test_the_cli_quiets_ray_unless_verbose(inputs, tmp_path, monkeypatch):
         result = _extract(inputs / "im0.png", "-o", tmp_path / "o", "--engine", "ray", *verbose)
         assert result.exit_code == 0, result.output
     assert seen == [True, False]
+
+
+def test_ray_run_stopped_midway_records_the_last_folder_it_wrote(ray_cluster, inputs, tmp_path):
+    """A Ctrl-C or SIGTERM to a Ray run left latest.json as it was (an older, unrelated output,
+    or none): only a run that ended normally recorded its last folder. Now the last folder
+    the actors returned is recorded, as a local run's is."""
+    import fpncli
+    from fpncli.io.jobs import Job
+    from fpncli.io.latest import recent_extractions, record_latest
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run.ray_engine import RayOptions, run_ray
+    from fpncli.run.steps import RunOptions
+
+    older = tmp_path / "older"
+    older.mkdir()
+    record_latest(older)
+    out = tmp_path / "out"
+    jobs = [Job(p, out / p.stem) for p in sorted(inputs.glob("im*.png"))]
+    output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
+
+    def interrupt(report):  # Ctrl-C once images have come back
+        if report.done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_ray(jobs, str(out), fpncli.load_backbone("random"),
+                RunOptions(output=output, batch_size=1), RayOptions(device="cpu"),
+                progress=interrupt)  # fmt: skip
+    latest = recent_extractions()[0]
+    assert latest in {job.folder.resolve() for job in jobs}
+    assert (latest / "manifest.json").is_file()

@@ -27,6 +27,7 @@ from dataclasses import replace
 
 from ..io.guard import usable_cores
 from ..io.jobs import Job
+from ..io.latest import record_latest
 from ..io.messages import one_line
 from ..io.run_shard import select_shard
 from .device import worker_threads
@@ -226,6 +227,15 @@ def _merge(parts: list[RunSummary]) -> RunSummary:
     return merged
 
 
+def _record_newest(reports, options: RunOptions) -> None:
+    """Record the folder the workers wrote last, by their last progress reports, as the
+    latest extraction (``options.record_latest``): for a run stopped midway, as ``run_jobs``
+    records one; none written, the record is left as it was."""
+    written = [p for p in reports if p.done and p.last_folder is not None]
+    if written and options.record_latest:
+        record_latest(max(written, key=lambda p: p.last_written_at or 0.0).last_folder)
+
+
 def run_on_devices(
     jobs: list[Job],
     model,
@@ -372,6 +382,7 @@ def run_on_devices(
         for worker in workers:  # gone before the caller reports what was done
             if worker.pid is not None:  # (started)
                 worker.join(timeout=10)
+        _record_newest(latest.values(), options)
         raise
     for worker in workers:
         worker.join(timeout=30)

@@ -199,6 +199,12 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
             record_last_folder(summary, jobs, todo, options)
         return summary
 
+    def record_written() -> None:
+        """For a run that fails or is interrupted midway: the last folder it wrote, if any,
+        recorded as the latest extraction, as ``run_jobs`` records it."""
+        if ray_options.out_format != "wds" and summary.last_folder is not None:
+            record_last_folder(summary, jobs, todo, options)
+
     if on_plan is not None:
         on_plan(todo, replaced)
     if not todo:
@@ -249,6 +255,9 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
             failure = None
             summary.done += stopped.done
             summary.bytes_written += stopped.bytes_written
+    except BaseException:  # Ctrl-C, SIGTERM (the CLI's)
+        record_written()
+        raise
     finally:
         ray_log.setLevel(level)
         summary.seconds = time.monotonic() - start
@@ -269,6 +278,7 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         if ray_options.out_format == "wds":  # the ledger has what the actors committed: also
             _count_committed(summary, config["fs"], config["root"], todo_keys)  # unreturned
         summary.aborted = f"the Ray job failed: {failure}"
+        record_written()
         error = RuntimeError(f"{summary.aborted}; rerun to resume")
         error.summary = summary
         raise error

@@ -98,7 +98,8 @@ class Runner:
         with self.report_lock:
             s = self.summary
             self.progress(Progress(s.done, len(s.failed), s.skipped, self.todo,
-                                   time.monotonic() - self.start, s.bytes_written))  # fmt: skip
+                                   time.monotonic() - self.start, s.bytes_written,
+                                   s.last_folder, s.last_written_at))  # fmt: skip
 
     def add_seconds(self, stages: dict[str, float]) -> None:
         with self.lock:

@@ -78,6 +78,10 @@ class Progress:
     todo: int  # images this run has to process (excluding skipped)
     elapsed_s: float
     bytes_written: int = 0  # by this run so far (an interrupted run's log records it)
+    #: the folder this run completed last (``RunSummary.last_folder``) and when: a
+    #: ``--gpus``/``--processes`` run stopped midway records its workers' newest as the latest
+    last_folder: Path | None = None
+    last_written_at: float | None = None
 
 
 #: ``RunSummary.aborted`` of a run stopped by Ctrl-C, or by SIGTERM or SIGHUP in the CLI (its log
