@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -840,3 +841,36 @@ def test_ray_run_stopped_midway_records_the_last_folder_it_wrote(ray_cluster, in
     latest = recent_extractions()[0]
     assert latest in {job.folder.resolve() for job in jobs}
     assert (latest / "manifest.json").is_file()
+
+
+def test_sigterm_ends_a_ray_run_as_ctrl_c_does(tmp_path):
+    """SIGTERM (``kill``, a batch scheduler's stop) to a Ray run once some images are written:
+    exit code 130, the interrupted summary, the resume command and run.json, as after Ctrl-C.
+    Ray's C++ core had put its failure-signal handler over extract's: "*** SIGTERM received
+    ... ***", a stack, SIGABRT (exit code 134), no summary, no run.json."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.RandomState(2)
+    for i in range(32):
+        Image.fromarray(rng.randint(0, 255, (40, 48, 3), np.uint8)).save(inputs / f"im{i:02d}.png")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_BACKEND_LOG_LEVEL")}
+    command = [sys.executable, "-m", "fpncli", "extract", str(inputs), "-o", str(out),
+               "--engine", "ray", "--device", "cpu", "--no-heatmaps", *SMALL]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, cwd=Path(__file__).parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list(out.glob("*/manifest.json")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = (s.decode() for s in proc.communicate(timeout=120))
+    assert proc.returncode == 130, stderr
+    assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr
+    said = re.search(r"^interrupted: (\d+) image\(s\) written by this run, 0 failed, 0 were "
+                     r"already complete; (\d+) of 32 left", stderr, re.M)  # fmt: skip
+    assert said is not None and "resume with: fpncli extract" in stderr, stderr
+    log = json.loads((out / "run.json").read_text())
+    assert log["aborted"].startswith("interrupted (Ctrl-C, SIGTERM or SIGHUP)"), log
+    assert log["total"] == 32 and log["done"] == int(said[1]) < 32, log

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
+import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -251,3 +254,45 @@ def test_a_failed_join_says_each_of_rays_retry_lines_once(monkeypatch, caplog):
         f"[2026-11-28 03:25:00,135 W 27740 27740] {retry} (20 times)",
         "Traceback (most recent call last):", "  ...", "  ...",
     ]))]  # fmt: skip
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name == "nt", reason="POSIX signals")
+def test_ray_start_leaves_sigterm_to_the_callers_handler(monkeypatch):
+    """``extract`` turns SIGTERM into Ctrl-C; ``ray.init`` set its own handler (``sys.exit``:
+    exit code 15, no summary) and its C++ core then one that aborts (exit code 134). While Ray
+    starts, its setter sets nothing; after, the caller's handler is set again, over the core's
+    (here SIG_DFL stands in for it). Ray is not started: ``ray.init`` is a stand-in that does
+    what the real one does to SIGTERM."""
+    ray = pytest.importorskip("ray")
+    utils = pytest.importorskip("ray._private.utils")
+    setter = ray._private.utils.set_sigterm_handler
+    sent = []
+
+    def init(**kwargs):
+        utils.set_sigterm_handler(lambda signum, frame: sys.exit(signum))
+        if not sent:  # the first start: SIGTERM while Ray starts
+            sent.append(signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # (the handler runs before)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the core's own, set from C++
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            connect(ray, None)
+        assert time.monotonic() - start < 4
+        assert signal.getsignal(signal.SIGTERM) is interrupt
+        assert connect(ray, None) is True
+        assert signal.getsignal(signal.SIGTERM) is interrupt
+        assert utils.set_sigterm_handler is setter
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

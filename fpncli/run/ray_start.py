@@ -10,9 +10,11 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 
@@ -101,6 +103,35 @@ def _core_logs_fatal_only():
                 log.log(level, "Ray's start wrote:\n%s", _said_once(text))
 
 
+@contextlib.contextmanager
+def _sigterm_kept(ray):
+    """SIGTERM does in the block and after it what the caller's handler made it do before
+    (``fpncli extract``'s: stop as Ctrl-C does, with the summary, ``run.json`` and exit code
+    130). Left to Ray, ``ray.init`` sets its own Python handler (``sys.exit(15)``: no summary),
+    and its C++ core then installs a failure-signal handler over it that ends the process with a
+    stack trace and SIGABRT (exit code 134). So Ray's setter of its handler does nothing in the
+    block, and the caller's handler is set again after it, over the core's. A handler Python
+    cannot put back (None: not set from Python) is left to Ray, as is any outside the main
+    thread (only it may set one)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is None:
+        yield
+        return
+    utils = getattr(getattr(ray, "_private", None), "utils", None)  # (Ray 2.60's; a Ray
+    setter = getattr(utils, "set_sigterm_handler", None)  # without it sets its own in init)
+    if setter is not None:
+        utils.set_sigterm_handler = lambda sigterm_handler: None
+    try:
+        yield
+    finally:
+        if setter is not None:
+            utils.set_sigterm_handler = setter
+        signal.signal(signal.SIGTERM, handler)
+
+
 def _said_once(text: str) -> str:
     """Ray's lines with each line of its C++ core said once (where it first came), with how
     many times it came when more than once, the same words at other times: a join that fails
@@ -142,7 +173,7 @@ def connect(ray, address: str | None, quiet: bool = False) -> bool:
     else:
         chatter, core = {"logging_level": logging.WARNING}, contextlib.nullcontext()
     try:
-        with core:
+        with core, _sigterm_kept(ray):
             if address:
                 ray.init(address=address, **chatter)
             else:
