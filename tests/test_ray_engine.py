@@ -874,3 +874,116 @@ def test_sigterm_ends_a_ray_run_as_ctrl_c_does(tmp_path):
     log = json.loads((out / "run.json").read_text())
     assert log["aborted"].startswith("interrupted (Ctrl-C, SIGTERM or SIGHUP)"), log
     assert log["total"] == 32 and log["done"] == int(said[1]) < 32, log
+
+
+class _StalledExtractor:
+    """Made an ``Extractor`` subclass in the test (Ray ships it by value): its second call
+    writes its images, then says so (``marker``) and waits: its rows, and those of the calls
+    before it in the same Ray task, have not come back (a task's rows come back when it ends)."""
+
+    calls, marker = 0, ""
+
+    def _run(self, batch: dict) -> dict:
+        rows = super()._run(batch)
+        type(self).calls += 1
+        if type(self).calls == 2:
+            Path(self.marker).touch()
+            time.sleep(300)
+        return rows
+
+
+@pytest.mark.parametrize("out_format", ["files", "wds"])
+def test_an_interrupted_ray_run_counts_what_its_actors_wrote(
+    ray_cluster, tmp_path, monkeypatch, out_format
+):
+    """Ctrl-C (or SIGTERM, SIGHUP) once actors have written images whose rows have not come
+    back: the summary and run.json count those images too, with their bytes, as the local
+    engine counts every image it wrote. They counted the rows that had come back
+    ("interrupted: 8 image(s) written" with 14 complete folders on disk)."""
+    import importlib
+    import threading
+
+    from ray import cloudpickle
+
+    from fpncli.cli.common import RunProgress
+    from fpncli.run import ray_engine
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.RandomState(3)
+    for i in range(12):
+        Image.fromarray(rng.randint(0, 255, (40, 48, 3), np.uint8)).save(inputs / f"im{i}.png")
+    out, marker = tmp_path / "out", tmp_path / "stalled"
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    stalled = type("Stalled", (_StalledExtractor, ray_engine.Extractor), {"marker": str(marker)})
+    monkeypatch.setattr(ray_engine, "Extractor", stalled)
+    came_back = [0]  # the images done as the progress reports said
+
+    class Counting(RunProgress):
+        def __call__(self, p) -> None:
+            super().__call__(p)
+            came_back.append(p.done)
+
+    extract_command = importlib.import_module("fpncli.cli.extract")  # (the package's name is
+    monkeypatch.setattr(extract_command, "RunProgress", Counting)  # the command's)
+
+    def ctrl_c() -> None:  # once the stalled call has written its images
+        deadline = time.monotonic() + 240
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    args = [inputs, "-o", out, "--engine", "ray", "--device", "cpu", "--format", out_format,
+            "--no-heatmaps"] + (["--shard-size", "1B"] if out_format == "wds" else [])  # fmt: skip
+    sender = threading.Thread(target=ctrl_c)
+    sender.start()
+    try:
+        result = _extract(*args)
+    finally:
+        sender.join()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert result.exit_code == 130 and marker.exists(), result.output
+    if out_format == "wds":
+        members = [m for ms in _shards(out).values() for m in ms if m.endswith(".json")]
+    else:
+        members = list(out.glob("*/manifest.json"))
+        written = sum(f.stat().st_size for m in members for f in m.parent.iterdir())
+    assert came_back[-1] < len(members) < 12, (came_back, members)
+    said = (f"interrupted: {len(members)} image(s) written by this run, 0 failed, 0 were already "
+            f"complete; {12 - len(members)} of 12 left")  # fmt: skip
+    assert said in result.output, result.output
+    log = json.loads((out / "run.json").read_text())
+    assert log["aborted"].startswith("interrupted (Ctrl-C, SIGTERM or SIGHUP)"), log
+    assert log["done"] == len(members), log
+    if out_format == "files":  # (a shard's bytes: its members', and the tar's own)
+        assert log["bytes_written"] == written, log
+
+
+def test_an_interrupted_overwrite_counts_only_the_folders_it_rewrote(inputs, tmp_path):
+    """With --overwrite every folder is to do, complete ones too: after an interrupt, a folder
+    complete before the run and untouched by it is not counted as written by it; one an actor
+    rewrote is, with its bytes."""
+    import fpncli
+    from fpncli.io.jobs import Job
+    from fpncli.io.outputs import OutputOptions
+    from fpncli.run.folder_sink import _manifest_stamp
+    from fpncli.run.pipeline import run_jobs
+    from fpncli.run.ray_engine import _count_unreturned
+    from fpncli.run.steps import RunOptions, weights_meta
+    from fpncli.run.summary import RunSummary
+
+    out = tmp_path / "out"
+    jobs = [Job(p, out / p.stem) for p in sorted(inputs.glob("im*.png"))]
+    output = OutputOptions(min_size=64, max_size=96, save_heatmaps=False, save_overview=False)
+    options = RunOptions(output=output, batch_size=1, overwrite=True, record_latest=False)
+    model = fpncli.load_backbone("random")
+    assert run_jobs(jobs, model, options).done == 3
+    before = {str(j.path): _manifest_stamp(j.folder) for j in jobs}  # as the run plans
+    time.sleep(0.01)  # (a rewritten manifest's time differs on a coarse clock too)
+    rewritten = run_jobs(jobs[1:2], model, options)  # as an actor whose row did not come back
+    summary = RunSummary(total=3)
+    _count_unreturned(summary, jobs, set(), before, options, weights_meta(model))
+    assert (summary.done, summary.bytes_written) == (1, rewritten.bytes_written)
+    summary = RunSummary(total=3)  # without --overwrite, every complete folder was this run's
+    _count_unreturned(summary, jobs, {str(jobs[0].path)}, {}, options, weights_meta(model))
+    assert summary.done == 2

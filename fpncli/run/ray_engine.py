@@ -16,6 +16,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -27,15 +28,18 @@ import torch
 from ..api import check_precision
 from ..io.guard import OptionError, is_disk_full
 from ..io.jobs import Job
+from ..io.manifest import MANIFEST, manifest_files
 from ..io.shard_index import consolidate_index, read_index
 from ..model.fpn import FPN
+from .folder_sink import _manifest_stamp
 from .pipeline import record_last_folder
-from .plan import Replaced, RunInputs, estimate_run_bytes, plan_pending
+from .plan import Replaced, RunInputs, _state, estimate_run_bytes, plan_pending
 from .ray_actor import WARNINGS, Extractor, Stopped, decode_rows
 from .ray_start import RayStartError, connect, import_ray
 from .steps import RunOptions, weights_meta
 from .summary import (
     DISK_FULL,
+    INTERRUPTED,
     OPEN_FILES,
     Progress,
     RunSummary,
@@ -144,7 +148,7 @@ def run_ray(
         started = connect(ray, ray_options.address, ray_options.quiet)
         with contextlib.ExitStack() as stack:  # the wds claim, held until the end
             return _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan,
-                        run_inputs)  # fmt: skip
+                        run_inputs, ray.shutdown if started else None)  # fmt: skip
     finally:
         if started:
             ray.shutdown()
@@ -152,7 +156,11 @@ def run_ray(
 
 
 def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=None,
-         run_inputs=None) -> RunSummary:  # fmt: skip
+         run_inputs=None, stop=None) -> RunSummary:  # fmt: skip
+    """``run_ray``'s run, once Ray is there; ``stop``: how an interrupted run stops its actors
+    before it counts what they wrote (``ray.shutdown``, where the run started Ray: Ray Data's
+    own stop, which kills actors with calls queued, has Ray print a "submit failed" line per
+    call on the terminal; None: that stop)."""
     from ray.data import ActorPoolStrategy, DataContext
 
     size, gpus = _pool(ray, ray_options)
@@ -189,6 +197,10 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         config["identities"] = inputs.identities
         rows_per_call = options.batch_size * 4
     folders = {} if ray_options.out_format == "wds" else {str(j.path): j.folder for j in todo}
+    # --overwrite: each folder's manifest as planned, so that one complete before the run and
+    # untouched by it is not counted as this run's after an interrupt (``_count_unreturned``)
+    before = {path: _manifest_stamp(folder) for path, folder in folders.items()
+              } if options.overwrite else {}  # fmt: skip
 
     def finished() -> RunSummary:
         """The summary of a run that ended (stopped or not), its output recorded as the latest
@@ -239,14 +251,20 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
         ray_log.setLevel(logging.CRITICAL)
     failure = None
     stopped: Stopped | None = None  # a full disk or a failed device: the run's summary says so
+    interrupted: KeyboardInterrupt | None = None  # Ctrl-C (or the CLI's SIGTERM, SIGHUP)
     said: set[str] = set()  # the once-per-run warnings said
+    returned: set[str] = set()  # the images whose rows came back (their paths as given)
+    batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
     try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            _count(batch, summary, said, folders)
+        for batch in batches:
+            _count(batch, summary, said, folders, returned)
             if progress is not None:
                 elapsed = time.monotonic() - start
                 progress(Progress(summary.done, len(summary.failed), summary.skipped, len(todo),
                                   elapsed, summary.bytes_written))  # fmt: skip
+    except KeyboardInterrupt as e:
+        interrupted = e
+        (stop or batches.close)()  # the actors stop now, before what they wrote is counted
     except Exception as e:  # an actor's error (a bug, a crash test) or Ray's own
         log.debug("the Ray job failed", exc_info=True)
         failure = _failure(e, said)
@@ -269,6 +287,15 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
                     raise
                 if stopped is None and failure is None:
                     stopped = Stopped(None, 0, 0)
+    if interrupted is not None:  # counted over the run, as the local engine's summary: the calls
+        # that had not returned have written images too (their folders, their shards)
+        if ray_options.out_format == "wds":
+            _count_committed(summary, config["fs"], config["root"], todo_keys)
+        else:
+            _count_unreturned(summary, todo, returned, before, options, weights)
+        summary.aborted = INTERRUPTED
+        interrupted.summary = summary  # (as the local engine's: the CLI's summary and run.json)
+        raise interrupted
     if failure is not None or stopped is not None:
         # Raised out here, with no traceback holding the executor, so that its actors (and the
         # GPUs they hold) are released now rather than whenever the error is collected.
@@ -294,10 +321,12 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
 
 
 def _count(batch: dict, summary: RunSummary, said: set[str],
-           folders: dict[str, Path] | None = None) -> None:  # fmt: skip
+           folders: dict[str, Path] | None = None,
+           returned: set[str] | None = None) -> None:  # fmt: skip
     """Add an actor's returned rows to the summary, and say the warnings they bring
     (``said``: the once-per-run ones this run has said); ``folders`` (an input path as given
-    -> its folder, ``--format files``) gives ``summary.last_folder``, the last one completed."""
+    -> its folder, ``--format files``) gives ``summary.last_folder``, the last one completed;
+    ``returned`` gets the rows' paths (as given)."""
     folders = folders or {}
     for text in batch["log"]:
         for relayed in json.loads(text) if text else ():
@@ -305,6 +334,8 @@ def _count(batch: dict, summary: RunSummary, said: set[str],
     for path, status, error, size, overflowed in zip(
         batch["path"], batch["status"], batch["error"], batch["bytes"], batch["float16_levels"]
     ):
+        if returned is not None:
+            returned.add(str(path))
         if status == "ok":
             summary.done += 1
             summary.bytes_written += int(size)
@@ -338,6 +369,29 @@ def _count_committed(summary: RunSummary, fs, root: str, keys: set[str]) -> None
         if row["status"] == "ok" and row["key"] in keys:
             ok[row["key"]] = row["bytes"] or 0
     summary.done, summary.bytes_written = len(ok), sum(ok.values())
+
+
+def _count_unreturned(summary: RunSummary, todo: list[Job], returned: set[str],
+                      before: dict[str, tuple | None], options: RunOptions,
+                      weights: dict) -> None:  # fmt: skip
+    """Count as done the images of ``todo`` (``--format files``) whose rows had not come back
+    (``returned``: the paths as given of those that had) but whose folder is complete: an
+    actor wrote it before the run was stopped, in a call that had not returned. Their bytes are
+    the files their manifests list, and the manifest. ``before``: with ``--overwrite``, each
+    folder's manifest as planned (``_manifest_stamp``); one unchanged since is not this run's."""
+    for job in todo:
+        path = str(job.path)
+        if path in returned or (path in before and _manifest_stamp(job.folder) == before[path]):
+            continue
+        complete, manifest, _ = _state(job, options, weights)
+        if not complete:
+            continue
+        try:
+            size = os.stat(job.folder / MANIFEST).st_size
+        except OSError:  # removed since (another run's --overwrite): not counted
+            continue
+        summary.done += 1
+        summary.bytes_written += size + sum(n or 0 for n in manifest_files(manifest).values())
 
 
 def _failure(error: BaseException, said: set[str]) -> str:
