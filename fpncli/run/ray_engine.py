@@ -295,6 +295,7 @@ def _run(ray, jobs, out, model, options, ray_options, progress, stack, on_plan=N
             _count_unreturned(summary, todo, returned, before, options, weights)
         summary.aborted = INTERRUPTED
         interrupted.summary = summary  # (as the local engine's: the CLI's summary and run.json)
+        record_written()
         raise interrupted
     if failure is not None or stopped is not None:
         # Raised out here, with no traceback holding the executor, so that its actors (and the
