@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from forked import each_case
 from PIL import Image
 
 import fpncli
@@ -46,9 +47,9 @@ def test_features_are_ordinary_tensors_a_probe_can_train_on(tmp_path, channels_l
 #: each way a user turns TF32 on (argv: a JSON list of the settings' code), each in a process of
 #: its own forked from the state the imports left (the settings are global: as a fresh process,
 #: without importing torch again for each; where there is no fork, one case, in this process).
-#: One JSON line a case.
+#: One JSON line a case (``forked.each_case`` runs it).
 _OVERLAPPING_HOLDERS = """
-import json, os, sys, threading, traceback, torch
+import json, threading, traceback, torch
 from fpncli.api import fp32_strict
 b = torch.backends
 def tf32():  # [matmuls, convolutions]: TF32 on?
@@ -83,21 +84,6 @@ def check(user):
     except BaseException:
         seen = {"error": traceback.format_exc()}
     return json.dumps(seen)
-for user in json.loads(sys.argv[1]):
-    if not hasattr(os, "fork"):
-        print(check(user))
-        continue
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        os.write(write, check(user).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as f:
-        said = f.read().decode()
-    os.waitpid(pid, 0)
-    print(said or json.dumps({"error": "the case's process said nothing"}), flush=True)
 """
 
 TF32_ON = {
@@ -111,16 +97,7 @@ def overlapping_holders() -> dict[str, dict]:
     """What ``_OVERLAPPING_HOLDERS`` says for each of ``TF32_ON``: both from one process that
     forks one per case (one process each without fork). Importing torch in a fresh process for
     each case was a few seconds each on two cores."""
-    root = str(Path(fpncli.__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    users = list(TF32_ON.values())
-    said = []
-    for group in [users] if hasattr(os, "fork") else [[user] for user in users]:
-        done = subprocess.run([sys.executable, "-c", _OVERLAPPING_HOLDERS, json.dumps(group)],
-                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
-        assert done.returncode == 0, done.stderr[-2000:]
-        said += [json.loads(line) for line in done.stdout.splitlines()]
-    assert len(said) == len(users), said
+    said = each_case(_OVERLAPPING_HOLDERS, list(TF32_ON.values()), timeout=120)
     return dict(zip(TF32_ON, said, strict=True))
 
 

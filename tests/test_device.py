@@ -5,16 +5,13 @@ and what comes back to the host."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from forked import each_case
 
 import fpncli
 from fpncli.api import autocast_context
@@ -518,9 +515,10 @@ def test_fp32_context_restores_tf32_flags_even_on_error():
 #: Imports torch and fpncli once, then checks autocast_context after each way a user sets TF32
 #: (argv: a JSON list of the settings' code) in a process of its own, forked from the state the
 #: imports left (these settings are global: as a fresh process, without importing torch again
-#: for each; where there is no fork, one case, checked in this process). One JSON line a case.
+#: for each; where there is no fork, one case, checked in this process). One JSON line a case
+#: (``forked.each_case`` runs it).
 _TF32_CHECK = """
-import json, os, sys, traceback, torch
+import json, traceback, torch
 from fpncli.api import autocast_context
 b = torch.backends
 def effective(*levels):  # a setting left "none" inherits from the level above; "none" on top: ieee
@@ -554,21 +552,6 @@ def check(user):
     except BaseException:
         said = {"error": traceback.format_exc()}
     return json.dumps(said)
-for user in json.loads(sys.argv[1]):
-    if not hasattr(os, "fork"):
-        print(check(user))
-        continue
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        os.write(write, check(user).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as f:
-        said = f.read().decode()
-    os.waitpid(pid, 0)
-    print(said or json.dumps({"error": "the case's process said nothing"}), flush=True)
 """
 
 TF32_USERS = {
@@ -587,16 +570,7 @@ def tf32_checked() -> dict[str, dict]:
     case was a few seconds each on two cores."""
     if not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
         pytest.skip("torch < 2.9: no fp32_precision settings")
-    root = str(Path(fpncli.__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    users = list(TF32_USERS.values())
-    said = []
-    for group in [users] if hasattr(os, "fork") else [[user] for user in users]:
-        done = subprocess.run([sys.executable, "-c", _TF32_CHECK, json.dumps(group)],
-                              capture_output=True, text=True, env=env)  # fmt: skip
-        assert done.returncode == 0, done.stderr[-2000:]
-        said += [json.loads(line) for line in done.stdout.splitlines()]
-    assert len(said) == len(users), said
+    said = each_case(_TF32_CHECK, list(TF32_USERS.values()))
     return dict(zip(TF32_USERS, said, strict=True))
 
 
