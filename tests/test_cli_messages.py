@@ -464,31 +464,24 @@ def test_show_save_and_bench_json_replace_only_what_they_wrote(tmp_path, monkeyp
     runner = CliRunner()
     assert runner.invoke(cli, ["extract", "a.png", "-o", "out", *small]).exit_code == 0
     mine = {p: p.read_bytes() for p in map(Path, ("a.png", "loose.npy", "notes"))}
-    refusals = {
-        "loose.npy": "loose.npy: the picture is a PNG; name it .png",
-        "notes": "notes: the picture is a PNG; name it .png",
-        "a.png": "a.png is a file fpncli show did not draw: writing there would replace it; give "
-        "another name (or remove it first)",
-    }
-    for name, message in refusals.items():
-        result = runner.invoke(cli, ["show", "out/a", "--level", "p6", "--save", name])
-        assert result.exit_code == 2, result.output
-        assert result.output.splitlines()[-1].startswith(
-            f"Error: Invalid value for '--save': {message} (see"
-        )
+    show = ["show", "out/a", "--level", "p6", "--save"]
     bench = ["bench", "--sizes", "64x64", "--model-only", "--weights", "random", "--seconds",
              "0", "--iters", "1", "--warmup", "0", "--device", "cpu", "--json"]  # fmt: skip
     refusals = {
-        "a.png": "a.png: the rows are JSON; name it .json",
-        "loose.npy": "loose.npy: the rows are JSON; name it .json",
-        "notes": "notes is a file fpncli bench did not write: writing there would replace it; "
-        "give another name (or remove it first)",
+        (*show, "loose.npy"): "loose.npy: the picture is a PNG; name it .png",
+        (*show, "notes"): "notes: the picture is a PNG; name it .png",
+        (*show, "a.png"): "a.png is a file fpncli show did not draw: writing there would replace "
+        "it; give another name (or remove it first)",
+        (*bench, "a.png"): "a.png: the rows are JSON; name it .json",
+        (*bench, "loose.npy"): "loose.npy: the rows are JSON; name it .json",
+        (*bench, "notes"): "notes is a file fpncli bench did not write: writing there would "
+        "replace it; give another name (or remove it first)",
     }
-    for name, message in refusals.items():
-        result = runner.invoke(cli, [*bench, name])
+    for args, message in refusals.items():
+        result = runner.invoke(cli, list(args))
         assert result.exit_code == 2, result.output
         assert result.output.splitlines()[-1].startswith(
-            f"Error: Invalid value for '--json': {message} (see"
+            f"Error: Invalid value for '{args[-2]}': {message} (see"
         )
     assert {p: p.read_bytes() for p in mine} == mine
     # what they wrote themselves is replaced: a picture show drew, an earlier bench's rows
